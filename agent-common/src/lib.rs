@@ -1,0 +1,503 @@
+//! Types shared by Latch's kernel programs (`agent-ebpf`) and the host agent (`agent`).
+//!
+//! This crate owns every byte layout that crosses the kernel/user boundary: map keys and values,
+//! the ring-buffer event record, action and outcome codes, map names and the target fingerprint
+//! both sides compute. It is `#![no_std]`, allocation-free and has no logic beyond encoding; it
+//! must not learn about rules files, gRPC or anything else that only one side needs.
+//!
+//! Every type is `#[repr(C)]`, `Copy`, has its padding spelled out as named fields (so that the
+//! kernel never reads uninitialised bytes from a key) and a compile-time size check. With the
+//! `user` feature each type also implements `aya::Pod`.
+#![no_std]
+#![deny(missing_docs)]
+
+pub mod fingerprint;
+pub mod maps;
+
+/// What a rule (or a workload's default) says to do with an operation.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Action {
+    /// Let it through without a record.
+    Allow = 1,
+    /// Let it through and record it.
+    Audit = 2,
+    /// Hold it until a decision arrives.
+    Approve = 3,
+    /// Refuse it (EPERM for connect/sendmsg, EPERM or SIGKILL for exec).
+    Deny = 4,
+}
+
+impl Action {
+    /// Decodes a byte read from a map or an event.
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(Self::Allow),
+            2 => Some(Self::Audit),
+            3 => Some(Self::Approve),
+            4 => Some(Self::Deny),
+            _ => None,
+        }
+    }
+
+    /// How strict an action is; on equally specific rules the stricter one wins.
+    pub const fn strictness(self) -> u8 {
+        self as u8
+    }
+}
+
+/// What happens when the agent's heartbeat is stale and nobody can decide.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FailMode {
+    /// Refuse every operation that would have waited for a decision.
+    Deny = 1,
+    /// Let it through and record that it was let through unreviewed.
+    AllowAndRecord = 2,
+}
+
+/// The kind of operation an event or a pending entry is about.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// A new program image (`execve`/`execveat`).
+    Exec = 1,
+    /// `connect()` on a TCP or UDP socket.
+    Connect = 2,
+    /// `sendmsg()`/`sendto()` with an explicit destination on an unconnected UDP socket.
+    Sendmsg = 3,
+}
+
+impl Op {
+    /// Decodes a byte read from a map or an event.
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(Self::Exec),
+            2 => Some(Self::Connect),
+            3 => Some(Self::Sendmsg),
+            _ => None,
+        }
+    }
+}
+
+/// What the kernel did with an operation, as reported in an [`Event`].
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// Let through by an `audit` rule.
+    Audited = 1,
+    /// Refused by a `deny` rule.
+    Denied = 2,
+    /// Held; a decision is needed (see [`PENDING`](maps::PENDING)).
+    Paused = 3,
+    /// Let through by a grant.
+    Granted = 4,
+    /// Refused by a deny grant.
+    GrantDenied = 5,
+    /// Nobody could decide (stale heartbeat) and the fail mode let it through.
+    FailOpen = 6,
+    /// Nobody could decide (stale heartbeat, full pending table) and the fail mode refused it.
+    FailClosed = 7,
+    /// The context cannot be paused and restarted (io_uring worker, signal refused): refused.
+    Unpausable = 8,
+    /// The process went away while its operation was pending.
+    Cancelled = 9,
+}
+
+impl Outcome {
+    /// Decodes a byte read from an event.
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(Self::Audited),
+            2 => Some(Self::Denied),
+            3 => Some(Self::Paused),
+            4 => Some(Self::Granted),
+            5 => Some(Self::GrantDenied),
+            6 => Some(Self::FailOpen),
+            7 => Some(Self::FailClosed),
+            8 => Some(Self::Unpausable),
+            9 => Some(Self::Cancelled),
+            _ => None,
+        }
+    }
+}
+
+/// Protocol numbers as the kernel reports them in `bpf_sock_addr.protocol`.
+pub mod proto {
+    /// Matches every protocol in a rule.
+    pub const ANY: u8 = 0;
+    /// TCP.
+    pub const TCP: u8 = 6;
+    /// UDP.
+    pub const UDP: u8 = 17;
+}
+
+/// Address families as in `<sys/socket.h>`.
+pub mod family {
+    /// IPv4.
+    pub const INET: u8 = 2;
+    /// IPv6.
+    pub const INET6: u8 = 10;
+}
+
+/// Longest executable path, in bytes, that exec rules and events hold. Rules with longer paths are
+/// refused at load time; longer paths at exec time are reported truncated and match only prefixes.
+pub const PATH_CAP: usize = 248;
+
+/// Most cgroup levels examined when deciding whether a task is watched (its own and its ancestors).
+pub const MAX_CGROUP_DEPTH: u32 = 24;
+
+/// Most port/protocol entries one destination prefix carries, inherited entries included.
+pub const PORT_RULES_CAP: usize = 16;
+
+/// `-ERESTARTNOINTR`: makes the kernel run the system call again after the stop.
+pub const ERESTARTNOINTR: i32 = -513;
+
+/// A watched cgroup: every task in it, or in a cgroup below it, is inspected.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Watch {
+    /// The workload this cgroup belongs to; rules are keyed by it.
+    pub workload: u32,
+    /// [`Action`] for operations that no rule matches.
+    pub default_action: u8,
+    /// Explicit padding.
+    pub _pad: [u8; 3],
+}
+
+/// A rule's identity and action, the value of the exec maps.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RuleRef {
+    /// Stable rule id assigned by the agent's rule compiler.
+    pub rule_id: u32,
+    /// [`Action`].
+    pub action: u8,
+    /// Explicit padding.
+    pub _pad: [u8; 3],
+}
+
+/// Key of [`EXEC_EXACT`](maps::EXEC_EXACT): one workload, one exact executable path.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExecExactKey {
+    /// Workload id.
+    pub workload: u32,
+    /// Length of `path` in bytes; bytes past it are zero.
+    pub len: u32,
+    /// The path, zero-padded.
+    pub path: [u8; PATH_CAP],
+}
+
+/// Data part of the LPM-trie key of [`EXEC_PREFIX`](maps::EXEC_PREFIX).
+///
+/// The workload id is stored big-endian first so that "workload + path prefix" is one bit prefix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExecPrefixData {
+    /// Workload id, big-endian.
+    pub workload_be: [u8; 4],
+    /// Path bytes.
+    pub path: [u8; PATH_CAP],
+}
+
+/// Data part of the LPM-trie key of [`NET4_RULES`](maps::NET4_RULES).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Net4Data {
+    /// Workload id, big-endian.
+    pub workload_be: [u8; 4],
+    /// IPv4 address, network order.
+    pub addr: [u8; 4],
+}
+
+/// Data part of the LPM-trie key of [`NET6_RULES`](maps::NET6_RULES).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Net6Data {
+    /// Workload id, big-endian.
+    pub workload_be: [u8; 4],
+    /// IPv6 address, network order.
+    pub addr: [u8; 16],
+}
+
+/// One port-range and protocol clause of a destination rule.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRule {
+    /// First port, inclusive.
+    pub port_lo: u16,
+    /// Last port, inclusive.
+    pub port_hi: u16,
+    /// [`proto`] number, or [`proto::ANY`].
+    pub proto: u8,
+    /// [`Action`].
+    pub action: u8,
+    /// Explicit padding.
+    pub _pad: [u8; 2],
+    /// Rule id.
+    pub rule_id: u32,
+}
+
+/// Value of the destination LPM tries: every clause that applies to addresses under this prefix,
+/// most specific first, so the kernel takes the first one whose port and protocol match.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRules {
+    /// Number of valid entries in `rules`.
+    pub len: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+    /// The clauses; entries past `len` are zero.
+    pub rules: [PortRule; PORT_RULES_CAP],
+}
+
+/// State of a [`Pending`] entry.
+pub mod pending_state {
+    /// Waiting for a decision.
+    pub const WAITING: u8 = 1;
+    /// Decided: let it through once.
+    pub const ALLOW: u8 = 2;
+    /// Decided: refuse it.
+    pub const DENY: u8 = 3;
+}
+
+/// An operation held in the kernel, keyed by thread id in [`PENDING`](maps::PENDING).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pending {
+    /// When the operation was first held (`CLOCK_MONOTONIC` ns); with the thread id it names the
+    /// request.
+    pub created_ns: u64,
+    /// [`fingerprint`] of the operation's target, so a decision applies only to what was asked.
+    pub target: u64,
+    /// Cgroup id of the task.
+    pub cgroup_id: u64,
+    /// Process (thread group) id.
+    pub tgid: u32,
+    /// Rule that asked for approval.
+    pub rule_id: u32,
+    /// Workload of the task.
+    pub workload: u32,
+    /// [`pending_state`].
+    pub state: u8,
+    /// [`Op`].
+    pub op: u8,
+    /// Explicit padding.
+    pub _pad: [u8; 2],
+}
+
+/// Who a grant covers.
+pub mod scope {
+    /// One process (thread group).
+    pub const PROCESS: u8 = 1;
+    /// Every process of one workload.
+    pub const WORKLOAD: u8 = 2;
+    /// Every watched process on the host.
+    pub const HOST: u8 = 3;
+}
+
+/// Key of [`GRANTS`](maps::GRANTS).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct GrantKey {
+    /// [`scope`].
+    pub scope: u8,
+    /// Explicit padding.
+    pub _pad: [u8; 3],
+    /// Rule the grant answers.
+    pub rule_id: u32,
+    /// tgid for [`scope::PROCESS`], workload id for [`scope::WORKLOAD`], 0 for [`scope::HOST`].
+    pub subject: u64,
+    /// [`fingerprint`] of the target the grant is for.
+    pub target: u64,
+}
+
+/// Value of [`GRANTS`](maps::GRANTS): a standing decision.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Grant {
+    /// [`Action::Allow`] or [`Action::Deny`].
+    pub action: u8,
+    /// Explicit padding.
+    pub _pad: [u8; 3],
+    /// Uses left, counted down by the kernel; 0 means unlimited until `expires_ns`.
+    pub uses_left: u32,
+    /// Expiry (`CLOCK_MONOTONIC` ns); 0 means no expiry.
+    pub expires_ns: u64,
+}
+
+/// The single entry of [`HEARTBEAT`](maps::HEARTBEAT).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// Last time the agent said it is alive (`CLOCK_MONOTONIC` ns). 0 = never: nothing is paused.
+    pub beat_ns: u64,
+    /// How old `beat_ns` may get before the kernel stops pausing.
+    pub stale_after_ns: u64,
+    /// [`FailMode`] applied while the heartbeat is stale.
+    pub fail_mode: u8,
+    /// Explicit padding.
+    pub _pad: [u8; 7],
+}
+
+/// Bits of [`Event::flags`].
+pub mod event_flags {
+    /// The exec path was longer than [`PATH_CAP`](crate::PATH_CAP) and is cut.
+    pub const PATH_TRUNCATED: u8 = 1;
+    /// The operation re-entered the hook while already pending (for example after a SIGCONT
+    /// that did not come from the agent).
+    pub const REENTERED: u8 = 2;
+}
+
+/// A record the kernel writes to [`EVENTS`](maps::EVENTS).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// `CLOCK_MONOTONIC` ns when it happened.
+    pub ts_ns: u64,
+    /// Cgroup v2 id (inode number) of the task.
+    pub cgroup_id: u64,
+    /// For [`Outcome::Paused`] and [`Outcome::Cancelled`]: the pending entry's `created_ns`.
+    pub created_ns: u64,
+    /// [`fingerprint`] of the target.
+    pub target: u64,
+    /// Thread id.
+    pub pid: u32,
+    /// Process id.
+    pub tgid: u32,
+    /// Parent process id; 0 when the kernel side could not read it (the agent fills it in).
+    pub ppid: u32,
+    /// Real user id.
+    pub uid: u32,
+    /// Real group id.
+    pub gid: u32,
+    /// Matching rule; 0 for a workload default.
+    pub rule_id: u32,
+    /// Workload id.
+    pub workload: u32,
+    /// Destination port, host order.
+    pub port: u16,
+    /// [`Op`].
+    pub op: u8,
+    /// [`Outcome`].
+    pub outcome: u8,
+    /// [`Action`] that applied.
+    pub action: u8,
+    /// [`family`] for network operations, 0 for exec.
+    pub family: u8,
+    /// [`proto`] number.
+    pub proto: u8,
+    /// [`event_flags`].
+    pub flags: u8,
+    /// Explicit padding.
+    pub _pad: [u8; 4],
+    /// Destination address, network order (IPv4 in the first 4 bytes).
+    pub addr: [u8; 16],
+    /// `comm` of the task.
+    pub comm: [u8; 16],
+    /// Executable path for exec events (zero-padded).
+    pub path: [u8; PATH_CAP],
+}
+
+/// Indexes of [`COUNTERS`](maps::COUNTERS): one per kernel error path and per outcome, so that
+/// nothing the kernel does is invisible.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// An event could not be reserved in the ring buffer (the agent is too slow).
+    RingbufFull = 0,
+    /// The pending table was full; the fail mode applied.
+    PendingFull = 1,
+    /// `bpf_send_signal_thread` failed; the operation was refused.
+    SignalFailed = 2,
+    /// The exec path could not be read.
+    PathUnreadable = 3,
+    /// The per-CPU scratch area was missing (cannot happen on a loaded object).
+    ScratchMissing = 4,
+    /// A paused thread came back with a different target than the one held.
+    TargetMismatch = 5,
+    /// The heartbeat entry was missing.
+    HeartbeatMissing = 6,
+    /// The heartbeat was stale when a pause was due.
+    HeartbeatStale = 7,
+    /// A context that cannot be restarted asked for approval.
+    Unpausable = 8,
+    /// Operations paused.
+    Paused = 9,
+    /// Operations refused by rule.
+    Denied = 10,
+    /// Operations let through by an audit rule.
+    Audited = 11,
+    /// Operations let through by a grant.
+    Granted = 12,
+    /// Paused operations re-entered while still waiting (and stopped again).
+    Repaused = 13,
+    /// Pending entries removed because the task exited.
+    CancelledOnExit = 14,
+    /// Expired grants removed.
+    GrantExpired = 15,
+    /// A socket address the program could not read.
+    AddrUnreadable = 16,
+}
+
+/// Number of slots in [`COUNTERS`](maps::COUNTERS).
+pub const COUNTER_SLOTS: u32 = 32;
+
+macro_rules! size_check {
+    ($($t:ty => $n:expr),* $(,)?) => {
+        $(const _: () = assert!(core::mem::size_of::<$t>() == $n);)*
+    };
+}
+
+size_check! {
+    Watch => 8,
+    RuleRef => 8,
+    ExecExactKey => 256,
+    ExecPrefixData => 252,
+    Net4Data => 8,
+    Net6Data => 20,
+    PortRule => 12,
+    PortRules => 8 + 12 * PORT_RULES_CAP,
+    Pending => 40,
+    GrantKey => 24,
+    Grant => 16,
+    Heartbeat => 24,
+    Event => 72 + 16 + 16 + PATH_CAP,
+}
+
+// The LPM trie key (u32 prefix length + data) must fit the kernel's 256-byte data limit.
+const _: () = assert!(core::mem::size_of::<ExecPrefixData>() <= 256);
+const _: () = assert!((COUNTER_SLOTS as usize) > Counter::AddrUnreadable as usize);
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: every type below is `repr(C)`, `Copy`, made only of integers and byte arrays, and
+    // has its padding as explicit fields, so every bit pattern is valid and none is uninitialised.
+    unsafe impl aya::Pod for Watch {}
+    unsafe impl aya::Pod for RuleRef {}
+    unsafe impl aya::Pod for ExecExactKey {}
+    unsafe impl aya::Pod for ExecPrefixData {}
+    unsafe impl aya::Pod for Net4Data {}
+    unsafe impl aya::Pod for Net6Data {}
+    unsafe impl aya::Pod for PortRule {}
+    unsafe impl aya::Pod for PortRules {}
+    unsafe impl aya::Pod for Pending {}
+    unsafe impl aya::Pod for GrantKey {}
+    unsafe impl aya::Pod for Grant {}
+    unsafe impl aya::Pod for Heartbeat {}
+    unsafe impl aya::Pod for Event {}
+}
+
+impl Event {
+    /// Reads an event from ring-buffer bytes; `None` if the record is too short.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() < core::mem::size_of::<Self>() {
+            return None;
+        }
+        // SAFETY: length checked above; `Event` is plain old data, so any bytes are a valid
+        // value, and `read_unaligned` makes no alignment assumption about the ring buffer.
+        Some(unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<Self>()) })
+    }
+}

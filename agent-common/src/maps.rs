@@ -1,0 +1,70 @@
+//! Names of the kernel maps, as the agent opens and pins them.
+//!
+//! The kernel cuts map names at 15 characters; every name here is shorter, and a unit test in the
+//! agent parses the built object and checks that it declares exactly these maps.
+
+/// Watched cgroups: cgroup id → [`Watch`](crate::Watch).
+pub const WATCHED: &str = "WATCHED";
+/// Exec rules by exact path: [`ExecExactKey`](crate::ExecExactKey) → [`RuleRef`](crate::RuleRef).
+pub const EXEC_EXACT: &str = "EXEC_EXACT";
+/// Exec rules by path prefix (LPM trie): [`ExecPrefixData`](crate::ExecPrefixData) → [`RuleRef`](crate::RuleRef).
+pub const EXEC_PREFIX: &str = "EXEC_PREFIX";
+/// IPv4 destination rules (LPM trie): [`Net4Data`](crate::Net4Data) → [`PortRules`](crate::PortRules).
+pub const NET4_RULES: &str = "NET4_RULES";
+/// IPv6 destination rules (LPM trie): [`Net6Data`](crate::Net6Data) → [`PortRules`](crate::PortRules).
+pub const NET6_RULES: &str = "NET6_RULES";
+/// Operations held in the kernel: thread id → [`Pending`](crate::Pending).
+pub const PENDING: &str = "PENDING";
+/// Standing decisions: [`GrantKey`](crate::GrantKey) → [`Grant`](crate::Grant).
+pub const GRANTS: &str = "GRANTS";
+/// The agent's heartbeat and the fail mode: one [`Heartbeat`](crate::Heartbeat).
+pub const HEARTBEAT: &str = "HEARTBEAT";
+/// Ring buffer of [`Event`](crate::Event) records.
+pub const EVENTS: &str = "EVENTS";
+/// Per-CPU counters indexed by [`Counter`](crate::Counter).
+pub const COUNTERS: &str = "COUNTERS";
+/// Per-CPU scratch space for keys and events too large for the BPF stack.
+pub const SCRATCH: &str = "SCRATCH";
+/// aya-log's ring buffer (declared by aya-log-ebpf, not by us).
+pub const AYA_LOGS: &str = "AYA_LOGS";
+
+/// Every map the object declares, in one list for the loader and the name check.
+pub const ALL: &[&str] = &[
+    WATCHED,
+    EXEC_EXACT,
+    EXEC_PREFIX,
+    NET4_RULES,
+    NET6_RULES,
+    PENDING,
+    GRANTS,
+    HEARTBEAT,
+    EVENTS,
+    COUNTERS,
+    SCRATCH,
+    AYA_LOGS,
+];
+
+/// Maps the agent pins so that a restarted agent finds the kernel state it left.
+pub const PINNED: &[&str] = &[
+    WATCHED,
+    EXEC_EXACT,
+    EXEC_PREFIX,
+    NET4_RULES,
+    NET6_RULES,
+    PENDING,
+    GRANTS,
+    HEARTBEAT,
+    EVENTS,
+    COUNTERS,
+];
+
+/// The kernel keeps at most this many bytes of a map name (16 with the NUL).
+pub const NAME_MAX: usize = 15;
+
+const _: () = {
+    let mut i = 0;
+    while i < ALL.len() {
+        assert!(ALL[i].len() <= NAME_MAX);
+        i += 1;
+    }
+};

@@ -1,0 +1,67 @@
+//! Every map the kernel programs use, declared in this one file.
+//!
+//! Names come from `agent_common::maps` (at most 15 bytes, as the kernel keeps them) and the
+//! layouts from `agent_common`; nothing here defines a layout of its own except the per-CPU
+//! scratch area, which user space never reads. Maps that carry state across an agent restart are
+//! pinned by name under the agent's bpffs directory.
+
+use agent_common::{
+    ExecExactKey, ExecPrefixData, Grant, GrantKey, Heartbeat, Net4Data, Net6Data, Pending,
+    PortRules, RuleRef, Watch, COUNTER_SLOTS,
+};
+use aya_ebpf::{
+    macros::map,
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
+};
+
+use crate::scratch::Scratch;
+
+/// Watched cgroups (cgroup v2 id → workload and default action). A task is inspected when its
+/// cgroup or one of its ancestors is here; the agent fills it from the workload globs.
+#[map(name = "WATCHED")]
+pub static WATCHED: HashMap<u64, Watch> = HashMap::pinned(16_384, 0);
+
+/// Exec rules matched on the whole path, per workload.
+#[map(name = "EXEC_EXACT")]
+pub static EXEC_EXACT: HashMap<ExecExactKey, RuleRef> = HashMap::pinned(65_536, 0);
+
+/// Exec rules matched on a path prefix (`/usr/bin/ssh*`), per workload; the longest prefix wins.
+#[map(name = "EXEC_PREFIX")]
+pub static EXEC_PREFIX: LpmTrie<ExecPrefixData, RuleRef> = LpmTrie::pinned(65_536, 0);
+
+/// IPv4 destination rules per workload; the value lists port/protocol clauses, most specific
+/// first, inherited from shorter prefixes by the agent's rule compiler.
+#[map(name = "NET4_RULES")]
+pub static NET4_RULES: LpmTrie<Net4Data, PortRules> = LpmTrie::pinned(262_144, 0);
+
+/// IPv6 destination rules per workload, as [`NET4_RULES`].
+#[map(name = "NET6_RULES")]
+pub static NET6_RULES: LpmTrie<Net6Data, PortRules> = LpmTrie::pinned(131_072, 0);
+
+/// Operations held in the kernel, by thread id. The kernel adds entries and consumes decisions;
+/// the agent writes decisions and resolves entries after a restart.
+#[map(name = "PENDING")]
+pub static PENDING: HashMap<u32, Pending> = HashMap::pinned(16_384, 0);
+
+/// Standing decisions (grants) for a process, a workload or the host.
+#[map(name = "GRANTS")]
+pub static GRANTS: HashMap<GrantKey, Grant> = HashMap::pinned(65_536, 0);
+
+/// The agent's heartbeat and the fail mode, one entry.
+#[map(name = "HEARTBEAT")]
+pub static HEARTBEAT: Array<Heartbeat> = Array::pinned(1, 0);
+
+/// Events for the agent: pauses, denials, audits, fail-mode verdicts, cancellations.
+#[map(name = "EVENTS")]
+pub static EVENTS: RingBuf = RingBuf::pinned(8 << 20, 0);
+
+/// Per-CPU counters, one slot per `agent_common::Counter`.
+#[map(name = "COUNTERS")]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_SLOTS, 0);
+
+/// Per-CPU scratch space for path keys and the event under construction (too big for the stack).
+#[map(name = "SCRATCH")]
+pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Shorthand for the LPM key of [`EXEC_PREFIX`].
+pub type ExecPrefixKey = Key<ExecPrefixData>;

@@ -1,0 +1,163 @@
+//! The network hooks: `connect()` and `sendmsg()` with an explicit destination, IPv4 and IPv6.
+
+use agent_common::{
+    family, fingerprint, proto, Action, Net4Data, Net6Data, Op, Outcome, PortRules, ERESTARTNOINTR,
+    PORT_RULES_CAP,
+};
+use aya_ebpf::{helpers::bpf_set_retval, maps::lpm_trie::Key, programs::SockAddrContext};
+
+use crate::counters::{bump, Counter};
+use crate::maps::{NET4_RULES, NET6_RULES};
+use crate::pause::{self, Subject, Verdict};
+use crate::{scope, scratch};
+
+const ALLOW: i32 = 1;
+const DENY: i32 = 0;
+
+pub fn check(ctx: &SockAddrContext, op: Op, fam: u8) -> i32 {
+    let Some((cgroup, watch)) = scope::watched() else {
+        return ALLOW;
+    };
+    let sa = ctx.sock_addr;
+    // SAFETY: the context the kernel passed; these fields are readable in every sock_addr hook.
+    let (protocol, port) = unsafe { ((*sa).protocol as u8, u16::from_be((*sa).user_port as u16)) };
+    let mut addr = [0u8; 16];
+    let mut fam = fam;
+    if fam == family::INET {
+        // SAFETY: as above.
+        let ip = unsafe { (*sa).user_ip4 };
+        addr[..4].copy_from_slice(&ip.to_ne_bytes());
+    } else {
+        let mut i = 0;
+        while i < 4 {
+            // SAFETY: as above; the verifier wants 4-byte reads of user_ip6.
+            let word = unsafe { (*sa).user_ip6[i] };
+            addr[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
+            i += 1;
+        }
+        // A v4-mapped address (::ffff:a.b.c.d) on a dual-stack socket reaches an IPv4 host: it
+        // must meet the IPv4 rules, or they could be walked around.
+        if is_v4_mapped(&addr) {
+            fam = family::INET;
+            let v4 = [addr[12], addr[13], addr[14], addr[15]];
+            addr = [0; 16];
+            addr[..4].copy_from_slice(&v4);
+        }
+    }
+    let target = fingerprint::network(fam, protocol, &addr, port);
+    let subject = Subject::current(cgroup, watch);
+    let Some(s) = scratch::get() else {
+        return DENY;
+    };
+    let ev = &mut s.event;
+    pause::clear(ev);
+    ev.op = op as u8;
+    ev.family = fam;
+    ev.proto = protocol;
+    ev.port = port;
+    ev.addr = addr;
+    ev.target = target;
+
+    if let Some(v) = pause::resume(&subject, ev, op, target) {
+        return finish(v);
+    }
+
+    let hit = if fam == family::INET {
+        lookup4(watch.workload, &addr, port, protocol)
+    } else {
+        lookup6(watch.workload, &addr, port, protocol)
+    };
+    let (rule_id, action) = hit.unwrap_or((0, watch.default_action));
+    let verdict = if action == Action::Allow as u8 {
+        Verdict::Allow
+    } else if action == Action::Audit as u8 {
+        bump(Counter::Audited);
+        subject.report(ev, Outcome::Audited, action, rule_id);
+        Verdict::Allow
+    } else if action == Action::Approve as u8 {
+        pause::request(&subject, ev, op, rule_id, target)
+    } else {
+        bump(Counter::Denied);
+        subject.report(ev, Outcome::Denied, action, rule_id);
+        Verdict::Deny
+    };
+    finish(verdict)
+}
+
+#[inline(always)]
+fn finish(v: Verdict) -> i32 {
+    match v {
+        Verdict::Allow => ALLOW,
+        Verdict::Deny => DENY,
+        Verdict::Held => {
+            // Returning 0 alone would fail the call with EPERM; this return value instead makes
+            // the kernel run the same system call again once the task is resumed.
+            // SAFETY: helper with a plain integer argument.
+            unsafe { bpf_set_retval(ERESTARTNOINTR) };
+            DENY
+        }
+    }
+}
+
+#[inline(always)]
+fn is_v4_mapped(a: &[u8; 16]) -> bool {
+    a[0] == 0
+        && a[1] == 0
+        && a[2] == 0
+        && a[3] == 0
+        && a[4] == 0
+        && a[5] == 0
+        && a[6] == 0
+        && a[7] == 0
+        && a[8] == 0
+        && a[9] == 0
+        && a[10] == 0xff
+        && a[11] == 0xff
+}
+
+#[inline(always)]
+fn lookup4(workload: u32, addr: &[u8; 16], port: u16, protocol: u8) -> Option<(u32, u8)> {
+    let key = Key::new(
+        64,
+        Net4Data {
+            workload_be: workload.to_be_bytes(),
+            addr: [addr[0], addr[1], addr[2], addr[3]],
+        },
+    );
+    first_match(NET4_RULES.get(&key)?, port, protocol)
+}
+
+#[inline(always)]
+fn lookup6(workload: u32, addr: &[u8; 16], port: u16, protocol: u8) -> Option<(u32, u8)> {
+    let key = Key::new(
+        160,
+        Net6Data {
+            workload_be: workload.to_be_bytes(),
+            addr: *addr,
+        },
+    );
+    first_match(NET6_RULES.get(&key)?, port, protocol)
+}
+
+/// The first clause whose port range and protocol match; the agent sorted them most specific
+/// first.
+#[inline(always)]
+fn first_match(rules: &PortRules, port: u16, protocol: u8) -> Option<(u32, u8)> {
+    let n = rules.len as usize;
+    let mut i = 0;
+    while i < PORT_RULES_CAP {
+        if i >= n {
+            break;
+        }
+        if let Some(r) = rules.rules.get(i) {
+            if (r.proto == proto::ANY || r.proto == protocol)
+                && port >= r.port_lo
+                && port <= r.port_hi
+            {
+                return Some((r.rule_id, r.action));
+            }
+        }
+        i += 1;
+    }
+    None
+}

@@ -1,0 +1,296 @@
+//! Holding an operation until a decision arrives, and everything around it: grants, the fail
+//! mode, re-entry after a resume, and clean-up when the task exits.
+
+use agent_common::{
+    pending_state, scope, Action, Event, FailMode, GrantKey, Op, Outcome, Pending, Watch,
+};
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_get_current_pid_tgid, bpf_send_signal_thread},
+};
+use aya_log_ebpf::error;
+
+use crate::counters::{bump, Counter};
+use crate::maps::{GRANTS, PENDING};
+use crate::{report, scope as who};
+
+const SIGKILL: u32 = 9;
+const SIGSTOP: u32 = 19;
+const UNLIMITED: u32 = u32::MAX;
+
+/// What the calling hook must do with the operation.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Allow,
+    Deny,
+    /// The task has been told to stop; a network hook must also ask for a restart.
+    Held,
+}
+
+/// Everything a decision needs to know about the calling task.
+pub struct Subject {
+    pub cgroup: u64,
+    pub watch: Watch,
+    pub tid: u32,
+    pub tgid: u32,
+    pub now: u64,
+}
+
+impl Subject {
+    #[inline(always)]
+    pub fn current(cgroup: u64, watch: Watch) -> Self {
+        let pid_tgid = bpf_get_current_pid_tgid();
+        Self {
+            cgroup,
+            watch,
+            tid: pid_tgid as u32,
+            tgid: (pid_tgid >> 32) as u32,
+            now: who::now(),
+        }
+    }
+
+    #[inline(always)]
+    pub fn report(&self, ev: &mut Event, outcome: Outcome, action: u8, rule_id: u32) {
+        report::stamp(ev, self.cgroup, self.watch.workload, self.now);
+        report::send(ev, outcome, action, rule_id);
+    }
+}
+
+/// Sends a signal to the calling thread; `false` if the kernel refused.
+#[inline(always)]
+pub fn signal(sig: u32) -> bool {
+    // SAFETY: helper with a plain integer argument.
+    unsafe { bpf_send_signal_thread(sig) >= 0 }
+}
+
+#[inline(always)]
+pub fn kill_current() {
+    if !signal(SIGKILL) {
+        bump(Counter::SignalFailed);
+    }
+}
+
+/// The standing decision for this operation, if a grant covers it. Narrow scopes are looked at
+/// first; an expired or used-up grant is removed and ignored.
+#[inline(always)]
+fn granted(s: &Subject, rule_id: u32, target: u64) -> Option<u8> {
+    let subjects = [
+        (scope::PROCESS, s.tgid as u64),
+        (scope::WORKLOAD, s.watch.workload as u64),
+        (scope::HOST, 0u64),
+    ];
+    let mut i = 0;
+    while i < subjects.len() {
+        let (sc, subject) = subjects[i];
+        i += 1;
+        let key = GrantKey {
+            scope: sc,
+            _pad: [0; 3],
+            rule_id,
+            subject,
+            target,
+        };
+        let Some(g) = GRANTS.get_ptr_mut(&key) else {
+            continue;
+        };
+        // SAFETY: map value pointer from lookup; fields are plain integers.
+        let (action, expires) = unsafe { ((*g).action, (*g).expires_ns) };
+        if expires != 0 && s.now >= expires {
+            let _ = GRANTS.remove(&key);
+            bump(Counter::GrantExpired);
+            continue;
+        }
+        // SAFETY: as above; the field is 4-byte aligned inside the map value.
+        if unsafe { take_use(core::ptr::addr_of_mut!((*g).uses_left)) } {
+            return Some(action);
+        }
+        let _ = GRANTS.remove(&key);
+    }
+    None
+}
+
+/// Takes one use of a counted grant; `false` when none is left. The compare-and-swap keeps two
+/// CPUs from spending the same last use.
+///
+/// The BPF target offers no `AtomicU32` (its spec has no compare-and-swap), but the kernel does
+/// (BPF_CMPXCHG, cpu v3), so the intrinsic is used directly.
+///
+/// # Safety
+/// `uses` points into a live map value.
+#[inline(always)]
+unsafe fn take_use(uses: *mut u32) -> bool {
+    use core::intrinsics::{atomic_cxchg, AtomicOrdering::Relaxed};
+    let mut tries = 0;
+    while tries < 8 {
+        // SAFETY: caller's contract; a racing writer is what the compare-and-swap resolves.
+        let cur = unsafe { core::ptr::read_volatile(uses) };
+        if cur == UNLIMITED {
+            return true;
+        }
+        if cur == 0 {
+            return false;
+        }
+        // SAFETY: as above.
+        let (_, swapped) =
+            unsafe { atomic_cxchg::<u32, { Relaxed }, { Relaxed }>(uses, cur, cur - 1) };
+        if swapped {
+            return true;
+        }
+        tries += 1;
+    }
+    // Heavy contention on the same grant: refusing this use is the safe answer.
+    false
+}
+
+/// The fail-mode verdict, recorded.
+#[inline(always)]
+pub fn fail(s: &Subject, ev: &mut Event, mode: FailMode, action: u8, rule_id: u32) -> Verdict {
+    match mode {
+        FailMode::AllowAndRecord => {
+            s.report(ev, Outcome::FailOpen, action, rule_id);
+            Verdict::Allow
+        }
+        FailMode::Deny => {
+            s.report(ev, Outcome::FailClosed, action, rule_id);
+            Verdict::Deny
+        }
+    }
+}
+
+/// io_uring workers (`iou-wrk-*`) and SQPOLL threads (`iou-sqp-*`) run system calls on behalf of
+/// a process and cannot be stopped and restarted the way a user task can.
+#[inline(always)]
+fn unpausable(comm: &[u8; 16]) -> bool {
+    comm[0] == b'i' && comm[1] == b'o' && comm[2] == b'u' && comm[3] == b'-'
+}
+
+/// An operation that needs approval: a grant, the fail mode, or a pause.
+#[inline(always)]
+pub fn request(s: &Subject, ev: &mut Event, op: Op, rule_id: u32, target: u64) -> Verdict {
+    let approve = Action::Approve as u8;
+    ev.target = target;
+    if let Some(action) = granted(s, rule_id, target) {
+        bump(Counter::Granted);
+        if action == Action::Allow as u8 {
+            s.report(ev, Outcome::Granted, approve, rule_id);
+            return Verdict::Allow;
+        }
+        s.report(ev, Outcome::GrantDenied, approve, rule_id);
+        return Verdict::Deny;
+    }
+    if let Some(mode) = who::stale(s.now) {
+        return fail(s, ev, mode, approve, rule_id);
+    }
+    report::stamp(ev, s.cgroup, s.watch.workload, s.now);
+    if unpausable(&ev.comm) {
+        bump(Counter::Unpausable);
+        report::send(ev, Outcome::Unpausable, approve, rule_id);
+        return Verdict::Deny;
+    }
+    let entry = Pending {
+        created_ns: s.now,
+        target,
+        cgroup_id: s.cgroup,
+        tgid: s.tgid,
+        rule_id,
+        workload: s.watch.workload,
+        state: pending_state::WAITING,
+        op: op as u8,
+        _pad: [0; 2],
+    };
+    if PENDING.insert(&s.tid, &entry, BPF_NOEXIST as u64).is_err() {
+        bump(Counter::PendingFull);
+        let mode = match who::stale(0) {
+            Some(FailMode::AllowAndRecord) => FailMode::AllowAndRecord,
+            _ => FailMode::Deny,
+        };
+        return fail(s, ev, mode, approve, rule_id);
+    }
+    if !signal(SIGSTOP) {
+        let _ = PENDING.remove(&s.tid);
+        bump(Counter::SignalFailed);
+        report::send(ev, Outcome::Unpausable, approve, rule_id);
+        return Verdict::Deny;
+    }
+    bump(Counter::Paused);
+    ev.created_ns = s.now;
+    report::send(ev, Outcome::Paused, approve, rule_id);
+    Verdict::Held
+}
+
+/// A thread that already has a pending entry came back to a hook: a decision is there to
+/// consume, or it must stop again. `None` when the thread has nothing pending for this target.
+#[inline(always)]
+pub fn resume(s: &Subject, ev: &mut Event, op: Op, target: u64) -> Option<Verdict> {
+    let p = PENDING.get_ptr(&s.tid)?;
+    // SAFETY: map value pointer from lookup; `Pending` is plain data.
+    let p = unsafe { *p };
+    if p.op != op as u8 || p.target != target {
+        // The held operation was abandoned (the thread is doing something else now); the agent
+        // sees the entry go and cancels its request.
+        bump(Counter::TargetMismatch);
+        let _ = PENDING.remove(&s.tid);
+        return None;
+    }
+    match p.state {
+        pending_state::ALLOW => {
+            let _ = PENDING.remove(&s.tid);
+            Some(Verdict::Allow)
+        }
+        pending_state::DENY => {
+            let _ = PENDING.remove(&s.tid);
+            Some(Verdict::Deny)
+        }
+        _ => Some(hold_again(s, ev, p.rule_id)),
+    }
+}
+
+/// A still-waiting operation ran again (somebody else sent SIGCONT): stop it again, unless the
+/// agent is gone, in which case the fail mode decides.
+#[inline(always)]
+pub fn hold_again(s: &Subject, ev: &mut Event, rule_id: u32) -> Verdict {
+    if let Some(mode) = who::stale(s.now) {
+        let _ = PENDING.remove(&s.tid);
+        ev.flags |= agent_common::event_flags::REENTERED;
+        return fail(s, ev, mode, Action::Approve as u8, rule_id);
+    }
+    if signal(SIGSTOP) {
+        bump(Counter::Repaused);
+        Verdict::Held
+    } else {
+        let _ = PENDING.remove(&s.tid);
+        bump(Counter::SignalFailed);
+        error!(&(), "latch: cannot stop tid {} again", s.tid);
+        Verdict::Deny
+    }
+}
+
+/// `sched_process_exit`: a thread that goes away takes its pending entry with it.
+#[inline(always)]
+pub fn on_exit() {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let Some(p) = PENDING.get_ptr(&tid) else {
+        return;
+    };
+    // SAFETY: map value pointer from lookup.
+    let p = unsafe { *p };
+    let _ = PENDING.remove(&tid);
+    bump(Counter::CancelledOnExit);
+    let Some(sc) = crate::scratch::get() else {
+        return;
+    };
+    let ev = &mut sc.event;
+    clear(ev);
+    ev.op = p.op;
+    ev.target = p.target;
+    ev.created_ns = p.created_ns;
+    report::stamp(ev, p.cgroup_id, p.workload, who::now());
+    report::send(ev, Outcome::Cancelled, Action::Approve as u8, p.rule_id);
+}
+
+/// Zeroes an event in place (it lives in per-CPU scratch and holds the previous run's bytes).
+#[inline(always)]
+pub fn clear(ev: &mut Event) {
+    // SAFETY: `Event` is plain data; all-zero is a valid value.
+    unsafe { core::ptr::write_bytes(ev as *mut Event, 0, 1) };
+}

@@ -1,0 +1,61 @@
+//! Who is inspected (watched cgroups) and whether anyone is there to decide (heartbeat).
+
+use agent_common::{FailMode, Watch, MAX_CGROUP_DEPTH};
+use aya_ebpf::helpers::{
+    bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_ktime_get_ns,
+};
+
+use crate::counters::{bump, Counter};
+use crate::maps::{HEARTBEAT, WATCHED};
+
+/// The calling task's cgroup id and its workload, if the cgroup or an ancestor is watched. The
+/// deepest watched ancestor wins, so a child cgroup can belong to a narrower workload.
+#[inline(always)]
+pub fn watched() -> Option<(u64, Watch)> {
+    // SAFETY: helpers without pointer arguments.
+    let cgroup = unsafe { bpf_get_current_cgroup_id() };
+    if let Some(w) = WATCHED.get_ptr(cgroup) {
+        // SAFETY: a map value pointer returned by lookup.
+        return Some((cgroup, unsafe { *w }));
+    }
+    let mut found = None;
+    let mut level = 1;
+    while level < MAX_CGROUP_DEPTH {
+        // SAFETY: as above.
+        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
+        if id == 0 || id == cgroup {
+            break;
+        }
+        if let Some(w) = WATCHED.get_ptr(id) {
+            // SAFETY: as above.
+            found = Some(unsafe { *w });
+        }
+        level += 1;
+    }
+    found.map(|w| (cgroup, w))
+}
+
+#[inline(always)]
+pub fn now() -> u64 {
+    // SAFETY: helper without arguments.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// `None` while the agent's heartbeat is fresh; otherwise the fail mode to apply.
+#[inline(always)]
+pub fn stale(now: u64) -> Option<FailMode> {
+    let Some(hb) = HEARTBEAT.get(0) else {
+        bump(Counter::HeartbeatMissing);
+        return Some(FailMode::Deny);
+    };
+    let fresh = hb.beat_ns != 0 && now.saturating_sub(hb.beat_ns) <= hb.stale_after_ns;
+    if fresh {
+        return None;
+    }
+    bump(Counter::HeartbeatStale);
+    Some(if hb.fail_mode == FailMode::AllowAndRecord as u8 {
+        FailMode::AllowAndRecord
+    } else {
+        FailMode::Deny
+    })
+}

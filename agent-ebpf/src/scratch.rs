@@ -1,0 +1,35 @@
+//! Per-CPU working memory: the BPF stack is 512 bytes and an exec key alone is 256.
+
+use agent_common::{Event, ExecExactKey, ExecPrefixData};
+
+use crate::counters::{bump, Counter};
+use crate::maps::{ExecPrefixKey, SCRATCH};
+
+/// What one program run needs beyond the stack. Programs run to completion on one CPU without
+/// preemption by another program of ours on that CPU, so one slot per CPU is enough.
+#[repr(C)]
+pub struct Scratch {
+    pub exact: ExecExactKey,
+    pub prefix: ExecPrefixKey,
+    pub event: Event,
+}
+
+#[inline(always)]
+pub fn get() -> Option<&'static mut Scratch> {
+    match SCRATCH.get_ptr_mut(0) {
+        // SAFETY: the map value lives as long as the map; see the doc comment on `Scratch` for
+        // why no other program run aliases it.
+        Some(p) => Some(unsafe { &mut *p }),
+        None => {
+            bump(Counter::ScratchMissing);
+            None
+        }
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_prefix_key_size() {
+    const _: () = assert!(
+        core::mem::size_of::<ExecPrefixKey>() == 4 + core::mem::size_of::<ExecPrefixData>()
+    );
+}

@@ -1,0 +1,329 @@
+//! Kernel events: decoding the ring buffer's records and reading them without losing any.
+//!
+//! Records are decoded strictly: a record with an unknown operation or outcome is an error that
+//! names the byte, not a guess. Reading is batch-wise and wakes on the ring buffer's fd, so the
+//! reader keeps up with bursts; what the kernel could not write is counted there
+//! (`Counter::RingbufFull`) and reported by the agent.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    os::fd::AsRawFd,
+};
+
+use agent_common::{event_flags, family, Event, Op, Outcome, PATH_CAP};
+use aya::maps::{MapData, RingBuf};
+use serde::Serialize;
+use tokio::io::unix::AsyncFd;
+
+use crate::kernel::RequestId;
+
+/// A record that is not a valid event.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    /// Shorter than an event.
+    #[error("event record is {0} bytes; an event is {size}", size = std::mem::size_of::<Event>())]
+    Short(usize),
+    /// Unknown operation code.
+    #[error("event has unknown operation code {0}")]
+    Op(u8),
+    /// Unknown outcome code.
+    #[error("event has unknown outcome code {0}")]
+    Outcome(u8),
+    /// Unknown address family.
+    #[error("event has unknown address family {0}")]
+    Family(u8),
+}
+
+/// What a kernel event says, in user-space types.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct KernelEvent {
+    /// `CLOCK_MONOTONIC` ns.
+    pub ts_ns: u64,
+    /// Operation.
+    #[serde(serialize_with = "ser_op")]
+    pub op: Op,
+    /// What the kernel did.
+    #[serde(serialize_with = "ser_outcome")]
+    pub outcome: Outcome,
+    /// Rule id (0: the workload's default action).
+    pub rule_id: u32,
+    /// Workload id.
+    pub workload: u32,
+    /// Thread id.
+    pub pid: u32,
+    /// Process id.
+    pub tgid: u32,
+    /// Parent process id (0 when unknown).
+    pub ppid: u32,
+    /// User id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
+    /// Cgroup id.
+    pub cgroup_id: u64,
+    /// Task command name.
+    pub comm: String,
+    /// Executable path (exec events).
+    pub path: Option<String>,
+    /// Whether `path` was cut at the kernel's limit.
+    pub path_truncated: bool,
+    /// Destination (network events).
+    pub destination: Option<SocketAddr>,
+    /// IP protocol number (network events).
+    pub protocol: u8,
+    /// The pending request this event opened or closed (paused and cancelled events).
+    pub request: Option<RequestId>,
+    /// Target fingerprint.
+    pub target: u64,
+    /// The operation had already been held and came back (a resume from elsewhere).
+    pub reentered: bool,
+}
+
+fn ser_op<S: serde::Serializer>(op: &Op, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(match op {
+        Op::Exec => "exec",
+        Op::Connect => "connect",
+        Op::Sendmsg => "sendmsg",
+    })
+}
+
+fn ser_outcome<S: serde::Serializer>(o: &Outcome, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(outcome_name(*o))
+}
+
+/// A short name for an outcome, for logs and tables.
+pub fn outcome_name(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Audited => "audited",
+        Outcome::Denied => "denied",
+        Outcome::Paused => "paused",
+        Outcome::Granted => "granted",
+        Outcome::GrantDenied => "grant-denied",
+        Outcome::FailOpen => "fail-open",
+        Outcome::FailClosed => "fail-closed",
+        Outcome::Unpausable => "unpausable",
+        Outcome::Cancelled => "cancelled",
+    }
+}
+
+fn c_string(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+impl KernelEvent {
+    /// Decodes a ring-buffer record.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let e = Event::from_bytes(bytes).ok_or(DecodeError::Short(bytes.len()))?;
+        let op = Op::from_u8(e.op).ok_or(DecodeError::Op(e.op))?;
+        let outcome = Outcome::from_u8(e.outcome).ok_or(DecodeError::Outcome(e.outcome))?;
+        let destination = match (op, e.family) {
+            (Op::Exec, _) => None,
+            (_, family::INET) => {
+                let a = Ipv4Addr::new(e.addr[0], e.addr[1], e.addr[2], e.addr[3]);
+                Some(SocketAddr::new(IpAddr::V4(a), e.port))
+            }
+            (_, family::INET6) => Some(SocketAddr::new(IpAddr::V6(Ipv6Addr::from(e.addr)), e.port)),
+            // Cancellations carry no destination.
+            (_, 0) if outcome == Outcome::Cancelled => None,
+            (_, f) => return Err(DecodeError::Family(f)),
+        };
+        let path = (op == Op::Exec && e.path[0] != 0).then(|| c_string(&e.path[..PATH_CAP]));
+        let request =
+            matches!(outcome, Outcome::Paused | Outcome::Cancelled).then_some(RequestId {
+                tid: e.pid,
+                created_ns: e.created_ns,
+            });
+        Ok(KernelEvent {
+            ts_ns: e.ts_ns,
+            op,
+            outcome,
+            rule_id: e.rule_id,
+            workload: e.workload,
+            pid: e.pid,
+            tgid: e.tgid,
+            ppid: e.ppid,
+            uid: e.uid,
+            gid: e.gid,
+            cgroup_id: e.cgroup_id,
+            comm: c_string(&e.comm),
+            path,
+            path_truncated: e.flags & event_flags::PATH_TRUNCATED != 0,
+            destination,
+            protocol: e.proto,
+            request,
+            target: e.target,
+            reentered: e.flags & event_flags::REENTERED != 0,
+        })
+    }
+
+    /// Fills in what the kernel side leaves to user space (parent pid), from `/proc` while the
+    /// process is still there. A process that is already gone keeps the kernel's values.
+    pub fn enrich(&mut self) {
+        if self.ppid == 0 {
+            if let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", self.tgid)) {
+                if let Some(ppid) = parse_ppid(&stat) {
+                    self.ppid = ppid;
+                }
+            }
+        }
+    }
+}
+
+/// Parent pid from `/proc/PID/stat` (the comm field may contain spaces and parentheses).
+pub fn parse_ppid(stat: &str) -> Option<u32> {
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Process state letter from `/proc/PID/stat` (`T` when stopped).
+pub fn parse_state(stat: &str) -> Option<char> {
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().next()?.chars().next()
+}
+
+/// Reads events from the kernel's ring buffer.
+pub struct EventReader {
+    ring: AsyncFd<RingBuf<MapData>>,
+    /// Records that did not decode (counted, logged, never silently dropped).
+    pub malformed: u64,
+}
+
+impl EventReader {
+    /// Wraps the ring buffer taken from the engine. Needs a tokio runtime.
+    pub fn new(ring: RingBuf<MapData>) -> std::io::Result<Self> {
+        // SAFETY: the ring buffer owns its fd, keeps it open and returns the same one for as
+        // long as it lives, and the AsyncFd owns the ring buffer.
+        let ring = unsafe { AsyncFd::register(ring) }.map_err(|e| e.into_parts().1)?;
+        Ok(Self { ring, malformed: 0 })
+    }
+
+    /// Waits for events and appends every one available to `out`; returns how many.
+    pub async fn next_batch(&mut self, out: &mut Vec<KernelEvent>) -> std::io::Result<usize> {
+        loop {
+            let mut guard = self.ring.readable_mut().await?;
+            let n = drain(guard.get_inner_mut(), out, &mut self.malformed);
+            guard.clear_ready();
+            if n > 0 {
+                return Ok(n);
+            }
+        }
+    }
+
+    /// Appends every event available now, without waiting.
+    pub fn try_batch(&mut self, out: &mut Vec<KernelEvent>) -> usize {
+        drain(self.ring.get_mut(), out, &mut self.malformed)
+    }
+
+    /// The ring buffer's fd (for diagnostics).
+    pub fn fd(&self) -> i32 {
+        self.ring.get_ref().as_raw_fd()
+    }
+}
+
+/// Appends every available record to `out`; undecodable ones are logged and counted.
+pub fn drain(
+    ring: &mut RingBuf<MapData>,
+    out: &mut Vec<KernelEvent>,
+    malformed: &mut u64,
+) -> usize {
+    let mut n = 0;
+    while let Some(item) = ring.next() {
+        match KernelEvent::decode(&item) {
+            Ok(ev) => {
+                out.push(ev);
+                n += 1;
+            }
+            Err(e) => {
+                *malformed += 1;
+                tracing::error!("dropping a kernel event that does not decode: {e}");
+            }
+        }
+    }
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agent_common::Event;
+
+    fn raw(e: &Event) -> Vec<u8> {
+        // SAFETY: Event is plain data.
+        unsafe {
+            std::slice::from_raw_parts(
+                (e as *const Event).cast::<u8>(),
+                std::mem::size_of::<Event>(),
+            )
+        }
+        .to_vec()
+    }
+
+    fn base() -> Event {
+        // SAFETY: all-zero is a valid Event.
+        let mut e: Event = unsafe { std::mem::zeroed() };
+        e.op = Op::Connect as u8;
+        e.outcome = Outcome::Paused as u8;
+        e.family = family::INET;
+        e.addr[..4].copy_from_slice(&[10, 20, 3, 4]);
+        e.port = 5432;
+        e.pid = 77;
+        e.created_ns = 123;
+        e.comm[..6].copy_from_slice(b"python");
+        e
+    }
+
+    #[test]
+    fn decodes_a_paused_connect() {
+        let ev = KernelEvent::decode(&raw(&base())).expect("decodes");
+        assert_eq!(
+            ev.destination,
+            Some("10.20.3.4:5432".parse().expect("addr"))
+        );
+        assert_eq!(
+            ev.request,
+            Some(RequestId {
+                tid: 77,
+                created_ns: 123
+            })
+        );
+        assert_eq!(ev.comm, "python");
+        assert_eq!(ev.path, None);
+    }
+
+    #[test]
+    fn refuses_short_records_and_unknown_codes() {
+        assert_eq!(KernelEvent::decode(&[0u8; 10]), Err(DecodeError::Short(10)));
+        let mut e = base();
+        e.op = 99;
+        assert_eq!(KernelEvent::decode(&raw(&e)), Err(DecodeError::Op(99)));
+        let mut e = base();
+        e.outcome = 0;
+        assert_eq!(KernelEvent::decode(&raw(&e)), Err(DecodeError::Outcome(0)));
+        let mut e = base();
+        e.family = 7;
+        assert_eq!(KernelEvent::decode(&raw(&e)), Err(DecodeError::Family(7)));
+    }
+
+    #[test]
+    fn decodes_exec_path_and_truncation_flag() {
+        let mut e = base();
+        e.op = Op::Exec as u8;
+        e.outcome = Outcome::Denied as u8;
+        e.family = 0;
+        e.path[..9].copy_from_slice(b"/bin/curl");
+        e.flags = event_flags::PATH_TRUNCATED;
+        let ev = KernelEvent::decode(&raw(&e)).expect("decodes");
+        assert_eq!(ev.path.as_deref(), Some("/bin/curl"));
+        assert!(ev.path_truncated);
+        assert_eq!(ev.request, None);
+    }
+
+    #[test]
+    fn parses_proc_stat_with_awkward_comm() {
+        let stat = "4242 (my (odd) prog) T 17 4242 4242 0 -1 4194304";
+        assert_eq!(parse_ppid(stat), Some(17));
+        assert_eq!(parse_state(stat), Some('T'));
+        assert_eq!(parse_ppid("garbage"), None);
+    }
+}

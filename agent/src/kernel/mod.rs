@@ -1,0 +1,935 @@
+//! The kernel engine: owns the loaded eBPF object, its maps and its links.
+//!
+//! [`Engine`] is the only place that touches the kernel side. It loads the embedded object,
+//! attaches the programs, pins maps and links under one bpffs directory so that a restarted agent
+//! finds the state it left (and enforcement never stops in between), and offers typed operations:
+//! watch a cgroup, load a compiled rule set, list and decide held operations, write grants and the
+//! heartbeat. It is synchronous and not `Sync`: the daemon gives it to one task and talks to that
+//! task over channels ([`crate::engine_task`]).
+
+mod mounts;
+
+use std::{
+    collections::HashSet,
+    fmt,
+    fs::File,
+    path::{Path, PathBuf},
+    str::FromStr,
+    time::Duration,
+};
+
+use agent_common::{
+    maps as names, pending_state, scope, Action, Counter, ExecExactKey, ExecPrefixData, FailMode,
+    Grant, GrantKey, Heartbeat, Net4Data, Net6Data, Op, Pending, PortRules, RuleRef, Watch,
+    COUNTER_SLOTS,
+};
+use aya::{
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
+    programs::{links::FdLink, CgroupAttachMode, CgroupSockAddr, Lsm, RawTracePoint, TracePoint},
+    Btf, Ebpf, EbpfLoader, Pod,
+};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+
+pub use mounts::{cgroup2_root, parse_cgroup2_root};
+
+use crate::rules::Compiled;
+
+/// The kernel programs, built by `build.rs` from `agent-ebpf`.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/latch.bpf.o"));
+
+/// Grant uses value that means "until it expires".
+pub const UNLIMITED_USES: u32 = u32::MAX;
+
+/// Everything that can go wrong between the agent and the kernel.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// A pseudo file system could not be found or mounted.
+    #[error("cannot prepare {what} at {}: {reason}", path.display())]
+    Mount {
+        /// bpffs, tracefs or cgroup2.
+        what: &'static str,
+        /// Where.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The object could not be loaded.
+    #[error("cannot load the kernel programs: {0}")]
+    Load(#[source] Box<aya::EbpfError>),
+    /// A program could not be loaded or attached.
+    #[error("cannot load or attach program '{name}': {reason}")]
+    Program {
+        /// Program name.
+        name: &'static str,
+        /// Why (with the verifier log where there is one).
+        reason: String,
+    },
+    /// A map is missing from the object or has the wrong layout.
+    #[error("map '{name}': {reason}")]
+    Map {
+        /// Map name.
+        name: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// A pin could not be written or removed.
+    #[error("cannot pin at {}: {reason}", path.display())]
+    Pin {
+        /// Where.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// No such held operation (already decided, or the process went away).
+    #[error("no pending operation {0}")]
+    NotPending(RequestId),
+    /// A decision did not apply (the kernel refused a map update or a signal).
+    #[error("cannot apply the decision on {id}: {reason}")]
+    Decide {
+        /// The request.
+        id: RequestId,
+        /// Why.
+        reason: String,
+    },
+    /// A cgroup path that does not exist or is not a cgroup v2 directory.
+    #[error("cgroup {}: {reason}", path.display())]
+    Cgroup {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> EngineError {
+    move |e| EngineError::Map {
+        name,
+        reason: e.to_string(),
+    }
+}
+
+/// Names a held operation: the thread that is stopped and when it was held.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestId {
+    /// Thread id.
+    pub tid: u32,
+    /// `CLOCK_MONOTONIC` ns when the kernel held it.
+    pub created_ns: u64,
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.tid, self.created_ns)
+    }
+}
+
+/// A request id that does not parse.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("'{0}' is not a request id (expected <thread id>.<nanoseconds>, like 4242.918273645)")]
+pub struct BadRequestId(pub String);
+
+impl FromStr for RequestId {
+    type Err = BadRequestId;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || BadRequestId(s.to_string());
+        let (tid, ns) = s.split_once('.').ok_or_else(bad)?;
+        Ok(Self {
+            tid: tid.parse().map_err(|_| bad())?,
+            created_ns: ns.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
+impl Serialize for RequestId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for RequestId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Who a grant covers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// The requesting process.
+    Process,
+    /// Every process of the requesting workload.
+    Workload,
+    /// Every watched process on this host.
+    Host,
+}
+
+/// A decision on a held operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "verdict", rename_all = "lowercase")]
+pub enum Decision {
+    /// Let this one operation through.
+    Allow,
+    /// Refuse it: EPERM for network operations; the new image is killed for exec.
+    Deny,
+    /// Let it through, and the same target from the same scope until `ttl` passes (or `uses`
+    /// more times, when given).
+    Grant {
+        /// Who the grant covers.
+        scope: Scope,
+        /// How long it lasts.
+        #[serde(with = "secs")]
+        ttl: Duration,
+        /// How many further uses, if limited.
+        uses: Option<u32>,
+    },
+}
+
+mod secs {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let v = f64::deserialize(d)?;
+        Duration::try_from_secs_f64(v).map_err(serde::de::Error::custom)
+    }
+}
+
+/// An operation held in the kernel, as the pending map shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingOp {
+    /// Its id.
+    pub id: RequestId,
+    /// Process id.
+    pub tgid: u32,
+    /// What kind of operation.
+    pub op: String,
+    /// Rule that asked for approval.
+    pub rule_id: u32,
+    /// Workload id.
+    pub workload: u32,
+    /// Cgroup id.
+    pub cgroup_id: u64,
+    /// Target fingerprint.
+    pub target: u64,
+    /// Waiting, or decided but not yet consumed.
+    pub state: String,
+    /// How long it has been held.
+    pub age_ms: u64,
+}
+
+/// Where and how the engine runs.
+#[derive(Clone, Debug)]
+pub struct EngineOptions {
+    /// bpffs directory for pins (`/sys/fs/bpf/latch`).
+    pub pin_dir: PathBuf,
+    /// cgroup v2 root; found from mountinfo when `None`.
+    pub cgroup_root: Option<PathBuf>,
+    /// Heartbeat age after which the kernel stops pausing.
+    pub stale_after: Duration,
+    /// What applies while the heartbeat is stale.
+    pub fail_mode: FailMode,
+}
+
+/// Which exec backend the kernel accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Backend {
+    /// Tracepoint + SIGSTOP/SIGKILL (works without the BPF LSM).
+    Tracepoint,
+}
+
+/// The kernel engine. See the module documentation.
+pub struct Engine {
+    opts: EngineOptions,
+    cgroup_root: PathBuf,
+    ebpf: Ebpf,
+    // Dropping the logger closes aya-log's map, and later program loads fail: keep it.
+    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    watched: HashMap<MapData, u64, Watch>,
+    exec_exact: HashMap<MapData, ExecExactKey, RuleRef>,
+    exec_prefix: LpmTrie<MapData, ExecPrefixData, RuleRef>,
+    net4: LpmTrie<MapData, Net4Data, PortRules>,
+    net6: LpmTrie<MapData, Net6Data, PortRules>,
+    pending: HashMap<MapData, u32, Pending>,
+    grants: HashMap<MapData, GrantKey, Grant>,
+    heartbeat: Array<MapData, Heartbeat>,
+    counters: PerCpuArray<MapData, u64>,
+    events: Option<RingBuf<MapData>>,
+    lsm_available: bool,
+    // Attached hooks; dropping one detaches it unless it is pinned.
+    links: Vec<FdLink>,
+    links_pinned: bool,
+}
+
+const TRACEPOINTS: &[(&str, &str, &str)] = &[
+    ("exec", "sched", "sched_process_exec"),
+    ("exit", "sched", "sched_process_exit"),
+];
+const SOCK_ADDR: &[&str] = &["connect4", "connect6", "sendmsg4", "sendmsg6"];
+
+fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, EngineError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(EngineError::Map {
+        name,
+        reason: "missing from the object".into(),
+    })?;
+    T::try_from(map).map_err(map_err(name))
+}
+
+/// `CLOCK_MONOTONIC` in ns, the clock `bpf_ktime_get_ns` reads.
+pub fn monotonic_ns() -> u64 {
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .expect("CLOCK_MONOTONIC is always available");
+    ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
+}
+
+impl Engine {
+    /// Loads, attaches and pins everything. Maps already pinned under `pin_dir` (from an earlier
+    /// agent) are reused with their contents; the new links replace the old ones in place, so
+    /// there is no moment without enforcement.
+    pub fn load(opts: EngineOptions) -> Result<Self, EngineError> {
+        let cgroup_root = match &opts.cgroup_root {
+            Some(p) => p.clone(),
+            None => mounts::cgroup2_root()?,
+        };
+        mounts::ensure_bpffs(&opts.pin_dir)?;
+        mounts::ensure_tracefs()?;
+        let map_dir = opts.pin_dir.join("maps");
+        let link_dir = opts.pin_dir.join("links");
+        for d in [&map_dir, &link_dir] {
+            std::fs::create_dir_all(d).map_err(|e| EngineError::Pin {
+                path: d.clone(),
+                reason: e.to_string(),
+            })?;
+        }
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&map_dir)
+            .load(OBJECT)
+            .map_err(|e| EngineError::Load(Box::new(e)))?;
+        let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::warn!("kernel-side logging unavailable: {e}");
+                None
+            }
+        };
+
+        let mut engine = Engine {
+            watched: take(&mut ebpf, names::WATCHED)?,
+            exec_exact: take(&mut ebpf, names::EXEC_EXACT)?,
+            exec_prefix: take(&mut ebpf, names::EXEC_PREFIX)?,
+            net4: take(&mut ebpf, names::NET4_RULES)?,
+            net6: take(&mut ebpf, names::NET6_RULES)?,
+            pending: take(&mut ebpf, names::PENDING)?,
+            grants: take(&mut ebpf, names::GRANTS)?,
+            heartbeat: take(&mut ebpf, names::HEARTBEAT)?,
+            counters: take(&mut ebpf, names::COUNTERS)?,
+            events: Some(take(&mut ebpf, names::EVENTS)?),
+            logger,
+            lsm_available: false,
+            links: Vec::new(),
+            links_pinned: false,
+            cgroup_root,
+            opts,
+            ebpf,
+        };
+        // Before anything is attached: a stale beat from an earlier run must not fail requests.
+        engine.beat()?;
+        engine.attach(&link_dir)?;
+        engine.lsm_available = probe_lsm(&mut engine.ebpf);
+        Ok(engine)
+    }
+
+    fn attach(&mut self, link_dir: &Path) -> Result<(), EngineError> {
+        let can_pin = self.probe_pinning(link_dir);
+        let mut held: Vec<FdLink> = Vec::new();
+        let mut pin = |link: FdLink, name: &'static str| -> Result<(), EngineError> {
+            if !can_pin {
+                held.push(link);
+                return Ok(());
+            }
+            let final_path = link_dir.join(name);
+            let tmp = link_dir.join(format!("{name}.new"));
+            let _ = std::fs::remove_file(&tmp);
+            let pinned = link.pin(&tmp).map_err(|e| EngineError::Pin {
+                path: tmp.clone(),
+                reason: error_chain(&e),
+            })?;
+            // rename(2) over the old pin drops the old link in the same step.
+            std::fs::rename(&tmp, &final_path).map_err(|e| EngineError::Pin {
+                path: final_path,
+                reason: e.to_string(),
+            })?;
+            held.push(pinned.into());
+            Ok(())
+        };
+        let prog_err = |name: &'static str| {
+            move |e: aya::programs::ProgramError| EngineError::Program {
+                name,
+                reason: program_error_text(&e),
+            }
+        };
+
+        let root = File::open(&self.cgroup_root).map_err(|e| EngineError::Cgroup {
+            path: self.cgroup_root.clone(),
+            reason: e.to_string(),
+        })?;
+        for &name in SOCK_ADDR {
+            let prog: &mut CgroupSockAddr = self
+                .ebpf
+                .program_mut(name)
+                .ok_or_else(|| EngineError::Program {
+                    name,
+                    reason: "missing from the object".into(),
+                })?
+                .try_into()
+                .map_err(prog_err(name))?;
+            if prog.fd().is_err() {
+                prog.load().map_err(prog_err(name))?;
+            }
+
+            let id = prog
+                .attach(&root, CgroupAttachMode::Single)
+                .map_err(prog_err(name))?;
+            let link: FdLink = prog
+                .take_link(id)
+                .map_err(prog_err(name))?
+                .try_into()
+                .map_err(|e: aya::programs::links::LinkError| EngineError::Program {
+                    name,
+                    reason: e.to_string(),
+                })?;
+            pin(link, name)?;
+        }
+        let name = "gate";
+        let prog: &mut RawTracePoint = self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| EngineError::Program {
+                name,
+                reason: "missing from the object".into(),
+            })?
+            .try_into()
+            .map_err(prog_err(name))?;
+        prog.load().map_err(prog_err(name))?;
+        let id = prog.attach("sys_enter").map_err(prog_err(name))?;
+        let link: FdLink = prog.take_link(id).map_err(prog_err(name))?.into();
+        pin(link, name)?;
+
+        for &(name, category, tp) in TRACEPOINTS {
+            let prog: &mut TracePoint = self
+                .ebpf
+                .program_mut(name)
+                .ok_or_else(|| EngineError::Program {
+                    name,
+                    reason: "missing from the object".into(),
+                })?
+                .try_into()
+                .map_err(prog_err(name))?;
+            prog.load().map_err(prog_err(name))?;
+            let id = prog.attach(category, tp).map_err(prog_err(name))?;
+            let link: FdLink = prog
+                .take_link(id)
+                .map_err(prog_err(name))?
+                .try_into()
+                .map_err(|e: aya::programs::links::LinkError| EngineError::Program {
+                    name,
+                    reason: e.to_string(),
+                })?;
+            pin(link, name)?;
+        }
+        self.links = held;
+        self.links_pinned = can_pin;
+        Ok(())
+    }
+
+    /// Whether this kernel lets us pin BPF programs and links. Some kernels (and sandboxes)
+    /// refuse with EPERM while still pinning maps; the links then live as long as this process,
+    /// and the pinned maps still carry held operations, rules and grants across a restart.
+    fn probe_pinning(&mut self, dir: &Path) -> bool {
+        let probe = dir.join(".pin-probe");
+        let _ = std::fs::remove_file(&probe);
+        // Any loaded program will do; a socket-address one loads everywhere we run.
+        let Some(p) = self.ebpf.program_mut("connect4") else {
+            return false;
+        };
+        if let Err(e) = prog_loaded(p) {
+            tracing::warn!("cannot load connect4 to probe pinning: {}", error_chain(&e));
+            return false;
+        }
+        match p.pin(&probe) {
+            Ok(()) => {
+                let _ = std::fs::remove_file(&probe);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "this kernel refuses to pin BPF programs and links ({}); hooks are held by the \
+                     agent process and detach when it exits",
+                    error_chain(&e)
+                );
+                false
+            }
+        }
+    }
+
+    /// Whether the hooks are pinned (and so outlive this process).
+    pub fn links_pinned(&self) -> bool {
+        self.links_pinned
+    }
+
+    /// The pin directory.
+    pub fn pin_dir(&self) -> &Path {
+        &self.opts.pin_dir
+    }
+
+    /// The cgroup v2 root the network hooks are attached to.
+    pub fn cgroup_root(&self) -> &Path {
+        &self.cgroup_root
+    }
+
+    /// The exec backend in use.
+    pub fn backend(&self) -> Backend {
+        Backend::Tracepoint
+    }
+
+    /// Whether the kernel accepted a BPF LSM program in the start-up probe.
+    pub fn lsm_available(&self) -> bool {
+        self.lsm_available
+    }
+
+    /// Writes what the kernel programs logged (error paths only) to the agent's log.
+    pub fn flush_kernel_log(&mut self) {
+        if let Some(l) = self.logger.as_mut() {
+            l.flush();
+        }
+    }
+
+    /// Takes the event ring buffer (once) for the event reader.
+    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.events.take()
+    }
+
+    /// Refreshes the heartbeat.
+    pub fn beat(&mut self) -> Result<(), EngineError> {
+        let hb = Heartbeat {
+            beat_ns: monotonic_ns(),
+            stale_after_ns: self.opts.stale_after.as_nanos() as u64,
+            fail_mode: self.opts.fail_mode as u8,
+            _pad: [0; 7],
+        };
+        self.heartbeat
+            .set(0, hb, 0)
+            .map_err(map_err(names::HEARTBEAT))
+    }
+
+    /// Changes the heartbeat timeout and the fail mode (written with the next beat, now).
+    pub fn set_fail_policy(
+        &mut self,
+        stale_after: Duration,
+        fail_mode: FailMode,
+    ) -> Result<(), EngineError> {
+        self.opts.stale_after = stale_after;
+        self.opts.fail_mode = fail_mode;
+        self.beat()
+    }
+
+    /// Marks the heartbeat as never refreshed, as if the agent were gone (used on shutdown so
+    /// the kernel applies the fail mode at once instead of after the timeout).
+    pub fn flatline(&mut self) -> Result<(), EngineError> {
+        let hb = Heartbeat {
+            beat_ns: 0,
+            stale_after_ns: 0,
+            fail_mode: self.opts.fail_mode as u8,
+            _pad: [0; 7],
+        };
+        self.heartbeat
+            .set(0, hb, 0)
+            .map_err(map_err(names::HEARTBEAT))
+    }
+
+    /// Watches a cgroup (and everything below it) for a workload.
+    pub fn watch(
+        &mut self,
+        cgroup_id: u64,
+        workload: u32,
+        default_action: Action,
+    ) -> Result<(), EngineError> {
+        let w = Watch {
+            workload,
+            default_action: default_action as u8,
+            _pad: [0; 3],
+        };
+        self.watched
+            .insert(cgroup_id, w, 0)
+            .map_err(map_err(names::WATCHED))
+    }
+
+    /// Stops watching a cgroup.
+    pub fn unwatch(&mut self, cgroup_id: u64) -> Result<(), EngineError> {
+        match self.watched.remove(&cgroup_id) {
+            Ok(()) => Ok(()),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err(names::WATCHED)(e)),
+        }
+    }
+
+    /// Watched cgroups and their workload ids.
+    pub fn watched(&self) -> Result<Vec<(u64, u32)>, EngineError> {
+        self.watched
+            .iter()
+            .map(|r| r.map(|(k, v)| (k, v.workload)))
+            .collect::<Result<_, _>>()
+            .map_err(map_err(names::WATCHED))
+    }
+
+    /// Replaces the rule maps' contents with a compiled rule set: new and changed entries are
+    /// written first, stale ones removed after, so no lookup ever finds an empty rule set. If a
+    /// write fails (a map is full) the previous rule set is written back and the error returned.
+    pub fn apply(
+        &mut self,
+        new: &Compiled,
+        previous: Option<&Compiled>,
+    ) -> Result<(), EngineError> {
+        if let Err(e) = self.write_rules(new) {
+            if let Some(prev) = previous {
+                // Best effort: put back what was in force; the first error is the one to report.
+                let _ = self.write_rules(prev);
+                let _ = self.prune_rules(prev);
+            }
+            return Err(e);
+        }
+        self.prune_rules(new)
+    }
+
+    fn write_rules(&mut self, c: &Compiled) -> Result<(), EngineError> {
+        for (k, v) in &c.exec_exact {
+            self.exec_exact
+                .insert(k, v, 0)
+                .map_err(map_err(names::EXEC_EXACT))?;
+        }
+        for (len, d, v) in &c.exec_prefix {
+            self.exec_prefix
+                .insert(&Key::new(*len, *d), v, 0)
+                .map_err(map_err(names::EXEC_PREFIX))?;
+        }
+        for (len, d, v) in &c.net4 {
+            self.net4
+                .insert(&Key::new(*len, *d), v, 0)
+                .map_err(map_err(names::NET4_RULES))?;
+        }
+        for (len, d, v) in &c.net6 {
+            self.net6
+                .insert(&Key::new(*len, *d), v, 0)
+                .map_err(map_err(names::NET6_RULES))?;
+        }
+        Ok(())
+    }
+
+    fn prune_rules(&mut self, keep: &Compiled) -> Result<(), EngineError> {
+        let exact: HashSet<Vec<u8>> = keep
+            .exec_exact
+            .iter()
+            .map(|(k, _)| bytes(k).to_vec())
+            .collect();
+        let stale: Vec<ExecExactKey> = self
+            .exec_exact
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !exact.contains(bytes(k)))
+            .collect();
+        for k in stale {
+            ignore_missing(self.exec_exact.remove(&k)).map_err(map_err(names::EXEC_EXACT))?;
+        }
+        prune_lpm(
+            &mut self.exec_prefix,
+            keep.exec_prefix.iter().map(|(l, d, _)| Key::new(*l, *d)),
+        )
+        .map_err(map_err(names::EXEC_PREFIX))?;
+        prune_lpm(
+            &mut self.net4,
+            keep.net4.iter().map(|(l, d, _)| Key::new(*l, *d)),
+        )
+        .map_err(map_err(names::NET4_RULES))?;
+        prune_lpm(
+            &mut self.net6,
+            keep.net6.iter().map(|(l, d, _)| Key::new(*l, *d)),
+        )
+        .map_err(map_err(names::NET6_RULES))?;
+        Ok(())
+    }
+
+    /// Operations held in the kernel now.
+    pub fn pending(&self) -> Result<Vec<PendingOp>, EngineError> {
+        let now = monotonic_ns();
+        let mut out = Vec::new();
+        for item in self.pending.iter() {
+            let (tid, p) = item.map_err(map_err(names::PENDING))?;
+            out.push(PendingOp {
+                id: RequestId {
+                    tid,
+                    created_ns: p.created_ns,
+                },
+                tgid: p.tgid,
+                op: match Op::from_u8(p.op) {
+                    Some(Op::Exec) => "exec",
+                    Some(Op::Connect) => "connect",
+                    Some(Op::Sendmsg) => "sendmsg",
+                    None => "unknown",
+                }
+                .to_string(),
+                rule_id: p.rule_id,
+                workload: p.workload,
+                cgroup_id: p.cgroup_id,
+                target: p.target,
+                state: match p.state {
+                    pending_state::WAITING => "waiting",
+                    pending_state::ALLOW => "allowed",
+                    pending_state::DENY => "denied",
+                    _ => "unknown",
+                }
+                .to_string(),
+                age_ms: now.saturating_sub(p.created_ns) / 1_000_000,
+            });
+        }
+        out.sort_by_key(|p| p.id);
+        Ok(out)
+    }
+
+    /// Applies a decision to a held operation and resumes (or ends) the process.
+    pub fn decide(&mut self, id: RequestId, decision: Decision) -> Result<(), EngineError> {
+        let p = match self.pending.get(&id.tid, 0) {
+            Ok(p) if p.created_ns == id.created_ns => p,
+            Ok(_) | Err(aya::maps::MapError::KeyNotFound) => {
+                return Err(EngineError::NotPending(id))
+            }
+            Err(e) => return Err(map_err(names::PENDING)(e)),
+        };
+        let decide_err = |reason: String| EngineError::Decide { id, reason };
+        if let Decision::Grant {
+            scope: sc,
+            ttl,
+            uses,
+        } = decision
+        {
+            let (scope_code, subject) = match sc {
+                Scope::Process => (scope::PROCESS, p.tgid as u64),
+                Scope::Workload => (scope::WORKLOAD, p.workload as u64),
+                Scope::Host => (scope::HOST, 0),
+            };
+            let key = GrantKey {
+                scope: scope_code,
+                _pad: [0; 3],
+                rule_id: p.rule_id,
+                subject,
+                target: p.target,
+            };
+            let grant = Grant {
+                action: Action::Allow as u8,
+                _pad: [0; 3],
+                uses_left: uses.unwrap_or(UNLIMITED_USES),
+                expires_ns: monotonic_ns().saturating_add(ttl.as_nanos() as u64),
+            };
+            self.grants
+                .insert(key, grant, 0)
+                .map_err(|e| decide_err(e.to_string()))?;
+        }
+        let allow = !matches!(decision, Decision::Deny);
+        let pid = Pid::from_raw(p.tgid as i32);
+        if p.op == Op::Exec as u8 {
+            // The image is already in place: resume it, or end it before its first instruction.
+            if allow {
+                ignore_missing(self.pending.remove(&id.tid))
+                    .map_err(|e| decide_err(e.to_string()))?;
+                signal(pid, Signal::SIGCONT).map_err(decide_err)?;
+            } else {
+                signal(pid, Signal::SIGKILL).map_err(decide_err)?;
+                ignore_missing(self.pending.remove(&id.tid))
+                    .map_err(|e| decide_err(e.to_string()))?;
+            }
+        } else {
+            let mut decided = p;
+            decided.state = if allow {
+                pending_state::ALLOW
+            } else {
+                pending_state::DENY
+            };
+            // BPF_EXIST: if the entry vanished meanwhile (the process exited), don't recreate it.
+            self.pending
+                .insert(id.tid, decided, aya_obj_flags::BPF_EXIST)
+                .map_err(|e| decide_err(e.to_string()))?;
+            signal(pid, Signal::SIGCONT).map_err(decide_err)?;
+        }
+        Ok(())
+    }
+
+    /// Resolves every held operation with the fail mode (on shutdown, or after a restart when
+    /// nobody can decide). Returns how many were released.
+    pub fn release_all(&mut self, mode: FailMode) -> Result<usize, EngineError> {
+        let ids: Vec<RequestId> = self.pending()?.into_iter().map(|p| p.id).collect();
+        let decision = match mode {
+            FailMode::Deny => Decision::Deny,
+            FailMode::AllowAndRecord => Decision::Allow,
+        };
+        let mut n = 0;
+        for id in ids {
+            match self.decide(id, decision) {
+                Ok(()) => n += 1,
+                Err(EngineError::NotPending(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(n)
+    }
+
+    /// Removes a grant (revocation). `Ok(false)` if there was none.
+    pub fn revoke(&mut self, key: &GrantKey) -> Result<bool, EngineError> {
+        match self.grants.remove(key) {
+            Ok(()) => Ok(true),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(false),
+            Err(e) => Err(map_err(names::GRANTS)(e)),
+        }
+    }
+
+    /// Grants in force.
+    pub fn grants(&self) -> Result<Vec<(GrantKey, Grant)>, EngineError> {
+        self.grants
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(map_err(names::GRANTS))
+    }
+
+    /// Sum of a kernel counter over all CPUs.
+    pub fn counter(&self, c: Counter) -> Result<u64, EngineError> {
+        let v = self
+            .counters
+            .get(&(c as u32), 0)
+            .map_err(map_err(names::COUNTERS))?;
+        Ok(v.iter().sum())
+    }
+
+    /// Every kernel counter, by slot.
+    pub fn counters(&self) -> Result<Vec<u64>, EngineError> {
+        (0..COUNTER_SLOTS)
+            .map(|i| {
+                self.counters
+                    .get(&i, 0)
+                    .map(|v| v.iter().sum())
+                    .map_err(map_err(names::COUNTERS))
+            })
+            .collect()
+    }
+
+    /// Detaches everything and removes the pins: enforcement stops. For tests and uninstall;
+    /// a normal stop leaves the programs in place.
+    pub fn uninstall(self) -> Result<(), EngineError> {
+        let dir = self.opts.pin_dir.clone();
+        drop(self);
+        std::fs::remove_dir_all(&dir).map_err(|e| EngineError::Pin {
+            path: dir,
+            reason: e.to_string(),
+        })
+    }
+}
+
+mod aya_obj_flags {
+    /// Update only an existing element (`BPF_EXIST` in `<linux/bpf.h>`).
+    pub const BPF_EXIST: u64 = 2;
+}
+
+fn signal(pid: Pid, sig: Signal) -> Result<(), String> {
+    match kill(pid, sig) {
+        Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
+        Err(e) => Err(format!("cannot send {sig} to {pid}: {e}")),
+    }
+}
+
+fn ignore_missing(r: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
+    match r {
+        Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        other => other,
+    }
+}
+
+fn bytes<T: Pod>(v: &T) -> &[u8] {
+    // SAFETY: `Pod` types are plain bytes with no padding holes (see agent-common).
+    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
+}
+
+fn prune_lpm<K: Pod, V: Pod>(
+    map: &mut LpmTrie<MapData, K, V>,
+    keep: impl Iterator<Item = Key<K>>,
+) -> Result<(), aya::maps::MapError> {
+    let keep: HashSet<Vec<u8>> = keep.map(|k| bytes(&k).to_vec()).collect();
+    let stale: Vec<Key<K>> = map
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| !keep.contains(bytes(k)))
+        .collect();
+    for k in stale {
+        ignore_missing(map.remove(&k))?;
+    }
+    Ok(())
+}
+
+/// Loads a socket-address program if it is not loaded yet.
+fn prog_loaded(p: &mut aya::programs::Program) -> Result<(), aya::programs::ProgramError> {
+    let sa: &mut CgroupSockAddr = p.try_into()?;
+    if sa.fd().is_ok() {
+        return Ok(());
+    }
+    sa.load()
+}
+
+fn program_error_text(e: &aya::programs::ProgramError) -> String {
+    match e {
+        aya::programs::ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            format!("{io_error}\nverifier log:\n{verifier_log}")
+        }
+        other => error_chain(other),
+    }
+}
+
+/// An error and its sources, on one line: aya's top-level messages leave out the errno.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+/// Whether this kernel loads BPF LSM programs (many refuse them even with `bpf` in the LSM list).
+/// The probe program does nothing and is unloaded at once; the result is reported in the agent's
+/// status, and the exec backend stays the tracepoint one.
+fn probe_lsm(ebpf: &mut Ebpf) -> bool {
+    let Ok(btf) = Btf::from_sys_fs() else {
+        return false;
+    };
+    let Some(prog) = ebpf.program_mut("probe_lsm") else {
+        return false;
+    };
+    let Ok(lsm): Result<&mut Lsm, _> = prog.try_into() else {
+        return false;
+    };
+    let loaded = lsm.load("bprm_check_security", &btf).is_ok();
+    if loaded {
+        let _ = lsm.unload();
+    }
+    loaded
+}

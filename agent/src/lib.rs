@@ -1,0 +1,15 @@
+//! `latch-agent`, the host daemon, as a library.
+//!
+//! It owns everything on the host between the kernel programs and the outside world: the
+//! kernel engine ([`kernel`]), the rule compiler ([`rules`]), the mapping of workload globs to
+//! cgroups ([`cgroups`]), the event reader ([`events`]), the task that owns the engine
+//! ([`engine_task`]), the local admin socket ([`admin`]), and its configuration ([`config`]).
+//! It does not decide anything by itself: decisions come from a reviewer (through central, or
+//! the local admin socket until central is configured) or from the rule's timeout.
+//!
+//! The kernel object it loads is built from `agent-ebpf` by `build.rs` and embedded in the binary.
+
+pub mod cgroups;
+pub mod events;
+pub mod kernel;
+pub mod rules;

@@ -1,0 +1,388 @@
+//! Compiles a validated [`policy::RuleSet`] into the entries of the kernel's rule maps.
+//!
+//! The kernel takes the first matching clause of the longest matching destination prefix, so
+//! this compiler does the precedence work once, here: every prefix node carries its own clauses
+//! and those inherited from the shorter prefixes that contain it, sorted most specific first
+//! (longer prefix, then narrower port range, then a named protocol, then the stricter action).
+//! Exec paths: an exact path beats a prefix; between two rules naming the same path or prefix,
+//! the stricter action wins.
+
+use std::collections::{BTreeMap, HashMap};
+
+use agent_common::{
+    proto, ExecExactKey, ExecPrefixData, Net4Data, Net6Data, PortRule, PortRules, RuleRef,
+    PATH_CAP, PORT_RULES_CAP,
+};
+use ipnet::IpNet;
+use policy::{Matcher, PathPattern, Protocol, RuleSet};
+
+/// A rule set the kernel maps can hold, or why not.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CompileError {
+    /// Too many clauses apply to one destination prefix for one workload.
+    #[error(
+        "workload '{workload}': {count} rule clauses apply to addresses in {net} (rules: {rules}); \
+         the kernel holds at most {PORT_RULES_CAP} per prefix: merge port ranges or split the network"
+    )]
+    TooManyClauses {
+        /// Workload name.
+        workload: String,
+        /// The prefix.
+        net: IpNet,
+        /// How many clauses.
+        count: usize,
+        /// Rule names involved.
+        rules: String,
+    },
+}
+
+/// Map entries for one rule set.
+#[derive(Debug, Default, Clone)]
+pub struct Compiled {
+    /// `EXEC_EXACT` entries.
+    pub exec_exact: Vec<(ExecExactKey, RuleRef)>,
+    /// `EXEC_PREFIX` entries: (prefix length in bits, data, value).
+    pub exec_prefix: Vec<(u32, ExecPrefixData, RuleRef)>,
+    /// `NET4_RULES` entries.
+    pub net4: Vec<(u32, Net4Data, PortRules)>,
+    /// `NET6_RULES` entries.
+    pub net6: Vec<(u32, Net6Data, PortRules)>,
+}
+
+impl Compiled {
+    /// Number of map entries.
+    pub fn len(&self) -> usize {
+        self.exec_exact.len() + self.exec_prefix.len() + self.net4.len() + self.net6.len()
+    }
+
+    /// Whether there are no entries at all.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Converts the policy action into the kernel's code.
+pub fn kernel_action(a: policy::Action) -> agent_common::Action {
+    match a {
+        policy::Action::Allow => agent_common::Action::Allow,
+        policy::Action::Audit => agent_common::Action::Audit,
+        policy::Action::Approve => agent_common::Action::Approve,
+        policy::Action::Deny => agent_common::Action::Deny,
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Clause {
+    prefix_len: u8,
+    rule: PortRule,
+}
+
+impl Clause {
+    fn sort_key(&self) -> impl Ord {
+        let width = self.rule.port_hi - self.rule.port_lo;
+        (
+            std::cmp::Reverse(self.prefix_len),
+            width,
+            self.rule.proto == proto::ANY,
+            std::cmp::Reverse(self.rule.action),
+            self.rule.rule_id,
+        )
+    }
+}
+
+/// Compiles a rule set.
+pub fn compile(rules: &RuleSet) -> Result<Compiled, CompileError> {
+    let mut out = Compiled::default();
+    let names: HashMap<u32, &str> = rules.ids();
+    let mut exact: BTreeMap<(u32, String), RuleRef> = BTreeMap::new();
+    let mut prefix: BTreeMap<(u32, String), RuleRef> = BTreeMap::new();
+    // workload -> network -> clauses declared on exactly that network
+    let mut nets: BTreeMap<u32, BTreeMap<IpNet, Vec<PortRule>>> = BTreeMap::new();
+
+    for r in &rules.rules {
+        let action = kernel_action(r.action) as u8;
+        let rref = RuleRef {
+            rule_id: r.id,
+            action,
+            _pad: [0; 3],
+        };
+        match &r.matcher {
+            Matcher::Exec { paths } => {
+                for p in paths {
+                    let (table, path) = match p {
+                        PathPattern::Exact(s) => (&mut exact, s),
+                        PathPattern::Prefix(s) => (&mut prefix, s),
+                    };
+                    table
+                        .entry((r.workload_id, path.clone()))
+                        .and_modify(|cur| {
+                            if rref.action > cur.action {
+                                *cur = rref;
+                            }
+                        })
+                        .or_insert(rref);
+                }
+            }
+            Matcher::Connect {
+                to,
+                ports,
+                protocol,
+            } => {
+                let proto = match protocol {
+                    Protocol::Any => proto::ANY,
+                    Protocol::Tcp => proto::TCP,
+                    Protocol::Udp => proto::UDP,
+                };
+                let ranges: Vec<(u16, u16)> = if ports.is_empty() {
+                    vec![(0, u16::MAX)]
+                } else {
+                    ports.iter().map(|p| (p.lo, p.hi)).collect()
+                };
+                for net in to {
+                    let list = nets
+                        .entry(r.workload_id)
+                        .or_default()
+                        .entry(net.trunc())
+                        .or_default();
+                    for &(lo, hi) in &ranges {
+                        list.push(PortRule {
+                            port_lo: lo,
+                            port_hi: hi,
+                            proto,
+                            action,
+                            _pad: [0; 2],
+                            rule_id: r.id,
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    for ((workload, path), rref) in exact {
+        let mut key = ExecExactKey {
+            workload,
+            len: path.len() as u32,
+            path: [0; PATH_CAP],
+        };
+        key.path[..path.len()].copy_from_slice(path.as_bytes());
+        out.exec_exact.push((key, rref));
+    }
+    for ((workload, path), rref) in prefix {
+        let mut data = ExecPrefixData {
+            workload_be: workload.to_be_bytes(),
+            path: [0; PATH_CAP],
+        };
+        data.path[..path.len()].copy_from_slice(path.as_bytes());
+        out.exec_prefix
+            .push((((4 + path.len()) * 8) as u32, data, rref));
+    }
+
+    for (workload, by_net) in &nets {
+        let wname = rules
+            .workloads
+            .iter()
+            .find(|w| w.id == *workload)
+            .map(|w| w.name.clone())
+            .unwrap_or_else(|| workload.to_string());
+        for (net, _) in by_net.iter() {
+            let mut clauses: Vec<Clause> = Vec::new();
+            // Every declared network that contains this one contributes its clauses: at most
+            // one per shorter prefix length, so this is O(address bits) per node.
+            for len in 0..=net.prefix_len() {
+                let Ok(outer) = IpNet::new(net.addr(), len) else {
+                    continue;
+                };
+                if let Some(rules_here) = by_net.get(&outer.trunc()) {
+                    for pr in rules_here {
+                        clauses.push(Clause {
+                            prefix_len: len,
+                            rule: *pr,
+                        });
+                    }
+                }
+            }
+            clauses.sort_by_key(|c| c.sort_key());
+            clauses
+                .dedup_by_key(|c| (c.rule.port_lo, c.rule.port_hi, c.rule.proto, c.rule.rule_id));
+            if clauses.len() > PORT_RULES_CAP {
+                let mut involved: Vec<&str> = clauses
+                    .iter()
+                    .map(|c| names.get(&c.rule.rule_id).copied().unwrap_or("?"))
+                    .collect();
+                involved.sort();
+                involved.dedup();
+                return Err(CompileError::TooManyClauses {
+                    workload: wname,
+                    net: *net,
+                    count: clauses.len(),
+                    rules: involved.join(", "),
+                });
+            }
+            let mut value = PortRules {
+                len: clauses.len() as u32,
+                _pad: 0,
+                rules: [PortRule {
+                    port_lo: 0,
+                    port_hi: 0,
+                    proto: 0,
+                    action: 0,
+                    _pad: [0; 2],
+                    rule_id: 0,
+                }; PORT_RULES_CAP],
+            };
+            for (slot, c) in value.rules.iter_mut().zip(&clauses) {
+                *slot = c.rule;
+            }
+            let wbe = workload.to_be_bytes();
+            match net {
+                IpNet::V4(n) => out.net4.push((
+                    32 + n.prefix_len() as u32,
+                    Net4Data {
+                        workload_be: wbe,
+                        addr: n.network().octets(),
+                    },
+                    value,
+                )),
+                IpNet::V6(n) => out.net6.push((
+                    32 + n.prefix_len() as u32,
+                    Net6Data {
+                        workload_be: wbe,
+                        addr: n.network().octets(),
+                    },
+                    value,
+                )),
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agent_common::Action;
+
+    fn rules(text: &str) -> RuleSet {
+        RuleSet::parse("t.yaml", text).expect("valid rules")
+    }
+
+    const BASE: &str = "workloads:\n  - name: w\n    cgroups: [/w]\nrules:\n";
+
+    fn lookup4(c: &Compiled, addr: [u8; 4], port: u16, proto: u8) -> Option<(u32, u8)> {
+        // What the kernel does: longest prefix, then the first matching clause.
+        let best = c
+            .net4
+            .iter()
+            .filter(|(len, d, _)| {
+                let bits = len - 32;
+                let mask = if bits == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - bits)
+                };
+                u32::from_be_bytes(d.addr) & mask == u32::from_be_bytes(addr) & mask
+            })
+            .max_by_key(|(len, _, _)| *len)?;
+        best.2.rules[..best.2.len as usize]
+            .iter()
+            .find(|r| (r.proto == 0 || r.proto == proto) && r.port_lo <= port && port <= r.port_hi)
+            .map(|r| (r.rule_id, r.action))
+    }
+
+    #[test]
+    fn inherited_clauses_keep_shorter_prefix_rules_reachable() {
+        let rs = rules(&format!(
+            "{BASE}  - {{name: wide, workload: w, on: connect, to: [10.0.0.0/8], action: deny}}\n  - {{name: db, workload: w, on: connect, to: [10.1.0.0/16], ports: [5432], action: approve}}\n"
+        ));
+        let c = compile(&rs).expect("compiles");
+        let wide = rs.rules[0].id;
+        let db = rs.rules[1].id;
+        assert_eq!(
+            lookup4(&c, [10, 1, 2, 3], 5432, 6),
+            Some((db, Action::Approve as u8))
+        );
+        // Same /16, other port: the /8 deny still applies, inherited into the /16 node.
+        assert_eq!(
+            lookup4(&c, [10, 1, 2, 3], 22, 6),
+            Some((wide, Action::Deny as u8))
+        );
+        assert_eq!(
+            lookup4(&c, [10, 9, 9, 9], 5432, 6),
+            Some((wide, Action::Deny as u8))
+        );
+        assert_eq!(lookup4(&c, [11, 0, 0, 1], 5432, 6), None);
+    }
+
+    #[test]
+    fn stricter_action_wins_between_equally_specific_clauses() {
+        let rs = rules(&format!(
+            "{BASE}  - {{name: a, workload: w, on: connect, to: [10.0.0.1], action: audit}}\n  - {{name: d, workload: w, on: connect, to: [10.0.0.1/32], action: deny}}\n"
+        ));
+        let c = compile(&rs).expect("compiles");
+        assert_eq!(
+            lookup4(&c, [10, 0, 0, 1], 80, 6).map(|r| r.1),
+            Some(Action::Deny as u8)
+        );
+    }
+
+    #[test]
+    fn protocol_and_port_range_are_honoured() {
+        let rs = rules(&format!(
+            "{BASE}  - {{name: dns, workload: w, on: connect, to: [0.0.0.0/0], ports: [53], protocol: udp, action: audit}}\n"
+        ));
+        let c = compile(&rs).expect("compiles");
+        assert!(lookup4(&c, [8, 8, 8, 8], 53, 17).is_some());
+        assert!(lookup4(&c, [8, 8, 8, 8], 53, 6).is_none());
+        assert!(lookup4(&c, [8, 8, 8, 8], 54, 17).is_none());
+    }
+
+    #[test]
+    fn exec_paths_compile_to_exact_and_prefix_keys() {
+        let rs = rules(&format!(
+            "{BASE}  - {{name: t, workload: w, on: exec, paths: [/usr/bin/curl, /usr/bin/ssh*], action: approve}}\n  - {{name: k, workload: w, on: exec, paths: [/usr/bin/curl], action: deny}}\n"
+        ));
+        let c = compile(&rs).expect("compiles");
+        assert_eq!(c.exec_exact.len(), 1);
+        let (k, v) = &c.exec_exact[0];
+        assert_eq!(&k.path[..k.len as usize], b"/usr/bin/curl");
+        assert_eq!(
+            v.action,
+            Action::Deny as u8,
+            "the stricter of two rules on one path wins"
+        );
+        let (bits, d, _) = &c.exec_prefix[0];
+        assert_eq!(*bits, (4 + "/usr/bin/ssh".len() as u32) * 8);
+        assert_eq!(&d.path[..12], b"/usr/bin/ssh");
+        assert_eq!(d.workload_be, rs.workloads[0].id.to_be_bytes());
+    }
+
+    #[test]
+    fn too_many_overlapping_clauses_is_an_error_naming_the_prefix() {
+        let ports: Vec<String> = (1..=17).map(|p| p.to_string()).collect();
+        let rs = rules(&format!(
+            "{BASE}  - {{name: many, workload: w, on: connect, to: [10.0.0.0/8], ports: [{}], action: deny}}\n",
+            ports.join(",")
+        ));
+        match compile(&rs) {
+            Err(e @ CompileError::TooManyClauses { .. }) => {
+                let m = e.to_string();
+                assert!(
+                    m.contains("10.0.0.0/8") && m.contains("many") && m.contains("17"),
+                    "{m}"
+                );
+            }
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn ipv6_rules_compile_with_workload_prefix() {
+        let rs = rules(&format!(
+            "{BASE}  - {{name: v6, workload: w, on: connect, to: ['fd00:ec2::254/128'], action: deny}}\n"
+        ));
+        let c = compile(&rs).expect("compiles");
+        assert_eq!(c.net6.len(), 1);
+        assert_eq!(c.net6[0].0, 32 + 128);
+    }
+}

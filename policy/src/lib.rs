@@ -1,0 +1,293 @@
+//! Latch's rules language.
+//!
+//! The central team keeps rules as YAML in git; this crate owns what a rules file may say and
+//! turns it into a validated [`RuleSet`], or refuses it with every problem found, each naming the
+//! file, the line, the rule and the reason. Both the central service (which validates, versions
+//! and pushes rule sets) and the agent (which compiles them into kernel maps) use it.
+//!
+//! It must not know about kernel maps, storage or transport: it is the language, nothing else.
+//!
+//! ```yaml
+//! workloads:
+//!   - name: ai-agents
+//!     cgroups: ["/ai.slice/*", "/system.slice/llm-runner.service"]
+//! rules:
+//!   - name: prod-db-needs-a-human
+//!     workload: ai-agents
+//!     on: connect
+//!     to: ["10.20.0.0/16"]
+//!     ports: [5432]
+//!     action: approve
+//!     approvers: { groups: ["dba-oncall"], count: 1 }
+//!     timeout: 10m
+//! ```
+
+use std::{collections::HashMap, fmt, net::IpAddr, time::Duration};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+mod raw;
+
+/// Longest executable path a rule may name, in bytes (the kernel keys hold 248 with the NUL).
+pub const MAX_PATH_LEN: usize = 247;
+/// Longest rule or workload name.
+pub const MAX_NAME_LEN: usize = 63;
+/// Shortest and longest approval timeout.
+pub const TIMEOUT_RANGE: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(7 * 24 * 3600));
+/// Timeout of an `approve` rule that names none.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// What to do with a matching operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Let it through.
+    Allow,
+    /// Let it through and record it.
+    Audit,
+    /// Hold it until a reviewer (or the timeout) decides.
+    Approve,
+    /// Refuse it.
+    Deny,
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Action::Allow => "allow",
+            Action::Audit => "audit",
+            Action::Approve => "approve",
+            Action::Deny => "deny",
+        })
+    }
+}
+
+/// Transport protocol a connect rule applies to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// TCP and UDP alike.
+    #[default]
+    Any,
+    /// TCP only.
+    Tcp,
+    /// UDP only.
+    Udp,
+}
+
+/// An inclusive port range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PortRange {
+    /// First port.
+    pub lo: u16,
+    /// Last port.
+    pub hi: u16,
+}
+
+impl PortRange {
+    /// Every port.
+    pub const ALL: PortRange = PortRange {
+        lo: 0,
+        hi: u16::MAX,
+    };
+}
+
+/// How an exec rule names programs.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PathPattern {
+    /// This path exactly.
+    Exact(String),
+    /// Every path that starts with this (written with a trailing `*`).
+    Prefix(String),
+}
+
+/// What a rule matches.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "on", rename_all = "lowercase")]
+pub enum Matcher {
+    /// Outbound `connect()` and UDP `sendmsg()` to these destinations.
+    Connect {
+        /// Destination networks.
+        to: Vec<IpNet>,
+        /// Destination ports; empty means every port.
+        ports: Vec<PortRange>,
+        /// Transport protocol.
+        protocol: Protocol,
+    },
+    /// Execution of these programs.
+    Exec {
+        /// Program paths.
+        paths: Vec<PathPattern>,
+    },
+}
+
+/// Who must approve an `approve` rule's requests.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Approvers {
+    /// Groups (from the identity provider) whose members may approve; empty means any approver.
+    pub groups: Vec<String>,
+    /// Distinct approvers needed.
+    pub count: u32,
+}
+
+/// A validated workload: a named set of cgroups.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Workload {
+    /// Stable id derived from the name; the kernel maps key rules by it.
+    pub id: u32,
+    /// Name.
+    pub name: String,
+    /// cgroup v2 path globs, relative to the cgroup v2 root (`/ai.slice/*`).
+    pub cgroups: Vec<String>,
+    /// Action for operations no rule matches.
+    pub default_action: Action,
+}
+
+/// A validated rule.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rule {
+    /// Stable id derived from the name; events and grants refer to it.
+    pub id: u32,
+    /// Name.
+    pub name: String,
+    /// Workload name.
+    pub workload: String,
+    /// Workload id.
+    pub workload_id: u32,
+    /// What it matches.
+    pub matcher: Matcher,
+    /// What it does.
+    pub action: Action,
+    /// Who approves (for `approve`).
+    pub approvers: Approvers,
+    /// How long a request may wait for a decision.
+    #[serde(with = "humantime_serde_secs")]
+    pub timeout: Duration,
+    /// What happens when nobody decides in time: `deny` or `allow`.
+    pub on_timeout: Action,
+    /// Line of the rule in its file, for messages.
+    pub line: Option<usize>,
+}
+
+/// A validated rules file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleSet {
+    /// Workloads, in file order.
+    pub workloads: Vec<Workload>,
+    /// Rules, in file order.
+    pub rules: Vec<Rule>,
+}
+
+/// One thing wrong with a rules file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Problem {
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// 1-based column, when known.
+    pub column: Option<usize>,
+    /// The rule or workload concerned, as `rule 'name'` or `workload 'name'`.
+    pub subject: Option<String>,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// A refused rules file: every problem found, none applied.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub struct PolicyError {
+    /// The file (or other source) name.
+    pub source_name: String,
+    /// Every problem, in file order.
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{}", self.source_name)?;
+            if let Some(l) = p.line {
+                write!(f, ":{l}")?;
+                if let Some(c) = p.column {
+                    write!(f, ":{c}")?;
+                }
+            }
+            write!(f, ": ")?;
+            if let Some(s) = &p.subject {
+                write!(f, "{s}: ")?;
+            }
+            write!(f, "{}", p.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl RuleSet {
+    /// Parses and validates a rules file. `source_name` names it in messages.
+    pub fn parse(source_name: &str, text: &str) -> Result<RuleSet, PolicyError> {
+        raw::parse(source_name, text)
+    }
+
+    /// The workload with this name.
+    pub fn workload(&self, name: &str) -> Option<&Workload> {
+        self.workloads.iter().find(|w| w.name == name)
+    }
+
+    /// The rule with this id.
+    pub fn rule(&self, id: u32) -> Option<&Rule> {
+        self.rules.iter().find(|r| r.id == id)
+    }
+
+    /// Rule ids by name, for reports.
+    pub fn ids(&self) -> HashMap<u32, &str> {
+        self.rules.iter().map(|r| (r.id, r.name.as_str())).collect()
+    }
+}
+
+/// Stable non-zero 32-bit id of a name (FNV-1a), shared by agent and central.
+pub fn name_id(kind: &str, name: &str) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in kind.bytes().chain([0u8]).chain(name.bytes()) {
+        h ^= b as u32;
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    if h == 0 {
+        1
+    } else {
+        h
+    }
+}
+
+/// Parses `10.0.0.0/8`, `fd00::/8` or a bare address (a host route).
+pub fn parse_net(s: &str) -> Result<IpNet, String> {
+    if let Ok(n) = s.parse::<IpNet>() {
+        if n.trunc() != n {
+            return Err(format!(
+                "'{s}' has host bits set; did you mean '{}'?",
+                n.trunc()
+            ));
+        }
+        return Ok(n);
+    }
+    if let Ok(a) = s.parse::<IpAddr>() {
+        return Ok(IpNet::from(a));
+    }
+    Err(format!("'{s}' is not an IPv4/IPv6 address or CIDR block"))
+}
+
+mod humantime_serde_secs {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_secs())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_secs(u64::deserialize(d)?))
+    }
+}

@@ -1,0 +1,510 @@
+//! The file as written (serde) and its validation into a [`RuleSet`].
+
+use std::collections::{HashMap, HashSet};
+
+use serde::Deserialize;
+
+use crate::{
+    name_id, parse_net, Action, Approvers, Matcher, PathPattern, PolicyError, PortRange, Problem,
+    Protocol, Rule, RuleSet, Workload, DEFAULT_TIMEOUT, MAX_NAME_LEN, MAX_PATH_LEN, TIMEOUT_RANGE,
+};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Document {
+    #[serde(default)]
+    workloads: Vec<RawWorkload>,
+    #[serde(default)]
+    rules: Vec<RawRule>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWorkload {
+    name: String,
+    #[serde(default)]
+    cgroups: Vec<String>,
+    #[serde(default)]
+    default: Option<Action>,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum On {
+    Connect,
+    Exec,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawPort {
+    One(i64),
+    Range(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApprovers {
+    #[serde(default)]
+    groups: Vec<String>,
+    #[serde(default = "one")]
+    count: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    name: String,
+    workload: String,
+    on: On,
+    #[serde(default)]
+    to: Vec<String>,
+    #[serde(default)]
+    ports: Vec<RawPort>,
+    #[serde(default)]
+    protocol: Option<Protocol>,
+    #[serde(default)]
+    paths: Vec<String>,
+    action: Action,
+    #[serde(default)]
+    approvers: Option<RawApprovers>,
+    #[serde(default)]
+    timeout: Option<String>,
+    #[serde(default)]
+    on_timeout: Option<Action>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    description: Option<String>,
+}
+
+struct Collector<'a> {
+    text: &'a str,
+    problems: Vec<Problem>,
+}
+
+impl Collector<'_> {
+    fn push(&mut self, kind: &str, name: &str, message: String) {
+        self.problems.push(Problem {
+            line: find_line(self.text, kind, name),
+            column: None,
+            subject: Some(format!("{kind} '{name}'")),
+            message,
+        });
+    }
+}
+
+pub(crate) fn parse(source_name: &str, text: &str) -> Result<RuleSet, PolicyError> {
+    let doc: Document = match serde_yaml_ng::from_str(text) {
+        Ok(d) => d,
+        Err(e) => {
+            let loc = e.location();
+            return Err(PolicyError {
+                source_name: source_name.to_string(),
+                problems: vec![Problem {
+                    line: loc.as_ref().map(|l| l.line()),
+                    column: loc.as_ref().map(|l| l.column()),
+                    subject: None,
+                    message: strip_location(&e.to_string()),
+                }],
+            });
+        }
+    };
+    let mut c = Collector {
+        text,
+        problems: Vec::new(),
+    };
+
+    let mut workloads = Vec::new();
+    let mut seen_workloads = HashSet::new();
+    for w in &doc.workloads {
+        check_name(&mut c, "workload", &w.name);
+        if !seen_workloads.insert(w.name.clone()) {
+            c.push("workload", &w.name, "defined more than once".into());
+        }
+        if w.cgroups.is_empty() {
+            c.push(
+                "workload",
+                &w.name,
+                "`cgroups` is empty: list at least one cgroup path or glob".into(),
+            );
+        }
+        for g in &w.cgroups {
+            if let Err(m) = check_cgroup_glob(g) {
+                c.push("workload", &w.name, m);
+            }
+        }
+        let default_action = w.default.unwrap_or(Action::Allow);
+        workloads.push(Workload {
+            id: name_id("workload", &w.name),
+            name: w.name.clone(),
+            cgroups: w.cgroups.clone(),
+            default_action,
+        });
+    }
+    check_ids(
+        &mut c,
+        "workload",
+        workloads.iter().map(|w| (w.id, w.name.as_str())),
+    );
+
+    let mut rules = Vec::new();
+    let mut seen_rules = HashSet::new();
+    for r in &doc.rules {
+        let name = r.name.as_str();
+        check_name(&mut c, "rule", name);
+        if !seen_rules.insert(r.name.clone()) {
+            c.push(
+                "rule",
+                name,
+                "defined more than once; rule names must be unique".into(),
+            );
+        }
+        let workload_id = match workloads.iter().find(|w| w.name == r.workload) {
+            Some(w) => w.id,
+            None => {
+                c.push("rule", name, format!("unknown workload '{}'", r.workload));
+                0
+            }
+        };
+        let matcher = match r.on {
+            On::Connect => connect_matcher(&mut c, r),
+            On::Exec => exec_matcher(&mut c, r),
+        };
+        let approvers = match (&r.approvers, r.action) {
+            (Some(a), Action::Approve) => {
+                if a.count == 0 || a.count > 10 {
+                    c.push(
+                        "rule",
+                        name,
+                        format!(
+                            "`approvers.count` is {}; it must be between 1 and 10",
+                            a.count
+                        ),
+                    );
+                }
+                if a.groups.iter().any(|g| g.trim().is_empty()) {
+                    c.push(
+                        "rule",
+                        name,
+                        "`approvers.groups` has an empty group name".into(),
+                    );
+                }
+                Approvers {
+                    groups: a.groups.clone(),
+                    count: a.count,
+                }
+            }
+            (Some(_), action) => {
+                c.push(
+                    "rule",
+                    name,
+                    format!("`approvers` only applies to `action: approve`, not `{action}`"),
+                );
+                Approvers::default()
+            }
+            (None, _) => Approvers {
+                groups: Vec::new(),
+                count: 1,
+            },
+        };
+        let timeout = match &r.timeout {
+            None => DEFAULT_TIMEOUT,
+            Some(t) => match humantime::parse_duration(t) {
+                Ok(d) if d >= TIMEOUT_RANGE.0 && d <= TIMEOUT_RANGE.1 => d,
+                Ok(_) => {
+                    c.push(
+                        "rule",
+                        name,
+                        format!("timeout '{t}' is out of range (1s to 7d)"),
+                    );
+                    DEFAULT_TIMEOUT
+                }
+                Err(e) => {
+                    c.push(
+                        "rule",
+                        name,
+                        format!("timeout '{t}' is not a duration like 90s or 10m: {e}"),
+                    );
+                    DEFAULT_TIMEOUT
+                }
+            },
+        };
+        if r.timeout.is_some() && r.action != Action::Approve {
+            c.push(
+                "rule",
+                name,
+                format!(
+                    "`timeout` only applies to `action: approve`, not `{}`",
+                    r.action
+                ),
+            );
+        }
+        let on_timeout = match r.on_timeout {
+            None | Some(Action::Deny) => Action::Deny,
+            Some(Action::Allow) => Action::Allow,
+            Some(other) => {
+                c.push(
+                    "rule",
+                    name,
+                    format!("`on_timeout` must be `deny` or `allow`, not `{other}`"),
+                );
+                Action::Deny
+            }
+        };
+        if let Some(m) = matcher {
+            rules.push(Rule {
+                id: name_id("rule", name),
+                name: r.name.clone(),
+                workload: r.workload.clone(),
+                workload_id,
+                matcher: m,
+                action: r.action,
+                approvers,
+                timeout,
+                on_timeout,
+                line: find_line(text, "rule", name),
+            });
+        }
+    }
+    check_ids(
+        &mut c,
+        "rule",
+        rules.iter().map(|r| (r.id, r.name.as_str())),
+    );
+
+    if c.problems.is_empty() {
+        Ok(RuleSet { workloads, rules })
+    } else {
+        c.problems.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
+        Err(PolicyError {
+            source_name: source_name.to_string(),
+            problems: c.problems,
+        })
+    }
+}
+
+fn connect_matcher(c: &mut Collector<'_>, r: &RawRule) -> Option<Matcher> {
+    let name = r.name.as_str();
+    let mut ok = true;
+    if !r.paths.is_empty() {
+        c.push(
+            "rule",
+            name,
+            "`paths` belongs to `on: exec` rules; a connect rule names `to`".into(),
+        );
+        ok = false;
+    }
+    if r.to.is_empty() {
+        c.push(
+            "rule",
+            name,
+            "`to` is empty: list at least one address or CIDR block".into(),
+        );
+        ok = false;
+    }
+    let mut to = Vec::new();
+    for (i, s) in r.to.iter().enumerate() {
+        match parse_net(s.trim()) {
+            Ok(n) => to.push(n),
+            Err(m) => {
+                c.push("rule", name, format!("`to[{i}]`: invalid CIDR: {m}"));
+                ok = false;
+            }
+        }
+    }
+    let mut ports = Vec::new();
+    for (i, p) in r.ports.iter().enumerate() {
+        match parse_port(p) {
+            Ok(pr) => ports.push(pr),
+            Err(m) => {
+                c.push("rule", name, format!("`ports[{i}]`: {m}"));
+                ok = false;
+            }
+        }
+    }
+    ok.then(|| Matcher::Connect {
+        to,
+        ports,
+        protocol: r.protocol.unwrap_or_default(),
+    })
+}
+
+fn exec_matcher(c: &mut Collector<'_>, r: &RawRule) -> Option<Matcher> {
+    let name = r.name.as_str();
+    let mut ok = true;
+    if !r.to.is_empty() || !r.ports.is_empty() || r.protocol.is_some() {
+        c.push("rule", name, "`to`, `ports` and `protocol` belong to `on: connect` rules; an exec rule names `paths`".into());
+        ok = false;
+    }
+    if r.paths.is_empty() {
+        c.push(
+            "rule",
+            name,
+            "`paths` is empty: list at least one program path".into(),
+        );
+        ok = false;
+    }
+    let mut paths = Vec::new();
+    for (i, p) in r.paths.iter().enumerate() {
+        match parse_path(p) {
+            Ok(pp) => paths.push(pp),
+            Err(m) => {
+                c.push("rule", name, format!("`paths[{i}]`: {m}"));
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(Matcher::Exec { paths })
+}
+
+fn parse_port(p: &RawPort) -> Result<PortRange, String> {
+    let one = |v: i64| -> Result<u16, String> {
+        u16::try_from(v)
+            .ok()
+            .filter(|&p| p != 0)
+            .ok_or_else(|| format!("port {v} is outside 1-65535"))
+    };
+    match p {
+        RawPort::One(v) => {
+            let v = one(*v)?;
+            Ok(PortRange { lo: v, hi: v })
+        }
+        RawPort::Range(s) => {
+            let (a, b) = s
+                .split_once('-')
+                .ok_or_else(|| format!("'{s}' is not a port or a range like 8000-8080"))?;
+            let parse = |x: &str| {
+                x.trim()
+                    .parse::<i64>()
+                    .map_err(|_| format!("'{s}' is not a port or a range like 8000-8080"))
+            };
+            let (lo, hi) = (one(parse(a)?)?, one(parse(b)?)?);
+            if lo > hi {
+                return Err(format!(
+                    "port range '{s}' is upside down (first port {lo} > last port {hi})"
+                ));
+            }
+            Ok(PortRange { lo, hi })
+        }
+    }
+}
+
+fn parse_path(p: &str) -> Result<PathPattern, String> {
+    if p.is_empty() {
+        return Err("empty path".into());
+    }
+    if p.contains('\0') {
+        return Err("path contains a NUL byte".into());
+    }
+    if !p.starts_with('/') {
+        return Err(format!(
+            "'{p}' is not absolute; exec rules name programs by absolute path"
+        ));
+    }
+    let (body, prefix) = match p.strip_suffix('*') {
+        Some(b) => (b, true),
+        None => (p, false),
+    };
+    if body.contains(['*', '?', '[', ']']) {
+        return Err(format!(
+            "'{p}': only a single trailing `*` is supported (like /usr/bin/ssh*)"
+        ));
+    }
+    if body.len() > MAX_PATH_LEN {
+        return Err(format!(
+            "path is {} bytes long; the limit is {MAX_PATH_LEN}",
+            body.len()
+        ));
+    }
+    Ok(if prefix {
+        PathPattern::Prefix(body.to_string())
+    } else {
+        PathPattern::Exact(body.to_string())
+    })
+}
+
+fn check_cgroup_glob(g: &str) -> Result<(), String> {
+    if !g.starts_with('/') {
+        return Err(format!(
+            "cgroup '{g}' must start with '/' (a path below the cgroup v2 root)"
+        ));
+    }
+    if g.contains("..") || g.contains('\0') {
+        return Err(format!("cgroup '{g}' may not contain '..' or NUL"));
+    }
+    if g.contains(['[', ']', '{', '}']) {
+        return Err(format!(
+            "cgroup '{g}': only `*` and `?` wildcards are supported"
+        ));
+    }
+    Ok(())
+}
+
+fn check_name(c: &mut Collector<'_>, kind: &str, name: &str) {
+    let valid = !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if !valid {
+        c.push(
+            kind,
+            name,
+            format!("names are 1-{MAX_NAME_LEN} characters of letters, digits, '-', '_' and '.'"),
+        );
+    }
+}
+
+fn check_ids<'a>(c: &mut Collector<'_>, kind: &str, ids: impl Iterator<Item = (u32, &'a str)>) {
+    let mut by_id: HashMap<u32, &str> = HashMap::new();
+    for (id, name) in ids {
+        if let Some(other) = by_id.insert(id, name) {
+            if other != name {
+                c.push(
+                    kind,
+                    name,
+                    format!("its id collides with {kind} '{other}'; rename one of them"),
+                );
+            }
+        }
+    }
+}
+
+/// The line of `- name: X` inside the `rules:` or `workloads:` section, for messages.
+fn find_line(text: &str, kind: &str, name: &str) -> Option<usize> {
+    let section = if kind == "rule" {
+        "rules:"
+    } else {
+        "workloads:"
+    };
+    let mut inside = false;
+    for (i, line) in text.lines().enumerate() {
+        if !line.starts_with(' ') && !line.starts_with('-') && line.contains(':') {
+            inside = line.trim_end().starts_with(section);
+            continue;
+        }
+        if !inside {
+            continue;
+        }
+        let t = line.trim_start().trim_start_matches('-').trim_start();
+        if let Some(v) = t.strip_prefix("name:") {
+            let v = v.trim().trim_matches(|ch| ch == '"' || ch == '\'');
+            if v == name {
+                return Some(i + 1);
+            }
+        }
+    }
+    None
+}
+
+fn strip_location(msg: &str) -> String {
+    // The location is reported separately; keep the message itself.
+    match msg.rfind(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg.to_string(),
+    }
+}

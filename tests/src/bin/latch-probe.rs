@@ -1,0 +1,52 @@
+//! A stand-in workload for the kernel tests: performs one action and prints its outcome as one
+//! JSON line, so a test can tell "the call failed with EPERM" from "the call succeeded".
+//!
+//! ```text
+//! latch-probe connect 127.0.0.1:8080     TCP connect()
+//! latch-probe udp-send [::1]:5353        sendto() on an unconnected UDP socket
+//! ```
+
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+
+fn report(result: std::io::Result<()>) {
+    match result {
+        Ok(()) => println!("{{\"ok\":true}}"),
+        Err(e) => println!(
+            "{{\"ok\":false,\"errno\":{},\"error\":{:?}}}",
+            e.raw_os_error().unwrap_or(-1),
+            e.to_string()
+        ),
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let (Some(cmd), Some(addr)) = (args.get(1), args.get(2)) else {
+        eprintln!("usage: latch-probe connect|udp-send ADDR:PORT");
+        std::process::exit(2);
+    };
+    let addr: SocketAddr = match addr.parse() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("latch-probe: '{addr}' is not an address: {e}");
+            std::process::exit(2);
+        }
+    };
+    match cmd.as_str() {
+        "connect" => report(TcpStream::connect(addr).map(drop)),
+        "udp-send" => {
+            let bind: SocketAddr = if addr.is_ipv4() {
+                "0.0.0.0:0"
+            } else {
+                "[::]:0"
+            }
+            .parse()
+            .expect("constant address");
+            report(UdpSocket::bind(bind).and_then(|s| s.send_to(b"latch", addr).map(drop)))
+        }
+        other => {
+            eprintln!("latch-probe: unknown command '{other}'");
+            std::process::exit(2);
+        }
+    }
+}

@@ -1,0 +1,368 @@
+//! The kernel test harness: "trigger the action, expect the outcome and the event".
+//!
+//! Each [`Harness`] loads its own copy of the kernel programs (own pin directory, own maps), makes
+//! its own cgroup below the cgroup v2 root, watches it with the rules it was given, and removes
+//! everything on drop. Workloads are real processes moved into the cgroup before they exec.
+//!
+//! These tests need root and a BPF-capable kernel. Without them they fail loudly; set
+//! `LATCH_SKIP_PRIVILEGED=1` to skip them on purpose.
+
+use std::{
+    ffi::CString,
+    io::Read,
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use agent_common::FailMode;
+use latch_agent::{
+    cgroups,
+    events::{self, KernelEvent},
+    kernel::{Engine, EngineOptions, PendingOp},
+    rules,
+};
+
+/// Longest a test waits for something the kernel should do at once. Not a performance bound:
+/// only a guard so that a broken build fails instead of hanging.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// Whether privileged tests run here. Panics (a loud failure) when they cannot and nobody said
+/// to skip them.
+pub fn privileged() -> bool {
+    if std::env::var("LATCH_SKIP_PRIVILEGED").as_deref() == Ok("1") {
+        eprintln!("SKIPPED: LATCH_SKIP_PRIVILEGED=1 (kernel tests not run)");
+        return false;
+    }
+    if !nix::unistd::geteuid().is_root() {
+        panic!(
+            "kernel tests need root and a BPF-capable kernel; run them as root \
+             (cargo xtask test does) or set LATCH_SKIP_PRIVILEGED=1 to skip them explicitly"
+        );
+    }
+    true
+}
+
+/// A loaded engine watching one fresh cgroup.
+pub struct Harness {
+    /// The engine (public so tests can drive it directly).
+    pub engine: Option<Engine>,
+    /// The test cgroup's directory.
+    pub cgroup: PathBuf,
+    /// Its id.
+    pub cgroup_id: u64,
+    /// Its path relative to the cgroup root (what rules' globs match).
+    pub cgroup_rel: String,
+    /// Pin directory.
+    pub pin_dir: PathBuf,
+    /// The rules in force.
+    pub rules: policy::RuleSet,
+    /// The compiled rules in force.
+    pub compiled: rules::Compiled,
+    ring: Option<aya::maps::RingBuf<aya::maps::MapData>>,
+    /// Events read so far.
+    pub seen: Vec<KernelEvent>,
+    children: Vec<u32>,
+}
+
+/// Path of the probe workload binary.
+pub fn probe() -> PathBuf {
+    // Test binaries live in target/<profile>/deps; the package's binaries one level up.
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
+    let p = dir.join("latch-probe");
+    assert!(
+        p.exists(),
+        "{} is missing; build the latch-tests package's binaries",
+        p.display()
+    );
+    p
+}
+
+impl Harness {
+    /// Loads the programs and watches a new cgroup with `rules_yaml`, in which `{CG}` stands for
+    /// the new cgroup's path relative to the root.
+    pub fn new(rules_yaml: &str) -> Self {
+        Self::with(rules_yaml, FailMode::Deny)
+    }
+
+    /// As [`Harness::new`], with a fail mode.
+    pub fn with(rules_yaml: &str, fail_mode: FailMode) -> Self {
+        let name = format!(
+            "latch-test-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let root = latch_agent::kernel::cgroup2_root().expect("cgroup v2 is mounted");
+        let cgroup = root.join(&name);
+        std::fs::create_dir(&cgroup).unwrap_or_else(|e| panic!("mkdir {}: {e}", cgroup.display()));
+        let cgroup_id = cgroups::id_of(&cgroup).expect("stat cgroup");
+        let cgroup_rel = format!("/{name}");
+        let pin_dir = PathBuf::from("/sys/fs/bpf").join(&name);
+        let text = rules_yaml.replace("{CG}", &cgroup_rel);
+        let rules =
+            policy::RuleSet::parse("test-rules.yaml", &text).unwrap_or_else(|e| panic!("{e}"));
+        let compiled = rules::compile(&rules).unwrap_or_else(|e| panic!("{e}"));
+        let mut engine = Engine::load(EngineOptions {
+            pin_dir: pin_dir.clone(),
+            cgroup_root: Some(root.clone()),
+            stale_after: Duration::from_secs(3600),
+            fail_mode,
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        engine
+            .apply(&compiled, None)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let globs: Vec<cgroups::WorkloadGlobs> = rules
+            .workloads
+            .iter()
+            .map(|w| cgroups::WorkloadGlobs::new(w).expect("globs"))
+            .collect();
+        for m in cgroups::scan(&root, &globs) {
+            engine
+                .watch(m.id, m.workload, m.default_action)
+                .expect("watch");
+        }
+        let ring = engine.take_events();
+        Harness {
+            engine: Some(engine),
+            cgroup,
+            cgroup_id,
+            cgroup_rel,
+            pin_dir,
+            rules,
+            compiled,
+            ring,
+            seen: Vec::new(),
+            children: Vec::new(),
+        }
+    }
+
+    /// The engine.
+    pub fn engine(&mut self) -> &mut Engine {
+        self.engine.as_mut().expect("engine loaded")
+    }
+
+    /// Rule id by name.
+    pub fn rule(&self, name: &str) -> u32 {
+        self.rules
+            .rules
+            .iter()
+            .find(|r| r.name == name)
+            .unwrap_or_else(|| panic!("no rule {name}"))
+            .id
+    }
+
+    /// Starts `program args` inside `cgroup` (moved there before it execs).
+    pub fn spawn_in(&mut self, cgroup: &Path, program: &Path, args: &[&str]) -> Child {
+        let procs = CString::new(cgroup.join("cgroup.procs").to_string_lossy().as_bytes())
+            .expect("path has no NUL");
+        let mut cmd = Command::new(program);
+        cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+        // SAFETY: only async-signal-safe calls (open, write, close) between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let r = libc::write(fd, b"0".as_ptr().cast(), 1);
+                libc::close(fd);
+                if r != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()));
+        self.children.push(child.id());
+        child
+    }
+
+    /// Starts `program args` in the test cgroup.
+    pub fn spawn(&mut self, program: &Path, args: &[&str]) -> Child {
+        let cg = self.cgroup.clone();
+        self.spawn_in(&cg, program, args)
+    }
+
+    /// Runs the probe to completion in the test cgroup and returns its JSON outcome.
+    pub fn probe(&mut self, args: &[&str]) -> serde_json::Value {
+        let child = self.spawn(&probe(), args);
+        outcome(child)
+    }
+
+    /// Waits until the kernel holds an operation of process `pid`.
+    pub fn wait_pending(&mut self, pid: u32) -> PendingOp {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let found = self
+                .engine()
+                .pending()
+                .expect("pending")
+                .into_iter()
+                .find(|p| p.tgid == pid);
+            if let Some(p) = found {
+                return p;
+            }
+            assert!(Instant::now() < deadline, "process {pid} was never held");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Reads events until one satisfies `pred`; returns it.
+    pub fn expect_event(&mut self, what: &str, pred: impl Fn(&KernelEvent) -> bool) -> KernelEvent {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(e) = self.seen.iter().find(|e| pred(e)) {
+                return e.clone();
+            }
+            let mut malformed = 0;
+            let ring = self.ring.as_mut().expect("ring buffer");
+            events::drain(ring, &mut self.seen, &mut malformed);
+            assert_eq!(malformed, 0, "kernel wrote undecodable events");
+            assert!(
+                Instant::now() < deadline,
+                "no event {what}; saw {:#?}",
+                self.seen
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Every event read so far plus what is in the ring now.
+    pub fn events(&mut self) -> &[KernelEvent] {
+        let mut malformed = 0;
+        if let Some(ring) = self.ring.as_mut() {
+            events::drain(ring, &mut self.seen, &mut malformed);
+        }
+        &self.seen
+    }
+
+    /// Makes a child cgroup of the test cgroup.
+    pub fn child_cgroup(&self, name: &str) -> PathBuf {
+        let p = self.cgroup.join(name);
+        std::fs::create_dir(&p).unwrap_or_else(|e| panic!("mkdir {}: {e}", p.display()));
+        p
+    }
+
+    /// Drops the engine without uninstalling (as a crashed agent would) and loads a new one on
+    /// the same pins.
+    pub fn restart_engine(&mut self) {
+        let old = self.engine.take().expect("engine loaded");
+        let opts = EngineOptions {
+            pin_dir: self.pin_dir.clone(),
+            cgroup_root: Some(old.cgroup_root().to_path_buf()),
+            stale_after: Duration::from_secs(3600),
+            fail_mode: FailMode::Deny,
+        };
+        drop(self.ring.take());
+        drop(old);
+        let mut engine = Engine::load(opts).unwrap_or_else(|e| panic!("{e}"));
+        self.ring = engine.take_events();
+        self.engine = Some(engine);
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        // cgroup.kill ends every process left in the subtree, paused ones included.
+        let _ = std::fs::write(self.cgroup.join("cgroup.kill"), "1");
+        for pid in &self.children {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        drop(self.ring.take());
+        if let Some(e) = self.engine.take() {
+            let _ = e.uninstall();
+        }
+        let deadline = Instant::now() + PATIENCE;
+        // Children first: rmdir fails while a cgroup has sub-cgroups or members.
+        loop {
+            let mut dirs: Vec<PathBuf> = Vec::new();
+            collect_dirs(&self.cgroup, &mut dirs);
+            dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+            let mut all = true;
+            for d in &dirs {
+                if std::fs::remove_dir(d).is_err() && d.exists() {
+                    all = false;
+                }
+            }
+            if all || Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+fn collect_dirs(dir: &Path, out: &mut Vec<PathBuf>) {
+    out.push(dir.to_path_buf());
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                collect_dirs(&e.path(), out);
+            }
+        }
+    }
+}
+
+/// Waits for a probe and parses its JSON line.
+pub fn outcome(child: Child) -> serde_json::Value {
+    let out = child.wait_with_output().expect("wait for probe");
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| {
+        panic!(
+            "probe printed {text:?} (status {}, stderr {:?}): {e}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// The process state letter (`T` = stopped).
+pub fn state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    events::parse_state(&stat)
+}
+
+/// Waits until process `pid` is in state `want`.
+pub fn wait_state(pid: u32, want: char) {
+    let deadline = Instant::now() + PATIENCE;
+    while state(pid) != Some(want) {
+        assert!(
+            Instant::now() < deadline,
+            "process {pid} never reached state {want} (is {:?})",
+            state(pid)
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Whatever the child has written to stdout so far, without blocking.
+pub fn read_available(child: &mut Child) -> String {
+    let Some(out) = child.stdout.as_mut() else {
+        return String::new();
+    };
+    let fd = std::os::fd::AsRawFd::as_raw_fd(out);
+    // SAFETY: fcntl on an fd we own.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+    }
+    let mut buf = [0u8; 4096];
+    match out.read(&mut buf) {
+        Ok(n) => String::from_utf8_lossy(&buf[..n]).into_owned(),
+        Err(_) => String::new(),
+    }
+}

@@ -1,0 +1,507 @@
+//! The kernel engine against the real kernel: real programs, real processes in a real cgroup.
+//! Each test triggers an action, then checks its outcome and the event the kernel wrote.
+
+use std::{
+    net::{TcpListener, UdpSocket},
+    time::Duration,
+};
+
+use agent_common::{FailMode, Op, Outcome};
+use latch_agent::kernel::{Decision, EngineError, Scope};
+use latch_tests::{outcome, privileged, probe, read_available, state, wait_state, Harness};
+
+const EPERM: i64 = 1;
+
+fn listener() -> (TcpListener, u16) {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    (l, port)
+}
+
+fn rules(body: &str) -> String {
+    format!("workloads:\n  - name: test\n    cgroups: [\"{{CG}}\"]\nrules:\n{body}")
+}
+
+fn ok(v: &serde_json::Value) -> bool {
+    v["ok"] == serde_json::Value::Bool(true)
+}
+
+fn errno(v: &serde_json::Value) -> i64 {
+    v["errno"].as_i64().unwrap_or(0)
+}
+
+#[test]
+fn connect_allowed_by_rule_and_denied_by_rule() {
+    if !privileged() {
+        return;
+    }
+    let (_a, open_port) = listener();
+    let (_b, closed_port) = listener();
+    let mut h = Harness::new(&rules(&format!(
+        "  - {{name: loopback-off, workload: test, on: connect, to: [127.0.0.0/8], action: deny}}\n\
+         \x20 - {{name: one-port-on, workload: test, on: connect, to: [127.0.0.1/32], ports: [{open_port}], action: allow}}\n"
+    )));
+    let allowed = h.probe(&["connect", &format!("127.0.0.1:{open_port}")]);
+    assert!(
+        ok(&allowed),
+        "the more specific allow rule applies: {allowed}"
+    );
+    let denied = h.probe(&["connect", &format!("127.0.0.1:{closed_port}")]);
+    assert_eq!(errno(&denied), EPERM, "{denied}");
+    let rule = h.rule("loopback-off");
+    let ev = h.expect_event("denied connect", |e| {
+        e.outcome == Outcome::Denied && e.op == Op::Connect
+    });
+    assert_eq!(ev.rule_id, rule);
+    assert_eq!(
+        ev.destination,
+        Some(format!("127.0.0.1:{closed_port}").parse().expect("addr"))
+    );
+    assert_eq!(ev.cgroup_id, h.cgroup_id);
+    assert_eq!(ev.comm, "latch-probe");
+}
+
+#[test]
+fn paused_connect_is_approved_and_its_one_call_succeeds() {
+    if !privileged() {
+        return;
+    }
+    let (_l, port) = listener();
+    let mut h = Harness::new(&rules(&format!(
+        "  - {{name: ask, workload: test, on: connect, to: [127.0.0.1], ports: [{port}], action: approve}}\n"
+    )));
+    let child = h.spawn(&probe(), &["connect", &format!("127.0.0.1:{port}")]);
+    let pid = child.id();
+    let p = h.wait_pending(pid);
+    wait_state(pid, 'T');
+    assert_eq!(p.op, "connect");
+    assert_eq!(p.rule_id, h.rule("ask"));
+    let ev = h.expect_event("paused", |e| e.outcome == Outcome::Paused && e.tgid == pid);
+    assert_eq!(ev.request, Some(p.id));
+    h.engine().decide(p.id, Decision::Allow).expect("decide");
+    let out = outcome(child);
+    assert!(
+        ok(&out),
+        "the held connect() completed after approval: {out}"
+    );
+    assert!(
+        h.engine().pending().expect("pending").is_empty(),
+        "the decision was consumed"
+    );
+}
+
+#[test]
+fn paused_connect_then_denied_fails_with_eperm() {
+    if !privileged() {
+        return;
+    }
+    let (_l, port) = listener();
+    let mut h = Harness::new(&rules(&format!(
+        "  - {{name: ask, workload: test, on: connect, to: [127.0.0.1/32], action: approve}}\n"
+    )));
+    let child = h.spawn(&probe(), &["connect", &format!("127.0.0.1:{port}")]);
+    let p = h.wait_pending(child.id());
+    h.engine().decide(p.id, Decision::Deny).expect("decide");
+    let out = outcome(child);
+    assert_eq!(errno(&out), EPERM, "{out}");
+    // A decision on a request that is gone is refused by name.
+    match h.engine().decide(p.id, Decision::Allow) {
+        Err(EngineError::NotPending(id)) => assert_eq!(id, p.id),
+        other => panic!("expected NotPending, got {other:?}"),
+    }
+}
+
+#[test]
+fn exec_paused_then_allowed_prints_only_after_approval() {
+    if !privileged() {
+        return;
+    }
+    let mut h = Harness::new(&rules(
+        "  - {name: echo-needs-ok, workload: test, on: exec, paths: [/bin/echo], action: approve}\n",
+    ));
+    let mut child = h.spawn(std::path::Path::new("/bin/echo"), &["held-output"]);
+    let pid = child.id();
+    let p = h.wait_pending(pid);
+    wait_state(pid, 'T');
+    assert_eq!(p.op, "exec");
+    let ev = h.expect_event("paused exec", |e| {
+        e.outcome == Outcome::Paused && e.op == Op::Exec
+    });
+    assert_eq!(ev.path.as_deref(), Some("/bin/echo"));
+    assert_eq!(
+        read_available(&mut child),
+        "",
+        "nothing ran before approval"
+    );
+    h.engine().decide(p.id, Decision::Allow).expect("decide");
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "held-output\n");
+}
+
+#[test]
+fn exec_denied_by_rule_and_by_reviewer_never_runs() {
+    if !privileged() {
+        return;
+    }
+    let mut h = Harness::new(&rules(
+        "  - {name: no-echo, workload: test, on: exec, paths: [/bin/echo], action: deny}\n\
+         \x20 - {name: ask-printf, workload: test, on: exec, paths: ['/usr/bin/print*'], action: approve}\n",
+    ));
+    let out = h
+        .spawn(std::path::Path::new("/bin/echo"), &["must-not-print"])
+        .wait_with_output()
+        .expect("wait");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&out.status),
+        Some(9),
+        "killed before it ran"
+    );
+    assert!(out.stdout.is_empty());
+    h.expect_event("denied exec", |e| {
+        e.outcome == Outcome::Denied && e.path.as_deref() == Some("/bin/echo")
+    });
+
+    let child = h.spawn(std::path::Path::new("/usr/bin/printf"), &["must-not-print"]);
+    let p = h.wait_pending(child.id());
+    assert_eq!(p.rule_id, h.rule("ask-printf"), "prefix rule matched");
+    h.engine().decide(p.id, Decision::Deny).expect("decide");
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.stdout.is_empty());
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&out.status),
+        Some(9)
+    );
+}
+
+#[test]
+fn unwatched_cgroup_is_untouched_and_child_cgroup_is_watched() {
+    if !privileged() {
+        return;
+    }
+    let (_l, port) = listener();
+    let target = format!("127.0.0.1:{port}");
+    let mut h = Harness::new(&rules(
+        "  - {name: all-off, workload: test, on: connect, to: [0.0.0.0/0], action: deny}\n",
+    ));
+    // A sibling cgroup the rules do not name.
+    let root = h.cgroup.parent().expect("root").to_path_buf();
+    let sibling = root.join(format!(
+        "{}-sibling",
+        h.cgroup.file_name().and_then(|n| n.to_str()).expect("name")
+    ));
+    std::fs::create_dir(&sibling).expect("mkdir sibling");
+    let out = outcome(h.spawn_in(&sibling, &probe(), &["connect", &target]));
+    std::fs::remove_dir(&sibling).expect("rmdir sibling");
+    assert!(ok(&out), "unwatched cgroup untouched: {out}");
+
+    let nested = h.child_cgroup("job-1");
+    let out = outcome(h.spawn_in(&nested, &probe(), &["connect", &target]));
+    assert_eq!(
+        errno(&out),
+        EPERM,
+        "a child cgroup of a watched one is watched: {out}"
+    );
+}
+
+#[test]
+fn foreign_sigcont_pauses_again() {
+    if !privileged() {
+        return;
+    }
+    let (_l, port) = listener();
+    let mut h = Harness::new(&rules("  - {name: ask, workload: test, on: connect, to: [127.0.0.1/32], action: approve}\n\
+                                     \x20 - {name: ask-echo, workload: test, on: exec, paths: [/bin/echo], action: approve}\n"));
+    let child = h.spawn(&probe(), &["connect", &format!("127.0.0.1:{port}")]);
+    let pid = child.id();
+    let p = h.wait_pending(pid);
+    wait_state(pid, 'T');
+    let before = h
+        .engine()
+        .counter(agent_common::Counter::Repaused)
+        .expect("counter");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGCONT,
+    )
+    .expect("SIGCONT");
+    // It runs the connect() again, finds it still waiting, and stops again.
+    let deadline = std::time::Instant::now() + latch_tests::PATIENCE;
+    while h
+        .engine()
+        .counter(agent_common::Counter::Repaused)
+        .expect("counter")
+        == before
+    {
+        assert!(std::time::Instant::now() < deadline, "never paused again");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    wait_state(pid, 'T');
+    assert_eq!(
+        h.wait_pending(pid).id,
+        p.id,
+        "the same request is still the one pending"
+    );
+    h.engine().decide(p.id, Decision::Allow).expect("decide");
+    assert!(ok(&outcome(child)));
+
+    // Exec: a resumed image is stopped again at its first system call.
+    let mut child = h.spawn(std::path::Path::new("/bin/echo"), &["too-early"]);
+    let pid = child.id();
+    let p = h.wait_pending(pid);
+    wait_state(pid, 'T');
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGCONT,
+    )
+    .expect("SIGCONT");
+    let deadline = std::time::Instant::now() + latch_tests::PATIENCE;
+    while h
+        .engine()
+        .counter(agent_common::Counter::Repaused)
+        .expect("counter")
+        < before + 2
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "exec never paused again"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    wait_state(pid, 'T');
+    assert_eq!(
+        read_available(&mut child),
+        "",
+        "no output while still pending"
+    );
+    h.engine().decide(p.id, Decision::Allow).expect("decide");
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "too-early\n");
+}
+
+#[test]
+fn killed_paused_process_leaves_no_pending_entry() {
+    if !privileged() {
+        return;
+    }
+    let (_l, port) = listener();
+    let mut h = Harness::new(&rules(
+        "  - {name: ask, workload: test, on: connect, to: [127.0.0.1/32], action: approve}\n",
+    ));
+    let mut child = h.spawn(&probe(), &["connect", &format!("127.0.0.1:{port}")]);
+    let pid = child.id();
+    let p = h.wait_pending(pid);
+    child.kill().expect("kill");
+    child.wait().expect("reap");
+    let ev = h.expect_event("cancelled", |e| {
+        e.outcome == Outcome::Cancelled && e.request == Some(p.id)
+    });
+    assert_eq!(ev.tgid, pid);
+    assert!(h
+        .engine()
+        .pending()
+        .expect("pending")
+        .iter()
+        .all(|q| q.tgid != pid));
+}
+
+#[test]
+fn restarted_engine_finds_and_resolves_a_paused_process() {
+    if !privileged() {
+        return;
+    }
+    let (_l, port) = listener();
+    let mut h = Harness::new(&rules(
+        "  - {name: ask, workload: test, on: connect, to: [127.0.0.1/32], action: approve}\n",
+    ));
+    let child = h.spawn(&probe(), &["connect", &format!("127.0.0.1:{port}")]);
+    let pid = child.id();
+    let p = h.wait_pending(pid);
+    h.restart_engine();
+    assert_eq!(state(pid), Some('T'), "still held across the restart");
+    let again = h.wait_pending(pid);
+    assert_eq!(
+        again.id, p.id,
+        "the new engine sees the same request in the pinned map"
+    );
+    h.engine()
+        .decide(again.id, Decision::Allow)
+        .expect("decide");
+    assert!(ok(&outcome(child)));
+    // The reloaded programs still enforce the pinned rules.
+    let child = h.spawn(&probe(), &["connect", &format!("127.0.0.1:{port}")]);
+    h.wait_pending(child.id());
+    let n = h.engine().release_all(FailMode::Deny).expect("release");
+    assert_eq!(n, 1);
+    assert_eq!(errno(&outcome(child)), EPERM);
+}
+
+#[test]
+fn stale_heartbeat_applies_the_fail_mode() {
+    if !privileged() {
+        return;
+    }
+    let (_l, port) = listener();
+    let target = format!("127.0.0.1:{port}");
+    let body =
+        "  - {name: ask, workload: test, on: connect, to: [127.0.0.1/32], action: approve}\n";
+    let mut h = Harness::with(&rules(body), FailMode::Deny);
+    h.engine().flatline().expect("flatline");
+    let out = h.probe(&["connect", &target]);
+    assert_eq!(errno(&out), EPERM, "fail closed: {out}");
+    h.expect_event("fail-closed", |e| e.outcome == Outcome::FailClosed);
+    assert!(
+        h.engine().pending().expect("pending").is_empty(),
+        "nothing was paused"
+    );
+
+    let mut h = Harness::with(&rules(body), FailMode::AllowAndRecord);
+    h.engine().flatline().expect("flatline");
+    let out = h.probe(&["connect", &target]);
+    assert!(ok(&out), "fail open: {out}");
+    h.expect_event("fail-open", |e| e.outcome == Outcome::FailOpen);
+
+    // A fresh beat brings pausing back.
+    h.engine().beat().expect("beat");
+    let child = h.spawn(&probe(), &["connect", &target]);
+    let p = h.wait_pending(child.id());
+    h.engine().decide(p.id, Decision::Deny).expect("decide");
+    assert_eq!(errno(&outcome(child)), EPERM);
+}
+
+#[test]
+fn ipv6_connect_and_udp_sendmsg_are_checked() {
+    if !privileged() {
+        return;
+    }
+    let l6 = TcpListener::bind("[::1]:0").expect("bind ::1");
+    let p6 = l6.local_addr().expect("addr").port();
+    let udp = UdpSocket::bind("127.0.0.1:0").expect("udp bind");
+    let pu = udp.local_addr().expect("addr").port();
+    let mut h = Harness::new(&rules(
+        "  - {name: v6-off, workload: test, on: connect, to: ['::1/128'], action: deny}\n\
+         \x20 - {name: udp-ask, workload: test, on: connect, to: [127.0.0.1/32], protocol: udp, action: approve}\n\
+         \x20 - {name: mapped, workload: test, on: connect, to: [127.0.0.2/32], action: deny}\n",
+    ));
+    let out = h.probe(&["connect", &format!("[::1]:{p6}")]);
+    assert_eq!(errno(&out), EPERM, "{out}");
+    let ev = h.expect_event("v6 deny", |e| {
+        e.outcome == Outcome::Denied && e.destination.is_some_and(|d| d.is_ipv6())
+    });
+    assert_eq!(ev.rule_id, h.rule("v6-off"));
+
+    // A v4-mapped IPv6 destination meets the IPv4 rules.
+    let out = h.probe(&["udp-send", &format!("[::ffff:127.0.0.2]:{pu}")]);
+    assert_eq!(errno(&out), EPERM, "{out}");
+
+    let child = h.spawn(&probe(), &["udp-send", &format!("127.0.0.1:{pu}")]);
+    let p = h.wait_pending(child.id());
+    assert_eq!(p.op, "sendmsg");
+    h.engine().decide(p.id, Decision::Allow).expect("decide");
+    assert!(ok(&outcome(child)));
+    let mut buf = [0u8; 16];
+    let (n, _) = udp.recv_from(&mut buf).expect("datagram arrived");
+    assert_eq!(&buf[..n], b"latch");
+}
+
+#[test]
+fn grants_cover_their_scope_target_and_uses() {
+    if !privileged() {
+        return;
+    }
+    let (_a, port) = listener();
+    let (_b, other) = listener();
+    let mut h = Harness::new(&rules(
+        "  - {name: ask, workload: test, on: connect, to: [127.0.0.1/32], action: approve}\n",
+    ));
+    let target = format!("127.0.0.1:{port}");
+    let child = h.spawn(&probe(), &["connect", &target]);
+    let p = h.wait_pending(child.id());
+    h.engine()
+        .decide(
+            p.id,
+            Decision::Grant {
+                scope: Scope::Workload,
+                ttl: Duration::from_secs(600),
+                uses: Some(2),
+            },
+        )
+        .expect("grant");
+    assert!(ok(&outcome(child)));
+    // Another process of the workload, same target: let through by the grant, twice.
+    for _ in 0..2 {
+        let out = h.probe(&["connect", &target]);
+        assert!(ok(&out), "granted: {out}");
+    }
+    h.expect_event("granted", |e| e.outcome == Outcome::Granted);
+    // Uses spent: held again.
+    let child = h.spawn(&probe(), &["connect", &target]);
+    let p = h.wait_pending(child.id());
+    h.engine().decide(p.id, Decision::Deny).expect("decide");
+    assert_eq!(errno(&outcome(child)), EPERM);
+    // The grant never covered another port.
+    let child = h.spawn(&probe(), &["connect", &format!("127.0.0.1:{other}")]);
+    let p = h.wait_pending(child.id());
+    h.engine().decide(p.id, Decision::Deny).expect("decide");
+    assert_eq!(errno(&outcome(child)), EPERM);
+}
+
+#[test]
+fn hundred_thousand_rules_load_and_decide() {
+    if !privileged() {
+        return;
+    }
+    let (_l, port) = listener();
+    let mut body = String::from(
+        "  - name: many\n    workload: test\n    on: connect\n    action: deny\n    to:\n",
+    );
+    for i in 0..100_000u32 {
+        let a = 10 + (i >> 16);
+        body.push_str(&format!(
+            "      - 10.{a}.{}.{}\n",
+            (i >> 8) & 0xff,
+            i & 0xff
+        ));
+    }
+    body.push_str(
+        "  - {name: loop-off, workload: test, on: connect, to: [127.0.0.1/32], action: deny}\n",
+    );
+    let mut h = Harness::new(&rules(&body));
+    assert!(h.compiled.net4.len() > 100_000);
+    let out = h.probe(&["connect", &format!("127.0.0.1:{port}")]);
+    assert_eq!(errno(&out), EPERM, "{out}");
+    let ev = h.expect_event("deny among 100k", |e| e.outcome == Outcome::Denied);
+    assert_eq!(ev.rule_id, h.rule("loop-off"));
+}
+
+#[test]
+fn a_rejected_rule_set_leaves_the_rules_in_force() {
+    if !privileged() {
+        return;
+    }
+    let (_l, port) = listener();
+    let mut h = Harness::new(&rules(
+        "  - {name: off, workload: test, on: connect, to: [127.0.0.1/32], action: deny}\n",
+    ));
+    let bad =
+        rules("  - {name: off, workload: test, on: connect, to: [127.0.0.1/33], action: allow}\n")
+            .replace("{CG}", &h.cgroup_rel.clone());
+    let err = policy::RuleSet::parse("bad.yaml", &bad).expect_err("refused");
+    assert!(
+        err.to_string()
+            .contains("rule 'off': `to[0]`: invalid CIDR"),
+        "{err}"
+    );
+    // Nothing was applied: the deny still holds.
+    let out = h.probe(&["connect", &format!("127.0.0.1:{port}")]);
+    assert_eq!(errno(&out), EPERM);
+    // A valid replacement takes over in place.
+    let good =
+        rules("  - {name: on, workload: test, on: connect, to: [127.0.0.1/32], action: allow}\n")
+            .replace("{CG}", &h.cgroup_rel.clone());
+    let rs = policy::RuleSet::parse("good.yaml", &good).expect("valid");
+    let compiled = latch_agent::rules::compile(&rs).expect("compiles");
+    let prev = h.compiled.clone();
+    h.engine().apply(&compiled, Some(&prev)).expect("apply");
+    assert!(ok(&h.probe(&["connect", &format!("127.0.0.1:{port}")])));
+}
