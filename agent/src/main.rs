@@ -1,1 +1,433 @@
-fn main() {}
+//! `latch-agent`: the host daemon and its local commands.
+//!
+//! Exit codes: 0 success; 1 operational failure; 2 bad input (usage, config, rules, request id);
+//! 3 no such held operation; 4 the agent cannot be reached.
+
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use comfy_table::{presets::NOTHING, Table};
+use latch_agent::{
+    admin::{self, AdminError, AdminRequest},
+    config::{self, Config, Settings},
+    engine_task::{self, Policy},
+    events::EventReader,
+    kernel::{self, Decision, Engine, EngineOptions, RequestId, Scope},
+};
+use tokio::signal::unix::{signal, SignalKind};
+
+#[derive(Parser)]
+#[command(
+    name = "latch-agent",
+    version,
+    about = "Latch host agent: holds sensitive operations of AI workloads until a person decides"
+)]
+struct Cli {
+    /// Configuration file (default: /etc/latch/agent.toml if it exists).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Load the kernel programs and enforce the rules (the daemon).
+    Run {
+        /// Rules file (overrides `rules` in the configuration).
+        #[arg(long)]
+        rules: Option<PathBuf>,
+    },
+    /// Check the configuration and the rules file without loading anything.
+    Validate {
+        /// Rules file (overrides `rules` in the configuration).
+        #[arg(long)]
+        rules: Option<PathBuf>,
+    },
+    /// List operations held for approval.
+    Pending {
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Decide a held operation.
+    Decide {
+        /// Request id, as `latch-agent pending` shows it.
+        id: String,
+        /// allow, deny, or grant (allow this and the same target for a while).
+        verdict: Verdict,
+        /// How long a grant lasts (like 15m).
+        #[arg(long = "for", default_value = "15m")]
+        ttl: String,
+        /// Who a grant covers.
+        #[arg(long, value_enum, default_value = "process")]
+        scope: ScopeArg,
+        /// Limit a grant to this many further uses.
+        #[arg(long)]
+        uses: Option<u32>,
+    },
+    /// Show the agent's state.
+    Status {
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Resolve every held operation by the fail mode (the service's stop hook).
+    Release,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Verdict {
+    Allow,
+    Deny,
+    Grant,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ScopeArg {
+    Process,
+    Workload,
+    Host,
+}
+
+fn settings(path: Option<&Path>) -> Result<Settings, config::ConfigError> {
+    match path {
+        Some(p) => Config::load(Some(p)),
+        None if Path::new(config::DEFAULT_PATH).exists() => {
+            Config::load(Some(Path::new(config::DEFAULT_PATH)))
+        }
+        None => Config::load(None),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let settings = match settings(cli.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    rt.block_on(async move {
+        match cli.cmd {
+            Cmd::Run { rules } => exit(run(settings, rules).await, 1),
+            Cmd::Validate { rules } => validate(&settings, rules),
+            Cmd::Pending { json } => {
+                client(&settings, AdminRequest::Pending, |v| print_pending(v, json)).await
+            }
+            Cmd::Status { json } => {
+                client(&settings, AdminRequest::Status, |v| print_status(v, json)).await
+            }
+            Cmd::Decide {
+                id,
+                verdict,
+                ttl,
+                scope,
+                uses,
+            } => {
+                let id: RequestId = match id.parse() {
+                    Ok(id) => id,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::from(2);
+                    }
+                };
+                let decision = match verdict {
+                    Verdict::Allow => Decision::Allow,
+                    Verdict::Deny => Decision::Deny,
+                    Verdict::Grant => match humantime::parse_duration(&ttl) {
+                        Ok(ttl)
+                            if ttl > Duration::ZERO && ttl <= Duration::from_secs(30 * 86400) =>
+                        {
+                            Decision::Grant {
+                                scope: match scope {
+                                    ScopeArg::Process => Scope::Process,
+                                    ScopeArg::Workload => Scope::Workload,
+                                    ScopeArg::Host => Scope::Host,
+                                },
+                                ttl,
+                                uses,
+                            }
+                        }
+                        Ok(_) => {
+                            eprintln!("error: --for {ttl}: a grant lasts between 1s and 30d");
+                            return ExitCode::from(2);
+                        }
+                        Err(e) => {
+                            eprintln!("error: --for {ttl}: {e}");
+                            return ExitCode::from(2);
+                        }
+                    },
+                };
+                client(&settings, AdminRequest::Decide { id, decision }, |_| {
+                    println!(
+                        "{id}: {}",
+                        match verdict {
+                            Verdict::Allow => "allowed",
+                            Verdict::Deny => "denied",
+                            Verdict::Grant => "allowed and granted",
+                        }
+                    );
+                })
+                .await
+            }
+            Cmd::Release => exit(release(&settings), 1),
+        }
+    })
+}
+
+fn exit(r: anyhow::Result<()>, code: u8) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn validate(settings: &Settings, rules: Option<PathBuf>) -> ExitCode {
+    let path = rules.unwrap_or_else(|| settings.config.rules.clone());
+    match Policy::from_file(&path) {
+        Ok(p) => {
+            println!(
+                "ok: configuration valid; {}: {} workloads, {} rules, {} kernel map entries",
+                path.display(),
+                p.rules.workloads.len(),
+                p.rules.rules.len(),
+                p.compiled.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn client(
+    settings: &Settings,
+    req: AdminRequest,
+    show: impl FnOnce(serde_json::Value),
+) -> ExitCode {
+    match admin::call(&settings.config.admin_socket, &req).await {
+        Ok(v) => {
+            show(v);
+            ExitCode::SUCCESS
+        }
+        Err(AdminError::Refused(msg)) if msg.starts_with("no pending operation") => {
+            eprintln!("error: {msg}");
+            ExitCode::from(3)
+        }
+        Err(e @ AdminError::Socket { .. }) => {
+            eprintln!("error: {e}");
+            ExitCode::from(4)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn print_pending(v: serde_json::Value, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return;
+    }
+    let items = v.as_array().cloned().unwrap_or_default();
+    if items.is_empty() {
+        println!("nothing is held");
+        return;
+    }
+    let mut t = Table::new();
+    t.load_preset(NOTHING);
+    t.set_header([
+        "ID",
+        "PID",
+        "OP",
+        "TARGET",
+        "COMMAND",
+        "RULE",
+        "AGE",
+        "EXPIRES IN",
+    ]);
+    for p in items {
+        let ev = &p["event"];
+        let target = ev["path"]
+            .as_str()
+            .map(str::to_string)
+            .or_else(|| ev["destination"].as_str().map(str::to_string))
+            .unwrap_or_else(|| "?".into());
+        t.add_row([
+            p["id"].as_str().unwrap_or("?").to_string(),
+            p["tgid"].to_string(),
+            p["op"].as_str().unwrap_or("?").to_string(),
+            sanitize(&target),
+            sanitize(ev["comm"].as_str().unwrap_or("?")),
+            p["rule"].as_str().unwrap_or("?").to_string(),
+            format!("{:.1}s", p["age_ms"].as_f64().unwrap_or(0.0) / 1000.0),
+            format!("{}s", p["expires_in_s"]),
+        ]);
+    }
+    println!("{t}");
+}
+
+/// Workload-controlled text (paths, command names) never reaches the terminal raw.
+fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
+fn print_status(v: serde_json::Value, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return;
+    }
+    let mut t = Table::new();
+    t.load_preset(NOTHING);
+    let get = |k: &str| v[k].to_string().trim_matches('"').to_string();
+    for k in [
+        "backend",
+        "lsm_available",
+        "links_pinned",
+        "rules_source",
+        "rules",
+        "pending",
+        "events_received",
+        "fail_mode",
+        "heartbeat_timeout_s",
+    ] {
+        t.add_row([k.replace('_', " "), get(k)]);
+    }
+    let watched = v["watched_cgroups"]
+        .as_array()
+        .map(|a| a.len())
+        .unwrap_or(0);
+    t.add_row(["watched cgroups".to_string(), watched.to_string()]);
+    println!("{t}");
+    let mut c = Table::new();
+    c.load_preset(NOTHING);
+    c.set_header(["KERNEL COUNTER", "VALUE"]);
+    for pair in v["counters"].as_array().cloned().unwrap_or_default() {
+        c.add_row([
+            pair[0].as_str().unwrap_or("?").to_string(),
+            pair[1].to_string(),
+        ]);
+    }
+    println!("\n{c}");
+}
+
+fn release(settings: &Settings) -> anyhow::Result<()> {
+    let n = kernel::release_pinned(&settings.config.pin_dir, settings.config.fail_mode.into())
+        .context("releasing held operations")?;
+    println!("released {n} held operation(s) by the fail mode");
+    Ok(())
+}
+
+async fn run(settings: Settings, rules: Option<PathBuf>) -> anyhow::Result<()> {
+    let rules_path = rules.unwrap_or_else(|| settings.config.rules.clone());
+    let policy = Policy::from_file(&rules_path)?;
+    let fail_mode = settings.config.fail_mode.into();
+    let mut engine = Engine::load(EngineOptions {
+        pin_dir: settings.config.pin_dir.clone(),
+        cgroup_root: settings.config.cgroup_root.clone(),
+        stale_after: settings.heartbeat_timeout,
+        fail_mode,
+    })?;
+    tracing::info!(
+        pin_dir = %settings.config.pin_dir.display(),
+        cgroup_root = %engine.cgroup_root().display(),
+        lsm = engine.lsm_available(),
+        links_pinned = engine.links_pinned(),
+        "kernel programs attached"
+    );
+    let ring = engine.take_events().context("event ring buffer")?;
+    let (policy_tx, policy_rx) = tokio::sync::watch::channel(Some(Arc::new(policy)));
+    let (handle, engine_task) = engine_task::spawn(
+        engine,
+        policy_rx,
+        settings.rescan_interval,
+        fail_mode,
+        settings.heartbeat_timeout,
+    );
+
+    let mut reader = EventReader::new(ring).context("event reader")?;
+    let events_handle = handle.clone();
+    tokio::spawn(async move {
+        let mut batch = Vec::new();
+        loop {
+            match reader.next_batch(&mut batch).await {
+                Ok(_) => {
+                    for ev in batch.iter_mut() {
+                        ev.enrich();
+                    }
+                    if events_handle
+                        .events(std::mem::take(&mut batch))
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!("event reader failed: {e}");
+                    break;
+                }
+            }
+        }
+    });
+
+    let listener = admin::bind(&settings.config.admin_socket)?;
+    tokio::spawn(admin::serve(listener, handle.clone()));
+    tracing::info!(socket = %settings.config.admin_socket.display(), rules = %rules_path.display(), "latch-agent ready");
+
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => match Policy::from_file(&rules_path) {
+                Ok(p) => {
+                    tracing::info!(rules = %rules_path.display(), "reloading rules");
+                    let _ = policy_tx.send(Some(Arc::new(p)));
+                }
+                Err(e) => tracing::error!("rules not reloaded, the ones in force stay: {e}"),
+            },
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    tracing::info!("stopping: releasing held operations by the fail mode");
+    match handle.shutdown().await {
+        Ok(Ok(n)) => tracing::info!(released = n, "held operations released"),
+        Ok(Err(e)) => tracing::error!("cannot release held operations: {e}"),
+        Err(e) => tracing::error!("{e}"),
+    }
+    let _ = std::fs::remove_file(&settings.config.admin_socket);
+    drop(handle);
+    engine_task.abort();
+    Ok(())
+}

@@ -108,7 +108,7 @@ pub(crate) fn parse(source_name: &str, text: &str) -> Result<RuleSet, PolicyErro
                     line: loc.as_ref().map(|l| l.line()),
                     column: loc.as_ref().map(|l| l.column()),
                     subject: None,
-                    message: strip_location(&e.to_string()),
+                    message: explain(&strip_location(&e.to_string())),
                 }],
             });
         }
@@ -499,6 +499,15 @@ fn find_line(text: &str, kind: &str, name: &str) -> Option<usize> {
         }
     }
     None
+}
+
+/// serde's wording for a wrong top level is about Rust types; say it in the file's terms.
+fn explain(msg: &str) -> String {
+    if msg.contains("expected struct Document") {
+        format!("{msg}: a rules file is a mapping with `workloads:` and `rules:` lists")
+    } else {
+        msg.to_string()
+    }
 }
 
 fn strip_location(msg: &str) -> String {

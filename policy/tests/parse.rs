@@ -203,3 +203,13 @@ fn relative_cgroup_is_refused() {
         "{e}"
     );
 }
+
+#[test]
+fn a_file_that_is_not_a_rules_document_says_what_one_looks_like() {
+    let e = refuse("- just\n- a list\n");
+    assert!(
+        e.to_string()
+            .contains("a rules file is a mapping with `workloads:` and `rules:`"),
+        "{e}"
+    );
+}

@@ -71,19 +71,108 @@ pub struct Harness {
 
 /// Path of the probe workload binary.
 pub fn probe() -> PathBuf {
-    // Test binaries live in target/<profile>/deps; the package's binaries one level up.
+    binary("latch-probe")
+}
+
+/// Path of a workspace binary built next to the tests (`cargo build --workspace --bins`).
+pub fn binary(name: &str) -> PathBuf {
+    // Test binaries live in target/<profile>/deps; the workspace's binaries one level up.
     let exe = std::env::current_exe().expect("test binary path");
     let dir = exe
         .parent()
         .and_then(Path::parent)
         .expect("target/<profile>");
-    let p = dir.join("latch-probe");
+    let p = dir.join(name);
     assert!(
         p.exists(),
-        "{} is missing; build the latch-tests package's binaries",
+        "{} is missing; build the workspace's binaries first (cargo xtask test does)",
         p.display()
     );
     p
+}
+
+/// A cgroup made for one test, removed (with everything in it killed) on drop.
+pub struct TestCgroup {
+    /// Its directory.
+    pub path: PathBuf,
+    /// Its path relative to the cgroup v2 root.
+    pub rel: String,
+}
+
+impl TestCgroup {
+    /// Makes a fresh cgroup below the root.
+    pub fn new() -> Self {
+        let name = format!(
+            "latch-test-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let root = latch_agent::kernel::cgroup2_root().expect("cgroup v2 is mounted");
+        let path = root.join(&name);
+        std::fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
+        TestCgroup {
+            path,
+            rel: format!("/{name}"),
+        }
+    }
+}
+
+impl Default for TestCgroup {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        remove_cgroup(&self.path);
+    }
+}
+
+/// Kills everything in a cgroup subtree and removes it.
+pub fn remove_cgroup(path: &Path) {
+    let _ = std::fs::write(path.join("cgroup.kill"), "1");
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        collect_dirs(path, &mut dirs);
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+        let mut all = true;
+        for d in &dirs {
+            if std::fs::remove_dir(d).is_err() && d.exists() {
+                all = false;
+            }
+        }
+        if all || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Starts `program args` inside `cgroup` (moved there before it execs).
+pub fn spawn_in(cgroup: &Path, program: &Path, args: &[&str]) -> Child {
+    let procs = CString::new(cgroup.join("cgroup.procs").to_string_lossy().as_bytes())
+        .expect("path has no NUL");
+    let mut cmd = Command::new(program);
+    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    // SAFETY: only async-signal-safe calls (open, write, close) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let r = libc::write(fd, b"0".as_ptr().cast(), 1);
+            libc::close(fd);
+            if r != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+        .unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()))
 }
 
 impl Harness {
@@ -162,28 +251,7 @@ impl Harness {
 
     /// Starts `program args` inside `cgroup` (moved there before it execs).
     pub fn spawn_in(&mut self, cgroup: &Path, program: &Path, args: &[&str]) -> Child {
-        let procs = CString::new(cgroup.join("cgroup.procs").to_string_lossy().as_bytes())
-            .expect("path has no NUL");
-        let mut cmd = Command::new(program);
-        cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
-        // SAFETY: only async-signal-safe calls (open, write, close) between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
-                if fd < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                let r = libc::write(fd, b"0".as_ptr().cast(), 1);
-                libc::close(fd);
-                if r != 1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()));
+        let child = spawn_in(cgroup, program, args);
         self.children.push(child.id());
         child
     }
@@ -286,23 +354,7 @@ impl Drop for Harness {
         if let Some(e) = self.engine.take() {
             let _ = e.uninstall();
         }
-        let deadline = Instant::now() + PATIENCE;
-        // Children first: rmdir fails while a cgroup has sub-cgroups or members.
-        loop {
-            let mut dirs: Vec<PathBuf> = Vec::new();
-            collect_dirs(&self.cgroup, &mut dirs);
-            dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
-            let mut all = true;
-            for d in &dirs {
-                if std::fs::remove_dir(d).is_err() && d.exists() {
-                    all = false;
-                }
-            }
-            if all || Instant::now() > deadline {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        remove_cgroup(&self.cgroup);
     }
 }
 

@@ -791,6 +791,40 @@ impl Engine {
         Ok(n)
     }
 
+    /// Releases every held operation by the fail mode before the agent exits, and waits (up to
+    /// `patience`) for the network calls to consume their verdicts while the hooks are still
+    /// attached. When the hooks die with this process, a denied call that has not consumed its
+    /// verdict by then is ended with its process: once the hooks are gone nothing would refuse it.
+    pub fn release_for_exit(
+        &mut self,
+        mode: FailMode,
+        patience: Duration,
+    ) -> Result<usize, EngineError> {
+        let n = self.release_all(mode)?;
+        let deadline = std::time::Instant::now() + patience;
+        loop {
+            let left: Vec<PendingOp> = self
+                .pending()?
+                .into_iter()
+                .filter(|p| p.state != "waiting")
+                .collect();
+            if left.is_empty() {
+                break;
+            }
+            if std::time::Instant::now() >= deadline {
+                if !self.links_pinned {
+                    for p in left.iter().filter(|p| p.state == "denied") {
+                        let _ = signal(Pid::from_raw(p.tgid as i32), Signal::SIGKILL);
+                        let _ = ignore_missing(self.pending.remove(&p.id.tid));
+                    }
+                }
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(n)
+    }
+
     /// Removes a grant (revocation). `Ok(false)` if there was none.
     pub fn revoke(&mut self, key: &GrantKey) -> Result<bool, EngineError> {
         match self.grants.remove(key) {
@@ -839,6 +873,63 @@ impl Engine {
             reason: e.to_string(),
         })
     }
+}
+
+/// Resolves every held operation by the fail mode using only the pinned pending map, without
+/// loading any program: the service's stop hook, run after the daemon is gone.
+pub fn release_pinned(pin_dir: &Path, mode: FailMode) -> Result<usize, EngineError> {
+    let path = pin_dir.join("maps").join(names::PENDING);
+    if !path.exists() {
+        return Ok(0);
+    }
+    let data = MapData::from_pin(&path).map_err(map_err(names::PENDING))?;
+    let mut pending: HashMap<MapData, u32, Pending> =
+        HashMap::try_from(aya::maps::Map::HashMap(data)).map_err(map_err(names::PENDING))?;
+    let entries: Vec<(u32, Pending)> = pending.iter().filter_map(Result::ok).collect();
+    let allow = mode == FailMode::AllowAndRecord;
+    let hooks_pinned = pin_dir.join("links").join("connect4").exists();
+    let mut n = 0;
+    for (tid, p) in entries {
+        let pid = Pid::from_raw(p.tgid as i32);
+        let id = RequestId {
+            tid,
+            created_ns: p.created_ns,
+        };
+        let decide_err = |reason: String| EngineError::Decide { id, reason };
+        if p.op == Op::Exec as u8 {
+            if allow {
+                ignore_missing(pending.remove(&tid)).map_err(|e| decide_err(e.to_string()))?;
+                signal(pid, Signal::SIGCONT).map_err(decide_err)?;
+            } else {
+                signal(pid, Signal::SIGKILL).map_err(decide_err)?;
+                ignore_missing(pending.remove(&tid)).map_err(|e| decide_err(e.to_string()))?;
+            }
+        } else if hooks_pinned {
+            // The hooks outlive the daemon: they consume the verdict when the call restarts.
+            let mut decided = p;
+            decided.state = if allow {
+                pending_state::ALLOW
+            } else {
+                pending_state::DENY
+            };
+            pending
+                .insert(tid, decided, aya_obj_flags::BPF_EXIST)
+                .map_err(|e| decide_err(e.to_string()))?;
+            signal(pid, Signal::SIGCONT).map_err(decide_err)?;
+        } else {
+            // No hook will see the restarted call: a denied network call ends with its
+            // process, like a denied exec.
+            ignore_missing(pending.remove(&tid)).map_err(|e| decide_err(e.to_string()))?;
+            let sig = if allow {
+                Signal::SIGCONT
+            } else {
+                Signal::SIGKILL
+            };
+            signal(pid, sig).map_err(decide_err)?;
+        }
+        n += 1;
+    }
+    Ok(n)
 }
 
 mod aya_obj_flags {

@@ -1,0 +1,239 @@
+//! The agent's configuration file (`/etc/latch/agent.toml`).
+//!
+//! Every key is optional and documented with its default; the defaults work on one host. Unknown
+//! keys are refused with their name, so a typo never silently falls back to a default.
+
+use std::{path::PathBuf, time::Duration};
+
+use agent_common::FailMode;
+use serde::Deserialize;
+
+/// Default configuration file.
+pub const DEFAULT_PATH: &str = "/etc/latch/agent.toml";
+
+/// A configuration file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read {path}: {reason}")]
+    Read {
+        /// File.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// Not valid TOML, an unknown key or a wrong type.
+    #[error("{path}: {reason}")]
+    Parse {
+        /// File.
+        path: String,
+        /// The parser's message (it names the key and line).
+        reason: String,
+    },
+    /// A value out of range.
+    #[error("{path}: `{key}` = {value}: {reason}")]
+    Value {
+        /// File.
+        path: String,
+        /// Key.
+        key: &'static str,
+        /// Value as written.
+        value: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// `fail_mode` values.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailModeName {
+    /// Refuse what would have waited for a decision.
+    #[default]
+    Deny,
+    /// Let it through and record it.
+    AllowAndRecord,
+}
+
+impl From<FailModeName> for FailMode {
+    fn from(f: FailModeName) -> Self {
+        match f {
+            FailModeName::Deny => FailMode::Deny,
+            FailModeName::AllowAndRecord => FailMode::AllowAndRecord,
+        }
+    }
+}
+
+/// The agent's configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Local rules file, enforced until a central service is configured.
+    /// Default: `/etc/latch/rules.yaml`.
+    pub rules: PathBuf,
+    /// Unix socket for `latch-agent pending|decide|status`. Default: `/run/latch/agent.sock`.
+    pub admin_socket: PathBuf,
+    /// bpffs directory for the pinned maps. Default: `/sys/fs/bpf/latch`.
+    pub pin_dir: PathBuf,
+    /// cgroup v2 root; found from `/proc/self/mountinfo` when unset.
+    pub cgroup_root: Option<PathBuf>,
+    /// What applies when nobody can decide: `deny` (default) or `allow-and-record`.
+    pub fail_mode: FailModeName,
+    /// Heartbeat age after which the kernel stops holding operations. Default: `10s`.
+    pub heartbeat_timeout: String,
+    /// How often cgroups are rescanned for new matches and timeouts checked. Default: `1s`.
+    pub rescan_interval: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            rules: PathBuf::from("/etc/latch/rules.yaml"),
+            admin_socket: PathBuf::from("/run/latch/agent.sock"),
+            pin_dir: PathBuf::from("/sys/fs/bpf/latch"),
+            cgroup_root: None,
+            fail_mode: FailModeName::Deny,
+            heartbeat_timeout: "10s".into(),
+            rescan_interval: "1s".into(),
+        }
+    }
+}
+
+/// A checked configuration.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// As written.
+    pub config: Config,
+    /// `heartbeat_timeout`, parsed.
+    pub heartbeat_timeout: Duration,
+    /// `rescan_interval`, parsed.
+    pub rescan_interval: Duration,
+}
+
+impl Config {
+    /// Reads and checks a configuration file. `None` reads nothing and uses the defaults.
+    pub fn load(path: Option<&std::path::Path>) -> Result<Settings, ConfigError> {
+        let (name, text) = match path {
+            Some(p) => (
+                p.display().to_string(),
+                std::fs::read_to_string(p).map_err(|e| ConfigError::Read {
+                    path: p.display().to_string(),
+                    reason: e.to_string(),
+                })?,
+            ),
+            None => ("(defaults)".to_string(), String::new()),
+        };
+        Self::parse(&name, &text)
+    }
+
+    /// Parses and checks configuration text.
+    pub fn parse(name: &str, text: &str) -> Result<Settings, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: name.to_string(),
+            reason: e.to_string(),
+        })?;
+        let duration = |key: &'static str, v: &str, min: Duration, max: Duration| {
+            let d = humantime::parse_duration(v).map_err(|e| ConfigError::Value {
+                path: name.to_string(),
+                key,
+                value: format!("{v:?}"),
+                reason: e.to_string(),
+            })?;
+            if d < min || d > max {
+                return Err(ConfigError::Value {
+                    path: name.to_string(),
+                    key,
+                    value: format!("{v:?}"),
+                    reason: format!(
+                        "must be between {} and {}",
+                        humantime::format_duration(min),
+                        humantime::format_duration(max)
+                    ),
+                });
+            }
+            Ok(d)
+        };
+        let heartbeat_timeout = duration(
+            "heartbeat_timeout",
+            &config.heartbeat_timeout,
+            Duration::from_secs(1),
+            Duration::from_secs(3600),
+        )?;
+        let rescan_interval = duration(
+            "rescan_interval",
+            &config.rescan_interval,
+            Duration::from_millis(100),
+            Duration::from_secs(60),
+        )?;
+        if rescan_interval >= heartbeat_timeout {
+            return Err(ConfigError::Value {
+                path: name.to_string(),
+                key: "rescan_interval",
+                value: format!("{:?}", config.rescan_interval),
+                reason: format!(
+                    "must be shorter than heartbeat_timeout ({}), which it refreshes",
+                    config.heartbeat_timeout
+                ),
+            });
+        }
+        if !config.pin_dir.is_absolute() {
+            return Err(ConfigError::Value {
+                path: name.to_string(),
+                key: "pin_dir",
+                value: format!("{:?}", config.pin_dir.display().to_string()),
+                reason: "must be an absolute path on a bpffs".into(),
+            });
+        }
+        Ok(Settings {
+            config,
+            heartbeat_timeout,
+            rescan_interval,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_working_defaults() {
+        let s = Config::parse("agent.toml", "").expect("defaults are valid");
+        assert_eq!(s.heartbeat_timeout, Duration::from_secs(10));
+        assert_eq!(s.config.pin_dir, PathBuf::from("/sys/fs/bpf/latch"));
+        assert_eq!(s.config.fail_mode, FailModeName::Deny);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = Config::parse("agent.toml", "fail_mod = \"deny\"\n").expect_err("refused");
+        let m = e.to_string();
+        assert!(m.contains("agent.toml") && m.contains("fail_mod"), "{m}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let e = Config::parse("a.toml", "fail_mode = \"maybe\"\n").expect_err("refused");
+        assert!(e.to_string().contains("maybe"), "{e}");
+        let e = Config::parse("a.toml", "heartbeat_timeout = \"soon\"\n").expect_err("refused");
+        assert!(
+            e.to_string().contains("`heartbeat_timeout` = \"soon\""),
+            "{e}"
+        );
+        let e = Config::parse("a.toml", "heartbeat_timeout = \"2h\"\n").expect_err("refused");
+        assert!(e.to_string().contains("must be between"), "{e}");
+        let e = Config::parse("a.toml", "rescan_interval = \"20s\"\n").expect_err("refused");
+        assert!(
+            e.to_string().contains("shorter than heartbeat_timeout"),
+            "{e}"
+        );
+        let e = Config::parse("a.toml", "pin_dir = \"latch\"\n").expect_err("refused");
+        assert!(e.to_string().contains("`pin_dir`"), "{e}");
+    }
+
+    #[test]
+    fn allow_and_record_parses() {
+        let s = Config::parse("a.toml", "fail_mode = \"allow-and-record\"\n").expect("valid");
+        assert_eq!(FailMode::from(s.config.fail_mode), FailMode::AllowAndRecord);
+    }
+}

@@ -1,0 +1,524 @@
+//! The task that owns the kernel engine. Everything else talks to it over a channel
+//! ([`EngineHandle`]); the rules arrive as a watched value, so the newest rule set always wins
+//! and a slow apply never queues stale ones.
+//!
+//! On every tick it refreshes the heartbeat, rescans cgroups for the workload globs, and resolves
+//! held operations whose rule's timeout has passed (by the rule's `on_timeout`).
+
+use std::{
+    collections::{HashMap, HashSet},
+    path::PathBuf,
+    sync::Arc,
+    time::Duration,
+};
+
+use agent_common::{Counter, FailMode, Outcome};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::{
+    cgroups::{self, WorkloadGlobs},
+    events::KernelEvent,
+    kernel::{Backend, Decision, Engine, EngineError, PendingOp, RequestId},
+    rules::{self, Compiled},
+};
+
+/// A rule set ready for the kernel: validated, compiled, globs compiled.
+#[derive(Debug)]
+pub struct Policy {
+    /// Where it came from (file name, version).
+    pub source: String,
+    /// The rules.
+    pub rules: policy::RuleSet,
+    /// Map entries.
+    pub compiled: Compiled,
+    /// Workload globs.
+    pub globs: Vec<WorkloadGlobs>,
+}
+
+/// Why a rule set cannot become a [`Policy`].
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyLoadError {
+    /// The file cannot be read.
+    #[error("cannot read {path}: {reason}")]
+    Read {
+        /// File.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// Refused by validation (every problem with its line).
+    #[error(transparent)]
+    Invalid(#[from] policy::PolicyError),
+    /// Valid, but the kernel maps cannot hold it.
+    #[error("{source_name}: {error}")]
+    Compile {
+        /// File.
+        source_name: String,
+        /// Why.
+        error: rules::CompileError,
+    },
+    /// A cgroup glob that does not compile.
+    #[error(transparent)]
+    Pattern(#[from] cgroups::PatternError),
+}
+
+impl Policy {
+    /// Validates and compiles rules text.
+    pub fn from_text(source: &str, text: &str) -> Result<Self, PolicyLoadError> {
+        let rules = policy::RuleSet::parse(source, text)?;
+        let compiled = rules::compile(&rules).map_err(|error| PolicyLoadError::Compile {
+            source_name: source.to_string(),
+            error,
+        })?;
+        let globs = rules
+            .workloads
+            .iter()
+            .map(WorkloadGlobs::new)
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            source: source.to_string(),
+            rules,
+            compiled,
+            globs,
+        })
+    }
+
+    /// Reads, validates and compiles a rules file.
+    pub fn from_file(path: &std::path::Path) -> Result<Self, PolicyLoadError> {
+        let text = std::fs::read_to_string(path).map_err(|e| PolicyLoadError::Read {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        Self::from_text(&path.display().to_string(), &text)
+    }
+}
+
+/// A held operation with what the agent knows about it.
+#[derive(Clone, Debug, Serialize)]
+pub struct RequestView {
+    /// The kernel's view.
+    #[serde(flatten)]
+    pub pending: PendingOp,
+    /// Rule name.
+    pub rule: Option<String>,
+    /// Workload name.
+    pub workload_name: Option<String>,
+    /// Seconds until the rule's timeout resolves it.
+    pub expires_in_s: Option<u64>,
+    /// The event that opened it (command, path or destination), when it arrived.
+    pub event: Option<KernelEvent>,
+}
+
+/// What `latch-agent status` shows.
+#[derive(Clone, Debug, Serialize)]
+pub struct Status {
+    /// Exec backend.
+    pub backend: Backend,
+    /// Whether the kernel accepted a BPF LSM program.
+    pub lsm_available: bool,
+    /// Whether hooks outlive the agent process.
+    pub links_pinned: bool,
+    /// Rules source.
+    pub rules_source: Option<String>,
+    /// Number of rules.
+    pub rules: usize,
+    /// Watched cgroups.
+    pub watched_cgroups: Vec<String>,
+    /// Held operations.
+    pub pending: usize,
+    /// Kernel counters by name.
+    pub counters: Vec<(String, u64)>,
+    /// Events received from the kernel.
+    pub events_received: u64,
+    /// Fail mode.
+    pub fail_mode: String,
+    /// Heartbeat timeout in seconds.
+    pub heartbeat_timeout_s: f64,
+}
+
+/// Requests to the engine task.
+pub enum Command {
+    /// List held operations.
+    Pending(oneshot::Sender<Result<Vec<RequestView>, String>>),
+    /// Decide one.
+    Decide {
+        /// Which.
+        id: RequestId,
+        /// What.
+        decision: Decision,
+        /// Outcome.
+        reply: oneshot::Sender<Result<(), EngineError>>,
+    },
+    /// Report status.
+    Status(oneshot::Sender<Result<Status, String>>),
+    /// Events read from the kernel.
+    Events(Vec<KernelEvent>),
+    /// Resolve every held operation by the fail mode and stop refreshing the heartbeat.
+    Shutdown(oneshot::Sender<Result<usize, String>>),
+}
+
+/// The way to talk to the engine task.
+#[derive(Clone)]
+pub struct EngineHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+/// The engine task is gone (it stopped or panicked).
+#[derive(Debug, thiserror::Error)]
+#[error("the kernel engine task has stopped")]
+pub struct EngineGone;
+
+impl EngineHandle {
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, EngineGone> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(make(tx)).await.map_err(|_| EngineGone)?;
+        rx.await.map_err(|_| EngineGone)
+    }
+
+    /// Held operations.
+    pub async fn pending(&self) -> Result<Result<Vec<RequestView>, String>, EngineGone> {
+        self.ask(Command::Pending).await
+    }
+
+    /// Decides one held operation.
+    pub async fn decide(
+        &self,
+        id: RequestId,
+        decision: Decision,
+    ) -> Result<Result<(), EngineError>, EngineGone> {
+        self.ask(|reply| Command::Decide {
+            id,
+            decision,
+            reply,
+        })
+        .await
+    }
+
+    /// Status.
+    pub async fn status(&self) -> Result<Result<Status, String>, EngineGone> {
+        self.ask(Command::Status).await
+    }
+
+    /// Forwards kernel events.
+    pub async fn events(&self, batch: Vec<KernelEvent>) -> Result<(), EngineGone> {
+        self.tx
+            .send(Command::Events(batch))
+            .await
+            .map_err(|_| EngineGone)
+    }
+
+    /// Releases every held operation by the fail mode and stops the heartbeat.
+    pub async fn shutdown(&self) -> Result<Result<usize, String>, EngineGone> {
+        self.ask(Command::Shutdown).await
+    }
+}
+
+struct State {
+    engine: Engine,
+    policy: Option<Arc<Policy>>,
+    cgroup_root: PathBuf,
+    opened: HashMap<RequestId, KernelEvent>,
+    ours: HashSet<u64>,
+    watched_paths: Vec<String>,
+    events_received: u64,
+    fail_mode: FailMode,
+    heartbeat_timeout: Duration,
+    beating: bool,
+}
+
+/// Starts the engine task.
+pub fn spawn(
+    engine: Engine,
+    mut policy: watch::Receiver<Option<Arc<Policy>>>,
+    tick: Duration,
+    fail_mode: FailMode,
+    heartbeat_timeout: Duration,
+) -> (EngineHandle, tokio::task::JoinHandle<()>) {
+    let (tx, mut rx) = mpsc::channel::<Command>(256);
+    let cgroup_root = engine.cgroup_root().to_path_buf();
+    let mut st = State {
+        engine,
+        policy: None,
+        cgroup_root,
+        opened: HashMap::new(),
+        ours: HashSet::new(),
+        watched_paths: Vec::new(),
+        events_received: 0,
+        fail_mode,
+        heartbeat_timeout,
+        beating: true,
+    };
+    let task = tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Whatever was published before the task started applies at once.
+        let first = policy.borrow_and_update().clone();
+        if let Some(p) = first {
+            st.apply(p);
+        }
+        loop {
+            tokio::select! {
+                changed = policy.changed() => {
+                    if changed.is_err() {
+                        // The publisher is gone; keep enforcing what we have.
+                        std::future::pending::<()>().await;
+                    }
+                    let p = policy.borrow_and_update().clone();
+                    if let Some(p) = p {
+                        st.apply(p);
+                    }
+                }
+                cmd = rx.recv() => match cmd {
+                    Some(cmd) => st.handle(cmd),
+                    None => break,
+                },
+                _ = ticker.tick() => st.tick(),
+            }
+        }
+    });
+    (EngineHandle { tx }, task)
+}
+
+impl State {
+    fn apply(&mut self, p: Arc<Policy>) {
+        let previous = self.policy.as_ref().map(|p| &p.compiled);
+        match self.engine.apply(&p.compiled, previous) {
+            Ok(()) => {
+                tracing::info!(source = %p.source, rules = p.rules.rules.len(), entries = p.compiled.len(), "rules in force");
+                self.policy = Some(p);
+                self.rescan();
+            }
+            Err(e) => {
+                tracing::error!(source = %p.source, "rules not applied, the previous ones stay in force: {e}")
+            }
+        }
+    }
+
+    fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Pending(reply) => {
+                let _ = reply.send(self.views().map_err(|e| e.to_string()));
+            }
+            Command::Decide {
+                id,
+                decision,
+                reply,
+            } => {
+                let r = self.engine.decide(id, decision);
+                if r.is_ok() {
+                    tracing::info!(request = %id, ?decision, "decided");
+                    self.opened.remove(&id);
+                }
+                let _ = reply.send(r);
+            }
+            Command::Status(reply) => {
+                let _ = reply.send(self.status().map_err(|e| e.to_string()));
+            }
+            Command::Events(batch) => {
+                for ev in batch {
+                    self.events_received += 1;
+                    log_event(&ev);
+                    match (ev.outcome, ev.request) {
+                        (Outcome::Paused, Some(id)) => {
+                            self.opened.insert(id, ev);
+                        }
+                        (Outcome::Cancelled, Some(id)) => {
+                            self.opened.remove(&id);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            Command::Shutdown(reply) => {
+                self.beating = false;
+                let r = self
+                    .engine
+                    .flatline()
+                    .and_then(|()| {
+                        self.engine
+                            .release_for_exit(self.fail_mode, Duration::from_secs(2))
+                    })
+                    .map_err(|e| e.to_string());
+                let _ = reply.send(r);
+            }
+        }
+    }
+
+    fn tick(&mut self) {
+        if self.beating {
+            if let Err(e) = self.engine.beat() {
+                tracing::error!("cannot refresh the heartbeat: {e}");
+            }
+        }
+        self.engine.flush_kernel_log();
+        self.rescan();
+        self.expire();
+    }
+
+    fn rescan(&mut self) {
+        let Some(p) = self.policy.clone() else { return };
+        let found = cgroups::scan(&self.cgroup_root, &p.globs);
+        let want: HashSet<u64> = found.iter().map(|m| m.id).collect();
+        for m in &found {
+            if !self.ours.contains(&m.id) {
+                match self.engine.watch(m.id, m.workload, m.default_action) {
+                    Ok(()) => tracing::info!(cgroup = %m.path, id = m.id, "watching"),
+                    Err(e) => tracing::error!(cgroup = %m.path, "cannot watch: {e}"),
+                }
+            }
+        }
+        // Entries left by an earlier run (pinned) or cgroups that no longer match.
+        let current: Vec<u64> = match self.engine.watched() {
+            Ok(w) => w.into_iter().map(|(id, _)| id).collect(),
+            Err(e) => {
+                tracing::error!("cannot list watched cgroups: {e}");
+                return;
+            }
+        };
+        for id in current {
+            if !want.contains(&id) {
+                if let Err(e) = self.engine.unwatch(id) {
+                    tracing::error!(id, "cannot unwatch: {e}");
+                }
+            }
+        }
+        self.ours = want;
+        self.watched_paths = found.into_iter().map(|m| m.path).collect();
+    }
+
+    fn expire(&mut self) {
+        let Ok(pending) = self.engine.pending() else {
+            return;
+        };
+        let policy = self.policy.clone();
+        for op in pending {
+            if op.state != "waiting" {
+                continue;
+            }
+            let rule = policy.as_ref().and_then(|p| p.rules.rule(op.rule_id));
+            let (timeout, on_timeout) = match rule {
+                Some(r) => (r.timeout, r.on_timeout),
+                None => (policy::DEFAULT_TIMEOUT, policy::Action::Deny),
+            };
+            if Duration::from_millis(op.age_ms) < timeout {
+                continue;
+            }
+            let decision = if on_timeout == policy::Action::Allow {
+                Decision::Allow
+            } else {
+                Decision::Deny
+            };
+            match self.engine.decide(op.id, decision) {
+                Ok(()) => {
+                    tracing::warn!(request = %op.id, ?decision, "expired without a decision");
+                    self.opened.remove(&op.id);
+                }
+                Err(EngineError::NotPending(_)) => {}
+                Err(e) => tracing::error!(request = %op.id, "cannot expire: {e}"),
+            }
+        }
+    }
+
+    fn views(&self) -> Result<Vec<RequestView>, EngineError> {
+        let policy = self.policy.as_ref();
+        Ok(self
+            .engine
+            .pending()?
+            .into_iter()
+            .map(|op| {
+                let rule = policy.and_then(|p| p.rules.rule(op.rule_id));
+                let workload_name = policy
+                    .and_then(|p| p.rules.workloads.iter().find(|w| w.id == op.workload))
+                    .map(|w| w.name.clone());
+                let timeout = rule.map(|r| r.timeout).unwrap_or(policy::DEFAULT_TIMEOUT);
+                RequestView {
+                    expires_in_s: Some(timeout.as_secs().saturating_sub(op.age_ms / 1000)),
+                    rule: rule.map(|r| r.name.clone()),
+                    workload_name,
+                    event: self.opened.get(&op.id).cloned(),
+                    pending: op,
+                }
+            })
+            .collect())
+    }
+
+    fn status(&self) -> Result<Status, EngineError> {
+        let counters = self.engine.counters()?;
+        Ok(Status {
+            backend: self.engine.backend(),
+            lsm_available: self.engine.lsm_available(),
+            links_pinned: self.engine.links_pinned(),
+            rules_source: self.policy.as_ref().map(|p| p.source.clone()),
+            rules: self
+                .policy
+                .as_ref()
+                .map(|p| p.rules.rules.len())
+                .unwrap_or(0),
+            watched_cgroups: self.watched_paths.clone(),
+            pending: self.engine.pending()?.len(),
+            counters: counters
+                .into_iter()
+                .enumerate()
+                .filter_map(|(i, v)| counter_name(i as u32).map(|n| (n.to_string(), v)))
+                .collect(),
+            events_received: self.events_received,
+            fail_mode: match self.fail_mode {
+                FailMode::Deny => "deny",
+                FailMode::AllowAndRecord => "allow-and-record",
+            }
+            .into(),
+            heartbeat_timeout_s: self.heartbeat_timeout.as_secs_f64(),
+        })
+    }
+}
+
+fn log_event(ev: &KernelEvent) {
+    let what = ev
+        .path
+        .clone()
+        .or_else(|| ev.destination.map(|d| d.to_string()))
+        .unwrap_or_default();
+    let outcome = crate::events::outcome_name(ev.outcome);
+    match ev.outcome {
+        Outcome::Paused => {
+            tracing::warn!(pid = ev.tgid, comm = %ev.comm, target = %what, rule = ev.rule_id, request = ?ev.request.map(|r| r.to_string()), "held for approval")
+        }
+        Outcome::Denied | Outcome::FailClosed | Outcome::Unpausable | Outcome::GrantDenied => {
+            tracing::warn!(pid = ev.tgid, comm = %ev.comm, target = %what, rule = ev.rule_id, outcome, "refused")
+        }
+        _ => {
+            tracing::info!(pid = ev.tgid, comm = %ev.comm, target = %what, rule = ev.rule_id, outcome, "recorded")
+        }
+    }
+}
+
+/// Name of a kernel counter slot.
+pub fn counter_name(slot: u32) -> Option<&'static str> {
+    const NAMES: &[(Counter, &str)] = &[
+        (Counter::RingbufFull, "ringbuf_full"),
+        (Counter::PendingFull, "pending_full"),
+        (Counter::SignalFailed, "signal_failed"),
+        (Counter::PathUnreadable, "path_unreadable"),
+        (Counter::ScratchMissing, "scratch_missing"),
+        (Counter::TargetMismatch, "target_mismatch"),
+        (Counter::HeartbeatMissing, "heartbeat_missing"),
+        (Counter::HeartbeatStale, "heartbeat_stale"),
+        (Counter::Unpausable, "unpausable"),
+        (Counter::Paused, "paused"),
+        (Counter::Denied, "denied"),
+        (Counter::Audited, "audited"),
+        (Counter::Granted, "granted"),
+        (Counter::Repaused, "repaused"),
+        (Counter::CancelledOnExit, "cancelled_on_exit"),
+        (Counter::GrantExpired, "grant_expired"),
+        (Counter::AddrUnreadable, "addr_unreadable"),
+    ];
+    NAMES
+        .iter()
+        .find(|(c, _)| *c as u32 == slot)
+        .map(|(_, n)| *n)
+}

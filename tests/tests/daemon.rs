@@ -1,0 +1,293 @@
+//! The `latch-agent` daemon as a person runs it: a rules file, the admin socket, the CLI.
+
+use std::{
+    net::TcpListener,
+    path::PathBuf,
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use latch_tests::{binary, outcome, privileged, probe, spawn_in, wait_state, TestCgroup, PATIENCE};
+
+struct Daemon {
+    child: Child,
+    dir: PathBuf,
+    config: PathBuf,
+    rules: PathBuf,
+    pin_dir: PathBuf,
+}
+
+impl Daemon {
+    fn start(cg: &TestCgroup, rules: &str, fail_mode: &str) -> Daemon {
+        let dir = std::env::temp_dir().join(format!("{}-agent", cg.rel.trim_start_matches('/')));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let pin_dir = PathBuf::from("/sys/fs/bpf").join(cg.rel.trim_start_matches('/'));
+        let rules_path = dir.join("rules.yaml");
+        std::fs::write(&rules_path, rules.replace("{CG}", &cg.rel)).expect("write rules");
+        let config = dir.join("agent.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "rules = {rules:?}\nadmin_socket = {sock:?}\npin_dir = {pin:?}\nfail_mode = {fail_mode:?}\nrescan_interval = \"200ms\"\n",
+                rules = rules_path.display().to_string(),
+                sock = dir.join("agent.sock").display().to_string(),
+                pin = pin_dir.display().to_string(),
+            ),
+        )
+        .expect("write config");
+        let child = Command::new(binary("latch-agent"))
+            .arg("--config")
+            .arg(&config)
+            .arg("run")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start latch-agent");
+        let d = Daemon {
+            child,
+            dir,
+            config,
+            rules: rules_path,
+            pin_dir,
+        };
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let out = d.cli(&["status", "--json"]);
+            if out.status.success() {
+                let v: serde_json::Value =
+                    serde_json::from_slice(&out.stdout).expect("status json");
+                if !v["watched_cgroups"]
+                    .as_array()
+                    .map(|a| a.is_empty())
+                    .unwrap_or(true)
+                {
+                    break;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent never became ready: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        d
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new(binary("latch-agent"))
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .output()
+            .expect("run latch-agent")
+    }
+
+    fn wait_request(&self, pid: u32) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let out = self.cli(&["pending", "--json"]);
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+            if let Some(p) = v
+                .as_array()
+                .and_then(|a| a.iter().find(|p| p["tgid"] == pid))
+            {
+                if !p["event"].is_null() {
+                    return p["id"].as_str().expect("id").to_string();
+                }
+            }
+            assert!(Instant::now() < deadline, "request of {pid} never listed");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop(mut self) -> String {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let out = std::mem::replace(&mut self.child, Command::new("true").spawn().expect("true"))
+            .wait_with_output()
+            .expect("wait");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
+    }
+}
+
+fn rules(body: &str) -> String {
+    format!("workloads:\n  - name: test\n    cgroups: [\"{{CG}}\"]\nrules:\n{body}")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn held_connect_is_listed_and_approved_from_the_cli() {
+    if !privileged() {
+        return;
+    }
+    let (_l, port) = {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let p = l.local_addr().expect("addr").port();
+        (l, p)
+    };
+    let cg = TestCgroup::new();
+    let d = Daemon::start(
+        &cg,
+        &rules(
+            "  - {name: db, workload: test, on: connect, to: [127.0.0.1/32], action: approve}\n",
+        ),
+        "deny",
+    );
+    let child = spawn_in(
+        &cg.path,
+        &probe(),
+        &["connect", &format!("127.0.0.1:{port}")],
+    );
+    let pid = child.id();
+    let id = d.wait_request(pid);
+    wait_state(pid, 'T');
+    let table = d.cli(&["pending"]);
+    let shown = text(&table);
+    assert!(
+        shown.contains(&id)
+            && shown.contains("latch-probe")
+            && shown.contains(&format!("127.0.0.1:{port}"))
+            && shown.contains("db"),
+        "{shown}"
+    );
+
+    let out = d.cli(&["decide", &id, "allow"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(outcome(child)["ok"], true);
+
+    // Deciding it again: exit code 3, the id named.
+    let again = d.cli(&["decide", &id, "deny"]);
+    assert_eq!(again.status.code(), Some(3), "{}", text(&again));
+    assert!(text(&again).contains(&id));
+    // A malformed id: exit code 2.
+    let bad = d.cli(&["decide", "not-an-id", "allow"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(text(&bad).contains("'not-an-id' is not a request id"));
+    d.stop();
+}
+
+#[test]
+fn bad_rules_on_reload_leave_the_rules_in_force_and_stop_releases_by_fail_mode() {
+    if !privileged() {
+        return;
+    }
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let target = format!("127.0.0.1:{port}");
+    let cg = TestCgroup::new();
+    let d = Daemon::start(
+        &cg,
+        &rules("  - {name: off, workload: test, on: connect, to: [127.0.0.1/32], action: deny}\n"),
+        "deny",
+    );
+    assert_eq!(
+        outcome(spawn_in(&cg.path, &probe(), &["connect", &target]))["errno"],
+        1
+    );
+
+    // A broken rules file and SIGHUP: refused, the deny stays.
+    std::fs::write(
+        &d.rules,
+        "rules: [ {name: off, workload: test, on: connect, to: [300.0.0.1], action: allow} ]\n",
+    )
+    .expect("write");
+    let validate = d.cli(&["validate"]);
+    assert_eq!(validate.status.code(), Some(2));
+    assert!(
+        text(&validate).contains("rule 'off'"),
+        "{}",
+        text(&validate)
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(d.child.id() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .expect("SIGHUP");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        outcome(spawn_in(&cg.path, &probe(), &["connect", &target]))["errno"],
+        1,
+        "the rules in force stayed"
+    );
+
+    // A valid file that holds the call; stopping the agent releases it by the fail mode (deny).
+    std::fs::write(
+        &d.rules,
+        rules(
+            "  - {name: ask, workload: test, on: connect, to: [127.0.0.1/32], action: approve}\n",
+        )
+        .replace("{CG}", &cg.rel),
+    )
+    .expect("write");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(d.child.id() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .expect("SIGHUP");
+    let deadline = Instant::now() + PATIENCE;
+    let child = loop {
+        let child = spawn_in(&cg.path, &probe(), &["connect", &target]);
+        let pid = child.id();
+        // Until the reload lands the old deny answers at once.
+        std::thread::sleep(Duration::from_millis(100));
+        if latch_tests::state(pid) == Some('T') {
+            break child;
+        }
+        let _ = outcome(child);
+        assert!(
+            Instant::now() < deadline,
+            "reloaded rules never took effect"
+        );
+    };
+    let log = d.stop();
+    let out = outcome(child);
+    assert_eq!(
+        out["ok"], false,
+        "released by the deny fail mode: {out}\n{log}"
+    );
+    assert!(log.contains("rules not reloaded"), "{log}");
+}
+
+#[test]
+fn validate_names_a_wrong_config_key() {
+    let dir = std::env::temp_dir().join(format!("latch-validate-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let config = dir.join("agent.toml");
+    std::fs::write(&config, "heartbeat_timeot = \"5s\"\n").expect("write");
+    let out = Command::new(binary("latch-agent"))
+        .arg("--config")
+        .arg(&config)
+        .arg("validate")
+        .output()
+        .expect("run");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(out.status.code(), Some(2));
+    let msg = text(&out);
+    assert!(
+        msg.contains("heartbeat_timeot") && msg.contains(&config.display().to_string()),
+        "{msg}"
+    );
+}

@@ -1,0 +1,132 @@
+//! `cargo xtask`: Latch's developer commands.
+//!
+//! - `setup`: install what the build and tests need (idempotent).
+//! - `build`: build everything, the kernel programs first (through `agent/build.rs`).
+//! - `test`: set up, check formatting and lints, and run every test, the kernel tests included
+//!   (they need root; without it they fail unless `LATCH_SKIP_PRIVILEGED=1`).
+//! - `run`: run the product on this host with the example rules.
+//!
+//! It owns no product logic: it only prepares the machine and calls cargo and the binaries.
+
+mod setup;
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{bail, Result};
+use clap::{Parser, Subcommand};
+
+use setup::run;
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Latch developer commands")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install the build and test prerequisites (Debian packages, bpf-linker).
+    Setup,
+    /// Build every binary in release mode.
+    Build,
+    /// Check formatting and lints, then run every test.
+    Test {
+        /// Skip `cargo fmt --check` and clippy.
+        #[arg(long)]
+        no_lint: bool,
+        /// Extra arguments for `cargo test` (after `--`).
+        #[arg(last = true)]
+        cargo_args: Vec<String>,
+    },
+    /// Run the agent on this host with the example rules (needs root).
+    Run {
+        /// Rules file.
+        #[arg(long, default_value = "examples/rules.yaml")]
+        rules: PathBuf,
+    },
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Setup => setup::setup(true),
+        Cmd::Build => {
+            setup::setup(false)?;
+            run(cargo().args(["build", "--release", "--workspace", "--bins"]))
+        }
+        Cmd::Test {
+            no_lint,
+            cargo_args,
+        } => test(no_lint, &cargo_args),
+        Cmd::Run { rules } => {
+            setup::setup(false)?;
+            run(cargo().args(["build", "--release", "-p", "latch-agent"]))?;
+            if !nix::unistd::geteuid().is_root() {
+                bail!("the agent loads kernel programs: run `cargo xtask run` as root");
+            }
+            let rules = if rules.is_absolute() {
+                rules
+            } else {
+                root().join(rules)
+            };
+            eprintln!(
+                "running latch-agent with {}; decide held operations with `latch-agent pending` \
+                 and `latch-agent decide` from another shell, Ctrl-C to stop",
+                rules.display()
+            );
+            run(Command::new(root().join("target/release/latch-agent"))
+                .arg("run")
+                .arg("--rules")
+                .arg(rules))
+        }
+    }
+}
+
+fn test(no_lint: bool, cargo_args: &[String]) -> Result<()> {
+    setup::setup(true)?;
+    let privileged = nix::unistd::geteuid().is_root();
+    let skip = std::env::var("LATCH_SKIP_PRIVILEGED").as_deref() == Ok("1");
+    if !privileged && !skip {
+        bail!(
+            "the kernel tests load eBPF programs and need root: run `cargo xtask test` as root, \
+             or set LATCH_SKIP_PRIVILEGED=1 to skip them explicitly"
+        );
+    }
+    if !no_lint {
+        run(cargo().args(["fmt", "--all", "--check"]))?;
+        run(
+            Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .current_dir(root().join("agent-ebpf"))
+                .args(["fmt", "--check"]),
+        )?;
+        run(cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
+    }
+    // Binaries first: the kernel tests run the workload probe and the daemons as processes.
+    run(cargo().args(["build", "--workspace", "--bins"]))?;
+    let mut t = cargo();
+    t.args(["test", "--workspace", "--no-fail-fast"]);
+    if !cargo_args.is_empty() {
+        t.arg("--").args(cargo_args);
+    }
+    run(&mut t)
+}
