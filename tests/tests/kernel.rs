@@ -96,9 +96,9 @@ fn paused_connect_then_denied_fails_with_eperm() {
         return;
     }
     let (_l, port) = listener();
-    let mut h = Harness::new(&rules(&format!(
-        "  - {{name: ask, workload: test, on: connect, to: [127.0.0.1/32], action: approve}}\n"
-    )));
+    let mut h = Harness::new(&rules(
+        "  - {name: ask, workload: test, on: connect, to: [127.0.0.1/32], action: approve}\n",
+    ));
     let child = h.spawn(&probe(), &["connect", &format!("127.0.0.1:{port}")]);
     let p = h.wait_pending(child.id());
     h.engine().decide(p.id, Decision::Deny).expect("decide");

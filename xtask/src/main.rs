@@ -39,6 +39,15 @@ enum Cmd {
         #[arg(last = true)]
         cargo_args: Vec<String>,
     },
+    /// Install the binaries, the systemd units and a default configuration on this host.
+    Install {
+        /// Where the binaries go (`PREFIX/bin`); the units refer to /usr/local/bin.
+        #[arg(long, default_value = "/usr/local")]
+        prefix: PathBuf,
+        /// Root of the file system to install into (for packaging).
+        #[arg(long, default_value = "/")]
+        destdir: PathBuf,
+    },
     /// Run the agent on this host with the example rules (needs root).
     Run {
         /// Rules file.
@@ -71,6 +80,7 @@ fn main() -> Result<()> {
             no_lint,
             cargo_args,
         } => test(no_lint, &cargo_args),
+        Cmd::Install { prefix, destdir } => install(&prefix, &destdir),
         Cmd::Run { rules } => {
             setup::setup(false)?;
             run(cargo().args(["build", "--release", "-p", "latch-agent"]))?;
@@ -93,6 +103,37 @@ fn main() -> Result<()> {
                 .arg(rules))
         }
     }
+}
+
+fn install(prefix: &std::path::Path, destdir: &std::path::Path) -> Result<()> {
+    setup::setup(false)?;
+    run(cargo().args(["build", "--release", "-p", "latch-agent", "-p", "latch-central"]))?;
+    let under = |p: &std::path::Path| destdir.join(p.strip_prefix("/").unwrap_or(p));
+    let bin = under(&prefix.join("bin"));
+    let units = under(std::path::Path::new("/etc/systemd/system"));
+    let etc = under(std::path::Path::new("/etc/latch"));
+    for d in [&bin, &units, &etc] {
+        std::fs::create_dir_all(d)?;
+    }
+    let copy = |from: PathBuf, to: PathBuf, overwrite: bool| -> Result<()> {
+        if !overwrite && to.exists() {
+            eprintln!("install: keeping existing {}", to.display());
+            return Ok(());
+        }
+        std::fs::copy(&from, &to).map_err(|e| anyhow::anyhow!("{} -> {}: {e}", from.display(), to.display()))?;
+        eprintln!("install: {}", to.display());
+        Ok(())
+    };
+    for b in ["latch-agent", "latch-central"] {
+        copy(root().join("target/release").join(b), bin.join(b), true)?;
+    }
+    for u in ["latch-agent.service", "latch-central.service"] {
+        copy(root().join("systemd").join(u), units.join(u), true)?;
+    }
+    copy(root().join("systemd/agent.toml"), etc.join("agent.toml"), false)?;
+    copy(root().join("examples/rules.yaml"), etc.join("rules.yaml"), false)?;
+    eprintln!("install: done; `systemctl daemon-reload && systemctl enable --now latch-agent`");
+    Ok(())
 }
 
 fn test(no_lint: bool, cargo_args: &[String]) -> Result<()> {
