@@ -18,18 +18,27 @@ fn declares_exactly_the_shared_map_names() {
         .filter_map(|s| s.name().ok().map(str::to_string))
         .collect();
     names.sort();
-    let mut want: Vec<String> = agent_common::maps::ALL.iter().map(|s| s.to_string()).collect();
+    let mut want: Vec<String> = agent_common::maps::ALL
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     want.sort();
     assert_eq!(names, want);
     for n in &names {
-        assert!(n.len() <= agent_common::maps::NAME_MAX, "map name {n} is longer than the kernel keeps");
+        assert!(
+            n.len() <= agent_common::maps::NAME_MAX,
+            "map name {n} is longer than the kernel keeps"
+        );
     }
 }
 
 #[test]
 fn carries_every_program_the_engine_attaches() {
     let obj = object();
-    let sections: Vec<String> = obj.sections().filter_map(|s| s.name().ok().map(str::to_string)).collect();
+    let sections: Vec<String> = obj
+        .sections()
+        .filter_map(|s| s.name().ok().map(str::to_string))
+        .collect();
     for want in [
         "tracepoint/sched/sched_process_exec",
         "tracepoint/sched/sched_process_exit",
@@ -40,7 +49,10 @@ fn carries_every_program_the_engine_attaches() {
         "cgroup/sendmsg6",
         "lsm/bprm_check_security",
     ] {
-        assert!(sections.iter().any(|s| s == want), "missing program section {want}: {sections:?}");
+        assert!(
+            sections.iter().any(|s| s == want),
+            "missing program section {want}: {sections:?}"
+        );
     }
     let license = obj.section_by_name("license").expect("license section");
     assert_eq!(license.data().expect("license bytes"), b"Dual MIT/GPL\0");

@@ -39,6 +39,12 @@ enum Cmd {
         #[arg(last = true)]
         cargo_args: Vec<String>,
     },
+    /// Measure overhead and decision latency against a baseline in the same run (needs root).
+    Bench {
+        /// A short smoke run.
+        #[arg(long)]
+        quick: bool,
+    },
     /// Install the binaries, the systemd units and a default configuration on this host.
     Install {
         /// Where the binaries go (`PREFIX/bin`); the units refer to /usr/local/bin.
@@ -81,6 +87,19 @@ fn main() -> Result<()> {
             cargo_args,
         } => test(no_lint, &cargo_args),
         Cmd::Install { prefix, destdir } => install(&prefix, &destdir),
+        Cmd::Bench { quick } => {
+            setup::setup(false)?;
+            run(cargo().args(["build", "--release", "-p", "latch-bench"]))?;
+            if !nix::unistd::geteuid().is_root() {
+                bail!("the benchmarks load kernel programs: run `cargo xtask bench` as root");
+            }
+            let mut c = Command::new(root().join("target/release/latch-bench"));
+            c.current_dir(root()).args(["run", "--out", "target/bench"]);
+            if quick {
+                c.arg("--quick");
+            }
+            run(&mut c)
+        }
         Cmd::Run { rules } => {
             setup::setup(false)?;
             run(cargo().args(["build", "--release", "-p", "latch-agent"]))?;
@@ -107,7 +126,14 @@ fn main() -> Result<()> {
 
 fn install(prefix: &std::path::Path, destdir: &std::path::Path) -> Result<()> {
     setup::setup(false)?;
-    run(cargo().args(["build", "--release", "-p", "latch-agent", "-p", "latch-central"]))?;
+    run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "latch-agent",
+        "-p",
+        "latch-central",
+    ]))?;
     let under = |p: &std::path::Path| destdir.join(p.strip_prefix("/").unwrap_or(p));
     let bin = under(&prefix.join("bin"));
     let units = under(std::path::Path::new("/etc/systemd/system"));
@@ -120,7 +146,8 @@ fn install(prefix: &std::path::Path, destdir: &std::path::Path) -> Result<()> {
             eprintln!("install: keeping existing {}", to.display());
             return Ok(());
         }
-        std::fs::copy(&from, &to).map_err(|e| anyhow::anyhow!("{} -> {}: {e}", from.display(), to.display()))?;
+        std::fs::copy(&from, &to)
+            .map_err(|e| anyhow::anyhow!("{} -> {}: {e}", from.display(), to.display()))?;
         eprintln!("install: {}", to.display());
         Ok(())
     };
@@ -130,8 +157,16 @@ fn install(prefix: &std::path::Path, destdir: &std::path::Path) -> Result<()> {
     for u in ["latch-agent.service", "latch-central.service"] {
         copy(root().join("systemd").join(u), units.join(u), true)?;
     }
-    copy(root().join("systemd/agent.toml"), etc.join("agent.toml"), false)?;
-    copy(root().join("examples/rules.yaml"), etc.join("rules.yaml"), false)?;
+    copy(
+        root().join("systemd/agent.toml"),
+        etc.join("agent.toml"),
+        false,
+    )?;
+    copy(
+        root().join("examples/rules.yaml"),
+        etc.join("rules.yaml"),
+        false,
+    )?;
     eprintln!("install: done; `systemctl daemon-reload && systemctl enable --now latch-agent`");
     Ok(())
 }

@@ -1,0 +1,635 @@
+//! `latch-bench`: what Latch costs and how fast it decides, measured against a baseline taken in
+//! the same run on the same machine.
+//!
+//! Method. Every figure comes from a worker process (this binary, `worker` subcommand) placed in
+//! the cgroup under test; it times batches of system calls with `CLOCK_MONOTONIC` and reports the
+//! median batch mean, which shrugs off the scheduler hiccups of a shared machine. Scenarios are
+//! interleaved round by round (baseline, unwatched, watched …, then again), and each scenario's
+//! figure is the median over rounds, so slow drift hits all of them alike. The kernel's own
+//! per-program run time comes from BPF statistics (`kernel.bpf_stats_enabled`). Round trips are
+//! held `connect()` calls approved by an in-process approver that wakes on the ring buffer's fd,
+//! recorded in an HDR histogram.
+//!
+//! Results: a table on stdout, `target/bench/results.json`, and `target/bench/overhead.svg`.
+
+use std::{
+    io::Write,
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use agent_common::FailMode;
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use latch_agent::{
+    cgroups,
+    events::EventReader,
+    kernel::{Decision, Engine, EngineOptions, Scope},
+    rules,
+};
+use latch_tests::{spawn_in, TestCgroup};
+use serde::Serialize;
+
+#[derive(Parser)]
+#[command(
+    name = "latch-bench",
+    about = "Latch benchmarks: overhead and decision latency"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run every benchmark (needs root).
+    Run {
+        /// Fewer rounds and calls: a smoke run.
+        #[arg(long)]
+        quick: bool,
+        /// Output directory.
+        #[arg(long, default_value = "target/bench")]
+        out: PathBuf,
+    },
+    /// Internal: the measured process.
+    Worker {
+        /// connect | exec | held
+        what: String,
+        /// Destination for connect/held.
+        #[arg(long)]
+        addr: Option<SocketAddr>,
+        /// Calls per batch.
+        #[arg(long, default_value_t = 100)]
+        batch: usize,
+        /// Batches.
+        #[arg(long, default_value_t = 20)]
+        batches: usize,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Worker {
+            what,
+            addr,
+            batch,
+            batches,
+        } => worker(&what, addr, batch, batches),
+        Cmd::Run { quick, out } => run(quick, &out),
+    }
+}
+
+// ----- worker -----
+
+fn worker(what: &str, addr: Option<SocketAddr>, batch: usize, batches: usize) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    match what {
+        "connect" | "exec" => {
+            let mut means = Vec::with_capacity(batches);
+            // One warm-up batch: page cache, socket slabs, the kernel's hash buckets.
+            for b in 0..=batches {
+                let t = Instant::now();
+                for _ in 0..batch {
+                    if what == "connect" {
+                        let a = addr.context("--addr")?;
+                        drop(TcpStream::connect(a).context("connect")?);
+                    } else {
+                        let st = Command::new("/bin/true")
+                            .status()
+                            .context("exec /bin/true")?;
+                        if !st.success() {
+                            bail!("/bin/true failed: {st}");
+                        }
+                    }
+                }
+                if b > 0 {
+                    means.push(t.elapsed().as_nanos() as f64 / batch as f64);
+                }
+            }
+            writeln!(
+                out,
+                "{}",
+                serde_json::json!({ "ns_per_call": median(&mut means) })
+            )?;
+        }
+        "held" => {
+            // Each connect is held and approved; report every call's duration.
+            let a = addr.context("--addr")?;
+            let mut all = Vec::with_capacity(batch * batches);
+            for _ in 0..batch * batches {
+                let t = Instant::now();
+                drop(TcpStream::connect(a).context("held connect")?);
+                all.push(t.elapsed().as_nanos() as u64);
+            }
+            writeln!(out, "{}", serde_json::json!({ "ns": all }))?;
+        }
+        other => bail!("unknown worker '{other}'"),
+    }
+    Ok(())
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[v.len() / 2]
+}
+
+// ----- driver -----
+
+#[derive(Serialize, Clone)]
+struct Row {
+    benchmark: String,
+    scenario: String,
+    ns_per_call: f64,
+    ratio: f64,
+    kernel_ns_per_run: Option<f64>,
+}
+
+#[derive(Serialize)]
+struct Latency {
+    samples: u64,
+    p50_us: f64,
+    p90_us: f64,
+    p99_us: f64,
+    max_us: f64,
+}
+
+#[derive(Serialize)]
+struct Results {
+    kernel: String,
+    cpus: usize,
+    rounds: usize,
+    overhead: Vec<Row>,
+    round_trip: Latency,
+    method: &'static str,
+}
+
+struct Setup {
+    engine: Option<Engine>,
+    cgroup: TestCgroup,
+    unwatched: TestCgroup,
+    pin_dir: PathBuf,
+}
+
+fn rules_text(cg: &str, extra_rules: usize) -> String {
+    let mut s = format!(
+        "workloads:\n  - name: bench\n    cgroups: [\"{cg}\"]\nrules:\n  - {{name: loopback-ok, workload: bench, on: connect, to: [127.0.0.1/32], action: allow}}\n  - {{name: true-ok, workload: bench, on: exec, paths: [/bin/true], action: allow}}\n  - {{name: held, workload: bench, on: connect, to: [127.0.0.2/32], action: approve}}\n"
+    );
+    if extra_rules > 0 {
+        s.push_str(
+            "  - name: many\n    workload: bench\n    on: connect\n    action: deny\n    to:\n",
+        );
+        for i in 0..extra_rules as u32 {
+            s.push_str(&format!(
+                "      - 10.{}.{}.{}\n",
+                10 + (i >> 16),
+                (i >> 8) & 0xff,
+                i & 0xff
+            ));
+        }
+    }
+    s
+}
+
+impl Setup {
+    fn new() -> Result<Self> {
+        let cgroup = TestCgroup::new();
+        let unwatched = TestCgroup::new();
+        let pin_dir =
+            PathBuf::from("/sys/fs/bpf").join(format!("latch-bench-{}", std::process::id()));
+        Ok(Setup {
+            engine: None,
+            cgroup,
+            unwatched,
+            pin_dir,
+        })
+    }
+
+    fn load(&mut self, extra_rules: usize) -> Result<()> {
+        if self.engine.is_none() {
+            let e = Engine::load(EngineOptions {
+                pin_dir: self.pin_dir.clone(),
+                cgroup_root: None,
+                stale_after: Duration::from_secs(3600),
+                fail_mode: FailMode::Deny,
+            })?;
+            self.engine = Some(e);
+        }
+        let text = rules_text(&self.cgroup.rel, extra_rules);
+        let rs = policy::RuleSet::parse("bench.yaml", &text)?;
+        let compiled = rules::compile(&rs)?;
+        let engine = self.engine.as_mut().context("engine")?;
+        engine.apply(&compiled, None)?;
+        let root = engine.cgroup_root().to_path_buf();
+        let globs: Vec<_> = rs
+            .workloads
+            .iter()
+            .map(cgroups::WorkloadGlobs::new)
+            .collect::<Result<_, _>>()?;
+        for m in cgroups::scan(&root, &globs) {
+            engine.watch(m.id, m.workload, m.default_action)?;
+        }
+        Ok(())
+    }
+
+    fn unload(&mut self) -> Result<()> {
+        if let Some(e) = self.engine.take() {
+            e.uninstall()?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        let _ = self.unload();
+    }
+}
+
+fn self_exe() -> Result<PathBuf> {
+    std::env::current_exe().context("own path")
+}
+
+fn measure(cg: &Path, what: &str, addr: SocketAddr, batch: usize, batches: usize) -> Result<f64> {
+    let exe = self_exe()?;
+    let args = [
+        "worker".to_string(),
+        what.to_string(),
+        "--addr".into(),
+        addr.to_string(),
+        "--batch".into(),
+        batch.to_string(),
+        "--batches".into(),
+        batches.to_string(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = spawn_in(cg, &exe, &args).wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "worker {what} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("worker output")?;
+    v["ns_per_call"].as_f64().context("ns_per_call")
+}
+
+/// Cumulative (run time ns, runs) of every loaded program with this name.
+fn kernel_stats(prog_name: &str) -> (u128, u64) {
+    let mut time = 0u128;
+    let mut runs = 0u64;
+    for p in aya::programs::loaded_programs().flatten() {
+        if p.name_as_str() == Some(prog_name) {
+            time += p.run_time().as_nanos();
+            runs += p.run_count();
+        }
+    }
+    (time, runs)
+}
+
+/// Kernel time per program run accumulated over a scenario's measurements.
+#[derive(Default, Clone, Copy)]
+struct KernelTime {
+    ns: u128,
+    runs: u64,
+}
+
+impl KernelTime {
+    fn add(&mut self, before: (u128, u64), after: (u128, u64)) {
+        self.ns += after.0.saturating_sub(before.0);
+        self.runs += after.1.saturating_sub(before.1);
+    }
+
+    fn per_run(&self) -> Option<f64> {
+        (self.runs > 0).then(|| self.ns as f64 / self.runs as f64)
+    }
+}
+
+fn set_bpf_stats(on: bool) {
+    let _ = std::fs::write(
+        "/proc/sys/kernel/bpf_stats_enabled",
+        if on { "1" } else { "0" },
+    );
+}
+
+fn run(quick: bool, out_dir: &Path) -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("benchmarks load kernel programs: run as root (cargo xtask bench does)");
+    }
+    let (rounds, batch_c, batches_c, batch_e, batches_e, held_n) = if quick {
+        (3, 50, 5, 10, 3, 200)
+    } else {
+        (7, 200, 15, 25, 6, 2000)
+    };
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            drop(s);
+        }
+    });
+    let held_listener = TcpListener::bind("127.0.0.2:0").context("bind 127.0.0.2")?;
+    let held_addr = held_listener.local_addr()?;
+    std::thread::spawn(move || {
+        for s in held_listener.incoming() {
+            drop(s);
+        }
+    });
+
+    let mut setup = Setup::new()?;
+    set_bpf_stats(true);
+    let scenarios: &[(&str, Option<usize>, bool)] = &[
+        ("no latch", None, false),
+        ("loaded, unwatched", Some(0), false),
+        ("watched, allowed (1 rule)", Some(0), true),
+        ("watched, allowed (1,000 rules)", Some(1_000), true),
+        ("watched, allowed (100,000 rules)", Some(100_000), true),
+    ];
+    let mut connect: Vec<Vec<f64>> = vec![Vec::new(); scenarios.len() + 1];
+    let mut exec: Vec<Vec<f64>> = vec![Vec::new(); scenarios.len()];
+    let mut connect_k = vec![KernelTime::default(); scenarios.len() + 1];
+    let mut exec_k = vec![KernelTime::default(); scenarios.len()];
+    eprintln!(
+        "latch-bench: {rounds} rounds of {} scenarios",
+        scenarios.len() + 1
+    );
+    for round in 0..rounds {
+        for (i, (name, rules_n, watched)) in scenarios.iter().enumerate() {
+            match rules_n {
+                None => setup.unload()?,
+                Some(n) => setup.load(*n)?,
+            }
+            let cg = if *watched {
+                setup.cgroup.path.clone()
+            } else {
+                setup.unwatched.path.clone()
+            };
+            let before = kernel_stats("connect4");
+            connect[i].push(measure(&cg, "connect", addr, batch_c, batches_c)?);
+            connect_k[i].add(before, kernel_stats("connect4"));
+            let before = kernel_stats("exec");
+            exec[i].push(measure(&cg, "exec", addr, batch_e, batches_e)?);
+            exec_k[i].add(before, kernel_stats("exec"));
+            eprintln!("  round {}/{rounds}: {name}", round + 1);
+        }
+        // Cached grant: the target is held once, granted to the host, then measured.
+        setup.load(0)?;
+        let cg = setup.cgroup.path.clone();
+        grant_once(&mut setup, &cg, held_addr)?;
+        let before = kernel_stats("connect4");
+        connect[scenarios.len()].push(measure(&cg, "connect", held_addr, batch_c, batches_c)?);
+        connect_k[scenarios.len()].add(before, kernel_stats("connect4"));
+    }
+
+    let mut rows = Vec::new();
+    let base_c = median(&mut connect[0].clone());
+    let base_e = median(&mut exec[0].clone());
+    for (i, (name, _, _)) in scenarios.iter().enumerate() {
+        let c = median(&mut connect[i]);
+        rows.push(Row {
+            benchmark: "connect() to loopback".into(),
+            scenario: name.to_string(),
+            ns_per_call: c,
+            ratio: c / base_c,
+            kernel_ns_per_run: connect_k[i].per_run(),
+        });
+    }
+    let g = median(&mut connect[scenarios.len()]);
+    rows.push(Row {
+        benchmark: "connect() to loopback".into(),
+        scenario: "watched, cached grant".into(),
+        ns_per_call: g,
+        ratio: g / base_c,
+        kernel_ns_per_run: connect_k[scenarios.len()].per_run(),
+    });
+    for (i, (name, _, _)) in scenarios.iter().enumerate() {
+        let e = median(&mut exec[i]);
+        rows.push(Row {
+            benchmark: "fork+exec /bin/true".into(),
+            scenario: name.to_string(),
+            ns_per_call: e,
+            ratio: e / base_e,
+            kernel_ns_per_run: exec_k[i].per_run(),
+        });
+    }
+
+    let round_trip = round_trips(&mut setup, held_addr, held_n)?;
+    set_bpf_stats(false);
+    setup.unload()?;
+
+    let results = Results {
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string(),
+        cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        rounds,
+        overhead: rows.clone(),
+        round_trip,
+        method: "median over interleaved rounds of median batch means; ratio = scenario / 'no latch' of the same run",
+    };
+    print_table(&results);
+    std::fs::create_dir_all(out_dir)?;
+    std::fs::write(
+        out_dir.join("results.json"),
+        serde_json::to_string_pretty(&results)?,
+    )?;
+    plot(&rows, &out_dir.join("overhead.svg"))?;
+    eprintln!(
+        "latch-bench: wrote {}/results.json and overhead.svg",
+        out_dir.display()
+    );
+    Ok(())
+}
+
+fn grant_once(setup: &mut Setup, cg: &Path, target: SocketAddr) -> Result<()> {
+    let exe = self_exe()?;
+    let t = target.to_string();
+    let child = spawn_in(
+        cg,
+        &exe,
+        &[
+            "worker",
+            "held",
+            "--addr",
+            &t,
+            "--batch",
+            "1",
+            "--batches",
+            "1",
+        ],
+    );
+    let pid = child.id();
+    let engine = setup.engine.as_mut().context("engine")?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let op = loop {
+        if let Some(p) = engine.pending()?.into_iter().find(|p| p.tgid == pid) {
+            break p;
+        }
+        if Instant::now() > deadline {
+            bail!("the grant set-up connect was never held");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    engine.decide(
+        op.id,
+        Decision::Grant {
+            scope: Scope::Host,
+            ttl: Duration::from_secs(3600),
+            uses: None,
+        },
+    )?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!("grant set-up worker failed");
+    }
+    Ok(())
+}
+
+fn round_trips(setup: &mut Setup, target: SocketAddr, n: usize) -> Result<Latency> {
+    // A fresh engine: no grants, only the approve rule for the target.
+    setup.unload()?;
+    setup.load(0)?;
+    let engine = setup.engine.as_mut().context("engine")?;
+    let ring = engine.take_events().context("ring buffer")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let exe = self_exe()?;
+    let t = target.to_string();
+    let ns = n.to_string();
+    let mut child = spawn_in(
+        &setup.cgroup.path,
+        &exe,
+        &[
+            "worker",
+            "held",
+            "--addr",
+            &t,
+            "--batch",
+            &ns,
+            "--batches",
+            "1",
+        ],
+    );
+    let stdout = child.stdout.take().context("worker stdout")?;
+    let reader_thread = std::thread::spawn(move || -> Result<serde_json::Value> {
+        Ok(serde_json::from_reader(std::io::BufReader::new(stdout))?)
+    });
+    let engine = setup.engine.as_mut().context("engine")?;
+    rt.block_on(async {
+        let mut reader = EventReader::new(ring)?;
+        let mut batch = Vec::new();
+        let mut approved = 0;
+        while approved < n {
+            batch.clear();
+            reader.next_batch(&mut batch).await?;
+            for ev in &batch {
+                if let (agent_common::Outcome::Paused, Some(id)) = (ev.outcome, ev.request) {
+                    engine.decide(id, Decision::Allow)?;
+                    approved += 1;
+                }
+            }
+        }
+        anyhow::Ok(())
+    })?;
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("round-trip worker failed: {status}");
+    }
+    let v = reader_thread
+        .join()
+        .map_err(|_| anyhow::anyhow!("reader thread"))??;
+    let mut h = hdrhistogram::Histogram::<u64>::new(3)?;
+    for x in v["ns"].as_array().context("ns")? {
+        h.record(x.as_u64().unwrap_or(0))?;
+    }
+    let us = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    Ok(Latency {
+        samples: h.len(),
+        p50_us: us(0.5),
+        p90_us: us(0.9),
+        p99_us: us(0.99),
+        max_us: h.max() as f64 / 1000.0,
+    })
+}
+
+fn print_table(r: &Results) {
+    let mut t = comfy_table::Table::new();
+    t.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
+    t.set_header([
+        "benchmark",
+        "scenario",
+        "per call",
+        "vs no latch",
+        "kernel per run",
+    ]);
+    for row in &r.overhead {
+        t.add_row([
+            row.benchmark.clone(),
+            row.scenario.clone(),
+            format!("{:.2} µs", row.ns_per_call / 1000.0),
+            format!("{:.3}×", row.ratio),
+            row.kernel_ns_per_run
+                .map(|n| format!("{n:.0} ns"))
+                .unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    println!("{t}");
+    println!(
+        "decision round trip (held connect → approval on the ring-buffer event → resumed call), {} samples: \
+         p50 {:.0} µs, p90 {:.0} µs, p99 {:.0} µs, max {:.0} µs",
+        r.round_trip.samples, r.round_trip.p50_us, r.round_trip.p90_us, r.round_trip.p99_us, r.round_trip.max_us
+    );
+}
+
+fn plot(rows: &[Row], path: &Path) -> Result<()> {
+    use plotters::prelude::*;
+    let root = SVGBackend::new(path, (960, 520)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let max = rows.iter().map(|r| r.ratio).fold(1.0f64, f64::max) * 1.1;
+    let labels: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            format!(
+                "{}: {}",
+                if r.benchmark.starts_with("connect") {
+                    "connect"
+                } else {
+                    "exec"
+                },
+                r.scenario
+            )
+        })
+        .collect();
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "Latch overhead, ratio to no Latch (same run)",
+            ("sans-serif", 20),
+        )
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(330)
+        .build_cartesian_2d(0.0..max, (0..rows.len()).into_segmented())?;
+    chart
+        .configure_mesh()
+        .y_labels(rows.len())
+        .y_label_formatter(&|v| match v {
+            SegmentValue::CenterOf(i) => labels.get(*i).cloned().unwrap_or_default(),
+            _ => String::new(),
+        })
+        .x_desc("ratio")
+        .draw()?;
+    chart.draw_series(rows.iter().enumerate().map(|(i, r)| {
+        Rectangle::new(
+            [
+                (0.0, SegmentValue::Exact(i)),
+                (r.ratio, SegmentValue::Exact(i + 1)),
+            ],
+            BLUE.mix(0.5).filled(),
+        )
+    }))?;
+    root.present()?;
+    Ok(())
+}

@@ -1,0 +1,825 @@
+//! The gRPC services: authentication, validation of every field that comes from outside, and
+//! conversion between the wire and the engine. Behaviour lives in the engine modules.
+
+use std::{collections::BTreeMap, net::IpAddr, sync::Arc, time::Duration};
+
+use latch_proto::v1::{
+    agent_message::Body, agent_service_server::AgentService,
+    reviewer_service_server::ReviewerService, AgentMessage, ApplyRulesRequest, ApplyRulesResponse,
+    ApprovalAccepted, ApprovalRecord, ApprovalRequest, AuditBatch, AuditBatchAck, AuditEntry,
+    CancelApprovalRequest, CancelApprovalResponse, DecideRequest, DecideResponse, DecisionKind,
+    DiffRulesRequest, DiffRulesResponse, GetRequestRequest, GetRulesRequest, Grant, GrantScope,
+    ListGrantsRequest, ListGrantsResponse, ListHostsRequest, ListHostsResponse,
+    ListRequestsRequest, ListRequestsResponse, ListRulesRequest, ListRulesResponse, Op,
+    QueryAuditRequest, QueryAuditResponse, RegisterRequest, RegisterResponse, RequestEvent,
+    RequestState, RevokeGrantRequest, RollbackRulesRequest, RuleSetVersion, RulesAck,
+    RulesAckResponse, ShadowReportRequest, ShadowReportResponse, SubscribeRequest,
+    WatchRequestsRequest,
+};
+use prost::Message;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::{
+    approval::{DecideInput, State, MAX_GRANT},
+    auth::{bearer, Identity},
+    error::{Error, Result},
+    events::{Guarded, AGENT_QUEUE},
+    rules::{Version, MAX_RULES_BYTES},
+    server::{rules_push, Central},
+    store::now_ms,
+};
+
+/// Longest id (host, request, record, grant).
+pub const MAX_ID: usize = 128;
+/// Largest encoded approval request.
+pub const MAX_CONTEXT_BYTES: usize = 64 * 1024;
+/// Most argv entries.
+pub const MAX_ARGV: usize = 256;
+/// Most ancestors in a process tree.
+pub const MAX_ANCESTORS: usize = 8;
+/// Longest path, argument or name.
+pub const MAX_TEXT: usize = 4096;
+/// Longest decision or revocation reason.
+pub const MAX_REASON: usize = 2048;
+/// Most labels (and selector entries).
+pub const MAX_LABELS: usize = 64;
+/// Most audit records per batch.
+pub const MAX_BATCH: usize = 10_000;
+
+fn check_id(field: &str, v: &str) -> Result<()> {
+    if v.is_empty() {
+        return Err(Error::InvalidArgument(format!("{field} is empty")));
+    }
+    if v.len() > MAX_ID {
+        return Err(Error::InvalidArgument(format!(
+            "{field} is {} bytes; at most {MAX_ID}",
+            v.len()
+        )));
+    }
+    if v.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(Error::InvalidArgument(format!(
+            "{field} '{}' contains whitespace or control characters",
+            v.escape_debug()
+        )));
+    }
+    Ok(())
+}
+
+fn check_text(field: &str, v: &str, max: usize) -> Result<()> {
+    if v.len() > max {
+        return Err(Error::InvalidArgument(format!(
+            "{field} is {} bytes; at most {max}",
+            v.len()
+        )));
+    }
+    Ok(())
+}
+
+fn check_argv(field: &str, argv: &[String]) -> Result<()> {
+    if argv.len() > MAX_ARGV {
+        return Err(Error::InvalidArgument(format!(
+            "{field} has {} entries; at most {MAX_ARGV}",
+            argv.len()
+        )));
+    }
+    for (i, a) in argv.iter().enumerate() {
+        check_text(&format!("{field}[{i}]"), a, MAX_TEXT)?;
+    }
+    Ok(())
+}
+
+fn check_labels<'a>(
+    field: &str,
+    labels: impl ExactSizeIterator<Item = (&'a String, &'a String)>,
+) -> Result<()> {
+    if labels.len() > MAX_LABELS {
+        return Err(Error::InvalidArgument(format!(
+            "{field} has {} entries; at most {MAX_LABELS}",
+            labels.len()
+        )));
+    }
+    for (k, v) in labels {
+        check_id(&format!("{field} key"), k)?;
+        check_text(&format!("{field}['{k}']"), v, 256)?;
+    }
+    Ok(())
+}
+
+/// Checks an agent's approval request.
+pub fn validate_request(r: &ApprovalRequest) -> Result<()> {
+    check_id("request_id", &r.request_id)?;
+    check_id("host_id", &r.host_id)?;
+    let len = r.encoded_len();
+    if len > MAX_CONTEXT_BYTES {
+        return Err(Error::InvalidArgument(format!(
+            "request '{}' is {len} bytes; at most {MAX_CONTEXT_BYTES} (redact or truncate argv)",
+            r.request_id
+        )));
+    }
+    let op = Op::try_from(r.op)
+        .map_err(|_| Error::InvalidArgument(format!("op {} is unknown", r.op)))?;
+    match op {
+        Op::Unspecified => return Err(Error::InvalidArgument("op is unspecified".into())),
+        Op::Exec => {
+            if r.exec_path.is_empty() {
+                return Err(Error::InvalidArgument(
+                    "exec request without exec_path".into(),
+                ));
+            }
+        }
+        Op::Connect | Op::Sendmsg => {
+            let d = r.destination.as_ref().ok_or_else(|| {
+                Error::InvalidArgument(format!("{} request without destination", op.as_str_name()))
+            })?;
+            d.address.parse::<IpAddr>().map_err(|_| {
+                Error::InvalidArgument(format!(
+                    "destination.address '{}' is not an IP address",
+                    d.address.escape_debug()
+                ))
+            })?;
+            if d.port > u16::MAX as u32 {
+                return Err(Error::InvalidArgument(format!(
+                    "destination.port {} is above 65535",
+                    d.port
+                )));
+            }
+        }
+    }
+    if r.requester.trim().is_empty() {
+        return Err(Error::InvalidArgument("requester is empty".into()));
+    }
+    for (f, v) in [
+        ("requester", &r.requester),
+        ("user", &r.user),
+        ("group", &r.group),
+        ("cgroup_path", &r.cgroup_path),
+        ("unit", &r.unit),
+        ("comm", &r.comm),
+        ("exe", &r.exe),
+        ("exec_path", &r.exec_path),
+        ("rule_name", &r.rule_name),
+        ("workload", &r.workload),
+    ] {
+        check_text(f, v, MAX_TEXT)?;
+    }
+    check_argv("argv", &r.argv)?;
+    if r.ancestors.len() > MAX_ANCESTORS {
+        return Err(Error::InvalidArgument(format!(
+            "ancestors has {} entries; at most {MAX_ANCESTORS}",
+            r.ancestors.len()
+        )));
+    }
+    for (i, a) in r.ancestors.iter().enumerate() {
+        check_text(&format!("ancestors[{i}].exe"), &a.exe, MAX_TEXT)?;
+        check_argv(&format!("ancestors[{i}].argv"), &a.argv)?;
+    }
+    Ok(())
+}
+
+/// Checks a reviewer's decision and turns it into the engine's input.
+pub fn validate_decide(r: &DecideRequest) -> Result<DecideInput> {
+    check_id("approval_id", &r.approval_id)?;
+    let kind = DecisionKind::try_from(r.kind)
+        .map_err(|_| Error::InvalidArgument(format!("kind {} is unknown", r.kind)))?;
+    let scope = GrantScope::try_from(r.scope)
+        .map_err(|_| Error::InvalidArgument(format!("scope {} is unknown", r.scope)))?;
+    if r.reason.trim().is_empty() {
+        return Err(Error::InvalidArgument("reason is mandatory".into()));
+    }
+    check_text("reason", &r.reason, MAX_REASON)?;
+    let mut duration = Duration::ZERO;
+    match kind {
+        DecisionKind::Unspecified => {
+            return Err(Error::InvalidArgument(
+                "kind is unspecified (approve once, approve for a duration, or deny)".into(),
+            ))
+        }
+        DecisionKind::ApproveFor => {
+            if r.duration_seconds == 0 || r.duration_seconds > MAX_GRANT.as_secs() {
+                return Err(Error::InvalidArgument(format!(
+                    "duration_seconds {} is out of range: 1 to {} ({})",
+                    r.duration_seconds,
+                    MAX_GRANT.as_secs(),
+                    humantime::format_duration(MAX_GRANT)
+                )));
+            }
+            if scope == GrantScope::Unspecified {
+                return Err(Error::InvalidArgument(
+                    "scope is unspecified (process, workload or host)".into(),
+                ));
+            }
+            duration = Duration::from_secs(r.duration_seconds);
+        }
+        DecisionKind::ApproveOnce | DecisionKind::Deny => {
+            if r.duration_seconds != 0 || scope != GrantScope::Unspecified {
+                return Err(Error::InvalidArgument(format!(
+                    "{} takes no duration or scope (got {} s, {})",
+                    kind.as_str_name(),
+                    r.duration_seconds,
+                    scope.as_str_name()
+                )));
+            }
+        }
+    }
+    Ok(DecideInput {
+        approval_id: r.approval_id.clone(),
+        kind,
+        duration,
+        scope,
+        reason: r.reason.trim().to_string(),
+    })
+}
+
+fn version_proto(v: Version, with_yaml: bool) -> RuleSetVersion {
+    RuleSetVersion {
+        version: v.version as u64,
+        source_name: v.source_name,
+        yaml: if with_yaml { v.yaml } else { String::new() },
+        selector: v.selector.into_iter().collect(),
+        applied_by: v.applied_by,
+        applied_at_unix_ms: v.applied_at_ms,
+        comment: v.comment,
+        sha256: v.sha256,
+        rollback_of: v.rollback_of as u64,
+    }
+}
+
+fn to_i64(field: &str, v: u64) -> Result<i64> {
+    i64::try_from(v).map_err(|_| Error::InvalidArgument(format!("{field} {v} is out of range")))
+}
+
+/// The agent service.
+pub struct AgentApi {
+    central: Arc<Central>,
+}
+
+impl AgentApi {
+    /// Over `central`.
+    pub fn new(central: Arc<Central>) -> Self {
+        AgentApi { central }
+    }
+
+    fn auth<T>(&self, req: &Request<T>, host_id: &str) -> Result<()> {
+        check_id("host_id", host_id)?;
+        if self.central.is_stopping() {
+            return Err(Error::Unavailable("latch-central is shutting down".into()));
+        }
+        let token = bearer(req.metadata())?;
+        self.central.agents.check(token, host_id)?;
+        Ok(())
+    }
+}
+
+type Stream<T> =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl AgentService for AgentApi {
+    async fn register(
+        &self,
+        req: Request<RegisterRequest>,
+    ) -> Result<Response<RegisterResponse>, Status> {
+        let r = req.get_ref();
+        self.auth(&req, &r.host_id)?;
+        check_text("hostname", &r.hostname, 256)?;
+        check_text("agent_version", &r.agent_version, 256)?;
+        check_labels("labels", r.labels.iter())?;
+        if let Some(c) = &r.capabilities {
+            check_text("capabilities.kernel", &c.kernel, 256)?;
+            if c.backends.len() > MAX_LABELS {
+                return Err(Error::InvalidArgument(
+                    "capabilities.backends has too many entries".into(),
+                )
+                .into());
+            }
+            check_labels("capabilities.features", c.features.iter())?;
+        }
+        self.central.register_host(r).await?;
+        let labels = r.labels.clone().into_iter().collect();
+        let version = self
+            .central
+            .desired_version(&labels)
+            .await?
+            .map(|v| v.version as u64)
+            .unwrap_or(0);
+        Ok(Response::new(RegisterResponse {
+            host_id: r.host_id.clone(),
+            rules_version: version,
+            server_time_unix_ms: now_ms(),
+        }))
+    }
+
+    type SubscribeStream = Stream<AgentMessage>;
+
+    async fn subscribe(
+        &self,
+        req: Request<SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let r = req.get_ref();
+        self.auth(&req, &r.host_id)?;
+        if r.pending_request_ids.len() > 100_000 || r.grant_ids.len() > 100_000 {
+            return Err(
+                Error::InvalidArgument("too many pending_request_ids or grant_ids".into()).into(),
+            );
+        }
+        for id in &r.pending_request_ids {
+            check_id("pending_request_ids[]", id)?;
+        }
+        for id in &r.grant_ids {
+            check_id("grant_ids[]", id)?;
+        }
+        let c = &self.central;
+        let host_id = r.host_id.clone();
+        let labels = c.host_labels(&host_id).await?;
+        let (tx, rx) = mpsc::channel(AGENT_QUEUE);
+        let handle = c.hub.add_agent(&host_id, labels.clone(), tx.clone());
+        let guard_central = c.clone();
+        let (gh, gid) = (host_id.clone(), handle.id);
+        let stream = Guarded::new(ReceiverStream::new(rx), move || {
+            tracing::info!(host_id = %gh, "agent stream closed");
+            if guard_central.hub.remove_agent(&gh, gid) {
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    rt.spawn(async move {
+                        if let Err(e) = guard_central.host_connection(&gh, false).await {
+                            tracing::warn!(host_id = %gh, error = %e, "recording disconnection failed");
+                        }
+                    });
+                }
+            }
+        });
+        c.host_connection(&host_id, true).await?;
+        // Replay: rules, then decisions and revocations the agent may have missed.
+        let mut replay = Vec::new();
+        if let Some(v) = c.desired_version(&labels).await? {
+            handle
+                .rules_sent
+                .fetch_max(v.version as u64, std::sync::atomic::Ordering::SeqCst);
+            replay.push(rules_push(&v));
+        }
+        for d in c.replay_decisions(&host_id, &r.pending_request_ids).await? {
+            replay.push(AgentMessage {
+                body: Some(Body::Decision(d)),
+            });
+        }
+        for rv in c.replay_revocations(&r.grant_ids).await? {
+            replay.push(AgentMessage {
+                body: Some(Body::Revocation(rv)),
+            });
+        }
+        for m in replay {
+            if tx.try_send(Ok(m)).is_err() {
+                return Err(
+                    Error::Unavailable("agent stream queue is full; reconnect".into()).into(),
+                );
+            }
+        }
+        drop(tx);
+        tracing::info!(host_id, "agent stream open");
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn ack_rules(
+        &self,
+        req: Request<RulesAck>,
+    ) -> Result<Response<RulesAckResponse>, Status> {
+        let r = req.get_ref();
+        self.auth(&req, &r.host_id)?;
+        check_text("error", &r.error, MAX_TEXT)?;
+        if r.rules.len() > 100_000 {
+            return Err(Error::InvalidArgument("too many rules".into()).into());
+        }
+        for (i, s) in r.rules.iter().enumerate() {
+            check_text(&format!("rules[{i}].rule_name"), &s.rule_name, 256)?;
+            check_text(&format!("rules[{i}].message"), &s.message, MAX_TEXT)?;
+        }
+        to_i64("version", r.version)?;
+        self.central.ack_rules(r).await?;
+        Ok(Response::new(RulesAckResponse {}))
+    }
+
+    async fn request_approval(
+        &self,
+        req: Request<ApprovalRequest>,
+    ) -> Result<Response<ApprovalAccepted>, Status> {
+        self.auth(&req, &req.get_ref().host_id)?;
+        let r = req.into_inner();
+        validate_request(&r)?;
+        to_i64("rules_version", r.rules_version)?;
+        Ok(Response::new(self.central.submit(r).await?))
+    }
+
+    async fn cancel_approval(
+        &self,
+        req: Request<CancelApprovalRequest>,
+    ) -> Result<Response<CancelApprovalResponse>, Status> {
+        let r = req.get_ref();
+        self.auth(&req, &r.host_id)?;
+        check_id("request_id", &r.request_id)?;
+        check_text("reason", &r.reason, MAX_REASON)?;
+        let s = self
+            .central
+            .cancel(&r.host_id, &r.request_id, &r.reason)
+            .await?;
+        Ok(Response::new(CancelApprovalResponse {
+            state: s.to_proto() as i32,
+        }))
+    }
+
+    async fn upload_audit(
+        &self,
+        req: Request<AuditBatch>,
+    ) -> Result<Response<AuditBatchAck>, Status> {
+        let r = req.get_ref();
+        self.auth(&req, &r.host_id)?;
+        if r.records.len() > MAX_BATCH {
+            return Err(Error::InvalidArgument(format!(
+                "batch has {} records; at most {MAX_BATCH}",
+                r.records.len()
+            ))
+            .into());
+        }
+        for (i, rec) in r.records.iter().enumerate() {
+            check_id(&format!("records[{i}].record_id"), &rec.record_id)?;
+            check_id(&format!("records[{i}].kind"), &rec.kind)?;
+            check_text(&format!("records[{i}].rule_name"), &rec.rule_name, 256)?;
+            check_text(&format!("records[{i}].workload"), &rec.workload, 256)?;
+            check_text(&format!("records[{i}].action"), &rec.action, 32)?;
+            check_text(
+                &format!("records[{i}].details_json"),
+                &rec.details_json,
+                MAX_CONTEXT_BYTES,
+            )?;
+            if rec.time_unix_ms <= 0 {
+                return Err(Error::InvalidArgument(format!(
+                    "records[{i}] (record_id '{}'): time_unix_ms {} is not a time",
+                    rec.record_id, rec.time_unix_ms
+                ))
+                .into());
+            }
+        }
+        let (stored, duplicates) = self.central.upload_audit(r).await?;
+        Ok(Response::new(AuditBatchAck { stored, duplicates }))
+    }
+}
+
+/// The reviewer and admin service.
+pub struct ReviewerApi {
+    central: Arc<Central>,
+}
+
+impl ReviewerApi {
+    /// Over `central`.
+    pub fn new(central: Arc<Central>) -> Self {
+        ReviewerApi { central }
+    }
+
+    async fn who<T>(&self, req: &Request<T>) -> Result<Identity> {
+        if self.central.is_stopping() {
+            return Err(Error::Unavailable("latch-central is shutting down".into()));
+        }
+        let token = bearer(req.metadata())?;
+        Ok(self.central.reviewers.authenticate(token).await?)
+    }
+}
+
+fn limit(v: u32, default: u32, max: u32) -> i64 {
+    if v == 0 {
+        default as i64
+    } else {
+        v.min(max) as i64
+    }
+}
+
+#[tonic::async_trait]
+impl ReviewerService for ReviewerApi {
+    async fn list_requests(
+        &self,
+        req: Request<ListRequestsRequest>,
+    ) -> Result<Response<ListRequestsResponse>, Status> {
+        self.who(&req).await?;
+        let r = req.get_ref();
+        let state = RequestState::try_from(r.state)
+            .map_err(|_| Error::InvalidArgument(format!("state {} is unknown", r.state)))?;
+        if !r.host_id.is_empty() {
+            check_id("host_id", &r.host_id)?;
+        }
+        let requests = self
+            .central
+            .list_requests(
+                State::from_proto(state),
+                &r.host_id,
+                limit(r.limit, 100, 1000),
+            )
+            .await?;
+        Ok(Response::new(ListRequestsResponse { requests }))
+    }
+
+    type WatchRequestsStream = Stream<RequestEvent>;
+
+    async fn watch_requests(
+        &self,
+        req: Request<WatchRequestsRequest>,
+    ) -> Result<Response<Self::WatchRequestsStream>, Status> {
+        self.who(&req).await?;
+        let c = self.central.clone();
+        let mut events = c.hub.watch();
+        let snapshot = c.list_requests(Some(State::Pending), "", 1000).await?;
+        let (tx, rx) = mpsc::channel(256);
+        let mut stopping = c.stopping.subscribe();
+        tokio::spawn(async move {
+            for rec in snapshot {
+                if tx
+                    .send(Ok(RequestEvent {
+                        request: Some(rec),
+                        snapshot: true,
+                    }))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            loop {
+                tokio::select! {
+                    ev = events.recv() => match ev {
+                        Ok(ev) => if tx.send(Ok(ev)).await.is_err() { return },
+                        Err(broadcast::error::RecvError::Lagged(n)) => {
+                            let _ = tx.send(Err(Status::aborted(format!("watch fell {n} events behind; watch again")))).await;
+                            return;
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    },
+                    _ = async { let _ = stopping.wait_for(|s| *s).await; } => {
+                        let _ = tx.send(Err(Status::unavailable("latch-central is shutting down"))).await;
+                        return;
+                    }
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn get_request(
+        &self,
+        req: Request<GetRequestRequest>,
+    ) -> Result<Response<ApprovalRecord>, Status> {
+        self.who(&req).await?;
+        check_id("approval_id", &req.get_ref().approval_id)?;
+        Ok(Response::new(
+            self.central.record(&req.get_ref().approval_id).await?,
+        ))
+    }
+
+    async fn decide(
+        &self,
+        req: Request<DecideRequest>,
+    ) -> Result<Response<DecideResponse>, Status> {
+        let who = self.who(&req).await?;
+        let input = validate_decide(req.get_ref())?;
+        let (record, fin) = self.central.decide(&who, input).await?;
+        Ok(Response::new(DecideResponse {
+            request: Some(record),
+            r#final: fin,
+        }))
+    }
+
+    async fn list_grants(
+        &self,
+        req: Request<ListGrantsRequest>,
+    ) -> Result<Response<ListGrantsResponse>, Status> {
+        self.who(&req).await?;
+        let r = req.get_ref();
+        if !r.host_id.is_empty() {
+            check_id("host_id", &r.host_id)?;
+        }
+        let grants = self
+            .central
+            .list_grants(r.include_inactive, &r.host_id)
+            .await?;
+        Ok(Response::new(ListGrantsResponse { grants }))
+    }
+
+    async fn revoke_grant(
+        &self,
+        req: Request<RevokeGrantRequest>,
+    ) -> Result<Response<Grant>, Status> {
+        let who = self.who(&req).await?;
+        let r = req.get_ref();
+        check_id("grant_id", &r.grant_id)?;
+        if r.reason.trim().is_empty() {
+            return Err(Error::InvalidArgument("reason is mandatory".into()).into());
+        }
+        check_text("reason", &r.reason, MAX_REASON)?;
+        Ok(Response::new(
+            self.central
+                .revoke_grant(&who, &r.grant_id, r.reason.trim())
+                .await?,
+        ))
+    }
+
+    async fn apply_rules(
+        &self,
+        req: Request<ApplyRulesRequest>,
+    ) -> Result<Response<ApplyRulesResponse>, Status> {
+        let who = self.who(&req).await?;
+        let r = req.get_ref();
+        let source = if r.source_name.is_empty() {
+            "rules.yaml"
+        } else {
+            r.source_name.as_str()
+        };
+        check_text("source_name", source, 256)?;
+        check_text("comment", &r.comment, MAX_REASON)?;
+        if r.yaml.len() > MAX_RULES_BYTES {
+            return Err(Error::InvalidArgument(format!(
+                "{source} is {} bytes; at most {MAX_RULES_BYTES}",
+                r.yaml.len()
+            ))
+            .into());
+        }
+        check_labels("selector", r.selector.iter())?;
+        let selector: BTreeMap<String, String> = r.selector.clone().into_iter().collect();
+        let (version, set, diff) = self
+            .central
+            .apply_rules(&who, source, &r.yaml, selector, r.dry_run, &r.comment)
+            .await?;
+        Ok(Response::new(ApplyRulesResponse {
+            version: version.unwrap_or(0) as u64,
+            rules: set.rules.len() as u32,
+            workloads: set.workloads.len() as u32,
+            diff: diff.unified,
+        }))
+    }
+
+    async fn list_rules(
+        &self,
+        req: Request<ListRulesRequest>,
+    ) -> Result<Response<ListRulesResponse>, Status> {
+        self.who(&req).await?;
+        let versions = self
+            .central
+            .rule_versions()
+            .await?
+            .into_iter()
+            .map(|v| version_proto(v, false))
+            .collect();
+        Ok(Response::new(ListRulesResponse { versions }))
+    }
+
+    async fn get_rules(
+        &self,
+        req: Request<GetRulesRequest>,
+    ) -> Result<Response<RuleSetVersion>, Status> {
+        self.who(&req).await?;
+        let v = to_i64("version", req.get_ref().version)?;
+        Ok(Response::new(version_proto(
+            self.central.rule_version(v).await?,
+            true,
+        )))
+    }
+
+    async fn diff_rules(
+        &self,
+        req: Request<DiffRulesRequest>,
+    ) -> Result<Response<DiffRulesResponse>, Status> {
+        self.who(&req).await?;
+        let r = req.get_ref();
+        let from = to_i64("from_version", r.from_version)?;
+        let to = to_i64("to_version", r.to_version)?;
+        if from == 0 {
+            return Err(Error::InvalidArgument("from_version is 0".into()).into());
+        }
+        let d = self.central.diff_versions(from, to).await?;
+        Ok(Response::new(DiffRulesResponse {
+            unified_diff: d.unified,
+            added_rules: d.added,
+            removed_rules: d.removed,
+            changed_rules: d.changed,
+        }))
+    }
+
+    async fn rollback_rules(
+        &self,
+        req: Request<RollbackRulesRequest>,
+    ) -> Result<Response<ApplyRulesResponse>, Status> {
+        let who = self.who(&req).await?;
+        let r = req.get_ref();
+        let v = to_i64("version", r.version)?;
+        if v == 0 {
+            return Err(Error::InvalidArgument("version is 0".into()).into());
+        }
+        if r.reason.trim().is_empty() {
+            return Err(Error::InvalidArgument("reason is mandatory".into()).into());
+        }
+        check_text("reason", &r.reason, MAX_REASON)?;
+        let (version, set, diff) = self
+            .central
+            .rollback_rules(&who, v, r.reason.trim())
+            .await?;
+        Ok(Response::new(ApplyRulesResponse {
+            version: version as u64,
+            rules: set.rules.len() as u32,
+            workloads: set.workloads.len() as u32,
+            diff: diff.unified,
+        }))
+    }
+
+    async fn shadow_report(
+        &self,
+        req: Request<ShadowReportRequest>,
+    ) -> Result<Response<ShadowReportResponse>, Status> {
+        self.who(&req).await?;
+        let counts = self
+            .central
+            .shadow_report(req.get_ref().since_unix_ms)
+            .await?;
+        Ok(Response::new(ShadowReportResponse { counts }))
+    }
+
+    async fn list_hosts(
+        &self,
+        req: Request<ListHostsRequest>,
+    ) -> Result<Response<ListHostsResponse>, Status> {
+        self.who(&req).await?;
+        let mut hosts = self.central.list_hosts().await?;
+        for h in &mut hosts {
+            // This replica knows its own streams for sure.
+            h.connected |= self.central.hub.is_connected(&h.host_id);
+        }
+        Ok(Response::new(ListHostsResponse { hosts }))
+    }
+
+    async fn query_audit(
+        &self,
+        req: Request<QueryAuditRequest>,
+    ) -> Result<Response<QueryAuditResponse>, Status> {
+        self.who(&req).await?;
+        let r = req.get_ref();
+        check_text("kind", &r.kind, 128)?;
+        check_text("host_id", &r.host_id, MAX_ID)?;
+        let entries = self
+            .central
+            .store()
+            .query_audit(
+                r.after_seq,
+                &r.kind,
+                &r.host_id,
+                limit(r.limit, 100, 10_000),
+            )
+            .await
+            .map_err(Error::from)?
+            .into_iter()
+            .map(AuditEntry::from)
+            .collect();
+        Ok(Response::new(QueryAuditResponse { entries }))
+    }
+
+    type ExportAuditStream = Stream<AuditEntry>;
+
+    async fn export_audit(
+        &self,
+        req: Request<QueryAuditRequest>,
+    ) -> Result<Response<Self::ExportAuditStream>, Status> {
+        self.who(&req).await?;
+        let r = req.into_inner();
+        check_text("kind", &r.kind, 128)?;
+        check_text("host_id", &r.host_id, MAX_ID)?;
+        let c = self.central.clone();
+        let (tx, rx) = mpsc::channel(1024);
+        tokio::spawn(async move {
+            let mut after = r.after_seq;
+            let mut left = if r.limit == 0 {
+                i64::MAX
+            } else {
+                r.limit as i64
+            };
+            while left > 0 {
+                let page = match c
+                    .store()
+                    .query_audit(after, &r.kind, &r.host_id, left.min(1000))
+                    .await
+                {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::from(Error::from(e)))).await;
+                        return;
+                    }
+                };
+                if page.is_empty() {
+                    return;
+                }
+                for e in page {
+                    after = e.seq;
+                    left -= 1;
+                    if tx.send(Ok(AuditEntry::from(e))).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

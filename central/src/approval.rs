@@ -1,0 +1,950 @@
+//! The approval engine: requests from agents, votes and decisions from reviewers, expiry and
+//! cancellation.
+//!
+//! A request is `pending` until it becomes `approved`, `denied`, `expired` (nobody decided
+//! within the rule's timeout; the rule's `on_timeout` applies) or `cancelled` (the process went
+//! away). Every transition is recorded with who, when and why, and audited.
+//!
+//! Concurrency: every change of a request starts its transaction with a conditional
+//! `UPDATE ... WHERE state = 'pending'`, which locks the row (PostgreSQL) or the database
+//! (SQLite). Decisions on one request are therefore serialised across replicas, exactly one
+//! resolves it, and the others see it resolved and get `FailedPrecondition`.
+
+use std::{collections::HashMap, time::Duration};
+
+use latch_proto::v1::{
+    ApprovalAccepted, ApprovalRecord, ApprovalRequest, Decision, DecisionKind, Grant, GrantScope,
+    Op, Outcome, RequestState, Transition, Vote,
+};
+use prost::Message;
+use serde_json::json;
+use sqlx::{any::AnyRow, Row};
+
+use crate::{
+    auth::{Identity, Role},
+    error::{Error, Result},
+    events::Event,
+    grants,
+    server::Central,
+    store::{now_ms, AuditFact, QueryContext, Store, Tx},
+};
+
+/// Longest grant a reviewer may give.
+pub const MAX_GRANT: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// A request's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// Waiting for a decision.
+    Pending,
+    /// Approved by enough approvers.
+    Approved,
+    /// Denied by an approver.
+    Denied,
+    /// Nobody decided in time; the rule's `on_timeout` applied.
+    Expired,
+    /// The process went away first.
+    Cancelled,
+}
+
+impl State {
+    /// Stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Pending => "pending",
+            State::Approved => "approved",
+            State::Denied => "denied",
+            State::Expired => "expired",
+            State::Cancelled => "cancelled",
+        }
+    }
+
+    /// From the stored name.
+    pub fn parse(s: &str) -> Option<State> {
+        Some(match s {
+            "pending" => State::Pending,
+            "approved" => State::Approved,
+            "denied" => State::Denied,
+            "expired" => State::Expired,
+            "cancelled" => State::Cancelled,
+            _ => return None,
+        })
+    }
+
+    /// Wire value.
+    pub fn to_proto(self) -> RequestState {
+        match self {
+            State::Pending => RequestState::Pending,
+            State::Approved => RequestState::Approved,
+            State::Denied => RequestState::Denied,
+            State::Expired => RequestState::Expired,
+            State::Cancelled => RequestState::Cancelled,
+        }
+    }
+
+    /// From the wire value (`None` for unspecified).
+    pub fn from_proto(s: RequestState) -> Option<State> {
+        Some(match s {
+            RequestState::Unspecified => return None,
+            RequestState::Pending => State::Pending,
+            RequestState::Approved => State::Approved,
+            RequestState::Denied => State::Denied,
+            RequestState::Expired => State::Expired,
+            RequestState::Cancelled => State::Cancelled,
+        })
+    }
+}
+
+fn proto_state(s: &str) -> RequestState {
+    State::parse(s)
+        .map(State::to_proto)
+        .unwrap_or(RequestState::Unspecified)
+}
+
+fn proto_outcome(s: &str) -> Outcome {
+    match s {
+        "allow" => Outcome::Allow,
+        "deny" => Outcome::Deny,
+        _ => Outcome::Unspecified,
+    }
+}
+
+/// A stored request.
+#[derive(Clone, Debug)]
+pub struct RequestRow {
+    /// Central's id.
+    pub approval_id: String,
+    /// Host.
+    pub host_id: String,
+    /// The agent's id.
+    pub request_id: String,
+    /// State.
+    pub state: State,
+    /// Workload identity that asked.
+    pub requester: String,
+    /// Rule.
+    pub rule_id: u32,
+    /// Rule name.
+    pub rule_name: String,
+    /// Workload.
+    pub workload: String,
+    /// Process.
+    pub tgid: u32,
+    /// The request as the agent sent it (protobuf).
+    pub context: Vec<u8>,
+    /// Received.
+    pub received_at_ms: i64,
+    /// Expires.
+    pub expires_at_ms: i64,
+    /// `allow` or `deny` at expiry.
+    pub on_timeout: String,
+    /// Distinct approvers needed.
+    pub approvers_needed: u32,
+    /// Groups approvers must be in (any, when empty).
+    pub approver_groups: Vec<String>,
+    /// Decided.
+    pub decided_at_ms: i64,
+    /// By.
+    pub decided_by: String,
+    /// `allow`, `deny` or empty.
+    pub outcome: String,
+    /// Why.
+    pub reason: String,
+    /// Grant created by the decision.
+    pub grant_id: String,
+}
+
+const REQUEST_COLUMNS: &str =
+    "approval_id, host_id, request_id, state, requester, rule_id, rule_name,
+    workload, tgid, context, received_at_ms, expires_at_ms, on_timeout, approvers_needed,
+    approver_groups_json, decided_at_ms, decided_by, outcome, reason, grant_id";
+
+fn request_row(r: &AnyRow) -> Result<RequestRow, sqlx::Error> {
+    let state: String = r.try_get("state")?;
+    let groups: String = r.try_get("approver_groups_json")?;
+    Ok(RequestRow {
+        approval_id: r.try_get("approval_id")?,
+        host_id: r.try_get("host_id")?,
+        request_id: r.try_get("request_id")?,
+        state: State::parse(&state)
+            .ok_or_else(|| sqlx::Error::Decode(format!("state '{state}'").into()))?,
+        requester: r.try_get("requester")?,
+        rule_id: r.try_get::<i64, _>("rule_id")? as u32,
+        rule_name: r.try_get("rule_name")?,
+        workload: r.try_get("workload")?,
+        tgid: r.try_get::<i64, _>("tgid")? as u32,
+        context: r.try_get("context")?,
+        received_at_ms: r.try_get("received_at_ms")?,
+        expires_at_ms: r.try_get("expires_at_ms")?,
+        on_timeout: r.try_get("on_timeout")?,
+        approvers_needed: r.try_get::<i64, _>("approvers_needed")? as u32,
+        approver_groups: serde_json::from_str(&groups)
+            .map_err(|e| sqlx::Error::Decode(format!("approver groups '{groups}': {e}").into()))?,
+        decided_at_ms: r.try_get("decided_at_ms")?,
+        decided_by: r.try_get("decided_by")?,
+        outcome: r.try_get("outcome")?,
+        reason: r.try_get("reason")?,
+        grant_id: r.try_get("grant_id")?,
+    })
+}
+
+/// A reviewer's decision, validated.
+#[derive(Clone, Debug)]
+pub struct DecideInput {
+    /// Central's request id.
+    pub approval_id: String,
+    /// What.
+    pub kind: DecisionKind,
+    /// For `ApproveFor`.
+    pub duration: Duration,
+    /// For `ApproveFor`.
+    pub scope: GrantScope,
+    /// Why (mandatory).
+    pub reason: String,
+}
+
+/// What the rule says about a request.
+struct Terms {
+    timeout: Duration,
+    on_timeout: &'static str,
+    approvers_needed: u32,
+    groups: Vec<String>,
+    rule_name: String,
+    workload: String,
+}
+
+impl Central {
+    /// A stored request by central's id.
+    pub async fn request_row(&self, approval_id: &str) -> Result<Option<RequestRow>> {
+        let sql = format!("SELECT {REQUEST_COLUMNS} FROM requests WHERE approval_id = $1");
+        let row = sqlx::query(&sql)
+            .bind(approval_id)
+            .fetch_optional(self.store.pool())
+            .await
+            .ctx(format!("reading request {approval_id}"))?;
+        Ok(row
+            .as_ref()
+            .map(request_row)
+            .transpose()
+            .ctx(format!("decoding request {approval_id}"))?)
+    }
+
+    /// A stored request by the agent's id.
+    pub async fn request_by_agent_id(
+        &self,
+        host_id: &str,
+        request_id: &str,
+    ) -> Result<Option<RequestRow>> {
+        let sql = format!(
+            "SELECT {REQUEST_COLUMNS} FROM requests WHERE host_id = $1 AND request_id = $2"
+        );
+        let row = sqlx::query(&sql)
+            .bind(host_id)
+            .bind(request_id)
+            .fetch_optional(self.store.pool())
+            .await
+            .ctx(format!("reading request {host_id}/{request_id}"))?;
+        Ok(row
+            .as_ref()
+            .map(request_row)
+            .transpose()
+            .ctx(format!("decoding request {host_id}/{request_id}"))?)
+    }
+
+    async fn terms(&self, host_id: &str, req: &ApprovalRequest) -> Result<Terms> {
+        let defaults = Terms {
+            timeout: policy::DEFAULT_TIMEOUT,
+            on_timeout: "deny",
+            approvers_needed: 1,
+            groups: Vec::new(),
+            rule_name: req.rule_name.clone(),
+            workload: req.workload.clone(),
+        };
+        if req.rule_id == 0 {
+            // A workload's default action, not a named rule.
+            return Ok(defaults);
+        }
+        let version = if req.rules_version > 0 {
+            req.rules_version as i64
+        } else {
+            let labels = self.host_labels(host_id).await?;
+            match self.desired_version(&labels).await? {
+                Some(v) => v.version,
+                None => {
+                    return Err(Error::FailedPrecondition(format!(
+                        "request names rule id {} but no rules version applies to host '{host_id}'",
+                        req.rule_id
+                    )))
+                }
+            }
+        };
+        let set = self.rule_set(version).await?;
+        let rule = set.rule(req.rule_id).ok_or_else(|| {
+            Error::NotFound(format!(
+                "rule id {} ('{}') is not in rules version {version}",
+                req.rule_id, req.rule_name
+            ))
+        })?;
+        Ok(Terms {
+            timeout: rule.timeout,
+            on_timeout: match rule.on_timeout {
+                policy::Action::Allow | policy::Action::Audit => "allow",
+                _ => "deny",
+            },
+            approvers_needed: rule.approvers.count.max(1),
+            groups: rule.approvers.groups.clone(),
+            rule_name: rule.name.clone(),
+            workload: rule.workload.clone(),
+        })
+    }
+
+    /// Accepts a held operation (validated by the caller). Idempotent by (host, request id).
+    pub async fn submit(&self, req: ApprovalRequest) -> Result<ApprovalAccepted> {
+        let host_id = req.host_id.clone();
+        self.host_labels(&host_id).await?;
+        if let Some(row) = self.request_by_agent_id(&host_id, &req.request_id).await? {
+            return self.accepted(&row).await;
+        }
+        let terms = self.terms(&host_id, &req).await?;
+        let now = now_ms();
+        let approval_id = uuid::Uuid::new_v4().to_string();
+        let expires = now + terms.timeout.as_millis() as i64;
+        let mut tx = self.store.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO requests (approval_id, host_id, request_id, state, requester, rule_id, rule_name,
+                workload, tgid, context, received_at_ms, expires_at_ms, on_timeout, approvers_needed,
+                approver_groups_json, updated_at_ms)
+             VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $10)
+             ON CONFLICT (host_id, request_id) DO NOTHING",
+        )
+        .bind(&approval_id)
+        .bind(&host_id)
+        .bind(&req.request_id)
+        .bind(&req.requester)
+        .bind(req.rule_id as i64)
+        .bind(&terms.rule_name)
+        .bind(&terms.workload)
+        .bind(req.tgid as i64)
+        .bind(req.encode_to_vec())
+        .bind(now)
+        .bind(expires)
+        .bind(terms.on_timeout)
+        .bind(terms.approvers_needed as i64)
+        .bind(serde_json::to_string(&terms.groups).unwrap_or_else(|_| "[]".into()))
+        .execute(&mut *tx)
+        .await
+        .ctx(format!("storing request {host_id}/{}", req.request_id))?;
+        if inserted.rows_affected() == 0 {
+            // Submitted twice at once: the other call stored it.
+            drop(tx);
+            let row = self
+                .request_by_agent_id(&host_id, &req.request_id)
+                .await?
+                .ok_or_else(|| Error::NotFound(format!("request {host_id}/{}", req.request_id)))?;
+            return self.accepted(&row).await;
+        }
+        let actor = format!("host:{host_id}");
+        transition(
+            &mut tx,
+            &approval_id,
+            "",
+            State::Pending,
+            &actor,
+            "requested",
+            now,
+        )
+        .await?;
+        Store::audit_in(
+            &mut tx,
+            &AuditFact {
+                kind: "request.created".into(),
+                actor: actor.clone(),
+                host_id: host_id.clone(),
+                request_id: approval_id.clone(),
+                rule_name: terms.rule_name.clone(),
+                workload: terms.workload.clone(),
+                payload: request_summary(&req, expires, terms.on_timeout, terms.approvers_needed),
+                time_ms: now,
+                ..Default::default()
+            },
+        )
+        .await?;
+        tx.commit().await.ctx("committing request")?;
+        self.publish(Event::Request {
+            approval_id: approval_id.clone(),
+            host_id,
+        })
+        .await;
+        self.expiry_wake.notify_one();
+        tracing::info!(approval_id, request_id = %req.request_id, rule = %terms.rule_name, "request pending");
+        Ok(ApprovalAccepted {
+            approval_id,
+            state: RequestState::Pending as i32,
+            expires_at_unix_ms: expires,
+            decision: None,
+        })
+    }
+
+    async fn accepted(&self, row: &RequestRow) -> Result<ApprovalAccepted> {
+        Ok(ApprovalAccepted {
+            approval_id: row.approval_id.clone(),
+            state: row.state.to_proto() as i32,
+            expires_at_unix_ms: row.expires_at_ms,
+            decision: self.decision_of(row).await?,
+        })
+    }
+
+    /// The decision to push for a resolved request (none while pending or when cancelled).
+    pub async fn decision_of(&self, row: &RequestRow) -> Result<Option<Decision>> {
+        if matches!(row.state, State::Pending | State::Cancelled) {
+            return Ok(None);
+        }
+        let grant = if row.grant_id.is_empty() {
+            None
+        } else {
+            Some(self.grant(&row.grant_id).await?)
+        };
+        Ok(Some(Decision {
+            request_id: row.request_id.clone(),
+            outcome: proto_outcome(&row.outcome) as i32,
+            grant,
+            reason: row.reason.clone(),
+            decided_by: row.decided_by.clone(),
+            approval_id: row.approval_id.clone(),
+            state: row.state.to_proto() as i32,
+            decided_at_unix_ms: row.decided_at_ms,
+        }))
+    }
+
+    /// The full record of a request, for reviewers.
+    pub async fn record(&self, approval_id: &str) -> Result<ApprovalRecord> {
+        let row = self
+            .request_row(approval_id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("request '{approval_id}'")))?;
+        self.record_of(&row).await
+    }
+
+    /// The full record of a stored request.
+    pub async fn record_of(&self, row: &RequestRow) -> Result<ApprovalRecord> {
+        let pool = self.store.pool();
+        let votes = sqlx::query(
+            "SELECT approver, outcome, reason, at_ms FROM votes WHERE approval_id = $1 ORDER BY at_ms, approver",
+        )
+        .bind(&row.approval_id)
+        .fetch_all(pool)
+        .await
+        .ctx("reading votes")?
+        .iter()
+        .map(|r| {
+            Ok(Vote {
+                approver: r.try_get("approver")?,
+                outcome: proto_outcome(&r.try_get::<String, _>("outcome")?) as i32,
+                reason: r.try_get("reason")?,
+                at_unix_ms: r.try_get("at_ms")?,
+            })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()
+        .ctx("decoding votes")?;
+        let transitions = sqlx::query(
+            "SELECT from_state, to_state, actor, reason, at_ms FROM transitions WHERE approval_id = $1 ORDER BY id",
+        )
+        .bind(&row.approval_id)
+        .fetch_all(pool)
+        .await
+        .ctx("reading transitions")?
+        .iter()
+        .map(|r| {
+            Ok(Transition {
+                from: proto_state(&r.try_get::<String, _>("from_state")?) as i32,
+                to: proto_state(&r.try_get::<String, _>("to_state")?) as i32,
+                actor: r.try_get("actor")?,
+                reason: r.try_get("reason")?,
+                at_unix_ms: r.try_get("at_ms")?,
+            })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()
+        .ctx("decoding transitions")?;
+        let request = ApprovalRequest::decode(row.context.as_slice()).map_err(|e| {
+            crate::store::StoreError::Corrupt {
+                what: format!("request {}", row.approval_id),
+                message: e.to_string(),
+            }
+        })?;
+        Ok(ApprovalRecord {
+            approval_id: row.approval_id.clone(),
+            state: row.state.to_proto() as i32,
+            request: Some(request),
+            received_at_unix_ms: row.received_at_ms,
+            expires_at_unix_ms: row.expires_at_ms,
+            on_timeout: proto_outcome(&row.on_timeout) as i32,
+            approvers_needed: row.approvers_needed,
+            approver_groups: row.approver_groups.clone(),
+            votes,
+            transitions,
+            decision: self.decision_of(row).await?,
+        })
+    }
+
+    /// Requests, newest first.
+    pub async fn list_requests(
+        &self,
+        state: Option<State>,
+        host_id: &str,
+        limit: i64,
+    ) -> Result<Vec<ApprovalRecord>> {
+        let sql = format!(
+            "SELECT {REQUEST_COLUMNS} FROM requests WHERE ($1 = '' OR state = $1) AND ($2 = '' OR host_id = $2)
+             ORDER BY received_at_ms DESC, approval_id LIMIT $3"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(state.map(State::as_str).unwrap_or(""))
+            .bind(host_id)
+            .bind(limit)
+            .fetch_all(self.store.pool())
+            .await
+            .ctx("listing requests")?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let row = request_row(r).ctx("decoding request")?;
+            out.push(self.record_of(&row).await?);
+        }
+        Ok(out)
+    }
+
+    /// Records a reviewer's decision. Returns the record and whether the request is resolved
+    /// (false: the approval was counted and more approvers are needed).
+    pub async fn decide(&self, who: &Identity, d: DecideInput) -> Result<(ApprovalRecord, bool)> {
+        if !who.has(Role::Approver) {
+            return Err(Error::PermissionDenied(format!(
+                "'{}' is not an approver",
+                who.subject
+            )));
+        }
+        let row = self
+            .request_row(&d.approval_id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("request '{}'", d.approval_id)))?;
+        let approve = matches!(d.kind, DecisionKind::ApproveOnce | DecisionKind::ApproveFor);
+        if row.state != State::Pending {
+            return Err(already(&row));
+        }
+        let now = now_ms();
+        if now >= row.expires_at_ms {
+            self.expire_one(&row.approval_id).await?;
+            return Err(Error::FailedPrecondition(format!(
+                "request '{}' expired at {}",
+                row.approval_id,
+                crate::audit::rfc3339(row.expires_at_ms)
+            )));
+        }
+        if approve && who.is_requester(&row.requester) {
+            return Err(Error::PermissionDenied(format!(
+                "'{}' is the requester ('{}') of request '{}' and cannot approve it",
+                who.subject, row.requester, row.approval_id
+            )));
+        }
+        if !row.approver_groups.is_empty()
+            && !who.groups.iter().any(|g| row.approver_groups.contains(g))
+        {
+            return Err(Error::PermissionDenied(format!(
+                "'{}' is in none of the approver groups of rule '{}' ({})",
+                who.subject,
+                row.rule_name,
+                row.approver_groups.join(", ")
+            )));
+        }
+
+        let mut tx = self.store.begin().await?;
+        if !lock_pending(&mut tx, &row.approval_id, now).await? {
+            drop(tx);
+            return Err(self.resolved_error(&row.approval_id).await);
+        }
+        let outcome = if approve { "allow" } else { "deny" };
+        let voted = sqlx::query(
+            "INSERT INTO votes (approval_id, approver, outcome, reason, at_ms) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (approval_id, approver) DO NOTHING",
+        )
+        .bind(&row.approval_id)
+        .bind(&who.subject)
+        .bind(outcome)
+        .bind(&d.reason)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .ctx("recording vote")?;
+        if voted.rows_affected() == 0 {
+            return Err(Error::FailedPrecondition(format!(
+                "'{}' already voted on request '{}'; another approver is needed",
+                who.subject, row.approval_id
+            )));
+        }
+        let mut resolved = true;
+        if approve {
+            let n: i64 = sqlx::query(
+                "SELECT COUNT(*) AS n FROM votes WHERE approval_id = $1 AND outcome = 'allow'",
+            )
+            .bind(&row.approval_id)
+            .fetch_one(&mut *tx)
+            .await
+            .ctx("counting votes")?
+            .try_get("n")
+            .ctx("counting votes")?;
+            if n >= row.approvers_needed as i64 {
+                let grant = (d.kind == DecisionKind::ApproveFor).then(|| Grant {
+                    grant_id: uuid::Uuid::new_v4().to_string(),
+                    scope: d.scope as i32,
+                    expires_at_unix_ms: now + d.duration.as_millis() as i64,
+                    host_id: row.host_id.clone(),
+                    rule_id: row.rule_id,
+                    rule_name: row.rule_name.clone(),
+                    workload: row.workload.clone(),
+                    tgid: if d.scope == GrantScope::Process {
+                        row.tgid
+                    } else {
+                        0
+                    },
+                    request_id: row.approval_id.clone(),
+                    granted_by: who.subject.clone(),
+                    created_at_unix_ms: now,
+                    ..Default::default()
+                });
+                resolve_in(
+                    &mut tx,
+                    &row,
+                    State::Approved,
+                    "allow",
+                    &who.subject,
+                    &d.reason,
+                    grant.as_ref(),
+                    now,
+                )
+                .await?;
+            } else {
+                resolved = false;
+                Store::audit_in(
+                    &mut tx,
+                    &AuditFact {
+                        kind: "request.vote".into(),
+                        actor: who.subject.clone(),
+                        host_id: row.host_id.clone(),
+                        request_id: row.approval_id.clone(),
+                        rule_name: row.rule_name.clone(),
+                        workload: row.workload.clone(),
+                        payload: json!({"outcome": "allow", "reason": d.reason, "votes": n,
+                            "needed": row.approvers_needed}),
+                        time_ms: now,
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            }
+        } else {
+            resolve_in(
+                &mut tx,
+                &row,
+                State::Denied,
+                "deny",
+                &who.subject,
+                &d.reason,
+                None,
+                now,
+            )
+            .await?;
+        }
+        tx.commit().await.ctx("committing decision")?;
+        self.publish(Event::Request {
+            approval_id: row.approval_id.clone(),
+            host_id: row.host_id.clone(),
+        })
+        .await;
+        tracing::info!(approval_id = %row.approval_id, by = %who.subject, outcome, resolved, "decision");
+        Ok((self.record(&row.approval_id).await?, resolved))
+    }
+
+    async fn resolved_error(&self, approval_id: &str) -> Error {
+        match self.request_row(approval_id).await {
+            Ok(Some(row)) => already(&row),
+            Ok(None) => Error::NotFound(format!("request '{approval_id}'")),
+            Err(e) => e,
+        }
+    }
+
+    /// The agent reports the process went away.
+    pub async fn cancel(&self, host_id: &str, request_id: &str, reason: &str) -> Result<State> {
+        let row = self
+            .request_by_agent_id(host_id, request_id)
+            .await?
+            .ok_or_else(|| {
+                Error::NotFound(format!("request '{request_id}' of host '{host_id}'"))
+            })?;
+        if row.state != State::Pending {
+            return Ok(row.state);
+        }
+        let now = now_ms();
+        let mut tx = self.store.begin().await?;
+        if !lock_pending(&mut tx, &row.approval_id, now).await? {
+            drop(tx);
+            return Ok(self
+                .request_row(&row.approval_id)
+                .await?
+                .map(|r| r.state)
+                .unwrap_or(State::Cancelled));
+        }
+        let reason = if reason.is_empty() {
+            "the process went away"
+        } else {
+            reason
+        };
+        resolve_in(
+            &mut tx,
+            &row,
+            State::Cancelled,
+            "",
+            &format!("host:{host_id}"),
+            reason,
+            None,
+            now,
+        )
+        .await?;
+        tx.commit().await.ctx("committing cancellation")?;
+        self.publish(Event::Request {
+            approval_id: row.approval_id.clone(),
+            host_id: host_id.to_string(),
+        })
+        .await;
+        Ok(State::Cancelled)
+    }
+
+    /// Resolves one request by its rule's `on_timeout` if still pending.
+    pub async fn expire_one(&self, approval_id: &str) -> Result<bool> {
+        let Some(row) = self.request_row(approval_id).await? else {
+            return Ok(false);
+        };
+        if row.state != State::Pending {
+            return Ok(false);
+        }
+        let now = now_ms();
+        let mut tx = self.store.begin().await?;
+        if !lock_pending(&mut tx, approval_id, now).await? {
+            return Ok(false);
+        }
+        let reason = format!(
+            "no decision within the rule's timeout; on_timeout: {}",
+            row.on_timeout
+        );
+        resolve_in(
+            &mut tx,
+            &row,
+            State::Expired,
+            &row.on_timeout,
+            "timeout",
+            &reason,
+            None,
+            now,
+        )
+        .await?;
+        tx.commit().await.ctx("committing expiry")?;
+        self.publish(Event::Request {
+            approval_id: row.approval_id.clone(),
+            host_id: row.host_id.clone(),
+        })
+        .await;
+        tracing::info!(approval_id, outcome = %row.on_timeout, "request expired");
+        Ok(true)
+    }
+
+    /// Resolves every request past its deadline. Returns how many this replica resolved.
+    pub async fn expire_due(&self) -> Result<usize> {
+        let ids: Vec<String> = sqlx::query(
+            "SELECT approval_id FROM requests WHERE state = 'pending' AND expires_at_ms <= $1
+             ORDER BY expires_at_ms LIMIT 500",
+        )
+        .bind(now_ms())
+        .fetch_all(self.store.pool())
+        .await
+        .ctx("finding expired requests")?
+        .iter()
+        .map(|r| r.try_get("approval_id"))
+        .collect::<Result<_, _>>()
+        .ctx("finding expired requests")?;
+        let mut n = 0;
+        for id in ids {
+            if self.expire_one(&id).await? {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// The earliest deadline of a pending request.
+    pub async fn next_expiry(&self) -> Result<Option<i64>> {
+        let r = sqlx::query("SELECT MIN(expires_at_ms) AS t FROM requests WHERE state = 'pending'")
+            .fetch_one(self.store.pool())
+            .await
+            .ctx("finding the next deadline")?;
+        Ok(r.try_get::<Option<i64>, _>("t")
+            .ctx("finding the next deadline")?)
+    }
+
+    /// Decisions to replay to a reconnecting agent for the requests it still holds.
+    pub async fn replay_decisions(
+        &self,
+        host_id: &str,
+        pending: &[String],
+    ) -> Result<Vec<Decision>> {
+        let mut out = Vec::new();
+        for id in pending {
+            if let Some(row) = self.request_by_agent_id(host_id, id).await? {
+                if let Some(d) = self.decision_of(&row).await? {
+                    out.push(d);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn already(row: &RequestRow) -> Error {
+    Error::FailedPrecondition(format!(
+        "request '{}' is already {} (by {}: {})",
+        row.approval_id,
+        row.state.as_str(),
+        if row.decided_by.is_empty() {
+            "-"
+        } else {
+            &row.decided_by
+        },
+        row.reason
+    ))
+}
+
+/// Locks a pending request for the rest of `tx`; false when it is no longer pending.
+async fn lock_pending(tx: &mut Tx, approval_id: &str, now: i64) -> Result<bool> {
+    let r = sqlx::query(
+        "UPDATE requests SET updated_at_ms = $2 WHERE approval_id = $1 AND state = 'pending'",
+    )
+    .bind(approval_id)
+    .bind(now)
+    .execute(&mut **tx)
+    .await
+    .ctx(format!("locking request {approval_id}"))?;
+    Ok(r.rows_affected() == 1)
+}
+
+async fn transition(
+    tx: &mut Tx,
+    approval_id: &str,
+    from: &str,
+    to: State,
+    actor: &str,
+    reason: &str,
+    now: i64,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO transitions (approval_id, from_state, to_state, actor, reason, at_ms)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(approval_id)
+    .bind(from)
+    .bind(to.as_str())
+    .bind(actor)
+    .bind(reason)
+    .bind(now)
+    .execute(&mut **tx)
+    .await
+    .ctx("recording transition")?;
+    Ok(())
+}
+
+/// Moves a locked pending request to a final state, with its transition, grant and audit.
+#[allow(clippy::too_many_arguments)]
+async fn resolve_in(
+    tx: &mut Tx,
+    row: &RequestRow,
+    to: State,
+    outcome: &str,
+    actor: &str,
+    reason: &str,
+    grant: Option<&Grant>,
+    now: i64,
+) -> Result<()> {
+    let r = sqlx::query(
+        "UPDATE requests SET state = $2, decided_at_ms = $3, decided_by = $4, outcome = $5, reason = $6,
+            grant_id = $7, updated_at_ms = $3
+         WHERE approval_id = $1 AND state = 'pending'",
+    )
+    .bind(&row.approval_id)
+    .bind(to.as_str())
+    .bind(now)
+    .bind(actor)
+    .bind(outcome)
+    .bind(reason)
+    .bind(grant.map(|g| g.grant_id.clone()).unwrap_or_default())
+    .execute(&mut **tx)
+    .await
+    .ctx(format!("resolving request {}", row.approval_id))?;
+    if r.rows_affected() != 1 {
+        return Err(Error::FailedPrecondition(format!(
+            "request '{}' is no longer pending",
+            row.approval_id
+        )));
+    }
+    transition(tx, &row.approval_id, "pending", to, actor, reason, now).await?;
+    if let Some(g) = grant {
+        grants::insert_in(tx, g).await?;
+    }
+    Store::audit_in(
+        tx,
+        &AuditFact {
+            kind: format!("request.{}", to.as_str()),
+            actor: actor.to_string(),
+            host_id: row.host_id.clone(),
+            request_id: row.approval_id.clone(),
+            grant_id: grant.map(|g| g.grant_id.clone()).unwrap_or_default(),
+            rule_name: row.rule_name.clone(),
+            workload: row.workload.clone(),
+            payload: json!({"outcome": outcome, "reason": reason, "agent_request_id": row.request_id,
+                "requester": row.requester}),
+            time_ms: now,
+            ..Default::default()
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+fn request_summary(
+    req: &ApprovalRequest,
+    expires: i64,
+    on_timeout: &str,
+    needed: u32,
+) -> serde_json::Value {
+    let op = Op::try_from(req.op)
+        .unwrap_or(Op::Unspecified)
+        .as_str_name();
+    let dest: HashMap<&str, serde_json::Value> = req
+        .destination
+        .as_ref()
+        .map(|d| {
+            HashMap::from([
+                ("family", json!(d.family)),
+                ("address", json!(d.address)),
+                ("port", json!(d.port)),
+                ("protocol", json!(d.protocol)),
+            ])
+        })
+        .unwrap_or_default();
+    json!({
+        "agent_request_id": req.request_id,
+        "op": op,
+        "pid": req.pid, "tgid": req.tgid, "ppid": req.ppid, "uid": req.uid, "gid": req.gid,
+        "user": req.user, "group": req.group, "cgroup_id": req.cgroup_id, "cgroup_path": req.cgroup_path,
+        "unit": req.unit, "comm": req.comm, "exe": req.exe, "argv": req.argv,
+        "ancestors": req.ancestors.iter().map(|a| json!({"pid": a.pid, "exe": a.exe, "argv": a.argv})).collect::<Vec<_>>(),
+        "destination": dest, "exec_path": req.exec_path,
+        "rule_id": req.rule_id, "rules_version": req.rules_version,
+        "requester": req.requester, "created_at_unix_ms": req.created_at_unix_ms,
+        "expires_at_unix_ms": expires, "on_timeout": on_timeout, "approvers_needed": needed,
+    })
+}

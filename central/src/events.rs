@@ -1,0 +1,287 @@
+//! Change notification: what happened (a request changed, a grant was revoked, rules were
+//! applied) and its delivery to the agent streams and reviewer watches of every replica.
+//!
+//! With SQLite there is one replica and events go through an in-process channel. With PostgreSQL
+//! every replica publishes with `pg_notify` after its transaction commits and listens with
+//! `LISTEN`, including to its own events: one path, whichever replica made the change. Events
+//! carry ids only; each replica reads the current state from the database before pushing it.
+
+use std::{
+    collections::HashMap,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    task::{Context, Poll},
+};
+
+use latch_proto::v1::{AgentMessage, RequestEvent};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::Stream;
+
+use crate::store::{QueryContext, Store, StoreError};
+
+/// The PostgreSQL channel replicas notify each other on.
+pub const CHANNEL: &str = "latch_events";
+
+/// Messages an agent stream may queue before it is closed as too slow (the agent reconnects and
+/// the replay on subscription catches it up).
+pub const AGENT_QUEUE: usize = 1024;
+
+/// Something changed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// A request was created, voted on or resolved.
+    Request {
+        /// Central's id.
+        approval_id: String,
+        /// Its host.
+        host_id: String,
+    },
+    /// A grant was revoked.
+    Revoked {
+        /// Grant.
+        grant_id: String,
+        /// Its host.
+        host_id: String,
+    },
+    /// A rules version was applied.
+    Rules {
+        /// Version.
+        version: i64,
+    },
+}
+
+/// Where events are published.
+#[derive(Clone, Debug)]
+pub enum Publisher {
+    /// This process only (SQLite).
+    Local(mpsc::UnboundedSender<Event>),
+    /// Every replica on the database (PostgreSQL `NOTIFY`).
+    Postgres(Store),
+}
+
+impl Publisher {
+    /// Publishes an event; call after the change is committed.
+    pub async fn publish(&self, event: Event) -> Result<(), StoreError> {
+        match self {
+            Publisher::Local(tx) => {
+                // The receiver lives as long as the service; a send error means it is stopping.
+                let _ = tx.send(event);
+                Ok(())
+            }
+            Publisher::Postgres(store) => {
+                let payload = serde_json::to_string(&event).map_err(|e| StoreError::Corrupt {
+                    what: "event".into(),
+                    message: e.to_string(),
+                })?;
+                sqlx::query("SELECT 1 AS ok FROM pg_notify($1, $2)")
+                    .bind(CHANNEL)
+                    .bind(payload)
+                    .execute(store.pool())
+                    .await
+                    .ctx("notifying replicas")?;
+                Ok(())
+            }
+        }
+    }
+}
+
+type AgentSender = mpsc::Sender<Result<AgentMessage, tonic::Status>>;
+
+struct AgentConn {
+    id: u64,
+    tx: AgentSender,
+    labels: HashMap<String, String>,
+    /// Newest rules version pushed on this stream.
+    rules_sent: Arc<AtomicU64>,
+}
+
+/// The streams open on this replica.
+pub struct Hub {
+    agents: Mutex<HashMap<String, Vec<AgentConn>>>,
+    watchers: broadcast::Sender<RequestEvent>,
+    next_id: AtomicU64,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Hub {
+            agents: Mutex::new(HashMap::new()),
+            watchers: broadcast::channel(1024).0,
+            next_id: AtomicU64::new(1),
+        }
+    }
+}
+
+/// An open agent stream, as listed by [`Hub::agents`].
+#[derive(Clone, Debug)]
+pub struct AgentEntry {
+    /// Host.
+    pub host_id: String,
+    /// Its labels when the stream opened.
+    pub labels: HashMap<String, String>,
+    /// Newest rules version pushed.
+    pub rules_sent: Arc<AtomicU64>,
+    /// Connection id within the hub.
+    pub id: u64,
+}
+
+/// A registered agent stream.
+#[derive(Debug)]
+pub struct AgentHandle {
+    /// Connection id within the hub.
+    pub id: u64,
+    /// Host.
+    pub host_id: String,
+    /// Newest rules version pushed.
+    pub rules_sent: Arc<AtomicU64>,
+}
+
+impl Hub {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<AgentConn>>> {
+        // A panic while holding this lock leaves plain data behind; keep serving.
+        self.agents.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers an agent stream.
+    pub fn add_agent(
+        &self,
+        host_id: &str,
+        labels: HashMap<String, String>,
+        tx: AgentSender,
+    ) -> AgentHandle {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let rules_sent = Arc::new(AtomicU64::new(0));
+        self.lock()
+            .entry(host_id.to_string())
+            .or_default()
+            .push(AgentConn {
+                id,
+                tx,
+                labels,
+                rules_sent: rules_sent.clone(),
+            });
+        AgentHandle {
+            id,
+            host_id: host_id.to_string(),
+            rules_sent,
+        }
+    }
+
+    /// Removes an agent stream. Returns whether the host has no stream left here.
+    pub fn remove_agent(&self, host_id: &str, id: u64) -> bool {
+        let mut agents = self.lock();
+        if let Some(v) = agents.get_mut(host_id) {
+            v.retain(|c| c.id != id);
+            if v.is_empty() {
+                agents.remove(host_id);
+                return true;
+            }
+            return false;
+        }
+        true
+    }
+
+    /// Sends to every stream of a host; streams that are gone or too slow are closed.
+    pub fn send_to_host(&self, host_id: &str, msg: &AgentMessage) -> usize {
+        let mut agents = self.lock();
+        let Some(conns) = agents.get_mut(host_id) else {
+            return 0;
+        };
+        let mut sent = 0;
+        conns.retain(|c| match c.tx.try_send(Ok(msg.clone())) {
+            Ok(()) => {
+                sent += 1;
+                true
+            }
+            Err(e) => {
+                tracing::warn!(host_id, error = %e, "closing agent stream that cannot keep up");
+                false
+            }
+        });
+        sent
+    }
+
+    /// The streams open here.
+    pub fn agents(&self) -> Vec<AgentEntry> {
+        self.lock()
+            .iter()
+            .flat_map(|(h, v)| {
+                v.iter().map(|c| AgentEntry {
+                    host_id: h.clone(),
+                    labels: c.labels.clone(),
+                    rules_sent: c.rules_sent.clone(),
+                    id: c.id,
+                })
+            })
+            .collect()
+    }
+
+    /// Sends to one stream.
+    pub fn send_to(&self, host_id: &str, id: u64, msg: AgentMessage) {
+        let mut agents = self.lock();
+        if let Some(conns) = agents.get_mut(host_id) {
+            conns.retain(|c| c.id != id || c.tx.try_send(Ok(msg.clone())).is_ok());
+        }
+    }
+
+    /// Whether a host has a stream here.
+    pub fn is_connected(&self, host_id: &str) -> bool {
+        self.lock().contains_key(host_id)
+    }
+
+    /// Ends every agent stream with `status` (the service is stopping).
+    pub fn close_all(&self, status: tonic::Status) {
+        let mut agents = self.lock();
+        for (_, conns) in agents.drain() {
+            for c in conns {
+                let _ = c.tx.try_send(Err(status.clone()));
+            }
+        }
+    }
+
+    /// A new reviewer watch.
+    pub fn watch(&self) -> broadcast::Receiver<RequestEvent> {
+        self.watchers.subscribe()
+    }
+
+    /// Tells every reviewer watch.
+    pub fn notify_watchers(&self, ev: RequestEvent) {
+        let _ = self.watchers.send(ev);
+    }
+}
+
+/// A stream that runs `on_drop` when the client goes away.
+pub struct Guarded<S> {
+    inner: S,
+    on_drop: Option<Box<dyn FnOnce() + Send + Sync>>,
+}
+
+impl<S> Guarded<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S, on_drop: impl FnOnce() + Send + Sync + 'static) -> Self {
+        Guarded {
+            inner,
+            on_drop: Some(Box::new(on_drop)),
+        }
+    }
+}
+
+impl<S> Drop for Guarded<S> {
+    fn drop(&mut self) {
+        if let Some(f) = self.on_drop.take() {
+            f()
+        }
+    }
+}
+
+impl<S: Stream + Unpin> Stream for Guarded<S> {
+    type Item = S::Item;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
+        Pin::new(&mut self.inner).poll_next(cx)
+    }
+}

@@ -1,0 +1,218 @@
+//! Grants: time-bounded, scoped permissions created by "approve for a duration" decisions, and
+//! their revocation, which is pushed to the host's agent at once.
+
+use latch_proto::v1::{Grant, GrantScope};
+use serde_json::json;
+use sqlx::{any::AnyRow, Row};
+
+use crate::{
+    auth::{Identity, Role},
+    error::{Error, Result},
+    events::Event,
+    server::Central,
+    store::{now_ms, AuditFact, QueryContext, Store, Tx},
+};
+
+const GRANT_COLUMNS: &str =
+    "grant_id, approval_id, host_id, rule_id, rule_name, workload, scope, tgid,
+    granted_by, created_at_ms, expires_at_ms, revoked_at_ms, revoked_by, revoke_reason";
+
+/// Stored name of a scope.
+pub fn scope_name(s: GrantScope) -> &'static str {
+    match s {
+        GrantScope::Process => "process",
+        GrantScope::Workload => "workload",
+        GrantScope::Host => "host",
+        GrantScope::Unspecified => "unspecified",
+    }
+}
+
+fn scope_of(s: &str) -> GrantScope {
+    match s {
+        "process" => GrantScope::Process,
+        "workload" => GrantScope::Workload,
+        "host" => GrantScope::Host,
+        _ => GrantScope::Unspecified,
+    }
+}
+
+fn grant_row(r: &AnyRow) -> Result<Grant, sqlx::Error> {
+    Ok(Grant {
+        grant_id: r.try_get("grant_id")?,
+        scope: scope_of(&r.try_get::<String, _>("scope")?) as i32,
+        expires_at_unix_ms: r.try_get("expires_at_ms")?,
+        host_id: r.try_get("host_id")?,
+        rule_id: r.try_get::<i64, _>("rule_id")? as u32,
+        rule_name: r.try_get("rule_name")?,
+        workload: r.try_get("workload")?,
+        tgid: r.try_get::<i64, _>("tgid")? as u32,
+        request_id: r.try_get("approval_id")?,
+        granted_by: r.try_get("granted_by")?,
+        created_at_unix_ms: r.try_get("created_at_ms")?,
+        revoked_at_unix_ms: r.try_get("revoked_at_ms")?,
+        revoked_by: r.try_get("revoked_by")?,
+        revoke_reason: r.try_get("revoke_reason")?,
+    })
+}
+
+/// Stores a new grant inside the decision's transaction.
+pub(crate) async fn insert_in(tx: &mut Tx, g: &Grant) -> Result<()> {
+    let scope = GrantScope::try_from(g.scope).unwrap_or(GrantScope::Unspecified);
+    sqlx::query(
+        "INSERT INTO grants (grant_id, approval_id, host_id, rule_id, rule_name, workload, scope, tgid,
+            granted_by, created_at_ms, expires_at_ms)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+    )
+    .bind(&g.grant_id)
+    .bind(&g.request_id)
+    .bind(&g.host_id)
+    .bind(g.rule_id as i64)
+    .bind(&g.rule_name)
+    .bind(&g.workload)
+    .bind(scope_name(scope))
+    .bind(g.tgid as i64)
+    .bind(&g.granted_by)
+    .bind(g.created_at_unix_ms)
+    .bind(g.expires_at_unix_ms)
+    .execute(&mut **tx)
+    .await
+    .ctx(format!("storing grant {}", g.grant_id))?;
+    Store::audit_in(
+        tx,
+        &AuditFact {
+            kind: "grant.created".into(),
+            actor: g.granted_by.clone(),
+            host_id: g.host_id.clone(),
+            request_id: g.request_id.clone(),
+            grant_id: g.grant_id.clone(),
+            rule_name: g.rule_name.clone(),
+            workload: g.workload.clone(),
+            payload: json!({"scope": scope_name(scope), "expires_at_unix_ms": g.expires_at_unix_ms,
+                "tgid": g.tgid}),
+            time_ms: g.created_at_unix_ms,
+            ..Default::default()
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+impl Central {
+    /// One grant.
+    pub async fn grant(&self, grant_id: &str) -> Result<Grant> {
+        let sql = format!("SELECT {GRANT_COLUMNS} FROM grants WHERE grant_id = $1");
+        let row = sqlx::query(&sql)
+            .bind(grant_id)
+            .fetch_optional(self.store.pool())
+            .await
+            .ctx(format!("reading grant {grant_id}"))?
+            .ok_or_else(|| Error::NotFound(format!("grant '{grant_id}'")))?;
+        Ok(grant_row(&row).ctx(format!("decoding grant {grant_id}"))?)
+    }
+
+    /// Grants, newest first: only active ones unless `include_inactive`.
+    pub async fn list_grants(&self, include_inactive: bool, host_id: &str) -> Result<Vec<Grant>> {
+        let sql = format!(
+            "SELECT {GRANT_COLUMNS} FROM grants
+             WHERE ($1 = 1 OR (revoked_at_ms = 0 AND expires_at_ms > $2)) AND ($3 = '' OR host_id = $3)
+             ORDER BY created_at_ms DESC, grant_id"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(include_inactive as i64)
+            .bind(now_ms())
+            .bind(host_id)
+            .fetch_all(self.store.pool())
+            .await
+            .ctx("listing grants")?;
+        Ok(rows
+            .iter()
+            .map(grant_row)
+            .collect::<Result<_, _>>()
+            .ctx("decoding grants")?)
+    }
+
+    /// Revokes a grant and tells its host's agent at once.
+    pub async fn revoke_grant(
+        &self,
+        who: &Identity,
+        grant_id: &str,
+        reason: &str,
+    ) -> Result<Grant> {
+        if !who.has(Role::Approver) {
+            return Err(Error::PermissionDenied(format!(
+                "'{}' is not an approver",
+                who.subject
+            )));
+        }
+        let g = self.grant(grant_id).await?;
+        let now = now_ms();
+        let mut tx = self.store.begin().await?;
+        let r = sqlx::query(
+            "UPDATE grants SET revoked_at_ms = $2, revoked_by = $3, revoke_reason = $4
+             WHERE grant_id = $1 AND revoked_at_ms = 0",
+        )
+        .bind(grant_id)
+        .bind(now)
+        .bind(&who.subject)
+        .bind(reason)
+        .execute(&mut *tx)
+        .await
+        .ctx(format!("revoking grant {grant_id}"))?;
+        if r.rows_affected() == 0 {
+            return Err(Error::FailedPrecondition(format!(
+                "grant '{grant_id}' was already revoked by {}",
+                g.revoked_by
+            )));
+        }
+        Store::audit_in(
+            &mut tx,
+            &AuditFact {
+                kind: "grant.revoked".into(),
+                actor: who.subject.clone(),
+                host_id: g.host_id.clone(),
+                request_id: g.request_id.clone(),
+                grant_id: grant_id.to_string(),
+                rule_name: g.rule_name.clone(),
+                workload: g.workload.clone(),
+                payload: json!({"reason": reason}),
+                time_ms: now,
+                ..Default::default()
+            },
+        )
+        .await?;
+        tx.commit().await.ctx("committing revocation")?;
+        self.publish(Event::Revoked {
+            grant_id: grant_id.to_string(),
+            host_id: g.host_id.clone(),
+        })
+        .await;
+        tracing::info!(grant_id, by = %who.subject, "grant revoked");
+        self.grant(grant_id).await
+    }
+
+    /// Revocations to replay to a reconnecting agent: grants it holds that are revoked or that
+    /// central does not know.
+    pub async fn replay_revocations(
+        &self,
+        grant_ids: &[String],
+    ) -> Result<Vec<latch_proto::v1::Revocation>> {
+        let mut out = Vec::new();
+        for id in grant_ids {
+            match self.grant(id).await {
+                Ok(g) if g.revoked_at_unix_ms != 0 => out.push(latch_proto::v1::Revocation {
+                    grant_id: id.clone(),
+                    reason: g.revoke_reason,
+                    revoked_by: g.revoked_by,
+                }),
+                Ok(_) => {}
+                Err(Error::NotFound(_)) => out.push(latch_proto::v1::Revocation {
+                    grant_id: id.clone(),
+                    reason: "central does not know this grant".into(),
+                    revoked_by: "central".into(),
+                }),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+}

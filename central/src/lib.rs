@@ -1,0 +1,28 @@
+//! `latch-central`: the service the central team runs.
+//!
+//! It owns the gRPC API for agents and reviewers ([`api`], contract in `latch-proto`), the
+//! approval engine ([`approval`]), grants ([`grants`]), rules versions and their distribution
+//! ([`rules`], validated with the `policy` crate), hosts ([`hosts`]), the audit record
+//! ([`audit`]), reviewer and agent authentication ([`auth`]), change delivery across replicas
+//! ([`events`]) and storage on SQLite or PostgreSQL ([`store`]).
+//!
+//! It must not touch hosts' kernels or agents' local state: it tells agents what to enforce and
+//! what was decided, over their stream, and nothing else. It does not define the rules language
+//! (that is `policy`) nor the wire format (that is `latch-proto`).
+
+pub mod api;
+pub mod approval;
+pub mod audit;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod events;
+pub mod grants;
+pub mod hosts;
+pub mod rules;
+pub mod server;
+pub mod store;
+
+pub use config::Config;
+pub use error::{Error, Result};
+pub use server::{start, start_with, Central, Server, StartError};

@@ -1,0 +1,439 @@
+//! Rules: validation on apply (with the `policy` crate), versions (every one kept), diff,
+//! rollback, and which version each host receives (newest whose label selector it matches).
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex},
+};
+
+use policy::RuleSet;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use sqlx::{any::AnyRow, Row};
+
+use crate::{
+    auth::{Identity, Role},
+    error::{Error, Result},
+    events::Event,
+    server::Central,
+    store::{now_ms, AuditFact, QueryContext, Store},
+};
+
+/// Largest rules file accepted.
+pub const MAX_RULES_BYTES: usize = 1 << 20;
+
+/// A stored rules version.
+#[derive(Clone, Debug)]
+pub struct Version {
+    /// Number, increasing.
+    pub version: i64,
+    /// File name it was applied from.
+    pub source_name: String,
+    /// The file.
+    pub yaml: String,
+    /// Hex SHA-256 of `yaml`.
+    pub sha256: String,
+    /// Hosts whose labels include these receive it.
+    pub selector: BTreeMap<String, String>,
+    /// Who.
+    pub applied_by: String,
+    /// When.
+    pub applied_at_ms: i64,
+    /// Why.
+    pub comment: String,
+    /// The version a rollback copied (0 otherwise).
+    pub rollback_of: i64,
+}
+
+/// Parsed rule sets by version.
+#[derive(Default)]
+pub struct RuleCache(Mutex<HashMap<i64, Arc<RuleSet>>>);
+
+/// What changed between two versions.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RulesDiff {
+    /// Unified diff of the files.
+    pub unified: String,
+    /// Rules only in the newer.
+    pub added: Vec<String>,
+    /// Rules only in the older.
+    pub removed: Vec<String>,
+    /// Rules in both that differ.
+    pub changed: Vec<String>,
+}
+
+/// Whether `labels` include every pair of `selector`.
+pub fn selector_matches(
+    selector: &BTreeMap<String, String>,
+    labels: &HashMap<String, String>,
+) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+fn sha256_hex(s: &str) -> String {
+    Sha256::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Compares two versions' files and rules.
+pub fn diff(
+    old_name: &str,
+    old_yaml: &str,
+    old: Option<&RuleSet>,
+    new_name: &str,
+    new_yaml: &str,
+    new: &RuleSet,
+) -> RulesDiff {
+    let unified = similar::TextDiff::from_lines(old_yaml, new_yaml)
+        .unified_diff()
+        .context_radius(3)
+        .header(old_name, new_name)
+        .to_string();
+    let strip = |r: &policy::Rule| {
+        let mut r = r.clone();
+        r.line = None;
+        r
+    };
+    let old_rules: BTreeMap<&str, policy::Rule> = old
+        .map(|o| {
+            o.rules
+                .iter()
+                .map(|r| (r.name.as_str(), strip(r)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let new_rules: BTreeMap<&str, policy::Rule> = new
+        .rules
+        .iter()
+        .map(|r| (r.name.as_str(), strip(r)))
+        .collect();
+    let mut d = RulesDiff {
+        unified,
+        ..Default::default()
+    };
+    for (name, r) in &new_rules {
+        match old_rules.get(name) {
+            None => d.added.push(name.to_string()),
+            Some(o) if o != r => d.changed.push(name.to_string()),
+            Some(_) => {}
+        }
+    }
+    for name in old_rules.keys() {
+        if !new_rules.contains_key(name) {
+            d.removed.push(name.to_string());
+        }
+    }
+    d
+}
+
+fn version_row(r: &AnyRow) -> Result<Version, sqlx::Error> {
+    let sel: String = r.try_get("selector_json")?;
+    Ok(Version {
+        version: r.try_get("version")?,
+        source_name: r.try_get("source_name")?,
+        yaml: r.try_get("yaml")?,
+        sha256: r.try_get("sha256")?,
+        selector: serde_json::from_str(&sel)
+            .map_err(|e| sqlx::Error::Decode(format!("selector '{sel}': {e}").into()))?,
+        applied_by: r.try_get("applied_by")?,
+        applied_at_ms: r.try_get("applied_at_ms")?,
+        comment: r.try_get("comment")?,
+        rollback_of: r.try_get("rollback_of")?,
+    })
+}
+
+const VERSION_COLUMNS: &str =
+    "version, source_name, yaml, sha256, selector_json, applied_by, applied_at_ms, comment, rollback_of";
+
+impl Central {
+    /// Every version, newest first.
+    pub async fn rule_versions(&self) -> Result<Vec<Version>> {
+        let sql = format!("SELECT {VERSION_COLUMNS} FROM rule_sets ORDER BY version DESC");
+        let rows = sqlx::query(&sql)
+            .fetch_all(self.store.pool())
+            .await
+            .ctx("listing rules versions")?;
+        Ok(rows
+            .iter()
+            .map(version_row)
+            .collect::<Result<_, _>>()
+            .ctx("decoding rules versions")?)
+    }
+
+    /// One version; 0 means the newest.
+    pub async fn rule_version(&self, version: i64) -> Result<Version> {
+        let sql = if version == 0 {
+            format!("SELECT {VERSION_COLUMNS} FROM rule_sets WHERE $1 = 0 ORDER BY version DESC LIMIT 1")
+        } else {
+            format!("SELECT {VERSION_COLUMNS} FROM rule_sets WHERE version = $1")
+        };
+        let row = sqlx::query(&sql)
+            .bind(version)
+            .fetch_optional(self.store.pool())
+            .await
+            .ctx(format!("reading rules version {version}"))?
+            .ok_or_else(|| {
+                Error::NotFound(if version == 0 {
+                    "no rules version has been applied".to_string()
+                } else {
+                    format!("rules version {version}")
+                })
+            })?;
+        Ok(version_row(&row).ctx(format!("decoding rules version {version}"))?)
+    }
+
+    /// The parsed rules of a version.
+    pub async fn rule_set(&self, version: i64) -> Result<Arc<RuleSet>> {
+        if let Some(s) = self
+            .rules
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&version)
+        {
+            return Ok(s.clone());
+        }
+        let v = self.rule_version(version).await?;
+        let set = Arc::new(RuleSet::parse(&v.source_name, &v.yaml)?);
+        self.rules
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(version, set.clone());
+        Ok(set)
+    }
+
+    /// The newest version whose selector the labels match.
+    pub async fn desired_version(
+        &self,
+        labels: &HashMap<String, String>,
+    ) -> Result<Option<Version>> {
+        Ok(self
+            .rule_versions()
+            .await?
+            .into_iter()
+            .find(|v| selector_matches(&v.selector, labels)))
+    }
+
+    /// Validates and (unless `dry_run`) stores a new version, then pushes it to matching hosts.
+    /// Returns the version (None for a dry run), the parsed rules and the diff against the
+    /// previous version for the same selector.
+    pub async fn apply_rules(
+        &self,
+        who: &Identity,
+        source_name: &str,
+        yaml: &str,
+        selector: BTreeMap<String, String>,
+        dry_run: bool,
+        comment: &str,
+    ) -> Result<(Option<i64>, RuleSet, RulesDiff)> {
+        if !dry_run && !who.has(Role::Admin) {
+            return Err(Error::PermissionDenied(format!(
+                "'{}' is not an admin",
+                who.subject
+            )));
+        }
+        let set = RuleSet::parse(source_name, yaml)?;
+        let previous = self
+            .rule_versions()
+            .await?
+            .into_iter()
+            .find(|v| v.selector == selector);
+        let prev_set = match &previous {
+            Some(p) => Some(self.rule_set(p.version).await?),
+            None => None,
+        };
+        let d = diff(
+            previous
+                .as_ref()
+                .map(|p| p.source_name.as_str())
+                .unwrap_or("(none)"),
+            previous.as_ref().map(|p| p.yaml.as_str()).unwrap_or(""),
+            prev_set.as_deref(),
+            source_name,
+            yaml,
+            &set,
+        );
+        if dry_run {
+            return Ok((None, set, d));
+        }
+        let v = self
+            .store_version(
+                who,
+                source_name,
+                yaml,
+                &selector,
+                comment,
+                0,
+                set.rules.len(),
+            )
+            .await?;
+        Ok((Some(v), set, d))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn store_version(
+        &self,
+        who: &Identity,
+        source_name: &str,
+        yaml: &str,
+        selector: &BTreeMap<String, String>,
+        comment: &str,
+        rollback_of: i64,
+        rules: usize,
+    ) -> Result<i64> {
+        let now = now_ms();
+        let sha = sha256_hex(yaml);
+        let selector_json = serde_json::to_string(selector).unwrap_or_else(|_| "{}".into());
+        let mut tx = self.store.begin().await?;
+        let version: i64 = sqlx::query(
+            "INSERT INTO rule_sets (source_name, yaml, sha256, selector_json, applied_by, applied_at_ms,
+                comment, rollback_of)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING version",
+        )
+        .bind(source_name)
+        .bind(yaml)
+        .bind(&sha)
+        .bind(&selector_json)
+        .bind(&who.subject)
+        .bind(now)
+        .bind(comment)
+        .bind(rollback_of)
+        .fetch_one(&mut *tx)
+        .await
+        .ctx("storing rules version")?
+        .try_get("version")
+        .ctx("storing rules version")?;
+        Store::audit_in(
+            &mut tx,
+            &AuditFact {
+                kind: if rollback_of > 0 {
+                    "rules.rollback".into()
+                } else {
+                    "rules.applied".into()
+                },
+                actor: who.subject.clone(),
+                payload: json!({"version": version, "source_name": source_name, "sha256": sha,
+                    "selector": selector, "rules": rules, "comment": comment, "rollback_of": rollback_of}),
+                time_ms: now,
+                ..Default::default()
+            },
+        )
+        .await?;
+        tx.commit().await.ctx("committing rules version")?;
+        self.publish(Event::Rules { version }).await;
+        tracing::info!(version, source_name, by = %who.subject, "rules version stored");
+        Ok(version)
+    }
+
+    /// Makes an old version current again, as a new version with the old file and selector.
+    pub async fn rollback_rules(
+        &self,
+        who: &Identity,
+        version: i64,
+        reason: &str,
+    ) -> Result<(i64, RuleSet, RulesDiff)> {
+        if !who.has(Role::Admin) {
+            return Err(Error::PermissionDenied(format!(
+                "'{}' is not an admin",
+                who.subject
+            )));
+        }
+        let old = self.rule_version(version).await?;
+        let set = (*self.rule_set(version).await?).clone();
+        let current = self
+            .rule_versions()
+            .await?
+            .into_iter()
+            .find(|v| v.selector == old.selector);
+        let d = match &current {
+            Some(c) => {
+                let cs = self.rule_set(c.version).await?;
+                diff(
+                    &c.source_name,
+                    &c.yaml,
+                    Some(&cs),
+                    &old.source_name,
+                    &old.yaml,
+                    &set,
+                )
+            }
+            None => diff("(none)", "", None, &old.source_name, &old.yaml, &set),
+        };
+        let comment = format!("rollback to version {version}: {reason}");
+        let v = self
+            .store_version(
+                who,
+                &old.source_name,
+                &old.yaml,
+                &old.selector,
+                &comment,
+                version,
+                set.rules.len(),
+            )
+            .await?;
+        Ok((v, set, d))
+    }
+
+    /// Diff between two versions.
+    pub async fn diff_versions(&self, from: i64, to: i64) -> Result<RulesDiff> {
+        let a = self.rule_version(from).await?;
+        let b = self.rule_version(to).await?;
+        let sa = self.rule_set(a.version).await?;
+        let sb = self.rule_set(b.version).await?;
+        Ok(diff(
+            &format!("v{}:{}", a.version, a.source_name),
+            &a.yaml,
+            Some(&sa),
+            &format!("v{}:{}", b.version, b.source_name),
+            &b.yaml,
+            &sb,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selectors() {
+        let labels = HashMap::from([
+            ("env".to_string(), "prod".to_string()),
+            ("zone".to_string(), "a".to_string()),
+        ]);
+        assert!(selector_matches(&BTreeMap::new(), &labels));
+        assert!(selector_matches(
+            &BTreeMap::from([("env".to_string(), "prod".to_string())]),
+            &labels
+        ));
+        assert!(!selector_matches(
+            &BTreeMap::from([("env".to_string(), "dev".to_string())]),
+            &labels
+        ));
+        assert!(!selector_matches(
+            &BTreeMap::from([("team".to_string(), "x".to_string())]),
+            &labels
+        ));
+    }
+
+    #[test]
+    fn diff_names_rules() {
+        let a = "rules:\n  - name: r1\n    workload: w\n    on: exec\n    paths: [\"/bin/a\"]\n    action: deny\nworkloads:\n  - name: w\n    cgroups: [\"/w\"]\n";
+        let b = a.replace("/bin/a", "/bin/b") + "";
+        let sa = RuleSet::parse("a", a).expect("a");
+        let sb = RuleSet::parse("b", &b).expect("b");
+        let d = diff("a", a, Some(&sa), "b", &b, &sb);
+        assert_eq!(d.changed, vec!["r1".to_string()]);
+        assert!(d.added.is_empty() && d.removed.is_empty());
+        assert!(
+            d.unified.contains("-    paths: [\"/bin/a\"]"),
+            "{}",
+            d.unified
+        );
+        let d = diff("(none)", "", None, "b", &b, &sb);
+        assert_eq!(d.added, vec!["r1".to_string()]);
+    }
+}

@@ -1,0 +1,374 @@
+//! The running service: shared state ([`Central`]), start-up, background tasks (event delivery,
+//! expiry) and shutdown.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use latch_proto::v1::{
+    agent_message::Body, agent_service_server::AgentServiceServer,
+    reviewer_service_server::ReviewerServiceServer, AgentMessage, RequestEvent, Revocation,
+    RuleSetPush,
+};
+use tokio::{
+    net::TcpListener,
+    sync::{mpsc, oneshot, watch, Notify},
+    task::JoinHandle,
+};
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::{
+    api::{AgentApi, ReviewerApi},
+    auth::{AgentTokens, Authenticator, StaticTokens},
+    config::Config,
+    error::Result,
+    events::{Event, Hub, Publisher, CHANNEL},
+    rules::{RuleCache, Version},
+    store::{now_ms, Backend, Store, StoreError},
+};
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Storage.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The listen address.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// PostgreSQL `LISTEN`.
+    #[error("cannot listen for replica notifications: {0}")]
+    Listen(sqlx::Error),
+    /// Server reflection.
+    #[error("cannot build server reflection: {0}")]
+    Reflection(String),
+}
+
+/// The service's shared state; the engine's operations are methods on it (see [`crate::approval`],
+/// [`crate::grants`], [`crate::rules`], [`crate::hosts`], [`crate::audit`]).
+pub struct Central {
+    pub(crate) store: Store,
+    pub(crate) hub: Hub,
+    pub(crate) publisher: Publisher,
+    pub(crate) rules: RuleCache,
+    pub(crate) reviewers: Arc<dyn Authenticator>,
+    pub(crate) agents: AgentTokens,
+    pub(crate) replica_id: String,
+    pub(crate) expiry_wake: Notify,
+    pub(crate) stopping: watch::Sender<bool>,
+}
+
+impl Central {
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// This replica's name.
+    pub fn replica_id(&self) -> &str {
+        &self.replica_id
+    }
+
+    /// Whether the service is stopping.
+    pub fn is_stopping(&self) -> bool {
+        *self.stopping.borrow()
+    }
+
+    /// Publishes a committed change. If publishing fails the change stays committed; it is
+    /// delivered here directly, and to other replicas' agents when they reconnect.
+    pub(crate) async fn publish(&self, event: Event) {
+        if let Err(e) = self.publisher.publish(event.clone()).await {
+            tracing::warn!(error = %e, ?event, "publishing failed; delivering on this replica only");
+            self.dispatch(event).await;
+        }
+    }
+
+    /// Delivers an event to the streams open on this replica.
+    pub async fn dispatch(&self, event: Event) {
+        if let Err(e) = self.dispatch_inner(&event).await {
+            tracing::warn!(error = %e, ?event, "delivering event failed");
+        }
+    }
+
+    async fn dispatch_inner(&self, event: &Event) -> Result<()> {
+        match event {
+            Event::Request {
+                approval_id,
+                host_id,
+            } => {
+                let Some(row) = self.request_row(approval_id).await? else {
+                    return Ok(());
+                };
+                if let Some(d) = self.decision_of(&row).await? {
+                    self.hub.send_to_host(
+                        host_id,
+                        &AgentMessage {
+                            body: Some(Body::Decision(d)),
+                        },
+                    );
+                }
+                let rec = self.record_of(&row).await?;
+                self.hub.notify_watchers(RequestEvent {
+                    request: Some(rec),
+                    snapshot: false,
+                });
+            }
+            Event::Revoked { grant_id, host_id } => {
+                let g = self.grant(grant_id).await?;
+                self.hub.send_to_host(
+                    host_id,
+                    &AgentMessage {
+                        body: Some(Body::Revocation(Revocation {
+                            grant_id: grant_id.clone(),
+                            reason: g.revoke_reason,
+                            revoked_by: g.revoked_by,
+                        })),
+                    },
+                );
+            }
+            Event::Rules { .. } => {
+                let versions = self.rule_versions().await?;
+                for a in self.hub.agents() {
+                    let Some(v) = versions
+                        .iter()
+                        .find(|v| crate::rules::selector_matches(&v.selector, &a.labels))
+                    else {
+                        continue;
+                    };
+                    let prev = a
+                        .rules_sent
+                        .fetch_max(v.version as u64, std::sync::atomic::Ordering::SeqCst);
+                    if prev < v.version as u64 {
+                        self.hub.send_to(&a.host_id, a.id, rules_push(v));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The message pushing a rules version.
+pub fn rules_push(v: &Version) -> AgentMessage {
+    AgentMessage {
+        body: Some(Body::Rules(RuleSetPush {
+            version: v.version as u64,
+            yaml: v.yaml.clone(),
+            source_name: v.source_name.clone(),
+            sha256: v.sha256.clone(),
+        })),
+    }
+}
+
+/// A started service.
+pub struct Server {
+    addr: SocketAddr,
+    central: Arc<Central>,
+    tasks: Vec<JoinHandle<()>>,
+    serve: Option<JoinHandle<std::result::Result<(), tonic::transport::Error>>>,
+    shutdown: Option<oneshot::Sender<()>>,
+}
+
+/// Starts the service with `config`, listening on `listener` when given (tests pass one bound
+/// to port 0), else on `config.listen`.
+pub async fn start(config: &Config, listener: Option<TcpListener>) -> Result<Server, StartError> {
+    let authenticator: Arc<dyn Authenticator> = Arc::new(StaticTokens::new(&config.reviewers));
+    start_with(config, listener, authenticator).await
+}
+
+/// [`start`] with another reviewer [`Authenticator`].
+pub async fn start_with(
+    config: &Config,
+    listener: Option<TcpListener>,
+    reviewers: Arc<dyn Authenticator>,
+) -> Result<Server, StartError> {
+    let store = Store::open(&config.database, config.max_connections).await?;
+    let replica_id = config.replica_id.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "central".into());
+        format!("{host}-{}", std::process::id())
+    });
+    let mut tasks = Vec::new();
+    let (local_tx, local_rx) = mpsc::unbounded_channel();
+    let mut pg_listener = None;
+    let publisher = match store.backend() {
+        Backend::Sqlite => Publisher::Local(local_tx),
+        Backend::Postgres => {
+            let mut l = sqlx::postgres::PgListener::connect(store.url())
+                .await
+                .map_err(StartError::Listen)?;
+            l.listen(CHANNEL).await.map_err(StartError::Listen)?;
+            pg_listener = Some(l);
+            Publisher::Postgres(store.clone())
+        }
+    };
+    let central = Arc::new(Central {
+        store: store.clone(),
+        hub: Hub::default(),
+        publisher,
+        rules: RuleCache::default(),
+        reviewers,
+        agents: AgentTokens::new(&config.agents),
+        replica_id,
+        expiry_wake: Notify::new(),
+        stopping: watch::channel(false).0,
+    });
+
+    // Event delivery.
+    match pg_listener {
+        None => {
+            let c = central.clone();
+            let mut rx = local_rx;
+            tasks.push(tokio::spawn(async move {
+                while let Some(e) = rx.recv().await {
+                    c.dispatch(e).await;
+                }
+            }));
+        }
+        Some(mut l) => {
+            let c = central.clone();
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    match l.try_recv().await {
+                        Ok(Some(n)) => match serde_json::from_str::<Event>(n.payload()) {
+                            Ok(e) => c.dispatch(e).await,
+                            Err(e) => tracing::warn!(payload = n.payload(), error = %e, "bad notification"),
+                        },
+                        Ok(None) => tracing::warn!(
+                            "lost the notification connection; reconnecting (agents catch up when they reconnect)"
+                        ),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "notification listener failed; retrying");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
+                }
+            }));
+        }
+    }
+
+    // Expiry.
+    {
+        let c = central.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                if let Err(e) = c.expire_due().await {
+                    tracing::warn!(error = %e, "expiring requests failed");
+                }
+                // Wake at the next deadline, when a request arrives, or at least every second
+                // (another replica may have accepted a request).
+                let wait = match c.next_expiry().await {
+                    Ok(Some(t)) => (t - now_ms()).clamp(5, 1000),
+                    _ => 1000,
+                };
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(wait as u64)) => {}
+                    _ = c.expiry_wake.notified() => {}
+                }
+            }
+        }));
+    }
+
+    let listener = match listener {
+        Some(l) => l,
+        None => TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: config.listen,
+                source,
+            })?,
+    };
+    let addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(latch_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| StartError::Reflection(e.to_string()))?;
+    let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+    let router = tonic::transport::Server::builder()
+        .add_service(reflection)
+        .add_service(AgentServiceServer::new(AgentApi::new(central.clone())))
+        .add_service(ReviewerServiceServer::new(ReviewerApi::new(
+            central.clone(),
+        )));
+    let serve = tokio::spawn(router.serve_with_incoming_shutdown(
+        TcpListenerStream::new(listener),
+        async {
+            let _ = shutdown_rx.await;
+        },
+    ));
+    tracing::info!(%addr, replica = %central.replica_id, database = %crate::store::redact_url(store.url()), "latch-central serving");
+    Ok(Server {
+        addr,
+        central,
+        tasks,
+        serve: Some(serve),
+        shutdown: Some(shutdown_tx),
+    })
+}
+
+impl Server {
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The shared state.
+    pub fn central(&self) -> &Arc<Central> {
+        &self.central
+    }
+
+    /// Stops: ends every open stream with `Unavailable` (agents reconnect, to another replica
+    /// when there is one), finishes calls in progress, stops background work, closes the database.
+    pub async fn shutdown(mut self) {
+        self.stop().await;
+    }
+
+    /// Runs until the server fails or `signal` completes, then stops.
+    pub async fn run_until(
+        mut self,
+        signal: impl std::future::Future<Output = ()>,
+    ) -> Result<(), tonic::transport::Error> {
+        let mut serve = self.serve.take();
+        let res = match serve.as_mut() {
+            Some(s) => tokio::select! {
+                r = s => Some(r),
+                _ = signal => None,
+            },
+            None => None,
+        };
+        if res.is_none() {
+            self.serve = serve;
+        }
+        self.stop().await;
+        match res {
+            Some(Ok(Err(e))) => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    async fn stop(&mut self) {
+        let _ = self.central.stopping.send(true);
+        self.central.hub.close_all(tonic::Status::unavailable(
+            "latch-central is shutting down; reconnect",
+        ));
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(s) = self.serve.take() {
+            let _ = s.await;
+        }
+        for t in self.tasks.drain(..) {
+            t.abort();
+            let _ = t.await;
+        }
+        self.central.store.close().await;
+        tracing::info!(replica = %self.central.replica_id, "latch-central stopped");
+    }
+}

@@ -1,0 +1,559 @@
+//! Storage: one code path over SQLite (embedded default) and PostgreSQL (replicas).
+//!
+//! Queries are plain SQL run at runtime through `sqlx`'s `Any` driver, written in the dialect both
+//! engines accept (`$N` parameters, `ON CONFLICT`, `RETURNING`). Only the DDL differs, in
+//! [`MIGRATIONS`]. Times are Unix milliseconds in `BIGINT` columns.
+//!
+//! The `audit` table is append-only (a trigger refuses UPDATE and DELETE) and its `seq` only grows.
+
+use std::{path::Path, str::FromStr, time::Duration};
+
+use serde_json::Value;
+use sqlx::{
+    any::{AnyConnectOptions, AnyPoolOptions},
+    AnyPool, Row,
+};
+
+/// Storage failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Could not open the database.
+    #[error("cannot open database {url}: {source}")]
+    Open {
+        /// The URL, without password.
+        url: String,
+        /// Cause.
+        source: sqlx::Error,
+    },
+    /// Could not create the SQLite file's directory.
+    #[error("cannot create directory {dir}: {source}")]
+    Dir {
+        /// Directory.
+        dir: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// A migration failed.
+    #[error("database migration {version} failed: {source}")]
+    Migration {
+        /// Version.
+        version: i64,
+        /// Cause.
+        source: sqlx::Error,
+    },
+    /// The database was written by a newer release.
+    #[error("database schema version {found} is newer than this release knows ({known})")]
+    TooNew {
+        /// In the database.
+        found: i64,
+        /// Known here.
+        known: i64,
+    },
+    /// A query failed.
+    #[error("database error while {op}: {source}")]
+    Query {
+        /// What was being done.
+        op: String,
+        /// Cause.
+        source: sqlx::Error,
+    },
+    /// A stored value does not decode.
+    #[error("corrupt stored value in {what}: {message}")]
+    Corrupt {
+        /// Where.
+        what: String,
+        /// What.
+        message: String,
+    },
+}
+
+impl StoreError {
+    /// Whether retrying (on this or another replica) may succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Query { source, .. } | StoreError::Open { source, .. } => matches!(
+                source,
+                sqlx::Error::Io(_)
+                    | sqlx::Error::PoolTimedOut
+                    | sqlx::Error::PoolClosed
+                    | sqlx::Error::WorkerCrashed
+            ),
+            _ => false,
+        }
+    }
+}
+
+/// Attaches what was being done to a `sqlx` error.
+pub(crate) trait QueryContext<T> {
+    fn ctx(self, op: impl Into<String>) -> Result<T, StoreError>;
+}
+
+impl<T> QueryContext<T> for Result<T, sqlx::Error> {
+    fn ctx(self, op: impl Into<String>) -> Result<T, StoreError> {
+        self.map_err(|source| StoreError::Query {
+            op: op.into(),
+            source,
+        })
+    }
+}
+
+/// Which engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// One SQLite file.
+    Sqlite,
+    /// PostgreSQL, possibly shared by replicas.
+    Postgres,
+}
+
+/// A database URL without its password, for messages.
+pub fn redact_url(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        if let Some((cred, host)) = rest.split_once('@') {
+            let user = cred.split(':').next().unwrap_or("");
+            return format!("{scheme}://{user}:***@{host}");
+        }
+    }
+    url.to_string()
+}
+
+/// Schema versions: (version, SQLite statements, PostgreSQL statements).
+pub const MIGRATIONS: &[(i64, &[&str], &[&str])] = &[(1, SQLITE_V1, POSTGRES_V1)];
+
+const SQLITE_V1: &[&str] = &[
+    "CREATE TABLE hosts (host_id TEXT PRIMARY KEY, hostname TEXT NOT NULL, labels_json TEXT NOT NULL,
+        agent_version TEXT NOT NULL, capabilities BLOB NOT NULL, registered_at_ms BIGINT NOT NULL,
+        last_seen_ms BIGINT NOT NULL, connected_replica TEXT NOT NULL DEFAULT '',
+        rules_version_acked BIGINT NOT NULL DEFAULT 0, rules_error TEXT NOT NULL DEFAULT '')",
+    "CREATE TABLE host_rule_status (host_id TEXT NOT NULL, version BIGINT NOT NULL, rule_id BIGINT NOT NULL,
+        rule_name TEXT NOT NULL, enforcement TEXT NOT NULL, message TEXT NOT NULL,
+        PRIMARY KEY (host_id, rule_id))",
+    "CREATE TABLE rule_sets (version INTEGER PRIMARY KEY AUTOINCREMENT, source_name TEXT NOT NULL,
+        yaml TEXT NOT NULL, sha256 TEXT NOT NULL, selector_json TEXT NOT NULL, applied_by TEXT NOT NULL,
+        applied_at_ms BIGINT NOT NULL, comment TEXT NOT NULL, rollback_of BIGINT NOT NULL DEFAULT 0)",
+    "CREATE TABLE requests (approval_id TEXT PRIMARY KEY, host_id TEXT NOT NULL, request_id TEXT NOT NULL,
+        state TEXT NOT NULL, requester TEXT NOT NULL, rule_id BIGINT NOT NULL, rule_name TEXT NOT NULL,
+        workload TEXT NOT NULL, tgid BIGINT NOT NULL, context BLOB NOT NULL, received_at_ms BIGINT NOT NULL,
+        expires_at_ms BIGINT NOT NULL, on_timeout TEXT NOT NULL, approvers_needed BIGINT NOT NULL,
+        approver_groups_json TEXT NOT NULL, updated_at_ms BIGINT NOT NULL,
+        decided_at_ms BIGINT NOT NULL DEFAULT 0, decided_by TEXT NOT NULL DEFAULT '',
+        outcome TEXT NOT NULL DEFAULT '', reason TEXT NOT NULL DEFAULT '', grant_id TEXT NOT NULL DEFAULT '',
+        UNIQUE (host_id, request_id))",
+    "CREATE INDEX requests_state ON requests (state, expires_at_ms)",
+    "CREATE TABLE votes (approval_id TEXT NOT NULL, approver TEXT NOT NULL, outcome TEXT NOT NULL,
+        reason TEXT NOT NULL, at_ms BIGINT NOT NULL, PRIMARY KEY (approval_id, approver))",
+    "CREATE TABLE transitions (id INTEGER PRIMARY KEY AUTOINCREMENT, approval_id TEXT NOT NULL,
+        from_state TEXT NOT NULL, to_state TEXT NOT NULL, actor TEXT NOT NULL, reason TEXT NOT NULL,
+        at_ms BIGINT NOT NULL)",
+    "CREATE INDEX transitions_request ON transitions (approval_id)",
+    "CREATE TABLE grants (grant_id TEXT PRIMARY KEY, approval_id TEXT NOT NULL, host_id TEXT NOT NULL,
+        rule_id BIGINT NOT NULL, rule_name TEXT NOT NULL, workload TEXT NOT NULL, scope TEXT NOT NULL,
+        tgid BIGINT NOT NULL, granted_by TEXT NOT NULL, created_at_ms BIGINT NOT NULL,
+        expires_at_ms BIGINT NOT NULL, revoked_at_ms BIGINT NOT NULL DEFAULT 0,
+        revoked_by TEXT NOT NULL DEFAULT '', revoke_reason TEXT NOT NULL DEFAULT '')",
+    "CREATE TABLE audit (seq INTEGER PRIMARY KEY AUTOINCREMENT, time_ms BIGINT NOT NULL, kind TEXT NOT NULL,
+        actor TEXT NOT NULL, host_id TEXT NOT NULL, request_id TEXT NOT NULL, grant_id TEXT NOT NULL,
+        rule_name TEXT NOT NULL, workload TEXT NOT NULL, action TEXT NOT NULL, record_id TEXT,
+        payload TEXT NOT NULL)",
+    "CREATE UNIQUE INDEX audit_record ON audit (host_id, record_id)",
+    "CREATE INDEX audit_shadow ON audit (action, time_ms)",
+    "CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit BEGIN SELECT RAISE(ABORT, 'audit is append-only'); END",
+    "CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit BEGIN SELECT RAISE(ABORT, 'audit is append-only'); END",
+];
+
+const POSTGRES_V1: &[&str] = &[
+    "CREATE TABLE hosts (host_id TEXT PRIMARY KEY, hostname TEXT NOT NULL, labels_json TEXT NOT NULL,
+        agent_version TEXT NOT NULL, capabilities BYTEA NOT NULL, registered_at_ms BIGINT NOT NULL,
+        last_seen_ms BIGINT NOT NULL, connected_replica TEXT NOT NULL DEFAULT '',
+        rules_version_acked BIGINT NOT NULL DEFAULT 0, rules_error TEXT NOT NULL DEFAULT '')",
+    "CREATE TABLE host_rule_status (host_id TEXT NOT NULL, version BIGINT NOT NULL, rule_id BIGINT NOT NULL,
+        rule_name TEXT NOT NULL, enforcement TEXT NOT NULL, message TEXT NOT NULL,
+        PRIMARY KEY (host_id, rule_id))",
+    "CREATE TABLE rule_sets (version BIGSERIAL PRIMARY KEY, source_name TEXT NOT NULL,
+        yaml TEXT NOT NULL, sha256 TEXT NOT NULL, selector_json TEXT NOT NULL, applied_by TEXT NOT NULL,
+        applied_at_ms BIGINT NOT NULL, comment TEXT NOT NULL, rollback_of BIGINT NOT NULL DEFAULT 0)",
+    "CREATE TABLE requests (approval_id TEXT PRIMARY KEY, host_id TEXT NOT NULL, request_id TEXT NOT NULL,
+        state TEXT NOT NULL, requester TEXT NOT NULL, rule_id BIGINT NOT NULL, rule_name TEXT NOT NULL,
+        workload TEXT NOT NULL, tgid BIGINT NOT NULL, context BYTEA NOT NULL, received_at_ms BIGINT NOT NULL,
+        expires_at_ms BIGINT NOT NULL, on_timeout TEXT NOT NULL, approvers_needed BIGINT NOT NULL,
+        approver_groups_json TEXT NOT NULL, updated_at_ms BIGINT NOT NULL,
+        decided_at_ms BIGINT NOT NULL DEFAULT 0, decided_by TEXT NOT NULL DEFAULT '',
+        outcome TEXT NOT NULL DEFAULT '', reason TEXT NOT NULL DEFAULT '', grant_id TEXT NOT NULL DEFAULT '',
+        UNIQUE (host_id, request_id))",
+    "CREATE INDEX requests_state ON requests (state, expires_at_ms)",
+    "CREATE TABLE votes (approval_id TEXT NOT NULL, approver TEXT NOT NULL, outcome TEXT NOT NULL,
+        reason TEXT NOT NULL, at_ms BIGINT NOT NULL, PRIMARY KEY (approval_id, approver))",
+    "CREATE TABLE transitions (id BIGSERIAL PRIMARY KEY, approval_id TEXT NOT NULL,
+        from_state TEXT NOT NULL, to_state TEXT NOT NULL, actor TEXT NOT NULL, reason TEXT NOT NULL,
+        at_ms BIGINT NOT NULL)",
+    "CREATE INDEX transitions_request ON transitions (approval_id)",
+    "CREATE TABLE grants (grant_id TEXT PRIMARY KEY, approval_id TEXT NOT NULL, host_id TEXT NOT NULL,
+        rule_id BIGINT NOT NULL, rule_name TEXT NOT NULL, workload TEXT NOT NULL, scope TEXT NOT NULL,
+        tgid BIGINT NOT NULL, granted_by TEXT NOT NULL, created_at_ms BIGINT NOT NULL,
+        expires_at_ms BIGINT NOT NULL, revoked_at_ms BIGINT NOT NULL DEFAULT 0,
+        revoked_by TEXT NOT NULL DEFAULT '', revoke_reason TEXT NOT NULL DEFAULT '')",
+    "CREATE TABLE audit (seq BIGSERIAL PRIMARY KEY, time_ms BIGINT NOT NULL, kind TEXT NOT NULL,
+        actor TEXT NOT NULL, host_id TEXT NOT NULL, request_id TEXT NOT NULL, grant_id TEXT NOT NULL,
+        rule_name TEXT NOT NULL, workload TEXT NOT NULL, action TEXT NOT NULL, record_id TEXT,
+        payload TEXT NOT NULL)",
+    "CREATE UNIQUE INDEX audit_record ON audit (host_id, record_id)",
+    "CREATE INDEX audit_shadow ON audit (action, time_ms)",
+    "CREATE FUNCTION latch_audit_append_only() RETURNS trigger AS $$
+        BEGIN RAISE EXCEPTION 'audit is append-only'; END; $$ LANGUAGE plpgsql",
+    "CREATE TRIGGER audit_append_only BEFORE UPDATE OR DELETE ON audit
+        FOR EACH ROW EXECUTE FUNCTION latch_audit_append_only()",
+];
+
+/// Serialises migrations of replicas starting together on one PostgreSQL.
+const MIGRATION_LOCK: i64 = 0x4c61_7463_6801;
+
+/// The database.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+    url: String,
+}
+
+/// One fact for the audit table.
+#[derive(Clone, Debug, Default)]
+pub struct AuditFact {
+    /// Dotted kind: `request.created`, `request.approved`, `grant.revoked`, `rules.applied`, ...
+    pub kind: String,
+    /// Who caused it: a reviewer subject, `host:<id>`, `timeout`, ...
+    pub actor: String,
+    /// Host concerned.
+    pub host_id: String,
+    /// Central's request id concerned.
+    pub request_id: String,
+    /// Grant concerned.
+    pub grant_id: String,
+    /// Rule concerned.
+    pub rule_name: String,
+    /// Workload concerned.
+    pub workload: String,
+    /// Action taken (agent records).
+    pub action: String,
+    /// The agent's record id (agent records only; makes uploads idempotent).
+    pub record_id: Option<String>,
+    /// Everything else.
+    pub payload: Value,
+    /// When; 0 means now.
+    pub time_ms: i64,
+}
+
+/// A stored audit entry.
+#[derive(Clone, Debug)]
+pub struct AuditRow {
+    /// Sequence number, strictly increasing.
+    pub seq: i64,
+    /// When.
+    pub time_ms: i64,
+    /// Kind.
+    pub kind: String,
+    /// Actor.
+    pub actor: String,
+    /// Host.
+    pub host_id: String,
+    /// Request.
+    pub request_id: String,
+    /// Grant.
+    pub grant_id: String,
+    /// Rule.
+    pub rule_name: String,
+    /// Workload.
+    pub workload: String,
+    /// Payload (JSON text).
+    pub payload: String,
+}
+
+/// Current Unix time in milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The transaction type of [`Store::begin`].
+pub type Tx = sqlx::Transaction<'static, sqlx::Any>;
+
+impl Store {
+    /// Opens (creating a SQLite file and its directory when missing) and migrates.
+    pub async fn open(url: &str, max_connections: u32) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            Backend::Postgres
+        };
+        let mut full = url.to_string();
+        if backend == Backend::Sqlite {
+            let path = url
+                .trim_start_matches("sqlite:")
+                .trim_start_matches("//")
+                .split('?')
+                .next()
+                .unwrap_or("");
+            if let Some(dir) = Path::new(path).parent() {
+                if !dir.as_os_str().is_empty() {
+                    std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
+                        dir: dir.display().to_string(),
+                        source,
+                    })?;
+                }
+            }
+            if !url.contains("mode=") {
+                full.push_str(if url.contains('?') { "&" } else { "?" });
+                full.push_str("mode=rwc");
+            }
+        }
+        let redacted = redact_url(url);
+        let opts = AnyConnectOptions::from_str(&full).map_err(|source| StoreError::Open {
+            url: redacted.clone(),
+            source,
+        })?;
+        // One SQLite connection: writes serialise without SQLITE_BUSY, and a team's load fits.
+        let max = match backend {
+            Backend::Sqlite => 1,
+            Backend::Postgres => max_connections.max(2),
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(max)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(opts)
+            .await
+            .map_err(|source| StoreError::Open {
+                url: redacted.clone(),
+                source,
+            })?;
+        let store = Store {
+            pool,
+            backend,
+            url: url.to_string(),
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// The engine.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The URL it was opened with.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Closes every connection.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut conn = self.pool.acquire().await.ctx("acquiring a connection")?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT 1 AS ok FROM pg_advisory_lock($1)")
+                .bind(MIGRATION_LOCK)
+                .execute(&mut *conn)
+                .await
+                .ctx("taking the migration lock")?;
+        }
+        let result = self.migrate_on(&mut conn).await;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT 1 AS ok FROM pg_advisory_unlock($1)")
+                .bind(MIGRATION_LOCK)
+                .execute(&mut *conn)
+                .await
+                .ctx("releasing the migration lock")?;
+        }
+        result
+    }
+
+    async fn migrate_on(&self, conn: &mut sqlx::AnyConnection) -> Result<(), StoreError> {
+        use sqlx::Connection;
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at_ms BIGINT NOT NULL)",
+        )
+        .execute(&mut *conn)
+        .await
+        .ctx("creating schema_migrations")?;
+        let current: i64 =
+            sqlx::query("SELECT COALESCE(MAX(version), 0) AS v FROM schema_migrations")
+                .fetch_one(&mut *conn)
+                .await
+                .ctx("reading the schema version")?
+                .try_get("v")
+                .ctx("reading the schema version")?;
+        let known = MIGRATIONS.last().map(|m| m.0).unwrap_or(0);
+        if current > known {
+            return Err(StoreError::TooNew {
+                found: current,
+                known,
+            });
+        }
+        for (version, sqlite, postgres) in MIGRATIONS {
+            if *version <= current {
+                continue;
+            }
+            let stmts = match self.backend {
+                Backend::Sqlite => sqlite,
+                Backend::Postgres => postgres,
+            };
+            let mut tx = conn.begin().await.map_err(|source| StoreError::Migration {
+                version: *version,
+                source,
+            })?;
+            for s in stmts.iter() {
+                sqlx::query(s)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|source| StoreError::Migration {
+                        version: *version,
+                        source,
+                    })?;
+            }
+            sqlx::query("INSERT INTO schema_migrations (version, applied_at_ms) VALUES ($1, $2)")
+                .bind(*version)
+                .bind(now_ms())
+                .execute(&mut *tx)
+                .await
+                .map_err(|source| StoreError::Migration {
+                    version: *version,
+                    source,
+                })?;
+            tx.commit().await.map_err(|source| StoreError::Migration {
+                version: *version,
+                source,
+            })?;
+            tracing::info!(version, "database migrated");
+        }
+        Ok(())
+    }
+
+    /// Starts a transaction.
+    pub async fn begin(&self) -> Result<Tx, StoreError> {
+        self.pool.begin().await.ctx("starting a transaction")
+    }
+
+    /// Appends one fact to the audit table inside `tx`. Returns false when an agent record with
+    /// the same id was already stored.
+    pub async fn audit_in(tx: &mut Tx, fact: &AuditFact) -> Result<bool, StoreError> {
+        let time = if fact.time_ms == 0 {
+            now_ms()
+        } else {
+            fact.time_ms
+        };
+        let sql =
+            "INSERT INTO audit (time_ms, kind, actor, host_id, request_id, grant_id, rule_name,
+                workload, action, record_id, payload)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+             ON CONFLICT (host_id, record_id) DO NOTHING";
+        let r = sqlx::query(sql)
+            .bind(time)
+            .bind(&fact.kind)
+            .bind(&fact.actor)
+            .bind(&fact.host_id)
+            .bind(&fact.request_id)
+            .bind(&fact.grant_id)
+            .bind(&fact.rule_name)
+            .bind(&fact.workload)
+            .bind(&fact.action)
+            .bind(fact.record_id.clone())
+            .bind(fact.payload.to_string())
+            .execute(&mut **tx)
+            .await
+            .ctx(format!("appending audit '{}'", fact.kind))?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Appends one fact to the audit table.
+    pub async fn audit(&self, fact: &AuditFact) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
+        let stored = Store::audit_in(&mut tx, fact).await?;
+        tx.commit().await.ctx("committing audit")?;
+        Ok(stored)
+    }
+
+    /// Audit entries with `seq > after_seq`, oldest first.
+    pub async fn query_audit(
+        &self,
+        after_seq: i64,
+        kind: &str,
+        host_id: &str,
+        limit: i64,
+    ) -> Result<Vec<AuditRow>, StoreError> {
+        let (kind_exact, kind_prefix) = if kind.ends_with('.') {
+            (String::new(), format!("{kind}%"))
+        } else {
+            (kind.to_string(), String::new())
+        };
+        let rows = sqlx::query(
+            "SELECT seq, time_ms, kind, actor, host_id, request_id, grant_id, rule_name, workload, payload
+             FROM audit
+             WHERE seq > $1 AND ($2 = '' OR kind = $2) AND ($3 = '' OR kind LIKE $3)
+               AND ($4 = '' OR host_id = $4)
+             ORDER BY seq LIMIT $5",
+        )
+        .bind(after_seq)
+        .bind(kind_exact)
+        .bind(kind_prefix)
+        .bind(host_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .ctx("querying audit")?;
+        rows.iter()
+            .map(|r| {
+                Ok(AuditRow {
+                    seq: r.try_get("seq")?,
+                    time_ms: r.try_get("time_ms")?,
+                    kind: r.try_get("kind")?,
+                    actor: r.try_get("actor")?,
+                    host_id: r.try_get("host_id")?,
+                    request_id: r.try_get("request_id")?,
+                    grant_id: r.try_get("grant_id")?,
+                    rule_name: r.try_get("rule_name")?,
+                    workload: r.try_get("workload")?,
+                    payload: r.try_get("payload")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .ctx("decoding audit")
+    }
+
+    /// Shadow-mode counts: agent records with action `audit`, per rule, workload and UTC day
+    /// (days since the Unix epoch).
+    pub async fn shadow_counts(
+        &self,
+        since_ms: i64,
+    ) -> Result<Vec<(String, String, i64, i64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT rule_name, workload, time_ms / 86400000 AS day, COUNT(*) AS n FROM audit
+             WHERE action = 'audit' AND record_id IS NOT NULL AND time_ms >= $1
+             GROUP BY rule_name, workload, time_ms / 86400000
+             ORDER BY rule_name, workload, day",
+        )
+        .bind(since_ms)
+        .fetch_all(&self.pool)
+        .await
+        .ctx("counting shadow-mode records")?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("rule_name")?,
+                    r.try_get("workload")?,
+                    r.try_get("day")?,
+                    r.try_get("n")?,
+                ))
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .ctx("decoding shadow-mode counts")
+    }
+}

@@ -1,0 +1,489 @@
+//! Test harness: a database per test (a SQLite file, or a fresh PostgreSQL server in a temp
+//! dir), central servers on 127.0.0.1:0, and an in-process agent stand-in over real gRPC.
+
+#![allow(dead_code)]
+
+use std::{
+    collections::HashMap,
+    net::TcpListener as StdListener,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use latch_central::{config::Config, Server};
+use latch_proto::v1::{
+    agent_message::Body, agent_service_client::AgentServiceClient,
+    reviewer_service_client::ReviewerServiceClient, AgentMessage, ApprovalAccepted,
+    ApprovalRequest, Capabilities, Decision, Destination, Op, RegisterRequest, SubscribeRequest,
+};
+use tonic::{transport::Channel, Request, Streaming};
+
+pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+/// A safety net against a hung test, never a performance threshold.
+pub const HANG: Duration = Duration::from_secs(120);
+
+pub const RULES: &str = r#"workloads:
+  - name: ai-agents
+    cgroups: ["/ai.slice/*"]
+rules:
+  - name: prod-db
+    workload: ai-agents
+    on: connect
+    to: ["10.20.0.0/16"]
+    ports: [5432]
+    action: approve
+    timeout: 10m
+  - name: two-person
+    workload: ai-agents
+    on: exec
+    paths: ["/usr/bin/psql"]
+    action: approve
+    approvers: { groups: ["dba-oncall"], count: 2 }
+  - name: quick-expiry
+    workload: ai-agents
+    on: exec
+    paths: ["/usr/bin/scp"]
+    action: approve
+    timeout: 1s
+    on_timeout: allow
+  - name: shadow-curl
+    workload: ai-agents
+    on: exec
+    paths: ["/usr/bin/curl"]
+    action: audit
+"#;
+
+pub fn rule_id(name: &str) -> u32 {
+    policy::RuleSet::parse("rules.yaml", RULES)
+        .expect("test rules parse")
+        .rules
+        .iter()
+        .find(|r| r.name == name)
+        .map(|r| r.id)
+        .expect("rule in test rules")
+}
+
+/// A PostgreSQL binary, run as the `postgres` user when we are root (PostgreSQL refuses root).
+fn pg_command(bin: &str) -> Command {
+    let path = Path::new(PG_BIN).join(bin);
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(path);
+        c
+    } else {
+        Command::new(path)
+    }
+}
+
+/// A PostgreSQL server of its own, stopped and deleted on drop.
+pub struct Postgres {
+    dir: tempfile::TempDir,
+    pub port: u16,
+}
+
+impl Postgres {
+    /// Starts one, or returns None (after saying so) when LATCH_SKIP_POSTGRES=1 and the
+    /// binaries are missing. Without that variable, missing binaries fail the test.
+    pub fn start() -> Option<Postgres> {
+        let initdb = Path::new(PG_BIN).join("initdb");
+        if !initdb.exists() {
+            if std::env::var("LATCH_SKIP_POSTGRES").as_deref() == Ok("1") {
+                eprintln!(
+                    "SKIPPED: PostgreSQL binaries not found in {PG_BIN} and LATCH_SKIP_POSTGRES=1"
+                );
+                return None;
+            }
+            panic!(
+                "PostgreSQL binaries not found in {PG_BIN}: install Debian package `postgresql` \
+                 (or set LATCH_SKIP_POSTGRES=1 to skip the PostgreSQL half of the suite)"
+            );
+        }
+        if std::env::var("LATCH_SKIP_POSTGRES").as_deref() == Ok("1") {
+            eprintln!("SKIPPED: LATCH_SKIP_POSTGRES=1");
+            return None;
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("latch-pg-")
+            .tempdir()
+            .expect("temp dir");
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            let chown = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir.path())
+                .status()
+                .expect("run chown");
+            assert!(
+                chown.success(),
+                "chown of {} to postgres failed",
+                dir.path().display()
+            );
+        }
+        let data = dir.path().join("data");
+        let out = pg_command("initdb")
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8"])
+            .output()
+            .expect("run initdb");
+        assert!(
+            out.status.success(),
+            "initdb failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for attempt in 0..5 {
+            let port = StdListener::bind("127.0.0.1:0")
+                .expect("bind")
+                .local_addr()
+                .expect("addr")
+                .port();
+            let opts = format!(
+                "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
+                dir.path().display()
+            );
+            let st = pg_command("pg_ctl")
+                .arg("-D")
+                .arg(&data)
+                .args(["-o", &opts, "-w", "-l"])
+                .arg(dir.path().join("log"))
+                .arg("start")
+                .output()
+                .expect("run pg_ctl");
+            if st.status.success() {
+                return Some(Postgres { dir, port });
+            }
+            eprintln!(
+                "pg_ctl start on port {port} failed (attempt {attempt}): {}",
+                std::fs::read_to_string(dir.path().join("log")).unwrap_or_default()
+            );
+        }
+        panic!("could not start PostgreSQL");
+    }
+
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    pub async fn create_db(&self, db: &str) -> String {
+        use sqlx::Connection;
+        let mut c = sqlx::PgConnection::connect(&self.url("postgres"))
+            .await
+            .expect("connect to postgres");
+        sqlx::query(&format!("CREATE DATABASE {db}"))
+            .execute(&mut c)
+            .await
+            .expect("create database");
+        self.url(db)
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = pg_command("pg_ctl")
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-m", "immediate", "-w", "stop"])
+            .output();
+    }
+}
+
+pub const ALICE: &str = "tok-alice-0001";
+pub const BOB: &str = "tok-bob-00002";
+pub const CAROL: &str = "tok-carol-0003";
+pub const DAVE: &str = "tok-dave-00004";
+pub const ADMIN: &str = "tok-admin-0005";
+pub const VIEWER: &str = "tok-viewer-006";
+
+pub fn host_token(host: &str) -> String {
+    format!("agent-token-{host}")
+}
+
+/// A database and a configuration; servers started from it share the database.
+pub struct Env {
+    pub config: Config,
+    _sqlite: Option<tempfile::TempDir>,
+    _pg: Option<Postgres>,
+    pub kind: &'static str,
+}
+
+fn config(database: String) -> Config {
+    let text = format!(
+        r#"
+listen = "127.0.0.1:0"
+database = "{database}"
+[[reviewers]]
+token = "{ALICE}"
+subject = "alice"
+email = "alice@example.com"
+groups = ["dba-oncall"]
+role = "approver"
+[[reviewers]]
+token = "{BOB}"
+subject = "bob"
+groups = ["dba-oncall"]
+role = "approver"
+[[reviewers]]
+token = "{CAROL}"
+subject = "carol"
+role = "approver"
+[[reviewers]]
+token = "{DAVE}"
+subject = "dave"
+groups = ["dba-oncall"]
+role = "approver"
+[[reviewers]]
+token = "{ADMIN}"
+subject = "root-admin"
+role = "admin"
+[[reviewers]]
+token = "{VIEWER}"
+subject = "vic"
+role = "viewer"
+[[agents]]
+host_id = "h1"
+token = "{h1}"
+[[agents]]
+host_id = "h2"
+token = "{h2}"
+"#,
+        h1 = host_token("h1"),
+        h2 = host_token("h2"),
+    );
+    Config::parse("test.toml", &text).expect("test config")
+}
+
+impl Env {
+    pub async fn sqlite() -> Env {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path: PathBuf = dir.path().join("state").join("central.db");
+        Env {
+            config: config(format!("sqlite://{}", path.display())),
+            _sqlite: Some(dir),
+            _pg: None,
+            kind: "sqlite",
+        }
+    }
+
+    pub async fn postgres() -> Option<Env> {
+        let pg = Postgres::start()?;
+        let url = pg.create_db("latch_test").await;
+        Some(Env {
+            config: config(url),
+            _sqlite: None,
+            _pg: Some(pg),
+            kind: "postgres",
+        })
+    }
+
+    pub async fn start(&self) -> Server {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        latch_central::start(&self.config, Some(l))
+            .await
+            .expect("start central")
+    }
+}
+
+pub fn req<T>(msg: T, token: &str) -> Request<T> {
+    let mut r = Request::new(msg);
+    r.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("metadata"),
+    );
+    r
+}
+
+pub async fn reviewer(server: &Server) -> ReviewerServiceClient<Channel> {
+    ReviewerServiceClient::connect(format!("http://{}", server.addr()))
+        .await
+        .expect("connect reviewer client")
+}
+
+pub async fn agent_client(server: &Server) -> AgentServiceClient<Channel> {
+    AgentServiceClient::connect(format!("http://{}", server.addr()))
+        .await
+        .expect("connect agent client")
+}
+
+/// Applies RULES as admin.
+pub async fn apply_rules(server: &Server) -> u64 {
+    let mut r = reviewer(server).await;
+    r.apply_rules(req(
+        latch_proto::v1::ApplyRulesRequest {
+            source_name: "rules.yaml".into(),
+            yaml: RULES.into(),
+            ..Default::default()
+        },
+        ADMIN,
+    ))
+    .await
+    .expect("apply rules")
+    .into_inner()
+    .version
+}
+
+/// An agent stand-in: registered, subscribed.
+pub struct Agent {
+    pub host: String,
+    pub client: AgentServiceClient<Channel>,
+    pub stream: Streaming<AgentMessage>,
+}
+
+impl Agent {
+    pub async fn connect(
+        server: &Server,
+        host: &str,
+        pending: Vec<String>,
+        grants: Vec<String>,
+    ) -> Agent {
+        Agent::connect_labels(
+            server,
+            host,
+            HashMap::from([("env".to_string(), "prod".to_string())]),
+            pending,
+            grants,
+        )
+        .await
+    }
+
+    pub async fn connect_labels(
+        server: &Server,
+        host: &str,
+        labels: HashMap<String, String>,
+        pending: Vec<String>,
+        grants: Vec<String>,
+    ) -> Agent {
+        let mut client = agent_client(server).await;
+        let token = host_token(host);
+        client
+            .register(req(
+                RegisterRequest {
+                    host_id: host.into(),
+                    hostname: format!("{host}.example"),
+                    labels,
+                    agent_version: "0.1.0".into(),
+                    capabilities: Some(Capabilities {
+                        kernel: "6.18.0".into(),
+                        backends: vec!["cgroup-sock-addr".into(), "tracepoint-exec".into()],
+                        features: HashMap::from([("bpf_lsm".to_string(), "no".to_string())]),
+                    }),
+                },
+                &token,
+            ))
+            .await
+            .expect("register");
+        let stream = client
+            .subscribe(req(
+                SubscribeRequest {
+                    host_id: host.into(),
+                    pending_request_ids: pending,
+                    grant_ids: grants,
+                    rules_version: 0,
+                },
+                &token,
+            ))
+            .await
+            .expect("subscribe")
+            .into_inner();
+        Agent {
+            host: host.into(),
+            client,
+            stream,
+        }
+    }
+
+    pub fn token(&self) -> String {
+        host_token(&self.host)
+    }
+
+    /// Next message (the stream must not end).
+    pub async fn next(&mut self) -> Body {
+        let m = tokio::time::timeout(HANG, self.stream.message())
+            .await
+            .expect("agent stream hung")
+            .expect("agent stream failed")
+            .expect("agent stream ended");
+        m.body.expect("message without body")
+    }
+
+    /// Next decision, skipping rules pushes.
+    pub async fn next_decision(&mut self) -> Decision {
+        loop {
+            match self.next().await {
+                Body::Decision(d) => return d,
+                Body::Rules(_) => continue,
+                Body::Revocation(r) => panic!("expected a decision, got revocation {r:?}"),
+            }
+        }
+    }
+
+    /// Next rules push (version).
+    pub async fn next_rules(&mut self) -> u64 {
+        match self.next().await {
+            Body::Rules(r) => r.version,
+            other => panic!("expected rules, got {other:?}"),
+        }
+    }
+
+    pub fn request(&self, id: &str, rule: &str) -> ApprovalRequest {
+        let exec = rule != "prod-db";
+        ApprovalRequest {
+            request_id: id.into(),
+            host_id: self.host.clone(),
+            op: if exec { Op::Exec } else { Op::Connect } as i32,
+            pid: 4242,
+            tgid: 4242,
+            ppid: 1,
+            uid: 1000,
+            gid: 1000,
+            user: "llm".into(),
+            group: "llm".into(),
+            cgroup_id: 777,
+            cgroup_path: "/ai.slice/runner.service".into(),
+            unit: "runner.service".into(),
+            comm: "python3".into(),
+            exe: "/usr/bin/python3.11".into(),
+            argv: vec![
+                "python3".into(),
+                "agent.py".into(),
+                "--token=[REDACTED]".into(),
+            ],
+            ancestors: vec![latch_proto::v1::Ancestor {
+                pid: 1,
+                exe: "/usr/lib/systemd/systemd".into(),
+                argv: vec!["/sbin/init".into()],
+            }],
+            destination: (!exec).then(|| Destination {
+                family: "inet".into(),
+                address: "10.20.1.5".into(),
+                port: 5432,
+                protocol: "tcp".into(),
+            }),
+            exec_path: if exec {
+                "/usr/bin/psql".into()
+            } else {
+                String::new()
+            },
+            rule_id: rule_id(rule),
+            rule_name: rule.into(),
+            workload: "ai-agents".into(),
+            requester: "unit:runner.service".into(),
+            created_at_unix_ms: 1,
+            rules_version: 0,
+        }
+    }
+
+    pub async fn submit(&mut self, r: ApprovalRequest) -> ApprovalAccepted {
+        let t = self.token();
+        self.client
+            .request_approval(req(r, &t))
+            .await
+            .expect("request approval")
+            .into_inner()
+    }
+}

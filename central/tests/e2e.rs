@@ -1,0 +1,1095 @@
+//! End-to-end over real gRPC: the same scenarios against SQLite and against PostgreSQL.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::*;
+use latch_proto::v1::{
+    agent_message::Body, AgentAuditRecord, ApplyRulesRequest, AuditBatch, CancelApprovalRequest,
+    DecideRequest, DecisionKind, DiffRulesRequest, GetRequestRequest, GetRulesRequest, GrantScope,
+    ListGrantsRequest, ListHostsRequest, ListRequestsRequest, Outcome, QueryAuditRequest,
+    RequestState, RevokeGrantRequest, RollbackRulesRequest, RuleEnforcement, RuleStatus, RulesAck,
+    ShadowReportRequest, WatchRequestsRequest,
+};
+use tonic::Code;
+
+fn approve_once(id: &str, reason: &str) -> DecideRequest {
+    DecideRequest {
+        approval_id: id.into(),
+        kind: DecisionKind::ApproveOnce as i32,
+        reason: reason.into(),
+        ..Default::default()
+    }
+}
+
+fn deny(id: &str) -> DecideRequest {
+    DecideRequest {
+        approval_id: id.into(),
+        kind: DecisionKind::Deny as i32,
+        reason: "not now".into(),
+        ..Default::default()
+    }
+}
+
+async fn full_flow(env: &Env) {
+    let server = env.start().await;
+    let version = apply_rules(&server).await;
+    assert_eq!(version, 1);
+    let mut agent = Agent::connect(&server, "h1", vec![], vec![]).await;
+    assert_eq!(agent.next_rules().await, 1);
+    let t = agent.token();
+    agent
+        .client
+        .ack_rules(req(
+            RulesAck {
+                host_id: "h1".into(),
+                version: 1,
+                rules: vec![
+                    RuleStatus {
+                        rule_id: rule_id("prod-db"),
+                        rule_name: "prod-db".into(),
+                        enforcement: RuleEnforcement::Enforced as i32,
+                        message: String::new(),
+                    },
+                    RuleStatus {
+                        rule_id: rule_id("two-person"),
+                        rule_name: "two-person".into(),
+                        enforcement: RuleEnforcement::Degraded as i32,
+                        message: "no BPF LSM: SIGSTOP at exec instead of EPERM".into(),
+                    },
+                ],
+                error: String::new(),
+            },
+            &t,
+        ))
+        .await
+        .expect("ack");
+    let mut rv = reviewer(&server).await;
+    let hosts = rv
+        .list_hosts(req(ListHostsRequest {}, VIEWER))
+        .await
+        .expect("hosts")
+        .into_inner()
+        .hosts;
+    assert_eq!(hosts.len(), 1);
+    let h = &hosts[0];
+    assert!(h.connected);
+    assert_eq!((h.rules_version_desired, h.rules_version_acked), (1, 1));
+    let degraded = h
+        .rules
+        .iter()
+        .find(|r| r.rule_name == "two-person")
+        .expect("status");
+    assert_eq!(degraded.enforcement, RuleEnforcement::Degraded as i32);
+
+    let mut watch = rv
+        .watch_requests(req(WatchRequestsRequest {}, VIEWER))
+        .await
+        .expect("watch")
+        .into_inner();
+    let acc = agent.submit(agent.request("1.100", "prod-db")).await;
+    assert_eq!(acc.state, RequestState::Pending as i32);
+    let ev = tokio::time::timeout(HANG, watch.message())
+        .await
+        .expect("watch hung")
+        .expect("watch")
+        .expect("watch ended");
+    let seen = ev.request.expect("record");
+    assert_eq!(seen.approval_id, acc.approval_id);
+    assert_eq!(
+        seen.request.as_ref().map(|r| r.exe.as_str()),
+        Some("/usr/bin/python3.11")
+    );
+
+    // A viewer may not decide.
+    let e = rv
+        .decide(req(approve_once(&acc.approval_id, "ok"), VIEWER))
+        .await
+        .expect_err("viewer decides");
+    assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+
+    let resp = rv
+        .decide(req(approve_once(&acc.approval_id, "ticket DB-1"), ALICE))
+        .await
+        .expect("decide")
+        .into_inner();
+    assert!(resp.r#final);
+    let d = agent.next_decision().await;
+    assert_eq!(d.request_id, "1.100");
+    assert_eq!(d.outcome, Outcome::Allow as i32);
+    assert_eq!(d.decided_by, "alice");
+    assert_eq!(d.reason, "ticket DB-1");
+    assert!(d.grant.is_none());
+
+    let rec = rv
+        .get_request(req(
+            GetRequestRequest {
+                approval_id: acc.approval_id.clone(),
+            },
+            VIEWER,
+        ))
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(rec.state, RequestState::Approved as i32);
+    let tr: Vec<_> = rec
+        .transitions
+        .iter()
+        .map(|t| (t.from, t.to, t.actor.clone()))
+        .collect();
+    assert_eq!(
+        tr,
+        vec![
+            (
+                RequestState::Unspecified as i32,
+                RequestState::Pending as i32,
+                "host:h1".to_string()
+            ),
+            (
+                RequestState::Pending as i32,
+                RequestState::Approved as i32,
+                "alice".to_string()
+            ),
+        ]
+    );
+
+    // Submitting the same request again is idempotent and returns the decision.
+    let again = agent.submit(agent.request("1.100", "prod-db")).await;
+    assert_eq!(again.approval_id, acc.approval_id);
+    assert_eq!(again.state, RequestState::Approved as i32);
+    assert_eq!(
+        again.decision.map(|d| d.outcome),
+        Some(Outcome::Allow as i32)
+    );
+
+    // Audit holds every fact, in sequence.
+    let entries = rv
+        .query_audit(req(
+            QueryAuditRequest {
+                limit: 1000,
+                ..Default::default()
+            },
+            VIEWER,
+        ))
+        .await
+        .expect("audit")
+        .into_inner()
+        .entries;
+    let kinds: Vec<&str> = entries.iter().map(|e| e.kind.as_str()).collect();
+    for k in [
+        "rules.applied",
+        "host.registered",
+        "agent.connected",
+        "rules.acked",
+        "request.created",
+        "request.approved",
+    ] {
+        assert!(kinds.contains(&k), "audit lacks {k}: {kinds:?}");
+    }
+    assert!(entries.windows(2).all(|w| w[0].seq < w[1].seq));
+    let mut export = rv
+        .export_audit(req(
+            QueryAuditRequest {
+                kind: "request.".into(),
+                ..Default::default()
+            },
+            VIEWER,
+        ))
+        .await
+        .expect("export")
+        .into_inner();
+    let mut n = 0;
+    while let Some(e) = export.message().await.expect("export stream") {
+        assert!(e.kind.starts_with("request."));
+        n += 1;
+    }
+    assert_eq!(n, 2);
+    server.shutdown().await;
+}
+
+async fn grant_and_revoke(env: &Env) {
+    let server = env.start().await;
+    apply_rules(&server).await;
+    let mut agent = Agent::connect(&server, "h1", vec![], vec![]).await;
+    let acc = agent.submit(agent.request("2.1", "prod-db")).await;
+    let mut rv = reviewer(&server).await;
+    rv.decide(req(
+        DecideRequest {
+            approval_id: acc.approval_id.clone(),
+            kind: DecisionKind::ApproveFor as i32,
+            duration_seconds: 3600,
+            scope: GrantScope::Workload as i32,
+            reason: "migration window".into(),
+        },
+        BOB,
+    ))
+    .await
+    .expect("approve for");
+    let d = agent.next_decision().await;
+    let g = d.grant.expect("grant");
+    assert_eq!(g.scope, GrantScope::Workload as i32);
+    assert_eq!(g.host_id, "h1");
+    assert!(g.expires_at_unix_ms > g.created_at_unix_ms);
+    let active = rv
+        .list_grants(req(ListGrantsRequest::default(), VIEWER))
+        .await
+        .expect("grants")
+        .into_inner()
+        .grants;
+    assert_eq!(active.len(), 1);
+
+    let e = rv
+        .revoke_grant(req(
+            RevokeGrantRequest {
+                grant_id: g.grant_id.clone(),
+                reason: " ".into(),
+            },
+            ALICE,
+        ))
+        .await
+        .expect_err("no reason");
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    rv.revoke_grant(req(
+        RevokeGrantRequest {
+            grant_id: g.grant_id.clone(),
+            reason: "incident".into(),
+        },
+        ALICE,
+    ))
+    .await
+    .expect("revoke");
+    match agent.next().await {
+        Body::Revocation(r) => {
+            assert_eq!(r.grant_id, g.grant_id);
+            assert_eq!(r.revoked_by, "alice");
+        }
+        other => panic!("expected revocation, got {other:?}"),
+    }
+    let active = rv
+        .list_grants(req(ListGrantsRequest::default(), VIEWER))
+        .await
+        .expect("grants")
+        .into_inner()
+        .grants;
+    assert!(active.is_empty());
+    let e = rv
+        .revoke_grant(req(
+            RevokeGrantRequest {
+                grant_id: g.grant_id.clone(),
+                reason: "again".into(),
+            },
+            ALICE,
+        ))
+        .await
+        .expect_err("twice");
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e}");
+    let e = rv
+        .revoke_grant(req(
+            RevokeGrantRequest {
+                grant_id: "no-such-grant".into(),
+                reason: "x".into(),
+            },
+            ALICE,
+        ))
+        .await
+        .expect_err("unknown");
+    assert_eq!(e.code(), Code::NotFound, "{e}");
+
+    // A reconnecting agent still holding the grant is told it was revoked.
+    drop(agent);
+    let mut agent = Agent::connect(&server, "h1", vec![], vec![g.grant_id.clone()]).await;
+    loop {
+        match agent.next().await {
+            Body::Rules(_) => continue,
+            Body::Revocation(r) => {
+                assert_eq!(r.grant_id, g.grant_id);
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    server.shutdown().await;
+}
+
+async fn expiry(env: &Env) {
+    let server = env.start().await;
+    apply_rules(&server).await;
+    let mut agent = Agent::connect(&server, "h1", vec![], vec![]).await;
+    let mut r = agent.request("3.1", "quick-expiry");
+    r.exec_path = "/usr/bin/scp".into();
+    let acc = agent.submit(r).await;
+    // Nobody answers: the rule's timeout (1s) resolves it with its on_timeout (allow).
+    let d = agent.next_decision().await;
+    assert_eq!(d.request_id, "3.1");
+    assert_eq!(d.state, RequestState::Expired as i32);
+    assert_eq!(d.outcome, Outcome::Allow as i32);
+    assert_eq!(d.decided_by, "timeout");
+    let mut rv = reviewer(&server).await;
+    let e = rv
+        .decide(req(approve_once(&acc.approval_id, "late"), ALICE))
+        .await
+        .expect_err("decide expired");
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e}");
+    assert!(e.message().contains("expired"), "{e}");
+    server.shutdown().await;
+}
+
+async fn two_person_rule(env: &Env) {
+    let server = env.start().await;
+    apply_rules(&server).await;
+    let mut agent = Agent::connect(&server, "h1", vec![], vec![]).await;
+    let acc = agent.submit(agent.request("4.1", "two-person")).await;
+    let mut rv = reviewer(&server).await;
+    let first = rv
+        .decide(req(approve_once(&acc.approval_id, "looks fine"), ALICE))
+        .await
+        .expect("first")
+        .into_inner();
+    assert!(!first.r#final);
+    assert_eq!(
+        first.request.expect("record").state,
+        RequestState::Pending as i32
+    );
+    let e = rv
+        .decide(req(approve_once(&acc.approval_id, "me again"), ALICE))
+        .await
+        .expect_err("same approver twice");
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e}");
+    let e = rv
+        .decide(req(approve_once(&acc.approval_id, "not my group"), CAROL))
+        .await
+        .expect_err("outside group");
+    assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+    let second = rv
+        .decide(req(approve_once(&acc.approval_id, "agree"), BOB))
+        .await
+        .expect("second")
+        .into_inner();
+    assert!(second.r#final);
+    let rec = second.request.expect("record");
+    assert_eq!(rec.votes.len(), 2);
+    let d = agent.next_decision().await;
+    assert_eq!(
+        (d.request_id.as_str(), d.outcome),
+        ("4.1", Outcome::Allow as i32)
+    );
+    assert_eq!(d.decided_by, "bob");
+    server.shutdown().await;
+}
+
+async fn self_approval_refused(env: &Env) {
+    let server = env.start().await;
+    apply_rules(&server).await;
+    let mut agent = Agent::connect(&server, "h1", vec![], vec![]).await;
+    let mut r = agent.request("5.1", "prod-db");
+    r.requester = "user:alice".into();
+    let acc = agent.submit(r).await;
+    let mut rv = reviewer(&server).await;
+    let e = rv
+        .decide(req(approve_once(&acc.approval_id, "mine"), ALICE))
+        .await
+        .expect_err("self approval");
+    assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+    assert!(e.message().contains("requester"), "{e}");
+    rv.decide(req(approve_once(&acc.approval_id, "checked"), BOB))
+        .await
+        .expect("other approver");
+    assert_eq!(agent.next_decision().await.decided_by, "bob");
+    server.shutdown().await;
+}
+
+async fn concurrent_decisions(env: &Env) {
+    let server = env.start().await;
+    apply_rules(&server).await;
+    let mut agent = Agent::connect(&server, "h1", vec![], vec![]).await;
+    let acc = agent.submit(agent.request("6.1", "prod-db")).await;
+    let mut calls = Vec::new();
+    for (i, tok) in [ALICE, BOB, CAROL, DAVE, ALICE, BOB]
+        .into_iter()
+        .enumerate()
+    {
+        let mut rv = reviewer(&server).await;
+        let d = if i % 2 == 0 {
+            approve_once(&acc.approval_id, "go")
+        } else {
+            deny(&acc.approval_id)
+        };
+        calls.push(tokio::spawn(async move { rv.decide(req(d, tok)).await }));
+    }
+    let mut ok = 0;
+    for c in calls {
+        match c.await.expect("join") {
+            Ok(_) => ok += 1,
+            Err(e) => assert_eq!(e.code(), Code::FailedPrecondition, "{e}"),
+        }
+    }
+    assert_eq!(ok, 1, "exactly one decision wins");
+    let d = agent.next_decision().await;
+    assert_eq!(d.request_id, "6.1");
+    let rec = reviewer(&server)
+        .await
+        .get_request(req(
+            GetRequestRequest {
+                approval_id: acc.approval_id,
+            },
+            VIEWER,
+        ))
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(rec.transitions.len(), 2);
+    server.shutdown().await;
+}
+
+async fn cancel(env: &Env) {
+    let server = env.start().await;
+    apply_rules(&server).await;
+    let mut agent = Agent::connect(&server, "h1", vec![], vec![]).await;
+    let acc = agent.submit(agent.request("7.1", "prod-db")).await;
+    let t = agent.token();
+    let st = agent
+        .client
+        .cancel_approval(req(
+            CancelApprovalRequest {
+                host_id: "h1".into(),
+                request_id: "7.1".into(),
+                reason: "process exited".into(),
+            },
+            &t,
+        ))
+        .await
+        .expect("cancel")
+        .into_inner();
+    assert_eq!(st.state, RequestState::Cancelled as i32);
+    let mut rv = reviewer(&server).await;
+    let e = rv
+        .decide(req(approve_once(&acc.approval_id, "too late"), ALICE))
+        .await
+        .expect_err("decide cancelled");
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e}");
+    let cancelled = rv
+        .list_requests(req(
+            ListRequestsRequest {
+                state: RequestState::Cancelled as i32,
+                ..Default::default()
+            },
+            VIEWER,
+        ))
+        .await
+        .expect("list")
+        .into_inner()
+        .requests;
+    assert_eq!(cancelled.len(), 1);
+    server.shutdown().await;
+}
+
+async fn restart_loses_nothing(env: &Env) {
+    let server = env.start().await;
+    apply_rules(&server).await;
+    let mut agent = Agent::connect(&server, "h1", vec![], vec![]).await;
+    let a = agent.submit(agent.request("8.1", "prod-db")).await;
+    let b = agent.submit(agent.request("8.2", "prod-db")).await;
+    server.shutdown().await;
+    // The agent's stream ends with Unavailable (after the rules push it had not read).
+    loop {
+        match tokio::time::timeout(HANG, agent.stream.message())
+            .await
+            .expect("stream hung")
+        {
+            Err(s) => {
+                assert_eq!(s.code(), Code::Unavailable, "{s}");
+                break;
+            }
+            Ok(None) => break,
+            Ok(Some(m)) => assert!(
+                matches!(m.body, Some(Body::Rules(_))),
+                "unexpected message {m:?}"
+            ),
+        }
+    }
+
+    let server = env.start().await;
+    let mut rv = reviewer(&server).await;
+    // Decided while the agent is away.
+    rv.decide(req(deny(&a.approval_id), ALICE))
+        .await
+        .expect("decide while away");
+    let mut agent = Agent::connect(&server, "h1", vec!["8.1".into(), "8.2".into()], vec![]).await;
+    assert_eq!(agent.next_rules().await, 1);
+    let d = agent.next_decision().await;
+    assert_eq!(
+        (d.request_id.as_str(), d.outcome),
+        ("8.1", Outcome::Deny as i32)
+    );
+    // Still pending; decided live after reconnection.
+    rv.decide(req(approve_once(&b.approval_id, "fine"), BOB))
+        .await
+        .expect("decide live");
+    let d = agent.next_decision().await;
+    assert_eq!(
+        (d.request_id.as_str(), d.outcome),
+        ("8.2", Outcome::Allow as i32)
+    );
+    server.shutdown().await;
+}
+
+async fn rules_versions_and_shadow(env: &Env) {
+    let server = env.start().await;
+    let mut rv = reviewer(&server).await;
+    // Not YAML: refused with file and line; nothing applied.
+    let e = rv
+        .apply_rules(req(
+            ApplyRulesRequest {
+                source_name: "bad.yaml".into(),
+                yaml: "rules: [\n  {name: x\n".into(),
+                ..Default::default()
+            },
+            ADMIN,
+        ))
+        .await
+        .expect_err("not yaml");
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    assert!(e.message().contains("bad.yaml:"), "{e}");
+    let e = rv
+        .get_rules(req(GetRulesRequest { version: 0 }, VIEWER))
+        .await
+        .expect_err("nothing applied");
+    assert_eq!(e.code(), Code::NotFound, "{e}");
+
+    let v1 = apply_rules(&server).await;
+    let mut agent = Agent::connect(&server, "h1", vec![], vec![]).await;
+    assert_eq!(agent.next_rules().await, v1);
+    let mut dev = Agent::connect_labels(
+        &server,
+        "h2",
+        HashMap::from([("env".into(), "dev".into())]),
+        vec![],
+        vec![],
+    )
+    .await;
+    assert_eq!(dev.next_rules().await, v1);
+
+    // A rule that names an unknown workload: refused with file, line, rule and reason.
+    let bad = common::RULES.replace(
+        "workload: ai-agents\n    on: connect",
+        "workload: nope\n    on: connect",
+    );
+    let e = rv
+        .apply_rules(req(
+            ApplyRulesRequest {
+                source_name: "prod.yaml".into(),
+                yaml: bad,
+                ..Default::default()
+            },
+            ADMIN,
+        ))
+        .await
+        .expect_err("bad rule");
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    assert!(
+        e.message().contains("prod.yaml:") && e.message().contains("prod-db"),
+        "{e}"
+    );
+    assert_eq!(
+        rv.get_rules(req(GetRulesRequest { version: 0 }, VIEWER))
+            .await
+            .expect("current")
+            .into_inner()
+            .version,
+        v1
+    );
+    // Only admins apply.
+    let e = rv
+        .apply_rules(req(
+            ApplyRulesRequest {
+                yaml: common::RULES.into(),
+                ..Default::default()
+            },
+            ALICE,
+        ))
+        .await
+        .expect_err("approver applies");
+    assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+
+    // Version 2 for env=prod only: pushed to h1 at once, not to h2.
+    let v2_yaml = common::RULES.replace("timeout: 10m", "timeout: 20m")
+        + "  - name: no-metadata\n    workload: ai-agents\n    on: connect\n    to: [\"169.254.169.254/32\"]\n    action: deny\n";
+    let v2 = rv
+        .apply_rules(req(
+            ApplyRulesRequest {
+                source_name: "prod.yaml".into(),
+                yaml: v2_yaml,
+                selector: HashMap::from([("env".into(), "prod".into())]),
+                ..Default::default()
+            },
+            ADMIN,
+        ))
+        .await
+        .expect("v2")
+        .into_inner();
+    assert_eq!(v2.version, 2);
+    assert_eq!(agent.next_rules().await, 2);
+    let diff = rv
+        .diff_rules(req(
+            DiffRulesRequest {
+                from_version: 1,
+                to_version: 2,
+            },
+            VIEWER,
+        ))
+        .await
+        .expect("diff")
+        .into_inner();
+    assert_eq!(diff.added_rules, vec!["no-metadata".to_string()]);
+    assert_eq!(diff.changed_rules, vec!["prod-db".to_string()]);
+    assert!(
+        diff.unified_diff.contains("+    timeout: 20m"),
+        "{}",
+        diff.unified_diff
+    );
+    let e = rv
+        .diff_rules(req(
+            DiffRulesRequest {
+                from_version: 1,
+                to_version: 99,
+            },
+            VIEWER,
+        ))
+        .await
+        .expect_err("unknown version");
+    assert_eq!(e.code(), Code::NotFound, "{e}");
+
+    // Roll back to version 1: a new version 3 with version 1's file and selector (every host).
+    let rb = rv
+        .rollback_rules(req(
+            RollbackRulesRequest {
+                version: 1,
+                reason: "v2 broke deploys".into(),
+            },
+            ADMIN,
+        ))
+        .await
+        .expect("rollback")
+        .into_inner();
+    assert_eq!(rb.version, 3);
+    assert_eq!(agent.next_rules().await, 3);
+    assert_eq!(dev.next_rules().await, 3);
+    let v3 = rv
+        .get_rules(req(GetRulesRequest { version: 3 }, VIEWER))
+        .await
+        .expect("v3")
+        .into_inner();
+    assert_eq!(v3.yaml, common::RULES);
+    assert_eq!(v3.rollback_of, 1);
+    let all = rv
+        .list_rules(req(Default::default(), VIEWER))
+        .await
+        .expect("list")
+        .into_inner()
+        .versions;
+    assert_eq!(
+        all.iter().map(|v| v.version).collect::<Vec<_>>(),
+        vec![3, 2, 1]
+    );
+
+    // Shadow mode: audit records uploaded twice count once, per rule, workload and day.
+    let day = 86_400_000i64;
+    let base = 20_000 * day; // 2024-10-04
+    let rec = |id: &str, t: i64, workload: &str, action: &str| AgentAuditRecord {
+        record_id: id.into(),
+        time_unix_ms: t,
+        kind: "exec".into(),
+        rule_id: rule_id("shadow-curl"),
+        rule_name: "shadow-curl".into(),
+        workload: workload.into(),
+        action: action.into(),
+        details_json: r#"{"exe":"/usr/bin/curl"}"#.into(),
+    };
+    let batch = AuditBatch {
+        host_id: "h1".into(),
+        records: vec![
+            rec("r1", base + 1, "ai-agents", "audit"),
+            rec("r2", base + 2, "ai-agents", "audit"),
+            rec("r3", base + day + 5, "ai-agents", "audit"),
+            rec("r4", base + 3, "batch-jobs", "audit"),
+            rec("r5", base + 4, "ai-agents", "allow"),
+        ],
+    };
+    let t = agent.token();
+    let ack = agent
+        .client
+        .upload_audit(req(batch.clone(), &t))
+        .await
+        .expect("upload")
+        .into_inner();
+    assert_eq!((ack.stored, ack.duplicates), (5, 0));
+    let ack = agent
+        .client
+        .upload_audit(req(batch, &t))
+        .await
+        .expect("upload again")
+        .into_inner();
+    assert_eq!((ack.stored, ack.duplicates), (0, 5));
+    let bad = AuditBatch {
+        host_id: "h1".into(),
+        records: vec![AgentAuditRecord {
+            details_json: "{not json".into(),
+            ..rec("r6", base, "x", "audit")
+        }],
+    };
+    let e = agent
+        .client
+        .upload_audit(req(bad, &t))
+        .await
+        .expect_err("bad json");
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    let counts = rv
+        .shadow_report(req(ShadowReportRequest::default(), VIEWER))
+        .await
+        .expect("shadow")
+        .into_inner()
+        .counts;
+    let got: Vec<(String, String, String, u64)> = counts
+        .into_iter()
+        .map(|c| (c.rule_name, c.workload, c.day, c.count))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (
+                "shadow-curl".into(),
+                "ai-agents".into(),
+                "2024-10-04".into(),
+                2
+            ),
+            (
+                "shadow-curl".into(),
+                "ai-agents".into(),
+                "2024-10-05".into(),
+                1
+            ),
+            (
+                "shadow-curl".into(),
+                "batch-jobs".into(),
+                "2024-10-04".into(),
+                1
+            ),
+        ]
+    );
+    server.shutdown().await;
+}
+
+async fn bad_input(env: &Env) {
+    let server = env.start().await;
+    apply_rules(&server).await;
+    let mut agent = Agent::connect(&server, "h1", vec![], vec![]).await;
+    let t = agent.token();
+    let mut c = agent.client.clone();
+    let check = |r: Result<tonic::Response<latch_proto::v1::ApprovalAccepted>, tonic::Status>,
+                 code: Code,
+                 what: &str| {
+        let e = r.expect_err(what);
+        assert_eq!(e.code(), code, "{what}: {e}");
+    };
+    let mut r = agent.request("", "prod-db");
+    check(
+        c.request_approval(req(r.clone(), &t)).await,
+        Code::InvalidArgument,
+        "empty request id",
+    );
+    r.request_id = "9.1".into();
+    let mut e = r.clone();
+    e.host_id = String::new();
+    check(
+        c.request_approval(req(e, &t)).await,
+        Code::InvalidArgument,
+        "empty host id",
+    );
+    let mut e = r.clone();
+    e.op = 0;
+    check(
+        c.request_approval(req(e, &t)).await,
+        Code::InvalidArgument,
+        "op unspecified",
+    );
+    let mut e = r.clone();
+    e.op = 99;
+    check(
+        c.request_approval(req(e, &t)).await,
+        Code::InvalidArgument,
+        "unknown op",
+    );
+    let mut e = r.clone();
+    e.argv = vec!["A".repeat(4000); 40];
+    check(
+        c.request_approval(req(e, &t)).await,
+        Code::InvalidArgument,
+        "oversized context",
+    );
+    let mut e = r.clone();
+    e.ancestors = vec![Default::default(); 9];
+    check(
+        c.request_approval(req(e, &t)).await,
+        Code::InvalidArgument,
+        "too many ancestors",
+    );
+    let mut e = r.clone();
+    e.destination = None;
+    check(
+        c.request_approval(req(e, &t)).await,
+        Code::InvalidArgument,
+        "connect without destination",
+    );
+    let mut e = r.clone();
+    e.requester = " ".into();
+    check(
+        c.request_approval(req(e, &t)).await,
+        Code::InvalidArgument,
+        "no requester",
+    );
+    let mut e = r.clone();
+    e.rule_id = 12345;
+    check(
+        c.request_approval(req(e, &t)).await,
+        Code::NotFound,
+        "unknown rule",
+    );
+    let mut e = r.clone();
+    e.rules_version = 42;
+    check(
+        c.request_approval(req(e, &t)).await,
+        Code::NotFound,
+        "unknown rules version",
+    );
+    check(
+        c.request_approval(tonic::Request::new(r.clone())).await,
+        Code::Unauthenticated,
+        "no token",
+    );
+    check(
+        c.request_approval(req(r.clone(), "wrong-token")).await,
+        Code::Unauthenticated,
+        "unknown token",
+    );
+    let mut e = r.clone();
+    e.host_id = "h2".into();
+    check(
+        c.request_approval(req(e, &t)).await,
+        Code::PermissionDenied,
+        "another host's id",
+    );
+    let mut e = r.clone();
+    e.host_id = "h2".into();
+    check(
+        c.request_approval(req(e, &host_token("h2"))).await,
+        Code::FailedPrecondition,
+        "unregistered host",
+    );
+    let acc = agent.submit(r).await;
+
+    let mut rv = reviewer(&server).await;
+    let decide_err = |d: DecideRequest| {
+        let mut rv = rv.clone();
+        async move { rv.decide(req(d, ALICE)).await.expect_err("bad decision") }
+    };
+    let base = DecideRequest {
+        approval_id: acc.approval_id.clone(),
+        kind: DecisionKind::ApproveFor as i32,
+        duration_seconds: 3600,
+        scope: GrantScope::Process as i32,
+        reason: "ok".into(),
+    };
+    for (what, d, code) in [
+        (
+            "zero duration",
+            DecideRequest {
+                duration_seconds: 0,
+                ..base.clone()
+            },
+            Code::InvalidArgument,
+        ),
+        (
+            "absurd duration",
+            DecideRequest {
+                duration_seconds: 100 * 365 * 86400,
+                ..base.clone()
+            },
+            Code::InvalidArgument,
+        ),
+        (
+            "u64::MAX duration",
+            DecideRequest {
+                duration_seconds: u64::MAX,
+                ..base.clone()
+            },
+            Code::InvalidArgument,
+        ),
+        (
+            "no scope",
+            DecideRequest {
+                scope: 0,
+                ..base.clone()
+            },
+            Code::InvalidArgument,
+        ),
+        (
+            "no reason",
+            DecideRequest {
+                reason: "  ".into(),
+                ..base.clone()
+            },
+            Code::InvalidArgument,
+        ),
+        (
+            "no kind",
+            DecideRequest {
+                kind: 0,
+                ..base.clone()
+            },
+            Code::InvalidArgument,
+        ),
+        (
+            "once with duration",
+            DecideRequest {
+                kind: DecisionKind::ApproveOnce as i32,
+                ..base.clone()
+            },
+            Code::InvalidArgument,
+        ),
+        (
+            "empty id",
+            DecideRequest {
+                approval_id: String::new(),
+                ..base.clone()
+            },
+            Code::InvalidArgument,
+        ),
+        (
+            "unknown id",
+            DecideRequest {
+                approval_id: "no-such-request".into(),
+                ..base.clone()
+            },
+            Code::NotFound,
+        ),
+    ] {
+        let e = decide_err(d).await;
+        assert_eq!(e.code(), code, "{what}: {e}");
+    }
+    let e = rv
+        .get_request(req(
+            GetRequestRequest {
+                approval_id: "nope".into(),
+            },
+            VIEWER,
+        ))
+        .await
+        .expect_err("unknown");
+    assert_eq!(e.code(), Code::NotFound, "{e}");
+    let e = rv
+        .list_hosts(req(ListHostsRequest {}, "bad-token"))
+        .await
+        .expect_err("bad token");
+    assert_eq!(e.code(), Code::Unauthenticated, "{e}");
+    // The request is untouched by all of the above.
+    rv.decide(req(base, ALICE)).await.expect("valid decision");
+    assert!(agent.next_decision().await.grant.is_some());
+    server.shutdown().await;
+}
+
+async fn reflection(env: &Env) {
+    use tonic_reflection::pb::v1::{
+        server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+        ServerReflectionRequest,
+    };
+    let server = env.start().await;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.addr()))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let mut c = ServerReflectionClient::new(channel);
+    let mut resp = c
+        .server_reflection_info(tokio_stream::iter(vec![ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        }]))
+        .await
+        .expect("reflection")
+        .into_inner();
+    let m = resp
+        .message()
+        .await
+        .expect("reflection stream")
+        .expect("a response");
+    let Some(MessageResponse::ListServicesResponse(list)) = m.message_response else {
+        panic!("unexpected reflection response {m:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(
+        names.contains(&"latch.v1.AgentService".to_string()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"latch.v1.ReviewerService".to_string()),
+        "{names:?}"
+    );
+    server.shutdown().await;
+}
+
+async fn audit_is_append_only(env: &Env) {
+    let server = env.start().await;
+    apply_rules(&server).await;
+    let pool = server.central().store().pool().clone();
+    let e = sqlx::query("UPDATE audit SET actor = 'mallory'")
+        .execute(&pool)
+        .await
+        .expect_err("update audit");
+    assert!(e.to_string().contains("append-only"), "{e}");
+    let e = sqlx::query("DELETE FROM audit")
+        .execute(&pool)
+        .await
+        .expect_err("delete audit");
+    assert!(e.to_string().contains("append-only"), "{e}");
+    server.shutdown().await;
+}
+
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let env = super::Env::sqlite().await;
+                    super::$name(&env).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(env) = super::Env::postgres().await else { return };
+                    super::$name(&env).await;
+                }
+            )*
+        }
+    };
+}
+
+suite!(
+    full_flow,
+    grant_and_revoke,
+    expiry,
+    two_person_rule,
+    self_approval_refused,
+    concurrent_decisions,
+    cancel,
+    restart_loses_nothing,
+    rules_versions_and_shadow,
+    bad_input,
+    reflection,
+    audit_is_append_only,
+);
