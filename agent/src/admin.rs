@@ -124,7 +124,7 @@ async fn answer(engine: &EngineHandle, line: &str) -> AdminResponse {
             Err(_) => unavailable(),
         },
         AdminRequest::Decide { id, decision } => match engine.decide(id, decision).await {
-            Ok(Ok(())) => {
+            Ok(Ok(_)) => {
                 AdminResponse::ok(serde_json::json!({ "id": id.to_string(), "decision": decision }))
             }
             Ok(Err(e @ EngineError::NotPending(_))) => {

@@ -83,6 +83,33 @@ pub struct Config {
     pub heartbeat_timeout: String,
     /// How often cgroups are rescanned for new matches and timeouts checked. Default: `1s`.
     pub rescan_interval: String,
+    /// The central service; without it the agent enforces the local `rules` file and is
+    /// decided through the admin socket.
+    pub central: Option<CentralConfig>,
+}
+
+/// The `[central]` table.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CentralConfig {
+    /// gRPC address, `http://host:port`.
+    pub address: String,
+    /// File holding this host's bearer token (first line).
+    pub token_file: PathBuf,
+    /// This host's id. Default: `/etc/machine-id`.
+    #[serde(default)]
+    pub host_id: Option<String>,
+    /// Labels central selects rule sets by.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Where the last rule set from central is cached (enforced at boot before central
+    /// answers). Default: `/var/lib/latch/rules.cache.yaml`.
+    #[serde(default = "default_rules_cache")]
+    pub rules_cache: PathBuf,
+}
+
+fn default_rules_cache() -> PathBuf {
+    PathBuf::from("/var/lib/latch/rules.cache.yaml")
 }
 
 impl Default for Config {
@@ -95,6 +122,7 @@ impl Default for Config {
             fail_mode: FailModeName::Deny,
             heartbeat_timeout: "10s".into(),
             rescan_interval: "1s".into(),
+            central: None,
         }
     }
 }
@@ -184,6 +212,31 @@ impl Config {
                 reason: "must be an absolute path on a bpffs".into(),
             });
         }
+        if let Some(c) = &config.central {
+            let bad = |reason: &str| ConfigError::Value {
+                path: name.to_string(),
+                key: "central.address",
+                value: format!("{:?}", c.address),
+                reason: reason.to_string(),
+            };
+            let uri: http::Uri = c
+                .address
+                .parse()
+                .map_err(|_| bad("not a URL like http://central:7443"))?;
+            if !matches!(uri.scheme_str(), Some("http") | Some("https")) || uri.host().is_none() {
+                return Err(bad("not a URL like http://central:7443"));
+            }
+            if let Some(h) = &c.host_id {
+                if h.trim().is_empty() || h.len() > 128 {
+                    return Err(ConfigError::Value {
+                        path: name.to_string(),
+                        key: "central.host_id",
+                        value: format!("{h:?}"),
+                        reason: "must be 1-128 characters".into(),
+                    });
+                }
+            }
+        }
         Ok(Settings {
             config,
             heartbeat_timeout,
@@ -229,6 +282,26 @@ mod tests {
         );
         let e = Config::parse("a.toml", "pin_dir = \"latch\"\n").expect_err("refused");
         assert!(e.to_string().contains("`pin_dir`"), "{e}");
+    }
+
+    #[test]
+    fn central_table_is_checked() {
+        let ok = "[central]\naddress = \"http://central:7443\"\ntoken_file = \"/etc/latch/agent.token\"\nlabels = { env = \"prod\" }\n";
+        let s = Config::parse("a.toml", ok).expect("valid");
+        let c = s.config.central.expect("central");
+        assert_eq!(c.labels.get("env").map(String::as_str), Some("prod"));
+        assert_eq!(
+            c.rules_cache,
+            PathBuf::from("/var/lib/latch/rules.cache.yaml")
+        );
+        let e = Config::parse("a.toml", &ok.replace("http://central:7443", "central"))
+            .expect_err("refused");
+        assert!(e.to_string().contains("`central.address`"), "{e}");
+        let e = Config::parse("a.toml", &format!("{ok}adress = 1\n")).expect_err("refused");
+        assert!(e.to_string().contains("adress"), "{e}");
+        let e =
+            Config::parse("a.toml", "[central]\naddress = \"http://c:1\"\n").expect_err("refused");
+        assert!(e.to_string().contains("token_file"), "{e}");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use agent_common::{Counter, FailMode, Outcome};
+use agent_common::{Counter, FailMode, GrantKey, Outcome};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -147,9 +147,11 @@ pub enum Command {
         id: RequestId,
         /// What.
         decision: Decision,
-        /// Outcome.
-        reply: oneshot::Sender<Result<(), EngineError>>,
+        /// Outcome, with the grant written if any.
+        reply: oneshot::Sender<Result<Option<GrantKey>, EngineError>>,
     },
+    /// Remove a grant.
+    Revoke(GrantKey, oneshot::Sender<Result<bool, EngineError>>),
     /// Report status.
     Status(oneshot::Sender<Result<Status, String>>),
     /// Events read from the kernel.
@@ -189,13 +191,18 @@ impl EngineHandle {
         &self,
         id: RequestId,
         decision: Decision,
-    ) -> Result<Result<(), EngineError>, EngineGone> {
+    ) -> Result<Result<Option<GrantKey>, EngineError>, EngineGone> {
         self.ask(|reply| Command::Decide {
             id,
             decision,
             reply,
         })
         .await
+    }
+
+    /// Removes a grant from the kernel.
+    pub async fn revoke(&self, key: GrantKey) -> Result<Result<bool, EngineError>, EngineGone> {
+        self.ask(|reply| Command::Revoke(key, reply)).await
     }
 
     /// Status.
@@ -227,6 +234,7 @@ struct State {
     events_received: u64,
     fail_mode: FailMode,
     heartbeat_timeout: Duration,
+    expiry_grace: Duration,
     beating: bool,
 }
 
@@ -237,6 +245,7 @@ pub fn spawn(
     tick: Duration,
     fail_mode: FailMode,
     heartbeat_timeout: Duration,
+    expiry_grace: Duration,
 ) -> (EngineHandle, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel::<Command>(256);
     let cgroup_root = engine.cgroup_root().to_path_buf();
@@ -250,6 +259,7 @@ pub fn spawn(
         events_received: 0,
         fail_mode,
         heartbeat_timeout,
+        expiry_grace,
         beating: true,
     };
     let task = tokio::spawn(async move {
@@ -312,6 +322,13 @@ impl State {
                 if r.is_ok() {
                     tracing::info!(request = %id, ?decision, "decided");
                     self.opened.remove(&id);
+                }
+                let _ = reply.send(r);
+            }
+            Command::Revoke(key, reply) => {
+                let r = self.engine.revoke(&key);
+                if let Ok(true) = r {
+                    tracing::info!(rule = key.rule_id, scope = key.scope, "grant revoked");
                 }
                 let _ = reply.send(r);
             }
@@ -404,7 +421,7 @@ impl State {
                 Some(r) => (r.timeout, r.on_timeout),
                 None => (policy::DEFAULT_TIMEOUT, policy::Action::Deny),
             };
-            if Duration::from_millis(op.age_ms) < timeout {
+            if Duration::from_millis(op.age_ms) < timeout + self.expiry_grace {
                 continue;
             }
             let decision = if on_timeout == policy::Action::Allow {
@@ -413,7 +430,7 @@ impl State {
                 Decision::Deny
             };
             match self.engine.decide(op.id, decision) {
-                Ok(()) => {
+                Ok(_) => {
                     tracing::warn!(request = %op.id, ?decision, "expired without a decision");
                     self.opened.remove(&op.id);
                 }

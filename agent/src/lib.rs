@@ -10,8 +10,10 @@
 //! The kernel object it loads is built from `agent-ebpf` by `build.rs` and embedded in the binary.
 
 pub mod admin;
+pub mod central_link;
 pub mod cgroups;
 pub mod config;
+pub mod context;
 pub mod engine_task;
 pub mod events;
 pub mod kernel;

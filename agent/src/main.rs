@@ -15,7 +15,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use comfy_table::{presets::NOTHING, Table};
 use latch_agent::{
     admin::{self, AdminError, AdminRequest},
+    central_link,
     config::{self, Config, Settings},
+    context::Masker,
     engine_task::{self, Policy},
     events::EventReader,
     kernel::{self, Decision, Engine, EngineOptions, RequestId, Scope},
@@ -347,9 +349,59 @@ fn release(settings: &Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Until the redaction library is wired in, arguments other than the program name do not leave
+/// the host at all: stricter than masking, never weaker.
+struct WithholdArguments;
+
+impl Masker for WithholdArguments {
+    fn mask_args(&self, args: &[String]) -> Vec<String> {
+        args.iter()
+            .enumerate()
+            .map(|(i, a)| {
+                if i == 0 {
+                    a.clone()
+                } else {
+                    "[WITHHELD]".to_string()
+                }
+            })
+            .collect()
+    }
+}
+
+fn host_id(configured: Option<&String>) -> String {
+    if let Some(h) = configured {
+        return h.clone();
+    }
+    std::fs::read_to_string("/etc/machine-id")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .or_else(|| {
+            nix::unistd::gethostname()
+                .ok()
+                .map(|h| h.to_string_lossy().into_owned())
+        })
+        .unwrap_or_else(|| "unknown-host".into())
+}
+
 async fn run(settings: Settings, rules: Option<PathBuf>) -> anyhow::Result<()> {
     let rules_path = rules.unwrap_or_else(|| settings.config.rules.clone());
-    let policy = Policy::from_file(&rules_path)?;
+    let central = settings.config.central.clone();
+    // With central, the last rules it sent are enforced at once; the local file is the fallback
+    // for a host that never reached central. Without central, the local file is the policy.
+    let initial = match &central {
+        Some(c) => match central_link::cached_policy(&c.rules_cache) {
+            Some(p) => Some(p),
+            None if rules_path.exists() => Some(Policy::from_file(&rules_path)?),
+            None => {
+                tracing::warn!(
+                    "no cached or local rules: nothing is enforced until central sends rules"
+                );
+                None
+            }
+        },
+        None => Some(Policy::from_file(&rules_path)?),
+    };
     let fail_mode = settings.config.fail_mode.into();
     let mut engine = Engine::load(EngineOptions {
         pin_dir: settings.config.pin_dir.clone(),
@@ -364,15 +416,52 @@ async fn run(settings: Settings, rules: Option<PathBuf>) -> anyhow::Result<()> {
         links_pinned = engine.links_pinned(),
         "kernel programs attached"
     );
+    let backend = engine.backend();
+    let lsm_available = engine.lsm_available();
     let ring = engine.take_events().context("event ring buffer")?;
-    let (policy_tx, policy_rx) = tokio::sync::watch::channel(Some(Arc::new(policy)));
+    let (policy_tx, policy_rx) = tokio::sync::watch::channel(initial.map(Arc::new));
+    // With central deciding expiries, the local timeout is only the backstop for a lost link.
+    let grace = if central.is_some() {
+        Duration::from_secs(5)
+    } else {
+        Duration::ZERO
+    };
     let (handle, engine_task) = engine_task::spawn(
         engine,
         policy_rx,
         settings.rescan_interval,
         fail_mode,
         settings.heartbeat_timeout,
+        grace,
     );
+
+    let (link_tx, link_rx) = tokio::sync::mpsc::channel(4096);
+    if let Some(c) = &central {
+        let token = std::fs::read_to_string(&c.token_file)
+            .with_context(|| format!("central.token_file {}", c.token_file.display()))?;
+        let token = token.lines().next().unwrap_or("").trim().to_string();
+        if token.is_empty() {
+            anyhow::bail!("central.token_file {} is empty", c.token_file.display());
+        }
+        let link = central_link::LinkSettings {
+            address: c.address.clone(),
+            token,
+            host_id: host_id(c.host_id.as_ref()),
+            labels: c.labels.clone(),
+            rules_cache: c.rules_cache.clone(),
+            backend,
+            lsm_available,
+        };
+        tokio::spawn(central_link::run(
+            link,
+            handle.clone(),
+            policy_tx.clone(),
+            link_rx,
+            Arc::new(WithholdArguments),
+        ));
+    } else {
+        drop(link_rx);
+    }
 
     let mut reader = EventReader::new(ring).context("event reader")?;
     let events_handle = handle.clone();
@@ -383,6 +472,17 @@ async fn run(settings: Settings, rules: Option<PathBuf>) -> anyhow::Result<()> {
                 Ok(_) => {
                     for ev in batch.iter_mut() {
                         ev.enrich();
+                        if ev.request.is_some()
+                            && !link_tx.is_closed()
+                            && link_tx.try_send(ev.clone()).is_err()
+                        {
+                            // Recovered on reconnection: held operations are resubmitted from the
+                            // kernel's pending map.
+                            tracing::warn!(
+                                "central link queue full; request {} will be resubmitted",
+                                ev.request.map(|r| r.to_string()).unwrap_or_default()
+                            );
+                        }
                     }
                     if events_handle
                         .events(std::mem::take(&mut batch))
@@ -409,7 +509,7 @@ async fn run(settings: Settings, rules: Option<PathBuf>) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     loop {
         tokio::select! {
-            _ = hup.recv() => match Policy::from_file(&rules_path) {
+            _ = hup.recv(), if central.is_none() => match Policy::from_file(&rules_path) {
                 Ok(p) => {
                     tracing::info!(rules = %rules_path.display(), "reloading rules");
                     let _ = policy_tx.send(Some(Arc::new(p)));

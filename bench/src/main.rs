@@ -250,12 +250,38 @@ impl Drop for Setup {
     }
 }
 
+/// A worker that is killed and reaped if the driver bails out before waiting for it.
+struct Worker(Option<std::process::Child>);
+
+impl Worker {
+    fn start(cg: &Path, args: &[&str]) -> Result<Self> {
+        Ok(Worker(Some(spawn_in(cg, &self_exe()?, args))))
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    fn finish(mut self) -> Result<std::process::Output> {
+        let child = self.0.take().context("worker already finished")?;
+        Ok(child.wait_with_output()?)
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 fn self_exe() -> Result<PathBuf> {
     std::env::current_exe().context("own path")
 }
 
 fn measure(cg: &Path, what: &str, addr: SocketAddr, batch: usize, batches: usize) -> Result<f64> {
-    let exe = self_exe()?;
     let args = [
         "worker".to_string(),
         what.to_string(),
@@ -267,7 +293,7 @@ fn measure(cg: &Path, what: &str, addr: SocketAddr, batch: usize, batches: usize
         batches.to_string(),
     ];
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = spawn_in(cg, &exe, &args).wait_with_output()?;
+    let out = Worker::start(cg, &args)?.finish()?;
     if !out.status.success() {
         bail!(
             "worker {what} failed: {}",
@@ -480,7 +506,7 @@ fn grant_once(setup: &mut Setup, cg: &Path, target: SocketAddr) -> Result<()> {
             uses: None,
         },
     )?;
-    let out = child.wait_with_output()?;
+    let out = child.finish()?;
     if !out.status.success() {
         bail!("grant set-up worker failed");
     }
@@ -534,7 +560,7 @@ fn round_trips(setup: &mut Setup, target: SocketAddr, n: usize) -> Result<Latenc
         }
         anyhow::Ok(())
     })?;
-    let status = child.wait()?;
+    let status = child.finish()?.status;
     if !status.success() {
         bail!("round-trip worker failed: {status}");
     }

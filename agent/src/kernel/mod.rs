@@ -705,8 +705,13 @@ impl Engine {
         Ok(out)
     }
 
-    /// Applies a decision to a held operation and resumes (or ends) the process.
-    pub fn decide(&mut self, id: RequestId, decision: Decision) -> Result<(), EngineError> {
+    /// Applies a decision to a held operation and resumes (or ends) the process. Returns the
+    /// key of the grant it wrote, if any (to revoke it later).
+    pub fn decide(
+        &mut self,
+        id: RequestId,
+        decision: Decision,
+    ) -> Result<Option<GrantKey>, EngineError> {
         let p = match self.pending.get(&id.tid, 0) {
             Ok(p) if p.created_ns == id.created_ns => p,
             Ok(_) | Err(aya::maps::MapError::KeyNotFound) => {
@@ -715,6 +720,7 @@ impl Engine {
             Err(e) => return Err(map_err(names::PENDING)(e)),
         };
         let decide_err = |reason: String| EngineError::Decide { id, reason };
+        let mut granted = None;
         if let Decision::Grant {
             scope: sc,
             ttl,
@@ -742,6 +748,7 @@ impl Engine {
             self.grants
                 .insert(key, grant, 0)
                 .map_err(|e| decide_err(e.to_string()))?;
+            granted = Some(key);
         }
         let allow = !matches!(decision, Decision::Deny);
         let pid = Pid::from_raw(p.tgid as i32);
@@ -769,7 +776,7 @@ impl Engine {
                 .map_err(|e| decide_err(e.to_string()))?;
             signal(pid, Signal::SIGCONT).map_err(decide_err)?;
         }
-        Ok(())
+        Ok(granted)
     }
 
     /// Resolves every held operation with the fail mode (on shutdown, or after a restart when
@@ -783,7 +790,7 @@ impl Engine {
         let mut n = 0;
         for id in ids {
             match self.decide(id, decision) {
-                Ok(()) => n += 1,
+                Ok(_) => n += 1,
                 Err(EngineError::NotPending(_)) => {}
                 Err(e) => return Err(e),
             }

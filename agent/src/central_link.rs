@@ -1,0 +1,542 @@
+//! The agent's link to `latch-central`.
+//!
+//! It registers the host, keeps one subscription open (rule sets, decisions and revocations
+//! arrive on it as they are made), submits every held operation with its context, and reports
+//! cancellations. It reconnects with exponential backoff and jitter; on every (re)connection it
+//! tells central what it still holds, so nothing decided while it was away is lost, and it
+//! submits its held operations again (central deduplicates them). Rule sets are cached on disk
+//! so a host enforces the last rules it had at boot, before central answers.
+//!
+//! It never touches the kernel: decisions go to the engine task through its handle.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use agent_common::{GrantKey, Op, Outcome};
+use latch_proto::v1::{
+    agent_message::Body, agent_service_client::AgentServiceClient, ApprovalRequest,
+    CancelApprovalRequest, Capabilities, Destination, RegisterRequest, RuleEnforcement, RuleStatus,
+    RulesAck, SubscribeRequest,
+};
+use tokio::sync::{mpsc, watch};
+use tonic::{
+    metadata::MetadataValue,
+    service::interceptor::InterceptedService,
+    transport::{Channel, Endpoint},
+    Request, Status,
+};
+
+use crate::{
+    context::{self, Masker},
+    engine_task::{EngineHandle, Policy},
+    events::KernelEvent,
+    kernel::{Backend, Decision, EngineError, RequestId, Scope},
+};
+
+/// Everything the link needs to know.
+#[derive(Clone)]
+pub struct LinkSettings {
+    /// Central's gRPC address (`http://host:port`).
+    pub address: String,
+    /// This host's bearer token.
+    pub token: String,
+    /// This host's id.
+    pub host_id: String,
+    /// Labels central selects rule sets by.
+    pub labels: BTreeMap<String, String>,
+    /// Where the last rule set is cached.
+    pub rules_cache: PathBuf,
+    /// Exec backend, for rule status reports.
+    pub backend: Backend,
+    /// Whether BPF LSM is available, for capability reports.
+    pub lsm_available: bool,
+}
+
+/// Link failures (each ends one session; the link reconnects).
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// Central cannot be reached.
+    #[error("cannot reach central at {address}: {reason}")]
+    Connect {
+        /// Address.
+        address: String,
+        /// Why.
+        reason: String,
+    },
+    /// Central answered with an error.
+    #[error("central refused {call}: {status}")]
+    Call {
+        /// Which call.
+        call: &'static str,
+        /// The status (code and message).
+        status: Status,
+    },
+    /// The subscription ended.
+    #[error("central closed the subscription")]
+    Closed,
+    /// The engine task is gone.
+    #[error("the kernel engine task has stopped")]
+    EngineGone,
+}
+
+type Client = AgentServiceClient<InterceptedService<Channel, Auth>>;
+
+#[derive(Clone)]
+struct Auth(MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for Auth {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        req.metadata_mut().insert("authorization", self.0.clone());
+        Ok(req)
+    }
+}
+
+fn unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Reads the cached rule set, if any and valid.
+pub fn cached_policy(path: &std::path::Path) -> Option<Policy> {
+    let text = std::fs::read_to_string(path).ok()?;
+    match Policy::from_text(&format!("{} (cached)", path.display()), &text) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            tracing::error!("ignoring the cached rules: {e}");
+            None
+        }
+    }
+}
+
+fn write_cache(path: &std::path::Path, yaml: &str) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, yaml)?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+struct Link {
+    settings: LinkSettings,
+    engine: EngineHandle,
+    policy_tx: watch::Sender<Option<Arc<Policy>>>,
+    masker: Arc<dyn Masker>,
+    rules_version: u64,
+    grants: HashMap<String, GrantKey>,
+}
+
+/// Runs the link until the engine task goes away.
+pub async fn run(
+    settings: LinkSettings,
+    engine: EngineHandle,
+    policy_tx: watch::Sender<Option<Arc<Policy>>>,
+    mut events: mpsc::Receiver<KernelEvent>,
+    masker: Arc<dyn Masker>,
+) {
+    let mut link = Link {
+        settings,
+        engine,
+        policy_tx,
+        masker,
+        rules_version: 0,
+        grants: HashMap::new(),
+    };
+    let mut failures = 0u32;
+    loop {
+        match link.session(&mut events).await {
+            Err(LinkError::EngineGone) => return,
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                let wait = backoff(failures);
+                tracing::warn!(
+                    "central link down ({e}); retrying in {:.1}s",
+                    wait.as_secs_f64()
+                );
+                // Keep draining events meanwhile: held operations are resubmitted from the
+                // engine's pending list on reconnection, so nothing is lost by dropping these.
+                let sleep = tokio::time::sleep(wait);
+                tokio::pin!(sleep);
+                loop {
+                    tokio::select! {
+                        _ = &mut sleep => break,
+                        ev = events.recv() => if ev.is_none() { return },
+                    }
+                }
+            }
+            Ok(()) => failures = 0,
+        }
+    }
+}
+
+/// Exponential backoff from 200 ms to 30 s with ±50 % jitter, so a fleet does not reconnect in
+/// lock step after a central restart.
+pub fn backoff(failures: u32) -> Duration {
+    let base = 200f64 * 2f64.powi(failures.min(8) as i32);
+    let capped = base.min(30_000.0);
+    let jitter = 0.5 + rand::random::<f64>();
+    Duration::from_millis((capped * jitter) as u64)
+}
+
+impl Link {
+    async fn connect(&self) -> Result<Client, LinkError> {
+        let err = |reason: String| LinkError::Connect {
+            address: self.settings.address.clone(),
+            reason,
+        };
+        let endpoint = Endpoint::from_shared(self.settings.address.clone())
+            .map_err(|e| err(e.to_string()))?
+            .connect_timeout(Duration::from_secs(5))
+            .http2_keep_alive_interval(Duration::from_secs(20))
+            .keep_alive_while_idle(true);
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| err(format!("{e}: {}", source_chain(&e))))?;
+        let token =
+            MetadataValue::try_from(format!("Bearer {}", self.settings.token)).map_err(|_| {
+                err("the host token contains characters not allowed in a header".into())
+            })?;
+        Ok(AgentServiceClient::with_interceptor(channel, Auth(token)))
+    }
+
+    async fn session(&mut self, events: &mut mpsc::Receiver<KernelEvent>) -> Result<(), LinkError> {
+        let mut client = self.connect().await?;
+        let hostname = nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        let mut features = HashMap::new();
+        features.insert(
+            "bpf_lsm".to_string(),
+            if self.settings.lsm_available {
+                "yes"
+            } else {
+                "no"
+            }
+            .to_string(),
+        );
+        client
+            .register(RegisterRequest {
+                host_id: self.settings.host_id.clone(),
+                hostname,
+                labels: self.settings.labels.clone().into_iter().collect(),
+                agent_version: env!("CARGO_PKG_VERSION").to_string(),
+                capabilities: Some(Capabilities {
+                    kernel: kernel.trim().to_string(),
+                    backends: vec!["cgroup-sock-addr".into(), "tracepoint-exec".into()],
+                    features,
+                }),
+            })
+            .await
+            .map_err(|status| LinkError::Call {
+                call: "Register",
+                status,
+            })?;
+
+        let pending = self
+            .engine
+            .pending()
+            .await
+            .map_err(|_| LinkError::EngineGone)?
+            .unwrap_or_default();
+        let mut stream = client
+            .subscribe(SubscribeRequest {
+                host_id: self.settings.host_id.clone(),
+                pending_request_ids: pending.iter().map(|p| p.pending.id.to_string()).collect(),
+                grant_ids: self.grants.keys().cloned().collect(),
+                rules_version: self.rules_version,
+            })
+            .await
+            .map_err(|status| LinkError::Call {
+                call: "Subscribe",
+                status,
+            })?
+            .into_inner();
+        tracing::info!(address = %self.settings.address, host = %self.settings.host_id, "connected to central");
+        for view in pending {
+            if let Some(ev) = view.event {
+                self.submit(&mut client, &ev).await?;
+            }
+        }
+        loop {
+            tokio::select! {
+                msg = stream.message() => match msg {
+                    Ok(Some(m)) => self.handle(&mut client, m.body).await?,
+                    Ok(None) => return Err(LinkError::Closed),
+                    Err(status) => return Err(LinkError::Call { call: "Subscribe", status }),
+                },
+                ev = events.recv() => match ev {
+                    Some(ev) => self.on_event(&mut client, &ev).await?,
+                    None => return Err(LinkError::EngineGone),
+                },
+            }
+        }
+    }
+
+    async fn on_event(&mut self, client: &mut Client, ev: &KernelEvent) -> Result<(), LinkError> {
+        match (ev.outcome, ev.request) {
+            (Outcome::Paused, Some(_)) => self.submit(client, ev).await,
+            (Outcome::Cancelled, Some(id)) => {
+                let r = client
+                    .cancel_approval(CancelApprovalRequest {
+                        host_id: self.settings.host_id.clone(),
+                        request_id: id.to_string(),
+                        reason: "the process exited while its operation was held".into(),
+                    })
+                    .await;
+                match r {
+                    Ok(_) => Ok(()),
+                    // Already decided or unknown: nothing left to cancel.
+                    Err(s)
+                        if matches!(
+                            s.code(),
+                            tonic::Code::NotFound | tonic::Code::FailedPrecondition
+                        ) =>
+                    {
+                        Ok(())
+                    }
+                    Err(status) => Err(LinkError::Call {
+                        call: "CancelApproval",
+                        status,
+                    }),
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+
+    async fn submit(&mut self, client: &mut Client, ev: &KernelEvent) -> Result<(), LinkError> {
+        let Some(id) = ev.request else { return Ok(()) };
+        let policy = self.policy_tx.borrow().clone();
+        let rule = policy
+            .as_ref()
+            .and_then(|p| p.rules.rule(ev.rule_id).cloned());
+        let workload = policy
+            .as_ref()
+            .and_then(|p| p.rules.workloads.iter().find(|w| w.id == ev.workload))
+            .map(|w| w.name.clone())
+            .unwrap_or_default();
+        let masker = self.masker.clone();
+        let (tgid, uid, gid) = (ev.tgid, ev.uid, ev.gid);
+        let ctx =
+            tokio::task::spawn_blocking(move || context::gather(tgid, uid, gid, masker.as_ref()))
+                .await
+                .unwrap_or_default();
+        let (destination, exec_path) = match (ev.op, ev.destination) {
+            (Op::Exec, _) => (None, ev.path.clone().unwrap_or_default()),
+            (_, Some(d)) => (
+                Some(Destination {
+                    family: if d.is_ipv4() { "inet" } else { "inet6" }.into(),
+                    address: d.ip().to_string(),
+                    port: d.port() as u32,
+                    protocol: match ev.protocol {
+                        agent_common::proto::TCP => "tcp",
+                        agent_common::proto::UDP => "udp",
+                        _ => "other",
+                    }
+                    .into(),
+                }),
+                String::new(),
+            ),
+            (_, None) => (None, String::new()),
+        };
+        let req = ApprovalRequest {
+            request_id: id.to_string(),
+            host_id: self.settings.host_id.clone(),
+            op: match ev.op {
+                Op::Exec => latch_proto::v1::Op::Exec,
+                Op::Connect => latch_proto::v1::Op::Connect,
+                Op::Sendmsg => latch_proto::v1::Op::Sendmsg,
+            } as i32,
+            pid: ev.pid,
+            tgid: ev.tgid,
+            ppid: ctx.ppid,
+            uid: ev.uid,
+            gid: ev.gid,
+            user: ctx.user,
+            group: ctx.group,
+            cgroup_id: ev.cgroup_id,
+            cgroup_path: ctx.cgroup_path,
+            unit: ctx.unit,
+            comm: ev.comm.clone(),
+            exe: ctx.exe,
+            argv: ctx.argv,
+            ancestors: ctx
+                .ancestors
+                .into_iter()
+                .map(|a| latch_proto::v1::Ancestor {
+                    pid: a.pid,
+                    exe: a.exe,
+                    argv: a.argv,
+                })
+                .collect(),
+            destination,
+            exec_path,
+            rule_id: ev.rule_id,
+            rule_name: rule.map(|r| r.name).unwrap_or_default(),
+            workload,
+            requester: ctx.requester,
+            created_at_unix_ms: unix_ms(),
+            rules_version: self.rules_version,
+        };
+        let accepted = client
+            .request_approval(req)
+            .await
+            .map_err(|status| LinkError::Call {
+                call: "RequestApproval",
+                status,
+            })?
+            .into_inner();
+        tracing::info!(request = %id, approval = %accepted.approval_id, "submitted for approval");
+        if let Some(d) = accepted.decision {
+            self.apply_decision(d).await?;
+        }
+        Ok(())
+    }
+
+    async fn handle(&mut self, client: &mut Client, body: Option<Body>) -> Result<(), LinkError> {
+        match body {
+            Some(Body::Rules(push)) => {
+                let source = if push.source_name.is_empty() {
+                    format!("central v{}", push.version)
+                } else {
+                    format!("{} (central v{})", push.source_name, push.version)
+                };
+                let ack = match Policy::from_text(&source, &push.yaml) {
+                    Ok(p) => {
+                        if let Err(e) = write_cache(&self.settings.rules_cache, &push.yaml) {
+                            tracing::error!(cache = %self.settings.rules_cache.display(), "cannot cache the rules: {e}");
+                        }
+                        let statuses = self.rule_statuses(&p);
+                        let _ = self.policy_tx.send(Some(Arc::new(p)));
+                        self.rules_version = push.version;
+                        RulesAck {
+                            host_id: self.settings.host_id.clone(),
+                            version: push.version,
+                            rules: statuses,
+                            error: String::new(),
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!("rules from central refused, the ones in force stay: {e}");
+                        RulesAck {
+                            host_id: self.settings.host_id.clone(),
+                            version: push.version,
+                            rules: Vec::new(),
+                            error: e.to_string(),
+                        }
+                    }
+                };
+                client
+                    .ack_rules(ack)
+                    .await
+                    .map_err(|status| LinkError::Call {
+                        call: "AckRules",
+                        status,
+                    })?;
+                Ok(())
+            }
+            Some(Body::Decision(d)) => self.apply_decision(d).await,
+            Some(Body::Revocation(r)) => {
+                if let Some(key) = self.grants.remove(&r.grant_id) {
+                    match self
+                        .engine
+                        .revoke(key)
+                        .await
+                        .map_err(|_| LinkError::EngineGone)?
+                    {
+                        Ok(_) => {
+                            tracing::info!(grant = %r.grant_id, by = %r.revoked_by, "grant revoked")
+                        }
+                        Err(e) => tracing::error!(grant = %r.grant_id, "cannot revoke: {e}"),
+                    }
+                }
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn rule_statuses(&self, p: &Policy) -> Vec<RuleStatus> {
+        p.rules
+            .rules
+            .iter()
+            .map(|r| {
+                let (enforcement, message) = match (&r.matcher, self.settings.backend) {
+                    (policy::Matcher::Exec { .. }, Backend::Tracepoint) if r.action == policy::Action::Deny || r.action == policy::Action::Approve => (
+                        RuleEnforcement::Degraded,
+                        "no BPF LSM: a refused program is killed (SIGKILL) before its first instruction instead of execve failing with EPERM".to_string(),
+                    ),
+                    _ => (RuleEnforcement::Enforced, String::new()),
+                };
+                RuleStatus { rule_id: r.id, rule_name: r.name.clone(), enforcement: enforcement as i32, message }
+            })
+            .collect()
+    }
+
+    async fn apply_decision(&mut self, d: latch_proto::v1::Decision) -> Result<(), LinkError> {
+        let id: RequestId = match d.request_id.parse() {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::error!("central sent a decision for an unknown id: {e}");
+                return Ok(());
+            }
+        };
+        let allow = d.outcome == latch_proto::v1::Outcome::Allow as i32;
+        let decision = match (&d.grant, allow) {
+            (_, false) => Decision::Deny,
+            (Some(g), true) => {
+                let ttl_ms = g.expires_at_unix_ms.saturating_sub(unix_ms());
+                if ttl_ms <= 0 {
+                    Decision::Allow
+                } else {
+                    Decision::Grant {
+                        scope: match latch_proto::v1::GrantScope::try_from(g.scope) {
+                            Ok(latch_proto::v1::GrantScope::Workload) => Scope::Workload,
+                            Ok(latch_proto::v1::GrantScope::Host) => Scope::Host,
+                            _ => Scope::Process,
+                        },
+                        ttl: Duration::from_millis(ttl_ms as u64),
+                        uses: None,
+                    }
+                }
+            }
+            (None, true) => Decision::Allow,
+        };
+        match self
+            .engine
+            .decide(id, decision)
+            .await
+            .map_err(|_| LinkError::EngineGone)?
+        {
+            Ok(granted) => {
+                tracing::info!(request = %id, by = %d.decided_by, reason = %d.reason, ?decision, "decision applied");
+                if let (Some(key), Some(g)) = (granted, d.grant) {
+                    self.grants.insert(g.grant_id, key);
+                }
+            }
+            // Decisions repeat across reconnections; the first one already applied.
+            Err(EngineError::NotPending(_)) => {}
+            Err(e) => tracing::error!(request = %id, "cannot apply the decision: {e}"),
+        }
+        Ok(())
+    }
+}
+
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut out = Vec::new();
+    let mut src = e.source();
+    while let Some(s) = src {
+        out.push(s.to_string());
+        src = s.source();
+    }
+    out.join(": ")
+}
