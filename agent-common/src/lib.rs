@@ -150,6 +150,11 @@ pub const MAX_CGROUP_DEPTH: u32 = 24;
 /// Most port/protocol entries one destination prefix carries, inherited entries included.
 pub const PORT_RULES_CAP: usize = 16;
 
+/// Rule id the kernel puts on an exec it cannot match by itself (a relative path such as
+/// `./curl`): it is held like an approval, and the agent resolves the program's real path and
+/// applies the rules to it.
+pub const RESOLVE_RULE: u32 = u32::MAX;
+
 /// `-ERESTARTNOINTR`: makes the kernel run the system call again after the stop.
 pub const ERESTARTNOINTR: i32 = -513;
 

@@ -1,6 +1,8 @@
 //! The exec hook (`sched_process_exec`) and the gate that keeps a held exec stopped.
 
-use agent_common::{event_flags, fingerprint, pending_state, Action, Op, RuleRef, PATH_CAP};
+use agent_common::{
+    event_flags, fingerprint, pending_state, Action, Op, RuleRef, PATH_CAP, RESOLVE_RULE,
+};
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel_str_bytes},
     programs::TracePointContext,
@@ -54,8 +56,18 @@ pub fn on_exec(ctx: &TracePointContext) {
     s.exact.workload = watch.workload;
     s.exact.len = len as u32;
 
+    // A relative path (`./curl`) names a program only together with the working directory;
+    // the agent resolves it while the task is held.
+    let relative = len > 0 && s.exact.path[0] != b'/';
     let mut hit: Option<RuleRef> = None;
-    if !truncated {
+    if relative {
+        hit = Some(RuleRef {
+            rule_id: RESOLVE_RULE,
+            action: Action::Approve as u8,
+            _pad: [0; 3],
+        });
+    }
+    if hit.is_none() && !truncated {
         if let Some(r) = EXEC_EXACT.get_ptr(&s.exact) {
             // SAFETY: map value pointer from lookup.
             hit = Some(unsafe { *r });

@@ -66,7 +66,8 @@ pub enum PolicyLoadError {
 impl Policy {
     /// Validates and compiles rules text.
     pub fn from_text(source: &str, text: &str) -> Result<Self, PolicyLoadError> {
-        let rules = policy::RuleSet::parse(source, text)?;
+        let parsed = policy::RuleSet::parse(source, text)?;
+        let rules = rules::with_path_aliases(&parsed, &rules::HostPaths);
         let compiled = rules::compile(&rules).map_err(|error| PolicyLoadError::Compile {
             source_name: source.to_string(),
             error,
@@ -152,6 +153,9 @@ pub enum Command {
     },
     /// Remove a grant.
     Revoke(GrantKey, oneshot::Sender<Result<bool, EngineError>>),
+    /// Resolve an exec the kernel held for resolution (`RESOLVE_RULE`): decide it by the rules,
+    /// or, when a rule asks for approval, return the event rewritten as that request.
+    Resolve(Box<KernelEvent>, oneshot::Sender<Option<KernelEvent>>),
     /// Report status.
     Status(oneshot::Sender<Result<Status, String>>),
     /// Events read from the kernel.
@@ -198,6 +202,12 @@ impl EngineHandle {
             reply,
         })
         .await
+    }
+
+    /// Resolves an exec held for resolution; `Some` when it became a request for approval.
+    pub async fn resolve(&self, ev: KernelEvent) -> Result<Option<KernelEvent>, EngineGone> {
+        self.ask(|reply| Command::Resolve(Box::new(ev), reply))
+            .await
     }
 
     /// Removes a grant from the kernel.
@@ -325,6 +335,9 @@ impl State {
                 }
                 let _ = reply.send(r);
             }
+            Command::Resolve(ev, reply) => {
+                let _ = reply.send(self.resolve(*ev));
+            }
             Command::Revoke(key, reply) => {
                 let r = self.engine.revoke(&key);
                 if let Ok(true) = r {
@@ -363,6 +376,57 @@ impl State {
                 let _ = reply.send(r);
             }
         }
+    }
+
+    fn resolve(&mut self, mut ev: KernelEvent) -> Option<KernelEvent> {
+        let id = ev.request?;
+        // The new image is in place and stopped: its /proc entry names the real file.
+        let Ok(real) = std::fs::read_link(format!("/proc/{}/exe", ev.tgid)) else {
+            return None;
+        };
+        let real = real.to_string_lossy().into_owned();
+        let policy = self.policy.clone();
+        let hit = policy
+            .as_ref()
+            .and_then(|p| rules::match_exec(&p.compiled, ev.workload, &real));
+        let default = policy
+            .as_ref()
+            .and_then(|p| p.rules.workloads.iter().find(|w| w.id == ev.workload))
+            .map(|w| rules::kernel_action(w.default_action))
+            .unwrap_or(agent_common::Action::Deny);
+        let (rule_id, action) = match hit {
+            Some(r) => (
+                r.rule_id,
+                agent_common::Action::from_u8(r.action).unwrap_or(agent_common::Action::Deny),
+            ),
+            None => (0, default),
+        };
+        let decision = match action {
+            agent_common::Action::Allow | agent_common::Action::Audit => Decision::Allow,
+            agent_common::Action::Deny => Decision::Deny,
+            agent_common::Action::Approve => {
+                let mut buf = [0u8; agent_common::PATH_CAP];
+                let n = real.len().min(agent_common::PATH_CAP - 1);
+                buf[..n].copy_from_slice(&real.as_bytes()[..n]);
+                let target = agent_common::fingerprint::path(&buf, n);
+                if let Err(e) = self.engine.retarget(id, rule_id, target) {
+                    tracing::error!(request = %id, "cannot retarget a resolved exec: {e}");
+                    return None;
+                }
+                tracing::info!(request = %id, path = %real, rule = rule_id, "relative exec resolved: needs approval");
+                ev.rule_id = rule_id;
+                ev.target = target;
+                ev.path = Some(real);
+                self.opened.insert(id, ev.clone());
+                return Some(ev);
+            }
+        };
+        tracing::info!(request = %id, path = %real, ?decision, "relative exec resolved");
+        if let Err(e) = self.engine.decide(id, decision) {
+            tracing::error!(request = %id, "cannot apply the resolved exec's verdict: {e}");
+        }
+        self.opened.remove(&id);
+        None
     }
 
     fn tick(&mut self) {

@@ -470,8 +470,19 @@ async fn run(settings: Settings, rules: Option<PathBuf>) -> anyhow::Result<()> {
         loop {
             match reader.next_batch(&mut batch).await {
                 Ok(_) => {
-                    for ev in batch.iter_mut() {
+                    let mut out = Vec::with_capacity(batch.len());
+                    for mut ev in batch.drain(..) {
                         ev.enrich();
+                        if ev.rule_id == agent_common::RESOLVE_RULE
+                            && ev.outcome == agent_common::Outcome::Paused
+                        {
+                            // Decided here by the rules, or turned into a real request.
+                            match events_handle.resolve(ev).await {
+                                Ok(Some(resolved)) => ev = resolved,
+                                Ok(None) => continue,
+                                Err(_) => return,
+                            }
+                        }
                         if ev.request.is_some()
                             && !link_tx.is_closed()
                             && link_tx.try_send(ev.clone()).is_err()
@@ -483,7 +494,9 @@ async fn run(settings: Settings, rules: Option<PathBuf>) -> anyhow::Result<()> {
                                 ev.request.map(|r| r.to_string()).unwrap_or_default()
                             );
                         }
+                        out.push(ev);
                     }
+                    batch = out;
                     if events_handle
                         .events(std::mem::take(&mut batch))
                         .await

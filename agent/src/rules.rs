@@ -61,6 +61,134 @@ impl Compiled {
     }
 }
 
+/// How the host's file system names programs: symlinked directories (`/bin` → `/usr/bin` on
+/// merged-/usr systems) and canonical paths. The kernel sees the path given to `execve`, so a
+/// rule on `/usr/bin/curl` must also be keyed under `/bin/curl` and under the file's real path.
+pub trait PathAliases {
+    /// Top-level symlinks to directories, as (link, canonical target).
+    fn dir_links(&self) -> Vec<(String, String)>;
+    /// The canonical path of an existing file or directory.
+    fn canonical(&self, path: &str) -> Option<String>;
+}
+
+/// The host's real file system.
+pub struct HostPaths;
+
+impl PathAliases for HostPaths {
+    fn dir_links(&self) -> Vec<(String, String)> {
+        let Ok(entries) = std::fs::read_dir("/") else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter(|e| e.file_type().map(|t| t.is_symlink()).unwrap_or(false))
+            .filter_map(|e| {
+                let link = e.path();
+                let target = std::fs::canonicalize(&link).ok()?;
+                target.is_dir().then(|| {
+                    (
+                        link.to_string_lossy().into_owned(),
+                        target.to_string_lossy().into_owned(),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    fn canonical(&self, path: &str) -> Option<String> {
+        std::fs::canonicalize(path)
+            .ok()
+            .map(|p| p.to_string_lossy().into_owned())
+    }
+}
+
+/// Adds, to every exec rule, the other names the same program has on this host: its canonical
+/// path, and the same path under every symlinked top-level directory. A copy or a hard link
+/// elsewhere is a different path and is not caught by path rules.
+pub fn with_path_aliases(rules: &RuleSet, fs: &dyn PathAliases) -> RuleSet {
+    let links = fs.dir_links();
+    let mut out = rules.clone();
+    for r in &mut out.rules {
+        let Matcher::Exec { paths } = &mut r.matcher else {
+            continue;
+        };
+        let mut extra = Vec::new();
+        for p in paths.iter() {
+            let (path, is_prefix) = match p {
+                PathPattern::Exact(s) => (s.as_str(), false),
+                PathPattern::Prefix(s) => (s.as_str(), true),
+            };
+            // A prefix's last component is partial (`/usr/bin/ssh*`): resolve its directory.
+            let (dir, tail) = if is_prefix {
+                match path.rfind('/') {
+                    Some(i) => (&path[..i], &path[i..]),
+                    None => continue,
+                }
+            } else {
+                (path, "")
+            };
+            let mut names = vec![path.to_string()];
+            if let Some(real) = fs.canonical(if dir.is_empty() { "/" } else { dir }) {
+                let real = format!("{}{tail}", real.trim_end_matches('/'));
+                if real != path {
+                    names.push(real);
+                }
+            }
+            for name in names.clone() {
+                for (link, target) in &links {
+                    if let Some(rest) = name.strip_prefix(target.as_str()) {
+                        if rest.starts_with('/') {
+                            names.push(format!("{link}{rest}"));
+                        }
+                    }
+                }
+            }
+            for n in names.into_iter().skip(1) {
+                if n.len() <= policy::MAX_PATH_LEN {
+                    extra.push(if is_prefix {
+                        PathPattern::Prefix(n)
+                    } else {
+                        PathPattern::Exact(n)
+                    });
+                }
+            }
+        }
+        for e in extra {
+            if !paths.contains(&e) {
+                paths.push(e);
+            }
+        }
+    }
+    out
+}
+
+/// What the kernel's exec maps say about `path` for `workload`: the exact entry, else the
+/// longest prefix. The agent uses it for execs the kernel could not match by itself.
+pub fn match_exec(c: &Compiled, workload: u32, path: &str) -> Option<RuleRef> {
+    let bytes = path.as_bytes();
+    let exact = c
+        .exec_exact
+        .iter()
+        .find(|(k, _)| {
+            k.workload == workload
+                && k.len as usize == bytes.len()
+                && &k.path[..bytes.len()] == bytes
+        })
+        .map(|(_, v)| *v);
+    if exact.is_some() {
+        return exact;
+    }
+    let wbe = workload.to_be_bytes();
+    c.exec_prefix
+        .iter()
+        .filter(|(bits, d, _)| {
+            let n = (*bits as usize / 8).saturating_sub(4);
+            d.workload_be == wbe && n <= bytes.len() && d.path[..n] == bytes[..n]
+        })
+        .max_by_key(|(bits, _, _)| *bits)
+        .map(|(_, _, v)| *v)
+}
+
 /// Converts the policy action into the kernel's code.
 pub fn kernel_action(a: policy::Action) -> agent_common::Action {
     match a {
@@ -374,6 +502,78 @@ mod tests {
             }
             other => panic!("expected an error, got {other:?}"),
         }
+    }
+
+    struct FakeFs;
+    impl PathAliases for FakeFs {
+        fn dir_links(&self) -> Vec<(String, String)> {
+            vec![
+                ("/bin".into(), "/usr/bin".into()),
+                ("/sbin".into(), "/usr/sbin".into()),
+            ]
+        }
+        fn canonical(&self, path: &str) -> Option<String> {
+            match path {
+                "/usr/bin/awk" => Some("/usr/bin/mawk".into()),
+                "/usr/bin" | "/bin" => Some("/usr/bin".into()),
+                "/opt/tools" => Some("/opt/tools".into()),
+                _ => None,
+            }
+        }
+    }
+
+    #[test]
+    fn exec_rules_get_the_other_names_of_the_same_program() {
+        let rs = rules(&format!(
+            "{BASE}  - {{name: t, workload: w, on: exec, paths: [/usr/bin/awk, /bin/ssh*, /opt/tools/x], action: deny}}\n"
+        ));
+        let out = with_path_aliases(&rs, &FakeFs);
+        let Matcher::Exec { paths } = &out.rules[0].matcher else {
+            panic!("exec rule")
+        };
+        let has = |p: &PathPattern| paths.contains(p);
+        assert!(
+            has(&PathPattern::Exact("/usr/bin/mawk".into())),
+            "canonical target: {paths:?}"
+        );
+        assert!(
+            has(&PathPattern::Exact("/bin/awk".into())),
+            "through the /bin link: {paths:?}"
+        );
+        assert!(has(&PathPattern::Exact("/bin/mawk".into())), "{paths:?}");
+        assert!(
+            has(&PathPattern::Prefix("/usr/bin/ssh".into())),
+            "prefix directory resolved: {paths:?}"
+        );
+        assert!(!paths
+            .iter()
+            .any(|p| matches!(p, PathPattern::Exact(s) if s.starts_with("/sbin"))));
+        assert_eq!(
+            paths
+                .iter()
+                .filter(|p| **p == PathPattern::Exact("/opt/tools/x".into()))
+                .count(),
+            1
+        );
+    }
+
+    #[test]
+    fn user_space_exec_match_follows_the_kernel_order() {
+        let rs = rules(&format!(
+            "{BASE}  - {{name: p, workload: w, on: exec, paths: ['/usr/bin/ssh*'], action: approve}}\n  - {{name: e, workload: w, on: exec, paths: [/usr/bin/ssh-agent], action: allow}}\n"
+        ));
+        let c = compile(&rs).expect("compiles");
+        let w = rs.workloads[0].id;
+        assert_eq!(
+            match_exec(&c, w, "/usr/bin/ssh").map(|r| r.rule_id),
+            Some(rs.rules[0].id)
+        );
+        assert_eq!(
+            match_exec(&c, w, "/usr/bin/ssh-agent").map(|r| r.rule_id),
+            Some(rs.rules[1].id)
+        );
+        assert_eq!(match_exec(&c, w, "/usr/bin/scp"), None);
+        assert_eq!(match_exec(&c, w + 1, "/usr/bin/ssh"), None);
     }
 
     #[test]

@@ -470,11 +470,9 @@ fn run(quick: bool, out_dir: &Path) -> Result<()> {
 }
 
 fn grant_once(setup: &mut Setup, cg: &Path, target: SocketAddr) -> Result<()> {
-    let exe = self_exe()?;
     let t = target.to_string();
-    let child = spawn_in(
+    let child = Worker::start(
         cg,
-        &exe,
         &[
             "worker",
             "held",
@@ -485,8 +483,8 @@ fn grant_once(setup: &mut Setup, cg: &Path, target: SocketAddr) -> Result<()> {
             "--batches",
             "1",
         ],
-    );
-    let pid = child.id();
+    )?;
+    let pid = child.pid();
     let engine = setup.engine.as_mut().context("engine")?;
     let deadline = Instant::now() + Duration::from_secs(20);
     let op = loop {
@@ -522,12 +520,10 @@ fn round_trips(setup: &mut Setup, target: SocketAddr, n: usize) -> Result<Latenc
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let exe = self_exe()?;
     let t = target.to_string();
     let ns = n.to_string();
-    let mut child = spawn_in(
+    let mut child = Worker::start(
         &setup.cgroup.path,
-        &exe,
         &[
             "worker",
             "held",
@@ -538,8 +534,12 @@ fn round_trips(setup: &mut Setup, target: SocketAddr, n: usize) -> Result<Latenc
             "--batches",
             "1",
         ],
-    );
-    let stdout = child.stdout.take().context("worker stdout")?;
+    )?;
+    let stdout = child
+        .0
+        .as_mut()
+        .and_then(|c| c.stdout.take())
+        .context("worker stdout")?;
     let reader_thread = std::thread::spawn(move || -> Result<serde_json::Value> {
         Ok(serde_json::from_reader(std::io::BufReader::new(stdout))?)
     });

@@ -291,3 +291,55 @@ fn validate_names_a_wrong_config_key() {
         "{msg}"
     );
 }
+
+#[test]
+fn other_names_of_a_denied_program_are_denied_too() {
+    if !privileged() {
+        return;
+    }
+    let cg = TestCgroup::new();
+    let d = Daemon::start(
+        &cg,
+        &rules(
+            "  - {name: no-echo, workload: test, on: exec, paths: [/usr/bin/echo], action: deny}\n",
+        ),
+        "deny",
+    );
+    let killed =
+        |out: &Output| std::os::unix::process::ExitStatusExt::signal(&out.status) == Some(9);
+    // Through the /bin symlink (merged /usr), where the host has one.
+    if std::fs::symlink_metadata("/bin")
+        .map(|m| m.file_type().is_symlink())
+        .unwrap_or(false)
+    {
+        let out = spawn_in(&cg.path, std::path::Path::new("/bin/echo"), &["x"])
+            .wait_with_output()
+            .expect("wait");
+        assert!(
+            killed(&out) && out.stdout.is_empty(),
+            "/bin/echo: {:?}",
+            out.status
+        );
+    }
+    // A relative path: held, resolved by the agent to /usr/bin/echo, refused.
+    let sh = std::path::Path::new("/bin/sh");
+    let out = spawn_in(
+        &cg.path,
+        sh,
+        &["-c", "cd /usr/bin && exec ./echo must-not-print"],
+    )
+    .wait_with_output()
+    .expect("wait");
+    assert!(
+        killed(&out) && out.stdout.is_empty(),
+        "./echo: {:?} {:?}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // A relative path to a program no rule names: resolved and let through.
+    let out = spawn_in(&cg.path, sh, &["-c", "cd /usr/bin && exec ./printf ok"])
+        .wait_with_output()
+        .expect("wait");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ok");
+    d.stop();
+}

@@ -779,6 +779,31 @@ impl Engine {
         Ok(granted)
     }
 
+    /// Points a held operation at the rule and target it turned out to be (a relative exec the
+    /// agent resolved), so that the decision and any grant apply to the real program.
+    pub fn retarget(
+        &mut self,
+        id: RequestId,
+        rule_id: u32,
+        target: u64,
+    ) -> Result<(), EngineError> {
+        let mut p = match self.pending.get(&id.tid, 0) {
+            Ok(p) if p.created_ns == id.created_ns => p,
+            Ok(_) | Err(aya::maps::MapError::KeyNotFound) => {
+                return Err(EngineError::NotPending(id))
+            }
+            Err(e) => return Err(map_err(names::PENDING)(e)),
+        };
+        p.rule_id = rule_id;
+        p.target = target;
+        self.pending
+            .insert(id.tid, p, aya_obj_flags::BPF_EXIST)
+            .map_err(|e| EngineError::Decide {
+                id,
+                reason: e.to_string(),
+            })
+    }
+
     /// Resolves every held operation with the fail mode (on shutdown, or after a restart when
     /// nobody can decide). Returns how many were released.
     pub fn release_all(&mut self, mode: FailMode) -> Result<usize, EngineError> {
