@@ -54,6 +54,8 @@ pub struct LinkSettings {
     pub backend: Backend,
     /// Whether BPF LSM is available, for capability reports.
     pub lsm_available: bool,
+    /// Metrics (the link's state).
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// Link failures (each ends one session; the link reconnects).
@@ -151,7 +153,9 @@ pub async fn run(
     };
     let mut failures = 0u32;
     loop {
-        match link.session(&mut events).await {
+        let result = link.session(&mut events).await;
+        link.settings.metrics.central_connected.set(0);
+        match result {
             Err(LinkError::EngineGone) => return,
             Err(e) => {
                 failures = failures.saturating_add(1);
@@ -261,6 +265,7 @@ impl Link {
             })?
             .into_inner();
         tracing::info!(address = %self.settings.address, host = %self.settings.host_id, "connected to central");
+        self.settings.metrics.central_connected.set(1);
         for view in pending {
             if let Some(ev) = view.event {
                 self.submit(&mut client, &ev).await?;

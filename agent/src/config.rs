@@ -83,6 +83,12 @@ pub struct Config {
     pub heartbeat_timeout: String,
     /// How often cgroups are rescanned for new matches and timeouts checked. Default: `1s`.
     pub rescan_interval: String,
+    /// Prometheus `/metrics` address; empty to turn it off. Default: `127.0.0.1:9464`.
+    pub metrics_listen: String,
+    /// Where each watched cgroup's held requests are listed (`cgroup-<id>.json`, world-readable)
+    /// so a paused workload's supervisor can report what it waits for. Empty to turn it off.
+    /// Default: `/run/latch/waiting`.
+    pub waiting_dir: PathBuf,
     /// The central service; without it the agent enforces the local `rules` file and is
     /// decided through the admin socket.
     pub central: Option<CentralConfig>,
@@ -122,6 +128,8 @@ impl Default for Config {
             fail_mode: FailModeName::Deny,
             heartbeat_timeout: "10s".into(),
             rescan_interval: "1s".into(),
+            metrics_listen: "127.0.0.1:9464".into(),
+            waiting_dir: PathBuf::from("/run/latch/waiting"),
             central: None,
         }
     }
@@ -210,6 +218,19 @@ impl Config {
                 key: "pin_dir",
                 value: format!("{:?}", config.pin_dir.display().to_string()),
                 reason: "must be an absolute path on a bpffs".into(),
+            });
+        }
+        if !config.metrics_listen.is_empty()
+            && config
+                .metrics_listen
+                .parse::<std::net::SocketAddr>()
+                .is_err()
+        {
+            return Err(ConfigError::Value {
+                path: name.to_string(),
+                key: "metrics_listen",
+                value: format!("{:?}", config.metrics_listen),
+                reason: "not an address like 127.0.0.1:9464 (or empty to turn metrics off)".into(),
             });
         }
         if let Some(c) = &config.central {
@@ -302,6 +323,13 @@ mod tests {
         let e =
             Config::parse("a.toml", "[central]\naddress = \"http://c:1\"\n").expect_err("refused");
         assert!(e.to_string().contains("token_file"), "{e}");
+    }
+
+    #[test]
+    fn metrics_address_is_checked() {
+        let e = Config::parse("a.toml", "metrics_listen = \"localhost\"\n").expect_err("refused");
+        assert!(e.to_string().contains("`metrics_listen`"), "{e}");
+        Config::parse("a.toml", "metrics_listen = \"\"\n").expect("empty turns it off");
     }
 
     #[test]

@@ -20,6 +20,7 @@ use crate::{
     cgroups::{self, WorkloadGlobs},
     events::KernelEvent,
     kernel::{Backend, Decision, Engine, EngineError, PendingOp, RequestId},
+    metrics::{CounterLabel, Metrics},
     rules::{self, Compiled},
 };
 
@@ -246,17 +247,42 @@ struct State {
     heartbeat_timeout: Duration,
     expiry_grace: Duration,
     beating: bool,
+    metrics: Metrics,
+    waiting_dir: Option<PathBuf>,
+    waiting_files: HashSet<PathBuf>,
+}
+
+/// How the engine task runs.
+#[derive(Clone)]
+pub struct TaskOptions {
+    /// Heartbeat, rescan and expiry period.
+    pub tick: Duration,
+    /// Fail mode (for shutdown and status).
+    pub fail_mode: FailMode,
+    /// Heartbeat timeout (for status).
+    pub heartbeat_timeout: Duration,
+    /// Extra time before the agent expires a request itself (central expires it first).
+    pub expiry_grace: Duration,
+    /// Metrics to keep up to date.
+    pub metrics: Metrics,
+    /// Where each watched cgroup's held requests are listed for its processes to read.
+    pub waiting_dir: Option<PathBuf>,
 }
 
 /// Starts the engine task.
 pub fn spawn(
     engine: Engine,
     mut policy: watch::Receiver<Option<Arc<Policy>>>,
-    tick: Duration,
-    fail_mode: FailMode,
-    heartbeat_timeout: Duration,
-    expiry_grace: Duration,
+    opts: TaskOptions,
 ) -> (EngineHandle, tokio::task::JoinHandle<()>) {
+    let TaskOptions {
+        tick,
+        fail_mode,
+        heartbeat_timeout,
+        expiry_grace,
+        metrics,
+        waiting_dir,
+    } = opts;
     let (tx, mut rx) = mpsc::channel::<Command>(256);
     let cgroup_root = engine.cgroup_root().to_path_buf();
     let mut st = State {
@@ -271,6 +297,9 @@ pub fn spawn(
         heartbeat_timeout,
         expiry_grace,
         beating: true,
+        metrics,
+        waiting_dir,
+        waiting_files: HashSet::new(),
     };
     let task = tokio::spawn(async move {
         let mut ticker = tokio::time::interval(tick);
@@ -332,6 +361,7 @@ impl State {
                 if r.is_ok() {
                     tracing::info!(request = %id, ?decision, "decided");
                     self.opened.remove(&id);
+                    self.metrics.decided(outcome_label(&decision), held_for(id));
                 }
                 let _ = reply.send(r);
             }
@@ -351,6 +381,7 @@ impl State {
             Command::Events(batch) => {
                 for ev in batch {
                     self.events_received += 1;
+                    self.metrics.events.inc();
                     log_event(&ev);
                     match (ev.outcome, ev.request) {
                         (Outcome::Paused, Some(id)) => {
@@ -438,6 +469,70 @@ impl State {
         self.engine.flush_kernel_log();
         self.rescan();
         self.expire();
+        self.publish();
+    }
+
+    /// Metrics, and the per-cgroup lists of held requests that the workload can read.
+    fn publish(&mut self) {
+        if let Ok(values) = self.engine.counters() {
+            for (i, v) in values.into_iter().enumerate() {
+                if let Some(name) = counter_name(i as u32) {
+                    self.metrics
+                        .kernel
+                        .get_or_create(&CounterLabel {
+                            counter: name.to_string(),
+                        })
+                        .set(v as i64);
+                }
+            }
+        }
+        let Ok(views) = self.views() else { return };
+        self.metrics.pending.set(views.len() as i64);
+        let Some(dir) = self.waiting_dir.clone() else {
+            return;
+        };
+        let mut by_cgroup: HashMap<u64, Vec<serde_json::Value>> = HashMap::new();
+        let now_ms = unix_ms();
+        for v in &views {
+            if v.pending.state != "waiting" {
+                continue;
+            }
+            let target = v.event.as_ref().and_then(|e| {
+                e.path
+                    .clone()
+                    .or_else(|| e.destination.map(|d| d.to_string()))
+            });
+            by_cgroup
+                .entry(v.pending.cgroup_id)
+                .or_default()
+                .push(serde_json::json!({
+                    "request": v.pending.id.to_string(),
+                    "pid": v.pending.tgid,
+                    "op": v.pending.op,
+                    "target": target,
+                    "rule": v.rule,
+                    "waiting_ms": v.pending.age_ms,
+                    "deadline_unix_ms": v.expires_in_s.map(|s| now_ms + (s as i64) * 1000),
+                }));
+        }
+        if std::fs::create_dir_all(&dir).is_err() {
+            return;
+        }
+        let mut written = HashSet::new();
+        for (cgroup, items) in by_cgroup {
+            let path = dir.join(format!("cgroup-{cgroup}.json"));
+            let body = serde_json::json!({ "cgroup_id": cgroup, "waiting": items });
+            let tmp = path.with_extension("tmp");
+            let ok = std::fs::write(&tmp, body.to_string()).is_ok()
+                && std::fs::rename(&tmp, &path).is_ok();
+            if ok {
+                written.insert(path);
+            }
+        }
+        for stale in self.waiting_files.difference(&written) {
+            let _ = std::fs::remove_file(stale);
+        }
+        self.waiting_files = written;
     }
 
     fn rescan(&mut self) {
@@ -496,6 +591,7 @@ impl State {
             match self.engine.decide(op.id, decision) {
                 Ok(_) => {
                     tracing::warn!(request = %op.id, ?decision, "expired without a decision");
+                    self.metrics.decided("expired", held_for(op.id));
                     self.opened.remove(&op.id);
                 }
                 Err(EngineError::NotPending(_)) => {}
@@ -574,6 +670,25 @@ fn log_event(ev: &KernelEvent) {
         _ => {
             tracing::info!(pid = ev.tgid, comm = %ev.comm, target = %what, rule = ev.rule_id, outcome, "recorded")
         }
+    }
+}
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn held_for(id: RequestId) -> f64 {
+    crate::kernel::monotonic_ns().saturating_sub(id.created_ns) as f64 / 1e9
+}
+
+fn outcome_label(d: &Decision) -> &'static str {
+    match d {
+        Decision::Allow => "allow",
+        Decision::Deny => "deny",
+        Decision::Grant { .. } => "grant",
     }
 }
 

@@ -17,4 +17,5 @@ pub mod context;
 pub mod engine_task;
 pub mod events;
 pub mod kernel;
+pub mod metrics;
 pub mod rules;

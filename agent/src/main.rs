@@ -426,14 +426,27 @@ async fn run(settings: Settings, rules: Option<PathBuf>) -> anyhow::Result<()> {
     } else {
         Duration::ZERO
     };
+    let metrics = latch_agent::metrics::Metrics::new();
+    let waiting_dir = settings.config.waiting_dir.clone();
     let (handle, engine_task) = engine_task::spawn(
         engine,
         policy_rx,
-        settings.rescan_interval,
-        fail_mode,
-        settings.heartbeat_timeout,
-        grace,
+        engine_task::TaskOptions {
+            tick: settings.rescan_interval,
+            fail_mode,
+            heartbeat_timeout: settings.heartbeat_timeout,
+            expiry_grace: grace,
+            metrics: metrics.clone(),
+            waiting_dir: (!waiting_dir.as_os_str().is_empty()).then_some(waiting_dir),
+        },
     );
+    if !settings.config.metrics_listen.is_empty() {
+        let listener = tokio::net::TcpListener::bind(&settings.config.metrics_listen)
+            .await
+            .with_context(|| format!("metrics_listen {}", settings.config.metrics_listen))?;
+        tracing::info!(address = %settings.config.metrics_listen, "serving /metrics");
+        tokio::spawn(latch_agent::metrics::serve(listener, metrics.clone()));
+    }
 
     let (link_tx, link_rx) = tokio::sync::mpsc::channel(4096);
     if let Some(c) = &central {
@@ -451,6 +464,7 @@ async fn run(settings: Settings, rules: Option<PathBuf>) -> anyhow::Result<()> {
             rules_cache: c.rules_cache.clone(),
             backend,
             lsm_available,
+            metrics: metrics.clone(),
         };
         tokio::spawn(central_link::run(
             link,

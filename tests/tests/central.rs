@@ -90,7 +90,7 @@ impl Stack {
         std::fs::write(
             &agent_config,
             format!(
-                "rules = \"{rules}\"\nadmin_socket = \"{sock}\"\npin_dir = \"{pin}\"\nrescan_interval = \"200ms\"\n\
+                "rules = \"{rules}\"\nadmin_socket = \"{sock}\"\npin_dir = \"{pin}\"\nrescan_interval = \"200ms\"\nmetrics_listen = \"\"\nwaiting_dir = \"\"\n\
                  [central]\naddress = \"{address}\"\ntoken_file = \"{token}\"\nhost_id = \"{host}\"\n\
                  rules_cache = \"{cache}\"\nlabels = {{ suite = \"{name}\" }}\n",
                 rules = dir.join("no-local-rules.yaml").display(),

@@ -11,6 +11,7 @@ use latch_tests::{binary, outcome, privileged, probe, spawn_in, wait_state, Test
 
 struct Daemon {
     child: Child,
+    metrics_port: u16,
     dir: PathBuf,
     config: PathBuf,
     rules: PathBuf,
@@ -22,13 +23,19 @@ impl Daemon {
         let dir = std::env::temp_dir().join(format!("{}-agent", cg.rel.trim_start_matches('/')));
         std::fs::create_dir_all(&dir).expect("mkdir");
         let pin_dir = PathBuf::from("/sys/fs/bpf").join(cg.rel.trim_start_matches('/'));
+        let metrics_port = TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
         let rules_path = dir.join("rules.yaml");
         std::fs::write(&rules_path, rules.replace("{CG}", &cg.rel)).expect("write rules");
         let config = dir.join("agent.toml");
         std::fs::write(
             &config,
             format!(
-                "rules = {rules:?}\nadmin_socket = {sock:?}\npin_dir = {pin:?}\nfail_mode = {fail_mode:?}\nrescan_interval = \"200ms\"\n",
+                "rules = {rules:?}\nadmin_socket = {sock:?}\npin_dir = {pin:?}\nfail_mode = {fail_mode:?}\nrescan_interval = \"200ms\"\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\nwaiting_dir = {waiting:?}\n",
+                waiting = dir.join("waiting").display().to_string(),
                 rules = rules_path.display().to_string(),
                 sock = dir.join("agent.sock").display().to_string(),
                 pin = pin_dir.display().to_string(),
@@ -44,6 +51,7 @@ impl Daemon {
             .expect("start latch-agent");
         let d = Daemon {
             child,
+            metrics_port,
             dir,
             config,
             rules: rules_path,
@@ -126,6 +134,19 @@ impl Drop for Daemon {
     }
 }
 
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect metrics");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request");
+    let mut body = String::new();
+    s.read_to_string(&mut body).expect("response");
+    body
+}
+
 fn rules(body: &str) -> String {
     format!("workloads:\n  - name: test\n    cgroups: [\"{{CG}}\"]\nrules:\n{body}")
 }
@@ -174,9 +195,54 @@ fn held_connect_is_listed_and_approved_from_the_cli() {
         "{shown}"
     );
 
+    // The workload's side can read what it waits for.
+    let cgroup_id =
+        std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&cg.path).expect("stat cgroup"));
+    let waiting = d
+        .dir
+        .join("waiting")
+        .join(format!("cgroup-{cgroup_id}.json"));
+    let deadline = Instant::now() + PATIENCE;
+    let listed = loop {
+        if let Ok(t) = std::fs::read_to_string(&waiting) {
+            if t.contains(&id) {
+                break t;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never listed {id}",
+            waiting.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let v: serde_json::Value = serde_json::from_str(&listed).expect("json");
+    assert_eq!(v["waiting"][0]["rule"], "db");
+    assert!(v["waiting"][0]["deadline_unix_ms"]
+        .as_i64()
+        .is_some_and(|d| d > 0));
+
     let out = d.cli(&["decide", &id, "allow"]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(outcome(child)["ok"], true);
+
+    let metrics = http_get(d.metrics_port, "/metrics");
+    assert!(
+        metrics.contains("latch_decisions_total{outcome=\"allow\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("latch_kernel{counter=\"paused\"}"),
+        "{metrics}"
+    );
+    let deadline = Instant::now() + PATIENCE;
+    while waiting.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the waiting list was never cleared"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 
     // Deciding it again: exit code 3, the id named.
     let again = d.cli(&["decide", &id, "deny"]);
