@@ -27,10 +27,12 @@ pub const MAX_LINE: usize = 64 * 1024;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "lowercase", deny_unknown_fields)]
 pub enum AdminRequest {
+    // Empty struct variants, not unit ones: serde ignores unknown fields of unit variants in
+    // an internally tagged enum, and a typo must not pass silently.
     /// List held operations.
-    Pending,
+    Pending {},
     /// The agent's status.
-    Status,
+    Status {},
     /// Decide a held operation.
     Decide {
         /// Which.
@@ -113,12 +115,12 @@ async fn answer(engine: &EngineHandle, line: &str) -> AdminResponse {
     };
     let unavailable = || AdminResponse::err("unavailable", "the kernel engine has stopped".into());
     match req {
-        AdminRequest::Pending => match engine.pending().await {
+        AdminRequest::Pending {} => match engine.pending().await {
             Ok(Ok(v)) => AdminResponse::ok(serde_json::to_value(v).unwrap_or_default()),
             Ok(Err(e)) => AdminResponse::err("failed", e),
             Err(_) => unavailable(),
         },
-        AdminRequest::Status => match engine.status().await {
+        AdminRequest::Status {} => match engine.status().await {
             Ok(Ok(s)) => AdminResponse::ok(serde_json::to_value(s).unwrap_or_default()),
             Ok(Err(e)) => AdminResponse::err("failed", e),
             Err(_) => unavailable(),
@@ -230,7 +232,7 @@ mod tests {
     fn parses_each_request() {
         assert_eq!(
             parse_request(r#"{"cmd":"pending"}"#).expect("valid"),
-            AdminRequest::Pending
+            AdminRequest::Pending {}
         );
         let d = parse_request(r#"{"cmd":"decide","id":"42.1000","decision":{"verdict":"grant","scope":"workload","ttl":900,"uses":null}}"#)
             .expect("valid");

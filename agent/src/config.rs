@@ -89,6 +89,9 @@ pub struct Config {
     /// so a paused workload's supervisor can report what it waits for. Empty to turn it off.
     /// Default: `/run/latch/waiting`.
     pub waiting_dir: PathBuf,
+    /// Masking of arguments before they leave the host (`[redact]`: `mask_ip`, `extra`
+    /// patterns, `secret_flags`, `max_input_bytes`).
+    pub redact: redact::RedactConfig,
     /// The central service; without it the agent enforces the local `rules` file and is
     /// decided through the admin socket.
     pub central: Option<CentralConfig>,
@@ -131,6 +134,7 @@ impl Default for Config {
             metrics_listen: "127.0.0.1:9464".into(),
             waiting_dir: PathBuf::from("/run/latch/waiting"),
             central: None,
+            redact: redact::RedactConfig::default(),
         }
     }
 }
@@ -233,6 +237,14 @@ impl Config {
                 reason: "not an address like 127.0.0.1:9464 (or empty to turn metrics off)".into(),
             });
         }
+        if let Err(e) = redact::Redactor::new(&config.redact) {
+            return Err(ConfigError::Value {
+                path: name.to_string(),
+                key: "redact",
+                value: String::new(),
+                reason: e.to_string(),
+            });
+        }
         if let Some(c) = &config.central {
             let bad = |reason: &str| ConfigError::Value {
                 path: name.to_string(),
@@ -330,6 +342,14 @@ mod tests {
         let e = Config::parse("a.toml", "metrics_listen = \"localhost\"\n").expect_err("refused");
         assert!(e.to_string().contains("`metrics_listen`"), "{e}");
         Config::parse("a.toml", "metrics_listen = \"\"\n").expect("empty turns it off");
+    }
+
+    #[test]
+    fn a_bad_redaction_pattern_is_named() {
+        let text = "[redact]\nextra = [{ name = \"ticket\", regex = \"TICKET-(\", replacement = \"[TICKET]\" }]\n";
+        let e = Config::parse("a.toml", text).expect_err("refused");
+        let m = e.to_string();
+        assert!(m.contains("`redact`") && m.contains("ticket"), "{m}");
     }
 
     #[test]

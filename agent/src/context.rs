@@ -23,6 +23,12 @@ pub trait Masker: Send + Sync {
     fn mask_args(&self, args: &[String]) -> Vec<String>;
 }
 
+impl Masker for redact::Redactor {
+    fn mask_args(&self, args: &[String]) -> Vec<String> {
+        self.redact_args(args)
+    }
+}
+
 /// One ancestor process.
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
 pub struct Ancestor {
@@ -189,6 +195,27 @@ mod tests {
         fn mask_args(&self, args: &[String]) -> Vec<String> {
             args.to_vec()
         }
+    }
+
+    #[test]
+    fn arguments_are_masked_by_the_redactor() {
+        let r = redact::Redactor::new(&redact::RedactConfig::default()).expect("default config");
+        let args: Vec<String> = [
+            "psql",
+            "--password",
+            "hunter2",
+            "postgres://bob:s3cret@db/prod",
+            "mail=ann@example.com",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let masked = r.mask_args(&args);
+        let joined = masked.join(" ");
+        for secret in ["hunter2", "s3cret", "ann@example.com"] {
+            assert!(!joined.contains(secret), "{secret} leaked: {joined}");
+        }
+        assert_eq!(masked[0], "psql");
     }
 
     #[test]

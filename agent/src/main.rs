@@ -17,7 +17,6 @@ use latch_agent::{
     admin::{self, AdminError, AdminRequest},
     central_link,
     config::{self, Config, Settings},
-    context::Masker,
     engine_task::{self, Policy},
     events::EventReader,
     kernel::{self, Decision, Engine, EngineOptions, RequestId, Scope},
@@ -135,10 +134,10 @@ fn main() -> ExitCode {
             Cmd::Run { rules } => exit(run(settings, rules).await, 1),
             Cmd::Validate { rules } => validate(&settings, rules),
             Cmd::Pending { json } => {
-                client(&settings, AdminRequest::Pending, |v| print_pending(v, json)).await
+                client(&settings, AdminRequest::Pending {}, |v| print_pending(v, json)).await
             }
             Cmd::Status { json } => {
-                client(&settings, AdminRequest::Status, |v| print_status(v, json)).await
+                client(&settings, AdminRequest::Status {}, |v| print_status(v, json)).await
             }
             Cmd::Decide {
                 id,
@@ -349,25 +348,6 @@ fn release(settings: &Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Until the redaction library is wired in, arguments other than the program name do not leave
-/// the host at all: stricter than masking, never weaker.
-struct WithholdArguments;
-
-impl Masker for WithholdArguments {
-    fn mask_args(&self, args: &[String]) -> Vec<String> {
-        args.iter()
-            .enumerate()
-            .map(|(i, a)| {
-                if i == 0 {
-                    a.clone()
-                } else {
-                    "[WITHHELD]".to_string()
-                }
-            })
-            .collect()
-    }
-}
-
 fn host_id(configured: Option<&String>) -> String {
     if let Some(h) = configured {
         return h.clone();
@@ -450,6 +430,7 @@ async fn run(settings: Settings, rules: Option<PathBuf>) -> anyhow::Result<()> {
 
     let (link_tx, link_rx) = tokio::sync::mpsc::channel(4096);
     if let Some(c) = &central {
+        let redactor = redact::Redactor::new(&settings.config.redact).context("[redact]")?;
         let token = std::fs::read_to_string(&c.token_file)
             .with_context(|| format!("central.token_file {}", c.token_file.display()))?;
         let token = token.lines().next().unwrap_or("").trim().to_string();
@@ -471,7 +452,7 @@ async fn run(settings: Settings, rules: Option<PathBuf>) -> anyhow::Result<()> {
             handle.clone(),
             policy_tx.clone(),
             link_rx,
-            Arc::new(WithholdArguments),
+            Arc::new(redactor),
         ));
     } else {
         drop(link_rx);

@@ -165,7 +165,22 @@ struct Results {
     rounds: usize,
     overhead: Vec<Row>,
     round_trip: Latency,
+    events: Throughput,
     method: &'static str,
+}
+
+#[derive(Serialize)]
+struct Throughput {
+    /// Audit events the workload caused.
+    caused: u64,
+    /// Events the reader received.
+    received: u64,
+    /// Events the kernel could not put in the ring buffer.
+    dropped: u64,
+    /// Received events per second, over the workload's run.
+    per_second: f64,
+    /// Agent-side CPU time per 10,000 events, in milliseconds (reader thread, user + system).
+    cpu_ms_per_10k: f64,
 }
 
 struct Setup {
@@ -177,7 +192,7 @@ struct Setup {
 
 fn rules_text(cg: &str, extra_rules: usize) -> String {
     let mut s = format!(
-        "workloads:\n  - name: bench\n    cgroups: [\"{cg}\"]\nrules:\n  - {{name: loopback-ok, workload: bench, on: connect, to: [127.0.0.1/32], action: allow}}\n  - {{name: true-ok, workload: bench, on: exec, paths: [/bin/true], action: allow}}\n  - {{name: held, workload: bench, on: connect, to: [127.0.0.2/32], action: approve}}\n"
+        "workloads:\n  - name: bench\n    cgroups: [\"{cg}\"]\nrules:\n  - {{name: loopback-ok, workload: bench, on: connect, to: [127.0.0.1/32], action: allow}}\n  - {{name: true-ok, workload: bench, on: exec, paths: [/bin/true], action: allow}}\n  - {{name: held, workload: bench, on: connect, to: [127.0.0.2/32], action: approve}}\n  - {{name: recorded, workload: bench, on: connect, to: [127.0.0.3/32], action: audit}}\n"
     );
     if extra_rules > 0 {
         s.push_str(
@@ -443,6 +458,7 @@ fn run(quick: bool, out_dir: &Path) -> Result<()> {
         });
     }
 
+    let events = throughput(&mut setup, held_n * 10)?;
     let round_trip = round_trips(&mut setup, held_addr, held_n)?;
     set_bpf_stats(false);
     setup.unload()?;
@@ -453,9 +469,11 @@ fn run(quick: bool, out_dir: &Path) -> Result<()> {
         rounds,
         overhead: rows.clone(),
         round_trip,
+        events,
         method: "median over interleaved rounds of median batch means; ratio = scenario / 'no latch' of the same run",
     };
     print_table(&results);
+    print_throughput(&results.events);
     std::fs::create_dir_all(out_dir)?;
     std::fs::write(
         out_dir.join("results.json"),
@@ -509,6 +527,92 @@ fn grant_once(setup: &mut Setup, cg: &Path, target: SocketAddr) -> Result<()> {
         bail!("grant set-up worker failed");
     }
     Ok(())
+}
+
+/// Audit-action events through the ring buffer as fast as several workers can cause them.
+fn throughput(setup: &mut Setup, per_worker: usize) -> Result<Throughput> {
+    setup.unload()?;
+    setup.load(0)?;
+    let engine = setup.engine.as_mut().context("engine")?;
+    let ring = engine.take_events().context("ring buffer")?;
+    let dropped_before = engine.counter(agent_common::Counter::RingbufFull)?;
+    // Audit rule target: connect() to 127.0.0.3 on a port with a listener.
+    let listener = TcpListener::bind("127.0.0.3:0").context("bind 127.0.0.3")?;
+    let addr = listener.local_addr()?;
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            drop(s);
+        }
+    });
+    let workers = 4;
+    let a = addr.to_string();
+    let n = per_worker.to_string();
+    let started = Instant::now();
+    let children: Vec<Worker> = (0..workers)
+        .map(|_| {
+            Worker::start(
+                &setup.cgroup.path,
+                &[
+                    "worker",
+                    "connect",
+                    "--addr",
+                    &a,
+                    "--batch",
+                    &n,
+                    "--batches",
+                    "1",
+                ],
+            )
+        })
+        .collect::<Result<_>>()?;
+    let caused = (workers * per_worker * 2) as u64; // one warm-up batch plus the measured one
+    let cpu_before = thread_cpu();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let received = rt.block_on(async {
+        let mut reader = EventReader::new(ring)?;
+        let mut batch = Vec::new();
+        let mut got = 0u64;
+        while got < caused {
+            batch.clear();
+            match tokio::time::timeout(Duration::from_secs(5), reader.next_batch(&mut batch)).await
+            {
+                Ok(r) => got += r? as u64,
+                // Nothing more is coming: the rest was dropped.
+                Err(_) => break,
+            }
+        }
+        anyhow::Ok(got)
+    })?;
+    let cpu = thread_cpu().saturating_sub(cpu_before);
+    for c in children {
+        let out = c.finish()?;
+        if !out.status.success() {
+            bail!("throughput worker failed");
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let engine = setup.engine.as_mut().context("engine")?;
+    let dropped = engine.counter(agent_common::Counter::RingbufFull)? - dropped_before;
+    Ok(Throughput {
+        caused,
+        received,
+        dropped,
+        per_second: received as f64 / elapsed,
+        cpu_ms_per_10k: if received > 0 {
+            cpu.as_secs_f64() * 1000.0 * 10_000.0 / received as f64
+        } else {
+            f64::NAN
+        },
+    })
+}
+
+/// CPU time (user + system) of the calling thread.
+fn thread_cpu() -> Duration {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .map(|t| Duration::new(t.tv_sec() as u64, t.tv_nsec() as u32))
+        .unwrap_or_default()
 }
 
 fn round_trips(setup: &mut Setup, target: SocketAddr, n: usize) -> Result<Latency> {
@@ -579,6 +683,14 @@ fn round_trips(setup: &mut Setup, target: SocketAddr, n: usize) -> Result<Latenc
         p99_us: us(0.99),
         max_us: h.max() as f64 / 1000.0,
     })
+}
+
+fn print_throughput(e: &Throughput) {
+    println!(
+        "audit events through the ring buffer: {} caused, {} received, {} dropped; {:.0} events/s; \
+         reader CPU {:.1} ms per 10,000 events",
+        e.caused, e.received, e.dropped, e.per_second, e.cpu_ms_per_10k
+    );
 }
 
 fn print_table(r: &Results) {

@@ -238,7 +238,11 @@ async fn reviewer_decisions_reach_the_kernel_through_central() {
     let mut alice = stack.reviewer(ALICE).await;
 
     // Approved: the one held connect() completes.
-    let child = spawn_in(&cg.path, &probe(), &["connect", &target]);
+    let child = spawn_in(
+        &cg.path,
+        &probe(),
+        &["connect", &target, "--token=hunter2-very-secret"],
+    );
     let pid = child.id();
     let rec = wait_request(&mut alice, &stack.host, pid, RequestState::Pending).await;
     wait_state(pid, 'T');
@@ -257,11 +261,25 @@ async fn reviewer_decisions_reach_the_kernel_through_central() {
                 .unwrap_or(0)
         )
     );
-    assert!(
-        req.argv.iter().skip(1).all(|a| a == "[WITHHELD]"),
-        "arguments never leave the host unmasked: {:?}",
+    assert_eq!(
+        req.argv.get(1).map(String::as_str),
+        Some("connect"),
+        "{:?}",
         req.argv
     );
+    assert_eq!(
+        req.argv.get(2),
+        Some(&target),
+        "destinations are not masked by default"
+    );
+    let joined = req.argv.join(" ");
+    assert!(
+        !joined.contains("hunter2"),
+        "a secret left the host: {joined}"
+    );
+    assert!(joined.contains("[SECRET]"), "{joined}");
+    assert_eq!(req.user, "root");
+    assert!(req.requester.starts_with("user:"), "{}", req.requester);
     alice
         .decide(DecideRequest {
             approval_id: rec.approval_id.clone(),
