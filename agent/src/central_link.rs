@@ -18,9 +18,9 @@ use std::{
 
 use agent_common::{GrantKey, Op, Outcome};
 use latch_proto::v1::{
-    agent_message::Body, agent_service_client::AgentServiceClient, ApprovalRequest,
-    CancelApprovalRequest, Capabilities, Destination, RegisterRequest, RuleEnforcement, RuleStatus,
-    RulesAck, SubscribeRequest,
+    agent_message::Body, agent_service_client::AgentServiceClient, AgentAuditRecord,
+    ApprovalRequest, AuditBatch, CancelApprovalRequest, Capabilities, Destination, RegisterRequest,
+    RuleEnforcement, RuleStatus, RulesAck, SubscribeRequest,
 };
 use tokio::sync::{mpsc, watch};
 use tonic::{
@@ -56,6 +56,8 @@ pub struct LinkSettings {
     pub lsm_available: bool,
     /// Metrics (the link's state).
     pub metrics: crate::metrics::Metrics,
+    /// The journal to ship.
+    pub recorder: crate::recorder::Recorder,
 }
 
 /// Link failures (each ends one session; the link reconnects).
@@ -271,8 +273,11 @@ impl Link {
                 self.submit(&mut client, &ev).await?;
             }
         }
+        let mut ship = tokio::time::interval(Duration::from_secs(1));
+        ship.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                _ = ship.tick() => self.ship(&mut client).await?,
                 msg = stream.message() => match msg {
                     Ok(Some(m)) => self.handle(&mut client, m.body).await?,
                     Ok(None) => return Err(LinkError::Closed),
@@ -282,6 +287,34 @@ impl Link {
                     Some(ev) => self.on_event(&mut client, &ev).await?,
                     None => return Err(LinkError::EngineGone),
                 },
+            }
+        }
+    }
+
+    /// Uploads what central has not acknowledged, oldest first, and acknowledges it locally
+    /// once central has stored it (at least once: central deduplicates by record id).
+    async fn ship(&mut self, client: &mut Client) -> Result<(), LinkError> {
+        loop {
+            let records = self.settings.recorder.unacked(500).await;
+            let Some(last) = records.last().map(|r| r.seq) else {
+                return Ok(());
+            };
+            let n = records.len();
+            let batch = AuditBatch {
+                host_id: self.settings.host_id.clone(),
+                records: records.into_iter().map(audit_record).collect(),
+            };
+            client
+                .upload_audit(batch)
+                .await
+                .map_err(|status| LinkError::Call {
+                    call: "UploadAudit",
+                    status,
+                })?;
+            self.settings.recorder.ack(last);
+            self.settings.metrics.journal_shipped.inc_by(n as u64);
+            if n < 500 {
+                return Ok(());
             }
         }
     }
@@ -533,6 +566,26 @@ impl Link {
             Err(e) => tracing::error!(request = %id, "cannot apply the decision: {e}"),
         }
         Ok(())
+    }
+}
+
+fn audit_record(r: journal::Record) -> AgentAuditRecord {
+    let p = &r.payload;
+    let text = |k: &str| p[k].as_str().unwrap_or_default().to_string();
+    AgentAuditRecord {
+        host_seq: r.seq,
+        record_id: r.id,
+        time_unix_ms: r.time_unix_ms as i64,
+        kind: r.kind,
+        rule_id: p["rule_id"].as_u64().unwrap_or(0) as u32,
+        rule_name: text("rule_name"),
+        workload: text("workload_name"),
+        action: if p["action"].is_string() {
+            text("action")
+        } else {
+            text("outcome")
+        },
+        details_json: p.to_string(),
     }
 }
 

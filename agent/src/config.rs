@@ -89,6 +89,12 @@ pub struct Config {
     /// so a paused workload's supervisor can report what it waits for. Empty to turn it off.
     /// Default: `/run/latch/waiting`.
     pub waiting_dir: PathBuf,
+    /// The durable local journal of every event and decision (shipped to central).
+    /// Default: `/var/lib/latch/journal`.
+    pub journal_dir: PathBuf,
+    /// Most disk the journal may use, in MiB, after deleting what central acknowledged. When it
+    /// is full the fail mode applies. Default: 512.
+    pub journal_max_mib: u64,
     /// Masking of arguments before they leave the host (`[redact]`: `mask_ip`, `extra`
     /// patterns, `secret_flags`, `max_input_bytes`).
     pub redact: redact::RedactConfig,
@@ -135,6 +141,8 @@ impl Default for Config {
             waiting_dir: PathBuf::from("/run/latch/waiting"),
             central: None,
             redact: redact::RedactConfig::default(),
+            journal_dir: PathBuf::from("/var/lib/latch/journal"),
+            journal_max_mib: 512,
         }
     }
 }
@@ -235,6 +243,14 @@ impl Config {
                 key: "metrics_listen",
                 value: format!("{:?}", config.metrics_listen),
                 reason: "not an address like 127.0.0.1:9464 (or empty to turn metrics off)".into(),
+            });
+        }
+        if !(32..=1 << 20).contains(&config.journal_max_mib) {
+            return Err(ConfigError::Value {
+                path: name.to_string(),
+                key: "journal_max_mib",
+                value: config.journal_max_mib.to_string(),
+                reason: "must be between 32 and 1048576".into(),
             });
         }
         if let Err(e) = redact::Redactor::new(&config.redact) {

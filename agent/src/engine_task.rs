@@ -161,6 +161,9 @@ pub enum Command {
     Status(oneshot::Sender<Result<Status, String>>),
     /// Events read from the kernel.
     Events(Vec<KernelEvent>),
+    /// The journal is full (`true`) or writable again (`false`): with nowhere to record
+    /// decisions, operations are no longer held and the fail mode applies.
+    Degrade(bool),
     /// Resolve every held operation by the fail mode and stop refreshing the heartbeat.
     Shutdown(oneshot::Sender<Result<usize, String>>),
 }
@@ -229,6 +232,12 @@ impl EngineHandle {
             .map_err(|_| EngineGone)
     }
 
+    /// Tells the engine the journal is full or writable again, from a thread outside the
+    /// runtime (the journal's).
+    pub fn degrade_blocking(&self, full: bool) {
+        let _ = self.tx.blocking_send(Command::Degrade(full));
+    }
+
     /// Releases every held operation by the fail mode and stops the heartbeat.
     pub async fn shutdown(&self) -> Result<Result<usize, String>, EngineGone> {
         self.ask(Command::Shutdown).await
@@ -250,6 +259,8 @@ struct State {
     metrics: Metrics,
     waiting_dir: Option<PathBuf>,
     waiting_files: HashSet<PathBuf>,
+    recorder: Option<crate::recorder::Recorder>,
+    degraded: bool,
 }
 
 /// How the engine task runs.
@@ -267,6 +278,8 @@ pub struct TaskOptions {
     pub metrics: Metrics,
     /// Where each watched cgroup's held requests are listed for its processes to read.
     pub waiting_dir: Option<PathBuf>,
+    /// Where decisions are recorded.
+    pub recorder: Option<crate::recorder::Recorder>,
 }
 
 /// Starts the engine task.
@@ -282,6 +295,7 @@ pub fn spawn(
         expiry_grace,
         metrics,
         waiting_dir,
+        recorder,
     } = opts;
     let (tx, mut rx) = mpsc::channel::<Command>(256);
     let cgroup_root = engine.cgroup_root().to_path_buf();
@@ -300,6 +314,8 @@ pub fn spawn(
         metrics,
         waiting_dir,
         waiting_files: HashSet::new(),
+        recorder,
+        degraded: false,
     };
     let task = tokio::spawn(async move {
         let mut ticker = tokio::time::interval(tick);
@@ -360,8 +376,9 @@ impl State {
                 let r = self.engine.decide(id, decision);
                 if r.is_ok() {
                     tracing::info!(request = %id, ?decision, "decided");
-                    self.opened.remove(&id);
                     self.metrics.decided(outcome_label(&decision), held_for(id));
+                    self.record_decision(id, &decision, "reviewer");
+                    self.opened.remove(&id);
                 }
                 let _ = reply.send(r);
             }
@@ -392,6 +409,16 @@ impl State {
                         }
                         _ => {}
                     }
+                }
+            }
+            Command::Degrade(full) => {
+                self.degraded = full;
+                if full {
+                    if let Err(e) = self.engine.flatline() {
+                        tracing::error!("cannot stop holding operations: {e}");
+                    }
+                } else if let Err(e) = self.engine.beat() {
+                    tracing::error!("cannot resume holding operations: {e}");
                 }
             }
             Command::Shutdown(reply) => {
@@ -461,7 +488,7 @@ impl State {
     }
 
     fn tick(&mut self) {
-        if self.beating {
+        if self.beating && !self.degraded {
             if let Err(e) = self.engine.beat() {
                 tracing::error!("cannot refresh the heartbeat: {e}");
             }
@@ -470,6 +497,31 @@ impl State {
         self.rescan();
         self.expire();
         self.publish();
+    }
+
+    fn record_decision(&self, id: RequestId, decision: &Decision, by: &str) {
+        let Some(r) = &self.recorder else { return };
+        let rule = self.opened.get(&id).map(|e| e.rule_id).and_then(|rid| {
+            self.policy
+                .as_ref()
+                .and_then(|p| p.rules.rule(rid))
+                .map(|r| (rid, r.name.clone()))
+        });
+        r.record_durable(
+            if by == "timeout" {
+                "expired"
+            } else {
+                "decision"
+            },
+            serde_json::json!({
+                "request": id.to_string(),
+                "decision": decision,
+                "decided_by": by,
+                "rule_id": rule.as_ref().map(|r| r.0),
+                "rule_name": rule.map(|r| r.1),
+                "action": outcome_label(decision),
+            }),
+        );
     }
 
     /// Metrics, and the per-cgroup lists of held requests that the workload can read.
@@ -592,6 +644,7 @@ impl State {
                 Ok(_) => {
                     tracing::warn!(request = %op.id, ?decision, "expired without a decision");
                     self.metrics.decided("expired", held_for(op.id));
+                    self.record_decision(op.id, &decision, "timeout");
                     self.opened.remove(&op.id);
                 }
                 Err(EngineError::NotPending(_)) => {}

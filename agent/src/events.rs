@@ -80,11 +80,16 @@ pub struct KernelEvent {
 }
 
 fn ser_op<S: serde::Serializer>(op: &Op, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(match op {
+    s.serialize_str(op_name(*op))
+}
+
+/// A short name for an operation, for logs and records.
+pub fn op_name(op: Op) -> &'static str {
+    match op {
         Op::Exec => "exec",
         Op::Connect => "connect",
         Op::Sendmsg => "sendmsg",
-    })
+    }
 }
 
 fn ser_outcome<S: serde::Serializer>(o: &Outcome, s: S) -> Result<S::Ok, S::Error> {

@@ -18,4 +18,5 @@ pub mod engine_task;
 pub mod events;
 pub mod kernel;
 pub mod metrics;
+pub mod recorder;
 pub mod rules;

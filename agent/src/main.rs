@@ -134,10 +134,16 @@ fn main() -> ExitCode {
             Cmd::Run { rules } => exit(run(settings, rules).await, 1),
             Cmd::Validate { rules } => validate(&settings, rules),
             Cmd::Pending { json } => {
-                client(&settings, AdminRequest::Pending {}, |v| print_pending(v, json)).await
+                client(&settings, AdminRequest::Pending {}, |v| {
+                    print_pending(v, json)
+                })
+                .await
             }
             Cmd::Status { json } => {
-                client(&settings, AdminRequest::Status {}, |v| print_status(v, json)).await
+                client(&settings, AdminRequest::Status {}, |v| {
+                    print_status(v, json)
+                })
+                .await
             }
             Cmd::Decide {
                 id,
@@ -408,6 +414,22 @@ async fn run(settings: Settings, rules: Option<PathBuf>) -> anyhow::Result<()> {
     };
     let metrics = latch_agent::metrics::Metrics::new();
     let waiting_dir = settings.config.waiting_dir.clone();
+    let host = host_id(central.as_ref().and_then(|c| c.host_id.as_ref()));
+    // The journal's full-disk hook reaches the engine task, which starts right after.
+    let engine_slot: Arc<std::sync::OnceLock<engine_task::EngineHandle>> = Arc::default();
+    let slot = engine_slot.clone();
+    let recorder = latch_agent::recorder::Recorder::start(
+        settings.config.journal_dir.clone(),
+        &host,
+        settings.config.journal_max_mib << 20,
+        Box::new(move |full| {
+            if let Some(h) = slot.get() {
+                h.degrade_blocking(full);
+            }
+        }),
+        metrics.clone(),
+    )
+    .with_context(|| format!("journal_dir {}", settings.config.journal_dir.display()))?;
     let (handle, engine_task) = engine_task::spawn(
         engine,
         policy_rx,
@@ -418,8 +440,10 @@ async fn run(settings: Settings, rules: Option<PathBuf>) -> anyhow::Result<()> {
             expiry_grace: grace,
             metrics: metrics.clone(),
             waiting_dir: (!waiting_dir.as_os_str().is_empty()).then_some(waiting_dir),
+            recorder: Some(recorder.clone()),
         },
     );
+    let _ = engine_slot.set(handle.clone());
     if !settings.config.metrics_listen.is_empty() {
         let listener = tokio::net::TcpListener::bind(&settings.config.metrics_listen)
             .await
@@ -440,12 +464,13 @@ async fn run(settings: Settings, rules: Option<PathBuf>) -> anyhow::Result<()> {
         let link = central_link::LinkSettings {
             address: c.address.clone(),
             token,
-            host_id: host_id(c.host_id.as_ref()),
+            host_id: host.clone(),
             labels: c.labels.clone(),
             rules_cache: c.rules_cache.clone(),
             backend,
             lsm_available,
             metrics: metrics.clone(),
+            recorder: recorder.clone(),
         };
         tokio::spawn(central_link::run(
             link,
@@ -460,6 +485,7 @@ async fn run(settings: Settings, rules: Option<PathBuf>) -> anyhow::Result<()> {
 
     let mut reader = EventReader::new(ring).context("event reader")?;
     let events_handle = handle.clone();
+    let event_recorder = recorder.clone();
     tokio::spawn(async move {
         let mut batch = Vec::new();
         loop {
@@ -468,6 +494,10 @@ async fn run(settings: Settings, rules: Option<PathBuf>) -> anyhow::Result<()> {
                     let mut out = Vec::with_capacity(batch.len());
                     for mut ev in batch.drain(..) {
                         ev.enrich();
+                        event_recorder.record(
+                            latch_agent::events::op_name(ev.op),
+                            serde_json::to_value(&ev).unwrap_or_default(),
+                        );
                         if ev.rule_id == agent_common::RESOLVE_RULE
                             && ev.outcome == agent_common::Outcome::Paused
                         {
@@ -534,6 +564,7 @@ async fn run(settings: Settings, rules: Option<PathBuf>) -> anyhow::Result<()> {
         Ok(Err(e)) => tracing::error!("cannot release held operations: {e}"),
         Err(e) => tracing::error!("{e}"),
     }
+    recorder.close().await;
     let _ = std::fs::remove_file(&settings.config.admin_socket);
     drop(handle);
     engine_task.abort();

@@ -47,6 +47,12 @@ pub struct Metrics {
     pub central_connected: Gauge,
     /// Events read.
     pub events: Counter,
+    /// 1 while the journal's disk (or quota) is full.
+    pub journal_disk_full: Gauge,
+    /// Records that could not be journaled.
+    pub journal_lost: Counter,
+    /// Records central acknowledged.
+    pub journal_shipped: Counter,
 }
 
 impl Default for Metrics {
@@ -68,6 +74,9 @@ impl Metrics {
         let kernel = Family::<CounterLabel, Gauge<i64, AtomicI64>>::default();
         let central_connected = Gauge::default();
         let events = Counter::default();
+        let journal_disk_full = Gauge::default();
+        let journal_lost = Counter::default();
+        let journal_shipped = Counter::default();
         registry.register(
             "pending_operations",
             "Operations held in the kernel now",
@@ -98,6 +107,21 @@ impl Metrics {
             "Events read from the kernel ring buffer",
             events.clone(),
         );
+        registry.register(
+            "journal_disk_full",
+            "1 while the journal cannot write (disk or quota full)",
+            journal_disk_full.clone(),
+        );
+        registry.register(
+            "journal_lost",
+            "Records that could not be journaled",
+            journal_lost.clone(),
+        );
+        registry.register(
+            "journal_shipped",
+            "Journal records central acknowledged",
+            journal_shipped.clone(),
+        );
         Metrics {
             registry: Arc::new(registry),
             pending,
@@ -106,6 +130,9 @@ impl Metrics {
             kernel,
             central_connected,
             events,
+            journal_disk_full,
+            journal_lost,
+            journal_shipped,
         }
     }
 

@@ -4,17 +4,18 @@
 use std::{collections::BTreeMap, net::IpAddr, sync::Arc, time::Duration};
 
 use latch_proto::v1::{
-    agent_message::Body, agent_service_server::AgentService,
+    agent_message::Body, agent_service_server::AgentService, audit_stream_item::Item,
     reviewer_service_server::ReviewerService, AgentMessage, ApplyRulesRequest, ApplyRulesResponse,
-    ApprovalAccepted, ApprovalRecord, ApprovalRequest, AuditBatch, AuditBatchAck, AuditEntry,
-    CancelApprovalRequest, CancelApprovalResponse, DecideRequest, DecideResponse, DecisionKind,
-    DiffRulesRequest, DiffRulesResponse, GetRequestRequest, GetRulesRequest, Grant, GrantScope,
+    ApprovalAccepted, ApprovalRecord, ApprovalRequest, AuditBatch, AuditBatchAck, AuditChainInfo,
+    AuditCheckpoint, AuditEntry, AuditStreamHeader, AuditStreamItem, CancelApprovalRequest,
+    CancelApprovalResponse, DecideRequest, DecideResponse, DecisionKind, DiffRulesRequest,
+    DiffRulesResponse, GetAuditChainRequest, GetRequestRequest, GetRulesRequest, Grant, GrantScope,
     ListGrantsRequest, ListGrantsResponse, ListHostsRequest, ListHostsResponse,
     ListRequestsRequest, ListRequestsResponse, ListRulesRequest, ListRulesResponse, Op,
     QueryAuditRequest, QueryAuditResponse, RegisterRequest, RegisterResponse, RequestEvent,
     RequestState, RevokeGrantRequest, RollbackRulesRequest, RuleSetVersion, RulesAck,
-    RulesAckResponse, ShadowReportRequest, ShadowReportResponse, SubscribeRequest,
-    WatchRequestsRequest,
+    RulesAckResponse, ShadowReportRequest, ShadowReportResponse, SignAuditCheckpointRequest,
+    SubscribeRequest, WatchRequestsRequest, WhoAmIRequest, WhoAmIResponse,
 };
 use prost::Message;
 use tokio::sync::{broadcast, mpsc};
@@ -23,12 +24,14 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     approval::{DecideInput, State, MAX_GRANT},
+    audit::{checkpoint_to_proto, list_checkpoints, retention_boundary, PAGE},
     auth::{bearer, Identity},
+    chain,
     error::{Error, Result},
     events::{Guarded, AGENT_QUEUE},
     rules::{Version, MAX_RULES_BYTES},
     server::{rules_push, Central},
-    store::now_ms,
+    store::{now_ms, AuditFact, AuditFilter},
 };
 
 /// Longest id (host, request, record, grant).
@@ -357,6 +360,7 @@ impl AgentService for AgentApi {
                 .rules_sent
                 .fetch_max(v.version as u64, std::sync::atomic::Ordering::SeqCst);
             replay.push(rules_push(&v));
+            c.record_push(&host_id, &v).await?;
         }
         for d in c.replay_decisions(&host_id, &r.pending_request_ids).await? {
             replay.push(AgentMessage {
@@ -757,18 +761,11 @@ impl ReviewerService for ReviewerApi {
         req: Request<QueryAuditRequest>,
     ) -> Result<Response<QueryAuditResponse>, Status> {
         self.who(&req).await?;
-        let r = req.get_ref();
-        check_text("kind", &r.kind, 128)?;
-        check_text("host_id", &r.host_id, MAX_ID)?;
+        let f = audit_filter(req.get_ref())?;
         let entries = self
             .central
             .store()
-            .query_audit(
-                r.after_seq,
-                &r.kind,
-                &r.host_id,
-                limit(r.limit, 100, 10_000),
-            )
+            .query_audit(&f, limit(req.get_ref().limit, 100, 10_000))
             .await
             .map_err(Error::from)?
             .into_iter()
@@ -785,41 +782,201 @@ impl ReviewerService for ReviewerApi {
     ) -> Result<Response<Self::ExportAuditStream>, Status> {
         self.who(&req).await?;
         let r = req.into_inner();
-        check_text("kind", &r.kind, 128)?;
-        check_text("host_id", &r.host_id, MAX_ID)?;
+        let f = audit_filter(&r)?;
         let c = self.central.clone();
         let (tx, rx) = mpsc::channel(1024);
         tokio::spawn(async move {
-            let mut after = r.after_seq;
-            let mut left = if r.limit == 0 {
-                i64::MAX
-            } else {
-                r.limit as i64
-            };
-            while left > 0 {
-                let page = match c
-                    .store()
-                    .query_audit(after, &r.kind, &r.host_id, left.min(1000))
-                    .await
-                {
-                    Ok(p) => p,
-                    Err(e) => {
-                        let _ = tx.send(Err(Status::from(Error::from(e)))).await;
-                        return;
-                    }
-                };
-                if page.is_empty() {
-                    return;
-                }
-                for e in page {
-                    after = e.seq;
-                    left -= 1;
-                    if tx.send(Ok(AuditEntry::from(e))).await.is_err() {
-                        return;
-                    }
-                }
-            }
+            let _ = stream_records(&c, f, r.limit, &tx, AuditEntry::from).await;
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+
+    type StreamAuditStream = Stream<AuditStreamItem>;
+
+    async fn stream_audit(
+        &self,
+        req: Request<QueryAuditRequest>,
+    ) -> Result<Response<Self::StreamAuditStream>, Status> {
+        self.who(&req).await?;
+        let r = req.into_inner();
+        let mut f = audit_filter(&r)?;
+        let c = self.central.clone();
+        let complete = f.is_unfiltered() && f.after_seq == 0 && r.limit == 0;
+        // A complete export is sealed by a checkpoint signed at the head it covers.
+        let head = if complete {
+            c.sign_checkpoint(chain::kind::EXPORT)
+                .await?
+                .map(|cp| cp.seq)
+                .unwrap_or(0)
+        } else {
+            c.store().audit_head().await.map_err(Error::from)?.seq
+        };
+        f.until_seq = head;
+        let checkpoints = list_checkpoints(c.store()).await?;
+        let (tx, rx) = mpsc::channel(1024);
+        tokio::spawn(async move {
+            let header = AuditStreamItem {
+                item: Some(Item::Header(AuditStreamHeader {
+                    complete,
+                    head_seq: head,
+                    key_id: chain::key_id(&c.public_key()),
+                    time_unix_ms: now_ms(),
+                })),
+            };
+            if tx.send(Ok(header)).await.is_err() {
+                return;
+            }
+            for cp in checkpoints.iter().filter(|cp| cp.seq <= head) {
+                let item = AuditStreamItem {
+                    item: Some(Item::Checkpoint(checkpoint_to_proto(cp))),
+                };
+                if tx.send(Ok(item)).await.is_err() {
+                    return;
+                }
+            }
+            let _ = stream_records(&c, f, r.limit, &tx, |rec| AuditStreamItem {
+                item: Some(Item::Entry(AuditEntry::from(rec))),
+            })
+            .await;
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn get_audit_chain(
+        &self,
+        req: Request<GetAuditChainRequest>,
+    ) -> Result<Response<AuditChainInfo>, Status> {
+        self.who(&req).await?;
+        let c = &self.central;
+        let head = c.store().audit_head().await.map_err(Error::from)?;
+        let key = c.public_key();
+        Ok(Response::new(AuditChainInfo {
+            head_seq: head.seq,
+            head_hash: hex::encode(head.hash),
+            checkpoints: list_checkpoints(c.store())
+                .await?
+                .iter()
+                .map(checkpoint_to_proto)
+                .collect(),
+            public_key_pem: chain::public_key_pem(&key),
+            key_id: chain::key_id(&key),
+            retention_boundary_seq: retention_boundary(c.store()).await?,
+            retention: c
+                .audit_config
+                .retention
+                .clone()
+                .unwrap_or_else(|| "forever".into()),
+        }))
+    }
+
+    async fn sign_audit_checkpoint(
+        &self,
+        req: Request<SignAuditCheckpointRequest>,
+    ) -> Result<Response<AuditCheckpoint>, Status> {
+        self.who(&req).await?;
+        let cp = self
+            .central
+            .sign_checkpoint(chain::kind::MANUAL)
+            .await?
+            .ok_or_else(|| Error::FailedPrecondition("the audit log is empty".into()))?;
+        Ok(Response::new(checkpoint_to_proto(&cp)))
+    }
+
+    async fn who_am_i(
+        &self,
+        req: Request<WhoAmIRequest>,
+    ) -> Result<Response<WhoAmIResponse>, Status> {
+        let who = self.who(&req).await?;
+        let role = who
+            .roles
+            .iter()
+            .max()
+            .map(|r| format!("{r:?}").to_lowercase())
+            .unwrap_or_default();
+        self.central
+            .store()
+            .audit(&AuditFact {
+                kind: "reviewer.login".into(),
+                actor: who.subject.clone(),
+                payload: serde_json::json!({"email": who.email, "groups": who.groups, "role": role}),
+                ..Default::default()
+            })
+            .await
+            .map_err(Error::from)?;
+        Ok(Response::new(WhoAmIResponse {
+            subject: who.subject,
+            email: who.email,
+            groups: who.groups,
+            role,
+        }))
+    }
+}
+
+/// The store's filter for a query, checked.
+fn audit_filter(r: &QueryAuditRequest) -> Result<AuditFilter> {
+    for (f, v, max) in [
+        ("kind", &r.kind, 128),
+        ("host_id", &r.host_id, MAX_ID),
+        ("workload", &r.workload, 256),
+        ("rule_name", &r.rule_name, 256),
+        ("actor", &r.actor, 256),
+        ("outcome", &r.outcome, 32),
+        ("request_id", &r.request_id, MAX_ID),
+    ] {
+        check_text(f, v, max)?;
+    }
+    if r.after_seq < 0 {
+        return Err(Error::InvalidArgument(format!(
+            "after_seq {} is negative",
+            r.after_seq
+        )));
+    }
+    if r.since_unix_ms < 0 || r.until_unix_ms < 0 {
+        return Err(Error::InvalidArgument(
+            "since_unix_ms and until_unix_ms must not be negative".into(),
+        ));
+    }
+    Ok(AuditFilter {
+        after_seq: r.after_seq,
+        until_seq: 0,
+        kind: r.kind.clone(),
+        host_id: r.host_id.clone(),
+        since_ms: r.since_unix_ms,
+        until_ms: r.until_unix_ms,
+        workload: r.workload.clone(),
+        rule_name: r.rule_name.clone(),
+        actor: r.actor.clone(),
+        action: r.outcome.clone(),
+        request_id: r.request_id.clone(),
+    })
+}
+
+/// Streams matching records page by page until `limit` (0: all) or the end; a failure ends
+/// the stream with its status.
+async fn stream_records<T>(
+    c: &Central,
+    mut f: AuditFilter,
+    limit: u32,
+    tx: &mpsc::Sender<Result<T, Status>>,
+    map: impl Fn(chain::Record) -> T,
+) -> Option<()> {
+    let mut left = if limit == 0 { i64::MAX } else { limit as i64 };
+    while left > 0 {
+        let page = match c.store().query_audit(&f, left.min(PAGE)).await {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = tx.send(Err(Status::from(Error::from(e)))).await;
+                return None;
+            }
+        };
+        if page.is_empty() {
+            return Some(());
+        }
+        for e in page {
+            f.after_seq = e.seq;
+            left -= 1;
+            tx.send(Ok(map(e))).await.ok()?;
+        }
+    }
+    Some(())
 }

@@ -515,17 +515,23 @@ impl Central {
     /// Records a reviewer's decision. Returns the record and whether the request is resolved
     /// (false: the approval was counted and more approvers are needed).
     pub async fn decide(&self, who: &Identity, d: DecideInput) -> Result<(ApprovalRecord, bool)> {
+        let approve = matches!(d.kind, DecisionKind::ApproveOnce | DecisionKind::ApproveFor);
         if !who.has(Role::Approver) {
-            return Err(Error::PermissionDenied(format!(
-                "'{}' is not an approver",
-                who.subject
-            )));
+            let row = self.request_row(&d.approval_id).await?;
+            return Err(self
+                .refuse(
+                    who,
+                    row.as_ref(),
+                    &d,
+                    "request.decision_refused",
+                    format!("'{}' is not an approver", who.subject),
+                )
+                .await);
         }
         let row = self
             .request_row(&d.approval_id)
             .await?
             .ok_or_else(|| Error::NotFound(format!("request '{}'", d.approval_id)))?;
-        let approve = matches!(d.kind, DecisionKind::ApproveOnce | DecisionKind::ApproveFor);
         if row.state != State::Pending {
             return Err(already(&row));
         }
@@ -539,20 +545,36 @@ impl Central {
             )));
         }
         if approve && who.is_requester(&row.requester) {
-            return Err(Error::PermissionDenied(format!(
-                "'{}' is the requester ('{}') of request '{}' and cannot approve it",
-                who.subject, row.requester, row.approval_id
-            )));
+            return Err(self
+                .refuse(
+                    who,
+                    Some(&row),
+                    &d,
+                    "request.self_approval_refused",
+                    format!(
+                        "'{}' is the requester ('{}') of request '{}' and cannot approve it",
+                        who.subject, row.requester, row.approval_id
+                    ),
+                )
+                .await);
         }
         if !row.approver_groups.is_empty()
             && !who.groups.iter().any(|g| row.approver_groups.contains(g))
         {
-            return Err(Error::PermissionDenied(format!(
-                "'{}' is in none of the approver groups of rule '{}' ({})",
-                who.subject,
-                row.rule_name,
-                row.approver_groups.join(", ")
-            )));
+            return Err(self
+                .refuse(
+                    who,
+                    Some(&row),
+                    &d,
+                    "request.decision_refused",
+                    format!(
+                        "'{}' is in none of the approver groups of rule '{}' ({})",
+                        who.subject,
+                        row.rule_name,
+                        row.approver_groups.join(", ")
+                    ),
+                )
+                .await);
         }
 
         let mut tx = self.store.begin().await?;
@@ -660,6 +682,33 @@ impl Central {
         .await;
         tracing::info!(approval_id = %row.approval_id, by = %who.subject, outcome, resolved, "decision");
         Ok((self.record(&row.approval_id).await?, resolved))
+    }
+
+    /// Records a refused decision in the audit trail and returns the refusal.
+    async fn refuse(
+        &self,
+        who: &Identity,
+        row: Option<&RequestRow>,
+        d: &DecideInput,
+        kind: &str,
+        why: String,
+    ) -> Error {
+        let fact = AuditFact {
+            kind: kind.into(),
+            actor: who.subject.clone(),
+            host_id: row.map(|r| r.host_id.clone()).unwrap_or_default(),
+            request_id: d.approval_id.clone(),
+            rule_name: row.map(|r| r.rule_name.clone()).unwrap_or_default(),
+            workload: row.map(|r| r.workload.clone()).unwrap_or_default(),
+            action: "refused".into(),
+            payload: json!({"decision": d.kind.as_str_name(), "reason": d.reason, "refusal": why,
+                "requester": row.map(|r| r.requester.clone()).unwrap_or_default()}),
+            ..Default::default()
+        };
+        if let Err(e) = self.store.audit(&fact).await {
+            tracing::warn!(error = %e, kind, "recording a refused decision failed");
+        }
+        Error::PermissionDenied(why)
     }
 
     async fn resolved_error(&self, approval_id: &str) -> Error {
@@ -904,6 +953,7 @@ async fn resolve_in(
             grant_id: grant.map(|g| g.grant_id.clone()).unwrap_or_default(),
             rule_name: row.rule_name.clone(),
             workload: row.workload.clone(),
+            action: outcome.to_string(),
             payload: json!({"outcome": outcome, "reason": reason, "agent_request_id": row.request_id,
                 "requester": row.requester}),
             time_ms: now,

@@ -1,15 +1,33 @@
-//! Audit: the append-only record of every audit-worthy fact (stored by [`crate::store`]),
-//! agents' uploaded records (idempotent by record id), queries, export, and the shadow-mode
-//! report (how many approvals `audit` rules would have asked for, per workload and day).
+//! Audit: the append-only, hash-chained record of every audit-worthy fact (stored by
+//! [`crate::store`], chained and verified with [`crate::chain`]), agents' uploaded records
+//! (idempotent by record id, with their journals' own sequence numbers), signed checkpoints,
+//! retention, queries and export, and the shadow-mode report (how many approvals `audit` rules
+//! would have asked for, per workload and day).
+//!
+//! Retention: with `[audit] retention` set, central periodically finds the newest record `B`
+//! such that every record up to `B` is older than the retention period, verifies the chain up to
+//! `B`, signs a `retention` checkpoint at `B`, records the boundary, and deletes records up to
+//! `B` (the table's trigger allows deleting nothing else). Checkpoints are kept for ever, so a
+//! verifier starts from the retention checkpoint and the rest of the chain stays verifiable.
 
-use latch_proto::v1::{AuditBatch, AuditEntry, ShadowCount};
-use serde_json::Value;
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::VerifyingKey;
+use latch_proto::v1::{AuditBatch, AuditCheckpoint, AuditEntry, ShadowCount};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use sqlx::Row;
 
 use crate::{
+    chain::{self, parse_hash, Checkpoint, Record, Report, Verifier, VerifyOptions},
+    config::Config,
     error::{Error, Result},
     server::Central,
-    store::{AuditFact, AuditRow, QueryContext},
+    store::{now_ms, AuditFact, AuditFilter, QueryContext, Store, StoreError},
 };
+
+/// Records read per database round trip when verifying or exporting.
+pub const PAGE: i64 = 5_000;
 
 /// RFC 3339 UTC time of Unix milliseconds.
 pub fn rfc3339(ms: i64) -> String {
@@ -22,11 +40,11 @@ pub fn day(days: i64) -> String {
     rfc3339(days * 86_400_000).chars().take(10).collect()
 }
 
-impl From<AuditRow> for AuditEntry {
-    fn from(r: AuditRow) -> Self {
+impl From<Record> for AuditEntry {
+    fn from(r: Record) -> Self {
         AuditEntry {
             seq: r.seq,
-            time_unix_ms: r.time_ms,
+            time_unix_ms: r.time_unix_ms,
             kind: r.kind,
             actor: r.actor,
             host_id: r.host_id,
@@ -34,9 +52,150 @@ impl From<AuditRow> for AuditEntry {
             grant_id: r.grant_id,
             rule_name: r.rule_name,
             workload: r.workload,
-            payload_json: r.payload,
+            payload_json: r.payload_json,
+            host_seq: r.host_seq,
+            action: r.action,
+            record_id: r.record_id,
+            hash: hex::encode(r.hash),
         }
     }
+}
+
+/// The chain record of a wire entry.
+pub fn record_of_entry(e: AuditEntry) -> Result<Record, String> {
+    let hash = parse_hash(&e.hash).map_err(|m| format!("seq {}: {m}", e.seq))?;
+    Ok(Record {
+        seq: e.seq,
+        time_unix_ms: e.time_unix_ms,
+        time: rfc3339(e.time_unix_ms),
+        kind: e.kind,
+        actor: e.actor,
+        host_id: e.host_id,
+        host_seq: e.host_seq,
+        request_id: e.request_id,
+        grant_id: e.grant_id,
+        rule_name: e.rule_name,
+        workload: e.workload,
+        action: e.action,
+        record_id: e.record_id,
+        payload_json: e.payload_json,
+        hash,
+    })
+}
+
+/// The wire form of a checkpoint.
+pub fn checkpoint_to_proto(c: &Checkpoint) -> AuditCheckpoint {
+    AuditCheckpoint {
+        seq: c.seq,
+        hash: hex::encode(c.hash),
+        time_unix_ms: c.time_unix_ms,
+        kind: c.kind.clone(),
+        key_id: c.key_id.clone(),
+        signature: c.signature.clone(),
+    }
+}
+
+/// A checkpoint from the wire.
+pub fn checkpoint_of_proto(c: AuditCheckpoint) -> Result<Checkpoint, String> {
+    Ok(Checkpoint {
+        seq: c.seq,
+        hash: parse_hash(&c.hash).map_err(|m| format!("checkpoint at seq {}: {m}", c.seq))?,
+        time_unix_ms: c.time_unix_ms,
+        kind: c.kind,
+        key_id: c.key_id,
+        signature: c.signature,
+    })
+}
+
+/// Every stored checkpoint, by seq.
+pub async fn list_checkpoints(store: &Store) -> Result<Vec<Checkpoint>> {
+    let rows = sqlx::query(
+        "SELECT seq, kind, hash, time_ms, key_id, signature FROM audit_checkpoints ORDER BY seq, time_ms",
+    )
+    .fetch_all(store.pool())
+    .await
+    .ctx("listing audit checkpoints")?;
+    rows.iter()
+        .map(|r| {
+            let seq: i64 = r.try_get("seq").ctx("decoding audit checkpoint")?;
+            let hash: String = r.try_get("hash").ctx("decoding audit checkpoint")?;
+            Ok(Checkpoint {
+                seq,
+                hash: parse_hash(&hash).map_err(|message| StoreError::Corrupt {
+                    what: format!("audit checkpoint at seq {seq}"),
+                    message,
+                })?,
+                time_unix_ms: r.try_get("time_ms").ctx("decoding audit checkpoint")?,
+                kind: r.try_get("kind").ctx("decoding audit checkpoint")?,
+                key_id: r.try_get("key_id").ctx("decoding audit checkpoint")?,
+                signature: r.try_get("signature").ctx("decoding audit checkpoint")?,
+            })
+        })
+        .collect()
+}
+
+/// The retention boundary (records up to it were deleted; 0: none).
+pub async fn retention_boundary(store: &Store) -> Result<i64> {
+    let r = sqlx::query("SELECT COALESCE(MAX(boundary_seq), 0) AS b FROM audit_retention")
+        .fetch_one(store.pool())
+        .await
+        .ctx("reading the retention boundary")?;
+    Ok(r.try_get::<i64, _>("b")
+        .ctx("reading the retention boundary")?)
+}
+
+/// Verifies the whole stored chain against `keys`, streaming it page by page. `progress` is
+/// called after each page with the records read so far.
+pub async fn verify_store(
+    store: &Store,
+    keys: Vec<VerifyingKey>,
+    mut progress: impl FnMut(u64),
+) -> Result<Report> {
+    let head = store.audit_head().await?;
+    let mut v = Verifier::new(
+        keys,
+        VerifyOptions {
+            require_seal: false,
+            expected_head: Some(head.seq),
+        },
+    );
+    for cp in list_checkpoints(store).await? {
+        v.add_checkpoint(cp);
+    }
+    // Everything stored, also past the head: records renumbered beyond it must be seen.
+    let mut f = AuditFilter::default();
+    let mut n = 0u64;
+    loop {
+        let page = store.query_audit(&f, PAGE).await?;
+        let Some(last) = page.last() else { break };
+        f.after_seq = last.seq;
+        n += page.len() as u64;
+        for r in page {
+            v.push(r);
+        }
+        progress(n);
+    }
+    Ok(v.finish())
+}
+
+/// The non-secret part of a configuration, as recorded in the audit trail.
+pub fn config_summary(c: &Config) -> Value {
+    json!({
+        "listen": c.listen.to_string(),
+        "database": crate::store::redact_url(&c.database),
+        "max_connections": c.max_connections,
+        "replica_id": c.replica_id,
+        "reviewers": c.reviewers.iter().map(|r| json!({"subject": r.subject, "email": r.email,
+            "groups": r.groups, "role": format!("{:?}", r.role).to_lowercase(), "aliases": r.aliases})).collect::<Vec<_>>(),
+        "agents": c.agents.iter().map(|a| a.host_id.clone()).collect::<Vec<_>>(),
+        "audit": {
+            "signing_key": c.signing_key_path().display().to_string(),
+            "checkpoint_every": c.audit.checkpoint_every(),
+            "checkpoint_interval": c.audit.checkpoint_interval.clone().unwrap_or_else(|| "5m".into()),
+            "retention": c.audit.retention.clone().unwrap_or_else(|| "forever".into()),
+            "prune_interval": c.audit.prune_interval.clone().unwrap_or_else(|| "1h".into()),
+        },
+    })
 }
 
 impl Central {
@@ -55,7 +214,14 @@ impl Central {
                     ))
                 })?
             };
+            let host_seq = i64::try_from(r.host_seq).map_err(|_| {
+                Error::InvalidArgument(format!(
+                    "records[{i}] (record_id '{}'): host_seq {} is out of range",
+                    r.record_id, r.host_seq
+                ))
+            })?;
             let fact = AuditFact {
+                host_seq,
                 kind: format!("agent.{}", r.kind),
                 actor: format!("host:{}", batch.host_id),
                 host_id: batch.host_id.clone(),
@@ -75,6 +241,246 @@ impl Central {
         }
         tx.commit().await.ctx("committing audit batch")?;
         Ok((stored, dup))
+    }
+
+    /// The key that signs checkpoints.
+    pub fn public_key(&self) -> VerifyingKey {
+        self.signing.verifying_key()
+    }
+
+    /// Signs a checkpoint of `kind` at the chain head (None when the log is empty).
+    pub async fn sign_checkpoint(&self, kind: &str) -> Result<Option<Checkpoint>> {
+        let head = self.store.audit_head().await?;
+        if head.seq == 0 {
+            return Ok(None);
+        }
+        self.sign_checkpoint_at(head.seq, kind).await.map(Some)
+    }
+
+    /// Signs a checkpoint of `kind` at `seq`, after checking that the stored chain links from the
+    /// newest valid checkpoint at or before `seq` up to `seq`: central never signs over a chain
+    /// that was altered since it last signed.
+    pub async fn sign_checkpoint_at(&self, seq: i64, kind: &str) -> Result<Checkpoint> {
+        let own = [self.public_key()];
+        let anchor = list_checkpoints(&self.store)
+            .await?
+            .into_iter()
+            .filter(|c| c.seq <= seq && c.check(&own).is_ok())
+            .max_by_key(|c| c.seq);
+        let (mut pos, mut prev) = anchor
+            .map(|c| (c.seq, c.hash))
+            .unwrap_or((0, chain::GENESIS));
+        let mut f = AuditFilter {
+            after_seq: pos,
+            until_seq: seq,
+            ..Default::default()
+        };
+        while pos < seq {
+            let page = self.store.query_audit(&f, PAGE).await?;
+            if page.is_empty() {
+                break;
+            }
+            for r in page {
+                if r.seq != pos + 1 {
+                    return Err(Error::FailedPrecondition(format!(
+                        "audit chain broken: seq {} follows seq {pos}; refusing to sign a checkpoint (run `latchctl audit verify`)",
+                        r.seq
+                    )));
+                }
+                if r.link(&prev) != r.hash {
+                    return Err(Error::FailedPrecondition(format!(
+                        "audit chain broken at seq {}: the record does not match its hash; refusing to sign a checkpoint (run `latchctl audit verify`)",
+                        r.seq
+                    )));
+                }
+                pos = r.seq;
+                prev = r.hash;
+            }
+            f.after_seq = pos;
+        }
+        if pos != seq {
+            return Err(Error::FailedPrecondition(format!(
+                "audit chain ends at seq {pos}, not {seq}; refusing to sign a checkpoint"
+            )));
+        }
+        let cp = Checkpoint::sign(&self.signing, seq, prev, now_ms(), kind);
+        sqlx::query(
+            "INSERT INTO audit_checkpoints (seq, kind, hash, time_ms, key_id, signature, replica)
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (seq, kind) DO NOTHING",
+        )
+        .bind(cp.seq)
+        .bind(&cp.kind)
+        .bind(hex::encode(cp.hash))
+        .bind(cp.time_unix_ms)
+        .bind(&cp.key_id)
+        .bind(&cp.signature)
+        .bind(&self.replica_id)
+        .execute(self.store.pool())
+        .await
+        .ctx(format!("storing the {kind} checkpoint at seq {seq}"))?;
+        let stored = list_checkpoints(&self.store)
+            .await?
+            .into_iter()
+            .find(|c| c.seq == seq && c.kind == kind)
+            .unwrap_or(cp);
+        tracing::info!(seq, kind, "audit checkpoint signed");
+        Ok(stored)
+    }
+
+    /// Deletes the records older than `cutoff_ms` (the oldest contiguous run of them), keeping
+    /// the chain verifiable with a signed retention checkpoint at the boundary. Returns the new
+    /// boundary, or None when nothing was due.
+    pub async fn prune_audit(&self, cutoff_ms: i64) -> Result<Option<i64>> {
+        let current = retention_boundary(&self.store).await?;
+        let head = self.store.audit_head().await?;
+        let r = sqlx::query("SELECT MIN(seq) AS s FROM audit WHERE time_ms >= $1")
+            .bind(cutoff_ms)
+            .fetch_one(self.store.pool())
+            .await
+            .ctx("finding records past retention")?;
+        let first_kept: Option<i64> = r.try_get("s").ctx("finding records past retention")?;
+        let boundary = first_kept.map(|s| s - 1).unwrap_or(head.seq);
+        if boundary <= current {
+            return Ok(None);
+        }
+        let cp = self
+            .sign_checkpoint_at(boundary, chain::kind::RETENTION)
+            .await?;
+        let now = now_ms();
+        let mut tx = self.store.begin().await?;
+        sqlx::query(
+            "INSERT INTO audit_retention (boundary_seq, time_ms, cutoff_ms, replica) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(boundary)
+        .bind(now)
+        .bind(cutoff_ms)
+        .bind(&self.replica_id)
+        .execute(&mut *tx)
+        .await
+        .ctx("recording the retention boundary")?;
+        let deleted = sqlx::query("DELETE FROM audit WHERE seq <= $1")
+            .bind(boundary)
+            .execute(&mut *tx)
+            .await
+            .ctx("deleting records past retention")?
+            .rows_affected();
+        Store::audit_in(
+            &mut tx,
+            &AuditFact {
+                kind: "audit.pruned".into(),
+                actor: "central".into(),
+                payload: json!({"boundary_seq": boundary, "cutoff": rfc3339(cutoff_ms),
+                    "deleted": deleted, "checkpoint_hash": hex::encode(cp.hash),
+                    "replica": self.replica_id}),
+                time_ms: now,
+                ..Default::default()
+            },
+        )
+        .await?;
+        tx.commit().await.ctx("committing retention")?;
+        tracing::info!(boundary, deleted, "audit records past retention deleted");
+        Ok(Some(boundary))
+    }
+
+    /// Signs periodic checkpoints and applies retention until the task is dropped.
+    pub async fn audit_maintenance(&self) {
+        let every = self.audit_config.checkpoint_every() as i64;
+        let interval = self
+            .audit_config
+            .checkpoint_interval()
+            .unwrap_or(Duration::from_secs(300));
+        let retention = self.audit_config.retention().unwrap_or(None);
+        let prune_every = self
+            .audit_config
+            .prune_interval()
+            .unwrap_or(Duration::from_secs(3600));
+        let tick = interval.min(Duration::from_secs(10));
+        let mut last_prune: Option<Instant> = None;
+        loop {
+            tokio::time::sleep(tick).await;
+            if let Err(e) = self.periodic_checkpoint(every, interval).await {
+                tracing::warn!(error = %e, "signing a periodic audit checkpoint failed");
+            }
+            if let Some(keep) = retention {
+                if last_prune
+                    .map(|t| t.elapsed() >= prune_every)
+                    .unwrap_or(true)
+                {
+                    last_prune = Some(Instant::now());
+                    let cutoff = now_ms() - keep.as_millis() as i64;
+                    if let Err(e) = self.prune_audit(cutoff).await {
+                        tracing::warn!(error = %e, "audit retention failed");
+                    }
+                }
+            }
+        }
+    }
+
+    async fn periodic_checkpoint(&self, every: i64, interval: Duration) -> Result<()> {
+        let head = self.store.audit_head().await?;
+        let r = sqlx::query(
+            "SELECT COALESCE(MAX(seq), 0) AS s, COALESCE(MAX(time_ms), 0) AS t FROM audit_checkpoints",
+        )
+        .fetch_one(self.store.pool())
+        .await
+        .ctx("reading the last checkpoint")?;
+        let last_seq: i64 = r.try_get("s").ctx("reading the last checkpoint")?;
+        let last_time: i64 = r.try_get("t").ctx("reading the last checkpoint")?;
+        if head.seq > last_seq
+            && (head.seq - last_seq >= every || now_ms() - last_time >= interval.as_millis() as i64)
+        {
+            self.sign_checkpoint(chain::kind::PERIODIC).await?;
+        }
+        Ok(())
+    }
+
+    /// Records a start of this replica and, when it differs from the last one recorded, its
+    /// configuration.
+    pub async fn record_start(&self, config: &Config) -> Result<()> {
+        let summary = config_summary(config);
+        let digest = hex::encode(Sha256::digest(summary.to_string().as_bytes()));
+        let last = sqlx::query(
+            "SELECT payload FROM audit WHERE kind = 'config.changed' ORDER BY seq DESC LIMIT 1",
+        )
+        .fetch_optional(self.store.pool())
+        .await
+        .ctx("reading the last recorded configuration")?;
+        let previous = match last {
+            Some(r) => {
+                let p: String = r.try_get("payload").ctx("reading the last configuration")?;
+                serde_json::from_str::<Value>(&p)
+                    .ok()
+                    .and_then(|v| v.get("sha256").and_then(|s| s.as_str()).map(String::from))
+                    .unwrap_or_default()
+            }
+            None => String::new(),
+        };
+        let mut tx = self.store.begin().await?;
+        if previous != digest {
+            Store::audit_in(
+                &mut tx,
+                &AuditFact {
+                    kind: "config.changed".into(),
+                    actor: format!("replica:{}", self.replica_id),
+                    payload: json!({"sha256": digest, "previous_sha256": previous, "config": summary}),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        }
+        Store::audit_in(
+            &mut tx,
+            &AuditFact {
+                kind: "central.started".into(),
+                actor: format!("replica:{}", self.replica_id),
+                payload: json!({"version": env!("CARGO_PKG_VERSION"), "config_sha256": digest,
+                    "key_id": chain::key_id(&self.public_key())}),
+                ..Default::default()
+            },
+        )
+        .await?;
+        tx.commit().await.ctx("committing start record")?;
+        Ok(())
     }
 
     /// Shadow-mode counts since `since_ms`.

@@ -15,9 +15,21 @@
 //! [[agents]]
 //! host_id = "web-1"
 //! token = "per-host-secret"
+//!
+//! [audit]
+//! signing_key = "/var/lib/latch/audit-signing-key.pem"  # generated when absent
+//! checkpoint_every = 10000                              # records
+//! checkpoint_interval = "5m"
+//! retention = "forever"                                 # or e.g. "400days"
+//! prune_interval = "1h"
 //! ```
 
-use std::{collections::HashSet, net::SocketAddr, path::Path};
+use std::{
+    collections::HashSet,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use serde::Deserialize;
 
@@ -80,6 +92,84 @@ pub struct Config {
     /// Per-host agent tokens.
     #[serde(default)]
     pub agents: Vec<AgentToken>,
+    /// The audit trail.
+    #[serde(default)]
+    pub audit: AuditConfig,
+}
+
+/// `[audit]`: checkpoint signing and retention.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Ed25519 signing key (PEM, PKCS#8); generated when absent. Default: `audit-signing-key.pem`
+    /// next to a SQLite database, else [`DEFAULT_SIGNING_KEY`].
+    #[serde(default)]
+    pub signing_key: Option<PathBuf>,
+    /// Sign a checkpoint after this many new records (default 10000).
+    #[serde(default)]
+    pub checkpoint_every: Option<u64>,
+    /// ... or this long after the last checkpoint (default "5m").
+    #[serde(default)]
+    pub checkpoint_interval: Option<String>,
+    /// Keep records this long (default "forever").
+    #[serde(default)]
+    pub retention: Option<String>,
+    /// How often to prune (default "1h").
+    #[serde(default)]
+    pub prune_interval: Option<String>,
+}
+
+/// Default signing key path when the database is not a SQLite file.
+pub const DEFAULT_SIGNING_KEY: &str = "/var/lib/latch/audit-signing-key.pem";
+
+fn duration(field: &str, v: &Option<String>, default: &str) -> Result<Duration, String> {
+    let text = v.as_deref().unwrap_or(default);
+    humantime::parse_duration(text).map_err(|e| format!("audit.{field} '{text}': {e}"))
+}
+
+impl AuditConfig {
+    /// Records between checkpoints.
+    pub fn checkpoint_every(&self) -> u64 {
+        self.checkpoint_every.unwrap_or(10_000)
+    }
+
+    /// Time between checkpoints.
+    pub fn checkpoint_interval(&self) -> Result<Duration, String> {
+        duration("checkpoint_interval", &self.checkpoint_interval, "5m")
+    }
+
+    /// How long records are kept (`None`: for ever).
+    pub fn retention(&self) -> Result<Option<Duration>, String> {
+        match self.retention.as_deref() {
+            None | Some("forever") => Ok(None),
+            Some(_) => duration("retention", &self.retention, "").map(Some),
+        }
+    }
+
+    /// Time between prunes.
+    pub fn prune_interval(&self) -> Result<Duration, String> {
+        duration("prune_interval", &self.prune_interval, "1h")
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.checkpoint_every() == 0 {
+            return Err("audit.checkpoint_every must be at least 1".into());
+        }
+        if self.checkpoint_interval()?.is_zero() || self.prune_interval()?.is_zero() {
+            return Err(
+                "audit.checkpoint_interval and audit.prune_interval must be above 0".into(),
+            );
+        }
+        if let Some(r) = self.retention()? {
+            if r < Duration::from_secs(24 * 3600) {
+                return Err(format!(
+                    "audit.retention '{}' is shorter than a day",
+                    self.retention.as_deref().unwrap_or_default()
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A static reviewer token and the identity it stands for.
@@ -132,6 +222,7 @@ impl Default for Config {
             replica_id: None,
             reviewers: Vec::new(),
             agents: Vec::new(),
+            audit: AuditConfig::default(),
         }
     }
 }
@@ -160,8 +251,29 @@ impl Config {
         Ok(config)
     }
 
+    /// The audit signing key's path.
+    pub fn signing_key_path(&self) -> PathBuf {
+        if let Some(p) = &self.audit.signing_key {
+            return p.clone();
+        }
+        if let Some(rest) = self.database.strip_prefix("sqlite:") {
+            let path = rest
+                .trim_start_matches("//")
+                .split('?')
+                .next()
+                .unwrap_or("");
+            if let Some(dir) = Path::new(path).parent() {
+                if !path.is_empty() && path != ":memory:" {
+                    return dir.join("audit-signing-key.pem");
+                }
+            }
+        }
+        PathBuf::from(DEFAULT_SIGNING_KEY)
+    }
+
     /// Checks what the schema cannot.
     pub fn validate(&self) -> Result<(), String> {
+        self.audit.validate()?;
         if !(self.database.starts_with("sqlite:")
             || self.database.starts_with("postgres://")
             || self.database.starts_with("postgresql://"))
@@ -238,6 +350,22 @@ mod tests {
         let c = Config::parse("central.example.toml", text).expect("example");
         assert_eq!(c.reviewers.len(), 2);
         assert_eq!(c.agents[0].host_id, "web-1");
+        assert_eq!(c.audit.retention(), Ok(None));
+        assert_eq!(c.signing_key_path(), PathBuf::from(DEFAULT_SIGNING_KEY));
+    }
+
+    #[test]
+    fn signing_key_defaults_next_to_sqlite() {
+        let c = Config::parse("c.toml", "database = \"sqlite:///srv/latch/c.db\"").expect("c");
+        assert_eq!(
+            c.signing_key_path(),
+            PathBuf::from("/srv/latch/audit-signing-key.pem")
+        );
+        let c = Config::parse("c.toml", "[audit]\nretention = \"400days\"").expect("c");
+        assert_eq!(
+            c.audit.retention(),
+            Ok(Some(Duration::from_secs(400 * 86_400)))
+        );
     }
 
     #[test]
@@ -257,6 +385,9 @@ mod tests {
     fn impossible_settings_are_refused() {
         for (text, needle) in [
             ("database = \"mysql://x\"", "must start with"),
+            ("[audit]\nretention = \"1h\"", "shorter than a day"),
+            ("[audit]\nretention = \"soon\"", "audit.retention 'soon'"),
+            ("[audit]\ncheckpoint_every = 0", "at least 1"),
             ("[[reviewers]]\ntoken = \"short\"\nsubject = \"a\"\nrole = \"viewer\"", "at least 8"),
             (
                 "[[agents]]\nhost_id = \"h\"\ntoken = \"12345678\"\n[[agents]]\nhost_id = \"h\"\ntoken = \"abcdefgh\"",

@@ -4,7 +4,9 @@
 //! approval engine ([`approval`]), grants ([`grants`]), rules versions and their distribution
 //! ([`rules`], validated with the `policy` crate), hosts ([`hosts`]), the audit record
 //! ([`audit`]), reviewer and agent authentication ([`auth`]), change delivery across replicas
-//! ([`events`]) and storage on SQLite or PostgreSQL ([`store`]).
+//! ([`events`]) and storage on SQLite or PostgreSQL ([`store`]). The audit chain's encoding,
+//! checkpoints, export formats and verifier ([`chain`]), the evidence report ([`report`]) and
+//! terminal/HTML escaping ([`text`]) are pure: `latchctl` uses them too, offline.
 //!
 //! It must not touch hosts' kernels or agents' local state: it tells agents what to enforce and
 //! what was decided, over their stream, and nothing else. It does not define the rules language
@@ -14,14 +16,17 @@ pub mod api;
 pub mod approval;
 pub mod audit;
 pub mod auth;
+pub mod chain;
 pub mod config;
 pub mod error;
 pub mod events;
 pub mod grants;
 pub mod hosts;
+pub mod report;
 pub mod rules;
 pub mod server;
 pub mod store;
+pub mod text;
 
 pub use config::Config;
 pub use error::{Error, Result};

@@ -1,5 +1,7 @@
 //! `latch-central serve --config FILE` runs the service; `latch-central validate --config FILE`
-//! checks a configuration without starting anything.
+//! checks a configuration without starting anything; `latch-central audit verify` checks the
+//! stored audit chain directly in the database (exit 7 when it does not verify) and
+//! `latch-central audit public-key` prints the key that signs its checkpoints.
 
 use std::path::PathBuf;
 
@@ -29,6 +31,30 @@ enum Command {
         #[arg(long, default_value = "/etc/latch/central.toml")]
         config: PathBuf,
     },
+    /// The audit trail, read directly from the database.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Verifies the whole chain and its checkpoints; prints records per second.
+    Verify {
+        /// Configuration file (TOML).
+        #[arg(long, default_value = "/etc/latch/central.toml")]
+        config: PathBuf,
+        /// Trusted public key (PEM); default: the one next to the configured signing key.
+        #[arg(long)]
+        public_key: Option<PathBuf>,
+    },
+    /// Prints the public key (PEM) that signs checkpoints.
+    PublicKey {
+        /// Configuration file (TOML).
+        #[arg(long, default_value = "/etc/latch/central.toml")]
+        config: PathBuf,
+    },
 }
 
 #[tokio::main]
@@ -50,6 +76,55 @@ async fn main() -> anyhow::Result<()> {
                 c.reviewers.len(),
                 c.agents.len()
             );
+            Ok(())
+        }
+        Command::Audit {
+            command: AuditCommand::PublicKey { config },
+        } => {
+            let c = Config::load(&config)?;
+            let path = latch_central::chain::public_key_path(&c.signing_key_path());
+            let key = latch_central::chain::read_public_key(&path)?;
+            print!("{}", latch_central::chain::public_key_pem(&key));
+            Ok(())
+        }
+        Command::Audit {
+            command: AuditCommand::Verify { config, public_key },
+        } => {
+            let c = Config::load(&config)?;
+            let path = public_key
+                .unwrap_or_else(|| latch_central::chain::public_key_path(&c.signing_key_path()));
+            let key = latch_central::chain::read_public_key(&path)?;
+            let store = latch_central::store::Store::open(&c.database, 2).await?;
+            let started = std::time::Instant::now();
+            let report = latch_central::audit::verify_store(&store, vec![key], |n| {
+                if n % 1_000_000 < latch_central::audit::PAGE as u64 {
+                    eprintln!("{n} records read");
+                }
+            })
+            .await?;
+            let secs = started.elapsed().as_secs_f64();
+            for f in &report.findings {
+                println!("TAMPERED {f}");
+            }
+            for g in &report.host_gaps {
+                println!("GAP {g}");
+            }
+            println!(
+                "{} records (seq {}..{}), {} checkpoints checked, head {}: {}",
+                report.records,
+                report.first_seq,
+                report.last_seq,
+                report.checkpoints_checked,
+                report.head_hash,
+                if report.ok() { "intact" } else { "NOT INTACT" }
+            );
+            eprintln!(
+                "verified in {secs:.1} s: {:.0} records/s",
+                report.records as f64 / secs.max(1e-9)
+            );
+            if !report.ok() {
+                std::process::exit(7);
+            }
             Ok(())
         }
         Command::Serve { config } => {

@@ -18,7 +18,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use crate::{
     api::{AgentApi, ReviewerApi},
     auth::{AgentTokens, Authenticator, StaticTokens},
-    config::Config,
+    config::{AuditConfig, Config},
     error::Result,
     events::{Event, Hub, Publisher, CHANNEL},
     rules::{RuleCache, Version},
@@ -45,6 +45,12 @@ pub enum StartError {
     /// Server reflection.
     #[error("cannot build server reflection: {0}")]
     Reflection(String),
+    /// The audit signing key.
+    #[error("audit signing key: {0}")]
+    Key(#[from] crate::chain::KeyError),
+    /// Recording the start in the audit trail.
+    #[error("recording the start in the audit trail: {0}")]
+    Audit(#[from] crate::Error),
 }
 
 /// The service's shared state; the engine's operations are methods on it (see [`crate::approval`],
@@ -59,6 +65,8 @@ pub struct Central {
     pub(crate) replica_id: String,
     pub(crate) expiry_wake: Notify,
     pub(crate) stopping: watch::Sender<bool>,
+    pub(crate) signing: ed25519_dalek::SigningKey,
+    pub(crate) audit_config: AuditConfig,
 }
 
 impl Central {
@@ -143,10 +151,27 @@ impl Central {
                         .fetch_max(v.version as u64, std::sync::atomic::Ordering::SeqCst);
                     if prev < v.version as u64 {
                         self.hub.send_to(&a.host_id, a.id, rules_push(v));
+                        self.record_push(&a.host_id, v).await?;
                     }
                 }
             }
         }
+        Ok(())
+    }
+}
+
+impl Central {
+    /// Records that a rules version was pushed to a host's stream on this replica.
+    pub(crate) async fn record_push(&self, host_id: &str, v: &Version) -> Result<()> {
+        self.store
+            .audit(&crate::store::AuditFact {
+                kind: "rules.pushed".into(),
+                actor: format!("replica:{}", self.replica_id),
+                host_id: host_id.to_string(),
+                payload: serde_json::json!({"version": v.version, "sha256": v.sha256}),
+                ..Default::default()
+            })
+            .await?;
         Ok(())
     }
 }
@@ -185,6 +210,7 @@ pub async fn start_with(
     listener: Option<TcpListener>,
     reviewers: Arc<dyn Authenticator>,
 ) -> Result<Server, StartError> {
+    let signing = crate::chain::load_or_create_signing_key(&config.signing_key_path())?;
     let store = Store::open(&config.database, config.max_connections).await?;
     let replica_id = config.replica_id.clone().unwrap_or_else(|| {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -216,7 +242,16 @@ pub async fn start_with(
         replica_id,
         expiry_wake: Notify::new(),
         stopping: watch::channel(false).0,
+        signing,
+        audit_config: config.audit.clone(),
     });
+    central.record_start(config).await?;
+
+    // Audit checkpoints and retention.
+    {
+        let c = central.clone();
+        tasks.push(tokio::spawn(async move { c.audit_maintenance().await }));
+    }
 
     // Event delivery.
     match pg_listener {

@@ -4,11 +4,16 @@
 //! engines accept (`$N` parameters, `ON CONFLICT`, `RETURNING`). Only the DDL differs, in
 //! [`MIGRATIONS`]. Times are Unix milliseconds in `BIGINT` columns.
 //!
-//! The `audit` table is append-only (a trigger refuses UPDATE and DELETE) and its `seq` only grows.
+//! The `audit` table is append-only (a trigger refuses UPDATE, and DELETE except below a recorded
+//! retention boundary) and hash-chained ([`crate::chain`]): every append takes the chain head's
+//! row lock (`audit_head`) in its transaction, so sequence numbers are dense and chain order is
+//! seq order, also with several replicas on one PostgreSQL.
 
 use std::{path::Path, str::FromStr, time::Duration};
 
 use serde_json::Value;
+
+use crate::chain::{parse_hash, Hash, Record, GENESIS};
 use sqlx::{
     any::{AnyConnectOptions, AnyPoolOptions},
     AnyPool, Row,
@@ -118,7 +123,74 @@ pub fn redact_url(url: &str) -> String {
 }
 
 /// Schema versions: (version, SQLite statements, PostgreSQL statements).
-pub const MIGRATIONS: &[(i64, &[&str], &[&str])] = &[(1, SQLITE_V1, POSTGRES_V1)];
+pub const MIGRATIONS: &[(i64, &[&str], &[&str])] =
+    &[(1, SQLITE_V1, POSTGRES_V1), (2, SQLITE_V2, POSTGRES_V2)];
+
+/// Statements run after a migration's Rust step (version 2: hashing the records stored before
+/// the chain existed), in the same transaction.
+const MIGRATIONS_AFTER: &[(i64, &[&str], &[&str])] = &[(2, SQLITE_V2_AFTER, POSTGRES_V2_AFTER)];
+
+const CHAIN_TABLES: &[&str] = &[
+    "CREATE TABLE audit_head (id BIGINT PRIMARY KEY, seq BIGINT NOT NULL, hash TEXT NOT NULL)",
+    "INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, '0000000000000000000000000000000000000000000000000000000000000000')",
+    "CREATE TABLE audit_checkpoints (seq BIGINT NOT NULL, kind TEXT NOT NULL, hash TEXT NOT NULL,
+        time_ms BIGINT NOT NULL, key_id TEXT NOT NULL, signature TEXT NOT NULL, replica TEXT NOT NULL,
+        PRIMARY KEY (seq, kind))",
+    "CREATE TABLE audit_retention (boundary_seq BIGINT PRIMARY KEY, time_ms BIGINT NOT NULL,
+        cutoff_ms BIGINT NOT NULL, replica TEXT NOT NULL)",
+    "ALTER TABLE audit ADD COLUMN host_seq BIGINT NOT NULL DEFAULT 0",
+    "ALTER TABLE audit ADD COLUMN hash TEXT",
+    "CREATE INDEX audit_time ON audit (time_ms)",
+];
+
+const SQLITE_V2: &[&str] = &[
+    "DROP TRIGGER audit_no_update",
+    "DROP TRIGGER audit_no_delete",
+    CHAIN_TABLES[0],
+    CHAIN_TABLES[1],
+    CHAIN_TABLES[2],
+    CHAIN_TABLES[3],
+    CHAIN_TABLES[4],
+    CHAIN_TABLES[5],
+    CHAIN_TABLES[6],
+];
+
+const SQLITE_V2_AFTER: &[&str] = &[
+    "CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit BEGIN SELECT RAISE(ABORT, 'audit is append-only'); END",
+    "CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+        WHEN OLD.seq > (SELECT COALESCE(MAX(boundary_seq), 0) FROM audit_retention)
+        BEGIN SELECT RAISE(ABORT, 'audit is append-only (only records below a retention boundary may be deleted)'); END",
+    "CREATE TRIGGER audit_checkpoints_no_update BEFORE UPDATE ON audit_checkpoints
+        BEGIN SELECT RAISE(ABORT, 'audit checkpoints are append-only'); END",
+    "CREATE TRIGGER audit_checkpoints_no_delete BEFORE DELETE ON audit_checkpoints
+        BEGIN SELECT RAISE(ABORT, 'audit checkpoints are append-only'); END",
+];
+
+const POSTGRES_V2: &[&str] = &[
+    "DROP TRIGGER audit_append_only ON audit",
+    CHAIN_TABLES[0],
+    CHAIN_TABLES[1],
+    CHAIN_TABLES[2],
+    CHAIN_TABLES[3],
+    CHAIN_TABLES[4],
+    CHAIN_TABLES[5],
+    CHAIN_TABLES[6],
+];
+
+const POSTGRES_V2_AFTER: &[&str] = &[
+    "CREATE OR REPLACE FUNCTION latch_audit_append_only() RETURNS trigger AS $$
+        BEGIN
+            IF TG_OP = 'DELETE' AND TG_TABLE_NAME = 'audit'
+               AND OLD.seq <= (SELECT COALESCE(MAX(boundary_seq), 0) FROM audit_retention) THEN
+                RETURN OLD;
+            END IF;
+            RAISE EXCEPTION '% is append-only', TG_TABLE_NAME;
+        END; $$ LANGUAGE plpgsql",
+    "CREATE TRIGGER audit_append_only BEFORE UPDATE OR DELETE ON audit
+        FOR EACH ROW EXECUTE FUNCTION latch_audit_append_only()",
+    "CREATE TRIGGER audit_checkpoints_append_only BEFORE UPDATE OR DELETE ON audit_checkpoints
+        FOR EACH ROW EXECUTE FUNCTION latch_audit_append_only()",
+];
 
 const SQLITE_V1: &[&str] = &[
     "CREATE TABLE hosts (host_id TEXT PRIMARY KEY, hostname TEXT NOT NULL, labels_json TEXT NOT NULL,
@@ -236,35 +308,115 @@ pub struct AuditFact {
     pub action: String,
     /// The agent's record id (agent records only; makes uploads idempotent).
     pub record_id: Option<String>,
+    /// The agent journal's sequence number (agent records only; 0 otherwise).
+    pub host_seq: i64,
     /// Everything else.
     pub payload: Value,
     /// When; 0 means now.
     pub time_ms: i64,
 }
 
-/// A stored audit entry.
-#[derive(Clone, Debug)]
-pub struct AuditRow {
-    /// Sequence number, strictly increasing.
-    pub seq: i64,
-    /// When.
-    pub time_ms: i64,
-    /// Kind.
+/// Which audit records a query returns. Empty strings and zeros mean "any".
+#[derive(Clone, Debug, Default)]
+pub struct AuditFilter {
+    /// Records with `seq > after_seq`.
+    pub after_seq: i64,
+    /// Records with `seq <= until_seq` (0: no bound).
+    pub until_seq: i64,
+    /// Exact kind, or a prefix ending with '.'.
     pub kind: String,
-    /// Actor.
-    pub actor: String,
     /// Host.
     pub host_id: String,
-    /// Request.
-    pub request_id: String,
-    /// Grant.
-    pub grant_id: String,
-    /// Rule.
-    pub rule_name: String,
+    /// At or after (Unix ms).
+    pub since_ms: i64,
+    /// Before (Unix ms).
+    pub until_ms: i64,
     /// Workload.
     pub workload: String,
-    /// Payload (JSON text).
-    pub payload: String,
+    /// Rule.
+    pub rule_name: String,
+    /// Who (a reviewer's subject, `host:<id>`, `timeout`, ...).
+    pub actor: String,
+    /// Outcome or action (`allow`, `deny`, `refused`, `audit`, ...).
+    pub action: String,
+    /// Central's request id.
+    pub request_id: String,
+}
+
+impl AuditFilter {
+    /// Whether only the seq bounds are set (the result is a contiguous piece of the chain).
+    pub fn is_unfiltered(&self) -> bool {
+        self.kind.is_empty()
+            && self.host_id.is_empty()
+            && self.since_ms == 0
+            && self.until_ms == 0
+            && self.workload.is_empty()
+            && self.rule_name.is_empty()
+            && self.actor.is_empty()
+            && self.action.is_empty()
+            && self.request_id.is_empty()
+    }
+}
+
+const AUDIT_COLUMNS: &str = "seq, time_ms, kind, actor, host_id, host_seq, request_id, grant_id,
+    rule_name, workload, action, record_id, payload, hash";
+
+fn audit_record(r: &sqlx::any::AnyRow) -> Result<Record, StoreError> {
+    let get = || -> Result<(Record, Option<String>), sqlx::Error> {
+        Ok((
+            Record {
+                seq: r.try_get("seq")?,
+                time_unix_ms: r.try_get("time_ms")?,
+                time: String::new(),
+                kind: r.try_get("kind")?,
+                actor: r.try_get("actor")?,
+                host_id: r.try_get("host_id")?,
+                host_seq: r.try_get("host_seq")?,
+                request_id: r.try_get("request_id")?,
+                grant_id: r.try_get("grant_id")?,
+                rule_name: r.try_get("rule_name")?,
+                workload: r.try_get("workload")?,
+                action: r.try_get("action")?,
+                record_id: r
+                    .try_get::<Option<String>, _>("record_id")?
+                    .unwrap_or_default(),
+                payload_json: r.try_get("payload")?,
+                hash: GENESIS,
+            },
+            r.try_get::<Option<String>, _>("hash")?,
+        ))
+    };
+    let (mut rec, hash) = get().ctx("decoding audit")?;
+    rec.time = crate::audit::rfc3339(rec.time_unix_ms);
+    rec.hash = match hash {
+        None => GENESIS,
+        Some(h) => parse_hash(&h).map_err(|message| StoreError::Corrupt {
+            what: format!("audit seq {}", rec.seq),
+            message,
+        })?,
+    };
+    Ok(rec)
+}
+
+/// The chain head: the last record's seq and hash.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Head {
+    /// Last seq (0 when empty).
+    pub seq: i64,
+    /// Its chain hash.
+    pub hash: Hash,
+}
+
+fn head_of(r: &sqlx::any::AnyRow) -> Result<Head, StoreError> {
+    let seq: i64 = r.try_get("seq").ctx("reading the audit chain head")?;
+    let hash: String = r.try_get("hash").ctx("reading the audit chain head")?;
+    Ok(Head {
+        seq,
+        hash: parse_hash(&hash).map_err(|message| StoreError::Corrupt {
+            what: "audit chain head".into(),
+            message,
+        })?,
+    })
 }
 
 /// Current Unix time in milliseconds.
@@ -419,6 +571,26 @@ impl Store {
                         source,
                     })?;
             }
+            if *version == 2 {
+                chain_existing(&mut tx).await?;
+            }
+            for (v, sqlite, postgres) in MIGRATIONS_AFTER {
+                if v != version {
+                    continue;
+                }
+                let stmts = match self.backend {
+                    Backend::Sqlite => sqlite,
+                    Backend::Postgres => postgres,
+                };
+                for s in stmts.iter() {
+                    sqlx::query(s).execute(&mut *tx).await.map_err(|source| {
+                        StoreError::Migration {
+                            version: *version,
+                            source,
+                        }
+                    })?;
+                }
+            }
             sqlx::query("INSERT INTO schema_migrations (version, applied_at_ms) VALUES ($1, $2)")
                 .bind(*version)
                 .bind(now_ms())
@@ -442,35 +614,81 @@ impl Store {
         self.pool.begin().await.ctx("starting a transaction")
     }
 
-    /// Appends one fact to the audit table inside `tx`. Returns false when an agent record with
+    /// Appends one fact to the audit chain inside `tx`. Returns false when an agent record with
     /// the same id was already stored.
+    ///
+    /// Takes the chain head's row lock for the rest of `tx`: call it after the transaction's
+    /// other writes, so that appends from every replica serialise briefly and in seq order.
     pub async fn audit_in(tx: &mut Tx, fact: &AuditFact) -> Result<bool, StoreError> {
         let time = if fact.time_ms == 0 {
             now_ms()
         } else {
             fact.time_ms
         };
-        let sql =
-            "INSERT INTO audit (time_ms, kind, actor, host_id, request_id, grant_id, rule_name,
-                workload, action, record_id, payload)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-             ON CONFLICT (host_id, record_id) DO NOTHING";
-        let r = sqlx::query(sql)
-            .bind(time)
-            .bind(&fact.kind)
-            .bind(&fact.actor)
-            .bind(&fact.host_id)
-            .bind(&fact.request_id)
-            .bind(&fact.grant_id)
-            .bind(&fact.rule_name)
-            .bind(&fact.workload)
-            .bind(&fact.action)
-            .bind(fact.record_id.clone())
-            .bind(fact.payload.to_string())
+        let head = sqlx::query("UPDATE audit_head SET seq = seq WHERE id = 1 RETURNING seq, hash")
+            .fetch_one(&mut **tx)
+            .await
+            .ctx("locking the audit chain head")?;
+        let head = head_of(&head)?;
+        if let Some(id) = &fact.record_id {
+            let dup = sqlx::query("SELECT seq FROM audit WHERE host_id = $1 AND record_id = $2")
+                .bind(&fact.host_id)
+                .bind(id)
+                .fetch_optional(&mut **tx)
+                .await
+                .ctx(format!("looking up audit record {id}"))?;
+            if dup.is_some() {
+                return Ok(false);
+            }
+        }
+        let mut rec = Record {
+            seq: head.seq + 1,
+            time_unix_ms: time,
+            time: String::new(),
+            kind: fact.kind.clone(),
+            actor: fact.actor.clone(),
+            host_id: fact.host_id.clone(),
+            host_seq: fact.host_seq,
+            request_id: fact.request_id.clone(),
+            grant_id: fact.grant_id.clone(),
+            rule_name: fact.rule_name.clone(),
+            workload: fact.workload.clone(),
+            action: fact.action.clone(),
+            record_id: fact.record_id.clone().unwrap_or_default(),
+            payload_json: fact.payload.to_string(),
+            hash: GENESIS,
+        };
+        rec.hash = rec.link(&head.hash);
+        let hash = hex::encode(rec.hash);
+        sqlx::query(
+            "INSERT INTO audit (seq, time_ms, kind, actor, host_id, host_seq, request_id, grant_id,
+                rule_name, workload, action, record_id, payload, hash)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+        )
+        .bind(rec.seq)
+        .bind(rec.time_unix_ms)
+        .bind(&rec.kind)
+        .bind(&rec.actor)
+        .bind(&rec.host_id)
+        .bind(rec.host_seq)
+        .bind(&rec.request_id)
+        .bind(&rec.grant_id)
+        .bind(&rec.rule_name)
+        .bind(&rec.workload)
+        .bind(&rec.action)
+        .bind(fact.record_id.clone())
+        .bind(&rec.payload_json)
+        .bind(&hash)
+        .execute(&mut **tx)
+        .await
+        .ctx(format!("appending audit '{}'", fact.kind))?;
+        sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
+            .bind(rec.seq)
+            .bind(&hash)
             .execute(&mut **tx)
             .await
-            .ctx(format!("appending audit '{}'", fact.kind))?;
-        Ok(r.rows_affected() == 1)
+            .ctx("advancing the audit chain head")?;
+        Ok(true)
     }
 
     /// Appends one fact to the audit table.
@@ -481,51 +699,52 @@ impl Store {
         Ok(stored)
     }
 
-    /// Audit entries with `seq > after_seq`, oldest first.
+    /// The chain head as stored.
+    pub async fn audit_head(&self) -> Result<Head, StoreError> {
+        let r = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await
+            .ctx("reading the audit chain head")?;
+        head_of(&r)
+    }
+
+    /// Audit records matching `f`, oldest first, at most `limit`.
     pub async fn query_audit(
         &self,
-        after_seq: i64,
-        kind: &str,
-        host_id: &str,
+        f: &AuditFilter,
         limit: i64,
-    ) -> Result<Vec<AuditRow>, StoreError> {
-        let (kind_exact, kind_prefix) = if kind.ends_with('.') {
-            (String::new(), format!("{kind}%"))
+    ) -> Result<Vec<Record>, StoreError> {
+        let (kind_exact, kind_prefix) = if f.kind.ends_with('.') {
+            (String::new(), format!("{}%", f.kind))
         } else {
-            (kind.to_string(), String::new())
+            (f.kind.clone(), String::new())
         };
-        let rows = sqlx::query(
-            "SELECT seq, time_ms, kind, actor, host_id, request_id, grant_id, rule_name, workload, payload
-             FROM audit
-             WHERE seq > $1 AND ($2 = '' OR kind = $2) AND ($3 = '' OR kind LIKE $3)
-               AND ($4 = '' OR host_id = $4)
-             ORDER BY seq LIMIT $5",
-        )
-        .bind(after_seq)
-        .bind(kind_exact)
-        .bind(kind_prefix)
-        .bind(host_id)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await
-        .ctx("querying audit")?;
-        rows.iter()
-            .map(|r| {
-                Ok(AuditRow {
-                    seq: r.try_get("seq")?,
-                    time_ms: r.try_get("time_ms")?,
-                    kind: r.try_get("kind")?,
-                    actor: r.try_get("actor")?,
-                    host_id: r.try_get("host_id")?,
-                    request_id: r.try_get("request_id")?,
-                    grant_id: r.try_get("grant_id")?,
-                    rule_name: r.try_get("rule_name")?,
-                    workload: r.try_get("workload")?,
-                    payload: r.try_get("payload")?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .ctx("decoding audit")
+        let sql = format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit
+             WHERE seq > $1 AND ($2 = 0 OR seq <= $2) AND ($3 = '' OR kind = $3) AND ($4 = '' OR kind LIKE $4)
+               AND ($5 = '' OR host_id = $5) AND ($6 = 0 OR time_ms >= $6) AND ($7 = 0 OR time_ms < $7)
+               AND ($8 = '' OR workload = $8) AND ($9 = '' OR rule_name = $9) AND ($10 = '' OR actor = $10)
+               AND ($11 = '' OR action = $11) AND ($12 = '' OR request_id = $12)
+             ORDER BY seq LIMIT $13"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(f.after_seq)
+            .bind(f.until_seq)
+            .bind(kind_exact)
+            .bind(kind_prefix)
+            .bind(&f.host_id)
+            .bind(f.since_ms)
+            .bind(f.until_ms)
+            .bind(&f.workload)
+            .bind(&f.rule_name)
+            .bind(&f.actor)
+            .bind(&f.action)
+            .bind(&f.request_id)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .ctx("querying audit")?;
+        rows.iter().map(audit_record).collect()
     }
 
     /// Shadow-mode counts: agent records with action `audit`, per rule, workload and UTC day
@@ -556,4 +775,46 @@ impl Store {
             .collect::<Result<_, sqlx::Error>>()
             .ctx("decoding shadow-mode counts")
     }
+}
+
+/// Hashes the records stored before the chain existed (migration 2), renumbering them densely.
+async fn chain_existing(tx: &mut sqlx::Transaction<'_, sqlx::Any>) -> Result<(), StoreError> {
+    let mut prev = GENESIS;
+    let mut next = 1i64;
+    let mut after = 0i64;
+    loop {
+        let sql =
+            format!("SELECT {AUDIT_COLUMNS} FROM audit WHERE seq > $1 ORDER BY seq LIMIT 1000");
+        let rows = sqlx::query(&sql)
+            .bind(after)
+            .fetch_all(&mut **tx)
+            .await
+            .ctx("reading audit records to chain")?;
+        if rows.is_empty() {
+            break;
+        }
+        for row in &rows {
+            let mut rec = audit_record(row)?;
+            after = rec.seq;
+            let old = rec.seq;
+            rec.seq = next;
+            rec.hash = rec.link(&prev);
+            sqlx::query("UPDATE audit SET seq = $1, hash = $2 WHERE seq = $3")
+                .bind(rec.seq)
+                .bind(hex::encode(rec.hash))
+                .bind(old)
+                .execute(&mut **tx)
+                .await
+                .ctx(format!("chaining audit record {old}"))?;
+            prev = rec.hash;
+            next += 1;
+        }
+    }
+    sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
+        .bind(next - 1)
+        .bind(hex::encode(prev))
+        .execute(&mut **tx)
+        .await
+        .ctx("setting the audit chain head")?;
+    Ok(())
 }

@@ -11,7 +11,7 @@ use std::{
 
 use latch_proto::v1::{
     reviewer_service_client::ReviewerServiceClient, ApplyRulesRequest, ApprovalRecord,
-    DecideRequest, DecisionKind, ListRequestsRequest, RequestState,
+    DecideRequest, DecisionKind, ListRequestsRequest, QueryAuditRequest, RequestState,
 };
 use latch_tests::{binary, outcome, privileged, probe, spawn_in, wait_state, TestCgroup, PATIENCE};
 use tonic::{metadata::MetadataValue, transport::Channel, Request};
@@ -90,7 +90,7 @@ impl Stack {
         std::fs::write(
             &agent_config,
             format!(
-                "rules = \"{rules}\"\nadmin_socket = \"{sock}\"\npin_dir = \"{pin}\"\nrescan_interval = \"200ms\"\nmetrics_listen = \"\"\nwaiting_dir = \"\"\n\
+                "rules = \"{rules}\"\nadmin_socket = \"{sock}\"\npin_dir = \"{pin}\"\nrescan_interval = \"200ms\"\nmetrics_listen = \"\"\nwaiting_dir = \"\"\njournal_dir = \"{journal}\"\n\
                  [central]\naddress = \"{address}\"\ntoken_file = \"{token}\"\nhost_id = \"{host}\"\n\
                  rules_cache = \"{cache}\"\nlabels = {{ suite = \"{name}\" }}\n",
                 rules = dir.join("no-local-rules.yaml").display(),
@@ -98,6 +98,7 @@ impl Stack {
                 pin = pin_dir.display(),
                 token = token_file.display(),
                 cache = dir.join("rules.cache.yaml").display(),
+                journal = dir.join("journal").display(),
             ),
         )
         .expect("write agent config");
@@ -168,6 +169,22 @@ impl Stack {
     }
 }
 
+/// Applies rules for this test's cgroup to the hosts labelled with this test's suite.
+async fn apply(stack: &Stack, cg: &TestCgroup, body: &str) {
+    let mut admin = stack.reviewer(ADMIN).await;
+    let suite = cg.rel.trim_start_matches('/').to_string();
+    admin
+        .apply_rules(ApplyRulesRequest {
+            source_name: "suite.yaml".into(),
+            yaml: rules(cg, body),
+            selector: [("suite".to_string(), suite)].into_iter().collect(),
+            dry_run: false,
+            comment: "test".into(),
+        })
+        .await
+        .expect("apply rules");
+}
+
 fn rules(cg: &TestCgroup, body: &str) -> String {
     format!(
         "workloads:\n  - name: test\n    cgroups: [\"{}\"]\nrules:\n{body}",
@@ -219,20 +236,7 @@ async fn reviewer_decisions_reach_the_kernel_through_central() {
     let cg = TestCgroup::new();
     let mut stack = Stack::start(&cg).await;
     let mut admin = stack.reviewer(ADMIN).await;
-    let suite = cg.rel.trim_start_matches('/').to_string();
-    admin
-        .apply_rules(ApplyRulesRequest {
-            source_name: "suite.yaml".into(),
-            yaml: rules(
-                &cg,
-                "  - {name: db, workload: test, on: connect, to: [127.0.0.1/32], action: approve, timeout: 10m}\n",
-            ),
-            selector: [("suite".to_string(), suite.clone())].into_iter().collect(),
-            dry_run: false,
-            comment: "test".into(),
-        })
-        .await
-        .expect("apply rules");
+    apply(&stack, &cg, "  - {name: db, workload: test, on: connect, to: [127.0.0.1/32], action: approve, timeout: 10m}\n").await;
     stack.start_agent();
     stack.wait_watching();
     let mut alice = stack.reviewer(ALICE).await;
@@ -314,6 +318,40 @@ async fn reviewer_decisions_reach_the_kernel_through_central() {
     child.kill().expect("kill");
     child.wait().expect("reap");
     wait_request(&mut alice, &stack.host, pid, RequestState::Cancelled).await;
+
+    // The host's journal reaches central: its events and decisions, each once, in host order.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let entries = admin
+            .query_audit(QueryAuditRequest {
+                host_id: stack.host.clone(),
+                limit: 1000,
+                ..Default::default()
+            })
+            .await
+            .expect("query audit")
+            .into_inner()
+            .entries;
+        let agent: Vec<_> = entries.iter().filter(|e| !e.record_id.is_empty()).collect();
+        let decisions = agent.iter().filter(|e| e.kind.contains("decision")).count();
+        if decisions >= 2 {
+            let mut seqs: Vec<i64> = agent.iter().map(|e| e.host_seq).collect();
+            let n = seqs.len();
+            seqs.sort_unstable();
+            seqs.dedup();
+            assert_eq!(seqs.len(), n, "no journal record stored twice");
+            assert!(
+                agent.iter().any(|e| e.kind.contains("connect")),
+                "kernel events shipped: {agent:?}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the journal never reached central: {agent:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -326,20 +364,7 @@ async fn unanswered_request_expires_by_the_rule_and_cached_rules_survive_central
     let cg = TestCgroup::new();
     let mut stack = Stack::start(&cg).await;
     let mut admin = stack.reviewer(ADMIN).await;
-    let suite = cg.rel.trim_start_matches('/').to_string();
-    admin
-        .apply_rules(ApplyRulesRequest {
-            source_name: "suite.yaml".into(),
-            yaml: rules(
-                &cg,
-                "  - {name: quick, workload: test, on: connect, to: [127.0.0.1/32], action: approve, timeout: 1s, on_timeout: deny}\n",
-            ),
-            selector: [("suite".to_string(), suite)].into_iter().collect(),
-            dry_run: false,
-            comment: String::new(),
-        })
-        .await
-        .expect("apply rules");
+    apply(&stack, &cg, "  - {name: quick, workload: test, on: connect, to: [127.0.0.1/32], action: approve, timeout: 1s, on_timeout: deny}\n").await;
     stack.start_agent();
     stack.wait_watching();
     let child = spawn_in(&cg.path, &probe(), &["connect", &target]);

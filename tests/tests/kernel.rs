@@ -216,26 +216,10 @@ fn foreign_sigcont_pauses_again() {
     let pid = child.id();
     let p = h.wait_pending(pid);
     wait_state(pid, 'T');
-    let before = h
-        .engine()
-        .counter(agent_common::Counter::Repaused)
-        .expect("counter");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGCONT,
-    )
-    .expect("SIGCONT");
+    let before = repaused(&mut h);
+    foreign_sigcont(pid);
     // It runs the connect() again, finds it still waiting, and stops again.
-    let deadline = std::time::Instant::now() + latch_tests::PATIENCE;
-    while h
-        .engine()
-        .counter(agent_common::Counter::Repaused)
-        .expect("counter")
-        == before
-    {
-        assert!(std::time::Instant::now() < deadline, "never paused again");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_repaused(&mut h, before + 1);
     wait_state(pid, 'T');
     assert_eq!(
         h.wait_pending(pid).id,
@@ -250,24 +234,8 @@ fn foreign_sigcont_pauses_again() {
     let pid = child.id();
     let p = h.wait_pending(pid);
     wait_state(pid, 'T');
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGCONT,
-    )
-    .expect("SIGCONT");
-    let deadline = std::time::Instant::now() + latch_tests::PATIENCE;
-    while h
-        .engine()
-        .counter(agent_common::Counter::Repaused)
-        .expect("counter")
-        < before + 2
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "exec never paused again"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    foreign_sigcont(pid);
+    wait_repaused(&mut h, before + 2);
     wait_state(pid, 'T');
     assert_eq!(
         read_available(&mut child),
@@ -277,6 +245,29 @@ fn foreign_sigcont_pauses_again() {
     h.engine().decide(p.id, Decision::Allow).expect("decide");
     let out = child.wait_with_output().expect("wait");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "too-early\n");
+}
+
+fn repaused(h: &mut Harness) -> u64 {
+    h.engine()
+        .counter(agent_common::Counter::Repaused)
+        .expect("counter")
+}
+
+/// A SIGCONT that does not come from the engine.
+fn foreign_sigcont(pid: u32) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGCONT,
+    )
+    .expect("SIGCONT");
+}
+
+fn wait_repaused(h: &mut Harness, at_least: u64) {
+    let deadline = std::time::Instant::now() + latch_tests::PATIENCE;
+    while repaused(h) < at_least {
+        assert!(std::time::Instant::now() < deadline, "never paused again");
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 #[test]

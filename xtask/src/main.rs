@@ -54,7 +54,8 @@ enum Cmd {
         #[arg(long, default_value = "/")]
         destdir: PathBuf,
     },
-    /// Run the agent on this host with the example rules (needs root).
+    /// Run the product on this host: central (embedded SQLite) and the agent, with the example
+    /// rules (needs root).
     Run {
         /// Rules file.
         #[arg(long, default_value = "examples/rules.yaml")]
@@ -100,28 +101,120 @@ fn main() -> Result<()> {
             }
             run(&mut c)
         }
-        Cmd::Run { rules } => {
-            setup::setup(false)?;
-            run(cargo().args(["build", "--release", "-p", "latch-agent"]))?;
-            if !nix::unistd::geteuid().is_root() {
-                bail!("the agent loads kernel programs: run `cargo xtask run` as root");
-            }
-            let rules = if rules.is_absolute() {
-                rules
-            } else {
-                root().join(rules)
-            };
-            eprintln!(
-                "running latch-agent with {}; decide held operations with `latch-agent pending` \
-                 and `latch-agent decide` from another shell, Ctrl-C to stop",
-                rules.display()
-            );
-            run(Command::new(root().join("target/release/latch-agent"))
-                .arg("run")
-                .arg("--rules")
-                .arg(rules))
-        }
+        Cmd::Run { rules } => run_product(&rules),
     }
+}
+
+fn random_token() -> Result<String> {
+    use std::io::Read;
+    let mut b = [0u8; 24];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+fn run_product(rules: &std::path::Path) -> Result<()> {
+    setup::setup(false)?;
+    run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "latch-agent",
+        "-p",
+        "latch-central",
+        "-p",
+        "latchctl",
+    ]))?;
+    if !nix::unistd::geteuid().is_root() {
+        bail!("the agent loads kernel programs: run `cargo xtask run` as root");
+    }
+    let rules = if rules.is_absolute() {
+        rules.to_path_buf()
+    } else {
+        root().join(rules)
+    };
+    let bin = root().join("target/release");
+    let state = root().join("target/run");
+    std::fs::create_dir_all(&state)?;
+    let (admin, reviewer, agent) = (random_token()?, random_token()?, random_token()?);
+    for (name, token) in [
+        ("admin.token", &admin),
+        ("reviewer.token", &reviewer),
+        ("agent.token", &agent),
+    ] {
+        std::fs::write(state.join(name), format!("{token}\n"))?;
+    }
+    std::fs::write(
+        state.join("central.toml"),
+        format!(
+            "listen = \"127.0.0.1:7443\"\ndatabase = \"sqlite://{db}\"\n\n\
+             [[reviewers]]\ntoken = \"{admin}\"\nsubject = \"admin\"\nrole = \"admin\"\n\n\
+             [[reviewers]]\ntoken = \"{reviewer}\"\nsubject = \"reviewer\"\nrole = \"approver\"\ngroups = [\"dba-oncall\"]\n\n\
+             [[agents]]\nhost_id = \"local\"\ntoken = \"{agent}\"\n",
+            db = state.join("central.db").display()
+        ),
+    )?;
+    std::fs::write(
+        state.join("agent.toml"),
+        format!(
+            "rules = \"{rules}\"\nadmin_socket = \"{s}/agent.sock\"\njournal_dir = \"{s}/journal\"\n\
+             waiting_dir = \"{s}/waiting\"\n\n[central]\naddress = \"http://127.0.0.1:7443\"\n\
+             token_file = \"{s}/agent.token\"\nhost_id = \"local\"\nrules_cache = \"{s}/rules.cache.yaml\"\n",
+            rules = rules.display(),
+            s = state.display()
+        ),
+    )?;
+    let mut central = Command::new(bin.join("latch-central"))
+        .args(["serve", "--config"])
+        .arg(state.join("central.toml"))
+        .spawn()?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::net::TcpStream::connect("127.0.0.1:7443").is_err() {
+        if std::time::Instant::now() > deadline || central.try_wait()?.is_some() {
+            let _ = central.kill();
+            bail!("latch-central did not start listening on 127.0.0.1:7443");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let latchctl = |token: &str| {
+        let mut c = Command::new(bin.join("latchctl"));
+        c.args(["--server", "http://127.0.0.1:7443", "--token-file"])
+            .arg(state.join(token));
+        c
+    };
+    if let Err(e) = run(latchctl("admin.token").args(["rules", "apply"]).arg(&rules)) {
+        let _ = central.kill();
+        return Err(e);
+    }
+    let mut agent = Command::new(bin.join("latch-agent"))
+        .arg("--config")
+        .arg(state.join("agent.toml"))
+        .arg("run")
+        .spawn()?;
+    eprintln!(
+        "\nLatch is running: central on 127.0.0.1:7443 ({db}), the agent on this host with {rules}.\n\
+         Try it from another shell (see README), then decide as the reviewer:\n  \
+         {ctl} --token-file {tok} pending\n  \
+         {ctl} --token-file {tok} approve ID --reason \"looked fine\"\n\
+         Ctrl-C stops both.\n",
+        db = state.join("central.db").display(),
+        rules = rules.display(),
+        ctl = bin.join("latchctl").display(),
+        tok = state.join("reviewer.token").display(),
+    );
+    let status = agent.wait();
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(central.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = central.wait();
+    let status = status?;
+    if !status.success()
+        && status.code() != Some(130)
+        && std::os::unix::process::ExitStatusExt::signal(&status).is_none()
+    {
+        bail!("latch-agent exited with {status}");
+    }
+    Ok(())
 }
 
 fn install(prefix: &std::path::Path, destdir: &std::path::Path) -> Result<()> {

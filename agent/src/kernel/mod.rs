@@ -521,34 +521,19 @@ impl Engine {
 
     /// Refreshes the heartbeat.
     pub fn beat(&mut self) -> Result<(), EngineError> {
-        let hb = Heartbeat {
-            beat_ns: monotonic_ns(),
-            stale_after_ns: self.opts.stale_after.as_nanos() as u64,
-            fail_mode: self.opts.fail_mode as u8,
-            _pad: [0; 7],
-        };
-        self.heartbeat
-            .set(0, hb, 0)
-            .map_err(map_err(names::HEARTBEAT))
+        self.write_heartbeat(monotonic_ns(), self.opts.stale_after)
     }
 
-    /// Changes the heartbeat timeout and the fail mode (written with the next beat, now).
-    pub fn set_fail_policy(
-        &mut self,
-        stale_after: Duration,
-        fail_mode: FailMode,
-    ) -> Result<(), EngineError> {
-        self.opts.stale_after = stale_after;
-        self.opts.fail_mode = fail_mode;
-        self.beat()
-    }
-
-    /// Marks the heartbeat as never refreshed, as if the agent were gone (used on shutdown so
-    /// the kernel applies the fail mode at once instead of after the timeout).
+    /// Marks the heartbeat as never refreshed, as if the agent were gone (used on shutdown and
+    /// when nothing can be recorded, so the kernel applies the fail mode at once).
     pub fn flatline(&mut self) -> Result<(), EngineError> {
+        self.write_heartbeat(0, Duration::ZERO)
+    }
+
+    fn write_heartbeat(&mut self, beat_ns: u64, stale_after: Duration) -> Result<(), EngineError> {
         let hb = Heartbeat {
-            beat_ns: 0,
-            stale_after_ns: 0,
+            beat_ns,
+            stale_after_ns: stale_after.as_nanos() as u64,
             fail_mode: self.opts.fail_mode as u8,
             _pad: [0; 7],
         };

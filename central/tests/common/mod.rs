@@ -205,16 +205,19 @@ pub fn host_token(host: &str) -> String {
 /// A database and a configuration; servers started from it share the database.
 pub struct Env {
     pub config: Config,
+    pub dir: tempfile::TempDir,
     _sqlite: Option<tempfile::TempDir>,
     _pg: Option<Postgres>,
     pub kind: &'static str,
 }
 
-fn config(database: String) -> Config {
+fn config(database: String, key: &Path) -> Config {
     let text = format!(
         r#"
 listen = "127.0.0.1:0"
 database = "{database}"
+[audit]
+signing_key = "{key}"
 [[reviewers]]
 token = "{ALICE}"
 subject = "alice"
@@ -252,6 +255,7 @@ token = "{h2}"
 "#,
         h1 = host_token("h1"),
         h2 = host_token("h2"),
+        key = key.display(),
     );
     Config::parse("test.toml", &text).expect("test config")
 }
@@ -260,8 +264,13 @@ impl Env {
     pub async fn sqlite() -> Env {
         let dir = tempfile::tempdir().expect("temp dir");
         let path: PathBuf = dir.path().join("state").join("central.db");
+        let keys = tempfile::tempdir().expect("temp dir");
         Env {
-            config: config(format!("sqlite://{}", path.display())),
+            config: config(
+                format!("sqlite://{}", path.display()),
+                &keys.path().join("audit-key.pem"),
+            ),
+            dir: keys,
             _sqlite: Some(dir),
             _pg: None,
             kind: "sqlite",
@@ -271,8 +280,10 @@ impl Env {
     pub async fn postgres() -> Option<Env> {
         let pg = Postgres::start()?;
         let url = pg.create_db("latch_test").await;
+        let keys = tempfile::tempdir().expect("temp dir");
         Some(Env {
-            config: config(url),
+            config: config(url, &keys.path().join("audit-key.pem")),
+            dir: keys,
             _sqlite: None,
             _pg: Some(pg),
             kind: "postgres",

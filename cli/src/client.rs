@@ -1,0 +1,217 @@
+//! The connection to latch-central: server address, bearer token, and what a failure means as
+//! an exit code.
+
+use std::{
+    io::Write,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use latch_proto::v1::reviewer_service_client::ReviewerServiceClient;
+use tonic::{
+    metadata::MetadataValue,
+    transport::{Channel, Endpoint},
+    Code, Request,
+};
+
+/// Exit codes (documented in the crate docs and `latchctl --help`).
+pub mod exit {
+    /// Success.
+    pub const OK: u8 = 0;
+    /// Any other failure.
+    pub const ERROR: u8 = 1;
+    /// Bad input: usage, arguments, files.
+    pub const USAGE: u8 = 2;
+    /// No such request, grant, rules version.
+    pub const NOT_FOUND: u8 = 3;
+    /// Central unreachable or unavailable.
+    pub const UNAVAILABLE: u8 = 4;
+    /// Not authenticated, or not allowed.
+    pub const DENIED: u8 = 5;
+    /// Conflict: already decided, revoked, or another precondition failed.
+    pub const CONFLICT: u8 = 6;
+    /// The audit trail does not verify.
+    pub const TAMPERED: u8 = 7;
+}
+
+/// Why a command failed. Each variant says what failed, with which input.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Bad arguments or input files.
+    #[error("{0}")]
+    Usage(String),
+    /// Central could not be reached.
+    #[error("cannot reach latch-central at {server}: {message}")]
+    Unreachable {
+        /// Address.
+        server: String,
+        /// Cause.
+        message: String,
+    },
+    /// Central refused or failed the call.
+    #[error("{}", latch_central::text::term_safe(.0.message()))]
+    Status(#[from] tonic::Status),
+    /// A local file.
+    #[error("{path}: {source}")]
+    Io {
+        /// File.
+        path: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// An export file that does not parse.
+    #[error(transparent)]
+    Export(#[from] latch_central::chain::ExportError),
+    /// A key file.
+    #[error(transparent)]
+    Key(#[from] latch_central::chain::KeyError),
+    /// The audit trail does not verify.
+    #[error("the audit trail does not verify: {0} problem(s) found")]
+    Tampered(usize),
+}
+
+impl CliError {
+    /// The process exit code.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Usage(_) | CliError::Export(_) | CliError::Key(_) => exit::USAGE,
+            CliError::Unreachable { .. } => exit::UNAVAILABLE,
+            CliError::Io { .. } => exit::ERROR,
+            CliError::Tampered(_) => exit::TAMPERED,
+            CliError::Status(s) => match s.code() {
+                Code::InvalidArgument | Code::OutOfRange => exit::USAGE,
+                Code::NotFound => exit::NOT_FOUND,
+                Code::Unavailable | Code::DeadlineExceeded => exit::UNAVAILABLE,
+                Code::Unauthenticated | Code::PermissionDenied => exit::DENIED,
+                Code::FailedPrecondition | Code::AlreadyExists | Code::Aborted => exit::CONFLICT,
+                _ => exit::ERROR,
+            },
+        }
+    }
+}
+
+/// Wraps an I/O error with its path.
+pub fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CliError + '_ {
+    move |source| CliError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// `$XDG_CONFIG_HOME/latch/token`, else `~/.config/latch/token`.
+pub fn token_path() -> Option<PathBuf> {
+    let base = match std::env::var_os("XDG_CONFIG_HOME") {
+        Some(x) if !x.is_empty() => PathBuf::from(x),
+        _ => PathBuf::from(std::env::var_os("HOME")?).join(".config"),
+    };
+    Some(base.join("latch").join("token"))
+}
+
+/// Reads a token file (first line, trimmed).
+pub fn read_token(path: &Path) -> Result<String, CliError> {
+    let text = std::fs::read_to_string(path).map_err(io(path))?;
+    let t = text.lines().next().unwrap_or("").trim().to_string();
+    if t.is_empty() {
+        return Err(CliError::Usage(format!(
+            "{}: no token in the file",
+            path.display()
+        )));
+    }
+    Ok(t)
+}
+
+/// The token: `--token-file`, else `LATCH_TOKEN`, else the stored one (`latchctl login`).
+pub fn resolve_token(token_file: Option<&Path>) -> Result<String, CliError> {
+    if let Some(p) = token_file {
+        return read_token(p);
+    }
+    if let Ok(t) = std::env::var("LATCH_TOKEN") {
+        if !t.trim().is_empty() {
+            return Ok(t.trim().to_string());
+        }
+    }
+    match token_path() {
+        Some(p) if p.exists() => read_token(&p),
+        _ => Err(CliError::Usage(
+            "no token: pass --token-file FILE, set LATCH_TOKEN, or run `latchctl login --token-file FILE`"
+                .into(),
+        )),
+    }
+}
+
+/// Stores a token for later calls, readable by its owner only.
+pub fn store_token(token: &str) -> Result<PathBuf, CliError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    let path = token_path()
+        .ok_or_else(|| CliError::Usage("neither XDG_CONFIG_HOME nor HOME is set".into()))?;
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io(dir))?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io(&path))?;
+    // An existing file keeps its mode on open: make sure.
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(io(&path))?;
+    writeln!(f, "{token}").map_err(io(&path))?;
+    Ok(path)
+}
+
+/// A reviewer-service client that sends the bearer token on every call.
+pub struct Client {
+    /// The generated client.
+    pub inner: ReviewerServiceClient<Channel>,
+    auth: MetadataValue<tonic::metadata::Ascii>,
+    /// The server address, for messages.
+    pub server: String,
+}
+
+impl Client {
+    /// Connects to `server` (`http://host:port`).
+    pub async fn connect(server: &str, token: &str) -> Result<Client, CliError> {
+        let auth: MetadataValue<_> = format!("Bearer {token}").parse().map_err(|_| {
+            CliError::Usage("the token contains characters a header cannot carry".into())
+        })?;
+        let endpoint = Endpoint::from_shared(server.to_string())
+            .map_err(|e| CliError::Usage(format!("--server '{server}': {e}")))?
+            .connect_timeout(Duration::from_secs(10));
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| CliError::Unreachable {
+                server: server.to_string(),
+                message: error_chain(&e),
+            })?;
+        Ok(Client {
+            inner: ReviewerServiceClient::new(channel).max_decoding_message_size(64 << 20),
+            auth,
+            server: server.to_string(),
+        })
+    }
+
+    /// A call's request with the token.
+    pub fn req<T>(&self, msg: T) -> Request<T> {
+        let mut r = Request::new(msg);
+        r.metadata_mut().insert("authorization", self.auth.clone());
+        r
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(x) = src {
+        s.push_str(": ");
+        s.push_str(&x.to_string());
+        src = x.source();
+    }
+    s
+}
