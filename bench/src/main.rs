@@ -86,8 +86,9 @@ fn main() -> Result<()> {
 fn worker(what: &str, addr: Option<SocketAddr>, batch: usize, batches: usize) -> Result<()> {
     let mut out = std::io::stdout().lock();
     match what {
-        "connect" | "exec" => {
+        "connect" | "exec" | "udp" => {
             let mut means = Vec::with_capacity(batches);
+            let udp = std::net::UdpSocket::bind("127.0.0.1:0").context("bind udp")?;
             // One warm-up batch: page cache, socket slabs, the kernel's hash buckets.
             for b in 0..=batches {
                 let t = Instant::now();
@@ -95,6 +96,10 @@ fn worker(what: &str, addr: Option<SocketAddr>, batch: usize, batches: usize) ->
                     if what == "connect" {
                         let a = addr.context("--addr")?;
                         drop(TcpStream::connect(a).context("connect")?);
+                    } else if what == "udp" {
+                        // Unconnected: every datagram passes the sendmsg4 hook.
+                        let a = addr.context("--addr")?;
+                        udp.send_to(b"latch", a).context("sendto")?;
                     } else {
                         let st = Command::new("/bin/true")
                             .status()
@@ -458,7 +463,7 @@ fn run(quick: bool, out_dir: &Path) -> Result<()> {
         });
     }
 
-    let events = throughput(&mut setup, held_n * 10)?;
+    let events = throughput(&mut setup, held_n * 50)?;
     let round_trip = round_trips(&mut setup, held_addr, held_n)?;
     set_bpf_stats(false);
     setup.unload()?;
@@ -536,14 +541,10 @@ fn throughput(setup: &mut Setup, per_worker: usize) -> Result<Throughput> {
     let engine = setup.engine.as_mut().context("engine")?;
     let ring = engine.take_events().context("ring buffer")?;
     let dropped_before = engine.counter(agent_common::Counter::RingbufFull)?;
-    // Audit rule target: connect() to 127.0.0.3 on a port with a listener.
-    let listener = TcpListener::bind("127.0.0.3:0").context("bind 127.0.0.3")?;
-    let addr = listener.local_addr()?;
-    std::thread::spawn(move || {
-        for s in listener.incoming() {
-            drop(s);
-        }
-    });
+    // Audit rule target: datagrams to 127.0.0.3, the cheapest call that passes a hook, so the
+    // workers can outrun the reader.
+    let sink = std::net::UdpSocket::bind("127.0.0.3:0").context("bind 127.0.0.3")?;
+    let addr = sink.local_addr()?;
     let workers = 4;
     let a = addr.to_string();
     let n = per_worker.to_string();
@@ -554,7 +555,7 @@ fn throughput(setup: &mut Setup, per_worker: usize) -> Result<Throughput> {
                 &setup.cgroup.path,
                 &[
                     "worker",
-                    "connect",
+                    "udp",
                     "--addr",
                     &a,
                     "--batch",
@@ -586,6 +587,7 @@ fn throughput(setup: &mut Setup, per_worker: usize) -> Result<Throughput> {
         anyhow::Ok(got)
     })?;
     let cpu = thread_cpu().saturating_sub(cpu_before);
+    drop(sink);
     for c in children {
         let out = c.finish()?;
         if !out.status.success() {
