@@ -200,10 +200,7 @@ pub fn request(s: &Subject, ev: &mut Event, op: Op, rule_id: u32, target: u64) -
     };
     if PENDING.insert(&s.tid, &entry, BPF_NOEXIST as u64).is_err() {
         bump(Counter::PendingFull);
-        let mode = match who::stale(0) {
-            Some(FailMode::AllowAndRecord) => FailMode::AllowAndRecord,
-            _ => FailMode::Deny,
-        };
+        let mode = who::fail_mode();
         return fail(s, ev, mode, approve, rule_id);
     }
     if !signal(SIGSTOP) {

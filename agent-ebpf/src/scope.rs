@@ -41,6 +41,15 @@ pub fn now() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
+/// The configured fail mode (deny when the heartbeat entry is missing).
+#[inline(always)]
+pub fn fail_mode() -> FailMode {
+    match HEARTBEAT.get(0) {
+        Some(hb) if hb.fail_mode == FailMode::AllowAndRecord as u8 => FailMode::AllowAndRecord,
+        _ => FailMode::Deny,
+    }
+}
+
 /// `None` while the agent's heartbeat is fresh; otherwise the fail mode to apply.
 #[inline(always)]
 pub fn stale(now: u64) -> Option<FailMode> {
