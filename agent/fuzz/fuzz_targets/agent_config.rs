@@ -1,0 +1,16 @@
+//! `agent.toml` text: accepted with checked values, or refused naming the problem.
+//!
+//! Run with `cargo +nightly fuzz run agent_config` from `agent/`.
+
+#![no_main]
+
+use latch_agent::config::Config;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let text = String::from_utf8_lossy(data);
+    match Config::parse("fuzz.toml", &text) {
+        Ok(s) => assert!(s.rescan_interval < s.heartbeat_timeout),
+        Err(e) => assert!(e.to_string().contains("fuzz.toml")),
+    }
+});
