@@ -269,9 +269,12 @@ pub(crate) fn email(text: &str, start: usize, end: usize) -> Option<(usize, usiz
     }
     // Inside `scheme://user:pass@host` (before the path starts), the part before `@` is a
     // password, not the local part of an address.
+    // Whitespace can be several bytes long (U+00A0): step over the whole character.
     let token_start = text[..start]
-        .rfind(char::is_whitespace)
-        .map_or(0, |i| i + 1);
+        .char_indices()
+        .rev()
+        .find(|(_, c)| c.is_whitespace())
+        .map_or(0, |(i, c)| i + c.len_utf8());
     let before = &text[token_start..start];
     if let Some(scheme_end) = before.rfind("://") {
         let authority_so_far = &before[scheme_end + 3..];
@@ -408,5 +411,23 @@ mod tests {
         ] {
             assert_eq!(ssn(invalid, 0, invalid.len()), None, "{invalid}");
         }
+    }
+}
+
+#[cfg(test)]
+mod multibyte_whitespace {
+    use crate::{RedactConfig, Redactor};
+
+    /// Found by the property test: a no-break space (two bytes) right before an address.
+    #[test]
+    fn address_after_a_no_break_space_is_masked_without_panicking() {
+        let r = Redactor::new(&RedactConfig::default()).expect("default config");
+        for text in ["\u{a0}alice@example.com", "x\u{2003}bob@example.org tail", "\u{3000}c@d.io"] {
+            let out = r.redact(text);
+            assert!(!out.text.contains('@'), "{text:?} -> {:?}", out.text);
+            assert!(out.text.contains("[EMAIL]"), "{text:?} -> {:?}", out.text);
+        }
+        let args = vec!["\u{a0}alice@example.com".to_string()];
+        assert!(r.redact_args(&args)[0].contains("[EMAIL]"));
     }
 }
