@@ -422,7 +422,11 @@ mod multibyte_whitespace {
     #[test]
     fn address_after_a_no_break_space_is_masked_without_panicking() {
         let r = Redactor::new(&RedactConfig::default()).expect("default config");
-        for text in ["\u{a0}alice@example.com", "x\u{2003}bob@example.org tail", "\u{3000}c@d.io"] {
+        for text in [
+            "\u{a0}alice@example.com",
+            "x\u{2003}bob@example.org tail",
+            "\u{3000}c@d.io",
+        ] {
             let out = r.redact(text);
             assert!(!out.text.contains('@'), "{text:?} -> {:?}", out.text);
             assert!(out.text.contains("[EMAIL]"), "{text:?} -> {:?}", out.text);
