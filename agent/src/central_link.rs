@@ -13,7 +13,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     path::PathBuf,
     sync::Arc,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use agent_common::{GrantKey, Op, Outcome};
@@ -97,13 +97,6 @@ impl tonic::service::Interceptor for Auth {
         req.metadata_mut().insert("authorization", self.0.clone());
         Ok(req)
     }
-}
-
-fn unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// Reads the cached rule set, if any and valid.
@@ -205,7 +198,7 @@ impl Link {
         let channel = endpoint
             .connect()
             .await
-            .map_err(|e| err(format!("{e}: {}", source_chain(&e))))?;
+            .map_err(|e| err(crate::kernel::error_chain(&e)))?;
         let token =
             MetadataValue::try_from(format!("Bearer {}", self.settings.token)).map_err(|_| {
                 err("the host token contains characters not allowed in a header".into())
@@ -422,7 +415,7 @@ impl Link {
             rule_name: rule.map(|r| r.name).unwrap_or_default(),
             workload,
             requester: ctx.requester,
-            created_at_unix_ms: unix_ms(),
+            created_at_unix_ms: crate::unix_ms(),
             rules_version: self.rules_version,
         };
         let accepted = client
@@ -532,7 +525,7 @@ impl Link {
         let decision = match (&d.grant, allow) {
             (_, false) => Decision::Deny,
             (Some(g), true) => {
-                let ttl_ms = g.expires_at_unix_ms.saturating_sub(unix_ms());
+                let ttl_ms = g.expires_at_unix_ms.saturating_sub(crate::unix_ms());
                 if ttl_ms <= 0 {
                     Decision::Allow
                 } else {
@@ -587,14 +580,4 @@ fn audit_record(r: journal::Record) -> AgentAuditRecord {
         },
         details_json: p.to_string(),
     }
-}
-
-fn source_chain(e: &dyn std::error::Error) -> String {
-    let mut out = Vec::new();
-    let mut src = e.source();
-    while let Some(s) = src {
-        out.push(s.to_string());
-        src = s.source();
-    }
-    out.join(": ")
 }

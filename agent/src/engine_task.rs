@@ -544,7 +544,7 @@ impl State {
             return;
         };
         let mut by_cgroup: HashMap<u64, Vec<serde_json::Value>> = HashMap::new();
-        let now_ms = unix_ms();
+        let now_ms = crate::unix_ms();
         for v in &views {
             if v.pending.state != "waiting" {
                 continue;
@@ -724,13 +724,6 @@ fn log_event(ev: &KernelEvent) {
             tracing::info!(pid = ev.tgid, comm = %ev.comm, target = %what, rule = ev.rule_id, outcome, "recorded")
         }
     }
-}
-
-fn unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 fn held_for(id: RequestId) -> f64 {

@@ -20,3 +20,11 @@ pub mod kernel;
 pub mod metrics;
 pub mod recorder;
 pub mod rules;
+
+/// Wall-clock time in Unix milliseconds (for deadlines and records people read).
+pub(crate) fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

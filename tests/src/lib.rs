@@ -51,12 +51,10 @@ pub fn privileged() -> bool {
 pub struct Harness {
     /// The engine (public so tests can drive it directly).
     pub engine: Option<Engine>,
-    /// The test cgroup's directory.
-    pub cgroup: PathBuf,
+    /// The test cgroup (removed, with everything in it, after the engine on drop).
+    pub cgroup: TestCgroup,
     /// Its id.
     pub cgroup_id: u64,
-    /// Its path relative to the cgroup root (what rules' globs match).
-    pub cgroup_rel: String,
     /// Pin directory.
     pub pin_dir: PathBuf,
     /// The rules in force.
@@ -184,18 +182,11 @@ impl Harness {
 
     /// As [`Harness::new`], with a fail mode.
     pub fn with(rules_yaml: &str, fail_mode: FailMode) -> Self {
-        let name = format!(
-            "latch-test-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        );
+        let cgroup = TestCgroup::new();
         let root = latch_agent::kernel::cgroup2_root().expect("cgroup v2 is mounted");
-        let cgroup = root.join(&name);
-        std::fs::create_dir(&cgroup).unwrap_or_else(|e| panic!("mkdir {}: {e}", cgroup.display()));
-        let cgroup_id = cgroups::id_of(&cgroup).expect("stat cgroup");
-        let cgroup_rel = format!("/{name}");
-        let pin_dir = PathBuf::from("/sys/fs/bpf").join(&name);
-        let text = rules_yaml.replace("{CG}", &cgroup_rel);
+        let cgroup_id = cgroups::id_of(&cgroup.path).expect("stat cgroup");
+        let pin_dir = PathBuf::from("/sys/fs/bpf").join(cgroup.rel.trim_start_matches('/'));
+        let text = rules_yaml.replace("{CG}", &cgroup.rel);
         let rules =
             policy::RuleSet::parse("test-rules.yaml", &text).unwrap_or_else(|e| panic!("{e}"));
         let compiled = rules::compile(&rules).unwrap_or_else(|e| panic!("{e}"));
@@ -224,7 +215,6 @@ impl Harness {
             engine: Some(engine),
             cgroup,
             cgroup_id,
-            cgroup_rel,
             pin_dir,
             rules,
             compiled,
@@ -258,7 +248,7 @@ impl Harness {
 
     /// Starts `program args` in the test cgroup.
     pub fn spawn(&mut self, program: &Path, args: &[&str]) -> Child {
-        let cg = self.cgroup.clone();
+        let cg = self.cgroup.path.clone();
         self.spawn_in(&cg, program, args)
     }
 
@@ -317,7 +307,7 @@ impl Harness {
 
     /// Makes a child cgroup of the test cgroup.
     pub fn child_cgroup(&self, name: &str) -> PathBuf {
-        let p = self.cgroup.join(name);
+        let p = self.cgroup.path.join(name);
         std::fs::create_dir(&p).unwrap_or_else(|e| panic!("mkdir {}: {e}", p.display()));
         p
     }
@@ -343,7 +333,7 @@ impl Harness {
 impl Drop for Harness {
     fn drop(&mut self) {
         // cgroup.kill ends every process left in the subtree, paused ones included.
-        let _ = std::fs::write(self.cgroup.join("cgroup.kill"), "1");
+        let _ = std::fs::write(self.cgroup.path.join("cgroup.kill"), "1");
         for pid in &self.children {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(*pid as i32),
@@ -354,7 +344,7 @@ impl Drop for Harness {
         if let Some(e) = self.engine.take() {
             let _ = e.uninstall();
         }
-        remove_cgroup(&self.cgroup);
+        // The `cgroup` field's own drop removes the cgroup, after this.
     }
 }
 

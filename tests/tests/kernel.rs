@@ -185,10 +185,14 @@ fn unwatched_cgroup_is_untouched_and_child_cgroup_is_watched() {
         "  - {name: all-off, workload: test, on: connect, to: [0.0.0.0/0], action: deny}\n",
     ));
     // A sibling cgroup the rules do not name.
-    let root = h.cgroup.parent().expect("root").to_path_buf();
+    let root = h.cgroup.path.parent().expect("root").to_path_buf();
     let sibling = root.join(format!(
         "{}-sibling",
-        h.cgroup.file_name().and_then(|n| n.to_str()).expect("name")
+        h.cgroup
+            .path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("name")
     ));
     std::fs::create_dir(&sibling).expect("mkdir sibling");
     let out = outcome(h.spawn_in(&sibling, &probe(), &["connect", &target]));
@@ -476,7 +480,7 @@ fn a_rejected_rule_set_leaves_the_rules_in_force() {
     ));
     let bad =
         rules("  - {name: off, workload: test, on: connect, to: [127.0.0.1/33], action: allow}\n")
-            .replace("{CG}", &h.cgroup_rel.clone());
+            .replace("{CG}", &h.cgroup.rel.clone());
     let err = policy::RuleSet::parse("bad.yaml", &bad).expect_err("refused");
     assert!(
         err.to_string()
@@ -489,7 +493,7 @@ fn a_rejected_rule_set_leaves_the_rules_in_force() {
     // A valid replacement takes over in place.
     let good =
         rules("  - {name: on, workload: test, on: connect, to: [127.0.0.1/32], action: allow}\n")
-            .replace("{CG}", &h.cgroup_rel.clone());
+            .replace("{CG}", &h.cgroup.rel.clone());
     let rs = policy::RuleSet::parse("good.yaml", &good).expect("valid");
     let compiled = latch_agent::rules::compile(&rs).expect("compiles");
     let prev = h.compiled.clone();

@@ -697,13 +697,7 @@ impl Engine {
         id: RequestId,
         decision: Decision,
     ) -> Result<Option<GrantKey>, EngineError> {
-        let p = match self.pending.get(&id.tid, 0) {
-            Ok(p) if p.created_ns == id.created_ns => p,
-            Ok(_) | Err(aya::maps::MapError::KeyNotFound) => {
-                return Err(EngineError::NotPending(id))
-            }
-            Err(e) => return Err(map_err(names::PENDING)(e)),
-        };
+        let p = self.held(id)?;
         let decide_err = |reason: String| EngineError::Decide { id, reason };
         let mut granted = None;
         if let Decision::Grant {
@@ -735,33 +729,25 @@ impl Engine {
                 .map_err(|e| decide_err(e.to_string()))?;
             granted = Some(key);
         }
-        let allow = !matches!(decision, Decision::Deny);
-        let pid = Pid::from_raw(p.tgid as i32);
-        if p.op == Op::Exec as u8 {
-            // The image is already in place: resume it, or end it before its first instruction.
-            if allow {
-                ignore_missing(self.pending.remove(&id.tid))
-                    .map_err(|e| decide_err(e.to_string()))?;
-                signal(pid, Signal::SIGCONT).map_err(decide_err)?;
-            } else {
-                signal(pid, Signal::SIGKILL).map_err(decide_err)?;
-                ignore_missing(self.pending.remove(&id.tid))
-                    .map_err(|e| decide_err(e.to_string()))?;
-            }
-        } else {
-            let mut decided = p;
-            decided.state = if allow {
-                pending_state::ALLOW
-            } else {
-                pending_state::DENY
-            };
-            // BPF_EXIST: if the entry vanished meanwhile (the process exited), don't recreate it.
-            self.pending
-                .insert(id.tid, decided, aya_obj_flags::BPF_EXIST)
-                .map_err(|e| decide_err(e.to_string()))?;
-            signal(pid, Signal::SIGCONT).map_err(decide_err)?;
-        }
+        // The engine holds its hooks, so a network verdict is consumed when the call restarts.
+        resolve_held(
+            &mut self.pending,
+            id,
+            p,
+            !matches!(decision, Decision::Deny),
+            true,
+        )?;
         Ok(granted)
+    }
+
+    /// The pending entry of `id`, if it is still the operation that was held (the thread id may
+    /// have been reused since).
+    fn held(&self, id: RequestId) -> Result<Pending, EngineError> {
+        match self.pending.get(&id.tid, 0) {
+            Ok(p) if p.created_ns == id.created_ns => Ok(p),
+            Ok(_) | Err(aya::maps::MapError::KeyNotFound) => Err(EngineError::NotPending(id)),
+            Err(e) => Err(map_err(names::PENDING)(e)),
+        }
     }
 
     /// Points a held operation at the rule and target it turned out to be (a relative exec the
@@ -772,13 +758,7 @@ impl Engine {
         rule_id: u32,
         target: u64,
     ) -> Result<(), EngineError> {
-        let mut p = match self.pending.get(&id.tid, 0) {
-            Ok(p) if p.created_ns == id.created_ns => p,
-            Ok(_) | Err(aya::maps::MapError::KeyNotFound) => {
-                return Err(EngineError::NotPending(id))
-            }
-            Err(e) => return Err(map_err(names::PENDING)(e)),
-        };
+        let mut p = self.held(id)?;
         p.rule_id = rule_id;
         p.target = target;
         self.pending
@@ -907,46 +887,51 @@ pub fn release_pinned(pin_dir: &Path, mode: FailMode) -> Result<usize, EngineErr
     let hooks_pinned = pin_dir.join("links").join("connect4").exists();
     let mut n = 0;
     for (tid, p) in entries {
-        let pid = Pid::from_raw(p.tgid as i32);
         let id = RequestId {
             tid,
             created_ns: p.created_ns,
         };
-        let decide_err = |reason: String| EngineError::Decide { id, reason };
-        if p.op == Op::Exec as u8 {
-            if allow {
-                ignore_missing(pending.remove(&tid)).map_err(|e| decide_err(e.to_string()))?;
-                signal(pid, Signal::SIGCONT).map_err(decide_err)?;
-            } else {
-                signal(pid, Signal::SIGKILL).map_err(decide_err)?;
-                ignore_missing(pending.remove(&tid)).map_err(|e| decide_err(e.to_string()))?;
-            }
-        } else if hooks_pinned {
-            // The hooks outlive the daemon: they consume the verdict when the call restarts.
-            let mut decided = p;
-            decided.state = if allow {
-                pending_state::ALLOW
-            } else {
-                pending_state::DENY
-            };
-            pending
-                .insert(tid, decided, aya_obj_flags::BPF_EXIST)
-                .map_err(|e| decide_err(e.to_string()))?;
-            signal(pid, Signal::SIGCONT).map_err(decide_err)?;
-        } else {
-            // No hook will see the restarted call: a denied network call ends with its
-            // process, like a denied exec.
-            ignore_missing(pending.remove(&tid)).map_err(|e| decide_err(e.to_string()))?;
-            let sig = if allow {
-                Signal::SIGCONT
-            } else {
-                Signal::SIGKILL
-            };
-            signal(pid, sig).map_err(decide_err)?;
-        }
+        resolve_held(&mut pending, id, p, allow, hooks_pinned)?;
         n += 1;
     }
     Ok(n)
+}
+
+/// Applies a verdict to a held operation `p` and resumes or ends its process.
+///
+/// Exec: the image is already in place, so it is resumed, or ended before its first
+/// instruction. Network: while hooks are attached (`hooks_live`), the verdict is written into the
+/// entry and consumed when the call restarts; with no hook left to see the restart, a refused
+/// call ends with its process, like a refused exec.
+fn resolve_held(
+    pending: &mut HashMap<MapData, u32, Pending>,
+    id: RequestId,
+    p: Pending,
+    allow: bool,
+    hooks_live: bool,
+) -> Result<(), EngineError> {
+    let decide_err = |reason: String| EngineError::Decide { id, reason };
+    let pid = Pid::from_raw(p.tgid as i32);
+    if p.op != Op::Exec as u8 && hooks_live {
+        let mut decided = p;
+        decided.state = if allow {
+            pending_state::ALLOW
+        } else {
+            pending_state::DENY
+        };
+        // BPF_EXIST: if the entry vanished meanwhile (the process exited), don't recreate it.
+        pending
+            .insert(id.tid, decided, aya_obj_flags::BPF_EXIST)
+            .map_err(|e| decide_err(e.to_string()))?;
+        return signal(pid, Signal::SIGCONT).map_err(decide_err);
+    }
+    if allow {
+        ignore_missing(pending.remove(&id.tid)).map_err(|e| decide_err(e.to_string()))?;
+        signal(pid, Signal::SIGCONT).map_err(decide_err)
+    } else {
+        signal(pid, Signal::SIGKILL).map_err(decide_err)?;
+        ignore_missing(pending.remove(&id.tid)).map_err(|e| decide_err(e.to_string()))
+    }
 }
 
 mod aya_obj_flags {
@@ -1011,7 +996,7 @@ fn program_error_text(e: &aya::programs::ProgramError) -> String {
 }
 
 /// An error and its sources, on one line: aya's top-level messages leave out the errno.
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
     while let Some(inner) = src {
