@@ -290,6 +290,17 @@ pub struct Pending {
     pub op: u8,
     /// Explicit padding.
     pub _pad: [u8; 2],
+    /// Destination address of a network operation, network order (IPv4 in the first 4 bytes),
+    /// so that a restarted agent can submit what it finds held without the lost event.
+    pub addr: [u8; 16],
+    /// Destination port, host order.
+    pub port: u16,
+    /// [`family`] for network operations, 0 for exec.
+    pub family: u8,
+    /// [`proto`] number.
+    pub proto: u8,
+    /// Explicit padding.
+    pub _pad2: [u8; 4],
 }
 
 /// Who a grant covers.
@@ -444,6 +455,9 @@ pub enum Counter {
     GrantExpired = 15,
     /// A socket address the program could not read.
     AddrUnreadable = 16,
+    /// A connection a grant let through could not be recorded with its grant (so revoking the
+    /// grant cannot close it).
+    ConnUntracked = 17,
 }
 
 /// Number of slots in [`COUNTERS`](maps::COUNTERS).
@@ -464,7 +478,7 @@ size_check! {
     Net6Data => 20,
     PortRule => 12,
     PortRules => 8 + 12 * PORT_RULES_CAP,
-    Pending => 40,
+    Pending => 64,
     GrantKey => 24,
     Grant => 16,
     Heartbeat => 24,
@@ -473,7 +487,7 @@ size_check! {
 
 // The LPM trie key (u32 prefix length + data) must fit the kernel's 256-byte data limit.
 const _: () = assert!(core::mem::size_of::<ExecPrefixData>() <= 256);
-const _: () = assert!((COUNTER_SLOTS as usize) > Counter::AddrUnreadable as usize);
+const _: () = assert!((COUNTER_SLOTS as usize) > Counter::ConnUntracked as usize);
 
 #[cfg(feature = "user")]
 mod pod {

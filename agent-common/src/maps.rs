@@ -25,6 +25,9 @@ pub const EVENTS: &str = "EVENTS";
 pub const COUNTERS: &str = "COUNTERS";
 /// Per-CPU scratch space for keys and events too large for the BPF stack.
 pub const SCRATCH: &str = "SCRATCH";
+/// Connections let through by a grant: socket cookie → the [`GrantKey`](crate::GrantKey) that
+/// allowed it (LRU), so that revoking the grant can close them.
+pub const GRANT_CONNS: &str = "GRANT_CONNS";
 /// aya-log's ring buffer (declared by aya-log-ebpf, not by us).
 pub const AYA_LOGS: &str = "AYA_LOGS";
 
@@ -41,6 +44,7 @@ pub const ALL: &[&str] = &[
     EVENTS,
     COUNTERS,
     SCRATCH,
+    GRANT_CONNS,
     AYA_LOGS,
 ];
 
@@ -56,6 +60,7 @@ pub const PINNED: &[&str] = &[
     HEARTBEAT,
     EVENTS,
     COUNTERS,
+    GRANT_CONNS,
 ];
 
 /// The kernel keeps at most this many bytes of a map name (16 with the NUL).

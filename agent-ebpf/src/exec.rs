@@ -104,7 +104,7 @@ pub fn on_exec(ctx: &TracePointContext) {
         subject.report(ev, agent_common::Outcome::Audited, action, rule_id);
         Verdict::Allow
     } else if action == Action::Approve as u8 {
-        pause::request(&subject, ev, Op::Exec, rule_id, target)
+        pause::request(&subject, ev, Op::Exec, rule_id, target, &mut None)
     } else {
         bump(Counter::Denied);
         subject.report(ev, agent_common::Outcome::Denied, action, rule_id);

@@ -11,7 +11,7 @@ use agent_common::{
 };
 use aya_ebpf::{
     macros::map,
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 
 use crate::scratch::Scratch;
@@ -46,6 +46,12 @@ pub static PENDING: HashMap<u32, Pending> = HashMap::pinned(16_384, 0);
 /// Standing decisions (grants) for a process, a workload or the host.
 #[map(name = "GRANTS")]
 pub static GRANTS: HashMap<GrantKey, Grant> = HashMap::pinned(65_536, 0);
+
+/// Connections a grant let through: socket cookie → the grant's key. Revoking a grant with
+/// "close connections" destroys the sockets recorded against it. Least recently used entries
+/// make room for new ones; a socket's cookie is never reused while the kernel runs.
+#[map(name = "GRANT_CONNS")]
+pub static GRANT_CONNS: LruHashMap<u64, GrantKey> = LruHashMap::pinned(65_536, 0);
 
 /// The agent's heartbeat and the fail mode, one entry.
 #[map(name = "HEARTBEAT")]

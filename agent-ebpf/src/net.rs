@@ -4,7 +4,11 @@ use agent_common::{
     family, fingerprint, proto, Action, Net4Data, Net6Data, Op, Outcome, PortRules, ERESTARTNOINTR,
     PORT_RULES_CAP,
 };
-use aya_ebpf::{helpers::bpf_set_retval, maps::lpm_trie::Key, programs::SockAddrContext};
+use aya_ebpf::{
+    helpers::{bpf_get_socket_cookie, bpf_set_retval},
+    maps::lpm_trie::Key,
+    programs::SockAddrContext,
+};
 
 use crate::counters::{bump, Counter};
 use crate::maps::{NET4_RULES, NET6_RULES};
@@ -58,8 +62,9 @@ pub fn check(ctx: &SockAddrContext, op: Op, fam: u8) -> i32 {
     ev.addr = addr;
     ev.target = target;
 
-    if let Some(v) = pause::resume(&subject, ev, op, target) {
-        return finish(v);
+    let mut allowed_by = None;
+    if let Some(v) = pause::resume(&subject, ev, op, target, &mut allowed_by) {
+        return finish_granted(ctx, op, v, allowed_by);
     }
 
     let hit = if fam == family::INET {
@@ -75,13 +80,31 @@ pub fn check(ctx: &SockAddrContext, op: Op, fam: u8) -> i32 {
         subject.report(ev, Outcome::Audited, action, rule_id);
         Verdict::Allow
     } else if action == Action::Approve as u8 {
-        pause::request(&subject, ev, op, rule_id, target)
+        let v = pause::request(&subject, ev, op, rule_id, target, &mut allowed_by);
+        return finish_granted(ctx, op, v, allowed_by);
     } else {
         bump(Counter::Denied);
         subject.report(ev, Outcome::Denied, action, rule_id);
         Verdict::Deny
     };
     finish(verdict)
+}
+
+/// As [`finish`], and a connection a grant let through is recorded against that grant, so that
+/// revoking it can close the connection. (`sendmsg` on an unconnected socket opens none.)
+#[inline(always)]
+fn finish_granted(
+    ctx: &SockAddrContext,
+    op: Op,
+    v: Verdict,
+    allowed_by: Option<agent_common::GrantKey>,
+) -> i32 {
+    if let (Verdict::Allow, Op::Connect, Some(key)) = (v, op, allowed_by) {
+        // SAFETY: helper on the context the kernel passed to this sock_addr program.
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+        pause::record_conn(cookie, &key);
+    }
+    finish(v)
 }
 
 #[inline(always)]

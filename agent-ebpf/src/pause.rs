@@ -11,7 +11,7 @@ use aya_ebpf::{
 use aya_log_ebpf::error;
 
 use crate::counters::{bump, Counter};
-use crate::maps::{GRANTS, PENDING};
+use crate::maps::{GRANTS, GRANT_CONNS, PENDING};
 use crate::{report, scope as who};
 
 const SIGKILL: u32 = 9;
@@ -70,10 +70,10 @@ pub fn kill_current() {
     }
 }
 
-/// The standing decision for this operation, if a grant covers it. Narrow scopes are looked at
-/// first; an expired or used-up grant is removed and ignored.
+/// The standing decision for this operation and the grant that gave it, if a grant covers it.
+/// Narrow scopes are looked at first; an expired or used-up grant is removed and ignored.
 #[inline(always)]
-fn granted(s: &Subject, rule_id: u32, target: u64) -> Option<u8> {
+fn granted(s: &Subject, rule_id: u32, target: u64) -> Option<(u8, GrantKey)> {
     let subjects = [
         (scope::PROCESS, s.tgid as u64),
         (scope::WORKLOAD, s.watch.workload as u64),
@@ -102,11 +102,50 @@ fn granted(s: &Subject, rule_id: u32, target: u64) -> Option<u8> {
         }
         // SAFETY: as above; the field is 4-byte aligned inside the map value.
         if unsafe { take_use(core::ptr::addr_of_mut!((*g).uses_left)) } {
-            return Some(action);
+            return Some((action, key));
         }
         let _ = GRANTS.remove(&key);
     }
     None
+}
+
+/// The allowing grant that covers this operation, looked up without taking a use: the grant a
+/// reviewer wrote together with the verdict of a held operation.
+#[inline(always)]
+fn covering_grant(s: &Subject, rule_id: u32, target: u64) -> Option<GrantKey> {
+    let subjects = [
+        (scope::PROCESS, s.tgid as u64),
+        (scope::WORKLOAD, s.watch.workload as u64),
+        (scope::HOST, 0u64),
+    ];
+    let mut i = 0;
+    while i < subjects.len() {
+        let (sc, subject) = subjects[i];
+        i += 1;
+        let key = GrantKey {
+            scope: sc,
+            _pad: [0; 3],
+            rule_id,
+            subject,
+            target,
+        };
+        if let Some(g) = GRANTS.get_ptr(&key) {
+            // SAFETY: map value pointer from lookup; plain integer field.
+            if unsafe { (*g).action } == Action::Allow as u8 {
+                return Some(key);
+            }
+        }
+    }
+    None
+}
+
+/// Records that the socket `cookie` was let through by the grant `key`, so that revoking the
+/// grant can close it.
+#[inline(always)]
+pub fn record_conn(cookie: u64, key: &GrantKey) {
+    if GRANT_CONNS.insert(&cookie, key, 0).is_err() {
+        bump(Counter::ConnUntracked);
+    }
 }
 
 /// Takes one use of a counted grant; `false` when none is left. The compare-and-swap keeps two
@@ -164,14 +203,23 @@ fn unpausable(comm: &[u8; 16]) -> bool {
     comm[0] == b'i' && comm[1] == b'o' && comm[2] == b'u' && comm[3] == b'-'
 }
 
-/// An operation that needs approval: a grant, the fail mode, or a pause.
+/// An operation that needs approval: a grant, the fail mode, or a pause. `allowed_by` receives
+/// the grant that let it through, if one did.
 #[inline(always)]
-pub fn request(s: &Subject, ev: &mut Event, op: Op, rule_id: u32, target: u64) -> Verdict {
+pub fn request(
+    s: &Subject,
+    ev: &mut Event,
+    op: Op,
+    rule_id: u32,
+    target: u64,
+    allowed_by: &mut Option<GrantKey>,
+) -> Verdict {
     let approve = Action::Approve as u8;
     ev.target = target;
-    if let Some(action) = granted(s, rule_id, target) {
+    if let Some((action, key)) = granted(s, rule_id, target) {
         bump(Counter::Granted);
         if action == Action::Allow as u8 {
+            *allowed_by = Some(key);
             s.report(ev, Outcome::Granted, approve, rule_id);
             return Verdict::Allow;
         }
@@ -197,6 +245,11 @@ pub fn request(s: &Subject, ev: &mut Event, op: Op, rule_id: u32, target: u64) -
         state: pending_state::WAITING,
         op: op as u8,
         _pad: [0; 2],
+        addr: ev.addr,
+        port: ev.port,
+        family: ev.family,
+        proto: ev.proto,
+        _pad2: [0; 4],
     };
     if PENDING.insert(&s.tid, &entry, BPF_NOEXIST as u64).is_err() {
         bump(Counter::PendingFull);
@@ -217,8 +270,16 @@ pub fn request(s: &Subject, ev: &mut Event, op: Op, rule_id: u32, target: u64) -
 
 /// A thread that already has a pending entry came back to a hook: a decision is there to
 /// consume, or it must stop again. `None` when the thread has nothing pending for this target.
+/// An allowed operation's grant, when the reviewer granted one with the verdict, goes to
+/// `allowed_by`.
 #[inline(always)]
-pub fn resume(s: &Subject, ev: &mut Event, op: Op, target: u64) -> Option<Verdict> {
+pub fn resume(
+    s: &Subject,
+    ev: &mut Event,
+    op: Op,
+    target: u64,
+    allowed_by: &mut Option<GrantKey>,
+) -> Option<Verdict> {
     let p = PENDING.get_ptr(&s.tid)?;
     // SAFETY: map value pointer from lookup; `Pending` is plain data.
     let p = unsafe { *p };
@@ -232,6 +293,7 @@ pub fn resume(s: &Subject, ev: &mut Event, op: Op, target: u64) -> Option<Verdic
     match p.state {
         pending_state::ALLOW => {
             let _ = PENDING.remove(&s.tid);
+            *allowed_by = covering_grant(s, p.rule_id, target);
             Some(Verdict::Allow)
         }
         pending_state::DENY => {

@@ -10,7 +10,7 @@
 //! It never touches the kernel: decisions go to the engine task through its handle.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     path::PathBuf,
     sync::Arc,
     time::Duration,
@@ -40,10 +40,12 @@ use crate::{
 /// Everything the link needs to know.
 #[derive(Clone)]
 pub struct LinkSettings {
-    /// Central's gRPC address (`http://host:port`).
+    /// Central's gRPC address (`http://host:port` or `https://host:port`).
     pub address: String,
-    /// This host's bearer token.
-    pub token: String,
+    /// This host's bearer token (none when it authenticates with a client certificate).
+    pub token: Option<String>,
+    /// TLS files for an `https://` address, re-read when they change.
+    pub tls: Option<crate::tls::ReloadingTls>,
     /// This host's id.
     pub host_id: String,
     /// Labels central selects rule sets by.
@@ -85,16 +87,21 @@ pub enum LinkError {
     /// The engine task is gone.
     #[error("the kernel engine task has stopped")]
     EngineGone,
+    /// The TLS files changed: reconnect to present the new ones.
+    #[error("the TLS files changed")]
+    TlsFilesChanged,
 }
 
 type Client = AgentServiceClient<InterceptedService<Channel, Auth>>;
 
 #[derive(Clone)]
-struct Auth(MetadataValue<tonic::metadata::Ascii>);
+struct Auth(Option<MetadataValue<tonic::metadata::Ascii>>);
 
 impl tonic::service::Interceptor for Auth {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
-        req.metadata_mut().insert("authorization", self.0.clone());
+        if let Some(token) = &self.0 {
+            req.metadata_mut().insert("authorization", token.clone());
+        }
         Ok(req)
     }
 }
@@ -109,6 +116,72 @@ pub fn cached_policy(path: &std::path::Path) -> Option<Policy> {
             None
         }
     }
+}
+
+/// Where the grants central made are remembered (by id, with their kernel keys), next to the
+/// rules cache: a restarted agent must still find a grant's kernel entry when it is revoked.
+fn grants_file(rules_cache: &std::path::Path) -> PathBuf {
+    rules_cache.with_file_name("grants.json")
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredGrant {
+    scope: u8,
+    rule_id: u32,
+    subject: u64,
+    target: u64,
+    expires_at_unix_ms: i64,
+}
+
+fn load_grants(path: &std::path::Path) -> HashMap<String, (GrantKey, i64)> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return HashMap::new();
+    };
+    match serde_json::from_str::<HashMap<String, StoredGrant>>(&text) {
+        Ok(stored) => stored
+            .into_iter()
+            .map(|(id, g)| {
+                let key = GrantKey {
+                    scope: g.scope,
+                    _pad: [0; 3],
+                    rule_id: g.rule_id,
+                    subject: g.subject,
+                    target: g.target,
+                };
+                (id, (key, g.expires_at_unix_ms))
+            })
+            .collect(),
+        Err(e) => {
+            tracing::error!(file = %path.display(), "ignoring the recorded grants: {e}");
+            HashMap::new()
+        }
+    }
+}
+
+/// Records the grants that have not expired yet (expired ones are gone from the kernel).
+fn save_grants(
+    path: &std::path::Path,
+    grants: &HashMap<String, (GrantKey, i64)>,
+) -> std::io::Result<()> {
+    let now = crate::unix_ms();
+    let stored: HashMap<&String, StoredGrant> = grants
+        .iter()
+        .filter(|(_, (_, expires))| *expires > now)
+        .map(|(id, (k, expires))| {
+            (
+                id,
+                StoredGrant {
+                    scope: k.scope,
+                    rule_id: k.rule_id,
+                    subject: k.subject,
+                    target: k.target,
+                    expires_at_unix_ms: *expires,
+                },
+            )
+        })
+        .collect();
+    let text = serde_json::to_string(&stored).map_err(std::io::Error::other)?;
+    write_cache(path, &text)
 }
 
 fn write_cache(path: &std::path::Path, yaml: &str) -> std::io::Result<()> {
@@ -127,7 +200,10 @@ struct Link {
     policy_tx: watch::Sender<Option<Arc<Policy>>>,
     masker: Arc<dyn Masker>,
     rules_version: u64,
-    grants: HashMap<String, GrantKey>,
+    /// Grants central made for this host: id → kernel key and expiry (Unix ms).
+    grants: HashMap<String, (GrantKey, i64)>,
+    /// Requests submitted to central and not yet decided by it or cancelled.
+    submitted: HashSet<RequestId>,
 }
 
 /// Runs the link until the engine task goes away.
@@ -138,20 +214,26 @@ pub async fn run(
     mut events: mpsc::Receiver<KernelEvent>,
     masker: Arc<dyn Masker>,
 ) {
+    let grants = load_grants(&grants_file(&settings.rules_cache));
     let mut link = Link {
         settings,
         engine,
         policy_tx,
         masker,
         rules_version: 0,
-        grants: HashMap::new(),
+        grants,
+        submitted: HashSet::new(),
     };
     let mut failures = 0u32;
     loop {
         let result = link.session(&mut events).await;
         link.settings.metrics.central_connected.set(0);
+        if link.engine.central(false).await.is_err() {
+            return;
+        }
         match result {
             Err(LinkError::EngineGone) => return,
+            Err(LinkError::TlsFilesChanged) => failures = 0,
             Err(e) => {
                 failures = failures.saturating_add(1);
                 let wait = backoff(failures);
@@ -185,24 +267,32 @@ pub fn backoff(failures: u32) -> Duration {
 }
 
 impl Link {
-    async fn connect(&self) -> Result<Client, LinkError> {
+    async fn connect(&mut self) -> Result<Client, LinkError> {
         let err = |reason: String| LinkError::Connect {
             address: self.settings.address.clone(),
             reason,
         };
-        let endpoint = Endpoint::from_shared(self.settings.address.clone())
+        let mut endpoint = Endpoint::from_shared(self.settings.address.clone())
             .map_err(|e| err(e.to_string()))?
             .connect_timeout(Duration::from_secs(5))
             .http2_keep_alive_interval(Duration::from_secs(20))
             .keep_alive_while_idle(true);
+        if let Some(tls) = self.settings.tls.as_mut() {
+            let loaded = tls.current().map_err(|e| err(e.to_string()))?;
+            endpoint = endpoint
+                .tls_config(loaded.config)
+                .map_err(|e| err(crate::kernel::error_chain(&e)))?;
+        }
         let channel = endpoint
             .connect()
             .await
             .map_err(|e| err(crate::kernel::error_chain(&e)))?;
-        let token =
-            MetadataValue::try_from(format!("Bearer {}", self.settings.token)).map_err(|_| {
+        let token = match &self.settings.token {
+            Some(t) => Some(MetadataValue::try_from(format!("Bearer {t}")).map_err(|_| {
                 err("the host token contains characters not allowed in a header".into())
-            })?;
+            })?),
+            None => None,
+        };
         Ok(AgentServiceClient::with_interceptor(channel, Auth(token)))
     }
 
@@ -261,6 +351,12 @@ impl Link {
             .into_inner();
         tracing::info!(address = %self.settings.address, host = %self.settings.host_id, "connected to central");
         self.settings.metrics.central_connected.set(1);
+        self.engine
+            .central(true)
+            .await
+            .map_err(|_| LinkError::EngineGone)?;
+        self.cancel_resolved_meanwhile(&mut client, &pending)
+            .await?;
         for view in pending {
             if let Some(ev) = view.event {
                 self.submit(&mut client, &ev).await?;
@@ -270,7 +366,12 @@ impl Link {
         ship.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = ship.tick() => self.ship(&mut client).await?,
+                _ = ship.tick() => {
+                    if self.settings.tls.as_mut().is_some_and(|t| t.changed()) {
+                        return Err(LinkError::TlsFilesChanged);
+                    }
+                    self.ship(&mut client).await?
+                }
                 msg = stream.message() => match msg {
                     Ok(Some(m)) => self.handle(&mut client, m.body).await?,
                     Ok(None) => return Err(LinkError::Closed),
@@ -282,6 +383,46 @@ impl Link {
                 },
             }
         }
+    }
+
+    /// Requests central still waits on that the host resolved while the link was down (by the
+    /// fail mode or the local timeout) are cancelled there, so no reviewer decides a request
+    /// that no longer waits.
+    async fn cancel_resolved_meanwhile(
+        &mut self,
+        client: &mut Client,
+        pending: &[crate::engine_task::RequestView],
+    ) -> Result<(), LinkError> {
+        let still: HashSet<RequestId> = pending.iter().map(|v| v.pending.id).collect();
+        let gone: Vec<RequestId> = self.submitted.difference(&still).copied().collect();
+        for id in gone {
+            let r = client
+                .cancel_approval(CancelApprovalRequest {
+                    host_id: self.settings.host_id.clone(),
+                    request_id: id.to_string(),
+                    reason: "resolved on the host while central was unreachable".into(),
+                })
+                .await;
+            match r {
+                Ok(_) => {
+                    tracing::info!(request = %id, "cancelled at central: resolved on the host meanwhile")
+                }
+                // Decided or expired at central already.
+                Err(s)
+                    if matches!(
+                        s.code(),
+                        tonic::Code::NotFound | tonic::Code::FailedPrecondition
+                    ) => {}
+                Err(status) => {
+                    return Err(LinkError::Call {
+                        call: "CancelApproval",
+                        status,
+                    })
+                }
+            }
+            self.submitted.remove(&id);
+        }
+        Ok(())
     }
 
     /// Uploads what central has not acknowledged, oldest first, and acknowledges it locally
@@ -316,6 +457,7 @@ impl Link {
         match (ev.outcome, ev.request) {
             (Outcome::Paused, Some(_)) => self.submit(client, ev).await,
             (Outcome::Cancelled, Some(id)) => {
+                self.submitted.remove(&id);
                 let r = client
                     .cancel_approval(CancelApprovalRequest {
                         host_id: self.settings.host_id.clone(),
@@ -427,6 +569,7 @@ impl Link {
             })?
             .into_inner();
         tracing::info!(request = %id, approval = %accepted.approval_id, "submitted for approval");
+        self.submitted.insert(id);
         if let Some(d) = accepted.decision {
             self.apply_decision(d).await?;
         }
@@ -476,24 +619,45 @@ impl Link {
                 Ok(())
             }
             Some(Body::Decision(d)) => self.apply_decision(d).await,
-            Some(Body::Revocation(r)) => {
-                if let Some(key) = self.grants.remove(&r.grant_id) {
-                    match self
-                        .engine
-                        .revoke(key)
-                        .await
-                        .map_err(|_| LinkError::EngineGone)?
-                    {
-                        Ok(_) => {
-                            tracing::info!(grant = %r.grant_id, by = %r.revoked_by, "grant revoked")
-                        }
-                        Err(e) => tracing::error!(grant = %r.grant_id, "cannot revoke: {e}"),
-                    }
-                }
-                Ok(())
-            }
+            Some(Body::Revocation(r)) => self.revoke(r).await,
             None => Ok(()),
         }
+    }
+
+    fn save_grants(&self) {
+        let path = grants_file(&self.settings.rules_cache);
+        if let Err(e) = save_grants(&path, &self.grants) {
+            tracing::error!(file = %path.display(), "cannot record the grants in force (a revocation after a restart would not find them): {e}");
+        }
+    }
+
+    /// Removes a revoked grant from the kernel at once and, when the revocation asks for it,
+    /// closes the connections the grant let through.
+    async fn revoke(&mut self, r: latch_proto::v1::Revocation) -> Result<(), LinkError> {
+        let Some((key, _)) = self.grants.remove(&r.grant_id) else {
+            return Ok(());
+        };
+        self.save_grants();
+        let revoked = match self
+            .engine
+            .revoke(key, r.close_connections)
+            .await
+            .map_err(|_| LinkError::EngineGone)?
+        {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(grant = %r.grant_id, "cannot revoke: {e}");
+                return Ok(());
+            }
+        };
+        tracing::info!(
+            grant = %r.grant_id,
+            by = %r.revoked_by,
+            in_kernel = revoked.removed,
+            closing_connections = revoked.closing,
+            "grant revoked"
+        );
+        Ok(())
     }
 
     fn rule_statuses(&self, p: &Policy) -> Vec<RuleStatus> {
@@ -549,13 +713,17 @@ impl Link {
             .map_err(|_| LinkError::EngineGone)?
         {
             Ok(granted) => {
+                self.submitted.remove(&id);
                 tracing::info!(request = %id, by = %d.decided_by, reason = %d.reason, ?decision, "decision applied");
                 if let (Some(key), Some(g)) = (granted, d.grant) {
-                    self.grants.insert(g.grant_id, key);
+                    self.grants.insert(g.grant_id, (key, g.expires_at_unix_ms));
+                    self.save_grants();
                 }
             }
             // Decisions repeat across reconnections; the first one already applied.
-            Err(EngineError::NotPending(_)) => {}
+            Err(EngineError::NotPending(_)) => {
+                self.submitted.remove(&id);
+            }
             Err(e) => tracing::error!(request = %id, "cannot apply the decision: {e}"),
         }
         Ok(())
@@ -579,5 +747,43 @@ fn audit_record(r: journal::Record) -> AgentAuditRecord {
             text("outcome")
         },
         details_json: p.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod grant_book_tests {
+    use super::*;
+
+    #[test]
+    fn grants_survive_a_restart_and_expired_ones_are_dropped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = grants_file(&dir.path().join("rules.cache.yaml"));
+        let key = |subject| GrantKey {
+            scope: agent_common::scope::HOST,
+            _pad: [0; 3],
+            rule_id: 3,
+            subject,
+            target: 0xfeed,
+        };
+        let now = crate::unix_ms();
+        let grants: HashMap<String, (GrantKey, i64)> = [
+            ("live".to_string(), (key(0), now + 60_000)),
+            ("expired".to_string(), (key(1), now - 1)),
+        ]
+        .into_iter()
+        .collect();
+        save_grants(&path, &grants).expect("save");
+        let loaded = load_grants(&path);
+        assert_eq!(loaded.len(), 1);
+        assert_eq!(loaded["live"], (key(0), now + 60_000));
+    }
+
+    #[test]
+    fn a_damaged_grants_file_is_ignored() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("grants.json");
+        std::fs::write(&path, "{not json").expect("write");
+        assert!(load_grants(&path).is_empty());
+        assert!(load_grants(&dir.path().join("missing.json")).is_empty());
     }
 }

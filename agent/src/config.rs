@@ -81,7 +81,9 @@ pub struct Config {
     pub fail_mode: FailModeName,
     /// Heartbeat age after which the kernel stops holding operations. Default: `10s`.
     pub heartbeat_timeout: String,
-    /// How often cgroups are rescanned for new matches and timeouts checked. Default: `1s`.
+    /// How often the whole cgroup tree is rescanned for the workload globs. Cgroups that come
+    /// and go are followed at once through inotify; this rescan is only the safety net behind
+    /// it. Default: `5m`.
     pub rescan_interval: String,
     /// Prometheus `/metrics` address; empty to turn it off. Default: `127.0.0.1:9464`.
     pub metrics_listen: String,
@@ -107,10 +109,24 @@ pub struct Config {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CentralConfig {
-    /// gRPC address, `http://host:port`.
+    /// gRPC address, `https://host:port` (or `http://` on loopback or inside an encrypted
+    /// network).
     pub address: String,
-    /// File holding this host's bearer token (first line).
-    pub token_file: PathBuf,
+    /// File holding this host's bearer token (first line). Needed unless the host presents a
+    /// client certificate (`cert_file`, `key_file`), which central then accepts instead.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// CA certificates (PEM) central's certificate must chain to, for an `https://` address.
+    /// Default: the system's trust store.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// This host's client certificate (PEM, leaf first) for mutual TLS. Its DNS name (or its CN
+    /// when it has no DNS name) must be this host's id. Re-read when it changes.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
     /// This host's id. Default: `/etc/machine-id`.
     #[serde(default)]
     pub host_id: Option<String>,
@@ -121,10 +137,41 @@ pub struct CentralConfig {
     /// answers). Default: `/var/lib/latch/rules.cache.yaml`.
     #[serde(default = "default_rules_cache")]
     pub rules_cache: PathBuf,
+    /// How long central may be unreachable before held operations are resolved by the fail mode
+    /// (and new ones are no longer held until it is back). Default: `60s`.
+    #[serde(default = "default_loss_timeout")]
+    pub loss_timeout: String,
+}
+
+impl CentralConfig {
+    /// The TLS files, for an `https://` address.
+    pub fn tls_files(&self) -> Option<crate::tls::TlsFiles> {
+        self.address
+            .starts_with("https://")
+            .then(|| crate::tls::TlsFiles {
+                ca_file: self.ca_file.clone(),
+                cert_file: self.cert_file.clone(),
+                key_file: self.key_file.clone(),
+            })
+    }
+
+    /// Reads and checks the TLS files (unreadable, not PEM, expired, a key that is not the
+    /// certificate's), naming the key and the file in the error. Not part of [`Config::parse`]
+    /// so that commands which never talk to central (`release` in the stop hook above all)
+    /// work whatever state the certificates are in.
+    pub fn load_tls(&self) -> Result<Option<crate::tls::ReloadingTls>, crate::tls::TlsError> {
+        self.tls_files()
+            .map(crate::tls::ReloadingTls::load)
+            .transpose()
+    }
 }
 
 fn default_rules_cache() -> PathBuf {
     PathBuf::from("/var/lib/latch/rules.cache.yaml")
+}
+
+fn default_loss_timeout() -> String {
+    "60s".into()
 }
 
 impl Default for Config {
@@ -136,7 +183,7 @@ impl Default for Config {
             cgroup_root: None,
             fail_mode: FailModeName::Deny,
             heartbeat_timeout: "10s".into(),
-            rescan_interval: "1s".into(),
+            rescan_interval: "5m".into(),
             metrics_listen: "127.0.0.1:9464".into(),
             waiting_dir: PathBuf::from("/run/latch/waiting"),
             central: None,
@@ -156,6 +203,11 @@ pub struct Settings {
     pub heartbeat_timeout: Duration,
     /// `rescan_interval`, parsed.
     pub rescan_interval: Duration,
+    /// How often the heartbeat is refreshed and timeouts checked: a quarter of
+    /// `heartbeat_timeout`, at most one second.
+    pub tick: Duration,
+    /// `central.loss_timeout`, parsed (`None` without central).
+    pub central_loss_timeout: Option<Duration>,
 }
 
 impl Config {
@@ -211,19 +263,20 @@ impl Config {
             "rescan_interval",
             &config.rescan_interval,
             Duration::from_millis(100),
-            Duration::from_secs(60),
+            Duration::from_secs(86_400),
         )?;
-        if rescan_interval >= heartbeat_timeout {
-            return Err(ConfigError::Value {
-                path: name.to_string(),
-                key: "rescan_interval",
-                value: format!("{:?}", config.rescan_interval),
-                reason: format!(
-                    "must be shorter than heartbeat_timeout ({}), which it refreshes",
-                    config.heartbeat_timeout
-                ),
-            });
-        }
+        let central_loss_timeout = config
+            .central
+            .as_ref()
+            .map(|c| {
+                duration(
+                    "central.loss_timeout",
+                    &c.loss_timeout,
+                    Duration::from_secs(1),
+                    Duration::from_secs(86_400),
+                )
+            })
+            .transpose()?;
         if !config.pin_dir.is_absolute() {
             return Err(ConfigError::Value {
                 path: name.to_string(),
@@ -275,6 +328,51 @@ impl Config {
             if !matches!(uri.scheme_str(), Some("http") | Some("https")) || uri.host().is_none() {
                 return Err(bad("not a URL like http://central:7443"));
             }
+            let value_error = |key: &'static str, value: String, reason: &str| ConfigError::Value {
+                path: name.to_string(),
+                key,
+                value,
+                reason: reason.to_string(),
+            };
+            let https = uri.scheme_str() == Some("https");
+            for (key, file) in [
+                ("central.ca_file", &c.ca_file),
+                ("central.cert_file", &c.cert_file),
+                ("central.key_file", &c.key_file),
+            ] {
+                if let (Some(f), false) = (file, https) {
+                    return Err(value_error(
+                        key,
+                        format!("{:?}", f.display().to_string()),
+                        "TLS files need an https:// central.address",
+                    ));
+                }
+            }
+            match (&c.cert_file, &c.key_file) {
+                (Some(f), None) => {
+                    return Err(value_error(
+                        "central.cert_file",
+                        format!("{:?}", f.display().to_string()),
+                        "needs central.key_file, the certificate's private key",
+                    ))
+                }
+                (None, Some(f)) => {
+                    return Err(value_error(
+                        "central.key_file",
+                        format!("{:?}", f.display().to_string()),
+                        "needs central.cert_file, the certificate it belongs to",
+                    ))
+                }
+                (None, None) if c.token_file.is_none() => {
+                    return Err(value_error(
+                        "central.token_file",
+                        "(unset)".into(),
+                        "the host needs a token_file, or a client certificate (cert_file and \
+                         key_file) with an https:// address",
+                    ))
+                }
+                _ => {}
+            }
             if let Some(h) = &c.host_id {
                 if h.trim().is_empty() || h.len() > 128 {
                     return Err(ConfigError::Value {
@@ -290,6 +388,8 @@ impl Config {
             config,
             heartbeat_timeout,
             rescan_interval,
+            tick: (heartbeat_timeout / 4).min(Duration::from_secs(1)),
+            central_loss_timeout,
         })
     }
 }
@@ -324,9 +424,9 @@ mod tests {
         );
         let e = Config::parse("a.toml", "heartbeat_timeout = \"2h\"\n").expect_err("refused");
         assert!(e.to_string().contains("must be between"), "{e}");
-        let e = Config::parse("a.toml", "rescan_interval = \"20s\"\n").expect_err("refused");
+        let e = Config::parse("a.toml", "rescan_interval = \"2d\"\n").expect_err("refused");
         assert!(
-            e.to_string().contains("shorter than heartbeat_timeout"),
+            e.to_string().contains("`rescan_interval`") && e.to_string().contains("between"),
             "{e}"
         );
         let e = Config::parse("a.toml", "pin_dir = \"latch\"\n").expect_err("refused");
@@ -351,6 +451,108 @@ mod tests {
         let e =
             Config::parse("a.toml", "[central]\naddress = \"http://c:1\"\n").expect_err("refused");
         assert!(e.to_string().contains("token_file"), "{e}");
+        assert_eq!(s.central_loss_timeout, Some(Duration::from_secs(60)));
+        let e = Config::parse("a.toml", &format!("{ok}loss_timeout = \"soon\"\n"))
+            .expect_err("refused");
+        assert!(e.to_string().contains("`central.loss_timeout`"), "{e}");
+        let s = Config::parse("a.toml", &format!("{ok}loss_timeout = \"5s\"\n")).expect("valid");
+        assert_eq!(s.central_loss_timeout, Some(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn central_tls_keys_are_checked() {
+        let base = "[central]\naddress = \"https://central:7443\"\n";
+        let s = Config::parse(
+            "a.toml",
+            &format!(
+                "{base}ca_file = \"/ca.pem\"\ncert_file = \"/c.pem\"\nkey_file = \"/k.pem\"\n"
+            ),
+        )
+        .expect("certificate without a token");
+        let c = s.config.central.expect("central");
+        assert!(c.token_file.is_none());
+        assert_eq!(
+            c.tls_files().expect("https").cert_file,
+            Some(PathBuf::from("/c.pem"))
+        );
+        for (text, needle) in [
+            (
+                format!("{base}cert_file = \"/c.pem\"\n"),
+                "`central.cert_file` = \"/c.pem\": needs central.key_file",
+            ),
+            (
+                format!("{base}key_file = \"/k.pem\"\ntoken_file = \"/t\"\n"),
+                "`central.key_file` = \"/k.pem\": needs central.cert_file",
+            ),
+            (base.to_string(), "`central.token_file` = (unset)"),
+            (
+                "[central]\naddress = \"http://c:1\"\ntoken_file = \"/t\"\nca_file = \"/ca.pem\"\n"
+                    .to_string(),
+                "`central.ca_file` = \"/ca.pem\": TLS files need an https://",
+            ),
+        ] {
+            let e = Config::parse("a.toml", &text)
+                .expect_err(needle)
+                .to_string();
+            assert!(e.contains(needle), "{e}");
+        }
+    }
+
+    #[test]
+    fn an_unreadable_certificate_is_named_with_its_key() {
+        let dir = tempfile::tempdir().expect("dir");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["web-1".to_string()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("cert");
+        let ca = dir.path().join("ca.pem");
+        let good_cert = dir.path().join("web-1.pem");
+        let key_file = dir.path().join("web-1.key");
+        std::fs::write(&ca, cert.pem()).expect("ca");
+        std::fs::write(&good_cert, cert.pem()).expect("cert");
+        std::fs::write(&key_file, key.serialize_pem()).expect("key");
+        let text = |cert: &std::path::Path| {
+            format!(
+                "[central]\naddress = \"https://central:7443\"\nca_file = {:?}\ncert_file = {:?}\nkey_file = {:?}\n",
+                ca.display().to_string(),
+                cert.display().to_string(),
+                key_file.display().to_string()
+            )
+        };
+        let s = Config::parse("a.toml", &text(&good_cert)).expect("valid");
+        assert!(s
+            .config
+            .central
+            .expect("central")
+            .load_tls()
+            .expect("loads")
+            .is_some());
+
+        // Missing, a directory (unreadable even for root), not a certificate.
+        let missing = dir.path().join("missing.pem");
+        let garbage = dir.path().join("garbage.pem");
+        std::fs::write(
+            &garbage,
+            "-----BEGIN CERTIFICATE-----\nbm9wZQ==\n-----END CERTIFICATE-----\n",
+        )
+        .expect("garbage");
+        for (path, needle) in [
+            (missing.clone(), "cannot read"),
+            (dir.path().to_path_buf(), "cannot read"),
+            (garbage.clone(), "not valid X.509"),
+        ] {
+            let s = Config::parse("a.toml", &text(&path)).expect("parses: files are read later");
+            let e = s
+                .config
+                .central
+                .expect("central")
+                .load_tls()
+                .expect_err("refused")
+                .to_string();
+            let start = format!("`central.cert_file` = {:?}: ", path);
+            assert!(e.starts_with(&start) && e.contains(needle), "{e}");
+        }
     }
 
     #[test]

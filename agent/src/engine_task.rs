@@ -2,14 +2,17 @@
 //! ([`EngineHandle`]); the rules arrive as a watched value, so the newest rule set always wins
 //! and a slow apply never queues stale ones.
 //!
-//! On every tick it refreshes the heartbeat, rescans cgroups for the workload globs, and resolves
-//! held operations whose rule's timeout has passed (by the rule's `on_timeout`).
+//! On every tick it refreshes the heartbeat and resolves held operations whose rule's timeout has
+//! passed (by the rule's `on_timeout`). Watched cgroups follow the workload globs as cgroups come
+//! and go (inotify on the cgroup tree, [`cgroups::TreeWatch`]), with a slow full rescan as a
+//! safety net. With a central service configured, a link down for longer than the central-loss
+//! timeout resolves held operations by the fail mode and stops holding new ones until it is back.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     path::PathBuf,
     sync::Arc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use agent_common::{Counter, FailMode, GrantKey, Outcome};
@@ -17,7 +20,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::{
-    cgroups::{self, WorkloadGlobs},
+    cgroups::{self, TreeChange, TreeWatch, WorkloadGlobs},
     events::KernelEvent,
     kernel::{Backend, Decision, Engine, EngineError, PendingOp, RequestId},
     metrics::{CounterLabel, Metrics},
@@ -137,6 +140,11 @@ pub struct Status {
     pub fail_mode: String,
     /// Heartbeat timeout in seconds.
     pub heartbeat_timeout_s: f64,
+    /// Whether operations are held for review now (false while shutting down, with the journal
+    /// full, or with central unreachable past the central-loss timeout: the fail mode applies).
+    pub holding: bool,
+    /// Directories of the cgroup tree followed through inotify (0: periodic rescan only).
+    pub followed_dirs: usize,
 }
 
 /// Requests to the engine task.
@@ -152,8 +160,16 @@ pub enum Command {
         /// Outcome, with the grant written if any.
         reply: oneshot::Sender<Result<Option<GrantKey>, EngineError>>,
     },
-    /// Remove a grant.
-    Revoke(GrantKey, oneshot::Sender<Result<bool, EngineError>>),
+    /// Remove a grant; with `close_connections`, also close the connections it let through
+    /// (off this task, on a blocking thread: that is netlink work, not map work).
+    Revoke {
+        /// The grant.
+        key: GrantKey,
+        /// Whether its connections are to be closed.
+        close_connections: bool,
+        /// What was done.
+        reply: oneshot::Sender<Result<Revoked, EngineError>>,
+    },
     /// Resolve an exec the kernel held for resolution (`RESOLVE_RULE`): decide it by the rules,
     /// or, when a rule asks for approval, return the event rewritten as that request.
     Resolve(Box<KernelEvent>, oneshot::Sender<Option<KernelEvent>>),
@@ -164,8 +180,19 @@ pub enum Command {
     /// The journal is full (`true`) or writable again (`false`): with nowhere to record
     /// decisions, operations are no longer held and the fail mode applies.
     Degrade(bool),
+    /// The central link came up (`true`) or went down (`false`).
+    Central(bool),
     /// Resolve every held operation by the fail mode and stop refreshing the heartbeat.
     Shutdown(oneshot::Sender<Result<usize, String>>),
+}
+
+/// A revocation applied to the kernel.
+#[derive(Debug, Default)]
+pub struct Revoked {
+    /// Whether the grant was still in the kernel map.
+    pub removed: bool,
+    /// Connections the grant let through that are being closed, when asked for.
+    pub closing: usize,
 }
 
 /// The way to talk to the engine task.
@@ -214,9 +241,19 @@ impl EngineHandle {
             .await
     }
 
-    /// Removes a grant from the kernel.
-    pub async fn revoke(&self, key: GrantKey) -> Result<Result<bool, EngineError>, EngineGone> {
-        self.ask(|reply| Command::Revoke(key, reply)).await
+    /// Removes a grant from the kernel and, with `close_connections`, closes the connections it
+    /// let through (the reply comes before they are closed; the outcome is logged).
+    pub async fn revoke(
+        &self,
+        key: GrantKey,
+        close_connections: bool,
+    ) -> Result<Result<Revoked, EngineError>, EngineGone> {
+        self.ask(|reply| Command::Revoke {
+            key,
+            close_connections,
+            reply,
+        })
+        .await
     }
 
     /// Status.
@@ -238,6 +275,14 @@ impl EngineHandle {
         let _ = self.tx.blocking_send(Command::Degrade(full));
     }
 
+    /// Tells the engine whether central can be reached (for the central-loss timeout).
+    pub async fn central(&self, connected: bool) -> Result<(), EngineGone> {
+        self.tx
+            .send(Command::Central(connected))
+            .await
+            .map_err(|_| EngineGone)
+    }
+
     /// Releases every held operation by the fail mode and stops the heartbeat.
     pub async fn shutdown(&self) -> Result<Result<usize, String>, EngineGone> {
         self.ask(Command::Shutdown).await
@@ -249,8 +294,9 @@ struct State {
     policy: Option<Arc<Policy>>,
     cgroup_root: PathBuf,
     opened: HashMap<RequestId, KernelEvent>,
-    ours: HashSet<u64>,
-    watched_paths: Vec<String>,
+    /// Watched cgroups this run put in the kernel map: path relative to the root → id.
+    watched: BTreeMap<String, u64>,
+    tree: Option<TreeWatch>,
     events_received: u64,
     fail_mode: FailMode,
     heartbeat_timeout: Duration,
@@ -261,13 +307,23 @@ struct State {
     waiting_files: HashSet<PathBuf>,
     recorder: Option<crate::recorder::Recorder>,
     degraded: bool,
+    central_loss_timeout: Option<Duration>,
+    /// Since when central cannot be reached (`None` while it can, or without central).
+    central_down_since: Option<Instant>,
+    /// Central has been unreachable for longer than the timeout: the fail mode is in force.
+    central_lost: bool,
 }
 
 /// How the engine task runs.
 #[derive(Clone)]
 pub struct TaskOptions {
-    /// Heartbeat, rescan and expiry period.
+    /// Heartbeat and expiry period.
     pub tick: Duration,
+    /// Period of the full cgroup rescan that backs up the inotify events.
+    pub rescan: Duration,
+    /// With central: how long it may be unreachable before held operations are resolved by the
+    /// fail mode (and new ones no longer held until it is back).
+    pub central_loss_timeout: Option<Duration>,
     /// Fail mode (for shutdown and status).
     pub fail_mode: FailMode,
     /// Heartbeat timeout (for status).
@@ -290,6 +346,8 @@ pub fn spawn(
 ) -> (EngineHandle, tokio::task::JoinHandle<()>) {
     let TaskOptions {
         tick,
+        rescan,
+        central_loss_timeout,
         fail_mode,
         heartbeat_timeout,
         expiry_grace,
@@ -304,8 +362,8 @@ pub fn spawn(
         policy: None,
         cgroup_root,
         opened: HashMap::new(),
-        ours: HashSet::new(),
-        watched_paths: Vec::new(),
+        watched: BTreeMap::new(),
+        tree: None,
         events_received: 0,
         fail_mode,
         heartbeat_timeout,
@@ -316,15 +374,29 @@ pub fn spawn(
         waiting_files: HashSet::new(),
         recorder,
         degraded: false,
+        central_loss_timeout,
+        // Until the link first connects, central counts as unreachable since start-up.
+        central_down_since: central_loss_timeout.map(|_| Instant::now()),
+        central_lost: false,
     };
     let task = tokio::spawn(async move {
         let mut ticker = tokio::time::interval(tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut rescans = tokio::time::interval(rescan);
+        rescans.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        match TreeWatch::new(&st.cgroup_root) {
+            Ok(t) => st.tree = Some(t),
+            Err(e) => tracing::warn!(
+                "{e}; new cgroups are found by the periodic rescan only (every {})",
+                humantime::format_duration(rescan)
+            ),
+        }
         // Whatever was published before the task started applies at once.
         let first = policy.borrow_and_update().clone();
         if let Some(p) = first {
             st.apply(p);
         }
+        st.recover_events();
         loop {
             tokio::select! {
                 changed = policy.changed() => {
@@ -342,10 +414,26 @@ pub fn spawn(
                     None => break,
                 },
                 _ = ticker.tick() => st.tick(),
+                _ = rescans.tick() => st.rescan(),
+                change = next_change(&mut st.tree) => match change {
+                    Some(c) => st.on_tree_change(c),
+                    None => {
+                        tracing::warn!("no longer following the cgroup tree; the periodic rescan remains");
+                        st.tree = None;
+                    }
+                },
             }
         }
     });
     (EngineHandle { tx }, task)
+}
+
+/// The next cgroup tree change; never resolves without a tree to follow.
+async fn next_change(tree: &mut Option<TreeWatch>) -> Option<TreeChange> {
+    match tree {
+        Some(t) => t.next().await,
+        None => std::future::pending().await,
+    }
 }
 
 impl State {
@@ -385,11 +473,24 @@ impl State {
             Command::Resolve(ev, reply) => {
                 let _ = reply.send(self.resolve(*ev));
             }
-            Command::Revoke(key, reply) => {
-                let r = self.engine.revoke(&key);
-                if let Ok(true) = r {
-                    tracing::info!(rule = key.rule_id, scope = key.scope, "grant revoked");
-                }
+            Command::Revoke {
+                key,
+                close_connections,
+                reply,
+            } => {
+                let r = self.engine.revoke(&key).and_then(|removed| {
+                    if removed {
+                        tracing::info!(rule = key.rule_id, scope = key.scope, "grant revoked");
+                    }
+                    // Taken either way: the record is useless once the grant is gone.
+                    let connections = self.engine.take_connections(&key)?;
+                    let closing = if close_connections {
+                        close_connections_of(key, connections.into_iter().collect())
+                    } else {
+                        0
+                    };
+                    Ok(Revoked { removed, closing })
+                });
                 let _ = reply.send(r);
             }
             Command::Status(reply) => {
@@ -413,12 +514,21 @@ impl State {
             }
             Command::Degrade(full) => {
                 self.degraded = full;
-                if full {
-                    if let Err(e) = self.engine.flatline() {
-                        tracing::error!("cannot stop holding operations: {e}");
-                    }
-                } else if let Err(e) = self.engine.beat() {
-                    tracing::error!("cannot resume holding operations: {e}");
+                self.refresh_holding();
+            }
+            Command::Central(true) => {
+                self.central_down_since = None;
+                if self.central_lost {
+                    self.central_lost = false;
+                    tracing::warn!(
+                        "central is reachable again; operations are held for review again"
+                    );
+                    self.refresh_holding();
+                }
+            }
+            Command::Central(false) => {
+                if self.central_loss_timeout.is_some() && self.central_down_since.is_none() {
+                    self.central_down_since = Some(Instant::now());
                 }
             }
             Command::Shutdown(reply) => {
@@ -487,16 +597,126 @@ impl State {
         None
     }
 
+    /// Whether operations are held for review now: not shutting down, the journal can record
+    /// decisions, and someone can make them.
+    fn holding(&self) -> bool {
+        self.beating && !self.degraded && !self.central_lost
+    }
+
+    /// Writes the heartbeat, or stops it so that the kernel applies the fail mode at once.
+    fn refresh_holding(&mut self) {
+        let r = if self.holding() {
+            self.engine.beat()
+        } else {
+            self.engine.flatline()
+        };
+        if let Err(e) = r {
+            tracing::error!("cannot update the heartbeat: {e}");
+        }
+    }
+
     fn tick(&mut self) {
-        if self.beating && !self.degraded {
+        if self.holding() {
             if let Err(e) = self.engine.beat() {
                 tracing::error!("cannot refresh the heartbeat: {e}");
             }
         }
         self.engine.flush_kernel_log();
-        self.rescan();
+        self.recover_events();
+        self.check_central();
         self.expire();
         self.publish();
+    }
+
+    /// Past the central-loss timeout, nobody can decide: held operations are resolved by the
+    /// fail mode and new ones are no longer held (the kernel sees a stopped heartbeat).
+    fn check_central(&mut self) {
+        let (Some(timeout), Some(since)) = (self.central_loss_timeout, self.central_down_since)
+        else {
+            return;
+        };
+        if self.central_lost || since.elapsed() < timeout {
+            return;
+        }
+        self.central_lost = true;
+        tracing::error!(
+            fail_mode = ?self.fail_mode,
+            "central unreachable for {}; held operations are resolved by the fail mode and new ones are not held until it is back",
+            humantime::format_duration(timeout)
+        );
+        self.refresh_holding();
+        let decision = match self.fail_mode {
+            FailMode::Deny => Decision::Deny,
+            FailMode::AllowAndRecord => Decision::Allow,
+        };
+        let Ok(pending) = self.engine.pending() else {
+            return;
+        };
+        for op in pending.into_iter().filter(|op| op.state == "waiting") {
+            match self.engine.decide(op.id, decision) {
+                Ok(_) => {
+                    tracing::warn!(request = %op.id, ?decision, "resolved by the fail mode: central unreachable");
+                    self.metrics
+                        .decided(outcome_label(&decision), held_for(op.id));
+                    self.record_decision(op.id, &decision, "fail-mode");
+                    self.opened.remove(&op.id);
+                }
+                Err(EngineError::NotPending(_)) => {}
+                Err(e) => tracing::error!(request = %op.id, "cannot apply the fail mode: {e}"),
+            }
+        }
+    }
+
+    /// Held operations whose opening event this process never read (they were held before a
+    /// restart, or the ring buffer lost the event) are described from the pending entry and
+    /// `/proc`, so that they can still be listed and submitted for review.
+    fn recover_events(&mut self) {
+        let Ok(pending) = self.engine.pending() else {
+            return;
+        };
+        for op in pending {
+            if op.state != "waiting" || self.opened.contains_key(&op.id) {
+                continue;
+            }
+            if let Some(ev) = recovered_event(&op) {
+                tracing::info!(request = %op.id, pid = op.tgid, "held before this agent started; taking it over");
+                self.opened.insert(op.id, ev);
+            }
+        }
+    }
+
+    fn on_tree_change(&mut self, change: TreeChange) {
+        let Some(p) = self.policy.clone() else { return };
+        match change {
+            TreeChange::Rescan => self.rescan(),
+            TreeChange::Created(rel) => {
+                let Some(tree) = self.tree.as_mut() else {
+                    return;
+                };
+                for m in tree.scan_created(&rel, &p.globs) {
+                    if self.watched.contains_key(&m.path) {
+                        continue;
+                    }
+                    match self.engine.watch(m.id, m.workload, m.default_action) {
+                        Ok(()) => {
+                            tracing::info!(cgroup = %m.path, id = m.id, "watching");
+                            self.watched.insert(m.path, m.id);
+                        }
+                        Err(e) => tracing::error!(cgroup = %m.path, "cannot watch: {e}"),
+                    }
+                }
+            }
+            TreeChange::Removed(rel) => {
+                if let Some(id) = self.watched.remove(&rel) {
+                    match self.engine.unwatch(id) {
+                        Ok(()) => {
+                            tracing::info!(cgroup = %rel, id, "cgroup removed; no longer watched")
+                        }
+                        Err(e) => tracing::error!(cgroup = %rel, id, "cannot unwatch: {e}"),
+                    }
+                }
+            }
+        }
     }
 
     fn record_decision(&self, id: RequestId, decision: &Decision, by: &str) {
@@ -589,10 +809,14 @@ impl State {
 
     fn rescan(&mut self) {
         let Some(p) = self.policy.clone() else { return };
-        let found = cgroups::scan(&self.cgroup_root, &p.globs);
+        let found = match self.tree.as_mut() {
+            Some(t) => t.scan(&p.globs),
+            None => cgroups::scan(&self.cgroup_root, &p.globs),
+        };
         let want: HashSet<u64> = found.iter().map(|m| m.id).collect();
+        let ours: HashSet<u64> = self.watched.values().copied().collect();
         for m in &found {
-            if !self.ours.contains(&m.id) {
+            if !ours.contains(&m.id) {
                 match self.engine.watch(m.id, m.workload, m.default_action) {
                     Ok(()) => tracing::info!(cgroup = %m.path, id = m.id, "watching"),
                     Err(e) => tracing::error!(cgroup = %m.path, "cannot watch: {e}"),
@@ -614,8 +838,7 @@ impl State {
                 }
             }
         }
-        self.ours = want;
-        self.watched_paths = found.into_iter().map(|m| m.path).collect();
+        self.watched = found.into_iter().map(|m| (m.path, m.id)).collect();
     }
 
     fn expire(&mut self) {
@@ -688,7 +911,7 @@ impl State {
                 .as_ref()
                 .map(|p| p.rules.rules.len())
                 .unwrap_or(0),
-            watched_cgroups: self.watched_paths.clone(),
+            watched_cgroups: self.watched.keys().cloned().collect(),
             pending: self.engine.pending()?.len(),
             counters: counters
                 .into_iter()
@@ -702,6 +925,8 @@ impl State {
             }
             .into(),
             heartbeat_timeout_s: self.heartbeat_timeout.as_secs_f64(),
+            holding: self.holding(),
+            followed_dirs: self.tree.as_ref().map(TreeWatch::followed).unwrap_or(0),
         })
     }
 }
@@ -724,6 +949,80 @@ fn log_event(ev: &KernelEvent) {
             tracing::info!(pid = ev.tgid, comm = %ev.comm, target = %what, rule = ev.rule_id, outcome, "recorded")
         }
     }
+}
+
+/// Destroys the sockets a revoked grant let through, on a blocking thread; returns how many.
+fn close_connections_of(key: GrantKey, cookies: HashSet<u64>) -> usize {
+    let n = cookies.len();
+    if n == 0 {
+        return 0;
+    }
+    tokio::task::spawn_blocking(move || match crate::kernel::sockets::destroy(&cookies) {
+        Ok(done) => {
+            tracing::info!(
+                rule = key.rule_id,
+                scope = key.scope,
+                closed = done.closed,
+                already_gone = done.gone,
+                "connections of a revoked grant closed"
+            );
+            for (cookie, why) in done.failed {
+                tracing::error!(
+                    cookie,
+                    "cannot close a connection of a revoked grant: {why}"
+                );
+            }
+        }
+        Err(e) => tracing::error!("cannot close the connections of a revoked grant: {e}"),
+    });
+    n
+}
+
+/// The opening event of a held operation, rebuilt from its pending entry and `/proc`. `None` when
+/// the process is gone or the entry's operation is unknown.
+fn recovered_event(op: &PendingOp) -> Option<KernelEvent> {
+    let kind = match op.op.as_str() {
+        "exec" => agent_common::Op::Exec,
+        "connect" => agent_common::Op::Connect,
+        "sendmsg" => agent_common::Op::Sendmsg,
+        _ => return None,
+    };
+    let status = std::fs::read_to_string(format!("/proc/{}/status", op.tgid)).ok()?;
+    let id_field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|v| v.parse::<u32>().ok())
+    };
+    let comm = std::fs::read_to_string(format!("/proc/{}/task/{}/comm", op.tgid, op.id.tid))
+        .map(|c| c.trim_end().to_string())
+        .unwrap_or_default();
+    let path = (kind == agent_common::Op::Exec)
+        .then(|| std::fs::read_link(format!("/proc/{}/exe", op.tgid)).ok())
+        .flatten()
+        .map(|p| p.to_string_lossy().into_owned());
+    Some(KernelEvent {
+        ts_ns: op.id.created_ns,
+        op: kind,
+        outcome: Outcome::Paused,
+        rule_id: op.rule_id,
+        workload: op.workload,
+        pid: op.id.tid,
+        tgid: op.tgid,
+        ppid: id_field("PPid:").unwrap_or(0),
+        uid: id_field("Uid:")?,
+        gid: id_field("Gid:")?,
+        cgroup_id: op.cgroup_id,
+        comm,
+        path,
+        path_truncated: false,
+        destination: op.destination,
+        protocol: op.protocol,
+        request: Some(op.id),
+        target: op.target,
+        reentered: false,
+    })
 }
 
 fn held_for(id: RequestId) -> f64 {
@@ -758,6 +1057,7 @@ pub fn counter_name(slot: u32) -> Option<&'static str> {
         (Counter::CancelledOnExit, "cancelled_on_exit"),
         (Counter::GrantExpired, "grant_expired"),
         (Counter::AddrUnreadable, "addr_unreadable"),
+        (Counter::ConnUntracked, "conn_untracked"),
     ];
     NAMES
         .iter()

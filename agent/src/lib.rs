@@ -3,7 +3,8 @@
 //! It owns everything on the host between the kernel programs and the outside world: the
 //! kernel engine ([`kernel`]), the rule compiler ([`rules`]), the mapping of workload globs to
 //! cgroups ([`cgroups`]), the event reader ([`events`]), the task that owns the engine
-//! ([`engine_task`]), the local admin socket ([`admin`]), and its configuration ([`config`]).
+//! ([`engine_task`]), the local admin socket ([`admin`]), TLS to central ([`tls`]), and its configuration
+//! ([`config`]).
 //! It does not decide anything by itself: decisions come from a reviewer (through central, or
 //! the local admin socket until central is configured) or from the rule's timeout.
 //!
@@ -20,6 +21,7 @@ pub mod kernel;
 pub mod metrics;
 pub mod recorder;
 pub mod rules;
+pub mod tls;
 
 /// Wall-clock time in Unix milliseconds (for deadlines and records people read).
 pub(crate) fn unix_ms() -> i64 {

@@ -214,6 +214,12 @@ fn exit(r: anyhow::Result<()>, code: u8) -> ExitCode {
 }
 
 fn validate(settings: &Settings, rules: Option<PathBuf>) -> ExitCode {
+    if let Some(c) = &settings.config.central {
+        if let Err(e) = c.load_tls() {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    }
     let path = rules.unwrap_or_else(|| settings.config.rules.clone());
     match Policy::from_file(&path) {
         Ok(p) => {
@@ -326,6 +332,8 @@ fn print_status(v: serde_json::Value, json: bool) {
         "events_received",
         "fail_mode",
         "heartbeat_timeout_s",
+        "holding",
+        "followed_dirs",
     ] {
         t.add_row([k.replace('_', " "), get(k)]);
     }
@@ -373,6 +381,12 @@ fn host_id(configured: Option<&String>) -> String {
 async fn run(settings: Settings, rules: Option<PathBuf>) -> anyhow::Result<()> {
     let rules_path = rules.unwrap_or_else(|| settings.config.rules.clone());
     let central = settings.config.central.clone();
+    // Certificates are checked before anything is loaded, so a bad file stops the start with
+    // its key and path rather than after the kernel programs are attached.
+    let central_tls = match &central {
+        Some(c) => c.load_tls()?,
+        None => None,
+    };
     // With central, the last rules it sent are enforced at once; the local file is the fallback
     // for a host that never reached central. Without central, the local file is the policy.
     let initial = match &central {
@@ -434,7 +448,9 @@ async fn run(settings: Settings, rules: Option<PathBuf>) -> anyhow::Result<()> {
         engine,
         policy_rx,
         engine_task::TaskOptions {
-            tick: settings.rescan_interval,
+            tick: settings.tick,
+            rescan: settings.rescan_interval,
+            central_loss_timeout: settings.central_loss_timeout,
             fail_mode,
             heartbeat_timeout: settings.heartbeat_timeout,
             expiry_grace: grace,
@@ -455,15 +471,22 @@ async fn run(settings: Settings, rules: Option<PathBuf>) -> anyhow::Result<()> {
     let (link_tx, link_rx) = tokio::sync::mpsc::channel(4096);
     if let Some(c) = &central {
         let redactor = redact::Redactor::new(&settings.config.redact).context("[redact]")?;
-        let token = std::fs::read_to_string(&c.token_file)
-            .with_context(|| format!("central.token_file {}", c.token_file.display()))?;
-        let token = token.lines().next().unwrap_or("").trim().to_string();
-        if token.is_empty() {
-            anyhow::bail!("central.token_file {} is empty", c.token_file.display());
-        }
+        let token = match &c.token_file {
+            Some(file) => {
+                let token = std::fs::read_to_string(file)
+                    .with_context(|| format!("central.token_file {}", file.display()))?;
+                let token = token.lines().next().unwrap_or("").trim().to_string();
+                if token.is_empty() {
+                    anyhow::bail!("central.token_file {} is empty", file.display());
+                }
+                Some(token)
+            }
+            None => None,
+        };
         let link = central_link::LinkSettings {
             address: c.address.clone(),
             token,
+            tls: central_tls.clone(),
             host_id: host.clone(),
             labels: c.labels.clone(),
             rules_cache: c.rules_cache.clone(),

@@ -269,9 +269,21 @@ impl AgentApi {
         if self.central.is_stopping() {
             return Err(Error::Unavailable("latch-central is shutting down".into()));
         }
-        let token = bearer(req.metadata())?;
-        self.central.agents.check(token, host_id)?;
-        Ok(())
+        // A verified client certificate is the stronger credential: when one was presented it
+        // decides alone, and with a client CA configured nothing else is accepted.
+        match req.peer_certs() {
+            Some(certs) if !certs.is_empty() => crate::tls::authorize_agent(&certs, host_id),
+            _ if self.central.agents_by_certificate() => Err(Error::Unauthenticated(
+                "agent calls need a client certificate issued by the CA in tls.client_ca_file; \
+                 none was presented"
+                    .into(),
+            )),
+            _ => {
+                let token = bearer(req.metadata())?;
+                self.central.agents.check(token, host_id)?;
+                Ok(())
+            }
+        }
     }
 }
 
@@ -483,8 +495,7 @@ impl ReviewerApi {
         if self.central.is_stopping() {
             return Err(Error::Unavailable("latch-central is shutting down".into()));
         }
-        let token = bearer(req.metadata())?;
-        Ok(self.central.reviewers.authenticate(token).await?)
+        self.central.authenticate_metadata(req.metadata()).await
     }
 }
 
@@ -590,6 +601,24 @@ impl ReviewerService for ReviewerApi {
         }))
     }
 
+    async fn break_glass(
+        &self,
+        req: Request<latch_proto::v1::BreakGlassRequest>,
+    ) -> Result<Response<DecideResponse>, Status> {
+        let who = self.who(&req).await?;
+        let decision = req
+            .get_ref()
+            .decision
+            .as_ref()
+            .ok_or_else(|| Error::InvalidArgument("decision is missing".into()))?;
+        let input = validate_decide(decision)?;
+        let record = self.central.break_glass(&who, input).await?;
+        Ok(Response::new(DecideResponse {
+            request: Some(record),
+            r#final: true,
+        }))
+    }
+
     async fn list_grants(
         &self,
         req: Request<ListGrantsRequest>,
@@ -619,7 +648,7 @@ impl ReviewerService for ReviewerApi {
         check_text("reason", &r.reason, MAX_REASON)?;
         Ok(Response::new(
             self.central
-                .revoke_grant(&who, &r.grant_id, r.reason.trim())
+                .revoke_grant_closing(&who, &r.grant_id, r.reason.trim(), r.close_connections)
                 .await?,
         ))
     }
@@ -913,7 +942,7 @@ impl ReviewerService for ReviewerApi {
 }
 
 /// The store's filter for a query, checked.
-fn audit_filter(r: &QueryAuditRequest) -> Result<AuditFilter> {
+pub(crate) fn audit_filter(r: &QueryAuditRequest) -> Result<AuditFilter> {
     for (f, v, max) in [
         ("kind", &r.kind, 128),
         ("host_id", &r.host_id, MAX_ID),

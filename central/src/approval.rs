@@ -613,24 +613,7 @@ impl Central {
             .try_get("n")
             .ctx("counting votes")?;
             if n >= row.approvers_needed as i64 {
-                let grant = (d.kind == DecisionKind::ApproveFor).then(|| Grant {
-                    grant_id: uuid::Uuid::new_v4().to_string(),
-                    scope: d.scope as i32,
-                    expires_at_unix_ms: now + d.duration.as_millis() as i64,
-                    host_id: row.host_id.clone(),
-                    rule_id: row.rule_id,
-                    rule_name: row.rule_name.clone(),
-                    workload: row.workload.clone(),
-                    tgid: if d.scope == GrantScope::Process {
-                        row.tgid
-                    } else {
-                        0
-                    },
-                    request_id: row.approval_id.clone(),
-                    granted_by: who.subject.clone(),
-                    created_at_unix_ms: now,
-                    ..Default::default()
-                });
+                let grant = grant_for(&row, &d, &who.subject, now);
                 resolve_in(
                     &mut tx,
                     &row,
@@ -854,7 +837,7 @@ impl Central {
     }
 }
 
-fn already(row: &RequestRow) -> Error {
+pub(crate) fn already(row: &RequestRow) -> Error {
     Error::FailedPrecondition(format!(
         "request '{}' is already {} (by {}: {})",
         row.approval_id,
@@ -868,8 +851,35 @@ fn already(row: &RequestRow) -> Error {
     ))
 }
 
+/// The grant an approval for a duration creates (`None` for other decisions).
+pub(crate) fn grant_for(
+    row: &RequestRow,
+    d: &DecideInput,
+    granted_by: &str,
+    now: i64,
+) -> Option<Grant> {
+    (d.kind == DecisionKind::ApproveFor).then(|| Grant {
+        grant_id: uuid::Uuid::new_v4().to_string(),
+        scope: d.scope as i32,
+        expires_at_unix_ms: now + d.duration.as_millis() as i64,
+        host_id: row.host_id.clone(),
+        rule_id: row.rule_id,
+        rule_name: row.rule_name.clone(),
+        workload: row.workload.clone(),
+        tgid: if d.scope == GrantScope::Process {
+            row.tgid
+        } else {
+            0
+        },
+        request_id: row.approval_id.clone(),
+        granted_by: granted_by.to_string(),
+        created_at_unix_ms: now,
+        ..Default::default()
+    })
+}
+
 /// Locks a pending request for the rest of `tx`; false when it is no longer pending.
-async fn lock_pending(tx: &mut Tx, approval_id: &str, now: i64) -> Result<bool> {
+pub(crate) async fn lock_pending(tx: &mut Tx, approval_id: &str, now: i64) -> Result<bool> {
     let r = sqlx::query(
         "UPDATE requests SET updated_at_ms = $2 WHERE approval_id = $1 AND state = 'pending'",
     )
@@ -908,7 +918,7 @@ async fn transition(
 
 /// Moves a locked pending request to a final state, with its transition, grant and audit.
 #[allow(clippy::too_many_arguments)]
-async fn resolve_in(
+pub(crate) async fn resolve_in(
     tx: &mut Tx,
     row: &RequestRow,
     to: State,

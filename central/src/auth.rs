@@ -1,7 +1,8 @@
 //! Who is calling: reviewer identities behind [`Authenticator`], and per-host agent tokens.
 //!
-//! Reviewer calls carry `authorization: Bearer <token>`. Today's implementation is
-//! [`StaticTokens`] (tokens from the configuration file); OIDC plugs in behind the same trait.
+//! Reviewer calls carry `authorization: Bearer <token>`, checked by an [`Authenticator`]:
+//! [`StaticTokens`] (tokens from the configuration file, for a first start) or the identity
+//! provider ([`crate::oidc`]), chained by [`crate::oidc::ReviewerAuth`].
 
 use std::collections::HashMap;
 
@@ -75,6 +76,22 @@ pub enum AuthError {
     /// The token is not known.
     #[error("unknown token")]
     Unknown,
+    /// The token is refused (bad signature, expired, wrong audience or issuer...).
+    #[error("token refused: {0}")]
+    Invalid(String),
+    /// The token is valid but none of the person's groups maps to a role.
+    #[error("'{subject}' has no role in Latch: none of the groups in the '{claim}' claim ({}) is mapped in [oidc.roles]", if groups.is_empty() { "none".to_string() } else { groups.join(", ") })]
+    NoRole {
+        /// Who.
+        subject: String,
+        /// Their groups.
+        groups: Vec<String>,
+        /// The claim the groups came from.
+        claim: String,
+    },
+    /// The identity provider cannot be reached or answers nonsense; retrying may help.
+    #[error("identity provider: {0}")]
+    Provider(String),
     /// The agent token belongs to another host.
     #[error("this token belongs to host '{token_host}', not '{host_id}'")]
     WrongHost {
@@ -88,10 +105,23 @@ pub enum AuthError {
 impl From<AuthError> for crate::Error {
     fn from(e: AuthError) -> Self {
         match e {
-            AuthError::WrongHost { .. } => crate::Error::PermissionDenied(e.to_string()),
+            AuthError::WrongHost { .. } | AuthError::NoRole { .. } => {
+                crate::Error::PermissionDenied(e.to_string())
+            }
+            AuthError::Provider(_) => crate::Error::Unavailable(e.to_string()),
             _ => crate::Error::Unauthenticated(e.to_string()),
         }
     }
+}
+
+/// An authenticated reviewer and where the identity came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Login {
+    /// Who.
+    pub identity: Identity,
+    /// The identity provider that vouched for it (its issuer URL); `None` for identities from
+    /// the configuration file, which are known without a login.
+    pub issuer: Option<String>,
 }
 
 /// Turns a reviewer's bearer token into an [`Identity`].
@@ -99,6 +129,25 @@ impl From<AuthError> for crate::Error {
 pub trait Authenticator: Send + Sync + 'static {
     /// Authenticates `token` (without the `Bearer ` prefix).
     async fn authenticate(&self, token: &str) -> Result<Identity, AuthError>;
+
+    /// [`Authenticator::authenticate`], also saying who vouched for the identity. Identities
+    /// vouched for by an identity provider are remembered (see [`crate::identity`]).
+    async fn login(&self, token: &str) -> Result<Login, AuthError> {
+        Ok(Login {
+            identity: self.authenticate(token).await?,
+            issuer: None,
+        })
+    }
+
+    /// Identities known without a login (static tokens from the configuration file).
+    fn configured(&self) -> Vec<Identity> {
+        Vec::new()
+    }
+
+    /// The identity provider behind this authenticator, for login flows central runs itself.
+    fn oidc(&self) -> Option<std::sync::Arc<crate::oidc::Oidc>> {
+        None
+    }
 }
 
 /// Reviewer tokens from the configuration file.
@@ -130,10 +179,21 @@ impl StaticTokens {
     }
 }
 
+impl StaticTokens {
+    /// Whether no token is configured.
+    pub fn is_empty(&self) -> bool {
+        self.by_token.is_empty()
+    }
+}
+
 #[tonic::async_trait]
 impl Authenticator for StaticTokens {
     async fn authenticate(&self, token: &str) -> Result<Identity, AuthError> {
         self.by_token.get(token).cloned().ok_or(AuthError::Unknown)
+    }
+
+    fn configured(&self) -> Vec<Identity> {
+        self.by_token.values().cloned().collect()
     }
 }
 

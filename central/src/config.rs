@@ -4,7 +4,17 @@
 //! listen = "127.0.0.1:7443"                        # default
 //! database = "sqlite:///var/lib/latch/central.db"  # default; or "postgres://user:pw@host/db"
 //!
-//! [[reviewers]]
+//! [oidc]                                  # reviewers log in here (see crate::oidc::OidcConfig)
+//! issuer = "https://login.example.com/oauth2/default"
+//! audiences = ["latch"]
+//! [oidc.roles]
+//! "sre-oncall" = "approver"
+//!
+//! [break_glass]
+//! enabled = false             # default; an admin deciding alone, loudly audited
+//! min_reason_chars = 20       # default
+//!
+//! [[reviewers]]               # static tokens: for a first start only, announced loudly
 //! token = "change-me"
 //! subject = "alice"
 //! email = "alice@example.com"
@@ -15,6 +25,26 @@
 //! [[agents]]
 //! host_id = "web-1"
 //! token = "per-host-secret"
+//!
+//! [tls]                                   # required for a non-loopback `listen`
+//! cert_file = "/etc/latch/tls/central.pem"  # PEM chain, leaf first
+//! key_file = "/etc/latch/tls/central.key"   # PEM private key
+//! client_ca_file = "/etc/latch/tls/agents-ca.pem"  # agents' client certificates (mTLS)
+//!
+//! [web]                                   # the web console; served only when this table is present
+//! listen = "127.0.0.1:7480"               # default
+//! public_url = "https://latch.example.com" # links and OIDC redirects; default http://<listen>
+//! session_lifetime = "12h"                # longest session (an OIDC session ends with its ID token)
+//!
+//! [slack]                                 # needs [web]: clicks arrive at /slack/actions
+//! bot_token_file = "/etc/latch/slack-bot-token"
+//! signing_secret_file = "/etc/latch/slack-signing-secret"
+//! default_channel = "#latch-approvals"    # for rules without `notify.slack`
+//! api_base_url = "https://slack.com/api"  # default
+//! replay_window = "5m"                    # default
+//!
+//! [teams]                                 # needs web.public_url (cards link to the console)
+//! webhook_url_file = "/etc/latch/teams-webhook-url"
 //!
 //! [audit]
 //! signing_key = "/var/lib/latch/audit-signing-key.pem"  # generated when absent
@@ -95,6 +125,337 @@ pub struct Config {
     /// The audit trail.
     #[serde(default)]
     pub audit: AuditConfig,
+    /// TLS for the gRPC listener (see [`crate::tls`]).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// Serve plaintext on a non-loopback `listen` (default false). Without TLS every bearer
+    /// token crosses the network readable by anyone on the path, so this is refused unless
+    /// said explicitly, e.g. behind a TLS-terminating proxy or inside an encrypted mesh.
+    #[serde(default)]
+    pub allow_plaintext: bool,
+    /// The web console (see [`crate::web`]); not served when absent.
+    #[serde(default)]
+    pub web: Option<WebConfig>,
+    /// Slack approvals (see [`crate::notify::slack`]); off when absent.
+    #[serde(default)]
+    pub slack: Option<SlackConfig>,
+    /// Microsoft Teams cards (see [`crate::notify::teams`]); off when absent.
+    #[serde(default)]
+    pub teams: Option<TeamsConfig>,
+    /// The identity provider reviewers log in with (see [`crate::oidc`]).
+    #[serde(default)]
+    pub oidc: Option<crate::oidc::OidcConfig>,
+    /// The break-glass decision path (off by default).
+    #[serde(default)]
+    pub break_glass: BreakGlassConfig,
+}
+
+/// Shortest break-glass reason by default.
+pub const DEFAULT_BREAK_GLASS_MIN_REASON: usize = 20;
+
+/// `[break_glass]`: lets an admin decide a request alone, even their own, with a written reason.
+/// Every use is audited as `decision.break_glass` and logged at error level.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakGlassConfig {
+    /// Whether the path exists at all (default false).
+    #[serde(default)]
+    pub enabled: bool,
+    /// Shortest reason accepted, in characters (default [`DEFAULT_BREAK_GLASS_MIN_REASON`]).
+    #[serde(default = "default_break_glass_min_reason")]
+    pub min_reason_chars: usize,
+}
+
+fn default_break_glass_min_reason() -> usize {
+    DEFAULT_BREAK_GLASS_MIN_REASON
+}
+
+impl Default for BreakGlassConfig {
+    fn default() -> Self {
+        BreakGlassConfig {
+            enabled: false,
+            min_reason_chars: DEFAULT_BREAK_GLASS_MIN_REASON,
+        }
+    }
+}
+
+/// Default address of the web console: loopback, like the gRPC listener.
+pub const DEFAULT_WEB_LISTEN: &str = "127.0.0.1:7480";
+/// Default longest web session.
+pub const DEFAULT_SESSION_LIFETIME: &str = "12h";
+
+/// `[web]`: the reviewers' web console.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebConfig {
+    /// Address the console listens on (default [`DEFAULT_WEB_LISTEN`]).
+    #[serde(default = "default_web_listen")]
+    pub listen: SocketAddr,
+    /// The URL reviewers open (scheme, host and port only), used for links in notifications
+    /// and for the OIDC redirect URI; session cookies are `Secure` when it is `https`.
+    /// Default: `http://` and the address listened on.
+    #[serde(default)]
+    pub public_url: Option<String>,
+    /// Longest a console session lasts (default [`DEFAULT_SESSION_LIFETIME`]); a session from an
+    /// identity-provider login also ends when its ID token expires.
+    #[serde(default)]
+    pub session_lifetime: Option<String>,
+    /// Scopes the console asks the identity provider for (default [`DEFAULT_LOGIN_SCOPES`]);
+    /// add the one that puts groups in the ID token when the provider needs it (Okta: `groups`).
+    #[serde(default)]
+    pub login_scopes: Option<Vec<String>>,
+}
+
+/// Default scopes of a console login at the identity provider.
+pub const DEFAULT_LOGIN_SCOPES: &[&str] = &["openid", "profile", "email"];
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        WebConfig {
+            listen: default_web_listen(),
+            public_url: None,
+            session_lifetime: None,
+            login_scopes: None,
+        }
+    }
+}
+
+impl WebConfig {
+    /// The longest session.
+    pub fn session_lifetime(&self) -> Result<Duration, String> {
+        let text = self
+            .session_lifetime
+            .as_deref()
+            .unwrap_or(DEFAULT_SESSION_LIFETIME);
+        let d = humantime::parse_duration(text)
+            .map_err(|e| format!("web.session_lifetime '{text}': {e}"))?;
+        if d < Duration::from_secs(60) || d > Duration::from_secs(30 * 24 * 3600) {
+            return Err(format!(
+                "web.session_lifetime '{text}' must be between 1 minute and 30 days"
+            ));
+        }
+        Ok(d)
+    }
+
+    /// The public URL without a trailing slash: `public_url`, else `http://` and `bound` (the
+    /// address actually listened on, which differs from `listen` for port 0).
+    pub fn public_url(&self, bound: SocketAddr) -> Result<String, String> {
+        match &self.public_url {
+            Some(u) => parse_public_url(u),
+            None => Ok(format!("http://{bound}")),
+        }
+    }
+
+    /// Scopes of a console login.
+    pub fn login_scopes(&self) -> Vec<String> {
+        match &self.login_scopes {
+            Some(s) => s.clone(),
+            None => DEFAULT_LOGIN_SCOPES.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn validate(&self, allow_plaintext: bool) -> Result<(), String> {
+        self.session_lifetime()?;
+        let scopes = self.login_scopes();
+        if !scopes.iter().any(|s| s == "openid") {
+            return Err("web.login_scopes must include \"openid\"".into());
+        }
+        if let Some(s) = scopes
+            .iter()
+            .find(|s| s.is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            return Err(format!(
+                "web.login_scopes: '{}' is not a scope",
+                s.escape_debug()
+            ));
+        }
+        let url = self.public_url(self.listen)?;
+        if !self.listen.ip().is_loopback() && !allow_plaintext {
+            return Err(format!(
+                "web.listen {} is not a loopback address: the console serves plain HTTP, so put \
+                 a TLS-terminating proxy in front (public_url = \"https://...\") and set \
+                 allow_plaintext = true to say so",
+                self.listen
+            ));
+        }
+        if !self.listen.ip().is_loopback() && !url.starts_with("https://") {
+            return Err(format!(
+                "web.public_url '{url}' must be https:// when web.listen {} is not a loopback address",
+                self.listen
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Checks a `public_url` and returns it without a trailing slash.
+fn parse_public_url(text: &str) -> Result<String, String> {
+    let bad = |why: &str| format!("web.public_url '{text}': {why}");
+    let u = url::Url::parse(text).map_err(|e| bad(&e.to_string()))?;
+    if !matches!(u.scheme(), "http" | "https") {
+        return Err(bad("the scheme must be http or https"));
+    }
+    if u.host_str().is_none_or(str::is_empty) {
+        return Err(bad("there is no host"));
+    }
+    if !u.username().is_empty() || u.password().is_some() {
+        return Err(bad("credentials do not belong in it"));
+    }
+    if u.path() != "/" || u.query().is_some() || u.fragment().is_some() {
+        return Err(bad(
+            "only scheme, host and port are allowed (the console is served at the root)",
+        ));
+    }
+    Ok(u.as_str().trim_end_matches('/').to_string())
+}
+
+/// Default Slack Web API base URL.
+pub const DEFAULT_SLACK_API: &str = "https://slack.com/api";
+/// Default window within which a Slack callback's timestamp must lie (Slack's own advice).
+pub const DEFAULT_SLACK_REPLAY_WINDOW: &str = "5m";
+
+/// `[slack]`: an interactive message per request, with Approve and Deny buttons whose clicks
+/// Slack posts to `{web.public_url}/slack/actions`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlackConfig {
+    /// File holding the bot token (`xoxb-...`; scopes `chat:write`, `users:read`,
+    /// `users:read.email`).
+    pub bot_token_file: PathBuf,
+    /// File holding the app's signing secret, which authenticates callbacks.
+    pub signing_secret_file: PathBuf,
+    /// Web API base URL (default [`DEFAULT_SLACK_API`]).
+    #[serde(default)]
+    pub api_base_url: Option<String>,
+    /// Channel (`#name` or an id) for requests whose rule names none in `notify.slack`. When
+    /// absent, only requests of rules that name a channel are posted.
+    #[serde(default)]
+    pub default_channel: Option<String>,
+    /// How far a callback's timestamp may be from now (default
+    /// [`DEFAULT_SLACK_REPLAY_WINDOW`], between 30s and 15m).
+    #[serde(default)]
+    pub replay_window: Option<String>,
+}
+
+impl SlackConfig {
+    /// The Web API base URL without a trailing slash.
+    pub fn api_base_url(&self) -> Result<String, String> {
+        let text = self.api_base_url.as_deref().unwrap_or(DEFAULT_SLACK_API);
+        let u = url::Url::parse(text).map_err(|e| format!("slack.api_base_url '{text}': {e}"))?;
+        if !matches!(u.scheme(), "http" | "https") || u.host_str().is_none_or(str::is_empty) {
+            return Err(format!(
+                "slack.api_base_url '{text}' must be an http:// or https:// URL with a host"
+            ));
+        }
+        if u.query().is_some() || u.fragment().is_some() || !u.username().is_empty() {
+            return Err(format!(
+                "slack.api_base_url '{text}' may not carry credentials, a query or a fragment"
+            ));
+        }
+        Ok(text.trim_end_matches('/').to_string())
+    }
+
+    /// The replay window.
+    pub fn replay_window(&self) -> Result<Duration, String> {
+        let text = self
+            .replay_window
+            .as_deref()
+            .unwrap_or(DEFAULT_SLACK_REPLAY_WINDOW);
+        let d = humantime::parse_duration(text)
+            .map_err(|e| format!("slack.replay_window '{text}': {e}"))?;
+        if d < Duration::from_secs(30) || d > Duration::from_secs(15 * 60) {
+            return Err(format!(
+                "slack.replay_window '{text}' must be between 30s and 15m"
+            ));
+        }
+        Ok(d)
+    }
+
+    fn validate(&self, web: Option<&WebConfig>) -> Result<(), String> {
+        self.api_base_url()?;
+        self.replay_window()?;
+        if let Some(ch) = &self.default_channel {
+            policy::check_slack_channel(ch).map_err(|m| format!("slack.default_channel {m}"))?;
+        }
+        for (key, path) in [
+            ("slack.bot_token_file", &self.bot_token_file),
+            ("slack.signing_secret_file", &self.signing_secret_file),
+        ] {
+            if path.as_os_str().is_empty() {
+                return Err(format!("{key} is empty"));
+            }
+        }
+        if web.is_none() {
+            return Err(
+                "slack: a [web] table is required: Slack posts button clicks to \
+                 {web.public_url}/slack/actions"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// `[teams]`: an Adaptive Card per request to a Teams incoming webhook, linking to the request
+/// in the console (deciding needs the reviewer's console login).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TeamsConfig {
+    /// File holding the webhook URL (it is a credential: whoever has it may post).
+    #[serde(default)]
+    pub webhook_url_file: Option<PathBuf>,
+    /// The webhook URL itself, when keeping it in this file is acceptable.
+    #[serde(default)]
+    pub webhook_url: Option<String>,
+}
+
+impl TeamsConfig {
+    fn validate(&self, web: Option<&WebConfig>) -> Result<(), String> {
+        match (&self.webhook_url_file, &self.webhook_url) {
+            (Some(_), Some(_)) => {
+                return Err("teams: set one of webhook_url_file and webhook_url, not both".into())
+            }
+            (None, None) => {
+                return Err("teams: webhook_url_file (or webhook_url) is required".into())
+            }
+            (None, Some(u)) => check_webhook_url("teams.webhook_url", u)?,
+            (Some(_), None) => {}
+        }
+        if web.and_then(|w| w.public_url.as_ref()).is_none() {
+            return Err(
+                "teams: web.public_url is required: cards link to the request in the console"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Checks a Teams webhook URL; `key` names where it came from.
+pub fn check_webhook_url(key: &str, text: &str) -> Result<(), String> {
+    let u = url::Url::parse(text.trim()).map_err(|e| format!("{key}: not a URL: {e}"))?;
+    if !matches!(u.scheme(), "http" | "https") || u.host_str().is_none_or(str::is_empty) {
+        return Err(format!(
+            "{key}: must be an http:// or https:// URL with a host"
+        ));
+    }
+    Ok(())
+}
+
+/// `[tls]`: the gRPC listener's certificate and the CA that issues agents' client certificates.
+/// The files are re-read when they change (see [`crate::tls`]).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Server certificate chain (PEM, leaf first).
+    pub cert_file: PathBuf,
+    /// Its private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// CA certificates (PEM) that agents' client certificates must chain to. When set, agents
+    /// authenticate with their certificate only (its DNS name, or its CN when it has none, is
+    /// the host id); when unset, with their per-host token.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
 }
 
 /// `[audit]`: checkpoint signing and retention.
@@ -206,6 +567,9 @@ pub struct AgentToken {
 fn default_listen() -> SocketAddr {
     DEFAULT_LISTEN.parse().expect("constant address")
 }
+fn default_web_listen() -> SocketAddr {
+    DEFAULT_WEB_LISTEN.parse().expect("constant address")
+}
 fn default_database() -> String {
     DEFAULT_DATABASE.to_string()
 }
@@ -223,6 +587,13 @@ impl Default for Config {
             reviewers: Vec::new(),
             agents: Vec::new(),
             audit: AuditConfig::default(),
+            tls: None,
+            allow_plaintext: false,
+            web: None,
+            slack: None,
+            teams: None,
+            oidc: None,
+            break_glass: BreakGlassConfig::default(),
         }
     }
 }
@@ -274,6 +645,33 @@ impl Config {
     /// Checks what the schema cannot.
     pub fn validate(&self) -> Result<(), String> {
         self.audit.validate()?;
+        if let Some(oidc) = &self.oidc {
+            oidc.validate()?;
+        }
+        if self.break_glass.min_reason_chars < 10 {
+            return Err(format!(
+                "break_glass.min_reason_chars {} is below 10: a break-glass reason must say why",
+                self.break_glass.min_reason_chars
+            ));
+        }
+        if let Some(slack) = &self.slack {
+            slack.validate(self.web.as_ref())?;
+        }
+        if let Some(teams) = &self.teams {
+            teams.validate(self.web.as_ref())?;
+        }
+        if let Some(web) = &self.web {
+            web.validate(self.allow_plaintext)?;
+        }
+        if self.tls.is_none() && !self.allow_plaintext && !self.listen.ip().is_loopback() {
+            return Err(format!(
+                "listen {} is not a loopback address and there is no [tls]: agent and reviewer \
+                 tokens would cross the network in clear text; configure [tls] (cert_file, \
+                 key_file, client_ca_file) or, when something else encrypts the traffic, set \
+                 allow_plaintext = true",
+                self.listen
+            ));
+        }
         if !(self.database.starts_with("sqlite:")
             || self.database.starts_with("postgres://")
             || self.database.starts_with("postgresql://"))
@@ -345,13 +743,102 @@ mod tests {
     }
 
     #[test]
+    fn web_console_is_served_only_when_configured() {
+        let c = Config::parse("c.toml", "").expect("empty");
+        assert!(c.web.is_none());
+        let c = Config::parse("c.toml", "[web]").expect("defaults");
+        let web = c.web.expect("[web]");
+        assert_eq!(web.listen.to_string(), DEFAULT_WEB_LISTEN);
+        assert_eq!(
+            web.public_url(web.listen).as_deref(),
+            Ok("http://127.0.0.1:7480")
+        );
+        assert_eq!(web.session_lifetime(), Ok(Duration::from_secs(12 * 3600)));
+        assert_eq!(web.login_scopes(), ["openid", "profile", "email"]);
+        let c = Config::parse(
+            "c.toml",
+            "[web]\npublic_url = \"https://latch.example.com/\"\nsession_lifetime = \"1h\"",
+        )
+        .expect("https");
+        let web = c.web.expect("[web]");
+        assert_eq!(
+            web.public_url(web.listen).as_deref(),
+            Ok("https://latch.example.com")
+        );
+        let c = Config::parse(
+            "c.toml",
+            "allow_plaintext = true\n[web]\nlisten = \"0.0.0.0:7480\"\npublic_url = \"https://latch.example.com\"",
+        )
+        .expect("behind a TLS proxy");
+        assert!(c.web.is_some());
+    }
+
+    #[test]
+    fn bad_web_settings_name_their_key() {
+        for (text, needle) in [
+            ("[web]\nlisen = \"x\"", "lisen"),
+            (
+                "[web]\npublic_url = \"latch.example.com\"",
+                "web.public_url 'latch.example.com'",
+            ),
+            (
+                "[web]\npublic_url = \"ftp://latch.example.com\"",
+                "scheme must be http or https",
+            ),
+            (
+                "[web]\npublic_url = \"https://latch.example.com/console\"",
+                "only scheme, host and port",
+            ),
+            (
+                "[web]\npublic_url = \"https://u:p@latch.example.com\"",
+                "credentials",
+            ),
+            (
+                "[web]\nsession_lifetime = \"forever\"",
+                "web.session_lifetime 'forever'",
+            ),
+            (
+                "[web]\nsession_lifetime = \"10s\"",
+                "between 1 minute and 30 days",
+            ),
+            (
+                "[web]\nlogin_scopes = [\"email\"]",
+                "must include \"openid\"",
+            ),
+            (
+                "[web]\nlogin_scopes = [\"openid\", \"a b\"]",
+                "'a b' is not a scope",
+            ),
+            ("[web]\nlisten = \"0.0.0.0:7480\"", "not a loopback address"),
+            (
+                "allow_plaintext = true\n[web]\nlisten = \"0.0.0.0:7480\"",
+                "must be https://",
+            ),
+        ] {
+            let e = Config::parse("c.toml", text).expect_err(text);
+            assert!(e.to_string().contains(needle), "{text}: {e}");
+        }
+    }
+
+    #[test]
     fn example_is_valid() {
         let text = include_str!("../central.example.toml");
         let c = Config::parse("central.example.toml", text).expect("example");
-        assert_eq!(c.reviewers.len(), 2);
+        assert!(
+            c.reviewers.is_empty(),
+            "the example must not enable static reviewer tokens"
+        );
+        let oidc = c.oidc.as_ref().expect("the example configures [oidc]");
+        assert_eq!(oidc.roles.get("dba-oncall"), Some(&Role::Approver));
+        assert!(!c.break_glass.enabled, "break-glass is off unless enabled");
         assert_eq!(c.agents[0].host_id, "web-1");
         assert_eq!(c.audit.retention(), Ok(None));
         assert_eq!(c.signing_key_path(), PathBuf::from(DEFAULT_SIGNING_KEY));
+        assert_eq!(
+            c.web.as_ref().map(|w| w.listen.to_string()).as_deref(),
+            Some(DEFAULT_WEB_LISTEN),
+            "the example serves the console on loopback"
+        );
     }
 
     #[test]
@@ -382,6 +869,38 @@ mod tests {
     }
 
     #[test]
+    fn identity_settings_are_checked_with_their_key() {
+        let oidc = "[oidc]\nissuer = \"https://idp.example.com\"\naudiences = [\"latch\"]\n";
+        for (text, needle) in [
+            (format!("{oidc}[oidc.roles]\nops = \"root\""), "root"),
+            (format!("{oidc}audince = 1\n[oidc.roles]\nops = \"admin\""), "audince"),
+            (oidc.to_string(), "oidc.roles is empty"),
+            (
+                "[oidc]\nissuer = \"http://idp.example.com\"\naudiences = [\"a\"]\n[oidc.roles]\nops = \"admin\"".into(),
+                "oidc.issuer 'http://idp.example.com' must be an https:// URL",
+            ),
+            (format!("{oidc}leeway = \"1d\"\n[oidc.roles]\nops = \"admin\""), "oidc.leeway '1d'"),
+            ("[break_glass]\nmin_reason_chars = 3".into(), "break_glass.min_reason_chars 3"),
+            ("[break_glass]\nenable = true".into(), "enable"),
+        ] {
+            let e = Config::parse("c.toml", &text).expect_err(&text);
+            let m = e.to_string();
+            assert!(m.starts_with("c.toml:") && m.contains(needle), "{text}: {m}");
+        }
+        let c = Config::parse(
+            "c.toml",
+            &format!("{oidc}[oidc.roles]\nops = \"admin\"\n[break_glass]\nenabled = true"),
+        )
+        .expect("valid");
+        assert!(c.break_glass.enabled);
+        assert_eq!(
+            c.break_glass.min_reason_chars,
+            DEFAULT_BREAK_GLASS_MIN_REASON
+        );
+        assert!(!Config::default().break_glass.enabled);
+    }
+
+    #[test]
     fn impossible_settings_are_refused() {
         for (text, needle) in [
             ("database = \"mysql://x\"", "must start with"),
@@ -401,5 +920,38 @@ mod tests {
             let e = Config::parse("c.toml", text).expect_err(text);
             assert!(e.to_string().contains(needle), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn plaintext_off_loopback_needs_tls_or_an_explicit_yes() {
+        let e = Config::parse("c.toml", "listen = \"0.0.0.0:7443\"").expect_err("plaintext");
+        let m = e.to_string();
+        assert!(
+            m.contains("listen 0.0.0.0:7443 is not a loopback address")
+                && m.contains("allow_plaintext = true"),
+            "{m}"
+        );
+        let c = Config::parse(
+            "c.toml",
+            "listen = \"0.0.0.0:7443\"\nallow_plaintext = true",
+        )
+        .expect("explicit");
+        assert!(c.allow_plaintext && c.tls.is_none());
+        let c = Config::parse(
+            "c.toml",
+            "listen = \"[::]:7443\"\n[tls]\ncert_file = \"/c.pem\"\nkey_file = \"/k.pem\"\nclient_ca_file = \"/ca.pem\"",
+        )
+        .expect("tls");
+        let tls = c.tls.expect("tls");
+        assert_eq!(tls.client_ca_file, Some(PathBuf::from("/ca.pem")));
+        Config::parse("c.toml", "listen = \"[::1]:7443\"").expect("loopback v6");
+        let e = Config::parse("c.toml", "[tls]\ncert_file = \"/c.pem\"\n").expect_err("no key");
+        assert!(e.to_string().contains("key_file"), "{e}");
+        let e = Config::parse(
+            "c.toml",
+            "[tls]\ncert_file = \"/c.pem\"\nkey_file = \"/k.pem\"\nca_file = \"/x\"\n",
+        )
+        .expect_err("typo");
+        assert!(e.to_string().contains("ca_file"), "{e}");
     }
 }

@@ -15,7 +15,13 @@ use crate::{
 
 const GRANT_COLUMNS: &str =
     "grant_id, approval_id, host_id, rule_id, rule_name, workload, scope, tgid,
-    granted_by, created_at_ms, expires_at_ms, revoked_at_ms, revoked_by, revoke_reason";
+    granted_by, created_at_ms, expires_at_ms, revoked_at_ms, revoked_by, revoke_reason,
+    close_connections";
+
+/// Schema version 6: whether a revocation also closed the grant's connections (kept so that a
+/// revocation replayed to a reconnecting agent asks for the same).
+pub(crate) const MIGRATION: &[&str] =
+    &["ALTER TABLE grants ADD COLUMN close_connections BIGINT NOT NULL DEFAULT 0"];
 
 /// Stored name of a scope.
 pub fn scope_name(s: GrantScope) -> &'static str {
@@ -52,6 +58,7 @@ fn grant_row(r: &AnyRow) -> Result<Grant, sqlx::Error> {
         revoked_at_unix_ms: r.try_get("revoked_at_ms")?,
         revoked_by: r.try_get("revoked_by")?,
         revoke_reason: r.try_get("revoke_reason")?,
+        close_connections: r.try_get::<i64, _>("close_connections")? != 0,
     })
 }
 
@@ -138,6 +145,19 @@ impl Central {
         grant_id: &str,
         reason: &str,
     ) -> Result<Grant> {
+        self.revoke_grant_closing(who, grant_id, reason, false)
+            .await
+    }
+
+    /// Revokes a grant and tells its host's agent at once; with `close_connections` the agent
+    /// also closes the live connections the grant let through.
+    pub async fn revoke_grant_closing(
+        &self,
+        who: &Identity,
+        grant_id: &str,
+        reason: &str,
+        close_connections: bool,
+    ) -> Result<Grant> {
         if !who.has(Role::Approver) {
             return Err(Error::PermissionDenied(format!(
                 "'{}' is not an approver",
@@ -148,13 +168,15 @@ impl Central {
         let now = now_ms();
         let mut tx = self.store.begin().await?;
         let r = sqlx::query(
-            "UPDATE grants SET revoked_at_ms = $2, revoked_by = $3, revoke_reason = $4
+            "UPDATE grants SET revoked_at_ms = $2, revoked_by = $3, revoke_reason = $4,
+             close_connections = $5
              WHERE grant_id = $1 AND revoked_at_ms = 0",
         )
         .bind(grant_id)
         .bind(now)
         .bind(&who.subject)
         .bind(reason)
+        .bind(close_connections as i64)
         .execute(&mut *tx)
         .await
         .ctx(format!("revoking grant {grant_id}"))?;
@@ -174,7 +196,7 @@ impl Central {
                 grant_id: grant_id.to_string(),
                 rule_name: g.rule_name.clone(),
                 workload: g.workload.clone(),
-                payload: json!({"reason": reason}),
+                payload: json!({"reason": reason, "close_connections": close_connections}),
                 time_ms: now,
                 ..Default::default()
             },
@@ -203,12 +225,14 @@ impl Central {
                     grant_id: id.clone(),
                     reason: g.revoke_reason,
                     revoked_by: g.revoked_by,
+                    close_connections: g.close_connections,
                 }),
                 Ok(_) => {}
                 Err(Error::NotFound(_)) => out.push(latch_proto::v1::Revocation {
                     grant_id: id.clone(),
                     reason: "central does not know this grant".into(),
                     revoked_by: "central".into(),
+                    close_connections: false,
                 }),
                 Err(e) => return Err(e),
             }

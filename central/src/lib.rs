@@ -4,7 +4,10 @@
 //! approval engine ([`approval`]), grants ([`grants`]), rules versions and their distribution
 //! ([`rules`], validated with the `policy` crate), hosts ([`hosts`]), the audit record
 //! ([`audit`]), reviewer and agent authentication ([`auth`]), change delivery across replicas
-//! ([`events`]) and storage on SQLite or PostgreSQL ([`store`]). The audit chain's encoding,
+//! ([`events`]), storage on SQLite or PostgreSQL ([`store`]) and TLS with client certificates
+//! for the gRPC listener ([`tls`]). The reviewers' web console ([`web`]) is served on a listener
+//! of its own and acts only through the same engine methods as the API, as do Slack and Teams
+//! ([`notify`], whose Slack callbacks arrive on the console's listener). The audit chain's encoding,
 //! checkpoints, export formats and verifier ([`chain`]), the evidence report ([`report`]) and
 //! terminal/HTML escaping ([`text`]) are pure: `latchctl` uses them too, offline.
 //!
@@ -16,17 +19,23 @@ pub mod api;
 pub mod approval;
 pub mod audit;
 pub mod auth;
+pub mod break_glass;
 pub mod chain;
 pub mod config;
 pub mod error;
 pub mod events;
 pub mod grants;
 pub mod hosts;
+pub mod identity;
+pub mod notify;
+pub mod oidc;
 pub mod report;
 pub mod rules;
 pub mod server;
 pub mod store;
 pub mod text;
+pub mod tls;
+pub mod web;
 
 pub use config::Config;
 pub use error::{Error, Result};

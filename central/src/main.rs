@@ -68,8 +68,20 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Validate { config } => {
             let c = Config::load(&config)?;
+            let tls = match &c.tls {
+                Some(t) => {
+                    let loaded = latch_central::tls::ServerTls::load(t)
+                        .with_context(|| config.display().to_string())?;
+                    if loaded.verifies_clients() {
+                        "TLS with client certificates"
+                    } else {
+                        "TLS"
+                    }
+                }
+                None => "plaintext",
+            };
             println!(
-                "{}: ok (listen {}, database {}, {} reviewer token(s), {} agent token(s))",
+                "{}: ok (listen {} {tls}, database {}, {} reviewer token(s), {} agent token(s))",
                 config.display(),
                 c.listen,
                 latch_central::store::redact_url(&c.database),

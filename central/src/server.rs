@@ -13,11 +13,10 @@ use tokio::{
     sync::{mpsc, oneshot, watch, Notify},
     task::JoinHandle,
 };
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::{
     api::{AgentApi, ReviewerApi},
-    auth::{AgentTokens, Authenticator, StaticTokens},
+    auth::{AgentTokens, Authenticator},
     config::{AuditConfig, Config},
     error::Result,
     events::{Event, Hub, Publisher, CHANNEL},
@@ -48,9 +47,21 @@ pub enum StartError {
     /// The audit signing key.
     #[error("audit signing key: {0}")]
     Key(#[from] crate::chain::KeyError),
+    /// The `[oidc]` settings.
+    #[error(transparent)]
+    Oidc(#[from] crate::oidc::OidcSetupError),
+    /// The `[slack]` or `[teams]` settings.
+    #[error(transparent)]
+    Notify(#[from] crate::notify::NotifyError),
     /// Recording the start in the audit trail.
     #[error("recording the start in the audit trail: {0}")]
     Audit(#[from] crate::Error),
+    /// A `[tls]` file.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    /// The `[web]` table.
+    #[error("{0}")]
+    Web(String),
 }
 
 /// The service's shared state; the engine's operations are methods on it (see [`crate::approval`],
@@ -67,6 +78,14 @@ pub struct Central {
     pub(crate) stopping: watch::Sender<bool>,
     pub(crate) signing: ed25519_dalek::SigningKey,
     pub(crate) audit_config: AuditConfig,
+    /// The gRPC listener's TLS, when `[tls]` is configured.
+    pub(crate) tls: Option<Arc<crate::tls::ServerTls>>,
+    pub(crate) identity_log: crate::identity::IdentityLog,
+    pub(crate) break_glass: crate::config::BreakGlassConfig,
+    /// Slack and Teams (see [`crate::notify`]).
+    pub(crate) notify: crate::notify::Notifier,
+    /// How the web console is reached (empty public URL: not served).
+    pub(crate) web: crate::web::Settings,
 }
 
 impl Central {
@@ -78,6 +97,17 @@ impl Central {
     /// This replica's name.
     pub fn replica_id(&self) -> &str {
         &self.replica_id
+    }
+
+    /// The gRPC listener's TLS (certificate in force, reloads), when `[tls]` is configured.
+    pub fn tls(&self) -> Option<&Arc<crate::tls::ServerTls>> {
+        self.tls.as_ref()
+    }
+
+    /// Whether agents authenticate with a client certificate (TLS with a `client_ca_file`)
+    /// rather than a token.
+    pub fn agents_by_certificate(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.verifies_clients())
     }
 
     /// Whether the service is stopping.
@@ -107,6 +137,7 @@ impl Central {
                 approval_id,
                 host_id,
             } => {
+                self.notify.changed(approval_id);
                 let Some(row) = self.request_row(approval_id).await? else {
                     return Ok(());
                 };
@@ -133,12 +164,16 @@ impl Central {
                             grant_id: grant_id.clone(),
                             reason: g.revoke_reason,
                             revoked_by: g.revoked_by,
+                            close_connections: g.close_connections,
                         })),
                     },
                 );
             }
             Event::Rules { .. } => {
                 let versions = self.rule_versions().await?;
+                // Every stream first, then one transaction for the audit records: a write per
+                // host between sends made the last of 10,000 hosts wait ~30 s.
+                let mut pushed = Vec::new();
                 for a in self.hub.agents() {
                     let Some(v) = versions
                         .iter()
@@ -151,9 +186,10 @@ impl Central {
                         .fetch_max(v.version as u64, std::sync::atomic::Ordering::SeqCst);
                     if prev < v.version as u64 {
                         self.hub.send_to(&a.host_id, a.id, rules_push(v));
-                        self.record_push(&a.host_id, v).await?;
+                        pushed.push((a.host_id, v));
                     }
                 }
+                self.record_pushes(&pushed).await?;
             }
         }
         Ok(())
@@ -163,16 +199,34 @@ impl Central {
 impl Central {
     /// Records that a rules version was pushed to a host's stream on this replica.
     pub(crate) async fn record_push(&self, host_id: &str, v: &Version) -> Result<()> {
-        self.store
-            .audit(&crate::store::AuditFact {
-                kind: "rules.pushed".into(),
-                actor: format!("replica:{}", self.replica_id),
-                host_id: host_id.to_string(),
-                payload: serde_json::json!({"version": v.version, "sha256": v.sha256}),
-                ..Default::default()
-            })
-            .await?;
+        self.store.audit(&self.push_fact(host_id, v)).await?;
         Ok(())
+    }
+
+    /// [`Central::record_push`] for many hosts, in one transaction.
+    async fn record_pushes(&self, pushed: &[(String, &Version)]) -> Result<()> {
+        if pushed.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.store.begin().await?;
+        for (host_id, v) in pushed {
+            Store::audit_in(&mut tx, &self.push_fact(host_id, v)).await?;
+        }
+        tx.commit().await.map_err(|source| StoreError::Query {
+            op: format!("committing {} rules.pushed records", pushed.len()),
+            source,
+        })?;
+        Ok(())
+    }
+
+    fn push_fact(&self, host_id: &str, v: &Version) -> crate::store::AuditFact {
+        crate::store::AuditFact {
+            kind: "rules.pushed".into(),
+            actor: format!("replica:{}", self.replica_id),
+            host_id: host_id.to_string(),
+            payload: serde_json::json!({"version": v.version, "sha256": v.sha256}),
+            ..Default::default()
+        }
     }
 }
 
@@ -195,13 +249,17 @@ pub struct Server {
     tasks: Vec<JoinHandle<()>>,
     serve: Option<JoinHandle<std::result::Result<(), tonic::transport::Error>>>,
     shutdown: Option<oneshot::Sender<()>>,
+    web: Option<crate::web::WebServer>,
 }
 
 /// Starts the service with `config`, listening on `listener` when given (tests pass one bound
 /// to port 0), else on `config.listen`.
 pub async fn start(config: &Config, listener: Option<TcpListener>) -> Result<Server, StartError> {
-    let authenticator: Arc<dyn Authenticator> = Arc::new(StaticTokens::new(&config.reviewers));
-    start_with(config, listener, authenticator).await
+    // The identity provider when `[oidc]` is configured, static tokens when any are.
+    let authenticator = Arc::new(crate::oidc::ReviewerAuth::from_config(config)?);
+    let server = start_with(config, listener, authenticator).await?;
+    server.central.announce_reviewer_auth(config).await?;
+    Ok(server)
 }
 
 /// [`start`] with another reviewer [`Authenticator`].
@@ -210,6 +268,13 @@ pub async fn start_with(
     listener: Option<TcpListener>,
     reviewers: Arc<dyn Authenticator>,
 ) -> Result<Server, StartError> {
+    // TLS files first: a bad certificate should stop the start before anything is opened.
+    let tls = match &config.tls {
+        Some(t) => Some(Arc::new(crate::tls::ServerTls::load(t)?)),
+        None => None,
+    };
+    // The console's address is part of its settings (links, redirect URI): bind it first.
+    let web = crate::web::bind(config).await?;
     let signing = crate::chain::load_or_create_signing_key(&config.signing_key_path())?;
     let store = Store::open(&config.database, config.max_connections).await?;
     let replica_id = config.replica_id.clone().unwrap_or_else(|| {
@@ -232,6 +297,7 @@ pub async fn start_with(
             Publisher::Postgres(store.clone())
         }
     };
+    let (notify, notify_jobs) = crate::notify::Notifier::start(config)?;
     let central = Arc::new(Central {
         store: store.clone(),
         hub: Hub::default(),
@@ -244,8 +310,16 @@ pub async fn start_with(
         stopping: watch::channel(false).0,
         signing,
         audit_config: config.audit.clone(),
+        tls: tls.clone(),
+        identity_log: Default::default(),
+        break_glass: config.break_glass.clone(),
+        notify,
+        web: web.as_ref().map(|w| w.settings()).unwrap_or_default(),
     });
     central.record_start(config).await?;
+    if let Some(jobs) = notify_jobs {
+        tasks.push(tokio::spawn(crate::notify::deliver(central.clone(), jobs)));
+    }
 
     // Audit checkpoints and retention.
     {
@@ -332,19 +406,35 @@ pub async fn start_with(
         .add_service(ReviewerServiceServer::new(ReviewerApi::new(
             central.clone(),
         )));
-    let serve = tokio::spawn(router.serve_with_incoming_shutdown(
-        TcpListenerStream::new(listener),
-        async {
-            let _ = shutdown_rx.await;
-        },
-    ));
-    tracing::info!(%addr, replica = %central.replica_id, database = %crate::store::redact_url(store.url()), "latch-central serving");
+    let shutdown = async {
+        let _ = shutdown_rx.await;
+    };
+    let serve = match &tls {
+        // No Nagle: a unary reply leaves as several small writes, and holding the later ones
+        // for the peer's delayed ACK adds ~40 ms to every call.
+        None => tokio::spawn(router.serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )),
+        Some(tls) => {
+            let (incoming, accept) = crate::tls::incoming(listener, tls.clone());
+            tasks.push(accept);
+            tasks.push(tokio::spawn(crate::tls::watch_files(tls.clone())));
+            tokio::spawn(router.serve_with_incoming_shutdown(incoming, shutdown))
+        }
+    };
+    tracing::info!(%addr, tls = tls.is_some(), client_certificates = central.agents_by_certificate(), replica = %central.replica_id, database = %crate::store::redact_url(store.url()), "latch-central serving");
+    let web = match web {
+        Some(w) => Some(w.serve(central.clone())?),
+        None => None,
+    };
     Ok(Server {
         addr,
         central,
         tasks,
         serve: Some(serve),
         shutdown: Some(shutdown_tx),
+        web,
     })
 }
 
@@ -352,6 +442,11 @@ impl Server {
     /// The address it listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The address the web console listens on, when `[web]` is configured.
+    pub fn web_addr(&self) -> Option<SocketAddr> {
+        self.web.as_ref().map(|w| w.addr())
     }
 
     /// The shared state.
@@ -398,6 +493,9 @@ impl Server {
         }
         if let Some(s) = self.serve.take() {
             let _ = s.await;
+        }
+        if let Some(w) = self.web.take() {
+            w.stop().await;
         }
         for t in self.tasks.drain(..) {
             t.abort();

@@ -123,8 +123,18 @@ pub fn redact_url(url: &str) -> String {
 }
 
 /// Schema versions: (version, SQLite statements, PostgreSQL statements).
-pub const MIGRATIONS: &[(i64, &[&str], &[&str])] =
-    &[(1, SQLITE_V1, POSTGRES_V1), (2, SQLITE_V2, POSTGRES_V2)];
+pub const MIGRATIONS: &[(i64, &[&str], &[&str])] = &[
+    (1, SQLITE_V1, POSTGRES_V1),
+    (2, SQLITE_V2, POSTGRES_V2),
+    (3, crate::identity::MIGRATION, crate::identity::MIGRATION),
+    (4, crate::notify::MIGRATION, crate::notify::MIGRATION),
+    (
+        5,
+        crate::web::session::MIGRATION,
+        crate::web::session::MIGRATION,
+    ),
+    (6, crate::grants::MIGRATION, crate::grants::MIGRATION),
+];
 
 /// Statements run after a migration's Rust step (version 2: hashing the records stored before
 /// the chain existed), in the same transaction.

@@ -251,6 +251,7 @@ async fn grant_and_revoke(env: &Env) {
             RevokeGrantRequest {
                 grant_id: g.grant_id.clone(),
                 reason: " ".into(),
+                close_connections: false,
             },
             ALICE,
         ))
@@ -261,6 +262,7 @@ async fn grant_and_revoke(env: &Env) {
         RevokeGrantRequest {
             grant_id: g.grant_id.clone(),
             reason: "incident".into(),
+            close_connections: true,
         },
         ALICE,
     ))
@@ -270,6 +272,10 @@ async fn grant_and_revoke(env: &Env) {
         Body::Revocation(r) => {
             assert_eq!(r.grant_id, g.grant_id);
             assert_eq!(r.revoked_by, "alice");
+            assert!(
+                r.close_connections,
+                "the agent is asked to close the connections"
+            );
         }
         other => panic!("expected revocation, got {other:?}"),
     }
@@ -280,11 +286,29 @@ async fn grant_and_revoke(env: &Env) {
         .into_inner()
         .grants;
     assert!(active.is_empty());
+    let all = rv
+        .list_grants(req(
+            ListGrantsRequest {
+                include_inactive: true,
+                ..Default::default()
+            },
+            VIEWER,
+        ))
+        .await
+        .expect("grants")
+        .into_inner()
+        .grants;
+    assert!(
+        all.iter()
+            .any(|x| x.grant_id == g.grant_id && x.close_connections),
+        "{all:?}"
+    );
     let e = rv
         .revoke_grant(req(
             RevokeGrantRequest {
                 grant_id: g.grant_id.clone(),
                 reason: "again".into(),
+                close_connections: false,
             },
             ALICE,
         ))
@@ -296,6 +320,7 @@ async fn grant_and_revoke(env: &Env) {
             RevokeGrantRequest {
                 grant_id: "no-such-grant".into(),
                 reason: "x".into(),
+                close_connections: false,
             },
             ALICE,
         ))

@@ -50,13 +50,17 @@ async fn two_replicas_share_decisions() {
         RevokeGrantRequest {
             grant_id: grant.grant_id.clone(),
             reason: "done".into(),
+            close_connections: true,
         },
         BOB,
     ))
     .await
     .expect("revoke on A");
     match agent.next().await {
-        Body::Revocation(r) => assert_eq!(r.grant_id, grant.grant_id),
+        Body::Revocation(r) => {
+            assert_eq!(r.grant_id, grant.grant_id);
+            assert!(r.close_connections, "carried across replicas");
+        }
         other => panic!("expected revocation, got {other:?}"),
     }
 

@@ -1,5 +1,5 @@
-//! The connection to latch-central: server address, bearer token, and what a failure means as
-//! an exit code.
+//! The connection to latch-central: server address, bearer token, TLS files, and what a
+//! failure means as an exit code.
 
 use std::{
     io::Write,
@@ -10,7 +10,7 @@ use std::{
 use latch_proto::v1::reviewer_service_client::ReviewerServiceClient;
 use tonic::{
     metadata::MetadataValue,
-    transport::{Channel, Endpoint},
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
     Code, Request,
 };
 
@@ -68,6 +68,20 @@ pub enum CliError {
     /// The audit trail does not verify.
     #[error("the audit trail does not verify: {0} problem(s) found")]
     Tampered(usize),
+    /// The stored identity-provider login has expired.
+    #[error("your login expired at {at}; run `latchctl login --oidc --issuer {issuer} --client-id ...` again")]
+    LoginExpired {
+        /// When.
+        at: String,
+        /// The provider.
+        issuer: String,
+    },
+    /// The identity provider could not be reached or answered nonsense.
+    #[error("identity provider {0}")]
+    Provider(String),
+    /// The identity provider refused the login (denied, expired, unknown client).
+    #[error("the identity provider refused the login: {0}")]
+    LoginRefused(String),
 }
 
 impl CliError {
@@ -78,6 +92,8 @@ impl CliError {
             CliError::Unreachable { .. } => exit::UNAVAILABLE,
             CliError::Io { .. } => exit::ERROR,
             CliError::Tampered(_) => exit::TAMPERED,
+            CliError::LoginExpired { .. } | CliError::LoginRefused(_) => exit::DENIED,
+            CliError::Provider(_) => exit::UNAVAILABLE,
             CliError::Status(s) => match s.code() {
                 Code::InvalidArgument | Code::OutOfRange => exit::USAGE,
                 Code::NotFound => exit::NOT_FOUND,
@@ -131,7 +147,11 @@ pub fn resolve_token(token_file: Option<&Path>) -> Result<String, CliError> {
         }
     }
     match token_path() {
-        Some(p) if p.exists() => read_token(&p),
+        Some(p) if p.exists() => {
+            let token = read_token(&p)?;
+            crate::login::check_not_expired(&token)?;
+            Ok(token)
+        }
         _ => Err(CliError::Usage(
             "no token: pass --token-file FILE, set LATCH_TOKEN, or run `latchctl login --token-file FILE`"
                 .into(),
@@ -165,6 +185,75 @@ pub fn store_token(token: &str) -> Result<PathBuf, CliError> {
     Ok(path)
 }
 
+/// TLS files for an `https://` server: `--ca-file` (else `LATCH_CA_FILE`, else the system's trust
+/// store), and `--cert-file`/`--key-file` (else `LATCH_CERT_FILE`/`LATCH_KEY_FILE`) for a server
+/// that asks for a client certificate.
+#[derive(Clone, Debug, Default)]
+pub struct TlsFiles {
+    /// CA certificates (PEM) the server's certificate must chain to.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM).
+    pub cert_file: Option<PathBuf>,
+    /// Its private key (PEM).
+    pub key_file: Option<PathBuf>,
+}
+
+impl TlsFiles {
+    /// The flags, each falling back to its environment variable.
+    pub fn or_env(self) -> TlsFiles {
+        let env = |name: &str| {
+            std::env::var_os(name)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
+        TlsFiles {
+            ca_file: self.ca_file.or_else(|| env("LATCH_CA_FILE")),
+            cert_file: self.cert_file.or_else(|| env("LATCH_CERT_FILE")),
+            key_file: self.key_file.or_else(|| env("LATCH_KEY_FILE")),
+        }
+    }
+
+    /// The TLS configuration for `server`, the files checked first so that a bad one is named
+    /// here rather than surfacing as a failed handshake.
+    fn config(&self, server: &str) -> Result<Option<ClientTlsConfig>, CliError> {
+        use latch_central::tls::{read_certificates, read_private_key};
+        let usage = |e: latch_central::tls::TlsError| CliError::Usage(e.to_string());
+        if !server.starts_with("https://") {
+            if self.ca_file.is_some() || self.cert_file.is_some() || self.key_file.is_some() {
+                return Err(CliError::Usage(format!(
+                    "--ca-file, --cert-file and --key-file need an https:// --server, not '{server}'"
+                )));
+            }
+            return Ok(None);
+        }
+        let mut config = ClientTlsConfig::new();
+        config = match &self.ca_file {
+            Some(p) => {
+                read_certificates("--ca-file", p).map_err(usage)?;
+                config.ca_certificate(Certificate::from_pem(std::fs::read(p).map_err(io(p))?))
+            }
+            None => config.with_native_roots(),
+        };
+        match (&self.cert_file, &self.key_file) {
+            (Some(c), Some(k)) => {
+                read_certificates("--cert-file", c).map_err(usage)?;
+                read_private_key("--key-file", k).map_err(usage)?;
+                config = config.identity(Identity::from_pem(
+                    std::fs::read(c).map_err(io(c))?,
+                    std::fs::read(k).map_err(io(k))?,
+                ));
+            }
+            (None, None) => {}
+            _ => {
+                return Err(CliError::Usage(
+                    "--cert-file and --key-file go together".into(),
+                ))
+            }
+        }
+        Ok(Some(config))
+    }
+}
+
 /// A reviewer-service client that sends the bearer token on every call.
 pub struct Client {
     /// The generated client.
@@ -175,14 +264,23 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to `server` (`http://host:port`).
-    pub async fn connect(server: &str, token: &str) -> Result<Client, CliError> {
+    /// Connects to `server` (`http://host:port`, or `https://host:port` with these TLS files).
+    pub async fn connect_with(
+        server: &str,
+        token: &str,
+        tls: &TlsFiles,
+    ) -> Result<Client, CliError> {
         let auth: MetadataValue<_> = format!("Bearer {token}").parse().map_err(|_| {
             CliError::Usage("the token contains characters a header cannot carry".into())
         })?;
-        let endpoint = Endpoint::from_shared(server.to_string())
+        let mut endpoint = Endpoint::from_shared(server.to_string())
             .map_err(|e| CliError::Usage(format!("--server '{server}': {e}")))?
             .connect_timeout(Duration::from_secs(10));
+        if let Some(config) = tls.config(server)? {
+            endpoint = endpoint
+                .tls_config(config)
+                .map_err(|e| CliError::Usage(format!("TLS for '{server}': {}", error_chain(&e))))?;
+        }
         let channel = endpoint
             .connect()
             .await

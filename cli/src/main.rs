@@ -9,7 +9,9 @@
 //!
 //! Server: `--server URL` or `LATCH_SERVER` (default `http://127.0.0.1:7443`). Token:
 //! `--token-file FILE`, else `LATCH_TOKEN`, else the one `latchctl login --token-file FILE`
-//! stored in `~/.config/latch/token` (mode 0600).
+//! stored in `~/.config/latch/token` (mode 0600). TLS, for an `https://` server: `--ca-file`
+//! (or `LATCH_CA_FILE`; default: the system's trust store), and `--cert-file`/`--key-file` (or
+//! `LATCH_CERT_FILE`/`LATCH_KEY_FILE`) when the server asks for a client certificate.
 //!
 //! Exit codes: 0 success; 1 other failure; 2 bad input (usage, arguments, files); 3 not found;
 //! 4 central unreachable or unavailable; 5 unauthenticated or permission denied; 6 conflict
@@ -17,7 +19,9 @@
 //! verify.
 
 mod audit;
+mod break_glass;
 mod client;
+mod login;
 mod out;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
@@ -50,6 +54,16 @@ struct Cli {
     /// File holding the bearer token (else LATCH_TOKEN, else the stored login).
     #[arg(long, global = true)]
     token_file: Option<PathBuf>,
+    /// CA certificates (PEM) for an https:// server [default: $LATCH_CA_FILE, else the system's
+    /// trust store].
+    #[arg(long, global = true)]
+    ca_file: Option<PathBuf>,
+    /// Client certificate (PEM), for a server that asks for one [default: $LATCH_CERT_FILE].
+    #[arg(long, global = true)]
+    cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM) [default: $LATCH_KEY_FILE].
+    #[arg(long, global = true)]
+    key_file: Option<PathBuf>,
     /// JSON output for scripts.
     #[arg(long, global = true)]
     json: bool,
@@ -59,10 +73,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Checks the token of --token-file with central and stores it in ~/.config/latch/token
-    /// (0600) for later calls.
-    Login,
-    /// Who the token belongs to.
+    /// Stores a credential for later calls in ~/.config/latch/token (0600), checked with
+    /// central first: the token of --token-file, or (with --oidc) a login through the identity
+    /// provider's device flow.
+    Login(login::LoginArgs),
+    /// Who the token belongs to, and when a provider login expires.
     Whoami,
     /// Requests waiting for a decision.
     Pending {
@@ -88,6 +103,10 @@ enum Command {
         /// What a grant covers (with --for; default process).
         #[arg(long, value_enum)]
         scope: Option<Scope>,
+        /// Break-glass: decide alone, outside N-of-M and the no-self-approval rule (admins only,
+        /// when central enables it; loudly audited).
+        #[arg(long)]
+        break_glass: bool,
     },
     /// Denies a request.
     Deny {
@@ -177,6 +196,10 @@ enum GrantsCommand {
         /// Why.
         #[arg(long)]
         reason: String,
+        /// Also close the live connections the grant let through (the host destroys the
+        /// sockets; their processes see the connection reset).
+        #[arg(long)]
+        close_connections: bool,
     },
 }
 
@@ -185,6 +208,7 @@ enum GrantsCommand {
 pub struct Ctx {
     server: String,
     token_file: Option<PathBuf>,
+    tls: client::TlsFiles,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -227,7 +251,7 @@ fn main() -> ExitCode {
 
 async fn connect(ctx: &Ctx) -> Result<Client, CliError> {
     let token = resolve_token(ctx.token_file.as_deref())?;
-    Client::connect(&ctx.server, &token).await
+    Client::connect_with(&ctx.server, &token, &ctx.tls).await
 }
 
 async fn run(cli: Cli) -> Result<(), CliError> {
@@ -239,47 +263,45 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     let ctx = Ctx {
         server,
         token_file: cli.token_file,
+        tls: client::TlsFiles {
+            ca_file: cli.ca_file,
+            cert_file: cli.cert_file,
+            key_file: cli.key_file,
+        }
+        .or_env(),
     };
     match cli.command {
-        Command::Login => {
-            let file = ctx.token_file.clone().ok_or_else(|| {
-                CliError::Usage("login needs --token-file FILE (the token to store)".into())
-            })?;
-            let token = client::read_token(&file)?;
-            let mut c = Client::connect(&ctx.server, &token).await?;
-            let who = c
-                .inner
-                .who_am_i(c.req(WhoAmIRequest {}))
-                .await?
-                .into_inner();
-            let path = client::store_token(&token)?;
-            if out.json {
-                out.json_line(&json!({"subject": who.subject, "role": who.role, "stored": path}));
-            } else {
-                println!(
-                    "logged in to {} as {} ({}); token stored in {}",
-                    ctx.server,
-                    latch_central::text::term_safe(&who.subject),
-                    who.role,
-                    path.display()
-                );
-            }
-            Ok(())
-        }
+        Command::Login(args) => login::run(&ctx, out, args).await,
         Command::Whoami => {
-            let mut c = connect(&ctx).await?;
+            let token = resolve_token(ctx.token_file.as_deref())?;
+            let session = login::session_of(&token);
+            let mut c = Client::connect_with(&ctx.server, &token, &ctx.tls).await?;
             let who = c
                 .inner
                 .who_am_i(c.req(WhoAmIRequest {}))
                 .await?
                 .into_inner();
+            let expires_ms = session.as_ref().map(|s| s.expires_at_unix_ms).unwrap_or(0);
             if out.json {
                 out.json_line(&json!({"subject": who.subject, "email": who.email,
-                    "groups": who.groups, "role": who.role}));
+                    "groups": who.groups, "role": who.role,
+                    "issuer": session.as_ref().map(|s| s.issuer.clone()),
+                    "expires_at": (expires_ms > 0).then(|| time(expires_ms))}));
             } else {
+                let expires = if expires_ms > 0 {
+                    format!("{} ({})", time(expires_ms), relative(expires_ms))
+                } else {
+                    "-".into()
+                };
                 out.table(
-                    &["SUBJECT", "ROLE", "EMAIL", "GROUPS"],
-                    &[vec![who.subject, who.role, who.email, who.groups.join(",")]],
+                    &["SUBJECT", "ROLE", "EMAIL", "GROUPS", "EXPIRES"],
+                    &[vec![
+                        who.subject,
+                        who.role,
+                        who.email,
+                        who.groups.join(","),
+                        expires,
+                    ]],
                     &[],
                 );
             }
@@ -305,6 +327,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             reason,
             duration,
             scope,
+            break_glass,
         } => {
             let (kind, secs, scope) = match (duration, scope) {
                 (None, Some(_)) => {
@@ -325,6 +348,20 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                     (DecisionKind::ApproveFor, d.as_secs(), scope)
                 }
             };
+            if break_glass {
+                return break_glass::approve(
+                    &ctx,
+                    out,
+                    DecideRequest {
+                        approval_id: id,
+                        kind: kind as i32,
+                        duration_seconds: secs,
+                        scope: scope as i32,
+                        reason,
+                    },
+                )
+                .await;
+            }
             decide(&ctx, out, id, kind, secs, scope, reason).await
         }
         Command::Deny { id, reason } => {
@@ -860,7 +897,11 @@ async fn grants(ctx: &Ctx, out: Out, cmd: GrantsCommand) -> Result<(), CliError>
                 );
             }
         }
-        GrantsCommand::Revoke { id, reason } => {
+        GrantsCommand::Revoke {
+            id,
+            reason,
+            close_connections,
+        } => {
             if reason.trim().is_empty() {
                 return Err(CliError::Usage("--reason must not be empty".into()));
             }
@@ -869,13 +910,22 @@ async fn grants(ctx: &Ctx, out: Out, cmd: GrantsCommand) -> Result<(), CliError>
                 .revoke_grant(c.req(RevokeGrantRequest {
                     grant_id: id,
                     reason,
+                    close_connections,
                 }))
                 .await?
                 .into_inner();
             if out.json {
                 out.json_pretty(&grant_json(&g));
             } else {
-                println!("{} revoked", latch_central::text::term_safe(&g.grant_id));
+                println!(
+                    "{} revoked{}",
+                    latch_central::text::term_safe(&g.grant_id),
+                    if g.close_connections {
+                        "; its connections are being closed on the host"
+                    } else {
+                        ""
+                    }
+                );
             }
         }
     }
@@ -887,7 +937,8 @@ fn grant_json(g: &Grant) -> Value {
         "host_id": g.host_id, "workload": g.workload, "rule": g.rule_name, "tgid": g.tgid,
         "request_id": g.request_id, "granted_by": g.granted_by, "created_at": time(g.created_at_unix_ms),
         "expires_at": time(g.expires_at_unix_ms), "revoked_at": time(g.revoked_at_unix_ms),
-        "revoked_by": g.revoked_by, "revoke_reason": g.revoke_reason})
+        "revoked_by": g.revoked_by, "revoke_reason": g.revoke_reason,
+        "close_connections": g.close_connections})
 }
 
 async fn hosts(ctx: &Ctx, out: Out) -> Result<(), CliError> {

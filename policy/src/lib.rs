@@ -19,6 +19,7 @@
 //!     ports: [5432]
 //!     action: approve
 //!     approvers: { groups: ["dba-oncall"], count: 1 }
+//!     notify: { slack: "#dba-oncall" }
 //!     timeout: 10m
 //! ```
 
@@ -133,6 +134,14 @@ pub struct Approvers {
     pub count: u32,
 }
 
+/// Where an `approve` rule's requests are announced, instead of the service's default channels.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Notify {
+    /// Slack channel: `#name` or a channel id such as `C0123456789`.
+    #[serde(default)]
+    pub slack: Option<String>,
+}
+
 /// A validated workload: a named set of cgroups.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Workload {
@@ -163,6 +172,9 @@ pub struct Rule {
     pub action: Action,
     /// Who approves (for `approve`).
     pub approvers: Approvers,
+    /// Where requests are announced (for `approve`).
+    #[serde(default)]
+    pub notify: Notify,
     /// How long a request may wait for a decision.
     #[serde(with = "humantime_serde_secs")]
     pub timeout: Duration,
@@ -259,6 +271,36 @@ pub fn name_id(kind: &str, name: &str) -> u32 {
         1
     } else {
         h
+    }
+}
+
+/// A Slack channel as a rule may name it: `#name` (Slack's channel name rules: up to 80
+/// lowercase letters, digits, `-`, `_`, `.`) or a channel id (`C…`/`G…`, upper-case letters and
+/// digits).
+pub fn check_slack_channel(ch: &str) -> Result<(), String> {
+    let valid = match ch.strip_prefix('#') {
+        Some(n) => {
+            !n.is_empty()
+                && n.len() <= 80
+                && n.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.')
+                })
+        }
+        None => {
+            (9..=21).contains(&ch.len())
+                && ch.starts_with(['C', 'G'])
+                && ch
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+        }
+    };
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "'{ch}' is not a Slack channel: write `#name` (lower-case letters, \
+             digits, '-', '_', '.'; at most 80) or a channel id like C0123456789"
+        ))
     }
 }
 

@@ -5,8 +5,9 @@ use std::collections::{HashMap, HashSet};
 use serde::Deserialize;
 
 use crate::{
-    name_id, parse_net, Action, Approvers, Matcher, PathPattern, PolicyError, PortRange, Problem,
-    Protocol, Rule, RuleSet, Workload, DEFAULT_TIMEOUT, MAX_NAME_LEN, MAX_PATH_LEN, TIMEOUT_RANGE,
+    name_id, parse_net, Action, Approvers, Matcher, Notify, PathPattern, PolicyError, PortRange,
+    Problem, Protocol, Rule, RuleSet, Workload, DEFAULT_TIMEOUT, MAX_NAME_LEN, MAX_PATH_LEN,
+    TIMEOUT_RANGE,
 };
 
 #[derive(Deserialize)]
@@ -51,6 +52,13 @@ struct RawApprovers {
     count: u32,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNotify {
+    #[serde(default)]
+    slack: Option<String>,
+}
+
 fn one() -> u32 {
     1
 }
@@ -72,6 +80,8 @@ struct RawRule {
     action: Action,
     #[serde(default)]
     approvers: Option<RawApprovers>,
+    #[serde(default)]
+    notify: Option<RawNotify>,
     #[serde(default)]
     timeout: Option<String>,
     #[serde(default)]
@@ -211,6 +221,27 @@ pub(crate) fn parse(source_name: &str, text: &str) -> Result<RuleSet, PolicyErro
                 count: 1,
             },
         };
+        let notify = match (&r.notify, r.action) {
+            (Some(n), Action::Approve) => {
+                if let Some(ch) = &n.slack {
+                    if let Err(m) = crate::check_slack_channel(ch) {
+                        c.push("rule", name, format!("`notify.slack` {m}"));
+                    }
+                }
+                Notify {
+                    slack: n.slack.clone(),
+                }
+            }
+            (Some(_), action) => {
+                c.push(
+                    "rule",
+                    name,
+                    format!("`notify` only applies to `action: approve`, not `{action}`"),
+                );
+                Notify::default()
+            }
+            (None, _) => Notify::default(),
+        };
         let timeout = match &r.timeout {
             None => DEFAULT_TIMEOUT,
             Some(t) => match humantime::parse_duration(t) {
@@ -264,6 +295,7 @@ pub(crate) fn parse(source_name: &str, text: &str) -> Result<RuleSet, PolicyErro
                 matcher: m,
                 action: r.action,
                 approvers,
+                notify,
                 timeout,
                 on_timeout,
                 line: find_line(text, "rule", name),

@@ -213,3 +213,51 @@ fn a_file_that_is_not_a_rules_document_says_what_one_looks_like() {
         "{e}"
     );
 }
+
+#[test]
+fn approve_rules_may_route_to_a_slack_channel() {
+    let text = GOOD.replace(
+        "    timeout: 10m\n",
+        "    notify: { slack: \"#dba-oncall\" }\n    timeout: 10m\n",
+    );
+    let rs = RuleSet::parse("rules.yaml", &text).expect("valid");
+    assert_eq!(rs.rules[1].notify.slack.as_deref(), Some("#dba-oncall"));
+    assert_eq!(rs.rules[2].notify.slack, None);
+    let by_id = text.replace("#dba-oncall", "C0123456789");
+    let rs = RuleSet::parse("rules.yaml", &by_id).expect("channel id");
+    assert_eq!(rs.rules[1].notify.slack.as_deref(), Some("C0123456789"));
+}
+
+#[test]
+fn bad_slack_routes_are_refused() {
+    for (channel, needle) in [
+        ("dba oncall", "'dba oncall' is not a Slack channel"),
+        ("#DBA", "'#DBA' is not a Slack channel"),
+        ("#", "'#' is not a Slack channel"),
+        ("<!channel>", "'<!channel>' is not a Slack channel"),
+    ] {
+        let e = refuse(&GOOD.replace(
+            "    timeout: 10m\n",
+            &format!("    notify: {{ slack: \"{channel}\" }}\n    timeout: 10m\n"),
+        ));
+        let msg = e.to_string();
+        assert!(
+            msg.contains("rule 'prod-db-needs-a-human'") && msg.contains(needle),
+            "{msg}"
+        );
+    }
+    let e = refuse(&GOOD.replace(
+        "    action: deny\n",
+        "    action: deny\n    notify: { slack: \"#sec\" }\n",
+    ));
+    assert!(
+        e.to_string()
+            .contains("`notify` only applies to `action: approve`, not `deny`"),
+        "{e}"
+    );
+    let e = refuse(&GOOD.replace(
+        "    timeout: 10m\n",
+        "    notify: { teams: \"x\" }\n    timeout: 10m\n",
+    ));
+    assert!(e.to_string().contains("unknown field `teams`"), "{e}");
+}

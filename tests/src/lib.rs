@@ -6,6 +6,9 @@
 //!
 //! These tests need root and a BPF-capable kernel. Without them they fail loudly; set
 //! `LATCH_SKIP_PRIVILEGED=1` to skip them on purpose.
+//!
+//! [`stack`] runs the real `latch-central` and `latch-agent` binaries linked to each other around
+//! a test cgroup; [`browser`] drives a real headless Chromium for the web console.
 
 use std::{
     ffi::CString,
@@ -24,6 +27,9 @@ use latch_agent::{
     kernel::{Engine, EngineOptions, PendingOp},
     rules,
 };
+
+pub mod browser;
+pub mod stack;
 
 /// Longest a test waits for something the kernel should do at once. Not a performance bound:
 /// only a guard so that a broken build fails instead of hanging.

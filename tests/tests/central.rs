@@ -11,220 +11,15 @@ use std::{
 
 use latch_proto::v1::{
     reviewer_service_client::ReviewerServiceClient, ApplyRulesRequest, ApprovalRecord,
-    DecideRequest, DecisionKind, ListRequestsRequest, QueryAuditRequest, RequestState,
+    DecideRequest, DecisionKind, GrantScope, ListGrantsRequest, QueryAuditRequest, RequestState,
+    RevokeGrantRequest,
 };
-use latch_tests::{binary, outcome, privileged, probe, spawn_in, wait_state, TestCgroup, PATIENCE};
+use latch_tests::{
+    binary, outcome, privileged, probe, spawn_in,
+    stack::{apply, free_port, rules, spawn_central, wait_request, Stack, ADMIN, ALICE},
+    wait_state, TestCgroup, PATIENCE,
+};
 use tonic::{metadata::MetadataValue, transport::Channel, Request};
-
-const ADMIN: &str = "admin-token-for-tests";
-const ALICE: &str = "alice-token-for-tests";
-const AGENT: &str = "agent-token-for-tests";
-
-struct Stack {
-    dir: PathBuf,
-    central: Child,
-    agent: Option<Child>,
-    address: String,
-    host: String,
-    pin_dir: PathBuf,
-    agent_config: PathBuf,
-}
-
-impl Drop for Stack {
-    fn drop(&mut self) {
-        if let Some(a) = self.agent.as_mut() {
-            let _ = a.kill();
-            let _ = a.wait();
-        }
-        let _ = self.central.kill();
-        let _ = self.central.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-        let _ = std::fs::remove_dir_all(&self.pin_dir);
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
-impl Stack {
-    async fn start(cg: &TestCgroup) -> Stack {
-        let name = cg.rel.trim_start_matches('/').to_string();
-        let dir = std::env::temp_dir().join(format!("{name}-stack"));
-        std::fs::create_dir_all(&dir).expect("mkdir");
-        let port = free_port();
-        let host = format!("host-{name}");
-        let central_config = dir.join("central.toml");
-        std::fs::write(
-            &central_config,
-            format!(
-                "listen = \"127.0.0.1:{port}\"\ndatabase = \"sqlite://{db}\"\n\
-                 [[reviewers]]\ntoken = \"{ADMIN}\"\nsubject = \"root-admin\"\nrole = \"admin\"\n\
-                 [[reviewers]]\ntoken = \"{ALICE}\"\nsubject = \"alice\"\nrole = \"approver\"\ngroups = [\"dba-oncall\"]\n\
-                 [[agents]]\nhost_id = \"{host}\"\ntoken = \"{AGENT}\"\n",
-                db = dir.join("central.db").display()
-            ),
-        )
-        .expect("write central config");
-        let central = Command::new(binary("latch-central"))
-            .args(["serve", "--config"])
-            .arg(&central_config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start latch-central");
-        let address = format!("http://127.0.0.1:{port}");
-        let deadline = Instant::now() + PATIENCE;
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "central never listened");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let token_file = dir.join("agent.token");
-        std::fs::write(&token_file, format!("{AGENT}\n")).expect("token");
-        let pin_dir = PathBuf::from("/sys/fs/bpf").join(&name);
-        let agent_config = dir.join("agent.toml");
-        std::fs::write(
-            &agent_config,
-            format!(
-                "rules = \"{rules}\"\nadmin_socket = \"{sock}\"\npin_dir = \"{pin}\"\nrescan_interval = \"200ms\"\nmetrics_listen = \"\"\nwaiting_dir = \"\"\njournal_dir = \"{journal}\"\n\
-                 [central]\naddress = \"{address}\"\ntoken_file = \"{token}\"\nhost_id = \"{host}\"\n\
-                 rules_cache = \"{cache}\"\nlabels = {{ suite = \"{name}\" }}\n",
-                rules = dir.join("no-local-rules.yaml").display(),
-                sock = dir.join("agent.sock").display(),
-                pin = pin_dir.display(),
-                token = token_file.display(),
-                cache = dir.join("rules.cache.yaml").display(),
-                journal = dir.join("journal").display(),
-            ),
-        )
-        .expect("write agent config");
-        Stack {
-            dir,
-            central,
-            agent: None,
-            address,
-            host,
-            pin_dir,
-            agent_config,
-        }
-    }
-
-    fn start_agent(&mut self) {
-        let child = Command::new(binary("latch-agent"))
-            .arg("--config")
-            .arg(&self.agent_config)
-            .arg("run")
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start latch-agent");
-        self.agent = Some(child);
-    }
-
-    fn wait_watching(&self) {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let out = Command::new(binary("latch-agent"))
-                .arg("--config")
-                .arg(&self.agent_config)
-                .args(["status", "--json"])
-                .output()
-                .expect("status");
-            if out.status.success() {
-                let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-                if v["watched_cgroups"]
-                    .as_array()
-                    .is_some_and(|a| !a.is_empty())
-                {
-                    return;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the agent never enforced rules from central"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    async fn reviewer(
-        &self,
-        token: &str,
-    ) -> ReviewerServiceClient<
-        tonic::service::interceptor::InterceptedService<Channel, impl tonic::service::Interceptor>,
-    > {
-        let channel = Channel::from_shared(self.address.clone())
-            .expect("uri")
-            .connect()
-            .await
-            .expect("connect");
-        let value: MetadataValue<_> = format!("Bearer {token}").parse().expect("header");
-        ReviewerServiceClient::with_interceptor(channel, move |mut req: Request<()>| {
-            req.metadata_mut().insert("authorization", value.clone());
-            Ok(req)
-        })
-    }
-}
-
-/// Applies rules for this test's cgroup to the hosts labelled with this test's suite.
-async fn apply(stack: &Stack, cg: &TestCgroup, body: &str) {
-    let mut admin = stack.reviewer(ADMIN).await;
-    let suite = cg.rel.trim_start_matches('/').to_string();
-    admin
-        .apply_rules(ApplyRulesRequest {
-            source_name: "suite.yaml".into(),
-            yaml: rules(cg, body),
-            selector: [("suite".to_string(), suite)].into_iter().collect(),
-            dry_run: false,
-            comment: "test".into(),
-        })
-        .await
-        .expect("apply rules");
-}
-
-fn rules(cg: &TestCgroup, body: &str) -> String {
-    format!(
-        "workloads:\n  - name: test\n    cgroups: [\"{}\"]\nrules:\n{body}",
-        cg.rel
-    )
-}
-
-async fn wait_request(
-    client: &mut ReviewerServiceClient<
-        tonic::service::interceptor::InterceptedService<Channel, impl tonic::service::Interceptor>,
-    >,
-    host: &str,
-    tgid: u32,
-    state: RequestState,
-) -> ApprovalRecord {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let list = client
-            .list_requests(ListRequestsRequest {
-                state: state as i32,
-                host_id: host.to_string(),
-                limit: 100,
-            })
-            .await
-            .expect("list")
-            .into_inner();
-        if let Some(r) = list
-            .requests
-            .into_iter()
-            .find(|r| r.request.as_ref().is_some_and(|q| q.tgid == tgid))
-        {
-            return r;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no {state:?} request for {tgid} at central"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reviewer_decisions_reach_the_kernel_through_central() {
@@ -391,4 +186,610 @@ async fn unanswered_request_expires_by_the_rule_and_cached_rules_survive_central
         out["errno"], 1,
         "held, then expired locally by the cached rule: {out}"
     );
+}
+
+/// A long-lived connection from the probe's `hold` mode: its first line says it connected.
+struct Held {
+    child: Child,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+}
+
+impl Held {
+    fn start(cg: &TestCgroup, target: &str) -> Held {
+        let mut child = spawn_in(&cg.path, &probe(), &["hold", target]);
+        let out = child.stdout.take().expect("probe stdout");
+        Held {
+            child,
+            lines: std::io::BufRead::lines(std::io::BufReader::new(out)),
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The next JSON line the probe prints (blocks until it does).
+    fn next(&mut self) -> serde_json::Value {
+        let line = self
+            .lines
+            .next()
+            .expect("the probe printed nothing more")
+            .expect("read probe output");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("probe printed {line:?}: {e}"))
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Accepts connections and keeps the server side of each open, in arrival order.
+fn keep_accepting(listener: TcpListener) -> std::sync::mpsc::Receiver<std::net::TcpStream> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for s in listener.incoming().flatten() {
+            if tx.send(s).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_a_grant_with_close_connections_cuts_only_its_connections() {
+    if !privileged() {
+        return;
+    }
+    let a = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let b = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let (port_a, port_b) = (
+        a.local_addr().expect("addr").port(),
+        b.local_addr().expect("addr").port(),
+    );
+    let (target_a, target_b) = (format!("127.0.0.1:{port_a}"), format!("127.0.0.1:{port_b}"));
+    let accepted_a = keep_accepting(a);
+    let accepted_b = keep_accepting(b);
+    let cg = TestCgroup::new();
+    let mut stack = Stack::start(&cg).await;
+    apply(
+        &stack,
+        &cg,
+        &format!(
+            "  - {{name: db, workload: test, on: connect, to: [127.0.0.1/32], ports: [{port_a}], action: approve, timeout: 10m}}\n\
+             \x20 - {{name: cache, workload: test, on: connect, to: [127.0.0.1/32], ports: [{port_b}], action: approve, timeout: 10m}}\n"
+        ),
+    )
+    .await;
+    stack.start_agent();
+    stack.wait_watching();
+    let mut alice = stack.reviewer(ALICE).await;
+    let grant_for = |rec: ApprovalRecord| DecideRequest {
+        approval_id: rec.approval_id,
+        kind: DecisionKind::ApproveFor as i32,
+        duration_seconds: 3600,
+        scope: GrantScope::Host as i32,
+        reason: "maintenance window".into(),
+    };
+
+    // The held connection that the grant was made for, and one the grant let through later.
+    let mut first = Held::start(&cg, &target_a);
+    let rec = wait_request(&mut alice, &stack.host, first.pid(), RequestState::Pending).await;
+    let decided = alice
+        .decide(grant_for(rec))
+        .await
+        .expect("decide")
+        .into_inner();
+    let grant_a = decided
+        .request
+        .and_then(|r| r.decision)
+        .and_then(|d| d.grant)
+        .expect("a grant")
+        .grant_id;
+    assert_eq!(first.next()["connected"], true);
+    let mut second = Held::start(&cg, &target_a);
+    assert_eq!(second.next()["connected"], true, "let through by the grant");
+
+    // A connection through another grant.
+    let mut other = Held::start(&cg, &target_b);
+    let rec = wait_request(&mut alice, &stack.host, other.pid(), RequestState::Pending).await;
+    alice.decide(grant_for(rec)).await.expect("decide");
+    assert_eq!(other.next()["connected"], true);
+    let _server_a: Vec<_> = (0..2)
+        .map(|_| accepted_a.recv_timeout(PATIENCE).expect("accepted on A"))
+        .collect();
+    let mut server_b = accepted_b.recv_timeout(PATIENCE).expect("accepted on B");
+
+    alice
+        .revoke_grant(RevokeGrantRequest {
+            grant_id: grant_a.clone(),
+            reason: "window closed".into(),
+            close_connections: true,
+        })
+        .await
+        .expect("revoke");
+    for (name, held) in [("first", &mut first), ("second", &mut second)] {
+        let cut = held.next();
+        assert_eq!(cut["ok"], false, "{name} connection still open: {cut}");
+        assert_eq!(
+            cut["errno"],
+            libc::ECONNABORTED,
+            "{name} connection was not aborted: {cut}"
+        );
+    }
+    // The connection of the other grant is still usable.
+    std::io::Write::write_all(&mut server_b, b"still-open\n").expect("write to B");
+    let alive = other.next();
+    assert_eq!(alive["read"], "still-open", "{alive}");
+
+    // The grant is gone from the kernel: the same connection is held again.
+    let again = spawn_in(&cg.path, &probe(), &["connect", &target_a]);
+    let rec = wait_request(&mut alice, &stack.host, again.id(), RequestState::Pending).await;
+    alice
+        .decide(DecideRequest {
+            approval_id: rec.approval_id,
+            kind: DecisionKind::Deny as i32,
+            duration_seconds: 0,
+            scope: 0,
+            reason: "revoked".into(),
+        })
+        .await
+        .expect("decide");
+    assert_eq!(outcome(again)["errno"], 1);
+    let grants = alice
+        .list_grants(ListGrantsRequest {
+            include_inactive: true,
+            host_id: stack.host.clone(),
+        })
+        .await
+        .expect("list grants")
+        .into_inner()
+        .grants;
+    let g = grants
+        .iter()
+        .find(|g| g.grant_id == grant_a)
+        .expect("the revoked grant is listed");
+    assert!(g.revoked_at_unix_ms > 0 && g.close_connections, "{g:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_agent_applies_a_decision_made_after_a_kill_9() {
+    if !privileged() {
+        return;
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let target = format!("127.0.0.1:{}", listener.local_addr().expect("addr").port());
+    let cg = TestCgroup::new();
+    let mut stack = Stack::start(&cg).await;
+    apply(&stack, &cg, "  - {name: db, workload: test, on: connect, to: [127.0.0.1/32], action: approve, timeout: 10m}\n").await;
+    stack.start_agent();
+    stack.wait_watching();
+    let mut alice = stack.reviewer(ALICE).await;
+    let child = spawn_in(&cg.path, &probe(), &["connect", &target]);
+    let pid = child.id();
+    let rec = wait_request(&mut alice, &stack.host, pid, RequestState::Pending).await;
+    wait_state(pid, 'T');
+
+    stack.kill_agent();
+    assert_eq!(
+        latch_tests::state(pid),
+        Some('T'),
+        "still held while no agent runs"
+    );
+    stack.start_agent();
+    stack.wait_watching();
+    // Decided only now, after the restart: the new agent finds the held operation in the pinned
+    // map and applies the decision to it.
+    alice
+        .decide(DecideRequest {
+            approval_id: rec.approval_id,
+            kind: DecisionKind::ApproveOnce as i32,
+            duration_seconds: 0,
+            scope: 0,
+            reason: "checked".into(),
+        })
+        .await
+        .expect("decide");
+    assert_eq!(outcome(child)["ok"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_after_a_killed_agent_resolves_held_processes_by_the_fail_mode() {
+    if !privileged() {
+        return;
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let target = format!("127.0.0.1:{}", listener.local_addr().expect("addr").port());
+    let cg = TestCgroup::new();
+    let mut stack = Stack::start(&cg).await;
+    apply(&stack, &cg, "  - {name: db, workload: test, on: connect, to: [127.0.0.1/32], action: approve, timeout: 10m}\n").await;
+    stack.start_agent();
+    stack.wait_watching();
+    let mut alice = stack.reviewer(ALICE).await;
+    let child = spawn_in(&cg.path, &probe(), &["connect", &target]);
+    let pid = child.id();
+    wait_request(&mut alice, &stack.host, pid, RequestState::Pending).await;
+    wait_state(pid, 'T');
+
+    stack.kill_agent();
+    // The unit's ExecStopPost.
+    let out = stack.agent_cli(&["release"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("released 1 held operation"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // Fail mode deny. With the hooks gone with the agent (this kernel refuses to pin them), a
+    // refused connect() would run unchecked if resumed, so the process is ended; where the
+    // hooks outlive the agent, the call fails with EPERM.
+    let out = child.wait_with_output().expect("wait for probe");
+    let ended_by_kill = std::os::unix::process::ExitStatusExt::signal(&out.status) == Some(9);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        ended_by_kill || text.contains("\"errno\":1"),
+        "the held process was neither refused nor ended: {:?} {text}",
+        out.status
+    );
+    assert!(!text.contains("\"ok\":true"), "let through: {text}");
+    // Nothing left to release.
+    let out = stack.agent_cli(&["release"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("released 0 held operation"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn central_loss_applies_the_fail_mode_and_the_journal_arrives_once_after_it_returns() {
+    if !privileged() {
+        return;
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let target = format!("127.0.0.1:{}", listener.local_addr().expect("addr").port());
+    let cg = TestCgroup::new();
+    let mut stack = Stack::start_with(
+        &cg,
+        "fail_mode = \"allow-and-record\"",
+        "loss_timeout = \"2s\"",
+    )
+    .await;
+    let mut admin = stack.reviewer(ADMIN).await;
+    apply(&stack, &cg, "  - {name: db, workload: test, on: connect, to: [127.0.0.1/32], action: approve, timeout: 10m, on_timeout: deny}\n").await;
+    stack.start_agent();
+    stack.wait_watching();
+    let held = spawn_in(&cg.path, &probe(), &["connect", &target]);
+    let held_pid = held.id();
+    wait_request(&mut admin, &stack.host, held_pid, RequestState::Pending).await;
+    wait_state(held_pid, 'T');
+
+    stack.kill_central();
+    // Not the rule's timeout (10 minutes, deny): the fail mode, allow-and-record, once central
+    // has been unreachable for the loss timeout.
+    let out = outcome(held);
+    assert_eq!(out["ok"], true, "resolved by the fail mode: {out}");
+    // While central is away nothing is held: the fail mode applies at once.
+    let out = outcome(spawn_in(&cg.path, &probe(), &["connect", &target]));
+    assert_eq!(out["ok"], true, "{out}");
+
+    stack.restart_central();
+    let mut admin = stack.reviewer(ADMIN).await;
+    // The request central still had is cancelled: the host resolved it meanwhile.
+    wait_request(&mut admin, &stack.host, held_pid, RequestState::Cancelled).await;
+    // With central back, operations are held for review again.
+    let again = spawn_in(&cg.path, &probe(), &["connect", &target]);
+    let rec = wait_request(&mut admin, &stack.host, again.id(), RequestState::Pending).await;
+    admin
+        .decide(DecideRequest {
+            approval_id: rec.approval_id,
+            kind: DecisionKind::Deny as i32,
+            duration_seconds: 0,
+            scope: 0,
+            reason: "after the outage".into(),
+        })
+        .await
+        .expect("decide");
+    assert_eq!(outcome(again)["errno"], 1);
+
+    // The journal: the fail-mode verdict and the decision after the outage reach central, and
+    // every record of the host up to the last one is there exactly once.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let entries = admin
+            .query_audit(QueryAuditRequest {
+                host_id: stack.host.clone(),
+                limit: 10_000,
+                ..Default::default()
+            })
+            .await
+            .expect("query audit")
+            .into_inner()
+            .entries;
+        let agent: Vec<_> = entries.iter().filter(|e| !e.record_id.is_empty()).collect();
+        let fail_mode = agent
+            .iter()
+            .any(|e| e.kind.contains("decision") && e.payload_json.contains("\"fail-mode\""));
+        let reviewed = agent
+            .iter()
+            .any(|e| e.kind.contains("decision") && e.payload_json.contains("\"reviewer\""));
+        if fail_mode && reviewed {
+            let mut seqs: Vec<i64> = agent.iter().map(|e| e.host_seq).collect();
+            seqs.sort_unstable();
+            let n = seqs.len();
+            seqs.dedup();
+            assert_eq!(seqs.len(), n, "a journal record stored twice: {seqs:?}");
+            let want: Vec<i64> = (1..=n as i64).collect();
+            assert_eq!(seqs, want, "a gap in the host's journal at central");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the journal never reached central after the outage: {agent:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A CA, central's certificate for 127.0.0.1/localhost and `host`'s client certificate, as
+/// PEM files in `dir`: (ca, server cert, server key, agent cert, agent key).
+fn mutual_tls_files(dir: &std::path::Path, host: &str) -> [PathBuf; 5] {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa,
+        KeyPair, SanType,
+    };
+    let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(p, KeyPair::generate().expect("key")).expect("ca");
+    let mut p = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+    p.subject_alt_names
+        .push(SanType::IpAddress("127.0.0.1".parse().expect("ip")));
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let server_key = KeyPair::generate().expect("key");
+    let server = p.signed_by(&server_key, &*ca).expect("server cert");
+    let mut p = CertificateParams::new(vec![host.to_string()]).expect("params");
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let agent_key = KeyPair::generate().expect("key");
+    let agent = p.signed_by(&agent_key, &*ca).expect("agent cert");
+    let files = [
+        ("ca.pem", ca.pem()),
+        ("central.pem", server.pem()),
+        ("central.key", server_key.serialize_pem()),
+        ("agent.pem", agent.pem()),
+        ("agent.key", agent_key.serialize_pem()),
+    ];
+    files.map(|(name, text)| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).expect("write TLS file");
+        path
+    })
+}
+
+/// Processes and files of a test, gone on drop.
+struct Cleanup(Vec<Child>, Vec<PathBuf>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for d in &self.1 {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_connects_over_mutual_tls_with_its_certificate_alone() {
+    if !privileged() {
+        return;
+    }
+    let cg = TestCgroup::new();
+    let name = cg.rel.trim_start_matches('/').to_string();
+    let dir = std::env::temp_dir().join(format!("{name}-mtls"));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let pin_dir = PathBuf::from("/sys/fs/bpf").join(format!("{name}-mtls"));
+    let mut cleanup = Cleanup(Vec::new(), vec![dir.clone(), pin_dir.clone()]);
+    let host = format!("host-{name}");
+    let [ca, server_cert, server_key, agent_cert, agent_key] = mutual_tls_files(&dir, &host);
+    let port = free_port();
+    let central_config = dir.join("central.toml");
+    // No [[agents]] tokens: the certificate is the agent's only credential.
+    std::fs::write(
+        &central_config,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\ndatabase = \"sqlite://{db}\"\n\
+             [tls]\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\nclient_ca_file = \"{ca}\"\n\
+             [[reviewers]]\ntoken = \"{ADMIN}\"\nsubject = \"root-admin\"\nrole = \"admin\"\n",
+            db = dir.join("central.db").display(),
+            cert = server_cert.display(),
+            key = server_key.display(),
+            ca = ca.display(),
+        ),
+    )
+    .expect("central config");
+    cleanup.0.push(spawn_central(&central_config, port));
+
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(
+            std::fs::read(&ca).expect("ca"),
+        ))
+        .domain_name("localhost");
+    let channel = Channel::from_shared(format!("https://localhost:{port}"))
+        .expect("uri")
+        .tls_config(tls)
+        .expect("tls")
+        .connect()
+        .await
+        .expect("reviewer over TLS");
+    let value: MetadataValue<_> = format!("Bearer {ADMIN}").parse().expect("header");
+    let mut admin = ReviewerServiceClient::with_interceptor(channel, move |mut req: Request<()>| {
+        req.metadata_mut().insert("authorization", value.clone());
+        Ok(req)
+    });
+    let version = admin
+        .apply_rules(ApplyRulesRequest {
+            source_name: "suite.yaml".into(),
+            yaml: rules(&cg, "  - {name: db, workload: test, on: connect, to: [127.0.0.1/32], action: approve, timeout: 10m}\n"),
+            selector: [("suite".to_string(), name.clone())].into_iter().collect(),
+            dry_run: false,
+            comment: "test".into(),
+        })
+        .await
+        .expect("apply rules")
+        .into_inner()
+        .version;
+
+    let agent_config = dir.join("agent.toml");
+    let local_rules = dir.join("local-rules.yaml");
+    std::fs::write(&local_rules, "workloads: []\nrules: []\n").expect("local rules");
+    std::fs::write(
+        &agent_config,
+        format!(
+            "rules = \"{rules}\"\nadmin_socket = \"{sock}\"\npin_dir = \"{pin}\"\nmetrics_listen = \"\"\nwaiting_dir = \"\"\njournal_dir = \"{journal}\"\n\
+             [central]\naddress = \"https://localhost:{port}\"\nhost_id = \"{host}\"\n\
+             ca_file = \"{ca}\"\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\n\
+             rules_cache = \"{cache}\"\nlabels = {{ suite = \"{name}\" }}\n",
+            rules = local_rules.display(),
+            sock = dir.join("agent.sock").display(),
+            pin = pin_dir.display(),
+            journal = dir.join("journal").display(),
+            cache = dir.join("rules.cache.yaml").display(),
+            ca = ca.display(),
+            cert = agent_cert.display(),
+            key = agent_key.display(),
+        ),
+    )
+    .expect("agent config");
+    let validate = Command::new(binary("latch-agent"))
+        .arg("--config")
+        .arg(&agent_config)
+        .arg("validate")
+        .output()
+        .expect("latch-agent validate");
+    assert!(
+        validate.status.success(),
+        "{}",
+        String::from_utf8_lossy(&validate.stderr)
+    );
+    cleanup.0.push(
+        Command::new(binary("latch-agent"))
+            .arg("--config")
+            .arg(&agent_config)
+            .arg("run")
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start latch-agent"),
+    );
+
+    // Registered, subscribed and the rules acknowledged: all over the mutual-TLS link.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let hosts = admin
+            .list_hosts(latch_proto::v1::ListHostsRequest {})
+            .await
+            .expect("hosts")
+            .into_inner()
+            .hosts;
+        if hosts
+            .iter()
+            .any(|h| h.host_id == host && h.connected && h.rules_version_acked == version)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent never connected over mutual TLS: {hosts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[test]
+fn latch_agent_validate_names_an_unreadable_certificate() {
+    let dir = tempfile_dir("agent-validate-tls");
+    let missing = dir.join("missing.pem");
+    let config = dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[central]\naddress = \"https://central.internal:7443\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            missing.display(),
+            dir.join("agent.key").display()
+        ),
+    )
+    .expect("config");
+    let out = Command::new(binary("latch-agent"))
+        .arg("--config")
+        .arg(&config)
+        .arg("validate")
+        .output()
+        .expect("latch-agent validate");
+    let _ = std::fs::remove_dir_all(&dir);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("`central.cert_file` = {missing:?}: cannot read")),
+        "{stderr}"
+    );
+}
+
+fn tempfile_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("latch-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operation_held_while_central_was_down_is_submitted_by_a_restarted_agent() {
+    if !privileged() {
+        return;
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let target = format!("127.0.0.1:{port}");
+    let cg = TestCgroup::new();
+    let mut stack = Stack::start(&cg).await;
+    apply(&stack, &cg, "  - {name: db, workload: test, on: connect, to: [127.0.0.1/32], action: approve, timeout: 10m}\n").await;
+    stack.start_agent();
+    stack.wait_watching();
+
+    // Held while central is away (well within the loss timeout), then the agent dies before it
+    // could submit: only the pinned pending entry knows about the operation.
+    stack.kill_central();
+    let child = spawn_in(&cg.path, &probe(), &["connect", &target]);
+    let pid = child.id();
+    wait_state(pid, 'T');
+    stack.kill_agent();
+    stack.restart_central();
+    stack.start_agent();
+    stack.wait_watching();
+
+    let mut alice = stack.reviewer(ALICE).await;
+    let rec = wait_request(&mut alice, &stack.host, pid, RequestState::Pending).await;
+    let req = rec.request.clone().expect("request context");
+    assert_eq!(req.rule_name, "db");
+    assert_eq!(
+        req.destination
+            .as_ref()
+            .map(|d| (d.address.as_str(), d.port)),
+        Some(("127.0.0.1", port as u32)),
+        "the destination comes from the pinned entry"
+    );
+    assert_eq!(req.comm, "latch-probe");
+    alice
+        .decide(DecideRequest {
+            approval_id: rec.approval_id,
+            kind: DecisionKind::ApproveOnce as i32,
+            duration_seconds: 0,
+            scope: 0,
+            reason: "checked".into(),
+        })
+        .await
+        .expect("decide");
+    assert_eq!(outcome(child)["ok"], true);
 }

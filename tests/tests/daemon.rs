@@ -19,7 +19,19 @@ struct Daemon {
 }
 
 impl Daemon {
+    /// Starts the agent and waits until it watches a cgroup.
     fn start(cg: &TestCgroup, rules: &str, fail_mode: &str) -> Daemon {
+        let d = Self::launch(cg, rules, fail_mode, "200ms");
+        d.wait_status("a watched cgroup", |v| {
+            v["watched_cgroups"]
+                .as_array()
+                .is_some_and(|a| !a.is_empty())
+        });
+        d
+    }
+
+    /// Starts the agent with a full cgroup rescan every `rescan_interval`.
+    fn launch(cg: &TestCgroup, rules: &str, fail_mode: &str, rescan_interval: &str) -> Daemon {
         let dir = std::env::temp_dir().join(format!("{}-agent", cg.rel.trim_start_matches('/')));
         std::fs::create_dir_all(&dir).expect("mkdir");
         let pin_dir = PathBuf::from("/sys/fs/bpf").join(cg.rel.trim_start_matches('/'));
@@ -34,7 +46,7 @@ impl Daemon {
         std::fs::write(
             &config,
             format!(
-                "rules = {rules:?}\nadmin_socket = {sock:?}\npin_dir = {pin:?}\nfail_mode = {fail_mode:?}\nrescan_interval = \"200ms\"\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\nwaiting_dir = {waiting:?}\njournal_dir = {journal:?}\n",
+                "rules = {rules:?}\nadmin_socket = {sock:?}\npin_dir = {pin:?}\nfail_mode = {fail_mode:?}\nrescan_interval = {rescan_interval:?}\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\nwaiting_dir = {waiting:?}\njournal_dir = {journal:?}\n",
                 journal = dir.join("journal").display().to_string(),
                 waiting = dir.join("waiting").display().to_string(),
                 rules = rules_path.display().to_string(),
@@ -50,36 +62,39 @@ impl Daemon {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start latch-agent");
-        let d = Daemon {
+        Daemon {
             child,
             metrics_port,
             dir,
             config,
             rules: rules_path,
             pin_dir,
-        };
+        }
+    }
+
+    /// Polls `latch-agent status --json` until `ready` holds; returns that status.
+    fn wait_status(
+        &self,
+        what: &str,
+        ready: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
         let deadline = Instant::now() + PATIENCE;
         loop {
-            let out = d.cli(&["status", "--json"]);
+            let out = self.cli(&["status", "--json"]);
             if out.status.success() {
                 let v: serde_json::Value =
                     serde_json::from_slice(&out.stdout).expect("status json");
-                if !v["watched_cgroups"]
-                    .as_array()
-                    .map(|a| a.is_empty())
-                    .unwrap_or(true)
-                {
-                    break;
+                if ready(&v) {
+                    return v;
                 }
             }
             assert!(
                 Instant::now() < deadline,
-                "agent never became ready: {}",
-                String::from_utf8_lossy(&out.stderr)
+                "the agent never showed {what}: {}",
+                text(&out)
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        d
     }
 
     fn cli(&self, args: &[&str]) -> Output {
@@ -408,5 +423,75 @@ fn other_names_of_a_denied_program_are_denied_too() {
         .wait_with_output()
         .expect("wait");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "ok");
+    d.stop();
+}
+
+#[test]
+fn cgroups_created_after_start_are_watched_without_a_rescan() {
+    if !privileged() {
+        return;
+    }
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let target = format!("127.0.0.1:{}", l.local_addr().expect("addr").port());
+    let cg = TestCgroup::new();
+    // The periodic rescan never comes during the test: only inotify can find the new cgroups.
+    let d = Daemon::launch(
+        &cg,
+        "workloads:\n  - name: test\n    cgroups: [\"{CG}/job-*\", \"{CG}/*/deep-*\"]\nrules:\n  \
+         - {name: off, workload: test, on: connect, to: [127.0.0.1/32], action: deny}\n",
+        "deny",
+        "24h",
+    );
+    let started = d.wait_status("readiness", |v| v["followed_dirs"].as_u64() > Some(0));
+    assert_eq!(started["watched_cgroups"], serde_json::json!([]));
+    // The test cgroup itself matches no glob: not watched.
+    assert_eq!(
+        outcome(spawn_in(&cg.path, &probe(), &["connect", &target]))["ok"],
+        true
+    );
+    let watched = |rel: String| {
+        move |v: &serde_json::Value| {
+            v["watched_cgroups"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|p| p == &serde_json::json!(rel)))
+        }
+    };
+
+    let job = cg.path.join("job-1");
+    std::fs::create_dir(&job).expect("mkdir job-1");
+    d.wait_status("job-1 watched", watched(format!("{}/job-1", cg.rel)));
+    assert_eq!(
+        outcome(spawn_in(&job, &probe(), &["connect", &target]))["errno"],
+        1,
+        "refused by the rule in a cgroup made after start"
+    );
+
+    // Two levels at once: the intermediate directory is followed as it appears.
+    let team = cg.path.join("team");
+    std::fs::create_dir(&team).expect("mkdir team");
+    let deep = team.join("deep-1");
+    std::fs::create_dir(&deep).expect("mkdir deep-1");
+    d.wait_status(
+        "team/deep-1 watched",
+        watched(format!("{}/team/deep-1", cg.rel)),
+    );
+    assert_eq!(
+        outcome(spawn_in(&deep, &probe(), &["connect", &target]))["errno"],
+        1
+    );
+    assert_eq!(
+        outcome(spawn_in(&team, &probe(), &["connect", &target]))["ok"],
+        true,
+        "the intermediate cgroup matches no glob"
+    );
+
+    // A removed cgroup leaves the watch list.
+    latch_tests::remove_cgroup(&job);
+    let job_rel = format!("{}/job-1", cg.rel);
+    d.wait_status("job-1 unwatched", move |v| {
+        v["watched_cgroups"]
+            .as_array()
+            .is_some_and(|a| !a.iter().any(|p| p == &serde_json::json!(job_rel)))
+    });
     d.stop();
 }

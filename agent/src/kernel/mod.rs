@@ -8,6 +8,7 @@
 //! task over channels ([`crate::engine_task`]).
 
 mod mounts;
+pub mod sockets;
 
 use std::{
     collections::HashSet,
@@ -222,6 +223,10 @@ pub struct PendingOp {
     pub state: String,
     /// How long it has been held.
     pub age_ms: u64,
+    /// Destination of a network operation.
+    pub destination: Option<std::net::SocketAddr>,
+    /// IP protocol number of a network operation.
+    pub protocol: u8,
 }
 
 /// Where and how the engine runs.
@@ -259,6 +264,8 @@ pub struct Engine {
     net6: LpmTrie<MapData, Net6Data, PortRules>,
     pending: HashMap<MapData, u32, Pending>,
     grants: HashMap<MapData, GrantKey, Grant>,
+    // An LRU hash in the kernel; the same typed view serves it.
+    grant_conns: HashMap<MapData, u64, GrantKey>,
     heartbeat: Array<MapData, Heartbeat>,
     counters: PerCpuArray<MapData, u64>,
     events: Option<RingBuf<MapData>>,
@@ -331,6 +338,7 @@ impl Engine {
             net6: take(&mut ebpf, names::NET6_RULES)?,
             pending: take(&mut ebpf, names::PENDING)?,
             grants: take(&mut ebpf, names::GRANTS)?,
+            grant_conns: take(&mut ebpf, names::GRANT_CONNS)?,
             heartbeat: take(&mut ebpf, names::HEARTBEAT)?,
             counters: take(&mut ebpf, names::COUNTERS)?,
             events: Some(take(&mut ebpf, names::EVENTS)?),
@@ -684,6 +692,8 @@ impl Engine {
                 }
                 .to_string(),
                 age_ms: now.saturating_sub(p.created_ns) / 1_000_000,
+                destination: destination_of(&p),
+                protocol: p.proto,
             });
         }
         out.sort_by_key(|p| p.id);
@@ -769,10 +779,16 @@ impl Engine {
             })
     }
 
-    /// Resolves every held operation with the fail mode (on shutdown, or after a restart when
-    /// nobody can decide). Returns how many were released.
+    /// Resolves every operation still waiting with the fail mode (on shutdown, or after a
+    /// restart when nobody can decide). Operations already decided keep their verdict. Returns
+    /// how many were released.
     pub fn release_all(&mut self, mode: FailMode) -> Result<usize, EngineError> {
-        let ids: Vec<RequestId> = self.pending()?.into_iter().map(|p| p.id).collect();
+        let ids: Vec<RequestId> = self
+            .pending()?
+            .into_iter()
+            .filter(|p| p.state == "waiting")
+            .map(|p| p.id)
+            .collect();
         let decision = match mode {
             FailMode::Deny => Decision::Deny,
             FailMode::AllowAndRecord => Decision::Allow,
@@ -831,6 +847,23 @@ impl Engine {
         }
     }
 
+    /// Takes the record of the connections a grant let through: their socket cookies, removed
+    /// from the map (a revoked grant lets nothing through any more, and a reissued one records
+    /// its own).
+    pub fn take_connections(&mut self, key: &GrantKey) -> Result<Vec<u64>, EngineError> {
+        let cookies: Vec<u64> = self
+            .grant_conns
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, k)| k == key)
+            .map(|(cookie, _)| cookie)
+            .collect();
+        for c in &cookies {
+            ignore_missing(self.grant_conns.remove(c)).map_err(map_err(names::GRANT_CONNS))?;
+        }
+        Ok(cookies)
+    }
+
     /// Grants in force.
     pub fn grants(&self) -> Result<Vec<(GrantKey, Grant)>, EngineError> {
         self.grants
@@ -872,6 +905,18 @@ impl Engine {
     }
 }
 
+fn destination_of(p: &Pending) -> Option<std::net::SocketAddr> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+    let ip = match p.family {
+        agent_common::family::INET => {
+            IpAddr::V4(Ipv4Addr::new(p.addr[0], p.addr[1], p.addr[2], p.addr[3]))
+        }
+        agent_common::family::INET6 => IpAddr::V6(Ipv6Addr::from(p.addr)),
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, p.port))
+}
+
 /// Resolves every held operation by the fail mode using only the pinned pending map, without
 /// loading any program: the service's stop hook, run after the daemon is gone.
 pub fn release_pinned(pin_dir: &Path, mode: FailMode) -> Result<usize, EngineError> {
@@ -883,13 +928,19 @@ pub fn release_pinned(pin_dir: &Path, mode: FailMode) -> Result<usize, EngineErr
     let mut pending: HashMap<MapData, u32, Pending> =
         HashMap::try_from(aya::maps::Map::HashMap(data)).map_err(map_err(names::PENDING))?;
     let entries: Vec<(u32, Pending)> = pending.iter().filter_map(Result::ok).collect();
-    let allow = mode == FailMode::AllowAndRecord;
     let hooks_pinned = pin_dir.join("links").join("connect4").exists();
     let mut n = 0;
     for (tid, p) in entries {
         let id = RequestId {
             tid,
             created_ns: p.created_ns,
+        };
+        // A verdict written before the agent died stands; only what still waits gets the fail
+        // mode.
+        let allow = match p.state {
+            pending_state::ALLOW => true,
+            pending_state::DENY => false,
+            _ => mode == FailMode::AllowAndRecord,
         };
         resolve_held(&mut pending, id, p, allow, hooks_pinned)?;
         n += 1;

@@ -343,6 +343,10 @@ pub struct Agent {
     pub host: String,
     pub client: AgentServiceClient<Channel>,
     pub stream: Streaming<AgentMessage>,
+    /// Decisions already returned: delivery is at least once (a replica may deliver a decision
+    /// both for the request's own event and for a later one), and agents apply a repeat as a
+    /// no-op, so the simulated agent skips repeats as well.
+    seen: std::collections::HashSet<(String, i32, String)>,
 }
 
 impl Agent {
@@ -405,6 +409,7 @@ impl Agent {
             host: host.into(),
             client,
             stream,
+            seen: Default::default(),
         }
     }
 
@@ -422,11 +427,16 @@ impl Agent {
         m.body.expect("message without body")
     }
 
-    /// Next decision, skipping rules pushes.
+    /// Next decision not seen before, skipping rules pushes.
     pub async fn next_decision(&mut self) -> Decision {
         loop {
             match self.next().await {
-                Body::Decision(d) => return d,
+                Body::Decision(d) => {
+                    let key = (d.approval_id.clone(), d.outcome, d.decided_by.clone());
+                    if self.seen.insert(key) {
+                        return d;
+                    }
+                }
                 Body::Rules(_) => continue,
                 Body::Revocation(r) => panic!("expected a decision, got revocation {r:?}"),
             }

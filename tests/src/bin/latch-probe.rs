@@ -4,9 +4,17 @@
 //! ```text
 //! latch-probe connect 127.0.0.1:8080     TCP connect()
 //! latch-probe udp-send [::1]:5353        sendto() on an unconnected UDP socket
+//! latch-probe hold 127.0.0.1:8080        TCP connect(), print a line, then wait for one read
 //! ```
+//!
+//! `hold` keeps a long-lived connection: after connecting it prints `{"ok":true,"connected":true}`
+//! and blocks in `read()`, then prints what the read gave (text, end of stream, or the error, as
+//! when the connection is cut off under it).
 
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream, UdpSocket},
+};
 
 fn report(result: std::io::Result<()>) {
     match result {
@@ -19,10 +27,28 @@ fn report(result: std::io::Result<()>) {
     }
 }
 
+fn hold(addr: SocketAddr) {
+    let mut stream = match TcpStream::connect(addr) {
+        Ok(s) => s,
+        Err(e) => return report(Err(e)),
+    };
+    println!("{{\"ok\":true,\"connected\":true}}");
+    let _ = std::io::stdout().flush();
+    let mut buf = [0u8; 256];
+    match stream.read(&mut buf) {
+        Ok(0) => println!("{{\"ok\":true,\"eof\":true}}"),
+        Ok(n) => println!(
+            "{{\"ok\":true,\"read\":{:?}}}",
+            String::from_utf8_lossy(&buf[..n]).trim()
+        ),
+        Err(e) => report(Err(e)),
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let (Some(cmd), Some(addr)) = (args.get(1), args.get(2)) else {
-        eprintln!("usage: latch-probe connect|udp-send ADDR:PORT");
+        eprintln!("usage: latch-probe connect|udp-send|hold ADDR:PORT");
         std::process::exit(2);
     };
     let addr: SocketAddr = match addr.parse() {
@@ -34,6 +60,7 @@ fn main() {
     };
     match cmd.as_str() {
         "connect" => report(TcpStream::connect(addr).map(drop)),
+        "hold" => hold(addr),
         "udp-send" => {
             let bind: SocketAddr = if addr.is_ipv4() {
                 "0.0.0.0:0"

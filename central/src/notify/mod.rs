@@ -1,0 +1,669 @@
+//! Announcing approval requests where reviewers already are: Slack ([`slack`]: an interactive
+//! message whose buttons decide, once the clicker is mapped to a reviewer identity) and
+//! Microsoft Teams ([`teams`]: a card that links to the request in the web console).
+//!
+//! Delivery never blocks the approval engine. [`Central::dispatch`] hands the request id to
+//! [`Notifier::changed`] (a channel send), and a background task ([`deliver`]) renders the
+//! request's current state and talks to the outside with retries and backoff. With several
+//! replicas every replica hears every change, so the `notifications` table decides who acts: a
+//! row per (surface, request) is claimed with `INSERT ... ON CONFLICT DO NOTHING` before the first
+//! post, and a lease on that row serialises later updates, so each request gets one message and
+//! its updates land in order. Whoever holds the lease renders the state as it is *then*, and
+//! looks again after letting go, so a change that arrived meanwhile is never lost.
+//!
+//! This module decides nothing itself: button clicks go through [`Central::decide`] like every
+//! other channel, with the same checks (roles, groups, N-of-M, no self-approval). It shows only
+//! what reviewers may see (agents redact the context before it leaves the host) and escapes
+//! everything the workload controls for the surface it lands on.
+
+pub mod slack;
+pub mod teams;
+
+use std::{path::Path, sync::Arc, time::Duration};
+
+use latch_proto::v1::{ApprovalRequest, Op};
+use prost::Message;
+use sqlx::Row;
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::{
+    approval::{RequestRow, State},
+    config::Config,
+    error::Result,
+    server::Central,
+    store::{now_ms, QueryContext},
+    text::term_safe,
+};
+
+/// Schema of the delivery bookkeeping (the same DDL on SQLite and PostgreSQL).
+///
+/// `notifications`: one row per (surface, request): where the message went (`channel`,
+/// `message_ref`: Slack's channel id and message `ts`), which state it shows (`revision`),
+/// whether it needs no more work (`settled`), and the lease of whoever is working on it.
+/// `slack_callbacks`: signatures of accepted Slack callbacks, so that a replayed callback is
+/// refused by every replica.
+pub(crate) const MIGRATION: &[&str] = &[
+    "CREATE TABLE notifications (kind TEXT NOT NULL, approval_id TEXT NOT NULL,
+        channel TEXT NOT NULL DEFAULT '', message_ref TEXT NOT NULL DEFAULT '',
+        revision TEXT NOT NULL DEFAULT '', settled BIGINT NOT NULL DEFAULT 0,
+        lease_owner TEXT NOT NULL DEFAULT '', lease_until_ms BIGINT NOT NULL DEFAULT 0,
+        attempts BIGINT NOT NULL DEFAULT 0, last_error TEXT NOT NULL DEFAULT '',
+        created_at_ms BIGINT NOT NULL, updated_at_ms BIGINT NOT NULL,
+        PRIMARY KEY (kind, approval_id))",
+    "CREATE INDEX notifications_open ON notifications (settled, lease_until_ms)",
+    "CREATE TABLE slack_callbacks (signature TEXT PRIMARY KEY, request_ts BIGINT NOT NULL,
+        seen_at_ms BIGINT NOT NULL)",
+    "CREATE INDEX slack_callbacks_seen ON slack_callbacks (seen_at_ms)",
+];
+
+/// How long a delivery may hold a request's row before another replica may take over (it
+/// covers every retry of one delivery; a replica that dies mid-delivery delays that request's
+/// message by this much).
+const LEASE: Duration = Duration::from_secs(300);
+/// How often unfinished deliveries are looked at again.
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
+/// Failed deliveries are retried by the sweep this many times, then left (and logged).
+const MAX_SWEEP_ATTEMPTS: i64 = 10;
+/// Deliveries running at once on one replica.
+const CONCURRENT_DELIVERIES: usize = 8;
+
+/// Why notifications could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum NotifyError {
+    /// A secret file could not be read.
+    #[error("{key} '{path}': {source}")]
+    ReadSecret {
+        /// Configuration key.
+        key: &'static str,
+        /// File.
+        path: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// A secret file is empty.
+    #[error("{key} '{path}' is empty")]
+    EmptySecret {
+        /// Configuration key.
+        key: &'static str,
+        /// File.
+        path: String,
+    },
+    /// A setting is invalid.
+    #[error("{0}")]
+    Invalid(String),
+    /// The HTTP client could not be built.
+    #[error("cannot build the HTTP client: {0}")]
+    Client(reqwest::Error),
+}
+
+/// Reads a secret from a file, trimmed. `key` names the setting in messages.
+pub(crate) fn read_secret(key: &'static str, path: &Path) -> Result<String, NotifyError> {
+    let text = std::fs::read_to_string(path).map_err(|source| NotifyError::ReadSecret {
+        key,
+        path: path.display().to_string(),
+        source,
+    })?;
+    let text = text.trim().to_string();
+    if text.is_empty() {
+        return Err(NotifyError::EmptySecret {
+            key,
+            path: path.display().to_string(),
+        });
+    }
+    Ok(text)
+}
+
+/// The HTTP client for outgoing notifications.
+fn http_client() -> Result<reqwest::Client, NotifyError> {
+    reqwest::Client::builder()
+        .user_agent(concat!("latch-central/", env!("CARGO_PKG_VERSION")))
+        .timeout(Duration::from_secs(15))
+        .connect_timeout(Duration::from_secs(5))
+        // Slack and Teams answer directly; a redirect would carry the bot token elsewhere.
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(NotifyError::Client)
+}
+
+/// The configured surfaces, held by [`Central`].
+#[derive(Default)]
+pub struct Notifier {
+    tx: Option<mpsc::UnboundedSender<String>>,
+    slack: Option<Arc<slack::Slack>>,
+    teams: Option<Arc<teams::Teams>>,
+}
+
+/// Request ids waiting for delivery; consumed by [`deliver`].
+pub struct Jobs(mpsc::UnboundedReceiver<String>);
+
+impl Notifier {
+    /// Sets up the surfaces `config` enables (reading their secret files). Returns the jobs
+    /// queue for [`deliver`] when any is enabled.
+    pub fn start(config: &Config) -> Result<(Notifier, Option<Jobs>), NotifyError> {
+        let slack = match &config.slack {
+            Some(c) => Some(Arc::new(slack::Slack::new(c, http_client()?)?)),
+            None => None,
+        };
+        let teams = match &config.teams {
+            Some(c) => {
+                let public_url = config
+                    .web
+                    .as_ref()
+                    .and_then(|w| w.public_url.as_deref())
+                    .ok_or_else(|| {
+                        NotifyError::Invalid(
+                            "teams: web.public_url is required: cards link to the request in the console"
+                                .into(),
+                        )
+                    })?;
+                Some(Arc::new(teams::Teams::new(c, public_url, http_client()?)?))
+            }
+            None => None,
+        };
+        if slack.is_none() && teams.is_none() {
+            return Ok((Notifier::default(), None));
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        Ok((
+            Notifier {
+                tx: Some(tx),
+                slack,
+                teams,
+            },
+            Some(Jobs(rx)),
+        ))
+    }
+
+    /// A request was accepted or changed state: queue its delivery. Never blocks.
+    pub fn changed(&self, approval_id: &str) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(approval_id.to_string());
+        }
+    }
+
+    /// The Slack surface, when configured.
+    pub fn slack(&self) -> Option<&Arc<slack::Slack>> {
+        self.slack.as_ref()
+    }
+}
+
+/// The central web server's routes for callbacks from chat surfaces (`POST /slack/actions`).
+pub fn routes(central: Arc<Central>) -> axum::Router {
+    axum::Router::new()
+        .route("/slack/actions", axum::routing::post(slack::actions))
+        .with_state(central)
+}
+
+/// Delivers queued changes until the queue closes; also sweeps unfinished deliveries (a
+/// replica that died holding a lease, a surface that was down) every 30 seconds.
+pub async fn deliver(central: Arc<Central>, jobs: Jobs) {
+    let Jobs(mut rx) = jobs;
+    let permits = Arc::new(Semaphore::new(CONCURRENT_DELIVERIES));
+    // Deliveries end with this task (at shutdown) rather than outliving the database pool.
+    let mut running = tokio::task::JoinSet::new();
+    let mut sweep = tokio::time::interval(SWEEP_EVERY);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let ids: Vec<String> = tokio::select! {
+            id = rx.recv() => match id {
+                Some(id) => vec![id],
+                None => return,
+            },
+            _ = sweep.tick() => match sweep_due(&central).await {
+                Ok(ids) => ids,
+                Err(e) => {
+                    tracing::warn!(error = %e, "finding unfinished notifications failed");
+                    Vec::new()
+                }
+            },
+        };
+        while running.try_join_next().is_some() {}
+        for id in ids {
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                return;
+            };
+            let c = central.clone();
+            running.spawn(async move {
+                sync_all(&c, &id).await;
+                drop(permit);
+            });
+        }
+    }
+}
+
+/// Brings every configured surface's message for one request up to date.
+async fn sync_all(central: &Central, approval_id: &str) {
+    let notifier = &central.notify;
+    if let Some(s) = &notifier.slack {
+        if let Err(e) = sync(central, approval_id, s.as_ref()).await {
+            tracing::warn!(approval_id, surface = "slack", error = %e, "notification failed");
+        }
+    }
+    if let Some(t) = &notifier.teams {
+        if let Err(e) = sync(central, approval_id, t.as_ref()).await {
+            tracing::warn!(approval_id, surface = "teams", error = %e, "notification failed");
+        }
+    }
+}
+
+/// Requests whose delivery is unfinished and not being worked on; also forgets old Slack
+/// callback signatures.
+async fn sweep_due(central: &Central) -> Result<Vec<String>> {
+    let now = now_ms();
+    if let Some(s) = &central.notify.slack {
+        slack::forget_old_callbacks(central, s.replay_window()).await?;
+    }
+    let rows = sqlx::query(
+        "SELECT DISTINCT approval_id FROM notifications
+         WHERE settled = 0 AND lease_until_ms < $1 AND attempts < $2 LIMIT 500",
+    )
+    .bind(now)
+    .bind(MAX_SWEEP_ATTEMPTS)
+    .fetch_all(central.store.pool())
+    .await
+    .ctx("finding unfinished notifications")?;
+    Ok(rows
+        .iter()
+        .map(|r| r.try_get("approval_id"))
+        .collect::<Result<_, _>>()
+        .ctx("finding unfinished notifications")?)
+}
+
+/// A request as a notification shows it.
+pub(crate) struct View {
+    /// The stored request.
+    pub row: RequestRow,
+    /// The context the agent sent (already redacted by the agent).
+    pub req: ApprovalRequest,
+    /// Approvals counted so far.
+    pub approvals: u32,
+}
+
+/// Longest value shown for one fact; the console shows everything.
+const MAX_FACT: usize = 300;
+/// Longest command line shown.
+const MAX_ARGV: usize = 1500;
+
+/// `s` made harmless for a terminal-like display (control and bidirectional characters as
+/// visible escapes) and cut to `max` characters.
+pub(crate) fn shown(s: &str, max: usize) -> String {
+    let s = term_safe(s);
+    if s.chars().count() <= max {
+        return s;
+    }
+    let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
+fn argv_line(argv: &[String]) -> String {
+    argv.iter()
+        .map(|a| {
+            if a.is_empty() || a.contains(char::is_whitespace) {
+                format!("{a:?}")
+            } else {
+                a.clone()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+impl View {
+    /// The request as it is now; `None` when it does not exist.
+    pub async fn load(central: &Central, approval_id: &str) -> Result<Option<View>> {
+        let Some(row) = central.request_row(approval_id).await? else {
+            return Ok(None);
+        };
+        let req = ApprovalRequest::decode(row.context.as_slice()).map_err(|e| {
+            crate::store::StoreError::Corrupt {
+                what: format!("request {approval_id}"),
+                message: e.to_string(),
+            }
+        })?;
+        let approvals: i64 = sqlx::query(
+            "SELECT COUNT(*) AS n FROM votes WHERE approval_id = $1 AND outcome = 'allow'",
+        )
+        .bind(approval_id)
+        .fetch_one(central.store.pool())
+        .await
+        .ctx(format!("counting votes of {approval_id}"))?
+        .try_get("n")
+        .ctx(format!("counting votes of {approval_id}"))?;
+        Ok(Some(View {
+            row,
+            req,
+            approvals: approvals.max(0) as u32,
+        }))
+    }
+
+    /// What the message shows, as a string that changes whenever the message must.
+    pub fn revision(&self) -> String {
+        match self.row.state {
+            State::Pending => format!("pending:{}", self.approvals),
+            s => s.as_str().to_string(),
+        }
+    }
+
+    /// Whether the request is resolved (nothing will change any more).
+    pub fn is_final(&self) -> bool {
+        self.row.state != State::Pending
+    }
+
+    /// Connect, send or exec.
+    pub fn op(&self) -> Op {
+        Op::try_from(self.req.op).unwrap_or(Op::Unspecified)
+    }
+
+    /// One line saying what is held, with workload-controlled parts made visible-safe.
+    pub fn headline(&self) -> String {
+        let what = match self.op() {
+            Op::Exec => format!("run {}", shown(&self.req.exec_path, 120)),
+            Op::Connect | Op::Sendmsg => match &self.req.destination {
+                Some(d) => format!(
+                    "connect to {}",
+                    shown(&format!("{} port {}", d.address, d.port), 120)
+                ),
+                None => "connect".into(),
+            },
+            Op::Unspecified => "an operation".into(),
+        };
+        format!(
+            "Approval needed: {} on {}",
+            what,
+            shown(&self.row.host_id, 60)
+        )
+    }
+
+    /// Label and value of each fact, values made visible-safe and cut.
+    pub fn facts(&self) -> Vec<(&'static str, String)> {
+        let r = &self.req;
+        let mut out = vec![
+            ("Requester", shown(&self.row.requester, MAX_FACT)),
+            ("Host", shown(&self.row.host_id, MAX_FACT)),
+            ("Workload", shown(&self.row.workload, MAX_FACT)),
+            (
+                "Unit / cgroup",
+                shown(
+                    &format!(
+                        "{} {}",
+                        if r.unit.is_empty() { "-" } else { &r.unit },
+                        r.cgroup_path
+                    ),
+                    MAX_FACT,
+                ),
+            ),
+        ];
+        match (self.op(), &r.destination) {
+            (Op::Exec, _) => out.push(("Program", shown(&r.exec_path, MAX_FACT))),
+            (_, Some(d)) => out.push((
+                "Destination",
+                shown(
+                    &format!("{} port {} ({})", d.address, d.port, d.protocol),
+                    MAX_FACT,
+                ),
+            )),
+            _ => {}
+        }
+        out.push(("Rule", shown(&self.row.rule_name, MAX_FACT)));
+        out.push((
+            "Deadline",
+            format!(
+                "{} (then {})",
+                crate::audit::rfc3339(self.row.expires_at_ms),
+                self.row.on_timeout
+            ),
+        ));
+        let mut approvers = format!("{} of {} so far", self.approvals, self.row.approvers_needed);
+        if !self.row.approver_groups.is_empty() {
+            approvers.push_str(&format!(
+                "; groups: {}",
+                shown(&self.row.approver_groups.join(", "), MAX_FACT)
+            ));
+        }
+        out.push(("Approvals", approvers));
+        out
+    }
+
+    /// The held process and its command line.
+    pub fn process(&self) -> String {
+        let r = &self.req;
+        format!(
+            "pid {} ({}), uid {} ({}), {}\n{}",
+            r.pid,
+            shown(&r.comm, 40),
+            r.uid,
+            shown(&r.user, 60),
+            shown(&r.exe, MAX_FACT),
+            shown(&argv_line(&r.argv), MAX_ARGV)
+        )
+    }
+
+    /// The process tree, nearest ancestor first, one line each.
+    pub fn tree(&self) -> String {
+        if self.req.ancestors.is_empty() {
+            return "-".into();
+        }
+        self.req
+            .ancestors
+            .iter()
+            .take(8)
+            .map(|a| {
+                format!(
+                    "pid {} {} {}",
+                    a.pid,
+                    shown(&a.exe, 200),
+                    shown(&argv_line(&a.argv), 300)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// For a resolved request: the outcome and who decided, in one line.
+    pub fn outcome(&self) -> Option<String> {
+        let row = &self.row;
+        let reason = shown(&row.reason, MAX_FACT);
+        Some(match row.state {
+            State::Pending => return None,
+            State::Approved => format!("Approved by {}: {}", shown(&row.decided_by, 120), reason),
+            State::Denied => format!("Denied by {}: {}", shown(&row.decided_by, 120), reason),
+            State::Expired => format!(
+                "Expired: nobody decided in time; {} applied",
+                if row.outcome == "allow" {
+                    "allow"
+                } else {
+                    "deny"
+                }
+            ),
+            State::Cancelled => format!("Cancelled: {reason}"),
+        })
+    }
+}
+
+/// What a surface did with a request.
+pub(crate) struct Applied {
+    /// Where the message is (Slack's channel id), empty when nothing was posted.
+    pub channel: String,
+    /// The message (Slack's `ts`), empty when nothing was posted.
+    pub message_ref: String,
+    /// Whether the message needs no more work (the final state is shown, or nothing will be
+    /// posted for this request).
+    pub settled: bool,
+}
+
+/// The state of a request's message on one surface, as stored.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Delivery {
+    /// Where it went.
+    pub channel: String,
+    /// Which message.
+    pub message_ref: String,
+}
+
+/// A surface that shows requests.
+pub(crate) trait Surface: Send + Sync {
+    /// `kind` column value.
+    fn kind(&self) -> &'static str;
+    /// A string that changes whenever the message must (Teams posts once and never updates).
+    fn revision(&self, view: &View) -> String;
+    /// Posts or updates the message so that it shows `view`, with retries.
+    fn apply<'a>(
+        &'a self,
+        central: &'a Central,
+        view: &'a View,
+        delivery: &'a Delivery,
+    ) -> impl std::future::Future<Output = Result<Applied, String>> + Send + 'a;
+}
+
+/// Takes the lease on a request's row for `kind` when it shows something other than
+/// `revision` and nobody else holds it; creates the row when it is the first. Returns the
+/// stored delivery and the lease token.
+async fn acquire(
+    central: &Central,
+    kind: &str,
+    approval_id: &str,
+    revision: &str,
+) -> Result<Option<(Delivery, String)>> {
+    let now = now_ms();
+    let until = now + LEASE.as_millis() as i64;
+    let token = format!("{}/{}", central.replica_id, uuid::Uuid::new_v4());
+    let created = sqlx::query(
+        "INSERT INTO notifications (kind, approval_id, lease_owner, lease_until_ms, created_at_ms,
+            updated_at_ms)
+         VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT (kind, approval_id) DO NOTHING",
+    )
+    .bind(kind)
+    .bind(approval_id)
+    .bind(&token)
+    .bind(until)
+    .bind(now)
+    .execute(central.store.pool())
+    .await
+    .ctx(format!("claiming the {kind} message of {approval_id}"))?;
+    if created.rows_affected() == 1 {
+        return Ok(Some((Delivery::default(), token)));
+    }
+    let taken = sqlx::query(
+        "UPDATE notifications SET lease_owner = $3, lease_until_ms = $4
+         WHERE kind = $1 AND approval_id = $2 AND lease_until_ms < $5 AND settled = 0
+            AND revision <> $6
+         RETURNING channel, message_ref",
+    )
+    .bind(kind)
+    .bind(approval_id)
+    .bind(&token)
+    .bind(until)
+    .bind(now)
+    .bind(revision)
+    .fetch_optional(central.store.pool())
+    .await
+    .ctx(format!("leasing the {kind} message of {approval_id}"))?;
+    let Some(r) = taken else {
+        return Ok(None);
+    };
+    let d = Delivery {
+        channel: r
+            .try_get("channel")
+            .ctx(format!("reading the {kind} message of {approval_id}"))?,
+        message_ref: r
+            .try_get("message_ref")
+            .ctx(format!("reading the {kind} message of {approval_id}"))?,
+    };
+    Ok(Some((d, token)))
+}
+
+/// Stores what a delivery did and lets go of the lease.
+async fn release(
+    central: &Central,
+    kind: &str,
+    approval_id: &str,
+    token: &str,
+    outcome: std::result::Result<(&Applied, &str), &str>,
+) -> Result<()> {
+    let now = now_ms();
+    let q = match outcome {
+        Ok((applied, revision)) => sqlx::query(
+            "UPDATE notifications SET channel = $4, message_ref = $5, revision = $6, settled = $7,
+                attempts = 0, last_error = '', lease_owner = '', lease_until_ms = 0,
+                updated_at_ms = $8
+             WHERE kind = $1 AND approval_id = $2 AND lease_owner = $3",
+        )
+        .bind(kind)
+        .bind(approval_id)
+        .bind(token)
+        .bind(applied.channel.clone())
+        .bind(applied.message_ref.clone())
+        .bind(revision.to_string())
+        .bind(applied.settled as i64)
+        .bind(now),
+        Err(error) => sqlx::query(
+            "UPDATE notifications SET attempts = attempts + 1, last_error = $4, lease_owner = '',
+                lease_until_ms = 0, updated_at_ms = $5
+             WHERE kind = $1 AND approval_id = $2 AND lease_owner = $3",
+        )
+        .bind(kind)
+        .bind(approval_id)
+        .bind(token)
+        .bind(shown(error, 1000))
+        .bind(now),
+    };
+    q.execute(central.store.pool())
+        .await
+        .ctx(format!("recording the {kind} message of {approval_id}"))?;
+    Ok(())
+}
+
+/// Brings one surface's message for a request up to date (see the module documentation).
+async fn sync<S: Surface>(central: &Central, approval_id: &str, surface: &S) -> Result<()> {
+    let kind = surface.kind();
+    loop {
+        let Some(view) = View::load(central, approval_id).await? else {
+            return Ok(());
+        };
+        let revision = surface.revision(&view);
+        let Some((delivery, token)) = acquire(central, kind, approval_id, &revision).await? else {
+            return Ok(());
+        };
+        // Looked at again under the lease: the state may have moved since.
+        let Some(view) = View::load(central, approval_id).await? else {
+            return Ok(());
+        };
+        let revision = surface.revision(&view);
+        match surface.apply(central, &view, &delivery).await {
+            Ok(applied) => {
+                release(
+                    central,
+                    kind,
+                    approval_id,
+                    &token,
+                    Ok((&applied, &revision)),
+                )
+                .await?;
+                if applied.settled {
+                    return Ok(());
+                }
+            }
+            Err(e) => {
+                tracing::error!(approval_id, surface = kind, error = %e, "notification not delivered; the sweep retries");
+                release(central, kind, approval_id, &token, Err(&e)).await?;
+                return Ok(());
+            }
+        }
+        // A change that arrived while the lease was held found it taken: look again.
+        match View::load(central, approval_id).await? {
+            Some(now) if surface.revision(&now) != revision => continue,
+            _ => return Ok(()),
+        }
+    }
+}
+
+/// Exponential backoff for calls to a surface: 0.5 s doubling to 30 s, six retries (about a
+/// minute in all), with jitter so that replicas do not retry in step.
+pub(crate) fn backoff() -> backon::ExponentialBuilder {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(500))
+        .with_max_delay(Duration::from_secs(30))
+        .with_max_times(6)
+        .with_jitter()
+}

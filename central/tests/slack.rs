@@ -1,0 +1,903 @@
+//! Slack approvals end to end, over real HTTP: central posts to a local Slack-compatible Web API
+//! (it answers `chat.postMessage`, `chat.update`, `chat.postEphemeral` and `users.info` the way
+//! Slack does), and the tests post signed interactive callbacks to central's web server as Slack
+//! would. Checked: the message reaches the routed channel with hostile argv escaped; a signed
+//! Approve decides and the agent hears it; the message follows every change of state; forged,
+//! stale and replayed callbacks are refused; unmapped users, viewers and the requester decide
+//! nothing; a person approving in Slack and over gRPC at once counts once; two replicas post once.
+
+mod common;
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+};
+
+use axum::{
+    body::Bytes,
+    extract::{Path, State},
+    http::{header, HeaderMap, StatusCode, Uri},
+    response::{IntoResponse, Response},
+    routing::any,
+    Router,
+};
+use common::*;
+use hmac::{Hmac, Mac};
+use latch_central::{
+    approval::State as ReqState,
+    config::{SlackConfig, WebConfig},
+    Server,
+};
+use latch_proto::v1::{
+    ApplyRulesRequest, CancelApprovalRequest, DecideRequest, DecisionKind, Outcome,
+};
+use serde_json::{json, Value};
+use sha2::Sha256;
+
+const BOT_TOKEN: &str = "xoxb-1234-test-bot-token";
+const SIGNING_SECRET: &str = "e3b0c44298fc1c149afbf4c8996fb924";
+const DEFAULT_CHANNEL: &str = "#latch-approvals";
+
+/// Slack users the local API knows: id → e-mail (None: Slack shares no address).
+fn slack_users() -> HashMap<&'static str, Option<&'static str>> {
+    HashMap::from([
+        ("UALICE", Some("alice@example.com")),
+        ("UBOB", Some("Bob@Example.com")),
+        ("UDAVE", Some("dave@example.com")),
+        ("UVIC", Some("vic@example.com")),
+        ("UMALLORY", Some("mallory@example.com")),
+        ("UNOMAIL", None),
+    ])
+}
+
+/// One call the local Slack API answered.
+#[derive(Clone, Debug)]
+struct Call {
+    method: String,
+    body: Value,
+    answer: Value,
+}
+
+#[derive(Default)]
+struct PeerState {
+    calls: Mutex<Vec<Call>>,
+    changed: tokio::sync::Notify,
+    /// chat.postMessage calls still to refuse with HTTP 429 (rate limited).
+    refuse_posts: AtomicUsize,
+    next_ts: AtomicUsize,
+}
+
+/// A local Slack-compatible Web API on 127.0.0.1.
+struct SlackPeer {
+    addr: SocketAddr,
+    state: Arc<PeerState>,
+}
+
+fn slack_answer(v: Value) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json; charset=utf-8")],
+        v.to_string(),
+    )
+        .into_response()
+}
+
+fn channel_id(name: &str) -> String {
+    match name {
+        "#dba-oncall" => "C0DBAONCALL".into(),
+        DEFAULT_CHANNEL => "C0APPROVALS".into(),
+        other => other.to_string(),
+    }
+}
+
+async fn slack_api(
+    State(st): State<Arc<PeerState>>,
+    Path(method): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
+    if headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        != Some(&format!("Bearer {BOT_TOKEN}"))
+    {
+        return slack_answer(json!({"ok": false, "error": "invalid_auth"}));
+    }
+    let body: Value = if method == "users.info" {
+        let q: HashMap<String, String> =
+            serde_urlencoded::from_str(uri.query().unwrap_or("")).expect("query");
+        json!(q)
+    } else {
+        let json_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"));
+        if !json_type {
+            return slack_answer(json!({"ok": false, "error": "invalid_form_data"}));
+        }
+        match serde_json::from_slice(&body) {
+            Ok(v) => v,
+            Err(_) => return slack_answer(json!({"ok": false, "error": "invalid_json"})),
+        }
+    };
+    let answer = match method.as_str() {
+        "chat.postMessage" => {
+            if st
+                .refuse_posts
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                return (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    [(header::RETRY_AFTER, "1")],
+                    json!({"ok": false, "error": "ratelimited"}).to_string(),
+                )
+                    .into_response();
+            }
+            let n = st.next_ts.fetch_add(1, Ordering::SeqCst);
+            json!({
+                "ok": true,
+                "channel": channel_id(body["channel"].as_str().unwrap_or("")),
+                "ts": format!("1700000000.{n:06}"),
+                "message": {"text": body["text"], "blocks": body["blocks"]},
+            })
+        }
+        "chat.update" => {
+            let known = st.calls.lock().expect("calls").iter().any(|c| {
+                c.method == "chat.postMessage"
+                    && c.answer["ts"] == body["ts"]
+                    && c.answer["channel"] == body["channel"]
+            });
+            if known {
+                json!({"ok": true, "channel": body["channel"], "ts": body["ts"], "text": body["text"]})
+            } else {
+                json!({"ok": false, "error": "message_not_found"})
+            }
+        }
+        "chat.postEphemeral" => json!({"ok": true, "message_ts": "1700000001.000001"}),
+        "users.info" => {
+            let id = body["user"].as_str().unwrap_or("");
+            match slack_users().get(id) {
+                None => json!({"ok": false, "error": "user_not_found"}),
+                Some(email) => {
+                    let mut profile = json!({"real_name": id});
+                    if let Some(e) = email {
+                        profile["email"] = json!(e);
+                    }
+                    json!({"ok": true, "user": {"id": id, "name": id.to_lowercase(),
+                        "deleted": false, "is_bot": false, "profile": profile}})
+                }
+            }
+        }
+        _ => json!({"ok": false, "error": "unknown_method"}),
+    };
+    st.calls.lock().expect("calls").push(Call {
+        method,
+        body,
+        answer: answer.clone(),
+    });
+    st.changed.notify_waiters();
+    slack_answer(answer)
+}
+
+impl SlackPeer {
+    async fn start() -> SlackPeer {
+        let state = Arc::new(PeerState::default());
+        let app = Router::new()
+            .route("/api/{method}", any(slack_api))
+            .with_state(state.clone());
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(l, app).await });
+        SlackPeer { addr, state }
+    }
+
+    fn calls(&self) -> Vec<Call> {
+        self.state.calls.lock().expect("calls").clone()
+    }
+
+    /// Waits until `f` finds something in the calls so far (bounded by HANG, a hang guard).
+    async fn wait<T>(&self, what: &str, f: impl Fn(&[Call]) -> Option<T>) -> T {
+        tokio::time::timeout(HANG, async {
+            loop {
+                let changed = self.state.changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                if let Some(t) = f(&self.calls()) {
+                    return t;
+                }
+                changed.await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("waiting for {what}: {:#?}", self.calls()))
+    }
+
+    /// The message posted for a request: (call, channel id, ts).
+    async fn posted(&self, approval_id: &str) -> (Call, String, String) {
+        self.wait(&format!("chat.postMessage for {approval_id}"), |calls| {
+            calls
+                .iter()
+                .find(|c| {
+                    c.method == "chat.postMessage" && c.body.to_string().contains(approval_id)
+                })
+                .map(|c| {
+                    (
+                        c.clone(),
+                        c.answer["channel"].as_str().expect("channel").to_string(),
+                        c.answer["ts"].as_str().expect("ts").to_string(),
+                    )
+                })
+        })
+        .await
+    }
+
+    /// The first chat.update of message `ts` whose text contains `needle`.
+    async fn updated(&self, ts: &str, needle: &str) -> Call {
+        self.wait(&format!("chat.update of {ts} with '{needle}'"), |calls| {
+            calls
+                .iter()
+                .find(|c| {
+                    c.method == "chat.update"
+                        && c.body["ts"] == ts
+                        && c.body["text"].as_str().is_some_and(|t| t.contains(needle))
+                })
+                .cloned()
+        })
+        .await
+    }
+
+    /// The first ephemeral message to `user` at or after call number `from`.
+    async fn ephemeral(&self, user: &str, from: usize) -> String {
+        self.wait(&format!("ephemeral reply to {user}"), |calls| {
+            calls.iter().skip(from).find_map(|c| {
+                (c.method == "chat.postEphemeral" && c.body["user"] == user)
+                    .then(|| c.body["text"].as_str().unwrap_or("").to_string())
+            })
+        })
+        .await
+    }
+
+    fn count(&self, method: &str, approval_id: &str) -> usize {
+        self.calls()
+            .iter()
+            .filter(|c| c.method == method && c.body.to_string().contains(approval_id))
+            .count()
+    }
+}
+
+/// The test rules, with `prod-db` routed to #dba-oncall.
+fn routed_rules() -> String {
+    RULES.replacen(
+        "    timeout: 10m\n",
+        "    notify: { slack: \"#dba-oncall\" }\n    timeout: 10m\n",
+        1,
+    )
+}
+
+/// Configures `env` for Slack against `peer` (secrets in files, as in production).
+fn configure(env: &mut Env, peer: &SlackPeer) {
+    let token = env.dir.path().join("slack-bot-token");
+    let secret = env.dir.path().join("slack-signing-secret");
+    std::fs::write(&token, format!("{BOT_TOKEN}\n")).expect("write token");
+    std::fs::write(&secret, format!("{SIGNING_SECRET}\n")).expect("write secret");
+    env.config.web = Some(WebConfig {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        ..Default::default()
+    });
+    env.config.slack = Some(SlackConfig {
+        bot_token_file: token,
+        signing_secret_file: secret,
+        api_base_url: Some(format!("http://{}/api/", peer.addr)),
+        default_channel: Some(DEFAULT_CHANNEL.into()),
+        replay_window: None,
+    });
+    for r in &mut env.config.reviewers {
+        match r.subject.as_str() {
+            "bob" => r.email = "bob@example.com".into(),
+            "dave" => r.email = "dave@example.com".into(),
+            "vic" => r.email = "vic@example.com".into(),
+            _ => {}
+        }
+    }
+}
+
+async fn apply_routed_rules(server: &Server) {
+    reviewer(server)
+        .await
+        .apply_rules(req(
+            ApplyRulesRequest {
+                source_name: "rules.yaml".into(),
+                yaml: routed_rules(),
+                ..Default::default()
+            },
+            ADMIN,
+        ))
+        .await
+        .expect("apply rules");
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64
+}
+
+/// Slack's v0 signature, computed here independently of central's code.
+fn signature(secret: &str, ts: &str, body: &str) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("key");
+    mac.update(format!("v0:{ts}:{body}").as_bytes());
+    format!("v0={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// A `block_actions` callback body for a click on the message (channel, ts).
+fn click_body(user: &str, action_id: &str, approval_id: &str, channel: &str, ts: &str) -> String {
+    let payload = json!({
+        "type": "block_actions",
+        "team": {"id": "T0LATCH", "domain": "example"},
+        "user": {"id": user, "username": user.to_lowercase(), "team_id": "T0LATCH"},
+        "api_app_id": "A0LATCH",
+        "token": "legacy-verification-token",
+        "container": {"type": "message", "message_ts": ts, "channel_id": channel, "is_ephemeral": false},
+        "trigger_id": "1.2.3",
+        "channel": {"id": channel, "name": "dba-oncall"},
+        "message": {"type": "message", "ts": ts, "text": "..."},
+        "response_url": "https://hooks.slack.invalid/actions/T0LATCH/1/2",
+        "actions": [{
+            "type": "button", "action_id": action_id, "block_id": "latch.decide",
+            "value": approval_id, "action_ts": "1700000002.000001",
+            "text": {"type": "plain_text", "text": "Approve"},
+        }],
+    });
+    serde_urlencoded::to_string([("payload", payload.to_string())]).expect("form")
+}
+
+/// Posts a callback with the given timestamp and signature; returns status and body.
+async fn post_callback(server: &Server, body: &str, ts: &str, sig: Option<&str>) -> (u16, String) {
+    let web = server.web_addr().expect("web console listening");
+    let mut r = reqwest::Client::new()
+        .post(format!("http://{web}/slack/actions"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("x-slack-request-timestamp", ts)
+        .body(body.to_string());
+    if let Some(sig) = sig {
+        r = r.header("x-slack-signature", sig);
+    }
+    let resp = r.send().await.expect("post callback");
+    let status = resp.status().as_u16();
+    (status, resp.text().await.unwrap_or_default())
+}
+
+/// A correctly signed click, now.
+async fn click(
+    server: &Server,
+    user: &str,
+    action_id: &str,
+    approval_id: &str,
+    (channel, ts): (&str, &str),
+) -> (u16, String) {
+    let body = click_body(user, action_id, approval_id, channel, ts);
+    let now = now_secs().to_string();
+    let sig = signature(SIGNING_SECRET, &now, &body);
+    post_callback(server, &body, &now, Some(&sig)).await
+}
+
+/// Every `text` of every text object in a block tree.
+fn texts<'a>(v: &'a Value, out: &mut Vec<(&'a str, &'a str)>) {
+    match v {
+        Value::Object(m) => {
+            if let (Some(Value::String(kind)), Some(Value::String(text))) =
+                (m.get("type"), m.get("text"))
+            {
+                out.push((kind.as_str(), text.as_str()));
+            }
+            m.values().for_each(|x| texts(x, out));
+        }
+        Value::Array(a) => a.iter().for_each(|x| texts(x, out)),
+        _ => {}
+    }
+}
+
+async fn state_of(server: &Server, approval_id: &str) -> (ReqState, usize) {
+    let c = server.central();
+    let row = c
+        .request_row(approval_id)
+        .await
+        .expect("read request")
+        .expect("request exists");
+    let rec = c.record(approval_id).await.expect("record");
+    (row.state, rec.votes.len())
+}
+
+async fn started(env: &mut Env, peer: &SlackPeer) -> (Server, Agent) {
+    configure(env, peer);
+    let server = env.start().await;
+    let mut agent = Agent::connect(&server, "h1", vec![], vec![]).await;
+    apply_routed_rules(&server).await;
+    agent.next_rules().await;
+    (server, agent)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_approve_decides_and_the_message_follows() {
+    let peer = SlackPeer::start().await;
+    let mut env = Env::sqlite().await;
+    let (server, mut agent) = started(&mut env, &peer).await;
+
+    // Slack is rate limiting at first: the post is retried, and made once.
+    peer.state.refuse_posts.store(1, Ordering::SeqCst);
+    let mut r = agent.request("r.1", "prod-db");
+    r.unit = "evil<!here>.service".into();
+    r.argv = vec![
+        "python3".into(),
+        "<!channel>".into(),
+        "<@U0ADMIN>".into(),
+        "<https://evil.example|click to approve>".into(),
+        "a&b".into(),
+        "\u{1b}[31mred".into(),
+        "*bold* _it_ `code`".into(),
+        "\u{202e}txt.exe".into(),
+    ];
+    let acc = agent.submit(r).await;
+    let id = acc.approval_id.clone();
+
+    let (post, channel, ts) = peer.posted(&id).await;
+    assert_eq!(post.body["channel"], "#dba-oncall", "routed by the rule");
+    assert_eq!(channel, "C0DBAONCALL");
+    assert_eq!(post.body["mrkdwn"], false);
+    let mut all = Vec::new();
+    texts(&post.body["blocks"], &mut all);
+    assert!(!all.is_empty());
+    for (kind, text) in &all {
+        assert_eq!(*kind, "plain_text", "{text}");
+        for bad in ['<', '>', '\u{1b}', '\u{202e}'] {
+            assert!(!text.contains(bad), "{bad:?} in {text:?}");
+        }
+    }
+    let fallback = post.body["text"].as_str().expect("text");
+    assert!(!fallback.contains(['<', '>']), "{fallback}");
+    let shown: String = all.iter().map(|(_, t)| *t).collect::<Vec<_>>().join("\n");
+    for needle in [
+        "&lt;!channel&gt;",
+        "&lt;@U0ADMIN&gt;",
+        "&lt;https://evil.example|click to approve&gt;",
+        "a&amp;b",
+        "\\x1b[31mred",
+        "\\u{202e}txt.exe",
+        "evil&lt;!here&gt;.service",
+        "10.20.1.5 port 5432",
+        "unit:runner.service",
+        "prod-db",
+        "/usr/lib/systemd/systemd",
+    ] {
+        assert!(shown.contains(needle), "{needle} not in:\n{shown}");
+    }
+    let buttons: Vec<&Value> = post.body["blocks"]
+        .as_array()
+        .expect("blocks")
+        .iter()
+        .filter(|b| b["type"] == "actions")
+        .flat_map(|b| b["elements"].as_array().expect("elements"))
+        .collect();
+    assert_eq!(buttons.len(), 2);
+    assert!(buttons.iter().all(|b| b["value"] == id.as_str()));
+    assert_eq!(peer.count("chat.postMessage", &id), 1);
+
+    // A correctly signed Approve from Bob (e-mail case differs in Slack) decides.
+    let mark = peer.calls().len();
+    let (status, body) = click(&server, "UBOB", "latch.approve", &id, (&channel, &ts)).await;
+    assert_eq!(status, 200, "{body}");
+    let d = agent.next_decision().await;
+    assert_eq!(d.outcome, Outcome::Allow as i32);
+    assert_eq!(d.decided_by, "bob");
+    assert!(d.reason.contains("Slack"), "{}", d.reason);
+    let reply = peer.ephemeral("UBOB", mark).await;
+    assert!(reply.contains("approved request"), "{reply}");
+    let update = peer.updated(&ts, "Approved by bob").await;
+    assert_eq!(update.body["channel"], "C0DBAONCALL");
+    assert!(
+        !update.body["blocks"]
+            .as_array()
+            .expect("blocks")
+            .iter()
+            .any(|b| b["type"] == "actions"),
+        "a decided request has no buttons"
+    );
+    let approved = server
+        .central()
+        .store()
+        .query_audit(
+            &latch_central::store::AuditFilter {
+                request_id: id.clone(),
+                kind: "request.approved".into(),
+                ..Default::default()
+            },
+            10,
+        )
+        .await
+        .expect("audit");
+    assert_eq!(approved.len(), 1);
+    assert_eq!(approved[0].actor, "bob");
+
+    // A click on a decided request changes nothing and says so.
+    let mark = peer.calls().len();
+    let (status, _) = click(&server, "UDAVE", "latch.deny", &id, (&channel, &ts)).await;
+    assert_eq!(status, 200);
+    let reply = peer.ephemeral("UDAVE", mark).await;
+    assert!(reply.contains("already approved"), "{reply}");
+
+    // Expiry and cancellation update their messages too (default channel: no route).
+    let acc = agent.submit(agent.request("r.2", "quick-expiry")).await;
+    let (post, channel, ts) = peer.posted(&acc.approval_id).await;
+    assert_eq!(post.body["channel"], DEFAULT_CHANNEL);
+    assert_eq!(channel, "C0APPROVALS");
+    peer.updated(&ts, "Expired").await;
+    let acc = agent.submit(agent.request("r.3", "two-person")).await;
+    let (_, _, ts) = peer.posted(&acc.approval_id).await;
+    let token = agent.token();
+    agent
+        .client
+        .cancel_approval(req(
+            CancelApprovalRequest {
+                host_id: "h1".into(),
+                request_id: "r.3".into(),
+                reason: "the process <!channel> exited".into(),
+            },
+            &token,
+        ))
+        .await
+        .expect("cancel");
+    let update = peer.updated(&ts, "Cancelled").await;
+    assert!(
+        update.body.to_string().contains("&lt;!channel&gt;"),
+        "{}",
+        update.body
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_stale_and_replayed_callbacks_are_refused() {
+    let peer = SlackPeer::start().await;
+    let mut env = Env::sqlite().await;
+    let (server, mut agent) = started(&mut env, &peer).await;
+    let acc = agent.submit(agent.request("r.1", "two-person")).await;
+    let id = acc.approval_id.clone();
+    let (_, channel, ts) = peer.posted(&id).await;
+    let body = click_body("UALICE", "latch.approve", &id, &channel, &ts);
+    let now = now_secs().to_string();
+
+    // Signed with another secret, signed over another body, unsigned, not hex.
+    let forged = signature("not-the-signing-secret", &now, &body);
+    let (status, text) = post_callback(&server, &body, &now, Some(&forged)).await;
+    assert_eq!(status, 401, "{text}");
+    assert!(text.contains("does not match"), "{text}");
+    let other = signature(SIGNING_SECRET, &now, &body.replace("UALICE", "UBOB"));
+    assert_eq!(
+        post_callback(&server, &body, &now, Some(&other)).await.0,
+        401
+    );
+    let (status, text) = post_callback(&server, &body, &now, None).await;
+    assert_eq!(status, 401);
+    assert!(text.contains("x-slack-signature"), "{text}");
+    assert_eq!(
+        post_callback(&server, &body, &now, Some("v0=not-hex"))
+            .await
+            .0,
+        401
+    );
+    // The timestamp is part of what is signed: moving it breaks the signature.
+    let sig = signature(SIGNING_SECRET, &now, &body);
+    let later = (now_secs() + 1).to_string();
+    assert_eq!(
+        post_callback(&server, &body, &later, Some(&sig)).await.0,
+        401
+    );
+
+    // Correctly signed, but too old or too far ahead (the window is 5 minutes).
+    for ts_off in [-6 * 60, 6 * 60] {
+        let t = (now_secs() + ts_off).to_string();
+        let sig = signature(SIGNING_SECRET, &t, &body);
+        let (status, text) = post_callback(&server, &body, &t, Some(&sig)).await;
+        assert_eq!(status, 401, "{text}");
+        assert!(text.contains("the window is 300 s"), "{text}");
+    }
+    let (status, text) = post_callback(&server, &body, "yesterday", Some(&sig)).await;
+    assert_eq!(status, 401);
+    assert!(text.contains("'yesterday'"), "{text}");
+    assert_eq!(state_of(&server, &id).await, (ReqState::Pending, 0));
+
+    // Accepted once: Alice's approval counts (one of two) ...
+    let sig = signature(SIGNING_SECRET, &now, &body);
+    let mark = peer.calls().len();
+    let (status, text) = post_callback(&server, &body, &now, Some(&sig)).await;
+    assert_eq!(status, 200, "{text}");
+    let reply = peer.ephemeral("UALICE", mark).await;
+    assert!(reply.contains("is counted: 1 of 2"), "{reply}");
+    // ... and the very same callback again is a replay.
+    let (status, text) = post_callback(&server, &body, &now, Some(&sig)).await;
+    assert_eq!(status, 401, "{text}");
+    assert!(text.contains("replay"), "{text}");
+    assert_eq!(state_of(&server, &id).await, (ReqState::Pending, 1));
+    peer.updated(&ts, "Approval needed").await;
+
+    // A body that is not an interactive payload, correctly signed: refused as bad input.
+    let junk = "payload=%7Bnot-json";
+    let sig = signature(SIGNING_SECRET, &now, junk);
+    let (status, text) = post_callback(&server, junk, &now, Some(&sig)).await;
+    assert_eq!(status, 400, "{text}");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_mapped_approvers_other_than_the_requester_decide() {
+    let peer = SlackPeer::start().await;
+    let mut env = Env::sqlite().await;
+    let (server, mut agent) = started(&mut env, &peer).await;
+    let mut r = agent.request("r.1", "prod-db");
+    r.requester = "user:alice".into();
+    let acc = agent.submit(r).await;
+    let id = acc.approval_id.clone();
+    let (_, channel, ts) = peer.posted(&id).await;
+    let msg = (channel.as_str(), ts.as_str());
+
+    for (user, needle) in [
+        ("UMALLORY", "mallory@example.com is not a Latch reviewer"),
+        ("UNOMAIL", "did not share your e-mail address"),
+        ("UNKNOWN1", "could not look you up in Slack"),
+        ("UVIC", "'vic' is not an approver"),
+        ("UALICE", "you cannot approve your own request"),
+    ] {
+        let mark = peer.calls().len();
+        let (status, text) = click(&server, user, "latch.approve", &id, msg).await;
+        assert_eq!(status, 200, "{user}: {text}");
+        let reply = peer.ephemeral(user, mark).await;
+        assert!(reply.contains(needle), "{user}: {reply}");
+        assert!(reply.starts_with("Nothing was decided"), "{user}: {reply}");
+        assert_eq!(
+            state_of(&server, &id).await,
+            (ReqState::Pending, 0),
+            "{user}"
+        );
+    }
+    // A click that claims to come from another message decides nothing either.
+    let mark = peer.calls().len();
+    click(
+        &server,
+        "UBOB",
+        "latch.approve",
+        &id,
+        (&channel, "1.000001"),
+    )
+    .await;
+    let reply = peer.ephemeral("UBOB", mark).await;
+    assert!(reply.contains("not the message Latch posted"), "{reply}");
+    assert_eq!(state_of(&server, &id).await, (ReqState::Pending, 0));
+
+    // The refusals of people who are no reviewers are audited under their Slack id.
+    let refused = server
+        .central()
+        .store()
+        .query_audit(
+            &latch_central::store::AuditFilter {
+                request_id: id.clone(),
+                kind: "request.decision_refused".into(),
+                ..Default::default()
+            },
+            100,
+        )
+        .await
+        .expect("audit");
+    assert!(
+        refused.iter().any(|r| r.actor == "slack:UMALLORY"),
+        "{refused:?}"
+    );
+
+    // Alice may still deny her own request (only approving it is refused).
+    let mark = peer.calls().len();
+    click(&server, "UALICE", "latch.deny", &id, msg).await;
+    let reply = peer.ephemeral("UALICE", mark).await;
+    assert!(reply.contains("denied request"), "{reply}");
+    let d = agent.next_decision().await;
+    assert_eq!(
+        (d.outcome, d.decided_by.as_str()),
+        (Outcome::Deny as i32, "alice")
+    );
+    peer.updated(&ts, "Denied by alice").await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_person_on_two_channels_at_once_counts_once() {
+    let peer = SlackPeer::start().await;
+    let mut env = Env::sqlite().await;
+    let (server, mut agent) = started(&mut env, &peer).await;
+    let acc = agent.submit(agent.request("r.1", "two-person")).await;
+    let id = acc.approval_id.clone();
+    let (_, channel, ts) = peer.posted(&id).await;
+
+    let mut rv = reviewer(&server).await;
+    let mark = peer.calls().len();
+    let (grpc, (status, _)) = tokio::join!(
+        rv.decide(req(
+            DecideRequest {
+                approval_id: id.clone(),
+                kind: DecisionKind::ApproveOnce as i32,
+                reason: "looks fine".into(),
+                ..Default::default()
+            },
+            ALICE,
+        )),
+        click(&server, "UALICE", "latch.approve", &id, (&channel, &ts)),
+    );
+    assert_eq!(status, 200);
+    let reply = peer.ephemeral("UALICE", mark).await;
+    match grpc {
+        Ok(r) => {
+            assert!(!r.into_inner().r#final);
+            assert!(reply.contains("already voted"), "{reply}");
+        }
+        Err(e) => {
+            assert!(e.message().contains("already voted"), "{e:?}");
+            assert!(reply.contains("is counted: 1 of 2"), "{reply}");
+        }
+    }
+    assert_eq!(state_of(&server, &id).await, (ReqState::Pending, 1));
+    peer.updated(&ts, "Approval needed").await;
+
+    // A second person in the approver group completes it from Slack.
+    click(&server, "UBOB", "latch.approve", &id, (&channel, &ts)).await;
+    let d = agent.next_decision().await;
+    assert_eq!(
+        (d.outcome, d.decided_by.as_str()),
+        (Outcome::Allow as i32, "bob")
+    );
+    peer.updated(&ts, "Approved by bob").await;
+    assert_eq!(state_of(&server, &id).await, (ReqState::Approved, 2));
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_post_and_update_once() {
+    let Some(mut env) = Env::postgres().await else {
+        return;
+    };
+    let peer = SlackPeer::start().await;
+    configure(&mut env, &peer);
+    let a = env.start().await;
+    let b = env.start().await;
+    let mut agent = Agent::connect(&a, "h1", vec![], vec![]).await;
+    apply_routed_rules(&b).await;
+    agent.next_rules().await;
+
+    let acc = agent.submit(agent.request("r.1", "prod-db")).await;
+    let id = acc.approval_id.clone();
+    let (_, channel, ts) = peer.posted(&id).await;
+    // The click lands on the other replica's web server.
+    let (status, text) = click(&b, "UBOB", "latch.approve", &id, (&channel, &ts)).await;
+    assert_eq!(status, 200, "{text}");
+    let d = agent.next_decision().await;
+    assert_eq!(d.decided_by, "bob");
+    peer.updated(&ts, "Approved by bob").await;
+
+    // Once the final state is shown the row is settled: neither replica touches it again.
+    let settled = tokio::time::timeout(HANG, async {
+        loop {
+            let row = sqlx::query(
+                "SELECT settled, lease_until_ms FROM notifications WHERE kind = 'slack' AND approval_id = $1",
+            )
+            .bind(&id)
+            .fetch_one(a.central().store().pool())
+            .await
+            .expect("notification row");
+            use sqlx::Row;
+            let settled: i64 = row.try_get("settled").expect("settled");
+            let lease: i64 = row.try_get("lease_until_ms").expect("lease");
+            if settled == 1 && lease == 0 {
+                return;
+            }
+            // Polling a database row; the pause only spares the CPU.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(settled.is_ok(), "the message never settled");
+    assert_eq!(
+        peer.count("chat.postMessage", &id),
+        1,
+        "{:#?}",
+        peer.calls()
+    );
+    let finals = peer
+        .calls()
+        .iter()
+        .filter(|c| {
+            c.method == "chat.update"
+                && c.body["ts"] == ts.as_str()
+                && c.body["text"]
+                    .as_str()
+                    .is_some_and(|t| t.contains("Approved by bob"))
+        })
+        .count();
+    assert_eq!(finals, 1, "{:#?}", peer.calls());
+    b.shutdown().await;
+    a.shutdown().await;
+}
+
+#[test]
+fn slack_settings_are_checked_with_their_key() {
+    let base = "[web]\nlisten = \"127.0.0.1:0\"\n[slack]\nbot_token_file = \"/t\"\nsigning_secret_file = \"/s\"\n";
+    latch_central::Config::parse("c.toml", base).expect("minimal [slack]");
+    for (extra, needle) in [
+        (
+            "replay_window = \"1h\"",
+            "slack.replay_window '1h' must be between 30s and 15m",
+        ),
+        ("replay_window = \"soon\"", "slack.replay_window 'soon'"),
+        (
+            "api_base_url = \"ftp://slack.example\"",
+            "slack.api_base_url 'ftp://slack.example'",
+        ),
+        (
+            "api_base_url = \"not a url\"",
+            "slack.api_base_url 'not a url'",
+        ),
+        (
+            "default_channel = \"dba oncall\"",
+            "slack.default_channel 'dba oncall' is not a Slack channel",
+        ),
+        ("channel = \"#x\"", "unknown field `channel`"),
+    ] {
+        let e =
+            latch_central::Config::parse("c.toml", &format!("{base}{extra}\n")).expect_err(extra);
+        assert!(e.to_string().contains(needle), "{extra}: {e}");
+    }
+    let e = latch_central::Config::parse(
+        "c.toml",
+        "[slack]\nbot_token_file = \"/t\"\nsigning_secret_file = \"/s\"\n",
+    )
+    .expect_err("no [web]");
+    assert!(
+        e.to_string().contains("slack: a [web] table is required"),
+        "{e}"
+    );
+    let e = latch_central::Config::parse("c.toml", "[web]\n[slack]\nbot_token_file = \"/t\"\n")
+        .expect_err("no secret");
+    assert!(e.to_string().contains("signing_secret_file"), "{e}");
+}
+
+#[tokio::test]
+async fn unreadable_or_empty_secret_files_stop_the_start() {
+    let peer = SlackPeer::start().await;
+    let mut env = Env::sqlite().await;
+    configure(&mut env, &peer);
+    let token = env.dir.path().join("slack-bot-token");
+    std::fs::write(&token, "  \n").expect("write");
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let e = latch_central::start(&env.config, Some(l))
+        .await
+        .err()
+        .expect("empty token refused");
+    assert!(
+        e.to_string().contains("slack.bot_token_file") && e.to_string().contains("is empty"),
+        "{e}"
+    );
+    std::fs::remove_file(&token).expect("remove");
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let e = latch_central::start(&env.config, Some(l))
+        .await
+        .err()
+        .expect("missing token refused");
+    assert!(e.to_string().contains("slack.bot_token_file"), "{e}");
+}

@@ -1,0 +1,298 @@
+//! Microsoft Teams cards end to end, over real HTTP: central posts to a local incoming-webhook
+//! endpoint that answers like Teams; each request gets one Adaptive Card with the context
+//! (workload text only in non-Markdown runs, escaped) and a link to the request in the console.
+
+mod common;
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
+
+use axum::{
+    body::Bytes,
+    extract::State,
+    http::{header, HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    routing::post,
+    Router,
+};
+use common::*;
+use latch_central::config::{TeamsConfig, WebConfig};
+use latch_proto::v1::{DecideRequest, DecisionKind};
+use serde_json::Value;
+
+const PUBLIC_URL: &str = "https://latch.example.com";
+
+#[derive(Default)]
+struct Hook {
+    cards: Mutex<Vec<Value>>,
+    changed: tokio::sync::Notify,
+}
+
+async fn webhook(State(h): State<Arc<Hook>>, headers: HeaderMap, body: Bytes) -> Response {
+    let json_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let Ok(v) = serde_json::from_slice::<Value>(&body) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "Bad payload received by generic incoming webhook.",
+        )
+            .into_response();
+    };
+    if !json_type || v["type"] != "message" {
+        return (
+            StatusCode::BAD_REQUEST,
+            "Bad payload received by generic incoming webhook.",
+        )
+            .into_response();
+    }
+    h.cards.lock().expect("cards").push(v);
+    h.changed.notify_waiters();
+    // What a Teams connector webhook answers on success.
+    (StatusCode::OK, "1").into_response()
+}
+
+/// A local Teams incoming-webhook endpoint.
+struct TeamsPeer {
+    addr: SocketAddr,
+    hook: Arc<Hook>,
+}
+
+impl TeamsPeer {
+    async fn start() -> TeamsPeer {
+        let hook = Arc::new(Hook::default());
+        let app = Router::new()
+            .route("/webhookb2/{*rest}", post(webhook))
+            .with_state(hook.clone());
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(l, app).await });
+        TeamsPeer { addr, hook }
+    }
+
+    fn url(&self) -> String {
+        format!(
+            "http://{}/webhookb2/0000-1111/IncomingWebhook/abc/def",
+            self.addr
+        )
+    }
+
+    fn cards(&self) -> Vec<Value> {
+        self.hook.cards.lock().expect("cards").clone()
+    }
+
+    async fn card_for(&self, approval_id: &str) -> Value {
+        tokio::time::timeout(HANG, async {
+            loop {
+                let changed = self.hook.changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                if let Some(c) = self
+                    .cards()
+                    .into_iter()
+                    .find(|c| c.to_string().contains(approval_id))
+                {
+                    return c;
+                }
+                changed.await;
+            }
+        })
+        .await
+        .expect("card posted")
+    }
+}
+
+/// Every element of a card body with its type.
+fn elements<'a>(v: &'a Value, out: &mut Vec<&'a Value>) {
+    match v {
+        Value::Object(m) => {
+            if m.get("type").is_some() {
+                out.push(v);
+            }
+            m.values().for_each(|x| elements(x, out));
+        }
+        Value::Array(a) => a.iter().for_each(|x| elements(x, out)),
+        _ => {}
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_card_per_request_with_escaped_context_and_a_console_link() {
+    let peer = TeamsPeer::start().await;
+    let mut env = Env::sqlite().await;
+    let url_file = env.dir.path().join("teams-webhook");
+    std::fs::write(&url_file, format!("{}\n", peer.url())).expect("write webhook file");
+    env.config.web = Some(WebConfig {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        public_url: Some(PUBLIC_URL.into()),
+        ..Default::default()
+    });
+    env.config.teams = Some(TeamsConfig {
+        webhook_url_file: Some(url_file),
+        webhook_url: None,
+    });
+    let server = env.start().await;
+    let mut agent = Agent::connect(&server, "h1", vec![], vec![]).await;
+    apply_rules(&server).await;
+    agent.next_rules().await;
+
+    let mut r = agent.request("r.1", "two-person");
+    r.argv = vec![
+        "psql".into(),
+        "[approve me](https://evil.example)".into(),
+        "**urgent**".into(),
+        "{{DATE(2030-01-01T00:00:00Z, SHORT)}}".into(),
+        "<at>admins</at>".into(),
+        "\u{1b}]0;title\u{7}".into(),
+    ];
+    let acc = agent.submit(r).await;
+    let id = acc.approval_id.clone();
+    let card = peer.card_for(&id).await;
+    assert_eq!(
+        card["attachments"][0]["contentType"],
+        "application/vnd.microsoft.card.adaptive"
+    );
+    let content = &card["attachments"][0]["content"];
+    assert_eq!(content["type"], "AdaptiveCard");
+    let actions = content["actions"].as_array().expect("actions");
+    assert_eq!(actions.len(), 1, "no decide buttons: {actions:?}");
+    assert_eq!(actions[0]["type"], "Action.OpenUrl");
+    assert_eq!(actions[0]["url"], format!("{PUBLIC_URL}/requests/{id}"));
+
+    let mut all = Vec::new();
+    elements(&content["body"], &mut all);
+    // Markdown-rendering TextBlocks carry only Latch's own words; everything else is in runs.
+    for e in &all {
+        if e["type"] == "TextBlock" {
+            let t = e["text"].as_str().expect("text");
+            assert!(!t.contains("evil") && !t.contains("psql"), "{t}");
+        }
+    }
+    let runs: String = all
+        .iter()
+        .filter(|e| e["type"] == "TextRun")
+        .map(|e| e["text"].as_str().expect("run text"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    for needle in [
+        "[approve me](https://evil.example)",
+        "**urgent**",
+        "{\u{200b}{DATE(",
+        "<at>admins</at>",
+        "\\x1b]0;title\\x07",
+        "/usr/bin/psql",
+        "unit:runner.service",
+        "two-person",
+        "0 of 2 so far; groups: dba-oncall",
+    ] {
+        assert!(runs.contains(needle), "{needle} not in:\n{runs}");
+    }
+    assert!(!runs.contains("{{") && !runs.contains('\u{1b}'), "{runs}");
+
+    // Deciding does not post again: an incoming webhook cannot update a card.
+    let mut rv = reviewer(&server).await;
+    for token in [ALICE, BOB] {
+        rv.decide(req(
+            DecideRequest {
+                approval_id: id.clone(),
+                kind: DecisionKind::ApproveOnce as i32,
+                reason: "ok".into(),
+                ..Default::default()
+            },
+            token,
+        ))
+        .await
+        .expect("decide");
+    }
+    agent.next_decision().await;
+    let acc2 = agent.submit(agent.request("r.2", "prod-db")).await;
+    peer.card_for(&acc2.approval_id).await;
+    let settled: i64 = {
+        use sqlx::Row;
+        sqlx::query("SELECT settled FROM notifications WHERE kind = 'teams' AND approval_id = $1")
+            .bind(&id)
+            .fetch_one(server.central().store().pool())
+            .await
+            .expect("row")
+            .try_get("settled")
+            .expect("settled")
+    };
+    assert_eq!(settled, 1);
+    let for_first = peer
+        .cards()
+        .iter()
+        .filter(|c| c.to_string().contains(&id))
+        .count();
+    assert_eq!(for_first, 1);
+    server.shutdown().await;
+}
+
+#[test]
+fn teams_settings_are_checked_with_their_key() {
+    let web = "[web]\nlisten = \"127.0.0.1:0\"\npublic_url = \"https://latch.example.com\"\n";
+    latch_central::Config::parse(
+        "c.toml",
+        &format!("{web}[teams]\nwebhook_url_file = \"/etc/latch/teams-webhook\"\n"),
+    )
+    .expect("valid [teams]");
+    for (text, needle) in [
+        (
+            format!("{web}[teams]\n"),
+            "teams: webhook_url_file (or webhook_url) is required",
+        ),
+        (
+            format!(
+                "{web}[teams]\nwebhook_url = \"https://x.example/h\"\nwebhook_url_file = \"/f\"\n"
+            ),
+            "not both",
+        ),
+        (
+            format!("{web}[teams]\nwebhook_url = \"not a url\"\n"),
+            "teams.webhook_url: not a URL",
+        ),
+        (
+            "[web]\n[teams]\nwebhook_url_file = \"/f\"\n".to_string(),
+            "teams: web.public_url is required",
+        ),
+        (
+            "[teams]\nwebhook_url_file = \"/f\"\n".to_string(),
+            "teams: web.public_url is required",
+        ),
+        (
+            format!("{web}[teams]\nurl = \"https://x.example/h\"\n"),
+            "unknown field `url`",
+        ),
+    ] {
+        let e = latch_central::Config::parse("c.toml", &text).expect_err(&text);
+        assert!(e.to_string().contains(needle), "{text}: {e}");
+    }
+}
+
+#[tokio::test]
+async fn a_webhook_file_that_is_not_a_url_stops_the_start() {
+    let mut env = Env::sqlite().await;
+    let url_file = env.dir.path().join("teams-webhook");
+    std::fs::write(&url_file, "paste the URL here\n").expect("write");
+    env.config.web = Some(WebConfig {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        public_url: Some(PUBLIC_URL.into()),
+        ..Default::default()
+    });
+    env.config.teams = Some(TeamsConfig {
+        webhook_url_file: Some(url_file),
+        webhook_url: None,
+    });
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let e = latch_central::start(&env.config, Some(l))
+        .await
+        .err()
+        .expect("refused");
+    assert!(e.to_string().contains("teams.webhook_url_file"), "{e}");
+}
