@@ -39,11 +39,18 @@ enum Cmd {
         #[arg(last = true)]
         cargo_args: Vec<String>,
     },
-    /// Measure overhead and decision latency against a baseline in the same run (needs root).
+    /// Measure overhead, decision latency, footprint, central at fleet scale and audit
+    /// verification against baselines in the same run (needs root).
     Bench {
         /// A short smoke run.
         #[arg(long)]
         quick: bool,
+        /// Also the long runs (audit verification of 10 million records).
+        #[arg(long, conflicts_with = "quick")]
+        full: bool,
+        /// Only these sections, comma-separated: overhead, events, round-trip, stack, fleet, audit.
+        #[arg(long)]
+        only: Option<String>,
     },
     /// Install the binaries, the systemd units and a default configuration on this host.
     Install {
@@ -88,9 +95,20 @@ fn main() -> Result<()> {
             cargo_args,
         } => test(no_lint, &cargo_args),
         Cmd::Install { prefix, destdir } => install(&prefix, &destdir),
-        Cmd::Bench { quick } => {
+        Cmd::Bench { quick, full, only } => {
             setup::setup(false)?;
-            run(cargo().args(["build", "--release", "-p", "latch-bench"]))?;
+            setup::bench_tools()?;
+            // The deployed-stack and fleet benchmarks run the release daemons as processes.
+            run(cargo().args([
+                "build",
+                "--release",
+                "-p",
+                "latch-bench",
+                "-p",
+                "latch-agent",
+                "-p",
+                "latch-central",
+            ]))?;
             if !nix::unistd::geteuid().is_root() {
                 bail!("the benchmarks load kernel programs: run `cargo xtask bench` as root");
             }
@@ -98,6 +116,12 @@ fn main() -> Result<()> {
             c.current_dir(root()).args(["run", "--out", "target/bench"]);
             if quick {
                 c.arg("--quick");
+            }
+            if full {
+                c.arg("--full");
+            }
+            if let Some(only) = only {
+                c.args(["--only", &only]);
             }
             run(&mut c)
         }
@@ -149,7 +173,8 @@ fn run_product(rules: &std::path::Path) -> Result<()> {
             "listen = \"127.0.0.1:7443\"\ndatabase = \"sqlite://{db}\"\n\n\
              [[reviewers]]\ntoken = \"{admin}\"\nsubject = \"admin\"\nrole = \"admin\"\n\n\
              [[reviewers]]\ntoken = \"{reviewer}\"\nsubject = \"reviewer\"\nrole = \"approver\"\ngroups = [\"dba-oncall\"]\n\n\
-             [[agents]]\nhost_id = \"local\"\ntoken = \"{agent}\"\n",
+             [[agents]]\nhost_id = \"local\"\ntoken = \"{agent}\"\n\n\
+             [web]\nlisten = \"127.0.0.1:7480\"\n",
             db = state.join("central.db").display()
         ),
     )?;
@@ -195,6 +220,7 @@ fn run_product(rules: &std::path::Path) -> Result<()> {
          Try it from another shell (see README), then decide as the reviewer:\n  \
          {ctl} --token-file {tok} pending\n  \
          {ctl} --token-file {tok} approve ID --reason \"looked fine\"\n\
+         or in the web console, http://127.0.0.1:7480, signed in with the token in {tok}.\n\
          Ctrl-C stops both.\n",
         db = state.join("central.db").display(),
         rules = rules.display(),

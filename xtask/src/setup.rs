@@ -32,8 +32,15 @@ const BUILD_PACKAGES: &[&str] = &[
     "pkg-config",
 ];
 
-/// Debian packages the tests need on top (a real PostgreSQL server for the storage tests).
-const TEST_PACKAGES: &[&str] = &["postgresql", "iproute2", "procps"];
+/// Debian packages the tests need on top: a real PostgreSQL server for the storage tests, and a
+/// real browser with its WebDriver for the web console's test.
+const TEST_PACKAGES: &[&str] = &[
+    "postgresql",
+    "iproute2",
+    "procps",
+    "chromium",
+    "chromium-driver",
+];
 
 /// Where bpf-linker goes.
 pub fn tools_dir() -> PathBuf {
@@ -151,6 +158,15 @@ pub fn setup(for_tests: bool) -> Result<()> {
          - Debian/Ubuntu: `cargo xtask setup` installs rustc-web, libstd-rust-web-dev-bpf and LLVM 22;\n\
          - rustup: `rustup toolchain install nightly --component rust-src`, then `cargo xtask setup`."
     )
+}
+
+/// What `cargo xtask bench` uses on top of the build: `perf`, for hardware counters where the
+/// machine has them (the benchmark says when it has none).
+pub fn bench_tools() -> Result<()> {
+    if is_debian_like() {
+        apt_install(&["linux-perf"])?;
+    }
+    Ok(())
 }
 
 /// Runs a command, failing with its name and status.
