@@ -528,22 +528,8 @@ impl Central {
                 )
                 .await);
         }
-        let row = self
-            .request_row(&d.approval_id)
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("request '{}'", d.approval_id)))?;
-        if row.state != State::Pending {
-            return Err(already(&row));
-        }
+        let row = self.decidable(&d.approval_id, None).await?;
         let now = now_ms();
-        if now >= row.expires_at_ms {
-            self.expire_one(&row.approval_id).await?;
-            return Err(Error::FailedPrecondition(format!(
-                "request '{}' expired at {}",
-                row.approval_id,
-                crate::audit::rfc3339(row.expires_at_ms)
-            )));
-        }
         if approve && who.is_requester(&row.requester) {
             return Err(self
                 .refuse(
@@ -668,6 +654,35 @@ impl Central {
     }
 
     /// Records a refused decision in the audit trail and returns the refusal.
+    /// The request a decision is about, when it can still be decided: it exists, is pending,
+    /// and its deadline has not passed (a request found past it is expired on the spot).
+    /// `row` is the row already read, if any.
+    pub(crate) async fn decidable(
+        &self,
+        approval_id: &str,
+        row: Option<RequestRow>,
+    ) -> Result<RequestRow> {
+        let row = match row {
+            Some(r) => r,
+            None => self
+                .request_row(approval_id)
+                .await?
+                .ok_or_else(|| Error::NotFound(format!("request '{approval_id}'")))?,
+        };
+        if row.state != State::Pending {
+            return Err(already(&row));
+        }
+        if now_ms() >= row.expires_at_ms {
+            self.expire_one(&row.approval_id).await?;
+            return Err(Error::FailedPrecondition(format!(
+                "request '{}' expired at {}",
+                row.approval_id,
+                crate::audit::rfc3339(row.expires_at_ms)
+            )));
+        }
+        Ok(row)
+    }
+
     async fn refuse(
         &self,
         who: &Identity,

@@ -74,19 +74,11 @@ impl Central {
             }
             return Err(e);
         }
-        let row = row.ok_or_else(|| Error::NotFound(format!("request '{}'", d.approval_id)))?;
-        if row.state != State::Pending {
-            return Err(already(&row));
-        }
+        let row = match row {
+            Some(r) => self.decidable(&d.approval_id, Some(r)).await?,
+            None => return Err(Error::NotFound(format!("request '{}'", d.approval_id))),
+        };
         let now = now_ms();
-        if now >= row.expires_at_ms {
-            self.expire_one(&row.approval_id).await?;
-            return Err(Error::FailedPrecondition(format!(
-                "request '{}' expired at {}",
-                row.approval_id,
-                crate::audit::rfc3339(row.expires_at_ms)
-            )));
-        }
         let approve = matches!(d.kind, DecisionKind::ApproveOnce | DecisionKind::ApproveFor);
         let (to, outcome) = if approve {
             (State::Approved, "allow")

@@ -303,7 +303,8 @@ impl Client {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// `e` and its sources, one after the other.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
     while let Some(x) = src {

@@ -31,7 +31,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::{
-    client::{self, io, CliError, Client},
+    client::{self, error_chain, io, CliError, Client},
     out::{relative, time, Out},
     Ctx,
 };
@@ -379,17 +379,6 @@ async fn device_login(
         );
     }
     Ok(())
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(x) = src {
-        s.push_str(": ");
-        s.push_str(&x.to_string());
-        src = x.source();
-    }
-    s
 }
 
 #[cfg(test)]
