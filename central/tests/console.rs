@@ -8,7 +8,6 @@ use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
 use common::{apply_rules, Agent, Env, ADMIN, ALICE, BOB, CAROL, HANG, VIEWER};
 use latch_central::{config::WebConfig, Server};
-use latch_proto::v1::agent_message::Body;
 use latch_test_idp::TestIdp;
 use reqwest::{header, StatusCode};
 
@@ -590,17 +589,12 @@ async fn grants_are_listed_and_revoked_through_the_engine() {
         )
         .await;
     assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.body);
-    match tokio::time::timeout(HANG, agent.next())
+    let r = tokio::time::timeout(HANG, agent.next_revocation())
         .await
-        .expect("hung")
-    {
-        Body::Revocation(r) => {
-            assert_eq!(r.grant_id, grant.grant_id);
-            assert_eq!(r.revoked_by, "alice");
-            assert!(r.close_connections, "the box asked to cut its connections");
-        }
-        other => panic!("expected a revocation, got {other:?}"),
-    }
+        .expect("hung");
+    assert_eq!(r.grant_id, grant.grant_id);
+    assert_eq!(r.revoked_by, "alice");
+    assert!(r.close_connections, "the box asked to cut its connections");
     let all = b.get("/grants?all=1").await;
     assert!(all.body.contains("revoked by alice: maintenance over"));
     server.shutdown().await;

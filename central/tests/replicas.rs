@@ -5,9 +5,7 @@
 mod common;
 
 use common::*;
-use latch_proto::v1::{
-    agent_message::Body, DecideRequest, DecisionKind, GrantScope, Outcome, RevokeGrantRequest,
-};
+use latch_proto::v1::{DecideRequest, DecisionKind, GrantScope, Outcome, RevokeGrantRequest};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_share_decisions() {
@@ -56,13 +54,9 @@ async fn two_replicas_share_decisions() {
     ))
     .await
     .expect("revoke on A");
-    match agent.next().await {
-        Body::Revocation(r) => {
-            assert_eq!(r.grant_id, grant.grant_id);
-            assert!(r.close_connections, "carried across replicas");
-        }
-        other => panic!("expected revocation, got {other:?}"),
-    }
+    let r = agent.next_revocation().await;
+    assert_eq!(r.grant_id, grant.grant_id);
+    assert!(r.close_connections, "carried across replicas");
 
     // Concurrent decisions through both replicas: exactly one wins.
     let acc = agent.submit(agent.request("r.2", "prod-db")).await;

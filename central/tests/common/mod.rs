@@ -15,7 +15,8 @@ use latch_central::{config::Config, Server};
 use latch_proto::v1::{
     agent_message::Body, agent_service_client::AgentServiceClient,
     reviewer_service_client::ReviewerServiceClient, AgentMessage, ApprovalAccepted,
-    ApprovalRequest, Capabilities, Decision, Destination, Op, RegisterRequest, SubscribeRequest,
+    ApprovalRequest, Capabilities, Decision, Destination, Op, RegisterRequest, Revocation,
+    SubscribeRequest,
 };
 use tonic::{transport::Channel, Request, Streaming};
 
@@ -439,6 +440,23 @@ impl Agent {
                 }
                 Body::Rules(_) => continue,
                 Body::Revocation(r) => panic!("expected a decision, got revocation {r:?}"),
+            }
+        }
+    }
+
+    /// Next revocation, skipping rules pushes and repeats of decisions already returned.
+    pub async fn next_revocation(&mut self) -> Revocation {
+        loop {
+            match self.next().await {
+                Body::Revocation(r) => return r,
+                Body::Rules(_) => continue,
+                Body::Decision(d) => {
+                    let key = (d.approval_id.clone(), d.outcome, d.decided_by.clone());
+                    assert!(
+                        self.seen.contains(&key),
+                        "expected a revocation, got a new decision {d:?}"
+                    );
+                }
             }
         }
     }
