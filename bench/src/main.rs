@@ -10,7 +10,22 @@
 //! held `connect()` calls approved by an in-process approver that wakes on the ring buffer's fd,
 //! recorded in an HDR histogram.
 //!
-//! Results: a table on stdout, `target/bench/results.json`, and `target/bench/overhead.svg`.
+//! Beyond the kernel: the deployed pair ([`stack`]: the real `latch-agent` and `latch-central`
+//! processes, a gRPC reviewer, the round trip a workload sees and the footprint at rest), central
+//! at fleet scale ([`fleet`]: thousands of simulated agents on their own connections), and audit
+//! verification of millions of records ([`audit_chain`]). Hardware counters are used where the
+//! machine exposes them ([`perf_counters`]).
+//!
+//! Results: tables on stdout, `target/bench/results.json`, `target/bench/overhead.svg` and
+//! `target/bench/round-trip.svg`.
+
+mod audit_chain;
+mod central_process;
+mod fleet;
+mod perf_counters;
+mod process_stats;
+mod stack;
+mod summary;
 
 use std::{
     io::Write,
@@ -22,7 +37,7 @@ use std::{
 
 use agent_common::FailMode;
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use latch_agent::{
     cgroups,
     events::EventReader,
@@ -46,9 +61,15 @@ struct Cli {
 enum Cmd {
     /// Run every benchmark (needs root).
     Run {
-        /// Fewer rounds and calls: a smoke run.
+        /// Fewer rounds and calls, smaller fleet and audit chain: a smoke run.
         #[arg(long)]
         quick: bool,
+        /// Also the long runs: audit verification of 10 million records.
+        #[arg(long, conflicts_with = "quick")]
+        full: bool,
+        /// Only these sections (comma-separated); default: all.
+        #[arg(long, value_enum, value_delimiter = ',')]
+        only: Vec<Section>,
         /// Output directory.
         #[arg(long, default_value = "target/bench")]
         out: PathBuf,
@@ -77,7 +98,12 @@ fn main() -> Result<()> {
             batch,
             batches,
         } => worker(&what, addr, batch, batches),
-        Cmd::Run { quick, out } => run(quick, &out),
+        Cmd::Run {
+            quick,
+            full,
+            only,
+            out,
+        } => run(quick, full, &only, &out),
     }
 }
 
@@ -135,6 +161,23 @@ fn worker(what: &str, addr: Option<SocketAddr>, batch: usize, batches: usize) ->
     Ok(())
 }
 
+/// The parts of a run.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Debug)]
+enum Section {
+    /// Hook overhead on connect() and fork+exec, with BPF run-time statistics.
+    Overhead,
+    /// Audit events through the ring buffer.
+    Events,
+    /// Decision round trip with an in-process approver on the ring buffer (kernel only).
+    RoundTrip,
+    /// The real agent and central: footprint at rest and the round trip through them.
+    Stack,
+    /// Central with 1,000 and 10,000 simulated agents.
+    Fleet,
+    /// Audit chain verification of millions of records.
+    Audit,
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     if v.is_empty() {
@@ -154,8 +197,9 @@ struct Row {
     kernel_ns_per_run: Option<f64>,
 }
 
-#[derive(Serialize)]
-struct Latency {
+/// A latency distribution (from an HDR histogram of nanoseconds).
+#[derive(Serialize, Clone)]
+pub(crate) struct Latency {
     samples: u64,
     p50_us: f64,
     p90_us: f64,
@@ -163,14 +207,46 @@ struct Latency {
     max_us: f64,
 }
 
+/// Percentiles of nanosecond samples.
+pub(crate) fn latency_of(ns: &[u64]) -> Result<Latency> {
+    let mut h = hdrhistogram::Histogram::<u64>::new(3)?;
+    for &x in ns {
+        h.record(x)?;
+    }
+    Ok(latency_from(&h))
+}
+
+/// Percentiles of a histogram of nanoseconds.
+pub(crate) fn latency_from(h: &hdrhistogram::Histogram<u64>) -> Latency {
+    let us = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    Latency {
+        samples: h.len(),
+        p50_us: us(0.5),
+        p90_us: us(0.9),
+        p99_us: us(0.99),
+        max_us: h.max() as f64 / 1000.0,
+    }
+}
+
 #[derive(Serialize)]
 struct Results {
     kernel: String,
     cpus: usize,
     rounds: usize,
+    quick: bool,
+    /// `/proc/loadavg` (1 min) when the run started and ended: the machine's other load.
+    load_average: [f64; 2],
     overhead: Vec<Row>,
-    round_trip: Latency,
-    events: Throughput,
+    /// Held connect() approved by an in-process approver on the ring buffer: the kernel's part.
+    round_trip: Option<Latency>,
+    events: Option<Throughput>,
+    /// The real agent and central: central's database on disk, then on tmpfs.
+    stack: Vec<stack::StackResults>,
+    fleet: Vec<fleet::FleetResult>,
+    audit_verify: Vec<audit_chain::AuditVerify>,
+    perf_counters: perf_counters::Availability,
+    /// Sections that failed, with why.
+    errors: Vec<String>,
     method: &'static str,
 }
 
@@ -271,10 +347,10 @@ impl Drop for Setup {
 }
 
 /// A worker that is killed and reaped if the driver bails out before waiting for it.
-struct Worker(Option<std::process::Child>);
+pub(crate) struct Worker(Option<std::process::Child>);
 
 impl Worker {
-    fn start(cg: &Path, args: &[&str]) -> Result<Self> {
+    pub(crate) fn start(cg: &Path, args: &[&str]) -> Result<Self> {
         Ok(Worker(Some(spawn_in(cg, &self_exe()?, args))))
     }
 
@@ -282,7 +358,7 @@ impl Worker {
         self.0.as_ref().map(|c| c.id()).unwrap_or(0)
     }
 
-    fn finish(mut self) -> Result<std::process::Output> {
+    pub(crate) fn finish(mut self) -> Result<std::process::Output> {
         let child = self.0.take().context("worker already finished")?;
         Ok(child.wait_with_output()?)
     }
@@ -301,8 +377,8 @@ fn self_exe() -> Result<PathBuf> {
     std::env::current_exe().context("own path")
 }
 
-fn measure(cg: &Path, what: &str, addr: SocketAddr, batch: usize, batches: usize) -> Result<f64> {
-    let args = [
+fn worker_args(what: &str, addr: SocketAddr, batch: usize, batches: usize) -> Vec<String> {
+    vec![
         "worker".to_string(),
         what.to_string(),
         "--addr".into(),
@@ -311,7 +387,11 @@ fn measure(cg: &Path, what: &str, addr: SocketAddr, batch: usize, batches: usize
         batch.to_string(),
         "--batches".into(),
         batches.to_string(),
-    ];
+    ]
+}
+
+fn measure(cg: &Path, what: &str, addr: SocketAddr, batch: usize, batches: usize) -> Result<f64> {
+    let args = worker_args(what, addr, batch, batches);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = Worker::start(cg, &args)?.finish()?;
     if !out.status.success() {
@@ -362,10 +442,11 @@ fn set_bpf_stats(on: bool) {
     );
 }
 
-fn run(quick: bool, out_dir: &Path) -> Result<()> {
+fn run(quick: bool, full: bool, only: &[Section], out_dir: &Path) -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("benchmarks load kernel programs: run as root (cargo xtask bench does)");
     }
+    let wants = |s: Section| only.is_empty() || only.contains(&s);
     let (rounds, batch_c, batches_c, batch_e, batches_e, held_n) = if quick {
         (3, 50, 5, 10, 3, 200)
     } else {
@@ -386,8 +467,148 @@ fn run(quick: bool, out_dir: &Path) -> Result<()> {
         }
     });
 
+    let mut results = Results {
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string(),
+        cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        rounds,
+        quick,
+        load_average: [load_average(), 0.0],
+        overhead: Vec::new(),
+        round_trip: None,
+        events: None,
+        stack: Vec::new(),
+        fleet: Vec::new(),
+        audit_verify: Vec::new(),
+        perf_counters: perf_counters::Availability::probe(),
+        errors: Vec::new(),
+        method: "median over interleaved rounds of median batch means; ratio = scenario / 'no latch' of the same run",
+    };
     let mut setup = Setup::new()?;
     set_bpf_stats(true);
+    if wants(Section::Overhead) {
+        results.overhead = overhead(
+            &mut setup,
+            addr,
+            held_addr,
+            rounds,
+            (batch_c, batches_c),
+            (batch_e, batches_e),
+            &mut results.perf_counters,
+        )?;
+    }
+    if wants(Section::Events) {
+        results.events = Some(throughput(&mut setup, held_n * 50)?);
+    }
+    if wants(Section::RoundTrip) {
+        results.round_trip = Some(round_trips(&mut setup, held_addr, held_n)?);
+    }
+    set_bpf_stats(false);
+    setup.unload()?;
+
+    if wants(Section::Stack) {
+        eprintln!("latch-bench: the real agent and central");
+        for on_tmpfs in [false, true] {
+            let plan = stack::StackPlan {
+                cgroup: &setup.cgroup,
+                held: held_addr,
+                requests: if quick { 200 } else { 2000 },
+                quiet: (!on_tmpfs).then(|| Duration::from_secs(if quick { 3 } else { 10 })),
+                database_on_tmpfs: on_tmpfs,
+            };
+            match stack::run(&plan) {
+                Ok(r) => results.stack.push(r),
+                Err(e) => results
+                    .errors
+                    .push(format!("stack (tmpfs: {on_tmpfs}): {e:#}")),
+            }
+        }
+    }
+    if wants(Section::Fleet) {
+        let sizes: &[usize] = if quick { &[1_000] } else { &[1_000, 10_000] };
+        for &agents in sizes {
+            eprintln!("latch-bench: central with {agents} simulated agents");
+            let plan = fleet::FleetPlan {
+                agents,
+                decisions: if quick { 1_000 } else { 3_000 },
+                reviewers: 4,
+                outstanding: 64,
+            };
+            match fleet::run(&plan) {
+                Ok(r) => results.fleet.push(r),
+                Err(e) => results.errors.push(format!("fleet of {agents}: {e:#}")),
+            }
+        }
+    }
+    if wants(Section::Audit) {
+        let sizes: &[u64] = if quick {
+            &[100_000]
+        } else if full {
+            &[1_000_000, 10_000_000]
+        } else {
+            &[1_000_000]
+        };
+        for &n in sizes {
+            eprintln!("latch-bench: audit verification of {n} records");
+            match audit_chain::run(n) {
+                Ok(r) => results.audit_verify.push(r),
+                Err(e) => results.errors.push(format!("audit of {n}: {e:#}")),
+            }
+        }
+    }
+
+    results.load_average[1] = load_average();
+    if !results.overhead.is_empty() {
+        print_table(&results);
+    }
+    if let Some(e) = &results.events {
+        print_throughput(e);
+    }
+    summary::print_decisions(&results);
+    summary::print_footprint(&results);
+    summary::print_fleet(&results);
+    summary::print_audit(&results);
+    println!("{}", results.perf_counters);
+    println!(
+        "machine: {} CPUs, Linux {}, load average {:.1} at the start and {:.1} at the end",
+        results.cpus, results.kernel, results.load_average[0], results.load_average[1]
+    );
+    std::fs::create_dir_all(out_dir)?;
+    std::fs::write(
+        out_dir.join("results.json"),
+        serde_json::to_string_pretty(&results)?,
+    )?;
+    if !results.overhead.is_empty() {
+        plot(&results.overhead, &out_dir.join("overhead.svg"))?;
+    }
+    summary::plot_round_trip(&results, &out_dir.join("round-trip.svg"))?;
+    eprintln!(
+        "latch-bench: wrote {}/results.json, overhead.svg and round-trip.svg",
+        out_dir.display()
+    );
+    if !results.errors.is_empty() {
+        bail!("some benchmarks failed:\n  {}", results.errors.join("\n  "));
+    }
+    Ok(())
+}
+
+/// The 1-minute load average (other work on the machine skews every figure).
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|t| t.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(f64::NAN)
+}
+
+/// Hook overhead: every scenario, interleaved round by round.
+fn overhead(
+    setup: &mut Setup,
+    addr: SocketAddr,
+    held_addr: SocketAddr,
+    rounds: usize,
+    (batch_c, batches_c): (usize, usize),
+    (batch_e, batches_e): (usize, usize),
+    perf: &mut perf_counters::Availability,
+) -> Result<Vec<Row>> {
     let scenarios: &[(&str, Option<usize>, bool)] = &[
         ("no latch", None, false),
         ("loaded, unwatched", Some(0), false),
@@ -420,12 +641,25 @@ fn run(quick: bool, out_dir: &Path) -> Result<()> {
             let before = kernel_stats("exec");
             exec[i].push(measure(&cg, "exec", addr, batch_e, batches_e)?);
             exec_k[i].add(before, kernel_stats("exec"));
+            // Hardware counters once, in the last round: instructions per call.
+            if round + 1 == rounds && perf.usable() && (i == 0 || i == 2) {
+                for (what, batch) in [("connect", batch_c), ("exec", batch_e)] {
+                    let short = worker_args(what, addr, batch, 1);
+                    let long = worker_args(what, addr, batch, 3);
+                    let short: Vec<&str> = short.iter().map(String::as_str).collect();
+                    let long: Vec<&str> = long.iter().map(String::as_str).collect();
+                    match perf_counters::per_call(&cg, &self_exe()?, &short, &long, batch * 2) {
+                        Ok(c) => perf.record(what, name, c),
+                        Err(e) => perf.fail(format!("{what}, {name}: {e:#}")),
+                    }
+                }
+            }
             eprintln!("  round {}/{rounds}: {name}", round + 1);
         }
         // Cached grant: the target is held once, granted to the host, then measured.
         setup.load(0)?;
         let cg = setup.cgroup.path.clone();
-        grant_once(&mut setup, &cg, held_addr)?;
+        grant_once(setup, &cg, held_addr)?;
         let before = kernel_stats("connect4");
         connect[scenarios.len()].push(measure(&cg, "connect", held_addr, batch_c, batches_c)?);
         connect_k[scenarios.len()].add(before, kernel_stats("connect4"));
@@ -462,34 +696,7 @@ fn run(quick: bool, out_dir: &Path) -> Result<()> {
             kernel_ns_per_run: exec_k[i].per_run(),
         });
     }
-
-    let events = throughput(&mut setup, held_n * 50)?;
-    let round_trip = round_trips(&mut setup, held_addr, held_n)?;
-    set_bpf_stats(false);
-    setup.unload()?;
-
-    let results = Results {
-        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string(),
-        cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-        rounds,
-        overhead: rows.clone(),
-        round_trip,
-        events,
-        method: "median over interleaved rounds of median batch means; ratio = scenario / 'no latch' of the same run",
-    };
-    print_table(&results);
-    print_throughput(&results.events);
-    std::fs::create_dir_all(out_dir)?;
-    std::fs::write(
-        out_dir.join("results.json"),
-        serde_json::to_string_pretty(&results)?,
-    )?;
-    plot(&rows, &out_dir.join("overhead.svg"))?;
-    eprintln!(
-        "latch-bench: wrote {}/results.json and overhead.svg",
-        out_dir.display()
-    );
-    Ok(())
+    Ok(rows)
 }
 
 fn grant_once(setup: &mut Setup, cg: &Path, target: SocketAddr) -> Result<()> {
@@ -673,18 +880,13 @@ fn round_trips(setup: &mut Setup, target: SocketAddr, n: usize) -> Result<Latenc
     let v = reader_thread
         .join()
         .map_err(|_| anyhow::anyhow!("reader thread"))??;
-    let mut h = hdrhistogram::Histogram::<u64>::new(3)?;
-    for x in v["ns"].as_array().context("ns")? {
-        h.record(x.as_u64().unwrap_or(0))?;
-    }
-    let us = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
-    Ok(Latency {
-        samples: h.len(),
-        p50_us: us(0.5),
-        p90_us: us(0.9),
-        p99_us: us(0.99),
-        max_us: h.max() as f64 / 1000.0,
-    })
+    let ns: Vec<u64> = v["ns"]
+        .as_array()
+        .context("ns")?
+        .iter()
+        .filter_map(|x| x.as_u64())
+        .collect();
+    latency_of(&ns)
 }
 
 fn print_throughput(e: &Throughput) {
@@ -717,11 +919,6 @@ fn print_table(r: &Results) {
         ]);
     }
     println!("{t}");
-    println!(
-        "decision round trip (held connect → approval on the ring-buffer event → resumed call), {} samples: \
-         p50 {:.0} µs, p90 {:.0} µs, p99 {:.0} µs, max {:.0} µs",
-        r.round_trip.samples, r.round_trip.p50_us, r.round_trip.p90_us, r.round_trip.p99_us, r.round_trip.max_us
-    );
 }
 
 fn plot(rows: &[Row], path: &Path) -> Result<()> {
