@@ -368,11 +368,15 @@ impl AgentService for AgentApi {
         // Replay: rules, then decisions and revocations the agent may have missed.
         let mut replay = Vec::new();
         if let Some(v) = c.desired_version(&labels).await? {
-            handle
+            // The stream is already registered, so a rules event delivered meanwhile may have
+            // pushed this version; send it once.
+            let prev = handle
                 .rules_sent
                 .fetch_max(v.version as u64, std::sync::atomic::Ordering::SeqCst);
-            replay.push(rules_push(&v));
-            c.record_push(&host_id, &v).await?;
+            if prev < v.version as u64 {
+                replay.push(rules_push(&v));
+                c.record_push(&host_id, &v).await?;
+            }
         }
         for d in c.replay_decisions(&host_id, &r.pending_request_ids).await? {
             replay.push(AgentMessage {
