@@ -3,6 +3,7 @@
 //! checkpoints) is named by verification, in the database and in an export; exports round-trip;
 //! retention keeps the chain verifiable; the evidence report lists what happened.
 
+#[macro_use]
 mod common;
 
 use common::*;
@@ -845,29 +846,6 @@ async fn a_changed_configuration_is_recorded(env: &Env) {
     );
     assert!(verify(&server).await.ok());
     server.shutdown().await;
-}
-
-macro_rules! suite {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let env = super::Env::sqlite().await;
-                    super::$name(&env).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let Some(env) = super::Env::postgres().await else { return };
-                    super::$name(&env).await;
-                }
-            )*
-        }
-    };
 }
 
 suite!(

@@ -1,5 +1,6 @@
 //! End-to-end over real gRPC: the same scenarios against SQLite and against PostgreSQL.
 
+#[macro_use]
 mod common;
 
 use std::collections::HashMap;
@@ -1083,29 +1084,6 @@ async fn audit_is_append_only(env: &Env) {
         .expect_err("delete audit");
     assert!(e.to_string().contains("append-only"), "{e}");
     server.shutdown().await;
-}
-
-macro_rules! suite {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let env = super::Env::sqlite().await;
-                    super::$name(&env).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let Some(env) = super::Env::postgres().await else { return };
-                    super::$name(&env).await;
-                }
-            )*
-        }
-    };
 }
 
 suite!(

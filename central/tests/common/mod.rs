@@ -526,3 +526,29 @@ impl Agent {
             .into_inner()
     }
 }
+
+/// Runs each named `async fn(&Env)` as a test on SQLite and again on PostgreSQL (skipped when
+/// `LATCH_SKIP_POSTGRES` says so).
+#[allow(unused_macros)]
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let env = super::Env::sqlite().await;
+                    super::$name(&env).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(env) = super::Env::postgres().await else { return };
+                    super::$name(&env).await;
+                }
+            )*
+        }
+    };
+}
