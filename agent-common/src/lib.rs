@@ -267,6 +267,20 @@ pub mod pending_state {
     pub const DENY: u8 = 3;
 }
 
+/// Bits of [`Pending::flags`].
+pub mod pending_flags {
+    /// The task has been told to stop and the agent has been told about the entry. A network
+    /// hook only records the entry; the stop and the event come from the system call's exit
+    /// (see `agent-ebpf`'s `hold` module), so until this bit is set nobody may decide the entry:
+    /// a decision and its SIGCONT could otherwise overtake the SIGSTOP and leave the task stopped.
+    pub const ANNOUNCED: u8 = 1;
+    /// The held system call fails with `-ERESTARTNOINTR` and runs again once resumed, so a
+    /// verdict written into the entry is consumed by the hook on that second run (network calls,
+    /// and execs held by the LSM hook before the new image replaces the old). Without it the
+    /// operation has already happened (an exec seen after the fact) and a deny ends the process.
+    pub const RESTARTS: u8 = 2;
+}
+
 /// An operation held in the kernel, keyed by thread id in [`PENDING`](maps::PENDING).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -288,8 +302,10 @@ pub struct Pending {
     pub state: u8,
     /// [`Op`].
     pub op: u8,
+    /// [`pending_flags`].
+    pub flags: u8,
     /// Explicit padding.
-    pub _pad: [u8; 2],
+    pub _pad: u8,
     /// Destination address of a network operation, network order (IPv4 in the first 4 bytes),
     /// so that a restarted agent can submit what it finds held without the lost event.
     pub addr: [u8; 16],
@@ -364,6 +380,9 @@ pub mod event_flags {
     /// The operation re-entered the hook while already pending (for example after a SIGCONT
     /// that did not come from the agent).
     pub const REENTERED: u8 = 2;
+    /// An exec held before it happened (LSM backend): the task still runs its old image, and a
+    /// relative path is resolved against its working directory, not `/proc/PID/exe`.
+    pub const BEFORE_EXEC: u8 = 4;
 }
 
 /// A record the kernel writes to [`EVENTS`](maps::EVENTS).
@@ -458,6 +477,12 @@ pub enum Counter {
     /// A connection a grant let through could not be recorded with its grant (so revoking the
     /// grant cannot close it).
     ConnUntracked = 17,
+    /// The BPF LSM probe program ran (start-up check that LSM programs are really called).
+    LsmProbeRan = 18,
+    /// An exec was refused by the LSM hook (a clean `EPERM` from `execve`).
+    ExecRefused = 19,
+    /// A kernel field located through BTF could not be read.
+    FieldUnreadable = 20,
 }
 
 /// Number of slots in [`COUNTERS`](maps::COUNTERS).
@@ -487,7 +512,7 @@ size_check! {
 
 // The LPM trie key (u32 prefix length + data) must fit the kernel's 256-byte data limit.
 const _: () = assert!(core::mem::size_of::<ExecPrefixData>() <= 256);
-const _: () = assert!((COUNTER_SLOTS as usize) > Counter::ConnUntracked as usize);
+const _: () = assert!((COUNTER_SLOTS as usize) > Counter::FieldUnreadable as usize);
 
 #[cfg(feature = "user")]
 mod pod {

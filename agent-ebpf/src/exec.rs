@@ -1,23 +1,34 @@
-//! The exec hook (`sched_process_exec`) and the gate that keeps a held exec stopped.
+//! Exec decisions, on two backends, and the gate that keeps a held exec stopped.
+//!
+//! - LSM backend (`bprm_check_security`): decided before the new image replaces the old. A deny
+//!   is a clean `EPERM` from `execve`; a held exec stops inside `execve` and runs again after the
+//!   decision.
+//! - Tracepoint backend (`sched_process_exec`): decided after the new image is in place, before
+//!   its first instruction. A deny ends it (SIGKILL); a held one is stopped, and the raw
+//!   `sys_enter` gate stops it again if anyone but the agent resumes it.
 
 use agent_common::{
-    event_flags, fingerprint, pending_state, Action, Op, RuleRef, PATH_CAP, RESOLVE_RULE,
+    event_flags, fingerprint, pending_state, Action, Op, Outcome, RuleRef, PATH_CAP, RESOLVE_RULE,
 };
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel_str_bytes},
-    programs::TracePointContext,
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes},
+    programs::{LsmContext, TracePointContext},
     EbpfContext,
 };
 
 use crate::counters::{bump, Counter};
 use crate::maps::{EXEC_EXACT, EXEC_PREFIX, PENDING};
-use crate::pause::{self, Subject, Verdict};
-use crate::{scope, scratch};
+use crate::pause::{self, Hold, Subject, Verdict};
+use crate::scratch::Scratch;
+use crate::{kconf, scope, scratch};
 
 /// Offset of `__data_loc char[] filename` in the `sched_process_exec` record (stable ABI of the
 /// tracepoint format since it was added).
 const FILENAME_LOC: usize = 8;
 
+const EPERM: i32 = -1;
+
+/// `sched_process_exec` (tracepoint backend).
 pub fn on_exec(ctx: &TracePointContext) {
     let Some((cgroup, watch)) = scope::watched() else {
         return;
@@ -25,8 +36,6 @@ pub fn on_exec(ctx: &TracePointContext) {
     let Some(s) = scratch::get() else {
         return;
     };
-    let subject = Subject::current(cgroup, watch);
-
     // SAFETY: reading the tracepoint record the kernel passed us.
     let loc: u32 = match unsafe { ctx.read_at(FILENAME_LOC) } {
         Ok(v) => v,
@@ -36,38 +45,134 @@ pub fn on_exec(ctx: &TracePointContext) {
         }
     };
     // `__data_loc`: offset in the low 16 bits, length with the NUL in the high 16 bits.
-    let full_len = (loc >> 16) as usize;
-    let truncated = full_len > PATH_CAP;
-    // SAFETY: scratch memory is ours for this run; zeroing it makes the key's tail well defined.
+    let truncated = (loc >> 16) as usize > PATH_CAP;
+    let src = if loc == 0 {
+        core::ptr::null()
+    } else {
+        // SAFETY: `ctx + offset` is inside the record the kernel built for this tracepoint.
+        unsafe { (ctx.as_ptr() as *const u8).add((loc & 0xffff) as usize) }
+    };
+    let len = read_path(s, src);
+    let subject = Subject::current(cgroup, watch);
+    let (rule_id, action) = lookup(s, watch.workload, watch.default_action, len, truncated);
+    if action == Action::Allow as u8 {
+        return;
+    }
+    let target = start_event(s, len, truncated, 0);
+    let ev = &mut s.event;
+    let verdict = if action == Action::Audit as u8 {
+        bump(Counter::Audited);
+        subject.report(ev, Outcome::Audited, action, rule_id);
+        Verdict::Allow
+    } else if action == Action::Approve as u8 {
+        let how = Hold::StopNow { restarts: false };
+        pause::request(&subject, ev, Op::Exec, rule_id, target, &mut None, how)
+    } else {
+        bump(Counter::Denied);
+        subject.report(ev, Outcome::Denied, action, rule_id);
+        Verdict::Deny
+    };
+    if verdict == Verdict::Deny {
+        // The exec has already happened: the new image dies before its first instruction.
+        pause::kill_current();
+    }
+}
+
+/// `bprm_check_security` (LSM backend). Returns 0 to let the exec go on, `-EPERM` to refuse it,
+/// or `-ERESTARTNOINTR` with the task stopped to hold it.
+pub fn on_bprm_check(ctx: &LsmContext) -> i32 {
+    let Some((cgroup, watch)) = scope::watched() else {
+        return 0;
+    };
+    let Some(s) = scratch::get() else {
+        return EPERM;
+    };
+    let bprm: *const u8 = ctx.arg(0);
+    // SAFETY: `bprm` is the hook's `struct linux_binprm *`; the offset of its `filename` field
+    // comes from this kernel's BTF, and the read is checked by the helper.
+    let name: *const u8 = match unsafe {
+        bpf_probe_read_kernel(bprm.add(kconf::bprm_filename_offset()) as *const *const u8)
+    } {
+        Ok(p) => p,
+        Err(_) => {
+            bump(Counter::FieldUnreadable);
+            core::ptr::null()
+        }
+    };
+    let len = read_path(s, name);
+    // The helper stops at PATH_CAP - 1 bytes: a path that long may have been cut.
+    let truncated = len >= PATH_CAP - 1;
+    let subject = Subject::current(cgroup, watch);
+    let target = start_event(s, len, truncated, event_flags::BEFORE_EXEC);
+    let how = Hold::StopNow { restarts: true };
+    let ev = &mut s.event;
+    // An exec held earlier runs again after the decision: consume it.
+    if let Some(v) = pause::resume(&subject, ev, Op::Exec, target, &mut None, how) {
+        return lsm_verdict(v);
+    }
+    let (rule_id, action) = lookup(s, watch.workload, watch.default_action, len, truncated);
+    let ev = &mut s.event;
+    let verdict = if action == Action::Allow as u8 {
+        Verdict::Allow
+    } else if action == Action::Audit as u8 {
+        bump(Counter::Audited);
+        subject.report(ev, Outcome::Audited, action, rule_id);
+        Verdict::Allow
+    } else if action == Action::Approve as u8 {
+        pause::request(&subject, ev, Op::Exec, rule_id, target, &mut None, how)
+    } else {
+        bump(Counter::Denied);
+        bump(Counter::ExecRefused);
+        subject.report(ev, Outcome::Denied, action, rule_id);
+        Verdict::Deny
+    };
+    lsm_verdict(verdict)
+}
+
+#[inline(always)]
+fn lsm_verdict(v: Verdict) -> i32 {
+    match v {
+        Verdict::Allow => 0,
+        Verdict::Deny => EPERM,
+        Verdict::Held => agent_common::ERESTARTNOINTR,
+    }
+}
+
+/// Copies a kernel string into the scratch key (zeroed first, so the key's tail is defined) and
+/// returns its length.
+#[inline(always)]
+fn read_path(s: &mut Scratch, src: *const u8) -> usize {
+    // SAFETY: scratch memory is ours for this run.
     unsafe { core::ptr::write_bytes(s.exact.path.as_mut_ptr(), 0, PATH_CAP) };
     let mut len = 0usize;
-    if loc != 0 {
-        // SAFETY: `ctx + offset` is inside the record the kernel built for this tracepoint.
-        let src = unsafe { (ctx.as_ptr() as *const u8).add((loc & 0xffff) as usize) };
-        // SAFETY: reads at most PATH_CAP bytes into our buffer.
+    if !src.is_null() {
+        // SAFETY: reads at most PATH_CAP bytes into our buffer; the helper checks the source.
         match unsafe { bpf_probe_read_kernel_str_bytes(src, &mut s.exact.path) } {
             Ok(b) => len = b.len(),
             Err(_) => bump(Counter::PathUnreadable),
         }
+    } else {
+        bump(Counter::PathUnreadable);
     }
     if len >= PATH_CAP {
         len = PATH_CAP - 1;
     }
-    s.exact.workload = watch.workload;
-    s.exact.len = len as u32;
+    len
+}
 
+/// The rule for the path in the scratch key: a relative path is held for the agent to resolve,
+/// then the exact map, then the longest prefix, then the workload's default.
+#[inline(always)]
+fn lookup(s: &mut Scratch, workload: u32, default: u8, len: usize, truncated: bool) -> (u32, u8) {
+    s.exact.workload = workload;
+    s.exact.len = len as u32;
     // A relative path (`./curl`) names a program only together with the working directory;
     // the agent resolves it while the task is held.
-    let relative = len > 0 && s.exact.path[0] != b'/';
-    let mut hit: Option<RuleRef> = None;
-    if relative {
-        hit = Some(RuleRef {
-            rule_id: RESOLVE_RULE,
-            action: Action::Approve as u8,
-            _pad: [0; 3],
-        });
+    if len > 0 && s.exact.path[0] != b'/' {
+        return (RESOLVE_RULE, Action::Approve as u8);
     }
-    if hit.is_none() && !truncated {
+    let mut hit: Option<RuleRef> = None;
+    if !truncated {
         if let Some(r) = EXEC_EXACT.get_ptr(&s.exact) {
             // SAFETY: map value pointer from lookup.
             hit = Some(unsafe { *r });
@@ -75,51 +180,41 @@ pub fn on_exec(ctx: &TracePointContext) {
     }
     if hit.is_none() {
         s.prefix.prefix_len = ((4 + len) * 8) as u32;
-        s.prefix.data.workload_be = watch.workload.to_be_bytes();
+        s.prefix.data.workload_be = workload.to_be_bytes();
         s.prefix.data.path = s.exact.path;
         if let Some(r) = EXEC_PREFIX.get(&s.prefix) {
             hit = Some(*r);
         }
     }
-    let (rule_id, action) = match hit {
+    match hit {
         Some(r) => (r.rule_id, r.action),
-        None => (0, watch.default_action),
-    };
-    if action == Action::Allow as u8 {
-        return;
+        None => (0, default),
     }
+}
 
+/// Starts the exec event from the scratch path; returns the target fingerprint.
+#[inline(always)]
+fn start_event(s: &mut Scratch, len: usize, truncated: bool, flags: u8) -> u64 {
     let ev = &mut s.event;
     pause::clear(ev);
     ev.op = Op::Exec as u8;
     ev.path = s.exact.path;
+    ev.flags = flags;
     if truncated {
         ev.flags |= event_flags::PATH_TRUNCATED;
     }
     let target = fingerprint::path(&s.exact.path, len);
     ev.target = target;
-
-    let verdict = if action == Action::Audit as u8 {
-        bump(Counter::Audited);
-        subject.report(ev, agent_common::Outcome::Audited, action, rule_id);
-        Verdict::Allow
-    } else if action == Action::Approve as u8 {
-        pause::request(&subject, ev, Op::Exec, rule_id, target, &mut None)
-    } else {
-        bump(Counter::Denied);
-        subject.report(ev, agent_common::Outcome::Denied, action, rule_id);
-        Verdict::Deny
-    };
-    if verdict == Verdict::Deny {
-        // Without the LSM hook the exec has already happened: the new image dies before its
-        // first instruction.
-        pause::kill_current();
-    }
+    // The path as given, kept in the entry: a held exec that restarts is recognised by it even
+    // after the agent pointed the entry at the program a relative path resolved to.
+    ev.addr[..8].copy_from_slice(&target.to_ne_bytes());
+    target
 }
 
-/// Raw `sys_enter`: a task whose exec is still waiting got resumed by someone other than the
-/// agent (the agent removes the entry before it sends SIGCONT). Stop it again before this system
-/// call returns to user space, or apply the fail mode if the agent is gone.
+/// Raw `sys_enter` (tracepoint backend): a task whose exec is still waiting got resumed by
+/// someone other than the agent (the agent removes the entry before it sends SIGCONT). Stop it
+/// again before this system call returns to user space, or apply the fail mode if the agent is
+/// gone.
 pub fn on_syscall() {
     let tid = bpf_get_current_pid_tgid() as u32;
     let Some(p) = PENDING.get_ptr(&tid) else {
@@ -127,7 +222,10 @@ pub fn on_syscall() {
     };
     // SAFETY: map value pointer from lookup.
     let p = unsafe { *p };
-    if p.op != Op::Exec as u8 || p.state != pending_state::WAITING {
+    if p.op != Op::Exec as u8
+        || p.state != pending_state::WAITING
+        || p.flags & agent_common::pending_flags::RESTARTS != 0
+    {
         return;
     }
     let Some(s) = scratch::get() else {
@@ -144,7 +242,8 @@ pub fn on_syscall() {
     ev.op = Op::Exec as u8;
     ev.target = p.target;
     ev.created_ns = p.created_ns;
-    if pause::hold_again(&subject, ev, p.rule_id) == Verdict::Deny {
+    let how = Hold::StopNow { restarts: false };
+    if pause::hold_again(&subject, ev, p.rule_id, how) == Verdict::Deny {
         pause::kill_current();
     }
 }

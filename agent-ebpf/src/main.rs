@@ -7,14 +7,19 @@
 //! comes from maps the agent fills.
 //!
 //! Programs:
-//! - `exec`: `sched:sched_process_exec`, the new image of a watched task, before its first
-//!   instruction.
 //! - `connect4`, `connect6`, `sendmsg4`, `sendmsg6`: cgroup `sock_addr` hooks attached at the
-//!   cgroup v2 root; everything outside a watched cgroup returns at once.
-//! - `gate`: raw `sys_enter`; stops again a held exec whose task was resumed by someone other
-//!   than the agent.
+//!   cgroup v2 root; everything outside a watched cgroup returns at once. A held call is
+//!   recorded and failed with `-ERESTARTNOINTR`.
+//! - `held`: `syscalls:sys_exit_{connect,sendto,sendmsg,sendmmsg}`; stops a thread whose call a
+//!   socket hook held and tells the agent (socket hooks may not send signals on most kernels).
+//! - `exec_lsm`: BPF LSM `bprm_check_security` (LSM backend): exec decided before it happens.
+//! - `exec`: `sched:sched_process_exec` (tracepoint backend): the new image of a watched task,
+//!   before its first instruction.
+//! - `gate`: raw `sys_enter` (tracepoint backend only); stops again a held exec whose task was
+//!   resumed by someone other than the agent.
 //! - `exit`: `sched:sched_process_exit`; drops the pending entry of a task that went away.
-//! - `probe_lsm`: never attached; loaded once at start-up to learn whether BPF LSM works here.
+//! - `probe_lsm`: attached for a moment at start-up to learn whether BPF LSM programs really
+//!   run here (they load and attach even where `bpf` is missing from `lsm=`, and then never run).
 #![no_std]
 #![no_main]
 // Compare-and-swap for counted grants; see `pause::take_use`.
@@ -23,12 +28,14 @@
 
 mod counters;
 mod exec;
+mod kconf;
 mod maps;
 mod net;
 mod pause;
 mod report;
 mod scope;
 mod scratch;
+mod stop;
 
 use aya_ebpf::{
     macros::{cgroup_sock_addr, lsm, raw_tracepoint, tracepoint},
@@ -41,6 +48,17 @@ use agent_common::family;
 pub fn exec(ctx: TracePointContext) -> u32 {
     exec::on_exec(&ctx);
     0
+}
+
+#[tracepoint]
+pub fn held(ctx: TracePointContext) -> u32 {
+    stop::on_syscall_exit(&ctx);
+    0
+}
+
+#[lsm(hook = "bprm_check_security")]
+pub fn exec_lsm(ctx: LsmContext) -> i32 {
+    exec::on_bprm_check(&ctx)
 }
 
 #[raw_tracepoint(tracepoint = "sys_enter")]
@@ -75,10 +93,11 @@ pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
     net::check(&ctx, agent_common::Op::Sendmsg, family::INET6)
 }
 
-/// Start-up probe only: the agent loads it to learn whether this kernel accepts BPF LSM
-/// programs, then unloads it. It is never attached.
+/// Start-up probe only: attached while the agent runs one exec, to see whether LSM programs are
+/// called on this kernel at all.
 #[lsm(hook = "bprm_check_security")]
 pub fn probe_lsm(_ctx: LsmContext) -> i32 {
+    counters::bump(counters::Counter::LsmProbeRan);
     0
 }
 

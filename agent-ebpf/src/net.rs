@@ -12,7 +12,7 @@ use aya_ebpf::{
 
 use crate::counters::{bump, Counter};
 use crate::maps::{NET4_RULES, NET6_RULES};
-use crate::pause::{self, Subject, Verdict};
+use crate::pause::{self, Hold, Subject, Verdict};
 use crate::{scope, scratch};
 
 const ALLOW: i32 = 1;
@@ -63,7 +63,14 @@ pub fn check(ctx: &SockAddrContext, op: Op, fam: u8) -> i32 {
     ev.target = target;
 
     let mut allowed_by = None;
-    if let Some(v) = pause::resume(&subject, ev, op, target, &mut allowed_by) {
+    if let Some(v) = pause::resume(
+        &subject,
+        ev,
+        op,
+        target,
+        &mut allowed_by,
+        Hold::AtSyscallExit,
+    ) {
         return finish_granted(ctx, op, v, allowed_by);
     }
 
@@ -80,7 +87,15 @@ pub fn check(ctx: &SockAddrContext, op: Op, fam: u8) -> i32 {
         subject.report(ev, Outcome::Audited, action, rule_id);
         Verdict::Allow
     } else if action == Action::Approve as u8 {
-        let v = pause::request(&subject, ev, op, rule_id, target, &mut allowed_by);
+        let v = pause::request(
+            &subject,
+            ev,
+            op,
+            rule_id,
+            target,
+            &mut allowed_by,
+            Hold::AtSyscallExit,
+        );
         return finish_granted(ctx, op, v, allowed_by);
     } else {
         bump(Counter::Denied);
@@ -114,7 +129,9 @@ fn finish(v: Verdict) -> i32 {
         Verdict::Deny => DENY,
         Verdict::Held => {
             // Returning 0 alone would fail the call with EPERM; this return value instead makes
-            // the kernel run the same system call again once the task is resumed.
+            // the kernel run the same system call again once the task is resumed. The stop
+            // itself comes at the system call's exit (`stop`): socket hooks may not send signals
+            // on the kernels most hosts run.
             // SAFETY: helper with a plain integer argument.
             unsafe { bpf_set_retval(ERESTARTNOINTR) };
             DENY

@@ -2,7 +2,8 @@
 //! mode, re-entry after a resume, and clean-up when the task exits.
 
 use agent_common::{
-    pending_state, scope, Action, Event, FailMode, GrantKey, Op, Outcome, Pending, Watch,
+    pending_flags, pending_state, scope, Action, Event, FailMode, GrantKey, Op, Outcome, Pending,
+    Watch,
 };
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
@@ -15,8 +16,21 @@ use crate::maps::{GRANTS, GRANT_CONNS, PENDING};
 use crate::{report, scope as who};
 
 const SIGKILL: u32 = 9;
-const SIGSTOP: u32 = 19;
+pub const SIGSTOP: u32 = 19;
 const UNLIMITED: u32 = u32::MAX;
+
+/// How a hook holds an operation.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    /// Stop the task from this program and tell the agent now. Program types that may send
+    /// signals on every supported kernel (tracepoints, LSM). `restarts`: the held system call
+    /// fails with `-ERESTARTNOINTR` and runs again after the decision (LSM exec), rather than
+    /// having already happened (an exec seen at `sched_process_exec`).
+    StopNow { restarts: bool },
+    /// Only record the entry and ask for a restart; the system call's exit stops the task and
+    /// tells the agent. Cgroup socket hooks, which may not send signals before Linux 6.13.
+    AtSyscallExit,
+}
 
 /// What the calling hook must do with the operation.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -213,6 +227,7 @@ pub fn request(
     rule_id: u32,
     target: u64,
     allowed_by: &mut Option<GrantKey>,
+    how: Hold,
 ) -> Verdict {
     let approve = Action::Approve as u8;
     ev.target = target;
@@ -235,6 +250,11 @@ pub fn request(
         report::send(ev, Outcome::Unpausable, approve, rule_id);
         return Verdict::Deny;
     }
+    let flags = match how {
+        Hold::StopNow { restarts: true } => pending_flags::ANNOUNCED | pending_flags::RESTARTS,
+        Hold::StopNow { restarts: false } => pending_flags::ANNOUNCED,
+        Hold::AtSyscallExit => pending_flags::RESTARTS,
+    };
     let entry = Pending {
         created_ns: s.now,
         target,
@@ -244,7 +264,8 @@ pub fn request(
         workload: s.watch.workload,
         state: pending_state::WAITING,
         op: op as u8,
-        _pad: [0; 2],
+        flags,
+        _pad: 0,
         addr: ev.addr,
         port: ev.port,
         family: ev.family,
@@ -255,6 +276,10 @@ pub fn request(
         bump(Counter::PendingFull);
         let mode = who::fail_mode();
         return fail(s, ev, mode, approve, rule_id);
+    }
+    if let Hold::AtSyscallExit = how {
+        // The stop and the event come from the system call's exit (`stop::on_syscall_exit`).
+        return Verdict::Held;
     }
     if !signal(SIGSTOP) {
         let _ = PENDING.remove(&s.tid);
@@ -279,11 +304,21 @@ pub fn resume(
     op: Op,
     target: u64,
     allowed_by: &mut Option<GrantKey>,
+    how: Hold,
 ) -> Option<Verdict> {
     let p = PENDING.get_ptr(&s.tid)?;
     // SAFETY: map value pointer from lookup; `Pending` is plain data.
     let p = unsafe { *p };
-    if p.op != op as u8 || p.target != target {
+    // An exec is recognised by the path it asked for (kept in `addr`), which stays put when the
+    // agent points `target` at the program a relative path resolved to.
+    let held_for = if p.op == Op::Exec as u8 {
+        u64::from_ne_bytes([
+            p.addr[0], p.addr[1], p.addr[2], p.addr[3], p.addr[4], p.addr[5], p.addr[6], p.addr[7],
+        ])
+    } else {
+        p.target
+    };
+    if p.op != op as u8 || held_for != target {
         // The held operation was abandoned (the thread is doing something else now); the agent
         // sees the entry go and cancels its request.
         bump(Counter::TargetMismatch);
@@ -293,25 +328,29 @@ pub fn resume(
     match p.state {
         pending_state::ALLOW => {
             let _ = PENDING.remove(&s.tid);
-            *allowed_by = covering_grant(s, p.rule_id, target);
+            *allowed_by = covering_grant(s, p.rule_id, p.target);
             Some(Verdict::Allow)
         }
         pending_state::DENY => {
             let _ = PENDING.remove(&s.tid);
             Some(Verdict::Deny)
         }
-        _ => Some(hold_again(s, ev, p.rule_id)),
+        _ => Some(hold_again(s, ev, p.rule_id, how)),
     }
 }
 
 /// A still-waiting operation ran again (somebody else sent SIGCONT): stop it again, unless the
 /// agent is gone, in which case the fail mode decides.
 #[inline(always)]
-pub fn hold_again(s: &Subject, ev: &mut Event, rule_id: u32) -> Verdict {
+pub fn hold_again(s: &Subject, ev: &mut Event, rule_id: u32, how: Hold) -> Verdict {
     if let Some(mode) = who::stale(s.now) {
         let _ = PENDING.remove(&s.tid);
         ev.flags |= agent_common::event_flags::REENTERED;
         return fail(s, ev, mode, Action::Approve as u8, rule_id);
+    }
+    if let Hold::AtSyscallExit = how {
+        // Stopped again at the system call's exit.
+        return Verdict::Held;
     }
     if signal(SIGSTOP) {
         bump(Counter::Repaused);

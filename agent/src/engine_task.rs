@@ -548,9 +548,14 @@ impl State {
 
     fn resolve(&mut self, mut ev: KernelEvent) -> Option<KernelEvent> {
         let id = ev.request?;
-        // The new image is in place and stopped: its /proc entry names the real file.
-        let Ok(real) = std::fs::read_link(format!("/proc/{}/exe", ev.tgid)) else {
-            return None;
+        let real = if ev.before_exec {
+            // Held before the exec: the path is relative to the caller's working directory,
+            // which cannot change while the whole process is stopped.
+            let rel = ev.path.clone()?;
+            std::fs::canonicalize(format!("/proc/{}/cwd/{rel}", ev.tgid)).ok()?
+        } else {
+            // The new image is in place and stopped: its /proc entry names the real file.
+            std::fs::read_link(format!("/proc/{}/exe", ev.tgid)).ok()?
         };
         let real = real.to_string_lossy().into_owned();
         let policy = self.policy.clone();
@@ -622,6 +627,9 @@ impl State {
             }
         }
         self.engine.flush_kernel_log();
+        if let Err(e) = self.engine.resume_overtaken() {
+            tracing::error!("cannot check decided operations: {e}");
+        }
         self.recover_events();
         self.check_central();
         self.expire();
@@ -1022,6 +1030,7 @@ fn recovered_event(op: &PendingOp) -> Option<KernelEvent> {
         request: Some(op.id),
         target: op.target,
         reentered: false,
+        before_exec: false,
     })
 }
 

@@ -77,6 +77,9 @@ pub struct KernelEvent {
     pub target: u64,
     /// The operation had already been held and came back (a resume from elsewhere).
     pub reentered: bool,
+    /// An exec held before it happened (LSM backend): the old image still runs.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub before_exec: bool,
 }
 
 fn ser_op<S: serde::Serializer>(op: &Op, s: S) -> Result<S::Ok, S::Error> {
@@ -159,6 +162,7 @@ impl KernelEvent {
             request,
             target: e.target,
             reentered: e.flags & event_flags::REENTERED != 0,
+            before_exec: e.flags & event_flags::BEFORE_EXEC != 0,
         })
     }
 

@@ -408,6 +408,7 @@ async fn run(settings: Settings, rules: Option<PathBuf>) -> anyhow::Result<()> {
         cgroup_root: settings.config.cgroup_root.clone(),
         stale_after: settings.heartbeat_timeout,
         fail_mode,
+        exec_backend: None,
     })?;
     tracing::info!(
         pin_dir = %settings.config.pin_dir.display(),

@@ -312,6 +312,7 @@ impl Setup {
                 cgroup_root: None,
                 stale_after: Duration::from_secs(3600),
                 fail_mode: FailMode::Deny,
+                exec_backend: None,
             })?;
             self.engine = Some(e);
         }

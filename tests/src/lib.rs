@@ -201,6 +201,7 @@ impl Harness {
             cgroup_root: Some(root.clone()),
             stale_after: Duration::from_secs(3600),
             fail_mode,
+            exec_backend: None,
         })
         .unwrap_or_else(|e| panic!("{e}"));
         engine
@@ -282,6 +283,29 @@ impl Harness {
         }
     }
 
+    /// Waits until the kernel holds an operation that satisfies `pred` (for a process the test
+    /// did not start itself, such as the probe's child).
+    pub fn wait_pending_where(
+        &mut self,
+        what: &str,
+        pred: impl Fn(&PendingOp) -> bool,
+    ) -> PendingOp {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let found = self
+                .engine()
+                .pending()
+                .expect("pending")
+                .into_iter()
+                .find(|p| pred(p));
+            if let Some(p) = found {
+                return p;
+            }
+            assert!(Instant::now() < deadline, "{what} was never held");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// Reads events until one satisfies `pred`; returns it.
     pub fn expect_event(&mut self, what: &str, pred: impl Fn(&KernelEvent) -> bool) -> KernelEvent {
         let deadline = Instant::now() + PATIENCE;
@@ -327,6 +351,7 @@ impl Harness {
             cgroup_root: Some(old.cgroup_root().to_path_buf()),
             stale_after: Duration::from_secs(3600),
             fail_mode: FailMode::Deny,
+            exec_backend: None,
         };
         drop(self.ring.take());
         drop(old);
@@ -365,9 +390,25 @@ fn collect_dirs(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// Waits for a probe and parses its JSON line.
-pub fn outcome(child: Child) -> serde_json::Value {
-    let out = child.wait_with_output().expect("wait for probe");
+/// Waits for a probe and parses its JSON line. A probe that has not ended within [`PATIENCE`]
+/// is killed and the test fails, rather than hanging the run.
+pub fn outcome(mut child: Child) -> serde_json::Value {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            Ok(None) => {
+                let pid = child.id();
+                let st = state(pid);
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("probe {pid} did not end within {PATIENCE:?} (state {st:?})");
+            }
+            Err(e) => panic!("wait for probe: {e}"),
+        }
+    }
+    let out = child.wait_with_output().expect("collect probe output");
     let text = String::from_utf8_lossy(&out.stdout);
     serde_json::from_str(text.trim()).unwrap_or_else(|e| {
         panic!(
@@ -376,6 +417,21 @@ pub fn outcome(child: Child) -> serde_json::Value {
             String::from_utf8_lossy(&out.stderr)
         )
     })
+}
+
+/// A child's whole output, waiting at most [`PATIENCE`] for it to end.
+pub fn finish(mut child: Child) -> std::process::Output {
+    let deadline = Instant::now() + PATIENCE;
+    while child.try_wait().ok().flatten().is_none() {
+        if Instant::now() > deadline {
+            let pid = child.id();
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("process {pid} did not end within {PATIENCE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.wait_with_output().expect("collect output")
 }
 
 /// The process state letter (`T` = stopped).

@@ -7,8 +7,8 @@ use std::{
 };
 
 use agent_common::{FailMode, Op, Outcome};
-use latch_agent::kernel::{Decision, EngineError, Scope};
-use latch_tests::{outcome, privileged, probe, read_available, state, wait_state, Harness};
+use latch_agent::kernel::{Backend, Decision, EngineError, Scope};
+use latch_tests::{outcome, privileged, probe, state, wait_state, Harness};
 
 const EPERM: i64 = 1;
 
@@ -111,32 +111,47 @@ fn paused_connect_then_denied_fails_with_eperm() {
     }
 }
 
+/// A file that only the program under test creates: the evidence that it ran.
+fn marker(h: &Harness, name: &str) -> std::path::PathBuf {
+    let p = std::env::temp_dir().join(format!("{}-{name}", h.cgroup.rel.trim_start_matches('/')));
+    let _ = std::fs::remove_file(&p);
+    p
+}
+
+/// How a refused exec looks to its caller on each backend: the LSM hook fails `execve` with
+/// `EPERM`; the tracepoint backend ends the new image (SIGKILL) before its first instruction.
+fn assert_exec_refused(backend: Backend, out: &serde_json::Value) {
+    match backend {
+        Backend::Lsm => assert_eq!(errno(out), EPERM, "execve failed cleanly: {out}"),
+        Backend::Tracepoint => assert_eq!(out["signal"], 9, "killed before it ran: {out}"),
+    }
+}
+
 #[test]
-fn exec_paused_then_allowed_prints_only_after_approval() {
+fn exec_paused_then_allowed_runs_only_after_approval() {
     if !privileged() {
         return;
     }
     let mut h = Harness::new(&rules(
-        "  - {name: echo-needs-ok, workload: test, on: exec, paths: [/bin/echo], action: approve}\n",
+        "  - {name: touch-needs-ok, workload: test, on: exec, paths: [/usr/bin/touch], action: approve}
+",
     ));
-    let mut child = h.spawn(std::path::Path::new("/bin/echo"), &["held-output"]);
-    let pid = child.id();
-    let p = h.wait_pending(pid);
-    wait_state(pid, 'T');
-    assert_eq!(p.op, "exec");
+    let made = marker(&h, "approved");
+    let m = made.to_string_lossy().into_owned();
+    let child = h.spawn(&probe(), &["exec", "/usr/bin/touch", &m]);
+    let p = h.wait_pending_where("the exec of touch", |p| p.op == "exec");
+    wait_state(p.tgid, 'T');
     let ev = h.expect_event("paused exec", |e| {
         e.outcome == Outcome::Paused && e.op == Op::Exec
     });
-    assert_eq!(ev.path.as_deref(), Some("/bin/echo"));
-    assert_eq!(
-        read_available(&mut child),
-        "",
-        "nothing ran before approval"
-    );
+    assert_eq!(ev.path.as_deref(), Some("/usr/bin/touch"));
+    assert_eq!(ev.before_exec, h.engine().backend() == Backend::Lsm);
+    assert!(!made.exists(), "touch did not run before approval");
     h.engine().decide(p.id, Decision::Allow).expect("decide");
-    let out = child.wait_with_output().expect("wait");
-    assert!(out.status.success());
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "held-output\n");
+    let out = outcome(child);
+    assert_eq!(out["exit"], 0, "{out}");
+    assert!(made.exists(), "touch ran after approval");
+    let _ = std::fs::remove_file(&made);
 }
 
 #[test]
@@ -145,33 +160,42 @@ fn exec_denied_by_rule_and_by_reviewer_never_runs() {
         return;
     }
     let mut h = Harness::new(&rules(
-        "  - {name: no-echo, workload: test, on: exec, paths: [/bin/echo], action: deny}\n\
-         \x20 - {name: ask-printf, workload: test, on: exec, paths: ['/usr/bin/print*'], action: approve}\n",
+        "  - {name: no-touch, workload: test, on: exec, paths: [/usr/bin/touch], action: deny}\n\
+         \x20 - {name: ask-mk, workload: test, on: exec, paths: ['/usr/bin/mkd*'], action: approve}\n",
     ));
-    let out = h
-        .spawn(std::path::Path::new("/bin/echo"), &["must-not-print"])
-        .wait_with_output()
-        .expect("wait");
-    assert_eq!(
-        std::os::unix::process::ExitStatusExt::signal(&out.status),
-        Some(9),
-        "killed before it ran"
-    );
-    assert!(out.stdout.is_empty());
+    let backend = h.engine().backend();
+    let made = marker(&h, "denied");
+    let m = made.to_string_lossy().into_owned();
+    let out = h.probe(&["exec", "/usr/bin/touch", &m]);
+    assert_exec_refused(backend, &out);
+    assert!(!made.exists(), "touch never ran");
     h.expect_event("denied exec", |e| {
-        e.outcome == Outcome::Denied && e.path.as_deref() == Some("/bin/echo")
+        e.outcome == Outcome::Denied && e.path.as_deref() == Some("/usr/bin/touch")
     });
 
-    let child = h.spawn(std::path::Path::new("/usr/bin/printf"), &["must-not-print"]);
-    let p = h.wait_pending(child.id());
-    assert_eq!(p.rule_id, h.rule("ask-printf"), "prefix rule matched");
+    let child = h.spawn(&probe(), &["exec", "/usr/bin/mkdir", &m]);
+    let p = h.wait_pending_where("the exec of mkdir", |p| p.op == "exec");
+    assert_eq!(p.rule_id, h.rule("ask-mk"), "prefix rule matched");
     h.engine().decide(p.id, Decision::Deny).expect("decide");
-    let out = child.wait_with_output().expect("wait");
-    assert!(out.stdout.is_empty());
-    assert_eq!(
-        std::os::unix::process::ExitStatusExt::signal(&out.status),
-        Some(9)
-    );
+    assert_exec_refused(backend, &outcome(child));
+    assert!(!made.exists(), "mkdir never ran");
+    // The process (or its exec) is gone with its entry: deciding again names the request, and
+    // revoking a grant that is not there is not an error.
+    match h.engine().decide(p.id, Decision::Deny) {
+        Err(EngineError::NotPending(id)) => assert_eq!(id, p.id),
+        other => panic!("expected NotPending, got {other:?}"),
+    }
+    let absent = agent_common::GrantKey {
+        scope: agent_common::scope::HOST,
+        _pad: [0; 3],
+        rule_id: p.rule_id,
+        subject: 0,
+        target: p.target,
+    };
+    assert!(!h
+        .engine()
+        .revoke(&absent)
+        .expect("revoke of a missing grant"));
 }
 
 #[test]
@@ -215,7 +239,7 @@ fn foreign_sigcont_pauses_again() {
     }
     let (_l, port) = listener();
     let mut h = Harness::new(&rules("  - {name: ask, workload: test, on: connect, to: [127.0.0.1/32], action: approve}\n\
-                                     \x20 - {name: ask-echo, workload: test, on: exec, paths: [/bin/echo], action: approve}\n"));
+                                     \x20 - {name: ask-touch, workload: test, on: exec, paths: [/usr/bin/touch], action: approve}\n"));
     let child = h.spawn(&probe(), &["connect", &format!("127.0.0.1:{port}")]);
     let pid = child.id();
     let p = h.wait_pending(pid);
@@ -233,22 +257,21 @@ fn foreign_sigcont_pauses_again() {
     h.engine().decide(p.id, Decision::Allow).expect("decide");
     assert!(ok(&outcome(child)));
 
-    // Exec: a resumed image is stopped again at its first system call.
-    let mut child = h.spawn(std::path::Path::new("/bin/echo"), &["too-early"]);
-    let pid = child.id();
-    let p = h.wait_pending(pid);
-    wait_state(pid, 'T');
-    foreign_sigcont(pid);
+    // Exec: held again after a foreign SIGCONT (LSM: the restarted execve stops again; tracepoint
+    // backend: the resumed image stops again at its first system call).
+    let made = marker(&h, "too-early");
+    let m = made.to_string_lossy().into_owned();
+    let child = h.spawn(&probe(), &["exec", "/usr/bin/touch", &m]);
+    let p = h.wait_pending_where("the exec of touch", |p| p.op == "exec");
+    wait_state(p.tgid, 'T');
+    foreign_sigcont(p.tgid);
     wait_repaused(&mut h, before + 2);
-    wait_state(pid, 'T');
-    assert_eq!(
-        read_available(&mut child),
-        "",
-        "no output while still pending"
-    );
+    wait_state(p.tgid, 'T');
+    assert!(!made.exists(), "touch did not run while still pending");
     h.engine().decide(p.id, Decision::Allow).expect("decide");
-    let out = child.wait_with_output().expect("wait");
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "too-early\n");
+    assert_eq!(outcome(child)["exit"], 0);
+    assert!(made.exists(), "touch ran after approval");
+    let _ = std::fs::remove_file(&made);
 }
 
 fn repaused(h: &mut Harness) -> u64 {

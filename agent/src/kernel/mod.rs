@@ -7,27 +7,30 @@
 //! heartbeat. It is synchronous and not `Sync`: the daemon gives it to one task and talks to that
 //! task over channels ([`crate::engine_task`]).
 
+mod attach;
+pub mod btf;
+mod layout;
 mod mounts;
+pub mod probe;
 pub mod sockets;
 
 use std::{
     collections::HashSet,
     fmt,
-    fs::File,
     path::{Path, PathBuf},
     str::FromStr,
     time::Duration,
 };
 
 use agent_common::{
-    maps as names, pending_state, scope, Action, Counter, ExecExactKey, ExecPrefixData, FailMode,
-    Grant, GrantKey, Heartbeat, Net4Data, Net6Data, Op, Pending, PortRules, RuleRef, Watch,
-    COUNTER_SLOTS,
+    maps as names, pending_flags, pending_state, scope, Action, Counter, ExecExactKey,
+    ExecPrefixData, FailMode, Grant, GrantKey, Heartbeat, Net4Data, Net6Data, Op, Pending,
+    PortRules, RuleRef, Watch, COUNTER_SLOTS,
 };
 use aya::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
-    programs::{links::FdLink, CgroupAttachMode, CgroupSockAddr, Lsm, RawTracePoint, TracePoint},
-    Btf, Ebpf, EbpfLoader, Pod,
+    programs::links::FdLink,
+    Ebpf, EbpfLoader, Pod,
 };
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -74,6 +77,24 @@ pub enum EngineError {
         name: &'static str,
         /// Why.
         reason: String,
+    },
+    /// A map pinned by an earlier agent has another layout than this build's.
+    #[error(
+        "map {name} pinned at {} has another layout than this build needs ({pinned}; this build: \
+         {wants}). Stop the agent, run `latch-agent release` to resolve what it held, remove {} \
+         and start this build (grants and held operations in that map are lost)",
+        pin.display(),
+        pin.display()
+    )]
+    Layout {
+        /// Map name.
+        name: &'static str,
+        /// The pin.
+        pin: PathBuf,
+        /// Its layout.
+        pinned: String,
+        /// The layout this build needs.
+        wants: String,
     },
     /// A pin could not be written or removed.
     #[error("cannot pin at {}: {reason}", path.display())]
@@ -240,14 +261,29 @@ pub struct EngineOptions {
     pub stale_after: Duration,
     /// What applies while the heartbeat is stale.
     pub fail_mode: FailMode,
+    /// The exec backend to use; `None` picks the LSM one where the kernel runs BPF LSM programs.
+    pub exec_backend: Option<Backend>,
 }
 
-/// Which exec backend the kernel accepted.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+/// How exec is decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Backend {
-    /// Tracepoint + SIGSTOP/SIGKILL (works without the BPF LSM).
+    /// BPF LSM `bprm_check_security`: before the exec; a deny is `EPERM`, a hold stops inside
+    /// `execve`.
+    Lsm,
+    /// `sched_process_exec` + SIGSTOP/SIGKILL and the `sys_enter` gate (works without BPF LSM):
+    /// after the exec, before the new image's first instruction.
     Tracepoint,
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::Lsm => "lsm",
+            Backend::Tracepoint => "tracepoint",
+        })
+    }
 }
 
 /// The kernel engine. See the module documentation.
@@ -269,17 +305,13 @@ pub struct Engine {
     heartbeat: Array<MapData, Heartbeat>,
     counters: PerCpuArray<MapData, u64>,
     events: Option<RingBuf<MapData>>,
-    lsm_available: bool,
+    backend: Backend,
+    lsm: probe::LsmProbe,
     // Attached hooks; dropping one detaches it unless it is pinned.
     links: Vec<FdLink>,
     links_pinned: bool,
+    hooks: Vec<&'static str>,
 }
-
-const TRACEPOINTS: &[(&str, &str, &str)] = &[
-    ("exec", "sched", "sched_process_exec"),
-    ("exit", "sched", "sched_process_exit"),
-];
-const SOCK_ADDR: &[&str] = &["connect4", "connect6", "sendmsg4", "sendmsg6"];
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, EngineError>
 where
@@ -309,7 +341,7 @@ impl Engine {
             None => mounts::cgroup2_root()?,
         };
         mounts::ensure_bpffs(&opts.pin_dir)?;
-        mounts::ensure_tracefs()?;
+        let tracefs = mounts::ensure_tracefs()?;
         let map_dir = opts.pin_dir.join("maps");
         let link_dir = opts.pin_dir.join("links");
         for d in [&map_dir, &link_dir] {
@@ -318,8 +350,23 @@ impl Engine {
                 reason: e.to_string(),
             })?;
         }
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(&map_dir)
+        layout::check(OBJECT, &map_dir)?;
+        let ret_offset =
+            probe::sys_exit_ret_offset(&tracefs).map_err(|reason| EngineError::Program {
+                name: "held",
+                reason,
+            })?;
+        let bprm_filename = probe::bprm_filename_offset();
+        let mut loader = EbpfLoader::new();
+        loader.default_map_pin_directory(&map_dir).override_global(
+            "SYS_EXIT_RET_OFF",
+            &ret_offset,
+            true,
+        );
+        if let Ok(off) = &bprm_filename {
+            loader.override_global("BPRM_FILENAME_OFF", off, true);
+        }
+        let mut ebpf = loader
             .load(OBJECT)
             .map_err(|e| EngineError::Load(Box::new(e)))?;
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
@@ -343,151 +390,51 @@ impl Engine {
             counters: take(&mut ebpf, names::COUNTERS)?,
             events: Some(take(&mut ebpf, names::EVENTS)?),
             logger,
-            lsm_available: false,
+            backend: Backend::Tracepoint,
+            lsm: probe::LsmProbe::default(),
             links: Vec::new(),
             links_pinned: false,
+            hooks: Vec::new(),
             cgroup_root,
             opts,
             ebpf,
         };
         // Before anything is attached: a stale beat from an earlier run must not fail requests.
         engine.beat()?;
-        engine.attach(&link_dir)?;
-        engine.lsm_available = probe_lsm(&mut engine.ebpf);
+        engine.lsm = probe::lsm(&mut engine.ebpf, &engine.counters);
+        let lsm_usable = match (&engine.lsm.runs, &bprm_filename) {
+            (true, Ok(_)) => Ok(()),
+            (true, Err(e)) => Err(format!("linux_binprm.filename not found: {e}")),
+            (false, _) => Err(engine
+                .lsm
+                .reason
+                .clone()
+                .unwrap_or_else(|| "BPF LSM programs do not run".into())),
+        };
+        engine.backend = match (engine.opts.exec_backend, lsm_usable) {
+            (Some(Backend::Lsm), Err(why)) => {
+                return Err(EngineError::Program {
+                    name: "exec_lsm",
+                    reason: format!("the LSM exec backend was asked for, but {why}"),
+                })
+            }
+            (Some(b), _) => b,
+            (None, Ok(())) => Backend::Lsm,
+            (None, Err(why)) => {
+                tracing::info!("exec decided by the tracepoint backend: {why}");
+                Backend::Tracepoint
+            }
+        };
+        let attached = attach::attach_all(
+            &mut engine.ebpf,
+            &engine.cgroup_root,
+            &link_dir,
+            engine.backend,
+        )?;
+        engine.links = attached.links;
+        engine.links_pinned = attached.pinned;
+        engine.hooks = attached.hooks;
         Ok(engine)
-    }
-
-    fn attach(&mut self, link_dir: &Path) -> Result<(), EngineError> {
-        let can_pin = self.probe_pinning(link_dir);
-        let mut held: Vec<FdLink> = Vec::new();
-        let mut pin = |link: FdLink, name: &'static str| -> Result<(), EngineError> {
-            if !can_pin {
-                held.push(link);
-                return Ok(());
-            }
-            let final_path = link_dir.join(name);
-            let tmp = link_dir.join(format!("{name}.new"));
-            let _ = std::fs::remove_file(&tmp);
-            let pinned = link.pin(&tmp).map_err(|e| EngineError::Pin {
-                path: tmp.clone(),
-                reason: error_chain(&e),
-            })?;
-            // rename(2) over the old pin drops the old link in the same step.
-            std::fs::rename(&tmp, &final_path).map_err(|e| EngineError::Pin {
-                path: final_path,
-                reason: e.to_string(),
-            })?;
-            held.push(pinned.into());
-            Ok(())
-        };
-        let prog_err = |name: &'static str| {
-            move |e: aya::programs::ProgramError| EngineError::Program {
-                name,
-                reason: program_error_text(&e),
-            }
-        };
-
-        let root = File::open(&self.cgroup_root).map_err(|e| EngineError::Cgroup {
-            path: self.cgroup_root.clone(),
-            reason: e.to_string(),
-        })?;
-        for &name in SOCK_ADDR {
-            let prog: &mut CgroupSockAddr = self
-                .ebpf
-                .program_mut(name)
-                .ok_or_else(|| EngineError::Program {
-                    name,
-                    reason: "missing from the object".into(),
-                })?
-                .try_into()
-                .map_err(prog_err(name))?;
-            if prog.fd().is_err() {
-                prog.load().map_err(prog_err(name))?;
-            }
-
-            let id = prog
-                .attach(&root, CgroupAttachMode::Single)
-                .map_err(prog_err(name))?;
-            let link: FdLink = prog
-                .take_link(id)
-                .map_err(prog_err(name))?
-                .try_into()
-                .map_err(|e: aya::programs::links::LinkError| EngineError::Program {
-                    name,
-                    reason: e.to_string(),
-                })?;
-            pin(link, name)?;
-        }
-        let name = "gate";
-        let prog: &mut RawTracePoint = self
-            .ebpf
-            .program_mut(name)
-            .ok_or_else(|| EngineError::Program {
-                name,
-                reason: "missing from the object".into(),
-            })?
-            .try_into()
-            .map_err(prog_err(name))?;
-        prog.load().map_err(prog_err(name))?;
-        let id = prog.attach("sys_enter").map_err(prog_err(name))?;
-        let link: FdLink = prog.take_link(id).map_err(prog_err(name))?.into();
-        pin(link, name)?;
-
-        for &(name, category, tp) in TRACEPOINTS {
-            let prog: &mut TracePoint = self
-                .ebpf
-                .program_mut(name)
-                .ok_or_else(|| EngineError::Program {
-                    name,
-                    reason: "missing from the object".into(),
-                })?
-                .try_into()
-                .map_err(prog_err(name))?;
-            prog.load().map_err(prog_err(name))?;
-            let id = prog.attach(category, tp).map_err(prog_err(name))?;
-            let link: FdLink = prog
-                .take_link(id)
-                .map_err(prog_err(name))?
-                .try_into()
-                .map_err(|e: aya::programs::links::LinkError| EngineError::Program {
-                    name,
-                    reason: e.to_string(),
-                })?;
-            pin(link, name)?;
-        }
-        self.links = held;
-        self.links_pinned = can_pin;
-        Ok(())
-    }
-
-    /// Whether this kernel lets us pin BPF programs and links. Some kernels (and sandboxes)
-    /// refuse with EPERM while still pinning maps; the links then live as long as this process,
-    /// and the pinned maps still carry held operations, rules and grants across a restart.
-    fn probe_pinning(&mut self, dir: &Path) -> bool {
-        let probe = dir.join(".pin-probe");
-        let _ = std::fs::remove_file(&probe);
-        // Any loaded program will do; a socket-address one loads everywhere we run.
-        let Some(p) = self.ebpf.program_mut("connect4") else {
-            return false;
-        };
-        if let Err(e) = prog_loaded(p) {
-            tracing::warn!("cannot load connect4 to probe pinning: {}", error_chain(&e));
-            return false;
-        }
-        match p.pin(&probe) {
-            Ok(()) => {
-                let _ = std::fs::remove_file(&probe);
-                true
-            }
-            Err(e) => {
-                tracing::warn!(
-                    "this kernel refuses to pin BPF programs and links ({}); hooks are held by the \
-                     agent process and detach when it exits",
-                    error_chain(&e)
-                );
-                false
-            }
-        }
     }
 
     /// Whether the hooks are pinned (and so outlive this process).
@@ -507,12 +454,22 @@ impl Engine {
 
     /// The exec backend in use.
     pub fn backend(&self) -> Backend {
-        Backend::Tracepoint
+        self.backend
     }
 
-    /// Whether the kernel accepted a BPF LSM program in the start-up probe.
+    /// Whether BPF LSM programs run on this kernel (the start-up probe saw one called).
     pub fn lsm_available(&self) -> bool {
-        self.lsm_available
+        self.lsm.runs
+    }
+
+    /// What the start-up probe found out about BPF LSM.
+    pub fn lsm_probe(&self) -> &probe::LsmProbe {
+        &self.lsm
+    }
+
+    /// The hooks attached, by pin name.
+    pub fn hooks(&self) -> &[&'static str] {
+        &self.hooks
     }
 
     /// Writes what the kernel programs logged (error paths only) to the agent's log.
@@ -569,11 +526,7 @@ impl Engine {
 
     /// Stops watching a cgroup.
     pub fn unwatch(&mut self, cgroup_id: u64) -> Result<(), EngineError> {
-        match self.watched.remove(&cgroup_id) {
-            Ok(()) => Ok(()),
-            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(map_err(names::WATCHED)(e)),
-        }
+        ignore_missing(self.watched.remove(&cgroup_id)).map_err(map_err(names::WATCHED))
     }
 
     /// Watched cgroups and their workload ids.
@@ -667,6 +620,10 @@ impl Engine {
         let mut out = Vec::new();
         for item in self.pending.iter() {
             let (tid, p) = item.map_err(map_err(names::PENDING))?;
+            if p.flags & pending_flags::ANNOUNCED == 0 {
+                // Not stopped yet: nobody may decide it before its stop is queued.
+                continue;
+            }
             out.push(PendingOp {
                 id: RequestId {
                     tid,
@@ -750,12 +707,39 @@ impl Engine {
         Ok(granted)
     }
 
+    /// Resumes threads that are stopped although their call was decided. A thread that someone
+    /// else resumed runs its call again; if the agent's verdict lands between that second run's
+    /// hook and the call's exit, the exit stops the thread once more after the agent's SIGCONT
+    /// was spent. Called on every tick; returns how many it resumed.
+    pub fn resume_overtaken(&self) -> Result<usize, EngineError> {
+        let both = pending_flags::ANNOUNCED | pending_flags::RESTARTS;
+        let mut n = 0;
+        for item in self.pending.iter() {
+            let (tid, p) = item.map_err(map_err(names::PENDING))?;
+            if p.flags & both != both || p.state == pending_state::WAITING {
+                continue;
+            }
+            let stopped = std::fs::read_to_string(format!("/proc/{}/task/{tid}/stat", p.tgid))
+                .ok()
+                .and_then(|s| crate::events::parse_state(&s))
+                == Some('T');
+            if stopped {
+                let _ = signal(Pid::from_raw(p.tgid as i32), Signal::SIGCONT);
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     /// The pending entry of `id`, if it is still the operation that was held (the thread id may
     /// have been reused since).
     fn held(&self, id: RequestId) -> Result<Pending, EngineError> {
         match self.pending.get(&id.tid, 0) {
-            Ok(p) if p.created_ns == id.created_ns => Ok(p),
-            Ok(_) | Err(aya::maps::MapError::KeyNotFound) => Err(EngineError::NotPending(id)),
+            Ok(p) if p.created_ns == id.created_ns && p.flags & pending_flags::ANNOUNCED != 0 => {
+                Ok(p)
+            }
+            Ok(_) => Err(EngineError::NotPending(id)),
+            Err(e) if is_missing(&e) => Err(EngineError::NotPending(id)),
             Err(e) => Err(map_err(names::PENDING)(e)),
         }
     }
@@ -842,7 +826,7 @@ impl Engine {
     pub fn revoke(&mut self, key: &GrantKey) -> Result<bool, EngineError> {
         match self.grants.remove(key) {
             Ok(()) => Ok(true),
-            Err(aya::maps::MapError::KeyNotFound) => Ok(false),
+            Err(e) if is_missing(&e) => Ok(false),
             Err(e) => Err(map_err(names::GRANTS)(e)),
         }
     }
@@ -950,10 +934,11 @@ pub fn release_pinned(pin_dir: &Path, mode: FailMode) -> Result<usize, EngineErr
 
 /// Applies a verdict to a held operation `p` and resumes or ends its process.
 ///
-/// Exec: the image is already in place, so it is resumed, or ended before its first
-/// instruction. Network: while hooks are attached (`hooks_live`), the verdict is written into the
-/// entry and consumed when the call restarts; with no hook left to see the restart, a refused
-/// call ends with its process, like a refused exec.
+/// A call that restarts (network, and exec held by the LSM hook): while hooks are attached
+/// (`hooks_live`), the verdict is written into the entry and consumed when the call runs again;
+/// with no hook left to see the restart, a refused call ends with its process. An exec held
+/// after the fact (tracepoint backend): the image is already in place, so it is resumed, or
+/// ended before its first instruction.
 fn resolve_held(
     pending: &mut HashMap<MapData, u32, Pending>,
     id: RequestId,
@@ -963,7 +948,7 @@ fn resolve_held(
 ) -> Result<(), EngineError> {
     let decide_err = |reason: String| EngineError::Decide { id, reason };
     let pid = Pid::from_raw(p.tgid as i32);
-    if p.op != Op::Exec as u8 && hooks_live {
+    if p.flags & pending_flags::RESTARTS != 0 && hooks_live {
         let mut decided = p;
         decided.state = if allow {
             pending_state::ALLOW
@@ -971,10 +956,11 @@ fn resolve_held(
             pending_state::DENY
         };
         // BPF_EXIST: if the entry vanished meanwhile (the process exited), don't recreate it.
-        pending
-            .insert(id.tid, decided, aya_obj_flags::BPF_EXIST)
-            .map_err(|e| decide_err(e.to_string()))?;
-        return signal(pid, Signal::SIGCONT).map_err(decide_err);
+        return match pending.insert(id.tid, decided, aya_obj_flags::BPF_EXIST) {
+            Ok(()) => signal(pid, Signal::SIGCONT).map_err(decide_err),
+            Err(e) if is_missing(&e) => Ok(()),
+            Err(e) => Err(decide_err(e.to_string())),
+        };
     }
     if allow {
         ignore_missing(pending.remove(&id.tid)).map_err(|e| decide_err(e.to_string()))?;
@@ -997,9 +983,22 @@ fn signal(pid: Pid, sig: Signal) -> Result<(), String> {
     }
 }
 
+/// Whether a map error says the key was not there. aya reports a failed delete as the system
+/// call's `ENOENT`, not as `KeyNotFound`: both mean the entry is gone (a held process that exited
+/// takes its entry with it, a grant the kernel dropped when it expired).
+fn is_missing(e: &aya::maps::MapError) -> bool {
+    match e {
+        aya::maps::MapError::KeyNotFound => true,
+        aya::maps::MapError::SyscallError(s) => {
+            s.io_error.raw_os_error() == Some(nix::errno::Errno::ENOENT as i32)
+        }
+        _ => false,
+    }
+}
+
 fn ignore_missing(r: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
     match r {
-        Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(e) if is_missing(&e) => Ok(()),
         other => other,
     }
 }
@@ -1025,15 +1024,6 @@ fn prune_lpm<K: Pod, V: Pod>(
     Ok(())
 }
 
-/// Loads a socket-address program if it is not loaded yet.
-fn prog_loaded(p: &mut aya::programs::Program) -> Result<(), aya::programs::ProgramError> {
-    let sa: &mut CgroupSockAddr = p.try_into()?;
-    if sa.fd().is_ok() {
-        return Ok(());
-    }
-    sa.load()
-}
-
 fn program_error_text(e: &aya::programs::ProgramError) -> String {
     match e {
         aya::programs::ProgramError::LoadError {
@@ -1056,24 +1046,4 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
         src = inner.source();
     }
     s
-}
-
-/// Whether this kernel loads BPF LSM programs (many refuse them even with `bpf` in the LSM list).
-/// The probe program does nothing and is unloaded at once; the result is reported in the agent's
-/// status, and the exec backend stays the tracepoint one.
-fn probe_lsm(ebpf: &mut Ebpf) -> bool {
-    let Ok(btf) = Btf::from_sys_fs() else {
-        return false;
-    };
-    let Some(prog) = ebpf.program_mut("probe_lsm") else {
-        return false;
-    };
-    let Ok(lsm): Result<&mut Lsm, _> = prog.try_into() else {
-        return false;
-    };
-    let loaded = lsm.load("bprm_check_security", &btf).is_ok();
-    if loaded {
-        let _ = lsm.unload();
-    }
-    loaded
 }

@@ -1,5 +1,5 @@
-//! The pseudo file systems the engine needs: bpffs for pins, tracefs for tracepoint ids, and
-//! the cgroup v2 hierarchy the network hooks attach to. Any of them may be unmounted on a fresh
+//! The pseudo file systems the engine needs: bpffs for pins, tracefs for tracepoint ids and
+//! formats, securityfs for the LSM list, and the cgroup v2 hierarchy the network hooks attach to. Any of them may be unmounted on a fresh
 //! host (or mounted somewhere unusual), so they are found from `/proc/self/mountinfo` and
 //! mounted when missing.
 
@@ -24,6 +24,13 @@ fn is_fs(path: &Path, magic: FsType) -> bool {
 pub fn ensure_bpffs(dir: &Path) -> Result<(), EngineError> {
     let root = Path::new("/sys/fs/bpf");
     let under_root = dir.starts_with(root);
+    // Two agents (or test threads) starting together on a host without bpffs would otherwise both
+    // mount it, the second on top of the first, hiding what the first pinned.
+    let _lock = if under_root && !is_fs(root, BPF_FS_MAGIC) {
+        Some(mount_lock()?)
+    } else {
+        None
+    };
     if under_root && !is_fs(root, BPF_FS_MAGIC) {
         std::fs::create_dir_all(root).map_err(|e| EngineError::Mount {
             what: "bpffs",
@@ -58,16 +65,39 @@ pub fn ensure_bpffs(dir: &Path) -> Result<(), EngineError> {
     Ok(())
 }
 
-/// Makes sure tracefs is reachable where aya looks for tracepoint ids.
-pub fn ensure_tracefs() -> Result<(), EngineError> {
+/// An exclusive lock held while checking and mounting a pseudo file system, across processes and threads
+/// (every `open` is its own lock owner).
+fn mount_lock() -> Result<nix::fcntl::Flock<std::fs::File>, EngineError> {
+    let path = Path::new("/run/latch-mount.lock");
+    let err = |reason: String| EngineError::Mount {
+        what: "a lock for mounting",
+        path: path.into(),
+        reason,
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| err(e.to_string()))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| err(e.to_string()))
+}
+
+/// Makes sure tracefs is reachable where aya looks for tracepoint ids; returns where it is.
+pub fn ensure_tracefs() -> Result<PathBuf, EngineError> {
     let tracing = Path::new("/sys/kernel/tracing");
     if is_fs(tracing, TRACEFS_MAGIC) {
-        return Ok(());
+        return Ok(tracing.into());
     }
     let debug_tracing = Path::new("/sys/kernel/debug/tracing");
     if is_fs(Path::new("/sys/kernel/debug"), DEBUGFS_MAGIC) && debug_tracing.join("events").exists()
     {
-        return Ok(());
+        return Ok(debug_tracing.into());
+    }
+    let _lock = mount_lock()?;
+    if is_fs(tracing, TRACEFS_MAGIC) {
+        return Ok(tracing.into());
     }
     mount(
         Some("tracefs"),
@@ -80,7 +110,30 @@ pub fn ensure_tracefs() -> Result<(), EngineError> {
         what: "tracefs",
         path: tracing.into(),
         reason: e.to_string(),
-    })
+    })?;
+    Ok(tracing.into())
+}
+
+/// Mounts securityfs where it is missing, so the active LSM list can be read. Best effort: the
+/// list is only reported, never relied on (the LSM probe is what decides).
+pub fn ensure_securityfs() {
+    let sec = Path::new("/sys/kernel/security");
+    if sec.join("lsm").exists() {
+        return;
+    }
+    let Ok(_lock) = mount_lock() else {
+        return;
+    };
+    if sec.join("lsm").exists() {
+        return;
+    }
+    let _ = mount(
+        Some("securityfs"),
+        sec,
+        Some("securityfs"),
+        MsFlags::empty(),
+        None::<&str>,
+    );
 }
 
 /// The mount point of the cgroup v2 hierarchy (`/sys/fs/cgroup` on most systemd hosts,

@@ -5,7 +5,11 @@
 //! latch-probe connect 127.0.0.1:8080     TCP connect()
 //! latch-probe udp-send [::1]:5353        sendto() on an unconnected UDP socket
 //! latch-probe hold 127.0.0.1:8080        TCP connect(), print a line, then wait for one read
+//! latch-probe exec PROGRAM [ARG...]      run PROGRAM as a child; report how it ended
 //! ```
+//!
+//! `exec` reports `{"ok":true,"exit":N|null,"signal":N|null,"stdout":"..."}` once the child has
+//! ended, or `{"ok":false,"errno":N}` when `execve` itself failed (a refused exec).
 //!
 //! `hold` keeps a long-lived connection: after connecting it prints `{"ok":true,"connected":true}`
 //! and blocks in `read()`, then prints what the read gave (text, end of stream, or the error, as
@@ -45,10 +49,34 @@ fn hold(addr: SocketAddr) {
     }
 }
 
+fn exec(program: &str, args: &[String]) {
+    use std::os::unix::process::ExitStatusExt;
+    match std::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+    {
+        Ok(out) => println!(
+            "{{\"ok\":true,\"exit\":{},\"signal\":{},\"stdout\":{:?}}}",
+            out.status.code().map_or("null".into(), |c| c.to_string()),
+            out.status.signal().map_or("null".into(), |c| c.to_string()),
+            String::from_utf8_lossy(&out.stdout)
+        ),
+        Err(e) => report(Err(e)),
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("exec") {
+        let Some(program) = args.get(2) else {
+            eprintln!("usage: latch-probe exec PROGRAM [ARG...]");
+            std::process::exit(2);
+        };
+        return exec(program, &args[3..]);
+    }
     let (Some(cmd), Some(addr)) = (args.get(1), args.get(2)) else {
-        eprintln!("usage: latch-probe connect|udp-send|hold ADDR:PORT");
+        eprintln!("usage: latch-probe connect|udp-send|hold ADDR:PORT | exec PROGRAM [ARG...]");
         std::process::exit(2);
     };
     let addr: SocketAddr = match addr.parse() {

@@ -1,0 +1,261 @@
+//! Attaching the programs, and keeping them attached across agents.
+//!
+//! Every hook's link is pinned under `<pin_dir>/links/<name>` where the kernel allows it, so the
+//! hooks outlive the agent: `deny` keeps denying and the heartbeat's fail mode applies while no
+//! agent runs. A new agent (a restart, or a new build) attaches its own programs first, pins
+//! each link under a temporary name and renames it over the old pin, which drops the old link:
+//! at every moment at least one program is attached to every hook. Pins of hooks this agent no
+//! longer uses (another backend) are removed last.
+//!
+//! Cgroup socket hooks attach through links, which the kernel always attaches in multi mode, so
+//! programs of other tools at the same hooks keep working beside Latch's (and all must allow a
+//! call for it to go through).
+
+use std::{fs::File, path::Path};
+
+use aya::{
+    programs::{links::FdLink, CgroupAttachMode, CgroupSockAddr, Lsm, RawTracePoint, TracePoint},
+    Btf, Ebpf,
+};
+
+use super::{error_chain, program_error_text, Backend, EngineError};
+
+/// The socket hooks, at the cgroup v2 root.
+pub const SOCK_ADDR: &[&str] = &["connect4", "connect6", "sendmsg4", "sendmsg6"];
+/// System-call exits where a held network call stops (program `held`), by pin name.
+pub const SYSCALL_EXITS: &[(&str, &str)] = &[
+    ("held-connect", "sys_exit_connect"),
+    ("held-sendto", "sys_exit_sendto"),
+    ("held-sendmsg", "sys_exit_sendmsg"),
+    ("held-sendmmsg", "sys_exit_sendmmsg"),
+];
+
+/// What is attached.
+pub struct Attached {
+    /// The links this process holds (pinned or not).
+    pub links: Vec<FdLink>,
+    /// Whether they are pinned.
+    pub pinned: bool,
+    /// Pin names of the hooks, in attach order.
+    pub hooks: Vec<&'static str>,
+}
+
+fn prog_err(name: &'static str) -> impl Fn(aya::programs::ProgramError) -> EngineError {
+    move |e| EngineError::Program {
+        name,
+        reason: program_error_text(&e),
+    }
+}
+
+fn link_err(name: &'static str) -> impl Fn(aya::programs::links::LinkError) -> EngineError {
+    move |e| EngineError::Program {
+        name,
+        reason: e.to_string(),
+    }
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, EngineError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or_else(|| EngineError::Program {
+            name,
+            reason: "missing from the object".into(),
+        })?
+        .try_into()
+        .map_err(prog_err(name))
+}
+
+struct Pinner<'a> {
+    dir: &'a Path,
+    can_pin: bool,
+    out: Attached,
+}
+
+impl Pinner<'_> {
+    /// Pins `link` as `name`, replacing an older agent's link of the same name in one rename.
+    fn keep(&mut self, link: FdLink, name: &'static str) -> Result<(), EngineError> {
+        self.out.hooks.push(name);
+        if !self.can_pin {
+            self.out.links.push(link);
+            return Ok(());
+        }
+        let final_path = self.dir.join(name);
+        // bpffs refuses names with a dot: the temporary name has none.
+        let tmp = self.dir.join(format!("{name}-new"));
+        let _ = std::fs::remove_file(&tmp);
+        let pinned = link.pin(&tmp).map_err(|e| EngineError::Pin {
+            path: tmp.clone(),
+            reason: error_chain(&e),
+        })?;
+        // rename(2) over the old pin drops the old link in the same step.
+        std::fs::rename(&tmp, &final_path).map_err(|e| EngineError::Pin {
+            path: final_path,
+            reason: e.to_string(),
+        })?;
+        self.out.links.push(pinned.into());
+        Ok(())
+    }
+}
+
+/// Attaches every hook the backend needs and pins the links where the kernel allows it.
+pub fn attach_all(
+    ebpf: &mut Ebpf,
+    cgroup_root: &Path,
+    link_dir: &Path,
+    backend: Backend,
+) -> Result<Attached, EngineError> {
+    let can_pin = probe_pinning(ebpf, link_dir);
+    let mut p = Pinner {
+        dir: link_dir,
+        can_pin,
+        out: Attached {
+            links: Vec::new(),
+            pinned: can_pin,
+            hooks: Vec::new(),
+        },
+    };
+
+    // The stop at the system call's exit goes in before the socket hooks that rely on it.
+    let name = "held";
+    let prog: &mut TracePoint = program(ebpf, name)?;
+    prog.load().map_err(prog_err(name))?;
+    for &(pin, tp) in SYSCALL_EXITS {
+        let id = prog.attach("syscalls", tp).map_err(prog_err(name))?;
+        let link: FdLink = prog
+            .take_link(id)
+            .map_err(prog_err(name))?
+            .try_into()
+            .map_err(link_err(name))?;
+        p.keep(link, pin)?;
+    }
+
+    let root = File::open(cgroup_root).map_err(|e| EngineError::Cgroup {
+        path: cgroup_root.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    for &name in SOCK_ADDR {
+        let prog: &mut CgroupSockAddr = program(ebpf, name)?;
+        if prog.fd().is_err() {
+            prog.load().map_err(prog_err(name))?;
+        }
+        // Links always attach in multi mode; `Single` only keeps aya from asking for the legacy
+        // override flags on kernels without links.
+        let id = prog
+            .attach(&root, CgroupAttachMode::Single)
+            .map_err(prog_err(name))?;
+        let link: FdLink = prog
+            .take_link(id)
+            .map_err(prog_err(name))?
+            .try_into()
+            .map_err(link_err(name))?;
+        p.keep(link, name)?;
+    }
+
+    match backend {
+        Backend::Lsm => {
+            let name = "exec_lsm";
+            let btf = Btf::from_sys_fs().map_err(|e| EngineError::Program {
+                name,
+                reason: format!("no kernel BTF: {e}"),
+            })?;
+            let prog: &mut Lsm = program(ebpf, name)?;
+            prog.load("bprm_check_security", &btf)
+                .map_err(prog_err(name))?;
+            let id = prog.attach().map_err(prog_err(name))?;
+            let link: FdLink = prog.take_link(id).map_err(prog_err(name))?.into();
+            p.keep(link, "exec-lsm")?;
+        }
+        Backend::Tracepoint => {
+            let name = "exec";
+            let prog: &mut TracePoint = program(ebpf, name)?;
+            prog.load().map_err(prog_err(name))?;
+            let id = prog
+                .attach("sched", "sched_process_exec")
+                .map_err(prog_err(name))?;
+            let link: FdLink = prog
+                .take_link(id)
+                .map_err(prog_err(name))?
+                .try_into()
+                .map_err(link_err(name))?;
+            p.keep(link, "exec")?;
+            let name = "gate";
+            let prog: &mut RawTracePoint = program(ebpf, name)?;
+            prog.load().map_err(prog_err(name))?;
+            let id = prog.attach("sys_enter").map_err(prog_err(name))?;
+            let link: FdLink = prog.take_link(id).map_err(prog_err(name))?.into();
+            p.keep(link, "gate")?;
+        }
+    }
+
+    let name = "exit";
+    let prog: &mut TracePoint = program(ebpf, name)?;
+    prog.load().map_err(prog_err(name))?;
+    let id = prog
+        .attach("sched", "sched_process_exit")
+        .map_err(prog_err(name))?;
+    let link: FdLink = prog
+        .take_link(id)
+        .map_err(prog_err(name))?
+        .try_into()
+        .map_err(link_err(name))?;
+    p.keep(link, "exit")?;
+
+    if can_pin {
+        remove_unused_pins(link_dir, &p.out.hooks);
+    }
+    Ok(p.out)
+}
+
+/// Removes pins of hooks the new agent does not use (the other exec backend's), which detaches
+/// them, now that everything it does use is attached.
+fn remove_unused_pins(link_dir: &Path, keep: &[&str]) {
+    let Ok(rd) = std::fs::read_dir(link_dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if !keep.iter().any(|k| *k == name) {
+            tracing::info!(pin = %e.path().display(), "detaching a hook this agent does not use");
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+/// Whether this kernel lets us pin BPF programs and links. Some kernels (and sandboxes) refuse
+/// while still pinning maps; the links then live as long as this process.
+fn probe_pinning(ebpf: &mut Ebpf, dir: &Path) -> bool {
+    // bpffs refuses names with a dot.
+    let probe = dir.join("pin-probe");
+    let _ = std::fs::remove_file(&probe);
+    // Any loaded program will do; a socket-address one loads everywhere we run.
+    let prog: &mut CgroupSockAddr = match program(ebpf, "connect4") {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!("cannot probe pinning: {e}");
+            return false;
+        }
+    };
+    if prog.fd().is_err() {
+        if let Err(e) = prog.load() {
+            tracing::warn!("cannot load connect4 to probe pinning: {}", error_chain(&e));
+            return false;
+        }
+    }
+    match prog.pin(&probe) {
+        Ok(()) => {
+            let _ = std::fs::remove_file(&probe);
+            true
+        }
+        Err(e) => {
+            tracing::warn!(
+                "this kernel refuses to pin BPF programs and links ({}); hooks are held by the \
+                 agent process and detach when it exits",
+                error_chain(&e)
+            );
+            false
+        }
+    }
+}

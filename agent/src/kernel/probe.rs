@@ -1,0 +1,172 @@
+//! What the running kernel offers, found by asking it rather than by its version number: the
+//! layout facts the programs need (tracefs formats, BTF), the LSM list, and whether BPF LSM
+//! programs are really called here.
+
+use std::{path::Path, process::Command, time::Duration};
+
+use agent_common::Counter;
+use aya::{
+    maps::{MapData, PerCpuArray},
+    programs::Lsm,
+    Btf, Ebpf,
+};
+
+use super::btf;
+
+/// The format file of the system-call exit that the network hold uses to find `ret`.
+const SYS_EXIT_FORMAT: &str = "events/syscalls/sys_exit_connect/format";
+
+/// Byte offset of `ret` in the `syscalls:sys_exit_*` records of this kernel.
+pub fn sys_exit_ret_offset(tracefs: &Path) -> Result<u32, String> {
+    let path = tracefs.join(SYS_EXIT_FORMAT);
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        format!(
+            "{}: {e} (network holds need system-call tracepoints, CONFIG_FTRACE_SYSCALLS)",
+            path.display()
+        )
+    })?;
+    parse_ret_offset(&text).ok_or_else(|| format!("{}: no `long ret` field", path.display()))
+}
+
+/// The offset of the `ret` field in a tracepoint format description.
+pub fn parse_ret_offset(format: &str) -> Option<u32> {
+    format
+        .lines()
+        .find(|l| l.contains("field:long ret;"))?
+        .split(';')
+        .find_map(|part| part.trim().strip_prefix("offset:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Byte offset of `linux_binprm.filename`, which the LSM exec hook reads.
+pub fn bprm_filename_offset() -> Result<u32, String> {
+    btf::Btf::from_kernel()
+        .and_then(|b| b.member_offset("linux_binprm", "filename"))
+        .map_err(|e| e.to_string())
+}
+
+/// The active LSMs, in order, from securityfs (`None` where it cannot be read).
+pub fn lsm_list() -> Option<String> {
+    super::mounts::ensure_securityfs();
+    std::fs::read_to_string("/sys/kernel/security/lsm")
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+/// What the kernel said about BPF LSM.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LsmProbe {
+    /// An LSM program loaded.
+    pub loads: bool,
+    /// It attached.
+    pub attaches: bool,
+    /// It was called on an exec while attached: the only proof that LSM programs work here.
+    pub runs: bool,
+    /// Why not, when it does not.
+    pub reason: Option<String>,
+}
+
+/// Loads `probe_lsm`, attaches it for the length of one exec and checks the counter it bumps.
+/// With `bpf` left out of `lsm=`, loading and attaching succeed and the program never runs.
+pub fn lsm(ebpf: &mut Ebpf, counters: &PerCpuArray<MapData, u64>) -> LsmProbe {
+    let mut out = LsmProbe::default();
+    let btf = match Btf::from_sys_fs() {
+        Ok(b) => b,
+        Err(e) => {
+            out.reason = Some(format!("no kernel BTF: {e}"));
+            return out;
+        }
+    };
+    let Some(Ok(prog)) = ebpf.program_mut("probe_lsm").map(<&mut Lsm>::try_from) else {
+        out.reason = Some("probe_lsm missing from the object".into());
+        return out;
+    };
+    if let Err(e) = prog.load("bprm_check_security", &btf) {
+        out.reason = Some(format!("load: {}", super::error_chain(&e)));
+        return out;
+    }
+    out.loads = true;
+    let runs_before = count(counters);
+    let link = match prog.attach() {
+        Ok(l) => l,
+        Err(e) => {
+            out.reason = Some(format!("attach: {}", super::error_chain(&e)));
+            let _ = prog.unload();
+            return out;
+        }
+    };
+    out.attaches = true;
+    run_one_exec();
+    out.runs = count(counters) > runs_before;
+    let _ = prog.detach(link);
+    let _ = prog.unload();
+    if !out.runs {
+        out.reason = Some(format!(
+            "attached but never called (`bpf` is not in the active LSM list: {})",
+            lsm_list().unwrap_or_else(|| "unreadable".into())
+        ));
+    }
+    out
+}
+
+fn count(counters: &PerCpuArray<MapData, u64>) -> u64 {
+    counters
+        .get(&(Counter::LsmProbeRan as u32), 0)
+        .map(|v| v.iter().sum())
+        .unwrap_or(0)
+}
+
+/// Runs one short program so that `bprm_check_security` is called.
+fn run_one_exec() {
+    let candidates = ["/bin/true", "/usr/bin/true"];
+    let program = candidates
+        .iter()
+        .map(Path::new)
+        .find(|p| p.exists())
+        .map(Path::to_path_buf)
+        .or_else(|| std::env::current_exe().ok());
+    let Some(program) = program else {
+        return;
+    };
+    if let Ok(mut child) = Command::new(&program)
+        .arg("--version")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+    {
+        // The hook ran before the exec finished; the exit status does not matter.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_ret_in_a_sys_exit_format() {
+        let f = "name: sys_exit_connect\nID: 2229\nformat:\n\
+                 \tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\
+                 \tfield:int __syscall_nr;\toffset:8;\tsize:4;\tsigned:1;\n\
+                 \tfield:long ret;\toffset:16;\tsize:8;\tsigned:1;\n";
+        assert_eq!(parse_ret_offset(f), Some(16));
+        assert_eq!(
+            parse_ret_offset(&f.replace("offset:16", "offset:24")),
+            Some(24)
+        );
+        assert_eq!(parse_ret_offset("field:int ret;\toffset:16;"), None);
+        assert_eq!(parse_ret_offset("field:long ret;\toffset:x;"), None);
+        assert_eq!(parse_ret_offset(""), None);
+    }
+}
