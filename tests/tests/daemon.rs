@@ -7,7 +7,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use latch_tests::{binary, outcome, privileged, probe, spawn_in, wait_state, TestCgroup, PATIENCE};
+use latch_tests::{
+    binary, finish, outcome, privileged, probe, spawn_in, wait_state, TestCgroup, PATIENCE,
+};
 
 struct Daemon {
     child: Child,
@@ -55,13 +57,7 @@ impl Daemon {
             ),
         )
         .expect("write config");
-        let child = Command::new(binary("latch-agent"))
-            .arg("--config")
-            .arg(&config)
-            .arg("run")
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start latch-agent");
+        let child = Self::spawn_agent(&config, &dir);
         Daemon {
             child,
             metrics_port,
@@ -97,13 +93,52 @@ impl Daemon {
         }
     }
 
-    fn cli(&self, args: &[&str]) -> Output {
+    /// `latch-agent run`, its log appended to a file: a pipe nobody reads would fill up and
+    /// stop the agent in the middle of a write.
+    fn spawn_agent(config: &std::path::Path, dir: &std::path::Path) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("agent.log"))
+            .expect("open agent.log");
         Command::new(binary("latch-agent"))
             .arg("--config")
-            .arg(&self.config)
-            .args(args)
-            .output()
-            .expect("run latch-agent")
+            .arg(config)
+            .arg("run")
+            .stderr(log)
+            .spawn()
+            .expect("start latch-agent")
+    }
+
+    /// Ends the agent with SIGKILL (no clean-up runs) and starts it again on the same
+    /// configuration and pins.
+    fn kill9_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Self::spawn_agent(&self.config, &self.dir);
+    }
+
+    /// Stops the agent the way systemd does (SIGTERM, then waits) and starts it again.
+    fn replace(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+        self.kill9_and_restart();
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        finish(
+            Command::new(binary("latch-agent"))
+                .arg("--config")
+                .arg(&self.config)
+                .args(args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("run latch-agent"),
+        )
     }
 
     fn wait_request(&self, pid: u32) -> String {
@@ -129,15 +164,15 @@ impl Daemon {
         }
     }
 
+    /// Stops the agent with SIGTERM and returns what it logged.
     fn stop(mut self) -> String {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(self.child.id() as i32),
             nix::sys::signal::Signal::SIGTERM,
         );
-        let out = std::mem::replace(&mut self.child, Command::new("true").spawn().expect("true"))
-            .wait_with_output()
-            .expect("wait");
-        String::from_utf8_lossy(&out.stderr).into_owned()
+        let child = std::mem::replace(&mut self.child, Command::new("true").spawn().expect("true"));
+        finish(child);
+        std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
     }
 }
 
@@ -387,41 +422,46 @@ fn other_names_of_a_denied_program_are_denied_too() {
         ),
         "deny",
     );
-    let killed =
-        |out: &Output| std::os::unix::process::ExitStatusExt::signal(&out.status) == Some(9);
+    let backend = d.wait_status("its exec backend", |v| v["backend"].is_string())["backend"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    // Refused, and nothing printed: the LSM backend fails the shell's `exec` with EPERM (the
+    // shell reports it and exits non-zero); the tracepoint backend kills the new image.
+    let refused = |out: &Output| {
+        out.stdout.is_empty()
+            && match backend.as_str() {
+                "lsm" => out.status.code().is_some_and(|c| c != 0),
+                _ => std::os::unix::process::ExitStatusExt::signal(&out.status) == Some(9),
+            }
+    };
+    let sh = std::path::Path::new("/bin/sh");
     // Through the /bin symlink (merged /usr), where the host has one.
     if std::fs::symlink_metadata("/bin")
         .map(|m| m.file_type().is_symlink())
         .unwrap_or(false)
     {
-        let out = spawn_in(&cg.path, std::path::Path::new("/bin/echo"), &["x"])
-            .wait_with_output()
-            .expect("wait");
-        assert!(
-            killed(&out) && out.stdout.is_empty(),
-            "/bin/echo: {:?}",
-            out.status
-        );
+        let out = finish(spawn_in(&cg.path, sh, &["-c", "exec /bin/echo x"]));
+        assert!(refused(&out), "/bin/echo ({backend}): {:?}", out.status);
     }
     // A relative path: held, resolved by the agent to /usr/bin/echo, refused.
-    let sh = std::path::Path::new("/bin/sh");
-    let out = spawn_in(
+    let out = finish(spawn_in(
         &cg.path,
         sh,
         &["-c", "cd /usr/bin && exec ./echo must-not-print"],
-    )
-    .wait_with_output()
-    .expect("wait");
+    ));
     assert!(
-        killed(&out) && out.stdout.is_empty(),
-        "./echo: {:?} {:?}",
+        refused(&out),
+        "./echo ({backend}): {:?} {:?}",
         out.status,
         String::from_utf8_lossy(&out.stdout)
     );
     // A relative path to a program no rule names: resolved and let through.
-    let out = spawn_in(&cg.path, sh, &["-c", "cd /usr/bin && exec ./printf ok"])
-        .wait_with_output()
-        .expect("wait");
+    let out = finish(spawn_in(
+        &cg.path,
+        sh,
+        &["-c", "cd /usr/bin && exec ./printf ok"],
+    ));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "ok");
     d.stop();
 }
@@ -493,5 +533,116 @@ fn cgroups_created_after_start_are_watched_without_a_rescan() {
             .as_array()
             .is_some_and(|a| !a.iter().any(|p| p == &serde_json::json!(job_rel)))
     });
+    d.stop();
+}
+
+/// Counts connections accepted by a listener, from its own side.
+fn count_accepts(listener: TcpListener) -> std::sync::Arc<std::sync::atomic::AtomicU64> {
+    let n = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let seen = n.clone();
+    std::thread::spawn(move || {
+        for s in listener.incoming().flatten() {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(s);
+        }
+    });
+    n
+}
+
+#[test]
+fn denied_operations_stay_denied_while_the_agent_is_killed_restarted_and_replaced() {
+    if !privileged() {
+        return;
+    }
+    // First without Latch: the same workloads reach the destination and run the program.
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let accepted = count_accepts(listener);
+    let marks = std::env::temp_dir().join(format!("latch-marks-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&marks);
+    std::fs::create_dir_all(&marks).expect("mkdir");
+    let exec_loop = format!(
+        "i=0; while :; do i=$((i+1)); /usr/bin/touch {}/m$i 2>/dev/null; done",
+        marks.display()
+    );
+    let connect_loop = ["connect-loop", &format!("127.0.0.1:{port}")];
+    let unwatched = TestCgroup::new();
+    let probe_path = probe();
+    let sh = std::path::Path::new("/bin/sh");
+    let mut a = spawn_in(&unwatched.path, &probe_path, &connect_loop);
+    let mut b = spawn_in(&unwatched.path, sh, &["-c", &exec_loop]);
+    let deadline = Instant::now() + PATIENCE;
+    while accepted.load(std::sync::atomic::Ordering::SeqCst) == 0
+        || std::fs::read_dir(&marks).map(|d| d.count()).unwrap_or(0) == 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the workloads never worked unwatched"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for c in [&mut a, &mut b] {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    drop(unwatched);
+    std::fs::remove_dir_all(&marks).expect("clear marks");
+    std::fs::create_dir_all(&marks).expect("mkdir");
+    let reached_unwatched = accepted.swap(0, std::sync::atomic::Ordering::SeqCst);
+
+    // Now watched, with the agent killed, restarted and replaced under the running workloads.
+    let cg = TestCgroup::new();
+    let mut d = Daemon::start(
+        &cg,
+        &rules(&format!(
+            "  - {{name: no-db, workload: test, on: connect, to: [127.0.0.1/32], ports: [{port}], action: deny}}\n\
+             \x20 - {{name: no-touch, workload: test, on: exec, paths: [/usr/bin/touch], action: deny}}\n"
+        )),
+        "deny",
+    );
+    let mut a = spawn_in(&cg.path, &probe_path, &connect_loop);
+    let mut b = spawn_in(&cg.path, sh, &["-c", &exec_loop]);
+    let denied = |d: &Daemon| -> u64 {
+        let v = d.wait_status("counters", |v| v["counters"].is_array());
+        v["counters"]
+            .as_array()
+            .and_then(|a| a.iter().find(|p| p[0] == "denied"))
+            .and_then(|p| p[1].as_u64())
+            .unwrap_or(0)
+    };
+    let wait_more_denied = |d: &Daemon, than: u64| -> u64 {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let n = denied(d);
+            if n > than + 20 {
+                return n;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no denials counted (stuck at {n})"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let mut n = wait_more_denied(&d, 0);
+    d.kill9_and_restart();
+    // While no agent runs, and after: the pinned hooks keep denying.
+    std::thread::sleep(Duration::from_millis(300));
+    n = wait_more_denied(&d, n);
+    d.replace();
+    wait_more_denied(&d, n);
+    for c in [&mut a, &mut b] {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let made = std::fs::read_dir(&marks).map(|d| d.count()).unwrap_or(0);
+    let _ = std::fs::remove_dir_all(&marks);
+    assert!(reached_unwatched > 0);
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "connections reached the denied destination"
+    );
+    assert_eq!(made, 0, "the denied program ran {made} times");
     d.stop();
 }

@@ -6,6 +6,7 @@
 //! latch-probe udp-send [::1]:5353        sendto() on an unconnected UDP socket
 //! latch-probe hold 127.0.0.1:8080        TCP connect(), print a line, then wait for one read
 //! latch-probe exec PROGRAM [ARG...]      run PROGRAM as a child; report how it ended
+//! latch-probe connect-loop 127.0.0.1:80  connect() again and again until killed
 //! ```
 //!
 //! `exec` reports `{"ok":true,"exit":N|null,"signal":N|null,"stdout":"..."}` once the child has
@@ -89,6 +90,9 @@ fn main() {
     match cmd.as_str() {
         "connect" => report(TcpStream::connect(addr).map(drop)),
         "hold" => hold(addr),
+        "connect-loop" => loop {
+            let _ = TcpStream::connect(addr);
+        },
         "udp-send" => {
             let bind: SocketAddr = if addr.is_ipv4() {
                 "0.0.0.0:0"
