@@ -56,6 +56,8 @@ pub struct LinkSettings {
     pub backend: Backend,
     /// Whether BPF LSM is available, for capability reports.
     pub lsm_available: bool,
+    /// `latch-agent doctor`'s one-line verdict for this host (what is enforced, what is not).
+    pub enforcement: String,
     /// Metrics (the link's state).
     pub metrics: crate::metrics::Metrics,
     /// The journal to ship.
@@ -312,6 +314,13 @@ impl Link {
             }
             .to_string(),
         );
+        // Central caps feature values at 256 characters.
+        let enforcement: String = self.settings.enforcement.chars().take(256).collect();
+        features.insert("enforcement".to_string(), enforcement);
+        let exec_backend = match self.settings.backend {
+            Backend::Lsm => "lsm-exec",
+            Backend::Tracepoint => "tracepoint-exec",
+        };
         client
             .register(RegisterRequest {
                 host_id: self.settings.host_id.clone(),
@@ -320,7 +329,7 @@ impl Link {
                 agent_version: env!("CARGO_PKG_VERSION").to_string(),
                 capabilities: Some(Capabilities {
                     kernel: kernel.trim().to_string(),
-                    backends: vec!["cgroup-sock-addr".into(), "tracepoint-exec".into()],
+                    backends: vec!["cgroup-sock-addr".into(), exec_backend.into()],
                     features,
                 }),
             })

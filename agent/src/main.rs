@@ -81,6 +81,14 @@ enum Cmd {
     },
     /// Resolve every held operation by the fail mode (the service's stop hook).
     Release,
+    /// Check what this kernel lets Latch guarantee: loads and attaches the programs beside the
+    /// agent's (watching nothing), then removes them. Exit code 0 all enforced, 1 something
+    /// degraded, 3 something unsupported.
+    Doctor {
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -138,6 +146,15 @@ fn main() -> ExitCode {
                     print_pending(v, json)
                 })
                 .await
+            }
+            Cmd::Doctor { json } => {
+                let facts = latch_agent::doctor::gather(
+                    &settings.config.pin_dir,
+                    settings.config.cgroup_root.clone(),
+                );
+                let report = latch_agent::doctor::judge(facts);
+                print_doctor(&report, json);
+                ExitCode::from(report.exit_code())
             }
             Cmd::Status { json } => {
                 client(&settings, AdminRequest::Status {}, |v| {
@@ -355,6 +372,53 @@ fn print_status(v: serde_json::Value, json: bool) {
     println!("\n{c}");
 }
 
+fn print_doctor(r: &latch_agent::doctor::Report, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(r).unwrap_or_default());
+        return;
+    }
+    let mut t = Table::new();
+    t.load_preset(NOTHING);
+    let opt = |v: Option<String>| v.unwrap_or_else(|| "?".into());
+    let lsm = format!(
+        "loads {}, attaches {}, runs {}{}",
+        r.lsm.loads,
+        r.lsm.attaches,
+        r.lsm.runs,
+        r.lsm
+            .reason
+            .as_ref()
+            .map(|w| format!(" ({w})"))
+            .unwrap_or_default()
+    );
+    for (k, v) in [
+        ("kernel", r.kernel.clone()),
+        ("architecture", r.arch.clone()),
+        (
+            "cgroup v2",
+            opt(r.cgroup2.as_ref().map(|p| p.display().to_string())),
+        ),
+        ("BTF", r.btf.to_string()),
+        ("active LSMs", opt(r.lsm_list.clone())),
+        ("BPF LSM", lsm),
+        ("programs", r.load.clone()),
+        ("exec backend", opt(r.backend.map(|b| b.to_string()))),
+        ("network hold", r.hold.to_string()),
+        ("links pinned", r.links_pinned.to_string()),
+        ("hooks", r.hooks.join(" ")),
+    ] {
+        t.add_row([k.to_string(), sanitize(&v)]);
+    }
+    println!("{t}\n");
+    let mut g = Table::new();
+    g.load_preset(NOTHING);
+    g.set_header(["GUARANTEE", "VERDICT", "WHY"]);
+    for x in &r.guarantees {
+        g.add_row([x.name.to_string(), x.verdict.to_string(), x.why.clone()]);
+    }
+    println!("{g}\n\noverall: {}", r.verdict);
+}
+
 fn release(settings: &Settings) -> anyhow::Result<()> {
     let n = kernel::release_pinned(&settings.config.pin_dir, settings.config.fail_mode.into())
         .context("releasing held operations")?;
@@ -419,6 +483,13 @@ async fn run(settings: Settings, rules: Option<PathBuf>) -> anyhow::Result<()> {
     );
     let backend = engine.backend();
     let lsm_available = engine.lsm_available();
+    let enforcement = {
+        let mut facts = latch_agent::doctor::host_facts();
+        latch_agent::doctor::engine_facts(&mut facts, &engine);
+        let report = latch_agent::doctor::judge(facts);
+        tracing::info!(backend = %backend, verdict = %report.summary(), "enforcement on this host");
+        report.summary()
+    };
     let ring = engine.take_events().context("event ring buffer")?;
     let (policy_tx, policy_rx) = tokio::sync::watch::channel(initial.map(Arc::new));
     // With central deciding expiries, the local timeout is only the backstop for a lost link.
@@ -493,6 +564,7 @@ async fn run(settings: Settings, rules: Option<PathBuf>) -> anyhow::Result<()> {
             rules_cache: c.rules_cache.clone(),
             backend,
             lsm_available,
+            enforcement,
             metrics: metrics.clone(),
             recorder: recorder.clone(),
         };

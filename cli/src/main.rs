@@ -966,6 +966,7 @@ async fn hosts(ctx: &Ctx, out: Out) -> Result<(), CliError> {
                     "agent_version": h.agent_version, "connected": h.connected,
                     "last_seen": time(h.last_seen_unix_ms),
                     "kernel": h.capabilities.as_ref().map(|c| c.kernel.clone()),
+                    "host_enforcement": h.capabilities.as_ref().and_then(|c| c.features.get("enforcement").cloned()),
                     "rules_version_desired": h.rules_version_desired,
                     "rules_version_acked": h.rules_version_acked, "rules_error": h.rules_error,
                     "rules": h.rules.iter().map(|r| json!({"rule": r.rule_name,
@@ -994,6 +995,14 @@ async fn hosts(ctx: &Ctx, out: Out) -> Result<(), CliError> {
                 format!("{}/{}", h.rules_version_acked, h.rules_version_desired),
                 if !h.rules_error.is_empty() {
                     format!("error: {}", h.rules_error)
+                } else if let Some(e) = h
+                    .capabilities
+                    .as_ref()
+                    .and_then(|c| c.features.get("enforcement"))
+                    .filter(|e| e.as_str() != "enforced")
+                {
+                    // The host's own report (latch-agent doctor): what it cannot enforce.
+                    e.clone()
                 } else if degraded > 0 {
                     format!("{degraded} rule(s) not fully enforced")
                 } else {

@@ -36,6 +36,37 @@ async fn reviewer_decisions_reach_the_kernel_through_central() {
     stack.wait_watching();
     let mut alice = stack.reviewer(ALICE).await;
 
+    // The host reports what it enforces, as its own doctor judges it.
+    let status = stack.agent_cli(&["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status json");
+    let hosts = admin
+        .list_hosts(latch_proto::v1::ListHostsRequest {})
+        .await
+        .expect("list hosts")
+        .into_inner()
+        .hosts;
+    let caps = hosts
+        .iter()
+        .find(|h| h.host_id == stack.host)
+        .and_then(|h| h.capabilities.clone())
+        .expect("the host's capabilities");
+    let verdict = caps
+        .features
+        .get("enforcement")
+        .cloned()
+        .unwrap_or_default();
+    match status["backend"].as_str() {
+        Some("lsm") => assert!(caps.backends.contains(&"lsm-exec".to_string()), "{caps:?}"),
+        Some("tracepoint") => {
+            assert!(
+                caps.backends.contains(&"tracepoint-exec".to_string()),
+                "{caps:?}"
+            );
+            assert!(verdict.contains("exec-deny degraded"), "{verdict}");
+        }
+        other => panic!("status shows no backend: {other:?}"),
+    }
+
     // Approved: the one held connect() completes.
     let child = spawn_in(
         &cg.path,

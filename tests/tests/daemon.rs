@@ -646,3 +646,74 @@ fn denied_operations_stay_denied_while_the_agent_is_killed_restarted_and_replace
     assert_eq!(made, 0, "the denied program ran {made} times");
     d.stop();
 }
+
+#[test]
+fn doctor_reports_what_this_kernel_enforces_and_leaves_nothing_behind() {
+    if !privileged() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("latch-doctor-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let config = dir.join("agent.toml");
+    std::fs::write(&config, "pin_dir = \"/sys/fs/bpf/latch-doctor-test\"\n").expect("write");
+    let out = finish(
+        Command::new(binary("latch-agent"))
+            .arg("--config")
+            .arg(&config)
+            .args(["doctor", "--json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run doctor"),
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("doctor printed no JSON ({e}): {}", text(&out)));
+    assert_eq!(v["load"], "ok", "{v:#}");
+    let code = out.status.code();
+    match v["verdict"].as_str() {
+        Some("enforced") => assert_eq!(code, Some(0)),
+        Some("degraded") => assert_eq!(code, Some(1)),
+        other => panic!("verdict {other:?}, exit {code:?}"),
+    }
+    let hooks: Vec<&str> = v["hooks"]
+        .as_array()
+        .expect("hooks")
+        .iter()
+        .filter_map(|h| h.as_str())
+        .collect();
+    for h in [
+        "connect4",
+        "sendmsg6",
+        "held-connect",
+        "held-sendmmsg",
+        "exit",
+    ] {
+        assert!(hooks.contains(&h), "{h} not attached: {hooks:?}");
+    }
+    match v["backend"].as_str() {
+        Some("lsm") => {
+            assert!(
+                hooks.contains(&"exec-lsm") && !hooks.contains(&"gate"),
+                "{hooks:?}"
+            );
+            assert_eq!(v["lsm"]["runs"], true);
+        }
+        Some("tracepoint") => {
+            assert!(
+                hooks.contains(&"exec") && hooks.contains(&"gate"),
+                "{hooks:?}"
+            );
+            assert_eq!(v["lsm"]["runs"], false);
+        }
+        other => panic!("backend {other:?}"),
+    }
+    // Its scratch programs are gone: nothing named latch-doctor-* is left in bpffs.
+    let left: Vec<String> = std::fs::read_dir("/sys/fs/bpf")
+        .expect("bpffs")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("latch-doctor-") && n != "latch-doctor-test")
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}

@@ -615,6 +615,9 @@ pub fn hosts_page(me: &Me, hosts: &[HostInfo]) -> Markup {
                             td { @for (k, v) in &labels { code { (shown(k)) "=" (shown(v)) } " " } }
                             td {
                                 @if !h.rules_error.is_empty() { (shown(&h.rules_error)) br; }
+                                @if let Some(e) = h.capabilities.as_ref().and_then(|c| c.features.get("enforcement")).filter(|e| e.as_str() != "enforced") {
+                                    "host: " (shown(e)) br;
+                                }
                                 @for r in h.rules.iter().filter(|r| r.enforcement != RuleEnforcement::Enforced as i32) {
                                     (shown(&r.rule_name)) ": " (enforcement_label(r.enforcement)) " " (shown(&r.message)) br;
                                 }

@@ -1,0 +1,404 @@
+//! `latch-agent doctor`: what this host's kernel lets Latch guarantee, asked of the kernel
+//! itself (the programs are really loaded and attached, in a pin directory of their own that
+//! no cgroup is watched through, then removed), with a verdict per guarantee.
+//!
+//! It owns the report and the verdicts; it must not change the running agent's state (its
+//! pins, maps or hooks).
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::kernel::{probe, Backend, Engine, EngineOptions};
+
+/// How well one guarantee holds here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// Holds as documented.
+    Enforced,
+    /// Holds, with a weaker mechanism (the reason says how).
+    Degraded,
+    /// Does not hold on this host.
+    Unsupported,
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Verdict::Enforced => "enforced",
+            Verdict::Degraded => "degraded",
+            Verdict::Unsupported => "unsupported",
+        })
+    }
+}
+
+/// One guarantee and how it holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Guarantee {
+    /// Short name.
+    pub name: &'static str,
+    /// How it holds.
+    pub verdict: Verdict,
+    /// Why, in a sentence.
+    pub why: String,
+}
+
+/// What was found about the host.
+#[derive(Clone, Debug, Serialize)]
+pub struct Facts {
+    /// `uname -r`.
+    pub kernel: String,
+    /// Machine architecture.
+    pub arch: String,
+    /// Where cgroup v2 is mounted, if it is.
+    pub cgroup2: Option<PathBuf>,
+    /// Whether the kernel publishes BTF.
+    pub btf: bool,
+    /// The active LSM list.
+    pub lsm_list: Option<String>,
+    /// The LSM probe's findings.
+    pub lsm: probe::LsmProbe,
+    /// Whether the programs loaded and attached (the error when not).
+    pub load: Result<(), String>,
+    /// The exec backend chosen.
+    pub backend: Option<Backend>,
+    /// Whether links could be pinned.
+    pub links_pinned: bool,
+    /// Hooks attached, by pin name.
+    pub hooks: Vec<String>,
+}
+
+impl Default for Facts {
+    fn default() -> Self {
+        Facts {
+            kernel: String::new(),
+            arch: String::new(),
+            cgroup2: None,
+            btf: false,
+            lsm_list: None,
+            lsm: probe::LsmProbe::default(),
+            load: Err("not loaded yet".into()),
+            backend: None,
+            links_pinned: false,
+            hooks: Vec::new(),
+        }
+    }
+}
+
+/// The whole report.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// `uname -r`.
+    pub kernel: String,
+    /// Machine architecture.
+    pub arch: String,
+    /// Where cgroup v2 is mounted.
+    pub cgroup2: Option<PathBuf>,
+    /// Whether the kernel publishes BTF.
+    pub btf: bool,
+    /// Active LSM list.
+    pub lsm_list: Option<String>,
+    /// BPF LSM: loads, attaches, runs.
+    pub lsm: probe::LsmProbe,
+    /// `"ok"`, or why the programs did not load.
+    pub load: String,
+    /// Exec backend chosen (`lsm` or `tracepoint`).
+    pub backend: Option<Backend>,
+    /// How a held network call is stopped.
+    pub hold: &'static str,
+    /// Whether the hooks outlive the agent.
+    pub links_pinned: bool,
+    /// Hooks attached.
+    pub hooks: Vec<String>,
+    /// Verdict per guarantee.
+    pub guarantees: Vec<Guarantee>,
+    /// The worst verdict.
+    pub verdict: Verdict,
+}
+
+impl Report {
+    /// The exit code for scripts: 0 all enforced, 1 something degraded, 3 something unsupported.
+    pub fn exit_code(&self) -> u8 {
+        match self.verdict {
+            Verdict::Enforced => 0,
+            Verdict::Degraded => 1,
+            Verdict::Unsupported => 3,
+        }
+    }
+
+    /// A one-line summary for central's host list: the verdict and what is not enforced.
+    pub fn summary(&self) -> String {
+        let weak: Vec<String> = self
+            .guarantees
+            .iter()
+            .filter(|g| g.verdict != Verdict::Enforced)
+            .map(|g| format!("{} {}", g.name, g.verdict))
+            .collect();
+        if weak.is_empty() {
+            self.verdict.to_string()
+        } else {
+            format!("{}: {}", self.verdict, weak.join(", "))
+        }
+    }
+}
+
+/// The verdicts that follow from the facts. A pure function, so every combination is tested.
+pub fn judge(f: Facts) -> Report {
+    let mut g = Vec::new();
+    let loaded = f.load.is_ok();
+    let not_loaded = |why: &str| match &f.load {
+        Err(e) => format!("the programs do not load: {e}"),
+        Ok(()) => why.to_string(),
+    };
+    let net = |name| Guarantee {
+        name,
+        verdict: if loaded {
+            Verdict::Enforced
+        } else {
+            Verdict::Unsupported
+        },
+        why: not_loaded("cgroup socket hooks at the cgroup v2 root"),
+    };
+    g.push(net("connect-deny"));
+    g.push(Guarantee {
+        why: not_loaded(
+            "held in the socket hook, stopped at the system call's exit, restarted after the decision",
+        ),
+        ..net("connect-hold")
+    });
+    match (loaded, f.backend) {
+        (true, Some(Backend::Lsm)) => {
+            g.push(Guarantee {
+                name: "exec-deny",
+                verdict: Verdict::Enforced,
+                why: "BPF LSM bprm_check_security: execve fails with EPERM".into(),
+            });
+            g.push(Guarantee {
+                name: "exec-hold",
+                verdict: Verdict::Enforced,
+                why: "BPF LSM: held inside execve, before the new image exists".into(),
+            });
+        }
+        (true, _) => {
+            let why_not = f
+                .lsm
+                .reason
+                .clone()
+                .unwrap_or_else(|| "BPF LSM not chosen".into());
+            g.push(Guarantee {
+                name: "exec-deny",
+                verdict: Verdict::Degraded,
+                why: format!(
+                    "tracepoint backend ({why_not}): the new image is killed before its first \
+                     instruction; the caller sees a killed child, not EPERM"
+                ),
+            });
+            g.push(Guarantee {
+                name: "exec-hold",
+                verdict: Verdict::Degraded,
+                why: "tracepoint backend: held after the exec, kept stopped by a sys_enter gate \
+                      that runs on every system call of the host"
+                    .into(),
+            });
+        }
+        (false, _) => {
+            for name in ["exec-deny", "exec-hold"] {
+                g.push(Guarantee {
+                    name,
+                    verdict: Verdict::Unsupported,
+                    why: not_loaded(""),
+                });
+            }
+        }
+    }
+    g.push(Guarantee {
+        name: "hooks-outlive-agent",
+        verdict: match (loaded, f.links_pinned) {
+            (false, _) => Verdict::Unsupported,
+            (true, true) => Verdict::Enforced,
+            (true, false) => Verdict::Degraded,
+        },
+        why: if f.links_pinned {
+            "links pinned in bpffs: a killed agent leaves every hook attached".into()
+        } else {
+            not_loaded(
+                "this kernel refuses to pin links: hooks detach when the agent exits, and held \
+                 operations are released by the fail mode",
+            )
+        },
+    });
+    let verdict = g
+        .iter()
+        .map(|x| x.verdict)
+        .max()
+        .unwrap_or(Verdict::Unsupported);
+    Report {
+        kernel: f.kernel,
+        arch: f.arch,
+        cgroup2: f.cgroup2,
+        btf: f.btf,
+        lsm_list: f.lsm_list,
+        lsm: f.lsm,
+        load: match &f.load {
+            Ok(()) => "ok".into(),
+            Err(e) => e.clone(),
+        },
+        backend: f.backend,
+        hold: "socket hook records, system-call exit stops (SIGSTOP), call restarts",
+        links_pinned: f.links_pinned,
+        hooks: f.hooks,
+        guarantees: g,
+        verdict,
+    }
+}
+
+/// Gathers the facts by loading and attaching the programs in a scratch pin directory beside
+/// `pin_dir` (no cgroup is watched through it, so it changes nothing for any process), then
+/// removes them.
+pub fn gather(pin_dir: &Path, cgroup_root: Option<PathBuf>) -> Facts {
+    let mut f = host_facts();
+    let scratch = pin_dir
+        .parent()
+        .unwrap_or(Path::new("/sys/fs/bpf"))
+        .join(format!("latch-doctor-{}", std::process::id()));
+    match Engine::load(EngineOptions {
+        pin_dir: scratch.clone(),
+        cgroup_root,
+        stale_after: std::time::Duration::from_secs(60),
+        fail_mode: agent_common::FailMode::Deny,
+        exec_backend: None,
+    }) {
+        Ok(e) => {
+            engine_facts(&mut f, &e);
+            let _ = e.uninstall();
+        }
+        Err(e) => {
+            f.load = Err(e.to_string());
+            let _ = std::fs::remove_dir_all(&scratch);
+        }
+    }
+    f
+}
+
+/// The facts of a loaded engine (the running agent's own report to central).
+pub fn engine_facts(f: &mut Facts, e: &Engine) {
+    f.load = Ok(());
+    f.lsm = e.lsm_probe().clone();
+    f.backend = Some(e.backend());
+    f.links_pinned = e.links_pinned();
+    f.hooks = e.hooks().iter().map(|h| h.to_string()).collect();
+}
+
+/// What is known about the host without loading anything.
+pub fn host_facts() -> Facts {
+    let uts = nix::sys::utsname::uname().ok();
+    Facts {
+        kernel: uts
+            .as_ref()
+            .map(|u| u.release().to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        arch: uts
+            .as_ref()
+            .map(|u| u.machine().to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        cgroup2: crate::kernel::cgroup2_root().ok(),
+        btf: Path::new(crate::kernel::btf::VMLINUX).exists(),
+        lsm_list: probe::lsm_list(),
+        ..Facts::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(load: Result<(), String>, backend: Option<Backend>, pinned: bool) -> Facts {
+        Facts {
+            load,
+            backend,
+            links_pinned: pinned,
+            ..Facts::default()
+        }
+    }
+
+    fn verdict_of(r: &Report, name: &str) -> Verdict {
+        r.guarantees
+            .iter()
+            .find(|g| g.name == name)
+            .map(|g| g.verdict)
+            .unwrap_or_else(|| panic!("no guarantee {name}"))
+    }
+
+    #[test]
+    fn verdicts_follow_the_facts() {
+        use Verdict::*;
+        // (load, backend, pinned) → (exec-deny, hooks-outlive-agent, overall, exit code)
+        let table = [
+            (
+                Ok(()),
+                Some(Backend::Lsm),
+                true,
+                Enforced,
+                Enforced,
+                Enforced,
+                0,
+            ),
+            (
+                Ok(()),
+                Some(Backend::Lsm),
+                false,
+                Enforced,
+                Degraded,
+                Degraded,
+                1,
+            ),
+            (
+                Ok(()),
+                Some(Backend::Tracepoint),
+                true,
+                Degraded,
+                Enforced,
+                Degraded,
+                1,
+            ),
+            (
+                Err("verifier".to_string()),
+                None,
+                false,
+                Unsupported,
+                Unsupported,
+                Unsupported,
+                3,
+            ),
+        ];
+        for (load, backend, pinned, exec, hooks, overall, code) in table {
+            let r = judge(facts(load.clone(), backend, pinned));
+            assert_eq!(
+                verdict_of(&r, "exec-deny"),
+                exec,
+                "{load:?} {backend:?} {pinned}"
+            );
+            assert_eq!(verdict_of(&r, "exec-hold"), exec);
+            assert_eq!(verdict_of(&r, "hooks-outlive-agent"), hooks);
+            assert_eq!(r.verdict, overall);
+            assert_eq!(r.exit_code(), code);
+            let net = if load.is_ok() { Enforced } else { Unsupported };
+            assert_eq!(verdict_of(&r, "connect-hold"), net);
+        }
+    }
+
+    #[test]
+    fn a_load_failure_says_why_in_every_guarantee_and_the_summary_names_them() {
+        let r = judge(facts(Err("unknown func #117".into()), None, false));
+        assert!(r
+            .guarantees
+            .iter()
+            .all(|g| g.why.contains("unknown func #117")));
+        assert!(r
+            .summary()
+            .starts_with("unsupported: connect-deny unsupported"));
+        let ok = judge(facts(Ok(()), Some(Backend::Lsm), true));
+        assert_eq!(ok.summary(), "enforced");
+    }
+}
