@@ -29,6 +29,7 @@ use latch_agent::{
 };
 
 pub mod browser;
+pub mod neighbour;
 pub mod stack;
 
 /// Longest a test waits for something the kernel should do at once. Not a performance bound:

@@ -22,6 +22,7 @@ use latch_tests::{
 use tonic::{metadata::MetadataValue, transport::Channel, Request};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
 async fn reviewer_decisions_reach_the_kernel_through_central() {
     if !privileged() {
         return;
@@ -181,6 +182,7 @@ async fn reviewer_decisions_reach_the_kernel_through_central() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
 async fn unanswered_request_expires_by_the_rule_and_cached_rules_survive_central_outage() {
     if !privileged() {
         return;
@@ -271,6 +273,7 @@ fn keep_accepting(listener: TcpListener) -> std::sync::mpsc::Receiver<std::net::
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
 async fn revoking_a_grant_with_close_connections_cuts_only_its_connections() {
     if !privileged() {
         return;
@@ -387,6 +390,7 @@ async fn revoking_a_grant_with_close_connections_cuts_only_its_connections() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
 async fn a_restarted_agent_applies_a_decision_made_after_a_kill_9() {
     if !privileged() {
         return;
@@ -428,6 +432,7 @@ async fn a_restarted_agent_applies_a_decision_made_after_a_kill_9() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
 async fn release_after_a_killed_agent_resolves_held_processes_by_the_fail_mode() {
     if !privileged() {
         return;
@@ -473,6 +478,7 @@ async fn release_after_a_killed_agent_resolves_held_processes_by_the_fail_mode()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
 async fn central_loss_applies_the_fail_mode_and_the_journal_arrives_once_after_it_returns() {
     if !privileged() {
         return;
@@ -612,6 +618,7 @@ impl Drop for Cleanup {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
 async fn the_agent_connects_over_mutual_tls_with_its_certificate_alone() {
     if !privileged() {
         return;
@@ -773,6 +780,7 @@ fn tempfile_dir(name: &str) -> PathBuf {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
 async fn an_operation_held_while_central_was_down_is_submitted_by_a_restarted_agent() {
     if !privileged() {
         return;

@@ -118,6 +118,7 @@ async fn wait_row(c: &Client, target: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
 async fn a_reviewer_approves_a_held_connect_in_the_browser_and_a_viewer_cannot() {
     if !privileged() {
         return;

@@ -211,6 +211,7 @@ fn text(o: &Output) -> String {
 }
 
 #[test]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
 fn held_connect_is_listed_and_approved_from_the_cli() {
     if !privileged() {
         return;
@@ -307,6 +308,7 @@ fn held_connect_is_listed_and_approved_from_the_cli() {
 }
 
 #[test]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
 fn bad_rules_on_reload_leave_the_rules_in_force_and_stop_releases_by_fail_mode() {
     if !privileged() {
         return;
@@ -410,6 +412,7 @@ fn validate_names_a_wrong_config_key() {
 }
 
 #[test]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
 fn other_names_of_a_denied_program_are_denied_too() {
     if !privileged() {
         return;
@@ -467,6 +470,7 @@ fn other_names_of_a_denied_program_are_denied_too() {
 }
 
 #[test]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
 fn cgroups_created_after_start_are_watched_without_a_rescan() {
     if !privileged() {
         return;
@@ -550,6 +554,7 @@ fn count_accepts(listener: TcpListener) -> std::sync::Arc<std::sync::atomic::Ato
 }
 
 #[test]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
 fn denied_operations_stay_denied_while_the_agent_is_killed_restarted_and_replaced() {
     if !privileged() {
         return;
@@ -648,6 +653,7 @@ fn denied_operations_stay_denied_while_the_agent_is_killed_restarted_and_replace
 }
 
 #[test]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
 fn doctor_reports_what_this_kernel_enforces_and_leaves_nothing_behind() {
     if !privileged() {
         return;

@@ -31,6 +31,7 @@ fn errno(v: &serde_json::Value) -> i64 {
 }
 
 #[test]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
 fn connect_allowed_by_rule_and_denied_by_rule() {
     if !privileged() {
         return;
@@ -62,6 +63,7 @@ fn connect_allowed_by_rule_and_denied_by_rule() {
 }
 
 #[test]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
 fn paused_connect_is_approved_and_its_one_call_succeeds() {
     if !privileged() {
         return;
@@ -91,6 +93,7 @@ fn paused_connect_is_approved_and_its_one_call_succeeds() {
 }
 
 #[test]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
 fn paused_connect_then_denied_fails_with_eperm() {
     if !privileged() {
         return;
@@ -128,6 +131,7 @@ fn assert_exec_refused(backend: Backend, out: &serde_json::Value) {
 }
 
 #[test]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
 fn exec_paused_then_allowed_runs_only_after_approval() {
     if !privileged() {
         return;
@@ -155,6 +159,7 @@ fn exec_paused_then_allowed_runs_only_after_approval() {
 }
 
 #[test]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
 fn exec_denied_by_rule_and_by_reviewer_never_runs() {
     if !privileged() {
         return;
@@ -199,6 +204,7 @@ fn exec_denied_by_rule_and_by_reviewer_never_runs() {
 }
 
 #[test]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
 fn unwatched_cgroup_is_untouched_and_child_cgroup_is_watched() {
     if !privileged() {
         return;
@@ -233,6 +239,7 @@ fn unwatched_cgroup_is_untouched_and_child_cgroup_is_watched() {
 }
 
 #[test]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
 fn foreign_sigcont_pauses_again() {
     if !privileged() {
         return;
@@ -298,6 +305,7 @@ fn wait_repaused(h: &mut Harness, at_least: u64) {
 }
 
 #[test]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
 fn killed_paused_process_leaves_no_pending_entry() {
     if !privileged() {
         return;
@@ -324,6 +332,7 @@ fn killed_paused_process_leaves_no_pending_entry() {
 }
 
 #[test]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
 fn restarted_engine_finds_and_resolves_a_paused_process() {
     if !privileged() {
         return;
@@ -355,6 +364,7 @@ fn restarted_engine_finds_and_resolves_a_paused_process() {
 }
 
 #[test]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
 fn stale_heartbeat_applies_the_fail_mode() {
     if !privileged() {
         return;
@@ -388,6 +398,7 @@ fn stale_heartbeat_applies_the_fail_mode() {
 }
 
 #[test]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
 fn ipv6_connect_and_udp_sendmsg_are_checked() {
     if !privileged() {
         return;
@@ -423,6 +434,7 @@ fn ipv6_connect_and_udp_sendmsg_are_checked() {
 }
 
 #[test]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
 fn grants_cover_their_scope_target_and_uses() {
     if !privileged() {
         return;
@@ -465,6 +477,7 @@ fn grants_cover_their_scope_target_and_uses() {
 }
 
 #[test]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
 fn hundred_thousand_rules_load_and_decide() {
     if !privileged() {
         return;
@@ -493,6 +506,7 @@ fn hundred_thousand_rules_load_and_decide() {
 }
 
 #[test]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
 fn a_rejected_rule_set_leaves_the_rules_in_force() {
     if !privileged() {
         return;
@@ -522,4 +536,72 @@ fn a_rejected_rule_set_leaves_the_rules_in_force() {
     let prev = h.compiled.clone();
     h.engine().apply(&compiled, Some(&prev)).expect("apply");
     assert!(ok(&h.probe(&["connect", &format!("127.0.0.1:{port}")])));
+}
+
+/// Whether a listener has a connection waiting, without blocking.
+fn accepted(l: &TcpListener) -> bool {
+    l.set_nonblocking(true).expect("nonblocking");
+    l.accept().is_ok()
+}
+
+#[test]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
+fn another_program_at_the_same_hooks_keeps_working_beside_latch() {
+    if !privileged() {
+        return;
+    }
+    use latch_tests::neighbour::Neighbour;
+    let (open, open_port) = listener();
+    let (latch_denied, latch_port) = listener();
+    let (_n1, first_port) = listener();
+    let (_n2, second_port) = listener();
+    let root = latch_agent::kernel::cgroup2_root().expect("cgroup v2");
+    // One attached before Latch's hooks, one after.
+    let before = Neighbour::refusing_port(&root, first_port).expect("attach a program before");
+    let mut h = Harness::new(&rules(&format!(
+        "  - {{name: no-db, workload: test, on: connect, to: [127.0.0.1/32], ports: [{latch_port}], action: deny}}\n"
+    )));
+    let after = Neighbour::refusing_port(&root, second_port).expect("attach a program after");
+    let to = |p: u16| format!("127.0.0.1:{p}");
+    for round in ["as loaded", "after Latch re-attached its hooks"] {
+        let out = h.probe(&["connect", &to(open_port)]);
+        assert!(
+            ok(&out) && accepted(&open),
+            "{round}: allowed connect: {out}"
+        );
+        let out = h.probe(&["connect", &to(latch_port)]);
+        assert_eq!(errno(&out), EPERM, "{round}: Latch's deny: {out}");
+        assert!(
+            !accepted(&latch_denied),
+            "{round}: reached Latch's denied port"
+        );
+        h.expect_event("Latch's denial", |e| {
+            e.outcome == Outcome::Denied && e.destination.map(|d| d.port()) == Some(latch_port)
+        });
+        h.seen.clear();
+        for p in [first_port, second_port] {
+            let out = h.probe(&["connect", &to(p)]);
+            assert_eq!(
+                errno(&out),
+                EPERM,
+                "{round}: the other program's deny of {p}: {out}"
+            );
+        }
+        h.restart_engine();
+    }
+    // Outside the watched cgroup only the other programs apply.
+    let outside = latch_tests::TestCgroup::new();
+    let out = outcome(latch_tests::spawn_in(
+        &outside.path,
+        &probe(),
+        &["connect", &to(latch_port)],
+    ));
+    assert!(ok(&out) && accepted(&latch_denied), "unwatched: {out}");
+    let out = outcome(latch_tests::spawn_in(
+        &outside.path,
+        &probe(),
+        &["connect", &to(first_port)],
+    ));
+    assert_eq!(errno(&out), EPERM, "unwatched, the other program: {out}");
+    drop((before, after));
 }
