@@ -193,7 +193,9 @@ impl Btf {
             ty: ty.to_string(),
             member: member.to_string(),
         };
-        match self.find_member(id, member.as_bytes(), 0)? {
+        // Bounds the walk: anonymous members can name each other in a crafted file.
+        let mut budget = 1u32 << 16;
+        match self.find_member(id, member.as_bytes(), 0, &mut budget)? {
             Some(bits) if bits % 8 == 0 => Ok(bits / 8),
             Some(_) => Err(BtfError::BitField {
                 ty: ty.to_string(),
@@ -203,8 +205,15 @@ impl Btf {
         }
     }
 
-    /// Bit offset of `member` below type `id`; `depth` bounds the walk into anonymous members.
-    fn find_member(&self, id: u32, member: &[u8], depth: u32) -> Result<Option<u32>, BtfError> {
+    /// Bit offset of `member` below type `id`; `depth` and `budget` (members looked at) bound
+    /// the walk into anonymous members.
+    fn find_member(
+        &self,
+        id: u32,
+        member: &[u8],
+        depth: u32,
+        budget: &mut u32,
+    ) -> Result<Option<u32>, BtfError> {
         let Some((kind, _, vlen, kind_flag, at)) = self.record(id) else {
             return Ok(None);
         };
@@ -212,6 +221,10 @@ impl Btf {
             return Ok(None);
         }
         for i in 0..vlen {
+            if *budget == 0 {
+                return Ok(None);
+            }
+            *budget -= 1;
             let m = at + 12 + 12 * i;
             let name = u32_at(&self.data, m)?;
             let ty = u32_at(&self.data, m + 4)?;
@@ -227,8 +240,8 @@ impl Btf {
                 return Ok(Some(if bitfield { bits | 1 } else { bits }));
             }
             if n.is_empty() {
-                if let Some(inner) = self.find_member(ty, member, depth + 1)? {
-                    return Ok(Some(bits + inner));
+                if let Some(inner) = self.find_member(ty, member, depth + 1, budget)? {
+                    return Ok(Some(bits.saturating_add(inner)));
                 }
             }
         }
@@ -331,6 +344,37 @@ mod tests {
         for n in 0..good.len() {
             let _ = Btf::parse(good[..n].to_vec());
         }
+    }
+
+    #[test]
+    fn anonymous_members_that_name_each_other_end() {
+        // struct loop { <anon> of type 1, repeated }: every member is the struct itself.
+        let strings = b"\0loop\0".to_vec();
+        let n = 2000u32;
+        let mut types: Vec<u32> = vec![1, (KIND_STRUCT << 24) | n, 8];
+        for _ in 0..n {
+            types.extend([0, 1, 0]);
+        }
+        let types: Vec<u8> = types.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        let mut blob = Vec::new();
+        blob.extend(MAGIC.to_ne_bytes());
+        blob.extend([1u8, 0]);
+        for w in [
+            24u32,
+            0,
+            types.len() as u32,
+            types.len() as u32,
+            strings.len() as u32,
+        ] {
+            blob.extend(w.to_ne_bytes());
+        }
+        blob.extend(types);
+        blob.extend(strings);
+        let btf = Btf::parse(blob).expect("parses");
+        assert!(matches!(
+            btf.member_offset("loop", "x"),
+            Err(BtfError::NoMember { .. })
+        ));
     }
 
     #[test]
