@@ -112,14 +112,17 @@ fn main() -> Result<()> {
 fn worker(what: &str, addr: Option<SocketAddr>, batch: usize, batches: usize) -> Result<()> {
     let mut out = std::io::stdout().lock();
     match what {
-        "connect" | "exec" | "udp" => {
+        "connect" | "exec" | "udp" | "getppid" => {
             let mut means = Vec::with_capacity(batches);
             let udp = std::net::UdpSocket::bind("127.0.0.1:0").context("bind udp")?;
             // One warm-up batch: page cache, socket slabs, the kernel's hash buckets.
             for b in 0..=batches {
                 let t = Instant::now();
                 for _ in 0..batch {
-                    if what == "connect" {
+                    if what == "getppid" {
+                        // SAFETY: no arguments, cannot fail.
+                        std::hint::black_box(unsafe { libc::getppid() });
+                    } else if what == "connect" {
                         let a = addr.context("--addr")?;
                         drop(TcpStream::connect(a).context("connect")?);
                     } else if what == "udp" {
@@ -273,7 +276,7 @@ struct Setup {
 
 fn rules_text(cg: &str, extra_rules: usize) -> String {
     let mut s = format!(
-        "workloads:\n  - name: bench\n    cgroups: [\"{cg}\"]\nrules:\n  - {{name: loopback-ok, workload: bench, on: connect, to: [127.0.0.1/32], action: allow}}\n  - {{name: true-ok, workload: bench, on: exec, paths: [/bin/true], action: allow}}\n  - {{name: held, workload: bench, on: connect, to: [127.0.0.2/32], action: approve}}\n  - {{name: recorded, workload: bench, on: connect, to: [127.0.0.3/32], action: audit}}\n"
+        "workloads:\n  - name: bench\n    cgroups: [\"{cg}\"]\nrules:\n  - {{name: loopback-ok, workload: bench, on: connect, to: [127.0.0.1/32], action: allow}}\n  - {{name: true-ok, workload: bench, on: exec, paths: [/bin/true], action: allow}}\n  - {{name: held, workload: bench, on: connect, to: [127.0.0.2/32], action: approve}}\n  - {{name: recorded, workload: bench, on: connect, to: [127.0.0.3/32], action: audit}}\n  - {{name: held-exec, workload: bench, on: exec, paths: [/usr/bin/sleep], action: approve}}\n"
     );
     if extra_rules > 0 {
         s.push_str(
@@ -621,6 +624,11 @@ fn overhead(
     let mut exec: Vec<Vec<f64>> = vec![Vec::new(); scenarios.len()];
     let mut connect_k = vec![KernelTime::default(); scenarios.len() + 1];
     let mut exec_k = vec![KernelTime::default(); scenarios.len()];
+    // getppid() in an unwatched cgroup: what every process on the host pays. The last slot is
+    // "an exec held elsewhere".
+    let batch_s = batch_c * 50;
+    let mut syscall: Vec<Vec<f64>> = vec![Vec::new(); scenarios.len() + 1];
+    let mut syscall_k = vec![KernelTime::default(); scenarios.len() + 1];
     eprintln!(
         "latch-bench: {rounds} rounds of {} scenarios",
         scenarios.len() + 1
@@ -642,6 +650,11 @@ fn overhead(
             let before = kernel_stats("exec");
             exec[i].push(measure(&cg, "exec", addr, batch_e, batches_e)?);
             exec_k[i].add(before, kernel_stats("exec"));
+            if !*watched {
+                let before = kernel_stats("gate");
+                syscall[i].push(measure(&cg, "getppid", addr, batch_s, batches_c)?);
+                syscall_k[i].add(before, kernel_stats("gate"));
+            }
             // Hardware counters once, in the last round: instructions per call.
             if round + 1 == rounds && perf.usable() && (i == 0 || i == 2) {
                 for (what, batch) in [("connect", batch_c), ("exec", batch_e)] {
@@ -657,8 +670,36 @@ fn overhead(
             }
             eprintln!("  round {}/{rounds}: {name}", round + 1);
         }
-        // Cached grant: the target is held once, granted to the host, then measured.
+        // An exec held in the watched cgroup while an unwatched process makes system calls.
         setup.load(0)?;
+        {
+            let held = spawn_in(&setup.cgroup.path, Path::new("/usr/bin/sleep"), &["30"]);
+            let mut held = Worker(Some(held));
+            let pid = held.pid();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let engine = setup.engine.as_mut().context("engine")?;
+            let id = loop {
+                if let Some(p) = engine.pending()?.into_iter().find(|p| p.op == "exec") {
+                    break p.id;
+                }
+                if Instant::now() > deadline {
+                    bail!("the exec of sleep (pid {pid}) was never held");
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            };
+            let unwatched = setup.unwatched.path.clone();
+            let before = kernel_stats("gate");
+            syscall[scenarios.len()]
+                .push(measure(&unwatched, "getppid", addr, batch_s, batches_c)?);
+            syscall_k[scenarios.len()].add(before, kernel_stats("gate"));
+            let engine = setup.engine.as_mut().context("engine")?;
+            let _ = engine.decide(id, Decision::Deny);
+            if let Some(mut c) = held.0.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        // Cached grant: the target is held once, granted to the host, then measured.
         let cg = setup.cgroup.path.clone();
         grant_once(setup, &cg, held_addr)?;
         let before = kernel_stats("connect4");
@@ -687,6 +728,27 @@ fn overhead(
         ratio: g / base_c,
         kernel_ns_per_run: connect_k[scenarios.len()].per_run(),
     });
+    let base_s = median(&mut syscall[0].clone());
+    let syscall_rows =
+        scenarios
+            .iter()
+            .map(|(name, _, _)| name.to_string())
+            .chain(std::iter::once(
+                "loaded, an exec held elsewhere".to_string(),
+            ));
+    for (i, name) in syscall_rows.enumerate() {
+        if syscall[i].is_empty() {
+            continue;
+        }
+        let c = median(&mut syscall[i]);
+        rows.push(Row {
+            benchmark: "getppid(), unwatched process".into(),
+            scenario: name,
+            ns_per_call: c,
+            ratio: c / base_s,
+            kernel_ns_per_run: syscall_k[i].per_run(),
+        });
+    }
     for (i, (name, _, _)) in scenarios.iter().enumerate() {
         let e = median(&mut exec[i]);
         rows.push(Row {
