@@ -27,7 +27,7 @@ pub fn ensure_bpffs(dir: &Path) -> Result<(), EngineError> {
     // Two agents (or test threads) starting together on a host without bpffs would otherwise both
     // mount it, the second on top of the first, hiding what the first pinned.
     let _lock = if under_root && !is_fs(root, BPF_FS_MAGIC) {
-        Some(mount_lock()?)
+        mount_lock()
     } else {
         None
     };
@@ -65,23 +65,18 @@ pub fn ensure_bpffs(dir: &Path) -> Result<(), EngineError> {
     Ok(())
 }
 
-/// An exclusive lock held while checking and mounting a pseudo file system, across processes and threads
-/// (every `open` is its own lock owner).
-fn mount_lock() -> Result<nix::fcntl::Flock<std::fs::File>, EngineError> {
-    let path = Path::new("/run/latch-mount.lock");
-    let err = |reason: String| EngineError::Mount {
-        what: "a lock for mounting",
-        path: path.into(),
-        reason,
-    };
+/// An exclusive lock held while checking and mounting a pseudo file system, across processes and
+/// threads (every `open` is its own lock owner). `None` where no lock file can be made (a
+/// read-only `/run` under a hardened unit): the mount is then attempted without it, as it is on
+/// hosts whose pseudo file systems are mounted at boot anyway.
+fn mount_lock() -> Option<nix::fcntl::Flock<std::fs::File>> {
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(path)
-        .map_err(|e| err(e.to_string()))?;
-    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, e)| err(e.to_string()))
+        .open("/run/latch-mount.lock")
+        .ok()?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).ok()
 }
 
 /// Makes sure tracefs is reachable where aya looks for tracepoint ids; returns where it is.
@@ -95,7 +90,7 @@ pub fn ensure_tracefs() -> Result<PathBuf, EngineError> {
     {
         return Ok(debug_tracing.into());
     }
-    let _lock = mount_lock()?;
+    let _lock = mount_lock();
     if is_fs(tracing, TRACEFS_MAGIC) {
         return Ok(tracing.into());
     }
@@ -121,9 +116,7 @@ pub fn ensure_securityfs() {
     if sec.join("lsm").exists() {
         return;
     }
-    let Ok(_lock) = mount_lock() else {
-        return;
-    };
+    let _lock = mount_lock();
     if sec.join("lsm").exists() {
         return;
     }
