@@ -1,3 +1,5 @@
+//! Raw `bpf()` objects for tests, made without Latch's loader.
+//!
 //! Another tool's program at Latch's hooks: a minimal cgroup `connect4` program, loaded and
 //! attached through the raw `bpf()` system call with the multi-program flag, the way other
 //! agents (socket load balancers, other security tools) attach theirs. It refuses one port and
@@ -5,6 +7,8 @@
 
 use std::{fs::File, os::fd::AsRawFd, path::Path};
 
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_ATTACH: libc::c_long = 8;
 const BPF_PROG_DETACH: libc::c_long = 9;
@@ -83,4 +87,25 @@ impl Drop for Neighbour {
         // SAFETY: our own descriptor, closed once.
         unsafe { libc::close(self.prog_fd) };
     }
+}
+
+/// Creates a hash map with the given key and value sizes and pins it at `path`, as an older
+/// build would have left it.
+pub fn pin_hash_map(path: &Path, key: u32, value: u32, entries: u32) -> std::io::Result<()> {
+    const BPF_MAP_TYPE_HASH: u32 = 1;
+    let mut attr = [0u8; 72];
+    attr[0..4].copy_from_slice(&BPF_MAP_TYPE_HASH.to_ne_bytes());
+    attr[4..8].copy_from_slice(&key.to_ne_bytes());
+    attr[8..12].copy_from_slice(&value.to_ne_bytes());
+    attr[12..16].copy_from_slice(&entries.to_ne_bytes());
+    let fd = bpf(BPF_MAP_CREATE, &mut attr)?;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let mut attr = [0u8; 16];
+    attr[0..8].copy_from_slice(&(c_path.as_ptr() as u64).to_ne_bytes());
+    attr[8..12].copy_from_slice(&(fd as u32).to_ne_bytes());
+    let r = bpf(BPF_OBJ_PIN, &mut attr);
+    // SAFETY: our own descriptor; the pin keeps the map.
+    unsafe { libc::close(fd) };
+    r.map(drop)
 }

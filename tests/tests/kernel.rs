@@ -605,3 +605,38 @@ fn another_program_at_the_same_hooks_keeps_working_beside_latch() {
     assert_eq!(errno(&out), EPERM, "unwatched, the other program: {out}");
     drop((before, after));
 }
+
+#[test]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
+fn maps_pinned_by_a_build_with_another_layout_are_refused_with_what_to_do() {
+    if !privileged() {
+        return;
+    }
+    let pin_dir = std::path::PathBuf::from("/sys/fs/bpf")
+        .join(format!("latch-test-layout-{}", std::process::id()));
+    let maps = pin_dir.join("maps");
+    std::fs::create_dir_all(&maps).expect("mkdir in bpffs");
+    // PENDING as an older agent had it: 40-byte entries.
+    let pin = maps.join("PENDING");
+    latch_tests::neighbour::pin_hash_map(&pin, 4, 40, 16_384).expect("pin an old PENDING");
+    let r = latch_agent::kernel::Engine::load(latch_agent::kernel::EngineOptions {
+        pin_dir: pin_dir.clone(),
+        cgroup_root: None,
+        stale_after: Duration::from_secs(60),
+        fail_mode: FailMode::Deny,
+        exec_backend: None,
+    });
+    let _ = std::fs::remove_dir_all(&pin_dir);
+    let e = match r {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("an engine loaded on a PENDING map of another layout"),
+    };
+    assert!(
+        e.contains("PENDING") && e.contains("value 40 B") && e.contains("value 64 B"),
+        "{e}"
+    );
+    assert!(
+        e.contains("latch-agent release") && e.contains(&pin.display().to_string()),
+        "{e}"
+    );
+}
