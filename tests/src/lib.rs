@@ -32,9 +32,19 @@ pub mod browser;
 pub mod neighbour;
 pub mod stack;
 
-/// Longest a test waits for something the kernel should do at once. Not a performance bound:
-/// only a guard so that a broken build fails instead of hanging.
-pub const PATIENCE: Duration = Duration::from_secs(20);
+/// Longest a test waits for something the kernel should do at once: 20 s, or
+/// `LATCH_TEST_PATIENCE_SECS` (the VM kernel matrix sets more, as its kernels run emulated). Not a
+/// performance bound: only a guard so that a broken build fails instead of hanging.
+pub fn patience() -> Duration {
+    static P: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *P.get_or_init(|| {
+        std::env::var("LATCH_TEST_PATIENCE_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_secs)
+            .unwrap_or(Duration::from_secs(20))
+    })
+}
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
@@ -137,7 +147,7 @@ impl Drop for TestCgroup {
 /// Kills everything in a cgroup subtree and removes it.
 pub fn remove_cgroup(path: &Path) {
     let _ = std::fs::write(path.join("cgroup.kill"), "1");
-    let deadline = Instant::now() + PATIENCE;
+    let deadline = Instant::now() + patience();
     loop {
         let mut dirs: Vec<PathBuf> = Vec::new();
         collect_dirs(path, &mut dirs);
@@ -268,7 +278,7 @@ impl Harness {
 
     /// Waits until the kernel holds an operation of process `pid`.
     pub fn wait_pending(&mut self, pid: u32) -> PendingOp {
-        let deadline = Instant::now() + PATIENCE;
+        let deadline = Instant::now() + patience();
         loop {
             let found = self
                 .engine()
@@ -291,7 +301,7 @@ impl Harness {
         what: &str,
         pred: impl Fn(&PendingOp) -> bool,
     ) -> PendingOp {
-        let deadline = Instant::now() + PATIENCE;
+        let deadline = Instant::now() + patience();
         loop {
             let found = self
                 .engine()
@@ -309,7 +319,7 @@ impl Harness {
 
     /// Reads events until one satisfies `pred`; returns it.
     pub fn expect_event(&mut self, what: &str, pred: impl Fn(&KernelEvent) -> bool) -> KernelEvent {
-        let deadline = Instant::now() + PATIENCE;
+        let deadline = Instant::now() + patience();
         loop {
             if let Some(e) = self.seen.iter().find(|e| pred(e)) {
                 return e.clone();
@@ -391,10 +401,10 @@ fn collect_dirs(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// Waits for a probe and parses its JSON line. A probe that has not ended within [`PATIENCE`]
+/// Waits for a probe and parses its JSON line. A probe that has not ended within [`patience`]
 /// is killed and the test fails, rather than hanging the run.
 pub fn outcome(mut child: Child) -> serde_json::Value {
-    let deadline = Instant::now() + PATIENCE;
+    let deadline = Instant::now() + patience();
     loop {
         match child.try_wait() {
             Ok(Some(_)) => break,
@@ -404,7 +414,10 @@ pub fn outcome(mut child: Child) -> serde_json::Value {
                 let st = state(pid);
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("probe {pid} did not end within {PATIENCE:?} (state {st:?})");
+                panic!(
+                    "probe {pid} did not end within {:?} (state {st:?})",
+                    patience()
+                );
             }
             Err(e) => panic!("wait for probe: {e}"),
         }
@@ -420,15 +433,15 @@ pub fn outcome(mut child: Child) -> serde_json::Value {
     })
 }
 
-/// A child's whole output, waiting at most [`PATIENCE`] for it to end.
+/// A child's whole output, waiting at most [`patience`] for it to end.
 pub fn finish(mut child: Child) -> std::process::Output {
-    let deadline = Instant::now() + PATIENCE;
+    let deadline = Instant::now() + patience();
     while child.try_wait().ok().flatten().is_none() {
         if Instant::now() > deadline {
             let pid = child.id();
             let _ = child.kill();
             let _ = child.wait();
-            panic!("process {pid} did not end within {PATIENCE:?}");
+            panic!("process {pid} did not end within {:?}", patience());
         }
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -443,7 +456,7 @@ pub fn state(pid: u32) -> Option<char> {
 
 /// Waits until process `pid` is in state `want`.
 pub fn wait_state(pid: u32, want: char) {
-    let deadline = Instant::now() + PATIENCE;
+    let deadline = Instant::now() + patience();
     while state(pid) != Some(want) {
         assert!(
             Instant::now() < deadline,

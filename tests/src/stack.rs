@@ -22,7 +22,7 @@ use latch_proto::v1::{
 };
 use tonic::{metadata::MetadataValue, transport::Channel, Request};
 
-use crate::{binary, TestCgroup, PATIENCE};
+use crate::{binary, patience, TestCgroup};
 
 /// The static admin token of every stack.
 pub const ADMIN: &str = "admin-token-for-tests";
@@ -93,7 +93,7 @@ pub fn free_port() -> u16 {
 
 /// Waits until something listens on `127.0.0.1:port`, or `child` exits.
 pub fn wait_listening(child: &mut Child, port: u16, what: &str) {
-    let deadline = Instant::now() + PATIENCE;
+    let deadline = Instant::now() + patience();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         if let Ok(Some(status)) = child.try_wait() {
             panic!("{what} exited with {status} before listening on port {port}");
@@ -252,7 +252,7 @@ impl Stack {
 
     /// Waits until the agent watches a cgroup, i.e. enforces rules it received from central.
     pub fn wait_watching(&self) {
-        let deadline = Instant::now() + PATIENCE;
+        let deadline = Instant::now() + patience();
         loop {
             let out = self.agent_cli(&["status", "--json"]);
             if out.status.success() {
@@ -325,7 +325,7 @@ pub async fn wait_request(
     tgid: u32,
     state: RequestState,
 ) -> ApprovalRecord {
-    let deadline = Instant::now() + PATIENCE;
+    let deadline = Instant::now() + patience();
     loop {
         let list = client
             .list_requests(ListRequestsRequest {

@@ -15,9 +15,9 @@ use latch_proto::v1::{
     RevokeGrantRequest,
 };
 use latch_tests::{
-    binary, outcome, privileged, probe, spawn_in,
+    binary, outcome, patience, privileged, probe, spawn_in,
     stack::{apply, free_port, rules, spawn_central, wait_request, Stack, ADMIN, ALICE},
-    wait_state, TestCgroup, PATIENCE,
+    wait_state, TestCgroup,
 };
 use tonic::{metadata::MetadataValue, transport::Channel, Request};
 
@@ -147,7 +147,7 @@ async fn reviewer_decisions_reach_the_kernel_through_central() {
     wait_request(&mut alice, &stack.host, pid, RequestState::Cancelled).await;
 
     // The host's journal reaches central: its events and decisions, each once, in host order.
-    let deadline = Instant::now() + PATIENCE;
+    let deadline = Instant::now() + patience();
     loop {
         let entries = admin
             .query_audit(QueryAuditRequest {
@@ -333,9 +333,9 @@ async fn revoking_a_grant_with_close_connections_cuts_only_its_connections() {
     alice.decide(grant_for(rec)).await.expect("decide");
     assert_eq!(other.next()["connected"], true);
     let _server_a: Vec<_> = (0..2)
-        .map(|_| accepted_a.recv_timeout(PATIENCE).expect("accepted on A"))
+        .map(|_| accepted_a.recv_timeout(patience()).expect("accepted on A"))
         .collect();
-    let mut server_b = accepted_b.recv_timeout(PATIENCE).expect("accepted on B");
+    let mut server_b = accepted_b.recv_timeout(patience()).expect("accepted on B");
 
     alice
         .revoke_grant(RevokeGrantRequest {
@@ -531,7 +531,7 @@ async fn central_loss_applies_the_fail_mode_and_the_journal_arrives_once_after_i
 
     // The journal: the fail-mode verdict and the decision after the outage reach central, and
     // every record of the host up to the last one is there exactly once.
-    let deadline = Instant::now() + PATIENCE;
+    let deadline = Instant::now() + patience();
     loop {
         let entries = admin
             .query_audit(QueryAuditRequest {
@@ -722,7 +722,7 @@ async fn the_agent_connects_over_mutual_tls_with_its_certificate_alone() {
     );
 
     // Registered, subscribed and the rules acknowledged: all over the mutual-TLS link.
-    let deadline = Instant::now() + PATIENCE;
+    let deadline = Instant::now() + patience();
     loop {
         let hosts = admin
             .list_hosts(latch_proto::v1::ListHostsRequest {})

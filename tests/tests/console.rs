@@ -17,9 +17,9 @@ use latch_proto::v1::{DecideRequest, DecisionKind, RequestState};
 use latch_test_idp::TestIdp;
 use latch_tests::{
     browser::{self, Browser},
-    outcome, privileged, probe, spawn_in,
+    outcome, patience, privileged, probe, spawn_in,
     stack::{apply, free_port, wait_listening, wait_request, Extra, Stack, ALICE},
-    wait_state, TestCgroup, PATIENCE,
+    wait_state, TestCgroup,
 };
 
 /// Arguments of the held process that must reach the page as text only.
@@ -39,7 +39,7 @@ async fn url_of(c: &Client) -> String {
 async fn wait_for(c: &Client, css: &str) -> fantoccini::elements::Element {
     match c
         .wait()
-        .at_most(PATIENCE)
+        .at_most(patience())
         .for_element(Locator::Css(css))
         .await
     {
@@ -50,7 +50,7 @@ async fn wait_for(c: &Client, css: &str) -> fantoccini::elements::Element {
 
 /// Waits until the element `css` exists and its text satisfies `pred`; returns the text.
 async fn wait_text(c: &Client, css: &str, what: &str, pred: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + PATIENCE;
+    let deadline = Instant::now() + patience();
     loop {
         if let Ok(e) = c.find(Locator::Css(css)).await {
             if let Ok(t) = e.text().await {
@@ -94,7 +94,7 @@ async fn sign_in(c: &Client, console: &str, user: &str) {
 /// Waits for the live queue to show the held request of process `pid`'s connect to `target`
 /// and returns its approval id.
 async fn wait_row(c: &Client, target: &str) -> String {
-    let deadline = Instant::now() + PATIENCE;
+    let deadline = Instant::now() + patience();
     loop {
         for row in c
             .find_all(Locator::Css("#pending tr[data-state=pending]"))
@@ -324,7 +324,7 @@ async fn a_reviewer_approves_a_held_connect_in_the_browser_and_a_viewer_cannot()
         .expect("deny");
     assert_eq!(outcome(child)["errno"], 1);
     // The queue the viewer is watching drops the resolved request.
-    let deadline = Instant::now() + PATIENCE;
+    let deadline = Instant::now() + patience();
     c.goto(&format!("{console}/requests")).await.expect("queue");
     wait_text(c, "#live-status", "a live stream", |t| t == "live").await;
     while !c

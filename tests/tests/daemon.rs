@@ -8,7 +8,7 @@ use std::{
 };
 
 use latch_tests::{
-    binary, finish, outcome, privileged, probe, spawn_in, wait_state, TestCgroup, PATIENCE,
+    binary, finish, outcome, patience, privileged, probe, spawn_in, wait_state, TestCgroup,
 };
 
 struct Daemon {
@@ -74,7 +74,7 @@ impl Daemon {
         what: &str,
         ready: impl Fn(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
-        let deadline = Instant::now() + PATIENCE;
+        let deadline = Instant::now() + patience();
         loop {
             let out = self.cli(&["status", "--json"]);
             if out.status.success() {
@@ -142,7 +142,7 @@ impl Daemon {
     }
 
     fn wait_request(&self, pid: u32) -> String {
-        let deadline = Instant::now() + PATIENCE;
+        let deadline = Instant::now() + patience();
         loop {
             let out = self.cli(&["pending", "--json"]);
             assert!(
@@ -254,7 +254,7 @@ fn held_connect_is_listed_and_approved_from_the_cli() {
         .dir
         .join("waiting")
         .join(format!("cgroup-{cgroup_id}.json"));
-    let deadline = Instant::now() + PATIENCE;
+    let deadline = Instant::now() + patience();
     let listed = loop {
         if let Ok(t) = std::fs::read_to_string(&waiting) {
             if t.contains(&id) {
@@ -287,7 +287,7 @@ fn held_connect_is_listed_and_approved_from_the_cli() {
         metrics.contains("latch_kernel{counter=\"paused\"}"),
         "{metrics}"
     );
-    let deadline = Instant::now() + PATIENCE;
+    let deadline = Instant::now() + patience();
     while waiting.exists() {
         assert!(
             Instant::now() < deadline,
@@ -366,7 +366,7 @@ fn bad_rules_on_reload_leave_the_rules_in_force_and_stop_releases_by_fail_mode()
         nix::sys::signal::Signal::SIGHUP,
     )
     .expect("SIGHUP");
-    let deadline = Instant::now() + PATIENCE;
+    let deadline = Instant::now() + patience();
     let child = loop {
         let child = spawn_in(&cg.path, &probe(), &["connect", &target]);
         let pid = child.id();
@@ -576,7 +576,7 @@ fn denied_operations_stay_denied_while_the_agent_is_killed_restarted_and_replace
     let sh = std::path::Path::new("/bin/sh");
     let mut a = spawn_in(&unwatched.path, &probe_path, &connect_loop);
     let mut b = spawn_in(&unwatched.path, sh, &["-c", &exec_loop]);
-    let deadline = Instant::now() + PATIENCE;
+    let deadline = Instant::now() + patience();
     while accepted.load(std::sync::atomic::Ordering::SeqCst) == 0
         || std::fs::read_dir(&marks).map(|d| d.count()).unwrap_or(0) == 0
     {
@@ -616,7 +616,7 @@ fn denied_operations_stay_denied_while_the_agent_is_killed_restarted_and_replace
             .unwrap_or(0)
     };
     let wait_more_denied = |d: &Daemon, than: u64| -> u64 {
-        let deadline = Instant::now() + PATIENCE;
+        let deadline = Instant::now() + patience();
         loop {
             let n = denied(d);
             if n > than + 20 {

@@ -297,7 +297,7 @@ fn foreign_sigcont(pid: u32) {
 }
 
 fn wait_repaused(h: &mut Harness, at_least: u64) {
-    let deadline = std::time::Instant::now() + latch_tests::PATIENCE;
+    let deadline = std::time::Instant::now() + latch_tests::patience();
     while repaused(h) < at_least {
         assert!(std::time::Instant::now() < deadline, "never paused again");
         std::thread::sleep(Duration::from_millis(5));
