@@ -368,11 +368,24 @@ fn bad_rules_on_reload_leave_the_rules_in_force_and_stop_releases_by_fail_mode()
     .expect("SIGHUP");
     let deadline = Instant::now() + patience();
     let child = loop {
-        let child = spawn_in(&cg.path, &probe(), &["connect", &target]);
+        let mut child = spawn_in(&cg.path, &probe(), &["connect", &target]);
         let pid = child.id();
-        // Until the reload lands the old deny answers at once.
-        std::thread::sleep(Duration::from_millis(100));
-        if latch_tests::state(pid) == Some('T') {
+        // Until the reload lands the old deny answers at once; after it, the call is held. Which
+        // one happened is known only once the probe has either ended or stopped.
+        let held = loop {
+            if latch_tests::state(pid) == Some('T') {
+                break true;
+            }
+            if child.try_wait().ok().flatten().is_some() {
+                break false;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "probe {pid} neither ended nor stopped"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        if held {
             break child;
         }
         let _ = outcome(child);
