@@ -5,10 +5,12 @@
 //! - `test`: set up, check formatting and lints, and run every test, the kernel tests included
 //!   (they need root; without it they fail unless `LATCH_SKIP_PRIVILEGED=1`).
 //! - `run`: run the product on this host with the example rules.
+//! - `vmtest`: run the privileged suites on Debian's kernels in VMs (also the end of `test`).
 //!
 //! It owns no product logic: it only prepares the machine and calls cargo and the binaries.
 
 mod setup;
+mod vm;
 
 use std::{path::PathBuf, process::Command};
 
@@ -68,6 +70,9 @@ enum Cmd {
         #[arg(long, default_value = "examples/rules.yaml")]
         rules: PathBuf,
     },
+    /// Run the privileged suites on Debian's kernels (6.1, 6.12; arm64 boot check) in VMs, with
+    /// BPF LSM on and off, and print the matrix (needs root; installs qemu and virtme-ng).
+    Vmtest(vm::Args),
 }
 
 fn root() -> PathBuf {
@@ -126,6 +131,7 @@ fn main() -> Result<()> {
             run(&mut c)
         }
         Cmd::Run { rules } => run_product(&rules),
+        Cmd::Vmtest(args) => vm::vmtest(&args),
     }
 }
 
@@ -323,5 +329,9 @@ fn test(no_lint: bool, cargo_args: &[String]) -> Result<()> {
     if !cargo_args.is_empty() {
         t.arg("--").args(cargo_args);
     }
-    run(&mut t)
+    // The kernel matrix runs even when a native test failed: both results are worth having.
+    let native = run(&mut t);
+    let matrix = vm::from_test();
+    native?;
+    matrix
 }
