@@ -580,7 +580,9 @@ fn denied_operations_stay_denied_while_the_agent_is_killed_restarted_and_replace
     let _ = std::fs::remove_dir_all(&marks);
     std::fs::create_dir_all(&marks).expect("mkdir");
     let exec_loop = format!(
-        "i=0; while :; do i=$((i+1)); /usr/bin/touch {}/m$i 2>/dev/null; done",
+        // A pause between attempts keeps an emulated two-CPU guest able to answer the status
+        // polls; the loop still runs through every moment without an agent.
+        "i=0; while :; do i=$((i+1)); /usr/bin/touch {}/m$i 2>/dev/null; sleep 0.01; done",
         marks.display()
     );
     let connect_loop = ["connect-loop", &format!("127.0.0.1:{port}")];
