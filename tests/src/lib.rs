@@ -278,20 +278,7 @@ impl Harness {
 
     /// Waits until the kernel holds an operation of process `pid`.
     pub fn wait_pending(&mut self, pid: u32) -> PendingOp {
-        let deadline = Instant::now() + patience();
-        loop {
-            let found = self
-                .engine()
-                .pending()
-                .expect("pending")
-                .into_iter()
-                .find(|p| p.tgid == pid);
-            if let Some(p) = found {
-                return p;
-            }
-            assert!(Instant::now() < deadline, "process {pid} was never held");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        self.wait_pending_where(&format!("process {pid}"), |p| p.tgid == pid)
     }
 
     /// Waits until the kernel holds an operation that satisfies `pred` (for a process the test

@@ -118,17 +118,8 @@ pub fn attach_all(
     };
 
     // The stop at the system call's exit goes in before the socket hooks that rely on it.
-    let name = "held";
-    let prog: &mut TracePoint = program(ebpf, name)?;
-    prog.load().map_err(prog_err(name))?;
     for &(pin, tp) in SYSCALL_EXITS {
-        let id = prog.attach("syscalls", tp).map_err(prog_err(name))?;
-        let link: FdLink = prog
-            .take_link(id)
-            .map_err(prog_err(name))?
-            .try_into()
-            .map_err(link_err(name))?;
-        p.keep(link, pin)?;
+        p.keep(tracepoint(ebpf, "held", "syscalls", tp)?, pin)?;
     }
 
     let root = File::open(cgroup_root).map_err(|e| EngineError::Cgroup {
@@ -168,17 +159,7 @@ pub fn attach_all(
             p.keep(link, "exec-lsm")?;
         }
         Backend::Tracepoint => {
-            let name = "exec";
-            let prog: &mut TracePoint = program(ebpf, name)?;
-            prog.load().map_err(prog_err(name))?;
-            let id = prog
-                .attach("sched", "sched_process_exec")
-                .map_err(prog_err(name))?;
-            let link: FdLink = prog
-                .take_link(id)
-                .map_err(prog_err(name))?
-                .try_into()
-                .map_err(link_err(name))?;
+            let link = tracepoint(ebpf, "exec", "sched", "sched_process_exec")?;
             p.keep(link, "exec")?;
             let name = "gate";
             let prog: &mut RawTracePoint = program(ebpf, name)?;
@@ -189,23 +170,32 @@ pub fn attach_all(
         }
     }
 
-    let name = "exit";
-    let prog: &mut TracePoint = program(ebpf, name)?;
-    prog.load().map_err(prog_err(name))?;
-    let id = prog
-        .attach("sched", "sched_process_exit")
-        .map_err(prog_err(name))?;
-    let link: FdLink = prog
-        .take_link(id)
-        .map_err(prog_err(name))?
-        .try_into()
-        .map_err(link_err(name))?;
+    let link = tracepoint(ebpf, "exit", "sched", "sched_process_exit")?;
     p.keep(link, "exit")?;
 
     if can_pin {
         remove_unused_pins(link_dir, &p.out.hooks);
     }
     Ok(p.out)
+}
+
+/// Attaches the tracepoint program `name` (loaded on first use; one program may serve several
+/// tracepoints) to `category:tp`.
+fn tracepoint(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    category: &str,
+    tp: &str,
+) -> Result<FdLink, EngineError> {
+    let prog: &mut TracePoint = program(ebpf, name)?;
+    if prog.fd().is_err() {
+        prog.load().map_err(prog_err(name))?;
+    }
+    let id = prog.attach(category, tp).map_err(prog_err(name))?;
+    prog.take_link(id)
+        .map_err(prog_err(name))?
+        .try_into()
+        .map_err(link_err(name))
 }
 
 /// Removes pins of hooks the new agent does not use (the other exec backend's), which detaches
