@@ -124,7 +124,14 @@ impl Daemon {
             nix::unistd::Pid::from_raw(self.child.id() as i32),
             nix::sys::signal::Signal::SIGTERM,
         );
-        let _ = self.child.wait();
+        let deadline = Instant::now() + patience();
+        while self.child.try_wait().ok().flatten().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "the agent did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
         self.kill9_and_restart();
     }
 
@@ -622,12 +629,21 @@ fn denied_operations_stay_denied_while_the_agent_is_killed_restarted_and_replace
     );
     let mut a = spawn_in(&cg.path, &probe_path, &connect_loop);
     let mut b = spawn_in(&cg.path, sh, &["-c", &exec_loop]);
+    // Denials as the kernel counts them, read from the pinned counters map: while no agent runs
+    // (and while a new one starts) there is nobody to ask.
     let denied = |d: &Daemon| -> u64 {
-        let v = d.wait_status("counters", |v| v["counters"].is_array());
-        v["counters"]
-            .as_array()
-            .and_then(|a| a.iter().find(|p| p[0] == "denied"))
-            .and_then(|p| p[1].as_u64())
+        let pin = d.pin_dir.join("maps").join(agent_common::maps::COUNTERS);
+        let Ok(data) = aya::maps::MapData::from_pin(&pin) else {
+            return 0;
+        };
+        let Ok(counters) =
+            aya::maps::PerCpuArray::<_, u64>::try_from(aya::maps::Map::PerCpuArray(data))
+        else {
+            return 0;
+        };
+        counters
+            .get(&(agent_common::Counter::Denied as u32), 0)
+            .map(|v| v.iter().sum())
             .unwrap_or(0)
     };
     let wait_more_denied = |d: &Daemon, than: u64| -> u64 {
