@@ -8,7 +8,7 @@
 //!   `sys_enter` gate stops it again if anyone but the agent resumes it.
 
 use agent_common::{
-    event_flags, fingerprint, pending_state, Action, Op, Outcome, RuleRef, PATH_CAP, RESOLVE_RULE,
+    event_flags, fingerprint, pending_state, Action, Op, RuleRef, PATH_CAP, RESOLVE_RULE,
 };
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes},
@@ -58,20 +58,17 @@ pub fn on_exec(ctx: &TracePointContext) {
     if action == Action::Allow as u8 {
         return;
     }
-    let target = start_event(s, len, truncated, 0);
-    let ev = &mut s.event;
-    let verdict = if action == Action::Audit as u8 {
-        bump(Counter::Audited);
-        subject.report(ev, Outcome::Audited, action, rule_id);
-        Verdict::Allow
-    } else if action == Action::Approve as u8 {
-        let how = Hold::StopNow { restarts: false };
-        pause::request(&subject, ev, Op::Exec, rule_id, target, &mut None, how)
-    } else {
-        bump(Counter::Denied);
-        subject.report(ev, Outcome::Denied, action, rule_id);
-        Verdict::Deny
-    };
+    start_event(s, len, truncated, 0);
+    let how = Hold::StopNow { restarts: false };
+    let verdict = pause::by_rule(
+        &subject,
+        &mut s.event,
+        Op::Exec,
+        rule_id,
+        action,
+        &mut None,
+        how,
+    );
     if verdict == Verdict::Deny {
         // The exec has already happened: the new image dies before its first instruction.
         pause::kill_current();
@@ -111,21 +108,18 @@ pub fn on_bprm_check(ctx: &LsmContext) -> i32 {
         return lsm_verdict(v);
     }
     let (rule_id, action) = lookup(s, watch.workload, watch.default_action, len, truncated);
-    let ev = &mut s.event;
-    let verdict = if action == Action::Allow as u8 {
-        Verdict::Allow
-    } else if action == Action::Audit as u8 {
-        bump(Counter::Audited);
-        subject.report(ev, Outcome::Audited, action, rule_id);
-        Verdict::Allow
-    } else if action == Action::Approve as u8 {
-        pause::request(&subject, ev, Op::Exec, rule_id, target, &mut None, how)
-    } else {
-        bump(Counter::Denied);
+    if action == Action::Deny as u8 {
         bump(Counter::ExecRefused);
-        subject.report(ev, Outcome::Denied, action, rule_id);
-        Verdict::Deny
-    };
+    }
+    let verdict = pause::by_rule(
+        &subject,
+        &mut s.event,
+        Op::Exec,
+        rule_id,
+        action,
+        &mut None,
+        how,
+    );
     lsm_verdict(verdict)
 }
 

@@ -1,8 +1,7 @@
 //! The network hooks: `connect()` and `sendmsg()` with an explicit destination, IPv4 and IPv6.
 
 use agent_common::{
-    family, fingerprint, proto, Action, Net4Data, Net6Data, Op, Outcome, PortRules, ERESTARTNOINTR,
-    PORT_RULES_CAP,
+    family, fingerprint, proto, Net4Data, Net6Data, Op, PortRules, ERESTARTNOINTR, PORT_RULES_CAP,
 };
 use aya_ebpf::{
     helpers::{bpf_get_socket_cookie, bpf_set_retval},
@@ -10,7 +9,6 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 
-use crate::counters::{bump, Counter};
 use crate::maps::{NET4_RULES, NET6_RULES};
 use crate::pause::{self, Hold, Subject, Verdict};
 use crate::{scope, scratch};
@@ -80,29 +78,16 @@ pub fn check(ctx: &SockAddrContext, op: Op, fam: u8) -> i32 {
         lookup6(watch.workload, &addr, port, protocol)
     };
     let (rule_id, action) = hit.unwrap_or((0, watch.default_action));
-    let verdict = if action == Action::Allow as u8 {
-        Verdict::Allow
-    } else if action == Action::Audit as u8 {
-        bump(Counter::Audited);
-        subject.report(ev, Outcome::Audited, action, rule_id);
-        Verdict::Allow
-    } else if action == Action::Approve as u8 {
-        let v = pause::request(
-            &subject,
-            ev,
-            op,
-            rule_id,
-            target,
-            &mut allowed_by,
-            Hold::AtSyscallExit,
-        );
-        return finish_granted(ctx, op, v, allowed_by);
-    } else {
-        bump(Counter::Denied);
-        subject.report(ev, Outcome::Denied, action, rule_id);
-        Verdict::Deny
-    };
-    finish(verdict)
+    let v = pause::by_rule(
+        &subject,
+        ev,
+        op,
+        rule_id,
+        action,
+        &mut allowed_by,
+        Hold::AtSyscallExit,
+    );
+    finish_granted(ctx, op, v, allowed_by)
 }
 
 /// As [`finish`], and a connection a grant let through is recorded against that grant, so that

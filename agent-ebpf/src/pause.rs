@@ -217,6 +217,35 @@ fn unpausable(comm: &[u8; 16]) -> bool {
     comm[0] == b'i' && comm[1] == b'o' && comm[2] == b'u' && comm[3] == b'-'
 }
 
+/// What a rule's action (or the workload's default) makes of an operation: let through,
+/// recorded, refused, or handed to [`request`] for approval. The one place every hook turns an
+/// action into a verdict.
+#[inline(always)]
+pub fn by_rule(
+    s: &Subject,
+    ev: &mut Event,
+    op: Op,
+    rule_id: u32,
+    action: u8,
+    allowed_by: &mut Option<GrantKey>,
+    how: Hold,
+) -> Verdict {
+    if action == Action::Allow as u8 {
+        Verdict::Allow
+    } else if action == Action::Audit as u8 {
+        bump(Counter::Audited);
+        s.report(ev, Outcome::Audited, action, rule_id);
+        Verdict::Allow
+    } else if action == Action::Approve as u8 {
+        let target = ev.target;
+        request(s, ev, op, rule_id, target, allowed_by, how)
+    } else {
+        bump(Counter::Denied);
+        s.report(ev, Outcome::Denied, action, rule_id);
+        Verdict::Deny
+    }
+}
+
 /// An operation that needs approval: a grant, the fail mode, or a pause. `allowed_by` receives
 /// the grant that let it through, if one did.
 #[inline(always)]
