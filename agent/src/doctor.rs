@@ -59,7 +59,9 @@ pub struct Facts {
     pub lsm_list: Option<String>,
     /// The LSM probe's findings.
     pub lsm: probe::LsmProbe,
-    /// Whether the programs loaded and attached (the error when not).
+    /// Whether the programs loaded and attached (the error when not); `"ok"` or the error in
+    /// the report.
+    #[serde(serialize_with = "ok_or_error")]
     pub load: Result<(), String>,
     /// The exec backend chosen.
     pub backend: Option<Backend>,
@@ -86,31 +88,21 @@ impl Default for Facts {
     }
 }
 
-/// The whole report.
+fn ok_or_error<S: serde::Serializer>(r: &Result<(), String>, s: S) -> Result<S::Ok, S::Error> {
+    match r {
+        Ok(()) => s.serialize_str("ok"),
+        Err(e) => s.serialize_str(e),
+    }
+}
+
+/// The whole report: the facts, and what follows from them.
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
-    /// `uname -r`.
-    pub kernel: String,
-    /// Machine architecture.
-    pub arch: String,
-    /// Where cgroup v2 is mounted.
-    pub cgroup2: Option<PathBuf>,
-    /// Whether the kernel publishes BTF.
-    pub btf: bool,
-    /// Active LSM list.
-    pub lsm_list: Option<String>,
-    /// BPF LSM: loads, attaches, runs.
-    pub lsm: probe::LsmProbe,
-    /// `"ok"`, or why the programs did not load.
-    pub load: String,
-    /// Exec backend chosen (`lsm` or `tracepoint`).
-    pub backend: Option<Backend>,
+    /// What was found.
+    #[serde(flatten)]
+    pub facts: Facts,
     /// How a held network call is stopped.
     pub hold: &'static str,
-    /// Whether the hooks outlive the agent.
-    pub links_pinned: bool,
-    /// Hooks attached.
-    pub hooks: Vec<String>,
     /// Verdict per guarantee.
     pub guarantees: Vec<Guarantee>,
     /// The worst verdict.
@@ -234,20 +226,8 @@ pub fn judge(f: Facts) -> Report {
         .max()
         .unwrap_or(Verdict::Unsupported);
     Report {
-        kernel: f.kernel,
-        arch: f.arch,
-        cgroup2: f.cgroup2,
-        btf: f.btf,
-        lsm_list: f.lsm_list,
-        lsm: f.lsm,
-        load: match &f.load {
-            Ok(()) => "ok".into(),
-            Err(e) => e.clone(),
-        },
-        backend: f.backend,
+        facts: f,
         hold: "socket hook records, system-call exit stops (SIGSTOP), call restarts",
-        links_pinned: f.links_pinned,
-        hooks: f.hooks,
         guarantees: g,
         verdict,
     }

@@ -377,35 +377,39 @@ fn print_doctor(r: &latch_agent::doctor::Report, json: bool) {
         println!("{}", serde_json::to_string_pretty(r).unwrap_or_default());
         return;
     }
+    let f = &r.facts;
     let mut t = Table::new();
     t.load_preset(NOTHING);
     let opt = |v: Option<String>| v.unwrap_or_else(|| "?".into());
     let lsm = format!(
         "loads {}, attaches {}, runs {}{}",
-        r.lsm.loads,
-        r.lsm.attaches,
-        r.lsm.runs,
-        r.lsm
+        f.lsm.loads,
+        f.lsm.attaches,
+        f.lsm.runs,
+        f.lsm
             .reason
             .as_ref()
             .map(|w| format!(" ({w})"))
             .unwrap_or_default()
     );
     for (k, v) in [
-        ("kernel", r.kernel.clone()),
-        ("architecture", r.arch.clone()),
+        ("kernel", f.kernel.clone()),
+        ("architecture", f.arch.clone()),
         (
             "cgroup v2",
-            opt(r.cgroup2.as_ref().map(|p| p.display().to_string())),
+            opt(f.cgroup2.as_ref().map(|p| p.display().to_string())),
         ),
-        ("BTF", r.btf.to_string()),
-        ("active LSMs", opt(r.lsm_list.clone())),
+        ("BTF", f.btf.to_string()),
+        ("active LSMs", opt(f.lsm_list.clone())),
         ("BPF LSM", lsm),
-        ("programs", r.load.clone()),
-        ("exec backend", opt(r.backend.map(|b| b.to_string()))),
+        (
+            "programs",
+            f.load.clone().err().unwrap_or_else(|| "ok".into()),
+        ),
+        ("exec backend", opt(f.backend.map(|b| b.to_string()))),
         ("network hold", r.hold.to_string()),
-        ("links pinned", r.links_pinned.to_string()),
-        ("hooks", r.hooks.join(" ")),
+        ("links pinned", f.links_pinned.to_string()),
+        ("hooks", f.hooks.join(" ")),
     ] {
         t.add_row([k.to_string(), sanitize(&v)]);
     }

@@ -273,6 +273,11 @@ mod tests {
         // 3: struct outer, kind_flag set: a at 0, the union at 64 bits, c:3 at 128 bits
         types.extend([s("outer"), (1 << 31) | (KIND_STRUCT << 24) | 3, 24]);
         types.extend([s("a"), 1, 0, 0, 2, 64, s("c"), 1, (3 << 24) | 128]);
+        assemble(&types, &strings)
+    }
+
+    /// A BTF blob: the header, then the type records (as 32-bit words), then the strings.
+    fn assemble(types: &[u32], strings: &[u8]) -> Vec<u8> {
         let types: Vec<u8> = types.iter().flat_map(|w| w.to_ne_bytes()).collect();
         let mut out = Vec::new();
         out.extend(MAGIC.to_ne_bytes());
@@ -355,22 +360,7 @@ mod tests {
         for _ in 0..n {
             types.extend([0, 1, 0]);
         }
-        let types: Vec<u8> = types.iter().flat_map(|w| w.to_ne_bytes()).collect();
-        let mut blob = Vec::new();
-        blob.extend(MAGIC.to_ne_bytes());
-        blob.extend([1u8, 0]);
-        for w in [
-            24u32,
-            0,
-            types.len() as u32,
-            types.len() as u32,
-            strings.len() as u32,
-        ] {
-            blob.extend(w.to_ne_bytes());
-        }
-        blob.extend(types);
-        blob.extend(strings);
-        let btf = Btf::parse(blob).expect("parses");
+        let btf = Btf::parse(assemble(&types, &strings)).expect("parses");
         assert!(matches!(
             btf.member_offset("loop", "x"),
             Err(BtfError::NoMember { .. })
