@@ -194,6 +194,29 @@ pub struct ExecExactKey {
     pub path: [u8; PATH_CAP],
 }
 
+/// Key of [`EXEC_FILES`](maps::EXEC_FILES): one workload, one program file by identity (the
+/// device of its file system, in the kernel's `dev_t` encoding, and its inode number), so that
+/// every name, link, mount and file descriptor of the file is the same program.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ExecFileKey {
+    /// Workload id.
+    pub workload: u32,
+    /// `inode->i_sb->s_dev`: major in the high 12 bits, minor in the low 20.
+    pub dev: u32,
+    /// `inode->i_ino`.
+    pub ino: u64,
+}
+
+impl ExecFileKey {
+    /// The kernel's `dev_t` for a user-space `st_dev` (glibc's encoding).
+    pub fn kernel_dev(st_dev: u64) -> u32 {
+        let major = ((st_dev >> 8) & 0xfff) | ((st_dev >> 32) & !0xfff);
+        let minor = (st_dev & 0xff) | ((st_dev >> 12) & !0xff);
+        ((major << 20) | (minor & 0xf_ffff)) as u32
+    }
+}
+
 /// Data part of the LPM-trie key of [`EXEC_PREFIX`](maps::EXEC_PREFIX).
 ///
 /// The workload id is stored big-endian first so that "workload + path prefix" is one bit prefix.
@@ -483,6 +506,11 @@ pub enum Counter {
     ExecRefused = 19,
     /// A kernel field located through BTF could not be read.
     FieldUnreadable = 20,
+    /// A held exec ran a system call before its decision (resumed by someone other than the
+    /// agent, or by a tracer) and was killed (tracepoint backend).
+    ResumeKilled = 21,
+    /// The identity of an executed file could not be read; only its path was matched.
+    FileUnreadable = 22,
 }
 
 /// Number of slots in [`COUNTERS`](maps::COUNTERS).
@@ -498,6 +526,7 @@ size_check! {
     Watch => 8,
     RuleRef => 8,
     ExecExactKey => 256,
+    ExecFileKey => 16,
     ExecPrefixData => 252,
     Net4Data => 8,
     Net6Data => 20,
@@ -512,7 +541,7 @@ size_check! {
 
 // The LPM trie key (u32 prefix length + data) must fit the kernel's 256-byte data limit.
 const _: () = assert!(core::mem::size_of::<ExecPrefixData>() <= 256);
-const _: () = assert!((COUNTER_SLOTS as usize) > Counter::FieldUnreadable as usize);
+const _: () = assert!((COUNTER_SLOTS as usize) > Counter::FileUnreadable as usize);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -522,6 +551,7 @@ mod pod {
     unsafe impl aya::Pod for Watch {}
     unsafe impl aya::Pod for RuleRef {}
     unsafe impl aya::Pod for ExecExactKey {}
+    unsafe impl aya::Pod for ExecFileKey {}
     unsafe impl aya::Pod for ExecPrefixData {}
     unsafe impl aya::Pod for Net4Data {}
     unsafe impl aya::Pod for Net6Data {}

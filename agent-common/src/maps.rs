@@ -9,6 +9,8 @@ pub const WATCHED: &str = "WATCHED";
 pub const EXEC_EXACT: &str = "EXEC_EXACT";
 /// Exec rules by path prefix (LPM trie): [`ExecPrefixData`](crate::ExecPrefixData) → [`RuleRef`](crate::RuleRef).
 pub const EXEC_PREFIX: &str = "EXEC_PREFIX";
+/// Exec rules matched on the identity of the executed file (device and inode), per workload.
+pub const EXEC_FILES: &str = "EXEC_FILES";
 /// IPv4 destination rules (LPM trie): [`Net4Data`](crate::Net4Data) → [`PortRules`](crate::PortRules).
 pub const NET4_RULES: &str = "NET4_RULES";
 /// IPv6 destination rules (LPM trie): [`Net6Data`](crate::Net6Data) → [`PortRules`](crate::PortRules).
@@ -36,6 +38,7 @@ pub const ALL: &[&str] = &[
     WATCHED,
     EXEC_EXACT,
     EXEC_PREFIX,
+    EXEC_FILES,
     NET4_RULES,
     NET6_RULES,
     PENDING,
@@ -53,6 +56,7 @@ pub const PINNED: &[&str] = &[
     WATCHED,
     EXEC_EXACT,
     EXEC_PREFIX,
+    EXEC_FILES,
     NET4_RULES,
     NET6_RULES,
     PENDING,

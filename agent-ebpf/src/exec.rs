@@ -8,7 +8,8 @@
 //!   `sys_enter` gate stops it again if anyone but the agent resumes it.
 
 use agent_common::{
-    event_flags, fingerprint, pending_state, Action, Op, RuleRef, PATH_CAP, RESOLVE_RULE,
+    event_flags, fingerprint, pending_state, Action, ExecFileKey, Op, RuleRef, PATH_CAP,
+    RESOLVE_RULE,
 };
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes},
@@ -17,7 +18,8 @@ use aya_ebpf::{
 };
 
 use crate::counters::{bump, Counter};
-use crate::maps::{EXEC_EXACT, EXEC_PREFIX, PENDING};
+use crate::identity::{self, FileId};
+use crate::maps::{EXEC_EXACT, EXEC_FILES, EXEC_PREFIX, PENDING};
 use crate::pause::{self, Hold, Subject, Verdict};
 use crate::scratch::Scratch;
 use crate::{kconf, scope, scratch};
@@ -54,11 +56,13 @@ pub fn on_exec(ctx: &TracePointContext) {
     };
     let len = read_path(s, src);
     let subject = Subject::current(cgroup, watch);
-    let (rule_id, action) = lookup(s, watch.workload, watch.default_action, len, truncated);
+    // The image now in place: for a script, its (last) interpreter.
+    let file = identity::of_current_image();
+    let (rule_id, action) = lookup(s, watch.workload, watch.default_action, len, truncated, file);
     if action == Action::Allow as u8 {
         return;
     }
-    start_event(s, len, truncated, 0);
+    start_event(s, len, truncated, 0, file);
     let how = Hold::StopNow { restarts: false };
     let verdict = pause::by_rule(
         &subject,
@@ -100,14 +104,17 @@ pub fn on_bprm_check(ctx: &LsmContext) -> i32 {
     // The helper stops at PATH_CAP - 1 bytes: a path that long may have been cut.
     let truncated = len >= PATH_CAP - 1;
     let subject = Subject::current(cgroup, watch);
-    let target = start_event(s, len, truncated, event_flags::BEFORE_EXEC);
+    // This hook runs once per level of the exec: for a script, once for the script and once for
+    // each interpreter, with `bprm->file` the file of that level (the name stays the script's).
+    let file = identity::of_bprm(bprm);
+    let asked = start_event(s, len, truncated, event_flags::BEFORE_EXEC, file);
     let how = Hold::StopNow { restarts: true };
     let ev = &mut s.event;
-    // An exec held earlier runs again after the decision: consume it.
-    if let Some(v) = pause::resume(&subject, ev, Op::Exec, target, &mut None, how) {
+    // An exec held earlier runs again after the decision: consume it at the level that was held.
+    if let Some(v) = pause::resume(&subject, ev, Op::Exec, asked, &mut None, how) {
         return lsm_verdict(v);
     }
-    let (rule_id, action) = lookup(s, watch.workload, watch.default_action, len, truncated);
+    let (rule_id, action) = lookup(s, watch.workload, watch.default_action, len, truncated, file);
     if action == Action::Deny as u8 {
         bump(Counter::ExecRefused);
     }
@@ -154,10 +161,27 @@ fn read_path(s: &mut Scratch, src: *const u8) -> usize {
     len
 }
 
-/// The rule for the path in the scratch key: a relative path is held for the agent to resolve,
-/// then the exact map, then the longest prefix, then the workload's default.
+/// The rule for the exec: the file's identity first (every name of a program the rules name),
+/// then, for a file the rules do not name, its path: a relative path is held for the agent to
+/// resolve, then the exact map, then the longest prefix, then the workload's default.
 #[inline(always)]
-fn lookup(s: &mut Scratch, workload: u32, default: u8, len: usize, truncated: bool) -> (u32, u8) {
+fn lookup(
+    s: &mut Scratch,
+    workload: u32,
+    default: u8,
+    len: usize,
+    truncated: bool,
+    file: FileId,
+) -> (u32, u8) {
+    let (dev, ino) = file;
+    if ino != 0 {
+        let key = ExecFileKey { workload, dev, ino };
+        if let Some(r) = EXEC_FILES.get_ptr(&key) {
+            // SAFETY: map value pointer from lookup.
+            let r = unsafe { *r };
+            return (r.rule_id, r.action);
+        }
+    }
     s.exact.workload = workload;
     s.exact.len = len as u32;
     // A relative path (`./curl`) names a program only together with the working directory;
@@ -186,9 +210,16 @@ fn lookup(s: &mut Scratch, workload: u32, default: u8, len: usize, truncated: bo
     }
 }
 
-/// Starts the exec event from the scratch path; returns the target fingerprint.
+/// Starts the exec event from the scratch path; returns what this level of the exec asks for
+/// (the path's fingerprint with the file's identity folded in).
 #[inline(always)]
-fn start_event(s: &mut Scratch, len: usize, truncated: bool, flags: u8) -> u64 {
+fn start_event(
+    s: &mut Scratch,
+    len: usize,
+    truncated: bool,
+    flags: u8,
+    file: FileId,
+) -> u64 {
     let ev = &mut s.event;
     pause::clear(ev);
     ev.op = Op::Exec as u8;
@@ -199,16 +230,22 @@ fn start_event(s: &mut Scratch, len: usize, truncated: bool, flags: u8) -> u64 {
     }
     let target = fingerprint::path(&s.exact.path, len);
     ev.target = target;
-    // The path as given, kept in the entry: a held exec that restarts is recognised by it even
+    let asked = if file.1 != 0 {
+        fingerprint::file(target, file.0, file.1)
+    } else {
+        target
+    };
+    // What was asked, kept in the entry: a held exec that restarts is recognised by it even
     // after the agent pointed the entry at the program a relative path resolved to.
-    ev.addr[..8].copy_from_slice(&target.to_ne_bytes());
-    target
+    ev.addr[..8].copy_from_slice(&asked.to_ne_bytes());
+    asked
 }
 
 /// Raw `sys_enter` (tracepoint backend): a task whose exec is still waiting got resumed by
-/// someone other than the agent (the agent removes the entry before it sends SIGCONT). Stop it
-/// again before this system call returns to user space, or apply the fail mode if the agent is
-/// gone.
+/// someone other than the agent (the agent removes the entry before it sends SIGCONT), or by a
+/// tracer that swallowed the stop. Stopping it again here would come too late for this system
+/// call, which runs before any signal is delivered, so the task is ended instead and that is
+/// recorded; if the agent is gone, the fail mode decides.
 pub fn on_syscall() {
     let tid = bpf_get_current_pid_tgid() as u32;
     let Some(p) = PENDING.get_ptr(&tid) else {
@@ -223,6 +260,8 @@ pub fn on_syscall() {
         return;
     }
     let Some(s) = scratch::get() else {
+        // Nothing to report with, but the task still must not go on.
+        pause::kill_current();
         return;
     };
     let watch = agent_common::Watch {
@@ -236,8 +275,7 @@ pub fn on_syscall() {
     ev.op = Op::Exec as u8;
     ev.target = p.target;
     ev.created_ns = p.created_ns;
-    let how = Hold::StopNow { restarts: false };
-    if pause::hold_again(&subject, ev, p.rule_id, how) == Verdict::Deny {
+    if pause::resumed_without_decision(&subject, ev, p.rule_id) == Verdict::Deny {
         pause::kill_current();
     }
 }

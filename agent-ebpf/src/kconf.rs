@@ -26,3 +26,66 @@ pub fn sys_exit_ret_offset() -> usize {
 pub fn bprm_filename_offset() -> usize {
     read(&BPRM_FILENAME_OFF) as usize
 }
+
+/// 1 when the offsets below were all found in this kernel's BTF, so the programs can read the
+/// identity (device, inode) of the file being executed; 0 leaves exec matching to paths.
+#[unsafe(no_mangle)]
+static FILE_ID_ON: u32 = 0;
+
+/// `struct linux_binprm`.`file` (`struct file *`): the file this level of the exec runs (the
+/// script, then its interpreter).
+#[unsafe(no_mangle)]
+static BPRM_FILE_OFF: u32 = 0;
+
+/// `struct file`.`f_inode`.
+#[unsafe(no_mangle)]
+static FILE_INODE_OFF: u32 = 0;
+
+/// `struct inode`.`i_ino`.
+#[unsafe(no_mangle)]
+static INODE_INO_OFF: u32 = 0;
+
+/// `struct inode`.`i_sb`.
+#[unsafe(no_mangle)]
+static INODE_SB_OFF: u32 = 0;
+
+/// `struct super_block`.`s_dev`.
+#[unsafe(no_mangle)]
+static SB_DEV_OFF: u32 = 0;
+
+/// `struct task_struct`.`mm`.
+#[unsafe(no_mangle)]
+static TASK_MM_OFF: u32 = 0;
+
+/// `struct mm_struct`.`exe_file`: the file the task's current image came from.
+#[unsafe(no_mangle)]
+static MM_EXE_FILE_OFF: u32 = 0;
+
+/// Offsets for reading a file's identity.
+#[derive(Clone, Copy)]
+pub struct FileOffsets {
+    pub bprm_file: usize,
+    pub file_inode: usize,
+    pub inode_ino: usize,
+    pub inode_sb: usize,
+    pub sb_dev: usize,
+    pub task_mm: usize,
+    pub mm_exe_file: usize,
+}
+
+/// The offsets, or `None` where this kernel's BTF did not give them all.
+#[inline(always)]
+pub fn file_offsets() -> Option<FileOffsets> {
+    if read(&FILE_ID_ON) == 0 {
+        return None;
+    }
+    Some(FileOffsets {
+        bprm_file: read(&BPRM_FILE_OFF) as usize,
+        file_inode: read(&FILE_INODE_OFF) as usize,
+        inode_ino: read(&INODE_INO_OFF) as usize,
+        inode_sb: read(&INODE_SB_OFF) as usize,
+        sb_dev: read(&SB_DEV_OFF) as usize,
+        task_mm: read(&TASK_MM_OFF) as usize,
+        mm_exe_file: read(&MM_EXE_FILE_OFF) as usize,
+    })
+}

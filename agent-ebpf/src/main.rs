@@ -12,11 +12,12 @@
 //!   recorded and failed with `-ERESTARTNOINTR`.
 //! - `held`: `syscalls:sys_exit_{connect,sendto,sendmsg,sendmmsg}`; stops a thread whose call a
 //!   socket hook held and tells the agent (socket hooks may not send signals on most kernels).
-//! - `exec_lsm`: BPF LSM `bprm_check_security` (LSM backend): exec decided before it happens.
+//! - `exec_lsm`: BPF LSM `bprm_check_security` (LSM backend): exec decided before it happens,
+//!   at every level of an interpreter chain, by the identity of the file and then its path.
 //! - `exec`: `sched:sched_process_exec` (tracepoint backend): the new image of a watched task,
 //!   before its first instruction.
-//! - `gate`: raw `sys_enter` (tracepoint backend only); stops again a held exec whose task was
-//!   resumed by someone other than the agent.
+//! - `gate`: raw `sys_enter` (tracepoint backend only); ends a held exec whose task was resumed
+//!   by someone other than the agent before its first system call takes effect.
 //! - `exit`: `sched:sched_process_exit`; drops the pending entry of a task that went away.
 //! - `probe_lsm`: attached for a moment at start-up to learn whether BPF LSM programs really
 //!   run here (they load and attach even where `bpf` is missing from `lsm=`, and then never run).
@@ -28,6 +29,7 @@
 
 mod counters;
 mod exec;
+mod identity;
 mod kconf;
 mod maps;
 mod net;

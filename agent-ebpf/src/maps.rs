@@ -6,7 +6,7 @@
 //! pinned by name under the agent's bpffs directory.
 
 use agent_common::{
-    ExecExactKey, ExecPrefixData, Grant, GrantKey, Heartbeat, Net4Data, Net6Data, Pending,
+    ExecExactKey, ExecFileKey, ExecPrefixData, Grant, GrantKey, Heartbeat, Net4Data, Net6Data, Pending,
     PortRules, RuleRef, Watch, COUNTER_SLOTS,
 };
 use aya_ebpf::{
@@ -28,6 +28,11 @@ pub static EXEC_EXACT: HashMap<ExecExactKey, RuleRef> = HashMap::pinned(65_536, 
 /// Exec rules matched on a path prefix (`/usr/bin/ssh*`), per workload; the longest prefix wins.
 #[map(name = "EXEC_PREFIX")]
 pub static EXEC_PREFIX: LpmTrie<ExecPrefixData, RuleRef> = LpmTrie::pinned(65_536, 0);
+
+/// Exec rules matched on the identity of the executed file, per workload: looked up before the
+/// path maps, so that a rule follows the program through every name it has.
+#[map(name = "EXEC_FILES")]
+pub static EXEC_FILES: HashMap<ExecFileKey, RuleRef> = HashMap::pinned(65_536, 0);
 
 /// IPv4 destination rules per workload; the value lists port/protocol clauses, most specific
 /// first, inherited from shorter prefixes by the agent's rule compiler.

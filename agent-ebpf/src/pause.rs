@@ -347,6 +347,11 @@ pub fn resume(
     } else {
         p.target
     };
+    if p.op == Op::Exec as u8 && op == Op::Exec && held_for != target {
+        // Another level of the same exec (the script when its interpreter was held, or the
+        // other way round): the entry waits for the level it was made for.
+        return None;
+    }
     if p.op != op as u8 || held_for != target {
         // The held operation was abandoned (the thread is doing something else now); the agent
         // sees the entry go and cancels its request.
@@ -390,6 +395,22 @@ pub fn hold_again(s: &Subject, ev: &mut Event, rule_id: u32, how: Hold) -> Verdi
         error!(&(), "latch: cannot stop tid {} again", s.tid);
         Verdict::Deny
     }
+}
+
+/// A held operation ran on without its decision and cannot be stopped before its system call
+/// takes effect (a held exec's new image, resumed by someone other than the agent). With the
+/// agent gone, the fail mode decides; otherwise it is refused, counted and recorded, and its
+/// entry stays for the exit hook to report the request cancelled.
+#[inline(always)]
+pub fn resumed_without_decision(s: &Subject, ev: &mut Event, rule_id: u32) -> Verdict {
+    ev.flags |= agent_common::event_flags::REENTERED;
+    if let Some(mode) = who::stale(s.now) {
+        let _ = PENDING.remove(&s.tid);
+        return fail(s, ev, mode, Action::Approve as u8, rule_id);
+    }
+    bump(Counter::ResumeKilled);
+    s.report(ev, Outcome::FailClosed, Action::Approve as u8, rule_id);
+    Verdict::Deny
 }
 
 /// `sched_process_exit`: a thread that goes away takes its pending entry with it.

@@ -24,8 +24,14 @@ use crate::{
     events::KernelEvent,
     kernel::{Backend, Decision, Engine, EngineError, PendingOp, RequestId},
     metrics::{CounterLabel, Metrics},
+    programs,
     rules::{self, Compiled},
 };
+
+/// How often the files exec rules name are looked at again, so that a program replaced on disk
+/// (a package upgrade writes a new file and renames it over the old) is recognised by its new
+/// identity. Until then the replaced program is still matched by its path.
+pub const PROGRAM_REFRESH: Duration = Duration::from_secs(2);
 
 /// A rule set ready for the kernel: validated, compiled, globs compiled.
 #[derive(Debug)]
@@ -72,10 +78,11 @@ impl Policy {
     pub fn from_text(source: &str, text: &str) -> Result<Self, PolicyLoadError> {
         let parsed = policy::RuleSet::parse(source, text)?;
         let rules = rules::with_path_aliases(&parsed, &rules::HostPaths);
-        let compiled = rules::compile(&rules).map_err(|error| PolicyLoadError::Compile {
+        let mut compiled = rules::compile(&rules).map_err(|error| PolicyLoadError::Compile {
             source_name: source.to_string(),
             error,
         })?;
+        compiled.exec_files = programs::resolve(&rules, &compiled, &programs::HostFiles);
         let globs = rules
             .workloads
             .iter()
@@ -384,6 +391,8 @@ pub fn spawn(
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut rescans = tokio::time::interval(rescan);
         rescans.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut program_checks = tokio::time::interval(PROGRAM_REFRESH);
+        program_checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         match TreeWatch::new(&st.cgroup_root) {
             Ok(t) => st.tree = Some(t),
             Err(e) => tracing::warn!(
@@ -415,6 +424,7 @@ pub fn spawn(
                 },
                 _ = ticker.tick() => st.tick(),
                 _ = rescans.tick() => st.rescan(),
+                _ = program_checks.tick() => st.refresh_programs(),
                 change = next_change(&mut st.tree) => match change {
                     Some(c) => st.on_tree_change(c),
                     None => {
@@ -448,6 +458,34 @@ impl State {
             Err(e) => {
                 tracing::error!(source = %p.source, "rules not applied, the previous ones stay in force: {e}")
             }
+        }
+    }
+
+    /// Looks at the files the rules name again and, if one was replaced, created or removed,
+    /// puts the rule set back in force with their current identities.
+    fn refresh_programs(&mut self) {
+        let Some(p) = self.policy.clone() else { return };
+        let files = programs::resolve(&p.rules, &p.compiled, &programs::HostFiles);
+        if files == p.compiled.exec_files {
+            return;
+        }
+        let mut compiled = p.compiled.clone();
+        compiled.exec_files = files;
+        match self.engine.apply(&compiled, Some(&p.compiled)) {
+            Ok(()) => {
+                tracing::info!(
+                    source = %p.source,
+                    files = compiled.exec_files.len(),
+                    "program files named by the rules changed on disk; their new identities are in force"
+                );
+                self.policy = Some(Arc::new(Policy {
+                    source: p.source.clone(),
+                    rules: p.rules.clone(),
+                    compiled,
+                    globs: p.globs.clone(),
+                }));
+            }
+            Err(e) => tracing::error!("cannot put the new identities of program files in force: {e}"),
         }
     }
 

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use agent_common::{
-    proto, ExecExactKey, ExecPrefixData, Net4Data, Net6Data, PortRule, PortRules, RuleRef,
+    proto, ExecExactKey, ExecFileKey, ExecPrefixData, Net4Data, Net6Data, PortRule, PortRules, RuleRef,
     PATH_CAP, PORT_RULES_CAP,
 };
 use ipnet::IpNet;
@@ -43,6 +43,9 @@ pub struct Compiled {
     pub exec_exact: Vec<(ExecExactKey, RuleRef)>,
     /// `EXEC_PREFIX` entries: (prefix length in bits, data, value).
     pub exec_prefix: Vec<(u32, ExecPrefixData, RuleRef)>,
+    /// `EXEC_FILES` entries: the files the exec rules name, by identity (filled from the host's
+    /// file system by [`crate::programs::resolve`], not by [`compile`]).
+    pub exec_files: Vec<(ExecFileKey, RuleRef)>,
     /// `NET4_RULES` entries.
     pub net4: Vec<(u32, Net4Data, PortRules)>,
     /// `NET6_RULES` entries.
@@ -52,7 +55,11 @@ pub struct Compiled {
 impl Compiled {
     /// Number of map entries.
     pub fn len(&self) -> usize {
-        self.exec_exact.len() + self.exec_prefix.len() + self.net4.len() + self.net6.len()
+        self.exec_exact.len()
+            + self.exec_prefix.len()
+            + self.exec_files.len()
+            + self.net4.len()
+            + self.net6.len()
     }
 
     /// Whether there are no entries at all.

@@ -204,9 +204,15 @@ impl Harness {
         let cgroup_id = cgroups::id_of(&cgroup.path).expect("stat cgroup");
         let pin_dir = PathBuf::from("/sys/fs/bpf").join(cgroup.rel.trim_start_matches('/'));
         let text = rules_yaml.replace("{CG}", &cgroup.rel);
-        let rules =
-            policy::RuleSet::parse("test-rules.yaml", &text).unwrap_or_else(|e| panic!("{e}"));
-        let compiled = rules::compile(&rules).unwrap_or_else(|e| panic!("{e}"));
+        // The agent's own path from rules text to map entries (aliases, file identities).
+        let policy = latch_agent::engine_task::Policy::from_text("test-rules.yaml", &text)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let latch_agent::engine_task::Policy {
+            rules,
+            compiled,
+            globs,
+            ..
+        } = policy;
         let mut engine = Engine::load(EngineOptions {
             pin_dir: pin_dir.clone(),
             cgroup_root: Some(root.clone()),
@@ -218,11 +224,6 @@ impl Harness {
         engine
             .apply(&compiled, None)
             .unwrap_or_else(|e| panic!("{e}"));
-        let globs: Vec<cgroups::WorkloadGlobs> = rules
-            .workloads
-            .iter()
-            .map(|w| cgroups::WorkloadGlobs::new(w).expect("globs"))
-            .collect();
         for m in cgroups::scan(&root, &globs) {
             engine
                 .watch(m.id, m.workload, m.default_action)

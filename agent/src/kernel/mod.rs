@@ -23,7 +23,7 @@ use std::{
 };
 
 use agent_common::{
-    maps as names, pending_flags, pending_state, scope, Action, Counter, ExecExactKey,
+    maps as names, pending_flags, pending_state, scope, Action, Counter, ExecExactKey, ExecFileKey,
     ExecPrefixData, FailMode, Grant, GrantKey, Heartbeat, Net4Data, Net6Data, Op, Pending,
     PortRules, RuleRef, Watch, COUNTER_SLOTS,
 };
@@ -296,6 +296,7 @@ pub struct Engine {
     watched: HashMap<MapData, u64, Watch>,
     exec_exact: HashMap<MapData, ExecExactKey, RuleRef>,
     exec_prefix: LpmTrie<MapData, ExecPrefixData, RuleRef>,
+    exec_files: HashMap<MapData, ExecFileKey, RuleRef>,
     net4: LpmTrie<MapData, Net4Data, PortRules>,
     net6: LpmTrie<MapData, Net6Data, PortRules>,
     pending: HashMap<MapData, u32, Pending>,
@@ -306,6 +307,8 @@ pub struct Engine {
     counters: PerCpuArray<MapData, u64>,
     events: Option<RingBuf<MapData>>,
     backend: Backend,
+    // Why the kernel cannot read executed files' identity (`None`: it can).
+    file_identity: Option<String>,
     lsm: probe::LsmProbe,
     // Attached hooks; dropping one detaches it unless it is pinned.
     links: Vec<FdLink>,
@@ -366,6 +369,19 @@ impl Engine {
         if let Ok(off) = &bprm_filename {
             loader.override_global("BPRM_FILENAME_OFF", off, true);
         }
+        let file_offsets = probe::file_offsets();
+        let on: u32 = 1;
+        match &file_offsets {
+            Ok(offs) => {
+                for (global, off) in &offs.0 {
+                    loader.override_global(global, off, true);
+                }
+                loader.override_global("FILE_ID_ON", &on, true);
+            }
+            Err(e) => tracing::warn!(
+                "exec rules match paths only: the identity of executed files cannot be read ({e})"
+            ),
+        }
         let mut ebpf = loader
             .load(OBJECT)
             .map_err(|e| EngineError::Load(Box::new(e)))?;
@@ -381,6 +397,7 @@ impl Engine {
             watched: take(&mut ebpf, names::WATCHED)?,
             exec_exact: take(&mut ebpf, names::EXEC_EXACT)?,
             exec_prefix: take(&mut ebpf, names::EXEC_PREFIX)?,
+            exec_files: take(&mut ebpf, names::EXEC_FILES)?,
             net4: take(&mut ebpf, names::NET4_RULES)?,
             net6: take(&mut ebpf, names::NET6_RULES)?,
             pending: take(&mut ebpf, names::PENDING)?,
@@ -391,6 +408,7 @@ impl Engine {
             events: Some(take(&mut ebpf, names::EVENTS)?),
             logger,
             backend: Backend::Tracepoint,
+            file_identity: file_offsets.as_ref().err().cloned(),
             lsm: probe::LsmProbe::default(),
             links: Vec::new(),
             links_pinned: false,
@@ -455,6 +473,11 @@ impl Engine {
     /// The exec backend in use.
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// Why exec rules cannot follow files by identity on this kernel (`None`: they do).
+    pub fn file_identity_missing(&self) -> Option<&str> {
+        self.file_identity.as_deref()
     }
 
     /// Whether BPF LSM programs run on this kernel (the start-up probe saw one called).
@@ -568,6 +591,11 @@ impl Engine {
                 .insert(&Key::new(*len, *d), v, 0)
                 .map_err(map_err(names::EXEC_PREFIX))?;
         }
+        for (k, v) in &c.exec_files {
+            self.exec_files
+                .insert(k, v, 0)
+                .map_err(map_err(names::EXEC_FILES))?;
+        }
         for (len, d, v) in &c.net4 {
             self.net4
                 .insert(&Key::new(*len, *d), v, 0)
@@ -595,6 +623,16 @@ impl Engine {
             .collect();
         for k in stale {
             ignore_missing(self.exec_exact.remove(&k)).map_err(map_err(names::EXEC_EXACT))?;
+        }
+        let files: HashSet<ExecFileKey> = keep.exec_files.iter().map(|(k, _)| *k).collect();
+        let stale: Vec<ExecFileKey> = self
+            .exec_files
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !files.contains(k))
+            .collect();
+        for k in stale {
+            ignore_missing(self.exec_files.remove(&k)).map_err(map_err(names::EXEC_FILES))?;
         }
         prune_lpm(
             &mut self.exec_prefix,

@@ -47,6 +47,41 @@ pub fn bprm_filename_offset() -> Result<u32, String> {
         .map_err(|e| e.to_string())
 }
 
+/// Offsets the kernel programs need to read the identity of an executed file, by global name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileOffsets(pub Vec<(&'static str, u32)>);
+
+/// (global, structure, member) for every offset in [`FileOffsets`].
+const FILE_FIELDS: &[(&str, &str, &str)] = &[
+    ("BPRM_FILE_OFF", "linux_binprm", "file"),
+    ("FILE_INODE_OFF", "file", "f_inode"),
+    ("INODE_INO_OFF", "inode", "i_ino"),
+    ("INODE_SB_OFF", "inode", "i_sb"),
+    ("SB_DEV_OFF", "super_block", "s_dev"),
+    ("TASK_MM_OFF", "task_struct", "mm"),
+    ("MM_EXE_FILE_OFF", "mm_struct", "exe_file"),
+];
+
+/// The offsets for reading a file's identity from this kernel's BTF; an error names the first
+/// field that is missing.
+pub fn file_offsets() -> Result<FileOffsets, String> {
+    let b = btf::Btf::from_kernel().map_err(|e| e.to_string())?;
+    file_offsets_in(&b)
+}
+
+/// As [`file_offsets`], from a parsed BTF.
+pub fn file_offsets_in(b: &btf::Btf) -> Result<FileOffsets, String> {
+    FILE_FIELDS
+        .iter()
+        .map(|(global, ty, member)| {
+            b.member_offset(ty, member)
+                .map(|o| (*global, o))
+                .map_err(|e| format!("{ty}.{member}: {e}"))
+        })
+        .collect::<Result<_, _>>()
+        .map(FileOffsets)
+}
+
 /// The active LSMs, in order, from securityfs (`None` where it cannot be read).
 pub fn lsm_list() -> Option<String> {
     super::mounts::ensure_securityfs();

@@ -7,6 +7,13 @@
 //! latch-probe hold 127.0.0.1:8080        TCP connect(), print a line, then wait for one read
 //! latch-probe exec PROGRAM [ARG...]      run PROGRAM as a child; report how it ended
 //! latch-probe connect-loop 127.0.0.1:80  connect() again and again until killed
+//! latch-probe exec-via HOW PROGRAM [ARG...]
+//!     run PROGRAM as a child in another way than by its name:
+//!       fd       execveat(open(PROGRAM), "", AT_EMPTY_PATH)   (fexecve)
+//!       procfd   execve("/proc/self/fd/N") of an open descriptor
+//!       dirfd    execveat(open(dirname), basename, 0)
+//!       traced   PTRACE_TRACEME, then execve; the probe is the tracer and resumes every stop
+//!                without its signal, as a debugger that swallows stops would
 //! ```
 //!
 //! `exec` reports `{"ok":true,"exit":N|null,"signal":N|null,"stdout":"..."}` once the child has
@@ -67,8 +74,122 @@ fn exec(program: &str, args: &[String]) {
     }
 }
 
+/// Ends the child after a failed exec, telling the parent the errno through `pipe`.
+fn child_failed(pipe: i32) -> ! {
+    let e = std::io::Error::last_os_error().raw_os_error().unwrap_or(-1);
+    // SAFETY: writes 4 bytes from a local; `_exit` does not return.
+    unsafe {
+        libc::write(pipe, (&e as *const i32).cast(), 4);
+        libc::_exit(127)
+    }
+}
+
+fn exec_via(how: &str, program: &str, args: &[String]) {
+    use std::ffi::CString;
+    let c = |s: &str| CString::new(s).unwrap_or_else(|_| CString::from(c"?"));
+    let prog = c(program);
+    let mut argv: Vec<CString> = vec![prog.clone()];
+    argv.extend(args.iter().map(|a| c(a)));
+    let mut argv_p: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    argv_p.push(std::ptr::null());
+    let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+    let (dir, base) = match program.rfind('/') {
+        Some(i) => (c(&program[..i.max(1)]), c(&program[i + 1..])),
+        None => (c("."), prog.clone()),
+    };
+    let mut fds = [0i32; 2];
+    // SAFETY: plain system calls on locals; between fork and exec the child only makes system
+    // calls (no allocation), as fork in a single-threaded program allows anyway.
+    unsafe {
+        if libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
+            return report(Err(std::io::Error::last_os_error()));
+        }
+        let pid = libc::fork();
+        if pid < 0 {
+            return report(Err(std::io::Error::last_os_error()));
+        }
+        if pid == 0 {
+            libc::close(fds[0]);
+            match how {
+                "fd" => {
+                    let fd = libc::open(prog.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+                    libc::syscall(
+                        libc::SYS_execveat,
+                        fd,
+                        c"".as_ptr(),
+                        argv_p.as_ptr(),
+                        envp.as_ptr(),
+                        libc::AT_EMPTY_PATH,
+                    );
+                }
+                "procfd" => {
+                    let fd = libc::open(prog.as_ptr(), libc::O_RDONLY);
+                    let path = CString::new(format!("/proc/self/fd/{fd}")).unwrap_or_default();
+                    libc::execve(path.as_ptr(), argv_p.as_ptr(), envp.as_ptr());
+                }
+                "dirfd" => {
+                    let fd = libc::open(dir.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY);
+                    libc::syscall(
+                        libc::SYS_execveat,
+                        fd,
+                        base.as_ptr(),
+                        argv_p.as_ptr(),
+                        envp.as_ptr(),
+                        0,
+                    );
+                }
+                "traced" => {
+                    libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0);
+                    libc::execve(prog.as_ptr(), argv_p.as_ptr(), envp.as_ptr());
+                }
+                _ => libc::_exit(126),
+            }
+            child_failed(fds[1]);
+        }
+        libc::close(fds[1]);
+        let mut status = 0;
+        if how == "traced" {
+            // Resume every stop without delivering its signal (SIGSTOP, SIGTRAP after exec).
+            loop {
+                if libc::waitpid(pid, &mut status, 0) < 0 {
+                    break;
+                }
+                if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
+                    break;
+                }
+                libc::ptrace(libc::PTRACE_CONT, pid, 0, 0);
+            }
+        } else {
+            libc::waitpid(pid, &mut status, 0);
+        }
+        let mut e = 0i32;
+        if libc::read(fds[0], (&mut e as *mut i32).cast(), 4) == 4 {
+            println!("{{\"ok\":false,\"errno\":{e}}}");
+            return;
+        }
+        let exit = if libc::WIFEXITED(status) {
+            libc::WEXITSTATUS(status).to_string()
+        } else {
+            "null".into()
+        };
+        let signal = if libc::WIFSIGNALED(status) {
+            libc::WTERMSIG(status).to_string()
+        } else {
+            "null".into()
+        };
+        println!("{{\"ok\":true,\"exit\":{exit},\"signal\":{signal}}}");
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("exec-via") {
+        let (Some(how), Some(program)) = (args.get(2), args.get(3)) else {
+            eprintln!("usage: latch-probe exec-via fd|procfd|dirfd|traced PROGRAM [ARG...]");
+            std::process::exit(2);
+        };
+        return exec_via(how, program, &args[4..]);
+    }
     if args.get(1).map(String::as_str) == Some("exec") {
         let Some(program) = args.get(2) else {
             eprintln!("usage: latch-probe exec PROGRAM [ARG...]");

@@ -111,13 +111,14 @@ const SUITE_LIMIT: Duration = Duration::from_secs(1800);
 
 /// The suites that run on an amd64 boot when none are named. Every suite on every boot does not
 /// fit the CI's time under emulation (see `PLAN_WHY`), so:
-/// - `kernel` everywhere: it is the suite about the kernel (verifier, helpers, LSM or not);
+/// - `kernel` and `integrity` everywhere: they are the suites about the kernel (verifier,
+///   helpers, LSM or not, and what each backend can hold);
 /// - `daemon` wherever the agent's backend differs: with BPF LSM on each kernel, and without it
 ///   (the tracepoint backend) on the newest;
 /// - `central` once, on the newest kernel with BPF LSM: what it adds is the agent-central
 ///   protocol, which the kernel does not change.
 fn default_suites(kernel: &KernelSpec, lsm: Lsm) -> Vec<Suite> {
-    let mut s = vec![Suite::Kernel];
+    let mut s = vec![Suite::Kernel, Suite::Integrity];
     if lsm == Lsm::On || kernel.newest {
         s.push(Suite::Daemon);
     }
@@ -401,10 +402,10 @@ mod tests {
         assert_eq!(
             rows,
             vec![
-                ("6.1-lsm-on".into(), vec!["kernel", "daemon"]),
-                ("6.1-lsm-off".into(), vec!["kernel"]),
-                ("6.12-lsm-on".into(), vec!["kernel", "daemon", "central"]),
-                ("6.12-lsm-off".into(), vec!["kernel", "daemon"]),
+                ("6.1-lsm-on".into(), vec!["kernel", "integrity", "daemon"]),
+                ("6.1-lsm-off".into(), vec!["kernel", "integrity"]),
+                ("6.12-lsm-on".into(), vec!["kernel", "integrity", "daemon", "central"]),
+                ("6.12-lsm-off".into(), vec!["kernel", "integrity", "daemon"]),
                 ("6.12-arm64-lsm-on".into(), vec![]),
                 ("6.12-arm64-lsm-off".into(), vec![]),
             ]

@@ -12,6 +12,8 @@ use crate::{cargo, setup::run};
 pub enum Suite {
     /// The kernel programs driven directly (`tests/tests/kernel.rs`).
     Kernel,
+    /// Ways around a rule, tried as a hostile workload would (`tests/tests/integrity.rs`).
+    Integrity,
     /// The `latch-agent` daemon as a person runs it (`tests/tests/daemon.rs`).
     Daemon,
     /// The agent and central together (`tests/tests/central.rs`).
@@ -23,6 +25,7 @@ impl Suite {
     pub fn name(self) -> &'static str {
         match self {
             Suite::Kernel => "kernel",
+            Suite::Integrity => "integrity",
             Suite::Daemon => "daemon",
             Suite::Central => "central",
         }

@@ -1,0 +1,268 @@
+//! The program files exec rules name, resolved to their identity (device and inode), so that the
+//! kernel recognises a program by every name it has: symlinks, hard links, `.`/`..` and doubled
+//! slashes, `/proc/self/fd/N`, `execveat` with a descriptor, bind mounts, and a script whose
+//! interpreter it is.
+//!
+//! Owns: turning rule paths into the `EXEC_FILES` entries, and keeping them current when files
+//! are replaced (the engine task calls [`resolve`] again on a timer and applies the difference).
+//! Must not: touch the kernel maps itself or decide what a rule means; the rule that applies to
+//! a file is the one the path maps give its real path ([`rules::match_exec`]).
+//!
+//! A copy of a program is another file: it is not recognised here.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+
+use agent_common::{ExecFileKey, RuleRef};
+use policy::{Matcher, PathPattern, RuleSet};
+
+use crate::rules::{self, Compiled};
+
+/// At most this many files are taken from one path prefix (`/usr/bin/ssh*`, `/opt/tools/`).
+pub const PREFIX_FILES_MAX: usize = 4096;
+
+/// A file's real path and identity.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identified {
+    /// Canonical path (symlinks resolved).
+    pub real: String,
+    /// Device, in the kernel's `dev_t` encoding.
+    pub dev: u32,
+    /// Inode number.
+    pub ino: u64,
+}
+
+/// What the resolver needs from a file system.
+pub trait ProgramFiles {
+    /// The real path and identity of an existing regular file, following symlinks.
+    fn identify(&self, path: &str) -> Option<Identified>;
+    /// Paths of the regular files a path prefix covers: entries of the prefix's directory whose
+    /// names start with its last component, and for a prefix that ends with `/`, every file
+    /// below it; at most `limit`.
+    fn under(&self, prefix: &str, limit: usize) -> Vec<String>;
+}
+
+/// The host's file system.
+pub struct HostFiles;
+
+impl ProgramFiles for HostFiles {
+    fn identify(&self, path: &str) -> Option<Identified> {
+        let real = std::fs::canonicalize(path).ok()?;
+        let meta = std::fs::metadata(&real).ok()?;
+        if !meta.is_file() {
+            return None;
+        }
+        Some(Identified {
+            real: real.to_string_lossy().into_owned(),
+            dev: ExecFileKey::kernel_dev(meta.dev()),
+            ino: meta.ino(),
+        })
+    }
+
+    fn under(&self, prefix: &str, limit: usize) -> Vec<String> {
+        let Some(cut) = prefix.rfind('/') else {
+            return Vec::new();
+        };
+        let (dir, start) = (&prefix[..=cut], &prefix[cut + 1..]);
+        let mut out = Vec::new();
+        let mut dirs = vec![(dir.to_string(), start.to_string())];
+        let whole_tree = start.is_empty();
+        while let Some((dir, start)) = dirs.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                if out.len() >= limit {
+                    return out;
+                }
+                let name = e.file_name().to_string_lossy().into_owned();
+                if !name.starts_with(&start) {
+                    continue;
+                }
+                let path = format!("{dir}{name}");
+                match e.file_type() {
+                    Ok(t) if t.is_dir() && whole_tree => dirs.push((format!("{path}/"), String::new())),
+                    Ok(t) if t.is_file() || t.is_symlink() => out.push(path),
+                    _ => {}
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The `EXEC_FILES` entries for a compiled rule set: every file an exec rule names (directly or
+/// through a prefix) that exists now, with the rule the path maps give its real path. Two names
+/// of one file that get different rules keep the stricter.
+pub fn resolve(
+    rules: &RuleSet,
+    compiled: &Compiled,
+    fs: &dyn ProgramFiles,
+) -> Vec<(ExecFileKey, RuleRef)> {
+    let mut out: BTreeMap<ExecFileKey, RuleRef> = BTreeMap::new();
+    for r in &rules.rules {
+        let Matcher::Exec { paths } = &r.matcher else {
+            continue;
+        };
+        for p in paths {
+            let names = match p {
+                PathPattern::Exact(s) => vec![s.clone()],
+                PathPattern::Prefix(s) => fs.under(s, PREFIX_FILES_MAX),
+            };
+            for name in names {
+                let Some(id) = fs.identify(&name) else {
+                    continue;
+                };
+                let Some(rref) = rules::match_exec(compiled, r.workload_id, &id.real)
+                    .or_else(|| rules::match_exec(compiled, r.workload_id, &name))
+                else {
+                    continue;
+                };
+                let key = ExecFileKey {
+                    workload: r.workload_id,
+                    dev: id.dev,
+                    ino: id.ino,
+                };
+                out.entry(key)
+                    .and_modify(|cur| {
+                        if rref.action > cur.action {
+                            *cur = rref;
+                        }
+                    })
+                    .or_insert(rref);
+            }
+        }
+    }
+    out.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    /// A file system made of (path → identity) and symlinks (path → target).
+    #[derive(Default)]
+    struct FakeFs {
+        files: HashMap<String, (u32, u64)>,
+        links: HashMap<String, String>,
+    }
+
+    impl ProgramFiles for FakeFs {
+        fn identify(&self, path: &str) -> Option<Identified> {
+            let real = self.links.get(path).cloned().unwrap_or(path.to_string());
+            self.files.get(&real).map(|&(dev, ino)| Identified { real, dev, ino })
+        }
+        fn under(&self, prefix: &str, limit: usize) -> Vec<String> {
+            let mut v: Vec<String> = self
+                .files
+                .keys()
+                .chain(self.links.keys())
+                .filter(|p| p.starts_with(prefix))
+                .cloned()
+                .collect();
+            v.sort();
+            v.truncate(limit);
+            v
+        }
+    }
+
+    fn set(yaml_rules: &str) -> (RuleSet, Compiled) {
+        let text = format!(
+            "workloads:\n  - name: w\n    cgroups: [\"/w\"]\nrules:\n{yaml_rules}"
+        );
+        let rs = RuleSet::parse("t.yaml", &text).expect("valid");
+        let c = rules::compile(&rs).expect("compiles");
+        (rs, c)
+    }
+
+    fn action_of(entries: &[(ExecFileKey, RuleRef)], ino: u64) -> Option<u8> {
+        entries.iter().find(|(k, _)| k.ino == ino).map(|(_, v)| v.action)
+    }
+
+    #[test]
+    fn files_get_the_rule_of_their_real_path() {
+        let mut fs = FakeFs::default();
+        fs.files.insert("/usr/bin/curl".into(), (8, 10));
+        fs.files.insert("/usr/bin/ssh".into(), (8, 11));
+        fs.files.insert("/usr/bin/ssh-add".into(), (8, 12));
+        fs.files.insert("/usr/bin/scp".into(), (8, 13));
+        fs.links.insert("/usr/local/bin/curl".into(), "/usr/bin/curl".into());
+        let (rs, c) = set(
+            "  - {name: no-curl, workload: w, on: exec, paths: [/usr/local/bin/curl, /usr/bin/curl], action: deny}\n\
+             \x20 - {name: ssh, workload: w, on: exec, paths: ['/usr/bin/ssh*'], action: approve}\n\
+             \x20 - {name: ssh-add-ok, workload: w, on: exec, paths: [/usr/bin/ssh-add], action: allow}\n",
+        );
+        let e = resolve(&rs, &c, &fs);
+        let deny = agent_common::Action::Deny as u8;
+        let approve = agent_common::Action::Approve as u8;
+        let allow = agent_common::Action::Allow as u8;
+        let table = [
+            (10, Some(deny), "a rule on a symlink names the file it points to"),
+            (11, Some(approve), "a prefix names the files that exist under it"),
+            (12, Some(allow), "an exact path beats a prefix, as in the path maps"),
+            (13, None, "a file no rule names gets no entry"),
+        ];
+        for (ino, want, why) in table {
+            assert_eq!(action_of(&e, ino), want, "{why}");
+        }
+        assert_eq!(e.len(), 3, "one entry per file: {e:?}");
+        assert!(e.iter().all(|(k, _)| k.dev == 8 && k.workload == rs.workloads[0].id));
+    }
+
+    #[test]
+    fn missing_files_are_skipped_and_a_replaced_file_gets_its_new_identity() {
+        let mut fs = FakeFs::default();
+        let (rs, c) = set(
+            "  - {name: no-tool, workload: w, on: exec, paths: [/opt/tool, /opt/absent], action: deny}\n",
+        );
+        fs.files.insert("/opt/tool".into(), (9, 100));
+        assert_eq!(resolve(&rs, &c, &fs).len(), 1);
+        fs.files.insert("/opt/tool".into(), (9, 200));
+        let e = resolve(&rs, &c, &fs);
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].0.ino, 200);
+    }
+
+    #[test]
+    fn two_names_of_one_file_keep_the_stricter_rule() {
+        let mut fs = FakeFs::default();
+        fs.files.insert("/a/tool".into(), (1, 5));
+        fs.links.insert("/b/tool".into(), "/a/tool".into());
+        fs.files.insert("/b/other".into(), (1, 5)); // a hard link: same identity, another path
+        let (rs, c) = set(
+            "  - {name: ok, workload: w, on: exec, paths: [/a/tool], action: audit}\n\
+             \x20 - {name: no, workload: w, on: exec, paths: [/b/other], action: deny}\n",
+        );
+        let e = resolve(&rs, &c, &fs);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].1.action, agent_common::Action::Deny as u8);
+    }
+
+    #[test]
+    fn the_host_resolver_follows_links_and_walks_prefixes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        std::fs::write(d.join("tool"), b"x").expect("write");
+        std::fs::create_dir(d.join("sub")).expect("mkdir");
+        std::fs::write(d.join("sub/deep"), b"y").expect("write");
+        std::os::unix::fs::symlink(d.join("tool"), d.join("alias")).expect("symlink");
+        let tool = HostFiles
+            .identify(&d.join("tool").to_string_lossy())
+            .expect("identified");
+        let alias = HostFiles
+            .identify(&d.join("alias").to_string_lossy())
+            .expect("identified");
+        assert_eq!(tool, alias, "a symlink is the file it points to");
+        let meta = std::fs::metadata(d.join("tool")).expect("stat");
+        assert_eq!(tool.ino, meta.ino());
+        assert!(HostFiles.identify(&d.to_string_lossy()).is_none(), "a directory is no program");
+        let prefix = format!("{}/", d.display());
+        let mut all = HostFiles.under(&prefix, 10);
+        all.sort();
+        assert_eq!(all.len(), 3, "{all:?}");
+        assert!(all.iter().any(|p| p.ends_with("sub/deep")));
+        assert_eq!(HostFiles.under(&format!("{}/to", d.display()), 10).len(), 1);
+        assert_eq!(HostFiles.under(&prefix, 2).len(), 2, "bounded");
+    }
+}

@@ -1,0 +1,406 @@
+//! Ways a workload might run a program that a rule names without the rule seeing it, tried as a
+//! hostile workload would. Each technique runs first in a cgroup nobody watches (it works on
+//! this host) and then in a watched one (refused or held). The evidence is a file that only the
+//! program creates when it runs, never the probe's own word.
+
+use std::{
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use agent_common::{Counter, Outcome};
+use latch_agent::kernel::{Backend, Decision};
+use latch_tests::{outcome, privileged, probe, spawn_in, Harness, TestCgroup};
+
+const EPERM: i64 = 1;
+
+fn rules(body: &str) -> String {
+    format!("workloads:\n  - name: test\n    cgroups: [\"{{CG}}\"]\nrules:\n{body}")
+}
+
+/// A private copy of `touch` (the program the rules name) in a directory of its own, so that
+/// its identity belongs to this test alone.
+struct Program {
+    dir: tempfile::TempDir,
+}
+
+impl Program {
+    fn new() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("latch-integrity-")
+            .tempdir()
+            .expect("tempdir");
+        let prog = dir.path().join("prog");
+        std::fs::copy("/usr/bin/touch", &prog).expect("copy touch");
+        std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        Program { dir }
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.path().join("prog")
+    }
+
+    fn at(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A marker path that only the program creates.
+    fn marker(&self, name: &str) -> PathBuf {
+        let p = self.dir.path().join(format!("ran-{name}"));
+        let _ = std::fs::remove_file(&p);
+        p
+    }
+}
+
+/// One way to run the program: the command to start (in the cgroup), given the program and the
+/// marker it must create.
+struct Technique {
+    name: &'static str,
+    command: fn(&Program, &Path) -> Vec<String>,
+}
+
+fn s(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+fn probe_args(args: &[&str]) -> Vec<String> {
+    std::iter::once(s(&probe()))
+        .chain(args.iter().map(|a| a.to_string()))
+        .collect()
+}
+
+/// Prepares the names the techniques use (links, a script) next to the program.
+fn prepare(p: &Program) {
+    let prog = p.path();
+    std::os::unix::fs::symlink(&prog, p.at("symlink")).expect("symlink");
+    std::os::unix::fs::symlink(p.dir.path(), p.at("dirlink")).expect("dir symlink");
+    std::fs::hard_link(&prog, p.at("hardlink")).expect("hard link");
+    std::fs::write(p.at("script"), format!("#!{}\n", prog.display())).expect("script");
+    std::fs::set_permissions(p.at("script"), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod");
+    std::fs::create_dir(p.at("mnt")).expect("mount point");
+    std::fs::write(p.at("mnt/prog"), b"").expect("bind target");
+}
+
+const TECHNIQUES: &[Technique] = &[
+    Technique {
+        name: "its own path",
+        command: |p, m| probe_args(&["exec", &s(&p.path()), &s(m)]),
+    },
+    Technique {
+        name: "a symlink to it",
+        command: |p, m| probe_args(&["exec", &s(&p.at("symlink")), &s(m)]),
+    },
+    Technique {
+        name: "a symlink to its directory",
+        command: |p, m| probe_args(&["exec", &s(&p.at("dirlink/prog")), &s(m)]),
+    },
+    Technique {
+        name: "a hard link",
+        command: |p, m| probe_args(&["exec", &s(&p.at("hardlink")), &s(m)]),
+    },
+    Technique {
+        name: "dot, dot-dot and doubled slashes",
+        command: |p, m| {
+            let d = p.dir.path().display().to_string();
+            let name = d.rsplit('/').next().unwrap_or_default().to_string();
+            let odd = format!("{d}/./..//{name}//prog");
+            probe_args(&["exec", &odd, &s(m)])
+        },
+    },
+    Technique {
+        name: "/proc/self/root",
+        command: |p, m| {
+            let via = format!("/proc/self/root{}", p.path().display());
+            probe_args(&["exec", &via, &s(m)])
+        },
+    },
+    Technique {
+        name: "fexecve (execveat with AT_EMPTY_PATH)",
+        command: |p, m| probe_args(&["exec-via", "fd", &s(&p.path()), &s(m)]),
+    },
+    Technique {
+        name: "/proc/self/fd/N",
+        command: |p, m| probe_args(&["exec-via", "procfd", &s(&p.path()), &s(m)]),
+    },
+    Technique {
+        name: "execveat relative to a directory descriptor",
+        command: |p, m| probe_args(&["exec-via", "dirfd", &s(&p.path()), &s(m)]),
+    },
+    Technique {
+        name: "a #! script whose interpreter it is",
+        command: |p, m| probe_args(&["exec", &s(&p.at("script")), &s(m)]),
+    },
+    Technique {
+        name: "a bind mount in a private mount namespace",
+        command: |p, m| {
+            let sh = format!(
+                "mount --bind {prog} {mnt} && exec {probe} exec {mnt} {m}",
+                prog = p.path().display(),
+                mnt = p.at("mnt/prog").display(),
+                probe = probe().display(),
+                m = m.display()
+            );
+            vec![
+                "/usr/bin/unshare".into(),
+                "--mount".into(),
+                "--propagation".into(),
+                "private".into(),
+                "/bin/sh".into(),
+                "-c".into(),
+                sh,
+            ]
+        },
+    },
+];
+
+fn run_in(cgroup: &Path, cmd: &[String]) -> serde_json::Value {
+    let args: Vec<&str> = cmd[1..].iter().map(String::as_str).collect();
+    outcome(spawn_in(cgroup, Path::new(&cmd[0]), &args))
+}
+
+#[test]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
+fn every_name_of_a_denied_program_is_refused() {
+    if !privileged() {
+        return;
+    }
+    let p = Program::new();
+    prepare(&p);
+    let mut h = Harness::new(&rules(&format!(
+        "  - {{name: no-prog, workload: test, on: exec, paths: [{}], action: deny}}\n",
+        p.path().display()
+    )));
+    if let Some(why) = h.engine().file_identity_missing() {
+        panic!("this kernel cannot give the identity of executed files: {why}");
+    }
+    let free = TestCgroup::new();
+    let backend = h.engine().backend();
+    let watched = h.cgroup.path.clone();
+    let mut through = Vec::new();
+    for t in TECHNIQUES {
+        let m = p.marker("free");
+        let out = run_in(&free.path, &(t.command)(&p, &m));
+        assert!(
+            m.exists(),
+            "{}: the technique does not even work where nothing watches: {out}",
+            t.name
+        );
+        let m = p.marker("watched");
+        let out = run_in(&watched, &(t.command)(&p, &m));
+        if m.exists() {
+            through.push(format!("{}: {out}", t.name));
+            continue;
+        }
+        let refused = match backend {
+            Backend::Lsm => out["errno"].as_i64() == Some(EPERM) || out["exit"].as_i64().is_some_and(|c| c != 0),
+            Backend::Tracepoint => out["signal"] == 9 || out["exit"].as_i64().is_some_and(|c| c != 0),
+        };
+        assert!(refused, "{}: not run, but not refused either: {out}", t.name);
+    }
+    assert!(
+        through.is_empty(),
+        "the denied program ran by another name:\n{}",
+        through.join("\n")
+    );
+    let rule = h.rule("no-prog");
+    let denied = h
+        .events()
+        .iter()
+        .filter(|e| e.outcome == Outcome::Denied && e.rule_id == rule)
+        .count();
+    assert!(
+        denied >= TECHNIQUES.len(),
+        "one denial event per technique: {denied} for {}",
+        TECHNIQUES.len()
+    );
+}
+
+/// Waits for the exec the kernel holds for the program, decides it, and returns the probe's
+/// outcome.
+fn held_then(h: &mut Harness, child: std::process::Child, decision: Decision) -> serde_json::Value {
+    let p = h.wait_pending_where("the held exec", |p| p.op == "exec");
+    h.engine().decide(p.id, decision).expect("decide");
+    outcome(child)
+}
+
+#[test]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
+fn every_name_of_a_program_that_needs_approval_is_held() {
+    if !privileged() {
+        return;
+    }
+    let p = Program::new();
+    prepare(&p);
+    let mut h = Harness::new(&rules(&format!(
+        "  - {{name: ask, workload: test, on: exec, paths: [{}], action: approve}}\n",
+        p.path().display()
+    )));
+    let watched = h.cgroup.path.clone();
+    let rule = h.rule("ask");
+    for t in TECHNIQUES {
+        let m = p.marker("held");
+        let cmd = (t.command)(&p, &m);
+        let args: Vec<&str> = cmd[1..].iter().map(String::as_str).collect();
+        let child = spawn_in(&watched, Path::new(&cmd[0]), &args);
+        let pending = h.wait_pending_where(t.name, |q| q.op == "exec");
+        assert_eq!(pending.rule_id, rule, "{}", t.name);
+        assert!(!m.exists(), "{}: ran before any decision", t.name);
+        h.engine().decide(pending.id, Decision::Allow).expect("decide");
+        let out = outcome(child);
+        assert!(m.exists(), "{}: ran after approval: {out}", t.name);
+    }
+    // And a reviewer's deny holds for another name too.
+    let m = p.marker("denied");
+    let cmd = probe_args(&["exec-via", "fd", &s(&p.path()), &s(&m)]);
+    let child = spawn_in(&watched, Path::new(&cmd[0]), &cmd[1..].iter().map(String::as_str).collect::<Vec<_>>());
+    let out = held_then(&mut h, child, Decision::Deny);
+    assert!(!m.exists(), "denied by the reviewer, yet it ran: {out}");
+}
+
+fn counter(h: &mut Harness, c: Counter) -> u64 {
+    h.engine().counter(c).expect("counter")
+}
+
+/// Sends SIGCONT to `pid` every millisecond for `how_long`, as a workload that wants its held
+/// program to run would.
+fn sigcont_loop(pid: u32, how_long: Duration) -> usize {
+    let end = Instant::now() + how_long;
+    let mut sent = 0;
+    while Instant::now() < end {
+        if nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGCONT,
+        )
+        .is_err()
+        {
+            break;
+        }
+        sent += 1;
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    sent
+}
+
+#[test]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
+fn a_held_exec_makes_no_progress_under_a_sigcont_loop() {
+    if !privileged() {
+        return;
+    }
+    let p = Program::new();
+    let mut h = Harness::new(&rules(&format!(
+        "  - {{name: ask, workload: test, on: exec, paths: [{}], action: approve}}\n",
+        p.path().display()
+    )));
+    let backend = h.engine().backend();
+    let m = p.marker("sigcont");
+    let child = h.spawn(&probe(), &["exec", &s(&p.path()), &s(&m)]);
+    let pending = h.wait_pending_where("the held exec", |q| q.op == "exec");
+    let before = counter(&mut h, Counter::ResumeKilled);
+    let sent = sigcont_loop(pending.tgid, Duration::from_secs(2));
+    assert!(sent > 0);
+    assert!(!m.exists(), "the held program ran under {sent} SIGCONTs");
+    match backend {
+        Backend::Lsm => {
+            // Each SIGCONT restarts execve, which stops again: still the same request.
+            let again = h.wait_pending_where("still held", |q| q.op == "exec");
+            assert_eq!(again.id, pending.id);
+            h.engine().decide(pending.id, Decision::Allow).expect("decide");
+            let out = outcome(child);
+            assert!(m.exists(), "ran after approval: {out}");
+        }
+        Backend::Tracepoint => {
+            // The new image ran to its first system call and was ended there, recorded.
+            let out = outcome(child);
+            assert_eq!(out["signal"], 9, "ended before its first system call took effect: {out}");
+            assert!(!m.exists());
+            assert!(counter(&mut h, Counter::ResumeKilled) > before);
+            h.expect_event("resumed without a decision", |e| {
+                e.outcome == Outcome::FailClosed && e.reentered
+            });
+        }
+    }
+}
+
+#[test]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
+fn a_tracer_that_swallows_stops_does_not_release_a_held_exec() {
+    if !privileged() {
+        return;
+    }
+    let p = Program::new();
+    let mut h = Harness::new(&rules(&format!(
+        "  - {{name: ask, workload: test, on: exec, paths: [{}], action: approve}}\n",
+        p.path().display()
+    )));
+    // Unwatched, the traced exec runs (the tracer resumes its post-exec SIGTRAP).
+    let free = TestCgroup::new();
+    let m = p.marker("traced-free");
+    let out = outcome(spawn_in(
+        &free.path,
+        &probe(),
+        &["exec-via", "traced", &s(&p.path()), &s(&m)],
+    ));
+    assert!(m.exists(), "a traced exec works where nothing watches: {out}");
+
+    let backend = h.engine().backend();
+    let m = p.marker("traced");
+    let before = counter(&mut h, Counter::ResumeKilled);
+    let child = h.spawn(&probe(), &["exec-via", "traced", &s(&p.path()), &s(&m)]);
+    match backend {
+        Backend::Lsm => {
+            let pending = h.wait_pending_where("the held exec", |q| q.op == "exec");
+            // The tracer resumes every stop; the exec restarts and stops again, and never runs.
+            std::thread::sleep(Duration::from_secs(1));
+            assert!(!m.exists(), "the tracer released the held exec");
+            h.engine().decide(pending.id, Decision::Allow).expect("decide");
+            let out = outcome(child);
+            assert!(m.exists(), "ran after approval: {out}");
+        }
+        Backend::Tracepoint => {
+            // The tracer resumes the stopped image at once; its first system call ends it.
+            let out = outcome(child);
+            assert_eq!(out["signal"], 9, "{out}");
+            assert!(!m.exists(), "the tracer released the held exec");
+            assert!(counter(&mut h, Counter::ResumeKilled) > before);
+        }
+    }
+}
+
+#[test]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
+fn a_replaced_program_is_recognised_by_its_new_identity() {
+    if !privileged() {
+        return;
+    }
+    let p = Program::new();
+    prepare(&p);
+    let text = rules(&format!(
+        "  - {{name: no-prog, workload: test, on: exec, paths: [{}], action: deny}}\n",
+        p.path().display()
+    ));
+    let mut h = Harness::new(&text);
+    // A package upgrade: a new file renamed over the old one.
+    let new = p.at("prog.new");
+    std::fs::copy("/usr/bin/touch", &new).expect("copy");
+    std::fs::set_permissions(&new, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::rename(&new, p.path()).expect("rename");
+    // What the agent does on its timer: the rules' files again, and the difference applied.
+    let policy = latch_agent::engine_task::Policy::from_text(
+        "t.yaml",
+        &text.replace("{CG}", &h.cgroup.rel.clone()),
+    )
+    .expect("valid");
+    assert_ne!(
+        policy.compiled.exec_files, h.compiled.exec_files,
+        "the new file has another identity"
+    );
+    let prev = h.compiled.clone();
+    h.engine().apply(&policy.compiled, Some(&prev)).expect("apply");
+    let m = p.marker("replaced");
+    let watched = h.cgroup.path.clone();
+    let out = run_in(&watched, &probe_args(&["exec", &s(&p.at("symlink")), &s(&m)]));
+    assert!(!m.exists(), "the replaced program ran through a symlink: {out}");
+}
