@@ -90,7 +90,11 @@ mod tests {
         let cases = [(8, 1), (0, 0), (0, 300), (259, 65_536), (4095, 0xf_ffff)];
         for (maj, min) in cases {
             let k = crate::ExecFileKey::kernel_dev(makedev(maj, min));
-            assert_eq!((k >> 20, k & 0xf_ffff), (maj as u32, min as u32), "{maj}:{min}");
+            assert_eq!(
+                (k >> 20, k & 0xf_ffff),
+                (maj as u32, min as u32),
+                "{maj}:{min}"
+            );
         }
     }
 

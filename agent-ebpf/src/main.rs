@@ -44,7 +44,6 @@ use aya_ebpf::{
     programs::{LsmContext, RawTracePointContext, SockAddrContext, TracePointContext},
 };
 
-use agent_common::family;
 
 #[tracepoint(category = "sched", name = "sched_process_exec")]
 pub fn exec(ctx: TracePointContext) -> u32 {
@@ -77,22 +76,22 @@ pub fn exit(_ctx: TracePointContext) -> u32 {
 
 #[cgroup_sock_addr(connect4)]
 pub fn connect4(ctx: SockAddrContext) -> i32 {
-    net::check(&ctx, agent_common::Op::Connect, family::INET)
+    net::check::<false, false>(&ctx)
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn connect6(ctx: SockAddrContext) -> i32 {
-    net::check(&ctx, agent_common::Op::Connect, family::INET6)
+    net::check::<false, true>(&ctx)
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
-    net::check(&ctx, agent_common::Op::Sendmsg, family::INET)
+    net::check::<true, false>(&ctx)
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
-    net::check(&ctx, agent_common::Op::Sendmsg, family::INET6)
+    net::check::<true, true>(&ctx)
 }
 
 /// Start-up probe only: attached while the agent runs one exec, to see whether LSM programs are

@@ -16,7 +16,14 @@ use crate::{scope, scratch};
 const ALLOW: i32 = 1;
 const DENY: i32 = 0;
 
-pub fn check(ctx: &SockAddrContext, op: Op, fam: u8) -> i32 {
+/// `SENDMSG`: the `sendmsg` hooks (UDP with an explicit address), whose IPv4 context also
+/// carries the source address the caller chose (`IP_PKTINFO`); other hooks may not read it.
+/// `V6`: the IPv6 hooks. Both are constants so that each program holds only the context reads
+/// the verifier allows for its type.
+#[inline(always)]
+pub fn check<const SENDMSG: bool, const V6: bool>(ctx: &SockAddrContext) -> i32 {
+    let op = if SENDMSG { Op::Sendmsg } else { Op::Connect };
+    let fam = if V6 { family::INET6 } else { family::INET };
     let Some((cgroup, watch)) = scope::watched() else {
         return ALLOW;
     };
@@ -45,6 +52,33 @@ pub fn check(ctx: &SockAddrContext, op: Op, fam: u8) -> i32 {
             addr = [0; 16];
             addr[..4].copy_from_slice(&v4);
         }
+    }
+    // The unspecified address is not where the call goes: the kernel sends it to the source
+    // address (chosen with IP_PKTINFO, or bound), else to loopback (IPv4, and v4-mapped); `::`
+    // means `::1`. Decided as the destination the kernel will use, or a rule on a local
+    // address could be walked around by writing 0.0.0.0.
+    if fam == family::INET && addr[0] == 0 && addr[1] == 0 && addr[2] == 0 && addr[3] == 0 {
+        let mut src: u32 = 0;
+        if SENDMSG && !V6 {
+            // SAFETY: readable in the IPv4 sendmsg hook (and only read there).
+            src = unsafe { (*sa).msg_src_ip4 };
+        }
+        if src == 0 {
+            // SAFETY: the socket of the call, which every sock_addr hook may read.
+            let sk = unsafe { (*sa).__bindgen_anon_1.sk };
+            if !sk.is_null() {
+                // SAFETY: as above; `src_ip4` is the bound address (network order).
+                src = unsafe { (*sk).src_ip4 };
+            }
+        }
+        let v4 = if src != 0 {
+            src.to_ne_bytes()
+        } else {
+            [127, 0, 0, 1]
+        };
+        addr[..4].copy_from_slice(&v4);
+    } else if fam == family::INET6 && is_unspecified6(&addr) {
+        addr[15] = 1;
     }
     let target = fingerprint::network(fam, protocol, &addr, port);
     let subject = Subject::current(cgroup, watch);
@@ -122,6 +156,18 @@ fn finish(v: Verdict) -> i32 {
             DENY
         }
     }
+}
+
+#[inline(always)]
+fn is_unspecified6(a: &[u8; 16]) -> bool {
+    let mut i = 0;
+    while i < 16 {
+        if a[i] != 0 {
+            return false;
+        }
+        i += 1;
+    }
+    true
 }
 
 #[inline(always)]

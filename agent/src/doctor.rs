@@ -69,6 +69,10 @@ pub struct Facts {
     pub links_pinned: bool,
     /// Hooks attached, by pin name.
     pub hooks: Vec<String>,
+    /// Whether the programs can read the identity (device, inode) of an executed file; `"ok"`
+    /// or why not in the report.
+    #[serde(serialize_with = "ok_or_error")]
+    pub file_identity: Result<(), String>,
 }
 
 impl Default for Facts {
@@ -84,6 +88,7 @@ impl Default for Facts {
             backend: None,
             links_pinned: false,
             hooks: Vec::new(),
+            file_identity: Err("not loaded yet".into()),
         }
     }
 }
@@ -205,6 +210,24 @@ pub fn judge(f: Facts) -> Report {
         }
     }
     g.push(Guarantee {
+        name: "exec-identity",
+        verdict: match (loaded, &f.file_identity) {
+            (false, _) => Verdict::Unsupported,
+            (true, Ok(())) => Verdict::Enforced,
+            (true, Err(_)) => Verdict::Degraded,
+        },
+        why: match &f.file_identity {
+            Ok(()) => not_loaded(
+                "exec rules follow the file (device and inode from this kernel's BTF): every \
+                 link, mount and descriptor of a program is the same program",
+            ),
+            Err(e) => not_loaded(&format!(
+                "exec rules match the path given to execve only ({e}): another name of the \
+                 same file is another program"
+            )),
+        },
+    });
+    g.push(Guarantee {
         name: "hooks-outlive-agent",
         verdict: match (loaded, f.links_pinned) {
             (false, _) => Verdict::Unsupported,
@@ -268,6 +291,10 @@ pub fn engine_facts(f: &mut Facts, e: &Engine) {
     f.backend = Some(e.backend());
     f.links_pinned = e.links_pinned();
     f.hooks = e.hooks().iter().map(|h| h.to_string()).collect();
+    f.file_identity = match e.file_identity_missing() {
+        None => Ok(()),
+        Some(why) => Err(why.to_string()),
+    };
 }
 
 /// What is known about the host without loading anything.
@@ -295,6 +322,7 @@ mod tests {
 
     fn facts(load: Result<(), String>, backend: Option<Backend>, pinned: bool) -> Facts {
         Facts {
+            file_identity: load.clone(),
             load,
             backend,
             links_pinned: pinned,
@@ -366,6 +394,24 @@ mod tests {
             let net = if load.is_ok() { Enforced } else { Unsupported };
             assert_eq!(verdict_of(&r, "connect-hold"), net);
         }
+    }
+
+    #[test]
+    fn exec_rules_on_paths_only_are_degraded_and_say_why() {
+        let mut f = facts(Ok(()), Some(Backend::Lsm), true);
+        f.file_identity = Err("mm_struct.exe_file: no such member".into());
+        let r = judge(f);
+        assert_eq!(verdict_of(&r, "exec-identity"), Verdict::Degraded);
+        assert_eq!(r.exit_code(), 1);
+        assert!(
+            r.summary().contains("exec-identity degraded"),
+            "{}",
+            r.summary()
+        );
+        let g = r.guarantees.iter().find(|g| g.name == "exec-identity");
+        assert!(g.is_some_and(|g| g.why.contains("mm_struct.exe_file")));
+        let ok = judge(facts(Ok(()), Some(Backend::Lsm), true));
+        assert_eq!(verdict_of(&ok, "exec-identity"), Verdict::Enforced);
     }
 
     #[test]

@@ -485,7 +485,9 @@ impl State {
                     globs: p.globs.clone(),
                 }));
             }
-            Err(e) => tracing::error!("cannot put the new identities of program files in force: {e}"),
+            Err(e) => {
+                tracing::error!("cannot put the new identities of program files in force: {e}")
+            }
         }
     }
 

@@ -81,7 +81,9 @@ impl ProgramFiles for HostFiles {
                 }
                 let path = format!("{dir}{name}");
                 match e.file_type() {
-                    Ok(t) if t.is_dir() && whole_tree => dirs.push((format!("{path}/"), String::new())),
+                    Ok(t) if t.is_dir() && whole_tree => {
+                        dirs.push((format!("{path}/"), String::new()))
+                    }
                     Ok(t) if t.is_file() || t.is_symlink() => out.push(path),
                     _ => {}
                 }
@@ -151,7 +153,9 @@ mod tests {
     impl ProgramFiles for FakeFs {
         fn identify(&self, path: &str) -> Option<Identified> {
             let real = self.links.get(path).cloned().unwrap_or(path.to_string());
-            self.files.get(&real).map(|&(dev, ino)| Identified { real, dev, ino })
+            self.files
+                .get(&real)
+                .map(|&(dev, ino)| Identified { real, dev, ino })
         }
         fn under(&self, prefix: &str, limit: usize) -> Vec<String> {
             let mut v: Vec<String> = self
@@ -168,16 +172,17 @@ mod tests {
     }
 
     fn set(yaml_rules: &str) -> (RuleSet, Compiled) {
-        let text = format!(
-            "workloads:\n  - name: w\n    cgroups: [\"/w\"]\nrules:\n{yaml_rules}"
-        );
+        let text = format!("workloads:\n  - name: w\n    cgroups: [\"/w\"]\nrules:\n{yaml_rules}");
         let rs = RuleSet::parse("t.yaml", &text).expect("valid");
         let c = rules::compile(&rs).expect("compiles");
         (rs, c)
     }
 
     fn action_of(entries: &[(ExecFileKey, RuleRef)], ino: u64) -> Option<u8> {
-        entries.iter().find(|(k, _)| k.ino == ino).map(|(_, v)| v.action)
+        entries
+            .iter()
+            .find(|(k, _)| k.ino == ino)
+            .map(|(_, v)| v.action)
     }
 
     #[test]
@@ -187,7 +192,8 @@ mod tests {
         fs.files.insert("/usr/bin/ssh".into(), (8, 11));
         fs.files.insert("/usr/bin/ssh-add".into(), (8, 12));
         fs.files.insert("/usr/bin/scp".into(), (8, 13));
-        fs.links.insert("/usr/local/bin/curl".into(), "/usr/bin/curl".into());
+        fs.links
+            .insert("/usr/local/bin/curl".into(), "/usr/bin/curl".into());
         let (rs, c) = set(
             "  - {name: no-curl, workload: w, on: exec, paths: [/usr/local/bin/curl, /usr/bin/curl], action: deny}\n\
              \x20 - {name: ssh, workload: w, on: exec, paths: ['/usr/bin/ssh*'], action: approve}\n\
@@ -198,16 +204,30 @@ mod tests {
         let approve = agent_common::Action::Approve as u8;
         let allow = agent_common::Action::Allow as u8;
         let table = [
-            (10, Some(deny), "a rule on a symlink names the file it points to"),
-            (11, Some(approve), "a prefix names the files that exist under it"),
-            (12, Some(allow), "an exact path beats a prefix, as in the path maps"),
+            (
+                10,
+                Some(deny),
+                "a rule on a symlink names the file it points to",
+            ),
+            (
+                11,
+                Some(approve),
+                "a prefix names the files that exist under it",
+            ),
+            (
+                12,
+                Some(allow),
+                "an exact path beats a prefix, as in the path maps",
+            ),
             (13, None, "a file no rule names gets no entry"),
         ];
         for (ino, want, why) in table {
             assert_eq!(action_of(&e, ino), want, "{why}");
         }
         assert_eq!(e.len(), 3, "one entry per file: {e:?}");
-        assert!(e.iter().all(|(k, _)| k.dev == 8 && k.workload == rs.workloads[0].id));
+        assert!(e
+            .iter()
+            .all(|(k, _)| k.dev == 8 && k.workload == rs.workloads[0].id));
     }
 
     #[test]
@@ -256,7 +276,10 @@ mod tests {
         assert_eq!(tool, alias, "a symlink is the file it points to");
         let meta = std::fs::metadata(d.join("tool")).expect("stat");
         assert_eq!(tool.ino, meta.ino());
-        assert!(HostFiles.identify(&d.to_string_lossy()).is_none(), "a directory is no program");
+        assert!(
+            HostFiles.identify(&d.to_string_lossy()).is_none(),
+            "a directory is no program"
+        );
         let prefix = format!("{}/", d.display());
         let mut all = HostFiles.under(&prefix, 10);
         all.sort();

@@ -10,8 +10,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use agent_common::{
-    proto, ExecExactKey, ExecFileKey, ExecPrefixData, Net4Data, Net6Data, PortRule, PortRules, RuleRef,
-    PATH_CAP, PORT_RULES_CAP,
+    proto, ExecExactKey, ExecFileKey, ExecPrefixData, Net4Data, Net6Data, PortRule, PortRules,
+    RuleRef, PATH_CAP, PORT_RULES_CAP,
 };
 use ipnet::IpNet;
 use policy::{Matcher, PathPattern, Protocol, RuleSet};

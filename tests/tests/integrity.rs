@@ -194,10 +194,18 @@ fn every_name_of_a_denied_program_is_refused() {
             continue;
         }
         let refused = match backend {
-            Backend::Lsm => out["errno"].as_i64() == Some(EPERM) || out["exit"].as_i64().is_some_and(|c| c != 0),
-            Backend::Tracepoint => out["signal"] == 9 || out["exit"].as_i64().is_some_and(|c| c != 0),
+            Backend::Lsm => {
+                out["errno"].as_i64() == Some(EPERM) || out["exit"].as_i64().is_some_and(|c| c != 0)
+            }
+            Backend::Tracepoint => {
+                out["signal"] == 9 || out["exit"].as_i64().is_some_and(|c| c != 0)
+            }
         };
-        assert!(refused, "{}: not run, but not refused either: {out}", t.name);
+        assert!(
+            refused,
+            "{}: not run, but not refused either: {out}",
+            t.name
+        );
     }
     assert!(
         through.is_empty(),
@@ -247,14 +255,20 @@ fn every_name_of_a_program_that_needs_approval_is_held() {
         let pending = h.wait_pending_where(t.name, |q| q.op == "exec");
         assert_eq!(pending.rule_id, rule, "{}", t.name);
         assert!(!m.exists(), "{}: ran before any decision", t.name);
-        h.engine().decide(pending.id, Decision::Allow).expect("decide");
+        h.engine()
+            .decide(pending.id, Decision::Allow)
+            .expect("decide");
         let out = outcome(child);
         assert!(m.exists(), "{}: ran after approval: {out}", t.name);
     }
     // And a reviewer's deny holds for another name too.
     let m = p.marker("denied");
     let cmd = probe_args(&["exec-via", "fd", &s(&p.path()), &s(&m)]);
-    let child = spawn_in(&watched, Path::new(&cmd[0]), &cmd[1..].iter().map(String::as_str).collect::<Vec<_>>());
+    let child = spawn_in(
+        &watched,
+        Path::new(&cmd[0]),
+        &cmd[1..].iter().map(String::as_str).collect::<Vec<_>>(),
+    );
     let out = held_then(&mut h, child, Decision::Deny);
     assert!(!m.exists(), "denied by the reviewer, yet it ran: {out}");
 }
@@ -307,14 +321,19 @@ fn a_held_exec_makes_no_progress_under_a_sigcont_loop() {
             // Each SIGCONT restarts execve, which stops again: still the same request.
             let again = h.wait_pending_where("still held", |q| q.op == "exec");
             assert_eq!(again.id, pending.id);
-            h.engine().decide(pending.id, Decision::Allow).expect("decide");
+            h.engine()
+                .decide(pending.id, Decision::Allow)
+                .expect("decide");
             let out = outcome(child);
             assert!(m.exists(), "ran after approval: {out}");
         }
         Backend::Tracepoint => {
             // The new image ran to its first system call and was ended there, recorded.
             let out = outcome(child);
-            assert_eq!(out["signal"], 9, "ended before its first system call took effect: {out}");
+            assert_eq!(
+                out["signal"], 9,
+                "ended before its first system call took effect: {out}"
+            );
             assert!(!m.exists());
             assert!(counter(&mut h, Counter::ResumeKilled) > before);
             h.expect_event("resumed without a decision", |e| {
@@ -343,7 +362,10 @@ fn a_tracer_that_swallows_stops_does_not_release_a_held_exec() {
         &probe(),
         &["exec-via", "traced", &s(&p.path()), &s(&m)],
     ));
-    assert!(m.exists(), "a traced exec works where nothing watches: {out}");
+    assert!(
+        m.exists(),
+        "a traced exec works where nothing watches: {out}"
+    );
 
     let backend = h.engine().backend();
     let m = p.marker("traced");
@@ -355,7 +377,9 @@ fn a_tracer_that_swallows_stops_does_not_release_a_held_exec() {
             // The tracer resumes every stop; the exec restarts and stops again, and never runs.
             std::thread::sleep(Duration::from_secs(1));
             assert!(!m.exists(), "the tracer released the held exec");
-            h.engine().decide(pending.id, Decision::Allow).expect("decide");
+            h.engine()
+                .decide(pending.id, Decision::Allow)
+                .expect("decide");
             let out = outcome(child);
             assert!(m.exists(), "ran after approval: {out}");
         }
@@ -398,9 +422,93 @@ fn a_replaced_program_is_recognised_by_its_new_identity() {
         "the new file has another identity"
     );
     let prev = h.compiled.clone();
-    h.engine().apply(&policy.compiled, Some(&prev)).expect("apply");
+    h.engine()
+        .apply(&policy.compiled, Some(&prev))
+        .expect("apply");
     let m = p.marker("replaced");
     let watched = h.cgroup.path.clone();
-    let out = run_in(&watched, &probe_args(&["exec", &s(&p.at("symlink")), &s(&m)]));
-    assert!(!m.exists(), "the replaced program ran through a symlink: {out}");
+    let out = run_in(
+        &watched,
+        &probe_args(&["exec", &s(&p.at("symlink")), &s(&m)]),
+    );
+    assert!(
+        !m.exists(),
+        "the replaced program ran through a symlink: {out}"
+    );
+}
+
+/// Whether a listener has a connection waiting (a refused connect leaves none; an accepted one
+/// is queued before `connect()` returns).
+fn accepted(l: &std::net::TcpListener) -> bool {
+    l.set_nonblocking(true).expect("nonblocking");
+    l.accept().is_ok()
+}
+
+fn received(u: &std::net::UdpSocket) -> bool {
+    u.set_nonblocking(true).expect("nonblocking");
+    let mut buf = [0u8; 16];
+    u.recv(&mut buf).is_ok()
+}
+
+#[test]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
+fn the_unspecified_address_is_decided_as_the_address_it_becomes() {
+    if !privileged() {
+        return;
+    }
+    use std::net::{TcpListener, UdpSocket};
+    let lo = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let lo_port = lo.local_addr().expect("addr").port();
+    let lo2 = TcpListener::bind("127.0.0.2:0").expect("bind 127.0.0.2");
+    let lo2_port = lo2.local_addr().expect("addr").port();
+    let lo6 = TcpListener::bind("[::1]:0").expect("bind ::1");
+    let lo6_port = lo6.local_addr().expect("addr").port();
+    let udp = UdpSocket::bind("127.0.0.1:0").expect("bind udp");
+    let udp_port = udp.local_addr().expect("addr").port();
+    let h = Harness::new(&rules(&format!(
+        "  - {{name: lo, workload: test, on: connect, to: [127.0.0.1/32], ports: [{lo_port}], action: deny}}\n\
+         \x20 - {{name: lo2, workload: test, on: connect, to: [127.0.0.2/32], ports: [{lo2_port}], action: deny}}\n\
+         \x20 - {{name: lo6, workload: test, on: connect, to: [\"::1/128\"], ports: [{lo6_port}], action: deny}}\n\
+         \x20 - {{name: udp, workload: test, on: connect, to: [127.0.0.1/32], ports: [{udp_port}], protocol: udp, action: deny}}\n"
+    )));
+    let free = TestCgroup::new();
+    let watched = h.cgroup.path.clone();
+    type Reached<'a> = Box<dyn Fn() -> bool + 'a>;
+    let cases: Vec<(&str, Vec<String>, Reached)> = vec![
+        (
+            "TCP to 0.0.0.0 (loopback)",
+            probe_args(&["connect", &format!("0.0.0.0:{lo_port}")]),
+            Box::new(|| accepted(&lo)),
+        ),
+        (
+            "TCP to 0.0.0.0 from a socket bound to 127.0.0.2 (its own address)",
+            probe_args(&["connect-from", "127.0.0.2", &format!("0.0.0.0:{lo2_port}")]),
+            Box::new(|| accepted(&lo2)),
+        ),
+        (
+            "TCP to :: (::1)",
+            probe_args(&["connect", &format!("[::]:{lo6_port}")]),
+            Box::new(|| accepted(&lo6)),
+        ),
+        (
+            "TCP to ::ffff:0.0.0.0 on a dual-stack socket",
+            probe_args(&["connect", &format!("[::ffff:0.0.0.0]:{lo_port}")]),
+            Box::new(|| accepted(&lo)),
+        ),
+        (
+            "UDP sendto 0.0.0.0",
+            probe_args(&["udp-send", &format!("0.0.0.0:{udp_port}")]),
+            Box::new(|| received(&udp)),
+        ),
+    ];
+    for (name, cmd, reached) in &cases {
+        let out = run_in(&free.path, cmd);
+        assert!(
+            reached(),
+            "{name}: does not reach the destination unwatched: {out}"
+        );
+        let out = run_in(&watched, cmd);
+        assert!(!reached(), "{name}: reached the denied destination: {out}");
+        assert_eq!(out["errno"].as_i64(), Some(EPERM), "{name}: {out}");
+    }
 }

@@ -374,5 +374,12 @@ mod tests {
             .member_offset("linux_binprm", "filename")
             .expect("linux_binprm.filename");
         assert!(off > 0 && off < 4096, "offset {off}");
+        let files = super::super::probe::file_offsets_in(&btf).expect("file identity offsets");
+        assert_eq!(files.0.len(), 7);
+        // Every field lies inside its structure, and no two of one structure coincide.
+        assert!(files.0.iter().all(|(_, o)| *o < 16_384), "{files:?}");
+        let ino = files.0.iter().find(|(g, _)| *g == "INODE_INO_OFF");
+        let sb = files.0.iter().find(|(g, _)| *g == "INODE_SB_OFF");
+        assert_ne!(ino.map(|x| x.1), sb.map(|x| x.1));
     }
 }

@@ -7,6 +7,8 @@
 //! latch-probe hold 127.0.0.1:8080        TCP connect(), print a line, then wait for one read
 //! latch-probe exec PROGRAM [ARG...]      run PROGRAM as a child; report how it ended
 //! latch-probe connect-loop 127.0.0.1:80  connect() again and again until killed
+//! latch-probe connect-from 127.0.0.2 0.0.0.0:8080
+//!                                        bind to an IPv4 source address, then TCP connect()
 //! latch-probe exec-via HOW PROGRAM [ARG...]
 //!     run PROGRAM as a child in another way than by its name:
 //!       fd       execveat(open(PROGRAM), "", AT_EMPTY_PATH)   (fexecve)
@@ -181,8 +183,55 @@ fn exec_via(how: &str, program: &str, args: &[String]) {
     }
 }
 
+/// TCP connect() from a socket bound to `src` (IPv4 only).
+fn connect_from(src: &str, dst: &str) {
+    let (Ok(src), Ok(dst)) = (
+        src.parse::<std::net::Ipv4Addr>(),
+        dst.parse::<std::net::SocketAddrV4>(),
+    ) else {
+        eprintln!("latch-probe: connect-from wants an IPv4 address and an IPv4 address:port");
+        std::process::exit(2);
+    };
+    let sin = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(ip.octets()),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: plain system calls on a socket this function owns and on local addresses.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        if fd < 0 {
+            return report(Err(std::io::Error::last_os_error()));
+        }
+        let a = sin(src, 0);
+        if libc::bind(fd, (&a as *const libc::sockaddr_in).cast(), len) != 0 {
+            return report(Err(std::io::Error::last_os_error()));
+        }
+        let b = sin(*dst.ip(), dst.port());
+        let r = libc::connect(fd, (&b as *const libc::sockaddr_in).cast(), len);
+        let res = if r == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        };
+        libc::close(fd);
+        report(res)
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("connect-from") {
+        let (Some(src), Some(dst)) = (args.get(2), args.get(3)) else {
+            eprintln!("usage: latch-probe connect-from SRC DST:PORT");
+            std::process::exit(2);
+        };
+        return connect_from(src, dst);
+    }
     if args.get(1).map(String::as_str) == Some("exec-via") {
         let (Some(how), Some(program)) = (args.get(2), args.get(3)) else {
             eprintln!("usage: latch-probe exec-via fd|procfd|dirfd|traced PROGRAM [ARG...]");

@@ -404,7 +404,10 @@ mod tests {
             vec![
                 ("6.1-lsm-on".into(), vec!["kernel", "integrity", "daemon"]),
                 ("6.1-lsm-off".into(), vec!["kernel", "integrity"]),
-                ("6.12-lsm-on".into(), vec!["kernel", "integrity", "daemon", "central"]),
+                (
+                    "6.12-lsm-on".into(),
+                    vec!["kernel", "integrity", "daemon", "central"]
+                ),
                 ("6.12-lsm-off".into(), vec!["kernel", "integrity", "daemon"]),
                 ("6.12-arm64-lsm-on".into(), vec![]),
                 ("6.12-arm64-lsm-off".into(), vec![]),
