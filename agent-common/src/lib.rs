@@ -406,6 +406,9 @@ pub mod event_flags {
     /// An exec held before it happened (LSM backend): the task still runs its old image, and a
     /// relative path is resolved against its working directory, not `/proc/PID/exe`.
     pub const BEFORE_EXEC: u8 = 4;
+    /// A packet dropped by the egress backstop: no socket hook saw it, and no process is known
+    /// (pid, uid and command are zero).
+    pub const PACKET: u8 = 8;
 }
 
 /// A record the kernel writes to [`EVENTS`](maps::EVENTS).
@@ -511,6 +514,9 @@ pub enum Counter {
     ResumeKilled = 21,
     /// The identity of an executed file could not be read; only its path was matched.
     FileUnreadable = 22,
+    /// A packet from a watched workload that no socket hook decided (ping and raw sockets,
+    /// other IP protocols) was dropped by the egress backstop.
+    PacketDropped = 23,
 }
 
 /// Number of slots in [`COUNTERS`](maps::COUNTERS).
@@ -541,7 +547,7 @@ size_check! {
 
 // The LPM trie key (u32 prefix length + data) must fit the kernel's 256-byte data limit.
 const _: () = assert!(core::mem::size_of::<ExecPrefixData>() <= 256);
-const _: () = assert!((COUNTER_SLOTS as usize) > Counter::FileUnreadable as usize);
+const _: () = assert!((COUNTER_SLOTS as usize) > Counter::PacketDropped as usize);
 
 #[cfg(feature = "user")]
 mod pod {

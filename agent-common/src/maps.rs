@@ -30,6 +30,9 @@ pub const SCRATCH: &str = "SCRATCH";
 /// Connections let through by a grant: socket cookie → the [`GrantKey`](crate::GrantKey) that
 /// allowed it (LRU), so that revoking the grant can close them.
 pub const GRANT_CONNS: &str = "GRANT_CONNS";
+/// When the egress backstop last reported a dropped packet of a socket (cookie → ns), so that a
+/// flood makes one event per socket per second, not one per packet.
+pub const PKT_REPORTED: &str = "PKT_REPORTED";
 /// aya-log's ring buffer (declared by aya-log-ebpf, not by us).
 pub const AYA_LOGS: &str = "AYA_LOGS";
 
@@ -48,6 +51,7 @@ pub const ALL: &[&str] = &[
     COUNTERS,
     SCRATCH,
     GRANT_CONNS,
+    PKT_REPORTED,
     AYA_LOGS,
 ];
 

@@ -10,6 +10,8 @@
 //! - `connect4`, `connect6`, `sendmsg4`, `sendmsg6`: cgroup `sock_addr` hooks attached at the
 //!   cgroup v2 root; everything outside a watched cgroup returns at once. A held call is
 //!   recorded and failed with `-ERESTARTNOINTR`.
+//! - `egress`: cgroup `skb` egress at the cgroup v2 root; drops what no socket hook decided (ping
+//!   and raw sockets, other IP protocols) when a rule denies or holds its destination.
 //! - `held`: `syscalls:sys_exit_{connect,sendto,sendmsg,sendmmsg}`; stops a thread whose call a
 //!   socket hook held and tells the agent (socket hooks may not send signals on most kernels).
 //! - `exec_lsm`: BPF LSM `bprm_check_security` (LSM backend): exec decided before it happens,
@@ -33,6 +35,7 @@ mod identity;
 mod kconf;
 mod maps;
 mod net;
+mod packet;
 mod pause;
 mod report;
 mod scope;
@@ -40,8 +43,8 @@ mod scratch;
 mod stop;
 
 use aya_ebpf::{
-    macros::{cgroup_sock_addr, lsm, raw_tracepoint, tracepoint},
-    programs::{LsmContext, RawTracePointContext, SockAddrContext, TracePointContext},
+    macros::{cgroup_skb, cgroup_sock_addr, lsm, raw_tracepoint, tracepoint},
+    programs::{LsmContext, RawTracePointContext, SkBuffContext, SockAddrContext, TracePointContext},
 };
 
 
@@ -92,6 +95,11 @@ pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(sendmsg6)]
 pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
     net::check::<true, true>(&ctx)
+}
+
+#[cgroup_skb(egress)]
+pub fn egress(ctx: SkBuffContext) -> i32 {
+    packet::egress(&ctx)
 }
 
 /// Start-up probe only: attached while the agent runs one exec, to see whether LSM programs are

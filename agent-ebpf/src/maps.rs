@@ -58,6 +58,10 @@ pub static GRANTS: HashMap<GrantKey, Grant> = HashMap::pinned(65_536, 0);
 #[map(name = "GRANT_CONNS")]
 pub static GRANT_CONNS: LruHashMap<u64, GrantKey> = LruHashMap::pinned(65_536, 0);
 
+/// Socket cookie → when the egress backstop last reported a packet of it dropped (ns).
+#[map(name = "PKT_REPORTED")]
+pub static PKT_REPORTED: LruHashMap<u64, u64> = LruHashMap::with_max_entries(4096, 0);
+
 /// The agent's heartbeat and the fail mode, one entry.
 #[map(name = "HEARTBEAT")]
 pub static HEARTBEAT: Array<Heartbeat> = Array::pinned(1, 0);

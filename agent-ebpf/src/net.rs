@@ -13,6 +13,9 @@ use crate::maps::{NET4_RULES, NET6_RULES};
 use crate::pause::{self, Hold, Subject, Verdict};
 use crate::{scope, scratch};
 
+const IPPROTO_UDPLITE: u32 = 136;
+const IPPROTO_MPTCP: u32 = 262;
+
 const ALLOW: i32 = 1;
 const DENY: i32 = 0;
 
@@ -29,7 +32,13 @@ pub fn check<const SENDMSG: bool, const V6: bool>(ctx: &SockAddrContext) -> i32 
     };
     let sa = ctx.sock_addr;
     // SAFETY: the context the kernel passed; these fields are readable in every sock_addr hook.
-    let (protocol, port) = unsafe { ((*sa).protocol as u8, u16::from_be((*sa).user_port as u16)) };
+    let (raw_proto, port) = unsafe { ((*sa).protocol, u16::from_be((*sa).user_port as u16)) };
+    // A rule's protocol covers its variants: UDP-Lite is UDP, MPTCP is TCP.
+    let protocol = match raw_proto {
+        IPPROTO_UDPLITE => proto::UDP,
+        IPPROTO_MPTCP => proto::TCP,
+        p => p as u8,
+    };
     let mut addr = [0u8; 16];
     let mut fam = fam;
     if fam == family::INET {
@@ -187,7 +196,7 @@ fn is_v4_mapped(a: &[u8; 16]) -> bool {
 }
 
 #[inline(always)]
-fn lookup4(workload: u32, addr: &[u8; 16], port: u16, protocol: u8) -> Option<(u32, u8)> {
+pub fn lookup4(workload: u32, addr: &[u8; 16], port: u16, protocol: u8) -> Option<(u32, u8)> {
     let key = Key::new(
         64,
         Net4Data {
@@ -199,7 +208,7 @@ fn lookup4(workload: u32, addr: &[u8; 16], port: u16, protocol: u8) -> Option<(u
 }
 
 #[inline(always)]
-fn lookup6(workload: u32, addr: &[u8; 16], port: u16, protocol: u8) -> Option<(u32, u8)> {
+pub fn lookup6(workload: u32, addr: &[u8; 16], port: u16, protocol: u8) -> Option<(u32, u8)> {
     let key = Key::new(
         160,
         Net6Data {

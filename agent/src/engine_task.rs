@@ -1071,6 +1071,7 @@ fn recovered_event(op: &PendingOp) -> Option<KernelEvent> {
         target: op.target,
         reentered: false,
         before_exec: false,
+        packet: false,
     })
 }
 
@@ -1107,6 +1108,12 @@ pub fn counter_name(slot: u32) -> Option<&'static str> {
         (Counter::GrantExpired, "grant_expired"),
         (Counter::AddrUnreadable, "addr_unreadable"),
         (Counter::ConnUntracked, "conn_untracked"),
+        (Counter::LsmProbeRan, "lsm_probe_ran"),
+        (Counter::ExecRefused, "exec_refused"),
+        (Counter::FieldUnreadable, "field_unreadable"),
+        (Counter::ResumeKilled, "resume_killed"),
+        (Counter::FileUnreadable, "file_unreadable"),
+        (Counter::PacketDropped, "packet_dropped"),
     ];
     NAMES
         .iter()

@@ -80,6 +80,10 @@ pub struct KernelEvent {
     /// An exec held before it happened (LSM backend): the old image still runs.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub before_exec: bool,
+    /// A packet dropped by the egress backstop (ping and raw sockets, other IP protocols): no
+    /// process is known, and no request was opened.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub packet: bool,
 }
 
 fn ser_op<S: serde::Serializer>(op: &Op, s: S) -> Result<S::Ok, S::Error> {
@@ -163,6 +167,7 @@ impl KernelEvent {
             target: e.target,
             reentered: e.flags & event_flags::REENTERED != 0,
             before_exec: e.flags & event_flags::BEFORE_EXEC != 0,
+            packet: e.flags & event_flags::PACKET != 0,
         })
     }
 

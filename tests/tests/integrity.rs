@@ -512,3 +512,177 @@ fn the_unspecified_address_is_decided_as_the_address_it_becomes() {
         assert_eq!(out["errno"].as_i64(), Some(EPERM), "{name}: {out}");
     }
 }
+
+/// Everything that arrives on a raw socket of `protocol` (the test's own, outside any watched
+/// cgroup): the evidence that a packet reached its destination.
+struct Arrivals {
+    fd: std::os::fd::OwnedFd,
+    seen: Vec<Vec<u8>>,
+}
+
+impl Arrivals {
+    fn new(kind: i32, protocol: i32, bind_to: Option<std::net::SocketAddrV4>) -> Self {
+        use std::os::fd::FromRawFd;
+        // SAFETY: a new socket, owned at once.
+        let fd = unsafe { libc::socket(libc::AF_INET, kind | libc::SOCK_NONBLOCK, protocol) };
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        // SAFETY: `fd` is a new descriptor nobody else owns.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        if let Some(a) = bind_to {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            use std::os::fd::AsRawFd;
+            // SAFETY: binding our socket to a local address.
+            let r = unsafe {
+                libc::bind(
+                    fd.as_raw_fd(),
+                    (&sin as *const libc::sockaddr_in).cast(),
+                    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                )
+            };
+            assert_eq!(r, 0, "bind: {}", std::io::Error::last_os_error());
+        }
+        Arrivals {
+            fd,
+            seen: Vec::new(),
+        }
+    }
+
+    fn port(&self) -> u16 {
+        use std::os::fd::AsRawFd;
+        // SAFETY: getsockname into a local of the right size.
+        unsafe {
+            let mut sin: libc::sockaddr_in = std::mem::zeroed();
+            let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            libc::getsockname(
+                self.fd.as_raw_fd(),
+                (&mut sin as *mut libc::sockaddr_in).cast(),
+                &mut len,
+            );
+            u16::from_be(sin.sin_port)
+        }
+    }
+
+    fn drain(&mut self) {
+        use std::os::fd::AsRawFd;
+        let mut buf = [0u8; 2048];
+        loop {
+            // SAFETY: reads into a local buffer.
+            let n =
+                unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n <= 0 {
+                return;
+            }
+            self.seen.push(buf[..n as usize].to_vec());
+        }
+    }
+
+    fn has(&mut self, needle: &[u8]) -> bool {
+        self.drain();
+        self.seen
+            .iter()
+            .any(|p| p.windows(needle.len()).any(|w| w == needle))
+    }
+
+    /// Waits (boundedly) for a packet carrying `needle`.
+    fn wait_for(&mut self, needle: &[u8]) -> bool {
+        let deadline = Instant::now() + latch_tests::patience();
+        while Instant::now() < deadline {
+            if self.has(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
+    }
+}
+
+/// `net.ipv4.ping_group_range`, set for the length of a test and put back after.
+struct PingGroups(String);
+
+impl PingGroups {
+    const PATH: &str = "/proc/sys/net/ipv4/ping_group_range";
+    fn allow_root() -> Self {
+        let old = std::fs::read_to_string(Self::PATH).expect("read ping_group_range");
+        std::fs::write(Self::PATH, "0 0").expect("write ping_group_range");
+        PingGroups(old)
+    }
+}
+
+impl Drop for PingGroups {
+    fn drop(&mut self) {
+        let _ = std::fs::write(Self::PATH, self.0.trim());
+    }
+}
+
+#[test]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
+fn packets_that_no_socket_hook_sees_are_dropped_on_the_way_out() {
+    if !privileged() {
+        return;
+    }
+    let _ping = PingGroups::allow_root();
+    let mut icmp = Arrivals::new(libc::SOCK_RAW, libc::IPPROTO_ICMP, None);
+    let mut lite = Arrivals::new(
+        libc::SOCK_DGRAM,
+        libc::IPPROTO_UDPLITE,
+        Some("127.0.0.1:0".parse().expect("addr")),
+    );
+    let lite_port = lite.port();
+    let h = Harness::new(&rules(&format!(
+        "  - {{name: no-3, workload: test, on: connect, to: [127.0.0.3/32], action: deny}}\n\
+         \x20 - {{name: ask-4, workload: test, on: connect, to: [127.0.0.4/32], action: approve}}\n\
+         \x20 - {{name: no-udp, workload: test, on: connect, to: [127.0.0.1/32], ports: [{lite_port}], protocol: udp, action: deny}}\n"
+    )));
+    let free = TestCgroup::new();
+    let watched = h.cgroup.path.clone();
+    let cases: [(&str, &str, &str); 3] = [
+        ("raw ICMP socket", "raw", "127.0.0.3"),
+        ("unprivileged ping socket", "ping", "127.0.0.3"),
+        (
+            "raw ICMP to a destination that needs approval",
+            "raw",
+            "127.0.0.4",
+        ),
+    ];
+    let id = std::process::id();
+    for (i, (name, how, to)) in cases.iter().enumerate() {
+        let free_tag = format!("{id}-{i}-free");
+        let out = run_in(&free.path, &probe_args(&["icmp", how, to, &free_tag]));
+        assert!(
+            icmp.wait_for(format!("latch-{free_tag}").as_bytes()),
+            "{name}: does not arrive unwatched: {out}"
+        );
+        let tag = format!("{id}-{i}-watched");
+        let out = run_in(&watched, &probe_args(&["icmp", how, to, &tag]));
+        // A later packet from outside, seen arriving: the earlier one would be there by now.
+        let after = format!("{id}-{i}-after");
+        run_in(&free.path, &probe_args(&["icmp", how, to, &after]));
+        assert!(icmp.wait_for(format!("latch-{after}").as_bytes()));
+        assert!(
+            !icmp.has(format!("latch-{tag}").as_bytes()),
+            "{name}: reached a denied destination: {out}"
+        );
+        assert_eq!(out["errno"].as_i64(), Some(EPERM), "{name}: {out}");
+    }
+    // UDP-Lite under a `protocol: udp` rule.
+    let to = format!("127.0.0.1:{lite_port}");
+    let out = run_in(&free.path, &probe_args(&["udplite-send", &to]));
+    assert!(
+        lite.wait_for(b"latch"),
+        "UDP-Lite does not arrive unwatched: {out}"
+    );
+    lite.seen.clear();
+    let out = run_in(&watched, &probe_args(&["udplite-send", &to]));
+    assert_eq!(out["errno"].as_i64(), Some(EPERM), "UDP-Lite: {out}");
+    assert!(
+        !lite.has(b"latch"),
+        "UDP-Lite reached a destination a udp rule denies"
+    );
+}

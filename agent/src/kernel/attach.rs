@@ -14,7 +14,10 @@
 use std::{fs::File, path::Path};
 
 use aya::{
-    programs::{links::FdLink, CgroupAttachMode, CgroupSockAddr, Lsm, RawTracePoint, TracePoint},
+    programs::{
+        links::FdLink, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, Lsm,
+        RawTracePoint, TracePoint,
+    },
     Btf, Ebpf,
 };
 
@@ -143,6 +146,22 @@ pub fn attach_all(
             .map_err(link_err(name))?;
         p.keep(link, name)?;
     }
+
+    // The packet backstop, for what the socket hooks do not see.
+    let name = "egress";
+    let prog: &mut CgroupSkb = program(ebpf, name)?;
+    if prog.fd().is_err() {
+        prog.load().map_err(prog_err(name))?;
+    }
+    let id = prog
+        .attach(&root, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
+        .map_err(prog_err(name))?;
+    let link: FdLink = prog
+        .take_link(id)
+        .map_err(prog_err(name))?
+        .try_into()
+        .map_err(link_err(name))?;
+    p.keep(link, name)?;
 
     match backend {
         Backend::Lsm => {

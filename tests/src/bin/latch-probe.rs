@@ -9,6 +9,9 @@
 //! latch-probe connect-loop 127.0.0.1:80  connect() again and again until killed
 //! latch-probe connect-from 127.0.0.2 0.0.0.0:8080
 //!                                        bind to an IPv4 source address, then TCP connect()
+//! latch-probe icmp raw|ping ADDR TAG      one ICMP echo request to an IPv4 address carrying TAG,
+//!                                        from a raw socket or an unprivileged ping socket
+//! latch-probe udplite-send ADDR:PORT     sendto() on a UDP-Lite socket
 //! latch-probe exec-via HOW PROGRAM [ARG...]
 //!     run PROGRAM as a child in another way than by its name:
 //!       fd       execveat(open(PROGRAM), "", AT_EMPTY_PATH)   (fexecve)
@@ -192,14 +195,7 @@ fn connect_from(src: &str, dst: &str) {
         eprintln!("latch-probe: connect-from wants an IPv4 address and an IPv4 address:port");
         std::process::exit(2);
     };
-    let sin = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: port.to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from_ne_bytes(ip.octets()),
-        },
-        sin_zero: [0; 8],
-    };
+    let sin = sockaddr4;
     let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
     // SAFETY: plain system calls on a socket this function owns and on local addresses.
     unsafe {
@@ -223,8 +219,107 @@ fn connect_from(src: &str, dst: &str) {
     }
 }
 
+/// The Internet checksum (RFC 1071).
+fn checksum(data: &[u8]) -> u16 {
+    let mut sum = 0u32;
+    for pair in data.chunks(2) {
+        let word = u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]);
+        sum += word as u32;
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+fn sockaddr4(ip: std::net::Ipv4Addr, port: u16) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(ip.octets()),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+/// Sends `payload` on a new socket of the given type and protocol to `to`.
+fn send_on(kind: i32, protocol: i32, to: libc::sockaddr_in, payload: &[u8]) {
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: plain system calls on a socket this function owns, with local buffers.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, kind, protocol);
+        if fd < 0 {
+            return report(Err(std::io::Error::last_os_error()));
+        }
+        let r = libc::sendto(
+            fd,
+            payload.as_ptr().cast(),
+            payload.len(),
+            0,
+            (&to as *const libc::sockaddr_in).cast(),
+            len,
+        );
+        let res = if r >= 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        };
+        libc::close(fd);
+        report(res)
+    }
+}
+
+fn icmp(how: &str, addr: &str, tag: &str) {
+    let Ok(ip) = addr.parse::<std::net::Ipv4Addr>() else {
+        eprintln!("latch-probe: icmp wants an IPv4 address, not '{addr}'");
+        std::process::exit(2);
+    };
+    // Echo request: type 8, code 0, checksum, identifier, sequence, then the tag.
+    let mut msg = vec![8u8, 0, 0, 0, 0x4c, 0x54, 0, 1];
+    msg.extend_from_slice(format!("latch-{tag}").as_bytes());
+    let sum = checksum(&msg);
+    msg[2..4].copy_from_slice(&sum.to_be_bytes());
+    let kind = match how {
+        "raw" => libc::SOCK_RAW,
+        "ping" => libc::SOCK_DGRAM,
+        other => {
+            eprintln!("latch-probe: icmp raw|ping, not '{other}'");
+            std::process::exit(2);
+        }
+    };
+    send_on(kind, libc::IPPROTO_ICMP, sockaddr4(ip, 0), &msg)
+}
+
+fn udplite_send(addr: &str) {
+    let Ok(to) = addr.parse::<std::net::SocketAddrV4>() else {
+        eprintln!("latch-probe: udplite-send wants an IPv4 address:port, not '{addr}'");
+        std::process::exit(2);
+    };
+    send_on(
+        libc::SOCK_DGRAM,
+        libc::IPPROTO_UDPLITE,
+        sockaddr4(*to.ip(), to.port()),
+        b"latch",
+    )
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("icmp") {
+        let (Some(how), Some(addr), Some(tag)) = (args.get(2), args.get(3), args.get(4)) else {
+            eprintln!("usage: latch-probe icmp raw|ping ADDR TAG");
+            std::process::exit(2);
+        };
+        return icmp(how, addr, tag);
+    }
+    if args.get(1).map(String::as_str) == Some("udplite-send") {
+        let Some(addr) = args.get(2) else {
+            eprintln!("usage: latch-probe udplite-send ADDR:PORT");
+            std::process::exit(2);
+        };
+        return udplite_send(addr);
+    }
     if args.get(1).map(String::as_str) == Some("connect-from") {
         let (Some(src), Some(dst)) = (args.get(2), args.get(3)) else {
             eprintln!("usage: latch-probe connect-from SRC DST:PORT");
