@@ -451,9 +451,12 @@ pub struct Event {
     pub proto: u8,
     /// [`event_flags`].
     pub flags: u8,
-    /// Explicit padding.
-    pub _pad: [u8; 4],
-    /// Destination address, network order (IPv4 in the first 4 bytes).
+    /// Exec: the device of the executed file (kernel `dev_t` encoding); 0 when unknown and for
+    /// network operations.
+    pub file_dev: u32,
+    /// Network operations: destination address, network order (IPv4 in the first 4 bytes).
+    /// Exec: bytes 0..8 what the exec asked for (see `fingerprint::file`), 8..16 the executed
+    /// file's inode number (0 when unknown).
     pub addr: [u8; 16],
     /// `comm` of the task.
     pub comm: [u8; 16],

@@ -238,10 +238,51 @@ fn start_event(
     // What was asked, kept in the entry: a held exec that restarts is recognised by it even
     // after the agent pointed the entry at the program a relative path resolved to.
     ev.addr[..8].copy_from_slice(&asked.to_ne_bytes());
+    ev.addr[8..].copy_from_slice(&file.1.to_ne_bytes());
+    ev.file_dev = file.0;
     asked
 }
 
-/// Raw `sys_enter` (tracepoint backend): a task whose exec is still waiting got resumed by
+/// fexit of `get_signal` (tracepoint backend): the task is about to return to user space. If its
+/// exec is still waiting, someone other than the agent resumed it (the agent removes the entry
+/// before it sends SIGCONT), or a tracer swallowed the stop: a new SIGSTOP is pending before
+/// the return, so the task stops again without running an instruction. If the agent is gone,
+/// the fail mode decides.
+pub fn on_signal_return() {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let Some(p) = PENDING.get_ptr(&tid) else {
+        return;
+    };
+    // SAFETY: map value pointer from lookup.
+    let p = unsafe { *p };
+    if p.op != Op::Exec as u8
+        || p.state != pending_state::WAITING
+        || p.flags & agent_common::pending_flags::RESTARTS != 0
+    {
+        return;
+    }
+    let Some(s) = scratch::get() else {
+        pause::kill_current();
+        return;
+    };
+    let watch = agent_common::Watch {
+        workload: p.workload,
+        default_action: Action::Approve as u8,
+        _pad: [0; 3],
+    };
+    let subject = Subject::current(p.cgroup_id, watch);
+    let ev = &mut s.event;
+    pause::clear(ev);
+    ev.op = Op::Exec as u8;
+    ev.target = p.target;
+    ev.created_ns = p.created_ns;
+    let how = Hold::StopNow { restarts: false };
+    if pause::hold_again(&subject, ev, p.rule_id, how) == Verdict::Deny {
+        pause::kill_current();
+    }
+}
+
+/// Raw `sys_enter` (tracepoint backend, where `restop` cannot attach): a task whose exec is still waiting got resumed by
 /// someone other than the agent (the agent removes the entry before it sends SIGCONT), or by a
 /// tracer that swallowed the stop. Stopping it again here would come too late for this system
 /// call, which runs before any signal is delivered, so the task is ended instead and that is

@@ -18,8 +18,11 @@
 //!   at every level of an interpreter chain, by the identity of the file and then its path.
 //! - `exec`: `sched:sched_process_exec` (tracepoint backend): the new image of a watched task,
 //!   before its first instruction.
-//! - `gate`: raw `sys_enter` (tracepoint backend only); ends a held exec whose task was resumed
-//!   by someone other than the agent before its first system call takes effect.
+//! - `restop`: fexit of `get_signal` (tracepoint backend): a held exec's task that is about to
+//!   return to user space without a decision (a foreign SIGCONT, a tracer) is stopped again
+//!   before it runs an instruction. Runs only when a task handles a signal.
+//! - `gate`: raw `sys_enter` (tracepoint backend, only where `restop` cannot attach): ends such
+//!   a task at its first system call.
 //! - `exit`: `sched:sched_process_exit`; drops the pending entry of a task that went away.
 //! - `probe_lsm`: attached for a moment at start-up to learn whether BPF LSM programs really
 //!   run here (they load and attach even where `bpf` is missing from `lsm=`, and then never run).
@@ -43,8 +46,11 @@ mod scratch;
 mod stop;
 
 use aya_ebpf::{
-    macros::{cgroup_skb, cgroup_sock_addr, lsm, raw_tracepoint, tracepoint},
-    programs::{LsmContext, RawTracePointContext, SkBuffContext, SockAddrContext, TracePointContext},
+    macros::{cgroup_skb, cgroup_sock_addr, fexit, lsm, raw_tracepoint, tracepoint},
+    programs::{
+        FExitContext, LsmContext, RawTracePointContext, SkBuffContext, SockAddrContext,
+        TracePointContext,
+    },
 };
 
 
@@ -63,6 +69,12 @@ pub fn held(ctx: TracePointContext) -> u32 {
 #[lsm(hook = "bprm_check_security")]
 pub fn exec_lsm(ctx: LsmContext) -> i32 {
     exec::on_bprm_check(&ctx)
+}
+
+#[fexit(function = "get_signal")]
+pub fn restop(_ctx: FExitContext) -> i32 {
+    exec::on_signal_return();
+    0
 }
 
 #[raw_tracepoint(tracepoint = "sys_enter")]

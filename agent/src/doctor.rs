@@ -191,12 +191,24 @@ pub fn judge(f: Facts) -> Report {
                      instruction; the caller sees a killed child, not EPERM"
                 ),
             });
-            g.push(Guarantee {
-                name: "exec-hold",
-                verdict: Verdict::Degraded,
-                why: "tracepoint backend: held after the exec, kept stopped by a sys_enter gate \
-                      that runs on every system call of the host"
-                    .into(),
+            g.push(if f.hooks.iter().any(|h| h == "restop") {
+                Guarantee {
+                    name: "exec-hold",
+                    verdict: Verdict::Enforced,
+                    why: "tracepoint backend: held after the exec, before the new image's first \
+                          instruction, and stopped again at every return from signal handling \
+                          until decided (fexit get_signal)"
+                        .into(),
+                }
+            } else {
+                Guarantee {
+                    name: "exec-hold",
+                    verdict: Verdict::Degraded,
+                    why: "tracepoint backend: held after the exec; a task resumed without a \
+                          decision is killed at its first system call by a sys_enter gate that \
+                          runs on every system call of the host"
+                        .into(),
+                }
             });
         }
         (false, _) => {
@@ -387,13 +399,29 @@ mod tests {
                 exec,
                 "{load:?} {backend:?} {pinned}"
             );
-            assert_eq!(verdict_of(&r, "exec-hold"), exec);
+            assert_eq!(verdict_of(&r, "exec-hold"), exec, "no restop hook");
             assert_eq!(verdict_of(&r, "hooks-outlive-agent"), hooks);
             assert_eq!(r.verdict, overall);
             assert_eq!(r.exit_code(), code);
             let net = if load.is_ok() { Enforced } else { Unsupported };
             assert_eq!(verdict_of(&r, "connect-hold"), net);
         }
+    }
+
+    #[test]
+    fn a_tracepoint_hold_renewed_at_signal_return_is_enforced() {
+        let mut f = facts(Ok(()), Some(Backend::Tracepoint), true);
+        f.hooks = vec!["exec".into(), "restop".into()];
+        let r = judge(f);
+        assert_eq!(verdict_of(&r, "exec-hold"), Verdict::Enforced);
+        assert_eq!(
+            verdict_of(&r, "exec-deny"),
+            Verdict::Degraded,
+            "a killed child, not EPERM"
+        );
+        let mut f = facts(Ok(()), Some(Backend::Tracepoint), true);
+        f.hooks = vec!["exec".into(), "gate".into()];
+        assert_eq!(verdict_of(&judge(f), "exec-hold"), Verdict::Degraded);
     }
 
     #[test]

@@ -82,7 +82,7 @@ impl Policy {
             source_name: source.to_string(),
             error,
         })?;
-        compiled.exec_files = programs::resolve(&rules, &compiled, &programs::HostFiles);
+        compiled.exec_files = programs::resolve(&rules, &compiled, &programs::HostFiles::now());
         let globs = rules
             .workloads
             .iter()
@@ -465,7 +465,7 @@ impl State {
     /// puts the rule set back in force with their current identities.
     fn refresh_programs(&mut self) {
         let Some(p) = self.policy.clone() else { return };
-        let files = programs::resolve(&p.rules, &p.compiled, &programs::HostFiles);
+        let files = programs::resolve(&p.rules, &p.compiled, &programs::HostFiles::now());
         if files == p.compiled.exec_files {
             return;
         }
@@ -1072,6 +1072,7 @@ fn recovered_event(op: &PendingOp) -> Option<KernelEvent> {
         reentered: false,
         before_exec: false,
         packet: false,
+        file: None,
     })
 }
 

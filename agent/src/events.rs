@@ -12,7 +12,7 @@ use std::{
 
 use agent_common::{event_flags, family, Event, Op, Outcome, PATH_CAP};
 use aya::maps::{MapData, RingBuf};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::io::unix::AsyncFd;
 
 use crate::kernel::RequestId;
@@ -84,6 +84,19 @@ pub struct KernelEvent {
     /// process is known, and no request was opened.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub packet: bool,
+    /// Exec: the identity of the file that was executed (at the level that decided it: for a
+    /// script, the interpreter, when that is what a rule named).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<FileId>,
+}
+
+/// A file's identity as the kernel saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileId {
+    /// Device, kernel `dev_t` encoding (major << 20 | minor).
+    pub dev: u32,
+    /// Inode number.
+    pub ino: u64,
 }
 
 fn ser_op<S: serde::Serializer>(op: &Op, s: S) -> Result<S::Ok, S::Error> {
@@ -168,6 +181,16 @@ impl KernelEvent {
             reentered: e.flags & event_flags::REENTERED != 0,
             before_exec: e.flags & event_flags::BEFORE_EXEC != 0,
             packet: e.flags & event_flags::PACKET != 0,
+            file: (op == Op::Exec)
+                .then(|| {
+                    let mut ino = [0u8; 8];
+                    ino.copy_from_slice(&e.addr[8..16]);
+                    FileId {
+                        dev: e.file_dev,
+                        ino: u64::from_ne_bytes(ino),
+                    }
+                })
+                .filter(|f| f.ino != 0),
         })
     }
 

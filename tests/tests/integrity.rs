@@ -308,7 +308,7 @@ fn a_held_exec_makes_no_progress_under_a_sigcont_loop() {
         "  - {{name: ask, workload: test, on: exec, paths: [{}], action: approve}}\n",
         p.path().display()
     )));
-    let backend = h.engine().backend();
+    let killed = resumed_exec_is_killed(&mut h);
     let m = p.marker("sigcont");
     let child = h.spawn(&probe(), &["exec", &s(&p.path()), &s(&m)]);
     let pending = h.wait_pending_where("the held exec", |q| q.op == "exec");
@@ -316,31 +316,33 @@ fn a_held_exec_makes_no_progress_under_a_sigcont_loop() {
     let sent = sigcont_loop(pending.tgid, Duration::from_secs(2));
     assert!(sent > 0);
     assert!(!m.exists(), "the held program ran under {sent} SIGCONTs");
-    match backend {
-        Backend::Lsm => {
-            // Each SIGCONT restarts execve, which stops again: still the same request.
-            let again = h.wait_pending_where("still held", |q| q.op == "exec");
-            assert_eq!(again.id, pending.id);
-            h.engine()
-                .decide(pending.id, Decision::Allow)
-                .expect("decide");
-            let out = outcome(child);
-            assert!(m.exists(), "ran after approval: {out}");
-        }
-        Backend::Tracepoint => {
-            // The new image ran to its first system call and was ended there, recorded.
-            let out = outcome(child);
-            assert_eq!(
-                out["signal"], 9,
-                "ended before its first system call took effect: {out}"
-            );
-            assert!(!m.exists());
-            assert!(counter(&mut h, Counter::ResumeKilled) > before);
-            h.expect_event("resumed without a decision", |e| {
-                e.outcome == Outcome::FailClosed && e.reentered
-            });
-        }
+    if killed {
+        // The image ran to its first system call and was ended there, recorded.
+        let out = outcome(child);
+        assert_eq!(out["signal"], 9, "ended at its first system call: {out}");
+        assert!(!m.exists());
+        assert!(counter(&mut h, Counter::ResumeKilled) > before);
+        h.expect_event("resumed without a decision", |e| {
+            e.outcome == Outcome::FailClosed && e.reentered
+        });
+    } else {
+        // Each SIGCONT only renews the stop (LSM: execve restarts and stops again; tracepoint
+        // backend: stopped again on the way back from the signal): still the same request.
+        let again = h.wait_pending_where("still held", |q| q.op == "exec");
+        assert_eq!(again.id, pending.id);
+        assert!(counter(&mut h, Counter::Repaused) > 0);
+        h.engine()
+            .decide(pending.id, Decision::Allow)
+            .expect("decide");
+        let out = outcome(child);
+        assert!(m.exists(), "ran after approval: {out}");
     }
+}
+
+/// Whether a held exec resumed without a decision is killed (the tracepoint backend's
+/// `sys_enter` gate) rather than stopped again (LSM, or the tracepoint backend's `restop`).
+fn resumed_exec_is_killed(h: &mut Harness) -> bool {
+    h.engine().hooks().contains(&"gate")
 }
 
 #[test]
@@ -367,29 +369,34 @@ fn a_tracer_that_swallows_stops_does_not_release_a_held_exec() {
         "a traced exec works where nothing watches: {out}"
     );
 
-    let backend = h.engine().backend();
+    let killed = resumed_exec_is_killed(&mut h);
     let m = p.marker("traced");
     let before = counter(&mut h, Counter::ResumeKilled);
     let child = h.spawn(&probe(), &["exec-via", "traced", &s(&p.path()), &s(&m)]);
-    match backend {
-        Backend::Lsm => {
-            let pending = h.wait_pending_where("the held exec", |q| q.op == "exec");
-            // The tracer resumes every stop; the exec restarts and stops again, and never runs.
-            std::thread::sleep(Duration::from_secs(1));
-            assert!(!m.exists(), "the tracer released the held exec");
-            h.engine()
-                .decide(pending.id, Decision::Allow)
-                .expect("decide");
-            let out = outcome(child);
-            assert!(m.exists(), "ran after approval: {out}");
+    if killed {
+        // The tracer resumes the stopped image at once; its first system call ends it.
+        let out = outcome(child);
+        assert_eq!(out["signal"], 9, "{out}");
+        assert!(!m.exists(), "the tracer released the held exec");
+        assert!(counter(&mut h, Counter::ResumeKilled) > before);
+    } else {
+        let pending = h.wait_pending_where("the held exec", |q| q.op == "exec");
+        // The tracer resumes every stop; the task stops again each time and never runs.
+        let repaused = counter(&mut h, Counter::Repaused);
+        let deadline = Instant::now() + latch_tests::patience();
+        while counter(&mut h, Counter::Repaused) < repaused + 3 {
+            assert!(
+                Instant::now() < deadline,
+                "the tracer's resumes did not meet the hold"
+            );
+            std::thread::sleep(Duration::from_millis(5));
         }
-        Backend::Tracepoint => {
-            // The tracer resumes the stopped image at once; its first system call ends it.
-            let out = outcome(child);
-            assert_eq!(out["signal"], 9, "{out}");
-            assert!(!m.exists(), "the tracer released the held exec");
-            assert!(counter(&mut h, Counter::ResumeKilled) > before);
-        }
+        assert!(!m.exists(), "the tracer released the held exec");
+        h.engine()
+            .decide(pending.id, Decision::Allow)
+            .expect("decide");
+        let out = outcome(child);
+        assert!(m.exists(), "ran after approval: {out}");
     }
 }
 
@@ -684,5 +691,47 @@ fn packets_that_no_socket_hook_sees_are_dropped_on_the_way_out() {
     assert!(
         !lite.has(b"latch"),
         "UDP-Lite reached a destination a udp rule denies"
+    );
+}
+
+/// The file system a path is on, for messages.
+fn fs_of(p: &Path) -> String {
+    std::process::Command::new("findmnt")
+        .args(["-no", "FSTYPE,SOURCE,TARGET", "-T"])
+        .arg(p)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+#[test]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
+fn the_kernel_and_the_agent_name_a_file_alike() {
+    if !privileged() {
+        return;
+    }
+    let p = Program::new();
+    let mut h = Harness::new(&rules(&format!(
+        "  - {{name: seen, workload: test, on: exec, paths: [{}], action: audit}}\n",
+        p.path().display()
+    )));
+    let m = p.marker("audited");
+    let out = h.probe(&["exec", &s(&p.path()), &s(&m)]);
+    assert!(m.exists(), "audit lets it run: {out}");
+    let ev = h.expect_event("audited exec", |e| e.outcome == Outcome::Audited);
+    let kernel = ev
+        .file
+        .expect("the kernel read the executed file's identity");
+    let agent: Vec<(u32, u64)> = h
+        .compiled
+        .exec_files
+        .iter()
+        .map(|(k, _)| (k.dev, k.ino))
+        .collect();
+    assert!(
+        agent.contains(&(kernel.dev, kernel.ino)),
+        "the agent keys {agent:?}, the kernel executed {kernel:?}: {} ({})",
+        p.path().display(),
+        fs_of(&p.path())
     );
 }

@@ -15,8 +15,8 @@ use std::{fs::File, path::Path};
 
 use aya::{
     programs::{
-        links::FdLink, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, Lsm,
-        RawTracePoint, TracePoint,
+        links::FdLink, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, FExit,
+        Lsm, RawTracePoint, TracePoint,
     },
     Btf, Ebpf,
 };
@@ -180,12 +180,24 @@ pub fn attach_all(
         Backend::Tracepoint => {
             let link = tracepoint(ebpf, "exec", "sched", "sched_process_exec")?;
             p.keep(link, "exec")?;
-            let name = "gate";
-            let prog: &mut RawTracePoint = program(ebpf, name)?;
-            prog.load().map_err(prog_err(name))?;
-            let id = prog.attach("sys_enter").map_err(prog_err(name))?;
-            let link: FdLink = prog.take_link(id).map_err(prog_err(name))?.into();
-            p.keep(link, "gate")?;
+            // What keeps a held image from running: the stop renewed on every return from
+            // signal handling (costs nothing while no signal is handled), or, where the kernel
+            // cannot attach that, a gate on every system call of the host.
+            match restop(ebpf) {
+                Ok(link) => p.keep(link, "restop")?,
+                Err(e) => {
+                    tracing::warn!(
+                        "a held exec is kept stopped by the sys_enter gate, which runs on every \
+                         system call: {e}"
+                    );
+                    let name = "gate";
+                    let prog: &mut RawTracePoint = program(ebpf, name)?;
+                    prog.load().map_err(prog_err(name))?;
+                    let id = prog.attach("sys_enter").map_err(prog_err(name))?;
+                    let link: FdLink = prog.take_link(id).map_err(prog_err(name))?.into();
+                    p.keep(link, "gate")?;
+                }
+            }
         }
     }
 
@@ -196,6 +208,19 @@ pub fn attach_all(
         remove_unused_pins(link_dir, &p.out.hooks);
     }
     Ok(p.out)
+}
+
+/// The fexit of `get_signal` that stops a held exec's task again (needs BTF and trampolines).
+fn restop(ebpf: &mut Ebpf) -> Result<FdLink, EngineError> {
+    let name = "restop";
+    let btf = Btf::from_sys_fs().map_err(|e| EngineError::Program {
+        name,
+        reason: format!("no kernel BTF: {e}"),
+    })?;
+    let prog: &mut FExit = program(ebpf, name)?;
+    prog.load("get_signal", &btf).map_err(prog_err(name))?;
+    let id = prog.attach().map_err(prog_err(name))?;
+    Ok(prog.take_link(id).map_err(prog_err(name))?.into())
 }
 
 /// Attaches the tracepoint program `name` (loaded on first use; one program may serve several

@@ -8,7 +8,10 @@
 //! Must not: touch the kernel maps itself or decide what a rule means; the rule that applies to
 //! a file is the one the path maps give its real path ([`rules::match_exec`]).
 //!
-//! A copy of a program is another file: it is not recognised here.
+//! A copy of a program is another file: it is not recognised here. Paths are resolved in the
+//! agent's own mount namespace.
+
+pub mod mountinfo;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
@@ -21,15 +24,15 @@ use crate::rules::{self, Compiled};
 /// At most this many files are taken from one path prefix (`/usr/bin/ssh*`, `/opt/tools/`).
 pub const PREFIX_FILES_MAX: usize = 4096;
 
-/// A file's real path and identity.
+/// A file's real path and identities.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Identified {
     /// Canonical path (symlinks resolved).
     pub real: String,
-    /// Device, in the kernel's `dev_t` encoding.
-    pub dev: u32,
-    /// Inode number.
-    pub ino: u64,
+    /// (device in the kernel's `dev_t` encoding, inode): what `stat` reports first, then, where
+    /// it differs, with the device of the file's mount (the super block's, which the kernel
+    /// sees; overlayfs and btrfs report others to `stat`).
+    pub ids: Vec<(u32, u64)>,
 }
 
 /// What the resolver needs from a file system.
@@ -42,21 +45,39 @@ pub trait ProgramFiles {
     fn under(&self, prefix: &str, limit: usize) -> Vec<String>;
 }
 
-/// The host's file system.
-pub struct HostFiles;
+/// The host's file system, with its mount table as it was when this was made.
+pub struct HostFiles {
+    mounts: Vec<mountinfo::Mount>,
+}
+
+impl HostFiles {
+    /// Reads the mount table now.
+    pub fn now() -> Self {
+        let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        HostFiles {
+            mounts: mountinfo::parse(&text),
+        }
+    }
+}
+
+fn regular_file_id(path: &str) -> Option<(u32, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    meta.is_file()
+        .then(|| (ExecFileKey::kernel_dev(meta.dev()), meta.ino()))
+}
 
 impl ProgramFiles for HostFiles {
     fn identify(&self, path: &str) -> Option<Identified> {
         let real = std::fs::canonicalize(path).ok()?;
-        let meta = std::fs::metadata(&real).ok()?;
-        if !meta.is_file() {
-            return None;
+        let real = real.to_string_lossy().into_owned();
+        let (dev, ino) = regular_file_id(&real)?;
+        let mut ids = vec![(dev, ino)];
+        if let Some(m) = mountinfo::mount_of(&self.mounts, &real) {
+            if m.dev != dev {
+                ids.push((m.dev, ino));
+            }
         }
-        Some(Identified {
-            real: real.to_string_lossy().into_owned(),
-            dev: ExecFileKey::kernel_dev(meta.dev()),
-            ino: meta.ino(),
-        })
+        Some(Identified { real, ids })
     }
 
     fn under(&self, prefix: &str, limit: usize) -> Vec<String> {
@@ -120,18 +141,20 @@ pub fn resolve(
                 else {
                     continue;
                 };
-                let key = ExecFileKey {
-                    workload: r.workload_id,
-                    dev: id.dev,
-                    ino: id.ino,
-                };
-                out.entry(key)
-                    .and_modify(|cur| {
-                        if rref.action > cur.action {
-                            *cur = rref;
-                        }
-                    })
-                    .or_insert(rref);
+                for &(dev, ino) in &id.ids {
+                    let key = ExecFileKey {
+                        workload: r.workload_id,
+                        dev,
+                        ino,
+                    };
+                    out.entry(key)
+                        .and_modify(|cur| {
+                            if rref.action > cur.action {
+                                *cur = rref;
+                            }
+                        })
+                        .or_insert(rref);
+                }
             }
         }
     }
@@ -153,9 +176,10 @@ mod tests {
     impl ProgramFiles for FakeFs {
         fn identify(&self, path: &str) -> Option<Identified> {
             let real = self.links.get(path).cloned().unwrap_or(path.to_string());
-            self.files
-                .get(&real)
-                .map(|&(dev, ino)| Identified { real, dev, ino })
+            self.files.get(&real).map(|&(dev, ino)| Identified {
+                real,
+                ids: vec![(dev, ino)],
+            })
         }
         fn under(&self, prefix: &str, limit: usize) -> Vec<String> {
             let mut v: Vec<String> = self
@@ -267,25 +291,26 @@ mod tests {
         std::fs::create_dir(d.join("sub")).expect("mkdir");
         std::fs::write(d.join("sub/deep"), b"y").expect("write");
         std::os::unix::fs::symlink(d.join("tool"), d.join("alias")).expect("symlink");
-        let tool = HostFiles
+        let host = HostFiles::now();
+        let tool = host
             .identify(&d.join("tool").to_string_lossy())
             .expect("identified");
-        let alias = HostFiles
+        let alias = host
             .identify(&d.join("alias").to_string_lossy())
             .expect("identified");
         assert_eq!(tool, alias, "a symlink is the file it points to");
         let meta = std::fs::metadata(d.join("tool")).expect("stat");
-        assert_eq!(tool.ino, meta.ino());
+        assert_eq!(tool.ids[0].1, meta.ino());
         assert!(
-            HostFiles.identify(&d.to_string_lossy()).is_none(),
+            host.identify(&d.to_string_lossy()).is_none(),
             "a directory is no program"
         );
         let prefix = format!("{}/", d.display());
-        let mut all = HostFiles.under(&prefix, 10);
+        let mut all = host.under(&prefix, 10);
         all.sort();
         assert_eq!(all.len(), 3, "{all:?}");
         assert!(all.iter().any(|p| p.ends_with("sub/deep")));
-        assert_eq!(HostFiles.under(&format!("{}/to", d.display()), 10).len(), 1);
-        assert_eq!(HostFiles.under(&prefix, 2).len(), 2, "bounded");
+        assert_eq!(host.under(&format!("{}/to", d.display()), 10).len(), 1);
+        assert_eq!(host.under(&prefix, 2).len(), 2, "bounded");
     }
 }
