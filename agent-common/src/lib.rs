@@ -520,6 +520,8 @@ pub enum Counter {
     /// A packet from a watched workload that no socket hook decided (ping and raw sockets,
     /// other IP protocols) was dropped by the egress backstop.
     PacketDropped = 23,
+    /// A `bpf()` call from a watched task was refused (LSM backend).
+    BpfRefused = 24,
 }
 
 /// Number of slots in [`COUNTERS`](maps::COUNTERS).
@@ -550,7 +552,7 @@ size_check! {
 
 // The LPM trie key (u32 prefix length + data) must fit the kernel's 256-byte data limit.
 const _: () = assert!(core::mem::size_of::<ExecPrefixData>() <= 256);
-const _: () = assert!((COUNTER_SLOTS as usize) > Counter::PacketDropped as usize);
+const _: () = assert!((COUNTER_SLOTS as usize) > Counter::BpfRefused as usize);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -14,6 +14,7 @@
 //!   and raw sockets, other IP protocols) when a rule denies or holds its destination.
 //! - `held`: `syscalls:sys_exit_{connect,sendto,sendmsg,sendmmsg}`; stops a thread whose call a
 //!   socket hook held and tells the agent (socket hooks may not send signals on most kernels).
+//! - `bpf_guard`: BPF LSM `bpf` (LSM backend): refuses `bpf()` to watched tasks.
 //! - `exec_lsm`: BPF LSM `bprm_check_security` (LSM backend): exec decided before it happens,
 //!   at every level of an interpreter chain, by the identity of the file and then its path.
 //! - `exec`: `sched:sched_process_exec` (tracepoint backend): the new image of a watched task,
@@ -112,6 +113,17 @@ pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
 #[cgroup_skb(egress)]
 pub fn egress(ctx: SkBuffContext) -> i32 {
     packet::egress(&ctx)
+}
+
+/// LSM backend: a watched task may not use `bpf()` at all, so that no workload, whatever its
+/// capabilities, can open the pinned maps or detach the hooks.
+#[lsm(hook = "bpf")]
+pub fn bpf_guard(_ctx: LsmContext) -> i32 {
+    if scope::watched().is_some() {
+        counters::bump(counters::Counter::BpfRefused);
+        return -1;
+    }
+    0
 }
 
 /// Start-up probe only: attached while the agent runs one exec, to see whether LSM programs are

@@ -1115,6 +1115,7 @@ pub fn counter_name(slot: u32) -> Option<&'static str> {
         (Counter::ResumeKilled, "resume_killed"),
         (Counter::FileUnreadable, "file_unreadable"),
         (Counter::PacketDropped, "packet_dropped"),
+        (Counter::BpfRefused, "bpf_refused"),
     ];
     NAMES
         .iter()

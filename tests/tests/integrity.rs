@@ -735,3 +735,30 @@ fn the_kernel_and_the_agent_name_a_file_alike() {
         fs_of(&p.path())
     );
 }
+
+#[test]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
+fn a_watched_task_may_not_use_bpf_on_the_lsm_backend() {
+    if !privileged() {
+        return;
+    }
+    let mut h = Harness::new(&rules(
+        "  - {name: none, workload: test, on: exec, paths: [/nonexistent], action: deny}\n",
+    ));
+    let free = TestCgroup::new();
+    let out = run_in(&free.path, &probe_args(&["bpf-map"]));
+    assert_eq!(
+        out["ok"], true,
+        "root may use bpf() where nothing watches: {out}"
+    );
+    let out = h.probe(&["bpf-map"]);
+    match h.engine().backend() {
+        Backend::Lsm => {
+            assert_eq!(out["errno"].as_i64(), Some(EPERM), "{out}");
+            assert!(counter(&mut h, Counter::BpfRefused) > 0);
+        }
+        // Without BPF LSM nothing can refuse it: a watched root task can touch the maps (the
+        // README says so, and `latch-agent doctor` reports it).
+        Backend::Tracepoint => assert_eq!(out["ok"], true, "{out}"),
+    }
+}

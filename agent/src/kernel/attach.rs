@@ -176,6 +176,12 @@ pub fn attach_all(
             let id = prog.attach().map_err(prog_err(name))?;
             let link: FdLink = prog.take_link(id).map_err(prog_err(name))?.into();
             p.keep(link, "exec-lsm")?;
+            let name = "bpf_guard";
+            let prog: &mut Lsm = program(ebpf, name)?;
+            prog.load("bpf", &btf).map_err(prog_err(name))?;
+            let id = prog.attach().map_err(prog_err(name))?;
+            let link: FdLink = prog.take_link(id).map_err(prog_err(name))?.into();
+            p.keep(link, "bpf-guard")?;
         }
         Backend::Tracepoint => {
             let link = tracepoint(ebpf, "exec", "sched", "sched_process_exec")?;

@@ -12,6 +12,7 @@
 //! latch-probe icmp raw|ping ADDR TAG      one ICMP echo request to an IPv4 address carrying TAG,
 //!                                        from a raw socket or an unprivileged ping socket
 //! latch-probe udplite-send ADDR:PORT     sendto() on a UDP-Lite socket
+//! latch-probe bpf-map                    create a small BPF array map with bpf()
 //! latch-probe exec-via HOW PROGRAM [ARG...]
 //!     run PROGRAM as a child in another way than by its name:
 //!       fd       execveat(open(PROGRAM), "", AT_EMPTY_PATH)   (fexecve)
@@ -304,8 +305,36 @@ fn udplite_send(addr: &str) {
     )
 }
 
+/// `bpf(BPF_MAP_CREATE)` of a one-entry array: whether this process may use `bpf()`.
+fn bpf_map() {
+    // map_type, key_size, value_size, max_entries, then zeros (the kernel checks the tail).
+    let mut attr = [0u32; 30];
+    attr[0] = 2; // BPF_MAP_TYPE_ARRAY
+    attr[1] = 4;
+    attr[2] = 4;
+    attr[3] = 1;
+    // SAFETY: BPF_MAP_CREATE (0) reads `size` bytes of the local, zero-padded attribute block.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            0,
+            attr.as_ptr(),
+            std::mem::size_of_val(&attr) as u32,
+        )
+    };
+    if fd < 0 {
+        return report(Err(std::io::Error::last_os_error()));
+    }
+    // SAFETY: closing the descriptor just made.
+    unsafe { libc::close(fd as i32) };
+    report(Ok(()))
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("bpf-map") {
+        return bpf_map();
+    }
     if args.get(1).map(String::as_str) == Some("icmp") {
         let (Some(how), Some(addr), Some(tag)) = (args.get(2), args.get(3), args.get(4)) else {
             eprintln!("usage: latch-probe icmp raw|ping ADDR TAG");
