@@ -170,6 +170,17 @@ pub struct Watch {
     pub _pad: [u8; 3],
 }
 
+/// Value of [`LINEAGE`](maps::LINEAGE): a thread that was in a watched cgroup (or descends from
+/// one that was) and stays watched wherever it moves.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lineage {
+    /// The watched cgroup it came from.
+    pub cgroup_id: u64,
+    /// That cgroup's watch.
+    pub watch: Watch,
+}
+
 /// A rule's identity and action, the value of the exec maps.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -522,6 +533,10 @@ pub enum Counter {
     PacketDropped = 23,
     /// A `bpf()` call from a watched task was refused (LSM backend).
     BpfRefused = 24,
+    /// A watched thread moved to a cgroup nobody watches (it stays watched by its lineage).
+    LeftWatched = 25,
+    /// A thread that needed a lineage entry found the map full.
+    LineageFull = 26,
 }
 
 /// Number of slots in [`COUNTERS`](maps::COUNTERS).
@@ -535,6 +550,7 @@ macro_rules! size_check {
 
 size_check! {
     Watch => 8,
+    Lineage => 16,
     RuleRef => 8,
     ExecExactKey => 256,
     ExecFileKey => 16,
@@ -552,7 +568,7 @@ size_check! {
 
 // The LPM trie key (u32 prefix length + data) must fit the kernel's 256-byte data limit.
 const _: () = assert!(core::mem::size_of::<ExecPrefixData>() <= 256);
-const _: () = assert!((COUNTER_SLOTS as usize) > Counter::BpfRefused as usize);
+const _: () = assert!((COUNTER_SLOTS as usize) > Counter::LineageFull as usize);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -560,6 +576,7 @@ mod pod {
     // SAFETY: every type below is `repr(C)`, `Copy`, made only of integers and byte arrays, and
     // has its padding as explicit fields, so every bit pattern is valid and none is uninitialised.
     unsafe impl aya::Pod for Watch {}
+    unsafe impl aya::Pod for Lineage {}
     unsafe impl aya::Pod for RuleRef {}
     unsafe impl aya::Pod for ExecExactKey {}
     unsafe impl aya::Pod for ExecFileKey {}

@@ -30,6 +30,9 @@ pub const SCRATCH: &str = "SCRATCH";
 /// Connections let through by a grant: socket cookie → the [`GrantKey`](crate::GrantKey) that
 /// allowed it (LRU), so that revoking the grant can close them.
 pub const GRANT_CONNS: &str = "GRANT_CONNS";
+/// Threads that were in a watched cgroup, or descend from one, by thread id: they stay watched
+/// wherever they move.
+pub const LINEAGE: &str = "LINEAGE";
 /// When the egress backstop last reported a dropped packet of a socket (cookie → ns), so that a
 /// flood makes one event per socket per second, not one per packet.
 pub const PKT_REPORTED: &str = "PKT_REPORTED";
@@ -51,6 +54,7 @@ pub const ALL: &[&str] = &[
     COUNTERS,
     SCRATCH,
     GRANT_CONNS,
+    LINEAGE,
     PKT_REPORTED,
     AYA_LOGS,
 ];
@@ -69,6 +73,7 @@ pub const PINNED: &[&str] = &[
     EVENTS,
     COUNTERS,
     GRANT_CONNS,
+    LINEAGE,
 ];
 
 /// The kernel keeps at most this many bytes of a map name (16 with the NUL).

@@ -27,6 +27,39 @@ pub fn bprm_filename_offset() -> usize {
     read(&BPRM_FILENAME_OFF) as usize
 }
 
+/// `child_pid` in the `sched_process_fork` record (from the format file: its layout changed when
+/// the comm fields became dynamic).
+#[unsafe(no_mangle)]
+static FORK_CHILD_OFF: u32 = 44;
+
+/// `dst_root`, `dst_id` and `pid` in the `cgroup_attach_task` record (from the format file).
+#[unsafe(no_mangle)]
+static ATTACH_ROOT_OFF: u32 = 8;
+#[unsafe(no_mangle)]
+static ATTACH_DST_OFF: u32 = 16;
+#[unsafe(no_mangle)]
+static ATTACH_PID_OFF: u32 = 24;
+
+#[inline(always)]
+pub fn fork_child_offset() -> usize {
+    read(&FORK_CHILD_OFF) as usize
+}
+
+#[inline(always)]
+pub fn attach_root_offset() -> usize {
+    read(&ATTACH_ROOT_OFF) as usize
+}
+
+#[inline(always)]
+pub fn attach_dst_offset() -> usize {
+    read(&ATTACH_DST_OFF) as usize
+}
+
+#[inline(always)]
+pub fn attach_pid_offset() -> usize {
+    read(&ATTACH_PID_OFF) as usize
+}
+
 /// 1 when the offsets below were all found in this kernel's BTF, so the programs can read the
 /// identity (device, inode) of the file being executed; 0 leaves exec matching to paths.
 #[unsafe(no_mangle)]

@@ -24,7 +24,10 @@
 //!   before it runs an instruction. Runs only when a task handles a signal.
 //! - `gate`: raw `sys_enter` (tracepoint backend, only where `restop` cannot attach): ends such
 //!   a task at its first system call.
-//! - `exit`: `sched:sched_process_exit`; drops the pending entry of a task that went away.
+//! - `exit`: `sched:sched_process_exit`; drops the pending entry and the lineage of a task that
+//!   went away.
+//! - `fork`, `moved`: `sched:sched_process_fork` and `cgroup:cgroup_attach_task`; keep the
+//!   lineage by which a task that leaves a watched cgroup stays watched.
 //! - `probe_lsm`: attached for a moment at start-up to learn whether BPF LSM programs really
 //!   run here (they load and attach even where `bpf` is missing from `lsm=`, and then never run).
 #![no_std]
@@ -37,6 +40,7 @@ mod counters;
 mod exec;
 mod identity;
 mod kconf;
+mod lineage;
 mod maps;
 mod net;
 mod packet;
@@ -87,6 +91,19 @@ pub fn gate(_ctx: RawTracePointContext) -> i32 {
 #[tracepoint(category = "sched", name = "sched_process_exit")]
 pub fn exit(_ctx: TracePointContext) -> u32 {
     pause::on_exit();
+    lineage::on_exit();
+    0
+}
+
+#[tracepoint(category = "sched", name = "sched_process_fork")]
+pub fn fork(ctx: TracePointContext) -> u32 {
+    lineage::on_fork(&ctx);
+    0
+}
+
+#[tracepoint(category = "cgroup", name = "cgroup_attach_task")]
+pub fn moved(ctx: TracePointContext) -> u32 {
+    lineage::on_attach(&ctx);
     0
 }
 

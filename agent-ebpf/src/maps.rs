@@ -6,7 +6,7 @@
 //! pinned by name under the agent's bpffs directory.
 
 use agent_common::{
-    ExecExactKey, ExecFileKey, ExecPrefixData, Grant, GrantKey, Heartbeat, Net4Data, Net6Data, Pending,
+    ExecExactKey, ExecFileKey, Lineage, ExecPrefixData, Grant, GrantKey, Heartbeat, Net4Data, Net6Data, Pending,
     PortRules, RuleRef, Watch, COUNTER_SLOTS,
 };
 use aya_ebpf::{
@@ -57,6 +57,11 @@ pub static GRANTS: HashMap<GrantKey, Grant> = HashMap::pinned(65_536, 0);
 /// make room for new ones; a socket's cookie is never reused while the kernel runs.
 #[map(name = "GRANT_CONNS")]
 pub static GRANT_CONNS: LruHashMap<u64, GrantKey> = LruHashMap::pinned(65_536, 0);
+
+/// Threads that were in a watched cgroup, or descend from one (thread id → where they came
+/// from): they stay watched wherever they move.
+#[map(name = "LINEAGE")]
+pub static LINEAGE: HashMap<u32, Lineage> = HashMap::pinned(131_072, 0);
 
 /// Socket cookie → when the egress backstop last reported a packet of it dropped (ns).
 #[map(name = "PKT_REPORTED")]

@@ -9,9 +9,19 @@ use crate::counters::{bump, Counter};
 use crate::maps::{HEARTBEAT, WATCHED};
 
 /// The calling task's cgroup id and its workload, if the cgroup or an ancestor is watched. The
-/// deepest watched ancestor wins, so a child cgroup can belong to a narrower workload.
+/// deepest watched ancestor wins, so a child cgroup can belong to a narrower workload. A task
+/// outside every watched cgroup that left one (or descends from one that did) keeps the watch
+/// of the cgroup it came from.
 #[inline(always)]
 pub fn watched() -> Option<(u64, Watch)> {
+    match by_cgroup() {
+        Some(w) => Some(w),
+        None => crate::lineage::of_current(),
+    }
+}
+
+#[inline(always)]
+fn by_cgroup() -> Option<(u64, Watch)> {
     // SAFETY: helpers without pointer arguments.
     let cgroup = unsafe { bpf_get_current_cgroup_id() };
     if let Some(w) = WATCHED.get_ptr(cgroup) {

@@ -90,6 +90,39 @@ pub struct Match {
     pub default_action: agent_common::Action,
 }
 
+/// Thread ids in the cgroup at `dir` and in every cgroup below it (to [`MAX_SCAN_DEPTH`]),
+/// from their `cgroup.threads` files. Unreadable files count as empty: a cgroup can go away
+/// while it is read.
+pub fn threads_under(dir: &Path) -> Vec<u32> {
+    ids_under(dir, "cgroup.threads")
+}
+
+/// Process ids in the cgroup at `dir` and below, from `cgroup.procs`.
+pub fn procs_under(dir: &Path) -> Vec<u32> {
+    ids_under(dir, "cgroup.procs")
+}
+
+fn ids_under(dir: &Path, file: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    let mut todo = vec![(dir.to_path_buf(), 0usize)];
+    while let Some((d, depth)) = todo.pop() {
+        if let Ok(text) = std::fs::read_to_string(d.join(file)) {
+            out.extend(text.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+        }
+        if depth >= MAX_SCAN_DEPTH {
+            continue;
+        }
+        if let Ok(entries) = std::fs::read_dir(&d) {
+            for e in entries.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    todo.push((e.path(), depth + 1));
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Deepest level scanned below the root.
 pub const MAX_SCAN_DEPTH: usize = 12;
 

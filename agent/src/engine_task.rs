@@ -152,6 +152,9 @@ pub struct Status {
     pub holding: bool,
     /// Directories of the cgroup tree followed through inotify (0: periodic rescan only).
     pub followed_dirs: usize,
+    /// Watched processes that can undo enforcement (dangerous capabilities in the host's user
+    /// namespace), as of the last rescan.
+    pub privileged: Vec<crate::privileged::Privileged>,
 }
 
 /// Requests to the engine task.
@@ -319,6 +322,8 @@ struct State {
     central_down_since: Option<Instant>,
     /// Central has been unreachable for longer than the timeout: the fail mode is in force.
     central_lost: bool,
+    /// Watched processes with dangerous capabilities at the last rescan.
+    privileged: Vec<crate::privileged::Privileged>,
 }
 
 /// How the engine task runs.
@@ -385,6 +390,7 @@ pub fn spawn(
         // Until the link first connects, central counts as unreachable since start-up.
         central_down_since: central_loss_timeout.map(|_| Instant::now()),
         central_lost: false,
+        privileged: Vec::new(),
     };
     let task = tokio::spawn(async move {
         let mut ticker = tokio::time::interval(tick);
@@ -886,7 +892,58 @@ impl State {
                 }
             }
         }
+        self.remember_lineage(&found);
+        self.find_privileged(&found);
         self.watched = found.into_iter().map(|m| (m.path, m.id)).collect();
+    }
+
+    /// Finds watched processes that can undo enforcement, and says so once per process.
+    fn find_privileged(&mut self, found: &[cgroups::Match]) {
+        let proc_root = std::path::Path::new("/proc");
+        let mut now = Vec::new();
+        for m in found {
+            let dir = self.cgroup_root.join(m.path.trim_start_matches('/'));
+            for pid in cgroups::procs_under(&dir) {
+                if let Some(p) = crate::privileged::check(proc_root, pid, &m.path) {
+                    now.push(p);
+                }
+            }
+        }
+        now.sort_by_key(|p| p.pid);
+        now.dedup_by_key(|p| p.pid);
+        for p in &now {
+            if !self.privileged.iter().any(|q| q.pid == p.pid) {
+                tracing::warn!(
+                    pid = p.pid,
+                    comm = %p.comm,
+                    cgroup = %p.cgroup,
+                    caps = %p.caps.join(","),
+                    "a watched process holds capabilities with which it can undo enforcement"
+                );
+            }
+        }
+        self.metrics.privileged.set(now.len() as i64);
+        self.privileged = now;
+    }
+
+    /// Threads already in watched cgroups stay watched if they leave (the kernel keeps this for
+    /// forks and moves into watched cgroups; these were there before). `found` is sorted by
+    /// path, so a deeper watched cgroup's watch is written last and wins.
+    fn remember_lineage(&mut self, found: &[cgroups::Match]) {
+        for m in found {
+            let dir = self.cgroup_root.join(m.path.trim_start_matches('/'));
+            let watch = agent_common::Watch {
+                workload: m.workload,
+                default_action: m.default_action as u8,
+                _pad: [0; 3],
+            };
+            for tid in cgroups::threads_under(&dir) {
+                if let Err(e) = self.engine.remember_lineage(tid, m.id, watch) {
+                    tracing::error!(cgroup = %m.path, tid, "cannot record a watched thread: {e}");
+                    return;
+                }
+            }
+        }
     }
 
     fn expire(&mut self) {
@@ -975,6 +1032,7 @@ impl State {
             heartbeat_timeout_s: self.heartbeat_timeout.as_secs_f64(),
             holding: self.holding(),
             followed_dirs: self.tree.as_ref().map(TreeWatch::followed).unwrap_or(0),
+            privileged: self.privileged.clone(),
         })
     }
 }
@@ -1116,6 +1174,8 @@ pub fn counter_name(slot: u32) -> Option<&'static str> {
         (Counter::FileUnreadable, "file_unreadable"),
         (Counter::PacketDropped, "packet_dropped"),
         (Counter::BpfRefused, "bpf_refused"),
+        (Counter::LeftWatched, "left_watched"),
+        (Counter::LineageFull, "lineage_full"),
     ];
     NAMES
         .iter()

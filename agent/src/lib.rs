@@ -20,6 +20,7 @@ pub mod engine_task;
 pub mod events;
 pub mod kernel;
 pub mod metrics;
+pub mod privileged;
 pub mod programs;
 pub mod recorder;
 pub mod rules;

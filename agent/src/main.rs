@@ -370,6 +370,33 @@ fn print_status(v: serde_json::Value, json: bool) {
         ]);
     }
     println!("\n{c}");
+    let privileged = v["privileged"].as_array().cloned().unwrap_or_default();
+    if !privileged.is_empty() {
+        let mut p = Table::new();
+        p.load_preset(NOTHING);
+        p.set_header([
+            "PRIVILEGED WATCHED PROCESS",
+            "COMMAND",
+            "CGROUP",
+            "CAPABILITIES",
+        ]);
+        for x in privileged {
+            let caps: Vec<String> = x["caps"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|c| c.as_str().map(str::to_string))
+                .collect();
+            p.add_row([
+                x["pid"].to_string(),
+                sanitize(x["comm"].as_str().unwrap_or("")),
+                sanitize(x["cgroup"].as_str().unwrap_or("")),
+                caps.join(","),
+            ]);
+        }
+        println!("\n{p}\n(these can undo enforcement: see the README's 'Ways around a rule')");
+    }
 }
 
 fn print_doctor(r: &latch_agent::doctor::Report, json: bool) {

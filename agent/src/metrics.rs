@@ -53,6 +53,8 @@ pub struct Metrics {
     pub journal_lost: Counter,
     /// Records central acknowledged.
     pub journal_shipped: Counter,
+    /// Watched processes with dangerous capabilities, at the last rescan.
+    pub privileged: Gauge,
 }
 
 impl Default for Metrics {
@@ -77,6 +79,12 @@ impl Metrics {
         let journal_disk_full = Gauge::default();
         let journal_lost = Counter::default();
         let journal_shipped = Counter::default();
+        let privileged = Gauge::default();
+        registry.register(
+            "privileged_watched_processes",
+            "Watched processes with capabilities that can undo enforcement (CAP_SYS_ADMIN, CAP_BPF, CAP_NET_RAW, ...)",
+            privileged.clone(),
+        );
         registry.register(
             "pending_operations",
             "Operations held in the kernel now",
@@ -133,6 +141,7 @@ impl Metrics {
             journal_disk_full,
             journal_lost,
             journal_shipped,
+            privileged,
         }
     }
 

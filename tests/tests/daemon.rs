@@ -754,3 +754,72 @@ fn doctor_reports_what_this_kernel_enforces_and_leaves_nothing_behind() {
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+#[test]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
+fn a_watched_process_that_can_undo_enforcement_is_reported() {
+    if !privileged() {
+        return;
+    }
+    let cg = TestCgroup::new();
+    let d = Daemon::launch(
+        &cg,
+        &rules("  - {name: off, workload: test, on: connect, to: [192.0.2.1/32], action: deny}\n"),
+        "deny",
+        "1s",
+    );
+    let sleep = std::path::Path::new("/bin/sleep");
+    let mut root = spawn_in(&cg.path, sleep, &["300"]);
+    let mut nobody = spawn_in(
+        &cg.path,
+        std::path::Path::new("/usr/bin/setpriv"),
+        &[
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "/bin/sleep",
+            "300",
+        ],
+    );
+    let (root_pid, nobody_pid) = (root.id() as u64, nobody.id() as u64);
+    let listed = |v: &serde_json::Value, pid: u64| {
+        v["privileged"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|p| p["pid"].as_u64() == Some(pid)))
+    };
+    let v = d.wait_status("the root process reported", |v| listed(v, root_pid));
+    let entry = v["privileged"]
+        .as_array()
+        .and_then(|a| {
+            a.iter()
+                .find(|p| p["pid"].as_u64() == Some(root_pid))
+                .cloned()
+        })
+        .unwrap_or_default();
+    assert_eq!(entry["comm"], "sleep", "{entry}");
+    assert!(
+        entry["caps"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|x| x == "CAP_SYS_ADMIN")),
+        "{entry}"
+    );
+    assert!(
+        !listed(&v, nobody_pid),
+        "an unprivileged process is not listed: {v}"
+    );
+    let metrics = http_get(d.metrics_port, "/metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("latch_privileged_watched_processes ") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+    let shown = text(&d.cli(&["status"]));
+    assert!(shown.contains("CAP_SYS_ADMIN"), "{shown}");
+    let _ = root.kill();
+    let _ = nobody.kill();
+    let _ = root.wait();
+    let _ = nobody.wait();
+    d.stop();
+}

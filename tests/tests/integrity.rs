@@ -762,3 +762,45 @@ fn a_watched_task_may_not_use_bpf_on_the_lsm_backend() {
         Backend::Tracepoint => assert_eq!(out["ok"], true, "{out}"),
     }
 }
+
+#[test]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
+fn leaving_the_watched_cgroup_does_not_leave_the_rules() {
+    if !privileged() {
+        return;
+    }
+    use std::net::TcpListener;
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let mut h = Harness::new(&rules(&format!(
+        "  - {{name: off, workload: test, on: connect, to: [127.0.0.1/32], ports: [{port}], action: deny}}\n"
+    )));
+    let free = TestCgroup::new();
+    let elsewhere = TestCgroup::new();
+    let to = format!("127.0.0.1:{port}");
+    let dest = s(&elsewhere.path);
+    for how in ["escape", "escape-clone"] {
+        // Where nothing watches, the move works and the connection arrives.
+        let out = run_in(&free.path, &probe_args(&[how, &dest, &to]));
+        assert_eq!(out["ok"], true, "{how} unwatched: {out}");
+        assert!(
+            accepted(&l),
+            "{how}: no connection arrived unwatched: {out}"
+        );
+        // From the watched cgroup, the process (or its clone) left it, and is still refused.
+        let before = counter(&mut h, Counter::LeftWatched);
+        let out = run_in(&h.cgroup.path.clone(), &probe_args(&[how, &dest, &to]));
+        assert_eq!(
+            out["errno"].as_i64(),
+            Some(EPERM),
+            "{how} from the watched cgroup: {out}"
+        );
+        assert!(!accepted(&l), "{how}: the connection arrived");
+        if how == "escape" {
+            assert!(
+                counter(&mut h, Counter::LeftWatched) > before,
+                "the move was counted"
+            );
+        }
+    }
+}

@@ -207,6 +207,11 @@ pub fn attach_all(
         }
     }
 
+    // The lineage: forks and cgroup moves, then exits (which also drop held entries).
+    let link = tracepoint(ebpf, "fork", "sched", "sched_process_fork")?;
+    p.keep(link, "fork")?;
+    let link = tracepoint(ebpf, "moved", "cgroup", "cgroup_attach_task")?;
+    p.keep(link, "moved")?;
     let link = tracepoint(ebpf, "exit", "sched", "sched_process_exit")?;
     p.keep(link, "exit")?;
 

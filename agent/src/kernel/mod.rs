@@ -24,7 +24,7 @@ use std::{
 
 use agent_common::{
     maps as names, pending_flags, pending_state, scope, Action, Counter, ExecExactKey, ExecFileKey,
-    ExecPrefixData, FailMode, Grant, GrantKey, Heartbeat, Net4Data, Net6Data, Op, Pending,
+    ExecPrefixData, FailMode, Grant, GrantKey, Heartbeat, Lineage, Net4Data, Net6Data, Op, Pending,
     PortRules, RuleRef, Watch, COUNTER_SLOTS,
 };
 use aya::{
@@ -297,6 +297,7 @@ pub struct Engine {
     exec_exact: HashMap<MapData, ExecExactKey, RuleRef>,
     exec_prefix: LpmTrie<MapData, ExecPrefixData, RuleRef>,
     exec_files: HashMap<MapData, ExecFileKey, RuleRef>,
+    lineage: HashMap<MapData, u32, Lineage>,
     net4: LpmTrie<MapData, Net4Data, PortRules>,
     net6: LpmTrie<MapData, Net6Data, PortRules>,
     pending: HashMap<MapData, u32, Pending>,
@@ -359,6 +360,11 @@ impl Engine {
                 name: "held",
                 reason,
             })?;
+        let lineage_offsets =
+            probe::lineage_offsets(&tracefs).map_err(|reason| EngineError::Program {
+                name: "fork",
+                reason,
+            })?;
         let bprm_filename = probe::bprm_filename_offset();
         let mut loader = EbpfLoader::new();
         loader.default_map_pin_directory(&map_dir).override_global(
@@ -368,6 +374,9 @@ impl Engine {
         );
         if let Ok(off) = &bprm_filename {
             loader.override_global("BPRM_FILENAME_OFF", off, true);
+        }
+        for (global, off) in &lineage_offsets {
+            loader.override_global(global, off, true);
         }
         let file_offsets = probe::file_offsets();
         let on: u32 = 1;
@@ -398,6 +407,7 @@ impl Engine {
             exec_exact: take(&mut ebpf, names::EXEC_EXACT)?,
             exec_prefix: take(&mut ebpf, names::EXEC_PREFIX)?,
             exec_files: take(&mut ebpf, names::EXEC_FILES)?,
+            lineage: take(&mut ebpf, names::LINEAGE)?,
             net4: take(&mut ebpf, names::NET4_RULES)?,
             net6: take(&mut ebpf, names::NET6_RULES)?,
             pending: take(&mut ebpf, names::PENDING)?,
@@ -473,6 +483,24 @@ impl Engine {
     /// The exec backend in use.
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// Records that thread `tid`, found in the watched cgroup `cgroup`, stays watched by `watch`
+    /// wherever it moves. (The kernel records forks and moves itself; this is for threads that
+    /// were there before the agent watched the cgroup.)
+    pub fn remember_lineage(
+        &mut self,
+        tid: u32,
+        cgroup: u64,
+        watch: Watch,
+    ) -> Result<(), EngineError> {
+        let entry = Lineage {
+            cgroup_id: cgroup,
+            watch,
+        };
+        self.lineage
+            .insert(tid, entry, 0)
+            .map_err(map_err(names::LINEAGE))
     }
 
     /// Why exec rules cannot follow files by identity on this kernel (`None`: they do).

@@ -28,6 +28,59 @@ pub fn sys_exit_ret_offset(tracefs: &Path) -> Result<u32, String> {
     parse_ret_offset(&text).ok_or_else(|| format!("{}: no `long ret` field", path.display()))
 }
 
+/// The offset of the field declared as `decl` (`pid_t child_pid`) in a tracepoint format
+/// description.
+pub fn parse_field_offset(format: &str, decl: &str) -> Option<u32> {
+    let want = format!("field:{decl};");
+    format
+        .lines()
+        .find(|l| l.trim_start().starts_with(&want))?
+        .split(';')
+        .find_map(|part| part.trim().strip_prefix("offset:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Offsets in the records of the tracepoints that keep the lineage, by the global that holds
+/// each: `sched_process_fork`'s `child_pid` and `cgroup_attach_task`'s `dst_root`, `dst_id`,
+/// `pid`.
+pub fn lineage_offsets(tracefs: &Path) -> Result<Vec<(&'static str, u32)>, String> {
+    const FIELDS: &[(&str, &str, &str)] = &[
+        (
+            "FORK_CHILD_OFF",
+            "events/sched/sched_process_fork/format",
+            "pid_t child_pid",
+        ),
+        (
+            "ATTACH_ROOT_OFF",
+            "events/cgroup/cgroup_attach_task/format",
+            "int dst_root",
+        ),
+        (
+            "ATTACH_DST_OFF",
+            "events/cgroup/cgroup_attach_task/format",
+            "u64 dst_id",
+        ),
+        (
+            "ATTACH_PID_OFF",
+            "events/cgroup/cgroup_attach_task/format",
+            "int pid",
+        ),
+    ];
+    FIELDS
+        .iter()
+        .map(|(global, file, decl)| {
+            let path = tracefs.join(file);
+            let text =
+                std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            parse_field_offset(&text, decl)
+                .map(|o| (*global, o))
+                .ok_or_else(|| format!("{}: no `{decl}` field", path.display()))
+        })
+        .collect()
+}
+
 /// The offset of the `ret` field in a tracepoint format description.
 pub fn parse_ret_offset(format: &str) -> Option<u32> {
     format

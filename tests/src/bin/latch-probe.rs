@@ -13,6 +13,11 @@
 //!                                        from a raw socket or an unprivileged ping socket
 //! latch-probe udplite-send ADDR:PORT     sendto() on a UDP-Lite socket
 //! latch-probe bpf-map                    create a small BPF array map with bpf()
+//! latch-probe escape CGROUP ADDR:PORT    move this process into the cgroup directory CGROUP
+//!                                        (its cgroup.procs), then TCP connect()
+//! latch-probe escape-clone CGROUP ADDR:PORT
+//!                                        clone3(CLONE_INTO_CGROUP) a child into CGROUP, which
+//!                                        does the TCP connect()
 //! latch-probe exec-via HOW PROGRAM [ARG...]
 //!     run PROGRAM as a child in another way than by its name:
 //!       fd       execveat(open(PROGRAM), "", AT_EMPTY_PATH)   (fexecve)
@@ -330,8 +335,80 @@ fn bpf_map() {
     report(Ok(()))
 }
 
+fn escape(cgroup: &str, addr: SocketAddr) {
+    if let Err(e) = std::fs::write(format!("{cgroup}/cgroup.procs"), "0") {
+        return report(Err(e));
+    }
+    report(TcpStream::connect(addr).map(drop))
+}
+
+/// `struct clone_args` of clone3(2), up to `cgroup`.
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+fn escape_clone(cgroup: &str, addr: SocketAddr) {
+    use std::os::fd::AsRawFd;
+    const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+    let dir = match std::fs::File::open(cgroup) {
+        Ok(d) => d,
+        Err(e) => return report(Err(e)),
+    };
+    let args = CloneArgs {
+        flags: CLONE_INTO_CGROUP,
+        exit_signal: libc::SIGCHLD as u64,
+        cgroup: dir.as_raw_fd() as u64,
+        ..CloneArgs::default()
+    };
+    let _ = std::io::stdout().flush();
+    // SAFETY: clone3 without a new stack behaves as fork: the child continues here with a copy
+    // of this single-threaded process and only connects, prints and exits.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    if pid < 0 {
+        return report(Err(std::io::Error::last_os_error()));
+    }
+    if pid == 0 {
+        report(TcpStream::connect(addr).map(drop));
+        let _ = std::io::stdout().flush();
+        // SAFETY: ends the child without running the parent's exit handlers twice.
+        unsafe { libc::_exit(0) };
+    }
+    let mut status = 0;
+    // SAFETY: waits for the child just made.
+    unsafe { libc::waitpid(pid as i32, &mut status, 0) };
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if let Some(cmd @ ("escape" | "escape-clone")) = args.get(1).map(String::as_str) {
+        let (Some(cg), Some(Ok(addr))) = (args.get(2), args.get(3).map(|a| a.parse())) else {
+            eprintln!("usage: latch-probe {cmd} CGROUP ADDR:PORT");
+            std::process::exit(2);
+        };
+        return if cmd == "escape" {
+            escape(cg, addr)
+        } else {
+            escape_clone(cg, addr)
+        };
+    }
     if args.get(1).map(String::as_str) == Some("bpf-map") {
         return bpf_map();
     }

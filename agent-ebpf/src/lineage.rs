@@ -1,0 +1,91 @@
+//! Once watched, always watched: a thread that was in a watched cgroup keeps its watch, with its
+//! descendants, wherever it moves (another cgroup's `cgroup.procs`, `clone3(CLONE_INTO_CGROUP)`).
+//! Kept by thread id in the pinned `LINEAGE` map: added at fork (from a watched parent) and when
+//! a thread moves into a watched cgroup, removed when the thread exits. The agent seeds it with
+//! the threads already in watched cgroups when it starts watching them.
+
+use agent_common::{Lineage, Watch};
+use aya_ebpf::{helpers::bpf_get_current_pid_tgid, programs::TracePointContext};
+
+use crate::counters::{bump, Counter};
+use crate::kconf;
+use crate::maps::{LINEAGE, WATCHED};
+use crate::scope;
+
+/// The watch a thread carries from a watched cgroup it left, if any.
+#[inline(always)]
+pub fn of_current() -> Option<(u64, Watch)> {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let l = LINEAGE.get_ptr(&tid)?;
+    // SAFETY: map value pointer from lookup; plain data.
+    let l = unsafe { *l };
+    Some((l.cgroup_id, l.watch))
+}
+
+#[inline(always)]
+fn remember(tid: u32, cgroup: u64, watch: Watch) {
+    let entry = Lineage {
+        cgroup_id: cgroup,
+        watch,
+    };
+    if LINEAGE.insert(&tid, &entry, 0).is_err() {
+        bump(Counter::LineageFull);
+    }
+}
+
+/// `sched_process_fork` (runs in the parent): a child of a watched thread is watched.
+pub fn on_fork(ctx: &TracePointContext) {
+    let Some((cgroup, watch)) = scope::watched() else {
+        return;
+    };
+    // SAFETY: reading the record at the offset the agent found in this kernel's format file.
+    let child: i32 = match unsafe { ctx.read_at(kconf::fork_child_offset()) } {
+        Ok(v) => v,
+        Err(_) => {
+            bump(Counter::FieldUnreadable);
+            return;
+        }
+    };
+    remember(child as u32, cgroup, watch);
+}
+
+/// `cgroup_attach_task`: a thread moves to another cgroup (of any hierarchy). Into a watched
+/// cgroup of the unified hierarchy, it gains a lineage; out of watched cgroups, it keeps the one
+/// it has, and the move is counted.
+pub fn on_attach(ctx: &TracePointContext) {
+    // SAFETY: reading the record at offsets the agent found in this kernel's format file.
+    let (root, dst, pid): (i32, u64, i32) = match unsafe {
+        (
+            ctx.read_at::<i32>(kconf::attach_root_offset()),
+            ctx.read_at::<u64>(kconf::attach_dst_offset()),
+            ctx.read_at::<i32>(kconf::attach_pid_offset()),
+        )
+    } {
+        (Ok(r), Ok(d), Ok(p)) => (r, d, p),
+        _ => {
+            bump(Counter::FieldUnreadable);
+            return;
+        }
+    };
+    // Hierarchy 0 is cgroup v2, whose ids the watch map holds; v1 ids are another space.
+    if root != 0 {
+        return;
+    }
+    let tid = pid as u32;
+    if let Some(w) = WATCHED.get_ptr(&dst) {
+        // SAFETY: map value pointer from lookup.
+        let w = unsafe { *w };
+        remember(tid, dst, w);
+        return;
+    }
+    if LINEAGE.get_ptr(&tid).is_some() {
+        bump(Counter::LeftWatched);
+    }
+}
+
+/// `sched_process_exit`: the thread's lineage goes with it.
+#[inline(always)]
+pub fn on_exit() {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let _ = LINEAGE.remove(&tid);
+}
