@@ -58,7 +58,14 @@ pub fn on_exec(ctx: &TracePointContext) {
     let subject = Subject::current(cgroup, watch);
     // The image now in place: for a script, its (last) interpreter.
     let file = identity::of_current_image();
-    let (rule_id, action) = lookup(s, watch.workload, watch.default_action, len, truncated, file);
+    let (rule_id, action) = lookup(
+        s,
+        watch.workload,
+        watch.default_action,
+        len,
+        truncated,
+        file,
+    );
     if action == Action::Allow as u8 {
         return;
     }
@@ -114,7 +121,14 @@ pub fn on_bprm_check(ctx: &LsmContext) -> i32 {
     if let Some(v) = pause::resume(&subject, ev, Op::Exec, asked, &mut None, how) {
         return lsm_verdict(v);
     }
-    let (rule_id, action) = lookup(s, watch.workload, watch.default_action, len, truncated, file);
+    let (rule_id, action) = lookup(
+        s,
+        watch.workload,
+        watch.default_action,
+        len,
+        truncated,
+        file,
+    );
     if action == Action::Deny as u8 {
         bump(Counter::ExecRefused);
     }
@@ -213,13 +227,7 @@ fn lookup(
 /// Starts the exec event from the scratch path; returns what this level of the exec asks for
 /// (the path's fingerprint with the file's identity folded in).
 #[inline(always)]
-fn start_event(
-    s: &mut Scratch,
-    len: usize,
-    truncated: bool,
-    flags: u8,
-    file: FileId,
-) -> u64 {
+fn start_event(s: &mut Scratch, len: usize, truncated: bool, flags: u8, file: FileId) -> u64 {
     let ev = &mut s.event;
     pause::clear(ev);
     ev.op = Op::Exec as u8;
@@ -243,80 +251,63 @@ fn start_event(
     asked
 }
 
+/// A held exec of the current task that is running without its decision (tracepoint backend):
+/// its entry, and the event to report with, or `None` when the task has nothing waiting.
+/// Without scratch space to report with, the task is ended: it must not go on.
+#[inline(always)]
+fn resumed_exec() -> Option<(u32, Subject, &'static mut agent_common::Event)> {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let p = PENDING.get_ptr(&tid)?;
+    // SAFETY: map value pointer from lookup.
+    let p = unsafe { *p };
+    if p.op != Op::Exec as u8
+        || p.state != pending_state::WAITING
+        || p.flags & agent_common::pending_flags::RESTARTS != 0
+    {
+        return None;
+    }
+    let Some(s) = scratch::get() else {
+        pause::kill_current();
+        return None;
+    };
+    let watch = agent_common::Watch {
+        workload: p.workload,
+        default_action: Action::Approve as u8,
+        _pad: [0; 3],
+    };
+    let subject = Subject::current(p.cgroup_id, watch);
+    let ev = &mut s.event;
+    pause::clear(ev);
+    ev.op = Op::Exec as u8;
+    ev.target = p.target;
+    ev.created_ns = p.created_ns;
+    Some((p.rule_id, subject, ev))
+}
+
 /// fexit of `get_signal` (tracepoint backend): the task is about to return to user space. If its
 /// exec is still waiting, someone other than the agent resumed it (the agent removes the entry
 /// before it sends SIGCONT), or a tracer swallowed the stop: a new SIGSTOP is pending before
 /// the return, so the task stops again without running an instruction. If the agent is gone,
 /// the fail mode decides.
 pub fn on_signal_return() {
-    let tid = bpf_get_current_pid_tgid() as u32;
-    let Some(p) = PENDING.get_ptr(&tid) else {
+    let Some((rule_id, subject, ev)) = resumed_exec() else {
         return;
     };
-    // SAFETY: map value pointer from lookup.
-    let p = unsafe { *p };
-    if p.op != Op::Exec as u8
-        || p.state != pending_state::WAITING
-        || p.flags & agent_common::pending_flags::RESTARTS != 0
-    {
-        return;
-    }
-    let Some(s) = scratch::get() else {
-        pause::kill_current();
-        return;
-    };
-    let watch = agent_common::Watch {
-        workload: p.workload,
-        default_action: Action::Approve as u8,
-        _pad: [0; 3],
-    };
-    let subject = Subject::current(p.cgroup_id, watch);
-    let ev = &mut s.event;
-    pause::clear(ev);
-    ev.op = Op::Exec as u8;
-    ev.target = p.target;
-    ev.created_ns = p.created_ns;
     let how = Hold::StopNow { restarts: false };
-    if pause::hold_again(&subject, ev, p.rule_id, how) == Verdict::Deny {
+    if pause::hold_again(&subject, ev, rule_id, how) == Verdict::Deny {
         pause::kill_current();
     }
 }
 
-/// Raw `sys_enter` (tracepoint backend, where `restop` cannot attach): a task whose exec is still waiting got resumed by
-/// someone other than the agent (the agent removes the entry before it sends SIGCONT), or by a
-/// tracer that swallowed the stop. Stopping it again here would come too late for this system
-/// call, which runs before any signal is delivered, so the task is ended instead and that is
-/// recorded; if the agent is gone, the fail mode decides.
+/// Raw `sys_enter` (tracepoint backend, where `restop` cannot attach): the same case. Stopping
+/// the task again here would come too late for this system call, which runs before any signal
+/// is delivered, so it is ended instead and that is recorded; if the agent is gone, the fail
+/// mode decides.
 pub fn on_syscall() {
-    let tid = bpf_get_current_pid_tgid() as u32;
-    let Some(p) = PENDING.get_ptr(&tid) else {
+    let Some((rule_id, subject, ev)) = resumed_exec() else {
         return;
     };
-    // SAFETY: map value pointer from lookup.
-    let p = unsafe { *p };
-    if p.op != Op::Exec as u8
-        || p.state != pending_state::WAITING
-        || p.flags & agent_common::pending_flags::RESTARTS != 0
-    {
-        return;
-    }
-    let Some(s) = scratch::get() else {
-        // Nothing to report with, but the task still must not go on.
-        pause::kill_current();
-        return;
-    };
-    let watch = agent_common::Watch {
-        workload: p.workload,
-        default_action: Action::Approve as u8,
-        _pad: [0; 3],
-    };
-    let subject = Subject::current(p.cgroup_id, watch);
-    let ev = &mut s.event;
-    pause::clear(ev);
-    ev.op = Op::Exec as u8;
-    ev.target = p.target;
-    ev.created_ns = p.created_ns;
-    if pause::resumed_without_decision(&subject, ev, p.rule_id) == Verdict::Deny {
+    if pause::resumed_without_decision(&subject, ev, rule_id) == Verdict::Deny {
         pause::kill_current();
     }
 }

@@ -58,7 +58,6 @@ use aya_ebpf::{
     },
 };
 
-
 #[tracepoint(category = "sched", name = "sched_process_exec")]
 pub fn exec(ctx: TracePointContext) -> u32 {
     exec::on_exec(&ctx);

@@ -6,8 +6,8 @@
 //! pinned by name under the agent's bpffs directory.
 
 use agent_common::{
-    ExecExactKey, ExecFileKey, Lineage, ExecPrefixData, Grant, GrantKey, Heartbeat, Net4Data, Net6Data, Pending,
-    PortRules, RuleRef, Watch, COUNTER_SLOTS,
+    ExecExactKey, ExecFileKey, ExecPrefixData, Grant, GrantKey, Heartbeat, Lineage, Net4Data,
+    Net6Data, Pending, PortRules, RuleRef, Watch, COUNTER_SLOTS,
 };
 use aya_ebpf::{
     macros::map,

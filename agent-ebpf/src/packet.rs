@@ -9,7 +9,9 @@
 use agent_common::{event_flags, family, proto, Action, Op, Outcome, Watch, MAX_CGROUP_DEPTH};
 use aya_ebpf::{
     bindings::__sk_buff,
-    helpers::{bpf_get_socket_cookie, bpf_sk_fullsock, bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id},
+    helpers::{
+        bpf_get_socket_cookie, bpf_sk_fullsock, bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id,
+    },
     programs::SkBuffContext,
 };
 
@@ -111,18 +113,51 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
     }
     if action == Action::Audit as u8 {
         bump(Counter::Audited);
-        report_packet(skb, cgroup, &watch, fam, ip_proto, &addr, port, Outcome::Audited, action, rule_id);
+        report_packet(
+            skb,
+            cgroup,
+            &watch,
+            fam,
+            ip_proto,
+            &addr,
+            port,
+            Outcome::Audited,
+            action,
+            rule_id,
+        );
         return PASS;
     }
     if action == Action::Approve as u8 {
         // Nobody can be asked about a packet; with the agent gone the fail mode decides.
         if let Some(agent_common::FailMode::AllowAndRecord) = scope::stale(scope::now()) {
-            report_packet(skb, cgroup, &watch, fam, ip_proto, &addr, port, Outcome::FailOpen, action, rule_id);
+            report_packet(
+                skb,
+                cgroup,
+                &watch,
+                fam,
+                ip_proto,
+                &addr,
+                port,
+                Outcome::FailOpen,
+                action,
+                rule_id,
+            );
             return PASS;
         }
     }
     bump(Counter::PacketDropped);
-    report_packet(skb, cgroup, &watch, fam, ip_proto, &addr, port, Outcome::Denied, action, rule_id);
+    report_packet(
+        skb,
+        cgroup,
+        &watch,
+        fam,
+        ip_proto,
+        &addr,
+        port,
+        Outcome::Denied,
+        action,
+        rule_id,
+    );
     DROP
 }
 

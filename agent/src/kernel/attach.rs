@@ -41,6 +41,8 @@ pub struct Attached {
     pub pinned: bool,
     /// Pin names of the hooks, in attach order.
     pub hooks: Vec<&'static str>,
+    /// Why `restop` could not attach, where the `sys_enter` gate stands in for it.
+    pub restop_refused: Option<String>,
 }
 
 fn prog_err(name: &'static str) -> impl Fn(aya::programs::ProgramError) -> EngineError {
@@ -117,6 +119,7 @@ pub fn attach_all(
             links: Vec::new(),
             pinned: can_pin,
             hooks: Vec::new(),
+            restop_refused: None,
         },
     };
 
@@ -129,39 +132,29 @@ pub fn attach_all(
         path: cgroup_root.to_path_buf(),
         reason: e.to_string(),
     })?;
+    // Links always attach in multi mode; `Single` only keeps aya from asking for the legacy
+    // override flags on kernels without links.
     for &name in SOCK_ADDR {
         let prog: &mut CgroupSockAddr = program(ebpf, name)?;
         if prog.fd().is_err() {
             prog.load().map_err(prog_err(name))?;
         }
-        // Links always attach in multi mode; `Single` only keeps aya from asking for the legacy
-        // override flags on kernels without links.
         let id = prog
             .attach(&root, CgroupAttachMode::Single)
             .map_err(prog_err(name))?;
-        let link: FdLink = prog
-            .take_link(id)
-            .map_err(prog_err(name))?
-            .try_into()
-            .map_err(link_err(name))?;
-        p.keep(link, name)?;
+        let link = prog.take_link(id).map_err(prog_err(name))?;
+        p.keep(link.try_into().map_err(link_err(name))?, name)?;
     }
 
     // The packet backstop, for what the socket hooks do not see.
     let name = "egress";
     let prog: &mut CgroupSkb = program(ebpf, name)?;
-    if prog.fd().is_err() {
-        prog.load().map_err(prog_err(name))?;
-    }
+    prog.load().map_err(prog_err(name))?;
     let id = prog
         .attach(&root, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
         .map_err(prog_err(name))?;
-    let link: FdLink = prog
-        .take_link(id)
-        .map_err(prog_err(name))?
-        .try_into()
-        .map_err(link_err(name))?;
-    p.keep(link, name)?;
+    let link = prog.take_link(id).map_err(prog_err(name))?;
+    p.keep(link.try_into().map_err(link_err(name))?, name)?;
 
     match backend {
         Backend::Lsm => {
@@ -202,6 +195,7 @@ pub fn attach_all(
                     let id = prog.attach("sys_enter").map_err(prog_err(name))?;
                     let link: FdLink = prog.take_link(id).map_err(prog_err(name))?.into();
                     p.keep(link, "gate")?;
+                    p.out.restop_refused = Some(e.to_string());
                 }
             }
         }

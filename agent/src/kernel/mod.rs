@@ -310,6 +310,8 @@ pub struct Engine {
     backend: Backend,
     // Why the kernel cannot read executed files' identity (`None`: it can).
     file_identity: Option<String>,
+    // Why `restop` could not attach (the `sys_enter` gate stands in).
+    restop_refused: Option<String>,
     lsm: probe::LsmProbe,
     // Attached hooks; dropping one detaches it unless it is pinned.
     links: Vec<FdLink>,
@@ -419,6 +421,7 @@ impl Engine {
             logger,
             backend: Backend::Tracepoint,
             file_identity: file_offsets.as_ref().err().cloned(),
+            restop_refused: None,
             lsm: probe::LsmProbe::default(),
             links: Vec::new(),
             links_pinned: false,
@@ -462,6 +465,7 @@ impl Engine {
         engine.links = attached.links;
         engine.links_pinned = attached.pinned;
         engine.hooks = attached.hooks;
+        engine.restop_refused = attached.restop_refused;
         Ok(engine)
     }
 
@@ -501,6 +505,12 @@ impl Engine {
         self.lineage
             .insert(tid, entry, 0)
             .map_err(map_err(names::LINEAGE))
+    }
+
+    /// Why the tracepoint backend's `restop` could not attach, where the `sys_enter` gate stands
+    /// in for it (`None`: it attached, or the LSM backend is in use).
+    pub fn restop_refused(&self) -> Option<&str> {
+        self.restop_refused.as_deref()
     }
 
     /// Why exec rules cannot follow files by identity on this kernel (`None`: they do).
