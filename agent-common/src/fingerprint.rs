@@ -46,39 +46,9 @@ pub fn path(path: &[u8; crate::PATH_CAP], len: usize) -> u64 {
     h
 }
 
-/// Folds a file's identity into a path fingerprint: what a held exec asked for at one level of
-/// its interpreter chain (the script, then the interpreter), so that the decision is consumed by
-/// the level that was held and by no other.
-#[inline(always)]
-pub fn file(h: u64, dev: u32, ino: u64) -> u64 {
-    let mut h = h;
-    let d = dev.to_ne_bytes();
-    let mut i = 0;
-    while i < 4 {
-        h = mix(h, d[i]);
-        i += 1;
-    }
-    let n = ino.to_ne_bytes();
-    i = 0;
-    while i < 8 {
-        h = mix(h, n[i]);
-        i += 1;
-    }
-    h
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn file_fingerprint_depends_on_path_device_and_inode() {
-        let base = file(7, 1, 2);
-        assert_ne!(base, file(8, 1, 2));
-        assert_ne!(base, file(7, 2, 2));
-        assert_ne!(base, file(7, 1, 3));
-        assert_eq!(base, file(7, 1, 2));
-    }
 
     #[test]
     fn user_space_device_numbers_become_the_kernel_encoding() {

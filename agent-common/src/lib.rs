@@ -341,7 +341,9 @@ pub struct Pending {
     /// Explicit padding.
     pub _pad: u8,
     /// Destination address of a network operation, network order (IPv4 in the first 4 bytes),
-    /// so that a restarted agent can submit what it finds held without the lost event.
+    /// so that a restarted agent can submit what it finds held without the lost event. Exec:
+    /// bytes 0..8 the fingerprint of the path asked for (which the agent's retargeting of a
+    /// relative path leaves alone), 8..16 the inode of the file held.
     pub addr: [u8; 16],
     /// Destination port, host order.
     pub port: u16,
@@ -349,8 +351,9 @@ pub struct Pending {
     pub family: u8,
     /// [`proto`] number.
     pub proto: u8,
-    /// Explicit padding.
-    pub _pad2: [u8; 4],
+    /// Exec: the device of the file held (with `addr[8..16]`, its inode), which tells the level
+    /// of an interpreter chain the entry was made at; 0 for network operations.
+    pub file_dev: u32,
 }
 
 /// Who a grant covers.
@@ -466,8 +469,8 @@ pub struct Event {
     /// network operations.
     pub file_dev: u32,
     /// Network operations: destination address, network order (IPv4 in the first 4 bytes).
-    /// Exec: bytes 0..8 what the exec asked for (see `fingerprint::file`), 8..16 the executed
-    /// file's inode number (0 when unknown).
+    /// Exec: bytes 0..8 the fingerprint of the path asked for, 8..16 the executed file's inode
+    /// number (0 when unknown).
     pub addr: [u8; 16],
     /// `comm` of the task.
     pub comm: [u8; 16],

@@ -4,8 +4,9 @@
 //!   is a clean `EPERM` from `execve`; a held exec stops inside `execve` and runs again after the
 //!   decision.
 //! - Tracepoint backend (`sched_process_exec`): decided after the new image is in place, before
-//!   its first instruction. A deny ends it (SIGKILL); a held one is stopped, and the raw
-//!   `sys_enter` gate stops it again if anyone but the agent resumes it.
+//!   its first instruction. A deny ends it (SIGKILL); a held one is stopped, stopped again when
+//!   anyone but the agent resumes it (`restop`), and ended at its first system call if it got
+//!   past that (the raw `sys_enter` gate).
 
 use agent_common::{
     event_flags, fingerprint, pending_state, Action, ExecFileKey, Op, RuleRef, PATH_CAP,
@@ -86,6 +87,75 @@ pub fn on_exec(ctx: &TracePointContext) {
     }
 }
 
+/// What the calling thread's pending entry says about this level of its exec: (one of the
+/// kinds below, the entry's state). A pair of bytes, not an enum with data: every byte of it is
+/// defined on every path, as the verifier wants.
+type Chain = (u8, u8);
+/// Nothing pending for this execve (an entry for anything else was abandoned and removed).
+const NO_CHAIN: u8 = 0;
+/// This level was held.
+const THIS_LEVEL: u8 = 1;
+/// Another level of the same execve was held.
+const OTHER_LEVEL: u8 = 2;
+
+/// The thread's pending entry for this execve: the same path asked for (`asked`) is the same
+/// execve; the same file is the same level.
+#[inline(always)]
+fn chain(subject: &Subject, asked: u64, file: FileId) -> Chain {
+    let Some(p) = PENDING.get_ptr(&subject.tid) else {
+        return (NO_CHAIN, 0);
+    };
+    // SAFETY: map value pointer from lookup; `Pending` is plain data.
+    let p = unsafe { *p };
+    let a = &p.addr;
+    let held_path = u64::from_ne_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]);
+    let held_ino = u64::from_ne_bytes([a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]]);
+    if p.op != Op::Exec as u8 || held_path != asked {
+        // The held operation was abandoned (the thread is doing something else now); the agent
+        // sees the entry go and cancels its request.
+        bump(Counter::TargetMismatch);
+        let _ = PENDING.remove(&subject.tid);
+        return (NO_CHAIN, 0);
+    }
+    if held_ino == file.1 && p.file_dev == file.0 {
+        (THIS_LEVEL, p.state)
+    } else {
+        (OTHER_LEVEL, p.state)
+    }
+}
+
+/// An execve has returned (`sys_exit_execve`, `sys_exit_execveat`; or `sched_process_exec`
+/// with the thread id it had before the exec): an approval that covered its interpreter chain
+/// is spent, whether the exec succeeded or failed.
+#[inline(always)]
+pub fn chain_done(tid: u32) {
+    let Some(p) = PENDING.get_ptr(&tid) else {
+        return;
+    };
+    // SAFETY: map value pointer from lookup.
+    let p = unsafe { *p };
+    if p.op == Op::Exec as u8
+        && p.state == pending_state::ALLOW
+        && p.flags & agent_common::pending_flags::RESTARTS != 0
+    {
+        let _ = PENDING.remove(&tid);
+    }
+}
+
+/// The exit of `execve`/`execveat`: unless the call is being restarted for a hold, its
+/// approval is spent.
+pub fn on_execve_exit(ctx: &TracePointContext) {
+    // SAFETY: reading the record at the offset of `ret` the agent read from the format file.
+    let ret: i64 = match unsafe { ctx.read_at(kconf::sys_exit_ret_offset()) } {
+        Ok(v) => v,
+        Err(_) => return,
+    };
+    if ret == agent_common::ERESTARTNOINTR as i64 {
+        return;
+    }
+    chain_done(bpf_get_current_pid_tgid() as u32);
+}
+
 /// `bprm_check_security` (LSM backend). Returns 0 to let the exec go on, `-EPERM` to refuse it,
 /// or `-ERESTARTNOINTR` with the task stopped to hold it.
 pub fn on_bprm_check(ctx: &LsmContext) -> i32 {
@@ -116,11 +186,6 @@ pub fn on_bprm_check(ctx: &LsmContext) -> i32 {
     let file = identity::of_bprm(bprm);
     let asked = start_event(s, len, truncated, event_flags::BEFORE_EXEC, file);
     let how = Hold::StopNow { restarts: true };
-    let ev = &mut s.event;
-    // An exec held earlier runs again after the decision: consume it at the level that was held.
-    if let Some(v) = pause::resume(&subject, ev, Op::Exec, asked, &mut None, how) {
-        return lsm_verdict(v);
-    }
     let (rule_id, action) = lookup(
         s,
         watch.workload,
@@ -129,6 +194,36 @@ pub fn on_bprm_check(ctx: &LsmContext) -> i32 {
         truncated,
         file,
     );
+    // An exec held earlier runs again after the decision, or after a resume from elsewhere.
+    let (kind, state) = chain(&subject, asked, file);
+    if kind == THIS_LEVEL {
+        if state == pending_state::ALLOW {
+            // Consumed for this level; the entry stays until the execve returns, so that the
+            // rest of its interpreter chain is covered by the same approval.
+            return 0;
+        }
+        if state == pending_state::DENY {
+            let _ = PENDING.remove(&subject.tid);
+            bump(Counter::ExecRefused);
+            return EPERM;
+        }
+        let ev = &mut s.event;
+        return lsm_verdict(pause::hold_again(&subject, ev, rule_id, how));
+    }
+    if kind == OTHER_LEVEL {
+        // The same execve at another level: a reviewer's deny refuses it; after an approval,
+        // the rest of the chain is covered unless a rule denies it; while it is held at a
+        // deeper level, this level passes on to it unless a rule denies it.
+        if state == pending_state::DENY {
+            let _ = PENDING.remove(&subject.tid);
+            bump(Counter::ExecRefused);
+            return EPERM;
+        }
+        if action != Action::Deny as u8 {
+            return 0;
+        }
+        let _ = PENDING.remove(&subject.tid);
+    }
     if action == Action::Deny as u8 {
         bump(Counter::ExecRefused);
     }
@@ -175,9 +270,9 @@ fn read_path(s: &mut Scratch, src: *const u8) -> usize {
     len
 }
 
-/// The rule for the exec: the file's identity first (every name of a program the rules name),
-/// then, for a file the rules do not name, its path: a relative path is held for the agent to
-/// resolve, then the exact map, then the longest prefix, then the workload's default.
+/// The rule for the exec: the stricter of what the file's identity and what its path get. By
+/// path: a relative path is held for the agent to resolve, then the exact map, then the longest
+/// prefix, then the workload's default.
 #[inline(always)]
 fn lookup(
     s: &mut Scratch,
@@ -187,15 +282,33 @@ fn lookup(
     truncated: bool,
     file: FileId,
 ) -> (u32, u8) {
+    // The file's identity and its path are both looked up and the stricter rule applies: the
+    // identity catches every other name of a program a rule names, and never loosens what the
+    // path says (on the tracepoint backend the image is a script's interpreter, while the path
+    // is the script's).
     let (dev, ino) = file;
+    // Action 0 (no such action): no entry. Not an `Option`, whose undefined payload the
+    // compiler may spill where the verifier sees it.
+    let mut by_file = (0u32, 0u8);
     if ino != 0 {
         let key = ExecFileKey { workload, dev, ino };
         if let Some(r) = EXEC_FILES.get_ptr(&key) {
             // SAFETY: map value pointer from lookup.
             let r = unsafe { *r };
-            return (r.rule_id, r.action);
+            by_file = (r.rule_id, r.action);
         }
     }
+    let by_name = by_path(s, workload, default, len, truncated);
+    if by_file.1 > by_name.1 {
+        by_file
+    } else {
+        by_name
+    }
+}
+
+/// The rule for the path alone.
+#[inline(always)]
+fn by_path(s: &mut Scratch, workload: u32, default: u8, len: usize, truncated: bool) -> (u32, u8) {
     s.exact.workload = workload;
     s.exact.len = len as u32;
     // A relative path (`./curl`) names a program only together with the working directory;
@@ -224,8 +337,7 @@ fn lookup(
     }
 }
 
-/// Starts the exec event from the scratch path; returns what this level of the exec asks for
-/// (the path's fingerprint with the file's identity folded in).
+/// Starts the exec event from the scratch path; returns the path's fingerprint.
 #[inline(always)]
 fn start_event(s: &mut Scratch, len: usize, truncated: bool, flags: u8, file: FileId) -> u64 {
     let ev = &mut s.event;
@@ -238,17 +350,13 @@ fn start_event(s: &mut Scratch, len: usize, truncated: bool, flags: u8, file: Fi
     }
     let target = fingerprint::path(&s.exact.path, len);
     ev.target = target;
-    let asked = if file.1 != 0 {
-        fingerprint::file(target, file.0, file.1)
-    } else {
-        target
-    };
-    // What was asked, kept in the entry: a held exec that restarts is recognised by it even
-    // after the agent pointed the entry at the program a relative path resolved to.
-    ev.addr[..8].copy_from_slice(&asked.to_ne_bytes());
+    // The path asked for and the file of this level, kept in the entry: a held exec that
+    // restarts is recognised by them even after the agent pointed `target` at the program a
+    // relative path resolved to.
+    ev.addr[..8].copy_from_slice(&target.to_ne_bytes());
     ev.addr[8..].copy_from_slice(&file.1.to_ne_bytes());
     ev.file_dev = file.0;
-    asked
+    target
 }
 
 /// A held exec of the current task that is running without its decision (tracepoint backend):
@@ -299,7 +407,8 @@ pub fn on_signal_return() {
     }
 }
 
-/// Raw `sys_enter` (tracepoint backend, where `restop` cannot attach): the same case. Stopping
+/// Raw `sys_enter` (tracepoint backend, behind `restop`: a SIGCONT that lands between the
+/// renewed stop being queued and taken flushes it): the same case. Stopping
 /// the task again here would come too late for this system call, which runs before any signal
 /// is delivered, so it is ended instead and that is recorded; if the agent is gone, the fail
 /// mode decides.

@@ -32,6 +32,22 @@ pub fn bprm_filename_offset() -> usize {
 #[unsafe(no_mangle)]
 static FORK_CHILD_OFF: u32 = 44;
 
+/// `pid` and `old_pid` in the `sched_process_exec` record (from the format file).
+#[unsafe(no_mangle)]
+static EXEC_PID_OFF: u32 = 12;
+#[unsafe(no_mangle)]
+static EXEC_OLD_PID_OFF: u32 = 16;
+
+#[inline(always)]
+pub fn exec_pid_offset() -> usize {
+    read(&EXEC_PID_OFF) as usize
+}
+
+#[inline(always)]
+pub fn exec_old_pid_offset() -> usize {
+    read(&EXEC_OLD_PID_OFF) as usize
+}
+
 /// `dst_root`, `dst_id` and `pid` in the `cgroup_attach_task` record (from the format file).
 #[unsafe(no_mangle)]
 static ATTACH_ROOT_OFF: u32 = 8;

@@ -12,14 +12,27 @@ use crate::kconf;
 use crate::maps::{LINEAGE, WATCHED};
 use crate::scope;
 
-/// The watch a thread carries from a watched cgroup it left, if any.
+/// The watch a thread carries from a watched cgroup it left, if any: its own entry, else its
+/// process's (a move records only the thread-group leader, and threads that existed before the
+/// move have no entry of their own).
 #[inline(always)]
 pub fn of_current() -> Option<(u64, Watch)> {
-    let tid = bpf_get_current_pid_tgid() as u32;
-    let l = LINEAGE.get_ptr(&tid)?;
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (tid, tgid) = (pid_tgid as u32, (pid_tgid >> 32) as u32);
+    let l = match LINEAGE.get_ptr(&tid) {
+        Some(l) => l,
+        None => LINEAGE.get_ptr(&tgid)?,
+    };
     // SAFETY: map value pointer from lookup; plain data.
     let l = unsafe { *l };
-    Some((l.cgroup_id, l.watch))
+    // The cgroup's watch as it is now (rules reloaded since); the copy taken when the thread
+    // was recorded if that cgroup is no longer watched (removed after the thread left it).
+    let watch = match WATCHED.get_ptr(&l.cgroup_id) {
+        // SAFETY: map value pointer from lookup.
+        Some(w) => unsafe { *w },
+        None => l.watch,
+    };
+    Some((l.cgroup_id, watch))
 }
 
 #[inline(always)]
@@ -81,6 +94,36 @@ pub fn on_attach(ctx: &TracePointContext) {
     if LINEAGE.get_ptr(&tid).is_some() {
         bump(Counter::LeftWatched);
     }
+}
+
+/// `sched_process_exec`: a thread other than the leader that execs takes over the leader's id
+/// (the leader's exit has just removed that id's entry); its lineage moves with it.
+pub fn on_exec(ctx: &TracePointContext) -> Option<u32> {
+    // SAFETY: reading the record at offsets the agent found in this kernel's format file.
+    let (pid, old): (i32, i32) = match unsafe {
+        (
+            ctx.read_at::<i32>(kconf::exec_pid_offset()),
+            ctx.read_at::<i32>(kconf::exec_old_pid_offset()),
+        )
+    } {
+        (Ok(p), Ok(o)) => (p, o),
+        _ => {
+            bump(Counter::FieldUnreadable);
+            return None;
+        }
+    };
+    let (pid, old) = (pid as u32, old as u32);
+    if pid != old {
+        if let Some(l) = LINEAGE.get_ptr(&old) {
+            // SAFETY: map value pointer from lookup.
+            let l = unsafe { *l };
+            if LINEAGE.insert(&pid, &l, 0).is_err() {
+                bump(Counter::LineageFull);
+            }
+            let _ = LINEAGE.remove(&old);
+        }
+    }
+    Some(old)
 }
 
 /// `sched_process_exit`: the thread's lineage goes with it.

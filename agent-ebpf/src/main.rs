@@ -22,10 +22,13 @@
 //! - `restop`: fexit of `get_signal` (tracepoint backend): a held exec's task that is about to
 //!   return to user space without a decision (a foreign SIGCONT, a tracer) is stopped again
 //!   before it runs an instruction. Runs only when a task handles a signal.
-//! - `gate`: raw `sys_enter` (tracepoint backend, only where `restop` cannot attach): ends such
-//!   a task at its first system call.
+//! - `gate`: raw `sys_enter` (tracepoint backend, behind `restop`, which a racing SIGCONT can
+//!   defeat): ends such a task at its first system call.
 //! - `exit`: `sched:sched_process_exit`; drops the pending entry and the lineage of a task that
 //!   went away.
+//! - `execd`, `exec_exit`: `sched:sched_process_exec` and the exits of `execve`/`execveat`;
+//!   move a lineage to a thread's new id, and spend an approval that covered an interpreter
+//!   chain once the execve has returned.
 //! - `fork`, `moved`: `sched:sched_process_fork` and `cgroup:cgroup_attach_task`; keep the
 //!   lineage by which a task that leaves a watched cgroup stays watched.
 //! - `probe_lsm`: attached for a moment at start-up to learn whether BPF LSM programs really
@@ -91,6 +94,23 @@ pub fn gate(_ctx: RawTracePointContext) -> i32 {
 pub fn exit(_ctx: TracePointContext) -> u32 {
     pause::on_exit();
     lineage::on_exit();
+    0
+}
+
+/// Every backend: a finished exec moves a lineage to the thread's new id and spends an approval
+/// that covered the exec's interpreter chain.
+#[tracepoint(category = "sched", name = "sched_process_exec")]
+pub fn execd(ctx: TracePointContext) -> u32 {
+    if let Some(old) = lineage::on_exec(&ctx) {
+        exec::chain_done(old);
+    }
+    0
+}
+
+/// `sys_exit_execve`, `sys_exit_execveat`: an execve that failed spends its approval too.
+#[tracepoint]
+pub fn exec_exit(ctx: TracePointContext) -> u32 {
+    exec::on_execve_exit(&ctx);
     0
 }
 

@@ -64,7 +64,7 @@ pub fn check<const SENDMSG: bool, const V6: bool>(ctx: &SockAddrContext) -> i32 
     }
     // The unspecified address is not where the call goes: the kernel sends it to the source
     // address (chosen with IP_PKTINFO, or bound), else to loopback (IPv4, and v4-mapped); `::`
-    // means `::1`. Decided as the destination the kernel will use, or a rule on a local
+    // means loopback. Decided as the destination the kernel will use, or a rule on a local
     // address could be walked around by writing 0.0.0.0.
     if fam == family::INET && addr[0] == 0 && addr[1] == 0 && addr[2] == 0 && addr[3] == 0 {
         let mut src: u32 = 0;
@@ -87,7 +87,23 @@ pub fn check<const SENDMSG: bool, const V6: bool>(ctx: &SockAddrContext) -> i32 
         };
         addr[..4].copy_from_slice(&v4);
     } else if fam == family::INET6 && is_unspecified6(&addr) {
-        addr[15] = 1;
+        // `::` is loopback: `::1`, or 127.0.0.1 on a dual-stack socket bound to a v4-mapped
+        // address, where the call goes out over IPv4.
+        // SAFETY: the socket of the call, which every sock_addr hook may read.
+        let sk = unsafe { (*sa).__bindgen_anon_1.sk };
+        let mut mapped = false;
+        if !sk.is_null() {
+            // SAFETY: as above; 4-byte reads of `src_ip6`, as the verifier wants.
+            let (w0, w1, w2) = unsafe { ((*sk).src_ip6[0], (*sk).src_ip6[1], (*sk).src_ip6[2]) };
+            mapped = w0 == 0 && w1 == 0 && w2 == u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+        }
+        if mapped {
+            fam = family::INET;
+            addr = [0; 16];
+            addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        } else {
+            addr[15] = 1;
+        }
     }
     let target = fingerprint::network(fam, protocol, &addr, port);
     let subject = Subject::current(cgroup, watch);

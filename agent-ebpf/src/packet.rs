@@ -79,7 +79,33 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
             return DROP;
         };
         addr.copy_from_slice(&hdr[24..40]);
-        (family::INET6, hdr[6], 40)
+        // Extension headers (hop-by-hop, routing, fragment, destination options) come between
+        // the fixed header and the one that carries the port: walk a few, as the kernel does.
+        let mut next = hdr[6];
+        let mut off = 40usize;
+        let mut i = 0;
+        while i < 4 {
+            if next != 0 && next != 43 && next != 44 && next != 60 {
+                break;
+            }
+            let Ok(ext) = ctx.load::<[u8; 2]>(off) else {
+                bump(Counter::AddrUnreadable);
+                return DROP;
+            };
+            off += if next == 44 {
+                8
+            } else {
+                (ext[1] as usize + 1) * 8
+            };
+            next = ext[0];
+            i += 1;
+        }
+        if next == 0 || next == 43 || next == 44 || next == 60 {
+            // More than this program follows: refuse rather than guess the port.
+            bump(Counter::AddrUnreadable);
+            return DROP;
+        }
+        (family::INET6, next, off)
     } else {
         return PASS;
     };

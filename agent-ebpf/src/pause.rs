@@ -299,7 +299,7 @@ pub fn request(
         port: ev.port,
         family: ev.family,
         proto: ev.proto,
-        _pad2: [0; 4],
+        file_dev: ev.file_dev,
     };
     if PENDING.insert(&s.tid, &entry, BPF_NOEXIST as u64).is_err() {
         bump(Counter::PendingFull);
@@ -322,8 +322,9 @@ pub fn request(
     Verdict::Held
 }
 
-/// A thread that already has a pending entry came back to a hook: a decision is there to
-/// consume, or it must stop again. `None` when the thread has nothing pending for this target.
+/// A thread that already has a pending entry came back to a network hook: a decision is there
+/// to consume, or it must stop again. `None` when the thread has nothing pending for this
+/// target. (A held exec comes back through `exec::on_bprm_check`, which knows its levels.)
 /// An allowed operation's grant, when the reviewer granted one with the verdict, goes to
 /// `allowed_by`.
 #[inline(always)]
@@ -338,21 +339,7 @@ pub fn resume(
     let p = PENDING.get_ptr(&s.tid)?;
     // SAFETY: map value pointer from lookup; `Pending` is plain data.
     let p = unsafe { *p };
-    // An exec is recognised by the path it asked for (kept in `addr`), which stays put when the
-    // agent points `target` at the program a relative path resolved to.
-    let held_for = if p.op == Op::Exec as u8 {
-        u64::from_ne_bytes([
-            p.addr[0], p.addr[1], p.addr[2], p.addr[3], p.addr[4], p.addr[5], p.addr[6], p.addr[7],
-        ])
-    } else {
-        p.target
-    };
-    if p.op == Op::Exec as u8 && op == Op::Exec && held_for != target {
-        // Another level of the same exec (the script when its interpreter was held, or the
-        // other way round): the entry waits for the level it was made for.
-        return None;
-    }
-    if p.op != op as u8 || held_for != target {
+    if p.op != op as u8 || p.target != target {
         // The held operation was abandoned (the thread is doing something else now); the agent
         // sees the entry go and cancels its request.
         bump(Counter::TargetMismatch);

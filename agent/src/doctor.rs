@@ -196,8 +196,9 @@ pub fn judge(f: Facts) -> Report {
                     name: "exec-hold",
                     verdict: Verdict::Enforced,
                     why: "tracepoint backend: held after the exec, before the new image's first \
-                          instruction, and stopped again at every return from signal handling \
-                          until decided (fexit get_signal)"
+                          instruction; stopped again at every return from signal handling \
+                          (fexit get_signal), and ended at its first system call if it got past \
+                          that (a sys_enter gate that runs on every system call of the host)"
                         .into(),
                 }
             } else {

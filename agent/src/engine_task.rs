@@ -458,6 +458,15 @@ impl State {
         match self.engine.apply(&p.compiled, previous) {
             Ok(()) => {
                 tracing::info!(source = %p.source, rules = p.rules.rules.len(), entries = p.compiled.len(), "rules in force");
+                let workloads: HashSet<u32> = p.rules.workloads.iter().map(|w| w.id).collect();
+                match self.engine.forget_lineage_except(&workloads) {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(
+                        threads = n,
+                        "threads of workloads the rules no longer have are no longer watched"
+                    ),
+                    Err(e) => tracing::error!("cannot clear the lineage of removed workloads: {e}"),
+                }
                 self.policy = Some(p);
                 self.rescan();
             }
@@ -747,18 +756,21 @@ impl State {
                 let Some(tree) = self.tree.as_mut() else {
                     return;
                 };
-                for m in tree.scan_created(&rel, &p.globs) {
+                let created = tree.scan_created(&rel, &p.globs);
+                for m in &created {
                     if self.watched.contains_key(&m.path) {
                         continue;
                     }
                     match self.engine.watch(m.id, m.workload, m.default_action) {
                         Ok(()) => {
                             tracing::info!(cgroup = %m.path, id = m.id, "watching");
-                            self.watched.insert(m.path, m.id);
+                            self.watched.insert(m.path.clone(), m.id);
                         }
                         Err(e) => tracing::error!(cgroup = %m.path, "cannot watch: {e}"),
                     }
                 }
+                // Processes that got there before the watch did.
+                self.remember_lineage(&created);
             }
             TreeChange::Removed(rel) => {
                 if let Some(id) = self.watched.remove(&rel) {
@@ -941,6 +953,12 @@ impl State {
                 if let Err(e) = self.engine.remember_lineage(tid, m.id, watch) {
                     tracing::error!(cgroup = %m.path, tid, "cannot record a watched thread: {e}");
                     return;
+                }
+                // A thread that ended between the read and the write must not leave its id
+                // watched for whatever process gets it next (the kernel removes the entries of
+                // threads that end after this point).
+                if !std::path::Path::new(&format!("/proc/{tid}")).exists() {
+                    let _ = self.engine.forget_lineage(tid);
                 }
             }
         }

@@ -421,6 +421,50 @@ pub fn outcome(mut child: Child) -> serde_json::Value {
     })
 }
 
+/// What became of a held exec whose task someone other than the agent resumed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Resumed {
+    /// Held again: the kernel stopped it again (counted as a re-pause).
+    StoppedAgain,
+    /// The probe ended: the held image was ended before it could run (the tracepoint backend's
+    /// `sys_enter` gate).
+    Ended,
+}
+
+impl Harness {
+    /// Waits (boundedly) until a held exec that was resumed from elsewhere is either stopped
+    /// again (the re-pause counter passes `repaused_before` and, with `stopped`, the task
+    /// `held` shows state `T`) or its probe `child` has ended.
+    pub fn after_foreign_resume(
+        &mut self,
+        child: &mut Child,
+        held: u32,
+        repaused_before: u64,
+        stopped: bool,
+    ) -> Resumed {
+        let deadline = Instant::now() + patience();
+        loop {
+            if let Ok(Some(_)) = child.try_wait() {
+                return Resumed::Ended;
+            }
+            let again = self
+                .engine()
+                .counter(agent_common::Counter::Repaused)
+                .unwrap_or(0)
+                > repaused_before;
+            if again && (!stopped || state(held) == Some('T')) {
+                return Resumed::StoppedAgain;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "held exec {held}: neither stopped again nor ended within {:?}",
+                patience()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
 /// A child's whole output, waiting at most [`patience`] for it to end.
 pub fn finish(mut child: Child) -> std::process::Output {
     let deadline = Instant::now() + patience();

@@ -724,6 +724,11 @@ fn doctor_reports_what_this_kernel_enforces_and_leaves_nothing_behind() {
         "sendmsg6",
         "held-connect",
         "held-sendmmsg",
+        "egress",
+        "execd",
+        "exec-exit",
+        "fork",
+        "moved",
         "exit",
     ] {
         assert!(hooks.contains(&h), "{h} not attached: {hooks:?}");
@@ -731,7 +736,9 @@ fn doctor_reports_what_this_kernel_enforces_and_leaves_nothing_behind() {
     match v["backend"].as_str() {
         Some("lsm") => {
             assert!(
-                hooks.contains(&"exec-lsm") && !hooks.contains(&"gate"),
+                hooks.contains(&"exec-lsm")
+                    && hooks.contains(&"bpf-guard")
+                    && !hooks.contains(&"gate"),
                 "{hooks:?}"
             );
             assert_eq!(v["lsm"]["runs"], true);

@@ -8,7 +8,7 @@ use std::{
 
 use agent_common::{FailMode, Op, Outcome};
 use latch_agent::kernel::{Backend, Decision, EngineError, Scope};
-use latch_tests::{outcome, privileged, probe, state, wait_state, Harness};
+use latch_tests::{outcome, privileged, probe, state, wait_state, Harness, Resumed};
 
 const EPERM: i64 = 1;
 
@@ -265,28 +265,28 @@ fn foreign_sigcont_never_releases_a_held_operation() {
     assert!(ok(&outcome(child)));
 
     // Exec. LSM: the restarted execve stops again; tracepoint backend: the image is stopped
-    // again as it returns from the signal, or, where only the `sys_enter` gate is attached,
-    // ended at its first system call.
-    let killed = h.engine().hooks().contains(&"gate");
+    // again on its way back from the signal, or ended at its first system call.
     let made = marker(&h, "too-early");
     let m = made.to_string_lossy().into_owned();
-    let child = h.spawn(&probe(), &["exec", "/usr/bin/touch", &m]);
+    let mut child = h.spawn(&probe(), &["exec", "/usr/bin/touch", &m]);
     let p = h.wait_pending_where("the exec of touch", |p| p.op == "exec");
     wait_state(p.tgid, 'T');
+    let before = repaused(&mut h);
     foreign_sigcont(p.tgid);
-    if killed {
-        let out = outcome(child);
-        assert_eq!(out["signal"], 9, "{out}");
-        assert!(!made.exists(), "touch did not run while still pending");
-        return;
+    match h.after_foreign_resume(&mut child, p.tgid, before, true) {
+        Resumed::StoppedAgain => {
+            assert!(!made.exists(), "touch did not run while still pending");
+            h.engine().decide(p.id, Decision::Allow).expect("decide");
+            assert_eq!(outcome(child)["exit"], 0);
+            assert!(made.exists(), "touch ran after approval");
+            let _ = std::fs::remove_file(&made);
+        }
+        Resumed::Ended => {
+            let out = outcome(child);
+            assert_eq!(out["signal"], 9, "{out}");
+            assert!(!made.exists(), "touch did not run while still pending");
+        }
     }
-    wait_repaused(&mut h, before + 2);
-    wait_state(p.tgid, 'T');
-    assert!(!made.exists(), "touch did not run while still pending");
-    h.engine().decide(p.id, Decision::Allow).expect("decide");
-    assert_eq!(outcome(child)["exit"], 0);
-    assert!(made.exists(), "touch ran after approval");
-    let _ = std::fs::remove_file(&made);
 }
 
 fn repaused(h: &mut Harness) -> u64 {

@@ -179,26 +179,36 @@ pub fn attach_all(
         Backend::Tracepoint => {
             let link = tracepoint(ebpf, "exec", "sched", "sched_process_exec")?;
             p.keep(link, "exec")?;
-            // What keeps a held image from running: the stop renewed on every return from
-            // signal handling (costs nothing while no signal is handled), or, where the kernel
-            // cannot attach that, a gate on every system call of the host.
+            // What keeps a held image from running without its decision: the stop renewed on
+            // every return from signal handling, and behind it a gate on every system call that
+            // ends a task that got past it (a SIGCONT racing the renewed stop can flush it).
             match restop(ebpf) {
                 Ok(link) => p.keep(link, "restop")?,
                 Err(e) => {
                     tracing::warn!(
-                        "a held exec is kept stopped by the sys_enter gate, which runs on every \
-                         system call: {e}"
+                        "a held exec resumed without a decision is ended at its first system \
+                         call instead of being stopped again: {e}"
                     );
-                    let name = "gate";
-                    let prog: &mut RawTracePoint = program(ebpf, name)?;
-                    prog.load().map_err(prog_err(name))?;
-                    let id = prog.attach("sys_enter").map_err(prog_err(name))?;
-                    let link: FdLink = prog.take_link(id).map_err(prog_err(name))?.into();
-                    p.keep(link, "gate")?;
                     p.out.restop_refused = Some(e.to_string());
                 }
             }
+            let name = "gate";
+            let prog: &mut RawTracePoint = program(ebpf, name)?;
+            prog.load().map_err(prog_err(name))?;
+            let id = prog.attach("sys_enter").map_err(prog_err(name))?;
+            let link: FdLink = prog.take_link(id).map_err(prog_err(name))?.into();
+            p.keep(link, "gate")?;
         }
+    }
+
+    // Finished execs (every backend): lineage moves and spent approvals.
+    let link = tracepoint(ebpf, "execd", "sched", "sched_process_exec")?;
+    p.keep(link, "execd")?;
+    for (pin, tp) in [
+        ("exec-exit", "sys_exit_execve"),
+        ("exec-exit-at", "sys_exit_execveat"),
+    ] {
+        p.keep(tracepoint(ebpf, "exec_exit", "syscalls", tp)?, pin)?;
     }
 
     // The lineage: forks and cgroup moves, then exits (which also drop held entries).

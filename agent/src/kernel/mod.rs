@@ -507,6 +507,30 @@ impl Engine {
             .map_err(map_err(names::LINEAGE))
     }
 
+    /// Forgets the lineage of every thread whose workload is not in `workloads` (a workload the
+    /// rules no longer have). Returns how many were forgotten.
+    pub fn forget_lineage_except(
+        &mut self,
+        workloads: &HashSet<u32>,
+    ) -> Result<usize, EngineError> {
+        let stale: Vec<u32> = self
+            .lineage
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, l)| !workloads.contains(&l.watch.workload))
+            .map(|(tid, _)| tid)
+            .collect();
+        for tid in &stale {
+            ignore_missing(self.lineage.remove(tid)).map_err(map_err(names::LINEAGE))?;
+        }
+        Ok(stale.len())
+    }
+
+    /// Forgets one thread's lineage.
+    pub fn forget_lineage(&mut self, tid: u32) -> Result<(), EngineError> {
+        ignore_missing(self.lineage.remove(&tid)).map_err(map_err(names::LINEAGE))
+    }
+
     /// Why the tracepoint backend's `restop` could not attach, where the `sys_enter` gate stands
     /// in for it (`None`: it attached, or the LSM backend is in use).
     pub fn restop_refused(&self) -> Option<&str> {

@@ -43,8 +43,8 @@ pub fn parse_field_offset(format: &str, decl: &str) -> Option<u32> {
 }
 
 /// Offsets in the records of the tracepoints that keep the lineage, by the global that holds
-/// each: `sched_process_fork`'s `child_pid` and `cgroup_attach_task`'s `dst_root`, `dst_id`,
-/// `pid`.
+/// each: `sched_process_fork`'s `child_pid`, `cgroup_attach_task`'s `dst_root`, `dst_id`, `pid`,
+/// and `sched_process_exec`'s `pid` and `old_pid`.
 pub fn lineage_offsets(tracefs: &Path) -> Result<Vec<(&'static str, u32)>, String> {
     const FIELDS: &[(&str, &str, &str)] = &[
         (

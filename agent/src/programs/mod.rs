@@ -136,9 +136,9 @@ pub fn resolve(
                 let Some(id) = fs.identify(&name) else {
                     continue;
                 };
-                let Some(rref) = rules::match_exec(compiled, r.workload_id, &id.real)
-                    .or_else(|| rules::match_exec(compiled, r.workload_id, &name))
-                else {
+                // Only the real path's rule: a link planted under a loose rule must not lend
+                // that rule to the file it points to.
+                let Some(rref) = rules::match_exec(compiled, r.workload_id, &id.real) else {
                     continue;
                 };
                 for &(dev, ino) in &id.ids {

@@ -8,7 +8,7 @@
 //! latch-probe exec PROGRAM [ARG...]      run PROGRAM as a child; report how it ended
 //! latch-probe connect-loop 127.0.0.1:80  connect() again and again until killed
 //! latch-probe connect-from 127.0.0.2 0.0.0.0:8080
-//!                                        bind to an IPv4 source address, then TCP connect()
+//!                                        bind to a source address, then TCP connect()
 //! latch-probe icmp raw|ping ADDR TAG      one ICMP echo request to an IPv4 address carrying TAG,
 //!                                        from a raw socket or an unprivileged ping socket
 //! latch-probe udplite-send ADDR:PORT     sendto() on a UDP-Lite socket
@@ -192,29 +192,71 @@ fn exec_via(how: &str, program: &str, args: &[String]) {
     }
 }
 
-/// TCP connect() from a socket bound to `src` (IPv4 only).
+/// TCP connect() from a socket bound to `src` (an IPv4 or IPv6 address; port 0).
 fn connect_from(src: &str, dst: &str) {
-    let (Ok(src), Ok(dst)) = (
-        src.parse::<std::net::Ipv4Addr>(),
-        dst.parse::<std::net::SocketAddrV4>(),
-    ) else {
-        eprintln!("latch-probe: connect-from wants an IPv4 address and an IPv4 address:port");
+    let (Ok(src), Ok(dst)) = (src.parse::<std::net::IpAddr>(), dst.parse::<SocketAddr>()) else {
+        eprintln!("latch-probe: connect-from wants an address and an address:port");
         std::process::exit(2);
     };
-    let sin = sockaddr4;
-    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    let sin6 = |ip: std::net::Ipv6Addr, port: u16| libc::sockaddr_in6 {
+        sin6_family: libc::AF_INET6 as libc::sa_family_t,
+        sin6_port: port.to_be(),
+        sin6_flowinfo: 0,
+        sin6_addr: libc::in6_addr {
+            s6_addr: ip.octets(),
+        },
+        sin6_scope_id: 0,
+    };
     // SAFETY: plain system calls on a socket this function owns and on local addresses.
     unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        let family = if src.is_ipv4() {
+            libc::AF_INET
+        } else {
+            libc::AF_INET6
+        };
+        let fd = libc::socket(family, libc::SOCK_STREAM, 0);
         if fd < 0 {
             return report(Err(std::io::Error::last_os_error()));
         }
-        let a = sin(src, 0);
-        if libc::bind(fd, (&a as *const libc::sockaddr_in).cast(), len) != 0 {
+        let bound = match src {
+            std::net::IpAddr::V4(ip) => {
+                let a = sockaddr4(ip, 0);
+                libc::bind(
+                    fd,
+                    (&a as *const libc::sockaddr_in).cast(),
+                    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                )
+            }
+            std::net::IpAddr::V6(ip) => {
+                let a = sin6(ip, 0);
+                libc::bind(
+                    fd,
+                    (&a as *const libc::sockaddr_in6).cast(),
+                    std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+                )
+            }
+        };
+        if bound != 0 {
             return report(Err(std::io::Error::last_os_error()));
         }
-        let b = sin(*dst.ip(), dst.port());
-        let r = libc::connect(fd, (&b as *const libc::sockaddr_in).cast(), len);
+        let r = match dst {
+            SocketAddr::V4(d) => {
+                let b = sockaddr4(*d.ip(), d.port());
+                libc::connect(
+                    fd,
+                    (&b as *const libc::sockaddr_in).cast(),
+                    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                )
+            }
+            SocketAddr::V6(d) => {
+                let b = sin6(*d.ip(), d.port());
+                libc::connect(
+                    fd,
+                    (&b as *const libc::sockaddr_in6).cast(),
+                    std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+                )
+            }
+        };
         let res = if r == 0 {
             Ok(())
         } else {
