@@ -795,7 +795,28 @@ fn a_watched_process_that_can_undo_enforcement_is_reported() {
             .as_array()
             .is_some_and(|a| a.iter().any(|p| p["pid"].as_u64() == Some(pid)))
     };
-    let v = d.wait_status("the root process reported", |v| listed(v, root_pid));
+    // `setpriv` runs as root until it drops to nobody and execs `sleep`: wait for that, then for
+    // a rescan that saw both as they are now.
+    let deadline = Instant::now() + patience();
+    loop {
+        let status =
+            std::fs::read_to_string(format!("/proc/{nobody_pid}/status")).unwrap_or_default();
+        let dropped = status
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.contains("65534"))
+            && status.lines().any(|l| l == "Name:\tsleep");
+        if dropped {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "setpriv never became nobody: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let v = d.wait_status("the root process listed, the unprivileged one not", |v| {
+        listed(v, root_pid) && !listed(v, nobody_pid)
+    });
     let entry = v["privileged"]
         .as_array()
         .and_then(|a| {

@@ -92,7 +92,11 @@ impl ProgramFiles for HostFiles {
             let Ok(entries) = std::fs::read_dir(&dir) else {
                 continue;
             };
-            for e in entries.flatten() {
+            // Sorted, so that a directory with more files than the limit gives the same ones
+            // every time (and the rules are not rewritten at every refresh).
+            let mut entries: Vec<_> = entries.flatten().collect();
+            entries.sort_by_key(|e| e.file_name());
+            for e in entries {
                 if out.len() >= limit {
                     return out;
                 }
