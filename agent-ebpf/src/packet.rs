@@ -137,16 +137,19 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
     if action == Action::Allow as u8 {
         return PASS;
     }
+    let dest = Destination {
+        fam,
+        ip_proto,
+        addr,
+        port,
+    };
     if action == Action::Audit as u8 {
         bump(Counter::Audited);
         report_packet(
             skb,
             cgroup,
             &watch,
-            fam,
-            ip_proto,
-            &addr,
-            port,
+            &dest,
             Outcome::Audited,
             action,
             rule_id,
@@ -160,10 +163,7 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
                 skb,
                 cgroup,
                 &watch,
-                fam,
-                ip_proto,
-                &addr,
-                port,
+                &dest,
                 Outcome::FailOpen,
                 action,
                 rule_id,
@@ -172,18 +172,7 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
         }
     }
     bump(Counter::PacketDropped);
-    report_packet(
-        skb,
-        cgroup,
-        &watch,
-        fam,
-        ip_proto,
-        &addr,
-        port,
-        Outcome::Denied,
-        action,
-        rule_id,
-    );
+    report_packet(skb, cgroup, &watch, &dest, Outcome::Denied, action, rule_id);
     DROP
 }
 
@@ -213,17 +202,21 @@ fn watched(skb: *mut __sk_buff) -> Option<(u64, Watch)> {
     found.map(|w| (cgroup, w))
 }
 
+/// Where a packet goes, as the rules saw it.
+struct Destination {
+    fam: u8,
+    ip_proto: u8,
+    addr: [u8; 16],
+    port: u16,
+}
+
 /// An event for a packet, at most one per socket per second.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 fn report_packet(
     skb: *mut __sk_buff,
     cgroup: u64,
     watch: &Watch,
-    fam: u8,
-    ip_proto: u8,
-    addr: &[u8; 16],
-    port: u16,
+    dest: &Destination,
     outcome: Outcome,
     action: u8,
     rule_id: u32,
@@ -245,10 +238,10 @@ fn report_packet(
     pause::clear(ev);
     ev.op = Op::Sendmsg as u8;
     ev.flags = event_flags::PACKET;
-    ev.family = fam;
-    ev.proto = ip_proto;
-    ev.addr = *addr;
-    ev.port = port;
+    ev.family = dest.fam;
+    ev.proto = dest.ip_proto;
+    ev.addr = dest.addr;
+    ev.port = dest.port;
     ev.ts_ns = now;
     ev.cgroup_id = cgroup;
     ev.workload = watch.workload;

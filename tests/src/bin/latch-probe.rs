@@ -15,6 +15,10 @@
 //! latch-probe bpf-map                    create a small BPF array map with bpf()
 //! latch-probe escape CGROUP ADDR:PORT    move this process into the cgroup directory CGROUP
 //!                                        (its cgroup.procs), then TCP connect()
+//! latch-probe escape-thread-exec CGROUP ADDR:PORT
+//!                                        move into CGROUP, then exec `latch-probe connect ADDR`
+//!                                        from a thread other than the leader (the kernel gives
+//!                                        the new image the leader's id)
 //! latch-probe escape-clone CGROUP ADDR:PORT
 //!                                        clone3(CLONE_INTO_CGROUP) a child into CGROUP, which
 //!                                        does the TCP connect()
@@ -438,17 +442,37 @@ fn escape_clone(cgroup: &str, addr: SocketAddr) {
     unsafe { libc::waitpid(pid as i32, &mut status, 0) };
 }
 
+fn escape_thread_exec(cgroup: &str, addr: SocketAddr) {
+    if let Err(e) = std::fs::write(format!("{cgroup}/cgroup.procs"), "0") {
+        return report(Err(e));
+    }
+    let me = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => return report(Err(e)),
+    };
+    let to = addr.to_string();
+    let worker = std::thread::spawn(move || {
+        let err = std::os::unix::process::CommandExt::exec(
+            std::process::Command::new(me).args(["connect", &to]),
+        );
+        report(Err(err));
+    });
+    let _ = worker.join();
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if let Some(cmd @ ("escape" | "escape-clone")) = args.get(1).map(String::as_str) {
+    if let Some(cmd @ ("escape" | "escape-clone" | "escape-thread-exec")) =
+        args.get(1).map(String::as_str)
+    {
         let (Some(cg), Some(Ok(addr))) = (args.get(2), args.get(3).map(|a| a.parse())) else {
             eprintln!("usage: latch-probe {cmd} CGROUP ADDR:PORT");
             std::process::exit(2);
         };
-        return if cmd == "escape" {
-            escape(cg, addr)
-        } else {
-            escape_clone(cg, addr)
+        return match cmd {
+            "escape" => escape(cg, addr),
+            "escape-thread-exec" => escape_thread_exec(cg, addr),
+            _ => escape_clone(cg, addr),
         };
     }
     if args.get(1).map(String::as_str) == Some("bpf-map") {
