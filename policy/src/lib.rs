@@ -23,10 +23,10 @@
 //!     timeout: 10m
 //! ```
 
-use std::{collections::HashMap, fmt, net::IpAddr, time::Duration};
+use std::{collections::HashMap, fmt, net::IpAddr, str::FromStr, time::Duration};
 
 use ipnet::IpNet;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 mod raw;
 
@@ -122,7 +122,67 @@ pub enum Matcher {
     Exec {
         /// Program paths.
         paths: Vec<PathPattern>,
+        /// Programs named by the SHA-256 of their content: any file with this content matches,
+        /// whatever its name — a renamed file, a copy, a memfd copy. A path alone is evaded by
+        /// copying the program elsewhere; its content is not.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        sha256: Vec<Sha256>,
+        /// Also match every file whose content equals a file the exact `paths` name now (hashed
+        /// when the rules are applied), so that copying `/usr/bin/curl` to `/tmp/x` does not
+        /// escape a rule written for `/usr/bin/curl` without anyone having to list its digest.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        copies: bool,
     },
+}
+
+/// The SHA-256 digest of a program's content; written as 64 hexadecimal characters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Sha256(pub [u8; 32]);
+
+impl fmt::Display for Sha256 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for Sha256 {
+    type Err = String;
+
+    /// Exactly 64 hexadecimal characters, upper- or lower-case.
+    fn from_str(s: &str) -> Result<Sha256, String> {
+        let bad = || format!("'{s}' is not a SHA-256 digest (64 hexadecimal characters)");
+        let bytes = s.as_bytes();
+        if bytes.len() != 64 || !bytes.iter().all(u8::is_ascii_hexdigit) {
+            return Err(bad());
+        }
+        let nibble = |c: u8| match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            _ => c - b'A' + 10,
+        };
+        let mut out = [0u8; 32];
+        for (o, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+            *o = (nibble(pair[0]) << 4) | nibble(pair[1]);
+        }
+        Ok(Sha256(out))
+    }
+}
+
+impl Serialize for Sha256 {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Sha256 {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Sha256, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 /// Who must approve an `approve` rule's requests.
@@ -153,6 +213,15 @@ pub struct Workload {
     pub cgroups: Vec<String>,
     /// Action for operations no rule matches.
     pub default_action: Action,
+    /// What to do when the workload executes a program that is not known: neither installed by
+    /// the package manager nor under `known_programs`. A downloaded, built or copied program is
+    /// a new file and so unknown, which a list of paths cannot catch. `None`: not checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unknown_programs: Option<Action>,
+    /// Programs to treat as known besides the package manager's, by exact path or path prefix
+    /// (the workload's own tools, installed outside the package manager).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub known_programs: Vec<PathPattern>,
 }
 
 /// A validated rule.
@@ -252,6 +321,21 @@ impl RuleSet {
     /// The rule with this id.
     pub fn rule(&self, id: u32) -> Option<&Rule> {
         self.rules.iter().find(|r| r.id == id)
+    }
+
+    /// Whether the workload with this id has exec decisions that depend on a program's content:
+    /// it sets `unknown_programs`, or one of its exec rules names `sha256` digests or sets
+    /// `copies`. The kernel must then hold every exec of a file whose content verdict it has not
+    /// cached, so that the agent can hash the file before it runs.
+    pub fn decides_content(&self, workload_id: u32) -> bool {
+        self.workloads
+            .iter()
+            .any(|w| w.id == workload_id && w.unknown_programs.is_some())
+            || self.rules.iter().any(|r| {
+                r.workload_id == workload_id
+                    && matches!(&r.matcher, Matcher::Exec { sha256, copies, .. }
+                        if !sha256.is_empty() || *copies)
+            })
     }
 
     /// Rule ids by name, for reports.

@@ -6,8 +6,8 @@ use serde::Deserialize;
 
 use crate::{
     name_id, parse_net, Action, Approvers, Matcher, Notify, PathPattern, PolicyError, PortRange,
-    Problem, Protocol, Rule, RuleSet, Workload, DEFAULT_TIMEOUT, MAX_NAME_LEN, MAX_PATH_LEN,
-    TIMEOUT_RANGE,
+    Problem, Protocol, Rule, RuleSet, Sha256, Workload, DEFAULT_TIMEOUT, MAX_NAME_LEN,
+    MAX_PATH_LEN, TIMEOUT_RANGE,
 };
 
 #[derive(Deserialize)]
@@ -27,6 +27,10 @@ struct RawWorkload {
     cgroups: Vec<String>,
     #[serde(default)]
     default: Option<Action>,
+    #[serde(default)]
+    unknown_programs: Option<Action>,
+    #[serde(default)]
+    known_programs: Vec<String>,
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +81,10 @@ struct RawRule {
     protocol: Option<Protocol>,
     #[serde(default)]
     paths: Vec<String>,
+    #[serde(default)]
+    sha256: Vec<String>,
+    #[serde(default)]
+    copies: Option<bool>,
     action: Action,
     #[serde(default)]
     approvers: Option<RawApprovers>,
@@ -147,12 +155,30 @@ pub(crate) fn parse(source_name: &str, text: &str) -> Result<RuleSet, PolicyErro
                 c.push("workload", &w.name, m);
             }
         }
+        let mut known_programs = Vec::new();
+        for (i, p) in w.known_programs.iter().enumerate() {
+            match parse_path(p) {
+                Ok(pp) => known_programs.push(pp),
+                Err(m) => c.push("workload", &w.name, format!("`known_programs[{i}]`: {m}")),
+            }
+        }
+        if !w.known_programs.is_empty() && w.unknown_programs.is_none() {
+            c.push(
+                "workload",
+                &w.name,
+                "`known_programs` only applies with `unknown_programs`: set \
+                 `unknown_programs: allow|audit|approve|deny` or remove `known_programs`"
+                    .into(),
+            );
+        }
         let default_action = w.default.unwrap_or(Action::Allow);
         workloads.push(Workload {
             id: name_id("workload", &w.name),
             name: w.name.clone(),
             cgroups: w.cgroups.clone(),
             default_action,
+            unknown_programs: w.unknown_programs,
+            known_programs,
         });
     }
     check_ids(
@@ -330,6 +356,22 @@ fn connect_matcher(c: &mut Collector<'_>, r: &RawRule) -> Option<Matcher> {
         );
         ok = false;
     }
+    if !r.sha256.is_empty() {
+        c.push(
+            "rule",
+            name,
+            "`sha256` belongs to `on: exec` rules; a connect rule names `to`".into(),
+        );
+        ok = false;
+    }
+    if r.copies.is_some() {
+        c.push(
+            "rule",
+            name,
+            "`copies` belongs to `on: exec` rules; a connect rule names `to`".into(),
+        );
+        ok = false;
+    }
     if r.to.is_empty() {
         c.push(
             "rule",
@@ -369,14 +411,14 @@ fn exec_matcher(c: &mut Collector<'_>, r: &RawRule) -> Option<Matcher> {
     let name = r.name.as_str();
     let mut ok = true;
     if !r.to.is_empty() || !r.ports.is_empty() || r.protocol.is_some() {
-        c.push("rule", name, "`to`, `ports` and `protocol` belong to `on: connect` rules; an exec rule names `paths`".into());
+        c.push("rule", name, "`to`, `ports` and `protocol` belong to `on: connect` rules; an exec rule names `paths` or `sha256`".into());
         ok = false;
     }
-    if r.paths.is_empty() {
+    if r.paths.is_empty() && r.sha256.is_empty() {
         c.push(
             "rule",
             name,
-            "`paths` is empty: list at least one program path".into(),
+            "`paths` and `sha256` are both empty: name programs by path or by content".into(),
         );
         ok = false;
     }
@@ -390,7 +432,50 @@ fn exec_matcher(c: &mut Collector<'_>, r: &RawRule) -> Option<Matcher> {
             }
         }
     }
-    ok.then_some(Matcher::Exec { paths })
+    let mut sha256: Vec<Sha256> = Vec::new();
+    for (i, d) in r.sha256.iter().enumerate() {
+        match d.trim().parse::<Sha256>() {
+            // A digest listed twice names the same program; keep it once.
+            Ok(h) if sha256.contains(&h) => {}
+            Ok(h) => sha256.push(h),
+            Err(m) => {
+                c.push("rule", name, format!("`sha256[{i}]`: {m}"));
+                ok = false;
+            }
+        }
+    }
+    let copies = r.copies.unwrap_or(false);
+    if copies {
+        // Copies are found by hashing the files that exact paths name; a prefix names no file.
+        if r.paths.is_empty() {
+            c.push(
+                "rule",
+                name,
+                "`copies: true` needs exact `paths`: copies are found by hashing the files \
+                 exact paths name"
+                    .into(),
+            );
+            ok = false;
+        }
+        for (i, p) in r.paths.iter().enumerate() {
+            if p.ends_with('*') {
+                c.push(
+                    "rule",
+                    name,
+                    format!(
+                        "`copies: true` with `paths[{i}]` '{p}', a prefix: copies are found \
+                         by hashing the files exact paths name; list exact paths"
+                    ),
+                );
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(Matcher::Exec {
+        paths,
+        sha256,
+        copies,
+    })
 }
 
 fn parse_port(p: &RawPort) -> Result<PortRange, String> {

@@ -1,6 +1,8 @@
 //! The rules language: what is accepted and how each kind of bad input is refused.
 
-use policy::{Action, Matcher, PathPattern, PolicyError, PortRange, Protocol, RuleSet};
+use policy::{
+    Action, Matcher, PathPattern, PolicyError, PortRange, Protocol, RuleSet, Sha256, Workload,
+};
 
 const GOOD: &str = r#"
 workloads:
@@ -64,7 +66,7 @@ fn accepts_the_documented_example() {
         m => panic!("wrong matcher {m:?}"),
     }
     match &rs.rules[2].matcher {
-        Matcher::Exec { paths } => {
+        Matcher::Exec { paths, .. } => {
             assert_eq!(paths[0], PathPattern::Exact("/usr/bin/curl".into()));
             assert_eq!(paths[1], PathPattern::Prefix("/usr/bin/ssh".into()));
         }
@@ -260,4 +262,308 @@ fn bad_slack_routes_are_refused() {
         "    notify: { teams: \"x\" }\n    timeout: 10m\n",
     ));
     assert!(e.to_string().contains("unknown field `teams`"), "{e}");
+}
+
+const CURL_SHA: &str = "9F86D081884C7D659A2FEAA0C55AD015A3BF4F1B2B0B822CD15D6C15B0F00A08";
+const TOOL_SHA: &str = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
+
+const CONTENT: &str = r#"
+workloads:
+  - name: ai-agents
+    cgroups: ["/ai.slice/*"]
+    unknown_programs: approve
+    known_programs: ["/opt/agent/bin/*", "/usr/local/bin/helper"]
+  - name: build
+    cgroups: ["/build.slice/*"]
+  - name: batch
+    cgroups: ["/batch.slice/*"]
+rules:
+  - name: no-curl-anywhere
+    workload: ai-agents
+    on: exec
+    paths: ["/usr/bin/curl"]
+    copies: true
+    action: deny
+  - name: known-bad-tool
+    workload: build
+    on: exec
+    sha256: ["9F86D081884C7D659A2FEAA0C55AD015A3BF4F1B2B0B822CD15D6C15B0F00A08", "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824", "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"]
+    action: deny
+  - name: batch-ssh
+    workload: batch
+    on: exec
+    paths: ["/usr/bin/ssh*"]
+    copies: false
+    action: audit
+"#;
+
+fn digest(hex: &str) -> Sha256 {
+    hex.parse().expect("valid digest")
+}
+
+#[test]
+fn sha256_reads_either_case_and_prints_lower_case() {
+    let d = digest(CURL_SHA);
+    assert_eq!(d.0[0], 0x9f);
+    assert_eq!(d.0[31], 0x08);
+    assert_eq!(d.to_string(), CURL_SHA.to_ascii_lowercase());
+    assert_eq!(d, digest(&CURL_SHA.to_ascii_lowercase()));
+    assert_eq!(
+        serde_json::to_string(&d).expect("json"),
+        format!("\"{}\"", CURL_SHA.to_ascii_lowercase())
+    );
+    for bad in [
+        "",
+        "abc",
+        &CURL_SHA[1..],
+        &format!("{CURL_SHA}0"),
+        &CURL_SHA.replace('F', "g"),
+    ] {
+        let e = bad.parse::<Sha256>().expect_err(bad);
+        assert!(
+            e.contains(&format!("'{bad}'")) && e.contains("not a SHA-256 digest"),
+            "{e}"
+        );
+    }
+    let multibyte = format!("é{}", &CURL_SHA[2..]);
+    assert!(multibyte.parse::<Sha256>().is_err());
+    assert!(serde_json::from_str::<Sha256>("\"abc\"").is_err());
+}
+
+#[test]
+fn programs_by_content_parse() {
+    let rs = RuleSet::parse("rules.yaml", CONTENT).expect("valid");
+    let ai = rs.workload("ai-agents").expect("ai-agents");
+    assert_eq!(ai.unknown_programs, Some(Action::Approve));
+    assert_eq!(
+        ai.known_programs,
+        [
+            PathPattern::Prefix("/opt/agent/bin/".into()),
+            PathPattern::Exact("/usr/local/bin/helper".into()),
+        ]
+    );
+    let build = rs.workload("build").expect("build");
+    assert_eq!(build.unknown_programs, None);
+    assert!(build.known_programs.is_empty());
+
+    assert_eq!(
+        rs.rules[0].matcher,
+        Matcher::Exec {
+            paths: vec![PathPattern::Exact("/usr/bin/curl".into())],
+            sha256: vec![],
+            copies: true,
+        }
+    );
+    // The upper- and lower-case spellings of one digest are one program, kept once.
+    assert_eq!(
+        rs.rules[1].matcher,
+        Matcher::Exec {
+            paths: vec![],
+            sha256: vec![digest(CURL_SHA), digest(TOOL_SHA)],
+            copies: false,
+        }
+    );
+    match &rs.rules[2].matcher {
+        Matcher::Exec { sha256, copies, .. } => assert!(sha256.is_empty() && !copies),
+        m => panic!("wrong matcher {m:?}"),
+    }
+
+    let batch = rs.workload("batch").expect("batch").id;
+    assert!(rs.decides_content(ai.id), "unknown_programs (and copies)");
+    assert!(rs.decides_content(build.id), "sha256");
+    assert!(!rs.decides_content(batch), "paths only, copies: false");
+    assert!(!rs.decides_content(12345), "no such workload");
+
+    // unknown_programs alone is enough.
+    let only_unknown = CONTENT.replace("    copies: true\n", "").replace(
+        "known_programs: [\"/opt/agent/bin/*\", \"/usr/local/bin/helper\"]",
+        "known_programs: []",
+    );
+    let rs = RuleSet::parse("rules.yaml", &only_unknown).expect("valid");
+    assert!(rs.decides_content(rs.workloads[0].id));
+    assert!(rs.workloads[0].known_programs.is_empty());
+    // And without it, paths alone are not.
+    let neither = only_unknown.replace("    unknown_programs: approve\n", "");
+    let rs = RuleSet::parse("rules.yaml", &neither).expect("valid");
+    assert!(!rs.decides_content(rs.workloads[0].id));
+    assert!(rs.decides_content(rs.workloads[1].id));
+}
+
+#[test]
+fn rule_set_round_trips_through_json() {
+    let rs = RuleSet::parse("rules.yaml", CONTENT).expect("valid");
+    let json = serde_json::to_string(&rs).expect("serialize");
+    assert!(json.contains(&CURL_SHA.to_ascii_lowercase()), "{json}");
+    assert!(json.contains("\"copies\":true"), "{json}");
+    assert!(json.contains("\"unknown_programs\":\"approve\""), "{json}");
+    let back: RuleSet = serde_json::from_str(&json).expect("deserialize");
+    assert_eq!(back, rs);
+
+    // Unset fields are left out, so documents for older agents look as they did.
+    let plain = RuleSet::parse("rules.yaml", GOOD).expect("valid");
+    let json = serde_json::to_string(&plain).expect("serialize");
+    for field in ["sha256", "copies", "unknown_programs", "known_programs"] {
+        assert!(!json.contains(field), "{field} in {json}");
+    }
+    assert_eq!(
+        serde_json::from_str::<RuleSet>(&json).expect("again"),
+        plain
+    );
+}
+
+#[test]
+fn rule_set_json_from_before_content_rules_still_reads() {
+    let old = r#"{
+      "workloads": [
+        {"id": 7, "name": "ai-agents", "cgroups": ["/ai.slice/*"], "default_action": "allow"}
+      ],
+      "rules": [
+        {"id": 9, "name": "network-tools", "workload": "ai-agents", "workload_id": 7,
+         "matcher": {"on": "exec", "paths": [{"exact": "/usr/bin/curl"}, {"prefix": "/usr/bin/ssh"}]},
+         "action": "approve", "approvers": {"groups": [], "count": 1},
+         "timeout": 600, "on_timeout": "deny", "line": 3}
+      ]
+    }"#;
+    let rs: RuleSet = serde_json::from_str(old).expect("old document");
+    assert_eq!(
+        rs.workloads[0],
+        Workload {
+            id: 7,
+            name: "ai-agents".into(),
+            cgroups: vec!["/ai.slice/*".into()],
+            default_action: Action::Allow,
+            unknown_programs: None,
+            known_programs: vec![],
+        }
+    );
+    assert_eq!(
+        rs.rules[0].matcher,
+        Matcher::Exec {
+            paths: vec![
+                PathPattern::Exact("/usr/bin/curl".into()),
+                PathPattern::Prefix("/usr/bin/ssh".into()),
+            ],
+            sha256: vec![],
+            copies: false,
+        }
+    );
+    assert!(!rs.decides_content(7));
+}
+
+#[test]
+fn bad_content_rules_are_refused() {
+    let connect =
+        "  - name: egress\n    workload: ai-agents\n    on: connect\n    to: [\"10.0.0.0/8\"]\n";
+    let exec = "  - name: tools\n    workload: ai-agents\n    on: exec\n";
+    let doc = |workload_extra: &str, rule: &str, fields: &str| {
+        format!(
+            "workloads:\n  - name: ai-agents\n    cgroups: [\"/ai.slice/*\"]\n{workload_extra}\
+             rules:\n{rule}{fields}    action: deny\n"
+        )
+    };
+    let cases: Vec<(String, &str, &[&str])> =
+        vec![
+        (
+            doc("", exec, "    sha256: [\"abc\"]\n"),
+            "rules.yaml:5: rule 'tools'",
+            &["`sha256[0]`: 'abc' is not a SHA-256 digest (64 hexadecimal characters)"],
+        ),
+        (
+            doc("", exec, &format!("    sha256: [\"{TOOL_SHA}\", \"{}\"]\n", &TOOL_SHA[..63])),
+            "rule 'tools'",
+            &["`sha256[1]`", "is not a SHA-256 digest"],
+        ),
+        (
+            doc("", exec, &format!("    sha256: [\"{}\"]\n", TOOL_SHA.replace('c', "x"))),
+            "rule 'tools'",
+            &["`sha256[0]`", "is not a SHA-256 digest"],
+        ),
+        (
+            doc("", connect, &format!("    sha256: [\"{TOOL_SHA}\"]\n")),
+            "rules.yaml:5: rule 'egress'",
+            &["`sha256` belongs to `on: exec` rules"],
+        ),
+        (
+            doc("", connect, "    copies: true\n"),
+            "rule 'egress'",
+            &["`copies` belongs to `on: exec` rules"],
+        ),
+        (
+            doc("", exec, ""),
+            "rules.yaml:5: rule 'tools'",
+            &["`paths` and `sha256` are both empty: name programs by path or by content"],
+        ),
+        (
+            doc("", exec, "    paths: []\n    sha256: []\n"),
+            "rule 'tools'",
+            &["`paths` and `sha256` are both empty"],
+        ),
+        (
+            doc("", exec, &format!("    sha256: [\"{TOOL_SHA}\"]\n    copies: true\n")),
+            "rule 'tools'",
+            &["`copies: true` needs exact `paths`", "hashing"],
+        ),
+        (
+            doc("", exec, "    paths: [\"/usr/bin/curl\", \"/usr/bin/ssh*\"]\n    copies: true\n"),
+            "rule 'tools'",
+            &["`copies: true` with `paths[1]` '/usr/bin/ssh*', a prefix", "exact paths"],
+        ),
+        (
+            doc(
+                "    unknown_programs: deny\n    known_programs: [\"/opt/tools/*\", \"opt/x\"]\n",
+                exec,
+                "    paths: [\"/usr/bin/curl\"]\n",
+            ),
+            "rules.yaml:2: workload 'ai-agents'",
+            &["`known_programs[1]`: 'opt/x' is not absolute"],
+        ),
+        (
+            doc(
+                "    unknown_programs: deny\n    known_programs: [\"/opt/*/bin\"]\n",
+                exec,
+                "    paths: [\"/usr/bin/curl\"]\n",
+            ),
+            "workload 'ai-agents'",
+            &["`known_programs[0]`", "only a single trailing `*`"],
+        ),
+        (
+            doc(
+                "    known_programs: [\"/opt/tools/*\"]\n",
+                exec,
+                "    paths: [\"/usr/bin/curl\"]\n",
+            ),
+            "rules.yaml:2: workload 'ai-agents'",
+            &["`known_programs` only applies with `unknown_programs`"],
+        ),
+        (
+            doc(
+                "    unknown_programs: sometimes\n",
+                exec,
+                "    paths: [\"/usr/bin/curl\"]\n",
+            ),
+            "",
+            &["unknown variant `sometimes`", "allow", "deny"],
+        ),
+    ];
+    for (text, subject, needles) in cases {
+        let msg = refuse(&text).to_string();
+        assert!(msg.contains(subject), "{subject:?} not in {msg}\n{text}");
+        for needle in needles {
+            assert!(msg.contains(needle), "{needle:?} not in {msg}\n{text}");
+        }
+    }
+}
+
+#[test]
+fn connect_rules_with_copies_false_are_still_refused() {
+    // `copies` says nothing about a connect rule, whatever its value.
+    let e = refuse(&GOOD.replace(
+        "    action: deny\n",
+        "    action: deny\n    copies: false\n",
+    ));
+    assert!(
+        e.to_string()
+            .contains("rule 'no-cloud-metadata': `copies` belongs to `on: exec` rules"),
+        "{e}"
+    );
 }
