@@ -166,6 +166,32 @@ pub struct Watch {
     pub workload: u32,
     /// [`Action`] for operations that no rule matches.
     pub default_action: u8,
+    /// [`watch_flags`].
+    pub flags: u8,
+    /// Explicit padding.
+    pub _pad: [u8; 2],
+}
+
+/// Bits of [`Watch::flags`].
+pub mod watch_flags {
+    /// The workload's rules decide programs by content (`sha256`, `copies`, `unknown_programs`):
+    /// an exec of a file whose verdict is not in [`CONTENT`](crate::maps::CONTENT), or whose
+    /// change time moved since, is held for the agent to hash.
+    pub const CONTENT: u8 = 1;
+}
+
+/// Value of [`CONTENT`](maps::CONTENT), keyed by [`ExecFileKey`]: what a file's content gets
+/// from one workload's rules, while the file is unchanged.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ContentVerdict {
+    /// The file's change time (ns since the epoch) as the kernel read it when the file was held:
+    /// any write or metadata change moves it, and a different value is a miss.
+    pub ctime_ns: u64,
+    /// The content rule that applies (0: the workload's `unknown_programs`, or none).
+    pub rule_id: u32,
+    /// [`Action`]; [`Action::Allow`] when the content is known and no content rule names it.
+    pub action: u8,
     /// Explicit padding.
     pub _pad: [u8; 3],
 }
@@ -313,6 +339,9 @@ pub mod pending_flags {
     /// and execs held by the LSM hook before the new image replaces the old). Without it the
     /// operation has already happened (an exec seen after the fact) and a deny ends the process.
     pub const RESTARTS: u8 = 2;
+    /// An exec entry made at the first level of its execve (the file the caller named, not an
+    /// interpreter): its approval also covers the interpreters the program runs under.
+    pub const FIRST_LEVEL: u8 = 4;
 }
 
 /// An operation held in the kernel, keyed by thread id in [`PENDING`](maps::PENDING).
@@ -423,6 +452,12 @@ pub mod event_flags {
     /// A packet dropped by the egress backstop: no socket hook saw it, and no process is known
     /// (pid, uid and command are zero).
     pub const PACKET: u8 = 8;
+    /// An exec held at an interpreter level before it happened: `path` is the interpreter this
+    /// level runs (as the `#!` line names it), not the name the caller asked for.
+    pub const INTERP: u8 = 16;
+    /// An exec held because the verdict on the file's content is not known (not cached, or the
+    /// file changed since): the agent hashes the file and decides.
+    pub const CONTENT: u8 = 32;
 }
 
 /// A record the kernel writes to [`EVENTS`](maps::EVENTS).
@@ -472,6 +507,9 @@ pub struct Event {
     /// Exec: bytes 0..8 the fingerprint of the path asked for, 8..16 the executed file's inode
     /// number (0 when unknown).
     pub addr: [u8; 16],
+    /// Exec: the executed file's change time (ns since the epoch) as the kernel read it; 0 when
+    /// unknown and for network operations.
+    pub file_ctime_ns: u64,
     /// `comm` of the task.
     pub comm: [u8; 16],
     /// Executable path for exec events (zero-padded).
@@ -540,6 +578,11 @@ pub enum Counter {
     LeftWatched = 25,
     /// A thread that needed a lineage entry found the map full.
     LineageFull = 26,
+    /// The file an approved exec named was replaced before the exec ran again: the approval was
+    /// not used, and the new file was decided afresh.
+    ExecSwapped = 27,
+    /// An exec was held for the agent to hash its file (content rules).
+    ContentHeld = 28,
 }
 
 /// Number of slots in [`COUNTERS`](maps::COUNTERS).
@@ -566,12 +609,13 @@ size_check! {
     GrantKey => 24,
     Grant => 16,
     Heartbeat => 24,
-    Event => 72 + 16 + 16 + PATH_CAP,
+    Event => 72 + 16 + 8 + 16 + PATH_CAP,
+    ContentVerdict => 16,
 }
 
 // The LPM trie key (u32 prefix length + data) must fit the kernel's 256-byte data limit.
 const _: () = assert!(core::mem::size_of::<ExecPrefixData>() <= 256);
-const _: () = assert!((COUNTER_SLOTS as usize) > Counter::LineageFull as usize);
+const _: () = assert!((COUNTER_SLOTS as usize) > Counter::ContentHeld as usize);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -593,6 +637,7 @@ mod pod {
     unsafe impl aya::Pod for Grant {}
     unsafe impl aya::Pod for Heartbeat {}
     unsafe impl aya::Pod for Event {}
+    unsafe impl aya::Pod for ContentVerdict {}
 }
 
 impl Event {

@@ -36,6 +36,10 @@ pub const LINEAGE: &str = "LINEAGE";
 /// When the egress backstop last reported a dropped packet of a socket (cookie → ns), so that a
 /// flood makes one event per socket per second, not one per packet.
 pub const PKT_REPORTED: &str = "PKT_REPORTED";
+/// Verdicts on file contents (LRU): [`ExecFileKey`](crate::ExecFileKey) →
+/// [`ContentVerdict`](crate::ContentVerdict). Not pinned: it is a cache of what the agent
+/// hashed, which a new agent rebuilds.
+pub const CONTENT: &str = "CONTENT";
 /// aya-log's ring buffer (declared by aya-log-ebpf, not by us).
 pub const AYA_LOGS: &str = "AYA_LOGS";
 
@@ -56,6 +60,7 @@ pub const ALL: &[&str] = &[
     GRANT_CONNS,
     LINEAGE,
     PKT_REPORTED,
+    CONTENT,
     AYA_LOGS,
 ];
 

@@ -9,8 +9,8 @@
 //!   past that (the raw `sys_enter` gate).
 
 use agent_common::{
-    event_flags, fingerprint, pending_state, Action, ExecFileKey, Op, RuleRef, PATH_CAP,
-    RESOLVE_RULE,
+    event_flags, fingerprint, pending_flags, pending_state, watch_flags, Action, ExecFileKey, Op,
+    RuleRef, Watch, PATH_CAP, RESOLVE_RULE,
 };
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes},
@@ -20,7 +20,7 @@ use aya_ebpf::{
 
 use crate::counters::{bump, Counter};
 use crate::identity::{self, FileId};
-use crate::maps::{EXEC_EXACT, EXEC_FILES, EXEC_PREFIX, PENDING};
+use crate::maps::{CONTENT, EXEC_EXACT, EXEC_FILES, EXEC_PREFIX, PENDING};
 use crate::pause::{self, Hold, Subject, Verdict};
 use crate::scratch::Scratch;
 use crate::{kconf, scope, scratch};
@@ -59,19 +59,19 @@ pub fn on_exec(ctx: &TracePointContext) {
     let subject = Subject::current(cgroup, watch);
     // The image now in place: for a script, its (last) interpreter.
     let file = identity::of_current_image();
-    let (rule_id, action) = lookup(
-        s,
-        watch.workload,
-        watch.default_action,
-        len,
-        truncated,
-        file,
-    );
+    let (rule_id, action, content) = lookup(s, watch, len, truncated, file);
     if action == Action::Allow as u8 {
         return;
     }
     start_event(s, len, truncated, 0, file);
-    let how = Hold::StopNow { restarts: false };
+    if content != Content::Known {
+        bump(Counter::ContentHeld);
+        s.event.flags |= event_flags::CONTENT;
+    }
+    let how = Hold::StopNow {
+        restarts: false,
+        first_level: true,
+    };
     let verdict = pause::by_rule(
         &subject,
         &mut s.event,
@@ -88,9 +88,9 @@ pub fn on_exec(ctx: &TracePointContext) {
 }
 
 /// What the calling thread's pending entry says about this level of its exec: (one of the
-/// kinds below, the entry's state). A pair of bytes, not an enum with data: every byte of it is
-/// defined on every path, as the verifier wants.
-type Chain = (u8, u8);
+/// kinds below, the entry's state, whether the entry was made at the first level). Plain bytes,
+/// not an enum with data: every byte of it is defined on every path, as the verifier wants.
+type Chain = (u8, u8, bool);
 /// Nothing pending for this execve (an entry for anything else was abandoned and removed).
 const NO_CHAIN: u8 = 0;
 /// This level was held.
@@ -103,7 +103,7 @@ const OTHER_LEVEL: u8 = 2;
 #[inline(always)]
 fn chain(subject: &Subject, asked: u64, file: FileId) -> Chain {
     let Some(p) = PENDING.get_ptr(&subject.tid) else {
-        return (NO_CHAIN, 0);
+        return (NO_CHAIN, 0, false);
     };
     // SAFETY: map value pointer from lookup; `Pending` is plain data.
     let p = unsafe { *p };
@@ -115,12 +115,13 @@ fn chain(subject: &Subject, asked: u64, file: FileId) -> Chain {
         // sees the entry go and cancels its request.
         bump(Counter::TargetMismatch);
         let _ = PENDING.remove(&subject.tid);
-        return (NO_CHAIN, 0);
+        return (NO_CHAIN, 0, false);
     }
+    let first = p.flags & pending_flags::FIRST_LEVEL != 0;
     if held_ino == file.1 && p.file_dev == file.0 {
-        (THIS_LEVEL, p.state)
+        (THIS_LEVEL, p.state, first)
     } else {
-        (OTHER_LEVEL, p.state)
+        (OTHER_LEVEL, p.state, first)
     }
 }
 
@@ -136,7 +137,7 @@ pub fn chain_done(tid: u32) {
     let p = unsafe { *p };
     if p.op == Op::Exec as u8
         && p.state == pending_state::ALLOW
-        && p.flags & agent_common::pending_flags::RESTARTS != 0
+        && p.flags & pending_flags::RESTARTS != 0
     {
         let _ = PENDING.remove(&tid);
     }
@@ -166,17 +167,7 @@ pub fn on_bprm_check(ctx: &LsmContext) -> i32 {
         return EPERM;
     };
     let bprm: *const u8 = ctx.arg(0);
-    // SAFETY: `bprm` is the hook's `struct linux_binprm *`; the offset of its `filename` field
-    // comes from this kernel's BTF, and the read is checked by the helper.
-    let name: *const u8 = match unsafe {
-        bpf_probe_read_kernel(bprm.add(kconf::bprm_filename_offset()) as *const *const u8)
-    } {
-        Ok(p) => p,
-        Err(_) => {
-            bump(Counter::FieldUnreadable);
-            core::ptr::null()
-        }
-    };
+    let name = kernel_ptr(bprm, kconf::bprm_filename_offset());
     let len = read_path(s, name);
     // The helper stops at PATH_CAP - 1 bytes: a path that long may have been cut.
     let truncated = len >= PATH_CAP - 1;
@@ -184,48 +175,88 @@ pub fn on_bprm_check(ctx: &LsmContext) -> i32 {
     // This hook runs once per level of the exec: for a script, once for the script and once for
     // each interpreter, with `bprm->file` the file of that level (the name stays the script's).
     let file = identity::of_bprm(bprm);
+    // `interp` is `filename` itself at the first level, the interpreter's path below it. The
+    // agent does not choose this backend where BTF does not give its offset.
+    let interp = match kconf::bprm_interp_offset() {
+        Some(off) => kernel_ptr(bprm, off),
+        None => name,
+    };
+    let first_level = interp == name;
     let asked = start_event(s, len, truncated, event_flags::BEFORE_EXEC, file);
-    let how = Hold::StopNow { restarts: true };
-    let (rule_id, action) = lookup(
-        s,
-        watch.workload,
-        watch.default_action,
-        len,
-        truncated,
-        file,
-    );
+    let how = Hold::StopNow {
+        restarts: true,
+        first_level,
+    };
+    let (rule_id, action, content) = lookup(s, watch, len, truncated, file);
+    let look = content != Content::Known;
+    if !first_level {
+        // What this level runs, for the agent to open and the reviewer to see; the request
+        // stays keyed by the name asked for.
+        show_interp(&mut s.event, interp);
+    }
     // An exec held earlier runs again after the decision, or after a resume from elsewhere.
-    let (kind, state) = chain(&subject, asked, file);
+    let (kind, state, entry_first) = chain(&subject, asked, file);
     if kind == THIS_LEVEL {
-        if state == pending_state::ALLOW {
-            // Consumed for this level; the entry stays until the execve returns, so that the
-            // rest of its interpreter chain is covered by the same approval.
-            return 0;
-        }
         if state == pending_state::DENY {
             let _ = PENDING.remove(&subject.tid);
             bump(Counter::ExecRefused);
             return EPERM;
         }
-        let ev = &mut s.event;
-        return lsm_verdict(pause::hold_again(&subject, ev, rule_id, how));
+        if state == pending_state::ALLOW {
+            if content != Content::Changed {
+                // Consumed for this level; the entry stays until the execve returns, so that
+                // the interpreters this level runs under are covered by the same approval.
+                return 0;
+            }
+            // Approved, but the file changed since its content was hashed: decided afresh.
+            bump(Counter::ExecSwapped);
+            let _ = PENDING.remove(&subject.tid);
+        } else {
+            let ev = &mut s.event;
+            return lsm_verdict(pause::hold_again(&subject, ev, rule_id, how));
+        }
     }
     if kind == OTHER_LEVEL {
-        // The same execve at another level: a reviewer's deny refuses it; after an approval,
-        // the rest of the chain is covered unless a rule denies it; while it is held at a
-        // deeper level, this level passes on to it unless a rule denies it.
         if state == pending_state::DENY {
             let _ = PENDING.remove(&subject.tid);
             bump(Counter::ExecRefused);
             return EPERM;
         }
-        if action != Action::Deny as u8 {
+        // An approval made where the caller named the program covers the interpreters it
+        // runs under, which the same name asks for again. Nothing else: a level is decided by
+        // its own rules, so a file put in place of the one approved is decided afresh.
+        if state == pending_state::ALLOW
+            && entry_first
+            && !first_level
+            && !look
+            && action == Action::Approve as u8
+        {
             return 0;
+        }
+        if !look && (action == Action::Allow as u8 || action == Action::Audit as u8) {
+            // Let through by its own rule; the entry stays for the level it was made at.
+            let verdict = pause::by_rule(
+                &subject,
+                &mut s.event,
+                Op::Exec,
+                rule_id,
+                action,
+                &mut None,
+                how,
+            );
+            return lsm_verdict(verdict);
+        }
+        if first_level && entry_first {
+            bump(Counter::ExecSwapped);
         }
         let _ = PENDING.remove(&subject.tid);
     }
     if action == Action::Deny as u8 {
         bump(Counter::ExecRefused);
+    }
+    if look {
+        bump(Counter::ContentHeld);
+        s.event.flags |= event_flags::CONTENT;
     }
     let verdict = pause::by_rule(
         &subject,
@@ -237,6 +268,35 @@ pub fn on_bprm_check(ctx: &LsmContext) -> i32 {
         how,
     );
     lsm_verdict(verdict)
+}
+
+/// A pointer-sized field of a kernel structure; null when unreadable (counted).
+#[inline(always)]
+fn kernel_ptr(base: *const u8, off: usize) -> *const u8 {
+    // SAFETY: `base` is a kernel pointer the hook was given; the offset comes from this
+    // kernel's BTF, and the read is checked by the helper.
+    match unsafe { bpf_probe_read_kernel(base.wrapping_add(off) as *const *const u8) } {
+        Ok(p) => p,
+        Err(_) => {
+            bump(Counter::FieldUnreadable);
+            core::ptr::null()
+        }
+    }
+}
+
+/// Puts an interpreter level's own path in the event in place of the name asked for.
+#[inline(always)]
+fn show_interp(ev: &mut agent_common::Event, interp: *const u8) {
+    // SAFETY: the event lives in our scratch memory.
+    unsafe { core::ptr::write_bytes(ev.path.as_mut_ptr(), 0, PATH_CAP) };
+    ev.flags |= event_flags::INTERP;
+    if interp.is_null() {
+        return;
+    }
+    // SAFETY: reads at most PATH_CAP bytes into the event; the helper checks the source.
+    if unsafe { bpf_probe_read_kernel_str_bytes(interp, &mut ev.path) }.is_err() {
+        bump(Counter::PathUnreadable);
+    }
 }
 
 #[inline(always)]
@@ -270,40 +330,85 @@ fn read_path(s: &mut Scratch, src: *const u8) -> usize {
     len
 }
 
-/// The rule for the exec: the stricter of what the file's identity and what its path get. By
-/// path: a relative path is held for the agent to resolve, then the exact map, then the longest
-/// prefix, then the workload's default.
+/// The rule for the exec: the stricter of what the file's identity and what its path get, and,
+/// where the workload decides programs by content, what the file's content got when the agent
+/// hashed it. By path: a relative path is held for the agent to resolve, then the exact map,
+/// then the longest prefix, then the workload's default. The last element says what the content
+/// cache said ([`Content`]): unless something stricter refuses the exec, anything but
+/// [`Content::Known`] is held for the agent to hash the file.
 #[inline(always)]
 fn lookup(
     s: &mut Scratch,
-    workload: u32,
-    default: u8,
+    watch: Watch,
     len: usize,
     truncated: bool,
     file: FileId,
-) -> (u32, u8) {
+) -> (u32, u8, Content) {
     // The file's identity and its path are both looked up and the stricter rule applies: the
     // identity catches every other name of a program a rule names, and never loosens what the
     // path says (on the tracepoint backend the image is a script's interpreter, while the path
     // is the script's).
-    let (dev, ino) = file;
+    let workload = watch.workload;
+    let (dev, ino, ctime) = file;
     // Action 0 (no such action): no entry. Not an `Option`, whose undefined payload the
     // compiler may spill where the verifier sees it.
     let mut by_file = (0u32, 0u8);
+    let key = ExecFileKey { workload, dev, ino };
     if ino != 0 {
-        let key = ExecFileKey { workload, dev, ino };
         if let Some(r) = EXEC_FILES.get_ptr(&key) {
             // SAFETY: map value pointer from lookup.
             let r = unsafe { *r };
             by_file = (r.rule_id, r.action);
         }
     }
-    let by_name = by_path(s, workload, default, len, truncated);
-    if by_file.1 > by_name.1 {
+    let by_name = by_path(s, workload, watch.default_action, len, truncated);
+    let mut best = if by_file.1 > by_name.1 {
         by_file
     } else {
         by_name
+    };
+    let mut content = Content::Known;
+    if watch.flags & watch_flags::CONTENT != 0 {
+        content = Content::Changed;
+        if ino != 0 && ctime != 0 {
+            if let Some(v) = CONTENT.get_ptr(&key) {
+                // SAFETY: map value pointer from lookup.
+                let v = unsafe { *v };
+                if v.ctime_ns == ctime {
+                    if v.action == Action::Approve as u8 {
+                        // Unchanged, but a reviewer must see what it is: the agent hashes it
+                        // again for the request.
+                        content = Content::Ask;
+                    } else {
+                        content = Content::Known;
+                        if v.action > best.1 {
+                            best = (v.rule_id, v.action);
+                        }
+                    }
+                }
+            }
+        } else if ino != 0 {
+            // Without a change time the kernel cannot tell an unchanged file: every exec is
+            // hashed, and an approval is used as given.
+            content = Content::Ask;
+        }
     }
+    if content != Content::Known && best.1 != Action::Deny as u8 {
+        return (RESOLVE_RULE, Action::Approve as u8, content);
+    }
+    (best.0, best.1, Content::Known)
+}
+
+/// What the content cache says about an exec's file.
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Content {
+    /// Nothing to hash: the workload does not decide by content, or the cached verdict holds.
+    Known,
+    /// Unchanged since it was hashed, but its verdict asks a reviewer, who sees it hashed.
+    Ask,
+    /// Never hashed, evicted, or changed since it was hashed (or its identity is unknown).
+    Changed,
 }
 
 /// The rule for the path alone.
@@ -356,6 +461,7 @@ fn start_event(s: &mut Scratch, len: usize, truncated: bool, flags: u8, file: Fi
     ev.addr[..8].copy_from_slice(&target.to_ne_bytes());
     ev.addr[8..].copy_from_slice(&file.1.to_ne_bytes());
     ev.file_dev = file.0;
+    ev.file_ctime_ns = file.2;
     target
 }
 
@@ -370,7 +476,7 @@ fn resumed_exec() -> Option<(u32, Subject, &'static mut agent_common::Event)> {
     let p = unsafe { *p };
     if p.op != Op::Exec as u8
         || p.state != pending_state::WAITING
-        || p.flags & agent_common::pending_flags::RESTARTS != 0
+        || p.flags & pending_flags::RESTARTS != 0
     {
         return None;
     }
@@ -381,7 +487,8 @@ fn resumed_exec() -> Option<(u32, Subject, &'static mut agent_common::Event)> {
     let watch = agent_common::Watch {
         workload: p.workload,
         default_action: Action::Approve as u8,
-        _pad: [0; 3],
+        flags: 0,
+        _pad: [0; 2],
     };
     let subject = Subject::current(p.cgroup_id, watch);
     let ev = &mut s.event;
@@ -401,7 +508,10 @@ pub fn on_signal_return() {
     let Some((rule_id, subject, ev)) = resumed_exec() else {
         return;
     };
-    let how = Hold::StopNow { restarts: false };
+    let how = Hold::StopNow {
+        restarts: false,
+        first_level: true,
+    };
     if pause::hold_again(&subject, ev, rule_id, how) == Verdict::Deny {
         pause::kill_current();
     }

@@ -7,13 +7,38 @@ use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
 use crate::counters::{bump, Counter};
 use crate::kconf::{self, FileOffsets};
 
-/// (device in the kernel's `dev_t` encoding, inode number); inode 0 (no file has it) when the
-/// identity could not be read. Not an `Option`: the compiler may spill the undefined payload of
-/// a `None`, which the verifier refuses as a read of an uninitialised register.
-pub type FileId = (u32, u64);
+/// (device in the kernel's `dev_t` encoding, inode number, change time in ns since the epoch);
+/// inode 0 (no file has it) when the identity could not be read, change time 0 when it could
+/// not. Not an `Option`: the compiler may spill the undefined payload of a `None`, which the
+/// verifier refuses as a read of an uninitialised register.
+pub type FileId = (u32, u64, u64);
 
 /// The identity of no file.
-pub const UNKNOWN: FileId = (0, 0);
+pub const UNKNOWN: FileId = (0, 0, 0);
+
+/// Bit 31 of the nanoseconds is a flag on kernels with multigrain timestamps, not time.
+const NSEC_MASK: u32 = 0x3fff_ffff;
+
+/// The inode's change time in ns, or 0 when this kernel's BTF did not say where it is.
+#[inline(always)]
+fn ctime_of(inode: *const u8) -> u64 {
+    let Some((sec_off, nsec_off)) = kconf::ctime_offsets() else {
+        return 0;
+    };
+    // SAFETY: the helper checks the address; offsets come from this kernel's BTF.
+    let sec = unsafe { bpf_probe_read_kernel(inode.wrapping_add(sec_off) as *const i64) };
+    // SAFETY: as above; the low 32 bits of a `long` or a `u32`, little-endian either way.
+    let nsec = unsafe { bpf_probe_read_kernel(inode.wrapping_add(nsec_off) as *const u32) };
+    match (sec, nsec) {
+        (Ok(s), Ok(n)) if s > 0 => (s as u64)
+            .wrapping_mul(1_000_000_000)
+            .wrapping_add((n & NSEC_MASK) as u64),
+        _ => {
+            bump(Counter::FieldUnreadable);
+            0
+        }
+    }
+}
 
 /// Reads a pointer-sized field; null when unreadable.
 #[inline(always)]
@@ -42,7 +67,7 @@ fn of_file(file: *const u8, o: &FileOffsets) -> FileId {
     // SAFETY: as above.
     let dev = unsafe { bpf_probe_read_kernel(sb.wrapping_add(o.sb_dev) as *const u32) };
     match (dev, ino) {
-        (Ok(d), Ok(i)) => (d, i),
+        (Ok(d), Ok(i)) => (d, i, ctime_of(inode)),
         _ => {
             bump(Counter::FileUnreadable);
             UNKNOWN

@@ -138,3 +138,38 @@ pub fn file_offsets() -> Option<FileOffsets> {
         mm_exe_file: read(&MM_EXE_FILE_OFF) as usize,
     })
 }
+
+/// `struct linux_binprm`.`interp` (`const char *`): the same pointer as `filename` at the first
+/// level of an exec, the interpreter's path at the levels below it. 0 when BTF lacks it.
+#[unsafe(no_mangle)]
+static BPRM_INTERP_OFF: u32 = 0;
+
+/// `struct inode`: the seconds and nanoseconds of the change time (`i_ctime`, `__i_ctime` or
+/// `i_ctime_sec`/`i_ctime_nsec` depending on the release). `CTIME_ON` is 1 when found.
+#[unsafe(no_mangle)]
+static CTIME_ON: u32 = 0;
+#[unsafe(no_mangle)]
+static CTIME_SEC_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static CTIME_NSEC_OFF: u32 = 0;
+
+/// Offset of `linux_binprm.interp`, when known.
+#[inline(always)]
+pub fn bprm_interp_offset() -> Option<usize> {
+    match read(&BPRM_INTERP_OFF) {
+        0 => None,
+        o => Some(o as usize),
+    }
+}
+
+/// Offsets of the change time's seconds and nanoseconds in `struct inode`, when known.
+#[inline(always)]
+pub fn ctime_offsets() -> Option<(usize, usize)> {
+    if read(&CTIME_ON) == 0 {
+        return None;
+    }
+    Some((
+        read(&CTIME_SEC_OFF) as usize,
+        read(&CTIME_NSEC_OFF) as usize,
+    ))
+}

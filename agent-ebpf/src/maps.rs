@@ -6,8 +6,8 @@
 //! pinned by name under the agent's bpffs directory.
 
 use agent_common::{
-    ExecExactKey, ExecFileKey, ExecPrefixData, Grant, GrantKey, Heartbeat, Lineage, Net4Data,
-    Net6Data, Pending, PortRules, RuleRef, Watch, COUNTER_SLOTS,
+    ContentVerdict, ExecExactKey, ExecFileKey, ExecPrefixData, Grant, GrantKey, Heartbeat, Lineage,
+    Net4Data, Net6Data, Pending, PortRules, RuleRef, Watch, COUNTER_SLOTS,
 };
 use aya_ebpf::{
     macros::map,
@@ -33,6 +33,12 @@ pub static EXEC_PREFIX: LpmTrie<ExecPrefixData, RuleRef> = LpmTrie::pinned(65_53
 /// path maps, so that a rule follows the program through every name it has.
 #[map(name = "EXEC_FILES")]
 pub static EXEC_FILES: HashMap<ExecFileKey, RuleRef> = HashMap::pinned(65_536, 0);
+
+/// What the agent found hashing a file, per workload, while the file is unchanged. A miss
+/// (evicted, never hashed, changed) holds the exec for the agent: the cache only saves work.
+#[map(name = "CONTENT")]
+pub static CONTENT: LruHashMap<ExecFileKey, ContentVerdict> =
+    LruHashMap::with_max_entries(65_536, 0);
 
 /// IPv4 destination rules per workload; the value lists port/protocol clauses, most specific
 /// first, inherited from shorter prefixes by the agent's rule compiler.

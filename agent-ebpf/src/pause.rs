@@ -25,8 +25,10 @@ pub enum Hold {
     /// Stop the task from this program and tell the agent now. Program types that may send
     /// signals on every supported kernel (tracepoints, LSM). `restarts`: the held system call
     /// fails with `-ERESTARTNOINTR` and runs again after the decision (LSM exec), rather than
-    /// having already happened (an exec seen at `sched_process_exec`).
-    StopNow { restarts: bool },
+    /// having already happened (an exec seen at `sched_process_exec`). `first_level`: an exec
+    /// held at the file its caller named, not at an interpreter (see
+    /// [`FIRST_LEVEL`](agent_common::pending_flags::FIRST_LEVEL)).
+    StopNow { restarts: bool, first_level: bool },
     /// Only record the entry and ask for a restart; the system call's exit stops the task and
     /// tells the agent. Cgroup socket hooks, which may not send signals before Linux 6.13.
     AtSyscallExit,
@@ -280,8 +282,19 @@ pub fn request(
         return Verdict::Deny;
     }
     let flags = match how {
-        Hold::StopNow { restarts: true } => pending_flags::ANNOUNCED | pending_flags::RESTARTS,
-        Hold::StopNow { restarts: false } => pending_flags::ANNOUNCED,
+        Hold::StopNow {
+            restarts,
+            first_level,
+        } => {
+            let mut f = pending_flags::ANNOUNCED;
+            if restarts {
+                f |= pending_flags::RESTARTS;
+            }
+            if first_level {
+                f |= pending_flags::FIRST_LEVEL;
+            }
+            f
+        }
         Hold::AtSyscallExit => pending_flags::RESTARTS,
     };
     let entry = Pending {

@@ -563,7 +563,12 @@ impl Link {
             destination,
             exec_path,
             rule_id: ev.rule_id,
-            rule_name: rule.map(|r| r.name).unwrap_or_default(),
+            rule_name: match (rule, &ev.program) {
+                (Some(r), _) => r.name,
+                // Held by the workload's `unknown_programs`: say so, with what the file is.
+                (None, Some(p)) if !p.known => format!("unknown program (sha256 {})", p.sha256),
+                (None, _) => String::new(),
+            },
             workload,
             requester: ctx.requester,
             created_at_unix_ms: crate::unix_ms(),

@@ -42,12 +42,15 @@ pub struct WorkloadGlobs {
     pub name: String,
     /// Default action.
     pub default_action: agent_common::Action,
+    /// [`agent_common::watch_flags`] of its cgroups.
+    pub flags: u8,
     matchers: Vec<GlobMatcher>,
 }
 
 impl WorkloadGlobs {
-    /// Compiles a workload's patterns. `*` does not cross `/`.
-    pub fn new(w: &policy::Workload) -> Result<Self, PatternError> {
+    /// Compiles a workload's patterns. `*` does not cross `/`. `flags` are the
+    /// [`agent_common::watch_flags`] its rules call for.
+    pub fn new(w: &policy::Workload, flags: u8) -> Result<Self, PatternError> {
         let matchers = w
             .cgroups
             .iter()
@@ -67,6 +70,7 @@ impl WorkloadGlobs {
             workload: w.id,
             name: w.name.clone(),
             default_action: crate::rules::kernel_action(w.default_action),
+            flags,
             matchers,
         })
     }
@@ -88,6 +92,20 @@ pub struct Match {
     pub workload: u32,
     /// Default action.
     pub default_action: agent_common::Action,
+    /// [`agent_common::watch_flags`].
+    pub flags: u8,
+}
+
+impl Match {
+    /// The kernel's watch entry for this cgroup.
+    pub fn watch(&self) -> agent_common::Watch {
+        agent_common::Watch {
+            workload: self.workload,
+            default_action: self.default_action as u8,
+            flags: self.flags,
+            _pad: [0; 2],
+        }
+    }
 }
 
 /// Thread ids in the cgroup at `dir` and in every cgroup below it (to [`MAX_SCAN_DEPTH`]),
@@ -159,6 +177,7 @@ fn matched(root: &Path, path: &Path, workloads: &[WorkloadGlobs]) -> Option<Matc
         path: rel,
         workload: w.workload,
         default_action: w.default_action,
+        flags: w.flags,
     })
 }
 
@@ -370,12 +389,17 @@ mod tests {
     use super::*;
 
     fn workload(globs: &[&str]) -> WorkloadGlobs {
-        WorkloadGlobs::new(&policy::Workload {
-            id: 7,
-            name: "w".into(),
-            cgroups: globs.iter().map(|s| s.to_string()).collect(),
-            default_action: policy::Action::Allow,
-        })
+        WorkloadGlobs::new(
+            &policy::Workload {
+                id: 7,
+                name: "w".into(),
+                cgroups: globs.iter().map(|s| s.to_string()).collect(),
+                default_action: policy::Action::Allow,
+                unknown_programs: None,
+                known_programs: Vec::new(),
+            },
+            0,
+        )
         .expect("valid globs")
     }
 

@@ -34,7 +34,7 @@ use crate::{
 pub const PROGRAM_REFRESH: Duration = Duration::from_secs(2);
 
 /// A rule set ready for the kernel: validated, compiled, globs compiled.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Policy {
     /// Where it came from (file name, version).
     pub source: String,
@@ -44,6 +44,8 @@ pub struct Policy {
     pub compiled: Compiled,
     /// Workload globs.
     pub globs: Vec<WorkloadGlobs>,
+    /// What each workload that decides programs by content says about contents.
+    pub content: programs::content::ContentTable,
 }
 
 /// Why a rule set cannot become a [`Policy`].
@@ -86,13 +88,22 @@ impl Policy {
         let globs = rules
             .workloads
             .iter()
-            .map(WorkloadGlobs::new)
+            .map(|w| {
+                let flags = if rules.decides_content(w.id) {
+                    agent_common::watch_flags::CONTENT
+                } else {
+                    0
+                };
+                WorkloadGlobs::new(w, flags)
+            })
             .collect::<Result<_, _>>()?;
+        let content = programs::content::table(&rules, &mut Default::default());
         Ok(Self {
             source: source.to_string(),
             rules,
             compiled,
             globs,
+            content,
         })
     }
 
@@ -181,8 +192,13 @@ pub enum Command {
         reply: oneshot::Sender<Result<Revoked, EngineError>>,
     },
     /// Resolve an exec the kernel held for resolution (`RESOLVE_RULE`): decide it by the rules,
-    /// or, when a rule asks for approval, return the event rewritten as that request.
-    Resolve(Box<KernelEvent>, oneshot::Sender<Option<KernelEvent>>),
+    /// or, when a rule asks for approval, return the event rewritten as that request. A hold
+    /// for the file's content comes with what hashing it found.
+    Resolve(
+        Box<KernelEvent>,
+        Option<Inspection>,
+        oneshot::Sender<Option<KernelEvent>>,
+    ),
     /// Report status.
     Status(oneshot::Sender<Result<Status, String>>),
     /// Events read from the kernel.
@@ -246,8 +262,13 @@ impl EngineHandle {
     }
 
     /// Resolves an exec held for resolution; `Some` when it became a request for approval.
-    pub async fn resolve(&self, ev: KernelEvent) -> Result<Option<KernelEvent>, EngineGone> {
-        self.ask(|reply| Command::Resolve(Box::new(ev), reply))
+    /// `inspection`: for a hold on the file's content, what hashing the file found.
+    pub async fn resolve(
+        &self,
+        ev: KernelEvent,
+        inspection: Option<Inspection>,
+    ) -> Result<Option<KernelEvent>, EngineGone> {
+        self.ask(|reply| Command::Resolve(Box::new(ev), inspection, reply))
             .await
     }
 
@@ -324,6 +345,8 @@ struct State {
     central_lost: bool,
     /// Watched processes with dangerous capabilities at the last rescan.
     privileged: Vec<crate::privileged::Privileged>,
+    /// Digests of the files `copies` rules name, by identity and change time.
+    digests: programs::content::DigestCache,
 }
 
 /// How the engine task runs.
@@ -391,6 +414,7 @@ pub fn spawn(
         central_down_since: central_loss_timeout.map(|_| Instant::now()),
         central_lost: false,
         privileged: Vec::new(),
+        digests: Default::default(),
     };
     let task = tokio::spawn(async move {
         let mut ticker = tokio::time::interval(tick);
@@ -467,6 +491,10 @@ impl State {
                     ),
                     Err(e) => tracing::error!("cannot clear the lineage of removed workloads: {e}"),
                 }
+                // Content verdicts were made by the previous rules.
+                if let Err(e) = self.engine.forget_content() {
+                    tracing::error!("cannot clear the content verdicts of the previous rules: {e}");
+                }
                 self.policy = Some(p);
                 self.rescan();
             }
@@ -479,6 +507,19 @@ impl State {
     /// Looks at the files the rules name again and, if one was replaced, created or removed,
     /// puts the rule set back in force with their current identities.
     fn refresh_programs(&mut self) {
+        let Some(p) = self.policy.clone() else { return };
+        let content = programs::content::table(&p.rules, &mut self.digests);
+        if content != p.content {
+            // A file a `copies` rule names changed: its copies are other contents now.
+            tracing::info!(source = %p.source, "a program named by a `copies` rule changed on disk; its new content is in force");
+            if let Err(e) = self.engine.forget_content() {
+                tracing::error!("cannot clear the content verdicts: {e}");
+            }
+            self.policy = Some(Arc::new(Policy {
+                content,
+                ..(*p).clone()
+            }));
+        }
         let Some(p) = self.policy.clone() else { return };
         let files = programs::resolve(&p.rules, &p.compiled, &programs::HostFiles::now());
         if files == p.compiled.exec_files {
@@ -498,6 +539,7 @@ impl State {
                     rules: p.rules.clone(),
                     compiled,
                     globs: p.globs.clone(),
+                    content: p.content.clone(),
                 }));
             }
             Err(e) => {
@@ -525,8 +567,8 @@ impl State {
                 }
                 let _ = reply.send(r);
             }
-            Command::Resolve(ev, reply) => {
-                let _ = reply.send(self.resolve(*ev));
+            Command::Resolve(ev, inspection, reply) => {
+                let _ = reply.send(self.resolve(*ev, inspection));
             }
             Command::Revoke {
                 key,
@@ -601,34 +643,53 @@ impl State {
         }
     }
 
-    fn resolve(&mut self, mut ev: KernelEvent) -> Option<KernelEvent> {
+    fn resolve(
+        &mut self,
+        mut ev: KernelEvent,
+        inspection: Option<Inspection>,
+    ) -> Option<KernelEvent> {
         let id = ev.request?;
-        let real = if ev.before_exec {
+        let policy = self.policy.clone();
+        let mut by_content = None;
+        let real = if ev.content {
+            match inspection {
+                Some(Ok(found)) => {
+                    by_content = Some(self.content_verdict(&mut ev, &found, policy.as_deref()));
+                    found.real
+                }
+                Some(Err(e)) => {
+                    // Nothing is decided from a file that cannot be shown to be the one held.
+                    tracing::warn!(request = %id, "held exec refused: {e}");
+                    self.apply_resolved(id, Decision::Deny);
+                    return None;
+                }
+                None => {
+                    tracing::warn!(request = %id, "held exec refused: its file was not hashed");
+                    self.apply_resolved(id, Decision::Deny);
+                    return None;
+                }
+            }
+        } else if ev.before_exec {
             // Held before the exec: the path is relative to the caller's working directory,
             // which cannot change while the whole process is stopped.
             let rel = ev.path.clone()?;
-            std::fs::canonicalize(format!("/proc/{}/cwd/{rel}", ev.tgid)).ok()?
+            let real = std::fs::canonicalize(format!("/proc/{}/cwd/{rel}", ev.tgid)).ok()?;
+            real.to_string_lossy().into_owned()
         } else {
             // The new image is in place and stopped: its /proc entry names the real file.
-            std::fs::read_link(format!("/proc/{}/exe", ev.tgid)).ok()?
+            let real = std::fs::read_link(format!("/proc/{}/exe", ev.tgid)).ok()?;
+            real.to_string_lossy().into_owned()
         };
-        let real = real.to_string_lossy().into_owned();
-        let policy = self.policy.clone();
-        let hit = policy
-            .as_ref()
-            .and_then(|p| rules::match_exec(&p.compiled, ev.workload, &real));
-        let default = policy
-            .as_ref()
-            .and_then(|p| p.rules.workloads.iter().find(|w| w.id == ev.workload))
-            .map(|w| rules::kernel_action(w.default_action))
-            .unwrap_or(agent_common::Action::Deny);
-        let (rule_id, action) = match hit {
-            Some(r) => (
-                r.rule_id,
-                agent_common::Action::from_u8(r.action).unwrap_or(agent_common::Action::Deny),
-            ),
-            None => (0, default),
-        };
+        // The name asked for (when the kernel looked it up as written), the real path, the
+        // file's identity and its content: the strictest applies, as in the kernel.
+        let asked = ev
+            .path
+            .clone()
+            .filter(|p| ev.content && !ev.interp && p.starts_with('/'));
+        let (rule_id, action) = policy
+            .as_deref()
+            .map(|p| by_rules(p, &ev, &real, asked.as_deref(), by_content))
+            .unwrap_or((0, agent_common::Action::Deny));
         let decision = match action {
             agent_common::Action::Allow | agent_common::Action::Audit => Decision::Allow,
             agent_common::Action::Deny => Decision::Deny,
@@ -641,7 +702,7 @@ impl State {
                     tracing::error!(request = %id, "cannot retarget a resolved exec: {e}");
                     return None;
                 }
-                tracing::info!(request = %id, path = %real, rule = rule_id, "relative exec resolved: needs approval");
+                tracing::info!(request = %id, path = %real, rule = rule_id, "held exec resolved: needs approval");
                 ev.rule_id = rule_id;
                 ev.target = target;
                 ev.path = Some(real);
@@ -649,12 +710,61 @@ impl State {
                 return Some(ev);
             }
         };
-        tracing::info!(request = %id, path = %real, ?decision, "relative exec resolved");
+        tracing::info!(request = %id, path = %real, ?decision, sha256 = ev.program.as_ref().map(|p| p.sha256.as_str()), "held exec resolved");
+        self.apply_resolved(id, decision);
+        None
+    }
+
+    fn apply_resolved(&mut self, id: RequestId, decision: Decision) {
         if let Err(e) = self.engine.decide(id, decision) {
             tracing::error!(request = %id, "cannot apply the resolved exec's verdict: {e}");
         }
         self.opened.remove(&id);
-        None
+    }
+
+    /// What a held exec's content gets, put in the kernel's cache while the file is unchanged
+    /// and in the event for the reviewer.
+    fn content_verdict(
+        &mut self,
+        ev: &mut KernelEvent,
+        found: &programs::content::Inspected,
+        policy: Option<&Policy>,
+    ) -> (u32, agent_common::Action) {
+        if found.known_reloaded {
+            // A program installed since may have been refused as unknown.
+            if let Err(e) = self.engine.forget_content() {
+                tracing::error!("cannot clear the content verdicts: {e}");
+            }
+        }
+        let w = policy.and_then(|p| p.content.get(&ev.workload));
+        let known = found.packaged || w.is_some_and(|w| w.known_by_path(&found.real));
+        let (rule_id, action) = match w {
+            Some(w) => programs::content::verdict(w, &found.digest, known),
+            None => (0, policy::Action::Allow),
+        };
+        let action = rules::kernel_action(action);
+        ev.program = Some(programs::content::Program {
+            sha256: found.digest.to_string(),
+            known,
+            real: found.real.clone(),
+        });
+        if let Some(f) = ev.file.filter(|f| f.ctime_ns != 0) {
+            let key = agent_common::ExecFileKey {
+                workload: ev.workload,
+                dev: f.dev,
+                ino: f.ino,
+            };
+            let v = agent_common::ContentVerdict {
+                ctime_ns: f.ctime_ns,
+                rule_id,
+                action: action as u8,
+                _pad: [0; 3],
+            };
+            if let Err(e) = self.engine.remember_content(key, v) {
+                tracing::warn!("cannot cache a content verdict (the next exec of the file is hashed again): {e}");
+            }
+        }
+        (rule_id, action)
     }
 
     /// Whether operations are held for review now: not shutting down, the journal can record
@@ -761,7 +871,7 @@ impl State {
                     if self.watched.contains_key(&m.path) {
                         continue;
                     }
-                    match self.engine.watch(m.id, m.workload, m.default_action) {
+                    match self.engine.watch(m.id, m.watch()) {
                         Ok(()) => {
                             tracing::info!(cgroup = %m.path, id = m.id, "watching");
                             self.watched.insert(m.path.clone(), m.id);
@@ -883,7 +993,7 @@ impl State {
         let ours: HashSet<u64> = self.watched.values().copied().collect();
         for m in &found {
             if !ours.contains(&m.id) {
-                match self.engine.watch(m.id, m.workload, m.default_action) {
+                match self.engine.watch(m.id, m.watch()) {
                     Ok(()) => tracing::info!(cgroup = %m.path, id = m.id, "watching"),
                     Err(e) => tracing::error!(cgroup = %m.path, "cannot watch: {e}"),
                 }
@@ -944,11 +1054,7 @@ impl State {
     fn remember_lineage(&mut self, found: &[cgroups::Match]) {
         for m in found {
             let dir = self.cgroup_root.join(m.path.trim_start_matches('/'));
-            let watch = agent_common::Watch {
-                workload: m.workload,
-                default_action: m.default_action as u8,
-                _pad: [0; 3],
-            };
+            let watch = m.watch();
             for tid in cgroups::threads_under(&dir) {
                 if let Err(e) = self.engine.remember_lineage(tid, m.id, watch) {
                     tracing::error!(cgroup = %m.path, tid, "cannot record a watched thread: {e}");
@@ -1104,6 +1210,46 @@ fn close_connections_of(key: GrantKey, cookies: HashSet<u64>) -> usize {
 
 /// The opening event of a held operation, rebuilt from its pending entry and `/proc`. `None` when
 /// the process is gone or the entry's operation is unknown.
+/// What hashing a held exec's file found, or why it could not.
+pub type Inspection = Result<programs::content::Inspected, programs::content::ContentError>;
+
+/// The strictest of what the rules say about a resolved exec: its real path, the name asked
+/// for, the file's identity, its content; the workload's default when no path rule names it.
+fn by_rules(
+    p: &Policy,
+    ev: &KernelEvent,
+    real: &str,
+    asked: Option<&str>,
+    by_content: Option<(u32, agent_common::Action)>,
+) -> (u32, agent_common::Action) {
+    let decode = |a: u8| agent_common::Action::from_u8(a).unwrap_or(agent_common::Action::Deny);
+    let default = p
+        .rules
+        .workloads
+        .iter()
+        .find(|w| w.id == ev.workload)
+        .map(|w| rules::kernel_action(w.default_action))
+        .unwrap_or(agent_common::Action::Deny);
+    let by_path = [Some(real), asked]
+        .into_iter()
+        .flatten()
+        .filter_map(|path| rules::match_exec(&p.compiled, ev.workload, path))
+        .max_by_key(|r| r.action)
+        .map(|r| (r.rule_id, decode(r.action)))
+        .unwrap_or((0, default));
+    let by_file = ev.file.and_then(|f| {
+        p.compiled
+            .exec_files
+            .iter()
+            .find(|(k, _)| k.workload == ev.workload && k.dev == f.dev && k.ino == f.ino)
+            .map(|(_, r)| (r.rule_id, decode(r.action)))
+    });
+    [Some(by_path), by_file, by_content]
+        .into_iter()
+        .flatten()
+        .fold(by_path, |best, v| if v.1 > best.1 { v } else { best })
+}
+
 fn recovered_event(op: &PendingOp) -> Option<KernelEvent> {
     let kind = match op.op.as_str() {
         "exec" => agent_common::Op::Exec,
@@ -1149,6 +1295,9 @@ fn recovered_event(op: &PendingOp) -> Option<KernelEvent> {
         before_exec: false,
         packet: false,
         file: None,
+        interp: false,
+        content: false,
+        program: None,
     })
 }
 
@@ -1194,6 +1343,8 @@ pub fn counter_name(slot: u32) -> Option<&'static str> {
         (Counter::BpfRefused, "bpf_refused"),
         (Counter::LeftWatched, "left_watched"),
         (Counter::LineageFull, "lineage_full"),
+        (Counter::ExecSwapped, "exec_swapped"),
+        (Counter::ContentHeld, "content_held"),
     ];
     NAMES
         .iter()

@@ -88,6 +88,15 @@ pub struct KernelEvent {
     /// script, the interpreter, when that is what a rule named).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<FileId>,
+    /// Exec held at an interpreter level before it happened: `path` is the interpreter.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub interp: bool,
+    /// Exec held for the agent to hash the file (the verdict on its content was not known).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub content: bool,
+    /// What the agent found hashing the file, once it has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub program: Option<crate::programs::content::Program>,
 }
 
 /// A file's identity as the kernel saw it.
@@ -97,6 +106,13 @@ pub struct FileId {
     pub dev: u32,
     /// Inode number.
     pub ino: u64,
+    /// Change time (ns since the epoch) as the kernel read it; 0 when unknown.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub ctime_ns: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 fn ser_op<S: serde::Serializer>(op: &Op, s: S) -> Result<S::Ok, S::Error> {
@@ -188,9 +204,13 @@ impl KernelEvent {
                     FileId {
                         dev: e.file_dev,
                         ino: u64::from_ne_bytes(ino),
+                        ctime_ns: e.file_ctime_ns,
                     }
                 })
                 .filter(|f| f.ino != 0),
+            interp: e.flags & event_flags::INTERP != 0,
+            content: e.flags & event_flags::CONTENT != 0,
+            program: None,
         })
     }
 

@@ -610,6 +610,10 @@ async fn run(settings: Settings, rules: Option<PathBuf>) -> anyhow::Result<()> {
         drop(link_rx);
     }
 
+    let policy_seen = policy_tx.subscribe();
+    let known = Arc::new(latch_agent::programs::known::Known::new(
+        latch_agent::programs::known::DPKG_DIR,
+    ));
     let mut reader = EventReader::new(ring).context("event reader")?;
     let events_handle = handle.clone();
     let event_recorder = recorder.clone();
@@ -628,24 +632,32 @@ async fn run(settings: Settings, rules: Option<PathBuf>) -> anyhow::Result<()> {
                         if ev.rule_id == agent_common::RESOLVE_RULE
                             && ev.outcome == agent_common::Outcome::Paused
                         {
+                            if ev.content {
+                                // Hashing can take a while: off this loop, so that other
+                                // events keep flowing.
+                                // The package lists are read only for a workload that
+                                // decides unknown programs.
+                                let asks_known = policy_seen.borrow().as_ref().is_some_and(|p| {
+                                    p.rules.workloads.iter().any(|w| {
+                                        w.id == ev.workload && w.unknown_programs.is_some()
+                                    })
+                                });
+                                tokio::spawn(resolve_content(
+                                    ev,
+                                    events_handle.clone(),
+                                    link_tx.clone(),
+                                    asks_known.then(|| known.clone()),
+                                ));
+                                continue;
+                            }
                             // Decided here by the rules, or turned into a real request.
-                            match events_handle.resolve(ev).await {
+                            match events_handle.resolve(ev, None).await {
                                 Ok(Some(resolved)) => ev = resolved,
                                 Ok(None) => continue,
                                 Err(_) => return,
                             }
                         }
-                        if ev.request.is_some()
-                            && !link_tx.is_closed()
-                            && link_tx.try_send(ev.clone()).is_err()
-                        {
-                            // Recovered on reconnection: held operations are resubmitted from the
-                            // kernel's pending map.
-                            tracing::warn!(
-                                "central link queue full; request {} will be resubmitted",
-                                ev.request.map(|r| r.to_string()).unwrap_or_default()
-                            );
-                        }
+                        submit(&link_tx, &ev);
                         out.push(ev);
                     }
                     batch = out;
@@ -696,4 +708,38 @@ async fn run(settings: Settings, rules: Option<PathBuf>) -> anyhow::Result<()> {
     drop(handle);
     engine_task.abort();
     Ok(())
+}
+
+/// Hands a request to the central link. A full queue loses nothing: held operations are
+/// resubmitted from the kernel's pending map on reconnection.
+fn submit(
+    link_tx: &tokio::sync::mpsc::Sender<latch_agent::events::KernelEvent>,
+    ev: &latch_agent::events::KernelEvent,
+) {
+    if ev.request.is_some() && !link_tx.is_closed() && link_tx.try_send(ev.clone()).is_err() {
+        tracing::warn!(
+            "central link queue full; request {} will be resubmitted",
+            ev.request.map(|r| r.to_string()).unwrap_or_default()
+        );
+    }
+}
+
+/// An exec held for its content: the file is hashed on a blocking thread, then the engine
+/// decides, and a resulting request goes where the event loop would have sent it.
+async fn resolve_content(
+    ev: latch_agent::events::KernelEvent,
+    handle: latch_agent::engine_task::EngineHandle,
+    link_tx: tokio::sync::mpsc::Sender<latch_agent::events::KernelEvent>,
+    known: Option<Arc<latch_agent::programs::known::Known>>,
+) {
+    let held = ev.clone();
+    let inspection = tokio::task::spawn_blocking(move || {
+        latch_agent::programs::content::inspect(&held, known.as_deref())
+    })
+    .await
+    .ok();
+    if let Ok(Some(resolved)) = handle.resolve(ev, inspection).await {
+        submit(&link_tx, &resolved);
+        let _ = handle.events(vec![resolved]).await;
+    }
 }

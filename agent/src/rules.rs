@@ -116,7 +116,7 @@ pub fn with_path_aliases(rules: &RuleSet, fs: &dyn PathAliases) -> RuleSet {
     let links = fs.dir_links();
     let mut out = rules.clone();
     for r in &mut out.rules {
-        let Matcher::Exec { paths } = &mut r.matcher else {
+        let Matcher::Exec { paths, .. } = &mut r.matcher else {
             continue;
         };
         let mut extra = Vec::new();
@@ -242,7 +242,7 @@ pub fn compile(rules: &RuleSet) -> Result<Compiled, CompileError> {
             _pad: [0; 3],
         };
         match &r.matcher {
-            Matcher::Exec { paths } => {
+            Matcher::Exec { paths, .. } => {
                 for p in paths {
                     let (table, path) = match p {
                         PathPattern::Exact(s) => (&mut exact, s),
@@ -535,7 +535,7 @@ mod tests {
             "{BASE}  - {{name: t, workload: w, on: exec, paths: [/usr/bin/awk, /bin/ssh*, /opt/tools/x], action: deny}}\n"
         ));
         let out = with_path_aliases(&rs, &FakeFs);
-        let Matcher::Exec { paths } = &out.rules[0].matcher else {
+        let Matcher::Exec { paths, .. } = &out.rules[0].matcher else {
             panic!("exec rule")
         };
         let has = |p: &PathPattern| paths.contains(p);

@@ -21,6 +21,7 @@
 
 mod audit_chain;
 mod central_process;
+mod content;
 mod fleet;
 mod perf_counters;
 mod process_stats;
@@ -179,6 +180,9 @@ enum Section {
     Fleet,
     /// Audit chain verification of millions of records.
     Audit,
+    /// Exec in a workload that decides programs by content: a cached verdict, and a new
+    /// program hashed before it runs.
+    Content,
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -309,6 +313,11 @@ impl Setup {
     }
 
     fn load(&mut self, extra_rules: usize) -> Result<()> {
+        self.load_with(extra_rules, 0)
+    }
+
+    /// As [`Setup::load`], with the watched cgroup's [`agent_common::watch_flags`].
+    fn load_with(&mut self, extra_rules: usize, flags: u8) -> Result<()> {
         if self.engine.is_none() {
             let e = Engine::load(EngineOptions {
                 pin_dir: self.pin_dir.clone(),
@@ -328,10 +337,10 @@ impl Setup {
         let globs: Vec<_> = rs
             .workloads
             .iter()
-            .map(cgroups::WorkloadGlobs::new)
+            .map(|w| cgroups::WorkloadGlobs::new(w, flags))
             .collect::<Result<_, _>>()?;
         for m in cgroups::scan(&root, &globs) {
-            engine.watch(m.id, m.workload, m.default_action)?;
+            engine.watch(m.id, m.watch())?;
         }
         Ok(())
     }
@@ -499,6 +508,12 @@ fn run(quick: bool, full: bool, only: &[Section], out_dir: &Path) -> Result<()> 
             (batch_e, batches_e),
             &mut results.perf_counters,
         )?;
+    }
+    if wants(Section::Content) {
+        match content::rows(&mut setup, rounds, (batch_e, batches_e)) {
+            Ok(rows) => results.overhead.extend(rows),
+            Err(e) => results.errors.push(format!("content: {e:#}")),
+        }
     }
     if wants(Section::Events) {
         results.events = Some(throughput(&mut setup, held_n * 50)?);

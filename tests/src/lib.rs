@@ -29,6 +29,7 @@ use latch_agent::{
 };
 
 pub mod browser;
+pub mod daemon;
 pub mod neighbour;
 pub mod stack;
 
@@ -225,9 +226,7 @@ impl Harness {
             .apply(&compiled, None)
             .unwrap_or_else(|e| panic!("{e}"));
         for m in cgroups::scan(&root, &globs) {
-            engine
-                .watch(m.id, m.workload, m.default_action)
-                .expect("watch");
+            engine.watch(m.id, m.watch()).expect("watch");
         }
         let ring = engine.take_events();
         Harness {

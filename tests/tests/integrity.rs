@@ -885,3 +885,60 @@ fn a_script_held_once_runs_after_one_approval_unless_its_interpreter_is_denied()
     }
     assert!(!m.exists(), "the denied interpreter ran");
 }
+
+#[test]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
+fn an_approval_is_not_lent_to_a_file_swapped_in_under_its_name() {
+    if !privileged() {
+        return;
+    }
+    let p = Program::new();
+    let other = p.at("other");
+    std::fs::copy("/usr/bin/touch", &other).expect("copy touch");
+    std::fs::set_permissions(&other, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let name = p.at("name");
+    std::os::unix::fs::symlink(p.path(), &name).expect("symlink");
+    let mut h = Harness::new(&rules(&format!(
+        "  - {{name: ask-prog, workload: test, on: exec, paths: [{}], action: approve}}\n\
+         \x20 - {{name: ask-other, workload: test, on: exec, paths: [{}], action: approve}}\n",
+        p.path().display(),
+        other.display()
+    )));
+    let watched = h.cgroup.path.clone();
+    let m = p.marker("swapped");
+    let child = spawn_in(&watched, &probe(), &["exec", &s(&name), &s(&m)]);
+    let first = h.wait_pending_where("the hold of the file the name named", |q| q.op == "exec");
+    assert_eq!(first.rule_id, h.rule("ask-prog"));
+    // The workload puts another gated program under the same name, then the reviewer approves
+    // what was asked for.
+    std::fs::remove_file(&name).expect("rm");
+    std::os::unix::fs::symlink(&other, &name).expect("symlink");
+    h.engine()
+        .decide(first.id, Decision::Allow)
+        .expect("decide");
+    match h.engine().backend() {
+        Backend::Lsm => {
+            // The exec runs again and finds another file: asked about on its own.
+            let second = h.wait_pending_where("a hold of the file swapped in", |q| {
+                q.op == "exec" && q.id != first.id
+            });
+            assert_eq!(second.rule_id, h.rule("ask-other"));
+            assert!(
+                !m.exists(),
+                "the swapped-in program ran on the first approval"
+            );
+            assert!(counter(&mut h, Counter::ExecSwapped) >= 1);
+            h.engine()
+                .decide(second.id, Decision::Deny)
+                .expect("decide");
+            let out = outcome(child);
+            assert!(!m.exists(), "denied, yet it ran: {out}");
+        }
+        Backend::Tracepoint => {
+            // Decided after the exec: the image held and approved is the first file, and a
+            // name changed afterwards runs nothing.
+            let out = outcome(child);
+            assert!(m.exists(), "the approved program did not run: {out}");
+        }
+    }
+}

@@ -50,7 +50,8 @@ enum Cmd {
         /// Also the long runs (audit verification of 10 million records).
         #[arg(long, conflicts_with = "quick")]
         full: bool,
-        /// Only these sections, comma-separated: overhead, events, round-trip, stack, fleet, audit.
+        /// Only these sections, comma-separated: overhead, content, events, round-trip, stack,
+        /// fleet, audit.
         #[arg(long)]
         only: Option<String>,
     },

@@ -374,6 +374,11 @@ mod tests {
             .member_offset("linux_binprm", "filename")
             .expect("linux_binprm.filename");
         assert!(off > 0 && off < 4096, "offset {off}");
+        let bprm = super::super::probe::bprm_offsets_in(&btf).expect("linux_binprm offsets");
+        assert_eq!(bprm.len(), 2);
+        assert_ne!(bprm[0].1, bprm[1].1, "filename and interp are two fields");
+        let (sec, nsec) = super::super::probe::ctime_offsets_in(&btf).expect("inode change time");
+        assert!(sec != nsec && sec < 16_384 && nsec < 16_384, "{sec} {nsec}");
         let files = super::super::probe::file_offsets_in(&btf).expect("file identity offsets");
         assert_eq!(files.0.len(), 7);
         // Every field lies inside its structure, and no two of one structure coincide.

@@ -23,9 +23,9 @@ use std::{
 };
 
 use agent_common::{
-    maps as names, pending_flags, pending_state, scope, Action, Counter, ExecExactKey, ExecFileKey,
-    ExecPrefixData, FailMode, Grant, GrantKey, Heartbeat, Lineage, Net4Data, Net6Data, Op, Pending,
-    PortRules, RuleRef, Watch, COUNTER_SLOTS,
+    maps as names, pending_flags, pending_state, scope, Action, ContentVerdict, Counter,
+    ExecExactKey, ExecFileKey, ExecPrefixData, FailMode, Grant, GrantKey, Heartbeat, Lineage,
+    Net4Data, Net6Data, Op, Pending, PortRules, RuleRef, Watch, COUNTER_SLOTS,
 };
 use aya::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
@@ -297,6 +297,8 @@ pub struct Engine {
     exec_exact: HashMap<MapData, ExecExactKey, RuleRef>,
     exec_prefix: LpmTrie<MapData, ExecPrefixData, RuleRef>,
     exec_files: HashMap<MapData, ExecFileKey, RuleRef>,
+    // An LRU hash in the kernel; the same typed view serves it.
+    content: HashMap<MapData, ExecFileKey, ContentVerdict>,
     lineage: HashMap<MapData, u32, Lineage>,
     net4: LpmTrie<MapData, Net4Data, PortRules>,
     net6: LpmTrie<MapData, Net6Data, PortRules>,
@@ -367,15 +369,30 @@ impl Engine {
                 name: "fork",
                 reason,
             })?;
-        let bprm_filename = probe::bprm_filename_offset();
+        let bprm_filename = probe::bprm_offsets();
         let mut loader = EbpfLoader::new();
         loader.default_map_pin_directory(&map_dir).override_global(
             "SYS_EXIT_RET_OFF",
             &ret_offset,
             true,
         );
-        if let Ok(off) = &bprm_filename {
-            loader.override_global("BPRM_FILENAME_OFF", off, true);
+        if let Ok(offs) = &bprm_filename {
+            for (global, off) in offs {
+                loader.override_global(global, off, true);
+            }
+        }
+        let ctime = probe::ctime_offsets();
+        let ctime_on: u32 = 1;
+        match &ctime {
+            Ok((sec, nsec)) => {
+                loader.override_global("CTIME_SEC_OFF", sec, true);
+                loader.override_global("CTIME_NSEC_OFF", nsec, true);
+                loader.override_global("CTIME_ON", &ctime_on, true);
+            }
+            Err(e) => tracing::warn!(
+                "content verdicts cannot be cached: the change time of executed files cannot be \
+                 read ({e}); with content rules every exec is hashed"
+            ),
         }
         for (global, off) in &lineage_offsets {
             loader.override_global(global, off, true);
@@ -409,6 +426,7 @@ impl Engine {
             exec_exact: take(&mut ebpf, names::EXEC_EXACT)?,
             exec_prefix: take(&mut ebpf, names::EXEC_PREFIX)?,
             exec_files: take(&mut ebpf, names::EXEC_FILES)?,
+            content: take(&mut ebpf, names::CONTENT)?,
             lineage: take(&mut ebpf, names::LINEAGE)?,
             net4: take(&mut ebpf, names::NET4_RULES)?,
             net6: take(&mut ebpf, names::NET6_RULES)?,
@@ -435,7 +453,7 @@ impl Engine {
         engine.lsm = probe::lsm(&mut engine.ebpf, &engine.counters);
         let lsm_usable = match (&engine.lsm.runs, &bprm_filename) {
             (true, Ok(_)) => Ok(()),
-            (true, Err(e)) => Err(format!("linux_binprm.filename not found: {e}")),
+            (true, Err(e)) => Err(format!("a field of linux_binprm was not found: {e}")),
             (false, _) => Err(engine
                 .lsm
                 .reason
@@ -593,20 +611,32 @@ impl Engine {
     }
 
     /// Watches a cgroup (and everything below it) for a workload.
-    pub fn watch(
-        &mut self,
-        cgroup_id: u64,
-        workload: u32,
-        default_action: Action,
-    ) -> Result<(), EngineError> {
-        let w = Watch {
-            workload,
-            default_action: default_action as u8,
-            _pad: [0; 3],
-        };
+    pub fn watch(&mut self, cgroup_id: u64, w: Watch) -> Result<(), EngineError> {
         self.watched
             .insert(cgroup_id, w, 0)
             .map_err(map_err(names::WATCHED))
+    }
+
+    /// Remembers what a file's content gets from a workload's rules, while the file keeps the
+    /// change time the kernel saw when it held the exec.
+    pub fn remember_content(
+        &mut self,
+        key: ExecFileKey,
+        verdict: ContentVerdict,
+    ) -> Result<(), EngineError> {
+        self.content
+            .insert(key, verdict, 0)
+            .map_err(map_err(names::CONTENT))
+    }
+
+    /// Forgets every content verdict (the rules or the known programs changed): the next exec
+    /// of each file is hashed again.
+    pub fn forget_content(&mut self) -> Result<usize, EngineError> {
+        let keys: Vec<ExecFileKey> = self.content.keys().filter_map(Result::ok).collect();
+        for k in &keys {
+            ignore_missing(self.content.remove(k)).map_err(map_err(names::CONTENT))?;
+        }
+        Ok(keys.len())
     }
 
     /// Stops watching a cgroup.

@@ -93,11 +93,55 @@ pub fn parse_ret_offset(format: &str) -> Option<u32> {
         .ok()
 }
 
-/// Byte offset of `linux_binprm.filename`, which the LSM exec hook reads.
-pub fn bprm_filename_offset() -> Result<u32, String> {
-    btf::Btf::from_kernel()
-        .and_then(|b| b.member_offset("linux_binprm", "filename"))
-        .map_err(|e| e.to_string())
+/// Byte offsets of `linux_binprm.filename` and `linux_binprm.interp`, which the LSM exec hook
+/// reads (the second tells an interpreter level from the first), by global name.
+pub fn bprm_offsets() -> Result<Vec<(&'static str, u32)>, String> {
+    let b = btf::Btf::from_kernel().map_err(|e| e.to_string())?;
+    bprm_offsets_in(&b)
+}
+
+/// As [`bprm_offsets`], from a parsed BTF.
+pub fn bprm_offsets_in(b: &btf::Btf) -> Result<Vec<(&'static str, u32)>, String> {
+    [
+        ("BPRM_FILENAME_OFF", "filename"),
+        ("BPRM_INTERP_OFF", "interp"),
+    ]
+    .iter()
+    .map(|(global, member)| {
+        b.member_offset("linux_binprm", member)
+            .map(|o| (*global, o))
+            .map_err(|e| format!("linux_binprm.{member}: {e}"))
+    })
+    .collect()
+}
+
+/// Where `struct inode` keeps the change time, as (seconds, nanoseconds) offsets: the two
+/// fields of Linux 6.11 and later, or a `timespec64` named `__i_ctime` (6.6 to 6.10) or
+/// `i_ctime` (before).
+pub fn ctime_offsets_in(b: &btf::Btf) -> Result<(u32, u32), String> {
+    if let (Ok(sec), Ok(nsec)) = (
+        b.member_offset("inode", "i_ctime_sec"),
+        b.member_offset("inode", "i_ctime_nsec"),
+    ) {
+        return Ok((sec, nsec));
+    }
+    let ts = b
+        .member_offset("inode", "__i_ctime")
+        .or_else(|_| b.member_offset("inode", "i_ctime"))
+        .map_err(|e| format!("inode change time: {e}"))?;
+    let sec = b
+        .member_offset("timespec64", "tv_sec")
+        .map_err(|e| format!("timespec64.tv_sec: {e}"))?;
+    let nsec = b
+        .member_offset("timespec64", "tv_nsec")
+        .map_err(|e| format!("timespec64.tv_nsec: {e}"))?;
+    Ok((ts + sec, ts + nsec))
+}
+
+/// As [`ctime_offsets_in`], from this kernel's BTF.
+pub fn ctime_offsets() -> Result<(u32, u32), String> {
+    let b = btf::Btf::from_kernel().map_err(|e| e.to_string())?;
+    ctime_offsets_in(&b)
 }
 
 /// Offsets the kernel programs need to read the identity of an executed file, by global name.

@@ -8,9 +8,11 @@
 //! Must not: touch the kernel maps itself or decide what a rule means; the rule that applies to
 //! a file is the one the path maps give its real path ([`rules::match_exec`]).
 //!
-//! A copy of a program is another file: it is not recognised here. Paths are resolved in the
-//! agent's own mount namespace.
+//! A copy of a program is another file: it is not recognised here, but by its content
+//! ([`content`]). Paths are resolved in the agent's own mount namespace.
 
+pub mod content;
+pub mod known;
 pub mod mountinfo;
 
 use std::collections::BTreeMap;
@@ -128,7 +130,7 @@ pub fn resolve(
 ) -> Vec<(ExecFileKey, RuleRef)> {
     let mut out: BTreeMap<ExecFileKey, RuleRef> = BTreeMap::new();
     for r in &rules.rules {
-        let Matcher::Exec { paths } = &r.matcher else {
+        let Matcher::Exec { paths, .. } = &r.matcher else {
             continue;
         };
         for p in paths {

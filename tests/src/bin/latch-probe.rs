@@ -27,6 +27,7 @@
 //!       fd       execveat(open(PROGRAM), "", AT_EMPTY_PATH)   (fexecve)
 //!       procfd   execve("/proc/self/fd/N") of an open descriptor
 //!       dirfd    execveat(open(dirname), basename, 0)
+//!       memfd    a copy of PROGRAM in a memfd, run with execveat(memfd, "", AT_EMPTY_PATH)
 //!       traced   PTRACE_TRACEME, then execve; the probe is the tracer and resumes every stop
 //!                without its signal, as a debugger that swallows stops would
 //! ```
@@ -112,6 +113,12 @@ fn exec_via(how: &str, program: &str, args: &[String]) {
         Some(i) => (c(&program[..i.max(1)]), c(&program[i + 1..])),
         None => (c("."), prog.clone()),
     };
+    // Read before the fork: the child only makes system calls.
+    let copy: Vec<u8> = if how == "memfd" {
+        std::fs::read(program).unwrap_or_default()
+    } else {
+        Vec::new()
+    };
     let mut fds = [0i32; 2];
     // SAFETY: plain system calls on locals; between fork and exec the child only makes system
     // calls (no allocation), as fork in a single-threaded program allows anyway.
@@ -151,6 +158,25 @@ fn exec_via(how: &str, program: &str, args: &[String]) {
                         argv_p.as_ptr(),
                         envp.as_ptr(),
                         0,
+                    );
+                }
+                "memfd" => {
+                    let fd = libc::memfd_create(c"copy".as_ptr(), libc::MFD_CLOEXEC);
+                    let mut off = 0usize;
+                    while off < copy.len() {
+                        let n = libc::write(fd, copy.as_ptr().add(off).cast(), copy.len() - off);
+                        if n <= 0 {
+                            break;
+                        }
+                        off += n as usize;
+                    }
+                    libc::syscall(
+                        libc::SYS_execveat,
+                        fd,
+                        c"".as_ptr(),
+                        argv_p.as_ptr(),
+                        envp.as_ptr(),
+                        libc::AT_EMPTY_PATH,
                     );
                 }
                 "traced" => {
@@ -501,7 +527,7 @@ fn main() {
     }
     if args.get(1).map(String::as_str) == Some("exec-via") {
         let (Some(how), Some(program)) = (args.get(2), args.get(3)) else {
-            eprintln!("usage: latch-probe exec-via fd|procfd|dirfd|traced PROGRAM [ARG...]");
+            eprintln!("usage: latch-probe exec-via fd|procfd|dirfd|memfd|traced PROGRAM [ARG...]");
             std::process::exit(2);
         };
         return exec_via(how, program, &args[4..]);

@@ -113,14 +113,15 @@ const SUITE_LIMIT: Duration = Duration::from_secs(1800);
 /// fit the CI's time under emulation (see `PLAN_WHY`), so:
 /// - `kernel` and `integrity` everywhere: they are the suites about the kernel (verifier,
 ///   helpers, LSM or not, and what each backend can hold);
-/// - `daemon` wherever the agent's backend differs: with BPF LSM on each kernel, and without it
-///   (the tracepoint backend) on the newest;
+/// - `daemon` and `content` wherever the agent's backend differs: with BPF LSM on each kernel,
+///   and without it (the tracepoint backend) on the newest;
 /// - `central` once, on the newest kernel with BPF LSM: what it adds is the agent-central
 ///   protocol, which the kernel does not change.
 fn default_suites(kernel: &KernelSpec, lsm: Lsm) -> Vec<Suite> {
     let mut s = vec![Suite::Kernel, Suite::Integrity];
     if lsm == Lsm::On || kernel.newest {
         s.push(Suite::Daemon);
+        s.push(Suite::Content);
     }
     if lsm == Lsm::On && kernel.newest {
         s.push(Suite::Central);
@@ -402,13 +403,19 @@ mod tests {
         assert_eq!(
             rows,
             vec![
-                ("6.1-lsm-on".into(), vec!["kernel", "integrity", "daemon"]),
+                (
+                    "6.1-lsm-on".into(),
+                    vec!["kernel", "integrity", "daemon", "content"]
+                ),
                 ("6.1-lsm-off".into(), vec!["kernel", "integrity"]),
                 (
                     "6.12-lsm-on".into(),
-                    vec!["kernel", "integrity", "daemon", "central"]
+                    vec!["kernel", "integrity", "daemon", "content", "central"]
                 ),
-                ("6.12-lsm-off".into(), vec!["kernel", "integrity", "daemon"]),
+                (
+                    "6.12-lsm-off".into(),
+                    vec!["kernel", "integrity", "daemon", "content"]
+                ),
                 ("6.12-arm64-lsm-on".into(), vec![]),
                 ("6.12-arm64-lsm-off".into(), vec![]),
             ]

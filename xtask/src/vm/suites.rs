@@ -16,6 +16,8 @@ pub enum Suite {
     Integrity,
     /// The `latch-agent` daemon as a person runs it (`tests/tests/daemon.rs`).
     Daemon,
+    /// Programs by content through the whole agent (`tests/tests/content.rs`).
+    Content,
     /// The agent and central together (`tests/tests/central.rs`).
     Central,
 }
@@ -27,6 +29,7 @@ impl Suite {
             Suite::Kernel => "kernel",
             Suite::Integrity => "integrity",
             Suite::Daemon => "daemon",
+            Suite::Content => "content",
             Suite::Central => "central",
         }
     }

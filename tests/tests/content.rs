@@ -1,0 +1,311 @@
+//! Programs by content, through the whole agent: a rule that names a program by its content
+//! (`sha256`, `copies`) follows it into copies under any name, a memfd copy included, and
+//! `unknown_programs` decides a program the host did not install. Each technique runs first
+//! where nothing watches (it works on this host), then where the agent watches. The evidence is
+//! a file only the program creates, and what the agent's CLI lists.
+
+use std::{
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    process::Output,
+};
+
+use latch_agent::programs::content::hash_path;
+use latch_tests::daemon::{text, Daemon};
+use latch_tests::{finish, privileged, probe, spawn_in, TestCgroup};
+
+/// A directory of this test's own, with a private copy of `touch` (which creates the file its
+/// argument names: the evidence that it ran).
+struct Files {
+    dir: tempfile::TempDir,
+}
+
+impl Files {
+    fn new() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("latch-content-")
+            .tempdir()
+            .expect("tempdir");
+        let f = Files { dir };
+        f.copy_of("/usr/bin/touch", "prog");
+        f
+    }
+
+    fn at(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A new file with the content of `src` (another inode, another name).
+    fn copy_of(&self, src: &str, name: &str) -> PathBuf {
+        let p = self.at(name);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).expect("mkdir");
+        }
+        std::fs::copy(src, &p).expect("copy");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        p
+    }
+
+    /// A marker path only the program creates.
+    fn marker(&self, name: &str) -> PathBuf {
+        let p = self.at(&format!("ran-{name}"));
+        let _ = std::fs::remove_file(&p);
+        p
+    }
+}
+
+fn s(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+fn rules(workload_extra: &str, body: &str) -> String {
+    format!("workloads:\n  - name: test\n    cgroups: [\"{{CG}}\"]\n{workload_extra}rules:\n{body}")
+}
+
+/// Runs `program marker` from a shell in `cgroup` (the shell is an installed program).
+fn run(cgroup: &Path, program: &Path, marker: &Path) -> Output {
+    finish(spawn_in(
+        cgroup,
+        Path::new("/bin/sh"),
+        &[
+            "-c",
+            &format!("exec {} {}", program.display(), marker.display()),
+        ],
+    ))
+}
+
+/// Runs a memfd copy of `program` with `marker`, through the probe.
+fn run_memfd(cgroup: &Path, program: &Path, marker: &Path) -> Output {
+    finish(spawn_in(
+        cgroup,
+        &probe(),
+        &["exec-via", "memfd", &s(program), &s(marker)],
+    ))
+}
+
+/// The exec was refused: the program did not run and its caller saw it fail (EPERM from the
+/// LSM backend, the new image killed by the tracepoint backend).
+fn refused(out: &Output, marker: &Path) -> bool {
+    // The probe reports its child's end as JSON and exits 0 itself.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let reported = stdout.contains("\"signal\":9") || stdout.contains("\"ok\":false");
+    !marker.exists() && (!out.status.success() || reported)
+}
+
+#[test]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
+fn a_program_named_by_content_is_refused_in_every_copy() {
+    if !privileged() {
+        return;
+    }
+    let f = Files::new();
+    let prog = f.at("prog");
+    let plain = f.copy_of(&s(&prog), "elsewhere/copy");
+    let renamed = f.copy_of(&s(&prog), "elsewhere/innocent-name");
+    let cg = TestCgroup::new();
+    let free = TestCgroup::new();
+    // The probe (not installed) runs the memfd technique: only the rule names anything.
+    let d = Daemon::start(
+        &cg,
+        &rules(
+            "",
+            &format!(
+                "  - {{name: no-prog, workload: test, on: exec, paths: [{}], copies: true, action: deny}}\n",
+                prog.display()
+            ),
+        ),
+        "deny",
+    );
+    type Way = fn(&Path, &Path, &Path) -> Output;
+    let ways: [(&str, &Path, Way); 4] = [
+        ("its own path", &prog, run),
+        ("a plain copy", &plain, run),
+        ("a renamed copy", &renamed, run),
+        ("a memfd copy", &prog, run_memfd),
+    ];
+    let mut through = Vec::new();
+    for (name, program, how) in ways {
+        let m = f.marker("free");
+        let out = how(&free.path, program, &m);
+        assert!(
+            m.exists(),
+            "{name}: does not work where nothing watches: {}",
+            text(&out)
+        );
+        let m = f.marker("watched");
+        let out = how(&cg.path, program, &m);
+        if !refused(&out, &m) {
+            through.push(format!("{name}: {:?} {}", out.status, text(&out)));
+        }
+    }
+    let log = d.stop();
+    assert!(
+        through.is_empty(),
+        "a copy of the denied program ran:\n{}\nagent log:\n{log}",
+        through.join("\n")
+    );
+}
+
+#[test]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
+fn a_digest_rule_holds_a_copy_for_a_reviewer_who_sees_its_digest() {
+    if !privileged() {
+        return;
+    }
+    let f = Files::new();
+    let digest = hash_path(&s(&f.at("prog"))).expect("hash").to_string();
+    let copy = f.copy_of(&s(&f.at("prog")), "downloads/tool");
+    let cg = TestCgroup::new();
+    let d = Daemon::start(
+        &cg,
+        &rules(
+            "",
+            &format!(
+                "  - {{name: ask-tool, workload: test, on: exec, sha256: [\"{digest}\"], action: approve}}\n"
+            ),
+        ),
+        "deny",
+    );
+    for (decision, runs) in [("deny", false), ("allow", true)] {
+        let m = f.marker(decision);
+        let child = spawn_in(
+            &cg.path,
+            Path::new("/bin/sh"),
+            &["-c", &format!("exec {} {}", copy.display(), m.display())],
+        );
+        let pid = child.id();
+        let id = d.wait_request(pid);
+        assert!(!m.exists(), "ran before any decision");
+        let listed = text(&d.cli(&["pending", "--json"]));
+        assert!(
+            listed.contains(&digest),
+            "the request shows the program's digest: {listed}"
+        );
+        let out = d.cli(&["decide", &id, decision]);
+        assert!(out.status.success(), "{}", text(&out));
+        let out = finish(child);
+        assert_eq!(
+            m.exists(),
+            runs,
+            "after {decision}: {:?} {}",
+            out.status,
+            text(&out)
+        );
+    }
+    d.stop();
+}
+
+#[test]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
+fn unknown_programs_are_refused_and_installed_or_listed_ones_run() {
+    if !privileged() {
+        return;
+    }
+    let f = Files::new();
+    let listed_dir = f.at("tools");
+    let new_binary = f.copy_of("/usr/bin/touch", "downloads/new-tool");
+    let listed = f.copy_of("/usr/bin/touch", "tools/ours");
+    let cg = TestCgroup::new();
+    let free = TestCgroup::new();
+    let d = Daemon::start(
+        &cg,
+        &rules(
+            &format!(
+                "    unknown_programs: deny\n    known_programs: [\"{}/*\"]\n",
+                listed_dir.display()
+            ),
+            "  - {name: nothing, workload: test, on: exec, paths: [/nonexistent], action: deny}\n",
+        ),
+        "deny",
+    );
+    // A program the package manager installed runs.
+    let out = finish(spawn_in(
+        &cg.path,
+        Path::new("/bin/sh"),
+        &["-c", "exec /usr/bin/printf installed"],
+    ));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "installed",
+        "{}",
+        text(&out)
+    );
+    // A new file, though its content is an installed program's: unknown, refused.
+    let m = f.marker("free");
+    run(&free.path, &new_binary, &m);
+    assert!(m.exists(), "the new binary runs where nothing watches");
+    let m = f.marker("new");
+    let out = run(&cg.path, &new_binary, &m);
+    assert!(
+        refused(&out, &m),
+        "an unknown program ran: {:?} {}",
+        out.status,
+        text(&out)
+    );
+    // Under `known_programs`: runs.
+    let m = f.marker("listed");
+    let out = run(&cg.path, &listed, &m);
+    assert!(
+        m.exists(),
+        "a listed program was refused: {:?} {}",
+        out.status,
+        text(&out)
+    );
+    let log = d.stop();
+    assert!(
+        log.contains("known programs read"),
+        "the agent read the package manager's lists: {log}"
+    );
+}
+
+#[test]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
+fn a_program_rewritten_in_place_is_hashed_again() {
+    if !privileged() {
+        return;
+    }
+    let f = Files::new();
+    let digest = hash_path(&s(&f.at("prog"))).expect("hash").to_string();
+    // Starts as `true` (allowed, and cached as allowed), becomes the denied content in place:
+    // the same inode, another content.
+    let target = f.copy_of("/usr/bin/true", "work/tool");
+    let cg = TestCgroup::new();
+    let d = Daemon::start(
+        &cg,
+        &rules(
+            "",
+            &format!(
+                "  - {{name: no-touch, workload: test, on: exec, sha256: [\"{digest}\"], action: deny}}\n"
+            ),
+        ),
+        "deny",
+    );
+    let m = f.marker("before");
+    for _ in 0..2 {
+        let out = run(&cg.path, &target, &m);
+        assert!(
+            out.status.success(),
+            "allowed content: {:?} {}",
+            out.status,
+            text(&out)
+        );
+    }
+    let ino = std::fs::metadata(&target).map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+    std::fs::write(&target, std::fs::read(f.at("prog")).expect("read")).expect("rewrite");
+    assert_eq!(
+        std::fs::metadata(&target)
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .ok(),
+        ino.ok(),
+        "rewritten in place"
+    );
+    let m = f.marker("after");
+    let out = run(&cg.path, &target, &m);
+    let log = d.stop();
+    assert!(
+        refused(&out, &m),
+        "the rewritten program ran on the old verdict: {:?} {}\n{log}",
+        out.status,
+        text(&out)
+    );
+}
