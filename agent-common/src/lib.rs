@@ -188,6 +188,10 @@ pub struct ContentVerdict {
     /// The file's change time (ns since the epoch) as the kernel read it when the file was held:
     /// any write or metadata change moves it, and a different value is a miss.
     pub ctime_ns: u64,
+    /// The kernel address of the inode hashed: device and inode number do not tell files apart
+    /// on every file system (btrfs numbers each subvolume's inodes on its own under one
+    /// device), the live inode does.
+    pub inode: u64,
     /// The content rule that applies (0: the workload's `unknown_programs`, or none).
     pub rule_id: u32,
     /// [`Action`]; [`Action::Allow`] when the content is known and no content rule names it.
@@ -510,6 +514,9 @@ pub struct Event {
     /// Exec: the executed file's change time (ns since the epoch) as the kernel read it; 0 when
     /// unknown and for network operations.
     pub file_ctime_ns: u64,
+    /// Exec: the kernel address of the executed file's inode, the other half of the content
+    /// cache's key ([`ContentVerdict::inode`]); never shown.
+    pub file_inode: u64,
     /// `comm` of the task.
     pub comm: [u8; 16],
     /// Executable path for exec events (zero-padded).
@@ -609,8 +616,8 @@ size_check! {
     GrantKey => 24,
     Grant => 16,
     Heartbeat => 24,
-    Event => 72 + 16 + 8 + 16 + PATH_CAP,
-    ContentVerdict => 16,
+    Event => 72 + 16 + 16 + 16 + PATH_CAP,
+    ContentVerdict => 24,
 }
 
 // The LPM trie key (u32 prefix length + data) must fit the kernel's 256-byte data limit.

@@ -99,9 +99,10 @@ const THIS_LEVEL: u8 = 1;
 const OTHER_LEVEL: u8 = 2;
 
 /// The thread's pending entry for this execve: the same path asked for (`asked`) is the same
-/// execve; the same file is the same level.
+/// execve; the same file, met at the same kind of level (first, or interpreter), is the same
+/// level.
 #[inline(always)]
-fn chain(subject: &Subject, asked: u64, file: FileId) -> Chain {
+fn chain(subject: &Subject, asked: u64, file: FileId, first_level: bool) -> Chain {
     let Some(p) = PENDING.get_ptr(&subject.tid) else {
         return (NO_CHAIN, 0, false);
     };
@@ -118,7 +119,7 @@ fn chain(subject: &Subject, asked: u64, file: FileId) -> Chain {
         return (NO_CHAIN, 0, false);
     }
     let first = p.flags & pending_flags::FIRST_LEVEL != 0;
-    if held_ino == file.1 && p.file_dev == file.0 {
+    if held_ino == file.1 && p.file_dev == file.0 && first == first_level {
         (THIS_LEVEL, p.state, first)
     } else {
         (OTHER_LEVEL, p.state, first)
@@ -195,7 +196,7 @@ pub fn on_bprm_check(ctx: &LsmContext) -> i32 {
         show_interp(&mut s.event, interp);
     }
     // An exec held earlier runs again after the decision, or after a resume from elsewhere.
-    let (kind, state, entry_first) = chain(&subject, asked, file);
+    let (kind, state, entry_first) = chain(&subject, asked, file, first_level);
     if kind == THIS_LEVEL {
         if state == pending_state::DENY {
             let _ = PENDING.remove(&subject.tid);
@@ -228,7 +229,7 @@ pub fn on_bprm_check(ctx: &LsmContext) -> i32 {
         if state == pending_state::ALLOW
             && entry_first
             && !first_level
-            && !look
+            && content != Content::Changed
             && action == Action::Approve as u8
         {
             return 0;
@@ -349,7 +350,7 @@ fn lookup(
     // path says (on the tracepoint backend the image is a script's interpreter, while the path
     // is the script's).
     let workload = watch.workload;
-    let (dev, ino, ctime) = file;
+    let (dev, ino, ctime, inode) = file;
     // Action 0 (no such action): no entry. Not an `Option`, whose undefined payload the
     // compiler may spill where the verifier sees it.
     let mut by_file = (0u32, 0u8);
@@ -374,7 +375,7 @@ fn lookup(
             if let Some(v) = CONTENT.get_ptr(&key) {
                 // SAFETY: map value pointer from lookup.
                 let v = unsafe { *v };
-                if v.ctime_ns == ctime {
+                if v.ctime_ns == ctime && v.inode == inode {
                     if v.action == Action::Approve as u8 {
                         // Unchanged, but a reviewer must see what it is: the agent hashes it
                         // again for the request.
@@ -462,6 +463,7 @@ fn start_event(s: &mut Scratch, len: usize, truncated: bool, flags: u8, file: Fi
     ev.addr[8..].copy_from_slice(&file.1.to_ne_bytes());
     ev.file_dev = file.0;
     ev.file_ctime_ns = file.2;
+    ev.file_inode = file.3;
     target
 }
 

@@ -7,14 +7,14 @@ use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
 use crate::counters::{bump, Counter};
 use crate::kconf::{self, FileOffsets};
 
-/// (device in the kernel's `dev_t` encoding, inode number, change time in ns since the epoch);
-/// inode 0 (no file has it) when the identity could not be read, change time 0 when it could
-/// not. Not an `Option`: the compiler may spill the undefined payload of a `None`, which the
-/// verifier refuses as a read of an uninitialised register.
-pub type FileId = (u32, u64, u64);
+/// (device in the kernel's `dev_t` encoding, inode number, change time in ns since the epoch,
+/// the inode's kernel address); inode 0 (no file has it) when the identity could not be read,
+/// change time 0 when it could not. Not an `Option`: the compiler may spill the undefined
+/// payload of a `None`, which the verifier refuses as a read of an uninitialised register.
+pub type FileId = (u32, u64, u64, u64);
 
 /// The identity of no file.
-pub const UNKNOWN: FileId = (0, 0, 0);
+pub const UNKNOWN: FileId = (0, 0, 0, 0);
 
 /// Bit 31 of the nanoseconds is a flag on kernels with multigrain timestamps, not time.
 const NSEC_MASK: u32 = 0x3fff_ffff;
@@ -67,7 +67,7 @@ fn of_file(file: *const u8, o: &FileOffsets) -> FileId {
     // SAFETY: as above.
     let dev = unsafe { bpf_probe_read_kernel(sb.wrapping_add(o.sb_dev) as *const u32) };
     match (dev, ino) {
-        (Ok(d), Ok(i)) => (d, i, ctime_of(inode)),
+        (Ok(d), Ok(i)) => (d, i, ctime_of(inode), inode as u64),
         _ => {
             bump(Counter::FileUnreadable);
             UNKNOWN

@@ -737,7 +737,8 @@ impl State {
             }
         }
         let w = policy.and_then(|p| p.content.get(&ev.workload));
-        let known = found.packaged || w.is_some_and(|w| w.known_by_path(&found.real));
+        let known =
+            found.packaged || (found.real_here && w.is_some_and(|w| w.known_by_path(&found.real)));
         let (rule_id, action) = match w {
             Some(w) => programs::content::verdict(w, &found.digest, known),
             None => (0, policy::Action::Allow),
@@ -756,6 +757,7 @@ impl State {
             };
             let v = agent_common::ContentVerdict {
                 ctime_ns: f.ctime_ns,
+                inode: f.inode,
                 rule_id,
                 action: action as u8,
                 _pad: [0; 3],
@@ -849,6 +851,11 @@ impl State {
         };
         for op in pending {
             if op.state != "waiting" || self.opened.contains_key(&op.id) {
+                continue;
+            }
+            if op.rule_id == agent_common::RESOLVE_RULE && held_for(op.id) < RESOLVING.as_secs_f64()
+            {
+                // Being resolved (hashed, perhaps) by the event's own path: not a request yet.
                 continue;
             }
             if let Some(ev) = recovered_event(&op) {
@@ -1300,6 +1307,10 @@ fn recovered_event(op: &PendingOp) -> Option<KernelEvent> {
         program: None,
     })
 }
+
+/// How long an exec held for the agent to resolve (or hash) is left to the event's own path
+/// before a tick takes it over as a held operation it has no event for.
+const RESOLVING: Duration = Duration::from_secs(60);
 
 fn held_for(id: RequestId) -> f64 {
     crate::kernel::monotonic_ns().saturating_sub(id.created_ns) as f64 / 1e9

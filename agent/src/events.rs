@@ -109,6 +109,9 @@ pub struct FileId {
     /// Change time (ns since the epoch) as the kernel read it; 0 when unknown.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub ctime_ns: u64,
+    /// The inode's kernel address, for the content cache's key; never recorded or sent.
+    #[serde(skip)]
+    pub inode: u64,
 }
 
 fn is_zero(v: &u64) -> bool {
@@ -205,6 +208,7 @@ impl KernelEvent {
                         dev: e.file_dev,
                         ino: u64::from_ne_bytes(ino),
                         ctime_ns: e.file_ctime_ns,
+                        inode: e.file_inode,
                     }
                 })
                 .filter(|f| f.ino != 0),

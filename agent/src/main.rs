@@ -611,6 +611,8 @@ async fn run(settings: Settings, rules: Option<PathBuf>) -> anyhow::Result<()> {
     }
 
     let policy_seen = policy_tx.subscribe();
+    // At most this many files are hashed at once; more holds wait their turn.
+    let hashing = Arc::new(tokio::sync::Semaphore::new(4));
     let known = Arc::new(latch_agent::programs::known::Known::new(
         latch_agent::programs::known::DPKG_DIR,
     ));
@@ -647,6 +649,7 @@ async fn run(settings: Settings, rules: Option<PathBuf>) -> anyhow::Result<()> {
                                     events_handle.clone(),
                                     link_tx.clone(),
                                     asks_known.then(|| known.clone()),
+                                    hashing.clone(),
                                 ));
                                 continue;
                             }
@@ -731,7 +734,12 @@ async fn resolve_content(
     handle: latch_agent::engine_task::EngineHandle,
     link_tx: tokio::sync::mpsc::Sender<latch_agent::events::KernelEvent>,
     known: Option<Arc<latch_agent::programs::known::Known>>,
+    hashing: Arc<tokio::sync::Semaphore>,
 ) {
+    // Never closed: a failure here would mean no permit, and the exec stays held.
+    let Ok(_permit) = hashing.acquire_owned().await else {
+        return;
+    };
     let held = ev.clone();
     let inspection = tokio::task::spawn_blocking(move || {
         latch_agent::programs::content::inspect(&held, known.as_deref())

@@ -42,6 +42,7 @@ fn release_held(engine: &mut Engine, ring: &mut RingBuf<MapData>, known: &Known)
             };
             let verdict = ContentVerdict {
                 ctime_ns: f.ctime_ns,
+                inode: f.inode,
                 rule_id: 0,
                 action: Action::Allow as u8,
                 _pad: [0; 3],

@@ -309,3 +309,60 @@ fn a_program_rewritten_in_place_is_hashed_again() {
         text(&out)
     );
 }
+
+#[test]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
+fn an_unknown_script_is_asked_about_once() {
+    if !privileged() {
+        return;
+    }
+    let f = Files::new();
+    let script = f.at("downloads/job.sh");
+    std::fs::create_dir_all(f.at("downloads")).expect("mkdir");
+    std::fs::write(&script, "#!/bin/sh\nexec /usr/bin/touch \"$1\"\n").expect("script");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let cg = TestCgroup::new();
+    let d = Daemon::start(
+        &cg,
+        &rules(
+            "    unknown_programs: approve\n",
+            "  - {name: nothing, workload: test, on: exec, paths: [/nonexistent], action: deny}\n",
+        ),
+        "deny",
+    );
+    let backend = d.wait_status("its exec backend", |v| v["backend"].is_string())["backend"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let m = f.marker("script");
+    let child = spawn_in(
+        &cg.path,
+        Path::new("/bin/sh"),
+        &["-c", &format!("exec {} {}", script.display(), m.display())],
+    );
+    if backend == "lsm" {
+        // Held at the script (the interpreter, /bin/sh, is installed): one request, and after
+        // its approval the interpreter runs it without another.
+        let pid = child.id();
+        let id = d.wait_request(pid);
+        assert!(!m.exists(), "ran before any decision");
+        let out = d.cli(&["decide", &id, "allow"]);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    // On the tracepoint backend the image is the interpreter, which is installed: the script's
+    // own content is not checked (see the README).
+    let out = finish(child);
+    let log = d.stop();
+    assert!(
+        m.exists(),
+        "the script did not run ({backend}): {:?} {}\n{log}",
+        out.status,
+        text(&out)
+    );
+    let asked = log.matches("needs approval").count();
+    assert_eq!(
+        asked,
+        usize::from(backend == "lsm"),
+        "requests made ({backend}):\n{log}"
+    );
+}

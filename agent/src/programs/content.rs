@@ -18,7 +18,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
@@ -35,6 +35,9 @@ pub const SETTLE: Duration = Duration::from_millis(100);
 
 /// Attempts at hashing a file that keeps changing.
 const TRIES: usize = 5;
+
+/// Largest file hashed; a bigger one is refused rather than keep a thread reading it.
+pub const MAX_BYTES: u64 = 2 << 30;
 
 /// What the agent found about the file a held exec runs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,6 +94,17 @@ pub enum ContentError {
     /// The file changed every time it was hashed.
     #[error("{0} kept changing while it was hashed")]
     Unsettled(String),
+    /// What the path names now is not a regular file (a FIFO, a device, a directory).
+    #[error("{0} is not a regular file")]
+    NotRegular(String),
+    /// Bigger than [`MAX_BYTES`].
+    #[error("{path} is {bytes} bytes; files over {MAX_BYTES} bytes are not hashed")]
+    TooLarge {
+        /// Path.
+        path: String,
+        /// Its size.
+        bytes: u64,
+    },
 }
 
 /// The path that reaches the file of a held exec, seen from the held task.
@@ -127,15 +141,30 @@ pub fn open_held(
         .ok_or_else(|| ContentError::NoIdentity(ev.path.clone().unwrap_or_default()))?;
     let path = held_path(ev);
     let shown = path.display().to_string();
-    let f = File::open(&path).map_err(|e| ContentError::Open {
-        path: shown.clone(),
-        tgid: ev.tgid,
-        reason: e.to_string(),
-    })?;
+    // The workload may have put anything at that name since the hold: opening must neither
+    // block (a FIFO) nor give the agent a controlling terminal (a pty).
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(&path)
+        .map_err(|e| ContentError::Open {
+            path: shown.clone(),
+            tgid: ev.tgid,
+            reason: e.to_string(),
+        })?;
     let meta = f.metadata().map_err(|e| ContentError::Read {
         path: shown.clone(),
         reason: e.to_string(),
     })?;
+    if !meta.is_file() {
+        return Err(ContentError::NotRegular(shown));
+    }
+    if meta.len() > MAX_BYTES {
+        return Err(ContentError::TooLarge {
+            path: shown,
+            bytes: meta.len(),
+        });
+    }
     let real = std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd()))
         .map(|p| p.to_string_lossy().into_owned())
         .unwrap_or_else(|_| shown.clone());
@@ -224,6 +253,10 @@ pub struct Inspected {
     pub digest: Sha256,
     /// Its real path, as opened.
     pub real: String,
+    /// `real` names this very file in the agent's own mount namespace too (it does not for a
+    /// file in a workload's private mount namespace or container): only then can a path say
+    /// whether it is known.
+    pub real_here: bool,
     /// Installed by the package manager (looked up only for a workload with
     /// `unknown_programs`).
     pub packaged: bool,
@@ -242,16 +275,21 @@ pub fn inspect(
     let mounts = mountinfo::parse(&text);
     let (f, real) = open_held(ev, &mounts)?;
     let digest = hash_settled(&f, &real)?;
+    let real_here = match (f.metadata(), std::fs::metadata(&real)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    };
     let (packaged, known_reloaded) = match known {
         Some(k) => {
             let (set, reloaded) = k.get();
-            (set.contains(&real), reloaded)
+            (real_here && set.contains(&real), reloaded)
         }
         None => (false, false),
     };
     Ok(Inspected {
         digest,
         real,
+        real_here,
         packaged,
         known_reloaded,
     })
@@ -518,9 +556,11 @@ mod tests {
     fn a_file_is_hashed_once_settled_and_a_replaced_one_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = dir.path().join("prog");
+        // Taken before the write: the file's change time is no earlier than this, less one
+        // clock tick.
+        let started = std::time::Instant::now();
         std::fs::write(&p, b"abc").expect("write");
         let f = File::open(&p).expect("open");
-        let started = std::time::Instant::now();
         let got = hash_settled(&f, "prog").expect("hashed");
         // SHA-256("abc")
         assert_eq!(
@@ -539,6 +579,7 @@ mod tests {
             dev: ExecFileKey::kernel_dev(meta.dev()),
             ino: meta.ino(),
             ctime_ns: 0,
+            inode: 0,
         });
         let mounts =
             mountinfo::parse(&std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default());
@@ -549,6 +590,13 @@ mod tests {
         match open_held(&ev, &mounts) {
             Err(ContentError::NotTheFile { .. }) => {}
             other => panic!("a replaced file must be refused, got {other:?}"),
+        }
+        // A FIFO put at the name neither blocks the agent nor is hashed.
+        std::fs::remove_file(&p).expect("rm");
+        nix::unistd::mkfifo(&p, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+        match open_held(&ev, &mounts) {
+            Err(ContentError::NotRegular(_)) => {}
+            other => panic!("a FIFO must be refused, got {other:?}"),
         }
     }
 }
