@@ -72,15 +72,7 @@ pub fn on_exec(ctx: &TracePointContext) {
         restarts: false,
         first_level: true,
     };
-    let verdict = pause::by_rule(
-        &subject,
-        &mut s.event,
-        Op::Exec,
-        rule_id,
-        action,
-        &mut None,
-        how,
-    );
+    let verdict = by_rule(&subject, s, rule_id, action, how);
     if verdict == Verdict::Deny {
         // The exec has already happened: the new image dies before its first instruction.
         pause::kill_current();
@@ -236,15 +228,7 @@ pub fn on_bprm_check(ctx: &LsmContext) -> i32 {
         }
         if !look && (action == Action::Allow as u8 || action == Action::Audit as u8) {
             // Let through by its own rule; the entry stays for the level it was made at.
-            let verdict = pause::by_rule(
-                &subject,
-                &mut s.event,
-                Op::Exec,
-                rule_id,
-                action,
-                &mut None,
-                how,
-            );
+            let verdict = by_rule(&subject, s, rule_id, action, how);
             return lsm_verdict(verdict);
         }
         if first_level && entry_first {
@@ -259,15 +243,7 @@ pub fn on_bprm_check(ctx: &LsmContext) -> i32 {
         bump(Counter::ContentHeld);
         s.event.flags |= event_flags::CONTENT;
     }
-    let verdict = pause::by_rule(
-        &subject,
-        &mut s.event,
-        Op::Exec,
-        rule_id,
-        action,
-        &mut None,
-        how,
-    );
+    let verdict = by_rule(&subject, s, rule_id, action, how);
     lsm_verdict(verdict)
 }
 
@@ -298,6 +274,20 @@ fn show_interp(ev: &mut agent_common::Event, interp: *const u8) {
     if unsafe { bpf_probe_read_kernel_str_bytes(interp, &mut ev.path) }.is_err() {
         bump(Counter::PathUnreadable);
     }
+}
+
+/// What the exec's rule makes of it (see [`pause::by_rule`]), reported with the scratch event.
+#[inline(always)]
+fn by_rule(subject: &Subject, s: &mut Scratch, rule_id: u32, action: u8, how: Hold) -> Verdict {
+    pause::by_rule(
+        subject,
+        &mut s.event,
+        Op::Exec,
+        rule_id,
+        action,
+        &mut None,
+        how,
+    )
 }
 
 #[inline(always)]

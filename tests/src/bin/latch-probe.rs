@@ -100,6 +100,24 @@ fn child_failed(pipe: i32) -> ! {
     }
 }
 
+/// `fexecve`: `execveat(fd, "", AT_EMPTY_PATH)`; returns only if it failed.
+///
+/// # Safety
+/// `argv` and `envp` are null-terminated arrays of C strings that outlive the call.
+unsafe fn exec_fd(fd: i32, argv: &[*const libc::c_char], envp: &[*const libc::c_char]) {
+    // SAFETY: the caller's contract; the kernel reads the arrays.
+    unsafe {
+        libc::syscall(
+            libc::SYS_execveat,
+            fd,
+            c"".as_ptr(),
+            argv.as_ptr(),
+            envp.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        );
+    }
+}
+
 fn exec_via(how: &str, program: &str, args: &[String]) {
     use std::ffi::CString;
     let c = |s: &str| CString::new(s).unwrap_or_else(|_| CString::from(c"?"));
@@ -135,14 +153,7 @@ fn exec_via(how: &str, program: &str, args: &[String]) {
             match how {
                 "fd" => {
                     let fd = libc::open(prog.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
-                    libc::syscall(
-                        libc::SYS_execveat,
-                        fd,
-                        c"".as_ptr(),
-                        argv_p.as_ptr(),
-                        envp.as_ptr(),
-                        libc::AT_EMPTY_PATH,
-                    );
+                    exec_fd(fd, &argv_p, &envp);
                 }
                 "procfd" => {
                     let fd = libc::open(prog.as_ptr(), libc::O_RDONLY);
@@ -170,14 +181,7 @@ fn exec_via(how: &str, program: &str, args: &[String]) {
                         }
                         off += n as usize;
                     }
-                    libc::syscall(
-                        libc::SYS_execveat,
-                        fd,
-                        c"".as_ptr(),
-                        argv_p.as_ptr(),
-                        envp.as_ptr(),
-                        libc::AT_EMPTY_PATH,
-                    );
+                    exec_fd(fd, &argv_p, &envp);
                 }
                 "traced" => {
                     libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0);
