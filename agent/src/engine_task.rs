@@ -1215,8 +1215,6 @@ fn close_connections_of(key: GrantKey, cookies: HashSet<u64>) -> usize {
     n
 }
 
-/// The opening event of a held operation, rebuilt from its pending entry and `/proc`. `None` when
-/// the process is gone or the entry's operation is unknown.
 /// What hashing a held exec's file found, or why it could not.
 pub type Inspection = Result<programs::content::Inspected, programs::content::ContentError>;
 
@@ -1251,12 +1249,14 @@ fn by_rules(
             .find(|(k, _)| k.workload == ev.workload && k.dev == f.dev && k.ino == f.ino)
             .map(|(_, r)| (r.rule_id, decode(r.action)))
     });
-    [Some(by_path), by_file, by_content]
+    [by_file, by_content]
         .into_iter()
         .flatten()
         .fold(by_path, |best, v| if v.1 > best.1 { v } else { best })
 }
 
+/// The opening event of a held operation, rebuilt from its pending entry and `/proc`. `None` when
+/// the process is gone or the entry's operation is unknown.
 fn recovered_event(op: &PendingOp) -> Option<KernelEvent> {
     let kind = match op.op.as_str() {
         "exec" => agent_common::Op::Exec,

@@ -16,7 +16,6 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
-use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::PathBuf;
@@ -233,17 +232,7 @@ fn hash_file(f: &File) -> std::io::Result<Sha256> {
 
 /// SHA-256 of the file at `path` (for `copies` rules, which name files on the host).
 pub fn hash_path(path: &str) -> std::io::Result<Sha256> {
-    let mut f = File::open(path)?;
-    let mut h = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(Sha256(h.finalize().into()))
+    hash_file(&File::open(path)?)
 }
 
 /// What the agent found hashing the file of a held exec (off the engine task).
