@@ -138,6 +138,8 @@ pub mod family {
     pub const INET: u8 = 2;
     /// IPv6.
     pub const INET6: u8 = 10;
+    /// Link layer (`AF_PACKET`): an event about such a socket carries no address.
+    pub const PACKET: u8 = 17;
 }
 
 /// Longest executable path, in bytes, that exec rules and events hold. Rules with longer paths are
@@ -154,6 +156,12 @@ pub const PORT_RULES_CAP: usize = 16;
 /// `./curl`): it is held like an approval, and the agent resolves the program's real path and
 /// applies the rules to it.
 pub const RESOLVE_RULE: u32 = u32::MAX;
+
+/// Rule id the agent puts on an exec path or file that rules with `args` name: the kernel
+/// cannot read a program's arguments before the exec, so such an exec is held once the new
+/// image is in place, before its first instruction, and the agent decides on the arguments the
+/// program received. It ranks as an approval: a rule that denies the program outright wins.
+pub const ARGS_RULE: u32 = u32::MAX - 1;
 
 /// `-ERESTARTNOINTR`: makes the kernel run the system call again after the stop.
 pub const ERESTARTNOINTR: i32 = -513;
@@ -219,8 +227,18 @@ pub struct RuleRef {
     pub rule_id: u32,
     /// [`Action`].
     pub action: u8,
+    /// [`rule_flags`] (in `EXEC_FILES` entries; 0 elsewhere).
+    pub flags: u8,
     /// Explicit padding.
-    pub _pad: [u8; 3],
+    pub _pad: [u8; 2],
+}
+
+/// Flags of an `EXEC_FILES` entry.
+pub mod rule_flags {
+    /// A rule names the file by an exact path (not only through a prefix): it is a program, so
+    /// mapping it for execution without an exec (the dynamic loader run as a program) is
+    /// decided as an exec of it. Files under a prefix may be libraries, which programs map.
+    pub const EXACT: u8 = 1;
 }
 
 /// Key of [`EXEC_EXACT`](maps::EXEC_EXACT): one workload, one exact executable path.
@@ -462,6 +480,12 @@ pub mod event_flags {
     /// An exec held because the verdict on the file's content is not known (not cached, or the
     /// file changed since): the agent hashes the file and decides.
     pub const CONTENT: u8 = 32;
+    /// A program mapped for execution without an exec (`mmap`/`mprotect` with `PROT_EXEC`: the
+    /// dynamic loader run as a program), refused: `path` is empty, the file is in `file_dev`
+    /// and `addr`.
+    pub const MAPPED: u8 = 64;
+    /// An `AF_PACKET` socket a watched task tried to create, refused (or the task ended).
+    pub const PACKET_SOCKET: u8 = 128;
 }
 
 /// A record the kernel writes to [`EVENTS`](maps::EVENTS).
@@ -590,10 +614,23 @@ pub enum Counter {
     ExecSwapped = 27,
     /// An exec was held for the agent to hash its file (content rules).
     ContentHeld = 28,
+    /// LSM backend: an exec was let on by `bprm_check_security` and held after the new image
+    /// was in place, for the agent to read its arguments (rules with `args`). The tracepoint
+    /// backend holds such an exec as any other.
+    ArgsHeld = 29,
+    /// An exec whose arguments had to be read could not be marked for it (the `ARGS_DUE` map
+    /// was full): it was refused.
+    ArgsLost = 30,
+    /// A file a rule refuses or holds was mapped for execution without an exec (the dynamic
+    /// loader run as a program): refused (LSM) or the task ended (tracepoint backend).
+    MapRefused = 31,
+    /// A watched task tried to create an `AF_PACKET` socket: refused (LSM) or the task ended
+    /// (tracepoint backend).
+    PacketSocketRefused = 32,
 }
 
 /// Number of slots in [`COUNTERS`](maps::COUNTERS).
-pub const COUNTER_SLOTS: u32 = 32;
+pub const COUNTER_SLOTS: u32 = 64;
 
 macro_rules! size_check {
     ($($t:ty => $n:expr),* $(,)?) => {
@@ -622,7 +659,7 @@ size_check! {
 
 // The LPM trie key (u32 prefix length + data) must fit the kernel's 256-byte data limit.
 const _: () = assert!(core::mem::size_of::<ExecPrefixData>() <= 256);
-const _: () = assert!((COUNTER_SLOTS as usize) > Counter::ContentHeld as usize);
+const _: () = assert!((COUNTER_SLOTS as usize) > Counter::PacketSocketRefused as usize);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -40,6 +40,10 @@ pub const PKT_REPORTED: &str = "PKT_REPORTED";
 /// [`ContentVerdict`](crate::ContentVerdict). Not pinned: it is a cache of what the agent
 /// hashed, which a new agent rebuilds.
 pub const CONTENT: &str = "CONTENT";
+/// Threads whose exec passed the LSM check on condition that its arguments are decided once the
+/// new image is in place (thread id → 1). Not pinned: an entry lives for the length of one
+/// execve.
+pub const ARGS_DUE: &str = "ARGS_DUE";
 /// aya-log's ring buffer (declared by aya-log-ebpf, not by us).
 pub const AYA_LOGS: &str = "AYA_LOGS";
 
@@ -61,6 +65,7 @@ pub const ALL: &[&str] = &[
     LINEAGE,
     PKT_REPORTED,
     CONTENT,
+    ARGS_DUE,
     AYA_LOGS,
 ];
 

@@ -7,10 +7,14 @@
 //!   its first instruction. A deny ends it (SIGKILL); a held one is stopped, stopped again when
 //!   anyone but the agent resumes it (`restop`), and ended at its first system call if it got
 //!   past that (the raw `sys_enter` gate).
+//! - Arguments (rules with `args`, both backends): the arguments are in the new image's memory
+//!   only once the exec is past its point of no return, so such an exec is held at
+//!   `sched_process_exec` as on the tracepoint backend; the LSM check lets it on with a mark in
+//!   `ARGS_DUE`.
 
 use agent_common::{
     event_flags, fingerprint, pending_flags, pending_state, watch_flags, Action, ExecFileKey, Op,
-    RuleRef, Watch, PATH_CAP, RESOLVE_RULE,
+    RuleRef, Watch, ARGS_RULE, PATH_CAP, RESOLVE_RULE,
 };
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes},
@@ -20,7 +24,7 @@ use aya_ebpf::{
 
 use crate::counters::{bump, Counter};
 use crate::identity::{self, FileId};
-use crate::maps::{CONTENT, EXEC_EXACT, EXEC_FILES, EXEC_PREFIX, PENDING};
+use crate::maps::{ARGS_DUE, CONTENT, EXEC_EXACT, EXEC_FILES, EXEC_PREFIX, PENDING};
 use crate::pause::{self, Hold, Subject, Verdict};
 use crate::scratch::Scratch;
 use crate::{kconf, scope, scratch};
@@ -39,6 +43,70 @@ pub fn on_exec(ctx: &TracePointContext) {
     let Some(s) = scratch::get() else {
         return;
     };
+    let (len, truncated) = exec_filename(ctx, s);
+    let subject = Subject::current(cgroup, watch);
+    // The image now in place: for a script, its (last) interpreter.
+    let file = identity::of_current_image();
+    let (rule_id, action, content) = lookup(s, watch, len, truncated, file);
+    if action == Action::Allow as u8 {
+        return;
+    }
+    start_event(s, len, truncated, 0, file);
+    if content != Content::Known {
+        bump(Counter::ContentHeld);
+        s.event.flags |= event_flags::CONTENT;
+    }
+    // An exec held for its arguments (`ARGS_RULE`) is held here like any other; not counted
+    // apart: one more branch before the hold takes the 6.1 verifier past its limit.
+    hold_after_exec(&subject, s, rule_id, action);
+}
+
+/// `sched_process_exec` (every backend; only the LSM backend marks execs): an exec whose
+/// arguments decide it is held now that they are in the new image's memory, before its first
+/// instruction. Resumed by anyone but the agent, it meets `restop` and the gate as any exec
+/// held after the fact.
+pub fn args_after_exec(ctx: &TracePointContext, old_tid: u32) {
+    if ARGS_DUE.get_ptr(&old_tid).is_none() {
+        return;
+    }
+    let _ = ARGS_DUE.remove(&old_tid);
+    let (Some((cgroup, watch)), Some(s)) = (scope::watched(), scratch::get()) else {
+        // Watched a moment ago at the check; nothing can be decided without scratch space.
+        pause::kill_current();
+        return;
+    };
+    let (len, truncated) = exec_filename(ctx, s);
+    let subject = Subject::current(cgroup, watch);
+    let file = identity::of_current_image();
+    start_event(s, len, truncated, 0, file);
+    bump(Counter::ArgsHeld);
+    hold_after_exec(&subject, s, ARGS_RULE, Action::Approve as u8);
+}
+
+/// An exec's mark in `ARGS_DUE` is spent when its execve returns or its thread exits.
+#[inline(always)]
+pub fn args_done() {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let _ = ARGS_DUE.remove(&tid);
+}
+
+/// Holds (or ends) an exec that has already happened.
+#[inline(always)]
+fn hold_after_exec(subject: &Subject, s: &mut Scratch, rule_id: u32, action: u8) {
+    let how = Hold::StopNow {
+        restarts: false,
+        first_level: true,
+    };
+    if by_rule(subject, s, rule_id, action, how) == Verdict::Deny {
+        // The exec has already happened: the new image dies before its first instruction.
+        pause::kill_current();
+    }
+}
+
+/// The exec's file name from the `sched_process_exec` record, into the scratch key: (length,
+/// whether it was cut).
+#[inline(always)]
+fn exec_filename(ctx: &TracePointContext, s: &mut Scratch) -> (usize, bool) {
     // SAFETY: reading the tracepoint record the kernel passed us.
     let loc: u32 = match unsafe { ctx.read_at(FILENAME_LOC) } {
         Ok(v) => v,
@@ -55,28 +123,7 @@ pub fn on_exec(ctx: &TracePointContext) {
         // SAFETY: `ctx + offset` is inside the record the kernel built for this tracepoint.
         unsafe { (ctx.as_ptr() as *const u8).add((loc & 0xffff) as usize) }
     };
-    let len = read_path(s, src);
-    let subject = Subject::current(cgroup, watch);
-    // The image now in place: for a script, its (last) interpreter.
-    let file = identity::of_current_image();
-    let (rule_id, action, content) = lookup(s, watch, len, truncated, file);
-    if action == Action::Allow as u8 {
-        return;
-    }
-    start_event(s, len, truncated, 0, file);
-    if content != Content::Known {
-        bump(Counter::ContentHeld);
-        s.event.flags |= event_flags::CONTENT;
-    }
-    let how = Hold::StopNow {
-        restarts: false,
-        first_level: true,
-    };
-    let verdict = by_rule(&subject, s, rule_id, action, how);
-    if verdict == Verdict::Deny {
-        // The exec has already happened: the new image dies before its first instruction.
-        pause::kill_current();
-    }
+    (read_path(s, src), truncated)
 }
 
 /// What the calling thread's pending entry says about this level of its exec: (one of the
@@ -139,6 +186,8 @@ pub fn chain_done(tid: u32) {
 /// The exit of `execve`/`execveat`: unless the call is being restarted for a hold, its
 /// approval is spent.
 pub fn on_execve_exit(ctx: &TracePointContext) {
+    // A restarted execve runs the LSM check again, which marks it again.
+    args_done();
     // SAFETY: reading the record at the offset of `ret` the agent read from the format file.
     let ret: i64 = match unsafe { ctx.read_at(kconf::sys_exit_ret_offset()) } {
         Ok(v) => v,
@@ -181,6 +230,17 @@ pub fn on_bprm_check(ctx: &LsmContext) -> i32 {
         first_level,
     };
     let (rule_id, action, content) = lookup(s, watch, len, truncated, file);
+    let (rule_id, action) = if rule_id == ARGS_RULE {
+        // Decided on its arguments once the new image holds them (`args_after_exec`); this
+        // level goes on.
+        if ARGS_DUE.insert(&subject.tid, &1, 0).is_err() {
+            bump(Counter::ArgsLost);
+            return EPERM;
+        }
+        (0, Action::Allow as u8)
+    } else {
+        (rule_id, action)
+    };
     let look = content != Content::Known;
     if !first_level {
         // What this level runs, for the agent to open and the reviewer to see; the request

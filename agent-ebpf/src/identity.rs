@@ -42,7 +42,7 @@ fn ctime_of(inode: *const u8) -> u64 {
 
 /// Reads a pointer-sized field; null when unreadable.
 #[inline(always)]
-fn ptr_at(base: *const u8, off: usize) -> *const u8 {
+pub fn ptr_at(base: *const u8, off: usize) -> *const u8 {
     if base.is_null() {
         return core::ptr::null();
     }
@@ -55,7 +55,7 @@ fn ptr_at(base: *const u8, off: usize) -> *const u8 {
 
 /// Identity of a `struct file *`.
 #[inline(always)]
-fn of_file(file: *const u8, o: &FileOffsets) -> FileId {
+pub fn of_file(file: *const u8, o: &FileOffsets) -> FileId {
     let inode = ptr_at(file, o.file_inode);
     let sb = ptr_at(inode, o.inode_sb);
     if sb.is_null() {

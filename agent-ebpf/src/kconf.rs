@@ -110,6 +110,26 @@ static TASK_MM_OFF: u32 = 0;
 #[unsafe(no_mangle)]
 static MM_EXE_FILE_OFF: u32 = 0;
 
+/// `struct mm_struct`.`arg_start`: 0 while the kernel builds a new image (set once its
+/// argument area is laid out, after the program and its ELF interpreter are mapped).
+#[unsafe(no_mangle)]
+static MM_ARG_START_OFF: u32 = 0;
+
+/// `struct vm_area_struct`.`vm_file`.
+#[unsafe(no_mangle)]
+static VMA_FILE_OFF: u32 = 0;
+
+/// `struct task_struct`.`files`, `struct files_struct`.`fdt`, `struct fdtable`.`fd` and
+/// `.max_fds`: the file behind a descriptor.
+#[unsafe(no_mangle)]
+static TASK_FILES_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static FILES_FDT_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static FDT_FD_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static FDT_MAX_FDS_OFF: u32 = 0;
+
 /// Offsets for reading a file's identity.
 #[derive(Clone, Copy)]
 pub struct FileOffsets {
@@ -120,6 +140,12 @@ pub struct FileOffsets {
     pub sb_dev: usize,
     pub task_mm: usize,
     pub mm_exe_file: usize,
+    pub mm_arg_start: usize,
+    pub vma_file: usize,
+    pub task_files: usize,
+    pub files_fdt: usize,
+    pub fdt_fd: usize,
+    pub fdt_max_fds: usize,
 }
 
 /// The offsets, or `None` where this kernel's BTF did not give them all.
@@ -136,6 +162,12 @@ pub fn file_offsets() -> Option<FileOffsets> {
         sb_dev: read(&SB_DEV_OFF) as usize,
         task_mm: read(&TASK_MM_OFF) as usize,
         mm_exe_file: read(&MM_EXE_FILE_OFF) as usize,
+        mm_arg_start: read(&MM_ARG_START_OFF) as usize,
+        vma_file: read(&VMA_FILE_OFF) as usize,
+        task_files: read(&TASK_FILES_OFF) as usize,
+        files_fdt: read(&FILES_FDT_OFF) as usize,
+        fdt_fd: read(&FDT_FD_OFF) as usize,
+        fdt_max_fds: read(&FDT_MAX_FDS_OFF) as usize,
     })
 }
 

@@ -31,6 +31,12 @@
 //!   chain once the execve has returned.
 //! - `fork`, `moved`: `sched:sched_process_fork` and `cgroup:cgroup_attach_task`; keep the
 //!   lineage by which a task that leaves a watched cgroup stays watched.
+//! - `map_lsm`, `mprotect_lsm` (LSM backend: `mmap_file`, `file_mprotect`) and `map_tp`
+//!   (tracepoint backend: `syscalls:sys_enter_mmap`): a program a rule refuses or holds, mapped
+//!   for execution without an exec (the dynamic loader run as a program), is refused, or its
+//!   task ended.
+//! - `socket_lsm` (LSM backend: `socket_create`) and `socket_tp` (tracepoint backend:
+//!   `syscalls:sys_enter_socket`): no `AF_PACKET` socket for a watched task.
 //! - `probe_lsm`: attached for a moment at start-up to learn whether BPF LSM programs really
 //!   run here (they load and attach even where `bpf` is missing from `lsm=`, and then never run).
 #![no_std]
@@ -44,6 +50,8 @@ mod exec;
 mod identity;
 mod kconf;
 mod lineage;
+mod link_layer;
+mod mapped;
 mod maps;
 mod net;
 mod packet;
@@ -94,6 +102,7 @@ pub fn gate(_ctx: RawTracePointContext) -> i32 {
 pub fn exit(_ctx: TracePointContext) -> u32 {
     pause::on_exit();
     lineage::on_exit();
+    exec::args_done();
     0
 }
 
@@ -103,6 +112,7 @@ pub fn exit(_ctx: TracePointContext) -> u32 {
 pub fn execd(ctx: TracePointContext) -> u32 {
     if let Some(old) = lineage::on_exec(&ctx) {
         exec::chain_done(old);
+        exec::args_after_exec(&ctx, old);
     }
     0
 }
@@ -159,6 +169,44 @@ pub fn bpf_guard(_ctx: LsmContext) -> i32 {
         counters::bump(counters::Counter::BpfRefused);
         return -1;
     }
+    0
+}
+
+/// LSM backend: `mmap_file(file, reqprot, prot, flags)`.
+#[lsm(hook = "mmap_file")]
+pub fn map_lsm(ctx: LsmContext) -> i32 {
+    let (file, prot): (*const u8, u64) = (ctx.arg(0), ctx.arg(2));
+    mapped::lsm_verdict(file, prot)
+}
+
+/// LSM backend: `file_mprotect(vma, reqprot, prot)`.
+#[lsm(hook = "file_mprotect")]
+pub fn mprotect_lsm(ctx: LsmContext) -> i32 {
+    let (vma, prot): (*const u8, u64) = (ctx.arg(0), ctx.arg(2));
+    mapped::lsm_verdict(mapped::vma_file(vma), prot)
+}
+
+/// LSM backend: `socket_create(family, type, protocol, kern)`.
+#[lsm(hook = "socket_create")]
+pub fn socket_lsm(ctx: LsmContext) -> i32 {
+    let (family, kern): (i32, i32) = (ctx.arg(0), ctx.arg(3));
+    if link_layer::refused(family, kern) {
+        return -1;
+    }
+    0
+}
+
+/// Tracepoint backend: `syscalls:sys_enter_socket`.
+#[tracepoint]
+pub fn socket_tp(ctx: TracePointContext) -> u32 {
+    link_layer::on_socket_enter(&ctx);
+    0
+}
+
+/// Tracepoint backend: `syscalls:sys_enter_mmap`.
+#[tracepoint]
+pub fn map_tp(ctx: TracePointContext) -> u32 {
+    mapped::on_mmap_enter(&ctx);
     0
 }
 

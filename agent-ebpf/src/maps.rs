@@ -42,6 +42,10 @@ pub static CONTENT: LruHashMap<ExecFileKey, ContentVerdict> =
 
 /// IPv4 destination rules per workload; the value lists port/protocol clauses, most specific
 /// first, inherited from shorter prefixes by the agent's rule compiler.
+/// See [`agent_common::maps::ARGS_DUE`].
+#[map(name = "ARGS_DUE")]
+pub static ARGS_DUE: HashMap<u32, u8> = HashMap::with_max_entries(16_384, 0);
+
 #[map(name = "NET4_RULES")]
 pub static NET4_RULES: LpmTrie<Net4Data, PortRules> = LpmTrie::pinned(262_144, 0);
 

@@ -679,7 +679,13 @@ impl Link {
             .rules
             .iter()
             .map(|r| {
+                let refuses = r.action == policy::Action::Deny || r.action == policy::Action::Approve;
                 let (enforcement, message) = match (&r.matcher, self.settings.backend) {
+                    // The arguments exist only after the exec, on every backend.
+                    (policy::Matcher::Exec { args: Some(_), .. }, _) if refuses => (
+                        RuleEnforcement::Enforced,
+                        "decided on its arguments once the new image is in place: a refused invocation is killed (SIGKILL) before its first instruction".to_string(),
+                    ),
                     (policy::Matcher::Exec { .. }, Backend::Tracepoint) if r.action == policy::Action::Deny || r.action == policy::Action::Approve => (
                         RuleEnforcement::Degraded,
                         "no BPF LSM: a refused program is killed (SIGKILL) before its first instruction instead of execve failing with EPERM".to_string(),

@@ -84,7 +84,8 @@ impl Policy {
             source_name: source.to_string(),
             error,
         })?;
-        compiled.exec_files = programs::resolve(&rules, &compiled, &programs::HostFiles::now());
+        (compiled.exec_files, compiled.exec_file_paths) =
+            programs::resolve_with_paths(&rules, &compiled, &programs::HostFiles::now());
         let globs = rules
             .workloads
             .iter()
@@ -521,12 +522,14 @@ impl State {
             }));
         }
         let Some(p) = self.policy.clone() else { return };
-        let files = programs::resolve(&p.rules, &p.compiled, &programs::HostFiles::now());
-        if files == p.compiled.exec_files {
+        let (files, paths) =
+            programs::resolve_with_paths(&p.rules, &p.compiled, &programs::HostFiles::now());
+        if files == p.compiled.exec_files && paths == p.compiled.exec_file_paths {
             return;
         }
         let mut compiled = p.compiled.clone();
         compiled.exec_files = files;
+        compiled.exec_file_paths = paths;
         match self.engine.apply(&compiled, Some(&p.compiled)) {
             Ok(()) => {
                 tracing::info!(
@@ -682,13 +685,27 @@ impl State {
         };
         // The name asked for (when the kernel looked it up as written), the real path, the
         // file's identity and its content: the strictest applies, as in the kernel.
+        let for_args = ev.rule_id == agent_common::ARGS_RULE;
         let asked = ev
             .path
             .clone()
-            .filter(|p| ev.content && !ev.interp && p.starts_with('/'));
+            .filter(|p| (ev.content || for_args) && !ev.interp && p.starts_with('/'));
+        // After the exec the arguments are the new image's, which nothing changes while it is
+        // stopped; before it (LSM), they are not known yet, and every rule with `args` counts.
+        let argv = if ev.before_exec {
+            None
+        } else {
+            match programs::argv::read(ev.tgid) {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    tracing::warn!(request = %id, "held exec decided as if every argument rule matched: {e}");
+                    None
+                }
+            }
+        };
         let (rule_id, action) = policy
             .as_deref()
-            .map(|p| by_rules(p, &ev, &real, asked.as_deref(), by_content))
+            .map(|p| by_rules(p, &ev, &real, asked.as_deref(), by_content, argv.as_deref()))
             .unwrap_or((0, agent_common::Action::Deny));
         let decision = match action {
             agent_common::Action::Allow | agent_common::Action::Audit => Decision::Allow,
@@ -698,6 +715,16 @@ impl State {
                 let n = real.len().min(agent_common::PATH_CAP - 1);
                 buf[..n].copy_from_slice(&real.as_bytes()[..n]);
                 let target = agent_common::fingerprint::path(&buf, n);
+                if self.granted_args(&ev, policy.as_deref(), rule_id, target) {
+                    tracing::info!(request = %id, path = %real, rule = rule_id, "held exec allowed by a grant");
+                    self.apply_resolved(id, Decision::Allow);
+                    ev.outcome = agent_common::Outcome::Granted;
+                    ev.request = None;
+                    ev.rule_id = rule_id;
+                    ev.target = target;
+                    ev.path = Some(real);
+                    return Some(ev);
+                }
                 if let Err(e) = self.engine.retarget(id, rule_id, target) {
                     tracing::error!(request = %id, "cannot retarget a resolved exec: {e}");
                     return None;
@@ -713,6 +740,43 @@ impl State {
         tracing::info!(request = %id, path = %real, ?decision, sha256 = ev.program.as_ref().map(|p| p.sha256.as_str()), "held exec resolved");
         self.apply_resolved(id, decision);
         None
+    }
+
+    /// Whether a grant covers an exec that a rule with `args` holds for approval: the kernel
+    /// never looks grants up under such a rule (it holds every exec of the program), so the
+    /// agent does, for the same rule and program, narrowest scope first, and takes a use.
+    fn granted_args(
+        &mut self,
+        ev: &KernelEvent,
+        policy: Option<&Policy>,
+        rule_id: u32,
+        target: u64,
+    ) -> bool {
+        let by_args = policy
+            .and_then(|p| p.rules.rule(rule_id))
+            .is_some_and(|r| matches!(r.matcher, policy::Matcher::Exec { args: Some(_), .. }));
+        if !by_args {
+            return false;
+        }
+        let key = |scope: u8, subject: u64| agent_common::GrantKey {
+            scope,
+            _pad: [0; 3],
+            rule_id,
+            subject,
+            target,
+        };
+        let keys = [
+            key(agent_common::scope::PROCESS, ev.tgid as u64),
+            key(agent_common::scope::WORKLOAD, ev.workload as u64),
+            key(agent_common::scope::HOST, 0),
+        ];
+        match self.engine.use_grant(&keys) {
+            Ok(found) => found.is_some(),
+            Err(e) => {
+                tracing::error!("cannot look up grants for a held exec (asking a reviewer): {e}");
+                false
+            }
+        }
     }
 
     fn apply_resolved(&mut self, id: RequestId, decision: Decision) {
@@ -853,8 +917,9 @@ impl State {
             if op.state != "waiting" || self.opened.contains_key(&op.id) {
                 continue;
             }
-            if op.rule_id == agent_common::RESOLVE_RULE && held_for(op.id) < RESOLVING.as_secs_f64()
-            {
+            let resolving =
+                op.rule_id == agent_common::RESOLVE_RULE || op.rule_id == agent_common::ARGS_RULE;
+            if resolving && held_for(op.id) < RESOLVING.as_secs_f64() {
                 // Being resolved (hashed, perhaps) by the event's own path: not a request yet.
                 continue;
             }
@@ -1220,12 +1285,14 @@ pub type Inspection = Result<programs::content::Inspected, programs::content::Co
 
 /// The strictest of what the rules say about a resolved exec: its real path, the name asked
 /// for, the file's identity, its content; the workload's default when no path rule names it.
+/// Rules with `args` count only where `args` match (all of them where `args` is `None`).
 fn by_rules(
     p: &Policy,
     ev: &KernelEvent,
     real: &str,
     asked: Option<&str>,
     by_content: Option<(u32, agent_common::Action)>,
+    args: rules::Args<'_>,
 ) -> (u32, agent_common::Action) {
     let decode = |a: u8| agent_common::Action::from_u8(a).unwrap_or(agent_common::Action::Deny);
     let default = p
@@ -1238,16 +1305,24 @@ fn by_rules(
     let by_path = [Some(real), asked]
         .into_iter()
         .flatten()
-        .filter_map(|path| rules::match_exec(&p.compiled, ev.workload, path))
+        .filter_map(|path| rules::exec_verdict(&p.compiled, ev.workload, path, args))
         .max_by_key(|r| r.action)
         .map(|r| (r.rule_id, decode(r.action)))
         .unwrap_or((0, default));
     let by_file = ev.file.and_then(|f| {
-        p.compiled
+        let (key, r) = p
+            .compiled
             .exec_files
             .iter()
-            .find(|(k, _)| k.workload == ev.workload && k.dev == f.dev && k.ino == f.ino)
-            .map(|(_, r)| (r.rule_id, decode(r.action)))
+            .find(|(k, _)| k.workload == ev.workload && k.dev == f.dev && k.ino == f.ino)?;
+        let r = if r.rule_id == agent_common::ARGS_RULE {
+            // Decided by the rules of the path the entry was resolved from.
+            let path = p.compiled.exec_file_paths.get(key)?;
+            rules::exec_verdict(&p.compiled, ev.workload, path, args)?
+        } else {
+            *r
+        };
+        Some((r.rule_id, decode(r.action)))
     });
     [by_file, by_content]
         .into_iter()
@@ -1305,6 +1380,8 @@ fn recovered_event(op: &PendingOp) -> Option<KernelEvent> {
         interp: false,
         content: false,
         program: None,
+        mapped: false,
+        packet_socket: false,
     })
 }
 
@@ -1356,6 +1433,10 @@ pub fn counter_name(slot: u32) -> Option<&'static str> {
         (Counter::LineageFull, "lineage_full"),
         (Counter::ExecSwapped, "exec_swapped"),
         (Counter::ContentHeld, "content_held"),
+        (Counter::ArgsHeld, "args_held"),
+        (Counter::ArgsLost, "args_lost"),
+        (Counter::MapRefused, "map_refused"),
+        (Counter::PacketSocketRefused, "packet_socket_refused"),
     ];
     NAMES
         .iter()

@@ -97,6 +97,13 @@ pub struct KernelEvent {
     /// What the agent found hashing the file, once it has.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub program: Option<crate::programs::content::Program>,
+    /// A program mapped for execution without an exec (the dynamic loader run as a program),
+    /// refused: no path, the file is `file`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mapped: bool,
+    /// An `AF_PACKET` socket the task tried to create, refused.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub packet_socket: bool,
 }
 
 /// A file's identity as the kernel saw it.
@@ -168,8 +175,9 @@ impl KernelEvent {
                 Some(SocketAddr::new(IpAddr::V4(a), e.port))
             }
             (_, family::INET6) => Some(SocketAddr::new(IpAddr::V6(Ipv6Addr::from(e.addr)), e.port)),
-            // Cancellations carry no destination.
+            // Cancellations carry no destination, nor do refused link-layer sockets.
             (_, 0) if outcome == Outcome::Cancelled => None,
+            (_, family::PACKET) => None,
             (_, f) => return Err(DecodeError::Family(f)),
         };
         let path = (op == Op::Exec && e.path[0] != 0).then(|| c_string(&e.path[..PATH_CAP]));
@@ -214,6 +222,8 @@ impl KernelEvent {
                 .filter(|f| f.ino != 0),
             interp: e.flags & event_flags::INTERP != 0,
             content: e.flags & event_flags::CONTENT != 0,
+            mapped: e.flags & event_flags::MAPPED != 0,
+            packet_socket: e.flags & event_flags::PACKET_SOCKET != 0,
             program: None,
         })
     }

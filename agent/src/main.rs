@@ -631,7 +631,8 @@ async fn run(settings: Settings, rules: Option<PathBuf>) -> anyhow::Result<()> {
                             latch_agent::events::op_name(ev.op),
                             serde_json::to_value(&ev).unwrap_or_default(),
                         );
-                        if ev.rule_id == agent_common::RESOLVE_RULE
+                        if (ev.rule_id == agent_common::RESOLVE_RULE
+                            || ev.rule_id == agent_common::ARGS_RULE)
                             && ev.outcome == agent_common::Outcome::Paused
                         {
                             if ev.content {

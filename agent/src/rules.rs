@@ -5,16 +5,18 @@
 //! and those inherited from the shorter prefixes that contain it, sorted most specific first
 //! (longer prefix, then narrower port range, then a named protocol, then the stricter action).
 //! Exec paths: an exact path beats a prefix; between two rules naming the same path or prefix,
-//! the stricter action wins.
+//! the stricter action wins. A path that rules with `args` name gets [`ARGS_RULE`] (held after
+//! the exec for the agent to read the arguments) unless a rule denies it outright; the agent
+//! then decides with [`exec_verdict`].
 
 use std::collections::{BTreeMap, HashMap};
 
 use agent_common::{
     proto, ExecExactKey, ExecFileKey, ExecPrefixData, Net4Data, Net6Data, PortRule, PortRules,
-    RuleRef, PATH_CAP, PORT_RULES_CAP,
+    RuleRef, ARGS_RULE, PATH_CAP, PORT_RULES_CAP,
 };
 use ipnet::IpNet;
-use policy::{Matcher, PathPattern, Protocol, RuleSet};
+use policy::{ArgsMatch, Matcher, PathPattern, Protocol, RuleSet};
 
 /// A rule set the kernel maps can hold, or why not.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -50,6 +52,89 @@ pub struct Compiled {
     pub net4: Vec<(u32, Net4Data, PortRules)>,
     /// `NET6_RULES` entries.
     pub net6: Vec<(u32, Net6Data, PortRules)>,
+    /// What the rules say at each exec path or prefix a rule with `args` names, for the agent's
+    /// decision once the arguments are known (the kernel only holds such an exec).
+    pub exec_args: BTreeMap<(u32, PathPattern), ArgsKey>,
+    /// The real path each `EXEC_FILES` entry was resolved from (by [`crate::programs::resolve`]).
+    pub exec_file_paths: HashMap<ExecFileKey, String>,
+}
+
+/// The rules at one exec path or prefix that has rules with `args`.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ArgsKey {
+    /// The strictest rule without `args`, if any.
+    pub base: Option<RuleRef>,
+    /// The rules with `args`.
+    pub args: Vec<(RuleRef, ArgsMatch)>,
+}
+
+/// How strict a kernel entry is: deny, then an exec held for its arguments, then approve, audit,
+/// allow.
+pub fn strictness(r: &RuleRef) -> (u8, bool) {
+    (r.action, r.rule_id == ARGS_RULE)
+}
+
+/// An exec's arguments, `argv[1..]`, as the agent read them; `None` when they are not known
+/// (the exec is held before it happened), which counts every rule with `args` as matching.
+pub type Args<'a> = Option<&'a [Vec<u8>]>;
+
+/// What the rules say about an exec of `path` by `workload` with `args`: the exact path's rules,
+/// else the longest prefix's. At a path or prefix with rules that have `args`, those whose
+/// arguments do not match are left out, and when none is left there the next shorter prefix
+/// decides. `None`: no rule names the path (the workload's default applies).
+pub fn exec_verdict(c: &Compiled, workload: u32, path: &str, args: Args<'_>) -> Option<RuleRef> {
+    let exact = PathPattern::Exact(path.to_owned());
+    if let Some(k) = c.exec_args.get(&(workload, exact)) {
+        if let Some(r) = k.decide(args) {
+            return Some(r);
+        }
+    } else if let Some(r) = exact_entry(c, workload, path) {
+        return Some(r);
+    }
+    // Prefixes that contain the path, longest first: the kernel's entries and those with args.
+    let mut prefixes: Vec<(usize, Option<RuleRef>)> = Vec::new();
+    let wbe = workload.to_be_bytes();
+    let bytes = path.as_bytes();
+    for (bits, d, v) in &c.exec_prefix {
+        let n = (*bits as usize / 8).saturating_sub(4);
+        if d.workload_be == wbe && n <= bytes.len() && d.path[..n] == bytes[..n] {
+            let p = String::from_utf8_lossy(&d.path[..n]).into_owned();
+            let decided = match c.exec_args.get(&(workload, PathPattern::Prefix(p))) {
+                Some(k) => k.decide(args),
+                None => Some(*v),
+            };
+            prefixes.push((n, decided));
+        }
+    }
+    prefixes.sort_by_key(|(n, _)| std::cmp::Reverse(*n));
+    prefixes.into_iter().find_map(|(_, d)| d)
+}
+
+impl ArgsKey {
+    /// The strictest of the rule without `args` and the rules whose `args` match.
+    fn decide(&self, args: Args<'_>) -> Option<RuleRef> {
+        self.base
+            .into_iter()
+            .chain(
+                self.args
+                    .iter()
+                    .filter(|(_, m)| args.is_none_or(|a| m.matches(a)))
+                    .map(|(r, _)| *r),
+            )
+            .max_by_key(|r| r.action)
+    }
+}
+
+fn exact_entry(c: &Compiled, workload: u32, path: &str) -> Option<RuleRef> {
+    let bytes = path.as_bytes();
+    c.exec_exact
+        .iter()
+        .find(|(k, _)| {
+            k.workload == workload
+                && k.len as usize == bytes.len()
+                && &k.path[..bytes.len()] == bytes
+        })
+        .map(|(_, v)| *v)
 }
 
 impl Compiled {
@@ -172,19 +257,10 @@ pub fn with_path_aliases(rules: &RuleSet, fs: &dyn PathAliases) -> RuleSet {
 /// What the kernel's exec maps say about `path` for `workload`: the exact entry, else the
 /// longest prefix. The agent uses it for execs the kernel could not match by itself.
 pub fn match_exec(c: &Compiled, workload: u32, path: &str) -> Option<RuleRef> {
-    let bytes = path.as_bytes();
-    let exact = c
-        .exec_exact
-        .iter()
-        .find(|(k, _)| {
-            k.workload == workload
-                && k.len as usize == bytes.len()
-                && &k.path[..bytes.len()] == bytes
-        })
-        .map(|(_, v)| *v);
-    if exact.is_some() {
-        return exact;
+    if let Some(r) = exact_entry(c, workload, path) {
+        return Some(r);
     }
+    let bytes = path.as_bytes();
     let wbe = workload.to_be_bytes();
     c.exec_prefix
         .iter()
@@ -239,11 +315,25 @@ pub fn compile(rules: &RuleSet) -> Result<Compiled, CompileError> {
         let rref = RuleRef {
             rule_id: r.id,
             action,
-            _pad: [0; 3],
+            flags: 0,
+            _pad: [0; 2],
         };
         match &r.matcher {
-            Matcher::Exec { paths, .. } => {
+            Matcher::Exec { paths, args, .. } => {
                 for p in paths {
+                    let kernel = match args {
+                        Some(m) => {
+                            let key = out.exec_args.entry((r.workload_id, p.clone()));
+                            key.or_default().args.push((rref, m.clone()));
+                            RuleRef {
+                                rule_id: ARGS_RULE,
+                                action: agent_common::Action::Approve as u8,
+                                flags: 0,
+                                _pad: [0; 2],
+                            }
+                        }
+                        None => rref,
+                    };
                     let (table, path) = match p {
                         PathPattern::Exact(s) => (&mut exact, s),
                         PathPattern::Prefix(s) => (&mut prefix, s),
@@ -251,11 +341,11 @@ pub fn compile(rules: &RuleSet) -> Result<Compiled, CompileError> {
                     table
                         .entry((r.workload_id, path.clone()))
                         .and_modify(|cur| {
-                            if rref.action > cur.action {
-                                *cur = rref;
+                            if strictness(&kernel) > strictness(cur) {
+                                *cur = kernel;
                             }
                         })
-                        .or_insert(rref);
+                        .or_insert(kernel);
                 }
             }
             Matcher::Connect {
@@ -289,6 +379,29 @@ pub fn compile(rules: &RuleSet) -> Result<Compiled, CompileError> {
                             rule_id: r.id,
                         });
                     }
+                }
+            }
+        }
+    }
+
+    // The rules without `args` at each path or prefix that also has rules with them.
+    for r in &rules.rules {
+        let Matcher::Exec {
+            paths, args: None, ..
+        } = &r.matcher
+        else {
+            continue;
+        };
+        let rref = RuleRef {
+            rule_id: r.id,
+            action: kernel_action(r.action) as u8,
+            flags: 0,
+            _pad: [0; 2],
+        };
+        for p in paths {
+            if let Some(k) = out.exec_args.get_mut(&(r.workload_id, p.clone())) {
+                if k.base.is_none_or(|b| rref.action > b.action) {
+                    k.base = Some(rref);
                 }
             }
         }
@@ -591,5 +704,95 @@ mod tests {
         let c = compile(&rs).expect("compiles");
         assert_eq!(c.net6.len(), 1);
         assert_eq!(c.net6[0].0, 32 + 128);
+    }
+
+    #[test]
+    fn argument_rules_hold_in_the_kernel_and_decide_in_the_agent() {
+        let rs = rules(&format!(
+            "{BASE}  - {{name: kube-approve, workload: w, on: exec, paths: [/usr/bin/kubectl], args: {{any: [delete, drain, scale]}}, action: approve}}
+  - {{name: kube-prod-deny, workload: w, on: exec, paths: [/usr/bin/kubectl], args: {{all: ['delete', '--context=prod*']}}, action: deny}}
+  - {{name: kube-audit, workload: w, on: exec, paths: [/usr/bin/kubectl], action: audit}}
+  - {{name: bin-approve, workload: w, on: exec, paths: ['/usr/bin/*'], action: approve}}
+  - {{name: aws-cp, workload: w, on: exec, paths: ['/opt/aws/*'], args: {{any: ['s3 cp']}}, action: approve}}
+  - {{name: rm-deny, workload: w, on: exec, paths: [/usr/bin/rm], action: deny}}
+  - {{name: rm-args, workload: w, on: exec, paths: [/usr/bin/rm], args: {{any: ['-rf']}}, action: approve}}
+"
+        ));
+        let c = compile(&rs).expect("compiles");
+        let w = rs.rules[0].workload_id;
+        let id = |name: &str| rs.rules.iter().find(|r| r.name == name).expect(name).id;
+        // The kernel: a path with rules with `args` is held for them, unless denied outright.
+        let kernel = |path: &str| match_exec(&c, w, path).map(|r| (r.rule_id, r.action));
+        assert_eq!(
+            kernel("/usr/bin/kubectl"),
+            Some((ARGS_RULE, Action::Approve as u8))
+        );
+        assert_eq!(
+            kernel("/opt/aws/bin/aws"),
+            Some((ARGS_RULE, Action::Approve as u8))
+        );
+        assert_eq!(
+            kernel("/usr/bin/rm"),
+            Some((id("rm-deny"), Action::Deny as u8))
+        );
+        assert_eq!(
+            kernel("/usr/bin/ls"),
+            Some((id("bin-approve"), Action::Approve as u8))
+        );
+
+        // The agent, with the arguments the program received.
+        let words = |a: &[&str]| a.iter().map(|w| w.as_bytes().to_vec()).collect::<Vec<_>>();
+        // (program, its arguments if known, the rule and action expected)
+        type Case<'a> = (&'a str, Option<&'a [&'a str]>, Option<(&'a str, Action)>);
+        let cases: &[Case] = &[
+            (
+                "/usr/bin/kubectl",
+                Some(&["get", "pods"]),
+                Some(("kube-audit", Action::Audit)),
+            ),
+            (
+                "/usr/bin/kubectl",
+                Some(&["delete", "pod", "x"]),
+                Some(("kube-approve", Action::Approve)),
+            ),
+            (
+                "/usr/bin/kubectl",
+                Some(&["--context=prod-eu", "delete", "ns"]),
+                Some(("kube-prod-deny", Action::Deny)),
+            ),
+            (
+                "/usr/bin/kubectl",
+                Some(&["scale", "--context=prod"]),
+                Some(("kube-approve", Action::Approve)),
+            ),
+            // Not known (held before the exec): every rule with `args` counts.
+            (
+                "/usr/bin/kubectl",
+                None,
+                Some(("kube-prod-deny", Action::Deny)),
+            ),
+            // No args rule matches at the prefix, and no rule without args: the next shorter
+            // prefix decides.
+            ("/opt/aws/bin/aws", Some(&["s3", "ls"]), None),
+            (
+                "/opt/aws/bin/aws",
+                Some(&["--region", "x", "s3", "cp", "a", "b"]),
+                Some(("aws-cp", Action::Approve)),
+            ),
+            ("/opt/aws/bin/aws", Some(&["s3", "x", "cp"]), None),
+            ("/usr/bin/rm", Some(&["x"]), Some(("rm-deny", Action::Deny))),
+            (
+                "/usr/bin/ls",
+                Some(&["delete"]),
+                Some(("bin-approve", Action::Approve)),
+            ),
+            ("/home/x/kubectl", Some(&["delete"]), None),
+        ];
+        for &(path, args, want) in cases {
+            let a = args.map(words);
+            let got = exec_verdict(&c, w, path, a.as_deref()).map(|r| (r.rule_id, r.action));
+            let want = want.map(|(n, act)| (id(n), act as u8));
+            assert_eq!(got, want, "{path} {args:?}");
+        }
     }
 }

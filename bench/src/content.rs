@@ -55,16 +55,16 @@ fn release_held(engine: &mut Engine, ring: &mut RingBuf<MapData>, known: &Known)
     Ok(n)
 }
 
-/// Waits for `child` while releasing what the kernel holds for it.
+/// Waits for `child` while `release` lets go of what the kernel holds for it.
 fn run_releasing(
     engine: &mut Engine,
     ring: &mut RingBuf<MapData>,
-    known: &Known,
     child: &mut std::process::Child,
+    mut release: impl FnMut(&mut Engine, &mut RingBuf<MapData>) -> Result<usize>,
 ) -> Result<std::process::ExitStatus> {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        release_held(engine, ring, known)?;
+        release(engine, ring)?;
         if let Some(st) = child.try_wait()? {
             return Ok(st);
         }
@@ -72,6 +72,40 @@ fn run_releasing(
             bail!("pid {} never finished", child.id());
         }
         std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+/// The exec worker (fork+exec of `/bin/true` in a loop) in a watched cgroup.
+pub(crate) struct ExecWorker<'a> {
+    pub cg: &'a Path,
+    pub addr: std::net::SocketAddr,
+    pub batch: usize,
+    pub batches: usize,
+}
+
+impl ExecWorker<'_> {
+    /// Runs the worker while `release` lets go of what the kernel holds; its ns per exec.
+    pub(crate) fn run_releasing(
+        &self,
+        engine: &mut Engine,
+        ring: &mut RingBuf<MapData>,
+        release: impl FnMut(&mut Engine, &mut RingBuf<MapData>) -> Result<usize>,
+    ) -> Result<f64> {
+        let args = worker_args("exec", self.addr, self.batch, self.batches);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut w = Worker::start(self.cg, &args)?;
+        let mut child = w.0.take().context("worker")?;
+        let st = run_releasing(engine, ring, &mut child, release)?;
+        let mut out = String::new();
+        if let Some(mut so) = child.stdout.take() {
+            use std::io::Read;
+            so.read_to_string(&mut out)?;
+        }
+        if !st.success() {
+            bail!("exec worker failed: {st}");
+        }
+        let v: serde_json::Value = serde_json::from_str(&out).context("worker output")?;
+        v["ns_per_call"].as_f64().context("ns_per_call")
     }
 }
 
@@ -99,7 +133,9 @@ fn first_exec(
     let t = Instant::now();
     let mut child = spawn_in(cg, program, &[]);
     let st = match (ring, setup.engine.as_mut()) {
-        (Some(ring), Some(engine)) => run_releasing(engine, ring, known, &mut child)?,
+        (Some(ring), Some(engine)) => {
+            run_releasing(engine, ring, &mut child, |e, r| release_held(e, r, known))?
+        }
         _ => child.wait()?,
     };
     if !st.success() {
@@ -139,21 +175,13 @@ pub(crate) fn rows(
         let mut ring = engine.take_events().context("event ring")?;
         // The worker's own exec and its first /bin/true are held and hashed once, in the
         // warm-up batch; every measured exec finds the verdict cached.
-        let args = worker_args("exec", addr, batch, batches);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let mut w = Worker::start(&cg, &args)?;
-        let mut child = w.0.take().context("worker")?;
-        let st = run_releasing(engine, &mut ring, &known, &mut child)?;
-        let mut out = String::new();
-        if let Some(mut so) = child.stdout.take() {
-            use std::io::Read;
-            so.read_to_string(&mut out)?;
-        }
-        if !st.success() {
-            bail!("exec worker failed: {st}");
-        }
-        let v: serde_json::Value = serde_json::from_str(&out).context("worker output")?;
-        cached.push(v["ns_per_call"].as_f64().context("ns_per_call")?);
+        let w = ExecWorker {
+            cg: &cg,
+            addr,
+            batch,
+            batches,
+        };
+        cached.push(w.run_releasing(engine, &mut ring, |e, r| release_held(e, r, &known))?);
         for _ in 0..per_round {
             let p = copies.next().context("copies")?;
             new_held.push(first_exec(setup, Some(&mut ring), &known, &cg, &p)?);

@@ -19,6 +19,7 @@
 //! Results: tables on stdout, `target/bench/results.json`, `target/bench/overhead.svg` and
 //! `target/bench/round-trip.svg`.
 
+mod args;
 mod audit_chain;
 mod central_process;
 mod content;
@@ -183,6 +184,9 @@ enum Section {
     /// Exec in a workload that decides programs by content: a cached verdict, and a new
     /// program hashed before it runs.
     Content,
+    /// Exec of a program that rules with `args` name: held after the exec, its arguments read
+    /// and decided, released.
+    Args,
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -318,6 +322,12 @@ impl Setup {
 
     /// As [`Setup::load`], with the watched cgroup's [`agent_common::watch_flags`].
     fn load_with(&mut self, extra_rules: usize, flags: u8) -> Result<()> {
+        let text = rules_text(&self.cgroup.rel, extra_rules);
+        self.load_text(&text, flags).map(|_| ())
+    }
+
+    /// Loads the engine (once) and puts `text`'s rules in force; returns what was compiled.
+    fn load_text(&mut self, text: &str, flags: u8) -> Result<rules::Compiled> {
         if self.engine.is_none() {
             let e = Engine::load(EngineOptions {
                 pin_dir: self.pin_dir.clone(),
@@ -328,8 +338,7 @@ impl Setup {
             })?;
             self.engine = Some(e);
         }
-        let text = rules_text(&self.cgroup.rel, extra_rules);
-        let rs = policy::RuleSet::parse("bench.yaml", &text)?;
+        let rs = policy::RuleSet::parse("bench.yaml", text)?;
         let compiled = rules::compile(&rs)?;
         let engine = self.engine.as_mut().context("engine")?;
         engine.apply(&compiled, None)?;
@@ -342,7 +351,7 @@ impl Setup {
         for m in cgroups::scan(&root, &globs) {
             engine.watch(m.id, m.watch())?;
         }
-        Ok(())
+        Ok(compiled)
     }
 
     fn unload(&mut self) -> Result<()> {
@@ -513,6 +522,12 @@ fn run(quick: bool, full: bool, only: &[Section], out_dir: &Path) -> Result<()> 
         match content::rows(&mut setup, rounds, (batch_e, batches_e)) {
             Ok(rows) => results.overhead.extend(rows),
             Err(e) => results.errors.push(format!("content: {e:#}")),
+        }
+    }
+    if wants(Section::Args) {
+        match args::rows(&mut setup, rounds, (batch_e, batches_e)) {
+            Ok(rows) => results.overhead.extend(rows),
+            Err(e) => results.errors.push(format!("args: {e:#}")),
         }
     }
     if wants(Section::Events) {

@@ -28,7 +28,10 @@ use std::{collections::HashMap, fmt, net::IpAddr, str::FromStr, time::Duration};
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+pub mod args;
 mod raw;
+
+pub use args::{ArgSeq, ArgsMatch};
 
 /// Longest executable path a rule may name, in bytes (the kernel keys hold 248 with the NUL).
 pub const MAX_PATH_LEN: usize = 247;
@@ -96,7 +99,7 @@ impl PortRange {
 }
 
 /// How an exec rule names programs.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PathPattern {
     /// This path exactly.
@@ -132,6 +135,11 @@ pub enum Matcher {
         /// escape a rule written for `/usr/bin/curl` without anyone having to list its digest.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         copies: bool,
+        /// Only invocations with these arguments: the kernel holds every exec of the program
+        /// after the new image is in place, and the agent reads the arguments the program
+        /// received before anything of it runs.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        args: Option<ArgsMatch>,
     },
 }
 

@@ -5,6 +5,7 @@ use std::collections::{HashMap, HashSet};
 use serde::Deserialize;
 
 use crate::{
+    args::{self, ArgSeq, ArgsMatch},
     name_id, parse_net, Action, Approvers, Matcher, Notify, PathPattern, PolicyError, PortRange,
     Problem, Protocol, Rule, RuleSet, Sha256, Workload, DEFAULT_TIMEOUT, MAX_NAME_LEN,
     MAX_PATH_LEN, TIMEOUT_RANGE,
@@ -63,6 +64,15 @@ struct RawNotify {
     slack: Option<String>,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawArgs {
+    #[serde(default)]
+    any: Vec<String>,
+    #[serde(default)]
+    all: Vec<String>,
+}
+
 fn one() -> u32 {
     1
 }
@@ -85,6 +95,8 @@ struct RawRule {
     sha256: Vec<String>,
     #[serde(default)]
     copies: Option<bool>,
+    #[serde(default)]
+    args: Option<RawArgs>,
     action: Action,
     #[serde(default)]
     approvers: Option<RawApprovers>,
@@ -372,6 +384,14 @@ fn connect_matcher(c: &mut Collector<'_>, r: &RawRule) -> Option<Matcher> {
         );
         ok = false;
     }
+    if r.args.is_some() {
+        c.push(
+            "rule",
+            name,
+            "`args` belongs to `on: exec` rules; a connect rule names `to`".into(),
+        );
+        ok = false;
+    }
     if r.to.is_empty() {
         c.push(
             "rule",
@@ -471,11 +491,85 @@ fn exec_matcher(c: &mut Collector<'_>, r: &RawRule) -> Option<Matcher> {
             }
         }
     }
+    let args = match &r.args {
+        Some(a) => {
+            let parsed = exec_args(c, name, a);
+            if !r.sha256.is_empty() || copies {
+                // A content verdict is cached in the kernel per file; one that depends on the
+                // arguments could not be.
+                c.push(
+                    "rule",
+                    name,
+                    "`args` with `sha256` or `copies`: arguments are matched on programs named \
+                     by `paths` only; write a separate rule for the content"
+                        .into(),
+                );
+                ok = false;
+            }
+            if r.action == Action::Allow {
+                // The strictest matching rule wins, so an allowing rule never changes a verdict.
+                c.push(
+                    "rule",
+                    name,
+                    "`args` with `action: allow` changes nothing (the strictest matching rule \
+                     wins); give the invocations to hold or refuse instead"
+                        .into(),
+                );
+                ok = false;
+            }
+            ok &= parsed.is_some();
+            parsed
+        }
+        None => None,
+    };
     ok.then_some(Matcher::Exec {
         paths,
         sha256,
         copies,
+        args,
     })
+}
+
+fn exec_args(c: &mut Collector<'_>, name: &str, a: &RawArgs) -> Option<ArgsMatch> {
+    let mut ok = true;
+    if a.any.is_empty() && a.all.is_empty() {
+        c.push(
+            "rule",
+            name,
+            "`args` names no words: give `any`, `all`, or both (or drop `args` to match every \
+             invocation)"
+                .into(),
+        );
+        return None;
+    }
+    let mut parse = |field: &str, list: &[String]| -> Vec<ArgSeq> {
+        if list.len() > args::MAX_ENTRIES {
+            c.push(
+                "rule",
+                name,
+                format!(
+                    "`args.{field}` has {} entries; at most {}",
+                    list.len(),
+                    args::MAX_ENTRIES
+                ),
+            );
+            ok = false;
+        }
+        let mut out = Vec::new();
+        for (i, e) in list.iter().enumerate() {
+            match e.parse::<ArgSeq>() {
+                Ok(s) => out.push(s),
+                Err(m) => {
+                    c.push("rule", name, format!("`args.{field}[{i}]`: {m}"));
+                    ok = false;
+                }
+            }
+        }
+        out
+    };
+    let any = parse("any", &a.any);
+    let all = parse("all", &a.all);
+    ok.then_some(ArgsMatch { any, all })
 }
 
 fn parse_port(p: &RawPort) -> Result<PortRange, String> {

@@ -352,6 +352,7 @@ fn programs_by_content_parse() {
             paths: vec![PathPattern::Exact("/usr/bin/curl".into())],
             sha256: vec![],
             copies: true,
+            args: None,
         }
     );
     // The upper- and lower-case spellings of one digest are one program, kept once.
@@ -361,6 +362,7 @@ fn programs_by_content_parse() {
             paths: vec![],
             sha256: vec![digest(CURL_SHA), digest(TOOL_SHA)],
             copies: false,
+            args: None,
         }
     );
     match &rs.rules[2].matcher {
@@ -445,6 +447,7 @@ fn rule_set_json_from_before_content_rules_still_reads() {
             ],
             sha256: vec![],
             copies: false,
+            args: None,
         }
     );
     assert!(!rs.decides_content(7));
@@ -566,4 +569,109 @@ fn connect_rules_with_copies_false_are_still_refused() {
             .contains("rule 'no-cloud-metadata': `copies` belongs to `on: exec` rules"),
         "{e}"
     );
+}
+
+#[test]
+fn argument_rules_parse_and_round_trip() {
+    let text = "workloads:\n  - name: ai-agents\n    cgroups: [\"/ai.slice/*\"]\nrules:\n\
+                \x20 - name: kubectl-changes\n    workload: ai-agents\n    on: exec\n\
+                \x20   paths: [\"/usr/bin/kubectl\"]\n\
+                \x20   args: { any: [\"delete\", \"drain\", \"scale\"], all: [\"--context=prod*\"] }\n\
+                \x20   action: approve\n";
+    let rs = RuleSet::parse("rules.yaml", text).expect("valid");
+    let Matcher::Exec { args: Some(a), .. } = &rs.rules[0].matcher else {
+        panic!("no args in {:?}", rs.rules[0].matcher);
+    };
+    assert_eq!(a.any.len(), 3);
+    assert!(a.matches(&["--context=prod-eu", "delete", "pod", "x"]));
+    assert!(!a.matches(&["--context=prod-eu", "get", "pods"]));
+    let json = serde_json::to_string(&rs).expect("serialize");
+    assert!(
+        json.contains(r#""args":{"any":["delete","drain","scale"],"all":["--context=prod*"]}"#),
+        "{json}"
+    );
+    assert_eq!(serde_json::from_str::<RuleSet>(&json).expect("back"), rs);
+    // A rule without `args` leaves it out of the document.
+    let plain = RuleSet::parse("rules.yaml", GOOD).expect("valid");
+    assert!(!serde_json::to_string(&plain)
+        .expect("json")
+        .contains("args"));
+}
+
+#[test]
+fn bad_argument_rules_are_refused() {
+    let exec = "  - name: tools\n    workload: ai-agents\n    on: exec\n";
+    let connect =
+        "  - name: egress\n    workload: ai-agents\n    on: connect\n    to: [\"10.0.0.0/8\"]\n";
+    let doc = |rule: &str, fields: &str, action: &str| {
+        format!(
+            "workloads:\n  - name: ai-agents\n    cgroups: [\"/ai.slice/*\"]\n\
+             rules:\n{rule}{fields}    action: {action}\n"
+        )
+    };
+    let paths = "    paths: [\"/usr/bin/kubectl\"]\n";
+    let cases: Vec<(String, &str, &[&str])> = vec![
+        (
+            doc(exec, &format!("{paths}    args: {{}}\n"), "deny"),
+            "rules.yaml:5: rule 'tools'",
+            &["`args` names no words"],
+        ),
+        (
+            doc(
+                exec,
+                &format!("{paths}    args: {{ any: [\"delete\", \"\"] }}\n"),
+                "deny",
+            ),
+            "rule 'tools'",
+            &["`args.any[1]`: is empty"],
+        ),
+        (
+            doc(
+                exec,
+                &format!("{paths}    args: {{ all: [\"get *\"] }}\n"),
+                "deny",
+            ),
+            "rule 'tools'",
+            &["`args.all[0]`", "the word '*' matches every argument"],
+        ),
+        (
+            doc(
+                exec,
+                &format!("{paths}    args: {{ any: [\"delete\"] }}\n"),
+                "allow",
+            ),
+            "rule 'tools'",
+            &["`args` with `action: allow` changes nothing"],
+        ),
+        (
+            doc(
+                exec,
+                &format!("{paths}    copies: true\n    args: {{ any: [\"delete\"] }}\n"),
+                "deny",
+            ),
+            "rule 'tools'",
+            &["`args` with `sha256` or `copies`", "`paths` only"],
+        ),
+        (
+            doc(
+                exec,
+                &format!("{paths}    args: {{ some: [\"delete\"] }}\n"),
+                "deny",
+            ),
+            "",
+            &["unknown field `some`", "any", "all"],
+        ),
+        (
+            doc(connect, "    args: { any: [\"x\"] }\n", "deny"),
+            "rule 'egress'",
+            &["`args` belongs to `on: exec` rules"],
+        ),
+    ];
+    for (text, subject, needles) in cases {
+        let msg = refuse(&text).to_string();
+        assert!(msg.contains(subject), "{subject:?} not in {msg}\n{text}");
+        for needle in needles {
+            assert!(msg.contains(needle), "{needle:?} not in {msg}\n{text}");
+        }
+    }
 }

@@ -31,6 +31,7 @@ use latch_agent::{
 pub mod browser;
 pub mod daemon;
 pub mod neighbour;
+pub mod program;
 pub mod stack;
 
 /// Longest a test waits for something the kernel should do at once: 20 s, or
@@ -514,4 +515,24 @@ pub fn read_available(child: &mut Child) -> String {
         Ok(n) => String::from_utf8_lossy(&buf[..n]).into_owned(),
         Err(_) => String::new(),
     }
+}
+
+/// Sends SIGCONT to `pid` every millisecond for `how_long`, as a workload that wants its held
+/// program to run would; returns how many were sent (it stops when the process is gone).
+pub fn sigcont_loop(pid: u32, how_long: Duration) -> usize {
+    let end = Instant::now() + how_long;
+    let mut sent = 0;
+    while Instant::now() < end {
+        if nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGCONT,
+        )
+        .is_err()
+        {
+            break;
+        }
+        sent += 1;
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    sent
 }

@@ -4,55 +4,12 @@
 //! where nothing watches (it works on this host), then where the agent watches. The evidence is
 //! a file only the program creates, and what the agent's CLI lists.
 
-use std::{
-    os::unix::fs::PermissionsExt,
-    path::{Path, PathBuf},
-    process::Output,
-};
+use std::{os::unix::fs::PermissionsExt, path::Path, process::Output};
 
 use latch_agent::programs::content::hash_path;
 use latch_tests::daemon::{text, Daemon};
+use latch_tests::program::ProgramCopy;
 use latch_tests::{finish, privileged, probe, spawn_in, TestCgroup};
-
-/// A directory of this test's own, with a private copy of `touch` (which creates the file its
-/// argument names: the evidence that it ran).
-struct Files {
-    dir: tempfile::TempDir,
-}
-
-impl Files {
-    fn new() -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("latch-content-")
-            .tempdir()
-            .expect("tempdir");
-        let f = Files { dir };
-        f.copy_of("/usr/bin/touch", "prog");
-        f
-    }
-
-    fn at(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// A new file with the content of `src` (another inode, another name).
-    fn copy_of(&self, src: &str, name: &str) -> PathBuf {
-        let p = self.at(name);
-        if let Some(parent) = p.parent() {
-            std::fs::create_dir_all(parent).expect("mkdir");
-        }
-        std::fs::copy(src, &p).expect("copy");
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-        p
-    }
-
-    /// A marker path only the program creates.
-    fn marker(&self, name: &str) -> PathBuf {
-        let p = self.at(&format!("ran-{name}"));
-        let _ = std::fs::remove_file(&p);
-        p
-    }
-}
 
 fn s(p: &Path) -> String {
     p.to_string_lossy().into_owned()
@@ -98,7 +55,7 @@ fn a_program_named_by_content_is_refused_in_every_copy() {
     if !privileged() {
         return;
     }
-    let f = Files::new();
+    let f = ProgramCopy::touch("latch-content-");
     let prog = f.at("prog");
     let plain = f.copy_of(&s(&prog), "elsewhere/copy");
     let renamed = f.copy_of(&s(&prog), "elsewhere/innocent-name");
@@ -152,7 +109,7 @@ fn a_digest_rule_holds_a_copy_for_a_reviewer_who_sees_its_digest() {
     if !privileged() {
         return;
     }
-    let f = Files::new();
+    let f = ProgramCopy::touch("latch-content-");
     let digest = hash_path(&s(&f.at("prog"))).expect("hash").to_string();
     let copy = f.copy_of(&s(&f.at("prog")), "downloads/tool");
     let cg = TestCgroup::new();
@@ -201,7 +158,7 @@ fn unknown_programs_are_refused_and_installed_or_listed_ones_run() {
     if !privileged() {
         return;
     }
-    let f = Files::new();
+    let f = ProgramCopy::touch("latch-content-");
     let listed_dir = f.at("tools");
     let new_binary = f.copy_of("/usr/bin/touch", "downloads/new-tool");
     let listed = f.copy_of("/usr/bin/touch", "tools/ours");
@@ -264,7 +221,7 @@ fn a_program_rewritten_in_place_is_hashed_again() {
     if !privileged() {
         return;
     }
-    let f = Files::new();
+    let f = ProgramCopy::touch("latch-content-");
     let digest = hash_path(&s(&f.at("prog"))).expect("hash").to_string();
     // Starts as `true` (allowed, and cached as allowed), becomes the denied content in place:
     // the same inode, another content.
@@ -316,7 +273,7 @@ fn an_unknown_script_is_asked_about_once() {
     if !privileged() {
         return;
     }
-    let f = Files::new();
+    let f = ProgramCopy::touch("latch-content-");
     let script = f.at("downloads/job.sh");
     std::fs::create_dir_all(f.at("downloads")).expect("mkdir");
     std::fs::write(&script, "#!/bin/sh\nexec /usr/bin/touch \"$1\"\n").expect("script");

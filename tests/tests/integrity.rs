@@ -5,13 +5,16 @@
 
 use std::{
     os::unix::fs::PermissionsExt,
-    path::{Path, PathBuf},
+    path::Path,
     time::{Duration, Instant},
 };
 
 use agent_common::{Counter, Outcome};
 use latch_agent::kernel::{Backend, Decision};
-use latch_tests::{outcome, privileged, probe, spawn_in, Harness, Resumed, TestCgroup};
+use latch_tests::program::ProgramCopy;
+use latch_tests::{
+    outcome, privileged, probe, sigcont_loop, spawn_in, Harness, Resumed, TestCgroup,
+};
 
 const EPERM: i64 = 1;
 
@@ -21,44 +24,18 @@ fn rules(body: &str) -> String {
 
 /// A private copy of `touch` (the program the rules name) in a directory of its own, so that
 /// its identity belongs to this test alone.
-struct Program {
-    dir: tempfile::TempDir,
+type Program = ProgramCopy;
+
+fn new_program() -> Program {
+    ProgramCopy::touch("latch-integrity-")
 }
 
-impl Program {
-    fn new() -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("latch-integrity-")
-            .tempdir()
-            .expect("tempdir");
-        let prog = dir.path().join("prog");
-        std::fs::copy("/usr/bin/touch", &prog).expect("copy touch");
-        std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-        Program { dir }
-    }
-
-    fn path(&self) -> PathBuf {
-        self.dir.path().join("prog")
-    }
-
-    fn at(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// A harness whose one rule, `name`, names this program with `action`.
-    fn rule(&self, name: &str, action: &str) -> Harness {
-        Harness::new(&rules(&format!(
-            "  - {{name: {name}, workload: test, on: exec, paths: [{}], action: {action}}}\n",
-            self.path().display()
-        )))
-    }
-
-    /// A marker path that only the program creates.
-    fn marker(&self, name: &str) -> PathBuf {
-        let p = self.dir.path().join(format!("ran-{name}"));
-        let _ = std::fs::remove_file(&p);
-        p
-    }
+/// A harness whose one rule, `name`, names the program with `action`.
+fn rule_on(p: &Program, name: &str, action: &str) -> Harness {
+    Harness::new(&rules(&format!(
+        "  - {{name: {name}, workload: test, on: exec, paths: [{}], action: {action}}}\n",
+        p.path().display()
+    )))
 }
 
 /// One way to run the program: the command to start (in the cgroup), given the program and the
@@ -174,9 +151,9 @@ fn every_name_of_a_denied_program_is_refused() {
     if !privileged() {
         return;
     }
-    let p = Program::new();
+    let p = new_program();
     prepare(&p);
-    let mut h = p.rule("no-prog", "deny");
+    let mut h = rule_on(&p, "no-prog", "deny");
     if let Some(why) = h.engine().file_identity_missing() {
         panic!("this kernel cannot give the identity of executed files: {why}");
     }
@@ -230,6 +207,59 @@ fn every_name_of_a_denied_program_is_refused() {
     );
 }
 
+/// The dynamic loader of this host's programs (the `PT_INTERP` of `/usr/bin/touch`).
+fn loader() -> &'static str {
+    ["/lib64/ld-linux-x86-64.so.2", "/lib/ld-linux-aarch64.so.1"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("no dynamic loader at the usual paths")
+}
+
+#[test]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
+fn the_dynamic_loader_cannot_run_a_refused_or_held_program() {
+    if !privileged() {
+        return;
+    }
+    let p = new_program();
+    let free = TestCgroup::new();
+    let via_loader = |m: &Path| probe_args(&["exec", loader(), &s(&p.path()), &s(m)]);
+    let m = p.marker("free");
+    let out = run_in(&free.path, &via_loader(&m));
+    assert!(
+        m.exists(),
+        "the loader runs the program where nothing watches: {out}"
+    );
+    for action in ["deny", "approve"] {
+        let mut h = rule_on(&p, "no-prog", action);
+        let watched = h.cgroup.path.clone();
+        // Other programs still run through the loader, and by exec as ever.
+        let out = run_in(
+            &watched,
+            &probe_args(&["exec", loader(), "/usr/bin/printf", "ok"]),
+        );
+        assert_eq!(
+            out["stdout"], "ok",
+            "{action}: the loader runs other programs: {out}"
+        );
+        let m = p.marker("watched");
+        let out = run_in(&watched, &via_loader(&m));
+        assert!(!m.exists(), "{action}: the loader ran the program: {out}");
+        let refused = match h.engine().backend() {
+            // The loader's mapping of the program fails; it reports that and exits.
+            Backend::Lsm => out["exit"].as_i64().is_some_and(|c| c != 0),
+            // The kprobe cannot refuse: the task is ended before it runs any of the program.
+            Backend::Tracepoint => out["signal"] == 9,
+        };
+        assert!(refused, "{action}: not run, but not refused either: {out}");
+        let rule = h.rule("no-prog");
+        h.expect_event("the refused mapping", |e| {
+            e.mapped && e.outcome == Outcome::Denied && e.rule_id == rule
+        });
+        assert!(counter(&mut h, Counter::MapRefused) > 0);
+    }
+}
+
 /// Waits for the exec the kernel holds for the program, decides it, and returns the probe's
 /// outcome.
 fn held_then(h: &mut Harness, child: std::process::Child, decision: Decision) -> serde_json::Value {
@@ -244,9 +274,9 @@ fn every_name_of_a_program_that_needs_approval_is_held() {
     if !privileged() {
         return;
     }
-    let p = Program::new();
+    let p = new_program();
     prepare(&p);
-    let mut h = p.rule("ask", "approve");
+    let mut h = rule_on(&p, "ask", "approve");
     let watched = h.cgroup.path.clone();
     let rule = h.rule("ask");
     for t in TECHNIQUES {
@@ -279,34 +309,14 @@ fn counter(h: &mut Harness, c: Counter) -> u64 {
     h.engine().counter(c).expect("counter")
 }
 
-/// Sends SIGCONT to `pid` every millisecond for `how_long`, as a workload that wants its held
-/// program to run would.
-fn sigcont_loop(pid: u32, how_long: Duration) -> usize {
-    let end = Instant::now() + how_long;
-    let mut sent = 0;
-    while Instant::now() < end {
-        if nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGCONT,
-        )
-        .is_err()
-        {
-            break;
-        }
-        sent += 1;
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    sent
-}
-
 #[test]
 #[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
 fn a_held_exec_makes_no_progress_under_a_sigcont_loop() {
     if !privileged() {
         return;
     }
-    let p = Program::new();
-    let mut h = p.rule("ask", "approve");
+    let p = new_program();
+    let mut h = rule_on(&p, "ask", "approve");
     restop_refused_only_by_the_kernel(&mut h);
     let m = p.marker("sigcont");
     let mut child = h.spawn(&probe(), &["exec", &s(&p.path()), &s(&m)]);
@@ -366,8 +376,8 @@ fn a_tracer_that_swallows_stops_does_not_release_a_held_exec() {
     if !privileged() {
         return;
     }
-    let p = Program::new();
-    let mut h = p.rule("ask", "approve");
+    let p = new_program();
+    let mut h = rule_on(&p, "ask", "approve");
     // Unwatched, the traced exec runs (the tracer resumes its post-exec SIGTRAP).
     let free = TestCgroup::new();
     let m = p.marker("traced-free");
@@ -416,7 +426,7 @@ fn a_replaced_program_is_recognised_by_its_new_identity() {
     if !privileged() {
         return;
     }
-    let p = Program::new();
+    let p = new_program();
     prepare(&p);
     let text = rules(&format!(
         "  - {{name: no-prog, workload: test, on: exec, paths: [{}], action: deny}}\n",
@@ -640,20 +650,23 @@ impl Arrivals {
 }
 
 /// `net.ipv4.ping_group_range`, set for the length of a test and put back after.
-struct PingGroups(String);
+/// A sysctl set for the length of a test, and put back after it.
+struct Sysctl {
+    path: &'static str,
+    old: String,
+}
 
-impl PingGroups {
-    const PATH: &str = "/proc/sys/net/ipv4/ping_group_range";
-    fn allow_root() -> Self {
-        let old = std::fs::read_to_string(Self::PATH).expect("read ping_group_range");
-        std::fs::write(Self::PATH, "0 0").expect("write ping_group_range");
-        PingGroups(old)
+impl Sysctl {
+    fn set(path: &'static str, value: &str) -> Self {
+        let old = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+        std::fs::write(path, value).unwrap_or_else(|e| panic!("write {path}: {e}"));
+        Sysctl { path, old }
     }
 }
 
-impl Drop for PingGroups {
+impl Drop for Sysctl {
     fn drop(&mut self) {
-        let _ = std::fs::write(Self::PATH, self.0.trim());
+        let _ = std::fs::write(self.path, self.old.trim());
     }
 }
 
@@ -663,7 +676,8 @@ fn packets_that_no_socket_hook_sees_are_dropped_on_the_way_out() {
     if !privileged() {
         return;
     }
-    let _ping = PingGroups::allow_root();
+    // Ping sockets for root.
+    let _ping = Sysctl::set("/proc/sys/net/ipv4/ping_group_range", "0 0");
     let mut icmp = Arrivals::new(libc::SOCK_RAW, libc::IPPROTO_ICMP, None);
     let mut lite = Arrivals::new(
         libc::SOCK_DGRAM,
@@ -723,6 +737,63 @@ fn packets_that_no_socket_hook_sees_are_dropped_on_the_way_out() {
     );
 }
 
+#[test]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
+fn a_link_layer_socket_is_refused_to_a_watched_task() {
+    if !privileged() {
+        return;
+    }
+    // A UDP datagram built by hand and written to the loopback device on an AF_PACKET socket:
+    // below every socket hook and the cgroup skb backstop. Arriving without a route attached,
+    // a datagram from 127.0.0.1 to 127.0.0.1 is routed as input, which takes `route_localnet`
+    // (a loopback destination) and `accept_local` (a local source) on `lo`.
+    let _localnet = Sysctl::set("/proc/sys/net/ipv4/conf/lo/route_localnet", "1");
+    let _local = Sysctl::set("/proc/sys/net/ipv4/conf/lo/accept_local", "1");
+    let mut udp = Arrivals::new(
+        libc::SOCK_DGRAM,
+        libc::IPPROTO_UDP,
+        Some("127.0.0.1:0".parse().expect("addr")),
+    );
+    let port = udp.port().to_string();
+    let mut h = Harness::new(&rules(&format!(
+        "  - {{name: no-port, workload: test, on: connect, to: [127.0.0.1/32], ports: [{port}], protocol: udp, action: deny}}\n"
+    )));
+    let free = TestCgroup::new();
+    let watched = h.cgroup.path.clone();
+    let id = std::process::id();
+    // Through a second probe, whose end the first reports: on the tracepoint backend the task
+    // that makes the socket is ended.
+    let send = |cg: &Path, tag: &str| {
+        let inner = s(&probe());
+        run_in(cg, &probe_args(&["exec", &inner, "packet-udp", &port, tag]))
+    };
+    let out = send(&free.path, &format!("{id}-free"));
+    assert!(
+        udp.wait_for(format!("latch-{id}-free").as_bytes()),
+        "a frame from an AF_PACKET socket does not arrive unwatched: {out}"
+    );
+    let out = send(&watched, &format!("{id}-watched"));
+    // A later frame from outside, seen arriving: the earlier one would be there by now.
+    send(&free.path, &format!("{id}-after"));
+    assert!(udp.wait_for(format!("latch-{id}-after").as_bytes()));
+    assert!(
+        !udp.has(format!("latch-{id}-watched").as_bytes()),
+        "a watched task sent below IP: {out}"
+    );
+    match h.engine().backend() {
+        Backend::Lsm => {
+            let inner = out["stdout"].as_str().unwrap_or_default();
+            assert!(inner.contains("\"errno\":1,"), "{out}");
+        }
+        // The tracepoint cannot refuse the call: the task is ended before it returns.
+        Backend::Tracepoint => assert_eq!(out["signal"], 9, "{out}"),
+    }
+    h.expect_event("the refused socket", |e| {
+        e.packet_socket && e.outcome == Outcome::Denied
+    });
+    assert!(counter(&mut h, Counter::PacketSocketRefused) > 0);
+}
+
 /// The file system a path is on, for messages.
 fn fs_of(p: &Path) -> String {
     std::process::Command::new("findmnt")
@@ -739,8 +810,8 @@ fn the_kernel_and_the_agent_name_a_file_alike() {
     if !privileged() {
         return;
     }
-    let p = Program::new();
-    let mut h = p.rule("seen", "audit");
+    let p = new_program();
+    let mut h = rule_on(&p, "seen", "audit");
     let m = p.marker("audited");
     let out = h.probe(&["exec", &s(&p.path()), &s(&m)]);
     assert!(m.exists(), "audit lets it run: {out}");
@@ -837,7 +908,7 @@ fn a_script_held_once_runs_after_one_approval_unless_its_interpreter_is_denied()
     if !privileged() {
         return;
     }
-    let p = Program::new();
+    let p = new_program();
     prepare(&p);
     let script = s(&p.at("script"));
     // The script and its interpreter both need approval: one request, and one approval runs it.
@@ -892,7 +963,7 @@ fn an_approval_is_not_lent_to_a_file_swapped_in_under_its_name() {
     if !privileged() {
         return;
     }
-    let p = Program::new();
+    let p = new_program();
     let other = p.at("other");
     std::fs::copy("/usr/bin/touch", &other).expect("copy touch");
     std::fs::set_permissions(&other, std::fs::Permissions::from_mode(0o755)).expect("chmod");

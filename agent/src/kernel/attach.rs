@@ -78,7 +78,20 @@ struct Pinner<'a> {
     out: Attached,
 }
 
-impl Pinner<'_> {
+impl<'a> Pinner<'a> {
+    fn new(dir: &'a Path, can_pin: bool) -> Self {
+        Pinner {
+            dir,
+            can_pin,
+            out: Attached {
+                links: Vec::new(),
+                pinned: can_pin,
+                hooks: Vec::new(),
+                restop_refused: None,
+            },
+        }
+    }
+
     /// Pins `link` as `name`, replacing an older agent's link of the same name in one rename.
     fn keep(&mut self, link: FdLink, name: &'static str) -> Result<(), EngineError> {
         self.out.hooks.push(name);
@@ -112,16 +125,7 @@ pub fn attach_all(
     backend: Backend,
 ) -> Result<Attached, EngineError> {
     let can_pin = probe_pinning(ebpf, link_dir);
-    let mut p = Pinner {
-        dir: link_dir,
-        can_pin,
-        out: Attached {
-            links: Vec::new(),
-            pinned: can_pin,
-            hooks: Vec::new(),
-            restop_refused: None,
-        },
-    };
+    let mut p = Pinner::new(link_dir, can_pin);
 
     // The stop at the system call's exit goes in before the socket hooks that rely on it.
     for &(pin, tp) in SYSCALL_EXITS {
@@ -169,6 +173,17 @@ pub fn attach_all(
             let id = prog.attach().map_err(prog_err(name))?;
             let link: FdLink = prog.take_link(id).map_err(prog_err(name))?.into();
             p.keep(link, "exec-lsm")?;
+            for (name, hook, pin) in [
+                ("map_lsm", "mmap_file", "map-lsm"),
+                ("mprotect_lsm", "file_mprotect", "mprotect-lsm"),
+                ("socket_lsm", "socket_create", "socket-lsm"),
+            ] {
+                let prog: &mut Lsm = program(ebpf, name)?;
+                prog.load(hook, &btf).map_err(prog_err(name))?;
+                let id = prog.attach().map_err(prog_err(name))?;
+                let link: FdLink = prog.take_link(id).map_err(prog_err(name))?.into();
+                p.keep(link, pin)?;
+            }
             let name = "bpf_guard";
             let prog: &mut Lsm = program(ebpf, name)?;
             prog.load("bpf", &btf).map_err(prog_err(name))?;
@@ -179,25 +194,12 @@ pub fn attach_all(
         Backend::Tracepoint => {
             let link = tracepoint(ebpf, "exec", "sched", "sched_process_exec")?;
             p.keep(link, "exec")?;
-            // What keeps a held image from running without its decision: the stop renewed on
-            // every return from signal handling, and behind it a gate on every system call that
-            // ends a task that got past it (a SIGCONT racing the renewed stop can flush it).
-            match restop(ebpf) {
-                Ok(link) => p.keep(link, "restop")?,
-                Err(e) => {
-                    tracing::warn!(
-                        "a held exec resumed without a decision is ended at its first system \
-                         call instead of being stopped again: {e}"
-                    );
-                    p.out.restop_refused = Some(e.to_string());
-                }
-            }
-            let name = "gate";
-            let prog: &mut RawTracePoint = program(ebpf, name)?;
-            prog.load().map_err(prog_err(name))?;
-            let id = prog.attach("sys_enter").map_err(prog_err(name))?;
-            let link: FdLink = prog.take_link(id).map_err(prog_err(name))?.into();
-            p.keep(link, "gate")?;
+            guards(ebpf, &mut p)?;
+            // A tracepoint cannot refuse a mapping; it ends the task that makes it.
+            let link = tracepoint(ebpf, "map_tp", "syscalls", "sys_enter_mmap")?;
+            p.keep(link, "map-tp")?;
+            let link = tracepoint(ebpf, "socket_tp", "syscalls", "sys_enter_socket")?;
+            p.keep(link, "socket-tp")?;
         }
     }
 
@@ -220,9 +222,67 @@ pub fn attach_all(
     p.keep(link, "exit")?;
 
     if can_pin {
-        remove_unused_pins(link_dir, &p.out.hooks);
+        let mut keep = p.out.hooks.clone();
+        if backend == Backend::Lsm {
+            // Attached on the LSM backend only while rules with `args` are in force: an earlier
+            // agent's stay until this one's rules say whether they are needed
+            // ([`remove_guard_pins`]), so that an exec it held stays guarded meanwhile.
+            keep.extend_from_slice(GUARDS);
+        }
+        remove_unused_pins(link_dir, &keep);
     }
     Ok(p.out)
+}
+
+/// Pin names of the resume guards.
+pub const GUARDS: &[&str] = &["restop", "gate"];
+
+/// What keeps an exec held after the fact from running without its decision: the stop renewed
+/// on every return from signal handling (`restop`), and behind it a gate on every system call
+/// that ends a task that got past it (a SIGCONT racing the renewed stop can flush it).
+fn guards(ebpf: &mut Ebpf, p: &mut Pinner<'_>) -> Result<(), EngineError> {
+    match restop(ebpf) {
+        Ok(link) => p.keep(link, "restop")?,
+        Err(e) => {
+            tracing::warn!(
+                "a held exec resumed without a decision is ended at its first system \
+                 call instead of being stopped again: {e}"
+            );
+            p.out.restop_refused = Some(e.to_string());
+        }
+    }
+    let name = "gate";
+    let prog: &mut RawTracePoint = program(ebpf, name)?;
+    if prog.fd().is_err() {
+        prog.load().map_err(prog_err(name))?;
+    }
+    let id = prog.attach("sys_enter").map_err(prog_err(name))?;
+    let link: FdLink = prog.take_link(id).map_err(prog_err(name))?.into();
+    p.keep(link, "gate")
+}
+
+/// The resume guards, attached after start (LSM backend, when rules with `args` come into
+/// force: such an exec is held after the fact, as on the tracepoint backend).
+pub fn attach_guards(
+    ebpf: &mut Ebpf,
+    link_dir: &Path,
+    can_pin: bool,
+) -> Result<Attached, EngineError> {
+    let mut p = Pinner::new(link_dir, can_pin);
+    guards(ebpf, &mut p)?;
+    Ok(p.out)
+}
+
+/// Detaches resume guards an earlier agent left pinned, where this agent's rules do not need
+/// them.
+pub fn remove_guard_pins(link_dir: &Path) {
+    for name in GUARDS {
+        let path = link_dir.join(name);
+        if path.exists() {
+            tracing::info!(pin = %path.display(), "detaching a guard no rule in force needs");
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 /// The fexit of `get_signal` that stops a held exec's task again (needs BTF and trampolines).
@@ -233,7 +293,9 @@ fn restop(ebpf: &mut Ebpf) -> Result<FdLink, EngineError> {
         reason: format!("no kernel BTF: {e}"),
     })?;
     let prog: &mut FExit = program(ebpf, name)?;
-    prog.load("get_signal", &btf).map_err(prog_err(name))?;
+    if prog.fd().is_err() {
+        prog.load("get_signal", &btf).map_err(prog_err(name))?;
+    }
     let id = prog.attach().map_err(prog_err(name))?;
     Ok(prog.take_link(id).map_err(prog_err(name))?.into())
 }

@@ -57,9 +57,25 @@ pub fn check(object: &[u8], map_dir: &Path) -> Result<(), EngineError> {
             value: info.value_size(),
             entries: info.max_entries(),
         };
+        if pinned != wants && statistics_only(name) {
+            // Nothing is lost but counts, which start again from zero (Prometheus sees a
+            // counter reset); the old programs keep the old map until they are replaced.
+            tracing::info!(map = name, was = %pinned, now = %wants, "kernel counters resized; they start from zero");
+            std::fs::remove_file(&pin).map_err(|e| EngineError::Pin {
+                path: pin.clone(),
+                reason: format!("cannot remove the old counters: {e}"),
+            })?;
+            continue;
+        }
         compare(name, &pin, pinned, wants)?;
     }
     Ok(())
+}
+
+/// Whether a pinned map holds statistics only, so that a build whose map differs replaces it
+/// rather than refusing to start (a new counter is not worth an operator's intervention).
+pub fn statistics_only(name: &str) -> bool {
+    name == agent_common::maps::COUNTERS
 }
 
 /// The decision for one map, apart from the kernel so it can be tested without one.
@@ -83,6 +99,16 @@ pub fn compare(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_counters_are_replaced_when_their_shape_changes() {
+        assert!(statistics_only(agent_common::maps::COUNTERS));
+        for &name in agent_common::maps::PINNED {
+            if name != agent_common::maps::COUNTERS {
+                assert!(!statistics_only(name), "{name} holds state");
+            }
+        }
+    }
 
     #[test]
     fn a_changed_shape_is_refused_with_what_to_do() {

@@ -319,6 +319,9 @@ pub struct Engine {
     links: Vec<FdLink>,
     links_pinned: bool,
     hooks: Vec<&'static str>,
+    // Whether the resume guards (`restop`, the gate) are attached: always on the tracepoint
+    // backend, on the LSM backend once rules with `args` are in force.
+    guards: bool,
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, EngineError>
@@ -444,6 +447,7 @@ impl Engine {
             links: Vec::new(),
             links_pinned: false,
             hooks: Vec::new(),
+            guards: false,
             cgroup_root,
             opts,
             ebpf,
@@ -484,6 +488,7 @@ impl Engine {
         engine.links_pinned = attached.pinned;
         engine.hooks = attached.hooks;
         engine.restop_refused = attached.restop_refused;
+        engine.guards = engine.backend == Backend::Tracepoint;
         Ok(engine)
     }
 
@@ -661,6 +666,7 @@ impl Engine {
         new: &Compiled,
         previous: Option<&Compiled>,
     ) -> Result<(), EngineError> {
+        self.guard_for(new)?;
         if let Err(e) = self.write_rules(new) {
             if let Some(prev) = previous {
                 // Best effort: put back what was in force; the first error is the one to report.
@@ -670,6 +676,29 @@ impl Engine {
             return Err(e);
         }
         self.prune_rules(new)
+    }
+
+    /// Attaches the resume guards before rules that need them reach the maps: on the LSM
+    /// backend, an exec decided by its arguments is held after the fact, which only they keep
+    /// stopped. Once attached they stay until the agent stops.
+    fn guard_for(&mut self, new: &Compiled) -> Result<(), EngineError> {
+        if self.backend != Backend::Lsm || self.guards {
+            return Ok(());
+        }
+        let link_dir = self.opts.pin_dir.join("links");
+        if new.exec_args.is_empty() {
+            if self.links_pinned {
+                attach::remove_guard_pins(&link_dir);
+            }
+            return Ok(());
+        }
+        let a = attach::attach_guards(&mut self.ebpf, &link_dir, self.links_pinned)?;
+        self.links.extend(a.links);
+        self.hooks.extend(a.hooks);
+        self.restop_refused = a.restop_refused;
+        self.guards = true;
+        tracing::info!("rules with `args` are in force: resume guards attached");
+        Ok(())
     }
 
     fn write_rules(&mut self, c: &Compiled) -> Result<(), EngineError> {
@@ -976,6 +1005,40 @@ impl Engine {
             ignore_missing(self.grant_conns.remove(c)).map_err(map_err(names::GRANT_CONNS))?;
         }
         Ok(cookies)
+    }
+
+    /// Takes one use of the first allowing grant in force among `keys` (narrowest scope first),
+    /// for a held operation the agent decides itself (an exec decided by its arguments, whose
+    /// rule the kernel never looks grants up under). An expired grant met on the way is
+    /// removed. Returns the grant used.
+    pub fn use_grant(&mut self, keys: &[GrantKey]) -> Result<Option<GrantKey>, EngineError> {
+        let now = monotonic_ns();
+        for key in keys {
+            let mut g = match self.grants.get(key, 0) {
+                Ok(g) => g,
+                Err(e) if is_missing(&e) => continue,
+                Err(e) => return Err(map_err(names::GRANTS)(e)),
+            };
+            if g.expires_ns != 0 && now >= g.expires_ns {
+                ignore_missing(self.grants.remove(key)).map_err(map_err(names::GRANTS))?;
+                continue;
+            }
+            if g.action != Action::Allow as u8 || g.uses_left == 0 {
+                continue;
+            }
+            if g.uses_left != UNLIMITED_USES {
+                g.uses_left -= 1;
+            }
+            if g.uses_left == 0 {
+                ignore_missing(self.grants.remove(key)).map_err(map_err(names::GRANTS))?;
+            } else {
+                self.grants
+                    .insert(key, g, 0)
+                    .map_err(map_err(names::GRANTS))?;
+            }
+            return Ok(Some(*key));
+        }
+        Ok(None)
     }
 
     /// Grants in force.

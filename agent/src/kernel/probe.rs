@@ -157,6 +157,12 @@ const FILE_FIELDS: &[(&str, &str, &str)] = &[
     ("SB_DEV_OFF", "super_block", "s_dev"),
     ("TASK_MM_OFF", "task_struct", "mm"),
     ("MM_EXE_FILE_OFF", "mm_struct", "exe_file"),
+    ("MM_ARG_START_OFF", "mm_struct", "arg_start"),
+    ("VMA_FILE_OFF", "vm_area_struct", "vm_file"),
+    ("TASK_FILES_OFF", "task_struct", "files"),
+    ("FILES_FDT_OFF", "files_struct", "fdt"),
+    ("FDT_FD_OFF", "fdtable", "fd"),
+    ("FDT_MAX_FDS_OFF", "fdtable", "max_fds"),
 ];
 
 /// The offsets for reading a file's identity from this kernel's BTF; an error names the first

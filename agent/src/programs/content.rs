@@ -345,6 +345,7 @@ pub fn table(rules: &RuleSet, cache: &mut DigestCache) -> ContentTable {
             paths,
             sha256,
             copies,
+            ..
         } = &r.matcher
         else {
             continue;

@@ -11,14 +11,15 @@
 //! A copy of a program is another file: it is not recognised here, but by its content
 //! ([`content`]). Paths are resolved in the agent's own mount namespace.
 
+pub mod argv;
 pub mod content;
 pub mod known;
 pub mod mountinfo;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::MetadataExt;
 
-use agent_common::{ExecFileKey, RuleRef};
+use agent_common::{rule_flags, ExecFileKey, RuleRef};
 use policy::{Matcher, PathPattern, RuleSet};
 
 use crate::rules::{self, Compiled};
@@ -128,7 +129,17 @@ pub fn resolve(
     compiled: &Compiled,
     fs: &dyn ProgramFiles,
 ) -> Vec<(ExecFileKey, RuleRef)> {
-    let mut out: BTreeMap<ExecFileKey, RuleRef> = BTreeMap::new();
+    resolve_with_paths(rules, compiled, fs).0
+}
+
+/// [`resolve`], and the real path each entry's rule came from (the agent decides an exec held
+/// for its arguments by the rules of that path).
+pub fn resolve_with_paths(
+    rules: &RuleSet,
+    compiled: &Compiled,
+    fs: &dyn ProgramFiles,
+) -> (Vec<(ExecFileKey, RuleRef)>, HashMap<ExecFileKey, String>) {
+    let mut out: BTreeMap<ExecFileKey, (RuleRef, String)> = BTreeMap::new();
     for r in &rules.rules {
         let Matcher::Exec { paths, .. } = &r.matcher else {
             continue;
@@ -144,9 +155,13 @@ pub fn resolve(
                 };
                 // Only the real path's rule: a link planted under a loose rule must not lend
                 // that rule to the file it points to.
-                let Some(rref) = rules::match_exec(compiled, r.workload_id, &id.real) else {
+                let Some(mut rref) = rules::match_exec(compiled, r.workload_id, &id.real) else {
                     continue;
                 };
+                let exact = matches!(p, PathPattern::Exact(_));
+                if exact {
+                    rref.flags |= rule_flags::EXACT;
+                }
                 for &(dev, ino) in &id.ids {
                     let key = ExecFileKey {
                         workload: r.workload_id,
@@ -155,16 +170,20 @@ pub fn resolve(
                     };
                     out.entry(key)
                         .and_modify(|cur| {
-                            if rref.action > cur.action {
-                                *cur = rref;
+                            // A file any rule names exactly is a program, whichever rule wins.
+                            let flags = cur.0.flags | rref.flags;
+                            if rules::strictness(&rref) > rules::strictness(&cur.0) {
+                                *cur = (rref, id.real.clone());
                             }
+                            cur.0.flags = flags;
                         })
-                        .or_insert(rref);
+                        .or_insert_with(|| (rref, id.real.clone()));
                 }
             }
         }
     }
-    out.into_iter().collect()
+    let paths = out.iter().map(|(k, (_, p))| (*k, p.clone())).collect();
+    (out.into_iter().map(|(k, (r, _))| (k, r)).collect(), paths)
 }
 
 #[cfg(test)]

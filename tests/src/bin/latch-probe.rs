@@ -386,6 +386,56 @@ fn udplite_send(addr: &str) {
     )
 }
 
+/// A UDP datagram to 127.0.0.1:`port`, built by hand (IPv4 and UDP headers) and sent on an
+/// `AF_PACKET` socket through the loopback device: below IP, where no socket hook and no
+/// cgroup `skb` program runs.
+fn packet_udp(port: u16, tag: &str) {
+    let data = format!("latch-{tag}");
+    let udp_len = 8 + data.len();
+    let total = 20 + udp_len;
+    let mut pkt = Vec::with_capacity(total);
+    pkt.extend_from_slice(&[0x45, 0]);
+    pkt.extend_from_slice(&(total as u16).to_be_bytes());
+    pkt.extend_from_slice(&[0x4c, 0x54, 0x40, 0, 64, libc::IPPROTO_UDP as u8, 0, 0]);
+    pkt.extend_from_slice(&[127, 0, 0, 1, 127, 0, 0, 1]);
+    let sum = checksum(&pkt);
+    pkt[10..12].copy_from_slice(&sum.to_be_bytes());
+    // UDP: source port, destination port, length, no checksum (allowed over IPv4).
+    pkt.extend_from_slice(&9u16.to_be_bytes());
+    pkt.extend_from_slice(&port.to_be_bytes());
+    pkt.extend_from_slice(&(udp_len as u16).to_be_bytes());
+    pkt.extend_from_slice(&[0, 0]);
+    pkt.extend_from_slice(data.as_bytes());
+    const ETH_P_IP: u16 = 0x0800;
+    // SAFETY: plain system calls on a socket this function owns, with local buffers.
+    unsafe {
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM, ETH_P_IP.to_be() as i32);
+        if fd < 0 {
+            return report(Err(std::io::Error::last_os_error()));
+        }
+        let mut to: libc::sockaddr_ll = std::mem::zeroed();
+        to.sll_family = libc::AF_PACKET as u16;
+        to.sll_protocol = ETH_P_IP.to_be();
+        to.sll_ifindex = libc::if_nametoindex(c"lo".as_ptr()) as i32;
+        to.sll_halen = 6;
+        let r = libc::sendto(
+            fd,
+            pkt.as_ptr().cast(),
+            pkt.len(),
+            0,
+            (&to as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        );
+        let res = if r >= 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        };
+        libc::close(fd);
+        report(res)
+    }
+}
+
 /// `bpf(BPF_MAP_CREATE)` of a one-entry array: whether this process may use `bpf()`.
 fn bpf_map() {
     // map_type, key_size, value_size, max_entries, then zeros (the kernel checks the tail).
@@ -514,6 +564,14 @@ fn main() {
             std::process::exit(2);
         };
         return icmp(how, addr, tag);
+    }
+    if args.get(1).map(String::as_str) == Some("packet-udp") {
+        let (Some(Ok(port)), Some(tag)) = (args.get(2).map(|p| p.parse::<u16>()), args.get(3))
+        else {
+            eprintln!("usage: latch-probe packet-udp PORT TAG");
+            std::process::exit(2);
+        };
+        return packet_udp(port, tag);
     }
     if args.get(1).map(String::as_str) == Some("udplite-send") {
         let Some(addr) = args.get(2) else {

@@ -113,7 +113,7 @@ const SUITE_LIMIT: Duration = Duration::from_secs(1800);
 /// fit the CI's time under emulation (see `PLAN_WHY`), so:
 /// - `kernel` and `integrity` everywhere: they are the suites about the kernel (verifier,
 ///   helpers, LSM or not, and what each backend can hold);
-/// - `daemon` and `content` wherever the agent's backend differs: with BPF LSM on each kernel,
+/// - `daemon`, `content` and `args` wherever the agent's backend differs: with BPF LSM on each kernel,
 ///   and without it (the tracepoint backend) on the newest;
 /// - `central` once, on the newest kernel with BPF LSM: what it adds is the agent-central
 ///   protocol, which the kernel does not change.
@@ -122,6 +122,7 @@ fn default_suites(kernel: &KernelSpec, lsm: Lsm) -> Vec<Suite> {
     if lsm == Lsm::On || kernel.newest {
         s.push(Suite::Daemon);
         s.push(Suite::Content);
+        s.push(Suite::Args);
     }
     if lsm == Lsm::On && kernel.newest {
         s.push(Suite::Central);
@@ -405,16 +406,23 @@ mod tests {
             vec![
                 (
                     "6.1-lsm-on".into(),
-                    vec!["kernel", "integrity", "daemon", "content"]
+                    vec!["kernel", "integrity", "daemon", "content", "args"]
                 ),
                 ("6.1-lsm-off".into(), vec!["kernel", "integrity"]),
                 (
                     "6.12-lsm-on".into(),
-                    vec!["kernel", "integrity", "daemon", "content", "central"]
+                    vec![
+                        "kernel",
+                        "integrity",
+                        "daemon",
+                        "content",
+                        "args",
+                        "central"
+                    ]
                 ),
                 (
                     "6.12-lsm-off".into(),
-                    vec!["kernel", "integrity", "daemon", "content"]
+                    vec!["kernel", "integrity", "daemon", "content", "args"]
                 ),
                 ("6.12-arm64-lsm-on".into(), vec![]),
                 ("6.12-arm64-lsm-off".into(), vec![]),

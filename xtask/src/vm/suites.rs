@@ -18,6 +18,8 @@ pub enum Suite {
     Daemon,
     /// Programs by content through the whole agent (`tests/tests/content.rs`).
     Content,
+    /// Rules on a program's arguments through the whole agent (`tests/tests/args.rs`).
+    Args,
     /// The agent and central together (`tests/tests/central.rs`).
     Central,
 }
@@ -30,6 +32,7 @@ impl Suite {
             Suite::Integrity => "integrity",
             Suite::Daemon => "daemon",
             Suite::Content => "content",
+            Suite::Args => "args",
             Suite::Central => "central",
         }
     }

@@ -1,0 +1,229 @@
+//! Rules on a program's arguments, through the whole agent: only the invocations a rule's
+//! `args` name are refused or held, by every name of the program, and a held invocation makes
+//! no progress before its decision. Each technique runs first where nothing watches (it works
+//! on this host), then where the agent watches. The evidence is a file only the program
+//! creates: a private copy of `touch`, whose argument is the file it makes, so the words a rule
+//! matches are in the path of that file.
+
+use std::{path::Path, process::Output, time::Duration};
+
+use latch_tests::daemon::{text, Daemon};
+use latch_tests::program::ProgramCopy;
+use latch_tests::{finish, privileged, sigcont_loop, spawn_in, TestCgroup};
+
+fn program() -> ProgramCopy {
+    ProgramCopy::touch("latch-args-")
+}
+
+/// Starts `prog marker` from a shell in `cgroup` (the shell is an installed program).
+fn start(cgroup: &Path, prog: &Path, marker: &Path) -> std::process::Child {
+    spawn_in(
+        cgroup,
+        Path::new("/bin/sh"),
+        &[
+            "-c",
+            &format!("exec {} {}", prog.display(), marker.display()),
+        ],
+    )
+}
+
+fn rules(prog: &Path, words: &str, action: &str) -> String {
+    format!(
+        "workloads:\n  - name: test\n    cgroups: [\"{{CG}}\"]\nrules:\n  - {{name: by-args, \
+         workload: test, on: exec, paths: [{}], args: {{any: [{words}]}}, action: {action}}}\n",
+        prog.display()
+    )
+}
+
+/// Runs `program args…` from a shell in `cgroup` (the shell is an installed program).
+fn run(cgroup: &Path, program: &Path, args: &[&str]) -> Output {
+    finish(spawn_in(
+        cgroup,
+        Path::new("/bin/sh"),
+        &[
+            "-c",
+            &format!("exec {} {}", program.display(), args.join(" ")),
+        ],
+    ))
+}
+
+#[test]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
+fn only_the_invocations_an_argument_rule_names_are_refused_by_any_name() {
+    if !privileged() {
+        return;
+    }
+    let f = program();
+    let prog = f.path();
+    let link = f.dir.path().join("link");
+    std::os::unix::fs::symlink(&prog, &link).expect("symlink");
+    let hard = f.dir.path().join("hard");
+    std::fs::hard_link(&prog, &hard).expect("hard link");
+    let cg = TestCgroup::new();
+    let free = TestCgroup::new();
+    let d = Daemon::start(&cg, &rules(&prog, "\"*forbidden*\"", "deny"), "deny");
+
+    // Other arguments: the program runs, and no request is made.
+    let m = f.marker("plain");
+    let out = run(&cg.path, &prog, &[&m.to_string_lossy()]);
+    assert!(
+        m.exists(),
+        "an invocation no rule names was refused: {}",
+        text(&out)
+    );
+
+    let ways: [(&str, &Path, &[&str]); 4] = [
+        ("its path", &prog, &[]),
+        ("a symlink", &link, &[]),
+        ("a hard link", &hard, &[]),
+        ("an option before the word", &prog, &["-m"]),
+    ];
+    let mut through = Vec::new();
+    for (name, program, before) in ways {
+        let m = f.marker("forbidden-free");
+        let mut args: Vec<String> = before.iter().map(|s| s.to_string()).collect();
+        args.push(m.to_string_lossy().into_owned());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = run(&free.path, program, &args);
+        assert!(
+            m.exists(),
+            "{name}: does not work where nothing watches: {}",
+            text(&out)
+        );
+        let m = f.marker("forbidden-watched");
+        let mut args: Vec<String> = before.iter().map(|s| s.to_string()).collect();
+        args.push(m.to_string_lossy().into_owned());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = run(&cg.path, program, &args);
+        if m.exists() || out.status.success() {
+            through.push(format!("{name}: {:?} {}", out.status, text(&out)));
+        }
+    }
+    let log = d.stop();
+    assert!(
+        through.is_empty(),
+        "a refused invocation ran:\n{}\nagent log:\n{log}",
+        through.join("\n")
+    );
+    // The plain invocation and the four refused ones were each held and decided by the agent
+    // on their arguments.
+    let decided = log.matches("held exec resolved").count();
+    assert!(
+        decided >= 5,
+        "{decided} execs decided on their arguments:\n{log}"
+    );
+}
+
+#[test]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
+fn an_invocation_an_argument_rule_names_waits_for_a_reviewer_or_a_grant() {
+    if !privileged() {
+        return;
+    }
+    let f = program();
+    let prog = f.path();
+    let cg = TestCgroup::new();
+    let d = Daemon::start(&cg, &rules(&prog, "\"*ask*\"", "approve"), "deny");
+    for (decision, runs) in [("deny", false), ("allow", true)] {
+        let m = f.marker(&format!("ask-{decision}"));
+        let child = start(&cg.path, &prog, &m);
+        let pid = child.id();
+        let id = d.wait_request(pid);
+        assert!(!m.exists(), "ran before any decision");
+        let listed = text(&d.cli(&["pending", "--json"]));
+        assert!(
+            listed.contains("\"by-args\""),
+            "the request names the argument rule: {listed}"
+        );
+        let out = d.cli(&["decide", &id, decision]);
+        assert!(out.status.success(), "{}", text(&out));
+        let out = finish(child);
+        assert_eq!(
+            m.exists(),
+            runs,
+            "after {decision}: {:?} {}",
+            out.status,
+            text(&out)
+        );
+    }
+
+    // A grant for the workload, good for one more use: the next matching invocation runs
+    // without a request, and the one after it is asked about again.
+    let ask = |name: &str| {
+        let m = f.marker(name);
+        let child = start(&cg.path, &prog, &m);
+        (m, child)
+    };
+    let (m, child) = ask("ask-granted");
+    let id = d.wait_request(child.id());
+    let out = d.cli(&["decide", &id, "grant", "--scope", "workload", "--uses", "1"]);
+    assert!(out.status.success(), "{}", text(&out));
+    finish(child);
+    assert!(m.exists(), "the granted invocation ran");
+    let (m, mut child) = ask("ask-under-grant");
+    let deadline = std::time::Instant::now() + latch_tests::patience();
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let listed = text(&d.cli(&["pending", "--json"]));
+            let _ = child.kill();
+            panic!("the grant did not cover the next invocation; pending: {listed}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(m.exists(), "ran under the grant");
+    let (m, child) = ask("ask-after-grant");
+    let id = d.wait_request(child.id());
+    assert!(!m.exists(), "ran although the grant's use was spent");
+    let out = d.cli(&["decide", &id, "deny"]);
+    assert!(out.status.success(), "{}", text(&out));
+    finish(child);
+    assert!(!m.exists());
+    d.stop();
+}
+
+#[test]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
+fn a_held_invocation_makes_no_progress_under_a_sigcont_loop() {
+    if !privileged() {
+        return;
+    }
+    let f = program();
+    let prog = f.path();
+    let cg = TestCgroup::new();
+    let d = Daemon::start(&cg, &rules(&prog, "\"*ask*\"", "approve"), "deny");
+    let m = f.marker("ask-sigcont");
+    let child = start(&cg.path, &prog, &m);
+    let pid = child.id();
+    let id = d.wait_request(pid);
+    let sent = sigcont_loop(pid, Duration::from_secs(1));
+    assert!(!m.exists(), "the held program ran under {sent} SIGCONTs");
+    // Either the stop was renewed at every resume (still the same request), or a SIGCONT raced
+    // the renewed stop and the gate ended the image at its first system call.
+    let listed = text(&d.cli(&["pending", "--json"]));
+    if listed.contains(&id) {
+        let out = d.cli(&["decide", &id, "allow"]);
+        assert!(out.status.success(), "{}", text(&out));
+        let out = finish(child);
+        assert!(
+            m.exists(),
+            "ran after approval: {:?} {}",
+            out.status,
+            text(&out)
+        );
+    } else {
+        let out = finish(child);
+        assert!(!m.exists());
+        assert!(
+            !out.status.success(),
+            "ended without a decision: {:?}",
+            out.status
+        );
+        let log = d.stop();
+        assert!(
+            log.contains("fail-closed") || log.contains("resumed without a decision"),
+            "the agent recorded the end: {log}"
+        );
+        return;
+    }
+    d.stop();
+}
