@@ -5,7 +5,7 @@
 //! agent's channels.
 
 use agent_common::{Action, Outcome, ARGS_RULE};
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use aya::maps::{MapData, RingBuf};
 use latch_agent::{
     events::KernelEvent,
@@ -76,8 +76,16 @@ pub(crate) fn rows(
             batch,
             batches,
         };
-        held.push(w.run_releasing(engine, &mut ring, |e, r| release_held(e, r, &compiled))?);
-        eprintln!("  round {}/{rounds}: args", round + 1);
+        let mut released = 0;
+        held.push(w.run_releasing(engine, &mut ring, |e, r| {
+            let n = release_held(e, r, &compiled)?;
+            released += n;
+            Ok(n)
+        })?);
+        if released < batch * batches {
+            bail!("only {released} of the worker's {} execs were held", batch * batches);
+        }
+        eprintln!("  round {}/{rounds}: args, {released} execs held and released", round + 1);
     }
     setup.unload()?;
     let (b, h) = (median(&mut base), median(&mut held));
