@@ -33,6 +33,11 @@ pub const DANGEROUS: &[(u32, &str, &str)] = &[
         "can trace and inject into other watched processes",
     ),
     (16, "CAP_SYS_MODULE", "can load kernel code"),
+    (
+        24,
+        "CAP_SYS_RESOURCE",
+        "prctl(PR_SET_MM): can make its image look unfinished, past the check on executable mappings",
+    ),
 ];
 
 /// A watched process with dangerous capabilities.
@@ -110,6 +115,7 @@ mod tests {
                     "CAP_NET_ADMIN",
                     "CAP_SYS_PTRACE",
                     "CAP_SYS_MODULE",
+                    "CAP_SYS_RESOURCE",
                 ],
             ),
             (

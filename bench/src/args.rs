@@ -83,9 +83,15 @@ pub(crate) fn rows(
             Ok(n)
         })?);
         if released < batch * batches {
-            bail!("only {released} of the worker's {} execs were held", batch * batches);
+            bail!(
+                "only {released} of the worker's {} execs were held",
+                batch * batches
+            );
         }
-        eprintln!("  round {}/{rounds}: args, {released} execs held and released", round + 1);
+        eprintln!(
+            "  round {}/{rounds}: args, {released} execs held and released",
+            round + 1
+        );
     }
     setup.unload()?;
     let (b, h) = (median(&mut base), median(&mut held));
