@@ -163,6 +163,16 @@ pub const RESOLVE_RULE: u32 = u32::MAX;
 /// program received. It ranks as an approval: a rule that denies the program outright wins.
 pub const ARGS_RULE: u32 = u32::MAX - 1;
 
+/// As [`ARGS_RULE`], where a rule with `args` denies some invocations: when nobody can decide
+/// (the agent is gone or degraded), such an exec is refused whatever the fail mode, since
+/// the invocations the rule denies cannot be told apart from the others without the agent.
+pub const ARGS_DENY_RULE: u32 = u32::MAX - 2;
+
+/// Whether a kernel rule id holds an exec for the agent to decide on its arguments.
+pub const fn is_args_rule(rule_id: u32) -> bool {
+    rule_id == ARGS_RULE || rule_id == ARGS_DENY_RULE
+}
+
 /// `-ERESTARTNOINTR`: makes the kernel run the system call again after the stop.
 pub const ERESTARTNOINTR: i32 = -513;
 

@@ -41,8 +41,9 @@ pub const PKT_REPORTED: &str = "PKT_REPORTED";
 /// hashed, which a new agent rebuilds.
 pub const CONTENT: &str = "CONTENT";
 /// Threads whose exec passed the LSM check on condition that its arguments are decided once the
-/// new image is in place (thread id → 1). Not pinned: an entry lives for the length of one
-/// execve.
+/// new image is in place (thread id → the rule id to hold it under, [`ARGS_RULE`](crate::ARGS_RULE)
+/// or [`ARGS_DENY_RULE`](crate::ARGS_DENY_RULE)). Pinned, so that an agent being replaced and
+/// its successor share the marks: an exec one's check marks, the other's holds.
 pub const ARGS_DUE: &str = "ARGS_DUE";
 /// aya-log's ring buffer (declared by aya-log-ebpf, not by us).
 pub const AYA_LOGS: &str = "AYA_LOGS";
@@ -84,6 +85,7 @@ pub const PINNED: &[&str] = &[
     COUNTERS,
     GRANT_CONNS,
     LINEAGE,
+    ARGS_DUE,
 ];
 
 /// The kernel keeps at most this many bytes of a map name (16 with the NUL).

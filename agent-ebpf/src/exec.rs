@@ -14,7 +14,7 @@
 
 use agent_common::{
     event_flags, fingerprint, pending_flags, pending_state, watch_flags, Action, ExecFileKey, Op,
-    RuleRef, Watch, ARGS_RULE, PATH_CAP, RESOLVE_RULE,
+    RuleRef, Watch, PATH_CAP, RESOLVE_RULE,
 };
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes},
@@ -66,9 +66,11 @@ pub fn on_exec(ctx: &TracePointContext) {
 /// instruction. Resumed by anyone but the agent, it meets `restop` and the gate as any exec
 /// held after the fact.
 pub fn args_after_exec(ctx: &TracePointContext, old_tid: u32) {
-    if ARGS_DUE.get_ptr(&old_tid).is_none() {
+    let Some(due) = ARGS_DUE.get_ptr(&old_tid) else {
         return;
-    }
+    };
+    // SAFETY: map value pointer from lookup.
+    let rule_id = unsafe { *due };
     let _ = ARGS_DUE.remove(&old_tid);
     let (Some((cgroup, watch)), Some(s)) = (scope::watched(), scratch::get()) else {
         // Watched a moment ago at the check; nothing can be decided without scratch space.
@@ -80,7 +82,7 @@ pub fn args_after_exec(ctx: &TracePointContext, old_tid: u32) {
     let file = identity::of_current_image();
     start_event(s, len, truncated, 0, file);
     bump(Counter::ArgsHeld);
-    hold_after_exec(&subject, s, ARGS_RULE, Action::Approve as u8);
+    hold_after_exec(&subject, s, rule_id, Action::Approve as u8);
 }
 
 /// An exec's mark in `ARGS_DUE` is spent when its execve returns or its thread exits.
@@ -230,10 +232,10 @@ pub fn on_bprm_check(ctx: &LsmContext) -> i32 {
         first_level,
     };
     let (rule_id, action, content) = lookup(s, watch, len, truncated, file);
-    let (rule_id, action) = if rule_id == ARGS_RULE {
+    let (rule_id, action) = if agent_common::is_args_rule(rule_id) {
         // Decided on its arguments once the new image holds them (`args_after_exec`); this
         // level goes on.
-        if ARGS_DUE.insert(&subject.tid, &1, 0).is_err() {
+        if ARGS_DUE.insert(&subject.tid, &rule_id, 0).is_err() {
             bump(Counter::ArgsLost);
             return EPERM;
         }
@@ -413,7 +415,10 @@ fn lookup(
         }
     }
     let by_name = by_path(s, workload, watch.default_action, len, truncated);
-    let mut best = if by_file.1 > by_name.1 {
+    // On a tie the file's rule: a name no rule gives a stricter action to (the workload's
+    // default, a loose prefix) must not hide what the file's own rules say (an exec held for
+    // its arguments, whose rules may deny it).
+    let mut best = if by_file.1 >= by_name.1 {
         by_file
     } else {
         by_name

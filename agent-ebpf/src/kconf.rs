@@ -110,10 +110,11 @@ static TASK_MM_OFF: u32 = 0;
 #[unsafe(no_mangle)]
 static MM_EXE_FILE_OFF: u32 = 0;
 
-/// `struct mm_struct`.`arg_start`: 0 while the kernel builds a new image (set once its
-/// argument area is laid out, after the program and its ELF interpreter are mapped).
+/// `struct mm_struct`.`arg_end`: 0 while the kernel builds a new image (set when it lays out
+/// the argument area, after the program and its ELF interpreter are mapped; user space cannot
+/// set it to 0).
 #[unsafe(no_mangle)]
-static MM_ARG_START_OFF: u32 = 0;
+static MM_ARG_END_OFF: u32 = 0;
 
 /// `struct vm_area_struct`.`vm_file`.
 #[unsafe(no_mangle)]
@@ -140,7 +141,7 @@ pub struct FileOffsets {
     pub sb_dev: usize,
     pub task_mm: usize,
     pub mm_exe_file: usize,
-    pub mm_arg_start: usize,
+    pub mm_arg_end: usize,
     pub vma_file: usize,
     pub task_files: usize,
     pub files_fdt: usize,
@@ -162,7 +163,7 @@ pub fn file_offsets() -> Option<FileOffsets> {
         sb_dev: read(&SB_DEV_OFF) as usize,
         task_mm: read(&TASK_MM_OFF) as usize,
         mm_exe_file: read(&MM_EXE_FILE_OFF) as usize,
-        mm_arg_start: read(&MM_ARG_START_OFF) as usize,
+        mm_arg_end: read(&MM_ARG_END_OFF) as usize,
         vma_file: read(&VMA_FILE_OFF) as usize,
         task_files: read(&TASK_FILES_OFF) as usize,
         files_fdt: read(&FILES_FDT_OFF) as usize,

@@ -110,10 +110,12 @@ pub fn exit(_ctx: TracePointContext) -> u32 {
 /// that covered the exec's interpreter chain.
 #[tracepoint(category = "sched", name = "sched_process_exec")]
 pub fn execd(ctx: TracePointContext) -> u32 {
-    if let Some(old) = lineage::on_exec(&ctx) {
-        exec::chain_done(old);
-        exec::args_after_exec(&ctx, old);
-    }
+    // Without the record's thread ids (unreadable), the current one: an exec marked for its
+    // arguments must still be held.
+    let old =
+        lineage::on_exec(&ctx).unwrap_or(aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32);
+    exec::chain_done(old);
+    exec::args_after_exec(&ctx, old);
     0
 }
 

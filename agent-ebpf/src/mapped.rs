@@ -5,13 +5,14 @@
 //! whose cached content verdict does) is refused here too: with `EPERM` on the LSM backend
 //! (`mmap_file`, `file_mprotect`); on the tracepoint backend, by ending the task at the entry
 //! of an `mmap` with `PROT_EXEC` of such a file (a tracepoint cannot refuse, and kernels
-//! without BPF LSM often lack kprobes too). `mprotect` is seen by the LSM backend only. A mapping cannot wait for a reviewer,
-//! so a held program is refused: it runs only by an exec, which is held.
+//! without BPF LSM often lack kprobes too). `mprotect` is seen by the LSM backend only. A
+//! mapping cannot wait for a reviewer, so a held program is refused: it runs only by an exec,
+//! which is held.
 //!
 //! Not decided here: the mappings the kernel makes while it builds a new image (the program and
-//! its ELF interpreter, decided at the exec), recognised by the image's argument area not being
-//! laid out yet; a task mapping its own image again; files only a prefix names (they may be
-//! libraries, which every program maps).
+//! its ELF interpreter, decided at the exec), recognised by the end of the image's argument
+//! area not being set yet; a task mapping its own image again; files only a prefix names (they
+//! may be libraries, which every program maps).
 
 use agent_common::{event_flags, rule_flags, Action, Event, ExecFileKey, Op, Outcome, Watch};
 use aya_ebpf::{
@@ -111,8 +112,8 @@ fn refused(file: *const u8, prot: u64) -> bool {
         return false;
     }
     // SAFETY: `mm` is the task's own mm; the offset comes from this kernel's BTF.
-    let arg_start = unsafe { bpf_probe_read_kernel(mm.wrapping_add(o.mm_arg_start) as *const u64) };
-    match arg_start {
+    let arg_end = unsafe { bpf_probe_read_kernel(mm.wrapping_add(o.mm_arg_end) as *const u64) };
+    match arg_end {
         // The kernel is building a new image: decided at the exec.
         Ok(0) => return false,
         Ok(_) => {}

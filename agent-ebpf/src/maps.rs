@@ -44,7 +44,7 @@ pub static CONTENT: LruHashMap<ExecFileKey, ContentVerdict> =
 /// first, inherited from shorter prefixes by the agent's rule compiler.
 /// See [`agent_common::maps::ARGS_DUE`].
 #[map(name = "ARGS_DUE")]
-pub static ARGS_DUE: HashMap<u32, u8> = HashMap::with_max_entries(16_384, 0);
+pub static ARGS_DUE: HashMap<u32, u32> = HashMap::pinned(16_384, 0);
 
 #[map(name = "NET4_RULES")]
 pub static NET4_RULES: LpmTrie<Net4Data, PortRules> = LpmTrie::pinned(262_144, 0);

@@ -200,6 +200,13 @@ unsafe fn take_use(uses: *mut u32) -> bool {
 /// The fail-mode verdict, recorded.
 #[inline(always)]
 pub fn fail(s: &Subject, ev: &mut Event, mode: FailMode, action: u8, rule_id: u32) -> Verdict {
+    // An exec held for its arguments where a rule denies some: only the agent could tell them
+    // apart, so with nobody to decide it is refused, whatever the fail mode.
+    let mode = if rule_id == agent_common::ARGS_DENY_RULE {
+        FailMode::Deny
+    } else {
+        mode
+    };
     match mode {
         FailMode::AllowAndRecord => {
             s.report(ev, Outcome::FailOpen, action, rule_id);

@@ -685,7 +685,7 @@ impl State {
         };
         // The name asked for (when the kernel looked it up as written), the real path, the
         // file's identity and its content: the strictest applies, as in the kernel.
-        let for_args = ev.rule_id == agent_common::ARGS_RULE;
+        let for_args = agent_common::is_args_rule(ev.rule_id);
         let asked = ev
             .path
             .clone()
@@ -917,10 +917,20 @@ impl State {
             if op.state != "waiting" || self.opened.contains_key(&op.id) {
                 continue;
             }
-            let resolving =
-                op.rule_id == agent_common::RESOLVE_RULE || op.rule_id == agent_common::ARGS_RULE;
+            let for_args = agent_common::is_args_rule(op.rule_id);
+            let resolving = op.rule_id == agent_common::RESOLVE_RULE || for_args;
             if resolving && held_for(op.id) < RESOLVING.as_secs_f64() {
                 // Being resolved (hashed, perhaps) by the event's own path: not a request yet.
+                continue;
+            }
+            if for_args {
+                // Its opening event was lost (or read by an earlier agent): decided now on its
+                // arguments as it would have been, and a request only if a rule asks for one.
+                if let Some(ev) = recovered_event(&op) {
+                    tracing::info!(request = %op.id, pid = op.tgid, "held for its arguments before this agent read it; deciding it now");
+                    // A request it becomes is kept in `opened`, as a recovered one is.
+                    let _ = self.resolve(ev, None);
+                }
                 continue;
             }
             if let Some(ev) = recovered_event(&op) {
@@ -1302,10 +1312,18 @@ fn by_rules(
         .find(|w| w.id == ev.workload)
         .map(|w| rules::kernel_action(w.default_action))
         .unwrap_or(agent_common::Action::Deny);
+    let default_ref = agent_common::RuleRef {
+        rule_id: 0,
+        action: default as u8,
+        flags: 0,
+        _pad: [0; 2],
+    };
+    let verdict =
+        |path: &str| rules::exec_verdict(&p.compiled, ev.workload, path, args, default_ref);
     let by_path = [Some(real), asked]
         .into_iter()
         .flatten()
-        .filter_map(|path| rules::exec_verdict(&p.compiled, ev.workload, path, args))
+        .filter_map(verdict)
         .max_by_key(|r| r.action)
         .map(|r| (r.rule_id, decode(r.action)))
         .unwrap_or((0, default));
@@ -1315,10 +1333,9 @@ fn by_rules(
             .exec_files
             .iter()
             .find(|(k, _)| k.workload == ev.workload && k.dev == f.dev && k.ino == f.ino)?;
-        let r = if r.rule_id == agent_common::ARGS_RULE {
+        let r = if agent_common::is_args_rule(r.rule_id) {
             // Decided by the rules of the path the entry was resolved from.
-            let path = p.compiled.exec_file_paths.get(key)?;
-            rules::exec_verdict(&p.compiled, ev.workload, path, args)?
+            verdict(p.compiled.exec_file_paths.get(key)?)?
         } else {
             *r
         };

@@ -632,7 +632,7 @@ async fn run(settings: Settings, rules: Option<PathBuf>) -> anyhow::Result<()> {
                             serde_json::to_value(&ev).unwrap_or_default(),
                         );
                         if (ev.rule_id == agent_common::RESOLVE_RULE
-                            || ev.rule_id == agent_common::ARGS_RULE)
+                            || agent_common::is_args_rule(ev.rule_id))
                             && ev.outcome == agent_common::Outcome::Paused
                         {
                             if ev.content {

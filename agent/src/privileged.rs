@@ -36,7 +36,7 @@ pub const DANGEROUS: &[(u32, &str, &str)] = &[
     (
         24,
         "CAP_SYS_RESOURCE",
-        "prctl(PR_SET_MM): can make its image look unfinished, past the check on executable mappings",
+        "prctl(PR_SET_MM_EXE_FILE): can name another file as its image, past the check on executable mappings",
     ),
 ];
 

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use agent_common::{
     proto, ExecExactKey, ExecFileKey, ExecPrefixData, Net4Data, Net6Data, PortRule, PortRules,
-    RuleRef, ARGS_RULE, PATH_CAP, PORT_RULES_CAP,
+    RuleRef, ARGS_DENY_RULE, ARGS_RULE, PATH_CAP, PORT_RULES_CAP,
 };
 use ipnet::IpNet;
 use policy::{ArgsMatch, Matcher, PathPattern, Protocol, RuleSet};
@@ -68,24 +68,56 @@ pub struct ArgsKey {
     pub args: Vec<(RuleRef, ArgsMatch)>,
 }
 
-/// How strict a kernel entry is: deny, then an exec held for its arguments, then approve, audit,
-/// allow.
-pub fn strictness(r: &RuleRef) -> (u8, bool) {
-    (r.action, r.rule_id == ARGS_RULE)
+/// How strict a kernel entry is: deny, then an exec held for its arguments where a rule denies
+/// some, then one held for its arguments, then approve, audit, allow.
+pub fn strictness(r: &RuleRef) -> (u8, u8) {
+    let held_for_args = match r.rule_id {
+        ARGS_DENY_RULE => 2,
+        ARGS_RULE => 1,
+        _ => 0,
+    };
+    (r.action, held_for_args)
 }
 
 /// An exec's arguments, `argv[1..]`, as the agent read them; `None` when they are not known
-/// (the exec is held before it happened), which counts every rule with `args` as matching.
+/// (the exec is held before it happened, or its command line is too long to read).
 pub type Args<'a> = Option<&'a [Vec<u8>]>;
 
 /// What the rules say about an exec of `path` by `workload` with `args`: the exact path's rules,
 /// else the longest prefix's. At a path or prefix with rules that have `args`, those whose
 /// arguments do not match are left out, and when none is left there the next shorter prefix
 /// decides. `None`: no rule names the path (the workload's default applies).
-pub fn exec_verdict(c: &Compiled, workload: u32, path: &str, args: Args<'_>) -> Option<RuleRef> {
+///
+/// Arguments not known: the stricter of every rule with `args` matching and none matching
+/// (where nothing is left then, `default`, the workload's default), so that no choice of
+/// arguments the agent could not read gets a weaker verdict than the one it could have read.
+pub fn exec_verdict(
+    c: &Compiled,
+    workload: u32,
+    path: &str,
+    args: Args<'_>,
+    default: RuleRef,
+) -> Option<RuleRef> {
+    match args {
+        Some(a) => walk(c, workload, path, &|m: &ArgsMatch| m.matches(a)),
+        None => {
+            let all = walk(c, workload, path, &|_: &ArgsMatch| true)?;
+            let none = walk(c, workload, path, &|_: &ArgsMatch| false).unwrap_or(default);
+            Some(if none.action > all.action { none } else { all })
+        }
+    }
+}
+
+/// [`exec_verdict`] with `matches` saying which rules with `args` count.
+fn walk(
+    c: &Compiled,
+    workload: u32,
+    path: &str,
+    matches: &dyn Fn(&ArgsMatch) -> bool,
+) -> Option<RuleRef> {
     let exact = PathPattern::Exact(path.to_owned());
     if let Some(k) = c.exec_args.get(&(workload, exact)) {
-        if let Some(r) = k.decide(args) {
+        if let Some(r) = k.decide(matches) {
             return Some(r);
         }
     } else if let Some(r) = exact_entry(c, workload, path) {
@@ -100,7 +132,7 @@ pub fn exec_verdict(c: &Compiled, workload: u32, path: &str, args: Args<'_>) -> 
         if d.workload_be == wbe && n <= bytes.len() && d.path[..n] == bytes[..n] {
             let p = String::from_utf8_lossy(&d.path[..n]).into_owned();
             let decided = match c.exec_args.get(&(workload, PathPattern::Prefix(p))) {
-                Some(k) => k.decide(args),
+                Some(k) => k.decide(matches),
                 None => Some(*v),
             };
             prefixes.push((n, decided));
@@ -111,14 +143,14 @@ pub fn exec_verdict(c: &Compiled, workload: u32, path: &str, args: Args<'_>) -> 
 }
 
 impl ArgsKey {
-    /// The strictest of the rule without `args` and the rules whose `args` match.
-    fn decide(&self, args: Args<'_>) -> Option<RuleRef> {
+    /// The strictest of the rule without `args` and the rules whose `args` count.
+    fn decide(&self, matches: &dyn Fn(&ArgsMatch) -> bool) -> Option<RuleRef> {
         self.base
             .into_iter()
             .chain(
                 self.args
                     .iter()
-                    .filter(|(_, m)| args.is_none_or(|a| m.matches(a)))
+                    .filter(|(_, m)| matches(m))
                     .map(|(r, _)| *r),
             )
             .max_by_key(|r| r.action)
@@ -326,7 +358,11 @@ pub fn compile(rules: &RuleSet) -> Result<Compiled, CompileError> {
                             let key = out.exec_args.entry((r.workload_id, p.clone()));
                             key.or_default().args.push((rref, m.clone()));
                             RuleRef {
-                                rule_id: ARGS_RULE,
+                                rule_id: if r.action == policy::Action::Deny {
+                                    ARGS_DENY_RULE
+                                } else {
+                                    ARGS_RULE
+                                },
                                 action: agent_common::Action::Approve as u8,
                                 flags: 0,
                                 _pad: [0; 2],
@@ -723,9 +759,10 @@ mod tests {
         let id = |name: &str| rs.rules.iter().find(|r| r.name == name).expect(name).id;
         // The kernel: a path with rules with `args` is held for them, unless denied outright.
         let kernel = |path: &str| match_exec(&c, w, path).map(|r| (r.rule_id, r.action));
+        // A rule with `args` denies some invocations: with nobody to decide, all are refused.
         assert_eq!(
             kernel("/usr/bin/kubectl"),
-            Some((ARGS_RULE, Action::Approve as u8))
+            Some((ARGS_DENY_RULE, Action::Approve as u8))
         );
         assert_eq!(
             kernel("/opt/aws/bin/aws"),
@@ -788,11 +825,82 @@ mod tests {
             ),
             ("/home/x/kubectl", Some(&["delete"]), None),
         ];
+        let allow = RuleRef {
+            rule_id: 0,
+            action: Action::Allow as u8,
+            flags: 0,
+            _pad: [0; 2],
+        };
         for &(path, args, want) in cases {
             let a = args.map(words);
-            let got = exec_verdict(&c, w, path, a.as_deref()).map(|r| (r.rule_id, r.action));
+            let got = exec_verdict(&c, w, path, a.as_deref(), allow).map(|r| (r.rule_id, r.action));
             let want = want.map(|(n, act)| (id(n), act as u8));
             assert_eq!(got, want, "{path} {args:?}");
+        }
+    }
+
+    #[test]
+    fn arguments_not_known_never_get_a_weaker_verdict_than_any_arguments_would() {
+        // A rule with `args` that is weaker than what applies without it: unknown arguments
+        // must not be decided by it alone.
+        let rs = rules(&format!(
+            "{BASE}  - {{name: kube-get, workload: w, on: exec, paths: [/usr/bin/kubectl], args: {{any: [get]}}, action: audit}}
+  - {{name: tools, workload: w, on: exec, paths: ['/usr/*'], action: deny}}
+  - {{name: aws-cp, workload: w, on: exec, paths: [/opt/aws], args: {{any: ['s3 cp']}}, action: audit}}
+"
+        ));
+        let c = compile(&rs).expect("compiles");
+        let w = rs.rules[0].workload_id;
+        let id = |name: &str| rs.rules.iter().find(|r| r.name == name).expect(name).id;
+        let default = |action: Action| RuleRef {
+            rule_id: 0,
+            action: action as u8,
+            flags: 0,
+            _pad: [0; 2],
+        };
+        let get = [b"get".to_vec()];
+        let delete = [b"delete".to_vec()];
+        // (program, arguments if known, workload default, expected rule and action)
+        type Case<'a> = (&'a str, Option<&'a [Vec<u8>]>, Action, (u32, Action));
+        let cases: &[Case] = &[
+            (
+                "/usr/bin/kubectl",
+                Some(&get),
+                Action::Allow,
+                (id("kube-get"), Action::Audit),
+            ),
+            (
+                "/usr/bin/kubectl",
+                Some(&delete),
+                Action::Allow,
+                (id("tools"), Action::Deny),
+            ),
+            // Unknown: the shorter prefix's deny, which `delete` would get.
+            (
+                "/usr/bin/kubectl",
+                None,
+                Action::Allow,
+                (id("tools"), Action::Deny),
+            ),
+            // Unknown, and nothing but the workload's default behind the rule: the default.
+            ("/opt/aws", None, Action::Deny, (0, Action::Deny)),
+            (
+                "/opt/aws",
+                None,
+                Action::Allow,
+                (id("aws-cp"), Action::Audit),
+            ),
+            ("/opt/aws", Some(&delete), Action::Deny, (0, Action::Deny)),
+        ];
+        for &(path, args, dflt, (rule, action)) in cases {
+            let got = exec_verdict(&c, w, path, args, default(dflt))
+                .map(|r| (r.rule_id, r.action))
+                .unwrap_or((0, dflt as u8));
+            assert_eq!(
+                got,
+                (rule, action as u8),
+                "{path} {args:?} default {dflt:?}"
+            );
         }
     }
 }

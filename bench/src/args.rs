@@ -4,7 +4,7 @@
 //! verdict), so the figure is the hold, the read, the verdict and the release, without the
 //! agent's channels.
 
-use agent_common::{Action, Outcome, ARGS_RULE};
+use agent_common::{Action, Outcome};
 use anyhow::{bail, Context, Result};
 use aya::maps::{MapData, RingBuf};
 use latch_agent::{
@@ -27,13 +27,19 @@ fn release_held(
         let ev = KernelEvent::decode(&item);
         drop(item);
         let Ok(ev) = ev else { continue };
-        if ev.rule_id != ARGS_RULE || ev.outcome != Outcome::Paused {
+        if !agent_common::is_args_rule(ev.rule_id) || ev.outcome != Outcome::Paused {
             continue;
         }
         let id = ev.request.context("a held exec without a request id")?;
         let words = argv::read(ev.tgid)?;
         let path = ev.path.clone().unwrap_or_default();
-        let verdict = rules::exec_verdict(compiled, ev.workload, &path, Some(&words));
+        let default = agent_common::RuleRef {
+            rule_id: 0,
+            action: Action::Allow as u8,
+            flags: 0,
+            _pad: [0; 2],
+        };
+        let verdict = rules::exec_verdict(compiled, ev.workload, &path, Some(&words), default);
         let allow = verdict.is_some_and(|r| r.action <= Action::Audit as u8);
         engine.decide(
             id,

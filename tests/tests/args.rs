@@ -227,3 +227,39 @@ fn a_held_invocation_makes_no_progress_under_a_sigcont_loop() {
     }
     d.stop();
 }
+
+#[test]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
+fn a_name_that_needs_approval_does_not_hide_the_argument_rule_of_the_file() {
+    if !privileged() {
+        return;
+    }
+    let f = program();
+    let prog = f.path();
+    let link = f.at("link");
+    std::os::unix::fs::symlink(&prog, &link).expect("symlink");
+    let cg = TestCgroup::new();
+    // The link's name gets a loose rule that holds for approval; the file, a rule that denies
+    // some of its invocations. A reviewer must not be asked about an invocation a rule denies.
+    let yaml = format!(
+        "{}  - {{name: dir-ask, workload: test, on: exec, paths: [\"{}/*\"], action: approve}}\n",
+        rules(&prog, "\"*forbidden*\"", "deny"),
+        f.dir.path().display()
+    );
+    let d = Daemon::start(&cg, &yaml, "deny");
+    let m = f.marker("forbidden-by-link");
+    let mut child = start(&cg.path, &link, &m);
+    let deadline = std::time::Instant::now() + latch_tests::patience();
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let listed = text(&d.cli(&["pending", "--json"]));
+            let _ = child.kill();
+            panic!("held for a reviewer instead of refused: {listed}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = finish(child);
+    assert!(!m.exists(), "the denied invocation ran: {:?}", out.status);
+    assert!(!out.status.success(), "{:?}", out.status);
+    d.stop();
+}

@@ -687,7 +687,13 @@ impl Engine {
         }
         let link_dir = self.opts.pin_dir.join("links");
         if new.exec_args.is_empty() {
-            if self.links_pinned {
+            // An earlier agent's guards stay while an exec it held after the fact still waits.
+            let held_after_exec = self.pending.iter().flatten().any(|(_, p)| {
+                p.op == Op::Exec as u8
+                    && p.state == pending_state::WAITING
+                    && p.flags & pending_flags::RESTARTS == 0
+            });
+            if self.links_pinned && !held_after_exec {
                 attach::remove_guard_pins(&link_dir);
             }
             return Ok(());

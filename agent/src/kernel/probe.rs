@@ -157,7 +157,7 @@ const FILE_FIELDS: &[(&str, &str, &str)] = &[
     ("SB_DEV_OFF", "super_block", "s_dev"),
     ("TASK_MM_OFF", "task_struct", "mm"),
     ("MM_EXE_FILE_OFF", "mm_struct", "exe_file"),
-    ("MM_ARG_START_OFF", "mm_struct", "arg_start"),
+    ("MM_ARG_END_OFF", "mm_struct", "arg_end"),
     ("VMA_FILE_OFF", "vm_area_struct", "vm_file"),
     ("TASK_FILES_OFF", "task_struct", "files"),
     ("FILES_FDT_OFF", "files_struct", "fdt"),
