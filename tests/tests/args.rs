@@ -27,6 +27,21 @@ fn start(cgroup: &Path, prog: &Path, marker: &Path) -> std::process::Child {
     )
 }
 
+/// Waits for `child` to end without anyone deciding anything; fails with `why` and what is
+/// pending if it is still held after the test's patience.
+fn ends_undecided(d: &Daemon, mut child: std::process::Child, why: &str) -> Output {
+    let deadline = std::time::Instant::now() + latch_tests::patience();
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let listed = text(&d.cli(&["pending", "--json"]));
+            let _ = child.kill();
+            panic!("{why}; pending: {listed}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    finish(child)
+}
+
 fn rules(prog: &Path, words: &str, action: &str) -> String {
     format!(
         "workloads:\n  - name: test\n    cgroups: [\"{{CG}}\"]\nrules:\n  - {{name: by-args, \
@@ -160,16 +175,8 @@ fn an_invocation_an_argument_rule_names_waits_for_a_reviewer_or_a_grant() {
     assert!(out.status.success(), "{}", text(&out));
     finish(child);
     assert!(m.exists(), "the granted invocation ran");
-    let (m, mut child) = ask("ask-under-grant");
-    let deadline = std::time::Instant::now() + latch_tests::patience();
-    while child.try_wait().expect("wait").is_none() {
-        if std::time::Instant::now() > deadline {
-            let listed = text(&d.cli(&["pending", "--json"]));
-            let _ = child.kill();
-            panic!("the grant did not cover the next invocation; pending: {listed}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (m, child) = ask("ask-under-grant");
+    ends_undecided(&d, child, "the grant did not cover the next invocation");
     assert!(m.exists(), "ran under the grant");
     let (m, child) = ask("ask-after-grant");
     let id = d.wait_request(child.id());
@@ -248,17 +255,8 @@ fn a_name_that_needs_approval_does_not_hide_the_argument_rule_of_the_file() {
     );
     let d = Daemon::start(&cg, &yaml, "deny");
     let m = f.marker("forbidden-by-link");
-    let mut child = start(&cg.path, &link, &m);
-    let deadline = std::time::Instant::now() + latch_tests::patience();
-    while child.try_wait().expect("wait").is_none() {
-        if std::time::Instant::now() > deadline {
-            let listed = text(&d.cli(&["pending", "--json"]));
-            let _ = child.kill();
-            panic!("held for a reviewer instead of refused: {listed}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = finish(child);
+    let child = start(&cg.path, &link, &m);
+    let out = ends_undecided(&d, child, "held for a reviewer instead of refused");
     assert!(!m.exists(), "the denied invocation ran: {:?}", out.status);
     assert!(!out.status.success(), "{:?}", out.status);
     d.stop();

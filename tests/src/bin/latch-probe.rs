@@ -334,22 +334,25 @@ fn send_on(kind: i32, protocol: i32, to: libc::sockaddr_in, payload: &[u8]) {
         if fd < 0 {
             return report(Err(std::io::Error::last_os_error()));
         }
-        let r = libc::sendto(
-            fd,
-            payload.as_ptr().cast(),
-            payload.len(),
-            0,
-            (&to as *const libc::sockaddr_in).cast(),
-            len,
-        );
-        let res = if r >= 0 {
-            Ok(())
-        } else {
-            Err(std::io::Error::last_os_error())
-        };
-        libc::close(fd);
-        report(res)
+        send_and_close(fd, payload, (&to as *const libc::sockaddr_in).cast(), len)
     }
+}
+
+/// Sends `payload` on `fd` to `to`, closes `fd` and reports the result.
+///
+/// # Safety
+/// `fd` is an open socket the caller owns; `to` points to `len` bytes of a socket address.
+unsafe fn send_and_close(fd: i32, payload: &[u8], to: *const libc::sockaddr, len: u32) {
+    // SAFETY: the caller's contract; the payload is a live local buffer.
+    let r = unsafe { libc::sendto(fd, payload.as_ptr().cast(), payload.len(), 0, to, len) };
+    let res = if r >= 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    };
+    // SAFETY: the caller's descriptor, closed once.
+    unsafe { libc::close(fd) };
+    report(res)
 }
 
 fn icmp(how: &str, addr: &str, tag: &str) {
@@ -418,21 +421,12 @@ fn packet_udp(port: u16, tag: &str) {
         to.sll_protocol = ETH_P_IP.to_be();
         to.sll_ifindex = libc::if_nametoindex(c"lo".as_ptr()) as i32;
         to.sll_halen = 6;
-        let r = libc::sendto(
+        send_and_close(
             fd,
-            pkt.as_ptr().cast(),
-            pkt.len(),
-            0,
+            &pkt,
             (&to as *const libc::sockaddr_ll).cast(),
             std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-        );
-        let res = if r >= 0 {
-            Ok(())
-        } else {
-            Err(std::io::Error::last_os_error())
-        };
-        libc::close(fd);
-        report(res)
+        )
     }
 }
 
