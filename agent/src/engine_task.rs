@@ -758,19 +758,7 @@ impl State {
         if !by_args {
             return false;
         }
-        let key = |scope: u8, subject: u64| agent_common::GrantKey {
-            scope,
-            _pad: [0; 3],
-            rule_id,
-            subject,
-            target,
-        };
-        let keys = [
-            key(agent_common::scope::PROCESS, ev.tgid as u64),
-            key(agent_common::scope::WORKLOAD, ev.workload as u64),
-            key(agent_common::scope::HOST, 0),
-        ];
-        match self.engine.use_grant(&keys) {
+        match self.engine.use_grant(ev.tgid, ev.workload, rule_id, target) {
             Ok(found) => found.is_some(),
             Err(e) => {
                 tracing::error!("cannot look up grants for a held exec (asking a reviewer): {e}");

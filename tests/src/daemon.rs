@@ -148,6 +148,20 @@ impl Daemon {
         )
     }
 
+    /// `latch-agent decide ID VERDICT [OPTIONS]`, which must succeed.
+    pub fn decide(&self, id: &str, verdict: &[&str]) {
+        let args: Vec<&str> = ["decide", id]
+            .into_iter()
+            .chain(verdict.iter().copied())
+            .collect();
+        let out = self.cli(&args);
+        assert!(
+            out.status.success(),
+            "decide {id} {verdict:?}: {}",
+            text(&out)
+        );
+    }
+
     pub fn wait_request(&self, pid: u32) -> String {
         let deadline = Instant::now() + patience();
         loop {

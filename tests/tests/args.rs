@@ -150,8 +150,7 @@ fn an_invocation_an_argument_rule_names_waits_for_a_reviewer_or_a_grant() {
             listed.contains("\"by-args\""),
             "the request names the argument rule: {listed}"
         );
-        let out = d.cli(&["decide", &id, decision]);
-        assert!(out.status.success(), "{}", text(&out));
+        d.decide(&id, &[decision]);
         let out = finish(child);
         assert_eq!(
             m.exists(),
@@ -171,8 +170,7 @@ fn an_invocation_an_argument_rule_names_waits_for_a_reviewer_or_a_grant() {
     };
     let (m, child) = ask("ask-granted");
     let id = d.wait_request(child.id());
-    let out = d.cli(&["decide", &id, "grant", "--scope", "workload", "--uses", "1"]);
-    assert!(out.status.success(), "{}", text(&out));
+    d.decide(&id, &["grant", "--scope", "workload", "--uses", "1"]);
     finish(child);
     assert!(m.exists(), "the granted invocation ran");
     let (m, child) = ask("ask-under-grant");
@@ -181,8 +179,7 @@ fn an_invocation_an_argument_rule_names_waits_for_a_reviewer_or_a_grant() {
     let (m, child) = ask("ask-after-grant");
     let id = d.wait_request(child.id());
     assert!(!m.exists(), "ran although the grant's use was spent");
-    let out = d.cli(&["decide", &id, "deny"]);
-    assert!(out.status.success(), "{}", text(&out));
+    d.decide(&id, &["deny"]);
     finish(child);
     assert!(!m.exists());
     d.stop();
@@ -208,8 +205,7 @@ fn a_held_invocation_makes_no_progress_under_a_sigcont_loop() {
     // the renewed stop and the gate ended the image at its first system call.
     let listed = text(&d.cli(&["pending", "--json"]));
     if listed.contains(&id) {
-        let out = d.cli(&["decide", &id, "allow"]);
-        assert!(out.status.success(), "{}", text(&out));
+        d.decide(&id, &["allow"]);
         let out = finish(child);
         assert!(
             m.exists(),

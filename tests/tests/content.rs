@@ -138,8 +138,7 @@ fn a_digest_rule_holds_a_copy_for_a_reviewer_who_sees_its_digest() {
             listed.contains(&digest),
             "the request shows the program's digest: {listed}"
         );
-        let out = d.cli(&["decide", &id, decision]);
-        assert!(out.status.success(), "{}", text(&out));
+        d.decide(&id, &[decision]);
         let out = finish(child);
         assert_eq!(
             m.exists(),
@@ -303,8 +302,7 @@ fn an_unknown_script_is_asked_about_once() {
         let pid = child.id();
         let id = d.wait_request(pid);
         assert!(!m.exists(), "ran before any decision");
-        let out = d.cli(&["decide", &id, "allow"]);
-        assert!(out.status.success(), "{}", text(&out));
+        d.decide(&id, &["allow"]);
     }
     // On the tracepoint backend the image is the interpreter, which is installed: the script's
     // own content is not checked (see the README).

@@ -838,18 +838,7 @@ impl Engine {
             uses,
         } = decision
         {
-            let (scope_code, subject) = match sc {
-                Scope::Process => (scope::PROCESS, p.tgid as u64),
-                Scope::Workload => (scope::WORKLOAD, p.workload as u64),
-                Scope::Host => (scope::HOST, 0),
-            };
-            let key = GrantKey {
-                scope: scope_code,
-                _pad: [0; 3],
-                rule_id: p.rule_id,
-                subject,
-                target: p.target,
-            };
+            let key = grant_key(sc, p.tgid, p.workload, p.rule_id, p.target);
             let grant = Grant {
                 action: Action::Allow as u8,
                 _pad: [0; 3],
@@ -1013,13 +1002,22 @@ impl Engine {
         Ok(cookies)
     }
 
-    /// Takes one use of the first allowing grant in force among `keys` (narrowest scope first),
-    /// for a held operation the agent decides itself (an exec decided by its arguments, whose
+    /// Takes one use of the first allowing grant in force for `rule_id` and `target` that covers
+    /// process `tgid` of `workload` (narrowest scope first), for a held operation the agent
+    /// decides itself (an exec decided by its arguments, whose
     /// rule the kernel never looks grants up under). An expired grant met on the way is
     /// removed. Returns the grant used.
-    pub fn use_grant(&mut self, keys: &[GrantKey]) -> Result<Option<GrantKey>, EngineError> {
+    pub fn use_grant(
+        &mut self,
+        tgid: u32,
+        workload: u32,
+        rule_id: u32,
+        target: u64,
+    ) -> Result<Option<GrantKey>, EngineError> {
         let now = monotonic_ns();
-        for key in keys {
+        let keys = [Scope::Process, Scope::Workload, Scope::Host]
+            .map(|sc| grant_key(sc, tgid, workload, rule_id, target));
+        for key in &keys {
             let mut g = match self.grants.get(key, 0) {
                 Ok(g) => g,
                 Err(e) if is_missing(&e) => continue,
@@ -1192,6 +1190,23 @@ fn is_missing(e: &aya::maps::MapError) -> bool {
             s.io_error.raw_os_error() == Some(nix::errno::Errno::ENOENT as i32)
         }
         _ => false,
+    }
+}
+
+/// The key of a grant of `scope` for an operation of process `tgid` in `workload`: the one
+/// mapping from a scope to its subject, for the grants the agent writes and those it looks up.
+fn grant_key(scope: Scope, tgid: u32, workload: u32, rule_id: u32, target: u64) -> GrantKey {
+    let (scope, subject) = match scope {
+        Scope::Process => (scope::PROCESS, tgid as u64),
+        Scope::Workload => (scope::WORKLOAD, workload as u64),
+        Scope::Host => (scope::HOST, 0),
+    };
+    GrantKey {
+        scope,
+        _pad: [0; 3],
+        rule_id,
+        subject,
+        target,
     }
 }
 
