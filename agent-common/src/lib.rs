@@ -66,6 +66,9 @@ pub enum Op {
     Connect = 2,
     /// `sendmsg()`/`sendto()` with an explicit destination on an unconnected UDP socket.
     Sendmsg = 3,
+    /// Debugging another process (`ptrace` attach, `PTRACE_TRACEME`, `process_vm_writev`,
+    /// `/proc/PID/mem`), refused to a watched task; never held.
+    Debug = 4,
 }
 
 impl Op {
@@ -75,6 +78,7 @@ impl Op {
             1 => Some(Self::Exec),
             2 => Some(Self::Connect),
             3 => Some(Self::Sendmsg),
+            4 => Some(Self::Debug),
             _ => None,
         }
     }
@@ -508,7 +512,8 @@ pub struct Event {
     pub cgroup_id: u64,
     /// For [`Outcome::Paused`] and [`Outcome::Cancelled`]: the pending entry's `created_ns`.
     pub created_ns: u64,
-    /// [`fingerprint`] of the target.
+    /// [`fingerprint`] of the target; for [`Op::Debug`], the process that was to be debugged
+    /// (its tgid; 0 when not known).
     pub target: u64,
     /// Thread id.
     pub pid: u32,
@@ -637,6 +642,9 @@ pub enum Counter {
     /// A watched task tried to create an `AF_PACKET` socket: refused (LSM) or the task ended
     /// (tracepoint backend).
     PacketSocketRefused = 32,
+    /// A watched task tried to debug another process (or to be traced): refused (LSM) or the
+    /// task ended (tracepoint backend).
+    DebugRefused = 33,
 }
 
 /// Number of slots in [`COUNTERS`](maps::COUNTERS).
@@ -669,7 +677,7 @@ size_check! {
 
 // The LPM trie key (u32 prefix length + data) must fit the kernel's 256-byte data limit.
 const _: () = assert!(core::mem::size_of::<ExecPrefixData>() <= 256);
-const _: () = assert!((COUNTER_SLOTS as usize) > Counter::PacketSocketRefused as usize);
+const _: () = assert!((COUNTER_SLOTS as usize) > Counter::DebugRefused as usize);
 
 #[cfg(feature = "user")]
 mod pod {

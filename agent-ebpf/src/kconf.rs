@@ -131,6 +131,10 @@ static FDT_FD_OFF: u32 = 0;
 #[unsafe(no_mangle)]
 static FDT_MAX_FDS_OFF: u32 = 0;
 
+/// `struct task_struct`.`tgid`: the process of a task a hook is given (not the current one).
+#[unsafe(no_mangle)]
+static TASK_TGID_OFF: u32 = 0;
+
 /// Offsets for reading a file's identity.
 #[derive(Clone, Copy)]
 pub struct FileOffsets {
@@ -147,6 +151,7 @@ pub struct FileOffsets {
     pub files_fdt: usize,
     pub fdt_fd: usize,
     pub fdt_max_fds: usize,
+    pub task_tgid: usize,
 }
 
 /// The offsets, or `None` where this kernel's BTF did not give them all.
@@ -169,6 +174,7 @@ pub fn file_offsets() -> Option<FileOffsets> {
         files_fdt: read(&FILES_FDT_OFF) as usize,
         fdt_fd: read(&FDT_FD_OFF) as usize,
         fdt_max_fds: read(&FDT_MAX_FDS_OFF) as usize,
+        task_tgid: read(&TASK_TGID_OFF) as usize,
     })
 }
 

@@ -37,6 +37,9 @@
 //!   task ended.
 //! - `socket_lsm` (LSM backend: `socket_create`) and `socket_tp` (tracepoint backend:
 //!   `syscalls:sys_enter_socket`): no `AF_PACKET` socket for a watched task.
+//! - `debug_lsm`, `traceme_lsm` (LSM backend: `ptrace_access_check`, `ptrace_traceme`) and
+//!   `ptrace_tp`, `vm_tp` (tracepoint backend: `syscalls:sys_enter_ptrace`,
+//!   `sys_enter_process_vm_{readv,writev}`): a watched task may not debug another process.
 //! - `probe_lsm`: attached for a moment at start-up to learn whether BPF LSM programs really
 //!   run here (they load and attach even where `bpf` is missing from `lsm=`, and then never run).
 #![no_std]
@@ -46,6 +49,7 @@
 #![feature(core_intrinsics)]
 
 mod counters;
+mod debug;
 mod exec;
 mod identity;
 mod kconf;
@@ -202,6 +206,33 @@ pub fn socket_lsm(ctx: LsmContext) -> i32 {
 #[tracepoint]
 pub fn socket_tp(ctx: TracePointContext) -> u32 {
     link_layer::on_socket_enter(&ctx);
+    0
+}
+
+/// LSM backend: `ptrace_access_check(child, mode)`.
+#[lsm(hook = "ptrace_access_check")]
+pub fn debug_lsm(ctx: LsmContext) -> i32 {
+    let (child, mode): (*const u8, u32) = (ctx.arg(0), ctx.arg(1));
+    debug::lsm_access(child, mode)
+}
+
+/// LSM backend: `ptrace_traceme(parent)`.
+#[lsm(hook = "ptrace_traceme")]
+pub fn traceme_lsm(ctx: LsmContext) -> i32 {
+    debug::lsm_traceme(ctx.arg(0))
+}
+
+/// Tracepoint backend: `syscalls:sys_enter_ptrace`.
+#[tracepoint]
+pub fn ptrace_tp(ctx: TracePointContext) -> u32 {
+    debug::on_ptrace_enter(&ctx);
+    0
+}
+
+/// Tracepoint backend: `syscalls:sys_enter_process_vm_readv` and `_writev`.
+#[tracepoint]
+pub fn vm_tp(ctx: TracePointContext) -> u32 {
+    debug::on_vm_enter(&ctx);
     0
 }
 

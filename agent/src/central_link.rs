@@ -497,6 +497,13 @@ impl Link {
 
     async fn submit(&mut self, client: &mut Client, ev: &KernelEvent) -> Result<(), LinkError> {
         let Some(id) = ev.request else { return Ok(()) };
+        let op = match ev.op {
+            Op::Exec => latch_proto::v1::Op::Exec,
+            Op::Connect => latch_proto::v1::Op::Connect,
+            Op::Sendmsg => latch_proto::v1::Op::Sendmsg,
+            // Refused in the kernel, never held: nothing to ask.
+            Op::Debug => return Ok(()),
+        };
         let policy = self.policy_tx.borrow().clone();
         let rule = policy
             .as_ref()
@@ -533,11 +540,7 @@ impl Link {
         let req = ApprovalRequest {
             request_id: id.to_string(),
             host_id: self.settings.host_id.clone(),
-            op: match ev.op {
-                Op::Exec => latch_proto::v1::Op::Exec,
-                Op::Connect => latch_proto::v1::Op::Connect,
-                Op::Sendmsg => latch_proto::v1::Op::Sendmsg,
-            } as i32,
+            op: op as i32,
             pid: ev.pid,
             tgid: ev.tgid,
             ppid: ctx.ppid,

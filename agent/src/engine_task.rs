@@ -1387,6 +1387,7 @@ fn recovered_event(op: &PendingOp) -> Option<KernelEvent> {
         program: None,
         mapped: false,
         packet_socket: false,
+        debugged: None,
     })
 }
 
@@ -1442,6 +1443,7 @@ pub fn counter_name(slot: u32) -> Option<&'static str> {
         (Counter::ArgsLost, "args_lost"),
         (Counter::MapRefused, "map_refused"),
         (Counter::PacketSocketRefused, "packet_socket_refused"),
+        (Counter::DebugRefused, "debug_refused"),
     ];
     NAMES
         .iter()

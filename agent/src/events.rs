@@ -104,6 +104,10 @@ pub struct KernelEvent {
     /// An `AF_PACKET` socket the task tried to create, refused.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub packet_socket: bool,
+    /// Debugging another process, refused: the process it was to debug (0 when not known, as
+    /// for `PTRACE_TRACEME`, where it is the parent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub debugged: Option<u32>,
 }
 
 /// A file's identity as the kernel saw it.
@@ -135,6 +139,7 @@ pub fn op_name(op: Op) -> &'static str {
         Op::Exec => "exec",
         Op::Connect => "connect",
         Op::Sendmsg => "sendmsg",
+        Op::Debug => "debug",
     }
 }
 
@@ -169,7 +174,7 @@ impl KernelEvent {
         let op = Op::from_u8(e.op).ok_or(DecodeError::Op(e.op))?;
         let outcome = Outcome::from_u8(e.outcome).ok_or(DecodeError::Outcome(e.outcome))?;
         let destination = match (op, e.family) {
-            (Op::Exec, _) => None,
+            (Op::Exec | Op::Debug, _) => None,
             (_, family::INET) => {
                 let a = Ipv4Addr::new(e.addr[0], e.addr[1], e.addr[2], e.addr[3]);
                 Some(SocketAddr::new(IpAddr::V4(a), e.port))
@@ -224,6 +229,7 @@ impl KernelEvent {
             content: e.flags & event_flags::CONTENT != 0,
             mapped: e.flags & event_flags::MAPPED != 0,
             packet_socket: e.flags & event_flags::PACKET_SOCKET != 0,
+            debugged: (op == Op::Debug).then_some(e.target as u32),
             program: None,
         })
     }

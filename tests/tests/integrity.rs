@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use agent_common::{Counter, Outcome};
+use agent_common::{Counter, Op, Outcome};
 use latch_agent::kernel::{Backend, Decision};
 use latch_tests::program::ProgramCopy;
 use latch_tests::{
@@ -372,13 +372,14 @@ fn restop_refused_only_by_the_kernel(h: &mut Harness) {
 
 #[test]
 #[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
-fn a_tracer_that_swallows_stops_does_not_release_a_held_exec() {
+fn a_watched_process_may_not_ask_to_be_traced() {
     if !privileged() {
         return;
     }
     let p = new_program();
     let mut h = rule_on(&p, "ask", "approve");
-    // Unwatched, the traced exec runs (the tracer resumes its post-exec SIGTRAP).
+    // Unwatched, the traced exec runs: the tracer resumes every stop without its signal, as a
+    // debugger that swallows a hold's SIGSTOP would.
     let free = TestCgroup::new();
     let m = p.marker("traced-free");
     let out = outcome(spawn_in(
@@ -391,33 +392,151 @@ fn a_tracer_that_swallows_stops_does_not_release_a_held_exec() {
         "a traced exec works where nothing watches: {out}"
     );
 
-    restop_refused_only_by_the_kernel(&mut h);
+    // Watched, `PTRACE_TRACEME` itself is refused, before any exec is held.
     let m = p.marker("traced");
-    let repaused = counter(&mut h, Counter::Repaused);
-    let mut child = h.spawn(&probe(), &["exec-via", "traced", &s(&p.path()), &s(&m)]);
-    // The tracer resumes every stop at once: the task is stopped again each time (the re-pause
-    // counter moves; a traced stop does not show as `T`), or the gate ends it.
-    match h.after_foreign_resume(&mut child, 0, repaused + 2, false) {
-        Resumed::StoppedAgain => {
-            let pending = h.wait_pending_where("the held exec", |q| q.op == "exec");
-            assert!(!m.exists(), "the tracer released the held exec");
-            h.engine()
-                .decide(pending.id, Decision::Allow)
-                .expect("decide");
-            let out = outcome(child);
-            assert!(m.exists(), "ran after approval: {out}");
-        }
-        Resumed::Ended => {
-            let out = outcome(child);
-            assert_ne!(
-                h.engine().backend(),
-                Backend::Lsm,
-                "LSM never lets it go: {out}"
-            );
-            assert_eq!(out["signal"], 9, "{out}");
-            assert!(!m.exists(), "the tracer released the held exec");
+    let out = h.probe(&["exec-via", "traced", &s(&p.path()), &s(&m)]);
+    assert!(!m.exists(), "a traced exec ran unasked: {out}");
+    match h.engine().backend() {
+        Backend::Lsm => assert_eq!(out["errno"].as_i64(), Some(EPERM), "{out}"),
+        // The tracepoint cannot refuse the call: the task is ended before it returns.
+        Backend::Tracepoint => assert_eq!(out["signal"], 9, "{out}"),
+    }
+    assert!(
+        h.engine().pending().expect("pending").is_empty(),
+        "nothing was held: the exec never happened"
+    );
+    h.expect_event("the refused tracee", |e| {
+        e.op == Op::Debug && e.outcome == Outcome::Denied
+    });
+}
+
+/// A process another may debug, started in a cgroup: where its words are and where it writes
+/// them when told to.
+struct Victim {
+    child: std::process::Child,
+    addr: u64,
+    report: std::path::PathBuf,
+}
+
+impl Victim {
+    fn start(cgroup: &Path, report: std::path::PathBuf) -> Self {
+        use std::io::BufRead;
+        let mut child = spawn_in(cgroup, &probe(), &["victim", &s(&report)]);
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.as_mut().expect("victim's stdout"))
+            .read_line(&mut line)
+            .expect("the victim's first line");
+        let v: serde_json::Value = serde_json::from_str(&line).expect("the victim's JSON");
+        let addr = v["addr"].as_u64().expect("the victim's address");
+        Self {
+            child,
+            addr,
+            report,
         }
     }
+
+    fn pid(&self) -> String {
+        self.child.id().to_string()
+    }
+
+    /// Tells the victim to report (this process, which nothing watches, writes its first word)
+    /// and returns its second word, where a debugger writes.
+    fn second_word(self) -> u64 {
+        let pid = self.child.id() as i32;
+        // A debugger ended between its attach and its detach leaves the attach's SIGSTOP.
+        // SAFETY: a signal to our own child.
+        unsafe { libc::kill(pid, libc::SIGCONT) };
+        let mem = std::fs::OpenOptions::new()
+            .write(true)
+            .open(format!("/proc/{pid}/mem"))
+            .expect("the victim's memory");
+        std::os::unix::fs::FileExt::write_all_at(&mem, &1u64.to_ne_bytes(), self.addr)
+            .expect("write the victim's first word");
+        let out = outcome(self.child);
+        assert_eq!(out["ok"], true, "the victim did not report: {out}");
+        let words = std::fs::read_to_string(&self.report).expect("the victim's report");
+        words
+            .split_whitespace()
+            .nth(1)
+            .and_then(|w| w.parse().ok())
+            .unwrap_or_else(|| panic!("the victim's report is not two words: {words:?}"))
+    }
+}
+
+#[test]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
+fn a_watched_process_may_not_write_another_process() {
+    if !privileged() {
+        return;
+    }
+    // Whoever may write a process's memory can make it do anything, outside every watched
+    // cgroup; the victim here stands for any such process of the same user.
+    let mut h = Harness::new(&rules(
+        "  - {name: none, workload: test, on: exec, paths: [/nonexistent], action: deny}\n",
+    ));
+    let free = TestCgroup::new();
+    let watched = h.cgroup.path.clone();
+    let dir = tempfile::tempdir().expect("temporary directory");
+    const WORD: u64 = 0x6c61_7463_6877_6f72;
+    let backend = h.engine().backend();
+    let mut victims = Vec::new();
+    for how in ["ptrace", "vm", "mem"] {
+        // Through a second probe, whose end the first reports: on the tracepoint backend the
+        // task that tries is ended.
+        let poke = |cg: &Path, v: &Victim| {
+            let inner = s(&probe());
+            let addr = (v.addr + 8).to_string();
+            let cmd = [
+                "exec",
+                &inner,
+                "poke",
+                how,
+                &v.pid(),
+                &addr,
+                &WORD.to_string(),
+            ];
+            run_in(cg, &probe_args(&cmd))
+        };
+        let v = Victim::start(&free.path, dir.path().join(format!("{how}-free")));
+        let out = poke(&free.path, &v);
+        assert_eq!(
+            v.second_word(),
+            WORD,
+            "writing another process by {how} does not work where nothing watches: {out}"
+        );
+
+        let v = Victim::start(&free.path, dir.path().join(format!("{how}-watched")));
+        victims.push(v.child.id());
+        let out = poke(&watched, &v);
+        let word = v.second_word();
+        if how == "mem" && backend == Backend::Tracepoint {
+            // No tracepoint sees the open of `/proc/PID/mem` (the README says so); this
+            // fails the day one does, and the README must change with it.
+            assert_eq!(word, WORD, "{out}");
+            continue;
+        }
+        assert_eq!(word, 0, "a watched process wrote another by {how}: {out}");
+        match backend {
+            Backend::Lsm => {
+                // The kernel reports a refused open of `/proc/PID/mem` as EACCES.
+                let errno = if how == "mem" { 13 } else { EPERM };
+                let inner = out["stdout"].as_str().unwrap_or_default();
+                assert!(
+                    inner.contains(&format!("\"errno\":{errno},")),
+                    "{how}: {out}"
+                );
+            }
+            Backend::Tracepoint => assert_eq!(out["signal"], 9, "{how}: {out}"),
+        }
+    }
+    let e = h.expect_event("the refused debugger", |e| {
+        e.op == Op::Debug && e.outcome == Outcome::Denied
+    });
+    assert!(
+        e.debugged.is_some_and(|p| victims.contains(&p)),
+        "the event names the process to be debugged: {e:?} (victims {victims:?})"
+    );
+    assert!(counter(&mut h, Counter::DebugRefused) > 0);
 }
 
 #[test]

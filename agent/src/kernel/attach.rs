@@ -177,6 +177,8 @@ pub fn attach_all(
                 ("map_lsm", "mmap_file", "map-lsm"),
                 ("mprotect_lsm", "file_mprotect", "mprotect-lsm"),
                 ("socket_lsm", "socket_create", "socket-lsm"),
+                ("debug_lsm", "ptrace_access_check", "debug-lsm"),
+                ("traceme_lsm", "ptrace_traceme", "traceme-lsm"),
             ] {
                 let prog: &mut Lsm = program(ebpf, name)?;
                 prog.load(hook, &btf).map_err(prog_err(name))?;
@@ -200,6 +202,14 @@ pub fn attach_all(
             p.keep(link, "map-tp")?;
             let link = tracepoint(ebpf, "socket_tp", "syscalls", "sys_enter_socket")?;
             p.keep(link, "socket-tp")?;
+            let link = tracepoint(ebpf, "ptrace_tp", "syscalls", "sys_enter_ptrace")?;
+            p.keep(link, "ptrace-tp")?;
+            for (pin, tp) in [
+                ("vm-read-tp", "sys_enter_process_vm_readv"),
+                ("vm-write-tp", "sys_enter_process_vm_writev"),
+            ] {
+                p.keep(tracepoint(ebpf, "vm_tp", "syscalls", tp)?, pin)?;
+            }
         }
     }
 

@@ -163,6 +163,7 @@ const FILE_FIELDS: &[(&str, &str, &str)] = &[
     ("FILES_FDT_OFF", "files_struct", "fdt"),
     ("FDT_FD_OFF", "fdtable", "fd"),
     ("FDT_MAX_FDS_OFF", "fdtable", "max_fds"),
+    ("TASK_TGID_OFF", "task_struct", "tgid"),
 ];
 
 /// The offsets for reading a file's identity from this kernel's BTF; an error names the first

@@ -29,7 +29,15 @@
 //!       dirfd    execveat(open(dirname), basename, 0)
 //!       memfd    a copy of PROGRAM in a memfd, run with execveat(memfd, "", AT_EMPTY_PATH)
 //!       traced   PTRACE_TRACEME, then execve; the probe is the tracer and resumes every stop
-//!                without its signal, as a debugger that swallows stops would
+//!                without its signal, as a debugger that swallows stops would (a refused
+//!                PTRACE_TRACEME is reported as a failed exec, with its errno)
+//! latch-probe victim FILE                a process another may debug: prints the address of
+//!                                        two words, then waits until the first is not 0 and
+//!                                        writes both, in decimal, to FILE
+//! latch-probe poke ptrace|vm|mem PID ADDR WORD
+//!                                        write the 8-byte WORD at ADDR in process PID, as a
+//!                                        debugger: PTRACE_ATTACH and PTRACE_POKEDATA,
+//!                                        process_vm_writev, or a write to /proc/PID/mem
 //! ```
 //!
 //! `exec` reports `{"ok":true,"exit":N|null,"signal":N|null,"stdout":"..."}` once the child has
@@ -184,7 +192,9 @@ fn exec_via(how: &str, program: &str, args: &[String]) {
                     exec_fd(fd, &argv_p, &envp);
                 }
                 "traced" => {
-                    libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0);
+                    if libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0) != 0 {
+                        child_failed(fds[1]);
+                    }
                     libc::execve(prog.as_ptr(), argv_p.as_ptr(), envp.as_ptr());
                 }
                 _ => libc::_exit(126),
@@ -534,8 +544,101 @@ fn escape_thread_exec(cgroup: &str, addr: SocketAddr) {
     let _ = worker.join();
 }
 
+/// The victim's two words: `[0]` tells it to report, `[1]` is where a debugger writes.
+static SLOTS: [std::sync::atomic::AtomicU64; 2] = [
+    std::sync::atomic::AtomicU64::new(0),
+    std::sync::atomic::AtomicU64::new(0),
+];
+
+fn victim(file: &str) {
+    use std::sync::atomic::Ordering;
+    println!("{{\"ok\":true,\"addr\":{}}}", SLOTS.as_ptr() as usize);
+    let _ = std::io::stdout().flush();
+    // Bounded, so that a victim nobody signals does not outlive its test for long.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while SLOTS[0].load(Ordering::SeqCst) == 0 {
+        if std::time::Instant::now() > deadline {
+            std::process::exit(3);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let words = format!(
+        "{} {}",
+        SLOTS[0].load(Ordering::SeqCst),
+        SLOTS[1].load(Ordering::SeqCst)
+    );
+    report(std::fs::write(file, words));
+}
+
+fn poke(how: &str, pid: i32, addr: u64, word: u64) {
+    let last = std::io::Error::last_os_error;
+    // SAFETY: plain system calls on locals; the remote address is the other process's concern
+    // (the kernel checks it).
+    unsafe {
+        match how {
+            "ptrace" => {
+                if libc::ptrace(libc::PTRACE_ATTACH, pid, 0, 0) != 0 {
+                    return report(Err(last()));
+                }
+                let mut status = 0;
+                libc::waitpid(pid, &mut status, libc::__WALL);
+                let poked = libc::ptrace(libc::PTRACE_POKEDATA, pid, addr, word);
+                let err = last();
+                libc::ptrace(libc::PTRACE_DETACH, pid, 0, 0);
+                report(if poked == 0 { Ok(()) } else { Err(err) })
+            }
+            "vm" => {
+                let local = libc::iovec {
+                    iov_base: (&word as *const u64).cast_mut().cast(),
+                    iov_len: 8,
+                };
+                let remote = libc::iovec {
+                    iov_base: addr as *mut libc::c_void,
+                    iov_len: 8,
+                };
+                match libc::process_vm_writev(pid, &local, 1, &remote, 1, 0) {
+                    8 => report(Ok(())),
+                    _ => report(Err(last())),
+                }
+            }
+            "mem" => report(
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(format!("/proc/{pid}/mem"))
+                    .and_then(|f| {
+                        std::os::unix::fs::FileExt::write_all_at(&f, &word.to_ne_bytes(), addr)
+                    }),
+            ),
+            other => {
+                eprintln!("latch-probe: unknown way to poke '{other}'");
+                std::process::exit(2);
+            }
+        }
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("victim") {
+        let Some(file) = args.get(2) else {
+            eprintln!("usage: latch-probe victim FILE");
+            std::process::exit(2);
+        };
+        return victim(file);
+    }
+    if args.get(1).map(String::as_str) == Some("poke") {
+        let parsed = (
+            args.get(2),
+            args.get(3).and_then(|a| a.parse().ok()),
+            args.get(4).and_then(|a| a.parse().ok()),
+            args.get(5).and_then(|a| a.parse().ok()),
+        );
+        let (Some(how), Some(pid), Some(addr), Some(word)) = parsed else {
+            eprintln!("usage: latch-probe poke ptrace|vm|mem PID ADDR WORD");
+            std::process::exit(2);
+        };
+        return poke(how, pid, addr, word);
+    }
     if let Some(cmd @ ("escape" | "escape-clone" | "escape-thread-exec")) =
         args.get(1).map(String::as_str)
     {
