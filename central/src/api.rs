@@ -25,13 +25,13 @@ use tonic::{Request, Response, Status};
 use crate::{
     approval::{DecideInput, State, MAX_GRANT},
     audit::{checkpoint_to_proto, list_checkpoints, retention_boundary, PAGE},
-    auth::{bearer, Identity},
+    auth::{bearer, Identity, Login, Role},
     chain,
     error::{Error, Result},
     events::{Guarded, AGENT_QUEUE},
     rules::{Version, MAX_RULES_BYTES},
     server::{rules_push, Central},
-    store::{now_ms, AuditFact, AuditFilter},
+    store::{now_ms, AuditFilter},
 };
 
 /// Longest id (host, request, record, grant).
@@ -501,6 +501,15 @@ impl ReviewerApi {
         }
         self.central.authenticate_metadata(req.metadata()).await
     }
+
+    /// [`ReviewerApi::who`], with the token and the login it made.
+    async fn login<'r, T>(&self, req: &'r Request<T>) -> Result<(&'r str, Login)> {
+        if self.central.is_stopping() {
+            return Err(Error::Unavailable("latch-central is shutting down".into()));
+        }
+        let token = bearer(req.metadata()).map_err(Error::from)?;
+        Ok((token, self.central.login(token).await?))
+    }
 }
 
 fn limit(v: u32, default: u32, max: u32) -> i64 {
@@ -906,7 +915,16 @@ impl ReviewerService for ReviewerApi {
         &self,
         req: Request<SignAuditCheckpointRequest>,
     ) -> Result<Response<AuditCheckpoint>, Status> {
-        self.who(&req).await?;
+        let who = self.who(&req).await?;
+        // Checkpoints are kept for ever, so adding them is an administrator's act, not a reader's.
+        if !who.has(Role::Admin) {
+            tracing::warn!(subject = %who.subject, "audit checkpoint refused: not an admin");
+            return Err(Error::PermissionDenied(format!(
+                "'{}' is not an admin; signing an audit checkpoint needs the admin role",
+                who.subject
+            ))
+            .into());
+        }
         let cp = self
             .central
             .sign_checkpoint(chain::kind::MANUAL)
@@ -919,23 +937,15 @@ impl ReviewerService for ReviewerApi {
         &self,
         req: Request<WhoAmIRequest>,
     ) -> Result<Response<WhoAmIResponse>, Status> {
-        let who = self.who(&req).await?;
+        let (token, login) = self.login(&req).await?;
+        self.central.record_login(token, &login, "api").await?;
+        let who = login.identity;
         let role = who
             .roles
             .iter()
             .max()
             .map(|r| format!("{r:?}").to_lowercase())
             .unwrap_or_default();
-        self.central
-            .store()
-            .audit(&AuditFact {
-                kind: "reviewer.login".into(),
-                actor: who.subject.clone(),
-                payload: serde_json::json!({"email": who.email, "groups": who.groups, "role": role}),
-                ..Default::default()
-            })
-            .await
-            .map_err(Error::from)?;
         Ok(Response::new(WhoAmIResponse {
             subject: who.subject,
             email: who.email,

@@ -27,7 +27,18 @@ use crate::{
     grants,
     server::Central,
     store::{now_ms, AuditFact, QueryContext, Store, Tx},
+    tally::{tally, Ballot, Choice, Scope, Tally, Terms},
 };
+
+/// Schema version 7: the terms each vote agreed to, so that an approval grants only what every
+/// counted approver accepted, and whether the voter was the requester. Votes stored before carry
+/// no terms and are read as "approve once", the narrowest.
+pub(crate) const MIGRATION: &[&str] = &[
+    "ALTER TABLE votes ADD COLUMN kind TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE votes ADD COLUMN scope TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE votes ADD COLUMN duration_ms BIGINT NOT NULL DEFAULT 0",
+    "ALTER TABLE votes ADD COLUMN by_requester BIGINT NOT NULL DEFAULT 0",
+];
 
 /// Longest grant a reviewer may give.
 pub const MAX_GRANT: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -203,8 +214,81 @@ pub struct DecideInput {
     pub reason: String,
 }
 
+impl DecideInput {
+    /// The vote this decision casts.
+    pub fn choice(&self) -> Choice {
+        match (self.kind, Scope::from_proto(self.scope)) {
+            (DecisionKind::ApproveFor, Some(scope)) => Choice::Approve(Terms::For {
+                scope,
+                duration: self.duration,
+            }),
+            // A grant without a scope is refused by validation; should one get here, once is
+            // the narrowest reading of it.
+            (DecisionKind::ApproveFor | DecisionKind::ApproveOnce, _) => {
+                Choice::Approve(Terms::Once)
+            }
+            (DecisionKind::Deny | DecisionKind::Unspecified, _) => Choice::Deny,
+        }
+    }
+}
+
+/// Stored `votes.kind` of a vote.
+fn vote_kind(c: Choice) -> &'static str {
+    match c {
+        Choice::Approve(Terms::Once) => "approve_once",
+        Choice::Approve(Terms::For { .. }) => "approve_for",
+        Choice::Deny => "deny",
+    }
+}
+
+const BALLOT_COLUMNS: &str = "approver, outcome, kind, scope, duration_ms, by_requester";
+
+fn ballot(r: &AnyRow) -> Result<Ballot, sqlx::Error> {
+    let outcome: String = r.try_get("outcome")?;
+    let kind: String = r.try_get("kind")?;
+    let scope: String = r.try_get("scope")?;
+    let duration_ms: i64 = r.try_get("duration_ms")?;
+    let choice = match outcome.as_str() {
+        "deny" => Choice::Deny,
+        "allow" => match (kind.as_str(), Scope::from_proto(grants::scope_of(&scope))) {
+            ("approve_for", Some(scope)) if duration_ms > 0 => Choice::Approve(Terms::For {
+                scope,
+                duration: Duration::from_millis(duration_ms as u64),
+            }),
+            // Votes from before terms were stored, or unreadable terms: the narrowest.
+            _ => Choice::Approve(Terms::Once),
+        },
+        other => {
+            return Err(sqlx::Error::Decode(
+                format!("vote outcome '{other}' is neither allow nor deny").into(),
+            ))
+        }
+    };
+    Ok(Ballot {
+        approver: r.try_get("approver")?,
+        choice,
+        by_requester: r.try_get::<i64, _>("by_requester")? != 0,
+    })
+}
+
+/// The votes on a request, in the order they were cast.
+async fn ballots_in(tx: &mut Tx, approval_id: &str) -> Result<Vec<Ballot>> {
+    let sql = format!(
+        "SELECT {BALLOT_COLUMNS} FROM votes WHERE approval_id = $1 ORDER BY at_ms, approver"
+    );
+    Ok(sqlx::query(&sql)
+        .bind(approval_id)
+        .fetch_all(&mut **tx)
+        .await
+        .ctx(format!("reading the votes on request {approval_id}"))?
+        .iter()
+        .map(ballot)
+        .collect::<Result<Vec<_>, _>>()
+        .ctx(format!("decoding the votes on request {approval_id}"))?)
+}
+
 /// What the rule says about a request.
-struct Terms {
+struct RuleTerms {
     timeout: Duration,
     on_timeout: &'static str,
     approvers_needed: u32,
@@ -251,8 +335,8 @@ impl Central {
             .ctx(format!("decoding request {host_id}/{request_id}"))?)
     }
 
-    async fn terms(&self, host_id: &str, req: &ApprovalRequest) -> Result<Terms> {
-        let defaults = Terms {
+    async fn terms(&self, host_id: &str, req: &ApprovalRequest) -> Result<RuleTerms> {
+        let defaults = RuleTerms {
             timeout: policy::DEFAULT_TIMEOUT,
             on_timeout: "deny",
             approvers_needed: 1,
@@ -285,7 +369,7 @@ impl Central {
                 req.rule_id, req.rule_name
             ))
         })?;
-        Ok(Terms {
+        Ok(RuleTerms {
             timeout: rule.timeout,
             on_timeout: match rule.on_timeout {
                 policy::Action::Allow | policy::Action::Audit => "allow",
@@ -568,9 +652,20 @@ impl Central {
             drop(tx);
             return Err(self.resolved_error(&row.approval_id).await);
         }
+        let choice = d.choice();
+        let by_requester = who.is_requester(&row.requester);
+        let (duration_ms, scope) = match choice {
+            Choice::Approve(Terms::For { scope, duration }) => (
+                duration.as_millis() as i64,
+                grants::scope_name(scope.to_proto()),
+            ),
+            _ => (0, ""),
+        };
         let outcome = if approve { "allow" } else { "deny" };
         let voted = sqlx::query(
-            "INSERT INTO votes (approval_id, approver, outcome, reason, at_ms) VALUES ($1, $2, $3, $4, $5)
+            "INSERT INTO votes (approval_id, approver, outcome, reason, at_ms, kind, scope, duration_ms,
+                by_requester)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
              ON CONFLICT (approval_id, approver) DO NOTHING",
         )
         .bind(&row.approval_id)
@@ -578,6 +673,10 @@ impl Central {
         .bind(outcome)
         .bind(&d.reason)
         .bind(now)
+        .bind(vote_kind(choice))
+        .bind(scope)
+        .bind(duration_ms)
+        .bind(i64::from(by_requester))
         .execute(&mut *tx)
         .await
         .ctx("recording vote")?;
@@ -587,19 +686,10 @@ impl Central {
                 who.subject, row.approval_id
             )));
         }
-        let mut resolved = true;
-        if approve {
-            let n: i64 = sqlx::query(
-                "SELECT COUNT(*) AS n FROM votes WHERE approval_id = $1 AND outcome = 'allow'",
-            )
-            .bind(&row.approval_id)
-            .fetch_one(&mut *tx)
-            .await
-            .ctx("counting votes")?
-            .try_get("n")
-            .ctx("counting votes")?;
-            if n >= row.approvers_needed as i64 {
-                let grant = grant_for(&row, &d, &who.subject, now);
+        let ballots = ballots_in(&mut tx, &row.approval_id).await?;
+        let resolved = match tally(row.approvers_needed, &ballots) {
+            Tally::Approved { terms, approvers } => {
+                let grant = grant_for(&row, terms, &who.subject, now);
                 resolve_in(
                     &mut tx,
                     &row,
@@ -608,11 +698,32 @@ impl Central {
                     &who.subject,
                     &d.reason,
                     grant.as_ref(),
+                    json!({"approvers": approvers, "terms": terms_json(terms)}),
                     now,
                 )
                 .await?;
-            } else {
-                resolved = false;
+                true
+            }
+            Tally::Denied { by } => {
+                resolve_in(
+                    &mut tx,
+                    &row,
+                    State::Denied,
+                    "deny",
+                    &by,
+                    &d.reason,
+                    None,
+                    serde_json::Value::Null,
+                    now,
+                )
+                .await?;
+                true
+            }
+            Tally::Pending { approvals } => {
+                let terms = match choice {
+                    Choice::Approve(t) => terms_json(t),
+                    Choice::Deny => serde_json::Value::Null,
+                };
                 Store::audit_in(
                     &mut tx,
                     &AuditFact {
@@ -622,27 +733,17 @@ impl Central {
                         request_id: row.approval_id.clone(),
                         rule_name: row.rule_name.clone(),
                         workload: row.workload.clone(),
-                        payload: json!({"outcome": "allow", "reason": d.reason, "votes": n,
-                            "needed": row.approvers_needed}),
+                        payload: json!({"outcome": outcome, "reason": d.reason, "votes": approvals,
+                            "needed": row.approvers_needed, "terms": terms,
+                            "by_requester": by_requester}),
                         time_ms: now,
                         ..Default::default()
                     },
                 )
                 .await?;
+                false
             }
-        } else {
-            resolve_in(
-                &mut tx,
-                &row,
-                State::Denied,
-                "deny",
-                &who.subject,
-                &d.reason,
-                None,
-                now,
-            )
-            .await?;
-        }
+        };
         tx.commit().await.ctx("committing decision")?;
         self.publish(Event::Request {
             approval_id: row.approval_id.clone(),
@@ -751,6 +852,7 @@ impl Central {
             &format!("host:{host_id}"),
             reason,
             None,
+            serde_json::Value::Null,
             now,
         )
         .await?;
@@ -788,6 +890,7 @@ impl Central {
             "timeout",
             &reason,
             None,
+            serde_json::Value::Null,
             now,
         )
         .await?;
@@ -866,31 +969,39 @@ pub(crate) fn already(row: &RequestRow) -> Error {
     ))
 }
 
-/// The grant an approval for a duration creates (`None` for other decisions).
+/// The grant an approval on `terms` creates (`None` for "approve once").
 pub(crate) fn grant_for(
     row: &RequestRow,
-    d: &DecideInput,
+    terms: Terms,
     granted_by: &str,
     now: i64,
 ) -> Option<Grant> {
-    (d.kind == DecisionKind::ApproveFor).then(|| Grant {
+    let Terms::For { scope, duration } = terms else {
+        return None;
+    };
+    Some(Grant {
         grant_id: uuid::Uuid::new_v4().to_string(),
-        scope: d.scope as i32,
-        expires_at_unix_ms: now + d.duration.as_millis() as i64,
+        scope: scope.to_proto() as i32,
+        expires_at_unix_ms: now + duration.as_millis() as i64,
         host_id: row.host_id.clone(),
         rule_id: row.rule_id,
         rule_name: row.rule_name.clone(),
         workload: row.workload.clone(),
-        tgid: if d.scope == GrantScope::Process {
-            row.tgid
-        } else {
-            0
-        },
+        tgid: if scope == Scope::Process { row.tgid } else { 0 },
         request_id: row.approval_id.clone(),
         granted_by: granted_by.to_string(),
         created_at_unix_ms: now,
         ..Default::default()
     })
+}
+
+/// Terms as the audit trail records them.
+pub(crate) fn terms_json(t: Terms) -> serde_json::Value {
+    match t {
+        Terms::Once => json!({"kind": "approve_once"}),
+        Terms::For { scope, duration } => json!({"kind": "approve_for",
+            "scope": grants::scope_name(scope.to_proto()), "duration_seconds": duration.as_secs()}),
+    }
 }
 
 /// Locks a pending request for the rest of `tx`; false when it is no longer pending.
@@ -941,6 +1052,7 @@ pub(crate) async fn resolve_in(
     actor: &str,
     reason: &str,
     grant: Option<&Grant>,
+    detail: serde_json::Value,
     now: i64,
 ) -> Result<()> {
     let r = sqlx::query(
@@ -979,8 +1091,14 @@ pub(crate) async fn resolve_in(
             rule_name: row.rule_name.clone(),
             workload: row.workload.clone(),
             action: outcome.to_string(),
-            payload: json!({"outcome": outcome, "reason": reason, "agent_request_id": row.request_id,
-                "requester": row.requester}),
+            payload: {
+                let mut p = json!({"outcome": outcome, "reason": reason,
+                    "agent_request_id": row.request_id, "requester": row.requester});
+                if let (Some(p), serde_json::Value::Object(more)) = (p.as_object_mut(), detail) {
+                    p.extend(more);
+                }
+                p
+            },
             time_ms: now,
             ..Default::default()
         },

@@ -122,6 +122,11 @@ pub struct Login {
     /// The identity provider that vouched for it (its issuer URL); `None` for identities from
     /// the configuration file, which are known without a login.
     pub issuer: Option<String>,
+    /// When the token stops being valid; `None` for tokens that do not expire.
+    pub expires_at: Option<std::time::SystemTime>,
+    /// Whether the e-mail address is known to be the person's: the provider said
+    /// `email_verified: true`, or the configuration file gives it.
+    pub email_verified: bool,
 }
 
 /// Turns a reviewer's bearer token into an [`Identity`].
@@ -136,6 +141,8 @@ pub trait Authenticator: Send + Sync + 'static {
         Ok(Login {
             identity: self.authenticate(token).await?,
             issuer: None,
+            expires_at: None,
+            email_verified: true,
         })
     }
 

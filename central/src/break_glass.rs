@@ -21,6 +21,7 @@ use crate::{
     events::Event,
     server::Central,
     store::{now_ms, AuditFact, QueryContext, Store},
+    tally::Choice,
 };
 
 impl Central {
@@ -133,7 +134,11 @@ impl Central {
             },
         )
         .await?;
-        let grant = grant_for(&row, &d, &who.subject, now);
+        // Break-glass decides alone: earlier votes neither count nor narrow its terms.
+        let grant = match d.choice() {
+            Choice::Approve(terms) => grant_for(&row, terms, &who.subject, now),
+            Choice::Deny => None,
+        };
         let reason = format!("BREAK-GLASS: {}", d.reason.trim());
         resolve_in(
             &mut tx,
@@ -143,6 +148,7 @@ impl Central {
             &who.subject,
             &reason,
             grant.as_ref(),
+            serde_json::Value::Null,
             now,
         )
         .await?;

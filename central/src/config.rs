@@ -2,7 +2,7 @@
 //!
 //! ```toml
 //! listen = "127.0.0.1:7443"                        # default
-//! database = "sqlite:///var/lib/latch/central.db"  # default; or "postgres://user:pw@host/db"
+//! database = "sqlite:///var/lib/latch-central/central.db"  # default; or "postgres://user:pw@host/db"
 //!
 //! [oidc]                                  # reviewers log in here (see crate::oidc::OidcConfig)
 //! issuer = "https://login.example.com/oauth2/default"
@@ -47,7 +47,7 @@
 //! webhook_url_file = "/etc/latch/teams-webhook-url"
 //!
 //! [audit]
-//! signing_key = "/var/lib/latch/audit-signing-key.pem"  # generated when absent
+//! signing_key = "/var/lib/latch-central/audit-signing-key.pem"  # generated when absent
 //! checkpoint_every = 10000                              # records
 //! checkpoint_interval = "5m"
 //! retention = "forever"                                 # or e.g. "400days"
@@ -68,7 +68,14 @@ use crate::auth::Role;
 /// Default listen address: loopback, so a fresh install is not reachable from the network.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7443";
 /// Default database: one SQLite file, created on first start.
-pub const DEFAULT_DATABASE: &str = "sqlite:///var/lib/latch/central.db";
+pub const DEFAULT_DATABASE: &str = "sqlite:///var/lib/latch-central/central.db";
+/// The configuration file `latch-central` reads when none is named.
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/latch/central.toml";
+/// Where a root process started without a configuration file keeps its state (the directory
+/// of [`DEFAULT_DATABASE`]).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/latch-central";
+/// The SQLite file in the state directory.
+pub const STATE_DATABASE_FILE: &str = "central.db";
 
 /// A refused configuration.
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +104,50 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
+    /// Started without a configuration file, and no directory for the database is known.
+    #[error(
+        "no configuration file and no state directory for the database: set STATE_DIRECTORY \
+         (or XDG_STATE_HOME, or HOME) to an absolute path, or start with --config FILE \
+         (HOME is '{home}')"
+    )]
+    NoStateDir {
+        /// `HOME`, the last variable looked at (empty when unset).
+        home: String,
+    },
+}
+
+/// The directory where `latch-central` keeps its database when started without a
+/// configuration file: `$STATE_DIRECTORY` (what systemd's `StateDirectory=` sets), else
+/// [`DEFAULT_STATE_DIR`] for root, else `$XDG_STATE_HOME/latch`, else `~/.local/state/latch`.
+/// `var` reads the environment; relative values are ignored, as the XDG specification says.
+pub fn first_start_state_dir(
+    var: impl Fn(&str) -> Option<std::ffi::OsString>,
+    is_root: bool,
+) -> Result<PathBuf, ConfigError> {
+    let absolute = |name: &str| var(name).map(PathBuf::from).filter(|p| p.is_absolute());
+    // systemd may list several directories, separated by colons; the first is this unit's own.
+    if let Some(dir) = var("STATE_DIRECTORY").and_then(|v| {
+        v.to_str()
+            .and_then(|s| s.split(':').next())
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute())
+    }) {
+        return Ok(dir);
+    }
+    if is_root {
+        return Ok(PathBuf::from(DEFAULT_STATE_DIR));
+    }
+    if let Some(dir) = absolute("XDG_STATE_HOME") {
+        return Ok(dir.join("latch"));
+    }
+    if let Some(home) = absolute("HOME") {
+        return Ok(home.join(".local/state/latch"));
+    }
+    Err(ConfigError::NoStateDir {
+        home: var("HOME")
+            .map(|v| v.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    })
 }
 
 /// `latch-central`'s configuration.
@@ -342,11 +393,8 @@ impl SlackConfig {
     pub fn api_base_url(&self) -> Result<String, String> {
         let text = self.api_base_url.as_deref().unwrap_or(DEFAULT_SLACK_API);
         let u = url::Url::parse(text).map_err(|e| format!("slack.api_base_url '{text}': {e}"))?;
-        if !matches!(u.scheme(), "http" | "https") || u.host_str().is_none_or(str::is_empty) {
-            return Err(format!(
-                "slack.api_base_url '{text}' must be an http:// or https:// URL with a host"
-            ));
-        }
+        // Every call carries the bot token.
+        check_tls_off_loopback("slack.api_base_url", text, &u, "the bot token")?;
         if u.query().is_some() || u.fragment().is_some() || !u.username().is_empty() {
             return Err(format!(
                 "slack.api_base_url '{text}' may not carry credentials, a query or a fragment"
@@ -431,15 +479,53 @@ impl TeamsConfig {
     }
 }
 
-/// Checks a Teams webhook URL; `key` names where it came from.
+/// Checks a Teams webhook URL; `key` names where it came from. The URL is a credential (its
+/// path, and for Workflows webhooks its query, let anyone post), so messages show only its
+/// scheme, host and port.
 pub fn check_webhook_url(key: &str, text: &str) -> Result<(), String> {
     let u = url::Url::parse(text.trim()).map_err(|e| format!("{key}: not a URL: {e}"))?;
-    if !matches!(u.scheme(), "http" | "https") || u.host_str().is_none_or(str::is_empty) {
-        return Err(format!(
-            "{key}: must be an http:// or https:// URL with a host"
-        ));
+    let shown = match (u.host_str(), u.port()) {
+        (Some(h), Some(p)) => format!("{}://{h}:{p}/…", u.scheme()),
+        (Some(h), None) => format!("{}://{h}/…", u.scheme()),
+        (None, _) => format!("{}:…", u.scheme()),
+    };
+    check_tls_off_loopback(key, &shown, &u, "the webhook's secret")
+}
+
+/// Whether `url` names this machine, where plain HTTP does not cross the network: the same
+/// rule as for `oidc.issuer` (see [`crate::oidc::check_url`]).
+fn is_loopback_url(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(a)) => a.is_loopback(),
+        Some(url::Host::Ipv6(a)) => a.is_loopback(),
+        None => false,
     }
-    Ok(())
+}
+
+/// Refuses a URL that would send `what` over the network without TLS: `https://` anywhere,
+/// `http://` only to a loopback host, nothing else. `key` and `shown` (the value as it may be
+/// printed) name it in the message.
+fn check_tls_off_loopback(
+    key: &str,
+    shown: &str,
+    url: &url::Url,
+    what: &str,
+) -> Result<(), String> {
+    match url.scheme() {
+        "https" | "http" if url.host_str().is_none_or(str::is_empty) => {
+            Err(format!("{key} '{shown}' has no host"))
+        }
+        "https" => Ok(()),
+        "http" if is_loopback_url(url) => Ok(()),
+        "http" => Err(format!(
+            "{key} '{shown}' must be an https:// URL: over http:// {what} would cross the \
+             network readable (http:// is accepted only on loopback)"
+        )),
+        _ => Err(format!(
+            "{key} '{shown}' must be an https:// URL (http:// only on loopback)"
+        )),
+    }
 }
 
 /// `[tls]`: the gRPC listener's certificate and the CA that issues agents' client certificates.
@@ -481,7 +567,7 @@ pub struct AuditConfig {
 }
 
 /// Default signing key path when the database is not a SQLite file.
-pub const DEFAULT_SIGNING_KEY: &str = "/var/lib/latch/audit-signing-key.pem";
+pub const DEFAULT_SIGNING_KEY: &str = "/var/lib/latch-central/audit-signing-key.pem";
 
 fn duration(field: &str, v: &Option<String>, default: &str) -> Result<Duration, String> {
     let text = v.as_deref().unwrap_or(default);
@@ -599,6 +685,15 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The configuration of a start without a configuration file: every default, with the
+    /// SQLite database (and the audit signing key beside it) in `state_dir`.
+    pub fn first_start(state_dir: &Path) -> Config {
+        Config {
+            database: format!("sqlite://{}", state_dir.join(STATE_DATABASE_FILE).display()),
+            ..Config::default()
+        }
+    }
+
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let p = path.display().to_string();
@@ -743,6 +838,71 @@ mod tests {
     }
 
     #[test]
+    fn a_start_without_a_file_keeps_its_state_in_the_state_directory() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(name, _)| *name == k)
+                    .map(|(_, v)| std::ffi::OsString::from(v))
+            }
+        };
+        for (vars, root, want) in [
+            (
+                &[
+                    ("STATE_DIRECTORY", "/var/lib/latch-central:/var/lib/other"),
+                    ("HOME", "/h"),
+                ][..],
+                false,
+                "/var/lib/latch-central",
+            ),
+            (&[("STATE_DIRECTORY", "/srv/s")][..], true, "/srv/s"),
+            (&[("HOME", "/root")][..], true, DEFAULT_STATE_DIR),
+            (
+                &[("STATE_DIRECTORY", "rel"), ("HOME", "/root")][..],
+                true,
+                DEFAULT_STATE_DIR,
+            ),
+            (
+                &[("XDG_STATE_HOME", "/x/state"), ("HOME", "/h")][..],
+                false,
+                "/x/state/latch",
+            ),
+            (
+                &[("XDG_STATE_HOME", "x/state"), ("HOME", "/h")][..],
+                false,
+                "/h/.local/state/latch",
+            ),
+            (
+                &[("HOME", "/home/ann")][..],
+                false,
+                "/home/ann/.local/state/latch",
+            ),
+        ] {
+            let dir = first_start_state_dir(env(vars), root).expect("a state directory");
+            assert_eq!(dir, PathBuf::from(want), "{vars:?} root={root}");
+        }
+        for vars in [&[][..], &[("HOME", "home/ann")][..]] {
+            let e = first_start_state_dir(env(vars), false).expect_err("nowhere");
+            assert!(e.to_string().contains("STATE_DIRECTORY"), "{e}");
+        }
+
+        let c = Config::first_start(Path::new("/tmp/s"));
+        c.validate().expect("the defaults are valid");
+        assert_eq!(c.database, "sqlite:///tmp/s/central.db");
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(
+            c.signing_key_path(),
+            PathBuf::from("/tmp/s/audit-signing-key.pem")
+        );
+        assert_eq!(
+            Config::first_start(Path::new(DEFAULT_STATE_DIR)).database,
+            DEFAULT_DATABASE,
+            "root's first start uses the documented default"
+        );
+    }
+
+    #[test]
     fn web_console_is_served_only_when_configured() {
         let c = Config::parse("c.toml", "").expect("empty");
         assert!(c.web.is_none());
@@ -818,6 +978,35 @@ mod tests {
             let e = Config::parse("c.toml", text).expect_err(text);
             assert!(e.to_string().contains(needle), "{text}: {e}");
         }
+    }
+
+    /// The shipped unit's dynamic user can write only its `StateDirectory=`: the defaults and
+    /// the example configuration must keep central's files there.
+    #[test]
+    fn the_unit_the_defaults_and_the_example_agree_on_the_state_directory() {
+        let unit = include_str!("../../systemd/latch-central.service");
+        let dirs: Vec<&str> = unit
+            .lines()
+            .filter_map(|l| l.strip_prefix("StateDirectory="))
+            .collect();
+        assert_eq!(dirs.len(), 1, "one StateDirectory= in the unit: {dirs:?}");
+        let state = format!("/var/lib/{}", dirs[0].trim());
+        assert_eq!(state, DEFAULT_STATE_DIR);
+        assert_eq!(DEFAULT_DATABASE, format!("sqlite://{state}/{STATE_DATABASE_FILE}"));
+        assert!(Path::new(DEFAULT_SIGNING_KEY).starts_with(&state));
+        let example = Config::parse(
+            "central.example.toml",
+            include_str!("../central.example.toml"),
+        )
+        .expect("example");
+        assert_eq!(example.database, DEFAULT_DATABASE);
+        assert!(example.signing_key_path().starts_with(&state));
+        assert!(
+            unit.contains("--config /etc/latch/central.toml")
+                && unit.contains("ConfigurationDirectory=latch"),
+            "the unit reads the default configuration file"
+        );
+        assert_eq!(DEFAULT_CONFIG_FILE, "/etc/latch/central.toml");
     }
 
     #[test]
@@ -920,6 +1109,105 @@ mod tests {
             let e = Config::parse("c.toml", text).expect_err(text);
             assert!(e.to_string().contains(needle), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn slack_api_base_url_needs_tls_off_loopback() {
+        let base = "[web]\n[slack]\nbot_token_file = \"/t\"\nsigning_secret_file = \"/s\"\n";
+        for (url, refusal) in [
+            ("https://slack.com/api", None),
+            ("https://10.0.0.7:8443/api", None),
+            ("http://127.0.0.1:9000/api", None),
+            ("http://127.8.9.10/api", None),
+            ("http://[::1]:9000/api", None),
+            ("http://localhost:9000/api", None),
+            ("http://LOCALHOST/api", None),
+            (
+                "http://slack.com/api",
+                Some("would cross the network readable"),
+            ),
+            (
+                "http://10.0.0.7:9000/api",
+                Some("would cross the network readable"),
+            ),
+            (
+                "http://[2001:db8::1]/api",
+                Some("would cross the network readable"),
+            ),
+            (
+                "http://localhost.example.com/api",
+                Some("would cross the network readable"),
+            ),
+            (
+                "http://0.0.0.0:9000/api",
+                Some("would cross the network readable"),
+            ),
+            ("ftp://localhost/api", Some("must be an https:// URL")),
+            ("ws://127.0.0.1/api", Some("must be an https:// URL")),
+            ("file:///api", Some("must be an https:// URL")),
+        ] {
+            let text = format!("{base}api_base_url = \"{url}\"\n");
+            match (Config::parse("c.toml", &text), refusal) {
+                (Ok(c), None) => {
+                    let slack = c.slack.expect("[slack]");
+                    assert_eq!(slack.api_base_url().as_deref(), Ok(url), "{url}");
+                }
+                (Err(e), Some(needle)) => {
+                    let m = e.to_string();
+                    assert!(
+                        m.contains(&format!("slack.api_base_url '{url}'")) && m.contains(needle),
+                        "{url}: {m}"
+                    );
+                }
+                (Ok(_), Some(_)) => panic!("{url} was accepted"),
+                (Err(e), None) => panic!("{url} was refused: {e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn teams_webhook_needs_tls_off_loopback_and_stays_secret() {
+        for (url, refusal) in [
+            ("https://example.webhook.office.com/webhookb2/g@t/IncomingWebhook/SECRET/x", None),
+            (
+                "https://prod-1.westus.logic.azure.com:443/workflows/w/triggers/manual/paths/invoke?sig=SECRET",
+                None,
+            ),
+            ("http://127.0.0.1:8080/webhookb2/SECRET", None),
+            ("http://[::1]:8080/webhookb2/SECRET", None),
+            ("http://localhost/webhookb2/SECRET", None),
+            (
+                "http://example.webhook.office.com/webhookb2/SECRET",
+                Some("teams.webhook_url 'http://example.webhook.office.com/…'"),
+            ),
+            (
+                "http://10.1.2.3:8080/webhookb2/SECRET",
+                Some("teams.webhook_url 'http://10.1.2.3:8080/…'"),
+            ),
+            ("ftp://localhost/SECRET", Some("teams.webhook_url 'ftp://localhost/…'")),
+        ] {
+            match (check_webhook_url("teams.webhook_url", url), refusal) {
+                (Ok(()), None) => {}
+                (Err(m), Some(needle)) => {
+                    assert!(m.contains(needle), "{url}: {m}");
+                    assert!(m.contains("https://"), "{url}: {m}");
+                    assert!(!m.contains("SECRET"), "the credential leaked: {m}");
+                }
+                (Ok(()), Some(_)) => panic!("{url} was accepted"),
+                (Err(m), None) => panic!("{url} was refused: {m}"),
+            }
+        }
+        let web = "[web]\npublic_url = \"https://latch.example.com\"\n";
+        let e = Config::parse(
+            "c.toml",
+            &format!("{web}[teams]\nwebhook_url = \"http://teams.example/hook/SECRET\"\n"),
+        )
+        .expect_err("plain http to a remote host");
+        let m = e.to_string();
+        assert!(
+            m.contains("teams.webhook_url 'http://teams.example/…'") && !m.contains("SECRET"),
+            "{m}"
+        );
     }
 
     #[test]

@@ -31,6 +31,10 @@ pub enum Error {
     Store(#[from] StoreError),
 }
 
+/// What a caller reads of a storage failure; the driver's text names tables and queries, so it
+/// goes to the log only.
+pub const STORE_FAILED: &str = "the database failed; try again (details are in central's log)";
+
 impl From<Error> for tonic::Status {
     fn from(e: Error) -> Self {
         let msg = e.to_string();
@@ -41,8 +45,14 @@ impl From<Error> for tonic::Status {
             Error::Unauthenticated(_) => tonic::Status::unauthenticated(msg),
             Error::PermissionDenied(_) => tonic::Status::permission_denied(msg),
             Error::Unavailable(_) => tonic::Status::unavailable(msg),
-            Error::Store(s) if s.is_transient() => tonic::Status::unavailable(msg),
-            Error::Store(_) => tonic::Status::internal(msg),
+            Error::Store(s) if s.is_transient() => {
+                tracing::warn!(error = %s, "a call failed in storage (transient)");
+                tonic::Status::unavailable(STORE_FAILED)
+            }
+            Error::Store(s) => {
+                tracing::error!(error = %s, "a call failed in storage");
+                tonic::Status::internal(STORE_FAILED)
+            }
         }
     }
 }
@@ -78,6 +88,13 @@ mod tests {
         for (e, code) in cases {
             assert_eq!(tonic::Status::from(e).code(), code);
         }
+        let driver = Error::Store(StoreError::Query {
+            op: "reading table secret_things".into(),
+            source: sqlx::Error::Protocol("driver detail".into()),
+        });
+        let s = tonic::Status::from(driver);
+        assert_eq!(s.code(), Code::Internal);
+        assert_eq!(s.message(), STORE_FAILED);
         let refused = policy::RuleSet::parse("r.yaml", "rules: [").expect_err("not yaml");
         let s = tonic::Status::from(Error::from(refused));
         assert_eq!(s.code(), Code::InvalidArgument);

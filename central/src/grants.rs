@@ -33,7 +33,7 @@ pub fn scope_name(s: GrantScope) -> &'static str {
     }
 }
 
-fn scope_of(s: &str) -> GrantScope {
+pub(crate) fn scope_of(s: &str) -> GrantScope {
     match s {
         "process" => GrantScope::Process,
         "workload" => GrantScope::Workload,

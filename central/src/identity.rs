@@ -1,5 +1,5 @@
 //! Reviewer identities: who a bearer token is ([`Central::authenticate`]), and who an e-mail
-//! address is ([`Central::identity_by_email`]) for channels that know people only by address
+//! address is ([`Central::reviewer_by_email`]) for channels that know people only by address
 //! (chat integrations map their user to an identity before a decision counts).
 //!
 //! Identities come from two places: the static `[[reviewers]]` of the configuration (always
@@ -7,7 +7,14 @@
 //! latter are remembered in the `identities` table with the groups and roles of their last login,
 //! written at most every [`WRITE_EVERY`] per identity unless something changed, and trusted for
 //! look-ups by e-mail for [`REMEMBER_FOR`] after that login: a person removed from the approver
-//! groups stops being found once their last login is that old.
+//! groups stops being found once their last login is that old. Only addresses the provider
+//! verified (`email_verified: true`) are found, and only when no other subject has the same
+//! verified address: providers that let people edit their own address would otherwise let
+//! anyone claim a colleague's.
+//!
+//! A reviewer's login (`reviewer.login` in the audit trail) is recorded once per token: the
+//! `reviewer_logins` table keeps the SHA-256 of each token recorded until the token expires, so
+//! a client that asks who it is at every call adds nothing after its first call.
 //!
 //! This module does not verify tokens itself (that is [`crate::auth`] and [`crate::oidc`]).
 
@@ -17,13 +24,14 @@ use std::{
     time::{Duration, Instant},
 };
 
+use sha2::{Digest, Sha256};
 use sqlx::Row;
 
 use crate::{
     auth::{bearer, AuthError, Identity, Login, Role},
     error::{Error, Result},
     server::Central,
-    store::{now_ms, QueryContext, StoreError},
+    store::{now_ms, AuditFact, QueryContext, Store, StoreError},
 };
 
 /// A remembered identity is written again after this long even when nothing changed, so
@@ -42,22 +50,48 @@ pub(crate) const MIGRATION: &[&str] = &[
     "CREATE INDEX identities_email ON identities (email_lower, last_seen_ms)",
 ];
 
+/// Schema version 8: the tokens whose login is recorded (see the module's description).
+pub(crate) const LOGINS_MIGRATION: &[&str] = &[
+    "CREATE TABLE reviewer_logins (token_hash TEXT PRIMARY KEY, subject TEXT NOT NULL,
+        recorded_at_ms BIGINT NOT NULL, expires_at_ms BIGINT NOT NULL)",
+    "CREATE INDEX reviewer_logins_expiry ON reviewer_logins (expires_at_ms)",
+];
+
+/// A recorded token is remembered this long past its expiry, beyond the leeway with which
+/// expired tokens are still accepted, so that it is never recorded twice.
+const LOGIN_KEPT_AFTER_EXPIRY: Duration = Duration::from_secs(10 * 60);
+
+/// Schema version 10: whether the provider vouched for each remembered address. Rows from
+/// before it count as unverified until the person logs in again.
+pub(crate) const EMAIL_VERIFIED_MIGRATION: &[&str] =
+    &["ALTER TABLE identities ADD COLUMN email_verified BIGINT NOT NULL DEFAULT 0"];
+
 /// Per-replica memory of when each learned identity was last written, so that a busy reviewer
 /// does not cost a database write per call.
 #[derive(Debug, Default)]
 pub struct IdentityLog {
-    written: Mutex<HashMap<(String, String), (Instant, Identity)>>,
+    written: Mutex<HashMap<(String, String), Written>>,
 }
 
+/// When an identity was last written, as written, and whether its address was verified.
+type Written = (Instant, Identity, bool);
+
 impl IdentityLog {
-    /// Whether `identity` from `issuer` needs writing now; marks it written when it does.
-    fn due(&self, issuer: &str, identity: &Identity) -> bool {
+    /// Whether `identity` from `issuer`, its address verified or not, needs writing now; marks
+    /// it written when it does.
+    fn due(&self, issuer: &str, identity: &Identity, email_verified: bool) -> bool {
         let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
         let key = (issuer.to_string(), identity.subject.clone());
         match written.get(&key) {
-            Some((at, last)) if last == identity && at.elapsed() < WRITE_EVERY => false,
+            Some((at, last, verified))
+                if last == identity
+                    && *verified == email_verified
+                    && at.elapsed() < WRITE_EVERY =>
+            {
+                false
+            }
             _ => {
-                written.insert(key, (Instant::now(), identity.clone()));
+                written.insert(key, (Instant::now(), identity.clone(), email_verified));
                 true
             }
         }
@@ -144,13 +178,21 @@ impl Central {
     /// Authenticates a reviewer's bearer token (without `Bearer `) and remembers identities an
     /// identity provider vouched for. Every reviewer channel goes through here.
     pub async fn authenticate(&self, token: &str) -> Result<Identity> {
+        Ok(self.login(token).await?.identity)
+    }
+
+    /// [`Central::authenticate`], also saying who vouched for the identity and until when.
+    pub async fn login(&self, token: &str) -> Result<Login> {
         let login = self
             .reviewers
             .login(token)
             .await
             .map_err(|e: AuthError| Error::from(e))?;
         if let Some(issuer) = &login.issuer {
-            if self.identity_log.due(issuer, &login.identity) {
+            if self
+                .identity_log
+                .due(issuer, &login.identity, login.email_verified)
+            {
                 if let Err(e) = self.remember(&login).await {
                     // Authentication stands; only the look-up by e-mail misses this login.
                     self.identity_log.forget(issuer, &login.identity.subject);
@@ -158,21 +200,94 @@ impl Central {
                 }
             }
         }
-        Ok(login.identity)
+        Ok(login)
+    }
+
+    /// Records `login`, made with `token` through `channel`, as `reviewer.login` in the audit
+    /// trail, unless this token's login is already recorded. Returns whether it recorded.
+    pub async fn record_login(&self, token: &str, login: &Login, channel: &str) -> Result<bool> {
+        let token_hash = hex::encode(Sha256::digest(token.as_bytes()));
+        let known = sqlx::query("SELECT 1 AS known FROM reviewer_logins WHERE token_hash = $1")
+            .bind(&token_hash)
+            .fetch_optional(self.store.pool())
+            .await
+            .ctx(format!(
+                "looking up the login of {}",
+                login.identity.subject
+            ))?;
+        if known.is_some() {
+            return Ok(false);
+        }
+        let now = now_ms();
+        let expires_at_ms = login
+            .expires_at
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| (d + LOGIN_KEPT_AFTER_EXPIRY).as_millis() as i64)
+            .unwrap_or(i64::MAX);
+        let id = &login.identity;
+        let mut tx = self.store.begin().await?;
+        // Another call with the same token may have recorded it since the look-up.
+        let inserted = sqlx::query(
+            "INSERT INTO reviewer_logins (token_hash, subject, recorded_at_ms, expires_at_ms)
+             VALUES ($1, $2, $3, $4) ON CONFLICT (token_hash) DO NOTHING",
+        )
+        .bind(&token_hash)
+        .bind(&id.subject)
+        .bind(now)
+        .bind(expires_at_ms)
+        .execute(&mut *tx)
+        .await
+        .ctx(format!("recording the login of {}", id.subject))?;
+        if inserted.rows_affected() == 0 {
+            return Ok(false);
+        }
+        sqlx::query("DELETE FROM reviewer_logins WHERE expires_at_ms <= $1")
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .ctx("removing the logins of expired tokens")?;
+        let role = id
+            .roles
+            .iter()
+            .max()
+            .map(|r| role_name(*r))
+            .unwrap_or_default();
+        Store::audit_in(
+            &mut tx,
+            &AuditFact {
+                kind: "reviewer.login".into(),
+                actor: id.subject.clone(),
+                payload: serde_json::json!({"channel": channel, "email": id.email,
+                    "groups": id.groups, "role": role, "issuer": login.issuer}),
+                time_ms: now,
+                ..Default::default()
+            },
+        )
+        .await?;
+        tx.commit()
+            .await
+            .ctx(format!("committing the login of {}", id.subject))?;
+        Ok(true)
     }
 
     /// Remembers an identity from a login central ran itself (the web console's ID token,
     /// verified with [`crate::oidc::Oidc::verify_id_token`]), as [`Central::authenticate`] does
     /// for bearer tokens, so that [`Central::identity_by_email`] finds the person.
-    pub async fn record_provider_login(&self, identity: &Identity) {
+    pub async fn record_provider_login(&self, verified: &crate::oidc::Verified) {
         let Some(oidc) = self.oidc() else {
             return;
         };
+        let identity = &verified.identity;
         let login = Login {
             identity: identity.clone(),
             issuer: Some(oidc.issuer().to_string()),
+            expires_at: Some(verified.expires_at),
+            email_verified: verified.email_verified,
         };
-        if self.identity_log.due(oidc.issuer(), identity) {
+        if self
+            .identity_log
+            .due(oidc.issuer(), identity, verified.email_verified)
+        {
             if let Err(e) = self.remember(&login).await {
                 self.identity_log.forget(oidc.issuer(), &identity.subject);
                 tracing::warn!(error = %e, subject = %identity.subject, "remembering an identity failed");
@@ -190,12 +305,12 @@ impl Central {
         let now = now_ms();
         sqlx::query(
             "INSERT INTO identities (issuer, subject, email, email_lower, groups_json, roles_json,
-                aliases_json, first_seen_ms, last_seen_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)
+                aliases_json, first_seen_ms, last_seen_ms, email_verified)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9)
              ON CONFLICT (issuer, subject) DO UPDATE SET email = excluded.email,
                 email_lower = excluded.email_lower, groups_json = excluded.groups_json,
                 roles_json = excluded.roles_json, aliases_json = excluded.aliases_json,
-                last_seen_ms = excluded.last_seen_ms",
+                last_seen_ms = excluded.last_seen_ms, email_verified = excluded.email_verified",
         )
         .bind(issuer)
         .bind(&id.subject)
@@ -205,60 +320,99 @@ impl Central {
         .bind(serde_json::json!(roles).to_string())
         .bind(serde_json::json!(id.aliases).to_string())
         .bind(now)
+        .bind(i64::from(login.email_verified))
         .execute(self.store.pool())
         .await
         .ctx(format!("remembering identity {}", id.subject))?;
         Ok(())
     }
 
-    /// The reviewer whose e-mail address is `email` (ignoring case): a configured reviewer
-    /// first, else the most recent identity-provider login with that address within
-    /// [`REMEMBER_FOR`]. `None` when nobody matches or `email` is blank.
+    /// The reviewer whose e-mail address is `email`, or `None`: see [`Central::reviewer_by_email`].
     pub async fn identity_by_email(&self, email: &str) -> Result<Option<Identity>> {
+        Ok(match self.reviewer_by_email(email).await? {
+            ByEmail::One(id) => Some(id),
+            ByEmail::Nobody | ByEmail::Ambiguous { .. } => None,
+        })
+    }
+
+    /// Who the verified address `email` (compared ignoring case) belongs to. Claims count when
+    /// they are verified: a configured reviewer's address, or an identity-provider login within
+    /// [`REMEMBER_FOR`] whose token said `email_verified: true`. An address claimed so by more
+    /// than one subject belongs to nobody, since either could be the impostor; a subject's
+    /// configured identity comes before its logins, then its most recent login.
+    pub async fn reviewer_by_email(&self, email: &str) -> Result<ByEmail> {
         let email = email.trim();
         if email.is_empty() {
-            return Ok(None);
+            return Ok(ByEmail::Nobody);
         }
-        if let Some(id) = self
+        let mut found: Vec<Identity> = self
             .reviewers
             .configured()
             .into_iter()
-            .find(|i| i.email.eq_ignore_ascii_case(email))
-        {
-            return Ok(Some(id));
-        }
+            .filter(|i| i.email.eq_ignore_ascii_case(email))
+            .collect();
         let since = now_ms() - REMEMBER_FOR.as_millis() as i64;
-        let row = sqlx::query(
+        let rows = sqlx::query(
             "SELECT subject, email, groups_json, roles_json, aliases_json FROM identities
-             WHERE email_lower = $1 AND last_seen_ms >= $2 ORDER BY last_seen_ms DESC LIMIT 1",
+             WHERE email_lower = $1 AND email_verified = 1 AND last_seen_ms >= $2
+             ORDER BY last_seen_ms DESC",
         )
         .bind(email.to_lowercase())
         .bind(since)
-        .fetch_optional(self.store.pool())
+        .fetch_all(self.store.pool())
         .await
         .ctx(format!("looking up identity {email}"))?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let text = |col: &str| -> Result<String> {
-            Ok(row
-                .try_get::<String, _>(col)
-                .ctx(format!("reading identities.{col}"))?)
-        };
-        let groups: Vec<String> =
-            serde_json::from_str(&text("groups_json")?).map_err(|e| corrupt("groups_json", e))?;
-        let roles: Vec<Role> =
-            serde_json::from_str(&text("roles_json")?).map_err(|e| corrupt("roles_json", e))?;
-        let aliases: Vec<String> =
-            serde_json::from_str(&text("aliases_json")?).map_err(|e| corrupt("aliases_json", e))?;
-        Ok(Some(Identity {
-            subject: text("subject")?,
-            email: text("email")?,
-            groups,
-            roles,
-            aliases,
-        }))
+        for row in &rows {
+            found.push(remembered(row)?);
+        }
+        let mut subjects: Vec<String> = found.iter().map(|i| i.subject.clone()).collect();
+        subjects.sort();
+        subjects.dedup();
+        Ok(match subjects.len() {
+            0 => ByEmail::Nobody,
+            1 => found
+                .into_iter()
+                .next()
+                .map_or(ByEmail::Nobody, ByEmail::One),
+            _ => ByEmail::Ambiguous { subjects },
+        })
     }
+}
+
+/// Who an e-mail address belongs to ([`Central::reviewer_by_email`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ByEmail {
+    /// Exactly one reviewer.
+    One(Identity),
+    /// No reviewer with that verified address.
+    Nobody,
+    /// Several subjects claim it, verified: none of them is trusted with it.
+    Ambiguous {
+        /// The subjects, sorted.
+        subjects: Vec<String>,
+    },
+}
+
+/// A remembered identity from its `identities` row.
+fn remembered(row: &sqlx::any::AnyRow) -> Result<Identity> {
+    let text = |col: &str| -> Result<String> {
+        Ok(row
+            .try_get::<String, _>(col)
+            .ctx(format!("reading identities.{col}"))?)
+    };
+    let groups: Vec<String> =
+        serde_json::from_str(&text("groups_json")?).map_err(|e| corrupt("groups_json", e))?;
+    let roles: Vec<Role> =
+        serde_json::from_str(&text("roles_json")?).map_err(|e| corrupt("roles_json", e))?;
+    let aliases: Vec<String> =
+        serde_json::from_str(&text("aliases_json")?).map_err(|e| corrupt("aliases_json", e))?;
+    Ok(Identity {
+        subject: text("subject")?,
+        email: text("email")?,
+        groups,
+        roles,
+        aliases,
+    })
 }
 
 #[cfg(test)]
@@ -278,13 +432,23 @@ mod tests {
     #[test]
     fn writes_are_throttled_until_something_changes() {
         let log = IdentityLog::default();
-        assert!(log.due("https://idp", &id(&["a"])));
-        assert!(!log.due("https://idp", &id(&["a"])));
-        assert!(log.due("https://idp", &id(&["a", "b"])), "groups changed");
-        assert!(log.due("https://other", &id(&["a", "b"])), "other issuer");
+        assert!(log.due("https://idp", &id(&["a"]), true));
+        assert!(!log.due("https://idp", &id(&["a"]), true));
+        assert!(
+            log.due("https://idp", &id(&["a", "b"]), true),
+            "groups changed"
+        );
+        assert!(
+            log.due("https://idp", &id(&["a", "b"]), false),
+            "verification withdrawn"
+        );
+        assert!(
+            log.due("https://other", &id(&["a", "b"]), false),
+            "other issuer"
+        );
         log.forget("https://idp", "u1");
         assert!(
-            log.due("https://idp", &id(&["a", "b"])),
+            log.due("https://idp", &id(&["a", "b"]), false),
             "failed write retried"
         );
     }

@@ -9,7 +9,8 @@
 //! of its own and acts only through the same engine methods as the API, as do Slack and Teams
 //! ([`notify`], whose Slack callbacks arrive on the console's listener). The audit chain's encoding,
 //! checkpoints, export formats and verifier ([`chain`]), the evidence report ([`report`]) and
-//! terminal/HTML escaping ([`text`]) are pure: `latchctl` uses them too, offline.
+//! terminal/HTML escaping ([`text`]) are pure: `latchctl` uses them too, offline. So is the N-of-M
+//! tally ([`tally`]), which every channel's votes go through.
 //!
 //! It must not touch hosts' kernels or agents' local state: it tells agents what to enforce and
 //! what was decided, over their stream, and nothing else. It does not define the rules language
@@ -33,6 +34,7 @@ pub mod report;
 pub mod rules;
 pub mod server;
 pub mod store;
+pub mod tally;
 pub mod text;
 pub mod tls;
 pub mod web;

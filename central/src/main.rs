@@ -1,4 +1,7 @@
-//! `latch-central serve --config FILE` runs the service; `latch-central validate --config FILE`
+//! `latch-central serve --config FILE` runs the service; `latch-central` alone (or `serve` without
+//! `--config`) runs it from /etc/latch/central.toml or, when that file does not exist, with the
+//! defaults: loopback, and a SQLite database in the state directory
+//! ([`latch_central::config::first_start_state_dir`]). `latch-central validate --config FILE`
 //! checks a configuration without starting anything; `latch-central audit verify` checks the
 //! stored audit chain directly in the database (exit 7 when it does not verify) and
 //! `latch-central audit public-key` prints the key that signs its checkpoints.
@@ -13,17 +16,21 @@ use latch_central::Config;
 #[derive(Parser)]
 #[command(version)]
 struct Cli {
+    /// Without a command: `serve`.
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Runs the service.
+    /// Runs the service (the default command).
     Serve {
-        /// Configuration file (TOML).
-        #[arg(long, default_value = "/etc/latch/central.toml")]
-        config: PathBuf,
+        /// Configuration file (TOML). Default: /etc/latch/central.toml, or, when that file does
+        /// not exist, the defaults: 127.0.0.1:7443 and a SQLite database in the state directory
+        /// ($STATE_DIRECTORY; for root /var/lib/latch; else $XDG_STATE_HOME/latch or
+        /// ~/.local/state/latch).
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Checks a configuration file and exits.
     Validate {
@@ -65,7 +72,10 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    match Cli::parse().command {
+    match Cli::parse()
+        .command
+        .unwrap_or(Command::Serve { config: None })
+    {
         Command::Validate { config } => {
             let c = Config::load(&config)?;
             let tls = match &c.tls {
@@ -140,10 +150,22 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve { config } => {
-            let c = Config::load(&config)?;
+            let (c, source) = serve_config(config)?;
             let server = latch_central::start(&c, None)
                 .await
-                .with_context(|| format!("starting with {}", config.display()))?;
+                .with_context(|| format!("starting with {source}"))?;
+            // On standard output whatever the log level, for people and for scripts that wait
+            // for the service to be up.
+            println!(
+                "latch-central listening on {} (gRPC, {}), database {}{}",
+                server.addr(),
+                if c.tls.is_some() { "TLS" } else { "plaintext" },
+                latch_central::store::redact_url(&c.database),
+                match server.web_addr() {
+                    Some(a) => format!(", web console on http://{a}"),
+                    None => String::new(),
+                }
+            );
             server
                 .run_until(async {
                     let mut term = match tokio::signal::unix::signal(
@@ -165,5 +187,39 @@ async fn main() -> anyhow::Result<()> {
                 .context("serving")?;
             Ok(())
         }
+    }
+}
+
+/// The configuration to serve with, and how to name it in messages: the file given; else
+/// /etc/latch/central.toml; else, when that file does not exist, the defaults.
+fn serve_config(given: Option<PathBuf>) -> anyhow::Result<(Config, String)> {
+    if let Some(path) = given {
+        let c = Config::load(&path)?;
+        return Ok((c, path.display().to_string()));
+    }
+    let path = std::path::Path::new(latch_central::config::DEFAULT_CONFIG_FILE);
+    match Config::load(path) {
+        Ok(c) => Ok((c, path.display().to_string())),
+        Err(latch_central::config::ConfigError::Read { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            // SAFETY: geteuid has no preconditions and cannot fail.
+            let is_root = unsafe { libc::geteuid() } == 0;
+            let dir =
+                latch_central::config::first_start_state_dir(|k| std::env::var_os(k), is_root)?;
+            let c = Config::first_start(&dir);
+            println!(
+                "latch-central: no {} and no --config: starting with the defaults, state in {}",
+                path.display(),
+                dir.display()
+            );
+            println!(
+                "latch-central: no agent or reviewer can sign in yet: write a configuration with \
+                 [[agents]] and [oidc] (or [[reviewers]] for a first try; see \
+                 central.example.toml) and start with --config FILE"
+            );
+            Ok((c, "the defaults".to_string()))
+        }
+        Err(e) => Err(e.into()),
     }
 }

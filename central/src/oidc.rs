@@ -273,6 +273,8 @@ pub struct Verified {
     pub identity: Identity,
     /// When the token stops being valid (its `exp`).
     pub expires_at: SystemTime,
+    /// Whether the provider says the `email` claim is the person's own (`email_verified: true`).
+    pub email_verified: bool,
 }
 
 /// One key of the provider's set, usable for exactly one algorithm.
@@ -656,6 +658,8 @@ impl Oidc {
         Ok(Verified {
             identity,
             expires_at: SystemTime::UNIX_EPOCH + Duration::from_secs(claims.exp),
+            // Anything but the boolean `true` (absent, "true", 1) is no verification.
+            email_verified: claims.other.get("email_verified") == Some(&Value::Bool(true)),
         })
     }
 
@@ -730,9 +734,12 @@ impl Authenticator for Oidc {
     }
 
     async fn login(&self, token: &str) -> Result<Login, AuthError> {
+        let verified = self.verify_access_token(token).await?;
         Ok(Login {
-            identity: self.verify_access_token(token).await?.identity,
+            identity: verified.identity,
             issuer: Some(self.config.issuer.clone()),
+            expires_at: Some(verified.expires_at),
+            email_verified: verified.email_verified,
         })
     }
 }

@@ -395,13 +395,26 @@ pub async fn start_with(
         addr: config.listen,
         source,
     })?;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(latch_proto::FILE_DESCRIPTOR_SET)
+    // Both versions of reflection: grpcurl, Postman and older grpc_cli speak only v1alpha.
+    // Each lists both, so a client of either learns what the other offers.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(latch_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            )
+    };
+    let reflection_v1 = reflection()
         .build_v1()
-        .map_err(|e| StartError::Reflection(e.to_string()))?;
+        .map_err(|e| StartError::Reflection(format!("v1: {e}")))?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .map_err(|e| StartError::Reflection(format!("v1alpha: {e}")))?;
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     let router = tonic::transport::Server::builder()
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(AgentServiceServer::new(AgentApi::new(central.clone())))
         .add_service(ReviewerServiceServer::new(ReviewerApi::new(
             central.clone(),

@@ -134,6 +134,22 @@ pub const MIGRATIONS: &[(i64, &[&str], &[&str])] = &[
         crate::web::session::MIGRATION,
     ),
     (6, crate::grants::MIGRATION, crate::grants::MIGRATION),
+    (7, crate::approval::MIGRATION, crate::approval::MIGRATION),
+    (
+        8,
+        crate::identity::LOGINS_MIGRATION,
+        crate::identity::LOGINS_MIGRATION,
+    ),
+    (
+        9,
+        crate::web::session::LOGINS_MIGRATION,
+        crate::web::session::LOGINS_MIGRATION,
+    ),
+    (
+        10,
+        crate::identity::EMAIL_VERIFIED_MIGRATION,
+        crate::identity::EMAIL_VERIFIED_MIGRATION,
+    ),
 ];
 
 /// Statements run after a migration's Rust step (version 2: hashing the records stored before

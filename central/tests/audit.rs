@@ -124,7 +124,7 @@ async fn scenario(server: &Server) -> Agent {
         .await
         .expect("upload");
     // Checkpoints in the middle of the log and at its end.
-    rv.sign_audit_checkpoint(req(SignAuditCheckpointRequest {}, VIEWER))
+    rv.sign_audit_checkpoint(req(SignAuditCheckpointRequest {}, ADMIN))
         .await
         .expect("checkpoint");
     agent
@@ -138,7 +138,7 @@ async fn scenario(server: &Server) -> Agent {
         ))
         .await
         .expect("upload");
-    rv.sign_audit_checkpoint(req(SignAuditCheckpointRequest {}, VIEWER))
+    rv.sign_audit_checkpoint(req(SignAuditCheckpointRequest {}, ADMIN))
         .await
         .expect("checkpoint");
     // Kept connected by the caller: a disconnection would append while the test looks.
@@ -848,7 +848,86 @@ async fn a_changed_configuration_is_recorded(env: &Env) {
     server.shutdown().await;
 }
 
+async fn audit_rows(server: &Server) -> (i64, usize) {
+    let store = server.central().store();
+    let head = store.audit_head().await.expect("head").seq;
+    let checkpoints = latch_central::audit::list_checkpoints(store)
+        .await
+        .expect("checkpoints")
+        .len();
+    (head, checkpoints)
+}
+
+async fn logins(server: &Server, actor: &str) -> usize {
+    server
+        .central()
+        .store()
+        .query_audit(
+            &latch_central::store::AuditFilter {
+                kind: "reviewer.login".into(),
+                actor: actor.into(),
+                ..Default::default()
+            },
+            1000,
+        )
+        .await
+        .expect("query")
+        .len()
+}
+
+/// What a reader can make the trail keep is bounded: a login is recorded once per token, and
+/// only admins sign checkpoints.
+async fn readers_cannot_grow_the_trail(env: &Env) {
+    let server = env.start().await;
+    let mut rv = reviewer(&server).await;
+    for _ in 0..20 {
+        rv.who_am_i(req(WhoAmIRequest {}, VIEWER))
+            .await
+            .expect("whoami");
+    }
+    assert_eq!(logins(&server, "vic").await, 1, "one login per token");
+    let before = audit_rows(&server).await;
+    for _ in 0..20 {
+        rv.who_am_i(req(WhoAmIRequest {}, VIEWER))
+            .await
+            .expect("whoami");
+    }
+    for token in [VIEWER, ALICE] {
+        let e = rv
+            .sign_audit_checkpoint(req(SignAuditCheckpointRequest {}, token))
+            .await
+            .expect_err("not an admin");
+        assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+        assert!(e.message().contains("admin"), "{e}");
+    }
+    assert_eq!(audit_rows(&server).await, before, "nothing was added");
+    // Another token is another login.
+    rv.who_am_i(req(WhoAmIRequest {}, ALICE))
+        .await
+        .expect("whoami");
+    assert_eq!(logins(&server, "alice").await, 1);
+    let cp = rv
+        .sign_audit_checkpoint(req(SignAuditCheckpointRequest {}, ADMIN))
+        .await
+        .expect("an admin signs")
+        .into_inner();
+    let (head, checkpoints) = audit_rows(&server).await;
+    assert_eq!(cp.seq, head);
+    assert_eq!(checkpoints, before.1 + 1);
+    server.shutdown().await;
+
+    // A restarted central (or another replica) knows the token's login is recorded.
+    let server = env.start().await;
+    let mut rv = reviewer(&server).await;
+    rv.who_am_i(req(WhoAmIRequest {}, VIEWER))
+        .await
+        .expect("whoami");
+    assert_eq!(logins(&server, "vic").await, 1);
+    server.shutdown().await;
+}
+
 suite!(
+    readers_cannot_grow_the_trail,
     tampering_is_named,
     exports_round_trip_and_tampering_is_named,
     evidence_report_lists_what_happened,

@@ -726,6 +726,83 @@ async fn the_queue_stream_sends_a_snapshot_then_changes() {
         .expect("shutdown with the stream closed");
 }
 
+/// Opens `b`'s live queue and reads its snapshot.
+async fn open_queue(b: &mut Browser, buf: &mut String) -> reqwest::Response {
+    let mut res = b
+        .http
+        .get(format!("{}/events/requests", b.base))
+        .header(header::COOKIE, b.cookie_header())
+        .send()
+        .await
+        .expect("event stream");
+    assert_eq!(res.status(), StatusCode::OK);
+    next_event(&mut res, buf, "snapshot", "").await;
+    res
+}
+
+/// Reads a live queue until it ends; fails if `never` shows up in it first.
+async fn until_ended(res: &mut reqwest::Response, buf: &mut String, never: &str) {
+    tokio::time::timeout(HANG, async {
+        while let Ok(Some(chunk)) = res.chunk().await {
+            buf.push_str(&String::from_utf8_lossy(&chunk));
+            assert!(
+                !buf.contains(never),
+                "the live queue sent {never} after its session ended: {buf}"
+            );
+        }
+    })
+    .await
+    .expect("the live queue outlived its session");
+}
+
+#[tokio::test]
+async fn signing_out_ends_the_live_queue() {
+    let (_env, server) = started(None).await;
+    let mut agent = Agent::connect(&server, "h1", vec![], vec![]).await;
+    let mut b = Browser::new(&server);
+    b.sign_in(VIEWER).await;
+    let csrf = b.get("/requests").await.csrf();
+    let mut buf = String::new();
+    let mut res = open_queue(&mut b, &mut buf).await;
+    // Signed in, a new request reaches the open stream.
+    let before = agent.submit(agent.request("r-signed-in", "prod-db")).await;
+    next_event(&mut res, &mut buf, "request", &before.approval_id).await;
+
+    let p = b.post("/logout", &[("csrf", &csrf)]).await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER);
+    let after = agent.submit(agent.request("r-signed-out", "prod-db")).await;
+    until_ended(&mut res, &mut buf, &after.approval_id).await;
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn signing_out_on_another_replica_ends_the_live_queue() {
+    let Some(mut env) = Env::postgres().await else {
+        return;
+    };
+    with_console(&mut env, None);
+    let (a, other) = (env.start().await, env.start().await);
+    apply_rules(&a).await;
+    let mut agent = Agent::connect(&a, "h1", vec![], vec![]).await;
+    let mut b = Browser::new(&a);
+    b.sign_in(VIEWER).await;
+    let mut buf = String::new();
+    let mut res = open_queue(&mut b, &mut buf).await;
+    let before = agent.submit(agent.request("r-signed-in", "prod-db")).await;
+    next_event(&mut res, &mut buf, "request", &before.approval_id).await;
+
+    // The same browser, sent to the other replica by a load balancer, signs out there.
+    let mut there = Browser::new(&other);
+    there.cookies = b.cookies.clone();
+    let csrf = there.get("/requests").await.csrf();
+    let p = there.post("/logout", &[("csrf", &csrf)]).await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER);
+    let after = agent.submit(agent.request("r-signed-out", "prod-db")).await;
+    until_ended(&mut res, &mut buf, &after.approval_id).await;
+    other.shutdown().await;
+    a.shutdown().await;
+}
+
 #[tokio::test]
 async fn an_open_event_stream_does_not_hold_up_shutdown() {
     let (_env, server) = started(None).await;
@@ -892,6 +969,145 @@ async fn signing_in_at_the_identity_provider_with_pkce_state_and_nonce() {
     let p = intern.get(&callback).await;
     assert_eq!(p.location(), "/login?failed=no_role");
     assert!(!intern.cookies.contains_key("latch-session"));
+    server.shutdown().await;
+    idp.stop().await;
+}
+
+/// More logins started than the server once kept (10,000), all from one client that never
+/// finishes them.
+const FLOOD: usize = 10_001;
+
+#[tokio::test]
+async fn a_flood_of_started_sign_ins_refuses_nobody_else() {
+    let (_env, server, idp) = with_provider().await;
+    let base = Browser::new(&server).base;
+    let flooder = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let workers = 8;
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..workers {
+        let (flooder, url) = (flooder.clone(), format!("{base}/login/oidc?next=/requests"));
+        tasks.spawn(async move {
+            for _ in (w..FLOOD).step_by(workers) {
+                let res = flooder.get(&url).send().await.expect("start a sign-in");
+                assert_eq!(
+                    res.status(),
+                    StatusCode::SEE_OTHER,
+                    "every start is answered"
+                );
+            }
+        });
+    }
+    tokio::time::timeout(HANG, async {
+        while let Some(done) = tasks.join_next().await {
+            done.expect("flooding task");
+        }
+    })
+    .await
+    .expect("the flood hung");
+
+    // Another browser signs in at the provider as usual.
+    let mut b = Browser::new(&server);
+    let callback = sign_in_at_provider(&mut b, "/hosts", "alice").await;
+    let p = b.get(&callback).await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.body);
+    assert_eq!(p.location(), "/hosts");
+    let hosts = b.get("/hosts").await;
+    assert_eq!(hosts.status, StatusCode::OK);
+    assert!(
+        hosts.body.contains("alice@idp.example.com"),
+        "{}",
+        hosts.body
+    );
+    server.shutdown().await;
+    idp.stop().await;
+}
+
+/// The browser's login cookie, as a test can make it: signed with the key central derives from
+/// its audit signing key.
+fn sealed_login(env: &Env, state: &str, expires_at_ms: i64) -> String {
+    use latch_central::web::pending::{LoginKey, PendingLogin};
+    let signing = latch_central::chain::load_or_create_signing_key(&env.config.signing_key_path())
+        .expect("audit signing key");
+    PendingLogin {
+        state: state.to_string(),
+        return_to: "/hosts".into(),
+        expires_at_ms,
+    }
+    .seal(&LoginKey::derive(&signing))
+}
+
+fn query_value(path_and_query: &str, name: &str) -> String {
+    url::Url::parse(&format!("http://x{path_and_query}"))
+        .expect("callback")
+        .query_pairs()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_else(|| panic!("no {name} in {path_and_query}"))
+}
+
+#[tokio::test]
+async fn altered_forged_and_expired_login_cookies_are_refused() {
+    let (env, server, idp) = with_provider().await;
+    let mut b = Browser::new(&server);
+    let callback = sign_in_at_provider(&mut b, "/hosts", "alice").await;
+    let sealed = b.cookies.get("latch-oidc").cloned().expect("login cookie");
+    let state = query_value(&callback, "state");
+
+    // Its content changed (a longer life, another return path) under the old signature.
+    let (body, tag) = sealed.rsplit_once('.').expect("signed");
+    let (version, payload) = body.split_once('.').expect("versioned");
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let mut login: serde_json::Value =
+        serde_json::from_slice(&b64.decode(payload).expect("base64")).expect("json");
+    login["exp"] = serde_json::json!(login["exp"].as_i64().expect("exp") + 86_400_000);
+    login["next"] = serde_json::json!("/audit");
+    let altered = format!(
+        "{version}.{}.{tag}",
+        b64.encode(serde_json::to_vec(&login).expect("json"))
+    );
+    // Made up from scratch, with a signature of the right shape.
+    let forged = format!("{version}.{payload}.{}", b64.encode([7u8; 32]));
+    for (what, value) in [("altered", altered), ("forged", forged)] {
+        b.cookies.insert("latch-oidc".into(), value);
+        let p = b.get(&callback).await;
+        assert_eq!(p.location(), "/login?failed=forged", "{what}");
+        assert!(!b.cookies.contains_key("latch-session"), "{what}");
+        assert!(
+            !b.cookies.contains_key("latch-oidc"),
+            "{what}: the cookie is dropped"
+        );
+    }
+    let page = b.get("/login?failed=forged").await;
+    assert!(
+        page.body
+            .contains("its cookie was altered or not issued by this console"),
+        "{}",
+        page.body
+    );
+
+    // Signed with central's key, for this very answer, but past its time.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64;
+    b.cookies
+        .insert("latch-oidc".into(), sealed_login(&env, &state, now - 1));
+    assert_eq!(b.get(&callback).await.location(), "/login?failed=stale");
+    assert!(!b.cookies.contains_key("latch-session"));
+    let page = b.get("/login?failed=stale").await;
+    assert!(page.body.contains("That sign-in expired"), "{}", page.body);
+    // The same, still in time: the answer is good, so only the expiry refused it above.
+    b.cookies.insert(
+        "latch-oidc".into(),
+        sealed_login(&env, &state, now + 60_000),
+    );
+    let p = b.get(&callback).await;
+    assert_eq!(p.location(), "/hosts", "{}", p.body);
+    assert!(b.cookies.contains_key("latch-session"));
     server.shutdown().await;
     idp.stop().await;
 }

@@ -407,6 +407,84 @@ async fn two_person_rule(env: &Env) {
     server.shutdown().await;
 }
 
+fn approve_for(id: &str, scope: GrantScope, hours: u64) -> DecideRequest {
+    DecideRequest {
+        approval_id: id.into(),
+        kind: DecisionKind::ApproveFor as i32,
+        duration_seconds: hours * 3600,
+        scope: scope as i32,
+        reason: format!("{hours} h for the {}", scope.as_str_name()),
+    }
+}
+
+/// A grant's scope and length in hours.
+type Granted = (GrantScope, i64);
+
+/// Two approvers with different terms: the request is approved on the narrowest terms both
+/// agreed to, whatever the order of their votes.
+async fn mixed_terms_grant_the_narrowest(env: &Env) {
+    let server = env.start().await;
+    apply_rules(&server).await;
+    let mut agent = Agent::connect(&server, "h1", vec![], vec![]).await;
+    let mut rv = reviewer(&server).await;
+    let host_day = |id: &str| approve_for(id, GrantScope::Host, 24);
+    let cases: Vec<(&str, DecideRequest, DecideRequest, Option<Granted>)> = vec![
+        ("m.1", approve_once("m.1", "once"), host_day("m.1"), None),
+        ("m.2", host_day("m.2"), approve_once("m.2", "once"), None),
+        (
+            "m.3",
+            host_day("m.3"),
+            approve_for("m.3", GrantScope::Process, 48),
+            Some((GrantScope::Process, 24)),
+        ),
+        (
+            "m.4",
+            approve_for("m.4", GrantScope::Process, 48),
+            approve_for("m.4", GrantScope::Workload, 2),
+            Some((GrantScope::Process, 2)),
+        ),
+    ];
+    for (id, mut first, mut second, want) in cases {
+        let acc = agent.submit(agent.request(id, "two-person")).await;
+        first.approval_id = acc.approval_id.clone();
+        second.approval_id = acc.approval_id.clone();
+        let r = rv.decide(req(first, ALICE)).await.expect("first vote");
+        assert!(!r.into_inner().r#final, "{id}: one of two");
+        let r = rv.decide(req(second, BOB)).await.expect("second vote");
+        assert!(r.into_inner().r#final, "{id}: two of two");
+        let d = agent.next_decision().await;
+        assert_eq!(
+            (d.request_id.as_str(), d.outcome),
+            (id, Outcome::Allow as i32)
+        );
+        let got = d.grant.map(|g| {
+            (
+                GrantScope::try_from(g.scope).expect("scope"),
+                (g.expires_at_unix_ms - g.created_at_unix_ms) / 3_600_000,
+            )
+        });
+        assert_eq!(got, want, "{id}");
+    }
+    // A denial after a partial approval denies.
+    let acc = agent.submit(agent.request("m.5", "two-person")).await;
+    rv.decide(req(host_day(&acc.approval_id), ALICE))
+        .await
+        .expect("first vote");
+    let r = rv
+        .decide(req(deny(&acc.approval_id), BOB))
+        .await
+        .expect("denial")
+        .into_inner();
+    assert!(r.r#final);
+    let d = agent.next_decision().await;
+    assert_eq!(
+        (d.request_id.as_str(), d.outcome),
+        ("m.5", Outcome::Deny as i32)
+    );
+    assert!(d.grant.is_none());
+    server.shutdown().await;
+}
+
 async fn self_approval_refused(env: &Env) {
     let server = env.start().await;
     apply_rules(&server).await;
@@ -1066,6 +1144,96 @@ async fn reflection(env: &Env) {
         names.contains(&"latch.v1.ReviewerService".to_string()),
         "{names:?}"
     );
+    for version in ["v1", "v1alpha"] {
+        let name = format!("grpc.reflection.{version}.ServerReflection");
+        assert!(names.contains(&name), "{name} not in {names:?}");
+    }
+    server.shutdown().await;
+}
+
+/// Older tools (grpcurl, grpc_cli, Postman) speak only `grpc.reflection.v1alpha`: the client here
+/// is generated from that proto and asks what grpcurl's `list` and `describe` ask.
+async fn reflection_v1alpha(env: &Env) {
+    use prost::Message;
+    use tonic_reflection::pb::v1alpha::{
+        server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+        ServerReflectionRequest,
+    };
+    let server = env.start().await;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.addr()))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let mut c = ServerReflectionClient::new(channel);
+    let ask = |m: MessageRequest| ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(m),
+    };
+    let mut resp = c
+        .server_reflection_info(tokio_stream::iter(vec![
+            ask(MessageRequest::ListServices(String::new())),
+            ask(MessageRequest::FileContainingSymbol(
+                "latch.v1.ReviewerService".into(),
+            )),
+        ]))
+        .await
+        .expect("v1alpha reflection is served")
+        .into_inner();
+    let m = resp
+        .message()
+        .await
+        .expect("reflection stream")
+        .expect("a response");
+    let Some(MessageResponse::ListServicesResponse(list)) = m.message_response else {
+        panic!("unexpected reflection response {m:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for name in [
+        "latch.v1.AgentService",
+        "latch.v1.ReviewerService",
+        "grpc.reflection.v1alpha.ServerReflection",
+        "grpc.reflection.v1.ServerReflection",
+    ] {
+        assert!(names.iter().any(|n| n == name), "{name} not in {names:?}");
+    }
+    let m = resp
+        .message()
+        .await
+        .expect("reflection stream")
+        .expect("a second response");
+    let Some(MessageResponse::FileDescriptorResponse(files)) = m.message_response else {
+        panic!("unexpected reflection response {m:?}");
+    };
+    // The fields of descriptor.proto's FileDescriptorProto that this test reads.
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct FileDescriptor {
+        #[prost(string, optional, tag = "2")]
+        package: Option<String>,
+        #[prost(message, repeated, tag = "6")]
+        service: Vec<ServiceDescriptor>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct ServiceDescriptor {
+        #[prost(string, optional, tag = "1")]
+        name: Option<String>,
+    }
+    let services: Vec<String> = files
+        .file_descriptor_proto
+        .iter()
+        .map(|raw| FileDescriptor::decode(raw.as_slice()).expect("a FileDescriptorProto"))
+        .flat_map(|f| {
+            let package = f.package.unwrap_or_default();
+            f.service
+                .into_iter()
+                .map(move |s| format!("{package}.{}", s.name.unwrap_or_default()))
+        })
+        .collect();
+    assert!(
+        services.iter().any(|s| s == "latch.v1.ReviewerService"),
+        "{services:?}"
+    );
     server.shutdown().await;
 }
 
@@ -1091,6 +1259,7 @@ suite!(
     grant_and_revoke,
     expiry,
     two_person_rule,
+    mixed_terms_grant_the_narrowest,
     self_approval_refused,
     concurrent_decisions,
     cancel,
@@ -1098,5 +1267,6 @@ suite!(
     rules_versions_and_shadow,
     bad_input,
     reflection,
+    reflection_v1alpha,
     audit_is_append_only,
 );

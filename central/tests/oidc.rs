@@ -496,6 +496,72 @@ async fn identities_are_found_by_email_after_a_login() {
 }
 
 #[tokio::test]
+async fn only_verified_addresses_of_one_subject_are_found_by_email() {
+    use latch_central::identity::ByEmail;
+    let s = setup("", false).await;
+    let central = s.server.central();
+    s.idp.add_user("nils", "nils@example.com", &["dba-oncall"]);
+    s.idp.set_email_verified("nils", false).expect("registered");
+    whoami(&s.server, &s.idp.token("nils").expect("t"))
+        .await
+        .expect("an unverified address does not stop the login");
+    assert_eq!(
+        central
+            .reviewer_by_email("nils@example.com")
+            .await
+            .expect("lookup"),
+        ByEmail::Nobody
+    );
+
+    // An unverified claim to a colleague's address, however recent, changes nothing.
+    whoami(&s.server, &s.idp.token("dina").expect("t"))
+        .await
+        .expect("login");
+    s.idp.add_user("mona", "DINA@example.com", &["dba-oncall"]);
+    s.idp.set_email_verified("mona", false).expect("registered");
+    whoami(&s.server, &s.idp.token("mona").expect("t"))
+        .await
+        .expect("login");
+    let dina = central
+        .identity_by_email("dina@example.com")
+        .await
+        .expect("lookup")
+        .expect("dina's verified address");
+    assert_eq!(dina.subject, s.idp.subject_of("dina"));
+
+    // Once the provider verifies the second subject's claim, the address belongs to nobody
+    // (noticed at once, although nothing else about Mona changed).
+    s.idp.set_email_verified("mona", true).expect("registered");
+    whoami(&s.server, &s.idp.token("mona").expect("t"))
+        .await
+        .expect("login");
+    let mut both = vec![s.idp.subject_of("dina"), s.idp.subject_of("mona")];
+    both.sort();
+    assert_eq!(
+        central
+            .reviewer_by_email("dina@example.com")
+            .await
+            .expect("lookup"),
+        ByEmail::Ambiguous { subjects: both }
+    );
+    assert!(central
+        .identity_by_email("dina@example.com")
+        .await
+        .expect("lookup")
+        .is_none());
+
+    // A configured reviewer's address counts as verified, and is claimed here too.
+    s.idp.add_user("alex", "alice@example.com", &["dba-oncall"]);
+    whoami(&s.server, &s.idp.token("alex").expect("t"))
+        .await
+        .expect("login");
+    assert!(matches!(
+        central.reviewer_by_email("alice@example.com").await.expect("lookup"),
+        ByEmail::Ambiguous { subjects } if subjects.contains(&"alice".to_string())
+    ));
+}
+
+#[tokio::test]
 async fn static_tokens_are_announced_in_the_audit_trail() {
     let s = setup("", false).await;
     let facts = audit(&s.server, "auth.static_tokens").await;

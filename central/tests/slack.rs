@@ -3,8 +3,10 @@
 //! Slack does), and the tests post signed interactive callbacks to central's web server as Slack
 //! would. Checked: the message reaches the routed channel with hostile argv escaped; a signed
 //! Approve decides and the agent hears it; the message follows every change of state; forged,
-//! stale and replayed callbacks are refused; unmapped users, viewers and the requester decide
-//! nothing; a person approving in Slack and over gRPC at once counts once; two replicas post once.
+//! stale and replayed callbacks are refused, also with timestamps at the ends of the range;
+//! unmapped users, addresses Slack has not confirmed, addresses the identity provider has not
+//! verified or that two reviewers claim, viewers and the requester decide nothing; a person
+//! approving in Slack and over gRPC at once counts once; two replicas post once.
 
 mod common;
 
@@ -42,15 +44,20 @@ const BOT_TOKEN: &str = "xoxb-1234-test-bot-token";
 const SIGNING_SECRET: &str = "e3b0c44298fc1c149afbf4c8996fb924";
 const DEFAULT_CHANNEL: &str = "#latch-approvals";
 
-/// Slack users the local API knows: id → e-mail (None: Slack shares no address).
-fn slack_users() -> HashMap<&'static str, Option<&'static str>> {
+/// Slack users the local API knows: id → (e-mail, whether Slack confirmed it) (None: Slack
+/// shares no address).
+fn slack_users() -> HashMap<&'static str, Option<(&'static str, bool)>> {
     HashMap::from([
-        ("UALICE", Some("alice@example.com")),
-        ("UBOB", Some("Bob@Example.com")),
-        ("UDAVE", Some("dave@example.com")),
-        ("UVIC", Some("vic@example.com")),
-        ("UMALLORY", Some("mallory@example.com")),
+        ("UALICE", Some(("alice@example.com", true))),
+        ("UBOB", Some(("Bob@Example.com", true))),
+        ("UDAVE", Some(("dave@example.com", true))),
+        ("UVIC", Some(("vic@example.com", true))),
+        ("UMALLORY", Some(("mallory@example.com", true))),
         ("UNOMAIL", None),
+        // A member who typed Dave's address into their own profile.
+        ("UTYPED", Some(("dave@example.com", false))),
+        ("UAMIR", Some(("amir@example.com", true))),
+        ("UOLGA", Some(("olga@example.com", true))),
     ])
 }
 
@@ -165,11 +172,15 @@ async fn slack_api(
                 None => json!({"ok": false, "error": "user_not_found"}),
                 Some(email) => {
                     let mut profile = json!({"real_name": id});
-                    if let Some(e) = email {
+                    let mut confirmed = true;
+                    if let Some((e, c)) = email {
                         profile["email"] = json!(e);
+                        confirmed = *c;
                     }
+                    // Where Slack puts it: on the user, beside the profile.
                     json!({"ok": true, "user": {"id": id, "name": id.to_lowercase(),
-                        "deleted": false, "is_bot": false, "profile": profile}})
+                        "deleted": false, "is_bot": false, "is_email_confirmed": confirmed,
+                        "profile": profile}})
                 }
             }
         }
@@ -637,6 +648,56 @@ async fn forged_stale_and_replayed_callbacks_are_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timestamps_at_the_ends_of_the_range_are_refused_not_a_crash() {
+    let peer = SlackPeer::start().await;
+    let mut env = Env::sqlite().await;
+    let (server, mut agent) = started(&mut env, &peer).await;
+    let acc = agent.submit(agent.request("r.1", "two-person")).await;
+    let id = acc.approval_id.clone();
+    let (_, channel, ts) = peer.posted(&id).await;
+    let body = click_body("UALICE", "latch.approve", &id, &channel, &ts);
+
+    // Each correctly signed, so that only the time can refuse it. An overflow in a debug build
+    // would panic in the handler, and the connection would close without an answer.
+    let ten_years = 10 * 365 * 24 * 3600;
+    for t in [
+        i64::MIN.to_string(),
+        i64::MAX.to_string(),
+        (now_secs() + ten_years).to_string(),
+        (now_secs() - ten_years).to_string(),
+    ] {
+        let sig = signature(SIGNING_SECRET, &t, &body);
+        let (status, text) = post_callback(&server, &body, &t, Some(&sig)).await;
+        assert_eq!(status, 401, "{t}: {text}");
+        assert!(text.contains("the window is 300 s"), "{t}: {text}");
+    }
+    // Beyond i64, or no number at all: refused as unreadable, also before any signature check.
+    for t in [
+        "9223372036854775808",
+        "-9223372036854775809",
+        "1e10",
+        "0x10",
+    ] {
+        let sig = signature(SIGNING_SECRET, t, &body);
+        let (status, text) = post_callback(&server, &body, t, Some(&sig)).await;
+        assert_eq!(status, 401, "{t}: {text}");
+        assert!(
+            text.contains("is not a Unix time in seconds"),
+            "{t}: {text}"
+        );
+    }
+    assert_eq!(state_of(&server, &id).await, (ReqState::Pending, 0));
+
+    // The same server still takes a click signed now.
+    let mark = peer.calls().len();
+    let (status, text) = click(&server, "UALICE", "latch.approve", &id, (&channel, &ts)).await;
+    assert_eq!(status, 200, "{text}");
+    let reply = peer.ephemeral("UALICE", mark).await;
+    assert!(reply.contains("is counted: 1 of 2"), "{reply}");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_mapped_approvers_other_than_the_requester_decide() {
     let peer = SlackPeer::start().await;
     let mut env = Env::sqlite().await;
@@ -651,6 +712,10 @@ async fn only_mapped_approvers_other_than_the_requester_decide() {
     for (user, needle) in [
         ("UMALLORY", "mallory@example.com is not a Latch reviewer"),
         ("UNOMAIL", "did not share your e-mail address"),
+        (
+            "UTYPED",
+            "Slack has not confirmed that your e-mail address dave@example.com is yours",
+        ),
         ("UNKNOWN1", "could not look you up in Slack"),
         ("UVIC", "'vic' is not an approver"),
         ("UALICE", "you cannot approve your own request"),
@@ -711,6 +776,151 @@ async fn only_mapped_approvers_other_than_the_requester_decide() {
         (Outcome::Deny as i32, "alice")
     );
     peer.updated(&ts, "Denied by alice").await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_two_reviewers_claim_decides_nothing() {
+    let peer = SlackPeer::start().await;
+    let mut env = Env::sqlite().await;
+    configure(&mut env, &peer);
+    for r in &mut env.config.reviewers {
+        if r.subject == "carol" {
+            r.email = "BOB@example.com".into();
+        }
+    }
+    let server = env.start().await;
+    let mut agent = Agent::connect(&server, "h1", vec![], vec![]).await;
+    apply_routed_rules(&server).await;
+    agent.next_rules().await;
+    let acc = agent.submit(agent.request("r.1", "prod-db")).await;
+    let id = acc.approval_id.clone();
+    let (_, channel, ts) = peer.posted(&id).await;
+
+    let mark = peer.calls().len();
+    let (status, text) = click(&server, "UBOB", "latch.approve", &id, (&channel, &ts)).await;
+    assert_eq!(status, 200, "{text}");
+    let reply = peer.ephemeral("UBOB", mark).await;
+    assert!(
+        reply.starts_with("Nothing was decided")
+            && reply.contains("Bob@Example.com belongs to 2 Latch reviewers"),
+        "{reply}"
+    );
+    assert!(
+        !reply.contains("carol"),
+        "the clicker is not told who: {reply}"
+    );
+    assert_eq!(state_of(&server, &id).await, (ReqState::Pending, 0));
+    let refused = server
+        .central()
+        .store()
+        .query_audit(
+            &latch_central::store::AuditFilter {
+                request_id: id.clone(),
+                kind: "request.decision_refused".into(),
+                ..Default::default()
+            },
+            10,
+        )
+        .await
+        .expect("audit");
+    assert!(
+        refused
+            .iter()
+            .any(|r| r.actor == "slack:UBOB" && r.payload_json.contains("bob, carol")),
+        "{refused:?}"
+    );
+    server.shutdown().await;
+}
+
+/// The provider's groups and the roles central gives them.
+fn oidc_config(idp: &latch_test_idp::TestIdp) -> latch_central::oidc::OidcConfig {
+    let text = format!(
+        "issuer = \"{}\"\naudiences = [\"{}\"]\n[roles]\n\"dba-oncall\" = \"approver\"\n",
+        idp.issuer(),
+        idp.api_audience()
+    );
+    toml::from_str(&text).expect("oidc config")
+}
+
+/// A login at central with a provider token, as `latchctl whoami` makes it.
+async fn log_in(server: &Server, idp: &latch_test_idp::TestIdp, user: &str) {
+    reviewer(server)
+        .await
+        .who_am_i(req(
+            latch_proto::v1::WhoAmIRequest {},
+            &idp.token(user).expect("token"),
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("{user} logs in: {e}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_logins_count_only_for_verified_addresses_of_one_person() {
+    let idp = latch_test_idp::TestIdp::start()
+        .await
+        .expect("start the test identity provider");
+    idp.add_user("amir", "amir@example.com", &["dba-oncall"]);
+    idp.add_user("olga", "olga@example.com", &["dba-oncall"]);
+    idp.set_email_verified("olga", false).expect("olga");
+    // Mallory's provider lets her put any address into her profile; it does not verify it.
+    idp.add_user("mallory", "amir@example.com", &["dba-oncall"]);
+    idp.set_email_verified("mallory", false).expect("mallory");
+    // Eve's address was verified, wrongly or not: the provider vouches for it.
+    idp.add_user("eve", "Amir@Example.com", &["dba-oncall"]);
+
+    let peer = SlackPeer::start().await;
+    let mut env = Env::sqlite().await;
+    configure(&mut env, &peer);
+    env.config.oidc = Some(oidc_config(&idp));
+    env.config.validate().expect("valid config");
+    let server = env.start().await;
+    let mut agent = Agent::connect(&server, "h1", vec![], vec![]).await;
+    apply_routed_rules(&server).await;
+    agent.next_rules().await;
+    let acc = agent.submit(agent.request("r.1", "prod-db")).await;
+    let id = acc.approval_id.clone();
+    let (_, channel, ts) = peer.posted(&id).await;
+    let msg = (channel.as_str(), ts.as_str());
+
+    // An unverified address maps to nobody, even its only claimant.
+    log_in(&server, &idp, "olga").await;
+    let mark = peer.calls().len();
+    click(&server, "UOLGA", "latch.approve", &id, msg).await;
+    let reply = peer.ephemeral("UOLGA", mark).await;
+    assert!(
+        reply.starts_with("Nothing was decided")
+            && reply.contains("olga@example.com is not a Latch reviewer"),
+        "{reply}"
+    );
+    assert_eq!(state_of(&server, &id).await, (ReqState::Pending, 0));
+
+    // Amir logs in, then Mallory with his address unverified: the later login does not take
+    // Amir's clicks over, and his own click still decides as him.
+    log_in(&server, &idp, "amir").await;
+    log_in(&server, &idp, "mallory").await;
+    let mark = peer.calls().len();
+    click(&server, "UAMIR", "latch.approve", &id, msg).await;
+    let reply = peer.ephemeral("UAMIR", mark).await;
+    assert!(reply.contains("approved request"), "{reply}");
+    let d = agent.next_decision().await;
+    assert_eq!(d.outcome, Outcome::Allow as i32);
+    assert_eq!(d.decided_by, idp.subject_of("amir"));
+
+    // A second subject with the same verified address: the address says nothing any more.
+    log_in(&server, &idp, "eve").await;
+    let acc = agent.submit(agent.request("r.2", "prod-db")).await;
+    let id = acc.approval_id.clone();
+    let (_, channel, ts) = peer.posted(&id).await;
+    let mark = peer.calls().len();
+    click(&server, "UAMIR", "latch.approve", &id, (&channel, &ts)).await;
+    let reply = peer.ephemeral("UAMIR", mark).await;
+    assert!(
+        reply.starts_with("Nothing was decided")
+            && reply.contains("amir@example.com belongs to 2 Latch reviewers"),
+        "{reply}"
+    );
+    assert_eq!(state_of(&server, &id).await, (ReqState::Pending, 0));
     server.shutdown().await;
 }
 

@@ -84,7 +84,8 @@ pub enum AuditCommand {
         #[arg(long)]
         verify: bool,
     },
-    /// Signs a checkpoint at the current head and prints it (one JSON line) to keep elsewhere.
+    /// Signs a checkpoint at the current head and prints it (one JSON line) to keep elsewhere
+    /// (admins only).
     Checkpoint,
     /// Measures verification speed on generated records (no server needed).
     Bench {

@@ -30,7 +30,8 @@
 //! ```
 //!
 //! Tokens carry `iss`, `sub` (an opaque id per user, [`TestIdp::subject_of`]), `aud`, `iat`,
-//! `nbf`, `exp`, `email`, `preferred_username` and `groups`; ID tokens also carry `nonce` when
+//! `nbf`, `exp`, `email`, `email_verified` (true unless [`TestIdp::set_email_verified`] says
+//! otherwise for that user), `preferred_username` and `groups`; ID tokens also carry `nonce` when
 //! the login sent one. Access tokens are JWTs whose audience is [`TestIdp::api_audience`]; ID
 //! tokens' audience is the client id. For negative tests it also mints tokens that a correct
 //! verifier must refuse ([`TestIdp::expired_token`], [`TestIdp::unsigned_token`],
@@ -111,6 +112,10 @@ pub struct User {
     pub name: String,
     /// E-mail address.
     pub email: String,
+    /// Whether tokens say the provider verified the address (`email_verified`). Providers that
+    /// let people edit their own address say `false` until the person proved they receive mail
+    /// there.
+    pub email_verified: bool,
     /// Groups (`groups` claim).
     pub groups: Vec<String>,
 }
@@ -382,16 +387,28 @@ impl TestIdp {
         self.addr
     }
 
-    /// Registers (or replaces) a user.
+    /// Registers (or replaces) a user, with a verified address.
     pub fn add_user(&self, name: &str, email: &str, groups: &[&str]) {
         self.shared.lock().users.insert(
             name.to_string(),
             User {
                 name: name.to_string(),
                 email: email.to_string(),
+                email_verified: true,
                 groups: groups.iter().map(|g| g.to_string()).collect(),
             },
         );
+    }
+
+    /// Sets what the `email_verified` claim of `name`'s tokens from now on says.
+    pub fn set_email_verified(&self, name: &str, verified: bool) -> Result<(), IdpError> {
+        let mut inner = self.shared.lock();
+        let user = inner
+            .users
+            .get_mut(name)
+            .ok_or_else(|| IdpError::UnknownUser(name.to_string()))?;
+        user.email_verified = verified;
+        Ok(())
     }
 
     /// The `sub` claim of `name`'s tokens.
@@ -684,7 +701,7 @@ fn claims_for(
     c.insert("nbf".into(), json!(iat + m.not_before_offset));
     c.insert("exp".into(), json!(iat + lifetime));
     c.insert("email".into(), json!(u.email));
-    c.insert("email_verified".into(), json!(true));
+    c.insert("email_verified".into(), json!(u.email_verified));
     c.insert("preferred_username".into(), json!(u.name));
     c.insert("groups".into(), json!(u.groups));
     if let Some(n) = &m.nonce {
@@ -711,7 +728,7 @@ async fn discovery(State(s): State<Arc<Shared>>) -> Json<Value> {
         "token_endpoint_auth_methods_supported": ["none", "client_secret_basic", "client_secret_post"],
         "grant_types_supported": ["authorization_code", "refresh_token", DEVICE_CODE_GRANT],
         "code_challenge_methods_supported": ["S256"],
-        "claims_supported": ["iss", "sub", "aud", "exp", "iat", "nbf", "email", "preferred_username", "groups", "nonce"],
+        "claims_supported": ["iss", "sub", "aud", "exp", "iat", "nbf", "email", "email_verified", "preferred_username", "groups", "nonce"],
     }))
 }
 

@@ -14,6 +14,9 @@ struct Cli {
     /// A user: NAME:EMAIL[:GROUP,GROUP...]. Repeatable.
     #[arg(long = "user", value_name = "NAME:EMAIL[:GROUPS]")]
     users: Vec<String>,
+    /// A user (given with --user) whose tokens say `email_verified: false`. Repeatable.
+    #[arg(long = "unverified-email", value_name = "NAME")]
+    unverified_emails: Vec<String>,
     /// A public client: ID[=REDIRECT_URI,...]. Repeatable.
     #[arg(long = "client", value_name = "ID[=REDIRECT_URIS]")]
     clients: Vec<String>,
@@ -38,6 +41,10 @@ async fn main() -> anyhow::Result<()> {
             .map(|g| g.split(',').filter(|g| !g.is_empty()).collect())
             .unwrap_or_default();
         idp.add_user(name, email, &groups);
+    }
+    for name in &cli.unverified_emails {
+        idp.set_email_verified(name, false)
+            .with_context(|| format!("--unverified-email {name}"))?;
     }
     for c in &cli.clients {
         let (id, uris) = c.split_once('=').unwrap_or((c.as_str(), ""));

@@ -339,3 +339,24 @@ async fn device_authorization_grant() {
     assert_eq!(status, 400, "a device code is used once");
     assert!(idp.approve_device(user_code, "alice").is_err());
 }
+
+#[tokio::test]
+async fn email_verified_is_said_per_user() {
+    let idp = idp().await;
+    idp.add_user("mallory", "alice@example.com", &["sre-oncall"]);
+    idp.set_email_verified("mallory", false)
+        .expect("a registered user");
+    let alice = verify(&idp, &idp.token("alice").expect("token"), "latch").await;
+    assert_eq!(alice["email_verified"], Value::Bool(true));
+    let mallory = verify(&idp, &idp.token("mallory").expect("token"), "latch").await;
+    assert_eq!(mallory["email"], "alice@example.com");
+    assert_eq!(mallory["email_verified"], Value::Bool(false));
+    idp.set_email_verified("mallory", true)
+        .expect("a registered user");
+    let mallory = verify(&idp, &idp.token("mallory").expect("token"), "latch").await;
+    assert_eq!(mallory["email_verified"], Value::Bool(true));
+    assert!(matches!(
+        idp.set_email_verified("nobody", false),
+        Err(latch_test_idp::IdpError::UnknownUser(n)) if n == "nobody"
+    ));
+}

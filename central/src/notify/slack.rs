@@ -6,9 +6,11 @@
 //! signature (HMAC-SHA256 of `v0:{timestamp}:{body}` with the app's signing secret, compared in
 //! constant time), its timestamp is within the replay window, and its signature has not been
 //! accepted before (stored in the database, so a replay is refused by every replica). The
-//! clicker is then mapped to a reviewer: Slack user → `users.info` → e-mail →
-//! [`Central::identity_by_email`]; without a match nothing is decided. The decision goes
-//! through [`Central::decide`], and the clicker gets the result as an ephemeral message.
+//! clicker is then mapped to a reviewer: Slack user → `users.info` → e-mail address, which Slack
+//! must have confirmed (`is_email_confirmed`) → [`Central::reviewer_by_email`], which finds
+//! exactly one reviewer with that address verified, or nobody; without a match nothing is
+//! decided. The decision goes through [`Central::decide`], and the clicker gets the result as an
+//! ephemeral message.
 //!
 //! Everything the workload controls is shown in `plain_text` objects (no mentions, links or
 //! formatting are parsed there) and additionally escaped (`&`, `<`, `>`), so neither
@@ -35,6 +37,7 @@ use super::{backoff, shown, Applied, Delivery, NotifyError, Surface, View};
 use crate::{
     config::SlackConfig,
     error::Error,
+    identity::ByEmail,
     server::Central,
     store::{now_ms, AuditFact, QueryContext},
 };
@@ -225,7 +228,7 @@ impl Api {
             .await
     }
 
-    /// The e-mail address of a Slack user (`users.info`); `Err` explains a refusal.
+    /// The confirmed e-mail address of a Slack user (`users.info`); `Err` explains a refusal.
     async fn user_email(&self, user: &str) -> Result<Result<String, String>, SlackError> {
         let method = "users.info";
         let call = || async {
@@ -253,18 +256,25 @@ impl Api {
         if u.get("is_bot").and_then(Value::as_bool) == Some(true) {
             return Ok(Err("bots do not decide requests".into()));
         }
-        match u
+        let Some(email) = u
             .pointer("/profile/email")
             .and_then(Value::as_str)
             .map(str::trim)
             .filter(|e| !e.is_empty())
-        {
-            Some(e) => Ok(Ok(e.to_string())),
-            None => Ok(Err(
+        else {
+            return Ok(Err(
                 "Slack did not share your e-mail address (the app needs the users:read.email scope)"
                     .into(),
-            )),
+            ));
+        };
+        // A workspace member can type any address into a profile; only an address Slack has
+        // confirmed (by mail sent there) says who the member is.
+        if u.get("is_email_confirmed").and_then(Value::as_bool) != Some(true) {
+            return Ok(Err(format!(
+                "Slack has not confirmed that your e-mail address {email} is yours"
+            )));
         }
+        Ok(Ok(email.to_string()))
     }
 }
 
@@ -564,7 +574,9 @@ impl Slack {
         let ts: i64 = ts_text
             .parse()
             .map_err(|_| CallbackError::Timestamp(shown(ts_text, 40)))?;
-        let off = now_ms() / 1000 - ts;
+        // The timestamp is the sender's to choose (i64::MIN, i64::MAX): a plain subtraction
+        // could overflow. Clamping cannot change the verdict, since the window is minutes long.
+        let off = (now_ms() / 1000).saturating_sub(ts);
         if off.unsigned_abs() > self.replay_window.as_secs() {
             return Err(CallbackError::Stale {
                 ts,
@@ -769,11 +781,23 @@ impl Slack {
                 return format!("Nothing was decided: Latch could not look you up in Slack ({e}); try again or use latchctl.")
             }
         };
-        let who = match central.identity_by_email(&email).await {
-            Ok(Some(who)) => who,
-            Ok(None) => {
+        let who = match central.reviewer_by_email(&email).await {
+            Ok(ByEmail::One(who)) => who,
+            Ok(ByEmail::Nobody) => {
                 let why = format!("your Slack e-mail address {email} is not a Latch reviewer");
                 refuse_unmapped(central, user, approval_id, &why).await;
+                return format!("Nothing was decided: {why}.");
+            }
+            Ok(ByEmail::Ambiguous { subjects }) => {
+                let why = format!(
+                    "your Slack e-mail address {email} belongs to {} Latch reviewers, so it \
+                     says nothing about which one you are; an administrator must resolve it \
+                     (decide with latchctl or the console meanwhile)",
+                    subjects.len()
+                );
+                // The subjects go to the audit trail, for the administrator, not to the clicker.
+                let audited = format!("{why}: {}", subjects.join(", "));
+                refuse_unmapped(central, user, approval_id, &audited).await;
                 return format!("Nothing was decided: {why}.");
             }
             Err(e) => return format!("Nothing was decided: {e}"),

@@ -4,6 +4,11 @@
 //! A stream starts with a `snapshot` event (every pending request), then sends a `request`
 //! event for every change. A browser that falls too far behind gets a `resync` event and the
 //! stream ends; `EventSource` reconnects on its own and receives a fresh snapshot.
+//!
+//! A stream lives no longer than its session: it ends when the session expires, when it is
+//! signed out on this replica (at once), and, for a sign-out on another replica or a static
+//! token removed from the configuration, before the next change it would send: the session is
+//! looked up again for every change.
 
 use std::{convert::Infallible, time::Duration};
 
@@ -43,8 +48,11 @@ pub(crate) async fn requests(
         .list_requests(Some(RequestState::Pending), "", 1000)
         .await?;
     let mut stopping = central.stopping.subscribe();
+    let mut closed = c.closed.subscribe();
     let (tx, rx) = mpsc::channel::<Result<Event, Infallible>>(64);
     let subject = signed.identity().subject.clone();
+    let session_id = signed.id.clone();
+    let id_hash = signed.session.id_hash.clone();
     // The stream ends with the session; the browser's reconnection then meets the login page.
     let session_left =
         Duration::from_millis((signed.expires_at_ms() - crate::store::now_ms()).max(0) as u64);
@@ -63,6 +71,17 @@ pub(crate) async fn requests(
                 ev = events.recv() => match ev {
                     Ok(ev) => {
                         let Some(rec) = ev.request else { continue };
+                        match central.session(&session_id).await {
+                            Ok(Some(_)) => {}
+                            Ok(None) => {
+                                tracing::info!(subject, "console queue ends: its session ended");
+                                return;
+                            }
+                            Err(e) => {
+                                tracing::warn!(subject, error = %e, "console queue ends: its session could not be checked");
+                                return;
+                            }
+                        }
                         let mut row = summarize(&rec);
                         if !is_pending(rec.state) && row.state == "unknown" {
                             row.state = "resolved".into();
@@ -81,6 +100,14 @@ pub(crate) async fn requests(
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
                 _ = async { let _ = stopping.wait_for(|s| *s).await; } => return,
+                gone = closed.recv() => match gone {
+                    Ok(h) if h == id_hash => return,
+                    Ok(_) => {}
+                    // Sign-outs missed: whether this one was among them is checked before the
+                    // next change is sent.
+                    Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
                 _ = &mut session_end => return,
                 _ = tx.closed() => return,
             }

@@ -2,12 +2,12 @@
 //!
 //! Two ways in, both ending in a server-side session ([`super::session`]):
 //! - at the identity provider: the authorization code flow with PKCE (S256), `state` bound to
-//!   the browser that started it, and a `nonce` the ID token must carry;
+//!   the browser that started it, and a `nonce` the ID token must carry; the login in progress
+//!   lives in a signed cookie of that browser ([`super::pending`]), not on the server;
 //! - with a static access token from `[[reviewers]]` (first-start mode), offered only when such
 //!   tokens are configured.
 //!
-//! The login form's CSRF value and the browser binding of an identity-provider login are the same
-//! random value, kept in a short-lived cookie of its own.
+//! The token form's CSRF value is a random value kept in a short-lived cookie of its own.
 
 use std::time::Duration;
 
@@ -27,16 +27,18 @@ use crate::{
 
 use super::{
     cookie,
-    session::{random_secret, same_secret, PendingLogin, VIA_OIDC, VIA_TOKEN},
+    pending::{PendingLogin, Refused},
+    session::{random_secret, same_secret, LOGIN_WINDOW, VIA_OIDC, VIA_TOKEN},
     views::{login_page, segment, Banner, LoginOptions},
     Console, Signed, WebError,
 };
 
 /// Name of the session cookie (with `__Host-` in front over https).
 pub const SESSION_COOKIE: &str = "latch-session";
-/// Name of the login cookie: the token form's CSRF value and the browser binding of a login at
-/// the identity provider.
+/// Name of the login cookie: the token form's CSRF value.
 pub const LOGIN_COOKIE: &str = "latch-login";
+/// Name of the cookie that carries a login at the identity provider in progress.
+pub const PENDING_COOKIE: &str = "latch-oidc";
 /// Where the identity provider sends the browser back.
 pub const CALLBACK_PATH: &str = "/auth/callback";
 
@@ -92,7 +94,7 @@ fn login_binding(
         return Ok((v, None));
     }
     let v = random_secret()?;
-    let c = cookie_for(state, LOGIN_COOKIE, v.clone(), super::session::LOGIN_WINDOW);
+    let c = cookie_for(state, LOGIN_COOKIE, v.clone(), LOGIN_WINDOW);
     Ok((v, Some(c)))
 }
 
@@ -103,6 +105,8 @@ fn login_binding(
 pub enum Failure {
     /// The identity provider login took too long or came from another browser.
     Stale,
+    /// The browser's login cookie was altered or not made by this console.
+    Forged,
     /// The identity provider refused or the answer did not verify.
     Provider,
     /// The identity provider signed the person in, but none of their groups has a role.
@@ -116,6 +120,9 @@ impl Failure {
         match self {
             Failure::Stale => Banner::Error(
                 "That sign-in expired or was started in another browser; sign in again.",
+            ),
+            Failure::Forged => Banner::Error(
+                "That sign-in was refused: its cookie was altered or not issued by this console. Sign in again.",
             ),
             Failure::Provider => Banner::Error(
                 "The identity provider did not sign you in (details are in central's log).",
@@ -262,6 +269,7 @@ async fn start_session(
     let mut res = Redirect::to(next).into_response();
     set_cookie(&mut res, cookie_for(state, SESSION_COOKIE, id, left));
     set_cookie(&mut res, removal(state, LOGIN_COOKIE));
+    set_cookie(&mut res, removal(state, PENDING_COOKIE));
     Ok(res)
 }
 
@@ -279,6 +287,8 @@ pub(crate) async fn logout(
 ) -> Result<Response, WebError> {
     signed.check_csrf(&f.csrf)?;
     state.central.close_session(&signed.id).await?;
+    // No stream may be listening: nobody to tell.
+    let _ = state.closed.send(signed.session.id_hash.clone());
     state
         .central
         .store
@@ -402,7 +412,6 @@ fn to_login_page(failure: &str) -> Response {
 /// `GET /login/oidc`: sends the browser to the identity provider.
 pub(crate) async fn start_oidc(
     State(state): State<Console>,
-    headers: HeaderMap,
     Query(q): Query<StartQuery>,
 ) -> Result<Response, WebError> {
     let (_, client) = match code_client(&state).await {
@@ -413,33 +422,24 @@ pub(crate) async fn start_oidc(
             return Ok(to_login_page("provider"));
         }
     };
-    let (binding, set) = login_binding(&state, &headers)?;
-    let (challenge, verifier) = oauth2::PkceCodeChallenge::new_random_sha256();
-    let nonce = random_secret()?;
+    let pending = PendingLogin::start(&safe_next(&q.next), now_ms())?;
+    let key = &state.login_key;
+    let verifier = oauth2::PkceCodeVerifier::new(pending.verifier(key));
+    let challenge = oauth2::PkceCodeChallenge::from_code_verifier_sha256(&verifier);
+    let csrf_state = pending.state.clone();
     let mut request = client
-        .authorize_url(oauth2::CsrfToken::new_random)
+        .authorize_url(move || oauth2::CsrfToken::new(csrf_state))
         .set_pkce_challenge(challenge)
-        .add_extra_param("nonce", nonce.clone());
+        .add_extra_param("nonce", pending.nonce(key));
     for scope in &state.central.web.login_scopes {
         request = request.add_scope(oauth2::Scope::new(scope.clone()));
     }
-    let (url, csrf_state) = request.url();
-    state
-        .central
-        .begin_login(
-            csrf_state.secret(),
-            &binding,
-            &PendingLogin {
-                nonce,
-                verifier: verifier.secret().clone(),
-                return_to: safe_next(&q.next),
-            },
-        )
-        .await?;
+    let (url, _) = request.url();
     let mut res = Redirect::to(url.as_str()).into_response();
-    if let Some(c) = set {
-        set_cookie(&mut res, c);
-    }
+    set_cookie(
+        &mut res,
+        cookie_for(&state, PENDING_COOKIE, pending.seal(key), LOGIN_WINDOW),
+    );
     Ok(res)
 }
 
@@ -459,29 +459,41 @@ pub(crate) async fn oidc_callback(
     headers: HeaderMap,
     Query(q): Query<CallbackQuery>,
 ) -> Result<Response, WebError> {
-    let binding =
-        cookie(&headers, &state.central.web.cookie_name(LOGIN_COOKIE)).unwrap_or_default();
-    let pending = if q.state.is_empty() || binding.is_empty() {
-        None
-    } else {
-        state.central.take_login(&q.state, &binding).await?
-    };
+    // A login in progress is answered once: whatever the outcome, the browser's cookie goes.
+    let mut res = oidc_answer(&state, &headers, &q).await?;
+    set_cookie(&mut res, removal(&state, PENDING_COOKIE));
+    Ok(res)
+}
+
+async fn oidc_answer(
+    state: &Console,
+    headers: &HeaderMap,
+    q: &CallbackQuery,
+) -> Result<Response, WebError> {
+    let pending = cookie(headers, &state.central.web.cookie_name(PENDING_COOKIE))
+        .ok_or(Refused::Missing)
+        .and_then(|v| PendingLogin::open(&state.login_key, &v, now_ms()))
+        .and_then(|p| p.check_state(&q.state).map(|()| p));
     if !q.error.is_empty() {
         tracing::warn!(error = %q.error.escape_debug(), description = %q.error_description.escape_debug(),
             "the identity provider refused a console sign-in");
         return Ok(to_login_page("provider"));
     }
-    let Some(pending) = pending else {
-        tracing::info!("console sign-in callback without a matching login in progress (stale, replayed or from another browser)");
-        return Ok(to_login_page("stale"));
+    let pending = match pending {
+        Ok(p) => p,
+        Err(e) if e.is_forgery() => {
+            tracing::warn!(error = %e, "console sign-in callback refused");
+            return Ok(to_login_page("forged"));
+        }
+        Err(e) => {
+            tracing::info!(error = %e, "console sign-in callback without a matching login in progress (stale, replayed or from another browser)");
+            return Ok(to_login_page("stale"));
+        }
     };
-    match finish_oidc(&state, &q, &pending).await {
+    match finish_oidc(state, q, &pending).await {
         Ok(verified) => {
             // Channels that know people by e-mail (chat) find this person from now on.
-            state
-                .central
-                .record_provider_login(&verified.identity)
-                .await;
+            state.central.record_provider_login(&verified).await;
             let issuer = state
                 .central
                 .oidc()
@@ -494,11 +506,11 @@ pub(crate) async fn oidc_callback(
                 .unwrap_or(0);
             let longest = now_ms() + state.central.web.session_lifetime.as_millis() as i64;
             start_session(
-                &state,
+                state,
                 &verified.identity,
                 &format!("{VIA_OIDC}{issuer}"),
                 token_end.min(longest),
-                &pending.return_to,
+                &safe_next(&pending.return_to),
             )
             .await
         }
@@ -539,7 +551,9 @@ async fn finish_oidc(
         .map_err(|e| ProviderLogin::Exchange(e.to_string()))?;
     let token = client
         .exchange_code(oauth2::AuthorizationCode::new(q.code.clone()))
-        .set_pkce_verifier(oauth2::PkceCodeVerifier::new(pending.verifier.clone()))
+        .set_pkce_verifier(oauth2::PkceCodeVerifier::new(
+            pending.verifier(&state.login_key),
+        ))
         .request_async(&http)
         .await
         .map_err(|e| {
@@ -549,7 +563,9 @@ async fn finish_oidc(
             })
         })?;
     let id_token = token.extra_fields().id_token.clone();
-    Ok(oidc.verify_id_token(&id_token, &pending.nonce).await?)
+    Ok(oidc
+        .verify_id_token(&id_token, &pending.nonce(&state.login_key))
+        .await?)
 }
 
 #[cfg(test)]

@@ -3,7 +3,8 @@
 //! It owns the HTTP routes, the server-rendered pages ([`views`], maud templates that escape
 //! every value), the small script and style sheet under `/static` (no build step), browser
 //! sessions and their CSRF tokens ([`session`]), sign-in with a static access token or at the
-//! identity provider (authorization code with PKCE, [`login`]), and the live pending queue
+//! identity provider (authorization code with PKCE, [`login`], the login in progress kept by the
+//! browser in a signed cookie, [`pending`]), and the live pending queue
 //! (Server-Sent Events fed by the same watcher hub as gRPC `WatchRequests`, [`live`]).
 //!
 //! It must not decide anything itself: every action goes through the same [`Central`] methods
@@ -20,6 +21,7 @@ mod assets;
 mod live;
 pub mod login;
 mod pages;
+pub mod pending;
 pub mod session;
 pub mod views;
 
@@ -97,11 +99,17 @@ impl Central {
 /// Timeout of one request to the identity provider's token endpoint.
 const PROVIDER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Sessions closed on this replica that open event streams have not heard of yet, at most.
+const CLOSED_BACKLOG: usize = 256;
+
 /// The console's shared state.
 #[derive(Clone)]
 pub(crate) struct Console {
     central: Arc<Central>,
     http: Arc<OnceLock<reqwest::Client>>,
+    login_key: Arc<pending::LoginKey>,
+    /// The id hashes of sessions closed here, so that their event streams end at once.
+    closed: tokio::sync::broadcast::Sender<String>,
 }
 
 impl Console {
@@ -142,8 +150,10 @@ pub fn router(central: Arc<Central>) -> Router {
         .route("/static/console.css", get(assets::style))
         .fallback(not_found)
         .with_state(Console {
+            login_key: Arc::new(pending::LoginKey::derive(&central.signing)),
             central: central.clone(),
             http: Arc::default(),
+            closed: tokio::sync::broadcast::channel(CLOSED_BACKLOG).0,
         });
     console
         .merge(crate::notify::routes(central))
@@ -227,7 +237,7 @@ pub(crate) fn message_of(e: &Error) -> String {
     match e {
         Error::Store(s) => {
             tracing::warn!(error = %s, "console request failed in storage");
-            "the database failed; try again (details are in central's log)".into()
+            crate::error::STORE_FAILED.into()
         }
         e => e.to_string(),
     }

@@ -1,5 +1,6 @@
 //! Browser sessions of the web console, kept in the database so that every replica behind a load
-//! balancer knows them, and the short-lived state of an identity-provider login in progress.
+//! balancer knows them. (A login at the identity provider in progress is kept by the browser:
+//! see [`super::pending`].)
 //!
 //! The browser holds only a random session id (an `HttpOnly`, `SameSite=Lax` cookie, `Secure`
 //! and `__Host-` prefixed when the console is served over https); the database holds its SHA-256,
@@ -35,12 +36,11 @@ pub(crate) const MIGRATION: &[&str] = &[
     "CREATE INDEX web_logins_expiry ON web_logins (expires_at_ms)",
 ];
 
+/// Schema version 9: logins in progress moved to the browser ([`super::pending`]).
+pub(crate) const LOGINS_MIGRATION: &[&str] = &["DROP TABLE web_logins"];
+
 /// How long a browser may take at the identity provider before the login must start again.
 pub const LOGIN_WINDOW: Duration = Duration::from_secs(10 * 60);
-
-/// Most identity-provider logins in progress at once: starting one writes a row before anyone is
-/// authenticated, so their number is bounded.
-pub const MAX_PENDING_LOGINS: i64 = 10_000;
 
 /// Where a session's identity comes from.
 pub const VIA_TOKEN: &str = "token";
@@ -146,20 +146,9 @@ pub struct Session {
     pub expires_at_ms: i64,
 }
 
-/// A login at the identity provider in progress.
-#[derive(Clone, Debug)]
-pub struct PendingLogin {
-    /// The OIDC `nonce` the ID token must carry.
-    pub nonce: String,
-    /// The PKCE code verifier.
-    pub verifier: String,
-    /// The console path to return to.
-    pub return_to: String,
-}
-
 impl Central {
     /// Opens a session for `identity` until `expires_at_ms`; returns the session id for the
-    /// cookie. Expired sessions and logins are removed on the way.
+    /// cookie. Expired sessions are removed on the way.
     pub(crate) async fn open_session(
         &self,
         identity: &Identity,
@@ -194,13 +183,11 @@ impl Central {
     }
 
     async fn prune_sessions(&self, now: i64) -> Result<()> {
-        for table in ["web_sessions", "web_logins"] {
-            sqlx::query(&format!("DELETE FROM {table} WHERE expires_at_ms <= $1"))
-                .bind(now)
-                .execute(self.store.pool())
-                .await
-                .ctx(format!("removing expired rows of {table}"))?;
-        }
+        sqlx::query("DELETE FROM web_sessions WHERE expires_at_ms <= $1")
+            .bind(now)
+            .execute(self.store.pool())
+            .await
+            .ctx("removing expired console sessions")?;
         Ok(())
     }
 
@@ -267,83 +254,6 @@ impl Central {
             .await
             .ctx("closing a console session")?;
         Ok(())
-    }
-
-    /// Remembers a login at the identity provider started by the browser holding `browser`.
-    pub(crate) async fn begin_login(
-        &self,
-        state: &str,
-        browser: &str,
-        login: &PendingLogin,
-    ) -> Result<()> {
-        let now = now_ms();
-        self.prune_sessions(now).await?;
-        let pending: i64 = sqlx::query("SELECT COUNT(*) AS n FROM web_logins")
-            .fetch_one(self.store.pool())
-            .await
-            .ctx("counting console logins in progress")?
-            .try_get("n")
-            .ctx("counting console logins in progress")?;
-        if pending >= MAX_PENDING_LOGINS {
-            tracing::warn!(
-                pending,
-                "refusing a console sign-in: too many sign-ins in progress"
-            );
-            return Err(Error::Unavailable(format!(
-                "{pending} sign-ins are in progress; try again in a few minutes"
-            )));
-        }
-        sqlx::query(
-            "INSERT INTO web_logins (state_hash, browser_hash, nonce, verifier, return_to, expires_at_ms)
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(digest(state))
-        .bind(digest(browser))
-        .bind(&login.nonce)
-        .bind(&login.verifier)
-        .bind(&login.return_to)
-        .bind(now + LOGIN_WINDOW.as_millis() as i64)
-        .execute(self.store.pool())
-        .await
-        .ctx("recording a console login")?;
-        Ok(())
-    }
-
-    /// Takes (once) the login in progress for `state`, if it is the same browser's and has not
-    /// expired.
-    pub(crate) async fn take_login(
-        &self,
-        state: &str,
-        browser: &str,
-    ) -> Result<Option<PendingLogin>> {
-        let state_hash = digest(state);
-        let row = sqlx::query(
-            "DELETE FROM web_logins WHERE state_hash = $1
-             RETURNING browser_hash, nonce, verifier, return_to, expires_at_ms",
-        )
-        .bind(&state_hash)
-        .fetch_optional(self.store.pool())
-        .await
-        .ctx("reading a console login")?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let col = |c: &str| -> Result<String> {
-            Ok(row
-                .try_get::<String, _>(c)
-                .ctx(format!("reading web_logins.{c}"))?)
-        };
-        let expires: i64 = row
-            .try_get("expires_at_ms")
-            .ctx("reading web_logins.expires_at_ms")?;
-        if expires <= now_ms() || !same_secret(&col("browser_hash")?, &digest(browser)) {
-            return Ok(None);
-        }
-        Ok(Some(PendingLogin {
-            nonce: col("nonce")?,
-            verifier: col("verifier")?,
-            return_to: col("return_to")?,
-        }))
     }
 }
 
