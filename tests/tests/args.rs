@@ -7,9 +7,10 @@
 
 use std::{path::Path, process::Output, time::Duration};
 
+use agent_common::{FailMode, Op, Outcome};
 use latch_tests::daemon::{text, Daemon};
 use latch_tests::program::ProgramCopy;
-use latch_tests::{finish, privileged, sigcont_loop, spawn_in, TestCgroup};
+use latch_tests::{finish, privileged, sigcont_loop, spawn_in, Harness, TestCgroup};
 
 fn program() -> ProgramCopy {
     ProgramCopy::touch("latch-args-")
@@ -256,4 +257,45 @@ fn a_name_that_needs_approval_does_not_hide_the_argument_rule_of_the_file() {
     assert!(!m.exists(), "the denied invocation ran: {:?}", out.status);
     assert!(!out.status.success(), "{:?}", out.status);
     d.stop();
+}
+
+#[test]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
+fn while_nobody_can_decide_a_program_whose_arguments_a_rule_denies_is_refused_whatever_the_fail_mode(
+) {
+    if !privileged() {
+        return;
+    }
+    // Fail open, with the heartbeat stale: an exec held only for its arguments runs, but where a
+    // rule denies some invocations only the agent could tell this one apart, so it is refused.
+    let p = program();
+    let free = TestCgroup::new();
+    let m = p.marker("free");
+    let out = run(&free.path, &p.path(), &[&m.to_string_lossy()]);
+    assert!(m.exists(), "the program runs where nothing watches: {out:?}");
+    for (action, runs, outcome) in [
+        ("approve", true, Outcome::FailOpen),
+        ("deny", false, Outcome::FailClosed),
+    ] {
+        let mut h = Harness::with(&rules(&p.path(), "secret", action), FailMode::AllowAndRecord);
+        h.engine().flatline().expect("flatline");
+        let m = p.marker(action);
+        let out = run(&h.cgroup.path, &p.path(), &[&m.to_string_lossy()]);
+        assert_eq!(
+            m.exists(),
+            runs,
+            "an invocation no `{action}` rule's arguments name, with nobody to decide: {out:?}"
+        );
+        h.expect_event("the fail mode's verdict", |e| {
+            e.op == Op::Exec && e.outcome == outcome && e.rule_id == args_rule_id(action)
+        });
+    }
+}
+
+/// The kernel's rule id for a path whose `args` rules include one with `action`.
+fn args_rule_id(action: &str) -> u32 {
+    match action {
+        "deny" => agent_common::ARGS_DENY_RULE,
+        _ => agent_common::ARGS_RULE,
+    }
 }
