@@ -1112,6 +1112,19 @@ impl State {
                     caps = %p.caps.join(","),
                     "a watched process holds capabilities with which it can undo enforcement"
                 );
+                // In the journal, and so in central's audit trail, where the host's own log
+                // may not be read.
+                if let Some(r) = &self.recorder {
+                    r.record_durable(
+                        "privileged",
+                        serde_json::json!({
+                            "pid": p.pid,
+                            "comm": p.comm,
+                            "cgroup": p.cgroup,
+                            "caps": p.caps,
+                        }),
+                    );
+                }
             }
         }
         self.metrics.privileged.set(now.len() as i64);

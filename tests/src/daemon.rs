@@ -187,13 +187,30 @@ impl Daemon {
 
     /// Stops the agent with SIGTERM and returns what it logged.
     pub fn stop(mut self) -> String {
+        self.terminate();
+        std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+    }
+
+    /// Stops the agent with SIGTERM and waits for it; its directory (log, journal) stays until
+    /// the fixture is dropped.
+    pub fn terminate(&mut self) {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(self.child.id() as i32),
             nix::sys::signal::Signal::SIGTERM,
         );
         let child = std::mem::replace(&mut self.child, Command::new("true").spawn().expect("true"));
         finish(child);
-        std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+    }
+
+    /// Every record in the agent's journal, oldest first (the agent must be stopped: the
+    /// journal is its alone while it runs).
+    pub fn journal(&self) -> Vec<journal::Record> {
+        let j = journal::Journal::open(
+            self.dir.join("journal"),
+            journal::JournalConfig::new("test-reader"),
+        )
+        .expect("open the agent's journal");
+        j.read_from(0).map(|r| r.expect("a journal record")).collect()
     }
 }
 

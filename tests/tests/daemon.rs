@@ -642,5 +642,25 @@ fn a_watched_process_that_can_undo_enforcement_is_reported() {
     let _ = nobody.kill();
     let _ = root.wait();
     let _ = nobody.wait();
-    d.stop();
+    // Recorded for central too, once per process found.
+    let mut d = d;
+    d.terminate();
+    let found: Vec<_> = d
+        .journal()
+        .into_iter()
+        .filter(|r| r.kind == "privileged")
+        .collect();
+    // (`setpriv` may have been seen while it was still root: the other process is not checked.)
+    let about: Vec<_> = found
+        .iter()
+        .filter(|r| r.payload["pid"].as_u64() == Some(root_pid))
+        .collect();
+    assert_eq!(about.len(), 1, "{found:?}");
+    assert_eq!(about[0].payload["comm"], "sleep", "{about:?}");
+    assert!(
+        about[0].payload["caps"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|x| x == "CAP_SYS_ADMIN")),
+        "{about:?}"
+    );
 }
