@@ -745,6 +745,10 @@ impl Central {
             }
         };
         tx.commit().await.ctx("committing decision")?;
+        if resolved {
+            let waited = now.saturating_sub(row.received_at_ms).max(0) as f64 / 1000.0;
+            self.metrics.decision_seconds.observe(waited);
+        }
         self.publish(Event::Request {
             approval_id: row.approval_id.clone(),
             host_id: row.host_id.clone(),
@@ -752,6 +756,22 @@ impl Central {
         .await;
         tracing::info!(approval_id = %row.approval_id, by = %who.subject, outcome, resolved, "decision");
         Ok((self.record(&row.approval_id).await?, resolved))
+    }
+
+    /// How many requests are in each state.
+    pub async fn requests_by_state(&self) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM requests GROUP BY state")
+            .fetch_all(self.store.pool())
+            .await
+            .ctx("counting requests by state")?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get::<String, _>("state").ctx("reading a state")?,
+                    r.try_get::<i64, _>("n").ctx("reading a count")?,
+                ))
+            })
+            .collect()
     }
 
     /// Records a refused decision in the audit trail and returns the refusal.

@@ -161,6 +161,9 @@ pub struct Config {
     /// (default [`DEFAULT_DATABASE`]).
     #[serde(default = "default_database")]
     pub database: String,
+    /// Address `/metrics` (Prometheus) is served on; not served when absent.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
     /// Database connections per replica (default 8; SQLite always uses one writer connection).
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
@@ -668,6 +671,7 @@ impl Default for Config {
         Config {
             listen: default_listen(),
             database: default_database(),
+            metrics_listen: None,
             max_connections: default_max_connections(),
             replica_id: None,
             reviewers: Vec::new(),
@@ -992,7 +996,10 @@ mod tests {
         assert_eq!(dirs.len(), 1, "one StateDirectory= in the unit: {dirs:?}");
         let state = format!("/var/lib/{}", dirs[0].trim());
         assert_eq!(state, DEFAULT_STATE_DIR);
-        assert_eq!(DEFAULT_DATABASE, format!("sqlite://{state}/{STATE_DATABASE_FILE}"));
+        assert_eq!(
+            DEFAULT_DATABASE,
+            format!("sqlite://{state}/{STATE_DATABASE_FILE}")
+        );
         assert!(Path::new(DEFAULT_SIGNING_KEY).starts_with(&state));
         let example = Config::parse(
             "central.example.toml",

@@ -28,6 +28,7 @@ pub mod events;
 pub mod grants;
 pub mod hosts;
 pub mod identity;
+pub mod metrics;
 pub mod notify;
 pub mod oidc;
 pub mod report;

@@ -86,12 +86,45 @@ pub struct Central {
     pub(crate) notify: crate::notify::Notifier,
     /// How the web console is reached (empty public URL: not served).
     pub(crate) web: crate::web::Settings,
+    /// This replica's Prometheus metrics (see [`crate::metrics`]).
+    pub(crate) metrics: crate::metrics::Metrics,
 }
 
 impl Central {
     /// The store.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// This replica's metrics.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
+    }
+
+    /// The metrics in the text exposition format, with the figures read from the store and the
+    /// agent streams now.
+    pub async fn render_metrics(&self) -> String {
+        match self.requests_by_state().await {
+            Ok(counts) => {
+                for s in crate::metrics::STATES {
+                    let n = counts.iter().find(|(k, _)| k == s).map_or(0, |(_, n)| *n);
+                    self.metrics
+                        .requests
+                        .get_or_create(&crate::metrics::StateLabel {
+                            state: s.to_string(),
+                        })
+                        .set(n);
+                }
+            }
+            Err(e) => {
+                self.metrics.scrape_errors.inc();
+                tracing::warn!(error = %e, "counting requests for /metrics failed");
+            }
+        }
+        self.metrics
+            .agents_connected
+            .set(self.hub.agents().len() as i64);
+        self.metrics.render()
     }
 
     /// This replica's name.
@@ -250,6 +283,7 @@ pub struct Server {
     serve: Option<JoinHandle<std::result::Result<(), tonic::transport::Error>>>,
     shutdown: Option<oneshot::Sender<()>>,
     web: Option<crate::web::WebServer>,
+    metrics_addr: Option<SocketAddr>,
 }
 
 /// Starts the service with `config`, listening on `listener` when given (tests pass one bound
@@ -315,6 +349,7 @@ pub async fn start_with(
         break_glass: config.break_glass.clone(),
         notify,
         web: web.as_ref().map(|w| w.settings()).unwrap_or_default(),
+        metrics: crate::metrics::Metrics::new(),
     });
     central.record_start(config).await?;
     if let Some(jobs) = notify_jobs {
@@ -441,6 +476,20 @@ pub async fn start_with(
         Some(w) => Some(w.serve(central.clone())?),
         None => None,
     };
+    let metrics_addr = match config.metrics_listen {
+        Some(at) => {
+            let l = TcpListener::bind(at)
+                .await
+                .map_err(|source| StartError::Bind { addr: at, source })?;
+            let bound = l
+                .local_addr()
+                .map_err(|source| StartError::Bind { addr: at, source })?;
+            tasks.push(tokio::spawn(serve_metrics(l, central.clone())));
+            tracing::info!(address = %bound, "serving /metrics");
+            Some(bound)
+        }
+        None => None,
+    };
     Ok(Server {
         addr,
         central,
@@ -448,7 +497,31 @@ pub async fn start_with(
         serve: Some(serve),
         shutdown: Some(shutdown_tx),
         web,
+        metrics_addr,
     })
+}
+
+/// Serves `/metrics` until the listener fails; the figures read from the store are read at
+/// each scrape.
+async fn serve_metrics(listener: TcpListener, central: Arc<Central>) {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let c = central.clone();
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        crate::metrics::CONTENT_TYPE,
+                    )],
+                    c.render_metrics().await,
+                )
+            }
+        }),
+    );
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!("metrics server stopped: {e}");
+    }
 }
 
 impl Server {
@@ -460,6 +533,11 @@ impl Server {
     /// The address the web console listens on, when `[web]` is configured.
     pub fn web_addr(&self) -> Option<SocketAddr> {
         self.web.as_ref().map(|w| w.addr())
+    }
+
+    /// The address `/metrics` is served on, when `metrics_listen` is configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// The shared state.

@@ -1254,7 +1254,101 @@ async fn audit_is_append_only(env: &Env) {
     server.shutdown().await;
 }
 
+/// One scrape of `/metrics` at `addr`, over plain HTTP.
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    let body = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .expect("GET /metrics")
+        .error_for_status()
+        .expect("/metrics status")
+        .text()
+        .await
+        .expect("/metrics body");
+    promtool_check(&body);
+    body
+}
+
+/// The value of the sample line that starts with `series ` (name and labels), if any.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+async fn metrics(env: &Env) {
+    let mut config = env.config.clone();
+    config.metrics_listen = Some("127.0.0.1:0".parse().expect("address"));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let server = latch_central::start(&config, Some(l))
+        .await
+        .expect("start central");
+    let addr = server
+        .metrics_addr()
+        .expect("metrics_listen serves /metrics");
+    apply_rules(&server).await;
+    let text = scrape(addr).await;
+    assert_eq!(
+        sample(&text, "latch_central_agents_connected"),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, r#"latch_central_requests{state="pending"}"#),
+        Some(0.0),
+        "{text}"
+    );
+
+    let mut agent = Agent::connect(&server, "h1", vec![], vec![]).await;
+    agent.next_rules().await;
+    let a = agent.submit(agent.request("1.100", "prod-db")).await;
+    agent.submit(agent.request("1.101", "prod-db")).await;
+    let mut rv = reviewer(&server).await;
+    rv.decide(req(approve_once(&a.approval_id, "ok"), ALICE))
+        .await
+        .expect("decide");
+    let text = scrape(addr).await;
+    assert_eq!(
+        sample(&text, "latch_central_agents_connected"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, r#"latch_central_requests{state="pending"}"#),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, r#"latch_central_requests{state="approved"}"#),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "latch_central_decision_seconds_count"),
+        Some(1.0),
+        "{text}"
+    );
+
+    // A closed stream is no longer counted.
+    drop(agent);
+    let deadline = std::time::Instant::now() + HANG;
+    loop {
+        let text = scrape(addr).await;
+        if sample(&text, "latch_central_agents_connected") == Some(0.0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the closed stream is still counted: {text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    server.shutdown().await;
+}
+
 suite!(
+    metrics,
     full_flow,
     grant_and_revoke,
     expiry,

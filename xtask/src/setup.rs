@@ -42,15 +42,64 @@ const TEST_PACKAGES: &[&str] = &[
     "chromium-driver",
 ];
 
-/// Where bpf-linker goes.
-pub fn tools_dir() -> PathBuf {
+fn tools_root() -> PathBuf {
     let cache = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
         .unwrap_or_else(|| PathBuf::from("/var/cache"));
-    cache
-        .join("latch/tools")
-        .join(format!("bpf-linker-{LINKER_VERSION}"))
+    cache.join("latch/tools")
+}
+
+/// Where bpf-linker goes.
+pub fn tools_dir() -> PathBuf {
+    tools_root().join(format!("bpf-linker-{LINKER_VERSION}"))
+}
+
+/// Where `promtool` goes; the metrics tests look for it there (and on `PATH`).
+pub fn promtool_path() -> PathBuf {
+    tools_root().join("promtool/promtool")
+}
+
+fn promtool_ok(p: &Path) -> bool {
+    Command::new(p)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// `promtool`, which checks that metrics parse as Prometheus reads them. Only that binary of
+/// Debian's `prometheus` package is taken: installing the package would start a server.
+fn install_promtool() -> Result<()> {
+    let dest = promtool_path();
+    if promtool_ok(&dest) {
+        return Ok(());
+    }
+    let work = tools_root().join("promtool/download");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).with_context(|| format!("mkdir {}", work.display()))?;
+    eprintln!(
+        "setup: fetching promtool (Debian's prometheus package) into {}",
+        dest.display()
+    );
+    run(Command::new("apt-get")
+        .args(["download", "-qq", "prometheus"])
+        .current_dir(&work))
+    .context("downloading Debian's prometheus package")?;
+    let deb = std::fs::read_dir(&work)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .context("apt-get download left no .deb")?;
+    run(Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(&deb)
+        .arg(work.join("x")))?;
+    std::fs::copy(work.join("x/usr/bin/promtool"), &dest)
+        .with_context(|| format!("installing {}", dest.display()))?;
+    let _ = std::fs::remove_dir_all(&work);
+    if !promtool_ok(&dest) {
+        bail!("{} does not run", dest.display());
+    }
+    Ok(())
 }
 
 fn is_debian_like() -> bool {
@@ -144,6 +193,7 @@ pub fn setup(for_tests: bool) -> Result<()> {
         apt_install(BUILD_PACKAGES)?;
         if for_tests {
             apt_install(TEST_PACKAGES)?;
+            install_promtool()?;
         }
         install_linker(Some("/usr/lib/llvm-22"))?;
         return Ok(());

@@ -235,12 +235,16 @@ pub async fn deliver(central: Arc<Central>, jobs: Jobs) {
 async fn sync_all(central: &Central, approval_id: &str) {
     let notifier = &central.notify;
     if let Some(s) = &notifier.slack {
-        if let Err(e) = sync(central, approval_id, s.as_ref()).await {
+        let r = sync(central, approval_id, s.as_ref()).await;
+        central.metrics.delivered("slack", r.is_ok());
+        if let Err(e) = r {
             tracing::warn!(approval_id, surface = "slack", error = %e, "notification failed");
         }
     }
     if let Some(t) = &notifier.teams {
-        if let Err(e) = sync(central, approval_id, t.as_ref()).await {
+        let r = sync(central, approval_id, t.as_ref()).await;
+        central.metrics.delivered("teams", r.is_ok());
+        if let Err(e) = r {
             tracing::warn!(approval_id, surface = "teams", error = %e, "notification failed");
         }
     }

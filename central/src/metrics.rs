@@ -1,0 +1,208 @@
+//! Prometheus metrics of one central replica, served at `/metrics` on `metrics_listen` (off
+//! unless configured): what an operator watches to see that requests flow and reviewers answer.
+//!
+//! - `latch_central_requests{state}`: requests in the store by state (pending, approved,
+//!   denied, expired, cancelled), read at each scrape, so every replica shows the same figures.
+//! - `latch_central_decision_seconds`: from central receiving a request to a reviewer's decision
+//!   that resolved it, for decisions made on this replica.
+//! - `latch_central_agents_connected`: agent streams open on this replica.
+//! - `latch_central_chat_deliveries_total{surface,result}`: attempts to bring a request's Slack
+//!   message or Teams card up to date, by result (`ok`, `failed`; a failed one is retried).
+//! - `latch_central_scrape_errors_total`: scrapes whose store query failed (the gauges then
+//!   keep their last values).
+//!
+//! It owns only its registry; it must not query the store itself (the owner of the figures
+//! sets them before each render).
+
+use std::sync::{atomic::AtomicI64, Arc};
+
+use prometheus_client::{
+    encoding::{text::encode, EncodeLabelSet},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+/// Label of `latch_central_requests`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    /// A request state.
+    pub state: String,
+}
+
+/// Labels of `latch_central_chat_deliveries_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChatLabel {
+    /// `slack` or `teams`.
+    pub surface: String,
+    /// `ok` or `failed`.
+    pub result: String,
+}
+
+/// Every state a request can be in, so that each is exported even at zero.
+pub const STATES: &[&str] = &["pending", "approved", "denied", "expired", "cancelled"];
+
+/// A replica's metrics. Cheap to clone (shared handles).
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    /// Requests by state.
+    pub requests: Family<StateLabel, Gauge<i64, AtomicI64>>,
+    /// Receipt-to-decision latency.
+    pub decision_seconds: Histogram,
+    /// Agent streams open here.
+    pub agents_connected: Gauge<i64, AtomicI64>,
+    /// Chat deliveries by surface and result.
+    pub chat: Family<ChatLabel, Counter>,
+    /// Failed store reads at scrape time.
+    pub scrape_errors: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A new registry with every family registered.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("latch_central");
+        let requests = Family::<StateLabel, Gauge<i64, AtomicI64>>::default();
+        registry.register(
+            "requests",
+            "Requests in the store, by state",
+            requests.clone(),
+        );
+        for s in STATES {
+            requests
+                .get_or_create(&StateLabel {
+                    state: s.to_string(),
+                })
+                .set(0);
+        }
+        // From 10 ms to about 10 h: a reviewer answers in seconds to hours.
+        let decision_seconds = Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(0.01, 4.0, 12),
+        );
+        registry.register(
+            "decision_seconds",
+            "Seconds from central receiving a request to the decision that resolved it",
+            decision_seconds.clone(),
+        );
+        let agents_connected = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "agents_connected",
+            "Agent streams open on this replica",
+            agents_connected.clone(),
+        );
+        let chat = Family::<ChatLabel, Counter>::default();
+        registry.register(
+            "chat_deliveries",
+            "Attempts to bring a Slack message or Teams card up to date, by result",
+            chat.clone(),
+        );
+        let scrape_errors = Counter::default();
+        registry.register(
+            "scrape_errors",
+            "Scrapes whose read of the store failed",
+            scrape_errors.clone(),
+        );
+        Metrics {
+            registry: Arc::new(registry),
+            requests,
+            decision_seconds,
+            agents_connected,
+            chat,
+            scrape_errors,
+        }
+    }
+
+    /// Counts one chat delivery.
+    pub fn delivered(&self, surface: &str, ok: bool) {
+        self.chat
+            .get_or_create(&ChatLabel {
+                surface: surface.to_string(),
+                result: if ok { "ok" } else { "failed" }.to_string(),
+            })
+            .inc();
+    }
+
+    /// The Prometheus text format (0.0.4), which every scraper and `promtool` read.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        text_format(&out)
+    }
+}
+
+/// The content type of [`Metrics::render`].
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// OpenMetrics text as the Prometheus text format: a counter's family is named after its
+/// samples (`x_total`, where OpenMetrics names it `x`), and there is no `# EOF`.
+fn text_format(openmetrics: &str) -> String {
+    let counters: Vec<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len() + 16 * counters.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|p| {
+            let rest = line.strip_prefix(p)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(&name)
+                .then(|| format!("{p}{name}_total {tail}"))
+        });
+        match renamed {
+            Some(l) => out.push_str(&l),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_family_is_rendered_with_help_and_every_state_at_zero() {
+        let m = Metrics::new();
+        m.decision_seconds.observe(0.5);
+        m.delivered("slack", false);
+        m.agents_connected.set(2);
+        let text = m.render();
+        for family in [
+            "latch_central_requests",
+            "latch_central_decision_seconds",
+            "latch_central_agents_connected",
+            "latch_central_chat_deliveries_total",
+            "latch_central_scrape_errors_total",
+        ] {
+            assert!(
+                text.contains(&format!("# HELP {family} ")),
+                "{family}:\n{text}"
+            );
+        }
+        for s in STATES {
+            assert!(
+                text.contains(&format!("latch_central_requests{{state=\"{s}\"}} 0")),
+                "{s}:\n{text}"
+            );
+        }
+        assert!(text.contains(
+            "latch_central_chat_deliveries_total{surface=\"slack\",result=\"failed\"} 1"
+        ));
+        assert!(text.contains("latch_central_agents_connected 2"));
+        assert!(text.contains("# TYPE latch_central_chat_deliveries_total counter\n"));
+        assert!(text.contains("# HELP latch_central_scrape_errors_total "));
+        assert!(!text.contains("# EOF"));
+    }
+}
