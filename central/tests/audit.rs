@@ -1,7 +1,8 @@
 //! The tamper-evident audit trail, against SQLite and PostgreSQL: every way of altering the
 //! stored log (edit, delete, insert, reorder, truncate, rewritten hashes, swapped or forged
 //! checkpoints) is named by verification, in the database and in an export; exports round-trip;
-//! retention keeps the chain verifiable; the evidence report lists what happened.
+//! retention keeps the chain verifiable; the evidence report lists what happened; an agent's
+//! journal sent again is stored once, in host order.
 
 #[macro_use]
 mod common;
@@ -926,7 +927,106 @@ async fn readers_cannot_grow_the_trail(env: &Env) {
     server.shutdown().await;
 }
 
+/// Sends the host's journal records `seqs` in one batch, as the agent's shipper does (ids
+/// `<host>:<seq>`); returns central's acknowledgement, (stored, duplicates).
+async fn ship(agent: &mut Agent, seqs: std::ops::RangeInclusive<u64>) -> (u32, u32) {
+    let t = agent.token();
+    let records = seqs
+        .map(|n| AgentAuditRecord {
+            record_id: format!("{}:{n}", agent.host),
+            time_unix_ms: 1_700_000_000_000 + n as i64,
+            kind: "exec".into(),
+            rule_id: rule_id("shadow-curl"),
+            rule_name: "shadow-curl".into(),
+            workload: "ai-agents".into(),
+            action: "audit".into(),
+            details_json: format!(r#"{{"n":{n}}}"#),
+            host_seq: n,
+        })
+        .collect();
+    let ack = agent
+        .client
+        .upload_audit(req(
+            AuditBatch {
+                host_id: agent.host.clone(),
+                records,
+            },
+            &t,
+        ))
+        .await
+        .expect("upload")
+        .into_inner();
+    (ack.stored, ack.duplicates)
+}
+
+/// The host's journal records as central serves them, in the order it serves them: (chain seq,
+/// host seq, record id).
+async fn served_journal(server: &Server, host: &str) -> Vec<(i64, i64, String)> {
+    reviewer(server)
+        .await
+        .query_audit(req(
+            QueryAuditRequest {
+                host_id: host.into(),
+                limit: 10_000,
+                ..Default::default()
+            },
+            ADMIN,
+        ))
+        .await
+        .expect("query audit")
+        .into_inner()
+        .entries
+        .into_iter()
+        .filter(|e| !e.record_id.is_empty())
+        .map(|e| (e.seq, e.host_seq, e.record_id))
+        .collect()
+}
+
+/// What an agent sends: its journal oldest first, in batches; a batch whose acknowledgement was
+/// lost again together with what followed; after a restart that lost its acknowledged position,
+/// the whole journal again. Central serves each record once, in host order, in its chain.
+async fn a_resent_journal_is_stored_once_in_host_order(env: &Env) {
+    let server = env.start().await;
+    apply_rules(&server).await;
+    let mut agent = Agent::connect(&server, "h1", vec![], vec![]).await;
+    let mut rv = reviewer(&server).await;
+    let mut acks = vec![ship(&mut agent, 1..=3).await];
+    // Central's own records land in the chain between the host's.
+    agent.submit(agent.request("j.1", "prod-db")).await;
+    acks.push(ship(&mut agent, 1..=6).await);
+    rv.who_am_i(req(WhoAmIRequest {}, ALICE))
+        .await
+        .expect("login");
+    acks.push(ship(&mut agent, 7..=9).await);
+    acks.push(ship(&mut agent, 1..=12).await);
+
+    let served = served_journal(&server, "h1").await;
+    assert!(
+        served.windows(2).all(|w| w[0].0 < w[1].0),
+        "not served in chain order: {served:?}"
+    );
+    let want: Vec<(i64, String)> = (1..=12).map(|n| (n, format!("h1:{n}"))).collect();
+    assert_eq!(
+        served
+            .iter()
+            .map(|(_, host_seq, id)| (*host_seq, id.clone()))
+            .collect::<Vec<_>>(),
+        want,
+        "the host's journal in central's chain: {served:?}"
+    );
+    assert!(
+        served[3].0 > served[2].0 + 1,
+        "central's own records between the host's: {served:?}"
+    );
+    assert_eq!(acks, [(3, 0), (3, 3), (3, 0), (3, 9)]);
+    let r = verify(&server).await;
+    assert!(r.ok(), "{:?}", findings(&r));
+    assert!(r.host_gaps.is_empty(), "{:?}", r.host_gaps);
+    server.shutdown().await;
+}
+
 suite!(
+    a_resent_journal_is_stored_once_in_host_order,
     readers_cannot_grow_the_trail,
     tampering_is_named,
     exports_round_trip_and_tampering_is_named,

@@ -804,6 +804,66 @@ async fn signing_out_on_another_replica_ends_the_live_queue() {
 }
 
 #[tokio::test]
+async fn a_session_works_on_every_replica_until_signed_out_on_one() {
+    let Some(mut env) = Env::postgres().await else {
+        return;
+    };
+    with_console(&mut env, None);
+    let (a, other) = (env.start_replica("a").await, env.start_replica("b").await);
+    apply_rules(&a).await;
+    let mut agent = Agent::connect(&a, "h1", vec![], vec![]).await;
+    let mut here = Browser::new(&a);
+    here.sign_in(ALICE).await;
+    let csrf = here.get("/requests").await.csrf();
+
+    // The same browser, sent to the other replica by a load balancer: signed in there as well,
+    // with the same CSRF token.
+    let mut there = Browser::new(&other);
+    there.cookies = here.cookies.clone();
+    let page = there.get("/requests").await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert!(
+        page.body.contains("title=\"alice\">alice@example.com<"),
+        "{}",
+        page.body
+    );
+    assert_eq!(page.csrf(), csrf);
+    // A decision there is alice's.
+    let first = agent.submit(agent.request("r-there", "prod-db")).await;
+    let p = there
+        .approve(&format!("/requests/{}", first.approval_id), &csrf)
+        .await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.body);
+    let d = agent.next_decision().await;
+    assert_eq!(
+        (d.request_id.as_str(), d.decided_by.as_str()),
+        ("r-there", "alice")
+    );
+
+    // Signed out on the first replica, the session is refused on the other: pages send the
+    // browser to sign in, forms decide nothing.
+    let p = here.post("/logout", &[("csrf", &csrf)]).await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER);
+    let p = there.get("/requests").await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.body);
+    assert!(p.location().starts_with("/login?"), "{}", p.location());
+    let second = agent.submit(agent.request("r-after", "prod-db")).await;
+    let p = there
+        .approve(&format!("/requests/{}", second.approval_id), &csrf)
+        .await;
+    assert_eq!(p.status, StatusCode::UNAUTHORIZED, "{}", p.body);
+    let row = other
+        .central()
+        .request_row(&second.approval_id)
+        .await
+        .expect("read request")
+        .expect("request exists");
+    assert_eq!(row.state, latch_central::approval::State::Pending);
+    other.shutdown().await;
+    a.shutdown().await;
+}
+
+#[tokio::test]
 async fn an_open_event_stream_does_not_hold_up_shutdown() {
     let (_env, server) = started(None).await;
     let mut b = Browser::new(&server);

@@ -3,10 +3,11 @@
 //! Slack does), and the tests post signed interactive callbacks to central's web server as Slack
 //! would. Checked: the message reaches the routed channel with hostile argv escaped; a signed
 //! Approve decides and the agent hears it; the message follows every change of state; forged,
-//! stale and replayed callbacks are refused, also with timestamps at the ends of the range;
-//! unmapped users, addresses Slack has not confirmed, addresses the identity provider has not
-//! verified or that two reviewers claim, viewers and the requester decide nothing; a person
-//! approving in Slack and over gRPC at once counts once; two replicas post once.
+//! stale and replayed callbacks are refused, also with timestamps at the ends of the range and
+//! replayed to another replica; unmapped users, addresses Slack has not confirmed, addresses the
+//! identity provider has not verified or that two reviewers claim, viewers and the requester
+//! decide nothing; a person approving in Slack and over gRPC at once counts once; two replicas
+//! post once; a decision completes while Slack leaves its update unanswered.
 
 mod common;
 
@@ -35,7 +36,8 @@ use latch_central::{
     Server,
 };
 use latch_proto::v1::{
-    ApplyRulesRequest, CancelApprovalRequest, DecideRequest, DecisionKind, Outcome,
+    ApplyRulesRequest, CancelApprovalRequest, DecideRequest, DecisionKind, Outcome, RequestState,
+    WatchRequestsRequest,
 };
 use serde_json::{json, Value};
 use sha2::Sha256;
@@ -294,6 +296,11 @@ fn routed_rules() -> String {
 
 /// Configures `env` for Slack against `peer` (secrets in files, as in production).
 fn configure(env: &mut Env, peer: &SlackPeer) {
+    configure_api(env, format!("http://{}/api/", peer.addr));
+}
+
+/// Configures `env` for Slack with the Web API at `api_base_url`.
+fn configure_api(env: &mut Env, api_base_url: String) {
     let token = env.dir.path().join("slack-bot-token");
     let secret = env.dir.path().join("slack-signing-secret");
     std::fs::write(&token, format!("{BOT_TOKEN}\n")).expect("write token");
@@ -305,7 +312,7 @@ fn configure(env: &mut Env, peer: &SlackPeer) {
     env.config.slack = Some(SlackConfig {
         bot_token_file: token,
         signing_secret_file: secret,
-        api_base_url: Some(format!("http://{}/api/", peer.addr)),
+        api_base_url: Some(api_base_url),
         default_channel: Some(DEFAULT_CHANNEL.into()),
         replay_window: None,
     });
@@ -1039,6 +1046,191 @@ async fn two_replicas_post_and_update_once() {
     assert_eq!(finals, 1, "{:#?}", peer.calls());
     b.shutdown().await;
     a.shutdown().await;
+}
+
+/// Audit records about request `approval_id`, as replica `server` reads them.
+async fn audit_of(server: &Server, approval_id: &str) -> Vec<latch_central::chain::Record> {
+    server
+        .central()
+        .store()
+        .query_audit(
+            &latch_central::store::AuditFilter {
+                request_id: approval_id.into(),
+                ..Default::default()
+            },
+            1000,
+        )
+        .await
+        .expect("audit")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callback_replayed_to_another_replica_is_refused() {
+    let Some(mut env) = Env::postgres().await else {
+        return;
+    };
+    let peer = SlackPeer::start().await;
+    configure(&mut env, &peer);
+    let a = env.start_replica("a").await;
+    let b = env.start_replica("b").await;
+    let mut agent = Agent::connect(&a, "h1", vec![], vec![]).await;
+    apply_routed_rules(&a).await;
+    agent.next_rules().await;
+    // Two approvals needed: the first one leaves the request open for a replay to act on.
+    let acc = agent.submit(agent.request("r.1", "two-person")).await;
+    let id = acc.approval_id.clone();
+    let (_, channel, ts) = peer.posted(&id).await;
+
+    // Alice's Approve, signed once, reaches replica A and counts.
+    let body = click_body("UALICE", "latch.approve", &id, &channel, &ts);
+    let now = now_secs().to_string();
+    let sig = signature(SIGNING_SECRET, &now, &body);
+    let mark = peer.calls().len();
+    let (status, text) = post_callback(&a, &body, &now, Some(&sig)).await;
+    assert_eq!(status, 200, "{text}");
+    let reply = peer.ephemeral("UALICE", mark).await;
+    assert!(reply.contains("is counted: 1 of 2"), "{reply}");
+    let audited = audit_of(&a, &id).await;
+
+    // The identical callback, delivered to replica B (a load balancer, or someone who captured
+    // it), is a replay there too: refused before anything in it is acted on.
+    let mark = peer.calls().len();
+    let (status, text) = post_callback(&b, &body, &now, Some(&sig)).await;
+    assert_eq!(status, 401, "{text}");
+    assert!(text.contains("replay"), "{text}");
+    assert_eq!(state_of(&b, &id).await, (ReqState::Pending, 1));
+    let after = audit_of(&b, &id).await;
+    assert_eq!(
+        after.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        audited.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        "the replay left a trace: {after:#?}"
+    );
+    assert!(
+        !peer.calls()[mark..]
+            .iter()
+            .any(|c| c.method == "chat.postEphemeral"),
+        "the replay was answered in Slack: {:#?}",
+        &peer.calls()[mark..]
+    );
+
+    // The request is still Alice's one approval away from done: Bob completes it on B.
+    click(&b, "UBOB", "latch.approve", &id, (&channel, &ts)).await;
+    let d = agent.next_decision().await;
+    assert_eq!(
+        (d.outcome, d.decided_by.as_str()),
+        (Outcome::Allow as i32, "bob")
+    );
+    assert_eq!(state_of(&a, &id).await, (ReqState::Approved, 2));
+    b.shutdown().await;
+    a.shutdown().await;
+}
+
+/// The Web API as a stub that posts messages and never answers anything else: the update that
+/// would show a decision hangs.
+fn posts_only(path: &str) -> Option<String> {
+    path.ends_with("/chat.postMessage").then(|| {
+        json!({"ok": true, "channel": "C0APPROVALS", "ts": "1700000000.000001"}).to_string()
+    })
+}
+
+/// A reviewer decides through the API while the Slack update that would show the decision hangs
+/// unanswered: the decision completes and reaches the agent and a watcher while that update's
+/// client is still waiting for Slack.
+async fn a_decision_completes_while_slack_hangs(mut env: Env) {
+    let chat = HangingChat::start(posts_only).await;
+    configure_api(&mut env, format!("http://{}/api/", chat.addr));
+    let server = env.start().await;
+    let mut agent = Agent::connect(&server, "h1", vec![], vec![]).await;
+    apply_rules(&server).await;
+    agent.next_rules().await;
+    let acc = agent.submit(agent.request("r.1", "prod-db")).await;
+    let id = acc.approval_id.clone();
+    chat.call("the post", |c| {
+        c.path.ends_with("/chat.postMessage") && c.body.contains(&id)
+    })
+    .await;
+    // Once the post is recorded and its lease let go, the decision's update is a delivery of its
+    // own rather than a change an earlier delivery picks up.
+    tokio::time::timeout(HANG, async {
+        loop {
+            let row = sqlx::query(
+                "SELECT message_ref, lease_until_ms FROM notifications WHERE kind = 'slack' AND approval_id = $1",
+            )
+            .bind(&id)
+            .fetch_optional(server.central().store().pool())
+            .await
+            .expect("notification row");
+            if let Some(row) = row {
+                use sqlx::Row;
+                let posted: String = row.try_get("message_ref").expect("message_ref");
+                let lease: i64 = row.try_get("lease_until_ms").expect("lease");
+                if !posted.is_empty() && lease == 0 {
+                    return;
+                }
+            }
+            // Polling a database row; the pause only spares the CPU.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the post was never recorded");
+
+    let mut rv = reviewer(&server).await;
+    let mut watch = rv
+        .watch_requests(req(WatchRequestsRequest {}, VIEWER))
+        .await
+        .expect("watch")
+        .into_inner();
+    let decided = tokio::time::timeout(
+        HANG,
+        rv.decide(req(
+            DecideRequest {
+                approval_id: id.clone(),
+                kind: DecisionKind::ApproveOnce as i32,
+                reason: "while Slack hangs".into(),
+                ..Default::default()
+            },
+            ALICE,
+        )),
+    )
+    .await
+    .expect("the decision hung")
+    .expect("decide")
+    .into_inner();
+    assert!(decided.r#final);
+    let d = agent.next_decision().await;
+    assert_eq!(
+        (d.request_id.as_str(), d.outcome),
+        ("r.1", Outcome::Allow as i32)
+    );
+    watched(&mut watch, &id, RequestState::Approved).await;
+    let update = chat
+        .call("the update showing the decision", |c| {
+            c.path.ends_with("/chat.update")
+        })
+        .await;
+    assert!(
+        chat.with_call(update, ChatCall::still_waiting),
+        "the update's client gave up before the decision was through: the decision waited for \
+         Slack (calls: {:?})",
+        chat.paths()
+    );
+    tokio::time::timeout(HANG, server.shutdown())
+        .await
+        .expect("shutdown with a Slack call unanswered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_completes_while_slack_hangs_on_sqlite() {
+    a_decision_completes_while_slack_hangs(Env::sqlite().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_completes_while_slack_hangs_on_postgres() {
+    let Some(env) = Env::postgres().await else {
+        return;
+    };
+    a_decision_completes_while_slack_hangs(env).await;
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Microsoft Teams cards end to end, over real HTTP: central posts to a local incoming-webhook
 //! endpoint that answers like Teams; each request gets one Adaptive Card with the context
-//! (workload text only in non-Markdown runs, escaped) and a link to the request in the console.
+//! (workload text only in non-Markdown runs, escaped) and a link to the request in the console;
+//! a decision completes while the webhook leaves the card unanswered.
 
 mod common;
 
@@ -19,7 +20,7 @@ use axum::{
 };
 use common::*;
 use latch_central::config::{TeamsConfig, WebConfig};
-use latch_proto::v1::{DecideRequest, DecisionKind};
+use latch_proto::v1::{DecideRequest, DecisionKind, Outcome, RequestState, WatchRequestsRequest};
 use serde_json::Value;
 
 const PUBLIC_URL: &str = "https://latch.example.com";
@@ -230,6 +231,76 @@ async fn one_card_per_request_with_escaped_context_and_a_console_link() {
         .count();
     assert_eq!(for_first, 1);
     server.shutdown().await;
+}
+
+/// A webhook that takes every card and never answers.
+fn never_answers(_: &str) -> Option<String> {
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_completes_while_the_webhook_hangs() {
+    let chat = HangingChat::start(never_answers).await;
+    let mut env = Env::sqlite().await;
+    env.config.web = Some(WebConfig {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        public_url: Some(PUBLIC_URL.into()),
+        ..Default::default()
+    });
+    env.config.teams = Some(TeamsConfig {
+        webhook_url_file: None,
+        webhook_url: Some(format!(
+            "http://{}/webhookb2/0000-1111/IncomingWebhook/abc/def",
+            chat.addr
+        )),
+    });
+    let server = env.start().await;
+    let mut agent = Agent::connect(&server, "h1", vec![], vec![]).await;
+    apply_rules(&server).await;
+    agent.next_rules().await;
+    let acc = agent.submit(agent.request("r.1", "prod-db")).await;
+    let id = acc.approval_id.clone();
+    let card = chat.call("the card", |c| c.body.contains(&id)).await;
+
+    // A reviewer decides through the API while the card's post is unanswered.
+    let mut rv = reviewer(&server).await;
+    let mut watch = rv
+        .watch_requests(req(WatchRequestsRequest {}, VIEWER))
+        .await
+        .expect("watch")
+        .into_inner();
+    let decided = tokio::time::timeout(
+        HANG,
+        rv.decide(req(
+            DecideRequest {
+                approval_id: id.clone(),
+                kind: DecisionKind::Deny as i32,
+                reason: "while Teams hangs".into(),
+                ..Default::default()
+            },
+            ALICE,
+        )),
+    )
+    .await
+    .expect("the decision hung")
+    .expect("decide")
+    .into_inner();
+    assert!(decided.r#final);
+    let d = agent.next_decision().await;
+    assert_eq!(
+        (d.request_id.as_str(), d.outcome),
+        ("r.1", Outcome::Deny as i32)
+    );
+    watched(&mut watch, &id, RequestState::Denied).await;
+    assert!(
+        chat.with_call(card, ChatCall::still_waiting),
+        "the card's client gave up before the decision was through: the decision waited for \
+         Teams (calls: {:?})",
+        chat.paths()
+    );
+    tokio::time::timeout(HANG, server.shutdown())
+        .await
+        .expect("shutdown with a card unanswered");
 }
 
 #[test]

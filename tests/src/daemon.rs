@@ -210,7 +210,9 @@ impl Daemon {
             journal::JournalConfig::new("test-reader"),
         )
         .expect("open the agent's journal");
-        j.read_from(0).map(|r| r.expect("a journal record")).collect()
+        j.read_from(0)
+            .map(|r| r.expect("a journal record"))
+            .collect()
     }
 }
 

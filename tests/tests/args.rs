@@ -272,12 +272,18 @@ fn while_nobody_can_decide_a_program_whose_arguments_a_rule_denies_is_refused_wh
     let free = TestCgroup::new();
     let m = p.marker("free");
     let out = run(&free.path, &p.path(), &[&m.to_string_lossy()]);
-    assert!(m.exists(), "the program runs where nothing watches: {out:?}");
+    assert!(
+        m.exists(),
+        "the program runs where nothing watches: {out:?}"
+    );
     for (action, runs, outcome) in [
         ("approve", true, Outcome::FailOpen),
         ("deny", false, Outcome::FailClosed),
     ] {
-        let mut h = Harness::with(&rules(&p.path(), "secret", action), FailMode::AllowAndRecord);
+        let mut h = Harness::with(
+            &rules(&p.path(), "secret", action),
+            FailMode::AllowAndRecord,
+        );
         h.engine().flatline().expect("flatline");
         let m = p.marker(action);
         let out = run(&h.cgroup.path, &p.path(), &[&m.to_string_lossy()]);

@@ -10,7 +10,7 @@ use std::{
 };
 
 use latch_proto::v1::{
-    reviewer_service_client::ReviewerServiceClient, ApplyRulesRequest, ApprovalRecord,
+    reviewer_service_client::ReviewerServiceClient, ApplyRulesRequest, ApprovalRecord, AuditEntry,
     DecideRequest, DecisionKind, GrantScope, ListGrantsRequest, QueryAuditRequest, RequestState,
     RevokeGrantRequest,
 };
@@ -148,37 +148,115 @@ async fn reviewer_decisions_reach_the_kernel_through_central() {
 
     // The host's journal reaches central: its events and decisions, each once, in host order.
     let deadline = Instant::now() + patience();
-    loop {
-        let entries = admin
-            .query_audit(QueryAuditRequest {
-                host_id: stack.host.clone(),
-                limit: 1000,
-                ..Default::default()
-            })
-            .await
-            .expect("query audit")
-            .into_inner()
-            .entries;
-        let agent: Vec<_> = entries.iter().filter(|e| !e.record_id.is_empty()).collect();
+    let shipped = loop {
+        let agent = journal_at_central(&mut admin, &stack.host).await;
         let decisions = agent.iter().filter(|e| e.kind.contains("decision")).count();
         if decisions >= 2 {
-            let mut seqs: Vec<i64> = agent.iter().map(|e| e.host_seq).collect();
-            let n = seqs.len();
-            seqs.sort_unstable();
-            seqs.dedup();
-            assert_eq!(seqs.len(), n, "no journal record stored twice");
+            assert_once_in_host_order(&agent);
             assert!(
                 agent.iter().any(|e| e.kind.contains("connect")),
                 "kernel events shipped: {agent:?}"
             );
-            break;
+            break agent;
         }
         assert!(
             Instant::now() < deadline,
             "the journal never reached central: {agent:?}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    // What an agent sends again: its whole journal, as after losing what central acknowledged.
+    // Central keeps each record once, where it first stored it.
+    let state = stack.dir.join("journal").join("state.json");
+    wait_acked(&state, shipped.len() as i64);
+    stack.kill_agent();
+    let mut acked: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&state).expect("read the journal's state"))
+            .expect("the journal's state");
+    acked["acked_through"] = 0.into();
+    std::fs::write(&state, acked.to_string()).expect("write the journal's state");
+    stack.start_agent();
+    stack.wait_watching();
+    // The agent acknowledges a record only once central has answered for it: acknowledged
+    // again, the records were sent again.
+    wait_acked(&state, shipped.len() as i64);
+    let again = journal_at_central(&mut admin, &stack.host).await;
+    assert_once_in_host_order(&again);
+    let place = |e: &[AuditEntry]| -> Vec<(i64, String)> {
+        e.iter().map(|e| (e.seq, e.record_id.clone())).collect()
+    };
+    assert_eq!(
+        place(&again[..shipped.len().min(again.len())]),
+        place(&shipped),
+        "records sent again moved or were replaced"
+    );
+}
+
+/// Waits until the agent's journal (its `state.json`) says central has acknowledged records up
+/// to `n`.
+fn wait_acked(state: &std::path::Path, n: i64) {
+    let deadline = Instant::now() + patience();
+    loop {
+        let acked = match std::fs::read(state) {
+            Ok(b) => serde_json::from_slice::<serde_json::Value>(&b).expect("the journal's state")
+                ["acked_through"]
+                .as_i64()
+                .expect("acked_through"),
+            // Nothing acknowledged yet.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => panic!("reading {}: {e}", state.display()),
+        };
+        if acked >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent's journal never had {n} records acknowledged (it has {acked})"
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The host's journal records at central (those with a record id), in the order central serves
+/// them.
+async fn journal_at_central(
+    admin: &mut ReviewerServiceClient<
+        tonic::service::interceptor::InterceptedService<Channel, impl tonic::service::Interceptor>,
+    >,
+    host: &str,
+) -> Vec<AuditEntry> {
+    admin
+        .query_audit(QueryAuditRequest {
+            host_id: host.to_string(),
+            limit: 10_000,
+            ..Default::default()
+        })
+        .await
+        .expect("query audit")
+        .into_inner()
+        .entries
+        .into_iter()
+        .filter(|e| !e.record_id.is_empty())
+        .collect()
+}
+
+/// `served` (a host's journal records as central serves them) is the host's records 1, 2, 3, …
+/// in its chain order: each once, none missing, none out of place. Nothing is sorted first:
+/// the order checked is central's.
+fn assert_once_in_host_order(served: &[AuditEntry]) {
+    let order: Vec<(i64, i64)> = served.iter().map(|e| (e.seq, e.host_seq)).collect();
+    assert!(
+        order.windows(2).all(|w| w[0].0 < w[1].0),
+        "central served its chain out of order: (seq, host_seq) {order:?}"
+    );
+    let host_seqs: Vec<i64> = order.iter().map(|o| o.1).collect();
+    let want: Vec<i64> = (1..=served.len() as i64).collect();
+    assert_eq!(
+        host_seqs, want,
+        "the host's journal in central's chain order is not its records 1.. once each: \
+         (seq, host_seq) {order:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -533,17 +611,7 @@ async fn central_loss_applies_the_fail_mode_and_the_journal_arrives_once_after_i
     // every record of the host up to the last one is there exactly once.
     let deadline = Instant::now() + patience();
     loop {
-        let entries = admin
-            .query_audit(QueryAuditRequest {
-                host_id: stack.host.clone(),
-                limit: 10_000,
-                ..Default::default()
-            })
-            .await
-            .expect("query audit")
-            .into_inner()
-            .entries;
-        let agent: Vec<_> = entries.iter().filter(|e| !e.record_id.is_empty()).collect();
+        let agent = journal_at_central(&mut admin, &stack.host).await;
         let fail_mode = agent
             .iter()
             .any(|e| e.kind.contains("decision") && e.payload_json.contains("\"fail-mode\""));
@@ -551,13 +619,7 @@ async fn central_loss_applies_the_fail_mode_and_the_journal_arrives_once_after_i
             .iter()
             .any(|e| e.kind.contains("decision") && e.payload_json.contains("\"reviewer\""));
         if fail_mode && reviewed {
-            let mut seqs: Vec<i64> = agent.iter().map(|e| e.host_seq).collect();
-            seqs.sort_unstable();
-            let n = seqs.len();
-            seqs.dedup();
-            assert_eq!(seqs.len(), n, "a journal record stored twice: {seqs:?}");
-            let want: Vec<i64> = (1..=n as i64).collect();
-            assert_eq!(seqs, want, "a gap in the host's journal at central");
+            assert_once_in_host_order(&agent);
             break;
         }
         assert!(

@@ -15,8 +15,8 @@ use latch_central::{config::Config, Server};
 use latch_proto::v1::{
     agent_message::Body, agent_service_client::AgentServiceClient,
     reviewer_service_client::ReviewerServiceClient, AgentMessage, ApprovalAccepted,
-    ApprovalRequest, Capabilities, Decision, Destination, Op, RegisterRequest, Revocation,
-    SubscribeRequest,
+    ApprovalRequest, Capabilities, Decision, Destination, Op, RegisterRequest, RequestEvent,
+    RequestState, Revocation, SubscribeRequest,
 };
 use tonic::{transport::Channel, Request, Streaming};
 
@@ -299,6 +299,19 @@ impl Env {
             .await
             .expect("start central")
     }
+
+    /// A server named `replica`: replicas in one test process would otherwise share the
+    /// default name (host name and process id), which separate machines never do.
+    pub async fn start_replica(&self, replica: &str) -> Server {
+        let mut config = self.config.clone();
+        config.replica_id = Some(replica.into());
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        latch_central::start(&config, Some(l))
+            .await
+            .expect("start central")
+    }
 }
 
 pub fn req<T>(msg: T, token: &str) -> Request<T> {
@@ -527,6 +540,27 @@ impl Agent {
     }
 }
 
+/// Reads a reviewer's watch (`WatchRequests`) until it shows request `approval_id` in `state`.
+pub async fn watched(watch: &mut Streaming<RequestEvent>, approval_id: &str, state: RequestState) {
+    tokio::time::timeout(HANG, async {
+        loop {
+            let ev = watch
+                .message()
+                .await
+                .expect("watch failed")
+                .expect("watch ended");
+            if ev
+                .request
+                .is_some_and(|r| r.approval_id == approval_id && r.state == state as i32)
+            {
+                return;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the watch never showed {approval_id} {state:?}"))
+}
+
 /// Runs each named `async fn(&Env)` as a test on SQLite and again on PostgreSQL (skipped when
 /// `LATCH_SKIP_POSTGRES` says so).
 #[allow(unused_macros)]
@@ -551,4 +585,204 @@ macro_rules! suite {
             )*
         }
     };
+}
+
+/// One call a [`HangingChat`] received.
+pub struct ChatCall {
+    /// Request path (`/api/chat.update`, `/webhookb2/...`).
+    pub path: String,
+    /// Request body.
+    pub body: String,
+    /// The connection of a call left unanswered; `None` once answered.
+    held: Option<std::net::TcpStream>,
+}
+
+impl ChatCall {
+    /// Whether the call is unanswered and its client still waits for the answer. Read off the
+    /// socket itself: a client that gave up has closed it (a peek then reads 0 bytes), and one
+    /// that waits sends nothing more (a peek would block).
+    pub fn still_waiting(&self) -> bool {
+        let Some(conn) = &self.held else {
+            return false;
+        };
+        matches!(conn.peek(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+}
+
+#[derive(Default)]
+struct ChatCalls {
+    calls: std::sync::Mutex<Vec<ChatCall>>,
+    changed: tokio::sync::Notify,
+}
+
+/// A chat endpoint (the Slack Web API, a Teams webhook) on 127.0.0.1 that answers only the calls
+/// its `answer` function has a JSON body for and leaves every other one unanswered, the
+/// connection open, for as long as the client is willing to wait. Plain HTTP/1.1 over a socket
+/// of its own, so that whether a held call's client still waits can be observed.
+pub struct HangingChat {
+    pub addr: std::net::SocketAddr,
+    state: std::sync::Arc<ChatCalls>,
+}
+
+impl HangingChat {
+    pub async fn start(answer: fn(&str) -> Option<String>) -> HangingChat {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let state = std::sync::Arc::new(ChatCalls::default());
+        let calls = state.clone();
+        tokio::spawn(async move {
+            while let Ok((conn, _)) = l.accept().await {
+                let calls = calls.clone();
+                tokio::spawn(async move { chat_call(conn, answer, &calls).await });
+            }
+        });
+        HangingChat { addr, state }
+    }
+
+    /// Waits until a call that `f` accepts has arrived (bounded by HANG, a hang guard) and returns
+    /// its index, for [`HangingChat::with_call`].
+    pub async fn call(&self, what: &str, f: impl Fn(&ChatCall) -> bool) -> usize {
+        tokio::time::timeout(HANG, async {
+            loop {
+                let changed = self.state.changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                if let Some(i) = self.state.calls.lock().expect("calls").iter().position(&f) {
+                    return i;
+                }
+                changed.await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("waiting for {what}: calls so far {:?}", self.paths()))
+    }
+
+    /// Looks at call number `i`.
+    pub fn with_call<T>(&self, i: usize, f: impl FnOnce(&ChatCall) -> T) -> T {
+        f(&self.state.calls.lock().expect("calls")[i])
+    }
+
+    /// The paths of every call so far.
+    pub fn paths(&self) -> Vec<String> {
+        self.state
+            .calls
+            .lock()
+            .expect("calls")
+            .iter()
+            .map(|c| c.path.clone())
+            .collect()
+    }
+}
+
+/// Reads one request; answers it when `answer` says how, else keeps its connection.
+async fn chat_call(
+    mut conn: tokio::net::TcpStream,
+    answer: fn(&str) -> Option<String>,
+    calls: &ChatCalls,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        match conn.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.trim()
+                .eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())
+                .flatten()
+        })
+        .unwrap_or(0);
+    while buf.len() < head_end + length {
+        match conn.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let body = String::from_utf8_lossy(&buf[head_end..head_end + length]).to_string();
+    let held = match answer(&path) {
+        Some(json) => {
+            let reply = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json; charset=utf-8\r\n\
+                 content-length: {}\r\nconnection: close\r\n\r\n{json}",
+                json.len()
+            );
+            let _ = conn.write_all(reply.as_bytes()).await;
+            let _ = conn.shutdown().await;
+            None
+        }
+        None => Some(conn.into_std().expect("a std socket")),
+    };
+    calls
+        .calls
+        .lock()
+        .expect("calls")
+        .push(ChatCall { path, body, held });
+    calls.changed.notify_waiters();
+}
+
+/// Runs `promtool check metrics` on `text`, as Prometheus would read it. Missing promtool is a
+/// failure (`cargo xtask setup` installs it) unless `LATCH_SKIP_PROMTOOL=1` says to skip.
+pub fn promtool_check(text: &str) {
+    use std::io::Write;
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/var/cache"));
+    let candidates = [
+        std::env::var_os("LATCH_PROMTOOL").map(PathBuf::from),
+        Some(PathBuf::from("promtool")),
+        Some(cache.join("latch/tools/promtool/promtool")),
+    ];
+    let found = candidates.into_iter().flatten().find(|p| {
+        std::process::Command::new(p)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    let Some(promtool) = found else {
+        if std::env::var("LATCH_SKIP_PROMTOOL").as_deref() == Ok("1") {
+            eprintln!("SKIPPED: promtool not found and LATCH_SKIP_PROMTOOL=1");
+            return;
+        }
+        panic!(
+            "promtool not found (LATCH_PROMTOOL, PATH, {}): run `cargo xtask setup`, or set \
+             LATCH_SKIP_PROMTOOL=1 to skip this check explicitly",
+            cache.join("latch/tools/promtool/promtool").display()
+        );
+    };
+    let mut child = std::process::Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run promtool");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write to promtool");
+    let out = child.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}\n{}{}\n--- metrics ---\n{text}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
