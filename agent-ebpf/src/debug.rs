@@ -13,15 +13,15 @@
 //! ended at the entry of `ptrace` attach, seize or `PTRACE_TRACEME`, and of `process_vm_readv`
 //! or `process_vm_writev` on another process; `/proc/PID/mem` and `pidfd_getfd` are not seen.
 
-use agent_common::{Event, Op, Outcome};
+use agent_common::Op;
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel},
     programs::TracePointContext,
 };
 
 use crate::counters::{bump, Counter};
-use crate::pause::{self, Subject};
-use crate::{kconf, scope, scratch};
+use crate::pause;
+use crate::{kconf, scope};
 
 const EPERM: i32 = -1;
 /// `PTRACE_MODE_ATTACH` in the mode `ptrace_access_check` is given.
@@ -38,13 +38,10 @@ fn refused(target: u32) -> bool {
         return false;
     };
     bump(Counter::DebugRefused);
-    if let Some(s) = scratch::get() {
-        let ev: &mut Event = &mut s.event;
-        pause::clear(ev);
+    pause::report_refusal(cgroup, watch, 0, 0, |ev| {
         ev.op = Op::Debug as u8;
         ev.target = target as u64;
-        Subject::current(cgroup, watch).report(ev, Outcome::Denied, 0, 0);
-    }
+    });
     true
 }
 

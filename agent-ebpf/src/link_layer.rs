@@ -4,11 +4,11 @@
 //! backend (`socket_create`); on the tracepoint backend (`syscalls:sys_enter_socket`, which
 //! cannot refuse) the task is ended before the call returns.
 
-use agent_common::{event_flags, family, Event, Op, Outcome};
+use agent_common::{event_flags, family, Op};
 
 use crate::counters::{bump, Counter};
-use crate::pause::{self, Subject};
-use crate::{scope, scratch};
+use crate::pause;
+use crate::scope;
 
 const AF_PACKET: i32 = 17;
 
@@ -23,14 +23,11 @@ pub fn refused(family: i32, kern: i32) -> bool {
         return false;
     };
     bump(Counter::PacketSocketRefused);
-    if let Some(s) = scratch::get() {
-        let ev: &mut Event = &mut s.event;
-        pause::clear(ev);
+    pause::report_refusal(cgroup, watch, 0, 0, |ev| {
         ev.op = Op::Sendmsg as u8;
         ev.family = family::PACKET;
         ev.flags = event_flags::PACKET_SOCKET;
-        Subject::current(cgroup, watch).report(ev, Outcome::Denied, 0, 0);
-    }
+    });
     true
 }
 

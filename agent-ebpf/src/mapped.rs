@@ -14,7 +14,7 @@
 //! area not being set yet; a task mapping its own image again; files only a prefix names (they
 //! may be libraries, which every program maps).
 
-use agent_common::{event_flags, rule_flags, Action, Event, ExecFileKey, Op, Outcome, Watch};
+use agent_common::{event_flags, rule_flags, Action, ExecFileKey, Op, Watch};
 use aya_ebpf::{
     helpers::{bpf_get_current_task, bpf_probe_read_kernel},
     programs::TracePointContext,
@@ -23,8 +23,8 @@ use aya_ebpf::{
 use crate::counters::{bump, Counter};
 use crate::identity::{self, FileId};
 use crate::maps::{CONTENT, EXEC_FILES};
-use crate::pause::{self, Subject};
-use crate::{kconf, scope, scratch};
+use crate::pause;
+use crate::{kconf, scope};
 
 const PROT_EXEC: u64 = 4;
 const EPERM: i32 = -1;
@@ -171,16 +171,12 @@ fn rule_of(watch: Watch, id: FileId) -> (u32, u8) {
 
 #[inline(always)]
 fn report(cgroup: u64, watch: Watch, id: FileId, rule_id: u32, action: u8) {
-    let Some(s) = scratch::get() else {
-        return;
-    };
-    let ev: &mut Event = &mut s.event;
-    pause::clear(ev);
-    ev.op = Op::Exec as u8;
-    ev.flags = event_flags::MAPPED;
-    ev.file_dev = id.0;
-    ev.addr[8..].copy_from_slice(&id.1.to_ne_bytes());
-    ev.file_ctime_ns = id.2;
-    ev.file_inode = id.3;
-    Subject::current(cgroup, watch).report(ev, Outcome::Denied, action, rule_id);
+    pause::report_refusal(cgroup, watch, action, rule_id, |ev| {
+        ev.op = Op::Exec as u8;
+        ev.flags = event_flags::MAPPED;
+        ev.file_dev = id.0;
+        ev.addr[8..].copy_from_slice(&id.1.to_ne_bytes());
+        ev.file_ctime_ns = id.2;
+        ev.file_inode = id.3;
+    });
 }

@@ -72,6 +72,25 @@ impl Subject {
     }
 }
 
+/// Reports a refusal of the current task's operation that holds nothing (a mapping, a socket,
+/// a debugger): a cleared event, filled in by `fill`, with `action` and `rule_id`.
+#[inline(always)]
+pub fn report_refusal(
+    cgroup: u64,
+    watch: Watch,
+    action: u8,
+    rule_id: u32,
+    fill: impl FnOnce(&mut Event),
+) {
+    let Some(s) = crate::scratch::get() else {
+        return;
+    };
+    let ev: &mut Event = &mut s.event;
+    clear(ev);
+    fill(ev);
+    Subject::current(cgroup, watch).report(ev, Outcome::Denied, action, rule_id);
+}
+
 /// Sends a signal to the calling thread; `false` if the kernel refused.
 #[inline(always)]
 pub fn signal(sig: u32) -> bool {
