@@ -125,6 +125,9 @@ async fn main() -> anyhow::Result<()> {
             })
             .await?;
             let secs = started.elapsed().as_secs_f64();
+            // Closed before exit: with nothing else holding the database open, that folds the
+            // WAL into it and removes the `-wal` and `-shm` files.
+            store.close().await;
             for f in &report.findings {
                 println!("TAMPERED {f}");
             }

@@ -453,6 +453,65 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// A setting every SQLite connection gets could not be made.
+#[derive(Debug, thiserror::Error)]
+#[error("{statement} failed: {source}")]
+pub struct SqliteSettingError {
+    /// The statement.
+    pub statement: &'static str,
+    /// Cause.
+    #[source]
+    pub source: sqlx::Error,
+}
+
+/// Runs one setting statement; returns the row it answers with, if any.
+async fn sqlite_setting(
+    conn: &mut sqlx::AnyConnection,
+    statement: &'static str,
+) -> Result<Option<sqlx::any::AnyRow>, sqlx::Error> {
+    sqlx::query(statement)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(|source| match source {
+            // Kept as is: an I/O error is what makes a failure transient.
+            sqlx::Error::Io(_) => source,
+            source => {
+                sqlx::Error::AnyDriverError(Box::new(SqliteSettingError { statement, source }))
+            }
+        })
+}
+
+/// What every SQLite connection runs before its first use.
+///
+/// WAL with `synchronous = FULL`: a commit appends to the `-wal` file and fsyncs it once (a
+/// rollback journal costs four: the journal twice, its directory and the database), and a commit
+/// that returned survives a crash and a power loss. `NORMAL` would skip that fsync
+/// and lose the last commits on power loss, so never `NORMAL` or `OFF`. SQLite creates the
+/// `-wal` and `-shm` files beside the database with the database file's permission bits.
+async fn sqlite_settings(conn: &mut sqlx::AnyConnection) -> Result<(), sqlx::Error> {
+    // How long a statement waits for another process's lock (an operator's `audit verify`
+    // migrating an older database, a backup tool) before it fails: well inside the pool's 30 s
+    // acquire timeout.
+    sqlite_setting(conn, "PRAGMA busy_timeout = 10000").await?;
+    let mode: String = sqlite_setting(conn, "PRAGMA journal_mode = WAL")
+        .await?
+        .map(|r| r.try_get::<String, _>(0))
+        .transpose()?
+        .unwrap_or_default();
+    // An in-memory database has no journal file, and one opened read-only cannot change its
+    // mode; either way commits stay durable, only dearer.
+    if !mode.eq_ignore_ascii_case("wal") && !mode.eq_ignore_ascii_case("memory") {
+        tracing::warn!(
+            journal_mode = %mode,
+            "SQLite kept its journal mode instead of WAL (is the database read-only?)"
+        );
+    }
+    // Set explicitly, so that it is not the default a SQLite build gives WAL connections that
+    // never set it (`SQLITE_DEFAULT_WAL_SYNCHRONOUS`, which a build may make NORMAL).
+    sqlite_setting(conn, "PRAGMA synchronous = FULL").await?;
+    Ok(())
+}
+
 /// The transaction type of [`Store::begin`].
 pub type Tx = sqlx::Transaction<'static, sqlx::Any>;
 
@@ -496,9 +555,15 @@ impl Store {
             Backend::Sqlite => 1,
             Backend::Postgres => max_connections.max(2),
         };
-        let pool = AnyPoolOptions::new()
+        let mut pool_opts = AnyPoolOptions::new()
             .max_connections(max)
-            .acquire_timeout(Duration::from_secs(30))
+            .acquire_timeout(Duration::from_secs(30));
+        if backend == Backend::Sqlite {
+            // On every connection the pool opens, not once: the pool replaces connections (idle,
+            // lifetime, errors), and `synchronous` and `busy_timeout` belong to the connection.
+            pool_opts = pool_opts.after_connect(|conn, _| Box::pin(sqlite_settings(conn)));
+        }
+        let pool = pool_opts
             .connect_with(opts)
             .await
             .map_err(|source| StoreError::Open {
@@ -531,6 +596,16 @@ impl Store {
 
     /// Closes every connection.
     pub async fn close(&self) {
+        if self.backend == Backend::Sqlite {
+            // The pool's close can return while a connection that was on its way back to the
+            // pool stays open, and only the last connection's close folds the WAL into the
+            // database file; so the (only) connection is taken and closed here first.
+            if let Ok(conn) = self.pool.acquire().await {
+                if let Err(e) = conn.close().await {
+                    tracing::warn!(error = %e, "closing the SQLite connection");
+                }
+            }
+        }
         self.pool.close().await;
     }
 
@@ -843,4 +918,118 @@ async fn chain_existing(tx: &mut sqlx::Transaction<'_, sqlx::Any>) -> Result<(),
         .await
         .ctx("setting the audit chain head")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    async fn pragma_i64(conn: &mut sqlx::AnyConnection, name: &str) -> i64 {
+        sqlx::query(&format!("PRAGMA {name}"))
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap_or_else(|e| panic!("PRAGMA {name}: {e}"))
+            .try_get(0)
+            .unwrap_or_else(|e| panic!("PRAGMA {name}: {e}"))
+    }
+
+    async fn journal_mode(conn: &mut sqlx::AnyConnection) -> String {
+        sqlx::query("PRAGMA journal_mode")
+            .fetch_one(&mut *conn)
+            .await
+            .expect("PRAGMA journal_mode")
+            .try_get(0)
+            .expect("journal_mode")
+    }
+
+    fn url(path: &Path) -> String {
+        format!("sqlite://{}", path.display())
+    }
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .permissions()
+            .mode()
+            & 0o777
+    }
+
+    fn beside(db: &Path, suffix: &str) -> std::path::PathBuf {
+        let mut name = db.as_os_str().to_owned();
+        name.push(suffix);
+        name.into()
+    }
+
+    async fn write_one(store: &Store) {
+        store
+            .audit(&AuditFact {
+                kind: "test.written".into(),
+                actor: "test".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("audit");
+    }
+
+    /// The connection the store uses is in WAL with synchronous FULL, on a fresh file (SQLite's
+    /// default there is a rollback journal) and on the connection the pool opens to replace one.
+    #[tokio::test]
+    async fn sqlite_connections_are_wal_with_full_sync() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = dir.path().join("central.db");
+        let store = Store::open(&url(&db), 4).await.expect("open");
+        let mut conn = store.pool().acquire().await.expect("acquire");
+        assert_eq!(journal_mode(&mut conn).await, "wal");
+        assert_eq!(pragma_i64(&mut conn, "synchronous").await, 2, "FULL");
+        assert_eq!(pragma_i64(&mut conn, "busy_timeout").await, 10_000);
+        // A mark only this connection carries, then closed: the pool must open another.
+        sqlx::query("PRAGMA cache_size = -4321")
+            .execute(&mut *conn)
+            .await
+            .expect("mark");
+        conn.close().await.expect("close");
+
+        let mut conn = store.pool().acquire().await.expect("acquire again");
+        assert_ne!(
+            pragma_i64(&mut conn, "cache_size").await,
+            -4321,
+            "the pool handed back the closed connection"
+        );
+        assert_eq!(journal_mode(&mut conn).await, "wal");
+        assert_eq!(pragma_i64(&mut conn, "synchronous").await, 2, "FULL");
+        assert_eq!(pragma_i64(&mut conn, "busy_timeout").await, 10_000);
+        drop(conn);
+        write_one(&store).await;
+        store.close().await;
+    }
+
+    /// `-wal` and `-shm` are no more open than the database itself, whatever its mode; a clean
+    /// close folds the WAL back into the database file.
+    #[tokio::test]
+    async fn wal_files_take_the_database_files_mode() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = dir.path().join("central.db");
+        let (wal, shm) = (beside(&db, "-wal"), beside(&db, "-shm"));
+
+        let store = Store::open(&url(&db), 1).await.expect("open");
+        write_one(&store).await;
+        assert!(
+            wal.exists() && shm.exists(),
+            "no -wal/-shm beside the database"
+        );
+        assert_eq!(mode(&wal), mode(&db));
+        assert_eq!(mode(&shm), mode(&db));
+        store.close().await;
+        assert!(!wal.exists(), "the WAL is left after a clean close");
+
+        std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let store = Store::open(&url(&db), 1).await.expect("open again");
+        write_one(&store).await;
+        assert_eq!((mode(&wal), mode(&shm)), (0o600, 0o600));
+        let head = store.audit_head().await.expect("head");
+        store.close().await;
+        assert!(head.seq >= 2, "{head:?}");
+    }
 }
