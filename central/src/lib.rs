@@ -10,7 +10,8 @@
 //! ([`notify`], whose Slack callbacks arrive on the console's listener). The audit chain's encoding,
 //! checkpoints, export formats and verifier ([`chain`]), the evidence report ([`report`]) and
 //! terminal/HTML escaping ([`text`]) are pure: `latchctl` uses them too, offline. So is the N-of-M
-//! tally ([`tally`]), which every channel's votes go through.
+//! tally ([`tally`]), which every channel's votes go through. Its Prometheus registry
+//! ([`metrics`]) is served on a listener of its own when `metrics_listen` is set.
 //!
 //! It must not touch hosts' kernels or agents' local state: it tells agents what to enforce and
 //! what was decided, over their stream, and nothing else. It does not define the rules language
