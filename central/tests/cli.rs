@@ -1,5 +1,7 @@
 //! The binary's subcommands.
 
+mod common;
+
 use std::{
     io::{BufRead, BufReader},
     process::{Command, Stdio},
@@ -65,11 +67,6 @@ const HANG: Duration = Duration::from_secs(120);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_no_arguments_it_serves_the_defaults_on_loopback() {
     use latch_proto::v1::{reviewer_service_client::ReviewerServiceClient, WhoAmIRequest};
-    use tonic_reflection::pb::v1::{
-        server_reflection_client::ServerReflectionClient,
-        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
-        ServerReflectionRequest,
-    };
 
     assert!(
         !std::path::Path::new(latch_central::config::DEFAULT_CONFIG_FILE).exists(),
@@ -164,28 +161,10 @@ async fn with_no_arguments_it_serves_the_defaults_on_loopback() {
             .connect()
             .await
             .expect("connect to the printed address");
-        let mut reflection = ServerReflectionClient::new(channel.clone());
-        let mut resp = reflection
-            .server_reflection_info(tokio_stream::iter(vec![ServerReflectionRequest {
-                host: String::new(),
-                message_request: Some(MessageRequest::ListServices(String::new())),
-            }]))
-            .await
-            .expect("reflection")
-            .into_inner();
-        let m = resp
-            .message()
-            .await
-            .expect("reflection stream")
-            .expect("a response");
-        let Some(MessageResponse::ListServicesResponse(list)) = m.message_response else {
-            panic!("unexpected reflection response {m:?}");
-        };
+        let names = common::list_services(channel.clone()).await;
         assert!(
-            list.service
-                .iter()
-                .any(|s| s.name == "latch.v1.ReviewerService"),
-            "{list:?}"
+            names.iter().any(|s| s == "latch.v1.ReviewerService"),
+            "{names:?}"
         );
         let mut request = tonic::Request::new(WhoAmIRequest {});
         request.metadata_mut().insert(

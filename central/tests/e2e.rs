@@ -1107,35 +1107,13 @@ async fn bad_input(env: &Env) {
 }
 
 async fn reflection(env: &Env) {
-    use tonic_reflection::pb::v1::{
-        server_reflection_client::ServerReflectionClient,
-        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
-        ServerReflectionRequest,
-    };
     let server = env.start().await;
     let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.addr()))
         .expect("uri")
         .connect()
         .await
         .expect("connect");
-    let mut c = ServerReflectionClient::new(channel);
-    let mut resp = c
-        .server_reflection_info(tokio_stream::iter(vec![ServerReflectionRequest {
-            host: String::new(),
-            message_request: Some(MessageRequest::ListServices(String::new())),
-        }]))
-        .await
-        .expect("reflection")
-        .into_inner();
-    let m = resp
-        .message()
-        .await
-        .expect("reflection stream")
-        .expect("a response");
-    let Some(MessageResponse::ListServicesResponse(list)) = m.message_response else {
-        panic!("unexpected reflection response {m:?}");
-    };
-    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    let names = list_services(channel).await;
     assert!(
         names.contains(&"latch.v1.AgentService".to_string()),
         "{names:?}"

@@ -140,33 +140,11 @@ async fn commits_survive_sigkill_and_are_read_through_the_wal() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let store = Store::open(&format!("sqlite://{}", db.display()), 1)
-        .await
-        .expect("open after SIGKILL");
-    let applied = store
-        .query_audit(
-            &AuditFilter {
-                kind: "rules.applied".into(),
-                ..Default::default()
-            },
-            100,
-        )
-        .await
-        .expect("query");
     assert_eq!(
-        applied.len(),
-        versions.len(),
-        "rule versions {versions:?} returned, records {applied:?}"
+        applied_versions(&db).await,
+        versions,
+        "rule versions returned before SIGKILL, as a new store reads them"
     );
-    let stored: Vec<u64> = applied
-        .iter()
-        .map(|r| {
-            let p: serde_json::Value = serde_json::from_str(&r.payload_json).expect("payload");
-            p["version"].as_u64().expect("version")
-        })
-        .collect();
-    assert_eq!(stored, versions);
-    store.close().await;
 
     // A clean stop (SIGTERM) folds the WAL into the database: `central.db` copied alone, as a
     // file backup of a stopped central would, holds every version.
@@ -184,9 +162,19 @@ async fn commits_survive_sigkill_and_are_read_through_the_wal() {
     );
     let copy = dir.path().join("copy.db");
     std::fs::copy(&db, &copy).expect("copy the database file");
-    let store = Store::open(&format!("sqlite://{}", copy.display()), 1)
+    assert_eq!(
+        applied_versions(&copy).await,
+        versions,
+        "rule versions in the copy of a cleanly stopped database"
+    );
+}
+
+/// The rule versions whose application the database at `db` records, oldest first, read through
+/// a store of its own (which reads a WAL left beside the file).
+async fn applied_versions(db: &std::path::Path) -> Vec<u64> {
+    let store = Store::open(&format!("sqlite://{}", db.display()), 1)
         .await
-        .expect("open the copy");
+        .unwrap_or_else(|e| panic!("open {}: {e}", db.display()));
     let applied = store
         .query_audit(
             &AuditFilter {
@@ -196,9 +184,15 @@ async fn commits_survive_sigkill_and_are_read_through_the_wal() {
             100,
         )
         .await
-        .expect("query the copy");
-    assert_eq!(applied.len(), versions.len(), "{applied:?}");
+        .expect("query");
     store.close().await;
+    applied
+        .iter()
+        .map(|r| {
+            let p: serde_json::Value = serde_json::from_str(&r.payload_json).expect("payload");
+            p["version"].as_u64().expect("version")
+        })
+        .collect()
 }
 
 async fn admin_client(addr: &str) -> Admin {

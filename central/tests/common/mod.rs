@@ -786,3 +786,29 @@ pub fn promtool_check(text: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The services `grpc.reflection.v1` lists on `channel`, as `grpcurl list` asks for them.
+pub async fn list_services(channel: Channel) -> Vec<String> {
+    use tonic_reflection::pb::v1::{
+        server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+        ServerReflectionRequest,
+    };
+    let mut resp = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::iter(vec![ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        }]))
+        .await
+        .expect("reflection")
+        .into_inner();
+    let m = resp
+        .message()
+        .await
+        .expect("reflection stream")
+        .expect("a response");
+    let Some(MessageResponse::ListServicesResponse(list)) = m.message_response else {
+        panic!("unexpected reflection response {m:?}");
+    };
+    list.service.into_iter().map(|s| s.name).collect()
+}
