@@ -69,6 +69,9 @@ pub enum Op {
     /// Debugging another process (`ptrace` attach, `PTRACE_TRACEME`, `process_vm_writev`,
     /// `/proc/PID/mem`), refused to a watched task; never held.
     Debug = 4,
+    /// A watched thread moved out of every watched cgroup (`cgroup.procs`, `cgroup.threads`):
+    /// still watched by its lineage; reported, never held.
+    Move = 5,
 }
 
 impl Op {
@@ -79,6 +82,7 @@ impl Op {
             2 => Some(Self::Connect),
             3 => Some(Self::Sendmsg),
             4 => Some(Self::Debug),
+            5 => Some(Self::Move),
             _ => None,
         }
     }
@@ -508,16 +512,18 @@ pub mod event_flags {
 pub struct Event {
     /// `CLOCK_MONOTONIC` ns when it happened.
     pub ts_ns: u64,
-    /// Cgroup v2 id (inode number) of the task.
+    /// Cgroup v2 id (inode number) of the task; for [`Op::Move`], the watched cgroup whose
+    /// rules the thread carries.
     pub cgroup_id: u64,
     /// For [`Outcome::Paused`] and [`Outcome::Cancelled`]: the pending entry's `created_ns`.
     pub created_ns: u64,
     /// [`fingerprint`] of the target; for [`Op::Debug`], the process that was to be debugged
-    /// (its tgid; 0 when not known).
+    /// (its tgid; 0 when not known); for [`Op::Move`], the cgroup v2 id it moved to.
     pub target: u64,
-    /// Thread id.
+    /// Thread id; for [`Op::Move`], the thread that moved (`uid`, `gid` and `comm` are then
+    /// those of the task that moved it, often itself).
     pub pid: u32,
-    /// Process id.
+    /// Process id; for [`Op::Move`], the thread's id again (the agent reads its process).
     pub tgid: u32,
     /// Parent process id; 0 when the kernel side could not read it (the agent fills it in).
     pub ppid: u32,

@@ -4,13 +4,13 @@
 //! a thread moves into a watched cgroup, removed when the thread exits. The agent seeds it with
 //! the threads already in watched cgroups when it starts watching them.
 
-use agent_common::{Lineage, Watch};
+use agent_common::{Action, Event, Lineage, Op, Outcome, Watch};
 use aya_ebpf::{helpers::bpf_get_current_pid_tgid, programs::TracePointContext};
 
 use crate::counters::{bump, Counter};
 use crate::kconf;
 use crate::maps::{LINEAGE, WATCHED};
-use crate::scope;
+use crate::{pause, report, scope};
 
 /// The watch a thread carries from a watched cgroup it left, if any: its own entry, else its
 /// process's (a move records only the thread-group leader, and threads that existed before the
@@ -91,9 +91,33 @@ pub fn on_attach(ctx: &TracePointContext) {
         remember(tid, dst, w);
         return;
     }
-    if LINEAGE.get_ptr(&tid).is_some() {
-        bump(Counter::LeftWatched);
+    let Some(l) = LINEAGE.get_ptr(&tid) else {
+        return;
+    };
+    // SAFETY: map value pointer from lookup; plain data.
+    let l = unsafe { *l };
+    bump(Counter::LeftWatched);
+    report_move(tid, dst, l);
+}
+
+/// The move as an event, so that it reaches the journal and central's audit trail. The task
+/// running this is the one that wrote the thread into the other cgroup, often not the thread.
+#[inline(always)]
+fn report_move(tid: u32, dst: u64, l: Lineage) {
+    let Some(s) = crate::scratch::get() else {
+        return;
+    };
+    let ev: &mut Event = &mut s.event;
+    pause::clear(ev);
+    ev.op = Op::Move as u8;
+    ev.target = dst;
+    report::stamp(ev, l.cgroup_id, l.watch.workload, scope::now());
+    if ev.pid != tid {
+        ev.comm = [0; 16];
     }
+    ev.pid = tid;
+    ev.tgid = tid;
+    report::send(ev, Outcome::Audited, Action::Audit as u8, 0);
 }
 
 /// `sched_process_exec`: a thread other than the leader that execs takes over the leader's id

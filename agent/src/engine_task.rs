@@ -1401,6 +1401,7 @@ fn recovered_event(op: &PendingOp) -> Option<KernelEvent> {
         mapped: false,
         packet_socket: false,
         debugged: None,
+        moved_to: None,
     })
 }
 

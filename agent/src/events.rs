@@ -108,6 +108,22 @@ pub struct KernelEvent {
     /// for `PTRACE_TRACEME`, where it is the parent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub debugged: Option<u32>,
+    /// A watched thread moved out of every watched cgroup: where to. `pid` is the thread,
+    /// `cgroup_id` the watched cgroup whose rules it keeps, `uid` and `comm` the mover's (the
+    /// agent reads the thread's own while it lives).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moved_to: Option<MovedTo>,
+}
+
+/// The cgroup a watched thread moved to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MovedTo {
+    /// Its cgroup v2 id.
+    pub cgroup_id: u64,
+    /// Its path below the cgroup v2 root (`/batch/escape`), when the thread was still there
+    /// when the agent looked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
 }
 
 /// A file's identity as the kernel saw it.
@@ -140,6 +156,7 @@ pub fn op_name(op: Op) -> &'static str {
         Op::Connect => "connect",
         Op::Sendmsg => "sendmsg",
         Op::Debug => "debug",
+        Op::Move => "move",
     }
 }
 
@@ -174,7 +191,7 @@ impl KernelEvent {
         let op = Op::from_u8(e.op).ok_or(DecodeError::Op(e.op))?;
         let outcome = Outcome::from_u8(e.outcome).ok_or(DecodeError::Outcome(e.outcome))?;
         let destination = match (op, e.family) {
-            (Op::Exec | Op::Debug, _) => None,
+            (Op::Exec | Op::Debug | Op::Move, _) => None,
             (_, family::INET) => {
                 let a = Ipv4Addr::new(e.addr[0], e.addr[1], e.addr[2], e.addr[3]);
                 Some(SocketAddr::new(IpAddr::V4(a), e.port))
@@ -230,13 +247,20 @@ impl KernelEvent {
             mapped: e.flags & event_flags::MAPPED != 0,
             packet_socket: e.flags & event_flags::PACKET_SOCKET != 0,
             debugged: (op == Op::Debug).then_some(e.target as u32),
+            moved_to: (op == Op::Move).then(|| MovedTo {
+                cgroup_id: e.target,
+                path: None,
+            }),
             program: None,
         })
     }
 
     /// Fills in what the kernel side leaves to user space (parent pid), from `/proc` while the
     /// process is still there. A process that is already gone keeps the kernel's values.
-    pub fn enrich(&mut self) {
+    pub fn enrich(&mut self, cgroup_root: &std::path::Path) {
+        if self.op == Op::Move {
+            self.enrich_move(cgroup_root);
+        }
         if self.ppid == 0 {
             if let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", self.tgid)) {
                 if let Some(ppid) = parse_ppid(&stat) {
@@ -245,6 +269,51 @@ impl KernelEvent {
             }
         }
     }
+}
+
+impl KernelEvent {
+    /// A move's thread: its process, its name, and the path of the cgroup it moved to, read
+    /// from `/proc` where it still lives in that cgroup.
+    fn enrich_move(&mut self, cgroup_root: &std::path::Path) {
+        let Some(to) = self.moved_to.as_mut() else {
+            return;
+        };
+        let dir = format!("/proc/{}", self.pid);
+        if let Some(tgid) = std::fs::read_to_string(format!("{dir}/status"))
+            .ok()
+            .as_deref()
+            .and_then(parse_tgid)
+        {
+            self.tgid = tgid;
+        }
+        if let Ok(comm) = std::fs::read_to_string(format!("{dir}/comm")) {
+            self.comm = comm.trim_end_matches('\n').to_string();
+        }
+        let path = std::fs::read_to_string(format!("{dir}/cgroup"))
+            .ok()
+            .as_deref()
+            .and_then(parse_unified_cgroup)
+            .map(str::to_string);
+        to.path = path.filter(|p| {
+            crate::cgroups::id_of(&cgroup_root.join(p.trim_start_matches('/')))
+                .is_ok_and(|id| id == to.cgroup_id)
+        });
+    }
+}
+
+/// The process id from `/proc/PID/status` (`Tgid:`).
+pub fn parse_tgid(status: &str) -> Option<u32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The cgroup v2 path from `/proc/PID/cgroup` (the `0::` line).
+pub fn parse_unified_cgroup(cgroup: &str) -> Option<&str> {
+    cgroup.lines().find_map(|l| l.strip_prefix("0::"))
 }
 
 /// Parent pid from `/proc/PID/stat` (the comm field may contain spaces and parentheses).
@@ -394,6 +463,40 @@ mod tests {
         assert_eq!(ev.path.as_deref(), Some("/bin/curl"));
         assert!(ev.path_truncated);
         assert_eq!(ev.request, None);
+    }
+
+    #[test]
+    fn decodes_a_move_with_where_it_went_and_no_destination() {
+        let mut e = base();
+        e.op = Op::Move as u8;
+        e.outcome = Outcome::Audited as u8;
+        e.family = 0;
+        e.target = 4242;
+        let ev = KernelEvent::decode(&raw(&e)).expect("decodes");
+        assert_eq!(
+            ev.moved_to,
+            Some(MovedTo {
+                cgroup_id: 4242,
+                path: None
+            })
+        );
+        assert_eq!(
+            (ev.destination, ev.request, ev.debugged),
+            (None, None, None)
+        );
+        assert_eq!(op_name(ev.op), "move");
+    }
+
+    #[test]
+    fn reads_a_threads_process_and_cgroup_from_proc() {
+        let status = "Name:\tpython\nUmask:\t0022\nState:\tS\nTgid:\t901\nNgid:\t0\nPid:\t903\n";
+        assert_eq!(parse_tgid(status), Some(901));
+        assert_eq!(parse_tgid("Name:\tx\nTgid:\tnot-a-number\n"), None);
+        assert_eq!(parse_tgid(""), None);
+        let hybrid = "12:pids:/user.slice\n1:name=systemd:/user.slice\n0::/batch/escape\n";
+        assert_eq!(parse_unified_cgroup(hybrid), Some("/batch/escape"));
+        assert_eq!(parse_unified_cgroup("0::/\n"), Some("/"));
+        assert_eq!(parse_unified_cgroup("3:cpu:/a\n"), None);
     }
 
     #[test]

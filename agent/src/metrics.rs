@@ -157,13 +157,13 @@ impl Metrics {
         }
     }
 
-    /// The text exposition format.
+    /// The Prometheus text format (0.0.4), which every scraper and `promtool` read.
     pub fn render(&self) -> String {
         let mut out = String::new();
         if encode(&mut out, &self.registry).is_err() {
             out.clear();
         }
-        out
+        promtext::from_openmetrics(&out)
     }
 }
 
@@ -175,10 +175,7 @@ pub async fn serve(listener: tokio::net::TcpListener, metrics: Metrics) {
             let m = metrics.clone();
             async move {
                 (
-                    [(
-                        axum::http::header::CONTENT_TYPE,
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    )],
+                    [(axum::http::header::CONTENT_TYPE, promtext::CONTENT_TYPE)],
                     m.render(),
                 )
             }

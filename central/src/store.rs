@@ -38,6 +38,14 @@ pub enum StoreError {
         /// Cause.
         source: std::io::Error,
     },
+    /// Could not create the SQLite file.
+    #[error("cannot create database file {path}: {source}")]
+    Create {
+        /// File.
+        path: String,
+        /// Cause.
+        source: std::io::Error,
+    },
     /// A migration failed.
     #[error("database migration {version} failed: {source}")]
     Migration {
@@ -512,6 +520,29 @@ async fn sqlite_settings(conn: &mut sqlx::AnyConnection) -> Result<(), sqlx::Err
     Ok(())
 }
 
+/// Creates a missing database file readable by its owner only: it holds who reviews what, the
+/// audit trail and the grants, and SQLite would create it 0644 less the umask. Its `-wal` and
+/// `-shm` files take the database file's mode. An existing file keeps the mode its owner gave it.
+fn create_private(path: &str) -> Result<(), StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if path.is_empty() || path == ":memory:" || path.starts_with("file:") {
+        return Ok(());
+    }
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(source) => Err(StoreError::Create {
+            path: path.to_string(),
+            source,
+        }),
+    }
+}
+
 /// The transaction type of [`Store::begin`].
 pub type Tx = sqlx::Transaction<'static, sqlx::Any>;
 
@@ -539,6 +570,9 @@ impl Store {
                         source,
                     })?;
                 }
+            }
+            if !url.contains("mode=") || url.contains("mode=rwc") {
+                create_private(path)?;
             }
             if !url.contains("mode=") {
                 full.push_str(if url.contains('?') { "&" } else { "?" });
@@ -1019,15 +1053,17 @@ mod tests {
             wal.exists() && shm.exists(),
             "no -wal/-shm beside the database"
         );
-        assert_eq!(mode(&wal), mode(&db));
-        assert_eq!(mode(&shm), mode(&db));
+        assert_eq!(mode(&db), 0o600, "a new database is its owner's alone");
+        assert_eq!((mode(&wal), mode(&shm)), (0o600, 0o600));
         store.close().await;
         assert!(!wal.exists(), "the WAL is left after a clean close");
 
-        std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        // An owner who lets a group read it (a backup user) keeps that choice.
+        std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o640)).expect("chmod");
         let store = Store::open(&url(&db), 1).await.expect("open again");
         write_one(&store).await;
-        assert_eq!((mode(&wal), mode(&shm)), (0o600, 0o600));
+        assert_eq!(mode(&db), 0o640);
+        assert_eq!((mode(&wal), mode(&shm)), (0o640, 0o640));
         let head = store.audit_head().await.expect("head");
         store.close().await;
         assert!(head.seq >= 2, "{head:?}");

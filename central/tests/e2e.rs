@@ -1242,7 +1242,7 @@ async fn scrape(addr: std::net::SocketAddr) -> String {
         .text()
         .await
         .expect("/metrics body");
-    promtool_check(&body);
+    promtext::testing::promtool_check(&body);
     body
 }
 

@@ -230,17 +230,31 @@ impl Drop for Daemon {
     }
 }
 
-pub fn http_get(port: u16, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect metrics");
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .expect("request");
-    let mut body = String::new();
-    s.read_to_string(&mut body).expect("response");
-    body
+impl Daemon {
+    /// The body of `/metrics`, after checking that it is served as the Prometheus text format.
+    pub fn metrics(&self) -> String {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port))
+            .expect("connect metrics");
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        )
+        .expect("request");
+        let mut response = String::new();
+        s.read_to_string(&mut response).expect("response");
+        let (head, body) = response
+            .split_once("\r\n\r\n")
+            .unwrap_or_else(|| panic!("no end of headers: {response}"));
+        assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+        assert!(
+            head.lines().any(|l| l
+                .to_ascii_lowercase()
+                .starts_with("content-type: text/plain; version=0.0.4")),
+            "{head}"
+        );
+        body.to_string()
+    }
 }
 
 pub fn rules(body: &str) -> String {

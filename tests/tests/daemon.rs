@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use latch_tests::daemon::{http_get, rules, text, Daemon};
+use latch_tests::daemon::{rules, text, Daemon};
 use latch_tests::{
     binary, finish, outcome, patience, privileged, probe, spawn_in, wait_state, TestCgroup,
 };
@@ -78,7 +78,8 @@ fn held_connect_is_listed_and_approved_from_the_cli() {
     d.decide(&id, &["allow"]);
     assert_eq!(outcome(child)["ok"], true);
 
-    let metrics = http_get(d.metrics_port, "/metrics");
+    let metrics = d.metrics();
+    promtext::testing::promtool_check(&metrics);
     assert!(
         metrics.contains("latch_decisions_total{outcome=\"allow\"} 1"),
         "{metrics}"
@@ -629,7 +630,7 @@ fn a_watched_process_that_can_undo_enforcement_is_reported() {
         !listed(&v, nobody_pid),
         "an unprivileged process is not listed: {v}"
     );
-    let metrics = http_get(d.metrics_port, "/metrics");
+    let metrics = d.metrics();
     assert!(
         metrics
             .lines()
@@ -663,4 +664,67 @@ fn a_watched_process_that_can_undo_enforcement_is_reported() {
             .is_some_and(|c| c.iter().any(|x| x == "CAP_SYS_ADMIN")),
         "{about:?}"
     );
+}
+
+/// `latch_events_total`: events the agent has read from the kernel (and queued to its journal).
+fn events_read(d: &Daemon) -> u64 {
+    let metrics = d.metrics();
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("latch_events_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no latch_events_total in:\n{metrics}"))
+}
+
+#[test]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
+fn a_process_moved_out_of_its_watched_cgroup_is_journaled_with_where_it_went() {
+    if !privileged() {
+        return;
+    }
+    let cg = TestCgroup::new();
+    let elsewhere = TestCgroup::new();
+    let d = Daemon::start(
+        &cg,
+        &rules("  - {name: off, workload: test, on: connect, to: [192.0.2.1/32], action: deny}\n"),
+        "deny",
+    );
+    let mut sleeper = spawn_in(&cg.path, std::path::Path::new("/bin/sleep"), &["300"]);
+    let pid = sleeper.id();
+    let before = events_read(&d);
+    // Moved by another task (this test), as a supervisor or a root workload would.
+    std::fs::write(elsewhere.path.join("cgroup.procs"), pid.to_string()).expect("move");
+    let deadline = Instant::now() + patience();
+    while events_read(&d) == before {
+        assert!(
+            Instant::now() < deadline,
+            "the agent read no event of the move"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut d = d;
+    d.terminate();
+    let moves: Vec<_> = d
+        .journal()
+        .into_iter()
+        .filter(|r| r.kind == "move")
+        .collect();
+    assert_eq!(moves.len(), 1, "{moves:?}");
+    let m = &moves[0].payload;
+    assert_eq!(m["pid"].as_u64(), Some(u64::from(pid)), "{m}");
+    assert_eq!(m["tgid"].as_u64(), Some(u64::from(pid)), "{m}");
+    assert_eq!(m["comm"], "sleep", "{m}");
+    assert_eq!(
+        m["cgroup_id"].as_u64(),
+        Some(latch_agent::cgroups::id_of(&cg.path).expect("id")),
+        "{m}"
+    );
+    assert_eq!(
+        m["moved_to"]["cgroup_id"].as_u64(),
+        Some(latch_agent::cgroups::id_of(&elsewhere.path).expect("id")),
+        "{m}"
+    );
+    assert_eq!(m["moved_to"]["path"], elsewhere.rel.as_str(), "{m}");
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
 }

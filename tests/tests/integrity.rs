@@ -10,6 +10,7 @@ use std::{
 };
 
 use agent_common::{Counter, Op, Outcome};
+use latch_agent::cgroups;
 use latch_agent::kernel::{Backend, Decision};
 use latch_tests::program::ProgramCopy;
 use latch_tests::{
@@ -995,6 +996,8 @@ fn leaving_the_watched_cgroup_does_not_leave_the_rules() {
     let elsewhere = TestCgroup::new();
     let to = format!("127.0.0.1:{port}");
     let dest = s(&elsewhere.path);
+    let watched_id = cgroups::id_of(&h.cgroup.path).expect("watched cgroup id");
+    let elsewhere_id = cgroups::id_of(&elsewhere.path).expect("cgroup id");
     for how in ["escape", "escape-clone", "escape-thread-exec"] {
         // Where nothing watches, the move works and the connection arrives.
         let out = run_in(&free.path, &probe_args(&[how, &dest, &to]));
@@ -1017,8 +1020,30 @@ fn leaving_the_watched_cgroup_does_not_leave_the_rules() {
                 counter(&mut h, Counter::LeftWatched) > before,
                 "the move was counted"
             );
+            // And reported: the thread, the watched cgroup whose rules it keeps, where it went.
+            let moved = h.expect_event("a move out of the watched cgroup", |e| {
+                e.op == Op::Move
+                    && e.cgroup_id == watched_id
+                    && e.moved_to
+                        .as_ref()
+                        .is_some_and(|m| m.cgroup_id == elsewhere_id)
+            });
+            assert_ne!(moved.pid, 0, "{moved:?}");
+            // The workload is the one whose rule refused the connection just now.
+            let refused = h.expect_event("the refused connection", |e| {
+                e.op == Op::Connect && e.outcome == Outcome::Denied
+            });
+            assert_eq!(moved.workload, refused.workload, "{moved:?}");
         }
     }
+    // Moving in from an unwatched cgroup, or between unwatched ones, is not reported.
+    assert!(
+        !h.events()
+            .iter()
+            .any(|e| e.op == Op::Move && e.cgroup_id != watched_id),
+        "{:#?}",
+        h.events()
+    );
 }
 
 #[test]

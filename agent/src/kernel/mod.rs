@@ -799,7 +799,7 @@ impl Engine {
                     Some(Op::Exec) => "exec",
                     Some(Op::Connect) => "connect",
                     Some(Op::Sendmsg) => "sendmsg",
-                    Some(Op::Debug) | None => "unknown",
+                    Some(Op::Debug | Op::Move) | None => "unknown",
                 }
                 .to_string(),
                 rule_id: p.rule_id,

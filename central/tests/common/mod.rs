@@ -734,59 +734,6 @@ async fn chat_call(
     calls.changed.notify_waiters();
 }
 
-/// Runs `promtool check metrics` on `text`, as Prometheus would read it. Missing promtool is a
-/// failure (`cargo xtask setup` installs it) unless `LATCH_SKIP_PROMTOOL=1` says to skip.
-pub fn promtool_check(text: &str) {
-    use std::io::Write;
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from("/var/cache"));
-    let candidates = [
-        std::env::var_os("LATCH_PROMTOOL").map(PathBuf::from),
-        Some(PathBuf::from("promtool")),
-        Some(cache.join("latch/tools/promtool/promtool")),
-    ];
-    let found = candidates.into_iter().flatten().find(|p| {
-        std::process::Command::new(p)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    });
-    let Some(promtool) = found else {
-        if std::env::var("LATCH_SKIP_PROMTOOL").as_deref() == Ok("1") {
-            eprintln!("SKIPPED: promtool not found and LATCH_SKIP_PROMTOOL=1");
-            return;
-        }
-        panic!(
-            "promtool not found (LATCH_PROMTOOL, PATH, {}): run `cargo xtask setup`, or set \
-             LATCH_SKIP_PROMTOOL=1 to skip this check explicitly",
-            cache.join("latch/tools/promtool/promtool").display()
-        );
-    };
-    let mut child = std::process::Command::new(&promtool)
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run promtool");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(text.as_bytes())
-        .expect("write to promtool");
-    let out = child.wait_with_output().expect("promtool");
-    assert!(
-        out.status.success(),
-        "promtool check metrics: {}\n{}{}\n--- metrics ---\n{text}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// The services `grpc.reflection.v1` lists on `channel`, as `grpcurl list` asks for them.
 pub async fn list_services(channel: Channel) -> Vec<String> {
     use tonic_reflection::pb::v1::{
