@@ -72,6 +72,9 @@ pub enum Op {
     /// A watched thread moved out of every watched cgroup (`cgroup.procs`, `cgroup.threads`):
     /// still watched by its lineage; reported, never held.
     Move = 5,
+    /// A 32-bit system call by a watched task on the tracepoint backend, which ends the task;
+    /// the event's `target` is the call's (32-bit) number. Never held.
+    Syscall32 = 6,
 }
 
 impl Op {
@@ -83,6 +86,7 @@ impl Op {
             3 => Some(Self::Sendmsg),
             4 => Some(Self::Debug),
             5 => Some(Self::Move),
+            6 => Some(Self::Syscall32),
             _ => None,
         }
     }
@@ -651,6 +655,9 @@ pub enum Counter {
     /// A watched task tried to debug another process (or to be traced): refused (LSM) or the
     /// task ended (tracepoint backend).
     DebugRefused = 33,
+    /// A watched task made a 32-bit system call (`int 0x80`, or a 32-bit program), which the
+    /// 64-bit system-call tracepoints do not see: the task ended (tracepoint backend).
+    CompatKilled = 34,
 }
 
 /// Number of slots in [`COUNTERS`](maps::COUNTERS).
@@ -683,7 +690,7 @@ size_check! {
 
 // The LPM trie key (u32 prefix length + data) must fit the kernel's 256-byte data limit.
 const _: () = assert!(core::mem::size_of::<ExecPrefixData>() <= 256);
-const _: () = assert!((COUNTER_SLOTS as usize) > Counter::DebugRefused as usize);
+const _: () = assert!((COUNTER_SLOTS as usize) > Counter::CompatKilled as usize);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -212,3 +212,16 @@ pub fn ctime_offsets() -> Option<(usize, usize)> {
         read(&CTIME_NSEC_OFF) as usize,
     ))
 }
+
+/// `struct task_struct`.`thread_info` + `struct thread_info`.`status` (x86: where `TS_COMPAT`
+/// marks a 32-bit system call). `COMPAT_ON` is 1 when found.
+#[unsafe(no_mangle)]
+static TASK_STATUS_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static COMPAT_ON: u32 = 0;
+
+/// The offset of the current task's `thread_info.status`, when this kernel has one.
+#[inline(always)]
+pub fn compat_status_offset() -> Option<usize> {
+    (read(&COMPAT_ON) == 1).then(|| read(&TASK_STATUS_OFF) as usize)
+}

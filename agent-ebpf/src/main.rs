@@ -23,7 +23,9 @@
 //!   return to user space without a decision (a foreign SIGCONT, a tracer) is stopped again
 //!   before it runs an instruction. Runs only when a task handles a signal.
 //! - `gate`: raw `sys_enter` (tracepoint backend, behind `restop`, which a racing SIGCONT can
-//!   defeat): ends such a task at its first system call.
+//!   defeat): ends such a task at its first system call. On the tracepoint backend the program
+//!   is `gate32`, which also ends a watched task at its first 32-bit system call (the 64-bit
+//!   system-call tracepoints below do not see those).
 //! - `exit`: `sched:sched_process_exit`; drops the pending entry and the lineage of a task that
 //!   went away.
 //! - `execd`, `exec_exit`: `sched:sched_process_exec` and the exits of `execve`/`execveat`;
@@ -48,6 +50,7 @@
 #![allow(internal_features)]
 #![feature(core_intrinsics)]
 
+mod compat;
 mod counters;
 mod debug;
 mod exec;
@@ -98,6 +101,15 @@ pub fn restop(_ctx: FExitContext) -> i32 {
 
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn gate(_ctx: RawTracePointContext) -> i32 {
+    exec::on_syscall();
+    0
+}
+
+/// `gate` for the tracepoint backend, pinned under the same name: also ends a watched task at
+/// its first 32-bit system call.
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn gate32(ctx: RawTracePointContext) -> i32 {
+    compat::on_syscall(ctx.arg::<u64>(1));
     exec::on_syscall();
     0
 }

@@ -1402,6 +1402,7 @@ fn recovered_event(op: &PendingOp) -> Option<KernelEvent> {
         packet_socket: false,
         debugged: None,
         moved_to: None,
+        syscall32: None,
     })
 }
 
@@ -1458,6 +1459,7 @@ pub fn counter_name(slot: u32) -> Option<&'static str> {
         (Counter::MapRefused, "map_refused"),
         (Counter::PacketSocketRefused, "packet_socket_refused"),
         (Counter::DebugRefused, "debug_refused"),
+        (Counter::CompatKilled, "compat_killed"),
     ];
     NAMES
         .iter()

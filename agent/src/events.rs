@@ -113,6 +113,10 @@ pub struct KernelEvent {
     /// agent reads the thread's own while it lives).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub moved_to: Option<MovedTo>,
+    /// A 32-bit system call that ended the task (tracepoint backend): its number in the 32-bit
+    /// table (`ptrace` is 26, `socket` 359 on x86).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub syscall32: Option<u32>,
 }
 
 /// The cgroup a watched thread moved to.
@@ -157,6 +161,7 @@ pub fn op_name(op: Op) -> &'static str {
         Op::Sendmsg => "sendmsg",
         Op::Debug => "debug",
         Op::Move => "move",
+        Op::Syscall32 => "syscall32",
     }
 }
 
@@ -191,7 +196,7 @@ impl KernelEvent {
         let op = Op::from_u8(e.op).ok_or(DecodeError::Op(e.op))?;
         let outcome = Outcome::from_u8(e.outcome).ok_or(DecodeError::Outcome(e.outcome))?;
         let destination = match (op, e.family) {
-            (Op::Exec | Op::Debug | Op::Move, _) => None,
+            (Op::Exec | Op::Debug | Op::Move | Op::Syscall32, _) => None,
             (_, family::INET) => {
                 let a = Ipv4Addr::new(e.addr[0], e.addr[1], e.addr[2], e.addr[3]);
                 Some(SocketAddr::new(IpAddr::V4(a), e.port))
@@ -247,6 +252,7 @@ impl KernelEvent {
             mapped: e.flags & event_flags::MAPPED != 0,
             packet_socket: e.flags & event_flags::PACKET_SOCKET != 0,
             debugged: (op == Op::Debug).then_some(e.target as u32),
+            syscall32: (op == Op::Syscall32).then_some(e.target as u32),
             moved_to: (op == Op::Move).then(|| MovedTo {
                 cgroup_id: e.target,
                 path: None,

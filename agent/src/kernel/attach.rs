@@ -196,7 +196,7 @@ pub fn attach_all(
         Backend::Tracepoint => {
             let link = tracepoint(ebpf, "exec", "sched", "sched_process_exec")?;
             p.keep(link, "exec")?;
-            guards(ebpf, &mut p)?;
+            guards(ebpf, &mut p, backend)?;
             // A tracepoint cannot refuse a mapping; it ends the task that makes it.
             let link = tracepoint(ebpf, "map_tp", "syscalls", "sys_enter_mmap")?;
             p.keep(link, "map-tp")?;
@@ -250,7 +250,9 @@ pub const GUARDS: &[&str] = &["restop", "gate"];
 /// What keeps an exec held after the fact from running without its decision: the stop renewed
 /// on every return from signal handling (`restop`), and behind it a gate on every system call
 /// that ends a task that got past it (a SIGCONT racing the renewed stop can flush it).
-fn guards(ebpf: &mut Ebpf, p: &mut Pinner<'_>) -> Result<(), EngineError> {
+/// On the tracepoint backend the gate is `gate32`, which also ends a watched task at its first
+/// 32-bit system call (the LSM backend's hooks see those calls as any other).
+fn guards(ebpf: &mut Ebpf, p: &mut Pinner<'_>, backend: Backend) -> Result<(), EngineError> {
     match restop(ebpf) {
         Ok(link) => p.keep(link, "restop")?,
         Err(e) => {
@@ -261,7 +263,10 @@ fn guards(ebpf: &mut Ebpf, p: &mut Pinner<'_>) -> Result<(), EngineError> {
             p.out.restop_refused = Some(e.to_string());
         }
     }
-    let name = "gate";
+    let name = match backend {
+        Backend::Tracepoint => "gate32",
+        Backend::Lsm => "gate",
+    };
     let prog: &mut RawTracePoint = program(ebpf, name)?;
     if prog.fd().is_err() {
         prog.load().map_err(prog_err(name))?;
@@ -279,7 +284,7 @@ pub fn attach_guards(
     can_pin: bool,
 ) -> Result<Attached, EngineError> {
     let mut p = Pinner::new(link_dir, can_pin);
-    guards(ebpf, &mut p)?;
+    guards(ebpf, &mut p, Backend::Lsm)?;
     Ok(p.out)
 }
 

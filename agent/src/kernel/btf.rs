@@ -386,5 +386,12 @@ mod tests {
         let ino = files.0.iter().find(|(g, _)| *g == "INODE_INO_OFF");
         let sb = files.0.iter().find(|(g, _)| *g == "INODE_SB_OFF");
         assert_ne!(ino.map(|x| x.1), sb.map(|x| x.1));
+        // x86 marks a 32-bit system call in `thread_info.status`, at the start of the task.
+        let compat = super::super::probe::compat_status_offset_in(&btf);
+        if cfg!(target_arch = "x86_64") {
+            assert!(compat.as_ref().is_ok_and(|o| *o < 64), "{compat:?}");
+        } else {
+            assert!(compat.is_err(), "{compat:?}");
+        }
     }
 }

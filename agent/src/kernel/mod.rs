@@ -400,6 +400,14 @@ impl Engine {
         for (global, off) in &lineage_offsets {
             loader.override_global(global, off, true);
         }
+        let compat = probe::compat_status_offset();
+        match &compat {
+            Ok(off) => {
+                loader.override_global("TASK_STATUS_OFF", off, true);
+                loader.override_global("COMPAT_ON", &ctime_on, true);
+            }
+            Err(e) => tracing::info!("32-bit system calls are not told apart here ({e})"),
+        }
         let file_offsets = probe::file_offsets();
         let on: u32 = 1;
         match &file_offsets {
@@ -799,7 +807,7 @@ impl Engine {
                     Some(Op::Exec) => "exec",
                     Some(Op::Connect) => "connect",
                     Some(Op::Sendmsg) => "sendmsg",
-                    Some(Op::Debug | Op::Move) | None => "unknown",
+                    Some(Op::Debug | Op::Move | Op::Syscall32) | None => "unknown",
                 }
                 .to_string(),
                 rule_id: p.rule_id,

@@ -144,6 +144,25 @@ pub fn ctime_offsets() -> Result<(u32, u32), String> {
     ctime_offsets_in(&b)
 }
 
+/// Where a task keeps x86's `TS_COMPAT` mark of a 32-bit system call: `task_struct.thread_info`
+/// (the thread information lives in the task) plus `thread_info.status`. An error where this
+/// kernel's BTF has no such field (arm64 keeps no `status`).
+pub fn compat_status_offset_in(b: &btf::Btf) -> Result<u32, String> {
+    let info = b
+        .member_offset("task_struct", "thread_info")
+        .map_err(|e| format!("task_struct.thread_info: {e}"))?;
+    let status = b
+        .member_offset("thread_info", "status")
+        .map_err(|e| format!("thread_info.status: {e}"))?;
+    Ok(info + status)
+}
+
+/// As [`compat_status_offset_in`], from this kernel's BTF.
+pub fn compat_status_offset() -> Result<u32, String> {
+    let b = btf::Btf::from_kernel().map_err(|e| e.to_string())?;
+    compat_status_offset_in(&b)
+}
+
 /// Offsets the kernel programs need to read the identity of an executed file, by global name.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FileOffsets(pub Vec<(&'static str, u32)>);

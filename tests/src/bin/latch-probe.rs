@@ -402,7 +402,7 @@ fn udplite_send(addr: &str) {
 /// A UDP datagram to 127.0.0.1:`port`, built by hand (IPv4 and UDP headers) and sent on an
 /// `AF_PACKET` socket through the loopback device: below IP, where no socket hook and no
 /// cgroup `skb` program runs.
-fn packet_udp(port: u16, tag: &str) {
+fn packet_udp(port: u16, tag: &str, bits32: bool) {
     let data = format!("latch-{tag}");
     let udp_len = 8 + data.len();
     let total = 20 + udp_len;
@@ -422,7 +422,11 @@ fn packet_udp(port: u16, tag: &str) {
     const ETH_P_IP: u16 = 0x0800;
     // SAFETY: plain system calls on a socket this function owns, with local buffers.
     unsafe {
-        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM, ETH_P_IP.to_be() as i32);
+        let fd = if bits32 {
+            socket32(libc::AF_PACKET, libc::SOCK_DGRAM, ETH_P_IP.to_be() as i32)
+        } else {
+            libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM, ETH_P_IP.to_be() as i32)
+        };
         if fd < 0 {
             return report(Err(std::io::Error::last_os_error()));
         }
@@ -438,6 +442,43 @@ fn packet_udp(port: u16, tag: &str) {
             std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
         )
     }
+}
+
+/// `socket(2)` made as a 32-bit system call (`int 0x80`, i386 call 359) from this 64-bit
+/// process: the call goes through the 32-bit table, which the 64-bit system-call tracepoints
+/// do not see. Sets `errno` as libc would.
+#[cfg(target_arch = "x86_64")]
+unsafe fn socket32(domain: i32, ty: i32, proto: i32) -> i32 {
+    const NR_SOCKET_I386: i32 = 359;
+    let ret: i32;
+    // SAFETY: the three arguments are plain integers, no pointers; `int 0x80` preserves every
+    // register but eax, and r8-r11 are declared clobbered for good measure.
+    unsafe {
+        // rbx belongs to LLVM: the first argument is swapped in and out around the call.
+        std::arch::asm!(
+            "xchg rbx, {a}",
+            "int 0x80",
+            "xchg rbx, {a}",
+            a = inout(reg) domain as u64 => _,
+            inlateout("eax") NR_SOCKET_I386 => ret,
+            in("ecx") ty,
+            in("edx") proto,
+            out("r8") _, out("r9") _, out("r10") _, out("r11") _,
+        );
+    }
+    if ret < 0 {
+        // SAFETY: errno is this thread's.
+        unsafe { *libc::__errno_location() = -ret };
+        return -1;
+    }
+    ret
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn socket32(_domain: i32, _ty: i32, _proto: i32) -> i32 {
+    // SAFETY: errno is this thread's.
+    unsafe { *libc::__errno_location() = libc::ENOSYS };
+    -1
 }
 
 /// `bpf(BPF_MAP_CREATE)` of a one-entry array: whether this process may use `bpf()`.
@@ -662,13 +703,13 @@ fn main() {
         };
         return icmp(how, addr, tag);
     }
-    if args.get(1).map(String::as_str) == Some("packet-udp") {
+    if let Some(how @ ("packet-udp" | "packet-udp-32")) = args.get(1).map(String::as_str) {
         let (Some(Ok(port)), Some(tag)) = (args.get(2).map(|p| p.parse::<u16>()), args.get(3))
         else {
-            eprintln!("usage: latch-probe packet-udp PORT TAG");
+            eprintln!("usage: latch-probe packet-udp[-32] PORT TAG");
             std::process::exit(2);
         };
-        return packet_udp(port, tag);
+        return packet_udp(port, tag, how == "packet-udp-32");
     }
     if args.get(1).map(String::as_str) == Some("udplite-send") {
         let Some(addr) = args.get(2) else {
