@@ -28,14 +28,13 @@ pub fn on_syscall(nr: u64) {
     // SAFETY: helper with no arguments.
     let task = unsafe { bpf_get_current_task() } as *const u8;
     // SAFETY: the helper checks the address; the offset comes from this kernel's BTF.
-    let status =
-        match unsafe { bpf_probe_read_kernel(task.wrapping_add(off) as *const u32) } {
-            Ok(v) => v,
-            Err(_) => {
-                bump(Counter::FieldUnreadable);
-                return;
-            }
-        };
+    let status = match unsafe { bpf_probe_read_kernel(task.wrapping_add(off) as *const u32) } {
+        Ok(v) => v,
+        Err(_) => {
+            bump(Counter::FieldUnreadable);
+            return;
+        }
+    };
     if status & TS_COMPAT == 0 {
         return;
     }

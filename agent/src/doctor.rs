@@ -73,6 +73,10 @@ pub struct Facts {
     /// or why not in the report.
     #[serde(serialize_with = "ok_or_error")]
     pub file_identity: Result<(), String>,
+    /// Whether the programs can tell a 32-bit system call from a 64-bit one (the tracepoint
+    /// backend needs it); `"ok"` or why not in the report.
+    #[serde(serialize_with = "ok_or_error")]
+    pub syscall32: Result<(), String>,
 }
 
 impl Default for Facts {
@@ -89,6 +93,7 @@ impl Default for Facts {
             links_pinned: false,
             hooks: Vec::new(),
             file_identity: Err("not loaded yet".into()),
+            syscall32: Err("not loaded yet".into()),
         }
     }
 }
@@ -240,6 +245,36 @@ pub fn judge(f: Facts) -> Report {
             )),
         },
     });
+    g.push(match (loaded, f.backend, &f.syscall32) {
+        (false, _, _) => Guarantee {
+            name: "syscall32",
+            verdict: Verdict::Unsupported,
+            why: not_loaded(""),
+        },
+        (true, Some(Backend::Lsm), _) => Guarantee {
+            name: "syscall32",
+            verdict: Verdict::Enforced,
+            why: "BPF LSM: the hooks decide on the kernel's objects, whatever system-call table \
+                  (32- or 64-bit) a call came through"
+                .into(),
+        },
+        (true, _, Ok(())) => Guarantee {
+            name: "syscall32",
+            verdict: Verdict::Enforced,
+            why: "tracepoint backend: a watched task is ended at the entry of its first 32-bit \
+                  system call (int 0x80, a 32-bit program), before the call runs"
+                .into(),
+        },
+        (true, _, Err(e)) => Guarantee {
+            name: "syscall32",
+            verdict: Verdict::Degraded,
+            why: format!(
+                "tracepoint backend: 32-bit system calls cannot be told apart here ({e}); they \
+                 get past the checks made at the 64-bit system-call tracepoints (ptrace, \
+                 process_vm_writev, mmap, socket)"
+            ),
+        },
+    });
     g.push(Guarantee {
         name: "hooks-outlive-agent",
         verdict: match (loaded, f.links_pinned) {
@@ -308,6 +343,10 @@ pub fn engine_facts(f: &mut Facts, e: &Engine) {
         None => Ok(()),
         Some(why) => Err(why.to_string()),
     };
+    f.syscall32 = match e.syscall32_missing() {
+        None => Ok(()),
+        Some(why) => Err(why.to_string()),
+    };
 }
 
 /// What is known about the host without loading anything.
@@ -336,6 +375,7 @@ mod tests {
     fn facts(load: Result<(), String>, backend: Option<Backend>, pinned: bool) -> Facts {
         Facts {
             file_identity: load.clone(),
+            syscall32: load.clone(),
             load,
             backend,
             links_pinned: pinned,
@@ -441,6 +481,35 @@ mod tests {
         assert!(g.is_some_and(|g| g.why.contains("mm_struct.exe_file")));
         let ok = judge(facts(Ok(()), Some(Backend::Lsm), true));
         assert_eq!(verdict_of(&ok, "exec-identity"), Verdict::Enforced);
+    }
+
+    #[test]
+    fn thirty_two_bit_calls_are_degraded_only_where_the_tracepoint_backend_cannot_tell_them() {
+        use Verdict::*;
+        let missing = || Err("thread_info.status: no such member".to_string());
+        // (backend, can tell 32-bit calls apart) → verdict
+        let table = [
+            (Backend::Lsm, Ok(()), Enforced),
+            (Backend::Lsm, missing(), Enforced),
+            (Backend::Tracepoint, Ok(()), Enforced),
+            (Backend::Tracepoint, missing(), Degraded),
+        ];
+        for (backend, syscall32, want) in table {
+            let mut f = facts(Ok(()), Some(backend), true);
+            f.syscall32 = syscall32.clone();
+            let r = judge(f);
+            assert_eq!(
+                verdict_of(&r, "syscall32"),
+                want,
+                "{backend:?} {syscall32:?}"
+            );
+            let g = r.guarantees.iter().find(|g| g.name == "syscall32");
+            if want == Degraded {
+                assert!(g.is_some_and(|g| g.why.contains("thread_info.status")));
+            }
+        }
+        let r = judge(facts(Err("no BTF".into()), None, false));
+        assert_eq!(verdict_of(&r, "syscall32"), Unsupported);
     }
 
     #[test]

@@ -253,7 +253,7 @@ impl KernelEvent {
             packet_socket: e.flags & event_flags::PACKET_SOCKET != 0,
             debugged: (op == Op::Debug).then_some(e.target as u32),
             syscall32: (op == Op::Syscall32).then_some(e.target as u32),
-            moved_to: (op == Op::Move).then(|| MovedTo {
+            moved_to: (op == Op::Move).then_some(MovedTo {
                 cgroup_id: e.target,
                 path: None,
             }),

@@ -312,6 +312,8 @@ pub struct Engine {
     backend: Backend,
     // Why the kernel cannot read executed files' identity (`None`: it can).
     file_identity: Option<String>,
+    /// Why 32-bit system calls cannot be told apart (`None`: they can).
+    syscall32: Option<String>,
     // Why `restop` could not attach (the `sys_enter` gate stands in).
     restop_refused: Option<String>,
     lsm: probe::LsmProbe,
@@ -450,6 +452,7 @@ impl Engine {
             logger,
             backend: Backend::Tracepoint,
             file_identity: file_offsets.as_ref().err().cloned(),
+            syscall32: compat.as_ref().err().cloned(),
             restop_refused: None,
             lsm: probe::LsmProbe::default(),
             links: Vec::new(),
@@ -571,6 +574,11 @@ impl Engine {
     /// Why exec rules cannot follow files by identity on this kernel (`None`: they do).
     pub fn file_identity_missing(&self) -> Option<&str> {
         self.file_identity.as_deref()
+    }
+
+    /// Why the programs cannot tell a 32-bit system call from a 64-bit one, if they cannot.
+    pub fn syscall32_missing(&self) -> Option<&str> {
+        self.syscall32.as_deref()
     }
 
     /// Whether BPF LSM programs run on this kernel (the start-up probe saw one called).
