@@ -658,6 +658,9 @@ pub enum Counter {
     /// A watched task made a 32-bit system call (`int 0x80`, or a 32-bit program), which the
     /// 64-bit system-call tracepoints do not see: the task ended (tracepoint backend).
     CompatKilled = 34,
+    /// A thread watched by its lineage alone made a socket the egress backstop decides, and
+    /// the socket could not be recorded (`SOCK_LINEAGE` full): the socket was refused.
+    SockLineageFull = 35,
 }
 
 /// Number of slots in [`COUNTERS`](maps::COUNTERS).
@@ -690,7 +693,7 @@ size_check! {
 
 // The LPM trie key (u32 prefix length + data) must fit the kernel's 256-byte data limit.
 const _: () = assert!(core::mem::size_of::<ExecPrefixData>() <= 256);
-const _: () = assert!((COUNTER_SLOTS as usize) > Counter::CompatKilled as usize);
+const _: () = assert!((COUNTER_SLOTS as usize) > Counter::SockLineageFull as usize);
 
 #[cfg(feature = "user")]
 mod pod {

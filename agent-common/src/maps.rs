@@ -33,6 +33,11 @@ pub const GRANT_CONNS: &str = "GRANT_CONNS";
 /// Threads that were in a watched cgroup, or descend from one, by thread id: they stay watched
 /// wherever they move.
 pub const LINEAGE: &str = "LINEAGE";
+/// Sockets made by a thread watched by its lineage alone (it left its watched cgroup), by socket
+/// cookie → the [`Lineage`](crate::Lineage) it carried: their packets meet the egress backstop,
+/// which otherwise knows a packet's watch by its socket's cgroup only. Only sockets the backstop
+/// decides (not TCP, not UDP) are kept, until they are released.
+pub const SOCK_LINEAGE: &str = "SOCK_LINEAGE";
 /// When the egress backstop last reported a dropped packet of a socket (cookie → ns), so that a
 /// flood makes one event per socket per second, not one per packet.
 pub const PKT_REPORTED: &str = "PKT_REPORTED";
@@ -64,6 +69,7 @@ pub const ALL: &[&str] = &[
     SCRATCH,
     GRANT_CONNS,
     LINEAGE,
+    SOCK_LINEAGE,
     PKT_REPORTED,
     CONTENT,
     ARGS_DUE,
@@ -85,6 +91,7 @@ pub const PINNED: &[&str] = &[
     COUNTERS,
     GRANT_CONNS,
     LINEAGE,
+    SOCK_LINEAGE,
     ARGS_DUE,
 ];
 

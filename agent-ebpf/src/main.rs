@@ -12,6 +12,8 @@
 //!   recorded and failed with `-ERESTARTNOINTR`.
 //! - `egress`: cgroup `skb` egress at the cgroup v2 root; drops what no socket hook decided (ping
 //!   and raw sockets, other IP protocols) when a rule denies or holds its destination.
+//! - `sock_new`, `sock_gone`: cgroup `sock_create`/`sock_release` at the cgroup v2 root; record
+//!   the sockets of threads that left their watched cgroup, for `egress`.
 //! - `held`: `syscalls:sys_exit_{connect,sendto,sendmsg,sendmmsg}`; stops a thread whose call a
 //!   socket hook held and tells the agent (socket hooks may not send signals on most kernels).
 //! - `bpf_guard`: BPF LSM `bpf` (LSM backend): refuses `bpf()` to watched tasks.
@@ -66,13 +68,14 @@ mod pause;
 mod report;
 mod scope;
 mod scratch;
+mod sock_lineage;
 mod stop;
 
 use aya_ebpf::{
-    macros::{cgroup_skb, cgroup_sock_addr, fexit, lsm, raw_tracepoint, tracepoint},
+    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, fexit, lsm, raw_tracepoint, tracepoint},
     programs::{
         FExitContext, LsmContext, RawTracePointContext, SkBuffContext, SockAddrContext,
-        TracePointContext,
+        SockContext, TracePointContext,
     },
 };
 
@@ -177,6 +180,16 @@ pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
 #[cgroup_skb(egress)]
 pub fn egress(ctx: SkBuffContext) -> i32 {
     packet::egress(&ctx)
+}
+
+#[cgroup_sock(sock_create)]
+pub fn sock_new(ctx: SockContext) -> i32 {
+    sock_lineage::on_create(&ctx)
+}
+
+#[cgroup_sock(sock_release)]
+pub fn sock_gone(ctx: SockContext) -> i32 {
+    sock_lineage::on_release(&ctx)
 }
 
 /// LSM backend: a watched task may not use `bpf()` at all, so that no workload, whatever its

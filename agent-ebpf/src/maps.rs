@@ -73,6 +73,12 @@ pub static GRANT_CONNS: LruHashMap<u64, GrantKey> = LruHashMap::pinned(65_536, 0
 #[map(name = "LINEAGE")]
 pub static LINEAGE: HashMap<u32, Lineage> = HashMap::pinned(131_072, 0);
 
+/// Sockets made by threads watched by their lineage alone (socket cookie → that lineage), for
+/// the egress backstop; added at `sock_create`, removed at `sock_release`. Pinned, so that the
+/// sockets made before an agent restart stay decided after it.
+#[map(name = "SOCK_LINEAGE")]
+pub static SOCK_LINEAGE: HashMap<u64, Lineage> = HashMap::pinned(65_536, 0);
+
 /// Socket cookie → when the egress backstop last reported a packet of it dropped (ns).
 #[map(name = "PKT_REPORTED")]
 pub static PKT_REPORTED: LruHashMap<u64, u64> = LruHashMap::with_max_entries(4096, 0);

@@ -3,6 +3,10 @@
 //! sockets, raw sockets, protocols without socket hooks) is decided here, per packet, against
 //! the same destination rules. A packet cannot be held: `approve` drops it, as `deny` does.
 //!
+//! A packet's watch is its socket's cgroup's; a socket made by a thread that had left its
+//! watched cgroup (watched by lineage alone) is found in `SOCK_LINEAGE`, which `sock_new` fills
+//! when such a socket is made.
+//!
 //! Cost: a packet of a TCP or UDP socket returns after reading the socket's type; only other
 //! packets look up the cgroup and the rules.
 
@@ -16,7 +20,7 @@ use aya_ebpf::{
 };
 
 use crate::counters::{bump, Counter};
-use crate::maps::{PKT_REPORTED, WATCHED};
+use crate::maps::{PKT_REPORTED, SOCK_LINEAGE, WATCHED};
 use crate::{net, pause, report, scope, scratch};
 
 const PASS: i32 = 1;
@@ -49,12 +53,10 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
     }
     // SAFETY: a full socket from the helper; `type` and `protocol` are readable.
     let (ty, protocol) = unsafe { ((*full).type_, (*full).protocol) };
-    let stream = ty == SOCK_STREAM && (protocol == IPPROTO_TCP || protocol == IPPROTO_MPTCP);
-    let dgram = ty == SOCK_DGRAM && (protocol == IPPROTO_UDP || protocol == IPPROTO_UDPLITE);
-    if stream || dgram {
+    if socket_hooks_decide(ty, protocol) {
         return PASS;
     }
-    let Some((cgroup, watch)) = watched(skb) else {
+    let Some((cgroup, watch)) = watched(skb).or_else(|| by_lineage(skb)) else {
         return PASS;
     };
     let ver = match ctx.load::<u8>(0) {
@@ -178,6 +180,33 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
 
 /// The packet's cgroup and workload, if it or an ancestor is watched (the deepest wins).
 #[inline(always)]
+/// Whether the socket hooks decide this socket's destinations (TCP, MPTCP, UDP, UDP-Lite), so
+/// that its packets need no look here.
+#[inline(always)]
+pub fn socket_hooks_decide(ty: u32, protocol: u32) -> bool {
+    let stream = ty == SOCK_STREAM && (protocol == IPPROTO_TCP || protocol == IPPROTO_MPTCP);
+    let dgram = ty == SOCK_DGRAM && (protocol == IPPROTO_UDP || protocol == IPPROTO_UDPLITE);
+    stream || dgram
+}
+
+/// The watch of a socket made by a thread that had left its watched cgroup (its own cgroup is
+/// not watched): the lineage recorded when it was made.
+#[inline(always)]
+fn by_lineage(skb: *mut __sk_buff) -> Option<(u64, Watch)> {
+    // SAFETY: helper on the context the kernel passed.
+    let cookie = unsafe { bpf_get_socket_cookie(skb.cast()) };
+    let l = SOCK_LINEAGE.get_ptr(&cookie)?;
+    // SAFETY: map value pointer from lookup; plain data.
+    let l = unsafe { *l };
+    // The cgroup's rules as they are now, or the copy taken when it was no longer watched.
+    let watch = match WATCHED.get_ptr(&l.cgroup_id) {
+        // SAFETY: map value pointer from lookup.
+        Some(w) => unsafe { *w },
+        None => l.watch,
+    };
+    Some((l.cgroup_id, watch))
+}
+
 fn watched(skb: *mut __sk_buff) -> Option<(u64, Watch)> {
     // SAFETY: helpers on the context the kernel passed.
     let cgroup = unsafe { bpf_skb_cgroup_id(skb) };

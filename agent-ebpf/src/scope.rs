@@ -20,8 +20,10 @@ pub fn watched() -> Option<(u64, Watch)> {
     }
 }
 
+/// The calling task's cgroup id and its workload, if the cgroup or an ancestor is watched
+/// (lineage not looked at).
 #[inline(always)]
-fn by_cgroup() -> Option<(u64, Watch)> {
+pub fn by_cgroup() -> Option<(u64, Watch)> {
     // SAFETY: helpers without pointer arguments.
     let cgroup = unsafe { bpf_get_current_cgroup_id() };
     if let Some(w) = WATCHED.get_ptr(cgroup) {

@@ -1460,6 +1460,7 @@ pub fn counter_name(slot: u32) -> Option<&'static str> {
         (Counter::PacketSocketRefused, "packet_socket_refused"),
         (Counter::DebugRefused, "debug_refused"),
         (Counter::CompatKilled, "compat_killed"),
+        (Counter::SockLineageFull, "sock_lineage_full"),
     ];
     NAMES
         .iter()

@@ -519,6 +519,8 @@ fn doctor_reports_what_this_kernel_enforces_and_leaves_nothing_behind() {
         "held-connect",
         "held-sendmmsg",
         "egress",
+        "sock-new",
+        "sock-gone",
         "execd",
         "exec-exit",
         "fork",

@@ -841,6 +841,38 @@ fn packets_that_no_socket_hook_sees_are_dropped_on_the_way_out() {
         );
         assert_eq!(out["errno"].as_i64(), Some(EPERM), "{name}: {out}");
     }
+    // A socket made after leaving the watched cgroup: its packets carry the cgroup it was made
+    // in, which nobody watches; the backstop knows it by its maker's lineage.
+    let elsewhere = TestCgroup::new();
+    let dest = s(&elsewhere.path);
+    for how in ["raw", "ping"] {
+        let free_tag = format!("{id}-{how}-moved-free");
+        let out = run_in(
+            &free.path,
+            &probe_args(&["moved", &dest, "icmp", how, "127.0.0.3", &free_tag]),
+        );
+        assert!(
+            icmp.wait_for(format!("latch-{free_tag}").as_bytes()),
+            "{how} after a move: does not arrive unwatched: {out}"
+        );
+        let tag = format!("{id}-{how}-moved-watched");
+        let out = run_in(
+            &watched,
+            &probe_args(&["moved", &dest, "icmp", how, "127.0.0.3", &tag]),
+        );
+        let after = format!("{id}-{how}-moved-after");
+        run_in(&free.path, &probe_args(&["icmp", how, "127.0.0.3", &after]));
+        assert!(icmp.wait_for(format!("latch-{after}").as_bytes()));
+        assert!(
+            !icmp.has(format!("latch-{tag}").as_bytes()),
+            "{how}: a socket made after leaving the watched cgroup reached a denied destination: {out}"
+        );
+        assert_eq!(
+            out["errno"].as_i64(),
+            Some(EPERM),
+            "{how} after a move: {out}"
+        );
+    }
     // UDP-Lite under a `protocol: udp` rule.
     let to = format!("127.0.0.1:{lite_port}");
     let out = run_in(&free.path, &probe_args(&["udplite-send", &to]));

@@ -15,8 +15,8 @@ use std::{fs::File, path::Path};
 
 use aya::{
     programs::{
-        links::FdLink, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, FExit,
-        Lsm, RawTracePoint, TracePoint,
+        links::FdLink, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock,
+        CgroupSockAddr, FExit, Lsm, RawTracePoint, TracePoint,
     },
     Btf, Ebpf,
 };
@@ -159,6 +159,16 @@ pub fn attach_all(
         .map_err(prog_err(name))?;
     let link = prog.take_link(id).map_err(prog_err(name))?;
     p.keep(link.try_into().map_err(link_err(name))?, name)?;
+    // The sockets of threads that left their watched cgroup, which `egress` then finds.
+    for (name, pin) in [("sock_new", "sock-new"), ("sock_gone", "sock-gone")] {
+        let prog: &mut CgroupSock = program(ebpf, name)?;
+        prog.load().map_err(prog_err(name))?;
+        let id = prog
+            .attach(&root, CgroupAttachMode::Single)
+            .map_err(prog_err(name))?;
+        let link = prog.take_link(id).map_err(prog_err(name))?;
+        p.keep(link.try_into().map_err(link_err(name))?, pin)?;
+    }
 
     match backend {
         Backend::Lsm => {

@@ -15,6 +15,8 @@
 //! latch-probe bpf-map                    create a small BPF array map with bpf()
 //! latch-probe escape CGROUP ADDR:PORT    move this process into the cgroup directory CGROUP
 //!                                        (its cgroup.procs), then TCP connect()
+//! latch-probe moved CGROUP MODE [ARG...] move this process into CGROUP, then exec
+//!                                        `latch-probe MODE ARG...` (reports as that mode)
 //! latch-probe escape-thread-exec CGROUP ADDR:PORT
 //!                                        move into CGROUP, then exec `latch-probe connect ADDR`
 //!                                        from a thread other than the leader (the kernel gives
@@ -567,6 +569,19 @@ fn escape_clone(cgroup: &str, addr: SocketAddr) {
     unsafe { libc::waitpid(pid as i32, &mut status, 0) };
 }
 
+/// Leaves for `cgroup`, then becomes `latch-probe MODE ARG...` there.
+fn moved(cgroup: &str, rest: &[String]) {
+    if let Err(e) = std::fs::write(format!("{cgroup}/cgroup.procs"), "0") {
+        return report(Err(e));
+    }
+    let me = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => return report(Err(e)),
+    };
+    let err = std::os::unix::process::CommandExt::exec(std::process::Command::new(me).args(rest));
+    report(Err(err));
+}
+
 fn escape_thread_exec(cgroup: &str, addr: SocketAddr) {
     if let Err(e) = std::fs::write(format!("{cgroup}/cgroup.procs"), "0") {
         return report(Err(e));
@@ -731,6 +746,13 @@ fn main() {
             std::process::exit(2);
         };
         return exec_via(how, program, &args[4..]);
+    }
+    if args.get(1).map(String::as_str) == Some("moved") {
+        let (Some(cgroup), Some(_)) = (args.get(2), args.get(3)) else {
+            eprintln!("usage: latch-probe moved CGROUP MODE [ARG...]");
+            std::process::exit(2);
+        };
+        return moved(cgroup, &args[3..]);
     }
     if args.get(1).map(String::as_str) == Some("exec") {
         let Some(program) = args.get(2) else {
