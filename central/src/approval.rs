@@ -509,46 +509,50 @@ impl Central {
         self.record_of(&row).await
     }
 
-    /// The full record of a stored request.
+    /// The full record of a stored request: its votes and transitions in one round trip (votes
+    /// by time and approver, transitions in the order they were written).
     pub async fn record_of(&self, row: &RequestRow) -> Result<ApprovalRecord> {
-        let pool = self.store.pool();
-        let votes = sqlx::query(
-            "SELECT approver, outcome, reason, at_ms FROM votes WHERE approval_id = $1 ORDER BY at_ms, approver",
+        let rows = sqlx::query(
+            "SELECT CAST(0 AS BIGINT) AS part, at_ms AS k, approver AS who, outcome AS a, '' AS b,
+                reason, at_ms
+             FROM votes WHERE approval_id = $1
+             UNION ALL
+             SELECT CAST(1 AS BIGINT), id, actor, from_state, to_state, reason, at_ms
+             FROM transitions WHERE approval_id = $1
+             ORDER BY part, k, who",
         )
         .bind(&row.approval_id)
-        .fetch_all(pool)
+        .fetch_all(self.store.pool())
         .await
-        .ctx("reading votes")?
-        .iter()
-        .map(|r| {
-            Ok(Vote {
-                approver: r.try_get("approver")?,
-                outcome: proto_outcome(&r.try_get::<String, _>("outcome")?) as i32,
-                reason: r.try_get("reason")?,
-                at_unix_ms: r.try_get("at_ms")?,
-            })
-        })
-        .collect::<Result<Vec<_>, sqlx::Error>>()
-        .ctx("decoding votes")?;
-        let transitions = sqlx::query(
-            "SELECT from_state, to_state, actor, reason, at_ms FROM transitions WHERE approval_id = $1 ORDER BY id",
-        )
-        .bind(&row.approval_id)
-        .fetch_all(pool)
-        .await
-        .ctx("reading transitions")?
-        .iter()
-        .map(|r| {
-            Ok(Transition {
-                from: proto_state(&r.try_get::<String, _>("from_state")?) as i32,
-                to: proto_state(&r.try_get::<String, _>("to_state")?) as i32,
-                actor: r.try_get("actor")?,
-                reason: r.try_get("reason")?,
-                at_unix_ms: r.try_get("at_ms")?,
-            })
-        })
-        .collect::<Result<Vec<_>, sqlx::Error>>()
-        .ctx("decoding transitions")?;
+        .ctx("reading votes and transitions")?;
+        let mut votes = Vec::new();
+        let mut transitions = Vec::new();
+        for r in &rows {
+            let part: i64 = r.try_get("part").ctx("decoding votes and transitions")?;
+            let decoded = if part == 0 {
+                (|| {
+                    votes.push(Vote {
+                        approver: r.try_get("who")?,
+                        outcome: proto_outcome(&r.try_get::<String, _>("a")?) as i32,
+                        reason: r.try_get("reason")?,
+                        at_unix_ms: r.try_get("at_ms")?,
+                    });
+                    Ok::<_, sqlx::Error>(())
+                })()
+            } else {
+                (|| {
+                    transitions.push(Transition {
+                        from: proto_state(&r.try_get::<String, _>("a")?) as i32,
+                        to: proto_state(&r.try_get::<String, _>("b")?) as i32,
+                        actor: r.try_get("who")?,
+                        reason: r.try_get("reason")?,
+                        at_unix_ms: r.try_get("at_ms")?,
+                    });
+                    Ok::<_, sqlx::Error>(())
+                })()
+            };
+            decoded.ctx("decoding votes and transitions")?;
+        }
         let request = ApprovalRequest::decode(row.context.as_slice()).map_err(|e| {
             crate::store::StoreError::Corrupt {
                 what: format!("request {}", row.approval_id),
@@ -687,7 +691,8 @@ impl Central {
             )));
         }
         let ballots = ballots_in(&mut tx, &row.approval_id).await?;
-        let resolved = match tally(row.approvers_needed, &ballots) {
+        // The row as this transaction leaves it, so that the answer needs no read of it.
+        let (resolved, after) = match tally(row.approvers_needed, &ballots) {
             Tally::Approved { terms, approvers } => {
                 let grant = grant_for(&row, terms, &who.subject, now);
                 resolve_in(
@@ -702,7 +707,16 @@ impl Central {
                     now,
                 )
                 .await?;
-                true
+                let after = resolved_row(
+                    &row,
+                    State::Approved,
+                    "allow",
+                    &who.subject,
+                    &d.reason,
+                    grant.as_ref(),
+                    now,
+                );
+                (true, after)
             }
             Tally::Denied { by } => {
                 resolve_in(
@@ -717,7 +731,8 @@ impl Central {
                     now,
                 )
                 .await?;
-                true
+                let after = resolved_row(&row, State::Denied, "deny", &by, &d.reason, None, now);
+                (true, after)
             }
             Tally::Pending { approvals } => {
                 let terms = match choice {
@@ -741,7 +756,7 @@ impl Central {
                     },
                 )
                 .await?;
-                false
+                (false, row.clone())
             }
         };
         tx.commit().await.ctx("committing decision")?;
@@ -755,7 +770,7 @@ impl Central {
         })
         .await;
         tracing::info!(approval_id = %row.approval_id, by = %who.subject, outcome, resolved, "decision");
-        Ok((self.record(&row.approval_id).await?, resolved))
+        Ok((self.record_of(&after).await?, resolved))
     }
 
     /// How many requests are in each state.
@@ -1060,6 +1075,27 @@ async fn transition(
     .await
     .ctx("recording transition")?;
     Ok(())
+}
+
+/// `row` as [`resolve_in`] leaves it in the store.
+fn resolved_row(
+    row: &RequestRow,
+    to: State,
+    outcome: &str,
+    actor: &str,
+    reason: &str,
+    grant: Option<&Grant>,
+    now: i64,
+) -> RequestRow {
+    RequestRow {
+        state: to,
+        decided_at_ms: now,
+        decided_by: actor.to_string(),
+        outcome: outcome.to_string(),
+        reason: reason.to_string(),
+        grant_id: grant.map(|g| g.grant_id.clone()).unwrap_or_default(),
+        ..row.clone()
+    }
 }
 
 /// Moves a locked pending request to a final state, with its transition, grant and audit.

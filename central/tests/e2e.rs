@@ -6,12 +6,13 @@ mod common;
 use std::collections::HashMap;
 
 use common::*;
+use latch_proto::v1::reviewer_service_client::ReviewerServiceClient;
 use latch_proto::v1::{
     agent_message::Body, AgentAuditRecord, ApplyRulesRequest, AuditBatch, CancelApprovalRequest,
-    DecideRequest, DecisionKind, DiffRulesRequest, GetRequestRequest, GetRulesRequest, GrantScope,
-    ListGrantsRequest, ListHostsRequest, ListRequestsRequest, Outcome, QueryAuditRequest,
-    RequestState, RevokeGrantRequest, RollbackRulesRequest, RuleEnforcement, RuleStatus, RulesAck,
-    ShadowReportRequest, WatchRequestsRequest,
+    DecideRequest, DecideResponse, DecisionKind, DiffRulesRequest, GetRequestRequest,
+    GetRulesRequest, GrantScope, ListGrantsRequest, ListHostsRequest, ListRequestsRequest, Outcome,
+    QueryAuditRequest, RequestState, RevokeGrantRequest, RollbackRulesRequest, RuleEnforcement,
+    RuleStatus, RulesAck, ShadowReportRequest, WatchRequestsRequest,
 };
 use tonic::Code;
 
@@ -222,18 +223,21 @@ async fn grant_and_revoke(env: &Env) {
     let mut agent = Agent::connect(&server, "h1", vec![], vec![]).await;
     let acc = agent.submit(agent.request("2.1", "prod-db")).await;
     let mut rv = reviewer(&server).await;
-    rv.decide(req(
-        DecideRequest {
-            approval_id: acc.approval_id.clone(),
-            kind: DecisionKind::ApproveFor as i32,
-            duration_seconds: 3600,
-            scope: GrantScope::Workload as i32,
-            reason: "migration window".into(),
-        },
-        BOB,
-    ))
-    .await
-    .expect("approve for");
+    let answer = rv
+        .decide(req(
+            DecideRequest {
+                approval_id: acc.approval_id.clone(),
+                kind: DecisionKind::ApproveFor as i32,
+                duration_seconds: 3600,
+                scope: GrantScope::Workload as i32,
+                reason: "migration window".into(),
+            },
+            BOB,
+        ))
+        .await
+        .expect("approve for")
+        .into_inner();
+    answered_as_stored(&mut rv, &answer).await;
     let d = agent.next_decision().await;
     let g = d.grant.expect("grant");
     assert_eq!(g.scope, GrantScope::Workload as i32);
@@ -376,6 +380,7 @@ async fn two_person_rule(env: &Env) {
         .expect("first")
         .into_inner();
     assert!(!first.r#final);
+    answered_as_stored(&mut rv, &first).await;
     assert_eq!(
         first.request.expect("record").state,
         RequestState::Pending as i32
@@ -396,6 +401,7 @@ async fn two_person_rule(env: &Env) {
         .expect("second")
         .into_inner();
     assert!(second.r#final);
+    answered_as_stored(&mut rv, &second).await;
     let rec = second.request.expect("record");
     assert_eq!(rec.votes.len(), 2);
     let d = agent.next_decision().await;
@@ -405,6 +411,25 @@ async fn two_person_rule(env: &Env) {
     );
     assert_eq!(d.decided_by, "bob");
     server.shutdown().await;
+}
+
+/// A Decide's answer is the record as stored: what a later GetRequest reads.
+async fn answered_as_stored(
+    rv: &mut ReviewerServiceClient<tonic::transport::Channel>,
+    answer: &DecideResponse,
+) {
+    let told = answer.request.clone().expect("record in the answer");
+    let stored = rv
+        .get_request(req(
+            GetRequestRequest {
+                approval_id: told.approval_id.clone(),
+            },
+            VIEWER,
+        ))
+        .await
+        .expect("get request")
+        .into_inner();
+    assert_eq!(told, stored);
 }
 
 fn approve_for(id: &str, scope: GrantScope, hours: u64) -> DecideRequest {
@@ -476,6 +501,7 @@ async fn mixed_terms_grant_the_narrowest(env: &Env) {
         .expect("denial")
         .into_inner();
     assert!(r.r#final);
+    answered_as_stored(&mut rv, &r).await;
     let d = agent.next_decision().await;
     assert_eq!(
         (d.request_id.as_str(), d.outcome),

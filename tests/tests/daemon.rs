@@ -730,3 +730,61 @@ fn a_process_moved_out_of_its_watched_cgroup_is_journaled_with_where_it_went() {
     let _ = sleeper.kill();
     let _ = sleeper.wait();
 }
+
+#[test]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
+fn a_process_in_the_cgroup_before_the_agent_watched_it_stays_watched_when_it_leaves() {
+    if !privileged() {
+        return;
+    }
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.set_nonblocking(true).expect("nonblocking");
+    let port = l.local_addr().expect("addr").port();
+    let accepted = || {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            if l.accept().is_ok() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    };
+    let elsewhere = TestCgroup::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let go = dir.path().join("go");
+    // A shell that waits for `go`, moves itself out (its own pid, by the builtin `echo`), and
+    // becomes the probe, which connects.
+    let script = format!(
+        "while [ ! -e {go} ]; do sleep 0.05; done; echo 0 > {to}/cgroup.procs; exec {probe} connect 127.0.0.1:{port}",
+        go = go.display(),
+        to = elsewhere.path.display(),
+        probe = probe().display(),
+    );
+    let sh = std::path::Path::new("/bin/sh");
+
+    // Where nothing watches, it connects.
+    let free = TestCgroup::new();
+    std::fs::write(&go, "").expect("go");
+    let out = outcome(spawn_in(&free.path, sh, &["-c", &script]));
+    assert_eq!(out["ok"], true, "{out}");
+    assert!(accepted(), "no connection arrived unwatched");
+    std::fs::remove_file(&go).expect("rm go");
+
+    // Started in the cgroup before the agent watches it: recorded from `cgroup.threads` when
+    // the watch begins, so leaving does not leave the rules.
+    let cg = TestCgroup::new();
+    let early = spawn_in(&cg.path, sh, &["-c", &script]);
+    let d = Daemon::start(
+        &cg,
+        &rules(&format!(
+            "  - {{name: off, workload: test, on: connect, to: [127.0.0.1/32], ports: [{port}], action: deny}}\n"
+        )),
+        "deny",
+    );
+    std::fs::write(&go, "").expect("go");
+    let out = outcome(early);
+    assert_eq!(out["errno"].as_i64(), Some(libc::EPERM as i64), "{out}");
+    assert!(!accepted(), "the connection arrived");
+    drop(d);
+}
