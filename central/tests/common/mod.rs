@@ -457,6 +457,28 @@ impl Agent {
         }
     }
 
+    /// A rules push and the next new decision, in whichever order they come (a reconnection's
+    /// replay queues them in that order, but a decision dispatched live meanwhile can come
+    /// first).
+    pub async fn next_rules_and_decision(&mut self) -> (u64, Decision) {
+        let (mut rules, mut decision): (Option<u64>, Option<Decision>) = (None, None);
+        loop {
+            if let (Some(v), Some(d)) = (rules, decision.as_ref()) {
+                return (v, d.clone());
+            }
+            match self.next().await {
+                Body::Rules(r) => rules = Some(r.version),
+                Body::Decision(d) => {
+                    let key = (d.approval_id.clone(), d.outcome, d.decided_by.clone());
+                    if decision.is_none() && self.seen.insert(key) {
+                        decision = Some(d);
+                    }
+                }
+                Body::Revocation(r) => panic!("expected rules and a decision, got {r:?}"),
+            }
+        }
+    }
+
     /// Next revocation, skipping rules pushes and repeats of decisions already returned.
     pub async fn next_revocation(&mut self) -> Revocation {
         loop {
