@@ -524,8 +524,9 @@ pub struct Event {
     /// [`fingerprint`] of the target; for [`Op::Debug`], the process that was to be debugged
     /// (its tgid; 0 when not known); for [`Op::Move`], the cgroup v2 id it moved to.
     pub target: u64,
-    /// Thread id; for [`Op::Move`], the thread that moved (`uid`, `gid` and `comm` are then
-    /// those of the task that moved it, often itself).
+    /// Thread id; for [`Op::Move`], the thread that moved (`uid` and `gid` are then those of
+    /// the task that moved it, often itself, and `comm` is the thread's when it moved itself,
+    /// empty otherwise).
     pub pid: u32,
     /// Process id; for [`Op::Move`], the thread's id again (the agent reads its process).
     pub tgid: u32,

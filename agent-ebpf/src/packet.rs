@@ -178,8 +178,6 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
     DROP
 }
 
-/// The packet's cgroup and workload, if it or an ancestor is watched (the deepest wins).
-#[inline(always)]
 /// Whether the socket hooks decide this socket's destinations (TCP, MPTCP, UDP, UDP-Lite), so
 /// that its packets need no look here.
 #[inline(always)]
@@ -207,6 +205,8 @@ fn by_lineage(skb: *mut __sk_buff) -> Option<(u64, Watch)> {
     Some((l.cgroup_id, watch))
 }
 
+/// The packet's cgroup and workload, if it or an ancestor is watched (the deepest wins).
+#[inline(always)]
 fn watched(skb: *mut __sk_buff) -> Option<(u64, Watch)> {
     // SAFETY: helpers on the context the kernel passed.
     let cgroup = unsafe { bpf_skb_cgroup_id(skb) };

@@ -255,14 +255,17 @@ pub fn judge(f: Facts) -> Report {
             name: "syscall32",
             verdict: Verdict::Enforced,
             why: "BPF LSM: the hooks decide on the kernel's objects, whatever system-call table \
-                  (32- or 64-bit) a call came through"
+                  (32- or 64-bit) a call came through; a 32-bit connect or send that a rule \
+                  holds fails (the stop that waits for a reviewer is taken at the 64-bit calls' \
+                  exits) instead of waiting"
                 .into(),
         },
         (true, _, Ok(())) => Guarantee {
             name: "syscall32",
             verdict: Verdict::Enforced,
             why: "tracepoint backend: a watched task is ended at the entry of its first 32-bit \
-                  system call (int 0x80, a 32-bit program), before the call runs"
+                  system call (int 0x80, x32, a 32-bit program); the call runs, the task does \
+                  not return from it"
                 .into(),
         },
         (true, _, Err(e)) => Guarantee {

@@ -307,6 +307,23 @@ impl KernelEvent {
     }
 }
 
+impl KernelEvent {
+    /// Whether a move went below the watched cgroup the thread came from (into a child cgroup,
+    /// as a supervisor does before it enables controllers): the thread is still in that
+    /// subtree, so it did not leave. Not known (the thread has gone, or moved again) is `false`.
+    pub fn moved_within(&self, cgroup_root: &std::path::Path) -> bool {
+        let Some(path) = self.moved_to.as_ref().and_then(|m| m.path.as_deref()) else {
+            return false;
+        };
+        std::path::Path::new(path.trim_start_matches('/'))
+            .ancestors()
+            .skip(1)
+            .any(|a| {
+                crate::cgroups::id_of(&cgroup_root.join(a)).is_ok_and(|id| id == self.cgroup_id)
+            })
+    }
+}
+
 /// The process id from `/proc/PID/status` (`Tgid:`).
 pub fn parse_tgid(status: &str) -> Option<u32> {
     status

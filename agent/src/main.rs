@@ -629,10 +629,13 @@ async fn run(settings: Settings, rules: Option<PathBuf>) -> anyhow::Result<()> {
                     let mut out = Vec::with_capacity(batch.len());
                     for mut ev in batch.drain(..) {
                         ev.enrich(&cgroup_root);
-                        event_recorder.record(
-                            latch_agent::events::op_name(ev.op),
-                            serde_json::to_value(&ev).unwrap_or_default(),
-                        );
+                        // A move into a child of the watched cgroup is no departure.
+                        if !ev.moved_within(&cgroup_root) {
+                            event_recorder.record(
+                                latch_agent::events::op_name(ev.op),
+                                serde_json::to_value(&ev).unwrap_or_default(),
+                            );
+                        }
                         if (ev.rule_id == agent_common::RESOLVE_RULE
                             || agent_common::is_args_rule(ev.rule_id))
                             && ev.outcome == agent_common::Outcome::Paused

@@ -307,9 +307,21 @@ impl Harness {
 
     /// Reads events until one satisfies `pred`; returns it.
     pub fn expect_event(&mut self, what: &str, pred: impl Fn(&KernelEvent) -> bool) -> KernelEvent {
+        self.expect_event_since(0, what, pred)
+    }
+
+    /// As [`Harness::expect_event`], among the events after the first `since` read (the length
+    /// of [`Harness::events`] before the trigger), so that an earlier trigger's event cannot
+    /// answer for this one.
+    pub fn expect_event_since(
+        &mut self,
+        since: usize,
+        what: &str,
+        pred: impl Fn(&KernelEvent) -> bool,
+    ) -> KernelEvent {
         let deadline = Instant::now() + patience();
         loop {
-            if let Some(e) = self.seen.iter().find(|e| pred(e)) {
+            if let Some(e) = self.seen.iter().skip(since).find(|e| pred(e)) {
                 return e.clone();
             }
             let mut malformed = 0;

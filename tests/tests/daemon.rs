@@ -680,7 +680,7 @@ fn events_read(d: &Daemon) -> u64 {
 
 #[test]
 #[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
-fn a_process_moved_out_of_its_watched_cgroup_is_journaled_with_where_it_went() {
+fn a_process_moved_out_of_its_watched_cgroup_is_journaled_and_one_moved_below_it_is_not() {
     if !privileged() {
         return;
     }
@@ -693,17 +693,25 @@ fn a_process_moved_out_of_its_watched_cgroup_is_journaled_with_where_it_went() {
     );
     let mut sleeper = spawn_in(&cg.path, std::path::Path::new("/bin/sleep"), &["300"]);
     let pid = sleeper.id();
-    let before = events_read(&d);
-    // Moved by another task (this test), as a supervisor or a root workload would.
-    std::fs::write(elsewhere.path.join("cgroup.procs"), pid.to_string()).expect("move");
-    let deadline = Instant::now() + patience();
-    while events_read(&d) == before {
-        assert!(
-            Instant::now() < deadline,
-            "the agent read no event of the move"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let moved = |to: &std::path::Path| {
+        let before = events_read(&d);
+        // Moved by another task (this test), as a supervisor or a root workload would.
+        std::fs::write(to.join("cgroup.procs"), pid.to_string()).expect("move");
+        let deadline = Instant::now() + patience();
+        while events_read(&d) == before {
+            assert!(
+                Instant::now() < deadline,
+                "the agent read no event of the move"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    // Into a child of the watched cgroup (not itself in the watch list): still inside.
+    let child = cg.path.join("leaf");
+    std::fs::create_dir(&child).expect("mkdir leaf");
+    moved(&child);
+    // Out of the watched tree.
+    moved(&elsewhere.path);
     let mut d = d;
     d.terminate();
     let moves: Vec<_> = d
@@ -711,6 +719,7 @@ fn a_process_moved_out_of_its_watched_cgroup_is_journaled_with_where_it_went() {
         .into_iter()
         .filter(|r| r.kind == "move")
         .collect();
+    // One: the move into the child cgroup is no departure.
     assert_eq!(moves.len(), 1, "{moves:?}");
     let m = &moves[0].payload;
     assert_eq!(m["pid"].as_u64(), Some(u64::from(pid)), "{m}");

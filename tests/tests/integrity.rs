@@ -932,6 +932,8 @@ fn a_link_layer_socket_is_refused_to_a_watched_task() {
             udp.wait_for(format!("latch-{id}-{how}-free").as_bytes()),
             "{how}: a frame from an AF_PACKET socket does not arrive unwatched: {out}"
         );
+        let since = h.events().len();
+        let refused_before = counter(&mut h, Counter::PacketSocketRefused);
         let out = send(&watched, &format!("{id}-{how}-watched"));
         // A later frame from outside, seen arriving: the earlier one would be there by now.
         send(&free.path, &format!("{id}-{how}-after"));
@@ -951,16 +953,16 @@ fn a_link_layer_socket_is_refused_to_a_watched_task() {
         match (*how, h.engine().backend()) {
             // Ended at the 32-bit call's entry, whatever the call.
             ("packet-udp-32", Backend::Tracepoint) => {
-                h.expect_event("the ended 32-bit call", |e| {
+                h.expect_event_since(since, "the ended 32-bit call", |e| {
                     e.op == Op::Syscall32 && e.syscall32 == Some(359)
                 });
                 assert!(counter(&mut h, Counter::CompatKilled) > 0);
             }
             _ => {
-                h.expect_event("the refused socket", |e| {
+                h.expect_event_since(since, "the refused socket", |e| {
                     e.packet_socket && e.outcome == Outcome::Denied
                 });
-                assert!(counter(&mut h, Counter::PacketSocketRefused) > 0);
+                assert!(counter(&mut h, Counter::PacketSocketRefused) > refused_before);
             }
         }
     }
@@ -1050,9 +1052,13 @@ fn leaving_the_watched_cgroup_does_not_leave_the_rules() {
     let dest = s(&elsewhere.path);
     let watched_id = cgroups::id_of(&h.cgroup.path).expect("watched cgroup id");
     let elsewhere_id = cgroups::id_of(&elsewhere.path).expect("cgroup id");
+    // Processes that moved from one unwatched cgroup to another: none of them is reported.
+    let mut unwatched_pids = Vec::new();
     for how in ["escape", "escape-clone", "escape-thread-exec"] {
         // Where nothing watches, the move works and the connection arrives.
-        let out = run_in(&free.path, &probe_args(&[how, &dest, &to]));
+        let child = spawn_in(&free.path, &probe(), &[how, &dest, &to]);
+        unwatched_pids.push(child.id());
+        let out = outcome(child);
         assert_eq!(out["ok"], true, "{how} unwatched: {out}");
         assert!(
             eventually(|| accepted(&l)),
@@ -1060,7 +1066,9 @@ fn leaving_the_watched_cgroup_does_not_leave_the_rules() {
         );
         // From the watched cgroup, the process (or its clone) left it, and is still refused.
         let before = counter(&mut h, Counter::LeftWatched);
-        let out = run_in(&h.cgroup.path.clone(), &probe_args(&[how, &dest, &to]));
+        let child = spawn_in(&h.cgroup.path.clone(), &probe(), &[how, &dest, &to]);
+        let pid = child.id();
+        let out = outcome(child);
         assert_eq!(
             out["errno"].as_i64(),
             Some(EPERM),
@@ -1072,28 +1080,28 @@ fn leaving_the_watched_cgroup_does_not_leave_the_rules() {
                 counter(&mut h, Counter::LeftWatched) > before,
                 "the move was counted"
             );
-            // And reported: the thread, the watched cgroup whose rules it keeps, where it went.
-            let moved = h.expect_event("a move out of the watched cgroup", |e| {
-                e.op == Op::Move
-                    && e.cgroup_id == watched_id
-                    && e.moved_to
-                        .as_ref()
-                        .is_some_and(|m| m.cgroup_id == elsewhere_id)
+            // And reported, for this process: the watched cgroup whose rules it keeps, where
+            // it went, and the workload whose rule refused its connection.
+            let moved = h.expect_event("this process's move out of the watched cgroup", |e| {
+                e.op == Op::Move && e.pid == pid
             });
-            assert_ne!(moved.pid, 0, "{moved:?}");
-            // The workload is the one whose rule refused the connection just now.
-            let refused = h.expect_event("the refused connection", |e| {
-                e.op == Op::Connect && e.outcome == Outcome::Denied
+            assert_eq!(moved.cgroup_id, watched_id, "{moved:?}");
+            assert_eq!(
+                moved.moved_to.as_ref().map(|m| m.cgroup_id),
+                Some(elsewhere_id),
+                "{moved:?}"
+            );
+            let refused = h.expect_event("this process's refused connection", |e| {
+                e.op == Op::Connect && e.outcome == Outcome::Denied && e.tgid == pid
             });
             assert_eq!(moved.workload, refused.workload, "{moved:?}");
         }
     }
-    // Moving in from an unwatched cgroup, or between unwatched ones, is not reported.
     assert!(
         !h.events()
             .iter()
-            .any(|e| e.op == Op::Move && e.cgroup_id != watched_id),
-        "{:#?}",
+            .any(|e| e.op == Op::Move && unwatched_pids.contains(&e.pid)),
+        "a move between unwatched cgroups was reported: {:#?}",
         h.events()
     );
 }
