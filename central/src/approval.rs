@@ -695,7 +695,7 @@ impl Central {
         let (resolved, after) = match tally(row.approvers_needed, &ballots) {
             Tally::Approved { terms, approvers } => {
                 let grant = grant_for(&row, terms, &who.subject, now);
-                resolve_in(
+                let after = resolve_in(
                     &mut tx,
                     &row,
                     State::Approved,
@@ -707,19 +707,10 @@ impl Central {
                     now,
                 )
                 .await?;
-                let after = resolved_row(
-                    &row,
-                    State::Approved,
-                    "allow",
-                    &who.subject,
-                    &d.reason,
-                    grant.as_ref(),
-                    now,
-                );
                 (true, after)
             }
             Tally::Denied { by } => {
-                resolve_in(
+                let after = resolve_in(
                     &mut tx,
                     &row,
                     State::Denied,
@@ -731,7 +722,6 @@ impl Central {
                     now,
                 )
                 .await?;
-                let after = resolved_row(&row, State::Denied, "deny", &by, &d.reason, None, now);
                 (true, after)
             }
             Tally::Pending { approvals } => {
@@ -1077,28 +1067,8 @@ async fn transition(
     Ok(())
 }
 
-/// `row` as [`resolve_in`] leaves it in the store.
-fn resolved_row(
-    row: &RequestRow,
-    to: State,
-    outcome: &str,
-    actor: &str,
-    reason: &str,
-    grant: Option<&Grant>,
-    now: i64,
-) -> RequestRow {
-    RequestRow {
-        state: to,
-        decided_at_ms: now,
-        decided_by: actor.to_string(),
-        outcome: outcome.to_string(),
-        reason: reason.to_string(),
-        grant_id: grant.map(|g| g.grant_id.clone()).unwrap_or_default(),
-        ..row.clone()
-    }
-}
-
 /// Moves a locked pending request to a final state, with its transition, grant and audit.
+/// Returns the row as the store now holds it, so that callers need not read it back.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn resolve_in(
     tx: &mut Tx,
@@ -1110,7 +1080,8 @@ pub(crate) async fn resolve_in(
     grant: Option<&Grant>,
     detail: serde_json::Value,
     now: i64,
-) -> Result<()> {
+) -> Result<RequestRow> {
+    let grant_id = grant.map(|g| g.grant_id.clone()).unwrap_or_default();
     let r = sqlx::query(
         "UPDATE requests SET state = $2, decided_at_ms = $3, decided_by = $4, outcome = $5, reason = $6,
             grant_id = $7, updated_at_ms = $3
@@ -1122,7 +1093,7 @@ pub(crate) async fn resolve_in(
     .bind(actor)
     .bind(outcome)
     .bind(reason)
-    .bind(grant.map(|g| g.grant_id.clone()).unwrap_or_default())
+    .bind(&grant_id)
     .execute(&mut **tx)
     .await
     .ctx(format!("resolving request {}", row.approval_id))?;
@@ -1143,7 +1114,7 @@ pub(crate) async fn resolve_in(
             actor: actor.to_string(),
             host_id: row.host_id.clone(),
             request_id: row.approval_id.clone(),
-            grant_id: grant.map(|g| g.grant_id.clone()).unwrap_or_default(),
+            grant_id: grant_id.clone(),
             rule_name: row.rule_name.clone(),
             workload: row.workload.clone(),
             action: outcome.to_string(),
@@ -1160,7 +1131,15 @@ pub(crate) async fn resolve_in(
         },
     )
     .await?;
-    Ok(())
+    Ok(RequestRow {
+        state: to,
+        decided_at_ms: now,
+        decided_by: actor.to_string(),
+        outcome: outcome.to_string(),
+        reason: reason.to_string(),
+        grant_id,
+        ..row.clone()
+    })
 }
 
 fn request_summary(

@@ -140,7 +140,7 @@ impl Central {
             Choice::Deny => None,
         };
         let reason = format!("BREAK-GLASS: {}", d.reason.trim());
-        resolve_in(
+        let after = resolve_in(
             &mut tx,
             &row,
             to,
@@ -161,6 +161,6 @@ impl Central {
             host_id: row.host_id.clone(),
         })
         .await;
-        self.record(&row.approval_id).await
+        self.record_of(&after).await
     }
 }

@@ -431,6 +431,17 @@ async fn break_glass_needs_an_admin_and_a_reason_and_is_audited() {
     assert!(done.r#final);
     let rec = done.request.expect("record");
     assert_eq!(rec.state, RequestState::Approved as i32);
+    let stored = rv
+        .get_request(req(
+            GetRequestRequest {
+                approval_id: id.to_string(),
+            },
+            &ann,
+        ))
+        .await
+        .expect("get request")
+        .into_inner();
+    assert_eq!(rec, stored, "the answer is the record as stored");
     let d = agent.next_decision().await;
     assert_eq!(d.outcome, Outcome::Allow as i32);
     assert_eq!(d.decided_by, s.idp.subject_of("ann"));
