@@ -27,7 +27,7 @@ use crate::identity::{self, FileId};
 use crate::maps::{ARGS_DUE, CONTENT, EXEC_EXACT, EXEC_FILES, EXEC_PREFIX, PENDING};
 use crate::pause::{self, Hold, Subject, Verdict};
 use crate::scratch::Scratch;
-use crate::{kconf, scope, scratch};
+use crate::{kconf, report, scope, scratch};
 
 /// Offset of `__data_loc char[] filename` in the `sched_process_exec` record (stable ABI of the
 /// tracepoint format since it was added).
@@ -502,7 +502,7 @@ fn by_path(s: &mut Scratch, workload: u32, default: u8, len: usize, truncated: b
 #[inline(always)]
 fn start_event(s: &mut Scratch, len: usize, truncated: bool, flags: u8, file: FileId) -> u64 {
     let ev = &mut s.event;
-    pause::clear(ev);
+    report::clear(ev);
     ev.op = Op::Exec as u8;
     ev.path = s.exact.path;
     ev.flags = flags;
@@ -549,7 +549,7 @@ fn resumed_exec() -> Option<(u32, Subject, &'static mut agent_common::Event)> {
     };
     let subject = Subject::current(p.cgroup_id, watch);
     let ev = &mut s.event;
-    pause::clear(ev);
+    report::clear(ev);
     ev.op = Op::Exec as u8;
     ev.target = p.target;
     ev.created_ns = p.created_ns;

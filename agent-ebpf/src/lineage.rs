@@ -10,30 +10,7 @@ use aya_ebpf::{helpers::bpf_get_current_pid_tgid, programs::TracePointContext};
 use crate::counters::{bump, Counter};
 use crate::kconf;
 use crate::maps::{LINEAGE, WATCHED};
-use crate::{pause, report, scope};
-
-/// The watch a thread carries from a watched cgroup it left, if any: its own entry, else its
-/// process's (a move records only the thread-group leader, and threads that existed before the
-/// move have no entry of their own).
-#[inline(always)]
-pub fn of_current() -> Option<(u64, Watch)> {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let (tid, tgid) = (pid_tgid as u32, (pid_tgid >> 32) as u32);
-    let l = match LINEAGE.get_ptr(&tid) {
-        Some(l) => l,
-        None => LINEAGE.get_ptr(&tgid)?,
-    };
-    // SAFETY: map value pointer from lookup; plain data.
-    let l = unsafe { *l };
-    // The cgroup's watch as it is now (rules reloaded since); the copy taken when the thread
-    // was recorded if that cgroup is no longer watched (removed after the thread left it).
-    let watch = match WATCHED.get_ptr(&l.cgroup_id) {
-        // SAFETY: map value pointer from lookup.
-        Some(w) => unsafe { *w },
-        None => l.watch,
-    };
-    Some((l.cgroup_id, watch))
-}
+use crate::{report, scope};
 
 #[inline(always)]
 fn remember(tid: u32, cgroup: u64, watch: Watch) {
@@ -108,7 +85,7 @@ fn report_move(tid: u32, dst: u64, l: Lineage) {
         return;
     };
     let ev: &mut Event = &mut s.event;
-    pause::clear(ev);
+    report::clear(ev);
     ev.op = Op::Move as u8;
     ev.target = dst;
     report::stamp(ev, l.cgroup_id, l.watch.workload, scope::now());

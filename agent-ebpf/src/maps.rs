@@ -6,15 +6,13 @@
 //! pinned by name under the agent's bpffs directory.
 
 use agent_common::{
-    ContentVerdict, ExecExactKey, ExecFileKey, ExecPrefixData, Grant, GrantKey, Heartbeat, Lineage,
-    Net4Data, Net6Data, Pending, PortRules, RuleRef, Watch, COUNTER_SLOTS,
+    ContentVerdict, Event, ExecExactKey, ExecFileKey, ExecPrefixData, Grant, GrantKey, Heartbeat,
+    Lineage, Net4Data, Net6Data, Pending, PortRules, RuleRef, Watch, COUNTER_SLOTS,
 };
 use aya_ebpf::{
     macros::map,
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
-
-use crate::scratch::Scratch;
 
 /// Watched cgroups (cgroup v2 id → workload and default action). A task is inspected when its
 /// cgroup or one of its ancestors is here; the agent fills it from the workload globs.
@@ -101,3 +99,13 @@ pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 /// Shorthand for the LPM key of [`EXEC_PREFIX`].
 pub type ExecPrefixKey = Key<ExecPrefixData>;
+
+/// What one program run needs beyond the stack (the value of [`SCRATCH`]). Programs run to
+/// completion on one CPU without preemption by another program of ours on that CPU, so one slot
+/// per CPU is enough.
+#[repr(C)]
+pub struct Scratch {
+    pub exact: ExecExactKey,
+    pub prefix: ExecPrefixKey,
+    pub event: Event,
+}

@@ -11,7 +11,7 @@ use aya_ebpf::{
 
 use crate::maps::{NET4_RULES, NET6_RULES};
 use crate::pause::{self, Hold, Subject, Verdict};
-use crate::{scope, scratch};
+use crate::{report, scope, scratch};
 
 const IPPROTO_UDPLITE: u32 = 136;
 const IPPROTO_MPTCP: u32 = 262;
@@ -111,7 +111,7 @@ pub fn check<const SENDMSG: bool, const V6: bool>(ctx: &SockAddrContext) -> i32 
         return DENY;
     };
     let ev = &mut s.event;
-    pause::clear(ev);
+    report::clear(ev);
     ev.op = op as u8;
     ev.family = fam;
     ev.proto = protocol;

@@ -21,7 +21,7 @@ use aya_ebpf::{
 
 use crate::counters::{bump, Counter};
 use crate::maps::{PKT_REPORTED, SOCK_LINEAGE, WATCHED};
-use crate::{net, pause, report, scope, scratch};
+use crate::{net, report, scope, scratch};
 
 const PASS: i32 = 1;
 const DROP: i32 = 0;
@@ -264,7 +264,7 @@ fn report_packet(
         return;
     };
     let ev = &mut s.event;
-    pause::clear(ev);
+    report::clear(ev);
     ev.op = Op::Sendmsg as u8;
     ev.flags = event_flags::PACKET;
     ev.family = dest.fam;

@@ -86,7 +86,7 @@ pub fn report_refusal(
         return;
     };
     let ev: &mut Event = &mut s.event;
-    clear(ev);
+    report::clear(ev);
     fill(ev);
     Subject::current(cgroup, watch).report(ev, Outcome::Denied, action, rule_id);
 }
@@ -454,17 +454,10 @@ pub fn on_exit() {
         return;
     };
     let ev = &mut sc.event;
-    clear(ev);
+    report::clear(ev);
     ev.op = p.op;
     ev.target = p.target;
     ev.created_ns = p.created_ns;
     report::stamp(ev, p.cgroup_id, p.workload, who::now());
     report::send(ev, Outcome::Cancelled, Action::Approve as u8, p.rule_id);
-}
-
-/// Zeroes an event in place (it lives in per-CPU scratch and holds the previous run's bytes).
-#[inline(always)]
-pub fn clear(ev: &mut Event) {
-    // SAFETY: `Event` is plain data; all-zero is a valid value.
-    unsafe { core::ptr::write_bytes(ev as *mut Event, 0, 1) };
 }

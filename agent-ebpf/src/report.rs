@@ -6,6 +6,13 @@ use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_
 use crate::counters::{bump, Counter};
 use crate::maps::EVENTS;
 
+/// Zeroes an event in place (it lives in per-CPU scratch and holds the previous run's bytes).
+#[inline(always)]
+pub fn clear(ev: &mut Event) {
+    // SAFETY: `Event` is plain data; all-zero is a valid value.
+    unsafe { core::ptr::write_bytes(ev as *mut Event, 0, 1) };
+}
+
 /// Fills the parts of an event that every event has; the caller set the operation's own fields.
 #[inline(always)]
 pub fn stamp(ev: &mut Event, cgroup: u64, workload: u32, now: u64) {

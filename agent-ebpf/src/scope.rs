@@ -2,11 +2,12 @@
 
 use agent_common::{FailMode, Watch, MAX_CGROUP_DEPTH};
 use aya_ebpf::helpers::{
-    bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_ktime_get_ns,
+    bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_pid_tgid,
+    bpf_ktime_get_ns,
 };
 
 use crate::counters::{bump, Counter};
-use crate::maps::{HEARTBEAT, WATCHED};
+use crate::maps::{HEARTBEAT, LINEAGE, WATCHED};
 
 /// The calling task's cgroup id and its workload, if the cgroup or an ancestor is watched. The
 /// deepest watched ancestor wins, so a child cgroup can belong to a narrower workload. A task
@@ -16,8 +17,31 @@ use crate::maps::{HEARTBEAT, WATCHED};
 pub fn watched() -> Option<(u64, Watch)> {
     match by_cgroup() {
         Some(w) => Some(w),
-        None => crate::lineage::of_current(),
+        None => by_lineage(),
     }
+}
+
+/// The watch a thread carries from a watched cgroup it left, if any: its own entry, else its
+/// process's (a move records only the thread-group leader, and threads that existed before the
+/// move have no entry of their own).
+#[inline(always)]
+pub fn by_lineage() -> Option<(u64, Watch)> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (tid, tgid) = (pid_tgid as u32, (pid_tgid >> 32) as u32);
+    let l = match LINEAGE.get_ptr(&tid) {
+        Some(l) => l,
+        None => LINEAGE.get_ptr(&tgid)?,
+    };
+    // SAFETY: map value pointer from lookup; plain data.
+    let l = unsafe { *l };
+    // The cgroup's watch as it is now (rules reloaded since); the copy taken when the thread
+    // was recorded if that cgroup is no longer watched (removed after the thread left it).
+    let watch = match WATCHED.get_ptr(&l.cgroup_id) {
+        // SAFETY: map value pointer from lookup.
+        Some(w) => unsafe { *w },
+        None => l.watch,
+    };
+    Some((l.cgroup_id, watch))
 }
 
 /// The calling task's cgroup id and its workload, if the cgroup or an ancestor is watched

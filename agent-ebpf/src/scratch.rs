@@ -1,18 +1,10 @@
 //! Per-CPU working memory: the BPF stack is 512 bytes and an exec key alone is 256.
 
-use agent_common::{Event, ExecExactKey, ExecPrefixData};
+use agent_common::ExecPrefixData;
 
 use crate::counters::{bump, Counter};
+pub use crate::maps::Scratch;
 use crate::maps::{ExecPrefixKey, SCRATCH};
-
-/// What one program run needs beyond the stack. Programs run to completion on one CPU without
-/// preemption by another program of ours on that CPU, so one slot per CPU is enough.
-#[repr(C)]
-pub struct Scratch {
-    pub exact: ExecExactKey,
-    pub prefix: ExecPrefixKey,
-    pub event: Event,
-}
 
 #[inline(always)]
 pub fn get() -> Option<&'static mut Scratch> {

@@ -11,7 +11,7 @@ use aya_ebpf::{helpers::bpf_get_socket_cookie, programs::SockContext};
 
 use crate::counters::{bump, Counter};
 use crate::maps::SOCK_LINEAGE;
-use crate::{lineage, packet, scope};
+use crate::{packet, scope};
 
 const ALLOW: i32 = 1;
 const REFUSE: i32 = 0;
@@ -28,7 +28,7 @@ pub fn on_create(ctx: &SockContext) -> i32 {
     if scope::by_cgroup().is_some() {
         return ALLOW;
     }
-    let Some((cgroup_id, watch)) = lineage::of_current() else {
+    let Some((cgroup_id, watch)) = scope::by_lineage() else {
         return ALLOW;
     };
     // SAFETY: helper on the socket the kernel passed.

@@ -55,7 +55,7 @@ pub fn on_syscall_exit(ctx: &TracePointContext) {
         return;
     };
     let ev = &mut s.event;
-    pause::clear(ev);
+    report::clear(ev);
     ev.op = entry.op;
     ev.family = entry.family;
     ev.proto = entry.proto;

@@ -85,7 +85,7 @@ fn read_args(proc: &Path, masker: &dyn Masker) -> Vec<String> {
 
 fn read_ppid(proc: &Path) -> Option<u32> {
     let stat = std::fs::read_to_string(proc.join("stat")).ok()?;
-    crate::events::parse_ppid(&stat)
+    crate::procfs::parse_ppid(&stat)
 }
 
 /// The cgroup v2 path from `/proc/PID/cgroup` text (the `0::` line).

@@ -96,7 +96,7 @@ pub struct KernelEvent {
     pub content: bool,
     /// What the agent found hashing the file, once it has.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub program: Option<crate::programs::content::Program>,
+    pub program: Option<Program>,
     /// A program mapped for execution without an exec (the dynamic loader run as a program),
     /// refused: no path, the file is `file`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -128,6 +128,18 @@ pub struct MovedTo {
     /// when the agent looked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+}
+
+/// What the agent found about the file a held exec runs (`programs::content` hashes it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Program {
+    /// SHA-256 of the content, lowercase hex.
+    pub sha256: String,
+    /// Known to the host: installed by the package manager, or under the workload's
+    /// `known_programs`.
+    pub known: bool,
+    /// The file's real path, as the agent opened it (`memfd:…` and `(deleted)` included).
+    pub real: String,
 }
 
 /// A file's identity as the kernel saw it.
@@ -269,7 +281,7 @@ impl KernelEvent {
         }
         if self.ppid == 0 {
             if let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", self.tgid)) {
-                if let Some(ppid) = parse_ppid(&stat) {
+                if let Some(ppid) = crate::procfs::parse_ppid(&stat) {
                     self.ppid = ppid;
                 }
             }
@@ -288,7 +300,7 @@ impl KernelEvent {
         if let Some(tgid) = std::fs::read_to_string(format!("{dir}/status"))
             .ok()
             .as_deref()
-            .and_then(parse_tgid)
+            .and_then(crate::procfs::parse_tgid)
         {
             self.tgid = tgid;
         }
@@ -298,7 +310,7 @@ impl KernelEvent {
         let path = std::fs::read_to_string(format!("{dir}/cgroup"))
             .ok()
             .as_deref()
-            .and_then(parse_unified_cgroup)
+            .and_then(crate::procfs::parse_unified_cgroup)
             .map(str::to_string);
         to.path = path.filter(|p| {
             crate::cgroups::id_of(&cgroup_root.join(p.trim_start_matches('/')))
@@ -322,33 +334,6 @@ impl KernelEvent {
                 crate::cgroups::id_of(&cgroup_root.join(a)).is_ok_and(|id| id == self.cgroup_id)
             })
     }
-}
-
-/// The process id from `/proc/PID/status` (`Tgid:`).
-pub fn parse_tgid(status: &str) -> Option<u32> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Tgid:"))?
-        .trim()
-        .parse()
-        .ok()
-}
-
-/// The cgroup v2 path from `/proc/PID/cgroup` (the `0::` line).
-pub fn parse_unified_cgroup(cgroup: &str) -> Option<&str> {
-    cgroup.lines().find_map(|l| l.strip_prefix("0::"))
-}
-
-/// Parent pid from `/proc/PID/stat` (the comm field may contain spaces and parentheses).
-pub fn parse_ppid(stat: &str) -> Option<u32> {
-    let after = &stat[stat.rfind(')')? + 1..];
-    after.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// Process state letter from `/proc/PID/stat` (`T` when stopped).
-pub fn parse_state(stat: &str) -> Option<char> {
-    let after = &stat[stat.rfind(')')? + 1..];
-    after.split_whitespace().next()?.chars().next()
 }
 
 /// Reads events from the kernel's ring buffer.
@@ -508,25 +493,5 @@ mod tests {
             (None, None, None)
         );
         assert_eq!(op_name(ev.op), "move");
-    }
-
-    #[test]
-    fn reads_a_threads_process_and_cgroup_from_proc() {
-        let status = "Name:\tpython\nUmask:\t0022\nState:\tS\nTgid:\t901\nNgid:\t0\nPid:\t903\n";
-        assert_eq!(parse_tgid(status), Some(901));
-        assert_eq!(parse_tgid("Name:\tx\nTgid:\tnot-a-number\n"), None);
-        assert_eq!(parse_tgid(""), None);
-        let hybrid = "12:pids:/user.slice\n1:name=systemd:/user.slice\n0::/batch/escape\n";
-        assert_eq!(parse_unified_cgroup(hybrid), Some("/batch/escape"));
-        assert_eq!(parse_unified_cgroup("0::/\n"), Some("/"));
-        assert_eq!(parse_unified_cgroup("3:cpu:/a\n"), None);
-    }
-
-    #[test]
-    fn parses_proc_stat_with_awkward_comm() {
-        let stat = "4242 (my (odd) prog) T 17 4242 4242 0 -1 4194304";
-        assert_eq!(parse_ppid(stat), Some(17));
-        assert_eq!(parse_state(stat), Some('T'));
-        assert_eq!(parse_ppid("garbage"), None);
     }
 }

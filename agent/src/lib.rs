@@ -21,6 +21,7 @@ pub mod events;
 pub mod kernel;
 pub mod metrics;
 pub mod privileged;
+pub mod procfs;
 pub mod programs;
 pub mod recorder;
 pub mod rules;

@@ -495,7 +495,7 @@ pub fn finish(mut child: Child) -> std::process::Output {
 /// The process state letter (`T` = stopped).
 pub fn state(pid: u32) -> Option<char> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    events::parse_state(&stat)
+    latch_agent::procfs::parse_state(&stat)
 }
 
 /// Waits until process `pid` is in state `want`.

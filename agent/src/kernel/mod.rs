@@ -891,7 +891,7 @@ impl Engine {
             }
             let stopped = std::fs::read_to_string(format!("/proc/{}/task/{tid}/stat", p.tgid))
                 .ok()
-                .and_then(|s| crate::events::parse_state(&s))
+                .and_then(|s| crate::procfs::parse_state(&s))
                 == Some('T');
             if stopped {
                 let _ = signal(Pid::from_raw(p.tgid as i32), Signal::SIGCONT);

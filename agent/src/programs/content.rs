@@ -23,7 +23,6 @@ use std::time::{Duration, SystemTime};
 
 use agent_common::ExecFileKey;
 use policy::{Action, Matcher, PathPattern, RuleSet, Sha256};
-use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
 use super::mountinfo;
@@ -38,17 +37,7 @@ const TRIES: usize = 5;
 /// Largest file hashed; a bigger one is refused rather than keep a thread reading it.
 pub const MAX_BYTES: u64 = 2 << 30;
 
-/// What the agent found about the file a held exec runs.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Program {
-    /// SHA-256 of the content, lowercase hex.
-    pub sha256: String,
-    /// Known to the host: installed by the package manager, or under the workload's
-    /// `known_programs`.
-    pub known: bool,
-    /// The file's real path, as the agent opened it (`memfd:…` and `(deleted)` included).
-    pub real: String,
-}
+pub use crate::events::Program;
 
 /// Why a held exec's file could not be hashed; the exec is then refused.
 #[derive(Debug, thiserror::Error)]
