@@ -195,14 +195,7 @@ fn by_lineage(skb: *mut __sk_buff) -> Option<(u64, Watch)> {
     let cookie = unsafe { bpf_get_socket_cookie(skb.cast()) };
     let l = SOCK_LINEAGE.get_ptr(&cookie)?;
     // SAFETY: map value pointer from lookup; plain data.
-    let l = unsafe { *l };
-    // The cgroup's rules as they are now, or the copy taken when it was no longer watched.
-    let watch = match WATCHED.get_ptr(&l.cgroup_id) {
-        // SAFETY: map value pointer from lookup.
-        Some(w) => unsafe { *w },
-        None => l.watch,
-    };
-    Some((l.cgroup_id, watch))
+    Some(scope::lineage_watch(unsafe { *l }))
 }
 
 /// The packet's cgroup and workload, if it or an ancestor is watched (the deepest wins).

@@ -1,6 +1,6 @@
 //! Who is inspected (watched cgroups) and whether anyone is there to decide (heartbeat).
 
-use agent_common::{FailMode, Watch, MAX_CGROUP_DEPTH};
+use agent_common::{FailMode, Lineage, Watch, MAX_CGROUP_DEPTH};
 use aya_ebpf::helpers::{
     bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_pid_tgid,
     bpf_ktime_get_ns,
@@ -33,15 +33,19 @@ pub fn by_lineage() -> Option<(u64, Watch)> {
         None => LINEAGE.get_ptr(&tgid)?,
     };
     // SAFETY: map value pointer from lookup; plain data.
-    let l = unsafe { *l };
-    // The cgroup's watch as it is now (rules reloaded since); the copy taken when the thread
-    // was recorded if that cgroup is no longer watched (removed after the thread left it).
+    Some(lineage_watch(unsafe { *l }))
+}
+
+/// A lineage's cgroup and its watch as it is now (rules reloaded since), or the copy taken when
+/// the lineage was recorded if that cgroup is no longer watched (removed after the thread left).
+#[inline(always)]
+pub fn lineage_watch(l: Lineage) -> (u64, Watch) {
     let watch = match WATCHED.get_ptr(&l.cgroup_id) {
         // SAFETY: map value pointer from lookup.
         Some(w) => unsafe { *w },
         None => l.watch,
     };
-    Some((l.cgroup_id, watch))
+    (l.cgroup_id, watch)
 }
 
 /// The calling task's cgroup id and its workload, if the cgroup or an ancestor is watched
