@@ -342,14 +342,13 @@ pub fn engine_facts(f: &mut Facts, e: &Engine) {
     f.backend = Some(e.backend());
     f.links_pinned = e.links_pinned();
     f.hooks = e.hooks().iter().map(|h| h.to_string()).collect();
-    f.file_identity = match e.file_identity_missing() {
-        None => Ok(()),
-        Some(why) => Err(why.to_string()),
-    };
-    f.syscall32 = match e.syscall32_missing() {
-        None => Ok(()),
-        Some(why) => Err(why.to_string()),
-    };
+    f.file_identity = present(e.file_identity_missing());
+    f.syscall32 = present(e.syscall32_missing());
+}
+
+/// A capability the engine reports by why it is missing, as the report's `Ok` or reason.
+fn present(missing: Option<&str>) -> Result<(), String> {
+    missing.map_or(Ok(()), |why| Err(why.to_string()))
 }
 
 /// What is known about the host without loading anything.

@@ -287,9 +287,7 @@ impl KernelEvent {
             }
         }
     }
-}
 
-impl KernelEvent {
     /// A move's thread: its process, its name, and the path of the cgroup it moved to, read
     /// from `/proc` where it still lives in that cgroup.
     fn enrich_move(&mut self, cgroup_root: &std::path::Path) {
@@ -317,9 +315,7 @@ impl KernelEvent {
                 .is_ok_and(|id| id == to.cgroup_id)
         });
     }
-}
 
-impl KernelEvent {
     /// Whether a move went below the watched cgroup the thread came from (into a child cgroup,
     /// as a supervisor does before it enables controllers): the thread is still in that
     /// subtree, so it did not leave. Not known (the thread has gone, or moved again) is `false`.

@@ -513,7 +513,7 @@ async fn run(settings: Settings, rules: Option<PathBuf>) -> anyhow::Result<()> {
         "kernel programs attached"
     );
     let backend = engine.backend();
-    let engine_cgroup_root = engine.cgroup_root().to_path_buf();
+    let cgroup_root = engine.cgroup_root().to_path_buf();
     let lsm_available = engine.lsm_available();
     let enforcement = {
         let mut facts = latch_agent::doctor::host_facts();
@@ -620,7 +620,6 @@ async fn run(settings: Settings, rules: Option<PathBuf>) -> anyhow::Result<()> {
     let mut reader = EventReader::new(ring).context("event reader")?;
     let events_handle = handle.clone();
     let event_recorder = recorder.clone();
-    let cgroup_root = engine_cgroup_root;
     tokio::spawn(async move {
         let mut batch = Vec::new();
         loop {

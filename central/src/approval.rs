@@ -529,29 +529,11 @@ impl Central {
         let mut transitions = Vec::new();
         for r in &rows {
             let part: i64 = r.try_get("part").ctx("decoding votes and transitions")?;
-            let decoded = if part == 0 {
-                (|| {
-                    votes.push(Vote {
-                        approver: r.try_get("who")?,
-                        outcome: proto_outcome(&r.try_get::<String, _>("a")?) as i32,
-                        reason: r.try_get("reason")?,
-                        at_unix_ms: r.try_get("at_ms")?,
-                    });
-                    Ok::<_, sqlx::Error>(())
-                })()
+            if part == 0 {
+                votes.push(vote_of(r).ctx("decoding a vote")?);
             } else {
-                (|| {
-                    transitions.push(Transition {
-                        from: proto_state(&r.try_get::<String, _>("a")?) as i32,
-                        to: proto_state(&r.try_get::<String, _>("b")?) as i32,
-                        actor: r.try_get("who")?,
-                        reason: r.try_get("reason")?,
-                        at_unix_ms: r.try_get("at_ms")?,
-                    });
-                    Ok::<_, sqlx::Error>(())
-                })()
-            };
-            decoded.ctx("decoding votes and transitions")?;
+                transitions.push(transition_of(r).ctx("decoding a transition")?);
+            }
         }
         let request = ApprovalRequest::decode(row.context.as_slice()).map_err(|e| {
             crate::store::StoreError::Corrupt {
@@ -1065,6 +1047,27 @@ async fn transition(
     .await
     .ctx("recording transition")?;
     Ok(())
+}
+
+/// A vote from a row of [`Central::record_of`]'s query.
+fn vote_of(r: &AnyRow) -> Result<Vote, sqlx::Error> {
+    Ok(Vote {
+        approver: r.try_get("who")?,
+        outcome: proto_outcome(&r.try_get::<String, _>("a")?) as i32,
+        reason: r.try_get("reason")?,
+        at_unix_ms: r.try_get("at_ms")?,
+    })
+}
+
+/// A transition from a row of [`Central::record_of`]'s query.
+fn transition_of(r: &AnyRow) -> Result<Transition, sqlx::Error> {
+    Ok(Transition {
+        from: proto_state(&r.try_get::<String, _>("a")?) as i32,
+        to: proto_state(&r.try_get::<String, _>("b")?) as i32,
+        actor: r.try_get("who")?,
+        reason: r.try_get("reason")?,
+        at_unix_ms: r.try_get("at_ms")?,
+    })
 }
 
 /// Moves a locked pending request to a final state, with its transition, grant and audit.

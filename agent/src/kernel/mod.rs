@@ -312,7 +312,7 @@ pub struct Engine {
     backend: Backend,
     // Why the kernel cannot read executed files' identity (`None`: it can).
     file_identity: Option<String>,
-    /// Why 32-bit system calls cannot be told apart (`None`: they can).
+    // Why 32-bit system calls cannot be told apart (`None`: they can).
     syscall32: Option<String>,
     // Why `restop` could not attach (the `sys_enter` gate stands in).
     restop_refused: Option<String>,
@@ -402,16 +402,16 @@ impl Engine {
         for (global, off) in &lineage_offsets {
             loader.override_global(global, off, true);
         }
+        let on: u32 = 1;
         let compat = probe::compat_status_offset();
         match &compat {
             Ok(off) => {
                 loader.override_global("TASK_STATUS_OFF", off, true);
-                loader.override_global("COMPAT_ON", &ctime_on, true);
+                loader.override_global("COMPAT_ON", &on, true);
             }
             Err(e) => tracing::info!("32-bit system calls are not told apart here ({e})"),
         }
         let file_offsets = probe::file_offsets();
-        let on: u32 = 1;
         match &file_offsets {
             Ok(offs) => {
                 for (global, off) in &offs.0 {
