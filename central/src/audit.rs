@@ -304,6 +304,7 @@ impl Central {
             )));
         }
         let cp = Checkpoint::sign(&self.signing, seq, prev, now_ms(), kind);
+        let mut tx = self.store.begin().await?;
         sqlx::query(
             "INSERT INTO audit_checkpoints (seq, kind, hash, time_ms, key_id, signature, replica)
              VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (seq, kind) DO NOTHING",
@@ -315,9 +316,12 @@ impl Central {
         .bind(&cp.key_id)
         .bind(&cp.signature)
         .bind(&self.replica_id)
-        .execute(self.store.pool())
+        .execute(&mut *tx)
         .await
         .ctx(format!("storing the {kind} checkpoint at seq {seq}"))?;
+        tx.commit()
+            .await
+            .ctx(format!("committing the {kind} checkpoint at seq {seq}"))?;
         let stored = list_checkpoints(&self.store)
             .await?
             .into_iter()

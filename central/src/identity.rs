@@ -303,6 +303,7 @@ impl Central {
         let id = &login.identity;
         let roles: Vec<&str> = id.roles.iter().map(|r| role_name(*r)).collect();
         let now = now_ms();
+        let mut tx = self.store.begin().await?;
         sqlx::query(
             "INSERT INTO identities (issuer, subject, email, email_lower, groups_json, roles_json,
                 aliases_json, first_seen_ms, last_seen_ms, email_verified)
@@ -321,9 +322,12 @@ impl Central {
         .bind(serde_json::json!(id.aliases).to_string())
         .bind(now)
         .bind(i64::from(login.email_verified))
-        .execute(self.store.pool())
+        .execute(&mut *tx)
         .await
         .ctx(format!("remembering identity {}", id.subject))?;
+        tx.commit()
+            .await
+            .ctx(format!("committing identity {}", id.subject))?;
         Ok(())
     }
 

@@ -9,14 +9,24 @@
 //! row lock (`audit_head`) in its transaction, so sequence numbers are dense and chain order is
 //! seq order, also with several replicas on one PostgreSQL.
 
-use std::{path::Path, str::FromStr, time::Duration};
+mod group_commit;
+
+use std::{
+    ops::{Deref, DerefMut},
+    path::Path,
+    str::FromStr,
+    time::Duration,
+};
+
+pub use group_commit::WriterStats;
+use group_commit::{BatchTx, Writer};
 
 use serde_json::Value;
 
 use crate::chain::{parse_hash, Hash, Record, GENESIS};
 use sqlx::{
     any::{AnyConnectOptions, AnyPoolOptions},
-    AnyPool, Row,
+    AnyConnection, AnyPool, Connection, Row,
 };
 
 /// Storage failure.
@@ -314,11 +324,55 @@ const POSTGRES_V1: &[&str] = &[
 const MIGRATION_LOCK: i64 = 0x4c61_7463_6801;
 
 /// The database.
+///
+/// On SQLite, writes go through one connection with group commit ([`group_commit`]) and the pool
+/// holds read-only connections beside it (WAL lets them read while it writes). On PostgreSQL the
+/// pool does both, and the server does its own group commit.
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: AnyPool,
+    writer: Option<Writer>,
     backend: Backend,
     url: String,
+}
+
+/// A write transaction of [`Store::begin`]: `&mut *tx` is the connection to run statements on.
+/// Dropped without [`Tx::commit`], its writes are rolled back.
+pub struct Tx(TxKind);
+
+enum TxKind {
+    Pool(sqlx::Transaction<'static, sqlx::Any>),
+    Batch(BatchTx),
+}
+
+impl Tx {
+    /// Commits; returns once the writes are durable.
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        match self.0 {
+            TxKind::Pool(tx) => tx.commit().await,
+            TxKind::Batch(tx) => tx.commit().await,
+        }
+    }
+}
+
+impl Deref for Tx {
+    type Target = AnyConnection;
+
+    fn deref(&self) -> &AnyConnection {
+        match &self.0 {
+            TxKind::Pool(tx) => tx,
+            TxKind::Batch(tx) => tx.conn(),
+        }
+    }
+}
+
+impl DerefMut for Tx {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        match &mut self.0 {
+            TxKind::Pool(tx) => tx,
+            TxKind::Batch(tx) => tx.conn_mut(),
+        }
+    }
 }
 
 /// One fact for the audit table.
@@ -543,9 +597,6 @@ fn create_private(path: &str) -> Result<(), StoreError> {
     }
 }
 
-/// The transaction type of [`Store::begin`].
-pub type Tx = sqlx::Transaction<'static, sqlx::Any>;
-
 impl Store {
     /// Opens (creating a SQLite file and its directory when missing) and migrates.
     pub async fn open(url: &str, max_connections: u32) -> Result<Store, StoreError> {
@@ -584,33 +635,58 @@ impl Store {
             url: redacted.clone(),
             source,
         })?;
-        // One SQLite connection: writes serialise without SQLITE_BUSY, and a team's load fits.
-        let max = match backend {
-            Backend::Sqlite => 1,
-            Backend::Postgres => max_connections.max(2),
+        let open_error = |source| StoreError::Open {
+            url: redacted.clone(),
+            source,
         };
-        let mut pool_opts = AnyPoolOptions::new()
-            .max_connections(max)
-            .acquire_timeout(Duration::from_secs(30));
-        if backend == Backend::Sqlite {
-            // On every connection the pool opens, not once: the pool replaces connections (idle,
-            // lifetime, errors), and `synchronous` and `busy_timeout` belong to the connection.
-            pool_opts = pool_opts.after_connect(|conn, _| Box::pin(sqlite_settings(conn)));
+        match backend {
+            Backend::Sqlite => {
+                let mut conn = AnyConnection::connect_with(&opts)
+                    .await
+                    .map_err(open_error)?;
+                sqlite_settings(&mut conn).await.map_err(open_error)?;
+                migrate_on(&mut conn, backend).await?;
+                // Readers only: a write that bypassed the writer would take SQLite's write lock
+                // outside the batch, and fail at once with SQLITE_BUSY_SNAPSHOT if it had read first.
+                let pool = AnyPoolOptions::new()
+                    .max_connections(max_connections.clamp(2, 16))
+                    .acquire_timeout(Duration::from_secs(30))
+                    // On every connection the pool opens, not once: the pool replaces
+                    // connections (idle, lifetime, errors), and the settings are per connection.
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            sqlite_settings(conn).await?;
+                            sqlite_setting(conn, "PRAGMA query_only = ON").await?;
+                            Ok(())
+                        })
+                    })
+                    .connect_with(opts)
+                    .await
+                    .map_err(open_error)?;
+                Ok(Store {
+                    pool,
+                    writer: Some(Writer::new(conn)),
+                    backend,
+                    url: url.to_string(),
+                })
+            }
+            Backend::Postgres => {
+                let pool = AnyPoolOptions::new()
+                    .max_connections(max_connections.max(2))
+                    .acquire_timeout(Duration::from_secs(30))
+                    .connect_with(opts)
+                    .await
+                    .map_err(open_error)?;
+                let store = Store {
+                    pool,
+                    writer: None,
+                    backend,
+                    url: url.to_string(),
+                };
+                store.migrate_postgres().await?;
+                Ok(store)
+            }
         }
-        let pool = pool_opts
-            .connect_with(opts)
-            .await
-            .map_err(|source| StoreError::Open {
-                url: redacted.clone(),
-                source,
-            })?;
-        let store = Store {
-            pool,
-            backend,
-            url: url.to_string(),
-        };
-        store.migrate().await?;
-        Ok(store)
     }
 
     /// The engine.
@@ -623,48 +699,63 @@ impl Store {
         &self.url
     }
 
-    /// The pool.
+    /// The pool for reads (on PostgreSQL, for writes too; on SQLite its connections are read-only:
+    /// write through [`Store::begin`]).
     pub fn pool(&self) -> &AnyPool {
         &self.pool
     }
 
-    /// Closes every connection.
+    /// The write path's counters (SQLite; `None` on PostgreSQL, whose server batches commits).
+    pub fn writer_stats(&self) -> Option<&WriterStats> {
+        self.writer.as_ref().map(Writer::stats)
+    }
+
+    /// Commits what is open and closes every connection.
     pub async fn close(&self) {
         if self.backend == Backend::Sqlite {
-            // The pool's close can return while a connection that was on its way back to the
-            // pool stays open, and only the last connection's close folds the WAL into the
-            // database file; so the (only) connection is taken and closed here first.
-            if let Ok(conn) = self.pool.acquire().await {
-                if let Err(e) = conn.close().await {
-                    tracing::warn!(error = %e, "closing the SQLite connection");
+            // Only the last connection's close folds the WAL into the database file, and the
+            // pool's close can return while a connection on its way back to the pool stays open:
+            // so the readers are taken and closed one by one first, and the writer goes last.
+            for _ in 0..64 {
+                if self.pool.size() == 0 {
+                    break;
+                }
+                match tokio::time::timeout(Duration::from_secs(1), self.pool.acquire()).await {
+                    Ok(Ok(conn)) => {
+                        if let Err(e) = conn.close().await {
+                            tracing::warn!(error = %e, "closing a SQLite read connection");
+                        }
+                    }
+                    _ => break,
                 }
             }
         }
         self.pool.close().await;
+        if let Some(writer) = &self.writer {
+            writer.close().await;
+        }
     }
 
-    async fn migrate(&self) -> Result<(), StoreError> {
+    async fn migrate_postgres(&self) -> Result<(), StoreError> {
         let mut conn = self.pool.acquire().await.ctx("acquiring a connection")?;
-        if self.backend == Backend::Postgres {
-            sqlx::query("SELECT 1 AS ok FROM pg_advisory_lock($1)")
-                .bind(MIGRATION_LOCK)
-                .execute(&mut *conn)
-                .await
-                .ctx("taking the migration lock")?;
-        }
-        let result = self.migrate_on(&mut conn).await;
-        if self.backend == Backend::Postgres {
-            sqlx::query("SELECT 1 AS ok FROM pg_advisory_unlock($1)")
-                .bind(MIGRATION_LOCK)
-                .execute(&mut *conn)
-                .await
-                .ctx("releasing the migration lock")?;
-        }
+        sqlx::query("SELECT 1 AS ok FROM pg_advisory_lock($1)")
+            .bind(MIGRATION_LOCK)
+            .execute(&mut *conn)
+            .await
+            .ctx("taking the migration lock")?;
+        let result = migrate_on(&mut conn, self.backend).await;
+        sqlx::query("SELECT 1 AS ok FROM pg_advisory_unlock($1)")
+            .bind(MIGRATION_LOCK)
+            .execute(&mut *conn)
+            .await
+            .ctx("releasing the migration lock")?;
         result
     }
+}
 
-    async fn migrate_on(&self, conn: &mut sqlx::AnyConnection) -> Result<(), StoreError> {
-        use sqlx::Connection;
+/// Brings the schema to this release's version, one transaction per migration.
+async fn migrate_on(conn: &mut sqlx::AnyConnection, backend: Backend) -> Result<(), StoreError> {
+    {
         sqlx::query(
             "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at_ms BIGINT NOT NULL)",
         )
@@ -689,7 +780,7 @@ impl Store {
             if *version <= current {
                 continue;
             }
-            let stmts = match self.backend {
+            let stmts = match backend {
                 Backend::Sqlite => sqlite,
                 Backend::Postgres => postgres,
             };
@@ -713,7 +804,7 @@ impl Store {
                 if v != version {
                     continue;
                 }
-                let stmts = match self.backend {
+                let stmts = match backend {
                     Backend::Sqlite => sqlite,
                     Backend::Postgres => postgres,
                 };
@@ -743,10 +834,16 @@ impl Store {
         }
         Ok(())
     }
+}
 
-    /// Starts a transaction.
+impl Store {
+    /// Starts a write transaction (on SQLite, it waits for the write connection).
     pub async fn begin(&self) -> Result<Tx, StoreError> {
-        self.pool.begin().await.ctx("starting a transaction")
+        match &self.writer {
+            Some(writer) => writer.begin().await.map(|tx| Tx(TxKind::Batch(tx))),
+            None => self.pool.begin().await.map(|tx| Tx(TxKind::Pool(tx))),
+        }
+        .ctx("starting a transaction")
     }
 
     /// Appends one fact to the audit chain inside `tx`. Returns false when an agent record with
@@ -1037,6 +1134,109 @@ mod tests {
         drop(conn);
         write_one(&store).await;
         store.close().await;
+    }
+
+    /// Writes that arrive together share a commit; every one is stored, chained in order, and
+    /// answered only once durable.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writes_share_commits_and_all_land() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = dir.path().join("central.db");
+        let store = Store::open(&url(&db), 4).await.expect("open");
+        let before = store.audit_head().await.expect("head").seq;
+        let stats = |s: &Store| {
+            let w = s.writer_stats().expect("SQLite has a writer");
+            (
+                w.commits.load(std::sync::atomic::Ordering::Relaxed),
+                w.transactions.load(std::sync::atomic::Ordering::Relaxed),
+            )
+        };
+        let (commits0, txs0) = stats(&store);
+        let writes: Vec<_> = (0..64)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    store
+                        .audit(&AuditFact {
+                            kind: "test.concurrent".into(),
+                            actor: format!("writer-{i}"),
+                            ..Default::default()
+                        })
+                        .await
+                })
+            })
+            .collect();
+        for w in writes {
+            assert!(w.await.expect("join").expect("audit"));
+        }
+        let (commits, txs) = stats(&store);
+        assert_eq!(txs - txs0, 64);
+        assert!(
+            commits - commits0 < 64,
+            "64 concurrent writes took {} commits",
+            commits - commits0
+        );
+        // What was answered is visible to a new reader, and the chain is dense.
+        let head = store.audit_head().await.expect("head");
+        assert_eq!(head.seq, before + 64);
+        let actors: Vec<String> =
+            sqlx::query("SELECT actor FROM audit WHERE kind = 'test.concurrent' ORDER BY seq")
+                .fetch_all(store.pool())
+                .await
+                .expect("rows")
+                .iter()
+                .map(|r| r.try_get("actor").expect("actor"))
+                .collect();
+        let mut sorted = actors.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), 64, "{actors:?}");
+        store.close().await;
+    }
+
+    /// A transaction dropped without commit leaves nothing, also when the next one shares its
+    /// batch; and the pool's connections cannot write around the writer.
+    #[tokio::test]
+    async fn a_dropped_transaction_is_undone_and_readers_cannot_write() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = dir.path().join("central.db");
+        let store = Store::open(&url(&db), 4).await.expect("open");
+        let count = |s: Store| async move {
+            sqlx::query("SELECT COUNT(*) AS n FROM audit WHERE kind LIKE 'test.%'")
+                .fetch_one(s.pool())
+                .await
+                .expect("count")
+                .try_get::<i64, _>("n")
+                .expect("n")
+        };
+        let mut tx = store.begin().await.expect("begin");
+        Store::audit_in(
+            &mut tx,
+            &AuditFact {
+                kind: "test.dropped".into(),
+                actor: "test".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("append");
+        drop(tx);
+        write_one(&store).await;
+        assert_eq!(count(store.clone()).await, 1, "the dropped write was kept");
+        let stats = store.writer_stats().expect("writer");
+        assert_eq!(stats.abandoned.load(std::sync::atomic::Ordering::Relaxed), 1);
+
+        let e = sqlx::query("DELETE FROM web_sessions")
+            .execute(store.pool())
+            .await
+            .expect_err("a write through a reader");
+        assert!(e.to_string().contains("readonly"), "{e}");
+        store.close().await;
+        let store = Store::open(&url(&db), 4).await.expect("reopen");
+        assert_eq!(count(store.clone()).await, 1);
+        assert!(store.begin().await.is_ok());
+        store.close().await;
+        assert!(store.begin().await.is_err(), "a closed store began a write");
     }
 
     /// `-wal` and `-shm` are no more open than the database itself, whatever its mode; a clean

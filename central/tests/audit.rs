@@ -196,7 +196,7 @@ async fn head(pool: &AnyPool) -> i64 {
 async fn tampering_is_named(env: &Env) {
     let server = env.start().await;
     let _agent = scenario(&server).await;
-    let pool = server.central().store().pool().clone();
+    let pool = tamper_pool(&server).await;
     let intact = verify(&server).await;
     assert!(intact.ok(), "{:?}", findings(&intact));
     assert!(intact.checkpoints_checked >= 2, "{intact:?}");
@@ -751,7 +751,7 @@ async fn retention_keeps_the_chain_verifiable(env: &Env) {
     let server = env.start().await;
     let _agent = scenario(&server).await;
     let c = server.central();
-    let pool = c.store().pool().clone();
+    let pool = tamper_pool(&server).await;
     // Everything up to the agent records (dated 2023) and before is past a cutoff in 2024:
     // the oldest contiguous run of old records is what goes.
     let rows = c

@@ -1248,7 +1248,7 @@ async fn reflection_v1alpha(env: &Env) {
 async fn audit_is_append_only(env: &Env) {
     let server = env.start().await;
     apply_rules(&server).await;
-    let pool = server.central().store().pool().clone();
+    let pool = tamper_pool(&server).await;
     let e = sqlx::query("UPDATE audit SET actor = 'mallory'")
         .execute(&pool)
         .await

@@ -532,6 +532,7 @@ async fn acquire(
     let now = now_ms();
     let until = now + LEASE.as_millis() as i64;
     let token = format!("{}/{}", central.replica_id, uuid::Uuid::new_v4());
+    let mut tx = central.store.begin().await?;
     let created = sqlx::query(
         "INSERT INTO notifications (kind, approval_id, lease_owner, lease_until_ms, created_at_ms,
             updated_at_ms)
@@ -542,12 +543,16 @@ async fn acquire(
     .bind(&token)
     .bind(until)
     .bind(now)
-    .execute(central.store.pool())
+    .execute(&mut *tx)
     .await
     .ctx(format!("claiming the {kind} message of {approval_id}"))?;
+    tx.commit().await.ctx(format!(
+        "committing the claim of the {kind} message of {approval_id}"
+    ))?;
     if created.rows_affected() == 1 {
         return Ok(Some((Delivery::default(), token)));
     }
+    let mut tx = central.store.begin().await?;
     let taken = sqlx::query(
         "UPDATE notifications SET lease_owner = $3, lease_until_ms = $4
          WHERE kind = $1 AND approval_id = $2 AND lease_until_ms < $5 AND settled = 0
@@ -560,9 +565,12 @@ async fn acquire(
     .bind(until)
     .bind(now)
     .bind(revision)
-    .fetch_optional(central.store.pool())
+    .fetch_optional(&mut *tx)
     .await
     .ctx(format!("leasing the {kind} message of {approval_id}"))?;
+    tx.commit().await.ctx(format!(
+        "committing the lease of the {kind} message of {approval_id}"
+    ))?;
     let Some(r) = taken else {
         return Ok(None);
     };
@@ -612,9 +620,13 @@ async fn release(
         .bind(shown(error, 1000))
         .bind(now),
     };
-    q.execute(central.store.pool())
+    let mut tx = central.store.begin().await?;
+    q.execute(&mut *tx)
         .await
         .ctx(format!("recording the {kind} message of {approval_id}"))?;
+    tx.commit()
+        .await
+        .ctx(format!("committing the {kind} message of {approval_id}"))?;
     Ok(())
 }
 

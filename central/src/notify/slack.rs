@@ -587,6 +587,7 @@ impl Slack {
         if !verify(&self.signing_secret, ts_text, body, signature) {
             return Err(CallbackError::Signature);
         }
+        let mut tx = central.store.begin().await?;
         let fresh = sqlx::query(
             "INSERT INTO slack_callbacks (signature, request_ts, seen_at_ms) VALUES ($1, $2, $3)
              ON CONFLICT (signature) DO NOTHING",
@@ -594,9 +595,12 @@ impl Slack {
         .bind(signature.to_ascii_lowercase())
         .bind(ts)
         .bind(now_ms())
-        .execute(central.store.pool())
+        .execute(&mut *tx)
         .await
         .ctx("recording a Slack callback signature")?;
+        tx.commit()
+            .await
+            .ctx("committing a Slack callback signature")?;
         if fresh.rows_affected() == 0 {
             return Err(CallbackError::Replayed);
         }
@@ -607,11 +611,15 @@ impl Slack {
 /// Forgets callback signatures too old to be replayed (their timestamps are refused anyway).
 pub(crate) async fn forget_old_callbacks(central: &Central, window: Duration) -> crate::Result<()> {
     let before = now_ms() - 2 * window.as_millis() as i64;
+    let mut tx = central.store.begin().await?;
     sqlx::query("DELETE FROM slack_callbacks WHERE seen_at_ms < $1")
         .bind(before)
-        .execute(central.store.pool())
+        .execute(&mut *tx)
         .await
         .ctx("forgetting old Slack callback signatures")?;
+    tx.commit()
+        .await
+        .ctx("committing the removal of old Slack callback signatures")?;
     Ok(())
 }
 

@@ -165,6 +165,7 @@ impl Central {
             })
         })?;
         self.prune_sessions(now).await?;
+        let mut tx = self.store.begin().await?;
         sqlx::query(
             "INSERT INTO web_sessions (id_hash, subject, identity_json, via, csrf, created_at_ms, expires_at_ms)
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -176,18 +177,23 @@ impl Central {
         .bind(csrf)
         .bind(now)
         .bind(expires_at_ms)
-        .execute(self.store.pool())
+        .execute(&mut *tx)
         .await
         .ctx(format!("opening a console session for {}", identity.subject))?;
+        tx.commit().await.ctx("committing a console session")?;
         Ok(id)
     }
 
     async fn prune_sessions(&self, now: i64) -> Result<()> {
+        let mut tx = self.store.begin().await?;
         sqlx::query("DELETE FROM web_sessions WHERE expires_at_ms <= $1")
             .bind(now)
-            .execute(self.store.pool())
+            .execute(&mut *tx)
             .await
             .ctx("removing expired console sessions")?;
+        tx.commit()
+            .await
+            .ctx("committing the removal of expired console sessions")?;
         Ok(())
     }
 
@@ -248,11 +254,15 @@ impl Central {
 
     /// Ends a session.
     pub(crate) async fn close_session(&self, id: &str) -> Result<()> {
+        let mut tx = self.store.begin().await?;
         sqlx::query("DELETE FROM web_sessions WHERE id_hash = $1")
             .bind(digest(id))
-            .execute(self.store.pool())
+            .execute(&mut *tx)
             .await
             .ctx("closing a console session")?;
+        tx.commit()
+            .await
+            .ctx("committing the end of a console session")?;
         Ok(())
     }
 }

@@ -314,6 +314,21 @@ impl Env {
     }
 }
 
+/// A connection pool that may write the central's database behind its back, as someone with the
+/// database file or credentials would: on SQLite a pool of its own (the store's readers are
+/// read-only), on PostgreSQL the store's pool.
+pub async fn tamper_pool(server: &Server) -> sqlx::AnyPool {
+    let store = server.central().store();
+    match store.backend() {
+        latch_central::store::Backend::Sqlite => sqlx::any::AnyPoolOptions::new()
+            .max_connections(1)
+            .connect(store.url())
+            .await
+            .expect("a writable connection to the SQLite file"),
+        latch_central::store::Backend::Postgres => store.pool().clone(),
+    }
+}
+
 pub fn req<T>(msg: T, token: &str) -> Request<T> {
     let mut r = Request::new(msg);
     r.metadata_mut().insert(

@@ -1,0 +1,271 @@
+//! Group commit on SQLite: every write transaction runs on one connection, and one `COMMIT` (one
+//! fsync of the WAL) makes a whole batch of them durable.
+//!
+//! A batch is one open `BEGIN IMMEDIATE` on the write connection; each caller's transaction is a
+//! savepoint inside it, run while the caller holds the connection. `commit` releases the
+//! savepoint and hands the connection on; a task it spawns then queues for the connection behind
+//! the transactions already waiting (the lock is first come, first served) and, if the batch is
+//! still open when its turn comes, commits it for every member. So the transactions that arrive
+//! while one fsync runs share the next one.
+//!
+//! Nobody is answered before the `COMMIT` that holds their writes has returned: what a caller was
+//! told survives kill -9 and power loss exactly as with a commit per transaction. A failed
+//! `COMMIT` fails every member. A transaction dropped without commit is rolled back to its
+//! savepoint by the next holder of the connection, before anything else runs on it.
+
+use std::sync::{
+    atomic::{AtomicU64, Ordering},
+    Arc,
+};
+
+use sqlx::{AnyConnection, Connection};
+use tokio::sync::{watch, Mutex, OwnedMutexGuard};
+
+/// What a batch's `COMMIT` came to; `None` while it is open.
+type Outcome = Option<Result<(), Arc<str>>>;
+
+/// Counters of the write path, for metrics and tests.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    /// Batches committed (each one fsync).
+    pub commits: AtomicU64,
+    /// Transactions committed, over all batches.
+    pub transactions: AtomicU64,
+    /// Batches whose `COMMIT` failed (every member was told).
+    pub failed: AtomicU64,
+    /// Transactions dropped without commit and rolled back.
+    pub abandoned: AtomicU64,
+}
+
+/// The write connection.
+#[derive(Clone)]
+pub(crate) struct Writer {
+    slot: Arc<Mutex<Slot>>,
+    stats: Arc<WriterStats>,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer")
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+struct Slot {
+    /// `None` once closed.
+    conn: Option<AnyConnection>,
+    batch: Option<Batch>,
+    /// A transaction was dropped inside its savepoint.
+    abandoned: bool,
+    stats: Arc<WriterStats>,
+}
+
+struct Batch {
+    done: watch::Sender<Outcome>,
+    members: u64,
+}
+
+async fn run(conn: &mut AnyConnection, statement: &'static str) -> Result<(), sqlx::Error> {
+    sqlx::query(statement).execute(&mut *conn).await.map(|_| ())
+}
+
+fn closed() -> sqlx::Error {
+    sqlx::Error::PoolClosed
+}
+
+impl Slot {
+    fn conn(&mut self) -> Result<&mut AnyConnection, sqlx::Error> {
+        self.conn.as_mut().ok_or_else(closed)
+    }
+
+    /// Undoes a dropped transaction's writes.
+    async fn undo_abandoned(&mut self) {
+        if !self.abandoned {
+            return;
+        }
+        self.abandoned = false;
+        self.stats.abandoned.fetch_add(1, Ordering::Relaxed);
+        let undone = match self.conn() {
+            Ok(conn) => match run(conn, "ROLLBACK TO SAVEPOINT latch_tx").await {
+                Ok(()) => run(conn, "RELEASE SAVEPOINT latch_tx").await,
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        if let Err(e) = undone {
+            // SQLite may have rolled back the whole transaction on the error that made the caller
+            // give up: nothing of this batch can be committed any more.
+            self.fail(format!("rolling back a dropped transaction failed: {e}"))
+                .await;
+        }
+    }
+
+    /// Ends the open batch without committing it, telling its members.
+    async fn fail(&mut self, why: String) {
+        if let Some(batch) = self.batch.take() {
+            self.stats.failed.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(members = batch.members, error = %why, "a batch of writes failed");
+            batch.done.send_replace(Some(Err(why.into())));
+        }
+        if let Ok(conn) = self.conn() {
+            // Nothing may be open when the next batch begins; an error here means nothing was.
+            let _ = run(conn, "ROLLBACK").await;
+        }
+    }
+
+    /// Commits the open batch, if there is one.
+    async fn finish(&mut self) {
+        self.undo_abandoned().await;
+        let Some(batch) = self.batch.as_ref() else {
+            return;
+        };
+        let members = batch.members;
+        let committed = match self.conn() {
+            Ok(conn) => run(conn, "COMMIT").await,
+            Err(e) => Err(e),
+        };
+        match committed {
+            Ok(()) => {
+                if let Some(batch) = self.batch.take() {
+                    if members > 0 {
+                        self.stats.commits.fetch_add(1, Ordering::Relaxed);
+                    }
+                    self.stats
+                        .transactions
+                        .fetch_add(members, Ordering::Relaxed);
+                    batch.done.send_replace(Some(Ok(())));
+                }
+            }
+            Err(e) => self.fail(format!("COMMIT failed: {e}")).await,
+        }
+    }
+}
+
+impl Writer {
+    /// Takes over `conn`, which must have no transaction open.
+    pub(crate) fn new(conn: AnyConnection) -> Writer {
+        let stats = Arc::new(WriterStats::default());
+        Writer {
+            slot: Arc::new(Mutex::new(Slot {
+                conn: Some(conn),
+                batch: None,
+                abandoned: false,
+                stats: stats.clone(),
+            })),
+            stats,
+        }
+    }
+
+    pub(crate) fn stats(&self) -> &WriterStats {
+        &self.stats
+    }
+
+    /// Waits for the connection and opens a savepoint on it (and the batch, when none is open).
+    pub(crate) async fn begin(&self) -> Result<BatchTx, sqlx::Error> {
+        let mut slot = self.slot.clone().lock_owned().await;
+        slot.undo_abandoned().await;
+        if slot.batch.is_none() {
+            run(slot.conn()?, "BEGIN IMMEDIATE").await?;
+            slot.batch = Some(Batch {
+                done: watch::channel(None).0,
+                members: 0,
+            });
+        }
+        run(slot.conn()?, "SAVEPOINT latch_tx").await?;
+        Ok(BatchTx {
+            slot: Some(slot),
+            writer: self.slot.clone(),
+        })
+    }
+
+    /// Commits what is open and closes the connection; later transactions fail.
+    pub(crate) async fn close(&self) {
+        let mut slot = self.slot.lock().await;
+        slot.finish().await;
+        if let Some(conn) = slot.conn.take() {
+            if let Err(e) = conn.close().await {
+                tracing::warn!(error = %e, "closing the SQLite write connection");
+            }
+        }
+    }
+}
+
+/// One transaction: a savepoint in the open batch, holding the write connection.
+pub(crate) struct BatchTx {
+    /// `None` once committed.
+    slot: Option<OwnedMutexGuard<Slot>>,
+    writer: Arc<Mutex<Slot>>,
+}
+
+impl BatchTx {
+    pub(crate) fn conn(&self) -> &AnyConnection {
+        self.slot
+            .as_ref()
+            .and_then(|s| s.conn.as_ref())
+            .expect("an uncommitted transaction holds the open write connection")
+    }
+
+    pub(crate) fn conn_mut(&mut self) -> &mut AnyConnection {
+        self.slot
+            .as_mut()
+            .and_then(|s| s.conn.as_mut())
+            .expect("an uncommitted transaction holds the open write connection")
+    }
+
+    /// Releases the savepoint and returns once the batch holding it is durable (or failed).
+    pub(crate) async fn commit(mut self) -> Result<(), sqlx::Error> {
+        let Some(mut slot) = self.slot.take() else {
+            return Err(closed());
+        };
+        if let Err(e) = run(slot.conn()?, "RELEASE SAVEPOINT latch_tx").await {
+            slot.abandoned = true;
+            return Err(e);
+        }
+        let Some(batch) = slot.batch.as_mut() else {
+            // A savepoint is only ever opened inside a batch.
+            return Err(sqlx::Error::Protocol(
+                "a transaction outlived its batch".into(),
+            ));
+        };
+        batch.members += 1;
+        let mut done = batch.done.subscribe();
+        drop(slot);
+        // Spawned, so that a caller that stops waiting does not leave the batch open.
+        let writer = self.writer.clone();
+        let ours = done.clone();
+        tokio::spawn(async move {
+            let mut slot = writer.lock_owned().await;
+            if ours.borrow().is_none() {
+                slot.finish().await;
+            }
+        });
+        let outcome = done
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| sqlx::Error::Protocol("the batch was dropped uncommitted".into()))?
+            .clone();
+        match outcome {
+            Some(Ok(())) => Ok(()),
+            Some(Err(why)) => Err(sqlx::Error::Protocol(format!(
+                "the batch of writes this transaction was in failed: {why}"
+            ))),
+            None => Err(sqlx::Error::Protocol("the batch was left open".into())),
+        }
+    }
+}
+
+impl Drop for BatchTx {
+    fn drop(&mut self) {
+        if let Some(mut slot) = self.slot.take() {
+            // Undone by the next holder: a rollback needs an await. One is sent at once, so that
+            // the batch does not stay open (holding SQLite's write lock) until the next write.
+            slot.abandoned = true;
+            drop(slot);
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let writer = self.writer.clone();
+                runtime.spawn(async move { writer.lock().await.finish().await });
+            }
+        }
+    }
+}
