@@ -1224,7 +1224,10 @@ mod tests {
         write_one(&store).await;
         assert_eq!(count(store.clone()).await, 1, "the dropped write was kept");
         let stats = store.writer_stats().expect("writer");
-        assert_eq!(stats.abandoned.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert_eq!(
+            stats.abandoned.load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
 
         let e = sqlx::query("DELETE FROM web_sessions")
             .execute(store.pool())

@@ -1,7 +1,10 @@
 //! Central's SQLite database across a crash and a clean stop: what a call committed before
 //! central was killed with SIGKILL is there afterwards, read through SQLite (its `-wal` file
 //! included) by `latch-central audit verify` and by a store opening the database again; after a
-//! clean stop the database file alone holds everything.
+//! clean stop the database file alone holds everything. Under a storm of concurrent decisions
+//! (which share commits), every decision a reviewer or the agent was told of survives SIGKILL.
+
+mod common;
 
 use std::{
     io::{BufRead, BufReader},
@@ -11,7 +14,11 @@ use std::{
 };
 
 use latch_central::store::{AuditFilter, Store};
-use latch_proto::v1::{reviewer_service_client::ReviewerServiceClient, ApplyRulesRequest};
+use latch_proto::v1::{
+    agent_message::Body, reviewer_service_client::ReviewerServiceClient, ApplyRulesRequest,
+    DecideRequest, DecisionKind, Outcome,
+};
+use sqlx::Row;
 
 const BIN: &str = env!("CARGO_BIN_EXE_latch-central");
 
@@ -226,4 +233,171 @@ async fn apply(admin: &mut Admin, i: u32) -> u64 {
         .expect("ApplyRules")
         .into_inner()
         .version
+}
+
+/// Decisions made by reviewers in parallel (so commits are shared) while central is killed with
+/// SIGKILL: every decision a reviewer was answered for, and every decision the agent received,
+/// is in the database afterwards, approved, with its audit record; the chain verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_decision_told_before_sigkill_survives_a_storm() {
+    const REQUESTS: usize = 240;
+    const KILL_AFTER: usize = 80;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("central.db");
+    let config = dir.path().join("central.toml");
+    std::fs::write(
+        &config,
+        common::config_text(
+            &format!("sqlite://{}", db.display()),
+            &dir.path().join("audit-key.pem"),
+        ),
+    )
+    .expect("write config");
+    let (mut central, addr) = serve(&config, &dir.path().join("central.log")).await;
+
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    ReviewerServiceClient::new(channel.clone())
+        .apply_rules(common::req(
+            ApplyRulesRequest {
+                source_name: "rules.yaml".into(),
+                yaml: common::RULES.into(),
+                ..Default::default()
+            },
+            common::ADMIN,
+        ))
+        .await
+        .expect("ApplyRules");
+    let mut agent = common::Agent::connect_at(
+        &addr,
+        "h1",
+        [("env".to_string(), "prod".to_string())].into(),
+        vec![],
+        vec![],
+    )
+    .await;
+    let mut ids = Vec::new();
+    for i in 0..REQUESTS {
+        let r = agent.request(&format!("storm-{i}"), "prod-db");
+        ids.push(agent.submit(r).await.approval_id);
+    }
+
+    // What the agent is told, until its stream breaks with central.
+    let mut stream = agent.stream;
+    let delivered = tokio::spawn(async move {
+        let mut told = Vec::new();
+        while let Ok(Some(m)) = stream.message().await {
+            if let Some(Body::Decision(d)) = m.body {
+                assert_eq!(d.outcome, Outcome::Allow as i32, "{d:?}");
+                told.push(d.approval_id);
+            }
+        }
+        told
+    });
+
+    // Four reviewers, each deciding every fourth request; the answers counted as they come.
+    let answered = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let enough = std::sync::Arc::new(tokio::sync::Notify::new());
+    let reviewers: Vec<_> = [common::ALICE, common::BOB, common::CAROL, common::DAVE]
+        .into_iter()
+        .enumerate()
+        .map(|(k, token)| {
+            let mine: Vec<String> = ids.iter().skip(k).step_by(4).cloned().collect();
+            let mut client = ReviewerServiceClient::new(channel.clone());
+            let (answered, enough) = (answered.clone(), enough.clone());
+            tokio::spawn(async move {
+                for id in mine {
+                    let decided = client
+                        .decide(common::req(
+                            DecideRequest {
+                                approval_id: id.clone(),
+                                kind: DecisionKind::ApproveOnce as i32,
+                                reason: "storm".into(),
+                                ..Default::default()
+                            },
+                            token,
+                        ))
+                        .await;
+                    if decided.is_err() {
+                        // Central is gone: what was answered before is what counts.
+                        return;
+                    }
+                    let mut a = answered.lock().expect("answers");
+                    a.push(id);
+                    if a.len() == KILL_AFTER {
+                        enough.notify_one();
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::timeout(common::HANG, enough.notified())
+        .await
+        .expect("the storm hung before the kill");
+    central.0.kill().expect("SIGKILL");
+    central.0.wait().expect("reap");
+    for r in reviewers {
+        r.await.expect("reviewer task");
+    }
+    let answered = answered.lock().expect("answers").clone();
+    let delivered = delivered.await.expect("agent task");
+    assert!(answered.len() >= KILL_AFTER, "{}", answered.len());
+    assert!(
+        answered.len() < REQUESTS,
+        "the kill came after the storm ended: nothing was cut"
+    );
+
+    let out = Command::new(BIN)
+        .args(["audit", "verify", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run latch-central audit verify");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains(": intact"),
+        "audit verify after SIGKILL in a storm ({}): {stdout}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let store = Store::open(&format!("sqlite://{}", db.display()), 2)
+        .await
+        .expect("open after SIGKILL");
+    let mut told: Vec<&String> = answered.iter().chain(delivered.iter()).collect();
+    told.sort();
+    told.dedup();
+    for id in &told {
+        let state: String = sqlx::query("SELECT state FROM requests WHERE approval_id = $1")
+            .bind(id.as_str())
+            .fetch_one(store.pool())
+            .await
+            .unwrap_or_else(|e| panic!("request {id} after SIGKILL: {e}"))
+            .try_get("state")
+            .expect("state");
+        assert_eq!(
+            state, "approved",
+            "request {id}, told approved before SIGKILL"
+        );
+        let audited: i64 = sqlx::query(
+            "SELECT COUNT(*) AS n FROM audit WHERE kind = 'request.approved' AND request_id = $1",
+        )
+        .bind(id.as_str())
+        .fetch_one(store.pool())
+        .await
+        .expect("audit")
+        .try_get("n")
+        .expect("n");
+        assert_eq!(audited, 1, "audit records of the approval of {id}");
+    }
+    store.close().await;
+    eprintln!(
+        "storm: {} answered, {} delivered, {} told of in all, out of {REQUESTS}",
+        answered.len(),
+        delivered.len(),
+        told.len()
+    );
 }

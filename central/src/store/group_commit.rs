@@ -1,8 +1,8 @@
 //! Group commit on SQLite: every write transaction runs on one connection, and one `COMMIT` (one
 //! fsync of the WAL) makes a whole batch of them durable.
 //!
-//! A batch is one open `BEGIN IMMEDIATE` on the write connection; each caller's transaction is a
-//! savepoint inside it, run while the caller holds the connection. `commit` releases the
+//! A batch is one open `BEGIN IMMEDIATE` on the write connection; each caller's transaction after
+//! the first is a savepoint inside it, run while the caller holds the connection. `commit` releases the
 //! savepoint and hands the connection on; a task it spawns then queues for the connection behind
 //! the transactions already waiting (the lock is first come, first served) and, if the batch is
 //! still open when its turn comes, commits it for every member. So the transactions that arrive
@@ -56,9 +56,18 @@ struct Slot {
     /// `None` once closed.
     conn: Option<AnyConnection>,
     batch: Option<Batch>,
-    /// A transaction was dropped inside its savepoint.
-    abandoned: bool,
+    /// A transaction was dropped uncommitted: undo it before anything else runs.
+    abandoned: Option<Undo>,
     stats: Arc<WriterStats>,
+}
+
+/// How a dropped transaction is undone.
+#[derive(Clone, Copy)]
+enum Undo {
+    /// It opened the batch and nobody has joined it: roll the batch back.
+    Batch,
+    /// It was a savepoint in a batch others are in.
+    Savepoint,
 }
 
 struct Batch {
@@ -81,17 +90,23 @@ impl Slot {
 
     /// Undoes a dropped transaction's writes.
     async fn undo_abandoned(&mut self) {
-        if !self.abandoned {
+        let Some(undo) = self.abandoned.take() else {
             return;
-        }
-        self.abandoned = false;
+        };
         self.stats.abandoned.fetch_add(1, Ordering::Relaxed);
-        let undone = match self.conn() {
-            Ok(conn) => match run(conn, "ROLLBACK TO SAVEPOINT latch_tx").await {
-                Ok(()) => run(conn, "RELEASE SAVEPOINT latch_tx").await,
-                Err(e) => Err(e),
-            },
-            Err(e) => Err(e),
+        let undone = match (self.conn(), undo) {
+            (Ok(conn), Undo::Batch) => {
+                let done = run(conn, "ROLLBACK").await;
+                self.batch = None;
+                done
+            }
+            (Ok(conn), Undo::Savepoint) => {
+                match run(conn, "ROLLBACK TO SAVEPOINT latch_tx").await {
+                    Ok(()) => run(conn, "RELEASE SAVEPOINT latch_tx").await,
+                    Err(e) => Err(e),
+                }
+            }
+            (Err(e), _) => Err(e),
         };
         if let Err(e) = undone {
             // SQLite may have rolled back the whole transaction on the error that made the caller
@@ -150,7 +165,7 @@ impl Writer {
             slot: Arc::new(Mutex::new(Slot {
                 conn: Some(conn),
                 batch: None,
-                abandoned: false,
+                abandoned: None,
                 stats: stats.clone(),
             })),
             stats,
@@ -165,17 +180,27 @@ impl Writer {
     pub(crate) async fn begin(&self) -> Result<BatchTx, sqlx::Error> {
         let mut slot = self.slot.clone().lock_owned().await;
         slot.undo_abandoned().await;
-        if slot.batch.is_none() {
-            run(slot.conn()?, "BEGIN IMMEDIATE").await?;
-            slot.batch = Some(Batch {
-                done: watch::channel(None).0,
-                members: 0,
-            });
-        }
-        run(slot.conn()?, "SAVEPOINT latch_tx").await?;
+        // The first transaction of a batch needs no savepoint: until it commits, nobody else is
+        // in the batch, and undoing it is undoing the batch. So a write that meets no other
+        // costs what a plain transaction does: BEGIN, its statements, COMMIT.
+        let undo = match slot.batch {
+            None => {
+                run(slot.conn()?, "BEGIN IMMEDIATE").await?;
+                slot.batch = Some(Batch {
+                    done: watch::channel(None).0,
+                    members: 0,
+                });
+                Undo::Batch
+            }
+            Some(_) => {
+                run(slot.conn()?, "SAVEPOINT latch_tx").await?;
+                Undo::Savepoint
+            }
+        };
         Ok(BatchTx {
             slot: Some(slot),
             writer: self.slot.clone(),
+            undo,
         })
     }
 
@@ -196,6 +221,7 @@ pub(crate) struct BatchTx {
     /// `None` once committed.
     slot: Option<OwnedMutexGuard<Slot>>,
     writer: Arc<Mutex<Slot>>,
+    undo: Undo,
 }
 
 impl BatchTx {
@@ -218,9 +244,11 @@ impl BatchTx {
         let Some(mut slot) = self.slot.take() else {
             return Err(closed());
         };
-        if let Err(e) = run(slot.conn()?, "RELEASE SAVEPOINT latch_tx").await {
-            slot.abandoned = true;
-            return Err(e);
+        if let Undo::Savepoint = self.undo {
+            if let Err(e) = run(slot.conn()?, "RELEASE SAVEPOINT latch_tx").await {
+                slot.abandoned = Some(Undo::Savepoint);
+                return Err(e);
+            }
         }
         let Some(batch) = slot.batch.as_mut() else {
             // A savepoint is only ever opened inside a batch.
@@ -260,12 +288,80 @@ impl Drop for BatchTx {
         if let Some(mut slot) = self.slot.take() {
             // Undone by the next holder: a rollback needs an await. One is sent at once, so that
             // the batch does not stay open (holding SQLite's write lock) until the next write.
-            slot.abandoned = true;
+            slot.abandoned = Some(self.undo);
             drop(slot);
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                 let writer = self.writer.clone();
                 runtime.spawn(async move { writer.lock().await.finish().await });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    async fn writer() -> (tempfile::TempDir, Writer) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+        sqlx::any::install_default_drivers();
+        let mut conn = AnyConnection::connect(&url).await.expect("connect");
+        run(&mut conn, "CREATE TABLE t (v TEXT NOT NULL)")
+            .await
+            .expect("table");
+        (dir, Writer::new(conn))
+    }
+
+    async fn insert(tx: &mut BatchTx, v: &str) {
+        sqlx::query("INSERT INTO t (v) VALUES ($1)")
+            .bind(v.to_string())
+            .execute(tx.conn_mut())
+            .await
+            .expect("insert");
+    }
+
+    /// A transaction that joined a batch and was dropped takes only its own writes with it:
+    /// the batch's first member and the member after it are committed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dropped_member_leaves_the_rest_of_its_batch() {
+        let (_dir, w) = writer().await;
+        let mut first = w.begin().await.expect("begin");
+        insert(&mut first, "first").await;
+        let (queued_tx, queued) = tokio::sync::oneshot::channel();
+        let joiner = {
+            let w = w.clone();
+            tokio::spawn(async move {
+                let _ = queued_tx.send(());
+                let mut tx = w.begin().await.expect("begin");
+                insert(&mut tx, "dropped").await;
+                let undo = tx.undo;
+                drop(tx);
+                let mut tx = w.begin().await.expect("begin");
+                insert(&mut tx, "last").await;
+                tx.commit().await.expect("commit last");
+                undo
+            })
+        };
+        queued.await.expect("joiner started");
+        // Lets the joiner queue for the connection before the first member lets go of it.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        first.commit().await.expect("commit first");
+        let undo = joiner.await.expect("join");
+        let mut tx = w.begin().await.expect("begin");
+        let rows: Vec<String> = sqlx::query("SELECT v FROM t ORDER BY rowid")
+            .fetch_all(tx.conn_mut())
+            .await
+            .expect("rows")
+            .iter()
+            .map(|r| sqlx::Row::try_get(r, "v").expect("v"))
+            .collect();
+        tx.commit().await.expect("commit the read");
+        assert_eq!(rows, ["first", "last"]);
+        assert!(matches!(undo, Undo::Savepoint), "the joiner opened a batch");
+        assert_eq!(w.stats().abandoned.load(Ordering::Relaxed), 1);
+        assert_eq!(w.stats().transactions.load(Ordering::Relaxed), 3);
+        w.close().await;
     }
 }

@@ -213,7 +213,13 @@ pub struct Env {
 }
 
 fn config(database: String, key: &Path) -> Config {
-    let text = format!(
+    Config::parse("test.toml", &config_text(&database, key)).expect("test config")
+}
+
+/// The test configuration's text: the reviewers and agents above, `database`, and the audit
+/// signing key at `key`.
+pub fn config_text(database: &str, key: &Path) -> String {
+    format!(
         r#"
 listen = "127.0.0.1:0"
 database = "{database}"
@@ -257,8 +263,7 @@ token = "{h2}"
         h1 = host_token("h1"),
         h2 = host_token("h2"),
         key = key.display(),
-    );
-    Config::parse("test.toml", &text).expect("test config")
+    )
 }
 
 impl Env {
@@ -402,7 +407,20 @@ impl Agent {
         pending: Vec<String>,
         grants: Vec<String>,
     ) -> Agent {
-        let mut client = agent_client(server).await;
+        Agent::connect_at(&server.addr().to_string(), host, labels, pending, grants).await
+    }
+
+    /// An agent of central at `addr` (host:port), which may be another process.
+    pub async fn connect_at(
+        addr: &str,
+        host: &str,
+        labels: HashMap<String, String>,
+        pending: Vec<String>,
+        grants: Vec<String>,
+    ) -> Agent {
+        let mut client = AgentServiceClient::connect(format!("http://{addr}"))
+            .await
+            .expect("connect agent client");
         let token = host_token(host);
         client
             .register(req(
