@@ -10,11 +10,18 @@
 //!   message or Teams card up to date, by result (`ok`, `failed`; a failed one is retried).
 //! - `latch_central_scrape_errors_total`: scrapes whose store query failed (the gauges then
 //!   keep their last values).
+//! - `latch_central_store_commits_total`, `latch_central_store_transactions_total`: on SQLite,
+//!   commits of the write connection (one fsync each) and the write transactions they carried;
+//!   their ratio is the batch size of group commit.
+//! - `latch_central_store_failed_batches_total`: batches whose commit failed (every caller in
+//!   them was answered with an error).
+//! - `latch_central_store_abandoned_total`: write transactions dropped uncommitted and rolled
+//!   back (an error or a cancelled call in the middle of one).
 //!
 //! It owns only its registry; it must not query the store itself (the owner of the figures
 //! sets them before each render).
 
-use std::sync::{atomic::AtomicI64, Arc};
+use std::sync::{atomic::AtomicI64, Arc, Mutex};
 
 use prometheus_client::{
     encoding::{text::encode, EncodeLabelSet},
@@ -55,6 +62,31 @@ pub struct Metrics {
     pub chat: Family<ChatLabel, Counter>,
     /// Failed store reads at scrape time.
     pub scrape_errors: Counter,
+    store: StoreCounters,
+}
+
+/// The write path's counters, brought up to the store's own at each scrape.
+#[derive(Clone, Default)]
+struct StoreCounters {
+    commits: Counter,
+    transactions: Counter,
+    failed_batches: Counter,
+    abandoned: Counter,
+    /// Two scrapes at once must not both add the same difference.
+    sync: Arc<Mutex<()>>,
+}
+
+/// The store's write counters at one moment (see [`Metrics::store_writes`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StoreWrites {
+    /// Commits.
+    pub commits: u64,
+    /// Transactions committed.
+    pub transactions: u64,
+    /// Failed batches.
+    pub failed_batches: u64,
+    /// Abandoned transactions.
+    pub abandoned: u64,
 }
 
 impl Default for Metrics {
@@ -107,7 +139,33 @@ impl Metrics {
             "Scrapes whose read of the store failed",
             scrape_errors.clone(),
         );
+        let store = StoreCounters::default();
+        for (name, help, c) in [
+            (
+                "store_commits",
+                "Commits of the SQLite write connection, one fsync each",
+                &store.commits,
+            ),
+            (
+                "store_transactions",
+                "Write transactions committed, over all commits",
+                &store.transactions,
+            ),
+            (
+                "store_failed_batches",
+                "Batches of write transactions whose commit failed",
+                &store.failed_batches,
+            ),
+            (
+                "store_abandoned",
+                "Write transactions dropped uncommitted and rolled back",
+                &store.abandoned,
+            ),
+        ] {
+            registry.register(name, help, c.clone());
+        }
         Metrics {
+            store,
             registry: Arc::new(registry),
             requests,
             decision_seconds,
@@ -125,6 +183,23 @@ impl Metrics {
                 result: if ok { "ok" } else { "failed" }.to_string(),
             })
             .inc();
+    }
+
+    /// Brings the store's write counters up to `now` (they only grow).
+    pub fn store_writes(&self, now: StoreWrites) {
+        let _one = self
+            .store
+            .sync
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (c, n) in [
+            (&self.store.commits, now.commits),
+            (&self.store.transactions, now.transactions),
+            (&self.store.failed_batches, now.failed_batches),
+            (&self.store.abandoned, now.abandoned),
+        ] {
+            c.inc_by(n.saturating_sub(c.get()));
+        }
     }
 
     /// The Prometheus text format (0.0.4), which every scraper and `promtool` read.
@@ -150,6 +225,13 @@ mod tests {
         m.decision_seconds.observe(0.5);
         m.delivered("slack", false);
         m.agents_connected.set(2);
+        let writes = StoreWrites {
+            commits: 3,
+            transactions: 7,
+            ..Default::default()
+        };
+        m.store_writes(writes);
+        m.store_writes(writes);
         let text = m.render();
         for family in [
             "latch_central_requests",
@@ -157,6 +239,10 @@ mod tests {
             "latch_central_agents_connected",
             "latch_central_chat_deliveries_total",
             "latch_central_scrape_errors_total",
+            "latch_central_store_commits_total",
+            "latch_central_store_transactions_total",
+            "latch_central_store_failed_batches_total",
+            "latch_central_store_abandoned_total",
         ] {
             assert!(
                 text.contains(&format!("# HELP {family} ")),
@@ -173,6 +259,12 @@ mod tests {
             "latch_central_chat_deliveries_total{surface=\"slack\",result=\"failed\"} 1"
         ));
         assert!(text.contains("latch_central_agents_connected 2"));
+        // Set twice to the same figures: counted once.
+        assert!(
+            text.contains("latch_central_store_commits_total 3\n"),
+            "{text}"
+        );
+        assert!(text.contains("latch_central_store_transactions_total 7\n"));
         assert!(text.contains("# TYPE latch_central_chat_deliveries_total counter\n"));
         assert!(text.contains("# HELP latch_central_scrape_errors_total "));
         assert!(!text.contains("# EOF"));

@@ -124,6 +124,15 @@ impl Central {
         self.metrics
             .agents_connected
             .set(self.hub.agents().len() as i64);
+        if let Some(w) = self.store.writer_stats() {
+            use std::sync::atomic::Ordering::Relaxed;
+            self.metrics.store_writes(crate::metrics::StoreWrites {
+                commits: w.commits.load(Relaxed),
+                transactions: w.transactions.load(Relaxed),
+                failed_batches: w.failed.load(Relaxed),
+                abandoned: w.abandoned.load(Relaxed),
+            });
+        }
         self.metrics.render()
     }
 

@@ -1337,6 +1337,15 @@ async fn metrics(env: &Env) {
         Some(1.0),
         "{text}"
     );
+    // Rules, the agent's registration, two requests and a decision were written: on SQLite
+    // through the group-committing writer; PostgreSQL's server batches its own commits.
+    let commits = sample(&text, "latch_central_store_commits_total").expect("commits");
+    let txs = sample(&text, "latch_central_store_transactions_total").expect("transactions");
+    if env.kind == "sqlite" {
+        assert!(txs >= 5.0 && commits >= 1.0 && commits <= txs, "{text}");
+    } else {
+        assert_eq!((commits, txs), (0.0, 0.0), "{text}");
+    }
 
     // A closed stream is no longer counted.
     drop(agent);
