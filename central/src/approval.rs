@@ -10,7 +10,7 @@
 //! (SQLite). Decisions on one request are therefore serialised across replicas, exactly one
 //! resolves it, and the others see it resolved and get `FailedPrecondition`.
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use latch_proto::v1::{
     ApprovalAccepted, ApprovalRecord, ApprovalRequest, Decision, DecisionKind, Grant, GrantScope,
@@ -736,13 +736,22 @@ impl Central {
             let waited = now.saturating_sub(row.received_at_ms).max(0) as f64 / 1000.0;
             self.metrics.decision_seconds.observe(waited);
         }
-        self.publish(Event::Request {
+        // The record as this decision left it: the reviewer's answer, and what this replica's
+        // agent stream and watchers are sent, without reading the request back again.
+        let record = self.record_of(&after).await;
+        let event = Event::Request {
             approval_id: row.approval_id.clone(),
             host_id: row.host_id.clone(),
-        })
-        .await;
+        };
+        match &record {
+            Ok(r) => {
+                self.publish_snapshot(event, Some(Arc::new(r.clone())))
+                    .await
+            }
+            Err(_) => self.publish(event).await,
+        }
         tracing::info!(approval_id = %row.approval_id, by = %who.subject, outcome, resolved, "decision");
-        Ok((self.record_of(&after).await?, resolved))
+        Ok((record?, resolved))
     }
 
     /// How many requests are in each state.

@@ -55,22 +55,27 @@ pub enum Event {
     },
 }
 
+/// A request's record as the change that published it left it: a replica that made the change
+/// delivers it without reading the request back.
+pub type Snapshot = Option<Arc<latch_proto::v1::ApprovalRecord>>;
+
 /// Where events are published.
 #[derive(Clone, Debug)]
 pub enum Publisher {
-    /// This process only (SQLite).
-    Local(mpsc::UnboundedSender<Event>),
+    /// This process only (SQLite), with the publisher's snapshot.
+    Local(mpsc::UnboundedSender<(Event, Snapshot)>),
     /// Every replica on the database (PostgreSQL `NOTIFY`).
     Postgres(Store),
 }
 
 impl Publisher {
-    /// Publishes an event; call after the change is committed.
-    pub async fn publish(&self, event: Event) -> Result<(), StoreError> {
+    /// Publishes an event; call after the change is committed. Other replicas read the state
+    /// the event names; the snapshot serves this one.
+    pub async fn publish(&self, event: Event, snapshot: Snapshot) -> Result<(), StoreError> {
         match self {
             Publisher::Local(tx) => {
                 // The receiver lives as long as the service; a send error means it is stopping.
-                let _ = tx.send(event);
+                let _ = tx.send((event, snapshot));
                 Ok(())
             }
             Publisher::Postgres(store) => {

@@ -19,7 +19,7 @@ use crate::{
     auth::{AgentTokens, Authenticator},
     config::{AuditConfig, Config},
     error::Result,
-    events::{Event, Hub, Publisher, CHANNEL},
+    events::{Event, Hub, Publisher, Snapshot, CHANNEL},
     rules::{RuleCache, Version},
     store::{now_ms, Backend, Store, StoreError},
 };
@@ -160,26 +160,58 @@ impl Central {
     /// Publishes a committed change. If publishing fails the change stays committed; it is
     /// delivered here directly, and to other replicas' agents when they reconnect.
     pub(crate) async fn publish(&self, event: Event) {
-        if let Err(e) = self.publisher.publish(event.clone()).await {
+        self.publish_snapshot(event, None).await
+    }
+
+    /// Publishes a committed change of a request with its record as the change left it.
+    pub(crate) async fn publish_snapshot(&self, event: Event, snapshot: Snapshot) {
+        if let Err(e) = self
+            .publisher
+            .publish(event.clone(), snapshot.clone())
+            .await
+        {
             tracing::warn!(error = %e, ?event, "publishing failed; delivering on this replica only");
-            self.dispatch(event).await;
+            self.dispatch(event, snapshot).await;
         }
     }
 
-    /// Delivers an event to the streams open on this replica.
-    pub async fn dispatch(&self, event: Event) {
-        if let Err(e) = self.dispatch_inner(&event).await {
+    /// Delivers an event to the streams open on this replica; a request's snapshot, when the
+    /// change was made here, saves reading it back.
+    pub async fn dispatch(&self, event: Event, snapshot: Snapshot) {
+        if let Err(e) = self.dispatch_inner(&event, snapshot).await {
             tracing::warn!(error = %e, ?event, "delivering event failed");
         }
     }
 
-    async fn dispatch_inner(&self, event: &Event) -> Result<()> {
+    async fn dispatch_inner(&self, event: &Event, snapshot: Snapshot) -> Result<()> {
         match event {
             Event::Request {
                 approval_id,
                 host_id,
             } => {
                 self.notify.changed(approval_id);
+                // Only a resolved record: a request resolves once and then stays, so its
+                // snapshot cannot be overtaken; a vote's snapshot could reach the queue after the
+                // resolution it preceded, so a pending request is read as it is now.
+                let resolved = |r: &latch_proto::v1::ApprovalRecord| {
+                    &r.approval_id == approval_id
+                        && r.state != latch_proto::v1::RequestState::Pending as i32
+                };
+                if let Some(rec) = snapshot.filter(|r| resolved(r)) {
+                    if let Some(d) = rec.decision.clone() {
+                        self.hub.send_to_host(
+                            host_id,
+                            &AgentMessage {
+                                body: Some(Body::Decision(d)),
+                            },
+                        );
+                    }
+                    self.hub.notify_watchers(RequestEvent {
+                        request: Some(Arc::unwrap_or_clone(rec)),
+                        snapshot: false,
+                    });
+                    return Ok(());
+                }
                 let Some(row) = self.request_row(approval_id).await? else {
                     return Ok(());
                 };
@@ -377,8 +409,8 @@ pub async fn start_with(
             let c = central.clone();
             let mut rx = local_rx;
             tasks.push(tokio::spawn(async move {
-                while let Some(e) = rx.recv().await {
-                    c.dispatch(e).await;
+                while let Some((e, snapshot)) = rx.recv().await {
+                    c.dispatch(e, snapshot).await;
                 }
             }));
         }
@@ -388,7 +420,7 @@ pub async fn start_with(
                 loop {
                     match l.try_recv().await {
                         Ok(Some(n)) => match serde_json::from_str::<Event>(n.payload()) {
-                            Ok(e) => c.dispatch(e).await,
+                            Ok(e) => c.dispatch(e, None).await,
                             Err(e) => tracing::warn!(payload = n.payload(), error = %e, "bad notification"),
                         },
                         Ok(None) => tracing::warn!(
