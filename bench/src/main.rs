@@ -565,7 +565,8 @@ fn run(quick: bool, full: bool, only: &[Section], out_dir: &Path) -> Result<()> 
                 agents,
                 decisions: if quick { 1_000 } else { 3_000 },
                 reviewers: 4,
-                outstanding: 64,
+                // Enough in flight for commits to be shared, as a fleet's load would be.
+                outstanding: 512,
             };
             match fleet::run(&plan) {
                 Ok(r) => results.fleet.push(r),

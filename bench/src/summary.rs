@@ -179,11 +179,21 @@ pub fn print_fleet(r: &Results) {
         ]);
     }
     println!("{t}");
+    for f in &r.fleet {
+        println!(
+            "target with {} agents: >= 5000 decisions/s ({})",
+            f.agents,
+            verdict(f.decisions_per_s >= 5000.0)
+        );
+    }
     if let Some(big) = r.fleet.iter().find(|f| f.agents >= 10_000) {
         println!(
-            "target: rule push to {} agents < 2 s ({})",
+            "targets with {} agents: all connected <= 10 s ({}), rule push to all <= 1 s ({}), \
+             central RSS <= 200 MiB ({})",
             big.agents,
-            verdict(big.push_last_ms < 2000.0)
+            verdict(big.connect_all_s <= 10.0),
+            verdict(big.push_last_ms <= 1000.0),
+            verdict(big.central_connected.rss_mib() <= 200.0)
         );
     }
 }

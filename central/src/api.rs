@@ -28,7 +28,7 @@ use crate::{
     auth::{bearer, Identity, Login, Role},
     chain,
     error::{Error, Result},
-    events::{Guarded, AGENT_QUEUE},
+    events::{Guarded, Outgoing, AGENT_QUEUE},
     rules::{Version, MAX_RULES_BYTES},
     server::{rules_push, Central},
     store::{now_ms, AuditFilter},
@@ -352,7 +352,7 @@ impl AgentService for AgentApi {
         let handle = c.hub.add_agent(&host_id, labels.clone(), tx.clone());
         let guard_central = c.clone();
         let (gh, gid) = (host_id.clone(), handle.id);
-        let stream = Guarded::new(ReceiverStream::new(rx), move || {
+        let stream = Guarded::new(crate::events::agent_stream(rx), move || {
             tracing::info!(host_id = %gh, "agent stream closed");
             if guard_central.hub.remove_agent(&gh, gid) {
                 if let Ok(rt) = tokio::runtime::Handle::try_current() {
@@ -389,7 +389,7 @@ impl AgentService for AgentApi {
             });
         }
         for m in replay {
-            if tx.try_send(Ok(m)).is_err() {
+            if tx.try_send(Outgoing::Message(Arc::new(m))).is_err() {
                 return Err(
                     Error::Unavailable("agent stream queue is full; reconnect".into()).into(),
                 );

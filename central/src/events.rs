@@ -95,7 +95,30 @@ impl Publisher {
     }
 }
 
-type AgentSender = mpsc::Sender<Result<AgentMessage, tonic::Status>>;
+/// What an agent stream's queue holds: a message shared with every stream it goes to (a rules
+/// push to 10,000 agents is one message, not 10,000 copies waiting in queues), or the status that
+/// ends the stream. A pointer either way, so an empty queue of [`AGENT_QUEUE`] slots stays small.
+#[derive(Clone, Debug)]
+pub enum Outgoing {
+    /// A message.
+    Message(Arc<AgentMessage>),
+    /// The end of the stream.
+    End(Box<tonic::Status>),
+}
+
+/// The sending side of an agent stream's queue.
+pub type AgentSender = mpsc::Sender<Outgoing>;
+
+/// The agent stream that a queue's receiver feeds.
+pub fn agent_stream(
+    rx: mpsc::Receiver<Outgoing>,
+) -> impl Stream<Item = Result<AgentMessage, tonic::Status>> + Unpin {
+    use tokio_stream::StreamExt;
+    tokio_stream::wrappers::ReceiverStream::new(rx).map(|o| match o {
+        Outgoing::Message(m) => Ok(Arc::unwrap_or_clone(m)),
+        Outgoing::End(status) => Err(*status),
+    })
+}
 
 struct AgentConn {
     id: u64,
@@ -197,8 +220,9 @@ impl Hub {
         let Some(conns) = agents.get_mut(host_id) else {
             return 0;
         };
+        let msg = Arc::new(msg.clone());
         let mut sent = 0;
-        conns.retain(|c| match c.tx.try_send(Ok(msg.clone())) {
+        conns.retain(|c| match c.tx.try_send(Outgoing::Message(msg.clone())) {
             Ok(()) => {
                 sent += 1;
                 true
@@ -227,10 +251,10 @@ impl Hub {
     }
 
     /// Sends to one stream.
-    pub fn send_to(&self, host_id: &str, id: u64, msg: AgentMessage) {
+    pub fn send_to(&self, host_id: &str, id: u64, msg: Arc<AgentMessage>) {
         let mut agents = self.lock();
         if let Some(conns) = agents.get_mut(host_id) {
-            conns.retain(|c| c.id != id || c.tx.try_send(Ok(msg.clone())).is_ok());
+            conns.retain(|c| c.id != id || c.tx.try_send(Outgoing::Message(msg.clone())).is_ok());
         }
     }
 
@@ -244,7 +268,7 @@ impl Hub {
         let mut agents = self.lock();
         for (_, conns) in agents.drain() {
             for c in conns {
-                let _ = c.tx.try_send(Err(status.clone()));
+                let _ = c.tx.try_send(Outgoing::End(Box::new(status.clone())));
             }
         }
     }

@@ -248,6 +248,9 @@ impl Central {
                 // Every stream first, then one transaction for the audit records: a write per
                 // host between sends made the last of 10,000 hosts wait ~30 s.
                 let mut pushed = Vec::new();
+                // One message per version, shared by every stream it goes to.
+                let mut messages: std::collections::HashMap<i64, Arc<AgentMessage>> =
+                    Default::default();
                 for a in self.hub.agents() {
                     let Some(v) = versions
                         .iter()
@@ -259,7 +262,11 @@ impl Central {
                         .rules_sent
                         .fetch_max(v.version as u64, std::sync::atomic::Ordering::SeqCst);
                     if prev < v.version as u64 {
-                        self.hub.send_to(&a.host_id, a.id, rules_push(v));
+                        let m = messages
+                            .entry(v.version)
+                            .or_insert_with(|| Arc::new(rules_push(v)))
+                            .clone();
+                        self.hub.send_to(&a.host_id, a.id, m);
                         pushed.push((a.host_id, v));
                     }
                 }
