@@ -94,6 +94,23 @@ async fn serve(config: &Path, log: &Path) -> (Central, String) {
     (central, addr)
 }
 
+/// Runs `latch-central audit verify` as an operator would and expects the chain intact.
+fn assert_chain_intact(config: &Path, when: &str) {
+    let out = Command::new(BIN)
+        .args(["audit", "verify", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run latch-central audit verify");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains(": intact"),
+        "audit verify {when} ({}): {stdout}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn beside(db: &Path, suffix: &str) -> PathBuf {
     let mut name = db.as_os_str().to_owned();
     name.push(suffix);
@@ -133,19 +150,7 @@ async fn commits_survive_sigkill_and_are_read_through_the_wal() {
         .len();
     assert!(wal_len > 0, "{} is empty", wal.display());
 
-    let out = Command::new(BIN)
-        .args(["audit", "verify", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run latch-central audit verify");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains(": intact"),
-        "audit verify after SIGKILL ({}): {stdout}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_chain_intact(&config, "after SIGKILL");
 
     assert_eq!(
         applied_versions(&db).await,
@@ -350,19 +355,7 @@ async fn every_decision_told_before_sigkill_survives_a_storm() {
         "the kill came after the storm ended: nothing was cut"
     );
 
-    let out = Command::new(BIN)
-        .args(["audit", "verify", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run latch-central audit verify");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains(": intact"),
-        "audit verify after SIGKILL in a storm ({}): {stdout}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_chain_intact(&config, "after SIGKILL in a storm");
 
     let store = Store::open(&format!("sqlite://{}", db.display()), 2)
         .await

@@ -2,7 +2,6 @@
 //! failure means as an exit code.
 
 use std::{
-    io::Write,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -112,77 +111,6 @@ pub fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CliError + '_ {
         path: path.display().to_string(),
         source,
     }
-}
-
-/// `$XDG_CONFIG_HOME/latch/token`, else `~/.config/latch/token`.
-pub fn token_path() -> Option<PathBuf> {
-    let base = match std::env::var_os("XDG_CONFIG_HOME") {
-        Some(x) if !x.is_empty() => PathBuf::from(x),
-        _ => PathBuf::from(std::env::var_os("HOME")?).join(".config"),
-    };
-    Some(base.join("latch").join("token"))
-}
-
-/// Reads a token file (first line, trimmed).
-pub fn read_token(path: &Path) -> Result<String, CliError> {
-    let text = std::fs::read_to_string(path).map_err(io(path))?;
-    let t = text.lines().next().unwrap_or("").trim().to_string();
-    if t.is_empty() {
-        return Err(CliError::Usage(format!(
-            "{}: no token in the file",
-            path.display()
-        )));
-    }
-    Ok(t)
-}
-
-/// The token: `--token-file`, else `LATCH_TOKEN`, else the stored one (`latchctl login`).
-pub fn resolve_token(token_file: Option<&Path>) -> Result<String, CliError> {
-    if let Some(p) = token_file {
-        return read_token(p);
-    }
-    if let Ok(t) = std::env::var("LATCH_TOKEN") {
-        if !t.trim().is_empty() {
-            return Ok(t.trim().to_string());
-        }
-    }
-    match token_path() {
-        Some(p) if p.exists() => {
-            let token = read_token(&p)?;
-            crate::login::check_not_expired(&token)?;
-            Ok(token)
-        }
-        _ => Err(CliError::Usage(
-            "no token: pass --token-file FILE, set LATCH_TOKEN, or run `latchctl login --token-file FILE`"
-                .into(),
-        )),
-    }
-}
-
-/// Stores a token for later calls, readable by its owner only.
-pub fn store_token(token: &str) -> Result<PathBuf, CliError> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-    let path = token_path()
-        .ok_or_else(|| CliError::Usage("neither XDG_CONFIG_HOME nor HOME is set".into()))?;
-    if let Some(dir) = path.parent() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(io(dir))?;
-    }
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(io(&path))?;
-    // An existing file keeps its mode on open: make sure.
-    f.set_permissions(std::fs::Permissions::from_mode(0o600))
-        .map_err(io(&path))?;
-    writeln!(f, "{token}").map_err(io(&path))?;
-    Ok(path)
 }
 
 /// TLS files for an `https://` server: `--ca-file` (else `LATCH_CA_FILE`, else the system's trust

@@ -10,11 +10,7 @@
 //!
 //! This module never verifies tokens itself: central does.
 
-use std::{
-    io::Write,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{io::Write, path::Path, time::Duration};
 
 use latch_proto::v1::WhoAmIRequest;
 use oauth2::{
@@ -28,12 +24,11 @@ use oauth2::{
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use sha2::{Digest, Sha256};
 
 use crate::{
-    client::{self, error_chain, io, CliError, Client},
+    client::{error_chain, io, CliError, Client},
     out::{relative, time, Out},
-    Ctx,
+    token, Ctx,
 };
 
 /// Scopes asked for when none are given: an ID token with the person's e-mail and name.
@@ -56,58 +51,6 @@ pub struct LoginArgs {
     /// Scopes to ask for, repeatable [default: openid email profile].
     #[arg(long = "scope", requires = "oidc")]
     pub scopes: Vec<String>,
-}
-
-/// What a provider login stored beside the token.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Session {
-    /// Issuer URL.
-    pub issuer: String,
-    /// Client id.
-    pub client_id: String,
-    /// Central it was checked with.
-    pub server: String,
-    /// Who central says it is.
-    pub subject: String,
-    /// Their e-mail.
-    pub email: String,
-    /// When the token expires (Unix ms); 0 when unknown.
-    pub expires_at_unix_ms: i64,
-    /// Hex SHA-256 of the stored token: the session describes that token only.
-    pub token_sha256: String,
-}
-
-/// `login.json` beside the stored token.
-pub fn session_path() -> Option<PathBuf> {
-    client::token_path().map(|p| p.with_file_name("login.json"))
-}
-
-fn fingerprint(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
-}
-
-/// The provider session of `token`, when it was stored by `latchctl login --oidc`.
-pub fn session_of(token: &str) -> Option<Session> {
-    let path = session_path()?;
-    let text = std::fs::read_to_string(path).ok()?;
-    let s: Session = serde_json::from_str(&text).ok()?;
-    (s.token_sha256 == fingerprint(token)).then_some(s)
-}
-
-/// Refuses a stored provider token that has expired, before central is asked.
-pub fn check_not_expired(token: &str) -> Result<(), CliError> {
-    match session_of(token) {
-        Some(s)
-            if s.expires_at_unix_ms > 0
-                && s.expires_at_unix_ms <= latch_central::store::now_ms() =>
-        {
-            Err(CliError::LoginExpired {
-                at: time(s.expires_at_unix_ms),
-                issuer: s.issuer,
-            })
-        }
-        _ => Ok(()),
-    }
 }
 
 fn write_private(path: &Path, text: &str) -> Result<(), CliError> {
@@ -142,11 +85,11 @@ pub async fn run(ctx: &Ctx, out: Out, args: LoginArgs) -> Result<(), CliError> {
                 .into(),
         )
     })?;
-    let token = client::read_token(&file)?;
+    let token = token::read_token(&file)?;
     let who = whoami(ctx, &token).await?;
-    let path = client::store_token(&token)?;
+    let path = token::store_token(&token)?;
     // A provider session describes another token now.
-    if let Some(p) = session_path() {
+    if let Some(p) = token::session_path() {
         let _ = std::fs::remove_file(p);
     }
     if out.json {
@@ -345,17 +288,17 @@ async fn device_login(
         .unwrap_or(0);
 
     let who = whoami(ctx, &token).await?;
-    let path = client::store_token(&token)?;
-    let session = Session {
+    let path = token::store_token(&token)?;
+    let session = token::Session {
         issuer: issuer.to_string(),
         client_id: client_id.to_string(),
         server: ctx.server.clone(),
         subject: who.subject.clone(),
         email: who.email.clone(),
         expires_at_unix_ms,
-        token_sha256: fingerprint(&token),
+        token_sha256: token::fingerprint(&token),
     };
-    let session_file = session_path()
+    let session_file = token::session_path()
         .ok_or_else(|| CliError::Usage("neither XDG_CONFIG_HOME nor HOME is set".into()))?;
     write_private(
         &session_file,
@@ -395,6 +338,7 @@ mod tests {
 
     #[test]
     fn sessions_describe_one_token() {
+        use crate::token::fingerprint;
         assert_ne!(fingerprint("a"), fingerprint("b"));
         assert_eq!(fingerprint("a").len(), 64);
     }

@@ -23,6 +23,7 @@ mod break_glass;
 mod client;
 mod login;
 mod out;
+mod token;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
@@ -36,8 +37,9 @@ use latch_proto::v1::{
 use serde_json::{json, Value};
 
 use crate::{
-    client::{exit, resolve_token, CliError, Client},
+    client::{exit, CliError, Client},
     out::{relative, time, Out},
+    token::resolve_token,
 };
 
 const EXIT_CODES: &str = "Exit codes: 0 ok, 1 error, 2 bad input or usage, 3 not found, \
@@ -274,7 +276,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Login(args) => login::run(&ctx, out, args).await,
         Command::Whoami => {
             let token = resolve_token(ctx.token_file.as_deref())?;
-            let session = login::session_of(&token);
+            let session = token::session_of(&token);
             let mut c = Client::connect_with(&ctx.server, &token, &ctx.tls).await?;
             let who = c
                 .inner
