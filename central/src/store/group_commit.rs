@@ -21,6 +21,9 @@ use std::sync::{
 use sqlx::{AnyConnection, Connection};
 use tokio::sync::{watch, Mutex, OwnedMutexGuard};
 
+/// How long a transaction waits for the write connection.
+const WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// What a batch's `COMMIT` came to; `None` while it is open.
 type Outcome = Option<Result<(), Arc<str>>>;
 
@@ -42,6 +45,7 @@ pub struct WriterStats {
 pub(crate) struct Writer {
     slot: Arc<Mutex<Slot>>,
     stats: Arc<WriterStats>,
+    wait: std::time::Duration,
 }
 
 impl std::fmt::Debug for Writer {
@@ -169,6 +173,7 @@ impl Writer {
                 stats: stats.clone(),
             })),
             stats,
+            wait: WAIT,
         }
     }
 
@@ -178,7 +183,11 @@ impl Writer {
 
     /// Waits for the connection and opens a savepoint on it (and the batch, when none is open).
     pub(crate) async fn begin(&self) -> Result<BatchTx, sqlx::Error> {
-        let mut slot = self.slot.clone().lock_owned().await;
+        // As long as a pool waits for a connection: a caller stuck holding the connection makes
+        // the others fail (transiently, so that they may retry) instead of queueing forever.
+        let mut slot = tokio::time::timeout(self.wait, self.slot.clone().lock_owned())
+            .await
+            .map_err(|_| sqlx::Error::PoolTimedOut)?;
         slot.undo_abandoned().await;
         // The first transaction of a batch needs no savepoint: until it commits, nobody else is
         // in the batch, and undoing it is undoing the batch. So a write that meets no other
@@ -320,6 +329,27 @@ mod tests {
             .execute(tx.conn_mut())
             .await
             .expect("insert");
+    }
+
+    /// A transaction that cannot have the connection in time fails as a pool would, transiently.
+    #[tokio::test]
+    async fn waiting_for_the_connection_has_a_limit() {
+        let (_dir, mut w) = writer().await;
+        w.wait = Duration::from_millis(100);
+        let held = w.begin().await.expect("begin");
+        let e = w
+            .begin()
+            .await
+            .err()
+            .expect("a second transaction while one is open");
+        assert!(matches!(e, sqlx::Error::PoolTimedOut), "{e}");
+        held.commit().await.expect("commit");
+        w.begin()
+            .await
+            .expect("begin after the commit")
+            .commit()
+            .await
+            .expect("commit");
     }
 
     /// A transaction that joined a batch and was dropped takes only its own writes with it:
