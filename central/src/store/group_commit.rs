@@ -94,9 +94,11 @@ impl Slot {
 
     /// Undoes a dropped transaction's writes.
     async fn undo_abandoned(&mut self) {
-        let Some(undo) = self.abandoned.take() else {
+        let Some(undo) = self.abandoned else {
             return;
         };
+        // Cleared once undone, not before: if this stops half-way (the runtime shutting down),
+        // the next holder tries again, and at worst fails the batch.
         self.stats.abandoned.fetch_add(1, Ordering::Relaxed);
         let undone = match (self.conn(), undo) {
             (Ok(conn), Undo::Batch) => {
@@ -112,6 +114,7 @@ impl Slot {
             }
             (Err(e), _) => Err(e),
         };
+        self.abandoned = None;
         if let Err(e) = undone {
             // SQLite may have rolled back the whole transaction on the error that made the caller
             // give up: nothing of this batch can be committed any more.
@@ -182,7 +185,19 @@ impl Writer {
     }
 
     /// Waits for the connection and opens a savepoint on it (and the batch, when none is open).
+    ///
+    /// Run as a task of its own: a caller that gives up (a gRPC call its client cancelled) must
+    /// not stop it between a statement and the state that records it, which would leave SQLite
+    /// in a transaction the slot does not know of. A transaction that is begun for nobody is
+    /// dropped, and so undone, like any other.
     pub(crate) async fn begin(&self) -> Result<BatchTx, sqlx::Error> {
+        let writer = self.clone();
+        tokio::spawn(async move { writer.begin_here().await })
+            .await
+            .map_err(|e| sqlx::Error::Protocol(format!("beginning a transaction failed: {e}")))?
+    }
+
+    async fn begin_here(&self) -> Result<BatchTx, sqlx::Error> {
         // As long as a pool waits for a connection: a caller stuck holding the connection makes
         // the others fail (transiently, so that they may retry) instead of queueing forever.
         let mut slot = tokio::time::timeout(self.wait, self.slot.clone().lock_owned())
@@ -310,6 +325,7 @@ impl Drop for BatchTx {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sqlx::Row;
     use std::time::Duration;
 
     async fn writer() -> (tempfile::TempDir, Writer) {
@@ -329,6 +345,35 @@ mod tests {
             .execute(tx.conn_mut())
             .await
             .expect("insert");
+    }
+
+    /// Callers that give up at any point of beginning (a cancelled call) leave the connection
+    /// usable and nothing of theirs behind.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_caller_that_gives_up_while_beginning_leaves_nothing_behind() {
+        let (_dir, w) = writer().await;
+        for i in 0..60u64 {
+            let _ = tokio::time::timeout(Duration::from_micros(i * 15), async {
+                let mut tx = w.begin().await.expect("begin");
+                insert(&mut tx, "given up").await;
+                tokio::task::yield_now().await;
+                tx.commit().await
+            })
+            .await;
+            let mut tx = w.begin().await.expect("begin after a caller gave up");
+            insert(&mut tx, "kept").await;
+            tx.commit().await.expect("commit after a caller gave up");
+        }
+        let mut tx = w.begin().await.expect("begin");
+        let kept: i64 = sqlx::query("SELECT COUNT(*) AS n FROM t WHERE v = 'kept'")
+            .fetch_one(tx.conn_mut())
+            .await
+            .expect("count")
+            .try_get_unchecked("n")
+            .expect("n");
+        tx.commit().await.expect("commit");
+        assert_eq!(kept, 60);
+        w.close().await;
     }
 
     /// A transaction that cannot have the connection in time fails as a pool would, transiently.
@@ -385,7 +430,7 @@ mod tests {
             .await
             .expect("rows")
             .iter()
-            .map(|r| sqlx::Row::try_get(r, "v").expect("v"))
+            .map(|r| r.try_get("v").expect("v"))
             .collect();
         tx.commit().await.expect("commit the read");
         assert_eq!(rows, ["first", "last"]);
