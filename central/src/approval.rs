@@ -419,8 +419,12 @@ impl Central {
         .await
         .ctx(format!("storing request {host_id}/{}", req.request_id))?;
         if inserted.rows_affected() == 0 {
-            // Submitted twice at once: the other call stored it.
-            drop(tx);
+            // Submitted twice at once: the other call stored it. Committed, not dropped: on
+            // SQLite the other call's row may be in the same open batch, and the read below
+            // (another connection) sees it only once that batch is committed.
+            tx.commit()
+                .await
+                .ctx(format!("waiting for request {host_id}/{}", req.request_id))?;
             let row = self
                 .request_by_agent_id(&host_id, &req.request_id)
                 .await?
@@ -635,7 +639,9 @@ impl Central {
 
         let mut tx = self.store.begin().await?;
         if !lock_pending(&mut tx, &row.approval_id, now).await? {
-            drop(tx);
+            // Committed (it wrote nothing): what resolved the request may be in the same open
+            // batch, and the read below sees it once that is durable.
+            tx.commit().await.ctx("waiting for the resolution")?;
             return Err(self.resolved_error(&row.approval_id).await);
         }
         let choice = d.choice();
@@ -848,7 +854,7 @@ impl Central {
         let now = now_ms();
         let mut tx = self.store.begin().await?;
         if !lock_pending(&mut tx, &row.approval_id, now).await? {
-            drop(tx);
+            tx.commit().await.ctx("waiting for the resolution")?;
             return Ok(self
                 .request_row(&row.approval_id)
                 .await?

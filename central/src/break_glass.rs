@@ -88,7 +88,8 @@ impl Central {
         };
         let mut tx = self.store.begin().await?;
         if !lock_pending(&mut tx, &row.approval_id, now).await? {
-            drop(tx);
+            // Committed, not dropped: see `Central::decide`.
+            tx.commit().await.ctx("waiting for the resolution")?;
             return Err(match self.request_row(&row.approval_id).await? {
                 Some(r) => already(&r),
                 None => Error::NotFound(format!("request '{}'", row.approval_id)),

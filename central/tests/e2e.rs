@@ -1364,7 +1364,68 @@ async fn metrics(env: &Env) {
     server.shutdown().await;
 }
 
+/// Calls that race on one request get answers that agree with each other: the same request
+/// submitted eight times at once is one request for all eight; of four approvers deciding one
+/// request at once, one resolves it and the others are told it is approved (on SQLite these
+/// calls share commits, and a loser must not read before the winner's batch is durable).
+async fn racing_calls_agree(env: &Env) {
+    let server = env.start().await;
+    apply_rules(&server).await;
+    let agent = Agent::connect(&server, "h1", vec![], vec![]).await;
+    for round in 0..10 {
+        let r = agent.request(&format!("race.{round}"), "prod-db");
+        let submits: Vec<_> = (0..8)
+            .map(|_| {
+                let (mut client, r, token) = (agent.client.clone(), r.clone(), agent.token());
+                tokio::spawn(async move { client.request_approval(req(r, &token)).await })
+            })
+            .collect();
+        let mut ids = Vec::new();
+        for s in submits {
+            let accepted = s
+                .await
+                .expect("join")
+                .unwrap_or_else(|e| panic!("round {round}: a duplicate submission failed: {e}"));
+            ids.push(accepted.into_inner().approval_id);
+        }
+        ids.dedup();
+        assert_eq!(ids.len(), 1, "round {round}: {ids:?}");
+        let id = ids.remove(0);
+
+        let decides: Vec<_> = [ALICE, BOB, CAROL, DAVE]
+            .into_iter()
+            .map(|token| {
+                let server_addr = server.addr();
+                let id = id.clone();
+                tokio::spawn(async move {
+                    let mut rv = ReviewerServiceClient::connect(format!("http://{server_addr}"))
+                        .await
+                        .expect("connect");
+                    rv.decide(req(approve_once(&id, "race"), token)).await
+                })
+            })
+            .collect();
+        let mut won = 0;
+        for d in decides {
+            match d.await.expect("join") {
+                Ok(_) => won += 1,
+                Err(e) => {
+                    assert_eq!(e.code(), Code::FailedPrecondition, "round {round}: {e}");
+                    assert!(
+                        e.message().contains("approved"),
+                        "round {round}: a losing approver was told: {}",
+                        e.message()
+                    );
+                }
+            }
+        }
+        assert_eq!(won, 1, "round {round}");
+    }
+    server.shutdown().await;
+}
+
 suite!(
+    racing_calls_agree,
     metrics,
     full_flow,
     grant_and_revoke,

@@ -209,7 +209,18 @@ impl Writer {
         // costs what a plain transaction does: BEGIN, its statements, COMMIT.
         let undo = match slot.batch {
             None => {
-                run(slot.conn()?, "BEGIN IMMEDIATE").await?;
+                if let Err(e) = run(slot.conn()?, "BEGIN IMMEDIATE").await {
+                    // A ROLLBACK that failed (an I/O error) can leave SQLite in the transaction
+                    // the slot has given up on: end it, once, rather than refuse every write.
+                    if !e.to_string().contains("within a transaction") {
+                        return Err(e);
+                    }
+                    tracing::warn!(
+                        "the write connection was left in a transaction; rolling it back"
+                    );
+                    run(slot.conn()?, "ROLLBACK").await?;
+                    run(slot.conn()?, "BEGIN IMMEDIATE").await?;
+                }
                 slot.batch = Some(Batch {
                     done: watch::channel(None).0,
                     members: 0,
@@ -241,6 +252,9 @@ impl Writer {
 }
 
 /// One transaction: a savepoint in the open batch, holding the write connection.
+///
+/// After a statement fails, drop it rather than carry on: an error such as SQLITE_FULL can make
+/// SQLite roll the whole batch back by itself, and what ran after it would not be in any batch.
 pub(crate) struct BatchTx {
     /// `None` once committed.
     slot: Option<OwnedMutexGuard<Slot>>,
@@ -264,7 +278,16 @@ impl BatchTx {
     }
 
     /// Releases the savepoint and returns once the batch holding it is durable (or failed).
-    pub(crate) async fn commit(mut self) -> Result<(), sqlx::Error> {
+    ///
+    /// Run as a task of its own, as `begin` is: a caller that gives up must not stop it between
+    /// the `RELEASE` and the bookkeeping that counts the transaction in its batch.
+    pub(crate) async fn commit(self) -> Result<(), sqlx::Error> {
+        tokio::spawn(self.commit_here())
+            .await
+            .map_err(|e| sqlx::Error::Protocol(format!("committing a transaction failed: {e}")))?
+    }
+
+    async fn commit_here(mut self) -> Result<(), sqlx::Error> {
         let Some(mut slot) = self.slot.take() else {
             return Err(closed());
         };
