@@ -225,3 +225,49 @@ static COMPAT_ON: u32 = 0;
 pub fn compat_status_offset() -> Option<usize> {
     (read(&COMPAT_ON) == 1).then(|| read(&TASK_STATUS_OFF) as usize)
 }
+
+/// Where a cgroup keeps its id and its parent, and a task its id (from BTF): `cgroup.kn`,
+/// `cgroup.root`, `cgroup_root.hierarchy_id`, `kernfs_node.id`, `kernfs_node.parent` (`__parent`
+/// since 6.15), `task_struct.pid`. With them the move of a thread is decided by the ancestors of
+/// the cgroup it moves to, not only by that cgroup's id. `ANCESTRY_ON` is 1 when all were found.
+#[unsafe(no_mangle)]
+static ANCESTRY_ON: u32 = 0;
+#[unsafe(no_mangle)]
+static CGRP_KN_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static CGRP_ROOT_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static ROOT_HIER_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static KN_ID_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static KN_PARENT_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static TASK_PID_OFF: u32 = 0;
+
+/// Offsets for walking a cgroup's ancestors.
+#[derive(Clone, Copy)]
+pub struct Ancestry {
+    pub cgrp_kn: usize,
+    pub cgrp_root: usize,
+    pub root_hierarchy: usize,
+    pub kn_id: usize,
+    pub kn_parent: usize,
+    pub task_pid: usize,
+}
+
+/// The offsets, or `None` where this kernel's BTF did not give them all.
+#[inline(always)]
+pub fn ancestry() -> Option<Ancestry> {
+    if read(&ANCESTRY_ON) == 0 {
+        return None;
+    }
+    Some(Ancestry {
+        cgrp_kn: read(&CGRP_KN_OFF) as usize,
+        cgrp_root: read(&CGRP_ROOT_OFF) as usize,
+        root_hierarchy: read(&ROOT_HIER_OFF) as usize,
+        kn_id: read(&KN_ID_OFF) as usize,
+        kn_parent: read(&KN_PARENT_OFF) as usize,
+        task_pid: read(&TASK_PID_OFF) as usize,
+    })
+}

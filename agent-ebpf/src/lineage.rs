@@ -4,10 +4,14 @@
 //! a thread moves into a watched cgroup, removed when the thread exits. The agent seeds it with
 //! the threads already in watched cgroups when it starts watching them.
 
-use agent_common::{Action, Event, Lineage, Op, Outcome, Watch};
-use aya_ebpf::{helpers::bpf_get_current_pid_tgid, programs::TracePointContext};
+use agent_common::{Action, Event, Lineage, Op, Outcome, Watch, MAX_CGROUP_DEPTH};
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel},
+    programs::{RawTracePointContext, TracePointContext},
+};
 
 use crate::counters::{bump, Counter};
+use crate::identity::ptr_at;
 use crate::kconf;
 use crate::maps::{LINEAGE, WATCHED};
 use crate::{report, scope};
@@ -41,7 +45,9 @@ pub fn on_fork(ctx: &TracePointContext) {
 
 /// `cgroup_attach_task`: a thread moves to another cgroup (of any hierarchy). Into a watched
 /// cgroup of the unified hierarchy, it gains a lineage; out of watched cgroups, it keeps the one
-/// it has, and the move is counted.
+/// it has, and the move is counted. The tracepoint's record names the destination only, so a
+/// cgroup below a watched one is "out" here: [`on_attach_raw`] replaces this program where the
+/// kernel's BTF lets it walk the destination's ancestors.
 pub fn on_attach(ctx: &TracePointContext) {
     // SAFETY: reading the record at offsets the agent found in this kernel's format file.
     let (root, dst, pid): (i32, u64, i32) = match unsafe {
@@ -61,11 +67,76 @@ pub fn on_attach(ctx: &TracePointContext) {
     if root != 0 {
         return;
     }
-    let tid = pid as u32;
-    if let Some(w) = WATCHED.get_ptr(&dst) {
+    let watch = WATCHED.get_ptr(&dst).map(|w| {
         // SAFETY: map value pointer from lookup.
-        let w = unsafe { *w };
-        remember(tid, dst, w);
+        (dst, unsafe { *w })
+    });
+    moved(pid as u32, dst, watch);
+}
+
+/// `cgroup_attach_task` as a raw tracepoint (`dst_cgrp`, `path`, `task`, `threadgroup`): the
+/// destination's ancestors are read from the cgroup itself, so a thread moved into a cgroup
+/// below a watched one (a supervisor placing a process it started outside into a child of a
+/// watched slice) gains the lineage of the deepest watched ancestor, as a thread forked there
+/// does, and keeps it when it moves out again.
+pub fn on_attach_raw(ctx: &RawTracePointContext) {
+    let Some(o) = kconf::ancestry() else {
+        return;
+    };
+    let cgrp = ctx.arg::<u64>(0) as *const u8;
+    let task = ctx.arg::<u64>(2) as *const u8;
+    let root = ptr_at(cgrp, o.cgrp_root);
+    // SAFETY: the helper checks the addresses; offsets come from this kernel's BTF.
+    let (hierarchy, pid) = match unsafe {
+        (
+            bpf_probe_read_kernel(root.wrapping_add(o.root_hierarchy) as *const i32),
+            bpf_probe_read_kernel(task.wrapping_add(o.task_pid) as *const i32),
+        )
+    } {
+        (Ok(h), Ok(p)) if !root.is_null() => (h, p),
+        _ => {
+            bump(Counter::FieldUnreadable);
+            return;
+        }
+    };
+    if hierarchy != 0 {
+        return;
+    }
+    let mut kn = ptr_at(cgrp, o.cgrp_kn);
+    let mut dst = 0u64;
+    let mut watch = None;
+    let mut level = 0;
+    while level < MAX_CGROUP_DEPTH && !kn.is_null() {
+        // SAFETY: as above.
+        let Ok(id) = (unsafe { bpf_probe_read_kernel(kn.wrapping_add(o.kn_id) as *const u64) })
+        else {
+            bump(Counter::FieldUnreadable);
+            return;
+        };
+        if level == 0 {
+            dst = id;
+        }
+        if let Some(w) = WATCHED.get_ptr(&id) {
+            // SAFETY: map value pointer from lookup. The first found is the deepest.
+            watch = Some((id, unsafe { *w }));
+            break;
+        }
+        kn = ptr_at(kn, o.kn_parent);
+        level += 1;
+    }
+    if dst == 0 {
+        bump(Counter::FieldUnreadable);
+        return;
+    }
+    moved(pid as u32, dst, watch);
+}
+
+/// The outcome of a move of `tid` to `dst`: under the watched cgroup `watch` names, a lineage of
+/// that cgroup; elsewhere, the lineage it has (if any) is kept, and the move counted and told.
+#[inline(always)]
+fn moved(tid: u32, dst: u64, watch: Option<(u64, Watch)>) {
+    if let Some((cgroup, w)) = watch {
+        remember(tid, cgroup, w);
         return;
     }
     let Some(l) = LINEAGE.get_ptr(&tid) else {

@@ -34,7 +34,9 @@
 //!   move a lineage to a thread's new id, and spend an approval that covered an interpreter
 //!   chain once the execve has returned.
 //! - `fork`, `moved`: `sched:sched_process_fork` and `cgroup:cgroup_attach_task`; keep the
-//!   lineage by which a task that leaves a watched cgroup stays watched.
+//!   lineage by which a task that leaves a watched cgroup stays watched. `moved_raw` (the same
+//!   event as a raw tracepoint) replaces `moved` where BTF lets it read the destination's
+//!   ancestors, so a move below a watched cgroup gives a lineage too.
 //! - `map_lsm`, `mprotect_lsm` (LSM backend: `mmap_file`, `file_mprotect`) and `map_tp`
 //!   (tracepoint backend: `syscalls:sys_enter_mmap`): a program a rule refuses or holds, mapped
 //!   for execution without an exec (the dynamic loader run as a program), is refused, or its
@@ -154,6 +156,13 @@ pub fn fork(ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "cgroup", name = "cgroup_attach_task")]
 pub fn moved(ctx: TracePointContext) -> u32 {
     lineage::on_attach(&ctx);
+    0
+}
+
+/// `moved` where the kernel's BTF gives the cgroup's ancestors, pinned under the same name.
+#[raw_tracepoint(tracepoint = "cgroup_attach_task")]
+pub fn moved_raw(ctx: RawTracePointContext) -> i32 {
+    lineage::on_attach_raw(&ctx);
     0
 }
 

@@ -77,6 +77,10 @@ pub struct Facts {
     /// backend needs it); `"ok"` or why not in the report.
     #[serde(serialize_with = "ok_or_error")]
     pub syscall32: Result<(), String>,
+    /// Whether a move is decided by the destination cgroup's ancestors (a move below a watched
+    /// cgroup gives a lineage); `"ok"` or why not in the report.
+    #[serde(serialize_with = "ok_or_error")]
+    pub ancestry: Result<(), String>,
 }
 
 impl Default for Facts {
@@ -94,6 +98,7 @@ impl Default for Facts {
             hooks: Vec::new(),
             file_identity: Err("not loaded yet".into()),
             syscall32: Err("not loaded yet".into()),
+            ancestry: Err("not loaded yet".into()),
         }
     }
 }
@@ -279,6 +284,22 @@ pub fn judge(f: Facts) -> Report {
         },
     });
     g.push(Guarantee {
+        name: "lineage",
+        verdict: match (loaded, &f.ancestry) {
+            (false, _) => Verdict::Unsupported,
+            (true, Ok(())) => Verdict::Enforced,
+            (true, Err(_)) => Verdict::Degraded,
+        },
+        why: match &f.ancestry {
+            Ok(()) => not_loaded(
+                "a thread that was in a watched cgroup, or below one, keeps its watch wherever                  it moves, with its descendants",
+            ),
+            Err(e) => not_loaded(&format!(
+                "a thread that forks or moves into a watched cgroup keeps its watch wherever it                  moves; one moved by another process into a cgroup below a watched one does                  not, since the cgroup's ancestors cannot be read here ({e})"
+            )),
+        },
+    });
+    g.push(Guarantee {
         name: "hooks-outlive-agent",
         verdict: match (loaded, f.links_pinned) {
             (false, _) => Verdict::Unsupported,
@@ -344,6 +365,7 @@ pub fn engine_facts(f: &mut Facts, e: &Engine) {
     f.hooks = e.hooks().iter().map(|h| h.to_string()).collect();
     f.file_identity = present(e.file_identity_missing());
     f.syscall32 = present(e.syscall32_missing());
+    f.ancestry = present(e.ancestry_missing());
 }
 
 /// A capability the engine reports by why it is missing, as the report's `Ok` or reason.
@@ -378,6 +400,7 @@ mod tests {
         Facts {
             file_identity: load.clone(),
             syscall32: load.clone(),
+            ancestry: load.clone(),
             load,
             backend,
             links_pinned: pinned,
@@ -512,6 +535,19 @@ mod tests {
         }
         let r = judge(facts(Err("no BTF".into()), None, false));
         assert_eq!(verdict_of(&r, "syscall32"), Unsupported);
+    }
+
+    #[test]
+    fn lineage_is_degraded_where_a_cgroup_s_ancestors_cannot_be_read() {
+        let mut f = facts(Ok(()), Some(Backend::Tracepoint), true);
+        assert_eq!(verdict_of(&judge(f.clone()), "lineage"), Verdict::Enforced);
+        f.ancestry = Err("kernfs_node.__parent: no such member".into());
+        let r = judge(f);
+        assert_eq!(verdict_of(&r, "lineage"), Verdict::Degraded);
+        let g = r.guarantees.iter().find(|g| g.name == "lineage");
+        assert!(g.is_some_and(|g| g.why.contains("kernfs_node.__parent")));
+        let r = judge(facts(Err("no BTF".into()), None, false));
+        assert_eq!(verdict_of(&r, "lineage"), Verdict::Unsupported);
     }
 
     #[test]

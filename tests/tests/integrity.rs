@@ -1106,6 +1106,78 @@ fn leaving_the_watched_cgroup_does_not_leave_the_rules() {
     );
 }
 
+/// A supervisor (here, the test) that starts a process outside every watched cgroup and then
+/// writes it into a cgroup below a watched one (as systemd puts a service into a slice) puts it
+/// under the watched cgroup's rules; the process then moves itself out and connects. The move
+/// is made by another process, so the kernel must take the moved thread from the hook's
+/// arguments, not the task running it.
+#[test]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
+fn a_process_put_below_the_watched_cgroup_keeps_its_rules_when_it_leaves() {
+    if !privileged() {
+        return;
+    }
+    use std::net::TcpListener;
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let mut h = Harness::new(&rules(&format!(
+        "  - {{name: off, workload: test, on: connect, to: [127.0.0.1/32], ports: [{port}], action: deny}}\n"
+    )));
+    let free = TestCgroup::new();
+    let elsewhere = TestCgroup::new();
+    let unwatched = TestCgroup::new();
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let go = dir.path().join("go");
+    // Waits until it has been put below, moves itself out (its own pid, by the builtin `echo`)
+    // and becomes the probe, which connects.
+    let script = format!(
+        "while [ ! -e {go} ]; do sleep 0.02; done; echo 0 > {to}/cgroup.procs && exec {probe} connect 127.0.0.1:{port}",
+        go = go.display(),
+        to = elsewhere.path.display(),
+        probe = probe().display(),
+    );
+    let sh = Path::new("/bin/sh");
+    let watched_id = cgroups::id_of(&h.cgroup.path).expect("watched cgroup id");
+    let elsewhere_id = cgroups::id_of(&elsewhere.path).expect("cgroup id");
+    for (parent, watched) in [
+        (unwatched.path.clone(), false),
+        (h.cgroup.path.clone(), true),
+    ] {
+        let below = parent.join("below");
+        std::fs::create_dir(&below).expect("mkdir below");
+        let child = spawn_in(&free.path, sh, &["-c", &script]);
+        let pid = child.id();
+        std::fs::write(below.join("cgroup.procs"), pid.to_string()).expect("put it below");
+        std::fs::write(&go, "").expect("go");
+        let out = outcome(child);
+        std::fs::remove_file(&go).expect("rm go");
+        if !watched {
+            assert_eq!(out["ok"], true, "below an unwatched cgroup: {out}");
+            assert!(
+                eventually(|| accepted(&l)),
+                "no connection arrived unwatched"
+            );
+            continue;
+        }
+        assert_eq!(
+            out["errno"].as_i64(),
+            Some(EPERM),
+            "left from below the watched cgroup: {out}"
+        );
+        assert!(!accepted(&l), "the connection arrived");
+        // Its departure is told, with the watched cgroup whose rules it keeps.
+        let moved = h.expect_event("the move out from below the watched cgroup", |e| {
+            e.op == Op::Move && e.pid == pid
+        });
+        assert_eq!(moved.cgroup_id, watched_id, "{moved:?}");
+        assert_eq!(
+            moved.moved_to.as_ref().map(|m| m.cgroup_id),
+            Some(elsewhere_id),
+            "{moved:?}"
+        );
+    }
+}
+
 #[test]
 #[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
 fn a_script_held_once_runs_after_one_approval_unless_its_interpreter_is_denied() {

@@ -123,6 +123,7 @@ pub fn attach_all(
     cgroup_root: &Path,
     link_dir: &Path,
     backend: Backend,
+    ancestry: bool,
 ) -> Result<Attached, EngineError> {
     let can_pin = probe_pinning(ebpf, link_dir);
     let mut p = Pinner::new(link_dir, can_pin);
@@ -236,7 +237,12 @@ pub fn attach_all(
     // The lineage: forks and cgroup moves, then exits (which also drop held entries).
     let link = tracepoint(ebpf, "fork", "sched", "sched_process_fork")?;
     p.keep(link, "fork")?;
-    let link = tracepoint(ebpf, "moved", "cgroup", "cgroup_attach_task")?;
+    // Where BTF gives a cgroup's ancestors, a move below a watched cgroup gives a lineage too.
+    let link = if ancestry {
+        raw_tracepoint(ebpf, "moved_raw", "cgroup_attach_task")?
+    } else {
+        tracepoint(ebpf, "moved", "cgroup", "cgroup_attach_task")?
+    };
     p.keep(link, "moved")?;
     let link = tracepoint(ebpf, "exit", "sched", "sched_process_exit")?;
     p.keep(link, "exit")?;
@@ -342,6 +348,16 @@ fn tracepoint(
         .map_err(prog_err(name))?
         .try_into()
         .map_err(link_err(name))
+}
+
+/// Attaches the raw tracepoint program `name` to `tp`.
+fn raw_tracepoint(ebpf: &mut Ebpf, name: &'static str, tp: &str) -> Result<FdLink, EngineError> {
+    let prog: &mut RawTracePoint = program(ebpf, name)?;
+    if prog.fd().is_err() {
+        prog.load().map_err(prog_err(name))?;
+    }
+    let id = prog.attach(tp).map_err(prog_err(name))?;
+    Ok(prog.take_link(id).map_err(prog_err(name))?.into())
 }
 
 /// Removes pins of hooks the new agent does not use (the other exec backend's), which detaches

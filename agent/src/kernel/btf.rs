@@ -386,6 +386,18 @@ mod tests {
         let ino = files.0.iter().find(|(g, _)| *g == "INODE_INO_OFF");
         let sb = files.0.iter().find(|(g, _)| *g == "INODE_SB_OFF");
         assert_ne!(ino.map(|x| x.1), sb.map(|x| x.1));
+        // A cgroup's id and parent, and a task's id: `pid` lies just before `tgid`.
+        let ancestry =
+            super::super::probe::ancestry_offsets_in(&btf).expect("cgroup ancestry offsets");
+        let at = |g: &str| ancestry.iter().find(|(n, _)| *n == g).map(|x| x.1);
+        let tgid = files
+            .0
+            .iter()
+            .find(|(g, _)| *g == "TASK_TGID_OFF")
+            .map(|x| x.1);
+        assert_eq!(at("TASK_PID_OFF").map(|o| o + 4), tgid, "{ancestry:?}");
+        assert_ne!(at("KN_ID_OFF"), at("KN_PARENT_OFF"), "{ancestry:?}");
+        assert_ne!(at("CGRP_KN_OFF"), at("CGRP_ROOT_OFF"), "{ancestry:?}");
         // x86 marks a 32-bit system call in `thread_info.status`, at the start of the task.
         let compat = super::super::probe::compat_status_offset_in(&btf);
         if cfg!(target_arch = "x86_64") {

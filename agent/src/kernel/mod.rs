@@ -314,6 +314,8 @@ pub struct Engine {
     file_identity: Option<String>,
     // Why 32-bit system calls cannot be told apart (`None`: they can).
     syscall32: Option<String>,
+    /// Why moves are decided by the destination's id only (no ancestors), if they are.
+    ancestry: Option<String>,
     // Why `restop` could not attach (the `sys_enter` gate stands in).
     restop_refused: Option<String>,
     lsm: probe::LsmProbe,
@@ -403,6 +405,18 @@ impl Engine {
             loader.override_global(global, off, true);
         }
         let on: u32 = 1;
+        let ancestry = probe::ancestry_offsets();
+        match &ancestry {
+            Ok(offs) => {
+                for (global, off) in offs {
+                    loader.override_global(global, off, true);
+                }
+                loader.override_global("ANCESTRY_ON", &on, true);
+            }
+            Err(e) => tracing::warn!(
+                "a thread moved into a cgroup below a watched one by another process is watched                  there but keeps no lineage when it leaves: the ancestors of a cgroup cannot be                  read here ({e})"
+            ),
+        }
         let compat = probe::compat_status_offset();
         match &compat {
             Ok(off) => {
@@ -453,6 +467,7 @@ impl Engine {
             backend: Backend::Tracepoint,
             file_identity: file_offsets.as_ref().err().cloned(),
             syscall32: compat.as_ref().err().cloned(),
+            ancestry: ancestry.as_ref().err().cloned(),
             restop_refused: None,
             lsm: probe::LsmProbe::default(),
             links: Vec::new(),
@@ -494,6 +509,7 @@ impl Engine {
             &engine.cgroup_root,
             &link_dir,
             engine.backend,
+            engine.ancestry.is_none(),
         )?;
         engine.links = attached.links;
         engine.links_pinned = attached.pinned;
@@ -579,6 +595,11 @@ impl Engine {
     /// Why the programs cannot tell a 32-bit system call from a 64-bit one, if they cannot.
     pub fn syscall32_missing(&self) -> Option<&str> {
         self.syscall32.as_deref()
+    }
+
+    /// Why a move into a cgroup below a watched one gives no lineage here, if it does not.
+    pub fn ancestry_missing(&self) -> Option<&str> {
+        self.ancestry.as_deref()
     }
 
     /// Whether BPF LSM programs run on this kernel (the start-up probe saw one called).

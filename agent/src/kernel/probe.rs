@@ -163,6 +163,42 @@ pub fn compat_status_offset() -> Result<u32, String> {
     compat_status_offset_in(&b)
 }
 
+/// (global, structure, member names in the order tried) for walking a cgroup's ancestors from
+/// `cgroup_attach_task`'s raw arguments.
+const ANCESTRY_FIELDS: &[(&str, &str, &[&str])] = &[
+    ("CGRP_KN_OFF", "cgroup", &["kn"]),
+    ("CGRP_ROOT_OFF", "cgroup", &["root"]),
+    ("ROOT_HIER_OFF", "cgroup_root", &["hierarchy_id"]),
+    ("KN_ID_OFF", "kernfs_node", &["id"]),
+    // Renamed when it became RCU-protected (6.15).
+    ("KN_PARENT_OFF", "kernfs_node", &["parent", "__parent"]),
+    ("TASK_PID_OFF", "task_struct", &["pid"]),
+];
+
+/// The offsets by which `moved_raw` reads the ancestors of the cgroup a thread moves to, by
+/// global name; an error names the first field that is missing.
+pub fn ancestry_offsets_in(b: &btf::Btf) -> Result<Vec<(&'static str, u32)>, String> {
+    ANCESTRY_FIELDS
+        .iter()
+        .map(|(global, ty, members)| {
+            let mut last = String::new();
+            for member in *members {
+                match b.member_offset(ty, member) {
+                    Ok(o) => return Ok((*global, o)),
+                    Err(e) => last = format!("{ty}.{member}: {e}"),
+                }
+            }
+            Err(last)
+        })
+        .collect()
+}
+
+/// As [`ancestry_offsets_in`], from this kernel's BTF.
+pub fn ancestry_offsets() -> Result<Vec<(&'static str, u32)>, String> {
+    let b = btf::Btf::from_kernel().map_err(|e| e.to_string())?;
+    ancestry_offsets_in(&b)
+}
+
 /// Offsets the kernel programs need to read the identity of an executed file, by global name.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FileOffsets(pub Vec<(&'static str, u32)>);
