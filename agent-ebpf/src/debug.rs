@@ -10,13 +10,16 @@
 //! `process_vm_readv`/`writev`, `pidfd_getfd`), and `ptrace_traceme` refuses the request to be
 //! traced; read-only views (`/proc/PID/environ`, `kcmp`) stay open. A task's access to its own
 //! threads never reaches the hook. Tracepoint backend (which cannot refuse): a watched task is
-//! ended at the entry of `ptrace` attach, seize or `PTRACE_TRACEME`, and of `process_vm_readv`
-//! or `process_vm_writev` on another process; `/proc/PID/mem` and `pidfd_getfd` are not seen.
+//! ended at the entry of `ptrace` attach, seize or `PTRACE_TRACEME`, and when it asks the kernel
+//! for the right to attach to another process (a kprobe on `ptrace_may_access`, which
+//! `/proc/PID/mem`, `process_vm_readv`/`writev` and `pidfd_getfd` ask, by whatever system-call
+//! table); where that kprobe cannot attach, at the entry of the 64-bit `process_vm_readv` or
+//! `process_vm_writev` on another process.
 
 use agent_common::Op;
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel},
-    programs::TracePointContext,
+    programs::{ProbeContext, TracePointContext},
 };
 
 use crate::counters::{bump, Counter};
@@ -112,6 +115,30 @@ pub fn on_vm_enter(ctx: &TracePointContext) {
         return;
     }
     if refused(pid as u32) {
+        pause::kill_current();
+    }
+}
+
+/// `ptrace_may_access(task, mode)` entry (tracepoint backend, kprobe): the kernel asks whether
+/// the current task may attach to `task`, for `/proc/PID/mem`, `process_vm_readv`/`writev`,
+/// `pidfd_getfd` and other views that need the right to attach. A watched task that asks it of
+/// another process is ended: the call goes on (a kprobe cannot refuse it) and the task never
+/// returns to user space from it. A task asking of its own process is not looked at.
+pub fn on_may_access(ctx: &ProbeContext) {
+    let Some(mode) = ctx.arg::<u64>(1) else {
+        return;
+    };
+    if mode as u32 & MODE_ATTACH == 0 {
+        return;
+    }
+    let Some(task) = ctx.arg::<u64>(0) else {
+        return;
+    };
+    let target = tgid_of(task as *const u8);
+    if target == (bpf_get_current_pid_tgid() >> 32) as u32 {
+        return;
+    }
+    if refused(target) {
         pause::kill_current();
     }
 }

@@ -44,8 +44,9 @@
 //! - `socket_lsm` (LSM backend: `socket_create`) and `socket_tp` (tracepoint backend:
 //!   `syscalls:sys_enter_socket`): no `AF_PACKET` socket for a watched task.
 //! - `debug_lsm`, `traceme_lsm` (LSM backend: `ptrace_access_check`, `ptrace_traceme`) and
-//!   `ptrace_tp`, `vm_tp` (tracepoint backend: `syscalls:sys_enter_ptrace`,
-//!   `sys_enter_process_vm_{readv,writev}`): a watched task may not debug another process.
+//!   `ptrace_tp`, `debug_kp` (tracepoint backend: `syscalls:sys_enter_ptrace`, a kprobe on
+//!   `ptrace_may_access`; `vm_tp` on `sys_enter_process_vm_{readv,writev}` where the kprobe
+//!   cannot attach): a watched task may not debug another process.
 //! - `probe_lsm`: attached for a moment at start-up to learn whether BPF LSM programs really
 //!   run here (they load and attach even where `bpf` is missing from `lsm=`, and then never run).
 #![no_std]
@@ -74,10 +75,12 @@ mod sock_lineage;
 mod stop;
 
 use aya_ebpf::{
-    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, fexit, lsm, raw_tracepoint, tracepoint},
+    macros::{
+        cgroup_skb, cgroup_sock, cgroup_sock_addr, fexit, kprobe, lsm, raw_tracepoint, tracepoint,
+    },
     programs::{
-        FExitContext, LsmContext, RawTracePointContext, SkBuffContext, SockAddrContext,
-        SockContext, TracePointContext,
+        FExitContext, LsmContext, ProbeContext, RawTracePointContext, SkBuffContext,
+        SockAddrContext, SockContext, TracePointContext,
     },
 };
 
@@ -263,10 +266,18 @@ pub fn ptrace_tp(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// Tracepoint backend: `syscalls:sys_enter_process_vm_readv` and `_writev`.
+/// Tracepoint backend: `syscalls:sys_enter_process_vm_readv` and `_writev`, where `debug_kp`
+/// cannot attach.
 #[tracepoint]
 pub fn vm_tp(ctx: TracePointContext) -> u32 {
     debug::on_vm_enter(&ctx);
+    0
+}
+
+/// Tracepoint backend: the entry of `ptrace_may_access`.
+#[kprobe]
+pub fn debug_kp(ctx: ProbeContext) -> u32 {
+    debug::on_may_access(&ctx);
     0
 }
 

@@ -283,6 +283,38 @@ pub fn judge(f: Facts) -> Report {
             ),
         },
     });
+    g.push(match (loaded, f.backend) {
+        (false, _) => Guarantee {
+            name: "debugging",
+            verdict: Verdict::Unsupported,
+            why: not_loaded(""),
+        },
+        (true, Some(Backend::Lsm)) => Guarantee {
+            name: "debugging",
+            verdict: Verdict::Enforced,
+            why: "BPF LSM: a watched task's every access that needs the right to attach to \
+                  another process (ptrace, /proc/PID/mem, process_vm_readv/writev, \
+                  pidfd_getfd) is refused"
+                .into(),
+        },
+        (true, _) if f.hooks.iter().any(|h| h == "debug-kp") => Guarantee {
+            name: "debugging",
+            verdict: Verdict::Enforced,
+            why: "tracepoint backend: a watched task is ended when it asks to attach to another \
+                  process (ptrace, /proc/PID/mem, process_vm_readv/writev, pidfd_getfd: a \
+                  kprobe on ptrace_may_access); the call completes, the task does not return \
+                  from it"
+                .into(),
+        },
+        (true, _) => Guarantee {
+            name: "debugging",
+            verdict: Verdict::Degraded,
+            why: "tracepoint backend without a kprobe on ptrace_may_access: ptrace and 64-bit \
+                  process_vm_readv/writev end a watched task; /proc/PID/mem and pidfd_getfd \
+                  are not seen"
+                .into(),
+        },
+    });
     g.push(Guarantee {
         name: "lineage",
         verdict: match (loaded, &f.ancestry) {
@@ -535,6 +567,29 @@ mod tests {
         }
         let r = judge(facts(Err("no BTF".into()), None, false));
         assert_eq!(verdict_of(&r, "syscall32"), Unsupported);
+    }
+
+    #[test]
+    fn debugging_is_degraded_on_the_tracepoint_backend_without_its_kprobe() {
+        use Verdict::*;
+        // (backend, hooks) → verdict
+        let table = [
+            (Backend::Lsm, vec![], Enforced),
+            (Backend::Tracepoint, vec!["ptrace-tp", "debug-kp"], Enforced),
+            (
+                Backend::Tracepoint,
+                vec!["ptrace-tp", "vm-read-tp"],
+                Degraded,
+            ),
+        ];
+        for (backend, hooks, want) in table {
+            let mut f = facts(Ok(()), Some(backend), true);
+            f.hooks = hooks.iter().map(|h| h.to_string()).collect();
+            let r = judge(f);
+            assert_eq!(verdict_of(&r, "debugging"), want, "{backend:?} {hooks:?}");
+        }
+        let r = judge(facts(Err("no BTF".into()), None, false));
+        assert_eq!(verdict_of(&r, "debugging"), Unsupported);
     }
 
     #[test]

@@ -480,6 +480,7 @@ fn a_watched_process_may_not_write_another_process() {
     let dir = tempfile::tempdir().expect("temporary directory");
     const WORD: u64 = 0x6c61_7463_6877_6f72;
     let backend = h.engine().backend();
+    let kprobed = h.engine().hooks().contains(&"debug-kp");
     let mut victims = Vec::new();
     for how in ["ptrace", "vm", "mem"] {
         // Through a second probe, whose end the first reports: on the tracepoint backend the
@@ -510,9 +511,9 @@ fn a_watched_process_may_not_write_another_process() {
         victims.push(v.child.id());
         let out = poke(&watched, &v);
         let word = v.second_word();
-        if how == "mem" && backend == Backend::Tracepoint {
-            // No tracepoint sees the open of `/proc/PID/mem` (the README says so); this
-            // fails the day one does, and the README must change with it.
+        if how == "mem" && backend == Backend::Tracepoint && !kprobed {
+            // Without the kprobe (a kernel built without kprobes) nothing sees the open of
+            // `/proc/PID/mem` (doctor and the README say so); this fails the day something does.
             assert_eq!(word, WORD, "{out}");
             continue;
         }

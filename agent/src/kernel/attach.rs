@@ -16,7 +16,7 @@ use std::{fs::File, path::Path};
 use aya::{
     programs::{
         links::FdLink, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock,
-        CgroupSockAddr, FExit, Lsm, RawTracePoint, TracePoint,
+        CgroupSockAddr, FExit, KProbe, Lsm, RawTracePoint, TracePoint,
     },
     Btf, Ebpf,
 };
@@ -215,11 +215,22 @@ pub fn attach_all(
             p.keep(link, "socket-tp")?;
             let link = tracepoint(ebpf, "ptrace_tp", "syscalls", "sys_enter_ptrace")?;
             p.keep(link, "ptrace-tp")?;
-            for (pin, tp) in [
-                ("vm-read-tp", "sys_enter_process_vm_readv"),
-                ("vm-write-tp", "sys_enter_process_vm_writev"),
-            ] {
-                p.keep(tracepoint(ebpf, "vm_tp", "syscalls", tp)?, pin)?;
+            // Where the kernel asks for the right to attach: every way to another process's
+            // memory or descriptors, whatever system-call table it came through.
+            match kprobe(ebpf, "debug_kp", "ptrace_may_access") {
+                Ok(link) => p.keep(link, "debug-kp")?,
+                Err(e) => {
+                    tracing::warn!(
+                        "/proc/PID/mem and pidfd_getfd are not seen: {e}; process_vm_readv and \
+                         process_vm_writev are checked at their 64-bit entry"
+                    );
+                    for (pin, tp) in [
+                        ("vm-read-tp", "sys_enter_process_vm_readv"),
+                        ("vm-write-tp", "sys_enter_process_vm_writev"),
+                    ] {
+                        p.keep(tracepoint(ebpf, "vm_tp", "syscalls", tp)?, pin)?;
+                    }
+                }
             }
         }
     }
@@ -344,6 +355,19 @@ fn tracepoint(
         prog.load().map_err(prog_err(name))?;
     }
     let id = prog.attach(category, tp).map_err(prog_err(name))?;
+    prog.take_link(id)
+        .map_err(prog_err(name))?
+        .try_into()
+        .map_err(link_err(name))
+}
+
+/// Attaches the kprobe program `name` to the entry of the kernel function `function`.
+fn kprobe(ebpf: &mut Ebpf, name: &'static str, function: &str) -> Result<FdLink, EngineError> {
+    let prog: &mut KProbe = program(ebpf, name)?;
+    if prog.fd().is_err() {
+        prog.load().map_err(prog_err(name))?;
+    }
+    let id = prog.attach(function, 0).map_err(prog_err(name))?;
     prog.take_link(id)
         .map_err(prog_err(name))?
         .try_into()
