@@ -181,9 +181,13 @@ impl Central {
         .await
         .ctx(format!("revoking grant {grant_id}"))?;
         if r.rows_affected() == 0 {
+            // Revoked since `g` was read, possibly by a call in this open batch: its commit
+            // comes first, so the reader then sees who revoked it.
+            tx.commit().await.ctx("committing an empty revocation")?;
+            let now = self.grant(grant_id).await?;
             return Err(Error::FailedPrecondition(format!(
                 "grant '{grant_id}' was already revoked by {}",
-                g.revoked_by
+                now.revoked_by
             )));
         }
         Store::audit_in(

@@ -1371,7 +1371,7 @@ async fn metrics(env: &Env) {
 async fn racing_calls_agree(env: &Env) {
     let server = env.start().await;
     apply_rules(&server).await;
-    let agent = Agent::connect(&server, "h1", vec![], vec![]).await;
+    let mut agent = Agent::connect(&server, "h1", vec![], vec![]).await;
     for round in 0..10 {
         let r = agent.request(&format!("race.{round}"), "prod-db");
         let submits: Vec<_> = (0..8)
@@ -1420,6 +1420,67 @@ async fn racing_calls_agree(env: &Env) {
             }
         }
         assert_eq!(won, 1, "round {round}");
+    }
+    // Four approvers revoking one grant at once: one revokes it, and the others are told who.
+    let mut rv = reviewer(&server).await;
+    for round in 0..5 {
+        let acc = agent
+            .submit(agent.request(&format!("race-grant.{round}"), "prod-db"))
+            .await;
+        rv.decide(req(
+            approve_for(&acc.approval_id, GrantScope::Workload, 1),
+            BOB,
+        ))
+        .await
+        .expect("approve for");
+        let grant_id = rv
+            .list_grants(req(ListGrantsRequest::default(), VIEWER))
+            .await
+            .expect("grants")
+            .into_inner()
+            .grants
+            .into_iter()
+            .find(|g| g.request_id == acc.approval_id)
+            .expect("the grant")
+            .grant_id;
+        let revokes: Vec<_> = [ALICE, BOB, CAROL, DAVE]
+            .into_iter()
+            .map(|token| {
+                let (server_addr, grant_id) = (server.addr(), grant_id.clone());
+                tokio::spawn(async move {
+                    let mut rv = ReviewerServiceClient::connect(format!("http://{server_addr}"))
+                        .await
+                        .expect("connect");
+                    rv.revoke_grant(req(
+                        RevokeGrantRequest {
+                            grant_id,
+                            reason: "race".into(),
+                            close_connections: false,
+                        },
+                        token,
+                    ))
+                    .await
+                })
+            })
+            .collect();
+        let (mut winners, mut losers) = (Vec::new(), Vec::new());
+        for r in revokes {
+            match r.await.expect("join") {
+                Ok(g) => winners.push(g.into_inner().revoked_by),
+                Err(e) => {
+                    assert_eq!(e.code(), Code::FailedPrecondition, "round {round}: {e}");
+                    losers.push(e.message().to_string());
+                }
+            }
+        }
+        assert_eq!(winners.len(), 1, "round {round}: {winners:?} {losers:?}");
+        let told = format!("already revoked by {}", winners[0]);
+        for m in &losers {
+            assert!(
+                m.ends_with(&told),
+                "round {round}: a loser was told {m:?}, not {told:?}"
+            );
+        }
     }
     server.shutdown().await;
 }

@@ -673,6 +673,30 @@ fn poke(how: &str, pid: i32, addr: u64, word: u64) {
     }
 }
 
+/// Takes descriptor `fd` of process `pid` with `pidfd_getfd` (a connected socket, whose sends
+/// no socket hook looks at again) and sends on it.
+fn steal_fd(pid: i32, fd: i32) {
+    let last = std::io::Error::last_os_error;
+    // SAFETY: plain system calls on integers and a local buffer.
+    unsafe {
+        let pidfd = libc::syscall(libc::SYS_pidfd_open, pid, 0);
+        if pidfd < 0 {
+            return report(Err(last()));
+        }
+        let stolen = libc::syscall(libc::SYS_pidfd_getfd, pidfd as i32, fd, 0);
+        if stolen < 0 {
+            return report(Err(last()));
+        }
+        let msg = b"stolen";
+        let sent = libc::send(stolen as i32, msg.as_ptr().cast(), msg.len(), 0);
+        report(if sent == msg.len() as isize {
+            Ok(())
+        } else {
+            Err(last())
+        })
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("victim") {
@@ -707,6 +731,16 @@ fn main() {
             "escape-thread-exec" => escape_thread_exec(cg, addr),
             _ => escape_clone(cg, addr),
         };
+    }
+    if args.get(1).map(String::as_str) == Some("steal-fd") {
+        let (Some(pid), Some(fd)) = (
+            args.get(2).and_then(|a| a.parse().ok()),
+            args.get(3).and_then(|a| a.parse().ok()),
+        ) else {
+            eprintln!("usage: latch-probe steal-fd PID FD");
+            std::process::exit(2);
+        };
+        return steal_fd(pid, fd);
     }
     if args.get(1).map(String::as_str) == Some("bpf-map") {
         return bpf_map();
