@@ -46,6 +46,17 @@ pub fn path(path: &[u8; crate::PATH_CAP], len: usize) -> u64 {
     h
 }
 
+/// Fingerprint of a program's content (its SHA-256): a held exec whose verdict came from its
+/// content is reviewed, and granted, as that content, wherever it lies. The leading zero byte
+/// keeps it apart from every path fingerprint (an executable path never starts with NUL).
+pub fn content(sha256: &[u8; 32]) -> u64 {
+    let mut h = mix(OFFSET, 0);
+    for b in sha256 {
+        h = mix(h, *b);
+    }
+    h
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

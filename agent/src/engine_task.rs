@@ -654,10 +654,12 @@ impl State {
         let id = ev.request?;
         let policy = self.policy.clone();
         let mut by_content = None;
+        let mut digest = None;
         let real = if ev.content {
             match inspection {
                 Some(Ok(found)) => {
                     by_content = Some(self.content_verdict(&mut ev, &found, policy.as_deref()));
+                    digest = Some(found.digest.0);
                     found.real
                 }
                 Some(Err(e)) => {
@@ -703,19 +705,31 @@ impl State {
                 }
             }
         };
-        let (rule_id, action) = policy
+        let verdict = policy
             .as_deref()
             .map(|p| by_rules(p, &ev, &real, asked.as_deref(), by_content, argv.as_deref()))
-            .unwrap_or((0, agent_common::Action::Deny));
-        let decision = match action {
+            .unwrap_or(Verdict {
+                rule_id: 0,
+                action: agent_common::Action::Deny,
+                by_content: false,
+            });
+        let rule_id = verdict.rule_id;
+        let decision = match verdict.action {
             agent_common::Action::Allow | agent_common::Action::Audit => Decision::Allow,
             agent_common::Action::Deny => Decision::Deny,
             agent_common::Action::Approve => {
-                let mut buf = [0u8; agent_common::PATH_CAP];
-                let n = real.len().min(agent_common::PATH_CAP - 1);
-                buf[..n].copy_from_slice(&real.as_bytes()[..n]);
-                let target = agent_common::fingerprint::path(&buf, n);
-                if self.granted_args(&ev, policy.as_deref(), rule_id, target) {
+                // Held for its content: reviewed (and granted) as that content, by any name.
+                let content = verdict.by_content.then_some(digest).flatten();
+                let target = match &content {
+                    Some(d) => agent_common::fingerprint::content(d),
+                    None => {
+                        let mut buf = [0u8; agent_common::PATH_CAP];
+                        let n = real.len().min(agent_common::PATH_CAP - 1);
+                        buf[..n].copy_from_slice(&real.as_bytes()[..n]);
+                        agent_common::fingerprint::path(&buf, n)
+                    }
+                };
+                if self.granted_after(&ev, policy.as_deref(), rule_id, target, content.is_some()) {
                     tracing::info!(request = %id, path = %real, rule = rule_id, "held exec allowed by a grant");
                     self.apply_resolved(id, Decision::Allow);
                     ev.outcome = agent_common::Outcome::Granted;
@@ -742,20 +756,23 @@ impl State {
         None
     }
 
-    /// Whether a grant covers an exec that a rule with `args` holds for approval: the kernel
-    /// never looks grants up under such a rule (it holds every exec of the program), so the
-    /// agent does, for the same rule and program, narrowest scope first, and takes a use.
-    fn granted_args(
+    /// Whether a grant covers an exec held for approval after the kernel let it past its own
+    /// grant lookup: under a rule with `args` (the kernel holds every exec of the program) or
+    /// for its content (the kernel holds it to be hashed). The agent looks the grant up, for the
+    /// same rule and program (its content, where the content decided), narrowest scope first,
+    /// and takes a use.
+    fn granted_after(
         &mut self,
         ev: &KernelEvent,
         policy: Option<&Policy>,
         rule_id: u32,
         target: u64,
+        by_content: bool,
     ) -> bool {
         let by_args = policy
             .and_then(|p| p.rules.rule(rule_id))
             .is_some_and(|r| matches!(r.matcher, policy::Matcher::Exec { args: Some(_), .. }));
-        if !by_args {
+        if !by_args && !by_content {
             return false;
         }
         match self.engine.use_grant(ev.tgid, ev.workload, rule_id, target) {
@@ -1304,7 +1321,7 @@ fn by_rules(
     asked: Option<&str>,
     by_content: Option<(u32, agent_common::Action)>,
     args: rules::Args<'_>,
-) -> (u32, agent_common::Action) {
+) -> Verdict {
     let decode = |a: u8| agent_common::Action::from_u8(a).unwrap_or(agent_common::Action::Deny);
     let default = p
         .rules
@@ -1342,10 +1359,27 @@ fn by_rules(
         };
         Some((r.rule_id, decode(r.action)))
     });
-    [by_file, by_content]
-        .into_iter()
-        .flatten()
-        .fold(by_path, |best, v| if v.1 > best.1 { v } else { best })
+    let mut best = (by_path, false);
+    for (v, content) in [(by_file, false), (by_content, true)] {
+        match v {
+            Some(v) if v.1 > best.0 .1 => best = (v, content),
+            _ => {}
+        }
+    }
+    Verdict {
+        rule_id: best.0 .0,
+        action: best.0 .1,
+        by_content: best.1,
+    }
+}
+
+/// What [`by_rules`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Verdict {
+    rule_id: u32,
+    action: agent_common::Action,
+    /// The content's verdict is the strictest (strictly stricter than the path's and the file's).
+    by_content: bool,
 }
 
 /// The opening event of a held operation, rebuilt from its pending entry and `/proc`. `None` when

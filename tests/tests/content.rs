@@ -321,3 +321,85 @@ fn an_unknown_script_is_asked_about_once() {
         "requests made ({backend}):\n{log}"
     );
 }
+
+/// A reviewer's grant on a program held for its content covers that content for its length, by
+/// any name (the same file again, a renamed copy), and nothing else under the same rule
+/// (another new program is asked about).
+#[test]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
+fn a_grant_covers_a_program_held_for_its_content_by_any_name() {
+    if !privileged() {
+        return;
+    }
+    let f = ProgramCopy::touch("latch-content-");
+    let tool = f.copy_of(&s(&f.at("prog")), "downloads/tool");
+    let renamed = f.copy_of(&s(&f.at("prog")), "elsewhere/renamed");
+    let other = f.copy_of("/usr/bin/mkdir", "downloads/other");
+    let cg = TestCgroup::new();
+    let free = TestCgroup::new();
+    let d = Daemon::start(
+        &cg,
+        &rules(
+            "    unknown_programs: approve\n",
+            "  - {name: nothing, workload: test, on: exec, paths: [/nonexistent], action: deny}\n",
+        ),
+        "deny",
+    );
+    let start = |cgroup: &Path, program: &Path, marker: &Path| {
+        spawn_in(
+            cgroup,
+            Path::new("/bin/sh"),
+            &[
+                "-c",
+                &format!("exec {} {}", program.display(), marker.display()),
+            ],
+        )
+    };
+    for program in [&tool, &renamed, &other] {
+        let m = f.marker("free");
+        let out = finish(start(&free.path, program, &m));
+        assert!(m.exists(), "{}: {}", program.display(), text(&out));
+    }
+
+    let m = f.marker("first");
+    let child = start(&cg.path, &tool, &m);
+    let id = d.wait_request(child.id());
+    assert!(!m.exists(), "ran before any decision");
+    d.decide(&id, &["grant", "--scope", "workload", "--for", "10m"]);
+    let out = finish(child);
+    assert!(m.exists(), "granted: {}", text(&out));
+
+    // Covered by the grant: no request, so they end on their own.
+    for (name, program) in [("again", &tool), ("renamed", &renamed)] {
+        let m = f.marker(name);
+        let mut child = start(&cg.path, program, &m);
+        let deadline = std::time::Instant::now() + latch_tests::patience();
+        while child.try_wait().expect("wait").is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{name}: held again despite the grant\n{}", d.stop());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(m.exists(), "{name}: did not run");
+    }
+
+    // Another new program under the same verdict: asked about, and refused here.
+    let m = f.marker("other");
+    let child = start(&cg.path, &other, &m);
+    let id = d.wait_request(child.id());
+    d.decide(&id, &["deny"]);
+    let out = finish(child);
+    assert!(
+        !m.exists(),
+        "another program ran under the grant: {}",
+        text(&out)
+    );
+    let log = d.stop();
+    assert_eq!(
+        log.matches("allowed by a grant").count(),
+        2,
+        "the grant let both through:\n{log}"
+    );
+}
