@@ -59,6 +59,20 @@ pub fn content(sha256: &[u8; 32]) -> u64 {
 
 #[cfg(test)]
 mod tests {
+
+    use crate::PATH_CAP;
+
+    #[test]
+    fn a_content_is_never_taken_for_a_path_of_the_same_bytes() {
+        let a = [0x2fu8; 32];
+        let mut b = a;
+        b[31] = 0;
+        let mut as_path = [0u8; PATH_CAP];
+        as_path[..32].copy_from_slice(&a);
+        assert_ne!(content(&a), path(&as_path, 32));
+        assert_ne!(content(&a), content(&b));
+        assert_eq!(content(&a), content(&[0x2fu8; 32]));
+    }
     use super::*;
 
     #[test]
