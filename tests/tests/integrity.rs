@@ -360,6 +360,79 @@ fn a_held_exec_makes_no_progress_under_a_sigcont_loop() {
     }
 }
 
+/// A debugger outside every watched cgroup (here, of the same user) seizes a held exec and
+/// resumes it at every stop without the stopping signal, for two seconds: the program does not
+/// run before its decision, as under a SIGCONT loop.
+#[test]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
+fn a_held_exec_makes_no_progress_under_a_tracer_from_outside() {
+    if !privileged() {
+        return;
+    }
+    let p = new_program();
+    let mut h = rule_on(&p, "ask", "approve");
+    restop_refused_only_by_the_kernel(&mut h);
+    let free = TestCgroup::new();
+    let tracer = |pid: u32| {
+        run_in(
+            &free.path,
+            &probe_args(&["trace-resume", &pid.to_string(), "2000"]),
+        )
+    };
+    let resumed = |out: &serde_json::Value| out["resumed"].as_u64().unwrap_or(0);
+
+    // Where nothing watches, the tracer resumes a stopped process, which then runs.
+    let m = p.marker("traced-free");
+    let script = format!("kill -STOP $$; exec {} {}", p.path().display(), m.display());
+    let child = spawn_in(&free.path, Path::new("/bin/sh"), &["-c", &script]);
+    let deadline = Instant::now() + latch_tests::patience();
+    while latch_tests::state(child.id()) != Some('T') {
+        assert!(Instant::now() < deadline, "the shell never stopped");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = tracer(child.id());
+    assert!(resumed(&out) > 0, "{out}");
+    let _ = latch_tests::finish(child);
+    assert!(
+        m.exists(),
+        "a tracer does not resume a stopped process here: {out}"
+    );
+
+    // Held: the tracer's resumes do not run it.
+    let m = p.marker("traced");
+    let mut child = h.spawn(&probe(), &["exec", &s(&p.path()), &s(&m)]);
+    let pending = h.wait_pending_where("the held exec", |q| q.op == "exec");
+    let (repaused, killed) = (
+        counter(&mut h, Counter::Repaused),
+        counter(&mut h, Counter::ResumeKilled),
+    );
+    let out = tracer(pending.tgid);
+    assert!(resumed(&out) > 0, "the tracer resumed nothing: {out}");
+    assert!(!m.exists(), "the held program ran under a tracer: {out}");
+    match h.after_foreign_resume(&mut child, pending.tgid, repaused, false) {
+        Resumed::StoppedAgain => {
+            let again = h.wait_pending_where("still held", |q| q.op == "exec");
+            assert_eq!(again.id, pending.id);
+            h.engine()
+                .decide(pending.id, Decision::Deny)
+                .expect("decide");
+            let out = outcome(child);
+            assert!(!m.exists(), "denied, yet it ran: {out}");
+        }
+        Resumed::Ended => {
+            let out = outcome(child);
+            assert_ne!(
+                h.engine().backend(),
+                Backend::Lsm,
+                "LSM never lets it go: {out}"
+            );
+            assert_eq!(out["signal"], 9, "ended at its first system call: {out}");
+            assert!(!m.exists());
+            assert!(counter(&mut h, Counter::ResumeKilled) > killed);
+        }
+    }
+}
+
 /// Where the tracepoint backend could not attach `restop`, only the kernel may be to blame:
 /// a verifier rejection is a bug, which the gate behind it must not hide.
 fn restop_refused_only_by_the_kernel(h: &mut Harness) {

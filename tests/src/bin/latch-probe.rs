@@ -673,6 +673,37 @@ fn poke(how: &str, pid: i32, addr: u64, word: u64) {
     }
 }
 
+/// Seizes process `pid` as a debugger from elsewhere would, and for `ms` milliseconds resumes
+/// it at every stop without the signal that stopped it (a hold's SIGSTOP swallowed); then
+/// exits, which detaches it. Reports how many stops it resumed.
+fn trace_resume(pid: i32, ms: u64) {
+    let last = std::io::Error::last_os_error;
+    let end = std::time::Instant::now() + std::time::Duration::from_millis(ms);
+    let mut resumed = 0u64;
+    // SAFETY: plain system calls on integers and a local status word.
+    unsafe {
+        if libc::ptrace(libc::PTRACE_SEIZE, pid, 0, 0) != 0 {
+            return report(Err(last()));
+        }
+        // Out of a stop it was already in (a held task is stopped before it is seized).
+        libc::ptrace(libc::PTRACE_INTERRUPT, pid, 0, 0);
+        while std::time::Instant::now() < end {
+            let mut status = 0;
+            let got = libc::waitpid(pid, &mut status, libc::__WALL | libc::WNOHANG);
+            if got < 0 || (got == pid && !libc::WIFSTOPPED(status)) {
+                // Gone.
+                break;
+            }
+            if got == pid {
+                libc::ptrace(libc::PTRACE_CONT, pid, 0, 0);
+                resumed += 1;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+    println!("{{\"ok\":true,\"resumed\":{resumed}}}");
+}
+
 /// Takes descriptor `fd` of process `pid` with `pidfd_getfd` (a connected socket, whose sends
 /// no socket hook looks at again) and sends on it.
 fn steal_fd(pid: i32, fd: i32) {
@@ -731,6 +762,16 @@ fn main() {
             "escape-thread-exec" => escape_thread_exec(cg, addr),
             _ => escape_clone(cg, addr),
         };
+    }
+    if args.get(1).map(String::as_str) == Some("trace-resume") {
+        let (Some(pid), Some(ms)) = (
+            args.get(2).and_then(|a| a.parse().ok()),
+            args.get(3).and_then(|a| a.parse().ok()),
+        ) else {
+            eprintln!("usage: latch-probe trace-resume PID MILLIS");
+            std::process::exit(2);
+        };
+        return trace_resume(pid, ms);
     }
     if args.get(1).map(String::as_str) == Some("steal-fd") {
         let (Some(pid), Some(fd)) = (
