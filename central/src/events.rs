@@ -258,6 +258,15 @@ impl Hub {
         }
     }
 
+    /// Messages waiting in the queues of the streams open here: in all, and in the fullest.
+    pub fn queued(&self) -> (usize, usize) {
+        self.lock()
+            .values()
+            .flatten()
+            .map(|c| c.tx.max_capacity() - c.tx.capacity())
+            .fold((0, 0), |(all, max), n| (all + n, max.max(n)))
+    }
+
     /// Whether a host has a stream here.
     pub fn is_connected(&self, host_id: &str) -> bool {
         self.lock().contains_key(host_id)
@@ -312,5 +321,34 @@ impl<S: Stream + Unpin> Stream for Guarded<S> {
     type Item = S::Item;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
         Pin::new(&mut self.inner).poll_next(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queued_counts_what_waits_in_every_stream_and_the_fullest() {
+        let hub = Hub::default();
+        assert_eq!(hub.queued(), (0, 0));
+        let (a, _ra) = mpsc::channel(8);
+        let (b, _rb) = mpsc::channel(8);
+        let (c, mut rc) = mpsc::channel(8);
+        hub.add_agent("h1", HashMap::new(), a);
+        hub.add_agent("h1", HashMap::new(), b);
+        hub.add_agent("h2", HashMap::new(), c);
+        let msg = AgentMessage::default();
+        assert_eq!(hub.send_to_host("h1", &msg), 2);
+        assert_eq!(hub.send_to_host("h1", &msg), 2);
+        assert_eq!(hub.send_to_host("h2", &msg), 1);
+        assert_eq!(hub.queued(), (5, 2));
+        // What a stream has taken no longer waits.
+        assert!(rc.try_recv().is_ok());
+        assert_eq!(hub.queued(), (4, 2));
+        let _ = hub.send_to_host("h2", &msg);
+        let _ = hub.send_to_host("h2", &msg);
+        let _ = hub.send_to_host("h2", &msg);
+        assert_eq!(hub.queued(), (7, 3));
     }
 }

@@ -17,6 +17,12 @@
 //!   them was answered with an error).
 //! - `latch_central_store_abandoned_total`: write transactions dropped uncommitted and rolled
 //!   back (an error or a cancelled call in the middle of one).
+//! - `latch_central_store_commit_seconds`, `latch_central_store_batch_size`: on SQLite, how long
+//!   each commit of the write connection took (its fsync) and how many write transactions it
+//!   carried.
+//! - `latch_central_agent_queue_messages`, `latch_central_agent_queue_max`: messages waiting in
+//!   the agent streams' queues of this replica, in all and in the fullest one (a stream whose
+//!   queue fills is closed).
 //!
 //! It owns only its registry; it must not query the store itself (the owner of the figures
 //! sets them before each render).
@@ -62,6 +68,14 @@ pub struct Metrics {
     pub chat: Family<ChatLabel, Counter>,
     /// Failed store reads at scrape time.
     pub scrape_errors: Counter,
+    /// Seconds per commit of the write connection.
+    pub commit_seconds: Histogram,
+    /// Write transactions per commit.
+    pub batch_size: Histogram,
+    /// Messages waiting in agent stream queues, in all.
+    pub agent_queue_messages: Gauge<i64, AtomicI64>,
+    /// Messages waiting in the fullest agent stream queue.
+    pub agent_queue_max: Gauge<i64, AtomicI64>,
     store: StoreCounters,
 }
 
@@ -139,6 +153,35 @@ impl Metrics {
             "Scrapes whose read of the store failed",
             scrape_errors.clone(),
         );
+        // From 50 µs to about 1.6 s: an fsync on a quiet SSD to one on a saturated disk.
+        let commit_seconds = Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(0.000_05, 2.0, 16),
+        );
+        registry.register(
+            "store_commit_seconds",
+            "Seconds each commit of the SQLite write connection took (one fsync)",
+            commit_seconds.clone(),
+        );
+        let batch_size = Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(1.0, 2.0, 11),
+        );
+        registry.register(
+            "store_batch_size",
+            "Write transactions carried by each commit of the SQLite write connection",
+            batch_size.clone(),
+        );
+        let agent_queue_messages = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "agent_queue_messages",
+            "Messages waiting in the queues of the agent streams open on this replica",
+            agent_queue_messages.clone(),
+        );
+        let agent_queue_max = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "agent_queue_max",
+            "Messages waiting in the fullest agent stream queue on this replica",
+            agent_queue_max.clone(),
+        );
         let store = StoreCounters::default();
         for (name, help, c) in [
             (
@@ -172,6 +215,10 @@ impl Metrics {
             agents_connected,
             chat,
             scrape_errors,
+            commit_seconds,
+            batch_size,
+            agent_queue_messages,
+            agent_queue_max,
         }
     }
 

@@ -124,6 +124,9 @@ impl Central {
         self.metrics
             .agents_connected
             .set(self.hub.agents().len() as i64);
+        let (queued, fullest) = self.hub.queued();
+        self.metrics.agent_queue_messages.set(queued as i64);
+        self.metrics.agent_queue_max.set(fullest as i64);
         if let Some(w) = self.store.writer_stats() {
             use std::sync::atomic::Ordering::Relaxed;
             self.metrics.store_writes(crate::metrics::StoreWrites {
@@ -399,6 +402,9 @@ pub async fn start_with(
         web: web.as_ref().map(|w| w.settings()).unwrap_or_default(),
         metrics: crate::metrics::Metrics::new(),
     });
+    if let Some(w) = central.store.writer_stats() {
+        w.observe(Arc::new(CommitMetrics(central.metrics.clone())));
+    }
     central.record_start(config).await?;
     if let Some(jobs) = notify_jobs {
         tasks.push(tokio::spawn(crate::notify::deliver(central.clone(), jobs)));
@@ -642,5 +648,15 @@ impl Server {
         }
         self.central.store.close().await;
         tracing::info!(replica = %self.central.replica_id, "latch-central stopped");
+    }
+}
+
+/// The write path's commits, into this replica's metrics.
+struct CommitMetrics(crate::metrics::Metrics);
+
+impl crate::store::CommitObserver for CommitMetrics {
+    fn committed(&self, took: std::time::Duration, members: u64) {
+        self.0.commit_seconds.observe(took.as_secs_f64());
+        self.0.batch_size.observe(members as f64);
     }
 }

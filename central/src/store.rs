@@ -18,8 +18,8 @@ use std::{
     time::Duration,
 };
 
-pub use group_commit::WriterStats;
 use group_commit::{BatchTx, Writer};
+pub use group_commit::{CommitObserver, WriterStats};
 
 use serde_json::Value;
 

@@ -27,8 +27,15 @@ const WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 /// What a batch's `COMMIT` came to; `None` while it is open.
 type Outcome = Option<Result<(), Arc<str>>>;
 
+/// Told of every batch committed: how long its `COMMIT` (the fsync) took and how many write
+/// transactions it carried. Set once, by whoever wires the store to its metrics.
+pub trait CommitObserver: Send + Sync {
+    /// A batch of `members` transactions committed in `took`.
+    fn committed(&self, took: std::time::Duration, members: u64);
+}
+
 /// Counters of the write path, for metrics and tests.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct WriterStats {
     /// Batches committed (each one fsync).
     pub commits: AtomicU64,
@@ -38,6 +45,25 @@ pub struct WriterStats {
     pub failed: AtomicU64,
     /// Transactions dropped without commit and rolled back.
     pub abandoned: AtomicU64,
+    observer: std::sync::OnceLock<Arc<dyn CommitObserver>>,
+}
+
+impl std::fmt::Debug for WriterStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriterStats")
+            .field("commits", &self.commits)
+            .field("transactions", &self.transactions)
+            .field("failed", &self.failed)
+            .field("abandoned", &self.abandoned)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WriterStats {
+    /// Sets the observer of commits; `false` if one was set already.
+    pub fn observe(&self, o: Arc<dyn CommitObserver>) -> bool {
+        self.observer.set(o).is_ok()
+    }
 }
 
 /// The write connection.
@@ -143,6 +169,7 @@ impl Slot {
             return;
         };
         let members = batch.members;
+        let started = std::time::Instant::now();
         let committed = match self.conn() {
             Ok(conn) => run(conn, "COMMIT").await,
             Err(e) => Err(e),
@@ -152,6 +179,9 @@ impl Slot {
                 if let Some(batch) = self.batch.take() {
                     if members > 0 {
                         self.stats.commits.fetch_add(1, Ordering::Relaxed);
+                        if let Some(o) = self.stats.observer.get() {
+                            o.committed(started.elapsed(), members);
+                        }
                     }
                     self.stats
                         .transactions
