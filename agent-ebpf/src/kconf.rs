@@ -244,6 +244,12 @@ static KN_ID_OFF: u32 = 0;
 static KN_PARENT_OFF: u32 = 0;
 #[unsafe(no_mangle)]
 static TASK_PID_OFF: u32 = 0;
+/// `task_struct.cgroups` and `css_set.dfl_cgrp`: the cgroup v2 a task is in (a child started
+/// elsewhere by `clone3(CLONE_INTO_CGROUP)`).
+#[unsafe(no_mangle)]
+static TASK_CGROUPS_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static CSS_SET_DFL_OFF: u32 = 0;
 
 /// Offsets for walking a cgroup's ancestors.
 #[derive(Clone, Copy)]
@@ -254,6 +260,8 @@ pub struct Ancestry {
     pub kn_id: usize,
     pub kn_parent: usize,
     pub task_pid: usize,
+    pub task_cgroups: usize,
+    pub css_set_dfl: usize,
 }
 
 /// The offsets, or `None` where this kernel's BTF did not give them all.
@@ -269,5 +277,7 @@ pub fn ancestry() -> Option<Ancestry> {
         kn_id: read(&KN_ID_OFF) as usize,
         kn_parent: read(&KN_PARENT_OFF) as usize,
         task_pid: read(&TASK_PID_OFF) as usize,
+        task_cgroups: read(&TASK_CGROUPS_OFF) as usize,
+        css_set_dfl: read(&CSS_SET_DFL_OFF) as usize,
     })
 }

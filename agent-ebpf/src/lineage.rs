@@ -6,7 +6,7 @@
 
 use agent_common::{Action, Event, Lineage, Op, Outcome, Watch, MAX_CGROUP_DEPTH};
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel},
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_probe_read_kernel},
     programs::{RawTracePointContext, TracePointContext},
 };
 
@@ -41,6 +41,63 @@ pub fn on_fork(ctx: &TracePointContext) {
         }
     };
     remember(child as u32, cgroup, watch);
+}
+
+/// `sched_process_fork` as a raw tracepoint (`parent`, `child`), where BTF gives a cgroup's
+/// ancestors: as [`on_fork`], and a child that starts in another cgroup than its parent's
+/// (`clone3(CLONE_INTO_CGROUP)`) is decided as a move there: under a watched cgroup it takes
+/// that cgroup's lineage, elsewhere it keeps its parent's, and its start there is counted and
+/// told as a move.
+pub fn on_fork_raw(ctx: &RawTracePointContext) {
+    let Some((cgroup, watch)) = scope::watched() else {
+        return;
+    };
+    let Some(o) = kconf::ancestry() else {
+        return;
+    };
+    let child = ctx.arg::<u64>(1) as *const u8;
+    // SAFETY: the helper checks the address; the offset comes from this kernel's BTF.
+    let Ok(pid) = (unsafe { bpf_probe_read_kernel(child.wrapping_add(o.task_pid) as *const i32) })
+    else {
+        bump(Counter::FieldUnreadable);
+        return;
+    };
+    let tid = pid as u32;
+    remember(tid, cgroup, watch);
+    let cgrp = ptr_at(ptr_at(child, o.task_cgroups), o.css_set_dfl);
+    // SAFETY: helper without arguments.
+    let here = unsafe { bpf_get_current_cgroup_id() };
+    match walk(cgrp, &o) {
+        Some((dst, _)) if dst == here => {}
+        Some((dst, under)) => moved(tid, dst, under),
+        None => bump(Counter::FieldUnreadable),
+    }
+}
+
+/// The id of cgroup `cgrp` (v2) and the deepest watched cgroup at or above it, if any; `None`
+/// when unreadable.
+#[inline(always)]
+fn walk(cgrp: *const u8, o: &kconf::Ancestry) -> Option<(u64, Option<(u64, Watch)>)> {
+    let mut kn = ptr_at(cgrp, o.cgrp_kn);
+    let mut dst = 0u64;
+    let mut level = 0;
+    while level < MAX_CGROUP_DEPTH && !kn.is_null() {
+        // SAFETY: the helper checks the address; offsets come from this kernel's BTF.
+        let id = unsafe { bpf_probe_read_kernel(kn.wrapping_add(o.kn_id) as *const u64) }.ok()?;
+        if level == 0 {
+            dst = id;
+        }
+        if let Some(w) = WATCHED.get_ptr(&id) {
+            // SAFETY: map value pointer from lookup. The first found is the deepest.
+            return Some((dst, Some((id, unsafe { *w }))));
+        }
+        kn = ptr_at(kn, o.kn_parent);
+        level += 1;
+    }
+    if dst == 0 {
+        return None;
+    }
+    Some((dst, None))
 }
 
 /// `cgroup_attach_task`: a thread moves to another cgroup (of any hierarchy). Into a watched
@@ -102,32 +159,10 @@ pub fn on_attach_raw(ctx: &RawTracePointContext) {
     if hierarchy != 0 {
         return;
     }
-    let mut kn = ptr_at(cgrp, o.cgrp_kn);
-    let mut dst = 0u64;
-    let mut watch = None;
-    let mut level = 0;
-    while level < MAX_CGROUP_DEPTH && !kn.is_null() {
-        // SAFETY: as above.
-        let Ok(id) = (unsafe { bpf_probe_read_kernel(kn.wrapping_add(o.kn_id) as *const u64) })
-        else {
-            bump(Counter::FieldUnreadable);
-            return;
-        };
-        if level == 0 {
-            dst = id;
-        }
-        if let Some(w) = WATCHED.get_ptr(&id) {
-            // SAFETY: map value pointer from lookup. The first found is the deepest.
-            watch = Some((id, unsafe { *w }));
-            break;
-        }
-        kn = ptr_at(kn, o.kn_parent);
-        level += 1;
-    }
-    if dst == 0 {
+    let Some((dst, watch)) = walk(cgrp, &o) else {
         bump(Counter::FieldUnreadable);
         return;
-    }
+    };
     moved(pid as u32, dst, watch);
 }
 

@@ -36,7 +36,8 @@
 //! - `fork`, `moved`: `sched:sched_process_fork` and `cgroup:cgroup_attach_task`; keep the
 //!   lineage by which a task that leaves a watched cgroup stays watched. `moved_raw` (the same
 //!   event as a raw tracepoint) replaces `moved` where BTF lets it read the destination's
-//!   ancestors, so a move below a watched cgroup gives a lineage too.
+//!   ancestors, so a move below a watched cgroup gives a lineage too; `fork_raw` replaces
+//!   `fork` there, and tells a child started in another cgroup (`CLONE_INTO_CGROUP`).
 //! - `map_lsm`, `mprotect_lsm` (LSM backend: `mmap_file`, `file_mprotect`) and `map_tp`
 //!   (tracepoint backend: `syscalls:sys_enter_mmap`): a program a rule refuses or holds, mapped
 //!   for execution without an exec (the dynamic loader run as a program), is refused, or its
@@ -153,6 +154,13 @@ pub fn exec_exit(ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "sched", name = "sched_process_fork")]
 pub fn fork(ctx: TracePointContext) -> u32 {
     lineage::on_fork(&ctx);
+    0
+}
+
+/// `fork` where the kernel's BTF gives the child's cgroup, pinned under the same name.
+#[raw_tracepoint(tracepoint = "sched_process_fork")]
+pub fn fork_raw(ctx: RawTracePointContext) -> i32 {
+    lineage::on_fork_raw(&ctx);
     0
 }
 

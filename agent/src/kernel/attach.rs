@@ -246,7 +246,11 @@ pub fn attach_all(
     }
 
     // The lineage: forks and cgroup moves, then exits (which also drop held entries).
-    let link = tracepoint(ebpf, "fork", "sched", "sched_process_fork")?;
+    let link = if ancestry {
+        raw_tracepoint(ebpf, "fork_raw", "sched_process_fork")?
+    } else {
+        tracepoint(ebpf, "fork", "sched", "sched_process_fork")?
+    };
     p.keep(link, "fork")?;
     // Where BTF gives a cgroup's ancestors, a move below a watched cgroup gives a lineage too.
     let link = if ancestry {

@@ -173,6 +173,8 @@ const ANCESTRY_FIELDS: &[(&str, &str, &[&str])] = &[
     // Renamed when it became RCU-protected (6.15).
     ("KN_PARENT_OFF", "kernfs_node", &["parent", "__parent"]),
     ("TASK_PID_OFF", "task_struct", &["pid"]),
+    ("TASK_CGROUPS_OFF", "task_struct", &["cgroups"]),
+    ("CSS_SET_DFL_OFF", "css_set", &["dfl_cgrp"]),
 ];
 
 /// The offsets by which `moved_raw` reads the ancestors of the cgroup a thread moves to, by
