@@ -167,6 +167,18 @@ pub fn remove_cgroup(path: &Path) {
     }
 }
 
+/// A shell script that waits until the file `go` exists, moves itself (its own pid, by the
+/// builtin `echo`) into the cgroup `to`, and becomes the probe connecting to 127.0.0.1:`port`:
+/// a process that leaves its cgroup when the test says so.
+pub fn leave_then_connect(go: &Path, to: &Path, port: u16) -> String {
+    format!(
+        "while [ ! -e {go} ]; do sleep 0.02; done; echo 0 > {to}/cgroup.procs && exec {probe} connect 127.0.0.1:{port}",
+        go = go.display(),
+        to = to.display(),
+        probe = probe().display(),
+    )
+}
+
 /// Starts `program args` inside `cgroup` (moved there before it execs).
 pub fn spawn_in(cgroup: &Path, program: &Path, args: &[&str]) -> Child {
     let procs = CString::new(cgroup.join("cgroup.procs").to_string_lossy().as_bytes())

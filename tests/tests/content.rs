@@ -19,6 +19,14 @@ fn rules(workload_extra: &str, body: &str) -> String {
     format!("workloads:\n  - name: test\n    cgroups: [\"{{CG}}\"]\n{workload_extra}rules:\n{body}")
 }
 
+/// Rules under which a program the host did not install needs approval, and nothing else does.
+fn unknown_programs_approve() -> String {
+    rules(
+        "    unknown_programs: approve\n",
+        "  - {name: nothing, workload: test, on: exec, paths: [/nonexistent], action: deny}\n",
+    )
+}
+
 /// Runs `program marker` from a shell in `cgroup` (the shell is an installed program).
 fn run(cgroup: &Path, program: &Path, marker: &Path) -> Output {
     finish(spawn_in(
@@ -278,14 +286,7 @@ fn an_unknown_script_is_asked_about_once() {
     std::fs::write(&script, "#!/bin/sh\nexec /usr/bin/touch \"$1\"\n").expect("script");
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let cg = TestCgroup::new();
-    let d = Daemon::start(
-        &cg,
-        &rules(
-            "    unknown_programs: approve\n",
-            "  - {name: nothing, workload: test, on: exec, paths: [/nonexistent], action: deny}\n",
-        ),
-        "deny",
-    );
+    let d = Daemon::start(&cg, &unknown_programs_approve(), "deny");
     let backend = d.wait_status("its exec backend", |v| v["backend"].is_string())["backend"]
         .as_str()
         .unwrap_or_default()
@@ -337,14 +338,7 @@ fn a_grant_covers_a_program_held_for_its_content_by_any_name() {
     let other = f.copy_of("/usr/bin/mkdir", "downloads/other");
     let cg = TestCgroup::new();
     let free = TestCgroup::new();
-    let d = Daemon::start(
-        &cg,
-        &rules(
-            "    unknown_programs: approve\n",
-            "  - {name: nothing, workload: test, on: exec, paths: [/nonexistent], action: deny}\n",
-        ),
-        "deny",
-    );
+    let d = Daemon::start(&cg, &unknown_programs_approve(), "deny");
     let start = |cgroup: &Path, program: &Path, marker: &Path| {
         spawn_in(
             cgroup,

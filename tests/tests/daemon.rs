@@ -767,14 +767,7 @@ fn a_process_in_the_cgroup_before_the_agent_watched_it_stays_watched_when_it_lea
     let elsewhere = TestCgroup::new();
     let dir = tempfile::tempdir().expect("tempdir");
     let go = dir.path().join("go");
-    // A shell that waits for `go`, moves itself out (its own pid, by the builtin `echo`), and
-    // becomes the probe, which connects.
-    let script = format!(
-        "while [ ! -e {go} ]; do sleep 0.05; done; echo 0 > {to}/cgroup.procs && exec {probe} connect 127.0.0.1:{port}",
-        go = go.display(),
-        to = elsewhere.path.display(),
-        probe = probe().display(),
-    );
+    let script = latch_tests::leave_then_connect(&go, &elsewhere.path, port);
     let sh = std::path::Path::new("/bin/sh");
 
     // Where nothing watches, it connects.

@@ -1175,18 +1175,23 @@ fn a_watched_task_may_not_use_bpf_on_the_lsm_backend() {
     }
 }
 
+/// A TCP listener on loopback, and a harness whose one rule denies connections to it.
+fn harness_denying_a_listener() -> (std::net::TcpListener, u16, Harness) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let h = Harness::new(&rules(&format!(
+        "  - {{name: off, workload: test, on: connect, to: [127.0.0.1/32], ports: [{port}], action: deny}}\n"
+    )));
+    (l, port, h)
+}
+
 #[test]
 #[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
 fn leaving_the_watched_cgroup_does_not_leave_the_rules() {
     if !privileged() {
         return;
     }
-    use std::net::TcpListener;
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = l.local_addr().expect("addr").port();
-    let mut h = Harness::new(&rules(&format!(
-        "  - {{name: off, workload: test, on: connect, to: [127.0.0.1/32], ports: [{port}], action: deny}}\n"
-    )));
+    let (l, port, mut h) = harness_denying_a_listener();
     let free = TestCgroup::new();
     let elsewhere = TestCgroup::new();
     let to = format!("127.0.0.1:{port}");
@@ -1265,25 +1270,14 @@ fn a_process_put_below_the_watched_cgroup_keeps_its_rules_when_it_leaves() {
     if !privileged() {
         return;
     }
-    use std::net::TcpListener;
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = l.local_addr().expect("addr").port();
-    let mut h = Harness::new(&rules(&format!(
-        "  - {{name: off, workload: test, on: connect, to: [127.0.0.1/32], ports: [{port}], action: deny}}\n"
-    )));
+    let (l, port, mut h) = harness_denying_a_listener();
     let free = TestCgroup::new();
     let elsewhere = TestCgroup::new();
     let unwatched = TestCgroup::new();
     let dir = tempfile::tempdir().expect("temporary directory");
     let go = dir.path().join("go");
-    // Waits until it has been put below, moves itself out (its own pid, by the builtin `echo`)
-    // and becomes the probe, which connects.
-    let script = format!(
-        "while [ ! -e {go} ]; do sleep 0.02; done; echo 0 > {to}/cgroup.procs && exec {probe} connect 127.0.0.1:{port}",
-        go = go.display(),
-        to = elsewhere.path.display(),
-        probe = probe().display(),
-    );
+    // Waits until it has been put below, then leaves and connects.
+    let script = latch_tests::leave_then_connect(&go, &elsewhere.path, port);
     let sh = Path::new("/bin/sh");
     let watched_id = cgroups::id_of(&h.cgroup.path).expect("watched cgroup id");
     let elsewhere_id = cgroups::id_of(&elsewhere.path).expect("cgroup id");
