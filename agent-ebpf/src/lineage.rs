@@ -46,29 +46,40 @@ pub fn on_fork(ctx: &TracePointContext) {
 /// `sched_process_fork` as a raw tracepoint (`parent`, `child`), where BTF gives a cgroup's
 /// ancestors: as [`on_fork`], and a child that starts in another cgroup than its parent's
 /// (`clone3(CLONE_INTO_CGROUP)`) is decided as a move there: under a watched cgroup it takes
-/// that cgroup's lineage, elsewhere it keeps its parent's, and its start there is counted and
-/// told as a move.
+/// that cgroup's lineage (also when an unwatched supervisor started it there), elsewhere it
+/// keeps its parent's, and its start there is counted and told as a move.
 pub fn on_fork_raw(ctx: &RawTracePointContext) {
-    let Some((cgroup, watch)) = scope::watched() else {
-        return;
-    };
     let Some(o) = kconf::ancestry() else {
         return;
     };
     let child = ctx.arg::<u64>(1) as *const u8;
-    // SAFETY: the helper checks the address; the offset comes from this kernel's BTF.
+    let cgrp = ptr_at(ptr_at(child, o.task_cgroups), o.css_set_dfl);
+    // SAFETY: the helper checks the address; offsets come from this kernel's BTF.
+    let dst = unsafe {
+        bpf_probe_read_kernel(ptr_at(cgrp, o.cgrp_kn).wrapping_add(o.kn_id) as *const u64)
+    };
+    // SAFETY: helper without arguments.
+    let here = unsafe { bpf_get_current_cgroup_id() };
+    let elsewhere = !matches!(dst, Ok(id) if id == here);
+    let parent = scope::watched();
+    if parent.is_none() && !elsewhere {
+        // The common case on a host: an unwatched process forks where it is.
+        return;
+    }
+    // SAFETY: as above.
     let Ok(pid) = (unsafe { bpf_probe_read_kernel(child.wrapping_add(o.task_pid) as *const i32) })
     else {
         bump(Counter::FieldUnreadable);
         return;
     };
     let tid = pid as u32;
-    remember(tid, cgroup, watch);
-    let cgrp = ptr_at(ptr_at(child, o.task_cgroups), o.css_set_dfl);
-    // SAFETY: helper without arguments.
-    let here = unsafe { bpf_get_current_cgroup_id() };
+    if let Some((cgroup, watch)) = parent {
+        remember(tid, cgroup, watch);
+    }
+    if !elsewhere {
+        return;
+    }
     match walk(cgrp, &o) {
-        Some((dst, _)) if dst == here => {}
         Some((dst, under)) => moved(tid, dst, under),
         None => bump(Counter::FieldUnreadable),
     }

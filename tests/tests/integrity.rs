@@ -1263,7 +1263,8 @@ fn leaving_the_watched_cgroup_does_not_leave_the_rules() {
 /// writes it into a cgroup below a watched one (as systemd puts a service into a slice) puts it
 /// under the watched cgroup's rules; the process then moves itself out and connects. The move
 /// is made by another process, so the kernel must take the moved thread from the hook's
-/// arguments, not the task running it.
+/// arguments, not the task running it. The same for a child an unwatched supervisor starts
+/// there directly (`clone3(CLONE_INTO_CGROUP)`), where no move happens at all.
 #[test]
 #[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
 fn a_process_put_below_the_watched_cgroup_keeps_its_rules_when_it_leaves() {
@@ -1293,14 +1294,34 @@ fn a_process_put_below_the_watched_cgroup_keeps_its_rules_when_it_leaves() {
         std::fs::write(&go, "").expect("go");
         let out = outcome(child);
         std::fs::remove_file(&go).expect("rm go");
+        // Started there by a supervisor outside (`clone3(CLONE_INTO_CGROUP)`), then leaving.
+        let to = format!("127.0.0.1:{port}");
+        let started = run_in(
+            &free.path,
+            &probe_args(&["clone-into", &s(&below), &s(&elsewhere.path), &to]),
+        );
         if !watched {
             assert_eq!(out["ok"], true, "below an unwatched cgroup: {out}");
             assert!(
                 eventually(|| accepted(&l)),
                 "no connection arrived unwatched"
             );
+            assert_eq!(
+                started["ok"], true,
+                "started below an unwatched cgroup: {started}"
+            );
+            assert!(
+                eventually(|| accepted(&l)),
+                "no connection arrived unwatched: {started}"
+            );
             continue;
         }
+        assert_eq!(
+            started["errno"].as_i64(),
+            Some(EPERM),
+            "started below the watched cgroup, then left: {started}"
+        );
+        assert!(!accepted(&l), "the started child's connection arrived");
         assert_eq!(
             out["errno"].as_i64(),
             Some(EPERM),

@@ -533,6 +533,12 @@ struct CloneArgs {
 }
 
 fn escape_clone(cgroup: &str, addr: SocketAddr) {
+    clone_into(cgroup, None, addr)
+}
+
+/// Starts a child in `cgroup` with `clone3(CLONE_INTO_CGROUP)`; the child moves on to `then`
+/// (if given) and connects to `addr`; waits for it.
+fn clone_into(cgroup: &str, then: Option<&str>, addr: SocketAddr) {
     use std::os::fd::AsRawFd;
     const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
     let dir = match std::fs::File::open(cgroup) {
@@ -559,6 +565,14 @@ fn escape_clone(cgroup: &str, addr: SocketAddr) {
         return report(Err(std::io::Error::last_os_error()));
     }
     if pid == 0 {
+        if let Some(then) = then {
+            if let Err(e) = std::fs::write(format!("{then}/cgroup.procs"), "0") {
+                report(Err(e));
+                let _ = std::io::stdout().flush();
+                // SAFETY: as below.
+                unsafe { libc::_exit(0) };
+            }
+        }
         report(TcpStream::connect(addr).map(drop));
         let _ = std::io::stdout().flush();
         // SAFETY: ends the child without running the parent's exit handlers twice.
@@ -782,6 +796,15 @@ fn main() {
             std::process::exit(2);
         };
         return steal_fd(pid, fd);
+    }
+    if args.get(1).map(String::as_str) == Some("clone-into") {
+        let (Some(cg), Some(then), Some(Ok(addr))) =
+            (args.get(2), args.get(3), args.get(4).map(|a| a.parse()))
+        else {
+            eprintln!("usage: latch-probe clone-into CGROUP THEN ADDR:PORT");
+            std::process::exit(2);
+        };
+        return clone_into(cg, Some(then), addr);
     }
     if args.get(1).map(String::as_str) == Some("bpf-map") {
         return bpf_map();
