@@ -1359,10 +1359,16 @@ fn by_rules(
         };
         Some((r.rule_id, decode(r.action)))
     });
+    // An approval the content asks for is made (and granted) for the content even where a path
+    // rule asks the same (a `copies` rule run by its own path): the grant then covers every
+    // copy, as the rule says.
     let mut best = (by_path, false);
     for (v, content) in [(by_file, false), (by_content, true)] {
         match v {
             Some(v) if v.1 > best.0 .1 => best = (v, content),
+            Some(v) if content && v.1 == best.0 .1 && v.1 == agent_common::Action::Approve => {
+                best = (v, content)
+            }
             _ => {}
         }
     }

@@ -396,4 +396,41 @@ fn a_grant_covers_a_program_held_for_its_content_by_any_name() {
         2,
         "the grant let both through:\n{log}"
     );
+
+    // A `copies` rule held at its own path (the path and the content ask alike): the grant is
+    // for the content, so it covers a renamed copy too.
+    let prog = f.at("prog");
+    let d = Daemon::start(
+        &cg,
+        &rules(
+            "",
+            &format!(
+                "  - {{name: ask-prog, workload: test, on: exec, paths: [{}], copies: true, action: approve}}\n",
+                prog.display()
+            ),
+        ),
+        "deny",
+    );
+    let m = f.marker("copies-first");
+    let child = start(&cg.path, &prog, &m);
+    let id = d.wait_request(child.id());
+    d.decide(&id, &["grant", "--scope", "workload", "--for", "10m"]);
+    let out = finish(child);
+    assert!(m.exists(), "granted: {}", text(&out));
+    let m = f.marker("copies-renamed");
+    let mut child = start(&cg.path, &renamed, &m);
+    let deadline = std::time::Instant::now() + latch_tests::patience();
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "a renamed copy was held again despite the grant\n{}",
+                d.stop()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(m.exists(), "the renamed copy did not run");
+    d.stop();
 }

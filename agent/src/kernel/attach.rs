@@ -219,6 +219,9 @@ pub fn attach_all(
             // memory or descriptors, whatever system-call table it came through.
             match kprobe(ebpf, "debug_kp", "ptrace_may_access") {
                 Ok(link) => p.keep(link, "debug-kp")?,
+                // Only a kernel without kprobes excuses it: any other failure is a bug, which
+                // the fallback below must not hide.
+                Err(e) if kprobes_supported() => return Err(e),
                 Err(e) => {
                     tracing::warn!(
                         "/proc/PID/mem and pidfd_getfd are not seen: {e}; process_vm_readv and \
@@ -363,6 +366,11 @@ fn tracepoint(
         .map_err(prog_err(name))?
         .try_into()
         .map_err(link_err(name))
+}
+
+/// Whether this kernel has kprobes (their perf event source is registered).
+pub fn kprobes_supported() -> bool {
+    Path::new("/sys/bus/event_source/devices/kprobe").exists()
 }
 
 /// Attaches the kprobe program `name` to the entry of the kernel function `function`.
