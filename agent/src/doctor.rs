@@ -299,11 +299,12 @@ pub fn judge(f: Facts) -> Report {
         },
         (true, _) if f.hooks.iter().any(|h| h == "debug-kp") => Guarantee {
             name: "debugging",
-            verdict: Verdict::Enforced,
+            verdict: Verdict::Degraded,
             why: "tracepoint backend: a watched task is ended when it asks to attach to another \
                   process (ptrace, /proc/PID/mem, process_vm_readv/writev, pidfd_getfd: a \
-                  kprobe on ptrace_may_access); the call completes, the task does not return \
-                  from it"
+                  kprobe on ptrace_may_access); the call completes and the task does not \
+                  return from it, but a process sharing its descriptor table (CLONE_FILES) \
+                  keeps a descriptor the call made"
                 .into(),
         },
         (true, _) => Guarantee {
@@ -324,10 +325,13 @@ pub fn judge(f: Facts) -> Report {
         },
         why: match &f.ancestry {
             Ok(()) => not_loaded(
-                "a thread that was in a watched cgroup, or below one, keeps its watch wherever                  it moves, with its descendants",
+                "a thread that was in a watched cgroup, or below one, keeps its watch wherever \
+                 it moves, with its descendants",
             ),
             Err(e) => not_loaded(&format!(
-                "a thread that forks or moves into a watched cgroup keeps its watch wherever it                  moves; one moved by another process into a cgroup below a watched one does                  not, since the cgroup's ancestors cannot be read here ({e})"
+                "a thread that forks or moves into a watched cgroup keeps its watch wherever it \
+                 moves; one moved by another process into a cgroup below a watched one does \
+                 not, since the cgroup's ancestors cannot be read here ({e})"
             )),
         },
     });
@@ -575,7 +579,7 @@ mod tests {
         // (backend, hooks) → verdict
         let table = [
             (Backend::Lsm, vec![], Enforced),
-            (Backend::Tracepoint, vec!["ptrace-tp", "debug-kp"], Enforced),
+            (Backend::Tracepoint, vec!["ptrace-tp", "debug-kp"], Degraded),
             (
                 Backend::Tracepoint,
                 vec!["ptrace-tp", "vm-read-tp"],
@@ -587,6 +591,12 @@ mod tests {
             f.hooks = hooks.iter().map(|h| h.to_string()).collect();
             let r = judge(f);
             assert_eq!(verdict_of(&r, "debugging"), want, "{backend:?} {hooks:?}");
+            let g = r.guarantees.iter().find(|g| g.name == "debugging");
+            let kprobed = hooks.contains(&"debug-kp");
+            assert!(
+                g.is_some_and(|g| g.why.contains("CLONE_FILES") == kprobed),
+                "{backend:?} {hooks:?}: {g:?}"
+            );
         }
         let r = judge(facts(Err("no BTF".into()), None, false));
         assert_eq!(verdict_of(&r, "debugging"), Unsupported);

@@ -1341,24 +1341,30 @@ async fn metrics(env: &Env) {
     // through the group-committing writer; PostgreSQL's server batches its own commits.
     let commits = sample(&text, "latch_central_store_commits_total").expect("commits");
     let txs = sample(&text, "latch_central_store_transactions_total").expect("transactions");
-    // Each commit since start-up is timed, with the transactions it carried.
+    // Commits since start-up are timed, with the transactions each carried (at least one). The
+    // histograms are updated as commits happen, the counters at the scrape: not compared.
     let timed = sample(&text, "latch_central_store_commit_seconds_count").expect("commit time");
     let batches = sample(&text, "latch_central_store_batch_size_count").expect("batch size");
     let carried = sample(&text, "latch_central_store_batch_size_sum").expect("batch size");
     if env.kind == "sqlite" {
         assert!(txs >= 5.0 && commits >= 1.0 && commits <= txs, "{text}");
         assert!(
-            timed >= 1.0 && timed <= commits && batches == timed,
+            timed >= 1.0 && batches >= 1.0 && carried >= batches,
             "{text}"
         );
-        assert!(carried >= timed && carried <= txs, "{text}");
     } else {
         assert_eq!((commits, txs), (0.0, 0.0), "{text}");
         assert_eq!((timed, carried), (0.0, 0.0), "{text}");
     }
-    let queued = sample(&text, "latch_central_agent_queue_messages").expect("queued");
-    let fullest = sample(&text, "latch_central_agent_queue_max").expect("fullest queue");
-    assert!(fullest <= queued, "{text}");
+    // Exported (their figures are checked in the stream hub's unit test).
+    assert!(
+        sample(&text, "latch_central_agent_queue_messages").is_some(),
+        "{text}"
+    );
+    assert!(
+        sample(&text, "latch_central_agent_queue_max").is_some(),
+        "{text}"
+    );
 
     // A closed stream is no longer counted.
     drop(agent);

@@ -415,7 +415,9 @@ impl Engine {
                 loader.override_global("ANCESTRY_ON", &on, true);
             }
             Err(e) => tracing::warn!(
-                "a thread moved into a cgroup below a watched one by another process is watched                  there but keeps no lineage when it leaves: the ancestors of a cgroup cannot be                  read here ({e})"
+                "a thread moved into a cgroup below a watched one by another process is watched \
+                 there but keeps no lineage when it leaves: the ancestors of a cgroup cannot be \
+                 read here ({e})"
             ),
         }
         let compat = probe::compat_status_offset();
