@@ -1384,7 +1384,8 @@ fn by_rules(
 struct Verdict {
     rule_id: u32,
     action: agent_common::Action,
-    /// The content's verdict is the strictest (strictly stricter than the path's and the file's).
+    /// The content's verdict decided: stricter than the path's and the file's, or an approval
+    /// they ask alike.
     by_content: bool,
 }
 

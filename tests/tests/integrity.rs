@@ -538,7 +538,7 @@ impl Victim {
 }
 
 /// Whether the tracepoint backend's kprobe on `ptrace_may_access` is attached; where it is not,
-/// only a kernel without kprobes may be the reason.
+/// only a kernel without kprobes may be the reason (the matrix's kernels have them).
 fn kprobed(h: &mut Harness) -> bool {
     let on = h.engine().hooks().contains(&"debug-kp");
     if !on && h.engine().backend() == Backend::Tracepoint {

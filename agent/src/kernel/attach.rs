@@ -217,11 +217,11 @@ pub fn attach_all(
             p.keep(link, "ptrace-tp")?;
             // Where the kernel asks for the right to attach: every way to another process's
             // memory or descriptors, whatever system-call table it came through.
-            match kprobe(ebpf, "debug_kp", "ptrace_may_access") {
+            // A program the verifier refuses is a bug, and an error like any other's; a
+            // kernel that cannot attach it (no kprobes, or no such function to probe) keeps
+            // the system-call checks below, and doctor says so.
+            match kprobe(ebpf, "debug_kp", "ptrace_may_access")? {
                 Ok(link) => p.keep(link, "debug-kp")?,
-                // Only a kernel without kprobes excuses it: any other failure is a bug, which
-                // the fallback below must not hide.
-                Err(e) if kprobes_supported() => return Err(e),
                 Err(e) => {
                     tracing::warn!(
                         "/proc/PID/mem and pidfd_getfd are not seen: {e}; process_vm_readv and \
@@ -373,17 +373,22 @@ pub fn kprobes_supported() -> bool {
     Path::new("/sys/bus/event_source/devices/kprobe").exists()
 }
 
-/// Attaches the kprobe program `name` to the entry of the kernel function `function`.
-fn kprobe(ebpf: &mut Ebpf, name: &'static str, function: &str) -> Result<FdLink, EngineError> {
+/// Loads the kprobe program `name` (an error if it does not load) and attaches it to the entry
+/// of the kernel function `function` (the inner error if that fails).
+fn kprobe(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    function: &str,
+) -> Result<Result<FdLink, EngineError>, EngineError> {
     let prog: &mut KProbe = program(ebpf, name)?;
     if prog.fd().is_err() {
         prog.load().map_err(prog_err(name))?;
     }
-    let id = prog.attach(function, 0).map_err(prog_err(name))?;
-    prog.take_link(id)
-        .map_err(prog_err(name))?
-        .try_into()
-        .map_err(link_err(name))
+    Ok(prog
+        .attach(function, 0)
+        .map_err(prog_err(name))
+        .and_then(|id| prog.take_link(id).map_err(prog_err(name)))
+        .and_then(|l| l.try_into().map_err(link_err(name))))
 }
 
 /// Attaches the raw tracepoint program `name` to `tp`.
