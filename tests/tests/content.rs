@@ -323,6 +323,21 @@ fn an_unknown_script_is_asked_about_once() {
     );
 }
 
+/// Whether `child` ends on its own within the test's patience (killed if not): nothing is asked
+/// of a reviewer, so one still running was held.
+fn ends_unasked(mut child: std::process::Child) -> bool {
+    let deadline = std::time::Instant::now() + latch_tests::patience();
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    true
+}
+
 /// A reviewer's grant on a program held for its content covers that content for its length, by
 /// any name (the same file again, a renamed copy), and nothing else under the same rule
 /// (another new program is asked about).
@@ -366,15 +381,8 @@ fn a_grant_covers_a_program_held_for_its_content_by_any_name() {
     // Covered by the grant: no request, so they end on their own.
     for (name, program) in [("again", &tool), ("renamed", &renamed)] {
         let m = f.marker(name);
-        let mut child = start(&cg.path, program, &m);
-        let deadline = std::time::Instant::now() + latch_tests::patience();
-        while child.try_wait().expect("wait").is_none() {
-            if std::time::Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("{name}: held again despite the grant\n{}", d.stop());
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
+        if !ends_unasked(start(&cg.path, program, &m)) {
+            panic!("{name}: held again despite the grant\n{}", d.stop());
         }
         assert!(m.exists(), "{name}: did not run");
     }
@@ -418,18 +426,11 @@ fn a_grant_covers_a_program_held_for_its_content_by_any_name() {
     let out = finish(child);
     assert!(m.exists(), "granted: {}", text(&out));
     let m = f.marker("copies-renamed");
-    let mut child = start(&cg.path, &renamed, &m);
-    let deadline = std::time::Instant::now() + latch_tests::patience();
-    while child.try_wait().expect("wait").is_none() {
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "a renamed copy was held again despite the grant\n{}",
-                d.stop()
-            );
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
+    if !ends_unasked(start(&cg.path, &renamed, &m)) {
+        panic!(
+            "a renamed copy was held again despite the grant\n{}",
+            d.stop()
+        );
     }
     assert!(m.exists(), "the renamed copy did not run");
     d.stop();

@@ -320,7 +320,7 @@ fn a_held_exec_makes_no_progress_under_a_sigcont_loop() {
     let mut h = rule_on(&p, "ask", "approve");
     restop_refused_only_by_the_kernel(&mut h);
     let m = p.marker("sigcont");
-    let mut child = h.spawn(&probe(), &["exec", &s(&p.path()), &s(&m)]);
+    let child = h.spawn(&probe(), &["exec", &s(&p.path()), &s(&m)]);
     let pending = h.wait_pending_where("the held exec", |q| q.op == "exec");
     let (repaused, killed) = (
         counter(&mut h, Counter::Repaused),
@@ -329,35 +329,14 @@ fn a_held_exec_makes_no_progress_under_a_sigcont_loop() {
     let sent = sigcont_loop(pending.tgid, Duration::from_secs(2));
     assert!(sent > 0);
     assert!(!m.exists(), "the held program ran under {sent} SIGCONTs");
-    match h.after_foreign_resume(&mut child, pending.tgid, repaused, true) {
-        // Each SIGCONT only renewed the stop (LSM: execve restarts and stops again; tracepoint
-        // backend: stopped again on the way back from the signal): still the same request.
-        Resumed::StoppedAgain => {
-            let again = h.wait_pending_where("still held", |q| q.op == "exec");
-            assert_eq!(again.id, pending.id);
-            h.engine()
-                .decide(pending.id, Decision::Allow)
-                .expect("decide");
-            let out = outcome(child);
-            assert!(m.exists(), "ran after approval: {out}");
-        }
-        // A SIGCONT raced the renewed stop (or there is no `restop`): the tracepoint backend's
-        // gate ended the image at its first system call, and recorded it.
-        Resumed::Ended => {
-            let out = outcome(child);
-            assert_ne!(
-                h.engine().backend(),
-                Backend::Lsm,
-                "LSM never lets it go: {out}"
-            );
-            assert_eq!(out["signal"], 9, "ended at its first system call: {out}");
-            assert!(!m.exists());
-            assert!(counter(&mut h, Counter::ResumeKilled) > killed);
-            h.expect_event("resumed without a decision", |e| {
-                e.outcome == Outcome::FailClosed && e.reentered
-            });
-        }
-    }
+    settle_foreign_resume(
+        &mut h,
+        child,
+        &m,
+        (pending.id, pending.tgid),
+        (repaused, killed, true),
+        Decision::Allow,
+    );
 }
 
 /// A debugger outside every watched cgroup (here, of the same user) seizes a held exec and
@@ -400,7 +379,7 @@ fn a_held_exec_makes_no_progress_under_a_tracer_from_outside() {
 
     // Held: the tracer's resumes do not run it.
     let m = p.marker("traced");
-    let mut child = h.spawn(&probe(), &["exec", &s(&p.path()), &s(&m)]);
+    let child = h.spawn(&probe(), &["exec", &s(&p.path()), &s(&m)]);
     let pending = h.wait_pending_where("the held exec", |q| q.op == "exec");
     let (repaused, killed) = (
         counter(&mut h, Counter::Repaused),
@@ -409,15 +388,43 @@ fn a_held_exec_makes_no_progress_under_a_tracer_from_outside() {
     let out = tracer(pending.tgid);
     assert!(resumed(&out) > 0, "the tracer resumed nothing: {out}");
     assert!(!m.exists(), "the held program ran under a tracer: {out}");
-    match h.after_foreign_resume(&mut child, pending.tgid, repaused, false) {
+    settle_foreign_resume(
+        &mut h,
+        child,
+        &m,
+        (pending.id, pending.tgid),
+        (repaused, killed, false),
+        Decision::Deny,
+    );
+}
+
+/// What became of a held exec that someone other than the agent resumed (its request `id`, its
+/// process `tgid`; the re-pause and resume-kill counters before, and whether to wait for its
+/// stop too), checked from its marker `m`: held again as the same request, then decided
+/// `decision` and run only if allowed (LSM: execve restarts and stops again; tracepoint
+/// backend: stopped again on the way back from the signal); or, on the tracepoint backend only
+/// (a resume raced the renewed stop, or there is no `restop`), ended by the gate at its first
+/// system call, and recorded.
+fn settle_foreign_resume(
+    h: &mut Harness,
+    mut child: std::process::Child,
+    m: &Path,
+    (id, tgid): (latch_agent::kernel::RequestId, u32),
+    (repaused, killed, stopped): (u64, u64, bool),
+    decision: Decision,
+) {
+    match h.after_foreign_resume(&mut child, tgid, repaused, stopped) {
         Resumed::StoppedAgain => {
             let again = h.wait_pending_where("still held", |q| q.op == "exec");
-            assert_eq!(again.id, pending.id);
-            h.engine()
-                .decide(pending.id, Decision::Deny)
-                .expect("decide");
+            assert_eq!(again.id, id);
+            h.engine().decide(id, decision).expect("decide");
             let out = outcome(child);
-            assert!(!m.exists(), "denied, yet it ran: {out}");
+            let allowed = matches!(decision, Decision::Allow);
+            assert_eq!(
+                m.exists(),
+                allowed,
+                "ran only if allowed ({decision:?}): {out}"
+            );
         }
         Resumed::Ended => {
             let out = outcome(child);
@@ -428,7 +435,10 @@ fn a_held_exec_makes_no_progress_under_a_tracer_from_outside() {
             );
             assert_eq!(out["signal"], 9, "ended at its first system call: {out}");
             assert!(!m.exists());
-            assert!(counter(&mut h, Counter::ResumeKilled) > killed);
+            assert!(counter(h, Counter::ResumeKilled) > killed);
+            h.expect_event("resumed without a decision", |e| {
+                e.outcome == Outcome::FailClosed && e.reentered
+            });
         }
     }
 }
