@@ -1,66 +1,209 @@
-//! The target fingerprint: a 64-bit FNV-1a hash of what an operation is aimed at.
+//! The target fingerprint: a keyed 64-bit hash (SipHash-2-4) of what an operation is aimed at.
 //!
 //! The kernel computes it when it holds an operation, and the agent computes it when it writes a
 //! grant, so that a decision applies to the destination or program that was reviewed and to
 //! nothing else. Both sides call these functions; the byte order fed to the hash is part of the
-//! map contract.
+//! map contract. The key is the host's secret ([`FingerprintKey`]): with an unkeyed hash a
+//! workload could search offline for a second program or destination with the fingerprint of
+//! one a reviewer granted, and run it under that grant.
+//!
+//! What is hashed starts with a byte that tells the kinds apart: a path starts with `/`, a
+//! destination with its address family (2 or 10), a program's content with 0.
 
-const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-const PRIME: u64 = 0x0000_0100_0000_01b3;
+use crate::FingerprintKey;
 
-#[inline(always)]
-fn mix(h: u64, b: u8) -> u64 {
-    (h ^ b as u64).wrapping_mul(PRIME)
+/// SipHash-2-4 fed one byte at a time (written for the BPF target: no slices of unknown length,
+/// every loop bounded by its caller).
+struct Sip {
+    v0: u64,
+    v1: u64,
+    v2: u64,
+    v3: u64,
+    /// Bytes of the word being filled, little-endian.
+    word: u64,
+    /// Bytes written so far.
+    len: u64,
+}
+
+impl Sip {
+    #[inline(always)]
+    fn new(key: &FingerprintKey) -> Self {
+        Sip {
+            v0: key.k0 ^ 0x736f_6d65_7073_6575,
+            v1: key.k1 ^ 0x646f_7261_6e64_6f6d,
+            v2: key.k0 ^ 0x6c79_6765_6e65_7261,
+            v3: key.k1 ^ 0x7465_6462_7974_6573,
+            word: 0,
+            len: 0,
+        }
+    }
+
+    #[inline(always)]
+    fn round(&mut self) {
+        self.v0 = self.v0.wrapping_add(self.v1);
+        self.v1 = self.v1.rotate_left(13) ^ self.v0;
+        self.v0 = self.v0.rotate_left(32);
+        self.v2 = self.v2.wrapping_add(self.v3);
+        self.v3 = self.v3.rotate_left(16) ^ self.v2;
+        self.v0 = self.v0.wrapping_add(self.v3);
+        self.v3 = self.v3.rotate_left(21) ^ self.v0;
+        self.v2 = self.v2.wrapping_add(self.v1);
+        self.v1 = self.v1.rotate_left(17) ^ self.v2;
+        self.v2 = self.v2.rotate_left(32);
+    }
+
+    #[inline(always)]
+    fn compress(&mut self, m: u64) {
+        self.v3 ^= m;
+        self.round();
+        self.round();
+        self.v0 ^= m;
+    }
+
+    #[inline(always)]
+    fn byte(&mut self, b: u8) {
+        self.word |= (b as u64) << (8 * (self.len & 7));
+        self.len += 1;
+        if self.len & 7 == 0 {
+            let m = self.word;
+            self.compress(m);
+            self.word = 0;
+        }
+    }
+
+    #[inline(always)]
+    fn finish(mut self) -> u64 {
+        let m = (self.len << 56) | self.word;
+        self.compress(m);
+        self.v2 ^= 0xff;
+        self.round();
+        self.round();
+        self.round();
+        self.round();
+        self.v0 ^ self.v1 ^ self.v2 ^ self.v3
+    }
 }
 
 /// Fingerprint of a network destination. `addr` is in network order, IPv4 in the first 4 bytes
 /// and the rest zero; `port` in host order.
 #[inline(always)]
-pub fn network(family: u8, proto: u8, addr: &[u8; 16], port: u16) -> u64 {
-    let mut h = OFFSET;
-    h = mix(h, family);
-    h = mix(h, proto);
+pub fn network(key: &FingerprintKey, family: u8, proto: u8, addr: &[u8; 16], port: u16) -> u64 {
+    let mut h = Sip::new(key);
+    h.byte(family);
+    h.byte(proto);
     let p = port.to_be_bytes();
-    h = mix(h, p[0]);
-    h = mix(h, p[1]);
+    h.byte(p[0]);
+    h.byte(p[1]);
     let mut i = 0;
     while i < 16 {
-        h = mix(h, addr[i]);
+        h.byte(addr[i]);
         i += 1;
     }
-    h
+    h.finish()
 }
 
 /// Fingerprint of an executable path: the first `len` bytes of `path` (at most its length).
 #[inline(always)]
-pub fn path(path: &[u8; crate::PATH_CAP], len: usize) -> u64 {
-    let mut h = OFFSET;
+pub fn path(key: &FingerprintKey, path: &[u8; crate::PATH_CAP], len: usize) -> u64 {
+    let mut h = Sip::new(key);
     let mut i = 0;
     while i < crate::PATH_CAP {
         if i >= len {
             break;
         }
-        h = mix(h, path[i]);
+        h.byte(path[i]);
         i += 1;
     }
-    h
+    h.finish()
 }
 
 /// Fingerprint of a program's content (its SHA-256): a held exec whose verdict came from its
 /// content is reviewed, and granted, as that content, wherever it lies. The leading zero byte
 /// keeps it apart from every path fingerprint (an executable path never starts with NUL).
-pub fn content(sha256: &[u8; 32]) -> u64 {
-    let mut h = mix(OFFSET, 0);
+pub fn content(key: &FingerprintKey, sha256: &[u8; 32]) -> u64 {
+    let mut h = Sip::new(key);
+    h.byte(0);
     for b in sha256 {
-        h = mix(h, *b);
+        h.byte(*b);
     }
-    h
+    h.finish()
 }
 
 #[cfg(test)]
 mod tests {
 
     use crate::PATH_CAP;
+
+    use super::*;
+
+    const K: FingerprintKey = FingerprintKey {
+        k0: 0x0706_0504_0302_0100,
+        k1: 0x0f0e_0d0c_0b0a_0908,
+    };
+
+    /// SipHash-2-4 as the standard library's (deprecated, unchanged) `SipHasher` computes it.
+    #[allow(deprecated)]
+    fn reference(key: &FingerprintKey, bytes: &[u8]) -> u64 {
+        use core::hash::Hasher;
+        let mut h = core::hash::SipHasher::new_with_keys(key.k0, key.k1);
+        h.write(bytes);
+        h.finish()
+    }
+
+    #[test]
+    fn the_hash_is_siphash_2_4() {
+        // The first vectors of the SipHash paper's reference set (key 00..0f, message 00..n-1).
+        let expected: [u64; 4] = [
+            0x726f_db47_dd0e_0e31,
+            0x74f8_39c5_93dc_67fd,
+            0x0d6c_8009_d9a9_4f5a,
+            0x8567_6696_d7fb_7e2d,
+        ];
+        for (n, want) in expected.iter().enumerate() {
+            let mut p = [0u8; PATH_CAP];
+            for (i, b) in p.iter_mut().enumerate().take(n) {
+                *b = i as u8;
+            }
+            assert_eq!(path(&K, &p, n), *want, "{n} bytes");
+        }
+        // Every length a path can have, against an independent implementation.
+        let mut p = [0u8; PATH_CAP];
+        for (i, b) in p.iter_mut().enumerate() {
+            *b = (i as u8).wrapping_mul(31).wrapping_add(7);
+        }
+        let key = FingerprintKey {
+            k0: 0x9e37_79b9_7f4a_7c15,
+            k1: 0xbf58_476d_1ce4_e5b9,
+        };
+        for n in 0..=PATH_CAP {
+            assert_eq!(path(&key, &p, n), reference(&key, &p[..n]), "{n} bytes");
+        }
+        let sha = [0xabu8; 32];
+        let mut fed = [0u8; 33];
+        fed[1..].copy_from_slice(&sha);
+        assert_eq!(content(&key, &sha), reference(&key, &fed));
+        let a = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+        let mut fed = [0u8; 20];
+        fed[..4].copy_from_slice(&[10, 6, 0x01, 0xbb]);
+        fed[4..].copy_from_slice(&a);
+        assert_eq!(network(&key, 10, 6, &a, 443), reference(&key, &fed));
+    }
+
+    #[test]
+    fn another_key_gives_other_fingerprints() {
+        let other = FingerprintKey {
+            k0: K.k0,
+            k1: K.k1 ^ 1,
+        };
+        let mut p = [0u8; PATH_CAP];
+        p[..9].copy_from_slice(b"/bin/curl");
+        assert_ne!(path(&K, &p, 9), path(&other, &p, 9));
+        assert_ne!(content(&K, &[1; 32]), content(&other, &[1; 32]));
+        let a = [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        assert_ne!(network(&K, 2, 6, &a, 80), network(&other, 2, 6, &a, 80));
+        assert!(FingerprintKey::default().is_unset());
+        assert!(!other.is_unset());
+    }
 
     #[test]
     fn a_content_is_never_taken_for_a_path_of_the_same_bytes() {
@@ -69,11 +212,10 @@ mod tests {
         b[31] = 0;
         let mut as_path = [0u8; PATH_CAP];
         as_path[..32].copy_from_slice(&a);
-        assert_ne!(content(&a), path(&as_path, 32));
-        assert_ne!(content(&a), content(&b));
-        assert_eq!(content(&a), content(&[0x2fu8; 32]));
+        assert_ne!(content(&K, &a), path(&K, &as_path, 32));
+        assert_ne!(content(&K, &a), content(&K, &b));
+        assert_eq!(content(&K, &a), content(&K, &[0x2fu8; 32]));
     }
-    use super::*;
 
     #[test]
     fn user_space_device_numbers_become_the_kernel_encoding() {
@@ -96,23 +238,23 @@ mod tests {
     #[test]
     fn network_fingerprint_depends_on_every_field() {
         let a = [10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-        let base = network(2, 6, &a, 443);
-        assert_ne!(base, network(10, 6, &a, 443));
-        assert_ne!(base, network(2, 17, &a, 443));
-        assert_ne!(base, network(2, 6, &a, 444));
+        let base = network(&K, 2, 6, &a, 443);
+        assert_ne!(base, network(&K, 10, 6, &a, 443));
+        assert_ne!(base, network(&K, 2, 17, &a, 443));
+        assert_ne!(base, network(&K, 2, 6, &a, 444));
         let mut b = a;
         b[3] = 2;
-        assert_ne!(base, network(2, 6, &b, 443));
-        assert_eq!(base, network(2, 6, &a, 443));
+        assert_ne!(base, network(&K, 2, 6, &b, 443));
+        assert_eq!(base, network(&K, 2, 6, &a, 443));
     }
 
     #[test]
     fn path_fingerprint_ignores_bytes_past_len() {
         let mut p = [0u8; crate::PATH_CAP];
         p[..9].copy_from_slice(b"/bin/curl");
-        let h = path(&p, 9);
+        let h = path(&K, &p, 9);
         p[20] = b'x';
-        assert_eq!(h, path(&p, 9));
-        assert_ne!(h, path(&p, 8));
+        assert_eq!(h, path(&K, &p, 9));
+        assert_ne!(h, path(&K, &p, 8));
     }
 }

@@ -483,6 +483,26 @@ pub struct Heartbeat {
     pub _pad: [u8; 7],
 }
 
+/// The single entry of [`FP_KEY`](maps::FP_KEY): the secret key of the host's target
+/// fingerprints ([`fingerprint`]). A grant is found by the fingerprint of what it covers, so a
+/// workload that could compute fingerprints could search offline for another program or
+/// destination with the fingerprint of one it got approved; keyed, it cannot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FingerprintKey {
+    /// First half of the SipHash key.
+    pub k0: u64,
+    /// Second half of the SipHash key.
+    pub k1: u64,
+}
+
+impl FingerprintKey {
+    /// Whether the key was never drawn (the map's initial zeros).
+    pub fn is_unset(&self) -> bool {
+        self.k0 == 0 && self.k1 == 0
+    }
+}
+
 /// Bits of [`Event::flags`].
 pub mod event_flags {
     /// The exec path was longer than [`PATH_CAP`](crate::PATH_CAP) and is cut.
@@ -662,6 +682,9 @@ pub enum Counter {
     /// A thread watched by its lineage alone made a socket the egress backstop decides, and
     /// the socket could not be recorded (`SOCK_LINEAGE` full): the socket was refused.
     SockLineageFull = 35,
+    /// The fingerprint key could not be read: the target was fingerprinted with no key, which
+    /// matches no grant the agent wrote.
+    FpKeyMissing = 36,
 }
 
 /// Number of slots in [`COUNTERS`](maps::COUNTERS).
@@ -688,13 +711,14 @@ size_check! {
     GrantKey => 24,
     Grant => 16,
     Heartbeat => 24,
+    FingerprintKey => 16,
     Event => 72 + 16 + 16 + 16 + PATH_CAP,
     ContentVerdict => 24,
 }
 
 // The LPM trie key (u32 prefix length + data) must fit the kernel's 256-byte data limit.
 const _: () = assert!(core::mem::size_of::<ExecPrefixData>() <= 256);
-const _: () = assert!((COUNTER_SLOTS as usize) > Counter::SockLineageFull as usize);
+const _: () = assert!((COUNTER_SLOTS as usize) > Counter::FpKeyMissing as usize);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -702,6 +726,7 @@ mod pod {
     // SAFETY: every type below is `repr(C)`, `Copy`, made only of integers and byte arrays, and
     // has its padding as explicit fields, so every bit pattern is valid and none is uninitialised.
     unsafe impl aya::Pod for Watch {}
+    unsafe impl aya::Pod for FingerprintKey {}
     unsafe impl aya::Pod for Lineage {}
     unsafe impl aya::Pod for RuleRef {}
     unsafe impl aya::Pod for ExecExactKey {}

@@ -21,6 +21,9 @@ pub const PENDING: &str = "PENDING";
 pub const GRANTS: &str = "GRANTS";
 /// The agent's heartbeat and the fail mode: one [`Heartbeat`](crate::Heartbeat).
 pub const HEARTBEAT: &str = "HEARTBEAT";
+/// The host's secret key of target fingerprints: one [`FingerprintKey`](crate::FingerprintKey),
+/// drawn by the first agent and kept by every later one (grants are found by fingerprint).
+pub const FP_KEY: &str = "FP_KEY";
 /// Ring buffer of [`Event`](crate::Event) records.
 pub const EVENTS: &str = "EVENTS";
 /// Per-CPU counters indexed by [`Counter`](crate::Counter).
@@ -64,6 +67,7 @@ pub const ALL: &[&str] = &[
     PENDING,
     GRANTS,
     HEARTBEAT,
+    FP_KEY,
     EVENTS,
     COUNTERS,
     SCRATCH,
@@ -87,6 +91,7 @@ pub const PINNED: &[&str] = &[
     PENDING,
     GRANTS,
     HEARTBEAT,
+    FP_KEY,
     EVENTS,
     COUNTERS,
     GRANT_CONNS,

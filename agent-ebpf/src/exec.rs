@@ -27,7 +27,7 @@ use crate::identity::{self, FileId};
 use crate::maps::{ARGS_DUE, CONTENT, EXEC_EXACT, EXEC_FILES, EXEC_PREFIX, PENDING};
 use crate::pause::{self, Hold, Subject, Verdict};
 use crate::scratch::Scratch;
-use crate::{kconf, report, scope, scratch};
+use crate::{fp_key, kconf, report, scope, scratch};
 
 /// Offset of `__data_loc char[] filename` in the `sched_process_exec` record (stable ABI of the
 /// tracepoint format since it was added).
@@ -509,7 +509,7 @@ fn start_event(s: &mut Scratch, len: usize, truncated: bool, flags: u8, file: Fi
     if truncated {
         ev.flags |= event_flags::PATH_TRUNCATED;
     }
-    let target = fingerprint::path(&s.exact.path, len);
+    let target = fingerprint::path(&fp_key::get(), &s.exact.path, len);
     ev.target = target;
     // The path asked for and the file of this level, kept in the entry: a held exec that
     // restarts is recognised by them even after the agent pointed `target` at the program a

@@ -60,6 +60,7 @@ mod compat;
 mod counters;
 mod debug;
 mod exec;
+mod fp_key;
 mod identity;
 mod kconf;
 mod lineage;

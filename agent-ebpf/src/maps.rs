@@ -6,8 +6,9 @@
 //! pinned by name under the agent's bpffs directory.
 
 use agent_common::{
-    ContentVerdict, Event, ExecExactKey, ExecFileKey, ExecPrefixData, Grant, GrantKey, Heartbeat,
-    Lineage, Net4Data, Net6Data, Pending, PortRules, RuleRef, Watch, COUNTER_SLOTS,
+    ContentVerdict, Event, ExecExactKey, ExecFileKey, ExecPrefixData, FingerprintKey, Grant,
+    GrantKey, Heartbeat, Lineage, Net4Data, Net6Data, Pending, PortRules, RuleRef, Watch,
+    COUNTER_SLOTS,
 };
 use aya_ebpf::{
     macros::map,
@@ -84,6 +85,11 @@ pub static PKT_REPORTED: LruHashMap<u64, u64> = LruHashMap::with_max_entries(409
 /// The agent's heartbeat and the fail mode, one entry.
 #[map(name = "HEARTBEAT")]
 pub static HEARTBEAT: Array<Heartbeat> = Array::pinned(1, 0);
+
+/// The host's secret key of target fingerprints, one entry, written by the agent before any
+/// program is attached and kept across restarts (the grants it wrote are found by it).
+#[map(name = "FP_KEY")]
+pub static FP_KEY: Array<FingerprintKey> = Array::pinned(1, 0);
 
 /// Events for the agent: pauses, denials, audits, fail-mode verdicts, cancellations.
 #[map(name = "EVENTS")]

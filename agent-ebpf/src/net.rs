@@ -11,7 +11,7 @@ use aya_ebpf::{
 
 use crate::maps::{NET4_RULES, NET6_RULES};
 use crate::pause::{self, Hold, Subject, Verdict};
-use crate::{report, scope, scratch};
+use crate::{fp_key, report, scope, scratch};
 
 const IPPROTO_UDPLITE: u32 = 136;
 const IPPROTO_MPTCP: u32 = 262;
@@ -105,7 +105,7 @@ pub fn check<const SENDMSG: bool, const V6: bool>(ctx: &SockAddrContext) -> i32 
             addr[15] = 1;
         }
     }
-    let target = fingerprint::network(fam, protocol, &addr, port);
+    let target = fingerprint::network(&fp_key::get(), fam, protocol, &addr, port);
     let subject = Subject::current(cgroup, watch);
     let Some(s) = scratch::get() else {
         return DENY;

@@ -721,12 +721,14 @@ impl State {
                 // Held for its content: reviewed (and granted) as that content, by any name.
                 let content = verdict.by_content.then_some(digest).flatten();
                 let target = match &content {
-                    Some(d) => agent_common::fingerprint::content(d),
+                    Some(d) => {
+                        agent_common::fingerprint::content(&self.engine.fingerprint_key(), d)
+                    }
                     None => {
                         let mut buf = [0u8; agent_common::PATH_CAP];
                         let n = real.len().min(agent_common::PATH_CAP - 1);
                         buf[..n].copy_from_slice(&real.as_bytes()[..n]);
-                        agent_common::fingerprint::path(&buf, n)
+                        agent_common::fingerprint::path(&self.engine.fingerprint_key(), &buf, n)
                     }
                 };
                 if self.granted_after(&ev, policy.as_deref(), rule_id, target, content.is_some()) {
@@ -1502,6 +1504,7 @@ pub fn counter_name(slot: u32) -> Option<&'static str> {
         (Counter::DebugRefused, "debug_refused"),
         (Counter::CompatKilled, "compat_killed"),
         (Counter::SockLineageFull, "sock_lineage_full"),
+        (Counter::FpKeyMissing, "fp_key_missing"),
     ];
     NAMES
         .iter()

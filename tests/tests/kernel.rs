@@ -6,7 +6,7 @@ use std::{
     time::Duration,
 };
 
-use agent_common::{FailMode, Op, Outcome};
+use agent_common::{family, fingerprint, proto, FailMode, FingerprintKey, Op, Outcome};
 use latch_agent::kernel::{Backend, Decision, EngineError, Scope};
 use latch_tests::{outcome, privileged, probe, state, wait_state, Harness, Resumed};
 
@@ -482,6 +482,63 @@ fn grants_cover_their_scope_target_and_uses() {
     let p = h.wait_pending(child.id());
     h.engine().decide(p.id, Decision::Deny).expect("decide");
     assert_eq!(errno(&outcome(child)), EPERM);
+}
+
+#[test]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
+fn grants_are_found_by_the_host_s_secret_key_which_outlives_the_agent() {
+    if !privileged() {
+        return;
+    }
+    let (_a, port) = listener();
+    let mut h = Harness::new(&rules(
+        "  - {name: ask, workload: test, on: connect, to: [127.0.0.1/32], action: approve}\n",
+    ));
+    let key = h.engine().fingerprint_key();
+    assert!(!key.is_unset(), "a key was drawn");
+    let target = format!("127.0.0.1:{port}");
+    let child = h.spawn(&probe(), &["connect", &target]);
+    let p = h.wait_pending(child.id());
+    // The kernel fingerprinted the destination with the agent's key, not a known one: a
+    // workload cannot compute which other destination (or program) would share it.
+    let mut addr = [0u8; 16];
+    addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+    assert_eq!(
+        p.target,
+        fingerprint::network(&key, family::INET, proto::TCP, &addr, port)
+    );
+    assert_ne!(
+        p.target,
+        fingerprint::network(
+            &FingerprintKey::default(),
+            family::INET,
+            proto::TCP,
+            &addr,
+            port
+        )
+    );
+    h.engine()
+        .decide(
+            p.id,
+            Decision::Grant {
+                scope: Scope::Workload,
+                ttl: Duration::from_secs(600),
+                uses: None,
+            },
+        )
+        .expect("grant");
+    assert!(ok(&outcome(child)));
+    // A replaced agent keeps the key, so the grant it did not write still covers its target.
+    h.restart_engine();
+    assert_eq!(h.engine().fingerprint_key(), key, "the key was kept");
+    let out = h.probe(&["connect", &target]);
+    assert!(ok(&out), "granted across the restart: {out}");
+    h.expect_event("granted", |e| e.outcome == Outcome::Granted);
+    // Another install draws its own key.
+    let mut other = Harness::new(&rules(
+        "  - {name: ask, workload: test, on: connect, to: [127.0.0.1/32], action: approve}\n",
+    ));
+    assert_ne!(other.engine().fingerprint_key(), key);
 }
 
 #[test]

@@ -25,8 +25,8 @@ use std::{
 
 use agent_common::{
     maps as names, pending_flags, pending_state, scope, Action, ContentVerdict, Counter,
-    ExecExactKey, ExecFileKey, ExecPrefixData, FailMode, Grant, GrantKey, Heartbeat, Lineage,
-    Net4Data, Net6Data, Op, Pending, PortRules, RuleRef, Watch, COUNTER_SLOTS,
+    ExecExactKey, ExecFileKey, ExecPrefixData, FailMode, FingerprintKey, Grant, GrantKey,
+    Heartbeat, Lineage, Net4Data, Net6Data, Op, Pending, PortRules, RuleRef, Watch, COUNTER_SLOTS,
 };
 use aya::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
@@ -308,6 +308,8 @@ pub struct Engine {
     // An LRU hash in the kernel; the same typed view serves it.
     grant_conns: HashMap<MapData, u64, GrantKey>,
     heartbeat: Array<MapData, Heartbeat>,
+    // The host's fingerprint key, as the kernel reads it from `FP_KEY`.
+    fp_key: FingerprintKey,
     counters: PerCpuArray<MapData, u64>,
     events: Option<RingBuf<MapData>>,
     backend: Backend,
@@ -327,6 +329,37 @@ pub struct Engine {
     // Whether the resume guards (`restop`, the gate) are attached: always on the tracepoint
     // backend, on the LSM backend once rules with `args` are in force.
     guards: bool,
+}
+
+/// The host's fingerprint key: the one an earlier agent drew (kept in the pinned `FP_KEY`, so
+/// the grants it wrote still match), or a new one from the kernel's random source. Read before
+/// anything is attached, so that no program fingerprints with the map's initial zeros.
+fn fingerprint_key(ebpf: &mut Ebpf) -> Result<FingerprintKey, EngineError> {
+    // Borrowed, not taken: the programs loaded later refer to the map by this descriptor.
+    let map = ebpf.map_mut(names::FP_KEY).ok_or(EngineError::Map {
+        name: names::FP_KEY,
+        reason: "missing from the object".into(),
+    })?;
+    let mut map: Array<&mut MapData, FingerprintKey> =
+        Array::try_from(map).map_err(map_err(names::FP_KEY))?;
+    let kept = map.get(&0, 0).map_err(map_err(names::FP_KEY))?;
+    if !kept.is_unset() {
+        return Ok(kept);
+    }
+    let mut bytes = [0u8; 16];
+    getrandom::getrandom(&mut bytes).map_err(|e| EngineError::Map {
+        name: names::FP_KEY,
+        reason: format!("no random key can be drawn: {e}"),
+    })?;
+    let [a, b] = [&bytes[..8], &bytes[8..]].map(|h| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(h);
+        u64::from_ne_bytes(w)
+    });
+    let key = FingerprintKey { k0: a, k1: b };
+    map.set(0, key, 0).map_err(map_err(names::FP_KEY))?;
+    tracing::info!("drew this host's fingerprint key (grants are found by it)");
+    Ok(key)
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, EngineError>
@@ -464,6 +497,7 @@ impl Engine {
             grants: take(&mut ebpf, names::GRANTS)?,
             grant_conns: take(&mut ebpf, names::GRANT_CONNS)?,
             heartbeat: take(&mut ebpf, names::HEARTBEAT)?,
+            fp_key: fingerprint_key(&mut ebpf)?,
             counters: take(&mut ebpf, names::COUNTERS)?,
             events: Some(take(&mut ebpf, names::EVENTS)?),
             logger,
@@ -525,6 +559,11 @@ impl Engine {
     /// Whether the hooks are pinned (and so outlive this process).
     pub fn links_pinned(&self) -> bool {
         self.links_pinned
+    }
+
+    /// The key of this host's target fingerprints ([`agent_common::fingerprint`]).
+    pub fn fingerprint_key(&self) -> FingerprintKey {
+        self.fp_key
     }
 
     /// The pin directory.
