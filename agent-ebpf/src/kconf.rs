@@ -250,6 +250,12 @@ static TASK_PID_OFF: u32 = 0;
 static TASK_CGROUPS_OFF: u32 = 0;
 #[unsafe(no_mangle)]
 static CSS_SET_DFL_OFF: u32 = 0;
+/// `task_struct.signal` and `signal_struct.live`: how many threads of a process are still
+/// running, so that an exiting leader's lineage stays for the threads that outlive it.
+#[unsafe(no_mangle)]
+static TASK_SIGNAL_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static SIGNAL_LIVE_OFF: u32 = 0;
 
 /// Offsets for walking a cgroup's ancestors.
 #[derive(Clone, Copy)]
@@ -262,6 +268,8 @@ pub struct Ancestry {
     pub task_pid: usize,
     pub task_cgroups: usize,
     pub css_set_dfl: usize,
+    pub task_signal: usize,
+    pub signal_live: usize,
 }
 
 /// The offsets, or `None` where this kernel's BTF did not give them all.
@@ -279,5 +287,7 @@ pub fn ancestry() -> Option<Ancestry> {
         task_pid: read(&TASK_PID_OFF) as usize,
         task_cgroups: read(&TASK_CGROUPS_OFF) as usize,
         css_set_dfl: read(&CSS_SET_DFL_OFF) as usize,
+        task_signal: read(&TASK_SIGNAL_OFF) as usize,
+        signal_live: read(&SIGNAL_LIVE_OFF) as usize,
     })
 }

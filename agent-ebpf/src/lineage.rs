@@ -1,12 +1,16 @@
 //! Once watched, always watched: a thread that was in a watched cgroup keeps its watch, with its
 //! descendants, wherever it moves (another cgroup's `cgroup.procs`, `clone3(CLONE_INTO_CGROUP)`).
 //! Kept by thread id in the pinned `LINEAGE` map: added at fork (from a watched parent) and when
-//! a thread moves into a watched cgroup, removed when the thread exits. The agent seeds it with
+//! a thread moves into a watched cgroup, removed when the thread exits (a leader's when the last
+//! thread of its process exits). The agent seeds it with
 //! the threads already in watched cgroups when it starts watching them.
 
 use agent_common::{Action, Event, Lineage, Op, Outcome, Watch, MAX_CGROUP_DEPTH};
 use aya_ebpf::{
-    helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_probe_read_kernel},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_task,
+        bpf_probe_read_kernel,
+    },
     programs::{RawTracePointContext, TracePointContext},
 };
 
@@ -244,9 +248,41 @@ pub fn on_exec(ctx: &TracePointContext) -> Option<u32> {
     Some(old)
 }
 
-/// `sched_process_exit`: the thread's lineage goes with it.
+/// `sched_process_exit`: the thread's lineage goes with it, except a leader's while other
+/// threads of its process live: a move records the leader alone, so its entry is theirs too
+/// (a leader may end by itself, `pthread_exit`). The last thread out takes the leader's.
 #[inline(always)]
 pub fn on_exit() {
-    let tid = bpf_get_current_pid_tgid() as u32;
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (tid, tgid) = (pid_tgid as u32, (pid_tgid >> 32) as u32);
+    match threads_running() {
+        Some(n) if n > 0 && tid == tgid => return,
+        Some(0) if tid != tgid => {
+            let _ = LINEAGE.remove(&tgid);
+        }
+        _ => {}
+    }
     let _ = LINEAGE.remove(&tid);
+}
+
+/// The threads of the current process not yet exiting (`signal_struct.live`, which the kernel
+/// decrements before this tracepoint), or `None` where BTF did not give the offsets.
+#[inline(always)]
+fn threads_running() -> Option<i32> {
+    let o = kconf::ancestry()?;
+    // SAFETY: the current task is valid while its program runs.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let signal = ptr_at(task, o.task_signal);
+    if signal.is_null() {
+        bump(Counter::FieldUnreadable);
+        return None;
+    }
+    // SAFETY: the helper checks the address; offsets come from this kernel's BTF.
+    match unsafe { bpf_probe_read_kernel(signal.wrapping_add(o.signal_live) as *const i32) } {
+        Ok(n) => Some(n),
+        Err(_) => {
+            bump(Counter::FieldUnreadable);
+            None
+        }
+    }
 }

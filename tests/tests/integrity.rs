@@ -1364,6 +1364,64 @@ fn a_process_put_below_the_watched_cgroup_keeps_its_rules_when_it_leaves() {
     }
 }
 
+/// A move records the thread-group leader alone, so the threads a process had before a
+/// supervisor put it into a watched cgroup are watched, once it leaves, through the leader's
+/// lineage. The leader may end by itself (`pthread_exit`) while they run on: they keep it.
+#[test]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
+fn the_threads_of_a_process_that_left_keep_its_rules_when_the_leader_ends() {
+    if !privileged() {
+        return;
+    }
+    let (l, port, mut h) = harness_denying_a_listener();
+    let free = TestCgroup::new();
+    let elsewhere = TestCgroup::new();
+    let unwatched = TestCgroup::new();
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let go = dir.path().join("go");
+    let to = format!("127.0.0.1:{port}");
+    for (into, watched) in [
+        (unwatched.path.clone(), false),
+        (h.cgroup.path.clone(), true),
+    ] {
+        let child = spawn_in(
+            &free.path,
+            &probe(),
+            &["leader-gone", &s(&go), &s(&elsewhere.path), &to],
+        );
+        let pid = child.id();
+        // Its second thread exists before the process is put into the cgroup.
+        assert!(
+            eventually(|| std::fs::read_dir(format!("/proc/{pid}/task"))
+                .map(|d| d.count() == 2)
+                .unwrap_or(false)),
+            "the probe started its second thread"
+        );
+        std::fs::write(into.join("cgroup.procs"), pid.to_string()).expect("put it there");
+        std::fs::write(&go, "").expect("go");
+        let out = outcome(child);
+        std::fs::remove_file(&go).expect("rm go");
+        if !watched {
+            assert_eq!(out["ok"], true, "from an unwatched cgroup: {out}");
+            assert!(
+                eventually(|| accepted(&l)),
+                "no connection arrived unwatched: {out}"
+            );
+            continue;
+        }
+        assert_eq!(
+            out["errno"].as_i64(),
+            Some(EPERM),
+            "a thread of a process that left the watched cgroup, its leader gone: {out}"
+        );
+        assert!(!accepted(&l), "the connection arrived");
+        let refused = h.expect_event("the thread's refused connection", |e| {
+            e.op == Op::Connect && e.outcome == Outcome::Denied && e.tgid == pid
+        });
+        assert_ne!(refused.pid, pid, "refused in the thread, not the leader");
+    }
+}
+
 #[test]
 #[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
 fn a_script_held_once_runs_after_one_approval_unless_its_interpreter_is_denied() {

@@ -175,6 +175,8 @@ const ANCESTRY_FIELDS: &[(&str, &str, &[&str])] = &[
     ("TASK_PID_OFF", "task_struct", &["pid"]),
     ("TASK_CGROUPS_OFF", "task_struct", &["cgroups"]),
     ("CSS_SET_DFL_OFF", "css_set", &["dfl_cgrp"]),
+    ("TASK_SIGNAL_OFF", "task_struct", &["signal"]),
+    ("SIGNAL_LIVE_OFF", "signal_struct", &["live"]),
 ];
 
 /// The offsets by which `moved_raw` reads the ancestors of the cgroup a thread moves to, by

@@ -21,6 +21,10 @@
 //!                                        move into CGROUP, then exec `latch-probe connect ADDR`
 //!                                        from a thread other than the leader (the kernel gives
 //!                                        the new image the leader's id)
+//! latch-probe leader-gone GO_FILE CGROUP ADDR:PORT
+//!                                        start a second thread; once GO_FILE exists, move into
+//!                                        CGROUP and end the leader alone; the other thread
+//!                                        connects once the leader is gone
 //! latch-probe escape-clone CGROUP ADDR:PORT
 //!                                        clone3(CLONE_INTO_CGROUP) a child into CGROUP, which
 //!                                        does the TCP connect()
@@ -596,6 +600,45 @@ fn moved(cgroup: &str, rest: &[String]) {
     report(Err(err));
 }
 
+/// A second thread is started at once (before anyone moves the process); once `go` exists, the
+/// leader moves the process to `cgroup` and ends by itself (`exit`, not `exit_group`), and the
+/// other thread connects when the leader is gone.
+fn leader_gone(go: &str, cgroup: &str, addr: SocketAddr) {
+    let leader = std::process::id();
+    let worker = std::thread::spawn(move || {
+        let stat = format!("/proc/self/task/{leader}/stat");
+        let gone = || {
+            std::fs::read_to_string(&stat)
+                .map(|t| {
+                    t.rsplit(") ")
+                        .next()
+                        .is_some_and(|r| r.starts_with(['Z', 'X']))
+                })
+                .unwrap_or(true)
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !gone() {
+            if std::time::Instant::now() > deadline {
+                report(Err(std::io::Error::other("the leader did not end")));
+                std::process::exit(1);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        report(TcpStream::connect(addr).map(drop));
+        std::process::exit(0);
+    });
+    while !std::path::Path::new(go).exists() {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    if let Err(e) = std::fs::write(format!("{cgroup}/cgroup.procs"), "0") {
+        report(Err(e));
+        std::process::exit(1);
+    }
+    // SAFETY: ends this thread alone; the worker owns everything it uses.
+    unsafe { libc::syscall(libc::SYS_exit, 0) };
+    let _ = worker.join();
+}
+
 fn escape_thread_exec(cgroup: &str, addr: SocketAddr) {
     if let Err(e) = std::fs::write(format!("{cgroup}/cgroup.procs"), "0") {
         return report(Err(e));
@@ -851,6 +894,15 @@ fn main() {
             std::process::exit(2);
         };
         return moved(cgroup, &args[3..]);
+    }
+    if args.get(1).map(String::as_str) == Some("leader-gone") {
+        let (Some(go), Some(cgroup), Some(Ok(addr))) =
+            (args.get(2), args.get(3), args.get(4).map(|a| a.parse()))
+        else {
+            eprintln!("usage: latch-probe leader-gone GO_FILE CGROUP ADDR:PORT");
+            std::process::exit(2);
+        };
+        return leader_gone(go, cgroup, addr);
     }
     if args.get(1).map(String::as_str) == Some("exec") {
         let Some(program) = args.get(2) else {
