@@ -1419,6 +1419,12 @@ fn the_threads_of_a_process_that_left_keep_its_rules_when_the_leader_ends() {
             e.op == Op::Connect && e.outcome == Outcome::Denied && e.tgid == pid
         });
         assert_ne!(refused.pid, pid, "refused in the thread, not the leader");
+        // The last thread out took the leader's lineage with it.
+        assert_eq!(
+            h.engine().lineage_of(pid).expect("lineage map"),
+            None,
+            "the process is gone, its lineage is not"
+        );
     }
 }
 

@@ -618,6 +618,15 @@ impl Engine {
         Ok(stale.len())
     }
 
+    /// The lineage the kernel keeps for thread `tid`, if any.
+    pub fn lineage_of(&self, tid: u32) -> Result<Option<Lineage>, EngineError> {
+        match self.lineage.get(&tid, 0) {
+            Ok(l) => Ok(Some(l)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err(names::LINEAGE)(e)),
+        }
+    }
+
     /// Forgets one thread's lineage.
     pub fn forget_lineage(&mut self, tid: u32) -> Result<(), EngineError> {
         ignore_missing(self.lineage.remove(&tid)).map_err(map_err(names::LINEAGE))
