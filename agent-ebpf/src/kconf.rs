@@ -135,6 +135,11 @@ static FDT_MAX_FDS_OFF: u32 = 0;
 #[unsafe(no_mangle)]
 static TASK_TGID_OFF: u32 = 0;
 
+/// `struct task_struct`.`personality`: under `READ_IMPLIES_EXEC` a readable mapping is an
+/// executable one, whatever `prot` the system call names.
+#[unsafe(no_mangle)]
+static TASK_PERSONALITY_OFF: u32 = 0;
+
 /// Offsets for reading a file's identity.
 #[derive(Clone, Copy)]
 pub struct FileOffsets {
@@ -152,6 +157,7 @@ pub struct FileOffsets {
     pub fdt_fd: usize,
     pub fdt_max_fds: usize,
     pub task_tgid: usize,
+    pub task_personality: usize,
 }
 
 /// The offsets, or `None` where this kernel's BTF did not give them all.
@@ -175,6 +181,7 @@ pub fn file_offsets() -> Option<FileOffsets> {
         fdt_fd: read(&FDT_FD_OFF) as usize,
         fdt_max_fds: read(&FDT_MAX_FDS_OFF) as usize,
         task_tgid: read(&TASK_TGID_OFF) as usize,
+        task_personality: read(&TASK_PERSONALITY_OFF) as usize,
     })
 }
 

@@ -5,7 +5,8 @@
 //! whose cached content verdict does) is refused here too: with `EPERM` on the LSM backend
 //! (`mmap_file`, `file_mprotect`); on the tracepoint backend, by ending the task at the entry
 //! of an `mmap` with `PROT_EXEC` of such a file (a tracepoint cannot refuse, and kernels
-//! without BPF LSM often lack kprobes too). `mprotect` is seen by the LSM backend only. A
+//! without BPF LSM often lack kprobes too); a readable mapping under the `READ_IMPLIES_EXEC`
+//! personality is an executable one there too. `mprotect` is seen by the LSM backend only. A
 //! mapping cannot wait for a reviewer, so a held program is refused: it runs only by an exec,
 //! which is held.
 //!
@@ -26,7 +27,10 @@ use crate::maps::{CONTENT, EXEC_FILES};
 use crate::pause;
 use crate::{kconf, scope};
 
+const PROT_READ: u64 = 1;
 const PROT_EXEC: u64 = 4;
+/// `personality(2)`'s flag (`include/uapi/linux/personality.h`).
+const READ_IMPLIES_EXEC: u32 = 0x0400000;
 const EPERM: i32 = -1;
 
 /// `mmap_file` / `file_mprotect` (LSM backend): 0, or `-EPERM` to refuse.
@@ -53,11 +57,35 @@ pub fn on_mmap_enter(ctx: &TracePointContext) {
         (Ok(p), Ok(f)) => (p, f),
         _ => return,
     };
+    let prot = prot | implied_exec(prot);
     if prot & PROT_EXEC == 0 || fd < 0 {
         return;
     }
     if refused(fd_file(fd as u64), prot) {
         pause::kill_current();
+    }
+}
+
+/// `PROT_EXEC` where the kernel will add it: a readable mapping under the `READ_IMPLIES_EXEC`
+/// personality (which any process may set for itself) is mapped executable.
+#[inline(always)]
+fn implied_exec(prot: u64) -> u64 {
+    if prot & PROT_READ == 0 {
+        return 0;
+    }
+    let Some(o) = kconf::file_offsets() else {
+        return 0;
+    };
+    // SAFETY: the helper returns the running task.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    // SAFETY: the helper checks the address; the offset comes from this kernel's BTF.
+    match unsafe { bpf_probe_read_kernel(task.wrapping_add(o.task_personality) as *const u32) } {
+        Ok(p) if p & READ_IMPLIES_EXEC != 0 => PROT_EXEC,
+        Ok(_) => 0,
+        Err(_) => {
+            bump(Counter::FieldUnreadable);
+            0
+        }
     }
 }
 

@@ -261,6 +261,42 @@ fn the_dynamic_loader_cannot_run_a_refused_or_held_program() {
     }
 }
 
+/// A loader of the workload's own need not ask for `PROT_EXEC`: under the `READ_IMPLIES_EXEC`
+/// personality, which any process may set for itself, the kernel makes a readable mapping of
+/// the program executable.
+#[test]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
+fn a_program_mapped_readable_under_read_implies_exec_is_refused() {
+    if !privileged() {
+        return;
+    }
+    let p = new_program();
+    let free = TestCgroup::new();
+    // Run by an outer probe, which reports how the inner one ended (the tracepoint backend
+    // ends it at the mapping, before it can say anything).
+    let mapping = probe_args(&["exec", &s(&probe()), "map-rie", &s(&p.path())]);
+    let inner = |out: &serde_json::Value| -> serde_json::Value {
+        serde_json::from_str(out["stdout"].as_str().unwrap_or("").trim())
+            .unwrap_or(serde_json::Value::Null)
+    };
+    let out = run_in(&free.path, &mapping);
+    let perms = inner(&out)["perms"].as_str().unwrap_or("").to_string();
+    assert!(
+        perms.contains('x'),
+        "where nothing watches, a readable mapping of the program is executable: {out}"
+    );
+    let mut h = rule_on(&p, "no-prog", "deny");
+    let out = run_in(&h.cgroup.path.clone(), &mapping);
+    match h.engine().backend() {
+        Backend::Lsm => assert_eq!(inner(&out)["errno"].as_i64(), Some(EPERM), "{out}"),
+        Backend::Tracepoint => assert_eq!(out["signal"], 9, "{out}"),
+    }
+    let rule = h.rule("no-prog");
+    h.expect_event("the refused mapping", |e| {
+        e.mapped && e.outcome == Outcome::Denied && e.rule_id == rule
+    });
+}
+
 /// Waits for the exec the kernel holds for the program, decides it, and returns the probe's
 /// outcome.
 fn held_then(h: &mut Harness, child: std::process::Child, decision: Decision) -> serde_json::Value {

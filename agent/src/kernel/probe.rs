@@ -223,6 +223,7 @@ const FILE_FIELDS: &[(&str, &str, &str)] = &[
     ("FDT_FD_OFF", "fdtable", "fd"),
     ("FDT_MAX_FDS_OFF", "fdtable", "max_fds"),
     ("TASK_TGID_OFF", "task_struct", "tgid"),
+    ("TASK_PERSONALITY_OFF", "task_struct", "personality"),
 ];
 
 /// The offsets for reading a file's identity from this kernel's BTF; an error names the first

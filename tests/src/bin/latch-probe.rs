@@ -21,6 +21,8 @@
 //!                                        move into CGROUP, then exec `latch-probe connect ADDR`
 //!                                        from a thread other than the leader (the kernel gives
 //!                                        the new image the leader's id)
+//! latch-probe map-rie FILE                 map FILE readable only under the READ_IMPLIES_EXEC
+//!                                        personality; report the mapping's permissions
 //! latch-probe leader-gone GO_FILE CGROUP ADDR:PORT
 //!                                        start a second thread; once GO_FILE exists, move into
 //!                                        CGROUP and end the leader alone; the other thread
@@ -639,6 +641,43 @@ fn leader_gone(go: &str, cgroup: &str, addr: SocketAddr) {
     let _ = worker.join();
 }
 
+/// Maps the first page of `file` readable only, under the `READ_IMPLIES_EXEC` personality, and
+/// reports the permissions the kernel gave the mapping (`/proc/self/maps`).
+fn map_read_implies_exec(file: &str) {
+    use std::os::fd::AsRawFd;
+    const READ_IMPLIES_EXEC: libc::c_ulong = 0x0400000;
+    // SAFETY: sets this process's personality flags only.
+    if unsafe { libc::personality(READ_IMPLIES_EXEC) } == -1 {
+        return report(Err(std::io::Error::last_os_error()));
+    }
+    let f = match std::fs::File::open(file) {
+        Ok(f) => f,
+        Err(e) => return report(Err(e)),
+    };
+    // SAFETY: a new private mapping of an open file; nothing else refers to the address.
+    let at = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ,
+            libc::MAP_PRIVATE,
+            f.as_raw_fd(),
+            0,
+        )
+    };
+    if at == libc::MAP_FAILED {
+        return report(Err(std::io::Error::last_os_error()));
+    }
+    let start = format!("{:x}-", at as usize);
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    let perms = maps
+        .lines()
+        .find(|l| l.starts_with(&start))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or("?");
+    println!("{{\"ok\":true,\"perms\":{perms:?}}}");
+}
+
 fn escape_thread_exec(cgroup: &str, addr: SocketAddr) {
     if let Err(e) = std::fs::write(format!("{cgroup}/cgroup.procs"), "0") {
         return report(Err(e));
@@ -894,6 +933,13 @@ fn main() {
             std::process::exit(2);
         };
         return moved(cgroup, &args[3..]);
+    }
+    if args.get(1).map(String::as_str) == Some("map-rie") {
+        let Some(file) = args.get(2) else {
+            eprintln!("usage: latch-probe map-rie FILE");
+            std::process::exit(2);
+        };
+        return map_read_implies_exec(file);
     }
     if args.get(1).map(String::as_str) == Some("leader-gone") {
         let (Some(go), Some(cgroup), Some(Ok(addr))) =
