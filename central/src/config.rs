@@ -698,14 +698,59 @@ impl Config {
         }
     }
 
-    /// Reads and validates a configuration file.
+    /// Reads and validates a configuration file. Relative paths of secret files name systemd
+    /// credentials where systemd gives the service some (`$CREDENTIALS_DIRECTORY`).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let p = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: p.clone(),
             source,
         })?;
-        Config::parse(&p, &text)
+        let mut config = Config::parse(&p, &text)?;
+        let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
+        config.resolve_credentials(credentials.as_deref());
+        Ok(config)
+    }
+
+    /// Points every relative path of a secret file (TLS key and certificates, Slack token and
+    /// signing secret, Teams webhook, OIDC client secret) into `credentials`, the directory
+    /// where systemd puts what the unit's `LoadCredential=` lines name: the secrets stay
+    /// readable by root alone, and the service's dynamic user still reads them. Without a
+    /// credentials directory, relative paths stay relative to the working directory.
+    pub fn resolve_credentials(&mut self, credentials: Option<&Path>) {
+        let Some(dir) = credentials.filter(|d| d.is_absolute()) else {
+            return;
+        };
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() && !p.as_os_str().is_empty() {
+                *p = dir.join(&*p);
+            }
+        };
+        if let Some(tls) = &mut self.tls {
+            resolve(&mut tls.cert_file);
+            resolve(&mut tls.key_file);
+            if let Some(ca) = &mut tls.client_ca_file {
+                resolve(ca);
+            }
+        }
+        if let Some(slack) = &mut self.slack {
+            resolve(&mut slack.bot_token_file);
+            resolve(&mut slack.signing_secret_file);
+        }
+        if let Some(url) = self
+            .teams
+            .as_mut()
+            .and_then(|t| t.webhook_url_file.as_mut())
+        {
+            resolve(url);
+        }
+        if let Some(secret) = self
+            .oidc
+            .as_mut()
+            .and_then(|o| o.console_client_secret_file.as_mut())
+        {
+            resolve(secret);
+        }
     }
 
     /// Parses and validates configuration text; `path` names it in messages.
@@ -1008,12 +1053,82 @@ mod tests {
         .expect("example");
         assert_eq!(example.database, DEFAULT_DATABASE);
         assert!(example.signing_key_path().starts_with(&state));
+        // The configuration file holds tokens: it stays root's, and systemd hands a copy to the
+        // dynamic user as a credential, which every command of the unit reads.
         assert!(
-            unit.contains("--config /etc/latch/central.toml")
-                && unit.contains("ConfigurationDirectory=latch"),
-            "the unit reads the default configuration file"
+            unit.lines()
+                .any(|l| l == format!("LoadCredential=central.toml:{DEFAULT_CONFIG_FILE}")),
+            "the unit loads the default configuration file as a credential"
         );
+        for command in ["ExecStartPre=", "ExecStart="] {
+            let line = unit
+                .lines()
+                .find(|l| l.starts_with(command))
+                .unwrap_or_else(|| panic!("{command} in the unit"));
+            assert!(
+                line.ends_with("--config %d/central.toml"),
+                "{command} reads the credential: {line}"
+            );
+        }
         assert_eq!(DEFAULT_CONFIG_FILE, "/etc/latch/central.toml");
+    }
+
+    #[test]
+    fn relative_secret_paths_name_systemd_credentials() {
+        let text = "[tls]\ncert_file = \"central.pem\"\nkey_file = \"/etc/latch/central.key\"\n\
+                    client_ca_file = \"agents-ca.pem\"\n\
+                    [web]\npublic_url = \"https://latch.example.com\"\n\
+                    [slack]\nbot_token_file = \"slack-bot-token\"\n\
+                    signing_secret_file = \"sub/slack-signing-secret\"\n\
+                    [teams]\nwebhook_url_file = \"teams-webhook-url\"\n";
+        let parsed = Config::parse("c.toml", text).expect("valid");
+        let mut c = parsed.clone();
+        c.resolve_credentials(Some(Path::new("/run/credentials/latch-central.service")));
+        let creds = |f: &str| PathBuf::from("/run/credentials/latch-central.service").join(f);
+        let tls = c.tls.as_ref().expect("tls");
+        let slack = c.slack.as_ref().expect("slack");
+        let teams = c.teams.as_ref().expect("teams");
+        for (field, got, want) in [
+            ("tls.cert_file", &tls.cert_file, creds("central.pem")),
+            // An absolute path is the file it names.
+            (
+                "tls.key_file",
+                &tls.key_file,
+                PathBuf::from("/etc/latch/central.key"),
+            ),
+            (
+                "tls.client_ca_file",
+                tls.client_ca_file.as_ref().expect("ca"),
+                creds("agents-ca.pem"),
+            ),
+            (
+                "slack.bot_token_file",
+                &slack.bot_token_file,
+                creds("slack-bot-token"),
+            ),
+            (
+                "slack.signing_secret_file",
+                &slack.signing_secret_file,
+                creds("sub/slack-signing-secret"),
+            ),
+            (
+                "teams.webhook_url_file",
+                teams.webhook_url_file.as_ref().expect("url"),
+                creds("teams-webhook-url"),
+            ),
+        ] {
+            assert_eq!(got, &want, "{field}");
+        }
+        // No credentials directory (or a relative one, which systemd never sets): unchanged.
+        for dir in [None, Some(Path::new("run/credentials"))] {
+            let mut c = parsed.clone();
+            c.resolve_credentials(dir);
+            assert_eq!(
+                c.slack.as_ref().map(|s| s.bot_token_file.clone()),
+                Some(PathBuf::from("slack-bot-token")),
+                "{dir:?}"
+            );
+        }
     }
 
     #[test]
