@@ -33,7 +33,7 @@ fn remember(tid: u32, cgroup: u64, watch: Watch) {
 
 /// `sched_process_fork` (runs in the parent): a child of a watched thread is watched.
 pub fn on_fork(ctx: &TracePointContext) {
-    let Some((cgroup, watch)) = scope::watched() else {
+    let Some((cgroup, watch)) = scope::origin() else {
         return;
     };
     // SAFETY: reading the record at the offset the agent found in this kernel's format file.
@@ -65,7 +65,7 @@ pub fn on_fork_raw(ctx: &RawTracePointContext) {
     // SAFETY: helper without arguments.
     let here = unsafe { bpf_get_current_cgroup_id() };
     let elsewhere = !matches!(dst, Ok(id) if id == here);
-    let parent = scope::watched();
+    let parent = scope::origin();
     if parent.is_none() && !elsewhere {
         // The common case on a host: an unwatched process forks where it is.
         return;

@@ -52,11 +52,29 @@ pub fn lineage_watch(l: Lineage) -> (u64, Watch) {
 /// (lineage not looked at).
 #[inline(always)]
 pub fn by_cgroup() -> Option<(u64, Watch)> {
+    by_cgroup_from().map(|(cgroup, _, w)| (cgroup, w))
+}
+
+/// The watched cgroup whose rules the calling task is under (the deepest watched one at or
+/// above its own, else the one its lineage came from) and its watch: what a child it starts,
+/// or a move, keeps as a lineage. Naming the watched cgroup itself, not the task's own (which
+/// may be a child cgroup of it), keeps the lineage current when rules are reloaded.
+#[inline(always)]
+pub fn origin() -> Option<(u64, Watch)> {
+    match by_cgroup_from() {
+        Some((_, from, w)) => Some((from, w)),
+        None => by_lineage(),
+    }
+}
+
+/// (the task's own cgroup, the deepest watched cgroup at or above it, its watch).
+#[inline(always)]
+fn by_cgroup_from() -> Option<(u64, u64, Watch)> {
     // SAFETY: helpers without pointer arguments.
     let cgroup = unsafe { bpf_get_current_cgroup_id() };
     if let Some(w) = WATCHED.get_ptr(cgroup) {
         // SAFETY: a map value pointer returned by lookup.
-        return Some((cgroup, unsafe { *w }));
+        return Some((cgroup, cgroup, unsafe { *w }));
     }
     let mut found = None;
     let mut level = 1;
@@ -68,11 +86,11 @@ pub fn by_cgroup() -> Option<(u64, Watch)> {
         }
         if let Some(w) = WATCHED.get_ptr(id) {
             // SAFETY: as above.
-            found = Some(unsafe { *w });
+            found = Some((id, unsafe { *w }));
         }
         level += 1;
     }
-    found.map(|w| (cgroup, w))
+    found.map(|(from, w)| (cgroup, from, w))
 }
 
 #[inline(always)]

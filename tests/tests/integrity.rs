@@ -1397,6 +1397,20 @@ fn a_process_put_below_the_watched_cgroup_keeps_its_rules_when_it_leaves() {
             Some(elsewhere_id),
             "{moved:?}"
         );
+        // A child forked below keeps the watched cgroup's rules too, not those of the cgroup
+        // below it (which no rule names): its departure names the watched cgroup.
+        let since = h.events().len();
+        let forked = format!("{} escape {} {to}; :", s(&probe()), s(&elsewhere.path));
+        let out = outcome(spawn_in(&below, sh, &["-c", &forked]));
+        assert_eq!(
+            out["errno"].as_i64(),
+            Some(EPERM),
+            "a child forked below the watched cgroup, then gone: {out}"
+        );
+        let moved = h.expect_event_since(since, "the forked child's move out", |e| {
+            e.op == Op::Move && e.moved_to.as_ref().map(|m| m.cgroup_id) == Some(elsewhere_id)
+        });
+        assert_eq!(moved.cgroup_id, watched_id, "{moved:?}");
     }
 }
 
