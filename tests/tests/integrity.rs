@@ -805,6 +805,50 @@ fn eventually(arrived: impl Fn() -> bool) -> bool {
     false
 }
 
+/// What a test of leaving the watched cgroup starts from: a harness whose rules deny a
+/// listener, a cgroup to start in, one to leave to and an unwatched one to compare with, and a
+/// file whose creation tells a waiting process to go on.
+struct Departure {
+    l: std::net::TcpListener,
+    port: u16,
+    h: Harness,
+    free: TestCgroup,
+    elsewhere: TestCgroup,
+    unwatched: TestCgroup,
+    go: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn departure() -> Departure {
+    let (l, port, h) = harness_denying_a_listener();
+    let dir = tempfile::tempdir().expect("temporary directory");
+    Departure {
+        l,
+        port,
+        h,
+        free: TestCgroup::new(),
+        elsewhere: TestCgroup::new(),
+        unwatched: TestCgroup::new(),
+        go: dir.path().join("go"),
+        _dir: dir,
+    }
+}
+
+/// The probe's connection worked and reached the listener.
+fn assert_arrived(l: &std::net::TcpListener, out: &serde_json::Value, what: &str) {
+    assert_eq!(out["ok"], true, "{what}: {out}");
+    assert!(
+        eventually(|| accepted(l)),
+        "{what}: no connection arrived: {out}"
+    );
+}
+
+/// The probe's connection was refused (`EPERM`) and nothing reached the listener.
+fn assert_refused(l: &std::net::TcpListener, out: &serde_json::Value, what: &str) {
+    assert_eq!(out["errno"].as_i64(), Some(EPERM), "{what}: {out}");
+    assert!(!accepted(l), "{what}: the connection arrived");
+}
+
 fn received(u: &std::net::UdpSocket) -> bool {
     u.set_nonblocking(true).expect("nonblocking");
     let mut buf = [0u8; 16];
@@ -1330,12 +1374,16 @@ fn a_process_put_below_the_watched_cgroup_keeps_its_rules_when_it_leaves() {
     if !privileged() {
         return;
     }
-    let (l, port, mut h) = harness_denying_a_listener();
-    let free = TestCgroup::new();
-    let elsewhere = TestCgroup::new();
-    let unwatched = TestCgroup::new();
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let go = dir.path().join("go");
+    let Departure {
+        l,
+        port,
+        mut h,
+        free,
+        elsewhere,
+        unwatched,
+        go,
+        _dir,
+    } = departure();
     // Waits until it has been put below, then leaves and connects.
     let script = latch_tests::leave_then_connect(&go, &elsewhere.path, port);
     let sh = Path::new("/bin/sh");
@@ -1360,33 +1408,12 @@ fn a_process_put_below_the_watched_cgroup_keeps_its_rules_when_it_leaves() {
             &probe_args(&["clone-into", &s(&below), &s(&elsewhere.path), &to]),
         );
         if !watched {
-            assert_eq!(out["ok"], true, "below an unwatched cgroup: {out}");
-            assert!(
-                eventually(|| accepted(&l)),
-                "no connection arrived unwatched"
-            );
-            assert_eq!(
-                started["ok"], true,
-                "started below an unwatched cgroup: {started}"
-            );
-            assert!(
-                eventually(|| accepted(&l)),
-                "no connection arrived unwatched: {started}"
-            );
+            assert_arrived(&l, &out, "below an unwatched cgroup");
+            assert_arrived(&l, &started, "started below an unwatched cgroup");
             continue;
         }
-        assert_eq!(
-            started["errno"].as_i64(),
-            Some(EPERM),
-            "started below the watched cgroup, then left: {started}"
-        );
-        assert!(!accepted(&l), "the started child's connection arrived");
-        assert_eq!(
-            out["errno"].as_i64(),
-            Some(EPERM),
-            "left from below the watched cgroup: {out}"
-        );
-        assert!(!accepted(&l), "the connection arrived");
+        assert_refused(&l, &started, "started below the watched cgroup, then left");
+        assert_refused(&l, &out, "left from below the watched cgroup");
         // Its departure is told, with the watched cgroup whose rules it keeps.
         let moved = h.expect_event("the move out from below the watched cgroup", |e| {
             e.op == Op::Move && e.pid == pid
@@ -1402,10 +1429,10 @@ fn a_process_put_below_the_watched_cgroup_keeps_its_rules_when_it_leaves() {
         let since = h.events().len();
         let forked = format!("{} escape {} {to}; :", s(&probe()), s(&elsewhere.path));
         let out = outcome(spawn_in(&below, sh, &["-c", &forked]));
-        assert_eq!(
-            out["errno"].as_i64(),
-            Some(EPERM),
-            "a child forked below the watched cgroup, then gone: {out}"
+        assert_refused(
+            &l,
+            &out,
+            "a child forked below the watched cgroup, then gone",
         );
         let moved = h.expect_event_since(since, "the forked child's move out", |e| {
             e.op == Op::Move && e.moved_to.as_ref().map(|m| m.cgroup_id) == Some(elsewhere_id)
@@ -1423,12 +1450,16 @@ fn the_threads_of_a_process_that_left_keep_its_rules_when_the_leader_ends() {
     if !privileged() {
         return;
     }
-    let (l, port, mut h) = harness_denying_a_listener();
-    let free = TestCgroup::new();
-    let elsewhere = TestCgroup::new();
-    let unwatched = TestCgroup::new();
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let go = dir.path().join("go");
+    let Departure {
+        l,
+        port,
+        mut h,
+        free,
+        elsewhere,
+        unwatched,
+        go,
+        _dir,
+    } = departure();
     let to = format!("127.0.0.1:{port}");
     for (into, watched) in [
         (unwatched.path.clone(), false),
@@ -1452,19 +1483,14 @@ fn the_threads_of_a_process_that_left_keep_its_rules_when_the_leader_ends() {
         let out = outcome(child);
         std::fs::remove_file(&go).expect("rm go");
         if !watched {
-            assert_eq!(out["ok"], true, "from an unwatched cgroup: {out}");
-            assert!(
-                eventually(|| accepted(&l)),
-                "no connection arrived unwatched: {out}"
-            );
+            assert_arrived(&l, &out, "from an unwatched cgroup");
             continue;
         }
-        assert_eq!(
-            out["errno"].as_i64(),
-            Some(EPERM),
-            "a thread of a process that left the watched cgroup, its leader gone: {out}"
+        assert_refused(
+            &l,
+            &out,
+            "a thread of a process that left the watched cgroup, its leader gone",
         );
-        assert!(!accepted(&l), "the connection arrived");
         let refused = h.expect_event("the thread's refused connection", |e| {
             e.op == Op::Connect && e.outcome == Outcome::Denied && e.tgid == pid
         });

@@ -18,6 +18,10 @@ fn listener() -> (TcpListener, u16) {
     (l, port)
 }
 
+/// Every connection to the loopback address needs approval.
+const ASK_LOOPBACK: &str =
+    "  - {name: ask, workload: test, on: connect, to: [127.0.0.1/32], action: approve}\n";
+
 fn rules(body: &str) -> String {
     format!("workloads:\n  - name: test\n    cgroups: [\"{{CG}}\"]\nrules:\n{body}")
 }
@@ -99,9 +103,7 @@ fn paused_connect_then_denied_fails_with_eperm() {
         return;
     }
     let (_l, port) = listener();
-    let mut h = Harness::new(&rules(
-        "  - {name: ask, workload: test, on: connect, to: [127.0.0.1/32], action: approve}\n",
-    ));
+    let mut h = Harness::new(&rules(ASK_LOOPBACK));
     let child = h.spawn(&probe(), &["connect", &format!("127.0.0.1:{port}")]);
     let p = h.wait_pending(child.id());
     h.engine().decide(p.id, Decision::Deny).expect("decide");
@@ -319,9 +321,7 @@ fn killed_paused_process_leaves_no_pending_entry() {
         return;
     }
     let (_l, port) = listener();
-    let mut h = Harness::new(&rules(
-        "  - {name: ask, workload: test, on: connect, to: [127.0.0.1/32], action: approve}\n",
-    ));
+    let mut h = Harness::new(&rules(ASK_LOOPBACK));
     let mut child = h.spawn(&probe(), &["connect", &format!("127.0.0.1:{port}")]);
     let pid = child.id();
     let p = h.wait_pending(pid);
@@ -346,9 +346,7 @@ fn restarted_engine_finds_and_resolves_a_paused_process() {
         return;
     }
     let (_l, port) = listener();
-    let mut h = Harness::new(&rules(
-        "  - {name: ask, workload: test, on: connect, to: [127.0.0.1/32], action: approve}\n",
-    ));
+    let mut h = Harness::new(&rules(ASK_LOOPBACK));
     let child = h.spawn(&probe(), &["connect", &format!("127.0.0.1:{port}")]);
     let pid = child.id();
     let p = h.wait_pending(pid);
@@ -379,8 +377,7 @@ fn stale_heartbeat_applies_the_fail_mode() {
     }
     let (_l, port) = listener();
     let target = format!("127.0.0.1:{port}");
-    let body =
-        "  - {name: ask, workload: test, on: connect, to: [127.0.0.1/32], action: approve}\n";
+    let body = ASK_LOOPBACK;
     let mut h = Harness::with(&rules(body), FailMode::Deny);
     h.engine().flatline().expect("flatline");
     let out = h.probe(&["connect", &target]);
@@ -449,9 +446,7 @@ fn grants_cover_their_scope_target_and_uses() {
     }
     let (_a, port) = listener();
     let (_b, other) = listener();
-    let mut h = Harness::new(&rules(
-        "  - {name: ask, workload: test, on: connect, to: [127.0.0.1/32], action: approve}\n",
-    ));
+    let mut h = Harness::new(&rules(ASK_LOOPBACK));
     let target = format!("127.0.0.1:{port}");
     let child = h.spawn(&probe(), &["connect", &target]);
     let p = h.wait_pending(child.id());
@@ -491,9 +486,7 @@ fn grants_are_found_by_the_host_s_secret_key_which_outlives_the_agent() {
         return;
     }
     let (_a, port) = listener();
-    let mut h = Harness::new(&rules(
-        "  - {name: ask, workload: test, on: connect, to: [127.0.0.1/32], action: approve}\n",
-    ));
+    let mut h = Harness::new(&rules(ASK_LOOPBACK));
     let key = h.engine().fingerprint_key();
     assert!(!key.is_unset(), "a key was drawn");
     let target = format!("127.0.0.1:{port}");
@@ -535,9 +528,7 @@ fn grants_are_found_by_the_host_s_secret_key_which_outlives_the_agent() {
     assert!(ok(&out), "granted across the restart: {out}");
     h.expect_event("granted", |e| e.outcome == Outcome::Granted);
     // Another install draws its own key.
-    let mut other = Harness::new(&rules(
-        "  - {name: ask, workload: test, on: connect, to: [127.0.0.1/32], action: approve}\n",
-    ));
+    let mut other = Harness::new(&rules(ASK_LOOPBACK));
     assert_ne!(other.engine().fingerprint_key(), key);
 }
 
