@@ -724,12 +724,10 @@ impl State {
                     Some(d) => {
                         agent_common::fingerprint::content(&self.engine.fingerprint_key(), d)
                     }
-                    None => {
-                        let mut buf = [0u8; agent_common::PATH_CAP];
-                        let n = real.len().min(agent_common::PATH_CAP - 1);
-                        buf[..n].copy_from_slice(&real.as_bytes()[..n]);
-                        agent_common::fingerprint::path(&self.engine.fingerprint_key(), &buf, n)
-                    }
+                    None => agent_common::fingerprint::path_of(
+                        &self.engine.fingerprint_key(),
+                        real.as_bytes(),
+                    ),
                 };
                 if self.granted_after(&ev, policy.as_deref(), rule_id, target, content.is_some()) {
                     tracing::info!(request = %id, path = %real, rule = rule_id, "held exec allowed by a grant");
