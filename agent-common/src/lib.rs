@@ -682,9 +682,6 @@ pub enum Counter {
     /// A thread watched by its lineage alone made a socket the egress backstop decides, and
     /// the socket could not be recorded (`SOCK_LINEAGE` full): the socket was refused.
     SockLineageFull = 35,
-    /// The fingerprint key could not be read: the target was fingerprinted with no key, which
-    /// matches no grant the agent wrote.
-    FpKeyMissing = 36,
 }
 
 /// Number of slots in [`COUNTERS`](maps::COUNTERS).
@@ -718,7 +715,7 @@ size_check! {
 
 // The LPM trie key (u32 prefix length + data) must fit the kernel's 256-byte data limit.
 const _: () = assert!(core::mem::size_of::<ExecPrefixData>() <= 256);
-const _: () = assert!((COUNTER_SLOTS as usize) > Counter::FpKeyMissing as usize);
+const _: () = assert!((COUNTER_SLOTS as usize) > Counter::SockLineageFull as usize);
 
 #[cfg(feature = "user")]
 mod pod {

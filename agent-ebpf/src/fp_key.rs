@@ -2,18 +2,14 @@
 
 use agent_common::FingerprintKey;
 
-use crate::counters::{bump, Counter};
-use crate::maps::FP_KEY;
+use crate::kconf;
 
-/// The key the agent drew. The one-entry array always has its entry; were it missing, the
-/// zero key gives fingerprints that match no grant the agent wrote (held, not let through).
+/// The key the agent drew, from read-only globals the loader set: no map lookup, so no branch
+/// for the verifier to follow twice through the exec program.
 #[inline(always)]
 pub fn get() -> FingerprintKey {
-    match FP_KEY.get(0) {
-        Some(k) => *k,
-        None => {
-            bump(Counter::FpKeyMissing);
-            FingerprintKey::default()
-        }
+    FingerprintKey {
+        k0: kconf::fp_key_lo(),
+        k1: kconf::fp_key_hi(),
     }
 }

@@ -17,6 +17,25 @@ fn read(v: &'static u32) -> u32 {
     unsafe { core::ptr::read_volatile(v) }
 }
 
+/// The host's fingerprint key (`agent_common::FingerprintKey`), set by the agent at load from
+/// the key it keeps in the pinned `FP_KEY` map.
+#[unsafe(no_mangle)]
+static FP_KEY_LO: u64 = 0;
+#[unsafe(no_mangle)]
+static FP_KEY_HI: u64 = 0;
+
+#[inline(always)]
+pub fn fp_key_lo() -> u64 {
+    // SAFETY: as in `read`.
+    unsafe { core::ptr::read_volatile(&FP_KEY_LO) }
+}
+
+#[inline(always)]
+pub fn fp_key_hi() -> u64 {
+    // SAFETY: as in `read`.
+    unsafe { core::ptr::read_volatile(&FP_KEY_HI) }
+}
+
 #[inline(always)]
 pub fn sys_exit_ret_offset() -> usize {
     read(&SYS_EXIT_RET_OFF) as usize

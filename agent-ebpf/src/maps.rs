@@ -86,8 +86,9 @@ pub static PKT_REPORTED: LruHashMap<u64, u64> = LruHashMap::with_max_entries(409
 #[map(name = "HEARTBEAT")]
 pub static HEARTBEAT: Array<Heartbeat> = Array::pinned(1, 0);
 
-/// The host's secret key of target fingerprints, one entry, written by the agent before any
-/// program is attached and kept across restarts (the grants it wrote are found by it).
+/// The host's secret key of target fingerprints, one entry: where the agent keeps the key
+/// across restarts (the grants it wrote are found by it). Programs read the key from globals
+/// the agent sets at load (`kconf`), not from here.
 #[map(name = "FP_KEY")]
 pub static FP_KEY: Array<FingerprintKey> = Array::pinned(1, 0);
 

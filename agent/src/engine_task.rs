@@ -1502,7 +1502,6 @@ pub fn counter_name(slot: u32) -> Option<&'static str> {
         (Counter::DebugRefused, "debug_refused"),
         (Counter::CompatKilled, "compat_killed"),
         (Counter::SockLineageFull, "sock_lineage_full"),
-        (Counter::FpKeyMissing, "fp_key_missing"),
     ];
     NAMES
         .iter()

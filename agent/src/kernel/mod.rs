@@ -333,8 +333,34 @@ pub struct Engine {
 
 /// The host's fingerprint key: the one an earlier agent drew (kept in the pinned `FP_KEY`, so
 /// the grants it wrote still match), or a new one from the kernel's random source. Read before
-/// anything is attached, so that no program fingerprints with the map's initial zeros.
-fn fingerprint_key(ebpf: &mut Ebpf) -> Result<FingerprintKey, EngineError> {
+/// the programs are loaded: they get it as read-only globals.
+fn fingerprint_key(map_dir: &Path) -> Result<FingerprintKey, EngineError> {
+    let pin = map_dir.join(names::FP_KEY);
+    if pin.exists() {
+        let data = MapData::from_pin(&pin).map_err(map_err(names::FP_KEY))?;
+        let map: Array<MapData, FingerprintKey> =
+            Array::try_from(aya::maps::Map::Array(data)).map_err(map_err(names::FP_KEY))?;
+        let kept = map.get(&0, 0).map_err(map_err(names::FP_KEY))?;
+        if !kept.is_unset() {
+            return Ok(kept);
+        }
+    }
+    let mut bytes = [0u8; 16];
+    getrandom::getrandom(&mut bytes).map_err(|e| EngineError::Map {
+        name: names::FP_KEY,
+        reason: format!("no random key can be drawn: {e}"),
+    })?;
+    let [k0, k1] = [&bytes[..8], &bytes[8..]].map(|h| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(h);
+        u64::from_ne_bytes(w)
+    });
+    tracing::info!("drew this host's fingerprint key (grants are found by it)");
+    Ok(FingerprintKey { k0, k1 })
+}
+
+/// Keeps the key in the (pinned) `FP_KEY` map for the next agent.
+fn keep_fingerprint_key(ebpf: &mut Ebpf, key: FingerprintKey) -> Result<(), EngineError> {
     // Borrowed, not taken: the programs loaded later refer to the map by this descriptor.
     let map = ebpf.map_mut(names::FP_KEY).ok_or(EngineError::Map {
         name: names::FP_KEY,
@@ -342,24 +368,7 @@ fn fingerprint_key(ebpf: &mut Ebpf) -> Result<FingerprintKey, EngineError> {
     })?;
     let mut map: Array<&mut MapData, FingerprintKey> =
         Array::try_from(map).map_err(map_err(names::FP_KEY))?;
-    let kept = map.get(&0, 0).map_err(map_err(names::FP_KEY))?;
-    if !kept.is_unset() {
-        return Ok(kept);
-    }
-    let mut bytes = [0u8; 16];
-    getrandom::getrandom(&mut bytes).map_err(|e| EngineError::Map {
-        name: names::FP_KEY,
-        reason: format!("no random key can be drawn: {e}"),
-    })?;
-    let [a, b] = [&bytes[..8], &bytes[8..]].map(|h| {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(h);
-        u64::from_ne_bytes(w)
-    });
-    let key = FingerprintKey { k0: a, k1: b };
-    map.set(0, key, 0).map_err(map_err(names::FP_KEY))?;
-    tracing::info!("drew this host's fingerprint key (grants are found by it)");
-    Ok(key)
+    map.set(0, key, 0).map_err(map_err(names::FP_KEY))
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, EngineError>
@@ -411,7 +420,11 @@ impl Engine {
                 reason,
             })?;
         let bprm_filename = probe::bprm_offsets();
+        let fp_key = fingerprint_key(&map_dir)?;
         let mut loader = EbpfLoader::new();
+        loader
+            .override_global("FP_KEY_LO", &fp_key.k0, true)
+            .override_global("FP_KEY_HI", &fp_key.k1, true);
         loader.default_map_pin_directory(&map_dir).override_global(
             "SYS_EXIT_RET_OFF",
             &ret_offset,
@@ -484,6 +497,7 @@ impl Engine {
             }
         };
 
+        keep_fingerprint_key(&mut ebpf, fp_key)?;
         let mut engine = Engine {
             watched: take(&mut ebpf, names::WATCHED)?,
             exec_exact: take(&mut ebpf, names::EXEC_EXACT)?,
@@ -497,7 +511,7 @@ impl Engine {
             grants: take(&mut ebpf, names::GRANTS)?,
             grant_conns: take(&mut ebpf, names::GRANT_CONNS)?,
             heartbeat: take(&mut ebpf, names::HEARTBEAT)?,
-            fp_key: fingerprint_key(&mut ebpf)?,
+            fp_key,
             counters: take(&mut ebpf, names::COUNTERS)?,
             events: Some(take(&mut ebpf, names::EVENTS)?),
             logger,
