@@ -51,7 +51,7 @@ pub fn on_exec(ctx: &TracePointContext) {
     if action == Action::Allow as u8 {
         return;
     }
-    start_event(s, len, truncated, 0, file);
+    start_event(s, truncated, 0, file);
     if content != Content::Known {
         bump(Counter::ContentHeld);
         s.event.flags |= event_flags::CONTENT;
@@ -80,7 +80,7 @@ pub fn args_after_exec(ctx: &TracePointContext, old_tid: u32) {
     let (len, truncated) = exec_filename(ctx, s);
     let subject = Subject::current(cgroup, watch);
     let file = identity::of_current_image();
-    start_event(s, len, truncated, 0, file);
+    start_event(s, truncated, 0, file);
     bump(Counter::ArgsHeld);
     hold_after_exec(&subject, s, rule_id, Action::Approve as u8);
 }
@@ -226,7 +226,7 @@ pub fn on_bprm_check(ctx: &LsmContext) -> i32 {
         None => name,
     };
     let first_level = interp == name;
-    let asked = start_event(s, len, truncated, event_flags::BEFORE_EXEC, file);
+    let asked = start_event(s, truncated, event_flags::BEFORE_EXEC, file);
     let how = Hold::StopNow {
         restarts: true,
         first_level,
@@ -380,6 +380,7 @@ fn read_path(s: &mut Scratch, src: *const u8) -> usize {
     if len >= PATH_CAP {
         len = PATH_CAP - 1;
     }
+    s.path_fingerprint = fingerprint::path(&fp_key::get(), &s.exact.path, len);
     len
 }
 
@@ -498,9 +499,10 @@ fn by_path(s: &mut Scratch, workload: u32, default: u8, len: usize, truncated: b
     }
 }
 
-/// Starts the exec event from the scratch path; returns the path's fingerprint.
+/// Starts the exec event from the scratch path; returns the path's fingerprint (taken when
+/// [`read_path`] read it).
 #[inline(always)]
-fn start_event(s: &mut Scratch, len: usize, truncated: bool, flags: u8, file: FileId) -> u64 {
+fn start_event(s: &mut Scratch, truncated: bool, flags: u8, file: FileId) -> u64 {
     let ev = &mut s.event;
     report::clear(ev);
     ev.op = Op::Exec as u8;
@@ -509,7 +511,7 @@ fn start_event(s: &mut Scratch, len: usize, truncated: bool, flags: u8, file: Fi
     if truncated {
         ev.flags |= event_flags::PATH_TRUNCATED;
     }
-    let target = fingerprint::path(&fp_key::get(), &s.exact.path, len);
+    let target = s.path_fingerprint;
     ev.target = target;
     // The path asked for and the file of this level, kept in the entry: a held exec that
     // restarts is recognised by them even after the agent pointed `target` at the program a

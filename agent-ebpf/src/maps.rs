@@ -115,4 +115,7 @@ pub struct Scratch {
     pub exact: ExecExactKey,
     pub prefix: ExecPrefixKey,
     pub event: Event,
+    /// The fingerprint of `exact.path`, taken as soon as the path is read: the hash is then
+    /// verified once, not again on every path through the program that reaches the event.
+    pub path_fingerprint: u64,
 }
