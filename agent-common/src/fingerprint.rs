@@ -146,7 +146,7 @@ pub fn path_of(key: &FingerprintKey, bytes: &[u8]) -> u64 {
 }
 
 // Paths are hashed in whole words.
-const _: () = assert!(crate::PATH_CAP % 8 == 0);
+const _: () = assert!(crate::PATH_CAP.is_multiple_of(8));
 
 /// Fingerprint of a program's content (its SHA-256): a held exec whose verdict came from its
 /// content is reviewed, and granted, as that content, wherever it lies. The leading zero byte
