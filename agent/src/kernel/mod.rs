@@ -308,7 +308,7 @@ pub struct Engine {
     // An LRU hash in the kernel; the same typed view serves it.
     grant_conns: HashMap<MapData, u64, GrantKey>,
     heartbeat: Array<MapData, Heartbeat>,
-    // The host's fingerprint key, as the kernel reads it from `FP_KEY`.
+    // The host's fingerprint key, as the programs got it at load (kept in `FP_KEY`).
     fp_key: FingerprintKey,
     counters: PerCpuArray<MapData, u64>,
     events: Option<RingBuf<MapData>>,
@@ -361,7 +361,7 @@ fn fingerprint_key(map_dir: &Path) -> Result<FingerprintKey, EngineError> {
 
 /// Keeps the key in the (pinned) `FP_KEY` map for the next agent.
 fn keep_fingerprint_key(ebpf: &mut Ebpf, key: FingerprintKey) -> Result<(), EngineError> {
-    // Borrowed, not taken: the programs loaded later refer to the map by this descriptor.
+    // Borrowed, not taken: the engine keeps no handle on it, only the value.
     let map = ebpf.map_mut(names::FP_KEY).ok_or(EngineError::Map {
         name: names::FP_KEY,
         reason: "missing from the object".into(),
