@@ -2,8 +2,8 @@
 //! descendants, wherever it moves (another cgroup's `cgroup.procs`, `clone3(CLONE_INTO_CGROUP)`).
 //! Kept by thread id in the pinned `LINEAGE` map: added at fork (from a watched parent) and when
 //! a thread moves into a watched cgroup, removed when the thread exits (a leader's when the last
-//! thread of its process exits). The agent seeds it with
-//! the threads already in watched cgroups when it starts watching them.
+//! thread of its process exits). The agent seeds it with the threads already in watched cgroups
+//! when it starts watching them.
 
 use agent_common::{Action, Event, Lineage, Op, Outcome, Watch, MAX_CGROUP_DEPTH};
 use aya_ebpf::{
