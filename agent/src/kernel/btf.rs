@@ -380,7 +380,7 @@ mod tests {
         let (sec, nsec) = super::super::probe::ctime_offsets_in(&btf).expect("inode change time");
         assert!(sec != nsec && sec < 16_384 && nsec < 16_384, "{sec} {nsec}");
         let files = super::super::probe::file_offsets_in(&btf).expect("file identity offsets");
-        assert_eq!(files.0.len(), 14);
+        assert_eq!(files.0.len(), 15);
         // Every field lies inside its structure, and no two of one structure coincide.
         assert!(files.0.iter().all(|(_, o)| *o < 16_384), "{files:?}");
         let ino = files.0.iter().find(|(g, _)| *g == "INODE_INO_OFF");
@@ -398,6 +398,18 @@ mod tests {
         assert_eq!(at("TASK_PID_OFF").map(|o| o + 4), tgid, "{ancestry:?}");
         assert_ne!(at("KN_ID_OFF"), at("KN_PARENT_OFF"), "{ancestry:?}");
         assert_ne!(at("CGRP_KN_OFF"), at("CGRP_ROOT_OFF"), "{ancestry:?}");
+        // The personality and the signal structure are fields of the task apart from its ids.
+        let personality = files
+            .0
+            .iter()
+            .find(|(g, _)| *g == "TASK_PERSONALITY_OFF")
+            .map(|x| x.1);
+        assert!(personality.is_some() && personality != tgid, "{files:?}");
+        assert!(
+            at("TASK_SIGNAL_OFF").is_some() && at("TASK_SIGNAL_OFF") != tgid,
+            "{ancestry:?}"
+        );
+        assert!(at("SIGNAL_LIVE_OFF").is_some(), "{ancestry:?}");
         // x86 marks a 32-bit system call in `thread_info.status`, at the start of the task.
         let compat = super::super::probe::compat_status_offset_in(&btf);
         if cfg!(target_arch = "x86_64") {
