@@ -77,7 +77,7 @@ pub fn args_after_exec(ctx: &TracePointContext, old_tid: u32) {
         pause::kill_current();
         return;
     };
-    let (len, truncated) = exec_filename(ctx, s);
+    let (_, truncated) = exec_filename(ctx, s);
     let subject = Subject::current(cgroup, watch);
     let file = identity::of_current_image();
     start_event(s, truncated, 0, file);

@@ -57,8 +57,12 @@ pub fn on_mmap_enter(ctx: &TracePointContext) {
         (Ok(p), Ok(f)) => (p, f),
         _ => return,
     };
+    // An anonymous mapping maps no program: no need to read the personality for it.
+    if fd < 0 {
+        return;
+    }
     let prot = prot | implied_exec(prot);
-    if prot & PROT_EXEC == 0 || fd < 0 {
+    if prot & PROT_EXEC == 0 {
         return;
     }
     if refused(fd_file(fd as u64), prot) {
