@@ -27,11 +27,12 @@ use crate::{
     audit::{checkpoint_to_proto, list_checkpoints, retention_boundary, PAGE},
     auth::{bearer, Identity, Login, Role},
     chain,
+    clock::now_ms,
     error::{Error, Result},
     events::{Guarded, Outgoing, AGENT_QUEUE},
     rules::{Version, MAX_RULES_BYTES},
     server::{rules_push, Central},
-    store::{now_ms, AuditFilter},
+    store::AuditFilter,
 };
 
 /// Longest id (host, request, record, grant).

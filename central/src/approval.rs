@@ -22,23 +22,14 @@ use sqlx::{any::AnyRow, Row};
 
 use crate::{
     auth::{Identity, Role},
+    clock::now_ms,
     error::{Error, Result},
     events::Event,
     grants,
     server::Central,
-    store::{now_ms, AuditFact, QueryContext, Store, Tx},
+    store::{AuditFact, QueryContext, Store, Tx},
     tally::{tally, Ballot, Choice, Scope, Tally, Terms},
 };
-
-/// Schema version 7: the terms each vote agreed to, so that an approval grants only what every
-/// counted approver accepted, and whether the voter was the requester. Votes stored before carry
-/// no terms and are read as "approve once", the narrowest.
-pub(crate) const MIGRATION: &[&str] = &[
-    "ALTER TABLE votes ADD COLUMN kind TEXT NOT NULL DEFAULT ''",
-    "ALTER TABLE votes ADD COLUMN scope TEXT NOT NULL DEFAULT ''",
-    "ALTER TABLE votes ADD COLUMN duration_ms BIGINT NOT NULL DEFAULT 0",
-    "ALTER TABLE votes ADD COLUMN by_requester BIGINT NOT NULL DEFAULT 0",
-];
 
 /// Longest grant a reviewer may give.
 pub const MAX_GRANT: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -800,7 +791,7 @@ impl Central {
             return Err(Error::FailedPrecondition(format!(
                 "request '{}' expired at {}",
                 row.approval_id,
-                crate::audit::rfc3339(row.expires_at_ms)
+                crate::clock::rfc3339(row.expires_at_ms)
             )));
         }
         Ok(row)

@@ -20,25 +20,15 @@ use sqlx::Row;
 
 use crate::{
     chain::{self, parse_hash, Checkpoint, Record, Report, Verifier, VerifyOptions},
+    clock::{day, now_ms, rfc3339},
     config::Config,
     error::{Error, Result},
     server::Central,
-    store::{now_ms, AuditFact, AuditFilter, QueryContext, Store, StoreError},
+    store::{AuditFact, AuditFilter, QueryContext, Store, StoreError},
 };
 
 /// Records read per database round trip when verifying or exporting.
 pub const PAGE: i64 = 5_000;
-
-/// RFC 3339 UTC time of Unix milliseconds.
-pub fn rfc3339(ms: i64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
-    humantime::format_rfc3339_millis(t).to_string()
-}
-
-/// `YYYY-MM-DD` of a day number (days since the Unix epoch).
-pub fn day(days: i64) -> String {
-    rfc3339(days * 86_400_000).chars().take(10).collect()
-}
 
 impl From<Record> for AuditEntry {
     fn from(r: Record) -> Self {
@@ -501,15 +491,5 @@ impl Central {
                 count: n.max(0) as u64,
             })
             .collect())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn days() {
-        assert_eq!(super::day(0), "1970-01-01");
-        assert_eq!(super::day(20_000), "2024-10-04");
-        assert_eq!(super::rfc3339(1_000), "1970-01-01T00:00:01.000Z");
     }
 }

@@ -6,21 +6,8 @@
 
 use std::collections::HashMap;
 
-use serde::Deserialize;
-
 use crate::config::{AgentToken, ReviewerToken};
-
-/// A reviewer's role. Each role may do what the ones before it may.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Read requests, grants, rules, hosts and audit.
-    Viewer,
-    /// Also decide requests and revoke grants.
-    Approver,
-    /// Also apply and roll back rules.
-    Admin,
-}
+pub use crate::role::Role;
 
 /// An authenticated reviewer.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -149,11 +136,6 @@ pub trait Authenticator: Send + Sync + 'static {
     /// Identities known without a login (static tokens from the configuration file).
     fn configured(&self) -> Vec<Identity> {
         Vec::new()
-    }
-
-    /// The identity provider behind this authenticator, for login flows central runs itself.
-    fn oidc(&self) -> Option<std::sync::Arc<crate::oidc::Oidc>> {
-        None
     }
 }
 

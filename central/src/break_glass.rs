@@ -17,10 +17,11 @@ use sqlx::Row;
 use crate::{
     approval::{already, grant_for, lock_pending, resolve_in, DecideInput, State},
     auth::{Identity, Role},
+    clock::now_ms,
     error::{Error, Result},
     events::Event,
     server::Central,
-    store::{now_ms, AuditFact, QueryContext, Store},
+    store::{AuditFact, QueryContext, Store},
     tally::Choice,
 };
 

@@ -454,7 +454,7 @@ impl fmt::Display for Finding {
             } => write!(
                 f,
                 "seq {seq}: the chain differs from the {kind} checkpoint signed at {}: records up to seq {seq} were changed and their hashes recomputed",
-                crate::audit::rfc3339(*time_unix_ms)
+                crate::clock::rfc3339(*time_unix_ms)
             ),
             Finding::CheckpointForged { seq, kind, reason } => {
                 write!(f, "checkpoint at seq {seq} ({kind}): {reason}")
@@ -668,7 +668,7 @@ impl Verifier {
                 evidence: format!(
                     "the {} checkpoint signed at {}",
                     cp.kind,
-                    crate::audit::rfc3339(cp.time_unix_ms)
+                    crate::clock::rfc3339(cp.time_unix_ms)
                 ),
             });
         } else if let Some(head) = self.opts.expected_head {

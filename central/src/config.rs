@@ -63,7 +63,11 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::auth::Role;
+pub mod oidc;
+
+pub use oidc::OidcConfig;
+
+use crate::role::Role;
 
 /// Default listen address: loopback, so a fresh install is not reachable from the network.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7443";
@@ -198,7 +202,7 @@ pub struct Config {
     pub teams: Option<TeamsConfig>,
     /// The identity provider reviewers log in with (see [`crate::oidc`]).
     #[serde(default)]
-    pub oidc: Option<crate::oidc::OidcConfig>,
+    pub oidc: Option<OidcConfig>,
     /// The break-glass decision path (off by default).
     #[serde(default)]
     pub break_glass: BreakGlassConfig,

@@ -7,21 +7,17 @@ use sqlx::{any::AnyRow, Row};
 
 use crate::{
     auth::{Identity, Role},
+    clock::now_ms,
     error::{Error, Result},
     events::Event,
     server::Central,
-    store::{now_ms, AuditFact, QueryContext, Store, Tx},
+    store::{AuditFact, QueryContext, Store, Tx},
 };
 
 const GRANT_COLUMNS: &str =
     "grant_id, approval_id, host_id, rule_id, rule_name, workload, scope, tgid,
     granted_by, created_at_ms, expires_at_ms, revoked_at_ms, revoked_by, revoke_reason,
     close_connections";
-
-/// Schema version 6: whether a revocation also closed the grant's connections (kept so that a
-/// revocation replayed to a reconnecting agent asks for the same).
-pub(crate) const MIGRATION: &[&str] =
-    &["ALTER TABLE grants ADD COLUMN close_connections BIGINT NOT NULL DEFAULT 0"];
 
 /// Stored name of a scope.
 pub fn scope_name(s: GrantScope) -> &'static str {

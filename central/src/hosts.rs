@@ -11,9 +11,10 @@ use serde_json::json;
 use sqlx::Row;
 
 use crate::{
+    clock::now_ms,
     error::{Error, Result},
     server::Central,
-    store::{now_ms, AuditFact, QueryContext, Store},
+    store::{AuditFact, QueryContext, Store},
 };
 
 fn enforcement_name(e: RuleEnforcement) -> &'static str {

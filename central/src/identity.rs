@@ -29,9 +29,10 @@ use sqlx::Row;
 
 use crate::{
     auth::{bearer, AuthError, Identity, Login, Role},
+    clock::now_ms,
     error::{Error, Result},
     server::Central,
-    store::{now_ms, AuditFact, QueryContext, Store, StoreError},
+    store::{AuditFact, QueryContext, Store, StoreError},
 };
 
 /// A remembered identity is written again after this long even when nothing changed, so
@@ -41,30 +42,9 @@ pub const WRITE_EVERY: Duration = Duration::from_secs(5 * 60);
 /// How long after its last login a remembered identity is found by e-mail.
 pub const REMEMBER_FOR: Duration = Duration::from_secs(30 * 24 * 3600);
 
-/// Schema of the `identities` table (the same DDL on SQLite and PostgreSQL).
-pub(crate) const MIGRATION: &[&str] = &[
-    "CREATE TABLE identities (issuer TEXT NOT NULL, subject TEXT NOT NULL, email TEXT NOT NULL,
-        email_lower TEXT NOT NULL, groups_json TEXT NOT NULL, roles_json TEXT NOT NULL,
-        aliases_json TEXT NOT NULL, first_seen_ms BIGINT NOT NULL, last_seen_ms BIGINT NOT NULL,
-        PRIMARY KEY (issuer, subject))",
-    "CREATE INDEX identities_email ON identities (email_lower, last_seen_ms)",
-];
-
-/// Schema version 8: the tokens whose login is recorded (see the module's description).
-pub(crate) const LOGINS_MIGRATION: &[&str] = &[
-    "CREATE TABLE reviewer_logins (token_hash TEXT PRIMARY KEY, subject TEXT NOT NULL,
-        recorded_at_ms BIGINT NOT NULL, expires_at_ms BIGINT NOT NULL)",
-    "CREATE INDEX reviewer_logins_expiry ON reviewer_logins (expires_at_ms)",
-];
-
 /// A recorded token is remembered this long past its expiry, beyond the leeway with which
 /// expired tokens are still accepted, so that it is never recorded twice.
 const LOGIN_KEPT_AFTER_EXPIRY: Duration = Duration::from_secs(10 * 60);
-
-/// Schema version 10: whether the provider vouched for each remembered address. Rows from
-/// before it count as unverified until the person logs in again.
-pub(crate) const EMAIL_VERIFIED_MIGRATION: &[&str] =
-    &["ALTER TABLE identities ADD COLUMN email_verified BIGINT NOT NULL DEFAULT 0"];
 
 /// Per-replica memory of when each learned identity was last written, so that a busy reviewer
 /// does not cost a database write per call.
@@ -131,7 +111,7 @@ configure [oidc], then remove every [[reviewers]] entry.
 impl Central {
     /// The identity provider reviewers log in with, when `[oidc]` is configured.
     pub fn oidc(&self) -> Option<std::sync::Arc<crate::oidc::Oidc>> {
-        self.reviewers.oidc()
+        self.oidc.clone()
     }
 
     /// Says at start how reviewers authenticate: static tokens are announced on standard error

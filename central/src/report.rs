@@ -15,8 +15,8 @@ use std::{
 use serde_json::Value;
 
 use crate::{
-    audit::rfc3339,
     chain::{Record, Report},
+    clock::rfc3339,
     text::html_escape as esc,
 };
 

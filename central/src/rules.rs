@@ -13,10 +13,11 @@ use sqlx::{any::AnyRow, Row};
 
 use crate::{
     auth::{Identity, Role},
+    clock::now_ms,
     error::{Error, Result},
     events::Event,
     server::Central,
-    store::{now_ms, AuditFact, QueryContext, Store},
+    store::{AuditFact, QueryContext, Store},
 };
 
 /// Largest rules file accepted.

@@ -17,11 +17,12 @@ use tokio::{
 use crate::{
     api::{AgentApi, ReviewerApi},
     auth::{AgentTokens, Authenticator},
+    clock::now_ms,
     config::{AuditConfig, Config},
     error::Result,
     events::{Event, Hub, Publisher, Snapshot, CHANNEL},
     rules::{RuleCache, Version},
-    store::{now_ms, Backend, Store, StoreError},
+    store::{Backend, Store, StoreError},
 };
 
 /// Why the service could not start.
@@ -72,6 +73,8 @@ pub struct Central {
     pub(crate) publisher: Publisher,
     pub(crate) rules: RuleCache,
     pub(crate) reviewers: Arc<dyn Authenticator>,
+    /// The identity provider behind `reviewers`, when `[oidc]` is configured.
+    pub(crate) oidc: Option<Arc<crate::oidc::Oidc>>,
     pub(crate) agents: AgentTokens,
     pub(crate) replica_id: String,
     pub(crate) expiry_wake: Notify,
@@ -341,8 +344,9 @@ pub struct Server {
 /// to port 0), else on `config.listen`.
 pub async fn start(config: &Config, listener: Option<TcpListener>) -> Result<Server, StartError> {
     // The identity provider when `[oidc]` is configured, static tokens when any are.
-    let authenticator = Arc::new(crate::oidc::ReviewerAuth::from_config(config)?);
-    let server = start_with(config, listener, authenticator).await?;
+    let authenticator = crate::oidc::ReviewerAuth::from_config(config)?;
+    let oidc = authenticator.oidc().cloned();
+    let server = start_serving(config, listener, Arc::new(authenticator), oidc).await?;
     server.central.announce_reviewer_auth(config).await?;
     Ok(server)
 }
@@ -352,6 +356,17 @@ pub async fn start_with(
     config: &Config,
     listener: Option<TcpListener>,
     reviewers: Arc<dyn Authenticator>,
+) -> Result<Server, StartError> {
+    start_serving(config, listener, reviewers, None).await
+}
+
+/// Starts the service; `oidc` is the provider behind `reviewers`, for the login flows central
+/// runs itself (the console's).
+async fn start_serving(
+    config: &Config,
+    listener: Option<TcpListener>,
+    reviewers: Arc<dyn Authenticator>,
+    oidc: Option<Arc<crate::oidc::Oidc>>,
 ) -> Result<Server, StartError> {
     // TLS files first: a bad certificate should stop the start before anything is opened.
     let tls = match &config.tls {
@@ -389,6 +404,7 @@ pub async fn start_with(
         publisher,
         rules: RuleCache::default(),
         reviewers,
+        oidc,
         agents: AgentTokens::new(&config.agents),
         replica_id,
         expiry_wake: Notify::new(),

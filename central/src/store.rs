@@ -10,6 +10,7 @@
 //! seq order, also with several replicas on one PostgreSQL.
 
 mod group_commit;
+mod migrations;
 
 use std::{
     ops::{Deref, DerefMut},
@@ -20,10 +21,13 @@ use std::{
 
 use group_commit::{BatchTx, Writer};
 pub use group_commit::{CommitObserver, WriterStats};
+pub use migrations::MIGRATIONS;
+use migrations::MIGRATIONS_AFTER;
 
 use serde_json::Value;
 
 use crate::chain::{parse_hash, Hash, Record, GENESIS};
+use crate::clock::now_ms;
 use sqlx::{
     any::{AnyConnectOptions, AnyPoolOptions},
     AnyConnection, AnyPool, Connection, Row,
@@ -139,186 +143,6 @@ pub fn redact_url(url: &str) -> String {
     }
     url.to_string()
 }
-
-/// Schema versions: (version, SQLite statements, PostgreSQL statements).
-pub const MIGRATIONS: &[(i64, &[&str], &[&str])] = &[
-    (1, SQLITE_V1, POSTGRES_V1),
-    (2, SQLITE_V2, POSTGRES_V2),
-    (3, crate::identity::MIGRATION, crate::identity::MIGRATION),
-    (4, crate::notify::MIGRATION, crate::notify::MIGRATION),
-    (
-        5,
-        crate::web::session::MIGRATION,
-        crate::web::session::MIGRATION,
-    ),
-    (6, crate::grants::MIGRATION, crate::grants::MIGRATION),
-    (7, crate::approval::MIGRATION, crate::approval::MIGRATION),
-    (
-        8,
-        crate::identity::LOGINS_MIGRATION,
-        crate::identity::LOGINS_MIGRATION,
-    ),
-    (
-        9,
-        crate::web::session::LOGINS_MIGRATION,
-        crate::web::session::LOGINS_MIGRATION,
-    ),
-    (
-        10,
-        crate::identity::EMAIL_VERIFIED_MIGRATION,
-        crate::identity::EMAIL_VERIFIED_MIGRATION,
-    ),
-];
-
-/// Statements run after a migration's Rust step (version 2: hashing the records stored before
-/// the chain existed), in the same transaction.
-const MIGRATIONS_AFTER: &[(i64, &[&str], &[&str])] = &[(2, SQLITE_V2_AFTER, POSTGRES_V2_AFTER)];
-
-const CHAIN_TABLES: &[&str] = &[
-    "CREATE TABLE audit_head (id BIGINT PRIMARY KEY, seq BIGINT NOT NULL, hash TEXT NOT NULL)",
-    "INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, '0000000000000000000000000000000000000000000000000000000000000000')",
-    "CREATE TABLE audit_checkpoints (seq BIGINT NOT NULL, kind TEXT NOT NULL, hash TEXT NOT NULL,
-        time_ms BIGINT NOT NULL, key_id TEXT NOT NULL, signature TEXT NOT NULL, replica TEXT NOT NULL,
-        PRIMARY KEY (seq, kind))",
-    "CREATE TABLE audit_retention (boundary_seq BIGINT PRIMARY KEY, time_ms BIGINT NOT NULL,
-        cutoff_ms BIGINT NOT NULL, replica TEXT NOT NULL)",
-    "ALTER TABLE audit ADD COLUMN host_seq BIGINT NOT NULL DEFAULT 0",
-    "ALTER TABLE audit ADD COLUMN hash TEXT",
-    "CREATE INDEX audit_time ON audit (time_ms)",
-];
-
-const SQLITE_V2: &[&str] = &[
-    "DROP TRIGGER audit_no_update",
-    "DROP TRIGGER audit_no_delete",
-    CHAIN_TABLES[0],
-    CHAIN_TABLES[1],
-    CHAIN_TABLES[2],
-    CHAIN_TABLES[3],
-    CHAIN_TABLES[4],
-    CHAIN_TABLES[5],
-    CHAIN_TABLES[6],
-];
-
-const SQLITE_V2_AFTER: &[&str] = &[
-    "CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit BEGIN SELECT RAISE(ABORT, 'audit is append-only'); END",
-    "CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
-        WHEN OLD.seq > (SELECT COALESCE(MAX(boundary_seq), 0) FROM audit_retention)
-        BEGIN SELECT RAISE(ABORT, 'audit is append-only (only records below a retention boundary may be deleted)'); END",
-    "CREATE TRIGGER audit_checkpoints_no_update BEFORE UPDATE ON audit_checkpoints
-        BEGIN SELECT RAISE(ABORT, 'audit checkpoints are append-only'); END",
-    "CREATE TRIGGER audit_checkpoints_no_delete BEFORE DELETE ON audit_checkpoints
-        BEGIN SELECT RAISE(ABORT, 'audit checkpoints are append-only'); END",
-];
-
-const POSTGRES_V2: &[&str] = &[
-    "DROP TRIGGER audit_append_only ON audit",
-    CHAIN_TABLES[0],
-    CHAIN_TABLES[1],
-    CHAIN_TABLES[2],
-    CHAIN_TABLES[3],
-    CHAIN_TABLES[4],
-    CHAIN_TABLES[5],
-    CHAIN_TABLES[6],
-];
-
-const POSTGRES_V2_AFTER: &[&str] = &[
-    "CREATE OR REPLACE FUNCTION latch_audit_append_only() RETURNS trigger AS $$
-        BEGIN
-            IF TG_OP = 'DELETE' AND TG_TABLE_NAME = 'audit'
-               AND OLD.seq <= (SELECT COALESCE(MAX(boundary_seq), 0) FROM audit_retention) THEN
-                RETURN OLD;
-            END IF;
-            RAISE EXCEPTION '% is append-only', TG_TABLE_NAME;
-        END; $$ LANGUAGE plpgsql",
-    "CREATE TRIGGER audit_append_only BEFORE UPDATE OR DELETE ON audit
-        FOR EACH ROW EXECUTE FUNCTION latch_audit_append_only()",
-    "CREATE TRIGGER audit_checkpoints_append_only BEFORE UPDATE OR DELETE ON audit_checkpoints
-        FOR EACH ROW EXECUTE FUNCTION latch_audit_append_only()",
-];
-
-const SQLITE_V1: &[&str] = &[
-    "CREATE TABLE hosts (host_id TEXT PRIMARY KEY, hostname TEXT NOT NULL, labels_json TEXT NOT NULL,
-        agent_version TEXT NOT NULL, capabilities BLOB NOT NULL, registered_at_ms BIGINT NOT NULL,
-        last_seen_ms BIGINT NOT NULL, connected_replica TEXT NOT NULL DEFAULT '',
-        rules_version_acked BIGINT NOT NULL DEFAULT 0, rules_error TEXT NOT NULL DEFAULT '')",
-    "CREATE TABLE host_rule_status (host_id TEXT NOT NULL, version BIGINT NOT NULL, rule_id BIGINT NOT NULL,
-        rule_name TEXT NOT NULL, enforcement TEXT NOT NULL, message TEXT NOT NULL,
-        PRIMARY KEY (host_id, rule_id))",
-    "CREATE TABLE rule_sets (version INTEGER PRIMARY KEY AUTOINCREMENT, source_name TEXT NOT NULL,
-        yaml TEXT NOT NULL, sha256 TEXT NOT NULL, selector_json TEXT NOT NULL, applied_by TEXT NOT NULL,
-        applied_at_ms BIGINT NOT NULL, comment TEXT NOT NULL, rollback_of BIGINT NOT NULL DEFAULT 0)",
-    "CREATE TABLE requests (approval_id TEXT PRIMARY KEY, host_id TEXT NOT NULL, request_id TEXT NOT NULL,
-        state TEXT NOT NULL, requester TEXT NOT NULL, rule_id BIGINT NOT NULL, rule_name TEXT NOT NULL,
-        workload TEXT NOT NULL, tgid BIGINT NOT NULL, context BLOB NOT NULL, received_at_ms BIGINT NOT NULL,
-        expires_at_ms BIGINT NOT NULL, on_timeout TEXT NOT NULL, approvers_needed BIGINT NOT NULL,
-        approver_groups_json TEXT NOT NULL, updated_at_ms BIGINT NOT NULL,
-        decided_at_ms BIGINT NOT NULL DEFAULT 0, decided_by TEXT NOT NULL DEFAULT '',
-        outcome TEXT NOT NULL DEFAULT '', reason TEXT NOT NULL DEFAULT '', grant_id TEXT NOT NULL DEFAULT '',
-        UNIQUE (host_id, request_id))",
-    "CREATE INDEX requests_state ON requests (state, expires_at_ms)",
-    "CREATE TABLE votes (approval_id TEXT NOT NULL, approver TEXT NOT NULL, outcome TEXT NOT NULL,
-        reason TEXT NOT NULL, at_ms BIGINT NOT NULL, PRIMARY KEY (approval_id, approver))",
-    "CREATE TABLE transitions (id INTEGER PRIMARY KEY AUTOINCREMENT, approval_id TEXT NOT NULL,
-        from_state TEXT NOT NULL, to_state TEXT NOT NULL, actor TEXT NOT NULL, reason TEXT NOT NULL,
-        at_ms BIGINT NOT NULL)",
-    "CREATE INDEX transitions_request ON transitions (approval_id)",
-    "CREATE TABLE grants (grant_id TEXT PRIMARY KEY, approval_id TEXT NOT NULL, host_id TEXT NOT NULL,
-        rule_id BIGINT NOT NULL, rule_name TEXT NOT NULL, workload TEXT NOT NULL, scope TEXT NOT NULL,
-        tgid BIGINT NOT NULL, granted_by TEXT NOT NULL, created_at_ms BIGINT NOT NULL,
-        expires_at_ms BIGINT NOT NULL, revoked_at_ms BIGINT NOT NULL DEFAULT 0,
-        revoked_by TEXT NOT NULL DEFAULT '', revoke_reason TEXT NOT NULL DEFAULT '')",
-    "CREATE TABLE audit (seq INTEGER PRIMARY KEY AUTOINCREMENT, time_ms BIGINT NOT NULL, kind TEXT NOT NULL,
-        actor TEXT NOT NULL, host_id TEXT NOT NULL, request_id TEXT NOT NULL, grant_id TEXT NOT NULL,
-        rule_name TEXT NOT NULL, workload TEXT NOT NULL, action TEXT NOT NULL, record_id TEXT,
-        payload TEXT NOT NULL)",
-    "CREATE UNIQUE INDEX audit_record ON audit (host_id, record_id)",
-    "CREATE INDEX audit_shadow ON audit (action, time_ms)",
-    "CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit BEGIN SELECT RAISE(ABORT, 'audit is append-only'); END",
-    "CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit BEGIN SELECT RAISE(ABORT, 'audit is append-only'); END",
-];
-
-const POSTGRES_V1: &[&str] = &[
-    "CREATE TABLE hosts (host_id TEXT PRIMARY KEY, hostname TEXT NOT NULL, labels_json TEXT NOT NULL,
-        agent_version TEXT NOT NULL, capabilities BYTEA NOT NULL, registered_at_ms BIGINT NOT NULL,
-        last_seen_ms BIGINT NOT NULL, connected_replica TEXT NOT NULL DEFAULT '',
-        rules_version_acked BIGINT NOT NULL DEFAULT 0, rules_error TEXT NOT NULL DEFAULT '')",
-    "CREATE TABLE host_rule_status (host_id TEXT NOT NULL, version BIGINT NOT NULL, rule_id BIGINT NOT NULL,
-        rule_name TEXT NOT NULL, enforcement TEXT NOT NULL, message TEXT NOT NULL,
-        PRIMARY KEY (host_id, rule_id))",
-    "CREATE TABLE rule_sets (version BIGSERIAL PRIMARY KEY, source_name TEXT NOT NULL,
-        yaml TEXT NOT NULL, sha256 TEXT NOT NULL, selector_json TEXT NOT NULL, applied_by TEXT NOT NULL,
-        applied_at_ms BIGINT NOT NULL, comment TEXT NOT NULL, rollback_of BIGINT NOT NULL DEFAULT 0)",
-    "CREATE TABLE requests (approval_id TEXT PRIMARY KEY, host_id TEXT NOT NULL, request_id TEXT NOT NULL,
-        state TEXT NOT NULL, requester TEXT NOT NULL, rule_id BIGINT NOT NULL, rule_name TEXT NOT NULL,
-        workload TEXT NOT NULL, tgid BIGINT NOT NULL, context BYTEA NOT NULL, received_at_ms BIGINT NOT NULL,
-        expires_at_ms BIGINT NOT NULL, on_timeout TEXT NOT NULL, approvers_needed BIGINT NOT NULL,
-        approver_groups_json TEXT NOT NULL, updated_at_ms BIGINT NOT NULL,
-        decided_at_ms BIGINT NOT NULL DEFAULT 0, decided_by TEXT NOT NULL DEFAULT '',
-        outcome TEXT NOT NULL DEFAULT '', reason TEXT NOT NULL DEFAULT '', grant_id TEXT NOT NULL DEFAULT '',
-        UNIQUE (host_id, request_id))",
-    "CREATE INDEX requests_state ON requests (state, expires_at_ms)",
-    "CREATE TABLE votes (approval_id TEXT NOT NULL, approver TEXT NOT NULL, outcome TEXT NOT NULL,
-        reason TEXT NOT NULL, at_ms BIGINT NOT NULL, PRIMARY KEY (approval_id, approver))",
-    "CREATE TABLE transitions (id BIGSERIAL PRIMARY KEY, approval_id TEXT NOT NULL,
-        from_state TEXT NOT NULL, to_state TEXT NOT NULL, actor TEXT NOT NULL, reason TEXT NOT NULL,
-        at_ms BIGINT NOT NULL)",
-    "CREATE INDEX transitions_request ON transitions (approval_id)",
-    "CREATE TABLE grants (grant_id TEXT PRIMARY KEY, approval_id TEXT NOT NULL, host_id TEXT NOT NULL,
-        rule_id BIGINT NOT NULL, rule_name TEXT NOT NULL, workload TEXT NOT NULL, scope TEXT NOT NULL,
-        tgid BIGINT NOT NULL, granted_by TEXT NOT NULL, created_at_ms BIGINT NOT NULL,
-        expires_at_ms BIGINT NOT NULL, revoked_at_ms BIGINT NOT NULL DEFAULT 0,
-        revoked_by TEXT NOT NULL DEFAULT '', revoke_reason TEXT NOT NULL DEFAULT '')",
-    "CREATE TABLE audit (seq BIGSERIAL PRIMARY KEY, time_ms BIGINT NOT NULL, kind TEXT NOT NULL,
-        actor TEXT NOT NULL, host_id TEXT NOT NULL, request_id TEXT NOT NULL, grant_id TEXT NOT NULL,
-        rule_name TEXT NOT NULL, workload TEXT NOT NULL, action TEXT NOT NULL, record_id TEXT,
-        payload TEXT NOT NULL)",
-    "CREATE UNIQUE INDEX audit_record ON audit (host_id, record_id)",
-    "CREATE INDEX audit_shadow ON audit (action, time_ms)",
-    "CREATE FUNCTION latch_audit_append_only() RETURNS trigger AS $$
-        BEGIN RAISE EXCEPTION 'audit is append-only'; END; $$ LANGUAGE plpgsql",
-    "CREATE TRIGGER audit_append_only BEFORE UPDATE OR DELETE ON audit
-        FOR EACH ROW EXECUTE FUNCTION latch_audit_append_only()",
-];
 
 /// Serialises migrations of replicas starting together on one PostgreSQL.
 const MIGRATION_LOCK: i64 = 0x4c61_7463_6801;
@@ -475,7 +299,7 @@ fn audit_record(r: &sqlx::any::AnyRow) -> Result<Record, StoreError> {
         ))
     };
     let (mut rec, hash) = get().ctx("decoding audit")?;
-    rec.time = crate::audit::rfc3339(rec.time_unix_ms);
+    rec.time = crate::clock::rfc3339(rec.time_unix_ms);
     rec.hash = match hash {
         None => GENESIS,
         Some(h) => parse_hash(&h).map_err(|message| StoreError::Corrupt {
@@ -505,14 +329,6 @@ fn head_of(r: &sqlx::any::AnyRow) -> Result<Head, StoreError> {
             message,
         })?,
     })
-}
-
-/// Current Unix time in milliseconds.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// A setting every SQLite connection gets could not be made.

@@ -18,8 +18,8 @@ use latch_central::{
         self, read_jsonl, write_jsonl, Checkpoint, CsvWriter, ExportHeader, ExportLine, Record,
         Report, Verifier, VerifyOptions,
     },
+    clock::now_ms,
     report::{Evidence, ReportMeta},
-    store::now_ms,
     text::term_safe,
 };
 use latch_proto::v1::{
@@ -659,7 +659,7 @@ mod tests {
         assert_eq!(super::parse_time("1970-01-02"), Ok(86_400_000));
         assert_eq!(super::parse_time("1970-01-01T00:00:01Z"), Ok(1000));
         let ago = super::parse_time("1h").expect("duration");
-        assert!(ago < latch_central::store::now_ms());
+        assert!(ago < latch_central::clock::now_ms());
         assert!(super::parse_time("yesterday-ish").is_err());
     }
 }

@@ -283,7 +283,7 @@ async fn device_login(
         .or_else(|| {
             tokens
                 .expires_in()
-                .map(|d| latch_central::store::now_ms() + d.as_millis() as i64)
+                .map(|d| latch_central::clock::now_ms() + d.as_millis() as i64)
         })
         .unwrap_or(0);
 

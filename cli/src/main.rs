@@ -638,7 +638,7 @@ async fn pending(ctx: &Ctx, out: Out, watch: bool) -> Result<(), CliError> {
             let r = rec.request.clone().unwrap_or_default();
             println!(
                 "{}  {}  {}  {}  {}  {}",
-                time(latch_central::store::now_ms()),
+                time(latch_central::clock::now_ms()),
                 out.state(&state_name(rec.state)),
                 latch_central::text::term_safe(&rec.approval_id),
                 latch_central::text::term_safe(&r.host_id),
@@ -842,7 +842,7 @@ async fn rules(ctx: &Ctx, out: Out, cmd: RulesCommand) -> Result<(), CliError> {
 fn grant_state(g: &Grant) -> &'static str {
     if g.revoked_at_unix_ms > 0 {
         "revoked"
-    } else if g.expires_at_unix_ms <= latch_central::store::now_ms() {
+    } else if g.expires_at_unix_ms <= latch_central::clock::now_ms() {
         "expired"
     } else {
         "active"

@@ -143,7 +143,7 @@ pub fn time(ms: i64) -> String {
 
 /// "in 5m 3s" / "2m ago" relative to now.
 pub fn relative(ms: i64) -> String {
-    let now = latch_central::store::now_ms();
+    let now = latch_central::clock::now_ms();
     let d = std::time::Duration::from_secs(((ms - now).unsigned_abs()) / 1000);
     let text = humantime::format_duration(d).to_string();
     if ms >= now {

@@ -129,7 +129,7 @@ pub fn check_not_expired(token: &str) -> Result<(), CliError> {
     match session_of(token) {
         Some(s)
             if s.expires_at_unix_ms > 0
-                && s.expires_at_unix_ms <= latch_central::store::now_ms() =>
+                && s.expires_at_unix_ms <= latch_central::clock::now_ms() =>
         {
             Err(CliError::LoginExpired {
                 at: time(s.expires_at_unix_ms),

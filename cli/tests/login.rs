@@ -165,7 +165,7 @@ async fn device_login_stores_a_token_that_later_calls_use() {
             .expect("session json");
     assert_eq!(session["subject"], env.idp.subject_of("amir"));
     assert_eq!(session["issuer"], env.idp.issuer());
-    assert!(session["expires_at_unix_ms"].as_i64().unwrap_or(0) > latch_central::store::now_ms());
+    assert!(session["expires_at_unix_ms"].as_i64().unwrap_or(0) > latch_central::clock::now_ms());
 
     // A later call uses the stored token, and shows its expiry.
     let out = env.run(&["whoami"]).await;
@@ -187,7 +187,7 @@ async fn device_login_stores_a_token_that_later_calls_use() {
 
     // Once the stored login has expired, latchctl says so before asking central.
     let mut s = session.clone();
-    s["expires_at_unix_ms"] = serde_json::json!(latch_central::store::now_ms() - 1000);
+    s["expires_at_unix_ms"] = serde_json::json!(latch_central::clock::now_ms() - 1000);
     std::fs::write(&session_file, s.to_string()).expect("write");
     let out = env.run(&["whoami"]).await;
     assert_eq!(out.status.code(), Some(5), "{}", text(&out));

@@ -28,33 +28,13 @@ use tokio::sync::{mpsc, Semaphore};
 
 use crate::{
     approval::{RequestRow, State},
+    clock::now_ms,
     config::Config,
     error::Result,
     server::Central,
-    store::{now_ms, QueryContext},
+    store::QueryContext,
     text::term_safe,
 };
-
-/// Schema of the delivery bookkeeping (the same DDL on SQLite and PostgreSQL).
-///
-/// `notifications`: one row per (surface, request): where the message went (`channel`,
-/// `message_ref`: Slack's channel id and message `ts`), which state it shows (`revision`),
-/// whether it needs no more work (`settled`), and the lease of whoever is working on it.
-/// `slack_callbacks`: signatures of accepted Slack callbacks, so that a replayed callback is
-/// refused by every replica.
-pub(crate) const MIGRATION: &[&str] = &[
-    "CREATE TABLE notifications (kind TEXT NOT NULL, approval_id TEXT NOT NULL,
-        channel TEXT NOT NULL DEFAULT '', message_ref TEXT NOT NULL DEFAULT '',
-        revision TEXT NOT NULL DEFAULT '', settled BIGINT NOT NULL DEFAULT 0,
-        lease_owner TEXT NOT NULL DEFAULT '', lease_until_ms BIGINT NOT NULL DEFAULT 0,
-        attempts BIGINT NOT NULL DEFAULT 0, last_error TEXT NOT NULL DEFAULT '',
-        created_at_ms BIGINT NOT NULL, updated_at_ms BIGINT NOT NULL,
-        PRIMARY KEY (kind, approval_id))",
-    "CREATE INDEX notifications_open ON notifications (settled, lease_until_ms)",
-    "CREATE TABLE slack_callbacks (signature TEXT PRIMARY KEY, request_ts BIGINT NOT NULL,
-        seen_at_ms BIGINT NOT NULL)",
-    "CREATE INDEX slack_callbacks_seen ON slack_callbacks (seen_at_ms)",
-];
 
 /// How long a delivery may hold a request's row before another replica may take over (it
 /// covers every retry of one delivery; a replica that dies mid-delivery delays that request's
@@ -414,7 +394,7 @@ impl View {
             "Deadline",
             format!(
                 "{} (then {})",
-                crate::audit::rfc3339(self.row.expires_at_ms),
+                crate::clock::rfc3339(self.row.expires_at_ms),
                 self.row.on_timeout
             ),
         ));

@@ -35,11 +35,12 @@ use sqlx::Row;
 
 use super::{backoff, shown, Applied, Delivery, NotifyError, Surface, View};
 use crate::{
+    clock::now_ms,
     config::SlackConfig,
     error::Error,
     identity::ByEmail,
     server::Central,
-    store::{now_ms, AuditFact, QueryContext},
+    store::{AuditFact, QueryContext},
 };
 
 /// `kind` of Slack rows in `notifications`.

@@ -55,7 +55,7 @@ pub(crate) async fn requests(
     let id_hash = signed.session.id_hash.clone();
     // The stream ends with the session; the browser's reconnection then meets the login page.
     let session_left =
-        Duration::from_millis((signed.expires_at_ms() - crate::store::now_ms()).max(0) as u64);
+        Duration::from_millis((signed.expires_at_ms() - crate::clock::now_ms()).max(0) as u64);
     tokio::spawn(async move {
         let session_end = tokio::time::sleep(session_left);
         tokio::pin!(session_end);

@@ -20,10 +20,7 @@ use axum::{
 use cookie::{Cookie, SameSite};
 use serde::Deserialize;
 
-use crate::{
-    auth::Identity,
-    store::{now_ms, AuditFact},
-};
+use crate::{auth::Identity, clock::now_ms, store::AuditFact};
 
 use super::{
     cookie,

@@ -14,8 +14,8 @@ use serde::Deserialize;
 use crate::{
     api::{audit_filter, validate_decide, MAX_ID, MAX_REASON},
     approval::State as RequestStateName,
+    clock::now_ms,
     error::Error,
-    store::now_ms,
 };
 
 use super::{

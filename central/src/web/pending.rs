@@ -194,7 +194,7 @@ impl PendingLogin {
             serde_json::from_slice(&json).map_err(|_| malformed("the content is not a login"))?;
         if login.expires_at_ms <= now_ms {
             return Err(Refused::Expired {
-                expired: crate::audit::rfc3339(login.expires_at_ms),
+                expired: crate::clock::rfc3339(login.expires_at_ms),
                 state: shown(&login.state),
                 expires_at_ms: login.expires_at_ms,
             });

@@ -19,25 +19,11 @@ use sqlx::Row;
 
 use crate::{
     auth::{Identity, Role},
+    clock::now_ms,
     error::{Error, Result},
     server::Central,
-    store::{now_ms, QueryContext, StoreError},
+    store::{QueryContext, StoreError},
 };
-
-/// Schema of the console's tables (the same DDL on SQLite and PostgreSQL).
-pub(crate) const MIGRATION: &[&str] = &[
-    "CREATE TABLE web_sessions (id_hash TEXT PRIMARY KEY, subject TEXT NOT NULL,
-        identity_json TEXT NOT NULL, via TEXT NOT NULL, csrf TEXT NOT NULL,
-        created_at_ms BIGINT NOT NULL, expires_at_ms BIGINT NOT NULL)",
-    "CREATE INDEX web_sessions_expiry ON web_sessions (expires_at_ms)",
-    "CREATE TABLE web_logins (state_hash TEXT PRIMARY KEY, browser_hash TEXT NOT NULL,
-        nonce TEXT NOT NULL, verifier TEXT NOT NULL, return_to TEXT NOT NULL,
-        expires_at_ms BIGINT NOT NULL)",
-    "CREATE INDEX web_logins_expiry ON web_logins (expires_at_ms)",
-];
-
-/// Schema version 9: logins in progress moved to the browser ([`super::pending`]).
-pub(crate) const LOGINS_MIGRATION: &[&str] = &["DROP TABLE web_logins"];
 
 /// How long a browser may take at the identity provider before the login must start again.
 pub const LOGIN_WINDOW: Duration = Duration::from_secs(10 * 60);

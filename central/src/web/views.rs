@@ -16,8 +16,8 @@ use serde::Serialize;
 
 use crate::{
     approval::State,
-    audit::rfc3339,
     auth::{Identity, Role},
+    clock::rfc3339,
     grants::scope_name,
     text::{json_term_safe, term_safe},
 };
