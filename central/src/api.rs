@@ -28,10 +28,11 @@ use crate::{
     auth::{bearer, Identity, Login, Role},
     chain,
     clock::now_ms,
+    engine::Central,
     error::{Error, Result},
     events::{Guarded, Outgoing, AGENT_QUEUE},
+    rules::rules_push,
     rules::{Version, MAX_RULES_BYTES},
-    server::{rules_push, Central},
     store::AuditFilter,
 };
 

@@ -23,10 +23,10 @@ use sqlx::{any::AnyRow, Row};
 use crate::{
     auth::{Identity, Role},
     clock::now_ms,
+    engine::Central,
     error::{Error, Result},
     events::Event,
     grants,
-    server::Central,
     store::{AuditFact, QueryContext, Store, Tx},
     tally::{tally, Ballot, Choice, Scope, Tally, Terms},
 };

@@ -22,8 +22,8 @@ use crate::{
     chain::{self, parse_hash, Checkpoint, Record, Report, Verifier, VerifyOptions},
     clock::{day, now_ms, rfc3339},
     config::Config,
+    engine::Central,
     error::{Error, Result},
-    server::Central,
     store::{AuditFact, AuditFilter, QueryContext, Store, StoreError},
 };
 

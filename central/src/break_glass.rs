@@ -18,9 +18,9 @@ use crate::{
     approval::{already, grant_for, lock_pending, resolve_in, DecideInput, State},
     auth::{Identity, Role},
     clock::now_ms,
+    engine::Central,
     error::{Error, Result},
     events::Event,
-    server::Central,
     store::{AuditFact, QueryContext, Store},
     tally::Choice,
 };

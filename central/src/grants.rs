@@ -8,9 +8,9 @@ use sqlx::{any::AnyRow, Row};
 use crate::{
     auth::{Identity, Role},
     clock::now_ms,
+    engine::Central,
     error::{Error, Result},
     events::Event,
-    server::Central,
     store::{AuditFact, QueryContext, Store, Tx},
 };
 

@@ -12,8 +12,8 @@ use sqlx::Row;
 
 use crate::{
     clock::now_ms,
+    engine::Central,
     error::{Error, Result},
-    server::Central,
     store::{AuditFact, QueryContext, Store},
 };
 

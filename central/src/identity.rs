@@ -18,11 +18,9 @@
 //!
 //! This module does not verify tokens itself (that is [`crate::auth`] and [`crate::oidc`]).
 
-use std::{
-    collections::HashMap,
-    sync::Mutex,
-    time::{Duration, Instant},
-};
+pub mod log;
+
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use sqlx::Row;
@@ -30,14 +28,12 @@ use sqlx::Row;
 use crate::{
     auth::{bearer, AuthError, Identity, Login, Role},
     clock::now_ms,
+    engine::Central,
     error::{Error, Result},
-    server::Central,
     store::{AuditFact, QueryContext, Store, StoreError},
 };
 
-/// A remembered identity is written again after this long even when nothing changed, so
-/// `last_seen_ms` stays roughly current without a write per call.
-pub const WRITE_EVERY: Duration = Duration::from_secs(5 * 60);
+pub use log::WRITE_EVERY;
 
 /// How long after its last login a remembered identity is found by e-mail.
 pub const REMEMBER_FOR: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -45,44 +41,6 @@ pub const REMEMBER_FOR: Duration = Duration::from_secs(30 * 24 * 3600);
 /// A recorded token is remembered this long past its expiry, beyond the leeway with which
 /// expired tokens are still accepted, so that it is never recorded twice.
 const LOGIN_KEPT_AFTER_EXPIRY: Duration = Duration::from_secs(10 * 60);
-
-/// Per-replica memory of when each learned identity was last written, so that a busy reviewer
-/// does not cost a database write per call.
-#[derive(Debug, Default)]
-pub struct IdentityLog {
-    written: Mutex<HashMap<(String, String), Written>>,
-}
-
-/// When an identity was last written, as written, and whether its address was verified.
-type Written = (Instant, Identity, bool);
-
-impl IdentityLog {
-    /// Whether `identity` from `issuer`, its address verified or not, needs writing now; marks
-    /// it written when it does.
-    fn due(&self, issuer: &str, identity: &Identity, email_verified: bool) -> bool {
-        let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
-        let key = (issuer.to_string(), identity.subject.clone());
-        match written.get(&key) {
-            Some((at, last, verified))
-                if last == identity
-                    && *verified == email_verified
-                    && at.elapsed() < WRITE_EVERY =>
-            {
-                false
-            }
-            _ => {
-                written.insert(key, (Instant::now(), identity.clone(), email_verified));
-                true
-            }
-        }
-    }
-
-    /// Forgets a write that failed, so the next call tries again.
-    fn forget(&self, issuer: &str, subject: &str) {
-        let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
-        written.remove(&(issuer.to_string(), subject.to_string()));
-    }
-}
 
 fn role_name(r: Role) -> &'static str {
     match r {
@@ -415,7 +373,7 @@ mod tests {
 
     #[test]
     fn writes_are_throttled_until_something_changes() {
-        let log = IdentityLog::default();
+        let log = log::IdentityLog::default();
         assert!(log.due("https://idp", &id(&["a"]), true));
         assert!(!log.due("https://idp", &id(&["a"]), true));
         assert!(

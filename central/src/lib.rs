@@ -25,6 +25,8 @@ pub mod break_glass;
 pub mod chain;
 pub mod clock;
 pub mod config;
+mod dispatch;
+pub mod engine;
 pub mod error;
 pub mod events;
 pub mod grants;
@@ -44,5 +46,6 @@ pub mod tls;
 pub mod web;
 
 pub use config::Config;
+pub use engine::Central;
 pub use error::{Error, Result};
-pub use server::{start, start_with, Central, Server, StartError};
+pub use server::{start, start_with, Server, StartError};

@@ -1,11 +1,14 @@
 //! Rules: validation on apply (with the `policy` crate), versions (every one kept), diff,
 //! rollback, and which version each host receives (newest whose label selector it matches).
 
+pub mod cache;
+
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::{Arc, Mutex},
+    sync::Arc,
 };
 
+use latch_proto::v1::{agent_message::Body, AgentMessage, RuleSetPush};
 use policy::RuleSet;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -14,9 +17,9 @@ use sqlx::{any::AnyRow, Row};
 use crate::{
     auth::{Identity, Role},
     clock::now_ms,
+    engine::Central,
     error::{Error, Result},
     events::Event,
-    server::Central,
     store::{AuditFact, QueryContext, Store},
 };
 
@@ -45,10 +48,6 @@ pub struct Version {
     /// The version a rollback copied (0 otherwise).
     pub rollback_of: i64,
 }
-
-/// Parsed rule sets by version.
-#[derive(Default)]
-pub struct RuleCache(Mutex<HashMap<i64, Arc<RuleSet>>>);
 
 /// What changed between two versions.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -392,6 +391,18 @@ impl Central {
             &b.yaml,
             &sb,
         ))
+    }
+}
+
+/// The message pushing a rules version.
+pub fn rules_push(v: &Version) -> AgentMessage {
+    AgentMessage {
+        body: Some(Body::Rules(RuleSetPush {
+            version: v.version as u64,
+            yaml: v.yaml.clone(),
+            source_name: v.source_name.clone(),
+            sha256: v.sha256.clone(),
+        })),
     }
 }
 

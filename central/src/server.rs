@@ -4,9 +4,7 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use latch_proto::v1::{
-    agent_message::Body, agent_service_server::AgentServiceServer,
-    reviewer_service_server::ReviewerServiceServer, AgentMessage, RequestEvent, Revocation,
-    RuleSetPush,
+    agent_service_server::AgentServiceServer, reviewer_service_server::ReviewerServiceServer,
 };
 use tokio::{
     net::TcpListener,
@@ -18,10 +16,11 @@ use crate::{
     api::{AgentApi, ReviewerApi},
     auth::{AgentTokens, Authenticator},
     clock::now_ms,
-    config::{AuditConfig, Config},
+    config::Config,
+    engine::Central,
     error::Result,
-    events::{Event, Hub, Publisher, Snapshot, CHANNEL},
-    rules::{RuleCache, Version},
+    events::{Event, Hub, Publisher, CHANNEL},
+    rules::cache::RuleCache,
     store::{Backend, Store, StoreError},
 };
 
@@ -60,273 +59,9 @@ pub enum StartError {
     /// A `[tls]` file.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
-    /// The `[web]` table.
-    #[error("{0}")]
-    Web(String),
-}
-
-/// The service's shared state; the engine's operations are methods on it (see [`crate::approval`],
-/// [`crate::grants`], [`crate::rules`], [`crate::hosts`], [`crate::audit`]).
-pub struct Central {
-    pub(crate) store: Store,
-    pub(crate) hub: Hub,
-    pub(crate) publisher: Publisher,
-    pub(crate) rules: RuleCache,
-    pub(crate) reviewers: Arc<dyn Authenticator>,
-    /// The identity provider behind `reviewers`, when `[oidc]` is configured.
-    pub(crate) oidc: Option<Arc<crate::oidc::Oidc>>,
-    pub(crate) agents: AgentTokens,
-    pub(crate) replica_id: String,
-    pub(crate) expiry_wake: Notify,
-    pub(crate) stopping: watch::Sender<bool>,
-    pub(crate) signing: ed25519_dalek::SigningKey,
-    pub(crate) audit_config: AuditConfig,
-    /// The gRPC listener's TLS, when `[tls]` is configured.
-    pub(crate) tls: Option<Arc<crate::tls::ServerTls>>,
-    pub(crate) identity_log: crate::identity::IdentityLog,
-    pub(crate) break_glass: crate::config::BreakGlassConfig,
-    /// Slack and Teams (see [`crate::notify`]).
-    pub(crate) notify: crate::notify::Notifier,
-    /// How the web console is reached (empty public URL: not served).
-    pub(crate) web: crate::web::Settings,
-    /// This replica's Prometheus metrics (see [`crate::metrics`]).
-    pub(crate) metrics: crate::metrics::Metrics,
-}
-
-impl Central {
-    /// The store.
-    pub fn store(&self) -> &Store {
-        &self.store
-    }
-
-    /// This replica's metrics.
-    pub fn metrics(&self) -> &crate::metrics::Metrics {
-        &self.metrics
-    }
-
-    /// The metrics in the text exposition format, with the figures read from the store and the
-    /// agent streams now.
-    pub async fn render_metrics(&self) -> String {
-        match self.requests_by_state().await {
-            Ok(counts) => {
-                for s in crate::metrics::STATES {
-                    let n = counts.iter().find(|(k, _)| k == s).map_or(0, |(_, n)| *n);
-                    self.metrics
-                        .requests
-                        .get_or_create(&crate::metrics::StateLabel {
-                            state: s.to_string(),
-                        })
-                        .set(n);
-                }
-            }
-            Err(e) => {
-                self.metrics.scrape_errors.inc();
-                tracing::warn!(error = %e, "counting requests for /metrics failed");
-            }
-        }
-        self.metrics
-            .agents_connected
-            .set(self.hub.agents().len() as i64);
-        let (queued, fullest) = self.hub.queued();
-        self.metrics.agent_queue_messages.set(queued as i64);
-        self.metrics.agent_queue_max.set(fullest as i64);
-        if let Some(w) = self.store.writer_stats() {
-            use std::sync::atomic::Ordering::Relaxed;
-            self.metrics.store_writes(crate::metrics::StoreWrites {
-                commits: w.commits.load(Relaxed),
-                transactions: w.transactions.load(Relaxed),
-                failed_batches: w.failed.load(Relaxed),
-                abandoned: w.abandoned.load(Relaxed),
-            });
-        }
-        self.metrics.render()
-    }
-
-    /// This replica's name.
-    pub fn replica_id(&self) -> &str {
-        &self.replica_id
-    }
-
-    /// The gRPC listener's TLS (certificate in force, reloads), when `[tls]` is configured.
-    pub fn tls(&self) -> Option<&Arc<crate::tls::ServerTls>> {
-        self.tls.as_ref()
-    }
-
-    /// Whether agents authenticate with a client certificate (TLS with a `client_ca_file`)
-    /// rather than a token.
-    pub fn agents_by_certificate(&self) -> bool {
-        self.tls.as_ref().is_some_and(|t| t.verifies_clients())
-    }
-
-    /// Whether the service is stopping.
-    pub fn is_stopping(&self) -> bool {
-        *self.stopping.borrow()
-    }
-
-    /// Publishes a committed change. If publishing fails the change stays committed; it is
-    /// delivered here directly, and to other replicas' agents when they reconnect.
-    pub(crate) async fn publish(&self, event: Event) {
-        self.publish_snapshot(event, None).await
-    }
-
-    /// Publishes a committed change of a request with its record as the change left it.
-    pub(crate) async fn publish_snapshot(&self, event: Event, snapshot: Snapshot) {
-        if let Err(e) = self
-            .publisher
-            .publish(event.clone(), snapshot.clone())
-            .await
-        {
-            tracing::warn!(error = %e, ?event, "publishing failed; delivering on this replica only");
-            self.dispatch(event, snapshot).await;
-        }
-    }
-
-    /// Delivers an event to the streams open on this replica; a request's snapshot, when the
-    /// change was made here, saves reading it back.
-    pub async fn dispatch(&self, event: Event, snapshot: Snapshot) {
-        if let Err(e) = self.dispatch_inner(&event, snapshot).await {
-            tracing::warn!(error = %e, ?event, "delivering event failed");
-        }
-    }
-
-    async fn dispatch_inner(&self, event: &Event, snapshot: Snapshot) -> Result<()> {
-        match event {
-            Event::Request {
-                approval_id,
-                host_id,
-            } => {
-                self.notify.changed(approval_id);
-                // Only a resolved record: a request resolves once and then stays, so its
-                // snapshot cannot be overtaken; a vote's snapshot could reach the queue after the
-                // resolution it preceded, so a pending request is read as it is now.
-                let resolved = |r: &latch_proto::v1::ApprovalRecord| {
-                    &r.approval_id == approval_id
-                        && r.state != latch_proto::v1::RequestState::Pending as i32
-                };
-                if let Some(rec) = snapshot.filter(|r| resolved(r)) {
-                    if let Some(d) = rec.decision.clone() {
-                        self.hub.send_to_host(
-                            host_id,
-                            &AgentMessage {
-                                body: Some(Body::Decision(d)),
-                            },
-                        );
-                    }
-                    self.hub.notify_watchers(RequestEvent {
-                        request: Some(Arc::unwrap_or_clone(rec)),
-                        snapshot: false,
-                    });
-                    return Ok(());
-                }
-                let Some(row) = self.request_row(approval_id).await? else {
-                    return Ok(());
-                };
-                if let Some(d) = self.decision_of(&row).await? {
-                    self.hub.send_to_host(
-                        host_id,
-                        &AgentMessage {
-                            body: Some(Body::Decision(d)),
-                        },
-                    );
-                }
-                let rec = self.record_of(&row).await?;
-                self.hub.notify_watchers(RequestEvent {
-                    request: Some(rec),
-                    snapshot: false,
-                });
-            }
-            Event::Revoked { grant_id, host_id } => {
-                let g = self.grant(grant_id).await?;
-                self.hub.send_to_host(
-                    host_id,
-                    &AgentMessage {
-                        body: Some(Body::Revocation(Revocation {
-                            grant_id: grant_id.clone(),
-                            reason: g.revoke_reason,
-                            revoked_by: g.revoked_by,
-                            close_connections: g.close_connections,
-                        })),
-                    },
-                );
-            }
-            Event::Rules { .. } => {
-                let versions = self.rule_versions().await?;
-                // Every stream first, then one transaction for the audit records: a write per
-                // host between sends made the last of 10,000 hosts wait ~30 s.
-                let mut pushed = Vec::new();
-                // One message per version, shared by every stream it goes to.
-                let mut messages: std::collections::HashMap<i64, Arc<AgentMessage>> =
-                    Default::default();
-                for a in self.hub.agents() {
-                    let Some(v) = versions
-                        .iter()
-                        .find(|v| crate::rules::selector_matches(&v.selector, &a.labels))
-                    else {
-                        continue;
-                    };
-                    let prev = a
-                        .rules_sent
-                        .fetch_max(v.version as u64, std::sync::atomic::Ordering::SeqCst);
-                    if prev < v.version as u64 {
-                        let m = messages
-                            .entry(v.version)
-                            .or_insert_with(|| Arc::new(rules_push(v)))
-                            .clone();
-                        self.hub.send_to(&a.host_id, a.id, m);
-                        pushed.push((a.host_id, v));
-                    }
-                }
-                self.record_pushes(&pushed).await?;
-            }
-        }
-        Ok(())
-    }
-}
-
-impl Central {
-    /// Records that a rules version was pushed to a host's stream on this replica.
-    pub(crate) async fn record_push(&self, host_id: &str, v: &Version) -> Result<()> {
-        self.store.audit(&self.push_fact(host_id, v)).await?;
-        Ok(())
-    }
-
-    /// [`Central::record_push`] for many hosts, in one transaction.
-    async fn record_pushes(&self, pushed: &[(String, &Version)]) -> Result<()> {
-        if pushed.is_empty() {
-            return Ok(());
-        }
-        let mut tx = self.store.begin().await?;
-        for (host_id, v) in pushed {
-            Store::audit_in(&mut tx, &self.push_fact(host_id, v)).await?;
-        }
-        tx.commit().await.map_err(|source| StoreError::Query {
-            op: format!("committing {} rules.pushed records", pushed.len()),
-            source,
-        })?;
-        Ok(())
-    }
-
-    fn push_fact(&self, host_id: &str, v: &Version) -> crate::store::AuditFact {
-        crate::store::AuditFact {
-            kind: "rules.pushed".into(),
-            actor: format!("replica:{}", self.replica_id),
-            host_id: host_id.to_string(),
-            payload: serde_json::json!({"version": v.version, "sha256": v.sha256}),
-            ..Default::default()
-        }
-    }
-}
-
-/// The message pushing a rules version.
-pub fn rules_push(v: &Version) -> AgentMessage {
-    AgentMessage {
-        body: Some(Body::Rules(RuleSetPush {
-            version: v.version as u64,
-            yaml: v.yaml.clone(),
-            source_name: v.source_name.clone(),
-            sha256: v.sha256.clone(),
-        })),
-    }
+    /// The console's listener or the `[web]` table.
+    #[error(transparent)]
+    Web(#[from] crate::web::WebSetupError),
 }
 
 /// A started service.
@@ -398,6 +133,7 @@ async fn start_serving(
         }
     };
     let (notify, notify_jobs) = crate::notify::Notifier::start(config)?;
+    let notify = Arc::new(notify);
     let central = Arc::new(Central {
         store: store.clone(),
         hub: Hub::default(),
@@ -414,7 +150,7 @@ async fn start_serving(
         tls: tls.clone(),
         identity_log: Default::default(),
         break_glass: config.break_glass.clone(),
-        notify,
+        chat: notify.queue(),
         web: web.as_ref().map(|w| w.settings()).unwrap_or_default(),
         metrics: crate::metrics::Metrics::new(),
     });
@@ -423,7 +159,11 @@ async fn start_serving(
     }
     central.record_start(config).await?;
     if let Some(jobs) = notify_jobs {
-        tasks.push(tokio::spawn(crate::notify::deliver(central.clone(), jobs)));
+        tasks.push(tokio::spawn(crate::notify::deliver(
+            central.clone(),
+            notify.clone(),
+            jobs,
+        )));
     }
 
     // Audit checkpoints and retention.
@@ -543,7 +283,7 @@ async fn start_serving(
     };
     tracing::info!(%addr, tls = tls.is_some(), client_certificates = central.agents_by_certificate(), replica = %central.replica_id, database = %crate::store::redact_url(store.url()), "latch-central serving");
     let web = match web {
-        Some(w) => Some(w.serve(central.clone())?),
+        Some(w) => Some(w.serve(central.clone(), &notify)?),
         None => None,
     };
     let metrics_addr = match config.metrics_listen {

@@ -1,7 +1,7 @@
 //! The N-of-M tally: which votes on a request count, and what an approval grants.
 //!
 //! It is one pure function so that every channel's votes (API, console, Slack: all through
-//! [`crate::server::Central::decide`]) are counted by the same rules, and so that the rules can
+//! [`crate::engine::Central::decide`]) are counted by the same rules, and so that the rules can
 //! be tested without a database:
 //!
 //! - one vote per person: a person's first vote is theirs, later ones change nothing;

@@ -30,8 +30,8 @@ use crate::{
     approval::{RequestRow, State},
     clock::now_ms,
     config::Config,
+    engine::Central,
     error::Result,
-    server::Central,
     store::QueryContext,
     text::term_safe,
 };
@@ -105,7 +105,7 @@ fn http_client() -> Result<reqwest::Client, NotifyError> {
         .map_err(NotifyError::Client)
 }
 
-/// The configured surfaces, held by [`Central`].
+/// The configured surfaces, held by their delivery task and the Slack callback route.
 #[derive(Default)]
 pub struct Notifier {
     tx: Option<mpsc::UnboundedSender<String>>,
@@ -154,11 +154,10 @@ impl Notifier {
         ))
     }
 
-    /// A request was accepted or changed state: queue its delivery. Never blocks.
-    pub fn changed(&self, approval_id: &str) {
-        if let Some(tx) = &self.tx {
-            let _ = tx.send(approval_id.to_string());
-        }
+    /// Where the engine queues the ids of requests that changed (accepted, voted on, resolved)
+    /// for delivery; none when no surface is configured. Sending never blocks.
+    pub fn queue(&self) -> Option<mpsc::UnboundedSender<String>> {
+        self.tx.clone()
     }
 
     /// The Slack surface, when configured.
@@ -168,15 +167,18 @@ impl Notifier {
 }
 
 /// The central web server's routes for callbacks from chat surfaces (`POST /slack/actions`).
-pub fn routes(central: Arc<Central>) -> axum::Router {
+pub fn routes(central: Arc<Central>, notifier: &Notifier) -> axum::Router {
     axum::Router::new()
         .route("/slack/actions", axum::routing::post(slack::actions))
-        .with_state(central)
+        .with_state(slack::Callbacks {
+            central,
+            slack: notifier.slack.clone(),
+        })
 }
 
 /// Delivers queued changes until the queue closes; also sweeps unfinished deliveries (a
 /// replica that died holding a lease, a surface that was down) every 30 seconds.
-pub async fn deliver(central: Arc<Central>, jobs: Jobs) {
+pub async fn deliver(central: Arc<Central>, notifier: Arc<Notifier>, jobs: Jobs) {
     let Jobs(mut rx) = jobs;
     let permits = Arc::new(Semaphore::new(CONCURRENT_DELIVERIES));
     // Deliveries end with this task (at shutdown) rather than outliving the database pool.
@@ -189,7 +191,7 @@ pub async fn deliver(central: Arc<Central>, jobs: Jobs) {
                 Some(id) => vec![id],
                 None => return,
             },
-            _ = sweep.tick() => match sweep_due(&central).await {
+            _ = sweep.tick() => match sweep_due(&central, &notifier).await {
                 Ok(ids) => ids,
                 Err(e) => {
                     tracing::warn!(error = %e, "finding unfinished notifications failed");
@@ -203,8 +205,9 @@ pub async fn deliver(central: Arc<Central>, jobs: Jobs) {
                 return;
             };
             let c = central.clone();
+            let n = notifier.clone();
             running.spawn(async move {
-                sync_all(&c, &id).await;
+                sync_all(&c, &n, &id).await;
                 drop(permit);
             });
         }
@@ -212,8 +215,7 @@ pub async fn deliver(central: Arc<Central>, jobs: Jobs) {
 }
 
 /// Brings every configured surface's message for one request up to date.
-async fn sync_all(central: &Central, approval_id: &str) {
-    let notifier = &central.notify;
+async fn sync_all(central: &Central, notifier: &Notifier, approval_id: &str) {
     if let Some(s) = &notifier.slack {
         let r = sync(central, approval_id, s.as_ref()).await;
         central.metrics.delivered("slack", r.is_ok());
@@ -232,9 +234,9 @@ async fn sync_all(central: &Central, approval_id: &str) {
 
 /// Requests whose delivery is unfinished and not being worked on; also forgets old Slack
 /// callback signatures.
-async fn sweep_due(central: &Central) -> Result<Vec<String>> {
+async fn sweep_due(central: &Central, notifier: &Notifier) -> Result<Vec<String>> {
     let now = now_ms();
-    if let Some(s) = &central.notify.slack {
+    if let Some(s) = &notifier.slack {
         slack::forget_old_callbacks(central, s.replay_window()).await?;
     }
     let rows = sqlx::query(

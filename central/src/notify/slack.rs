@@ -37,9 +37,9 @@ use super::{backoff, shown, Applied, Delivery, NotifyError, Surface, View};
 use crate::{
     clock::now_ms,
     config::SlackConfig,
+    engine::Central,
     error::Error,
     identity::ByEmail,
-    server::Central,
     store::{AuditFact, QueryContext},
 };
 
@@ -691,13 +691,21 @@ pub fn parse_payload(body: &[u8]) -> Result<Payload, CallbackError> {
         .map_err(|e| CallbackError::Body(format!("`payload` is not an interactive payload: {e}")))
 }
 
+/// What `POST /slack/actions` acts with.
+#[derive(Clone)]
+pub(crate) struct Callbacks {
+    pub(crate) central: Arc<Central>,
+    /// None when Slack is not configured.
+    pub(crate) slack: Option<Arc<Slack>>,
+}
+
 /// `POST /slack/actions`.
 pub(crate) async fn actions(
-    State(central): State<Arc<Central>>,
+    State(Callbacks { central, slack }): State<Callbacks>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Some(slack) = central.notify.slack().cloned() else {
+    let Some(slack) = slack else {
         return (StatusCode::NOT_FOUND, "Slack is not configured").into_response();
     };
     if let Err(e) = slack.authenticate(&central, &headers, &body).await {

@@ -13,7 +13,7 @@ use backon::Retryable;
 use serde_json::{json, Value};
 
 use super::{backoff, shown, Applied, Delivery, NotifyError, Surface, View};
-use crate::{config::TeamsConfig, server::Central};
+use crate::{config::TeamsConfig, engine::Central};
 
 /// `kind` of Teams rows in `notifications`.
 pub const KIND: &str = "teams";

@@ -23,6 +23,7 @@ pub mod login;
 mod pages;
 pub mod pending;
 pub mod session;
+pub mod settings;
 pub mod views;
 
 use std::{
@@ -44,8 +45,8 @@ use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use crate::{
     auth::{Identity, Role},
     config::Config,
+    engine::Central,
     error::Error,
-    server::{Central, StartError},
 };
 
 use self::{
@@ -59,28 +60,7 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'
     style-src 'self'; img-src 'self'; connect-src 'self'; form-action 'self'; \
     frame-ancestors 'none'; base-uri 'none'";
 
-/// How the console is reached and how long its sessions last.
-#[derive(Clone, Debug, Default)]
-pub struct Settings {
-    /// The URL reviewers open, without a trailing slash; empty when the console is not served.
-    pub public_url: String,
-    /// Cookies carry `Secure` (and the `__Host-` prefix): the public URL is https.
-    pub secure_cookies: bool,
-    /// Longest session.
-    pub session_lifetime: Duration,
-    /// Scopes a login at the identity provider asks for.
-    pub login_scopes: Vec<String>,
-}
-
-impl Settings {
-    fn cookie_name(&self, base: &str) -> String {
-        if self.secure_cookies {
-            format!("__Host-{base}")
-        } else {
-            base.to_string()
-        }
-    }
-}
+pub use settings::Settings;
 
 impl Central {
     /// The console's public URL (no trailing slash), when the console is served: for links in
@@ -129,7 +109,7 @@ impl Console {
 }
 
 /// The console's routes. Routes of other channels served on the same listener are merged here.
-pub fn router(central: Arc<Central>) -> Router {
+pub fn router(central: Arc<Central>, notifier: &crate::notify::Notifier) -> Router {
     let console = Router::new()
         .route("/", get(|| async { Redirect::to("/requests") }))
         .route("/healthz", get(|| async { "ok" }))
@@ -156,7 +136,7 @@ pub fn router(central: Arc<Central>) -> Router {
             closed: tokio::sync::broadcast::channel(CLOSED_BACKLOG).0,
         });
     console
-        .merge(crate::notify::routes(central))
+        .merge(crate::notify::routes(central, notifier))
         .layer(middleware::map_response(security_headers))
 }
 
@@ -354,6 +334,22 @@ impl OptionalFromRequestParts<Console> for Signed {
     }
 }
 
+/// Why the console could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum WebSetupError {
+    /// Its listen address.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The `[web]` table.
+    #[error("{0}")]
+    Settings(String),
+}
+
 /// The console's listener, bound before the service starts so that its address is known.
 pub(crate) struct Bound {
     listener: TcpListener,
@@ -361,25 +357,27 @@ pub(crate) struct Bound {
 }
 
 /// Binds `[web] listen` when the console is configured.
-pub(crate) async fn bind(config: &Config) -> Result<Option<Bound>, StartError> {
+pub(crate) async fn bind(config: &Config) -> Result<Option<Bound>, WebSetupError> {
     let Some(web) = &config.web else {
         return Ok(None);
     };
     let listener = TcpListener::bind(web.listen)
         .await
-        .map_err(|source| StartError::Bind {
+        .map_err(|source| WebSetupError::Bind {
             addr: web.listen,
             source,
         })?;
-    let bound = listener.local_addr().map_err(|source| StartError::Bind {
-        addr: web.listen,
-        source,
-    })?;
-    let public_url = web.public_url(bound).map_err(StartError::Web)?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| WebSetupError::Bind {
+            addr: web.listen,
+            source,
+        })?;
+    let public_url = web.public_url(bound).map_err(WebSetupError::Settings)?;
     let settings = Settings {
         secure_cookies: public_url.starts_with("https://"),
         public_url,
-        session_lifetime: web.session_lifetime().map_err(StartError::Web)?,
+        session_lifetime: web.session_lifetime().map_err(WebSetupError::Settings)?,
         login_scopes: web.login_scopes(),
     };
     Ok(Some(Bound { listener, settings }))
@@ -392,16 +390,20 @@ impl Bound {
     }
 
     /// Starts serving.
-    pub(crate) fn serve(self, central: Arc<Central>) -> Result<WebServer, StartError> {
+    pub(crate) fn serve(
+        self,
+        central: Arc<Central>,
+        notifier: &crate::notify::Notifier,
+    ) -> Result<WebServer, WebSetupError> {
         let addr = self
             .listener
             .local_addr()
-            .map_err(|source| StartError::Bind {
+            .map_err(|source| WebSetupError::Bind {
                 addr: SocketAddr::from(([0, 0, 0, 0], 0)),
                 source,
             })?;
         let (tx, rx) = oneshot::channel::<()>();
-        let app = router(central);
+        let app = router(central, notifier);
         let task = tokio::spawn(async move {
             let served = axum::serve(self.listener, app)
                 .with_graceful_shutdown(async {

@@ -20,8 +20,8 @@ use sqlx::Row;
 use crate::{
     auth::{Identity, Role},
     clock::now_ms,
+    engine::Central,
     error::{Error, Result},
-    server::Central,
     store::{QueryContext, StoreError},
 };
 
