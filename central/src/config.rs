@@ -63,6 +63,7 @@ use std::{
 
 use serde::Deserialize;
 
+pub mod console;
 pub mod oidc;
 
 pub use oidc::OidcConfig;

@@ -44,7 +44,7 @@ pub struct Central {
     /// when no surface is configured.
     pub(crate) chat: Option<mpsc::UnboundedSender<String>>,
     /// How the web console is reached (empty public URL: not served).
-    pub(crate) web: crate::web::settings::Settings,
+    pub(crate) web: crate::config::console::Settings,
     /// This replica's Prometheus metrics (see [`crate::metrics`]).
     pub(crate) metrics: crate::metrics::Metrics,
 }

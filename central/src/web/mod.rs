@@ -23,7 +23,6 @@ pub mod login;
 mod pages;
 pub mod pending;
 pub mod session;
-pub mod settings;
 pub mod views;
 
 use std::{
@@ -60,7 +59,7 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'
     style-src 'self'; img-src 'self'; connect-src 'self'; form-action 'self'; \
     frame-ancestors 'none'; base-uri 'none'";
 
-pub use settings::Settings;
+pub use crate::config::console::Settings;
 
 impl Central {
     /// The console's public URL (no trailing slash), when the console is served: for links in

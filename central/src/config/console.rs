@@ -1,5 +1,5 @@
-//! How the console is reached and how long its sessions last: fixed at start from `[web]` and
-//! the bound address.
+//! How the console is reached and how long its sessions last: resolved at start from `[web]`
+//! and the address its listener was bound to.
 
 use std::time::Duration;
 

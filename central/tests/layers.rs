@@ -1,0 +1,309 @@
+//! Central's modules import each other in one direction: storage and pure code at the bottom,
+//! the engine's state and its domain modules above them, the channels (gRPC, console, chat)
+//! above those, and the wiring (`server`) on top. Read from the source itself, so that a `use`
+//! that runs the wrong way fails here, with the file and the path that does it.
+//!
+//! An import is a `crate::` or `super::` path in a file's code (comments and `#[cfg(test)]`
+//! modules left out), resolved to the longest module it names. A module that declares
+//! submodules and uses their items is not counted as importing them: they are its parts.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::{Path, PathBuf},
+};
+
+/// Modules by name (`web::login`), with their files.
+fn modules(src: &Path) -> BTreeMap<String, PathBuf> {
+    let mut out = BTreeMap::new();
+    let mut dirs = vec![src.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        for entry in entries {
+            let path = entry.expect("a directory entry").path();
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            if path.extension().is_none_or(|e| e != "rs") {
+                continue;
+            }
+            let rel = path.strip_prefix(src).expect("below src");
+            let mut parts: Vec<String> = rel
+                .with_extension("")
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .collect();
+            if parts.last().is_some_and(|p| p == "mod") {
+                parts.pop();
+            }
+            let name = parts.join("::");
+            // The crate root and the binary hold no module of their own.
+            if name == "lib" || name == "main" {
+                continue;
+            }
+            out.insert(name, path);
+        }
+    }
+    out
+}
+
+/// The file's code: no comments, no test module.
+fn code(text: &str) -> String {
+    let mut out = String::new();
+    for line in text.lines() {
+        if line.trim_start().starts_with("#[cfg(test)]") {
+            break;
+        }
+        let line = match line.find("//") {
+            // A `//` inside a string (a URL) is not a comment: keep lines with a quote before it.
+            Some(i) if !line[..i].contains('"') => &line[..i],
+            _ => line,
+        };
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+/// Every path a use tree starting at `rest` names, each a list of segments.
+fn use_paths(rest: &str) -> Vec<Vec<String>> {
+    fn tree(
+        s: &mut std::iter::Peekable<std::str::Chars>,
+        prefix: Vec<String>,
+        out: &mut Vec<Vec<String>>,
+    ) {
+        while s.peek().is_some_and(|c| c.is_whitespace()) {
+            s.next();
+        }
+        if s.peek() == Some(&'{') {
+            s.next();
+            loop {
+                tree(s, prefix.clone(), out);
+                while s.peek().is_some_and(|c| c.is_whitespace() || *c == ',') {
+                    s.next();
+                }
+                match s.peek() {
+                    Some('}') => {
+                        s.next();
+                        return;
+                    }
+                    None => return,
+                    _ => {}
+                }
+            }
+        }
+        let mut ident = String::new();
+        while let Some(&c) = s.peek() {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                ident.push(c);
+                s.next();
+            } else {
+                break;
+            }
+        }
+        let mut path = prefix;
+        if !ident.is_empty() {
+            path.push(ident);
+        }
+        let mut look = s.clone();
+        if look.next() == Some(':') && look.next() == Some(':') {
+            s.next();
+            s.next();
+            tree(s, path, out);
+        } else if !path.is_empty() {
+            out.push(path);
+        }
+    }
+    let mut out = Vec::new();
+    tree(&mut rest.chars().peekable(), Vec::new(), &mut out);
+    out
+}
+
+/// The modules `name`'s file imports.
+fn imports(name: &str, text: &str, all: &BTreeMap<String, PathBuf>) -> BTreeSet<String> {
+    let code = code(text);
+    let parent: Vec<&str> = name.split("::").collect();
+    let parent = &parent[..parent.len() - 1];
+    let mut found = BTreeSet::new();
+    for (anchor, base) in [("crate::", Vec::new()), ("super::", parent.to_vec())] {
+        let mut from = 0;
+        while let Some(i) = code[from..].find(anchor) {
+            let at = from + i;
+            from = at + anchor.len();
+            // `latch_central::x` or `my_super::` are not this anchor.
+            if code[..at].ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':') {
+                continue;
+            }
+            for path in use_paths(&code[from..]) {
+                let mut full: Vec<String> = base.iter().map(|s| s.to_string()).collect();
+                full.extend(path);
+                // The longest prefix that is a module.
+                for n in (1..=full.len()).rev() {
+                    let candidate = full[..n].join("::");
+                    if all.contains_key(&candidate) {
+                        if candidate != name && !candidate.starts_with(&format!("{name}::")) {
+                            found.insert(candidate);
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    found
+}
+
+fn graph() -> BTreeMap<String, BTreeSet<String>> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let all = modules(&src);
+    assert!(
+        all.contains_key("engine") && all.contains_key("store"),
+        "central's modules not found in {}: {:?}",
+        src.display(),
+        all.keys().collect::<Vec<_>>()
+    );
+    all.iter()
+        .map(|(name, path)| {
+            let text =
+                std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            (name.clone(), imports(name, &text, &all))
+        })
+        .collect()
+}
+
+/// A module's layer: 0 ground (pure, or storage), 1 the engine and its domain, 2 the channels,
+/// 3 the wiring. `None`: not placed yet, which fails the test below.
+fn layer(module: &str) -> Option<u8> {
+    let top = module.split("::").next().unwrap_or(module);
+    match top {
+        "clock" | "text" | "tally" | "metrics" | "role" | "chain" | "report" | "store"
+        | "config" => Some(0),
+        "error" | "events" | "auth" | "tls" | "oidc" | "engine" | "dispatch" | "approval"
+        | "break_glass" | "grants" | "hosts" | "identity" | "rules" | "audit" => Some(1),
+        "api" | "web" | "notify" => Some(2),
+        "server" => Some(3),
+        _ => None,
+    }
+}
+
+/// Strongly connected groups of more than one module.
+fn cycles(g: &BTreeMap<String, BTreeSet<String>>) -> Vec<Vec<String>> {
+    // Two modules are in one cycle when each reaches the other.
+    let reach = |from: &str| {
+        let mut seen = BTreeSet::new();
+        let mut todo = vec![from.to_string()];
+        while let Some(m) = todo.pop() {
+            for n in g.get(&m).into_iter().flatten() {
+                if seen.insert(n.clone()) {
+                    todo.push(n.clone());
+                }
+            }
+        }
+        seen
+    };
+    let reached: BTreeMap<&String, BTreeSet<String>> = g.keys().map(|m| (m, reach(m))).collect();
+    let mut done = BTreeSet::new();
+    let mut out = Vec::new();
+    for m in g.keys() {
+        if done.contains(m) {
+            continue;
+        }
+        let group: Vec<String> = g
+            .keys()
+            .filter(|n| *n == m || (reached[m].contains(*n) && reached[*n].contains(m)))
+            .cloned()
+            .collect();
+        done.extend(group.iter().cloned());
+        if group.len() > 1 {
+            out.push(group);
+        }
+    }
+    out
+}
+
+#[test]
+fn no_two_modules_of_central_import_each_other() {
+    let g = graph();
+    let found = cycles(&g);
+    assert!(
+        found.is_empty(),
+        "modules that import each other, directly or around a loop: {found:?}"
+    );
+}
+
+#[test]
+fn central_s_modules_import_only_their_own_layer_or_below() {
+    let g = graph();
+    let mut wrong = Vec::new();
+    for (module, imported) in &g {
+        let Some(l) = layer(module) else {
+            wrong.push(format!(
+                "{module} has no layer: place it in this test's table"
+            ));
+            continue;
+        };
+        for i in imported {
+            if layer(i).is_some_and(|li| li > l) {
+                wrong.push(format!(
+                    "{module} (layer {l}) imports {i} (layer {})",
+                    layer(i).unwrap_or(0)
+                ));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    // The table names real modules, so that a renamed one is not silently unchecked.
+    for m in [
+        "engine", "store", "api", "web", "notify", "server", "approval", "tally",
+    ] {
+        assert!(g.contains_key(m), "{m} is not a module of central any more");
+    }
+}
+
+#[test]
+fn the_pure_modules_touch_no_storage() {
+    // The tally and the audit chain's encoding are used offline by latchctl and by every channel.
+    let g = graph();
+    for m in ["tally", "chain", "text", "clock", "role", "report"] {
+        let imported = &g[m];
+        assert!(
+            !imported
+                .iter()
+                .any(|i| i == "store" || i.starts_with("store::")),
+            "{m} imports the store: {imported:?}"
+        );
+    }
+}
+
+#[test]
+fn use_trees_and_comments_are_read_as_imports_are() {
+    let all: BTreeMap<String, PathBuf> = ["a", "b", "b::c", "d", "e", "x::y", "x"]
+        .into_iter()
+        .map(|m| (m.to_string(), PathBuf::new()))
+        .collect();
+    let text = "use crate::{a::Thing, b::{c::Other, self}};\n\
+                // use crate::d;\n\
+                fn f() { crate::e::call(); let u = \"http://x\"; }\n\
+                use super::y::Z;\n\
+                #[cfg(test)]\nmod tests { use crate::d; }\n";
+    let got = imports("x::w", text, &all);
+    let want: BTreeSet<String> = ["a", "b", "b::c", "e", "x::y"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    assert_eq!(got, want);
+    // A loop through three modules is one cycle; a chain is none.
+    let g: BTreeMap<String, BTreeSet<String>> = [
+        ("p", vec!["q"]),
+        ("q", vec!["r"]),
+        ("r", vec!["p"]),
+        ("s", vec!["p"]),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.into_iter().map(String::from).collect()))
+    .collect();
+    assert_eq!(
+        cycles(&g),
+        vec![vec!["p".to_string(), "q".into(), "r".into()]]
+    );
+}
