@@ -21,7 +21,7 @@ use crate::{
 /// Central's engine: the state every channel acts through. Its operations are methods on it,
 /// one module per concern ([`crate::approval`], [`crate::break_glass`], [`crate::grants`],
 /// [`crate::rules`], [`crate::hosts`], [`crate::identity`], [`crate::audit`], and the delivery of
-/// committed changes, [`crate::dispatch`]).
+/// committed changes, [`Central::dispatch`]).
 pub struct Central {
     pub(crate) store: Store,
     pub(crate) hub: Hub,

@@ -1,7 +1,8 @@
 //! `latch-central`: the service the central team runs.
 //!
 //! It owns the gRPC API for agents and reviewers ([`api`], contract in `latch-proto`), the
-//! approval engine ([`approval`]), grants ([`grants`]), rules versions and their distribution
+//! engine's shared state ([`engine`]) and the delivery of committed changes, the approval engine
+//! ([`approval`]), grants ([`grants`]), rules versions and their distribution
 //! ([`rules`], validated with the `policy` crate), hosts ([`hosts`]), the audit record
 //! ([`audit`]), reviewer and agent authentication ([`auth`]), change delivery across replicas
 //! ([`events`]), storage on SQLite or PostgreSQL ([`store`]) and TLS with client certificates
@@ -12,6 +13,10 @@
 //! terminal/HTML escaping ([`text`]) are pure: `latchctl` uses them too, offline. So is the N-of-M
 //! tally ([`tally`]), which every channel's votes go through. Its Prometheus registry
 //! ([`metrics`]) is served on a listener of its own when `metrics_listen` is set.
+//!
+//! Modules import in one direction (checked by `tests/layers.rs`): pure code and storage, then
+//! the engine and its domain modules, then the channels (gRPC, console, chat), then the wiring
+//! ([`server`]).
 //!
 //! It must not touch hosts' kernels or agents' local state: it tells agents what to enforce and
 //! what was decided, over their stream, and nothing else. It does not define the rules language

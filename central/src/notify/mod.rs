@@ -2,8 +2,8 @@
 //! message whose buttons decide, once the clicker is mapped to a reviewer identity) and
 //! Microsoft Teams ([`teams`]: a card that links to the request in the web console).
 //!
-//! Delivery never blocks the approval engine. [`Central::dispatch`] hands the request id to
-//! [`Notifier::changed`] (a channel send), and a background task ([`deliver`]) renders the
+//! Delivery never blocks the approval engine. [`Central::dispatch`] sends the request id into the
+//! queue of [`Notifier::queue`] (a channel send), and a background task ([`deliver`]) renders the
 //! request's current state and talks to the outside with retries and backoff. With several
 //! replicas every replica hears every change, so the `notifications` table decides who acts: a
 //! row per (surface, request) is claimed with `INSERT ... ON CONFLICT DO NOTHING` before the first
