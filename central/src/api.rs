@@ -1,29 +1,29 @@
-//! The gRPC services: authentication, validation of every field that comes from outside, and
-//! conversion between the wire and the engine. Behaviour lives in the engine modules.
+//! The gRPC services: authentication, the checks of every field that comes from outside (written
+//! once, in [`crate::validate`], for every channel), and conversion between the wire and the
+//! engine. Behaviour lives in the engine modules.
 
-use std::{collections::BTreeMap, net::IpAddr, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, sync::Arc};
 
 use latch_proto::v1::{
     agent_message::Body, agent_service_server::AgentService, audit_stream_item::Item,
     reviewer_service_server::ReviewerService, AgentMessage, ApplyRulesRequest, ApplyRulesResponse,
     ApprovalAccepted, ApprovalRecord, ApprovalRequest, AuditBatch, AuditBatchAck, AuditChainInfo,
     AuditCheckpoint, AuditEntry, AuditStreamHeader, AuditStreamItem, CancelApprovalRequest,
-    CancelApprovalResponse, DecideRequest, DecideResponse, DecisionKind, DiffRulesRequest,
-    DiffRulesResponse, GetAuditChainRequest, GetRequestRequest, GetRulesRequest, Grant, GrantScope,
-    ListGrantsRequest, ListGrantsResponse, ListHostsRequest, ListHostsResponse,
-    ListRequestsRequest, ListRequestsResponse, ListRulesRequest, ListRulesResponse, Op,
-    QueryAuditRequest, QueryAuditResponse, RegisterRequest, RegisterResponse, RequestEvent,
-    RequestState, RevokeGrantRequest, RollbackRulesRequest, RuleSetVersion, RulesAck,
-    RulesAckResponse, ShadowReportRequest, ShadowReportResponse, SignAuditCheckpointRequest,
-    SubscribeRequest, WatchRequestsRequest, WhoAmIRequest, WhoAmIResponse,
+    CancelApprovalResponse, DecideRequest, DecideResponse, DiffRulesRequest, DiffRulesResponse,
+    GetAuditChainRequest, GetRequestRequest, GetRulesRequest, Grant, ListGrantsRequest,
+    ListGrantsResponse, ListHostsRequest, ListHostsResponse, ListRequestsRequest,
+    ListRequestsResponse, ListRulesRequest, ListRulesResponse, QueryAuditRequest,
+    QueryAuditResponse, RegisterRequest, RegisterResponse, RequestEvent, RequestState,
+    RevokeGrantRequest, RollbackRulesRequest, RuleSetVersion, RulesAck, RulesAckResponse,
+    ShadowReportRequest, ShadowReportResponse, SignAuditCheckpointRequest, SubscribeRequest,
+    WatchRequestsRequest, WhoAmIRequest, WhoAmIResponse,
 };
-use prost::Message;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::{
-    approval::{DecideInput, State, MAX_GRANT},
+    approval::State,
     audit::{checkpoint_to_proto, list_checkpoints, retention_boundary, PAGE},
     auth::{bearer, Identity, Login, Role},
     chain,
@@ -34,208 +34,11 @@ use crate::{
     rules::rules_push,
     rules::{Version, MAX_RULES_BYTES},
     store::AuditFilter,
+    validate::{
+        audit_filter, check_id, check_labels, check_text, validate_decide, validate_request,
+        MAX_BATCH, MAX_CONTEXT_BYTES, MAX_LABELS, MAX_REASON, MAX_TEXT,
+    },
 };
-
-/// Longest id (host, request, record, grant).
-pub const MAX_ID: usize = 128;
-/// Largest encoded approval request.
-pub const MAX_CONTEXT_BYTES: usize = 64 * 1024;
-/// Most argv entries.
-pub const MAX_ARGV: usize = 256;
-/// Most ancestors in a process tree.
-pub const MAX_ANCESTORS: usize = 8;
-/// Longest path, argument or name.
-pub const MAX_TEXT: usize = 4096;
-/// Longest decision or revocation reason.
-pub const MAX_REASON: usize = 2048;
-/// Most labels (and selector entries).
-pub const MAX_LABELS: usize = 64;
-/// Most audit records per batch.
-pub const MAX_BATCH: usize = 10_000;
-
-fn check_id(field: &str, v: &str) -> Result<()> {
-    if v.is_empty() {
-        return Err(Error::InvalidArgument(format!("{field} is empty")));
-    }
-    if v.len() > MAX_ID {
-        return Err(Error::InvalidArgument(format!(
-            "{field} is {} bytes; at most {MAX_ID}",
-            v.len()
-        )));
-    }
-    if v.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err(Error::InvalidArgument(format!(
-            "{field} '{}' contains whitespace or control characters",
-            v.escape_debug()
-        )));
-    }
-    Ok(())
-}
-
-fn check_text(field: &str, v: &str, max: usize) -> Result<()> {
-    if v.len() > max {
-        return Err(Error::InvalidArgument(format!(
-            "{field} is {} bytes; at most {max}",
-            v.len()
-        )));
-    }
-    Ok(())
-}
-
-fn check_argv(field: &str, argv: &[String]) -> Result<()> {
-    if argv.len() > MAX_ARGV {
-        return Err(Error::InvalidArgument(format!(
-            "{field} has {} entries; at most {MAX_ARGV}",
-            argv.len()
-        )));
-    }
-    for (i, a) in argv.iter().enumerate() {
-        check_text(&format!("{field}[{i}]"), a, MAX_TEXT)?;
-    }
-    Ok(())
-}
-
-fn check_labels<'a>(
-    field: &str,
-    labels: impl ExactSizeIterator<Item = (&'a String, &'a String)>,
-) -> Result<()> {
-    if labels.len() > MAX_LABELS {
-        return Err(Error::InvalidArgument(format!(
-            "{field} has {} entries; at most {MAX_LABELS}",
-            labels.len()
-        )));
-    }
-    for (k, v) in labels {
-        check_id(&format!("{field} key"), k)?;
-        check_text(&format!("{field}['{k}']"), v, 256)?;
-    }
-    Ok(())
-}
-
-/// Checks an agent's approval request.
-pub fn validate_request(r: &ApprovalRequest) -> Result<()> {
-    check_id("request_id", &r.request_id)?;
-    check_id("host_id", &r.host_id)?;
-    let len = r.encoded_len();
-    if len > MAX_CONTEXT_BYTES {
-        return Err(Error::InvalidArgument(format!(
-            "request '{}' is {len} bytes; at most {MAX_CONTEXT_BYTES} (redact or truncate argv)",
-            r.request_id
-        )));
-    }
-    let op = Op::try_from(r.op)
-        .map_err(|_| Error::InvalidArgument(format!("op {} is unknown", r.op)))?;
-    match op {
-        Op::Unspecified => return Err(Error::InvalidArgument("op is unspecified".into())),
-        Op::Exec => {
-            if r.exec_path.is_empty() {
-                return Err(Error::InvalidArgument(
-                    "exec request without exec_path".into(),
-                ));
-            }
-        }
-        Op::Connect | Op::Sendmsg => {
-            let d = r.destination.as_ref().ok_or_else(|| {
-                Error::InvalidArgument(format!("{} request without destination", op.as_str_name()))
-            })?;
-            d.address.parse::<IpAddr>().map_err(|_| {
-                Error::InvalidArgument(format!(
-                    "destination.address '{}' is not an IP address",
-                    d.address.escape_debug()
-                ))
-            })?;
-            if d.port > u16::MAX as u32 {
-                return Err(Error::InvalidArgument(format!(
-                    "destination.port {} is above 65535",
-                    d.port
-                )));
-            }
-        }
-    }
-    if r.requester.trim().is_empty() {
-        return Err(Error::InvalidArgument("requester is empty".into()));
-    }
-    for (f, v) in [
-        ("requester", &r.requester),
-        ("user", &r.user),
-        ("group", &r.group),
-        ("cgroup_path", &r.cgroup_path),
-        ("unit", &r.unit),
-        ("comm", &r.comm),
-        ("exe", &r.exe),
-        ("exec_path", &r.exec_path),
-        ("rule_name", &r.rule_name),
-        ("workload", &r.workload),
-    ] {
-        check_text(f, v, MAX_TEXT)?;
-    }
-    check_argv("argv", &r.argv)?;
-    if r.ancestors.len() > MAX_ANCESTORS {
-        return Err(Error::InvalidArgument(format!(
-            "ancestors has {} entries; at most {MAX_ANCESTORS}",
-            r.ancestors.len()
-        )));
-    }
-    for (i, a) in r.ancestors.iter().enumerate() {
-        check_text(&format!("ancestors[{i}].exe"), &a.exe, MAX_TEXT)?;
-        check_argv(&format!("ancestors[{i}].argv"), &a.argv)?;
-    }
-    Ok(())
-}
-
-/// Checks a reviewer's decision and turns it into the engine's input.
-pub fn validate_decide(r: &DecideRequest) -> Result<DecideInput> {
-    check_id("approval_id", &r.approval_id)?;
-    let kind = DecisionKind::try_from(r.kind)
-        .map_err(|_| Error::InvalidArgument(format!("kind {} is unknown", r.kind)))?;
-    let scope = GrantScope::try_from(r.scope)
-        .map_err(|_| Error::InvalidArgument(format!("scope {} is unknown", r.scope)))?;
-    if r.reason.trim().is_empty() {
-        return Err(Error::InvalidArgument("reason is mandatory".into()));
-    }
-    check_text("reason", &r.reason, MAX_REASON)?;
-    let mut duration = Duration::ZERO;
-    match kind {
-        DecisionKind::Unspecified => {
-            return Err(Error::InvalidArgument(
-                "kind is unspecified (approve once, approve for a duration, or deny)".into(),
-            ))
-        }
-        DecisionKind::ApproveFor => {
-            if r.duration_seconds == 0 || r.duration_seconds > MAX_GRANT.as_secs() {
-                return Err(Error::InvalidArgument(format!(
-                    "duration_seconds {} is out of range: 1 to {} ({})",
-                    r.duration_seconds,
-                    MAX_GRANT.as_secs(),
-                    humantime::format_duration(MAX_GRANT)
-                )));
-            }
-            if scope == GrantScope::Unspecified {
-                return Err(Error::InvalidArgument(
-                    "scope is unspecified (process, workload or host)".into(),
-                ));
-            }
-            duration = Duration::from_secs(r.duration_seconds);
-        }
-        DecisionKind::ApproveOnce | DecisionKind::Deny => {
-            if r.duration_seconds != 0 || scope != GrantScope::Unspecified {
-                return Err(Error::InvalidArgument(format!(
-                    "{} takes no duration or scope (got {} s, {})",
-                    kind.as_str_name(),
-                    r.duration_seconds,
-                    scope.as_str_name()
-                )));
-            }
-        }
-    }
-    Ok(DecideInput {
-        approval_id: r.approval_id.clone(),
-        kind,
-        duration,
-        scope,
-        reason: r.reason.trim().to_string(),
-    })
-}
 
 fn version_proto(v: Version, with_yaml: bool) -> RuleSetVersion {
     RuleSetVersion {
@@ -955,45 +758,6 @@ impl ReviewerService for ReviewerApi {
             role,
         }))
     }
-}
-
-/// The store's filter for a query, checked.
-pub(crate) fn audit_filter(r: &QueryAuditRequest) -> Result<AuditFilter> {
-    for (f, v, max) in [
-        ("kind", &r.kind, 128),
-        ("host_id", &r.host_id, MAX_ID),
-        ("workload", &r.workload, 256),
-        ("rule_name", &r.rule_name, 256),
-        ("actor", &r.actor, 256),
-        ("outcome", &r.outcome, 32),
-        ("request_id", &r.request_id, MAX_ID),
-    ] {
-        check_text(f, v, max)?;
-    }
-    if r.after_seq < 0 {
-        return Err(Error::InvalidArgument(format!(
-            "after_seq {} is negative",
-            r.after_seq
-        )));
-    }
-    if r.since_unix_ms < 0 || r.until_unix_ms < 0 {
-        return Err(Error::InvalidArgument(
-            "since_unix_ms and until_unix_ms must not be negative".into(),
-        ));
-    }
-    Ok(AuditFilter {
-        after_seq: r.after_seq,
-        until_seq: 0,
-        kind: r.kind.clone(),
-        host_id: r.host_id.clone(),
-        since_ms: r.since_unix_ms,
-        until_ms: r.until_unix_ms,
-        workload: r.workload.clone(),
-        rule_name: r.rule_name.clone(),
-        actor: r.actor.clone(),
-        action: r.outcome.clone(),
-        request_id: r.request_id.clone(),
-    })
 }
 
 /// Streams matching records page by page until `limit` (0: all) or the end; a failure ends

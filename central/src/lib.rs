@@ -48,6 +48,7 @@ pub mod store;
 pub mod tally;
 pub mod text;
 pub mod tls;
+pub mod validate;
 pub mod web;
 
 pub use config::Config;

@@ -283,7 +283,11 @@ async fn start_serving(
     };
     tracing::info!(%addr, tls = tls.is_some(), client_certificates = central.agents_by_certificate(), replica = %central.replica_id, database = %crate::store::redact_url(store.url()), "latch-central serving");
     let web = match web {
-        Some(w) => Some(w.serve(central.clone(), &notify)?),
+        Some(w) => {
+            // Slack's callbacks arrive on the console's listener.
+            let chat = crate::notify::routes(central.clone(), &notify);
+            Some(w.serve(central.clone(), chat)?)
+        }
         None => None,
     };
     let metrics_addr = match config.metrics_listen {

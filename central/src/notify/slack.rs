@@ -833,7 +833,7 @@ impl Slack {
             ),
             ..Default::default()
         };
-        let input = match crate::api::validate_decide(&request) {
+        let input = match crate::validate::validate_decide(&request) {
             Ok(i) => i,
             Err(e) => return format!("Nothing was decided: {e}"),
         };

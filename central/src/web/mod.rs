@@ -107,8 +107,9 @@ impl Console {
     }
 }
 
-/// The console's routes. Routes of other channels served on the same listener are merged here.
-pub fn router(central: Arc<Central>, notifier: &crate::notify::Notifier) -> Router {
+/// The console's routes, with `others` (routes of other channels served on the same listener,
+/// given by the wiring: Slack's callbacks) under the same response headers.
+pub fn router(central: Arc<Central>, others: Router) -> Router {
     let console = Router::new()
         .route("/", get(|| async { Redirect::to("/requests") }))
         .route("/healthz", get(|| async { "ok" }))
@@ -135,7 +136,7 @@ pub fn router(central: Arc<Central>, notifier: &crate::notify::Notifier) -> Rout
             closed: tokio::sync::broadcast::channel(CLOSED_BACKLOG).0,
         });
     console
-        .merge(crate::notify::routes(central, notifier))
+        .merge(others)
         .layer(middleware::map_response(security_headers))
 }
 
@@ -392,7 +393,7 @@ impl Bound {
     pub(crate) fn serve(
         self,
         central: Arc<Central>,
-        notifier: &crate::notify::Notifier,
+        others: Router,
     ) -> Result<WebServer, WebSetupError> {
         let addr = self
             .listener
@@ -402,7 +403,7 @@ impl Bound {
                 source,
             })?;
         let (tx, rx) = oneshot::channel::<()>();
-        let app = router(central, notifier);
+        let app = router(central, others);
         let task = tokio::spawn(async move {
             let served = axum::serve(self.listener, app)
                 .with_graceful_shutdown(async {

@@ -12,10 +12,10 @@ use latch_proto::v1::{DecideRequest, DecisionKind, GrantScope, QueryAuditRequest
 use serde::Deserialize;
 
 use crate::{
-    api::{audit_filter, validate_decide, MAX_ID, MAX_REASON},
     approval::State as RequestStateName,
     clock::now_ms,
     error::Error,
+    validate::{audit_filter, validate_decide, MAX_ID, MAX_REASON},
 };
 
 use super::{
