@@ -751,6 +751,20 @@ impl Central {
         Ok((record?, resolved))
     }
 
+    /// How many approvals a request has so far (its `allow` votes).
+    pub async fn approvals_so_far(&self, approval_id: &str) -> Result<u32> {
+        let n: i64 = sqlx::query(
+            "SELECT COUNT(*) AS n FROM votes WHERE approval_id = $1 AND outcome = 'allow'",
+        )
+        .bind(approval_id)
+        .fetch_one(self.store.pool())
+        .await
+        .ctx(format!("counting votes of {approval_id}"))?
+        .try_get("n")
+        .ctx(format!("counting votes of {approval_id}"))?;
+        Ok(n.max(0) as u32)
+    }
+
     /// How many requests are in each state.
     pub async fn requests_by_state(&self) -> Result<Vec<(String, i64)>> {
         let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM requests GROUP BY state")

@@ -9,6 +9,8 @@
 //! row lock (`audit_head`) in its transaction, so sequence numbers are dense and chain order is
 //! seq order, also with several replicas on one PostgreSQL.
 
+mod chat;
+mod console;
 mod group_commit;
 mod migrations;
 
@@ -19,6 +21,8 @@ use std::{
     time::Duration,
 };
 
+pub use chat::{Delivered, Lease};
+pub use console::{NewSession, SessionRow};
 use group_commit::{BatchTx, Writer};
 pub use group_commit::{CommitObserver, WriterStats};
 pub use migrations::MIGRATIONS;

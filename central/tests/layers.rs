@@ -281,6 +281,25 @@ fn channels_do_not_lean_on_each_other() {
 }
 
 #[test]
+fn channels_speak_no_sql() {
+    // The console's sessions and the chat surfaces' deliveries are tables like any other: their
+    // SQL is the store's (`store::console`, `store::chat`).
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut speaking = Vec::new();
+    for (name, path) in modules(&src) {
+        if !matches!(name.split("::").next(), Some("api" | "web" | "notify")) {
+            continue;
+        }
+        let text =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        if code(&text).contains("sqlx") {
+            speaking.push(name);
+        }
+    }
+    assert!(speaking.is_empty(), "channels that use sqlx: {speaking:?}");
+}
+
+#[test]
 fn the_pure_modules_touch_no_storage() {
     // The tally and the audit chain's encoding are used offline by latchctl and by every channel.
     let g = graph();

@@ -23,7 +23,6 @@ use std::{path::Path, sync::Arc, time::Duration};
 
 use latch_proto::v1::{ApprovalRequest, Op};
 use prost::Message;
-use sqlx::Row;
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::{
@@ -32,7 +31,7 @@ use crate::{
     config::Config,
     engine::Central,
     error::Result,
-    store::QueryContext,
+    store::{Delivered, Lease},
     text::term_safe,
 };
 
@@ -239,20 +238,10 @@ async fn sweep_due(central: &Central, notifier: &Notifier) -> Result<Vec<String>
     if let Some(s) = &notifier.slack {
         slack::forget_old_callbacks(central, s.replay_window()).await?;
     }
-    let rows = sqlx::query(
-        "SELECT DISTINCT approval_id FROM notifications
-         WHERE settled = 0 AND lease_until_ms < $1 AND attempts < $2 LIMIT 500",
-    )
-    .bind(now)
-    .bind(MAX_SWEEP_ATTEMPTS)
-    .fetch_all(central.store.pool())
-    .await
-    .ctx("finding unfinished notifications")?;
-    Ok(rows
-        .iter()
-        .map(|r| r.try_get("approval_id"))
-        .collect::<Result<_, _>>()
-        .ctx("finding unfinished notifications")?)
+    Ok(central
+        .store
+        .unfinished_notifications(now, MAX_SWEEP_ATTEMPTS, 500)
+        .await?)
 }
 
 /// A request as a notification shows it.
@@ -307,19 +296,11 @@ impl View {
                 message: e.to_string(),
             }
         })?;
-        let approvals: i64 = sqlx::query(
-            "SELECT COUNT(*) AS n FROM votes WHERE approval_id = $1 AND outcome = 'allow'",
-        )
-        .bind(approval_id)
-        .fetch_one(central.store.pool())
-        .await
-        .ctx(format!("counting votes of {approval_id}"))?
-        .try_get("n")
-        .ctx(format!("counting votes of {approval_id}"))?;
+        let approvals = central.approvals_so_far(approval_id).await?;
         Ok(Some(View {
             row,
             req,
-            approvals: approvals.max(0) as u32,
+            approvals,
         }))
     }
 
@@ -514,57 +495,27 @@ async fn acquire(
     let now = now_ms();
     let until = now + LEASE.as_millis() as i64;
     let token = format!("{}/{}", central.replica_id, uuid::Uuid::new_v4());
-    let mut tx = central.store.begin().await?;
-    let created = sqlx::query(
-        "INSERT INTO notifications (kind, approval_id, lease_owner, lease_until_ms, created_at_ms,
-            updated_at_ms)
-         VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT (kind, approval_id) DO NOTHING",
-    )
-    .bind(kind)
-    .bind(approval_id)
-    .bind(&token)
-    .bind(until)
-    .bind(now)
-    .execute(&mut *tx)
-    .await
-    .ctx(format!("claiming the {kind} message of {approval_id}"))?;
-    tx.commit().await.ctx(format!(
-        "committing the claim of the {kind} message of {approval_id}"
-    ))?;
-    if created.rows_affected() == 1 {
+    let lease = Lease {
+        kind,
+        approval_id,
+        token: &token,
+        until_ms: until,
+        now_ms: now,
+    };
+    if central.store.claim_notification(&lease).await? {
         return Ok(Some((Delivery::default(), token)));
     }
-    let mut tx = central.store.begin().await?;
-    let taken = sqlx::query(
-        "UPDATE notifications SET lease_owner = $3, lease_until_ms = $4
-         WHERE kind = $1 AND approval_id = $2 AND lease_until_ms < $5 AND settled = 0
-            AND revision <> $6
-         RETURNING channel, message_ref",
-    )
-    .bind(kind)
-    .bind(approval_id)
-    .bind(&token)
-    .bind(until)
-    .bind(now)
-    .bind(revision)
-    .fetch_optional(&mut *tx)
-    .await
-    .ctx(format!("leasing the {kind} message of {approval_id}"))?;
-    tx.commit().await.ctx(format!(
-        "committing the lease of the {kind} message of {approval_id}"
-    ))?;
-    let Some(r) = taken else {
+    let Some((channel, message_ref)) = central.store.lease_notification(&lease, revision).await?
+    else {
         return Ok(None);
     };
-    let d = Delivery {
-        channel: r
-            .try_get("channel")
-            .ctx(format!("reading the {kind} message of {approval_id}"))?,
-        message_ref: r
-            .try_get("message_ref")
-            .ctx(format!("reading the {kind} message of {approval_id}"))?,
-    };
-    Ok(Some((d, token)))
+    Ok(Some((
+        Delivery {
+            channel,
+            message_ref,
+        },
+        token,
+    )))
 }
 
 /// Stores what a delivery did and lets go of the lease.
@@ -575,41 +526,23 @@ async fn release(
     token: &str,
     outcome: std::result::Result<(&Applied, &str), &str>,
 ) -> Result<()> {
-    let now = now_ms();
-    let q = match outcome {
-        Ok((applied, revision)) => sqlx::query(
-            "UPDATE notifications SET channel = $4, message_ref = $5, revision = $6, settled = $7,
-                attempts = 0, last_error = '', lease_owner = '', lease_until_ms = 0,
-                updated_at_ms = $8
-             WHERE kind = $1 AND approval_id = $2 AND lease_owner = $3",
-        )
-        .bind(kind)
-        .bind(approval_id)
-        .bind(token)
-        .bind(applied.channel.clone())
-        .bind(applied.message_ref.clone())
-        .bind(revision.to_string())
-        .bind(applied.settled as i64)
-        .bind(now),
-        Err(error) => sqlx::query(
-            "UPDATE notifications SET attempts = attempts + 1, last_error = $4, lease_owner = '',
-                lease_until_ms = 0, updated_at_ms = $5
-             WHERE kind = $1 AND approval_id = $2 AND lease_owner = $3",
-        )
-        .bind(kind)
-        .bind(approval_id)
-        .bind(token)
-        .bind(shown(error, 1000))
-        .bind(now),
+    let shown_error;
+    let outcome = match outcome {
+        Ok((applied, revision)) => Delivered::Applied {
+            channel: &applied.channel,
+            message_ref: &applied.message_ref,
+            revision,
+            settled: applied.settled,
+        },
+        Err(error) => {
+            shown_error = shown(error, 1000);
+            Delivered::Failed(&shown_error)
+        }
     };
-    let mut tx = central.store.begin().await?;
-    q.execute(&mut *tx)
-        .await
-        .ctx(format!("recording the {kind} message of {approval_id}"))?;
-    tx.commit()
-        .await
-        .ctx(format!("committing the {kind} message of {approval_id}"))?;
-    Ok(())
+    Ok(central
+        .store
+        .release_notification(kind, approval_id, token, outcome, now_ms())
+        .await?)
 }
 
 /// Brings one surface's message for a request up to date (see the module documentation).

@@ -31,16 +31,11 @@ use latch_proto::v1::{DecideRequest, DecisionKind, Outcome};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::Sha256;
-use sqlx::Row;
 
 use super::{backoff, shown, Applied, Delivery, NotifyError, Surface, View};
 use crate::{
-    clock::now_ms,
-    config::SlackConfig,
-    engine::Central,
-    error::Error,
-    identity::ByEmail,
-    store::{AuditFact, QueryContext},
+    clock::now_ms, config::SlackConfig, engine::Central, error::Error, identity::ByEmail,
+    store::AuditFact,
 };
 
 /// `kind` of Slack rows in `notifications`.
@@ -588,21 +583,11 @@ impl Slack {
         if !verify(&self.signing_secret, ts_text, body, signature) {
             return Err(CallbackError::Signature);
         }
-        let mut tx = central.store.begin().await?;
-        let fresh = sqlx::query(
-            "INSERT INTO slack_callbacks (signature, request_ts, seen_at_ms) VALUES ($1, $2, $3)
-             ON CONFLICT (signature) DO NOTHING",
-        )
-        .bind(signature.to_ascii_lowercase())
-        .bind(ts)
-        .bind(now_ms())
-        .execute(&mut *tx)
-        .await
-        .ctx("recording a Slack callback signature")?;
-        tx.commit()
-            .await
-            .ctx("committing a Slack callback signature")?;
-        if fresh.rows_affected() == 0 {
+        let fresh = central
+            .store
+            .record_slack_callback(&signature.to_ascii_lowercase(), ts, now_ms())
+            .await?;
+        if !fresh {
             return Err(CallbackError::Replayed);
         }
         Ok(())
@@ -612,16 +597,7 @@ impl Slack {
 /// Forgets callback signatures too old to be replayed (their timestamps are refused anyway).
 pub(crate) async fn forget_old_callbacks(central: &Central, window: Duration) -> crate::Result<()> {
     let before = now_ms() - 2 * window.as_millis() as i64;
-    let mut tx = central.store.begin().await?;
-    sqlx::query("DELETE FROM slack_callbacks WHERE seen_at_ms < $1")
-        .bind(before)
-        .execute(&mut *tx)
-        .await
-        .ctx("forgetting old Slack callback signatures")?;
-    tx.commit()
-        .await
-        .ctx("committing the removal of old Slack callback signatures")?;
-    Ok(())
+    Ok(central.store.forget_slack_callbacks(before).await?)
 }
 
 /// The parts of an interactive payload this service reads (Slack sends many more).
@@ -873,19 +849,13 @@ async fn posted_message(
     central: &Central,
     approval_id: &str,
 ) -> crate::Result<Option<(String, String)>> {
-    let r = sqlx::query(
-        "SELECT channel, message_ref FROM notifications WHERE kind = $1 AND approval_id = $2",
-    )
-    .bind(KIND)
-    .bind(approval_id)
-    .fetch_optional(central.store.pool())
-    .await
-    .ctx(format!("reading the Slack message of {approval_id}"))?;
-    let Some(r) = r else {
+    let Some((ch, ts)) = central
+        .store
+        .notification_message(KIND, approval_id)
+        .await?
+    else {
         return Ok(None);
     };
-    let ch: String = r.try_get("channel").ctx("reading a Slack message")?;
-    let ts: String = r.try_get("message_ref").ctx("reading a Slack message")?;
     Ok((!ts.is_empty()).then_some((ch, ts)))
 }
 

@@ -15,14 +15,13 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use sqlx::Row;
 
 use crate::{
     auth::{Identity, Role},
     clock::now_ms,
     engine::Central,
     error::{Error, Result},
-    store::{QueryContext, StoreError},
+    store::{NewSession, SessionRow, StoreError},
 };
 
 /// How long a browser may take at the identity provider before the login must start again.
@@ -150,67 +149,36 @@ impl Central {
                 message: e.to_string(),
             })
         })?;
-        self.prune_sessions(now).await?;
-        let mut tx = self.store.begin().await?;
-        sqlx::query(
-            "INSERT INTO web_sessions (id_hash, subject, identity_json, via, csrf, created_at_ms, expires_at_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(digest(&id))
-        .bind(&identity.subject)
-        .bind(json)
-        .bind(via)
-        .bind(csrf)
-        .bind(now)
-        .bind(expires_at_ms)
-        .execute(&mut *tx)
-        .await
-        .ctx(format!("opening a console session for {}", identity.subject))?;
-        tx.commit().await.ctx("committing a console session")?;
+        self.store
+            .open_web_session(&NewSession {
+                id_hash: &digest(&id),
+                subject: &identity.subject,
+                row: &SessionRow {
+                    identity_json: json,
+                    via: via.to_string(),
+                    csrf,
+                    expires_at_ms,
+                },
+                now_ms: now,
+            })
+            .await?;
         Ok(id)
-    }
-
-    async fn prune_sessions(&self, now: i64) -> Result<()> {
-        let mut tx = self.store.begin().await?;
-        sqlx::query("DELETE FROM web_sessions WHERE expires_at_ms <= $1")
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .ctx("removing expired console sessions")?;
-        tx.commit()
-            .await
-            .ctx("committing the removal of expired console sessions")?;
-        Ok(())
     }
 
     /// The live session with id `id`, if any. A static-token session whose subject is no longer
     /// configured is closed.
     pub(crate) async fn session(&self, id: &str) -> Result<Option<Session>> {
         let id_hash = digest(id);
-        let row = sqlx::query(
-            "SELECT identity_json, via, csrf, expires_at_ms FROM web_sessions
-             WHERE id_hash = $1 AND expires_at_ms > $2",
-        )
-        .bind(&id_hash)
-        .bind(now_ms())
-        .fetch_optional(self.store.pool())
-        .await
-        .ctx("reading a console session")?;
-        let Some(row) = row else {
+        let Some(row) = self.store.web_session(&id_hash, now_ms()).await? else {
             return Ok(None);
         };
-        let col = |c: &str| -> Result<String> {
-            Ok(row
-                .try_get::<String, _>(c)
-                .ctx(format!("reading web_sessions.{c}"))?)
-        };
-        let stored: StoredIdentity = serde_json::from_str(&col("identity_json")?).map_err(|e| {
+        let stored: StoredIdentity = serde_json::from_str(&row.identity_json).map_err(|e| {
             Error::Store(StoreError::Corrupt {
                 what: "web_sessions.identity_json".into(),
                 message: e.to_string(),
             })
         })?;
-        let via = col("via")?;
+        let via = row.via;
         let identity = if via == VIA_TOKEN {
             match self
                 .reviewers
@@ -231,25 +199,14 @@ impl Central {
             id_hash,
             identity,
             via,
-            csrf: col("csrf")?,
-            expires_at_ms: row
-                .try_get("expires_at_ms")
-                .ctx("reading web_sessions.expires_at_ms")?,
+            csrf: row.csrf,
+            expires_at_ms: row.expires_at_ms,
         }))
     }
 
     /// Ends a session.
     pub(crate) async fn close_session(&self, id: &str) -> Result<()> {
-        let mut tx = self.store.begin().await?;
-        sqlx::query("DELETE FROM web_sessions WHERE id_hash = $1")
-            .bind(digest(id))
-            .execute(&mut *tx)
-            .await
-            .ctx("closing a console session")?;
-        tx.commit()
-            .await
-            .ctx("committing the end of a console session")?;
-        Ok(())
+        Ok(self.store.close_web_session(&digest(id)).await?)
     }
 }
 
