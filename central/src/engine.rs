@@ -9,12 +9,16 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch, Notify};
 
+pub mod identity_log;
+pub mod rule_cache;
+
+use identity_log::IdentityLog;
+use rule_cache::RuleCache;
+
 use crate::{
     auth::{AgentTokens, Authenticator},
     config::AuditConfig,
     events::{Event, Hub, Publisher, Snapshot},
-    identity::log::IdentityLog,
-    rules::cache::RuleCache,
     store::Store,
 };
 

@@ -18,8 +18,6 @@
 //!
 //! This module does not verify tokens itself (that is [`crate::auth`] and [`crate::oidc`]).
 
-pub mod log;
-
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -33,7 +31,7 @@ use crate::{
     store::{AuditFact, QueryContext, Store, StoreError},
 };
 
-pub use log::WRITE_EVERY;
+pub use crate::engine::identity_log::WRITE_EVERY;
 
 /// How long after its last login a remembered identity is found by e-mail.
 pub const REMEMBER_FOR: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -373,7 +371,7 @@ mod tests {
 
     #[test]
     fn writes_are_throttled_until_something_changes() {
-        let log = log::IdentityLog::default();
+        let log = crate::engine::identity_log::IdentityLog::default();
         assert!(log.due("https://idp", &id(&["a"]), true));
         assert!(!log.due("https://idp", &id(&["a"]), true));
         assert!(

@@ -1,8 +1,6 @@
 //! Rules: validation on apply (with the `policy` crate), versions (every one kept), diff,
 //! rollback, and which version each host receives (newest whose label selector it matches).
 
-pub mod cache;
-
 use std::{
     collections::{BTreeMap, HashMap},
     sync::Arc,

@@ -1,5 +1,6 @@
-//! The running service: shared state ([`Central`]), start-up, background tasks (event delivery,
-//! expiry) and shutdown.
+//! The wiring: builds the engine's state ([`Central`]), binds the listeners, starts the channels
+//! (gRPC, console, chat surfaces) and the background tasks (event delivery, expiry, audit
+//! maintenance), and shuts them down.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -17,10 +18,9 @@ use crate::{
     auth::{AgentTokens, Authenticator},
     clock::now_ms,
     config::Config,
-    engine::Central,
+    engine::{rule_cache::RuleCache, Central},
     error::Result,
     events::{Event, Hub, Publisher, CHANNEL},
-    rules::cache::RuleCache,
     store::{Backend, Store, StoreError},
 };
 
@@ -86,7 +86,8 @@ pub async fn start(config: &Config, listener: Option<TcpListener>) -> Result<Ser
     Ok(server)
 }
 
-/// [`start`] with another reviewer [`Authenticator`].
+/// [`start`] with another reviewer [`Authenticator`]. The console's sign-in at an identity
+/// provider is off: it needs the provider [`start`] builds from `[oidc]`.
 pub async fn start_with(
     config: &Config,
     listener: Option<TcpListener>,

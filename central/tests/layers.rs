@@ -1,7 +1,7 @@
 //! Central's modules import each other in one direction: storage and pure code at the bottom,
 //! the engine's state and its domain modules above them, the channels (gRPC, console, chat)
 //! above those, and the wiring (`server`) on top. Read from the source itself, so that a `use`
-//! that runs the wrong way fails here, with the file and the path that does it.
+//! that runs the wrong way fails here, naming the module and what it imports.
 //!
 //! An import is a `crate::` or `super::` path in a file's code (comments and `#[cfg(test)]`
 //! modules left out), resolved to the longest module it names. A module that declares
@@ -47,11 +47,17 @@ fn modules(src: &Path) -> BTreeMap<String, PathBuf> {
     out
 }
 
-/// The file's code: no comments, no test module.
+/// The file's code: no comments, no test module (a `#[cfg(test)]` before a `mod`; any other
+/// test-only item is read, which can only find more imports).
 fn code(text: &str) -> String {
     let mut out = String::new();
-    for line in text.lines() {
-        if line.trim_start().starts_with("#[cfg(test)]") {
+    let mut lines = text.lines().peekable();
+    while let Some(line) = lines.next() {
+        if line.trim_start().starts_with("#[cfg(test)]")
+            && lines
+                .peek()
+                .is_some_and(|next| next.trim_start().starts_with("mod "))
+        {
             break;
         }
         let line = match line.find("//") {
@@ -65,62 +71,93 @@ fn code(text: &str) -> String {
     out
 }
 
-/// Every path a use tree starting at `rest` names, each a list of segments.
+/// Every path a use tree (or a path in code) at the start of `rest` names, each a list of
+/// segments. Reads up to the end of the statement; every step consumes input, so a form it does
+/// not know (`*`, `r#name`, `as`) ends a path rather than the parse.
 fn use_paths(rest: &str) -> Vec<Vec<String>> {
-    fn tree(
-        s: &mut std::iter::Peekable<std::str::Chars>,
-        prefix: Vec<String>,
-        out: &mut Vec<Vec<String>>,
-    ) {
-        while s.peek().is_some_and(|c| c.is_whitespace()) {
-            s.next();
-        }
-        if s.peek() == Some(&'{') {
-            s.next();
-            loop {
-                tree(s, prefix.clone(), out);
-                while s.peek().is_some_and(|c| c.is_whitespace() || *c == ',') {
-                    s.next();
-                }
-                match s.peek() {
-                    Some('}') => {
-                        s.next();
-                        return;
-                    }
-                    None => return,
-                    _ => {}
-                }
-            }
-        }
-        let mut ident = String::new();
-        while let Some(&c) = s.peek() {
-            if c.is_ascii_alphanumeric() || c == '_' {
-                ident.push(c);
-                s.next();
-            } else {
-                break;
-            }
-        }
-        let mut path = prefix;
-        if !ident.is_empty() {
-            path.push(ident);
-        }
-        let mut look = s.clone();
-        if look.next() == Some(':') && look.next() == Some(':') {
-            s.next();
-            s.next();
-            tree(s, path, out);
-        } else if !path.is_empty() {
-            out.push(path);
+    fn skip_space(b: &[u8], i: &mut usize) {
+        while *i < b.len() && (b[*i].is_ascii_whitespace() || b[*i] == b',') {
+            *i += 1;
         }
     }
+    fn tree(b: &[u8], i: &mut usize, prefix: Vec<String>, out: &mut Vec<Vec<String>>) {
+        skip_space(b, i);
+        if *i < b.len() && b[*i] == b'{' {
+            *i += 1;
+            loop {
+                skip_space(b, i);
+                if *i >= b.len() {
+                    return;
+                }
+                if b[*i] == b'}' {
+                    *i += 1;
+                    return;
+                }
+                let before = *i;
+                tree(b, i, prefix.clone(), out);
+                if *i == before {
+                    // Nothing this parser reads (`*`, `#`): step over it.
+                    *i += 1;
+                }
+            }
+        }
+        if b[*i..].starts_with(b"r#") {
+            *i += 2;
+        }
+        let start = *i;
+        while *i < b.len() && (b[*i].is_ascii_alphanumeric() || b[*i] == b'_') {
+            *i += 1;
+        }
+        let mut path = prefix;
+        if *i > start {
+            path.push(String::from_utf8_lossy(&b[start..*i]).into_owned());
+        }
+        if b[*i..].starts_with(b"::") {
+            *i += 2;
+            tree(b, i, path, out);
+        } else {
+            // `as name`, generics, a call: the path ends here; skip to the next entry.
+            while *i < b.len() && !matches!(b[*i], b',' | b'}') {
+                *i += 1;
+            }
+            if !path.is_empty() {
+                out.push(path);
+            }
+        }
+    }
+    // One statement is all that is read (a path in code ends at its first other character).
+    let end = rest.find(';').unwrap_or(rest.len());
     let mut out = Vec::new();
-    tree(&mut rest.chars().peekable(), Vec::new(), &mut out);
+    let mut i = 0;
+    tree(&rest.as_bytes()[..end], &mut i, Vec::new(), &mut out);
     out
 }
 
-/// The modules `name`'s file imports.
-fn imports(name: &str, text: &str, all: &BTreeMap<String, PathBuf>) -> BTreeSet<String> {
+/// Names the crate root re-exports (`pub use server::{start, Server}` in `lib.rs`), by module.
+fn root_exports(src: &Path) -> BTreeMap<String, String> {
+    let lib = std::fs::read_to_string(src.join("lib.rs")).expect("central/src/lib.rs");
+    let mut out = BTreeMap::new();
+    for stmt in code(&lib).split(';') {
+        let Some(rest) = stmt.trim().strip_prefix("pub use ") else {
+            continue;
+        };
+        for path in use_paths(rest) {
+            if let (Some(module), Some(name)) = (path.first(), path.last()) {
+                out.insert(name.clone(), module.clone());
+            }
+        }
+    }
+    out
+}
+
+/// The modules `name`'s file imports; `exports` maps the crate root's re-exported names to
+/// their modules, so that `crate::Central` counts as an import of `engine`.
+fn imports(
+    name: &str,
+    text: &str,
+    all: &BTreeMap<String, PathBuf>,
+    exports: &BTreeMap<String, String>,
+) -> BTreeSet<String> {
     let code = code(text);
     let parent: Vec<&str> = name.split("::").collect();
     let parent = &parent[..parent.len() - 1];
@@ -137,6 +174,11 @@ fn imports(name: &str, text: &str, all: &BTreeMap<String, PathBuf>) -> BTreeSet<
             for path in use_paths(&code[from..]) {
                 let mut full: Vec<String> = base.iter().map(|s| s.to_string()).collect();
                 full.extend(path);
+                if anchor == "crate::" && full.len() == 1 {
+                    if let Some(module) = exports.get(&full[0]) {
+                        full.insert(0, module.clone());
+                    }
+                }
                 // The longest prefix that is a module.
                 for n in (1..=full.len()).rev() {
                     let candidate = full[..n].join("::");
@@ -162,11 +204,12 @@ fn graph() -> BTreeMap<String, BTreeSet<String>> {
         src.display(),
         all.keys().collect::<Vec<_>>()
     );
+    let exports = root_exports(&src);
     all.iter()
         .map(|(name, path)| {
             let text =
                 std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            (name.clone(), imports(name, &text, &all))
+            (name.clone(), imports(name, &text, &all, &exports))
         })
         .collect()
 }
@@ -230,6 +273,24 @@ fn no_two_modules_of_central_import_each_other() {
     assert!(
         found.is_empty(),
         "modules that import each other, directly or around a loop: {found:?}"
+    );
+}
+
+#[test]
+fn no_two_top_level_modules_import_each_other_through_their_parts() {
+    // `engine` holds the caches the domain modules use: were they parts of those modules
+    // (`identity::log`), the files would be acyclic while `engine` and `identity` used each other.
+    let g = graph();
+    let top = |m: &str| m.split("::").next().unwrap_or(m).to_string();
+    let mut modules: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (m, imported) in &g {
+        let entry = modules.entry(top(m)).or_default();
+        entry.extend(imported.iter().map(|i| top(i)).filter(|i| *i != top(m)));
+    }
+    let found = cycles(&modules);
+    assert!(
+        found.is_empty(),
+        "top-level modules that import each other: {found:?}"
     );
 }
 
@@ -316,17 +377,24 @@ fn the_pure_modules_touch_no_storage() {
 
 #[test]
 fn use_trees_and_comments_are_read_as_imports_are() {
-    let all: BTreeMap<String, PathBuf> = ["a", "b", "b::c", "d", "e", "x::y", "x"]
-        .into_iter()
-        .map(|m| (m.to_string(), PathBuf::new()))
-        .collect();
+    let all: BTreeMap<String, PathBuf> = [
+        "a", "b", "b::c", "d", "e", "f", "g", "h", "k", "x", "x::y", "z",
+    ]
+    .into_iter()
+    .map(|m| (m.to_string(), PathBuf::new()))
+    .collect();
     let text = "use crate::{a::Thing, b::{c::Other, self}};\n\
                 // use crate::d;\n\
                 fn f() { crate::e::call(); let u = \"http://x\"; }\n\
                 use super::y::Z;\n\
+                use crate::{f::*, r#g::H as I};\n\
+                use crate::k::{\n    L,\n    M,\n};\n\
+                use crate::Root;\n\
+                #[cfg(test)]\nfn helper() { crate::h::x(); }\n\
                 #[cfg(test)]\nmod tests { use crate::d; }\n";
-    let got = imports("x::w", text, &all);
-    let want: BTreeSet<String> = ["a", "b", "b::c", "e", "x::y"]
+    let exports = BTreeMap::from([("Root".to_string(), "z".to_string())]);
+    let got = imports("x::w", text, &all, &exports);
+    let want: BTreeSet<String> = ["a", "b", "b::c", "e", "f", "g", "h", "k", "x::y", "z"]
         .into_iter()
         .map(String::from)
         .collect();

@@ -1,6 +1,7 @@
 //! Every table central keeps, as the migrations that made it: (version, SQLite statements,
-//! PostgreSQL statements), applied in order by [`super::Store::migrate`]. No other module writes
-//! DDL; a module that needs a table or a column adds a version here.
+//! PostgreSQL statements), applied in order when the store opens (which also keeps the
+//! `schema_migrations` table of versions applied). No module outside the store writes DDL; a
+//! module that needs a table or a column adds a version here.
 
 /// Schema versions: (version, SQLite statements, PostgreSQL statements).
 pub const MIGRATIONS: &[(i64, &[&str], &[&str])] = &[
@@ -224,14 +225,15 @@ const VOTE_TERMS: &[&str] = &[
     "ALTER TABLE votes ADD COLUMN by_requester BIGINT NOT NULL DEFAULT 0",
 ];
 
-/// Schema version 8: the tokens whose login is recorded (see the module's description).
+/// Schema version 8: the reviewer tokens whose login is recorded, so that each is recorded once
+/// (`crate::identity`).
 const REVIEWER_LOGINS: &[&str] = &[
     "CREATE TABLE reviewer_logins (token_hash TEXT PRIMARY KEY, subject TEXT NOT NULL,
         recorded_at_ms BIGINT NOT NULL, expires_at_ms BIGINT NOT NULL)",
     "CREATE INDEX reviewer_logins_expiry ON reviewer_logins (expires_at_ms)",
 ];
 
-/// Schema version 9: logins in progress moved to the browser ([`super::pending`]).
+/// Schema version 9: logins in progress moved to the browser (`crate::web::pending`).
 const DROP_WEB_LOGINS: &[&str] = &["DROP TABLE web_logins"];
 
 /// Schema version 10: whether the provider vouched for each remembered address. Rows from
