@@ -89,14 +89,14 @@ pub enum AuthError {
     },
 }
 
-impl From<AuthError> for crate::Error {
+impl From<AuthError> for crate::error::Error {
     fn from(e: AuthError) -> Self {
         match e {
             AuthError::WrongHost { .. } | AuthError::NoRole { .. } => {
-                crate::Error::PermissionDenied(e.to_string())
+                crate::error::Error::PermissionDenied(e.to_string())
             }
-            AuthError::Provider(_) => crate::Error::Unavailable(e.to_string()),
-            _ => crate::Error::Unauthenticated(e.to_string()),
+            AuthError::Provider(_) => crate::error::Error::Unavailable(e.to_string()),
+            _ => crate::error::Error::Unauthenticated(e.to_string()),
         }
     }
 }

@@ -72,7 +72,10 @@ impl Central {
 
     /// Says at start how reviewers authenticate: static tokens are announced on standard error
     /// and in the audit trail (`auth.static_tokens`); the identity provider's keys are fetched.
-    pub(crate) async fn announce_reviewer_auth(&self, config: &crate::Config) -> Result<()> {
+    pub(crate) async fn announce_reviewer_auth(
+        &self,
+        config: &crate::config::Config,
+    ) -> Result<()> {
         if !config.reviewers.is_empty() {
             eprintln!("{STATIC_TOKENS_WARNING}");
             let subjects: Vec<String> =

@@ -55,7 +55,7 @@ pub enum StartError {
     Notify(#[from] crate::notify::NotifyError),
     /// Recording the start in the audit trail.
     #[error("recording the start in the audit trail: {0}")]
-    Audit(#[from] crate::Error),
+    Audit(#[from] crate::error::Error),
     /// A `[tls]` file.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),

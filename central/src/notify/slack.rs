@@ -320,7 +320,7 @@ impl Slack {
 }
 
 /// The channel the request's rule names, in the rules version the agent matched against.
-async fn rule_channel(central: &Central, view: &View) -> crate::Result<Option<String>> {
+async fn rule_channel(central: &Central, view: &View) -> crate::error::Result<Option<String>> {
     if view.row.rule_id == 0 {
         return Ok(None);
     }
@@ -595,7 +595,10 @@ impl Slack {
 }
 
 /// Forgets callback signatures too old to be replayed (their timestamps are refused anyway).
-pub(crate) async fn forget_old_callbacks(central: &Central, window: Duration) -> crate::Result<()> {
+pub(crate) async fn forget_old_callbacks(
+    central: &Central,
+    window: Duration,
+) -> crate::error::Result<()> {
     let before = now_ms() - 2 * window.as_millis() as i64;
     Ok(central.store.forget_slack_callbacks(before).await?)
 }
@@ -848,7 +851,7 @@ impl Slack {
 async fn posted_message(
     central: &Central,
     approval_id: &str,
-) -> crate::Result<Option<(String, String)>> {
+) -> crate::error::Result<Option<(String, String)>> {
     let Some((ch, ts)) = central
         .store
         .notification_message(KIND, approval_id)

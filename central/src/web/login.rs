@@ -260,7 +260,7 @@ async fn start_session(
             ..Default::default()
         })
         .await
-        .map_err(crate::Error::from)?;
+        .map_err(crate::error::Error::from)?;
     tracing::info!(subject = %identity.subject, via, "console sign-in");
     let left = Duration::from_millis((expires_at_ms - now_ms()).max(0) as u64);
     let mut res = Redirect::to(next).into_response();
@@ -296,7 +296,7 @@ pub(crate) async fn logout(
             ..Default::default()
         })
         .await
-        .map_err(crate::Error::from)?;
+        .map_err(crate::error::Error::from)?;
     let mut res = Redirect::to("/login?failed=signed_out").into_response();
     set_cookie(&mut res, removal(&state, SESSION_COOKIE));
     Ok(res)
