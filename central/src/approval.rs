@@ -753,15 +753,7 @@ impl Central {
 
     /// How many approvals a request has so far (its `allow` votes).
     pub async fn approvals_so_far(&self, approval_id: &str) -> Result<u32> {
-        let n: i64 = sqlx::query(
-            "SELECT COUNT(*) AS n FROM votes WHERE approval_id = $1 AND outcome = 'allow'",
-        )
-        .bind(approval_id)
-        .fetch_one(self.store.pool())
-        .await
-        .ctx(format!("counting votes of {approval_id}"))?
-        .try_get("n")
-        .ctx(format!("counting votes of {approval_id}"))?;
+        let n = approvals_of(self.store.pool(), approval_id).await?;
         Ok(n.max(0) as u32)
     }
 
@@ -1029,6 +1021,24 @@ pub(crate) fn terms_json(t: Terms) -> serde_json::Value {
         Terms::For { scope, duration } => json!({"kind": "approve_for",
             "scope": grants::scope_name(scope.to_proto()), "duration_seconds": duration.as_secs()}),
     }
+}
+
+/// How many `allow` votes a request has, read through `on`: the pool, or the transaction that
+/// holds the request.
+pub(crate) async fn approvals_of<'e>(
+    on: impl sqlx::Executor<'e, Database = sqlx::Any>,
+    approval_id: &str,
+) -> Result<i64> {
+    let what = || format!("counting votes of {approval_id}");
+    Ok(
+        sqlx::query("SELECT COUNT(*) AS n FROM votes WHERE approval_id = $1 AND outcome = 'allow'")
+            .bind(approval_id)
+            .fetch_one(on)
+            .await
+            .ctx(what())?
+            .try_get("n")
+            .ctx(what())?,
+    )
 }
 
 /// Locks a pending request for the rest of `tx`; false when it is no longer pending.

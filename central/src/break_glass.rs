@@ -12,10 +12,9 @@
 
 use latch_proto::v1::{ApprovalRecord, DecisionKind};
 use serde_json::json;
-use sqlx::Row;
 
 use crate::{
-    approval::{already, grant_for, lock_pending, resolve_in, DecideInput, State},
+    approval::{already, approvals_of, grant_for, lock_pending, resolve_in, DecideInput, State},
     auth::{Identity, Role},
     clock::now_ms,
     engine::Central,
@@ -96,15 +95,7 @@ impl Central {
                 None => Error::NotFound(format!("request '{}'", row.approval_id)),
             });
         }
-        let votes: i64 = sqlx::query(
-            "SELECT COUNT(*) AS n FROM votes WHERE approval_id = $1 AND outcome = 'allow'",
-        )
-        .bind(&row.approval_id)
-        .fetch_one(&mut *tx)
-        .await
-        .ctx("counting votes")?
-        .try_get("n")
-        .ctx("counting votes")?;
+        let votes = approvals_of(&mut *tx, &row.approval_id).await?;
         // What the ordinary path would have refused, for whoever reviews the audit trail.
         let self_approval = approve && who.is_requester(&row.requester);
         let outside_groups = !row.approver_groups.is_empty()

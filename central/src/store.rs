@@ -666,6 +666,19 @@ impl Store {
         .ctx("starting a transaction")
     }
 
+    /// Runs one statement in a write transaction of its own and returns once it is durable;
+    /// `op` says what it does, for the error.
+    pub async fn execute_alone<'q>(
+        &self,
+        statement: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+        op: &str,
+    ) -> Result<sqlx::any::AnyQueryResult, StoreError> {
+        let mut tx = self.begin().await?;
+        let done = statement.execute(&mut *tx).await.ctx(op)?;
+        tx.commit().await.ctx(format!("{op}: commit"))?;
+        Ok(done)
+    }
+
     /// Appends one fact to the audit chain inside `tx`. Returns false when an agent record with
     /// the same id was already stored.
     ///

@@ -68,23 +68,21 @@ impl Store {
         let Lease {
             kind, approval_id, ..
         } = lease;
-        let mut tx = self.begin().await?;
-        let created = sqlx::query(
-            "INSERT INTO notifications (kind, approval_id, lease_owner, lease_until_ms, created_at_ms,
-                updated_at_ms)
-             VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT (kind, approval_id) DO NOTHING",
-        )
-        .bind(*kind)
-        .bind(*approval_id)
-        .bind(lease.token)
-        .bind(lease.until_ms)
-        .bind(lease.now_ms)
-        .execute(&mut *tx)
-        .await
-        .ctx(format!("claiming the {kind} message of {approval_id}"))?;
-        tx.commit().await.ctx(format!(
-            "committing the claim of the {kind} message of {approval_id}"
-        ))?;
+        let created = self
+            .execute_alone(
+                sqlx::query(
+                    "INSERT INTO notifications (kind, approval_id, lease_owner, lease_until_ms, created_at_ms,
+                        updated_at_ms)
+                     VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT (kind, approval_id) DO NOTHING",
+                )
+                .bind(*kind)
+                .bind(*approval_id)
+                .bind(lease.token)
+                .bind(lease.until_ms)
+                .bind(lease.now_ms),
+                &format!("claiming the {kind} message of {approval_id}"),
+            )
+            .await?;
         Ok(created.rows_affected() == 1)
     }
 
@@ -167,13 +165,8 @@ impl Store {
             .bind(error)
             .bind(now_ms),
         };
-        let mut tx = self.begin().await?;
-        q.execute(&mut *tx)
-            .await
-            .ctx(format!("recording the {kind} message of {approval_id}"))?;
-        tx.commit()
-            .await
-            .ctx(format!("committing the {kind} message of {approval_id}"))?;
+        self.execute_alone(q, &format!("recording the {kind} message of {approval_id}"))
+            .await?;
         Ok(())
     }
 
@@ -209,34 +202,28 @@ impl Store {
         request_ts: i64,
         now_ms: i64,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.begin().await?;
-        let fresh = sqlx::query(
-            "INSERT INTO slack_callbacks (signature, request_ts, seen_at_ms) VALUES ($1, $2, $3)
-             ON CONFLICT (signature) DO NOTHING",
-        )
-        .bind(signature)
-        .bind(request_ts)
-        .bind(now_ms)
-        .execute(&mut *tx)
-        .await
-        .ctx("recording a Slack callback signature")?;
-        tx.commit()
-            .await
-            .ctx("committing a Slack callback signature")?;
+        let fresh = self
+            .execute_alone(
+                sqlx::query(
+                    "INSERT INTO slack_callbacks (signature, request_ts, seen_at_ms) VALUES ($1, $2, $3)
+                     ON CONFLICT (signature) DO NOTHING",
+                )
+                .bind(signature)
+                .bind(request_ts)
+                .bind(now_ms),
+                "recording a Slack callback signature",
+            )
+            .await?;
         Ok(fresh.rows_affected() == 1)
     }
 
     /// Forgets the Slack callback signatures seen before `before_ms`.
     pub async fn forget_slack_callbacks(&self, before_ms: i64) -> Result<(), StoreError> {
-        let mut tx = self.begin().await?;
-        sqlx::query("DELETE FROM slack_callbacks WHERE seen_at_ms < $1")
-            .bind(before_ms)
-            .execute(&mut *tx)
-            .await
-            .ctx("forgetting old Slack callback signatures")?;
-        tx.commit()
-            .await
-            .ctx("committing the removal of old Slack callback signatures")?;
+        self.execute_alone(
+            sqlx::query("DELETE FROM slack_callbacks WHERE seen_at_ms < $1").bind(before_ms),
+            "forgetting old Slack callback signatures",
+        )
+        .await?;
         Ok(())
     }
 }

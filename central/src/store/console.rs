@@ -32,31 +32,26 @@ pub struct NewSession<'a> {
 impl Store {
     /// Opens a console session, after removing the expired ones.
     pub async fn open_web_session(&self, s: &NewSession<'_>) -> Result<(), StoreError> {
-        let mut tx = self.begin().await?;
-        sqlx::query("DELETE FROM web_sessions WHERE expires_at_ms <= $1")
-            .bind(s.now_ms)
-            .execute(&mut *tx)
-            .await
-            .ctx("removing expired console sessions")?;
-        tx.commit()
-            .await
-            .ctx("committing the removal of expired console sessions")?;
-        let mut tx = self.begin().await?;
-        sqlx::query(
-            "INSERT INTO web_sessions (id_hash, subject, identity_json, via, csrf, created_at_ms, expires_at_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        self.execute_alone(
+            sqlx::query("DELETE FROM web_sessions WHERE expires_at_ms <= $1").bind(s.now_ms),
+            "removing expired console sessions",
         )
-        .bind(s.id_hash)
-        .bind(s.subject)
-        .bind(&s.row.identity_json)
-        .bind(&s.row.via)
-        .bind(&s.row.csrf)
-        .bind(s.now_ms)
-        .bind(s.row.expires_at_ms)
-        .execute(&mut *tx)
-        .await
-        .ctx(format!("opening a console session for {}", s.subject))?;
-        tx.commit().await.ctx("committing a console session")?;
+        .await?;
+        self.execute_alone(
+            sqlx::query(
+                "INSERT INTO web_sessions (id_hash, subject, identity_json, via, csrf, created_at_ms, expires_at_ms)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(s.id_hash)
+            .bind(s.subject)
+            .bind(&s.row.identity_json)
+            .bind(&s.row.via)
+            .bind(&s.row.csrf)
+            .bind(s.now_ms)
+            .bind(s.row.expires_at_ms),
+            &format!("opening a console session for {}", s.subject),
+        )
+        .await?;
         Ok(())
     }
 
@@ -94,15 +89,11 @@ impl Store {
 
     /// Ends the session whose id hashes to `id_hash`.
     pub async fn close_web_session(&self, id_hash: &str) -> Result<(), StoreError> {
-        let mut tx = self.begin().await?;
-        sqlx::query("DELETE FROM web_sessions WHERE id_hash = $1")
-            .bind(id_hash)
-            .execute(&mut *tx)
-            .await
-            .ctx("closing a console session")?;
-        tx.commit()
-            .await
-            .ctx("committing the end of a console session")?;
+        self.execute_alone(
+            sqlx::query("DELETE FROM web_sessions WHERE id_hash = $1").bind(id_hash),
+            "closing a console session",
+        )
+        .await?;
         Ok(())
     }
 }
