@@ -10,13 +10,13 @@ use latch_proto::v1::{
     ApprovalAccepted, ApprovalRecord, ApprovalRequest, AuditBatch, AuditBatchAck, AuditChainInfo,
     AuditCheckpoint, AuditEntry, AuditStreamHeader, AuditStreamItem, CancelApprovalRequest,
     CancelApprovalResponse, DecideRequest, DecideResponse, DiffRulesRequest, DiffRulesResponse,
-    GetAuditChainRequest, GetRequestRequest, GetRulesRequest, Grant, ListGrantsRequest,
-    ListGrantsResponse, ListHostsRequest, ListHostsResponse, ListRequestsRequest,
-    ListRequestsResponse, ListRulesRequest, ListRulesResponse, QueryAuditRequest,
-    QueryAuditResponse, RegisterRequest, RegisterResponse, RequestEvent, RequestState,
-    RevokeGrantRequest, RollbackRulesRequest, RuleSetVersion, RulesAck, RulesAckResponse,
-    ShadowReportRequest, ShadowReportResponse, SignAuditCheckpointRequest, SubscribeRequest,
-    WatchRequestsRequest, WhoAmIRequest, WhoAmIResponse,
+    GetAuditChainRequest, GetRequestRequest, GetRulesRequest, Grant, JustifyRequest,
+    JustifyResponse, ListGrantsRequest, ListGrantsResponse, ListHostsRequest, ListHostsResponse,
+    ListRequestsRequest, ListRequestsResponse, ListRulesRequest, ListRulesResponse,
+    QueryAuditRequest, QueryAuditResponse, RegisterRequest, RegisterResponse, RequestEvent,
+    RequestState, RevokeGrantRequest, RollbackRulesRequest, RuleSetVersion, RulesAck,
+    RulesAckResponse, ShadowReportRequest, ShadowReportResponse, SignAuditCheckpointRequest,
+    SubscribeRequest, WatchRequestsRequest, WhoAmIRequest, WhoAmIResponse,
 };
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -35,8 +35,8 @@ use crate::{
     rules::{Version, MAX_RULES_BYTES},
     store::AuditFilter,
     validate::{
-        audit_filter, check_id, check_labels, check_text, validate_decide, validate_request,
-        MAX_BATCH, MAX_CONTEXT_BYTES, MAX_LABELS, MAX_REASON, MAX_TEXT,
+        audit_filter, check_id, check_justification, check_labels, check_text, validate_decide,
+        validate_request, MAX_BATCH, MAX_CONTEXT_BYTES, MAX_LABELS, MAX_REASON, MAX_TEXT,
     },
 };
 
@@ -248,6 +248,23 @@ impl AgentService for AgentApi {
             .cancel(&r.host_id, &r.request_id, &r.reason)
             .await?;
         Ok(Response::new(CancelApprovalResponse {
+            state: s.to_proto() as i32,
+        }))
+    }
+
+    async fn justify(
+        &self,
+        req: Request<JustifyRequest>,
+    ) -> Result<Response<JustifyResponse>, Status> {
+        let r = req.get_ref();
+        self.auth(&req, &r.host_id)?;
+        check_id("request_id", &r.request_id)?;
+        check_justification("text", &r.text, false)?;
+        let s = self
+            .central
+            .justify(&r.host_id, &r.request_id, &r.text)
+            .await?;
+        Ok(Response::new(JustifyResponse {
             state: s.to_proto() as i32,
         }))
     }

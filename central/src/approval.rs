@@ -837,26 +837,35 @@ impl Central {
         }
     }
 
+    /// An agent's request by its own id, or `NotFound` naming it.
+    async fn agent_request(&self, host_id: &str, request_id: &str) -> Result<RequestRow> {
+        self.request_by_agent_id(host_id, request_id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("request '{request_id}' of host '{host_id}'")))
+    }
+
+    /// The state of a request another transaction resolved while `tx` waited to lock it:
+    /// `tx` (which wrote nothing) is committed first, as what resolved it may be in the same
+    /// open batch.
+    async fn state_after_losing(&self, tx: Tx, approval_id: &str) -> Result<State> {
+        tx.commit().await.ctx("waiting for the resolution")?;
+        Ok(self
+            .request_row(approval_id)
+            .await?
+            .map(|r| r.state)
+            .unwrap_or(State::Cancelled))
+    }
+
     /// The agent reports the process went away.
     pub async fn cancel(&self, host_id: &str, request_id: &str, reason: &str) -> Result<State> {
-        let row = self
-            .request_by_agent_id(host_id, request_id)
-            .await?
-            .ok_or_else(|| {
-                Error::NotFound(format!("request '{request_id}' of host '{host_id}'"))
-            })?;
+        let row = self.agent_request(host_id, request_id).await?;
         if row.state != State::Pending {
             return Ok(row.state);
         }
         let now = now_ms();
         let mut tx = self.store.begin().await?;
         if !lock_pending(&mut tx, &row.approval_id, now).await? {
-            tx.commit().await.ctx("waiting for the resolution")?;
-            return Ok(self
-                .request_row(&row.approval_id)
-                .await?
-                .map(|r| r.state)
-                .unwrap_or(State::Cancelled));
+            return self.state_after_losing(tx, &row.approval_id).await;
         }
         let reason = if reason.is_empty() {
             "the process went away"
@@ -882,6 +891,75 @@ impl Central {
         })
         .await;
         Ok(State::Cancelled)
+    }
+
+    /// Adds the workload's justification to a request it submitted before saying anything:
+    /// once, and only while the request waits (what reviewers decided on does not change).
+    pub async fn justify(&self, host_id: &str, request_id: &str, text: &str) -> Result<State> {
+        let row = self.agent_request(host_id, request_id).await?;
+        let not_waiting = |state: State| {
+            Error::FailedPrecondition(format!(
+                "request '{request_id}' of host '{host_id}' is {}; a justification is taken only while it waits",
+                state.as_str()
+            ))
+        };
+        if row.state != State::Pending {
+            return Err(not_waiting(row.state));
+        }
+        let now = now_ms();
+        let mut tx = self.store.begin().await?;
+        if !lock_pending(&mut tx, &row.approval_id, now).await? {
+            let state = self.state_after_losing(tx, &row.approval_id).await?;
+            return Err(not_waiting(state));
+        }
+        // Read under the lock: two justifications at once cannot both find none.
+        let context: Vec<u8> = sqlx::query("SELECT context FROM requests WHERE approval_id = $1")
+            .bind(&row.approval_id)
+            .fetch_one(&mut *tx)
+            .await
+            .ctx(format!("reading request {}", row.approval_id))?
+            .try_get("context")
+            .ctx("reading the request's context")?;
+        let mut req = ApprovalRequest::decode(context.as_slice()).map_err(|e| {
+            crate::store::StoreError::Corrupt {
+                what: format!("request {}", row.approval_id),
+                message: e.to_string(),
+            }
+        })?;
+        if !req.justification.is_empty() {
+            return Err(Error::FailedPrecondition(format!(
+                "request '{request_id}' of host '{host_id}' already has the workload's justification"
+            )));
+        }
+        req.justification = text.to_string();
+        sqlx::query("UPDATE requests SET context = $2 WHERE approval_id = $1")
+            .bind(&row.approval_id)
+            .bind(req.encode_to_vec())
+            .execute(&mut *tx)
+            .await
+            .ctx(format!("storing the justification of {}", row.approval_id))?;
+        Store::audit_in(
+            &mut tx,
+            &AuditFact {
+                kind: "request.justified".into(),
+                actor: format!("host:{host_id}"),
+                host_id: host_id.to_string(),
+                request_id: row.approval_id.clone(),
+                rule_name: row.rule_name.clone(),
+                workload: row.workload.clone(),
+                payload: json!({ "justification": text }),
+                time_ms: now,
+                ..Default::default()
+            },
+        )
+        .await?;
+        tx.commit().await.ctx("committing the justification")?;
+        self.publish(Event::Request {
+            approval_id: row.approval_id.clone(),
+            host_id: host_id.to_string(),
+        })
+        .await;
+        Ok(State::Pending)
     }
 
     /// Resolves one request by its rule's `on_timeout` if still pending.
@@ -1206,6 +1284,8 @@ fn request_summary(
         "destination": dest, "exec_path": req.exec_path,
         "rule_id": req.rule_id, "rules_version": req.rules_version,
         "requester": req.requester, "created_at_unix_ms": req.created_at_unix_ms,
+        "env": req.env.iter().map(|v| json!({"name": v.name, "value": v.value})).collect::<Vec<_>>(),
+        "trace": req.trace.as_ref().map(|t| json!({"trace_id": t.trace_id, "parent_id": t.parent_id, "sampled": t.sampled})),
         "expires_at_unix_ms": expires, "on_timeout": on_timeout, "approvers_needed": needed,
     })
 }

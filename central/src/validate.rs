@@ -28,6 +28,12 @@ pub const MAX_ANCESTORS: usize = 8;
 pub const MAX_TEXT: usize = 4096;
 /// Longest decision or revocation reason.
 pub const MAX_REASON: usize = 2048;
+/// Most environment variables on a request (a workload lists at most 16).
+pub const MAX_ENV: usize = 16;
+/// Longest environment value, masked.
+pub const MAX_ENV_VALUE: usize = 2048;
+/// Longest justification a workload may give.
+pub const MAX_JUSTIFICATION: usize = 2000;
 /// Most labels (and selector entries).
 pub const MAX_LABELS: usize = 64;
 /// Most audit records per batch.
@@ -92,6 +98,67 @@ pub fn check_labels<'a>(
     Ok(())
 }
 
+/// Checks a workload's justification: its own words, shown to reviewers, so no control
+/// characters but line breaks and tabs. Empty only where `may_be_empty` (a request submitted
+/// before the workload said anything).
+pub fn check_justification(field: &str, v: &str, may_be_empty: bool) -> Result<()> {
+    if v.trim().is_empty() && !(may_be_empty && v.is_empty()) {
+        return Err(Error::InvalidArgument(format!("{field} is empty")));
+    }
+    check_text(field, v, MAX_JUSTIFICATION)?;
+    if let Some((at, c)) = v
+        .char_indices()
+        .find(|(_, c)| c.is_control() && *c != '\n' && *c != '\t')
+    {
+        return Err(Error::InvalidArgument(format!(
+            "{field} has a control character ({}) at byte {at}",
+            c.escape_unicode()
+        )));
+    }
+    Ok(())
+}
+
+fn is_hex(v: &str, len: usize) -> bool {
+    v.len() == len
+        && v.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Checks the environment variables and trace context an agent read from a held process.
+fn check_env(r: &ApprovalRequest) -> Result<()> {
+    if r.env.len() > MAX_ENV {
+        return Err(Error::InvalidArgument(format!(
+            "env has {} entries; at most {MAX_ENV}",
+            r.env.len()
+        )));
+    }
+    for (i, v) in r.env.iter().enumerate() {
+        if !policy::is_env_name(&v.name) {
+            return Err(Error::InvalidArgument(format!(
+                "env[{i}].name '{}' is not an environment variable name",
+                v.name.escape_debug()
+            )));
+        }
+        check_text(&format!("env[{i}].value"), &v.value, MAX_ENV_VALUE)?;
+        if v.value.chars().any(char::is_control) {
+            return Err(Error::InvalidArgument(format!(
+                "env[{i}].value ({}) has a control character",
+                v.name
+            )));
+        }
+    }
+    if let Some(t) = &r.trace {
+        if !is_hex(&t.trace_id, 32) || !is_hex(&t.parent_id, 16) {
+            return Err(Error::InvalidArgument(format!(
+                "trace '{}'/'{}' is not a trace id (32 hex digits) and span id (16)",
+                t.trace_id.escape_debug(),
+                t.parent_id.escape_debug()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Checks an agent's approval request.
 pub fn validate_request(r: &ApprovalRequest) -> Result<()> {
     check_id("request_id", &r.request_id)?;
@@ -150,6 +217,8 @@ pub fn validate_request(r: &ApprovalRequest) -> Result<()> {
         check_text(f, v, MAX_TEXT)?;
     }
     check_argv("argv", &r.argv)?;
+    check_justification("justification", &r.justification, true)?;
+    check_env(r)?;
     if r.ancestors.len() > MAX_ANCESTORS {
         return Err(Error::InvalidArgument(format!(
             "ancestors has {} entries; at most {MAX_ANCESTORS}",
@@ -288,6 +357,20 @@ mod tests {
     #[test]
     fn a_bad_request_is_refused_naming_the_field() {
         assert!(validate_request(&connect()).is_ok());
+        let justified = ApprovalRequest {
+            justification: "nightly export\n\tstep 3 of 5".into(),
+            env: vec![latch_proto::v1::EnvVar {
+                name: "AGENT_SESSION_ID".into(),
+                value: "s-42 [SECRET]".into(),
+            }],
+            trace: Some(latch_proto::v1::TraceContext {
+                trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+                parent_id: "00f067aa0ba902b7".into(),
+                sampled: true,
+            }),
+            ..connect()
+        };
+        assert!(validate_request(&justified).is_ok());
         type Edit = fn(&mut ApprovalRequest);
         let cases: &[(&str, Edit, &str)] = &[
             ("empty id", |r| r.request_id.clear(), "request_id is empty"),
@@ -366,6 +449,74 @@ mod tests {
                 "request too large",
                 |r| r.argv = vec!["a".repeat(MAX_TEXT); MAX_ARGV],
                 "bytes; at most 65536 (redact or truncate argv)",
+            ),
+            (
+                "too many environment variables",
+                |r| {
+                    r.env = (0..17)
+                        .map(|i| latch_proto::v1::EnvVar {
+                            name: format!("V{i}"),
+                            value: String::new(),
+                        })
+                        .collect()
+                },
+                "env has 17 entries; at most 16",
+            ),
+            (
+                "an environment name that is no name",
+                |r| {
+                    r.env = vec![latch_proto::v1::EnvVar {
+                        name: "A=B".into(),
+                        value: String::new(),
+                    }]
+                },
+                "env[0].name 'A=B' is not an environment variable name",
+            ),
+            (
+                "an environment value with a control character",
+                |r| {
+                    r.env = vec![latch_proto::v1::EnvVar {
+                        name: "SESSION".into(),
+                        value: "s\u{1b}[2J".into(),
+                    }]
+                },
+                "env[0].value (SESSION) has a control character",
+            ),
+            (
+                "an environment value too long",
+                |r| {
+                    r.env = vec![latch_proto::v1::EnvVar {
+                        name: "SESSION".into(),
+                        value: "x".repeat(MAX_ENV_VALUE + 1),
+                    }]
+                },
+                "env[0].value is 2049 bytes; at most 2048",
+            ),
+            (
+                "a trace id that is no trace id",
+                |r| {
+                    r.trace = Some(latch_proto::v1::TraceContext {
+                        trace_id: "4BF92F3577B34DA6A3CE929D0E0E4736".into(),
+                        parent_id: "00f067aa0ba902b7".into(),
+                        sampled: true,
+                    })
+                },
+                "trace '4BF92F3577B34DA6A3CE929D0E0E4736'/'00f067aa0ba902b7' is not a trace id",
+            ),
+            (
+                "justification too long",
+                |r| r.justification = "x".repeat(MAX_JUSTIFICATION + 1),
+                "justification is 2001 bytes; at most 2000",
+            ),
+            (
+                "justification of blanks",
+                |r| r.justification = " \n ".into(),
+                "justification is empty",
+            ),
+            (
+                "justification with an escape sequence",
+                |r| r.justification = "ok\u{1b}[2J".into(),
+                "justification has a control character (\\u{1b}) at byte 2",
             ),
         ];
         for (what, edit, want) in cases {

@@ -10,9 +10,10 @@ use latch_proto::v1::reviewer_service_client::ReviewerServiceClient;
 use latch_proto::v1::{
     agent_message::Body, AgentAuditRecord, ApplyRulesRequest, AuditBatch, CancelApprovalRequest,
     DecideRequest, DecideResponse, DecisionKind, DiffRulesRequest, GetRequestRequest,
-    GetRulesRequest, GrantScope, ListGrantsRequest, ListHostsRequest, ListRequestsRequest, Outcome,
-    QueryAuditRequest, RequestState, RevokeGrantRequest, RollbackRulesRequest, RuleEnforcement,
-    RuleStatus, RulesAck, ShadowReportRequest, WatchRequestsRequest,
+    GetRulesRequest, GrantScope, JustifyRequest, ListGrantsRequest, ListHostsRequest,
+    ListRequestsRequest, Outcome, QueryAuditRequest, RequestState, RevokeGrantRequest,
+    RollbackRulesRequest, RuleEnforcement, RuleStatus, RulesAck, ShadowReportRequest,
+    WatchRequestsRequest,
 };
 use tonic::Code;
 
@@ -614,6 +615,131 @@ async fn cancel(env: &Env) {
         .into_inner()
         .requests;
     assert_eq!(cancelled.len(), 1);
+    server.shutdown().await;
+}
+
+/// A workload's justification reaches reviewers once, only while its request waits, only from
+/// its own host, and is audited; bad text is refused naming the field.
+async fn justify(env: &Env) {
+    let server = env.start().await;
+    apply_rules(&server).await;
+    let mut agent = Agent::connect(&server, "h1", vec![], vec![]).await;
+    let other = Agent::connect(&server, "h2", vec![], vec![]).await;
+    let acc = agent.submit(agent.request("9.1", "prod-db")).await;
+    let t = agent.token();
+    let justify = |host: &str, id: &str, text: &str, token: &str| {
+        req(
+            JustifyRequest {
+                host_id: host.into(),
+                request_id: id.into(),
+                text: text.into(),
+            },
+            token,
+        )
+    };
+    let mut c = agent.client.clone();
+    for (what, r, code, says) in [
+        (
+            "an escape sequence",
+            justify("h1", "9.1", "ok\u{1b}[2J", &t),
+            Code::InvalidArgument,
+            "text has a control character",
+        ),
+        (
+            "blank text",
+            justify("h1", "9.1", "  ", &t),
+            Code::InvalidArgument,
+            "text is empty",
+        ),
+        (
+            "too long",
+            justify("h1", "9.1", &"x".repeat(2001), &t),
+            Code::InvalidArgument,
+            "text is 2001 bytes; at most 2000",
+        ),
+        (
+            "an unknown request",
+            justify("h1", "9.9", "why", &t),
+            Code::NotFound,
+            "request '9.9' of host 'h1'",
+        ),
+        (
+            "another host's token",
+            justify("h1", "9.1", "why", &other.token()),
+            Code::PermissionDenied,
+            "",
+        ),
+    ] {
+        let e = c.justify(r).await.expect_err(what);
+        assert_eq!(e.code(), code, "{what}: {e}");
+        assert!(e.message().contains(says), "{what}: {e}");
+    }
+    let text = "nightly export of the orders table\n\tstep 3 of 5";
+    let st = c
+        .justify(justify("h1", "9.1", text, &t))
+        .await
+        .expect("justify")
+        .into_inner();
+    assert_eq!(st.state, RequestState::Pending as i32);
+    let e = c
+        .justify(justify("h1", "9.1", "a second story", &t))
+        .await
+        .expect_err("twice");
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e}");
+    assert!(e.message().contains("already has"), "{e}");
+    let mut rv = reviewer(&server).await;
+    let rec = rv
+        .get_request(req(
+            GetRequestRequest {
+                approval_id: acc.approval_id.clone(),
+            },
+            VIEWER,
+        ))
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(rec.request.map(|r| r.justification).as_deref(), Some(text));
+    let audited = rv
+        .query_audit(req(
+            QueryAuditRequest {
+                kind: "request.justified".into(),
+                limit: 10,
+                ..Default::default()
+            },
+            VIEWER,
+        ))
+        .await
+        .expect("audit")
+        .into_inner()
+        .entries;
+    assert_eq!(audited.len(), 1, "{audited:?}");
+    assert_eq!(audited[0].actor, "host:h1");
+    assert!(
+        audited[0].payload_json.contains("orders table"),
+        "{}",
+        audited[0].payload_json
+    );
+    rv.decide(req(approve_once(&acc.approval_id, "fine"), ALICE))
+        .await
+        .expect("decide");
+    let late = agent.submit(agent.request("9.2", "prod-db")).await;
+    rv.decide(req(
+        DecideRequest {
+            approval_id: late.approval_id,
+            kind: DecisionKind::Deny as i32,
+            reason: "no".into(),
+            ..Default::default()
+        },
+        ALICE,
+    ))
+    .await
+    .expect("deny");
+    let e = c
+        .justify(justify("h1", "9.2", "too late", &t))
+        .await
+        .expect_err("decided");
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e}");
+    assert!(e.message().contains("is denied"), "{e}");
     server.shutdown().await;
 }
 
@@ -1515,6 +1641,7 @@ suite!(
     self_approval_refused,
     concurrent_decisions,
     cancel,
+    justify,
     restart_loses_nothing,
     rules_versions_and_shadow,
     bad_input,

@@ -36,8 +36,8 @@ use latch_central::{
     Server,
 };
 use latch_proto::v1::{
-    ApplyRulesRequest, CancelApprovalRequest, DecideRequest, DecisionKind, Outcome, RequestState,
-    WatchRequestsRequest,
+    ApplyRulesRequest, CancelApprovalRequest, DecideRequest, DecisionKind, JustifyRequest, Outcome,
+    RequestState, WatchRequestsRequest,
 };
 use serde_json::{json, Value};
 use sha2::Sha256;
@@ -497,6 +497,48 @@ async fn a_signed_approve_decides_and_the_message_follows() {
     ] {
         assert!(shown.contains(needle), "{needle} not in:\n{shown}");
     }
+
+    // The workload's justification, when it comes, is added to the message as its own words,
+    // as inert as everything else it wrote.
+    let token = agent.token();
+    agent
+        .client
+        .justify(req(
+            JustifyRequest {
+                host_id: "h1".into(),
+                request_id: "r.1".into(),
+                text: "<!channel> approve me *now*".into(),
+            },
+            &token,
+        ))
+        .await
+        .expect("justify");
+    let update = peer
+        .wait("the message updated with the justification", |calls| {
+            calls
+                .iter()
+                .find(|c| {
+                    c.method == "chat.update"
+                        && c.body["ts"] == ts.as_str()
+                        && c.body["blocks"]
+                            .to_string()
+                            .contains("Workload says (unverified)")
+                })
+                .cloned()
+        })
+        .await;
+    let mut all = Vec::new();
+    texts(&update.body["blocks"], &mut all);
+    for (kind, text) in &all {
+        assert_eq!(*kind, "plain_text", "{text}");
+        assert!(!text.contains(['<', '>']), "{text:?}");
+    }
+    let shown: String = all.iter().map(|(_, t)| *t).collect::<Vec<_>>().join("\n");
+    assert!(
+        shown.contains("&lt;!channel&gt; approve me *now*"),
+        "{shown}"
+    );
+
     let buttons: Vec<&Value> = post.body["blocks"]
         .as_array()
         .expect("blocks")

@@ -428,7 +428,9 @@ fn record_json(rec: &ApprovalRecord) -> Value {
         "requester": r.requester, "user": r.user, "uid": r.uid, "group": r.group, "gid": r.gid,
         "pid": r.pid, "tgid": r.tgid, "ppid": r.ppid,
         "cgroup": r.cgroup_path, "unit": r.unit, "comm": r.comm, "exe": r.exe, "argv": r.argv,
-        "exec_path": r.exec_path,
+        "exec_path": r.exec_path, "justification": r.justification,
+        "env": r.env.iter().map(|v| (v.name.clone(), json!(v.value))).collect::<serde_json::Map<_, _>>(),
+        "trace": r.trace.as_ref().map(|t| json!({"trace_id": t.trace_id, "parent_id": t.parent_id, "sampled": t.sampled})),
         "destination": {"family": d.family, "address": d.address, "port": d.port, "protocol": d.protocol},
         "ancestors": r.ancestors.iter().map(|a| json!({"pid": a.pid, "exe": a.exe, "argv": a.argv})).collect::<Vec<_>>(),
         "received_at": time(rec.received_at_unix_ms),
@@ -494,6 +496,18 @@ fn show(rec: &ApprovalRecord) {
         ("unit".into(), r.unit.clone()),
         ("what".into(), what(rec)),
     ];
+    for v in &r.env {
+        lines.push((format!("env {}", v.name), v.value.clone()));
+    }
+    if let Some(t) = &r.trace {
+        lines.push((
+            "trace".into(),
+            format!("{} (span {})", t.trace_id, t.parent_id),
+        ));
+    }
+    if !r.justification.is_empty() {
+        lines.push(("workload says (unverified)".into(), r.justification.clone()));
+    }
     for (i, a) in r.argv.iter().enumerate() {
         lines.push((format!("argv[{i}]"), a.clone()));
     }

@@ -198,6 +198,7 @@ async fn submit(env: &Env, id: &str) -> (String, tonic::Streaming<latch_proto::v
             workload: "ai-agents".into(),
             requester: "unit:x.service".into(),
             created_at_unix_ms: 1,
+            justification: "needed for the\u{202e} nightly export".into(),
             ..Default::default()
         }))
         .await
@@ -312,6 +313,8 @@ async fn the_main_commands() {
         "/sbin/init\\x1b[1A",
         "unit:x.service",
         "parent 1",
+        "workload says (unverified)",
+        "needed for the\\u{202e} nightly export",
     ] {
         assert!(out.contains(needle), "show lacks {needle}: {out}");
     }
@@ -320,6 +323,7 @@ async fn the_main_commands() {
     assert!(no_control(&out), "{out:?}");
     let v: serde_json::Value = serde_json::from_str(&out).expect("json");
     assert_eq!(v["argv"][1], "\x1b]0;pwned\x07\x1b[2J\u{9b}31mhttps://evil");
+    assert_eq!(v["justification"], "needed for the\u{202e} nightly export");
     let o = env.run("viewer", &["--json", "pending"]).await;
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
     assert_eq!(v.as_array().map(|a| a.len()), Some(1));

@@ -307,6 +307,10 @@ impl View {
     /// What the message shows, as a string that changes whenever the message must.
     pub fn revision(&self) -> String {
         match self.row.state {
+            // The workload's justification, once given, is part of what the message shows.
+            State::Pending if !self.req.justification.is_empty() => {
+                format!("pending:{}:justified", self.approvals)
+            }
             State::Pending => format!("pending:{}", self.approvals),
             s => s.as_str().to_string(),
         }
@@ -389,6 +393,27 @@ impl View {
             ));
         }
         out.push(("Approvals", approvers));
+        if !r.env.is_empty() || r.trace.is_some() {
+            let mut session: Vec<String> = r
+                .env
+                .iter()
+                .map(|v| format!("{}={}", v.name, v.value))
+                .collect();
+            if let Some(t) = &r.trace {
+                session.push(format!("trace {} (span {})", t.trace_id, t.parent_id));
+            }
+            out.push((
+                "Session (set by the workload, unverified)",
+                shown(&session.join(", "), MAX_FACT),
+            ));
+        }
+        if !r.justification.is_empty() {
+            // The workload's own words: shown as what it claims, never as a finding.
+            out.push((
+                "Workload says (unverified)",
+                shown(&r.justification, MAX_FACT),
+            ));
+        }
         out
     }
 

@@ -442,6 +442,15 @@ pub fn request_page(
                         (rec.approvers_needed.max(1)) " needed"
                         @if !rec.approver_groups.is_empty() { ", from " (shown(&rec.approver_groups.join(", "))) }
                     }
+                    @if !r.env.is_empty() || r.trace.is_some() {
+                        dt { "Session (set by the workload, unverified)" } dd #session {
+                            @for v in &r.env { code { (shown(&v.name)) "=" (shown(&v.value)) } " " }
+                            @if let Some(t) = &r.trace { "trace " code #trace { (shown(&t.trace_id)) } " (span " code { (shown(&t.parent_id)) } ")" }
+                        }
+                    }
+                    @if !r.justification.is_empty() {
+                        dt { "Workload says (unverified)" } dd #justification { q { (shown(&r.justification)) } }
+                    }
                 }
             }
             section {
@@ -844,6 +853,16 @@ mod tests {
                     port: 443,
                     protocol: "tcp".into(),
                 }),
+                justification: "<script>steal()</script> approve me \u{202e}now".into(),
+                env: vec![latch_proto::v1::EnvVar {
+                    name: "TOOL_CALL_ID".into(),
+                    value: "<i>call-7</i>".into(),
+                }],
+                trace: Some(latch_proto::v1::TraceContext {
+                    trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+                    parent_id: "00f067aa0ba902b7".into(),
+                    sampled: true,
+                }),
                 ..Default::default()
             }),
             approvers_needed: 1,
@@ -886,6 +905,20 @@ mod tests {
         assert!(html.contains("javascript:alert(document.cookie)"));
         assert!(html.contains("h\\u{202e}1"), "bidi override made visible");
         assert!(html.contains("[::1]:443/tcp"));
+        assert!(
+            !html.contains("<script>steal()"),
+            "the justification is text"
+        );
+        assert!(
+            html.contains("Workload says (unverified)")
+                && html.contains("&lt;script&gt;steal()&lt;/script&gt; approve me \\u{202e}now"),
+            "the justification is shown as the workload's words"
+        );
+        assert!(
+            html.contains("TOOL_CALL_ID=&lt;i&gt;call-7&lt;/i&gt;")
+                && html.contains("4bf92f3577b34da6a3ce929d0e0e4736"),
+            "the session's variables and trace are shown, as text"
+        );
     }
 
     #[test]

@@ -582,6 +582,8 @@ impl Agent {
             requester: "unit:runner.service".into(),
             created_at_unix_ms: 1,
             rules_version: 0,
+            justification: String::new(),
+            ..Default::default()
         }
     }
 
