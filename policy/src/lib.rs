@@ -33,6 +33,17 @@ mod raw;
 
 pub use args::{ArgSeq, ArgsMatch};
 
+/// An environment variable name as shells and `getenv` callers write them (at most 128 bytes):
+/// what a workload's `context_env` may list, and what central takes from an agent.
+pub fn is_env_name(v: &str) -> bool {
+    let mut chars = v.chars();
+    v.len() <= 128
+        && chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
 /// Longest executable path a rule may name, in bytes (the kernel keys hold 248 with the NUL).
 pub const MAX_PATH_LEN: usize = 247;
 /// Longest rule or workload name.
@@ -230,6 +241,12 @@ pub struct Workload {
     /// (the workload's own tools, installed outside the package manager).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub known_programs: Vec<PathPattern>,
+    /// Environment variables read from a held process and carried with its request (masked):
+    /// the AI agent's session id, tool-call id and the like, so that a held operation can be
+    /// tied to the session and tool call that caused it. `TRACEPARENT` is read whether listed
+    /// or not, and shown as OpenTelemetry trace context.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub context_env: Vec<String>,
 }
 
 /// A validated rule.

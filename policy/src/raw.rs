@@ -20,6 +20,9 @@ struct Document {
     rules: Vec<RawRule>,
 }
 
+/// Most environment variables a workload's requests carry.
+const MAX_CONTEXT_ENV: usize = 16;
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawWorkload {
@@ -32,6 +35,8 @@ struct RawWorkload {
     unknown_programs: Option<Action>,
     #[serde(default)]
     known_programs: Vec<String>,
+    #[serde(default)]
+    context_env: Vec<String>,
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -183,6 +188,36 @@ pub(crate) fn parse(source_name: &str, text: &str) -> Result<RuleSet, PolicyErro
                     .into(),
             );
         }
+        if w.context_env.len() > MAX_CONTEXT_ENV {
+            c.push(
+                "workload",
+                &w.name,
+                format!(
+                    "`context_env` names {} variables; at most {MAX_CONTEXT_ENV}",
+                    w.context_env.len()
+                ),
+            );
+        }
+        let mut env_seen = HashSet::new();
+        for (i, v) in w.context_env.iter().enumerate() {
+            if !crate::is_env_name(v) {
+                c.push(
+                    "workload",
+                    &w.name,
+                    format!(
+                        "`context_env[{i}]` '{}' is not an environment variable name \
+                         (letters, digits and '_', not starting with a digit, at most 128)",
+                        v.escape_debug()
+                    ),
+                );
+            } else if !env_seen.insert(v.as_str()) {
+                c.push(
+                    "workload",
+                    &w.name,
+                    format!("`context_env[{i}]` '{v}' is listed twice"),
+                );
+            }
+        }
         let default_action = w.default.unwrap_or(Action::Allow);
         workloads.push(Workload {
             id: name_id("workload", &w.name),
@@ -191,6 +226,7 @@ pub(crate) fn parse(source_name: &str, text: &str) -> Result<RuleSet, PolicyErro
             default_action,
             unknown_programs: w.unknown_programs,
             known_programs,
+            context_env: w.context_env.clone(),
         });
     }
     check_ids(

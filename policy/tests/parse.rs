@@ -436,6 +436,7 @@ fn rule_set_json_from_before_content_rules_still_reads() {
             default_action: Action::Allow,
             unknown_programs: None,
             known_programs: vec![],
+            context_env: vec![],
         }
     );
     assert_eq!(
@@ -673,5 +674,54 @@ fn bad_argument_rules_are_refused() {
         for needle in needles {
             assert!(msg.contains(needle), "{needle:?} not in {msg}\n{text}");
         }
+    }
+}
+
+#[test]
+fn context_env_names_variables_and_bad_names_are_refused() {
+    let with = |list: &str| {
+        CONTENT.replace(
+            "  - name: build\n    cgroups: [\"/build.slice/*\"]\n",
+            &format!(
+                "  - name: build\n    cgroups: [\"/build.slice/*\"]\n    context_env: {list}\n"
+            ),
+        )
+    };
+    let rs = RuleSet::parse("rules.yaml", &with("[AGENT_SESSION_ID, tool_call_id, _X1]"))
+        .expect("valid");
+    assert_eq!(
+        rs.workload("build").expect("build").context_env,
+        ["AGENT_SESSION_ID", "tool_call_id", "_X1"]
+    );
+    assert!(rs.workload("ai-agents").expect("ai").context_env.is_empty());
+    let many: Vec<String> = (0..17).map(|i| format!("V{i}")).collect();
+    for (list, says) in [
+        (
+            "[\"1ST\"]",
+            "`context_env[0]` '1ST' is not an environment variable name",
+        ),
+        (
+            "[\"A-B\"]",
+            "`context_env[0]` 'A-B' is not an environment variable name",
+        ),
+        (
+            "[\"\"]",
+            "`context_env[0]` '' is not an environment variable name",
+        ),
+        ("[\"A=1\"]", "'A=1' is not an environment variable name"),
+        ("[A, B, A]", "`context_env[2]` 'A' is listed twice"),
+        (
+            &format!("[{}]", many.join(", ")),
+            "`context_env` names 17 variables; at most 16",
+        ),
+        (
+            &format!("[{}]", "A".repeat(129)),
+            "is not an environment variable name",
+        ),
+    ] {
+        let e = RuleSet::parse("rules.yaml", &with(list))
+            .expect_err(list)
+            .to_string();
+        assert!(e.contains(says) && e.contains("build"), "{list}: {e}");
     }
 }
