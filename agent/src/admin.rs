@@ -4,15 +4,12 @@
 //! The protocol is one JSON object per line each way. The socket is created mode 0600 (root
 //! only): whoever can write to it can approve operations.
 
-use std::{
-    os::unix::fs::PermissionsExt,
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use tokio::{
-    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
-    net::{UnixListener, UnixStream},
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    net::UnixListener,
 };
 
 use crate::{
@@ -59,7 +56,7 @@ pub struct AdminResponse {
 }
 
 impl AdminResponse {
-    fn ok(data: serde_json::Value) -> Self {
+    pub(crate) fn ok(data: serde_json::Value) -> Self {
         Self {
             ok: true,
             error: None,
@@ -68,7 +65,19 @@ impl AdminResponse {
         }
     }
 
-    fn err(code: &str, error: String) -> Self {
+    /// The reply's data, or its error code and message.
+    pub(crate) fn into_data(self) -> Result<serde_json::Value, (String, String)> {
+        if self.ok {
+            Ok(self.data.unwrap_or(serde_json::Value::Null))
+        } else {
+            Err((
+                self.code.unwrap_or_default(),
+                self.error.unwrap_or_else(|| "refused".into()),
+            ))
+        }
+    }
+
+    pub(crate) fn err(code: &str, error: String) -> Self {
         Self {
             ok: false,
             error: Some(error),
@@ -140,24 +149,10 @@ async fn answer(engine: &EngineHandle, line: &str) -> AdminResponse {
 
 /// Binds the admin socket (replacing a stale one) with mode 0600.
 pub fn bind(path: &Path) -> Result<UnixListener, AdminError> {
-    let err = |reason: String| AdminError::Socket {
+    crate::local_socket::bind(path, 0o600).map_err(|reason| AdminError::Socket {
         path: path.to_path_buf(),
         reason,
-    };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
-    }
-    if path.exists() {
-        // A live agent answers; a stale file from a crash does not.
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(err("another agent is already listening here".into()));
-        }
-        std::fs::remove_file(path).map_err(|e| err(e.to_string()))?;
-    }
-    let listener = UnixListener::bind(path).map_err(|e| err(e.to_string()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| err(e.to_string()))?;
-    Ok(listener)
+    })
 }
 
 /// Serves admin requests until the listener fails.
@@ -187,39 +182,17 @@ pub async fn serve(listener: UnixListener, engine: EngineHandle) {
     }
 }
 
-use tokio::io::AsyncReadExt as _;
-
 /// Sends one request and returns the reply's data (or the agent's error).
 pub async fn call(path: &Path, req: &AdminRequest) -> Result<serde_json::Value, AdminError> {
-    let sock_err = |reason: String| AdminError::Socket {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let stream = UnixStream::connect(path)
-        .await
-        .map_err(|e| sock_err(format!("{e} (is latch-agent running, and are you root?)")))?;
-    let (read, mut write) = stream.into_split();
-    let mut line = serde_json::to_string(req).map_err(|e| AdminError::BadRequest(e.to_string()))?;
-    line.push('\n');
-    write
-        .write_all(line.as_bytes())
-        .await
-        .map_err(|e| sock_err(e.to_string()))?;
-    let mut lines = BufReader::new(read).lines();
-    let reply = lines
-        .next_line()
-        .await
-        .map_err(|e| sock_err(e.to_string()))?
-        .ok_or_else(|| sock_err("the agent closed the connection without answering".into()))?;
     let resp: AdminResponse =
-        serde_json::from_str(&reply).map_err(|e| sock_err(format!("unreadable reply: {e}")))?;
-    if resp.ok {
-        Ok(resp.data.unwrap_or(serde_json::Value::Null))
-    } else {
-        Err(AdminError::Refused(
-            resp.error.unwrap_or_else(|| "refused".into()),
-        ))
-    }
+        crate::local_socket::call(path, req, "is latch-agent running, and are you root?")
+            .await
+            .map_err(|reason| AdminError::Socket {
+                path: path.to_path_buf(),
+                reason,
+            })?;
+    resp.into_data()
+        .map_err(|(_, message)| AdminError::Refused(message))
 }
 
 #[cfg(test)]

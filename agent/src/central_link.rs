@@ -62,6 +62,8 @@ pub struct LinkSettings {
     pub metrics: crate::metrics::Metrics,
     /// The journal to ship.
     pub recorder: crate::recorder::Recorder,
+    /// Where the workloads read central's id of their requests.
+    pub board: crate::workload::Board,
 }
 
 /// Link failures (each ends one session; the link reconnects).
@@ -217,6 +219,7 @@ pub async fn run(
     masker: Arc<dyn Masker>,
 ) {
     let grants = load_grants(&grants_file(&settings.rules_cache));
+    let mut justified = settings.board.justifications();
     let mut link = Link {
         settings,
         engine,
@@ -228,7 +231,7 @@ pub async fn run(
     };
     let mut failures = 0u32;
     loop {
-        let result = link.session(&mut events).await;
+        let result = link.session(&mut events, &mut justified).await;
         link.settings.metrics.central_connected.set(0);
         if link.engine.central(false).await.is_err() {
             return;
@@ -251,6 +254,8 @@ pub async fn run(
                     tokio::select! {
                         _ = &mut sleep => break,
                         ev = events.recv() => if ev.is_none() { return },
+                        // Kept on the board, and sent with the request's next submission.
+                        _ = justified.recv() => {}
                     }
                 }
             }
@@ -298,7 +303,11 @@ impl Link {
         Ok(AgentServiceClient::with_interceptor(channel, Auth(token)))
     }
 
-    async fn session(&mut self, events: &mut mpsc::Receiver<KernelEvent>) -> Result<(), LinkError> {
+    async fn session(
+        &mut self,
+        events: &mut mpsc::Receiver<KernelEvent>,
+        justified: &mut mpsc::UnboundedReceiver<RequestId>,
+    ) -> Result<(), LinkError> {
         let mut client = self.connect().await?;
         let hostname = nix::unistd::gethostname()
             .map(|h| h.to_string_lossy().into_owned())
@@ -390,6 +399,7 @@ impl Link {
                     Some(ev) => self.on_event(&mut client, &ev).await?,
                     None => return Err(LinkError::EngineGone),
                 },
+                Some(id) = justified.recv() => self.justify(&mut client, id).await?,
             }
         }
     }
@@ -508,17 +518,18 @@ impl Link {
         let rule = policy
             .as_ref()
             .and_then(|p| p.rules.rule(ev.rule_id).cloned());
-        let workload = policy
+        let (workload, env_names) = policy
             .as_ref()
             .and_then(|p| p.rules.workloads.iter().find(|w| w.id == ev.workload))
-            .map(|w| w.name.clone())
+            .map(|w| (w.name.clone(), w.context_env.clone()))
             .unwrap_or_default();
         let masker = self.masker.clone();
         let (tgid, uid, gid) = (ev.tgid, ev.uid, ev.gid);
-        let ctx =
-            tokio::task::spawn_blocking(move || context::gather(tgid, uid, gid, masker.as_ref()))
-                .await
-                .unwrap_or_default();
+        let ctx = tokio::task::spawn_blocking(move || {
+            context::gather(tgid, uid, gid, &env_names, masker.as_ref())
+        })
+        .await
+        .unwrap_or_default();
         let (destination, exec_path) = match (ev.op, ev.destination) {
             (Op::Exec, _) => (None, ev.path.clone().unwrap_or_default()),
             (_, Some(d)) => (
@@ -576,6 +587,18 @@ impl Link {
             requester: ctx.requester,
             created_at_unix_ms: crate::unix_ms(),
             rules_version: self.rules_version,
+            // Sent on its own once central has the request (`justify`).
+            justification: String::new(),
+            env: ctx
+                .env
+                .into_iter()
+                .map(|(name, value)| latch_proto::v1::EnvVar { name, value })
+                .collect(),
+            trace: ctx.trace.map(|t| latch_proto::v1::TraceContext {
+                trace_id: t.trace_id,
+                parent_id: t.parent_id,
+                sampled: t.sampled,
+            }),
         };
         let accepted = client
             .request_approval(req)
@@ -586,9 +609,63 @@ impl Link {
             })?
             .into_inner();
         tracing::info!(request = %id, approval = %accepted.approval_id, "submitted for approval");
+        self.settings
+            .board
+            .submitted(id, &accepted.approval_id, accepted.expires_at_unix_ms);
         self.submitted.insert(id);
         if let Some(d) = accepted.decision {
             self.apply_decision(d).await?;
+        }
+        // Given before (or while) it was submitted, or while central was out of reach.
+        self.justify(client, id).await
+    }
+
+    /// Sends the workload's justification of a submitted request, masked like its arguments.
+    async fn justify(&mut self, client: &mut Client, id: RequestId) -> Result<(), LinkError> {
+        if !self.submitted.contains(&id) {
+            // Sent once the request is: central takes it only for a request it has.
+            return Ok(());
+        }
+        let Some(text) = self.settings.board.unsent_justification(id) else {
+            return Ok(());
+        };
+        let mut text = self.masker.mask_text(&text);
+        // A mask's marker can be longer than what it hides.
+        if text.len() > crate::workload::MAX_JUSTIFICATION {
+            let mut cut = crate::workload::MAX_JUSTIFICATION;
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            text.truncate(cut);
+        }
+        let req = latch_proto::v1::JustifyRequest {
+            host_id: self.settings.host_id.clone(),
+            request_id: id.to_string(),
+            text,
+        };
+        match client.justify(req).await {
+            Ok(_) => {
+                tracing::info!(request = %id, "the workload's justification sent");
+                self.settings.board.justification_sent(id);
+            }
+            // Decided meanwhile, or refused as it is: sending it again changes nothing.
+            Err(status)
+                if matches!(
+                    status.code(),
+                    tonic::Code::FailedPrecondition
+                        | tonic::Code::NotFound
+                        | tonic::Code::InvalidArgument
+                ) =>
+            {
+                tracing::warn!(request = %id, "central did not take the workload's justification: {}", status.message());
+                self.settings.board.justification_sent(id);
+            }
+            Err(status) => {
+                return Err(LinkError::Call {
+                    call: "Justify",
+                    status,
+                })
+            }
         }
         Ok(())
     }
@@ -731,7 +808,7 @@ impl Link {
         };
         match self
             .engine
-            .decide(id, decision)
+            .decide_as(id, decision, &d.decided_by, &d.reason)
             .await
             .map_err(|_| LinkError::EngineGone)?
         {

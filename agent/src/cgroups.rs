@@ -397,6 +397,7 @@ mod tests {
                 default_action: policy::Action::Allow,
                 unknown_programs: None,
                 known_programs: Vec::new(),
+                context_env: Vec::new(),
             },
             0,
         )

@@ -87,9 +87,13 @@ pub struct Config {
     pub rescan_interval: String,
     /// Prometheus `/metrics` address; empty to turn it off. Default: `127.0.0.1:9464`.
     pub metrics_listen: String,
-    /// Where each watched cgroup's held requests are listed (`cgroup-<id>.json`, world-readable)
-    /// so a paused workload's supervisor can report what it waits for. Empty to turn it off.
-    /// Default: `/run/latch/waiting`.
+    /// Unix socket on which a held workload reads what it waits for, waits for the decision and
+    /// reads who decided and why (each caller only its own process tree's requests). Every
+    /// local user can connect. Empty to turn it off. Default: `/run/latch/workload.sock`.
+    pub workload_socket: PathBuf,
+    /// Where each watched cgroup's held requests are listed (`cgroup-<id>.json`), for root: the
+    /// directory is made mode 0700, as it lists every workload's requests (`workload_socket` is
+    /// how a workload reads its own). Default: empty (off).
     pub waiting_dir: PathBuf,
     /// The durable local journal of every event and decision (shipped to central).
     /// Default: `/var/lib/latch/journal`.
@@ -185,7 +189,8 @@ impl Default for Config {
             heartbeat_timeout: "10s".into(),
             rescan_interval: "5m".into(),
             metrics_listen: "127.0.0.1:9464".into(),
-            waiting_dir: PathBuf::from("/run/latch/waiting"),
+            workload_socket: PathBuf::from("/run/latch/workload.sock"),
+            waiting_dir: PathBuf::new(),
             central: None,
             redact: redact::RedactConfig::default(),
             journal_dir: PathBuf::from("/var/lib/latch/journal"),
@@ -283,6 +288,15 @@ impl Config {
                 key: "pin_dir",
                 value: format!("{:?}", config.pin_dir.display().to_string()),
                 reason: "must be an absolute path on a bpffs".into(),
+            });
+        }
+        let sock = &config.workload_socket;
+        if !sock.as_os_str().is_empty() && (!sock.is_absolute() || *sock == config.admin_socket) {
+            return Err(ConfigError::Value {
+                path: name.to_string(),
+                key: "workload_socket",
+                value: format!("{:?}", sock.display().to_string()),
+                reason: "must be an absolute path other than admin_socket's (or empty: off)".into(),
             });
         }
         if !config.metrics_listen.is_empty()
@@ -406,6 +420,20 @@ mod tests {
         assert_eq!(s.config.fail_mode, FailModeName::Deny);
     }
 
+    /// The example shipped beside the unit says it lists the defaults: it must.
+    #[test]
+    fn the_shipped_example_is_the_defaults() {
+        let shipped = Config::parse(
+            "systemd/agent.toml",
+            include_str!("../../systemd/agent.toml"),
+        )
+        .expect("the shipped example is valid");
+        assert_eq!(
+            format!("{:?}", shipped.config),
+            format!("{:?}", Config::default())
+        );
+    }
+
     #[test]
     fn unknown_key_is_named() {
         let e = Config::parse("agent.toml", "fail_mod = \"deny\"\n").expect_err("refused");
@@ -431,6 +459,14 @@ mod tests {
         );
         let e = Config::parse("a.toml", "pin_dir = \"latch\"\n").expect_err("refused");
         assert!(e.to_string().contains("`pin_dir`"), "{e}");
+        for bad in ["run/w.sock", "/run/latch/agent.sock"] {
+            let e = Config::parse("a.toml", &format!("workload_socket = {bad:?}\n"))
+                .expect_err(bad)
+                .to_string();
+            assert!(e.contains("`workload_socket`") && e.contains(bad), "{e}");
+        }
+        let off = Config::parse("a.toml", "workload_socket = \"\"\n").expect("off is valid");
+        assert!(off.config.workload_socket.as_os_str().is_empty());
     }
 
     #[test]

@@ -21,11 +21,17 @@ pub const MAX_ARG_LEN: usize = 512;
 pub trait Masker: Send + Sync {
     /// Returns the arguments with every secret and personal datum replaced by a marker.
     fn mask_args(&self, args: &[String]) -> Vec<String>;
+    /// Returns free text (a workload's justification) with the same replaced.
+    fn mask_text(&self, text: &str) -> String;
 }
 
 impl Masker for redact::Redactor {
     fn mask_args(&self, args: &[String]) -> Vec<String> {
         self.redact_args(args)
+    }
+
+    fn mask_text(&self, text: &str) -> String {
+        self.redact(text).text
     }
 }
 
@@ -61,6 +67,62 @@ pub struct ProcessContext {
     pub requester: String,
     /// Nearest ancestors first.
     pub ancestors: Vec<Ancestor>,
+    /// The workload's `context_env` variables of the process, masked, in the listed order.
+    pub env: Vec<(String, String)>,
+    /// Its OpenTelemetry trace context (`TRACEPARENT`), when it has a valid one.
+    pub trace: Option<crate::tracecontext::TraceParent>,
+}
+
+/// Longest environment value carried, in characters.
+const MAX_ENV_VALUE: usize = 256;
+
+/// An environment value as it may leave the host: masked whole and with its name
+/// (`DB_PASSWORD=…` is a secret by its name), then cut, control characters shown as `?`. A
+/// secret cut first could lose what makes it recognisable and leave its head.
+fn env_value(name: &str, value: &str, masker: &dyn Masker) -> String {
+    let pair = masker.mask_text(&format!("{name}={value}"));
+    let masked = pair
+        .strip_prefix(&format!("{name}="))
+        .map(str::to_string)
+        .unwrap_or(pair);
+    masked
+        .chars()
+        .take(MAX_ENV_VALUE)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
+/// The named variables of a process's environment, made safe to show and masked; and its trace
+/// context. The environment is the one the process's program was started with.
+fn read_env(
+    proc: &Path,
+    names: &[String],
+    masker: &dyn Masker,
+) -> (
+    Vec<(String, String)>,
+    Option<crate::tracecontext::TraceParent>,
+) {
+    let Ok(environ) = std::fs::read(proc.join("environ")) else {
+        return (Vec::new(), None);
+    };
+    let mut wanted = names.to_vec();
+    let traceparent = "TRACEPARENT".to_string();
+    if !wanted.contains(&traceparent) {
+        wanted.push(traceparent.clone());
+    }
+    let mut trace = None;
+    let mut env = Vec::new();
+    for (name, value) in crate::procfs::parse_environ(&environ, &wanted) {
+        if name == traceparent {
+            trace = crate::tracecontext::parse(&value);
+        }
+        if !names.contains(&name) {
+            continue;
+        }
+        let value = env_value(&name, &value, masker);
+        env.push((name, value));
+    }
+    (env, trace)
 }
 
 fn read_exe(proc: &Path) -> String {
@@ -115,8 +177,15 @@ pub fn unit_of(cgroup_path: &str) -> String {
 }
 
 /// Gathers the context of process `tgid` (uid/gid as the kernel reported them).
-pub fn gather(tgid: u32, uid: u32, gid: u32, masker: &dyn Masker) -> ProcessContext {
+pub fn gather(
+    tgid: u32,
+    uid: u32,
+    gid: u32,
+    env_names: &[String],
+    masker: &dyn Masker,
+) -> ProcessContext {
     let proc = Path::new("/proc").join(tgid.to_string());
+    let (env, trace) = read_env(&proc, env_names, masker);
     let user = User::from_uid(Uid::from_raw(uid))
         .ok()
         .flatten()
@@ -161,6 +230,8 @@ pub fn gather(tgid: u32, uid: u32, gid: u32, masker: &dyn Masker) -> ProcessCont
         unit,
         requester,
         ancestors,
+        env,
+        trace,
     }
 }
 
@@ -195,6 +266,10 @@ mod tests {
         fn mask_args(&self, args: &[String]) -> Vec<String> {
             args.to_vec()
         }
+
+        fn mask_text(&self, text: &str) -> String {
+            text.to_string()
+        }
     }
 
     #[test]
@@ -219,14 +294,42 @@ mod tests {
     }
 
     #[test]
+    fn environment_values_are_masked_by_their_name_and_whole_before_they_are_cut() {
+        let r = redact::Redactor::new(&redact::RedactConfig::default()).expect("default config");
+        let long_url = format!("postgres://app:s3cret@{}.internal/prod", "db".repeat(200));
+        for (name, value, secret) in [
+            ("DB_PASSWORD", "hunter2", "hunter2"),
+            ("API_TOKEN", "tok-abcdef0123456789", "abcdef0123456789"),
+            ("DB_URL", long_url.as_str(), "s3cret"),
+        ] {
+            let shown = env_value(name, value, &r);
+            assert!(!shown.contains(secret), "{name}: {shown}");
+            assert!(shown.chars().count() <= MAX_ENV_VALUE, "{name}: cut");
+        }
+        assert_eq!(env_value("SESSION", "s-42\u{1b}[2J", &Keep), "s-42?[2J");
+        assert_eq!(
+            env_value("SESSION", &"x".repeat(300), &Keep).len(),
+            MAX_ENV_VALUE
+        );
+    }
+
+    #[test]
     fn gathers_own_process() {
         let me = std::process::id();
+        let names = ["PATH".to_string(), "LATCH_SURELY_UNSET_123".to_string()];
         let ctx = gather(
             me,
             nix::unistd::getuid().as_raw(),
             nix::unistd::getgid().as_raw(),
+            &names,
             &Keep,
         );
+        let want: Vec<(String, String)> = std::env::var("PATH")
+            .ok()
+            .map(|p| ("PATH".to_string(), p.chars().take(MAX_ENV_VALUE).collect()))
+            .into_iter()
+            .collect();
+        assert_eq!(ctx.env, want, "listed and set only");
         assert!(!ctx.exe.is_empty());
         assert!(!ctx.argv.is_empty());
         assert_eq!(ctx.ppid, nix::unistd::getppid().as_raw() as u32);

@@ -179,6 +179,8 @@ pub enum Command {
         id: RequestId,
         /// What.
         decision: Decision,
+        /// Who decided and why, as the workload is told.
+        by: crate::workload::Resolution,
         /// Outcome, with the grant written if any.
         reply: oneshot::Sender<Result<Option<GrantKey>, EngineError>>,
     },
@@ -254,9 +256,27 @@ impl EngineHandle {
         id: RequestId,
         decision: Decision,
     ) -> Result<Result<Option<GrantKey>, EngineError>, EngineGone> {
+        self.decide_as(id, decision, "local-admin", "").await
+    }
+
+    /// Decides a held operation for a reviewer `by`, with their `reason` (which the workload
+    /// may read).
+    pub async fn decide_as(
+        &self,
+        id: RequestId,
+        decision: Decision,
+        by: &str,
+        reason: &str,
+    ) -> Result<Result<Option<GrantKey>, EngineError>, EngineGone> {
+        let by = crate::workload::Resolution {
+            allowed: !matches!(decision, Decision::Deny),
+            by: by.to_string(),
+            reason: reason.to_string(),
+        };
         self.ask(|reply| Command::Decide {
             id,
             decision,
+            by,
             reply,
         })
         .await
@@ -337,6 +357,7 @@ struct State {
     metrics: Metrics,
     waiting_dir: Option<PathBuf>,
     waiting_files: HashSet<PathBuf>,
+    board: crate::workload::Board,
     recorder: Option<crate::recorder::Recorder>,
     degraded: bool,
     central_loss_timeout: Option<Duration>,
@@ -372,6 +393,8 @@ pub struct TaskOptions {
     pub waiting_dir: Option<PathBuf>,
     /// Where decisions are recorded.
     pub recorder: Option<crate::recorder::Recorder>,
+    /// What the workloads may read of their held requests.
+    pub board: crate::workload::Board,
 }
 
 /// Starts the engine task.
@@ -390,6 +413,7 @@ pub fn spawn(
         metrics,
         waiting_dir,
         recorder,
+        board,
     } = opts;
     let (tx, mut rx) = mpsc::channel::<Command>(256);
     let cgroup_root = engine.cgroup_root().to_path_buf();
@@ -408,6 +432,7 @@ pub fn spawn(
         metrics,
         waiting_dir,
         waiting_files: HashSet::new(),
+        board,
         recorder,
         degraded: false,
         central_loss_timeout,
@@ -559,6 +584,7 @@ impl State {
             Command::Decide {
                 id,
                 decision,
+                by,
                 reply,
             } => {
                 let r = self.engine.decide(id, decision);
@@ -566,6 +592,7 @@ impl State {
                     tracing::info!(request = %id, ?decision, "decided");
                     self.metrics.decided(outcome_label(&decision), held_for(id));
                     self.record_decision(id, &decision, "reviewer");
+                    self.board.resolve(id, by, crate::unix_ms());
                     self.opened.remove(&id);
                 }
                 let _ = reply.send(r);
@@ -603,10 +630,11 @@ impl State {
                     log_event(&ev);
                     match (ev.outcome, ev.request) {
                         (Outcome::Paused, Some(id)) => {
-                            self.opened.insert(id, ev);
+                            self.open(id, ev);
                         }
                         (Outcome::Cancelled, Some(id)) => {
                             self.opened.remove(&id);
+                            self.board.end(id, crate::unix_ms());
                         }
                         _ => {}
                     }
@@ -747,7 +775,7 @@ impl State {
                 ev.rule_id = rule_id;
                 ev.target = target;
                 ev.path = Some(real);
-                self.opened.insert(id, ev.clone());
+                self.open(id, ev.clone());
                 return Some(ev);
             }
         };
@@ -789,6 +817,15 @@ impl State {
             tracing::error!(request = %id, "cannot apply the resolved exec's verdict: {e}");
         }
         self.opened.remove(&id);
+        self.board.resolve(
+            id,
+            crate::workload::Resolution {
+                allowed: !matches!(decision, Decision::Deny),
+                by: "rules".into(),
+                reason: String::new(),
+            },
+            crate::unix_ms(),
+        );
     }
 
     /// What a held exec's content gets, put in the kernel's cache while the file is unchanged
@@ -902,7 +939,7 @@ impl State {
                     tracing::warn!(request = %op.id, ?decision, "resolved by the fail mode: central unreachable");
                     self.metrics
                         .decided(outcome_label(&decision), held_for(op.id));
-                    self.record_decision(op.id, &decision, "fail-mode");
+                    self.decided_here(op.id, &decision, "fail-mode");
                     self.opened.remove(&op.id);
                 }
                 Err(EngineError::NotPending(_)) => {}
@@ -940,7 +977,7 @@ impl State {
             }
             if let Some(ev) = recovered_event(&op) {
                 tracing::info!(request = %op.id, pid = op.tgid, "held before this agent started; taking it over");
-                self.opened.insert(op.id, ev);
+                self.open(op.id, ev);
             }
         }
     }
@@ -980,6 +1017,65 @@ impl State {
                 }
             }
         }
+    }
+
+    /// Ends a request the agent decided itself (`by`: `timeout`, `fail-mode`) for the workload's
+    /// board too.
+    fn decided_here(&mut self, id: RequestId, decision: &Decision, by: &str) {
+        self.record_decision(id, decision, by);
+        self.board.resolve(
+            id,
+            crate::workload::Resolution {
+                allowed: !matches!(decision, Decision::Deny),
+                by: by.into(),
+                reason: String::new(),
+            },
+            crate::unix_ms(),
+        );
+    }
+
+    /// A held operation: kept with its event, and put on the workload's board when a rule holds
+    /// it for a person (not while the agent only resolves which rule applies).
+    fn open(&mut self, id: RequestId, ev: KernelEvent) {
+        let rule = self
+            .policy
+            .as_ref()
+            .and_then(|p| p.rules.rule(ev.rule_id).map(|r| (p, r)));
+        if let Some((p, rule)) = rule {
+            let now = crate::unix_ms();
+            let held_since = now.saturating_sub((held_for(id) * 1000.0) as i64).max(0);
+            self.board.open(crate::workload::Opened {
+                id,
+                tgid: ev.tgid,
+                uid: ev.uid,
+                hold: crate::workload::Hold {
+                    op: crate::events::op_name(ev.op).into(),
+                    target: ev
+                        .path
+                        .clone()
+                        .or_else(|| ev.destination.map(|d| d.to_string()))
+                        .unwrap_or_default(),
+                    rule: rule.name.clone(),
+                    workload: p
+                        .rules
+                        .workloads
+                        .iter()
+                        .find(|w| w.id == ev.workload)
+                        .map(|w| w.name.clone())
+                        .unwrap_or_default(),
+                    held_since_unix_ms: held_since,
+                    deadline_unix_ms: held_since + rule.timeout.as_millis() as i64,
+                    on_timeout: if rule.on_timeout == policy::Action::Allow {
+                        "allow".into()
+                    } else {
+                        "deny".into()
+                    },
+                    approvers_needed: rule.approvers.count,
+                    approver_groups: rule.approvers.groups.clone(),
+                },
+            });
+        }
+        self.opened.insert(id, ev);
     }
 
     fn record_decision(&self, id: RequestId, decision: &Decision, by: &str) {
@@ -1023,6 +1119,12 @@ impl State {
         }
         let Ok(views) = self.views() else { return };
         self.metrics.pending.set(views.len() as i64);
+        let waiting: HashSet<RequestId> = views
+            .iter()
+            .filter(|v| v.pending.state == "waiting")
+            .map(|v| v.pending.id)
+            .collect();
+        self.board.keep_only(&waiting, crate::unix_ms());
         let Some(dir) = self.waiting_dir.clone() else {
             return;
         };
@@ -1050,7 +1152,12 @@ impl State {
                     "deadline_unix_ms": v.expires_in_s.map(|s| now_ms + (s as i64) * 1000),
                 }));
         }
-        if std::fs::create_dir_all(&dir).is_err() {
+        // Root only: every workload's requests are listed here (workloads ask the workload
+        // socket, which shows each its own).
+        if std::fs::create_dir_all(&dir).is_err()
+            || std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+                .is_err()
+        {
             return;
         }
         let mut written = HashSet::new();
@@ -1196,7 +1303,7 @@ impl State {
                 Ok(_) => {
                     tracing::warn!(request = %op.id, ?decision, "expired without a decision");
                     self.metrics.decided("expired", held_for(op.id));
-                    self.record_decision(op.id, &decision, "timeout");
+                    self.decided_here(op.id, &decision, "timeout");
                     self.opened.remove(&op.id);
                 }
                 Err(EngineError::NotPending(_)) => {}

@@ -3,7 +3,8 @@
 //! It owns everything on the host between the kernel programs and the outside world: the
 //! kernel engine ([`kernel`]), the rule compiler ([`rules`]), the mapping of workload globs to
 //! cgroups ([`cgroups`]), the event reader ([`events`]), the task that owns the engine
-//! ([`engine_task`]), the local admin socket ([`admin`]), TLS to central ([`tls`]), and its configuration
+//! ([`engine_task`]), the local admin socket ([`admin`]), the workload's side channel
+//! ([`workload`]), the trace context of a held process ([`tracecontext`]), TLS to central ([`tls`]), and its configuration
 //! ([`config`]).
 //! It does not decide anything by itself: decisions come from a reviewer (through central, or
 //! the local admin socket until central is configured) or from the rule's timeout.
@@ -19,6 +20,7 @@ pub mod doctor;
 pub mod engine_task;
 pub mod events;
 pub mod kernel;
+pub mod local_socket;
 pub mod metrics;
 pub mod privileged;
 pub mod procfs;
@@ -26,6 +28,8 @@ pub mod programs;
 pub mod recorder;
 pub mod rules;
 pub mod tls;
+pub mod tracecontext;
+pub mod workload;
 
 /// Wall-clock time in Unix milliseconds (for deadlines and records people read).
 pub(crate) fn unix_ms() -> i64 {

@@ -1,7 +1,9 @@
 //! `latch-agent`: the host daemon and its local commands.
 //!
 //! Exit codes: 0 success; 1 operational failure; 2 bad input (usage, config, rules, request id);
-//! 3 no such held operation; 4 the agent cannot be reached.
+//! 3 no such held operation; 4 the agent cannot be reached. `whyheld` about one request: 0
+//! allowed, 5 denied, 6 still held, 7 ended undecided (its process went away; or, with
+//! `--justify`, no longer held).
 
 use std::{
     path::{Path, PathBuf},
@@ -20,7 +22,10 @@ use latch_agent::{
     engine_task::{self, Policy},
     events::EventReader,
     kernel::{self, Decision, Engine, EngineOptions, RequestId, Scope},
+    workload,
 };
+
+mod whyheld;
 use tokio::signal::unix::{signal, SignalKind};
 
 #[derive(Parser)]
@@ -81,6 +86,38 @@ enum Cmd {
     },
     /// Resolve every held operation by the fail mode (the service's stop hook).
     Release,
+    /// For a workload (any user may run it): what its process tree waits for, or one request's
+    /// decision with who decided and why. Asks about the tree of the process that runs this
+    /// command (its parent), which must be in the same cgroup as the held process.
+    Whyheld {
+        /// A request id, as listed: show where it stands.
+        request: Option<String>,
+        /// Wait for the request's decision.
+        #[arg(long, requires = "request")]
+        wait: bool,
+        /// Say what the held operation is for (once, while it is held): reviewers see it,
+        /// masked, marked as the workload's own words.
+        #[arg(
+            long,
+            requires = "request",
+            conflicts_with = "wait",
+            value_name = "TEXT"
+        )]
+        justify: Option<String>,
+        /// With --wait: seconds to wait at most (1 to 3600).
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+        /// Ask about this command's own process tree instead of its parent's.
+        #[arg(long)]
+        own: bool,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+        /// The agent's workload socket (default: `workload_socket` of the configuration, or
+        /// /run/latch/workload.sock where the configuration cannot be read).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
     /// Check what this kernel lets Latch guarantee: loads and attaches the programs beside the
     /// agent's (watching nothing), then removes them. Exit code 0 all enforced, 1 something
     /// degraded, 3 something unsupported.
@@ -123,6 +160,38 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    if let Cmd::Whyheld {
+        request,
+        wait,
+        justify,
+        timeout,
+        own,
+        json,
+        socket,
+    } = cli.cmd
+    {
+        // A workload's user may not read the agent's configuration: only the socket is needed.
+        let socket = socket.unwrap_or_else(|| {
+            settings(cli.config.as_deref())
+                .map(|s| s.config.workload_socket)
+                .unwrap_or_else(|_| PathBuf::from("/run/latch/workload.sock"))
+        });
+        if socket.as_os_str().is_empty() {
+            eprintln!("error: the workload socket is turned off here (workload_socket = \"\")");
+            return ExitCode::from(4);
+        }
+        let scope = if own {
+            workload::Scope::Process
+        } else {
+            workload::Scope::Parent
+        };
+        let ask = match (justify, wait) {
+            (Some(text), _) => whyheld::Ask::Justify(text),
+            (None, true) => whyheld::Ask::Wait(timeout),
+            (None, false) => whyheld::Ask::Outcome,
+        };
+        return whyheld::run(&socket, request, ask, scope, json);
+    }
     let settings = match settings(cli.config.as_deref()) {
         Ok(s) => s,
         Err(e) => {
@@ -216,6 +285,7 @@ fn main() -> ExitCode {
                 .await
             }
             Cmd::Release => exit(release(&settings), 1),
+            Cmd::Whyheld { .. } => ExitCode::from(2),
         }
     })
 }
@@ -531,6 +601,7 @@ async fn run(settings: Settings, rules: Option<PathBuf>) -> anyhow::Result<()> {
         Duration::ZERO
     };
     let metrics = latch_agent::metrics::Metrics::new();
+    let board = workload::Board::new();
     let waiting_dir = settings.config.waiting_dir.clone();
     let host = host_id(central.as_ref().and_then(|c| c.host_id.as_ref()));
     // The journal's full-disk hook reaches the engine task, which starts right after.
@@ -561,6 +632,7 @@ async fn run(settings: Settings, rules: Option<PathBuf>) -> anyhow::Result<()> {
             metrics: metrics.clone(),
             waiting_dir: (!waiting_dir.as_os_str().is_empty()).then_some(waiting_dir),
             recorder: Some(recorder.clone()),
+            board: board.clone(),
         },
     );
     let _ = engine_slot.set(handle.clone());
@@ -599,6 +671,7 @@ async fn run(settings: Settings, rules: Option<PathBuf>) -> anyhow::Result<()> {
             enforcement,
             metrics: metrics.clone(),
             recorder: recorder.clone(),
+            board: board.clone(),
         };
         tokio::spawn(central_link::run(
             link,
@@ -687,6 +760,12 @@ async fn run(settings: Settings, rules: Option<PathBuf>) -> anyhow::Result<()> {
 
     let listener = admin::bind(&settings.config.admin_socket)?;
     tokio::spawn(admin::serve(listener, handle.clone()));
+    let workload_socket = &settings.config.workload_socket;
+    if !workload_socket.as_os_str().is_empty() {
+        let listener = workload::bind(workload_socket)?;
+        tracing::info!(socket = %workload_socket.display(), "serving held workloads");
+        tokio::spawn(workload::serve(listener, board));
+    }
     tracing::info!(socket = %settings.config.admin_socket.display(), rules = %rules_path.display(), "latch-agent ready");
 
     let mut hup = signal(SignalKind::hangup())?;
@@ -713,6 +792,9 @@ async fn run(settings: Settings, rules: Option<PathBuf>) -> anyhow::Result<()> {
     }
     recorder.close().await;
     let _ = std::fs::remove_file(&settings.config.admin_socket);
+    if !workload_socket.as_os_str().is_empty() {
+        let _ = std::fs::remove_file(workload_socket);
+    }
     drop(handle);
     engine_task.abort();
     Ok(())

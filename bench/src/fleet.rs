@@ -460,6 +460,8 @@ fn request(agent: usize, k: usize, rule_id: u32, version: u64) -> ApprovalReques
         requester: "unit:runner.service".into(),
         created_at_unix_ms: 1,
         rules_version: version,
+        justification: String::new(),
+        ..Default::default()
     }
 }
 

@@ -152,7 +152,7 @@ pub fn run(plan: &StackPlan) -> Result<StackResults> {
         &agent_config,
         format!(
             "rules = \"{rules}\"\nadmin_socket = \"{sock}\"\npin_dir = \"{pin}\"\n\
-             metrics_listen = \"127.0.0.1:{metrics}\"\nwaiting_dir = \"{waiting}\"\njournal_dir = \"{journal}\"\n\
+             metrics_listen = \"127.0.0.1:{metrics}\"\nwaiting_dir = \"{waiting}\"\nworkload_socket = \"{sock}.workload\"\njournal_dir = \"{journal}\"\n\
              [central]\naddress = \"{address}\"\ntoken_file = \"{token}\"\nhost_id = \"{host}\"\n\
              rules_cache = \"{cache}\"\nlabels = {{ bench = \"{name}\" }}\n",
             rules = dir.join("no-local-rules.yaml").display(),

@@ -48,9 +48,10 @@ impl Daemon {
         std::fs::write(
             &config,
             format!(
-                "rules = {rules:?}\nadmin_socket = {sock:?}\npin_dir = {pin:?}\nfail_mode = {fail_mode:?}\nrescan_interval = {rescan_interval:?}\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\nwaiting_dir = {waiting:?}\njournal_dir = {journal:?}\n",
+                "rules = {rules:?}\nadmin_socket = {sock:?}\npin_dir = {pin:?}\nfail_mode = {fail_mode:?}\nrescan_interval = {rescan_interval:?}\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\nwaiting_dir = {waiting:?}\nworkload_socket = {workload:?}\njournal_dir = {journal:?}\n",
                 journal = dir.join("journal").display().to_string(),
                 waiting = dir.join("waiting").display().to_string(),
+                workload = dir.join("workload.sock").display().to_string(),
                 rules = rules_path.display().to_string(),
                 sock = dir.join("agent.sock").display().to_string(),
                 pin = pin_dir.display().to_string(),

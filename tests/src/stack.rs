@@ -172,7 +172,7 @@ impl Stack {
         std::fs::write(
             &agent_config,
             format!(
-                "rules = \"{rules}\"\nadmin_socket = \"{sock}\"\npin_dir = \"{pin}\"\nrescan_interval = \"200ms\"\nmetrics_listen = \"\"\nwaiting_dir = \"\"\njournal_dir = \"{journal}\"\n{top}\n\
+                "rules = \"{rules}\"\nadmin_socket = \"{sock}\"\npin_dir = \"{pin}\"\nrescan_interval = \"200ms\"\nmetrics_listen = \"\"\nwaiting_dir = \"\"\nworkload_socket = \"{sock}.workload\"\njournal_dir = \"{journal}\"\n{top}\n\
                  [central]\naddress = \"{address}\"\ntoken_file = \"{token}\"\nhost_id = \"{host}\"\n\
                  rules_cache = \"{cache}\"\nlabels = {{ suite = \"{name}\" }}\n{central_keys}\n",
                 rules = dir.join("no-local-rules.yaml").display(),

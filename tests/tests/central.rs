@@ -15,7 +15,7 @@ use latch_proto::v1::{
     RevokeGrantRequest,
 };
 use latch_tests::{
-    binary, outcome, patience, privileged, probe, spawn_in,
+    binary, finish, outcome, patience, privileged, probe, spawn_in,
     stack::{apply, free_port, rules, spawn_central, wait_request, Stack, ADMIN, ALICE},
     wait_state, TestCgroup,
 };
@@ -747,7 +747,7 @@ async fn the_agent_connects_over_mutual_tls_with_its_certificate_alone() {
     std::fs::write(
         &agent_config,
         format!(
-            "rules = \"{rules}\"\nadmin_socket = \"{sock}\"\npin_dir = \"{pin}\"\nmetrics_listen = \"\"\nwaiting_dir = \"\"\njournal_dir = \"{journal}\"\n\
+            "rules = \"{rules}\"\nadmin_socket = \"{sock}\"\npin_dir = \"{pin}\"\nmetrics_listen = \"\"\nwaiting_dir = \"\"\nworkload_socket = \"{sock}.workload\"\njournal_dir = \"{journal}\"\n\
              [central]\naddress = \"https://localhost:{port}\"\nhost_id = \"{host}\"\n\
              ca_file = \"{ca}\"\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\n\
              rules_cache = \"{cache}\"\nlabels = {{ suite = \"{name}\" }}\n",
@@ -890,4 +890,310 @@ async fn an_operation_held_while_central_was_down_is_submitted_by_a_restarted_ag
         .await
         .expect("decide");
     assert_eq!(outcome(child)["ok"], true);
+}
+
+/// Copies of the workspace's binaries where an unprivileged user can run them, and a directory
+/// that user can write to.
+fn unprivileged_workdir(name: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile_dir(name);
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    for bin in ["latch-agent", "latch-probe"] {
+        let to = dir.join(bin);
+        std::fs::copy(binary(bin), &to).expect("copy binary");
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    dir
+}
+
+fn wait_file(path: &std::path::Path) -> String {
+    let deadline = Instant::now() + patience();
+    loop {
+        if let Ok(t) = std::fs::read_to_string(path) {
+            return t;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs `script` as user nobody with `sh`, in `cgroup`: an unprivileged workload.
+fn as_nobody(cgroup: &std::path::Path, script: &str, args: &[&str]) -> std::process::Child {
+    let mut argv = vec![
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=-all",
+        "/bin/sh",
+        "-c",
+        script,
+        "sh",
+    ];
+    argv.extend_from_slice(args);
+    spawn_in(cgroup, std::path::Path::new("/usr/bin/setpriv"), &argv)
+}
+
+/// An unprivileged workload asks the agent's workload socket what it waits for, waits, and is
+/// told who denied it and why; the held program's own result is the evidence that it was held
+/// and denied. Another process tree of the same user, in the same cgroup, learns nothing, not
+/// even that the request exists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
+async fn a_held_workload_reads_what_it_waits_for_and_why_it_was_denied() {
+    if !privileged() {
+        return;
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let target = format!("127.0.0.1:{}", listener.local_addr().expect("addr").port());
+    let cg = TestCgroup::new();
+    let mut stack = Stack::start(&cg).await;
+    // The workload's requests carry its session's variables.
+    let yaml = rules(
+        &cg,
+        "  - {name: db, workload: test, on: connect, to: [127.0.0.1/32], action: approve, \
+         timeout: 10m, approvers: {groups: [dba-oncall], count: 1}}\n",
+    )
+    .replace(
+        "    cgroups:",
+        "    context_env: [AGENT_SESSION_ID, TOOL_CALL_ID, DB_URL]\n    cgroups:",
+    );
+    stack
+        .reviewer(ADMIN)
+        .await
+        .apply_rules(ApplyRulesRequest {
+            source_name: "suite.yaml".into(),
+            yaml,
+            selector: [(
+                "suite".to_string(),
+                cg.rel.trim_start_matches('/').to_string(),
+            )]
+            .into_iter()
+            .collect(),
+            dry_run: false,
+            comment: "test".into(),
+        })
+        .await
+        .expect("apply rules");
+    stack.start_agent();
+    stack.wait_watching();
+    let mut alice = stack.reviewer(ALICE).await;
+    let socket = stack.dir.join("agent.sock.workload");
+    let w = unprivileged_workdir("workload-socket");
+    let (wd, sock) = (w.display().to_string(), socket.display().to_string());
+
+    // The workload: a shell that runs the program that will be held, then asks about it as
+    // `latch-agent whyheld` does (for the shell's tree), then waits for the decision.
+    let script = r#"
+W=$1; S=$2; T=$3
+AGENT_SESSION_ID=s-42 TOOL_CALL_ID=call-7 DB_URL=postgres://app:s3cret@db/prod OPENAI_API_KEY=sk-unlisted \
+TRACEPARENT=00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01 \
+  "$W/latch-probe" connect "$T" > "$W/probe.out" 2>&1 &
+n=0
+until "$W/latch-agent" whyheld --socket "$S" > "$W/list.txt" 2>&1 && grep -q '^held:' "$W/list.txt"; do
+  n=$((n+1)); [ "$n" -gt 6000 ] && exit 9; sleep 0.02
+done
+"$W/latch-agent" whyheld --socket "$S" --json > "$W/list.json"
+req=$(sed -n 's/^held: \([^ ]*\) .*/\1/p' "$W/list.txt" | head -n 1)
+"$W/latch-agent" whyheld --socket "$S" --justify "nightly export of orders; password=hunter2" "$req" > "$W/just.txt" 2>&1
+echo $? >> "$W/just.txt"
+echo "$req" > "$W/req.tmp" && mv "$W/req.tmp" "$W/req"
+"$W/latch-agent" whyheld --socket "$S" --wait --timeout 600 "$req" > "$W/wait.txt" 2>&1
+echo $? > "$W/wait.rc.tmp" && mv "$W/wait.rc.tmp" "$W/wait.rc"
+wait
+"#;
+    let mut workload = as_nobody(&cg.path, script, &[&wd, &sock, &target]);
+    let req = wait_file(&w.join("req")).trim().to_string();
+    let listed: serde_json::Value =
+        serde_json::from_str(&wait_file(&w.join("list.json"))).expect("list json");
+    let held = &listed["held"];
+    assert_eq!(held.as_array().map(Vec::len), Some(1), "{listed}");
+    assert_eq!(held[0]["request"], req.as_str());
+    assert_eq!(held[0]["state"], "held");
+    assert_eq!(held[0]["rule"], "db");
+    assert_eq!(held[0]["target"], target.as_str());
+    assert_eq!(held[0]["approver_groups"][0], "dba-oncall");
+    let pid = held[0]["pid"].as_u64().expect("pid") as u32;
+    assert_eq!(
+        std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+            .map(|c| c.contains("latch-probe"))
+            .ok(),
+        Some(true),
+        "the listed pid is the held program"
+    );
+    let rec = wait_request(&mut alice, &stack.host, pid, RequestState::Pending).await;
+    let deadline = held[0]["deadline_unix_ms"].as_i64().unwrap_or(0);
+
+    // The held process's session variables (the listed ones, masked) and its trace context
+    // reach the reviewer and the audit trail.
+    let sent = rec.request.clone().expect("request context");
+    let env: Vec<(&str, &str)> = sent
+        .env
+        .iter()
+        .map(|v| (v.name.as_str(), v.value.as_str()))
+        .collect();
+    assert_eq!(
+        env[..2],
+        [("AGENT_SESSION_ID", "s-42"), ("TOOL_CALL_ID", "call-7")],
+        "{env:?}"
+    );
+    assert!(
+        env.len() == 3
+            && env[2].0 == "DB_URL"
+            && env[2].1.starts_with("postgres://")
+            && !env[2].1.contains("s3cret"),
+        "only the listed variables, masked: {env:?}"
+    );
+    let trace = sent.trace.clone().expect("trace context");
+    assert_eq!(
+        (
+            trace.trace_id.as_str(),
+            trace.parent_id.as_str(),
+            trace.sampled
+        ),
+        ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7", true)
+    );
+    let created = stack
+        .reviewer(ADMIN)
+        .await
+        .query_audit(QueryAuditRequest {
+            kind: "request.created".into(),
+            host_id: stack.host.clone(),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .expect("audit")
+        .into_inner()
+        .entries;
+    assert!(
+        created.iter().any(|e| e.payload_json.contains("call-7")
+            && e.payload_json.contains("4bf92f3577b34da6a3ce929d0e0e4736")
+            && !e.payload_json.contains("sk-unlisted")),
+        "{created:?}"
+    );
+    assert!(
+        (deadline - rec.expires_at_unix_ms).abs() < 60_000,
+        "deadline {deadline} vs central's {}",
+        rec.expires_at_unix_ms
+    );
+
+    // Another tree of the same user in the same cgroup: nothing listed, and the request's id
+    // is refused exactly as an id that does not exist.
+    let stranger = r#"
+W=$1; S=$2; R=$3
+"$W/latch-agent" whyheld --socket "$S" > "$W/s-list.txt" 2>&1; echo $? >> "$W/s-list.txt"
+"$W/latch-agent" whyheld --socket "$S" --own > "$W/s-own.txt" 2>&1; echo $? >> "$W/s-own.txt"
+"$W/latch-agent" whyheld --socket "$S" "$R" > "$W/s-req.txt" 2>&1; echo $? >> "$W/s-req.txt"
+"$W/latch-agent" whyheld --socket "$S" 1.1 > "$W/s-none.txt" 2>&1; echo $? >> "$W/s-none.txt"
+"$W/latch-agent" whyheld --socket "$S" --justify "me too" "$R" > "$W/s-just.txt" 2>&1; echo $? >> "$W/s-just.txt"
+"#;
+    let s = finish(as_nobody(&cg.path, stranger, &[&wd, &sock, &req]));
+    assert!(s.status.success(), "{s:?}");
+    let read = |f: &str| std::fs::read_to_string(w.join(f)).expect(f);
+    assert_eq!(
+        read("s-list.txt"),
+        "nothing of this process tree is held\n0\n"
+    );
+    assert_eq!(
+        read("s-own.txt"),
+        "nothing of this process tree is held\n0\n"
+    );
+    assert_eq!(
+        read("s-req.txt"),
+        format!("error: no request {req} in this process tree\n3\n")
+    );
+    assert_eq!(
+        read("s-none.txt"),
+        "error: no request 1.1 in this process tree\n3\n"
+    );
+    assert_eq!(
+        read("s-just.txt"),
+        format!("error: no request {req} in this process tree\n3\n")
+    );
+    // A process whose parent is the workload's parent too (the test process, outside the
+    // cgroup): that parent's tree holds the request, but the parent is not in the workload.
+    let direct = finish(as_nobody(
+        &cg.path,
+        r#"exec "$1/latch-agent" whyheld --socket "$2" --justify "me too" "$3""#,
+        &[&wd, &sock, &req],
+    ));
+    assert_eq!(direct.status.code(), Some(3), "{direct:?}");
+    let direct = finish(as_nobody(
+        &cg.path,
+        r#"exec "$1/latch-agent" whyheld --socket "$2""#,
+        &[&wd, &sock],
+    ));
+    assert_eq!(
+        String::from_utf8_lossy(&direct.stdout),
+        "nothing of this process tree is held\n",
+        "{direct:?}"
+    );
+
+    // The workload's justification reaches the reviewer masked, as its own words.
+    assert!(read("just.txt").ends_with("\n0\n"), "{}", read("just.txt"));
+    let deadline = Instant::now() + patience();
+    let said = loop {
+        let said = alice
+            .get_request(latch_proto::v1::GetRequestRequest {
+                approval_id: rec.approval_id.clone(),
+            })
+            .await
+            .expect("get request")
+            .into_inner()
+            .request
+            .map(|r| r.justification)
+            .unwrap_or_default();
+        if !said.is_empty() {
+            break said;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the justification never reached central"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        said.starts_with("nightly export of orders") && !said.contains("hunter2"),
+        "{said}"
+    );
+
+    alice
+        .decide(DecideRequest {
+            approval_id: rec.approval_id.clone(),
+            kind: DecisionKind::Deny as i32,
+            duration_seconds: 0,
+            scope: 0,
+            reason: "use the read replica".into(),
+        })
+        .await
+        .expect("decide");
+    assert_eq!(
+        wait_file(&w.join("wait.rc")).trim(),
+        "5",
+        "{}",
+        read("wait.txt")
+    );
+    let told = read("wait.txt");
+    assert!(
+        told.starts_with("denied by alice: use the read replica")
+            && told.contains(&req)
+            && told.contains(&rec.approval_id)
+            && told.contains(&target),
+        "{told}"
+    );
+    let status = workload.wait().expect("workload");
+    assert!(status.success(), "{status:?}");
+    let probe: serde_json::Value =
+        serde_json::from_str(read("probe.out").trim()).expect("probe output");
+    assert_eq!(probe["errno"], 1, "the held connect() was denied: {probe}");
+    assert!(
+        listener.set_nonblocking(true).is_ok() && listener.accept().is_err(),
+        "nothing reached the destination"
+    );
+    drop(stack);
+    let _ = std::fs::remove_dir_all(&w);
 }
