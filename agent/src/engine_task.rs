@@ -132,6 +132,10 @@ pub struct RequestView {
     pub expires_in_s: Option<u64>,
     /// The event that opened it (command, path or destination), when it arrived.
     pub event: Option<KernelEvent>,
+    /// Central's id of it, once central accepted it.
+    pub approval_id: Option<String>,
+    /// What the workload said it needs this for, when it said so.
+    pub justification: Option<String>,
 }
 
 /// What `latch-agent status` shows.
@@ -1324,7 +1328,10 @@ impl State {
                     .and_then(|p| p.rules.workloads.iter().find(|w| w.id == op.workload))
                     .map(|w| w.name.clone());
                 let timeout = rule.map(|r| r.timeout).unwrap_or(policy::DEFAULT_TIMEOUT);
+                let (approval_id, justification) = self.board.said_of(op.id);
                 RequestView {
+                    approval_id,
+                    justification,
                     expires_in_s: Some(timeout.as_secs().saturating_sub(op.age_ms / 1000)),
                     rule: rule.map(|r| r.name.clone()),
                     workload_name,

@@ -25,6 +25,7 @@ use latch_agent::{
     workload,
 };
 
+mod terminal;
 mod whyheld;
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -353,7 +354,7 @@ async fn client(
 
 fn print_pending(v: serde_json::Value, json: bool) {
     if json {
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        println!("{}", terminal::safe_json(&v));
         return;
     }
     let items = v.as_array().cloned().unwrap_or_default();
@@ -372,6 +373,8 @@ fn print_pending(v: serde_json::Value, json: bool) {
         "RULE",
         "AGE",
         "EXPIRES IN",
+        "APPROVAL",
+        "WORKLOAD SAYS",
     ]);
     for p in items {
         let ev = &p["event"];
@@ -384,21 +387,19 @@ fn print_pending(v: serde_json::Value, json: bool) {
             p["id"].as_str().unwrap_or("?").to_string(),
             p["tgid"].to_string(),
             p["op"].as_str().unwrap_or("?").to_string(),
-            sanitize(&target),
-            sanitize(ev["comm"].as_str().unwrap_or("?")),
+            terminal::clean(&target),
+            terminal::clean(ev["comm"].as_str().unwrap_or("?")),
             p["rule"].as_str().unwrap_or("?").to_string(),
             format!("{:.1}s", p["age_ms"].as_f64().unwrap_or(0.0) / 1000.0),
             format!("{}s", p["expires_in_s"]),
+            terminal::clean(p["approval_id"].as_str().unwrap_or("-")),
+            p["justification"]
+                .as_str()
+                .map(|j| terminal::cut(j, 48))
+                .unwrap_or_else(|| "-".into()),
         ]);
     }
     println!("{t}");
-}
-
-/// Workload-controlled text (paths, command names) never reaches the terminal raw.
-fn sanitize(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
 }
 
 fn print_status(v: serde_json::Value, json: bool) {
@@ -460,8 +461,8 @@ fn print_status(v: serde_json::Value, json: bool) {
                 .collect();
             p.add_row([
                 x["pid"].to_string(),
-                sanitize(x["comm"].as_str().unwrap_or("")),
-                sanitize(x["cgroup"].as_str().unwrap_or("")),
+                terminal::clean(x["comm"].as_str().unwrap_or("")),
+                terminal::clean(x["cgroup"].as_str().unwrap_or("")),
                 caps.join(","),
             ]);
         }
@@ -508,7 +509,7 @@ fn print_doctor(r: &latch_agent::doctor::Report, json: bool) {
         ("links pinned", f.links_pinned.to_string()),
         ("hooks", f.hooks.join(" ")),
     ] {
-        t.add_row([k.to_string(), sanitize(&v)]);
+        t.add_row([k.to_string(), terminal::clean(&v)]);
     }
     println!("{t}\n");
     let mut g = Table::new();

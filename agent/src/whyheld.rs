@@ -5,34 +5,7 @@ use std::{io::Write, path::Path, process::ExitCode};
 
 use latch_agent::workload::{self, RequestView, Scope, WorkloadError, WorkloadRequest};
 
-/// Characters that reorder or hide text on a terminal: bidirectional controls and invisible
-/// formatting.
-fn deceptive(c: char) -> bool {
-    c.is_control()
-        || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
-}
-
-/// Workload-controlled or reviewer-written text never reaches the terminal raw.
-fn clean(s: &str) -> String {
-    s.chars()
-        .map(|c| if deceptive(c) { '?' } else { c })
-        .collect()
-}
-
-/// JSON for scripts, with the characters a terminal would act on written as `\u` escapes
-/// (still the same JSON).
-fn safe_json(v: &serde_json::Value) -> String {
-    let text = serde_json::to_string_pretty(v).unwrap_or_default();
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if deceptive(c) && c != '\n' {
-            out.push_str(&format!("\\u{:04x}", c as u32));
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
+use crate::terminal::{clean, safe_json};
 
 fn when(unix_ms: i64) -> String {
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(unix_ms.max(0) as u64);
@@ -206,6 +179,7 @@ pub fn run(socket: &Path, request: Option<String>, ask: Ask, scope: Scope, json:
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::terminal::deceptive;
     use latch_agent::workload::Hold;
 
     fn view(state: &str) -> RequestView {

@@ -1,7 +1,8 @@
 //! Microsoft Teams cards end to end, over real HTTP: central posts to a local incoming-webhook
 //! endpoint that answers like Teams; each request gets one Adaptive Card with the context
-//! (workload text only in non-Markdown runs, escaped) and a link to the request in the console;
-//! a decision completes while the webhook leaves the card unanswered.
+//! (workload text only in non-Markdown runs, escaped) and a link to the request in the console,
+//! and one more card when the workload explains itself later; a decision completes while the
+//! webhook leaves the card unanswered.
 
 mod common;
 
@@ -19,8 +20,13 @@ use axum::{
     Router,
 };
 use common::*;
-use latch_central::config::{TeamsConfig, WebConfig};
-use latch_proto::v1::{DecideRequest, DecisionKind, Outcome, RequestState, WatchRequestsRequest};
+use latch_central::{
+    config::{TeamsConfig, WebConfig},
+    Server,
+};
+use latch_proto::v1::{
+    DecideRequest, DecisionKind, JustifyRequest, Outcome, RequestState, WatchRequestsRequest,
+};
 use serde_json::Value;
 
 const PUBLIC_URL: &str = "https://latch.example.com";
@@ -88,17 +94,23 @@ impl TeamsPeer {
     }
 
     async fn card_for(&self, approval_id: &str) -> Value {
+        self.cards_for(approval_id, 1).await.remove(0)
+    }
+
+    /// The first `n` cards that name `approval_id`, once there are that many.
+    async fn cards_for(&self, approval_id: &str, n: usize) -> Vec<Value> {
         tokio::time::timeout(HANG, async {
             loop {
                 let changed = self.hook.changed.notified();
                 tokio::pin!(changed);
                 changed.as_mut().enable();
-                if let Some(c) = self
+                let found: Vec<Value> = self
                     .cards()
                     .into_iter()
-                    .find(|c| c.to_string().contains(approval_id))
-                {
-                    return c;
+                    .filter(|c| c.to_string().contains(approval_id))
+                    .collect();
+                if found.len() >= n {
+                    return found;
                 }
                 changed.await;
             }
@@ -195,6 +207,48 @@ async fn one_card_per_request_with_escaped_context_and_a_console_link() {
     }
     assert!(!runs.contains("{{") && !runs.contains('\u{1b}'), "{runs}");
 
+    // A justification given after the card was posted comes as a second card, the workload's
+    // words in runs like every other text of its own.
+    let token = agent.token();
+    agent
+        .client
+        .justify(req(
+            JustifyRequest {
+                host_id: "h1".into(),
+                request_id: "r.1".into(),
+                text: "[approve me](https://evil.example) {{DATE(2030-01-01T00:00:00Z, SHORT)}}"
+                    .into(),
+            },
+            &token,
+        ))
+        .await
+        .expect("justify");
+    let second = peer.cards_for(&id, 2).await.remove(1);
+    let mut all = Vec::new();
+    elements(&second["attachments"][0]["content"]["body"], &mut all);
+    let runs: Vec<&str> = all
+        .iter()
+        .filter(|e| e["type"] == "TextRun")
+        .filter_map(|e| e["text"].as_str())
+        .collect();
+    assert!(
+        runs.contains(
+            &"[approve me](https://evil.example) {\u{200b}{DATE(2030-01-01T00:00:00Z, SHORT)}}"
+        ),
+        "{runs:?}"
+    );
+    assert!(runs.contains(&"Workload says (unverified): "), "{runs:?}");
+    for e in &all {
+        if e["type"] == "TextBlock" {
+            let t = e["text"].as_str().expect("text");
+            assert!(!t.contains("evil"), "{t}");
+        }
+    }
+    assert_eq!(
+        second["attachments"][0]["content"]["actions"][0]["url"],
+        format!("{PUBLIC_URL}/requests/{id}")
+    );
+
     // Deciding does not post again: an incoming webhook cannot update a card.
     let mut rv = reviewer(&server).await;
     for token in [ALICE, BOB] {
@@ -213,24 +267,63 @@ async fn one_card_per_request_with_escaped_context_and_a_console_link() {
     agent.next_decision().await;
     let acc2 = agent.submit(agent.request("r.2", "prod-db")).await;
     peer.card_for(&acc2.approval_id).await;
-    let settled: i64 = {
-        use sqlx::Row;
-        sqlx::query("SELECT settled FROM notifications WHERE kind = 'teams' AND approval_id = $1")
-            .bind(&id)
-            .fetch_one(server.central().store().pool())
-            .await
-            .expect("row")
-            .try_get("settled")
-            .expect("settled")
-    };
-    assert_eq!(settled, 1);
+    // Settled when its justification was posted: nothing can follow.
+    wait_settled(&server, &id).await;
     let for_first = peer
         .cards()
         .iter()
         .filter(|c| c.to_string().contains(&id))
         .count();
-    assert_eq!(for_first, 1);
+    assert_eq!(for_first, 2);
+
+    // A request decided without a justification settles with its decision, after one card.
+    let id2 = acc2.approval_id.clone();
+    rv.decide(req(
+        DecideRequest {
+            approval_id: id2.clone(),
+            kind: DecisionKind::Deny as i32,
+            reason: "no".into(),
+            ..Default::default()
+        },
+        ALICE,
+    ))
+    .await
+    .expect("decide");
+    agent.next_decision().await;
+    wait_settled(&server, &id2).await;
+    let for_second = peer
+        .cards()
+        .iter()
+        .filter(|c| c.to_string().contains(&id2))
+        .count();
+    assert_eq!(for_second, 1);
     server.shutdown().await;
+}
+
+/// Waits until the Teams delivery of `approval_id` needs no more work.
+async fn wait_settled(server: &Server, approval_id: &str) {
+    tokio::time::timeout(HANG, async {
+        loop {
+            let settled: i64 = {
+                use sqlx::Row;
+                sqlx::query(
+                    "SELECT settled FROM notifications WHERE kind = 'teams' AND approval_id = $1",
+                )
+                .bind(approval_id)
+                .fetch_one(server.central().store().pool())
+                .await
+                .expect("row")
+                .try_get("settled")
+                .expect("settled")
+            };
+            if settled == 1 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the Teams delivery of {approval_id} settles"))
 }
 
 /// A webhook that takes every card and never answers.

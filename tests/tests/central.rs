@@ -1160,6 +1160,29 @@ W=$1; S=$2; R=$3
         said.starts_with("nightly export of orders") && !said.contains("hunter2"),
         "{said}"
     );
+    // The host's admin sees it too, beside central's id of the request.
+    let out = stack.agent_cli(&["pending", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("pending json");
+    let mine = listed
+        .as_array()
+        .and_then(|a| a.iter().find(|p| p["tgid"] == pid))
+        .unwrap_or_else(|| panic!("pid {pid} not in {listed}"));
+    assert_eq!(mine["approval_id"], rec.approval_id.as_str(), "{mine}");
+    assert!(
+        mine["justification"]
+            .as_str()
+            .is_some_and(|j| j.starts_with("nightly export of orders")),
+        "{mine}"
+    );
+    let out = stack.agent_cli(&["pending"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("WORKLOAD SAYS")
+            && table.contains("nightly export of orders")
+            && table.contains(&rec.approval_id),
+        "{table}"
+    );
 
     alice
         .decide(DecideRequest {

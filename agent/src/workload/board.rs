@@ -363,6 +363,15 @@ impl Board {
         Ok(view)
     }
 
+    /// Central's id of `id` and the workload's justification of it, for the host's admin.
+    pub fn said_of(&self, id: RequestId) -> (Option<String>, Option<String>) {
+        let inner = self.lock();
+        match inner.entries.get(&id) {
+            Some(e) => (e.view.approval_id.clone(), e.view.justification.clone()),
+            None => (None, None),
+        }
+    }
+
     /// The justification of a held request that central does not have yet.
     pub fn unsent_justification(&self, id: RequestId) -> Option<String> {
         let inner = self.lock();

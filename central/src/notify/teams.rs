@@ -1,7 +1,8 @@
 //! Microsoft Teams: an Adaptive Card per request, posted to the configured incoming webhook, with
 //! the redacted context and a button that opens the request in the web console. Deciding needs
-//! the reviewer's console login, so the card has no decide buttons, and it is posted once (an
-//! incoming webhook cannot update what it posted).
+//! the reviewer's console login, so the card has no decide buttons. An incoming webhook cannot
+//! update what it posted, so a request gets its card once, and one more card if the workload
+//! explains itself after the first was posted.
 //!
 //! Workload-controlled text goes into `TextRun`s of `RichTextBlock`s, which Teams renders
 //! without Markdown, so argv cannot bring links or formatting into the card; `{{` is broken up
@@ -156,14 +157,7 @@ fn labelled(label: &str, value: String) -> Value {
 
 /// The webhook message for a request: one Adaptive Card.
 pub(crate) fn card(view: &View, public_url: &str) -> Value {
-    let id = &view.row.approval_id;
-    let mut body = vec![json!({
-        "type": "RichTextBlock",
-        "inlines": [{
-            "type": "TextRun", "text": inert(&view.headline(), 200),
-            "weight": "Bolder", "size": "Medium",
-        }],
-    })];
+    let mut body = vec![title(&view.headline())];
     for (label, value) in view.facts() {
         body.push(labelled(label, inert(&value, 400)));
     }
@@ -176,6 +170,37 @@ pub(crate) fn card(view: &View, public_url: &str) -> Value {
             ],
         }));
     }
+    message(body, public_url, &view.row.approval_id)
+}
+
+/// The card that brings a justification given after the request's card was posted: the
+/// request's headline, the workload's words as its own claim, and the same console link.
+pub(crate) fn justification_card(view: &View, public_url: &str) -> Value {
+    let body = vec![
+        title(&format!(
+            "The workload explained request {}",
+            view.row.approval_id
+        )),
+        labelled("Request", inert(&view.headline(), 200)),
+        labelled(
+            "Workload says (unverified)",
+            inert(&shown(&view.req.justification, 2000), 2000),
+        ),
+    ];
+    message(body, public_url, &view.row.approval_id)
+}
+
+fn title(text: &str) -> Value {
+    json!({
+        "type": "RichTextBlock",
+        "inlines": [{
+            "type": "TextRun", "text": inert(text, 200),
+            "weight": "Bolder", "size": "Medium",
+        }],
+    })
+}
+
+fn message(mut body: Vec<Value>, public_url: &str, id: &str) -> Value {
     body.push(json!({
         "type": "TextBlock",
         "text": "Approve or deny in the Latch console (your login is needed).",
@@ -203,13 +228,25 @@ pub(crate) fn card(view: &View, public_url: &str) -> Value {
     })
 }
 
+/// `message_ref` of a request whose card is posted.
+const POSTED: &str = "posted";
+/// `message_ref` of a request whose card and justification are both posted.
+const POSTED_JUSTIFIED: &str = "posted+justified";
+
 impl Surface for Teams {
     fn kind(&self) -> &'static str {
         KIND
     }
 
-    fn revision(&self, _view: &View) -> String {
-        "posted".into()
+    fn revision(&self, view: &View) -> String {
+        if view.is_final() {
+            "final"
+        } else if view.req.justification.is_empty() {
+            "pending"
+        } else {
+            "justified"
+        }
+        .into()
     }
 
     async fn apply(
@@ -218,17 +255,32 @@ impl Surface for Teams {
         view: &View,
         delivery: &Delivery,
     ) -> Result<Applied, String> {
-        let done = Applied {
-            channel: String::new(),
-            message_ref: delivery.message_ref.clone(),
-            settled: true,
+        let justified = !view.req.justification.is_empty();
+        let posted = delivery.message_ref.as_str();
+        let (message, now_posted) = match posted {
+            // Resolved before it could be announced, or nothing more to say: a webhook card
+            // cannot be changed, so the decision is seen in the console.
+            _ if view.is_final() || posted == POSTED_JUSTIFIED => {
+                return Ok(Applied {
+                    channel: String::new(),
+                    message_ref: posted.to_string(),
+                    settled: true,
+                })
+            }
+            "" => (
+                card(view, &self.public_url),
+                if justified { POSTED_JUSTIFIED } else { POSTED },
+            ),
+            _ if justified => (justification_card(view, &self.public_url), POSTED_JUSTIFIED),
+            _ => {
+                return Ok(Applied {
+                    channel: String::new(),
+                    message_ref: posted.to_string(),
+                    settled: false,
+                })
+            }
         };
-        // Posted already, or resolved before it could be announced.
-        if !delivery.message_ref.is_empty() || view.is_final() {
-            return Ok(done);
-        }
         let id = view.row.approval_id.as_str();
-        let message = card(view, &self.public_url);
         (|| self.post(&message))
             .retry(backoff())
             .when(TeamsError::is_transient)
@@ -238,10 +290,16 @@ impl Surface for Teams {
             })
             .await
             .map_err(|e| e.to_string())?;
-        tracing::info!(approval_id = id, "posted to Teams");
+        tracing::info!(
+            approval_id = id,
+            justification = justified,
+            "posted to Teams"
+        );
         Ok(Applied {
-            message_ref: "posted".into(),
-            ..done
+            channel: String::new(),
+            message_ref: now_posted.into(),
+            // Nothing is posted after the justification; a pending request may still get one.
+            settled: now_posted == POSTED_JUSTIFIED,
         })
     }
 }
