@@ -33,7 +33,7 @@ pub const MAX_ENV: usize = 16;
 /// Longest environment value, masked.
 pub const MAX_ENV_VALUE: usize = 2048;
 /// Longest justification a workload may give.
-pub const MAX_JUSTIFICATION: usize = 2000;
+pub use policy::MAX_JUSTIFICATION;
 /// Most labels (and selector entries).
 pub const MAX_LABELS: usize = 64;
 /// Most audit records per batch.
@@ -102,20 +102,10 @@ pub fn check_labels<'a>(
 /// characters but line breaks and tabs. Empty only where `may_be_empty` (a request submitted
 /// before the workload said anything).
 pub fn check_justification(field: &str, v: &str, may_be_empty: bool) -> Result<()> {
-    if v.trim().is_empty() && !(may_be_empty && v.is_empty()) {
-        return Err(Error::InvalidArgument(format!("{field} is empty")));
+    if may_be_empty && v.is_empty() {
+        return Ok(());
     }
-    check_text(field, v, MAX_JUSTIFICATION)?;
-    if let Some((at, c)) = v
-        .char_indices()
-        .find(|(_, c)| c.is_control() && *c != '\n' && *c != '\t')
-    {
-        return Err(Error::InvalidArgument(format!(
-            "{field} has a control character ({}) at byte {at}",
-            c.escape_unicode()
-        )));
-    }
-    Ok(())
+    policy::check_justification(v).map_err(|e| Error::InvalidArgument(format!("{field} {e}")))
 }
 
 fn is_hex(v: &str, len: usize) -> bool {

@@ -44,6 +44,47 @@ pub fn is_env_name(v: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
+/// Longest justification a workload may give for a held request, in bytes.
+pub const MAX_JUSTIFICATION: usize = 2000;
+
+/// Why a workload's justification is refused; reads after the field's name ("text is empty").
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JustificationError {
+    /// Nothing but white space.
+    #[error("is empty: say what the operation is for")]
+    Empty,
+    /// Longer than [`MAX_JUSTIFICATION`].
+    #[error("is {0} bytes; at most {MAX_JUSTIFICATION}")]
+    TooLong(usize),
+    /// A control character other than newline and tab.
+    #[error("has a control character ({}) at byte {at}", c.escape_unicode())]
+    Control {
+        /// Byte offset.
+        at: usize,
+        /// The character.
+        c: char,
+    },
+}
+
+/// What a justification may be, checked alike by the agent (so that the workload hears why at
+/// once) and by central (which trusts no agent): some words, at most [`MAX_JUSTIFICATION`]
+/// bytes, no control characters but newline and tab.
+pub fn check_justification(text: &str) -> Result<(), JustificationError> {
+    if text.trim().is_empty() {
+        return Err(JustificationError::Empty);
+    }
+    if text.len() > MAX_JUSTIFICATION {
+        return Err(JustificationError::TooLong(text.len()));
+    }
+    match text
+        .char_indices()
+        .find(|(_, c)| c.is_control() && *c != '\n' && *c != '\t')
+    {
+        Some((at, c)) => Err(JustificationError::Control { at, c }),
+        None => Ok(()),
+    }
+}
+
 /// Longest executable path a rule may name, in bytes (the kernel keys hold 248 with the NUL).
 pub const MAX_PATH_LEN: usize = 247;
 /// Longest rule or workload name.

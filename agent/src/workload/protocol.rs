@@ -9,7 +9,7 @@ use crate::kernel::RequestId;
 pub const MAX_LINE: usize = 4096;
 
 /// Longest justification, in bytes (central takes no more).
-pub const MAX_JUSTIFICATION: usize = 2000;
+pub use policy::MAX_JUSTIFICATION;
 
 /// Longest single wait a caller may ask for; a caller that wants longer asks again.
 pub const MAX_WAIT_S: u64 = 3600;
@@ -156,25 +156,7 @@ impl WorkloadRequest {
 
 /// What central will take as a justification, said here first so that the workload hears why.
 pub fn check_justification(text: &str) -> Result<(), String> {
-    if text.trim().is_empty() {
-        return Err("text is empty: say what the operation is for".into());
-    }
-    if text.len() > MAX_JUSTIFICATION {
-        return Err(format!(
-            "text is {} bytes; at most {MAX_JUSTIFICATION}",
-            text.len()
-        ));
-    }
-    if let Some((at, c)) = text
-        .char_indices()
-        .find(|(_, c)| c.is_control() && *c != '\n' && *c != '\t')
-    {
-        return Err(format!(
-            "text has a control character ({}) at byte {at}",
-            c.escape_unicode()
-        ));
-    }
-    Ok(())
+    policy::check_justification(text).map_err(|e| format!("text {e}"))
 }
 
 #[cfg(test)]
