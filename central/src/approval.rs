@@ -26,7 +26,7 @@ use crate::{
     engine::Central,
     error::{Error, Result},
     events::Event,
-    grants,
+    grants, review,
     store::{AuditFact, QueryContext, Store, Tx},
     tally::{tally, Ballot, Choice, Scope, Tally, Terms},
 };
@@ -286,6 +286,65 @@ struct RuleTerms {
     groups: Vec<String>,
     rule_name: String,
     workload: String,
+    review: Vec<policy::ReviewStep>,
+    checks: Vec<policy::PolicyCheck>,
+}
+
+/// How the review chain's automatic steps resolve a request as it arrives.
+struct AutoResolution {
+    approve: bool,
+    actor: String,
+    reason: String,
+    detail: serde_json::Value,
+}
+
+/// What the chain decides before any person sees the request: the first policy check that
+/// holds; or, for a chain without people, the rule's `on_timeout` at once.
+fn auto_resolution(
+    terms: &RuleTerms,
+    req: &ApprovalRequest,
+    host_id: &str,
+    labels: &HashMap<String, String>,
+    approval_id: &str,
+) -> Option<AutoResolution> {
+    use policy::ReviewStep;
+    let with_policy = terms.review.contains(&ReviewStep::Policy);
+    let with_people = terms.review.contains(&ReviewStep::Human);
+    if with_people && !with_policy {
+        return None;
+    }
+    let labels = labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let inputs = review::Inputs::of(req, host_id, &labels, &terms.rule_name, &terms.workload);
+    let finding = review::evaluate(&terms.checks, &inputs);
+    for (check, why) in &finding.failed {
+        tracing::warn!(approval_id, rule = %terms.rule_name, check, error = %why, "policy check could not be evaluated; it decides nothing");
+    }
+    let failed: Vec<_> = finding
+        .failed
+        .iter()
+        .map(|(check, why)| json!({"check": check, "error": why}))
+        .collect();
+    match finding.decided {
+        Some((check, verdict)) => Some(AutoResolution {
+            approve: verdict == policy::Verdict::Approve,
+            actor: format!("policy:{}/{}", terms.rule_name, check.name),
+            reason: format!("policy check '{}' holds: {}", check.name, check.expression),
+            detail: json!({"review": "policy", "check": check.name,
+                "expression": check.expression, "inputs_sha256": inputs.digest(),
+                "failed_checks": failed}),
+        }),
+        None if !with_people => Some(AutoResolution {
+            approve: terms.on_timeout == "allow",
+            actor: "policy".into(),
+            reason: format!(
+                "no policy check held and the rule's review has no human step; on_timeout: {}",
+                terms.on_timeout
+            ),
+            detail: json!({"review": "policy", "check": null,
+                "inputs_sha256": inputs.digest(), "failed_checks": failed}),
+        }),
+        None => None,
+    }
 }
 
 impl Central {
@@ -334,6 +393,8 @@ impl Central {
             groups: Vec::new(),
             rule_name: req.rule_name.clone(),
             workload: req.workload.clone(),
+            review: policy::review::human_only(),
+            checks: Vec::new(),
         };
         if req.rule_id == 0 {
             // A workload's default action, not a named rule.
@@ -370,13 +431,15 @@ impl Central {
             groups: rule.approvers.groups.clone(),
             rule_name: rule.name.clone(),
             workload: rule.workload.clone(),
+            review: rule.review.clone(),
+            checks: rule.checks.clone(),
         })
     }
 
     /// Accepts a held operation (validated by the caller). Idempotent by (host, request id).
     pub async fn submit(&self, req: ApprovalRequest) -> Result<ApprovalAccepted> {
         let host_id = req.host_id.clone();
-        self.host_labels(&host_id).await?;
+        let labels = self.host_labels(&host_id).await?;
         if let Some(row) = self.request_by_agent_id(&host_id, &req.request_id).await? {
             return self.accepted(&row).await;
         }
@@ -448,6 +511,56 @@ impl Central {
             },
         )
         .await?;
+        // Decided in the same transaction as it is stored: no person can see it in between.
+        if let Some(auto) = auto_resolution(&terms, &req, &host_id, &labels, &approval_id) {
+            let row = RequestRow {
+                approval_id: approval_id.clone(),
+                host_id: host_id.clone(),
+                request_id: req.request_id.clone(),
+                state: State::Pending,
+                requester: req.requester.clone(),
+                rule_id: req.rule_id,
+                rule_name: terms.rule_name.clone(),
+                workload: terms.workload.clone(),
+                tgid: req.tgid,
+                context: Vec::new(),
+                received_at_ms: now,
+                expires_at_ms: expires,
+                on_timeout: terms.on_timeout.to_string(),
+                approvers_needed: terms.approvers_needed,
+                approver_groups: terms.groups.clone(),
+                decided_at_ms: 0,
+                decided_by: String::new(),
+                outcome: String::new(),
+                reason: String::new(),
+                grant_id: String::new(),
+            };
+            let (to, outcome) = if auto.approve {
+                (State::Approved, "allow")
+            } else {
+                (State::Denied, "deny")
+            };
+            let after = resolve_in(
+                &mut tx,
+                &row,
+                to,
+                outcome,
+                &auto.actor,
+                &auto.reason,
+                None,
+                auto.detail,
+                now,
+            )
+            .await?;
+            tx.commit().await.ctx("committing request")?;
+            self.publish(Event::Request {
+                approval_id: approval_id.clone(),
+                host_id,
+            })
+            .await;
+            tracing::info!(approval_id, request_id = %req.request_id, rule = %terms.rule_name, by = %auto.actor, outcome, "request decided by its review chain");
+            return self.accepted(&after).await;
+        }
         tx.commit().await.ctx("committing request")?;
         self.publish(Event::Request {
             approval_id: approval_id.clone(),

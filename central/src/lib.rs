@@ -41,6 +41,7 @@ pub mod metrics;
 pub mod notify;
 pub mod oidc;
 pub mod report;
+pub mod review;
 pub mod role;
 pub mod rules;
 pub mod server;

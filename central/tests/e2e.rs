@@ -1630,6 +1630,190 @@ async fn racing_calls_agree(env: &Env) {
     server.shutdown().await;
 }
 
+const CHAIN_RULES: &str = r#"
+workloads:
+  - name: ai-agents
+    cgroups: ["/ai.slice/*"]
+rules:
+  - name: deploy-db
+    workload: ai-agents
+    on: connect
+    to: ["10.20.0.0/16"]
+    action: approve
+    review: [policy, human]
+    policy:
+      - name: broken
+        approve_if: 'env.MISSING == "x"'
+      - name: deploy-job
+        approve_if: 'parent.exe == "/usr/bin/deploy" && destination.port == 5432 && host.labels["env"] == "prod"'
+      - name: no-root
+        deny_if: 'process.uid == 0'
+  - name: machines-only
+    workload: ai-agents
+    on: exec
+    paths: ["/usr/bin/rsync"]
+    action: approve
+    review: [policy]
+    policy:
+      - name: dry-run
+        approve_if: 'process.argv.exists(a, a == "--dry-run")'
+"#;
+
+/// A rule's review chain: a policy check approves or denies as the request arrives (recorded
+/// as `policy:<rule>/<check>` with the inputs' digest), a check that cannot be evaluated decides
+/// nothing, what no check decides waits for a person, and a chain without people resolves at
+/// once by the rule's `on_timeout`.
+async fn review_chains(env: &Env) {
+    let server = env.start().await;
+    let mut rv = reviewer(&server).await;
+    rv.apply_rules(req(
+        ApplyRulesRequest {
+            source_name: "chains.yaml".into(),
+            yaml: CHAIN_RULES.into(),
+            ..Default::default()
+        },
+        ADMIN,
+    ))
+    .await
+    .expect("apply rules");
+    let mut agent = Agent::connect(&server, "h1", vec![], vec![]).await;
+    agent.next_rules().await;
+    let set = policy::RuleSet::parse("chains.yaml", CHAIN_RULES).expect("chain rules parse");
+    let rule_id = |name: &str| {
+        set.rules
+            .iter()
+            .find(|r| r.name == name)
+            .map(|r| r.id)
+            .expect("rule in chain rules")
+    };
+    let connect = |agent: &Agent, id: &str, parent: &str, uid: u32| {
+        let mut r = agent.request(id, "prod-db");
+        r.rule_id = rule_id("deploy-db");
+        r.rule_name = "deploy-db".into();
+        r.uid = uid;
+        r.ancestors[0].exe = parent.into();
+        r
+    };
+    let exec = |agent: &Agent, id: &str, argv: &[&str]| {
+        let mut r = agent.request(id, "two-person");
+        r.rule_id = rule_id("machines-only");
+        r.rule_name = "machines-only".into();
+        r.exec_path = "/usr/bin/rsync".into();
+        r.argv = argv.iter().map(|a| a.to_string()).collect();
+        r
+    };
+
+    let cases = [
+        (
+            connect(&agent, "c.1", "/usr/bin/deploy", 1000),
+            Some((Outcome::Allow, "policy:deploy-db/deploy-job")),
+        ),
+        (
+            connect(&agent, "c.2", "/usr/lib/systemd/systemd", 0),
+            Some((Outcome::Deny, "policy:deploy-db/no-root")),
+        ),
+        (
+            exec(&agent, "e.1", &["rsync", "--dry-run", "a", "b"]),
+            Some((Outcome::Allow, "policy:machines-only/dry-run")),
+        ),
+        (
+            exec(&agent, "e.2", &["rsync", "a", "b"]),
+            Some((Outcome::Deny, "policy")),
+        ),
+        (
+            connect(&agent, "c.3", "/usr/lib/systemd/systemd", 1000),
+            None,
+        ),
+    ];
+    let mut waiting = None;
+    for (r, want) in cases {
+        let id = r.request_id.clone();
+        let acc = agent.submit(r).await;
+        match want {
+            Some((outcome, by)) => {
+                let d = acc
+                    .decision
+                    .unwrap_or_else(|| panic!("{id}: decided as it arrived"));
+                assert_eq!(
+                    (d.outcome, d.decided_by.as_str()),
+                    (outcome as i32, by),
+                    "{id}"
+                );
+                // A person comes too late to a request the chain decided.
+                let e = rv
+                    .decide(req(approve_once(&acc.approval_id, "me too"), ALICE))
+                    .await
+                    .expect_err("already decided");
+                assert_eq!(e.code(), Code::FailedPrecondition, "{id}: {e}");
+            }
+            None => {
+                assert_eq!(acc.state, RequestState::Pending as i32, "{id}");
+                assert!(acc.decision.is_none(), "{id}");
+                waiting = Some(acc.approval_id);
+            }
+        }
+    }
+    // What no check decided is a person's to decide.
+    let waiting = waiting.expect("one request waits");
+    let (rec, resolved) = {
+        let r = rv
+            .decide(req(approve_once(&waiting, "looked at it"), ALICE))
+            .await
+            .expect("decide")
+            .into_inner();
+        (r.request.expect("record"), r.r#final)
+    };
+    assert!(resolved);
+    assert_eq!(rec.state, RequestState::Approved as i32);
+
+    // Each automatic decision is audited with the check, its expression and the inputs' digest;
+    // the check that could not be evaluated is named beside it.
+    let audited = |kind: &str| {
+        let mut rv = rv.clone();
+        let kind = kind.to_string();
+        async move {
+            rv.query_audit(req(
+                QueryAuditRequest {
+                    kind,
+                    limit: 10,
+                    ..Default::default()
+                },
+                VIEWER,
+            ))
+            .await
+            .expect("audit")
+            .into_inner()
+            .entries
+        }
+    };
+    let approved = audited("request.approved").await;
+    let by_policy = approved
+        .iter()
+        .find(|e| e.actor == "policy:deploy-db/deploy-job")
+        .unwrap_or_else(|| panic!("{approved:?}"));
+    let p: serde_json::Value = serde_json::from_str(&by_policy.payload_json).expect("payload");
+    assert_eq!(p["check"], "deploy-job");
+    assert!(p["expression"]
+        .as_str()
+        .is_some_and(|e| e.contains("/usr/bin/deploy")));
+    assert!(
+        p["inputs_sha256"]
+            .as_str()
+            .is_some_and(|d| d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit())),
+        "{p}"
+    );
+    assert_eq!(p["failed_checks"][0]["check"], "broken", "{p}");
+    assert!(approved.iter().any(|e| e.actor == "alice"), "{approved:?}");
+    let denied = audited("request.denied").await;
+    assert!(
+        denied
+            .iter()
+            .any(|e| e.actor == "policy" && e.payload_json.contains("no policy check held")),
+        "{denied:?}"
+    );
+    server.shutdown().await;
+}
+
 suite!(
     racing_calls_agree,
     metrics,
@@ -1642,6 +1826,7 @@ suite!(
     concurrent_decisions,
     cancel,
     justify,
+    review_chains,
     restart_loses_nothing,
     rules_versions_and_shadow,
     bad_input,

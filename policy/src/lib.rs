@@ -30,8 +30,10 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub mod args;
 mod raw;
+pub mod review;
 
 pub use args::{ArgSeq, ArgsMatch};
+pub use review::{PolicyCheck, ReviewStep, Verdict};
 
 /// An environment variable name as shells and `getenv` callers write them (at most 128 bytes):
 /// what a workload's `context_env` may list, and what central takes from an agent.
@@ -315,6 +317,12 @@ pub struct Rule {
     pub timeout: Duration,
     /// What happens when nobody decides in time: `deny` or `allow`.
     pub on_timeout: Action,
+    /// Who may decide, in order (for `approve`); people alone unless the rule says otherwise.
+    #[serde(default = "review::human_only")]
+    pub review: Vec<ReviewStep>,
+    /// The `policy` step's checks, in order.
+    #[serde(default)]
+    pub checks: Vec<PolicyCheck>,
     /// Line of the rule in its file, for messages.
     pub line: Option<usize>,
 }

@@ -6,9 +6,10 @@ use serde::Deserialize;
 
 use crate::{
     args::{self, ArgSeq, ArgsMatch},
-    name_id, parse_net, Action, Approvers, Matcher, Notify, PathPattern, PolicyError, PortRange,
-    Problem, Protocol, Rule, RuleSet, Sha256, Workload, DEFAULT_TIMEOUT, MAX_NAME_LEN,
-    MAX_PATH_LEN, TIMEOUT_RANGE,
+    name_id, parse_net,
+    review::{self, PolicyCheck, ReviewStep, Verdict},
+    Action, Approvers, Matcher, Notify, PathPattern, PolicyError, PortRange, Problem, Protocol,
+    Rule, RuleSet, Sha256, Workload, DEFAULT_TIMEOUT, MAX_NAME_LEN, MAX_PATH_LEN, TIMEOUT_RANGE,
 };
 
 #[derive(Deserialize)]
@@ -112,8 +113,22 @@ struct RawRule {
     #[serde(default)]
     on_timeout: Option<Action>,
     #[serde(default)]
+    review: Option<Vec<ReviewStep>>,
+    #[serde(default)]
+    policy: Vec<RawCheck>,
+    #[serde(default)]
     #[allow(dead_code)]
     description: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCheck {
+    name: String,
+    #[serde(default)]
+    approve_if: Option<String>,
+    #[serde(default)]
+    deny_if: Option<String>,
 }
 
 struct Collector<'a> {
@@ -360,6 +375,7 @@ pub(crate) fn parse(source_name: &str, text: &str) -> Result<RuleSet, PolicyErro
                 Action::Deny
             }
         };
+        let (review, checks) = review_chain(&mut c, r);
         if let Some(m) = matcher {
             rules.push(Rule {
                 id: name_id("rule", name),
@@ -372,6 +388,8 @@ pub(crate) fn parse(source_name: &str, text: &str) -> Result<RuleSet, PolicyErro
                 notify,
                 timeout,
                 on_timeout,
+                review,
+                checks,
                 line: find_line(text, "rule", name),
             });
         }
@@ -762,5 +780,133 @@ fn strip_location(msg: &str) -> String {
     match msg.rfind(" at line ") {
         Some(i) => msg[..i].to_string(),
         None => msg.to_string(),
+    }
+}
+
+/// A rule's review chain and its policy checks, with a problem for each thing wrong.
+fn review_chain(c: &mut Collector, r: &RawRule) -> (Vec<ReviewStep>, Vec<PolicyCheck>) {
+    let name = r.name.as_str();
+    let Some(steps) = &r.review else {
+        if !r.policy.is_empty() {
+            c.push(
+                "rule",
+                name,
+                "`policy` checks need `review: [policy, human]` (or `[policy]`) to take part"
+                    .into(),
+            );
+        }
+        return (review::human_only(), Vec::new());
+    };
+    if r.action != Action::Approve {
+        c.push(
+            "rule",
+            name,
+            format!(
+                "`review` only applies to `action: approve`, not `{}`",
+                r.action
+            ),
+        );
+    }
+    let mut seen = HashSet::new();
+    for s in steps {
+        if !seen.insert(*s) {
+            c.push(
+                "rule",
+                name,
+                format!("`review` names `{}` twice", step_name(*s)),
+            );
+        }
+    }
+    if steps.is_empty() {
+        c.push(
+            "rule",
+            name,
+            "`review` is empty: name `human`, `policy` or both".into(),
+        );
+    }
+    if steps.first() == Some(&ReviewStep::Human) && steps.len() > 1 {
+        c.push(
+            "rule",
+            name,
+            "`review` puts `human` before `policy`: people have the last word, so `human` comes last".into(),
+        );
+    }
+    let with_policy = steps.contains(&ReviewStep::Policy);
+    if with_policy && r.policy.is_empty() {
+        c.push(
+            "rule",
+            name,
+            "`review` has `policy` but the rule has no `policy` checks".into(),
+        );
+    }
+    if !with_policy && !r.policy.is_empty() {
+        c.push(
+            "rule",
+            name,
+            "the rule has `policy` checks but `review` has no `policy` step".into(),
+        );
+    }
+    if r.policy.len() > review::MAX_CHECKS {
+        c.push(
+            "rule",
+            name,
+            format!(
+                "`policy` has {} checks; at most {}",
+                r.policy.len(),
+                review::MAX_CHECKS
+            ),
+        );
+    }
+    let mut names = HashSet::new();
+    let mut checks = Vec::new();
+    for (i, k) in r.policy.iter().enumerate() {
+        let what = format!("`policy[{i}]` ('{}')", k.name);
+        if k.name.is_empty()
+            || k.name.len() > MAX_NAME_LEN
+            || !k
+                .name
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
+        {
+            c.push(
+                "rule",
+                name,
+                format!(
+                    "{what}: a check's name is 1 to {MAX_NAME_LEN} letters, digits, `-` or `_`"
+                ),
+            );
+        }
+        if !names.insert(k.name.as_str()) {
+            c.push("rule", name, format!("{what}: the name is used twice"));
+        }
+        let (expression, verdict) = match (&k.approve_if, &k.deny_if) {
+            (Some(e), None) => (e, Verdict::Approve),
+            (None, Some(e)) => (e, Verdict::Deny),
+            _ => {
+                c.push(
+                    "rule",
+                    name,
+                    format!("{what}: give exactly one of `approve_if` and `deny_if`"),
+                );
+                continue;
+            }
+        };
+        if let Err(e) = review::check_expression(expression) {
+            c.push("rule", name, format!("{what}: {e}"));
+            continue;
+        }
+        checks.push(PolicyCheck {
+            name: k.name.clone(),
+            expression: expression.clone(),
+            verdict,
+        });
+    }
+    (steps.clone(), checks)
+}
+
+fn step_name(s: ReviewStep) -> &'static str {
+    match s {
+        ReviewStep::Policy => "policy",
+        ReviewStep::Human => "human",
     }
 }

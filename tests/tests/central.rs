@@ -922,6 +922,57 @@ fn wait_file(path: &std::path::Path) -> String {
 }
 
 /// Runs `script` as user nobody with `sh`, in `cgroup`: an unprivileged workload.
+/// A rule whose review is `[policy]` alone: its check approves a held connect() as it reaches
+/// central, and the connection arrives at its destination with no person involved; one the
+/// check does not approve is denied at once (the rule's `on_timeout`), gets EPERM and never
+/// arrives. Each decision is recorded as the policy's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
+async fn a_policy_check_decides_a_held_connect_without_a_person() {
+    if !privileged() {
+        return;
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let target = format!("127.0.0.1:{}", listener.local_addr().expect("addr").port());
+    let cg = TestCgroup::new();
+    let mut stack = Stack::start(&cg).await;
+    apply(
+        &stack,
+        &cg,
+        "  - name: db\n    workload: test\n    on: connect\n    to: [127.0.0.1/32]\n    action: approve\n    timeout: 10m\n    review: [policy]\n    policy:\n      - {name: probe-reads, approve_if: 'process.comm == \"latch-probe\" && process.argv.exists(a, a == \"--read-only\")'}\n",
+    )
+    .await;
+    stack.start_agent();
+    stack.wait_watching();
+    let mut admin = stack.reviewer(ADMIN).await;
+
+    // Before the rule holds anything here, nothing is waiting at the destination.
+    assert!(listener.accept().is_err(), "a connection before the test");
+
+    let child = spawn_in(&cg.path, &probe(), &["connect", &target, "--read-only"]);
+    let pid = child.id();
+    assert_eq!(outcome(child)["ok"], true);
+    assert!(
+        listener.accept().is_ok(),
+        "the approved connection never reached its destination"
+    );
+    let rec = wait_request(&mut admin, &stack.host, pid, RequestState::Approved).await;
+    let d = rec.decision.expect("decision");
+    assert_eq!(d.decided_by, "policy:db/probe-reads");
+    assert!(rec.votes.is_empty(), "no person voted: {:?}", rec.votes);
+
+    let child = spawn_in(&cg.path, &probe(), &["connect", &target]);
+    let pid = child.id();
+    assert_eq!(outcome(child)["errno"], 1);
+    assert!(
+        listener.accept().is_err(),
+        "a denied connection reached its destination"
+    );
+    let rec = wait_request(&mut admin, &stack.host, pid, RequestState::Denied).await;
+    assert_eq!(rec.decision.expect("decision").decided_by, "policy");
+}
+
 fn as_nobody(cgroup: &std::path::Path, script: &str, args: &[&str]) -> std::process::Child {
     let mut argv = vec![
         "--reuid=65534",
