@@ -154,12 +154,14 @@ pub struct RequestRow {
     pub reason: String,
     /// Grant created by the decision.
     pub grant_id: String,
+    /// What the automatic reviewer said (JSON of [`AutoRecommendation`]), empty until then.
+    pub recommendation: String,
 }
 
 const REQUEST_COLUMNS: &str =
     "approval_id, host_id, request_id, state, requester, rule_id, rule_name,
     workload, tgid, context, received_at_ms, expires_at_ms, on_timeout, approvers_needed,
-    approver_groups_json, decided_at_ms, decided_by, outcome, reason, grant_id";
+    approver_groups_json, decided_at_ms, decided_by, outcome, reason, grant_id, recommendation";
 
 fn request_row(r: &AnyRow) -> Result<RequestRow, sqlx::Error> {
     let state: String = r.try_get("state")?;
@@ -187,6 +189,7 @@ fn request_row(r: &AnyRow) -> Result<RequestRow, sqlx::Error> {
         outcome: r.try_get("outcome")?,
         reason: r.try_get("reason")?,
         grant_id: r.try_get("grant_id")?,
+        recommendation: r.try_get("recommendation")?,
     })
 }
 
@@ -309,8 +312,9 @@ fn auto_resolution(
 ) -> Option<AutoResolution> {
     use policy::ReviewStep;
     let with_policy = terms.review.contains(&ReviewStep::Policy);
+    let with_auto = terms.review.contains(&ReviewStep::Auto);
     let with_people = terms.review.contains(&ReviewStep::Human);
-    if with_people && !with_policy {
+    if !with_policy && (with_people || with_auto) {
         return None;
     }
     let labels = labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
@@ -333,7 +337,7 @@ fn auto_resolution(
                 "expression": check.expression, "inputs_sha256": inputs.digest(),
                 "failed_checks": failed}),
         }),
-        None if !with_people => Some(AutoResolution {
+        None if !with_people && !with_auto => Some(AutoResolution {
             approve: terms.on_timeout == "allow",
             actor: "policy".into(),
             reason: format!(
@@ -385,20 +389,15 @@ impl Central {
             .ctx(format!("decoding request {host_id}/{request_id}"))?)
     }
 
-    async fn terms(&self, host_id: &str, req: &ApprovalRequest) -> Result<RuleTerms> {
-        let defaults = RuleTerms {
-            timeout: policy::DEFAULT_TIMEOUT,
-            on_timeout: "deny",
-            approvers_needed: 1,
-            groups: Vec::new(),
-            rule_name: req.rule_name.clone(),
-            workload: req.workload.clone(),
-            review: policy::review::human_only(),
-            checks: Vec::new(),
-        };
+    /// The rule a request names, in the rules version it was held under (or the host's
+    /// current one); `None` for a workload's default action.
+    pub(crate) async fn rule_of(
+        &self,
+        host_id: &str,
+        req: &ApprovalRequest,
+    ) -> Result<Option<policy::Rule>> {
         if req.rule_id == 0 {
-            // A workload's default action, not a named rule.
-            return Ok(defaults);
+            return Ok(None);
         }
         let version = if req.rules_version > 0 {
             req.rules_version as i64
@@ -421,6 +420,23 @@ impl Central {
                 req.rule_id, req.rule_name
             ))
         })?;
+        Ok(Some(rule.clone()))
+    }
+
+    async fn terms(&self, host_id: &str, req: &ApprovalRequest) -> Result<RuleTerms> {
+        let Some(rule) = self.rule_of(host_id, req).await? else {
+            // A workload's default action, not a named rule.
+            return Ok(RuleTerms {
+                timeout: policy::DEFAULT_TIMEOUT,
+                on_timeout: "deny",
+                approvers_needed: 1,
+                groups: Vec::new(),
+                rule_name: req.rule_name.clone(),
+                workload: req.workload.clone(),
+                review: policy::review::human_only(),
+                checks: Vec::new(),
+            });
+        };
         Ok(RuleTerms {
             timeout: rule.timeout,
             on_timeout: match rule.on_timeout {
@@ -534,6 +550,7 @@ impl Central {
                 outcome: String::new(),
                 reason: String::new(),
                 grant_id: String::new(),
+                recommendation: String::new(),
             };
             let (to, outcome) = if auto.approve {
                 (State::Approved, "allow")
@@ -568,6 +585,9 @@ impl Central {
         })
         .await;
         self.expiry_wake.notify_one();
+        if terms.review.contains(&policy::ReviewStep::Auto) {
+            self.enqueue_auto_review(&approval_id);
+        }
         tracing::info!(approval_id, request_id = %req.request_id, rule = %terms.rule_name, "request pending");
         Ok(ApprovalAccepted {
             approval_id,
@@ -661,6 +681,11 @@ impl Central {
             votes,
             transitions,
             decision: self.decision_of(row).await?,
+            recommendation: serde_json::from_str::<crate::auto_protocol::Recommendation>(
+                &row.recommendation,
+            )
+            .ok()
+            .map(|r| r.to_proto()),
         })
     }
 
@@ -1366,7 +1391,7 @@ pub(crate) async fn resolve_in(
     })
 }
 
-fn request_summary(
+pub(crate) fn request_summary(
     req: &ApprovalRequest,
     expires: i64,
     on_timeout: &str,

@@ -207,6 +207,122 @@ pub struct Config {
     /// The break-glass decision path (off by default).
     #[serde(default)]
     pub break_glass: BreakGlassConfig,
+    /// `[[auto_reviewers]]`: automatic reviewer services that rules' `auto` steps name.
+    #[serde(default)]
+    pub auto_reviewers: Vec<AutoReviewerConfig>,
+}
+
+/// An automatic reviewer service: central posts each request of a rule whose chain has `auto`
+/// naming it, signed with the shared secret, and takes its signed answer (see `crate::auto`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutoReviewerConfig {
+    /// The name rules give in `auto.reviewer`.
+    pub name: String,
+    /// Where requests are posted (`https://`, or `http://` on loopback).
+    pub url: String,
+    /// File holding the shared secret (at least 32 bytes) that signs both ways.
+    pub secret_file: PathBuf,
+    /// How long an answer may take before the request escalates (default 5s, at most 60s).
+    #[serde(default)]
+    pub timeout: Option<String>,
+    /// The circuit breaker's window: how many of the latest verdicts it looks at (default 20).
+    #[serde(default = "default_breaker_window")]
+    pub breaker_window: usize,
+    /// The largest share of approvals in a full window before the reviewer is switched to
+    /// escalate-only (default 0.9).
+    #[serde(default = "default_breaker_max_approve_share")]
+    pub breaker_max_approve_share: f64,
+    /// Failures in a row (timeouts, errors, bad answers) that switch it to escalate-only
+    /// (default 3).
+    #[serde(default = "default_breaker_max_failures")]
+    pub breaker_max_failures: u32,
+    /// How long it stays escalate-only (default 10m).
+    #[serde(default)]
+    pub breaker_cooldown: Option<String>,
+}
+
+fn default_breaker_window() -> usize {
+    20
+}
+
+fn default_breaker_max_approve_share() -> f64 {
+    0.9
+}
+
+fn default_breaker_max_failures() -> u32 {
+    3
+}
+
+impl AutoReviewerConfig {
+    /// How long an answer may take.
+    pub fn timeout(&self) -> Result<Duration, String> {
+        let text = self.timeout.as_deref().unwrap_or("5s");
+        let d = humantime::parse_duration(text)
+            .map_err(|e| format!("auto_reviewers '{}'.timeout '{text}': {e}", self.name))?;
+        if d < Duration::from_millis(100) || d > Duration::from_secs(60) {
+            return Err(format!(
+                "auto_reviewers '{}'.timeout '{text}' is out of range: 100ms to 60s",
+                self.name
+            ));
+        }
+        Ok(d)
+    }
+
+    /// How long the breaker stays open.
+    pub fn breaker_cooldown(&self) -> Result<Duration, String> {
+        let text = self.breaker_cooldown.as_deref().unwrap_or("10m");
+        let d = humantime::parse_duration(text).map_err(|e| {
+            format!(
+                "auto_reviewers '{}'.breaker_cooldown '{text}': {e}",
+                self.name
+            )
+        })?;
+        if d < Duration::from_secs(1) || d > Duration::from_secs(24 * 3600) {
+            return Err(format!(
+                "auto_reviewers '{}'.breaker_cooldown '{text}' is out of range: 1s to 24h",
+                self.name
+            ));
+        }
+        Ok(d)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let n = &self.name;
+        if n.is_empty()
+            || n.len() > policy::MAX_NAME_LEN
+            || !n
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(format!(
+                "auto_reviewers: name '{n}' is not a reviewer name (1 to {} letters, digits, `-` or `_`)",
+                policy::MAX_NAME_LEN
+            ));
+        }
+        check_webhook_url(&format!("auto_reviewers '{n}'.url"), &self.url)?;
+        self.timeout()?;
+        self.breaker_cooldown()?;
+        if !(2..=1000).contains(&self.breaker_window) {
+            return Err(format!(
+                "auto_reviewers '{n}'.breaker_window {} is out of range: 2 to 1000",
+                self.breaker_window
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.breaker_max_approve_share) {
+            return Err(format!(
+                "auto_reviewers '{n}'.breaker_max_approve_share {} is out of range: 0 to 1",
+                self.breaker_max_approve_share
+            ));
+        }
+        if !(1..=100).contains(&self.breaker_max_failures) {
+            return Err(format!(
+                "auto_reviewers '{n}'.breaker_max_failures {} is out of range: 1 to 100",
+                self.breaker_max_failures
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Shortest break-glass reason by default.
@@ -689,6 +805,7 @@ impl Default for Config {
             teams: None,
             oidc: None,
             break_glass: BreakGlassConfig::default(),
+            auto_reviewers: Vec::new(),
         }
     }
 }
@@ -756,6 +873,9 @@ impl Config {
         {
             resolve(secret);
         }
+        for a in &mut self.auto_reviewers {
+            resolve(&mut a.secret_file);
+        }
     }
 
     /// Parses and validates configuration text; `path` names it in messages.
@@ -805,6 +925,16 @@ impl Config {
         }
         if let Some(slack) = &self.slack {
             slack.validate(self.web.as_ref())?;
+        }
+        let mut names = std::collections::HashSet::new();
+        for a in &self.auto_reviewers {
+            a.validate()?;
+            if !names.insert(a.name.as_str()) {
+                return Err(format!(
+                    "auto_reviewers: the name '{}' is used twice",
+                    a.name
+                ));
+            }
         }
         if let Some(teams) = &self.teams {
             teams.validate(self.web.as_ref())?;
@@ -1169,6 +1299,57 @@ mod tests {
             c.audit.retention(),
             Ok(Some(Duration::from_secs(400 * 86_400)))
         );
+    }
+
+    #[test]
+    fn automatic_reviewers_are_checked() {
+        let base = |extra: &str| {
+            format!(
+                "[[auto_reviewers]]\nname = \"risk-bot\"\nurl = \"https://bot.internal/review\"\nsecret_file = \"/etc/latch/bot.secret\"\n{extra}"
+            )
+        };
+        let ok = Config::parse("c.toml", &base("")).expect("valid");
+        let a = &ok.auto_reviewers[0];
+        assert_eq!(a.timeout(), Ok(Duration::from_secs(5)));
+        assert_eq!(a.breaker_cooldown(), Ok(Duration::from_secs(600)));
+        assert_eq!((a.breaker_window, a.breaker_max_failures), (20, 3));
+        let cases = [
+            (base("timeout = \"2m\""), "timeout '2m' is out of range"),
+            (base("timeout = \"soon\""), "timeout 'soon'"),
+            (
+                base("breaker_window = 1"),
+                "breaker_window 1 is out of range",
+            ),
+            (
+                base("breaker_max_approve_share = 1.5"),
+                "breaker_max_approve_share 1.5 is out of range",
+            ),
+            (base("breaker_max_failures = 0"), "breaker_max_failures 0"),
+            (base("breaker_cooldown = \"0s\""), "breaker_cooldown '0s'"),
+            (base("model = \"x\""), "unknown field `model`"),
+            (
+                base("").replace("https://bot.internal", "http://bot.internal"),
+                "auto_reviewers 'risk-bot'.url",
+            ),
+            (
+                base("").replace("risk-bot", "risk bot"),
+                "name 'risk bot' is not a reviewer name",
+            ),
+            (
+                format!("{}\n{}", base(""), base("")),
+                "the name 'risk-bot' is used twice",
+            ),
+        ];
+        for (text, want) in cases {
+            let e = Config::parse("c.toml", &text).expect_err(&text).to_string();
+            assert!(e.contains(want), "{want:?} not in {e:?}");
+        }
+        // Plain HTTP is fine on loopback.
+        Config::parse(
+            "c.toml",
+            &base("").replace("https://bot.internal", "http://127.0.0.1:7460"),
+        )
+        .expect("loopback");
     }
 
     #[test]

@@ -51,6 +51,11 @@ pub struct Central {
     pub(crate) web: crate::config::console::Settings,
     /// This replica's Prometheus metrics (see [`crate::metrics`]).
     pub(crate) metrics: crate::metrics::Metrics,
+    /// The automatic reviewers' circuit breakers.
+    pub(crate) breakers: crate::breaker::Breakers,
+    /// Requests to post to their automatic reviewer (`crate::autoreview`); none when no
+    /// reviewer is configured.
+    pub(crate) auto_queue: Option<mpsc::UnboundedSender<String>>,
 }
 
 impl Central {

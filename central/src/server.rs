@@ -53,6 +53,9 @@ pub enum StartError {
     /// The `[slack]` or `[teams]` settings.
     #[error(transparent)]
     Notify(#[from] crate::notify::NotifyError),
+    /// The `[[auto_reviewers]]` settings.
+    #[error(transparent)]
+    AutoReview(#[from] crate::autoreview::AutoReviewError),
     /// Recording the start in the audit trail.
     #[error("recording the start in the audit trail: {0}")]
     Audit(#[from] crate::error::Error),
@@ -135,6 +138,7 @@ async fn start_serving(
     };
     let (notify, notify_jobs) = crate::notify::Notifier::start(config)?;
     let notify = Arc::new(notify);
+    let (auto_reviewers, auto_jobs) = crate::autoreview::AutoReviewers::start(config)?;
     let central = Arc::new(Central {
         store: store.clone(),
         hub: Hub::default(),
@@ -154,11 +158,20 @@ async fn start_serving(
         chat: notify.queue(),
         web: web.as_ref().map(|w| w.settings()).unwrap_or_default(),
         metrics: crate::metrics::Metrics::new(),
+        breakers: crate::breaker::Breakers::new(&config.auto_reviewers),
+        auto_queue: auto_jobs.as_ref().map(|(tx, _)| tx.clone()),
     });
     if let Some(w) = central.store.writer_stats() {
         w.observe(Arc::new(CommitMetrics(central.metrics.clone())));
     }
     central.record_start(config).await?;
+    if let Some((_, jobs)) = auto_jobs {
+        tasks.push(tokio::spawn(crate::autoreview::run(
+            central.clone(),
+            Arc::new(auto_reviewers),
+            jobs,
+        )));
+    }
     if let Some(jobs) = notify_jobs {
         tasks.push(tokio::spawn(crate::notify::deliver(
             central.clone(),

@@ -13,6 +13,7 @@ mod chat;
 mod console;
 mod group_commit;
 mod migrations;
+pub mod recommendations;
 
 use std::{
     ops::{Deref, DerefMut},

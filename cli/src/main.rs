@@ -415,6 +415,22 @@ fn what(rec: &ApprovalRecord) -> String {
     }
 }
 
+/// What an automatic reviewer said, in one line: its verdict, confidence, words, and why it
+/// did not decide when it did not.
+fn recommendation_line(a: &latch_proto::v1::AutoRecommendation) -> String {
+    let mut line = format!(
+        "{}: {} (confidence {:.2})",
+        a.reviewer, a.verdict, a.confidence
+    );
+    if !a.rationale.is_empty() {
+        line.push_str(&format!(" \"{}\"", a.rationale));
+    }
+    if !a.note.is_empty() {
+        line.push_str(&format!(" — {}", a.note));
+    }
+    line
+}
+
 fn record_json(rec: &ApprovalRecord) -> Value {
     let r = rec.request.clone().unwrap_or_default();
     let d = r.destination.clone().unwrap_or_default();
@@ -429,6 +445,9 @@ fn record_json(rec: &ApprovalRecord) -> Value {
         "pid": r.pid, "tgid": r.tgid, "ppid": r.ppid,
         "cgroup": r.cgroup_path, "unit": r.unit, "comm": r.comm, "exe": r.exe, "argv": r.argv,
         "exec_path": r.exec_path, "justification": r.justification,
+        "recommendation": rec.recommendation.as_ref().map(|a| json!({"reviewer": a.reviewer,
+            "verdict": a.verdict, "rationale": a.rationale, "confidence": a.confidence,
+            "decided": a.decided, "note": a.note, "at": time(a.at_unix_ms)})),
         "env": r.env.iter().map(|v| (v.name.clone(), json!(v.value))).collect::<serde_json::Map<_, _>>(),
         "trace": r.trace.as_ref().map(|t| json!({"trace_id": t.trace_id, "parent_id": t.parent_id, "sampled": t.sampled})),
         "destination": {"family": d.family, "address": d.address, "port": d.port, "protocol": d.protocol},
@@ -507,6 +526,9 @@ fn show(rec: &ApprovalRecord) {
     }
     if !r.justification.is_empty() {
         lines.push(("workload says (unverified)".into(), r.justification.clone()));
+    }
+    if let Some(a) = &rec.recommendation {
+        lines.push(("automatic reviewer".into(), recommendation_line(a)));
     }
     for (i, a) in r.argv.iter().enumerate() {
         lines.push((format!("argv[{i}]"), a.clone()));

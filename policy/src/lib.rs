@@ -33,7 +33,7 @@ mod raw;
 pub mod review;
 
 pub use args::{ArgSeq, ArgsMatch};
-pub use review::{PolicyCheck, ReviewStep, Verdict};
+pub use review::{AutoStep, PolicyCheck, ReviewStep, Verdict};
 
 /// An environment variable name as shells and `getenv` callers write them (at most 128 bytes):
 /// what a workload's `context_env` may list, and what central takes from an agent.
@@ -323,6 +323,9 @@ pub struct Rule {
     /// The `policy` step's checks, in order.
     #[serde(default)]
     pub checks: Vec<PolicyCheck>,
+    /// The `auto` step's reviewer, when the chain has one.
+    #[serde(default)]
+    pub auto: Option<AutoStep>,
     /// Line of the rule in its file, for messages.
     pub line: Option<usize>,
 }

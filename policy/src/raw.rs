@@ -7,7 +7,7 @@ use serde::Deserialize;
 use crate::{
     args::{self, ArgSeq, ArgsMatch},
     name_id, parse_net,
-    review::{self, PolicyCheck, ReviewStep, Verdict},
+    review::{self, AutoStep, PolicyCheck, ReviewStep, Verdict},
     Action, Approvers, Matcher, Notify, PathPattern, PolicyError, PortRange, Problem, Protocol,
     Rule, RuleSet, Sha256, Workload, DEFAULT_TIMEOUT, MAX_NAME_LEN, MAX_PATH_LEN, TIMEOUT_RANGE,
 };
@@ -117,8 +117,18 @@ struct RawRule {
     #[serde(default)]
     policy: Vec<RawCheck>,
     #[serde(default)]
+    auto: Option<RawAuto>,
+    #[serde(default)]
     #[allow(dead_code)]
     description: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuto {
+    reviewer: String,
+    #[serde(default)]
+    advisory: bool,
 }
 
 #[derive(Deserialize)]
@@ -375,7 +385,7 @@ pub(crate) fn parse(source_name: &str, text: &str) -> Result<RuleSet, PolicyErro
                 Action::Deny
             }
         };
-        let (review, checks) = review_chain(&mut c, r);
+        let (review, checks, auto) = review_chain(&mut c, r);
         if let Some(m) = matcher {
             rules.push(Rule {
                 id: name_id("rule", name),
@@ -390,6 +400,7 @@ pub(crate) fn parse(source_name: &str, text: &str) -> Result<RuleSet, PolicyErro
                 on_timeout,
                 review,
                 checks,
+                auto,
                 line: find_line(text, "rule", name),
             });
         }
@@ -783,8 +794,12 @@ fn strip_location(msg: &str) -> String {
     }
 }
 
-/// A rule's review chain and its policy checks, with a problem for each thing wrong.
-fn review_chain(c: &mut Collector, r: &RawRule) -> (Vec<ReviewStep>, Vec<PolicyCheck>) {
+/// A rule's review chain, its policy checks and its automatic reviewer, with a problem for each
+/// thing wrong.
+fn review_chain(
+    c: &mut Collector,
+    r: &RawRule,
+) -> (Vec<ReviewStep>, Vec<PolicyCheck>, Option<AutoStep>) {
     let name = r.name.as_str();
     let Some(steps) = &r.review else {
         if !r.policy.is_empty() {
@@ -795,7 +810,15 @@ fn review_chain(c: &mut Collector, r: &RawRule) -> (Vec<ReviewStep>, Vec<PolicyC
                     .into(),
             );
         }
-        return (review::human_only(), Vec::new());
+        if r.auto.is_some() {
+            c.push(
+                "rule",
+                name,
+                "`auto` needs `review: [auto, human]` (or another chain with `auto`) to take part"
+                    .into(),
+            );
+        }
+        return (review::human_only(), Vec::new(), None);
     };
     if r.action != Action::Approve {
         c.push(
@@ -821,16 +844,70 @@ fn review_chain(c: &mut Collector, r: &RawRule) -> (Vec<ReviewStep>, Vec<PolicyC
         c.push(
             "rule",
             name,
-            "`review` is empty: name `human`, `policy` or both".into(),
+            "`review` is empty: name `human`, `policy`, `auto` or several, in that order".into(),
         );
     }
-    if steps.first() == Some(&ReviewStep::Human) && steps.len() > 1 {
+    let order = |s: &ReviewStep| match s {
+        ReviewStep::Policy => 0,
+        ReviewStep::Auto => 1,
+        ReviewStep::Human => 2,
+    };
+    if steps.windows(2).any(|w| order(&w[0]) > order(&w[1])) {
         c.push(
             "rule",
             name,
-            "`review` puts `human` before `policy`: people have the last word, so `human` comes last".into(),
+            "`review` is out of order: `policy`, then `auto`, then `human` (people have the last word, so `human` comes last)".into(),
         );
     }
+    let with_auto = steps.contains(&ReviewStep::Auto);
+    let auto = match (&r.auto, with_auto) {
+        (Some(a), true) => {
+            if a.reviewer.is_empty()
+                || a.reviewer.len() > MAX_NAME_LEN
+                || !a
+                    .reviewer
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
+            {
+                c.push(
+                    "rule",
+                    name,
+                    format!(
+                        "`auto.reviewer` '{}' is not a reviewer name (1 to {MAX_NAME_LEN} letters, digits, `-` or `_`)",
+                        a.reviewer
+                    ),
+                );
+            }
+            if a.advisory && !steps.contains(&ReviewStep::Human) {
+                c.push(
+                    "rule",
+                    name,
+                    "`auto.advisory` recommends to people, but `review` has no `human` step".into(),
+                );
+            }
+            Some(AutoStep {
+                reviewer: a.reviewer.clone(),
+                advisory: a.advisory,
+            })
+        }
+        (None, true) => {
+            c.push(
+                "rule",
+                name,
+                "`review` has `auto` but the rule names no `auto.reviewer`".into(),
+            );
+            None
+        }
+        (Some(_), false) => {
+            c.push(
+                "rule",
+                name,
+                "the rule has `auto` but `review` has no `auto` step".into(),
+            );
+            None
+        }
+        (None, false) => None,
+    };
     let with_policy = steps.contains(&ReviewStep::Policy);
     if with_policy && r.policy.is_empty() {
         c.push(
@@ -901,12 +978,13 @@ fn review_chain(c: &mut Collector, r: &RawRule) -> (Vec<ReviewStep>, Vec<PolicyC
             verdict,
         });
     }
-    (steps.clone(), checks)
+    (steps.clone(), checks, auto)
 }
 
 fn step_name(s: ReviewStep) -> &'static str {
     match s {
         ReviewStep::Policy => "policy",
+        ReviewStep::Auto => "auto",
         ReviewStep::Human => "human",
     }
 }

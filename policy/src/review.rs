@@ -1,7 +1,9 @@
 //! A rule's review chain: who may decide its requests, in order. `policy` checks are CEL
 //! expressions over the request that central evaluates when the request arrives; the first that
-//! holds decides, as `policy:<name>`. `human` is the reviewers. A chain without `human` resolves
-//! a request that no check decided at once, by the rule's `on_timeout`.
+//! holds decides, as `policy:<rule>/<name>`. `auto` is an automatic reviewer service that central
+//! calls with the masked request: it approves, denies or escalates (or, `advisory`, only
+//! recommends to people). `human` is the reviewers. A chain without `human` resolves a request
+//! that nothing before decided by the rule's `on_timeout`.
 //!
 //! This module owns what a check may say (its names, its expression's syntax, the variables it
 //! may read); evaluating it belongs to central.
@@ -14,8 +16,20 @@ use serde::{Deserialize, Serialize};
 pub enum ReviewStep {
     /// The rule's policy checks.
     Policy,
+    /// An automatic reviewer service (the rule's `auto`).
+    Auto,
     /// People, through every review channel.
     Human,
+}
+
+/// The `auto` step of a rule: which reviewer service, and whether its verdict decides.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AutoStep {
+    /// The reviewer's name in central's `[[auto_reviewers]]`.
+    pub reviewer: String,
+    /// Its verdict is only shown to people as a recommendation; it never decides.
+    #[serde(default)]
+    pub advisory: bool,
 }
 
 /// The chain of a rule that says nothing: people decide.

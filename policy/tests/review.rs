@@ -1,7 +1,7 @@
 //! Review chains in the rules language: what a rule may say about who decides, and how each
 //! mistake is refused with the rule, the line and the reason.
 
-use policy::{review::check_expression, PolicyError, ReviewStep, RuleSet, Verdict};
+use policy::{review::check_expression, AutoStep, PolicyError, ReviewStep, RuleSet, Verdict};
 
 fn file(rule_tail: &str) -> String {
     format!(
@@ -34,6 +34,22 @@ fn a_chain_with_checks_is_kept_in_order() {
             .collect::<Vec<_>>(),
         [("deploy-job", Verdict::Approve), ("no-root", Verdict::Deny)]
     );
+    let auto = RuleSet::parse(
+        "rules.yaml",
+        &file("    action: approve\n    review: [policy, auto, human]\n    policy:\n      - {name: a, deny_if: 'process.uid == 0'}\n    auto: {reviewer: risk-bot, advisory: true}\n"),
+    )
+    .expect("valid");
+    assert_eq!(
+        auto.rules[0].review,
+        vec![ReviewStep::Policy, ReviewStep::Auto, ReviewStep::Human]
+    );
+    assert_eq!(
+        auto.rules[0].auto,
+        Some(AutoStep {
+            reviewer: "risk-bot".into(),
+            advisory: true
+        })
+    );
     // A rule that says nothing is decided by people alone.
     let plain = RuleSet::parse("rules.yaml", &file("    action: approve\n")).expect("valid");
     assert_eq!(plain.rules[0].review, vec![ReviewStep::Human]);
@@ -44,8 +60,8 @@ fn a_chain_with_checks_is_kept_in_order() {
 fn each_mistake_is_refused_with_its_reason() {
     let cases = [
         (
-            "    action: approve\n    review: [policy, auto]\n",
-            "unknown variant `auto`",
+            "    action: approve\n    review: [policy, robot]\n",
+            "unknown variant `robot`",
         ),
         (
             "    action: approve\n    review: [policy, human]\n",
@@ -61,7 +77,7 @@ fn each_mistake_is_refused_with_its_reason() {
         ),
         (
             "    action: approve\n    review: [human, policy]\n    policy:\n      - {name: a, approve_if: 'true'}\n",
-            "`human` comes last",
+            "`review` is out of order",
         ),
         (
             "    action: approve\n    review: [human, human]\n",
@@ -103,6 +119,34 @@ fn each_mistake_is_refused_with_its_reason() {
         (
             "    action: approve\n    review: [policy]\n    policy:\n      - {name: a, approve_if: 'true', when: 'x'}\n",
             "unknown field `when`",
+        ),
+        (
+            "    action: approve\n    review: [auto, human]\n",
+            "`review` has `auto` but the rule names no `auto.reviewer`",
+        ),
+        (
+            "    action: approve\n    auto: {reviewer: bot}\n",
+            "`auto` needs `review: [auto, human]`",
+        ),
+        (
+            "    action: approve\n    review: [human]\n    auto: {reviewer: bot}\n",
+            "the rule has `auto` but `review` has no `auto` step",
+        ),
+        (
+            "    action: approve\n    review: [auto, policy]\n    auto: {reviewer: bot}\n    policy:\n      - {name: a, approve_if: 'true'}\n",
+            "`review` is out of order",
+        ),
+        (
+            "    action: approve\n    review: [auto]\n    auto: {reviewer: bot, advisory: true}\n",
+            "`auto.advisory` recommends to people, but `review` has no `human` step",
+        ),
+        (
+            "    action: approve\n    review: [auto, human]\n    auto: {reviewer: 'a bot'}\n",
+            "`auto.reviewer` 'a bot' is not a reviewer name",
+        ),
+        (
+            "    action: approve\n    review: [auto, human]\n    auto: {reviewer: bot, model: x}\n",
+            "unknown field `model`",
         ),
     ];
     for (tail, want) in cases {

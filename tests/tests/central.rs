@@ -973,6 +973,165 @@ async fn a_policy_check_decides_a_held_connect_without_a_person() {
     assert_eq!(rec.decision.expect("decision").decided_by, "policy");
 }
 
+/// The reference automatic reviewer, its own process, answering central over signed HTTP.
+struct ReferenceReviewer {
+    child: Child,
+    url: String,
+}
+
+impl ReferenceReviewer {
+    /// Starts it with `rules` (TOML keys) and the secret in `secret`; returns once it listens.
+    fn start(dir: &std::path::Path, secret: &std::path::Path, rules: &str) -> ReferenceReviewer {
+        let config = dir.join("reviewer.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"127.0.0.1:0\"\nsecret_file = \"{}\"\n{rules}\n",
+                secret.display()
+            ),
+        )
+        .expect("write the reviewer's configuration");
+        let log = dir.join("reviewer.log");
+        let child = Command::new(binary("latch-reference-reviewer"))
+            .arg("--config")
+            .arg(&config)
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("reviewer log"))
+            .spawn()
+            .expect("start latch-reference-reviewer");
+        let deadline = Instant::now() + patience();
+        let addr = loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if let Some(a) = text
+                .split("listen=")
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+            {
+                break a.to_string();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the reviewer never listened: {text}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        ReferenceReviewer {
+            child,
+            url: format!("http://{addr}/review"),
+        }
+    }
+}
+
+impl Drop for ReferenceReviewer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A rule whose review is `[auto, human]`, its reviewer the reference reviewer in its own
+/// process: a held connect() to a port on the reviewer's list is approved by it and arrives at
+/// its destination with no person involved; one to another port is escalated, and the person
+/// who then denies it is the one whose word the kernel applies (EPERM, nothing arrives).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
+async fn an_automatic_reviewer_approves_a_held_connect_and_escalates_another() {
+    if !privileged() {
+        return;
+    }
+    let approved = TcpListener::bind("127.0.0.1:0").expect("bind");
+    approved.set_nonblocking(true).expect("nonblocking");
+    let escalated = TcpListener::bind("127.0.0.1:0").expect("bind");
+    escalated.set_nonblocking(true).expect("nonblocking");
+    let port = |l: &TcpListener| l.local_addr().expect("addr").port();
+    let dir = tempfile::tempdir().expect("dir");
+    let secret = dir.path().join("reviewer.secret");
+    std::fs::write(&secret, "shared-secret-of-the-reviewer-0123456789\n").expect("secret");
+    let reviewer = ReferenceReviewer::start(
+        dir.path(),
+        &secret,
+        &format!("approve_ports = [{}]", port(&approved)),
+    );
+    let cg = TestCgroup::new();
+    let mut stack = Stack::start_extra(
+        &cg,
+        &latch_tests::stack::Extra {
+            central: format!(
+                "[[auto_reviewers]]\nname = \"ref\"\nurl = \"{}\"\nsecret_file = \"{}\"\n",
+                reviewer.url,
+                secret.display()
+            ),
+            ..Default::default()
+        },
+    )
+    .await;
+    apply(
+        &stack,
+        &cg,
+        "  - {name: db, workload: test, on: connect, to: [127.0.0.1/32], action: approve, timeout: 10m, review: [auto, human], auto: {reviewer: ref}}\n",
+    )
+    .await;
+    stack.start_agent();
+    stack.wait_watching();
+    let mut alice = stack.reviewer(ALICE).await;
+
+    let child = spawn_in(
+        &cg.path,
+        &probe(),
+        &["connect", &format!("127.0.0.1:{}", port(&approved))],
+    );
+    let pid = child.id();
+    assert_eq!(outcome(child)["ok"], true);
+    assert!(
+        approved.accept().is_ok(),
+        "the approved connection never reached its destination"
+    );
+    let rec = wait_request(&mut alice, &stack.host, pid, RequestState::Approved).await;
+    assert_eq!(rec.decision.expect("decision").decided_by, "auto:ref");
+    assert!(rec.votes.is_empty(), "no person voted: {:?}", rec.votes);
+
+    let child = spawn_in(
+        &cg.path,
+        &probe(),
+        &["connect", &format!("127.0.0.1:{}", port(&escalated))],
+    );
+    let pid = child.id();
+    let rec = wait_request(&mut alice, &stack.host, pid, RequestState::Pending).await;
+    let deadline = Instant::now() + patience();
+    let said = loop {
+        let r = alice
+            .get_request(latch_proto::v1::GetRequestRequest {
+                approval_id: rec.approval_id.clone(),
+            })
+            .await
+            .expect("get request")
+            .into_inner();
+        if let Some(a) = r.recommendation {
+            break a;
+        }
+        assert!(Instant::now() < deadline, "the reviewer never answered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!((said.verdict.as_str(), said.decided), ("escalate", false));
+    alice
+        .decide(DecideRequest {
+            approval_id: rec.approval_id,
+            kind: DecisionKind::Deny as i32,
+            duration_seconds: 0,
+            scope: 0,
+            reason: "not that port".into(),
+        })
+        .await
+        .expect("decide");
+    assert_eq!(outcome(child)["errno"], 1);
+    assert!(
+        escalated.accept().is_err(),
+        "a denied connection reached its destination"
+    );
+}
+
 fn as_nobody(cgroup: &std::path::Path, script: &str, args: &[&str]) -> std::process::Child {
     let mut argv = vec![
         "--reuid=65534",

@@ -308,10 +308,22 @@ impl View {
     pub fn revision(&self) -> String {
         match self.row.state {
             // The workload's justification, once given, is part of what the message shows.
-            State::Pending if !self.req.justification.is_empty() => {
-                format!("pending:{}:justified", self.approvals)
-            }
-            State::Pending => format!("pending:{}", self.approvals),
+            // The workload's justification and the automatic reviewer's recommendation, once
+            // given, are part of what the message shows.
+            State::Pending => format!(
+                "pending:{}{}{}",
+                self.approvals,
+                if self.req.justification.is_empty() {
+                    ""
+                } else {
+                    ":justified"
+                },
+                if self.row.recommendation.is_empty() {
+                    ""
+                } else {
+                    ":reviewed"
+                }
+            ),
             s => s.as_str().to_string(),
         }
     }
@@ -413,6 +425,21 @@ impl View {
                 "Workload says (unverified)",
                 shown(&r.justification, MAX_FACT),
             ));
+        }
+        if let Ok(a) =
+            serde_json::from_str::<crate::auto_protocol::Recommendation>(&self.row.recommendation)
+        {
+            let mut said = format!(
+                "{}: {} (confidence {:.2})",
+                a.reviewer, a.verdict, a.confidence
+            );
+            if !a.rationale.is_empty() {
+                said.push_str(&format!(" \"{}\"", a.rationale));
+            }
+            if !a.note.is_empty() {
+                said.push_str(&format!(" — {}", a.note));
+            }
+            out.push(("Automatic reviewer", shown(&said, MAX_FACT)));
         }
         out
     }

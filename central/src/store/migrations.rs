@@ -15,6 +15,7 @@ pub const MIGRATIONS: &[(i64, &[&str], &[&str])] = &[
     (8, REVIEWER_LOGINS, REVIEWER_LOGINS),
     (9, DROP_WEB_LOGINS, DROP_WEB_LOGINS),
     (10, EMAIL_VERIFIED, EMAIL_VERIFIED),
+    (11, RECOMMENDATION, RECOMMENDATION),
 ];
 
 /// Statements run after a migration's Rust step (version 2: hashing the records stored before
@@ -240,3 +241,7 @@ const DROP_WEB_LOGINS: &[&str] = &["DROP TABLE web_logins"];
 /// before it count as unverified until the person logs in again.
 const EMAIL_VERIFIED: &[&str] =
     &["ALTER TABLE identities ADD COLUMN email_verified BIGINT NOT NULL DEFAULT 0"];
+
+/// Schema version 11: what a request's automatic reviewer said (JSON; empty until it answered).
+const RECOMMENDATION: &[&str] =
+    &["ALTER TABLE requests ADD COLUMN recommendation TEXT NOT NULL DEFAULT ''"];

@@ -451,6 +451,14 @@ pub fn request_page(
                     @if !r.justification.is_empty() {
                         dt { "Workload says (unverified)" } dd #justification { q { (shown(&r.justification)) } }
                     }
+                    @if let Some(a) = &rec.recommendation {
+                        dt { "Automatic reviewer" } dd #recommendation {
+                            (shown(&a.reviewer)) ": " strong { (shown(&a.verdict)) }
+                            " (confidence " (format!("{:.2}", a.confidence)) ")"
+                            @if !a.rationale.is_empty() { " " q { (shown(&a.rationale)) } }
+                            @if !a.note.is_empty() { " — " (shown(&a.note)) }
+                        }
+                    }
                 }
             }
             section {
@@ -866,6 +874,15 @@ mod tests {
                 ..Default::default()
             }),
             approvers_needed: 1,
+            recommendation: Some(latch_proto::v1::AutoRecommendation {
+                reviewer: "risk-bot".into(),
+                verdict: "escalate".into(),
+                rationale: "<script>bot()</script> port 443".into(),
+                confidence: 0.25,
+                decided: false,
+                note: "escalated".into(),
+                at_unix_ms: 1,
+            }),
             ..Default::default()
         }
     }
@@ -918,6 +935,10 @@ mod tests {
             html.contains("TOOL_CALL_ID=&lt;i&gt;call-7&lt;/i&gt;")
                 && html.contains("4bf92f3577b34da6a3ce929d0e0e4736"),
             "the session's variables and trace are shown, as text"
+        );
+        assert!(
+            !html.contains("<script>bot()") && html.contains("risk-bot: <strong>escalate</strong> (confidence 0.25) <q>&lt;script&gt;bot()&lt;/script&gt; port 443</q> — escalated"),
+            "the automatic reviewer's recommendation is shown, its words as text: {html}"
         );
     }
 

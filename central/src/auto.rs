@@ -1,0 +1,298 @@
+//! The `auto` step of a rule's review chain, as the engine sees it: what an automatic
+//! reviewer's answer does to a request (decides it, is shown to people as a recommendation, or
+//! escalates), and the circuit breaker that switches a reviewer to escalate-only when it
+//! approves too large a share or keeps failing. Calling the reviewer is a channel's work
+//! (`crate::autoreview`); this module never speaks HTTP. The wire format and its signatures are
+//! [`crate::auto_protocol`], shared with the reference reviewer; the breakers' state is
+//! [`crate::breaker`].
+
+use latch_proto::v1::RequestState;
+use prost::Message;
+use serde_json::json;
+
+use crate::{
+    approval::{lock_pending, resolve_in, State},
+    auto_protocol::{self as protocol, Recommendation},
+    breaker::Seen,
+    clock::now_ms,
+    engine::Central,
+    error::{Error, Result},
+    events::Event,
+    store::{AuditFact, QueryContext, Store},
+};
+
+/// What an automatic reviewer's answer was, as central took it.
+#[derive(Clone, Debug)]
+pub enum Answer {
+    /// A verdict with the reviewer's rationale and confidence.
+    Verdict {
+        /// What it said.
+        verdict: protocol::Verdict,
+        /// Its words (untrusted).
+        rationale: String,
+        /// 0 to 1.
+        confidence: f64,
+    },
+    /// No usable answer (timeout, error, bad signature, garbage, another request's verdict).
+    Failed(String),
+}
+
+/// The auto step of a rule, with whether people come after it.
+pub(crate) struct Step {
+    pub auto: policy::AutoStep,
+    pub with_people: bool,
+    pub on_timeout: String,
+}
+
+impl Central {
+    /// The auto step of a stored request's rule, when its chain has one.
+    pub(crate) async fn auto_step(&self, approval_id: &str) -> Result<Option<Step>> {
+        let Some(row) = self.request_row(approval_id).await? else {
+            return Ok(None);
+        };
+        let req =
+            latch_proto::v1::ApprovalRequest::decode(row.context.as_slice()).map_err(|e| {
+                crate::store::StoreError::Corrupt {
+                    what: format!("request {approval_id}"),
+                    message: e.to_string(),
+                }
+            })?;
+        let Some(rule) = self.rule_of(&row.host_id, &req).await? else {
+            return Ok(None);
+        };
+        Ok(rule
+            .review
+            .contains(&policy::ReviewStep::Auto)
+            .then(|| rule.auto.clone())
+            .flatten()
+            .map(|auto| Step {
+                auto,
+                with_people: rule.review.contains(&policy::ReviewStep::Human),
+                on_timeout: row.on_timeout.clone(),
+            }))
+    }
+
+    /// What is posted to `reviewer` about a pending request: what reviewers see of it.
+    pub(crate) async fn review_request(
+        &self,
+        approval_id: &str,
+        reviewer: &str,
+    ) -> Result<Option<protocol::ReviewRequest>> {
+        let Some(row) = self.request_row(approval_id).await? else {
+            return Ok(None);
+        };
+        if row.state != State::Pending {
+            return Ok(None);
+        }
+        let req =
+            latch_proto::v1::ApprovalRequest::decode(row.context.as_slice()).map_err(|e| {
+                crate::store::StoreError::Corrupt {
+                    what: format!("request {approval_id}"),
+                    message: e.to_string(),
+                }
+            })?;
+        Ok(Some(protocol::ReviewRequest {
+            version: 1,
+            approval_id: row.approval_id.clone(),
+            reviewer: reviewer.to_string(),
+            host_id: row.host_id.clone(),
+            rule: row.rule_name.clone(),
+            workload: row.workload.clone(),
+            deadline_unix_ms: row.expires_at_ms,
+            request: crate::approval::request_summary(
+                &req,
+                row.expires_at_ms,
+                &row.on_timeout,
+                row.approvers_needed,
+            ),
+            justification: req.justification.clone(),
+        }))
+    }
+
+    /// Hands a request to the channel that posts it to its reviewer.
+    pub(crate) fn enqueue_auto_review(&self, approval_id: &str) {
+        match &self.auto_queue {
+            Some(q) => {
+                let _ = q.send(approval_id.to_string());
+            }
+            None => tracing::warn!(
+                approval_id,
+                "a rule's review has `auto` but central has no [[auto_reviewers]]: people decide"
+            ),
+        }
+    }
+
+    /// Takes an automatic reviewer's answer on a request: records it, decides the request when
+    /// the rule lets the reviewer decide and its breaker is closed, and otherwise leaves it to
+    /// people (or, for a chain without people, resolves it by the rule's `on_timeout`).
+    pub async fn take_auto_answer(
+        &self,
+        approval_id: &str,
+        reviewer: &str,
+        answer: Answer,
+    ) -> Result<RequestState> {
+        let Some(row) = self.request_row(approval_id).await? else {
+            return Err(Error::NotFound(format!("request '{approval_id}'")));
+        };
+        if row.state != State::Pending {
+            return Ok(row.state.to_proto());
+        }
+        let Some(step) = self.auto_step(approval_id).await? else {
+            return Err(Error::FailedPrecondition(format!(
+                "request '{approval_id}' has no automatic review step"
+            )));
+        };
+        if step.auto.reviewer != reviewer {
+            return Err(Error::PermissionDenied(format!(
+                "request '{approval_id}' is for reviewer '{}', not '{reviewer}'",
+                step.auto.reviewer
+            )));
+        }
+        let now = now_ms();
+        let (seen, verdict, rationale, confidence) = match &answer {
+            Answer::Verdict {
+                verdict,
+                rationale,
+                confidence,
+            } => (
+                match verdict {
+                    protocol::Verdict::Approve => Seen::Approve,
+                    _ => Seen::Other,
+                },
+                verdict.as_str(),
+                rationale.clone(),
+                *confidence,
+            ),
+            Answer::Failed(why) => (Seen::Failure, "failed", why.clone(), 0.0),
+        };
+        let (open_before, tripped) = self.breakers.observe(reviewer, seen, now);
+        let deciding = matches!(
+            answer,
+            Answer::Verdict {
+                verdict: protocol::Verdict::Approve | protocol::Verdict::Deny,
+                ..
+            }
+        );
+        let note = if !deciding {
+            match &answer {
+                Answer::Failed(_) => "no usable answer: escalated".to_string(),
+                _ => "escalated".to_string(),
+            }
+        } else if step.auto.advisory {
+            "advisory: the rule lets it recommend, not decide".to_string()
+        } else if open_before || tripped.is_some() {
+            "the reviewer's circuit breaker is open: escalated".to_string()
+        } else {
+            String::new()
+        };
+        let decided = note.is_empty();
+        let rec = Recommendation {
+            reviewer: reviewer.to_string(),
+            verdict: verdict.to_string(),
+            rationale,
+            confidence,
+            decided,
+            note,
+            at_ms: now,
+        };
+        let actor = format!("auto:{reviewer}");
+        let mut tx = self.store.begin().await?;
+        if !lock_pending(&mut tx, approval_id, now).await? {
+            return Ok(RequestState::Unspecified);
+        }
+        crate::store::recommendations::set_in(
+            &mut tx,
+            approval_id,
+            &serde_json::to_string(&rec).unwrap_or_default(),
+        )
+        .await?;
+        let fact = |kind: &str, payload: serde_json::Value| AuditFact {
+            kind: kind.into(),
+            actor: actor.clone(),
+            host_id: row.host_id.clone(),
+            request_id: row.approval_id.clone(),
+            rule_name: row.rule_name.clone(),
+            workload: row.workload.clone(),
+            payload,
+            time_ms: now,
+            ..Default::default()
+        };
+        Store::audit_in(
+            &mut tx,
+            &fact(
+                "request.auto_reviewed",
+                json!({"reviewer": reviewer, "verdict": rec.verdict, "rationale": rec.rationale,
+                    "confidence": rec.confidence, "decided": rec.decided, "note": rec.note}),
+            ),
+        )
+        .await?;
+        if let Some(reason) = &tripped {
+            Store::audit_in(
+                &mut tx,
+                &fact(
+                    "auto_reviewer.breaker_open",
+                    json!({"reviewer": reviewer, "reason": reason,
+                        "until_ms": now + self.breakers.cooldown_ms(reviewer)}),
+                ),
+            )
+            .await?;
+        }
+        let resolved = if decided {
+            let approve = verdict == "approve";
+            Some((
+                if approve {
+                    State::Approved
+                } else {
+                    State::Denied
+                },
+                if approve { "allow" } else { "deny" },
+                rec.rationale.clone(),
+            ))
+        } else if !step.with_people {
+            let allow = step.on_timeout == "allow";
+            Some((
+                if allow {
+                    State::Approved
+                } else {
+                    State::Denied
+                },
+                if allow { "allow" } else { "deny" },
+                format!(
+                    "the automatic reviewer did not decide ({}) and the rule's review has no human step; on_timeout: {}",
+                    rec.note, step.on_timeout
+                ),
+            ))
+        } else {
+            None
+        };
+        let state = match &resolved {
+            Some((to, outcome, reason)) => {
+                resolve_in(
+                    &mut tx,
+                    &row,
+                    *to,
+                    outcome,
+                    &actor,
+                    reason,
+                    None,
+                    json!({"review": "auto", "confidence": rec.confidence}),
+                    now,
+                )
+                .await?;
+                to.to_proto()
+            }
+            None => RequestState::Pending,
+        };
+        tx.commit().await.ctx("committing an automatic review")?;
+        if let Some(reason) = &tripped {
+            tracing::error!(reviewer, %reason, "automatic reviewer switched to escalate-only");
+        }
+        self.publish(Event::Request {
+            approval_id: row.approval_id.clone(),
+            host_id: row.host_id.clone(),
+        })
+        .await;
+        tracing::info!(approval_id, reviewer, verdict = %rec.verdict, decided = rec.decided, "automatic review taken");
+        Ok(state)
+    }
+}

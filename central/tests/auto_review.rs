@@ -1,0 +1,424 @@
+//! The `auto` review step end to end over real HTTP: central posts each request of a rule with
+//! `auto` to the reviewer the rule names (the reference reviewer, and reviewers that misbehave),
+//! signed; a verified answer approves, denies or escalates; an advisory one is only shown; a
+//! slow, garbled, forged or misdirected answer decides nothing; a reviewer that approves too
+//! much is switched to escalate-only; a rule without `auto` never reaches a reviewer.
+
+mod common;
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use axum::{
+    body::Bytes,
+    extract::{Path, State},
+    response::{IntoResponse, Response},
+    routing::post,
+    Router,
+};
+use common::*;
+use latch_central::{
+    auto_protocol::{ReviewAnswer, ReviewRequest, Verdict},
+    config::AutoReviewerConfig,
+    Server,
+};
+use latch_proto::v1::{
+    ApplyRulesRequest, ApprovalRecord, AutoRecommendation, GetRequestRequest, Outcome,
+    QueryAuditRequest, RequestState,
+};
+
+const SECRET: &str = "reviewer-secret-0123456789abcdefghij";
+
+const RULES: &str = r#"
+workloads:
+  - name: ai-agents
+    cgroups: ["/ai.slice/*"]
+rules:
+  - {name: web, workload: ai-agents, on: connect, to: ["10.1.0.0/16"], action: approve,
+     review: [auto, human], auto: {reviewer: ref}}
+  - {name: advice, workload: ai-agents, on: connect, to: ["10.2.0.0/16"], action: approve,
+     review: [auto, human], auto: {reviewer: ref, advisory: true}}
+  - {name: machine, workload: ai-agents, on: connect, to: ["10.3.0.0/16"], action: approve,
+     review: [auto], auto: {reviewer: ref}}
+  - {name: slow, workload: ai-agents, on: connect, to: ["10.4.0.0/16"], action: approve,
+     review: [auto, human], auto: {reviewer: slow}}
+  - {name: garbage, workload: ai-agents, on: connect, to: ["10.5.0.0/16"], action: approve,
+     review: [auto, human], auto: {reviewer: garbage}}
+  - {name: forged, workload: ai-agents, on: connect, to: ["10.6.0.0/16"], action: approve,
+     review: [auto, human], auto: {reviewer: forged}}
+  - {name: other, workload: ai-agents, on: connect, to: ["10.7.0.0/16"], action: approve,
+     review: [auto, human], auto: {reviewer: other}}
+  - {name: eager, workload: ai-agents, on: connect, to: ["10.8.0.0/16"], action: approve,
+     review: [auto, human], auto: {reviewer: eager}}
+  - {name: unknown, workload: ai-agents, on: connect, to: ["10.9.0.0/16"], action: approve,
+     review: [auto, human], auto: {reviewer: nobody}}
+  - {name: people, workload: ai-agents, on: connect, to: ["10.10.0.0/16"], action: approve}
+"#;
+
+/// Reviewers that misbehave, by path; each counts its calls.
+#[derive(Default)]
+struct Bad {
+    calls: AtomicUsize,
+}
+
+async fn bad(State(b): State<Arc<Bad>>, Path(mode): Path<String>, body: Bytes) -> Response {
+    b.calls.fetch_add(1, Ordering::SeqCst);
+    let Ok(req) = serde_json::from_slice::<ReviewRequest>(&body) else {
+        return (axum::http::StatusCode::BAD_REQUEST, "not a request").into_response();
+    };
+    let answer = |id: &str| ReviewAnswer {
+        approval_id: id.into(),
+        verdict: Verdict::Approve,
+        rationale: "looks fine".into(),
+        confidence: 0.99,
+    };
+    match mode.as_str() {
+        "slow" => {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            latch_reference_reviewer::signed(SECRET.as_bytes(), &answer(&req.approval_id))
+        }
+        "garbage" => latch_reference_reviewer::signed(
+            SECRET.as_bytes(),
+            &serde_json::from_str::<ReviewAnswer>(r#"{"approval_id":"x","verdict":"approve"}"#)
+                .map(|mut a| {
+                    a.approval_id = req.approval_id.clone();
+                    a.confidence = 7.0;
+                    a
+                })
+                .expect("answer"),
+        ),
+        "forged" => latch_reference_reviewer::signed(
+            b"not the shared secret at all, but long",
+            &answer(&req.approval_id),
+        ),
+        "other" => latch_reference_reviewer::signed(SECRET.as_bytes(), &answer("another-request")),
+        _ => latch_reference_reviewer::signed(SECRET.as_bytes(), &answer(&req.approval_id)),
+    }
+}
+
+async fn serve(app: Router) -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(l, app).await });
+    addr
+}
+
+fn reviewer(name: &str, url: String, secret_file: &std::path::Path) -> AutoReviewerConfig {
+    AutoReviewerConfig {
+        name: name.into(),
+        url,
+        secret_file: secret_file.to_path_buf(),
+        timeout: Some("1s".into()),
+        breaker_window: 4,
+        breaker_max_approve_share: 0.5,
+        breaker_max_failures: 100,
+        breaker_cooldown: Some("1h".into()),
+    }
+}
+
+async fn record(server: &Server, id: &str) -> ApprovalRecord {
+    reviewer_client(server)
+        .await
+        .get_request(req(
+            GetRequestRequest {
+                approval_id: id.into(),
+            },
+            VIEWER,
+        ))
+        .await
+        .expect("get")
+        .into_inner()
+}
+
+async fn reviewer_client(
+    server: &Server,
+) -> latch_proto::v1::reviewer_service_client::ReviewerServiceClient<tonic::transport::Channel> {
+    common::reviewer(server).await
+}
+
+/// The decision the agent is sent for `approval_id` (others may come first).
+async fn decision_for(agent: &mut Agent, approval_id: &str) -> latch_proto::v1::Decision {
+    loop {
+        let d = agent.next_decision().await;
+        if d.approval_id == approval_id {
+            return d;
+        }
+    }
+}
+
+/// Waits until the request's reviewer has answered (or failed to).
+async fn recommended(server: &Server, id: &str) -> (ApprovalRecord, AutoRecommendation) {
+    tokio::time::timeout(HANG, async {
+        loop {
+            let r = record(server, id).await;
+            if let Some(rec) = r.recommendation.clone() {
+                return (r, rec);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no automatic review of {id}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_automatic_reviewer_decides_recommends_or_escalates() {
+    let secret_file = tempfile::NamedTempFile::new().expect("secret file");
+    std::fs::write(secret_file.path(), format!("{SECRET}\n")).expect("write secret");
+    let reference = serve(latch_reference_reviewer::router(
+        SECRET.as_bytes().to_vec(),
+        latch_reference_reviewer::Rules {
+            approve_ports: vec![443],
+            approve_programs: vec![],
+            deny_words: vec!["drop table".into()],
+        },
+    ))
+    .await;
+    let bad_state = Arc::new(Bad::default());
+    let misbehaving = serve(
+        Router::new()
+            .route("/{mode}", post(bad))
+            .with_state(bad_state.clone()),
+    )
+    .await;
+
+    let mut env = Env::sqlite().await;
+    let s = secret_file.path();
+    env.config.auto_reviewers = vec![reviewer("ref", format!("http://{reference}/review"), s)];
+    for mode in ["slow", "garbage", "forged", "other", "eager"] {
+        env.config
+            .auto_reviewers
+            .push(reviewer(mode, format!("http://{misbehaving}/{mode}"), s));
+    }
+    let server = env.start().await;
+    let mut admin = common::reviewer(&server).await;
+    admin
+        .apply_rules(req(
+            ApplyRulesRequest {
+                source_name: "auto.yaml".into(),
+                yaml: RULES.into(),
+                ..Default::default()
+            },
+            ADMIN,
+        ))
+        .await
+        .expect("apply rules");
+    let mut agent = Agent::connect(&server, "h1", vec![], vec![]).await;
+    agent.next_rules().await;
+    let set = policy::RuleSet::parse("auto.yaml", RULES).expect("rules parse");
+    let connect = |agent: &Agent, id: &str, rule: &str, port: u32, argv: &[&str]| {
+        let mut r = agent.request(id, "prod-db");
+        r.rule_id = set
+            .rules
+            .iter()
+            .find(|x| x.name == rule)
+            .map(|x| x.id)
+            .expect("rule");
+        r.rule_name = rule.into();
+        if let Some(d) = r.destination.as_mut() {
+            d.port = port;
+        }
+        r.argv = argv.iter().map(|a| a.to_string()).collect();
+        r
+    };
+
+    // Approved by the reviewer: the agent is told, as `auto:ref`.
+    let acc = agent
+        .submit(connect(&agent, "1", "web", 443, &["curl"]))
+        .await;
+    assert_eq!(acc.state, RequestState::Pending as i32);
+    let d = decision_for(&mut agent, &acc.approval_id).await;
+    assert_eq!(
+        (d.approval_id.as_str(), d.outcome, d.decided_by.as_str()),
+        (acc.approval_id.as_str(), Outcome::Allow as i32, "auto:ref")
+    );
+    let (_, rec) = recommended(&server, &acc.approval_id).await;
+    assert!(rec.decided && rec.verdict == "approve", "{rec:?}");
+    assert_eq!(rec.rationale, "port 443 is on this reviewer's list");
+
+    // Denied by it.
+    let acc = agent
+        .submit(connect(
+            &agent,
+            "2",
+            "web",
+            443,
+            &["psql", "-c", "DROP TABLE orders"],
+        ))
+        .await;
+    let d = decision_for(&mut agent, &acc.approval_id).await;
+    assert_eq!(
+        (d.approval_id.as_str(), d.outcome, d.decided_by.as_str()),
+        (acc.approval_id.as_str(), Outcome::Deny as i32, "auto:ref")
+    );
+
+    // Escalated: a person decides, with the reviewer's words beside the request.
+    let acc = agent
+        .submit(connect(&agent, "3", "web", 5432, &["psql"]))
+        .await;
+    let (r, rec) = recommended(&server, &acc.approval_id).await;
+    assert_eq!(r.state, RequestState::Pending as i32);
+    assert_eq!((rec.verdict.as_str(), rec.decided), ("escalate", false));
+    let decided = admin
+        .decide(req(
+            latch_proto::v1::DecideRequest {
+                approval_id: acc.approval_id.clone(),
+                kind: latch_proto::v1::DecisionKind::ApproveOnce as i32,
+                reason: "checked".into(),
+                ..Default::default()
+            },
+            ALICE,
+        ))
+        .await
+        .expect("a person decides")
+        .into_inner();
+    assert_eq!(
+        decided
+            .request
+            .and_then(|r| r.decision)
+            .map(|d| d.decided_by),
+        Some("alice".to_string())
+    );
+
+    // Advisory: the approval is shown, not applied.
+    let acc = agent
+        .submit(connect(&agent, "4", "advice", 443, &["curl"]))
+        .await;
+    let (r, rec) = recommended(&server, &acc.approval_id).await;
+    assert_eq!(r.state, RequestState::Pending as i32);
+    assert_eq!((rec.verdict.as_str(), rec.decided), ("approve", false));
+    assert!(rec.note.contains("advisory"), "{rec:?}");
+
+    // A chain without people: what the reviewer does not decide resolves by on_timeout.
+    let acc = agent
+        .submit(connect(&agent, "5", "machine", 5432, &["psql"]))
+        .await;
+    let d = decision_for(&mut agent, &acc.approval_id).await;
+    assert_eq!(
+        (d.approval_id.as_str(), d.outcome, d.decided_by.as_str()),
+        (acc.approval_id.as_str(), Outcome::Deny as i32, "auto:ref")
+    );
+
+    // Answers that cannot be used decide nothing, and say why.
+    for (n, (rule, why)) in [
+        ("slow", "no answer within"),
+        ("garbage", "the confidence 7 is not between 0 and 1"),
+        (
+            "forged",
+            "the answer's signature: the signature does not match the body",
+        ),
+        ("other", "the answer is for request 'another-request'"),
+        (
+            "unknown",
+            "central has no automatic reviewer named 'nobody'",
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let acc = agent
+            .submit(connect(&agent, &format!("6.{n}"), rule, 443, &["curl"]))
+            .await;
+        let (r, rec) = recommended(&server, &acc.approval_id).await;
+        assert_eq!(r.state, RequestState::Pending as i32, "{rule}");
+        assert_eq!(
+            (rec.verdict.as_str(), rec.decided),
+            ("failed", false),
+            "{rule}"
+        );
+        assert!(rec.rationale.contains(why), "{rule}: {rec:?}");
+    }
+
+    // A reviewer that approves everything: three approvals decide, the fourth fills its window
+    // above the share (0.5 of 4) and it is switched to escalate-only, with an audit record.
+    let mut outcomes = Vec::new();
+    for k in 0..5 {
+        let acc = agent
+            .submit(connect(&agent, &format!("7.{k}"), "eager", 443, &["curl"]))
+            .await;
+        let (_, rec) = recommended(&server, &acc.approval_id).await;
+        outcomes.push(rec.decided);
+    }
+    assert_eq!(outcomes, [true, true, true, false, false]);
+    let audit = |kind: &'static str| {
+        let mut c = admin.clone();
+        async move {
+            c.query_audit(req(
+                QueryAuditRequest {
+                    kind: kind.into(),
+                    limit: 100,
+                    ..Default::default()
+                },
+                VIEWER,
+            ))
+            .await
+            .expect("audit")
+            .into_inner()
+            .entries
+        }
+    };
+    let opened = audit("auto_reviewer.breaker_open").await;
+    assert_eq!(opened.len(), 1, "{opened:?}");
+    assert_eq!(opened[0].actor, "auto:eager");
+    assert!(opened[0]
+        .payload_json
+        .contains("above the configured share"));
+
+    // A rule without `auto` never reaches a reviewer.
+    let calls = bad_state.calls.load(Ordering::SeqCst);
+    let acc = agent
+        .submit(connect(&agent, "8", "people", 443, &["curl"]))
+        .await;
+    let later = agent
+        .submit(connect(&agent, "9", "other", 443, &["curl"]))
+        .await;
+    recommended(&server, &later.approval_id).await;
+    assert_eq!(bad_state.calls.load(Ordering::SeqCst), calls + 1);
+    let r = record(&server, &acc.approval_id).await;
+    assert!(r.recommendation.is_none(), "{r:?}");
+    let reviewed = audit("request.auto_reviewed").await;
+    assert!(
+        !reviewed.iter().any(|e| e.request_id == acc.approval_id),
+        "{reviewed:?}"
+    );
+    assert_eq!(reviewed.len(), 16, "every other request was reviewed once");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reviewer_without_a_usable_secret_stops_the_start() {
+    let env_dir = tempfile::tempdir().expect("dir");
+    let short = env_dir.path().join("short.secret");
+    std::fs::write(&short, "too short\n").expect("write");
+    for (file, want) in [
+        (short.clone(), "the secret in"),
+        (
+            env_dir.path().join("missing.secret"),
+            "reading the secret file",
+        ),
+    ] {
+        let mut env = Env::sqlite().await;
+        env.config.auto_reviewers =
+            vec![reviewer("ref", "http://127.0.0.1:9/review".into(), &file)];
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let e = latch_central::start(&env.config, Some(l))
+            .await
+            .err()
+            .expect("refused");
+        let text = e.to_string();
+        assert!(
+            text.contains(want) && text.contains("auto_reviewers 'ref'"),
+            "{text}"
+        );
+    }
+}
