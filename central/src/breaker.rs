@@ -138,6 +138,18 @@ impl Breakers {
         (open_before, tripped)
     }
 
+    /// Whether `reviewer` is configured.
+    pub fn knows(&self, reviewer: &str) -> bool {
+        self.settings.contains_key(reviewer)
+    }
+
+    /// The configured reviewers' names, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut n: Vec<String> = self.settings.keys().cloned().collect();
+        n.sort();
+        n
+    }
+
     /// How long `reviewer`'s breaker stays open once opened.
     pub fn cooldown_ms(&self, reviewer: &str) -> i64 {
         self.settings.get(reviewer).map_or(0, |s| s.cooldown_ms)

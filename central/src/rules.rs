@@ -234,6 +234,7 @@ impl Central {
             )));
         }
         let set = RuleSet::parse(source_name, yaml)?;
+        self.check_auto_reviewers(source_name, &set)?;
         let previous = self
             .rule_versions()
             .await?
@@ -269,6 +270,39 @@ impl Central {
             )
             .await?;
         Ok((Some(v), set, d))
+    }
+
+    /// Refuses a rule set whose `auto` steps name a reviewer this central does not have, each
+    /// problem naming the rule and its line.
+    fn check_auto_reviewers(&self, source_name: &str, set: &RuleSet) -> Result<()> {
+        let problems: Vec<policy::Problem> = set
+            .rules
+            .iter()
+            .filter_map(|r| {
+                let a = r.auto.as_ref()?;
+                (!self.breakers.knows(&a.reviewer)).then(|| policy::Problem {
+                    line: r.line,
+                    column: None,
+                    subject: Some(format!("rule '{}'", r.name)),
+                    message: format!(
+                        "`auto.reviewer` '{}' is not one of central's [[auto_reviewers]] ({})",
+                        a.reviewer,
+                        match self.breakers.names().join(", ") {
+                            n if n.is_empty() => "none is configured".to_string(),
+                            n => format!("configured: {n}"),
+                        }
+                    ),
+                })
+            })
+            .collect();
+        if problems.is_empty() {
+            return Ok(());
+        }
+        Err(policy::PolicyError {
+            source_name: source_name.to_string(),
+            problems,
+        }
+        .into())
     }
 
     #[allow(clippy::too_many_arguments)]
