@@ -878,6 +878,16 @@ fn review_chain(
                     ),
                 );
             }
+            let count = r.approvers.as_ref().map_or(1, |x| x.count);
+            if !a.advisory && count > 1 {
+                c.push(
+                    "rule",
+                    name,
+                    format!(
+                        "`auto` may decide alone, but `approvers.count` is {count}: an automatic reviewer never stands in for several people (make it `advisory: true`)"
+                    ),
+                );
+            }
             if a.advisory && !steps.contains(&ReviewStep::Human) {
                 c.push(
                     "rule",

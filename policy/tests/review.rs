@@ -148,6 +148,10 @@ fn each_mistake_is_refused_with_its_reason() {
             "    action: approve\n    review: [auto, human]\n    auto: {reviewer: bot, model: x}\n",
             "unknown field `model`",
         ),
+        (
+            "    action: approve\n    approvers: {count: 2}\n    review: [auto, human]\n    auto: {reviewer: bot}\n",
+            "`auto` may decide alone, but `approvers.count` is 2",
+        ),
     ];
     for (tail, want) in cases {
         let e = refuse(&file(tail));
