@@ -1069,6 +1069,32 @@ async fn hosts(ctx: &Ctx, out: Out) -> Result<(), CliError> {
 #[cfg(test)]
 mod tests {
     #[test]
+    fn a_recommendation_reads_as_one_line() {
+        let a = latch_proto::v1::AutoRecommendation {
+            reviewer: "risk-bot".into(),
+            verdict: "approve".into(),
+            rationale: "port 443 is on the list".into(),
+            confidence: 0.8,
+            decided: false,
+            note: "advisory: the rule lets it recommend, not decide".into(),
+            at_unix_ms: 1,
+        };
+        assert_eq!(
+            super::recommendation_line(&a),
+            "risk-bot: approve (confidence 0.80) \"port 443 is on the list\" — advisory: the rule lets it recommend, not decide"
+        );
+        let bare = latch_proto::v1::AutoRecommendation {
+            rationale: String::new(),
+            note: String::new(),
+            ..a
+        };
+        assert_eq!(
+            super::recommendation_line(&bare),
+            "risk-bot: approve (confidence 0.80)"
+        );
+    }
+
+    #[test]
     fn the_command_line_is_consistent() {
         use clap::CommandFactory;
         super::Cli::command().debug_assert();
