@@ -301,21 +301,33 @@ struct AutoResolution {
     detail: serde_json::Value,
 }
 
+/// The actor of a request that a chain without people resolved because nothing in it decided.
+pub(crate) const CHAIN_ACTOR: &str = "review-chain";
+
+/// What the policy step found, before the request is stored.
+#[derive(Default)]
+struct PolicyStep {
+    /// How it resolves the request, when it does.
+    resolution: Option<AutoResolution>,
+    /// What to audit of a check that could not be evaluated, when nothing was decided.
+    failed: Option<serde_json::Value>,
+}
+
 /// What the chain decides before any person sees the request: the first policy check that
-/// holds; or, for a chain without people, the rule's `on_timeout` at once.
+/// holds; or, for a chain with nothing after it that can decide, a denial at once.
 fn auto_resolution(
     terms: &RuleTerms,
     req: &ApprovalRequest,
     host_id: &str,
     labels: &HashMap<String, String>,
     approval_id: &str,
-) -> Option<AutoResolution> {
+) -> PolicyStep {
     use policy::ReviewStep;
     let with_policy = terms.review.contains(&ReviewStep::Policy);
     let with_auto = terms.review.contains(&ReviewStep::Auto);
     let with_people = terms.review.contains(&ReviewStep::Human);
     if !with_policy && (with_people || with_auto) {
-        return None;
+        return PolicyStep::default();
     }
     let labels = labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     let inputs = review::Inputs::of(req, host_id, &labels, &terms.rule_name, &terms.workload);
@@ -328,27 +340,31 @@ fn auto_resolution(
         .iter()
         .map(|(check, why)| json!({"check": check, "error": why}))
         .collect();
-    match finding.decided {
+    let resolution = match finding.decided {
+        // The reason reaches the workload: it names the check, never its expression.
         Some((check, verdict)) => Some(AutoResolution {
             approve: verdict == policy::Verdict::Approve,
             actor: format!("policy:{}/{}", terms.rule_name, check.name),
-            reason: format!("policy check '{}' holds: {}", check.name, check.expression),
+            reason: format!("policy check '{}' holds", check.name),
             detail: json!({"review": "policy", "check": check.name,
                 "expression": check.expression, "inputs_sha256": inputs.digest(),
                 "failed_checks": failed}),
         }),
+        // Nothing after this step can decide: what it did not approve is denied.
         None if !with_people && !with_auto => Some(AutoResolution {
-            approve: terms.on_timeout == "allow",
-            actor: "policy".into(),
-            reason: format!(
-                "no policy check held and the rule's review has no human step; on_timeout: {}",
-                terms.on_timeout
-            ),
+            approve: false,
+            actor: CHAIN_ACTOR.into(),
+            reason: "no policy check decided and the rule's review has no other step: denied"
+                .into(),
             detail: json!({"review": "policy", "check": null,
                 "inputs_sha256": inputs.digest(), "failed_checks": failed}),
         }),
         None => None,
-    }
+    };
+    let failed = (resolution.is_none() && !failed.is_empty()).then(
+        || json!({"review": "policy", "inputs_sha256": inputs.digest(), "failed_checks": failed}),
+    );
+    PolicyStep { resolution, failed }
 }
 
 impl Central {
@@ -463,6 +479,8 @@ impl Central {
         let now = now_ms();
         let approval_id = uuid::Uuid::new_v4().to_string();
         let expires = now + terms.timeout.as_millis() as i64;
+        // Evaluated before the write transaction begins: it holds no lock while checks run.
+        let step = auto_resolution(&terms, &req, &host_id, &labels, &approval_id);
         let mut tx = self.store.begin().await?;
         let inserted = sqlx::query(
             "INSERT INTO requests (approval_id, host_id, request_id, state, requester, rule_id, rule_name,
@@ -527,8 +545,27 @@ impl Central {
             },
         )
         .await?;
+        if let Some(failed) = step.failed {
+            // A check that could not be evaluated stays on the record of the request, whoever
+            // decides it later.
+            Store::audit_in(
+                &mut tx,
+                &AuditFact {
+                    kind: "request.policy_failed".into(),
+                    actor: "policy".into(),
+                    host_id: host_id.clone(),
+                    request_id: approval_id.clone(),
+                    rule_name: terms.rule_name.clone(),
+                    workload: terms.workload.clone(),
+                    payload: failed,
+                    time_ms: now,
+                    ..Default::default()
+                },
+            )
+            .await?;
+        }
         // Decided in the same transaction as it is stored: no person can see it in between.
-        if let Some(auto) = auto_resolution(&terms, &req, &host_id, &labels, &approval_id) {
+        if let Some(auto) = step.resolution {
             let row = RequestRow {
                 approval_id: approval_id.clone(),
                 host_id: host_id.clone(),

@@ -41,7 +41,6 @@ pub enum Answer {
 pub(crate) struct Step {
     pub auto: policy::AutoStep,
     pub with_people: bool,
-    pub on_timeout: String,
 }
 
 impl Central {
@@ -68,7 +67,6 @@ impl Central {
             .map(|auto| Step {
                 auto,
                 with_people: rule.review.contains(&policy::ReviewStep::Human),
-                on_timeout: row.on_timeout.clone(),
             }))
     }
 
@@ -124,7 +122,8 @@ impl Central {
 
     /// Takes an automatic reviewer's answer on a request: records it, decides the request when
     /// the rule lets the reviewer decide and its breaker is closed, and otherwise leaves it to
-    /// people (or, for a chain without people, resolves it by the rule's `on_timeout`).
+    /// people (or, for a chain without people, denies it). An answer after the request's
+    /// deadline is not taken.
     pub async fn take_auto_answer(
         &self,
         approval_id: &str,
@@ -149,6 +148,15 @@ impl Central {
             )));
         }
         let now = now_ms();
+        if now >= row.expires_at_ms {
+            // Too late: the request is the expiry's, which resolves it by the rule.
+            tracing::warn!(
+                approval_id,
+                reviewer,
+                "an automatic review came after the request's deadline; not taken"
+            );
+            return Ok(RequestState::Pending);
+        }
         let (seen, verdict, rationale, confidence) = match &answer {
             Answer::Verdict {
                 verdict,
@@ -246,33 +254,32 @@ impl Central {
                     State::Denied
                 },
                 if approve { "allow" } else { "deny" },
+                actor.clone(),
                 rec.rationale.clone(),
             ))
         } else if !step.with_people {
-            let allow = step.on_timeout == "allow";
+            // Nothing after the reviewer can decide, and an answer that did not decide (a
+            // failure, a forged answer, an open breaker) must never let the operation through.
             Some((
-                if allow {
-                    State::Approved
-                } else {
-                    State::Denied
-                },
-                if allow { "allow" } else { "deny" },
+                State::Denied,
+                "deny",
+                crate::approval::CHAIN_ACTOR.to_string(),
                 format!(
-                    "the automatic reviewer did not decide ({}) and the rule's review has no human step; on_timeout: {}",
-                    rec.note, step.on_timeout
+                    "the automatic reviewer did not decide ({}) and the rule's review has no other step: denied",
+                    rec.note
                 ),
             ))
         } else {
             None
         };
         let state = match &resolved {
-            Some((to, outcome, reason)) => {
+            Some((to, outcome, by, reason)) => {
                 resolve_in(
                     &mut tx,
                     &row,
                     *to,
                     outcome,
-                    &actor,
+                    by,
                     reason,
                     None,
                     json!({"review": "auto", "confidence": rec.confidence}),

@@ -81,6 +81,8 @@ pub struct ReviewRequest {
 pub struct ReviewAnswer {
     /// The request it answers.
     pub approval_id: String,
+    /// The reviewer the request was posted to (`ReviewRequest::reviewer`).
+    pub reviewer: String,
     /// Its verdict.
     pub verdict: Verdict,
     /// Why, in words people read.
@@ -109,10 +111,9 @@ pub enum SignatureError {
 }
 
 fn mac(secret: &[u8], timestamp: i64, body: &[u8]) -> Hmac<Sha256> {
-    // HMAC takes a key of any length; the configuration refuses short secrets.
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret).unwrap_or_else(|_| {
-        <Hmac<Sha256> as Mac>::new_from_slice(b"-").expect("a one-byte key is valid")
-    });
+    // HMAC takes a key of any length (the configuration refuses short secrets).
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret)
+        .expect("HMAC-SHA256 takes a key of any length");
     mac.update(format!("v1:{timestamp}:").as_bytes());
     mac.update(body);
     mac
@@ -154,13 +155,31 @@ pub fn verify(
         .map_err(|_| SignatureError::Mismatch)
 }
 
-/// Checks an answer for `approval_id`: the same request, a bounded rationale without control
-/// characters but newline and tab, a confidence between 0 and 1.
-pub fn check_answer(answer: &ReviewAnswer, approval_id: &str) -> Result<(), String> {
+/// Checks an answer to the request `approval_id` posted to `reviewer`: the same request and
+/// reviewer, a bounded rationale without control characters but newline and tab, a confidence
+/// between 0 and 1.
+pub fn check_answer(
+    answer: &ReviewAnswer,
+    approval_id: &str,
+    reviewer: &str,
+) -> Result<(), String> {
+    let shown = |s: &str| {
+        s.chars()
+            .take(80)
+            .collect::<String>()
+            .escape_debug()
+            .to_string()
+    };
     if answer.approval_id != approval_id {
         return Err(format!(
             "the answer is for request '{}', not '{approval_id}'",
-            answer.approval_id.chars().take(80).collect::<String>()
+            shown(&answer.approval_id)
+        ));
+    }
+    if answer.reviewer != reviewer {
+        return Err(format!(
+            "the answer is from reviewer '{}', not '{reviewer}'",
+            shown(&answer.reviewer)
         ));
     }
     if answer.rationale.len() > MAX_RATIONALE {
@@ -337,11 +356,12 @@ mod tests {
     fn an_answer_must_be_for_its_request_and_well_formed() {
         let good = ReviewAnswer {
             approval_id: "a".into(),
+            reviewer: "bot".into(),
             verdict: Verdict::Approve,
             rationale: "read-only query\non the replica".into(),
             confidence: 0.9,
         };
-        assert_eq!(check_answer(&good, "a"), Ok(()));
+        assert_eq!(check_answer(&good, "a", "bot"), Ok(()));
         let cases = [
             (
                 ReviewAnswer {
@@ -349,6 +369,20 @@ mod tests {
                     ..good.clone()
                 },
                 "is for request 'b', not 'a'",
+            ),
+            (
+                ReviewAnswer {
+                    approval_id: "b\u{1b}[2J".into(),
+                    ..good.clone()
+                },
+                "is for request 'b\\u{1b}[2J'",
+            ),
+            (
+                ReviewAnswer {
+                    reviewer: "lenient".into(),
+                    ..good.clone()
+                },
+                "is from reviewer 'lenient', not 'bot'",
             ),
             (
                 ReviewAnswer {
@@ -380,13 +414,14 @@ mod tests {
             ),
         ];
         for (answer, want) in cases {
-            let e = check_answer(&answer, "a").expect_err(want);
+            let e = check_answer(&answer, "a", "bot").expect_err(want);
             assert!(e.contains(want), "{want:?} not in {e:?}");
         }
         for garbage in [
-            r#"{"approval_id":"a","verdict":"maybe"}"#,
-            r#"{"approval_id":"a"}"#,
-            r#"{"approval_id":"a","verdict":"approve","extra":1}"#,
+            r#"{"approval_id":"a","reviewer":"bot","verdict":"maybe"}"#,
+            r#"{"approval_id":"a","reviewer":"bot"}"#,
+            r#"{"approval_id":"a","verdict":"approve"}"#,
+            r#"{"approval_id":"a","reviewer":"bot","verdict":"approve","extra":1}"#,
             "not json",
         ] {
             assert!(

@@ -87,6 +87,13 @@ impl AutoReviewers {
                 source,
             })?;
             let secret = text.trim_ascii().to_vec();
+            if let Some(other) = by_name.values().find(|o: &&Reviewer| o.secret == secret) {
+                // A shared secret would let one reviewer's answer pass for another's.
+                return Err(AutoReviewError::Invalid(format!(
+                    "auto_reviewers '{}' and '{}' have the same secret; each reviewer needs its own",
+                    other.name, c.name
+                )));
+            }
             if secret.len() < protocol::MIN_SECRET {
                 return Err(AutoReviewError::ShortSecret {
                     name: c.name.clone(),
@@ -170,14 +177,22 @@ async fn ask(
     r: &Reviewer,
     approval_id: &str,
 ) -> Answer {
+    // What a failure says is shown to reviewers and audited: central's own errors are logged
+    // here and named only in general terms there.
     let body = match central.review_request(approval_id, &r.name).await {
         Ok(Some(b)) => b,
         Ok(None) => return Answer::Failed("the request is gone".into()),
-        Err(e) => return Answer::Failed(format!("building the request failed: {e}")),
+        Err(e) => {
+            tracing::error!(approval_id, reviewer = %r.name, error = %e, "reading a request for its automatic reviewer failed");
+            return Answer::Failed("central could not read the request (see its log)".into());
+        }
     };
     let body = match serde_json::to_vec::<ReviewRequest>(&body) {
         Ok(b) => b,
-        Err(e) => return Answer::Failed(format!("encoding the request failed: {e}")),
+        Err(e) => {
+            tracing::error!(approval_id, reviewer = %r.name, error = %e, "encoding a request for its automatic reviewer failed");
+            return Answer::Failed("central could not encode the request (see its log)".into());
+        }
     };
     let now_s = crate::clock::now_ms() / 1000;
     let call = async {
@@ -193,7 +208,10 @@ async fn ask(
             .body(body)
             .send()
             .await
-            .map_err(|e| format!("posting to the reviewer: {e}"))?;
+            .map_err(|e| {
+                tracing::warn!(approval_id, reviewer = %r.name, error = %e, "posting to the automatic reviewer failed");
+                "the reviewer could not be reached (see central's log)".to_string()
+            })?;
         let status = resp.status();
         let header = |h: &str| {
             resp.headers()
@@ -207,11 +225,10 @@ async fn ask(
         );
         let mut resp = resp;
         let mut text = Vec::new();
-        while let Some(chunk) = resp
-            .chunk()
-            .await
-            .map_err(|e| format!("reading the answer: {e}"))?
-        {
+        while let Some(chunk) = resp.chunk().await.map_err(|e| {
+            tracing::warn!(approval_id, reviewer = %r.name, error = %e, "reading the automatic reviewer's answer failed");
+            "the answer could not be read (see central's log)".to_string()
+        })? {
             text.extend_from_slice(&chunk);
             if text.len() > protocol::MAX_ANSWER {
                 return Err(format!("the answer is over {} bytes", protocol::MAX_ANSWER));
@@ -230,7 +247,7 @@ async fn ask(
         .map_err(|e| format!("the answer's signature: {e}"))?;
         let answer: ReviewAnswer = serde_json::from_slice(&text)
             .map_err(|e| format!("the answer is not a verdict: {e}"))?;
-        protocol::check_answer(&answer, approval_id)?;
+        protocol::check_answer(&answer, approval_id, &r.name)?;
         Ok(answer)
     };
     match tokio::time::timeout(r.timeout, call).await {

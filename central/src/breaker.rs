@@ -66,7 +66,8 @@ impl Breaker {
     }
 
     /// Takes one answer into account. Returns why the breaker opened, when this answer opened
-    /// it. While it is open, answers are still counted, so that it closes on a fresh window.
+    /// it. Answers that come while it is open are counted towards the window it is judged on
+    /// once it closes; when it opens, the window and the failures start empty.
     pub fn observe(&mut self, s: &BreakerSettings, seen: Seen, now_ms: i64) -> Option<String> {
         let was_open = self.is_open(now_ms);
         match seen {
@@ -98,7 +99,7 @@ impl Breaker {
         };
         if reason.is_some() {
             self.open_until_ms = Some(now_ms + s.cooldown_ms);
-            // A reviewer let back in starts from a clean slate.
+            // The verdicts that opened it are not held against it twice.
             self.recent.clear();
             self.failures = 0;
         }

@@ -1,8 +1,9 @@
 //! The `policy` step of a rule's review chain: the rule's checks, evaluated over the request
 //! as reviewers see it (the agent masked it before it left the host). The first check whose
-//! expression is true decides; a check that cannot be evaluated (a missing key, a result that
-//! is not a bool) decides nothing and is reported, so that a broken check escalates to the
-//! next step instead of deciding.
+//! expression is true decides. A check that cannot be evaluated (a missing key, a result that
+//! is not a bool) ends the step without a decision and is reported: the request goes to the
+//! next step, never to a later check, so that a workload cannot skip a `deny_if` by leaving
+//! out what it reads.
 //!
 //! Pure: no store, no transport. [`crate::approval`] calls it when a request arrives and
 //! records what it decided.
@@ -139,7 +140,7 @@ impl Inputs {
 pub struct Finding {
     /// The check that decided, with what it decided; `None` when none did.
     pub decided: Option<(PolicyCheck, Verdict)>,
-    /// Checks that could not be evaluated, each with why (evaluated before the deciding one).
+    /// The check that could not be evaluated, with why: it ended the step.
     pub failed: Vec<(String, String)>,
 }
 
@@ -186,11 +187,17 @@ pub fn evaluate(checks: &[PolicyCheck], inputs: &Inputs) -> Finding {
                 return finding;
             }
             Ok(cel::Value::Bool(false)) => {}
-            Ok(other) => finding.failed.push((
-                check.name.clone(),
-                format!("the expression gave {other:?}, not a bool"),
-            )),
-            Err(e) => finding.failed.push((check.name.clone(), e)),
+            Ok(other) => {
+                finding.failed.push((
+                    check.name.clone(),
+                    format!("the expression gave {other:?}, not a bool"),
+                ));
+                return finding;
+            }
+            Err(e) => {
+                finding.failed.push((check.name.clone(), e));
+                return finding;
+            }
         }
     }
     finding
@@ -292,25 +299,32 @@ mod tests {
                 &[],
             ),
             // A missing key, a result that is not a bool, arithmetic that overflows or divides
-            // by zero, an index out of range: reported, never deciding.
+            // by zero, an index out of range: reported, never deciding, and the checks after
+            // it are not asked (a workload cannot skip a deny by leaving out what it reads).
             (
-                &[
-                    check("missing", "env.TOKEN == 'x'", Approve),
-                    check("number", "destination.port", Approve),
-                    check("overflow", "process.uid * 9223372036854775807 > 0", Approve),
-                    check("zero", "destination.port / (process.gid - process.gid) == 1", Approve),
-                    check("index", "process.argv[99] == 'x'", Approve),
-                    check("no", "exec.path == '/usr/bin/curl'", Approve),
-                ],
+                &[check("missing", "env.TOKEN == 'x'", Deny), check("yes", "true", Approve)],
                 None,
-                &["missing", "number", "overflow", "zero", "index"],
+                &["missing"],
+            ),
+            (&[check("number", "destination.port", Approve)], None, &["number"]),
+            (
+                &[check("overflow", "process.uid * 9223372036854775807 > 0", Approve)],
+                None,
+                &["overflow"],
             ),
             (
+                &[check("zero", "destination.port / (process.gid - process.gid) == 1", Approve)],
+                None,
+                &["zero"],
+            ),
+            (&[check("index", "process.argv[99] == 'x'", Approve)], None, &["index"]),
+            (
                 &[
-                    check("missing", "host.labels['team'] == 'db'", Approve),
+                    check("no", "exec.path == '/usr/bin/curl'", Approve),
+                    check("missing", "host.labels['team'] == 'db'", Deny),
                     check("after", "destination.address.startsWith('10.')", Approve),
                 ],
-                Some(("after", Approve)),
+                None,
                 &["missing"],
             ),
         ];

@@ -35,6 +35,11 @@ use latch_proto::v1::{
 
 const SECRET: &str = "reviewer-secret-0123456789abcdefghij";
 
+/// Each reviewer's own secret (central refuses two reviewers sharing one).
+fn secret_of(reviewer: &str) -> String {
+    format!("{SECRET}-{reviewer}")
+}
+
 const RULES: &str = r#"
 workloads:
   - name: ai-agents
@@ -54,6 +59,8 @@ rules:
      review: [auto, human], auto: {reviewer: forged}}
   - {name: other, workload: ai-agents, on: connect, to: ["10.7.0.0/16"], action: approve,
      review: [auto, human], auto: {reviewer: other}}
+  - {name: error, workload: ai-agents, on: connect, to: ["10.9.0.0/16"], action: approve,
+     review: [auto, human], auto: {reviewer: error}}
   - {name: eager, workload: ai-agents, on: connect, to: ["10.8.0.0/16"], action: approve,
      review: [auto, human], auto: {reviewer: eager}}
   - {name: people, workload: ai-agents, on: connect, to: ["10.10.0.0/16"], action: approve}
@@ -70,8 +77,10 @@ async fn bad(State(b): State<Arc<Bad>>, Path(mode): Path<String>, body: Bytes) -
     let Ok(req) = serde_json::from_slice::<ReviewRequest>(&body) else {
         return (axum::http::StatusCode::BAD_REQUEST, "not a request").into_response();
     };
+    let key = secret_of(&mode);
     let answer = |id: &str| ReviewAnswer {
         approval_id: id.into(),
+        reviewer: req.reviewer.clone(),
         verdict: Verdict::Approve,
         rationale: "looks fine".into(),
         confidence: 0.99,
@@ -79,24 +88,26 @@ async fn bad(State(b): State<Arc<Bad>>, Path(mode): Path<String>, body: Bytes) -
     match mode.as_str() {
         "slow" => {
             tokio::time::sleep(Duration::from_secs(30)).await;
-            latch_reference_reviewer::signed(SECRET.as_bytes(), &answer(&req.approval_id))
+            latch_reference_reviewer::signed(key.as_bytes(), &answer(&req.approval_id))
         }
         "garbage" => latch_reference_reviewer::signed(
-            SECRET.as_bytes(),
-            &serde_json::from_str::<ReviewAnswer>(r#"{"approval_id":"x","verdict":"approve"}"#)
-                .map(|mut a| {
-                    a.approval_id = req.approval_id.clone();
-                    a.confidence = 7.0;
-                    a
-                })
-                .expect("answer"),
+            key.as_bytes(),
+            &ReviewAnswer {
+                confidence: 7.0,
+                ..answer(&req.approval_id)
+            },
         ),
+        "error" => (
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "model unavailable",
+        )
+            .into_response(),
         "forged" => latch_reference_reviewer::signed(
             b"not the shared secret at all, but long",
             &answer(&req.approval_id),
         ),
-        "other" => latch_reference_reviewer::signed(SECRET.as_bytes(), &answer("another-request")),
-        _ => latch_reference_reviewer::signed(SECRET.as_bytes(), &answer(&req.approval_id)),
+        "other" => latch_reference_reviewer::signed(key.as_bytes(), &answer("another-request")),
+        _ => latch_reference_reviewer::signed(key.as_bytes(), &answer(&req.approval_id)),
     }
 }
 
@@ -169,10 +180,14 @@ async fn recommended(server: &Server, id: &str) -> (ApprovalRecord, AutoRecommen
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_automatic_reviewer_decides_recommends_or_escalates() {
-    let secret_file = tempfile::NamedTempFile::new().expect("secret file");
-    std::fs::write(secret_file.path(), format!("{SECRET}\n")).expect("write secret");
+    let secrets = tempfile::tempdir().expect("secrets");
+    let secret_file = |name: &str| {
+        let p = secrets.path().join(format!("{name}.secret"));
+        std::fs::write(&p, format!("{}\n", secret_of(name))).expect("write secret");
+        p
+    };
     let reference = serve(latch_reference_reviewer::router(
-        SECRET.as_bytes().to_vec(),
+        secret_of("ref").into_bytes(),
         latch_reference_reviewer::Rules {
             approve_ports: vec![443],
             approve_programs: vec![],
@@ -189,12 +204,17 @@ async fn an_automatic_reviewer_decides_recommends_or_escalates() {
     .await;
 
     let mut env = Env::sqlite().await;
-    let s = secret_file.path();
-    env.config.auto_reviewers = vec![reviewer("ref", format!("http://{reference}/review"), s)];
-    for mode in ["slow", "garbage", "forged", "other", "eager"] {
-        env.config
-            .auto_reviewers
-            .push(reviewer(mode, format!("http://{misbehaving}/{mode}"), s));
+    env.config.auto_reviewers = vec![reviewer(
+        "ref",
+        format!("http://{reference}/review"),
+        &secret_file("ref"),
+    )];
+    for mode in ["slow", "garbage", "error", "forged", "other", "eager"] {
+        env.config.auto_reviewers.push(reviewer(
+            mode,
+            format!("http://{misbehaving}/{mode}"),
+            &secret_file(mode),
+        ));
     }
     let server = env.start().await;
     let mut admin = common::reviewer(&server).await;
@@ -214,7 +234,7 @@ async fn an_automatic_reviewer_decides_recommends_or_escalates() {
         .expect_err("an unknown reviewer");
     assert!(
         e.message().contains("rule 'unknown'")
-            && e.message().contains("`auto.reviewer` 'nobody' is not one of central's [[auto_reviewers]] (configured: eager, forged, garbage, other, ref, slow)"),
+            && e.message().contains("`auto.reviewer` 'nobody' is not one of central's [[auto_reviewers]] (configured: eager, error, forged, garbage, other, ref, slow)"),
         "{e}"
     );
     admin
@@ -314,14 +334,18 @@ async fn an_automatic_reviewer_decides_recommends_or_escalates() {
     assert_eq!((rec.verdict.as_str(), rec.decided), ("approve", false));
     assert!(rec.note.contains("advisory"), "{rec:?}");
 
-    // A chain without people: what the reviewer does not decide resolves by on_timeout.
+    // A chain without people: what the reviewer does not decide is denied.
     let acc = agent
         .submit(connect(&agent, "5", "machine", 5432, &["psql"]))
         .await;
     let d = decision_for(&mut agent, &acc.approval_id).await;
     assert_eq!(
         (d.approval_id.as_str(), d.outcome, d.decided_by.as_str()),
-        (acc.approval_id.as_str(), Outcome::Deny as i32, "auto:ref")
+        (
+            acc.approval_id.as_str(),
+            Outcome::Deny as i32,
+            "review-chain"
+        )
     );
 
     // Answers that cannot be used decide nothing, and say why.
@@ -333,6 +357,7 @@ async fn an_automatic_reviewer_decides_recommends_or_escalates() {
             "the answer's signature: the signature does not match the body",
         ),
         ("other", "the answer is for request 'another-request'"),
+        ("error", "the reviewer answered HTTP 500"),
     ]
     .into_iter()
     .enumerate()
@@ -402,7 +427,7 @@ async fn an_automatic_reviewer_decides_recommends_or_escalates() {
         !reviewed.iter().any(|e| e.request_id == acc.approval_id),
         "{reviewed:?}"
     );
-    assert_eq!(reviewed.len(), 15, "every other request was reviewed once");
+    assert_eq!(reviewed.len(), 16, "every other request was reviewed once");
     server.shutdown().await;
 }
 
@@ -411,16 +436,34 @@ async fn a_reviewer_without_a_usable_secret_stops_the_start() {
     let env_dir = tempfile::tempdir().expect("dir");
     let short = env_dir.path().join("short.secret");
     std::fs::write(&short, "too short\n").expect("write");
-    for (file, want) in [
-        (short.clone(), "the secret in"),
+    let shared = env_dir.path().join("shared.secret");
+    std::fs::write(&shared, format!("{}\n", secret_of("shared"))).expect("write");
+    let copy = env_dir.path().join("copy.secret");
+    std::fs::write(&copy, secret_of("shared")).expect("write");
+    for (files, want) in [
+        (vec![short.clone()], "auto_reviewers 'ref': the secret in"),
         (
-            env_dir.path().join("missing.secret"),
-            "reading the secret file",
+            vec![env_dir.path().join("missing.secret")],
+            "auto_reviewers 'ref': reading the secret file",
+        ),
+        // Two reviewers with one secret: either's answer would pass for the other's.
+        (
+            vec![shared.clone(), copy.clone()],
+            "auto_reviewers 'ref' and 'ref2' have the same secret",
         ),
     ] {
         let mut env = Env::sqlite().await;
-        env.config.auto_reviewers =
-            vec![reviewer("ref", "http://127.0.0.1:9/review".into(), &file)];
+        env.config.auto_reviewers = files
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                reviewer(
+                    if i == 0 { "ref" } else { "ref2" },
+                    "http://127.0.0.1:9/review".into(),
+                    f,
+                )
+            })
+            .collect();
         let l = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -429,9 +472,6 @@ async fn a_reviewer_without_a_usable_secret_stops_the_start() {
             .err()
             .expect("refused");
         let text = e.to_string();
-        assert!(
-            text.contains(want) && text.contains("auto_reviewers 'ref'"),
-            "{text}"
-        );
+        assert!(text.contains(want), "{want:?} not in {text}");
     }
 }

@@ -1642,12 +1642,23 @@ rules:
     action: approve
     review: [policy, human]
     policy:
-      - name: broken
-        approve_if: 'env.MISSING == "x"'
       - name: deploy-job
         approve_if: 'parent.exe == "/usr/bin/deploy" && destination.port == 5432 && host.labels["env"] == "prod"'
       - name: no-root
         deny_if: 'process.uid == 0'
+      - name: broken
+        deny_if: 'env.MISSING == "x"'
+  - name: guarded
+    workload: ai-agents
+    on: connect
+    to: ["10.30.0.0/16"]
+    action: approve
+    review: [policy, human]
+    policy:
+      - name: guard
+        deny_if: 'env.BLOCK == "yes"'
+      - name: open
+        approve_if: 'true'
   - name: machines-only
     workload: ai-agents
     on: exec
@@ -1660,9 +1671,10 @@ rules:
 "#;
 
 /// A rule's review chain: a policy check approves or denies as the request arrives (recorded
-/// as `policy:<rule>/<check>` with the inputs' digest), a check that cannot be evaluated decides
-/// nothing, what no check decides waits for a person, and a chain without people resolves at
-/// once by the rule's `on_timeout`.
+/// as `policy:<rule>/<check>` with the inputs' digest; the workload is told the check's name,
+/// not its expression); a check that cannot be evaluated ends the step, so that no later check
+/// approves what it would have denied, and is audited; what no check decides waits for a
+/// person; a chain without people denies it at once.
 async fn review_chains(env: &Env) {
     let server = env.start().await;
     let mut rv = reviewer(&server).await;
@@ -1694,6 +1706,19 @@ async fn review_chains(env: &Env) {
         r.ancestors[0].exe = parent.into();
         r
     };
+    let guarded = |agent: &Agent, id: &str, block: Option<&str>| {
+        let mut r = agent.request(id, "prod-db");
+        r.rule_id = rule_id("guarded");
+        r.rule_name = "guarded".into();
+        r.env = block
+            .map(|v| latch_proto::v1::EnvVar {
+                name: "BLOCK".into(),
+                value: v.into(),
+            })
+            .into_iter()
+            .collect();
+        r
+    };
     let exec = |agent: &Agent, id: &str, argv: &[&str]| {
         let mut r = agent.request(id, "two-person");
         r.rule_id = rule_id("machines-only");
@@ -1718,8 +1743,18 @@ async fn review_chains(env: &Env) {
         ),
         (
             exec(&agent, "e.2", &["rsync", "a", "b"]),
-            Some((Outcome::Deny, "policy")),
+            Some((Outcome::Deny, "review-chain")),
         ),
+        (
+            guarded(&agent, "g.1", Some("no")),
+            Some((Outcome::Allow, "policy:guarded/open")),
+        ),
+        (
+            guarded(&agent, "g.2", Some("yes")),
+            Some((Outcome::Deny, "policy:guarded/guard")),
+        ),
+        // Without what the guard reads, the guard fails and `open` is never asked.
+        (guarded(&agent, "g.3", None), None),
         (
             connect(&agent, "c.3", "/usr/lib/systemd/systemd", 1000),
             None,
@@ -1739,6 +1774,11 @@ async fn review_chains(env: &Env) {
                     (outcome as i32, by),
                     "{id}"
                 );
+                assert!(
+                    !d.reason.contains("==") && !d.reason.contains("exists("),
+                    "{id}: the workload is told which check, not what it reads: {}",
+                    d.reason
+                );
                 // A person comes too late to a request the chain decided.
                 let e = rv
                     .decide(req(approve_once(&acc.approval_id, "me too"), ALICE))
@@ -1753,7 +1793,7 @@ async fn review_chains(env: &Env) {
             }
         }
     }
-    // What no check decided is a person's to decide.
+    // What no check decided is a person's to decide (the last of them here: c.3).
     let waiting = waiting.expect("one request waits");
     let (rec, resolved) = {
         let r = rv
@@ -1802,14 +1842,25 @@ async fn review_chains(env: &Env) {
             .is_some_and(|d| d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit())),
         "{p}"
     );
-    assert_eq!(p["failed_checks"][0]["check"], "broken", "{p}");
     assert!(approved.iter().any(|e| e.actor == "alice"), "{approved:?}");
     let denied = audited("request.denied").await;
     assert!(
-        denied
-            .iter()
-            .any(|e| e.actor == "policy" && e.payload_json.contains("no policy check held")),
+        denied.iter().any(
+            |e| e.actor == "review-chain" && e.payload_json.contains("no policy check decided")
+        ),
         "{denied:?}"
+    );
+    // The checks that could not be evaluated are on the record, by name.
+    let failed = audited("request.policy_failed").await;
+    let names: std::collections::BTreeSet<String> = failed
+        .iter()
+        .filter_map(|e| serde_json::from_str::<serde_json::Value>(&e.payload_json).ok())
+        .filter_map(|p| p["failed_checks"][0]["check"].as_str().map(String::from))
+        .collect();
+    assert_eq!(
+        names,
+        ["broken", "guard"].map(String::from).into_iter().collect(),
+        "{failed:?}"
     );
     server.shutdown().await;
 }

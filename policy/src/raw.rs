@@ -386,6 +386,13 @@ pub(crate) fn parse(source_name: &str, text: &str) -> Result<RuleSet, PolicyErro
             }
         };
         let (review, checks, auto) = review_chain(&mut c, r);
+        if on_timeout == Action::Allow && !review.contains(&ReviewStep::Human) {
+            c.push(
+                "rule",
+                name,
+                "`on_timeout: allow` in a chain without `human`: what no check or reviewer decided (a check that failed, a forged or missing answer) would be let through; a chain without people ends in `deny`".into(),
+            );
+        }
         if let Some(m) = matcher {
             rules.push(Rule {
                 id: name_id("rule", name),
@@ -965,6 +972,15 @@ fn review_chain(
         }
         if !names.insert(k.name.as_str()) {
             c.push("rule", name, format!("{what}: the name is used twice"));
+        }
+        if k.approve_if.is_some() && r.approvers.as_ref().is_some_and(|x| x.count > 1) {
+            c.push(
+                "rule",
+                name,
+                format!(
+                    "{what}: `approve_if` would approve alone, but `approvers.count` is above 1: a check never stands in for several people"
+                ),
+            );
         }
         let (expression, verdict) = match (&k.approve_if, &k.deny_if) {
             (Some(e), None) => (e, Verdict::Approve),

@@ -2,8 +2,8 @@
 //! expressions over the request that central evaluates when the request arrives; the first that
 //! holds decides, as `policy:<rule>/<name>`. `auto` is an automatic reviewer service that central
 //! calls with the masked request: it approves, denies or escalates (or, `advisory`, only
-//! recommends to people). `human` is the reviewers. A chain without `human` resolves a request
-//! that nothing before decided by the rule's `on_timeout`.
+//! recommends to people). `human` is the reviewers. A chain without `human` denies a request
+//! that nothing before decided (its `on_timeout` must be `deny`).
 //!
 //! This module owns what a check may say (its names, its expression's syntax, the variables it
 //! may read); evaluating it belongs to central.

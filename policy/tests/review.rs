@@ -152,6 +152,18 @@ fn each_mistake_is_refused_with_its_reason() {
             "    action: approve\n    approvers: {count: 2}\n    review: [auto, human]\n    auto: {reviewer: bot}\n",
             "`auto` may decide alone, but `approvers.count` is 2",
         ),
+        (
+            "    action: approve\n    approvers: {count: 2}\n    review: [policy, human]\n    policy:\n      - {name: a, approve_if: 'true'}\n",
+            "`policy[0]` ('a'): `approve_if` would approve alone",
+        ),
+        (
+            "    action: approve\n    on_timeout: allow\n    review: [policy]\n    policy:\n      - {name: a, deny_if: 'process.uid == 0'}\n",
+            "`on_timeout: allow` in a chain without `human`",
+        ),
+        (
+            "    action: approve\n    on_timeout: allow\n    review: [auto]\n    auto: {reviewer: bot}\n",
+            "`on_timeout: allow` in a chain without `human`",
+        ),
     ];
     for (tail, want) in cases {
         let e = refuse(&file(tail));

@@ -56,7 +56,8 @@ impl Rules {
                 })
                 .unwrap_or_default()
         };
-        let mut said = words(&req["argv"]);
+        // The command line as one text, so that a listed phrase ("rm -rf") matches across words.
+        let mut said = vec![words(&req["argv"]).join(" ")];
         said.push(req["exec_path"].as_str().unwrap_or_default().to_lowercase());
         said.push(r.justification.to_lowercase());
         for w in &self.deny_words {
@@ -156,6 +157,7 @@ async fn review(State(s): State<Arc<Service>>, headers: HeaderMap, body: Bytes) 
         &s.secret,
         &ReviewAnswer {
             approval_id: req.approval_id,
+            reviewer: req.reviewer,
             verdict,
             rationale,
             confidence,
@@ -212,7 +214,7 @@ mod tests {
         let rules = Rules {
             approve_ports: vec![443],
             approve_programs: vec!["/usr/bin/git".into()],
-            deny_words: vec!["DROP".into()],
+            deny_words: vec!["DROP".into(), "rm -rf".into()],
         };
         let cases = [
             (
@@ -240,6 +242,10 @@ mod tests {
                 Verdict::Escalate,
             ),
             (request("OP_UNSPECIFIED", 0, "", &[], ""), Verdict::Escalate),
+            (
+                request("OP_EXEC", 0, "/usr/bin/git", &["rm", "-rf", "/"], ""),
+                Verdict::Deny,
+            ),
         ];
         for (r, want) in cases {
             let (v, why, _) = rules.decide(&r);

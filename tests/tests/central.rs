@@ -921,11 +921,10 @@ fn wait_file(path: &std::path::Path) -> String {
     }
 }
 
-/// Runs `script` as user nobody with `sh`, in `cgroup`: an unprivileged workload.
 /// A rule whose review is `[policy]` alone: its check approves a held connect() as it reaches
 /// central, and the connection arrives at its destination with no person involved; one the
-/// check does not approve is denied at once (the rule's `on_timeout`), gets EPERM and never
-/// arrives. Each decision is recorded as the policy's.
+/// check does not approve is denied at once (nothing else in the chain can decide), gets EPERM
+/// and never arrives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
 async fn a_policy_check_decides_a_held_connect_without_a_person() {
@@ -970,7 +969,7 @@ async fn a_policy_check_decides_a_held_connect_without_a_person() {
         "a denied connection reached its destination"
     );
     let rec = wait_request(&mut admin, &stack.host, pid, RequestState::Denied).await;
-    assert_eq!(rec.decision.expect("decision").decided_by, "policy");
+    assert_eq!(rec.decision.expect("decision").decided_by, "review-chain");
 }
 
 /// The reference automatic reviewer, its own process, answering central over signed HTTP.
@@ -1132,6 +1131,7 @@ async fn an_automatic_reviewer_approves_a_held_connect_and_escalates_another() {
     );
 }
 
+/// Runs `script` as user nobody with `sh`, in `cgroup`: an unprivileged workload.
 fn as_nobody(cgroup: &std::path::Path, script: &str, args: &[&str]) -> std::process::Child {
     let mut argv = vec![
         "--reuid=65534",
