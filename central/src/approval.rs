@@ -158,6 +158,19 @@ pub struct RequestRow {
     pub recommendation: String,
 }
 
+impl RequestRow {
+    /// The request as the agent sent it.
+    pub fn request(&self) -> Result<ApprovalRequest> {
+        ApprovalRequest::decode(self.context.as_slice()).map_err(|e| {
+            crate::store::StoreError::Corrupt {
+                what: format!("request {}", self.approval_id),
+                message: e.to_string(),
+            }
+            .into()
+        })
+    }
+}
+
 const REQUEST_COLUMNS: &str =
     "approval_id, host_id, request_id, state, requester, rule_id, rule_name,
     workload, tgid, context, received_at_ms, expires_at_ms, on_timeout, approvers_needed,
@@ -700,12 +713,7 @@ impl Central {
                 transitions.push(transition_of(r).ctx("decoding a transition")?);
             }
         }
-        let request = ApprovalRequest::decode(row.context.as_slice()).map_err(|e| {
-            crate::store::StoreError::Corrupt {
-                what: format!("request {}", row.approval_id),
-                message: e.to_string(),
-            }
-        })?;
+        let request = row.request()?;
         Ok(ApprovalRecord {
             approval_id: row.approval_id.clone(),
             state: row.state.to_proto() as i32,

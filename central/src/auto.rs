@@ -7,7 +7,6 @@
 //! [`crate::breaker`].
 
 use latch_proto::v1::RequestState;
-use prost::Message;
 use serde_json::json;
 
 use crate::{
@@ -49,13 +48,7 @@ impl Central {
         let Some(row) = self.request_row(approval_id).await? else {
             return Ok(None);
         };
-        let req =
-            latch_proto::v1::ApprovalRequest::decode(row.context.as_slice()).map_err(|e| {
-                crate::store::StoreError::Corrupt {
-                    what: format!("request {approval_id}"),
-                    message: e.to_string(),
-                }
-            })?;
+        let req = row.request()?;
         let Some(rule) = self.rule_of(&row.host_id, &req).await? else {
             return Ok(None);
         };
@@ -82,13 +75,7 @@ impl Central {
         if row.state != State::Pending {
             return Ok(None);
         }
-        let req =
-            latch_proto::v1::ApprovalRequest::decode(row.context.as_slice()).map_err(|e| {
-                crate::store::StoreError::Corrupt {
-                    what: format!("request {approval_id}"),
-                    message: e.to_string(),
-                }
-            })?;
+        let req = row.request()?;
         Ok(Some(protocol::ReviewRequest {
             version: 1,
             approval_id: row.approval_id.clone(),

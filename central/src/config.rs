@@ -289,12 +289,7 @@ impl AutoReviewerConfig {
 
     fn validate(&self) -> Result<(), String> {
         let n = &self.name;
-        if n.is_empty()
-            || n.len() > policy::MAX_NAME_LEN
-            || !n
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
+        if !policy::is_plain_name(n) {
             return Err(format!(
                 "auto_reviewers: name '{n}' is not a reviewer name (1 to {} letters, digits, `-` or `_`)",
                 policy::MAX_NAME_LEN

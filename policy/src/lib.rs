@@ -46,6 +46,15 @@ pub fn is_env_name(v: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
+/// A name a rule gives to one of its parts or to a service (a policy check, an automatic
+/// reviewer): 1 to [`MAX_NAME_LEN`] ASCII letters, digits, `-` or `_`.
+pub fn is_plain_name(v: &str) -> bool {
+    !v.is_empty()
+        && v.len() <= MAX_NAME_LEN
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
 /// Longest justification a workload may give for a held request, in bytes.
 pub const MAX_JUSTIFICATION: usize = 2000;
 

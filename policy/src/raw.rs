@@ -869,13 +869,7 @@ fn review_chain(
     let with_auto = steps.contains(&ReviewStep::Auto);
     let auto = match (&r.auto, with_auto) {
         (Some(a), true) => {
-            if a.reviewer.is_empty()
-                || a.reviewer.len() > MAX_NAME_LEN
-                || !a
-                    .reviewer
-                    .chars()
-                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
-            {
+            if !crate::is_plain_name(&a.reviewer) {
                 c.push(
                     "rule",
                     name,
@@ -955,13 +949,7 @@ fn review_chain(
     let mut checks = Vec::new();
     for (i, k) in r.policy.iter().enumerate() {
         let what = format!("`policy[{i}]` ('{}')", k.name);
-        if k.name.is_empty()
-            || k.name.len() > MAX_NAME_LEN
-            || !k
-                .name
-                .chars()
-                .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
-        {
+        if !crate::is_plain_name(&k.name) {
             c.push(
                 "rule",
                 name,

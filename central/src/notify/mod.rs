@@ -22,7 +22,6 @@ pub mod teams;
 use std::{path::Path, sync::Arc, time::Duration};
 
 use latch_proto::v1::{ApprovalRequest, Op};
-use prost::Message;
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::{
@@ -290,12 +289,7 @@ impl View {
         let Some(row) = central.request_row(approval_id).await? else {
             return Ok(None);
         };
-        let req = ApprovalRequest::decode(row.context.as_slice()).map_err(|e| {
-            crate::store::StoreError::Corrupt {
-                what: format!("request {approval_id}"),
-                message: e.to_string(),
-            }
-        })?;
+        let req = row.request()?;
         let approvals = central.approvals_so_far(approval_id).await?;
         Ok(Some(View {
             row,
