@@ -1321,3 +1321,76 @@ async fn unreadable_or_empty_secret_files_stop_the_start() {
         .expect("missing token refused");
     assert!(e.to_string().contains("slack.bot_token_file"), "{e}");
 }
+
+/// An automatic reviewer's answer, when it comes, is added to the request's message, in plain
+/// text like everything else the message shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_automatic_reviewers_answer_is_added_to_the_message() {
+    let peer = SlackPeer::start().await;
+    let mut env = Env::sqlite().await;
+    configure(&mut env, &peer);
+    let secret = "a-secret-only-this-reviewer-and-central-know";
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let app = latch_reference_reviewer::router(
+        secret.as_bytes().to_vec(),
+        latch_reference_reviewer::Rules::default(),
+    );
+    tokio::spawn(async move { axum::serve(l, app).await });
+    let secret_file = env.dir.path().join("reviewer.secret");
+    std::fs::write(&secret_file, secret).expect("write secret");
+    env.config.auto_reviewers = vec![latch_central::config::AutoReviewerConfig {
+        name: "ref".into(),
+        url: format!("http://{addr}/review"),
+        secret_file,
+        timeout: None,
+        breaker_window: 20,
+        breaker_max_approve_share: 0.9,
+        breaker_max_failures: 3,
+        breaker_cooldown: None,
+    }];
+    let server = env.start().await;
+    let mut agent = Agent::connect(&server, "h1", vec![], vec![]).await;
+    reviewer(&server)
+        .await
+        .apply_rules(req(
+            ApplyRulesRequest {
+                source_name: "rules.yaml".into(),
+                yaml: routed_rules().replacen(
+                    "    notify: { slack: \"#dba-oncall\" }\n",
+                    "    notify: { slack: \"#dba-oncall\" }\n    review: [auto, human]\n    auto: { reviewer: ref }\n",
+                    1,
+                ),
+                ..Default::default()
+            },
+            ADMIN,
+        ))
+        .await
+        .expect("apply rules");
+    agent.next_rules().await;
+    let acc = agent.submit(agent.request("r.1", "prod-db")).await;
+    let (_, _, ts) = peer.posted(&acc.approval_id).await;
+    let update = peer
+        .wait("the message updated with the automatic review", |calls| {
+            calls
+                .iter()
+                .find(|c| {
+                    c.method == "chat.update"
+                        && c.body["ts"] == ts.as_str()
+                        && c.body["blocks"].to_string().contains("Automatic reviewer")
+                })
+                .cloned()
+        })
+        .await;
+    let mut all = Vec::new();
+    texts(&update.body["blocks"], &mut all);
+    let shown: String = all.iter().map(|(_, t)| *t).collect::<Vec<_>>().join("\n");
+    assert!(
+        shown.contains("ref: escalate (confidence 0.00)")
+            && shown.contains("port 5432 is not on this reviewer's list"),
+        "{shown}"
+    );
+    server.shutdown().await;
+}
