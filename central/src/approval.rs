@@ -322,8 +322,9 @@ pub(crate) const CHAIN_ACTOR: &str = "review-chain";
 struct PolicyStep {
     /// How it resolves the request, when it does.
     resolution: Option<AutoResolution>,
-    /// What to audit of a check that could not be evaluated, when nothing was decided.
-    failed: Option<serde_json::Value>,
+    /// The check that could not be evaluated (as `policy:<rule>/<check>`), why, and what to
+    /// audit of it.
+    failed: Option<(String, String, serde_json::Value)>,
 }
 
 /// What the chain decides before any person sees the request: the first policy check that
@@ -333,7 +334,6 @@ fn auto_resolution(
     req: &ApprovalRequest,
     host_id: &str,
     labels: &HashMap<String, String>,
-    approval_id: &str,
 ) -> PolicyStep {
     use policy::ReviewStep;
     let with_policy = terms.review.contains(&ReviewStep::Policy);
@@ -345,9 +345,6 @@ fn auto_resolution(
     let labels = labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     let inputs = review::Inputs::of(req, host_id, &labels, &terms.rule_name, &terms.workload);
     let finding = review::evaluate(&terms.checks, &inputs);
-    for (check, why) in &finding.failed {
-        tracing::warn!(approval_id, rule = %terms.rule_name, check, error = %why, "policy check could not be evaluated; it decides nothing");
-    }
     let failed: Vec<_> = finding
         .failed
         .iter()
@@ -374,9 +371,13 @@ fn auto_resolution(
         }),
         None => None,
     };
-    let failed = (resolution.is_none() && !failed.is_empty()).then(
-        || json!({"review": "policy", "inputs_sha256": inputs.digest(), "failed_checks": failed}),
-    );
+    let failed = finding.failed.first().map(|(check, why)| {
+        (
+            format!("policy:{}/{check}", terms.rule_name),
+            why.clone(),
+            json!({"review": "policy", "inputs_sha256": inputs.digest(), "failed_checks": failed}),
+        )
+    });
     PolicyStep { resolution, failed }
 }
 
@@ -493,7 +494,7 @@ impl Central {
         let approval_id = uuid::Uuid::new_v4().to_string();
         let expires = now + terms.timeout.as_millis() as i64;
         // Evaluated before the write transaction begins: it holds no lock while checks run.
-        let step = auto_resolution(&terms, &req, &host_id, &labels, &approval_id);
+        let step = auto_resolution(&terms, &req, &host_id, &labels);
         let mut tx = self.store.begin().await?;
         let inserted = sqlx::query(
             "INSERT INTO requests (approval_id, host_id, request_id, state, requester, rule_id, rule_name,
@@ -558,14 +559,15 @@ impl Central {
             },
         )
         .await?;
-        if let Some(failed) = step.failed {
+        if let Some((check, why, failed)) = step.failed {
             // A check that could not be evaluated stays on the record of the request, whoever
-            // decides it later.
+            // or whatever decides it.
+            tracing::warn!(%approval_id, %check, error = %why, "policy check could not be evaluated; it ends the policy step");
             Store::audit_in(
                 &mut tx,
                 &AuditFact {
                     kind: "request.policy_failed".into(),
-                    actor: "policy".into(),
+                    actor: check,
                     host_id: host_id.clone(),
                     request_id: approval_id.clone(),
                     rule_name: terms.rule_name.clone(),

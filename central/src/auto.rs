@@ -102,7 +102,7 @@ impl Central {
             }
             None => tracing::warn!(
                 approval_id,
-                "a rule's review has `auto` but central has no [[auto_reviewers]]: people decide"
+                "a rule's review has `auto` but central has no [[auto_reviewers]]: the request goes on without it"
             ),
         }
     }
@@ -136,7 +136,9 @@ impl Central {
         }
         let now = now_ms();
         if now >= row.expires_at_ms {
-            // Too late: the request is the expiry's, which resolves it by the rule.
+            // Too late: the request is the expiry's, which resolves it by the rule. A reviewer
+            // that keeps answering late still counts as failing.
+            self.breakers.observe(reviewer, Seen::Failure, now);
             tracing::warn!(
                 approval_id,
                 reviewer,
@@ -168,15 +170,22 @@ impl Central {
                 ..
             }
         );
+        // What happens to an answer that does not decide: people take over, or, with none in
+        // the chain, the request is denied.
+        let then = if step.with_people {
+            "escalated"
+        } else {
+            "denied (no other step)"
+        };
         let note = if !deciding {
             match &answer {
-                Answer::Failed(_) => "no usable answer: escalated".to_string(),
-                _ => "escalated".to_string(),
+                Answer::Failed(_) => format!("no usable answer: {then}"),
+                _ => then.to_string(),
             }
         } else if step.auto.advisory {
             "advisory: the rule lets it recommend, not decide".to_string()
         } else if open_before || tripped.is_some() {
-            "the reviewer's circuit breaker is open: escalated".to_string()
+            format!("the reviewer's circuit breaker is open: {then}")
         } else {
             String::new()
         };

@@ -151,7 +151,7 @@ async fn review(central: &Central, reviewers: &AutoReviewers, approval_id: &str)
         Ok(Some(s)) => s,
         Ok(None) => return,
         Err(e) => {
-            tracing::error!(approval_id, error = %e, "reading a request for its automatic reviewer failed; people decide");
+            tracing::error!(approval_id, error = %e, "reading a request for its automatic reviewer failed; it goes on without the reviewer");
             return;
         }
     };
@@ -166,7 +166,7 @@ async fn review(central: &Central, reviewers: &AutoReviewers, approval_id: &str)
         tracing::warn!(approval_id, reviewer = %name, error = %why, "automatic review failed; escalated");
     }
     if let Err(e) = central.take_auto_answer(approval_id, &name, answer).await {
-        tracing::error!(approval_id, reviewer = %name, error = %e, "taking an automatic review failed; people decide");
+        tracing::error!(approval_id, reviewer = %name, error = %e, "taking an automatic review failed; the request goes on without it");
     }
 }
 
@@ -245,8 +245,11 @@ async fn ask(
             crate::clock::now_ms() / 1000,
         )
         .map_err(|e| format!("the answer's signature: {e}"))?;
-        let answer: ReviewAnswer = serde_json::from_slice(&text)
-            .map_err(|e| format!("the answer is not a verdict: {e}"))?;
+        let answer: ReviewAnswer = serde_json::from_slice(&text).map_err(|e| {
+            // The parser quotes what the reviewer sent: shown cut and escaped.
+            let said: String = e.to_string().chars().take(160).collect();
+            format!("the answer is not a verdict: {}", said.escape_debug())
+        })?;
         protocol::check_answer(&answer, approval_id, &r.name)?;
         Ok(answer)
     };

@@ -1668,6 +1668,17 @@ rules:
     policy:
       - name: dry-run
         approve_if: 'process.argv.exists(a, a == "--dry-run")'
+  - name: machines-guarded
+    workload: ai-agents
+    on: exec
+    paths: ["/usr/bin/scp"]
+    action: approve
+    review: [policy]
+    policy:
+      - name: guard
+        deny_if: 'env.BLOCK == "yes"'
+      - name: open
+        approve_if: 'true'
 "#;
 
 /// A rule's review chain: a policy check approves or denies as the request arrives (recorded
@@ -1753,8 +1764,19 @@ async fn review_chains(env: &Env) {
             guarded(&agent, "g.2", Some("yes")),
             Some((Outcome::Deny, "policy:guarded/guard")),
         ),
-        // Without what the guard reads, the guard fails and `open` is never asked.
+        // Without what the guard reads, the guard fails and `open` is never asked: people
+        // decide, or, with none in the chain, the request is denied.
         (guarded(&agent, "g.3", None), None),
+        (
+            {
+                let mut r = exec(&agent, "m.1", &["scp", "a", "b"]);
+                r.rule_id = rule_id("machines-guarded");
+                r.rule_name = "machines-guarded".into();
+                r.exec_path = "/usr/bin/scp".into();
+                r
+            },
+            Some((Outcome::Deny, "review-chain")),
+        ),
         (
             connect(&agent, "c.3", "/usr/lib/systemd/systemd", 1000),
             None,
@@ -1852,16 +1874,29 @@ async fn review_chains(env: &Env) {
     );
     // The checks that could not be evaluated are on the record, by name.
     let failed = audited("request.policy_failed").await;
-    let names: std::collections::BTreeSet<String> = failed
-        .iter()
-        .filter_map(|e| serde_json::from_str::<serde_json::Value>(&e.payload_json).ok())
-        .filter_map(|p| p["failed_checks"][0]["check"].as_str().map(String::from))
-        .collect();
+    let names: std::collections::BTreeSet<String> =
+        failed.iter().map(|e| e.actor.clone()).collect();
     assert_eq!(
         names,
-        ["broken", "guard"].map(String::from).into_iter().collect(),
+        [
+            "policy:deploy-db/broken",
+            "policy:guarded/guard",
+            "policy:machines-guarded/guard"
+        ]
+        .map(String::from)
+        .into_iter()
+        .collect(),
         "{failed:?}"
     );
+    for e in &failed {
+        let p: serde_json::Value = serde_json::from_str(&e.payload_json).expect("payload");
+        assert!(
+            p["failed_checks"][0]["error"]
+                .as_str()
+                .is_some_and(|why| !why.is_empty()),
+            "each names its error: {p}"
+        );
+    }
     server.shutdown().await;
 }
 

@@ -301,7 +301,6 @@ impl View {
     /// What the message shows, as a string that changes whenever the message must.
     pub fn revision(&self) -> String {
         match self.row.state {
-            // The workload's justification, once given, is part of what the message shows.
             // The workload's justification and the automatic reviewer's recommendation, once
             // given, are part of what the message shows.
             State::Pending => format!(
