@@ -10,7 +10,7 @@ use latch_proto::v1::RequestState;
 use serde_json::json;
 
 use crate::{
-    approval::{lock_pending, resolve_in, State},
+    approval::{lock_pending, resolve_in, RequestRow, State},
     auto_protocol::{self as protocol, Recommendation},
     breaker::Seen,
     clock::now_ms,
@@ -44,10 +44,7 @@ pub(crate) struct Step {
 
 impl Central {
     /// The auto step of a stored request's rule, when its chain has one.
-    pub(crate) async fn auto_step(&self, approval_id: &str) -> Result<Option<Step>> {
-        let Some(row) = self.request_row(approval_id).await? else {
-            return Ok(None);
-        };
+    pub(crate) async fn auto_step(&self, row: &RequestRow) -> Result<Option<Step>> {
         let req = row.request()?;
         let Some(rule) = self.rule_of(&row.host_id, &req).await? else {
             return Ok(None);
@@ -63,20 +60,13 @@ impl Central {
             }))
     }
 
-    /// What is posted to `reviewer` about a pending request: what reviewers see of it.
-    pub(crate) async fn review_request(
-        &self,
-        approval_id: &str,
+    /// What is posted to `reviewer` about a stored request: what reviewers see of it.
+    pub(crate) fn review_request(
+        row: &RequestRow,
         reviewer: &str,
-    ) -> Result<Option<protocol::ReviewRequest>> {
-        let Some(row) = self.request_row(approval_id).await? else {
-            return Ok(None);
-        };
-        if row.state != State::Pending {
-            return Ok(None);
-        }
+    ) -> Result<protocol::ReviewRequest> {
         let req = row.request()?;
-        Ok(Some(protocol::ReviewRequest {
+        Ok(protocol::ReviewRequest {
             version: 1,
             approval_id: row.approval_id.clone(),
             reviewer: reviewer.to_string(),
@@ -91,7 +81,7 @@ impl Central {
                 row.approvers_needed,
             ),
             justification: req.justification.clone(),
-        }))
+        })
     }
 
     /// Hands a request to the channel that posts it to its reviewer.
@@ -123,7 +113,7 @@ impl Central {
         if row.state != State::Pending {
             return Ok(row.state.to_proto());
         }
-        let Some(step) = self.auto_step(approval_id).await? else {
+        let Some(step) = self.auto_step(&row).await? else {
             return Err(Error::FailedPrecondition(format!(
                 "request '{approval_id}' has no automatic review step"
             )));

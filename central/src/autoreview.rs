@@ -12,6 +12,7 @@ use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::{
+    approval::{RequestRow, State},
     auto::Answer,
     auto_protocol::{self as protocol, ReviewAnswer, ReviewRequest},
     config::Config,
@@ -147,7 +148,16 @@ pub async fn run(central: Arc<Central>, reviewers: Arc<AutoReviewers>, jobs: Job
 
 /// Asks the request's reviewer and hands its answer (or the failure) to the engine.
 async fn review(central: &Central, reviewers: &AutoReviewers, approval_id: &str) {
-    let step = match central.auto_step(approval_id).await {
+    // Read once: what the reviewer is asked and which reviewer come from the same row.
+    let row = match central.request_row(approval_id).await {
+        Ok(Some(row)) if row.state == State::Pending => row,
+        Ok(_) => return,
+        Err(e) => {
+            tracing::error!(approval_id, error = %e, "reading a request for its automatic reviewer failed; it goes on without the reviewer");
+            return;
+        }
+    };
+    let step = match central.auto_step(&row).await {
         Ok(Some(s)) => s,
         Ok(None) => return,
         Err(e) => {
@@ -157,13 +167,13 @@ async fn review(central: &Central, reviewers: &AutoReviewers, approval_id: &str)
     };
     let name = step.auto.reviewer.clone();
     let answer = match reviewers.by_name.get(&name) {
-        Some(r) => ask(central, reviewers, r, approval_id).await,
+        Some(r) => ask(reviewers, r, &row).await,
         None => Answer::Failed(format!(
             "central has no automatic reviewer named '{name}' in [[auto_reviewers]]"
         )),
     };
     if let Answer::Failed(why) = &answer {
-        tracing::warn!(approval_id, reviewer = %name, error = %why, "automatic review failed; escalated");
+        tracing::warn!(approval_id, reviewer = %name, error = %why, "automatic review failed; it decides nothing");
     }
     if let Err(e) = central.take_auto_answer(approval_id, &name, answer).await {
         tracing::error!(approval_id, reviewer = %name, error = %e, "taking an automatic review failed; the request goes on without it");
@@ -171,17 +181,12 @@ async fn review(central: &Central, reviewers: &AutoReviewers, approval_id: &str)
 }
 
 /// One signed round trip.
-async fn ask(
-    central: &Central,
-    reviewers: &AutoReviewers,
-    r: &Reviewer,
-    approval_id: &str,
-) -> Answer {
+async fn ask(reviewers: &AutoReviewers, r: &Reviewer, row: &RequestRow) -> Answer {
+    let approval_id = row.approval_id.as_str();
     // What a failure says is shown to reviewers and audited: central's own errors are logged
     // here and named only in general terms there.
-    let body = match central.review_request(approval_id, &r.name).await {
-        Ok(Some(b)) => b,
-        Ok(None) => return Answer::Failed("the request is gone".into()),
+    let body = match Central::review_request(row, &r.name) {
+        Ok(b) => b,
         Err(e) => {
             tracing::error!(approval_id, reviewer = %r.name, error = %e, "reading a request for its automatic reviewer failed");
             return Answer::Failed("central could not read the request (see its log)".into());
