@@ -237,28 +237,12 @@ async fn an_automatic_reviewer_decides_recommends_or_escalates() {
             && e.message().contains("`auto.reviewer` 'nobody' is not one of central's [[auto_reviewers]] (configured: eager, error, forged, garbage, other, ref, slow)"),
         "{e}"
     );
-    admin
-        .apply_rules(req(
-            ApplyRulesRequest {
-                source_name: "auto.yaml".into(),
-                yaml: RULES.into(),
-                ..Default::default()
-            },
-            ADMIN,
-        ))
-        .await
-        .expect("apply rules");
+    apply_yaml(&server, "auto.yaml", RULES).await;
     let mut agent = Agent::connect(&server, "h1", vec![], vec![]).await;
     agent.next_rules().await;
-    let set = policy::RuleSet::parse("auto.yaml", RULES).expect("rules parse");
     let connect = |agent: &Agent, id: &str, rule: &str, port: u32, argv: &[&str]| {
         let mut r = agent.request(id, "prod-db");
-        r.rule_id = set
-            .rules
-            .iter()
-            .find(|x| x.name == rule)
-            .map(|x| x.id)
-            .expect("rule");
+        r.rule_id = rule_id_in(RULES, rule);
         r.rule_name = rule.into();
         if let Some(d) = r.destination.as_mut() {
             d.port = port;
@@ -464,14 +448,7 @@ async fn a_reviewer_without_a_usable_secret_stops_the_start() {
                 )
             })
             .collect();
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let e = latch_central::start(&env.config, Some(l))
-            .await
-            .err()
-            .expect("refused");
-        let text = e.to_string();
+        let text = start_refused(&env.config).await;
         assert!(text.contains(want), "{want:?} not in {text}");
     }
 }

@@ -1689,26 +1689,10 @@ rules:
 async fn review_chains(env: &Env) {
     let server = env.start().await;
     let mut rv = reviewer(&server).await;
-    rv.apply_rules(req(
-        ApplyRulesRequest {
-            source_name: "chains.yaml".into(),
-            yaml: CHAIN_RULES.into(),
-            ..Default::default()
-        },
-        ADMIN,
-    ))
-    .await
-    .expect("apply rules");
+    apply_yaml(&server, "chains.yaml", CHAIN_RULES).await;
     let mut agent = Agent::connect(&server, "h1", vec![], vec![]).await;
     agent.next_rules().await;
-    let set = policy::RuleSet::parse("chains.yaml", CHAIN_RULES).expect("chain rules parse");
-    let rule_id = |name: &str| {
-        set.rules
-            .iter()
-            .find(|r| r.name == name)
-            .map(|r| r.id)
-            .expect("rule in chain rules")
-    };
+    let rule_id = |name: &str| rule_id_in(CHAIN_RULES, name);
     let connect = |agent: &Agent, id: &str, parent: &str, uid: u32| {
         let mut r = agent.request(id, "prod-db");
         r.rule_id = rule_id("deploy-db");

@@ -1300,26 +1300,14 @@ async fn unreadable_or_empty_secret_files_stop_the_start() {
     configure(&mut env, &peer);
     let token = env.dir.path().join("slack-bot-token");
     std::fs::write(&token, "  \n").expect("write");
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let e = latch_central::start(&env.config, Some(l))
-        .await
-        .err()
-        .expect("empty token refused");
+    let e = start_refused(&env.config).await;
     assert!(
-        e.to_string().contains("slack.bot_token_file") && e.to_string().contains("is empty"),
+        e.contains("slack.bot_token_file") && e.contains("is empty"),
         "{e}"
     );
     std::fs::remove_file(&token).expect("remove");
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let e = latch_central::start(&env.config, Some(l))
-        .await
-        .err()
-        .expect("missing token refused");
-    assert!(e.to_string().contains("slack.bot_token_file"), "{e}");
+    let e = start_refused(&env.config).await;
+    assert!(e.contains("slack.bot_token_file"), "{e}");
 }
 
 /// An automatic reviewer's answer, when it comes, is added to the request's message, in plain
@@ -1353,22 +1341,16 @@ async fn an_automatic_reviewers_answer_is_added_to_the_message() {
     }];
     let server = env.start().await;
     let mut agent = Agent::connect(&server, "h1", vec![], vec![]).await;
-    reviewer(&server)
-        .await
-        .apply_rules(req(
-            ApplyRulesRequest {
-                source_name: "rules.yaml".into(),
-                yaml: routed_rules().replacen(
-                    "    notify: { slack: \"#dba-oncall\" }\n",
-                    "    notify: { slack: \"#dba-oncall\" }\n    review: [auto, human]\n    auto: { reviewer: ref }\n",
-                    1,
-                ),
-                ..Default::default()
-            },
-            ADMIN,
-        ))
-        .await
-        .expect("apply rules");
+    apply_yaml(
+        &server,
+        "rules.yaml",
+        &routed_rules().replacen(
+            "    notify: { slack: \"#dba-oncall\" }\n",
+            "    notify: { slack: \"#dba-oncall\" }\n    review: [auto, human]\n    auto: { reviewer: ref }\n",
+            1,
+        ),
+    )
+    .await;
     agent.next_rules().await;
     let acc = agent.submit(agent.request("r.1", "prod-db")).await;
     let (posted, _, ts) = peer.posted(&acc.approval_id).await;

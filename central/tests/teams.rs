@@ -451,12 +451,6 @@ async fn a_webhook_file_that_is_not_a_url_stops_the_start() {
         webhook_url_file: Some(url_file),
         webhook_url: None,
     });
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let e = latch_central::start(&env.config, Some(l))
-        .await
-        .err()
-        .expect("refused");
-    assert!(e.to_string().contains("teams.webhook_url_file"), "{e}");
+    let e = start_refused(&env.config).await;
+    assert!(e.contains("teams.webhook_url_file"), "{e}");
 }

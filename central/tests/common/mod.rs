@@ -57,13 +57,30 @@ rules:
 "#;
 
 pub fn rule_id(name: &str) -> u32 {
-    policy::RuleSet::parse("rules.yaml", RULES)
+    rule_id_in(RULES, name)
+}
+
+/// The id of rule `name` in the rules file `yaml`.
+pub fn rule_id_in(yaml: &str, name: &str) -> u32 {
+    policy::RuleSet::parse("rules.yaml", yaml)
         .expect("test rules parse")
         .rules
         .iter()
         .find(|r| r.name == name)
         .map(|r| r.id)
-        .expect("rule in test rules")
+        .unwrap_or_else(|| panic!("no rule '{name}' in the test rules"))
+}
+
+/// Starts central with `config`, which must refuse to start; returns why it refused.
+pub async fn start_refused(config: &Config) -> String {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    latch_central::start(config, Some(l))
+        .await
+        .err()
+        .expect("central refused to start")
+        .to_string()
 }
 
 /// A PostgreSQL binary, run as the `postgres` user when we are root (PostgreSQL refuses root).
@@ -357,11 +374,16 @@ pub async fn agent_client(server: &Server) -> AgentServiceClient<Channel> {
 
 /// Applies RULES as admin.
 pub async fn apply_rules(server: &Server) -> u64 {
+    apply_yaml(server, "rules.yaml", RULES).await
+}
+
+/// Applies the rules file `yaml` (named `source_name`) as admin; returns its version.
+pub async fn apply_yaml(server: &Server, source_name: &str, yaml: &str) -> u64 {
     let mut r = reviewer(server).await;
     r.apply_rules(req(
         latch_proto::v1::ApplyRulesRequest {
-            source_name: "rules.yaml".into(),
-            yaml: RULES.into(),
+            source_name: source_name.into(),
+            yaml: yaml.into(),
             ..Default::default()
         },
         ADMIN,
