@@ -241,11 +241,50 @@ impl Recommendation {
     }
 }
 
+/// An automatic reviewer's answer in one line, as people read it beside the request: its
+/// verdict, confidence, words, and why it did not decide when it did not.
+pub fn summary(a: &AutoRecommendation) -> String {
+    let mut line = format!(
+        "{}: {} (confidence {:.2})",
+        a.reviewer, a.verdict, a.confidence
+    );
+    if !a.rationale.is_empty() {
+        line.push_str(&format!(" \"{}\"", a.rationale));
+    }
+    if !a.note.is_empty() {
+        line.push_str(&format!(" — {}", a.note));
+    }
+    line
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn a_recommendation_reads_as_one_line() {
+        let a = AutoRecommendation {
+            reviewer: "risk-bot".into(),
+            verdict: "approve".into(),
+            rationale: "port 443 is on the list".into(),
+            confidence: 0.8,
+            decided: false,
+            note: "advisory: the rule lets it recommend, not decide".into(),
+            at_unix_ms: 1,
+        };
+        assert_eq!(
+            summary(&a),
+            "risk-bot: approve (confidence 0.80) \"port 443 is on the list\" — advisory: the rule lets it recommend, not decide"
+        );
+        let bare = AutoRecommendation {
+            rationale: String::new(),
+            note: String::new(),
+            ..a
+        };
+        assert_eq!(summary(&bare), "risk-bot: approve (confidence 0.80)");
+    }
 
     #[test]
     fn a_signature_verifies_only_for_its_body_secret_and_time() {

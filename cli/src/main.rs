@@ -415,22 +415,6 @@ fn what(rec: &ApprovalRecord) -> String {
     }
 }
 
-/// What an automatic reviewer said, in one line: its verdict, confidence, words, and why it
-/// did not decide when it did not.
-fn recommendation_line(a: &latch_proto::v1::AutoRecommendation) -> String {
-    let mut line = format!(
-        "{}: {} (confidence {:.2})",
-        a.reviewer, a.verdict, a.confidence
-    );
-    if !a.rationale.is_empty() {
-        line.push_str(&format!(" \"{}\"", a.rationale));
-    }
-    if !a.note.is_empty() {
-        line.push_str(&format!(" — {}", a.note));
-    }
-    line
-}
-
 fn record_json(rec: &ApprovalRecord) -> Value {
     let r = rec.request.clone().unwrap_or_default();
     let d = r.destination.clone().unwrap_or_default();
@@ -528,7 +512,10 @@ fn show(rec: &ApprovalRecord) {
         lines.push(("workload says (unverified)".into(), r.justification.clone()));
     }
     if let Some(a) = &rec.recommendation {
-        lines.push(("automatic reviewer".into(), recommendation_line(a)));
+        lines.push((
+            "automatic reviewer".into(),
+            latch_central::auto_protocol::summary(a),
+        ));
     }
     for (i, a) in r.argv.iter().enumerate() {
         lines.push((format!("argv[{i}]"), a.clone()));
@@ -1068,32 +1055,6 @@ async fn hosts(ctx: &Ctx, out: Out) -> Result<(), CliError> {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn a_recommendation_reads_as_one_line() {
-        let a = latch_proto::v1::AutoRecommendation {
-            reviewer: "risk-bot".into(),
-            verdict: "approve".into(),
-            rationale: "port 443 is on the list".into(),
-            confidence: 0.8,
-            decided: false,
-            note: "advisory: the rule lets it recommend, not decide".into(),
-            at_unix_ms: 1,
-        };
-        assert_eq!(
-            super::recommendation_line(&a),
-            "risk-bot: approve (confidence 0.80) \"port 443 is on the list\" — advisory: the rule lets it recommend, not decide"
-        );
-        let bare = latch_proto::v1::AutoRecommendation {
-            rationale: String::new(),
-            note: String::new(),
-            ..a
-        };
-        assert_eq!(
-            super::recommendation_line(&bare),
-            "risk-bot: approve (confidence 0.80)"
-        );
-    }
-
     #[test]
     fn the_command_line_is_consistent() {
         use clap::CommandFactory;

@@ -422,16 +422,7 @@ impl View {
         if let Ok(a) =
             serde_json::from_str::<crate::auto_protocol::Recommendation>(&self.row.recommendation)
         {
-            let mut said = format!(
-                "{}: {} (confidence {:.2})",
-                a.reviewer, a.verdict, a.confidence
-            );
-            if !a.rationale.is_empty() {
-                said.push_str(&format!(" \"{}\"", a.rationale));
-            }
-            if !a.note.is_empty() {
-                said.push_str(&format!(" — {}", a.note));
-            }
+            let said = crate::auto_protocol::summary(&a.to_proto());
             out.push(("Automatic reviewer", shown(&said, MAX_FACT)));
         }
         out
