@@ -441,6 +441,8 @@ fn request(agent: usize, k: usize, rule_id: u32, version: u64) -> ApprovalReques
             "agent.py".into(),
             "--db".into(),
             "[SECRET]".into(),
+            // Each request its own operation: identical ones would wait as one.
+            format!("--call={k}"),
         ],
         ancestors: vec![latch_proto::v1::Ancestor {
             pid: 1,

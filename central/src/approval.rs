@@ -156,6 +156,9 @@ pub struct RequestRow {
     pub grant_id: String,
     /// What the automatic reviewer said (JSON of [`AutoRecommendation`]), empty until then.
     pub recommendation: String,
+    /// The request this one waits with, identical to it (see [`crate::merge`]); empty for a
+    /// request reviewers see and decide.
+    pub merged_into: String,
 }
 
 impl RequestRow {
@@ -174,7 +177,8 @@ impl RequestRow {
 const REQUEST_COLUMNS: &str =
     "approval_id, host_id, request_id, state, requester, rule_id, rule_name,
     workload, tgid, context, received_at_ms, expires_at_ms, on_timeout, approvers_needed,
-    approver_groups_json, decided_at_ms, decided_by, outcome, reason, grant_id, recommendation";
+    approver_groups_json, decided_at_ms, decided_by, outcome, reason, grant_id, recommendation,
+    merged_into";
 
 fn request_row(r: &AnyRow) -> Result<RequestRow, sqlx::Error> {
     let state: String = r.try_get("state")?;
@@ -203,6 +207,7 @@ fn request_row(r: &AnyRow) -> Result<RequestRow, sqlx::Error> {
         reason: r.try_get("reason")?,
         grant_id: r.try_get("grant_id")?,
         recommendation: r.try_get("recommendation")?,
+        merged_into: r.try_get("merged_into")?,
     })
 }
 
@@ -492,15 +497,25 @@ impl Central {
         let terms = self.terms(&host_id, &req).await?;
         let now = now_ms();
         let approval_id = uuid::Uuid::new_v4().to_string();
-        let expires = now + terms.timeout.as_millis() as i64;
+        let mut expires = now + terms.timeout.as_millis() as i64;
         // Evaluated before the write transaction begins: it holds no lock while checks run.
         let step = auto_resolution(&terms, &req, &host_id, &labels);
+        let merge_key = crate::merge::key(&host_id, &terms.workload, &terms.rule_name, &req);
         let mut tx = self.store.begin().await?;
+        // What its review chain decides at once is never merged: it waits for nobody.
+        let merged_into = match step.resolution {
+            Some(_) => None,
+            None => group_to_join(&mut tx, &merge_key, now).await?,
+        };
+        if let Some((_, deadline)) = &merged_into {
+            // It waits with the request reviewers see, and is resolved with it.
+            expires = *deadline;
+        }
         let inserted = sqlx::query(
             "INSERT INTO requests (approval_id, host_id, request_id, state, requester, rule_id, rule_name,
                 workload, tgid, context, received_at_ms, expires_at_ms, on_timeout, approvers_needed,
-                approver_groups_json, updated_at_ms)
-             VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $10)
+                approver_groups_json, updated_at_ms, merge_key, merged_into)
+             VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $10, $15, $16)
              ON CONFLICT (host_id, request_id) DO NOTHING",
         )
         .bind(&approval_id)
@@ -517,6 +532,8 @@ impl Central {
         .bind(terms.on_timeout)
         .bind(terms.approvers_needed as i64)
         .bind(serde_json::to_string(&terms.groups).unwrap_or_else(|_| "[]".into()))
+        .bind(&merge_key)
+        .bind(merged_into.as_ref().map(|(p, _)| p.as_str()).unwrap_or(""))
         .execute(&mut *tx)
         .await
         .ctx(format!("storing request {host_id}/{}", req.request_id))?;
@@ -603,6 +620,7 @@ impl Central {
                 reason: String::new(),
                 grant_id: String::new(),
                 recommendation: String::new(),
+                merged_into: String::new(),
             };
             let (to, outcome) = if auto.approve {
                 (State::Approved, "allow")
@@ -630,12 +648,44 @@ impl Central {
             tracing::info!(approval_id, request_id = %req.request_id, rule = %terms.rule_name, by = %auto.actor, outcome, "request decided by its review chain");
             return self.accepted(&after).await;
         }
+        if let Some((primary, _)) = &merged_into {
+            Store::audit_in(
+                &mut tx,
+                &AuditFact {
+                    kind: "request.merged".into(),
+                    actor: actor.clone(),
+                    host_id: host_id.clone(),
+                    request_id: approval_id.clone(),
+                    rule_name: terms.rule_name.clone(),
+                    workload: terms.workload.clone(),
+                    payload: json!({ "merged_into": primary, "expires_at_unix_ms": expires }),
+                    time_ms: now,
+                    ..Default::default()
+                },
+            )
+            .await?;
+        }
         tx.commit().await.ctx("committing request")?;
         self.publish(Event::Request {
             approval_id: approval_id.clone(),
-            host_id,
+            host_id: host_id.clone(),
         })
         .await;
+        if let Some((primary, _)) = &merged_into {
+            // What reviewers see of the group (its count) changed.
+            self.publish(Event::Request {
+                approval_id: primary.clone(),
+                host_id,
+            })
+            .await;
+            tracing::info!(approval_id, request_id = %req.request_id, rule = %terms.rule_name, merged_into = %primary, "request pending with an identical one");
+            return Ok(ApprovalAccepted {
+                approval_id,
+                state: RequestState::Pending as i32,
+                expires_at_unix_ms: expires,
+                decision: None,
+            });
+        }
         self.expiry_wake.notify_one();
         if terms.review.contains(&policy::ReviewStep::Auto) {
             self.enqueue_auto_review(&approval_id);
@@ -716,6 +766,7 @@ impl Central {
             }
         }
         let request = row.request()?;
+        let merged = self.merged_count(row).await?;
         Ok(ApprovalRecord {
             approval_id: row.approval_id.clone(),
             state: row.state.to_proto() as i32,
@@ -733,10 +784,33 @@ impl Central {
             )
             .ok()
             .map(|r| r.to_proto()),
+            merged,
+            merged_into: row.merged_into.clone(),
         })
     }
 
-    /// Requests, newest first.
+    /// How many requests wait with `row` (while it is pending) or were resolved with it.
+    pub(crate) async fn merged_count(&self, row: &RequestRow) -> Result<u32> {
+        if !row.merged_into.is_empty() || row.state == State::Cancelled {
+            return Ok(0);
+        }
+        let n: i64 =
+            sqlx::query("SELECT COUNT(*) AS n FROM requests WHERE merged_into = $1 AND state = $2")
+                .bind(&row.approval_id)
+                .bind(row.state.as_str())
+                .fetch_one(self.store.pool())
+                .await
+                .ctx(format!(
+                    "counting the requests merged into {}",
+                    row.approval_id
+                ))?
+                .try_get("n")
+                .ctx("counting merged requests")?;
+        Ok(n.max(0) as u32)
+    }
+
+    /// Requests, newest first; of pending ones, those reviewers decide (each with the count of
+    /// identical requests waiting with it).
     pub async fn list_requests(
         &self,
         state: Option<State>,
@@ -745,6 +819,7 @@ impl Central {
     ) -> Result<Vec<ApprovalRecord>> {
         let sql = format!(
             "SELECT {REQUEST_COLUMNS} FROM requests WHERE ($1 = '' OR state = $1) AND ($2 = '' OR host_id = $2)
+                AND ($1 <> 'pending' OR merged_into = '')
              ORDER BY received_at_ms DESC, approval_id LIMIT $3"
         );
         let rows = sqlx::query(&sql)
@@ -913,7 +988,9 @@ impl Central {
                 (false, row.clone())
             }
         };
+        let members = resolve_group_in(&mut tx, &after, now).await?;
         tx.commit().await.ctx("committing decision")?;
+        self.publish_members(&members).await;
         if resolved {
             let waited = now.saturating_sub(row.received_at_ms).max(0) as f64 / 1000.0;
             self.metrics.decision_seconds.observe(waited);
@@ -934,6 +1011,18 @@ impl Central {
         }
         tracing::info!(approval_id = %row.approval_id, by = %who.subject, outcome, resolved, "decision");
         Ok((record?, resolved))
+    }
+
+    /// Tells this replica's streams, watchers and chat surfaces of requests that changed with
+    /// the one a caller published (those merged into it).
+    pub(crate) async fn publish_members(&self, rows: &[RequestRow]) {
+        for r in rows {
+            self.publish(Event::Request {
+                approval_id: r.approval_id.clone(),
+                host_id: r.host_id.clone(),
+            })
+            .await;
+        }
     }
 
     /// How many approvals a request has so far (its `allow` votes).
@@ -1069,12 +1158,21 @@ impl Central {
             now,
         )
         .await?;
+        let promoted = promote_in(&mut tx, &row, now).await?;
         tx.commit().await.ctx("committing cancellation")?;
         self.publish(Event::Request {
             approval_id: row.approval_id.clone(),
             host_id: host_id.to_string(),
         })
         .await;
+        if let Some(next) = promoted {
+            tracing::info!(approval_id = %next.approval_id, replaces = %row.approval_id, "an identical request takes the place of a cancelled one");
+            if next.recommendation.is_empty() && self.auto_queue.is_some() {
+                // The reviewer's answer on the cancelled request is lost with it.
+                self.enqueue_auto_review(&next.approval_id);
+            }
+            self.publish_members(std::slice::from_ref(&next)).await;
+        }
         Ok(State::Cancelled)
     }
 
@@ -1164,7 +1262,7 @@ impl Central {
             "no decision within the rule's timeout; on_timeout: {}",
             row.on_timeout
         );
-        resolve_in(
+        let after = resolve_in(
             &mut tx,
             &row,
             State::Expired,
@@ -1176,7 +1274,9 @@ impl Central {
             now,
         )
         .await?;
+        let members = resolve_group_in(&mut tx, &after, now).await?;
         tx.commit().await.ctx("committing expiry")?;
+        self.publish_members(&members).await;
         self.publish(Event::Request {
             approval_id: row.approval_id.clone(),
             host_id: row.host_id.clone(),
@@ -1189,8 +1289,9 @@ impl Central {
     /// Resolves every request past its deadline. Returns how many this replica resolved.
     pub async fn expire_due(&self) -> Result<usize> {
         let ids: Vec<String> = sqlx::query(
+            // The requests reviewers see first: each resolves those merged into it.
             "SELECT approval_id FROM requests WHERE state = 'pending' AND expires_at_ms <= $1
-             ORDER BY expires_at_ms LIMIT 500",
+             ORDER BY expires_at_ms, merged_into LIMIT 500",
         )
         .bind(now_ms())
         .fetch_all(self.store.pool())
@@ -1302,6 +1403,153 @@ pub(crate) async fn approvals_of<'e>(
             .try_get("n")
             .ctx(what())?,
     )
+}
+
+/// The pending request reviewers see that a new request with `merge_key` joins, with its
+/// deadline; locked for the rest of `tx` (a decision of it in another transaction either comes
+/// first, and the new request waits alone, or waits for this one and resolves it too).
+async fn group_to_join(tx: &mut Tx, merge_key: &str, now: i64) -> Result<Option<(String, i64)>> {
+    let found = sqlx::query(
+        "SELECT approval_id, expires_at_ms FROM requests
+         WHERE merge_key = $1 AND state = 'pending' AND merged_into = '' AND expires_at_ms > $2
+         ORDER BY received_at_ms, approval_id LIMIT 1",
+    )
+    .bind(merge_key)
+    .bind(now)
+    .fetch_optional(&mut **tx)
+    .await
+    .ctx("finding an identical pending request")?;
+    let Some(r) = found else {
+        return Ok(None);
+    };
+    let id: String = r
+        .try_get("approval_id")
+        .ctx("reading an identical request")?;
+    let deadline: i64 = r
+        .try_get("expires_at_ms")
+        .ctx("reading an identical request")?;
+    Ok(lock_pending(tx, &id, now).await?.then_some((id, deadline)))
+}
+
+/// The requests merged into `primary` (as this transaction just resolved it), resolved the same
+/// way: one decision of what reviewers saw covers every identical request waiting with it. A
+/// grant the decision made is the primary's; the others are each let through (or not) once.
+pub(crate) async fn resolve_group_in(
+    tx: &mut Tx,
+    primary: &RequestRow,
+    now: i64,
+) -> Result<Vec<RequestRow>> {
+    if !primary.merged_into.is_empty() || primary.state == State::Pending {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
+        "SELECT {REQUEST_COLUMNS} FROM requests WHERE merged_into = $1 AND state = 'pending'
+         ORDER BY received_at_ms, approval_id"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(&primary.approval_id)
+        .fetch_all(&mut **tx)
+        .await
+        .ctx(format!(
+            "reading the requests merged into {}",
+            primary.approval_id
+        ))?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let member = request_row(r).ctx("decoding a merged request")?;
+        out.push(
+            resolve_in(
+                tx,
+                &member,
+                primary.state,
+                &primary.outcome,
+                &primary.decided_by,
+                &primary.reason,
+                None,
+                json!({ "merged_into": primary.approval_id }),
+                now,
+            )
+            .await?,
+        );
+    }
+    Ok(out)
+}
+
+/// When the request reviewers see of a group goes away without a decision (its process ended),
+/// the oldest request still waiting with it takes its place, with its votes and its automatic
+/// reviewer's answer, and the others wait with that one. Returns the new one.
+pub(crate) async fn promote_in(
+    tx: &mut Tx,
+    gone: &RequestRow,
+    now: i64,
+) -> Result<Option<RequestRow>> {
+    if !gone.merged_into.is_empty() {
+        return Ok(None);
+    }
+    let sql = format!(
+        "SELECT {REQUEST_COLUMNS} FROM requests WHERE merged_into = $1 AND state = 'pending'
+         ORDER BY received_at_ms, approval_id LIMIT 1"
+    );
+    let what = || format!("promoting a request merged into {}", gone.approval_id);
+    let Some(r) = sqlx::query(&sql)
+        .bind(&gone.approval_id)
+        .fetch_optional(&mut **tx)
+        .await
+        .ctx(what())?
+    else {
+        return Ok(None);
+    };
+    let next = request_row(&r).ctx("decoding a merged request")?;
+    sqlx::query(
+        "UPDATE requests SET merged_into = '', recommendation = $2, updated_at_ms = $3
+         WHERE approval_id = $1",
+    )
+    .bind(&next.approval_id)
+    .bind(&gone.recommendation)
+    .bind(now)
+    .execute(&mut **tx)
+    .await
+    .ctx(what())?;
+    sqlx::query(
+        "UPDATE requests SET merged_into = $2 WHERE merged_into = $1 AND state = 'pending'",
+    )
+    .bind(&gone.approval_id)
+    .bind(&next.approval_id)
+    .execute(&mut **tx)
+    .await
+    .ctx(what())?;
+    // Reviewers voted on the operation, which is the same: their votes stand.
+    sqlx::query(
+        "INSERT INTO votes (approval_id, approver, outcome, reason, at_ms, kind, scope, duration_ms,
+            by_requester)
+         SELECT $2, approver, outcome, reason, at_ms, kind, scope, duration_ms, by_requester
+         FROM votes WHERE approval_id = $1",
+    )
+    .bind(&gone.approval_id)
+    .bind(&next.approval_id)
+    .execute(&mut **tx)
+    .await
+    .ctx(what())?;
+    Store::audit_in(
+        tx,
+        &AuditFact {
+            kind: "request.promoted".into(),
+            actor: format!("host:{}", gone.host_id),
+            host_id: next.host_id.clone(),
+            request_id: next.approval_id.clone(),
+            rule_name: next.rule_name.clone(),
+            workload: next.workload.clone(),
+            payload: json!({ "replaces": gone.approval_id }),
+            time_ms: now,
+            ..Default::default()
+        },
+    )
+    .await?;
+    Ok(Some(RequestRow {
+        merged_into: String::new(),
+        recommendation: gone.recommendation.clone(),
+        ..next
+    }))
 }
 
 /// Locks a pending request for the rest of `tx`; false when it is no longer pending.

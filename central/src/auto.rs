@@ -10,7 +10,7 @@ use latch_proto::v1::RequestState;
 use serde_json::json;
 
 use crate::{
-    approval::{lock_pending, resolve_in, RequestRow, State},
+    approval::{lock_pending, resolve_group_in, resolve_in, RequestRow, State},
     auto_protocol::{self as protocol, Recommendation},
     breaker::Seen,
     clock::now_ms,
@@ -258,9 +258,10 @@ impl Central {
         } else {
             None
         };
+        let mut members = Vec::new();
         let state = match &resolved {
             Some((to, outcome, by, reason)) => {
-                resolve_in(
+                let after = resolve_in(
                     &mut tx,
                     &row,
                     *to,
@@ -272,11 +273,13 @@ impl Central {
                     now,
                 )
                 .await?;
+                members = resolve_group_in(&mut tx, &after, now).await?;
                 to.to_proto()
             }
             None => RequestState::Pending,
         };
         tx.commit().await.ctx("committing an automatic review")?;
+        self.publish_members(&members).await;
         if let Some(reason) = &tripped {
             tracing::error!(reviewer, %reason, "automatic reviewer switched to escalate-only");
         }

@@ -14,7 +14,10 @@ use latch_proto::v1::{ApprovalRecord, DecisionKind};
 use serde_json::json;
 
 use crate::{
-    approval::{already, approvals_of, grant_for, lock_pending, resolve_in, DecideInput, State},
+    approval::{
+        already, approvals_of, grant_for, lock_pending, resolve_group_in, resolve_in, DecideInput,
+        State,
+    },
     auth::{Identity, Role},
     clock::now_ms,
     engine::Central,
@@ -145,7 +148,9 @@ impl Central {
             now,
         )
         .await?;
+        let members = resolve_group_in(&mut tx, &after, now).await?;
         tx.commit().await.ctx("committing break-glass decision")?;
+        self.publish_members(&members).await;
         tracing::error!(approval_id = %row.approval_id, by = %who.subject, outcome,
             self_approval, requester = %row.requester, reason = %d.reason,
             "BREAK-GLASS decision");

@@ -41,6 +41,7 @@ pub mod events;
 pub mod grants;
 pub mod hosts;
 pub mod identity;
+pub mod merge;
 pub mod metrics;
 pub mod notify;
 pub mod oidc;

@@ -364,7 +364,14 @@ async fn an_automatic_reviewer_decides_recommends_or_escalates() {
     let mut outcomes = Vec::new();
     for k in 0..5 {
         let acc = agent
-            .submit(connect(&agent, &format!("7.{k}"), "eager", 443, &["curl"]))
+            // Each another command line: identical requests would wait as one.
+            .submit(connect(
+                &agent,
+                &format!("7.{k}"),
+                "eager",
+                443,
+                &["curl", &format!("https://10.8.0.{k}/")],
+            ))
             .await;
         let (_, rec) = recommended(&server, &acc.approval_id).await;
         outcomes.push(rec.decided);
@@ -399,8 +406,9 @@ async fn an_automatic_reviewer_decides_recommends_or_escalates() {
     let acc = agent
         .submit(connect(&agent, "8", "people", 443, &["curl"]))
         .await;
+    // Not the command line of 6.3, which still waits: it would wait with it, unreviewed.
     let later = agent
-        .submit(connect(&agent, "9", "other", 443, &["curl"]))
+        .submit(connect(&agent, "9", "other", 443, &["curl", "-I"]))
         .await;
     recommended(&server, &later.approval_id).await;
     assert_eq!(bad_state.calls.load(Ordering::SeqCst), calls + 1);

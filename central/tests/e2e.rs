@@ -618,6 +618,164 @@ async fn cancel(env: &Env) {
     server.shutdown().await;
 }
 
+async fn get(
+    rv: &mut ReviewerServiceClient<tonic::transport::Channel>,
+    id: &str,
+) -> latch_proto::v1::ApprovalRecord {
+    rv.get_request(req(
+        GetRequestRequest {
+            approval_id: id.into(),
+        },
+        VIEWER,
+    ))
+    .await
+    .expect("get request")
+    .into_inner()
+}
+
+async fn pending(rv: &mut ReviewerServiceClient<tonic::transport::Channel>) -> Vec<(String, u32)> {
+    rv.list_requests(req(
+        ListRequestsRequest {
+            state: RequestState::Pending as i32,
+            ..Default::default()
+        },
+        VIEWER,
+    ))
+    .await
+    .expect("list pending")
+    .into_inner()
+    .requests
+    .into_iter()
+    .map(|r| (r.approval_id, r.merged))
+    .collect()
+}
+
+/// Identical requests wait behind the first with a count and are resolved by one decision; a
+/// request that differs in what a reviewer decides on waits on its own; when the first goes
+/// away, the next takes its place with the votes cast on it.
+async fn merged_requests(env: &Env) {
+    let server = env.start().await;
+    apply_rules(&server).await;
+    let mut agent = Agent::connect(&server, "h1", vec![], vec![]).await;
+    let mut rv = reviewer(&server).await;
+    let request = |agent: &Agent, id: &str| {
+        let mut r = agent.request(id, "prod-db");
+        r.requester = "user:alice".into();
+        r
+    };
+    let first = agent.submit(request(&agent, "9.1")).await;
+    let second = agent.submit(request(&agent, "9.2")).await;
+    let mut other_port = request(&agent, "9.3");
+    other_port.destination.as_mut().expect("destination").port = 5433;
+    let other = agent.submit(other_port).await;
+    let mut other_process = request(&agent, "9.4");
+    other_process.pid = 5000;
+    other_process.tgid = 5000;
+    let third = agent.submit(other_process).await;
+    assert_eq!(
+        second.expires_at_unix_ms, first.expires_at_unix_ms,
+        "a merged request waits as long as the one it joined"
+    );
+    let mut shown = pending(&mut rv).await;
+    shown.sort();
+    let mut want = vec![
+        (first.approval_id.clone(), 2),
+        (other.approval_id.clone(), 0),
+    ];
+    want.sort();
+    assert_eq!(
+        shown, want,
+        "reviewers see one request for the three identical ones"
+    );
+    assert_eq!(
+        get(&mut rv, &second.approval_id).await.merged_into,
+        first.approval_id
+    );
+
+    // The first goes away: the second takes its place.
+    let t = agent.token();
+    agent
+        .client
+        .cancel_approval(req(
+            CancelApprovalRequest {
+                host_id: "h1".into(),
+                request_id: "9.1".into(),
+                reason: "process exited".into(),
+            },
+            &t,
+        ))
+        .await
+        .expect("cancel the first");
+    let mut shown = pending(&mut rv).await;
+    shown.sort();
+    let mut want = vec![
+        (second.approval_id.clone(), 1),
+        (other.approval_id.clone(), 0),
+    ];
+    want.sort();
+    assert_eq!(
+        shown, want,
+        "the oldest identical request takes the cancelled one's place"
+    );
+    let promoted = get(&mut rv, &second.approval_id).await;
+    assert!(promoted.merged_into.is_empty());
+    assert_eq!(
+        get(&mut rv, &third.approval_id).await.merged_into,
+        second.approval_id
+    );
+
+    // The requester cannot approve the group any more than one request.
+    let e = rv
+        .decide(req(approve_once(&second.approval_id, "mine"), ALICE))
+        .await
+        .expect_err("self-approval of a group");
+    assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+
+    rv.decide(req(approve_once(&second.approval_id, "both, once"), BOB))
+        .await
+        .expect("approve the group");
+    let mut told = HashMap::new();
+    for _ in 0..2 {
+        let d = agent.next_decision().await;
+        told.insert(d.request_id.clone(), d);
+    }
+    for id in ["9.2", "9.4"] {
+        let d = told
+            .get(id)
+            .unwrap_or_else(|| panic!("no decision for {id}: {told:?}"));
+        assert_eq!(d.outcome, Outcome::Allow as i32, "{id}");
+        assert_eq!(d.decided_by, "bob", "{id}");
+    }
+    let resolved = get(&mut rv, &third.approval_id).await;
+    assert_eq!(resolved.state, RequestState::Approved as i32);
+    assert_eq!(get(&mut rv, &second.approval_id).await.merged, 1);
+    let e = rv
+        .decide(req(deny(&third.approval_id), BOB))
+        .await
+        .expect_err("decide a request its group's decision resolved");
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e}");
+    // The request that differs is untouched.
+    assert_eq!(pending(&mut rv).await, vec![(other.approval_id.clone(), 0)]);
+    // Every merged request is on the audit trail with its own decision.
+    let audit = rv
+        .query_audit(req(
+            QueryAuditRequest {
+                limit: 500,
+                ..Default::default()
+            },
+            VIEWER,
+        ))
+        .await
+        .expect("audit")
+        .into_inner()
+        .entries;
+    let kinds = |kind: &str| audit.iter().filter(|e| e.kind == kind).count();
+    assert_eq!(kinds("request.merged"), 2, "{audit:?}");
+    assert_eq!(kinds("request.promoted"), 1);
+    assert_eq!(kinds("request.approved"), 2);
+    server.shutdown().await;
+}
+
 /// A workload's justification reaches reviewers once, only while its request waits, only from
 /// its own host, and is audited; bad text is refused naming the field.
 async fn justify(env: &Env) {
@@ -748,7 +906,10 @@ async fn restart_loses_nothing(env: &Env) {
     apply_rules(&server).await;
     let mut agent = Agent::connect(&server, "h1", vec![], vec![]).await;
     let a = agent.submit(agent.request("8.1", "prod-db")).await;
-    let b = agent.submit(agent.request("8.2", "prod-db")).await;
+    // Another destination: an identical request would be resolved with the first.
+    let mut other = agent.request("8.2", "prod-db");
+    other.destination.as_mut().expect("destination").port = 5433;
+    let b = agent.submit(other).await;
     server.shutdown().await;
     // The agent's stream ends with Unavailable (after the rules push it had not read).
     loop {
@@ -1437,7 +1598,10 @@ async fn metrics(env: &Env) {
     let mut agent = Agent::connect(&server, "h1", vec![], vec![]).await;
     agent.next_rules().await;
     let a = agent.submit(agent.request("1.100", "prod-db")).await;
-    agent.submit(agent.request("1.101", "prod-db")).await;
+    // Another destination: an identical request would be resolved with the first.
+    let mut other = agent.request("1.101", "prod-db");
+    other.destination.as_mut().expect("destination").port = 5433;
+    agent.submit(other).await;
     let mut rv = reviewer(&server).await;
     rv.decide(req(approve_once(&a.approval_id, "ok"), ALICE))
         .await
@@ -1885,6 +2049,7 @@ async fn review_chains(env: &Env) {
 }
 
 suite!(
+    merged_requests,
     racing_calls_agree,
     metrics,
     full_flow,

@@ -219,8 +219,8 @@ fn graph() -> BTreeMap<String, BTreeSet<String>> {
 fn layer(module: &str) -> Option<u8> {
     let top = module.split("::").next().unwrap_or(module);
     match top {
-        "clock" | "text" | "tally" | "review" | "auto_protocol" | "breaker" | "metrics"
-        | "role" | "chain" | "report" | "store" | "config" => Some(0),
+        "clock" | "text" | "tally" | "review" | "merge" | "auto_protocol" | "breaker"
+        | "metrics" | "role" | "chain" | "report" | "store" | "config" => Some(0),
         "error" | "events" | "auth" | "tls" | "oidc" | "validate" | "engine" | "dispatch"
         | "auto" | "approval" | "break_glass" | "grants" | "hosts" | "identity" | "rules"
         | "audit" => Some(1),
@@ -372,7 +372,7 @@ fn the_pure_modules_touch_no_storage() {
     // The tally and the audit chain's encoding are used offline by latchctl and by every channel.
     let g = graph();
     for m in [
-        "tally", "review", "chain", "text", "clock", "role", "report",
+        "tally", "review", "merge", "chain", "text", "clock", "role", "report",
     ] {
         let imported = &g[m];
         assert!(

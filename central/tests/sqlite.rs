@@ -286,7 +286,9 @@ async fn every_decision_told_before_sigkill_survives_a_storm() {
     .await;
     let mut ids = Vec::new();
     for i in 0..REQUESTS {
-        let r = agent.request(&format!("storm-{i}"), "prod-db");
+        let mut r = agent.request(&format!("storm-{i}"), "prod-db");
+        // Each its own: identical requests would wait as one.
+        r.argv.push(format!("--call={i}"));
         ids.push(agent.submit(r).await.approval_id);
     }
 

@@ -418,7 +418,7 @@ fn what(rec: &ApprovalRecord) -> String {
 fn record_json(rec: &ApprovalRecord) -> Value {
     let r = rec.request.clone().unwrap_or_default();
     let d = r.destination.clone().unwrap_or_default();
-    json!({
+    let mut v = json!({
         "approval_id": rec.approval_id,
         "state": state_name(rec.state),
         "host_id": r.host_id,
@@ -447,7 +447,11 @@ fn record_json(rec: &ApprovalRecord) -> Value {
         "decision": rec.decision.as_ref().map(|d| json!({"outcome": outcome_name(d.outcome),
             "decided_by": d.decided_by, "reason": d.reason, "at": time(d.decided_at_unix_ms),
             "grant_id": d.grant.as_ref().map(|g| g.grant_id.clone())})),
-    })
+    });
+    // Beside the rest: one more field in the literal above exceeds the macro's recursion limit.
+    v["merged"] = json!(rec.merged);
+    v["merged_into"] = json!(rec.merged_into);
+    v
 }
 
 fn outcome_name(o: i32) -> &'static str {
@@ -515,6 +519,26 @@ fn show(rec: &ApprovalRecord) {
         lines.push((
             "automatic reviewer".into(),
             latch_central::auto_protocol::summary(a),
+        ));
+    }
+    if rec.merged > 0 {
+        lines.push((
+            "identical requests".into(),
+            if rec.state == RequestState::Pending as i32 {
+                format!(
+                    "{} more waiting; a decision here decides all {}",
+                    rec.merged,
+                    rec.merged + 1
+                )
+            } else {
+                format!("{} more, resolved with this one", rec.merged)
+            },
+        ));
+    }
+    if !rec.merged_into.is_empty() {
+        lines.push((
+            "waits with".into(),
+            format!("{} (identical; resolved with it)", rec.merged_into),
         ));
     }
     for (i, a) in r.argv.iter().enumerate() {
@@ -623,6 +647,7 @@ async fn pending(ctx: &Ctx, out: Out, watch: bool) -> Result<(), CliError> {
                 vec![
                     rec.approval_id.clone(),
                     relative(rec.expires_at_unix_ms),
+                    (u64::from(rec.merged) + 1).to_string(),
                     r.host_id,
                     r.workload,
                     r.rule_name,
@@ -635,6 +660,7 @@ async fn pending(ctx: &Ctx, out: Out, watch: bool) -> Result<(), CliError> {
             &[
                 "ID",
                 "EXPIRES",
+                "COUNT",
                 "HOST",
                 "WORKLOAD",
                 "RULE",

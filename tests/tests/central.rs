@@ -1430,3 +1430,120 @@ W=$1; S=$2; R=$3
     drop(stack);
     let _ = std::fs::remove_dir_all(&w);
 }
+
+/// Two processes of one workload make the same held connect(): reviewers see one request with a
+/// count, and one approval releases both in the kernel (both connections arrive); a connect to
+/// another port waits on its own and is untouched by that approval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
+async fn identical_held_connects_wait_as_one_request_and_one_approval_releases_both() {
+    if !privileged() {
+        return;
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let target = format!("127.0.0.1:{}", listener.local_addr().expect("addr").port());
+    let other = TcpListener::bind("127.0.0.1:0").expect("bind");
+    other.set_nonblocking(true).expect("nonblocking");
+    let other_target = format!("127.0.0.1:{}", other.local_addr().expect("addr").port());
+    let cg = TestCgroup::new();
+    let mut stack = Stack::start(&cg).await;
+    apply(&stack, &cg, "  - {name: db, workload: test, on: connect, to: [127.0.0.1/32], action: approve, timeout: 10m}\n").await;
+    stack.start_agent();
+    stack.wait_watching();
+    let mut alice = stack.reviewer(ALICE).await;
+
+    let first = spawn_in(&cg.path, &probe(), &["connect", &target]);
+    let primary = wait_request(&mut alice, &stack.host, first.id(), RequestState::Pending).await;
+    let second = spawn_in(&cg.path, &probe(), &["connect", &target]);
+    let third = spawn_in(&cg.path, &probe(), &["connect", &other_target]);
+    let apart = wait_request(&mut alice, &stack.host, third.id(), RequestState::Pending).await;
+    assert_eq!(apart.merged, 0, "another destination is another request");
+    let deadline = Instant::now() + patience();
+    loop {
+        let rec = alice
+            .get_request(latch_proto::v1::GetRequestRequest {
+                approval_id: primary.approval_id.clone(),
+            })
+            .await
+            .expect("get")
+            .into_inner();
+        if rec.merged == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the second connect never joined the first: {rec:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    wait_state(second.id(), 'T');
+    assert!(listener.accept().is_err(), "a held connection arrived");
+
+    alice
+        .decide(DecideRequest {
+            approval_id: primary.approval_id.clone(),
+            kind: DecisionKind::ApproveOnce as i32,
+            duration_seconds: 0,
+            scope: 0,
+            reason: "both, once".into(),
+        })
+        .await
+        .expect("decide");
+    let second_pid = second.id();
+    assert_eq!(outcome(first)["ok"], true);
+    assert_eq!(outcome(second)["ok"], true);
+    let mut arrived = 0;
+    let deadline = Instant::now() + patience();
+    while arrived < 2 {
+        match listener.accept() {
+            Ok(_) => arrived += 1,
+            Err(_) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "{arrived} of 2 connections arrived"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+    let rec = wait_request(&mut alice, &stack.host, second_pid, RequestState::Approved).await;
+    assert_eq!(rec.merged_into, primary.approval_id);
+    assert_eq!(
+        rec.decision.expect("decision").decided_by,
+        primary_decider(&mut alice, &primary.approval_id).await
+    );
+
+    // The request that differs still waits; nothing reached its destination.
+    assert!(other.accept().is_err(), "the other connect was released");
+    alice
+        .decide(DecideRequest {
+            approval_id: apart.approval_id.clone(),
+            kind: DecisionKind::Deny as i32,
+            duration_seconds: 0,
+            scope: 0,
+            reason: "not that one".into(),
+        })
+        .await
+        .expect("deny the other");
+    assert_eq!(outcome(third)["errno"], 1);
+    assert!(other.accept().is_err(), "a denied connection arrived");
+}
+
+async fn primary_decider(
+    client: &mut ReviewerServiceClient<
+        tonic::service::interceptor::InterceptedService<Channel, impl tonic::service::Interceptor>,
+    >,
+    id: &str,
+) -> String {
+    client
+        .get_request(latch_proto::v1::GetRequestRequest {
+            approval_id: id.to_string(),
+        })
+        .await
+        .expect("get")
+        .into_inner()
+        .decision
+        .expect("decision")
+        .decided_by
+}

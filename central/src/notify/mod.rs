@@ -251,6 +251,8 @@ pub(crate) struct View {
     pub req: ApprovalRequest,
     /// Approvals counted so far.
     pub approvals: u32,
+    /// Identical requests waiting with it (resolved with it, once resolved).
+    pub merged: u32,
 }
 
 /// Longest value shown for one fact; the console shows everything.
@@ -291,10 +293,12 @@ impl View {
         };
         let req = row.request()?;
         let approvals = central.approvals_so_far(approval_id).await?;
+        let merged = central.merged_count(&row).await?;
         Ok(Some(View {
             row,
             req,
             approvals,
+            merged,
         }))
     }
 
@@ -304,8 +308,9 @@ impl View {
             // The workload's justification and the automatic reviewer's recommendation, once
             // given, are part of what the message shows.
             State::Pending => format!(
-                "pending:{}{}{}",
+                "pending:{}:{}{}{}",
                 self.approvals,
+                self.merged,
                 if self.req.justification.is_empty() {
                     ""
                 } else {
@@ -382,14 +387,21 @@ impl View {
             _ => {}
         }
         out.push(("Rule", shown(&self.row.rule_name, MAX_FACT)));
-        out.push((
-            "Deadline",
-            format!(
-                "{} (then {})",
-                crate::clock::rfc3339(self.row.expires_at_ms),
-                self.row.on_timeout
-            ),
-        ));
+        out.push(("Deadline", self.deadline()));
+        if self.merged > 0 {
+            out.push((
+                "Identical requests",
+                if self.is_final() {
+                    format!("{} more, resolved with this one", self.merged)
+                } else {
+                    format!(
+                        "{} more waiting; a decision here decides all {}",
+                        self.merged,
+                        self.merged + 1
+                    )
+                },
+            ));
+        }
         let mut approvers = format!("{} of {} so far", self.approvals, self.row.approvers_needed);
         if !self.row.approver_groups.is_empty() {
             approvers.push_str(&format!(
@@ -419,13 +431,26 @@ impl View {
                 shown(&r.justification, MAX_FACT),
             ));
         }
-        if let Ok(a) =
-            serde_json::from_str::<crate::auto_protocol::Recommendation>(&self.row.recommendation)
-        {
-            let said = crate::auto_protocol::summary(&a.to_proto());
+        if let Some(said) = self.recommendation() {
             out.push(("Automatic reviewer", shown(&said, MAX_FACT)));
         }
         out
+    }
+
+    /// When the request expires and what happens then.
+    pub fn deadline(&self) -> String {
+        format!(
+            "{} (then {})",
+            crate::clock::rfc3339(self.row.expires_at_ms),
+            self.row.on_timeout
+        )
+    }
+
+    /// The automatic reviewer's answer in one line, once it answered.
+    pub fn recommendation(&self) -> Option<String> {
+        serde_json::from_str::<crate::auto_protocol::Recommendation>(&self.row.recommendation)
+            .ok()
+            .map(|a| crate::auto_protocol::summary(&a.to_proto()))
     }
 
     /// The held process and its command line.
@@ -588,6 +613,11 @@ async fn sync<S: Surface>(central: &Central, approval_id: &str, surface: &S) -> 
         let Some(view) = View::load(central, approval_id).await? else {
             return Ok(());
         };
+        if !view.row.merged_into.is_empty() {
+            // It waits with an identical request whose message counts it; it gets a message of
+            // its own only if it takes that one's place.
+            return Ok(());
+        }
         let revision = surface.revision(&view);
         let Some((delivery, token)) = acquire(central, kind, approval_id, &revision).await? else {
             return Ok(());

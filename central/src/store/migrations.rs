@@ -16,6 +16,7 @@ pub const MIGRATIONS: &[(i64, &[&str], &[&str])] = &[
     (9, DROP_WEB_LOGINS, DROP_WEB_LOGINS),
     (10, EMAIL_VERIFIED, EMAIL_VERIFIED),
     (11, RECOMMENDATION, RECOMMENDATION),
+    (12, MERGED_REQUESTS, MERGED_REQUESTS),
 ];
 
 /// Statements run after a migration's Rust step (version 2: hashing the records stored before
@@ -245,3 +246,13 @@ const EMAIL_VERIFIED: &[&str] =
 /// Schema version 11: what a request's automatic reviewer said (JSON; empty until it answered).
 const RECOMMENDATION: &[&str] =
     &["ALTER TABLE requests ADD COLUMN recommendation TEXT NOT NULL DEFAULT ''"];
+
+/// Schema version 12: identical pending requests merged into one that reviewers see
+/// (`crate::merge`): the digest of what makes requests identical, and the request a merged one
+/// waits with (empty for a request reviewers see).
+const MERGED_REQUESTS: &[&str] = &[
+    "ALTER TABLE requests ADD COLUMN merge_key TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE requests ADD COLUMN merged_into TEXT NOT NULL DEFAULT ''",
+    "CREATE INDEX requests_merge_key ON requests (merge_key, state)",
+    "CREATE INDEX requests_merged_into ON requests (merged_into, state)",
+];

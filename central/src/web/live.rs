@@ -71,6 +71,10 @@ pub(crate) async fn requests(
                 ev = events.recv() => match ev {
                     Ok(ev) => {
                         let Some(rec) = ev.request else { continue };
+                        if !rec.merged_into.is_empty() && is_pending(rec.state) {
+                            // Counted in the row of the request it waits with.
+                            continue;
+                        }
                         match central.session(&session_id).await {
                             Ok(Some(_)) => {}
                             Ok(None) => {

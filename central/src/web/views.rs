@@ -177,6 +177,8 @@ pub struct RequestSummary {
     pub expires: String,
     /// Approvals counted and needed, e.g. "1/2".
     pub votes: String,
+    /// How many identical requests this row stands for (itself and those waiting with it).
+    pub count: String,
 }
 
 /// Name of an operation.
@@ -243,6 +245,7 @@ pub fn summarize(rec: &ApprovalRecord) -> RequestSummary {
         received: rfc3339(rec.received_at_unix_ms),
         expires: rfc3339(rec.expires_at_unix_ms),
         votes: format!("{approvals}/{}", rec.approvers_needed.max(1)),
+        count: (u64::from(rec.merged) + 1).to_string(),
     }
 }
 
@@ -256,6 +259,7 @@ fn request_rows(rows: &[RequestSummary]) -> Markup {
                 td { (r.requester) }
                 td { (r.op) }
                 td { code { (r.target) } }
+                td .count { (r.count) }
                 td { (r.rule) }
                 td { (r.received) }
                 td { (r.expires) }
@@ -290,7 +294,7 @@ pub fn requests_page(me: &Me, rows: &[RequestSummary], state: &str) -> Markup {
         table #queue {
             thead { tr {
                 th {} th { "State" } th { "Host" } th { "Requester" } th { "Op" } th { "Target" }
-                th { "Rule" } th { "Received" } th { "Expires" } th { "Approvals" }
+                th title="Identical requests, decided together" { "Count" } th { "Rule" } th { "Received" } th { "Expires" } th { "Approvals" }
             } }
             tbody #pending data-live=[live.then_some("/events/requests")] { (request_rows(rows)) }
         }
@@ -417,6 +421,23 @@ pub fn request_page(
         p { "State: " strong #state data-state=(s.state) { (s.state) }
             " · approvals " (s.votes)
             " · expires " (s.expires) " (then " (outcome_name(rec.on_timeout)) ")" }
+        @if rec.merged > 0 {
+            p #merged data-count=(rec.merged + 1) {
+                @if s.state == "pending" {
+                    (rec.merged) " identical requests wait with this one (same host, workload, rule and operation). "
+                    strong { "A decision here decides all " (rec.merged + 1) "." }
+                } @else {
+                    (rec.merged) " identical requests were resolved with this one."
+                }
+            }
+        }
+        @if !rec.merged_into.is_empty() {
+            p #merged-into {
+                "This request is identical to "
+                a href=(request_href(&rec.merged_into)) { code { (rec.merged_into) } }
+                " and is resolved with it."
+            }
+        }
         (decide_form(me, rec, can))
         div .grid {
             section {

@@ -9,7 +9,7 @@
   }
   const status = document.getElementById("live-status");
   const empty = document.getElementById("empty");
-  const columns = ["state", "host", "requester", "op", "target", "rule", "received", "expires", "votes"];
+  const columns = ["state", "host", "requester", "op", "target", "count", "rule", "received", "expires", "votes"];
 
   function setStatus(text) {
     if (status) {
@@ -27,8 +27,8 @@
     } else {
       td.textContent = value;
     }
-    if (name === "state") {
-      td.className = "state";
+    if (name === "state" || name === "count") {
+      td.className = name;
     }
     row.appendChild(td);
   }

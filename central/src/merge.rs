@@ -1,0 +1,173 @@
+//! Which pending requests are the same request: the same held operation (program and command
+//! line, or destination), by the same workload and requester on the same host, caught by the same
+//! rule of the same rules version. Such requests wait together behind the first of them, which
+//! is what reviewers see with a count, and one decision resolves them all. Pure: `approval`
+//! stores the key and does the merging.
+//!
+//! What may differ between merged requests is what does not change what a reviewer approves:
+//! the process ids, the time, the agent's request id, the workload's justification and its
+//! session variables. Everything a reviewer's decision is about is in the key, so merging never
+//! lets one decision cover an operation that nobody saw.
+
+use latch_proto::v1::ApprovalRequest;
+use sha2::{Digest, Sha256};
+
+/// The key of a request as it will be stored (`workload` and `rule_name` as central resolved
+/// them from the rule): lower-case hex SHA-256 of every field that must be equal, each
+/// length-prefixed so that no two different requests share an encoding.
+pub fn key(host_id: &str, workload: &str, rule_name: &str, req: &ApprovalRequest) -> String {
+    let mut h = Sha256::new();
+    let mut field = |b: &[u8]| {
+        h.update((b.len() as u64).to_le_bytes());
+        h.update(b);
+    };
+    field(b"latch-merge-v1");
+    field(host_id.as_bytes());
+    field(workload.as_bytes());
+    field(rule_name.as_bytes());
+    field(&req.rule_id.to_le_bytes());
+    field(&req.rules_version.to_le_bytes());
+    field(req.requester.as_bytes());
+    field(&req.op.to_le_bytes());
+    field(&req.uid.to_le_bytes());
+    field(&req.gid.to_le_bytes());
+    field(req.unit.as_bytes());
+    field(req.cgroup_path.as_bytes());
+    field(req.exe.as_bytes());
+    field(req.exec_path.as_bytes());
+    field(&(req.argv.len() as u64).to_le_bytes());
+    for a in &req.argv {
+        field(a.as_bytes());
+    }
+    match &req.destination {
+        Some(d) => {
+            field(b"destination");
+            field(d.family.as_bytes());
+            field(d.address.as_bytes());
+            field(&d.port.to_le_bytes());
+            field(d.protocol.as_bytes());
+        }
+        None => field(b"no destination"),
+    }
+    hex::encode(h.finalize())
+}
+
+#[cfg(test)]
+mod tests {
+    use latch_proto::v1::{Destination, EnvVar, Op};
+
+    use super::*;
+
+    fn base() -> ApprovalRequest {
+        ApprovalRequest {
+            request_id: "1.100".into(),
+            host_id: "h1".into(),
+            op: Op::Connect as i32,
+            pid: 10,
+            tgid: 10,
+            ppid: 1,
+            uid: 1000,
+            gid: 1000,
+            unit: "etl.service".into(),
+            cgroup_path: "/system.slice/etl.service".into(),
+            exe: "/usr/bin/psql".into(),
+            argv: vec!["psql".into(), "-h".into(), "db".into()],
+            destination: Some(Destination {
+                family: "inet".into(),
+                address: "10.0.0.5".into(),
+                port: 5432,
+                protocol: "tcp".into(),
+            }),
+            rule_id: 3,
+            rules_version: 7,
+            requester: "unit:etl.service".into(),
+            created_at_unix_ms: 1,
+            ..Default::default()
+        }
+    }
+
+    /// One change to a request, named.
+    type Change = fn(&mut ApprovalRequest);
+
+    fn dest(r: &mut ApprovalRequest) -> &mut Destination {
+        r.destination.get_or_insert_with(Default::default)
+    }
+
+    fn k(r: &ApprovalRequest) -> String {
+        key("h1", "etl", "prod-db", r)
+    }
+
+    #[test]
+    fn what_does_not_change_the_decision_does_not_split_requests() {
+        let cases: &[(&str, Change)] = &[
+            ("another agent request id", |r| {
+                r.request_id = "2.200".into()
+            }),
+            ("another process", |r| {
+                r.pid = 11;
+                r.tgid = 11;
+                r.ppid = 2
+            }),
+            ("another time", |r| r.created_at_unix_ms = 99),
+            ("a justification", |r| r.justification = "needed".into()),
+            ("session variables", |r| {
+                r.env = vec![EnvVar {
+                    name: "TOOL_CALL".into(),
+                    value: "7".into(),
+                }]
+            }),
+        ];
+        for (what, change) in cases {
+            let mut r = base();
+            change(&mut r);
+            assert_eq!(k(&r), k(&base()), "{what} must not split requests");
+        }
+    }
+
+    #[test]
+    fn anything_a_reviewer_decides_on_splits_requests() {
+        let cases: &[(&str, Change)] = &[
+            ("another address", |r| {
+                dest(r).address = "10.0.0.6".into();
+            }),
+            ("another port", |r| {
+                dest(r).port = 5433;
+            }),
+            ("another family", |r| {
+                dest(r).family = "inet6".into();
+            }),
+            ("another protocol", |r| {
+                dest(r).protocol = "udp".into();
+            }),
+            ("no destination", |r| r.destination = None),
+            ("another argument", |r| r.argv[2] = "db2".into()),
+            ("one argument fewer", |r| {
+                r.argv.pop();
+            }),
+            ("arguments joined differently", |r| {
+                r.argv = vec!["psql -h".into(), "db".into()]
+            }),
+            ("another program", |r| r.exe = "/usr/bin/curl".into()),
+            ("another exec path", |r| r.exec_path = "/tmp/x".into()),
+            ("another operation", |r| r.op = Op::Sendmsg as i32),
+            ("another user", |r| r.uid = 0),
+            ("another group", |r| r.gid = 0),
+            ("another requester", |r| r.requester = "unit:other".into()),
+            ("another unit", |r| r.unit = "other.service".into()),
+            ("another cgroup", |r| r.cgroup_path = "/other".into()),
+            ("another rule id", |r| r.rule_id = 4),
+            ("another rules version", |r| r.rules_version = 8),
+        ];
+        for (what, change) in cases {
+            let mut r = base();
+            change(&mut r);
+            assert_ne!(k(&r), k(&base()), "{what} must split requests");
+        }
+        let r = base();
+        assert_ne!(key("h2", "etl", "prod-db", &r), k(&r), "another host");
+        assert_ne!(key("h1", "web", "prod-db", &r), k(&r), "another workload");
+        assert_ne!(key("h1", "etl", "other", &r), k(&r), "another rule name");
+        // Length prefixes: moving a character from one field to the next is another key.
+        assert_ne!(key("h1", "etlp", "rod-db", &r), k(&r));
+    }
+}
