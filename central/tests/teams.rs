@@ -454,3 +454,102 @@ async fn a_webhook_file_that_is_not_a_url_stops_the_start() {
     let e = start_refused(&env.config).await;
     assert!(e.contains("teams.webhook_url_file"), "{e}");
 }
+
+/// An automatic reviewer's answer that arrives after the request's card was posted comes as one
+/// more card, with the request's deadline; the first card did not have it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_automatic_reviewers_later_answer_comes_as_one_more_card() {
+    const SECRET: &str = "teams-test-reviewer-secret-0123456789";
+    let peer = TeamsPeer::start().await;
+    // The reviewer answers only once the first card is seen, so the order is the test's.
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let g = gate.clone();
+    let reviewer_app = Router::new().route(
+        "/review",
+        post(move |body: Bytes| {
+            let g = g.clone();
+            async move {
+                let Ok(r) =
+                    serde_json::from_slice::<latch_central::auto_protocol::ReviewRequest>(&body)
+                else {
+                    return (StatusCode::BAD_REQUEST, "not a request").into_response();
+                };
+                g.notified().await;
+                latch_reference_reviewer::signed(
+                    SECRET.as_bytes(),
+                    &latch_central::auto_protocol::ReviewAnswer {
+                        approval_id: r.approval_id,
+                        reviewer: r.reviewer,
+                        verdict: latch_central::auto_protocol::Verdict::Approve,
+                        rationale: "a read-only replica port".into(),
+                        confidence: 0.9,
+                    },
+                )
+            }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let reviewer_addr = l.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(l, reviewer_app).await });
+
+    let mut env = Env::sqlite().await;
+    let url_file = env.dir.path().join("teams-webhook");
+    std::fs::write(&url_file, format!("{}\n", peer.url())).expect("write webhook file");
+    let secret_file = env.dir.path().join("reviewer.secret");
+    std::fs::write(&secret_file, SECRET).expect("write secret");
+    env.config.web = Some(WebConfig {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        public_url: Some(PUBLIC_URL.into()),
+        ..Default::default()
+    });
+    env.config.teams = Some(TeamsConfig {
+        webhook_url_file: Some(url_file),
+        webhook_url: None,
+    });
+    env.config.auto_reviewers = vec![latch_central::config::AutoReviewerConfig {
+        name: "advisor".into(),
+        url: format!("http://{reviewer_addr}/review"),
+        secret_file,
+        timeout: Some("30s".into()),
+        breaker_window: 4,
+        breaker_max_approve_share: 1.0,
+        breaker_max_failures: 100,
+        breaker_cooldown: Some("1h".into()),
+    }];
+    let server = env.start().await;
+    let mut agent = Agent::connect(&server, "h1", vec![], vec![]).await;
+    let yaml = "workloads:\n  - name: ai-agents\n    cgroups: [\"/ai.slice/*\"]\nrules:\n  - {name: advice, workload: ai-agents, on: connect, to: [\"10.20.0.0/16\"], action: approve,\n     review: [auto, human], auto: {reviewer: advisor, advisory: true}}\n";
+    let version = apply_yaml(&server, "advice.yaml", yaml).await;
+    agent.next_rules().await;
+    let mut r = agent.request("adv.1", "prod-db");
+    r.rule_id = rule_id_in(yaml, "advice");
+    r.rule_name = "advice".into();
+    r.workload = "ai-agents".into();
+    r.rules_version = version;
+    let id = agent.submit(r).await.approval_id;
+
+    let first = peer.card_for(&id).await;
+    assert!(!first.to_string().contains("Automatic reviewer"), "{first}");
+    gate.notify_one();
+    let second = peer.cards_for(&id, 2).await.remove(1);
+    let mut all = Vec::new();
+    elements(&second["attachments"][0]["content"]["body"], &mut all);
+    let runs: Vec<&str> = all
+        .iter()
+        .filter(|e| e["type"] == "TextRun")
+        .filter_map(|e| e["text"].as_str())
+        .collect();
+    assert!(runs.contains(&"Automatic reviewer: "), "{runs:?}");
+    assert!(runs.contains(&"Deadline: "), "{runs:?}");
+    assert!(
+        runs.iter().any(|r| r.contains("a read-only replica port")),
+        "{runs:?}"
+    );
+    assert!(
+        !runs.contains(&"Workload says (unverified): "),
+        "nothing was justified: {runs:?}"
+    );
+    server.shutdown().await;
+}

@@ -1,8 +1,8 @@
 //! Microsoft Teams: an Adaptive Card per request, posted to the configured incoming webhook, with
 //! the redacted context and a button that opens the request in the web console. Deciding needs
 //! the reviewer's console login, so the card has no decide buttons. An incoming webhook cannot
-//! update what it posted, so a request gets its card once, and one more card if the workload
-//! explains itself after the first was posted.
+//! update what it posted, so a request gets its card once, and one more card for what arrives
+//! after the first was posted: the workload's explanation, the automatic reviewer's answer.
 //!
 //! Workload-controlled text goes into `TextRun`s of `RichTextBlock`s, which Teams renders
 //! without Markdown, so argv cannot bring links or formatting into the card; `{{` is broken up
@@ -173,21 +173,85 @@ pub(crate) fn card(view: &View, public_url: &str) -> Value {
     message(body, public_url, &view.row.approval_id)
 }
 
-/// The card that brings a justification given after the request's card was posted: the
-/// request's headline, the workload's words as its own claim, and the same console link.
-pub(crate) fn justification_card(view: &View, public_url: &str) -> Value {
-    let body = vec![
-        title(&format!(
-            "The workload explained request {}",
-            view.row.approval_id
-        )),
+/// The card that brings what arrived after the request's card was posted: the workload's
+/// justification (as its own claim) and the automatic reviewer's answer, each when new, under
+/// the request's headline and deadline, with the same console link.
+pub(crate) fn update_card(view: &View, public_url: &str, news: Shown) -> Value {
+    let heading = match (news.justified, news.reviewed) {
+        (true, false) => "The workload explained request",
+        (false, true) => "The automatic reviewer answered on request",
+        _ => "The workload explained, and the automatic reviewer answered on, request",
+    };
+    let mut body = vec![
+        title(&format!("{heading} {}", view.row.approval_id)),
         labelled("Request", inert(&view.headline(), 200)),
-        labelled(
+        labelled("Deadline", view.deadline()),
+    ];
+    if news.justified {
+        body.push(labelled(
             "Workload says (unverified)",
             inert(&shown(&view.req.justification, 2000), 2000),
-        ),
-    ];
+        ));
+    }
+    if news.reviewed {
+        if let Some(said) = view.recommendation() {
+            body.push(labelled("Automatic reviewer", inert(&said, 2000)));
+        }
+    }
     message(body, public_url, &view.row.approval_id)
+}
+
+/// What of a pending request a Teams card has shown, beyond its first card.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Shown {
+    /// The workload's justification.
+    pub justified: bool,
+    /// The automatic reviewer's answer.
+    pub reviewed: bool,
+}
+
+impl Shown {
+    /// What `view` has to show.
+    fn of(view: &View) -> Shown {
+        Shown {
+            justified: !view.req.justification.is_empty(),
+            reviewed: !view.row.recommendation.is_empty(),
+        }
+    }
+
+    /// As stored in `message_ref` (`posted`, then `+justified`, `+reviewed`).
+    fn parse(message_ref: &str) -> Shown {
+        let mut parts = message_ref.split('+');
+        let posted = parts.next() == Some(POSTED);
+        let rest: Vec<&str> = parts.collect();
+        Shown {
+            justified: posted && rest.contains(&"justified"),
+            reviewed: posted && rest.contains(&"reviewed"),
+        }
+    }
+
+    fn message_ref(self) -> String {
+        let mut s = POSTED.to_string();
+        if self.justified {
+            s.push_str("+justified");
+        }
+        if self.reviewed {
+            s.push_str("+reviewed");
+        }
+        s
+    }
+
+    /// What `self` has that `before` did not.
+    fn beyond(self, before: Shown) -> Shown {
+        Shown {
+            justified: self.justified && !before.justified,
+            reviewed: self.reviewed && !before.reviewed,
+        }
+    }
+
+    fn any(self) -> bool {
+        self.justified || self.reviewed
+    }
 }
 
 fn title(text: &str) -> Value {
@@ -228,10 +292,8 @@ fn message(mut body: Vec<Value>, public_url: &str, id: &str) -> Value {
     })
 }
 
-/// `message_ref` of a request whose card is posted.
+/// `message_ref` of a request whose card is posted (followed by what later cards added).
 const POSTED: &str = "posted";
-/// `message_ref` of a request whose card and justification are both posted.
-const POSTED_JUSTIFIED: &str = "posted+justified";
 
 impl Surface for Teams {
     fn kind(&self) -> &'static str {
@@ -240,13 +302,14 @@ impl Surface for Teams {
 
     fn revision(&self, view: &View) -> String {
         if view.is_final() {
-            "final"
-        } else if view.req.justification.is_empty() {
-            "pending"
-        } else {
-            "justified"
+            return "final".into();
         }
-        .into()
+        let has = Shown::of(view);
+        format!(
+            "pending{}{}",
+            if has.justified { ":justified" } else { "" },
+            if has.reviewed { ":reviewed" } else { "" }
+        )
     }
 
     async fn apply(
@@ -255,30 +318,37 @@ impl Surface for Teams {
         view: &View,
         delivery: &Delivery,
     ) -> Result<Applied, String> {
-        let justified = !view.req.justification.is_empty();
         let posted = delivery.message_ref.as_str();
-        let (message, now_posted) = match posted {
-            // Resolved before it could be announced, or nothing more to say: a webhook card
-            // cannot be changed, so the decision is seen in the console.
-            _ if view.is_final() || posted == POSTED_JUSTIFIED => {
-                return Ok(Applied {
-                    channel: String::new(),
-                    message_ref: posted.to_string(),
-                    settled: true,
-                })
-            }
-            "" => (
-                card(view, &self.public_url),
-                if justified { POSTED_JUSTIFIED } else { POSTED },
-            ),
-            _ if justified => (justification_card(view, &self.public_url), POSTED_JUSTIFIED),
-            _ => {
-                return Ok(Applied {
-                    channel: String::new(),
-                    message_ref: posted.to_string(),
-                    settled: false,
-                })
-            }
+        let before = Shown::parse(posted);
+        let everything = Shown {
+            justified: true,
+            reviewed: true,
+        };
+        // Resolved before it could be announced, or nothing more can come: a webhook card
+        // cannot be changed, so the decision is seen in the console.
+        if view.is_final() || before == everything {
+            return Ok(Applied {
+                channel: String::new(),
+                message_ref: posted.to_string(),
+                settled: true,
+            });
+        }
+        let has = Shown::of(view);
+        let news = has.beyond(before);
+        let message = if posted.is_empty() {
+            card(view, &self.public_url)
+        } else if news.any() {
+            update_card(view, &self.public_url, news)
+        } else {
+            return Ok(Applied {
+                channel: String::new(),
+                message_ref: posted.to_string(),
+                settled: false,
+            });
+        };
+        let now_shown = Shown {
+            justified: before.justified || has.justified,
+            reviewed: before.reviewed || has.reviewed,
         };
         let id = view.row.approval_id.as_str();
         (|| self.post(&message))
@@ -292,14 +362,15 @@ impl Surface for Teams {
             .map_err(|e| e.to_string())?;
         tracing::info!(
             approval_id = id,
-            justification = justified,
+            justification = news.justified,
+            recommendation = news.reviewed,
             "posted to Teams"
         );
         Ok(Applied {
             channel: String::new(),
-            message_ref: now_posted.into(),
-            // Nothing is posted after the justification; a pending request may still get one.
-            settled: now_posted == POSTED_JUSTIFIED,
+            message_ref: now_shown.message_ref(),
+            // Once both have been shown, nothing more is posted for this request.
+            settled: now_shown == everything,
         })
     }
 }
@@ -315,6 +386,30 @@ mod tests {
             "{\u{200b}{DATE(2017-02-14T06:08:39Z, SHORT)}}"
         );
         assert_eq!(inert("a\x1b[2Jb", 100), "a\\x1b[2Jb");
+    }
+
+    #[test]
+    fn what_a_card_showed_survives_its_message_ref() {
+        for justified in [false, true] {
+            for reviewed in [false, true] {
+                let s = Shown {
+                    justified,
+                    reviewed,
+                };
+                assert_eq!(Shown::parse(&s.message_ref()), s);
+            }
+        }
+        // Stored before recommendations were shown.
+        assert_eq!(
+            Shown::parse("posted+justified"),
+            Shown {
+                justified: true,
+                reviewed: false
+            }
+        );
+        // Nothing posted yet, or something that is not ours.
+        assert_eq!(Shown::parse(""), Shown::default());
+        assert_eq!(Shown::parse("x+justified"), Shown::default());
     }
 
     #[test]
