@@ -500,7 +500,18 @@ impl Central {
         let mut expires = now + terms.timeout.as_millis() as i64;
         // Evaluated before the write transaction begins: it holds no lock while checks run.
         let step = auto_resolution(&terms, &req, &host_id, &labels);
-        let merge_key = crate::merge::key(&host_id, &terms.workload, &terms.rule_name, &req);
+        let merge_key = crate::merge::key(
+            &host_id,
+            &crate::merge::Terms {
+                workload: &terms.workload,
+                rule_name: &terms.rule_name,
+                approvers_needed: terms.approvers_needed,
+                approver_groups: &terms.groups,
+                on_timeout: terms.on_timeout,
+                timeout_ms: terms.timeout.as_millis() as u64,
+            },
+            &req,
+        );
         let mut tx = self.store.begin().await?;
         // What its review chain decides at once is never merged: it waits for nobody.
         let merged_into = match step.resolution {
@@ -1066,6 +1077,13 @@ impl Central {
         if row.state != State::Pending {
             return Err(already(&row));
         }
+        if !row.merged_into.is_empty() {
+            // One decision for the group, on the request its reviewers see.
+            return Err(Error::FailedPrecondition(format!(
+                "request '{}' is identical to request '{}' and waits with it; decide '{}', which decides both",
+                row.approval_id, row.merged_into, row.merged_into
+            )));
+        }
         if now_ms() >= row.expires_at_ms {
             self.expire_one(&row.approval_id).await?;
             return Err(Error::FailedPrecondition(format!(
@@ -1165,6 +1183,14 @@ impl Central {
             host_id: host_id.to_string(),
         })
         .await;
+        if !row.merged_into.is_empty() {
+            // The count its group's messages show changed.
+            self.publish(Event::Request {
+                approval_id: row.merged_into.clone(),
+                host_id: host_id.to_string(),
+            })
+            .await;
+        }
         if let Some(next) = promoted {
             tracing::info!(approval_id = %next.approval_id, replaces = %row.approval_id, "an identical request takes the place of a cancelled one");
             if next.recommendation.is_empty() && self.auto_queue.is_some() {
@@ -1439,7 +1465,9 @@ pub(crate) async fn resolve_group_in(
     primary: &RequestRow,
     now: i64,
 ) -> Result<Vec<RequestRow>> {
-    if !primary.merged_into.is_empty() || primary.state == State::Pending {
+    // Looked up by id whatever `primary.merged_into` says: the row may have been read before
+    // this transaction's lock, when it still waited with another request.
+    if primary.state == State::Pending {
         return Ok(Vec::new());
     }
     let sql = format!(
@@ -1483,9 +1511,7 @@ pub(crate) async fn promote_in(
     gone: &RequestRow,
     now: i64,
 ) -> Result<Option<RequestRow>> {
-    if !gone.merged_into.is_empty() {
-        return Ok(None);
-    }
+    // Looked up by id whatever `gone.merged_into` says (see `resolve_group_in`).
     let sql = format!(
         "SELECT {REQUEST_COLUMNS} FROM requests WHERE merged_into = $1 AND state = 'pending'
          ORDER BY received_at_ms, approval_id LIMIT 1"
@@ -1523,7 +1549,8 @@ pub(crate) async fn promote_in(
         "INSERT INTO votes (approval_id, approver, outcome, reason, at_ms, kind, scope, duration_ms,
             by_requester)
          SELECT $2, approver, outcome, reason, at_ms, kind, scope, duration_ms, by_requester
-         FROM votes WHERE approval_id = $1",
+         FROM votes WHERE approval_id = $1
+         ON CONFLICT (approval_id, approver) DO NOTHING",
     )
     .bind(&gone.approval_id)
     .bind(&next.approval_id)
@@ -1552,7 +1579,10 @@ pub(crate) async fn promote_in(
     }))
 }
 
-/// Locks a pending request for the rest of `tx`; false when it is no longer pending.
+/// Locks a pending request for the rest of `tx`, then the requests waiting with it; false when
+/// it is no longer pending. Always in that order and before any audit record is written, so that
+/// a transaction on the group and one on a single request of it (a cancellation, a
+/// justification) cannot each hold what the other waits for.
 pub(crate) async fn lock_pending(tx: &mut Tx, approval_id: &str, now: i64) -> Result<bool> {
     let r = sqlx::query(
         "UPDATE requests SET updated_at_ms = $2 WHERE approval_id = $1 AND state = 'pending'",
@@ -1562,7 +1592,18 @@ pub(crate) async fn lock_pending(tx: &mut Tx, approval_id: &str, now: i64) -> Re
     .execute(&mut **tx)
     .await
     .ctx(format!("locking request {approval_id}"))?;
-    Ok(r.rows_affected() == 1)
+    if r.rows_affected() != 1 {
+        return Ok(false);
+    }
+    sqlx::query(
+        "UPDATE requests SET updated_at_ms = $2 WHERE merged_into = $1 AND state = 'pending'",
+    )
+    .bind(approval_id)
+    .bind(now)
+    .execute(&mut **tx)
+    .await
+    .ctx(format!("locking the requests waiting with {approval_id}"))?;
+    Ok(true)
 }
 
 async fn transition(

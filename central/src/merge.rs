@@ -1,21 +1,41 @@
 //! Which pending requests are the same request: the same held operation (program and command
-//! line, or destination), by the same workload and requester on the same host, caught by the same
-//! rule of the same rules version. Such requests wait together behind the first of them, which
+//! line, or destination), by the same workload and requester, with the same process tree, on the
+//! same host, caught by the same rule of the same rules version on the same terms. Such requests wait together behind the first of them, which
 //! is what reviewers see with a count, and one decision resolves them all. Pure: `approval`
 //! stores the key and does the merging.
 //!
-//! What may differ between merged requests is what does not change what a reviewer approves:
-//! the process ids, the time, the agent's request id, the workload's justification and its
-//! session variables. Everything a reviewer's decision is about is in the key, so merging never
-//! lets one decision cover an operation that nobody saw.
+//! What may differ between merged requests is what does not change what is approved: the
+//! process ids, the time, the agent's request id, and what the workload says about itself (its
+//! justification, which the agent sends after the request, and its session variables, whose
+//! tool-call ids differ on every call by design). The rest of what reviewers are shown is in the
+//! key, so merging never lets one decision cover an operation, or a process tree, that nobody
+//! saw.
 
 use latch_proto::v1::ApprovalRequest;
 use sha2::{Digest, Sha256};
 
-/// The key of a request as it will be stored (`workload` and `rule_name` as central resolved
-/// them from the rule): lower-case hex SHA-256 of every field that must be equal, each
+/// What central resolved from the rule a request names: requests decided on other terms are
+/// other requests (a request naming no rules version is matched against the host's current one,
+/// which may have changed between two identical requests).
+#[derive(Clone, Copy, Debug)]
+pub struct Terms<'a> {
+    /// The workload's name.
+    pub workload: &'a str,
+    /// The rule's name.
+    pub rule_name: &'a str,
+    /// Distinct approvers needed.
+    pub approvers_needed: u32,
+    /// Groups approvers must be in.
+    pub approver_groups: &'a [String],
+    /// `allow` or `deny` at the deadline.
+    pub on_timeout: &'a str,
+    /// How long it may wait.
+    pub timeout_ms: u64,
+}
+
+/// The key of a request: lower-case hex SHA-256 of every field that must be equal, each
 /// length-prefixed so that no two different requests share an encoding.
-pub fn key(host_id: &str, workload: &str, rule_name: &str, req: &ApprovalRequest) -> String {
+pub fn key(host_id: &str, terms: &Terms<'_>, req: &ApprovalRequest) -> String {
     let mut h = Sha256::new();
     let mut field = |b: &[u8]| {
         h.update((b.len() as u64).to_le_bytes());
@@ -23,21 +43,40 @@ pub fn key(host_id: &str, workload: &str, rule_name: &str, req: &ApprovalRequest
     };
     field(b"latch-merge-v1");
     field(host_id.as_bytes());
-    field(workload.as_bytes());
-    field(rule_name.as_bytes());
+    field(terms.workload.as_bytes());
+    field(terms.rule_name.as_bytes());
+    field(&terms.approvers_needed.to_le_bytes());
+    field(&(terms.approver_groups.len() as u64).to_le_bytes());
+    for g in terms.approver_groups {
+        field(g.as_bytes());
+    }
+    field(terms.on_timeout.as_bytes());
+    field(&terms.timeout_ms.to_le_bytes());
     field(&req.rule_id.to_le_bytes());
     field(&req.rules_version.to_le_bytes());
     field(req.requester.as_bytes());
     field(&req.op.to_le_bytes());
     field(&req.uid.to_le_bytes());
     field(&req.gid.to_le_bytes());
+    field(req.user.as_bytes());
+    field(req.group.as_bytes());
     field(req.unit.as_bytes());
     field(req.cgroup_path.as_bytes());
+    field(&req.cgroup_id.to_le_bytes());
+    field(req.comm.as_bytes());
     field(req.exe.as_bytes());
     field(req.exec_path.as_bytes());
     field(&(req.argv.len() as u64).to_le_bytes());
     for a in &req.argv {
         field(a.as_bytes());
+    }
+    field(&(req.ancestors.len() as u64).to_le_bytes());
+    for a in &req.ancestors {
+        field(a.exe.as_bytes());
+        field(&(a.argv.len() as u64).to_le_bytes());
+        for arg in &a.argv {
+            field(arg.as_bytes());
+        }
     }
     match &req.destination {
         Some(d) => {
@@ -54,7 +93,7 @@ pub fn key(host_id: &str, workload: &str, rule_name: &str, req: &ApprovalRequest
 
 #[cfg(test)]
 mod tests {
-    use latch_proto::v1::{Destination, EnvVar, Op};
+    use latch_proto::v1::{Ancestor, Destination, EnvVar, Op};
 
     use super::*;
 
@@ -82,7 +121,29 @@ mod tests {
             rules_version: 7,
             requester: "unit:etl.service".into(),
             created_at_unix_ms: 1,
+            user: "etl".into(),
+            group: "etl".into(),
+            cgroup_id: 77,
+            comm: "psql".into(),
+            ancestors: vec![Ancestor {
+                pid: 1,
+                exe: "/usr/bin/bash".into(),
+                argv: vec!["bash".into(), "run.sh".into()],
+            }],
             ..Default::default()
+        }
+    }
+
+    const GROUPS: &[String] = &[];
+
+    fn terms() -> Terms<'static> {
+        Terms {
+            workload: "etl",
+            rule_name: "prod-db",
+            approvers_needed: 1,
+            approver_groups: GROUPS,
+            on_timeout: "deny",
+            timeout_ms: 600_000,
         }
     }
 
@@ -94,7 +155,7 @@ mod tests {
     }
 
     fn k(r: &ApprovalRequest) -> String {
-        key("h1", "etl", "prod-db", r)
+        key("h1", &terms(), r)
     }
 
     #[test]
@@ -106,7 +167,8 @@ mod tests {
             ("another process", |r| {
                 r.pid = 11;
                 r.tgid = 11;
-                r.ppid = 2
+                r.ppid = 2;
+                r.ancestors[0].pid = 2;
             }),
             ("another time", |r| r.created_at_unix_ms = 99),
             ("a justification", |r| r.justification = "needed".into()),
@@ -155,6 +217,23 @@ mod tests {
             ("another requester", |r| r.requester = "unit:other".into()),
             ("another unit", |r| r.unit = "other.service".into()),
             ("another cgroup", |r| r.cgroup_path = "/other".into()),
+            ("another cgroup id", |r| r.cgroup_id = 78),
+            ("another user name", |r| r.user = "root".into()),
+            ("another group name", |r| r.group = "root".into()),
+            ("another command name", |r| r.comm = "curl".into()),
+            ("another parent program", |r| {
+                r.ancestors[0].exe = "/usr/bin/python3".into()
+            }),
+            ("another parent command line", |r| {
+                r.ancestors[0].argv[1] = "other.sh".into()
+            }),
+            ("another ancestor", |r| {
+                r.ancestors.push(Ancestor {
+                    pid: 1,
+                    exe: "/sbin/init".into(),
+                    argv: vec![],
+                })
+            }),
             ("another rule id", |r| r.rule_id = 4),
             ("another rules version", |r| r.rules_version = 8),
         ];
@@ -164,10 +243,63 @@ mod tests {
             assert_ne!(k(&r), k(&base()), "{what} must split requests");
         }
         let r = base();
-        assert_ne!(key("h2", "etl", "prod-db", &r), k(&r), "another host");
-        assert_ne!(key("h1", "web", "prod-db", &r), k(&r), "another workload");
-        assert_ne!(key("h1", "etl", "other", &r), k(&r), "another rule name");
-        // Length prefixes: moving a character from one field to the next is another key.
-        assert_ne!(key("h1", "etlp", "rod-db", &r), k(&r));
+        assert_ne!(key("h2", &terms(), &r), k(&r), "another host");
+        let groups = ["dba".to_string()];
+        let other_terms: &[(&str, Terms<'_>)] = &[
+            (
+                "another workload",
+                Terms {
+                    workload: "web",
+                    ..terms()
+                },
+            ),
+            (
+                "another rule name",
+                Terms {
+                    rule_name: "other",
+                    ..terms()
+                },
+            ),
+            (
+                "more approvers",
+                Terms {
+                    approvers_needed: 2,
+                    ..terms()
+                },
+            ),
+            (
+                "approver groups",
+                Terms {
+                    approver_groups: &groups,
+                    ..terms()
+                },
+            ),
+            (
+                "another on_timeout",
+                Terms {
+                    on_timeout: "allow",
+                    ..terms()
+                },
+            ),
+            (
+                "another timeout",
+                Terms {
+                    timeout_ms: 1_000,
+                    ..terms()
+                },
+            ),
+            // Length prefixes: moving a character from one field to the next is another key.
+            (
+                "a character moved between fields",
+                Terms {
+                    workload: "etlp",
+                    rule_name: "rod-db",
+                    ..terms()
+                },
+            ),
+        ];
+        for (what, t) in other_terms {
+            assert_ne!(key("h1", t, &r), k(&r), "{what} must split requests");
+        }
     }
 }

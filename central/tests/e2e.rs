@@ -773,6 +773,79 @@ async fn merged_requests(env: &Env) {
     assert_eq!(kinds("request.merged"), 2, "{audit:?}");
     assert_eq!(kinds("request.promoted"), 1);
     assert_eq!(kinds("request.approved"), 2);
+
+    // Two approvers needed: a vote cast on the first stands when the second takes its place,
+    // and a request that waits with another cannot be voted on by itself.
+    let first = agent.submit(agent.request("10.1", "two-person")).await;
+    let second = agent.submit(agent.request("10.2", "two-person")).await;
+    rv.decide(req(approve_once(&first.approval_id, "one of two"), ALICE))
+        .await
+        .expect("first vote");
+    let e = rv
+        .decide(req(approve_once(&second.approval_id, "around"), BOB))
+        .await
+        .expect_err("a vote on a request that waits with another");
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e}");
+    assert!(
+        e.message().contains(&first.approval_id),
+        "names the one to decide: {e}"
+    );
+    agent
+        .client
+        .cancel_approval(req(
+            CancelApprovalRequest {
+                host_id: "h1".into(),
+                request_id: "10.1".into(),
+                reason: "process exited".into(),
+            },
+            &t,
+        ))
+        .await
+        .expect("cancel the first");
+    let promoted = get(&mut rv, &second.approval_id).await;
+    assert_eq!(
+        promoted
+            .votes
+            .iter()
+            .map(|v| v.approver.as_str())
+            .collect::<Vec<_>>(),
+        ["alice"],
+        "the vote on the first stands"
+    );
+    rv.decide(req(approve_once(&second.approval_id, "two of two"), BOB))
+        .await
+        .expect("second vote");
+    let d = agent.next_decision().await;
+    assert_eq!(
+        (d.request_id.as_str(), d.outcome),
+        ("10.2", Outcome::Allow as i32)
+    );
+
+    // The deadline resolves the group as it resolves the first.
+    let quick = |id: &str| {
+        let mut r = agent.request(id, "quick-expiry");
+        r.exec_path = "/usr/bin/scp".into();
+        r
+    };
+    let (a, b) = (quick("11.1"), quick("11.2"));
+    let first = agent.submit(a).await;
+    let joined = agent.submit(b).await;
+    assert_eq!(
+        get(&mut rv, &joined.approval_id).await.merged_into,
+        first.approval_id
+    );
+    let mut expired = HashMap::new();
+    for _ in 0..2 {
+        let d = agent.next_decision().await;
+        expired.insert(d.request_id.clone(), (d.state, d.decided_by));
+    }
+    for id in ["11.1", "11.2"] {
+        assert_eq!(
+            expired.get(id),
+            Some(&(RequestState::Expired as i32, "timeout".to_string())),
+            "{id}: {expired:?}"
+        );
+    }
     server.shutdown().await;
 }
 
@@ -1547,27 +1620,6 @@ async fn audit_is_append_only(env: &Env) {
         .expect_err("delete audit");
     assert!(e.to_string().contains("append-only"), "{e}");
     server.shutdown().await;
-}
-
-/// One scrape of `/metrics` at `addr`, over plain HTTP.
-async fn scrape(addr: std::net::SocketAddr) -> String {
-    let body = reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .expect("GET /metrics")
-        .error_for_status()
-        .expect("/metrics status")
-        .text()
-        .await
-        .expect("/metrics body");
-    promtext::testing::promtool_check(&body);
-    body
-}
-
-/// The value of the sample line that starts with `series ` (name and labels), if any.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
 async fn metrics(env: &Env) {
