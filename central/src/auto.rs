@@ -85,6 +85,11 @@ impl Central {
     }
 
     /// Hands a request to the channel that posts it to its reviewer.
+    /// Pending requests with no automatic review yet (at most 10,000, oldest first).
+    pub(crate) async fn unreviewed_pending(&self) -> Result<Vec<String>> {
+        Ok(crate::store::recommendations::unreviewed(self.store.pool(), 10_000).await?)
+    }
+
     pub(crate) fn enqueue_auto_review(&self, approval_id: &str) {
         match &self.auto_queue {
             Some(q) => {
@@ -113,6 +118,16 @@ impl Central {
         if row.state != State::Pending {
             return Ok(row.state.to_proto());
         }
+        if !row.recommendation.is_empty() {
+            // One answer per request: the first taken stands (a replica that restarted asks
+            // again about what had no answer when it stopped, and another may have answered).
+            tracing::info!(
+                approval_id,
+                reviewer,
+                "a second automatic review of a request; the first stands"
+            );
+            return Ok(RequestState::Pending);
+        }
         let Some(step) = self.auto_step(&row).await? else {
             return Err(Error::FailedPrecondition(format!(
                 "request '{approval_id}' has no automatic review step"
@@ -129,6 +144,7 @@ impl Central {
             // Too late: the request is the expiry's, which resolves it by the rule. A reviewer
             // that keeps answering late still counts as failing.
             self.breakers.observe(reviewer, Seen::Failure, now);
+            self.metrics.auto_reviewed(reviewer, "late");
             tracing::warn!(
                 approval_id,
                 reviewer,
@@ -153,6 +169,7 @@ impl Central {
             Answer::Failed(why) => (Seen::Failure, "failed", why.clone(), 0.0),
         };
         let (open_before, tripped) = self.breakers.observe(reviewer, seen, now);
+        self.metrics.auto_reviewed(reviewer, verdict);
         let deciding = matches!(
             answer,
             Answer::Verdict {
@@ -194,12 +211,16 @@ impl Central {
         if !lock_pending(&mut tx, approval_id, now).await? {
             return Ok(RequestState::Unspecified);
         }
-        crate::store::recommendations::set_in(
+        if !crate::store::recommendations::set_in(
             &mut tx,
             approval_id,
             &serde_json::to_string(&rec).unwrap_or_default(),
         )
-        .await?;
+        .await?
+        {
+            // Another answer was taken meanwhile; this one changes nothing.
+            return Ok(RequestState::Pending);
+        }
         let fact = |kind: &str, payload: serde_json::Value| AuditFact {
             kind: kind.into(),
             actor: actor.clone(),

@@ -132,7 +132,31 @@ pub async fn run(central: Arc<Central>, reviewers: Arc<AutoReviewers>, jobs: Job
     let Jobs(mut rx) = jobs;
     let permits = Arc::new(Semaphore::new(CONCURRENT));
     let mut running = tokio::task::JoinSet::new();
-    while let Some(id) = rx.recv().await {
+    // What waited for a reviewer when central last stopped is asked about again (a request
+    // whose rule has no `auto` step is passed over by `review`). The first answer taken on a
+    // request is its only one, so two replicas starting together do not decide twice.
+    let mut backlog = match central.unreviewed_pending().await {
+        Ok(ids) => ids,
+        Err(e) => {
+            tracing::error!(error = %e, "finding requests that wait for an automatic review failed; they go on without one");
+            Vec::new()
+        }
+    };
+    if !backlog.is_empty() {
+        tracing::info!(
+            requests = backlog.len(),
+            "asking automatic reviewers again about requests that waited for them"
+        );
+    }
+    backlog.reverse();
+    loop {
+        let id = match backlog.pop() {
+            Some(id) => id,
+            None => match rx.recv().await {
+                Some(id) => id,
+                None => return,
+            },
+        };
         while running.try_join_next().is_some() {}
         let Ok(permit) = permits.clone().acquire_owned().await else {
             return;
@@ -167,7 +191,18 @@ async fn review(central: &Central, reviewers: &AutoReviewers, approval_id: &str)
     };
     let name = step.auto.reviewer.clone();
     let answer = match reviewers.by_name.get(&name) {
-        Some(r) => ask(reviewers, r, &row).await,
+        Some(r) => {
+            let started = std::time::Instant::now();
+            let answer = ask(reviewers, r, &row).await;
+            central
+                .metrics
+                .auto_review_seconds
+                .get_or_create(&crate::metrics::ReviewerLabel {
+                    reviewer: name.clone(),
+                })
+                .observe(started.elapsed().as_secs_f64());
+            answer
+        }
         None => Answer::Failed(format!(
             "central has no automatic reviewer named '{name}' in [[auto_reviewers]]"
         )),

@@ -151,6 +151,18 @@ impl Breakers {
         n
     }
 
+    /// Each configured reviewer and whether its breaker is open at `now_ms`, sorted by name.
+    pub fn open_at(&self, now_ms: i64) -> Vec<(String, bool)> {
+        let breakers = self.breakers.lock().unwrap_or_else(|e| e.into_inner());
+        self.names()
+            .into_iter()
+            .map(|n| {
+                let open = breakers.get(&n).is_some_and(|b| b.is_open(now_ms));
+                (n, open)
+            })
+            .collect()
+    }
+
     /// How long `reviewer`'s breaker stays open once opened.
     pub fn cooldown_ms(&self, reviewer: &str) -> i64 {
         self.settings.get(reviewer).map_or(0, |s| s.cooldown_ms)

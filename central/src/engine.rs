@@ -95,6 +95,12 @@ impl Central {
         let (queued, fullest) = self.hub.queued();
         self.metrics.agent_queue_messages.set(queued as i64);
         self.metrics.agent_queue_max.set(fullest as i64);
+        for (reviewer, open) in self.breakers.open_at(crate::clock::now_ms()) {
+            self.metrics
+                .breaker_open
+                .get_or_create(&crate::metrics::ReviewerLabel { reviewer })
+                .set(i64::from(open));
+        }
         if let Some(w) = self.store.writer_stats() {
             use std::sync::atomic::Ordering::Relaxed;
             self.metrics.store_writes(crate::metrics::StoreWrites {

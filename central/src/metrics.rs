@@ -23,6 +23,13 @@
 //! - `latch_central_agent_queue_messages`, `latch_central_agent_queue_max`: messages waiting in
 //!   the agent streams' queues of this replica, in all and in the fullest one (a stream whose
 //!   queue fills is closed).
+//! - `latch_central_auto_reviews_total{reviewer,verdict}`: answers of each automatic reviewer
+//!   taken on this replica, by verdict (`approve`, `deny`, `escalate`, `failed` for no usable
+//!   answer, `late` for one after the request's deadline), whether or not it decided.
+//! - `latch_central_auto_review_seconds{reviewer}`: each round trip to an automatic reviewer,
+//!   answered or not.
+//! - `latch_central_auto_reviewer_breaker_open{reviewer}`: 1 while a configured reviewer's
+//!   circuit breaker holds it to escalate-only on this replica.
 //!
 //! It owns only its registry; it must not query the store itself (the owner of the figures
 //! sets them before each render).
@@ -51,6 +58,22 @@ pub struct ChatLabel {
     pub result: String,
 }
 
+/// Labels of `latch_central_auto_reviews_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReviewLabel {
+    /// The reviewer's name in `[[auto_reviewers]]`.
+    pub reviewer: String,
+    /// `approve`, `deny`, `escalate`, `failed` or `late`.
+    pub verdict: String,
+}
+
+/// Label of the per-reviewer families.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReviewerLabel {
+    /// The reviewer's name in `[[auto_reviewers]]`.
+    pub reviewer: String,
+}
+
 /// Every state a request can be in, so that each is exported even at zero.
 pub const STATES: &[&str] = &["pending", "approved", "denied", "expired", "cancelled"];
 
@@ -76,6 +99,12 @@ pub struct Metrics {
     pub agent_queue_messages: Gauge<i64, AtomicI64>,
     /// Messages waiting in the fullest agent stream queue.
     pub agent_queue_max: Gauge<i64, AtomicI64>,
+    /// Automatic reviewers' answers by verdict.
+    pub auto_reviews: Family<ReviewLabel, Counter>,
+    /// Round trips to automatic reviewers.
+    pub auto_review_seconds: Family<ReviewerLabel, Histogram>,
+    /// Whether each reviewer's breaker is open.
+    pub breaker_open: Family<ReviewerLabel, Gauge<i64, AtomicI64>>,
     store: StoreCounters,
 }
 
@@ -182,6 +211,29 @@ impl Metrics {
             "Messages waiting in the fullest agent stream queue on this replica",
             agent_queue_max.clone(),
         );
+        let auto_reviews = Family::<ReviewLabel, Counter>::default();
+        registry.register(
+            "auto_reviews",
+            "Answers of automatic reviewers taken on this replica, by verdict (failed: no usable answer; late: after the deadline)",
+            auto_reviews.clone(),
+        );
+        // From 5 ms to about 80 s: a rule-based reviewer to a slow model behind a queue.
+        let auto_review_seconds = Family::<ReviewerLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+                0.005, 2.0, 15,
+            ))
+        });
+        registry.register(
+            "auto_review_seconds",
+            "Seconds each round trip to an automatic reviewer took, answered or not",
+            auto_review_seconds.clone(),
+        );
+        let breaker_open = Family::<ReviewerLabel, Gauge<i64, AtomicI64>>::default();
+        registry.register(
+            "auto_reviewer_breaker_open",
+            "1 while an automatic reviewer's circuit breaker holds it to escalate-only on this replica",
+            breaker_open.clone(),
+        );
         let store = StoreCounters::default();
         for (name, help, c) in [
             (
@@ -219,7 +271,20 @@ impl Metrics {
             batch_size,
             agent_queue_messages,
             agent_queue_max,
+            auto_reviews,
+            auto_review_seconds,
+            breaker_open,
         }
+    }
+
+    /// Counts one answer of an automatic reviewer.
+    pub fn auto_reviewed(&self, reviewer: &str, verdict: &str) {
+        self.auto_reviews
+            .get_or_create(&ReviewLabel {
+                reviewer: reviewer.to_string(),
+                verdict: verdict.to_string(),
+            })
+            .inc();
     }
 
     /// Counts one chat delivery.
@@ -279,7 +344,27 @@ mod tests {
         };
         m.store_writes(writes);
         m.store_writes(writes);
+        m.auto_reviewed("ref", "approve");
+        m.auto_reviewed("ref", "approve");
+        m.auto_review_seconds
+            .get_or_create(&ReviewerLabel {
+                reviewer: "ref".into(),
+            })
+            .observe(0.02);
+        m.breaker_open
+            .get_or_create(&ReviewerLabel {
+                reviewer: "ref".into(),
+            })
+            .set(1);
         let text = m.render();
+        assert!(
+            text.contains(
+                "latch_central_auto_reviews_total{reviewer=\"ref\",verdict=\"approve\"} 2\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("latch_central_auto_review_seconds_count{reviewer=\"ref\"} 1\n"));
+        assert!(text.contains("latch_central_auto_reviewer_breaker_open{reviewer=\"ref\"} 1\n"));
         for family in [
             "latch_central_requests",
             "latch_central_decision_seconds",

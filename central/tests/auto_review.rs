@@ -460,3 +460,201 @@ async fn a_reviewer_without_a_usable_secret_stops_the_start() {
         assert!(text.contains(want), "{want:?} not in {text}");
     }
 }
+
+/// An answer that arrives after the request's deadline decides nothing: the rule's `on_timeout`
+/// does. A request that waited for its reviewer when central stopped is asked about again when
+/// it starts, and the first answer is the only one taken. Every answer is counted by reviewer
+/// and verdict on `/metrics`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_answers_decide_nothing_and_a_restart_asks_again() {
+    const LATE_RULES: &str = r#"
+workloads:
+  - name: ai-agents
+    cgroups: ["/ai.slice/*"]
+rules:
+  - {name: late, workload: ai-agents, on: connect, to: ["10.1.0.0/16"], action: approve,
+     timeout: 1s, on_timeout: deny, review: [auto, human], auto: {reviewer: sleepy}}
+  - {name: web, workload: ai-agents, on: connect, to: ["10.2.0.0/16"], action: approve,
+     timeout: 10m, review: [auto, human], auto: {reviewer: ref}}
+"#;
+    let secrets = tempfile::tempdir().expect("secrets");
+    let secret_file = |name: &str| {
+        let p = secrets.path().join(format!("{name}.secret"));
+        std::fs::write(&p, secret_of(name)).expect("write secret");
+        p
+    };
+    // Answers "approve" 2 s after it is asked: after the rule's 1 s deadline, within its own
+    // 10 s timeout.
+    let sleepy_calls = Arc::new(AtomicUsize::new(0));
+    let calls = sleepy_calls.clone();
+    let sleepy = serve(Router::new().route(
+        "/review",
+        post(move |body: Bytes| {
+            let calls = calls.clone();
+            async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                let Ok(r) = serde_json::from_slice::<ReviewRequest>(&body) else {
+                    return (axum::http::StatusCode::BAD_REQUEST, "not a request").into_response();
+                };
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                latch_reference_reviewer::signed(
+                    secret_of("sleepy").as_bytes(),
+                    &ReviewAnswer {
+                        approval_id: r.approval_id,
+                        reviewer: r.reviewer,
+                        verdict: Verdict::Approve,
+                        rationale: "fine".into(),
+                        confidence: 0.9,
+                    },
+                )
+            }
+        }),
+    ))
+    .await;
+    // Never answers: central stops while it waits.
+    let silent = serve(Router::new().route(
+        "/review",
+        post(|| async {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            "never"
+        }),
+    ))
+    .await;
+    let reference = serve(latch_reference_reviewer::router(
+        secret_of("ref").into_bytes(),
+        latch_reference_reviewer::Rules {
+            approve_ports: vec![443],
+            approve_programs: vec![],
+            deny_words: vec![],
+        },
+    ))
+    .await;
+
+    let mut env = Env::sqlite().await;
+    env.config.metrics_listen = Some("127.0.0.1:0".parse().expect("address"));
+    let mut sleepy_cfg = reviewer(
+        "sleepy",
+        format!("http://{sleepy}/review"),
+        &secret_file("sleepy"),
+    );
+    sleepy_cfg.timeout = Some("10s".into());
+    let mut ref_cfg = reviewer(
+        "ref",
+        format!("http://{silent}/review"),
+        &secret_file("ref"),
+    );
+    ref_cfg.timeout = Some("60s".into());
+    env.config.auto_reviewers = vec![sleepy_cfg.clone(), ref_cfg.clone()];
+    let server = env.start().await;
+    let version = apply_yaml(&server, "late.yaml", LATE_RULES).await;
+    let mut agent = Agent::connect(&server, "h1", vec![], vec![]).await;
+    agent.next_rules().await;
+    let connect = |agent: &Agent, id: &str, rule: &str, address: &str| {
+        let mut r = agent.request(id, "prod-db");
+        r.rule_id = rule_id_in(LATE_RULES, rule);
+        r.rule_name = rule.into();
+        r.rules_version = version;
+        if let Some(d) = r.destination.as_mut() {
+            d.address = address.into();
+            d.port = 443;
+        }
+        r
+    };
+
+    let late = agent
+        .submit(connect(&agent, "l.1", "late", "10.1.0.1"))
+        .await;
+    let d = decision_for(&mut agent, &late.approval_id).await;
+    assert_eq!(
+        (d.outcome, d.decided_by.as_str()),
+        (Outcome::Deny as i32, "timeout"),
+        "the deadline decides"
+    );
+    // The answer comes a second later and changes nothing.
+    let metrics = server.metrics_addr().expect("metrics");
+    tokio::time::timeout(HANG, async {
+        loop {
+            let text = scrape(metrics).await;
+            if sample(
+                &text,
+                r#"latch_central_auto_review_seconds_count{reviewer="sleepy"}"#,
+            ) == Some(1.0)
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the late answer never came back");
+    let r = record(&server, &late.approval_id).await;
+    assert_eq!(r.state, RequestState::Expired as i32);
+    assert_eq!(
+        r.decision.clone().map(|d| (d.outcome, d.decided_by)),
+        Some((Outcome::Deny as i32, "timeout".to_string()))
+    );
+    assert!(
+        r.recommendation.is_none(),
+        "a late answer is not kept: {r:?}"
+    );
+    assert_eq!(sleepy_calls.load(Ordering::SeqCst), 1);
+
+    // Central stops while "ref" is being asked; started again with "ref" reachable, it asks
+    // again and the answer decides.
+    let waiting = agent
+        .submit(connect(&agent, "w.1", "web", "10.2.0.1"))
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        record(&server, &waiting.approval_id)
+            .await
+            .recommendation
+            .is_none(),
+        "the silent reviewer answered"
+    );
+    server.shutdown().await;
+    drop(agent);
+    let mut ref_cfg = reviewer(
+        "ref",
+        format!("http://{reference}/review"),
+        &secret_file("ref"),
+    );
+    ref_cfg.timeout = Some("10s".into());
+    env.config.auto_reviewers = vec![sleepy_cfg, ref_cfg];
+    let server = env.start().await;
+    let metrics = server.metrics_addr().expect("metrics");
+    let mut agent = Agent::connect(&server, "h1", vec!["w.1".into()], vec![]).await;
+    let d = decision_for(&mut agent, &waiting.approval_id).await;
+    assert_eq!(
+        (d.outcome, d.decided_by.as_str()),
+        (Outcome::Allow as i32, "auto:ref")
+    );
+    let text = scrape(metrics).await;
+    assert_eq!(
+        sample(
+            &text,
+            r#"latch_central_auto_reviews_total{reviewer="ref",verdict="approve"}"#
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"latch_central_auto_reviewer_breaker_open{reviewer="ref"}"#
+        ),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"latch_central_auto_reviewer_breaker_open{reviewer="sleepy"}"#
+        ),
+        Some(0.0),
+        "{text}"
+    );
+    // The expired request is not asked about again.
+    assert_eq!(sleepy_calls.load(Ordering::SeqCst), 1);
+    server.shutdown().await;
+}

@@ -838,3 +838,24 @@ pub async fn list_services(channel: Channel) -> Vec<String> {
     };
     list.service.into_iter().map(|s| s.name).collect()
 }
+
+/// One scrape of `/metrics` at `addr`, over plain HTTP.
+pub async fn scrape(addr: std::net::SocketAddr) -> String {
+    let body = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .expect("GET /metrics")
+        .error_for_status()
+        .expect("/metrics status")
+        .text()
+        .await
+        .expect("/metrics body");
+    promtext::testing::promtool_check(&body);
+    body
+}
+
+/// The value of the sample line that starts with `series ` (name and labels), if any.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
