@@ -483,6 +483,8 @@ fn parse_public_url(text: &str) -> Result<String, String> {
 pub const DEFAULT_SLACK_API: &str = "https://slack.com/api";
 /// Default window within which a Slack callback's timestamp must lie (Slack's own advice).
 pub const DEFAULT_SLACK_REPLAY_WINDOW: &str = "5m";
+/// Default of `slack.remind_before`.
+pub const DEFAULT_SLACK_REMIND_BEFORE: &str = "5m";
 
 /// `[slack]`: an interactive message per request, with Approve and Deny buttons whose clicks
 /// Slack posts to `{web.public_url}/slack/actions`.
@@ -505,9 +507,33 @@ pub struct SlackConfig {
     /// [`DEFAULT_SLACK_REPLAY_WINDOW`], between 30s and 15m).
     #[serde(default)]
     pub replay_window: Option<String>,
+    /// How long before a pending request's deadline a reminder is posted in its message's
+    /// thread (default [`DEFAULT_SLACK_REMIND_BEFORE`]; `"0s"`: never). Only for requests that
+    /// wait at least twice as long in all.
+    #[serde(default)]
+    pub remind_before: Option<String>,
 }
 
 impl SlackConfig {
+    /// How long before a deadline to remind; `None` when reminders are off.
+    pub fn remind_before(&self) -> Result<Option<Duration>, String> {
+        let text = self
+            .remind_before
+            .as_deref()
+            .unwrap_or(DEFAULT_SLACK_REMIND_BEFORE);
+        let d = humantime::parse_duration(text)
+            .map_err(|e| format!("slack.remind_before '{text}': {e}"))?;
+        if d.is_zero() {
+            return Ok(None);
+        }
+        if d < Duration::from_secs(1) || d > Duration::from_secs(24 * 3600) {
+            return Err(format!(
+                "slack.remind_before '{text}' must be 0s (no reminders) or between 1s and 24h"
+            ));
+        }
+        Ok(Some(d))
+    }
+
     /// The Web API base URL without a trailing slash.
     pub fn api_base_url(&self) -> Result<String, String> {
         let text = self.api_base_url.as_deref().unwrap_or(DEFAULT_SLACK_API);
@@ -541,6 +567,7 @@ impl SlackConfig {
     fn validate(&self, web: Option<&WebConfig>) -> Result<(), String> {
         self.api_base_url()?;
         self.replay_window()?;
+        self.remind_before()?;
         if let Some(ch) = &self.default_channel {
             policy::check_slack_channel(ch).map_err(|m| format!("slack.default_channel {m}"))?;
         }

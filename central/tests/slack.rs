@@ -315,6 +315,7 @@ fn configure_api(env: &mut Env, api_base_url: String) {
         api_base_url: Some(api_base_url),
         default_channel: Some(DEFAULT_CHANNEL.into()),
         replay_window: None,
+        remind_before: None,
     });
     for r in &mut env.config.reviewers {
         match r.subject.as_str() {
@@ -1376,5 +1377,70 @@ async fn an_automatic_reviewers_answer_is_added_to_the_message() {
             && shown.contains("port 5432 is not on this reviewer's list"),
         "{shown}"
     );
+    server.shutdown().await;
+}
+
+/// A request that waits long enough gets one reminder in its message's thread, sent to the
+/// channel too, `remind_before` ahead of its deadline (when it falls due, not at the next
+/// sweep); a request that waits less than twice that gets none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reminder_is_posted_once_in_the_thread_before_the_deadline() {
+    let peer = SlackPeer::start().await;
+    let mut env = Env::sqlite().await;
+    configure(&mut env, &peer);
+    if let Some(s) = env.config.slack.as_mut() {
+        s.remind_before = Some("2s".into());
+    }
+    let server = env.start().await;
+    let mut agent = Agent::connect(&server, "h1", vec![], vec![]).await;
+    let yaml = "workloads:\n  - name: ai-agents\n    cgroups: [\"/ai.slice/*\"]\nrules:\n  - {name: reminded, workload: ai-agents, on: connect, to: [\"10.20.0.0/16\"], action: approve, timeout: 5s, on_timeout: deny}\n  - {name: brief, workload: ai-agents, on: connect, to: [\"10.30.0.0/16\"], action: approve, timeout: 3s, on_timeout: deny}\n";
+    let version = apply_yaml(&server, "remind.yaml", yaml).await;
+    agent.next_rules().await;
+    let request = |agent: &Agent, id: &str, rule: &str, address: &str| {
+        let mut r = agent.request(id, "prod-db");
+        r.rule_id = rule_id_in(yaml, rule);
+        r.rule_name = rule.into();
+        r.rules_version = version;
+        if let Some(d) = r.destination.as_mut() {
+            d.address = address.into();
+        }
+        r
+    };
+    let long = agent
+        .submit(request(&agent, "rem.1", "reminded", "10.20.1.5"))
+        .await
+        .approval_id;
+    let short = agent
+        .submit(request(&agent, "rem.2", "brief", "10.30.1.5"))
+        .await
+        .approval_id;
+    let (_, channel, ts) = peer.posted(&long).await;
+    peer.posted(&short).await;
+    let reminder = peer
+        .wait("the reminder", |calls| {
+            calls
+                .iter()
+                .find(|c| c.method == "chat.postMessage" && c.body["thread_ts"] == ts.as_str())
+                .cloned()
+        })
+        .await;
+    assert_eq!(reminder.body["channel"], channel.as_str());
+    assert_eq!(reminder.body["reply_broadcast"], true);
+    let text = reminder.body["text"].as_str().expect("text");
+    assert!(text.starts_with("Reminder: "), "{text}");
+    assert!(text.contains("10.20.1.5 port 5432"), "{text}");
+    assert!(text.contains("then deny. Approvals: 0 of 1."), "{text}");
+    // Both expire; only the first was reminded, once.
+    for id in [&long, &short] {
+        let d = agent.next_decision().await;
+        assert_eq!(d.state, RequestState::Expired as i32, "{id}: {d:?}");
+    }
+    peer.updated(&ts, "Expired").await;
+    let threaded = peer
+        .calls()
+        .iter()
+        .filter(|c| c.method == "chat.postMessage" && !c.body["thread_ts"].is_null())
+        .count();
+    assert_eq!(threaded, 1, "{:#?}", peer.calls());
     server.shutdown().await;
 }

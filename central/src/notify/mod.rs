@@ -109,6 +109,8 @@ pub struct Notifier {
     tx: Option<mpsc::UnboundedSender<String>>,
     slack: Option<Arc<slack::Slack>>,
     teams: Option<Arc<teams::Teams>>,
+    /// Requests with a timer queued to look at them again (a reminder falling due).
+    waking: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 /// Request ids waiting for delivery; consumed by [`deliver`].
@@ -147,9 +149,37 @@ impl Notifier {
                 tx: Some(tx),
                 slack,
                 teams,
+                waking: Default::default(),
             },
             Some(Jobs(rx)),
         ))
+    }
+
+    /// Queues `approval_id` again at `at_ms` (one timer per request however often it is
+    /// asked), so that a message that must change with time alone does so then rather than at
+    /// the next sweep. The timer holds no strong sender: it keeps nothing alive at shutdown.
+    fn wake(&self, approval_id: &str, at_ms: i64) {
+        let Some(tx) = self.tx.as_ref().map(|t| t.downgrade()) else {
+            return;
+        };
+        if !self
+            .waking
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(approval_id.to_string())
+        {
+            return;
+        }
+        let id = approval_id.to_string();
+        let waking = self.waking.clone();
+        let wait = Duration::from_millis(at_ms.saturating_sub(now_ms()).max(0) as u64);
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            waking.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            if let Some(tx) = tx.upgrade() {
+                let _ = tx.send(id);
+            }
+        });
     }
 
     /// Where the engine queues the ids of requests that changed (accepted, voted on, resolved)
@@ -217,8 +247,12 @@ async fn sync_all(central: &Central, notifier: &Notifier, approval_id: &str) {
     if let Some(s) = &notifier.slack {
         let r = sync(central, approval_id, s.as_ref()).await;
         central.metrics.delivered("slack", r.is_ok());
-        if let Err(e) = r {
-            tracing::warn!(approval_id, surface = "slack", error = %e, "notification failed");
+        match r {
+            Ok(Some(at)) => notifier.wake(approval_id, at),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(approval_id, surface = "slack", error = %e, "notification failed")
+            }
         }
     }
     if let Some(t) = &notifier.teams {
@@ -527,19 +561,28 @@ pub(crate) struct Delivery {
     pub channel: String,
     /// Which message.
     pub message_ref: String,
+    /// What it shows (the surface's revision when it was last brought up to date).
+    pub revision: String,
 }
 
 /// A surface that shows requests.
 pub(crate) trait Surface: Send + Sync {
     /// `kind` column value.
     fn kind(&self) -> &'static str;
-    /// A string that changes whenever the message must (Teams posts once and never updates).
-    fn revision(&self, view: &View) -> String;
-    /// Posts or updates the message so that it shows `view`, with retries.
+    /// A string that changes whenever the message must (Teams posts once and never updates),
+    /// given the time now.
+    fn revision(&self, view: &View, now_ms: i64) -> String;
+    /// When the message must change with nothing else happening (a reminder falls due), as
+    /// Unix ms; `None` when never.
+    fn wake_at(&self, _view: &View, _now_ms: i64) -> Option<i64> {
+        None
+    }
+    /// Posts or updates the message so that it shows `view` as `revision`, with retries.
     fn apply<'a>(
         &'a self,
         central: &'a Central,
         view: &'a View,
+        revision: &'a str,
         delivery: &'a Delivery,
     ) -> impl std::future::Future<Output = Result<Applied, String>> + Send + 'a;
 }
@@ -566,7 +609,8 @@ async fn acquire(
     if central.store.claim_notification(&lease).await? {
         return Ok(Some((Delivery::default(), token)));
     }
-    let Some((channel, message_ref)) = central.store.lease_notification(&lease, revision).await?
+    let Some((channel, message_ref, revision)) =
+        central.store.lease_notification(&lease, revision).await?
     else {
         return Ok(None);
     };
@@ -574,6 +618,7 @@ async fn acquire(
         Delivery {
             channel,
             message_ref,
+            revision,
         },
         token,
     )))
@@ -607,27 +652,32 @@ async fn release(
 }
 
 /// Brings one surface's message for a request up to date (see the module documentation).
-async fn sync<S: Surface>(central: &Central, approval_id: &str, surface: &S) -> Result<()> {
+/// Returns when the message must change next with nothing else happening (Unix ms).
+async fn sync<S: Surface>(
+    central: &Central,
+    approval_id: &str,
+    surface: &S,
+) -> Result<Option<i64>> {
     let kind = surface.kind();
     loop {
         let Some(view) = View::load(central, approval_id).await? else {
-            return Ok(());
+            return Ok(None);
         };
         if !view.row.merged_into.is_empty() {
             // It waits with an identical request whose message counts it; it gets a message of
             // its own only if it takes that one's place.
-            return Ok(());
+            return Ok(None);
         }
-        let revision = surface.revision(&view);
+        let revision = surface.revision(&view, now_ms());
         let Some((delivery, token)) = acquire(central, kind, approval_id, &revision).await? else {
-            return Ok(());
+            return Ok(surface.wake_at(&view, now_ms()));
         };
         // Looked at again under the lease: the state may have moved since.
         let Some(view) = View::load(central, approval_id).await? else {
-            return Ok(());
+            return Ok(None);
         };
-        let revision = surface.revision(&view);
-        match surface.apply(central, &view, &delivery).await {
+        let revision = surface.revision(&view, now_ms());
+        match surface.apply(central, &view, &revision, &delivery).await {
             Ok(applied) => {
                 release(
                     central,
@@ -638,19 +688,20 @@ async fn sync<S: Surface>(central: &Central, approval_id: &str, surface: &S) -> 
                 )
                 .await?;
                 if applied.settled {
-                    return Ok(());
+                    return Ok(None);
                 }
             }
             Err(e) => {
                 tracing::error!(approval_id, surface = kind, error = %e, "notification not delivered; the sweep retries");
                 release(central, kind, approval_id, &token, Err(&e)).await?;
-                return Ok(());
+                return Ok(None);
             }
         }
         // A change that arrived while the lease was held found it taken: look again.
         match View::load(central, approval_id).await? {
-            Some(now) if surface.revision(&now) != revision => continue,
-            _ => return Ok(()),
+            Some(now) if surface.revision(&now, now_ms()) != revision => continue,
+            Some(now) => return Ok(surface.wake_at(&now, now_ms())),
+            None => return Ok(None),
         }
     }
 }

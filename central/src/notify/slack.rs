@@ -274,12 +274,16 @@ impl Api {
     }
 }
 
+/// The end of a pending request's revision once its reminder is due (and, once stored, posted).
+const REMINDED: &str = ":reminded";
+
 /// The Slack surface: API client, callback verification and routing.
 pub struct Slack {
     api: Api,
     signing_secret: String,
     default_channel: Option<String>,
     replay_window: Duration,
+    remind_before: Option<Duration>,
 }
 
 impl Slack {
@@ -297,7 +301,53 @@ impl Slack {
             )?,
             default_channel: c.default_channel.clone(),
             replay_window: c.replay_window().map_err(NotifyError::Invalid)?,
+            remind_before: c.remind_before().map_err(NotifyError::Invalid)?,
         })
+    }
+
+    /// When a pending request's reminder falls due (Unix ms): `remind_before` ahead of its
+    /// deadline, for a request that waits at least twice that long in all (a shorter one's
+    /// first message is reminder enough). `None` when it gets none.
+    pub(crate) fn reminder_at(&self, view: &View) -> Option<i64> {
+        let before = self.remind_before?.as_millis() as i64;
+        let row = &view.row;
+        let waits = row.expires_at_ms.saturating_sub(row.received_at_ms);
+        (!view.is_final() && waits >= 2 * before).then(|| row.expires_at_ms - before)
+    }
+
+    /// Posts the reminder of a pending request in its message's thread, also sent to the
+    /// channel so that it is seen.
+    async fn remind(&self, view: &View, delivery: &Delivery) -> Result<(), String> {
+        let row = &view.row;
+        let minutes = (row.expires_at_ms - crate::clock::now_ms()).max(0) / 60_000;
+        let text = format!(
+            "Reminder: {} expires at {} (in {}), then {}. Approvals: {} of {}.",
+            shown(&view.headline(), 300),
+            crate::clock::rfc3339(row.expires_at_ms),
+            if minutes == 0 {
+                "less than a minute".to_string()
+            } else {
+                format!("about {minutes} min")
+            },
+            row.on_timeout,
+            view.approvals,
+            row.approvers_needed.max(1)
+        );
+        let body = json!({
+            "channel": delivery.channel,
+            "thread_ts": delivery.message_ref,
+            "reply_broadcast": true,
+            "text": escape(&text),
+            "unfurl_links": false,
+            "unfurl_media": false,
+        });
+        let id = row.approval_id.as_str();
+        self.api
+            .post_retrying("chat.postMessage", &body, id)
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::info!(approval_id = id, "reminded on Slack");
+        Ok(())
     }
 
     /// How far a callback's timestamp may be from now.
@@ -401,14 +451,23 @@ impl Surface for Slack {
         KIND
     }
 
-    fn revision(&self, view: &View) -> String {
-        view.revision()
+    fn revision(&self, view: &View, now_ms: i64) -> String {
+        let mut r = view.revision();
+        if self.reminder_at(view).is_some_and(|at| now_ms >= at) {
+            r.push_str(REMINDED);
+        }
+        r
+    }
+
+    fn wake_at(&self, view: &View, now_ms: i64) -> Option<i64> {
+        self.reminder_at(view).filter(|at| *at > now_ms)
     }
 
     async fn apply(
         &self,
         central: &Central,
         view: &View,
+        revision: &str,
         delivery: &Delivery,
     ) -> Result<Applied, String> {
         let id = view.row.approval_id.as_str();
@@ -466,7 +525,11 @@ impl Surface for Slack {
             .post_retrying("chat.update", &body, id)
             .await
             .map_err(|e| e.to_string())?;
-        tracing::info!(approval_id = id, revision = %view.revision(), "updated the Slack message");
+        tracing::info!(approval_id = id, revision, "updated the Slack message");
+        // Once: the stored revision says whether the message's thread has it.
+        if revision.ends_with(REMINDED) && !delivery.revision.ends_with(REMINDED) {
+            self.remind(view, delivery).await?;
+        }
         Ok(Applied {
             channel: delivery.channel.clone(),
             message_ref: delivery.message_ref.clone(),

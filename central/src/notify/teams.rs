@@ -215,7 +215,8 @@ impl Shown {
     fn of(view: &View) -> Shown {
         Shown {
             justified: !view.req.justification.is_empty(),
-            reviewed: !view.row.recommendation.is_empty(),
+            // What cannot be shown is not news.
+            reviewed: view.recommendation().is_some(),
         }
     }
 
@@ -300,7 +301,7 @@ impl Surface for Teams {
         KIND
     }
 
-    fn revision(&self, view: &View) -> String {
+    fn revision(&self, view: &View, _now_ms: i64) -> String {
         if view.is_final() {
             return "final".into();
         }
@@ -316,6 +317,7 @@ impl Surface for Teams {
         &self,
         _central: &Central,
         view: &View,
+        _revision: &str,
         delivery: &Delivery,
     ) -> Result<Applied, String> {
         let posted = delivery.message_ref.as_str();

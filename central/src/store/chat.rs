@@ -87,12 +87,13 @@ impl Store {
     }
 
     /// Takes the lease on an existing row when nobody holds it, it is not settled, and it shows
-    /// another state than `revision`; returns where its message is (channel, message id).
+    /// another state than `revision`; returns where its message is (channel, message id) and
+    /// what it shows (its stored revision).
     pub async fn lease_notification(
         &self,
         lease: &Lease<'_>,
         revision: &str,
-    ) -> Result<Option<(String, String)>, StoreError> {
+    ) -> Result<Option<(String, String, String)>, StoreError> {
         let Lease {
             kind, approval_id, ..
         } = lease;
@@ -101,7 +102,7 @@ impl Store {
             "UPDATE notifications SET lease_owner = $3, lease_until_ms = $4
              WHERE kind = $1 AND approval_id = $2 AND lease_until_ms < $5 AND settled = 0
                 AND revision <> $6
-             RETURNING channel, message_ref",
+             RETURNING channel, message_ref, revision",
         )
         .bind(*kind)
         .bind(*approval_id)
@@ -121,7 +122,8 @@ impl Store {
         let read = format!("reading the {kind} message of {approval_id}");
         Ok(Some((
             r.try_get("channel").ctx(read.clone())?,
-            r.try_get("message_ref").ctx(read)?,
+            r.try_get("message_ref").ctx(read.clone())?,
+            r.try_get("revision").ctx(read)?,
         )))
     }
 
