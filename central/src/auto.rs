@@ -106,11 +106,13 @@ impl Central {
     /// the rule lets the reviewer decide and its breaker is closed, and otherwise leaves it to
     /// people (or, for a chain without people, denies it). An answer after the request's
     /// deadline is not taken.
+    /// `inputs_sha256` is the digest of the body the reviewer was sent, kept on the record.
     pub async fn take_auto_answer(
         &self,
         approval_id: &str,
         reviewer: &str,
         answer: Answer,
+        inputs_sha256: &str,
     ) -> Result<RequestState> {
         let Some(row) = self.request_row(approval_id).await? else {
             return Err(Error::NotFound(format!("request '{approval_id}'")));
@@ -237,7 +239,8 @@ impl Central {
             &fact(
                 "request.auto_reviewed",
                 json!({"reviewer": reviewer, "verdict": rec.verdict, "rationale": rec.rationale,
-                    "confidence": rec.confidence, "decided": rec.decided, "note": rec.note}),
+                    "confidence": rec.confidence, "decided": rec.decided, "note": rec.note,
+                    "inputs_sha256": inputs_sha256}),
             ),
         )
         .await?;
@@ -290,7 +293,8 @@ impl Central {
                     by,
                     reason,
                     None,
-                    json!({"review": "auto", "confidence": rec.confidence}),
+                    json!({"review": "auto", "confidence": rec.confidence,
+                        "inputs_sha256": inputs_sha256}),
                     now,
                 )
                 .await?;

@@ -193,7 +193,7 @@ async fn review(central: &Central, reviewers: &AutoReviewers, approval_id: &str)
     let answer = match reviewers.by_name.get(&name) {
         Some(r) => {
             let started = std::time::Instant::now();
-            let answer = ask(reviewers, r, &row).await;
+            let (answer, posted) = ask(reviewers, r, &row).await;
             central
                 .metrics
                 .auto_review_seconds
@@ -201,22 +201,30 @@ async fn review(central: &Central, reviewers: &AutoReviewers, approval_id: &str)
                     reviewer: name.clone(),
                 })
                 .observe(started.elapsed().as_secs_f64());
-            answer
+            (answer, posted)
         }
-        None => Answer::Failed(format!(
-            "central has no automatic reviewer named '{name}' in [[auto_reviewers]]"
-        )),
+        None => (
+            Answer::Failed(format!(
+                "central has no automatic reviewer named '{name}' in [[auto_reviewers]]"
+            )),
+            String::new(),
+        ),
     };
+    let (answer, posted) = answer;
     if let Answer::Failed(why) = &answer {
         tracing::warn!(approval_id, reviewer = %name, error = %why, "automatic review failed; it decides nothing");
     }
-    if let Err(e) = central.take_auto_answer(approval_id, &name, answer).await {
+    if let Err(e) = central
+        .take_auto_answer(approval_id, &name, answer, &posted)
+        .await
+    {
         tracing::error!(approval_id, reviewer = %name, error = %e, "taking an automatic review failed; the request goes on without it");
     }
 }
 
-/// One signed round trip.
-async fn ask(reviewers: &AutoReviewers, r: &Reviewer, row: &RequestRow) -> Answer {
+/// One signed round trip: the answer, and the SHA-256 (hex) of the body posted, which is what
+/// the reviewer judged (empty when nothing was posted).
+async fn ask(reviewers: &AutoReviewers, r: &Reviewer, row: &RequestRow) -> (Answer, String) {
     let approval_id = row.approval_id.as_str();
     // What a failure says is shown to reviewers and audited: central's own errors are logged
     // here and named only in general terms there.
@@ -224,15 +232,25 @@ async fn ask(reviewers: &AutoReviewers, r: &Reviewer, row: &RequestRow) -> Answe
         Ok(b) => b,
         Err(e) => {
             tracing::error!(approval_id, reviewer = %r.name, error = %e, "reading a request for its automatic reviewer failed");
-            return Answer::Failed("central could not read the request (see its log)".into());
+            return (
+                Answer::Failed("central could not read the request (see its log)".into()),
+                String::new(),
+            );
         }
     };
     let body = match serde_json::to_vec::<ReviewRequest>(&body) {
         Ok(b) => b,
         Err(e) => {
             tracing::error!(approval_id, reviewer = %r.name, error = %e, "encoding a request for its automatic reviewer failed");
-            return Answer::Failed("central could not encode the request (see its log)".into());
+            return (
+                Answer::Failed("central could not encode the request (see its log)".into()),
+                String::new(),
+            );
         }
+    };
+    let posted = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&body))
     };
     let now_s = crate::clock::now_ms() / 1000;
     let call = async {
@@ -293,7 +311,7 @@ async fn ask(reviewers: &AutoReviewers, r: &Reviewer, row: &RequestRow) -> Answe
         protocol::check_answer(&answer, approval_id, &r.name)?;
         Ok(answer)
     };
-    match tokio::time::timeout(r.timeout, call).await {
+    let answer = match tokio::time::timeout(r.timeout, call).await {
         Ok(Ok(a)) => Answer::Verdict {
             verdict: a.verdict,
             rationale: a.rationale,
@@ -301,5 +319,6 @@ async fn ask(reviewers: &AutoReviewers, r: &Reviewer, row: &RequestRow) -> Answe
         },
         Ok(Err(why)) => Answer::Failed(why),
         Err(_) => Answer::Failed(format!("no answer within {:?}", r.timeout)),
-    }
+    };
+    (answer, posted)
 }

@@ -70,10 +70,19 @@ rules:
 #[derive(Default)]
 struct Bad {
     calls: AtomicUsize,
+    /// SHA-256 (hex) of each body received.
+    bodies: std::sync::Mutex<Vec<String>>,
 }
 
 async fn bad(State(b): State<Arc<Bad>>, Path(mode): Path<String>, body: Bytes) -> Response {
     b.calls.fetch_add(1, Ordering::SeqCst);
+    {
+        use sha2::Digest;
+        b.bodies
+            .lock()
+            .expect("bodies")
+            .push(hex::encode(sha2::Sha256::digest(&body)));
+    }
     let Ok(req) = serde_json::from_slice::<ReviewRequest>(&body) else {
         return (axum::http::StatusCode::BAD_REQUEST, "not a request").into_response();
     };
@@ -400,6 +409,22 @@ async fn an_automatic_reviewer_decides_recommends_or_escalates() {
     assert!(opened[0]
         .payload_json
         .contains("above the configured share"));
+    // Each answer is on record with the digest of exactly what its reviewer was sent.
+    let posted = bad_state.bodies.lock().expect("bodies").clone();
+    let eager: Vec<_> = audit("request.auto_reviewed")
+        .await
+        .into_iter()
+        .filter(|e| e.actor == "auto:eager")
+        .collect();
+    assert_eq!(eager.len(), 5);
+    for e in &eager {
+        let v: serde_json::Value = serde_json::from_str(&e.payload_json).expect("payload");
+        let digest = v["inputs_sha256"].as_str().expect("inputs_sha256");
+        assert!(
+            posted.iter().any(|p| p == digest),
+            "{digest} was not posted"
+        );
+    }
 
     // A rule without `auto` never reaches a reviewer.
     let calls = bad_state.calls.load(Ordering::SeqCst);
