@@ -753,6 +753,16 @@ impl Central {
     /// The full record of a stored request: its votes and transitions in one round trip (votes
     /// by time and approver, transitions in the order they were written).
     pub async fn record_of(&self, row: &RequestRow) -> Result<ApprovalRecord> {
+        self.record_counted(row, None).await
+    }
+
+    /// [`Self::record_of`], with the count of requests merged into `row` when the caller knows
+    /// it (a decision that just resolved them), which saves reading it.
+    async fn record_counted(
+        &self,
+        row: &RequestRow,
+        merged: Option<u32>,
+    ) -> Result<ApprovalRecord> {
         let rows = sqlx::query(
             "SELECT CAST(0 AS BIGINT) AS part, at_ms AS k, approver AS who, outcome AS a, '' AS b,
                 reason, at_ms
@@ -777,7 +787,10 @@ impl Central {
             }
         }
         let request = row.request()?;
-        let merged = self.merged_count(row).await?;
+        let merged = match merged {
+            Some(n) => n,
+            None => self.merged_count(row).await?,
+        };
         Ok(ApprovalRecord {
             approval_id: row.approval_id.clone(),
             state: row.state.to_proto() as i32,
@@ -1008,7 +1021,11 @@ impl Central {
         }
         // The record as this decision left it: the reviewer's answer, and what this replica's
         // agent stream and watchers are sent, without reading the request back again.
-        let record = self.record_of(&after).await;
+        // A resolved request's group is what this transaction resolved with it; a vote's
+        // record is read as it is.
+        let record = self
+            .record_counted(&after, resolved.then_some(members.len() as u32))
+            .await;
         let event = Event::Request {
             approval_id: row.approval_id.clone(),
             host_id: row.host_id.clone(),
@@ -1526,12 +1543,21 @@ pub(crate) async fn promote_in(
         return Ok(None);
     };
     let next = request_row(&r).ctx("decoding a merged request")?;
+    // Read under the lock: `gone` may have been read before its reviewer answered.
+    let recommendation: String =
+        sqlx::query("SELECT recommendation FROM requests WHERE approval_id = $1")
+            .bind(&gone.approval_id)
+            .fetch_one(&mut **tx)
+            .await
+            .ctx(what())?
+            .try_get("recommendation")
+            .ctx(what())?;
     sqlx::query(
         "UPDATE requests SET merged_into = '', recommendation = $2, updated_at_ms = $3
          WHERE approval_id = $1",
     )
     .bind(&next.approval_id)
-    .bind(&gone.recommendation)
+    .bind(&recommendation)
     .bind(now)
     .execute(&mut **tx)
     .await
@@ -1574,7 +1600,7 @@ pub(crate) async fn promote_in(
     .await?;
     Ok(Some(RequestRow {
         merged_into: String::new(),
-        recommendation: gone.recommendation.clone(),
+        recommendation,
         ..next
     }))
 }

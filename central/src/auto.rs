@@ -87,7 +87,7 @@ impl Central {
     /// Hands a request to the channel that posts it to its reviewer.
     /// Pending requests with no automatic review yet (at most 10,000, oldest first).
     pub(crate) async fn unreviewed_pending(&self) -> Result<Vec<String>> {
-        Ok(crate::store::recommendations::unreviewed(self.store.pool(), 10_000).await?)
+        Ok(crate::store::recommendations::unreviewed(self.store.pool(), now_ms(), 10_000).await?)
     }
 
     pub(crate) fn enqueue_auto_review(&self, approval_id: &str) {
@@ -170,6 +170,15 @@ impl Central {
             ),
             Answer::Failed(why) => (Seen::Failure, "failed", why.clone(), 0.0),
         };
+        // Locked, and looked at again under the lock, before the answer counts anywhere: a
+        // second answer that loses a race to the first changes nothing, breaker included.
+        let mut tx = self.store.begin().await?;
+        if !lock_pending(&mut tx, approval_id, now).await? {
+            return Ok(RequestState::Unspecified);
+        }
+        if crate::store::recommendations::has_one_in(&mut tx, approval_id).await? {
+            return Ok(RequestState::Pending);
+        }
         let (open_before, tripped) = self.breakers.observe(reviewer, seen, now);
         self.metrics.auto_reviewed(reviewer, verdict);
         let deciding = matches!(
@@ -209,10 +218,6 @@ impl Central {
             at_ms: now,
         };
         let actor = format!("auto:{reviewer}");
-        let mut tx = self.store.begin().await?;
-        if !lock_pending(&mut tx, approval_id, now).await? {
-            return Ok(RequestState::Unspecified);
-        }
         if !crate::store::recommendations::set_in(
             &mut tx,
             approval_id,

@@ -174,7 +174,12 @@ pub async fn run(central: Arc<Central>, reviewers: Arc<AutoReviewers>, jobs: Job
 async fn review(central: &Central, reviewers: &AutoReviewers, approval_id: &str) {
     // Read once: what the reviewer is asked and which reviewer come from the same row.
     let row = match central.request_row(approval_id).await {
-        Ok(Some(row)) if row.state == State::Pending => row,
+        // Past its deadline it is the expiry's: asking would only count against the reviewer.
+        Ok(Some(row))
+            if row.state == State::Pending && row.expires_at_ms > crate::clock::now_ms() =>
+        {
+            row
+        }
         Ok(_) => return,
         Err(e) => {
             tracing::error!(approval_id, error = %e, "reading a request for its automatic reviewer failed; it goes on without the reviewer");

@@ -167,18 +167,7 @@ async fn full_flow(env: &Env) {
     );
 
     // Audit holds every fact, in sequence.
-    let entries = rv
-        .query_audit(req(
-            QueryAuditRequest {
-                limit: 1000,
-                ..Default::default()
-            },
-            VIEWER,
-        ))
-        .await
-        .expect("audit")
-        .into_inner()
-        .entries;
+    let entries = audit_entries(&mut rv).await;
     let kinds: Vec<&str> = entries.iter().map(|e| e.kind.as_str()).collect();
     for k in [
         "rules.applied",
@@ -633,6 +622,23 @@ async fn get(
     .into_inner()
 }
 
+/// The first 1,000 audit records, oldest first.
+async fn audit_entries(
+    rv: &mut ReviewerServiceClient<tonic::transport::Channel>,
+) -> Vec<latch_proto::v1::AuditEntry> {
+    rv.query_audit(req(
+        QueryAuditRequest {
+            limit: 1000,
+            ..Default::default()
+        },
+        VIEWER,
+    ))
+    .await
+    .expect("audit")
+    .into_inner()
+    .entries
+}
+
 async fn pending(rv: &mut ReviewerServiceClient<tonic::transport::Channel>) -> Vec<(String, u32)> {
     rv.list_requests(req(
         ListRequestsRequest {
@@ -757,18 +763,7 @@ async fn merged_requests(env: &Env) {
     // The request that differs is untouched.
     assert_eq!(pending(&mut rv).await, vec![(other.approval_id.clone(), 0)]);
     // Every merged request is on the audit trail with its own decision.
-    let audit = rv
-        .query_audit(req(
-            QueryAuditRequest {
-                limit: 500,
-                ..Default::default()
-            },
-            VIEWER,
-        ))
-        .await
-        .expect("audit")
-        .into_inner()
-        .entries;
+    let audit = audit_entries(&mut rv).await;
     let kinds = |kind: &str| audit.iter().filter(|e| e.kind == kind).count();
     assert_eq!(kinds("request.merged"), 2, "{audit:?}");
     assert_eq!(kinds("request.promoted"), 1);

@@ -120,6 +120,24 @@ impl TeamsPeer {
     }
 }
 
+/// A SQLite environment whose central posts Teams cards to `peer` (the webhook URL in a file,
+/// as in production), with the console's public URL the cards link to.
+async fn teams_env(peer: &TeamsPeer) -> Env {
+    let mut env = Env::sqlite().await;
+    let url_file = env.dir.path().join("teams-webhook");
+    std::fs::write(&url_file, format!("{}\n", peer.url())).expect("write webhook file");
+    env.config.web = Some(WebConfig {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        public_url: Some(PUBLIC_URL.into()),
+        ..Default::default()
+    });
+    env.config.teams = Some(TeamsConfig {
+        webhook_url_file: Some(url_file),
+        webhook_url: None,
+    });
+    env
+}
+
 /// Every element of a card body with its type.
 fn elements<'a>(v: &'a Value, out: &mut Vec<&'a Value>) {
     match v {
@@ -137,18 +155,7 @@ fn elements<'a>(v: &'a Value, out: &mut Vec<&'a Value>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_card_per_request_with_escaped_context_and_a_console_link() {
     let peer = TeamsPeer::start().await;
-    let mut env = Env::sqlite().await;
-    let url_file = env.dir.path().join("teams-webhook");
-    std::fs::write(&url_file, format!("{}\n", peer.url())).expect("write webhook file");
-    env.config.web = Some(WebConfig {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        public_url: Some(PUBLIC_URL.into()),
-        ..Default::default()
-    });
-    env.config.teams = Some(TeamsConfig {
-        webhook_url_file: Some(url_file),
-        webhook_url: None,
-    });
+    let env = teams_env(&peer).await;
     let server = env.start().await;
     let mut agent = Agent::connect(&server, "h1", vec![], vec![]).await;
     apply_rules(&server).await;
@@ -494,20 +501,9 @@ async fn an_automatic_reviewers_later_answer_comes_as_one_more_card() {
     let reviewer_addr = l.local_addr().expect("addr");
     tokio::spawn(async move { axum::serve(l, reviewer_app).await });
 
-    let mut env = Env::sqlite().await;
-    let url_file = env.dir.path().join("teams-webhook");
-    std::fs::write(&url_file, format!("{}\n", peer.url())).expect("write webhook file");
+    let mut env = teams_env(&peer).await;
     let secret_file = env.dir.path().join("reviewer.secret");
     std::fs::write(&secret_file, SECRET).expect("write secret");
-    env.config.web = Some(WebConfig {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        public_url: Some(PUBLIC_URL.into()),
-        ..Default::default()
-    });
-    env.config.teams = Some(TeamsConfig {
-        webhook_url_file: Some(url_file),
-        webhook_url: None,
-    });
     env.config.auto_reviewers = vec![latch_central::config::AutoReviewerConfig {
         name: "advisor".into(),
         url: format!("http://{reviewer_addr}/review"),

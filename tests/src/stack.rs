@@ -18,7 +18,7 @@ use std::{
 
 use latch_proto::v1::{
     reviewer_service_client::ReviewerServiceClient, ApplyRulesRequest, ApprovalRecord,
-    ListRequestsRequest, RequestState,
+    DecideRequest, DecisionKind, ListRequestsRequest, RequestState,
 };
 use tonic::{metadata::MetadataValue, transport::Channel, Request};
 
@@ -314,6 +314,31 @@ pub fn rules(cg: &TestCgroup, body: &str) -> String {
         "workloads:\n  - name: test\n    cgroups: [\"{}\"]\nrules:\n{body}",
         cg.rel
     )
+}
+
+/// Decides request `approval_id` once (approve once or deny) with `reason`, as `client`'s
+/// reviewer; panics when central refuses.
+pub async fn decide_once(
+    client: &mut ReviewerServiceClient<
+        tonic::service::interceptor::InterceptedService<Channel, impl tonic::service::Interceptor>,
+    >,
+    approval_id: &str,
+    kind: DecisionKind,
+    reason: &str,
+) -> ApprovalRecord {
+    client
+        .decide(DecideRequest {
+            approval_id: approval_id.to_string(),
+            kind: kind as i32,
+            duration_seconds: 0,
+            scope: 0,
+            reason: reason.to_string(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("decide {approval_id}: {e}"))
+        .into_inner()
+        .request
+        .unwrap_or_else(|| panic!("no record in the answer for {approval_id}"))
 }
 
 /// Waits until central has a request in `state` from process `tgid` of `host`.

@@ -16,7 +16,9 @@ use latch_proto::v1::{
 };
 use latch_tests::{
     binary, finish, outcome, patience, privileged, probe, spawn_in,
-    stack::{apply, free_port, rules, spawn_central, wait_request, Stack, ADMIN, ALICE},
+    stack::{
+        apply, decide_once, free_port, rules, spawn_central, wait_request, Stack, ADMIN, ALICE,
+    },
     wait_state, TestCgroup,
 };
 use tonic::{metadata::MetadataValue, transport::Channel, Request};
@@ -111,31 +113,25 @@ async fn reviewer_decisions_reach_the_kernel_through_central() {
     assert!(joined.contains("[SECRET]"), "{joined}");
     assert_eq!(req.user, "root");
     assert!(req.requester.starts_with("user:"), "{}", req.requester);
-    alice
-        .decide(DecideRequest {
-            approval_id: rec.approval_id.clone(),
-            kind: DecisionKind::ApproveOnce as i32,
-            duration_seconds: 0,
-            scope: 0,
-            reason: "checked with the owner".into(),
-        })
-        .await
-        .expect("decide");
+    decide_once(
+        &mut alice,
+        &rec.approval_id,
+        DecisionKind::ApproveOnce,
+        "checked with the owner",
+    )
+    .await;
     assert_eq!(outcome(child)["ok"], true);
 
     // Denied: EPERM.
     let child = spawn_in(&cg.path, &probe(), &["connect", &target]);
     let rec = wait_request(&mut alice, &stack.host, child.id(), RequestState::Pending).await;
-    alice
-        .decide(DecideRequest {
-            approval_id: rec.approval_id,
-            kind: DecisionKind::Deny as i32,
-            duration_seconds: 0,
-            scope: 0,
-            reason: "not during the freeze".into(),
-        })
-        .await
-        .expect("decide");
+    decide_once(
+        &mut alice,
+        &rec.approval_id,
+        DecisionKind::Deny,
+        "not during the freeze",
+    )
+    .await;
     assert_eq!(outcome(child)["errno"], 1);
 
     // A process that dies while held cancels its request at central.
@@ -440,16 +436,7 @@ async fn revoking_a_grant_with_close_connections_cuts_only_its_connections() {
     // The grant is gone from the kernel: the same connection is held again.
     let again = spawn_in(&cg.path, &probe(), &["connect", &target_a]);
     let rec = wait_request(&mut alice, &stack.host, again.id(), RequestState::Pending).await;
-    alice
-        .decide(DecideRequest {
-            approval_id: rec.approval_id,
-            kind: DecisionKind::Deny as i32,
-            duration_seconds: 0,
-            scope: 0,
-            reason: "revoked".into(),
-        })
-        .await
-        .expect("decide");
+    decide_once(&mut alice, &rec.approval_id, DecisionKind::Deny, "revoked").await;
     assert_eq!(outcome(again)["errno"], 1);
     let grants = alice
         .list_grants(ListGrantsRequest {
@@ -496,16 +483,13 @@ async fn a_restarted_agent_applies_a_decision_made_after_a_kill_9() {
     stack.wait_watching();
     // Decided only now, after the restart: the new agent finds the held operation in the pinned
     // map and applies the decision to it.
-    alice
-        .decide(DecideRequest {
-            approval_id: rec.approval_id,
-            kind: DecisionKind::ApproveOnce as i32,
-            duration_seconds: 0,
-            scope: 0,
-            reason: "checked".into(),
-        })
-        .await
-        .expect("decide");
+    decide_once(
+        &mut alice,
+        &rec.approval_id,
+        DecisionKind::ApproveOnce,
+        "checked",
+    )
+    .await;
     assert_eq!(outcome(child)["ok"], true);
 }
 
@@ -595,16 +579,13 @@ async fn central_loss_applies_the_fail_mode_and_the_journal_arrives_once_after_i
     // With central back, operations are held for review again.
     let again = spawn_in(&cg.path, &probe(), &["connect", &target]);
     let rec = wait_request(&mut admin, &stack.host, again.id(), RequestState::Pending).await;
-    admin
-        .decide(DecideRequest {
-            approval_id: rec.approval_id,
-            kind: DecisionKind::Deny as i32,
-            duration_seconds: 0,
-            scope: 0,
-            reason: "after the outage".into(),
-        })
-        .await
-        .expect("decide");
+    decide_once(
+        &mut admin,
+        &rec.approval_id,
+        DecisionKind::Deny,
+        "after the outage",
+    )
+    .await;
     assert_eq!(outcome(again)["errno"], 1);
 
     // The journal: the fail-mode verdict and the decision after the outage reach central, and
@@ -879,16 +860,13 @@ async fn an_operation_held_while_central_was_down_is_submitted_by_a_restarted_ag
         "the destination comes from the pinned entry"
     );
     assert_eq!(req.comm, "latch-probe");
-    alice
-        .decide(DecideRequest {
-            approval_id: rec.approval_id,
-            kind: DecisionKind::ApproveOnce as i32,
-            duration_seconds: 0,
-            scope: 0,
-            reason: "checked".into(),
-        })
-        .await
-        .expect("decide");
+    decide_once(
+        &mut alice,
+        &rec.approval_id,
+        DecisionKind::ApproveOnce,
+        "checked",
+    )
+    .await;
     assert_eq!(outcome(child)["ok"], true);
 }
 
@@ -1114,16 +1092,13 @@ async fn an_automatic_reviewer_approves_a_held_connect_and_escalates_another() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!((said.verdict.as_str(), said.decided), ("escalate", false));
-    alice
-        .decide(DecideRequest {
-            approval_id: rec.approval_id,
-            kind: DecisionKind::Deny as i32,
-            duration_seconds: 0,
-            scope: 0,
-            reason: "not that port".into(),
-        })
-        .await
-        .expect("decide");
+    decide_once(
+        &mut alice,
+        &rec.approval_id,
+        DecisionKind::Deny,
+        "not that port",
+    )
+    .await;
     assert_eq!(outcome(child)["errno"], 1);
     assert!(
         escalated.accept().is_err(),
@@ -1394,16 +1369,13 @@ W=$1; S=$2; R=$3
         "{table}"
     );
 
-    alice
-        .decide(DecideRequest {
-            approval_id: rec.approval_id.clone(),
-            kind: DecisionKind::Deny as i32,
-            duration_seconds: 0,
-            scope: 0,
-            reason: "use the read replica".into(),
-        })
-        .await
-        .expect("decide");
+    decide_once(
+        &mut alice,
+        &rec.approval_id,
+        DecisionKind::Deny,
+        "use the read replica",
+    )
+    .await;
     assert_eq!(
         wait_file(&w.join("wait.rc")).trim(),
         "5",
@@ -1480,16 +1452,13 @@ async fn identical_held_connects_wait_as_one_request_and_one_approval_releases_b
     wait_state(second.id(), 'T');
     assert!(listener.accept().is_err(), "a held connection arrived");
 
-    alice
-        .decide(DecideRequest {
-            approval_id: primary.approval_id.clone(),
-            kind: DecisionKind::ApproveOnce as i32,
-            duration_seconds: 0,
-            scope: 0,
-            reason: "both, once".into(),
-        })
-        .await
-        .expect("decide");
+    decide_once(
+        &mut alice,
+        &primary.approval_id,
+        DecisionKind::ApproveOnce,
+        "both, once",
+    )
+    .await;
     let second_pid = second.id();
     assert_eq!(outcome(first)["ok"], true);
     assert_eq!(outcome(second)["ok"], true);
@@ -1516,16 +1485,13 @@ async fn identical_held_connects_wait_as_one_request_and_one_approval_releases_b
 
     // The request that differs still waits; nothing reached its destination.
     assert!(other.accept().is_err(), "the other connect was released");
-    alice
-        .decide(DecideRequest {
-            approval_id: apart.approval_id.clone(),
-            kind: DecisionKind::Deny as i32,
-            duration_seconds: 0,
-            scope: 0,
-            reason: "not that one".into(),
-        })
-        .await
-        .expect("deny the other");
+    decide_once(
+        &mut alice,
+        &apart.approval_id,
+        DecisionKind::Deny,
+        "not that one",
+    )
+    .await;
     assert_eq!(outcome(third)["errno"], 1);
     assert!(other.accept().is_err(), "a denied connection arrived");
 }

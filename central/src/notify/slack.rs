@@ -528,7 +528,11 @@ impl Surface for Slack {
         tracing::info!(approval_id = id, revision, "updated the Slack message");
         // Once: the stored revision says whether the message's thread has it.
         if revision.ends_with(REMINDED) && !delivery.revision.ends_with(REMINDED) {
-            self.remind(view, delivery).await?;
+            // The message itself is current; a reminder that cannot be posted (after the
+            // client's own retries) is not worth posting it again for.
+            if let Err(e) = self.remind(view, delivery).await {
+                tracing::warn!(approval_id = id, error = %e, "the Slack reminder could not be posted");
+            }
         }
         Ok(Applied {
             channel: delivery.channel.clone(),

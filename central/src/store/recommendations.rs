@@ -19,14 +19,37 @@ pub async fn set_in(tx: &mut Tx, approval_id: &str, json: &str) -> Result<bool, 
     Ok(r.rows_affected() == 1)
 }
 
+/// Whether `approval_id` already has an automatic review, read in `tx`.
+pub async fn has_one_in(tx: &mut Tx, approval_id: &str) -> Result<bool, StoreError> {
+    let r = sqlx::query("SELECT recommendation FROM requests WHERE approval_id = $1")
+        .bind(approval_id)
+        .fetch_optional(&mut **tx)
+        .await
+        .ctx(format!("reading the recommendation on {approval_id}"))?;
+    Ok(match r {
+        Some(r) => !r
+            .try_get::<String, _>("recommendation")
+            .ctx(format!("reading the recommendation on {approval_id}"))?
+            .is_empty(),
+        None => false,
+    })
+}
+
 /// Pending requests reviewers see that have no automatic review yet, oldest first: those a
 /// replica was asking about, or had not yet asked about, when it stopped.
-pub async fn unreviewed(pool: &sqlx::AnyPool, limit: i64) -> Result<Vec<String>, StoreError> {
+/// Past their deadline at `now_ms`, they are the expiry's.
+pub async fn unreviewed(
+    pool: &sqlx::AnyPool,
+    now_ms: i64,
+    limit: i64,
+) -> Result<Vec<String>, StoreError> {
     let rows = sqlx::query(
         "SELECT approval_id FROM requests
          WHERE state = 'pending' AND recommendation = '' AND merged_into = ''
-         ORDER BY received_at_ms, approval_id LIMIT $1",
+            AND expires_at_ms > $1
+         ORDER BY received_at_ms, approval_id LIMIT $2",
     )
+    .bind(now_ms)
     .bind(limit)
     .fetch_all(pool)
     .await
