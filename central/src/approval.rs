@@ -843,7 +843,7 @@ impl Central {
     ) -> Result<Vec<ApprovalRecord>> {
         let sql = format!(
             "SELECT {REQUEST_COLUMNS} FROM requests WHERE ($1 = '' OR state = $1) AND ($2 = '' OR host_id = $2)
-                AND ($1 <> 'pending' OR merged_into = '')
+                AND (state <> 'pending' OR merged_into = '')
              ORDER BY received_at_ms DESC, approval_id LIMIT $3"
         );
         let rows = sqlx::query(&sql)

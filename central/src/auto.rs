@@ -84,12 +84,13 @@ impl Central {
         })
     }
 
-    /// Hands a request to the channel that posts it to its reviewer.
-    /// Pending requests with no automatic review yet (at most 10,000, oldest first).
+    /// Pending requests with no automatic review yet and before their deadline (at most
+    /// 10,000, oldest first).
     pub(crate) async fn unreviewed_pending(&self) -> Result<Vec<String>> {
         Ok(crate::store::recommendations::unreviewed(self.store.pool(), now_ms(), 10_000).await?)
     }
 
+    /// Hands a request to the channel that posts it to its reviewer.
     pub(crate) fn enqueue_auto_review(&self, approval_id: &str) {
         match &self.auto_queue {
             Some(q) => {
@@ -100,6 +101,37 @@ impl Central {
                 "a rule's review has `auto` but central has no [[auto_reviewers]]: the request goes on without it"
             ),
         }
+    }
+
+    /// An answer after the request's deadline: not taken, counted as late and as a failure of
+    /// the reviewer, whose breaker it may open (audited like any other opening).
+    async fn late_answer(&self, row: &RequestRow, reviewer: &str) -> Result<()> {
+        let now = now_ms();
+        let (_, tripped) = self.breakers.observe(reviewer, Seen::Failure, now);
+        self.metrics.auto_reviewed(reviewer, "late");
+        tracing::warn!(approval_id = %row.approval_id, reviewer, "an automatic review came after the request's deadline; not taken");
+        if let Some(reason) = tripped {
+            tracing::error!(reviewer, %reason, "automatic reviewer switched to escalate-only");
+            let mut tx = self.store.begin().await?;
+            Store::audit_in(
+                &mut tx,
+                &AuditFact {
+                    kind: "auto_reviewer.breaker_open".into(),
+                    actor: format!("auto:{reviewer}"),
+                    host_id: row.host_id.clone(),
+                    request_id: row.approval_id.clone(),
+                    rule_name: row.rule_name.clone(),
+                    workload: row.workload.clone(),
+                    payload: json!({"reviewer": reviewer, "reason": reason,
+                        "until_ms": now + self.breakers.cooldown_ms(reviewer)}),
+                    time_ms: now,
+                    ..Default::default()
+                },
+            )
+            .await?;
+            tx.commit().await.ctx("committing a breaker's opening")?;
+        }
+        Ok(())
     }
 
     /// Takes an automatic reviewer's answer on a request: records it, decides the request when
@@ -117,6 +149,12 @@ impl Central {
         let Some(row) = self.request_row(approval_id).await? else {
             return Err(Error::NotFound(format!("request '{approval_id}'")));
         };
+        if row.state == State::Expired {
+            // The deadline came first: the answer is late, and a reviewer that keeps answering
+            // late counts as failing.
+            self.late_answer(&row, reviewer).await?;
+            return Ok(row.state.to_proto());
+        }
         if row.state != State::Pending {
             return Ok(row.state.to_proto());
         }
@@ -143,15 +181,8 @@ impl Central {
         }
         let now = now_ms();
         if now >= row.expires_at_ms {
-            // Too late: the request is the expiry's, which resolves it by the rule. A reviewer
-            // that keeps answering late still counts as failing.
-            self.breakers.observe(reviewer, Seen::Failure, now);
-            self.metrics.auto_reviewed(reviewer, "late");
-            tracing::warn!(
-                approval_id,
-                reviewer,
-                "an automatic review came after the request's deadline; not taken"
-            );
+            // Too late: the request is the expiry's, which resolves it by the rule.
+            self.late_answer(&row, reviewer).await?;
             return Ok(RequestState::Pending);
         }
         let (seen, verdict, rationale, confidence) = match &answer {
@@ -218,16 +249,12 @@ impl Central {
             at_ms: now,
         };
         let actor = format!("auto:{reviewer}");
-        if !crate::store::recommendations::set_in(
+        crate::store::recommendations::set_in(
             &mut tx,
             approval_id,
             &serde_json::to_string(&rec).unwrap_or_default(),
         )
-        .await?
-        {
-            // Another answer was taken meanwhile; this one changes nothing.
-            return Ok(RequestState::Pending);
-        }
+        .await?;
         let fact = |kind: &str, payload: serde_json::Value| AuditFact {
             kind: kind.into(),
             actor: actor.clone(),

@@ -6,8 +6,8 @@
 //!
 //! What may differ between merged requests is what does not change what is approved: the
 //! process ids, the time, the agent's request id, and what the workload says about itself (its
-//! justification, which the agent sends after the request, and its session variables, whose
-//! tool-call ids differ on every call by design). The rest of what reviewers are shown is in the
+//! justification, which the agent sends after the request, and its session variables and trace
+//! context, whose tool-call and span ids differ on every call by design). The rest of what reviewers are shown is in the
 //! key, so merging never lets one decision cover an operation, or a process tree, that nobody
 //! saw.
 
@@ -31,6 +31,18 @@ pub struct Terms<'a> {
     pub on_timeout: &'a str,
     /// How long it may wait.
     pub timeout_ms: u64,
+}
+
+/// What reviewers are told of the requests waiting with (or resolved with) one they see.
+pub fn count_line(merged: u32, pending: bool) -> String {
+    if pending {
+        format!(
+            "{merged} more waiting; a decision here decides all {}",
+            u64::from(merged) + 1
+        )
+    } else {
+        format!("{merged} more, resolved with this one")
+    }
 }
 
 /// The key of a request: lower-case hex SHA-256 of every field that must be equal, each
@@ -93,7 +105,7 @@ pub fn key(host_id: &str, terms: &Terms<'_>, req: &ApprovalRequest) -> String {
 
 #[cfg(test)]
 mod tests {
-    use latch_proto::v1::{Ancestor, Destination, EnvVar, Op};
+    use latch_proto::v1::{Ancestor, Destination, EnvVar, Op, TraceContext};
 
     use super::*;
 
@@ -177,6 +189,13 @@ mod tests {
                     name: "TOOL_CALL".into(),
                     value: "7".into(),
                 }]
+            }),
+            ("a trace context", |r| {
+                r.trace = Some(TraceContext {
+                    trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+                    parent_id: "00f067aa0ba902b7".into(),
+                    sampled: true,
+                })
             }),
         ];
         for (what, change) in cases {

@@ -417,7 +417,13 @@ async fn an_automatic_reviewer_decides_recommends_or_escalates() {
         .filter(|e| e.actor == "auto:eager")
         .collect();
     assert_eq!(eager.len(), 5);
-    for e in &eager {
+    let approved: Vec<_> = audit("request.approved")
+        .await
+        .into_iter()
+        .filter(|e| e.actor == "auto:eager")
+        .collect();
+    assert_eq!(approved.len(), 3, "the decisions before the breaker opened");
+    for e in eager.iter().chain(&approved) {
         let v: serde_json::Value = serde_json::from_str(&e.payload_json).expect("payload");
         let digest = v["inputs_sha256"].as_str().expect("inputs_sha256");
         assert!(
@@ -498,7 +504,7 @@ workloads:
     cgroups: ["/ai.slice/*"]
 rules:
   - {name: late, workload: ai-agents, on: connect, to: ["10.1.0.0/16"], action: approve,
-     timeout: 1s, on_timeout: deny, review: [auto, human], auto: {reviewer: sleepy}}
+     timeout: 3s, on_timeout: deny, review: [auto, human], auto: {reviewer: sleepy}}
   - {name: web, workload: ai-agents, on: connect, to: ["10.2.0.0/16"], action: approve,
      timeout: 10m, review: [auto, human], auto: {reviewer: ref}}
 "#;
@@ -508,20 +514,22 @@ rules:
         std::fs::write(&p, secret_of(name)).expect("write secret");
         p
     };
-    // Answers "approve" 2 s after it is asked: after the rule's 1 s deadline, within its own
-    // 10 s timeout.
+    // Answers "approve" once the test has seen the request expire: after the rule's deadline,
+    // within its own 10 s timeout.
     let sleepy_calls = Arc::new(AtomicUsize::new(0));
     let calls = sleepy_calls.clone();
+    let expired = Arc::new(tokio::sync::Notify::new());
+    let gate = expired.clone();
     let sleepy = serve(Router::new().route(
         "/review",
         post(move |body: Bytes| {
-            let calls = calls.clone();
+            let (calls, gate) = (calls.clone(), gate.clone());
             async move {
                 calls.fetch_add(1, Ordering::SeqCst);
                 let Ok(r) = serde_json::from_slice::<ReviewRequest>(&body) else {
                     return (axum::http::StatusCode::BAD_REQUEST, "not a request").into_response();
                 };
-                tokio::time::sleep(Duration::from_secs(2)).await;
+                gate.notified().await;
                 latch_reference_reviewer::signed(
                     secret_of("sleepy").as_bytes(),
                     &ReviewAnswer {
@@ -537,11 +545,17 @@ rules:
     ))
     .await;
     // Never answers: central stops while it waits.
+    let silent_calls = Arc::new(AtomicUsize::new(0));
+    let calls = silent_calls.clone();
     let silent = serve(Router::new().route(
         "/review",
-        post(|| async {
-            tokio::time::sleep(Duration::from_secs(3600)).await;
-            "never"
+        post(move || {
+            let calls = calls.clone();
+            async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                "never"
+            }
         }),
     ))
     .await;
@@ -595,14 +609,15 @@ rules:
         (Outcome::Deny as i32, "timeout"),
         "the deadline decides"
     );
-    // The answer comes a second later and changes nothing.
+    // Now it answers, and the answer changes nothing; it is counted as late.
+    expired.notify_one();
     let metrics = server.metrics_addr().expect("metrics");
     tokio::time::timeout(HANG, async {
         loop {
             let text = scrape(metrics).await;
             if sample(
                 &text,
-                r#"latch_central_auto_review_seconds_count{reviewer="sleepy"}"#,
+                r#"latch_central_auto_reviews_total{reviewer="sleepy",verdict="late"}"#,
             ) == Some(1.0)
             {
                 break;
@@ -611,7 +626,7 @@ rules:
         }
     })
     .await
-    .expect("the late answer never came back");
+    .expect("the late answer was never counted");
     let r = record(&server, &late.approval_id).await;
     assert_eq!(r.state, RequestState::Expired as i32);
     assert_eq!(
@@ -629,7 +644,13 @@ rules:
     let waiting = agent
         .submit(connect(&agent, "w.1", "web", "10.2.0.1"))
         .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::timeout(HANG, async {
+        while silent_calls.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("central never asked the silent reviewer");
     assert!(
         record(&server, &waiting.approval_id)
             .await

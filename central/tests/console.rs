@@ -770,7 +770,10 @@ async fn signing_out_ends_the_live_queue() {
 
     let p = b.post("/logout", &[("csrf", &csrf)]).await;
     assert_eq!(p.status, StatusCode::SEE_OTHER);
-    let after = agent.submit(agent.request("r-signed-out", "prod-db")).await;
+    // Not identical to the one before, which still waits: it would be counted in that row.
+    let mut different = agent.request("r-signed-out", "prod-db");
+    different.destination.as_mut().expect("destination").port = 5433;
+    let after = agent.submit(different).await;
     until_ended(&mut res, &mut buf, &after.approval_id).await;
     server.shutdown().await;
 }
@@ -797,7 +800,10 @@ async fn signing_out_on_another_replica_ends_the_live_queue() {
     let csrf = there.get("/requests").await.csrf();
     let p = there.post("/logout", &[("csrf", &csrf)]).await;
     assert_eq!(p.status, StatusCode::SEE_OTHER);
-    let after = agent.submit(agent.request("r-signed-out", "prod-db")).await;
+    // Not identical to the one before, which still waits: it would be counted in that row.
+    let mut different = agent.request("r-signed-out", "prod-db");
+    different.destination.as_mut().expect("destination").port = 5433;
+    let after = agent.submit(different).await;
     until_ended(&mut res, &mut buf, &after.approval_id).await;
     other.shutdown().await;
     a.shutdown().await;

@@ -816,15 +816,29 @@ async fn merged_requests(env: &Env) {
         ("10.2", Outcome::Allow as i32)
     );
 
-    // The deadline resolves the group as it resolves the first.
-    let quick = |id: &str| {
-        let mut r = agent.request(id, "quick-expiry");
-        r.exec_path = "/usr/bin/scp".into();
+    server.shutdown().await;
+}
+
+/// The deadline resolves a group as it resolves the request reviewers see: every request
+/// waiting with it gets the rule's `on_timeout`.
+async fn merged_requests_expire_together(env: &Env) {
+    // 3 s: long enough for the second request to join on a loaded machine.
+    const YAML: &str = "workloads:\n  - name: ai-agents\n    cgroups: [\"/ai.slice/*\"]\nrules:\n  - {name: soon, workload: ai-agents, on: connect, to: [\"10.20.0.0/16\"], action: approve, timeout: 3s, on_timeout: allow}\n";
+    let server = env.start().await;
+    let version = apply_yaml(&server, "soon.yaml", YAML).await;
+    let mut agent = Agent::connect(&server, "h1", vec![], vec![]).await;
+    agent.next_rules().await;
+    let mut rv = reviewer(&server).await;
+    let soon = |agent: &Agent, id: &str| {
+        let mut r = agent.request(id, "prod-db");
+        r.rule_id = rule_id_in(YAML, "soon");
+        r.rule_name = "soon".into();
+        r.workload = "ai-agents".into();
+        r.rules_version = version;
         r
     };
-    let (a, b) = (quick("11.1"), quick("11.2"));
-    let first = agent.submit(a).await;
-    let joined = agent.submit(b).await;
+    let first = agent.submit(soon(&agent, "11.1")).await;
+    let joined = agent.submit(soon(&agent, "11.2")).await;
     assert_eq!(
         get(&mut rv, &joined.approval_id).await.merged_into,
         first.approval_id
@@ -832,12 +846,16 @@ async fn merged_requests(env: &Env) {
     let mut expired = HashMap::new();
     for _ in 0..2 {
         let d = agent.next_decision().await;
-        expired.insert(d.request_id.clone(), (d.state, d.decided_by));
+        expired.insert(d.request_id.clone(), (d.state, d.outcome, d.decided_by));
     }
     for id in ["11.1", "11.2"] {
         assert_eq!(
             expired.get(id),
-            Some(&(RequestState::Expired as i32, "timeout".to_string())),
+            Some(&(
+                RequestState::Expired as i32,
+                Outcome::Allow as i32,
+                "timeout".to_string()
+            )),
             "{id}: {expired:?}"
         );
     }
@@ -2097,6 +2115,7 @@ async fn review_chains(env: &Env) {
 
 suite!(
     merged_requests,
+    merged_requests_expire_together,
     racing_calls_agree,
     metrics,
     full_flow,

@@ -1389,11 +1389,11 @@ async fn a_reminder_is_posted_once_in_the_thread_before_the_deadline() {
     let mut env = Env::sqlite().await;
     configure(&mut env, &peer);
     if let Some(s) = env.config.slack.as_mut() {
-        s.remind_before = Some("2s".into());
+        s.remind_before = Some("4s".into());
     }
     let server = env.start().await;
     let mut agent = Agent::connect(&server, "h1", vec![], vec![]).await;
-    let yaml = "workloads:\n  - name: ai-agents\n    cgroups: [\"/ai.slice/*\"]\nrules:\n  - {name: reminded, workload: ai-agents, on: connect, to: [\"10.20.0.0/16\"], action: approve, timeout: 5s, on_timeout: deny}\n  - {name: brief, workload: ai-agents, on: connect, to: [\"10.30.0.0/16\"], action: approve, timeout: 3s, on_timeout: deny}\n";
+    let yaml = "workloads:\n  - name: ai-agents\n    cgroups: [\"/ai.slice/*\"]\nrules:\n  - {name: reminded, workload: ai-agents, on: connect, to: [\"10.20.0.0/16\"], action: approve, timeout: 10s, on_timeout: deny}\n  - {name: brief, workload: ai-agents, on: connect, to: [\"10.30.0.0/16\"], action: approve, timeout: 7s, on_timeout: deny}\n";
     let version = apply_yaml(&server, "remind.yaml", yaml).await;
     agent.next_rules().await;
     let request = |agent: &Agent, id: &str, rule: &str, address: &str| {
@@ -1431,9 +1431,9 @@ async fn a_reminder_is_posted_once_in_the_thread_before_the_deadline() {
     assert!(text.contains("10.20.1.5 port 5432"), "{text}");
     assert!(text.contains("then deny. Approvals: 0 of 1."), "{text}");
     // Both expire; only the first was reminded, once.
-    for id in [&long, &short] {
+    for _ in [&long, &short] {
         let d = agent.next_decision().await;
-        assert_eq!(d.state, RequestState::Expired as i32, "{id}: {d:?}");
+        assert_eq!(d.state, RequestState::Expired as i32, "{d:?}");
     }
     peer.updated(&ts, "Expired").await;
     let threaded = peer

@@ -524,15 +524,7 @@ fn show(rec: &ApprovalRecord) {
     if rec.merged > 0 {
         lines.push((
             "identical requests".into(),
-            if rec.state == RequestState::Pending as i32 {
-                format!(
-                    "{} more waiting; a decision here decides all {}",
-                    rec.merged,
-                    rec.merged + 1
-                )
-            } else {
-                format!("{} more, resolved with this one", rec.merged)
-            },
+            latch_central::merge::count_line(rec.merged, rec.state == RequestState::Pending as i32),
         ));
     }
     if !rec.merged_into.is_empty() {

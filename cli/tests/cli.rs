@@ -294,12 +294,40 @@ async fn the_main_commands() {
         .await;
     assert_eq!(code(&o), 3, "{}", stderr(&o));
 
-    // A held exec whose argv carries terminal escapes.
+    // A held exec whose argv carries terminal escapes, and an identical one that waits with it.
     let (id, _s1) = submit(&env, "7.1").await;
+    let (joined, _s1b) = submit(&env, "7.1b").await;
     let o = env.run("viewer", &["pending"]).await;
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let out = stdout(&o);
     assert!(out.contains(&id) && out.contains("network-tools"), "{out}");
+    assert!(
+        !out.contains(&joined),
+        "shown in the row it waits with: {out}"
+    );
+    assert!(
+        out.lines().next().is_some_and(|h| h.contains("COUNT")),
+        "{out}"
+    );
+    let row: Vec<&str> = out
+        .lines()
+        .find(|l| l.contains(&id))
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    assert!(row.contains(&"2"), "the row counts both: {row:?}");
+    let o = env.run("viewer", &["show", &joined]).await;
+    assert!(
+        stdout(&o).contains(&format!("{id} (identical; resolved with it)")),
+        "{}",
+        stdout(&o)
+    );
+    let o = env.run("viewer", &["show", &id]).await;
+    assert!(
+        stdout(&o).contains("1 more waiting; a decision here decides all 2"),
+        "{}",
+        stdout(&o)
+    );
     assert!(no_control(&out), "{out:?}");
     assert!(out.contains("\\x1b]0;pwned\\x07"), "{out}");
     let o = env.run("viewer", &["show", &id]).await;
@@ -327,6 +355,7 @@ async fn the_main_commands() {
     let o = env.run("viewer", &["--json", "pending"]).await;
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
     assert_eq!(v.as_array().map(|a| a.len()), Some(1));
+    assert_eq!(v[0]["merged"], 1);
 
     // Decisions: exit codes for usage, not found, permission denied and conflict.
     let o = env
@@ -555,7 +584,8 @@ async fn the_main_commands() {
         .await;
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let page = std::fs::read_to_string(&html).expect("report");
-    assert!(page.contains("Approval-required actions (2)"), "{page}");
+    // 7.1, the identical 7.1b resolved with it, and 7.2.
+    assert!(page.contains("Approval-required actions (3)"), "{page}");
     assert!(page.contains("ticket 9") && page.contains("The audit chain verified"));
     assert!(!page.contains('\x1b') && !page.contains("\u{9b}"));
 

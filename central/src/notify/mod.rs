@@ -425,15 +425,7 @@ impl View {
         if self.merged > 0 {
             out.push((
                 "Identical requests",
-                if self.is_final() {
-                    format!("{} more, resolved with this one", self.merged)
-                } else {
-                    format!(
-                        "{} more waiting; a decision here decides all {}",
-                        self.merged,
-                        self.merged + 1
-                    )
-                },
+                crate::merge::count_line(self.merged, !self.is_final()),
             ));
         }
         let mut approvers = format!("{} of {} so far", self.approvals, self.row.approvers_needed);

@@ -274,7 +274,8 @@ impl Api {
     }
 }
 
-/// The end of a pending request's revision once its reminder is due (and, once stored, posted).
+/// The end of a pending request's revision once its reminder is due: stored once the message is
+/// brought up to date past that moment, whether or not a reminder could be posted then.
 const REMINDED: &str = ":reminded";
 
 /// The Slack surface: API client, callback verification and routing.
@@ -308,7 +309,7 @@ impl Slack {
     /// When a pending request's reminder falls due (Unix ms): `remind_before` ahead of its
     /// deadline, for a request that waits at least twice that long in all (a shorter one's
     /// first message is reminder enough). `None` when it gets none.
-    pub(crate) fn reminder_at(&self, view: &View) -> Option<i64> {
+    fn reminder_at(&self, view: &View) -> Option<i64> {
         let before = self.remind_before?.as_millis() as i64;
         let row = &view.row;
         let waits = row.expires_at_ms.saturating_sub(row.received_at_ms);

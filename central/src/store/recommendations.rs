@@ -5,18 +5,16 @@ use sqlx::Row;
 
 use super::{QueryContext, StoreError, Tx};
 
-/// Stores the recommendation on `approval_id` in `tx`, unless it has one: false then (the
-/// first answer taken on a request is its only one).
-pub async fn set_in(tx: &mut Tx, approval_id: &str, json: &str) -> Result<bool, StoreError> {
-    let r = sqlx::query(
-        "UPDATE requests SET recommendation = $2 WHERE approval_id = $1 AND recommendation = ''",
-    )
-    .bind(approval_id)
-    .bind(json)
-    .execute(&mut **tx)
-    .await
-    .ctx(format!("recording the recommendation on {approval_id}"))?;
-    Ok(r.rows_affected() == 1)
+/// Stores the recommendation on `approval_id` in `tx` (the caller checked, under the request's
+/// lock, that it had none: the first answer taken on a request is its only one).
+pub async fn set_in(tx: &mut Tx, approval_id: &str, json: &str) -> Result<(), StoreError> {
+    sqlx::query("UPDATE requests SET recommendation = $2 WHERE approval_id = $1")
+        .bind(approval_id)
+        .bind(json)
+        .execute(&mut **tx)
+        .await
+        .ctx(format!("recording the recommendation on {approval_id}"))?;
+    Ok(())
 }
 
 /// Whether `approval_id` already has an automatic review, read in `tx`.
