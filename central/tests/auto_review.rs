@@ -29,8 +29,7 @@ use latch_central::{
     Server,
 };
 use latch_proto::v1::{
-    ApplyRulesRequest, ApprovalRecord, AutoRecommendation, GetRequestRequest, Outcome,
-    QueryAuditRequest, RequestState,
+    ApplyRulesRequest, ApprovalRecord, AutoRecommendation, GetRequestRequest, Outcome, RequestState,
 };
 
 const SECRET: &str = "reviewer-secret-0123456789abcdefghij";
@@ -386,24 +385,7 @@ async fn an_automatic_reviewer_decides_recommends_or_escalates() {
         outcomes.push(rec.decided);
     }
     assert_eq!(outcomes, [true, true, true, false, false]);
-    let audit = |kind: &'static str| {
-        let mut c = admin.clone();
-        async move {
-            c.query_audit(req(
-                QueryAuditRequest {
-                    kind: kind.into(),
-                    limit: 100,
-                    ..Default::default()
-                },
-                VIEWER,
-            ))
-            .await
-            .expect("audit")
-            .into_inner()
-            .entries
-        }
-    };
-    let opened = audit("auto_reviewer.breaker_open").await;
+    let opened = audit_kind(&mut admin, "auto_reviewer.breaker_open").await;
     assert_eq!(opened.len(), 1, "{opened:?}");
     assert_eq!(opened[0].actor, "auto:eager");
     assert!(opened[0]
@@ -411,13 +393,13 @@ async fn an_automatic_reviewer_decides_recommends_or_escalates() {
         .contains("above the configured share"));
     // Each answer is on record with the digest of exactly what its reviewer was sent.
     let posted = bad_state.bodies.lock().expect("bodies").clone();
-    let eager: Vec<_> = audit("request.auto_reviewed")
+    let eager: Vec<_> = audit_kind(&mut admin, "request.auto_reviewed")
         .await
         .into_iter()
         .filter(|e| e.actor == "auto:eager")
         .collect();
     assert_eq!(eager.len(), 5);
-    let approved: Vec<_> = audit("request.approved")
+    let approved: Vec<_> = audit_kind(&mut admin, "request.approved")
         .await
         .into_iter()
         .filter(|e| e.actor == "auto:eager")
@@ -445,7 +427,7 @@ async fn an_automatic_reviewer_decides_recommends_or_escalates() {
     assert_eq!(bad_state.calls.load(Ordering::SeqCst), calls + 1);
     let r = record(&server, &acc.approval_id).await;
     assert!(r.recommendation.is_none(), "{r:?}");
-    let reviewed = audit("request.auto_reviewed").await;
+    let reviewed = audit_kind(&mut admin, "request.auto_reviewed").await;
     assert!(
         !reviewed.iter().any(|e| e.request_id == acc.approval_id),
         "{reviewed:?}"

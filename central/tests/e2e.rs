@@ -167,7 +167,7 @@ async fn full_flow(env: &Env) {
     );
 
     // Audit holds every fact, in sequence.
-    let entries = audit_entries(&mut rv).await;
+    let entries = audit_kind(&mut rv, "").await;
     let kinds: Vec<&str> = entries.iter().map(|e| e.kind.as_str()).collect();
     for k in [
         "rules.applied",
@@ -622,23 +622,6 @@ async fn get(
     .into_inner()
 }
 
-/// The first 1,000 audit records, oldest first.
-async fn audit_entries(
-    rv: &mut ReviewerServiceClient<tonic::transport::Channel>,
-) -> Vec<latch_proto::v1::AuditEntry> {
-    rv.query_audit(req(
-        QueryAuditRequest {
-            limit: 1000,
-            ..Default::default()
-        },
-        VIEWER,
-    ))
-    .await
-    .expect("audit")
-    .into_inner()
-    .entries
-}
-
 async fn pending(rv: &mut ReviewerServiceClient<tonic::transport::Channel>) -> Vec<(String, u32)> {
     rv.list_requests(req(
         ListRequestsRequest {
@@ -763,7 +746,7 @@ async fn merged_requests(env: &Env) {
     // The request that differs is untouched.
     assert_eq!(pending(&mut rv).await, vec![(other.approval_id.clone(), 0)]);
     // Every merged request is on the audit trail with its own decision.
-    let audit = audit_entries(&mut rv).await;
+    let audit = audit_kind(&mut rv, "").await;
     let kinds = |kind: &str| audit.iter().filter(|e| e.kind == kind).count();
     assert_eq!(kinds("request.merged"), 2, "{audit:?}");
     assert_eq!(kinds("request.promoted"), 1);
@@ -2043,25 +2026,7 @@ async fn review_chains(env: &Env) {
 
     // Each automatic decision is audited with the check, its expression and the inputs' digest;
     // the check that could not be evaluated is named beside it.
-    let audited = |kind: &str| {
-        let mut rv = rv.clone();
-        let kind = kind.to_string();
-        async move {
-            rv.query_audit(req(
-                QueryAuditRequest {
-                    kind,
-                    limit: 10,
-                    ..Default::default()
-                },
-                VIEWER,
-            ))
-            .await
-            .expect("audit")
-            .into_inner()
-            .entries
-        }
-    };
-    let approved = audited("request.approved").await;
+    let approved = audit_kind(&mut rv, "request.approved").await;
     let by_policy = approved
         .iter()
         .find(|e| e.actor == "policy:deploy-db/deploy-job")
@@ -2078,7 +2043,7 @@ async fn review_chains(env: &Env) {
         "{p}"
     );
     assert!(approved.iter().any(|e| e.actor == "alice"), "{approved:?}");
-    let denied = audited("request.denied").await;
+    let denied = audit_kind(&mut rv, "request.denied").await;
     assert!(
         denied.iter().any(
             |e| e.actor == "review-chain" && e.payload_json.contains("no policy check decided")
@@ -2086,7 +2051,7 @@ async fn review_chains(env: &Env) {
         "{denied:?}"
     );
     // The checks that could not be evaluated are on the record, by name.
-    let failed = audited("request.policy_failed").await;
+    let failed = audit_kind(&mut rv, "request.policy_failed").await;
     let names: std::collections::BTreeSet<String> =
         failed.iter().map(|e| e.actor.clone()).collect();
     assert_eq!(

@@ -86,6 +86,15 @@ pub struct Harness {
     children: Vec<u32>,
 }
 
+/// A loopback destination for a held `connect()`: a listener whose `accept` does not wait
+/// (so a test sees at once whether anything arrived) and its `127.0.0.1:port`.
+pub fn destination() -> (std::net::TcpListener, String) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.set_nonblocking(true).expect("nonblocking");
+    let target = format!("127.0.0.1:{}", l.local_addr().expect("addr").port());
+    (l, target)
+}
+
 /// Path of the probe workload binary.
 pub fn probe() -> PathBuf {
     binary("latch-probe")

@@ -15,7 +15,7 @@ use latch_proto::v1::{
     RevokeGrantRequest,
 };
 use latch_tests::{
-    binary, finish, outcome, patience, privileged, probe, spawn_in,
+    binary, destination, finish, outcome, patience, privileged, probe, spawn_in,
     stack::{
         apply, decide_once, free_port, rules, spawn_central, wait_request, Stack, ADMIN, ALICE,
     },
@@ -909,9 +909,7 @@ async fn a_policy_check_decides_a_held_connect_without_a_person() {
     if !privileged() {
         return;
     }
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.set_nonblocking(true).expect("nonblocking");
-    let target = format!("127.0.0.1:{}", listener.local_addr().expect("addr").port());
+    let (listener, target) = destination();
     let cg = TestCgroup::new();
     let mut stack = Stack::start(&cg).await;
     apply(
@@ -1412,12 +1410,8 @@ async fn identical_held_connects_wait_as_one_request_and_one_approval_releases_b
     if !privileged() {
         return;
     }
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.set_nonblocking(true).expect("nonblocking");
-    let target = format!("127.0.0.1:{}", listener.local_addr().expect("addr").port());
-    let other = TcpListener::bind("127.0.0.1:0").expect("bind");
-    other.set_nonblocking(true).expect("nonblocking");
-    let other_target = format!("127.0.0.1:{}", other.local_addr().expect("addr").port());
+    let (listener, target) = destination();
+    let (other, other_target) = destination();
     let cg = TestCgroup::new();
     let mut stack = Stack::start(&cg).await;
     apply(&stack, &cg, "  - {name: db, workload: test, on: connect, to: [127.0.0.1/32], action: approve, timeout: 10m}\n").await;

@@ -360,6 +360,26 @@ pub fn req<T>(msg: T, token: &str) -> Request<T> {
     r
 }
 
+/// The first 1,000 audit records of `kind` (every kind when empty), oldest first, as a viewer
+/// reads them.
+pub async fn audit_kind(
+    rv: &mut ReviewerServiceClient<Channel>,
+    kind: &str,
+) -> Vec<latch_proto::v1::AuditEntry> {
+    rv.query_audit(req(
+        latch_proto::v1::QueryAuditRequest {
+            kind: kind.into(),
+            limit: 1000,
+            ..Default::default()
+        },
+        VIEWER,
+    ))
+    .await
+    .expect("audit")
+    .into_inner()
+    .entries
+}
+
 pub async fn reviewer(server: &Server) -> ReviewerServiceClient<Channel> {
     ReviewerServiceClient::connect(format!("http://{}", server.addr()))
         .await
