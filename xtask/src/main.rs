@@ -86,6 +86,9 @@ fn root() -> PathBuf {
 fn cargo() -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(root());
+    // What xtask builds is built once, not edited and rebuilt: incremental caches would only add
+    // gigabytes of disk to a test run.
+    c.env("CARGO_INCREMENTAL", "0");
     c
 }
 
