@@ -1452,26 +1452,41 @@ pub(crate) async fn approvals_of<'e>(
 /// deadline; locked for the rest of `tx` (a decision of it in another transaction either comes
 /// first, and the new request waits alone, or waits for this one and resolves it too).
 async fn group_to_join(tx: &mut Tx, merge_key: &str, now: i64) -> Result<Option<(String, i64)>> {
-    let found = sqlx::query(
-        "SELECT approval_id, expires_at_ms FROM requests
-         WHERE merge_key = $1 AND state = 'pending' AND merged_into = '' AND expires_at_ms > $2
-         ORDER BY received_at_ms, approval_id LIMIT 1",
+    // Two identical requests submitted at once on PostgreSQL would each find no group and each
+    // start one: the second waits here for the first to commit, then finds it.
+    tx.serialize_on(
+        crate::merge::lock_id(merge_key),
+        "waiting for identical requests",
     )
-    .bind(merge_key)
-    .bind(now)
-    .fetch_optional(&mut **tx)
-    .await
-    .ctx("finding an identical pending request")?;
-    let Some(r) = found else {
-        return Ok(None);
-    };
-    let id: String = r
-        .try_get("approval_id")
-        .ctx("reading an identical request")?;
-    let deadline: i64 = r
-        .try_get("expires_at_ms")
-        .ctx("reading an identical request")?;
-    Ok(lock_pending(tx, &id, now).await?.then_some((id, deadline)))
+    .await?;
+    // The group found may be resolved before its lock is taken; a cancellation then promotes
+    // the next request in its place, which is looked for again (boundedly: each round some
+    // request of the group left it).
+    for _ in 0..8 {
+        let found = sqlx::query(
+            "SELECT approval_id, expires_at_ms FROM requests
+             WHERE merge_key = $1 AND state = 'pending' AND merged_into = '' AND expires_at_ms > $2
+             ORDER BY received_at_ms, approval_id LIMIT 1",
+        )
+        .bind(merge_key)
+        .bind(now)
+        .fetch_optional(&mut **tx)
+        .await
+        .ctx("finding an identical pending request")?;
+        let Some(r) = found else {
+            return Ok(None);
+        };
+        let id: String = r
+            .try_get("approval_id")
+            .ctx("reading an identical request")?;
+        let deadline: i64 = r
+            .try_get("expires_at_ms")
+            .ctx("reading an identical request")?;
+        if lock_pending(tx, &id, now).await? {
+            return Ok(Some((id, deadline)));
+        }
+    }
+    Ok(None)
 }
 
 /// The requests merged into `primary` (as this transaction just resolved it), resolved the same

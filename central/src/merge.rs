@@ -45,6 +45,17 @@ pub fn count_line(merged: u32, pending: bool) -> String {
     }
 }
 
+/// A 64-bit lock identifier for requests with `key`: its first 16 hex digits (a key that is not
+/// hex, which [`key`] never makes, still gets one, from its bytes).
+pub fn lock_id(key: &str) -> i64 {
+    match key.get(..16).and_then(|h| u64::from_str_radix(h, 16).ok()) {
+        Some(v) => v as i64,
+        None => key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        }) as i64,
+    }
+}
+
 /// The key of a request: lower-case hex SHA-256 of every field that must be equal, each
 /// length-prefixed so that no two different requests share an encoding.
 pub fn key(host_id: &str, terms: &Terms<'_>, req: &ApprovalRequest) -> String {

@@ -175,6 +175,20 @@ enum TxKind {
 }
 
 impl Tx {
+    /// Makes this transaction wait for every other one that serialises on the same `key` until
+    /// it ends (a check-then-insert that a unique index cannot express). On SQLite every write
+    /// transaction already runs alone on the one writer: nothing to take.
+    pub async fn serialize_on(&mut self, key: i64, what: &str) -> Result<(), StoreError> {
+        if let TxKind::Pool(tx) = &mut self.0 {
+            sqlx::query("SELECT 1 AS ok FROM pg_advisory_xact_lock($1)")
+                .bind(key)
+                .execute(&mut **tx)
+                .await
+                .ctx(what)?;
+        }
+        Ok(())
+    }
+
     /// Commits; returns once the writes are durable.
     pub async fn commit(self) -> Result<(), sqlx::Error> {
         match self.0 {

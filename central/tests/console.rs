@@ -1319,3 +1319,83 @@ async fn two_person_rules_need_two_approvers_in_the_console_too() {
     assert_eq!(d.decided_by, "bob");
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn identical_requests_show_as_one_row_with_a_count_and_are_decided_together() {
+    let (_env, server) = started(None).await;
+    let mut agent = Agent::connect(&server, "h1", vec![], vec![]).await;
+    let first = agent
+        .submit(agent.request("m-1", "prod-db"))
+        .await
+        .approval_id;
+    let second = agent
+        .submit(agent.request("m-2", "prod-db"))
+        .await
+        .approval_id;
+    let mut bob = Browser::new(&server);
+    bob.sign_in(BOB).await;
+
+    let queue = bob.get("/requests").await;
+    assert!(
+        queue
+            .body
+            .contains(&format!("data-approval-id=\"{first}\"")),
+        "{}",
+        queue.body
+    );
+    assert!(
+        !queue
+            .body
+            .contains(&format!("data-approval-id=\"{second}\"")),
+        "the request waiting with the first has no row: {}",
+        queue.body
+    );
+    assert!(
+        queue.body.contains("<td class=\"count\">2</td>"),
+        "{}",
+        queue.body
+    );
+
+    let path = format!("/requests/{first}");
+    let page = bob.get(&path).await;
+    assert!(page.body.contains("data-count=\"2\""), "{}", page.body);
+    assert!(
+        page.body.contains("A decision here decides all 2."),
+        "{}",
+        page.body
+    );
+    let member = bob.get(&format!("/requests/{second}")).await;
+    assert!(
+        member.body.contains("id=\"merged-into\""),
+        "{}",
+        member.body
+    );
+    assert!(member.body.contains(&format!("href=\"/requests/{first}\"")));
+    assert!(
+        !member.body.contains("id=\"decide\""),
+        "decided only with the first"
+    );
+
+    let p = bob.approve(&path, &page.csrf()).await;
+    assert_eq!(p.location(), format!("{path}?done=decided"));
+    let mut decided = std::collections::BTreeMap::new();
+    for _ in 0..2 {
+        let d = agent.next_decision().await;
+        decided.insert(d.request_id.clone(), d.decided_by.clone());
+    }
+    assert_eq!(
+        decided.into_iter().collect::<Vec<_>>(),
+        [
+            ("m-1".to_string(), "bob".to_string()),
+            ("m-2".to_string(), "bob".to_string())
+        ]
+    );
+    let page = bob.get(&path).await;
+    assert!(
+        page.body
+            .contains("1 identical requests were resolved with this one."),
+        "{}",
+        page.body
+    );
+    server.shutdown().await;
+}

@@ -802,6 +802,42 @@ async fn merged_requests(env: &Env) {
     server.shutdown().await;
 }
 
+/// Identical requests that arrive at the same moment still wait as one group: no two of them
+/// start a group of their own.
+async fn merged_requests_submitted_at_once(env: &Env) {
+    const AT_ONCE: usize = 16;
+    let server = env.start().await;
+    apply_rules(&server).await;
+    let agent = Agent::connect(&server, "h1", vec![], vec![]).await;
+    let mut rv = reviewer(&server).await;
+    let token = agent.token();
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..AT_ONCE {
+        let mut client = agent.client.clone();
+        let mut r = agent.request(&format!("11.{i}"), "prod-db");
+        r.requester = "user:alice".into();
+        let token = token.clone();
+        calls.spawn(async move {
+            client
+                .request_approval(req(r, &token))
+                .await
+                .map(|a| a.into_inner().approval_id)
+        });
+    }
+    let mut accepted = Vec::new();
+    while let Some(done) = calls.join_next().await {
+        accepted.push(done.expect("task").expect("request approval"));
+    }
+    let shown = pending(&mut rv).await;
+    assert_eq!(shown.len(), 1, "one request for reviewers: {shown:?}");
+    assert_eq!(shown[0].1 as usize, AT_ONCE - 1, "{shown:?}");
+    assert!(accepted.contains(&shown[0].0));
+    for id in accepted.iter().filter(|id| **id != shown[0].0) {
+        assert_eq!(get(&mut rv, id).await.merged_into, shown[0].0, "{id}");
+    }
+    server.shutdown().await;
+}
+
 /// The deadline resolves a group as it resolves the request reviewers see: every request
 /// waiting with it gets the rule's `on_timeout`.
 async fn merged_requests_expire_together(env: &Env) {
@@ -2081,6 +2117,7 @@ async fn review_chains(env: &Env) {
 suite!(
     merged_requests,
     merged_requests_expire_together,
+    merged_requests_submitted_at_once,
     racing_calls_agree,
     metrics,
     full_flow,

@@ -393,6 +393,8 @@ async fn break_glass_needs_an_admin_and_a_reason_and_is_audited() {
     assert_eq!(agent.next_rules().await, 1);
     // ann asked herself, on a rule needing two dba-oncall approvers she is not among.
     let id = submit(&mut agent, "4.1", "two-person", "user:ann").await;
+    // The same operation again, while the first waits: it waits with it.
+    let member = submit(&mut agent, "4.2", "two-person", "user:ann").await;
     let mut rv = reviewer(&s.server).await;
 
     let e = rv
@@ -442,10 +444,35 @@ async fn break_glass_needs_an_admin_and_a_reason_and_is_audited() {
         .expect("get request")
         .into_inner();
     assert_eq!(rec, stored, "the answer is the record as stored");
-    let d = agent.next_decision().await;
+    // Break-glass resolves the group as any decision does; the grant is the first request's,
+    // and the one that waited with it is let through once.
+    let mut told = std::collections::BTreeMap::new();
+    for _ in 0..2 {
+        let d = agent.next_decision().await;
+        told.insert(d.request_id.clone(), d);
+    }
+    let d = told.get("4.1").expect("a decision for the first");
     assert_eq!(d.outcome, Outcome::Allow as i32);
     assert_eq!(d.decided_by, s.idp.subject_of("ann"));
     assert!(d.grant.is_some(), "approve-for creates its grant");
+    let m = told
+        .get("4.2")
+        .expect("a decision for the one waiting with it");
+    assert_eq!(m.outcome, Outcome::Allow as i32);
+    assert_eq!(m.decided_by, s.idp.subject_of("ann"));
+    assert!(m.grant.is_none(), "one grant for the group: {m:?}");
+    let merged = rv
+        .get_request(req(
+            GetRequestRequest {
+                approval_id: member,
+            },
+            &ann,
+        ))
+        .await
+        .expect("get the merged request")
+        .into_inner();
+    assert_eq!(merged.state, RequestState::Approved as i32);
+    assert_eq!(merged.merged_into, id);
 
     let facts = audit(&s.server, "decision.break_glass").await;
     assert_eq!(facts.len(), 1, "{facts:?}");

@@ -1444,3 +1444,69 @@ async fn a_reminder_is_posted_once_in_the_thread_before_the_deadline() {
     assert_eq!(threaded, 1, "{:#?}", peer.calls());
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_requests_are_one_message_and_one_click_decides_them_all() {
+    let peer = SlackPeer::start().await;
+    let mut env = Env::sqlite().await;
+    let (server, mut agent) = started(&mut env, &peer).await;
+    let first = agent
+        .submit(agent.request("m.1", "prod-db"))
+        .await
+        .approval_id;
+    let (_, channel, ts) = peer.posted(&first).await;
+    let second = agent
+        .submit(agent.request("m.2", "prod-db"))
+        .await
+        .approval_id;
+    let counted = peer
+        .wait("the message updated with the count", |calls| {
+            calls
+                .iter()
+                .find(|c| {
+                    c.method == "chat.update"
+                        && c.body["ts"] == ts.as_str()
+                        && c.body["blocks"].to_string().contains("Identical requests")
+                })
+                .cloned()
+        })
+        .await;
+    let mut all = Vec::new();
+    texts(&counted.body["blocks"], &mut all);
+    let shown: String = all.iter().map(|(_, t)| *t).collect::<Vec<_>>().join("\n");
+    assert!(
+        shown.contains("1 more waiting; a decision here decides all 2"),
+        "{shown}"
+    );
+
+    let (status, body) = click(&server, "UBOB", "latch.approve", &first, (&channel, &ts)).await;
+    assert_eq!(status, 200, "{body}");
+    let mut decided = std::collections::BTreeMap::new();
+    for _ in 0..2 {
+        let d = agent.next_decision().await;
+        decided.insert(d.request_id.clone(), (d.outcome, d.decided_by.clone()));
+    }
+    for id in ["m.1", "m.2"] {
+        assert_eq!(
+            decided.get(id),
+            Some(&(Outcome::Allow as i32, "bob".to_string())),
+            "{decided:?}"
+        );
+    }
+    let done = peer.updated(&ts, "Approved by bob").await;
+    assert!(
+        done.body["blocks"]
+            .to_string()
+            .contains("1 more, resolved with this one"),
+        "{}",
+        done.body
+    );
+    // The request that waited with the first never had a message of its own.
+    assert_eq!(
+        peer.count("chat.postMessage", &second),
+        0,
+        "{:#?}",
+        peer.calls()
+    );
+    server.shutdown().await;
+}

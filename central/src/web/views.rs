@@ -324,6 +324,11 @@ impl Abilities {
         if rec.state != RequestState::Pending as i32 {
             return none(None);
         }
+        if !rec.merged_into.is_empty() {
+            return none(Some(
+                "This request is decided with the one it is identical to, linked above.".into(),
+            ));
+        }
         if !who.has(Role::Approver) {
             return none(Some(format!(
                 "Your role ({}) cannot decide requests.",
@@ -984,6 +989,14 @@ mod tests {
         assert!(a.approve && a.deny);
         rec.approver_groups = vec!["dba".into()];
         assert!(!Abilities::of(&alice, &rec).approve);
+        rec.approver_groups.clear();
+        rec.merged_into = "first".into();
+        let a = Abilities::of(&alice, &rec);
+        assert!(
+            !a.approve && !a.deny && a.why_not.is_some(),
+            "a request waiting with another is decided with it"
+        );
+        rec.merged_into.clear();
         rec.state = RequestState::Approved as i32;
         rec.approver_groups.clear();
         let a = Abilities::of(&alice, &rec);
