@@ -42,8 +42,9 @@
 //!   (tracepoint backend: `syscalls:sys_enter_mmap`): a program a rule refuses or holds, mapped
 //!   for execution without an exec (the dynamic loader run as a program), is refused, or its
 //!   task ended.
-//! - `socket_lsm` (LSM backend: `socket_create`) and `socket_tp` (tracepoint backend:
-//!   `syscalls:sys_enter_socket`): no `AF_PACKET` socket for a watched task.
+//! - `socket_lsm` (LSM backend: `socket_create`) and `socket_tp`, `uring_tp` (tracepoint
+//!   backend: `syscalls:sys_enter_socket`, `io_uring:io_uring_submit_req`): no `AF_PACKET`
+//!   socket for a watched task, whether made by `socket()` or submitted to io_uring.
 //! - `debug_lsm`, `traceme_lsm` (LSM backend: `ptrace_access_check`, `ptrace_traceme`) and
 //!   `ptrace_tp`, `debug_kp` (tracepoint backend: `syscalls:sys_enter_ptrace`, a kprobe on
 //!   `ptrace_may_access`; `vm_tp` on `sys_enter_process_vm_{readv,writev}` where the kprobe
@@ -252,6 +253,13 @@ pub fn socket_lsm(ctx: LsmContext) -> i32 {
 #[tracepoint]
 pub fn socket_tp(ctx: TracePointContext) -> u32 {
     link_layer::on_socket_enter(&ctx);
+    0
+}
+
+/// Tracepoint backend: `io_uring:io_uring_submit_req`.
+#[tracepoint]
+pub fn uring_tp(ctx: TracePointContext) -> u32 {
+    link_layer::on_uring_submit(&ctx);
     0
 }
 

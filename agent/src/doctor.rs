@@ -316,6 +316,37 @@ pub fn judge(f: Facts) -> Report {
                 .into(),
         },
     });
+    g.push(match (loaded, f.backend) {
+        (false, _) => Guarantee {
+            name: "packet-sockets",
+            verdict: Verdict::Unsupported,
+            why: not_loaded(""),
+        },
+        (true, Some(Backend::Lsm)) => Guarantee {
+            name: "packet-sockets",
+            verdict: Verdict::Enforced,
+            why: "BPF LSM: a watched task may not create an AF_PACKET socket (which writes \
+                  frames below every socket hook and the egress backstop), whether by socket() \
+                  or through io_uring"
+                .into(),
+        },
+        (true, _) if f.hooks.iter().any(|h| h == "uring-tp") => Guarantee {
+            name: "packet-sockets",
+            verdict: Verdict::Enforced,
+            why: "tracepoint backend: a watched task that asks for an AF_PACKET socket, by \
+                  socket() or through io_uring, is ended before it can use it (a process \
+                  sharing its descriptor table, CLONE_FILES, keeps the descriptor)"
+                .into(),
+        },
+        (true, _) => Guarantee {
+            name: "packet-sockets",
+            verdict: Verdict::Degraded,
+            why: "tracepoint backend without io_uring's submission event: a watched task \
+                  that calls socket() for an AF_PACKET socket is ended; one that submits the \
+                  request to io_uring is not seen"
+                .into(),
+        },
+    });
     g.push(Guarantee {
         name: "lineage",
         verdict: match (loaded, &f.ancestry) {
@@ -600,6 +631,29 @@ mod tests {
         }
         let r = judge(facts(Err("no BTF".into()), None, false));
         assert_eq!(verdict_of(&r, "debugging"), Unsupported);
+    }
+
+    #[test]
+    fn packet_sockets_are_degraded_on_the_tracepoint_backend_without_the_io_uring_event() {
+        use Verdict::*;
+        // (backend, hooks) → verdict
+        let table = [
+            (Backend::Lsm, vec![], Enforced),
+            (Backend::Tracepoint, vec!["socket-tp", "uring-tp"], Enforced),
+            (Backend::Tracepoint, vec!["socket-tp"], Degraded),
+        ];
+        for (backend, hooks, want) in table {
+            let mut f = facts(Ok(()), Some(backend), true);
+            f.hooks = hooks.iter().map(|h| h.to_string()).collect();
+            let r = judge(f);
+            assert_eq!(
+                verdict_of(&r, "packet-sockets"),
+                want,
+                "{backend:?} {hooks:?}"
+            );
+        }
+        let r = judge(facts(Err("no BTF".into()), None, false));
+        assert_eq!(verdict_of(&r, "packet-sockets"), Unsupported);
     }
 
     #[test]

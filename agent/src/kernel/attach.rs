@@ -213,6 +213,23 @@ pub fn attach_all(
             p.keep(link, "map-tp")?;
             let link = tracepoint(ebpf, "socket_tp", "syscalls", "sys_enter_socket")?;
             p.keep(link, "socket-tp")?;
+            // io_uring makes sockets without the socket() system call. The event is
+            // `io_uring_submit_sqe` before Linux 6.4, with the same fields where the program
+            // reads them. A kernel without either (no io_uring) keeps the check above.
+            let uring =
+                match optional_tracepoint(ebpf, "uring_tp", "io_uring", "io_uring_submit_req")? {
+                    Ok(link) => Ok(link),
+                    Err(_) => {
+                        optional_tracepoint(ebpf, "uring_tp", "io_uring", "io_uring_submit_sqe")?
+                    }
+                };
+            match uring {
+                Ok(link) => p.keep(link, "uring-tp")?,
+                Err(e) => tracing::warn!(
+                    "AF_PACKET sockets submitted to io_uring are not seen, only those made by \
+                     socket(): {e}"
+                ),
+            }
             let link = tracepoint(ebpf, "ptrace_tp", "syscalls", "sys_enter_ptrace")?;
             p.keep(link, "ptrace-tp")?;
             // Where the kernel asks for the right to attach: every way to another process's
@@ -366,6 +383,25 @@ fn tracepoint(
         .map_err(prog_err(name))?
         .try_into()
         .map_err(link_err(name))
+}
+
+/// Loads the tracepoint program `name` (an error if it does not load) and attaches it to
+/// `category:tp` (the inner error if that fails: a kernel without the event).
+fn optional_tracepoint(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    category: &str,
+    tp: &str,
+) -> Result<Result<FdLink, EngineError>, EngineError> {
+    let prog: &mut TracePoint = program(ebpf, name)?;
+    if prog.fd().is_err() {
+        prog.load().map_err(prog_err(name))?;
+    }
+    Ok(prog
+        .attach(category, tp)
+        .map_err(prog_err(name))
+        .and_then(|id| prog.take_link(id).map_err(prog_err(name)))
+        .and_then(|l| l.try_into().map_err(link_err(name))))
 }
 
 /// Whether this kernel has kprobes (their perf event source is registered).

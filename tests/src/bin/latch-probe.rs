@@ -410,7 +410,7 @@ fn udplite_send(addr: &str) {
 /// A UDP datagram to 127.0.0.1:`port`, built by hand (IPv4 and UDP headers) and sent on an
 /// `AF_PACKET` socket through the loopback device: below IP, where no socket hook and no
 /// cgroup `skb` program runs.
-fn packet_udp(port: u16, tag: &str, bits32: bool) {
+fn packet_udp(port: u16, tag: &str, via: SocketCall) {
     let data = format!("latch-{tag}");
     let udp_len = 8 + data.len();
     let total = 20 + udp_len;
@@ -430,10 +430,16 @@ fn packet_udp(port: u16, tag: &str, bits32: bool) {
     const ETH_P_IP: u16 = 0x0800;
     // SAFETY: plain system calls on a socket this function owns, with local buffers.
     unsafe {
-        let fd = if bits32 {
-            socket32(libc::AF_PACKET, libc::SOCK_DGRAM, ETH_P_IP.to_be() as i32)
-        } else {
-            libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM, ETH_P_IP.to_be() as i32)
+        let (family, kind, proto) = (libc::AF_PACKET, libc::SOCK_DGRAM, ETH_P_IP.to_be() as i32);
+        let fd = match via {
+            SocketCall::Plain => libc::socket(family, kind, proto),
+            SocketCall::Bits32 => socket32(family, kind, proto),
+            SocketCall::Uring { poll_thread } => {
+                match socket_uring(family, kind, proto, poll_thread) {
+                    Ok(fd) => fd,
+                    Err(e) => return report(Err(e)),
+                }
+            }
         };
         if fd < 0 {
             return report(Err(std::io::Error::last_os_error()));
@@ -449,6 +455,41 @@ fn packet_udp(port: u16, tag: &str, bits32: bool) {
             (&to as *const libc::sockaddr_ll).cast(),
             std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
         )
+    }
+}
+
+/// How a socket is asked for.
+#[derive(Clone, Copy)]
+enum SocketCall {
+    /// `socket(2)`.
+    Plain,
+    /// `socket(2)` by the 32-bit system-call table.
+    Bits32,
+    /// An `IORING_OP_SOCKET` request to io_uring: no socket system call at all. With
+    /// `poll_thread`, the ring's own kernel thread takes it from the queue (`SQPOLL`).
+    Uring { poll_thread: bool },
+}
+
+/// A socket made by io_uring (`IORING_OP_SOCKET`, Linux 5.19 and later) instead of by the
+/// `socket` system call: what a system-call tracepoint does not see.
+fn socket_uring(family: i32, kind: i32, proto: i32, poll_thread: bool) -> std::io::Result<i32> {
+    let mut ring = if poll_thread {
+        io_uring::IoUring::builder().setup_sqpoll(1000).build(2)?
+    } else {
+        io_uring::IoUring::new(2)?
+    };
+    let sqe = io_uring::opcode::Socket::new(family, kind, proto).build();
+    // SAFETY: the request carries plain integers and no buffer that could outlive the ring.
+    unsafe { ring.submission().push(&sqe) }
+        .map_err(|e| std::io::Error::other(format!("io_uring submission queue: {e}")))?;
+    ring.submit_and_wait(1)?;
+    let cqe = ring
+        .completion()
+        .next()
+        .ok_or_else(|| std::io::Error::other("io_uring: no completion"))?;
+    match cqe.result() {
+        fd if fd >= 0 => Ok(fd),
+        err => Err(std::io::Error::from_raw_os_error(-err)),
     }
 }
 
@@ -898,13 +939,21 @@ fn main() {
         };
         return icmp(how, addr, tag);
     }
-    if let Some(how @ ("packet-udp" | "packet-udp-32")) = args.get(1).map(String::as_str) {
+    if let Some(how @ ("packet-udp" | "packet-udp-32" | "packet-udp-uring" | "packet-udp-sqpoll")) =
+        args.get(1).map(String::as_str)
+    {
         let (Some(Ok(port)), Some(tag)) = (args.get(2).map(|p| p.parse::<u16>()), args.get(3))
         else {
-            eprintln!("usage: latch-probe packet-udp[-32] PORT TAG");
+            eprintln!("usage: latch-probe packet-udp[-32|-uring|-sqpoll] PORT TAG");
             std::process::exit(2);
         };
-        return packet_udp(port, tag, how == "packet-udp-32");
+        let via = match how {
+            "packet-udp-32" => SocketCall::Bits32,
+            "packet-udp-uring" => SocketCall::Uring { poll_thread: false },
+            "packet-udp-sqpoll" => SocketCall::Uring { poll_thread: true },
+            _ => SocketCall::Plain,
+        };
+        return packet_udp(port, tag, via);
     }
     if args.get(1).map(String::as_str) == Some("udplite-send") {
         let Some(addr) = args.get(2) else {
