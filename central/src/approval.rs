@@ -1234,57 +1234,59 @@ impl Central {
         }
         let now = now_ms();
         let mut tx = self.store.begin().await?;
+        // The request reviewers see first, then this one, as every writer of a group locks it.
+        // A first request that went away meanwhile leaves this one waiting alone (or in its
+        // place), found by the second lock.
+        let waits_with = match row.merged_into.as_str() {
+            "" => None,
+            first => lock_pending(&mut tx, first, now)
+                .await?
+                .then(|| first.to_string()),
+        };
         if !lock_pending(&mut tx, &row.approval_id, now).await? {
             let state = self.state_after_losing(tx, &row.approval_id).await?;
             return Err(not_waiting(state));
         }
         // Read under the lock: two justifications at once cannot both find none.
-        let context: Vec<u8> = sqlx::query("SELECT context FROM requests WHERE approval_id = $1")
-            .bind(&row.approval_id)
-            .fetch_one(&mut *tx)
-            .await
-            .ctx(format!("reading request {}", row.approval_id))?
-            .try_get("context")
-            .ctx("reading the request's context")?;
-        let mut req = ApprovalRequest::decode(context.as_slice()).map_err(|e| {
-            crate::store::StoreError::Corrupt {
-                what: format!("request {}", row.approval_id),
-                message: e.to_string(),
-            }
-        })?;
+        let (mut req, merged_into) = justification_of(&mut tx, &row.approval_id).await?;
         if !req.justification.is_empty() {
             return Err(Error::FailedPrecondition(format!(
                 "request '{request_id}' of host '{host_id}' already has the workload's justification"
             )));
         }
         req.justification = text.to_string();
-        sqlx::query("UPDATE requests SET context = $2 WHERE approval_id = $1")
-            .bind(&row.approval_id)
-            .bind(req.encode_to_vec())
-            .execute(&mut *tx)
-            .await
-            .ctx(format!("storing the justification of {}", row.approval_id))?;
-        Store::audit_in(
-            &mut tx,
-            &AuditFact {
-                kind: "request.justified".into(),
-                actor: format!("host:{host_id}"),
-                host_id: host_id.to_string(),
-                request_id: row.approval_id.clone(),
-                rule_name: row.rule_name.clone(),
-                workload: row.workload.clone(),
-                payload: json!({ "justification": text }),
-                time_ms: now,
-                ..Default::default()
-            },
-        )
-        .await?;
+        store_justification(&mut tx, &row, &req, text, None, now).await?;
+        // Reviewers decide the group on its first request: what an identical request says is
+        // shown there too, unless the first has said something itself.
+        let mut shown_on = None;
+        if let Some(first) = waits_with.filter(|f| *f == merged_into) {
+            let (mut first_req, _) = justification_of(&mut tx, &first).await?;
+            if first_req.justification.is_empty() {
+                first_req.justification = text.to_string();
+                let first_row = RequestRow {
+                    approval_id: first.clone(),
+                    ..row.clone()
+                };
+                store_justification(
+                    &mut tx,
+                    &first_row,
+                    &first_req,
+                    text,
+                    Some(&row.approval_id),
+                    now,
+                )
+                .await?;
+                shown_on = Some(first);
+            }
+        }
         tx.commit().await.ctx("committing the justification")?;
-        self.publish(Event::Request {
-            approval_id: row.approval_id.clone(),
-            host_id: host_id.to_string(),
-        })
-        .await;
+        for approval_id in std::iter::once(row.approval_id.clone()).chain(shown_on) {
+            self.publish(Event::Request {
+                approval_id,
+                host_id: host_id.to_string(),
+            })
+            .await;
+        }
         Ok(State::Pending)
     }
 
@@ -1618,6 +1620,64 @@ pub(crate) async fn promote_in(
         recommendation,
         ..next
     }))
+}
+
+/// A request's stored context and the request it waits with, read in `tx` (under its lock).
+async fn justification_of(tx: &mut Tx, approval_id: &str) -> Result<(ApprovalRequest, String)> {
+    let r = sqlx::query("SELECT context, merged_into FROM requests WHERE approval_id = $1")
+        .bind(approval_id)
+        .fetch_one(&mut **tx)
+        .await
+        .ctx(format!("reading request {approval_id}"))?;
+    let context: Vec<u8> = r.try_get("context").ctx("reading the request's context")?;
+    let merged_into: String = r
+        .try_get("merged_into")
+        .ctx("reading the request's group")?;
+    let req = ApprovalRequest::decode(context.as_slice()).map_err(|e| {
+        crate::store::StoreError::Corrupt {
+            what: format!("request {approval_id}"),
+            message: e.to_string(),
+        }
+    })?;
+    Ok((req, merged_into))
+}
+
+/// Stores `req` (with the workload's justification `text`) as `row`'s context, and its audit
+/// record; `from`: the identical request that said it, when not `row` itself.
+async fn store_justification(
+    tx: &mut Tx,
+    row: &RequestRow,
+    req: &ApprovalRequest,
+    text: &str,
+    from: Option<&str>,
+    now: i64,
+) -> Result<()> {
+    sqlx::query("UPDATE requests SET context = $2 WHERE approval_id = $1")
+        .bind(&row.approval_id)
+        .bind(req.encode_to_vec())
+        .execute(&mut **tx)
+        .await
+        .ctx(format!("storing the justification of {}", row.approval_id))?;
+    let mut payload = json!({ "justification": text });
+    if let Some(from) = from {
+        payload["from"] = json!(from);
+    }
+    Store::audit_in(
+        tx,
+        &AuditFact {
+            kind: "request.justified".into(),
+            actor: format!("host:{}", row.host_id),
+            host_id: row.host_id.clone(),
+            request_id: row.approval_id.clone(),
+            rule_name: row.rule_name.clone(),
+            workload: row.workload.clone(),
+            payload,
+            time_ms: now,
+            ..Default::default()
+        },
+    )
+    .await?;
+    Ok(())
 }
 
 /// Locks a pending request for the rest of `tx`, then the requests waiting with it; false when

@@ -1003,6 +1003,46 @@ async fn justify(env: &Env) {
         .expect_err("decided");
     assert_eq!(e.code(), Code::FailedPrecondition, "{e}");
     assert!(e.message().contains("is denied"), "{e}");
+
+    // What an identical request says is shown on the request reviewers decide, unless that
+    // one has said something itself.
+    let first = agent.submit(agent.request("9.3", "prod-db")).await;
+    let second = agent.submit(agent.request("9.4", "prod-db")).await;
+    let third = agent.submit(agent.request("9.5", "prod-db")).await;
+    assert_eq!(
+        get(&mut rv, &second.approval_id).await.merged_into,
+        first.approval_id
+    );
+    let says = |rec: latch_proto::v1::ApprovalRecord| {
+        rec.request.map(|r| r.justification).unwrap_or_default()
+    };
+    c.justify(justify("h1", "9.4", "retrying the export", &t))
+        .await
+        .expect("justify the second");
+    for id in [&first.approval_id, &second.approval_id] {
+        assert_eq!(says(get(&mut rv, id).await), "retrying the export", "{id}");
+    }
+    c.justify(justify("h1", "9.5", "a third story", &t))
+        .await
+        .expect("justify the third");
+    assert_eq!(
+        says(get(&mut rv, &first.approval_id).await),
+        "retrying the export",
+        "the first word shown stands"
+    );
+    assert_eq!(
+        says(get(&mut rv, &third.approval_id).await),
+        "a third story"
+    );
+    let on_first: Vec<_> = audit_kind(&mut rv, "request.justified")
+        .await
+        .into_iter()
+        .filter(|e| e.request_id == first.approval_id)
+        .collect();
+    assert_eq!(on_first.len(), 1, "{on_first:?}");
+    let p: serde_json::Value = serde_json::from_str(&on_first[0].payload_json).expect("payload");
+    assert_eq!(p["from"], second.approval_id.as_str(), "{p}");
+    assert_eq!(p["justification"], "retrying the export");
     server.shutdown().await;
 }
 
