@@ -1235,8 +1235,8 @@ impl Central {
         let now = now_ms();
         let mut tx = self.store.begin().await?;
         // The request reviewers see first, then this one, as every writer of a group locks it.
-        // A first request that went away meanwhile leaves this one waiting alone (or in its
-        // place), found by the second lock.
+        // A first request that went away meanwhile leaves this one waiting alone, or with the
+        // request promoted in its place (then nothing is shown there: not looked for again).
         let waits_with = match row.merged_into.as_str() {
             "" => None,
             first => lock_pending(&mut tx, first, now)
@@ -1249,7 +1249,10 @@ impl Central {
         }
         // Read under the lock: two justifications at once cannot both find none.
         let (mut req, merged_into) = justification_of(&mut tx, &row.approval_id).await?;
-        if !req.justification.is_empty() {
+        // Words shown here from an identical request give way to the request's own.
+        if !req.justification.is_empty()
+            && !shown_from_another(&mut tx, &row.approval_id, &req.justification).await?
+        {
             return Err(Error::FailedPrecondition(format!(
                 "request '{request_id}' of host '{host_id}' already has the workload's justification"
             )));
@@ -1640,6 +1643,25 @@ async fn justification_of(tx: &mut Tx, approval_id: &str) -> Result<(ApprovalReq
         }
     })?;
     Ok((req, merged_into))
+}
+
+/// Whether `text`, the justification of `approval_id`, is one a request waiting with it gave
+/// (and [`Central::justify`] showed on it), not its own.
+async fn shown_from_another(tx: &mut Tx, approval_id: &str, text: &str) -> Result<bool> {
+    let rows = sqlx::query("SELECT approval_id FROM requests WHERE merged_into = $1")
+        .bind(approval_id)
+        .fetch_all(&mut **tx)
+        .await
+        .ctx(format!("reading the requests waiting with {approval_id}"))?;
+    for r in &rows {
+        let member: String = r
+            .try_get("approval_id")
+            .ctx("reading a request waiting with another")?;
+        if justification_of(tx, &member).await?.0.justification == text {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Stores `req` (with the workload's justification `text`) as `row`'s context, and its audit

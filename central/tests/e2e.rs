@@ -1034,15 +1034,41 @@ async fn justify(env: &Env) {
         says(get(&mut rv, &third.approval_id).await),
         "a third story"
     );
+    // The first's own words, when they come, replace what was shown from another; once.
+    c.justify(justify("h1", "9.3", "the first's own words", &t))
+        .await
+        .expect("the first justifies itself");
+    assert_eq!(
+        says(get(&mut rv, &first.approval_id).await),
+        "the first's own words"
+    );
+    assert_eq!(
+        says(get(&mut rv, &second.approval_id).await),
+        "retrying the export"
+    );
+    let e = c
+        .justify(justify("h1", "9.3", "and more", &t))
+        .await
+        .expect_err("its own twice");
+    assert!(e.message().contains("already has"), "{e}");
     let on_first: Vec<_> = audit_kind(&mut rv, "request.justified")
         .await
         .into_iter()
         .filter(|e| e.request_id == first.approval_id)
         .collect();
-    assert_eq!(on_first.len(), 1, "{on_first:?}");
-    let p: serde_json::Value = serde_json::from_str(&on_first[0].payload_json).expect("payload");
-    assert_eq!(p["from"], second.approval_id.as_str(), "{p}");
-    assert_eq!(p["justification"], "retrying the export");
+    let mut payloads: Vec<serde_json::Value> = on_first
+        .iter()
+        .map(|e| serde_json::from_str(&e.payload_json).expect("payload"))
+        .collect();
+    payloads.sort_by_key(|p| p["from"].is_null());
+    assert_eq!(
+        payloads,
+        [
+            serde_json::json!({"justification": "retrying the export", "from": second.approval_id}),
+            serde_json::json!({"justification": "the first's own words"}),
+        ],
+        "both on the first's record, the shown one naming where it came from"
+    );
     server.shutdown().await;
 }
 
