@@ -962,19 +962,7 @@ async fn justify(env: &Env) {
         .expect("get")
         .into_inner();
     assert_eq!(rec.request.map(|r| r.justification).as_deref(), Some(text));
-    let audited = rv
-        .query_audit(req(
-            QueryAuditRequest {
-                kind: "request.justified".into(),
-                limit: 10,
-                ..Default::default()
-            },
-            VIEWER,
-        ))
-        .await
-        .expect("audit")
-        .into_inner()
-        .entries;
+    let audited = audit_kind(&mut rv, "request.justified").await;
     assert_eq!(audited.len(), 1, "{audited:?}");
     assert_eq!(audited[0].actor, "host:h1");
     assert!(
