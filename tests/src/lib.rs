@@ -31,6 +31,7 @@ use latch_agent::{
 pub mod browser;
 pub mod daemon;
 pub mod neighbour;
+pub mod postgres;
 pub mod program;
 pub mod stack;
 

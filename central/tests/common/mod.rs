@@ -5,9 +5,7 @@
 
 use std::{
     collections::HashMap,
-    net::TcpListener as StdListener,
     path::{Path, PathBuf},
-    process::Command,
     time::Duration,
 };
 
@@ -20,7 +18,7 @@ use latch_proto::v1::{
 };
 use tonic::{transport::Channel, Request, Streaming};
 
-pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+pub use latch_tests::postgres::Postgres;
 
 /// A safety net against a hung test, never a performance threshold.
 pub const HANG: Duration = Duration::from_secs(120);
@@ -81,132 +79,6 @@ pub async fn start_refused(config: &Config) -> String {
         .err()
         .expect("central refused to start")
         .to_string()
-}
-
-/// A PostgreSQL binary, run as the `postgres` user when we are root (PostgreSQL refuses root).
-fn pg_command(bin: &str) -> Command {
-    let path = Path::new(PG_BIN).join(bin);
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(path);
-        c
-    } else {
-        Command::new(path)
-    }
-}
-
-/// A PostgreSQL server of its own, stopped and deleted on drop.
-pub struct Postgres {
-    dir: tempfile::TempDir,
-    pub port: u16,
-}
-
-impl Postgres {
-    /// Starts one, or returns None (after saying so) when LATCH_SKIP_POSTGRES=1 and the
-    /// binaries are missing. Without that variable, missing binaries fail the test.
-    pub fn start() -> Option<Postgres> {
-        let initdb = Path::new(PG_BIN).join("initdb");
-        if !initdb.exists() {
-            if std::env::var("LATCH_SKIP_POSTGRES").as_deref() == Ok("1") {
-                eprintln!(
-                    "SKIPPED: PostgreSQL binaries not found in {PG_BIN} and LATCH_SKIP_POSTGRES=1"
-                );
-                return None;
-            }
-            panic!(
-                "PostgreSQL binaries not found in {PG_BIN}: install Debian package `postgresql` \
-                 (or set LATCH_SKIP_POSTGRES=1 to skip the PostgreSQL half of the suite)"
-            );
-        }
-        if std::env::var("LATCH_SKIP_POSTGRES").as_deref() == Ok("1") {
-            eprintln!("SKIPPED: LATCH_SKIP_POSTGRES=1");
-            return None;
-        }
-        let dir = tempfile::Builder::new()
-            .prefix("latch-pg-")
-            .tempdir()
-            .expect("temp dir");
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } == 0 {
-            let chown = Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(dir.path())
-                .status()
-                .expect("run chown");
-            assert!(
-                chown.success(),
-                "chown of {} to postgres failed",
-                dir.path().display()
-            );
-        }
-        let data = dir.path().join("data");
-        let out = pg_command("initdb")
-            .arg("-D")
-            .arg(&data)
-            .args(["-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8"])
-            .output()
-            .expect("run initdb");
-        assert!(
-            out.status.success(),
-            "initdb failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        for attempt in 0..5 {
-            let port = StdListener::bind("127.0.0.1:0")
-                .expect("bind")
-                .local_addr()
-                .expect("addr")
-                .port();
-            let opts = format!(
-                "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
-                dir.path().display()
-            );
-            let st = pg_command("pg_ctl")
-                .arg("-D")
-                .arg(&data)
-                .args(["-o", &opts, "-w", "-l"])
-                .arg(dir.path().join("log"))
-                .arg("start")
-                .output()
-                .expect("run pg_ctl");
-            if st.status.success() {
-                return Some(Postgres { dir, port });
-            }
-            eprintln!(
-                "pg_ctl start on port {port} failed (attempt {attempt}): {}",
-                std::fs::read_to_string(dir.path().join("log")).unwrap_or_default()
-            );
-        }
-        panic!("could not start PostgreSQL");
-    }
-
-    pub fn url(&self, db: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
-    }
-
-    pub async fn create_db(&self, db: &str) -> String {
-        use sqlx::Connection;
-        let mut c = sqlx::PgConnection::connect(&self.url("postgres"))
-            .await
-            .expect("connect to postgres");
-        sqlx::query(&format!("CREATE DATABASE {db}"))
-            .execute(&mut c)
-            .await
-            .expect("create database");
-        self.url(db)
-    }
-}
-
-impl Drop for Postgres {
-    fn drop(&mut self) {
-        let _ = pg_command("pg_ctl")
-            .arg("-D")
-            .arg(self.dir.path().join("data"))
-            .args(["-m", "immediate", "-w", "stop"])
-            .output();
-    }
 }
 
 pub const ALICE: &str = "tok-alice-0001";
@@ -302,7 +174,7 @@ impl Env {
 
     pub async fn postgres() -> Option<Env> {
         let pg = Postgres::start()?;
-        let url = pg.create_db("latch_test").await;
+        let url = pg.create_db("latch_test").await.expect("create database");
         let keys = tempfile::tempdir().expect("temp dir");
         Some(Env {
             config: config(url, &keys.path().join("audit-key.pem")),
