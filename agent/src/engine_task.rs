@@ -527,6 +527,8 @@ impl State {
                 }
                 self.policy = Some(p);
                 self.rescan();
+                // The previous rule set and the new one's compilation are garbage now.
+                crate::heap::release_freed();
             }
             Err(e) => {
                 tracing::error!(source = %p.source, "rules not applied, the previous ones stay in force: {e}")

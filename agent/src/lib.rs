@@ -19,6 +19,7 @@ pub mod context;
 pub mod doctor;
 pub mod engine_task;
 pub mod events;
+pub mod heap;
 pub mod kernel;
 pub mod local_socket;
 pub mod metrics;

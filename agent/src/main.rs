@@ -594,6 +594,8 @@ async fn run(settings: Settings, rules: Option<PathBuf>) -> anyhow::Result<()> {
         report.summary()
     };
     let ring = engine.take_events().context("event ring buffer")?;
+    // What loading parsed (the kernel's BTF, several times) is no longer needed.
+    latch_agent::heap::release_freed();
     let (policy_tx, policy_rx) = tokio::sync::watch::channel(initial.map(Arc::new));
     // With central deciding expiries, the local timeout is only the backstop for a lost link.
     let grace = if central.is_some() {
