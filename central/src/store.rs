@@ -5,9 +5,10 @@
 //! [`MIGRATIONS`]. Times are Unix milliseconds in `BIGINT` columns.
 //!
 //! The `audit` table is append-only (a trigger refuses UPDATE, and DELETE except below a recorded
-//! retention boundary) and hash-chained ([`crate::chain`]): every append takes the chain head's
-//! row lock (`audit_head`) in its transaction, so sequence numbers are dense and chain order is
-//! seq order, also with several replicas on one PostgreSQL.
+//! retention boundary) and hash-chained ([`crate::chain`]): on PostgreSQL every append takes the
+//! chain head's row lock (`audit_head`) in its transaction, so sequence numbers are dense and
+//! chain order is seq order across replicas; on SQLite the batch of the one writer holds the
+//! head (see [`group_commit`]).
 
 mod chat;
 mod console;
@@ -24,7 +25,7 @@ use std::{
 
 pub use chat::{Delivered, Lease};
 pub use console::{NewSession, SessionRow};
-use group_commit::{BatchTx, Writer};
+use group_commit::{BatchHead, BatchTx, Writer};
 pub use group_commit::{CommitObserver, WriterStats};
 pub use migrations::MIGRATIONS;
 use migrations::MIGRATIONS_AFTER;
@@ -705,11 +706,27 @@ impl Store {
         } else {
             fact.time_ms
         };
-        let head = sqlx::query("UPDATE audit_head SET seq = seq WHERE id = 1 RETURNING seq, hash")
-            .fetch_one(&mut **tx)
-            .await
-            .ctx("locking the audit chain head")?;
-        let head = head_of(&head)?;
+        let head = match &mut tx.0 {
+            // The batch holds SQLite's write lock, and the head it read.
+            TxKind::Batch(b) => match b.chain_head().head {
+                Some(h) => h,
+                None => {
+                    let r = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
+                        .fetch_one(b.conn_mut())
+                        .await
+                        .ctx("reading the audit chain head")?;
+                    let h = head_of(&r)?;
+                    b.chain_head().head = Some(h);
+                    h
+                }
+            },
+            TxKind::Pool(p) => head_of(
+                &sqlx::query("UPDATE audit_head SET seq = seq WHERE id = 1 RETURNING seq, hash")
+                    .fetch_one(&mut **p)
+                    .await
+                    .ctx("locking the audit chain head")?,
+            )?,
+        };
         if let Some(id) = &fact.record_id {
             let dup = sqlx::query("SELECT seq FROM audit WHERE host_id = $1 AND record_id = $2")
                 .bind(&fact.host_id)
@@ -762,12 +779,26 @@ impl Store {
         .execute(&mut **tx)
         .await
         .ctx(format!("appending audit '{}'", fact.kind))?;
-        sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
-            .bind(rec.seq)
-            .bind(&hash)
-            .execute(&mut **tx)
-            .await
-            .ctx("advancing the audit chain head")?;
+        match &mut tx.0 {
+            // Written once for the batch, before its COMMIT.
+            TxKind::Batch(b) => {
+                *b.chain_head() = BatchHead {
+                    head: Some(Head {
+                        seq: rec.seq,
+                        hash: rec.hash,
+                    }),
+                    advanced: true,
+                }
+            }
+            TxKind::Pool(p) => {
+                sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
+                    .bind(rec.seq)
+                    .bind(&hash)
+                    .execute(&mut **p)
+                    .await
+                    .ctx("advancing the audit chain head")?;
+            }
+        }
         Ok(true)
     }
 
@@ -1039,6 +1070,83 @@ mod tests {
         sorted.sort();
         sorted.dedup();
         assert_eq!(sorted.len(), 64, "{actors:?}");
+        store.close().await;
+    }
+
+    /// The batch holds the chain head: a member that appended and was dropped takes its record
+    /// and its advance of the head with it, and the members around it chain on each other, so
+    /// the stored chain verifies and the head row names its last record.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dropped_member_leaves_the_batch_chain_intact() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(&url(&dir.path().join("central.db")), 4)
+            .await
+            .expect("open");
+        let fact = |actor: &str| AuditFact {
+            kind: "test.batch".into(),
+            actor: actor.into(),
+            ..Default::default()
+        };
+        // The first member holds the batch open while the others queue behind it.
+        let mut first = store.begin().await.expect("begin");
+        Store::audit_in(&mut first, &fact("first"))
+            .await
+            .expect("append");
+        let (queued_tx, queued) = tokio::sync::oneshot::channel();
+        let others = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let _ = queued_tx.send(());
+                let mut dropped = store.begin().await.expect("begin");
+                Store::audit_in(&mut dropped, &fact("dropped"))
+                    .await
+                    .expect("append");
+                Store::audit_in(&mut dropped, &fact("dropped too"))
+                    .await
+                    .expect("append");
+                drop(dropped);
+                let mut last = store.begin().await.expect("begin");
+                Store::audit_in(&mut last, &fact("last"))
+                    .await
+                    .expect("append");
+                last.commit().await.expect("commit last");
+            })
+        };
+        queued.await.expect("started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        first.commit().await.expect("commit first");
+        others.await.expect("join");
+        let stats = store.writer_stats().expect("writer");
+        assert_eq!(
+            stats.abandoned.load(std::sync::atomic::Ordering::Relaxed),
+            1,
+            "the dropped member was not in the batch"
+        );
+        let rows: Vec<(i64, String)> =
+            sqlx::query("SELECT seq, actor FROM audit WHERE kind = 'test.batch' ORDER BY seq")
+                .fetch_all(store.pool())
+                .await
+                .expect("rows")
+                .iter()
+                .map(|r| {
+                    (
+                        r.try_get("seq").expect("seq"),
+                        r.try_get("actor").expect("actor"),
+                    )
+                })
+                .collect();
+        let head = store.audit_head().await.expect("head");
+        assert_eq!(
+            rows.iter().map(|(_, a)| a.as_str()).collect::<Vec<_>>(),
+            ["first", "last"]
+        );
+        assert_eq!(rows[1].0, rows[0].0 + 1, "{rows:?}");
+        assert_eq!(head.seq, rows[1].0);
+        let report = crate::audit::verify_store(&store, Vec::new(), |_| {})
+            .await
+            .expect("verify");
+        assert!(report.ok(), "{:?}", report.findings);
+        assert_eq!(hex::encode(head.hash), report.head_hash);
         store.close().await;
     }
 

@@ -12,6 +12,13 @@
 //! told survives kill -9 and power loss exactly as with a commit per transaction. A failed
 //! `COMMIT` fails every member. A transaction dropped without commit is rolled back to its
 //! savepoint by the next holder of the connection, before anything else runs on it.
+//!
+//! The batch owns the audit chain's head: it reads the head row once, each append advances the
+//! head it holds, and the row is written once, just before the `COMMIT`. So an audited write
+//! costs its `INSERT`, not a read and a write of the head besides. A member rolled back to its
+//! savepoint takes its appends with it, and the head goes back to where it was when the member
+//! began. The head is read again for every batch: another process (an operator's
+//! `latch-central` command) may have appended between two batches.
 
 use std::sync::{
     atomic::{AtomicU64, Ordering},
@@ -20,6 +27,8 @@ use std::sync::{
 
 use sqlx::{AnyConnection, Connection};
 use tokio::sync::{watch, Mutex, OwnedMutexGuard};
+
+use super::Head;
 
 /// How long a transaction waits for the write connection.
 const WAIT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -82,9 +91,20 @@ impl std::fmt::Debug for Writer {
     }
 }
 
+/// The audit chain's head as the open batch leaves it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct BatchHead {
+    /// Read from the head row once per batch, then advanced by each append; `None` until read.
+    pub(crate) head: Option<Head>,
+    /// Whether an append advanced it, so that the row must be written before the `COMMIT`.
+    pub(crate) advanced: bool,
+}
+
 struct Slot {
     /// `None` once closed.
     conn: Option<AnyConnection>,
+    /// The open batch's chain head.
+    head: BatchHead,
     batch: Option<Batch>,
     /// A transaction was dropped uncommitted: undo it before anything else runs.
     abandoned: Option<Undo>,
@@ -96,8 +116,8 @@ struct Slot {
 enum Undo {
     /// It opened the batch and nobody has joined it: roll the batch back.
     Batch,
-    /// It was a savepoint in a batch others are in.
-    Savepoint,
+    /// It was a savepoint in a batch others are in; the chain head was this when it began.
+    Savepoint(BatchHead),
 }
 
 struct Batch {
@@ -130,13 +150,16 @@ impl Slot {
             (Ok(conn), Undo::Batch) => {
                 let done = run(conn, "ROLLBACK").await;
                 self.batch = None;
+                self.head = BatchHead::default();
                 done
             }
-            (Ok(conn), Undo::Savepoint) => {
-                match run(conn, "ROLLBACK TO SAVEPOINT latch_tx").await {
+            (Ok(conn), Undo::Savepoint(before)) => {
+                let done = match run(conn, "ROLLBACK TO SAVEPOINT latch_tx").await {
                     Ok(()) => run(conn, "RELEASE SAVEPOINT latch_tx").await,
                     Err(e) => Err(e),
-                }
+                };
+                self.head = before;
+                done
             }
             (Err(e), _) => Err(e),
         };
@@ -151,6 +174,7 @@ impl Slot {
 
     /// Ends the open batch without committing it, telling its members.
     async fn fail(&mut self, why: String) {
+        self.head = BatchHead::default();
         if let Some(batch) = self.batch.take() {
             self.stats.failed.fetch_add(1, Ordering::Relaxed);
             tracing::error!(members = batch.members, error = %why, "a batch of writes failed");
@@ -169,6 +193,23 @@ impl Slot {
             return;
         };
         let members = batch.members;
+        let head = std::mem::take(&mut self.head);
+        if let (Some(h), true) = (head.head, head.advanced) {
+            let written = match self.conn() {
+                Ok(conn) => sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
+                    .bind(h.seq)
+                    .bind(hex::encode(h.hash))
+                    .execute(conn)
+                    .await
+                    .map(|_| ()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = written {
+                self.fail(format!("writing the audit chain head failed: {e}"))
+                    .await;
+                return;
+            }
+        }
         let started = std::time::Instant::now();
         let committed = match self.conn() {
             Ok(conn) => run(conn, "COMMIT").await,
@@ -201,6 +242,7 @@ impl Writer {
         Writer {
             slot: Arc::new(Mutex::new(Slot {
                 conn: Some(conn),
+                head: BatchHead::default(),
                 batch: None,
                 abandoned: None,
                 stats: stats.clone(),
@@ -259,7 +301,7 @@ impl Writer {
             }
             Some(_) => {
                 run(slot.conn()?, "SAVEPOINT latch_tx").await?;
-                Undo::Savepoint
+                Undo::Savepoint(slot.head)
             }
         };
         Ok(BatchTx {
@@ -300,6 +342,15 @@ impl BatchTx {
             .expect("an uncommitted transaction holds the open write connection")
     }
 
+    /// The open batch's chain head, for the audit chain's appends.
+    pub(crate) fn chain_head(&mut self) -> &mut BatchHead {
+        &mut self
+            .slot
+            .as_mut()
+            .expect("an uncommitted transaction holds the write connection")
+            .head
+    }
+
     pub(crate) fn conn_mut(&mut self) -> &mut AnyConnection {
         self.slot
             .as_mut()
@@ -321,9 +372,9 @@ impl BatchTx {
         let Some(mut slot) = self.slot.take() else {
             return Err(closed());
         };
-        if let Undo::Savepoint = self.undo {
+        if let Undo::Savepoint(_) = self.undo {
             if let Err(e) = run(slot.conn()?, "RELEASE SAVEPOINT latch_tx").await {
-                slot.abandoned = Some(Undo::Savepoint);
+                slot.abandoned = Some(self.undo);
                 return Err(e);
             }
         }
@@ -487,7 +538,10 @@ mod tests {
             .collect();
         tx.commit().await.expect("commit the read");
         assert_eq!(rows, ["first", "last"]);
-        assert!(matches!(undo, Undo::Savepoint), "the joiner opened a batch");
+        assert!(
+            matches!(undo, Undo::Savepoint(_)),
+            "the joiner opened a batch"
+        );
         assert_eq!(w.stats().abandoned.load(Ordering::Relaxed), 1);
         assert_eq!(w.stats().transactions.load(Ordering::Relaxed), 3);
         w.close().await;
