@@ -78,7 +78,18 @@ pub struct Access {
     pub agents: Vec<(String, String)>,
 }
 
-/// A running `latch-central` with a SQLite database in its own directory.
+/// Where a central keeps its state.
+#[derive(Clone, Copy)]
+pub enum Database<'a> {
+    /// SQLite in the central's own directory, or in this folder when given (created afresh and
+    /// removed on drop).
+    Sqlite(Option<&'a Path>),
+    /// PostgreSQL at this URL, possibly shared with other replicas, which then need the same
+    /// audit signing key (`signing_key`, created by the first to start).
+    Postgres { url: &'a str, signing_key: &'a Path },
+}
+
+/// A running `latch-central` with its state directory.
 pub struct CentralProcess {
     child: Option<Child>,
     /// Its state directory (configuration, database unless placed elsewhere, log).
@@ -91,22 +102,30 @@ pub struct CentralProcess {
 
 impl CentralProcess {
     /// Writes a configuration into `dir` (created afresh) and starts the service; returns once
-    /// it accepts connections. The database goes into `database_dir` when given (also created
-    /// afresh and removed on drop), else into `dir`.
-    pub fn start(
-        dir: &Path,
-        database_dir: Option<&Path>,
-        access: &Access,
-    ) -> Result<CentralProcess> {
+    /// it accepts connections.
+    pub fn start(dir: &Path, database: Database, access: &Access) -> Result<CentralProcess> {
+        let database_dir = match database {
+            Database::Sqlite(d) => d,
+            Database::Postgres { .. } => None,
+        };
         for d in std::iter::once(dir).chain(database_dir) {
             let _ = std::fs::remove_dir_all(d);
             std::fs::create_dir_all(d).with_context(|| format!("mkdir {}", d.display()))?;
         }
         let port = free_port()?;
+        let store = match database {
+            Database::Sqlite(d) => format!(
+                "database = \"sqlite://{}\"\n",
+                d.unwrap_or(dir).join("central.db").display()
+            ),
+            Database::Postgres { url, signing_key } => format!(
+                "database = \"{url}\"\n[audit]\nsigning_key = \"{}\"\n",
+                signing_key.display()
+            ),
+        };
         let mut config = format!(
-            "listen = \"127.0.0.1:{port}\"\ndatabase = \"sqlite://{db}\"\n\n\
-             [[reviewers]]\ntoken = \"{ADMIN_TOKEN}\"\nsubject = \"bench-admin\"\nrole = \"admin\"\n",
-            db = database_dir.unwrap_or(dir).join("central.db").display()
+            "listen = \"127.0.0.1:{port}\"\n{store}\n\
+             [[reviewers]]\ntoken = \"{ADMIN_TOKEN}\"\nsubject = \"bench-admin\"\nrole = \"admin\"\n"
         );
         for (i, t) in access.approvers.iter().enumerate() {
             config.push_str(&format!(

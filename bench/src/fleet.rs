@@ -21,12 +21,13 @@ use latch_proto::v1::{
     DecideRequest, DecisionKind, Destination, ListRequestsRequest, Op, RegisterRequest,
     RequestState, SubscribeRequest, WatchRequestsRequest,
 };
+use latch_tests::postgres::{Durability, Postgres};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_stream::{StreamExt, StreamMap};
 
 use crate::{
-    central_process::{Access, Agent, Bearer, CentralProcess, Reviewer},
+    central_process::{Access, Agent, Bearer, CentralProcess, Database, Reviewer},
     process_stats::{self, Memory},
     Latency,
 };
@@ -49,6 +50,8 @@ fn rules(revision: u32) -> String {
 /// What one fleet size measured.
 #[derive(Serialize)]
 pub struct FleetResult {
+    /// Where central kept its state, and how many replicas shared it.
+    pub database: String,
     /// Simulated agents, each with its own connection and stream.
     pub agents: usize,
     /// From the first connection attempt to the last agent holding its stream with the current
@@ -56,7 +59,7 @@ pub struct FleetResult {
     pub connect_all_s: f64,
     /// Agents connected per second over that time.
     pub connects_per_s: f64,
-    /// Central's memory with every agent connected.
+    /// Central's memory with every agent connected (with replicas, the largest replica's).
     pub central_connected: Memory,
     /// From ApplyRules returning to the first agent receiving the new version, in ms.
     pub push_first_ms: f64,
@@ -68,12 +71,15 @@ pub struct FleetResult {
     pub reviewers: usize,
     /// Decisions delivered to the agents per second (first submission to last delivery).
     pub decisions_per_s: f64,
+    /// CPU time central spent per decision over that time (all replicas; not the database
+    /// server's), in ms: what the rate would be bound by on a machine of its own.
+    pub central_cpu_ms_per_decision: f64,
     /// Requests outstanding at any time.
     pub outstanding: usize,
     /// Submission to the decision arriving on the agent's stream, with `outstanding` requests
     /// in the system.
     pub decision_latency: Latency,
-    /// Central's memory after the decisions.
+    /// Central's memory after the decisions (with replicas, the largest replica's).
     pub central_after: Memory,
 }
 
@@ -187,9 +193,34 @@ async fn connect_agent(
     Ok((client, stream))
 }
 
+/// Where central keeps its state in a fleet run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FleetDatabase {
+    /// One central with SQLite on disk (the default deployment).
+    Sqlite,
+    /// A PostgreSQL server of its own on loopback (`fsync` and synchronous commits on), shared
+    /// by this many central replicas. Agents and reviewers are spread over the replicas in
+    /// turn, so most decisions are made on another replica than the one holding the agent's
+    /// stream, and rules are applied through the first.
+    Postgres { replicas: usize },
+}
+
+impl FleetDatabase {
+    /// How a table names it.
+    pub fn label(self) -> String {
+        match self {
+            FleetDatabase::Sqlite => "SQLite".into(),
+            FleetDatabase::Postgres { replicas: 1 } => "PostgreSQL".into(),
+            FleetDatabase::Postgres { replicas } => format!("PostgreSQL, {replicas} replicas"),
+        }
+    }
+}
+
 /// Settings of one fleet size (the reviewers decide as requests appear, `outstanding` at a
 /// time: a closed loop, so the figure is the service's rate, not the length of a queue).
 pub struct FleetPlan {
+    /// Where central keeps its state.
+    pub database: FleetDatabase,
     /// Simulated agents.
     pub agents: usize,
     /// Requests to decide.
@@ -224,27 +255,76 @@ pub fn run(plan: &FleetPlan) -> Result<FleetResult> {
     let reviewer_tokens: Vec<String> = (0..plan.reviewers)
         .map(|r| format!("fleet-reviewer-{r}-bench"))
         .collect();
-    let central = CentralProcess::start(
-        &dir,
-        None,
-        &Access {
-            approvers: reviewer_tokens.clone(),
-            agents: (0..plan.agents).map(|i| (host(i), token(i))).collect(),
-        },
-    )?;
-    let result = rt.block_on(measure(&central, plan, &reviewer_tokens));
-    // Close the agents' connections before central goes.
+    let access = Access {
+        approvers: reviewer_tokens.clone(),
+        agents: (0..plan.agents).map(|i| (host(i), token(i))).collect(),
+    };
+    let (pg, centrals) = match plan.database {
+        FleetDatabase::Sqlite => (
+            None,
+            vec![CentralProcess::start(
+                &dir,
+                Database::Sqlite(None),
+                &access,
+            )?],
+        ),
+        FleetDatabase::Postgres { replicas } => {
+            let pg = Postgres::start_with(Durability::Full)
+                .context("starting PostgreSQL for central")?;
+            let url = rt.block_on(pg.create_db("latch_fleet"))?;
+            let signing_key = dir.with_extension("key.pem");
+            let mut centrals = Vec::with_capacity(replicas);
+            for r in 0..replicas.max(1) {
+                centrals.push(CentralProcess::start(
+                    &dir.with_extension(format!("replica{r}")),
+                    Database::Postgres {
+                        url: &url,
+                        signing_key: &signing_key,
+                    },
+                    &access,
+                )?);
+            }
+            (Some((pg, signing_key)), centrals)
+        }
+    };
+    let result = rt.block_on(measure(&centrals, plan, &reviewer_tokens));
+    // Close the agents' connections before central goes, and central before its database.
     drop(rt);
-    drop(central);
+    drop(centrals);
+    if let Some((pg, key)) = pg {
+        drop(pg);
+        let _ = std::fs::remove_file(key);
+    }
     result
 }
 
+/// CPU time of every replica so far.
+fn central_cpu(centrals: &[CentralProcess]) -> Result<Duration> {
+    centrals
+        .iter()
+        .map(|c| process_stats::cpu_time(c.pid()))
+        .sum()
+}
+
+/// The largest memory of the replicas.
+fn largest_memory(centrals: &[CentralProcess]) -> Result<Memory> {
+    let mut largest: Option<Memory> = None;
+    for c in centrals {
+        let m = process_stats::memory(c.pid())?;
+        if largest.as_ref().is_none_or(|l| m.rss_mib() > l.rss_mib()) {
+            largest = Some(m);
+        }
+    }
+    largest.context("no central was started")
+}
+
 async fn measure(
-    central: &CentralProcess,
+    centrals: &[CentralProcess],
     plan: &FleetPlan,
     reviewer_tokens: &[String],
 ) -> Result<FleetResult> {
     let n = plan.agents;
+    let central = centrals.first().context("no central was started")?;
     let v1 = central.apply_rules(&rules(1), &[]).await?;
     let (tx, mut rx) = mpsc::unbounded_channel();
 
@@ -254,8 +334,9 @@ async fn measure(
     for start in (0..n).step_by(GROUP) {
         let (ctx, crx) = oneshot::channel();
         handovers.push(crx);
+        // Whole groups go to one replica each, in turn.
         tokio::spawn(run_group(
-            central.address.clone(),
+            centrals[(start / GROUP) % centrals.len()].address.clone(),
             start..(start + GROUP).min(n),
             ctx,
             tx.clone(),
@@ -282,7 +363,7 @@ async fn measure(
     }
     // Let the connection bookkeeping settle before reading memory.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let central_connected = process_stats::memory(central.pid())?;
+    let central_connected = largest_memory(centrals)?;
     eprintln!(
         "    {n} agents connected in {connect_all:.1} s; central {:.0} MiB",
         central_connected.rss_mib()
@@ -320,7 +401,7 @@ async fn measure(
     let mut reviewers = Vec::new();
     let deciding = Arc::new(Mutex::new(HashSet::new()));
     for (r, t) in reviewer_tokens.iter().enumerate() {
-        let client = central.reviewer(t).await?;
+        let client = centrals[r % centrals.len()].reviewer(t).await?;
         reviewers.push(tokio::spawn(review(
             client,
             r,
@@ -330,6 +411,7 @@ async fn measure(
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let m = plan.decisions;
+    let cpu_before = central_cpu(centrals)?;
     let submitted: Arc<Vec<OnceLock<Instant>>> =
         Arc::new((0..m).map(|_| OnceLock::new()).collect());
     // Closed loop: a new request goes in when a decision comes back.
@@ -389,12 +471,14 @@ async fn measure(
         }
     }
     let elapsed = last.saturating_duration_since(started).as_secs_f64();
+    let cpu = central_cpu(centrals)?.saturating_sub(cpu_before);
     submitter.abort();
     for r in reviewers {
         r.abort();
     }
-    let central_after = process_stats::memory(central.pid())?;
+    let central_after = largest_memory(centrals)?;
     Ok(FleetResult {
+        database: plan.database.label(),
         agents: n,
         connect_all_s: connect_all,
         connects_per_s: n as f64 / connect_all,
@@ -404,6 +488,7 @@ async fn measure(
         decisions: m,
         reviewers: reviewer_tokens.len(),
         decisions_per_s: m as f64 / elapsed,
+        central_cpu_ms_per_decision: cpu.as_secs_f64() * 1000.0 / m as f64,
         outstanding: plan.outstanding,
         decision_latency: crate::latency_from(&hist),
         central_after,

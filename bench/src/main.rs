@@ -251,7 +251,7 @@ struct Results {
     /// Held connect() approved by an in-process approver on the ring buffer: the kernel's part.
     round_trip: Option<Latency>,
     events: Option<Throughput>,
-    /// The real agent and central: central's database on disk, then on tmpfs.
+    /// The real agent and central: central's database on disk, on tmpfs, then PostgreSQL.
     stack: Vec<stack::StackResults>,
     fleet: Vec<fleet::FleetResult>,
     audit_verify: Vec<audit_chain::AuditVerify>,
@@ -541,27 +541,45 @@ fn run(quick: bool, full: bool, only: &[Section], out_dir: &Path) -> Result<()> 
 
     if wants(Section::Stack) {
         eprintln!("latch-bench: the real agent and central");
-        for on_tmpfs in [false, true] {
+        for database in [
+            stack::StackDatabase::SqliteDisk,
+            stack::StackDatabase::SqliteTmpfs,
+            stack::StackDatabase::Postgres,
+        ] {
             let plan = stack::StackPlan {
                 cgroup: &setup.cgroup,
                 held: held_addr,
                 requests: if quick { 200 } else { 2000 },
-                quiet: (!on_tmpfs).then(|| Duration::from_secs(if quick { 3 } else { 10 })),
-                database_on_tmpfs: on_tmpfs,
+                // The footprint at rest is central's default deployment's.
+                quiet: (database == stack::StackDatabase::SqliteDisk)
+                    .then(|| Duration::from_secs(if quick { 3 } else { 10 })),
+                database,
             };
             match stack::run(&plan) {
                 Ok(r) => results.stack.push(r),
                 Err(e) => results
                     .errors
-                    .push(format!("stack (tmpfs: {on_tmpfs}): {e:#}")),
+                    .push(format!("stack ({}): {e:#}", database.label())),
             }
         }
     }
     if wants(Section::Fleet) {
         let sizes: &[usize] = if quick { &[1_000] } else { &[1_000, 10_000] };
-        for &agents in sizes {
-            eprintln!("latch-bench: central with {agents} simulated agents");
+        let databases = [
+            fleet::FleetDatabase::Sqlite,
+            fleet::FleetDatabase::Postgres { replicas: 1 },
+            fleet::FleetDatabase::Postgres { replicas: 2 },
+        ];
+        for (&agents, database) in sizes
+            .iter()
+            .flat_map(|a| databases.iter().map(move |d| (a, *d)))
+        {
+            eprintln!(
+                "latch-bench: central with {agents} simulated agents ({})",
+                database.label()
+            );
             let plan = fleet::FleetPlan {
+                database,
                 agents,
                 decisions: if quick { 1_000 } else { 3_000 },
                 reviewers: 4,
@@ -570,7 +588,9 @@ fn run(quick: bool, full: bool, only: &[Section], out_dir: &Path) -> Result<()> 
             };
             match fleet::run(&plan) {
                 Ok(r) => results.fleet.push(r),
-                Err(e) => results.errors.push(format!("fleet of {agents}: {e:#}")),
+                Err(e) => results
+                    .errors
+                    .push(format!("fleet of {agents} ({}): {e:#}", database.label())),
             }
         }
     }

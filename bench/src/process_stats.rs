@@ -16,6 +16,15 @@ pub struct Memory {
     pub peak_rss_kib: u64,
     /// Threads.
     pub threads: u64,
+    /// `RssAnon`: resident memory of the process's own (heap, stacks), in KiB.
+    pub anon_kib: u64,
+    /// Resident pages of BPF maps mapped into the process (a ring buffer's pages are mapped
+    /// twice, so that a record that wraps reads contiguously), in KiB: kernel memory that the
+    /// mapping shows, not allocated by the process.
+    pub bpf_maps_kib: u64,
+    /// The rest of `RssFile`: pages of the program's and its libraries' files (page cache,
+    /// shared and reclaimable), in KiB.
+    pub files_kib: u64,
 }
 
 impl Memory {
@@ -40,11 +49,41 @@ pub fn memory(pid: u32) -> Result<Memory> {
             .and_then(|v| v.parse().ok())
             .with_context(|| format!("{path}: cannot read '{line}'"))
     };
+    let bpf_maps_kib = bpf_map_rss_kib(pid)?;
     Ok(Memory {
         rss_kib: field("VmRSS:")?,
         peak_rss_kib: field("VmHWM:")?,
         threads: field("Threads:")?,
+        anon_kib: field("RssAnon:")?,
+        bpf_maps_kib,
+        files_kib: field("RssFile:")?.saturating_sub(bpf_maps_kib),
     })
+}
+
+/// The resident size of the process's mappings of BPF maps, from `/proc/PID/smaps`.
+fn bpf_map_rss_kib(pid: u32) -> Result<u64> {
+    let path = format!("/proc/{pid}/smaps");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    bpf_map_rss_in(&text).with_context(|| format!("{path}: an Rss line that is not a number"))
+}
+
+/// The sum of `Rss:` of the mappings in `smaps` text whose name is a BPF map's.
+fn bpf_map_rss_in(smaps: &str) -> Option<u64> {
+    let mut in_map = false;
+    let mut kib = 0;
+    for line in smaps.lines() {
+        let mut words = line.split_whitespace();
+        let first = words.next().unwrap_or("");
+        if first.contains('-') && !first.ends_with(':') {
+            // A mapping's header: range, permissions, offset, device, inode, name.
+            in_map = words
+                .nth(4)
+                .is_some_and(|name| name.starts_with("anon_inode:bpf"));
+        } else if in_map && first == "Rss:" {
+            kib += words.next()?.parse::<u64>().ok()?;
+        }
+    }
+    Some(kib)
 }
 
 /// CPU time of every thread of a process so far: the sum of the threads' run time in
@@ -163,4 +202,32 @@ pub fn raise_nofile(want: u64) -> Result<u64> {
         );
     }
     Ok(lim.rlim_max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_bpf_map_mappings_are_summed() {
+        let smaps = "\
+55d0c0a00000-55d0c0b00000 r-xp 00000000 08:01 1234   /usr/bin/latch-agent
+Size:               1024 kB
+Rss:                 900 kB
+7f0000000000-7f0001001000 rw-s 00000000 00:0e 77     anon_inode:bpf-map
+Size:              16388 kB
+Rss:               16388 kB
+7f0002000000-7f0002001000 r--s 00000000 00:0e 77     anon_inode:bpf-map
+Rss:                   4 kB
+7f0003000000-7f0003100000 rw-p 00000000 00:00 0
+Rss:                 200 kB
+VmFlags: rd wr mr mw me ac
+";
+        assert_eq!(bpf_map_rss_in(smaps), Some(16392));
+        assert_eq!(
+            bpf_map_rss_in("7f-8f rw-s 0 00:0e 77 anon_inode:bpf-map\nRss: x kB\n"),
+            None
+        );
+        assert_eq!(bpf_map_rss_in(""), Some(0));
+    }
 }

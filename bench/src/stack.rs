@@ -21,11 +21,14 @@ use anyhow::{bail, Context, Result};
 use latch_proto::v1::{
     DecideRequest, DecisionKind, ListHostsRequest, RequestState, WatchRequestsRequest,
 };
-use latch_tests::TestCgroup;
+use latch_tests::{
+    postgres::{Durability, Postgres},
+    TestCgroup,
+};
 use serde::Serialize;
 
 use crate::{
-    central_process::{sibling_binary, Access, CentralProcess, Reviewer},
+    central_process::{sibling_binary, Access, CentralProcess, Database, Reviewer},
     process_stats::{self, IdleCpu, Memory},
     Latency, Worker,
 };
@@ -118,9 +121,31 @@ pub struct StackPlan<'a> {
     pub requests: usize,
     /// The quiet interval for idle CPU; no footprint is measured when `None`.
     pub quiet: Option<Duration>,
-    /// Central's database on tmpfs (`/dev/shm`): the same code without the cost of fsync, to
-    /// show how much of the round trip is the database's durability.
-    pub database_on_tmpfs: bool,
+    /// Where central keeps its state.
+    pub database: StackDatabase,
+}
+
+/// Where central keeps its state in a stack run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StackDatabase {
+    /// SQLite in a temporary folder on disk (the default deployment).
+    SqliteDisk,
+    /// SQLite on tmpfs (`/dev/shm`): the same code without the cost of fsync, to show how much
+    /// of the round trip is the database's durability.
+    SqliteTmpfs,
+    /// A PostgreSQL server of its own on loopback, with `fsync` and synchronous commits on.
+    Postgres,
+}
+
+impl StackDatabase {
+    /// How a table names it.
+    pub fn label(self) -> &'static str {
+        match self {
+            StackDatabase::SqliteDisk => "SQLite on disk",
+            StackDatabase::SqliteTmpfs => "SQLite on tmpfs (no fsync)",
+            StackDatabase::Postgres => "PostgreSQL on disk",
+        }
+    }
 }
 
 /// Starts central and the agent, measures them at rest, then the round trip.
@@ -133,9 +158,28 @@ pub fn run(plan: &StackPlan) -> Result<StackResults> {
     let dir = std::env::temp_dir().join(&name);
     let host = format!("bench-{}", std::process::id());
     let tmpfs_db = PathBuf::from("/dev/shm").join(format!("{name}-db"));
+    let pg = match plan.database {
+        StackDatabase::Postgres => Some(
+            Postgres::start_with(Durability::Full).context("starting PostgreSQL for central")?,
+        ),
+        _ => None,
+    };
+    let pg_url = match &pg {
+        Some(pg) => Some(rt.block_on(pg.create_db("latch_bench"))?),
+        None => None,
+    };
+    let signing_key = dir.with_extension("key.pem");
+    let database = match (plan.database, pg_url.as_deref()) {
+        (StackDatabase::SqliteTmpfs, _) => Database::Sqlite(Some(tmpfs_db.as_path())),
+        (_, Some(url)) => Database::Postgres {
+            url,
+            signing_key: &signing_key,
+        },
+        _ => Database::Sqlite(None),
+    };
     let central = CentralProcess::start(
         &dir,
-        plan.database_on_tmpfs.then_some(tmpfs_db.as_path()),
+        database,
         &Access {
             approvers: vec![REVIEWER_TOKEN.into()],
             agents: vec![(host.clone(), AGENT_TOKEN.into())],
@@ -273,12 +317,10 @@ pub fn run(plan: &StackPlan) -> Result<StackResults> {
     drop(agent);
     drop(pin_dir);
     drop(central);
+    drop(pg);
+    let _ = std::fs::remove_file(&signing_key);
     Ok(StackResults {
-        database: if plan.database_on_tmpfs {
-            "SQLite on tmpfs (no fsync)"
-        } else {
-            "SQLite on disk"
-        },
+        database: plan.database.label(),
         footprint,
         round_trip,
         decide_call,

@@ -109,15 +109,25 @@ pub fn print_footprint(r: &Results) {
     let mut t = table(&[
         "process (at rest, example rules)",
         "RSS",
+        "of which own / files / BPF maps",
         "peak RSS",
         "threads",
         "idle CPU (% of a core)",
         "RSS after round trips",
     ]);
     let mib = |k: u64| format!("{:.1} MiB", k as f64 / 1024.0);
+    let parts = |m: &crate::process_stats::Memory| {
+        format!(
+            "{} / {} / {}",
+            mib(m.anon_kib),
+            mib(m.files_kib),
+            mib(m.bpf_maps_kib)
+        )
+    };
     t.add_row([
         "latch-agent".to_string(),
         mib(f.agent.rss_kib),
+        parts(&f.agent),
         mib(f.agent.peak_rss_kib),
         f.agent.threads.to_string(),
         format!(
@@ -129,6 +139,7 @@ pub fn print_footprint(r: &Results) {
     t.add_row([
         "latch-central (one agent)".to_string(),
         mib(f.central.rss_kib),
+        parts(&f.central),
         mib(f.central.peak_rss_kib),
         f.central.threads.to_string(),
         format!(
@@ -152,16 +163,19 @@ pub fn print_fleet(r: &Results) {
         return;
     }
     let mut t = table(&[
+        "database",
         "simulated agents",
         "connect all",
         "central RSS",
         "rule push: first / last agent",
         "decisions/s",
+        "central CPU per decision",
         "decision p50 / p99",
         "central RSS after",
     ]);
     for f in &r.fleet {
         t.add_row([
+            f.database.clone(),
             f.agents.to_string(),
             format!("{:.1} s ({:.0}/s)", f.connect_all_s, f.connects_per_s),
             format!("{:.0} MiB", f.central_connected.rss_mib()),
@@ -170,6 +184,7 @@ pub fn print_fleet(r: &Results) {
                 "{:.0} ({} requests, {} outstanding, {} reviewers)",
                 f.decisions_per_s, f.decisions, f.outstanding, f.reviewers
             ),
+            format!("{:.2} ms", f.central_cpu_ms_per_decision),
             format!(
                 "{} / {}",
                 us(f.decision_latency.p50_us),
@@ -181,16 +196,18 @@ pub fn print_fleet(r: &Results) {
     println!("{t}");
     for f in &r.fleet {
         println!(
-            "target with {} agents: >= 5000 decisions/s ({})",
+            "target with {} agents, {}: >= 5000 decisions/s ({})",
             f.agents,
+            f.database,
             verdict(f.decisions_per_s >= 5000.0)
         );
     }
-    if let Some(big) = r.fleet.iter().find(|f| f.agents >= 10_000) {
+    for big in r.fleet.iter().filter(|f| f.agents >= 10_000) {
         println!(
-            "targets with {} agents: all connected <= 10 s ({}), rule push to all <= 1 s ({}), \
-             central RSS <= 200 MiB ({})",
+            "targets with {} agents, {}: all connected <= 10 s ({}), rule push to all <= 1 s \
+             ({}), central RSS <= 200 MiB ({})",
             big.agents,
+            big.database,
             verdict(big.connect_all_s <= 10.0),
             verdict(big.push_last_ms <= 1000.0),
             verdict(big.central_connected.rss_mib() <= 200.0)

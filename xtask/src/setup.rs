@@ -211,10 +211,11 @@ pub fn setup(for_tests: bool) -> Result<()> {
 }
 
 /// What `cargo xtask bench` uses on top of the build: `perf`, for hardware counters where the
-/// machine has them (the benchmark says when it has none).
+/// machine has them (the benchmark says when it has none), and a PostgreSQL server for central's
+/// figures on PostgreSQL.
 pub fn bench_tools() -> Result<()> {
     if is_debian_like() {
-        apt_install(&["linux-perf"])?;
+        apt_install(&["linux-perf", "postgresql"])?;
     }
     Ok(())
 }
