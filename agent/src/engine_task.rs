@@ -527,8 +527,9 @@ impl State {
                 }
                 self.policy = Some(p);
                 self.rescan();
-                // The previous rule set and the new one's compilation are garbage now.
-                crate::heap::release_freed();
+                // The previous rule set and what compiling the new one took are freed now. Off
+                // this task: trimming walks every allocator arena.
+                tokio::task::spawn_blocking(crate::heap::release_freed);
             }
             Err(e) => {
                 tracing::error!(source = %p.source, "rules not applied, the previous ones stay in force: {e}")

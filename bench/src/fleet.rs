@@ -21,7 +21,7 @@ use latch_proto::v1::{
     DecideRequest, DecisionKind, Destination, ListRequestsRequest, Op, RegisterRequest,
     RequestState, SubscribeRequest, WatchRequestsRequest,
 };
-use latch_tests::postgres::{Durability, Postgres};
+use latch_test_pg::{Durability, Postgres};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_stream::{StreamExt, StreamMap};
@@ -200,7 +200,7 @@ pub enum FleetDatabase {
     Sqlite,
     /// A PostgreSQL server of its own on loopback (`fsync` and synchronous commits on), shared
     /// by this many central replicas. Agents and reviewers are spread over the replicas in
-    /// turn, so most decisions are made on another replica than the one holding the agent's
+    /// turn, so about half of the decisions are made on another replica than the one holding the agent's
     /// stream, and rules are applied through the first.
     Postgres { replicas: usize },
 }
@@ -272,9 +272,13 @@ pub fn run(plan: &FleetPlan) -> Result<FleetResult> {
             let pg = Postgres::start_with(Durability::Full)
                 .context("starting PostgreSQL for central")?;
             let url = rt.block_on(pg.create_db("latch_fleet"))?;
-            let signing_key = dir.with_extension("key.pem");
+            // One key for all replicas, removed with its folder whatever happens.
+            let keys = tempfile::Builder::new()
+                .prefix("latch-bench-keys-")
+                .tempdir()?;
+            let signing_key = keys.path().join("audit-signing-key.pem");
             let mut centrals = Vec::with_capacity(replicas);
-            for r in 0..replicas.max(1) {
+            for r in 0..replicas {
                 centrals.push(CentralProcess::start(
                     &dir.with_extension(format!("replica{r}")),
                     Database::Postgres {
@@ -284,25 +288,22 @@ pub fn run(plan: &FleetPlan) -> Result<FleetResult> {
                     &access,
                 )?);
             }
-            (Some((pg, signing_key)), centrals)
+            (Some((pg, keys)), centrals)
         }
     };
     let result = rt.block_on(measure(&centrals, plan, &reviewer_tokens));
     // Close the agents' connections before central goes, and central before its database.
     drop(rt);
     drop(centrals);
-    if let Some((pg, key)) = pg {
-        drop(pg);
-        let _ = std::fs::remove_file(key);
-    }
+    drop(pg);
     result
 }
 
-/// CPU time of every replica so far.
+/// CPU time of every replica so far, including threads that have ended.
 fn central_cpu(centrals: &[CentralProcess]) -> Result<Duration> {
     centrals
         .iter()
-        .map(|c| process_stats::cpu_time(c.pid()))
+        .map(|c| process_stats::process_cpu_time(c.pid()))
         .sum()
 }
 
@@ -324,7 +325,9 @@ async fn measure(
     reviewer_tokens: &[String],
 ) -> Result<FleetResult> {
     let n = plan.agents;
-    let central = centrals.first().context("no central was started")?;
+    let central = centrals
+        .first()
+        .context("no central was started (0 replicas)")?;
     let v1 = central.apply_rules(&rules(1), &[]).await?;
     let (tx, mut rx) = mpsc::unbounded_channel();
 

@@ -21,10 +21,8 @@ use anyhow::{bail, Context, Result};
 use latch_proto::v1::{
     DecideRequest, DecisionKind, ListHostsRequest, RequestState, WatchRequestsRequest,
 };
-use latch_tests::{
-    postgres::{Durability, Postgres},
-    TestCgroup,
-};
+use latch_test_pg::{Durability, Postgres};
+use latch_tests::TestCgroup;
 use serde::Serialize;
 
 use crate::{
@@ -168,7 +166,11 @@ pub fn run(plan: &StackPlan) -> Result<StackResults> {
         Some(pg) => Some(rt.block_on(pg.create_db("latch_bench"))?),
         None => None,
     };
-    let signing_key = dir.with_extension("key.pem");
+    // Removed with its folder whatever happens.
+    let keys = tempfile::Builder::new()
+        .prefix("latch-bench-keys-")
+        .tempdir()?;
+    let signing_key = keys.path().join("audit-signing-key.pem");
     let database = match (plan.database, pg_url.as_deref()) {
         (StackDatabase::SqliteTmpfs, _) => Database::Sqlite(Some(tmpfs_db.as_path())),
         (_, Some(url)) => Database::Postgres {
@@ -318,7 +320,6 @@ pub fn run(plan: &StackPlan) -> Result<StackResults> {
     drop(pin_dir);
     drop(central);
     drop(pg);
-    let _ = std::fs::remove_file(&signing_key);
     Ok(StackResults {
         database: plan.database.label(),
         footprint,

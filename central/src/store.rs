@@ -8,7 +8,7 @@
 //! retention boundary) and hash-chained ([`crate::chain`]): on PostgreSQL every append takes the
 //! chain head's row lock (`audit_head`) in its transaction, so sequence numbers are dense and
 //! chain order is seq order across replicas; on SQLite the batch of the one writer holds the
-//! head (see [`group_commit`]).
+//! head (see the `group_commit` module).
 
 mod chat;
 mod console;
@@ -698,8 +698,10 @@ impl Store {
     /// Appends one fact to the audit chain inside `tx`. Returns false when an agent record with
     /// the same id was already stored.
     ///
-    /// Takes the chain head's row lock for the rest of `tx`: call it after the transaction's
-    /// other writes, so that appends from every replica serialise briefly and in seq order.
+    /// On PostgreSQL it takes the chain head's row lock for the rest of `tx`: call it after the
+    /// transaction's other writes, so that appends from every replica serialise briefly and in
+    /// seq order. On SQLite the write batch holds the head (read once per batch, written before
+    /// its `COMMIT`).
     pub async fn audit_in(tx: &mut Tx, fact: &AuditFact) -> Result<bool, StoreError> {
         let time = if fact.time_ms == 0 {
             now_ms()
@@ -1073,9 +1075,10 @@ mod tests {
         store.close().await;
     }
 
-    /// The batch holds the chain head: a member that appended and was dropped takes its record
-    /// and its advance of the head with it, and the members around it chain on each other, so
-    /// the stored chain verifies and the head row names its last record.
+    /// The batch holds the chain head: a member that appended and was dropped takes its records
+    /// and its advance of the head with it, and the member after it in the same batch chains
+    /// on the record before it, so the stored chain verifies and the head row names its last
+    /// record.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_dropped_member_leaves_the_batch_chain_intact() {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -1087,40 +1090,53 @@ mod tests {
             actor: actor.into(),
             ..Default::default()
         };
-        // The first member holds the batch open while the others queue behind it.
+        let count = |s: &Store| {
+            let w = s.writer_stats().expect("writer");
+            (
+                w.commits.load(std::sync::atomic::Ordering::Relaxed),
+                w.transactions.load(std::sync::atomic::Ordering::Relaxed),
+                w.abandoned.load(std::sync::atomic::Ordering::Relaxed),
+            )
+        };
+        let before = count(&store);
+        // The first member holds the batch open while the other two queue for the connection,
+        // in this order, ahead of the commit that the first member's commit starts.
         let mut first = store.begin().await.expect("begin");
         Store::audit_in(&mut first, &fact("first"))
             .await
             .expect("append");
-        let (queued_tx, queued) = tokio::sync::oneshot::channel();
-        let others = {
+        let dropped = {
             let store = store.clone();
             tokio::spawn(async move {
-                let _ = queued_tx.send(());
-                let mut dropped = store.begin().await.expect("begin");
-                Store::audit_in(&mut dropped, &fact("dropped"))
+                let mut tx = store.begin().await.expect("begin");
+                Store::audit_in(&mut tx, &fact("dropped"))
                     .await
                     .expect("append");
-                Store::audit_in(&mut dropped, &fact("dropped too"))
+                Store::audit_in(&mut tx, &fact("dropped too"))
                     .await
                     .expect("append");
-                drop(dropped);
-                let mut last = store.begin().await.expect("begin");
-                Store::audit_in(&mut last, &fact("last"))
-                    .await
-                    .expect("append");
-                last.commit().await.expect("commit last");
             })
         };
-        queued.await.expect("started");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let last = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut tx = store.begin().await.expect("begin");
+                Store::audit_in(&mut tx, &fact("last"))
+                    .await
+                    .expect("append");
+                tx.commit().await.expect("commit last");
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
         first.commit().await.expect("commit first");
-        others.await.expect("join");
-        let stats = store.writer_stats().expect("writer");
+        dropped.await.expect("join");
+        last.await.expect("join");
+        let after = count(&store);
         assert_eq!(
-            stats.abandoned.load(std::sync::atomic::Ordering::Relaxed),
-            1,
-            "the dropped member was not in the batch"
+            (after.0 - before.0, after.1 - before.1, after.2 - before.2),
+            (1, 2, 1),
+            "not one batch of the first and last members with the dropped one undone"
         );
         let rows: Vec<(i64, String)> =
             sqlx::query("SELECT seq, actor FROM audit WHERE kind = 'test.batch' ORDER BY seq")
@@ -1147,6 +1163,43 @@ mod tests {
             .expect("verify");
         assert!(report.ok(), "{:?}", report.findings);
         assert_eq!(hex::encode(head.hash), report.head_hash);
+        store.close().await;
+    }
+
+    /// A batch that SQLite rolled back by itself (as after a full disk) fails its members and
+    /// leaves the head row where it was: the next append chains onto the last stored record.
+    #[tokio::test]
+    async fn a_batch_rolled_back_under_it_does_not_move_the_head() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(&url(&dir.path().join("central.db")), 4)
+            .await
+            .expect("open");
+        write_one(&store).await;
+        let mut tx = store.begin().await.expect("begin");
+        Store::audit_in(
+            &mut tx,
+            &AuditFact {
+                kind: "test.lost".into(),
+                actor: "test".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("append");
+        // What SQLite does on its own after some errors.
+        sqlx::query("ROLLBACK")
+            .execute(&mut *tx)
+            .await
+            .expect("roll back under the batch");
+        assert!(tx.commit().await.is_err(), "a rolled-back batch committed");
+        write_one(&store).await;
+        let head = store.audit_head().await.expect("head");
+        assert_eq!(head.seq, 2, "the head moved onto the lost record");
+        let report = crate::audit::verify_store(&store, Vec::new(), |_| {})
+            .await
+            .expect("verify");
+        assert!(report.ok(), "{:?}", report.findings);
+        assert_eq!(report.records, 2);
         store.close().await;
     }
 

@@ -31,7 +31,6 @@ use latch_agent::{
 pub mod browser;
 pub mod daemon;
 pub mod neighbour;
-pub mod postgres;
 pub mod program;
 pub mod stack;
 

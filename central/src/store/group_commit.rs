@@ -195,19 +195,37 @@ impl Slot {
         let members = batch.members;
         let head = std::mem::take(&mut self.head);
         if let (Some(h), true) = (head.head, head.advanced) {
+            // Only onto a record this transaction still holds: if SQLite had rolled the batch
+            // back by itself (a full disk), the head must not name records that are gone, or
+            // every later append would chain onto nothing.
             let written = match self.conn() {
-                Ok(conn) => sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
-                    .bind(h.seq)
-                    .bind(hex::encode(h.hash))
-                    .execute(conn)
-                    .await
-                    .map(|_| ()),
+                Ok(conn) => sqlx::query(
+                    "UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1
+                       AND EXISTS (SELECT 1 FROM audit WHERE seq = $1 AND hash = $2)",
+                )
+                .bind(h.seq)
+                .bind(hex::encode(h.hash))
+                .execute(conn)
+                .await
+                .map(|r| r.rows_affected()),
                 Err(e) => Err(e),
             };
-            if let Err(e) = written {
-                self.fail(format!("writing the audit chain head failed: {e}"))
+            match written {
+                Ok(1) => {}
+                Ok(_) => {
+                    self.fail(format!(
+                        "the audit chain head cannot move to seq {}: the batch no longer holds \
+                         that record",
+                        h.seq
+                    ))
                     .await;
-                return;
+                    return;
+                }
+                Err(e) => {
+                    self.fail(format!("writing the audit chain head failed: {e}"))
+                        .await;
+                    return;
+                }
             }
         }
         let started = std::time::Instant::now();

@@ -18,7 +18,7 @@ use latch_proto::v1::{
 };
 use tonic::{transport::Channel, Request, Streaming};
 
-pub use latch_tests::postgres::Postgres;
+pub use latch_test_pg::Postgres;
 
 /// A safety net against a hung test, never a performance threshold.
 pub const HANG: Duration = Duration::from_secs(120);

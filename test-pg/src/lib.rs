@@ -3,17 +3,30 @@
 //!
 //! Tests run it without `fsync` (they check behaviour, not durability); a benchmark asks for
 //! [`Durability::Full`] so that its figures include the cost a production server pays.
+//!
+//! Owns: starting, addressing and stopping such a server. Must not: know Latch's schema or
+//! anything a test checks; depend on the kernel harness (`latch-tests`), so that central's tests
+//! build without the eBPF toolchain.
 
 use std::{
     net::TcpListener,
-    path::Path,
+    path::{Path, PathBuf},
     process::{Command, Output},
 };
 
-/// Where Debian's `postgresql` package puts the server's programs.
-pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+/// Where Debian's `postgresql` packages put the servers' programs, one folder per version.
+pub const PG_LIB: &str = "/usr/lib/postgresql";
 
-/// Set to `1` to skip what needs PostgreSQL when its binaries are missing, on purpose.
+/// The programs of the newest PostgreSQL installed under [`PG_LIB`].
+pub fn bin_dir() -> Option<PathBuf> {
+    let newest = std::fs::read_dir(PG_LIB)
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .max()?;
+    Some(Path::new(PG_LIB).join(newest.to_string()).join("bin"))
+}
+
+/// Set to `1` to skip the tests that need PostgreSQL, on purpose ([`Postgres::start`] says so).
 pub const SKIP_VARIABLE: &str = "LATCH_SKIP_POSTGRES";
 
 /// How the server treats its write-ahead log.
@@ -29,10 +42,7 @@ pub enum Durability {
 /// Why a server could not be started.
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {
-    #[error(
-        "PostgreSQL binaries not found in {PG_BIN}: install Debian package `postgresql` (or set \
-         {SKIP_VARIABLE}=1 to skip what needs it)"
-    )]
+    #[error("PostgreSQL binaries not found under {PG_LIB}/VERSION/bin: install Debian package `postgresql`")]
     Missing,
     #[error("{what} failed: {detail}")]
     Command { what: String, detail: String },
@@ -40,9 +50,9 @@ pub enum PgError {
     Io(#[from] std::io::Error),
 }
 
-/// A PostgreSQL binary, run as the `postgres` user when we are root (PostgreSQL refuses root).
-fn pg_command(bin: &str) -> Command {
-    let path = Path::new(PG_BIN).join(bin);
+/// A PostgreSQL program, run as the `postgres` user when we are root (PostgreSQL refuses root).
+fn pg_command(bin_dir: &Path, bin: &str) -> Command {
+    let path = bin_dir.join(bin);
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
         let mut c = Command::new("runuser");
@@ -64,6 +74,7 @@ fn output_text(o: &Output) -> String {
 /// A running server, stopped and deleted on drop.
 pub struct Postgres {
     dir: tempfile::TempDir,
+    bin: PathBuf,
     /// Its port on 127.0.0.1.
     pub port: u16,
 }
@@ -83,15 +94,16 @@ impl Postgres {
         }
         match Self::start_with(Durability::Tests) {
             Ok(pg) => Some(pg),
-            Err(e) => panic!("{e}"),
+            Err(e) => panic!("{e} (or set {SKIP_VARIABLE}=1 to skip what needs it)"),
         }
     }
 
     /// Starts a server with the given durability.
     pub fn start_with(durability: Durability) -> Result<Postgres, PgError> {
-        if !Path::new(PG_BIN).join("initdb").exists() {
-            return Err(PgError::Missing);
-        }
+        let bin = match bin_dir() {
+            Some(b) if b.join("initdb").exists() => b,
+            _ => return Err(PgError::Missing),
+        };
         let dir = tempfile::Builder::new().prefix("latch-pg-").tempdir()?;
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } == 0 {
@@ -107,7 +119,7 @@ impl Postgres {
             }
         }
         let data = dir.path().join("data");
-        let out = pg_command("initdb")
+        let out = pg_command(&bin, "initdb")
             .arg("-D")
             .arg(&data)
             .args(["-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8"])
@@ -130,7 +142,7 @@ impl Postgres {
                 "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200{fsync}",
                 dir.path().display()
             );
-            let st = pg_command("pg_ctl")
+            let st = pg_command(&bin, "pg_ctl")
                 .arg("-D")
                 .arg(&data)
                 .args(["-o", &opts, "-w", "-l"])
@@ -138,7 +150,7 @@ impl Postgres {
                 .arg("start")
                 .output()?;
             if st.status.success() {
-                return Ok(Postgres { dir, port });
+                return Ok(Postgres { dir, bin, port });
             }
             last = std::fs::read_to_string(dir.path().join("log")).unwrap_or_default();
             eprintln!("pg_ctl start on port {port} failed: {last}");
@@ -167,7 +179,7 @@ impl Postgres {
 
 impl Drop for Postgres {
     fn drop(&mut self) {
-        let _ = pg_command("pg_ctl")
+        let _ = pg_command(&self.bin, "pg_ctl")
             .arg("-D")
             .arg(self.dir.path().join("data"))
             .args(["-m", "immediate", "-w", "stop"])
