@@ -16,6 +16,7 @@ use latch_proto::v1::{
     agent_service_client::AgentServiceClient, reviewer_service_client::ReviewerServiceClient,
     ApplyRulesRequest,
 };
+use latch_test_pg::{Durability, Postgres};
 use tonic::{
     metadata::{Ascii, MetadataValue},
     service::interceptor::InterceptedService,
@@ -79,14 +80,49 @@ pub struct Access {
 }
 
 /// Where a central keeps its state.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub enum Database<'a> {
     /// SQLite in the central's own directory, or in this folder when given (created afresh and
     /// removed on drop).
     Sqlite(Option<&'a Path>),
     /// PostgreSQL at this URL, possibly shared with other replicas, which then need the same
     /// audit signing key (`signing_key`, created by the first to start).
-    Postgres { url: &'a str, signing_key: &'a Path },
+    Postgres { url: &'a str, signing_key: PathBuf },
+}
+
+/// A PostgreSQL server of the bench's own with a database for central and the audit signing
+/// key its replicas share; the server stops and the key goes when it is dropped (after the
+/// centrals that use it).
+pub struct SharedPostgres {
+    _server: Postgres,
+    keys: tempfile::TempDir,
+    url: String,
+}
+
+impl SharedPostgres {
+    /// Starts a server with the defaults a production one has (`fsync`, synchronous commits)
+    /// and creates database `db` on it.
+    pub fn start(rt: &tokio::runtime::Runtime, db: &str) -> Result<SharedPostgres> {
+        let server =
+            Postgres::start_with(Durability::Full).context("starting PostgreSQL for central")?;
+        let url = rt.block_on(server.create_db(db))?;
+        let keys = tempfile::Builder::new()
+            .prefix("latch-bench-keys-")
+            .tempdir()?;
+        Ok(SharedPostgres {
+            _server: server,
+            keys,
+            url,
+        })
+    }
+
+    /// What a central started with it uses.
+    pub fn database(&self) -> Database<'_> {
+        Database::Postgres {
+            url: &self.url,
+            signing_key: self.keys.path().join("audit-signing-key.pem"),
+        }
+    }
 }
 
 /// A running `latch-central` with its state directory.
@@ -104,8 +140,8 @@ impl CentralProcess {
     /// Writes a configuration into `dir` (created afresh) and starts the service; returns once
     /// it accepts connections.
     pub fn start(dir: &Path, database: Database, access: &Access) -> Result<CentralProcess> {
-        let database_dir = match database {
-            Database::Sqlite(d) => d,
+        let database_dir = match &database {
+            Database::Sqlite(d) => *d,
             Database::Postgres { .. } => None,
         };
         for d in std::iter::once(dir).chain(database_dir) {

@@ -21,13 +21,12 @@ use latch_proto::v1::{
     DecideRequest, DecisionKind, Destination, ListRequestsRequest, Op, RegisterRequest,
     RequestState, SubscribeRequest, WatchRequestsRequest,
 };
-use latch_test_pg::{Durability, Postgres};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_stream::{StreamExt, StreamMap};
 
 use crate::{
-    central_process::{Access, Agent, Bearer, CentralProcess, Database, Reviewer},
+    central_process::{Access, Agent, Bearer, CentralProcess, Database, Reviewer, SharedPostgres},
     process_stats::{self, Memory},
     Latency,
 };
@@ -269,26 +268,16 @@ pub fn run(plan: &FleetPlan) -> Result<FleetResult> {
             )?],
         ),
         FleetDatabase::Postgres { replicas } => {
-            let pg = Postgres::start_with(Durability::Full)
-                .context("starting PostgreSQL for central")?;
-            let url = rt.block_on(pg.create_db("latch_fleet"))?;
-            // One key for all replicas, removed with its folder whatever happens.
-            let keys = tempfile::Builder::new()
-                .prefix("latch-bench-keys-")
-                .tempdir()?;
-            let signing_key = keys.path().join("audit-signing-key.pem");
+            let pg = SharedPostgres::start(&rt, "latch_fleet")?;
             let mut centrals = Vec::with_capacity(replicas);
             for r in 0..replicas {
                 centrals.push(CentralProcess::start(
                     &dir.with_extension(format!("replica{r}")),
-                    Database::Postgres {
-                        url: &url,
-                        signing_key: &signing_key,
-                    },
+                    pg.database(),
                     &access,
                 )?);
             }
-            (Some((pg, keys)), centrals)
+            (Some(pg), centrals)
         }
     };
     let result = rt.block_on(measure(&centrals, plan, &reviewer_tokens));
@@ -303,7 +292,7 @@ pub fn run(plan: &FleetPlan) -> Result<FleetResult> {
 fn central_cpu(centrals: &[CentralProcess]) -> Result<Duration> {
     centrals
         .iter()
-        .map(|c| process_stats::process_cpu_time(c.pid()))
+        .map(|c| process_stats::stat_time(c.pid()))
         .sum()
 }
 

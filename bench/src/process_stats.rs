@@ -107,11 +107,7 @@ fn schedstat_time(pid: u32) -> Option<Duration> {
 
 /// CPU time of a process so far from `/proc/PID/stat` (`utime + stime`, in clock ticks): it
 /// keeps the time of threads that have ended, which a sum over the living threads loses.
-pub fn process_cpu_time(pid: u32) -> Result<Duration> {
-    stat_time(pid)
-}
-
-fn stat_time(pid: u32) -> Result<Duration> {
+pub fn stat_time(pid: u32) -> Result<Duration> {
     let path = format!("/proc/{pid}/stat");
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     // The command name (field 2) may hold spaces and parentheses: count from the last ')'.

@@ -21,12 +21,11 @@ use anyhow::{bail, Context, Result};
 use latch_proto::v1::{
     DecideRequest, DecisionKind, ListHostsRequest, RequestState, WatchRequestsRequest,
 };
-use latch_test_pg::{Durability, Postgres};
 use latch_tests::TestCgroup;
 use serde::Serialize;
 
 use crate::{
-    central_process::{sibling_binary, Access, CentralProcess, Database, Reviewer},
+    central_process::{sibling_binary, Access, CentralProcess, Database, Reviewer, SharedPostgres},
     process_stats::{self, IdleCpu, Memory},
     Latency, Worker,
 };
@@ -157,26 +156,12 @@ pub fn run(plan: &StackPlan) -> Result<StackResults> {
     let host = format!("bench-{}", std::process::id());
     let tmpfs_db = PathBuf::from("/dev/shm").join(format!("{name}-db"));
     let pg = match plan.database {
-        StackDatabase::Postgres => Some(
-            Postgres::start_with(Durability::Full).context("starting PostgreSQL for central")?,
-        ),
+        StackDatabase::Postgres => Some(SharedPostgres::start(&rt, "latch_bench")?),
         _ => None,
     };
-    let pg_url = match &pg {
-        Some(pg) => Some(rt.block_on(pg.create_db("latch_bench"))?),
-        None => None,
-    };
-    // Removed with its folder whatever happens.
-    let keys = tempfile::Builder::new()
-        .prefix("latch-bench-keys-")
-        .tempdir()?;
-    let signing_key = keys.path().join("audit-signing-key.pem");
-    let database = match (plan.database, pg_url.as_deref()) {
+    let database = match (plan.database, &pg) {
         (StackDatabase::SqliteTmpfs, _) => Database::Sqlite(Some(tmpfs_db.as_path())),
-        (_, Some(url)) => Database::Postgres {
-            url,
-            signing_key: &signing_key,
-        },
+        (_, Some(pg)) => pg.database(),
         _ => Database::Sqlite(None),
     };
     let central = CentralProcess::start(
