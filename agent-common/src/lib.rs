@@ -75,6 +75,11 @@ pub enum Op {
     /// A 32-bit system call by a watched task on the tracepoint backend, which ends the task;
     /// the event's `target` is the call's (32-bit) number. Never held.
     Syscall32 = 6,
+    /// A watched task made a process that shares its descriptor table or its memory (`clone`
+    /// with `CLONE_FILES`, or `CLONE_VM` without `CLONE_VFORK`, and without `CLONE_THREAD`) on
+    /// the tracepoint backend, which ends the task; the event's `target` is the new process's
+    /// tgid. Never held.
+    Shared = 7,
 }
 
 impl Op {
@@ -87,6 +92,7 @@ impl Op {
             4 => Some(Self::Debug),
             5 => Some(Self::Move),
             6 => Some(Self::Syscall32),
+            7 => Some(Self::Shared),
             _ => None,
         }
     }
@@ -183,6 +189,29 @@ pub const ARGS_DENY_RULE: u32 = u32::MAX - 2;
 /// Whether a kernel rule id holds an exec for the agent to decide on its arguments.
 pub const fn is_args_rule(rule_id: u32) -> bool {
     rule_id == ARGS_RULE || rule_id == ARGS_DENY_RULE
+}
+
+/// `clone` flags (`include/uapi/linux/sched.h`).
+pub mod clone_flags {
+    /// The memory is shared.
+    pub const VM: u64 = 0x100;
+    /// The descriptor table is shared.
+    pub const FILES: u64 = 0x400;
+    /// The maker waits until the child execs or exits.
+    pub const VFORK: u64 = 0x4000;
+    /// A thread of the maker's process.
+    pub const THREAD: u64 = 0x10000;
+}
+
+/// Whether a task made with these `clone` flags is another process that shares its maker's
+/// descriptor table, or its memory while the maker runs on (`vfork`'s maker waits until the
+/// child execs or exits). On the tracepoint backend, a watched task that makes one is ended.
+pub const fn clone_shares(flags: u64) -> bool {
+    use clone_flags::*;
+    if flags & THREAD != 0 {
+        return false;
+    }
+    flags & FILES != 0 || (flags & VM != 0 && flags & VFORK == 0)
 }
 
 /// `-ERESTARTNOINTR`: makes the kernel run the system call again after the stop.
@@ -682,6 +711,9 @@ pub enum Counter {
     /// A thread watched by its lineage alone made a socket the egress backstop decides, and
     /// the socket could not be recorded (`SOCK_LINEAGE` full): the socket was refused.
     SockLineageFull = 35,
+    /// A watched task made a process sharing its descriptor table or memory on the tracepoint
+    /// backend, and was ended.
+    ShareKilled = 36,
 }
 
 /// Number of slots in [`COUNTERS`](maps::COUNTERS).
@@ -715,7 +747,7 @@ size_check! {
 
 // The LPM trie key (u32 prefix length + data) must fit the kernel's 256-byte data limit.
 const _: () = assert!(core::mem::size_of::<ExecPrefixData>() <= 256);
-const _: () = assert!((COUNTER_SLOTS as usize) > Counter::SockLineageFull as usize);
+const _: () = assert!((COUNTER_SLOTS as usize) > Counter::ShareKilled as usize);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -750,5 +782,30 @@ impl Event {
         // SAFETY: length checked above; `Event` is plain old data, so any bytes are a valid
         // value, and `read_unaligned` makes no alignment assumption about the ring buffer.
         Some(unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<Self>()) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_another_process_sharing_the_table_or_running_memory_is_refused() {
+        use clone_flags::*;
+        const SIGCHLD: u64 = 17;
+        const SIGHAND: u64 = 0x800;
+        // (flags, shares)
+        let table = [
+            (SIGCHLD, false),                               // fork
+            (VM | VFORK | SIGCHLD, false),                  // vfork, posix_spawn
+            (FILES | SIGCHLD, true),                        // the table alone
+            (VM | SIGCHLD, true),                           // memory, its maker runs on
+            (VM | VFORK | FILES | SIGCHLD, true),           // vfork with the table
+            (VM | FILES | SIGHAND | THREAD, false),         // a thread
+            (VM | FILES | SIGHAND | THREAD | VFORK, false), // a thread, however made
+        ];
+        for (flags, want) in table {
+            assert_eq!(clone_shares(flags), want, "{flags:#x}");
+        }
     }
 }

@@ -39,9 +39,13 @@
 //!   ancestors, so a move below a watched cgroup gives a lineage too; `fork_raw` replaces
 //!   `fork` there, and tells a child started in another cgroup (`CLONE_INTO_CGROUP`).
 //! - `map_lsm`, `mprotect_lsm` (LSM backend: `mmap_file`, `file_mprotect`) and `map_tp`
-//!   (tracepoint backend: `syscalls:sys_enter_mmap`): a program a rule refuses or holds, mapped
-//!   for execution without an exec (the dynamic loader run as a program), is refused, or its
-//!   task ended.
+//!   (tracepoint backend: `syscalls:sys_enter_mmap`; `map_kp`, `mprotect_kp` on
+//!   `security_mmap_file`, `security_file_mprotect` in its place where kprobes work): a program
+//!   a rule refuses or holds, mapped for execution without an exec (the dynamic loader run as a
+//!   program, or a mapping made executable by `mprotect`), is refused, or its task ended.
+//! - `fork_share` (tracepoint backend: `task:task_newtask`): a watched task that makes a
+//!   process sharing its descriptor table or memory (other than by `vfork`) is ended, so that
+//!   what a call completed for a task ended at its entry is left to no process that runs.
 //! - `socket_lsm` (LSM backend: `socket_create`) and `socket_tp`, `uring_tp` (tracepoint
 //!   backend: `syscalls:sys_enter_socket`, `io_uring:io_uring_submit_req`): no `AF_PACKET`
 //!   socket for a watched task, whether made by `socket()` or submitted to io_uring.
@@ -74,6 +78,7 @@ mod pause;
 mod report;
 mod scope;
 mod scratch;
+mod shared;
 mod sock_lineage;
 mod stop;
 
@@ -163,6 +168,14 @@ pub fn fork(ctx: TracePointContext) -> u32 {
 #[raw_tracepoint(tracepoint = "sched_process_fork")]
 pub fn fork_raw(ctx: RawTracePointContext) -> i32 {
     lineage::on_fork_raw(&ctx);
+    0
+}
+
+/// Tracepoint backend: `task:task_newtask` as a raw tracepoint; a watched task that makes a
+/// process sharing its descriptor table or memory is ended.
+#[raw_tracepoint(tracepoint = "task_newtask")]
+pub fn fork_share(ctx: RawTracePointContext) -> i32 {
+    shared::on_new_task(&ctx);
     0
 }
 
@@ -302,6 +315,29 @@ pub fn debug_kp(ctx: ProbeContext) -> u32 {
 #[tracepoint]
 pub fn map_tp(ctx: TracePointContext) -> u32 {
     mapped::on_mmap_enter(&ctx);
+    0
+}
+
+/// Tracepoint backend where kprobes work: the entry of `security_mmap_file(file, prot, flags)`.
+#[kprobe]
+pub fn map_kp(ctx: ProbeContext) -> u32 {
+    let (Some(file), Some(prot)) = (ctx.arg::<*const u8>(0), ctx.arg::<u64>(1)) else {
+        counters::bump(counters::Counter::FieldUnreadable);
+        return 0;
+    };
+    mapped::on_mmap_file(file, prot);
+    0
+}
+
+/// Tracepoint backend where kprobes work: the entry of `security_file_mprotect(vma, reqprot,
+/// prot)`.
+#[kprobe]
+pub fn mprotect_kp(ctx: ProbeContext) -> u32 {
+    let (Some(vma), Some(prot)) = (ctx.arg::<*const u8>(0), ctx.arg::<u64>(2)) else {
+        counters::bump(counters::Counter::FieldUnreadable);
+        return 0;
+    };
+    mapped::on_file_mprotect(vma, prot);
     0
 }
 

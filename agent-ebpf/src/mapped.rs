@@ -6,7 +6,10 @@
 //! (`mmap_file`, `file_mprotect`); on the tracepoint backend, by ending the task at the entry
 //! of an `mmap` with `PROT_EXEC` of such a file (a tracepoint cannot refuse, and kernels
 //! without BPF LSM often lack kprobes too); a readable mapping under the `READ_IMPLIES_EXEC`
-//! personality is an executable one there too. `mprotect` is seen by the LSM backend only. A
+//! personality is an executable one there too. Where the kernel has kprobes, the tracepoint
+//! backend probes the two LSM entry points instead (`security_mmap_file`,
+//! `security_file_mprotect`), so that it decides on the file the kernel maps and sees `mprotect`;
+//! without kprobes it sees `mmap` at its entry and not `mprotect`. A
 //! mapping cannot wait for a reviewer, so a held program is refused: it runs only by an exec,
 //! which is held.
 //!
@@ -113,6 +116,28 @@ fn fd_file(fd: u64) -> *const u8 {
     }
     let table = identity::ptr_at(fdt, o.fdt_fd);
     identity::ptr_at(table, (fd as usize) * core::mem::size_of::<usize>())
+}
+
+/// Tracepoint backend, where kprobes work: the entry of `security_mmap_file(file, prot, flags)`,
+/// which every mapping of a file passes with the file the kernel maps (not the descriptor as it
+/// was when the system call began, which another thread may `dup2` over meanwhile). The
+/// mapping completes; the task is ended before it returns to user space.
+#[inline(always)]
+pub fn on_mmap_file(file: *const u8, prot: u64) {
+    let prot = prot | implied_exec(prot);
+    if refused(file, prot) {
+        pause::kill_current();
+    }
+}
+
+/// Tracepoint backend, where kprobes work: the entry of `security_file_mprotect(vma, reqprot,
+/// prot)`, once for each mapping a `mprotect` changes, with `prot` as the kernel will apply it
+/// (`READ_IMPLIES_EXEC` included): a program mapped readable and then made executable.
+#[inline(always)]
+pub fn on_file_mprotect(vma: *const u8, prot: u64) {
+    if refused(vma_file(vma), prot) {
+        pause::kill_current();
+    }
 }
 
 /// The file of a `struct vm_area_struct *` (null for an anonymous mapping).

@@ -283,6 +283,7 @@ pub fn judge(f: Facts) -> Report {
             ),
         },
     });
+    let hooked = |h: &str| f.hooks.iter().any(|x| x == h);
     g.push(match (loaded, f.backend) {
         (false, _) => Guarantee {
             name: "debugging",
@@ -297,7 +298,16 @@ pub fn judge(f: Facts) -> Report {
                   pidfd_getfd) is refused"
                 .into(),
         },
-        (true, _) if f.hooks.iter().any(|h| h == "debug-kp") => Guarantee {
+        (true, _) if hooked("debug-kp") && hooked("fork-share") => Guarantee {
+            name: "debugging",
+            verdict: Verdict::Enforced,
+            why: "tracepoint backend: a watched task is ended when it asks to attach to another \
+                  process (ptrace, /proc/PID/mem, process_vm_readv/writev, pidfd_getfd: a \
+                  kprobe on ptrace_may_access); the call completes and the task does not \
+                  return from it, and no other process shares its descriptor table"
+                .into(),
+        },
+        (true, _) if hooked("debug-kp") => Guarantee {
             name: "debugging",
             verdict: Verdict::Degraded,
             why: "tracepoint backend: a watched task is ended when it asks to attach to another \
@@ -318,6 +328,48 @@ pub fn judge(f: Facts) -> Report {
     });
     g.push(match (loaded, f.backend) {
         (false, _) => Guarantee {
+            name: "mappings",
+            verdict: Verdict::Unsupported,
+            why: not_loaded(""),
+        },
+        (true, Some(Backend::Lsm)) => Guarantee {
+            name: "mappings",
+            verdict: Verdict::Enforced,
+            why: "BPF LSM: a watched task may not map a program that a rule refuses or holds \
+                  for execution (mmap, or mprotect of a readable mapping), so the dynamic \
+                  loader or a loader of its own cannot run it"
+                .into(),
+        },
+        (true, _) if hooked("map-kp") && hooked("mprotect-kp") => Guarantee {
+            name: "mappings",
+            verdict: Verdict::Degraded,
+            why: "tracepoint backend: a watched task that maps a program a rule refuses or \
+                  holds for execution (mmap, or mprotect of a readable mapping: kprobes on \
+                  security_mmap_file and security_file_mprotect, which see the file the kernel \
+                  maps) is ended; the call completes and the task does not return from it, but \
+                  a vfork child's mapping stays in the memory its parent's other threads run"
+                .into(),
+        },
+        (true, _) if hooked("map-kp") => Guarantee {
+            name: "mappings",
+            verdict: Verdict::Degraded,
+            why: "tracepoint backend: mmap of a program a rule refuses or holds ends a watched \
+                  task (a kprobe on security_mmap_file), but security_file_mprotect could not \
+                  be probed: a readable mapping made executable by mprotect is not seen"
+                .into(),
+        },
+        (true, _) => Guarantee {
+            name: "mappings",
+            verdict: Verdict::Degraded,
+            why: "tracepoint backend without kprobes: mmap of a program a rule refuses or holds \
+                  ends a watched task at the system call's entry, by the descriptor it names \
+                  (another thread may replace that descriptor before the kernel maps it), and \
+                  a readable mapping made executable by mprotect is not seen"
+                .into(),
+        },
+    });
+    g.push(match (loaded, f.backend) {
+        (false, _) => Guarantee {
             name: "packet-sockets",
             verdict: Verdict::Unsupported,
             why: not_loaded(""),
@@ -330,12 +382,20 @@ pub fn judge(f: Facts) -> Report {
                   or through io_uring"
                 .into(),
         },
-        (true, _) if f.hooks.iter().any(|h| h == "uring-tp") => Guarantee {
+        (true, _) if hooked("uring-tp") && hooked("fork-share") => Guarantee {
             name: "packet-sockets",
             verdict: Verdict::Enforced,
             why: "tracepoint backend: a watched task that asks for an AF_PACKET socket, by \
-                  socket() or through io_uring, is ended before it can use it (a process \
-                  sharing its descriptor table, CLONE_FILES, keeps the descriptor)"
+                  socket() or through io_uring, is ended before it can use it, and no other \
+                  process shares its descriptor table"
+                .into(),
+        },
+        (true, _) if hooked("uring-tp") => Guarantee {
+            name: "packet-sockets",
+            verdict: Verdict::Degraded,
+            why: "tracepoint backend: a watched task that asks for an AF_PACKET socket, by \
+                  socket() or through io_uring, is ended before it can use it, but a process \
+                  sharing its descriptor table (CLONE_FILES) keeps the descriptor"
                 .into(),
         },
         (true, _) => Guarantee {
@@ -613,6 +673,11 @@ mod tests {
             (Backend::Tracepoint, vec!["ptrace-tp", "debug-kp"], Degraded),
             (
                 Backend::Tracepoint,
+                vec!["ptrace-tp", "debug-kp", "fork-share"],
+                Enforced,
+            ),
+            (
+                Backend::Tracepoint,
                 vec!["ptrace-tp", "vm-read-tp"],
                 Degraded,
             ),
@@ -623,9 +688,11 @@ mod tests {
             let r = judge(f);
             assert_eq!(verdict_of(&r, "debugging"), want, "{backend:?} {hooks:?}");
             let g = r.guarantees.iter().find(|g| g.name == "debugging");
-            let kprobed = hooks.contains(&"debug-kp");
+            // The caveat is said where it applies: the kprobe ends the task, and a process
+            // sharing its descriptor table could have been made.
+            let caveat = hooks.contains(&"debug-kp") && !hooks.contains(&"fork-share");
             assert!(
-                g.is_some_and(|g| g.why.contains("CLONE_FILES") == kprobed),
+                g.is_some_and(|g| g.why.contains("CLONE_FILES") == caveat),
                 "{backend:?} {hooks:?}: {g:?}"
             );
         }
@@ -634,12 +701,54 @@ mod tests {
     }
 
     #[test]
+    fn mappings_are_degraded_on_the_tracepoint_backend_and_say_what_is_not_seen() {
+        use Verdict::*;
+        // (backend, hooks, verdict, a word the reason must carry)
+        let table = [
+            (Backend::Lsm, vec![], Enforced, "BPF LSM"),
+            (
+                Backend::Tracepoint,
+                vec!["map-kp", "mprotect-kp"],
+                Degraded,
+                "vfork",
+            ),
+            (Backend::Tracepoint, vec!["map-kp"], Degraded, "not seen"),
+            (Backend::Tracepoint, vec!["map-tp"], Degraded, "descriptor"),
+            (
+                Backend::Tracepoint,
+                vec!["mprotect-kp"],
+                Degraded,
+                "descriptor",
+            ),
+        ];
+        for (backend, hooks, want, word) in table {
+            let mut f = facts(Ok(()), Some(backend), true);
+            f.hooks = hooks.iter().map(|h| h.to_string()).collect();
+            let r = judge(f);
+            assert_eq!(verdict_of(&r, "mappings"), want, "{backend:?} {hooks:?}");
+            let g = r.guarantees.iter().find(|g| g.name == "mappings");
+            assert!(
+                g.is_some_and(|g| g.why.contains(word)),
+                "{backend:?} {hooks:?}: {g:?}"
+            );
+        }
+        let r = judge(facts(Err("no BTF".into()), None, false));
+        assert_eq!(verdict_of(&r, "mappings"), Unsupported);
+    }
+
+    #[test]
     fn packet_sockets_are_degraded_on_the_tracepoint_backend_without_the_io_uring_event() {
         use Verdict::*;
         // (backend, hooks) → verdict
         let table = [
             (Backend::Lsm, vec![], Enforced),
-            (Backend::Tracepoint, vec!["socket-tp", "uring-tp"], Enforced),
+            (
+                Backend::Tracepoint,
+                vec!["socket-tp", "uring-tp", "fork-share"],
+                Enforced,
+            ),
+            // A process sharing the descriptor table would keep the socket.
+            (Backend::Tracepoint, vec!["socket-tp", "uring-tp"], Degraded),
             (Backend::Tracepoint, vec!["socket-tp"], Degraded),
         ];
         for (backend, hooks, want) in table {

@@ -1561,6 +1561,7 @@ fn recovered_event(op: &PendingOp) -> Option<KernelEvent> {
         debugged: None,
         moved_to: None,
         syscall32: None,
+        shared_with: None,
     })
 }
 
@@ -1619,6 +1620,7 @@ pub fn counter_name(slot: u32) -> Option<&'static str> {
         (Counter::DebugRefused, "debug_refused"),
         (Counter::CompatKilled, "compat_killed"),
         (Counter::SockLineageFull, "sock_lineage_full"),
+        (Counter::ShareKilled, "share_killed"),
     ];
     NAMES
         .iter()

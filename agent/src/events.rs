@@ -117,6 +117,10 @@ pub struct KernelEvent {
     /// table (`ptrace` is 26, `socket` 359 on x86).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub syscall32: Option<u32>,
+    /// A process made sharing the task's descriptor table or memory, which ended the task
+    /// (tracepoint backend): the new process's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_with: Option<u32>,
 }
 
 /// The cgroup a watched thread moved to.
@@ -174,6 +178,7 @@ pub fn op_name(op: Op) -> &'static str {
         Op::Debug => "debug",
         Op::Move => "move",
         Op::Syscall32 => "syscall32",
+        Op::Shared => "shared",
     }
 }
 
@@ -208,7 +213,7 @@ impl KernelEvent {
         let op = Op::from_u8(e.op).ok_or(DecodeError::Op(e.op))?;
         let outcome = Outcome::from_u8(e.outcome).ok_or(DecodeError::Outcome(e.outcome))?;
         let destination = match (op, e.family) {
-            (Op::Exec | Op::Debug | Op::Move | Op::Syscall32, _) => None,
+            (Op::Exec | Op::Debug | Op::Move | Op::Syscall32 | Op::Shared, _) => None,
             (_, family::INET) => {
                 let a = Ipv4Addr::new(e.addr[0], e.addr[1], e.addr[2], e.addr[3]);
                 Some(SocketAddr::new(IpAddr::V4(a), e.port))
@@ -265,6 +270,7 @@ impl KernelEvent {
             packet_socket: e.flags & event_flags::PACKET_SOCKET != 0,
             debugged: (op == Op::Debug).then_some(e.target as u32),
             syscall32: (op == Op::Syscall32).then_some(e.target as u32),
+            shared_with: (op == Op::Shared).then_some(e.target as u32),
             moved_to: (op == Op::Move).then_some(MovedTo {
                 cgroup_id: e.target,
                 path: None,

@@ -11,16 +11,52 @@ use std::{
 /// names), and whatever a test puts beside it.
 pub struct ProgramCopy {
     pub dir: tempfile::TempDir,
+    /// Where the copy and what tests put beside it live: `dir`, or a mount below it.
+    root: PathBuf,
+    /// File systems mounted below `dir`, unmounted (last first) on drop.
+    mounts: Vec<PathBuf>,
 }
 
 impl ProgramCopy {
     /// A new directory (named from `prefix`) with the copy in it.
     pub fn touch(prefix: &str) -> Self {
+        Self::touch_on(prefix, Fs::AsIs)
+    }
+
+    /// As [`touch`](Self::touch), on a file system of the given kind mounted for it (root only
+    /// unless `fs` is [`Fs::AsIs`]).
+    pub fn touch_on(prefix: &str, fs: Fs) -> Self {
         let dir = tempfile::Builder::new()
             .prefix(prefix)
             .tempdir()
             .expect("tempdir");
-        let p = ProgramCopy { dir };
+        let mut p = ProgramCopy {
+            root: dir.path().to_path_buf(),
+            dir,
+            mounts: Vec::new(),
+        };
+        if fs != Fs::AsIs {
+            // A tmpfs first: an overlay's upper layer cannot be another overlay (the VMs'
+            // `/tmp` is one).
+            let base = p.dir.path().to_path_buf();
+            mount(&["-t", "tmpfs", "-o", "size=64m", "latch-test"], &base);
+            p.mounts.push(base.clone());
+            if fs == Fs::Overlay {
+                for d in ["lower", "upper", "work", "merged"] {
+                    std::fs::create_dir(base.join(d)).expect("mkdir");
+                }
+                let opts = format!(
+                    "lowerdir={},upperdir={},workdir={}",
+                    base.join("lower").display(),
+                    base.join("upper").display(),
+                    base.join("work").display()
+                );
+                let merged = base.join("merged");
+                mount(&["-t", "overlay", "-o", &opts, "latch-test"], &merged);
+                p.mounts.push(merged.clone());
+                p.root = merged;
+            }
+        }
         p.copy_of("/usr/bin/touch", "prog");
         p
     }
@@ -32,7 +68,7 @@ impl ProgramCopy {
 
     /// A path in the directory.
     pub fn at(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
+        self.root.join(name)
     }
 
     /// A new executable file with the content of `src` (another inode, another name).
@@ -57,4 +93,33 @@ impl ProgramCopy {
 /// A path as text, for command lines.
 pub fn text_of(p: &Path) -> String {
     p.to_string_lossy().into_owned()
+}
+
+impl Drop for ProgramCopy {
+    fn drop(&mut self) {
+        for m in self.mounts.iter().rev() {
+            let _ = std::process::Command::new("umount").arg(m).status();
+        }
+    }
+}
+
+/// The file system a [`ProgramCopy`] is made on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fs {
+    /// The temporary directory's own.
+    AsIs,
+    /// A tmpfs of its own: a file system whose mappings hold the file itself.
+    Tmpfs,
+    /// An overlay (on a tmpfs): `stat` and an exec see the overlay's file, a mapping holds the
+    /// file of the layer below, as in a container.
+    Overlay,
+}
+
+fn mount(args: &[&str], at: &Path) {
+    let st = std::process::Command::new("mount")
+        .args(args)
+        .arg(at)
+        .status()
+        .expect("run mount");
+    assert!(st.success(), "mount {args:?} on {}: {st}", at.display());
 }

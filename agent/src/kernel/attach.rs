@@ -208,11 +208,36 @@ pub fn attach_all(
             let link = tracepoint(ebpf, "exec", "sched", "sched_process_exec")?;
             p.keep(link, "exec")?;
             guards(ebpf, &mut p, backend)?;
-            // A tracepoint cannot refuse a mapping; it ends the task that makes it.
-            let link = tracepoint(ebpf, "map_tp", "syscalls", "sys_enter_mmap")?;
-            p.keep(link, "map-tp")?;
+            // Neither a tracepoint nor a kprobe can refuse a mapping; they end the task that
+            // makes it. Where kprobes work, the kernel's own entry points give the file it
+            // maps (whatever became of the descriptor meanwhile) and see `mprotect`; the
+            // system call's entry is the fallback, which sees neither.
+            match kprobe(ebpf, "map_kp", "security_mmap_file")? {
+                Ok(link) => {
+                    p.keep(link, "map-kp")?;
+                    match kprobe(ebpf, "mprotect_kp", "security_file_mprotect")? {
+                        Ok(link) => p.keep(link, "mprotect-kp")?,
+                        Err(e) => {
+                            tracing::warn!("a mapping made executable by mprotect is not seen: {e}")
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "mappings are checked at the entry of mmap, by the descriptor it names,                          and mprotect is not seen: {e}"
+                    );
+                    let link = tracepoint(ebpf, "map_tp", "syscalls", "sys_enter_mmap")?;
+                    p.keep(link, "map-tp")?;
+                }
+            }
             let link = tracepoint(ebpf, "socket_tp", "syscalls", "sys_enter_socket")?;
             p.keep(link, "socket-tp")?;
+            // What a call completes for a task ended at its entry must not be left to another
+            // process that shares its descriptor table or memory.
+            p.keep(
+                raw_tracepoint(ebpf, "fork_share", "task_newtask")?,
+                "fork-share",
+            )?;
             // io_uring makes sockets without the socket() system call. The event is
             // `io_uring_submit_sqe` before Linux 6.4, with the same fields where the program
             // reads them. A kernel without either (no io_uring) keeps the check above.

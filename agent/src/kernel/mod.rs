@@ -901,7 +901,7 @@ impl Engine {
                     Some(Op::Exec) => "exec",
                     Some(Op::Connect) => "connect",
                     Some(Op::Sendmsg) => "sendmsg",
-                    Some(Op::Debug | Op::Move | Op::Syscall32) | None => "unknown",
+                    Some(Op::Debug | Op::Move | Op::Syscall32 | Op::Shared) | None => "unknown",
                 }
                 .to_string(),
                 rule_id: p.rule_id,

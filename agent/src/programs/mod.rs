@@ -34,7 +34,8 @@ pub struct Identified {
     pub real: String,
     /// (device in the kernel's `dev_t` encoding, inode): what `stat` reports first, then, where
     /// it differs, with the device of the file's mount (the super block's, which the kernel
-    /// sees; overlayfs and btrfs report others to `stat`).
+    /// sees; overlayfs and btrfs report others to `stat`), and on an overlay the file of the
+    /// layer below that a mapping of it holds (`mprotect` is decided by that file).
     pub ids: Vec<(u32, u64)>,
 }
 
@@ -78,6 +79,22 @@ impl ProgramFiles for HostFiles {
         if let Some(m) = mountinfo::mount_of(&self.mounts, &real) {
             if m.dev != dev {
                 ids.push((m.dev, ino));
+            }
+            // The first layer that has the file holds its data (a copied-up file is in the
+            // upper one). Overlays with `metacopy` keep data lower still: not followed.
+            let below = mountinfo::in_layers(m, &real)
+                .into_iter()
+                .find_map(|p| regular_file_id(&p).map(|id| (p, id)));
+            if let Some((p, (ldev, lino))) = below {
+                let mut more = vec![(ldev, lino)];
+                if let Some(lm) = mountinfo::mount_of(&self.mounts, &p) {
+                    more.push((lm.dev, lino));
+                }
+                for id in more {
+                    if !ids.contains(&id) {
+                        ids.push(id);
+                    }
+                }
             }
         }
         Some(Identified { real, ids })

@@ -13,6 +13,10 @@ pub struct Mount {
     pub dev: u32,
     /// Where it is mounted.
     pub point: String,
+    /// For an overlay, its layers' directories, the upper one first: a mapping of a file of
+    /// the overlay holds the file of the first layer that has it, another inode than the one
+    /// `stat` and an exec see.
+    pub layers: Vec<String>,
 }
 
 /// Undoes mountinfo's octal escapes (`\040` for a space).
@@ -50,11 +54,57 @@ pub fn parse(text: &str) -> Vec<Mount> {
             if major >= 1 << 12 || minor >= 1 << 20 {
                 return None;
             }
+            // Mount options and optional fields, then `-`, the file system type, the source
+            // and the super block's options.
+            let mut tail = f.skip_while(|x| *x != "-").skip(1);
+            let (fstype, _source, options) = (tail.next(), tail.next(), tail.next());
+            let layers = match (fstype, options) {
+                (Some("overlay"), Some(o)) => overlay_layers(o),
+                _ => Vec::new(),
+            };
             Some(Mount {
                 dev: (major << 20) | minor,
                 point: unescape(point),
+                layers,
             })
         })
+        .collect()
+}
+
+/// An overlay's layers from its super block options (`upperdir=U,lowerdir=L1:L2`, in any
+/// order, or `lowerdir+=` once per layer): U, L1, L2. The kernel escapes a comma in a path, so
+/// splitting comes before undoing the escapes.
+fn overlay_layers(options: &str) -> Vec<String> {
+    let mut upper = None;
+    let mut lower = Vec::new();
+    for o in options.split(',') {
+        if let Some(u) = o.strip_prefix("upperdir=") {
+            upper = Some(unescape(u));
+        } else if let Some(l) = o.strip_prefix("lowerdir=") {
+            lower.extend(l.split(':').filter(|d| !d.is_empty()).map(unescape));
+        } else if let Some(l) = o.strip_prefix("lowerdir+=") {
+            lower.push(unescape(l));
+        }
+    }
+    upper.into_iter().chain(lower).collect()
+}
+
+/// The path of `real` in each of `m`'s layers, in the overlay's order (the first that exists
+/// is the one a mapping holds); empty where `m` is no overlay or `real` is not below it.
+pub fn in_layers(m: &Mount, real: &str) -> Vec<String> {
+    let rest = if m.point == "/" {
+        Some(real)
+    } else {
+        real.strip_prefix(m.point.as_str())
+            .filter(|r| r.starts_with('/'))
+    };
+    let Some(rest) = rest else {
+        return Vec::new();
+    };
+    m.layers
+        .iter()
+        .filter(|l| l.starts_with('/'))
+        .map(|l| format!("{}{rest}", l.trim_end_matches('/')))
         .collect()
 }
 
@@ -95,6 +145,39 @@ oops
         assert_eq!(m.len(), 4, "{m:?}");
         assert_eq!(m[3].point, "/my dir", "octal escapes undone");
         assert_eq!(m[3].dev, (259 << 20) | 65_536);
+        let layers: Vec<usize> = m.iter().map(|m| m.layers.len()).collect();
+        assert_eq!(layers, [0, 0, 2, 0], "only the overlay has layers");
+        assert_eq!(m[2].layers, ["/up", "/l1"]);
+    }
+
+    #[test]
+    fn a_file_of_an_overlay_is_found_in_its_layers_in_order() {
+        let info = "\
+31 30 0:48 / /merged rw - overlay ov rw,lowerdir=/l\\0541:/l2,upperdir=/up,workdir=/wk
+32 30 0:49 / / rw - overlay ov rw,upperdir=/u,lowerdir+=/a,lowerdir+=/b
+33 30 0:50 / /ro rw - overlay ov ro,lowerdir=/only
+";
+        let m = parse(info);
+        // (mount, path, paths in the layers)
+        let table: [(usize, &str, &[&str]); 6] = [
+            (
+                0,
+                "/merged/bin/p",
+                &["/up/bin/p", "/l,1/bin/p", "/l2/bin/p"],
+            ),
+            (0, "/merged", &[]),
+            (0, "/mergedx/p", &[]),
+            (
+                1,
+                "/usr/bin/p",
+                &["/u/usr/bin/p", "/a/usr/bin/p", "/b/usr/bin/p"],
+            ),
+            (2, "/ro/p", &["/only/p"]),
+            (2, "/elsewhere/p", &[]),
+        ];
+        for (i, path, want) in table {
+            assert_eq!(in_layers(&m[i], path), want, "{path}");
+        }
     }
 
     #[test]

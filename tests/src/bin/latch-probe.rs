@@ -12,6 +12,9 @@
 //! latch-probe icmp raw|ping ADDR TAG      one ICMP echo request to an IPv4 address carrying TAG,
 //!                                        from a raw socket or an unprivileged ping socket
 //! latch-probe udplite-send ADDR:PORT     sendto() on a UDP-Lite socket
+//! latch-probe packet-udp-shared PORT TAG clone(CLONE_FILES) a second process, then make an
+//!                                        AF_PACKET socket, on which the second one sends a UDP
+//!                                        datagram carrying TAG to 127.0.0.1:PORT
 //! latch-probe bpf-map                    create a small BPF array map with bpf()
 //! latch-probe escape CGROUP ADDR:PORT    move this process into the cgroup directory CGROUP
 //!                                        (its cgroup.procs), then TCP connect()
@@ -23,6 +26,8 @@
 //!                                        the new image the leader's id)
 //! latch-probe map-rie FILE                 map FILE readable only under the READ_IMPLIES_EXEC
 //!                                        personality; report the mapping's permissions
+//! latch-probe map-mprotect FILE          map FILE readable only, then mprotect it to
+//!                                        PROT_READ|PROT_EXEC; report the mapping's permissions
 //! latch-probe leader-gone GO_FILE CGROUP ADDR:PORT
 //!                                        start a second thread; once GO_FILE exists, move into
 //!                                        CGROUP and end the leader alone; the other thread
@@ -411,23 +416,7 @@ fn udplite_send(addr: &str) {
 /// `AF_PACKET` socket through the loopback device: below IP, where no socket hook and no
 /// cgroup `skb` program runs.
 fn packet_udp(port: u16, tag: &str, via: SocketCall) {
-    let data = format!("latch-{tag}");
-    let udp_len = 8 + data.len();
-    let total = 20 + udp_len;
-    let mut pkt = Vec::with_capacity(total);
-    pkt.extend_from_slice(&[0x45, 0]);
-    pkt.extend_from_slice(&(total as u16).to_be_bytes());
-    pkt.extend_from_slice(&[0x4c, 0x54, 0x40, 0, 64, libc::IPPROTO_UDP as u8, 0, 0]);
-    pkt.extend_from_slice(&[127, 0, 0, 1, 127, 0, 0, 1]);
-    let sum = checksum(&pkt);
-    pkt[10..12].copy_from_slice(&sum.to_be_bytes());
-    // UDP: source port, destination port, length, no checksum (allowed over IPv4).
-    pkt.extend_from_slice(&9u16.to_be_bytes());
-    pkt.extend_from_slice(&port.to_be_bytes());
-    pkt.extend_from_slice(&(udp_len as u16).to_be_bytes());
-    pkt.extend_from_slice(&[0, 0]);
-    pkt.extend_from_slice(data.as_bytes());
-    const ETH_P_IP: u16 = 0x0800;
+    let pkt = udp_frame(port, tag);
     // SAFETY: plain system calls on a socket this function owns, with local buffers.
     unsafe {
         let (family, kind, proto) = (libc::AF_PACKET, libc::SOCK_DGRAM, ETH_P_IP.to_be() as i32);
@@ -444,11 +433,7 @@ fn packet_udp(port: u16, tag: &str, via: SocketCall) {
         if fd < 0 {
             return report(Err(std::io::Error::last_os_error()));
         }
-        let mut to: libc::sockaddr_ll = std::mem::zeroed();
-        to.sll_family = libc::AF_PACKET as u16;
-        to.sll_protocol = ETH_P_IP.to_be();
-        to.sll_ifindex = libc::if_nametoindex(c"lo".as_ptr()) as i32;
-        to.sll_halen = 6;
+        let to = loopback_ll();
         send_and_close(
             fd,
             &pkt,
@@ -456,6 +441,120 @@ fn packet_udp(port: u16, tag: &str, via: SocketCall) {
             std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
         )
     }
+}
+
+const ETH_P_IP: u16 = 0x0800;
+
+/// The loopback device as an `AF_PACKET` destination for IPv4.
+fn loopback_ll() -> libc::sockaddr_ll {
+    // SAFETY: a plain C struct, all zeroes valid.
+    let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    to.sll_family = libc::AF_PACKET as u16;
+    to.sll_protocol = ETH_P_IP.to_be();
+    // SAFETY: a constant C string.
+    to.sll_ifindex = unsafe { libc::if_nametoindex(c"lo".as_ptr()) } as i32;
+    to.sll_halen = 6;
+    to
+}
+
+/// The AF_PACKET attack through a process that shares the descriptor table: this process makes
+/// a second one with `clone(CLONE_FILES)` (not a thread) and then makes the `AF_PACKET` socket;
+/// the second one waits for that socket to appear in the table they share and sends the frame
+/// on it. Where the first is ended at its `socket()` call (which still completes), the second
+/// would be left with the socket. Reports the first's socket call and how the second ended.
+fn packet_udp_shared(port: u16, tag: &str) {
+    let pkt = udp_frame(port, tag);
+    let to = loopback_ll();
+    // SAFETY: a new process with its own copy of this one's memory (no CLONE_VM) and this
+    // one's descriptor table; it makes only system calls and ends with `_exit`.
+    let child = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            libc::CLONE_FILES | libc::SIGCHLD,
+            0,
+            0,
+            0,
+            0,
+        )
+    };
+    if child < 0 {
+        return report(Err(std::io::Error::last_os_error()));
+    }
+    if child == 0 {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        while std::time::Instant::now() < deadline {
+            for fd in 3..256 {
+                let mut domain: libc::c_int = 0;
+                let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+                // SAFETY: reads an int option into a local of that size.
+                let r = unsafe {
+                    libc::getsockopt(
+                        fd,
+                        libc::SOL_SOCKET,
+                        libc::SO_DOMAIN,
+                        (&mut domain as *mut libc::c_int).cast(),
+                        &mut len,
+                    )
+                };
+                if r == 0 && domain == libc::AF_PACKET {
+                    // SAFETY: a local buffer and address, on a descriptor of the shared table.
+                    let sent = unsafe {
+                        libc::sendto(
+                            fd,
+                            pkt.as_ptr().cast(),
+                            pkt.len(),
+                            0,
+                            (&to as *const libc::sockaddr_ll).cast(),
+                            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+                        )
+                    };
+                    // SAFETY: ends this process without running the parent's exit handlers.
+                    unsafe { libc::_exit(if sent >= 0 { 0 } else { 1 }) };
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        // SAFETY: as above.
+        unsafe { libc::_exit(3) };
+    }
+    // SAFETY: a plain system call; the descriptor lands in the table both processes share.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM, ETH_P_IP.to_be() as i32) };
+    let made = if fd < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    };
+    let mut status = 0;
+    // SAFETY: waits for the child made above.
+    unsafe { libc::waitpid(child as i32, &mut status, 0) };
+    match made {
+        Ok(()) => println!(
+            "{{\"ok\":true,\"child_exit\":{}}}",
+            libc::WEXITSTATUS(status)
+        ),
+        Err(e) => report(Err(e)),
+    }
+}
+
+/// A UDP datagram to 127.0.0.1:`port` carrying `latch-TAG`, with its IPv4 header.
+fn udp_frame(port: u16, tag: &str) -> Vec<u8> {
+    let data = format!("latch-{tag}");
+    let udp_len = 8 + data.len();
+    let total = 20 + udp_len;
+    let mut pkt = Vec::with_capacity(total);
+    pkt.extend_from_slice(&[0x45, 0]);
+    pkt.extend_from_slice(&(total as u16).to_be_bytes());
+    pkt.extend_from_slice(&[0x4c, 0x54, 0x40, 0, 64, libc::IPPROTO_UDP as u8, 0, 0]);
+    pkt.extend_from_slice(&[127, 0, 0, 1, 127, 0, 0, 1]);
+    let sum = checksum(&pkt);
+    pkt[10..12].copy_from_slice(&sum.to_be_bytes());
+    // UDP: source port, destination port, length, no checksum (allowed over IPv4).
+    pkt.extend_from_slice(&9u16.to_be_bytes());
+    pkt.extend_from_slice(&port.to_be_bytes());
+    pkt.extend_from_slice(&(udp_len as u16).to_be_bytes());
+    pkt.extend_from_slice(&[0, 0]);
+    pkt.extend_from_slice(data.as_bytes());
+    pkt
 }
 
 /// How a socket is asked for.
@@ -682,13 +781,23 @@ fn leader_gone(go: &str, cgroup: &str, addr: SocketAddr) {
     let _ = worker.join();
 }
 
-/// Maps the first page of `file` readable only, under the `READ_IMPLIES_EXEC` personality, and
-/// reports the permissions the kernel gave the mapping (`/proc/self/maps`).
-fn map_read_implies_exec(file: &str) {
+/// How a loader of the workload's own makes a readable mapping of a file executable without
+/// asking `mmap` for `PROT_EXEC`.
+#[derive(Clone, Copy, PartialEq)]
+enum MapThen {
+    /// The `READ_IMPLIES_EXEC` personality, set before the mapping.
+    ReadImpliesExec,
+    /// `mprotect(PROT_READ | PROT_EXEC)` after it.
+    Mprotect,
+}
+
+/// Maps the first page of `file` readable only, makes it executable as `how` says, and reports
+/// the permissions the kernel gave the mapping (`/proc/self/maps`).
+fn map_then(file: &str, how: MapThen) {
     use std::os::fd::AsRawFd;
     const READ_IMPLIES_EXEC: libc::c_ulong = 0x0400000;
     // SAFETY: sets this process's personality flags only.
-    if unsafe { libc::personality(READ_IMPLIES_EXEC) } == -1 {
+    if how == MapThen::ReadImpliesExec && unsafe { libc::personality(READ_IMPLIES_EXEC) } == -1 {
         return report(Err(std::io::Error::last_os_error()));
     }
     let f = match std::fs::File::open(file) {
@@ -707,6 +816,12 @@ fn map_read_implies_exec(file: &str) {
         )
     };
     if at == libc::MAP_FAILED {
+        return report(Err(std::io::Error::last_os_error()));
+    }
+    // SAFETY: changes the protection of the page mapped above, which nothing else uses.
+    if how == MapThen::Mprotect
+        && unsafe { libc::mprotect(at, 4096, libc::PROT_READ | libc::PROT_EXEC) } != 0
+    {
         return report(Err(std::io::Error::last_os_error()));
     }
     let start = format!("{:x}-", at as usize);
@@ -939,6 +1054,13 @@ fn main() {
         };
         return icmp(how, addr, tag);
     }
+    if args.get(1).map(String::as_str) == Some("packet-udp-shared") {
+        let (Some(Ok(port)), Some(tag)) = (args.get(2).map(|p| p.parse()), args.get(3)) else {
+            eprintln!("usage: latch-probe packet-udp-shared PORT TAG");
+            std::process::exit(2);
+        };
+        return packet_udp_shared(port, tag);
+    }
     if let Some(how @ ("packet-udp" | "packet-udp-32" | "packet-udp-uring" | "packet-udp-sqpoll")) =
         args.get(1).map(String::as_str)
     {
@@ -983,12 +1105,17 @@ fn main() {
         };
         return moved(cgroup, &args[3..]);
     }
-    if args.get(1).map(String::as_str) == Some("map-rie") {
-        let Some(file) = args.get(2) else {
-            eprintln!("usage: latch-probe map-rie FILE");
-            std::process::exit(2);
-        };
-        return map_read_implies_exec(file);
+    for (mode, how) in [
+        ("map-rie", MapThen::ReadImpliesExec),
+        ("map-mprotect", MapThen::Mprotect),
+    ] {
+        if args.get(1).map(String::as_str) == Some(mode) {
+            let Some(file) = args.get(2) else {
+                eprintln!("usage: latch-probe {mode} FILE");
+                std::process::exit(2);
+            };
+            return map_then(file, how);
+        }
     }
     if args.get(1).map(String::as_str) == Some("leader-gone") {
         let (Some(go), Some(cgroup), Some(Ok(addr))) =
