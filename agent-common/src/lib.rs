@@ -714,6 +714,9 @@ pub enum Counter {
     /// A watched task made a process sharing its descriptor table or memory on the tracepoint
     /// backend, and was ended.
     ShareKilled = 36,
+    /// A `vfork` child was ended for a mapping and its memory could not be recorded
+    /// (`DOOMED_MM` full): its parent may run what it mapped.
+    DoomedFull = 37,
 }
 
 /// Number of slots in [`COUNTERS`](maps::COUNTERS).
@@ -747,7 +750,7 @@ size_check! {
 
 // The LPM trie key (u32 prefix length + data) must fit the kernel's 256-byte data limit.
 const _: () = assert!(core::mem::size_of::<ExecPrefixData>() <= 256);
-const _: () = assert!((COUNTER_SLOTS as usize) > Counter::ShareKilled as usize);
+const _: () = assert!((COUNTER_SLOTS as usize) > Counter::DoomedFull as usize);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -44,6 +44,10 @@ pub const SOCK_LINEAGE: &str = "SOCK_LINEAGE";
 /// When the egress backstop last reported a dropped packet of a socket (cookie → ns), so that a
 /// flood makes one event per socket per second, not one per packet.
 pub const PKT_REPORTED: &str = "PKT_REPORTED";
+/// The memory (`mm_struct` address) of a `vfork` child ended for a mapping it made there: its
+/// parent, which shares that memory and wakes when the child ends, is ended on its way back
+/// from the call.
+pub const DOOMED_MM: &str = "DOOMED_MM";
 /// Verdicts on file contents (LRU): [`ExecFileKey`](crate::ExecFileKey) →
 /// [`ContentVerdict`](crate::ContentVerdict). Not pinned: it is a cache of what the agent
 /// hashed, which a new agent rebuilds.
@@ -75,6 +79,7 @@ pub const ALL: &[&str] = &[
     LINEAGE,
     SOCK_LINEAGE,
     PKT_REPORTED,
+    DOOMED_MM,
     CONTENT,
     ARGS_DUE,
     AYA_LOGS,

@@ -159,6 +159,11 @@ static TASK_TGID_OFF: u32 = 0;
 #[unsafe(no_mangle)]
 static TASK_PERSONALITY_OFF: u32 = 0;
 
+/// `struct task_struct`.`vfork_done`: set in a child made by `vfork` (`CLONE_VFORK`) until it
+/// execs or exits, while its parent waits.
+#[unsafe(no_mangle)]
+static TASK_VFORK_DONE_OFF: u32 = 0;
+
 /// Offsets for reading a file's identity.
 #[derive(Clone, Copy)]
 pub struct FileOffsets {
@@ -177,6 +182,7 @@ pub struct FileOffsets {
     pub fdt_max_fds: usize,
     pub task_tgid: usize,
     pub task_personality: usize,
+    pub task_vfork_done: usize,
 }
 
 /// The offsets, or `None` where this kernel's BTF did not give them all.
@@ -201,6 +207,7 @@ pub fn file_offsets() -> Option<FileOffsets> {
         fdt_max_fds: read(&FDT_MAX_FDS_OFF) as usize,
         task_tgid: read(&TASK_TGID_OFF) as usize,
         task_personality: read(&TASK_PERSONALITY_OFF) as usize,
+        task_vfork_done: read(&TASK_VFORK_DONE_OFF) as usize,
     })
 }
 

@@ -341,6 +341,13 @@ pub fn mprotect_kp(ctx: ProbeContext) -> u32 {
     0
 }
 
+/// Tracepoint backend: `syscalls:sys_exit_clone`, `_clone3` and `_vfork`.
+#[tracepoint]
+pub fn clone_exit(_ctx: TracePointContext) -> u32 {
+    mapped::on_clone_exit();
+    0
+}
+
 /// Start-up probe only: attached while the agent runs one exec, to see whether LSM programs are
 /// called on this kernel at all.
 #[lsm(hook = "bprm_check_security")]

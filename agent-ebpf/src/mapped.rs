@@ -26,7 +26,7 @@ use aya_ebpf::{
 
 use crate::counters::{bump, Counter};
 use crate::identity::{self, FileId};
-use crate::maps::{CONTENT, EXEC_FILES};
+use crate::maps::{CONTENT, DOOMED_MM, EXEC_FILES};
 use crate::pause;
 use crate::{kconf, scope};
 
@@ -69,7 +69,7 @@ pub fn on_mmap_enter(ctx: &TracePointContext) {
         return;
     }
     if refused(fd_file(fd as u64), prot) {
-        pause::kill_current();
+        end_task();
     }
 }
 
@@ -126,7 +126,7 @@ fn fd_file(fd: u64) -> *const u8 {
 pub fn on_mmap_file(file: *const u8, prot: u64) {
     let prot = prot | implied_exec(prot);
     if refused(file, prot) {
-        pause::kill_current();
+        end_task();
     }
 }
 
@@ -136,8 +136,49 @@ pub fn on_mmap_file(file: *const u8, prot: u64) {
 #[inline(always)]
 pub fn on_file_mprotect(vma: *const u8, prot: u64) {
     if refused(vma_file(vma), prot) {
-        pause::kill_current();
+        end_task();
     }
+}
+
+/// Ends the current task for a mapping it is making (which completes). A `vfork` child shares
+/// its parent's memory, and the parent wakes when the child ends: the memory is marked, and
+/// the parent is ended on its way back from the call ([`on_clone_exit`]).
+#[inline(always)]
+fn end_task() {
+    pause::kill_current();
+    let Some(o) = kconf::file_offsets() else {
+        return;
+    };
+    // SAFETY: the helper returns the running task.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    if identity::ptr_at(task, o.task_vfork_done).is_null() {
+        return;
+    }
+    let mm = identity::ptr_at(task, o.task_mm);
+    if mm.is_null() {
+        return;
+    }
+    if DOOMED_MM.insert(&(mm as u64), &1, 0).is_err() {
+        bump(Counter::DoomedFull);
+    }
+}
+
+/// `syscalls:sys_exit_clone`, `_clone3` and `_vfork` (tracepoint backend): a task whose memory
+/// a `vfork` child it waited for mapped a refused program into is ended before it returns to
+/// user space.
+pub fn on_clone_exit() {
+    let Some(o) = kconf::file_offsets() else {
+        return;
+    };
+    // SAFETY: the helper returns the running task.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let mm = identity::ptr_at(task, o.task_mm) as u64;
+    if mm == 0 || DOOMED_MM.get_ptr(&mm).is_none() {
+        return;
+    }
+    let _ = DOOMED_MM.remove(&mm);
+    bump(Counter::MapRefused);
+    pause::kill_current();
 }
 
 /// The file of a `struct vm_area_struct *` (null for an anonymous mapping).

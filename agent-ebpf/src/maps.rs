@@ -82,6 +82,11 @@ pub static SOCK_LINEAGE: HashMap<u64, Lineage> = HashMap::pinned(65_536, 0);
 #[map(name = "PKT_REPORTED")]
 pub static PKT_REPORTED: LruHashMap<u64, u64> = LruHashMap::with_max_entries(4096, 0);
 
+/// `mm_struct` address → 1: the memory of a `vfork` child ended for a mapping (see
+/// `mapped::end_task`).
+#[map(name = "DOOMED_MM")]
+pub static DOOMED_MM: LruHashMap<u64, u8> = LruHashMap::with_max_entries(4096, 0);
+
 /// The agent's heartbeat and the fail mode, one entry.
 #[map(name = "HEARTBEAT")]
 pub static HEARTBEAT: Array<Heartbeat> = Array::pinned(1, 0);

@@ -11,8 +11,9 @@
 //! makes is used by no one but itself.
 //!
 //! `vfork` (`CLONE_VM | CLONE_VFORK`, as `posix_spawn` does) is let through: its parent waits
-//! until the child execs or exits. Its other threads do not wait: a mapping the child makes
-//! before it is ended stays in memory they share (see the README).
+//! until the child execs or exits, and is ended on its way back if the child was ended for a
+//! mapping (`mapped::on_clone_exit`). Its other threads do not wait: a mapping the child makes
+//! before it is ended stays in memory they share until then (see the README).
 //!
 //! The LSM backend refuses such calls instead of ending their task, so it attaches none of this.
 

@@ -300,11 +300,13 @@ pub fn judge(f: Facts) -> Report {
         },
         (true, _) if hooked("debug-kp") && hooked("fork-share") => Guarantee {
             name: "debugging",
-            verdict: Verdict::Enforced,
+            verdict: Verdict::Degraded,
             why: "tracepoint backend: a watched task is ended when it asks to attach to another \
                   process (ptrace, /proc/PID/mem, process_vm_readv/writev, pidfd_getfd: a \
                   kprobe on ptrace_may_access); the call completes and the task does not \
-                  return from it, and no other process shares its descriptor table"
+                  return from it, and it cannot have made a process that shares its \
+                  descriptor table (one that shared it before the task was watched keeps a \
+                  descriptor the call made)"
                 .into(),
         },
         (true, _) if hooked("debug-kp") => Guarantee {
@@ -384,10 +386,12 @@ pub fn judge(f: Facts) -> Report {
         },
         (true, _) if hooked("uring-tp") && hooked("fork-share") => Guarantee {
             name: "packet-sockets",
-            verdict: Verdict::Enforced,
+            verdict: Verdict::Degraded,
             why: "tracepoint backend: a watched task that asks for an AF_PACKET socket, by \
-                  socket() or through io_uring, is ended before it can use it, and no other \
-                  process shares its descriptor table"
+                  socket() or through io_uring, is ended before it can use it, and it cannot \
+                  have made a process that shares its descriptor table; a socket io_uring \
+                  makes into the ring's own table (a direct descriptor) stays there for any \
+                  process that holds the ring"
                 .into(),
         },
         (true, _) if hooked("uring-tp") => Guarantee {
@@ -674,7 +678,7 @@ mod tests {
             (
                 Backend::Tracepoint,
                 vec!["ptrace-tp", "debug-kp", "fork-share"],
-                Enforced,
+                Degraded,
             ),
             (
                 Backend::Tracepoint,
@@ -742,10 +746,11 @@ mod tests {
         // (backend, hooks) → verdict
         let table = [
             (Backend::Lsm, vec![], Enforced),
+            // A ring's own table holds what io_uring makes into it.
             (
                 Backend::Tracepoint,
                 vec!["socket-tp", "uring-tp", "fork-share"],
-                Enforced,
+                Degraded,
             ),
             // A process sharing the descriptor table would keep the socket.
             (Backend::Tracepoint, vec!["socket-tp", "uring-tp"], Degraded),

@@ -1621,6 +1621,7 @@ pub fn counter_name(slot: u32) -> Option<&'static str> {
         (Counter::CompatKilled, "compat_killed"),
         (Counter::SockLineageFull, "sock_lineage_full"),
         (Counter::ShareKilled, "share_killed"),
+        (Counter::DoomedFull, "doomed_full"),
     ];
     NAMES
         .iter()

@@ -41,9 +41,16 @@ impl ProgramCopy {
             let base = p.dir.path().to_path_buf();
             mount(&["-t", "tmpfs", "-o", "size=64m", "latch-test"], &base);
             p.mounts.push(base.clone());
-            if fs == Fs::Overlay {
+            if fs == Fs::Overlay || fs == Fs::OverlayLower {
                 for d in ["lower", "upper", "work", "merged"] {
                     std::fs::create_dir(base.join(d)).expect("mkdir");
+                }
+                if fs == Fs::OverlayLower {
+                    // In the image's layer, as a container's programs are until written to.
+                    let lower = base.join("lower").join("prog");
+                    std::fs::copy("/usr/bin/touch", &lower).expect("copy");
+                    std::fs::set_permissions(&lower, std::fs::Permissions::from_mode(0o755))
+                        .expect("chmod");
                 }
                 let opts = format!(
                     "lowerdir={},upperdir={},workdir={}",
@@ -57,7 +64,9 @@ impl ProgramCopy {
                 p.root = merged;
             }
         }
-        p.copy_of("/usr/bin/touch", "prog");
+        if fs != Fs::OverlayLower {
+            p.copy_of("/usr/bin/touch", "prog");
+        }
         p
     }
 
@@ -98,7 +107,17 @@ pub fn text_of(p: &Path) -> String {
 impl Drop for ProgramCopy {
     fn drop(&mut self) {
         for m in self.mounts.iter().rev() {
-            let _ = std::process::Command::new("umount").arg(m).status();
+            let unmounted = std::process::Command::new("umount")
+                .arg(m)
+                .status()
+                .is_ok_and(|s| s.success());
+            // Busy (a process of the test still in it): detached now, gone when it ends.
+            if !unmounted {
+                let _ = std::process::Command::new("umount")
+                    .arg("-l")
+                    .arg(m)
+                    .status();
+            }
         }
     }
 }
@@ -110,9 +129,11 @@ pub enum Fs {
     AsIs,
     /// A tmpfs of its own: a file system whose mappings hold the file itself.
     Tmpfs,
-    /// An overlay (on a tmpfs): `stat` and an exec see the overlay's file, a mapping holds the
-    /// file of the layer below, as in a container.
+    /// An overlay (on a tmpfs) with the copy written through it, so in its upper layer: `stat`
+    /// and an exec see the overlay's file, a mapping holds the upper layer's, as in a container.
     Overlay,
+    /// As [`Fs::Overlay`], with the copy in its lower layer (a container image's).
+    OverlayLower,
 }
 
 fn mount(args: &[&str], at: &Path) {

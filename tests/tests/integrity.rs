@@ -334,7 +334,7 @@ fn a_readable_mapping_made_executable_by_mprotect_is_refused() {
     if !privileged() {
         return;
     }
-    for fs in [Fs::Tmpfs, Fs::Overlay] {
+    for fs in [Fs::Tmpfs, Fs::Overlay, Fs::OverlayLower] {
         a_mapping_made_executable("map-mprotect", fs, |h| {
             let on =
                 h.engine().backend() == Backend::Lsm || h.engine().hooks().contains(&"mprotect-kp");
@@ -347,6 +347,46 @@ fn a_readable_mapping_made_executable_by_mprotect_is_refused() {
             on
         });
     }
+}
+
+/// A `vfork` child shares its parent's memory, and its parent wakes when it ends. On the
+/// tracepoint backend the child is ended for a mapping the kernel still makes, so the parent
+/// would wake to find the program mapped executable at an address they agreed on: it is ended
+/// on its way back from the call. The LSM backend refuses the child's mapping.
+#[test]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
+fn a_vfork_parent_does_not_wake_to_a_mapping_its_child_was_ended_for() {
+    if !privileged() {
+        return;
+    }
+    let p = ProgramCopy::touch_on("latch-integrity-", Fs::Tmpfs);
+    let free = TestCgroup::new();
+    let mapping = probe_args(&["exec", &s(&probe()), "map-vfork", &s(&p.path())]);
+    let inner = |out: &serde_json::Value| -> serde_json::Value {
+        serde_json::from_str(out["stdout"].as_str().unwrap_or("").trim())
+            .unwrap_or(serde_json::Value::Null)
+    };
+    let out = run_in(&free.path, &mapping);
+    let i = inner(&out);
+    assert!(
+        i["file"] == true && i["perms"].as_str().is_some_and(|p| p.contains('x')),
+        "where nothing watches, the parent finds the program mapped executable: {out}"
+    );
+    let mut h = rule_on(&p, "no-prog", "deny");
+    let out = run_in(&h.cgroup.path.clone(), &mapping);
+    match h.engine().backend() {
+        Backend::Lsm => {
+            let i = inner(&out);
+            assert_eq!(i["child_exit"], 1, "the child's mapping is refused: {out}");
+            assert_eq!(i["file"], false, "{out}");
+        }
+        // Ended on its way back from clone(), before it could look.
+        Backend::Tracepoint => assert_eq!(out["signal"], 9, "{out}"),
+    }
+    let rule = h.rule("no-prog");
+    h.expect_event("the refused mapping", |e| {
+        e.mapped && e.outcome == Outcome::Denied && e.rule_id == rule
+    });
 }
 
 /// Waits for the exec the kernel holds for the program, decides it, and returns the probe's
@@ -1080,15 +1120,22 @@ static SYSCTLS: std::sync::Mutex<Vec<(&'static str, String, usize)>> =
 impl Sysctl {
     fn set(path: &'static str, value: &str) -> Self {
         let mut held = SYSCTLS.lock().unwrap_or_else(|e| e.into_inner());
-        match held.iter_mut().find(|(p, ..)| *p == path) {
-            Some((_, _, n)) => *n += 1,
+        let old = match held.iter().any(|(p, ..)| *p == path) {
+            true => None,
+            false => {
+                Some(std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {path}: {e}")))
+            }
+        };
+        // Counted only once written: a failed write leaves nothing to restore.
+        std::fs::write(path, value).unwrap_or_else(|e| panic!("write {path}: {e}"));
+        match old {
+            Some(old) => held.push((path, old, 1)),
             None => {
-                let old =
-                    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {path}: {e}"));
-                held.push((path, old, 1));
+                if let Some((_, _, n)) = held.iter_mut().find(|(p, ..)| *p == path) {
+                    *n += 1;
+                }
             }
         }
-        std::fs::write(path, value).unwrap_or_else(|e| panic!("write {path}: {e}"));
         Sysctl { path }
     }
 }
@@ -1206,27 +1253,52 @@ fn packets_that_no_socket_hook_sees_are_dropped_on_the_way_out() {
     );
 }
 
+/// A UDP receiver on loopback and a harness whose one rule denies its port, for datagrams
+/// built by hand and written to the loopback device on an `AF_PACKET` socket: below every
+/// socket hook and the cgroup skb backstop. Arriving without a route attached, a datagram from
+/// 127.0.0.1 to 127.0.0.1 is routed as input, which takes `route_localnet` (a loopback
+/// destination) and `accept_local` (a local source) on `lo`: held in `_settings`.
+struct BelowIp {
+    udp: Arrivals,
+    port: String,
+    h: Harness,
+    _settings: [Sysctl; 2],
+}
+
+fn below_ip() -> BelowIp {
+    let _settings = [
+        Sysctl::set("/proc/sys/net/ipv4/conf/lo/route_localnet", "1"),
+        Sysctl::set("/proc/sys/net/ipv4/conf/lo/accept_local", "1"),
+    ];
+    let udp = Arrivals::new(
+        libc::SOCK_DGRAM,
+        libc::IPPROTO_UDP,
+        Some("127.0.0.1:0".parse().expect("addr")),
+    );
+    let port = udp.port().to_string();
+    let h = Harness::new(&rules(&format!(
+        "  - {{name: no-port, workload: test, on: connect, to: [127.0.0.1/32], ports: [{port}], protocol: udp, action: deny}}\n"
+    )));
+    BelowIp {
+        udp,
+        port,
+        h,
+        _settings,
+    }
+}
+
 #[test]
 #[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
 fn a_link_layer_socket_is_refused_to_a_watched_task() {
     if !privileged() {
         return;
     }
-    // A UDP datagram built by hand and written to the loopback device on an AF_PACKET socket:
-    // below every socket hook and the cgroup skb backstop. Arriving without a route attached,
-    // a datagram from 127.0.0.1 to 127.0.0.1 is routed as input, which takes `route_localnet`
-    // (a loopback destination) and `accept_local` (a local source) on `lo`.
-    let _localnet = Sysctl::set("/proc/sys/net/ipv4/conf/lo/route_localnet", "1");
-    let _local = Sysctl::set("/proc/sys/net/ipv4/conf/lo/accept_local", "1");
-    let mut udp = Arrivals::new(
-        libc::SOCK_DGRAM,
-        libc::IPPROTO_UDP,
-        Some("127.0.0.1:0".parse().expect("addr")),
-    );
-    let port = udp.port().to_string();
-    let mut h = Harness::new(&rules(&format!(
-        "  - {{name: no-port, workload: test, on: connect, to: [127.0.0.1/32], ports: [{port}], protocol: udp, action: deny}}\n"
-    )));
+    let BelowIp {
+        mut udp,
+        port,
+        mut h,
+        _settings,
+    } = below_ip();
     if h.engine().backend() == Backend::Tracepoint {
         assert!(
             h.engine().hooks().contains(&"uring-tp"),
@@ -1326,18 +1398,12 @@ fn a_process_sharing_the_descriptor_table_is_not_left_a_link_layer_socket() {
     if !privileged() {
         return;
     }
-    // As in `a_link_layer_socket_is_refused_to_a_watched_task`.
-    let _localnet = Sysctl::set("/proc/sys/net/ipv4/conf/lo/route_localnet", "1");
-    let _local = Sysctl::set("/proc/sys/net/ipv4/conf/lo/accept_local", "1");
-    let mut udp = Arrivals::new(
-        libc::SOCK_DGRAM,
-        libc::IPPROTO_UDP,
-        Some("127.0.0.1:0".parse().expect("addr")),
-    );
-    let port = udp.port().to_string();
-    let mut h = Harness::new(&rules(&format!(
-        "  - {{name: no-port, workload: test, on: connect, to: [127.0.0.1/32], ports: [{port}], protocol: udp, action: deny}}\n"
-    )));
+    let BelowIp {
+        mut udp,
+        port,
+        mut h,
+        _settings,
+    } = below_ip();
     let free = TestCgroup::new();
     let watched = h.cgroup.path.clone();
     let id = std::process::id();

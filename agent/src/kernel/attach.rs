@@ -224,7 +224,8 @@ pub fn attach_all(
                 }
                 Err(e) => {
                     tracing::warn!(
-                        "mappings are checked at the entry of mmap, by the descriptor it names,                          and mprotect is not seen: {e}"
+                        "mappings are checked at the entry of mmap, by the descriptor it names, and \
+                         mprotect is not seen: {e}"
                     );
                     let link = tracepoint(ebpf, "map_tp", "syscalls", "sys_enter_mmap")?;
                     p.keep(link, "map-tp")?;
@@ -238,6 +239,18 @@ pub fn attach_all(
                 raw_tracepoint(ebpf, "fork_share", "task_newtask")?,
                 "fork-share",
             )?;
+            // A vfork child's mapping stays in the memory its parent wakes up in.
+            for (pin, tp) in [
+                ("clone-exit", "sys_exit_clone"),
+                ("clone3-exit", "sys_exit_clone3"),
+            ] {
+                p.keep(tracepoint(ebpf, "clone_exit", "syscalls", tp)?, pin)?;
+            }
+            // Not every architecture has a vfork system call (arm64 has not).
+            if let Ok(link) = optional_tracepoint(ebpf, "clone_exit", "syscalls", "sys_exit_vfork")?
+            {
+                p.keep(link, "vfork-exit")?;
+            }
             // io_uring makes sockets without the socket() system call. The event is
             // `io_uring_submit_sqe` before Linux 6.4, with the same fields where the program
             // reads them. A kernel without either (no io_uring) keeps the check above.

@@ -224,6 +224,7 @@ const FILE_FIELDS: &[(&str, &str, &str)] = &[
     ("FDT_MAX_FDS_OFF", "fdtable", "max_fds"),
     ("TASK_TGID_OFF", "task_struct", "tgid"),
     ("TASK_PERSONALITY_OFF", "task_struct", "personality"),
+    ("TASK_VFORK_DONE_OFF", "task_struct", "vfork_done"),
 ];
 
 /// The offsets for reading a file's identity from this kernel's BTF; an error names the first

@@ -13,6 +13,9 @@ pub struct Mount {
     pub dev: u32,
     /// Where it is mounted.
     pub point: String,
+    /// The directory of its file system that is mounted there (`/` unless a bind mount of a
+    /// directory below the root).
+    pub root: String,
     /// For an overlay, its layers' directories, the upper one first: a mapping of a file of
     /// the overlay holds the file of the first layer that has it, another inode than the one
     /// `stat` and an exec see.
@@ -47,7 +50,7 @@ pub fn parse(text: &str) -> Vec<Mount> {
     text.lines()
         .filter_map(|line| {
             let mut f = line.split(' ');
-            let (_id, _parent, dev, _root, point) =
+            let (_id, _parent, dev, root, point) =
                 (f.next()?, f.next()?, f.next()?, f.next()?, f.next()?);
             let (major, minor) = dev.split_once(':')?;
             let (major, minor) = (major.parse::<u32>().ok()?, minor.parse::<u32>().ok()?);
@@ -65,6 +68,7 @@ pub fn parse(text: &str) -> Vec<Mount> {
             Some(Mount {
                 dev: (major << 20) | minor,
                 point: unescape(point),
+                root: unescape(root),
                 layers,
             })
         })
@@ -101,10 +105,12 @@ pub fn in_layers(m: &Mount, real: &str) -> Vec<String> {
     let Some(rest) = rest else {
         return Vec::new();
     };
+    // A bind mount of a directory of the overlay shows that directory at its mount point.
+    let root = m.root.trim_end_matches('/');
     m.layers
         .iter()
         .filter(|l| l.starts_with('/'))
-        .map(|l| format!("{}{rest}", l.trim_end_matches('/')))
+        .map(|l| format!("{}{root}{rest}", l.trim_end_matches('/')))
         .collect()
 }
 
@@ -156,10 +162,11 @@ oops
 31 30 0:48 / /merged rw - overlay ov rw,lowerdir=/l\\0541:/l2,upperdir=/up,workdir=/wk
 32 30 0:49 / / rw - overlay ov rw,upperdir=/u,lowerdir+=/a,lowerdir+=/b
 33 30 0:50 / /ro rw - overlay ov ro,lowerdir=/only
+34 30 0:48 /sub/dir /bound rw - overlay ov rw,lowerdir=/l2,upperdir=/up,workdir=/wk
 ";
         let m = parse(info);
         // (mount, path, paths in the layers)
-        let table: [(usize, &str, &[&str]); 6] = [
+        let table: [(usize, &str, &[&str]); 7] = [
             (
                 0,
                 "/merged/bin/p",
@@ -174,6 +181,7 @@ oops
             ),
             (2, "/ro/p", &["/only/p"]),
             (2, "/elsewhere/p", &[]),
+            (3, "/bound/p", &["/up/sub/dir/p", "/l2/sub/dir/p"]),
         ];
         for (i, path, want) in table {
             assert_eq!(in_layers(&m[i], path), want, "{path}");

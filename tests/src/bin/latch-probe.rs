@@ -28,6 +28,8 @@
 //!                                        personality; report the mapping's permissions
 //! latch-probe map-mprotect FILE          map FILE readable only, then mprotect it to
 //!                                        PROT_READ|PROT_EXEC; report the mapping's permissions
+//! latch-probe map-vfork FILE             a vfork child maps FILE executable at an address its
+//!                                        parent reserved; the parent reports what is there
 //! latch-probe leader-gone GO_FILE CGROUP ADDR:PORT
 //!                                        start a second thread; once GO_FILE exists, move into
 //!                                        CGROUP and end the leader alone; the other thread
@@ -834,6 +836,86 @@ fn map_then(file: &str, how: MapThen) {
     println!("{{\"ok\":true,\"perms\":{perms:?}}}");
 }
 
+/// A `vfork` child that maps the first page of `file` executable at an address agreed with its
+/// parent (`MAP_FIXED` over a page the parent reserved), then ends; the parent, which shares
+/// its memory and waits for it, reports what is mapped at that address when it wakes
+/// (`/proc/self/maps`: permissions, and whether it is the file).
+fn map_in_vfork_child(file: &str) {
+    use std::os::fd::AsRawFd;
+    let f = match std::fs::File::open(file) {
+        Ok(f) => f,
+        Err(e) => return report(Err(e)),
+    };
+    // SAFETY: a new anonymous reservation; the child maps over it, nothing else uses it.
+    let at = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if at == libc::MAP_FAILED {
+        return report(Err(std::io::Error::last_os_error()));
+    }
+    struct Job {
+        at: *mut libc::c_void,
+        fd: i32,
+    }
+    extern "C" fn child(arg: *mut libc::c_void) -> libc::c_int {
+        // SAFETY: the parent's `Job`, alive while the parent waits (vfork).
+        let job = unsafe { &*(arg as *const Job) };
+        // SAFETY: maps over the reserved page; only system calls, then `_exit`.
+        unsafe {
+            let m = libc::mmap(
+                job.at,
+                4096,
+                libc::PROT_READ | libc::PROT_EXEC,
+                libc::MAP_PRIVATE | libc::MAP_FIXED,
+                job.fd,
+                0,
+            );
+            libc::_exit(if m == libc::MAP_FAILED { 1 } else { 0 })
+        }
+    }
+    let mut job = Job {
+        at,
+        fd: f.as_raw_fd(),
+    };
+    let mut stack = vec![0u8; 64 * 1024];
+    // SAFETY: the child runs `child` on its own stack (the top of `stack`, which outlives it
+    // since the parent waits), with the job above.
+    let pid = unsafe {
+        libc::clone(
+            child,
+            stack.as_mut_ptr().add(stack.len()).cast(),
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            (&mut job as *mut Job).cast(),
+        )
+    };
+    if pid < 0 {
+        return report(Err(std::io::Error::last_os_error()));
+    }
+    let mut status = 0;
+    // SAFETY: waits for the child made above.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    let start = format!("{:x}-", at as usize);
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    let line = maps.lines().find(|l| l.starts_with(&start)).unwrap_or("");
+    let perms = line.split_whitespace().nth(1).unwrap_or("?");
+    let name = std::path::Path::new(file)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    println!(
+        "{{\"ok\":true,\"perms\":{perms:?},\"file\":{},\"child_exit\":{}}}",
+        !name.is_empty() && line.ends_with(&format!("/{name}")),
+        libc::WEXITSTATUS(status)
+    );
+}
+
 fn escape_thread_exec(cgroup: &str, addr: SocketAddr) {
     if let Err(e) = std::fs::write(format!("{cgroup}/cgroup.procs"), "0") {
         return report(Err(e));
@@ -1104,6 +1186,13 @@ fn main() {
             std::process::exit(2);
         };
         return moved(cgroup, &args[3..]);
+    }
+    if args.get(1).map(String::as_str) == Some("map-vfork") {
+        let Some(file) = args.get(2) else {
+            eprintln!("usage: latch-probe map-vfork FILE");
+            std::process::exit(2);
+        };
+        return map_in_vfork_child(file);
     }
     for (mode, how) in [
         ("map-rie", MapThen::ReadImpliesExec),
