@@ -261,6 +261,13 @@ fn the_dynamic_loader_cannot_run_a_refused_or_held_program() {
     }
 }
 
+/// The report of the probe that an outer probe ran (`exec PROBE MODE ...`): its one line of
+/// output, or null where it printed none (it was ended first).
+fn inner(out: &serde_json::Value) -> serde_json::Value {
+    serde_json::from_str(out["stdout"].as_str().unwrap_or("").trim())
+        .unwrap_or(serde_json::Value::Null)
+}
+
 /// A loader of the workload's own need not ask `mmap` for `PROT_EXEC`, and the kernel still makes
 /// a readable mapping of the program executable: under the `READ_IMPLIES_EXEC` personality
 /// (`map-rie`), which any process may set for itself, or by `mprotect` after the mapping
@@ -271,10 +278,6 @@ fn a_mapping_made_executable(mode: &str, fs: Fs, seen: fn(&mut Harness) -> bool)
     // Run by an outer probe, which reports how the inner one ended (the tracepoint backend
     // ends it at the mapping, before it can say anything).
     let mapping = probe_args(&["exec", &s(&probe()), mode, &s(&p.path())]);
-    let inner = |out: &serde_json::Value| -> serde_json::Value {
-        serde_json::from_str(out["stdout"].as_str().unwrap_or("").trim())
-            .unwrap_or(serde_json::Value::Null)
-    };
     let executable = |out: &serde_json::Value| {
         inner(out)["perms"]
             .as_str()
@@ -336,15 +339,7 @@ fn a_readable_mapping_made_executable_by_mprotect_is_refused() {
     }
     for fs in [Fs::Tmpfs, Fs::Overlay, Fs::OverlayLower] {
         a_mapping_made_executable("map-mprotect", fs, |h| {
-            let on =
-                h.engine().backend() == Backend::Lsm || h.engine().hooks().contains(&"mprotect-kp");
-            if !on {
-                assert!(
-                    !latch_agent::kernel::kprobes_supported(),
-                    "this kernel has kprobes, yet mprotect-kp is not attached"
-                );
-            }
-            on
+            h.engine().backend() == Backend::Lsm || kprobed(h, "mprotect-kp")
         });
     }
 }
@@ -362,10 +357,6 @@ fn a_vfork_parent_does_not_wake_to_a_mapping_its_child_was_ended_for() {
     let p = ProgramCopy::touch_on("latch-integrity-", Fs::Tmpfs);
     let free = TestCgroup::new();
     let mapping = probe_args(&["exec", &s(&probe()), "map-vfork", &s(&p.path())]);
-    let inner = |out: &serde_json::Value| -> serde_json::Value {
-        serde_json::from_str(out["stdout"].as_str().unwrap_or("").trim())
-            .unwrap_or(serde_json::Value::Null)
-    };
     let out = run_in(&free.path, &mapping);
     let i = inner(&out);
     assert!(
@@ -675,14 +666,14 @@ impl Victim {
     }
 }
 
-/// Whether the tracepoint backend's kprobe on `ptrace_may_access` is attached; where it is not,
-/// only a kernel without kprobes may be the reason (the matrix's kernels have them).
-fn kprobed(h: &mut Harness) -> bool {
-    let on = h.engine().hooks().contains(&"debug-kp");
+/// Whether the tracepoint backend's kprobe pinned as `hook` is attached; where it is not, only a
+/// kernel without kprobes may be the reason (the matrix's kernels have them).
+fn kprobed(h: &mut Harness, hook: &str) -> bool {
+    let on = h.engine().hooks().contains(&hook);
     if !on && h.engine().backend() == Backend::Tracepoint {
         assert!(
             !latch_agent::kernel::kprobes_supported(),
-            "this kernel has kprobes, yet debug-kp is not attached"
+            "this kernel has kprobes, yet {hook} is not attached"
         );
     }
     on
@@ -704,7 +695,7 @@ fn a_watched_process_may_not_write_another_process() {
     let dir = tempfile::tempdir().expect("temporary directory");
     const WORD: u64 = 0x6c61_7463_6877_6f72;
     let backend = h.engine().backend();
-    let kprobed = kprobed(&mut h);
+    let kprobed = kprobed(&mut h, "debug-kp");
     let mut victims = Vec::new();
     for how in ["ptrace", "vm", "mem"] {
         // Through a second probe, whose end the first reports: on the tracepoint backend the
@@ -781,7 +772,7 @@ fn a_watched_process_may_not_take_another_process_s_socket() {
         "  - {{name: off, workload: test, on: connect, to: [127.0.0.1/32], ports: [{}], action: deny}}\n",
         addr.port()
     )));
-    let kprobed = kprobed(&mut h);
+    let kprobed = kprobed(&mut h, "debug-kp");
     let backend = h.engine().backend();
     let connected = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
     connected.connect(addr).expect("connect");
@@ -1419,10 +1410,6 @@ fn a_process_sharing_the_descriptor_table_is_not_left_a_link_layer_socket() {
         udp.wait_for(format!("latch-{id}-shared-free").as_bytes()),
         "the second process does not send on the shared socket unwatched: {out}"
     );
-    let inner = |out: &serde_json::Value| -> serde_json::Value {
-        serde_json::from_str(out["stdout"].as_str().unwrap_or("").trim())
-            .unwrap_or(serde_json::Value::Null)
-    };
     assert_eq!(inner(&out)["child_exit"], 0, "{out}");
     let since = h.events().len();
     let out = send(&watched, &format!("{id}-shared-watched"));
