@@ -154,6 +154,7 @@ impl Report {
 pub fn judge(f: Facts) -> Report {
     let mut g = Vec::new();
     let loaded = f.load.is_ok();
+    let hooked = |h: &str| f.hooks.iter().any(|x| x == h);
     let not_loaded = |why: &str| match &f.load {
         Err(e) => format!("the programs do not load: {e}"),
         Ok(()) => why.to_string(),
@@ -201,7 +202,7 @@ pub fn judge(f: Facts) -> Report {
                      instruction; the caller sees a killed child, not EPERM"
                 ),
             });
-            g.push(if f.hooks.iter().any(|h| h == "restop") {
+            g.push(if hooked("restop") {
                 Guarantee {
                     name: "exec-hold",
                     verdict: Verdict::Enforced,
@@ -283,7 +284,6 @@ pub fn judge(f: Facts) -> Report {
             ),
         },
     });
-    let hooked = |h: &str| f.hooks.iter().any(|x| x == h);
     g.push(match (loaded, f.backend) {
         (false, _) => Guarantee {
             name: "debugging",

@@ -826,14 +826,20 @@ fn map_then(file: &str, how: MapThen) {
     {
         return report(Err(std::io::Error::last_os_error()));
     }
+    let line = maps_line(at);
+    let perms = line.split_whitespace().nth(1).unwrap_or("?");
+    println!("{{\"ok\":true,\"perms\":{perms:?}}}");
+}
+
+/// The line of `/proc/self/maps` for the mapping that starts at `at`, or an empty one.
+fn maps_line(at: *mut libc::c_void) -> String {
     let start = format!("{:x}-", at as usize);
-    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
-    let perms = maps
+    std::fs::read_to_string("/proc/self/maps")
+        .unwrap_or_default()
         .lines()
         .find(|l| l.starts_with(&start))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .unwrap_or("?");
-    println!("{{\"ok\":true,\"perms\":{perms:?}}}");
+        .unwrap_or("")
+        .to_string()
 }
 
 /// A `vfork` child that maps the first page of `file` executable at an address agreed with its
@@ -901,9 +907,7 @@ fn map_in_vfork_child(file: &str) {
     let mut status = 0;
     // SAFETY: waits for the child made above.
     unsafe { libc::waitpid(pid, &mut status, 0) };
-    let start = format!("{:x}-", at as usize);
-    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
-    let line = maps.lines().find(|l| l.starts_with(&start)).unwrap_or("");
+    let line = maps_line(at);
     let perms = line.split_whitespace().nth(1).unwrap_or("?");
     let name = std::path::Path::new(file)
         .file_name()
