@@ -16,6 +16,8 @@
 //!   the sockets of threads that left their watched cgroup, for `egress`.
 //! - `held`: `syscalls:sys_exit_{connect,sendto,sendmsg,sendmmsg}`; stops a thread whose call a
 //!   socket hook held and tells the agent (socket hooks may not send signals on most kernels).
+//!   `held32_*` (LSM backend, x86): the same at the fexit of the 32-bit system-call wrappers,
+//!   which those tracepoints do not see.
 //! - `bpf_guard`: BPF LSM `bpf` (LSM backend): refuses `bpf()` to watched tasks.
 //! - `exec_lsm`: BPF LSM `bprm_check_security` (LSM backend): exec decided before it happens,
 //!   at every level of an interpreter chain, by the identity of the file and then its path.
@@ -101,6 +103,38 @@ pub fn exec(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn held(ctx: TracePointContext) -> u32 {
     stop::on_syscall_exit(&ctx);
+    0
+}
+
+/// The 32-bit calls' `held`, one program per x86 system-call wrapper (an fexit program is
+/// loaded for one function).
+#[fexit(function = "__ia32_sys_connect")]
+pub fn held32_connect(ctx: FExitContext) -> i32 {
+    stop::on_compat_return(&ctx);
+    0
+}
+
+#[fexit(function = "__ia32_sys_sendto")]
+pub fn held32_sendto(ctx: FExitContext) -> i32 {
+    stop::on_compat_return(&ctx);
+    0
+}
+
+#[fexit(function = "__ia32_compat_sys_sendmsg")]
+pub fn held32_sendmsg(ctx: FExitContext) -> i32 {
+    stop::on_compat_return(&ctx);
+    0
+}
+
+#[fexit(function = "__ia32_compat_sys_sendmmsg")]
+pub fn held32_sendmmsg(ctx: FExitContext) -> i32 {
+    stop::on_compat_return(&ctx);
+    0
+}
+
+#[fexit(function = "__ia32_compat_sys_socketcall")]
+pub fn held32_sockcall(ctx: FExitContext) -> i32 {
+    stop::on_compat_return(&ctx);
     0
 }
 

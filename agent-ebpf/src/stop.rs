@@ -1,4 +1,4 @@
-//! The exit of `connect`, `sendto`, `sendmsg` and `sendmmsg`: where a network call that a socket
+//! The exit of `connect`, `sendto`, `sendmsg` and `sendmmsg` (from either system-call table): where a network call that a socket
 //! hook held is stopped and announced to the agent.
 //!
 //! Cgroup socket hooks may not call `bpf_send_signal_thread` before Linux 6.13, so they only
@@ -8,7 +8,10 @@
 //! is queued, so a decision's SIGCONT can never overtake it.
 
 use agent_common::{pending_flags, Action, Op, Outcome, ERESTARTNOINTR};
-use aya_ebpf::{helpers::bpf_get_current_pid_tgid, programs::TracePointContext};
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid,
+    programs::{FExitContext, TracePointContext},
+};
 
 use crate::counters::{bump, Counter};
 use crate::maps::PENDING;
@@ -22,6 +25,21 @@ pub fn on_syscall_exit(ctx: &TracePointContext) {
         Ok(v) => v,
         Err(_) => return,
     };
+    on_call_return(ret);
+}
+
+/// The return of a 32-bit `connect`, `sendto`, `sendmsg`, `sendmmsg` or `socketcall` (fexit of
+/// its x86 system-call wrapper): the system-call tracepoints never fire for calls that came
+/// through the 32-bit table, so without this a held 32-bit call would return its restart code
+/// to user space instead of waiting. The restart works the same way from either table.
+pub fn on_compat_return(ctx: &FExitContext) {
+    // The wrapper takes one argument (the saved registers); its return value comes after it.
+    let ret: i64 = ctx.arg(1);
+    on_call_return(ret);
+}
+
+#[inline(always)]
+fn on_call_return(ret: i64) {
     // Every connect and send on the host passes here: leave at once unless this call was held.
     if ret != ERESTARTNOINTR as i64 {
         return;

@@ -260,11 +260,20 @@ pub fn judge(f: Facts) -> Report {
         (true, Some(Backend::Lsm), _) => Guarantee {
             name: "syscall32",
             verdict: Verdict::Enforced,
-            why: "BPF LSM: the hooks decide on the kernel's objects, whatever system-call table \
-                  (32- or 64-bit) a call came through; a 32-bit connect or send that a rule \
-                  holds fails (the stop that waits for a reviewer is taken at the 64-bit calls' \
-                  exits) instead of waiting"
-                .into(),
+            why: match crate::kernel::COMPAT_EXITS
+                .iter()
+                .all(|&(_, _, pin)| hooked(pin))
+            {
+                true => "BPF LSM: the hooks decide on the kernel's objects, whatever system-call \
+                         table (32- or 64-bit) a call came through; a held 32-bit connect or \
+                         send waits for its decision like a 64-bit one"
+                    .into(),
+                false => "BPF LSM: the hooks decide on the kernel's objects, whatever \
+                          system-call table (32- or 64-bit) a call came through; a 32-bit \
+                          connect or send that a rule holds fails instead of waiting (no x86 \
+                          32-bit system-call wrappers here to stop it at)"
+                    .into(),
+            },
         },
         (true, _, Ok(())) => Guarantee {
             name: "syscall32",
@@ -643,16 +652,25 @@ mod tests {
     fn thirty_two_bit_calls_are_degraded_only_where_the_tracepoint_backend_cannot_tell_them() {
         use Verdict::*;
         let missing = || Err("thread_info.status: no such member".to_string());
-        // (backend, can tell 32-bit calls apart) → verdict
+        let stops: Vec<String> = crate::kernel::COMPAT_EXITS
+            .iter()
+            .map(|&(_, _, pin)| pin.to_string())
+            .collect();
+        // (backend, can tell 32-bit calls apart, the 32-bit stops attached) → verdict, and
+        // whether a held 32-bit call is said to wait
         let table = [
-            (Backend::Lsm, Ok(()), Enforced),
-            (Backend::Lsm, missing(), Enforced),
-            (Backend::Tracepoint, Ok(()), Enforced),
-            (Backend::Tracepoint, missing(), Degraded),
+            (Backend::Lsm, Ok(()), true, Enforced, true),
+            (Backend::Lsm, missing(), true, Enforced, true),
+            (Backend::Lsm, Ok(()), false, Enforced, false),
+            (Backend::Tracepoint, Ok(()), false, Enforced, false),
+            (Backend::Tracepoint, missing(), false, Degraded, false),
         ];
-        for (backend, syscall32, want) in table {
+        for (backend, syscall32, stopped, want, waits) in table {
             let mut f = facts(Ok(()), Some(backend), true);
             f.syscall32 = syscall32.clone();
+            if stopped {
+                f.hooks = stops.clone();
+            }
             let r = judge(f);
             assert_eq!(
                 verdict_of(&r, "syscall32"),
@@ -663,7 +681,20 @@ mod tests {
             if want == Degraded {
                 assert!(g.is_some_and(|g| g.why.contains("thread_info.status")));
             }
+            if backend == Backend::Lsm {
+                assert_eq!(
+                    g.is_some_and(|g| g.why.contains("waits for its decision")),
+                    waits,
+                    "{backend:?} stops attached: {stopped}"
+                );
+            }
         }
+        // One stop missing is as none.
+        let mut f = facts(Ok(()), Some(Backend::Lsm), true);
+        f.hooks = stops[1..].to_vec();
+        let r = judge(f);
+        let g = r.guarantees.iter().find(|g| g.name == "syscall32");
+        assert!(g.is_some_and(|g| g.why.contains("fails instead of waiting")));
         let r = judge(facts(Err("no BTF".into()), None, false));
         assert_eq!(verdict_of(&r, "syscall32"), Unsupported);
     }

@@ -33,6 +33,28 @@ pub const SYSCALL_EXITS: &[(&str, &str)] = &[
     ("held-sendmmsg", "sys_exit_sendmmsg"),
 ];
 
+/// The fexit programs that stop a held 32-bit network call (LSM backend), by program, the x86
+/// system-call wrapper each is loaded for, and pin name.
+pub const COMPAT_EXITS: &[(&str, &str, &str)] = &[
+    ("held32_connect", "__ia32_sys_connect", "held32-connect"),
+    ("held32_sendto", "__ia32_sys_sendto", "held32-sendto"),
+    (
+        "held32_sendmsg",
+        "__ia32_compat_sys_sendmsg",
+        "held32-sendmsg",
+    ),
+    (
+        "held32_sendmmsg",
+        "__ia32_compat_sys_sendmmsg",
+        "held32-sendmmsg",
+    ),
+    (
+        "held32_sockcall",
+        "__ia32_compat_sys_socketcall",
+        "held32-sockcall",
+    ),
+];
+
 /// What is attached.
 pub struct Attached {
     /// The links this process holds (pinned or not).
@@ -131,6 +153,11 @@ pub fn attach_all(
     // The stop at the system call's exit goes in before the socket hooks that rely on it.
     for &(pin, tp) in SYSCALL_EXITS {
         p.keep(tracepoint(ebpf, "held", "syscalls", tp)?, pin)?;
+    }
+    // The LSM backend's hooks decide 32-bit calls like any other, and a held one needs its
+    // stop too. (The tracepoint backend ends a watched task at its first 32-bit call.)
+    if backend == Backend::Lsm {
+        compat_exits(ebpf, &mut p)?;
     }
 
     let root = File::open(cgroup_root).map_err(|e| EngineError::Cgroup {
@@ -391,17 +418,52 @@ pub fn remove_guard_pins(link_dir: &Path) {
 
 /// The fexit of `get_signal` that stops a held exec's task again (needs BTF and trampolines).
 fn restop(ebpf: &mut Ebpf) -> Result<FdLink, EngineError> {
-    let name = "restop";
+    fexit(ebpf, "restop", "get_signal")
+}
+
+/// Loads the fexit program `name` for the kernel function `function` and attaches it.
+fn fexit(ebpf: &mut Ebpf, name: &'static str, function: &str) -> Result<FdLink, EngineError> {
     let btf = Btf::from_sys_fs().map_err(|e| EngineError::Program {
         name,
         reason: format!("no kernel BTF: {e}"),
     })?;
     let prog: &mut FExit = program(ebpf, name)?;
     if prog.fd().is_err() {
-        prog.load("get_signal", &btf).map_err(prog_err(name))?;
+        prog.load(function, &btf).map_err(prog_err(name))?;
     }
     let id = prog.attach().map_err(prog_err(name))?;
     Ok(prog.take_link(id).map_err(prog_err(name))?.into())
+}
+
+/// The stops of held 32-bit network calls. A kernel without the x86 32-bit wrappers (another
+/// architecture, or no 32-bit emulation) has none to attach: a held 32-bit call there fails
+/// instead of waiting, and `latch-agent doctor` says so under `syscall32`.
+/// A program that does not load or attach where its function exists is an error like any other.
+fn compat_exits(ebpf: &mut Ebpf, p: &mut Pinner<'_>) -> Result<(), EngineError> {
+    let btf = Btf::from_sys_fs().map_err(|e| EngineError::Program {
+        name: "held32_connect",
+        reason: format!("no kernel BTF: {e}"),
+    })?;
+    let missing: Vec<&str> = COMPAT_EXITS
+        .iter()
+        .map(|&(_, function, _)| function)
+        .filter(|f| {
+            btf.id_by_type_name_kind(f, aya_obj::btf::BtfKind::Func)
+                .is_err()
+        })
+        .collect();
+    if !missing.is_empty() {
+        tracing::warn!(
+            missing = ?missing,
+            "a held 32-bit network call fails instead of waiting for its decision: this kernel \
+             has no x86 32-bit system-call wrappers to stop it at"
+        );
+        return Ok(());
+    }
+    for &(name, function, pin) in COMPAT_EXITS {
+        p.keep(fexit(ebpf, name, function)?, pin)?;
+    }
+    Ok(())
 }
 
 /// Attaches the tracepoint program `name` (loaded on first use; one program may serve several

@@ -8,7 +8,7 @@
 //! task over channels ([`crate::engine_task`]).
 
 mod attach;
-pub use attach::kprobes_supported;
+pub use attach::{kprobes_supported, COMPAT_EXITS};
 pub mod btf;
 mod layout;
 mod mounts;

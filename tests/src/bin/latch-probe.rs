@@ -16,6 +16,10 @@
 //!                                        AF_PACKET socket, on which the second one sends a UDP
 //!                                        datagram carrying TAG to 127.0.0.1:PORT
 //! latch-probe bpf-map                    create a small BPF array map with bpf()
+//! latch-probe net32 connect|socketcall|sendto IPV4:PORT
+//!                                        a TCP connect() or a UDP sendto() of "latch" made
+//!                                        through the 32-bit system-call table (int 0x80): by
+//!                                        the i386 connect call, or by socketcall
 //! latch-probe escape CGROUP ADDR:PORT    move this process into the cgroup directory CGROUP
 //!                                        (its cgroup.procs), then TCP connect()
 //! latch-probe moved CGROUP MODE [ARG...] move this process into CGROUP, then exec
@@ -600,19 +604,36 @@ fn socket_uring(family: i32, kind: i32, proto: i32, poll_thread: bool) -> std::i
 #[cfg(target_arch = "x86_64")]
 unsafe fn socket32(domain: i32, ty: i32, proto: i32) -> i32 {
     const NR_SOCKET_I386: i32 = 359;
+    // SAFETY: the three arguments are plain integers, no pointers.
+    unsafe { int80(NR_SOCKET_I386, domain as u32, ty as u32, proto as u32) }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn socket32(_domain: i32, _ty: i32, _proto: i32) -> i32 {
+    // SAFETY: errno is this thread's.
+    unsafe { *libc::__errno_location() = libc::ENOSYS };
+    -1
+}
+
+/// A system call of up to three integer arguments made through the 32-bit table (`int 0x80`)
+/// from this 64-bit process. Sets `errno` as libc would. A pointer argument must point below
+/// 4 GiB: the 32-bit table sees the low half of each register.
+#[cfg(target_arch = "x86_64")]
+unsafe fn int80(nr: i32, a: u32, b: u32, c: u32) -> i32 {
     let ret: i32;
-    // SAFETY: the three arguments are plain integers, no pointers; `int 0x80` preserves every
-    // register but eax, and r8-r11 are declared clobbered for good measure.
+    // SAFETY: the caller vouches for what the arguments point to; `int 0x80` preserves every
+    // register but eax, and r8-r11 are declared clobbered for good measure. A call the kernel
+    // restarts runs again from the same registers.
     unsafe {
         // rbx belongs to LLVM: the first argument is swapped in and out around the call.
         std::arch::asm!(
             "xchg rbx, {a}",
             "int 0x80",
             "xchg rbx, {a}",
-            a = inout(reg) domain as u64 => _,
-            inlateout("eax") NR_SOCKET_I386 => ret,
-            in("ecx") ty,
-            in("edx") proto,
+            a = inout(reg) a as u64 => _,
+            inlateout("eax") nr => ret,
+            in("ecx") b,
+            in("edx") c,
             out("r8") _, out("r9") _, out("r10") _, out("r11") _,
         );
     }
@@ -624,11 +645,80 @@ unsafe fn socket32(domain: i32, ty: i32, proto: i32) -> i32 {
     ret
 }
 
+/// A TCP `connect` or a UDP `sendto` of "latch" to `addr`, made through the 32-bit system-call
+/// table: `connect` by its own i386 call, `socketcall` by `socketcall(SYS_CONNECT)`, `sendto` by
+/// `socketcall(SYS_SENDTO)`. The socket itself is made by the 64-bit call.
+#[cfg(target_arch = "x86_64")]
+fn net32(how: &str, addr: std::net::SocketAddrV4) {
+    const NR_SOCKETCALL: i32 = 102;
+    const NR_CONNECT: i32 = 362;
+    const SYS_CONNECT: u32 = 3;
+    const SYS_SENDTO: u32 = 11;
+    let kind = match how {
+        "connect" | "socketcall" => libc::SOCK_STREAM,
+        "sendto" => libc::SOCK_DGRAM,
+        other => {
+            eprintln!("latch-probe: net32: unknown call '{other}'");
+            std::process::exit(2);
+        }
+    };
+    // SAFETY: a fresh anonymous mapping, asked below 2 GiB where 32-bit calls can point.
+    let page = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_32BIT,
+            -1,
+            0,
+        )
+    };
+    if page == libc::MAP_FAILED {
+        return report(Err(std::io::Error::last_os_error()));
+    }
+    let base = page as usize;
+    let (sa, args, payload) = (base, base + 64, base + 128);
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: addr.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(addr.ip().octets()),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: socket(2) with integer arguments.
+    let fd = unsafe { libc::socket(libc::AF_INET, kind, 0) };
+    if fd < 0 {
+        return report(Err(std::io::Error::last_os_error()));
+    }
+    let len = std::mem::size_of::<libc::sockaddr_in>() as u32;
+    // SAFETY: the page is ours, writable and large enough for each of these at its offset; the
+    // kernel reads them during the call, which ends before the page does (it is never unmapped).
+    let ret = unsafe {
+        std::ptr::write(sa as *mut libc::sockaddr_in, sin);
+        std::ptr::copy_nonoverlapping(b"latch".as_ptr(), payload as *mut u8, 5);
+        match how {
+            "connect" => int80(NR_CONNECT, fd as u32, sa as u32, len),
+            "socketcall" => {
+                std::ptr::write(args as *mut [u32; 3], [fd as u32, sa as u32, len]);
+                int80(NR_SOCKETCALL, SYS_CONNECT, args as u32, 0)
+            }
+            _ => {
+                let a = [fd as u32, payload as u32, 5, 0, sa as u32, len];
+                std::ptr::write(args as *mut [u32; 6], a);
+                int80(NR_SOCKETCALL, SYS_SENDTO, args as u32, 0)
+            }
+        }
+    };
+    report(match ret {
+        -1 => Err(std::io::Error::last_os_error()),
+        _ => Ok(()),
+    })
+}
+
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn socket32(_domain: i32, _ty: i32, _proto: i32) -> i32 {
-    // SAFETY: errno is this thread's.
-    unsafe { *libc::__errno_location() = libc::ENOSYS };
-    -1
+fn net32(_how: &str, _addr: std::net::SocketAddrV4) {
+    report(Err(std::io::Error::from_raw_os_error(libc::ENOSYS)))
 }
 
 /// `bpf(BPF_MAP_CREATE)` of a one-entry array: whether this process may use `bpf()`.
@@ -1162,6 +1252,13 @@ fn main() {
             _ => SocketCall::Plain,
         };
         return packet_udp(port, tag, via);
+    }
+    if args.get(1).map(String::as_str) == Some("net32") {
+        let (Some(how), Some(Ok(addr))) = (args.get(2), args.get(3).map(|a| a.parse())) else {
+            eprintln!("usage: latch-probe net32 connect|socketcall|sendto IPV4:PORT");
+            std::process::exit(2);
+        };
+        return net32(how, addr);
     }
     if args.get(1).map(String::as_str) == Some("udplite-send") {
         let Some(addr) = args.get(2) else {
