@@ -3,7 +3,6 @@
 
 use latch_proto::v1::{Grant, GrantScope};
 use serde_json::json;
-use sqlx::{any::AnyRow, Row};
 
 use crate::{
     auth::{Identity, Role},
@@ -11,13 +10,8 @@ use crate::{
     engine::Central,
     error::{Error, Result},
     events::Event,
-    store::{AuditFact, QueryContext, Store, Tx},
+    store::{AuditFact, GrantRow, QueryContext, Revoke, Store, Tx},
 };
-
-const GRANT_COLUMNS: &str =
-    "grant_id, approval_id, host_id, rule_id, rule_name, workload, scope, tgid,
-    granted_by, created_at_ms, expires_at_ms, revoked_at_ms, revoked_by, revoke_reason,
-    close_connections";
 
 /// Stored name of a scope.
 pub fn scope_name(s: GrantScope) -> &'static str {
@@ -38,48 +32,47 @@ pub(crate) fn scope_of(s: &str) -> GrantScope {
     }
 }
 
-fn grant_row(r: &AnyRow) -> Result<Grant, sqlx::Error> {
-    Ok(Grant {
-        grant_id: r.try_get("grant_id")?,
-        scope: scope_of(&r.try_get::<String, _>("scope")?) as i32,
-        expires_at_unix_ms: r.try_get("expires_at_ms")?,
-        host_id: r.try_get("host_id")?,
-        rule_id: r.try_get::<i64, _>("rule_id")? as u32,
-        rule_name: r.try_get("rule_name")?,
-        workload: r.try_get("workload")?,
-        tgid: r.try_get::<i64, _>("tgid")? as u32,
-        request_id: r.try_get("approval_id")?,
-        granted_by: r.try_get("granted_by")?,
-        created_at_unix_ms: r.try_get("created_at_ms")?,
-        revoked_at_unix_ms: r.try_get("revoked_at_ms")?,
-        revoked_by: r.try_get("revoked_by")?,
-        revoke_reason: r.try_get("revoke_reason")?,
-        close_connections: r.try_get::<i64, _>("close_connections")? != 0,
-    })
+fn from_row(r: GrantRow) -> Grant {
+    Grant {
+        grant_id: r.grant_id,
+        scope: scope_of(&r.scope) as i32,
+        expires_at_unix_ms: r.expires_at_ms,
+        host_id: r.host_id,
+        rule_id: r.rule_id as u32,
+        rule_name: r.rule_name,
+        workload: r.workload,
+        tgid: r.tgid as u32,
+        request_id: r.approval_id,
+        granted_by: r.granted_by,
+        created_at_unix_ms: r.created_at_ms,
+        revoked_at_unix_ms: r.revoked_at_ms,
+        revoked_by: r.revoked_by,
+        revoke_reason: r.revoke_reason,
+        close_connections: r.close_connections != 0,
+    }
 }
 
 /// Stores a new grant inside the decision's transaction.
 pub(crate) async fn insert_in(tx: &mut Tx, g: &Grant) -> Result<()> {
     let scope = GrantScope::try_from(g.scope).unwrap_or(GrantScope::Unspecified);
-    sqlx::query(
-        "INSERT INTO grants (grant_id, approval_id, host_id, rule_id, rule_name, workload, scope, tgid,
-            granted_by, created_at_ms, expires_at_ms)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+    Store::insert_grant(
+        tx,
+        &GrantRow {
+            grant_id: g.grant_id.clone(),
+            approval_id: g.request_id.clone(),
+            host_id: g.host_id.clone(),
+            rule_id: g.rule_id as i64,
+            rule_name: g.rule_name.clone(),
+            workload: g.workload.clone(),
+            scope: scope_name(scope).into(),
+            tgid: g.tgid as i64,
+            granted_by: g.granted_by.clone(),
+            created_at_ms: g.created_at_unix_ms,
+            expires_at_ms: g.expires_at_unix_ms,
+            ..GrantRow::default()
+        },
     )
-    .bind(&g.grant_id)
-    .bind(&g.request_id)
-    .bind(&g.host_id)
-    .bind(g.rule_id as i64)
-    .bind(&g.rule_name)
-    .bind(&g.workload)
-    .bind(scope_name(scope))
-    .bind(g.tgid as i64)
-    .bind(&g.granted_by)
-    .bind(g.created_at_unix_ms)
-    .bind(g.expires_at_unix_ms)
-    .execute(&mut **tx)
-    .await
-    .ctx(format!("storing grant {}", g.grant_id))?;
+    .await?;
     Store::audit_in(
         tx,
         &AuditFact {
@@ -103,35 +96,20 @@ pub(crate) async fn insert_in(tx: &mut Tx, g: &Grant) -> Result<()> {
 impl Central {
     /// One grant.
     pub async fn grant(&self, grant_id: &str) -> Result<Grant> {
-        let sql = format!("SELECT {GRANT_COLUMNS} FROM grants WHERE grant_id = $1");
-        let row = sqlx::query(&sql)
-            .bind(grant_id)
-            .fetch_optional(self.store.pool())
-            .await
-            .ctx(format!("reading grant {grant_id}"))?
-            .ok_or_else(|| Error::NotFound(format!("grant '{grant_id}'")))?;
-        Ok(grant_row(&row).ctx(format!("decoding grant {grant_id}"))?)
+        self.store
+            .grant(grant_id)
+            .await?
+            .map(from_row)
+            .ok_or_else(|| Error::NotFound(format!("grant '{grant_id}'")))
     }
 
     /// Grants, newest first: only active ones unless `include_inactive`.
     pub async fn list_grants(&self, include_inactive: bool, host_id: &str) -> Result<Vec<Grant>> {
-        let sql = format!(
-            "SELECT {GRANT_COLUMNS} FROM grants
-             WHERE ($1 = 1 OR (revoked_at_ms = 0 AND expires_at_ms > $2)) AND ($3 = '' OR host_id = $3)
-             ORDER BY created_at_ms DESC, grant_id"
-        );
-        let rows = sqlx::query(&sql)
-            .bind(include_inactive as i64)
-            .bind(now_ms())
-            .bind(host_id)
-            .fetch_all(self.store.pool())
-            .await
-            .ctx("listing grants")?;
-        Ok(rows
-            .iter()
-            .map(grant_row)
-            .collect::<Result<_, _>>()
-            .ctx("decoding grants")?)
+        let rows = self
+            .store
+            .grants(include_inactive, host_id, now_ms())
+            .await?;
+        Ok(rows.into_iter().map(from_row).collect())
     }
 
     /// Revokes a grant and tells its host's agent at once.
@@ -163,20 +141,18 @@ impl Central {
         let g = self.grant(grant_id).await?;
         let now = now_ms();
         let mut tx = self.store.begin().await?;
-        let r = sqlx::query(
-            "UPDATE grants SET revoked_at_ms = $2, revoked_by = $3, revoke_reason = $4,
-             close_connections = $5
-             WHERE grant_id = $1 AND revoked_at_ms = 0",
+        let revoked = Store::revoke_grant(
+            &mut tx,
+            &Revoke {
+                grant_id,
+                by: &who.subject,
+                reason,
+                close_connections,
+                now_ms: now,
+            },
         )
-        .bind(grant_id)
-        .bind(now)
-        .bind(&who.subject)
-        .bind(reason)
-        .bind(close_connections as i64)
-        .execute(&mut *tx)
-        .await
-        .ctx(format!("revoking grant {grant_id}"))?;
-        if r.rows_affected() == 0 {
+        .await?;
+        if !revoked {
             // Revoked since `g` was read, possibly by a call in this open batch: its commit
             // comes first, so the reader then sees who revoked it.
             tx.commit().await.ctx("committing an empty revocation")?;

@@ -20,16 +20,14 @@
 
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
-use sqlx::Row;
-
 use crate::{
     auth::{bearer, AuthError, Identity, Login, Role},
     clock::now_ms,
     engine::Central,
     error::{Error, Result},
-    store::{AuditFact, QueryContext, Store, StoreError},
+    store::{AuditFact, IdentityRow, NewLogin, QueryContext, Store, StoreError},
 };
+use sha2::{Digest, Sha256};
 
 pub use crate::engine::identity_log::WRITE_EVERY;
 
@@ -146,15 +144,11 @@ impl Central {
     /// trail, unless this token's login is already recorded. Returns whether it recorded.
     pub async fn record_login(&self, token: &str, login: &Login, channel: &str) -> Result<bool> {
         let token_hash = hex::encode(Sha256::digest(token.as_bytes()));
-        let known = sqlx::query("SELECT 1 AS known FROM reviewer_logins WHERE token_hash = $1")
-            .bind(&token_hash)
-            .fetch_optional(self.store.pool())
-            .await
-            .ctx(format!(
-                "looking up the login of {}",
-                login.identity.subject
-            ))?;
-        if known.is_some() {
+        if self
+            .store
+            .login_recorded(&token_hash, &login.identity.subject)
+            .await?
+        {
             return Ok(false);
         }
         let now = now_ms();
@@ -166,25 +160,19 @@ impl Central {
         let id = &login.identity;
         let mut tx = self.store.begin().await?;
         // Another call with the same token may have recorded it since the look-up.
-        let inserted = sqlx::query(
-            "INSERT INTO reviewer_logins (token_hash, subject, recorded_at_ms, expires_at_ms)
-             VALUES ($1, $2, $3, $4) ON CONFLICT (token_hash) DO NOTHING",
+        let recorded = Store::insert_login(
+            &mut tx,
+            &NewLogin {
+                token_hash: &token_hash,
+                subject: &id.subject,
+                now_ms: now,
+                expires_at_ms,
+            },
         )
-        .bind(&token_hash)
-        .bind(&id.subject)
-        .bind(now)
-        .bind(expires_at_ms)
-        .execute(&mut *tx)
-        .await
-        .ctx(format!("recording the login of {}", id.subject))?;
-        if inserted.rows_affected() == 0 {
+        .await?;
+        if !recorded {
             return Ok(false);
         }
-        sqlx::query("DELETE FROM reviewer_logins WHERE expires_at_ms <= $1")
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .ctx("removing the logins of expired tokens")?;
         let role = id
             .roles
             .iter()
@@ -243,27 +231,14 @@ impl Central {
         let roles: Vec<&str> = id.roles.iter().map(|r| role_name(*r)).collect();
         let now = now_ms();
         let mut tx = self.store.begin().await?;
-        sqlx::query(
-            "INSERT INTO identities (issuer, subject, email, email_lower, groups_json, roles_json,
-                aliases_json, first_seen_ms, last_seen_ms, email_verified)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9)
-             ON CONFLICT (issuer, subject) DO UPDATE SET email = excluded.email,
-                email_lower = excluded.email_lower, groups_json = excluded.groups_json,
-                roles_json = excluded.roles_json, aliases_json = excluded.aliases_json,
-                last_seen_ms = excluded.last_seen_ms, email_verified = excluded.email_verified",
-        )
-        .bind(issuer)
-        .bind(&id.subject)
-        .bind(&id.email)
-        .bind(id.email.to_lowercase())
-        .bind(serde_json::json!(id.groups).to_string())
-        .bind(serde_json::json!(roles).to_string())
-        .bind(serde_json::json!(id.aliases).to_string())
-        .bind(now)
-        .bind(i64::from(login.email_verified))
-        .execute(&mut *tx)
-        .await
-        .ctx(format!("remembering identity {}", id.subject))?;
+        let row = IdentityRow {
+            subject: id.subject.clone(),
+            email: id.email.clone(),
+            groups_json: serde_json::json!(id.groups).to_string(),
+            roles_json: serde_json::json!(roles).to_string(),
+            aliases_json: serde_json::json!(id.aliases).to_string(),
+        };
+        Store::upsert_identity(&mut tx, issuer, &row, login.email_verified, now).await?;
         tx.commit()
             .await
             .ctx(format!("committing identity {}", id.subject))?;
@@ -295,17 +270,7 @@ impl Central {
             .filter(|i| i.email.eq_ignore_ascii_case(email))
             .collect();
         let since = now_ms() - REMEMBER_FOR.as_millis() as i64;
-        let rows = sqlx::query(
-            "SELECT subject, email, groups_json, roles_json, aliases_json FROM identities
-             WHERE email_lower = $1 AND email_verified = 1 AND last_seen_ms >= $2
-             ORDER BY last_seen_ms DESC",
-        )
-        .bind(email.to_lowercase())
-        .bind(since)
-        .fetch_all(self.store.pool())
-        .await
-        .ctx(format!("looking up identity {email}"))?;
-        for row in &rows {
+        for row in self.store.identities_by_email(email, since).await? {
             found.push(remembered(row)?);
         }
         let mut subjects: Vec<String> = found.iter().map(|i| i.subject.clone()).collect();
@@ -337,21 +302,16 @@ pub enum ByEmail {
 }
 
 /// A remembered identity from its `identities` row.
-fn remembered(row: &sqlx::any::AnyRow) -> Result<Identity> {
-    let text = |col: &str| -> Result<String> {
-        Ok(row
-            .try_get::<String, _>(col)
-            .ctx(format!("reading identities.{col}"))?)
-    };
+fn remembered(row: IdentityRow) -> Result<Identity> {
     let groups: Vec<String> =
-        serde_json::from_str(&text("groups_json")?).map_err(|e| corrupt("groups_json", e))?;
+        serde_json::from_str(&row.groups_json).map_err(|e| corrupt("groups_json", e))?;
     let roles: Vec<Role> =
-        serde_json::from_str(&text("roles_json")?).map_err(|e| corrupt("roles_json", e))?;
+        serde_json::from_str(&row.roles_json).map_err(|e| corrupt("roles_json", e))?;
     let aliases: Vec<String> =
-        serde_json::from_str(&text("aliases_json")?).map_err(|e| corrupt("aliases_json", e))?;
+        serde_json::from_str(&row.aliases_json).map_err(|e| corrupt("aliases_json", e))?;
     Ok(Identity {
-        subject: text("subject")?,
-        email: text("email")?,
+        subject: row.subject,
+        email: row.email,
         groups,
         roles,
         aliases,

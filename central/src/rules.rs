@@ -10,7 +10,6 @@ use latch_proto::v1::{agent_message::Body, AgentMessage, RuleSetPush};
 use policy::RuleSet;
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use sqlx::{any::AnyRow, Row};
 
 use crate::{
     auth::{Identity, Role},
@@ -18,34 +17,13 @@ use crate::{
     engine::Central,
     error::{Error, Result},
     events::Event,
-    store::{AuditFact, QueryContext, Store},
+    store::{AuditFact, NewRulesVersion, QueryContext, Store},
 };
 
 /// Largest rules file accepted.
 pub const MAX_RULES_BYTES: usize = 1 << 20;
 
-/// A stored rules version.
-#[derive(Clone, Debug)]
-pub struct Version {
-    /// Number, increasing.
-    pub version: i64,
-    /// File name it was applied from.
-    pub source_name: String,
-    /// The file.
-    pub yaml: String,
-    /// Hex SHA-256 of `yaml`.
-    pub sha256: String,
-    /// Hosts whose labels include these receive it.
-    pub selector: BTreeMap<String, String>,
-    /// Who.
-    pub applied_by: String,
-    /// When.
-    pub applied_at_ms: i64,
-    /// Why.
-    pub comment: String,
-    /// The version a rollback copied (0 otherwise).
-    pub rollback_of: i64,
-}
+pub use crate::store::RulesVersion as Version;
 
 /// What changed between two versions.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -126,60 +104,21 @@ pub fn diff(
     d
 }
 
-fn version_row(r: &AnyRow) -> Result<Version, sqlx::Error> {
-    let sel: String = r.try_get("selector_json")?;
-    Ok(Version {
-        version: r.try_get("version")?,
-        source_name: r.try_get("source_name")?,
-        yaml: r.try_get("yaml")?,
-        sha256: r.try_get("sha256")?,
-        selector: serde_json::from_str(&sel)
-            .map_err(|e| sqlx::Error::Decode(format!("selector '{sel}': {e}").into()))?,
-        applied_by: r.try_get("applied_by")?,
-        applied_at_ms: r.try_get("applied_at_ms")?,
-        comment: r.try_get("comment")?,
-        rollback_of: r.try_get("rollback_of")?,
-    })
-}
-
-const VERSION_COLUMNS: &str =
-    "version, source_name, yaml, sha256, selector_json, applied_by, applied_at_ms, comment, rollback_of";
-
 impl Central {
     /// Every version, newest first.
     pub async fn rule_versions(&self) -> Result<Vec<Version>> {
-        let sql = format!("SELECT {VERSION_COLUMNS} FROM rule_sets ORDER BY version DESC");
-        let rows = sqlx::query(&sql)
-            .fetch_all(self.store.pool())
-            .await
-            .ctx("listing rules versions")?;
-        Ok(rows
-            .iter()
-            .map(version_row)
-            .collect::<Result<_, _>>()
-            .ctx("decoding rules versions")?)
+        Ok(self.store.rule_versions().await?)
     }
 
     /// One version; 0 means the newest.
     pub async fn rule_version(&self, version: i64) -> Result<Version> {
-        let sql = if version == 0 {
-            format!("SELECT {VERSION_COLUMNS} FROM rule_sets WHERE $1 = 0 ORDER BY version DESC LIMIT 1")
-        } else {
-            format!("SELECT {VERSION_COLUMNS} FROM rule_sets WHERE version = $1")
-        };
-        let row = sqlx::query(&sql)
-            .bind(version)
-            .fetch_optional(self.store.pool())
-            .await
-            .ctx(format!("reading rules version {version}"))?
-            .ok_or_else(|| {
-                Error::NotFound(if version == 0 {
-                    "no rules version has been applied".to_string()
-                } else {
-                    format!("rules version {version}")
-                })
-            })?;
-        Ok(version_row(&row).ctx(format!("decoding rules version {version}"))?)
+        self.store.rule_version(version).await?.ok_or_else(|| {
+            Error::NotFound(if version == 0 {
+                "no rules version has been applied".to_string()
+            } else {
+                format!("rules version {version}")
+            })
+        })
     }
 
     /// The parsed rules of a version.
@@ -320,24 +259,20 @@ impl Central {
         let sha = sha256_hex(yaml);
         let selector_json = serde_json::to_string(selector).unwrap_or_else(|_| "{}".into());
         let mut tx = self.store.begin().await?;
-        let version: i64 = sqlx::query(
-            "INSERT INTO rule_sets (source_name, yaml, sha256, selector_json, applied_by, applied_at_ms,
-                comment, rollback_of)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING version",
+        let version = Store::insert_rule_version(
+            &mut tx,
+            &NewRulesVersion {
+                source_name,
+                yaml,
+                sha256: &sha,
+                selector_json: &selector_json,
+                applied_by: &who.subject,
+                applied_at_ms: now,
+                comment,
+                rollback_of,
+            },
         )
-        .bind(source_name)
-        .bind(yaml)
-        .bind(&sha)
-        .bind(&selector_json)
-        .bind(&who.subject)
-        .bind(now)
-        .bind(comment)
-        .bind(rollback_of)
-        .fetch_one(&mut *tx)
-        .await
-        .ctx("storing rules version")?
-        .try_get("version")
-        .ctx("storing rules version")?;
+        .await?;
         Store::audit_in(
             &mut tx,
             &AuditFact {

@@ -12,9 +12,13 @@
 
 mod chat;
 mod console;
+mod grants;
 mod group_commit;
+mod hosts;
+mod identities;
 mod migrations;
 pub mod recommendations;
+mod rule_sets;
 
 use std::{
     ops::{Deref, DerefMut},
@@ -25,10 +29,14 @@ use std::{
 
 pub use chat::{Delivered, Lease};
 pub use console::{NewSession, SessionRow};
+pub use grants::{GrantRow, Revoke};
 use group_commit::{BatchHead, BatchTx, Writer};
 pub use group_commit::{CommitObserver, WriterStats};
+pub use hosts::{HostRow, NewHost, RuleStatusRow};
+pub use identities::{IdentityRow, NewLogin};
 pub use migrations::MIGRATIONS;
 use migrations::MIGRATIONS_AFTER;
+pub use rule_sets::{NewRulesVersion, RulesVersion};
 
 use serde_json::Value;
 
