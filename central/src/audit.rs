@@ -16,7 +16,6 @@ use ed25519_dalek::VerifyingKey;
 use latch_proto::v1::{AuditBatch, AuditCheckpoint, AuditEntry, ShadowCount};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use sqlx::Row;
 
 use crate::{
     chain::{self, parse_hash, Checkpoint, Record, Report, Verifier, VerifyOptions},
@@ -24,7 +23,7 @@ use crate::{
     config::Config,
     engine::Central,
     error::{Error, Result},
-    store::{AuditFact, AuditFilter, QueryContext, Store, StoreError},
+    store::{AuditFact, AuditFilter, Prune, QueryContext, Store},
 };
 
 /// Records read per database round trip when verifying or exporting.
@@ -99,39 +98,12 @@ pub fn checkpoint_of_proto(c: AuditCheckpoint) -> Result<Checkpoint, String> {
 
 /// Every stored checkpoint, by seq.
 pub async fn list_checkpoints(store: &Store) -> Result<Vec<Checkpoint>> {
-    let rows = sqlx::query(
-        "SELECT seq, kind, hash, time_ms, key_id, signature FROM audit_checkpoints ORDER BY seq, time_ms",
-    )
-    .fetch_all(store.pool())
-    .await
-    .ctx("listing audit checkpoints")?;
-    rows.iter()
-        .map(|r| {
-            let seq: i64 = r.try_get("seq").ctx("decoding audit checkpoint")?;
-            let hash: String = r.try_get("hash").ctx("decoding audit checkpoint")?;
-            Ok(Checkpoint {
-                seq,
-                hash: parse_hash(&hash).map_err(|message| StoreError::Corrupt {
-                    what: format!("audit checkpoint at seq {seq}"),
-                    message,
-                })?,
-                time_unix_ms: r.try_get("time_ms").ctx("decoding audit checkpoint")?,
-                kind: r.try_get("kind").ctx("decoding audit checkpoint")?,
-                key_id: r.try_get("key_id").ctx("decoding audit checkpoint")?,
-                signature: r.try_get("signature").ctx("decoding audit checkpoint")?,
-            })
-        })
-        .collect()
+    Ok(store.checkpoints().await?)
 }
 
 /// The retention boundary (records up to it were deleted; 0: none).
 pub async fn retention_boundary(store: &Store) -> Result<i64> {
-    let r = sqlx::query("SELECT COALESCE(MAX(boundary_seq), 0) AS b FROM audit_retention")
-        .fetch_one(store.pool())
-        .await
-        .ctx("reading the retention boundary")?;
-    Ok(r.try_get::<i64, _>("b")
-        .ctx("reading the retention boundary")?)
+    Ok(store.retention_boundary().await?)
 }
 
 /// Verifies the whole stored chain against `keys`, streaming it page by page. `progress` is
@@ -295,20 +267,7 @@ impl Central {
         }
         let cp = Checkpoint::sign(&self.signing, seq, prev, now_ms(), kind);
         let mut tx = self.store.begin().await?;
-        sqlx::query(
-            "INSERT INTO audit_checkpoints (seq, kind, hash, time_ms, key_id, signature, replica)
-             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (seq, kind) DO NOTHING",
-        )
-        .bind(cp.seq)
-        .bind(&cp.kind)
-        .bind(hex::encode(cp.hash))
-        .bind(cp.time_unix_ms)
-        .bind(&cp.key_id)
-        .bind(&cp.signature)
-        .bind(&self.replica_id)
-        .execute(&mut *tx)
-        .await
-        .ctx(format!("storing the {kind} checkpoint at seq {seq}"))?;
+        Store::insert_checkpoint(&mut tx, &cp, &self.replica_id).await?;
         tx.commit()
             .await
             .ctx(format!("committing the {kind} checkpoint at seq {seq}"))?;
@@ -327,12 +286,7 @@ impl Central {
     pub async fn prune_audit(&self, cutoff_ms: i64) -> Result<Option<i64>> {
         let current = retention_boundary(&self.store).await?;
         let head = self.store.audit_head().await?;
-        let r = sqlx::query("SELECT MIN(seq) AS s FROM audit WHERE time_ms >= $1")
-            .bind(cutoff_ms)
-            .fetch_one(self.store.pool())
-            .await
-            .ctx("finding records past retention")?;
-        let first_kept: Option<i64> = r.try_get("s").ctx("finding records past retention")?;
+        let first_kept = self.store.first_audit_seq_since(cutoff_ms).await?;
         let boundary = first_kept.map(|s| s - 1).unwrap_or(head.seq);
         if boundary <= current {
             return Ok(None);
@@ -342,22 +296,16 @@ impl Central {
             .await?;
         let now = now_ms();
         let mut tx = self.store.begin().await?;
-        sqlx::query(
-            "INSERT INTO audit_retention (boundary_seq, time_ms, cutoff_ms, replica) VALUES ($1, $2, $3, $4)",
+        let deleted = Store::prune_audit(
+            &mut tx,
+            &Prune {
+                boundary,
+                cutoff_ms,
+                now_ms: now,
+                replica: &self.replica_id,
+            },
         )
-        .bind(boundary)
-        .bind(now)
-        .bind(cutoff_ms)
-        .bind(&self.replica_id)
-        .execute(&mut *tx)
-        .await
-        .ctx("recording the retention boundary")?;
-        let deleted = sqlx::query("DELETE FROM audit WHERE seq <= $1")
-            .bind(boundary)
-            .execute(&mut *tx)
-            .await
-            .ctx("deleting records past retention")?
-            .rows_affected();
+        .await?;
         Store::audit_in(
             &mut tx,
             &AuditFact {
@@ -412,14 +360,7 @@ impl Central {
 
     async fn periodic_checkpoint(&self, every: i64, interval: Duration) -> Result<()> {
         let head = self.store.audit_head().await?;
-        let r = sqlx::query(
-            "SELECT COALESCE(MAX(seq), 0) AS s, COALESCE(MAX(time_ms), 0) AS t FROM audit_checkpoints",
-        )
-        .fetch_one(self.store.pool())
-        .await
-        .ctx("reading the last checkpoint")?;
-        let last_seq: i64 = r.try_get("s").ctx("reading the last checkpoint")?;
-        let last_time: i64 = r.try_get("t").ctx("reading the last checkpoint")?;
+        let (last_seq, last_time) = self.store.last_checkpoint().await?;
         if head.seq > last_seq
             && (head.seq - last_seq >= every || now_ms() - last_time >= interval.as_millis() as i64)
         {
@@ -433,20 +374,12 @@ impl Central {
     pub async fn record_start(&self, config: &Config) -> Result<()> {
         let summary = config_summary(config);
         let digest = hex::encode(Sha256::digest(summary.to_string().as_bytes()));
-        let last = sqlx::query(
-            "SELECT payload FROM audit WHERE kind = 'config.changed' ORDER BY seq DESC LIMIT 1",
-        )
-        .fetch_optional(self.store.pool())
-        .await
-        .ctx("reading the last recorded configuration")?;
+        let last = self.store.last_audit_payload("config.changed").await?;
         let previous = match last {
-            Some(r) => {
-                let p: String = r.try_get("payload").ctx("reading the last configuration")?;
-                serde_json::from_str::<Value>(&p)
-                    .ok()
-                    .and_then(|v| v.get("sha256").and_then(|s| s.as_str()).map(String::from))
-                    .unwrap_or_default()
-            }
+            Some(p) => serde_json::from_str::<Value>(&p)
+                .ok()
+                .and_then(|v| v.get("sha256").and_then(|s| s.as_str()).map(String::from))
+                .unwrap_or_default(),
             None => String::new(),
         };
         let mut tx = self.store.begin().await?;

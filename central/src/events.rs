@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::Stream;
 
-use crate::store::{QueryContext, Store, StoreError};
+use crate::store::{Store, StoreError};
 
 /// The PostgreSQL channel replicas notify each other on.
 pub const CHANNEL: &str = "latch_events";
@@ -83,13 +83,7 @@ impl Publisher {
                     what: "event".into(),
                     message: e.to_string(),
                 })?;
-                sqlx::query("SELECT 1 AS ok FROM pg_notify($1, $2)")
-                    .bind(CHANNEL)
-                    .bind(payload)
-                    .execute(store.pool())
-                    .await
-                    .ctx("notifying replicas")?;
-                Ok(())
+                store.notify(CHANNEL, &payload).await
             }
         }
     }

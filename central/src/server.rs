@@ -40,7 +40,7 @@ pub enum StartError {
     },
     /// PostgreSQL `LISTEN`.
     #[error("cannot listen for replica notifications: {0}")]
-    Listen(sqlx::Error),
+    Listen(crate::store::StoreError),
     /// Server reflection.
     #[error("cannot build server reflection: {0}")]
     Reflection(String),
@@ -128,11 +128,7 @@ async fn start_serving(
     let publisher = match store.backend() {
         Backend::Sqlite => Publisher::Local(local_tx),
         Backend::Postgres => {
-            let mut l = sqlx::postgres::PgListener::connect(store.url())
-                .await
-                .map_err(StartError::Listen)?;
-            l.listen(CHANNEL).await.map_err(StartError::Listen)?;
-            pg_listener = Some(l);
+            pg_listener = Some(store.listen(CHANNEL).await.map_err(StartError::Listen)?);
             Publisher::Postgres(store.clone())
         }
     };
@@ -201,10 +197,10 @@ async fn start_serving(
             let c = central.clone();
             tasks.push(tokio::spawn(async move {
                 loop {
-                    match l.try_recv().await {
-                        Ok(Some(n)) => match serde_json::from_str::<Event>(n.payload()) {
+                    match l.next().await {
+                        Ok(Some(payload)) => match serde_json::from_str::<Event>(&payload) {
                             Ok(e) => c.dispatch(e, None).await,
-                            Err(e) => tracing::warn!(payload = n.payload(), error = %e, "bad notification"),
+                            Err(e) => tracing::warn!(payload, error = %e, "bad notification"),
                         },
                         Ok(None) => tracing::warn!(
                             "lost the notification connection; reconnecting (agents catch up when they reconnect)"

@@ -11,12 +11,14 @@
 //! head (see the `group_commit` module).
 
 mod chat;
+mod checkpoints;
 mod console;
 mod grants;
 mod group_commit;
 mod hosts;
 mod identities;
 mod migrations;
+mod notify;
 pub mod recommendations;
 mod rule_sets;
 
@@ -28,6 +30,7 @@ use std::{
 };
 
 pub use chat::{Delivered, Lease};
+pub use checkpoints::Prune;
 pub use console::{NewSession, SessionRow};
 pub use grants::{GrantRow, Revoke};
 use group_commit::{BatchHead, BatchTx, Writer};
@@ -36,6 +39,7 @@ pub use hosts::{HostRow, NewHost, RuleStatusRow};
 pub use identities::{IdentityRow, NewLogin};
 pub use migrations::MIGRATIONS;
 use migrations::MIGRATIONS_AFTER;
+pub use notify::Listener;
 pub use rule_sets::{NewRulesVersion, RulesVersion};
 
 use serde_json::Value;
