@@ -18,7 +18,6 @@ use latch_proto::v1::{
 };
 use prost::Message;
 use serde_json::json;
-use sqlx::{any::AnyRow, Row};
 
 use crate::{
     auth::{Identity, Role},
@@ -27,52 +26,18 @@ use crate::{
     error::{Error, Result},
     events::Event,
     grants, review,
-    store::{AuditFact, QueryContext, Store, Tx},
+    store::{
+        AuditFact, History, NewRequest, NewVote, QueryContext, Resolution, Store, Tx, VoteRow,
+    },
     tally::{tally, Ballot, Choice, Scope, Tally, Terms},
 };
 
 /// Longest grant a reviewer may give.
 pub const MAX_GRANT: Duration = Duration::from_secs(30 * 24 * 3600);
 
-/// A request's state.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum State {
-    /// Waiting for a decision.
-    Pending,
-    /// Approved by enough approvers.
-    Approved,
-    /// Denied by an approver.
-    Denied,
-    /// Nobody decided in time; the rule's `on_timeout` applied.
-    Expired,
-    /// The process went away first.
-    Cancelled,
-}
+pub use crate::store::{RequestRow, State};
 
 impl State {
-    /// Stored name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Pending => "pending",
-            State::Approved => "approved",
-            State::Denied => "denied",
-            State::Expired => "expired",
-            State::Cancelled => "cancelled",
-        }
-    }
-
-    /// From the stored name.
-    pub fn parse(s: &str) -> Option<State> {
-        Some(match s {
-            "pending" => State::Pending,
-            "approved" => State::Approved,
-            "denied" => State::Denied,
-            "expired" => State::Expired,
-            "cancelled" => State::Cancelled,
-            _ => return None,
-        })
-    }
-
     /// Wire value.
     pub fn to_proto(self) -> RequestState {
         match self {
@@ -111,56 +76,6 @@ fn proto_outcome(s: &str) -> Outcome {
     }
 }
 
-/// A stored request.
-#[derive(Clone, Debug)]
-pub struct RequestRow {
-    /// Central's id.
-    pub approval_id: String,
-    /// Host.
-    pub host_id: String,
-    /// The agent's id.
-    pub request_id: String,
-    /// State.
-    pub state: State,
-    /// Workload identity that asked.
-    pub requester: String,
-    /// Rule.
-    pub rule_id: u32,
-    /// Rule name.
-    pub rule_name: String,
-    /// Workload.
-    pub workload: String,
-    /// Process.
-    pub tgid: u32,
-    /// The request as the agent sent it (protobuf).
-    pub context: Vec<u8>,
-    /// Received.
-    pub received_at_ms: i64,
-    /// Expires.
-    pub expires_at_ms: i64,
-    /// `allow` or `deny` at expiry.
-    pub on_timeout: String,
-    /// Distinct approvers needed.
-    pub approvers_needed: u32,
-    /// Groups approvers must be in (any, when empty).
-    pub approver_groups: Vec<String>,
-    /// Decided.
-    pub decided_at_ms: i64,
-    /// By.
-    pub decided_by: String,
-    /// `allow`, `deny` or empty.
-    pub outcome: String,
-    /// Why.
-    pub reason: String,
-    /// Grant created by the decision.
-    pub grant_id: String,
-    /// What the automatic reviewer said (JSON of [`AutoRecommendation`]), empty until then.
-    pub recommendation: String,
-    /// The request this one waits with, identical to it (see [`crate::merge`]); empty for a
-    /// request reviewers see and decide.
-    pub merged_into: String,
-}
-
 impl RequestRow {
     /// The request as the agent sent it.
     pub fn request(&self) -> Result<ApprovalRequest> {
@@ -172,43 +87,6 @@ impl RequestRow {
             .into()
         })
     }
-}
-
-const REQUEST_COLUMNS: &str =
-    "approval_id, host_id, request_id, state, requester, rule_id, rule_name,
-    workload, tgid, context, received_at_ms, expires_at_ms, on_timeout, approvers_needed,
-    approver_groups_json, decided_at_ms, decided_by, outcome, reason, grant_id, recommendation,
-    merged_into";
-
-fn request_row(r: &AnyRow) -> Result<RequestRow, sqlx::Error> {
-    let state: String = r.try_get("state")?;
-    let groups: String = r.try_get("approver_groups_json")?;
-    Ok(RequestRow {
-        approval_id: r.try_get("approval_id")?,
-        host_id: r.try_get("host_id")?,
-        request_id: r.try_get("request_id")?,
-        state: State::parse(&state)
-            .ok_or_else(|| sqlx::Error::Decode(format!("state '{state}'").into()))?,
-        requester: r.try_get("requester")?,
-        rule_id: r.try_get::<i64, _>("rule_id")? as u32,
-        rule_name: r.try_get("rule_name")?,
-        workload: r.try_get("workload")?,
-        tgid: r.try_get::<i64, _>("tgid")? as u32,
-        context: r.try_get("context")?,
-        received_at_ms: r.try_get("received_at_ms")?,
-        expires_at_ms: r.try_get("expires_at_ms")?,
-        on_timeout: r.try_get("on_timeout")?,
-        approvers_needed: r.try_get::<i64, _>("approvers_needed")? as u32,
-        approver_groups: serde_json::from_str(&groups)
-            .map_err(|e| sqlx::Error::Decode(format!("approver groups '{groups}': {e}").into()))?,
-        decided_at_ms: r.try_get("decided_at_ms")?,
-        decided_by: r.try_get("decided_by")?,
-        outcome: r.try_get("outcome")?,
-        reason: r.try_get("reason")?,
-        grant_id: r.try_get("grant_id")?,
-        recommendation: r.try_get("recommendation")?,
-        merged_into: r.try_get("merged_into")?,
-    })
 }
 
 /// A reviewer's decision, validated.
@@ -253,50 +131,43 @@ fn vote_kind(c: Choice) -> &'static str {
     }
 }
 
-const BALLOT_COLUMNS: &str = "approver, outcome, kind, scope, duration_ms, by_requester";
-
-fn ballot(r: &AnyRow) -> Result<Ballot, sqlx::Error> {
-    let outcome: String = r.try_get("outcome")?;
-    let kind: String = r.try_get("kind")?;
-    let scope: String = r.try_get("scope")?;
-    let duration_ms: i64 = r.try_get("duration_ms")?;
-    let choice = match outcome.as_str() {
+/// A stored vote as the tally counts it.
+fn ballot(approval_id: &str, v: VoteRow) -> Result<Ballot> {
+    let choice = match v.outcome.as_str() {
         "deny" => Choice::Deny,
-        "allow" => match (kind.as_str(), Scope::from_proto(grants::scope_of(&scope))) {
-            ("approve_for", Some(scope)) if duration_ms > 0 => Choice::Approve(Terms::For {
+        "allow" => match (
+            v.kind.as_str(),
+            Scope::from_proto(grants::scope_of(&v.scope)),
+        ) {
+            ("approve_for", Some(scope)) if v.duration_ms > 0 => Choice::Approve(Terms::For {
                 scope,
-                duration: Duration::from_millis(duration_ms as u64),
+                duration: Duration::from_millis(v.duration_ms as u64),
             }),
             // Votes from before terms were stored, or unreadable terms: the narrowest.
             _ => Choice::Approve(Terms::Once),
         },
         other => {
-            return Err(sqlx::Error::Decode(
-                format!("vote outcome '{other}' is neither allow nor deny").into(),
-            ))
+            return Err(crate::store::StoreError::Corrupt {
+                what: format!("a vote on request {approval_id}"),
+                message: format!("vote outcome '{other}' is neither allow nor deny"),
+            }
+            .into())
         }
     };
     Ok(Ballot {
-        approver: r.try_get("approver")?,
+        approver: v.approver,
         choice,
-        by_requester: r.try_get::<i64, _>("by_requester")? != 0,
+        by_requester: v.by_requester,
     })
 }
 
 /// The votes on a request, in the order they were cast.
 async fn ballots_in(tx: &mut Tx, approval_id: &str) -> Result<Vec<Ballot>> {
-    let sql = format!(
-        "SELECT {BALLOT_COLUMNS} FROM votes WHERE approval_id = $1 ORDER BY at_ms, approver"
-    );
-    Ok(sqlx::query(&sql)
-        .bind(approval_id)
-        .fetch_all(&mut **tx)
-        .await
-        .ctx(format!("reading the votes on request {approval_id}"))?
-        .iter()
-        .map(ballot)
-        .collect::<Result<Vec<_>, _>>()
-        .ctx(format!("decoding the votes on request {approval_id}"))?)
+    Store::votes_in(tx, approval_id)
+        .await?
+        .into_iter()
+        .map(|v| ballot(approval_id, v))
+        .collect()
 }
 
 /// What the rule says about a request.
@@ -389,17 +260,7 @@ fn auto_resolution(
 impl Central {
     /// A stored request by central's id.
     pub async fn request_row(&self, approval_id: &str) -> Result<Option<RequestRow>> {
-        let sql = format!("SELECT {REQUEST_COLUMNS} FROM requests WHERE approval_id = $1");
-        let row = sqlx::query(&sql)
-            .bind(approval_id)
-            .fetch_optional(self.store.pool())
-            .await
-            .ctx(format!("reading request {approval_id}"))?;
-        Ok(row
-            .as_ref()
-            .map(request_row)
-            .transpose()
-            .ctx(format!("decoding request {approval_id}"))?)
+        Ok(self.store.request(approval_id).await?)
     }
 
     /// A stored request by the agent's id.
@@ -408,20 +269,7 @@ impl Central {
         host_id: &str,
         request_id: &str,
     ) -> Result<Option<RequestRow>> {
-        let sql = format!(
-            "SELECT {REQUEST_COLUMNS} FROM requests WHERE host_id = $1 AND request_id = $2"
-        );
-        let row = sqlx::query(&sql)
-            .bind(host_id)
-            .bind(request_id)
-            .fetch_optional(self.store.pool())
-            .await
-            .ctx(format!("reading request {host_id}/{request_id}"))?;
-        Ok(row
-            .as_ref()
-            .map(request_row)
-            .transpose()
-            .ctx(format!("decoding request {host_id}/{request_id}"))?)
+        Ok(self.store.request_by_agent_id(host_id, request_id).await?)
     }
 
     /// The rule a request names, in the rules version it was held under (or the host's
@@ -522,33 +370,30 @@ impl Central {
             // It waits with the request reviewers see, and is resolved with it.
             expires = *deadline;
         }
-        let inserted = sqlx::query(
-            "INSERT INTO requests (approval_id, host_id, request_id, state, requester, rule_id, rule_name,
-                workload, tgid, context, received_at_ms, expires_at_ms, on_timeout, approvers_needed,
-                approver_groups_json, updated_at_ms, merge_key, merged_into)
-             VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $10, $15, $16)
-             ON CONFLICT (host_id, request_id) DO NOTHING",
+        let inserted = Store::insert_request(
+            &mut tx,
+            &NewRequest {
+                approval_id: &approval_id,
+                host_id: &host_id,
+                request_id: &req.request_id,
+                requester: &req.requester,
+                rule_id: req.rule_id,
+                rule_name: &terms.rule_name,
+                workload: &terms.workload,
+                tgid: req.tgid,
+                context: req.encode_to_vec(),
+                received_at_ms: now,
+                expires_at_ms: expires,
+                on_timeout: terms.on_timeout,
+                approvers_needed: terms.approvers_needed,
+                approver_groups_json: serde_json::to_string(&terms.groups)
+                    .unwrap_or_else(|_| "[]".into()),
+                merge_key: &merge_key,
+                merged_into: merged_into.as_ref().map(|(p, _)| p.as_str()).unwrap_or(""),
+            },
         )
-        .bind(&approval_id)
-        .bind(&host_id)
-        .bind(&req.request_id)
-        .bind(&req.requester)
-        .bind(req.rule_id as i64)
-        .bind(&terms.rule_name)
-        .bind(&terms.workload)
-        .bind(req.tgid as i64)
-        .bind(req.encode_to_vec())
-        .bind(now)
-        .bind(expires)
-        .bind(terms.on_timeout)
-        .bind(terms.approvers_needed as i64)
-        .bind(serde_json::to_string(&terms.groups).unwrap_or_else(|_| "[]".into()))
-        .bind(&merge_key)
-        .bind(merged_into.as_ref().map(|(p, _)| p.as_str()).unwrap_or(""))
-        .execute(&mut *tx)
-        .await
-        .ctx(format!("storing request {host_id}/{}", req.request_id))?;
-        if inserted.rows_affected() == 0 {
+        .await?;
+        if !inserted {
             // Submitted twice at once: the other call stored it. Committed, not dropped: on
             // SQLite the other call's row may be in the same open batch, and the read below
             // (another connection) sees it only once that batch is committed.
@@ -763,27 +608,34 @@ impl Central {
         row: &RequestRow,
         merged: Option<u32>,
     ) -> Result<ApprovalRecord> {
-        let rows = sqlx::query(
-            "SELECT CAST(0 AS BIGINT) AS part, at_ms AS k, approver AS who, outcome AS a, '' AS b,
-                reason, at_ms
-             FROM votes WHERE approval_id = $1
-             UNION ALL
-             SELECT CAST(1 AS BIGINT), id, actor, from_state, to_state, reason, at_ms
-             FROM transitions WHERE approval_id = $1
-             ORDER BY part, k, who",
-        )
-        .bind(&row.approval_id)
-        .fetch_all(self.store.pool())
-        .await
-        .ctx("reading votes and transitions")?;
         let mut votes = Vec::new();
         let mut transitions = Vec::new();
-        for r in &rows {
-            let part: i64 = r.try_get("part").ctx("decoding votes and transitions")?;
-            if part == 0 {
-                votes.push(vote_of(r).ctx("decoding a vote")?);
-            } else {
-                transitions.push(transition_of(r).ctx("decoding a transition")?);
+        for h in self.store.request_history(&row.approval_id).await? {
+            match h {
+                History::Vote {
+                    approver,
+                    outcome,
+                    reason,
+                    at_ms,
+                } => votes.push(Vote {
+                    approver,
+                    outcome: proto_outcome(&outcome) as i32,
+                    reason,
+                    at_unix_ms: at_ms,
+                }),
+                History::Transition {
+                    from,
+                    to,
+                    actor,
+                    reason,
+                    at_ms,
+                } => transitions.push(Transition {
+                    from: proto_state(&from) as i32,
+                    to: proto_state(&to) as i32,
+                    actor,
+                    reason,
+                    at_unix_ms: at_ms,
+                }),
             }
         }
         let request = row.request()?;
@@ -818,18 +670,7 @@ impl Central {
         if !row.merged_into.is_empty() || row.state == State::Cancelled {
             return Ok(0);
         }
-        let n: i64 =
-            sqlx::query("SELECT COUNT(*) AS n FROM requests WHERE merged_into = $1 AND state = $2")
-                .bind(&row.approval_id)
-                .bind(row.state.as_str())
-                .fetch_one(self.store.pool())
-                .await
-                .ctx(format!(
-                    "counting the requests merged into {}",
-                    row.approval_id
-                ))?
-                .try_get("n")
-                .ctx("counting merged requests")?;
+        let n = self.store.merged_count(&row.approval_id, row.state).await?;
         Ok(n.max(0) as u32)
     }
 
@@ -841,22 +682,13 @@ impl Central {
         host_id: &str,
         limit: i64,
     ) -> Result<Vec<ApprovalRecord>> {
-        let sql = format!(
-            "SELECT {REQUEST_COLUMNS} FROM requests WHERE ($1 = '' OR state = $1) AND ($2 = '' OR host_id = $2)
-                AND (state <> 'pending' OR merged_into = '')
-             ORDER BY received_at_ms DESC, approval_id LIMIT $3"
-        );
-        let rows = sqlx::query(&sql)
-            .bind(state.map(State::as_str).unwrap_or(""))
-            .bind(host_id)
-            .bind(limit)
-            .fetch_all(self.store.pool())
-            .await
-            .ctx("listing requests")?;
+        let rows = self
+            .store
+            .requests(state.map(State::as_str).unwrap_or(""), host_id, limit)
+            .await?;
         let mut out = Vec::with_capacity(rows.len());
-        for r in &rows {
-            let row = request_row(r).ctx("decoding request")?;
-            out.push(self.record_of(&row).await?);
+        for row in &rows {
+            out.push(self.record_of(row).await?);
         }
         Ok(out)
     }
@@ -929,25 +761,22 @@ impl Central {
             _ => (0, ""),
         };
         let outcome = if approve { "allow" } else { "deny" };
-        let voted = sqlx::query(
-            "INSERT INTO votes (approval_id, approver, outcome, reason, at_ms, kind, scope, duration_ms,
-                by_requester)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-             ON CONFLICT (approval_id, approver) DO NOTHING",
+        let voted = Store::insert_vote(
+            &mut tx,
+            &NewVote {
+                approval_id: &row.approval_id,
+                approver: &who.subject,
+                outcome,
+                reason: &d.reason,
+                at_ms: now,
+                kind: vote_kind(choice),
+                scope,
+                duration_ms,
+                by_requester,
+            },
         )
-        .bind(&row.approval_id)
-        .bind(&who.subject)
-        .bind(outcome)
-        .bind(&d.reason)
-        .bind(now)
-        .bind(vote_kind(choice))
-        .bind(scope)
-        .bind(duration_ms)
-        .bind(i64::from(by_requester))
-        .execute(&mut *tx)
-        .await
-        .ctx("recording vote")?;
-        if voted.rows_affected() == 0 {
+        .await?;
+        if !voted {
             return Err(Error::FailedPrecondition(format!(
                 "'{}' already voted on request '{}'; another approver is needed",
                 who.subject, row.approval_id
@@ -1055,24 +884,13 @@ impl Central {
 
     /// How many approvals a request has so far (its `allow` votes).
     pub async fn approvals_so_far(&self, approval_id: &str) -> Result<u32> {
-        let n = approvals_of(self.store.pool(), approval_id).await?;
+        let n = self.store.approvals(approval_id).await?;
         Ok(n.max(0) as u32)
     }
 
     /// How many requests are in each state.
     pub async fn requests_by_state(&self) -> Result<Vec<(String, i64)>> {
-        let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM requests GROUP BY state")
-            .fetch_all(self.store.pool())
-            .await
-            .ctx("counting requests by state")?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get::<String, _>("state").ctx("reading a state")?,
-                    r.try_get::<i64, _>("n").ctx("reading a count")?,
-                ))
-            })
-            .collect()
+        Ok(self.store.requests_by_state().await?)
     }
 
     /// Records a refused decision in the audit trail and returns the refusal.
@@ -1336,19 +1154,7 @@ impl Central {
 
     /// Resolves every request past its deadline. Returns how many this replica resolved.
     pub async fn expire_due(&self) -> Result<usize> {
-        let ids: Vec<String> = sqlx::query(
-            // The requests reviewers see first: each resolves those merged into it.
-            "SELECT approval_id FROM requests WHERE state = 'pending' AND expires_at_ms <= $1
-             ORDER BY expires_at_ms, merged_into LIMIT 500",
-        )
-        .bind(now_ms())
-        .fetch_all(self.store.pool())
-        .await
-        .ctx("finding expired requests")?
-        .iter()
-        .map(|r| r.try_get("approval_id"))
-        .collect::<Result<_, _>>()
-        .ctx("finding expired requests")?;
+        let ids = self.store.due_requests(now_ms(), 500).await?;
         let mut n = 0;
         for id in ids {
             if self.expire_one(&id).await? {
@@ -1360,12 +1166,7 @@ impl Central {
 
     /// The earliest deadline of a pending request.
     pub async fn next_expiry(&self) -> Result<Option<i64>> {
-        let r = sqlx::query("SELECT MIN(expires_at_ms) AS t FROM requests WHERE state = 'pending'")
-            .fetch_one(self.store.pool())
-            .await
-            .ctx("finding the next deadline")?;
-        Ok(r.try_get::<Option<i64>, _>("t")
-            .ctx("finding the next deadline")?)
+        Ok(self.store.next_expiry().await?)
     }
 
     /// Decisions to replay to a reconnecting agent for the requests it still holds.
@@ -1435,22 +1236,9 @@ pub(crate) fn terms_json(t: Terms) -> serde_json::Value {
     }
 }
 
-/// How many `allow` votes a request has, read through `on`: the pool, or the transaction that
-/// holds the request.
-pub(crate) async fn approvals_of<'e>(
-    on: impl sqlx::Executor<'e, Database = sqlx::Any>,
-    approval_id: &str,
-) -> Result<i64> {
-    let what = || format!("counting votes of {approval_id}");
-    Ok(
-        sqlx::query("SELECT COUNT(*) AS n FROM votes WHERE approval_id = $1 AND outcome = 'allow'")
-            .bind(approval_id)
-            .fetch_one(on)
-            .await
-            .ctx(what())?
-            .try_get("n")
-            .ctx(what())?,
-    )
+/// How many `allow` votes a request has, read in `tx`, which holds the request.
+pub(crate) async fn approvals_of(tx: &mut Tx, approval_id: &str) -> Result<i64> {
+    Ok(Store::approvals_in(tx, approval_id).await?)
 }
 
 /// The pending request reviewers see that a new request with `merge_key` joins, with its
@@ -1468,25 +1256,9 @@ async fn group_to_join(tx: &mut Tx, merge_key: &str, now: i64) -> Result<Option<
     // the next request in its place, which is looked for again (boundedly: each round some
     // request of the group left it).
     for _ in 0..8 {
-        let found = sqlx::query(
-            "SELECT approval_id, expires_at_ms FROM requests
-             WHERE merge_key = $1 AND state = 'pending' AND merged_into = '' AND expires_at_ms > $2
-             ORDER BY received_at_ms, approval_id LIMIT 1",
-        )
-        .bind(merge_key)
-        .bind(now)
-        .fetch_optional(&mut **tx)
-        .await
-        .ctx("finding an identical pending request")?;
-        let Some(r) = found else {
+        let Some((id, deadline)) = Store::pending_with_key(tx, merge_key, now).await? else {
             return Ok(None);
         };
-        let id: String = r
-            .try_get("approval_id")
-            .ctx("reading an identical request")?;
-        let deadline: i64 = r
-            .try_get("expires_at_ms")
-            .ctx("reading an identical request")?;
         if lock_pending(tx, &id, now).await? {
             return Ok(Some((id, deadline)));
         }
@@ -1507,21 +1279,9 @@ pub(crate) async fn resolve_group_in(
     if primary.state == State::Pending {
         return Ok(Vec::new());
     }
-    let sql = format!(
-        "SELECT {REQUEST_COLUMNS} FROM requests WHERE merged_into = $1 AND state = 'pending'
-         ORDER BY received_at_ms, approval_id"
-    );
-    let rows = sqlx::query(&sql)
-        .bind(&primary.approval_id)
-        .fetch_all(&mut **tx)
-        .await
-        .ctx(format!(
-            "reading the requests merged into {}",
-            primary.approval_id
-        ))?;
+    let rows = Store::pending_members_in(tx, &primary.approval_id, i64::MAX).await?;
     let mut out = Vec::with_capacity(rows.len());
-    for r in &rows {
-        let member = request_row(r).ctx("decoding a merged request")?;
+    for member in rows {
         out.push(
             resolve_in(
                 tx,
@@ -1549,60 +1309,24 @@ pub(crate) async fn promote_in(
     now: i64,
 ) -> Result<Option<RequestRow>> {
     // Looked up by id whatever `gone.merged_into` says (see `resolve_group_in`).
-    let sql = format!(
-        "SELECT {REQUEST_COLUMNS} FROM requests WHERE merged_into = $1 AND state = 'pending'
-         ORDER BY received_at_ms, approval_id LIMIT 1"
-    );
-    let what = || format!("promoting a request merged into {}", gone.approval_id);
-    let Some(r) = sqlx::query(&sql)
-        .bind(&gone.approval_id)
-        .fetch_optional(&mut **tx)
-        .await
-        .ctx(what())?
+    let Some(next) = Store::pending_members_in(tx, &gone.approval_id, 1)
+        .await?
+        .into_iter()
+        .next()
     else {
         return Ok(None);
     };
-    let next = request_row(&r).ctx("decoding a merged request")?;
     // Read under the lock: `gone` may have been read before its reviewer answered.
-    let recommendation: String =
-        sqlx::query("SELECT recommendation FROM requests WHERE approval_id = $1")
-            .bind(&gone.approval_id)
-            .fetch_one(&mut **tx)
-            .await
-            .ctx(what())?
-            .try_get("recommendation")
-            .ctx(what())?;
-    sqlx::query(
-        "UPDATE requests SET merged_into = '', recommendation = $2, updated_at_ms = $3
-         WHERE approval_id = $1",
-    )
-    .bind(&next.approval_id)
-    .bind(&recommendation)
-    .bind(now)
-    .execute(&mut **tx)
-    .await
-    .ctx(what())?;
-    sqlx::query(
-        "UPDATE requests SET merged_into = $2 WHERE merged_into = $1 AND state = 'pending'",
-    )
-    .bind(&gone.approval_id)
-    .bind(&next.approval_id)
-    .execute(&mut **tx)
-    .await
-    .ctx(what())?;
+    let recommendation = Store::recommendation_in(tx, &gone.approval_id).await?;
     // Reviewers voted on the operation, which is the same: their votes stand.
-    sqlx::query(
-        "INSERT INTO votes (approval_id, approver, outcome, reason, at_ms, kind, scope, duration_ms,
-            by_requester)
-         SELECT $2, approver, outcome, reason, at_ms, kind, scope, duration_ms, by_requester
-         FROM votes WHERE approval_id = $1
-         ON CONFLICT (approval_id, approver) DO NOTHING",
+    Store::promote_request(
+        tx,
+        &gone.approval_id,
+        &next.approval_id,
+        &recommendation,
+        now,
     )
-    .bind(&gone.approval_id)
-    .bind(&next.approval_id)
-    .execute(&mut **tx)
-    .await
-    .ctx(what())?;
+    .await?;
     Store::audit_in(
         tx,
         &AuditFact {
@@ -1627,15 +1351,7 @@ pub(crate) async fn promote_in(
 
 /// A request's stored context and the request it waits with, read in `tx` (under its lock).
 async fn justification_of(tx: &mut Tx, approval_id: &str) -> Result<(ApprovalRequest, String)> {
-    let r = sqlx::query("SELECT context, merged_into FROM requests WHERE approval_id = $1")
-        .bind(approval_id)
-        .fetch_one(&mut **tx)
-        .await
-        .ctx(format!("reading request {approval_id}"))?;
-    let context: Vec<u8> = r.try_get("context").ctx("reading the request's context")?;
-    let merged_into: String = r
-        .try_get("merged_into")
-        .ctx("reading the request's group")?;
+    let (context, merged_into) = Store::context_in(tx, approval_id).await?;
     let req = ApprovalRequest::decode(context.as_slice()).map_err(|e| {
         crate::store::StoreError::Corrupt {
             what: format!("request {approval_id}"),
@@ -1648,15 +1364,7 @@ async fn justification_of(tx: &mut Tx, approval_id: &str) -> Result<(ApprovalReq
 /// Whether `text`, the justification of `approval_id`, is one a request waiting with it gave
 /// (and [`Central::justify`] showed on it), not its own.
 async fn shown_from_another(tx: &mut Tx, approval_id: &str, text: &str) -> Result<bool> {
-    let rows = sqlx::query("SELECT approval_id FROM requests WHERE merged_into = $1")
-        .bind(approval_id)
-        .fetch_all(&mut **tx)
-        .await
-        .ctx(format!("reading the requests waiting with {approval_id}"))?;
-    for r in &rows {
-        let member: String = r
-            .try_get("approval_id")
-            .ctx("reading a request waiting with another")?;
+    for member in Store::member_ids_in(tx, approval_id).await? {
         if justification_of(tx, &member).await?.0.justification == text {
             return Ok(true);
         }
@@ -1674,12 +1382,7 @@ async fn store_justification(
     from: Option<&str>,
     now: i64,
 ) -> Result<()> {
-    sqlx::query("UPDATE requests SET context = $2 WHERE approval_id = $1")
-        .bind(&row.approval_id)
-        .bind(req.encode_to_vec())
-        .execute(&mut **tx)
-        .await
-        .ctx(format!("storing the justification of {}", row.approval_id))?;
+    Store::set_context(tx, &row.approval_id, &req.encode_to_vec()).await?;
     let mut payload = json!({ "justification": text });
     if let Some(from) = from {
         payload["from"] = json!(from);
@@ -1707,26 +1410,7 @@ async fn store_justification(
 /// a transaction on the group and one on a single request of it (a cancellation, a
 /// justification) cannot each hold what the other waits for.
 pub(crate) async fn lock_pending(tx: &mut Tx, approval_id: &str, now: i64) -> Result<bool> {
-    let r = sqlx::query(
-        "UPDATE requests SET updated_at_ms = $2 WHERE approval_id = $1 AND state = 'pending'",
-    )
-    .bind(approval_id)
-    .bind(now)
-    .execute(&mut **tx)
-    .await
-    .ctx(format!("locking request {approval_id}"))?;
-    if r.rows_affected() != 1 {
-        return Ok(false);
-    }
-    sqlx::query(
-        "UPDATE requests SET updated_at_ms = $2 WHERE merged_into = $1 AND state = 'pending'",
-    )
-    .bind(approval_id)
-    .bind(now)
-    .execute(&mut **tx)
-    .await
-    .ctx(format!("locking the requests waiting with {approval_id}"))?;
-    Ok(true)
+    Ok(Store::lock_pending(tx, approval_id, now).await?)
 }
 
 async fn transition(
@@ -1738,41 +1422,7 @@ async fn transition(
     reason: &str,
     now: i64,
 ) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO transitions (approval_id, from_state, to_state, actor, reason, at_ms)
-         VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(approval_id)
-    .bind(from)
-    .bind(to.as_str())
-    .bind(actor)
-    .bind(reason)
-    .bind(now)
-    .execute(&mut **tx)
-    .await
-    .ctx("recording transition")?;
-    Ok(())
-}
-
-/// A vote from a row of [`Central::record_of`]'s query.
-fn vote_of(r: &AnyRow) -> Result<Vote, sqlx::Error> {
-    Ok(Vote {
-        approver: r.try_get("who")?,
-        outcome: proto_outcome(&r.try_get::<String, _>("a")?) as i32,
-        reason: r.try_get("reason")?,
-        at_unix_ms: r.try_get("at_ms")?,
-    })
-}
-
-/// A transition from a row of [`Central::record_of`]'s query.
-fn transition_of(r: &AnyRow) -> Result<Transition, sqlx::Error> {
-    Ok(Transition {
-        from: proto_state(&r.try_get::<String, _>("a")?) as i32,
-        to: proto_state(&r.try_get::<String, _>("b")?) as i32,
-        actor: r.try_get("who")?,
-        reason: r.try_get("reason")?,
-        at_unix_ms: r.try_get("at_ms")?,
-    })
+    Ok(Store::insert_transition(tx, approval_id, from, to, actor, reason, now).await?)
 }
 
 /// Moves a locked pending request to a final state, with its transition, grant and audit.
@@ -1790,22 +1440,20 @@ pub(crate) async fn resolve_in(
     now: i64,
 ) -> Result<RequestRow> {
     let grant_id = grant.map(|g| g.grant_id.clone()).unwrap_or_default();
-    let r = sqlx::query(
-        "UPDATE requests SET state = $2, decided_at_ms = $3, decided_by = $4, outcome = $5, reason = $6,
-            grant_id = $7, updated_at_ms = $3
-         WHERE approval_id = $1 AND state = 'pending'",
+    let resolved = Store::resolve_request(
+        tx,
+        &Resolution {
+            approval_id: &row.approval_id,
+            to,
+            at_ms: now,
+            actor,
+            outcome,
+            reason,
+            grant_id: &grant_id,
+        },
     )
-    .bind(&row.approval_id)
-    .bind(to.as_str())
-    .bind(now)
-    .bind(actor)
-    .bind(outcome)
-    .bind(reason)
-    .bind(&grant_id)
-    .execute(&mut **tx)
-    .await
-    .ctx(format!("resolving request {}", row.approval_id))?;
-    if r.rows_affected() != 1 {
+    .await?;
+    if !resolved {
         return Err(Error::FailedPrecondition(format!(
             "request '{}' is no longer pending",
             row.approval_id

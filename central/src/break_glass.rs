@@ -98,7 +98,7 @@ impl Central {
                 None => Error::NotFound(format!("request '{}'", row.approval_id)),
             });
         }
-        let votes = approvals_of(&mut *tx, &row.approval_id).await?;
+        let votes = approvals_of(&mut tx, &row.approval_id).await?;
         // What the ordinary path would have refused, for whoever reviews the audit trail.
         let self_approval = approve && who.is_requester(&row.requester);
         let outside_groups = !row.approver_groups.is_empty()

@@ -1,4 +1,6 @@
-//! Storage: one code path over SQLite (embedded default) and PostgreSQL (replicas).
+//! Storage: one code path over SQLite (embedded default) and PostgreSQL (replicas). The only
+//! module of central that speaks SQL: the domain modules ask it for rows in their own terms
+//! (one submodule per group of tables), and know nothing of the driver.
 //!
 //! Queries are plain SQL run at runtime through `sqlx`'s `Any` driver, written in the dialect both
 //! engines accept (`$N` parameters, `ON CONFLICT`, `RETURNING`). Only the DDL differs, in
@@ -20,6 +22,7 @@ mod identities;
 mod migrations;
 mod notify;
 pub mod recommendations;
+mod requests;
 mod rule_sets;
 
 use std::{
@@ -40,6 +43,7 @@ pub use identities::{IdentityRow, NewLogin};
 pub use migrations::MIGRATIONS;
 use migrations::MIGRATIONS_AFTER;
 pub use notify::Listener;
+pub use requests::{History, NewRequest, NewVote, RequestRow, Resolution, State, VoteRow};
 pub use rule_sets::{NewRulesVersion, RulesVersion};
 
 use serde_json::Value;
