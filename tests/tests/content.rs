@@ -435,3 +435,78 @@ fn a_grant_covers_a_program_held_for_its_content_by_any_name() {
     assert!(m.exists(), "the renamed copy did not run");
     d.stop();
 }
+
+/// A root of its own for a workload, as a container's: `/usr` bound from the host (so the
+/// copied program finds its libraries), the usual links to it, and the program at `/opt/prog`
+/// reached through an absolute symlink, `/opt/link`, which in the host's root names nothing.
+fn container_root(f: &ProgramCopy) -> std::path::PathBuf {
+    let root = f.at("root");
+    for d in ["usr", "opt", "tmp"] {
+        std::fs::create_dir_all(root.join(d)).expect("mkdir");
+    }
+    for l in ["bin", "lib", "lib64", "sbin"] {
+        std::os::unix::fs::symlink(format!("usr/{l}"), root.join(l)).expect("symlink");
+    }
+    std::fs::copy(f.path(), root.join("opt/prog")).expect("copy");
+    std::fs::set_permissions(
+        root.join("opt/prog"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .expect("chmod");
+    std::os::unix::fs::symlink("/opt/prog", root.join("opt/link")).expect("symlink");
+    root
+}
+
+/// Runs `/opt/link /tmp/ran-NAME` in `root` (chroot, in a mount namespace of its own where the
+/// host's `/usr` is bound into it) from `cgroup`; every program on the way is installed, and
+/// each execs the next in the same process.
+fn start_in_root(cgroup: &Path, root: &Path, name: &str) -> std::process::Child {
+    let root = s(root);
+    spawn_in(
+        cgroup,
+        Path::new("/usr/bin/unshare"),
+        &[
+            "-m",
+            "/bin/sh",
+            "-c",
+            &format!(
+                "mount --bind /usr {root}/usr && exec chroot {root} /opt/link /tmp/ran-{name}"
+            ),
+        ],
+    )
+}
+
+#[test]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
+fn a_program_in_a_root_of_its_own_is_found_through_its_absolute_symlinks() {
+    if !privileged() {
+        return;
+    }
+    let f = ProgramCopy::touch("latch-content-");
+    let root = container_root(&f);
+    let free = TestCgroup::new();
+    let out = finish(start_in_root(&free.path, &root, "free"));
+    assert!(
+        root.join("tmp/ran-free").exists(),
+        "does not run in its root unwatched: {}",
+        text(&out)
+    );
+    let cg = TestCgroup::new();
+    let d = Daemon::start(&cg, &unknown_programs_approve(), "deny");
+    // A new program: held for a reviewer, who is asked about the file the name reaches in the
+    // workload's root (the agent opening it in its own root finds nothing there, and refuses).
+    let child = start_in_root(&cg.path, &root, "watched");
+    let id = d.wait_request(child.id());
+    assert!(
+        !root.join("tmp/ran-watched").exists(),
+        "ran before any decision"
+    );
+    d.decide(&id, &["allow"]);
+    let out = finish(child);
+    let log = d.stop();
+    assert!(
+        root.join("tmp/ran-watched").exists(),
+        "approved, and did not run: {}\n{log}",
+        text(&out)
+    );
+}

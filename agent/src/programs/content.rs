@@ -119,6 +119,68 @@ pub fn held_path(ev: &KernelEvent) -> PathBuf {
     }
 }
 
+/// The root of the held task and the path below it, for an exec by an absolute path made
+/// before the new image is in place: the name the kernel resolved in that root.
+fn in_task_root(ev: &KernelEvent) -> Option<(String, String)> {
+    let path = ev.path.as_deref()?;
+    if !ev.before_exec
+        || path.starts_with("/dev/fd/")
+        || path.starts_with("/proc/self/")
+        || path.starts_with("/proc/thread-self/")
+    {
+        return None;
+    }
+    let rest = path.strip_prefix('/')?;
+    Some((
+        format!("/proc/{}/task/{}/root", ev.tgid, ev.pid),
+        rest.to_string(),
+    ))
+}
+
+/// `struct open_how` of `openat2(2)`.
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+/// Opens `rest` below `root` as a process whose root that is would: `..` stops at it and an
+/// absolute symlink on the way (`/usr/bin/editor` → `/etc/alternatives/editor`, common in a
+/// container's image) resolves in it, not in the agent's root. Magic links (`/proc/PID/...`)
+/// are not followed. Opened neither blocking (a FIFO) nor as a controlling terminal.
+pub fn open_in_root(root: &str, rest: &str) -> std::io::Result<File> {
+    use std::os::fd::FromRawFd;
+    const RESOLVE_IN_ROOT: u64 = 0x10;
+    let dir = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+        .open(root)?;
+    let name = std::ffi::CString::new(rest)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let how = OpenHow {
+        flags: (libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC) as u64,
+        mode: 0,
+        resolve: RESOLVE_IN_ROOT,
+    };
+    // SAFETY: a valid directory descriptor, a NUL-terminated name and an `open_how` of the size
+    // passed, all alive for the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor the kernel just returned, owned by nothing else.
+    Ok(unsafe { File::from_raw_fd(fd as i32) })
+}
+
 /// Opens the file of a held exec and checks it is the one the kernel held.
 pub fn open_held(
     ev: &KernelEvent,
@@ -131,15 +193,18 @@ pub fn open_held(
     let shown = path.display().to_string();
     // The workload may have put anything at that name since the hold: opening must neither
     // block (a FIFO) nor give the agent a controlling terminal (a pty).
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(&path)
-        .map_err(|e| ContentError::Open {
-            path: shown.clone(),
-            tgid: ev.tgid,
-            reason: e.to_string(),
-        })?;
+    let opened = match in_task_root(ev) {
+        Some((root, rest)) => open_in_root(&root, &rest),
+        None => std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(&path),
+    };
+    let f = opened.map_err(|e| ContentError::Open {
+        path: shown.clone(),
+        tgid: ev.tgid,
+        reason: e.to_string(),
+    })?;
     let meta = f.metadata().map_err(|e| ContentError::Read {
         path: shown.clone(),
         reason: e.to_string(),
@@ -529,6 +594,46 @@ mod tests {
                 "{path}"
             );
         }
+    }
+
+    #[test]
+    fn a_name_in_another_root_is_resolved_in_that_root() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join("opt")).expect("mkdir");
+        std::fs::write(root.join("opt/prog"), b"inside").expect("write");
+        // Absolute, as a container's image has them: in the agent's root it names nothing.
+        let target = format!("/opt/latch-{}/prog", std::process::id());
+        std::os::unix::fs::symlink(&target, root.join("link")).expect("symlink");
+        std::os::unix::fs::symlink(&target, root.join("opt/latch-link")).expect("symlink");
+        std::fs::create_dir_all(
+            root.join(target.trim_start_matches('/'))
+                .parent()
+                .expect("dir"),
+        )
+        .expect("mkdir");
+        std::fs::write(root.join(target.trim_start_matches('/')), b"target").expect("write");
+        let root_s = root.to_string_lossy().into_owned();
+        let read = |rest: &str| -> String {
+            let mut f = open_in_root(&root_s, rest).expect("opens");
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut f, &mut text).expect("read");
+            text
+        };
+        // (path below the root, what is read)
+        let table = [
+            ("opt/prog", "inside"),
+            ("link", "target"),
+            ("opt/latch-link", "target"),
+            // `..` stops at the root.
+            ("../../../opt/prog", "inside"),
+        ];
+        for (rest, want) in table {
+            assert_eq!(read(rest), want, "{rest}");
+        }
+        // The same names opened plainly leave the root.
+        assert!(std::fs::read(root.join("link")).is_err());
+        assert!(open_in_root(&root_s, "missing").is_err());
     }
 
     #[test]
