@@ -1,4 +1,4 @@
-//! The exit of `connect`, `sendto`, `sendmsg` and `sendmmsg` (from either system-call table): where a network call that a socket
+//! The exit of `connect`, `sendto`, `sendmsg` and `sendmmsg` (64- or 32-bit): where a network call that a socket
 //! hook held is stopped and announced to the agent.
 //!
 //! Cgroup socket hooks may not call `bpf_send_signal_thread` before Linux 6.13, so they only

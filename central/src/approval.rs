@@ -407,7 +407,7 @@ impl Central {
             return self.accepted(&row).await;
         }
         let actor = format!("host:{host_id}");
-        transition(
+        Store::insert_transition(
             &mut tx,
             &approval_id,
             "",
@@ -1279,7 +1279,7 @@ pub(crate) async fn resolve_group_in(
     if primary.state == State::Pending {
         return Ok(Vec::new());
     }
-    let rows = Store::pending_members_in(tx, &primary.approval_id, i64::MAX).await?;
+    let rows = Store::pending_members_in(tx, &primary.approval_id, false).await?;
     let mut out = Vec::with_capacity(rows.len());
     for member in rows {
         out.push(
@@ -1309,7 +1309,7 @@ pub(crate) async fn promote_in(
     now: i64,
 ) -> Result<Option<RequestRow>> {
     // Looked up by id whatever `gone.merged_into` says (see `resolve_group_in`).
-    let Some(next) = Store::pending_members_in(tx, &gone.approval_id, 1)
+    let Some(next) = Store::pending_members_in(tx, &gone.approval_id, true)
         .await?
         .into_iter()
         .next()
@@ -1413,18 +1413,6 @@ pub(crate) async fn lock_pending(tx: &mut Tx, approval_id: &str, now: i64) -> Re
     Ok(Store::lock_pending(tx, approval_id, now).await?)
 }
 
-async fn transition(
-    tx: &mut Tx,
-    approval_id: &str,
-    from: &str,
-    to: State,
-    actor: &str,
-    reason: &str,
-    now: i64,
-) -> Result<()> {
-    Ok(Store::insert_transition(tx, approval_id, from, to, actor, reason, now).await?)
-}
-
 /// Moves a locked pending request to a final state, with its transition, grant and audit.
 /// Returns the row as the store now holds it, so that callers need not read it back.
 #[allow(clippy::too_many_arguments)]
@@ -1459,7 +1447,7 @@ pub(crate) async fn resolve_in(
             row.approval_id
         )));
     }
-    transition(tx, &row.approval_id, "pending", to, actor, reason, now).await?;
+    Store::insert_transition(tx, &row.approval_id, "pending", to, actor, reason, now).await?;
     if let Some(g) = grant {
         grants::insert_in(tx, g).await?;
     }

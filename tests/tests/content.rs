@@ -459,7 +459,8 @@ fn container_root(f: &ProgramCopy) -> std::path::PathBuf {
 
 /// Runs `/opt/link /tmp/ran-NAME` in `root` (chroot, in a mount namespace of its own where the
 /// host's `/usr` is bound into it) from `cgroup`; every program on the way is installed, and
-/// each execs the next in the same process.
+/// the process started is the one that runs the program (`unshare`, `sh` and `chroot` each
+/// exec the next; `mount` is a child of `sh`).
 fn start_in_root(cgroup: &Path, root: &Path, name: &str) -> std::process::Child {
     let root = s(root);
     spawn_in(
@@ -495,6 +496,8 @@ fn a_program_in_a_root_of_its_own_is_found_through_its_absolute_symlinks() {
     let d = Daemon::start(&cg, &unknown_programs_approve(), "deny");
     // A new program: held for a reviewer, who is asked about the file the name reaches in the
     // workload's root (the agent opening it in its own root finds nothing there, and refuses).
+    // The LSM backend holds the exec by its name; the tracepoint backend holds the image in
+    // place and reads it through /proc/PID/exe, so there the name is not looked up at all.
     let child = start_in_root(&cg.path, &root, "watched");
     let id = d.wait_request(child.id());
     assert!(

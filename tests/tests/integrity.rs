@@ -1385,10 +1385,17 @@ fn a_held_32_bit_network_call_waits_for_its_decision() {
     let tcp_to = format!("127.0.0.1:{tcp_port}");
     let udp_to = format!("127.0.0.1:{udp_port}");
     type Reached<'a> = &'a dyn Fn() -> bool;
-    let cases: [(&str, &str, Reached, Decision); 3] = [
-        ("connect", &tcp_to, &|| accepted(&tcp), Decision::Allow),
-        ("socketcall", &tcp_to, &|| accepted(&tcp), Decision::Deny),
-        ("sendto", &udp_to, &|| received(&udp), Decision::Allow),
+    let tcp_in: Reached = &|| accepted(&tcp);
+    let udp_in: Reached = &|| received(&udp);
+    // Every 32-bit call that can name a destination, each stopped at its own wrapper's return;
+    // a denial through each kind of socket.
+    let cases: [(&str, &str, Reached, Decision); 6] = [
+        ("connect", &tcp_to, tcp_in, Decision::Allow),
+        ("socketcall", &tcp_to, tcp_in, Decision::Deny),
+        ("sendto", &udp_to, udp_in, Decision::Allow),
+        ("socketcall-sendto", &udp_to, udp_in, Decision::Allow),
+        ("sendmsg", &udp_to, udp_in, Decision::Deny),
+        ("sendmmsg", &udp_to, udp_in, Decision::Allow),
     ];
     for (how, to, reached, decision) in cases {
         // Through a second probe, whose end the first reports: on the tracepoint backend the
@@ -1408,11 +1415,7 @@ fn a_held_32_bit_network_call_waits_for_its_decision() {
         let child = cmd(&watched);
         match h.engine().backend() {
             Backend::Lsm => {
-                let op = if how == "sendto" {
-                    "sendmsg"
-                } else {
-                    "connect"
-                };
+                let op = if to == tcp_to { "connect" } else { "sendmsg" };
                 let p = h.wait_pending_where(how, |q| q.op == op);
                 latch_tests::wait_state(p.tgid, 'T');
                 assert!(!reached(), "{how}: arrived before its decision");

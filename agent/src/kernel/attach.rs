@@ -455,8 +455,8 @@ fn compat_exits(ebpf: &mut Ebpf, p: &mut Pinner<'_>) -> Result<(), EngineError> 
     if !missing.is_empty() {
         tracing::warn!(
             missing = ?missing,
-            "a held 32-bit network call fails instead of waiting for its decision: this kernel \
-             has no x86 32-bit system-call wrappers to stop it at"
+            "a held 32-bit network call fails instead of waiting for its decision: x86 32-bit \
+             system-call wrappers to stop it at are missing from this kernel"
         );
         return Ok(());
     }

@@ -123,11 +123,9 @@ pub fn held_path(ev: &KernelEvent) -> PathBuf {
 /// before the new image is in place: the name the kernel resolved in that root.
 fn in_task_root(ev: &KernelEvent) -> Option<(String, String)> {
     let path = ev.path.as_deref()?;
-    if !ev.before_exec
-        || path.starts_with("/dev/fd/")
-        || path.starts_with("/proc/self/")
-        || path.starts_with("/proc/thread-self/")
-    {
+    // Names through `/proc` are magic links (a descriptor, another process's root), which a
+    // lookup confined to a root does not follow: they keep the plain open of `held_path`.
+    if !ev.before_exec || path.starts_with("/dev/fd/") || path.starts_with("/proc/") {
         return None;
     }
     let rest = path.strip_prefix('/')?;
@@ -151,7 +149,11 @@ struct OpenHow {
 /// are not followed. Opened neither blocking (a FIFO) nor as a controlling terminal.
 pub fn open_in_root(root: &str, rest: &str) -> std::io::Result<File> {
     use std::os::fd::FromRawFd;
+    const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
     const RESOLVE_IN_ROOT: u64 = 0x10;
+    // A rename or mount anywhere during a lookup that went through `..` fails it with EAGAIN,
+    // to be tried again; a host that mounts all the time gets a few tries.
+    const TRIES: usize = 8;
     let dir = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
@@ -161,24 +163,31 @@ pub fn open_in_root(root: &str, rest: &str) -> std::io::Result<File> {
     let how = OpenHow {
         flags: (libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC) as u64,
         mode: 0,
-        resolve: RESOLVE_IN_ROOT,
+        resolve: RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
     };
-    // SAFETY: a valid directory descriptor, a NUL-terminated name and an `open_how` of the size
-    // passed, all alive for the call.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            &how as *const OpenHow,
-            std::mem::size_of::<OpenHow>(),
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
+    let mut tries = 0;
+    loop {
+        // SAFETY: a valid directory descriptor, a NUL-terminated name and an `open_how` of the
+        // size passed, all alive for the call.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                &how as *const OpenHow,
+                std::mem::size_of::<OpenHow>(),
+            )
+        };
+        if fd >= 0 {
+            // SAFETY: a descriptor the kernel just returned, owned by nothing else.
+            return Ok(unsafe { File::from_raw_fd(fd as i32) });
+        }
+        let e = std::io::Error::last_os_error();
+        tries += 1;
+        if e.raw_os_error() != Some(libc::EAGAIN) || tries == TRIES {
+            return Err(e);
+        }
     }
-    // SAFETY: a descriptor the kernel just returned, owned by nothing else.
-    Ok(unsafe { File::from_raw_fd(fd as i32) })
 }
 
 /// Opens the file of a held exec and checks it is the one the kernel held.

@@ -1,6 +1,7 @@
 //! The approval tables: `requests` (one row per request an agent sent, with its state, its
 //! deadline and the group of identical requests it waits with), `votes` and `transitions`.
-//! Every statement on them is here; what a vote counts for, who may cast it and when a request
+//! Their statements are here, but for the automatic reviewer's answer on a request
+//! (`store::recommendations`); what a vote counts for, who may cast it and when a request
 //! resolves is `crate::approval`'s and `crate::tally`'s.
 
 use sqlx::{any::AnyRow, Row};
@@ -545,19 +546,20 @@ impl Store {
             .ctx("reading an identical request")
     }
 
-    /// The pending requests waiting with `approval_id`, oldest first (at most `limit`).
+    /// The pending requests waiting with `approval_id`, oldest first (only the oldest with
+    /// `first`).
     pub async fn pending_members_in(
         tx: &mut Tx,
         approval_id: &str,
-        limit: i64,
+        first: bool,
     ) -> Result<Vec<RequestRow>, StoreError> {
         let sql = format!(
             "SELECT {REQUEST_COLUMNS} FROM requests WHERE merged_into = $1 AND state = 'pending'
-             ORDER BY received_at_ms, approval_id LIMIT $2"
+             ORDER BY received_at_ms, approval_id{}",
+            if first { " LIMIT 1" } else { "" }
         );
         let rows = sqlx::query(&sql)
             .bind(approval_id)
-            .bind(limit)
             .fetch_all(&mut **tx)
             .await
             .ctx(format!("reading the requests merged into {approval_id}"))?;

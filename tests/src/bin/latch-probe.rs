@@ -16,10 +16,10 @@
 //!                                        AF_PACKET socket, on which the second one sends a UDP
 //!                                        datagram carrying TAG to 127.0.0.1:PORT
 //! latch-probe bpf-map                    create a small BPF array map with bpf()
-//! latch-probe net32 connect|socketcall|sendto IPV4:PORT
-//!                                        a TCP connect() or a UDP sendto() of "latch" made
-//!                                        through the 32-bit system-call table (int 0x80): by
-//!                                        the i386 connect call, or by socketcall
+//! latch-probe net32 CALL IPV4:PORT     a TCP connect() or a UDP datagram of "latch" made
+//!                                        through the 32-bit system-call table (int 0x80), CALL
+//!                                        one of connect, socketcall (SYS_CONNECT), sendto,
+//!                                        socketcall-sendto (SYS_SENDTO), sendmsg, sendmmsg
 //! latch-probe escape CGROUP ADDR:PORT    move this process into the cgroup directory CGROUP
 //!                                        (its cgroup.procs), then TCP connect()
 //! latch-probe moved CGROUP MODE [ARG...] move this process into CGROUP, then exec
@@ -605,7 +605,12 @@ fn socket_uring(family: i32, kind: i32, proto: i32, poll_thread: bool) -> std::i
 unsafe fn socket32(domain: i32, ty: i32, proto: i32) -> i32 {
     const NR_SOCKET_I386: i32 = 359;
     // SAFETY: the three arguments are plain integers, no pointers.
-    unsafe { int80(NR_SOCKET_I386, domain as u32, ty as u32, proto as u32) }
+    unsafe {
+        int80(
+            NR_SOCKET_I386,
+            [domain as u32, ty as u32, proto as u32, 0, 0, 0],
+        )
+    }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -615,25 +620,33 @@ unsafe fn socket32(_domain: i32, _ty: i32, _proto: i32) -> i32 {
     -1
 }
 
-/// A system call of up to three integer arguments made through the 32-bit table (`int 0x80`)
+/// A system call of up to six integer arguments made through the 32-bit table (`int 0x80`)
 /// from this 64-bit process. Sets `errno` as libc would. A pointer argument must point below
 /// 4 GiB: the 32-bit table sees the low half of each register.
 #[cfg(target_arch = "x86_64")]
-unsafe fn int80(nr: i32, a: u32, b: u32, c: u32) -> i32 {
+unsafe fn int80(nr: i32, args: [u32; 6]) -> i32 {
     let ret: i32;
     // SAFETY: the caller vouches for what the arguments point to; `int 0x80` preserves every
     // register but eax, and r8-r11 are declared clobbered for good measure. A call the kernel
     // restarts runs again from the same registers.
     unsafe {
-        // rbx belongs to LLVM: the first argument is swapped in and out around the call.
+        // rbx and rbp belong to LLVM: the first argument is swapped into rbx and the sixth put
+        // in rbp around the call, and both are given back. (Either operand may be given one of
+        // them; the sequence holds whichever it is.)
         std::arch::asm!(
             "xchg rbx, {a}",
+            "push rbp",
+            "mov ebp, {f:e}",
             "int 0x80",
+            "pop rbp",
             "xchg rbx, {a}",
-            a = inout(reg) a as u64 => _,
+            a = inout(reg) args[0] as u64 => _,
+            f = in(reg) args[5],
             inlateout("eax") nr => ret,
-            in("ecx") b,
-            in("edx") c,
+            in("ecx") args[1],
+            in("edx") args[2],
+            in("esi") args[3],
+            in("edi") args[4],
             out("r8") _, out("r9") _, out("r10") _, out("r11") _,
         );
     }
@@ -645,18 +658,23 @@ unsafe fn int80(nr: i32, a: u32, b: u32, c: u32) -> i32 {
     ret
 }
 
-/// A TCP `connect` or a UDP `sendto` of "latch" to `addr`, made through the 32-bit system-call
-/// table: `connect` by its own i386 call, `socketcall` by `socketcall(SYS_CONNECT)`, `sendto` by
-/// `socketcall(SYS_SENDTO)`. The socket itself is made by the 64-bit call.
+/// A TCP `connect` or a UDP datagram ("latch") to `addr`, made through the 32-bit system-call
+/// table by each of its calls that can name a destination: `connect` (i386 call 362),
+/// `socketcall` (`SYS_CONNECT`), `sendto` (369, six arguments), `socketcall-sendto`
+/// (`SYS_SENDTO`), `sendmsg` (370) and `sendmmsg` (345), the last two with the 32-bit layouts of
+/// `msghdr`, `iovec` and `mmsghdr`. The socket itself is made by the 64-bit call.
 #[cfg(target_arch = "x86_64")]
 fn net32(how: &str, addr: std::net::SocketAddrV4) {
     const NR_SOCKETCALL: i32 = 102;
     const NR_CONNECT: i32 = 362;
+    const NR_SENDTO: i32 = 369;
+    const NR_SENDMSG: i32 = 370;
+    const NR_SENDMMSG: i32 = 345;
     const SYS_CONNECT: u32 = 3;
     const SYS_SENDTO: u32 = 11;
     let kind = match how {
         "connect" | "socketcall" => libc::SOCK_STREAM,
-        "sendto" => libc::SOCK_DGRAM,
+        "sendto" | "socketcall-sendto" | "sendmsg" | "sendmmsg" => libc::SOCK_DGRAM,
         other => {
             eprintln!("latch-probe: net32: unknown call '{other}'");
             std::process::exit(2);
@@ -676,8 +694,10 @@ fn net32(how: &str, addr: std::net::SocketAddrV4) {
     if page == libc::MAP_FAILED {
         return report(Err(std::io::Error::last_os_error()));
     }
+    // The page's layout: the address, the socketcall arguments, the payload, one iovec, one
+    // msghdr (an mmsghdr is a msghdr and a length).
     let base = page as usize;
-    let (sa, args, payload) = (base, base + 64, base + 128);
+    let (sa, args, payload, iov, msg) = (base, base + 64, base + 128, base + 192, base + 256);
     let sin = libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
         sin_port: addr.port().to_be(),
@@ -691,23 +711,43 @@ fn net32(how: &str, addr: std::net::SocketAddrV4) {
     if fd < 0 {
         return report(Err(std::io::Error::last_os_error()));
     }
-    let len = std::mem::size_of::<libc::sockaddr_in>() as u32;
+    let (fd, len) = (fd as u32, std::mem::size_of::<libc::sockaddr_in>() as u32);
     // SAFETY: the page is ours, writable and large enough for each of these at its offset; the
     // kernel reads them during the call, which ends before the page does (it is never unmapped).
     let ret = unsafe {
         std::ptr::write(sa as *mut libc::sockaddr_in, sin);
         std::ptr::copy_nonoverlapping(b"latch".as_ptr(), payload as *mut u8, 5);
+        // struct compat_iovec { base, len }
+        std::ptr::write(iov as *mut [u32; 2], [payload as u32, 5]);
+        // struct compat_msghdr { name, namelen, iov, iovlen, control, controllen, flags },
+        // then the mmsghdr's msg_len.
+        std::ptr::write(
+            msg as *mut [u32; 8],
+            [sa as u32, len, iov as u32, 1, 0, 0, 0, 0],
+        );
         match how {
-            "connect" => int80(NR_CONNECT, fd as u32, sa as u32, len),
+            "connect" => int80(NR_CONNECT, [fd, sa as u32, len, 0, 0, 0]),
             "socketcall" => {
-                std::ptr::write(args as *mut [u32; 3], [fd as u32, sa as u32, len]);
-                int80(NR_SOCKETCALL, SYS_CONNECT, args as u32, 0)
+                std::ptr::write(args as *mut [u32; 3], [fd, sa as u32, len]);
+                int80(NR_SOCKETCALL, [SYS_CONNECT, args as u32, 0, 0, 0, 0])
             }
-            _ => {
-                let a = [fd as u32, payload as u32, 5, 0, sa as u32, len];
+            "sendto" => int80(NR_SENDTO, [fd, payload as u32, 5, 0, sa as u32, len]),
+            "socketcall-sendto" => {
+                let a = [fd, payload as u32, 5, 0, sa as u32, len];
                 std::ptr::write(args as *mut [u32; 6], a);
-                int80(NR_SOCKETCALL, SYS_SENDTO, args as u32, 0)
+                int80(NR_SOCKETCALL, [SYS_SENDTO, args as u32, 0, 0, 0, 0])
             }
+            "sendmsg" => int80(NR_SENDMSG, [fd, msg as u32, 0, 0, 0, 0]),
+            // One message sent counts as success.
+            _ => match int80(NR_SENDMMSG, [fd, msg as u32, 1, 0, 0, 0]) {
+                1 => 0,
+                -1 => -1,
+                n => {
+                    *libc::__errno_location() = libc::EIO;
+                    eprintln!("latch-probe: sendmmsg sent {n} messages");
+                    -1
+                }
+            },
         }
     };
     report(match ret {
@@ -1255,7 +1295,9 @@ fn main() {
     }
     if args.get(1).map(String::as_str) == Some("net32") {
         let (Some(how), Some(Ok(addr))) = (args.get(2), args.get(3).map(|a| a.parse())) else {
-            eprintln!("usage: latch-probe net32 connect|socketcall|sendto IPV4:PORT");
+            eprintln!(
+                "usage: latch-probe net32 connect|socketcall|sendto|socketcall-sendto|sendmsg|sendmmsg IPV4:PORT"
+            );
             std::process::exit(2);
         };
         return net32(how, addr);
