@@ -154,10 +154,15 @@ pub fn attach_all(
     for &(pin, tp) in SYSCALL_EXITS {
         p.keep(tracepoint(ebpf, "held", "syscalls", tp)?, pin)?;
     }
+    // The kernel's BTF, read once for every program of the LSM backend loaded against it.
+    let btf = match backend {
+        Backend::Lsm => Some(kernel_btf("exec_lsm")?),
+        Backend::Tracepoint => None,
+    };
     // The LSM backend's hooks decide 32-bit calls like any other, and a held one needs its
     // stop too. (The tracepoint backend ends a watched task at its first 32-bit call.)
-    if backend == Backend::Lsm {
-        compat_exits(ebpf, &mut p)?;
+    if let Some(btf) = &btf {
+        compat_exits(ebpf, &mut p, btf)?;
     }
 
     let root = File::open(cgroup_root).map_err(|e| EngineError::Cgroup {
@@ -198,15 +203,12 @@ pub fn attach_all(
         p.keep(link.try_into().map_err(link_err(name))?, pin)?;
     }
 
-    match backend {
-        Backend::Lsm => {
+    // `btf` is there exactly on the LSM backend.
+    match &btf {
+        Some(btf) => {
             let name = "exec_lsm";
-            let btf = Btf::from_sys_fs().map_err(|e| EngineError::Program {
-                name,
-                reason: format!("no kernel BTF: {e}"),
-            })?;
             let prog: &mut Lsm = program(ebpf, name)?;
-            prog.load("bprm_check_security", &btf)
+            prog.load("bprm_check_security", btf)
                 .map_err(prog_err(name))?;
             let id = prog.attach().map_err(prog_err(name))?;
             let link: FdLink = prog.take_link(id).map_err(prog_err(name))?.into();
@@ -219,19 +221,19 @@ pub fn attach_all(
                 ("traceme_lsm", "ptrace_traceme", "traceme-lsm"),
             ] {
                 let prog: &mut Lsm = program(ebpf, name)?;
-                prog.load(hook, &btf).map_err(prog_err(name))?;
+                prog.load(hook, btf).map_err(prog_err(name))?;
                 let id = prog.attach().map_err(prog_err(name))?;
                 let link: FdLink = prog.take_link(id).map_err(prog_err(name))?.into();
                 p.keep(link, pin)?;
             }
             let name = "bpf_guard";
             let prog: &mut Lsm = program(ebpf, name)?;
-            prog.load("bpf", &btf).map_err(prog_err(name))?;
+            prog.load("bpf", btf).map_err(prog_err(name))?;
             let id = prog.attach().map_err(prog_err(name))?;
             let link: FdLink = prog.take_link(id).map_err(prog_err(name))?.into();
             p.keep(link, "bpf-guard")?;
         }
-        Backend::Tracepoint => {
+        None => {
             let link = tracepoint(ebpf, "exec", "sched", "sched_process_exec")?;
             p.keep(link, "exec")?;
             guards(ebpf, &mut p, backend)?;
@@ -418,18 +420,27 @@ pub fn remove_guard_pins(link_dir: &Path) {
 
 /// The fexit of `get_signal` that stops a held exec's task again (needs BTF and trampolines).
 fn restop(ebpf: &mut Ebpf) -> Result<FdLink, EngineError> {
-    fexit(ebpf, "restop", "get_signal")
+    fexit(ebpf, "restop", "get_signal", &kernel_btf("restop")?)
+}
+
+/// The running kernel's BTF; `name` is the program that needs it, for the error.
+fn kernel_btf(name: &'static str) -> Result<Btf, EngineError> {
+    Btf::from_sys_fs().map_err(|e| EngineError::Program {
+        name,
+        reason: format!("no kernel BTF: {e}"),
+    })
 }
 
 /// Loads the fexit program `name` for the kernel function `function` and attaches it.
-fn fexit(ebpf: &mut Ebpf, name: &'static str, function: &str) -> Result<FdLink, EngineError> {
-    let btf = Btf::from_sys_fs().map_err(|e| EngineError::Program {
-        name,
-        reason: format!("no kernel BTF: {e}"),
-    })?;
+fn fexit(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    function: &str,
+    btf: &Btf,
+) -> Result<FdLink, EngineError> {
     let prog: &mut FExit = program(ebpf, name)?;
     if prog.fd().is_err() {
-        prog.load(function, &btf).map_err(prog_err(name))?;
+        prog.load(function, btf).map_err(prog_err(name))?;
     }
     let id = prog.attach().map_err(prog_err(name))?;
     Ok(prog.take_link(id).map_err(prog_err(name))?.into())
@@ -439,11 +450,7 @@ fn fexit(ebpf: &mut Ebpf, name: &'static str, function: &str) -> Result<FdLink, 
 /// architecture, or no 32-bit emulation) has none to attach: a held 32-bit call there fails
 /// instead of waiting, and `latch-agent doctor` says so under `syscall32`.
 /// A program that does not load or attach where its function exists is an error like any other.
-fn compat_exits(ebpf: &mut Ebpf, p: &mut Pinner<'_>) -> Result<(), EngineError> {
-    let btf = Btf::from_sys_fs().map_err(|e| EngineError::Program {
-        name: "held32_connect",
-        reason: format!("no kernel BTF: {e}"),
-    })?;
+fn compat_exits(ebpf: &mut Ebpf, p: &mut Pinner<'_>, btf: &Btf) -> Result<(), EngineError> {
     let missing: Vec<&str> = COMPAT_EXITS
         .iter()
         .map(|&(_, function, _)| function)
@@ -461,7 +468,7 @@ fn compat_exits(ebpf: &mut Ebpf, p: &mut Pinner<'_>) -> Result<(), EngineError> 
         return Ok(());
     }
     for &(name, function, pin) in COMPAT_EXITS {
-        p.keep(fexit(ebpf, name, function)?, pin)?;
+        p.keep(fexit(ebpf, name, function, btf)?, pin)?;
     }
     Ok(())
 }

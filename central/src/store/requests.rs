@@ -292,6 +292,21 @@ fn request_rows(rows: &[AnyRow], what: &str) -> Result<Vec<RequestRow>, StoreErr
         .ctx(what)
 }
 
+/// How many `allow` votes a request has, read through `on`: the pool, or a transaction.
+async fn count_approvals<'e>(
+    on: impl sqlx::Executor<'e, Database = sqlx::Any>,
+    approval_id: &str,
+) -> Result<i64, StoreError> {
+    let what = || format!("counting votes of {approval_id}");
+    sqlx::query("SELECT COUNT(*) AS n FROM votes WHERE approval_id = $1 AND outcome = 'allow'")
+        .bind(approval_id)
+        .fetch_one(on)
+        .await
+        .ctx(what())?
+        .try_get("n")
+        .ctx(what())
+}
+
 impl Store {
     /// A request by central's id.
     pub async fn request(&self, approval_id: &str) -> Result<Option<RequestRow>, StoreError> {
@@ -457,26 +472,12 @@ impl Store {
 
     /// How many `allow` votes a request has.
     pub async fn approvals(&self, approval_id: &str) -> Result<i64, StoreError> {
-        let what = || format!("counting votes of {approval_id}");
-        sqlx::query("SELECT COUNT(*) AS n FROM votes WHERE approval_id = $1 AND outcome = 'allow'")
-            .bind(approval_id)
-            .fetch_one(self.pool())
-            .await
-            .ctx(what())?
-            .try_get("n")
-            .ctx(what())
+        count_approvals(self.pool(), approval_id).await
     }
 
     /// How many `allow` votes a request has, read in `tx` (which holds the request).
     pub async fn approvals_in(tx: &mut Tx, approval_id: &str) -> Result<i64, StoreError> {
-        let what = || format!("counting votes of {approval_id}");
-        sqlx::query("SELECT COUNT(*) AS n FROM votes WHERE approval_id = $1 AND outcome = 'allow'")
-            .bind(approval_id)
-            .fetch_one(&mut **tx)
-            .await
-            .ctx(what())?
-            .try_get("n")
-            .ctx(what())
+        count_approvals(&mut **tx, approval_id).await
     }
 
     /// How many requests are in each state.
