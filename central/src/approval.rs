@@ -1301,8 +1301,9 @@ pub(crate) async fn resolve_group_in(
 }
 
 /// When the request reviewers see of a group goes away without a decision (its process ended),
-/// the oldest request still waiting with it takes its place, with its votes and its automatic
-/// reviewer's answer, and the others wait with that one. Returns the new one.
+/// the oldest request still waiting with it takes its place, with its votes, its automatic
+/// reviewer's answer and the words shown from the others, and the others wait with that one.
+/// Returns the new one.
 pub(crate) async fn promote_in(
     tx: &mut Tx,
     gone: &RequestRow,
@@ -1342,6 +1343,23 @@ pub(crate) async fn promote_in(
         },
     )
     .await?;
+    // Words an identical request gave were shown on the one that went away: they are shown on
+    // the one reviewers now decide, unless it has said something itself (as `justify` does).
+    let (mut next_req, _) = justification_of(tx, &next.approval_id).await?;
+    if next_req.justification.is_empty() {
+        for member in Store::pending_members_in(tx, &next.approval_id, false).await? {
+            let text = justification_of(tx, &member.approval_id)
+                .await?
+                .0
+                .justification;
+            if !text.is_empty() {
+                next_req.justification = text.clone();
+                store_justification(tx, &next, &next_req, &text, Some(&member.approval_id), now)
+                    .await?;
+                break;
+            }
+        }
+    }
     Ok(Some(RequestRow {
         merged_into: String::new(),
         recommendation,

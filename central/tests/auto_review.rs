@@ -63,12 +63,17 @@ rules:
   - {name: eager, workload: ai-agents, on: connect, to: ["10.8.0.0/16"], action: approve,
      review: [auto, human], auto: {reviewer: eager}}
   - {name: people, workload: ai-agents, on: connect, to: ["10.10.0.0/16"], action: approve}
+  - {name: gated, workload: ai-agents, on: connect, to: ["10.11.0.0/16"], action: approve,
+     review: [auto, human], auto: {reviewer: gated}}
 "#;
 
 /// Reviewers that misbehave, by path; each counts its calls.
 #[derive(Default)]
 struct Bad {
     calls: AtomicUsize,
+    /// Calls to `gated`, which approves once `open` is set.
+    gated_calls: AtomicUsize,
+    open: std::sync::atomic::AtomicBool,
     /// SHA-256 (hex) of each body received.
     bodies: std::sync::Mutex<Vec<String>>,
 }
@@ -115,6 +120,13 @@ async fn bad(State(b): State<Arc<Bad>>, Path(mode): Path<String>, body: Bytes) -
             &answer(&req.approval_id),
         ),
         "other" => latch_reference_reviewer::signed(key.as_bytes(), &answer("another-request")),
+        "gated" => {
+            b.gated_calls.fetch_add(1, Ordering::SeqCst);
+            while !b.open.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            latch_reference_reviewer::signed(key.as_bytes(), &answer(&req.approval_id))
+        }
         _ => latch_reference_reviewer::signed(key.as_bytes(), &answer(&req.approval_id)),
     }
 }
@@ -217,12 +229,19 @@ async fn an_automatic_reviewer_decides_recommends_or_escalates() {
         format!("http://{reference}/review"),
         &secret_file("ref"),
     )];
-    for mode in ["slow", "garbage", "error", "forged", "other", "eager"] {
-        env.config.auto_reviewers.push(reviewer(
+    for mode in [
+        "slow", "garbage", "error", "forged", "other", "eager", "gated",
+    ] {
+        let mut r = reviewer(
             mode,
             format!("http://{misbehaving}/{mode}"),
             &secret_file(mode),
-        ));
+        );
+        if mode == "gated" {
+            // It answers when the test lets it, well within its timeout.
+            r.timeout = Some("60s".into());
+        }
+        env.config.auto_reviewers.push(r);
     }
     let server = env.start().await;
     let mut admin = common::reviewer(&server).await;
@@ -242,7 +261,7 @@ async fn an_automatic_reviewer_decides_recommends_or_escalates() {
         .expect_err("an unknown reviewer");
     assert!(
         e.message().contains("rule 'unknown'")
-            && e.message().contains("`auto.reviewer` 'nobody' is not one of central's [[auto_reviewers]] (configured: eager, error, forged, garbage, other, ref, slow)"),
+            && e.message().contains("`auto.reviewer` 'nobody' is not one of central's [[auto_reviewers]] (configured: eager, error, forged, garbage, gated, other, ref, slow)"),
         "{e}"
     );
     apply_yaml(&server, "auto.yaml", RULES).await;
@@ -414,6 +433,52 @@ async fn an_automatic_reviewer_decides_recommends_or_escalates() {
         );
     }
 
+    // Identical requests wait as one: the reviewer is asked about the first, and its approval
+    // decides both.
+    let first = agent
+        .submit(connect(&agent, "10.1", "gated", 443, &["curl"]))
+        .await;
+    tokio::time::timeout(HANG, async {
+        while bad_state.gated_calls.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the reviewer is asked");
+    let second = agent
+        .submit(connect(&agent, "10.2", "gated", 443, &["curl"]))
+        .await;
+    assert_eq!(
+        record(&server, &second.approval_id).await.merged_into,
+        first.approval_id,
+        "the second waits with the first"
+    );
+    bad_state.open.store(true, Ordering::SeqCst);
+    let mut told = std::collections::HashMap::new();
+    while told.len() < 2 {
+        let d = agent.next_decision().await;
+        if [&first.approval_id, &second.approval_id].contains(&&d.approval_id) {
+            told.insert(d.approval_id.clone(), (d.outcome, d.decided_by));
+        }
+    }
+    for id in [&first.approval_id, &second.approval_id] {
+        assert_eq!(
+            told.get(id),
+            Some(&(Outcome::Allow as i32, "auto:gated".to_string())),
+            "{id}"
+        );
+        assert_eq!(
+            record(&server, id).await.state,
+            RequestState::Approved as i32,
+            "{id}"
+        );
+    }
+    assert_eq!(
+        bad_state.gated_calls.load(Ordering::SeqCst),
+        1,
+        "the request waiting with another is not reviewed on its own"
+    );
+
     // A rule without `auto` never reaches a reviewer.
     let calls = bad_state.calls.load(Ordering::SeqCst);
     let acc = agent
@@ -432,7 +497,11 @@ async fn an_automatic_reviewer_decides_recommends_or_escalates() {
         !reviewed.iter().any(|e| e.request_id == acc.approval_id),
         "{reviewed:?}"
     );
-    assert_eq!(reviewed.len(), 16, "every other request was reviewed once");
+    assert_eq!(
+        reviewed.len(),
+        17,
+        "every other request was reviewed once, a group once"
+    );
     server.shutdown().await;
 }
 

@@ -1057,6 +1057,65 @@ async fn justify(env: &Env) {
         ],
         "both on the first's record, the shown one naming where it came from"
     );
+
+    // When the first goes away, the one that takes its place shows what another said, unless
+    // it said something itself.
+    // Another port: the requests above still wait, and these would wait with them.
+    let another = |agent: &Agent, id: &str| {
+        let mut r = agent.request(id, "prod-db");
+        r.destination.as_mut().expect("destination").port = 5499;
+        r
+    };
+    let first = agent.submit(another(&agent, "9.6")).await;
+    let second = agent.submit(another(&agent, "9.7")).await;
+    let third = agent.submit(another(&agent, "9.8")).await;
+    c.justify(justify("h1", "9.8", "the third's reason", &t))
+        .await
+        .expect("justify the third");
+    assert_eq!(
+        says(get(&mut rv, &first.approval_id).await),
+        "the third's reason"
+    );
+    agent
+        .client
+        .cancel_approval(req(
+            CancelApprovalRequest {
+                host_id: "h1".into(),
+                request_id: "9.6".into(),
+                reason: "process exited".into(),
+            },
+            &t,
+        ))
+        .await
+        .expect("cancel the first");
+    let promoted = get(&mut rv, &second.approval_id).await;
+    assert!(promoted.merged_into.is_empty(), "the second took its place");
+    assert_eq!(
+        says(promoted),
+        "the third's reason",
+        "the words shown stay shown"
+    );
+    assert_eq!(
+        get(&mut rv, &third.approval_id).await.merged_into,
+        second.approval_id
+    );
+    let shown: Vec<serde_json::Value> = audit_kind(&mut rv, "request.justified")
+        .await
+        .into_iter()
+        .filter(|e| e.request_id == second.approval_id)
+        .map(|e| serde_json::from_str(&e.payload_json).expect("payload"))
+        .collect();
+    assert_eq!(
+        shown,
+        [serde_json::json!({"justification": "the third's reason", "from": third.approval_id})]
+    );
+    c.justify(justify("h1", "9.7", "the second's own", &t))
+        .await
+        .expect("its own words replace the shown ones");
+    assert_eq!(
+        says(get(&mut rv, &second.approval_id).await),
+        "the second's own"
+    );
     server.shutdown().await;
 }
 

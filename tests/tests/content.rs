@@ -458,11 +458,16 @@ fn container_root(f: &ProgramCopy) -> std::path::PathBuf {
 }
 
 /// Runs `/opt/link /tmp/ran-NAME` in `root` (chroot, in a mount namespace of its own where the
-/// host's `/usr` is bound into it) from `cgroup`; every program on the way is installed, and
-/// the process started is the one that runs the program (`unshare`, `sh` and `chroot` each
-/// exec the next; `mount` is a child of `sh`).
-fn start_in_root(cgroup: &Path, root: &Path, name: &str) -> std::process::Child {
+/// host's `/usr` is bound into it) from `cgroup`, or with `relative`, `./link` from `/opt`;
+/// every program on the way is installed, and the process started is the one that runs the
+/// program (`unshare`, `sh` and `chroot` each exec the next; `mount` is a child of `sh`).
+fn start_in_root(cgroup: &Path, root: &Path, name: &str, relative: bool) -> std::process::Child {
     let root = s(root);
+    let run = if relative {
+        format!("/bin/sh -c 'cd /opt && exec ./link /tmp/ran-{name}'")
+    } else {
+        format!("/opt/link /tmp/ran-{name}")
+    };
     spawn_in(
         cgroup,
         Path::new("/usr/bin/unshare"),
@@ -470,9 +475,7 @@ fn start_in_root(cgroup: &Path, root: &Path, name: &str) -> std::process::Child 
             "-m",
             "/bin/sh",
             "-c",
-            &format!(
-                "mount --bind /usr {root}/usr && exec chroot {root} /opt/link /tmp/ran-{name}"
-            ),
+            &format!("mount --bind /usr {root}/usr && exec chroot {root} {run}"),
         ],
     )
 }
@@ -486,30 +489,37 @@ fn a_program_in_a_root_of_its_own_is_found_through_its_absolute_symlinks() {
     let f = ProgramCopy::touch("latch-content-");
     let root = container_root(&f);
     let free = TestCgroup::new();
-    let out = finish(start_in_root(&free.path, &root, "free"));
-    assert!(
-        root.join("tmp/ran-free").exists(),
-        "does not run in its root unwatched: {}",
-        text(&out)
-    );
+    for relative in [false, true] {
+        let name = format!("free-{relative}");
+        let out = finish(start_in_root(&free.path, &root, &name, relative));
+        assert!(
+            root.join(format!("tmp/ran-{name}")).exists(),
+            "does not run in its root unwatched (relative name: {relative}): {}",
+            text(&out)
+        );
+    }
     let cg = TestCgroup::new();
     let d = Daemon::start(&cg, &unknown_programs_approve(), "deny");
     // A new program: held for a reviewer, who is asked about the file the name reaches in the
-    // workload's root (the agent opening it in its own root finds nothing there, and refuses).
-    // The LSM backend holds the exec by its name; the tracepoint backend holds the image in
-    // place and reads it through /proc/PID/exe, so there the name is not looked up at all.
-    let child = start_in_root(&cg.path, &root, "watched");
-    let id = d.wait_request(child.id());
-    assert!(
-        !root.join("tmp/ran-watched").exists(),
-        "ran before any decision"
-    );
-    d.decide(&id, &["allow"]);
-    let out = finish(child);
-    let log = d.stop();
-    assert!(
-        root.join("tmp/ran-watched").exists(),
-        "approved, and did not run: {}\n{log}",
-        text(&out)
-    );
+    // workload's root (the agent opening it in its own root finds nothing there, and refuses),
+    // by an absolute name and by one relative to a working directory in that root. The LSM
+    // backend holds the exec by its name; the tracepoint backend holds the image in place and
+    // reads it through /proc/PID/exe, so there the name is not looked up at all.
+    for relative in [false, true] {
+        let name = format!("watched-{relative}");
+        let child = start_in_root(&cg.path, &root, &name, relative);
+        let id = d.wait_request(child.id());
+        assert!(
+            !root.join(format!("tmp/ran-{name}")).exists(),
+            "ran before any decision (relative name: {relative})"
+        );
+        d.decide(&id, &["allow"]);
+        let out = finish(child);
+        assert!(
+            root.join(format!("tmp/ran-{name}")).exists(),
+            "approved, and did not run (relative name: {relative}): {}",
+            text(&out)
+        );
+    }
+    d.stop();
 }

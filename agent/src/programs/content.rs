@@ -119,8 +119,11 @@ pub fn held_path(ev: &KernelEvent) -> PathBuf {
     }
 }
 
-/// The root of the held task and the path below it, for an exec by an absolute path made
-/// before the new image is in place: the name the kernel resolved in that root.
+/// The root of the held task and the path below it, for an exec made before the new image is
+/// in place: the name the kernel resolved in that root. A name relative to the working
+/// directory is put below the directory's place in the root; where that place cannot be
+/// established (a directory deleted, or reached from outside the root, or a name that is not
+/// UTF-8), `None` keeps the plain open through `cwd`.
 fn in_task_root(ev: &KernelEvent) -> Option<(String, String)> {
     let path = ev.path.as_deref()?;
     // Names through `/proc` are magic links (a descriptor, another process's root), which a
@@ -128,11 +131,41 @@ fn in_task_root(ev: &KernelEvent) -> Option<(String, String)> {
     if !ev.before_exec || path.starts_with("/dev/fd/") || path.starts_with("/proc/") {
         return None;
     }
-    let rest = path.strip_prefix('/')?;
-    Some((
-        format!("/proc/{}/task/{}/root", ev.tgid, ev.pid),
-        rest.to_string(),
-    ))
+    let task = format!("/proc/{}/task/{}", ev.tgid, ev.pid);
+    let root = format!("{task}/root");
+    let rest = match path.strip_prefix('/') {
+        Some(abs) => abs.to_string(),
+        None => cwd_in_root(&root, &format!("{task}/cwd"), path)?,
+    };
+    Some((root, rest))
+}
+
+/// `name`, relative to the working directory `cwd`, as a path below `root` (both the held
+/// task's links in `/proc`). The links' text says where the directory is; it is used only once
+/// the directory it names in the root is the working directory itself (same device and inode),
+/// so a name that reads differently from what it is (`x (deleted)`) decides nothing.
+fn cwd_in_root(root: &str, cwd: &str, name: &str) -> Option<String> {
+    let inside = below(
+        &std::fs::read_link(root).ok()?,
+        &std::fs::read_link(cwd).ok()?,
+    )?;
+    let dir = open_in_root(root, if inside.is_empty() { "." } else { &inside }).ok()?;
+    let (got, want) = (dir.metadata().ok()?, std::fs::metadata(cwd).ok()?);
+    if (got.dev(), got.ino()) != (want.dev(), want.ino()) {
+        return None;
+    }
+    Some(if inside.is_empty() {
+        name.to_string()
+    } else {
+        format!("{inside}/{name}")
+    })
+}
+
+/// Where `dir` is below `root`, compared by whole components: `""` for the root itself, `None`
+/// for a directory outside it (or a name that is not UTF-8).
+fn below(root: &std::path::Path, dir: &std::path::Path) -> Option<String> {
+    let rest = dir.strip_prefix(root).ok()?;
+    Some(rest.to_str()?.to_string())
 }
 
 /// `struct open_how` of `openat2(2)`.
@@ -603,6 +636,72 @@ mod tests {
                 "{path}"
             );
         }
+    }
+
+    #[test]
+    fn a_working_directory_is_placed_in_its_root_by_whole_components() {
+        // (root, working directory, its place below the root)
+        let table = [
+            ("/", "/", Some("")),
+            ("/", "/opt", Some("opt")),
+            ("/srv/c/root", "/srv/c/root", Some("")),
+            ("/srv/c/root", "/srv/c/root/opt/bin", Some("opt/bin")),
+            // A sibling that shares the root's text is not below it.
+            ("/srv/c/root", "/srv/c/rootfs/opt", None),
+            ("/srv/c/root", "/srv/c", None),
+            ("/srv/c/root", "/", None),
+        ];
+        for (root, dir, want) in table {
+            assert_eq!(
+                below(std::path::Path::new(root), std::path::Path::new(dir)).as_deref(),
+                want,
+                "{dir} in {root}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_relative_name_is_resolved_from_its_directory_in_the_root() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join("opt")).expect("mkdir");
+        std::fs::write(root.join("opt/prog"), b"inside").expect("write");
+        std::os::unix::fs::symlink("/opt/prog", root.join("opt/link")).expect("symlink");
+        // Links standing in for the held task's `/proc/PID/task/TID/{root,cwd}`.
+        let links = dir.path().join("links");
+        std::fs::create_dir(&links).expect("mkdir");
+        let (r, c) = (links.join("root"), links.join("cwd"));
+        std::os::unix::fs::symlink(&root, &r).expect("symlink");
+        let (r, c_s) = (
+            r.to_string_lossy().into_owned(),
+            c.to_string_lossy().into_owned(),
+        );
+        let set_cwd = |to: &std::path::Path| {
+            let _ = std::fs::remove_file(&c);
+            std::os::unix::fs::symlink(to, &c).expect("symlink");
+        };
+        set_cwd(&root.join("opt"));
+        let rest = cwd_in_root(&r, &c_s, "./link").expect("placed");
+        assert_eq!(rest, "opt/./link");
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut open_in_root(&r, &rest).expect("opens"), &mut text)
+            .expect("read");
+        assert_eq!(text, "inside", "the absolute link resolved in the root");
+        set_cwd(&root);
+        assert_eq!(cwd_in_root(&r, &c_s, "x").as_deref(), Some("x"));
+        // The link's text names `opt2` in the root, but the working directory is the host's
+        // directory that `opt2`'s absolute link reaches outside the root; in the root the same
+        // text reaches another directory. The text decides nothing.
+        let host_dir = dir.path().join("elsewhere/opt");
+        std::fs::create_dir_all(&host_dir).expect("mkdir");
+        let in_root = root.join(host_dir.strip_prefix("/").expect("absolute"));
+        std::fs::create_dir_all(&in_root).expect("mkdir");
+        std::os::unix::fs::symlink(&host_dir, root.join("opt2")).expect("symlink");
+        set_cwd(&root.join("opt2"));
+        assert_eq!(cwd_in_root(&r, &c_s, "link"), None);
+        // A working directory outside the root.
+        set_cwd(dir.path());
+        assert_eq!(cwd_in_root(&r, &c_s, "link"), None);
     }
 
     #[test]

@@ -19,7 +19,7 @@
 pub mod slack;
 pub mod teams;
 
-use std::{path::Path, sync::Arc, time::Duration};
+use std::{collections::HashMap, path::Path, sync::Arc, time::Duration};
 
 use latch_proto::v1::{ApprovalRequest, Op};
 use tokio::sync::{mpsc, Semaphore};
@@ -109,8 +109,17 @@ pub struct Notifier {
     tx: Option<mpsc::UnboundedSender<String>>,
     slack: Option<Arc<slack::Slack>>,
     teams: Option<Arc<teams::Teams>>,
-    /// Requests with a timer queued to look at them again (a reminder falling due).
-    waking: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// Requests with a timer queued to look at them again (a reminder falling due): when, and
+    /// the timer, which is stopped once the request needs none.
+    waking: Arc<std::sync::Mutex<HashMap<String, Wake>>>,
+}
+
+/// A timer queued by [`Notifier::wake`].
+struct Wake {
+    at_ms: i64,
+    /// Tells this timer from a later one for the same request.
+    serial: u64,
+    timer: tokio::task::AbortHandle,
 }
 
 /// Request ids waiting for delivery; consumed by [`deliver`].
@@ -156,30 +165,64 @@ impl Notifier {
     }
 
     /// Queues `approval_id` again at `at_ms` (one timer per request however often it is
-    /// asked), so that a message that must change with time alone does so then rather than at
-    /// the next sweep. The timer holds no strong sender: it keeps nothing alive at shutdown.
+    /// asked; a new time replaces the old), so that a message that must change with time alone
+    /// does so then rather than at the next sweep. The timer holds no strong sender: it keeps
+    /// nothing alive at shutdown.
     fn wake(&self, approval_id: &str, at_ms: i64) {
+        static SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let Some(tx) = self.tx.as_ref().map(|t| t.downgrade()) else {
             return;
         };
-        if !self
-            .waking
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(approval_id.to_string())
-        {
+        let mut waking = self.waking.lock().unwrap_or_else(|e| e.into_inner());
+        if waking.get(approval_id).is_some_and(|w| w.at_ms == at_ms) {
             return;
         }
+        let serial = SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let id = approval_id.to_string();
-        let waking = self.waking.clone();
+        let mine = self.waking.clone();
         let wait = Duration::from_millis(at_ms.saturating_sub(now_ms()).max(0) as u64);
-        tokio::spawn(async move {
+        let timer = tokio::spawn(async move {
             tokio::time::sleep(wait).await;
-            waking.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            {
+                let mut waking = mine.lock().unwrap_or_else(|e| e.into_inner());
+                if waking.get(&id).is_some_and(|w| w.serial == serial) {
+                    waking.remove(&id);
+                }
+            }
             if let Some(tx) = tx.upgrade() {
                 let _ = tx.send(id);
             }
-        });
+        })
+        .abort_handle();
+        if let Some(old) = waking.insert(
+            approval_id.to_string(),
+            Wake {
+                at_ms,
+                serial,
+                timer,
+            },
+        ) {
+            old.timer.abort();
+        }
+    }
+
+    /// Stops the timer of a request whose messages need no change with time any more (it was
+    /// decided, or waits with another).
+    fn unwake(&self, approval_id: &str) {
+        let gone = self
+            .waking
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(approval_id);
+        if let Some(w) = gone {
+            w.timer.abort();
+        }
+    }
+
+    /// How many timers are queued.
+    #[cfg(test)]
+    fn timers(&self) -> usize {
+        self.waking.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     /// Where the engine queues the ids of requests that changed (accepted, voted on, resolved)
@@ -249,7 +292,7 @@ async fn sync_all(central: &Central, notifier: &Notifier, approval_id: &str) {
         central.metrics.delivered("slack", r.is_ok());
         match r {
             Ok(Some(at)) => notifier.wake(approval_id, at),
-            Ok(None) => {}
+            Ok(None) => notifier.unwake(approval_id),
             Err(e) => {
                 tracing::warn!(approval_id, surface = "slack", error = %e, "notification failed")
             }
@@ -706,4 +749,34 @@ pub(crate) fn backoff() -> backon::ExponentialBuilder {
         .with_max_delay(Duration::from_secs(30))
         .with_max_times(6)
         .with_jitter()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_timer_is_replaced_by_a_new_time_and_stopped_once_not_needed() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let n = Notifier {
+            tx: Some(tx),
+            ..Default::default()
+        };
+        let now = now_ms();
+        n.wake("a", now + 100);
+        n.wake("a", now + 100);
+        assert_eq!(n.timers(), 1, "one timer per request");
+        // A later time replaces the earlier; a request that needs none any more has none.
+        n.wake("a", now + 150);
+        n.wake("b", now + 50);
+        n.unwake("b");
+        assert_eq!(n.timers(), 1);
+        let first = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+            .await
+            .expect("the timer fires");
+        // Had either stopped timer fired, it would have come first, or left the new one queued.
+        assert_eq!(first.as_deref(), Some("a"));
+        assert_eq!(n.timers(), 0, "the timer that fired was the last one");
+        assert!(rx.try_recv().is_err());
+    }
 }
