@@ -1160,10 +1160,13 @@ fn packets_that_no_socket_hook_sees_are_dropped_on_the_way_out() {
         Some("127.0.0.1:0".parse().expect("addr")),
     );
     let lite_port = lite.port();
+    let (mptcp, mptcp_to) = latch_tests::destination();
+    let mptcp_port = mptcp.local_addr().expect("addr").port();
     let h = Harness::new(&rules(&format!(
         "  - {{name: no-3, workload: test, on: connect, to: [127.0.0.3/32], action: deny}}\n\
          \x20 - {{name: ask-4, workload: test, on: connect, to: [127.0.0.4/32], action: approve}}\n\
-         \x20 - {{name: no-udp, workload: test, on: connect, to: [127.0.0.1/32], ports: [{lite_port}], protocol: udp, action: deny}}\n"
+         \x20 - {{name: no-udp, workload: test, on: connect, to: [127.0.0.1/32], ports: [{lite_port}], protocol: udp, action: deny}}\n\
+         \x20 - {{name: no-tcp, workload: test, on: connect, to: [127.0.0.1/32], ports: [{mptcp_port}], protocol: tcp, action: deny}}\n"
     )));
     let free = TestCgroup::new();
     let watched = h.cgroup.path.clone();
@@ -1241,6 +1244,20 @@ fn packets_that_no_socket_hook_sees_are_dropped_on_the_way_out() {
     assert!(
         !lite.has(b"latch"),
         "UDP-Lite reached a destination a udp rule denies"
+    );
+    // MPTCP under a `protocol: tcp` rule (a plain TCP listener takes an MPTCP connection as
+    // TCP; the kernels of the matrix and this host enable MPTCP by default).
+    let out = run_in(&free.path, &probe_args(&["mptcp-connect", &mptcp_to]));
+    assert_eq!(out["ok"].as_bool(), Some(true), "MPTCP unwatched: {out}");
+    assert!(
+        eventually(|| accepted(&mptcp)),
+        "MPTCP does not arrive unwatched: {out}"
+    );
+    let out = run_in(&watched, &probe_args(&["mptcp-connect", &mptcp_to]));
+    assert_eq!(out["errno"].as_i64(), Some(EPERM), "MPTCP: {out}");
+    assert!(
+        !accepted(&mptcp),
+        "MPTCP reached a destination a tcp rule denies"
     );
 }
 

@@ -12,6 +12,7 @@
 //! latch-probe icmp raw|ping ADDR TAG      one ICMP echo request to an IPv4 address carrying TAG,
 //!                                        from a raw socket or an unprivileged ping socket
 //! latch-probe udplite-send ADDR:PORT     sendto() on a UDP-Lite socket
+//! latch-probe mptcp-connect ADDR:PORT    connect() on an MPTCP socket (IPPROTO_MPTCP)
 //! latch-probe packet-udp-shared PORT TAG clone(CLONE_FILES) a second process, then make an
 //!                                        AF_PACKET socket, on which the second one sends a UDP
 //!                                        datagram carrying TAG to 127.0.0.1:PORT
@@ -416,6 +417,35 @@ fn udplite_send(addr: &str) {
         sockaddr4(*to.ip(), to.port()),
         b"latch",
     )
+}
+
+/// `connect()` on an IPv4 MPTCP socket; a plain TCP listener takes it as TCP.
+fn mptcp_connect(addr: &str) {
+    const IPPROTO_MPTCP: i32 = 262;
+    let Ok(to) = addr.parse::<std::net::SocketAddrV4>() else {
+        eprintln!("latch-probe: mptcp-connect wants an IPv4 address:port, not '{addr}'");
+        std::process::exit(2);
+    };
+    let sa = sockaddr4(*to.ip(), to.port());
+    // SAFETY: plain system calls on a socket this function owns, with a local address.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, IPPROTO_MPTCP);
+        if fd < 0 {
+            return report(Err(std::io::Error::last_os_error()));
+        }
+        let r = libc::connect(
+            fd,
+            (&sa as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        );
+        let res = if r == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        };
+        libc::close(fd);
+        report(res)
+    }
 }
 
 /// A UDP datagram to 127.0.0.1:`port`, built by hand (IPv4 and UDP headers) and sent on an
@@ -1308,6 +1338,13 @@ fn main() {
             std::process::exit(2);
         };
         return udplite_send(addr);
+    }
+    if args.get(1).map(String::as_str) == Some("mptcp-connect") {
+        let Some(addr) = args.get(2) else {
+            eprintln!("usage: latch-probe mptcp-connect ADDR:PORT");
+            std::process::exit(2);
+        };
+        return mptcp_connect(addr);
     }
     if args.get(1).map(String::as_str) == Some("connect-from") {
         let (Some(src), Some(dst)) = (args.get(2), args.get(3)) else {
