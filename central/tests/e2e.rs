@@ -2160,6 +2160,18 @@ async fn review_chains(env: &Env) {
             }
         }
     }
+    // A request its chain decides as it arrives waits for nobody: it joins no identical
+    // request, even one that waits (g.3, identical but for the variable its guard reads, which
+    // merging does not compare).
+    let g3 = pending(&mut rv).await;
+    let acc = agent.submit(guarded(&agent, "g.4", Some("no"))).await;
+    let d = acc.decision.expect("g.4: decided as it arrived");
+    assert_eq!(
+        (d.outcome, d.decided_by.as_str()),
+        (Outcome::Allow as i32, "policy:guarded/open")
+    );
+    assert_eq!(get(&mut rv, &acc.approval_id).await.merged_into, "");
+    assert_eq!(pending(&mut rv).await, g3, "the waiting ones unchanged");
     // What no check decided is a person's to decide (the last of them here: c.3).
     let waiting = waiting.expect("one request waits");
     let (rec, resolved) = {
