@@ -47,7 +47,8 @@ const RETRY_INSIDE_MAX_MATCH: usize = 64;
 
 /// Redaction runs again over its own output until nothing new is found (a mask can turn a
 /// neighbour into a match, e.g. a phone number glued to an e-mail address); this bounds it.
-const MAX_PASSES: usize = 6;
+/// Text still turning up new matches after as many passes is withheld whole.
+const MAX_PASSES: usize = 16;
 
 /// What to mask beyond the built-in detectors.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -400,11 +401,17 @@ impl Redactor {
 
     /// Masks everything sensitive in `text`.
     pub fn redact(&self, text: &str) -> Redacted {
+        self.redact_within(text, MAX_PASSES)
+    }
+
+    /// [`Self::redact`] with at most `passes` passes.
+    fn redact_within(&self, text: &str, passes: usize) -> Redacted {
         let (kept, truncated_bytes) = self.cut_to_limit(text);
         let mut merged: Vec<Span> = Vec::new();
         let mut rendered = kept.to_owned();
         let mut regions: Vec<Region> = Vec::new();
-        for _ in 0..MAX_PASSES {
+        let mut settled = false;
+        for _ in 0..passes {
             let found = self.scan(&rendered);
             let mut added = Vec::new();
             for span in found {
@@ -421,10 +428,23 @@ impl Redactor {
             let grew = !added.is_empty();
             merged.extend(added);
             if !grew {
+                settled = true;
                 break;
             }
             merged = merge_overlapping(merged);
             (rendered, regions) = self.render(kept, &merged);
+        }
+        if !settled && !kept.is_empty() {
+            // Every pass unmasked another match next to a mask, and the next might too: what
+            // is left may still hold something a detector would find. Withheld whole, rather
+            // than shown half-masked.
+            merged = vec![Span {
+                start: 0,
+                end: kept.len(),
+                kind: FindingKind::Secret,
+                priority: 0,
+            }];
+            (rendered, _) = self.render(kept, &merged);
         }
         if truncated_bytes > 0 {
             rendered.push_str(&format!("[TRUNCATED {truncated_bytes} BYTES]"));
@@ -628,6 +648,36 @@ fn to_original_end(regions: &[Region], at: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by fuzzing: IP addresses and phone numbers glued into a chain, where each mask
+    /// turns the next neighbour into a match (7 passes or more).
+    const CHAIN: &[u8] = b"\x00\xa5\xb2\xb2\xb2\xb2\x90\xb4\xb42\xc12::B\x00%:A:\xfe049+5:%A\x00\xfeB::049+5050041005+11055101::049+505001055101::049+50500105541005+1\xb2\xba\xb2\xb2\xb2\xb2\xb2\xff\xff\xff\xff\xff\xff\xff\xb2\x08c::";
+
+    #[test]
+    fn a_chain_of_matches_is_masked_to_the_end_or_withheld() {
+        let r = Redactor::new(&RedactConfig {
+            mask_ip: true,
+            ..RedactConfig::default()
+        })
+        .expect("compiles");
+        let text = String::from_utf8_lossy(CHAIN);
+        // Followed to the end: what a redaction shows, redacted again, is the same.
+        let out = r.redact(&text);
+        assert_eq!(r.redact(&out.text).text, out.text);
+        assert!(out.findings.len() > 8, "{:?}", out.findings);
+        // Cut short: not shown half-masked.
+        let cut = r.redact_within(&text, 2);
+        assert_eq!(cut.text, "[SECRET]");
+        assert_eq!(r.redact(&cut.text).text, cut.text);
+        assert_eq!(
+            cut.findings,
+            [Finding {
+                kind: FindingKind::Secret,
+                start: 0,
+                end: text.len()
+            }]
+        );
+    }
 
     fn redactor() -> Redactor {
         match Redactor::new(&RedactConfig::default()) {

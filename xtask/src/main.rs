@@ -6,9 +6,11 @@
 //!   (they need root; without it they fail unless `LATCH_SKIP_PRIVILEGED=1`).
 //! - `run`: run the product on this host with the example rules.
 //! - `vmtest`: run the privileged suites on Debian's kernels in VMs (also the end of `test`).
+//! - `fuzz`: run every fuzz target under libFuzzer for a while (also a step of `test`).
 //!
 //! It owns no product logic: it only prepares the machine and calls cargo and the binaries.
 
+mod fuzz;
 mod setup;
 mod vm;
 
@@ -74,7 +76,18 @@ enum Cmd {
     /// Run the privileged suites on Debian's kernels (6.1, 6.12; arm64 boot check) in VMs, with
     /// BPF LSM on and off, and print the matrix (needs root; installs qemu and virtme-ng).
     Vmtest(vm::Args),
+    /// Build every fuzz target (`*/fuzz`) and run each under libFuzzer for a while (also a
+    /// step of `test`, for less time each).
+    Fuzz {
+        /// How long each target runs.
+        #[arg(long, default_value_t = 120)]
+        seconds: u64,
+    },
 }
+
+/// How long `test` runs each fuzz target: long enough for libFuzzer to get past the inputs it
+/// starts from, short enough for the whole step to stay a few minutes.
+const TEST_FUZZ_SECONDS: u64 = 5;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -136,6 +149,11 @@ fn main() -> Result<()> {
         }
         Cmd::Run { rules } => run_product(&rules),
         Cmd::Vmtest(args) => vm::vmtest(&args),
+        Cmd::Fuzz { seconds } => {
+            setup::setup(true)?;
+            run(cargo().args(["build", "--workspace", "--bins"]))?;
+            fuzz::run(seconds)
+        }
     }
 }
 
@@ -333,9 +351,12 @@ fn test(no_lint: bool, cargo_args: &[String]) -> Result<()> {
     if !cargo_args.is_empty() {
         t.arg("--").args(cargo_args);
     }
-    // The kernel matrix runs even when a native test failed: both results are worth having.
+    // The fuzzing and the kernel matrix run even when a native test failed: every result is
+    // worth having.
     let native = run(&mut t);
+    let fuzzed = fuzz::run(TEST_FUZZ_SECONDS);
     let matrix = vm::from_test();
     native?;
+    fuzzed?;
     matrix
 }

@@ -32,17 +32,19 @@ const BUILD_PACKAGES: &[&str] = &[
     "pkg-config",
 ];
 
-/// Debian packages the tests need on top: a real PostgreSQL server for the storage tests, and a
-/// real browser with its WebDriver for the web console's test.
+/// Debian packages the tests need on top: a real PostgreSQL server for the storage tests, a
+/// real browser with its WebDriver for the web console's test, and a C++ compiler for
+/// libFuzzer, which the fuzz targets link.
 const TEST_PACKAGES: &[&str] = &[
     "postgresql",
     "iproute2",
     "procps",
     "chromium",
     "chromium-driver",
+    "g++",
 ];
 
-fn tools_root() -> PathBuf {
+pub fn tools_root() -> PathBuf {
     let cache = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
