@@ -168,18 +168,16 @@ pub fn run(seconds: u64) -> Result<()> {
             continue;
         }
         for target in &krate.targets {
-            let corpus = root
-                .join("target/fuzz-corpus")
-                .join(&krate.dir)
-                .join(target);
-            std::fs::create_dir_all(&corpus)
-                .with_context(|| format!("creating {}", corpus.display()))?;
-            let artifacts = root
-                .join("target/fuzz-artifacts")
-                .join(&krate.dir)
-                .join(target);
-            std::fs::create_dir_all(&artifacts)
-                .with_context(|| format!("creating {}", artifacts.display()))?;
+            let corpus = made(
+                root.join("target/fuzz-corpus")
+                    .join(&krate.dir)
+                    .join(target),
+            )?;
+            let artifacts = made(
+                root.join("target/fuzz-artifacts")
+                    .join(&krate.dir)
+                    .join(target),
+            )?;
             let started = Instant::now();
             let out = fuzz_command(&bin, &root, krate)?
                 .args(["run", "--sanitizer", "none", "--debug-assertions", target])
@@ -219,6 +217,12 @@ pub fn run(seconds: u64) -> Result<()> {
     }
     eprintln!("fuzz: {ran} targets ran, none failed");
     Ok(())
+}
+
+/// `dir`, made if missing.
+fn made(dir: PathBuf) -> Result<PathBuf> {
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
 }
 
 /// A number libFuzzer's final statistics give (`-print_final_stats=1`).

@@ -321,14 +321,24 @@ fn connect_from(src: &str, dst: &str) {
                 )
             }
         };
-        let res = if r == 0 {
-            Ok(())
-        } else {
-            Err(std::io::Error::last_os_error())
-        };
-        libc::close(fd);
-        report(res)
+        close_and_report(fd, r)
     }
+}
+
+/// Reports the outcome of a call that returned `r` on `fd` (0: success, else `errno`), then
+/// closes `fd`.
+///
+/// # Safety
+/// `fd` is an open descriptor the caller owns, closed here once; `errno` is the call's.
+unsafe fn close_and_report(fd: i32, r: i32) {
+    let res = if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    };
+    // SAFETY: the caller's descriptor, closed once.
+    unsafe { libc::close(fd) };
+    report(res)
 }
 
 /// The Internet checksum (RFC 1071).
@@ -438,13 +448,7 @@ fn mptcp_connect(addr: &str) {
             (&sa as *const libc::sockaddr_in).cast(),
             std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
         );
-        let res = if r == 0 {
-            Ok(())
-        } else {
-            Err(std::io::Error::last_os_error())
-        };
-        libc::close(fd);
-        report(res)
+        close_and_report(fd, r)
     }
 }
 
