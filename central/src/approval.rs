@@ -1345,19 +1345,34 @@ pub(crate) async fn promote_in(
     .await?;
     // Words an identical request gave were shown on the one that went away: they are shown on
     // the one reviewers now decide, unless it has said something itself (as `justify` does).
+    // The words shown stay if the request that gave them still waits; else the oldest words a
+    // waiting request gave take their place.
     let (mut next_req, _) = justification_of(tx, &next.approval_id).await?;
     if next_req.justification.is_empty() {
+        let shown = justification_of(tx, &gone.approval_id)
+            .await?
+            .0
+            .justification;
+        let mut pick: Option<(String, String)> = None;
         for member in Store::pending_members_in(tx, &next.approval_id, false).await? {
             let text = justification_of(tx, &member.approval_id)
                 .await?
                 .0
                 .justification;
-            if !text.is_empty() {
-                next_req.justification = text.clone();
-                store_justification(tx, &next, &next_req, &text, Some(&member.approval_id), now)
-                    .await?;
+            if text.is_empty() {
+                continue;
+            }
+            let was_shown = text == shown;
+            if was_shown || pick.is_none() {
+                pick = Some((member.approval_id, text));
+            }
+            if was_shown {
                 break;
             }
+        }
+        if let Some((from, text)) = pick {
+            next_req.justification = text.clone();
+            store_justification(tx, &next, &next_req, &text, Some(&from), now).await?;
         }
     }
     Ok(Some(RequestRow {

@@ -455,12 +455,16 @@ async fn an_automatic_reviewer_decides_recommends_or_escalates() {
     );
     bad_state.open.store(true, Ordering::SeqCst);
     let mut told = std::collections::HashMap::new();
-    while told.len() < 2 {
-        let d = agent.next_decision().await;
-        if [&first.approval_id, &second.approval_id].contains(&&d.approval_id) {
-            told.insert(d.approval_id.clone(), (d.outcome, d.decided_by));
+    tokio::time::timeout(HANG, async {
+        while told.len() < 2 {
+            let d = agent.next_decision().await;
+            if [&first.approval_id, &second.approval_id].contains(&&d.approval_id) {
+                told.insert(d.approval_id.clone(), (d.outcome, d.decided_by));
+            }
         }
-    }
+    })
+    .await
+    .expect("both requests decided");
     for id in [&first.approval_id, &second.approval_id] {
         assert_eq!(
             told.get(id),

@@ -1069,12 +1069,18 @@ async fn justify(env: &Env) {
     let first = agent.submit(another(&agent, "9.6")).await;
     let second = agent.submit(another(&agent, "9.7")).await;
     let third = agent.submit(another(&agent, "9.8")).await;
+    let fourth = agent.submit(another(&agent, "9.9")).await;
+    // The fourth speaks first, so its words are the ones shown; the third's, older by arrival,
+    // are not.
+    c.justify(justify("h1", "9.9", "the fourth's reason", &t))
+        .await
+        .expect("justify the fourth");
     c.justify(justify("h1", "9.8", "the third's reason", &t))
         .await
         .expect("justify the third");
     assert_eq!(
         says(get(&mut rv, &first.approval_id).await),
-        "the third's reason"
+        "the fourth's reason"
     );
     agent
         .client
@@ -1092,13 +1098,16 @@ async fn justify(env: &Env) {
     assert!(promoted.merged_into.is_empty(), "the second took its place");
     assert_eq!(
         says(promoted),
-        "the third's reason",
+        "the fourth's reason",
         "the words shown stay shown"
     );
-    assert_eq!(
-        get(&mut rv, &third.approval_id).await.merged_into,
-        second.approval_id
-    );
+    for id in [&third.approval_id, &fourth.approval_id] {
+        assert_eq!(
+            get(&mut rv, id).await.merged_into,
+            second.approval_id,
+            "{id}"
+        );
+    }
     let shown: Vec<serde_json::Value> = audit_kind(&mut rv, "request.justified")
         .await
         .into_iter()
@@ -1107,7 +1116,7 @@ async fn justify(env: &Env) {
         .collect();
     assert_eq!(
         shown,
-        [serde_json::json!({"justification": "the third's reason", "from": third.approval_id})]
+        [serde_json::json!({"justification": "the fourth's reason", "from": fourth.approval_id})]
     );
     c.justify(justify("h1", "9.7", "the second's own", &t))
         .await

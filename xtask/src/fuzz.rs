@@ -1,13 +1,12 @@
 //! `cargo xtask fuzz`, and the fuzzing step of `cargo xtask test`: every fuzz target of every
 //! crate (`*/fuzz`, cargo-fuzz layout) is built with coverage instrumentation and run by
-//! libFuzzer for a bounded time. A crash, a panic, a leak of the time or memory limit fails the
-//! step, naming the target and the input libFuzzer kept.
+//! libFuzzer for a bounded time. A panic, or an input that takes longer or more memory than the
+//! limits, fails the step, naming the target and the input libFuzzer kept.
 //!
-//! The fuzz crates build with the machine's stable toolchain: the coverage flags cargo-fuzz
-//! passes are stable codegen options, and the one unstable flag it needs (for `--cfg fuzzing`
-//! checks) is allowed by `RUSTC_BOOTSTRAP`; no sanitizer runs (`--sanitizer none`), which is
-//! what needs a nightly toolchain. Panics, which is what a parser of outside input must never
-//! do, abort the run all the same.
+//! The fuzz crates build with the machine's stable toolchain: without a sanitizer
+//! (`--sanitizer none`, since sanitizers need a nightly toolchain) cargo-fuzz passes only
+//! stable codegen options. Panics, which is what a parser of outside input must never do,
+//! abort the run all the same.
 
 use std::{
     path::{Path, PathBuf},
@@ -113,10 +112,13 @@ fn install_cargo_fuzz() -> Result<PathBuf> {
     Ok(bin)
 }
 
-/// The kernel object the main build made, given to the agent's fuzz crate: its build script
-/// would otherwise build the kernel programs again with the fuzzing flags, which they cannot
-/// take.
+/// The kernel object for the agent's fuzz crate: the one given in `LATCH_EBPF_OBJECT`, else the
+/// one the main build made. Its build script would otherwise build the kernel programs again
+/// with the fuzzing flags, which they cannot take.
 fn ebpf_object(root: &Path) -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("LATCH_EBPF_OBJECT") {
+        return Ok(PathBuf::from(p));
+    }
     let p = root.join("target/ebpf/bpfel-unknown-none/release/agent-ebpf");
     if !p.is_file() {
         bail!(
@@ -131,10 +133,21 @@ fn fuzz_command(bin: &Path, root: &Path, krate: &Crate) -> Result<Command> {
     let mut c = Command::new(bin);
     // cargo-fuzz finds `fuzz/` below the directory it runs in.
     c.current_dir(root.join(&krate.dir))
-        .env("RUSTC_BOOTSTRAP", "1")
         .env("CARGO_TARGET_DIR", root.join("target/fuzz"))
-        .env("CARGO_INCREMENTAL", "0")
-        .env("LATCH_EBPF_OBJECT", ebpf_object(root)?);
+        .env("CARGO_INCREMENTAL", "0");
+    // cargo-fuzz runs `cargo` from PATH: the one running xtask comes first.
+    if let Some(dir) = std::env::var_os("CARGO")
+        .map(PathBuf::from)
+        .and_then(|c| c.parent().map(Path::to_path_buf))
+    {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let joined = std::env::join_paths(std::iter::once(dir).chain(std::env::split_paths(&path)))
+            .context("PATH with cargo's directory")?;
+        c.env("PATH", joined);
+    }
+    if krate.dir == "agent" {
+        c.env("LATCH_EBPF_OBJECT", ebpf_object(root)?);
+    }
     Ok(c)
 }
 
@@ -151,13 +164,11 @@ pub fn run(seconds: u64) -> Result<()> {
     let mut ran = 0;
     for krate in &crates {
         // The crate's dependencies at the versions the workspace has: a fuzz crate resolved on
-        // its own would take whatever is newest that day.
+        // its own would take whatever is newest that day. Copied every time, so that it follows
+        // the workspace's.
         let lock = root.join(&krate.dir).join("fuzz/Cargo.lock");
-        if !lock.exists() {
-            std::fs::copy(root.join("Cargo.lock"), &lock).with_context(|| {
-                format!("copying the workspace's Cargo.lock to {}", lock.display())
-            })?;
-        }
+        std::fs::copy(root.join("Cargo.lock"), &lock)
+            .with_context(|| format!("copying the workspace's Cargo.lock to {}", lock.display()))?;
         eprintln!("fuzz: building {}'s targets", krate.dir);
         let built = fuzz_command(&bin, &root, krate)?
             .args(["build", "--sanitizer", "none", "--debug-assertions"])

@@ -1,6 +1,6 @@
 //! Admin socket request lines: parsed or refused with a message, never a panic.
 //!
-//! Run with `cargo +nightly fuzz run admin_request` from `agent/`.
+//! Run by `cargo xtask test` and `cargo xtask fuzz`.
 
 #![no_main]
 

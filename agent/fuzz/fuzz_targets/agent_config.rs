@@ -1,6 +1,6 @@
 //! `agent.toml` text: accepted with checked values, or refused naming the problem.
 //!
-//! Run with `cargo +nightly fuzz run agent_config` from `agent/`.
+//! Run by `cargo xtask test` and `cargo xtask fuzz`.
 
 #![no_main]
 

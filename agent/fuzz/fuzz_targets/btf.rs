@@ -1,7 +1,7 @@
 //! Kernel BTF as a broken or hostile file could present it: parsing and member lookups accept
 //! or refuse, never panic or loop.
 //!
-//! Run with `cargo +nightly fuzz run btf` from `agent/`.
+//! Run by `cargo xtask test` and `cargo xtask fuzz`.
 
 #![no_main]
 

@@ -1,7 +1,7 @@
 //! A dpkg `.list` file as a broken package database could present it: every line an absolute
 //! path or skipped, never a panic.
 //!
-//! Run with `cargo +nightly fuzz run dpkg_list` from `agent/`.
+//! Run by `cargo xtask test` and `cargo xtask fuzz`.
 
 #![no_main]
 

@@ -1,8 +1,8 @@
 //! Ring-buffer records as the kernel (or a corrupted buffer) could hand them over: decoding
 //! accepts or refuses, never panics, and an accepted event serialises.
 //!
-//! Run with `cargo +nightly fuzz run kernel_event` from `agent/` (the build needs the eBPF
-//! toolchain from `cargo xtask setup`, or `LATCH_EBPF_OBJECT`).
+//! Run by `cargo xtask test` and `cargo xtask fuzz` (which give the build the kernel object the
+//! workspace's build made).
 
 #![no_main]
 

@@ -1,7 +1,7 @@
 //! `/proc/self/mountinfo` as a broken or hostile mount table could present it: parsed or
 //! skipped, never a panic.
 //!
-//! Run with `cargo +nightly fuzz run mountinfo` from `agent/`.
+//! Run by `cargo xtask test` and `cargo xtask fuzz`.
 
 #![no_main]
 

@@ -1,7 +1,7 @@
 //! Workload socket request lines (written by untrusted workloads): parsed or refused with a
 //! message, never a panic, and a parsed wait is always within its bounds.
 //!
-//! Run with `cargo +nightly fuzz run workload_request` from `agent/`.
+//! Run by `cargo xtask test` and `cargo xtask fuzz`.
 
 #![no_main]
 

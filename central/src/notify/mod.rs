@@ -291,8 +291,9 @@ async fn sync_all(central: &Central, notifier: &Notifier, approval_id: &str) {
         let r = sync(central, approval_id, s.as_ref()).await;
         central.metrics.delivered("slack", r.is_ok());
         match r {
-            Ok(Some(at)) => notifier.wake(approval_id, at),
-            Ok(None) => notifier.unwake(approval_id),
+            Ok(Next::At(at)) => notifier.wake(approval_id, at),
+            Ok(Next::Nothing) => notifier.unwake(approval_id),
+            Ok(Next::Failed) => {}
             Err(e) => {
                 tracing::warn!(approval_id, surface = "slack", error = %e, "notification failed")
             }
@@ -686,30 +687,44 @@ async fn release(
         .await?)
 }
 
+/// What a delivery leaves to do for a request, with nothing else happening.
+#[derive(Debug, PartialEq, Eq)]
+enum Next {
+    /// Look again at this time (Unix ms): a reminder falls due.
+    At(i64),
+    /// Nothing: the message is final, or does not change with time alone.
+    Nothing,
+    /// The surface refused the message; the sweep tries again, and a timer already queued
+    /// stays.
+    Failed,
+}
+
+impl Next {
+    fn at(t: Option<i64>) -> Next {
+        t.map_or(Next::Nothing, Next::At)
+    }
+}
+
 /// Brings one surface's message for a request up to date (see the module documentation).
-/// Returns when the message must change next with nothing else happening (Unix ms).
-async fn sync<S: Surface>(
-    central: &Central,
-    approval_id: &str,
-    surface: &S,
-) -> Result<Option<i64>> {
+/// Returns what is left to do with nothing else happening.
+async fn sync<S: Surface>(central: &Central, approval_id: &str, surface: &S) -> Result<Next> {
     let kind = surface.kind();
     loop {
         let Some(view) = View::load(central, approval_id).await? else {
-            return Ok(None);
+            return Ok(Next::Nothing);
         };
         if !view.row.merged_into.is_empty() {
             // It waits with an identical request whose message counts it; it gets a message of
             // its own only if it takes that one's place.
-            return Ok(None);
+            return Ok(Next::Nothing);
         }
         let revision = surface.revision(&view, now_ms());
         let Some((delivery, token)) = acquire(central, kind, approval_id, &revision).await? else {
-            return Ok(surface.wake_at(&view, now_ms()));
+            return Ok(Next::at(surface.wake_at(&view, now_ms())));
         };
         // Looked at again under the lease: the state may have moved since.
         let Some(view) = View::load(central, approval_id).await? else {
-            return Ok(None);
+            return Ok(Next::Nothing);
         };
         let revision = surface.revision(&view, now_ms());
         match surface.apply(central, &view, &revision, &delivery).await {
@@ -723,20 +738,20 @@ async fn sync<S: Surface>(
                 )
                 .await?;
                 if applied.settled {
-                    return Ok(None);
+                    return Ok(Next::Nothing);
                 }
             }
             Err(e) => {
                 tracing::error!(approval_id, surface = kind, error = %e, "notification not delivered; the sweep retries");
                 release(central, kind, approval_id, &token, Err(&e)).await?;
-                return Ok(None);
+                return Ok(Next::Failed);
             }
         }
         // A change that arrived while the lease was held found it taken: look again.
         match View::load(central, approval_id).await? {
             Some(now) if surface.revision(&now, now_ms()) != revision => continue,
-            Some(now) => return Ok(surface.wake_at(&now, now_ms())),
-            None => return Ok(None),
+            Some(now) => return Ok(Next::at(surface.wake_at(&now, now_ms()))),
+            None => return Ok(Next::Nothing),
         }
     }
 }

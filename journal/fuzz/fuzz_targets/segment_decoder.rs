@@ -1,7 +1,7 @@
 //! The segment decoder on arbitrary bytes: no panic, the intact prefix it reports reads back
 //! the same records without damage, and re-encoding those records reads back identically.
 //!
-//! Run with `cargo +nightly fuzz run segment_decoder` from `journal/`.
+//! Run by `cargo xtask test` and `cargo xtask fuzz`.
 
 #![no_main]
 

@@ -1,7 +1,7 @@
 //! `RuleSet::parse` on arbitrary text: it accepts or refuses, never panics; a refusal always
 //! names at least one problem, and every accepted rule has a usable id and timeout.
 //!
-//! Run with `cargo +nightly fuzz run rules` from `policy/`.
+//! Run by `cargo xtask test` and `cargo xtask fuzz`.
 
 #![no_main]
 

@@ -1,7 +1,7 @@
 //! `Redactor::redact` on arbitrary text: no panic, well-formed findings, idempotent output;
 //! `redact_args` on the same bytes split at NULs.
 //!
-//! Run with `cargo +nightly fuzz run redact` from `redact/`.
+//! Run by `cargo xtask test` and `cargo xtask fuzz`.
 
 #![no_main]
 
