@@ -1125,6 +1125,63 @@ async fn justify(env: &Env) {
         says(get(&mut rv, &second.approval_id).await),
         "the second's own"
     );
+
+    // The words shown came from a request that went away since: the oldest words of one still
+    // waiting take their place.
+    let other_group = |agent: &Agent, id: &str| {
+        let mut r = agent.request(id, "prod-db");
+        r.destination.as_mut().expect("destination").port = 5498;
+        r
+    };
+    let w1 = agent.submit(other_group(&agent, "9.10")).await;
+    let w2 = agent.submit(other_group(&agent, "9.11")).await;
+    agent.submit(other_group(&agent, "9.12")).await;
+    let w4 = agent.submit(other_group(&agent, "9.13")).await;
+    c.justify(justify("h1", "9.12", "words of one that leaves", &t))
+        .await
+        .expect("justify the third");
+    c.justify(justify("h1", "9.13", "words of one that stays", &t))
+        .await
+        .expect("justify the fourth");
+    let cancel = |id: &str| {
+        req(
+            CancelApprovalRequest {
+                host_id: "h1".into(),
+                request_id: id.into(),
+                reason: "process exited".into(),
+            },
+            &t,
+        )
+    };
+    agent
+        .client
+        .cancel_approval(cancel("9.12"))
+        .await
+        .expect("cancel the third");
+    assert_eq!(
+        says(get(&mut rv, &w1.approval_id).await),
+        "words of one that leaves",
+        "what is shown stays while its request is waited for"
+    );
+    agent
+        .client
+        .cancel_approval(cancel("9.10"))
+        .await
+        .expect("cancel the first");
+    assert_eq!(
+        says(get(&mut rv, &w2.approval_id).await),
+        "words of one that stays"
+    );
+    let shown: Vec<serde_json::Value> = audit_kind(&mut rv, "request.justified")
+        .await
+        .into_iter()
+        .filter(|e| e.request_id == w2.approval_id)
+        .map(|e| serde_json::from_str(&e.payload_json).expect("payload"))
+        .collect();
+    assert_eq!(
+        shown,
+        [serde_json::json!({"justification": "words of one that stays", "from": w4.approval_id})]
+    );
     server.shutdown().await;
 }
 

@@ -164,11 +164,16 @@ pub fn run(seconds: u64) -> Result<()> {
     let mut ran = 0;
     for krate in &crates {
         // The crate's dependencies at the versions the workspace has: a fuzz crate resolved on
-        // its own would take whatever is newest that day. Copied every time, so that it follows
-        // the workspace's.
+        // its own would take whatever is newest that day. Copied again when the workspace's
+        // changed since, and only then: the packages only fuzzing uses (libFuzzer's) keep the
+        // versions they were first resolved to.
         let lock = root.join(&krate.dir).join("fuzz/Cargo.lock");
-        std::fs::copy(root.join("Cargo.lock"), &lock)
-            .with_context(|| format!("copying the workspace's Cargo.lock to {}", lock.display()))?;
+        let workspace_lock = root.join("Cargo.lock");
+        if newer(&workspace_lock, &lock) {
+            std::fs::copy(&workspace_lock, &lock).with_context(|| {
+                format!("copying the workspace's Cargo.lock to {}", lock.display())
+            })?;
+        }
         eprintln!("fuzz: building {}'s targets", krate.dir);
         let built = fuzz_command(&bin, &root, krate)?
             .args(["build", "--sanitizer", "none", "--debug-assertions"])
@@ -230,6 +235,16 @@ pub fn run(seconds: u64) -> Result<()> {
     Ok(())
 }
 
+/// Whether `a` was changed after `b`, or `b` is missing.
+fn newer(a: &Path, b: &Path) -> bool {
+    let changed = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    match (changed(a), changed(b)) {
+        (Some(a), Some(b)) => a > b,
+        (_, None) => true,
+        (None, Some(_)) => false,
+    }
+}
+
 /// `dir`, made if missing.
 fn made(dir: PathBuf) -> Result<PathBuf> {
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -268,6 +283,31 @@ mod tests {
         // directory, or a manifest that declares nothing, shows up as a difference.
         assert_eq!(dirs, ["agent", "journal", "policy", "redact"]);
         assert!(found.iter().all(|c| !c.targets.is_empty()));
+    }
+
+    #[test]
+    fn a_lock_is_copied_when_missing_or_older() {
+        let dir = std::env::temp_dir().join(format!("xtask-newer-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let (a, b) = (dir.join("a"), dir.join("b"));
+        std::fs::write(&a, "x").expect("write");
+        let _ = std::fs::remove_file(&b);
+        assert!(newer(&a, &b), "missing");
+        std::fs::write(&b, "y").expect("write");
+        let set = |p: &Path, t: std::time::SystemTime| {
+            std::fs::File::options()
+                .write(true)
+                .open(p)
+                .and_then(|f| f.set_modified(t))
+                .expect("set the time");
+        };
+        let now = std::time::SystemTime::now();
+        set(&a, now - std::time::Duration::from_secs(60));
+        set(&b, now);
+        assert!(!newer(&a, &b), "older");
+        set(&b, now - std::time::Duration::from_secs(120));
+        assert!(newer(&a, &b), "newer");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

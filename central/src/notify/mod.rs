@@ -285,11 +285,17 @@ pub async fn deliver(central: Arc<Central>, notifier: Arc<Notifier>, jobs: Jobs)
     }
 }
 
+/// Whether a delivery brought the message up to date (for the deliveries metric): neither the
+/// surface nor central failed it.
+fn delivered(r: &Result<Next>) -> bool {
+    matches!(r, Ok(Next::At(_) | Next::Nothing))
+}
+
 /// Brings every configured surface's message for one request up to date.
 async fn sync_all(central: &Central, notifier: &Notifier, approval_id: &str) {
     if let Some(s) = &notifier.slack {
         let r = sync(central, approval_id, s.as_ref()).await;
-        central.metrics.delivered("slack", r.is_ok());
+        central.metrics.delivered("slack", delivered(&r));
         match r {
             Ok(Next::At(at)) => notifier.wake(approval_id, at),
             Ok(Next::Nothing) => notifier.unwake(approval_id),
@@ -301,7 +307,7 @@ async fn sync_all(central: &Central, notifier: &Notifier, approval_id: &str) {
     }
     if let Some(t) = &notifier.teams {
         let r = sync(central, approval_id, t.as_ref()).await;
-        central.metrics.delivered("teams", r.is_ok());
+        central.metrics.delivered("teams", delivered(&r));
         if let Err(e) = r {
             tracing::warn!(approval_id, surface = "teams", error = %e, "notification failed");
         }
