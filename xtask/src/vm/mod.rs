@@ -131,11 +131,10 @@ fn default_suites(kernel: &KernelSpec, lsm: Lsm) -> Vec<Suite> {
 }
 
 /// Printed with the default plan.
-const PLAN_WHY: &str = "default plan: emulated (where KVM does not work) a boot takes 20-40 s, \
-     the kernel suite about 2 min, the daemon suite about 3-4 min and the central suite about \
-     4-5 min; every suite on every boot would take about 41 min, this plan about 25, which leaves \
-     the CI's 90 min room for the build and the native tests. --suites runs the named suites on \
-     every boot";
+const PLAN_WHY: &str = "default plan: emulated (where KVM does not work) a boot takes 15-40 s \
+     and a suite 1-6 min; this plan took 39-51 min in clean-clone runs, which leaves the CI's \
+     90 min room for the build, the native tests and the fuzzing. --suites runs the named suites \
+     on every boot";
 
 fn plan(args: &Args) -> Result<Vec<Planned>> {
     let specs: Vec<&'static KernelSpec> = if args.kernels.is_empty() {
