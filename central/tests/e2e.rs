@@ -1039,15 +1039,7 @@ async fn justify(env: &Env) {
         .await
         .expect_err("its own twice");
     assert!(e.message().contains("already has"), "{e}");
-    let on_first: Vec<_> = audit_kind(&mut rv, "request.justified")
-        .await
-        .into_iter()
-        .filter(|e| e.request_id == first.approval_id)
-        .collect();
-    let mut payloads: Vec<serde_json::Value> = on_first
-        .iter()
-        .map(|e| serde_json::from_str(&e.payload_json).expect("payload"))
-        .collect();
+    let mut payloads = justified_on(&mut rv, &first.approval_id).await;
     payloads.sort_by_key(|p| p["from"].is_null());
     assert_eq!(
         payloads,
@@ -1060,16 +1052,26 @@ async fn justify(env: &Env) {
 
     // When the first goes away, the one that takes its place shows what another said, unless
     // it said something itself.
-    // Another port: the requests above still wait, and these would wait with them.
-    let another = |agent: &Agent, id: &str| {
+    // Other ports: the requests above still wait, and these would wait with them.
+    let on_port = |agent: &Agent, id: &str, port: u32| {
         let mut r = agent.request(id, "prod-db");
-        r.destination.as_mut().expect("destination").port = 5499;
+        r.destination.as_mut().expect("destination").port = port;
         r
     };
-    let first = agent.submit(another(&agent, "9.6")).await;
-    let second = agent.submit(another(&agent, "9.7")).await;
-    let third = agent.submit(another(&agent, "9.8")).await;
-    let fourth = agent.submit(another(&agent, "9.9")).await;
+    let cancel = |id: &str| {
+        req(
+            CancelApprovalRequest {
+                host_id: "h1".into(),
+                request_id: id.into(),
+                reason: "process exited".into(),
+            },
+            &t,
+        )
+    };
+    let first = agent.submit(on_port(&agent, "9.6", 5499)).await;
+    let second = agent.submit(on_port(&agent, "9.7", 5499)).await;
+    let third = agent.submit(on_port(&agent, "9.8", 5499)).await;
+    let fourth = agent.submit(on_port(&agent, "9.9", 5499)).await;
     // The fourth speaks first, so its words are the ones shown; the third's, older by arrival,
     // are not.
     c.justify(justify("h1", "9.9", "the fourth's reason", &t))
@@ -1084,14 +1086,7 @@ async fn justify(env: &Env) {
     );
     agent
         .client
-        .cancel_approval(req(
-            CancelApprovalRequest {
-                host_id: "h1".into(),
-                request_id: "9.6".into(),
-                reason: "process exited".into(),
-            },
-            &t,
-        ))
+        .cancel_approval(cancel("9.6"))
         .await
         .expect("cancel the first");
     let promoted = get(&mut rv, &second.approval_id).await;
@@ -1108,14 +1103,8 @@ async fn justify(env: &Env) {
             "{id}"
         );
     }
-    let shown: Vec<serde_json::Value> = audit_kind(&mut rv, "request.justified")
-        .await
-        .into_iter()
-        .filter(|e| e.request_id == second.approval_id)
-        .map(|e| serde_json::from_str(&e.payload_json).expect("payload"))
-        .collect();
     assert_eq!(
-        shown,
+        justified_on(&mut rv, &second.approval_id).await,
         [serde_json::json!({"justification": "the fourth's reason", "from": fourth.approval_id})]
     );
     c.justify(justify("h1", "9.7", "the second's own", &t))
@@ -1128,31 +1117,16 @@ async fn justify(env: &Env) {
 
     // The words shown came from a request that went away since: the oldest words of one still
     // waiting take their place.
-    let other_group = |agent: &Agent, id: &str| {
-        let mut r = agent.request(id, "prod-db");
-        r.destination.as_mut().expect("destination").port = 5498;
-        r
-    };
-    let w1 = agent.submit(other_group(&agent, "9.10")).await;
-    let w2 = agent.submit(other_group(&agent, "9.11")).await;
-    agent.submit(other_group(&agent, "9.12")).await;
-    let w4 = agent.submit(other_group(&agent, "9.13")).await;
+    let w1 = agent.submit(on_port(&agent, "9.10", 5498)).await;
+    let w2 = agent.submit(on_port(&agent, "9.11", 5498)).await;
+    agent.submit(on_port(&agent, "9.12", 5498)).await;
+    let w4 = agent.submit(on_port(&agent, "9.13", 5498)).await;
     c.justify(justify("h1", "9.12", "words of one that leaves", &t))
         .await
         .expect("justify the third");
     c.justify(justify("h1", "9.13", "words of one that stays", &t))
         .await
         .expect("justify the fourth");
-    let cancel = |id: &str| {
-        req(
-            CancelApprovalRequest {
-                host_id: "h1".into(),
-                request_id: id.into(),
-                reason: "process exited".into(),
-            },
-            &t,
-        )
-    };
     agent
         .client
         .cancel_approval(cancel("9.12"))
@@ -1172,17 +1146,26 @@ async fn justify(env: &Env) {
         says(get(&mut rv, &w2.approval_id).await),
         "words of one that stays"
     );
-    let shown: Vec<serde_json::Value> = audit_kind(&mut rv, "request.justified")
-        .await
-        .into_iter()
-        .filter(|e| e.request_id == w2.approval_id)
-        .map(|e| serde_json::from_str(&e.payload_json).expect("payload"))
-        .collect();
     assert_eq!(
-        shown,
+        justified_on(&mut rv, &w2.approval_id).await,
         [serde_json::json!({"justification": "words of one that stays", "from": w4.approval_id})]
     );
     server.shutdown().await;
+}
+
+/// The payloads of the `request.justified` records of one request, oldest first.
+async fn justified_on(
+    rv: &mut latch_proto::v1::reviewer_service_client::ReviewerServiceClient<
+        tonic::transport::Channel,
+    >,
+    approval_id: &str,
+) -> Vec<serde_json::Value> {
+    audit_kind(rv, "request.justified")
+        .await
+        .into_iter()
+        .filter(|e| e.request_id == approval_id)
+        .map(|e| serde_json::from_str(&e.payload_json).expect("payload"))
+        .collect()
 }
 
 async fn restart_loses_nothing(env: &Env) {

@@ -85,17 +85,12 @@ fn cargo_fuzz_dir() -> PathBuf {
 fn install_cargo_fuzz() -> Result<PathBuf> {
     let dir = cargo_fuzz_dir();
     let bin = dir.join("bin/cargo-fuzz");
-    let ok = Command::new(&bin)
-        .arg("--version")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).contains(CARGO_FUZZ_VERSION))
-        .unwrap_or(false);
-    if !ok {
+    if !setup::reports_version(&bin, CARGO_FUZZ_VERSION) {
         eprintln!(
             "fuzz: installing cargo-fuzz {CARGO_FUZZ_VERSION} into {}",
             dir.display()
         );
-        crate::setup::run(
+        setup::run(
             Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
                 .args([
                     "install",

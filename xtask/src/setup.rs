@@ -156,12 +156,17 @@ fn apt_install(pkgs: &[&str]) -> Result<()> {
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
-fn linker_ok(dir: &Path) -> bool {
-    Command::new(dir.join("bin/bpf-linker"))
+/// Whether `bin --version` runs and names `version`: a tool in the cache is the one wanted.
+pub fn reports_version(bin: &Path, version: &str) -> bool {
+    Command::new(bin)
         .arg("--version")
         .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).contains(LINKER_VERSION))
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains(version))
         .unwrap_or(false)
+}
+
+fn linker_ok(dir: &Path) -> bool {
+    reports_version(&dir.join("bin/bpf-linker"), LINKER_VERSION)
 }
 
 fn install_linker(llvm_prefix: Option<&str>) -> Result<()> {

@@ -302,12 +302,7 @@ fn python() -> PathBuf {
 fn install_virtme_ng(apt: &Apt, cache: &Path) -> Result<PathBuf> {
     let venv = cache.join("venv");
     let vng = venv.join("bin/vng");
-    let current = Command::new(&vng)
-        .arg("--version")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).contains(VIRTME_NG_VERSION))
-        .unwrap_or(false);
-    if current {
+    if crate::setup::reports_version(&vng, VIRTME_NG_VERSION) {
         return Ok(vng);
     }
     eprintln!(
