@@ -227,8 +227,11 @@ pub struct Watch {
     pub default_action: u8,
     /// [`watch_flags`].
     pub flags: u8,
+    /// [`Action`] for a connection to an address that no network rule covers and that the
+    /// workload did not resolve from a name; 0: the default action.
+    pub unresolved: u8,
     /// Explicit padding.
-    pub _pad: [u8; 2],
+    pub _pad: u8,
 }
 
 /// Bits of [`Watch::flags`].
@@ -237,6 +240,70 @@ pub mod watch_flags {
     /// an exec of a file whose verdict is not in [`CONTENT`](crate::maps::CONTENT), or whose
     /// change time moved since, is held for the agent to hash.
     pub const CONTENT: u8 = 1;
+    /// The workload's rules name hosts (or say what unresolved destinations get): its DNS
+    /// queries go to the agent's resolver proxy, and connections are decided first by the
+    /// names it learned ([`LEARNED`](crate::maps::LEARNED)).
+    pub const NAMES: u8 = 2;
+}
+
+/// Where a watched workload sent a DNS query that the socket hooks turned to the agent's
+/// resolver proxy: the value of [`DNS_ORIG`](maps::DNS_ORIG) (by socket cookie) and of
+/// [`DNS_PEERS`](maps::DNS_PEERS) (by the port the proxy hears the query from).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DnsOrigin {
+    /// The destination as the workload wrote it (network order; an IPv4 address in the first
+    /// 4 bytes on an IPv4 socket): written back as the source of the proxy's answers.
+    pub user: [u8; 16],
+    /// The server as decided (family [`DnsOrigin::family`]; `0.0.0.0` already made the local
+    /// address the kernel would use): where the proxy forwards the query.
+    pub addr: [u8; 16],
+    /// The workload whose rules the answer's names fall under.
+    pub workload: u32,
+    /// The server's port, host order.
+    pub port: u16,
+    /// [`family`] of `addr`.
+    pub family: u8,
+    /// [`proto::TCP`] or [`proto::UDP`].
+    pub proto: u8,
+}
+
+/// Key of [`DNS_PEERS`](maps::DNS_PEERS): a workload's socket as the proxy sees it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DnsPeerKey {
+    /// Local port of the workload's socket, host order.
+    pub port: u16,
+    /// [`proto::TCP`] or [`proto::UDP`].
+    pub proto: u8,
+    /// [`family`] the query reaches the proxy over.
+    pub family: u8,
+}
+
+/// Key of [`LEARNED`](maps::LEARNED): an address a workload resolved a name to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LearnedKey {
+    /// Workload id.
+    pub workload: u32,
+    /// [`family`].
+    pub family: u8,
+    /// Explicit padding.
+    pub _pad: [u8; 3],
+    /// The address, network order; IPv4 in the first 4 bytes, the rest zero.
+    pub addr: [u8; 16],
+}
+
+/// Value of [`LEARNED`](maps::LEARNED): the clauses of the name rules that cover the names the
+/// workload last resolved to this address (none: resolved, but no name rule names it), until
+/// the answer's TTL runs out.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Learned {
+    /// `CLOCK_MONOTONIC` ns after which the entry no longer counts.
+    pub expires_ns: u64,
+    /// The clauses, most specific first, as in the network rules.
+    pub rules: PortRules,
 }
 
 /// Value of [`CONTENT`](maps::CONTENT), keyed by [`ExecFileKey`]: what a file's content gets
@@ -717,6 +784,12 @@ pub enum Counter {
     /// A `vfork` child was ended for a mapping and its memory could not be recorded
     /// (`DOOMED_MM` full): its parent may run what it mapped.
     DoomedFull = 37,
+    /// A watched workload's DNS query was turned to the agent's resolver proxy.
+    DnsRedirected = 38,
+    /// A DNS query's origin could not be recorded: it went to the server it was sent to,
+    /// unseen by the proxy (its names are not learned), or the proxy could not tell whose it
+    /// was and dropped it.
+    DnsUnrecorded = 39,
 }
 
 /// Number of slots in [`COUNTERS`](maps::COUNTERS).
@@ -746,11 +819,15 @@ size_check! {
     FingerprintKey => 16,
     Event => 72 + 16 + 16 + 16 + PATH_CAP,
     ContentVerdict => 24,
+    DnsOrigin => 40,
+    DnsPeerKey => 4,
+    LearnedKey => 24,
+    Learned => 8 + 8 + 12 * PORT_RULES_CAP,
 }
 
 // The LPM trie key (u32 prefix length + data) must fit the kernel's 256-byte data limit.
 const _: () = assert!(core::mem::size_of::<ExecPrefixData>() <= 256);
-const _: () = assert!((COUNTER_SLOTS as usize) > Counter::DoomedFull as usize);
+const _: () = assert!((COUNTER_SLOTS as usize) > Counter::DnsUnrecorded as usize);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -774,6 +851,10 @@ mod pod {
     unsafe impl aya::Pod for Heartbeat {}
     unsafe impl aya::Pod for Event {}
     unsafe impl aya::Pod for ContentVerdict {}
+    unsafe impl aya::Pod for DnsOrigin {}
+    unsafe impl aya::Pod for DnsPeerKey {}
+    unsafe impl aya::Pod for LearnedKey {}
+    unsafe impl aya::Pod for Learned {}
 }
 
 impl Event {

@@ -57,6 +57,17 @@ pub const CONTENT: &str = "CONTENT";
 /// or [`ARGS_DENY_RULE`](crate::ARGS_DENY_RULE)). Pinned, so that an agent being replaced and
 /// its successor share the marks: an exec one's check marks, the other's holds.
 pub const ARGS_DUE: &str = "ARGS_DUE";
+/// DNS queries turned to the agent's resolver proxy: socket cookie →
+/// [`DnsOrigin`](crate::DnsOrigin) (LRU), so that the proxy's answers are shown as coming from
+/// the server the workload asked.
+pub const DNS_ORIG: &str = "DNS_ORIG";
+/// The same, by the workload socket's port as the proxy sees it:
+/// [`DnsPeerKey`](crate::DnsPeerKey) → [`DnsOrigin`](crate::DnsOrigin) (LRU), so that the proxy
+/// knows which server a query was for and whose it is.
+pub const DNS_PEERS: &str = "DNS_PEERS";
+/// Addresses a workload resolved names to: [`LearnedKey`](crate::LearnedKey) →
+/// [`Learned`](crate::Learned), filled by the proxy before the workload gets the answer.
+pub const LEARNED: &str = "LEARNED";
 /// aya-log's ring buffer (declared by aya-log-ebpf, not by us).
 pub const AYA_LOGS: &str = "AYA_LOGS";
 
@@ -82,6 +93,9 @@ pub const ALL: &[&str] = &[
     DOOMED_MM,
     CONTENT,
     ARGS_DUE,
+    DNS_ORIG,
+    DNS_PEERS,
+    LEARNED,
     AYA_LOGS,
 ];
 

@@ -547,7 +547,8 @@ fn resumed_exec() -> Option<(u32, Subject, &'static mut agent_common::Event)> {
         workload: p.workload,
         default_action: Action::Approve as u8,
         flags: 0,
-        _pad: [0; 2],
+        unresolved: 0,
+        _pad: 0,
     };
     let subject = Subject::current(p.cgroup_id, watch);
     let ev = &mut s.event;

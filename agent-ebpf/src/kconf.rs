@@ -324,3 +324,13 @@ pub fn ancestry() -> Option<Ancestry> {
         signal_live: read(&SIGNAL_LIVE_OFF) as usize,
     })
 }
+
+/// The port of the agent's resolver proxy on loopback (UDP and TCP, IPv4 and IPv6); 0: none,
+/// DNS queries go where they were sent.
+#[unsafe(no_mangle)]
+static DNS_PROXY_PORT: u32 = 0;
+
+#[inline(always)]
+pub fn dns_proxy_port() -> u16 {
+    read(&DNS_PROXY_PORT) as u16
+}

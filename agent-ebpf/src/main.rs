@@ -10,6 +10,9 @@
 //! - `connect4`, `connect6`, `sendmsg4`, `sendmsg6`: cgroup `sock_addr` hooks attached at the
 //!   cgroup v2 root; everything outside a watched cgroup returns at once. A held call is
 //!   recorded and failed with `-ERESTARTNOINTR`.
+//! - `recvmsg4`, `recvmsg6`: cgroup `sock_addr` hooks at the root; an answer of the agent's
+//!   resolver proxy to a query the connect and sendmsg hooks turned to it is shown as coming
+//!   from the server the workload asked (see `dns`).
 //! - `egress`: cgroup `skb` egress at the cgroup v2 root; drops what no socket hook decided (ping
 //!   and raw sockets, other IP protocols) when a rule denies or holds its destination.
 //! - `sock_new`, `sock_gone`: cgroup `sock_create`/`sock_release` at the cgroup v2 root; record
@@ -66,6 +69,7 @@
 mod compat;
 mod counters;
 mod debug;
+mod dns;
 mod exec;
 mod fp_key;
 mod identity;
@@ -244,6 +248,16 @@ pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(sendmsg6)]
 pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
     net::check::<true, true>(&ctx)
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn recvmsg4(ctx: SockAddrContext) -> i32 {
+    dns::answer::<false>(&ctx)
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn recvmsg6(ctx: SockAddrContext) -> i32 {
+    dns::answer::<true>(&ctx)
 }
 
 #[cgroup_skb(egress)]

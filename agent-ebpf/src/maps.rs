@@ -6,9 +6,9 @@
 //! pinned by name under the agent's bpffs directory.
 
 use agent_common::{
-    ContentVerdict, Event, ExecExactKey, ExecFileKey, ExecPrefixData, FingerprintKey, Grant,
-    GrantKey, Heartbeat, Lineage, Net4Data, Net6Data, Pending, PortRules, RuleRef, Watch,
-    COUNTER_SLOTS,
+    ContentVerdict, DnsOrigin, DnsPeerKey, Event, ExecExactKey, ExecFileKey, ExecPrefixData,
+    FingerprintKey, Grant, GrantKey, Heartbeat, Learned, LearnedKey, Lineage, Net4Data, Net6Data,
+    Pending, PortRules, RuleRef, Watch, COUNTER_SLOTS,
 };
 use aya_ebpf::{
     macros::map,
@@ -86,6 +86,21 @@ pub static PKT_REPORTED: LruHashMap<u64, u64> = LruHashMap::with_max_entries(409
 /// `mapped::end_task`).
 #[map(name = "DOOMED_MM")]
 pub static DOOMED_MM: LruHashMap<u64, u8> = LruHashMap::with_max_entries(4096, 0);
+
+/// DNS queries turned to the agent's resolver proxy, by socket cookie (see `dns`). Not
+/// pinned: a new agent has a new proxy.
+#[map(name = "DNS_ORIG")]
+pub static DNS_ORIG: LruHashMap<u64, DnsOrigin> = LruHashMap::with_max_entries(16_384, 0);
+
+/// The same, by the port of the workload's socket as the proxy hears it.
+#[map(name = "DNS_PEERS")]
+pub static DNS_PEERS: LruHashMap<DnsPeerKey, DnsOrigin> = LruHashMap::with_max_entries(16_384, 0);
+
+/// Addresses workloads resolved names to, with the clauses of the names' rules, until the
+/// answer's TTL. The agent bounds each workload's share and removes expired entries. Not
+/// pinned: the names behind the entries are the agent's, and a new agent learns them again.
+#[map(name = "LEARNED")]
+pub static LEARNED: HashMap<LearnedKey, Learned> = HashMap::with_max_entries(16_384, 0);
 
 /// The agent's heartbeat and the fail mode, one entry.
 #[map(name = "HEARTBEAT")]

@@ -11,7 +11,7 @@ use aya_ebpf::{
 
 use crate::maps::{NET4_RULES, NET6_RULES};
 use crate::pause::{self, Hold, Subject, Verdict};
-use crate::{fp_key, report, scope, scratch};
+use crate::{dns, fp_key, report, scope, scratch};
 
 const IPPROTO_UDPLITE: u32 = 136;
 const IPPROTO_MPTCP: u32 = 262;
@@ -41,6 +41,7 @@ pub fn check<const SENDMSG: bool, const V6: bool>(ctx: &SockAddrContext) -> i32 
     };
     let mut addr = [0u8; 16];
     let mut fam = fam;
+    let mut mapped = false;
     if fam == family::INET {
         // SAFETY: as above.
         let ip = unsafe { (*sa).user_ip4 };
@@ -56,6 +57,7 @@ pub fn check<const SENDMSG: bool, const V6: bool>(ctx: &SockAddrContext) -> i32 
         // A v4-mapped address (::ffff:a.b.c.d) on a dual-stack socket reaches an IPv4 host: it
         // must meet the IPv4 rules, or they could be walked around.
         if is_v4_mapped(&addr) {
+            mapped = true;
             fam = family::INET;
             let v4 = [addr[12], addr[13], addr[14], addr[15]];
             addr = [0; 16];
@@ -131,11 +133,8 @@ pub fn check<const SENDMSG: bool, const V6: bool>(ctx: &SockAddrContext) -> i32 
         return finish_granted(ctx, op, v, allowed_by);
     }
 
-    let hit = if fam == family::INET {
-        lookup4(watch.workload, &addr, port, protocol)
-    } else {
-        lookup6(watch.workload, &addr, port, protocol)
-    };
+    let query = dns::is_query(&watch, port, protocol);
+    let hit = unpack(dns::destination(&watch, fam, &addr, port, protocol, query));
     let (rule_id, action) = hit.unwrap_or((0, watch.default_action));
     let v = pause::by_rule(
         &subject,
@@ -146,6 +145,9 @@ pub fn check<const SENDMSG: bool, const V6: bool>(ctx: &SockAddrContext) -> i32 
         &mut allowed_by,
         Hold::AtSyscallExit,
     );
+    if query && v == Verdict::Allow {
+        dns::redirect::<SENDMSG, V6>(ctx, &watch, fam, &addr, port, protocol, mapped);
+    }
     finish_granted(ctx, op, v, allowed_by)
 }
 
@@ -211,8 +213,22 @@ fn is_v4_mapped(a: &[u8; 16]) -> bool {
         && a[11] == 0xff
 }
 
+/// A clause found: its rule id and action packed as `rule_id << 8 | action` (actions are never
+/// 0, so 0 is "none"). One integer, not an `Option` of a pair: the verifier follows a scalar
+/// through the branches of the lookups where it lost track of the pair's halves.
+pub type Hit = u64;
+
 #[inline(always)]
-pub fn lookup4(workload: u32, addr: &[u8; 16], port: u16, protocol: u8) -> Option<(u32, u8)> {
+pub fn unpack(hit: Hit) -> Option<(u32, u8)> {
+    if hit == 0 {
+        None
+    } else {
+        Some(((hit >> 8) as u32, hit as u8))
+    }
+}
+
+#[inline(always)]
+pub fn lookup4(workload: u32, addr: &[u8; 16], port: u16, protocol: u8) -> Hit {
     let key = Key::new(
         64,
         Net4Data {
@@ -220,11 +236,14 @@ pub fn lookup4(workload: u32, addr: &[u8; 16], port: u16, protocol: u8) -> Optio
             addr: [addr[0], addr[1], addr[2], addr[3]],
         },
     );
-    first_match(NET4_RULES.get(&key)?, port, protocol)
+    match NET4_RULES.get(&key) {
+        Some(r) => first_match(r, port, protocol),
+        None => 0,
+    }
 }
 
 #[inline(always)]
-pub fn lookup6(workload: u32, addr: &[u8; 16], port: u16, protocol: u8) -> Option<(u32, u8)> {
+pub fn lookup6(workload: u32, addr: &[u8; 16], port: u16, protocol: u8) -> Hit {
     let key = Key::new(
         160,
         Net6Data {
@@ -232,13 +251,16 @@ pub fn lookup6(workload: u32, addr: &[u8; 16], port: u16, protocol: u8) -> Optio
             addr: *addr,
         },
     );
-    first_match(NET6_RULES.get(&key)?, port, protocol)
+    match NET6_RULES.get(&key) {
+        Some(r) => first_match(r, port, protocol),
+        None => 0,
+    }
 }
 
 /// The first clause whose port range and protocol match; the agent sorted them most specific
 /// first.
 #[inline(always)]
-fn first_match(rules: &PortRules, port: u16, protocol: u8) -> Option<(u32, u8)> {
+pub fn first_match(rules: &PortRules, port: u16, protocol: u8) -> Hit {
     let n = rules.len as usize;
     let mut i = 0;
     while i < PORT_RULES_CAP {
@@ -250,10 +272,10 @@ fn first_match(rules: &PortRules, port: u16, protocol: u8) -> Option<(u32, u8)> 
                 && port >= r.port_lo
                 && port <= r.port_hi
             {
-                return Some((r.rule_id, r.action));
+                return ((r.rule_id as u64) << 8) | r.action as u64;
             }
         }
         i += 1;
     }
-    None
+    0
 }

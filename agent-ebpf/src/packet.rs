@@ -21,7 +21,7 @@ use aya_ebpf::{
 
 use crate::counters::{bump, Counter};
 use crate::maps::{PKT_REPORTED, SOCK_LINEAGE, WATCHED};
-use crate::{net, report, scope, scratch};
+use crate::{dns, net, report, scope, scratch};
 
 const PASS: i32 = 1;
 const DROP: i32 = 0;
@@ -54,6 +54,11 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
     // SAFETY: a full socket from the helper; `type` and `protocol` are readable.
     let (ty, protocol) = unsafe { ((*full).type_, (*full).protocol) };
     if socket_hooks_decide(ty, protocol) {
+        if ty == SOCK_STREAM {
+            dns::note_peer(ctx, full, proto::TCP);
+        } else if protocol == IPPROTO_UDP {
+            dns::note_peer(ctx, full, proto::UDP);
+        }
         return PASS;
     }
     let Some((cgroup, watch)) = watched(skb).or_else(|| by_lineage(skb)) else {
@@ -130,11 +135,9 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
     } else {
         ip_proto
     };
-    let hit = if fam == family::INET {
-        net::lookup4(watch.workload, &addr, port, rule_proto)
-    } else {
-        net::lookup6(watch.workload, &addr, port, rule_proto)
-    };
+    let hit = net::unpack(dns::destination(
+        &watch, fam, &addr, port, rule_proto, false,
+    ));
     let (rule_id, action) = hit.unwrap_or((0, watch.default_action));
     if action == Action::Allow as u8 {
         return PASS;

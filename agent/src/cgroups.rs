@@ -44,6 +44,8 @@ pub struct WorkloadGlobs {
     pub default_action: agent_common::Action,
     /// [`agent_common::watch_flags`] of its cgroups.
     pub flags: u8,
+    /// Action for unresolved destinations (`unresolved:`); `None`: the default action.
+    pub unresolved: Option<agent_common::Action>,
     matchers: Vec<GlobMatcher>,
 }
 
@@ -71,6 +73,7 @@ impl WorkloadGlobs {
             name: w.name.clone(),
             default_action: crate::rules::kernel_action(w.default_action),
             flags,
+            unresolved: w.unresolved.map(crate::rules::kernel_action),
             matchers,
         })
     }
@@ -94,6 +97,8 @@ pub struct Match {
     pub default_action: agent_common::Action,
     /// [`agent_common::watch_flags`].
     pub flags: u8,
+    /// Action for unresolved destinations; `None`: the default action.
+    pub unresolved: Option<agent_common::Action>,
 }
 
 impl Match {
@@ -103,7 +108,8 @@ impl Match {
             workload: self.workload,
             default_action: self.default_action as u8,
             flags: self.flags,
-            _pad: [0; 2],
+            unresolved: self.unresolved.map_or(0, |a| a as u8),
+            _pad: 0,
         }
     }
 }
@@ -178,6 +184,7 @@ fn matched(root: &Path, path: &Path, workloads: &[WorkloadGlobs]) -> Option<Matc
         workload: w.workload,
         default_action: w.default_action,
         flags: w.flags,
+        unresolved: w.unresolved,
     })
 }
 
@@ -398,6 +405,7 @@ mod tests {
                 unknown_programs: None,
                 known_programs: Vec::new(),
                 context_env: Vec::new(),
+                unresolved: None,
             },
             0,
         )

@@ -478,6 +478,7 @@ pub fn gather(pin_dir: &Path, cgroup_root: Option<PathBuf>) -> Facts {
         .unwrap_or(Path::new("/sys/fs/bpf"))
         .join(format!("latch-doctor-{}", std::process::id()));
     match Engine::load(EngineOptions {
+        dns_proxy_port: 0,
         pin_dir: scratch.clone(),
         cgroup_root,
         stale_after: std::time::Duration::from_secs(60),

@@ -15,6 +15,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod names;
+
 use agent_common::{Counter, FailMode, GrantKey, Outcome};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -90,11 +92,13 @@ impl Policy {
             .workloads
             .iter()
             .map(|w| {
-                let flags = if rules.decides_content(w.id) {
-                    agent_common::watch_flags::CONTENT
-                } else {
-                    0
-                };
+                let mut flags = 0;
+                if rules.decides_content(w.id) {
+                    flags |= agent_common::watch_flags::CONTENT;
+                }
+                if rules.decides_names(w.id) {
+                    flags |= agent_common::watch_flags::NAMES;
+                }
                 WorkloadGlobs::new(w, flags)
             })
             .collect::<Result<_, _>>()?;
@@ -217,6 +221,20 @@ pub enum Command {
     Central(bool),
     /// Resolve every held operation by the fail mode and stop refreshing the heartbeat.
     Shutdown(oneshot::Sender<Result<usize, String>>),
+    /// Where a DNS query the resolver proxy heard was going, and whose it is.
+    DnsOrigin(
+        agent_common::DnsPeerKey,
+        oneshot::Sender<Option<agent_common::DnsOrigin>>,
+    ),
+    /// Learn the addresses of an answer for a workload; replies once the kernel has them.
+    Learn {
+        /// The workload that asked.
+        workload: u32,
+        /// What the answer says.
+        answer: crate::dns::message::Answer,
+        /// `true` once learned.
+        reply: oneshot::Sender<bool>,
+    },
 }
 
 /// A revocation applied to the kernel.
@@ -373,6 +391,8 @@ struct State {
     privileged: Vec<crate::privileged::Privileged>,
     /// Digests of the files `copies` rules name, by identity and change time.
     digests: programs::content::DigestCache,
+    /// What workloads resolved, by address.
+    learned: crate::dns::learned::Learned,
 }
 
 /// How the engine task runs.
@@ -445,6 +465,7 @@ pub fn spawn(
         central_lost: false,
         privileged: Vec::new(),
         digests: Default::default(),
+        learned: Default::default(),
     };
     let task = tokio::spawn(async move {
         let mut ticker = tokio::time::interval(tick);
@@ -526,6 +547,7 @@ impl State {
                     tracing::error!("cannot clear the content verdicts of the previous rules: {e}");
                 }
                 self.policy = Some(p);
+                self.relearn();
                 self.rescan();
                 // The previous rule set and what compiling the new one took are freed now. Off
                 // this task: trimming walks every allocator arena.
@@ -665,6 +687,16 @@ impl State {
                 if self.central_loss_timeout.is_some() && self.central_down_since.is_none() {
                     self.central_down_since = Some(Instant::now());
                 }
+            }
+            Command::DnsOrigin(key, reply) => {
+                let _ = reply.send(self.dns_origin(key));
+            }
+            Command::Learn {
+                workload,
+                answer,
+                reply,
+            } => {
+                let _ = reply.send(self.learn(workload, answer));
             }
             Command::Shutdown(reply) => {
                 self.beating = false;
@@ -901,6 +933,7 @@ impl State {
     }
 
     fn tick(&mut self) {
+        self.expire_learned();
         if self.holding() {
             if let Err(e) = self.engine.beat() {
                 tracing::error!("cannot refresh the heartbeat: {e}");
@@ -1622,6 +1655,8 @@ pub fn counter_name(slot: u32) -> Option<&'static str> {
         (Counter::SockLineageFull, "sock_lineage_full"),
         (Counter::ShareKilled, "share_killed"),
         (Counter::DoomedFull, "doomed_full"),
+        (Counter::DnsRedirected, "dns_redirected"),
+        (Counter::DnsUnrecorded, "dns_unrecorded"),
     ];
     NAMES
         .iter()

@@ -16,6 +16,7 @@ pub mod central_link;
 pub mod cgroups;
 pub mod config;
 pub mod context;
+pub mod dns;
 pub mod doctor;
 pub mod engine_task;
 pub mod events;

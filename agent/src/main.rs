@@ -569,12 +569,23 @@ async fn run(settings: Settings, rules: Option<PathBuf>) -> anyhow::Result<()> {
         None => Some(Policy::from_file(&rules_path)?),
     };
     let fail_mode = settings.config.fail_mode.into();
+    // Bound before the programs load: they carry its port.
+    let proxy = match latch_agent::dns::proxy::Proxy::bind() {
+        Ok(p) => Some(p),
+        Err(e) => {
+            tracing::error!(
+                "cannot bind the resolver proxy on loopback: {e}; the names in connect rules                  are not learned, and connections go by the rules for addresses"
+            );
+            None
+        }
+    };
     let mut engine = Engine::load(EngineOptions {
         pin_dir: settings.config.pin_dir.clone(),
         cgroup_root: settings.config.cgroup_root.clone(),
         stale_after: settings.heartbeat_timeout,
         fail_mode,
         exec_backend: None,
+        dns_proxy_port: proxy.as_ref().map_or(0, |p| p.port()),
     })?;
     tracing::info!(
         pin_dir = %settings.config.pin_dir.display(),
@@ -639,6 +650,12 @@ async fn run(settings: Settings, rules: Option<PathBuf>) -> anyhow::Result<()> {
         },
     );
     let _ = engine_slot.set(handle.clone());
+    if let Some(p) = proxy {
+        let port = p.port();
+        p.spawn(handle.clone(), metrics.clone())
+            .context("resolver proxy")?;
+        tracing::info!(port, "resolver proxy serving on loopback");
+    }
     if !settings.config.metrics_listen.is_empty() {
         let listener = tokio::net::TcpListener::bind(&settings.config.metrics_listen)
             .await

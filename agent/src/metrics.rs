@@ -8,6 +8,8 @@
 //!   `counter="ringbuf_full"` is events the kernel could not hand over.
 //! - `latch_central_connected`: 1 while the link to central is up.
 //! - `latch_events_total`: events read from the kernel.
+//! - `latch_dns_queries_total{result}`: workload DNS queries through the resolver proxy, by what
+//!   became of them; `latch_dns_evicted_total`: learned addresses dropped for a workload's bound.
 
 use std::sync::{atomic::AtomicI64, Arc};
 
@@ -29,6 +31,13 @@ pub struct OutcomeLabel {
 pub struct CounterLabel {
     /// Kernel counter name.
     pub counter: String,
+}
+
+/// Label of `latch_dns_queries_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DnsLabel {
+    /// answered, unplaced, malformed, mismatched, upstream_failed, overloaded or unlearned.
+    pub result: &'static str,
 }
 
 /// The agent's metrics. Cheap to clone (shared handles).
@@ -55,6 +64,10 @@ pub struct Metrics {
     pub journal_shipped: Counter,
     /// Watched processes with dangerous capabilities, at the last rescan.
     pub privileged: Gauge,
+    /// Workload DNS queries through the resolver proxy, by result.
+    pub dns_queries: Family<DnsLabel, Counter>,
+    /// Learned addresses dropped to keep a workload within its bound.
+    pub dns_evicted: Counter,
 }
 
 impl Default for Metrics {
@@ -80,6 +93,18 @@ impl Metrics {
         let journal_lost = Counter::default();
         let journal_shipped = Counter::default();
         let privileged = Gauge::default();
+        let dns_queries = Family::<DnsLabel, Counter>::default();
+        let dns_evicted = Counter::default();
+        registry.register(
+            "dns_queries",
+            "Workload DNS queries through the resolver proxy, by what became of them",
+            dns_queries.clone(),
+        );
+        registry.register(
+            "dns_evicted",
+            "Learned addresses dropped to keep a workload within its bound",
+            dns_evicted.clone(),
+        );
         registry.register(
             "privileged_watched_processes",
             "Watched processes with capabilities that can undo enforcement (CAP_SYS_ADMIN, CAP_BPF, CAP_NET_RAW, ...)",
@@ -142,7 +167,14 @@ impl Metrics {
             journal_lost,
             journal_shipped,
             privileged,
+            dns_queries,
+            dns_evicted,
         }
+    }
+
+    /// Counts a DNS query by what became of it.
+    pub fn dns(&self, result: &'static str) {
+        self.dns_queries.get_or_create(&DnsLabel { result }).inc();
     }
 
     /// Counts a decision.

@@ -57,6 +57,9 @@ pub struct Compiled {
     pub exec_args: BTreeMap<(u32, PathPattern), ArgsKey>,
     /// The real path each `EXEC_FILES` entry was resolved from (by [`crate::programs::resolve`]).
     pub exec_file_paths: HashMap<ExecFileKey, String>,
+    /// The clauses of rules that name hosts, which the resolver proxy applies to the names of
+    /// each answer.
+    pub names: crate::dns::NameRules,
 }
 
 /// The rules at one exec path or prefix that has rules with `args`.
@@ -386,6 +389,7 @@ pub fn compile(rules: &RuleSet) -> Result<Compiled, CompileError> {
             }
             Matcher::Connect {
                 to,
+                names: hosts,
                 ports,
                 protocol,
             } => {
@@ -399,6 +403,22 @@ pub fn compile(rules: &RuleSet) -> Result<Compiled, CompileError> {
                 } else {
                     ports.iter().map(|p| (p.lo, p.hi)).collect()
                 };
+                for host in hosts {
+                    for &(lo, hi) in &ranges {
+                        out.names.add(
+                            r.workload_id,
+                            host.clone(),
+                            PortRule {
+                                port_lo: lo,
+                                port_hi: hi,
+                                proto,
+                                action,
+                                _pad: [0; 2],
+                                rule_id: r.id,
+                            },
+                        );
+                    }
+                }
                 for net in to {
                     let list = nets
                         .entry(r.workload_id)

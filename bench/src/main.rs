@@ -335,6 +335,7 @@ impl Setup {
                 stale_after: Duration::from_secs(3600),
                 fail_mode: FailMode::Deny,
                 exec_backend: None,
+                dns_proxy_port: 0,
             })?;
             self.engine = Some(e);
         }

@@ -29,10 +29,12 @@ use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub mod args;
+pub mod names;
 mod raw;
 pub mod review;
 
 pub use args::{ArgSeq, ArgsMatch};
+pub use names::HostPattern;
 pub use review::{AutoStep, PolicyCheck, ReviewStep, Verdict};
 
 /// An environment variable name as shells and `getenv` callers write them (at most 128 bytes):
@@ -179,6 +181,10 @@ pub enum Matcher {
     Connect {
         /// Destination networks.
         to: Vec<IpNet>,
+        /// Destination host names: the addresses a watched workload resolved them to, learned
+        /// from its own DNS answers.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        names: Vec<HostPattern>,
         /// Destination ports; empty means every port.
         ports: Vec<PortRange>,
         /// Transport protocol.
@@ -299,6 +305,11 @@ pub struct Workload {
     /// or not, and shown as OpenTelemetry trace context.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub context_env: Vec<String>,
+    /// What a connection gets to an address that no rule's network covers and that the
+    /// workload never resolved from a name (a hard-coded address, DNS over HTTPS, a resolver
+    /// the agent does not see). `None`: the workload's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unresolved: Option<Action>,
 }
 
 /// A validated rule.
@@ -421,6 +432,19 @@ impl RuleSet {
                 r.workload_id == workload_id
                     && matches!(&r.matcher, Matcher::Exec { sha256, copies, .. }
                         if !sha256.is_empty() || *copies)
+            })
+    }
+
+    /// Whether the workload with this id has connect rules that name hosts, or says what
+    /// unresolved destinations get: its DNS traffic then goes through the agent, which learns
+    /// the addresses its names resolve to.
+    pub fn decides_names(&self, workload_id: u32) -> bool {
+        self.workloads
+            .iter()
+            .any(|w| w.id == workload_id && w.unresolved.is_some())
+            || self.rules.iter().any(|r| {
+                r.workload_id == workload_id
+                    && matches!(&r.matcher, Matcher::Connect { names, .. } if !names.is_empty())
             })
     }
 

@@ -8,8 +8,9 @@ use crate::{
     args::{self, ArgSeq, ArgsMatch},
     name_id, parse_net,
     review::{self, AutoStep, PolicyCheck, ReviewStep, Verdict},
-    Action, Approvers, Matcher, Notify, PathPattern, PolicyError, PortRange, Problem, Protocol,
-    Rule, RuleSet, Sha256, Workload, DEFAULT_TIMEOUT, MAX_NAME_LEN, MAX_PATH_LEN, TIMEOUT_RANGE,
+    Action, Approvers, HostPattern, Matcher, Notify, PathPattern, PolicyError, PortRange, Problem,
+    Protocol, Rule, RuleSet, Sha256, Workload, DEFAULT_TIMEOUT, MAX_NAME_LEN, MAX_PATH_LEN,
+    TIMEOUT_RANGE,
 };
 
 #[derive(Deserialize)]
@@ -38,6 +39,8 @@ struct RawWorkload {
     known_programs: Vec<String>,
     #[serde(default)]
     context_env: Vec<String>,
+    #[serde(default)]
+    unresolved: Option<Action>,
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -252,6 +255,7 @@ pub(crate) fn parse(source_name: &str, text: &str) -> Result<RuleSet, PolicyErro
             unknown_programs: w.unknown_programs,
             known_programs,
             context_env: w.context_env.clone(),
+            unresolved: w.unresolved,
         });
     }
     check_ids(
@@ -468,17 +472,39 @@ fn connect_matcher(c: &mut Collector<'_>, r: &RawRule) -> Option<Matcher> {
         c.push(
             "rule",
             name,
-            "`to` is empty: list at least one address or CIDR block".into(),
+            "`to` is empty: list at least one address, CIDR block or host name".into(),
         );
         ok = false;
     }
     let mut to = Vec::new();
+    let mut names = Vec::new();
     for (i, s) in r.to.iter().enumerate() {
-        match parse_net(s.trim()) {
-            Ok(n) => to.push(n),
-            Err(m) => {
-                c.push("rule", name, format!("`to[{i}]`: invalid CIDR: {m}"));
-                ok = false;
+        let s = s.trim();
+        // An entry is a network when it has the shape of one (digits and dots with a prefix,
+        // or any colon); anything else is a host name, and each says what is wrong in its
+        // own terms.
+        let looks_like_net = s.contains(':')
+            || s.contains('/')
+            || s.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+        if looks_like_net {
+            match parse_net(s) {
+                Ok(n) => to.push(n),
+                Err(m) => {
+                    c.push("rule", name, format!("`to[{i}]`: invalid CIDR: {m}"));
+                    ok = false;
+                }
+            }
+        } else {
+            match s.parse::<HostPattern>() {
+                Ok(h) => {
+                    if !names.contains(&h) {
+                        names.push(h);
+                    }
+                }
+                Err(m) => {
+                    c.push("rule", name, format!("`to[{i}]`: {m}"));
+                    ok = false;
+                }
             }
         }
     }
@@ -494,6 +520,7 @@ fn connect_matcher(c: &mut Collector<'_>, r: &RawRule) -> Option<Matcher> {
     }
     ok.then(|| Matcher::Connect {
         to,
+        names,
         ports,
         protocol: r.protocol.unwrap_or_default(),
     })

@@ -52,7 +52,9 @@ fn accepts_the_documented_example() {
             to,
             ports,
             protocol,
+            names,
         } => {
+            assert!(names.is_empty());
             assert_eq!(to[0].to_string(), "10.20.0.0/16");
             assert_eq!(
                 ports,
@@ -437,6 +439,7 @@ fn rule_set_json_from_before_content_rules_still_reads() {
             unknown_programs: None,
             known_programs: vec![],
             context_env: vec![],
+            unresolved: None,
         }
     );
     assert_eq!(
@@ -723,5 +726,67 @@ fn context_env_names_variables_and_bad_names_are_refused() {
             .expect_err(list)
             .to_string();
         assert!(e.contains(says) && e.contains("build"), "{list}: {e}");
+    }
+}
+
+#[test]
+fn connect_rules_name_hosts_beside_networks() {
+    let text = r#"
+workloads:
+  - name: ai-agents
+    cgroups: ["/ai.slice/*"]
+    unresolved: approve
+rules:
+  - name: buckets
+    workload: ai-agents
+    on: connect
+    to: ["*.S3.amazonaws.com.", "api.openai.com", "10.20.0.0/16", "api.openai.com"]
+    ports: [443]
+    action: deny
+"#;
+    let rs = RuleSet::parse("rules.yaml", text).expect("valid");
+    match &rs.rules[0].matcher {
+        Matcher::Connect { to, names, .. } => {
+            assert_eq!(to.len(), 1);
+            let shown: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+            assert_eq!(shown, ["*.s3.amazonaws.com", "api.openai.com"]);
+        }
+        m => panic!("wrong matcher {m:?}"),
+    }
+    assert_eq!(rs.workloads[0].unresolved, Some(Action::Approve));
+    let id = rs.workloads[0].id;
+    assert!(rs.decides_names(id));
+    // Serialized and read back (as central stores and pushes it), the names survive.
+    let back: RuleSet = serde_json::from_str(&serde_json::to_string(&rs).unwrap()).unwrap();
+    assert_eq!(back, rs);
+    assert!(!RuleSet::parse("rules.yaml", GOOD)
+        .expect("valid")
+        .decides_names(id));
+}
+
+#[test]
+fn bad_host_names_are_refused_naming_the_entry() {
+    let cases: &[(&str, &str)] = &[
+        ("*.com", "`to[0]`: '*.com' covers a whole top-level domain"),
+        (
+            "a..example.com",
+            "`to[0]`: 'a..example.com' is not a host name: it has an empty label",
+        ),
+        ("ex_ample.com/8", "`to[0]`: invalid CIDR"),
+        (
+            "db.*.example.com",
+            "`to[0]`: 'db.*.example.com' is not a host name: `*` may only start a name",
+        ),
+        ("10.0.0.300", "`to[0]`: invalid CIDR"),
+    ];
+    for (entry, want) in cases {
+        let e = refuse(&GOOD.replace("10.20.0.0/16", entry));
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&format!(
+                "rules.yaml:11: rule 'prod-db-needs-a-human': {want}"
+            )),
+            "{entry}: {msg}"
+        );
     }
 }

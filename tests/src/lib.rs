@@ -30,6 +30,7 @@ use latch_agent::{
 
 pub mod browser;
 pub mod daemon;
+pub mod dns;
 pub mod neighbour;
 pub mod program;
 pub mod stack;
@@ -242,6 +243,7 @@ impl Harness {
             stale_after: Duration::from_secs(3600),
             fail_mode,
             exec_backend: None,
+            dns_proxy_port: 0,
         })
         .unwrap_or_else(|e| panic!("{e}"));
         engine
@@ -384,6 +386,7 @@ impl Harness {
             stale_after: Duration::from_secs(3600),
             fail_mode: FailMode::Deny,
             exec_backend: None,
+            dns_proxy_port: 0,
         };
         drop(self.ring.take());
         drop(old);

@@ -681,6 +681,7 @@ fn maps_pinned_by_a_build_with_another_layout_are_refused_with_what_to_do() {
         stale_after: Duration::from_secs(60),
         fail_mode: FailMode::Deny,
         exec_backend: None,
+        dns_proxy_port: 0,
     });
     let _ = std::fs::remove_dir_all(&pin_dir);
     let e = match r {

@@ -33,8 +33,8 @@ const BUILD_PACKAGES: &[&str] = &[
 ];
 
 /// Debian packages the tests need on top: a real PostgreSQL server for the storage tests, a
-/// real browser with its WebDriver for the web console's test, and a C++ compiler for
-/// libFuzzer, which the fuzz targets link.
+/// real browser with its WebDriver for the web console's test, a C++ compiler for libFuzzer,
+/// which the fuzz targets link, and dnsmasq, the DNS server the name rules' tests run.
 const TEST_PACKAGES: &[&str] = &[
     "postgresql",
     "iproute2",
@@ -42,6 +42,7 @@ const TEST_PACKAGES: &[&str] = &[
     "chromium",
     "chromium-driver",
     "g++",
+    "dnsmasq-base",
 ];
 
 pub fn tools_root() -> PathBuf {

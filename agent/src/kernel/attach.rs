@@ -24,7 +24,9 @@ use aya::{
 use super::{error_chain, program_error_text, Backend, EngineError};
 
 /// The socket hooks, at the cgroup v2 root.
-pub const SOCK_ADDR: &[&str] = &["connect4", "connect6", "sendmsg4", "sendmsg6"];
+pub const SOCK_ADDR: &[&str] = &[
+    "connect4", "connect6", "sendmsg4", "sendmsg6", "recvmsg4", "recvmsg6",
+];
 /// System-call exits where a held network call stops (program `held`), by pin name.
 pub const SYSCALL_EXITS: &[(&str, &str)] = &[
     ("held-connect", "sys_exit_connect"),

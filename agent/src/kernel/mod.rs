@@ -24,9 +24,10 @@ use std::{
 };
 
 use agent_common::{
-    maps as names, pending_flags, pending_state, scope, Action, ContentVerdict, Counter,
-    ExecExactKey, ExecFileKey, ExecPrefixData, FailMode, FingerprintKey, Grant, GrantKey,
-    Heartbeat, Lineage, Net4Data, Net6Data, Op, Pending, PortRules, RuleRef, Watch, COUNTER_SLOTS,
+    maps as names, pending_flags, pending_state, scope, Action, ContentVerdict, Counter, DnsOrigin,
+    DnsPeerKey, ExecExactKey, ExecFileKey, ExecPrefixData, FailMode, FingerprintKey, Grant,
+    GrantKey, Heartbeat, Learned, LearnedKey, Lineage, Net4Data, Net6Data, Op, Pending, PortRules,
+    RuleRef, Watch, COUNTER_SLOTS,
 };
 use aya::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
@@ -264,6 +265,9 @@ pub struct EngineOptions {
     pub fail_mode: FailMode,
     /// The exec backend to use; `None` picks the LSM one where the kernel runs BPF LSM programs.
     pub exec_backend: Option<Backend>,
+    /// The port of the agent's resolver proxy on loopback; 0: none, and workloads' DNS
+    /// queries go where they were sent (their names are not learned).
+    pub dns_proxy_port: u16,
 }
 
 /// How exec is decided.
@@ -298,6 +302,8 @@ pub struct Engine {
     exec_exact: HashMap<MapData, ExecExactKey, RuleRef>,
     exec_prefix: LpmTrie<MapData, ExecPrefixData, RuleRef>,
     exec_files: HashMap<MapData, ExecFileKey, RuleRef>,
+    dns_peers: HashMap<MapData, DnsPeerKey, DnsOrigin>,
+    learned: HashMap<MapData, LearnedKey, Learned>,
     // An LRU hash in the kernel; the same typed view serves it.
     content: HashMap<MapData, ExecFileKey, ContentVerdict>,
     lineage: HashMap<MapData, u32, Lineage>,
@@ -486,6 +492,8 @@ impl Engine {
                 "exec rules match paths only: the identity of executed files cannot be read ({e})"
             ),
         }
+        let dns_port = u32::from(opts.dns_proxy_port);
+        loader.override_global("DNS_PROXY_PORT", &dns_port, true);
         let mut ebpf = loader
             .load(OBJECT)
             .map_err(|e| EngineError::Load(Box::new(e)))?;
@@ -503,6 +511,8 @@ impl Engine {
             exec_exact: take(&mut ebpf, names::EXEC_EXACT)?,
             exec_prefix: take(&mut ebpf, names::EXEC_PREFIX)?,
             exec_files: take(&mut ebpf, names::EXEC_FILES)?,
+            dns_peers: take(&mut ebpf, names::DNS_PEERS)?,
+            learned: take(&mut ebpf, names::LEARNED)?,
             content: take(&mut ebpf, names::CONTENT)?,
             lineage: take(&mut ebpf, names::LINEAGE)?,
             net4: take(&mut ebpf, names::NET4_RULES)?,
@@ -744,6 +754,28 @@ impl Engine {
             ignore_missing(self.content.remove(k)).map_err(map_err(names::CONTENT))?;
         }
         Ok(keys.len())
+    }
+
+    /// Where the DNS query from a workload socket (as the resolver proxy hears it) was going,
+    /// and whose it is.
+    pub fn dns_origin(&self, key: &DnsPeerKey) -> Result<Option<DnsOrigin>, EngineError> {
+        match self.dns_peers.get(key, 0) {
+            Ok(o) => Ok(Some(o)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err(names::DNS_PEERS)(e)),
+        }
+    }
+
+    /// Gives the kernel what a workload learned about an address.
+    pub fn learn(&mut self, key: LearnedKey, value: Learned) -> Result<(), EngineError> {
+        self.learned
+            .insert(key, value, 0)
+            .map_err(map_err(names::LEARNED))
+    }
+
+    /// Forgets a learned address.
+    pub fn unlearn(&mut self, key: &LearnedKey) -> Result<(), EngineError> {
+        ignore_missing(self.learned.remove(key)).map_err(map_err(names::LEARNED))
     }
 
     /// Stops watching a cgroup.

@@ -83,6 +83,18 @@ fn report(result: std::io::Result<()>) {
     }
 }
 
+/// As [`report`], with `extra` (JSON members) in the same object.
+fn report_with(extra: &str, result: std::io::Result<()>) {
+    match result {
+        Ok(()) => println!("{{{extra},\"ok\":true}}"),
+        Err(e) => println!(
+            "{{{extra},\"ok\":false,\"errno\":{},\"error\":{:?}}}",
+            e.raw_os_error().unwrap_or(-1),
+            e.to_string()
+        ),
+    }
+}
+
 fn hold(addr: SocketAddr) {
     let mut stream = match TcpStream::connect(addr) {
         Ok(s) => s,
@@ -1399,6 +1411,28 @@ fn main() {
         };
         return leader_gone(go, cgroup, addr);
     }
+    if args.get(1).map(String::as_str) == Some("resolve") {
+        let (Some(conf), Some(name), Some(Ok(port))) = (
+            args.get(2),
+            args.get(3),
+            args.get(4).map(|p| p.parse::<u16>()),
+        ) else {
+            eprintln!("usage: latch-probe resolve RESOLV_CONF NAME PORT");
+            std::process::exit(2);
+        };
+        return resolve_and_connect(conf, name, port);
+    }
+    if args.get(1).map(String::as_str) == Some("dns-query") {
+        let (Some(Ok(server)), Some(name), Some(Ok(port))) = (
+            args.get(2).map(|a| a.parse::<SocketAddr>()),
+            args.get(3),
+            args.get(4).map(|p| p.parse::<u16>()),
+        ) else {
+            eprintln!("usage: latch-probe dns-query SERVER:PORT NAME PORT");
+            std::process::exit(2);
+        };
+        return dns_query_and_connect(server, name, port);
+    }
     if args.get(1).map(String::as_str) == Some("exec") {
         let Some(program) = args.get(2) else {
             eprintln!("usage: latch-probe exec PROGRAM [ARG...]");
@@ -1438,4 +1472,110 @@ fn main() {
             std::process::exit(2);
         }
     }
+}
+
+/// Resolves NAME with the C library (`getaddrinfo`, as most programs do) against the servers
+/// of RESOLV_CONF, bound over `/etc/resolv.conf` in a mount namespace of this process only,
+/// then connects over TCP to the first IPv4 address. Prints `"resolved":"ADDR"` and the
+/// connection's result, on one line.
+fn resolve_and_connect(conf: &str, name: &str, port: u16) {
+    use std::net::ToSocketAddrs;
+    // SAFETY: plain system call; this process has one thread here.
+    let unshared = unsafe { libc::unshare(libc::CLONE_NEWNS) };
+    let unshared = nix::errno::Errno::result(unshared).map(drop);
+    let private = unshared.and_then(|()| {
+        nix::mount::mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )
+    });
+    let bound = private.and_then(|()| {
+        nix::mount::mount(
+            Some(conf),
+            "/etc/resolv.conf",
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+    });
+    if let Err(e) = bound {
+        eprintln!("latch-probe: cannot use {conf} as /etc/resolv.conf: {e}");
+        std::process::exit(2);
+    }
+    let addr = match (name, port).to_socket_addrs() {
+        Ok(mut addrs) => addrs.find(SocketAddr::is_ipv4),
+        Err(e) => {
+            println!(
+                "{{\"ok\":false,\"errno\":-2,\"error\":{:?}}}",
+                format!("resolve: {e}")
+            );
+            return;
+        }
+    };
+    let Some(addr) = addr else {
+        println!("{{\"ok\":false,\"errno\":-2,\"error\":\"no IPv4 address\"}}");
+        return;
+    };
+    report_with(
+        &format!("\"resolved\":\"{}\"", addr.ip()),
+        TcpStream::connect(addr).map(drop),
+    );
+}
+
+/// Sends a query for NAME's IPv4 addresses from an unconnected UDP socket (`sendto`), reads
+/// the answer and whom it came from (`recvfrom`), and connects over TCP to the first address.
+/// Prints `"from":"SERVER","resolved":"ADDR"` and the connection's result, on one line.
+fn dns_query_and_connect(server: SocketAddr, name: &str, port: u16) {
+    use hickory_proto::{
+        op::{Message, MessageType, OpCode, Query},
+        rr::{Name, RData, RecordType},
+    };
+    use std::str::FromStr;
+    let fail = |what: String| {
+        println!("{{\"ok\":false,\"errno\":-2,\"error\":{what:?}}}");
+    };
+    let qname = match Name::from_str(name) {
+        Ok(n) => n,
+        Err(e) => return fail(format!("name: {e}")),
+    };
+    let mut m = Message::new();
+    m.set_id(0x4c54)
+        .set_message_type(MessageType::Query)
+        .set_op_code(OpCode::Query)
+        .set_recursion_desired(true);
+    m.add_query(Query::query(qname, RecordType::A));
+    let bytes = match m.to_vec() {
+        Ok(b) => b,
+        Err(e) => return fail(format!("encode: {e}")),
+    };
+    let sock = match UdpSocket::bind("0.0.0.0:0") {
+        Ok(s) => s,
+        Err(e) => return report(Err(e)),
+    };
+    let _ = sock.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+    if let Err(e) = sock.send_to(&bytes, server) {
+        return report(Err(e));
+    }
+    let mut buf = [0u8; 4096];
+    let (n, from) = match sock.recv_from(&mut buf) {
+        Ok(x) => x,
+        Err(e) => return report(Err(e)),
+    };
+    let answer = match Message::from_vec(&buf[..n]) {
+        Ok(a) => a,
+        Err(e) => return fail(format!("answer: {e}")),
+    };
+    let Some(ip) = answer.answers().iter().find_map(|r| match r.data() {
+        RData::A(a) => Some(a.0),
+        _ => None,
+    }) else {
+        return fail("no address in the answer".into());
+    };
+    report_with(
+        &format!("\"from\":\"{from}\",\"resolved\":\"{ip}\""),
+        TcpStream::connect((ip, port)).map(drop),
+    );
 }

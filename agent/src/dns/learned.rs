@@ -1,0 +1,191 @@
+//! What each workload resolved: address → the names of the answer and when it expires. The
+//! engine task keeps this table beside the kernel's `LEARNED` map, which holds the clauses of
+//! the names' rules; here are the names themselves (for requests and reviewers), the bound per
+//! workload and the expiry.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    net::IpAddr,
+};
+
+use agent_common::{family, LearnedKey};
+
+/// Most addresses one workload may have learned at once; a new one beyond it replaces the one
+/// that expires first.
+pub const PER_WORKLOAD: usize = 4096;
+
+/// One learned address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The name asked for, then the names its aliases led to.
+    pub names: Vec<String>,
+    /// `CLOCK_MONOTONIC` ns after which it no longer counts.
+    pub expires_ns: u64,
+}
+
+/// The table.
+#[derive(Debug, Default)]
+pub struct Learned {
+    entries: HashMap<(u32, IpAddr), Entry>,
+    /// (expiry, workload, address): the order of expiry, for eviction and sweeps.
+    by_expiry: BTreeSet<(u64, u32, IpAddr)>,
+    per_workload: HashMap<u32, usize>,
+}
+
+/// What one [`Learned::learn`] changed besides its own entry.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Evicted {
+    /// Entries removed to stay within [`PER_WORKLOAD`].
+    pub keys: Vec<(u32, IpAddr)>,
+}
+
+impl Learned {
+    /// Records that `workload` resolved `addr` through `names`, until `expires_ns`. A later
+    /// answer for the same address replaces the earlier one: an address is decided by the
+    /// names the workload resolved to it last.
+    pub fn learn(
+        &mut self,
+        workload: u32,
+        addr: IpAddr,
+        names: Vec<String>,
+        expires_ns: u64,
+    ) -> Evicted {
+        let mut evicted = Evicted::default();
+        if let Some(old) = self.entries.remove(&(workload, addr)) {
+            self.by_expiry.remove(&(old.expires_ns, workload, addr));
+        } else {
+            let n = self.per_workload.entry(workload).or_default();
+            if *n >= PER_WORKLOAD {
+                let first = self
+                    .by_expiry
+                    .iter()
+                    .find(|(_, w, _)| *w == workload)
+                    .copied();
+                if let Some((at, w, a)) = first {
+                    self.by_expiry.remove(&(at, w, a));
+                    self.entries.remove(&(w, a));
+                    evicted.keys.push((w, a));
+                    *n -= 1;
+                }
+            }
+            *n += 1;
+        }
+        self.by_expiry.insert((expires_ns, workload, addr));
+        self.entries
+            .insert((workload, addr), Entry { names, expires_ns });
+        evicted
+    }
+
+    /// The entry for an address, while it has not expired at `now_ns`.
+    pub fn get(&self, workload: u32, addr: IpAddr, now_ns: u64) -> Option<&Entry> {
+        self.entries
+            .get(&(workload, addr))
+            .filter(|e| e.expires_ns > now_ns)
+    }
+
+    /// Removes every entry expired at `now_ns`, and returns their keys.
+    pub fn expire(&mut self, now_ns: u64) -> Vec<(u32, IpAddr)> {
+        let mut gone = Vec::new();
+        while let Some(&(at, w, a)) = self.by_expiry.first() {
+            if at > now_ns {
+                break;
+            }
+            self.by_expiry.pop_first();
+            self.entries.remove(&(w, a));
+            if let Some(n) = self.per_workload.get_mut(&w) {
+                *n = n.saturating_sub(1);
+            }
+            gone.push((w, a));
+        }
+        gone
+    }
+
+    /// Every entry (for recomputing the kernel's clauses when the rules change).
+    pub fn iter(&self) -> impl Iterator<Item = (&(u32, IpAddr), &Entry)> {
+        self.entries.iter()
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// The kernel's key for a learned address.
+pub fn kernel_key(workload: u32, addr: IpAddr) -> LearnedKey {
+    let mut key = LearnedKey {
+        workload,
+        family: family::INET,
+        _pad: [0; 3],
+        addr: [0; 16],
+    };
+    match addr {
+        IpAddr::V4(a) => key.addr[..4].copy_from_slice(&a.octets()),
+        IpAddr::V6(a) => match a.to_ipv4_mapped() {
+            // The kernel decides a v4-mapped destination as the IPv4 address it reaches.
+            Some(v4) => key.addr[..4].copy_from_slice(&v4.octets()),
+            None => {
+                key.family = family::INET6;
+                key.addr = a.octets();
+            }
+        },
+    }
+    key
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn entries_expire_in_order_and_a_new_answer_replaces_the_old() {
+        let mut t = Learned::default();
+        t.learn(1, ip("10.0.0.1"), vec!["a.test".into()], 100);
+        t.learn(1, ip("10.0.0.2"), vec!["b.test".into()], 50);
+        t.learn(2, ip("10.0.0.1"), vec!["c.test".into()], 70);
+        assert_eq!(t.get(1, ip("10.0.0.1"), 10).unwrap().names, ["a.test"]);
+        assert!(
+            t.get(1, ip("10.0.0.2"), 50).is_none(),
+            "expired at its time"
+        );
+        // Answered again with another name and a later expiry.
+        t.learn(1, ip("10.0.0.2"), vec!["d.test".into()], 200);
+        assert_eq!(t.expire(80), [(2, ip("10.0.0.1"))]);
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.get(1, ip("10.0.0.2"), 150).unwrap().names, ["d.test"]);
+        assert_eq!(t.expire(1000).len(), 2);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn a_workload_over_its_share_loses_the_entry_that_expires_first() {
+        let mut t = Learned::default();
+        for i in 0..PER_WORKLOAD as u32 {
+            let a = IpAddr::V4((0x0a00_0000 + i).into());
+            assert!(t.learn(1, a, vec![], 1000 + u64::from(i)).keys.is_empty());
+        }
+        // Another workload's share is its own.
+        assert!(t.learn(2, ip("10.0.0.0"), vec![], 1).keys.is_empty());
+        let e = t.learn(1, ip("192.0.2.1"), vec![], 5000);
+        assert_eq!(e.keys, [(1, ip("10.0.0.0"))]);
+        assert_eq!(t.len(), PER_WORKLOAD + 1);
+        assert!(t.get(2, ip("10.0.0.0"), 0).is_some());
+    }
+
+    #[test]
+    fn v4_mapped_addresses_are_kept_as_ipv4() {
+        let k = kernel_key(3, ip("::ffff:10.1.2.3"));
+        assert_eq!((k.family, &k.addr[..4]), (family::INET, &[10, 1, 2, 3][..]));
+        let k = kernel_key(3, ip("fd00::1"));
+        assert_eq!(k.family, family::INET6);
+    }
+}

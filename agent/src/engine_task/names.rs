@@ -1,0 +1,119 @@
+//! The engine task's side of destinations by name: whose a DNS query is, what an answer
+//! teaches the kernel, and forgetting it when its TTL runs out or the rules change.
+
+use std::time::Duration;
+
+use agent_common::{DnsOrigin, DnsPeerKey, Learned};
+use tokio::sync::oneshot;
+
+use super::{Command, EngineHandle, State};
+use crate::dns::{learned::kernel_key, message::Answer, proxy::Learner};
+use crate::kernel::monotonic_ns;
+
+/// Shortest time an answer's addresses are kept: an answer with TTL 0 is for the connection
+/// that follows it.
+const MIN_TTL: Duration = Duration::from_secs(1);
+
+impl State {
+    pub(super) fn dns_origin(&self, key: DnsPeerKey) -> Option<DnsOrigin> {
+        match self.engine.dns_origin(&key) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!("resolver proxy: {e}");
+                None
+            }
+        }
+    }
+
+    /// Learns an answer's addresses for a workload: the kernel has them (with the clauses of
+    /// the rules of the answer's names) when this returns `true`.
+    pub(super) fn learn(&mut self, workload: u32, answer: Answer) -> bool {
+        let Some(policy) = self.policy.clone() else {
+            return false;
+        };
+        let v = policy.compiled.names.verdicts(workload, &answer.names);
+        if v.dropped > 0 {
+            tracing::warn!(
+                names = ?answer.names,
+                dropped = v.dropped,
+                "more name rule clauses apply than the kernel holds per address; the least \
+                 specific were left out"
+            );
+        }
+        let now = monotonic_ns();
+        let mut ok = true;
+        for (addr, ttl) in &answer.addrs {
+            let keep = Duration::from_secs(u64::from(*ttl)).max(MIN_TTL);
+            let expires_ns = now.saturating_add(keep.as_nanos() as u64);
+            let evicted = self
+                .learned
+                .learn(workload, *addr, answer.names.clone(), expires_ns);
+            for (w, a) in evicted.keys {
+                self.metrics.dns_evicted.inc();
+                if let Err(e) = self.engine.unlearn(&kernel_key(w, a)) {
+                    tracing::warn!("cannot forget {a} for workload {w}: {e}");
+                }
+            }
+            let value = Learned {
+                expires_ns,
+                rules: v.rules,
+            };
+            if let Err(e) = self.engine.learn(kernel_key(workload, *addr), value) {
+                tracing::warn!("cannot learn {addr} for workload {workload}: {e}");
+                ok = false;
+            }
+        }
+        tracing::debug!(workload, names = ?answer.names, addrs = answer.addrs.len(), "learned");
+        ok
+    }
+
+    /// Forgets the addresses whose TTL ran out.
+    pub(super) fn expire_learned(&mut self) {
+        for (w, a) in self.learned.expire(monotonic_ns()) {
+            if let Err(e) = self.engine.unlearn(&kernel_key(w, a)) {
+                tracing::warn!("cannot forget {a} for workload {w}: {e}");
+            }
+        }
+    }
+
+    /// The rules changed: every learned address gets the clauses its names have now.
+    pub(super) fn relearn(&mut self) {
+        let Some(policy) = self.policy.clone() else {
+            return;
+        };
+        let entries: Vec<_> = self
+            .learned
+            .iter()
+            .map(|(k, e)| (*k, e.names.clone(), e.expires_ns))
+            .collect();
+        for ((w, a), names, expires_ns) in entries {
+            let v = policy.compiled.names.verdicts(w, &names);
+            let value = Learned {
+                expires_ns,
+                rules: v.rules,
+            };
+            if let Err(e) = self.engine.learn(kernel_key(w, a), value) {
+                tracing::warn!("cannot update {a} for workload {w}: {e}");
+            }
+        }
+    }
+}
+
+impl Learner for EngineHandle {
+    async fn origin(&self, key: DnsPeerKey) -> Option<DnsOrigin> {
+        self.ask(|reply: oneshot::Sender<Option<DnsOrigin>>| Command::DnsOrigin(key, reply))
+            .await
+            .ok()
+            .flatten()
+    }
+
+    async fn learn(&self, workload: u32, answer: Answer) -> bool {
+        self.ask(|reply| Command::Learn {
+            workload,
+            answer,
+            reply,
+        })
+        .await
+        .unwrap_or(false)
+    }
+}

@@ -1,0 +1,171 @@
+//! Destinations by name, with the whole agent and a real DNS server (dnsmasq): the names a
+//! watched workload resolves decide its connections, as the rules name them.
+//!
+//! Each technique runs first from a cgroup nobody watches, where it works; the evidence of a
+//! connection is the listener that accepted it.
+
+use std::{
+    net::{Ipv4Addr, SocketAddr, TcpListener},
+    time::Duration,
+};
+
+use latch_tests::daemon::Daemon;
+use latch_tests::dns::{DnsServer, SERVER};
+use latch_tests::{outcome, privileged, probe, spawn_in, TestCgroup};
+
+const EPERM: i64 = 1;
+
+/// A listener on a loopback address of its own, which tells whether anything connected.
+struct Destination {
+    l: TcpListener,
+    ip: Ipv4Addr,
+}
+
+impl Destination {
+    fn new(last: u8, port: u16) -> Destination {
+        let ip = Ipv4Addr::new(127, 0, 0, last);
+        let l = TcpListener::bind((ip, port)).expect("bind destination");
+        l.set_nonblocking(true).expect("nonblocking");
+        Destination { l, ip }
+    }
+
+    /// Whether a connection arrived since the last call.
+    fn reached(&self) -> bool {
+        let mut any = false;
+        while self.l.accept().is_ok() {
+            any = true;
+        }
+        any
+    }
+}
+
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+fn rules(workload_extra: &str, body: &str) -> String {
+    format!("workloads:\n  - name: test\n    cgroups: [\"{{CG}}\"]\n{workload_extra}rules:\n{body}")
+}
+
+fn run(cg: &std::path::Path, args: &[&str]) -> serde_json::Value {
+    outcome(spawn_in(cg, &probe(), args))
+}
+
+fn resolve(cg: &std::path::Path, dns: &DnsServer, name: &str, port: u16) -> serde_json::Value {
+    let conf = dns.resolv_conf.to_string_lossy().into_owned();
+    run(cg, &["resolve", &conf, name, &port.to_string()])
+}
+
+fn ok(v: &serde_json::Value) -> bool {
+    v["ok"] == serde_json::Value::Bool(true)
+}
+
+#[test]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
+fn name_rules_decide_what_the_workload_resolved() {
+    if !privileged() {
+        return;
+    }
+    let port = free_port();
+    let denied = Destination::new(21, port);
+    let allowed = Destination::new(22, port);
+    let below = Destination::new(23, port);
+    let apex = Destination::new(24, port);
+    let dns = DnsServer::start(
+        &[
+            "denied.test,127.0.0.21,300",
+            "allowed.test,127.0.0.22,300",
+            "a.corp.test,127.0.0.23,300",
+            "corp.test,127.0.0.24,300",
+        ],
+        &["alias.test,denied.test"],
+    );
+    // `unresolved: audit` lets an address through whether or not it was learned: a refusal
+    // below comes from a name rule and nothing else.
+    let rules = rules(
+        "    unresolved: audit\n",
+        "  - {name: no-denied, workload: test, on: connect, to: [denied.test, \"*.corp.test\"], action: deny}\n",
+    );
+
+    // Where nothing watches, every name reaches its address.
+    let free = TestCgroup::new();
+    for (name, dest) in [
+        ("denied.test", &denied),
+        ("alias.test", &denied),
+        ("a.corp.test", &below),
+    ] {
+        let v = resolve(&free.path, &dns, name, port);
+        assert!(ok(&v), "{name} unwatched: {v}");
+        assert!(dest.reached(), "{name} unwatched did not arrive: {v}");
+    }
+
+    let cg = TestCgroup::new();
+    let _d = Daemon::start(&cg, &rules, "deny");
+    for (name, dest, refused) in [
+        ("allowed.test", &allowed, false),
+        ("denied.test", &denied, true),
+        // An alias of a refused name is refused.
+        ("alias.test", &denied, true),
+        // A wildcard covers the names below its domain, not the domain itself.
+        ("a.corp.test", &below, true),
+        ("corp.test", &apex, false),
+    ] {
+        let v = resolve(&cg.path, &dns, name, port);
+        assert_eq!(v["resolved"], dest.ip.to_string(), "{name}: {v}");
+        if refused {
+            assert_eq!(v["errno"].as_i64(), Some(EPERM), "{name}: {v}");
+            assert!(!dest.reached(), "{name} arrived: {v}");
+        } else {
+            assert!(ok(&v), "{name}: {v}");
+            assert!(dest.reached(), "{name} did not arrive: {v}");
+        }
+    }
+
+    // A query of its own from an unconnected socket: the answer comes back from the server
+    // the workload asked (not from the agent's proxy), and its address is learned all the same.
+    let server = SocketAddr::from((SERVER, 53)).to_string();
+    let v = run(
+        &cg.path,
+        &["dns-query", &server, "denied.test", &port.to_string()],
+    );
+    assert_eq!(v["from"], server, "{v}");
+    assert_eq!(v["errno"].as_i64(), Some(EPERM), "{v}");
+    assert!(!denied.reached());
+}
+
+#[test]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
+fn an_address_never_resolved_gets_the_unresolved_action_until_resolved_and_after_its_ttl() {
+    if !privileged() {
+        return;
+    }
+    let port = free_port();
+    let short = Destination::new(31, port);
+    let dns = DnsServer::start(&["short.test,127.0.0.31,3"], &[]);
+    let rules = rules(
+        "    unresolved: deny\n",
+        "  - {name: some-name, workload: test, on: connect, to: [other.test], action: deny}\n",
+    );
+    let addr = SocketAddr::from((short.ip, port)).to_string();
+
+    let free = TestCgroup::new();
+    assert!(ok(&run(&free.path, &["connect", &addr])));
+    assert!(short.reached());
+
+    let cg = TestCgroup::new();
+    let _d = Daemon::start(&cg, &rules, "deny");
+    let v = run(&cg.path, &["connect", &addr]);
+    assert_eq!(v["errno"].as_i64(), Some(EPERM), "never resolved: {v}");
+    assert!(!short.reached());
+
+    let v = resolve(&cg.path, &dns, "short.test", port);
+    assert!(ok(&v), "resolved: {v}");
+    assert!(short.reached());
+
+    // The answer's TTL is 3 s: past it, the address is no longer one the workload resolved.
+    std::thread::sleep(Duration::from_secs(5));
+    let v = run(&cg.path, &["connect", &addr]);
+    assert_eq!(v["errno"].as_i64(), Some(EPERM), "after the TTL: {v}");
+    assert!(!short.reached());
+}
