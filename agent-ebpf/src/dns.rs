@@ -52,6 +52,9 @@ pub fn redirect<const SENDMSG: bool, const V6: bool>(
     protocol: u8,
     mapped: bool,
 ) {
+    if V6 && !mapped && !kconf::dns_proxy_v6() {
+        return;
+    }
     if scope::stale(scope::now()).is_some() {
         return;
     }

@@ -334,3 +334,13 @@ static DNS_PROXY_PORT: u32 = 0;
 pub fn dns_proxy_port() -> u16 {
     read(&DNS_PROXY_PORT) as u16
 }
+
+/// 1 when the proxy also listens on `::1` (the host has IPv6 loopback); 0: queries to IPv6
+/// servers go where they were sent.
+#[unsafe(no_mangle)]
+static DNS_PROXY_V6: u32 = 0;
+
+#[inline(always)]
+pub fn dns_proxy_v6() -> bool {
+    read(&DNS_PROXY_V6) != 0
+}

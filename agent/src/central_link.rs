@@ -530,6 +530,14 @@ impl Link {
         })
         .await
         .unwrap_or_default();
+        let host_name = match (ev.op, ev.destination) {
+            (Op::Exec, _) | (_, None) => None,
+            (_, Some(d)) => self
+                .engine
+                .host_name(ev.workload, d.ip())
+                .await
+                .map_err(|_| LinkError::EngineGone)?,
+        };
         let (destination, exec_path) = match (ev.op, ev.destination) {
             (Op::Exec, _) => (None, ev.path.clone().unwrap_or_default()),
             (_, Some(d)) => (
@@ -543,6 +551,7 @@ impl Link {
                         _ => "other",
                     }
                     .into(),
+                    host_name: host_name.unwrap_or_default(),
                 }),
                 String::new(),
             ),

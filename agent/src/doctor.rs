@@ -479,6 +479,7 @@ pub fn gather(pin_dir: &Path, cgroup_root: Option<PathBuf>) -> Facts {
         .join(format!("latch-doctor-{}", std::process::id()));
     match Engine::load(EngineOptions {
         dns_proxy_port: 0,
+        dns_proxy_v6: false,
         pin_dir: scratch.clone(),
         cgroup_root,
         stale_after: std::time::Duration::from_secs(60),

@@ -226,6 +226,8 @@ pub enum Command {
         agent_common::DnsPeerKey,
         oneshot::Sender<Option<agent_common::DnsOrigin>>,
     ),
+    /// The name a workload last resolved to an address, while it counts.
+    HostName(u32, std::net::IpAddr, oneshot::Sender<Option<String>>),
     /// Learn the addresses of an answer for a workload; replies once the kernel has them.
     Learn {
         /// The workload that asked.
@@ -687,6 +689,9 @@ impl State {
                 if self.central_loss_timeout.is_some() && self.central_down_since.is_none() {
                     self.central_down_since = Some(Instant::now());
                 }
+            }
+            Command::HostName(workload, addr, reply) => {
+                let _ = reply.send(self.host_name(workload, addr));
             }
             Command::DnsOrigin(key, reply) => {
                 let _ = reply.send(self.dns_origin(key));

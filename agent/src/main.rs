@@ -586,6 +586,7 @@ async fn run(settings: Settings, rules: Option<PathBuf>) -> anyhow::Result<()> {
         fail_mode,
         exec_backend: None,
         dns_proxy_port: proxy.as_ref().map_or(0, |p| p.port()),
+        dns_proxy_v6: proxy.as_ref().is_some_and(|p| p.has_v6()),
     })?;
     tracing::info!(
         pin_dir = %settings.config.pin_dir.display(),

@@ -531,6 +531,7 @@ fn request(agent: usize, k: usize, rule_id: u32, version: u64) -> ApprovalReques
             address: "10.20.1.5".into(),
             port: 5432,
             protocol: "tcp".into(),
+            host_name: String::new(),
         }),
         exec_path: String::new(),
         rule_id,

@@ -336,6 +336,7 @@ impl Setup {
                 fail_mode: FailMode::Deny,
                 exec_backend: None,
                 dns_proxy_port: 0,
+                dns_proxy_v6: false,
             })?;
             self.engine = Some(e);
         }

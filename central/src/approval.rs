@@ -1537,6 +1537,7 @@ pub(crate) fn request_summary(
                 ("address", json!(d.address)),
                 ("port", json!(d.port)),
                 ("protocol", json!(d.protocol)),
+                ("host_name", json!(d.host_name)),
             ])
         })
         .unwrap_or_default();

@@ -108,6 +108,11 @@ pub fn key(host_id: &str, terms: &Terms<'_>, req: &ApprovalRequest) -> String {
             field(d.address.as_bytes());
             field(&d.port.to_le_bytes());
             field(d.protocol.as_bytes());
+            // Only when known, so that the key of a request without a name is what it was.
+            if !d.host_name.is_empty() {
+                field(b"host_name");
+                field(d.host_name.as_bytes());
+            }
         }
         None => field(b"no destination"),
     }
@@ -139,6 +144,7 @@ mod tests {
                 address: "10.0.0.5".into(),
                 port: 5432,
                 protocol: "tcp".into(),
+                host_name: String::new(),
             }),
             rule_id: 3,
             rules_version: 7,
@@ -230,6 +236,9 @@ mod tests {
             }),
             ("another protocol", |r| {
                 dest(r).protocol = "udp".into();
+            }),
+            ("a host name the workload resolved", |r| {
+                dest(r).host_name = "db.internal".into();
             }),
             ("no destination", |r| r.destination = None),
             ("another argument", |r| r.argv[2] = "db2".into()),

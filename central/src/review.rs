@@ -66,6 +66,8 @@ struct DestinationIn {
     address: String,
     port: i64,
     protocol: String,
+    /// The name the workload resolved to the address; empty when none is known.
+    host_name: String,
 }
 
 impl Inputs {
@@ -119,6 +121,7 @@ impl Inputs {
                 address: d.address,
                 port: i64::from(d.port),
                 protocol: d.protocol,
+                host_name: d.host_name,
             },
             env: req
                 .env
@@ -242,6 +245,7 @@ mod tests {
                 address: "10.20.0.5".into(),
                 port: 5432,
                 protocol: "tcp".into(),
+                host_name: "pg.db.internal".into(),
                 ..Default::default()
             }),
             env: vec![EnvVar {
@@ -278,6 +282,15 @@ mod tests {
                     check("late", "true", Approve),
                 ],
                 Some(("lab", Deny)),
+                &[],
+            ),
+            (
+                &[check(
+                    "named",
+                    "destination.host_name.endsWith('.db.internal')",
+                    Approve,
+                )],
+                Some(("named", Approve)),
                 &[],
             ),
             (

@@ -181,6 +181,23 @@ pub fn validate_request(r: &ApprovalRequest) -> Result<()> {
                     d.address.escape_debug()
                 ))
             })?;
+            if !d.host_name.is_empty() {
+                match policy::names::normalize(&d.host_name) {
+                    Ok(n) if n == d.host_name => {}
+                    Ok(_) => {
+                        return Err(Error::InvalidArgument(format!(
+                            "destination.host_name '{}' is not lower case without a trailing dot",
+                            d.host_name.escape_debug()
+                        )))
+                    }
+                    Err(why) => {
+                        return Err(Error::InvalidArgument(format!(
+                            "destination.host_name '{}' is not a host name: {why}",
+                            d.host_name.escape_debug()
+                        )))
+                    }
+                }
+            }
             if d.port > u16::MAX as u32 {
                 return Err(Error::InvalidArgument(format!(
                     "destination.port {} is above 65535",
@@ -361,6 +378,9 @@ mod tests {
             ..connect()
         };
         assert!(validate_request(&justified).is_ok());
+        let mut named = connect();
+        named.destination.as_mut().expect("set").host_name = "db.internal.example".into();
+        assert!(validate_request(&named).is_ok());
         type Edit = fn(&mut ApprovalRequest);
         let cases: &[(&str, Edit, &str)] = &[
             ("empty id", |r| r.request_id.clear(), "request_id is empty"),
@@ -394,6 +414,16 @@ mod tests {
                 "address that is no address",
                 |r| r.destination.as_mut().expect("set").address = "db.internal".into(),
                 "destination.address 'db.internal' is not an IP address",
+            ),
+            (
+                "host name that is no host name",
+                |r| r.destination.as_mut().expect("set").host_name = "db..internal".into(),
+                "destination.host_name 'db..internal' is not a host name: it has an empty label",
+            ),
+            (
+                "host name not as rules compare names",
+                |r| r.destination.as_mut().expect("set").host_name = "DB.internal.".into(),
+                "destination.host_name 'DB.internal.' is not lower case without a trailing dot",
             ),
             (
                 "port above 65535",

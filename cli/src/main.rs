@@ -404,11 +404,9 @@ fn what(rec: &ApprovalRecord) -> String {
         op => {
             let d = r.destination.clone().unwrap_or_default();
             format!(
-                "{} {}:{}/{} by {}",
+                "{} {} by {}",
                 op.as_str_name().trim_start_matches("OP_").to_lowercase(),
-                d.address,
-                d.port,
-                d.protocol,
+                d.shown(),
                 r.exe
             )
         }
@@ -434,7 +432,7 @@ fn record_json(rec: &ApprovalRecord) -> Value {
             "decided": a.decided, "note": a.note, "at": time(a.at_unix_ms)})),
         "env": r.env.iter().map(|v| (v.name.clone(), json!(v.value))).collect::<serde_json::Map<_, _>>(),
         "trace": r.trace.as_ref().map(|t| json!({"trace_id": t.trace_id, "parent_id": t.parent_id, "sampled": t.sampled})),
-        "destination": {"family": d.family, "address": d.address, "port": d.port, "protocol": d.protocol},
+        "destination": {"family": d.family, "address": d.address, "port": d.port, "protocol": d.protocol, "host_name": d.host_name},
         "ancestors": r.ancestors.iter().map(|a| json!({"pid": a.pid, "exe": a.exe, "argv": a.argv})).collect::<Vec<_>>(),
         "received_at": time(rec.received_at_unix_ms),
         "expires_at": time(rec.expires_at_unix_ms),

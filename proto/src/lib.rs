@@ -6,6 +6,8 @@
 //! plus [`FILE_DESCRIPTOR_SET`] for server reflection.
 //!
 //! It must not hold behaviour: validation, storage and policy live in the crates that use it.
+//! The one exception is how a destination is written for people ([`v1::Destination::shown`]),
+//! so that every channel writes it alike.
 
 /// Package `latch.v1`.
 pub mod v1 {
@@ -15,3 +17,47 @@ pub mod v1 {
 
 /// The encoded `FileDescriptorSet` of `latch.v1`, for `tonic-reflection`.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("latch_v1_descriptor");
+
+impl v1::Destination {
+    /// As people read it: `name (address:port/protocol)` when the workload resolved a name to
+    /// the address, else `address:port/protocol`; an IPv6 address in brackets.
+    pub fn shown(&self) -> String {
+        let at = if self.address.contains(':') {
+            format!("[{}]:{}/{}", self.address, self.port, self.protocol)
+        } else {
+            format!("{}:{}/{}", self.address, self.port, self.protocol)
+        };
+        if self.host_name.is_empty() {
+            at
+        } else {
+            format!("{} ({at})", self.host_name)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::v1::Destination;
+
+    #[test]
+    fn a_destination_reads_with_its_name_when_known() {
+        let d = |address: &str, host_name: &str| Destination {
+            family: String::new(),
+            address: address.into(),
+            port: 443,
+            protocol: "tcp".into(),
+            host_name: host_name.into(),
+        };
+        let cases = [
+            (d("52.216.1.12", ""), "52.216.1.12:443/tcp"),
+            (d("2001:db8::1", ""), "[2001:db8::1]:443/tcp"),
+            (
+                d("52.216.1.12", "upload.example.com"),
+                "upload.example.com (52.216.1.12:443/tcp)",
+            ),
+        ];
+        for (dest, want) in cases {
+            assert_eq!(dest.shown(), want);
+        }
+    }
+}

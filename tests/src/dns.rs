@@ -11,9 +11,9 @@ use std::{
 
 use crate::patience;
 
-/// The loopback address dnsmasq listens on: not 127.0.0.1, so that it never meets a resolver
-/// of the host's own.
-pub const SERVER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 153);
+/// The address dnsmasq listens on. (On another loopback address than an interface's own,
+/// dnsmasq answers UDP but drops TCP connections.)
+pub const SERVER: Ipv4Addr = Ipv4Addr::LOCALHOST;
 
 /// One server at a time: they share the address and port.
 static ONE: Mutex<()> = Mutex::new(());
@@ -24,12 +24,15 @@ pub struct DnsServer {
     _one: MutexGuard<'static, ()>,
     /// A `resolv.conf` whose only server is this one.
     pub resolv_conf: PathBuf,
+    /// The same, with `options use-vc`: the C library asks over TCP.
+    pub resolv_conf_tcp: PathBuf,
     dir: PathBuf,
 }
 
 impl DnsServer {
     /// Starts dnsmasq with these `--host-record` (`name,address,ttl`) and `--cname`
-    /// (`alias,target`) values, and waits until it answers.
+    /// (`alias,target`) values, and waits until it answers. A name given several records has
+    /// all their addresses.
     pub fn start(host_records: &[&str], cnames: &[&str]) -> DnsServer {
         let one = ONE.lock().unwrap_or_else(|p| p.into_inner());
         let dir = std::env::temp_dir().join(format!("latch-dns-{}", std::process::id()));
@@ -40,6 +43,12 @@ impl DnsServer {
             format!("nameserver {SERVER}\noptions timeout:2 attempts:2\n"),
         )
         .expect("write resolv.conf");
+        let resolv_conf_tcp = dir.join("resolv-tcp.conf");
+        std::fs::write(
+            &resolv_conf_tcp,
+            format!("nameserver {SERVER}\noptions timeout:2 attempts:2 use-vc\n"),
+        )
+        .expect("write resolv.conf");
         let mut cmd = Command::new("dnsmasq");
         cmd.args([
             "--keep-in-foreground",
@@ -47,7 +56,7 @@ impl DnsServer {
             "--no-resolv",
             "--no-hosts",
             "--port=53",
-            "--bind-dynamic",
+            "--bind-interfaces",
             "--local-ttl=300",
             "--pid-file=",
             "--log-facility=-",
@@ -73,6 +82,7 @@ impl DnsServer {
             child,
             _one: one,
             resolv_conf,
+            resolv_conf_tcp,
             dir,
         };
         server.wait_answering();
@@ -106,5 +116,84 @@ impl Drop for DnsServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A DNS server that answers every query for an IPv4 address twice over UDP: first with a
+/// forged answer (another id) carrying `forged`, then with the real one carrying `real`, as an
+/// attacker racing the server would. Stopped on drop.
+pub struct ForgingServer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// A `resolv.conf` whose only server is this one.
+    pub resolv_conf: PathBuf,
+}
+
+impl ForgingServer {
+    /// Listens on `at` port 53.
+    pub fn start(at: Ipv4Addr, forged: Ipv4Addr, real: Ipv4Addr) -> ForgingServer {
+        use hickory_proto::{
+            op::{Message, MessageType},
+            rr::{rdata::A, RData, Record},
+        };
+        let sock = UdpSocket::bind((at, 53)).expect("bind the forging server");
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("timeout");
+        let resolv_conf =
+            std::env::temp_dir().join(format!("latch-forging-{}.conf", std::process::id()));
+        std::fs::write(
+            &resolv_conf,
+            format!("nameserver {at}\noptions timeout:2 attempts:1\n"),
+        )
+        .expect("write resolv.conf");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 1500];
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                    continue;
+                };
+                let Ok(q) = Message::from_vec(&buf[..n]) else {
+                    continue;
+                };
+                let answer = |id: u16, ip: Ipv4Addr| {
+                    let mut m = Message::new();
+                    m.set_id(id)
+                        .set_message_type(MessageType::Response)
+                        .set_op_code(q.op_code())
+                        .set_recursion_desired(true)
+                        .set_recursion_available(true);
+                    m.add_queries(q.queries().to_vec());
+                    if let Some(question) = q.queries().first() {
+                        if question.query_type() == hickory_proto::rr::RecordType::A {
+                            m.add_answer(Record::from_rdata(
+                                question.name().clone(),
+                                300,
+                                RData::A(A(ip)),
+                            ));
+                        }
+                    }
+                    m.to_vec().unwrap_or_default()
+                };
+                let _ = sock.send_to(&answer(q.id() ^ 0x5555, forged), from);
+                let _ = sock.send_to(&answer(q.id(), real), from);
+            }
+        });
+        ForgingServer {
+            stop,
+            thread: Some(thread),
+            resolv_conf,
+        }
+    }
+}
+
+impl Drop for ForgingServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.resolv_conf);
     }
 }

@@ -244,6 +244,7 @@ impl Harness {
             fail_mode,
             exec_backend: None,
             dns_proxy_port: 0,
+            dns_proxy_v6: false,
         })
         .unwrap_or_else(|e| panic!("{e}"));
         engine
@@ -387,6 +388,7 @@ impl Harness {
             fail_mode: FailMode::Deny,
             exec_backend: None,
             dns_proxy_port: 0,
+            dns_proxy_v6: false,
         };
         drop(self.ring.take());
         drop(old);

@@ -1507,3 +1507,60 @@ async fn primary_decider(
         .expect("decision")
         .decided_by
 }
+
+/// A connection held by a rule that names a host: the reviewer sees the name the workload
+/// resolved beside the address, and an approval lets the connection through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
+async fn a_connection_held_by_a_name_rule_shows_the_reviewer_the_name() {
+    if !privileged() {
+        return;
+    }
+    let port = free_port();
+    let listener = TcpListener::bind(("127.0.0.41", port)).expect("bind destination");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let dns = latch_tests::dns::DnsServer::start(&["held.test,127.0.0.41,300"], &[]);
+    let cg = TestCgroup::new();
+    let mut stack = Stack::start(&cg).await;
+    apply(
+        &stack,
+        &cg,
+        "  - {name: by-name, workload: test, on: connect, to: [held.test], action: approve, timeout: 10m}\n",
+    )
+    .await;
+    stack.start_agent();
+    stack.wait_watching();
+    let mut admin = stack.reviewer(ADMIN).await;
+
+    let conf = dns.resolv_conf.to_string_lossy().into_owned();
+    let child = spawn_in(
+        &cg.path,
+        &probe(),
+        &["resolve", &conf, "held.test", &port.to_string()],
+    );
+    let pid = child.id();
+    let rec = wait_request(&mut admin, &stack.host, pid, RequestState::Pending).await;
+    let d = rec
+        .request
+        .as_ref()
+        .and_then(|r| r.destination.clone())
+        .expect("a destination");
+    assert_eq!(
+        (d.host_name.as_str(), d.address.as_str()),
+        ("held.test", "127.0.0.41")
+    );
+    assert!(listener.accept().is_err(), "arrived while held");
+    decide_once(
+        &mut admin,
+        &rec.approval_id,
+        DecisionKind::ApproveOnce,
+        "ok",
+    )
+    .await;
+    let v = outcome(child);
+    assert_eq!(v["ok"], true, "{v}");
+    assert!(
+        listener.accept().is_ok(),
+        "the approved connection never arrived"
+    );
+}

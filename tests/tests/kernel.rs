@@ -682,6 +682,7 @@ fn maps_pinned_by_a_build_with_another_layout_are_refused_with_what_to_do() {
         fail_mode: FailMode::Deny,
         exec_backend: None,
         dns_proxy_port: 0,
+        dns_proxy_v6: false,
     });
     let _ = std::fs::remove_dir_all(&pin_dir);
     let e = match r {

@@ -169,3 +169,67 @@ fn an_address_never_resolved_gets_the_unresolved_action_until_resolved_and_after
     assert_eq!(v["errno"].as_i64(), Some(EPERM), "after the TTL: {v}");
     assert!(!short.reached());
 }
+
+#[test]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
+fn answers_over_tcp_truncated_or_raced_by_a_forgery_are_learned_as_the_server_gave_them() {
+    if !privileged() {
+        return;
+    }
+    // One listener for every 127.0.1.x address of this test.
+    let port = free_port();
+    let any = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).expect("bind");
+    any.set_nonblocking(true).expect("nonblocking");
+    let reached = || {
+        let mut n = 0;
+        while any.accept().is_ok() {
+            n += 1;
+        }
+        n > 0
+    };
+    // 40 addresses do not fit a UDP answer of 512 bytes: the server sets TC, and the C library
+    // asks again over TCP.
+    let big: Vec<String> = (1..=40)
+        .map(|i| format!("big.test,127.0.1.{i},300"))
+        .collect();
+    let mut records: Vec<&str> = big.iter().map(String::as_str).collect();
+    records.push("tcp.test,127.0.1.100,300");
+    let dns = DnsServer::start(&records, &[]);
+    let forger_at = Ipv4Addr::new(127, 0, 0, 154);
+    let forged = Ipv4Addr::new(127, 0, 1, 200);
+    let real = Ipv4Addr::new(127, 0, 1, 201);
+    let forger = latch_tests::dns::ForgingServer::start(forger_at, forged, real);
+    // Only what was learned connects.
+    let rules = rules(
+        "    unresolved: deny\n",
+        "  - {name: some-name, workload: test, on: connect, to: [other.test], action: deny}\n",
+    );
+    let tcp_conf = dns.resolv_conf_tcp.to_string_lossy().into_owned();
+    let forger_conf = forger.resolv_conf.to_string_lossy().into_owned();
+    let forged_addr = SocketAddr::from((forged, port)).to_string();
+    let p = port.to_string();
+
+    let free = TestCgroup::new();
+    let cg = TestCgroup::new();
+    for (watched, cgroup) in [(false, &free), (true, &cg)] {
+        let _d = watched.then(|| Daemon::start(cgroup, &rules, "deny"));
+        let v = run(&cgroup.path, &["resolve", &tcp_conf, "tcp.test", &p]);
+        assert!(ok(&v) && reached(), "over TCP (watched: {watched}): {v}");
+        let v = resolve(&cgroup.path, &dns, "big.test", port);
+        assert!(ok(&v) && reached(), "truncated (watched: {watched}): {v}");
+        let v = run(&cgroup.path, &["resolve", &forger_conf, "forged.test", &p]);
+        assert_eq!(v["resolved"], real.to_string(), "{v}");
+        assert!(
+            ok(&v) && reached(),
+            "raced by a forgery (watched: {watched}): {v}"
+        );
+        // The forged address was never an answer to this workload.
+        let v = run(&cgroup.path, &["connect", &forged_addr]);
+        if watched {
+            assert_eq!(v["errno"].as_i64(), Some(EPERM), "forged address: {v}");
+            assert!(!reached());
+        } else {
+            assert!(ok(&v) && reached(), "{v}");
+        }
+    }
+}

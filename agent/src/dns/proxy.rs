@@ -81,8 +81,8 @@ impl Proxy {
                 ));
             }
             Err(e) if e.kind() == io::ErrorKind::AddrInUse => return Err(e),
-            // No IPv6 loopback here: IPv6 queries are not turned to the proxy's ::1 then
-            // either; they fail as they would.
+            // No IPv6 loopback here: queries to IPv6 servers are not turned to the proxy, and
+            // their answers are not learned.
             Err(e) => tracing::info!("resolver proxy on IPv4 only: cannot bind [::1]:{port}: {e}"),
         }
         for (_, s) in &udp {
@@ -97,6 +97,11 @@ impl Proxy {
     /// The port, for the kernel programs.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// Whether it also listens on `::1`.
+    pub fn has_v6(&self) -> bool {
+        self.udp.iter().any(|(f, _)| *f == family::INET6)
     }
 
     /// Serves until the runtime stops.

@@ -99,6 +99,28 @@ impl State {
     }
 }
 
+impl State {
+    /// The name a workload last resolved to this address, while it counts.
+    pub(super) fn host_name(&self, workload: u32, addr: std::net::IpAddr) -> Option<String> {
+        self.learned
+            .get(workload, addr, monotonic_ns())
+            .and_then(|e| e.names.first().cloned())
+    }
+}
+
+impl EngineHandle {
+    /// The name a workload last resolved to an address (the name it asked for), while the
+    /// answer's TTL lasts: what a reviewer is shown beside the address.
+    pub async fn host_name(
+        &self,
+        workload: u32,
+        addr: std::net::IpAddr,
+    ) -> Result<Option<String>, super::EngineGone> {
+        self.ask(|reply| Command::HostName(workload, addr, reply))
+            .await
+    }
+}
+
 impl Learner for EngineHandle {
     async fn origin(&self, key: DnsPeerKey) -> Option<DnsOrigin> {
         self.ask(|reply: oneshot::Sender<Option<DnsOrigin>>| Command::DnsOrigin(key, reply))

@@ -268,6 +268,8 @@ pub struct EngineOptions {
     /// The port of the agent's resolver proxy on loopback; 0: none, and workloads' DNS
     /// queries go where they were sent (their names are not learned).
     pub dns_proxy_port: u16,
+    /// Whether the proxy also listens on `::1`.
+    pub dns_proxy_v6: bool,
 }
 
 /// How exec is decided.
@@ -494,6 +496,8 @@ impl Engine {
         }
         let dns_port = u32::from(opts.dns_proxy_port);
         loader.override_global("DNS_PROXY_PORT", &dns_port, true);
+        let dns_v6 = u32::from(opts.dns_proxy_v6);
+        loader.override_global("DNS_PROXY_V6", &dns_v6, true);
         let mut ebpf = loader
             .load(OBJECT)
             .map_err(|e| EngineError::Load(Box::new(e)))?;

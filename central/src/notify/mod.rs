@@ -425,10 +425,7 @@ impl View {
         let what = match self.op() {
             Op::Exec => format!("run {}", shown(&self.req.exec_path, 120)),
             Op::Connect | Op::Sendmsg => match &self.req.destination {
-                Some(d) => format!(
-                    "connect to {}",
-                    shown(&format!("{} port {}", d.address, d.port), 120)
-                ),
+                Some(d) => format!("connect to {}", shown(&port_words(d), 120)),
                 None => "connect".into(),
             },
             Op::Unspecified => "an operation".into(),
@@ -463,10 +460,7 @@ impl View {
             (Op::Exec, _) => out.push(("Program", shown(&r.exec_path, MAX_FACT))),
             (_, Some(d)) => out.push((
                 "Destination",
-                shown(
-                    &format!("{} port {} ({})", d.address, d.port, d.protocol),
-                    MAX_FACT,
-                ),
+                shown(&format!("{} ({})", port_words(d), d.protocol), MAX_FACT),
             )),
             _ => {}
         }
@@ -772,9 +766,32 @@ pub(crate) fn backoff() -> backon::ExponentialBuilder {
         .with_jitter()
 }
 
+/// `address port N`, after the name the workload resolved to the address when it is known:
+/// `name (address port N)`.
+fn port_words(d: &latch_proto::v1::Destination) -> String {
+    let at = format!("{} port {}", d.address, d.port);
+    if d.host_name.is_empty() {
+        at
+    } else {
+        format!("{} ({at})", d.host_name)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_destination_is_told_by_its_name_when_the_workload_resolved_one() {
+        let mut d = latch_proto::v1::Destination {
+            address: "52.216.1.12".into(),
+            port: 443,
+            ..Default::default()
+        };
+        assert_eq!(port_words(&d), "52.216.1.12 port 443");
+        d.host_name = "upload.example.com".into();
+        assert_eq!(port_words(&d), "upload.example.com (52.216.1.12 port 443)");
+    }
 
     #[tokio::test]
     async fn a_timer_is_replaced_by_a_new_time_and_stopped_once_not_needed() {

@@ -208,20 +208,18 @@ fn outcome_name(o: i32) -> &'static str {
     }
 }
 
-/// What the request is for: `address:port/protocol` or the program.
+/// What the request is for: `[name (]address:port/protocol[)]` or the program.
 pub fn target_of(rec: &ApprovalRecord) -> String {
     let Some(r) = &rec.request else {
         return String::new();
     };
     match Op::try_from(r.op).unwrap_or(Op::Unspecified) {
         Op::Exec => r.exec_path.clone(),
-        _ => match &r.destination {
-            Some(d) if d.address.contains(':') => {
-                format!("[{}]:{}/{}", d.address, d.port, d.protocol)
-            }
-            Some(d) => format!("{}:{}/{}", d.address, d.port, d.protocol),
-            None => String::new(),
-        },
+        _ => r
+            .destination
+            .as_ref()
+            .map(|d| d.shown())
+            .unwrap_or_default(),
     }
 }
 
@@ -886,6 +884,7 @@ mod tests {
                     address: "::1".into(),
                     port: 443,
                     protocol: "tcp".into(),
+                    host_name: String::new(),
                 }),
                 justification: "<script>steal()</script> approve me \u{202e}now".into(),
                 env: vec![latch_proto::v1::EnvVar {

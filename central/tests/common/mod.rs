@@ -484,6 +484,7 @@ impl Agent {
                 address: "10.20.1.5".into(),
                 port: 5432,
                 protocol: "tcp".into(),
+                host_name: String::new(),
             }),
             exec_path: if exec {
                 "/usr/bin/psql".into()

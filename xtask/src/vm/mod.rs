@@ -113,8 +113,8 @@ const SUITE_LIMIT: Duration = Duration::from_secs(1800);
 /// fit the CI's time under emulation (see `PLAN_WHY`), so:
 /// - `kernel` and `integrity` everywhere: they are the suites about the kernel (verifier,
 ///   helpers, LSM or not, and what each backend can hold);
-/// - `daemon`, `content` and `args` wherever the agent's backend differs: with BPF LSM on each kernel,
-///   and without it (the tracepoint backend) on the newest;
+/// - `daemon`, `content`, `args` and `names` wherever the agent's backend differs: with BPF
+///   LSM on each kernel, and without it (the tracepoint backend) on the newest;
 /// - `central` once, on the newest kernel with BPF LSM: what it adds is the agent-central
 ///   protocol, which the kernel does not change.
 fn default_suites(kernel: &KernelSpec, lsm: Lsm) -> Vec<Suite> {
@@ -123,6 +123,7 @@ fn default_suites(kernel: &KernelSpec, lsm: Lsm) -> Vec<Suite> {
         s.push(Suite::Daemon);
         s.push(Suite::Content);
         s.push(Suite::Args);
+        s.push(Suite::Names);
     }
     if lsm == Lsm::On && kernel.newest {
         s.push(Suite::Central);
@@ -405,7 +406,7 @@ mod tests {
             vec![
                 (
                     "6.1-lsm-on".into(),
-                    vec!["kernel", "integrity", "daemon", "content", "args"]
+                    vec!["kernel", "integrity", "daemon", "content", "args", "names"]
                 ),
                 ("6.1-lsm-off".into(), vec!["kernel", "integrity"]),
                 (
@@ -416,12 +417,13 @@ mod tests {
                         "daemon",
                         "content",
                         "args",
+                        "names",
                         "central"
                     ]
                 ),
                 (
                     "6.12-lsm-off".into(),
-                    vec!["kernel", "integrity", "daemon", "content", "args"]
+                    vec!["kernel", "integrity", "daemon", "content", "args", "names"]
                 ),
                 ("6.12-arm64-lsm-on".into(), vec![]),
                 ("6.12-arm64-lsm-off".into(), vec![]),

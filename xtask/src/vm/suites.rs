@@ -20,6 +20,9 @@ pub enum Suite {
     Content,
     /// Rules on a program's arguments through the whole agent (`tests/tests/args.rs`).
     Args,
+    /// Destinations by name through the whole agent and a real DNS server
+    /// (`tests/tests/names.rs`).
+    Names,
     /// The agent and central together (`tests/tests/central.rs`).
     Central,
 }
@@ -33,6 +36,7 @@ impl Suite {
             Suite::Daemon => "daemon",
             Suite::Content => "content",
             Suite::Args => "args",
+            Suite::Names => "names",
             Suite::Central => "central",
         }
     }
