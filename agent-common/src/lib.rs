@@ -266,6 +266,11 @@ pub struct DnsOrigin {
     pub family: u8,
     /// [`proto::TCP`] or [`proto::UDP`].
     pub proto: u8,
+    /// The workload socket's own port once known (host order; 0 before): its
+    /// [`DNS_PEERS`](maps::DNS_PEERS) entry, removed when the socket is released.
+    pub peer_port: u16,
+    /// Explicit padding.
+    pub _pad: [u8; 6],
 }
 
 /// Key of [`DNS_PEERS`](maps::DNS_PEERS): a workload's socket as the proxy sees it.
@@ -819,7 +824,7 @@ size_check! {
     FingerprintKey => 16,
     Event => 72 + 16 + 16 + 16 + PATH_CAP,
     ContentVerdict => 24,
-    DnsOrigin => 40,
+    DnsOrigin => 48,
     DnsPeerKey => 4,
     LearnedKey => 24,
     Learned => 8 + 8 + 12 * PORT_RULES_CAP,

@@ -12,7 +12,7 @@ use agent_common::{
 };
 use aya_ebpf::{
     bindings::{bpf_sock, bpf_sock_addr},
-    helpers::bpf_get_socket_cookie,
+    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
     programs::{SkBuffContext, SockAddrContext},
 };
 
@@ -29,13 +29,34 @@ fn proxy_port() -> u16 {
     kconf::dns_proxy_port()
 }
 
-/// Whether a call to this destination is a DNS query the proxy should see.
+/// Whether a call is a DNS query that goes to the proxy once allowed: a workload with name
+/// rules, port 53, plain UDP or TCP (not UDP-Lite or MPTCP, which the proxy does not speak), a
+/// proxy for the family, the agent there to answer (heartbeat), and the agent's own network
+/// namespace (a container's loopback is its own, where no proxy listens: its names are not
+/// learned, and its destinations are unresolved). Such a query is not subject to `unresolved`;
+/// any other call to port 53 is.
 #[inline(always)]
-pub fn is_query(watch: &Watch, port: u16, protocol: u8) -> bool {
-    watch.flags & watch_flags::NAMES != 0
-        && port == DNS_PORT
-        && (protocol == proto::UDP || protocol == proto::TCP)
-        && proxy_port() != 0
+pub fn is_query<const V6: bool>(
+    ctx: &SockAddrContext,
+    watch: &Watch,
+    port: u16,
+    raw_proto: u32,
+    mapped: bool,
+) -> bool {
+    if watch.flags & watch_flags::NAMES == 0
+        || port != DNS_PORT
+        || (raw_proto != proto::UDP as u32 && raw_proto != proto::TCP as u32)
+        || proxy_port() == 0
+        || (V6 && !mapped && !kconf::dns_proxy_v6())
+    {
+        return false;
+    }
+    let netns = kconf::agent_netns();
+    // SAFETY: helper on the context the kernel passed (sock_addr programs may call it).
+    if netns != 0 && unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) } != netns {
+        return false;
+    }
+    scope::stale(scope::now()).is_none()
 }
 
 /// Sends an allowed DNS query to the proxy: rewrites the call's destination to loopback at the
@@ -52,12 +73,6 @@ pub fn redirect<const SENDMSG: bool, const V6: bool>(
     protocol: u8,
     mapped: bool,
 ) {
-    if V6 && !mapped && !kconf::dns_proxy_v6() {
-        return;
-    }
-    if scope::stale(scope::now()).is_some() {
-        return;
-    }
     let sa = ctx.sock_addr;
     let mut user = [0u8; 16];
     if V6 {
@@ -73,20 +88,29 @@ pub fn redirect<const SENDMSG: bool, const V6: bool>(
         let ip = unsafe { (*sa).user_ip4 };
         user[..4].copy_from_slice(&ip.to_ne_bytes());
     }
-    let origin = DnsOrigin {
+    // Written as the unspecified address: the answer is shown as coming from the address the
+    // call went to.
+    if all_zero(&user)
+        || (mapped && user[12] == 0 && user[13] == 0 && user[14] == 0 && user[15] == 0)
+    {
+        if V6 && !mapped {
+            user = *addr;
+        } else if V6 {
+            user[12..16].copy_from_slice(&addr[..4]);
+        } else {
+            user[..4].copy_from_slice(&addr[..4]);
+        }
+    }
+    let mut origin = DnsOrigin {
         user,
         addr: *addr,
         workload: watch.workload,
         port,
         family: fam,
         proto: protocol,
+        peer_port: 0,
+        _pad: [0; 6],
     };
-    // SAFETY: helper on the context the kernel passed.
-    let cookie = unsafe { bpf_get_socket_cookie(sa.cast()) };
-    if DNS_ORIG.insert(&cookie, &origin, 0).is_err() {
-        bump(Counter::DnsUnrecorded);
-        return;
-    }
     let over = if V6 && !mapped {
         family::INET6
     } else {
@@ -99,9 +123,9 @@ pub fn redirect<const SENDMSG: bool, const V6: bool>(
         let sk = unsafe { (*sa).__bindgen_anon_1.sk };
         if !sk.is_null() {
             // SAFETY: as above; `src_port` is in host order.
-            let sport = unsafe { (*sk).src_port } as u16;
+            origin.peer_port = unsafe { (*sk).src_port } as u16;
             let key = DnsPeerKey {
-                port: sport,
+                port: origin.peer_port,
                 proto: protocol,
                 family: over,
             };
@@ -110,6 +134,12 @@ pub fn redirect<const SENDMSG: bool, const V6: bool>(
                 return;
             }
         }
+    }
+    // SAFETY: helper on the context the kernel passed.
+    let cookie = unsafe { bpf_get_socket_cookie(sa.cast()) };
+    if DNS_ORIG.insert(&cookie, &origin, 0).is_err() {
+        bump(Counter::DnsUnrecorded);
+        return;
     }
     set_dest::<V6>(sa, over == family::INET6, mapped);
     bump(Counter::DnsRedirected);
@@ -139,6 +169,18 @@ fn set_dest<const V6: bool>(sa: *mut bpf_sock_addr, six: bool, mapped: bool) {
     }
 }
 
+#[inline(always)]
+fn all_zero(a: &[u8; 16]) -> bool {
+    let mut i = 0;
+    while i < 16 {
+        if a[i] != 0 {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
 /// `recvmsg` on a socket whose query went to the proxy: the answer comes from the proxy, and is
 /// shown as coming from the server the workload asked.
 #[inline(always)]
@@ -151,6 +193,32 @@ pub fn answer<const V6: bool>(ctx: &SockAddrContext) -> i32 {
     // SAFETY: the context the kernel passed; readable in recvmsg hooks.
     let port = unsafe { u16::from_be((*sa).user_port as u16) };
     if port != proxy {
+        return 1;
+    }
+    // From the proxy, on loopback: a datagram from anywhere else with that source port is
+    // shown as it is.
+    let from_proxy = if V6 {
+        // SAFETY: as above; 4-byte reads of user_ip6, one word at a time.
+        let w = unsafe {
+            [
+                (*sa).user_ip6[0],
+                (*sa).user_ip6[1],
+                (*sa).user_ip6[2],
+                (*sa).user_ip6[3],
+            ]
+        };
+        let one = u32::from_ne_bytes([0, 0, 0, 1]);
+        let ffff = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+        w[0] == 0
+            && w[1] == 0
+            && ((w[2] == 0 && w[3] == one)
+                || (w[2] == ffff && w[3] == u32::from_ne_bytes(LOOPBACK4)))
+    } else {
+        // SAFETY: as above.
+        let ip = unsafe { (*sa).user_ip4 };
+        ip == u32::from_ne_bytes(LOOPBACK4)
+    };
+    if !from_proxy {
         return 1;
     }
     // SAFETY: helper on the context the kernel passed.
@@ -194,9 +262,12 @@ pub fn note_peer(ctx: &SkBuffContext, full: *mut bpf_sock, protocol: u8) {
     }
     // SAFETY: helper on the context the kernel passed.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb.cast()) };
-    let Some(o) = DNS_ORIG.get_ptr(&cookie) else {
+    let Some(o) = DNS_ORIG.get_ptr_mut(&cookie) else {
         return;
     };
+    // SAFETY: map value pointer from lookup; plain data. Kept in the cookie's record, so that
+    // the release of the socket finds this entry.
+    unsafe { (*o).peer_port = sport };
     let over = match ctx.load::<u8>(0) {
         Ok(b) if b >> 4 == 6 => family::INET6,
         _ => family::INET,
@@ -212,9 +283,33 @@ pub fn note_peer(ctx: &SkBuffContext, full: *mut bpf_sock, protocol: u8) {
     }
 }
 
+/// A socket whose query went to the proxy is released: its records go with it, so that a
+/// later socket on the same port (of another workload, or of no watched one) is not taken for
+/// it by the proxy.
+#[inline(always)]
+pub fn forget(sk: *mut bpf_sock) {
+    // SAFETY: helper on the socket the kernel passed.
+    let cookie = unsafe { bpf_get_socket_cookie(sk.cast()) };
+    let Some(o) = DNS_ORIG.get_ptr(&cookie) else {
+        return;
+    };
+    // SAFETY: map value pointer from lookup; plain data.
+    let (protocol, port) = unsafe { ((*o).proto, (*o).peer_port) };
+    for fam in [family::INET, family::INET6] {
+        let key = DnsPeerKey {
+            port,
+            proto: protocol,
+            family: fam,
+        };
+        let _ = DNS_PEERS.remove(&key);
+    }
+    let _ = DNS_ORIG.remove(&cookie);
+}
+
 /// The rule a destination falls under for this workload, and what it says ([`net::Hit`]): the
-/// clauses of the names the workload resolved to this address (while their TTL lasts), else the
-/// network rules, else, for an address it never resolved, its `unresolved` action. 0: the
+/// clauses of the names the workload resolved to this address (while their TTL lasts) and the
+/// network rules, the stricter where both say something, else, for an address it never
+/// resolved, its `unresolved` action. 0: the
 /// workload's default. `query`: the call is a DNS query itself, which `unresolved` does not
 /// cover (the workload must reach its resolver to resolve anything).
 #[inline(always)]
@@ -227,22 +322,32 @@ pub fn destination(
     query: bool,
 ) -> net::Hit {
     let mut resolved = false;
+    let mut by_name: net::Hit = 0;
     if watch.flags & watch_flags::NAMES != 0 {
         if let Some(rules) = learned(watch.workload, fam, addr) {
             resolved = true;
-            let hit = net::first_match(rules, port, protocol);
-            if hit != 0 {
-                return hit;
-            }
+            by_name = net::first_match(rules, port, protocol);
         }
     }
-    let hit = if fam == family::INET {
+    let by_net = if fam == family::INET {
         net::lookup4(watch.workload, addr, port, protocol)
     } else {
         net::lookup6(watch.workload, addr, port, protocol)
     };
-    if hit != 0 {
-        return hit;
+    // Both say something: the stricter wins (actions are ordered by strictness), so that a
+    // name the workload's own server gives any address cannot loosen a rule on that address.
+    if by_name != 0 && by_net != 0 {
+        return if (by_net as u8) > (by_name as u8) {
+            by_net
+        } else {
+            by_name
+        };
+    }
+    if by_name != 0 {
+        return by_name;
+    }
+    if by_net != 0 {
+        return by_net;
     }
     if !resolved && !query && watch.unresolved != 0 {
         return watch.unresolved as u64;

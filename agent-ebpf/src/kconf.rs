@@ -344,3 +344,14 @@ static DNS_PROXY_V6: u32 = 0;
 pub fn dns_proxy_v6() -> bool {
     read(&DNS_PROXY_V6) != 0
 }
+
+/// The agent's network namespace (its cookie): DNS queries are sent to the proxy only from
+/// there; 0: not known, every namespace's are.
+#[unsafe(no_mangle)]
+static AGENT_NETNS: u64 = 0;
+
+#[inline(always)]
+pub fn agent_netns() -> u64 {
+    // SAFETY: as in `read`.
+    unsafe { core::ptr::read_volatile(&AGENT_NETNS) }
+}

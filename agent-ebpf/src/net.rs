@@ -93,7 +93,6 @@ pub fn check<const SENDMSG: bool, const V6: bool>(ctx: &SockAddrContext) -> i32 
         // address, where the call goes out over IPv4.
         // SAFETY: the socket of the call, which every sock_addr hook may read.
         let sk = unsafe { (*sa).__bindgen_anon_1.sk };
-        let mut mapped = false;
         if !sk.is_null() {
             // SAFETY: as above; 4-byte reads of `src_ip6`, as the verifier wants.
             let (w0, w1, w2) = unsafe { ((*sk).src_ip6[0], (*sk).src_ip6[1], (*sk).src_ip6[2]) };
@@ -121,6 +120,8 @@ pub fn check<const SENDMSG: bool, const V6: bool>(ctx: &SockAddrContext) -> i32 
     ev.addr = addr;
     ev.target = target;
 
+    // A DNS query that will go to the resolver proxy (decided first as a call to its server).
+    let query = dns::is_query::<V6>(ctx, &watch, port, raw_proto, mapped);
     let mut allowed_by = None;
     if let Some(v) = pause::resume(
         &subject,
@@ -130,10 +131,14 @@ pub fn check<const SENDMSG: bool, const V6: bool>(ctx: &SockAddrContext) -> i32 
         &mut allowed_by,
         Hold::AtSyscallExit,
     ) {
+        // An approved query goes to the proxy like any allowed one, or its answer is not
+        // learned.
+        if query && v == Verdict::Allow {
+            dns::redirect::<SENDMSG, V6>(ctx, &watch, fam, &addr, port, protocol, mapped);
+        }
         return finish_granted(ctx, op, v, allowed_by);
     }
 
-    let query = dns::is_query(&watch, port, protocol);
     let hit = unpack(dns::destination(&watch, fam, &addr, port, protocol, query));
     let (rule_id, action) = hit.unwrap_or((0, watch.default_action));
     let v = pause::by_rule(

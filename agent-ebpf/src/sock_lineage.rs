@@ -11,7 +11,7 @@ use aya_ebpf::{helpers::bpf_get_socket_cookie, programs::SockContext};
 
 use crate::counters::{bump, Counter};
 use crate::maps::SOCK_LINEAGE;
-use crate::{packet, scope};
+use crate::{dns, packet, scope};
 
 const ALLOW: i32 = 1;
 const REFUSE: i32 = 0;
@@ -49,6 +49,7 @@ pub fn on_release(ctx: &SockContext) -> i32 {
     // SAFETY: as in `on_create`.
     let (ty, protocol) = unsafe { ((*sk).type_, (*sk).protocol) };
     if packet::socket_hooks_decide(ty, protocol) {
+        dns::forget(sk);
         return ALLOW;
     }
     // SAFETY: helper on the socket the kernel passed.

@@ -175,6 +175,10 @@ pub struct Status {
     /// Watched processes that can undo enforcement (dangerous capabilities in the host's user
     /// namespace), as of the last rescan.
     pub privileged: Vec<crate::privileged::Privileged>,
+    /// The resolver proxy's port on loopback (0: none).
+    pub dns_proxy_port: u16,
+    /// Addresses learned from workloads' DNS answers, not yet expired.
+    pub learned_addresses: usize,
 }
 
 /// Requests to the engine task.
@@ -1412,6 +1416,8 @@ impl State {
             holding: self.holding(),
             followed_dirs: self.tree.as_ref().map(TreeWatch::followed).unwrap_or(0),
             privileged: self.privileged.clone(),
+            dns_proxy_port: self.engine.dns_proxy_port(),
+            learned_addresses: self.learned.len(),
         })
     }
 }

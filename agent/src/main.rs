@@ -574,7 +574,9 @@ async fn run(settings: Settings, rules: Option<PathBuf>) -> anyhow::Result<()> {
         Ok(p) => Some(p),
         Err(e) => {
             tracing::error!(
-                "cannot bind the resolver proxy on loopback: {e}; the names in connect rules                  are not learned, and connections go by the rules for addresses"
+                "cannot bind the resolver proxy on loopback: {e}; the names in connect rules \
+                 are not learned: every destination of a workload whose rules name hosts is \
+                 unresolved"
             );
             None
         }

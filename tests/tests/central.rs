@@ -1516,8 +1516,8 @@ async fn a_connection_held_by_a_name_rule_shows_the_reviewer_the_name() {
     if !privileged() {
         return;
     }
-    let port = free_port();
-    let listener = TcpListener::bind(("127.0.0.41", port)).expect("bind destination");
+    let listener = TcpListener::bind(("127.0.0.41", 0)).expect("bind destination");
+    let port = listener.local_addr().expect("addr").port();
     listener.set_nonblocking(true).expect("nonblocking");
     let dns = latch_tests::dns::DnsServer::start(&["held.test,127.0.0.41,300"], &[]);
     let cg = TestCgroup::new();

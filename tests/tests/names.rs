@@ -14,6 +14,7 @@ use latch_tests::dns::{DnsServer, SERVER};
 use latch_tests::{outcome, privileged, probe, spawn_in, TestCgroup};
 
 const EPERM: i64 = 1;
+const EAGAIN: i64 = 11;
 
 /// A listener on a loopback address of its own, which tells whether anything connected.
 struct Destination {
@@ -22,6 +23,14 @@ struct Destination {
 }
 
 impl Destination {
+    /// The first destination of a test, on a port the kernel chose: held from here on, so
+    /// that no other test's port choice meets it.
+    fn first(last: u8) -> (Destination, u16) {
+        let d = Destination::new(last, 0);
+        let port = d.l.local_addr().expect("addr").port();
+        (d, port)
+    }
+
     fn new(last: u8, port: u16) -> Destination {
         let ip = Ipv4Addr::new(127, 0, 0, last);
         let l = TcpListener::bind((ip, port)).expect("bind destination");
@@ -37,11 +46,6 @@ impl Destination {
         }
         any
     }
-}
-
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
 }
 
 fn rules(workload_extra: &str, body: &str) -> String {
@@ -67,25 +71,28 @@ fn name_rules_decide_what_the_workload_resolved() {
     if !privileged() {
         return;
     }
-    let port = free_port();
-    let denied = Destination::new(21, port);
+    let (denied, port) = Destination::first(21);
     let allowed = Destination::new(22, port);
     let below = Destination::new(23, port);
     let apex = Destination::new(24, port);
+    let pinned = Destination::new(25, port);
     let dns = DnsServer::start(
         &[
             "denied.test,127.0.0.21,300",
             "allowed.test,127.0.0.22,300",
             "a.corp.test,127.0.0.23,300",
             "corp.test,127.0.0.24,300",
+            "pinned.test,127.0.0.25,300",
         ],
         &["alias.test,denied.test"],
     );
     // `unresolved: audit` lets an address through whether or not it was learned: a refusal
-    // below comes from a name rule and nothing else.
+    // below comes from a rule, never from an address left unresolved.
     let rules = rules(
         "    unresolved: audit\n",
-        "  - {name: no-denied, workload: test, on: connect, to: [denied.test, \"*.corp.test\"], action: deny}\n",
+        "  - {name: no-denied, workload: test, on: connect, to: [denied.test, \"*.corp.test\"], action: deny}\n\
+         \x20 - {name: pinned-name, workload: test, on: connect, to: [pinned.test], action: allow}\n\
+         \x20 - {name: pinned-address, workload: test, on: connect, to: [127.0.0.25/32], action: deny}\n",
     );
 
     // Where nothing watches, every name reaches its address.
@@ -110,6 +117,8 @@ fn name_rules_decide_what_the_workload_resolved() {
         // A wildcard covers the names below its domain, not the domain itself.
         ("a.corp.test", &below, true),
         ("corp.test", &apex, false),
+        // A name's rule does not loosen a rule on its address: the stricter applies.
+        ("pinned.test", &pinned, true),
     ] {
         let v = resolve(&cg.path, &dns, name, port);
         assert_eq!(v["resolved"], dest.ip.to_string(), "{name}: {v}");
@@ -140,8 +149,7 @@ fn an_address_never_resolved_gets_the_unresolved_action_until_resolved_and_after
     if !privileged() {
         return;
     }
-    let port = free_port();
-    let short = Destination::new(31, port);
+    let (short, port) = Destination::first(31);
     let dns = DnsServer::start(&["short.test,127.0.0.31,3"], &[]);
     let rules = rules(
         "    unresolved: deny\n",
@@ -177,8 +185,8 @@ fn answers_over_tcp_truncated_or_raced_by_a_forgery_are_learned_as_the_server_ga
         return;
     }
     // One listener for every 127.0.1.x address of this test.
-    let port = free_port();
-    let any = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).expect("bind");
+    let any = TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)).expect("bind");
+    let port = any.local_addr().expect("addr").port();
     any.set_nonblocking(true).expect("nonblocking");
     let reached = || {
         let mut n = 0;
@@ -232,4 +240,70 @@ fn answers_over_tcp_truncated_or_raced_by_a_forgery_are_learned_as_the_server_ga
             assert!(ok(&v) && reached(), "{v}");
         }
     }
+}
+
+/// The proxy knows whose a query is by the port of the socket that sent it. Once that socket
+/// is gone, another process on the same port (here one nobody watches, sending straight to
+/// the proxy) is not taken for it: it gets no answer, and nothing is learned for the workload.
+#[test]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
+fn a_released_socket_s_port_does_not_speak_for_the_workload_afterwards() {
+    if !privileged() {
+        return;
+    }
+    let (first, port) = Destination::first(61);
+    let later = Destination::new(62, port);
+    let _dns = DnsServer::start(
+        &["first.test,127.0.0.61,300", "later.test,127.0.0.62,300"],
+        &[],
+    );
+    let rules = rules(
+        "    unresolved: deny\n",
+        "  - {name: some-name, workload: test, on: connect, to: [other.test], action: deny}\n",
+    );
+    let cg = TestCgroup::new();
+    let d = Daemon::start(&cg, &rules, "deny");
+    let proxy = d.wait_status("the resolver proxy", |v| {
+        v["dns_proxy_port"].as_u64().is_some_and(|p| p > 0)
+    })["dns_proxy_port"]
+        .as_u64()
+        .expect("port")
+        .to_string();
+    let server = SocketAddr::from((SERVER, 53)).to_string();
+    let v = run(
+        &cg.path,
+        &["dns-query", &server, "first.test", &port.to_string()],
+    );
+    assert!(ok(&v) && first.reached(), "{v}");
+    let local = v["local"].as_u64().expect("the probe's port").to_string();
+
+    let free = TestCgroup::new();
+    let proxy_addr = format!("127.0.0.1:{proxy}");
+    let v = run(
+        &free.path,
+        &[
+            "dns-query",
+            &proxy_addr,
+            "later.test",
+            &port.to_string(),
+            &local,
+        ],
+    );
+    assert_eq!(
+        v["local"].as_u64().map(|p| p.to_string()),
+        Some(local),
+        "{v}"
+    );
+    assert_eq!(
+        v["errno"].as_i64(),
+        Some(EAGAIN),
+        "answered for a gone socket: {v}"
+    );
+    // Nothing was learned for the workload: the address is still unresolved there.
+    let v = run(
+        &cg.path,
+        &["connect", &SocketAddr::from((later.ip, port)).to_string()],
+    );
+    assert_eq!(v["errno"].as_i64(), Some(EPERM), "{v}");
+    assert!(!later.reached());
 }

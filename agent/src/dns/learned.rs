@@ -14,6 +14,10 @@ use agent_common::{family, LearnedKey};
 /// that expires first.
 pub const PER_WORKLOAD: usize = 4096;
 
+/// Most addresses all workloads together may have learned: the kernel map's size
+/// (`LEARNED`). A new one beyond it replaces the one of any workload that expires first.
+pub const TOTAL: usize = 16_384;
+
 /// One learned address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
@@ -50,25 +54,31 @@ impl Learned {
         names: Vec<String>,
         expires_ns: u64,
     ) -> Evicted {
+        let addr = canonical(addr);
         let mut evicted = Evicted::default();
         if let Some(old) = self.entries.remove(&(workload, addr)) {
             self.by_expiry.remove(&(old.expires_ns, workload, addr));
         } else {
-            let n = self.per_workload.entry(workload).or_default();
-            if *n >= PER_WORKLOAD {
-                let first = self
-                    .by_expiry
+            let full = self.per_workload.get(&workload).copied().unwrap_or(0) >= PER_WORKLOAD;
+            let first = if full {
+                self.by_expiry
                     .iter()
                     .find(|(_, w, _)| *w == workload)
-                    .copied();
-                if let Some((at, w, a)) = first {
-                    self.by_expiry.remove(&(at, w, a));
-                    self.entries.remove(&(w, a));
-                    evicted.keys.push((w, a));
-                    *n -= 1;
+                    .copied()
+            } else if self.entries.len() >= TOTAL {
+                self.by_expiry.first().copied()
+            } else {
+                None
+            };
+            if let Some((at, w, a)) = first {
+                self.by_expiry.remove(&(at, w, a));
+                self.entries.remove(&(w, a));
+                if let Some(n) = self.per_workload.get_mut(&w) {
+                    *n = n.saturating_sub(1);
                 }
+                evicted.keys.push((w, a));
             }
-            *n += 1;
+            *self.per_workload.entry(workload).or_default() += 1;
         }
         self.by_expiry.insert((expires_ns, workload, addr));
         self.entries
@@ -79,7 +89,7 @@ impl Learned {
     /// The entry for an address, while it has not expired at `now_ns`.
     pub fn get(&self, workload: u32, addr: IpAddr, now_ns: u64) -> Option<&Entry> {
         self.entries
-            .get(&(workload, addr))
+            .get(&(workload, canonical(addr)))
             .filter(|e| e.expires_ns > now_ns)
     }
 
@@ -113,6 +123,15 @@ impl Learned {
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+}
+
+/// An address as the kernel keys it: a v4-mapped IPv6 address is the IPv4 address it reaches,
+/// so that an A and an AAAA answer for the same host are one entry here as in the kernel.
+fn canonical(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V6(a) => a.to_ipv4_mapped().map_or(addr, IpAddr::V4),
+        v4 => v4,
     }
 }
 
@@ -179,6 +198,36 @@ mod tests {
         assert_eq!(e.keys, [(1, ip("10.0.0.0"))]);
         assert_eq!(t.len(), PER_WORKLOAD + 1);
         assert!(t.get(2, ip("10.0.0.0"), 0).is_some());
+    }
+
+    #[test]
+    fn all_workloads_together_stay_within_the_kernel_map() {
+        let mut t = Learned::default();
+        for i in 0..TOTAL as u32 {
+            let workload = i / (PER_WORKLOAD as u32 / 2);
+            let a = IpAddr::V4((0x0a00_0000 + i).into());
+            assert!(t
+                .learn(workload, a, vec![], 1000 + u64::from(i))
+                .keys
+                .is_empty());
+        }
+        assert_eq!(t.len(), TOTAL);
+        // A workload under its own share still makes room: the entry that expires first goes,
+        // whoever's it is.
+        let e = t.learn(99, ip("192.0.2.1"), vec![], 1);
+        assert_eq!(e.keys, [(0, ip("10.0.0.0"))]);
+        assert_eq!(t.len(), TOTAL);
+        assert!(t.get(99, ip("192.0.2.1"), 0).is_some());
+    }
+
+    #[test]
+    fn a_v4_mapped_answer_is_the_same_entry_as_the_ipv4_one() {
+        let mut t = Learned::default();
+        t.learn(1, ip("10.1.2.3"), vec!["a.test".into()], 100);
+        t.learn(1, ip("::ffff:10.1.2.3"), vec!["b.test".into()], 200);
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.get(1, ip("10.1.2.3"), 150).unwrap().names, ["b.test"]);
+        assert_eq!(t.expire(150), []);
     }
 
     #[test]

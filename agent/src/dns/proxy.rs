@@ -30,8 +30,10 @@ use crate::metrics::Metrics;
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a TCP client may stay idle between queries.
 const TCP_IDLE: Duration = Duration::from_secs(10);
-/// Queries handled at once; more are dropped (the client asks again).
+/// UDP queries handled at once; more are dropped (the client asks again).
 const IN_FLIGHT: usize = 512;
+/// TCP connections served at once; more are closed.
+const TCP_CONNECTIONS: usize = 256;
 /// Largest UDP message read.
 const UDP_MAX: usize = 65_535;
 
@@ -106,26 +108,17 @@ impl Proxy {
 
     /// Serves until the runtime stops.
     pub fn spawn<L: Learner>(self, learner: L, stats: Metrics) -> io::Result<()> {
-        let limit = Arc::new(Semaphore::new(IN_FLIGHT));
+        let udp_limit = Arc::new(Semaphore::new(IN_FLIGHT));
+        let tcp_limit = Arc::new(Semaphore::new(TCP_CONNECTIONS));
         for (fam, s) in self.udp {
             let sock = Arc::new(UdpSocket::from_std(s)?);
-            tokio::spawn(serve_udp(
-                fam,
-                sock,
-                learner.clone(),
-                stats.clone(),
-                limit.clone(),
-            ));
+            let (l, m, lim) = (learner.clone(), stats.clone(), udp_limit.clone());
+            tokio::spawn(serve_udp(fam, sock, l, m, lim));
         }
         for (fam, s) in self.tcp {
-            let l = TcpListener::from_std(s)?;
-            tokio::spawn(serve_tcp(
-                fam,
-                l,
-                learner.clone(),
-                stats.clone(),
-                limit.clone(),
-            ));
+            let listener = TcpListener::from_std(s)?;
+            let (l, m, lim) = (learner.clone(), stats.clone(), tcp_limit.clone());
+            tokio::spawn(serve_tcp(fam, listener, l, m, lim));
         }
         Ok(())
     }
@@ -148,6 +141,12 @@ async fn serve_udp<L: Learner>(
                 continue;
             }
         };
+        // The kernel sends a workload's query from 127.0.0.1 or ::1 (where it turned it): any
+        // other source is not a workload's socket, whatever its port.
+        if !from_loopback(from) {
+            stats.dns("unplaced");
+            continue;
+        }
         let Ok(permit) = limit.clone().try_acquire_owned() else {
             stats.dns("overloaded");
             continue;
@@ -186,6 +185,10 @@ async fn serve_tcp<L: Learner>(
                 continue;
             }
         };
+        if !from_loopback(from) {
+            stats.dns("unplaced");
+            continue;
+        }
         let Ok(permit) = limit.clone().try_acquire_owned() else {
             stats.dns("overloaded");
             continue;
@@ -198,12 +201,19 @@ async fn serve_tcp<L: Learner>(
                 proto: proto::TCP,
                 family: fam,
             };
+            // A connection of no recorded socket is closed at once.
+            if learner.origin(key).await.is_none() {
+                stats.dns("unplaced");
+                return;
+            }
             let mut stream = stream;
             while let Ok(Ok(Some(q))) = timeout(TCP_IDLE, read_framed(&mut stream)).await {
                 let Some(reply) = handle(&learner, &stats, key, &q, Upstream::Tcp).await else {
                     break;
                 };
-                if write_framed(&mut stream, &reply).await.is_err() {
+                // A client that does not read its answers does not keep the connection.
+                let written = timeout(UPSTREAM_TIMEOUT, write_framed(&mut stream, &reply)).await;
+                if !matches!(written, Ok(Ok(()))) {
                     break;
                 }
             }
@@ -265,6 +275,15 @@ async fn handle<L: Learner>(
     }
     stats.dns("answered");
     Some(reply)
+}
+
+fn from_loopback(from: SocketAddr) -> bool {
+    match from.ip() {
+        IpAddr::V4(a) => a == Ipv4Addr::LOCALHOST,
+        IpAddr::V6(a) => {
+            a == Ipv6Addr::LOCALHOST || a.to_ipv4_mapped() == Some(Ipv4Addr::LOCALHOST)
+        }
+    }
 }
 
 fn server_addr(o: &DnsOrigin) -> Option<SocketAddr> {

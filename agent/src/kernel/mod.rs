@@ -390,6 +390,42 @@ where
     T::try_from(map).map_err(map_err(name))
 }
 
+/// The cookie of the agent's network namespace (`SO_NETNS_COOKIE`, Linux 5.14), which the
+/// kernel programs compare with a call's: only queries from this namespace can reach the
+/// resolver proxy on its loopback. 0 where it cannot be read (every namespace's queries are
+/// then sent to the proxy, and a container's fail).
+fn own_netns_cookie() -> u64 {
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    let sock = match std::net::UdpSocket::bind("127.0.0.1:0") {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("cannot read this network namespace's cookie: {e}");
+            return 0;
+        }
+    };
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: a valid socket and an out-buffer of the size given.
+    let r = unsafe {
+        libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&sock),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        tracing::warn!(
+            "cannot read this network namespace's cookie ({}): workloads in network namespaces \
+             of their own cannot resolve names where their rules name hosts",
+            std::io::Error::last_os_error()
+        );
+        return 0;
+    }
+    cookie
+}
+
 /// `CLOCK_MONOTONIC` in ns, the clock `bpf_ktime_get_ns` reads.
 pub fn monotonic_ns() -> u64 {
     let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
@@ -498,6 +534,8 @@ impl Engine {
         loader.override_global("DNS_PROXY_PORT", &dns_port, true);
         let dns_v6 = u32::from(opts.dns_proxy_v6);
         loader.override_global("DNS_PROXY_V6", &dns_v6, true);
+        let netns = own_netns_cookie();
+        loader.override_global("AGENT_NETNS", &netns, true);
         let mut ebpf = loader
             .load(OBJECT)
             .map_err(|e| EngineError::Load(Box::new(e)))?;
@@ -758,6 +796,11 @@ impl Engine {
             ignore_missing(self.content.remove(k)).map_err(map_err(names::CONTENT))?;
         }
         Ok(keys.len())
+    }
+
+    /// The resolver proxy's port the programs were loaded with (0: none).
+    pub fn dns_proxy_port(&self) -> u16 {
+        self.opts.dns_proxy_port
     }
 
     /// Where the DNS query from a workload socket (as the resolver proxy hears it) was going,

@@ -1428,10 +1428,11 @@ fn main() {
             args.get(3),
             args.get(4).map(|p| p.parse::<u16>()),
         ) else {
-            eprintln!("usage: latch-probe dns-query SERVER:PORT NAME PORT");
+            eprintln!("usage: latch-probe dns-query SERVER:PORT NAME PORT [FROM_PORT]");
             std::process::exit(2);
         };
-        return dns_query_and_connect(server, name, port);
+        let from = args.get(5).and_then(|p| p.parse::<u16>().ok()).unwrap_or(0);
+        return dns_query_and_connect(server, name, port, from);
     }
     if args.get(1).map(String::as_str) == Some("exec") {
         let Some(program) = args.get(2) else {
@@ -1525,10 +1526,11 @@ fn resolve_and_connect(conf: &str, name: &str, port: u16) {
     );
 }
 
-/// Sends a query for NAME's IPv4 addresses from an unconnected UDP socket (`sendto`), reads
-/// the answer and whom it came from (`recvfrom`), and connects over TCP to the first address.
-/// Prints `"from":"SERVER","resolved":"ADDR"` and the connection's result, on one line.
-fn dns_query_and_connect(server: SocketAddr, name: &str, port: u16) {
+/// Sends a query for NAME's IPv4 addresses from an unconnected UDP socket (`sendto`; bound to
+/// FROM_PORT when given), reads the answer and whom it came from (`recvfrom`, 5 s at most), and
+/// connects over TCP to the first address. Prints `"local":PORT,"from":"SERVER",
+/// "resolved":"ADDR"` and the connection's result, on one line.
+fn dns_query_and_connect(server: SocketAddr, name: &str, port: u16, from_port: u16) {
     use hickory_proto::{
         op::{Message, MessageType, OpCode, Query},
         rr::{Name, RData, RecordType},
@@ -1551,10 +1553,11 @@ fn dns_query_and_connect(server: SocketAddr, name: &str, port: u16) {
         Ok(b) => b,
         Err(e) => return fail(format!("encode: {e}")),
     };
-    let sock = match UdpSocket::bind("0.0.0.0:0") {
+    let sock = match UdpSocket::bind(("0.0.0.0", from_port)) {
         Ok(s) => s,
         Err(e) => return report(Err(e)),
     };
+    let local = sock.local_addr().map(|a| a.port()).unwrap_or(0);
     let _ = sock.set_read_timeout(Some(std::time::Duration::from_secs(5)));
     if let Err(e) = sock.send_to(&bytes, server) {
         return report(Err(e));
@@ -1562,7 +1565,7 @@ fn dns_query_and_connect(server: SocketAddr, name: &str, port: u16) {
     let mut buf = [0u8; 4096];
     let (n, from) = match sock.recv_from(&mut buf) {
         Ok(x) => x,
-        Err(e) => return report(Err(e)),
+        Err(e) => return report_with(&format!("\"local\":{local}"), Err(e)),
     };
     let answer = match Message::from_vec(&buf[..n]) {
         Ok(a) => a,
@@ -1575,7 +1578,7 @@ fn dns_query_and_connect(server: SocketAddr, name: &str, port: u16) {
         return fail("no address in the answer".into());
     };
     report_with(
-        &format!("\"from\":\"{from}\",\"resolved\":\"{ip}\""),
+        &format!("\"local\":{local},\"from\":\"{from}\",\"resolved\":\"{ip}\""),
         TcpStream::connect((ip, port)).map(drop),
     );
 }
