@@ -462,6 +462,22 @@ pub struct PortRules {
     pub rules: [PortRule; PORT_RULES_CAP],
 }
 
+impl PortRules {
+    /// No clause.
+    pub const EMPTY: PortRules = PortRules {
+        len: 0,
+        _pad: 0,
+        rules: [PortRule {
+            port_lo: 0,
+            port_hi: 0,
+            proto: 0,
+            action: 0,
+            _pad: [0; 2],
+            rule_id: 0,
+        }; PORT_RULES_CAP],
+    };
+}
+
 /// State of a [`Pending`] entry.
 pub mod pending_state {
     /// Waiting for a decision.

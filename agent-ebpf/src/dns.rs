@@ -90,7 +90,7 @@ pub fn redirect<const SENDMSG: bool, const V6: bool>(
     }
     // Written as the unspecified address: the answer is shown as coming from the address the
     // call went to.
-    if all_zero(&user)
+    if net::is_unspecified6(&user)
         || (mapped && user[12] == 0 && user[13] == 0 && user[14] == 0 && user[15] == 0)
     {
         if V6 && !mapped {
@@ -167,18 +167,6 @@ fn set_dest<const V6: bool>(sa: *mut bpf_sock_addr, six: bool, mapped: bool) {
         }
         (*sa).user_port = port_be;
     }
-}
-
-#[inline(always)]
-fn all_zero(a: &[u8; 16]) -> bool {
-    let mut i = 0;
-    while i < 16 {
-        if a[i] != 0 {
-            return false;
-        }
-        i += 1;
-    }
-    true
 }
 
 /// `recvmsg` on a socket whose query went to the proxy: the answer comes from the proxy, and is

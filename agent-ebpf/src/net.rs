@@ -191,7 +191,7 @@ fn finish(v: Verdict) -> i32 {
 }
 
 #[inline(always)]
-fn is_unspecified6(a: &[u8; 16]) -> bool {
+pub fn is_unspecified6(a: &[u8; 16]) -> bool {
     let mut i = 0;
     while i < 16 {
         if a[i] != 0 {

@@ -403,20 +403,17 @@ pub fn compile(rules: &RuleSet) -> Result<Compiled, CompileError> {
                 } else {
                     ports.iter().map(|p| (p.lo, p.hi)).collect()
                 };
+                let clause = |(lo, hi): (u16, u16)| PortRule {
+                    port_lo: lo,
+                    port_hi: hi,
+                    proto,
+                    action,
+                    _pad: [0; 2],
+                    rule_id: r.id,
+                };
                 for host in hosts {
-                    for &(lo, hi) in &ranges {
-                        out.names.add(
-                            r.workload_id,
-                            host.clone(),
-                            PortRule {
-                                port_lo: lo,
-                                port_hi: hi,
-                                proto,
-                                action,
-                                _pad: [0; 2],
-                                rule_id: r.id,
-                            },
-                        );
+                    for &range in &ranges {
+                        out.names.add(r.workload_id, host.clone(), clause(range));
                     }
                 }
                 for net in to {
@@ -425,15 +422,8 @@ pub fn compile(rules: &RuleSet) -> Result<Compiled, CompileError> {
                         .or_default()
                         .entry(net.trunc())
                         .or_default();
-                    for &(lo, hi) in &ranges {
-                        list.push(PortRule {
-                            port_lo: lo,
-                            port_hi: hi,
-                            proto,
-                            action,
-                            _pad: [0; 2],
-                            rule_id: r.id,
-                        });
+                    for &range in &ranges {
+                        list.push(clause(range));
                     }
                 }
             }
@@ -525,15 +515,7 @@ pub fn compile(rules: &RuleSet) -> Result<Compiled, CompileError> {
             }
             let mut value = PortRules {
                 len: clauses.len() as u32,
-                _pad: 0,
-                rules: [PortRule {
-                    port_lo: 0,
-                    port_hi: 0,
-                    proto: 0,
-                    action: 0,
-                    _pad: [0; 2],
-                    rule_id: 0,
-                }; PORT_RULES_CAP],
+                ..PortRules::EMPTY
             };
             for (slot, c) in value.rules.iter_mut().zip(&clauses) {
                 *slot = c.rule;

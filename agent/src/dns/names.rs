@@ -63,15 +63,7 @@ impl NameRules {
         let dropped = hits.len().saturating_sub(PORT_RULES_CAP);
         let mut rules = PortRules {
             len: hits.len().min(PORT_RULES_CAP) as u32,
-            _pad: 0,
-            rules: [PortRule {
-                port_lo: 0,
-                port_hi: 0,
-                proto: 0,
-                action: 0,
-                _pad: [0; 2],
-                rule_id: 0,
-            }; PORT_RULES_CAP],
+            ..PortRules::EMPTY
         };
         for (slot, (_, r)) in rules.rules.iter_mut().zip(&hits) {
             *slot = *r;
