@@ -297,9 +297,9 @@ pub fn forget(sk: *mut bpf_sock) {
 /// The rule a destination falls under for this workload, and what it says ([`net::Hit`]): the
 /// clauses of the names the workload resolved to this address (while their TTL lasts) and the
 /// network rules, the stricter where both say something, else, for an address it never
-/// resolved, its `unresolved` action. 0: the
-/// workload's default. `query`: the call is a DNS query itself, which `unresolved` does not
-/// cover (the workload must reach its resolver to resolve anything).
+/// resolved, its `unresolved` action; 0: the workload's default. `query`: the call is a DNS
+/// query that goes to the proxy, which `unresolved` does not cover (the workload must reach
+/// its resolver to resolve anything).
 #[inline(always)]
 pub fn destination(
     watch: &Watch,

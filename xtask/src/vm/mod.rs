@@ -133,8 +133,9 @@ fn default_suites(kernel: &KernelSpec, lsm: Lsm) -> Vec<Suite> {
 
 /// Printed with the default plan.
 const PLAN_WHY: &str = "default plan: emulated (where KVM does not work) a boot takes 15-40 s \
-     and a suite 1-6 min; this plan took 39-51 min in clean-clone runs, which leaves the CI's \
-     90 min room for the build, the native tests and the fuzzing. --suites runs the named suites \
+     and a suite 1-6 min; this plan took 39-51 min in clean-clone runs before the names suite \
+     (about 3 min a boot) was added, which leaves the CI's 90 min room for the build, the \
+     native tests and the fuzzing. --suites runs the named suites \
      on every boot";
 
 fn plan(args: &Args) -> Result<Vec<Planned>> {
