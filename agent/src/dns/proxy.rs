@@ -19,7 +19,7 @@ use agent_common::{family, proto, DnsOrigin, DnsPeerKey};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream, UdpSocket},
-    sync::Semaphore,
+    sync::{OwnedSemaphorePermit, Semaphore},
     time::timeout,
 };
 
@@ -141,14 +141,7 @@ async fn serve_udp<L: Learner>(
                 continue;
             }
         };
-        // The kernel sends a workload's query from 127.0.0.1 or ::1 (where it turned it): any
-        // other source is not a workload's socket, whatever its port.
-        if !from_loopback(from) {
-            stats.dns("unplaced");
-            continue;
-        }
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            stats.dns("overloaded");
+        let Some(permit) = admit(from, &limit, &stats) else {
             continue;
         };
         let bytes = buf[..n].to_vec();
@@ -185,12 +178,7 @@ async fn serve_tcp<L: Learner>(
                 continue;
             }
         };
-        if !from_loopback(from) {
-            stats.dns("unplaced");
-            continue;
-        }
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            stats.dns("overloaded");
+        let Some(permit) = admit(from, &limit, &stats) else {
             continue;
         };
         let (learner, stats) = (learner.clone(), stats.clone());
@@ -275,6 +263,27 @@ async fn handle<L: Learner>(
     }
     stats.dns("answered");
     Some(reply)
+}
+
+/// Whether a datagram or connection from `from` is served, with the slot it takes. The kernel
+/// sends a workload's query from 127.0.0.1 or ::1 (where it turned it): any other source is
+/// not a workload's socket, whatever its port. Beyond the limit, it is dropped.
+fn admit(
+    from: SocketAddr,
+    limit: &Arc<Semaphore>,
+    stats: &Metrics,
+) -> Option<OwnedSemaphorePermit> {
+    if !from_loopback(from) {
+        stats.dns("unplaced");
+        return None;
+    }
+    match limit.clone().try_acquire_owned() {
+        Ok(p) => Some(p),
+        Err(_) => {
+            stats.dns("overloaded");
+            None
+        }
+    }
 }
 
 fn from_loopback(from: SocketAddr) -> bool {
