@@ -85,13 +85,27 @@ impl Daemon {
                     return v;
                 }
             }
+            // (Its log follows the failure: see `Drop`.)
+            assert!(!self.exited(), "the agent exited before it showed {what}");
             assert!(
                 Instant::now() < deadline,
-                "the agent never showed {what}: {}",
+                "the agent never showed {what} in {:?}: {}",
+                patience(),
                 text(&out)
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Whether the agent process has ended (a zombie until it is waited for), read from
+    /// `/proc` so that a shared borrow can ask.
+    pub fn exited(&self) -> bool {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()));
+        // The state follows the command name, which is in parentheses and may hold spaces.
+        stat.map_or(true, |s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X']))
+        })
     }
 
     /// `latch-agent run`, its log appended to a file: a pipe nobody reads would fill up and

@@ -148,6 +148,7 @@ pub fn attach_all(
     link_dir: &Path,
     backend: Backend,
     ancestry: bool,
+    kbtf: &KernelBtf,
 ) -> Result<Attached, EngineError> {
     let can_pin = probe_pinning(ebpf, link_dir);
     let mut p = Pinner::new(link_dir, can_pin);
@@ -158,7 +159,7 @@ pub fn attach_all(
     }
     // The kernel's BTF, read once for every program of the LSM backend loaded against it.
     let btf = match backend {
-        Backend::Lsm => Some(kernel_btf("exec_lsm")?),
+        Backend::Lsm => Some(kernel_btf("exec_lsm", kbtf)?),
         Backend::Tracepoint => None,
     };
     // The LSM backend's hooks decide 32-bit calls like any other, and a held one needs its
@@ -238,7 +239,7 @@ pub fn attach_all(
         None => {
             let link = tracepoint(ebpf, "exec", "sched", "sched_process_exec")?;
             p.keep(link, "exec")?;
-            guards(ebpf, &mut p, backend)?;
+            guards(ebpf, &mut p, backend, kbtf)?;
             // Neither a tracepoint nor a kprobe can refuse a mapping; they end the task that
             // makes it. Where kprobes work, the kernel's own entry points give the file it
             // maps (whatever became of the descriptor meanwhile) and see `mprotect`; the
@@ -372,8 +373,13 @@ pub const GUARDS: &[&str] = &["restop", "gate"];
 /// that ends a task that got past it (a SIGCONT racing the renewed stop can flush it).
 /// On the tracepoint backend the gate is `gate32`, which also ends a watched task at its first
 /// 32-bit system call (the LSM backend's hooks see those calls as any other).
-fn guards(ebpf: &mut Ebpf, p: &mut Pinner<'_>, backend: Backend) -> Result<(), EngineError> {
-    match restop(ebpf) {
+fn guards(
+    ebpf: &mut Ebpf,
+    p: &mut Pinner<'_>,
+    backend: Backend,
+    kbtf: &KernelBtf,
+) -> Result<(), EngineError> {
+    match restop(ebpf, kbtf) {
         Ok(link) => p.keep(link, "restop")?,
         Err(e) => {
             tracing::warn!(
@@ -404,7 +410,7 @@ pub fn attach_guards(
     can_pin: bool,
 ) -> Result<Attached, EngineError> {
     let mut p = Pinner::new(link_dir, can_pin);
-    guards(ebpf, &mut p, Backend::Lsm)?;
+    guards(ebpf, &mut p, Backend::Lsm, &read_kernel_btf())?;
     Ok(p.out)
 }
 
@@ -421,13 +427,23 @@ pub fn remove_guard_pins(link_dir: &Path) {
 }
 
 /// The fexit of `get_signal` that stops a held exec's task again (needs BTF and trampolines).
-fn restop(ebpf: &mut Ebpf) -> Result<FdLink, EngineError> {
-    fexit(ebpf, "restop", "get_signal", &kernel_btf("restop")?)
+fn restop(ebpf: &mut Ebpf, kbtf: &KernelBtf) -> Result<FdLink, EngineError> {
+    fexit(ebpf, "restop", "get_signal", kernel_btf("restop", kbtf)?)
+}
+
+/// The running kernel's BTF as aya reads it for attaching, or why it cannot be read. A load
+/// reads it once for every program that needs it: parsing it is a good part of a load's own
+/// work.
+pub type KernelBtf = Result<Btf, String>;
+
+/// Reads [`KernelBtf`].
+pub fn read_kernel_btf() -> KernelBtf {
+    Btf::from_sys_fs().map_err(|e| e.to_string())
 }
 
 /// The running kernel's BTF; `name` is the program that needs it, for the error.
-fn kernel_btf(name: &'static str) -> Result<Btf, EngineError> {
-    Btf::from_sys_fs().map_err(|e| EngineError::Program {
+fn kernel_btf<'a>(name: &'static str, kbtf: &'a KernelBtf) -> Result<&'a Btf, EngineError> {
+    kbtf.as_ref().map_err(|e| EngineError::Program {
         name,
         reason: format!("no kernel BTF: {e}"),
     })

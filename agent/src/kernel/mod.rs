@@ -463,7 +463,8 @@ impl Engine {
                 name: "fork",
                 reason,
             })?;
-        let bprm_filename = probe::bprm_offsets();
+        let layout = probe::layout();
+        let bprm_filename = &layout.bprm;
         let fp_key = fingerprint_key(&map_dir)?;
         let mut loader = EbpfLoader::new();
         loader
@@ -474,14 +475,13 @@ impl Engine {
             &ret_offset,
             true,
         );
-        if let Ok(offs) = &bprm_filename {
+        if let Ok(offs) = bprm_filename {
             for (global, off) in offs {
                 loader.override_global(global, off, true);
             }
         }
-        let ctime = probe::ctime_offsets();
         let ctime_on: u32 = 1;
-        match &ctime {
+        match &layout.ctime {
             Ok((sec, nsec)) => {
                 loader.override_global("CTIME_SEC_OFF", sec, true);
                 loader.override_global("CTIME_NSEC_OFF", nsec, true);
@@ -496,8 +496,7 @@ impl Engine {
             loader.override_global(global, off, true);
         }
         let on: u32 = 1;
-        let ancestry = probe::ancestry_offsets();
-        match &ancestry {
+        match &layout.ancestry {
             Ok(offs) => {
                 for (global, off) in offs {
                     loader.override_global(global, off, true);
@@ -510,16 +509,15 @@ impl Engine {
                  read here ({e})"
             ),
         }
-        let compat = probe::compat_status_offset();
-        match &compat {
+        match &layout.compat {
             Ok(off) => {
                 loader.override_global("TASK_STATUS_OFF", off, true);
                 loader.override_global("COMPAT_ON", &on, true);
             }
             Err(e) => tracing::info!("32-bit system calls are not told apart here ({e})"),
         }
-        let file_offsets = probe::file_offsets();
-        match &file_offsets {
+        let file_offsets = &layout.files;
+        match file_offsets {
             Ok(offs) => {
                 for (global, off) in &offs.0 {
                     loader.override_global(global, off, true);
@@ -569,8 +567,8 @@ impl Engine {
             logger,
             backend: Backend::Tracepoint,
             file_identity: file_offsets.as_ref().err().cloned(),
-            syscall32: compat.as_ref().err().cloned(),
-            ancestry: ancestry.as_ref().err().cloned(),
+            syscall32: layout.compat.as_ref().err().cloned(),
+            ancestry: layout.ancestry.as_ref().err().cloned(),
             restop_refused: None,
             lsm: probe::LsmProbe::default(),
             links: Vec::new(),
@@ -583,8 +581,9 @@ impl Engine {
         };
         // Before anything is attached: a stale beat from an earlier run must not fail requests.
         engine.beat()?;
-        engine.lsm = probe::lsm(&mut engine.ebpf, &engine.counters);
-        let lsm_usable = match (&engine.lsm.runs, &bprm_filename) {
+        let kbtf = attach::read_kernel_btf();
+        engine.lsm = probe::lsm(&mut engine.ebpf, &engine.counters, &kbtf);
+        let lsm_usable = match (&engine.lsm.runs, bprm_filename) {
             (true, Ok(_)) => Ok(()),
             (true, Err(e)) => Err(format!("a field of linux_binprm was not found: {e}")),
             (false, _) => Err(engine
@@ -613,6 +612,7 @@ impl Engine {
             &link_dir,
             engine.backend,
             engine.ancestry.is_none(),
+            &kbtf,
         )?;
         engine.links = attached.links;
         engine.links_pinned = attached.pinned;

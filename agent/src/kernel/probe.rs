@@ -2,7 +2,7 @@
 //! layout facts the programs need (tracefs formats, BTF), the LSM list, and whether BPF LSM
 //! programs are really called here.
 
-use std::{path::Path, process::Command, time::Duration};
+use std::{path::Path, process::Command, sync::OnceLock, time::Duration};
 
 use agent_common::Counter;
 use aya::{
@@ -12,6 +12,57 @@ use aya::{
 };
 
 use super::btf;
+
+/// What the programs read from this kernel's structures, found in its BTF; each part is an error
+/// of its own, for the part of the programs it turns off.
+#[derive(Debug)]
+pub struct Layout {
+    /// [`bprm_offsets_in`].
+    pub bprm: Result<Vec<(&'static str, u32)>, String>,
+    /// [`ctime_offsets_in`].
+    pub ctime: Result<(u32, u32), String>,
+    /// [`ancestry_offsets_in`].
+    pub ancestry: Result<Vec<(&'static str, u32)>, String>,
+    /// [`compat_status_offset_in`].
+    pub compat: Result<u32, String>,
+    /// [`file_offsets_in`].
+    pub files: Result<FileOffsets, String>,
+}
+
+impl Layout {
+    /// Every part from one parsed BTF.
+    pub fn of(b: &btf::Btf) -> Self {
+        Layout {
+            bprm: bprm_offsets_in(b),
+            ctime: ctime_offsets_in(b),
+            ancestry: ancestry_offsets_in(b),
+            compat: compat_status_offset_in(b),
+            files: file_offsets_in(b),
+        }
+    }
+
+    /// Every part failing for the same reason (no readable BTF).
+    fn unreadable(reason: &str) -> Self {
+        Layout {
+            bprm: Err(reason.to_string()),
+            ctime: Err(reason.to_string()),
+            ancestry: Err(reason.to_string()),
+            compat: Err(reason.to_string()),
+            files: Err(reason.to_string()),
+        }
+    }
+}
+
+/// This kernel's [`Layout`], parsed from its BTF once per process: the running kernel's BTF
+/// cannot change under it, and parsing it (megabytes) is most of the agent's own work in a
+/// load. An agent loads once; tests and benchmarks load hundreds of times.
+pub fn layout() -> &'static Layout {
+    static LAYOUT: OnceLock<Layout> = OnceLock::new();
+    LAYOUT.get_or_init(|| match btf::Btf::from_kernel() {
+        Ok(b) => Layout::of(&b),
+        Err(e) => Layout::unreadable(&e.to_string()),
+    })
+}
 
 /// The format file of the system-call exit that the network hold uses to find `ret`.
 const SYS_EXIT_FORMAT: &str = "events/syscalls/sys_exit_connect/format";
@@ -95,12 +146,6 @@ pub fn parse_ret_offset(format: &str) -> Option<u32> {
 
 /// Byte offsets of `linux_binprm.filename` and `linux_binprm.interp`, which the LSM exec hook
 /// reads (the second tells an interpreter level from the first), by global name.
-pub fn bprm_offsets() -> Result<Vec<(&'static str, u32)>, String> {
-    let b = btf::Btf::from_kernel().map_err(|e| e.to_string())?;
-    bprm_offsets_in(&b)
-}
-
-/// As [`bprm_offsets`], from a parsed BTF.
 pub fn bprm_offsets_in(b: &btf::Btf) -> Result<Vec<(&'static str, u32)>, String> {
     [
         ("BPRM_FILENAME_OFF", "filename"),
@@ -138,12 +183,6 @@ pub fn ctime_offsets_in(b: &btf::Btf) -> Result<(u32, u32), String> {
     Ok((ts + sec, ts + nsec))
 }
 
-/// As [`ctime_offsets_in`], from this kernel's BTF.
-pub fn ctime_offsets() -> Result<(u32, u32), String> {
-    let b = btf::Btf::from_kernel().map_err(|e| e.to_string())?;
-    ctime_offsets_in(&b)
-}
-
 /// Where a task keeps x86's `TS_COMPAT` mark of a 32-bit system call: `task_struct.thread_info`
 /// (the thread information lives in the task) plus `thread_info.status`. An error where this
 /// kernel's BTF has no such field (arm64 keeps no `status`).
@@ -155,12 +194,6 @@ pub fn compat_status_offset_in(b: &btf::Btf) -> Result<u32, String> {
         .member_offset("thread_info", "status")
         .map_err(|e| format!("thread_info.status: {e}"))?;
     Ok(info + status)
-}
-
-/// As [`compat_status_offset_in`], from this kernel's BTF.
-pub fn compat_status_offset() -> Result<u32, String> {
-    let b = btf::Btf::from_kernel().map_err(|e| e.to_string())?;
-    compat_status_offset_in(&b)
 }
 
 /// (global, structure, member names in the order tried) for walking a cgroup's ancestors from
@@ -197,12 +230,6 @@ pub fn ancestry_offsets_in(b: &btf::Btf) -> Result<Vec<(&'static str, u32)>, Str
         .collect()
 }
 
-/// As [`ancestry_offsets_in`], from this kernel's BTF.
-pub fn ancestry_offsets() -> Result<Vec<(&'static str, u32)>, String> {
-    let b = btf::Btf::from_kernel().map_err(|e| e.to_string())?;
-    ancestry_offsets_in(&b)
-}
-
 /// Offsets the kernel programs need to read the identity of an executed file, by global name.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FileOffsets(pub Vec<(&'static str, u32)>);
@@ -227,14 +254,8 @@ const FILE_FIELDS: &[(&str, &str, &str)] = &[
     ("TASK_VFORK_DONE_OFF", "task_struct", "vfork_done"),
 ];
 
-/// The offsets for reading a file's identity from this kernel's BTF; an error names the first
-/// field that is missing.
-pub fn file_offsets() -> Result<FileOffsets, String> {
-    let b = btf::Btf::from_kernel().map_err(|e| e.to_string())?;
-    file_offsets_in(&b)
-}
-
-/// As [`file_offsets`], from a parsed BTF.
+/// The offsets for reading a file's identity from a parsed BTF; an error names the first field
+/// that is missing.
 pub fn file_offsets_in(b: &btf::Btf) -> Result<FileOffsets, String> {
     FILE_FIELDS
         .iter()
@@ -270,9 +291,13 @@ pub struct LsmProbe {
 
 /// Loads `probe_lsm`, attaches it for the length of one exec and checks the counter it bumps.
 /// With `bpf` left out of `lsm=`, loading and attaching succeed and the program never runs.
-pub fn lsm(ebpf: &mut Ebpf, counters: &PerCpuArray<MapData, u64>) -> LsmProbe {
+pub fn lsm(
+    ebpf: &mut Ebpf,
+    counters: &PerCpuArray<MapData, u64>,
+    kbtf: &Result<Btf, String>,
+) -> LsmProbe {
     let mut out = LsmProbe::default();
-    let btf = match Btf::from_sys_fs() {
+    let btf = match kbtf {
         Ok(b) => b,
         Err(e) => {
             out.reason = Some(format!("no kernel BTF: {e}"));
@@ -283,7 +308,7 @@ pub fn lsm(ebpf: &mut Ebpf, counters: &PerCpuArray<MapData, u64>) -> LsmProbe {
         out.reason = Some("probe_lsm missing from the object".into());
         return out;
     };
-    if let Err(e) = prog.load("bprm_check_security", &btf) {
+    if let Err(e) = prog.load("bprm_check_security", btf) {
         out.reason = Some(format!("load: {}", super::error_chain(&e)));
         return out;
     }
