@@ -24,6 +24,7 @@ mod audit_chain;
 mod central_process;
 mod content;
 mod fleet;
+mod names;
 mod perf_counters;
 mod process_stats;
 mod stack;
@@ -86,9 +87,15 @@ enum Cmd {
         /// Calls per batch.
         #[arg(long, default_value_t = 100)]
         batch: usize,
-        /// Batches.
+        /// Batches (for `dns`: passes over the names).
         #[arg(long, default_value_t = 20)]
         batches: usize,
+        /// `dns`: the first benchmark name to look up.
+        #[arg(long, default_value_t = 0)]
+        first: u32,
+        /// `dns`: how many names, from `first`.
+        #[arg(long, default_value_t = 1)]
+        count: u32,
     },
 }
 
@@ -99,7 +106,12 @@ fn main() -> Result<()> {
             addr,
             batch,
             batches,
-        } => worker(&what, addr, batch, batches),
+            first,
+            count,
+        } => match what.as_str() {
+            "dns" => dns_worker(addr, first, count, batches),
+            _ => worker(&what, addr, batch, batches),
+        },
         Cmd::Run {
             quick,
             full,
@@ -110,6 +122,44 @@ fn main() -> Result<()> {
 }
 
 // ----- worker -----
+
+/// Looks up names `first..first + count`, `passes` times, each query from the same unconnected
+/// UDP socket to `addr`, timed from send to its answer; prints every round trip.
+fn dns_worker(addr: Option<SocketAddr>, first: u32, count: u32, passes: usize) -> Result<()> {
+    let server = addr.context("--addr")?;
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").context("bind udp")?;
+    sock.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut all = Vec::with_capacity(count as usize * passes);
+    let mut buf = [0u8; 1500];
+    let mut id: u16 = 0;
+    for _ in 0..passes {
+        for i in first..first + count {
+            id = id.wrapping_add(1);
+            let name = names::name_of(i);
+            let q = names::query(id, &name)?;
+            let t = Instant::now();
+            sock.send_to(&q, server).context("send a query")?;
+            let answers = loop {
+                let (n, _) = sock
+                    .recv_from(&mut buf)
+                    .with_context(|| format!("no answer for {name}"))?;
+                if let Some(a) = names::answer_to(&buf[..n], id)? {
+                    break a;
+                }
+            };
+            all.push(t.elapsed().as_nanos() as u64);
+            if answers == 0 {
+                bail!("{name}: an answer without an address");
+            }
+        }
+    }
+    writeln!(
+        std::io::stdout().lock(),
+        "{}",
+        serde_json::json!({ "ns": all })
+    )?;
+    Ok(())
+}
 
 fn worker(what: &str, addr: Option<SocketAddr>, batch: usize, batches: usize) -> Result<()> {
     let mut out = std::io::stdout().lock();
@@ -187,6 +237,9 @@ enum Section {
     /// Exec of a program that rules with `args` name: held after the exec, its arguments read
     /// and decided, released.
     Args,
+    /// Destinations by name: a DNS lookup through the agent's resolver proxy against one
+    /// straight to the server, and `connect()` with 10,000 learned names (the real agent).
+    Names,
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -253,6 +306,8 @@ struct Results {
     events: Option<Throughput>,
     /// The real agent and central: central's database on disk, on tmpfs, then PostgreSQL.
     stack: Vec<stack::StackResults>,
+    /// Destinations by name (the real agent, a real DNS server).
+    names: Option<names::NamesResults>,
     fleet: Vec<fleet::FleetResult>,
     audit_verify: Vec<audit_chain::AuditVerify>,
     perf_counters: perf_counters::Availability,
@@ -501,6 +556,7 @@ fn run(quick: bool, full: bool, only: &[Section], out_dir: &Path) -> Result<()> 
         round_trip: None,
         events: None,
         stack: Vec::new(),
+        names: None,
         fleet: Vec::new(),
         audit_verify: Vec::new(),
         perf_counters: perf_counters::Availability::probe(),
@@ -540,6 +596,18 @@ fn run(quick: bool, full: bool, only: &[Section], out_dir: &Path) -> Result<()> 
     }
     set_bpf_stats(false);
     setup.unload()?;
+
+    if wants(Section::Names) {
+        eprintln!("latch-bench: destinations by name (the real agent, dnsmasq)");
+        match names::run(rounds, (batch_c, batches_c)) {
+            Ok((r, rows)) => {
+                print_names(&r);
+                results.overhead.extend(rows);
+                results.names = Some(r);
+            }
+            Err(e) => results.errors.push(format!("names: {e:#}")),
+        }
+    }
 
     if wants(Section::Stack) {
         eprintln!("latch-bench: the real agent and central");
@@ -1003,6 +1071,22 @@ fn round_trips(setup: &mut Setup, target: SocketAddr, n: usize) -> Result<Latenc
         .filter_map(|x| x.as_u64())
         .collect();
     latency_of(&ns)
+}
+
+fn print_names(r: &names::NamesResults) {
+    let row = |what: &str, l: &Latency| {
+        println!(
+            "  {what:<28} p50 {:>8.1} µs  p99 {:>8.1} µs  ({} queries)",
+            l.p50_us, l.p99_us, l.samples
+        )
+    };
+    println!("DNS lookup (raw UDP query, answered by dnsmasq on 127.0.0.1:53):");
+    row("straight to the server", &r.lookup_direct);
+    row("through the agent's proxy", &r.lookup_proxied);
+    println!(
+        "  p50 ratio {:.2}; {} addresses learned when connect() was measured",
+        r.lookup_p50_ratio, r.learned_addresses
+    );
 }
 
 fn print_throughput(e: &Throughput) {

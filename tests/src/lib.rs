@@ -103,12 +103,15 @@ pub fn probe() -> PathBuf {
 
 /// Path of a workspace binary built next to the tests (`cargo build --workspace --bins`).
 pub fn binary(name: &str) -> PathBuf {
-    // Test binaries live in target/<profile>/deps; the workspace's binaries one level up.
+    // Test binaries live in target/<profile>/deps, the workspace's binaries one level up, beside
+    // a workspace binary that uses these fixtures (the benchmarks).
     let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>");
+    let own = exe.parent().expect("target/<profile>");
+    let dir = if own.ends_with("deps") {
+        own.parent().expect("target/<profile>")
+    } else {
+        own
+    };
     let p = dir.join(name);
     assert!(
         p.exists(),

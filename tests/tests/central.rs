@@ -237,6 +237,26 @@ async fn journal_at_central(
         .collect()
 }
 
+/// The audit trail's `request.created` records that `filter` selects (its kind and limit are
+/// set here).
+async fn requests_created(
+    admin: &mut ReviewerServiceClient<
+        tonic::service::interceptor::InterceptedService<Channel, impl tonic::service::Interceptor>,
+    >,
+    filter: QueryAuditRequest,
+) -> Vec<AuditEntry> {
+    admin
+        .query_audit(QueryAuditRequest {
+            kind: "request.created".into(),
+            limit: 10,
+            ..filter
+        })
+        .await
+        .expect("query audit")
+        .into_inner()
+        .entries
+}
+
 /// `served` (a host's journal records as central serves them) is the host's records 1, 2, 3, …
 /// in its chain order: each once, none missing, none out of place. Nothing is sorted first:
 /// the order checked is central's.
@@ -1239,19 +1259,14 @@ wait
         ),
         ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7", true)
     );
-    let created = stack
-        .reviewer(ADMIN)
-        .await
-        .query_audit(QueryAuditRequest {
-            kind: "request.created".into(),
+    let created = requests_created(
+        &mut stack.reviewer(ADMIN).await,
+        QueryAuditRequest {
             host_id: stack.host.clone(),
-            limit: 10,
             ..Default::default()
-        })
-        .await
-        .expect("audit")
-        .into_inner()
-        .entries;
+        },
+    )
+    .await;
     assert!(
         created.iter().any(|e| e.payload_json.contains("call-7")
             && e.payload_json.contains("4bf92f3577b34da6a3ce929d0e0e4736")
@@ -1562,5 +1577,23 @@ async fn a_connection_held_by_a_name_rule_shows_the_reviewer_the_name() {
     assert!(
         listener.accept().is_ok(),
         "the approved connection never arrived"
+    );
+    // The audit trail's record of the request has the name too.
+    let created = requests_created(
+        &mut admin,
+        QueryAuditRequest {
+            request_id: rec.approval_id.clone(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let [entry] = created.as_slice() else {
+        panic!("one request.created record for the request: {created:?}");
+    };
+    let payload: serde_json::Value =
+        serde_json::from_str(&entry.payload_json).expect("the record's payload is JSON");
+    assert_eq!(
+        payload["destination"]["host_name"], "held.test",
+        "{payload}"
     );
 }

@@ -143,6 +143,54 @@ fn name_rules_decide_what_the_workload_resolved() {
     assert!(!denied.reached());
 }
 
+/// An IPv6 answer (AAAA, asked over IPv4 as the C library does) is learned like an IPv4 one,
+/// and decides the workload's IPv6 connections.
+#[test]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
+fn an_ipv6_answer_decides_connections_to_its_address() {
+    if !privileged() {
+        return;
+    }
+    let l = TcpListener::bind("[::1]:0").expect("bind [::1]");
+    l.set_nonblocking(true).expect("nonblocking");
+    let port = l.local_addr().expect("addr").port();
+    let reached = || {
+        let mut any = false;
+        while l.accept().is_ok() {
+            any = true;
+        }
+        any
+    };
+    let dns = DnsServer::start(&["six.test,::1,300"], &[]);
+    let conf = dns.resolv_conf.to_string_lossy().into_owned();
+    let p = port.to_string();
+    let addr = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)).to_string();
+    // `unresolved: audit`: before the lookup the address is let through, so that a refusal
+    // after it can only come from the name's rule.
+    let rules = rules(
+        "    unresolved: audit\n",
+        "  - {name: no-six, workload: test, on: connect, to: [six.test], action: deny}\n",
+    );
+
+    let free = TestCgroup::new();
+    let v = run(&free.path, &["resolve", &conf, "six.test", &p, "inet6"]);
+    assert_eq!(v["resolved"], "::1", "{v}");
+    assert!(ok(&v) && reached(), "unwatched: {v}");
+
+    let cg = TestCgroup::new();
+    let _d = Daemon::start(&cg, &rules, "deny");
+    let v = run(&cg.path, &["connect", &addr]);
+    assert!(ok(&v) && reached(), "never resolved, so audited: {v}");
+    let v = run(&cg.path, &["resolve", &conf, "six.test", &p, "inet6"]);
+    assert_eq!(v["resolved"], "::1", "{v}");
+    assert_eq!(v["errno"].as_i64(), Some(EPERM), "resolved: {v}");
+    assert!(!reached());
+    // Learned now: the same address without a lookup is the name's too.
+    let v = run(&cg.path, &["connect", &addr]);
+    assert_eq!(v["errno"].as_i64(), Some(EPERM), "after the lookup: {v}");
+    assert!(!reached());
+}
+
 #[test]
 #[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
 fn an_address_never_resolved_gets_the_unresolved_action_until_resolved_and_after_its_ttl() {

@@ -223,7 +223,7 @@ pub fn setup(for_tests: bool) -> Result<()> {
 /// figures on PostgreSQL.
 pub fn bench_tools() -> Result<()> {
     if is_debian_like() {
-        apt_install(&["linux-perf", "postgresql"])?;
+        apt_install(&["linux-perf", "postgresql", "dnsmasq-base"])?;
     }
     Ok(())
 }

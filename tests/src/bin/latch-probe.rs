@@ -1417,10 +1417,11 @@ fn main() {
             args.get(3),
             args.get(4).map(|p| p.parse::<u16>()),
         ) else {
-            eprintln!("usage: latch-probe resolve RESOLV_CONF NAME PORT");
+            eprintln!("usage: latch-probe resolve RESOLV_CONF NAME PORT [inet6]");
             std::process::exit(2);
         };
-        return resolve_and_connect(conf, name, port);
+        let inet6 = args.get(5).map(String::as_str) == Some("inet6");
+        return resolve_and_connect(conf, name, port, inet6);
     }
     if args.get(1).map(String::as_str) == Some("dns-query") {
         let (Some(Ok(server)), Some(name), Some(Ok(port))) = (
@@ -1477,9 +1478,9 @@ fn main() {
 
 /// Resolves NAME with the C library (`getaddrinfo`, as most programs do) against the servers
 /// of RESOLV_CONF, bound over `/etc/resolv.conf` in a mount namespace of this process only,
-/// then connects over TCP to the first IPv4 address. Prints `"resolved":"ADDR"` and the
+/// then connects over TCP to the first IPv4 address (IPv6 with `inet6`). Prints `"resolved":"ADDR"` and the
 /// connection's result, on one line.
-fn resolve_and_connect(conf: &str, name: &str, port: u16) {
+fn resolve_and_connect(conf: &str, name: &str, port: u16, inet6: bool) {
     use std::net::ToSocketAddrs;
     // SAFETY: plain system call; this process has one thread here.
     let unshared = unsafe { libc::unshare(libc::CLONE_NEWNS) };
@@ -1507,7 +1508,7 @@ fn resolve_and_connect(conf: &str, name: &str, port: u16) {
         std::process::exit(2);
     }
     let addr = match (name, port).to_socket_addrs() {
-        Ok(mut addrs) => addrs.find(SocketAddr::is_ipv4),
+        Ok(mut addrs) => addrs.find(|a| a.is_ipv6() == inet6),
         Err(e) => {
             println!(
                 "{{\"ok\":false,\"errno\":-2,\"error\":{:?}}}",
@@ -1517,7 +1518,8 @@ fn resolve_and_connect(conf: &str, name: &str, port: u16) {
         }
     };
     let Some(addr) = addr else {
-        println!("{{\"ok\":false,\"errno\":-2,\"error\":\"no IPv4 address\"}}");
+        let family = if inet6 { "IPv6" } else { "IPv4" };
+        println!("{{\"ok\":false,\"errno\":-2,\"error\":\"no {family} address\"}}");
         return;
     };
     report_with(
