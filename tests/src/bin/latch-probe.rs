@@ -1478,8 +1478,8 @@ fn main() {
 
 /// Resolves NAME with the C library (`getaddrinfo`, as most programs do) against the servers
 /// of RESOLV_CONF, bound over `/etc/resolv.conf` in a mount namespace of this process only,
-/// then connects over TCP to the first IPv4 address (IPv6 with `inet6`). Prints `"resolved":"ADDR"` and the
-/// connection's result, on one line.
+/// then connects over TCP to the first IPv4 address (IPv6 with `inet6`). Prints
+/// `"resolved":"ADDR"` and the connection's result, on one line.
 fn resolve_and_connect(conf: &str, name: &str, port: u16, inet6: bool) {
     use std::net::ToSocketAddrs;
     // SAFETY: plain system call; this process has one thread here.
