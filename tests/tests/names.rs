@@ -5,7 +5,7 @@
 //! connection is the listener that accepted it.
 
 use std::{
-    net::{Ipv4Addr, SocketAddr, TcpListener},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener},
     time::Duration,
 };
 
@@ -19,20 +19,28 @@ const EAGAIN: i64 = 11;
 /// A listener on a loopback address of its own, which tells whether anything connected.
 struct Destination {
     l: TcpListener,
-    ip: Ipv4Addr,
+    ip: IpAddr,
 }
 
 impl Destination {
     /// The first destination of a test, on a port the kernel chose: held from here on, so
     /// that no other test's port choice meets it.
     fn first(last: u8) -> (Destination, u16) {
-        let d = Destination::new(last, 0);
+        Destination::first_at(Ipv4Addr::new(127, 0, 0, last).into())
+    }
+
+    /// As [`Destination::first`], on `ip`.
+    fn first_at(ip: IpAddr) -> (Destination, u16) {
+        let d = Destination::at(ip, 0);
         let port = d.l.local_addr().expect("addr").port();
         (d, port)
     }
 
     fn new(last: u8, port: u16) -> Destination {
-        let ip = Ipv4Addr::new(127, 0, 0, last);
+        Destination::at(Ipv4Addr::new(127, 0, 0, last).into(), port)
+    }
+
+    fn at(ip: IpAddr, port: u16) -> Destination {
         let l = TcpListener::bind((ip, port)).expect("bind destination");
         l.set_nonblocking(true).expect("nonblocking");
         Destination { l, ip }
@@ -151,20 +159,11 @@ fn an_ipv6_answer_decides_connections_to_its_address() {
     if !privileged() {
         return;
     }
-    let l = TcpListener::bind("[::1]:0").expect("bind [::1]");
-    l.set_nonblocking(true).expect("nonblocking");
-    let port = l.local_addr().expect("addr").port();
-    let reached = || {
-        let mut any = false;
-        while l.accept().is_ok() {
-            any = true;
-        }
-        any
-    };
+    let (six, port) = Destination::first_at(Ipv6Addr::LOCALHOST.into());
     let dns = DnsServer::start(&["six.test,::1,300"], &[]);
     let conf = dns.resolv_conf.to_string_lossy().into_owned();
     let p = port.to_string();
-    let addr = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)).to_string();
+    let addr = SocketAddr::from((six.ip, port)).to_string();
     // `unresolved: audit`: before the lookup the address is let through, so that a refusal
     // after it can only come from the name's rule.
     let rules = rules(
@@ -175,20 +174,20 @@ fn an_ipv6_answer_decides_connections_to_its_address() {
     let free = TestCgroup::new();
     let v = run(&free.path, &["resolve", &conf, "six.test", &p, "inet6"]);
     assert_eq!(v["resolved"], "::1", "{v}");
-    assert!(ok(&v) && reached(), "unwatched: {v}");
+    assert!(ok(&v) && six.reached(), "unwatched: {v}");
 
     let cg = TestCgroup::new();
     let _d = Daemon::start(&cg, &rules, "deny");
     let v = run(&cg.path, &["connect", &addr]);
-    assert!(ok(&v) && reached(), "never resolved, so audited: {v}");
+    assert!(ok(&v) && six.reached(), "never resolved, so audited: {v}");
     let v = run(&cg.path, &["resolve", &conf, "six.test", &p, "inet6"]);
     assert_eq!(v["resolved"], "::1", "{v}");
     assert_eq!(v["errno"].as_i64(), Some(EPERM), "resolved: {v}");
-    assert!(!reached());
+    assert!(!six.reached());
     // Learned now: the same address without a lookup is the name's too.
     let v = run(&cg.path, &["connect", &addr]);
     assert_eq!(v["errno"].as_i64(), Some(EPERM), "after the lookup: {v}");
-    assert!(!reached());
+    assert!(!six.reached());
 }
 
 #[test]
