@@ -84,7 +84,7 @@ enum Cmd {
         /// Destination for connect/held.
         #[arg(long)]
         addr: Option<SocketAddr>,
-        /// Calls per batch.
+        /// Calls per batch (for `dns`: names looked up in a pass).
         #[arg(long, default_value_t = 100)]
         batch: usize,
         /// Batches (for `dns`: passes over the names).
@@ -93,9 +93,6 @@ enum Cmd {
         /// `dns`: the first benchmark name to look up.
         #[arg(long, default_value_t = 0)]
         first: u32,
-        /// `dns`: how many names, from `first`.
-        #[arg(long, default_value_t = 1)]
-        count: u32,
     },
 }
 
@@ -107,9 +104,8 @@ fn main() -> Result<()> {
             batch,
             batches,
             first,
-            count,
         } => match what.as_str() {
-            "dns" => dns_worker(addr, first, count, batches),
+            "dns" => dns_worker(addr, first, batch, batches),
             _ => worker(&what, addr, batch, batches),
         },
         Cmd::Run {
@@ -125,8 +121,9 @@ fn main() -> Result<()> {
 
 /// Looks up names `first..first + count`, `passes` times, each query from the same unconnected
 /// UDP socket to `addr`, timed from send to its answer; prints every round trip.
-fn dns_worker(addr: Option<SocketAddr>, first: u32, count: u32, passes: usize) -> Result<()> {
+fn dns_worker(addr: Option<SocketAddr>, first: u32, count: usize, passes: usize) -> Result<()> {
     let server = addr.context("--addr")?;
+    let count = u32::try_from(count).context("--batch: too many names")?;
     let sock = std::net::UdpSocket::bind("127.0.0.1:0").context("bind udp")?;
     sock.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut all = Vec::with_capacity(count as usize * passes);
@@ -469,8 +466,10 @@ fn worker_args(what: &str, addr: SocketAddr, batch: usize, batches: usize) -> Ve
     ]
 }
 
-fn measure(cg: &Path, what: &str, addr: SocketAddr, batch: usize, batches: usize) -> Result<f64> {
-    let args = worker_args(what, addr, batch, batches);
+/// Runs a worker (`args` from [`worker_args`], and more) in `cg` to its end and returns the
+/// JSON it printed.
+fn run_worker(cg: &Path, args: &[String]) -> Result<serde_json::Value> {
+    let what = args.get(1).map_or("?", String::as_str);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = Worker::start(cg, &args)?.finish()?;
     if !out.status.success() {
@@ -479,7 +478,11 @@ fn measure(cg: &Path, what: &str, addr: SocketAddr, batch: usize, batches: usize
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("worker output")?;
+    serde_json::from_slice(&out.stdout).with_context(|| format!("worker {what}'s output"))
+}
+
+fn measure(cg: &Path, what: &str, addr: SocketAddr, batch: usize, batches: usize) -> Result<f64> {
+    let v = run_worker(cg, &worker_args(what, addr, batch, batches))?;
     v["ns_per_call"].as_f64().context("ns_per_call")
 }
 

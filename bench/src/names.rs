@@ -21,7 +21,9 @@ use anyhow::{bail, Context, Result};
 use latch_tests::{daemon::Daemon, dns::DnsServer, TestCgroup};
 use serde::Serialize;
 
-use crate::{kernel_stats, latency_of, measure, median, KernelTime, Latency, Row, Worker};
+use crate::{
+    kernel_stats, latency_of, measure, median, run_worker, worker_args, KernelTime, Latency, Row,
+};
 
 /// Turns BPF run-time statistics off when the section ends, however it ends.
 struct StatsOff;
@@ -113,27 +115,9 @@ fn rules(cgroups: &[&TestCgroup]) -> String {
 /// every query's round trip in nanoseconds.
 fn lookups(cg: &Path, first: u32, count: u32, rounds: usize) -> Result<Vec<u64>> {
     let server = SocketAddr::from((latch_tests::dns::SERVER, 53));
-    let args = [
-        "worker".to_string(),
-        "dns".into(),
-        "--addr".into(),
-        server.to_string(),
-        "--first".into(),
-        first.to_string(),
-        "--count".into(),
-        count.to_string(),
-        "--batches".into(),
-        rounds.to_string(),
-    ];
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = Worker::start(cg, &args)?.finish()?;
-    if !out.status.success() {
-        bail!(
-            "dns worker failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("dns worker output")?;
+    let mut args = worker_args("dns", server, count as usize, rounds);
+    args.extend(["--first".to_string(), first.to_string()]);
+    let v = run_worker(cg, &args)?;
     v["ns"]
         .as_array()
         .context("dns worker output has no `ns`")?
