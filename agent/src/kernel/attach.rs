@@ -21,7 +21,11 @@ use aya::{
     Btf, Ebpf,
 };
 
-use super::{error_chain, program_error_text, Backend, EngineError};
+use super::{
+    error_chain,
+    probe::{read_kernel_btf, KernelBtf},
+    program_error_text, Backend, EngineError,
+};
 
 /// The socket hooks, at the cgroup v2 root.
 pub const SOCK_ADDR: &[&str] = &[
@@ -429,16 +433,6 @@ pub fn remove_guard_pins(link_dir: &Path) {
 /// The fexit of `get_signal` that stops a held exec's task again (needs BTF and trampolines).
 fn restop(ebpf: &mut Ebpf, kbtf: &KernelBtf) -> Result<FdLink, EngineError> {
     fexit(ebpf, "restop", "get_signal", kernel_btf("restop", kbtf)?)
-}
-
-/// The running kernel's BTF as aya reads it for attaching, or why it cannot be read. A load
-/// reads it once for every program that needs it: parsing it is a good part of a load's own
-/// work.
-pub type KernelBtf = Result<Btf, String>;
-
-/// Reads [`KernelBtf`].
-pub fn read_kernel_btf() -> KernelBtf {
-    Btf::from_sys_fs().map_err(|e| e.to_string())
 }
 
 /// The running kernel's BTF; `name` is the program that needs it, for the error.

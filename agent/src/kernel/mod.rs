@@ -581,7 +581,7 @@ impl Engine {
         };
         // Before anything is attached: a stale beat from an earlier run must not fail requests.
         engine.beat()?;
-        let kbtf = attach::read_kernel_btf();
+        let kbtf = probe::read_kernel_btf();
         engine.lsm = probe::lsm(&mut engine.ebpf, &engine.counters, &kbtf);
         let lsm_usable = match (&engine.lsm.runs, bprm_filename) {
             (true, Ok(_)) => Ok(()),

@@ -64,6 +64,16 @@ pub fn layout() -> &'static Layout {
     })
 }
 
+/// The running kernel's BTF as aya reads it for loading and attaching, or why it cannot be
+/// read. A load reads it once for every program that needs it (the LSM probe, the LSM hooks,
+/// `restop`): parsing it is a good part of a load's own work.
+pub type KernelBtf = Result<Btf, String>;
+
+/// Reads [`KernelBtf`].
+pub fn read_kernel_btf() -> KernelBtf {
+    Btf::from_sys_fs().map_err(|e| e.to_string())
+}
+
 /// The format file of the system-call exit that the network hold uses to find `ret`.
 const SYS_EXIT_FORMAT: &str = "events/syscalls/sys_exit_connect/format";
 
@@ -291,11 +301,7 @@ pub struct LsmProbe {
 
 /// Loads `probe_lsm`, attaches it for the length of one exec and checks the counter it bumps.
 /// With `bpf` left out of `lsm=`, loading and attaching succeed and the program never runs.
-pub fn lsm(
-    ebpf: &mut Ebpf,
-    counters: &PerCpuArray<MapData, u64>,
-    kbtf: &Result<Btf, String>,
-) -> LsmProbe {
+pub fn lsm(ebpf: &mut Ebpf, counters: &PerCpuArray<MapData, u64>, kbtf: &KernelBtf) -> LsmProbe {
     let mut out = LsmProbe::default();
     let btf = match kbtf {
         Ok(b) => b,
