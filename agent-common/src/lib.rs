@@ -80,6 +80,10 @@ pub enum Op {
     /// the tracepoint backend, which ends the task; the event's `target` is the new process's
     /// tgid. Never held.
     Shared = 7,
+    /// A watched task was refused a socket made outside every watched cgroup, passed to it
+    /// (`SCM_RIGHTS`, `pidfd_getfd`): refused (LSM) or the task ended (tracepoint backend). The
+    /// event's `target` is the socket's address family. Never held.
+    Received = 8,
 }
 
 impl Op {
@@ -93,6 +97,7 @@ impl Op {
             5 => Some(Self::Move),
             6 => Some(Self::Syscall32),
             7 => Some(Self::Shared),
+            8 => Some(Self::Received),
             _ => None,
         }
     }
@@ -811,6 +816,10 @@ pub enum Counter {
     /// unseen by the proxy (its names are not learned), or the proxy could not tell whose it
     /// was and dropped it.
     DnsUnrecorded = 39,
+    /// A watched task was passed a socket made outside every watched cgroup (whose connection
+    /// or packets no rule of the task decided): refused (LSM) or the task ended (tracepoint
+    /// backend).
+    ReceiveRefused = 40,
 }
 
 /// Number of slots in [`COUNTERS`](maps::COUNTERS).
@@ -848,7 +857,7 @@ size_check! {
 
 // The LPM trie key (u32 prefix length + data) must fit the kernel's 256-byte data limit.
 const _: () = assert!(core::mem::size_of::<ExecPrefixData>() <= 256);
-const _: () = assert!((COUNTER_SLOTS as usize) > Counter::DnsUnrecorded as usize);
+const _: () = assert!((COUNTER_SLOTS as usize) > Counter::ReceiveRefused as usize);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -355,3 +355,47 @@ pub fn agent_netns() -> u64 {
     // SAFETY: as in `read`.
     unsafe { core::ptr::read_volatile(&AGENT_NETNS) }
 }
+
+/// Where a socket passed to a watched task was made (from BTF): `file.private_data` (the
+/// socket behind a socket's file), `inode.i_mode`, `socket.sk`, the family and the cgroup v2
+/// pointer of a `struct sock`. `RECEIVED_ON` is 1 when these, the file offsets and the
+/// ancestry offsets were all found.
+#[unsafe(no_mangle)]
+static RECEIVED_ON: u32 = 0;
+#[unsafe(no_mangle)]
+static FILE_PRIV_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static INODE_MODE_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static SOCKET_SK_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static SK_FAMILY_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static SK_CGROUP_OFF: u32 = 0;
+
+/// Offsets for reading a passed socket.
+#[derive(Clone, Copy)]
+pub struct Received {
+    pub file_inode: usize,
+    pub file_private: usize,
+    pub inode_mode: usize,
+    pub socket_sk: usize,
+    pub sk_family: usize,
+    pub sk_cgroup: usize,
+}
+
+/// The offsets, or `None` where this kernel's BTF did not give them all.
+#[inline(always)]
+pub fn received() -> Option<Received> {
+    if read(&RECEIVED_ON) == 0 {
+        return None;
+    }
+    Some(Received {
+        file_inode: read(&FILE_INODE_OFF) as usize,
+        file_private: read(&FILE_PRIV_OFF) as usize,
+        inode_mode: read(&INODE_MODE_OFF) as usize,
+        socket_sk: read(&SOCKET_SK_OFF) as usize,
+        sk_family: read(&SK_FAMILY_OFF) as usize,
+        sk_cgroup: read(&SK_CGROUP_OFF) as usize,
+    })
+}

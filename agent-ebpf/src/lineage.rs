@@ -92,7 +92,7 @@ pub fn on_fork_raw(ctx: &RawTracePointContext) {
 /// The id of cgroup `cgrp` (v2) and the deepest watched cgroup at or above it, if any; `None`
 /// when unreadable.
 #[inline(always)]
-fn walk(cgrp: *const u8, o: &kconf::Ancestry) -> Option<(u64, Option<(u64, Watch)>)> {
+pub fn walk(cgrp: *const u8, o: &kconf::Ancestry) -> Option<(u64, Option<(u64, Watch)>)> {
     let mut kn = ptr_at(cgrp, o.cgrp_kn);
     let mut dst = 0u64;
     let mut level = 0;

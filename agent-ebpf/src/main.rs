@@ -58,6 +58,9 @@
 //!   `ptrace_tp`, `debug_kp` (tracepoint backend: `syscalls:sys_enter_ptrace`, a kprobe on
 //!   `ptrace_may_access`; `vm_tp` on `sys_enter_process_vm_{readv,writev}` where the kprobe
 //!   cannot attach): a watched task may not debug another process.
+//! - `receive_lsm` (LSM backend: `file_receive`) and `receive_kp` (tracepoint backend: a kprobe
+//!   on `security_file_receive`): a watched task may not be passed an IP or link-layer socket
+//!   made outside every watched cgroup.
 //! - `probe_lsm`: attached for a moment at start-up to learn whether BPF LSM programs really
 //!   run here (they load and attach even where `bpf` is missing from `lsm=`, and then never run).
 #![no_std]
@@ -81,6 +84,7 @@ mod maps;
 mod net;
 mod packet;
 mod pause;
+mod received;
 mod report;
 mod scope;
 mod scratch;
@@ -349,6 +353,19 @@ pub fn ptrace_tp(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn vm_tp(ctx: TracePointContext) -> u32 {
     debug::on_vm_enter(&ctx);
+    0
+}
+
+/// LSM backend: `file_receive(file)`.
+#[lsm(hook = "file_receive")]
+pub fn receive_lsm(ctx: LsmContext) -> i32 {
+    received::lsm_receive(&ctx)
+}
+
+/// Tracepoint backend: the entry of `security_file_receive`.
+#[kprobe]
+pub fn receive_kp(ctx: ProbeContext) -> u32 {
+    received::on_receive(&ctx);
     0
 }
 

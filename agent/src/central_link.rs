@@ -512,7 +512,7 @@ impl Link {
             Op::Connect => latch_proto::v1::Op::Connect,
             Op::Sendmsg => latch_proto::v1::Op::Sendmsg,
             // Refused in the kernel, never held: nothing to ask.
-            Op::Debug | Op::Move | Op::Syscall32 | Op::Shared => return Ok(()),
+            Op::Debug | Op::Move | Op::Syscall32 | Op::Shared | Op::Received => return Ok(()),
         };
         let policy = self.policy_tx.borrow().clone();
         let rule = policy

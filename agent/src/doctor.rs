@@ -339,6 +339,38 @@ pub fn judge(f: Facts) -> Report {
     });
     g.push(match (loaded, f.backend) {
         (false, _) => Guarantee {
+            name: "received-sockets",
+            verdict: Verdict::Unsupported,
+            why: not_loaded(""),
+        },
+        (true, Some(Backend::Lsm)) if hooked("receive-lsm") => Guarantee {
+            name: "received-sockets",
+            verdict: Verdict::Enforced,
+            why: "BPF LSM: an IP or link-layer socket made outside every watched cgroup and \
+                  passed to a watched task (SCM_RIGHTS, pidfd_getfd) is refused"
+                .into(),
+        },
+        (true, _) if hooked("receive-kp") => Guarantee {
+            name: "received-sockets",
+            verdict: Verdict::Degraded,
+            why: "tracepoint backend: a watched task passed an IP or link-layer socket made \
+                  outside every watched cgroup (SCM_RIGHTS, pidfd_getfd) is ended (a kprobe on \
+                  security_file_receive); the descriptor is installed and the task does not \
+                  return to use it"
+                .into(),
+        },
+        (true, _) => Guarantee {
+            name: "received-sockets",
+            verdict: Verdict::Degraded,
+            why: "a socket made outside every watched cgroup and passed to a watched task is \
+                  not seen here (no BPF LSM, no kprobe on security_file_receive, or this \
+                  kernel's BTF does not tell where a socket was made): its connection and \
+                  packets are not decided"
+                .into(),
+        },
+    });
+    g.push(match (loaded, f.backend) {
+        (false, _) => Guarantee {
             name: "mappings",
             verdict: Verdict::Unsupported,
             why: not_loaded(""),
@@ -539,7 +571,14 @@ mod tests {
     use super::*;
 
     fn facts(load: Result<(), String>, backend: Option<Backend>, pinned: bool) -> Facts {
+        // The hooks a host where everything works attaches beside the exec and network ones,
+        // which no verdict looks up by name.
+        let hooks = match (&load, backend) {
+            (Ok(()), Some(Backend::Lsm)) => vec!["receive-lsm".to_string()],
+            _ => Vec::new(),
+        };
         Facts {
+            hooks,
             file_identity: load.clone(),
             syscall32: load.clone(),
             ancestry: load.clone(),
@@ -735,6 +774,36 @@ mod tests {
         }
         let r = judge(facts(Err("no BTF".into()), None, false));
         assert_eq!(verdict_of(&r, "debugging"), Unsupported);
+    }
+
+    #[test]
+    fn received_sockets_are_enforced_only_where_a_hook_checks_them() {
+        use Verdict::*;
+        // (backend, hooks) → verdict, a word the reason must carry
+        let table = [
+            (Backend::Lsm, vec!["receive-lsm"], Enforced, "refused"),
+            // LSM without the offsets: the hook is not attached.
+            (Backend::Lsm, vec![], Degraded, "not seen"),
+            (Backend::Tracepoint, vec!["receive-kp"], Degraded, "ended"),
+            (Backend::Tracepoint, vec![], Degraded, "not seen"),
+        ];
+        for (backend, hooks, want, word) in table {
+            let mut f = facts(Ok(()), Some(backend), true);
+            f.hooks = hooks.iter().map(|h| h.to_string()).collect();
+            let r = judge(f);
+            assert_eq!(
+                verdict_of(&r, "received-sockets"),
+                want,
+                "{backend:?} {hooks:?}"
+            );
+            let g = r.guarantees.iter().find(|g| g.name == "received-sockets");
+            assert!(
+                g.is_some_and(|g| g.why.contains(word)),
+                "{backend:?} {hooks:?}: {g:?}"
+            );
+        }
+        let r = judge(facts(Err("no BTF".into()), None, false));
+        assert_eq!(verdict_of(&r, "received-sockets"), Unsupported);
     }
 
     #[test]

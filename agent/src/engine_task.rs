@@ -1606,6 +1606,7 @@ fn recovered_event(op: &PendingOp) -> Option<KernelEvent> {
         moved_to: None,
         syscall32: None,
         shared_with: None,
+        received_family: None,
     })
 }
 
@@ -1668,6 +1669,7 @@ pub fn counter_name(slot: u32) -> Option<&'static str> {
         (Counter::DoomedFull, "doomed_full"),
         (Counter::DnsRedirected, "dns_redirected"),
         (Counter::DnsUnrecorded, "dns_unrecorded"),
+        (Counter::ReceiveRefused, "receive_refused"),
     ];
     NAMES
         .iter()

@@ -121,6 +121,10 @@ pub struct KernelEvent {
     /// (tracepoint backend): the new process's id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shared_with: Option<u32>,
+    /// A socket made outside every watched cgroup and passed to the task, refused: its address
+    /// family (2 IPv4, 10 IPv6, 17 link layer; 0 when it could not be read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub received_family: Option<u16>,
 }
 
 /// The cgroup a watched thread moved to.
@@ -179,6 +183,7 @@ pub fn op_name(op: Op) -> &'static str {
         Op::Move => "move",
         Op::Syscall32 => "syscall32",
         Op::Shared => "shared",
+        Op::Received => "received",
     }
 }
 
@@ -213,7 +218,9 @@ impl KernelEvent {
         let op = Op::from_u8(e.op).ok_or(DecodeError::Op(e.op))?;
         let outcome = Outcome::from_u8(e.outcome).ok_or(DecodeError::Outcome(e.outcome))?;
         let destination = match (op, e.family) {
-            (Op::Exec | Op::Debug | Op::Move | Op::Syscall32 | Op::Shared, _) => None,
+            (Op::Exec | Op::Debug | Op::Move | Op::Syscall32 | Op::Shared | Op::Received, _) => {
+                None
+            }
             (_, family::INET) => {
                 let a = Ipv4Addr::new(e.addr[0], e.addr[1], e.addr[2], e.addr[3]);
                 Some(SocketAddr::new(IpAddr::V4(a), e.port))
@@ -271,6 +278,7 @@ impl KernelEvent {
             debugged: (op == Op::Debug).then_some(e.target as u32),
             syscall32: (op == Op::Syscall32).then_some(e.target as u32),
             shared_with: (op == Op::Shared).then_some(e.target as u32),
+            received_family: (op == Op::Received).then_some(e.target as u16),
             moved_to: (op == Op::Move).then_some(MovedTo {
                 cgroup_id: e.target,
                 path: None,

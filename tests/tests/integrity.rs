@@ -823,6 +823,129 @@ fn a_watched_process_may_not_take_another_process_s_socket() {
     });
 }
 
+/// Sends `fd` over `stream` as one `SCM_RIGHTS` control message with a one-byte body.
+fn pass_fd(stream: &std::os::unix::net::UnixStream, fd: std::os::fd::RawFd) {
+    use std::os::fd::AsRawFd;
+    let mut byte = [b'x'];
+    let mut control = [0u64; 8];
+    // SAFETY: `sendmsg` from local buffers; the control message is written through the libc
+    // macros, inside `control`, which is large and aligned enough for one descriptor.
+    let sent = unsafe {
+        let mut iov = libc::iovec {
+            iov_base: byte.as_mut_ptr().cast(),
+            iov_len: 1,
+        };
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) as _;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<i32>() as u32) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg) as *mut i32, fd);
+        libc::sendmsg(stream.as_raw_fd(), &msg, 0)
+    };
+    assert_eq!(sent, 1, "sendmsg: {}", std::io::Error::last_os_error());
+}
+
+/// A socket connected by a process outside every watched cgroup to a destination a rule denies,
+/// passed to a watched process over a UNIX socket (`SCM_RIGHTS`): a send on a connected socket
+/// meets no socket hook, so the passing is what must be refused. This test process is the one
+/// outside, and passes the same kinds of socket to the probe in an unwatched cgroup (it
+/// delivers) and in the watched one (nothing arrives); a UNIX socket it passes the same way is
+/// received there (sockets of other kinds are not refused).
+#[test]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
+fn a_watched_process_may_not_be_passed_a_socket_made_outside() {
+    if !privileged() {
+        return;
+    }
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::{UnixDatagram, UnixListener};
+    let dest = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let addr = dest.local_addr().expect("addr");
+    let mut h = Harness::new(&rules(&format!(
+        "  - {{name: off, workload: test, on: connect, to: [127.0.0.1/32], ports: [{}], action: deny}}\n",
+        addr.port()
+    )));
+    let kprobed = kprobed(&mut h, "receive-kp");
+    let backend = h.engine().backend();
+    let connected = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    connected.connect(addr).expect("connect");
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A UNIX datagram pair: the probe's send on the passed end arrives at `unix_dest`.
+    let unix_dest_path = dir.path().join("dest");
+    let unix_dest = UnixDatagram::bind(&unix_dest_path).expect("bind unix");
+    let unix_end = UnixDatagram::unbound().expect("unix socket");
+    unix_end.connect(&unix_dest_path).expect("connect unix");
+    let path = dir.path().join("pass");
+    let listener = UnixListener::bind(&path).expect("listen");
+    let (ip_fd, unix_fd) = (connected.as_raw_fd(), unix_end.as_raw_fd());
+    // One descriptor per connection, in the order the probes below connect.
+    let passer = std::thread::spawn(move || {
+        for fd in [ip_fd, ip_fd, unix_fd] {
+            let (stream, _) = listener.accept().expect("accept");
+            pass_fd(&stream, fd);
+        }
+    });
+    let free = TestCgroup::new();
+    // Through a second probe, whose end the first reports: on the tracepoint backend the task
+    // that receives it is ended.
+    let inner = s(&probe());
+    let recv = probe_args(&["exec", &inner, "recv-fd", &s(&path)]);
+    let sent = |out: &serde_json::Value| {
+        out["stdout"]
+            .as_str()
+            .is_some_and(|o| o.contains("\"passed\":true") && o.contains("\"ok\":true"))
+    };
+
+    let out = run_in(&free.path, &recv);
+    assert!(sent(&out), "unwatched: {out}");
+    assert!(
+        eventually(|| received(&dest)),
+        "nothing arrived unwatched: {out}"
+    );
+
+    let out = run_in(&h.cgroup.path.clone(), &recv);
+    if backend == Backend::Tracepoint && !kprobed {
+        // Without kprobes nothing sees a passed descriptor on this backend (doctor and the
+        // README say so); this fails the day something does.
+        assert!(sent(&out), "{out}");
+        assert!(eventually(|| received(&dest)), "{out}");
+    } else {
+        assert!(
+            !received(&dest),
+            "a datagram arrived through the passed socket: {out}"
+        );
+        match backend {
+            Backend::Lsm => assert!(
+                out["stdout"]
+                    .as_str()
+                    .is_some_and(|o| o.contains("\"passed\":false")),
+                "{out}"
+            ),
+            Backend::Tracepoint => assert_eq!(out["signal"], 9, "{out}"),
+        }
+        let e = h.expect_event("the refused socket", |e| {
+            e.op == Op::Received && e.outcome == Outcome::Denied
+        });
+        assert_eq!(e.received_family, Some(2), "an IPv4 socket: {e:?}");
+        assert!(counter(&mut h, Counter::ReceiveRefused) > 0);
+    }
+
+    // A UNIX socket made outside is received, and what is sent on it arrives.
+    let out = run_in(&h.cgroup.path.clone(), &recv);
+    assert!(sent(&out), "a UNIX socket, watched: {out}");
+    unix_dest.set_nonblocking(true).expect("nonblocking");
+    assert!(
+        eventually(|| unix_dest.recv(&mut [0u8; 16]).is_ok()),
+        "nothing arrived through the passed UNIX socket: {out}"
+    );
+    passer.join().expect("the passer");
+}
+
 #[test]
 #[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
 fn a_replaced_program_is_recognised_by_its_new_identity() {

@@ -33,7 +33,9 @@ pub struct Learned {
     entries: HashMap<(u32, IpAddr), Entry>,
     /// (expiry, workload, address): the order of expiry, for eviction and sweeps.
     by_expiry: BTreeSet<(u64, u32, IpAddr)>,
-    per_workload: HashMap<u32, usize>,
+    /// Each workload's (expiry, address), in the same order: a full workload's first entry is
+    /// found without walking the others'.
+    per_workload: HashMap<u32, BTreeSet<(u64, IpAddr)>>,
 }
 
 /// What one [`Learned::learn`] changed besides its own entry.
@@ -56,34 +58,43 @@ impl Learned {
     ) -> Evicted {
         let addr = canonical(addr);
         let mut evicted = Evicted::default();
-        if let Some(old) = self.entries.remove(&(workload, addr)) {
-            self.by_expiry.remove(&(old.expires_ns, workload, addr));
+        if let Some(old) = self.entries.get(&(workload, addr)) {
+            let at = old.expires_ns;
+            self.remove(at, workload, addr);
         } else {
-            let full = self.per_workload.get(&workload).copied().unwrap_or(0) >= PER_WORKLOAD;
-            let first = if full {
-                self.by_expiry
-                    .iter()
-                    .find(|(_, w, _)| *w == workload)
-                    .copied()
-            } else if self.entries.len() >= TOTAL {
-                self.by_expiry.first().copied()
-            } else {
-                None
+            let own = self.per_workload.get(&workload);
+            let first = match own {
+                Some(own) if own.len() >= PER_WORKLOAD => {
+                    own.first().map(|&(at, a)| (at, workload, a))
+                }
+                _ if self.entries.len() >= TOTAL => self.by_expiry.first().copied(),
+                _ => None,
             };
             if let Some((at, w, a)) = first {
-                self.by_expiry.remove(&(at, w, a));
-                self.entries.remove(&(w, a));
-                if let Some(n) = self.per_workload.get_mut(&w) {
-                    *n = n.saturating_sub(1);
-                }
+                self.remove(at, w, a);
                 evicted.keys.push((w, a));
             }
-            *self.per_workload.entry(workload).or_default() += 1;
         }
         self.by_expiry.insert((expires_ns, workload, addr));
+        self.per_workload
+            .entry(workload)
+            .or_default()
+            .insert((expires_ns, addr));
         self.entries
             .insert((workload, addr), Entry { names, expires_ns });
         evicted
+    }
+
+    /// Removes one entry from every index.
+    fn remove(&mut self, at: u64, workload: u32, addr: IpAddr) {
+        self.by_expiry.remove(&(at, workload, addr));
+        self.entries.remove(&(workload, addr));
+        if let Some(own) = self.per_workload.get_mut(&workload) {
+            own.remove(&(at, addr));
+            if own.is_empty() {
+                self.per_workload.remove(&workload);
+            }
+        }
     }
 
     /// The entry for an address, while it has not expired at `now_ns`.
@@ -100,11 +111,7 @@ impl Learned {
             if at > now_ns {
                 break;
             }
-            self.by_expiry.pop_first();
-            self.entries.remove(&(w, a));
-            if let Some(n) = self.per_workload.get_mut(&w) {
-                *n = n.saturating_sub(1);
-            }
+            self.remove(at, w, a);
             gone.push((w, a));
         }
         gone
@@ -192,12 +199,22 @@ mod tests {
             let a = IpAddr::V4((0x0a00_0000 + i).into());
             assert!(t.learn(1, a, vec![], 1000 + u64::from(i)).keys.is_empty());
         }
-        // Another workload's share is its own.
+        // Another workload's share is its own, even where its entries expire first.
         assert!(t.learn(2, ip("10.0.0.0"), vec![], 1).keys.is_empty());
         let e = t.learn(1, ip("192.0.2.1"), vec![], 5000);
         assert_eq!(e.keys, [(1, ip("10.0.0.0"))]);
         assert_eq!(t.len(), PER_WORKLOAD + 1);
         assert!(t.get(2, ip("10.0.0.0"), 0).is_some());
+        // An entry renewed with a later expiry is no longer the first to go.
+        assert!(t.learn(1, ip("10.0.0.1"), vec![], 9000).keys.is_empty());
+        let e = t.learn(1, ip("192.0.2.2"), vec![], 5000);
+        assert_eq!(e.keys, [(1, ip("10.0.0.2"))]);
+        assert!(t.get(1, ip("10.0.0.1"), 0).is_some());
+        // Expired entries leave every index: the workload makes room without evicting.
+        let gone = t.expire(u64::MAX - 1);
+        assert_eq!(gone.len(), PER_WORKLOAD + 1);
+        assert!(t.is_empty());
+        assert!(t.learn(1, ip("192.0.2.3"), vec![], 1).keys.is_empty());
     }
 
     #[test]

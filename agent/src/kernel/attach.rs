@@ -233,6 +233,22 @@ pub fn attach_all(
                 let link: FdLink = prog.take_link(id).map_err(prog_err(name))?.into();
                 p.keep(link, pin)?;
             }
+            // A socket passed in is judged by where it was made, which needs this kernel's
+            // layout; without it the hook would refuse nothing, and doctor says so.
+            match super::probe::layout().receives() {
+                Ok(()) => {
+                    let name = "receive_lsm";
+                    let prog: &mut Lsm = program(ebpf, name)?;
+                    prog.load("file_receive", btf).map_err(prog_err(name))?;
+                    let id = prog.attach().map_err(prog_err(name))?;
+                    let link: FdLink = prog.take_link(id).map_err(prog_err(name))?.into();
+                    p.keep(link, "receive-lsm")?;
+                }
+                Err(e) => tracing::warn!(
+                    "sockets passed to a watched task are not checked: where a socket was made \
+                     cannot be read here ({e})"
+                ),
+            }
             let name = "bpf_guard";
             let prog: &mut Lsm = program(ebpf, name)?;
             prog.load("bpf", btf).map_err(prog_err(name))?;
@@ -266,6 +282,18 @@ pub fn attach_all(
                     let link = tracepoint(ebpf, "map_tp", "syscalls", "sys_enter_mmap")?;
                     p.keep(link, "map-tp")?;
                 }
+            }
+            // A socket passed in (SCM_RIGHTS, pidfd_getfd) ends the task that receives it,
+            // where the kernel asks before installing it.
+            match super::probe::layout().receives() {
+                Ok(()) => match kprobe(ebpf, "receive_kp", "security_file_receive")? {
+                    Ok(link) => p.keep(link, "receive-kp")?,
+                    Err(e) => tracing::warn!("sockets passed to a watched task are not seen: {e}"),
+                },
+                Err(e) => tracing::warn!(
+                    "sockets passed to a watched task are not checked: where a socket was made \
+                     cannot be read here ({e})"
+                ),
             }
             let link = tracepoint(ebpf, "socket_tp", "syscalls", "sys_enter_socket")?;
             p.keep(link, "socket-tp")?;

@@ -410,6 +410,14 @@ mod tests {
             "{ancestry:?}"
         );
         assert!(at("SIGNAL_LIVE_OFF").is_some(), "{ancestry:?}");
+        // A socket's family, cgroup and the socket behind a file: fields apart from each other.
+        let received =
+            super::super::probe::received_offsets_in(&btf).expect("received socket offsets");
+        let at = |g: &str| received.iter().find(|(n, _)| *n == g).map(|x| x.1);
+        assert!(received.iter().all(|(_, o)| *o < 16_384), "{received:?}");
+        assert_ne!(at("SK_FAMILY_OFF"), at("SK_CGROUP_OFF"), "{received:?}");
+        // `skc_family` lies in the common part at the start of every socket.
+        assert!(at("SK_FAMILY_OFF").is_some_and(|o| o < 64), "{received:?}");
         // x86 marks a 32-bit system call in `thread_info.status`, at the start of the task.
         let compat = super::super::probe::compat_status_offset_in(&btf);
         if cfg!(target_arch = "x86_64") {

@@ -528,6 +528,14 @@ impl Engine {
                 "exec rules match paths only: the identity of executed files cannot be read ({e})"
             ),
         }
+        // Where a socket passed to a watched task was made needs its file (above), its cgroup's
+        // id (ancestry) and these; without all three the receiving hooks are not attached.
+        if let (Ok(()), Ok(offs)) = (layout.receives(), &layout.received) {
+            for (global, off) in offs {
+                loader.override_global(global, off, true);
+            }
+            loader.override_global("RECEIVED_ON", &on, true);
+        }
         let dns_port = u32::from(opts.dns_proxy_port);
         loader.override_global("DNS_PROXY_PORT", &dns_port, true);
         let dns_v6 = u32::from(opts.dns_proxy_v6);
@@ -980,7 +988,8 @@ impl Engine {
                     Some(Op::Exec) => "exec",
                     Some(Op::Connect) => "connect",
                     Some(Op::Sendmsg) => "sendmsg",
-                    Some(Op::Debug | Op::Move | Op::Syscall32 | Op::Shared) | None => "unknown",
+                    Some(Op::Debug | Op::Move | Op::Syscall32 | Op::Shared | Op::Received)
+                    | None => "unknown",
                 }
                 .to_string(),
                 rule_id: p.rule_id,

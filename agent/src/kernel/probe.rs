@@ -27,6 +27,8 @@ pub struct Layout {
     pub compat: Result<u32, String>,
     /// [`file_offsets_in`].
     pub files: Result<FileOffsets, String>,
+    /// [`received_offsets_in`].
+    pub received: Result<Vec<(&'static str, u32)>, String>,
 }
 
 impl Layout {
@@ -38,7 +40,16 @@ impl Layout {
             ancestry: ancestry_offsets_in(b),
             compat: compat_status_offset_in(b),
             files: file_offsets_in(b),
+            received: received_offsets_in(b),
         }
+    }
+
+    /// Whether the programs can tell where a socket passed to a watched task was made: it needs
+    /// the file, ancestry and received-socket offsets; the error is the first one missing.
+    pub fn receives(&self) -> Result<(), String> {
+        self.files.as_ref().map_err(|e| e.clone())?;
+        self.ancestry.as_ref().map_err(|e| e.clone())?;
+        self.received.as_ref().map(|_| ()).map_err(|e| e.clone())
     }
 
     /// Every part failing for the same reason (no readable BTF).
@@ -49,6 +60,7 @@ impl Layout {
             ancestry: Err(reason.to_string()),
             compat: Err(reason.to_string()),
             files: Err(reason.to_string()),
+            received: Err(reason.to_string()),
         }
     }
 }
@@ -276,6 +288,40 @@ pub fn file_offsets_in(b: &btf::Btf) -> Result<FileOffsets, String> {
         })
         .collect::<Result<_, _>>()
         .map(FileOffsets)
+}
+
+/// (global, [(structure, member)] whose offsets add up to it) for reading a descriptor passed
+/// to a watched task: is it a socket, of which family, made in which cgroup.
+const RECEIVED_FIELDS: &[(&str, &[(&str, &str)])] = &[
+    ("FILE_PRIV_OFF", &[("file", "private_data")]),
+    ("INODE_MODE_OFF", &[("inode", "i_mode")]),
+    ("SOCKET_SK_OFF", &[("socket", "sk")]),
+    (
+        "SK_FAMILY_OFF",
+        &[("sock", "__sk_common"), ("sock_common", "skc_family")],
+    ),
+    // The cgroup pointer has been a field of its own since Linux 5.15; before, it was packed
+    // with the classid in one word, and these offsets are not found.
+    (
+        "SK_CGROUP_OFF",
+        &[("sock", "sk_cgrp_data"), ("sock_cgroup_data", "cgroup")],
+    ),
+];
+
+/// The offsets by which the programs tell where a socket passed to a watched task was made, by
+/// global name; an error names the first field that is missing.
+pub fn received_offsets_in(b: &btf::Btf) -> Result<Vec<(&'static str, u32)>, String> {
+    RECEIVED_FIELDS
+        .iter()
+        .map(|(global, path)| {
+            path.iter()
+                .try_fold((*global, 0u32), |(g, sum), (ty, member)| {
+                    b.member_offset(ty, member)
+                        .map(|o| (g, sum + o))
+                        .map_err(|e| format!("{ty}.{member}: {e}"))
+                })
+        })
+        .collect()
 }
 
 /// The active LSMs, in order, from securityfs (`None` where it cannot be read).

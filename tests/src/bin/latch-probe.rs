@@ -54,6 +54,9 @@
 //! latch-probe victim FILE                a process another may debug: prints the address of
 //!                                        two words, then waits until the first is not 0 and
 //!                                        writes both, in decimal, to FILE
+//! latch-probe recv-fd UNIX_SOCKET_PATH  receive a descriptor over that UNIX socket
+//!                                        (SCM_RIGHTS) and send "passed" on it; a refused
+//!                                        descriptor is `{"ok":false,"passed":false,...}`
 //! latch-probe poke ptrace|vm|mem PID ADDR WORD
 //!                                        write the 8-byte WORD at ADDR in process PID, as a
 //!                                        debugger: PTRACE_ATTACH and PTRACE_POKEDATA,
@@ -1242,8 +1245,65 @@ fn steal_fd(pid: i32, fd: i32) {
     }
 }
 
+/// Receives one descriptor over the UNIX socket at `path` (`SCM_RIGHTS`) and sends a datagram
+/// on it. Where the kernel refuses the descriptor, `recvmsg` still returns, with the control
+/// message truncated: reported as `"passed":false`.
+fn recv_fd(path: &str) {
+    use std::os::fd::AsRawFd;
+    let last = std::io::Error::last_os_error;
+    let stream = match std::os::unix::net::UnixStream::connect(path) {
+        Ok(s) => s,
+        Err(e) => return report(Err(e)),
+    };
+    let mut byte = [0u8; 1];
+    // Room for one descriptor's control message, aligned as `cmsghdr` needs.
+    let mut control = [0u64; 8];
+    // SAFETY: `recvmsg` into local buffers whose sizes are given; the control message is read
+    // through the libc macros, within the buffer.
+    unsafe {
+        let mut iov = libc::iovec {
+            iov_base: byte.as_mut_ptr().cast(),
+            iov_len: byte.len(),
+        };
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&control) as _;
+        if libc::recvmsg(stream.as_raw_fd(), &mut msg, 0) < 0 {
+            return report(Err(last()));
+        }
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        let passed = !cmsg.is_null()
+            && (*cmsg).cmsg_level == libc::SOL_SOCKET
+            && (*cmsg).cmsg_type == libc::SCM_RIGHTS;
+        if !passed {
+            let truncated = msg.msg_flags & libc::MSG_CTRUNC != 0;
+            return println!("{{\"ok\":false,\"passed\":false,\"truncated\":{truncated}}}");
+        }
+        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const i32);
+        let msg = b"passed";
+        let sent = libc::send(fd, msg.as_ptr().cast(), msg.len(), 0);
+        report_with(
+            "\"passed\":true",
+            if sent == msg.len() as isize {
+                Ok(())
+            } else {
+                Err(last())
+            },
+        )
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("recv-fd") {
+        let Some(path) = args.get(2) else {
+            eprintln!("usage: latch-probe recv-fd UNIX_SOCKET_PATH");
+            std::process::exit(2);
+        };
+        return recv_fd(path);
+    }
     if args.get(1).map(String::as_str) == Some("victim") {
         let Some(file) = args.get(2) else {
             eprintln!("usage: latch-probe victim FILE");
