@@ -80,9 +80,9 @@ pub enum Op {
     /// the tracepoint backend, which ends the task; the event's `target` is the new process's
     /// tgid. Never held.
     Shared = 7,
-    /// A watched task was refused a socket made outside every watched cgroup, passed to it
-    /// (`SCM_RIGHTS`, `pidfd_getfd`): refused (LSM) or the task ended (tracepoint backend). The
-    /// event's `target` is the socket's address family. Never held.
+    /// A watched task was passed a socket made outside the cgroups of its workload
+    /// (`SCM_RIGHTS`): refused (LSM) or the task ended (tracepoint backend). The event's
+    /// `target` is the socket's address family. Never held.
     Received = 8,
 }
 
@@ -816,9 +816,9 @@ pub enum Counter {
     /// unseen by the proxy (its names are not learned), or the proxy could not tell whose it
     /// was and dropped it.
     DnsUnrecorded = 39,
-    /// A watched task was passed a socket made outside every watched cgroup (whose connection
-    /// or packets no rule of the task decided): refused (LSM) or the task ended (tracepoint
-    /// backend).
+    /// A watched task was passed a socket made outside the cgroups of its workload (whose
+    /// connection or packets no rule of the task decided): refused (LSM) or the task ended
+    /// (tracepoint backend).
     ReceiveRefused = 40,
 }
 

@@ -60,7 +60,7 @@
 //!   cannot attach): a watched task may not debug another process.
 //! - `receive_lsm` (LSM backend: `file_receive`) and `receive_kp` (tracepoint backend: a kprobe
 //!   on `security_file_receive`): a watched task may not be passed an IP or link-layer socket
-//!   made outside every watched cgroup.
+//!   made outside the cgroups of its workload.
 //! - `probe_lsm`: attached for a moment at start-up to learn whether BPF LSM programs really
 //!   run here (they load and attach even where `bpf` is missing from `lsm=`, and then never run).
 #![no_std]

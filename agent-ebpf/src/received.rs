@@ -4,8 +4,10 @@
 //! passed to a watched task (`SCM_RIGHTS` over a UNIX socket, `pidfd_getfd`) would carry the
 //! watched task's data past both: a send on a connected socket names no destination, and its
 //! packets carry the maker's cgroup. So a watched task may not receive an IP or link-layer
-//! socket made outside every watched cgroup. Sockets made in a watched cgroup (passed between
-//! the processes of a workload) and UNIX sockets are received as before.
+//! socket made outside its own workload's cgroups (another workload's rules are not its own).
+//! Sockets made in its workload's cgroups (passed between its processes) and UNIX sockets are
+//! received as before. A socket's cgroup is the one it was made in, for good: a connection
+//! accepted on a listener made outside is outside too.
 //!
 //! The kernel asks `security_file_receive` before a passed descriptor is installed. LSM
 //! backend: `file_receive` refuses (`EPERM`; `recvmsg` reports the control message truncated,
@@ -28,6 +30,7 @@ const S_IFSOCK: u16 = 0o140_000;
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 const AF_PACKET: u16 = 17;
+const AF_XDP: u16 = 44;
 
 /// Whether the current task may not receive `file`; if so, reports it.
 #[inline(always)]
@@ -38,7 +41,7 @@ fn refused(file: *const u8) -> bool {
     let (Some(o), Some(a)) = (kconf::received(), kconf::ancestry()) else {
         return false;
     };
-    let family = match made_outside(file, &o, &a) {
+    let family = match made_outside(file, watch.workload, &o, &a) {
         Some(Some(family)) => family,
         Some(None) => return false,
         // A socket that cannot be read is refused: nothing unread is let in.
@@ -55,10 +58,15 @@ fn refused(file: *const u8) -> bool {
     true
 }
 
-/// `Some(Some(family))` when `file` is an IP or link-layer socket made outside every watched
-/// cgroup, `Some(None)` when it is anything else, `None` when it cannot be read.
+/// `Some(Some(family))` when `file` is an IP or link-layer socket made outside the cgroups of
+/// `workload`, `Some(None)` when it is anything else, `None` when it cannot be read.
 #[inline(always)]
-fn made_outside(file: *const u8, o: &kconf::Received, a: &kconf::Ancestry) -> Option<Option<u16>> {
+fn made_outside(
+    file: *const u8,
+    workload: u32,
+    o: &kconf::Received,
+    a: &kconf::Ancestry,
+) -> Option<Option<u16>> {
     let inode = ptr_at(file, o.file_inode);
     if inode.is_null() {
         return None;
@@ -69,14 +77,19 @@ fn made_outside(file: *const u8, o: &kconf::Received, a: &kconf::Ancestry) -> Op
     if mode & S_IFMT != S_IFSOCK {
         return Some(None);
     }
-    let sk = ptr_at(ptr_at(file, o.file_private), o.socket_sk);
+    // A file opened with `O_PATH` on a socket's name has the socket's inode and no socket.
+    let sock = ptr_at(file, o.file_private);
+    if sock.is_null() {
+        return Some(None);
+    }
+    let sk = ptr_at(sock, o.socket_sk);
     if sk.is_null() {
         return None;
     }
     // SAFETY: as above.
     let family =
         unsafe { bpf_probe_read_kernel(sk.wrapping_add(o.sk_family) as *const u16) }.ok()?;
-    if !matches!(family, AF_INET | AF_INET6 | AF_PACKET) {
+    if !matches!(family, AF_INET | AF_INET6 | AF_PACKET | AF_XDP) {
         return Some(None);
     }
     let cgrp = ptr_at(sk, o.sk_cgroup);
@@ -84,8 +97,8 @@ fn made_outside(file: *const u8, o: &kconf::Received, a: &kconf::Ancestry) -> Op
         return None;
     }
     match lineage::walk(cgrp, a)? {
-        (_, Some(_)) => Some(None),
-        (_, None) => Some(Some(family)),
+        (_, Some((_, w))) if w.workload == workload => Some(None),
+        _ => Some(Some(family)),
     }
 }
 

@@ -346,23 +346,33 @@ pub fn judge(f: Facts) -> Report {
         (true, Some(Backend::Lsm)) if hooked("receive-lsm") => Guarantee {
             name: "received-sockets",
             verdict: Verdict::Enforced,
-            why: "BPF LSM: an IP or link-layer socket made outside every watched cgroup and \
-                  passed to a watched task (SCM_RIGHTS, pidfd_getfd) is refused"
+            why: "BPF LSM: an IP or link-layer socket made outside the cgroups of a watched \
+                  task's workload and passed to it (SCM_RIGHTS) is refused"
+                .into(),
+        },
+        (true, _) if hooked("receive-kp") && hooked("fork-share") => Guarantee {
+            name: "received-sockets",
+            verdict: Verdict::Degraded,
+            why: "tracepoint backend: a watched task passed an IP or link-layer socket made \
+                  outside the cgroups of its workload (SCM_RIGHTS) is ended (a kprobe on \
+                  security_file_receive); the descriptor is installed and the task does not \
+                  return to use it, nor can it have made a process that shares its \
+                  descriptor table"
                 .into(),
         },
         (true, _) if hooked("receive-kp") => Guarantee {
             name: "received-sockets",
             verdict: Verdict::Degraded,
             why: "tracepoint backend: a watched task passed an IP or link-layer socket made \
-                  outside every watched cgroup (SCM_RIGHTS, pidfd_getfd) is ended (a kprobe on \
-                  security_file_receive); the descriptor is installed and the task does not \
-                  return to use it"
+                  outside the cgroups of its workload (SCM_RIGHTS) is ended (a kprobe on \
+                  security_file_receive); the descriptor is installed, and a process sharing \
+                  its descriptor table (CLONE_FILES) keeps it"
                 .into(),
         },
         (true, _) => Guarantee {
             name: "received-sockets",
             verdict: Verdict::Degraded,
-            why: "a socket made outside every watched cgroup and passed to a watched task is \
+            why: "a socket made outside a watched task's workload and passed to it is \
                   not seen here (no BPF LSM, no kprobe on security_file_receive, or this \
                   kernel's BTF does not tell where a socket was made): its connection and \
                   packets are not decided"
@@ -784,7 +794,18 @@ mod tests {
             (Backend::Lsm, vec!["receive-lsm"], Enforced, "refused"),
             // LSM without the offsets: the hook is not attached.
             (Backend::Lsm, vec![], Degraded, "not seen"),
-            (Backend::Tracepoint, vec!["receive-kp"], Degraded, "ended"),
+            (
+                Backend::Tracepoint,
+                vec!["receive-kp", "fork-share"],
+                Degraded,
+                "ended",
+            ),
+            (
+                Backend::Tracepoint,
+                vec!["receive-kp"],
+                Degraded,
+                "CLONE_FILES",
+            ),
             (Backend::Tracepoint, vec![], Degraded, "not seen"),
         ];
         for (backend, hooks, want, word) in table {

@@ -121,8 +121,8 @@ pub struct KernelEvent {
     /// (tracepoint backend): the new process's id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shared_with: Option<u32>,
-    /// A socket made outside every watched cgroup and passed to the task, refused: its address
-    /// family (2 IPv4, 10 IPv6, 17 link layer; 0 when it could not be read).
+    /// A socket made outside the cgroups of the task's workload and passed to it, refused: its
+    /// address family (2 IPv4, 10 IPv6, 17 link layer, 44 XDP; 0 when it could not be read).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub received_family: Option<u16>,
 }
