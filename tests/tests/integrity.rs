@@ -756,6 +756,20 @@ fn a_watched_process_may_not_write_another_process() {
     assert!(counter(&mut h, Counter::DebugRefused) > 0);
 }
 
+/// A UDP listener a rule denies to the workload, a UDP socket this test process (outside every
+/// watched cgroup) connected to it, and the harness.
+fn connected_outside() -> (std::net::UdpSocket, std::net::UdpSocket, Harness) {
+    let dest = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let addr = dest.local_addr().expect("addr");
+    let h = Harness::new(&rules(&format!(
+        "  - {{name: off, workload: test, on: connect, to: [127.0.0.1/32], ports: [{}], action: deny}}\n",
+        addr.port()
+    )));
+    let connected = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    connected.connect(addr).expect("connect");
+    (dest, connected, h)
+}
+
 /// A socket connected by a process outside every watched cgroup to a destination a rule denies,
 /// taken with `pidfd_getfd` by a watched process: a send on a connected socket meets no socket
 /// hook, so the taking is what must be refused. The victim is this test process.
@@ -766,16 +780,9 @@ fn a_watched_process_may_not_take_another_process_s_socket() {
         return;
     }
     use std::os::fd::AsRawFd;
-    let dest = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
-    let addr = dest.local_addr().expect("addr");
-    let mut h = Harness::new(&rules(&format!(
-        "  - {{name: off, workload: test, on: connect, to: [127.0.0.1/32], ports: [{}], action: deny}}\n",
-        addr.port()
-    )));
+    let (dest, connected, mut h) = connected_outside();
     let kprobed = kprobed(&mut h, "debug-kp");
     let backend = h.engine().backend();
-    let connected = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
-    connected.connect(addr).expect("connect");
     let me = std::process::id().to_string();
     let fd = connected.as_raw_fd().to_string();
     let free = TestCgroup::new();
@@ -864,16 +871,9 @@ fn a_watched_process_may_not_be_passed_a_socket_made_outside() {
     }
     use std::os::fd::AsRawFd;
     use std::os::unix::net::{UnixDatagram, UnixListener};
-    let dest = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
-    let addr = dest.local_addr().expect("addr");
-    let mut h = Harness::new(&rules(&format!(
-        "  - {{name: off, workload: test, on: connect, to: [127.0.0.1/32], ports: [{}], action: deny}}\n",
-        addr.port()
-    )));
+    let (dest, connected, mut h) = connected_outside();
     let kprobed = kprobed(&mut h, "receive-kp");
     let backend = h.engine().backend();
-    let connected = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
-    connected.connect(addr).expect("connect");
     let dir = tempfile::tempdir().expect("tempdir");
     // A UNIX datagram pair: the probe's send on the passed end arrives at `unix_dest`.
     let unix_dest_path = dir.path().join("dest");
