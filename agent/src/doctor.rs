@@ -350,24 +350,20 @@ pub fn judge(f: Facts) -> Report {
                   task's workload and passed to it (SCM_RIGHTS) is refused"
                 .into(),
         },
-        (true, _) if hooked("receive-kp") && hooked("fork-share") => Guarantee {
-            name: "received-sockets",
-            verdict: Verdict::Degraded,
-            why: "tracepoint backend: a watched task passed an IP or link-layer socket made \
-                  outside the cgroups of its workload (SCM_RIGHTS) is ended (a kprobe on \
-                  security_file_receive); the descriptor is installed and the task does not \
-                  return to use it, nor can it have made a process that shares its \
-                  descriptor table"
-                .into(),
-        },
         (true, _) if hooked("receive-kp") => Guarantee {
             name: "received-sockets",
             verdict: Verdict::Degraded,
-            why: "tracepoint backend: a watched task passed an IP or link-layer socket made \
-                  outside the cgroups of its workload (SCM_RIGHTS) is ended (a kprobe on \
-                  security_file_receive); the descriptor is installed, and a process sharing \
-                  its descriptor table (CLONE_FILES) keeps it"
-                .into(),
+            why: format!(
+                "tracepoint backend: a watched task passed an IP or link-layer socket made \
+                 outside the cgroups of its workload (SCM_RIGHTS) is ended (a kprobe on \
+                 security_file_receive); the descriptor is installed {}",
+                if hooked("fork-share") {
+                    "and the task does not return to use it, nor can it have made a process \
+                     that shares its descriptor table"
+                } else {
+                    "and a process sharing its descriptor table (CLONE_FILES) keeps it"
+                }
+            ),
         },
         (true, _) => Guarantee {
             name: "received-sockets",

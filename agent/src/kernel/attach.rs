@@ -210,51 +210,40 @@ pub fn attach_all(
         p.keep(link.try_into().map_err(link_err(name))?, pin)?;
     }
 
+    // A socket passed in is judged by where it was made, which needs this kernel's layout;
+    // without it the receiving hooks would refuse nothing, so they are left out, and doctor
+    // says so.
+    let receives = super::probe::layout().receives();
+    if let Err(e) = &receives {
+        tracing::warn!(
+            "sockets passed to a watched task are not checked: where a socket was made cannot \
+             be read here ({e})"
+        );
+    }
+
     // `btf` is there exactly on the LSM backend.
     match &btf {
         Some(btf) => {
-            let name = "exec_lsm";
-            let prog: &mut Lsm = program(ebpf, name)?;
-            prog.load("bprm_check_security", btf)
-                .map_err(prog_err(name))?;
-            let id = prog.attach().map_err(prog_err(name))?;
-            let link: FdLink = prog.take_link(id).map_err(prog_err(name))?.into();
-            p.keep(link, "exec-lsm")?;
-            for (name, hook, pin) in [
+            // (program, hook, pin), in the order they are attached.
+            let mut hooks = vec![
+                ("exec_lsm", "bprm_check_security", "exec-lsm"),
                 ("map_lsm", "mmap_file", "map-lsm"),
                 ("mprotect_lsm", "file_mprotect", "mprotect-lsm"),
                 ("socket_lsm", "socket_create", "socket-lsm"),
                 ("debug_lsm", "ptrace_access_check", "debug-lsm"),
                 ("traceme_lsm", "ptrace_traceme", "traceme-lsm"),
-            ] {
+            ];
+            if receives.is_ok() {
+                hooks.push(("receive_lsm", "file_receive", "receive-lsm"));
+            }
+            hooks.push(("bpf_guard", "bpf", "bpf-guard"));
+            for (name, hook, pin) in hooks {
                 let prog: &mut Lsm = program(ebpf, name)?;
                 prog.load(hook, btf).map_err(prog_err(name))?;
                 let id = prog.attach().map_err(prog_err(name))?;
                 let link: FdLink = prog.take_link(id).map_err(prog_err(name))?.into();
                 p.keep(link, pin)?;
             }
-            // A socket passed in is judged by where it was made, which needs this kernel's
-            // layout; without it the hook would refuse nothing, and doctor says so.
-            match super::probe::layout().receives() {
-                Ok(()) => {
-                    let name = "receive_lsm";
-                    let prog: &mut Lsm = program(ebpf, name)?;
-                    prog.load("file_receive", btf).map_err(prog_err(name))?;
-                    let id = prog.attach().map_err(prog_err(name))?;
-                    let link: FdLink = prog.take_link(id).map_err(prog_err(name))?.into();
-                    p.keep(link, "receive-lsm")?;
-                }
-                Err(e) => tracing::warn!(
-                    "sockets passed to a watched task are not checked: where a socket was made \
-                     cannot be read here ({e})"
-                ),
-            }
-            let name = "bpf_guard";
-            let prog: &mut Lsm = program(ebpf, name)?;
-            prog.load("bpf", btf).map_err(prog_err(name))?;
-            let id = prog.attach().map_err(prog_err(name))?;
-            let link: FdLink = prog.take_link(id).map_err(prog_err(name))?.into();
-            p.keep(link, "bpf-guard")?;
         }
         None => {
             let link = tracepoint(ebpf, "exec", "sched", "sched_process_exec")?;
@@ -283,17 +272,13 @@ pub fn attach_all(
                     p.keep(link, "map-tp")?;
                 }
             }
-            // A socket passed in (SCM_RIGHTS, pidfd_getfd) ends the task that receives it,
-            // where the kernel asks before installing it.
-            match super::probe::layout().receives() {
-                Ok(()) => match kprobe(ebpf, "receive_kp", "security_file_receive")? {
+            // A socket passed in (SCM_RIGHTS) ends the task that receives it, where the
+            // kernel asks before installing it.
+            if receives.is_ok() {
+                match kprobe(ebpf, "receive_kp", "security_file_receive")? {
                     Ok(link) => p.keep(link, "receive-kp")?,
                     Err(e) => tracing::warn!("sockets passed to a watched task are not seen: {e}"),
-                },
-                Err(e) => tracing::warn!(
-                    "sockets passed to a watched task are not checked: where a socket was made \
-                     cannot be read here ({e})"
-                ),
+                }
             }
             let link = tracepoint(ebpf, "socket_tp", "syscalls", "sys_enter_socket")?;
             p.keep(link, "socket-tp")?;
