@@ -31,7 +31,9 @@ use latch_agent::{
 pub mod browser;
 pub mod daemon;
 pub mod dns;
+pub mod fdpass;
 pub mod neighbour;
+pub mod packets;
 pub mod program;
 pub mod stack;
 

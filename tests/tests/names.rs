@@ -11,6 +11,7 @@ use std::{
 
 use latch_tests::daemon::Daemon;
 use latch_tests::dns::{DnsServer, SERVER};
+use latch_tests::packets::{Arrivals, Sysctl};
 use latch_tests::{outcome, privileged, probe, spawn_in, TestCgroup};
 
 const EPERM: i64 = 1;
@@ -223,6 +224,63 @@ fn an_address_never_resolved_gets_the_unresolved_action_until_resolved_and_after
     let v = run(&cg.path, &["connect", &addr]);
     assert_eq!(v["errno"].as_i64(), Some(EPERM), "after the TTL: {v}");
     assert!(!short.reached());
+}
+
+/// The packet backstop (cgroup `skb` egress) decides by the names a workload resolved, as the
+/// socket hooks do: an ICMP echo from an unprivileged ping socket, which no socket hook sees,
+/// to an address the workload resolved from a name a rule denies is dropped. Before the
+/// workload resolved the name, the same echo went out (its `unresolved: audit`), so it is the
+/// name that refuses it. The evidence is a raw ICMP socket of the test's own.
+#[test]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
+fn the_packet_backstop_decides_by_the_names_the_workload_resolved() {
+    if !privileged() {
+        return;
+    }
+    // Ping sockets for root.
+    let _ping = Sysctl::set("/proc/sys/net/ipv4/ping_group_range", "0 0");
+    let mut icmp = Arrivals::new(libc::SOCK_RAW, libc::IPPROTO_ICMP, None);
+    let (dest, port) = Destination::first(41);
+    let dns = DnsServer::start(&["echo.test,127.0.0.41,300"], &[]);
+    let rules = rules(
+        "    unresolved: audit\n",
+        "  - {name: no-echo, workload: test, on: connect, to: [echo.test], action: deny}\n",
+    );
+    let id = std::process::id();
+    let ping = |cg: &std::path::Path, tag: &str| run(cg, &["icmp", "ping", "127.0.0.41", tag]);
+    let arrived = |icmp: &mut Arrivals, tag: &str| icmp.wait_for(format!("latch-{tag}").as_bytes());
+
+    let free = TestCgroup::new();
+    let tag = format!("{id}-free");
+    let v = ping(&free.path, &tag);
+    assert!(arrived(&mut icmp, &tag), "unwatched: {v}");
+
+    let cg = TestCgroup::new();
+    let _d = Daemon::start(&cg, &rules, "deny");
+    let tag = format!("{id}-before");
+    let v = ping(&cg.path, &tag);
+    assert!(ok(&v), "before the name was resolved: {v}");
+    assert!(
+        arrived(&mut icmp, &tag),
+        "before the name was resolved: {v}"
+    );
+
+    let v = resolve(&cg.path, &dns, "echo.test", port);
+    assert_eq!(v["resolved"], "127.0.0.41", "{v}");
+    assert_eq!(v["errno"].as_i64(), Some(EPERM), "{v}");
+    assert!(!dest.reached(), "{v}");
+
+    let tag = format!("{id}-after");
+    let v = ping(&cg.path, &tag);
+    // A later echo from outside, seen arriving: the earlier one would be there by now.
+    let later = format!("{id}-later");
+    ping(&free.path, &later);
+    assert!(arrived(&mut icmp, &later));
+    assert!(
+        !icmp.has(format!("latch-{tag}").as_bytes()),
+        "an echo to an address resolved from a denied name went out: {v}"
+    );
+    assert_eq!(v["errno"].as_i64(), Some(EPERM), "{v}");
 }
 
 #[test]

@@ -57,6 +57,10 @@
 //! latch-probe recv-fd UNIX_SOCKET_PATH  receive a descriptor over that UNIX socket
 //!                                        (SCM_RIGHTS) and send "passed" on it; a refused
 //!                                        descriptor is `{"ok":false,"passed":false,...}`
+//! latch-probe pass-udp ADDR:PORT UNIX_SOCKET_PATH COUNT
+//!                                        connect a UDP socket to ADDR:PORT, listen at that
+//!                                        UNIX socket path, and pass the UDP socket
+//!                                        (SCM_RIGHTS) to each of COUNT connections
 //! latch-probe poke ptrace|vm|mem PID ADDR WORD
 //!                                        write the 8-byte WORD at ADDR in process PID, as a
 //!                                        debugger: PTRACE_ATTACH and PTRACE_POKEDATA,
@@ -69,6 +73,9 @@
 //! `hold` keeps a long-lived connection: after connecting it prints `{"ok":true,"connected":true}`
 //! and blocks in `read()`, then prints what the read gave (text, end of stream, or the error, as
 //! when the connection is cut off under it).
+
+#[path = "../fdpass.rs"]
+mod fdpass;
 
 use std::{
     io::{Read, Write},
@@ -1295,8 +1302,43 @@ fn recv_fd(path: &str) {
     }
 }
 
+/// Connects a UDP socket to `addr` (made in this process's cgroup, which the socket keeps),
+/// listens at `path`, and passes the socket to each of `count` connections.
+fn pass_udp(addr: SocketAddr, path: &str, count: usize) {
+    use std::os::fd::AsRawFd;
+    let result = (|| {
+        let any: SocketAddr = if addr.is_ipv4() {
+            "0.0.0.0:0"
+        } else {
+            "[::]:0"
+        }
+        .parse()
+        .map_err(std::io::Error::other)?;
+        let udp = UdpSocket::bind(any)?;
+        udp.connect(addr)?;
+        let listener = std::os::unix::net::UnixListener::bind(path)?;
+        for _ in 0..count {
+            let (stream, _) = listener.accept()?;
+            fdpass::send_fd(&stream, udp.as_raw_fd())?;
+        }
+        Ok(())
+    })();
+    report(result)
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("pass-udp") {
+        let (Some(Ok(addr)), Some(path), Some(Ok(count))) = (
+            args.get(2).map(|a| a.parse()),
+            args.get(3),
+            args.get(4).map(|c| c.parse()),
+        ) else {
+            eprintln!("usage: latch-probe pass-udp ADDR:PORT UNIX_SOCKET_PATH COUNT");
+            std::process::exit(2);
+        };
+        return pass_udp(addr, path, count);
+    }
     if args.get(1).map(String::as_str) == Some("recv-fd") {
         let Some(path) = args.get(2) else {
             eprintln!("usage: latch-probe recv-fd UNIX_SOCKET_PATH");
