@@ -29,7 +29,7 @@ use crate::{
     store::{
         AuditFact, History, NewRequest, NewVote, QueryContext, Resolution, Store, Tx, VoteRow,
     },
-    tally::{tally, Ballot, Choice, Scope, Tally, Terms},
+    tally::{decides_alone, tally, Ballot, Choice, Scope, Tally, Terms},
 };
 
 /// Longest grant a reviewer may give.
@@ -542,7 +542,11 @@ impl Central {
                 decision: None,
             });
         }
-        self.expiry_wake.notify_one();
+        // The expiry loop looks again within EXPIRY_POLL_MS anyway (two reads each time it
+        // wakes): woken only for a request due before then.
+        if expires - now_ms() < crate::engine::EXPIRY_POLL_MS {
+            self.expiry_wake.notify_one();
+        }
         if terms.review.contains(&policy::ReviewStep::Auto) {
             self.enqueue_auto_review(&approval_id);
         }
@@ -745,12 +749,12 @@ impl Central {
         }
 
         let mut tx = self.store.begin().await?;
-        if !lock_pending(&mut tx, &row.approval_id, now).await? {
+        let Some(locked) = lock_pending(&mut tx, &row.approval_id, now).await? else {
             // Committed (it wrote nothing): what resolved the request may be in the same open
             // batch, and the read below sees it once that is durable.
             tx.commit().await.ctx("waiting for the resolution")?;
             return Err(self.resolved_error(&row.approval_id).await);
-        }
+        };
         let choice = d.choice();
         let by_requester = who.is_requester(&row.requester);
         let (duration_ms, scope) = match choice {
@@ -782,9 +786,22 @@ impl Central {
                 who.subject, row.approval_id
             )));
         }
-        let ballots = ballots_in(&mut tx, &row.approval_id).await?;
+        let ballot = Ballot {
+            approver: who.subject.clone(),
+            choice,
+            by_requester,
+        };
+        // Most votes decide on their own (a denial, the one approval needed): the others are
+        // read back only where they could change the count.
+        let counted = match decides_alone(row.approvers_needed, &ballot) {
+            Some(t) => t,
+            None => tally(
+                row.approvers_needed,
+                &ballots_in(&mut tx, &row.approval_id).await?,
+            ),
+        };
         // The row as this transaction leaves it, so that the answer needs no read of it.
-        let (resolved, after) = match tally(row.approvers_needed, &ballots) {
+        let (resolved, after) = match counted {
             Tally::Approved { terms, approvers } => {
                 let grant = grant_for(&row, terms, &who.subject, now);
                 let after = resolve_in(
@@ -841,7 +858,7 @@ impl Central {
                 (false, row.clone())
             }
         };
-        let members = resolve_group_in(&mut tx, &after, now).await?;
+        let members = resolve_group_in(&mut tx, &after, locked, now).await?;
         tx.commit().await.ctx("committing decision")?;
         self.publish_members(&members).await;
         if resolved {
@@ -991,7 +1008,10 @@ impl Central {
         }
         let now = now_ms();
         let mut tx = self.store.begin().await?;
-        if !lock_pending(&mut tx, &row.approval_id, now).await? {
+        if lock_pending(&mut tx, &row.approval_id, now)
+            .await?
+            .is_none()
+        {
             return self.state_after_losing(tx, &row.approval_id).await;
         }
         let reason = if reason.is_empty() {
@@ -1059,9 +1079,12 @@ impl Central {
             "" => None,
             first => lock_pending(&mut tx, first, now)
                 .await?
-                .then(|| first.to_string()),
+                .map(|_| first.to_string()),
         };
-        if !lock_pending(&mut tx, &row.approval_id, now).await? {
+        if lock_pending(&mut tx, &row.approval_id, now)
+            .await?
+            .is_none()
+        {
             let state = self.state_after_losing(tx, &row.approval_id).await?;
             return Err(not_waiting(state));
         }
@@ -1121,9 +1144,9 @@ impl Central {
         }
         let now = now_ms();
         let mut tx = self.store.begin().await?;
-        if !lock_pending(&mut tx, approval_id, now).await? {
+        let Some(locked) = lock_pending(&mut tx, approval_id, now).await? else {
             return Ok(false);
-        }
+        };
         let reason = format!(
             "no decision within the rule's timeout; on_timeout: {}",
             row.on_timeout
@@ -1140,7 +1163,7 @@ impl Central {
             now,
         )
         .await?;
-        let members = resolve_group_in(&mut tx, &after, now).await?;
+        let members = resolve_group_in(&mut tx, &after, locked, now).await?;
         tx.commit().await.ctx("committing expiry")?;
         self.publish_members(&members).await;
         self.publish(Event::Request {
@@ -1259,7 +1282,7 @@ async fn group_to_join(tx: &mut Tx, merge_key: &str, now: i64) -> Result<Option<
         let Some((id, deadline)) = Store::pending_with_key(tx, merge_key, now).await? else {
             return Ok(None);
         };
-        if lock_pending(tx, &id, now).await? {
+        if lock_pending(tx, &id, now).await?.is_some() {
             return Ok(Some((id, deadline)));
         }
     }
@@ -1272,11 +1295,13 @@ async fn group_to_join(tx: &mut Tx, merge_key: &str, now: i64) -> Result<Option<
 pub(crate) async fn resolve_group_in(
     tx: &mut Tx,
     primary: &RequestRow,
+    locked: Locked,
     now: i64,
 ) -> Result<Vec<RequestRow>> {
     // Looked up by id whatever `primary.merged_into` says: the row may have been read before
-    // this transaction's lock, when it still waited with another request.
-    if primary.state == State::Pending {
+    // this transaction's lock, when it still waited with another request. None joins the
+    // group while it is locked.
+    if primary.state == State::Pending || locked.members == 0 {
         return Ok(Vec::new());
     }
     let rows = Store::pending_members_in(tx, &primary.approval_id, false).await?;
@@ -1442,8 +1467,22 @@ async fn store_justification(
 /// it is no longer pending. Always in that order and before any audit record is written, so that
 /// a transaction on the group and one on a single request of it (a cancellation, a
 /// justification) cannot each hold what the other waits for.
-pub(crate) async fn lock_pending(tx: &mut Tx, approval_id: &str, now: i64) -> Result<bool> {
-    Ok(Store::lock_pending(tx, approval_id, now).await?)
+pub(crate) async fn lock_pending(
+    tx: &mut Tx,
+    approval_id: &str,
+    now: i64,
+) -> Result<Option<Locked>> {
+    Ok(Store::lock_pending(tx, approval_id, now)
+        .await?
+        .map(|members| Locked { members }))
+}
+
+/// What [`lock_pending`] locked: a pending request, and this many requests waiting with it.
+/// Resolving the group takes it, so that a group is resolved only under its lock, and its
+/// members are read only when there are any.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Locked {
+    members: u64,
 }
 
 /// Moves a locked pending request to a final state, with its transition, grant and audit.

@@ -204,9 +204,9 @@ impl Central {
         // Locked, and looked at again under the lock, before the answer counts anywhere: a
         // second answer that loses a race to the first changes nothing, breaker included.
         let mut tx = self.store.begin().await?;
-        if !lock_pending(&mut tx, approval_id, now).await? {
+        let Some(locked) = lock_pending(&mut tx, approval_id, now).await? else {
             return Ok(RequestState::Unspecified);
-        }
+        };
         if crate::store::recommendations::has_one_in(&mut tx, approval_id).await? {
             return Ok(RequestState::Pending);
         }
@@ -330,7 +330,7 @@ impl Central {
                     now,
                 )
                 .await?;
-                members = resolve_group_in(&mut tx, &after, now).await?;
+                members = resolve_group_in(&mut tx, &after, locked, now).await?;
                 to.to_proto()
             }
             None => RequestState::Pending,

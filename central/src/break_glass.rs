@@ -90,14 +90,14 @@ impl Central {
             (State::Denied, "deny")
         };
         let mut tx = self.store.begin().await?;
-        if !lock_pending(&mut tx, &row.approval_id, now).await? {
+        let Some(locked) = lock_pending(&mut tx, &row.approval_id, now).await? else {
             // Committed, not dropped: see `Central::decide`.
             tx.commit().await.ctx("waiting for the resolution")?;
             return Err(match self.request_row(&row.approval_id).await? {
                 Some(r) => already(&r),
                 None => Error::NotFound(format!("request '{}'", row.approval_id)),
             });
-        }
+        };
         let votes = approvals_of(&mut tx, &row.approval_id).await?;
         // What the ordinary path would have refused, for whoever reviews the audit trail.
         let self_approval = approve && who.is_requester(&row.requester);
@@ -148,7 +148,7 @@ impl Central {
             now,
         )
         .await?;
-        let members = resolve_group_in(&mut tx, &after, now).await?;
+        let members = resolve_group_in(&mut tx, &after, locked, now).await?;
         tx.commit().await.ctx("committing break-glass decision")?;
         self.publish_members(&members).await;
         tracing::error!(approval_id = %row.approval_id, by = %who.subject, outcome,

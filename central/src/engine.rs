@@ -22,6 +22,10 @@ use crate::{
     store::Store,
 };
 
+/// The longest the expiry loop sleeps between looks for due requests: another replica may have
+/// accepted a request this one was not told of.
+pub(crate) const EXPIRY_POLL_MS: i64 = 1000;
+
 /// Central's engine: the state every channel acts through. Its operations are methods on it,
 /// one module per concern ([`crate::approval`], [`crate::break_glass`], [`crate::grants`],
 /// [`crate::rules`], [`crate::hosts`], [`crate::identity`], [`crate::audit`], and the delivery of
@@ -36,6 +40,8 @@ pub struct Central {
     pub(crate) oidc: Option<Arc<crate::oidc::Oidc>>,
     pub(crate) agents: AgentTokens,
     pub(crate) replica_id: String,
+    /// Wakes the expiry loop early, for a request due before the loop's next look
+    /// ([`EXPIRY_POLL_MS`] at most).
     pub(crate) expiry_wake: Notify,
     pub(crate) stopping: watch::Sender<bool>,
     pub(crate) signing: ed25519_dalek::SigningKey,

@@ -226,8 +226,8 @@ async fn start_serving(
                 // Wake at the next deadline, when a request arrives, or at least every second
                 // (another replica may have accepted a request).
                 let wait = match c.next_expiry().await {
-                    Ok(Some(t)) => (t - now_ms()).clamp(5, 1000),
-                    _ => 1000,
+                    Ok(Some(t)) => (t - now_ms()).clamp(5, crate::engine::EXPIRY_POLL_MS),
+                    _ => crate::engine::EXPIRY_POLL_MS,
                 };
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(wait as u64)) => {}

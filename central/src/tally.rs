@@ -161,6 +161,24 @@ pub fn tally(needed: u32, ballots: &[Ballot]) -> Tally {
     }
 }
 
+/// What `ballot`, cast on a request still pending, decides whatever was cast before it, or
+/// `None` when the earlier ballots are needed to tell. A request still pending holds no denial
+/// and fewer counted approvals than it needs (either would have resolved it), so a denial
+/// denies, and with one approver needed an approval by anyone but the requester approves on its
+/// own terms. This lets a decision skip reading the other votes back.
+pub fn decides_alone(needed: u32, ballot: &Ballot) -> Option<Tally> {
+    match ballot.choice {
+        Choice::Deny => Some(Tally::Denied {
+            by: ballot.approver.clone(),
+        }),
+        Choice::Approve(terms) if !ballot.by_requester && needed <= 1 => Some(Tally::Approved {
+            terms,
+            approvers: vec![ballot.approver.clone()],
+        }),
+        Choice::Approve(_) => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -351,6 +369,107 @@ mod tests {
         for (name, needed, ballots, want) in cases {
             assert_eq!(tally(needed, &ballots), want, "{name}");
         }
+    }
+
+    #[test]
+    fn a_ballot_decides_alone_only_where_the_earlier_ones_cannot_matter() {
+        let cases: Vec<(&str, u32, Ballot, Option<Tally>)> = vec![
+            (
+                "a denial, one needed",
+                1,
+                by("ann", Choice::Deny),
+                Some(Tally::Denied { by: "ann".into() }),
+            ),
+            (
+                "a denial, three needed",
+                3,
+                by("ann", Choice::Deny),
+                Some(Tally::Denied { by: "ann".into() }),
+            ),
+            (
+                "the requester's denial",
+                1,
+                requester("rex", Choice::Deny),
+                Some(Tally::Denied { by: "rex".into() }),
+            ),
+            (
+                "approve once, one needed",
+                1,
+                by("ann", once()),
+                Some(approved(Terms::Once, &["ann"])),
+            ),
+            (
+                "a grant, one needed (none stored counts as one)",
+                0,
+                by("ann", grant(Scope::Workload, 2)),
+                Some(approved(
+                    Terms::For {
+                        scope: Scope::Workload,
+                        duration: HOUR * 2,
+                    },
+                    &["ann"],
+                )),
+            ),
+            ("an approval, two needed", 2, by("ann", once()), None),
+            (
+                "the requester's approval",
+                1,
+                requester("rex", once()),
+                None,
+            ),
+        ];
+        for (name, needed, ballot, want) in cases {
+            assert_eq!(decides_alone(needed, &ballot), want, "{name}");
+        }
+    }
+
+    /// Wherever a ballot decides alone, counting it after any earlier ballots that left the
+    /// request pending comes to the same.
+    #[test]
+    fn deciding_alone_agrees_with_the_full_tally() {
+        let earlier_kinds = [
+            requester("rex", once()),
+            requester("rex", grant(Scope::Host, 24)),
+            by("bob", grant(Scope::Host, 24)),
+            by("cy", once()),
+            by("dee", grant(Scope::Process, 1)),
+        ];
+        let new_kinds = [
+            by("ann", Choice::Deny),
+            by("ann", once()),
+            by("ann", grant(Scope::Workload, 3)),
+            requester("rex", Choice::Deny),
+            requester("rex", once()),
+        ];
+        let mut checked = 0;
+        for needed in 0..=3u32 {
+            // Every subset of the earlier kinds, in order.
+            for mask in 0..(1u32 << earlier_kinds.len()) {
+                let earlier: Vec<Ballot> = earlier_kinds
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| mask & (1 << i) != 0)
+                    .map(|(_, b)| b.clone())
+                    .collect();
+                if !matches!(tally(needed, &earlier), Tally::Pending { .. }) {
+                    continue;
+                }
+                for b in &new_kinds {
+                    // One vote per person: a voter who already voted cannot vote again.
+                    if earlier.iter().any(|e| e.approver == b.approver) {
+                        continue;
+                    }
+                    let Some(alone) = decides_alone(needed, b) else {
+                        continue;
+                    };
+                    let mut all = earlier.clone();
+                    all.push(b.clone());
+                    assert_eq!(alone, tally(needed, &all), "{needed} needed, {all:?}");
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 20, "only {checked} combinations checked");
     }
 
     #[test]

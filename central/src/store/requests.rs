@@ -667,13 +667,14 @@ impl Store {
         Ok(())
     }
 
-    /// Locks a pending request for the rest of `tx`, then the requests waiting with it;
-    /// `false` when it is no longer pending (nothing is locked then).
+    /// Locks a pending request for the rest of `tx`, then the requests waiting with it, and
+    /// says how many of those there are; `None` when it is no longer pending (nothing is locked
+    /// then).
     pub async fn lock_pending(
         tx: &mut Tx,
         approval_id: &str,
         now_ms: i64,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Option<u64>, StoreError> {
         let r = sqlx::query(
             "UPDATE requests SET updated_at_ms = $2 WHERE approval_id = $1 AND state = 'pending'",
         )
@@ -683,9 +684,9 @@ impl Store {
         .await
         .ctx(format!("locking request {approval_id}"))?;
         if r.rows_affected() != 1 {
-            return Ok(false);
+            return Ok(None);
         }
-        sqlx::query(
+        let members = sqlx::query(
             "UPDATE requests SET updated_at_ms = $2 WHERE merged_into = $1 AND state = 'pending'",
         )
         .bind(approval_id)
@@ -693,7 +694,7 @@ impl Store {
         .execute(&mut **tx)
         .await
         .ctx(format!("locking the requests waiting with {approval_id}"))?;
-        Ok(true)
+        Ok(Some(members.rows_affected()))
     }
 
     /// Records a change of a request's state.
