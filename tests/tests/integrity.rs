@@ -11,6 +11,7 @@ use std::{
 
 use agent_common::{Counter, Op, Outcome};
 use latch_agent::cgroups;
+use latch_agent::events::KernelEvent;
 use latch_agent::kernel::{Backend, Decision};
 use latch_tests::packets::{Arrivals, Sysctl};
 use latch_tests::program::{Fs, ProgramCopy};
@@ -836,6 +837,61 @@ fn pass_fd(stream: &std::os::unix::net::UnixStream, fd: std::os::fd::RawFd) {
     latch_tests::fdpass::send_fd(stream, fd).expect("sendmsg");
 }
 
+/// Whether a `recv-fd` probe (run through `exec`) received a socket and its send went out.
+fn sent(out: &serde_json::Value) -> bool {
+    out["stdout"]
+        .as_str()
+        .is_some_and(|o| o.contains("\"passed\":true") && o.contains("\"ok\":true"))
+}
+
+/// Passes a UDP socket connected to `dest` (what `recv` receives: one `recv-fd` probe run
+/// through `exec`, so that its end is reported) first to a probe in `free`, where its datagram
+/// arrives, then to one in the watched cgroup, where nothing may arrive: the probe gets no
+/// descriptor on the LSM backend and is ended on the tracepoint backend. Without kprobes the
+/// tracepoint backend does not see it (doctor and the README say so), and the datagram must
+/// still arrive, so that this fails the day something does. Returns the refusal's event.
+fn refused_when_passed(
+    h: &mut Harness,
+    kprobed: bool,
+    free: &Path,
+    recv: &[String],
+    dest: &std::net::UdpSocket,
+    what: &str,
+) -> Option<KernelEvent> {
+    let out = run_in(free, recv);
+    assert!(sent(&out), "{what}, unwatched: {out}");
+    assert!(
+        eventually(|| received(dest)),
+        "{what}: nothing arrived unwatched: {out}"
+    );
+    let backend = h.engine().backend();
+    let out = run_in(&h.cgroup.path.clone(), recv);
+    if backend == Backend::Tracepoint && !kprobed {
+        assert!(sent(&out), "{what}: {out}");
+        assert!(eventually(|| received(dest)), "{what}: {out}");
+        return None;
+    }
+    assert!(
+        !received(dest),
+        "{what}: a datagram arrived through the passed socket: {out}"
+    );
+    match backend {
+        // No descriptor, and the kernel says the control message was cut short.
+        Backend::Lsm => {
+            assert!(
+                out["stdout"].as_str().is_some_and(
+                    |o| o.contains("\"passed\":false") && o.contains("\"truncated\":true")
+                ),
+                "{what}: {out}"
+            )
+        }
+        Backend::Tracepoint => assert_eq!(out["signal"], 9, "{what}: {out}"),
+    }
+    Some(h.expect_event(what, |e| {
+        e.op == Op::Received && e.outcome == Outcome::Denied
+    }))
+}
+
 /// A socket connected by a process outside every watched cgroup to a destination a rule denies,
 /// passed to a watched process over a UNIX socket (`SCM_RIGHTS`): a send on a connected socket
 /// meets no socket hook, so the passing is what must be refused. This test process is the one
@@ -852,7 +908,6 @@ fn a_watched_process_may_not_be_passed_a_socket_made_outside() {
     use std::os::unix::net::{UnixDatagram, UnixListener};
     let (dest, connected, mut h) = connected_outside();
     let kprobed = kprobed(&mut h, "receive-kp");
-    let backend = h.engine().backend();
     let dir = tempfile::tempdir().expect("tempdir");
     // A UNIX datagram pair: the probe's send on the passed end arrives at `unix_dest`.
     let unix_dest_path = dir.path().join("dest");
@@ -874,43 +929,14 @@ fn a_watched_process_may_not_be_passed_a_socket_made_outside() {
     // that receives it is ended.
     let inner = s(&probe());
     let recv = probe_args(&["exec", &inner, "recv-fd", &s(&path)]);
-    let sent = |out: &serde_json::Value| {
-        out["stdout"]
-            .as_str()
-            .is_some_and(|o| o.contains("\"passed\":true") && o.contains("\"ok\":true"))
-    };
-
-    let out = run_in(&free.path, &recv);
-    assert!(sent(&out), "unwatched: {out}");
-    assert!(
-        eventually(|| received(&dest)),
-        "nothing arrived unwatched: {out}"
-    );
-
-    let out = run_in(&h.cgroup.path.clone(), &recv);
-    if backend == Backend::Tracepoint && !kprobed {
-        // Without kprobes nothing sees a passed descriptor on this backend (doctor and the
-        // README say so); this fails the day something does.
-        assert!(sent(&out), "{out}");
-        assert!(eventually(|| received(&dest)), "{out}");
-    } else {
-        assert!(
-            !received(&dest),
-            "a datagram arrived through the passed socket: {out}"
-        );
-        match backend {
-            // No descriptor, and the kernel says the control message was cut short.
-            Backend::Lsm => assert!(
-                out["stdout"].as_str().is_some_and(
-                    |o| o.contains("\"passed\":false") && o.contains("\"truncated\":true")
-                ),
-                "{out}"
-            ),
-            Backend::Tracepoint => assert_eq!(out["signal"], 9, "{out}"),
-        }
-        let e = h.expect_event("the refused socket", |e| {
-            e.op == Op::Received && e.outcome == Outcome::Denied
-        });
+    if let Some(e) = refused_when_passed(
+        &mut h,
+        kprobed,
+        &free.path,
+        &recv,
+        &dest,
+        "a socket made outside",
+    ) {
         assert_eq!(e.received_family, Some(2), "an IPv4 socket: {e:?}");
         assert!(counter(&mut h, Counter::ReceiveRefused) > 0);
     }
@@ -959,16 +985,10 @@ fn a_watched_process_may_not_be_passed_a_socket_made_by_another_workload() {
         own = own_addr.port(),
     ));
     let kprobed = kprobed(&mut h, "receive-kp");
-    let backend = h.engine().backend();
     let dir = tempfile::tempdir().expect("tempdir");
     let free = TestCgroup::new();
     let inner = s(&probe());
     let recv_from = |path: &Path| probe_args(&["exec", &inner, "recv-fd", &s(path)]);
-    let sent = |out: &serde_json::Value| {
-        out["stdout"]
-            .as_str()
-            .is_some_and(|o| o.contains("\"passed\":true") && o.contains("\"ok\":true"))
-    };
 
     // The other workload's socket: to a probe in an unwatched cgroup, then to one of this
     // workload.
@@ -980,36 +1000,14 @@ fn a_watched_process_may_not_be_passed_a_socket_made_by_another_workload() {
         &["pass-udp", &dest_addr.to_string(), &pass, "2"],
     );
     assert!(bound(&path), "the other workload's probe never listened");
-    let out = run_in(&free.path, &recv_from(&path));
-    assert!(sent(&out), "unwatched: {out}");
-    assert!(
-        eventually(|| received(&dest)),
-        "nothing arrived unwatched: {out}"
+    refused_when_passed(
+        &mut h,
+        kprobed,
+        &free.path,
+        &recv_from(&path),
+        &dest,
+        "the other workload's socket",
     );
-    let out = run_in(&h.cgroup.path.clone(), &recv_from(&path));
-    if backend == Backend::Tracepoint && !kprobed {
-        // Without kprobes nothing sees a passed descriptor on this backend (doctor and the
-        // README say so); this fails the day something does.
-        assert!(sent(&out), "{out}");
-        assert!(eventually(|| received(&dest)), "{out}");
-    } else {
-        assert!(
-            !received(&dest),
-            "a datagram arrived through the other workload's socket: {out}"
-        );
-        match backend {
-            Backend::Lsm => assert!(
-                out["stdout"].as_str().is_some_and(
-                    |o| o.contains("\"passed\":false") && o.contains("\"truncated\":true")
-                ),
-                "{out}"
-            ),
-            Backend::Tracepoint => assert_eq!(out["signal"], 9, "{out}"),
-        }
-        h.expect_event("the refused socket", |e| {
-            e.op == Op::Received && e.outcome == Outcome::Denied
-        });
-    }
     let passed = outcome(passer);
     assert_eq!(passed["ok"], true, "the other workload's probe: {passed}");
 
