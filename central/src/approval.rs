@@ -543,8 +543,9 @@ impl Central {
             });
         }
         // The expiry loop looks again within EXPIRY_POLL_MS anyway (two reads each time it
-        // wakes): woken only for a request due before then.
-        if expires - now_ms() < crate::engine::EXPIRY_POLL_MS {
+        // wakes): woken only for a request due before then, with as much again to spare for a
+        // loop that read the next deadline just before this request was stored.
+        if expires - now_ms() < 2 * crate::engine::EXPIRY_POLL_MS {
             self.expiry_wake.notify_one();
         }
         if terms.review.contains(&policy::ReviewStep::Auto) {

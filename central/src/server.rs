@@ -223,8 +223,9 @@ async fn start_serving(
                 if let Err(e) = c.expire_due().await {
                     tracing::warn!(error = %e, "expiring requests failed");
                 }
-                // Wake at the next deadline, when a request arrives, or at least every second
-                // (another replica may have accepted a request).
+                // Wake at the next deadline, when a request due before the next look arrives
+                // (see EXPIRY_POLL_MS), or at least every second (another replica may have
+                // accepted a request).
                 let wait = match c.next_expiry().await {
                     Ok(Some(t)) => (t - now_ms()).clamp(5, crate::engine::EXPIRY_POLL_MS),
                     _ => crate::engine::EXPIRY_POLL_MS,

@@ -844,12 +844,13 @@ fn sent(out: &serde_json::Value) -> bool {
         .is_some_and(|o| o.contains("\"passed\":true") && o.contains("\"ok\":true"))
 }
 
-/// Passes a UDP socket connected to `dest` (what `recv` receives: one `recv-fd` probe run
-/// through `exec`, so that its end is reported) first to a probe in `free`, where its datagram
-/// arrives, then to one in the watched cgroup, where nothing may arrive: the probe gets no
-/// descriptor on the LSM backend and is ended on the tracepoint backend. Without kprobes the
-/// tracepoint backend does not see it (doctor and the README say so), and the datagram must
-/// still arrive, so that this fails the day something does. Returns the refusal's event.
+/// Runs `recv` (a `recv-fd` probe run through `exec`, so that its end is reported) first in
+/// `free`, then in the watched cgroup. The caller's passer hands each of those two connections,
+/// in that order, a UDP socket connected to `dest`: from `free` its datagram arrives; from the
+/// watched cgroup nothing may arrive, the probe getting no descriptor on the LSM backend and
+/// being ended on the tracepoint backend. Without kprobes the tracepoint backend does not see
+/// it (doctor and the README say so), and the datagram must still arrive, so that this fails
+/// the day something does. Returns the refusal's event.
 fn refused_when_passed(
     h: &mut Harness,
     kprobed: bool,
@@ -1000,14 +1001,17 @@ fn a_watched_process_may_not_be_passed_a_socket_made_by_another_workload() {
         &["pass-udp", &dest_addr.to_string(), &pass, "2"],
     );
     assert!(bound(&path), "the other workload's probe never listened");
-    refused_when_passed(
+    if let Some(e) = refused_when_passed(
         &mut h,
         kprobed,
         &free.path,
         &recv_from(&path),
         &dest,
         "the other workload's socket",
-    );
+    ) {
+        assert_eq!(e.received_family, Some(2), "an IPv4 socket: {e:?}");
+        assert!(counter(&mut h, Counter::ReceiveRefused) > 0);
+    }
     let passed = outcome(passer);
     assert_eq!(passed["ok"], true, "the other workload's probe: {passed}");
 
@@ -1034,8 +1038,8 @@ fn a_watched_process_may_not_be_passed_a_socket_made_by_another_workload() {
 /// An io_uring ring is not a socket, and a ring made outside every watched cgroup with a poll
 /// thread (`SQPOLL`) would submit as its maker. The kernel refuses to pass a ring over a UNIX
 /// socket at all (on the matrix's kernels and this host's); Latch relies on that, so this
-/// fails on a kernel that passes one. `pidfd_getfd` from a watched task is refused
-/// as debugging, whatever it takes.
+/// fails on a kernel that passes one. (`pidfd_getfd` from a watched task is refused as
+/// debugging, for a ring as for anything else.)
 #[test]
 #[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
 fn the_kernel_refuses_to_pass_an_io_uring_ring() {
@@ -1047,12 +1051,13 @@ fn the_kernel_refuses_to_pass_an_io_uring_ring() {
         .setup_sqpoll(1000)
         .build(2)
         .expect("an io_uring ring with a poll thread");
-    let (a, b) = std::os::unix::net::UnixStream::pair().expect("socketpair");
+    let (a, _b) = std::os::unix::net::UnixStream::pair().expect("socketpair");
     let refused = latch_tests::fdpass::send_fd(&a, ring.as_raw_fd())
         .expect_err("the kernel passed an io_uring ring over a UNIX socket");
     assert_eq!(refused.raw_os_error(), Some(libc::EINVAL), "{refused}");
-    // Another descriptor passes over the same socket: it is the ring that is refused.
-    pass_fd(&a, b.as_raw_fd());
+    // An ordinary file passes over the same socket: it is the ring that is refused.
+    let file = tempfile::tempfile().expect("a file");
+    pass_fd(&a, file.as_raw_fd());
 }
 
 #[test]

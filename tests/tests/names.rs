@@ -257,6 +257,8 @@ fn the_packet_backstop_decides_by_the_names_the_workload_resolved() {
 
     let cg = TestCgroup::new();
     let _d = Daemon::start(&cg, &rules, "deny");
+    // The raw socket takes in every ICMP packet of the host: not let fill meanwhile.
+    icmp.forget();
     let tag = format!("{id}-before");
     let v = ping(&cg.path, &tag);
     assert!(ok(&v), "before the name was resolved: {v}");
@@ -274,8 +276,11 @@ fn the_packet_backstop_decides_by_the_names_the_workload_resolved() {
     let v = ping(&cg.path, &tag);
     // A later echo from outside, seen arriving: the earlier one would be there by now.
     let later = format!("{id}-later");
-    ping(&free.path, &later);
-    assert!(arrived(&mut icmp, &later));
+    let out = ping(&free.path, &later);
+    assert!(
+        arrived(&mut icmp, &later),
+        "a later echo from an unwatched cgroup did not arrive: {out}"
+    );
     assert!(
         !icmp.has(format!("latch-{tag}").as_bytes()),
         "an echo to an address resolved from a denied name went out: {v}"

@@ -1316,7 +1316,11 @@ fn pass_udp(addr: SocketAddr, path: &str, count: usize) {
         .map_err(std::io::Error::other)?;
         let udp = UdpSocket::bind(any)?;
         udp.connect(addr)?;
-        let listener = std::os::unix::net::UnixListener::bind(path)?;
+        // Listening before the name appears: a connection that finds the name is never
+        // refused for coming between the bind and the listen.
+        let bound = format!("{path}.binding");
+        let listener = std::os::unix::net::UnixListener::bind(&bound)?;
+        std::fs::rename(&bound, path)?;
         for _ in 0..count {
             let (stream, _) = listener.accept()?;
             fdpass::send_fd(&stream, udp.as_raw_fd())?;
