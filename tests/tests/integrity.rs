@@ -961,9 +961,9 @@ fn bound(path: &Path) -> bool {
 /// A socket made by a process of another watched workload is not this workload's either: the
 /// other workload may reach what this one's rules deny. A process of workload `other` connects a
 /// UDP socket to a port only this workload's rule denies and passes it on: it delivers from a
-/// probe in an unwatched cgroup, not from one of this workload. A socket made by a process of
-/// this workload itself, connected to a port only the other workload's rule denies, is received
-/// by another process of this workload and delivers.
+/// probe in an unwatched cgroup, not from one of this workload. A socket made by a process in
+/// another cgroup of this workload, connected to a port only the other workload's rule denies,
+/// is received by a process of this workload and delivers.
 #[test]
 #[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
 fn a_watched_process_may_not_be_passed_a_socket_made_by_another_workload() {
@@ -976,12 +976,13 @@ fn a_watched_process_may_not_be_passed_a_socket_made_by_another_workload() {
         dest.local_addr().expect("addr"),
         own_dest.local_addr().expect("addr"),
     );
-    let other = TestCgroup::new();
+    let (other, second) = (TestCgroup::new(), TestCgroup::new());
     let mut h = Harness::new(&format!(
-        "workloads:\n  - name: test\n    cgroups: [\"{{CG}}\"]\n  - name: other\n    cgroups: [\"{other}\"]\n\
+        "workloads:\n  - name: test\n    cgroups: [\"{{CG}}\", \"{second}\"]\n  - name: other\n    cgroups: [\"{other}\"]\n\
          rules:\n  - {{name: off, workload: test, on: connect, to: [127.0.0.1/32], ports: [{dest}], action: deny}}\n  \
          - {{name: other-off, workload: other, on: connect, to: [127.0.0.1/32], ports: [{own}], action: deny}}\n",
         other = other.rel,
+        second = second.rel,
         dest = dest_addr.port(),
         own = own_addr.port(),
     ));
@@ -1015,12 +1016,12 @@ fn a_watched_process_may_not_be_passed_a_socket_made_by_another_workload() {
     let passed = outcome(passer);
     assert_eq!(passed["ok"], true, "the other workload's probe: {passed}");
 
-    // This workload's own socket, passed between two of its processes.
+    // This workload's own socket, made in one of its cgroups and passed to a process in another.
     let path = dir.path().join("own");
     let pass = s(&path);
     let cg = h.cgroup.path.clone();
     let passer = h.spawn_in(
-        &cg,
+        &second.path,
         Path::new(&p),
         &["pass-udp", &own_addr.to_string(), &pass, "1"],
     );
