@@ -615,7 +615,16 @@ impl Central {
     ) -> Result<ApprovalRecord> {
         let mut votes = Vec::new();
         let mut transitions = Vec::new();
-        for h in self.store.request_history(&row.approval_id).await? {
+        // The count, where it is needed and not known, comes with the history.
+        let count_in = match merged {
+            None if counts_merged(row) => Some(row.state),
+            _ => None,
+        };
+        let (history, counted) = self
+            .store
+            .request_history(&row.approval_id, count_in)
+            .await?;
+        for h in history {
             match h {
                 History::Vote {
                     approver,
@@ -644,10 +653,7 @@ impl Central {
             }
         }
         let request = row.request()?;
-        let merged = match merged {
-            Some(n) => n,
-            None => self.merged_count(row).await?,
-        };
+        let merged = merged.unwrap_or(counted.unwrap_or(0).max(0) as u32);
         Ok(ApprovalRecord {
             approval_id: row.approval_id.clone(),
             state: row.state.to_proto() as i32,
@@ -672,7 +678,7 @@ impl Central {
 
     /// How many requests wait with `row` (while it is pending) or were resolved with it.
     pub(crate) async fn merged_count(&self, row: &RequestRow) -> Result<u32> {
-        if !row.merged_into.is_empty() || row.state == State::Cancelled {
+        if !counts_merged(row) {
             return Ok(0);
         }
         let n = self.store.merged_count(&row.approval_id, row.state).await?;
@@ -1462,6 +1468,12 @@ async fn store_justification(
     )
     .await?;
     Ok(())
+}
+
+/// Whether requests can be waiting with `row` (or have been resolved with it): not when it
+/// waits with another itself, nor once cancelled (those waiting with it moved on).
+fn counts_merged(row: &RequestRow) -> bool {
+    row.merged_into.is_empty() && row.state != State::Cancelled
 }
 
 /// Locks a pending request for the rest of `tx`, then the requests waiting with it; false when

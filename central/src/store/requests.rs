@@ -398,25 +398,51 @@ impl Store {
     }
 
     /// A request's votes (by time and approver), then its transitions (in the order they were
-    /// written), in one round trip.
-    pub async fn request_history(&self, approval_id: &str) -> Result<Vec<History>, StoreError> {
-        let rows = sqlx::query(
+    /// written), and with `merged_in`, how many requests waiting with it are in that state: in
+    /// one round trip.
+    pub async fn request_history(
+        &self,
+        approval_id: &str,
+        merged_in: Option<State>,
+    ) -> Result<(Vec<History>, Option<i64>), StoreError> {
+        const VOTES_AND_TRANSITIONS: &str =
             "SELECT CAST(0 AS BIGINT) AS part, at_ms AS k, approver AS who, outcome AS a, '' AS b,
                 reason, at_ms
              FROM votes WHERE approval_id = $1
              UNION ALL
              SELECT CAST(1 AS BIGINT), id, actor, from_state, to_state, reason, at_ms
-             FROM transitions WHERE approval_id = $1
-             ORDER BY part, k, who",
-        )
-        .bind(approval_id)
-        .fetch_all(self.pool())
-        .await
-        .ctx("reading votes and transitions")?;
-        rows.iter()
-            .map(history)
-            .collect::<Result<_, _>>()
-            .ctx("decoding votes and transitions")
+             FROM transitions WHERE approval_id = $1";
+        let sql = match merged_in {
+            None => format!("{VOTES_AND_TRANSITIONS} ORDER BY part, k, who"),
+            Some(_) => format!(
+                "{VOTES_AND_TRANSITIONS}
+                 UNION ALL
+                 SELECT CAST(2 AS BIGINT), COUNT(*), '', '', '', '', CAST(0 AS BIGINT)
+                 FROM requests WHERE merged_into = $1 AND state = $2
+                 ORDER BY part, k, who"
+            ),
+        };
+        let mut query = sqlx::query(&sql).bind(approval_id);
+        if let Some(state) = merged_in {
+            query = query.bind(state.as_str());
+        }
+        let rows = query
+            .fetch_all(self.pool())
+            .await
+            .ctx("reading votes and transitions")?;
+        let mut merged = None;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            if r.try_get::<i64, _>("part")
+                .ctx("decoding votes and transitions")?
+                == 2
+            {
+                merged = Some(r.try_get("k").ctx("decoding the merged count")?);
+            } else {
+                out.push(history(r).ctx("decoding votes and transitions")?);
+            }
+        }
+        Ok((out, merged))
     }
 
     /// How many requests waiting with `approval_id` are in `state`.
