@@ -136,6 +136,12 @@ impl Sysctl {
         }
         Sysctl { path }
     }
+
+    /// Lets root make unprivileged ping sockets (`net.ipv4.ping_group_range`), until dropped:
+    /// the ICMP that no socket hook sees.
+    pub fn ping_sockets_for_root() -> Self {
+        Sysctl::set("/proc/sys/net/ipv4/ping_group_range", "0 0")
+    }
 }
 
 impl Drop for Sysctl {

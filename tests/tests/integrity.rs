@@ -995,10 +995,10 @@ fn a_watched_process_may_not_be_passed_a_socket_made_by_another_workload() {
     // The other workload's socket: to a probe in an unwatched cgroup, then to one of this
     // workload.
     let path = dir.path().join("other");
-    let (p, pass) = (s(&probe()), s(&path));
+    let pass = s(&path);
     let passer = h.spawn_in(
         &other.path,
-        Path::new(&p),
+        &probe(),
         &["pass-udp", &dest_addr.to_string(), &pass, "2"],
     );
     assert!(bound(&path), "the other workload's probe never listened");
@@ -1022,7 +1022,7 @@ fn a_watched_process_may_not_be_passed_a_socket_made_by_another_workload() {
     let cg = h.cgroup.path.clone();
     let passer = h.spawn_in(
         &second.path,
-        Path::new(&p),
+        &probe(),
         &["pass-udp", &own_addr.to_string(), &pass, "1"],
     );
     assert!(bound(&path), "the workload's probe never listened");
@@ -1250,8 +1250,7 @@ fn packets_that_no_socket_hook_sees_are_dropped_on_the_way_out() {
     if !privileged() {
         return;
     }
-    // Ping sockets for root.
-    let _ping = Sysctl::set("/proc/sys/net/ipv4/ping_group_range", "0 0");
+    let _ping = Sysctl::ping_sockets_for_root();
     let mut icmp = Arrivals::new(libc::SOCK_RAW, libc::IPPROTO_ICMP, None);
     let mut lite = Arrivals::new(
         libc::SOCK_DGRAM,

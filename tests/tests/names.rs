@@ -237,8 +237,7 @@ fn the_packet_backstop_decides_by_the_names_the_workload_resolved() {
     if !privileged() {
         return;
     }
-    // Ping sockets for root.
-    let _ping = Sysctl::set("/proc/sys/net/ipv4/ping_group_range", "0 0");
+    let _ping = Sysctl::ping_sockets_for_root();
     let mut icmp = Arrivals::new(libc::SOCK_RAW, libc::IPPROTO_ICMP, None);
     let (dest, port) = Destination::first(41);
     let dns = DnsServer::start(&["echo.test,127.0.0.41,300"], &[]);
