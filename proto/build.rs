@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=latch/v1/latch.proto");
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("latch_v1_descriptor.bin"))
+        .codec_path("crate::codec::LatchCodec")
         .compile_protos(&["latch/v1/latch.proto"], &["."])?;
     Ok(())
 }

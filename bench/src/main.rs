@@ -76,6 +76,12 @@ enum Cmd {
         /// Output directory.
         #[arg(long, default_value = "target/bench")]
         out: PathBuf,
+        /// Fleet sizes to simulate (comma-separated); default: 1000, and 10000 unless --quick.
+        #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        fleet_agents: Vec<u32>,
+        /// Where the fleet's central keeps its state (comma-separated); default: all three.
+        #[arg(long, value_enum, value_delimiter = ',')]
+        fleet_databases: Vec<FleetStore>,
     },
     /// Internal: the measured process.
     Worker {
@@ -113,7 +119,15 @@ fn main() -> Result<()> {
             full,
             only,
             out,
-        } => run(quick, full, &only, &out),
+            fleet_agents,
+            fleet_databases,
+        } => {
+            let fleet = FleetChoice {
+                agents: fleet_agents.into_iter().map(|n| n as usize).collect(),
+                databases: fleet_databases,
+            };
+            run(quick, full, &only, &fleet, &out)
+        }
     }
 }
 
@@ -524,7 +538,38 @@ fn set_bpf_stats(on: bool) {
     );
 }
 
-fn run(quick: bool, full: bool, only: &[Section], out_dir: &Path) -> Result<()> {
+/// A fleet database as the command line names it.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum FleetStore {
+    Sqlite,
+    Postgres,
+    /// Two replicas sharing one PostgreSQL database.
+    Postgres2,
+}
+
+impl FleetStore {
+    fn database(self) -> fleet::FleetDatabase {
+        match self {
+            FleetStore::Sqlite => fleet::FleetDatabase::Sqlite,
+            FleetStore::Postgres => fleet::FleetDatabase::Postgres { replicas: 1 },
+            FleetStore::Postgres2 => fleet::FleetDatabase::Postgres { replicas: 2 },
+        }
+    }
+}
+
+/// Which fleets the fleet section runs; empty lists take the defaults.
+struct FleetChoice {
+    agents: Vec<usize>,
+    databases: Vec<FleetStore>,
+}
+
+fn run(
+    quick: bool,
+    full: bool,
+    only: &[Section],
+    fleet_choice: &FleetChoice,
+    out_dir: &Path,
+) -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("benchmarks load kernel programs: run as root (cargo xtask bench does)");
     }
@@ -637,12 +682,23 @@ fn run(quick: bool, full: bool, only: &[Section], out_dir: &Path) -> Result<()> 
         }
     }
     if wants(Section::Fleet) {
-        let sizes: &[usize] = if quick { &[1_000] } else { &[1_000, 10_000] };
-        let databases = [
-            fleet::FleetDatabase::Sqlite,
-            fleet::FleetDatabase::Postgres { replicas: 1 },
-            fleet::FleetDatabase::Postgres { replicas: 2 },
-        ];
+        let sizes: &[usize] = match (&fleet_choice.agents[..], quick) {
+            ([], true) => &[1_000],
+            ([], false) => &[1_000, 10_000],
+            (chosen, _) => chosen,
+        };
+        let databases: Vec<_> = if fleet_choice.databases.is_empty() {
+            vec![
+                FleetStore::Sqlite,
+                FleetStore::Postgres,
+                FleetStore::Postgres2,
+            ]
+        } else {
+            fleet_choice.databases.clone()
+        }
+        .into_iter()
+        .map(FleetStore::database)
+        .collect();
         for (&agents, database) in sizes
             .iter()
             .flat_map(|a| databases.iter().map(move |d| (a, *d)))

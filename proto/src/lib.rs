@@ -9,6 +9,8 @@
 //! The one exception is how a destination is written for people ([`v1::Destination::shown`]),
 //! so that every channel writes it alike.
 
+pub mod codec;
+
 /// Package `latch.v1`.
 pub mod v1 {
     #![allow(missing_docs, clippy::all)]

@@ -52,10 +52,16 @@ enum Cmd {
         /// Also the long runs (audit verification of 10 million records).
         #[arg(long, conflicts_with = "quick")]
         full: bool,
-        /// Only these sections, comma-separated: overhead, content, events, round-trip, stack,
-        /// fleet, audit.
+        /// Only these sections, comma-separated: overhead, content, args, events, round-trip,
+        /// stack, fleet, audit, names.
         #[arg(long)]
         only: Option<String>,
+        /// Fleet sizes, comma-separated (default: 1000, and 10000 unless --quick).
+        #[arg(long)]
+        fleet_agents: Option<String>,
+        /// Fleet databases, comma-separated: sqlite, postgres, postgres2 (default: all).
+        #[arg(long)]
+        fleet_databases: Option<String>,
     },
     /// Install the binaries, the systemd units and a default configuration on this host.
     Install {
@@ -117,7 +123,13 @@ fn main() -> Result<()> {
             cargo_args,
         } => test(no_lint, &cargo_args),
         Cmd::Install { prefix, destdir } => install(&prefix, &destdir),
-        Cmd::Bench { quick, full, only } => {
+        Cmd::Bench {
+            quick,
+            full,
+            only,
+            fleet_agents,
+            fleet_databases,
+        } => {
             setup::setup(false)?;
             setup::bench_tools()?;
             // The deployed-stack and fleet benchmarks run the release daemons as processes.
@@ -142,8 +154,14 @@ fn main() -> Result<()> {
             if full {
                 c.arg("--full");
             }
-            if let Some(only) = only {
-                c.args(["--only", &only]);
+            for (flag, value) in [
+                ("--only", only),
+                ("--fleet-agents", fleet_agents),
+                ("--fleet-databases", fleet_databases),
+            ] {
+                if let Some(v) = value {
+                    c.args([flag, &v]);
+                }
             }
             run(&mut c)
         }
