@@ -410,6 +410,8 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     #[test]
@@ -432,6 +434,95 @@ mod tests {
             format!("{:?}", shipped.config),
             format!("{:?}", Config::default())
         );
+    }
+
+    /// The shipped unit runs the agent on a read-only file system: what the defaults write must
+    /// lie in the directories it grants, and every command must read the default file.
+    #[test]
+    fn the_unit_and_the_defaults_agree() {
+        let unit = include_str!("../../systemd/latch-agent.service");
+        let values = |key: &str| -> Vec<String> {
+            unit.lines()
+                .filter_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+                .flat_map(|v| v.split_whitespace().map(str::to_string))
+                .collect()
+        };
+        assert!(
+            values("ProtectSystem").contains(&"strict".to_string()),
+            "the rest of this test holds for ProtectSystem=strict"
+        );
+        let mut writable: Vec<PathBuf> =
+            values("ReadWritePaths").iter().map(PathBuf::from).collect();
+        writable.extend(
+            values("RuntimeDirectory")
+                .iter()
+                .map(|d| Path::new("/run").join(d)),
+        );
+        writable.extend(
+            values("StateDirectory")
+                .iter()
+                .map(|d| Path::new("/var/lib").join(d)),
+        );
+        let d = Config::default();
+        for (what, path) in [
+            ("admin_socket", &d.admin_socket),
+            ("workload_socket", &d.workload_socket),
+            ("journal_dir", &d.journal_dir),
+            ("pin_dir", &d.pin_dir),
+            ("rules cache", &default_rules_cache()),
+        ] {
+            assert!(
+                writable.iter().any(|w| path.starts_with(w)),
+                "{what} ({}) is outside what the unit lets the agent write: {writable:?}",
+                path.display()
+            );
+        }
+        for command in ["ExecStartPre", "ExecStart", "ExecStopPost"] {
+            let lines: Vec<&str> = unit
+                .lines()
+                .filter(|l| l.strip_prefix(command).is_some_and(|r| r.starts_with('=')))
+                .collect();
+            assert_eq!(lines.len(), 1, "one {command}= in the unit");
+            assert!(
+                lines[0].contains(&format!("--config {DEFAULT_PATH} ")),
+                "{command} reads the default file: {}",
+                lines[0]
+            );
+        }
+    }
+
+    /// Rule paths are resolved to files in the agent's own view of the file system: the unit
+    /// must not give it a view other than the workloads' (a private /tmp, an empty /home).
+    #[test]
+    fn the_unit_shows_the_agent_the_file_system_the_workloads_see() {
+        let unit = include_str!("../../systemd/latch-agent.service");
+        let setting = |key: &str| {
+            unit.lines()
+                .filter_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+                .next_back()
+                .map(str::trim)
+        };
+        assert!(
+            matches!(setting("ProtectHome"), None | Some("no" | "read-only")),
+            "ProtectHome={:?} hides /home, /root and /run/user",
+            setting("ProtectHome")
+        );
+        for hiding in [
+            "PrivateTmp",
+            "TemporaryFileSystem",
+            "InaccessiblePaths",
+            "BindPaths",
+            "BindReadOnlyPaths",
+            "RootDirectory",
+            "RootImage",
+            "MountImages",
+            "DynamicUser",
+        ] {
+            assert!(
+                matches!(setting(hiding), None | Some("no")),
+                "{hiding}= gives the agent another view of the file system than the workloads'"
+            );
+        }
     }
 
     #[test]
