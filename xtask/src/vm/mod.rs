@@ -117,13 +117,21 @@ const SUITE_LIMIT: Duration = Duration::from_secs(1800);
 ///   one kernel, the two kernels sharing the work;
 /// - `integrity` (a hostile workload's ways around a rule) on three of the four boots: both
 ///   backends on 6.1, and LSM on 6.12, the backend that kernel gives by default;
+/// - `systemd` (the shipped agent unit under a real systemd) with each backend, where the
+///   daemon suite runs, last in its boot: it leaves systemd in charge of the guest's cgroup
+///   tree;
 /// - not [`NATIVE_ONLY`].
 fn default_suites(kernel: &KernelSpec, lsm: Lsm) -> Vec<Suite> {
     let rest: &[Suite] = match (kernel.newest, lsm) {
-        (false, Lsm::On) => &[Suite::Integrity, Suite::Daemon, Suite::Names],
+        (false, Lsm::On) => &[
+            Suite::Integrity,
+            Suite::Daemon,
+            Suite::Names,
+            Suite::Systemd,
+        ],
         (false, Lsm::Off) => &[Suite::Integrity, Suite::Content, Suite::Args],
         (true, Lsm::On) => &[Suite::Integrity, Suite::Content, Suite::Args],
-        (true, Lsm::Off) => &[Suite::Daemon, Suite::Names],
+        (true, Lsm::Off) => &[Suite::Daemon, Suite::Names, Suite::Systemd],
     };
     let mut s = vec![Suite::Kernel];
     s.extend_from_slice(rest);
@@ -413,7 +421,7 @@ mod tests {
             vec![
                 (
                     "6.1-lsm-on".into(),
-                    vec!["kernel", "integrity", "daemon", "names"]
+                    vec!["kernel", "integrity", "daemon", "names", "systemd"]
                 ),
                 (
                     "6.1-lsm-off".into(),
@@ -423,7 +431,10 @@ mod tests {
                     "6.12-lsm-on".into(),
                     vec!["kernel", "integrity", "content", "args"]
                 ),
-                ("6.12-lsm-off".into(), vec!["kernel", "daemon", "names"]),
+                (
+                    "6.12-lsm-off".into(),
+                    vec!["kernel", "daemon", "names", "systemd"]
+                ),
                 ("6.12-arm64-lsm-on".into(), vec![]),
                 ("6.12-arm64-lsm-off".into(), vec![]),
             ]

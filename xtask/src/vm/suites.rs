@@ -25,6 +25,9 @@ pub enum Suite {
     Names,
     /// The agent and central together (`tests/tests/central.rs`).
     Central,
+    /// The shipped units and agent configuration under a real systemd
+    /// (`tests/tests/systemd.rs`); in guests only, as it installs them and starts systemd.
+    Systemd,
 }
 
 impl Suite {
@@ -38,6 +41,7 @@ impl Suite {
             Suite::Args => "args",
             Suite::Names => "names",
             Suite::Central => "central",
+            Suite::Systemd => "systemd",
         }
     }
 }

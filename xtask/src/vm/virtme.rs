@@ -64,6 +64,8 @@ if [ -x {agent} ]; then
     echo $? > "$R/doctor.rc"
 fi
 export RUST_BACKTRACE=1
+# A throwaway guest: the systemd suite may install the units and start systemd here.
+export LATCH_SYSTEMD_GUEST=1
 {patience}# Each suite gets its own temporary directory, copied next to its log when it fails: what the
 # tests keep for inspection (daemon logs, configurations) would otherwise die with the guest.
 # Sockets stay out, and so does anything big.
