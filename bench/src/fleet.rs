@@ -37,13 +37,19 @@ const HANG: Duration = Duration::from_secs(600);
 /// How many agents one task connects and reads.
 const GROUP: usize = 100;
 
-fn rules(revision: u32) -> String {
-    format!(
+fn rules(revision: u32, extra: usize) -> String {
+    let mut yaml = format!(
         "# revision {revision}\nworkloads:\n  - name: fleet\n    cgroups: [\"/fleet.slice/*\"]\nrules:\n  \
          - {{name: prod-db, workload: fleet, on: connect, to: [10.20.0.0/16], ports: [5432], action: approve, timeout: 10m}}\n  \
          - {{name: metadata, workload: fleet, on: connect, to: [169.254.169.254/32], action: deny}}\n  \
          - {{name: tools-{revision}, workload: fleet, on: exec, paths: [/usr/bin/curl, /usr/bin/scp], action: audit}}\n"
-    )
+    );
+    for i in 0..extra {
+        yaml.push_str(&format!(
+            "  - {{name: extra-{i}, workload: fleet, on: exec, paths: [/opt/fleet/bin/tool-{i}], action: audit}}\n"
+        ));
+    }
+    yaml
 }
 
 /// What one fleet size measured.
@@ -64,6 +70,8 @@ pub struct FleetResult {
     pub push_first_ms: f64,
     /// From ApplyRules returning to the last agent receiving it, in ms.
     pub push_last_ms: f64,
+    /// The size of the pushed rule set (its YAML), in bytes.
+    pub pushed_rules_bytes: usize,
     /// Requests submitted by the agents and decided by reviewers.
     pub decisions: usize,
     /// Concurrent reviewer clients.
@@ -228,6 +236,8 @@ pub struct FleetPlan {
     pub reviewers: usize,
     /// Requests outstanding (submitted, not yet decided) at any time.
     pub outstanding: usize,
+    /// Audit rules added to the three of the rule set.
+    pub extra_rules: usize,
 }
 
 /// Runs one fleet size against a fresh central.
@@ -317,7 +327,9 @@ async fn measure(
     let central = centrals
         .first()
         .context("no central was started (0 replicas)")?;
-    let v1 = central.apply_rules(&rules(1), &[]).await?;
+    let v1 = central
+        .apply_rules(&rules(1, plan.extra_rules), &[])
+        .await?;
     let (tx, mut rx) = mpsc::unbounded_channel();
 
     // Connect everyone.
@@ -365,7 +377,8 @@ async fn measure(
     let mut admin = central
         .reviewer(crate::central_process::ADMIN_TOKEN)
         .await?;
-    let v2 = central.apply_with(&mut admin, &rules(2), &[]).await?;
+    let pushed = rules(2, plan.extra_rules);
+    let v2 = central.apply_with(&mut admin, &pushed, &[]).await?;
     let applied = Instant::now();
     let (mut first, mut last, mut got) = (None::<Instant>, applied, 0usize);
     while got < n {
@@ -381,10 +394,13 @@ async fn measure(
     }
     let ms = |t: Instant| t.saturating_duration_since(applied).as_secs_f64() * 1000.0;
     let (push_first_ms, push_last_ms) = (ms(first.unwrap_or(applied)), ms(last));
-    eprintln!("    rules version {v2} reached all {n} agents {push_last_ms:.0} ms after ApplyRules returned");
+    eprintln!(
+        "    rules version {v2} ({} bytes) reached all {n} agents {push_last_ms:.0} ms after ApplyRules returned",
+        pushed.len()
+    );
 
     // Decisions: agents submit, reviewers decide as requests appear.
-    let rule_id = policy::RuleSet::parse("fleet.yaml", &rules(2))?
+    let rule_id = policy::RuleSet::parse("fleet.yaml", &pushed)?
         .rules
         .iter()
         .find(|r| r.name == "prod-db")
@@ -477,6 +493,7 @@ async fn measure(
         central_connected,
         push_first_ms,
         push_last_ms,
+        pushed_rules_bytes: pushed.len(),
         decisions: m,
         reviewers: reviewer_tokens.len(),
         decisions_per_s: m as f64 / elapsed,

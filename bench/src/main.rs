@@ -82,6 +82,10 @@ enum Cmd {
         /// Where the fleet's central keeps its state (comma-separated); default: all three.
         #[arg(long, value_enum, value_delimiter = ',')]
         fleet_databases: Vec<FleetStore>,
+        /// Audit rules added to the fleet's rule set, to push a rule set of a fleet's size
+        /// (about 100 bytes each); default: none, three rules in all.
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=5_000))]
+        fleet_extra_rules: u32,
     },
     /// Internal: the measured process.
     Worker {
@@ -121,10 +125,12 @@ fn main() -> Result<()> {
             out,
             fleet_agents,
             fleet_databases,
+            fleet_extra_rules,
         } => {
             let fleet = FleetChoice {
                 agents: fleet_agents.into_iter().map(|n| n as usize).collect(),
                 databases: fleet_databases,
+                extra_rules: fleet_extra_rules as usize,
             };
             run(quick, full, &only, &fleet, &out)
         }
@@ -561,6 +567,7 @@ impl FleetStore {
 struct FleetChoice {
     agents: Vec<usize>,
     databases: Vec<FleetStore>,
+    extra_rules: usize,
 }
 
 fn run(
@@ -714,6 +721,7 @@ fn run(
                 reviewers: 4,
                 // Enough in flight for commits to be shared, as a fleet's load would be.
                 outstanding: 512,
+                extra_rules: fleet_choice.extra_rules,
             };
             match fleet::run(&plan) {
                 Ok(r) => results.fleet.push(r),

@@ -167,7 +167,7 @@ pub fn print_fleet(r: &Results) {
         "simulated agents",
         "connect all",
         "central RSS",
-        "rule push: first / last agent",
+        "rule push (size): first / last agent",
         "decisions/s",
         "central CPU per decision",
         "decision p50 / p99",
@@ -179,7 +179,12 @@ pub fn print_fleet(r: &Results) {
             f.agents.to_string(),
             format!("{:.1} s ({:.0}/s)", f.connect_all_s, f.connects_per_s),
             format!("{:.0} MiB", f.central_connected.rss_mib()),
-            format!("{:.0} / {:.0} ms", f.push_first_ms, f.push_last_ms),
+            format!(
+                "({:.1} KiB) {:.0} / {:.0} ms",
+                f.pushed_rules_bytes as f64 / 1024.0,
+                f.push_first_ms,
+                f.push_last_ms
+            ),
             format!(
                 "{:.0} ({} requests, {} outstanding, {} reviewers)",
                 f.decisions_per_s, f.decisions, f.outstanding, f.reviewers

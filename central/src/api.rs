@@ -4,19 +4,23 @@
 
 use std::{collections::BTreeMap, sync::Arc};
 
-use latch_proto::v1::{
-    agent_message::Body, agent_service_server::AgentService, audit_stream_item::Item,
-    reviewer_service_server::ReviewerService, AgentMessage, ApplyRulesRequest, ApplyRulesResponse,
-    ApprovalAccepted, ApprovalRecord, ApprovalRequest, AuditBatch, AuditBatchAck, AuditChainInfo,
-    AuditCheckpoint, AuditEntry, AuditStreamHeader, AuditStreamItem, CancelApprovalRequest,
-    CancelApprovalResponse, DecideRequest, DecideResponse, DiffRulesRequest, DiffRulesResponse,
-    GetAuditChainRequest, GetRequestRequest, GetRulesRequest, Grant, JustifyRequest,
-    JustifyResponse, ListGrantsRequest, ListGrantsResponse, ListHostsRequest, ListHostsResponse,
-    ListRequestsRequest, ListRequestsResponse, ListRulesRequest, ListRulesResponse,
-    QueryAuditRequest, QueryAuditResponse, RegisterRequest, RegisterResponse, RequestEvent,
-    RequestState, RevokeGrantRequest, RollbackRulesRequest, RuleSetVersion, RulesAck,
-    RulesAckResponse, ShadowReportRequest, ShadowReportResponse, SignAuditCheckpointRequest,
-    SubscribeRequest, WatchRequestsRequest, WhoAmIRequest, WhoAmIResponse,
+use latch_proto::{
+    encoded::EncodedAgentMessage,
+    v1::{
+        agent_message::Body, agent_service_server::AgentService, audit_stream_item::Item,
+        reviewer_service_server::ReviewerService, AgentMessage, ApplyRulesRequest,
+        ApplyRulesResponse, ApprovalAccepted, ApprovalRecord, ApprovalRequest, AuditBatch,
+        AuditBatchAck, AuditChainInfo, AuditCheckpoint, AuditEntry, AuditStreamHeader,
+        AuditStreamItem, CancelApprovalRequest, CancelApprovalResponse, DecideRequest,
+        DecideResponse, DiffRulesRequest, DiffRulesResponse, GetAuditChainRequest,
+        GetRequestRequest, GetRulesRequest, Grant, JustifyRequest, JustifyResponse,
+        ListGrantsRequest, ListGrantsResponse, ListHostsRequest, ListHostsResponse,
+        ListRequestsRequest, ListRequestsResponse, ListRulesRequest, ListRulesResponse,
+        QueryAuditRequest, QueryAuditResponse, RegisterRequest, RegisterResponse, RequestEvent,
+        RequestState, RevokeGrantRequest, RollbackRulesRequest, RuleSetVersion, RulesAck,
+        RulesAckResponse, ShadowReportRequest, ShadowReportResponse, SignAuditCheckpointRequest,
+        SubscribeRequest, WatchRequestsRequest, WhoAmIRequest, WhoAmIResponse,
+    },
 };
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -131,7 +135,7 @@ impl AgentService for AgentApi {
         }))
     }
 
-    type SubscribeStream = Stream<AgentMessage>;
+    type SubscribeStream = Stream<EncodedAgentMessage>;
 
     async fn subscribe(
         &self,
@@ -194,7 +198,10 @@ impl AgentService for AgentApi {
             });
         }
         for m in replay {
-            if tx.try_send(Outgoing::Message(Arc::new(m))).is_err() {
+            if tx
+                .try_send(Outgoing::Message(EncodedAgentMessage::new(&m)))
+                .is_err()
+            {
                 return Err(
                     Error::Unavailable("agent stream queue is full; reconnect".into()).into(),
                 );

@@ -6,7 +6,10 @@
 
 use std::sync::Arc;
 
-use latch_proto::v1::{agent_message::Body, AgentMessage, RequestEvent, Revocation};
+use latch_proto::{
+    encoded::EncodedAgentMessage,
+    v1::{agent_message::Body, AgentMessage, RequestEvent, Revocation},
+};
 
 use crate::{
     engine::Central,
@@ -90,8 +93,8 @@ impl Central {
                 // Every stream first, then one transaction for the audit records: a write per
                 // host between sends made the last of 10,000 hosts wait ~30 s.
                 let mut pushed = Vec::new();
-                // One message per version, shared by every stream it goes to.
-                let mut messages: std::collections::HashMap<i64, Arc<AgentMessage>> =
+                // One encoding per version, shared by every stream it goes to.
+                let mut messages: std::collections::HashMap<i64, EncodedAgentMessage> =
                     Default::default();
                 for a in self.hub.agents() {
                     let Some(v) = versions
@@ -106,7 +109,7 @@ impl Central {
                     if prev < v.version as u64 {
                         let m = messages
                             .entry(v.version)
-                            .or_insert_with(|| Arc::new(rules_push(v)))
+                            .or_insert_with(|| EncodedAgentMessage::new(&rules_push(v)))
                             .clone();
                         self.hub.send_to(&a.host_id, a.id, m);
                         pushed.push((a.host_id, v));

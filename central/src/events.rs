@@ -16,7 +16,10 @@ use std::{
     task::{Context, Poll},
 };
 
-use latch_proto::v1::{AgentMessage, RequestEvent};
+use latch_proto::{
+    encoded::EncodedAgentMessage,
+    v1::{AgentMessage, RequestEvent},
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::Stream;
@@ -89,13 +92,14 @@ impl Publisher {
     }
 }
 
-/// What an agent stream's queue holds: a message shared with every stream it goes to (a rules
-/// push to 10,000 agents is one message, not 10,000 copies waiting in queues), or the status that
-/// ends the stream. A pointer either way, so an empty queue of [`AGENT_QUEUE`] slots stays small.
+/// What an agent stream's queue holds: a message encoded once and shared with every stream it
+/// goes to (a rules push to 10,000 agents is one encoding, not 10,000 copies waiting in queues
+/// and 10,000 encodings), or the status that ends the stream. A pointer either way, so an empty
+/// queue of [`AGENT_QUEUE`] slots stays small.
 #[derive(Clone, Debug)]
 pub enum Outgoing {
     /// A message.
-    Message(Arc<AgentMessage>),
+    Message(EncodedAgentMessage),
     /// The end of the stream.
     End(Box<tonic::Status>),
 }
@@ -106,10 +110,10 @@ pub type AgentSender = mpsc::Sender<Outgoing>;
 /// The agent stream that a queue's receiver feeds.
 pub fn agent_stream(
     rx: mpsc::Receiver<Outgoing>,
-) -> impl Stream<Item = Result<AgentMessage, tonic::Status>> + Unpin {
+) -> impl Stream<Item = Result<EncodedAgentMessage, tonic::Status>> + Unpin {
     use tokio_stream::StreamExt;
     tokio_stream::wrappers::ReceiverStream::new(rx).map(|o| match o {
-        Outgoing::Message(m) => Ok(Arc::unwrap_or_clone(m)),
+        Outgoing::Message(m) => Ok(m),
         Outgoing::End(status) => Err(*status),
     })
 }
@@ -214,7 +218,7 @@ impl Hub {
         let Some(conns) = agents.get_mut(host_id) else {
             return 0;
         };
-        let msg = Arc::new(msg.clone());
+        let msg = EncodedAgentMessage::new(msg);
         let mut sent = 0;
         conns.retain(|c| match c.tx.try_send(Outgoing::Message(msg.clone())) {
             Ok(()) => {
@@ -245,7 +249,7 @@ impl Hub {
     }
 
     /// Sends to one stream.
-    pub fn send_to(&self, host_id: &str, id: u64, msg: Arc<AgentMessage>) {
+    pub fn send_to(&self, host_id: &str, id: u64, msg: EncodedAgentMessage) {
         let mut agents = self.lock();
         if let Some(conns) = agents.get_mut(host_id) {
             conns.retain(|c| c.id != id || c.tx.try_send(Outgoing::Message(msg.clone())).is_ok());

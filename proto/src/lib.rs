@@ -3,13 +3,15 @@
 //! This crate owns the wire types and the generated clients and servers of the two services of
 //! `latch-central`: [`v1::agent_service_client`] / [`v1::agent_service_server`] (hosts) and
 //! [`v1::reviewer_service_client`] / [`v1::reviewer_service_server`] (reviewers, admins, tools),
-//! plus [`FILE_DESCRIPTOR_SET`] for server reflection.
+//! plus [`FILE_DESCRIPTOR_SET`] for server reflection, the codec both use ([`codec`]) and a
+//! message encoded once for the many streams a server sends it on ([`encoded`]).
 //!
 //! It must not hold behaviour: validation, storage and policy live in the crates that use it.
 //! The one exception is how a destination is written for people ([`v1::Destination::shown`]),
 //! so that every channel writes it alike.
 
 pub mod codec;
+pub mod encoded;
 
 /// Package `latch.v1`.
 pub mod v1 {

@@ -62,6 +62,9 @@ enum Cmd {
         /// Fleet databases, comma-separated: sqlite, postgres, postgres2 (default: all).
         #[arg(long)]
         fleet_databases: Option<String>,
+        /// Audit rules added to the fleet's three, for a rule set of a fleet's size (default: 0).
+        #[arg(long)]
+        fleet_extra_rules: Option<String>,
     },
     /// Install the binaries, the systemd units and a default configuration on this host.
     Install {
@@ -129,6 +132,7 @@ fn main() -> Result<()> {
             only,
             fleet_agents,
             fleet_databases,
+            fleet_extra_rules,
         } => {
             setup::setup(false)?;
             setup::bench_tools()?;
@@ -158,6 +162,7 @@ fn main() -> Result<()> {
                 ("--only", only),
                 ("--fleet-agents", fleet_agents),
                 ("--fleet-databases", fleet_databases),
+                ("--fleet-extra-rules", fleet_extra_rules),
             ] {
                 if let Some(v) = value {
                     c.args([flag, &v]);
