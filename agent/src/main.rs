@@ -545,7 +545,12 @@ fn host_id(configured: Option<&String>) -> String {
 }
 
 async fn run(settings: Settings, rules: Option<PathBuf>) -> anyhow::Result<()> {
+    // First of all: the unit is active (`Type=exec`), and so reloadable, while the programs
+    // load, and SIGHUP's default action would end the agent with a status systemd counts as
+    // clean, so it would not be restarted. A reload asked for meanwhile is done once ready.
+    let mut hup = signal(SignalKind::hangup())?;
     let rules_path = rules.unwrap_or_else(|| settings.config.rules.clone());
+    tracing::info!(rules = %rules_path.display(), "latch-agent starting");
     let central = settings.config.central.clone();
     // Certificates are checked before anything is loaded, so a bad file stops the start with
     // its key and path rather than after the kernel programs are attached.
@@ -781,6 +786,11 @@ async fn run(settings: Settings, rules: Option<PathBuf>) -> anyhow::Result<()> {
         }
     });
 
+    // Before anything can see the agent ready, so that a stop from then on releases what it
+    // holds. Earlier, the default action ends it at once, and what the kernel holds by then is
+    // resolved by the next start (or `latch-agent release`).
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
     let listener = admin::bind(&settings.config.admin_socket)?;
     tokio::spawn(admin::serve(listener, handle.clone()));
     let workload_socket = &settings.config.workload_socket;
@@ -791,9 +801,6 @@ async fn run(settings: Settings, rules: Option<PathBuf>) -> anyhow::Result<()> {
     }
     tracing::info!(socket = %settings.config.admin_socket.display(), rules = %rules_path.display(), "latch-agent ready");
 
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
     loop {
         tokio::select! {
             _ = hup.recv(), if central.is_none() => match Policy::from_file(&rules_path) {

@@ -175,7 +175,7 @@ impl AgentService for AgentApi {
         });
         c.host_connection(&host_id, true).await?;
         // Replay: rules, then decisions and revocations the agent may have missed.
-        let mut replay = Vec::new();
+        let mut replay: Vec<EncodedAgentMessage> = Vec::new();
         if let Some(v) = c.desired_version(&labels).await? {
             // The stream is already registered, so a rules event delivered meanwhile may have
             // pushed this version; send it once.
@@ -183,25 +183,22 @@ impl AgentService for AgentApi {
                 .rules_sent
                 .fetch_max(v.version as u64, std::sync::atomic::Ordering::SeqCst);
             if prev < v.version as u64 {
-                replay.push(rules_push(&v));
+                replay.push(c.hub.rules_push(v.version, || rules_push(&v)));
                 c.record_push(&host_id, &v).await?;
             }
         }
         for d in c.replay_decisions(&host_id, &r.pending_request_ids).await? {
-            replay.push(AgentMessage {
+            replay.push(EncodedAgentMessage::new(&AgentMessage {
                 body: Some(Body::Decision(d)),
-            });
+            }));
         }
         for rv in c.replay_revocations(&r.grant_ids).await? {
-            replay.push(AgentMessage {
+            replay.push(EncodedAgentMessage::new(&AgentMessage {
                 body: Some(Body::Revocation(rv)),
-            });
+            }));
         }
         for m in replay {
-            if tx
-                .try_send(Outgoing::Message(EncodedAgentMessage::new(&m)))
-                .is_err()
-            {
+            if tx.try_send(Outgoing::Message(m)).is_err() {
                 return Err(
                     Error::Unavailable("agent stream queue is full; reconnect".into()).into(),
                 );

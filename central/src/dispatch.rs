@@ -6,10 +6,7 @@
 
 use std::sync::Arc;
 
-use latch_proto::{
-    encoded::EncodedAgentMessage,
-    v1::{agent_message::Body, AgentMessage, RequestEvent, Revocation},
-};
+use latch_proto::v1::{agent_message::Body, AgentMessage, RequestEvent, Revocation};
 
 use crate::{
     engine::Central,
@@ -93,9 +90,6 @@ impl Central {
                 // Every stream first, then one transaction for the audit records: a write per
                 // host between sends made the last of 10,000 hosts wait ~30 s.
                 let mut pushed = Vec::new();
-                // One encoding per version, shared by every stream it goes to.
-                let mut messages: std::collections::HashMap<i64, EncodedAgentMessage> =
-                    Default::default();
                 for a in self.hub.agents() {
                     let Some(v) = versions
                         .iter()
@@ -107,10 +101,7 @@ impl Central {
                         .rules_sent
                         .fetch_max(v.version as u64, std::sync::atomic::Ordering::SeqCst);
                     if prev < v.version as u64 {
-                        let m = messages
-                            .entry(v.version)
-                            .or_insert_with(|| EncodedAgentMessage::new(&rules_push(v)))
-                            .clone();
+                        let m = self.hub.rules_push(v.version, || rules_push(v));
                         self.hub.send_to(&a.host_id, a.id, m);
                         pushed.push((a.host_id, v));
                     }

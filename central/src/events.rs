@@ -7,7 +7,7 @@
 //! carry ids only; each replica reads the current state from the database before pushing it.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     pin::Pin,
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -126,11 +126,18 @@ struct AgentConn {
     rules_sent: Arc<AtomicU64>,
 }
 
+/// Rules versions whose push stays encoded: a fleet's selectors pick a few versions at a time.
+const RULES_KEPT: usize = 16;
+
 /// The streams open on this replica.
 pub struct Hub {
     agents: Mutex<HashMap<String, Vec<AgentConn>>>,
     watchers: broadcast::Sender<RequestEvent>,
     next_id: AtomicU64,
+    /// The newest rules versions' pushes, encoded once for every stream that gets one here: a
+    /// new version's push, and the subscriptions of a fleet reconnecting. A version never
+    /// changes once stored.
+    rules: Mutex<BTreeMap<i64, EncodedAgentMessage>>,
 }
 
 impl Default for Hub {
@@ -139,6 +146,7 @@ impl Default for Hub {
             agents: Mutex::new(HashMap::new()),
             watchers: broadcast::channel(1024).0,
             next_id: AtomicU64::new(1),
+            rules: Mutex::new(BTreeMap::new()),
         }
     }
 }
@@ -171,6 +179,24 @@ impl Hub {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<AgentConn>>> {
         // A panic while holding this lock leaves plain data behind; keep serving.
         self.agents.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The push of rules `version`, encoded from `push()` the first time it is asked for.
+    pub fn rules_push(
+        &self,
+        version: i64,
+        push: impl FnOnce() -> AgentMessage,
+    ) -> EncodedAgentMessage {
+        let mut kept = self.rules.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = kept.get(&version) {
+            return m.clone();
+        }
+        let m = EncodedAgentMessage::new(&push());
+        kept.insert(version, m.clone());
+        while kept.len() > RULES_KEPT {
+            kept.pop_first();
+        }
+        m
     }
 
     /// Registers an agent stream.
@@ -214,11 +240,15 @@ impl Hub {
 
     /// Sends to every stream of a host; streams that are gone or too slow are closed.
     pub fn send_to_host(&self, host_id: &str, msg: &AgentMessage) -> usize {
+        if !self.is_connected(host_id) {
+            return 0;
+        }
+        // Encoded outside the lock every stream of this replica waits on.
+        let msg = EncodedAgentMessage::new(msg);
         let mut agents = self.lock();
         let Some(conns) = agents.get_mut(host_id) else {
             return 0;
         };
-        let msg = EncodedAgentMessage::new(msg);
         let mut sent = 0;
         conns.retain(|c| match c.tx.try_send(Outgoing::Message(msg.clone())) {
             Ok(()) => {
@@ -325,6 +355,51 @@ impl<S: Stream + Unpin> Stream for Guarded<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rules_version_is_encoded_once_and_the_newest_are_kept() {
+        let hub = Hub::default();
+        let made = std::cell::Cell::new(0);
+        let push = |v: i64| {
+            hub.rules_push(v, || {
+                made.set(made.get() + 1);
+                AgentMessage {
+                    body: Some(latch_proto::v1::agent_message::Body::Rules(
+                        latch_proto::v1::RuleSetPush {
+                            version: v as u64,
+                            ..Default::default()
+                        },
+                    )),
+                }
+            })
+        };
+        let first = push(1);
+        let again = push(1);
+        assert_eq!(made.get(), 1, "version 1 encoded again");
+        assert!(std::ptr::eq(first.as_bytes(), again.as_bytes()));
+        assert_eq!(
+            first.message().expect("decode").body,
+            Some(latch_proto::v1::agent_message::Body::Rules(
+                latch_proto::v1::RuleSetPush {
+                    version: 1,
+                    ..Default::default()
+                }
+            ))
+        );
+        for v in 2..=(RULES_KEPT as i64 + 1) {
+            push(v);
+        }
+        assert_eq!(made.get(), RULES_KEPT + 1);
+        // The oldest went; the newest stay.
+        push(RULES_KEPT as i64 + 1);
+        assert_eq!(made.get(), RULES_KEPT + 1);
+        push(1);
+        assert_eq!(
+            made.get(),
+            RULES_KEPT + 2,
+            "version 1 was kept past the bound"
+        );
+    }
 
     #[test]
     fn queued_counts_what_waits_in_every_stream_and_the_fullest() {

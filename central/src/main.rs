@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use latch_central::Config;
+use tokio::signal::unix::{signal, SignalKind};
 
 /// Latch's central service: approvals, rules, grants and audit for the fleet's agents.
 #[derive(Parser)]
@@ -153,6 +154,10 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve { config } => {
+            // Watched before the service is up: from the moment it answers, SIGTERM and SIGINT
+            // stop it cleanly. Watched only once serving, a signal in between ended it at once.
+            let mut term = signal(SignalKind::terminate()).context("watching SIGTERM")?;
+            let mut int = signal(SignalKind::interrupt()).context("watching SIGINT")?;
             let (c, source) = serve_config(config)?;
             let server = latch_central::start(&c, None)
                 .await
@@ -170,19 +175,9 @@ async fn main() -> anyhow::Result<()> {
                 }
             );
             server
-                .run_until(async {
-                    let mut term = match tokio::signal::unix::signal(
-                        tokio::signal::unix::SignalKind::terminate(),
-                    ) {
-                        Ok(s) => s,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "cannot watch SIGTERM; stop with Ctrl-C");
-                            let _ = tokio::signal::ctrl_c().await;
-                            return;
-                        }
-                    };
+                .run_until(async move {
                     tokio::select! {
-                        _ = tokio::signal::ctrl_c() => {}
+                        _ = int.recv() => {}
                         _ = term.recv() => {}
                     }
                 })

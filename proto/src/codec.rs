@@ -5,7 +5,7 @@
 //! open, an 8 KiB buffer to encode into and another to decode from. A central holding 10,000
 //! agent streams kept 80 MiB of such buffers for messages of a few hundred bytes. A buffer here
 //! starts at [`FIRST_BUFFER`] and grows for the message that needs more (a rules push, a long
-//! list), so only what is written is held.
+//! list): a stream then holds what its largest message needed.
 
 use std::marker::PhantomData;
 

@@ -17,8 +17,8 @@ use prost::{
 
 /// The encoding of an `M`, shared by every clone.
 ///
-/// A thin pointer, so that a queue slot holding one stays a word: every agent stream's queue
-/// has slots allocated whether or not anything waits in them.
+/// A thin pointer, so that the queue slots every agent stream has allocated, waiting or not,
+/// stay small.
 pub struct Encoded<M> {
     bytes: Arc<Vec<u8>>,
     kind: PhantomData<fn() -> M>,
@@ -83,8 +83,9 @@ impl<M: Message + Default> Message for Encoded<M> {
         buf.put_slice(&self.bytes);
     }
 
-    /// Decoding is for completeness (a server only sends these): each field is merged into the
-    /// message decoded so far, which is encoded again.
+    /// Decoding is for completeness (a server only sends these, and nothing decodes one from
+    /// outside): each field is merged into the message decoded so far, which is encoded again,
+    /// a cost that grows with the square of the fields.
     fn merge_field(
         &mut self,
         tag: u32,

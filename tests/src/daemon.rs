@@ -2,7 +2,6 @@
 //! rules file, a configuration, the admin socket and the CLI.
 
 use std::{
-    net::TcpListener,
     path::PathBuf,
     process::{Child, Command, Output, Stdio},
     time::{Duration, Instant},
@@ -37,11 +36,7 @@ impl Daemon {
         let dir = std::env::temp_dir().join(format!("{}-agent", cg.rel.trim_start_matches('/')));
         std::fs::create_dir_all(&dir).expect("mkdir");
         let pin_dir = PathBuf::from("/sys/fs/bpf").join(cg.rel.trim_start_matches('/'));
-        let metrics_port = TcpListener::bind("127.0.0.1:0")
-            .expect("bind")
-            .local_addr()
-            .expect("addr")
-            .port();
+        let metrics_port = crate::stack::free_port();
         let rules_path = dir.join("rules.yaml");
         std::fs::write(&rules_path, rules.replace("{CG}", &cg.rel)).expect("write rules");
         let config = dir.join("agent.toml");

@@ -98,6 +98,15 @@ pub fn destination() -> (std::net::TcpListener, String) {
     (l, target)
 }
 
+/// Whether an agent's `status --json` says it watches a cgroup, i.e. enforces rules.
+pub fn status_watching(status: &std::process::Output) -> bool {
+    status.status.success()
+        && serde_json::from_slice::<serde_json::Value>(&status.stdout)
+            .ok()
+            .and_then(|v| v["watched_cgroups"].as_array().map(|a| !a.is_empty()))
+            .unwrap_or(false)
+}
+
 /// Path of the probe workload binary.
 pub fn probe() -> PathBuf {
     binary("latch-probe")

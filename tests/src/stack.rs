@@ -82,13 +82,33 @@ impl Drop for Stack {
     }
 }
 
-/// A loopback port nobody listens on right now.
+/// A loopback TCP port nobody listens on right now, for a daemon the test starts to listen on.
+///
+/// Taken from below the kernel's ephemeral range: a port found by binding port 0 is free for
+/// the kernel to give the next socket bound to port 0, and the agent's own resolver proxy took
+/// a metrics port that way between the test's pick and the agent's bind. Distinct within this
+/// process; cargo runs one test binary at a time, and the VM guests one suite at a time.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    const LOWEST: u32 = 10_000;
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    assert!(
+        ephemeral > LOWEST + 1_000,
+        "the ephemeral port range starts at {ephemeral}: no room below it for test daemons"
+    );
+    let span = ephemeral - LOWEST;
+    let start = std::process::id().wrapping_mul(7_919) % span;
+    for _ in 0..span {
+        let i = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = (LOWEST + (start + i) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port from {LOWEST} to {ephemeral}");
 }
 
 /// Waits until something listens on `127.0.0.1:port`, or `child` exits.
@@ -254,15 +274,8 @@ impl Stack {
     pub fn wait_watching(&self) {
         let deadline = Instant::now() + patience();
         loop {
-            let out = self.agent_cli(&["status", "--json"]);
-            if out.status.success() {
-                let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-                if v["watched_cgroups"]
-                    .as_array()
-                    .is_some_and(|a| !a.is_empty())
-                {
-                    return;
-                }
+            if crate::status_watching(&self.agent_cli(&["status", "--json"])) {
+                return;
             }
             assert!(
                 Instant::now() < deadline,

@@ -118,8 +118,8 @@ const SUITE_LIMIT: Duration = Duration::from_secs(1800);
 /// - `integrity` (a hostile workload's ways around a rule) on three of the four boots: both
 ///   backends on 6.1, and LSM on 6.12, the backend that kernel gives by default;
 /// - `systemd` (the shipped agent unit under a real systemd) with each backend, where the
-///   daemon suite runs, last in its boot: it leaves systemd in charge of the guest's cgroup
-///   tree;
+///   daemon suite runs, last in its boot: it leaves its units, its slices' cgroups and the
+///   agent's pins under `/sys/fs/bpf/latch` behind;
 /// - not [`NATIVE_ONLY`].
 fn default_suites(kernel: &KernelSpec, lsm: Lsm) -> Vec<Suite> {
     let rest: &[Suite] = match (kernel.newest, lsm) {

@@ -27,6 +27,8 @@ pub enum Suite {
     Central,
     /// The shipped units and agent configuration under a real systemd
     /// (`tests/tests/systemd.rs`); in guests only, as it installs them and starts systemd.
+    /// The last variant: a boot runs its suites in this order, and this one leaves things
+    /// behind.
     Systemd,
 }
 
