@@ -354,17 +354,37 @@ fn cgroups_created_after_start_are_watched_without_a_rescan() {
     d.stop();
 }
 
-/// Counts connections accepted by a listener, from its own side.
-fn count_accepts(listener: TcpListener) -> std::sync::Arc<std::sync::atomic::AtomicU64> {
-    let n = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let seen = n.clone();
+/// Accepts on a listener, from its own side, and reports each peer's address in arrival order.
+fn accepted_peers(listener: TcpListener) -> std::sync::mpsc::Receiver<std::net::SocketAddr> {
+    let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for s in listener.incoming().flatten() {
-            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            drop(s);
+            if let Ok(peer) = s.peer_addr() {
+                if tx.send(peer).is_err() {
+                    return;
+                }
+            }
         }
     });
-    n
+    rx
+}
+
+/// Counts the connections accepted so far, including every one still in the accept queue: the
+/// test connects once itself and counts until that connection is accepted, since the queue is
+/// FIFO. Without it, connections a reaped workload completed are counted in the next phase.
+fn accepted_until_now(peers: &std::sync::mpsc::Receiver<std::net::SocketAddr>, port: u16) -> u64 {
+    let marker = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect the marker");
+    let me = marker.local_addr().expect("marker address");
+    let mut n = 0;
+    loop {
+        let peer = peers
+            .recv_timeout(patience())
+            .expect("the listener never accepted the marker connection");
+        if peer == me {
+            return n;
+        }
+        n += 1;
+    }
 }
 
 #[test]
@@ -376,7 +396,7 @@ fn denied_operations_stay_denied_while_the_agent_is_killed_restarted_and_replace
     // First without Latch: the same workloads reach the destination and run the program.
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
-    let accepted = count_accepts(listener);
+    let accepted = accepted_peers(listener);
     let marks = std::env::temp_dir().join(format!("latch-marks-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&marks);
     std::fs::create_dir_all(&marks).expect("mkdir");
@@ -393,9 +413,12 @@ fn denied_operations_stay_denied_while_the_agent_is_killed_restarted_and_replace
     let mut a = spawn_in(&unwatched.path, &probe_path, &connect_loop);
     let mut b = spawn_in(&unwatched.path, sh, &["-c", &exec_loop]);
     let deadline = Instant::now() + patience();
-    while accepted.load(std::sync::atomic::Ordering::SeqCst) == 0
-        || std::fs::read_dir(&marks).map(|d| d.count()).unwrap_or(0) == 0
-    {
+    let mut reached_unwatched = 0;
+    loop {
+        reached_unwatched += accepted.try_iter().count();
+        if reached_unwatched > 0 && std::fs::read_dir(&marks).map(|d| d.count()).unwrap_or(0) > 0 {
+            break;
+        }
         assert!(
             Instant::now() < deadline,
             "the workloads never worked unwatched"
@@ -409,7 +432,7 @@ fn denied_operations_stay_denied_while_the_agent_is_killed_restarted_and_replace
     drop(unwatched);
     std::fs::remove_dir_all(&marks).expect("clear marks");
     std::fs::create_dir_all(&marks).expect("mkdir");
-    let reached_unwatched = accepted.swap(0, std::sync::atomic::Ordering::SeqCst);
+    accepted_until_now(&accepted, port);
 
     // Now watched, with the agent killed, restarted and replaced under the running workloads.
     let cg = TestCgroup::new();
@@ -469,7 +492,7 @@ fn denied_operations_stay_denied_while_the_agent_is_killed_restarted_and_replace
     let _ = std::fs::remove_dir_all(&marks);
     assert!(reached_unwatched > 0);
     assert_eq!(
-        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        accepted_until_now(&accepted, port),
         0,
         "connections reached the denied destination"
     );
