@@ -14,7 +14,7 @@
 //! for the right to attach to another process (a kprobe on `ptrace_may_access`, which
 //! `/proc/PID/mem`, `process_vm_readv`/`writev` and `pidfd_getfd` ask, by whatever system-call
 //! table); where that kprobe cannot attach, at the entry of the 64-bit `process_vm_readv` or
-//! `process_vm_writev` on another process.
+//! `process_vm_writev` on another process, and of the 64-bit `pidfd_getfd` on any process.
 
 use agent_common::Op;
 use aya_ebpf::{
@@ -115,6 +115,18 @@ pub fn on_vm_enter(ctx: &TracePointContext) {
         return;
     }
     if refused(pid as u32) {
+        pause::kill_current();
+    }
+}
+
+/// `syscalls:sys_enter_pidfd_getfd` (tracepoint backend, where `debug_kp` cannot attach):
+/// `pidfd_getfd(pidfd, fd, flags)` takes a descriptor of the process `pidfd` names, which lets
+/// a watched task use a socket made and connected outside (no socket hook sees a send on it).
+/// Which process the pidfd names is not read here (that is the fd table's file, then its
+/// `struct pid`): every call ends the task, also one naming its own process, which `dup` does
+/// without asking. The call goes on and the task never returns to user space from it.
+pub fn on_getfd_enter() {
+    if refused(0) {
         pause::kill_current();
     }
 }

@@ -56,8 +56,9 @@
 //!   socket for a watched task, whether made by `socket()` or submitted to io_uring.
 //! - `debug_lsm`, `traceme_lsm` (LSM backend: `ptrace_access_check`, `ptrace_traceme`) and
 //!   `ptrace_tp`, `debug_kp` (tracepoint backend: `syscalls:sys_enter_ptrace`, a kprobe on
-//!   `ptrace_may_access`; `vm_tp` on `sys_enter_process_vm_{readv,writev}` where the kprobe
-//!   cannot attach): a watched task may not debug another process.
+//!   `ptrace_may_access`; `vm_tp` on `sys_enter_process_vm_{readv,writev}` and `getfd_tp` on
+//!   `sys_enter_pidfd_getfd` where the kprobe cannot attach): a watched task may not debug
+//!   another process.
 //! - `receive_lsm` (LSM backend: `file_receive`) and `receive_kp` (tracepoint backend: a kprobe
 //!   on `security_file_receive`): a watched task may not be passed an IP or link-layer socket
 //!   made outside the cgroups of its workload.
@@ -353,6 +354,13 @@ pub fn ptrace_tp(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn vm_tp(ctx: TracePointContext) -> u32 {
     debug::on_vm_enter(&ctx);
+    0
+}
+
+/// Tracepoint backend: `syscalls:sys_enter_pidfd_getfd`, where `debug_kp` cannot attach.
+#[tracepoint]
+pub fn getfd_tp(_ctx: TracePointContext) -> u32 {
+    debug::on_getfd_enter();
     0
 }
 

@@ -328,6 +328,15 @@ pub fn judge(f: Facts) -> Report {
                   keeps a descriptor the call made"
                 .into(),
         },
+        (true, _) if hooked("getfd-tp") => Guarantee {
+            name: "debugging",
+            verdict: Verdict::Degraded,
+            why: "tracepoint backend without a kprobe on ptrace_may_access: ptrace and 64-bit \
+                  process_vm_readv/writev on another process end a watched task, and so does \
+                  every 64-bit pidfd_getfd (also of its own process: the pidfd's process is \
+                  not read); /proc/PID/mem is not seen"
+                .into(),
+        },
         (true, _) => Guarantee {
             name: "debugging",
             verdict: Verdict::Degraded,
@@ -763,6 +772,11 @@ mod tests {
                 vec!["ptrace-tp", "vm-read-tp"],
                 Degraded,
             ),
+            (
+                Backend::Tracepoint,
+                vec!["ptrace-tp", "vm-read-tp", "getfd-tp"],
+                Degraded,
+            ),
         ];
         for (backend, hooks, want) in table {
             let mut f = facts(Ok(()), Some(backend), true);
@@ -775,6 +789,15 @@ mod tests {
             let caveat = hooks.contains(&"debug-kp") && !hooks.contains(&"fork-share");
             assert!(
                 g.is_some_and(|g| g.why.contains("CLONE_FILES") == caveat),
+                "{backend:?} {hooks:?}: {g:?}"
+            );
+            // pidfd_getfd is said to be unseen exactly where neither the kprobe nor its
+            // system-call check is attached.
+            let getfd_unseen = backend == Backend::Tracepoint
+                && !hooks.contains(&"debug-kp")
+                && !hooks.contains(&"getfd-tp");
+            assert!(
+                g.is_some_and(|g| g.why.contains("pidfd_getfd are not seen") == getfd_unseen),
                 "{backend:?} {hooks:?}: {g:?}"
             );
         }

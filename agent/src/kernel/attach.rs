@@ -328,14 +328,24 @@ pub fn attach_all(
                 Ok(link) => p.keep(link, "debug-kp")?,
                 Err(e) => {
                     tracing::warn!(
-                        "/proc/PID/mem and pidfd_getfd are not seen: {e}; process_vm_readv and \
-                         process_vm_writev are checked at their 64-bit entry"
+                        "/proc/PID/mem is not seen: {e}; process_vm_readv, process_vm_writev \
+                         and pidfd_getfd are checked at their 64-bit entry"
                     );
                     for (pin, tp) in [
                         ("vm-read-tp", "sys_enter_process_vm_readv"),
                         ("vm-write-tp", "sys_enter_process_vm_writev"),
                     ] {
                         p.keep(tracepoint(ebpf, "vm_tp", "syscalls", tp)?, pin)?;
+                    }
+                    // Linux 5.6 brought the call; a kernel without it has nothing to check.
+                    match optional_tracepoint(
+                        ebpf,
+                        "getfd_tp",
+                        "syscalls",
+                        "sys_enter_pidfd_getfd",
+                    )? {
+                        Ok(link) => p.keep(link, "getfd-tp")?,
+                        Err(e) => tracing::warn!("pidfd_getfd is not seen: {e}"),
                     }
                 }
             }
