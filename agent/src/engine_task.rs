@@ -48,6 +48,10 @@ pub struct Policy {
     pub globs: Vec<WorkloadGlobs>,
     /// What each workload that decides programs by content says about contents.
     pub content: programs::content::ContentTable,
+    /// The paths exec rules name exactly, as written.
+    pub named: Vec<programs::NamedProgram>,
+    /// Those of them that were no file when last looked at.
+    pub missing: Vec<programs::NamedProgram>,
 }
 
 /// Why a rule set cannot become a [`Policy`].
@@ -81,13 +85,18 @@ impl Policy {
     /// Validates and compiles rules text.
     pub fn from_text(source: &str, text: &str) -> Result<Self, PolicyLoadError> {
         let parsed = policy::RuleSet::parse(source, text)?;
+        // The author's paths, not the aliases added below: an alias missing on this host (no
+        // merged /usr) is nobody's mistake.
+        let named = programs::named_exactly(&parsed);
         let rules = rules::with_path_aliases(&parsed, &rules::HostPaths);
         let mut compiled = rules::compile(&rules).map_err(|error| PolicyLoadError::Compile {
             source_name: source.to_string(),
             error,
         })?;
+        let host = programs::HostFiles::now();
         (compiled.exec_files, compiled.exec_file_paths) =
-            programs::resolve_with_paths(&rules, &compiled, &programs::HostFiles::now());
+            programs::resolve_with_paths(&rules, &compiled, &host);
+        let missing = programs::missing(&named, &host);
         let globs = rules
             .workloads
             .iter()
@@ -109,6 +118,8 @@ impl Policy {
             compiled,
             globs,
             content,
+            named,
+            missing,
         })
     }
 
@@ -179,6 +190,9 @@ pub struct Status {
     pub dns_proxy_port: u16,
     /// Addresses learned from workloads' DNS answers, not yet expired.
     pub learned_addresses: usize,
+    /// Paths exec rules name exactly that were no file in the agent's view when last looked
+    /// at: matched only as the path string given to `execve` until they are.
+    pub missing_programs: Vec<programs::NamedProgram>,
 }
 
 /// Requests to the engine task.
@@ -552,6 +566,7 @@ impl State {
                 if let Err(e) = self.engine.forget_content() {
                     tracing::error!("cannot clear the content verdicts of the previous rules: {e}");
                 }
+                say_missing(&p.source, &p.missing, &[]);
                 self.policy = Some(p);
                 self.relearn();
                 self.rescan();
@@ -582,8 +597,17 @@ impl State {
             }));
         }
         let Some(p) = self.policy.clone() else { return };
-        let (files, paths) =
-            programs::resolve_with_paths(&p.rules, &p.compiled, &programs::HostFiles::now());
+        let host = programs::HostFiles::now();
+        let missing = programs::missing(&p.named, &host);
+        if missing != p.missing {
+            say_missing(&p.source, &missing, &p.missing);
+            self.policy = Some(Arc::new(Policy {
+                missing,
+                ..(*p).clone()
+            }));
+        }
+        let Some(p) = self.policy.clone() else { return };
+        let (files, paths) = programs::resolve_with_paths(&p.rules, &p.compiled, &host);
         if files == p.compiled.exec_files && paths == p.compiled.exec_file_paths {
             return;
         }
@@ -603,6 +627,8 @@ impl State {
                     compiled,
                     globs: p.globs.clone(),
                     content: p.content.clone(),
+                    named: p.named.clone(),
+                    missing: p.missing.clone(),
                 }));
             }
             Err(e) => {
@@ -1418,6 +1444,11 @@ impl State {
             privileged: self.privileged.clone(),
             dns_proxy_port: self.engine.dns_proxy_port(),
             learned_addresses: self.learned.len(),
+            missing_programs: self
+                .policy
+                .as_ref()
+                .map(|p| p.missing.clone())
+                .unwrap_or_default(),
         })
     }
 }
@@ -1675,4 +1706,22 @@ pub fn counter_name(slot: u32) -> Option<&'static str> {
         .iter()
         .find(|(c, _)| *c as u32 == slot)
         .map(|(_, n)| *n)
+}
+
+/// Says which exact rule paths name no file now (each once, when it starts to), and which do
+/// again.
+fn say_missing(source: &str, now: &[programs::NamedProgram], before: &[programs::NamedProgram]) {
+    for n in now.iter().filter(|n| !before.contains(n)) {
+        tracing::warn!(
+            source,
+            rule = %n.rule,
+            path = %n.path,
+            "an exec rule names a path that is no file in the agent's view: until it is one, \
+             only an exec by that very path is matched, not the file's other names (looked at \
+             again every 2 s)"
+        );
+    }
+    for n in before.iter().filter(|n| !now.contains(n)) {
+        tracing::info!(source, rule = %n.rule, path = %n.path, "a path an exec rule names is a file now");
+    }
 }

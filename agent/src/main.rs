@@ -468,6 +468,24 @@ fn print_status(v: serde_json::Value, json: bool) {
         }
         println!("\n{p}\n(these can undo enforcement: see the README's 'Ways around a rule')");
     }
+    let missing = v["missing_programs"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if !missing.is_empty() {
+        let mut m = Table::new();
+        m.load_preset(NOTHING);
+        m.set_header(["RULE", "PATH THAT IS NO FILE HERE"]);
+        for x in missing {
+            m.add_row([
+                terminal::clean(x["rule"].as_str().unwrap_or("")),
+                terminal::clean(x["path"].as_str().unwrap_or("")),
+            ]);
+        }
+        println!(
+            "\n{m}\n(matched only by that path string, not by other names of the file, until it exists)"
+        );
+    }
 }
 
 fn print_doctor(r: &latch_agent::doctor::Report, json: bool) {

@@ -283,6 +283,74 @@ fn other_names_of_a_denied_program_are_denied_too() {
     d.stop();
 }
 
+/// A rule may name a program before it is installed. Until the file exists the kernel knows it
+/// only by its path string; the agent says so in its status, and once the file appears it is
+/// known by every name.
+#[test]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
+fn a_program_named_before_it_exists_is_refused_by_its_other_names_once_it_does() {
+    if !privileged() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("latch-late-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let tool = dir.join("tool");
+    let link = dir.join("link");
+    std::os::unix::fs::symlink(&tool, &link).expect("symlink");
+    // Installed the way a package manager does: written aside, renamed into place.
+    let install = || {
+        let part = dir.join("tool.part");
+        std::fs::copy("/usr/bin/touch", &part).expect("copy touch");
+        std::fs::rename(&part, &tool).expect("rename into place");
+    };
+    let sh = std::path::Path::new("/bin/sh");
+    let run_link = |cg: &std::path::Path, mark: &str| {
+        let mark = dir.join(mark);
+        let out = finish(spawn_in(
+            cg,
+            sh,
+            &["-c", &format!("exec {} {}", link.display(), mark.display())],
+        ));
+        (out, mark.exists())
+    };
+
+    // Where nothing watches, the program runs through the link.
+    let free = TestCgroup::new();
+    install();
+    let (out, made) = run_link(&free.path, "unwatched");
+    assert!(made, "the tool did not run unwatched: {out:?}");
+    std::fs::remove_file(&tool).expect("uninstall");
+
+    let cg = TestCgroup::new();
+    let d = Daemon::start(
+        &cg,
+        &rules(&format!(
+            "  - {{name: late, workload: test, on: exec, paths: [{}], action: deny}}\n",
+            tool.display()
+        )),
+        "deny",
+    );
+    let want = serde_json::json!([{"rule": "late", "path": tool.display().to_string()}]);
+    d.wait_status("the rule's path naming no file", |v| {
+        v["missing_programs"] == want
+    });
+    install();
+    d.wait_status("the rule's path as a file", |v| {
+        v["missing_programs"] == serde_json::json!([])
+    });
+    let (out, made) = run_link(&cg.path, "watched");
+    assert!(
+        !made && !out.status.success(),
+        "the program ran by another name once installed: {out:?}"
+    );
+    // And the file still runs where nothing watches.
+    let (out, made) = run_link(&free.path, "unwatched-again");
+    assert!(made, "{out:?}");
+    d.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 #[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
 fn cgroups_created_after_start_are_watched_without_a_rescan() {

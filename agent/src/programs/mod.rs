@@ -138,6 +138,46 @@ impl ProgramFiles for HostFiles {
     }
 }
 
+/// A path an exec rule names exactly, as its author wrote it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct NamedProgram {
+    /// The rule's name.
+    pub rule: String,
+    /// The path.
+    pub path: String,
+}
+
+/// The exact paths exec rules name, in the rules' order (a `*` prefix names no one file).
+/// Given the rules as written, before the agent adds its own aliases of a path.
+pub fn named_exactly(rules: &RuleSet) -> Vec<NamedProgram> {
+    let mut out = Vec::new();
+    for r in &rules.rules {
+        let Matcher::Exec { paths, .. } = &r.matcher else {
+            continue;
+        };
+        for p in paths {
+            if let PathPattern::Exact(path) = p {
+                out.push(NamedProgram {
+                    rule: r.name.clone(),
+                    path: path.clone(),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Those of `named` that are no regular file in the agent's view now. The kernel can know such
+/// a program only by the path string an exec gives, so its other names (a symlink, a
+/// descriptor, a bind mount) are not it until the file exists and is resolved again.
+pub fn missing(named: &[NamedProgram], fs: &dyn ProgramFiles) -> Vec<NamedProgram> {
+    named
+        .iter()
+        .filter(|n| fs.identify(&n.path).is_none())
+        .cloned()
+        .collect()
+}
+
 /// The `EXEC_FILES` entries for a compiled rule set: every file an exec rule names (directly or
 /// through a prefix) that exists now, with the rule the path maps give its real path. Two names
 /// of one file that get different rules keep the stricter.
@@ -242,6 +282,69 @@ mod tests {
         let rs = RuleSet::parse("t.yaml", &text).expect("valid");
         let c = rules::compile(&rs).expect("compiles");
         (rs, c)
+    }
+
+    #[test]
+    fn exact_paths_that_name_no_file_are_reported_by_rule() {
+        let mut fs = FakeFs::default();
+        fs.files.insert("/usr/bin/curl".into(), (8, 10));
+        fs.links
+            .insert("/usr/local/bin/curl".into(), "/usr/bin/curl".into());
+        fs.links
+            .insert("/usr/local/bin/gone".into(), "/usr/bin/gone".into());
+        let (rs, _) = set(
+            "  - {name: a, workload: w, on: exec, paths: [/usr/bin/curl, /opt/tool], action: deny}\n\
+             \x20 - {name: b, workload: w, on: exec, paths: ['/opt/tools/*', /usr/local/bin/curl], action: approve}\n\
+             \x20 - {name: c, workload: w, on: exec, paths: [/usr/local/bin/gone], action: deny}\n\
+             \x20 - {name: d, workload: w, on: connect, to: [10.0.0.0/8], action: deny}\n",
+        );
+        let named = named_exactly(&rs);
+        let pairs = |v: &[NamedProgram]| -> Vec<(String, String)> {
+            v.iter().map(|n| (n.rule.clone(), n.path.clone())).collect()
+        };
+        let owned = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+            v.iter()
+                .map(|(r, p)| (r.to_string(), p.to_string()))
+                .collect()
+        };
+        // A prefix names no one file; a connect rule names none.
+        assert_eq!(
+            pairs(&named),
+            owned(&[
+                ("a", "/usr/bin/curl"),
+                ("a", "/opt/tool"),
+                ("b", "/usr/local/bin/curl"),
+                ("c", "/usr/local/bin/gone"),
+            ])
+        );
+        // (file system change, what is missing then)
+        let table: [(&str, &[(&str, &str)]); 3] = [
+            (
+                "as made",
+                &[("a", "/opt/tool"), ("c", "/usr/local/bin/gone")],
+            ),
+            ("the dangling link's file appears", &[("a", "/opt/tool")]),
+            (
+                "the first file is removed",
+                &[
+                    ("a", "/usr/bin/curl"),
+                    ("a", "/opt/tool"),
+                    ("b", "/usr/local/bin/curl"),
+                ],
+            ),
+        ];
+        for (change, want) in table {
+            match change {
+                "the dangling link's file appears" => {
+                    fs.files.insert("/usr/bin/gone".into(), (8, 12));
+                }
+                "the first file is removed" => {
+                    fs.files.remove("/usr/bin/curl");
+                }
+                _ => {}
+            }
+            assert_eq!(pairs(&missing(&named, &fs)), owned(want), "{change}");
+        }
     }
 
     fn action_of(entries: &[(ExecFileKey, RuleRef)], ino: u64) -> Option<u8> {
