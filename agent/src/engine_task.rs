@@ -566,7 +566,7 @@ impl State {
                 if let Err(e) = self.engine.forget_content() {
                     tracing::error!("cannot clear the content verdicts of the previous rules: {e}");
                 }
-                say_missing(&p.source, &p.missing, &[]);
+                self.say_missing(&p.source, &p.missing, &[]);
                 self.policy = Some(p);
                 self.relearn();
                 self.rescan();
@@ -577,6 +577,40 @@ impl State {
             Err(e) => {
                 tracing::error!(source = %p.source, "rules not applied, the previous ones stay in force: {e}")
             }
+        }
+    }
+
+    /// Says which exact rule paths name no file now (each once, when it starts to), and which do
+    /// again: in the log, and in the journal, so that central's audit trail shows on which
+    /// hosts a rule names nothing.
+    fn say_missing(
+        &self,
+        source: &str,
+        now: &[programs::NamedProgram],
+        before: &[programs::NamedProgram],
+    ) {
+        let record = |kind: &str, n: &programs::NamedProgram| {
+            if let Some(r) = &self.recorder {
+                r.record_durable(
+                    kind,
+                    serde_json::json!({ "rule": n.rule, "path": n.path, "rules": source }),
+                );
+            }
+        };
+        for n in now.iter().filter(|n| !before.contains(n)) {
+            tracing::warn!(
+                source,
+                rule = %n.rule,
+                path = %n.path,
+                "an exec rule names a path that is no file in the agent's view: until it is one, \
+                 only an exec by that very path is matched, not the file's other names (looked \
+                 at again every 2 s)"
+            );
+            record("program_missing", n);
+        }
+        for n in before.iter().filter(|n| !now.contains(n)) {
+            tracing::info!(source, rule = %n.rule, path = %n.path, "a path an exec rule names is a file now");
+            record("program_found", n);
         }
     }
 
@@ -600,7 +634,7 @@ impl State {
         let host = programs::HostFiles::now();
         let missing = programs::missing(&p.named, &host);
         if missing != p.missing {
-            say_missing(&p.source, &missing, &p.missing);
+            self.say_missing(&p.source, &missing, &p.missing);
             self.policy = Some(Arc::new(Policy {
                 missing,
                 ..(*p).clone()
@@ -1706,22 +1740,4 @@ pub fn counter_name(slot: u32) -> Option<&'static str> {
         .iter()
         .find(|(c, _)| *c as u32 == slot)
         .map(|(_, n)| *n)
-}
-
-/// Says which exact rule paths name no file now (each once, when it starts to), and which do
-/// again.
-fn say_missing(source: &str, now: &[programs::NamedProgram], before: &[programs::NamedProgram]) {
-    for n in now.iter().filter(|n| !before.contains(n)) {
-        tracing::warn!(
-            source,
-            rule = %n.rule,
-            path = %n.path,
-            "an exec rule names a path that is no file in the agent's view: until it is one, \
-             only an exec by that very path is matched, not the file's other names (looked at \
-             again every 2 s)"
-        );
-    }
-    for n in before.iter().filter(|n| !now.contains(n)) {
-        tracing::info!(source, rule = %n.rule, path = %n.path, "a path an exec rule names is a file now");
-    }
 }
