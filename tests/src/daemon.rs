@@ -92,6 +92,24 @@ impl Daemon {
         }
     }
 
+    /// Waits until the agent's log says `what` (its own words, e.g. a refused reload).
+    pub fn wait_log(&self, what: &str) {
+        let deadline = Instant::now() + patience();
+        loop {
+            let log = std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default();
+            if log.contains(what) {
+                return;
+            }
+            assert!(!self.exited(), "the agent exited before it logged {what:?}");
+            assert!(
+                Instant::now() < deadline,
+                "the agent never logged {what:?} in {:?}:\n{log}",
+                patience()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Whether the agent process has ended (a zombie until it is waited for), read from
     /// `/proc` so that a shared borrow can ask.
     pub fn exited(&self) -> bool {

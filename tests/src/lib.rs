@@ -98,6 +98,31 @@ pub fn destination() -> (std::net::TcpListener, String) {
     (l, target)
 }
 
+/// Accepts every connection queued at `l` now, without waiting, and says whether there was one.
+/// For what a hook refused: a refused connection never left, so there is nothing to wait for.
+pub fn accept_now(l: &std::net::TcpListener) -> bool {
+    l.set_nonblocking(true).expect("nonblocking");
+    let mut any = false;
+    while l.accept().is_ok() {
+        any = true;
+    }
+    any
+}
+
+/// Whether a connection arrives at `l`, waiting for it up to [`patience`], then accepting every
+/// one queued. For what should arrive: a connection made over loopback can reach the listener's
+/// queue after the client's `connect` returned, when softirqs run late on a loaded machine.
+pub fn arrives(l: &std::net::TcpListener) -> bool {
+    let deadline = Instant::now() + patience();
+    while Instant::now() < deadline {
+        if accept_now(l) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    false
+}
+
 /// Whether an agent's `status --json` says it watches a cgroup, i.e. enforces rules.
 pub fn status_watching(status: &std::process::Output) -> bool {
     status.status.success()

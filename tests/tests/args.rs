@@ -201,9 +201,18 @@ fn a_held_invocation_makes_no_progress_under_a_sigcont_loop() {
     let pid = child.id();
     let id = d.wait_request(pid);
     let sent = sigcont_loop(pid, Duration::from_secs(1));
-    assert!(!m.exists(), "the held program ran under {sent} SIGCONTs");
     // Either the stop was renewed at every resume (still the same request), or a SIGCONT raced
-    // the renewed stop and the gate ended the image at its first system call.
+    // the renewed stop and the gate ended the image at its first system call. Which one, only
+    // once the last SIGCONT has settled: stopped again, or ended.
+    let deadline = std::time::Instant::now() + latch_tests::patience();
+    while !matches!(latch_tests::state(pid), Some('T' | 't' | 'Z') | None) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "neither stopped again nor ended after the last SIGCONT"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(!m.exists(), "the held program ran under {sent} SIGCONTs");
     let listed = text(&d.cli(&["pending", "--json"]));
     if listed.contains(&id) {
         d.decide(&id, &["allow"]);

@@ -949,7 +949,7 @@ async fn a_policy_check_decides_a_held_connect_without_a_person() {
     let pid = child.id();
     assert_eq!(outcome(child)["ok"], true);
     assert!(
-        listener.accept().is_ok(),
+        latch_tests::arrives(&listener),
         "the approved connection never reached its destination"
     );
     let rec = wait_request(&mut admin, &stack.host, pid, RequestState::Approved).await;
@@ -1080,7 +1080,7 @@ async fn an_automatic_reviewer_approves_a_held_connect_and_escalates_another() {
     let pid = child.id();
     assert_eq!(outcome(child)["ok"], true);
     assert!(
-        approved.accept().is_ok(),
+        latch_tests::arrives(&approved),
         "the approved connection never reached its destination"
     );
     let rec = wait_request(&mut alice, &stack.host, pid, RequestState::Approved).await;
@@ -1575,7 +1575,7 @@ async fn a_connection_held_by_a_name_rule_shows_the_reviewer_the_name() {
     let v = outcome(child);
     assert_eq!(v["ok"], true, "{v}");
     assert!(
-        listener.accept().is_ok(),
+        latch_tests::arrives(&listener),
         "the approved connection never arrived"
     );
     // The audit trail's record of the request has the name too.

@@ -595,11 +595,6 @@ fn a_rejected_rule_set_leaves_the_rules_in_force() {
 }
 
 /// Whether a listener has a connection waiting, without blocking.
-fn accepted(l: &TcpListener) -> bool {
-    l.set_nonblocking(true).expect("nonblocking");
-    l.accept().is_ok()
-}
-
 #[test]
 #[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
 fn another_program_at_the_same_hooks_keeps_working_beside_latch() {
@@ -622,13 +617,13 @@ fn another_program_at_the_same_hooks_keeps_working_beside_latch() {
     for round in ["as loaded", "after Latch re-attached its hooks"] {
         let out = h.probe(&["connect", &to(open_port)]);
         assert!(
-            ok(&out) && accepted(&open),
+            ok(&out) && latch_tests::arrives(&open),
             "{round}: allowed connect: {out}"
         );
         let out = h.probe(&["connect", &to(latch_port)]);
         assert_eq!(errno(&out), EPERM, "{round}: Latch's deny: {out}");
         assert!(
-            !accepted(&latch_denied),
+            !latch_tests::accept_now(&latch_denied),
             "{round}: reached Latch's denied port"
         );
         h.expect_event("Latch's denial", |e| {
@@ -652,7 +647,10 @@ fn another_program_at_the_same_hooks_keeps_working_beside_latch() {
         &probe(),
         &["connect", &to(latch_port)],
     ));
-    assert!(ok(&out) && accepted(&latch_denied), "unwatched: {out}");
+    assert!(
+        ok(&out) && latch_tests::arrives(&latch_denied),
+        "unwatched: {out}"
+    );
     let out = outcome(latch_tests::spawn_in(
         &outside.path,
         &probe(),

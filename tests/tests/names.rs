@@ -47,13 +47,15 @@ impl Destination {
         Destination { l, ip }
     }
 
-    /// Whether a connection arrived since the last call.
+    /// Whether a connection arrived since the last call, looked at once: for what a hook
+    /// refused, which never left.
     fn reached(&self) -> bool {
-        let mut any = false;
-        while self.l.accept().is_ok() {
-            any = true;
-        }
-        any
+        latch_tests::accept_now(&self.l)
+    }
+
+    /// Whether a connection arrives, waiting for it: for what should arrive.
+    fn arrives(&self) -> bool {
+        latch_tests::arrives(&self.l)
     }
 }
 
@@ -113,7 +115,7 @@ fn name_rules_decide_what_the_workload_resolved() {
     ] {
         let v = resolve(&free.path, &dns, name, port);
         assert!(ok(&v), "{name} unwatched: {v}");
-        assert!(dest.reached(), "{name} unwatched did not arrive: {v}");
+        assert!(dest.arrives(), "{name} unwatched did not arrive: {v}");
     }
 
     let cg = TestCgroup::new();
@@ -136,7 +138,7 @@ fn name_rules_decide_what_the_workload_resolved() {
             assert!(!dest.reached(), "{name} arrived: {v}");
         } else {
             assert!(ok(&v), "{name}: {v}");
-            assert!(dest.reached(), "{name} did not arrive: {v}");
+            assert!(dest.arrives(), "{name} did not arrive: {v}");
         }
     }
 
@@ -175,12 +177,12 @@ fn an_ipv6_answer_decides_connections_to_its_address() {
     let free = TestCgroup::new();
     let v = run(&free.path, &["resolve", &conf, "six.test", &p, "inet6"]);
     assert_eq!(v["resolved"], "::1", "{v}");
-    assert!(ok(&v) && six.reached(), "unwatched: {v}");
+    assert!(ok(&v) && six.arrives(), "unwatched: {v}");
 
     let cg = TestCgroup::new();
     let _d = Daemon::start(&cg, &rules, "deny");
     let v = run(&cg.path, &["connect", &addr]);
-    assert!(ok(&v) && six.reached(), "never resolved, so audited: {v}");
+    assert!(ok(&v) && six.arrives(), "never resolved, so audited: {v}");
     let v = run(&cg.path, &["resolve", &conf, "six.test", &p, "inet6"]);
     assert_eq!(v["resolved"], "::1", "{v}");
     assert_eq!(v["errno"].as_i64(), Some(EPERM), "resolved: {v}");
@@ -207,7 +209,7 @@ fn an_address_never_resolved_gets_the_unresolved_action_until_resolved_and_after
 
     let free = TestCgroup::new();
     assert!(ok(&run(&free.path, &["connect", &addr])));
-    assert!(short.reached());
+    assert!(short.arrives());
 
     let cg = TestCgroup::new();
     let _d = Daemon::start(&cg, &rules, "deny");
@@ -217,7 +219,7 @@ fn an_address_never_resolved_gets_the_unresolved_action_until_resolved_and_after
 
     let v = resolve(&cg.path, &dns, "short.test", port);
     assert!(ok(&v), "resolved: {v}");
-    assert!(short.reached());
+    assert!(short.arrives());
 
     // The answer's TTL is 3 s: past it, the address is no longer one the workload resolved.
     std::thread::sleep(Duration::from_secs(5));
@@ -296,14 +298,8 @@ fn answers_over_tcp_truncated_or_raced_by_a_forgery_are_learned_as_the_server_ga
     // One listener for every 127.0.1.x address of this test.
     let any = TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)).expect("bind");
     let port = any.local_addr().expect("addr").port();
-    any.set_nonblocking(true).expect("nonblocking");
-    let reached = || {
-        let mut n = 0;
-        while any.accept().is_ok() {
-            n += 1;
-        }
-        n > 0
-    };
+    let reached = || latch_tests::accept_now(&any);
+    let arrives = || latch_tests::arrives(&any);
     // 40 addresses do not fit a UDP answer of 512 bytes: the server sets TC, and the C library
     // asks again over TCP.
     let big: Vec<String> = (1..=40)
@@ -331,13 +327,13 @@ fn answers_over_tcp_truncated_or_raced_by_a_forgery_are_learned_as_the_server_ga
     for (watched, cgroup) in [(false, &free), (true, &cg)] {
         let _d = watched.then(|| Daemon::start(cgroup, &rules, "deny"));
         let v = run(&cgroup.path, &["resolve", &tcp_conf, "tcp.test", &p]);
-        assert!(ok(&v) && reached(), "over TCP (watched: {watched}): {v}");
+        assert!(ok(&v) && arrives(), "over TCP (watched: {watched}): {v}");
         let v = resolve(&cgroup.path, &dns, "big.test", port);
-        assert!(ok(&v) && reached(), "truncated (watched: {watched}): {v}");
+        assert!(ok(&v) && arrives(), "truncated (watched: {watched}): {v}");
         let v = run(&cgroup.path, &["resolve", &forger_conf, "forged.test", &p]);
         assert_eq!(v["resolved"], real.to_string(), "{v}");
         assert!(
-            ok(&v) && reached(),
+            ok(&v) && arrives(),
             "raced by a forgery (watched: {watched}): {v}"
         );
         // The forged address was never an answer to this workload.
@@ -346,7 +342,7 @@ fn answers_over_tcp_truncated_or_raced_by_a_forgery_are_learned_as_the_server_ga
             assert_eq!(v["errno"].as_i64(), Some(EPERM), "forged address: {v}");
             assert!(!reached());
         } else {
-            assert!(ok(&v) && reached(), "{v}");
+            assert!(ok(&v) && arrives(), "{v}");
         }
     }
 }
@@ -383,7 +379,7 @@ fn a_released_socket_s_port_does_not_speak_for_the_workload_afterwards() {
         &cg.path,
         &["dns-query", &server, "first.test", &port.to_string()],
     );
-    assert!(ok(&v) && first.reached(), "{v}");
+    assert!(ok(&v) && first.arrives(), "{v}");
     let local = v["local"].as_u64().expect("the probe's port").to_string();
 
     let free = TestCgroup::new();
