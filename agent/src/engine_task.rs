@@ -186,6 +186,9 @@ pub struct Status {
     /// Watched processes that can undo enforcement (dangerous capabilities in the host's user
     /// namespace), as of the last rescan.
     pub privileged: Vec<crate::privileged::Privileged>,
+    /// Watched processes using an io_uring ring whose submission thread works for a process
+    /// outside every watched cgroup, as of the last rescan.
+    pub foreign_rings: Vec<crate::rings::ForeignRing>,
     /// The resolver proxy's port on loopback (0: none).
     pub dns_proxy_port: u16,
     /// Addresses learned from workloads' DNS answers, not yet expired.
@@ -409,6 +412,8 @@ struct State {
     central_lost: bool,
     /// Watched processes with dangerous capabilities at the last rescan.
     privileged: Vec<crate::privileged::Privileged>,
+    /// Rings found by the last rescan (see [`crate::rings`]).
+    foreign_rings: Vec<crate::rings::ForeignRing>,
     /// Digests of the files `copies` rules name, by identity and change time.
     digests: programs::content::DigestCache,
     /// What workloads resolved, by address.
@@ -484,6 +489,7 @@ pub fn spawn(
         central_down_since: central_loss_timeout.map(|_| Instant::now()),
         central_lost: false,
         privileged: Vec::new(),
+        foreign_rings: Vec::new(),
         digests: Default::default(),
         learned: Default::default(),
     };
@@ -1319,6 +1325,7 @@ impl State {
         }
         self.remember_lineage(&found);
         self.find_privileged(&found);
+        self.find_foreign_rings(&found);
         self.watched = found.into_iter().map(|m| (m.path, m.id)).collect();
     }
 
@@ -1362,6 +1369,57 @@ impl State {
         }
         self.metrics.privileged.set(now.len() as i64);
         self.privileged = now;
+    }
+
+    /// Finds watched processes that use an io_uring ring whose submission thread works for a
+    /// process outside every watched cgroup, and says so once per ring.
+    fn find_foreign_rings(&mut self, found: &[cgroups::Match]) {
+        let proc_root = std::path::Path::new("/proc");
+        let watched = |c: &str| {
+            found.iter().any(|m| {
+                m.path == "/"
+                    || c == m.path
+                    || c.strip_prefix(m.path.as_str())
+                        .is_some_and(|rest| rest.starts_with('/'))
+            })
+        };
+        let mut now = Vec::new();
+        for m in found {
+            let dir = self.cgroup_root.join(m.path.trim_start_matches('/'));
+            for pid in cgroups::procs_under(&dir) {
+                now.extend(crate::rings::foreign(proc_root, pid, &m.path, watched));
+            }
+        }
+        now.sort_by_key(|r| (r.pid, r.fd));
+        now.dedup_by_key(|r| (r.pid, r.fd));
+        for r in &now {
+            if !self.foreign_rings.contains(r) {
+                tracing::warn!(
+                    pid = r.pid,
+                    comm = %r.comm,
+                    cgroup = %r.cgroup,
+                    fd = r.fd,
+                    owner = r.owner,
+                    owner_cgroup = %r.owner_cgroup,
+                    "a watched process uses an io_uring ring whose submission thread works for a \
+                     process outside the watched cgroups: what it submits there is not seen"
+                );
+                if let Some(rec) = &self.recorder {
+                    rec.record_durable(
+                        "foreign_ring",
+                        serde_json::json!({
+                            "pid": r.pid,
+                            "comm": r.comm,
+                            "cgroup": r.cgroup,
+                            "fd": r.fd,
+                            "owner": r.owner,
+                            "owner_cgroup": r.owner_cgroup,
+                        }),
+                    );
+                }
+            }
+        }
+        self.foreign_rings = now;
     }
 
     /// Threads already in watched cgroups stay watched if they leave (the kernel keeps this for
@@ -1476,6 +1534,7 @@ impl State {
             holding: self.holding(),
             followed_dirs: self.tree.as_ref().map(TreeWatch::followed).unwrap_or(0),
             privileged: self.privileged.clone(),
+            foreign_rings: self.foreign_rings.clone(),
             dns_proxy_port: self.engine.dns_proxy_port(),
             learned_addresses: self.learned.len(),
             missing_programs: self

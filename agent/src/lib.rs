@@ -28,6 +28,7 @@ pub mod privileged;
 pub mod procfs;
 pub mod programs;
 pub mod recorder;
+pub mod rings;
 pub mod rules;
 pub mod tls;
 pub mod tracecontext;

@@ -468,6 +468,32 @@ fn print_status(v: serde_json::Value, json: bool) {
         }
         println!("\n{p}\n(these can undo enforcement: see the README's 'Ways around a rule')");
     }
+    let rings = v["foreign_rings"].as_array().cloned().unwrap_or_default();
+    if !rings.is_empty() {
+        let mut r = Table::new();
+        r.load_preset(NOTHING);
+        r.set_header([
+            "WATCHED PROCESS",
+            "COMMAND",
+            "CGROUP",
+            "RING FD",
+            "SUBMITTED BY",
+            "ITS CGROUP",
+        ]);
+        for x in rings {
+            r.add_row([
+                x["pid"].to_string(),
+                terminal::clean(x["comm"].as_str().unwrap_or("")),
+                terminal::clean(x["cgroup"].as_str().unwrap_or("")),
+                x["fd"].to_string(),
+                x["owner"].to_string(),
+                terminal::clean(x["owner_cgroup"].as_str().unwrap_or("")),
+            ]);
+        }
+        println!(
+            "\n{r}\n(io_uring rings worked outside the watched cgroups: what is submitted there is not seen)"
+        );
+    }
     let missing = v["missing_programs"]
         .as_array()
         .cloned()

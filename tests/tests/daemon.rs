@@ -779,6 +779,78 @@ fn a_watched_process_that_can_undo_enforcement_is_reported() {
     );
 }
 
+/// An io_uring ring with a submission thread (`SQPOLL`), made by a process outside every
+/// watched cgroup and inherited by a child that is then moved into a watched one: what the
+/// child submits runs on its maker's thread, outside, where no hook refuses it. The agent
+/// cannot stop that; it reports the ring, until the maker is watched too (its thread moves with
+/// it).
+#[test]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
+fn a_ring_worked_by_a_process_outside_is_reported() {
+    if !privileged() {
+        return;
+    }
+    use std::io::BufRead;
+    let cg = TestCgroup::new();
+    let free = TestCgroup::new();
+    let d = Daemon::launch(
+        &cg,
+        &rules("  - {name: off, workload: test, on: connect, to: [192.0.2.1/32], action: deny}\n"),
+        "deny",
+        "1s",
+    );
+    let mut maker = spawn_in(&free.path, &probe(), &["ring-fork"]);
+    let mut line = String::new();
+    std::io::BufReader::new(maker.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read the probe");
+    let v: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("probe printed {line:?}: {e}"));
+    let (Some(child), Some(fd)) = (v["child"].as_u64(), v["ring"].as_u64()) else {
+        panic!("no ring made: {v}");
+    };
+    assert_eq!(v["maker"].as_u64(), Some(maker.id() as u64), "{v}");
+    let found = |v: &serde_json::Value| v["foreign_rings"].as_array().cloned().unwrap_or_default();
+
+    std::fs::write(cg.path.join("cgroup.procs"), child.to_string()).expect("move the child in");
+    let v = d.wait_status("the child's ring", |v| !found(v).is_empty());
+    assert_eq!(
+        found(&v),
+        vec![serde_json::json!({
+            "pid": child,
+            "comm": "latch-probe",
+            "cgroup": cg.rel,
+            "fd": fd,
+            "owner": maker.id(),
+            "owner_cgroup": free.rel,
+        })],
+        "{v}"
+    );
+    let shown = text(&d.cli(&["status"]));
+    assert!(shown.contains("SUBMITTED BY"), "{shown}");
+
+    // With its maker watched too, the ring's thread is in the watched cgroup.
+    std::fs::write(cg.path.join("cgroup.procs"), maker.id().to_string())
+        .expect("move the maker in");
+    d.wait_status("no ring once its maker is watched", |v| found(v).is_empty());
+
+    let mut d = d;
+    d.terminate();
+    let records: Vec<_> = d
+        .journal()
+        .into_iter()
+        .filter(|r| r.kind == "foreign_ring")
+        .map(|r| (r.payload["pid"].as_u64(), r.payload["owner"].as_u64()))
+        .collect();
+    assert_eq!(
+        records,
+        vec![(Some(child), Some(maker.id() as u64))],
+        "journaled once"
+    );
+    let _ = maker.kill();
+    let _ = maker.wait();
+}
+
 /// `latch_events_total`: events the agent has read from the kernel (and queued to its journal).
 fn events_read(d: &Daemon) -> u64 {
     let metrics = d.metrics();

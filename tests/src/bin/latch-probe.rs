@@ -631,6 +631,47 @@ enum SocketCall {
     Uring { poll_thread: bool },
 }
 
+/// Makes an io_uring ring with a submission thread (`SQPOLL`) and forks a child that inherits
+/// it: the child prints `{"child": PID, "maker": PID, "ring": FD}` and waits for a signal; the
+/// maker waits for the child. What the child would submit runs on the maker's thread, in the
+/// maker's cgroup.
+fn ring_fork() {
+    use std::os::fd::AsRawFd;
+    let ring: io_uring::IoUring = match io_uring::IoUring::builder().setup_sqpoll(1000).build(2) {
+        Ok(r) => r,
+        Err(e) => {
+            report(Err(e));
+            std::process::exit(1);
+        }
+    };
+    // SAFETY: this process has one thread; the child only writes and waits.
+    match unsafe { libc::fork() } {
+        0 => {
+            println!(
+                "{{\"child\":{},\"maker\":{},\"ring\":{}}}",
+                std::process::id(),
+                // SAFETY: a plain system call.
+                unsafe { libc::getppid() },
+                ring.as_raw_fd()
+            );
+            let _ = std::io::stdout().flush();
+            loop {
+                // SAFETY: waits for a signal.
+                unsafe { libc::pause() };
+            }
+        }
+        -1 => {
+            report(Err(std::io::Error::last_os_error()));
+            std::process::exit(1);
+        }
+        child => {
+            // SAFETY: waits for our own child.
+            unsafe { libc::waitpid(child, std::ptr::null_mut(), 0) };
+            drop(ring);
+        }
+    }
+}
+
 /// A socket made by io_uring (`IORING_OP_SOCKET`, Linux 5.19 and later) instead of by the
 /// `socket` system call: what a system-call tracepoint does not see.
 fn socket_uring(family: i32, kind: i32, proto: i32, poll_thread: bool) -> std::io::Result<i32> {
@@ -1349,6 +1390,9 @@ fn main() {
             std::process::exit(2);
         };
         return recv_fd(path);
+    }
+    if args.get(1).map(String::as_str) == Some("ring-fork") {
+        return ring_fork();
     }
     if args.get(1).map(String::as_str) == Some("victim") {
         let Some(file) = args.get(2) else {
