@@ -644,7 +644,8 @@ fn ring_fork() {
             std::process::exit(1);
         }
     };
-    // SAFETY: this process has one thread; the child only writes and waits.
+    // SAFETY: the only thread of this process that runs user code is this one (the ring's poll
+    // thread is the kernel's); the child only writes and waits.
     match unsafe { libc::fork() } {
         0 => {
             println!(
