@@ -594,7 +594,6 @@ fn a_rejected_rule_set_leaves_the_rules_in_force() {
     assert!(ok(&h.probe(&["connect", &format!("127.0.0.1:{port}")])));
 }
 
-/// Whether a listener has a connection waiting, without blocking.
 #[test]
 #[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
 fn another_program_at_the_same_hooks_keeps_working_beside_latch() {
