@@ -1324,23 +1324,29 @@ impl State {
             }
         }
         self.remember_lineage(&found);
-        self.find_privileged(&found);
-        self.find_foreign_rings(&found);
+        // Every process of the watched cgroups, read once for both checks.
+        let procs: Vec<(u32, &str)> = found
+            .iter()
+            .flat_map(|m| {
+                let dir = self.cgroup_root.join(m.path.trim_start_matches('/'));
+                cgroups::procs_under(&dir)
+                    .into_iter()
+                    .map(move |pid| (pid, m.path.as_str()))
+            })
+            .collect();
+        self.find_privileged(&procs);
+        self.find_foreign_rings(&found, &procs);
         self.watched = found.into_iter().map(|m| (m.path, m.id)).collect();
     }
 
-    /// Finds watched processes that can undo enforcement, and says so once per process.
-    fn find_privileged(&mut self, found: &[cgroups::Match]) {
+    /// Finds watched processes (`procs`: each with the watched cgroup it was found under) that
+    /// can undo enforcement, and says so once per process.
+    fn find_privileged(&mut self, procs: &[(u32, &str)]) {
         let proc_root = std::path::Path::new("/proc");
-        let mut now = Vec::new();
-        for m in found {
-            let dir = self.cgroup_root.join(m.path.trim_start_matches('/'));
-            for pid in cgroups::procs_under(&dir) {
-                if let Some(p) = crate::privileged::check(proc_root, pid, &m.path) {
-                    now.push(p);
-                }
-            }
-        }
+        let mut now: Vec<_> = procs
+            .iter()
+            .filter_map(|&(pid, cgroup)| crate::privileged::check(proc_root, pid, cgroup))
+            .collect();
         now.sort_by_key(|p| p.pid);
         now.dedup_by_key(|p| p.pid);
         for p in &now {
@@ -1371,9 +1377,10 @@ impl State {
         self.privileged = now;
     }
 
-    /// Finds watched processes that use an io_uring ring whose submission thread works for a
-    /// process outside every watched cgroup, and says so once per ring.
-    fn find_foreign_rings(&mut self, found: &[cgroups::Match]) {
+    /// Finds watched processes (`procs`, found under the watched cgroups `found`) that use an
+    /// io_uring ring whose submission thread works for a process outside every watched cgroup,
+    /// and says so once per ring.
+    fn find_foreign_rings(&mut self, found: &[cgroups::Match], procs: &[(u32, &str)]) {
         let proc_root = std::path::Path::new("/proc");
         let watched = |c: &str| {
             found.iter().any(|m| {
@@ -1383,13 +1390,10 @@ impl State {
                         .is_some_and(|rest| rest.starts_with('/'))
             })
         };
-        let mut now = Vec::new();
-        for m in found {
-            let dir = self.cgroup_root.join(m.path.trim_start_matches('/'));
-            for pid in cgroups::procs_under(&dir) {
-                now.extend(crate::rings::foreign(proc_root, pid, &m.path, watched));
-            }
-        }
+        let mut now: Vec<_> = procs
+            .iter()
+            .flat_map(|&(pid, cgroup)| crate::rings::foreign(proc_root, pid, cgroup, watched))
+            .collect();
         now.sort_by_key(|r| (r.pid, r.fd));
         now.dedup_by_key(|r| (r.pid, r.fd));
         for r in &now {

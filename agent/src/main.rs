@@ -441,76 +441,72 @@ fn print_status(v: serde_json::Value, json: bool) {
         ]);
     }
     println!("\n{c}");
-    let privileged = v["privileged"].as_array().cloned().unwrap_or_default();
-    if !privileged.is_empty() {
-        let mut p = Table::new();
-        p.load_preset(NOTHING);
-        p.set_header([
+    // A string field of a listed item, made safe for a terminal.
+    let text = |x: &serde_json::Value, k: &str| terminal::clean(x[k].as_str().unwrap_or(""));
+    let items = |k: &str| v[k].as_array().cloned().unwrap_or_default();
+    print_listing(
+        &[
             "PRIVILEGED WATCHED PROCESS",
             "COMMAND",
             "CGROUP",
             "CAPABILITIES",
-        ]);
-        for x in privileged {
-            let caps: Vec<String> = x["caps"]
+        ],
+        items("privileged").iter().map(|x| {
+            let caps: Vec<&str> = x["caps"]
                 .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .iter()
-                .filter_map(|c| c.as_str().map(str::to_string))
-                .collect();
-            p.add_row([
+                .map(|a| a.iter().filter_map(|c| c.as_str()).collect())
+                .unwrap_or_default();
+            vec![
                 x["pid"].to_string(),
-                terminal::clean(x["comm"].as_str().unwrap_or("")),
-                terminal::clean(x["cgroup"].as_str().unwrap_or("")),
+                text(x, "comm"),
+                text(x, "cgroup"),
                 caps.join(","),
-            ]);
-        }
-        println!("\n{p}\n(these can undo enforcement: see the README's 'Ways around a rule')");
-    }
-    let rings = v["foreign_rings"].as_array().cloned().unwrap_or_default();
-    if !rings.is_empty() {
-        let mut r = Table::new();
-        r.load_preset(NOTHING);
-        r.set_header([
+            ]
+        }),
+        "(these can undo enforcement: see the README's 'Ways around a rule')",
+    );
+    print_listing(
+        &[
             "WATCHED PROCESS",
             "COMMAND",
             "CGROUP",
             "RING FD",
             "SUBMITTED BY",
             "ITS CGROUP",
-        ]);
-        for x in rings {
-            r.add_row([
+        ],
+        items("foreign_rings").iter().map(|x| {
+            vec![
                 x["pid"].to_string(),
-                terminal::clean(x["comm"].as_str().unwrap_or("")),
-                terminal::clean(x["cgroup"].as_str().unwrap_or("")),
+                text(x, "comm"),
+                text(x, "cgroup"),
                 x["fd"].to_string(),
                 x["owner"].to_string(),
-                terminal::clean(x["owner_cgroup"].as_str().unwrap_or("")),
-            ]);
-        }
-        println!(
-            "\n{r}\n(io_uring rings worked outside the watched cgroups: what is submitted there is not seen)"
-        );
+                text(x, "owner_cgroup"),
+            ]
+        }),
+        "(io_uring rings worked outside the watched cgroups: what is submitted there is not seen)",
+    );
+    print_listing(
+        &["RULE", "PATH THAT IS NO FILE HERE"],
+        items("missing_programs")
+            .iter()
+            .map(|x| vec![text(x, "rule"), text(x, "path")]),
+        "(matched only by that path string, not by other names of the file, until it exists)",
+    );
+}
+
+/// A table of `rows` under `header`, then `note`; nothing when there are no rows.
+fn print_listing(header: &[&str], rows: impl Iterator<Item = Vec<String>>, note: &str) {
+    let mut t = Table::new();
+    t.load_preset(NOTHING);
+    t.set_header(header.iter().copied());
+    let mut any = false;
+    for r in rows {
+        t.add_row(r);
+        any = true;
     }
-    let missing = v["missing_programs"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    if !missing.is_empty() {
-        let mut m = Table::new();
-        m.load_preset(NOTHING);
-        m.set_header(["RULE", "PATH THAT IS NO FILE HERE"]);
-        for x in missing {
-            m.add_row([
-                terminal::clean(x["rule"].as_str().unwrap_or("")),
-                terminal::clean(x["path"].as_str().unwrap_or("")),
-            ]);
-        }
-        println!(
-            "\n{m}\n(matched only by that path string, not by other names of the file, until it exists)"
-        );
+    if any {
+        println!("\n{t}\n{note}");
     }
 }
 
