@@ -338,8 +338,12 @@ impl Central {
     /// Accepts a held operation (validated by the caller). Idempotent by (host, request id).
     pub async fn submit(&self, req: ApprovalRequest) -> Result<ApprovalAccepted> {
         let host_id = req.host_id.clone();
-        let labels = self.host_labels(&host_id).await?;
-        if let Some(row) = self.request_by_agent_id(&host_id, &req.request_id).await? {
+        let (labels, existing) = match self.store.submission(&host_id, &req.request_id).await? {
+            Some((labels, existing)) => (Some(labels), existing),
+            None => (None, None),
+        };
+        let labels = crate::hosts::parse_labels(&host_id, labels)?;
+        if let Some(row) = existing {
             return self.accepted(&row).await;
         }
         let terms = self.terms(&host_id, &req).await?;
@@ -360,173 +364,70 @@ impl Central {
             },
             &req,
         );
-        let mut tx = self.store.begin().await?;
-        // What its review chain decides at once is never merged: it waits for nobody.
-        let merged_into = match step.resolution {
-            Some(_) => None,
-            None => group_to_join(&mut tx, &merge_key, now).await?,
-        };
-        if let Some((_, deadline)) = &merged_into {
-            // It waits with the request reviewers see, and is resolved with it.
-            expires = *deadline;
-        }
-        let inserted = Store::insert_request(
-            &mut tx,
-            &NewRequest {
-                approval_id: &approval_id,
-                host_id: &host_id,
-                request_id: &req.request_id,
-                requester: &req.requester,
-                rule_id: req.rule_id,
-                rule_name: &terms.rule_name,
-                workload: &terms.workload,
-                tgid: req.tgid,
-                context: req.encode_to_vec(),
-                received_at_ms: now,
-                expires_at_ms: expires,
-                on_timeout: terms.on_timeout,
-                approvers_needed: terms.approvers_needed,
-                approver_groups_json: serde_json::to_string(&terms.groups)
-                    .unwrap_or_else(|_| "[]".into()),
-                merge_key: &merge_key,
-                merged_into: merged_into.as_ref().map(|(p, _)| p.as_str()).unwrap_or(""),
-            },
-        )
-        .await?;
-        if !inserted {
-            // Submitted twice at once: the other call stored it. Committed, not dropped: on
-            // SQLite the other call's row may be in the same open batch, and the read below
-            // (another connection) sees it only once that batch is committed.
-            tx.commit()
-                .await
-                .ctx(format!("waiting for request {host_id}/{}", req.request_id))?;
-            let row = self
-                .request_by_agent_id(&host_id, &req.request_id)
+        let rule_name = terms.rule_name.clone();
+        let auto_review = terms.review.contains(&policy::ReviewStep::Auto);
+        let stored = {
+            let (approval_id, host_id, req) = (approval_id.clone(), host_id.clone(), req.clone());
+            self.store
+                .write("committing request", move |tx| {
+                    Box::pin(async move {
+                        store_request(
+                            tx,
+                            Submitted {
+                                approval_id,
+                                host_id,
+                                req,
+                                terms,
+                                step,
+                                merge_key,
+                                now,
+                                expires,
+                            },
+                        )
+                        .await
+                    })
+                })
                 .await?
-                .ok_or_else(|| Error::NotFound(format!("request {host_id}/{}", req.request_id)))?;
-            return self.accepted(&row).await;
-        }
-        let actor = format!("host:{host_id}");
-        Store::insert_transition(
-            &mut tx,
-            &approval_id,
-            "",
-            State::Pending,
-            &actor,
-            "requested",
-            now,
-        )
-        .await?;
-        Store::audit_in(
-            &mut tx,
-            &AuditFact {
-                kind: "request.created".into(),
-                actor: actor.clone(),
-                host_id: host_id.clone(),
-                request_id: approval_id.clone(),
-                rule_name: terms.rule_name.clone(),
-                workload: terms.workload.clone(),
-                payload: request_summary(&req, expires, terms.on_timeout, terms.approvers_needed),
-                time_ms: now,
-                ..Default::default()
-            },
-        )
-        .await?;
-        if let Some((check, why, failed)) = step.failed {
-            // A check that could not be evaluated stays on the record of the request, whoever
-            // or whatever decides it.
-            tracing::warn!(%approval_id, %check, error = %why, "policy check could not be evaluated; it ends the policy step");
-            Store::audit_in(
-                &mut tx,
-                &AuditFact {
-                    kind: "request.policy_failed".into(),
-                    actor: check,
-                    host_id: host_id.clone(),
-                    request_id: approval_id.clone(),
-                    rule_name: terms.rule_name.clone(),
-                    workload: terms.workload.clone(),
-                    payload: failed,
-                    time_ms: now,
-                    ..Default::default()
-                },
-            )
-            .await?;
-        }
-        // Decided in the same transaction as it is stored: no person can see it in between.
-        if let Some(auto) = step.resolution {
-            let row = RequestRow {
-                approval_id: approval_id.clone(),
-                host_id: host_id.clone(),
-                request_id: req.request_id.clone(),
-                state: State::Pending,
-                requester: req.requester.clone(),
-                rule_id: req.rule_id,
-                rule_name: terms.rule_name.clone(),
-                workload: terms.workload.clone(),
-                tgid: req.tgid,
-                context: Vec::new(),
-                received_at_ms: now,
-                expires_at_ms: expires,
-                on_timeout: terms.on_timeout.to_string(),
-                approvers_needed: terms.approvers_needed,
-                approver_groups: terms.groups.clone(),
-                decided_at_ms: 0,
-                decided_by: String::new(),
-                outcome: String::new(),
-                reason: String::new(),
-                grant_id: String::new(),
-                recommendation: String::new(),
-                merged_into: String::new(),
-            };
-            let (to, outcome) = if auto.approve {
-                (State::Approved, "allow")
-            } else {
-                (State::Denied, "deny")
-            };
-            let after = resolve_in(
-                &mut tx,
-                &row,
-                to,
-                outcome,
-                &auto.actor,
-                &auto.reason,
-                None,
-                auto.detail,
-                now,
-            )
-            .await?;
-            tx.commit().await.ctx("committing request")?;
-            self.publish(Event::Request {
-                approval_id: approval_id.clone(),
-                host_id,
-            })
-            .await;
-            tracing::info!(approval_id, request_id = %req.request_id, rule = %terms.rule_name, by = %auto.actor, outcome, "request decided by its review chain");
-            return self.accepted(&after).await;
-        }
-        if let Some((primary, _)) = &merged_into {
-            Store::audit_in(
-                &mut tx,
-                &AuditFact {
-                    kind: "request.merged".into(),
-                    actor: actor.clone(),
-                    host_id: host_id.clone(),
-                    request_id: approval_id.clone(),
-                    rule_name: terms.rule_name.clone(),
-                    workload: terms.workload.clone(),
-                    payload: json!({ "merged_into": primary, "expires_at_unix_ms": expires }),
-                    time_ms: now,
-                    ..Default::default()
-                },
-            )
-            .await?;
-        }
-        tx.commit().await.ctx("committing request")?;
-        self.publish(Event::Request {
-            approval_id: approval_id.clone(),
-            host_id: host_id.clone(),
-        })
-        .await;
+        };
+        let merged_into = match stored {
+            Stored::Duplicate => {
+                // Submitted twice at once: the other call stored it (committed, so that the read
+                // below, on another connection, sees it).
+                let row = self
+                    .request_by_agent_id(&host_id, &req.request_id)
+                    .await?
+                    .ok_or_else(|| {
+                        Error::NotFound(format!("request {host_id}/{}", req.request_id))
+                    })?;
+                return self.accepted(&row).await;
+            }
+            Stored::Decided { after, by, outcome } => {
+                self.publish(Event::Request {
+                    approval_id: approval_id.clone(),
+                    host_id,
+                })
+                .await;
+                tracing::info!(approval_id, request_id = %req.request_id, rule = %rule_name, by = %by, outcome, "request decided by its review chain");
+                return self.accepted(&after).await;
+            }
+            Stored::Pending { row, merged_into } => {
+                expires = row.expires_at_ms;
+                // A request on its own is published with its record, which saves reading it
+                // back; one that joined a group is read as the group is when it is delivered.
+                let created = merged_into
+                    .is_none()
+                    .then(|| Arc::new(created_record(&row, req.clone())));
+                self.publish_snapshot(
+                    Event::Request {
+                        approval_id: approval_id.clone(),
+                        host_id: host_id.clone(),
+                    },
+                    created,
+                )
+                .await;
+                merged_into
+            }
+        };
         if let Some((primary, _)) = &merged_into {
             // What reviewers see of the group (its count) changed.
             self.publish(Event::Request {
@@ -534,7 +435,7 @@ impl Central {
                 host_id,
             })
             .await;
-            tracing::info!(approval_id, request_id = %req.request_id, rule = %terms.rule_name, merged_into = %primary, "request pending with an identical one");
+            tracing::info!(approval_id, request_id = %req.request_id, rule = %rule_name, merged_into = %primary, "request pending with an identical one");
             return Ok(ApprovalAccepted {
                 approval_id,
                 state: RequestState::Pending as i32,
@@ -548,10 +449,10 @@ impl Central {
         if expires - now_ms() < 2 * crate::engine::EXPIRY_POLL_MS {
             self.expiry_wake.notify_one();
         }
-        if terms.review.contains(&policy::ReviewStep::Auto) {
+        if auto_review {
             self.enqueue_auto_review(&approval_id);
         }
-        tracing::info!(approval_id, request_id = %req.request_id, rule = %terms.rule_name, "request pending");
+        tracing::info!(approval_id, request_id = %req.request_id, rule = %rule_name, "request pending");
         Ok(ApprovalAccepted {
             approval_id,
             state: RequestState::Pending as i32,
@@ -654,26 +555,15 @@ impl Central {
         }
         let request = row.request()?;
         let merged = merged.unwrap_or(counted.unwrap_or(0).max(0) as u32);
-        Ok(ApprovalRecord {
-            approval_id: row.approval_id.clone(),
-            state: row.state.to_proto() as i32,
-            request: Some(request),
-            received_at_unix_ms: row.received_at_ms,
-            expires_at_unix_ms: row.expires_at_ms,
-            on_timeout: proto_outcome(&row.on_timeout) as i32,
-            approvers_needed: row.approvers_needed,
-            approver_groups: row.approver_groups.clone(),
+        let decision = self.decision_of(row).await?;
+        Ok(assemble_record(
+            row,
+            request,
             votes,
             transitions,
-            decision: self.decision_of(row).await?,
-            recommendation: serde_json::from_str::<crate::auto_protocol::Recommendation>(
-                &row.recommendation,
-            )
-            .ok()
-            .map(|r| r.to_proto()),
+            decision,
             merged,
-            merged_into: row.merged_into.clone(),
-        })
+        ))
     }
 
     /// How many requests wait with `row` (while it is pending) or were resolved with it.
@@ -755,118 +645,28 @@ impl Central {
                 .await);
         }
 
-        let mut tx = self.store.begin().await?;
-        let Some(locked) = lock_pending(&mut tx, &row.approval_id, now).await? else {
-            // Committed (it wrote nothing): what resolved the request may be in the same open
-            // batch, and the read below sees it once that is durable.
-            tx.commit().await.ctx("waiting for the resolution")?;
-            return Err(self.resolved_error(&row.approval_id).await);
+        let vote = CastVote {
+            row: row.clone(),
+            subject: who.subject.clone(),
+            by_requester: who.is_requester(&row.requester),
+            choice: d.choice(),
+            reason: d.reason.clone(),
+            now,
         };
-        let choice = d.choice();
-        let by_requester = who.is_requester(&row.requester);
-        let (duration_ms, scope) = match choice {
-            Choice::Approve(Terms::For { scope, duration }) => (
-                duration.as_millis() as i64,
-                grants::scope_name(scope.to_proto()),
-            ),
-            _ => (0, ""),
+        let (resolved, after, members) = match self
+            .store
+            .write("committing decision", move |tx| {
+                Box::pin(async move { record_vote(tx, vote).await })
+            })
+            .await?
+        {
+            Voted::TooLate => return Err(self.resolved_error(&row.approval_id).await),
+            Voted::Counted {
+                resolved,
+                after,
+                members,
+            } => (resolved, *after, members),
         };
-        let outcome = if approve { "allow" } else { "deny" };
-        let voted = Store::insert_vote(
-            &mut tx,
-            &NewVote {
-                approval_id: &row.approval_id,
-                approver: &who.subject,
-                outcome,
-                reason: &d.reason,
-                at_ms: now,
-                kind: vote_kind(choice),
-                scope,
-                duration_ms,
-                by_requester,
-            },
-        )
-        .await?;
-        if !voted {
-            return Err(Error::FailedPrecondition(format!(
-                "'{}' already voted on request '{}'; another approver is needed",
-                who.subject, row.approval_id
-            )));
-        }
-        let ballot = Ballot {
-            approver: who.subject.clone(),
-            choice,
-            by_requester,
-        };
-        // Most votes decide on their own (a denial, the one approval needed): the others are
-        // read back only where they could change the count.
-        let counted = match decides_alone(row.approvers_needed, &ballot) {
-            Some(t) => t,
-            None => tally(
-                row.approvers_needed,
-                &ballots_in(&mut tx, &row.approval_id).await?,
-            ),
-        };
-        // The row as this transaction leaves it, so that the answer needs no read of it.
-        let (resolved, after) = match counted {
-            Tally::Approved { terms, approvers } => {
-                let grant = grant_for(&row, terms, &who.subject, now);
-                let after = resolve_in(
-                    &mut tx,
-                    &row,
-                    State::Approved,
-                    "allow",
-                    &who.subject,
-                    &d.reason,
-                    grant.as_ref(),
-                    json!({"approvers": approvers, "terms": terms_json(terms)}),
-                    now,
-                )
-                .await?;
-                (true, after)
-            }
-            Tally::Denied { by } => {
-                let after = resolve_in(
-                    &mut tx,
-                    &row,
-                    State::Denied,
-                    "deny",
-                    &by,
-                    &d.reason,
-                    None,
-                    serde_json::Value::Null,
-                    now,
-                )
-                .await?;
-                (true, after)
-            }
-            Tally::Pending { approvals } => {
-                let terms = match choice {
-                    Choice::Approve(t) => terms_json(t),
-                    Choice::Deny => serde_json::Value::Null,
-                };
-                Store::audit_in(
-                    &mut tx,
-                    &AuditFact {
-                        kind: "request.vote".into(),
-                        actor: who.subject.clone(),
-                        host_id: row.host_id.clone(),
-                        request_id: row.approval_id.clone(),
-                        rule_name: row.rule_name.clone(),
-                        workload: row.workload.clone(),
-                        payload: json!({"outcome": outcome, "reason": d.reason, "votes": approvals,
-                            "needed": row.approvers_needed, "terms": terms,
-                            "by_requester": by_requester}),
-                        time_ms: now,
-                        ..Default::default()
-                    },
-                )
-                .await?;
-                (false, row.clone())
-            }
-        };
-        let members = resolve_group_in(&mut tx, &after, locked, now).await?;
-        tx.commit().await.ctx("committing decision")?;
         self.publish_members(&members).await;
         if resolved {
             let waited = now.saturating_sub(row.received_at_ms).max(0) as f64 / 1000.0;
@@ -890,6 +690,7 @@ impl Central {
             }
             Err(_) => self.publish(event).await,
         }
+        let outcome = if approve { "allow" } else { "deny" };
         tracing::info!(approval_id = %row.approval_id, by = %who.subject, outcome, resolved, "decision");
         Ok((record?, resolved))
     }
@@ -1267,6 +1068,354 @@ pub(crate) fn terms_json(t: Terms) -> serde_json::Value {
 }
 
 /// How many `allow` votes a request has, read in `tx`, which holds the request.
+/// A reviewer's vote on a request they may decide (checked by the caller).
+struct CastVote {
+    row: RequestRow,
+    subject: String,
+    by_requester: bool,
+    choice: Choice,
+    reason: String,
+    now: i64,
+}
+
+/// What recording a vote came to.
+enum Voted {
+    /// The request was resolved before the vote could be counted.
+    TooLate,
+    /// Counted; `resolved` when it resolved the request, which `after` is as left by the vote,
+    /// with the requests merged into it (`members`).
+    Counted {
+        resolved: bool,
+        after: Box<RequestRow>,
+        members: Vec<RequestRow>,
+    },
+}
+
+/// Records a vote in `tx` and resolves the request (with its group) when the tally says so.
+async fn record_vote(tx: &mut Tx, v: CastVote) -> Result<Voted> {
+    let CastVote {
+        row,
+        subject,
+        by_requester,
+        choice,
+        reason,
+        now,
+    } = v;
+    let approve = matches!(choice, Choice::Approve(_));
+    let Some(locked) = lock_pending(tx, &row.approval_id, now).await? else {
+        // Committed (it wrote nothing): what resolved the request may be in the same open
+        // batch, and the caller's read sees it once that is durable.
+        return Ok(Voted::TooLate);
+    };
+    let (duration_ms, scope) = match choice {
+        Choice::Approve(Terms::For { scope, duration }) => (
+            duration.as_millis() as i64,
+            grants::scope_name(scope.to_proto()),
+        ),
+        _ => (0, ""),
+    };
+    let outcome = if approve { "allow" } else { "deny" };
+    let voted = Store::insert_vote(
+        tx,
+        &NewVote {
+            approval_id: &row.approval_id,
+            approver: &subject,
+            outcome,
+            reason: &reason,
+            at_ms: now,
+            kind: vote_kind(choice),
+            scope,
+            duration_ms,
+            by_requester,
+        },
+    )
+    .await?;
+    if !voted {
+        return Err(Error::FailedPrecondition(format!(
+            "'{}' already voted on request '{}'; another approver is needed",
+            subject, row.approval_id
+        )));
+    }
+    let ballot = Ballot {
+        approver: subject.clone(),
+        choice,
+        by_requester,
+    };
+    // Most votes decide on their own (a denial, the one approval needed): the others are
+    // read back only where they could change the count.
+    let counted = match decides_alone(row.approvers_needed, &ballot) {
+        Some(t) => t,
+        None => tally(
+            row.approvers_needed,
+            &ballots_in(tx, &row.approval_id).await?,
+        ),
+    };
+    // The row as this transaction leaves it, so that the answer needs no read of it.
+    let (resolved, after) = match counted {
+        Tally::Approved { terms, approvers } => {
+            let grant = grant_for(&row, terms, &subject, now);
+            let after = resolve_in(
+                tx,
+                &row,
+                State::Approved,
+                "allow",
+                &subject,
+                &reason,
+                grant.as_ref(),
+                json!({"approvers": approvers, "terms": terms_json(terms)}),
+                now,
+            )
+            .await?;
+            (true, after)
+        }
+        Tally::Denied { by } => {
+            let after = resolve_in(
+                tx,
+                &row,
+                State::Denied,
+                "deny",
+                &by,
+                &reason,
+                None,
+                serde_json::Value::Null,
+                now,
+            )
+            .await?;
+            (true, after)
+        }
+        Tally::Pending { approvals } => {
+            let terms = match choice {
+                Choice::Approve(t) => terms_json(t),
+                Choice::Deny => serde_json::Value::Null,
+            };
+            Store::audit_in(
+                tx,
+                &AuditFact {
+                    kind: "request.vote".into(),
+                    actor: subject.clone(),
+                    host_id: row.host_id.clone(),
+                    request_id: row.approval_id.clone(),
+                    rule_name: row.rule_name.clone(),
+                    workload: row.workload.clone(),
+                    payload: json!({"outcome": outcome, "reason": reason, "votes": approvals,
+                        "needed": row.approvers_needed, "terms": terms,
+                        "by_requester": by_requester}),
+                    time_ms: now,
+                    ..Default::default()
+                },
+            )
+            .await?;
+            (false, row.clone())
+        }
+    };
+    let members = resolve_group_in(tx, &after, locked, now).await?;
+    Ok(Voted::Counted {
+        resolved,
+        after: Box::new(after),
+        members,
+    })
+}
+
+/// A held operation to store, with what was worked out of it before its transaction.
+struct Submitted {
+    approval_id: String,
+    host_id: String,
+    req: ApprovalRequest,
+    terms: RuleTerms,
+    step: PolicyStep,
+    merge_key: String,
+    now: i64,
+    expires: i64,
+}
+
+/// What storing a held operation came to.
+enum Stored {
+    /// Another call stored the same request first.
+    Duplicate,
+    /// The review chain decided it as it was stored.
+    Decided {
+        after: RequestRow,
+        by: String,
+        outcome: &'static str,
+    },
+    /// It waits for people, alone or merged into an identical pending request (with that
+    /// request's deadline, which is its own then).
+    Pending {
+        row: RequestRow,
+        merged_into: Option<(String, i64)>,
+    },
+}
+
+/// Stores a held operation in `tx`: the request, its first transition and audit records, and
+/// what the review chain decided of it at once.
+async fn store_request(tx: &mut Tx, s: Submitted) -> Result<Stored> {
+    let Submitted {
+        approval_id,
+        host_id,
+        req,
+        terms,
+        step,
+        merge_key,
+        now,
+        mut expires,
+    } = s;
+    // What its review chain decides at once is never merged: it waits for nobody.
+    let merged_into = match step.resolution {
+        Some(_) => None,
+        None => group_to_join(tx, &merge_key, now).await?,
+    };
+    if let Some((_, deadline)) = &merged_into {
+        // It waits with the request reviewers see, and is resolved with it.
+        expires = *deadline;
+    }
+    let inserted = Store::insert_request(
+        tx,
+        &NewRequest {
+            approval_id: &approval_id,
+            host_id: &host_id,
+            request_id: &req.request_id,
+            requester: &req.requester,
+            rule_id: req.rule_id,
+            rule_name: &terms.rule_name,
+            workload: &terms.workload,
+            tgid: req.tgid,
+            context: req.encode_to_vec(),
+            received_at_ms: now,
+            expires_at_ms: expires,
+            on_timeout: terms.on_timeout,
+            approvers_needed: terms.approvers_needed,
+            approver_groups_json: serde_json::to_string(&terms.groups)
+                .unwrap_or_else(|_| "[]".into()),
+            merge_key: &merge_key,
+            merged_into: merged_into.as_ref().map(|(p, _)| p.as_str()).unwrap_or(""),
+        },
+    )
+    .await?;
+    if !inserted {
+        // Submitted twice at once: the other call stored it. Committed, not dropped: on
+        // SQLite the other call's row may be in the same open batch, and the caller's read
+        // (another connection) sees it only once that batch is committed.
+        return Ok(Stored::Duplicate);
+    }
+    let actor = created_by(&host_id);
+    Store::insert_transition(
+        tx,
+        &approval_id,
+        "",
+        State::Pending,
+        &actor,
+        CREATED_REASON,
+        now,
+    )
+    .await?;
+    Store::audit_in(
+        tx,
+        &AuditFact {
+            kind: "request.created".into(),
+            actor: actor.clone(),
+            host_id: host_id.clone(),
+            request_id: approval_id.clone(),
+            rule_name: terms.rule_name.clone(),
+            workload: terms.workload.clone(),
+            payload: request_summary(&req, expires, terms.on_timeout, terms.approvers_needed),
+            time_ms: now,
+            ..Default::default()
+        },
+    )
+    .await?;
+    if let Some((check, why, failed)) = step.failed {
+        // A check that could not be evaluated stays on the record of the request, whoever
+        // or whatever decides it.
+        tracing::warn!(%approval_id, %check, error = %why, "policy check could not be evaluated; it ends the policy step");
+        Store::audit_in(
+            tx,
+            &AuditFact {
+                kind: "request.policy_failed".into(),
+                actor: check,
+                host_id: host_id.clone(),
+                request_id: approval_id.clone(),
+                rule_name: terms.rule_name.clone(),
+                workload: terms.workload.clone(),
+                payload: failed,
+                time_ms: now,
+                ..Default::default()
+            },
+        )
+        .await?;
+    }
+    // As stored: what the answer and the record published of it are made from.
+    let row = RequestRow {
+        approval_id: approval_id.clone(),
+        host_id: host_id.clone(),
+        request_id: req.request_id.clone(),
+        state: State::Pending,
+        requester: req.requester.clone(),
+        rule_id: req.rule_id,
+        rule_name: terms.rule_name.clone(),
+        workload: terms.workload.clone(),
+        tgid: req.tgid,
+        context: Vec::new(),
+        received_at_ms: now,
+        expires_at_ms: expires,
+        on_timeout: terms.on_timeout.to_string(),
+        approvers_needed: terms.approvers_needed,
+        approver_groups: terms.groups.clone(),
+        decided_at_ms: 0,
+        decided_by: String::new(),
+        outcome: String::new(),
+        reason: String::new(),
+        grant_id: String::new(),
+        recommendation: String::new(),
+        merged_into: merged_into
+            .as_ref()
+            .map(|(p, _)| p.clone())
+            .unwrap_or_default(),
+    };
+    // Decided in the same transaction as it is stored: no person can see it in between.
+    if let Some(auto) = step.resolution {
+        let (to, outcome) = if auto.approve {
+            (State::Approved, "allow")
+        } else {
+            (State::Denied, "deny")
+        };
+        let after = resolve_in(
+            tx,
+            &row,
+            to,
+            outcome,
+            &auto.actor,
+            &auto.reason,
+            None,
+            auto.detail,
+            now,
+        )
+        .await?;
+        return Ok(Stored::Decided {
+            after,
+            by: auto.actor,
+            outcome,
+        });
+    }
+    if let Some((primary, _)) = &merged_into {
+        Store::audit_in(
+            tx,
+            &AuditFact {
+                kind: "request.merged".into(),
+                actor: actor.clone(),
+                host_id: host_id.clone(),
+                request_id: approval_id.clone(),
+                rule_name: terms.rule_name.clone(),
+                workload: terms.workload.clone(),
+                payload: json!({ "merged_into": primary, "expires_at_unix_ms": expires }),
+                time_ms: now,
+                ..Default::default()
+            },
+        )
+        .await?;
+    }
+    Ok(Stored::Pending { row, merged_into })
+}
+
 pub(crate) async fn approvals_of(tx: &mut Tx, approval_id: &str) -> Result<i64> {
     Ok(Store::approvals_in(tx, approval_id).await?)
 }
@@ -1472,6 +1621,67 @@ async fn store_justification(
 
 /// Whether requests can be waiting with `row` (or have been resolved with it): not when it
 /// waits with another itself, nor once cancelled (those waiting with it moved on).
+/// A request's record from what was read or written of it.
+fn assemble_record(
+    row: &RequestRow,
+    request: ApprovalRequest,
+    votes: Vec<Vote>,
+    transitions: Vec<Transition>,
+    decision: Option<Decision>,
+    merged: u32,
+) -> ApprovalRecord {
+    ApprovalRecord {
+        approval_id: row.approval_id.clone(),
+        state: row.state.to_proto() as i32,
+        request: Some(request),
+        received_at_unix_ms: row.received_at_ms,
+        expires_at_unix_ms: row.expires_at_ms,
+        on_timeout: proto_outcome(&row.on_timeout) as i32,
+        approvers_needed: row.approvers_needed,
+        approver_groups: row.approver_groups.clone(),
+        votes,
+        transitions,
+        decision,
+        recommendation: serde_json::from_str::<crate::auto_protocol::Recommendation>(
+            &row.recommendation,
+        )
+        .ok()
+        .map(|r| r.to_proto()),
+        merged,
+        merged_into: row.merged_into.clone(),
+    }
+}
+
+/// The record of a request just stored pending on its own, as its transaction wrote it: no
+/// vote, its one transition, nobody waiting with it yet.
+pub(crate) fn created_record(row: &RequestRow, request: ApprovalRequest) -> ApprovalRecord {
+    let created = Transition {
+        from: RequestState::Unspecified as i32,
+        to: RequestState::Pending as i32,
+        actor: created_by(&row.host_id),
+        reason: CREATED_REASON.into(),
+        at_unix_ms: row.received_at_ms,
+    };
+    assemble_record(row, request, Vec::new(), vec![created], None, 0)
+}
+
+/// Whether `r` is a record as [`created_record`] makes it.
+pub(crate) fn is_created_record(r: &ApprovalRecord) -> bool {
+    r.state == RequestState::Pending as i32
+        && r.votes.is_empty()
+        && r.transitions.len() == 1
+        && r.merged == 0
+        && r.merged_into.is_empty()
+}
+
+/// Who a request's first transition names.
+fn created_by(host_id: &str) -> String {
+    format!("host:{host_id}")
+}
+
+/// The reason of a request's first transition.
+const CREATED_REASON: &str = "requested";
+
 fn counts_merged(row: &RequestRow) -> bool {
     row.merged_into.is_empty() && row.state != State::Cancelled
 }

@@ -6,7 +6,9 @@
 
 use std::sync::Arc;
 
-use latch_proto::v1::{agent_message::Body, AgentMessage, RequestEvent, Revocation};
+use latch_proto::v1::{
+    agent_message::Body, AgentMessage, ApprovalRecord, RequestEvent, RequestState, Revocation,
+};
 
 use crate::{
     engine::Central,
@@ -32,14 +34,10 @@ impl Central {
                 host_id,
             } => {
                 self.chat_changed(approval_id);
-                // Only a resolved record: a request resolves once and then stays, so its
-                // snapshot cannot be overtaken; a vote's snapshot could reach the queue after the
-                // resolution it preceded, so a pending request is read as it is now.
-                let resolved = |r: &latch_proto::v1::ApprovalRecord| {
-                    &r.approval_id == approval_id
-                        && r.state != latch_proto::v1::RequestState::Pending as i32
-                };
-                if let Some(rec) = snapshot.filter(|r| resolved(r)) {
+                let delivered_before = self.delivered.note(approval_id);
+                if let Some(rec) =
+                    snapshot.filter(|r| snapshot_usable(r, approval_id, delivered_before))
+                {
                     if let Some(d) = rec.decision.clone() {
                         self.hub.send_to_host(
                             host_id,
@@ -143,6 +141,104 @@ impl Central {
             host_id: host_id.to_string(),
             payload: serde_json::json!({"version": v.version, "sha256": v.sha256}),
             ..Default::default()
+        }
+    }
+}
+
+/// Whether a published record of `approval_id` may be delivered as it is, rather than the
+/// request read as it is now. A resolved record may: a request resolves once and then stays, so
+/// its record cannot be overtaken. A creation's record may when nothing of the request was
+/// delivered before it. A vote's record could reach the queue after the resolution it
+/// preceded, so any other pending record is not.
+fn snapshot_usable(r: &ApprovalRecord, approval_id: &str, delivered_before: bool) -> bool {
+    r.approval_id == approval_id
+        && (r.state != RequestState::Pending as i32
+            || (!delivered_before && crate::approval::is_created_record(r)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use latch_proto::v1::{Transition, Vote};
+
+    fn record(
+        state: RequestState,
+        votes: usize,
+        transitions: usize,
+        merged: u32,
+    ) -> ApprovalRecord {
+        ApprovalRecord {
+            approval_id: "a".into(),
+            state: state as i32,
+            votes: vec![Vote::default(); votes],
+            transitions: vec![Transition::default(); transitions],
+            merged,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn which_published_records_are_delivered_as_they_are() {
+        let created = record(RequestState::Pending, 0, 1, 0);
+        let joined = ApprovalRecord {
+            merged_into: "b".into(),
+            ..created.clone()
+        };
+        let cases = [
+            (
+                "a creation, first of its request",
+                &created,
+                "a",
+                false,
+                true,
+            ),
+            (
+                "a creation after a later change",
+                &created,
+                "a",
+                true,
+                false,
+            ),
+            ("of another request", &created, "b", false, false),
+            (
+                "a vote",
+                &record(RequestState::Pending, 1, 1, 0),
+                "a",
+                false,
+                false,
+            ),
+            (
+                "a group that grew",
+                &record(RequestState::Pending, 0, 1, 1),
+                "a",
+                false,
+                false,
+            ),
+            ("a request that joined a group", &joined, "a", false, false),
+            (
+                "a promoted request",
+                &record(RequestState::Pending, 0, 2, 0),
+                "a",
+                false,
+                false,
+            ),
+            (
+                "a resolution",
+                &record(RequestState::Approved, 1, 2, 0),
+                "a",
+                true,
+                true,
+            ),
+            (
+                "a denial, first delivered",
+                &record(RequestState::Denied, 1, 2, 0),
+                "a",
+                false,
+                true,
+            ),
+        ];
+        for (what, r, id, before, usable) in cases {
+            assert_eq!(snapshot_usable(r, id, before), usable, "{what}");
         }
     }
 }

@@ -62,6 +62,8 @@ pub struct Central {
     /// Requests to post to their automatic reviewer (`crate::autoreview`); none when no
     /// reviewer is configured.
     pub(crate) auto_queue: Option<mpsc::UnboundedSender<String>>,
+    /// Requests this replica delivered an event of lately (see [`crate::delivered`]).
+    pub(crate) delivered: crate::delivered::Delivered,
 }
 
 impl Central {

@@ -73,17 +73,8 @@ impl Central {
 
     /// A registered host's labels.
     pub async fn host_labels(&self, host_id: &str) -> Result<HashMap<String, String>> {
-        let labels = self.store.host_labels_json(host_id).await?.ok_or_else(|| {
-            Error::FailedPrecondition(format!(
-                "host '{host_id}' is not registered; call Register first"
-            ))
-        })?;
-        serde_json::from_str(&labels).map_err(|e| {
-            Error::Store(crate::store::StoreError::Corrupt {
-                what: format!("labels of host {host_id}"),
-                message: e.to_string(),
-            })
-        })
+        let labels = self.store.host_labels_json(host_id).await?;
+        parse_labels(host_id, labels)
     }
 
     /// Records an agent stream opening or closing on this replica.
@@ -203,4 +194,22 @@ impl Central {
         }
         Ok(out)
     }
+}
+
+/// A host's labels as stored (`None`: the host is not registered).
+pub(crate) fn parse_labels(
+    host_id: &str,
+    labels_json: Option<String>,
+) -> Result<HashMap<String, String>> {
+    let labels = labels_json.ok_or_else(|| {
+        Error::FailedPrecondition(format!(
+            "host '{host_id}' is not registered; call Register first"
+        ))
+    })?;
+    serde_json::from_str(&labels).map_err(|e| {
+        Error::Store(crate::store::StoreError::Corrupt {
+            what: format!("labels of host {host_id}"),
+            message: e.to_string(),
+        })
+    })
 }

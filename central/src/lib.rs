@@ -34,6 +34,7 @@ pub mod breaker;
 pub mod chain;
 pub mod clock;
 pub mod config;
+mod delivered;
 mod dispatch;
 pub mod engine;
 pub mod error;

@@ -155,6 +155,7 @@ async fn start_serving(
         web: web.as_ref().map(|w| w.settings()).unwrap_or_default(),
         metrics: crate::metrics::Metrics::new(),
         breakers: crate::breaker::Breakers::new(&config.auto_reviewers),
+        delivered: Default::default(),
         auto_queue: auto_jobs.as_ref().map(|(tx, _)| tx.clone()),
     });
     if let Some(w) = central.store.writer_stats() {

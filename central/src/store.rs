@@ -182,6 +182,10 @@ pub struct Store {
     url: String,
 }
 
+/// What [`Store::write`] runs inside its transaction.
+pub type TxBody<'t, T, E> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, E>> + Send + 't>>;
+
 /// A write transaction of [`Store::begin`]: `&mut *tx` is the connection to run statements on.
 /// Dropped without [`Tx::commit`], its writes are rolled back.
 pub struct Tx(TxKind);
@@ -503,6 +507,11 @@ impl Store {
                 let pool = AnyPoolOptions::new()
                     .max_connections(max_connections.clamp(2, 16))
                     .acquire_timeout(Duration::from_secs(30))
+                    // A connection to a local file has no peer that could have hung up: a ping
+                    // before each read would be one more round trip to its thread for nothing.
+                    // (The pool still pings on release, which rolls back what a dropped read
+                    // left open.)
+                    .test_before_acquire(false)
                     // On every connection the pool opens, not once: the pool replaces
                     // connections (idle, lifetime, errors), and the settings are per connection.
                     .after_connect(|conn, _| {
@@ -696,6 +705,19 @@ impl Store {
             None => self.pool.begin().await.map(|tx| Tx(TxKind::Pool(tx))),
         }
         .ctx("starting a transaction")
+    }
+
+    /// Runs `body` in a write transaction and commits it when it returns `Ok` (returning once the
+    /// writes are durable); an `Err` rolls it back. `what` names the transaction for errors.
+    pub async fn write<T, E, F>(&self, what: &'static str, body: F) -> Result<T, E>
+    where
+        F: for<'t> FnOnce(&'t mut Tx) -> TxBody<'t, T, E>,
+        E: From<StoreError>,
+    {
+        let mut tx = self.begin().await?;
+        let out = body(&mut tx).await?;
+        tx.commit().await.ctx(what)?;
+        Ok(out)
     }
 
     /// Runs one statement in a write transaction of its own and returns once it is durable;

@@ -104,6 +104,8 @@ async fn full_flow(env: &Env) {
         seen.request.as_ref().map(|r| r.exe.as_str()),
         Some("/usr/bin/python3.11")
     );
+    // Delivered from what its transaction wrote, not read back: it must be the record as stored.
+    assert_eq!(seen, get(&mut rv, &acc.approval_id).await);
 
     // A viewer may not decide.
     let e = rv

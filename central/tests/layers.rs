@@ -220,7 +220,7 @@ fn layer(module: &str) -> Option<u8> {
     let top = module.split("::").next().unwrap_or(module);
     match top {
         "clock" | "text" | "tally" | "review" | "merge" | "auto_protocol" | "breaker"
-        | "metrics" | "role" | "chain" | "report" | "store" | "config" => Some(0),
+        | "delivered" | "metrics" | "role" | "chain" | "report" | "store" | "config" => Some(0),
         "error" | "events" | "auth" | "tls" | "oidc" | "validate" | "engine" | "dispatch"
         | "auto" | "approval" | "break_glass" | "grants" | "hosts" | "identity" | "rules"
         | "audit" => Some(1),

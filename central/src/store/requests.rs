@@ -343,6 +343,51 @@ impl Store {
             .ctx(format!("decoding request {host_id}/{request_id}"))
     }
 
+    /// What a submission needs first, in one read: the labels of `host_id` (`None` when the host
+    /// is not registered) and the request it already submitted as `request_id`, if any.
+    pub async fn submission(
+        &self,
+        host_id: &str,
+        request_id: &str,
+    ) -> Result<Option<(String, Option<RequestRow>)>, StoreError> {
+        static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+            let columns: Vec<String> = REQUEST_COLUMNS
+                .split(',')
+                .map(|c| format!("r.{c} AS {c}", c = c.trim()))
+                .collect();
+            format!(
+                "SELECT h.labels_json AS host_labels_json, {} FROM hosts h
+                 LEFT JOIN requests r ON r.host_id = h.host_id AND r.request_id = $2
+                 WHERE h.host_id = $1",
+                columns.join(", ")
+            )
+        });
+        let Some(r) = sqlx::query(&SQL)
+            .bind(host_id)
+            .bind(request_id)
+            .fetch_optional(self.pool())
+            .await
+            .ctx(format!(
+                "reading host {host_id} and its request {request_id}"
+            ))?
+        else {
+            return Ok(None);
+        };
+        let labels: String = r
+            .try_get("host_labels_json")
+            .ctx(format!("reading the labels of host {host_id}"))?;
+        let found: Option<String> = r
+            .try_get("approval_id")
+            .ctx(format!("reading request {host_id}/{request_id}"))?;
+        let existing = match found {
+            Some(_) => {
+                Some(request_row(&r).ctx(format!("decoding request {host_id}/{request_id}"))?)
+            }
+            None => None,
+        };
+        Ok(Some((labels, existing)))
+    }
+
     /// Requests, newest first, in `state` (any when empty) on `host_id` (any when empty); of
     /// pending ones, only those reviewers see.
     pub async fn requests(
