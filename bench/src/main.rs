@@ -13,8 +13,9 @@
 //! Beyond the kernel: the deployed pair ([`stack`]: the real `latch-agent` and `latch-central`
 //! processes, a gRPC reviewer, the round trip a workload sees and the footprint at rest), central
 //! at fleet scale ([`fleet`]: thousands of simulated agents on their own connections), and audit
-//! verification of millions of records ([`audit_chain`]). Hardware counters are used where the
-//! machine exposes them ([`perf_counters`]).
+//! verification of millions of records ([`audit_chain`]), and what a statement of central's SQLite
+//! write path costs ([`handoff`]). Hardware counters are used where the machine exposes them
+//! ([`perf_counters`]).
 //!
 //! Results: tables on stdout, `target/bench/results.json`, `target/bench/overhead.svg` and
 //! `target/bench/round-trip.svg`.
@@ -24,6 +25,7 @@ mod audit_chain;
 mod central_process;
 mod content;
 mod fleet;
+mod handoff;
 mod names;
 mod perf_counters;
 mod process_stats;
@@ -257,6 +259,9 @@ enum Section {
     /// Destinations by name: a DNS lookup through the agent's resolver proxy against one
     /// straight to the server, and `connect()` with 10,000 learned names (the real agent).
     Names,
+    /// Central's SQLite write path: a write transaction's statements through central's driver
+    /// (a hand-off to the connection's thread each) against the same on that thread.
+    Handoff,
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -327,6 +332,7 @@ struct Results {
     names: Option<names::NamesResults>,
     fleet: Vec<fleet::FleetResult>,
     audit_verify: Vec<audit_chain::AuditVerify>,
+    handoff: Option<handoff::Handoff>,
     perf_counters: perf_counters::Availability,
     /// Sections that failed, with why.
     errors: Vec<String>,
@@ -614,6 +620,7 @@ fn run(
         names: None,
         fleet: Vec::new(),
         audit_verify: Vec::new(),
+        handoff: None,
         perf_counters: perf_counters::Availability::probe(),
         errors: Vec::new(),
         method: "median over interleaved rounds of median batch means; ratio = scenario / 'no latch' of the same run",
@@ -731,6 +738,14 @@ fn run(
             }
         }
     }
+    if wants(Section::Handoff) {
+        eprintln!("latch-bench: a write transaction's statements, handed off and on the connection's thread");
+        let (rounds, transactions) = if quick { (3, 500) } else { (7, 2_000) };
+        match handoff::run(rounds, transactions) {
+            Ok(r) => results.handoff = Some(r),
+            Err(e) => results.errors.push(format!("handoff: {e:#}")),
+        }
+    }
     if wants(Section::Audit) {
         let sizes: &[u64] = if quick {
             &[100_000]
@@ -759,6 +774,7 @@ fn run(
     summary::print_footprint(&results);
     summary::print_fleet(&results);
     summary::print_audit(&results);
+    summary::print_handoff(&results);
     println!("{}", results.perf_counters);
     println!(
         "machine: {} CPUs, Linux {}, load average {:.1} at the start and {:.1} at the end",

@@ -246,6 +246,28 @@ pub fn print_audit(r: &Results) {
     println!("{t}");
 }
 
+pub fn print_handoff(r: &Results) {
+    let Some(h) = &r.handoff else {
+        return;
+    };
+    let mut t = table(&[
+        "write transaction",
+        "through sqlx (a hand-off per statement)",
+        "on the connection's thread",
+        "ratio",
+    ]);
+    t.add_row([
+        format!(
+            "{} statements, {} × {} rounds",
+            h.statements, h.transactions, h.rounds
+        ),
+        format!("{:.1} µs", h.sqlx_us),
+        format!("{:.1} µs", h.on_thread_us),
+        format!("{:.0}×", h.ratio),
+    ]);
+    println!("{t}");
+}
+
 /// Round-trip percentiles side by side, on a log scale (they differ by orders of magnitude).
 pub fn plot_round_trip(r: &Results, path: &Path) -> Result<()> {
     use plotters::prelude::*;
