@@ -366,29 +366,22 @@ impl Central {
         );
         let rule_name = terms.rule_name.clone();
         let auto_review = terms.review.contains(&policy::ReviewStep::Auto);
-        let stored = {
-            let (approval_id, host_id, req) = (approval_id.clone(), host_id.clone(), req.clone());
-            self.store
-                .write("committing request", move |tx| {
-                    Box::pin(async move {
-                        store_request(
-                            tx,
-                            Submitted {
-                                approval_id,
-                                host_id,
-                                req,
-                                terms,
-                                step,
-                                merge_key,
-                                now,
-                                expires,
-                            },
-                        )
-                        .await
-                    })
-                })
-                .await?
+        let submitted = Submitted {
+            approval_id: approval_id.clone(),
+            host_id: host_id.clone(),
+            req: req.clone(),
+            terms,
+            step,
+            merge_key,
+            now,
+            expires,
         };
+        let stored = self
+            .store
+            .write("committing request", move |tx| {
+                Box::pin(store_request(tx, submitted))
+            })
+            .await?;
         let merged_into = match stored {
             Stored::Duplicate => {
                 // Submitted twice at once: the other call stored it (committed, so that the read
@@ -656,7 +649,7 @@ impl Central {
         let (resolved, after, members) = match self
             .store
             .write("committing decision", move |tx| {
-                Box::pin(async move { record_vote(tx, vote).await })
+                Box::pin(record_vote(tx, vote))
             })
             .await?
         {

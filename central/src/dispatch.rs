@@ -179,63 +179,29 @@ mod tests {
 
     #[test]
     fn which_published_records_are_delivered_as_they_are() {
-        let created = record(RequestState::Pending, 0, 1, 0);
+        use RequestState::{Approved, Denied, Pending};
+        let created = record(Pending, 0, 1, 0);
         let joined = ApprovalRecord {
             merged_into: "b".into(),
             ..created.clone()
         };
+        let (vote, grew, promoted) = (
+            record(Pending, 1, 1, 0),
+            record(Pending, 0, 1, 1),
+            record(Pending, 0, 2, 0),
+        );
+        let (approved, denied) = (record(Approved, 1, 2, 0), record(Denied, 1, 2, 0));
+        // (what, record, event's request, delivered before, delivered as it is)
         let cases = [
-            (
-                "a creation, first of its request",
-                &created,
-                "a",
-                false,
-                true,
-            ),
-            (
-                "a creation after a later change",
-                &created,
-                "a",
-                true,
-                false,
-            ),
+            ("a creation, first", &created, "a", false, true),
+            ("a creation, after a change", &created, "a", true, false),
             ("of another request", &created, "b", false, false),
-            (
-                "a vote",
-                &record(RequestState::Pending, 1, 1, 0),
-                "a",
-                false,
-                false,
-            ),
-            (
-                "a group that grew",
-                &record(RequestState::Pending, 0, 1, 1),
-                "a",
-                false,
-                false,
-            ),
+            ("a vote", &vote, "a", false, false),
+            ("a group that grew", &grew, "a", false, false),
             ("a request that joined a group", &joined, "a", false, false),
-            (
-                "a promoted request",
-                &record(RequestState::Pending, 0, 2, 0),
-                "a",
-                false,
-                false,
-            ),
-            (
-                "a resolution",
-                &record(RequestState::Approved, 1, 2, 0),
-                "a",
-                true,
-                true,
-            ),
-            (
-                "a denial, first delivered",
-                &record(RequestState::Denied, 1, 2, 0),
-                "a",
-                false,
-                true,
-            ),
+            ("a promoted request", &promoted, "a", false, false),
+            ("a resolution", &approved, "a", true, true),
+            ("a denial, first delivered", &denied, "a", false, true),
         ];
         for (what, r, id, before, usable) in cases {
             assert_eq!(snapshot_usable(r, id, before), usable, "{what}");
