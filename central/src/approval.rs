@@ -1060,7 +1060,6 @@ pub(crate) fn terms_json(t: Terms) -> serde_json::Value {
     }
 }
 
-/// How many `allow` votes a request has, read in `tx`, which holds the request.
 /// A reviewer's vote on a request they may decide (checked by the caller).
 struct CastVote {
     row: RequestRow,
@@ -1409,6 +1408,7 @@ async fn store_request(tx: &mut Tx, s: Submitted) -> Result<Stored> {
     Ok(Stored::Pending { row, merged_into })
 }
 
+/// How many `allow` votes a request has, read in `tx`, which holds the request.
 pub(crate) async fn approvals_of(tx: &mut Tx, approval_id: &str) -> Result<i64> {
     Ok(Store::approvals_in(tx, approval_id).await?)
 }
