@@ -41,11 +41,6 @@ pub struct Handoff {
     pub ratio: f64,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
 /// Runs `rounds` rounds of `transactions` transactions each way.
 pub fn run(rounds: usize, transactions: usize) -> Result<Handoff> {
     let dir = tempfile::Builder::new()
@@ -100,7 +95,7 @@ pub fn run(rounds: usize, transactions: usize) -> Result<Handoff> {
         anyhow::Ok(())
     })?;
     thread_conn.execute_batch("COMMIT")?;
-    let (sqlx_us, on_thread_us) = (median(via_sqlx), median(on_thread));
+    let (sqlx_us, on_thread_us) = (crate::median(&mut via_sqlx), crate::median(&mut on_thread));
     Ok(Handoff {
         statements: STATEMENTS,
         transactions,
