@@ -32,7 +32,7 @@ use tonic::{
 
 use crate::{
     context::{self, Masker},
-    engine_task::{EngineHandle, Policy},
+    engine_task::{EngineHandle, NameGrant, Policy},
     events::KernelEvent,
     kernel::{Backend, Decision, EngineError, RequestId, Scope},
 };
@@ -135,9 +135,20 @@ struct StoredGrant {
     subject: u64,
     target: u64,
     expires_at_unix_ms: i64,
+    /// The host name it covers (absent in files written before grants could).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    name: Option<NameGrant>,
 }
 
-fn load_grants(path: &std::path::Path) -> HashMap<String, (GrantKey, i64)> {
+/// A grant central made, as this agent keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Kept {
+    key: GrantKey,
+    expires_at_unix_ms: i64,
+    name: Option<NameGrant>,
+}
+
+fn load_grants(path: &std::path::Path) -> HashMap<String, Kept> {
     let Ok(text) = std::fs::read_to_string(path) else {
         return HashMap::new();
     };
@@ -152,7 +163,12 @@ fn load_grants(path: &std::path::Path) -> HashMap<String, (GrantKey, i64)> {
                     subject: g.subject,
                     target: g.target,
                 };
-                (id, (key, g.expires_at_unix_ms))
+                let kept = Kept {
+                    key,
+                    expires_at_unix_ms: g.expires_at_unix_ms,
+                    name: g.name,
+                };
+                (id, kept)
             })
             .collect(),
         Err(e) => {
@@ -162,24 +178,33 @@ fn load_grants(path: &std::path::Path) -> HashMap<String, (GrantKey, i64)> {
     }
 }
 
+/// The grants on host names recorded beside `rules_cache` that are still in force, for the
+/// engine task to go on extending from its start.
+pub fn name_grants(rules_cache: &std::path::Path) -> Vec<(GrantKey, NameGrant)> {
+    let now = crate::unix_ms();
+    load_grants(&grants_file(rules_cache))
+        .into_values()
+        .filter(|g| g.expires_at_unix_ms > now)
+        .filter_map(|g| Some((g.key, g.name?)))
+        .collect()
+}
+
 /// Records the grants that have not expired yet (expired ones are gone from the kernel).
-fn save_grants(
-    path: &std::path::Path,
-    grants: &HashMap<String, (GrantKey, i64)>,
-) -> std::io::Result<()> {
+fn save_grants(path: &std::path::Path, grants: &HashMap<String, Kept>) -> std::io::Result<()> {
     let now = crate::unix_ms();
     let stored: HashMap<&String, StoredGrant> = grants
         .iter()
-        .filter(|(_, (_, expires))| *expires > now)
-        .map(|(id, (k, expires))| {
+        .filter(|(_, g)| g.expires_at_unix_ms > now)
+        .map(|(id, g)| {
             (
                 id,
                 StoredGrant {
-                    scope: k.scope,
-                    rule_id: k.rule_id,
-                    subject: k.subject,
-                    target: k.target,
-                    expires_at_unix_ms: *expires,
+                    scope: g.key.scope,
+                    rule_id: g.key.rule_id,
+                    subject: g.key.subject,
+                    target: g.key.target,
+                    expires_at_unix_ms: g.expires_at_unix_ms,
+                    name: g.name.clone(),
                 },
             )
         })
@@ -204,8 +229,8 @@ struct Link {
     policy_tx: watch::Sender<Option<Arc<Policy>>>,
     masker: Arc<dyn Masker>,
     rules_version: u64,
-    /// Grants central made for this host: id → kernel key and expiry (Unix ms).
-    grants: HashMap<String, (GrantKey, i64)>,
+    /// Grants central made for this host, by id.
+    grants: HashMap<String, Kept>,
     /// Requests submitted to central and not yet decided by it or cancelled.
     submitted: HashSet<RequestId>,
 }
@@ -551,6 +576,9 @@ impl Link {
                         _ => "other",
                     }
                     .into(),
+                    by_name: host_name
+                        .as_deref()
+                        .is_some_and(|n| rule.as_ref().is_some_and(|r| r.names_host(n))),
                     host_name: host_name.unwrap_or_default(),
                 }),
                 String::new(),
@@ -737,7 +765,7 @@ impl Link {
     /// Removes a revoked grant from the kernel at once and, when the revocation asks for it,
     /// closes the connections the grant let through.
     async fn revoke(&mut self, r: latch_proto::v1::Revocation) -> Result<(), LinkError> {
-        let Some((key, _)) = self.grants.remove(&r.grant_id) else {
+        let Some(Kept { key, .. }) = self.grants.remove(&r.grant_id) else {
             return Ok(());
         };
         self.save_grants();
@@ -815,17 +843,27 @@ impl Link {
             }
             (None, true) => Decision::Allow,
         };
+        let covers = d
+            .grant
+            .as_ref()
+            .map(|g| g.host_name.clone())
+            .filter(|n| !n.is_empty());
         match self
             .engine
-            .decide_as(id, decision, &d.decided_by, &d.reason)
+            .decide_as(id, decision, &d.decided_by, &d.reason, covers)
             .await
             .map_err(|_| LinkError::EngineGone)?
         {
             Ok(granted) => {
                 self.submitted.remove(&id);
                 tracing::info!(request = %id, by = %d.decided_by, reason = %d.reason, ?decision, "decision applied");
-                if let (Some(key), Some(g)) = (granted, d.grant) {
-                    self.grants.insert(g.grant_id, (key, g.expires_at_unix_ms));
+                if let (Some(granted), Some(g)) = (granted, d.grant) {
+                    let kept = Kept {
+                        key: granted.key,
+                        expires_at_unix_ms: g.expires_at_unix_ms,
+                        name: granted.name,
+                    };
+                    self.grants.insert(g.grant_id, kept);
                     self.save_grants();
                 }
             }
@@ -875,16 +913,43 @@ mod grant_book_tests {
             target: 0xfeed,
         };
         let now = crate::unix_ms();
-        let grants: HashMap<String, (GrantKey, i64)> = [
-            ("live".to_string(), (key(0), now + 60_000)),
-            ("expired".to_string(), (key(1), now - 1)),
+        let kept = |subject, expires_at_unix_ms, name: Option<NameGrant>| Kept {
+            key: key(subject),
+            expires_at_unix_ms,
+            name,
+        };
+        let name = NameGrant {
+            name: "api.example.com".into(),
+            workload: 4,
+            port: 443,
+            proto: agent_common::proto::TCP,
+        };
+        let grants: HashMap<String, Kept> = [
+            ("live".to_string(), kept(0, now + 60_000, None)),
+            (
+                "named".to_string(),
+                kept(2, now + 60_000, Some(name.clone())),
+            ),
+            ("expired".to_string(), kept(1, now - 1, None)),
         ]
         .into_iter()
         .collect();
         save_grants(&path, &grants).expect("save");
         let loaded = load_grants(&path);
-        assert_eq!(loaded.len(), 1);
-        assert_eq!(loaded["live"], (key(0), now + 60_000));
+        assert_eq!(loaded.len(), 2);
+        assert_eq!(loaded["live"], kept(0, now + 60_000, None));
+        assert_eq!(loaded["named"], kept(2, now + 60_000, Some(name)));
+    }
+
+    #[test]
+    fn a_file_from_before_names_loads_with_no_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("grants.json");
+        let old = r#"{"g1":{"scope":2,"rule_id":3,"subject":5,"target":7,"expires_at_unix_ms":9}}"#;
+        std::fs::write(&path, old).expect("write");
+        let loaded = load_grants(&path);
+        assert_eq!(loaded["g1"].name, None);
+        assert_eq!(loaded["g1"].key.target, 7);
     }
 
     #[test]

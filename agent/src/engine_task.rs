@@ -15,7 +15,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod name_grants;
 mod names;
+
+pub use name_grants::NameGrant;
 
 use agent_common::{Counter, FailMode, GrantKey, Outcome};
 use serde::Serialize;
@@ -198,6 +201,15 @@ pub struct Status {
     pub missing_programs: Vec<programs::NamedProgram>,
 }
 
+/// A grant a decision wrote.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Granted {
+    /// Its key in the kernel.
+    pub key: GrantKey,
+    /// The host name it covers, as the engine task extends it (`None`: its address alone).
+    pub name: Option<NameGrant>,
+}
+
 /// Requests to the engine task.
 pub enum Command {
     /// List held operations.
@@ -210,8 +222,10 @@ pub enum Command {
         decision: Decision,
         /// Who decided and why, as the workload is told.
         by: crate::workload::Resolution,
+        /// The host name a grant of the decision covers (`None`: its address alone).
+        covers: Option<String>,
         /// Outcome, with the grant written if any.
-        reply: oneshot::Sender<Result<Option<GrantKey>, EngineError>>,
+        reply: oneshot::Sender<Result<Option<Granted>, EngineError>>,
     },
     /// Remove a grant; with `close_connections`, also close the connections it let through
     /// (off this task, on a blocking thread: that is netlink work, not map work).
@@ -300,19 +314,21 @@ impl EngineHandle {
         &self,
         id: RequestId,
         decision: Decision,
-    ) -> Result<Result<Option<GrantKey>, EngineError>, EngineGone> {
-        self.decide_as(id, decision, "local-admin", "").await
+    ) -> Result<Result<Option<Granted>, EngineError>, EngineGone> {
+        self.decide_as(id, decision, "local-admin", "", None).await
     }
 
     /// Decides a held operation for a reviewer `by`, with their `reason` (which the workload
-    /// may read).
+    /// may read). A grant of the decision that `covers` a host name also reaches every address
+    /// the name is resolved to while it lasts.
     pub async fn decide_as(
         &self,
         id: RequestId,
         decision: Decision,
         by: &str,
         reason: &str,
-    ) -> Result<Result<Option<GrantKey>, EngineError>, EngineGone> {
+        covers: Option<String>,
+    ) -> Result<Result<Option<Granted>, EngineError>, EngineGone> {
         let by = crate::workload::Resolution {
             allowed: !matches!(decision, Decision::Deny),
             by: by.to_string(),
@@ -322,6 +338,7 @@ impl EngineHandle {
             id,
             decision,
             by,
+            covers,
             reply,
         })
         .await
@@ -418,6 +435,8 @@ struct State {
     digests: programs::content::DigestCache,
     /// What workloads resolved, by address.
     learned: crate::dns::learned::Learned,
+    /// Grants that cover a host name, extended to each address it is resolved to.
+    name_grants: name_grants::NameGrants,
 }
 
 /// How the engine task runs.
@@ -444,6 +463,9 @@ pub struct TaskOptions {
     pub recorder: Option<crate::recorder::Recorder>,
     /// What the workloads may read of their held requests.
     pub board: crate::workload::Board,
+    /// Grants on host names a previous run wrote and that are still in force (kept beside the
+    /// rules cache): covered from the first answer on, before any rule is enforced.
+    pub name_grants: Vec<(GrantKey, NameGrant)>,
 }
 
 /// Starts the engine task.
@@ -463,6 +485,7 @@ pub fn spawn(
         waiting_dir,
         recorder,
         board,
+        name_grants,
     } = opts;
     let (tx, mut rx) = mpsc::channel::<Command>(256);
     let cgroup_root = engine.cgroup_root().to_path_buf();
@@ -492,6 +515,7 @@ pub fn spawn(
         foreign_rings: Vec::new(),
         digests: Default::default(),
         learned: Default::default(),
+        name_grants: name_grants::NameGrants::from(name_grants),
     };
     let task = tokio::spawn(async move {
         let mut ticker = tokio::time::interval(tick);
@@ -686,9 +710,27 @@ impl State {
                 id,
                 decision,
                 by,
+                covers,
                 reply,
             } => {
-                let r = self.engine.decide(id, decision);
+                let held = self.engine.held(id).ok();
+                let r = self.engine.decide(id, decision).map(|key| {
+                    key.map(|key| {
+                        let name = match (covers, held) {
+                            (Some(name), Some(p)) if p.family != 0 => Some(NameGrant {
+                                name,
+                                workload: p.workload,
+                                port: p.port,
+                                proto: p.proto,
+                            }),
+                            _ => None,
+                        };
+                        if let Some(g) = &name {
+                            self.grant_name(key, g.clone());
+                        }
+                        Granted { key, name }
+                    })
+                });
                 if r.is_ok() {
                     tracing::info!(request = %id, ?decision, "decided");
                     self.metrics.decided(outcome_label(&decision), held_for(id));
@@ -706,12 +748,17 @@ impl State {
                 close_connections,
                 reply,
             } => {
+                // Its copies under the addresses of a name it covers go with it.
+                let copies = self.revoke_name_grant(&key);
                 let r = self.engine.revoke(&key).and_then(|removed| {
                     if removed {
                         tracing::info!(rule = key.rule_id, scope = key.scope, "grant revoked");
                     }
                     // Taken either way: the record is useless once the grant is gone.
-                    let connections = self.engine.take_connections(&key)?;
+                    let mut connections = self.engine.take_connections(&key)?;
+                    for k in &copies {
+                        connections.extend(self.engine.take_connections(k)?);
+                    }
                     let closing = if close_connections {
                         close_connections_of(key, connections.into_iter().collect())
                     } else {

@@ -695,6 +695,10 @@ async fn run(settings: Settings, rules: Option<PathBuf>) -> anyhow::Result<()> {
             waiting_dir: (!waiting_dir.as_os_str().is_empty()).then_some(waiting_dir),
             recorder: Some(recorder.clone()),
             board: board.clone(),
+            name_grants: central
+                .as_ref()
+                .map(|c| central_link::name_grants(&c.rules_cache))
+                .unwrap_or_default(),
         },
     );
     let _ = engine_slot.set(handle.clone());

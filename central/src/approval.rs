@@ -1047,6 +1047,12 @@ pub(crate) fn grant_for(
         request_id: row.approval_id.clone(),
         granted_by: granted_by.to_string(),
         created_at_unix_ms: now,
+        // A request central cannot read was refused at submission; were it to happen, the
+        // grant covers the address alone.
+        host_name: row
+            .request()
+            .map(|r| grants::covered_name(&r).to_string())
+            .unwrap_or_default(),
         ..Default::default()
     })
 }

@@ -1,7 +1,7 @@
 //! Grants: time-bounded, scoped permissions created by "approve for a duration" decisions, and
 //! their revocation, which is pushed to the host's agent at once.
 
-use latch_proto::v1::{Grant, GrantScope};
+use latch_proto::v1::{ApprovalRequest, Destination, Grant, GrantScope, Op};
 use serde_json::json;
 
 use crate::{
@@ -32,6 +32,29 @@ pub(crate) fn scope_of(s: &str) -> GrantScope {
     }
 }
 
+/// The host name a grant on `req` covers: the name the workload resolved to the destination,
+/// when the agent says the rule that held the connection names that host (`by_name`). Empty
+/// otherwise: the grant covers the address alone, which is also what a request central cannot
+/// read gets (the narrower grant).
+pub(crate) fn covered_name(req: &ApprovalRequest) -> &str {
+    let network = matches!(Op::try_from(req.op), Ok(Op::Connect | Op::Sendmsg));
+    match &req.destination {
+        Some(d) if network && d.by_name => d.host_name.as_str(),
+        _ => "",
+    }
+}
+
+/// What an approval for a period covers on a connection held by a rule naming its host, in
+/// words for a reviewer: the name, not only the address. `None` for one held for its address.
+pub fn covers_text(d: &Destination) -> Option<String> {
+    (d.by_name && !d.host_name.is_empty()).then(|| {
+        format!(
+            "every address {} resolves to, on port {}, while it lasts",
+            d.host_name, d.port
+        )
+    })
+}
+
 fn from_row(r: GrantRow) -> Grant {
     Grant {
         grant_id: r.grant_id,
@@ -49,6 +72,7 @@ fn from_row(r: GrantRow) -> Grant {
         revoked_by: r.revoked_by,
         revoke_reason: r.revoke_reason,
         close_connections: r.close_connections != 0,
+        host_name: r.host_name,
     }
 }
 
@@ -69,6 +93,7 @@ pub(crate) async fn insert_in(tx: &mut Tx, g: &Grant) -> Result<()> {
             granted_by: g.granted_by.clone(),
             created_at_ms: g.created_at_unix_ms,
             expires_at_ms: g.expires_at_unix_ms,
+            host_name: g.host_name.clone(),
             ..GrantRow::default()
         },
     )
@@ -84,7 +109,7 @@ pub(crate) async fn insert_in(tx: &mut Tx, g: &Grant) -> Result<()> {
             rule_name: g.rule_name.clone(),
             workload: g.workload.clone(),
             payload: json!({"scope": scope_name(scope), "expires_at_unix_ms": g.expires_at_unix_ms,
-                "tgid": g.tgid}),
+                "tgid": g.tgid, "host_name": g.host_name}),
             time_ms: g.created_at_unix_ms,
             ..Default::default()
         },
@@ -214,5 +239,74 @@ impl Central {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use latch_proto::v1::{ApprovalRequest, Destination, Op};
+
+    use super::{covered_name, covers_text};
+
+    #[test]
+    fn a_grant_covers_the_name_only_when_the_rule_held_it_by_that_name() {
+        let req = |op: Op, name: &str, by_name: bool| ApprovalRequest {
+            op: op as i32,
+            destination: Some(Destination {
+                address: "10.0.0.1".into(),
+                port: 443,
+                host_name: name.into(),
+                by_name,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let cases: &[(&str, ApprovalRequest, &str)] = &[
+            (
+                "connect held by its name",
+                req(Op::Connect, "api.example.com", true),
+                "api.example.com",
+            ),
+            (
+                "sendmsg held by its name",
+                req(Op::Sendmsg, "dns.example.com", true),
+                "dns.example.com",
+            ),
+            (
+                "held by an address rule",
+                req(Op::Connect, "api.example.com", false),
+                "",
+            ),
+            ("no name known", req(Op::Connect, "", false), ""),
+            ("an exec", req(Op::Exec, "api.example.com", true), ""),
+            (
+                "no destination",
+                ApprovalRequest {
+                    op: Op::Connect as i32,
+                    ..Default::default()
+                },
+                "",
+            ),
+        ];
+        for (what, r, want) in cases {
+            assert_eq!(covered_name(r), *want, "{what}");
+        }
+    }
+
+    #[test]
+    fn a_grant_is_said_to_cover_the_name_only_for_a_connection_held_by_it() {
+        let d = |host_name: &str, by_name: bool| Destination {
+            address: "52.216.1.12".into(),
+            port: 443,
+            host_name: host_name.into(),
+            by_name,
+            ..Default::default()
+        };
+        assert_eq!(
+            covers_text(&d("upload.example.com", true)).as_deref(),
+            Some("every address upload.example.com resolves to, on port 443, while it lasts")
+        );
+        assert_eq!(covers_text(&d("upload.example.com", false)), None);
+        assert_eq!(covers_text(&d("", true)), None);
     }
 }

@@ -145,6 +145,7 @@ mod tests {
                 port: 5432,
                 protocol: "tcp".into(),
                 host_name: String::new(),
+                by_name: false,
             }),
             rule_id: 3,
             rules_version: 7,

@@ -432,7 +432,7 @@ fn record_json(rec: &ApprovalRecord) -> Value {
             "decided": a.decided, "note": a.note, "at": time(a.at_unix_ms)})),
         "env": r.env.iter().map(|v| (v.name.clone(), json!(v.value))).collect::<serde_json::Map<_, _>>(),
         "trace": r.trace.as_ref().map(|t| json!({"trace_id": t.trace_id, "parent_id": t.parent_id, "sampled": t.sampled})),
-        "destination": {"family": d.family, "address": d.address, "port": d.port, "protocol": d.protocol, "host_name": d.host_name},
+        "destination": {"family": d.family, "address": d.address, "port": d.port, "protocol": d.protocol, "host_name": d.host_name, "by_name": d.by_name},
         "ancestors": r.ancestors.iter().map(|a| json!({"pid": a.pid, "exe": a.exe, "argv": a.argv})).collect::<Vec<_>>(),
         "received_at": time(rec.received_at_unix_ms),
         "expires_at": time(rec.expires_at_unix_ms),
@@ -501,6 +501,13 @@ fn show(rec: &ApprovalRecord) {
         ("unit".into(), r.unit.clone()),
         ("what".into(), what(rec)),
     ];
+    if let Some(c) = r
+        .destination
+        .as_ref()
+        .and_then(latch_central::grants::covers_text)
+    {
+        lines.push(("a grant covers".into(), c));
+    }
     for v in &r.env {
         lines.push((format!("env {}", v.name), v.value.clone()));
     }
@@ -599,8 +606,9 @@ fn show(rec: &ApprovalRecord) {
                 d.grant
                     .as_ref()
                     .map(|g| format!(
-                        " (grant {} until {})",
+                        " (grant {}{} until {})",
                         g.grant_id,
+                        covers(g),
                         time(g.expires_at_unix_ms)
                     ))
                     .unwrap_or_default()
@@ -924,6 +932,11 @@ async fn grants(ctx: &Ctx, out: Out, cmd: GrantsCommand) -> Result<(), CliError>
                             g.host_id.clone(),
                             g.workload.clone(),
                             g.rule_name.clone(),
+                            if g.host_name.is_empty() {
+                                "-".into()
+                            } else {
+                                g.host_name.clone()
+                            },
                             g.granted_by.clone(),
                             time(g.expires_at_unix_ms),
                         ]
@@ -931,7 +944,7 @@ async fn grants(ctx: &Ctx, out: Out, cmd: GrantsCommand) -> Result<(), CliError>
                     .collect();
                 out.table(
                     &[
-                        "ID", "STATE", "SCOPE", "HOST", "WORKLOAD", "RULE", "BY", "EXPIRES",
+                        "ID", "STATE", "SCOPE", "HOST", "WORKLOAD", "RULE", "NAME", "BY", "EXPIRES",
                     ],
                     &rows,
                     &[1],
@@ -979,7 +992,16 @@ fn grant_json(g: &Grant) -> Value {
         "request_id": g.request_id, "granted_by": g.granted_by, "created_at": time(g.created_at_unix_ms),
         "expires_at": time(g.expires_at_unix_ms), "revoked_at": time(g.revoked_at_unix_ms),
         "revoked_by": g.revoked_by, "revoke_reason": g.revoke_reason,
-        "close_connections": g.close_connections})
+        "close_connections": g.close_connections, "host_name": g.host_name})
+}
+
+/// What a grant covers beyond the request's address, for a line of text.
+fn covers(g: &Grant) -> String {
+    if g.host_name.is_empty() {
+        String::new()
+    } else {
+        format!(" for every address of {}", g.host_name)
+    }
 }
 
 async fn hosts(ctx: &Ctx, out: Out) -> Result<(), CliError> {

@@ -350,6 +350,44 @@ pub struct Rule {
     pub line: Option<usize>,
 }
 
+impl Rule {
+    /// Whether this is a connect rule that names `name` (as [`names::normalize`] returns it)
+    /// among its hosts: a connection it held to an address learned under that name was held
+    /// for the name, so a grant on it covers the name, not only the address.
+    pub fn names_host(&self, name: &str) -> bool {
+        match &self.matcher {
+            Matcher::Connect { names, .. } => names.iter().any(|p| p.matches(name)),
+            Matcher::Exec { .. } => false,
+        }
+    }
+
+    /// Whether this is a connect rule whose networks cover `addr` on `port`, over TCP (`tcp`)
+    /// or UDP. A v4-mapped IPv6 address is the IPv4 address it reaches.
+    pub fn covers_address(&self, addr: std::net::IpAddr, port: u16, tcp: bool) -> bool {
+        let Matcher::Connect {
+            to,
+            ports,
+            protocol,
+            ..
+        } = &self.matcher
+        else {
+            return false;
+        };
+        let addr = match addr {
+            std::net::IpAddr::V6(a) => a.to_ipv4_mapped().map_or(addr, std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        let proto = match protocol {
+            Protocol::Any => true,
+            Protocol::Tcp => tcp,
+            Protocol::Udp => !tcp,
+        };
+        proto
+            && (ports.is_empty() || ports.iter().any(|r| r.lo <= port && port <= r.hi))
+            && to.iter().any(|net| net.contains(&addr))
+    }
+}
+
 /// A validated rules file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RuleSet {

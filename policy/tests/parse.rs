@@ -790,3 +790,78 @@ fn bad_host_names_are_refused_naming_the_entry() {
         );
     }
 }
+
+/// A grant on a held connection covers the host name only where the rule that held it names
+/// that host; an address rule, an exec rule or another name leaves it on the address.
+#[test]
+fn a_rule_names_a_host_only_through_its_host_patterns() {
+    let set = RuleSet::parse(
+        "rules.yaml",
+        r#"
+workloads:
+  - name: ai-agents
+    cgroups: ["/ai.slice/*"]
+rules:
+  - {name: by-name, workload: ai-agents, on: connect, to: ["api.example.com", "*.s3.example.com"], action: approve}
+  - {name: mixed, workload: ai-agents, on: connect, to: ["db.example.com", "10.0.0.0/8"], action: approve}
+  - {name: by-address, workload: ai-agents, on: connect, to: ["10.0.0.0/8"], action: approve}
+  - {name: a-program, workload: ai-agents, on: exec, paths: ["/usr/bin/curl"], action: approve}
+"#,
+    )
+    .expect("valid");
+    let rule = |n: &str| set.rules.iter().find(|r| r.name == n).expect("rule");
+    let cases: &[(&str, &str, bool)] = &[
+        ("by-name", "api.example.com", true),
+        ("by-name", "x.api.example.com", false),
+        ("by-name", "bucket.s3.example.com", true),
+        ("by-name", "s3.example.com", false),
+        ("mixed", "db.example.com", true),
+        ("mixed", "other.example.com", false),
+        ("by-address", "db.example.com", false),
+        ("a-program", "api.example.com", false),
+    ];
+    for (r, name, want) in cases {
+        assert_eq!(rule(r).names_host(name), *want, "{r} names {name}");
+    }
+}
+
+/// What a rule's networks cover: its addresses, ports and protocol, nothing of its names.
+#[test]
+fn a_rule_covers_an_address_through_its_networks_ports_and_protocol() {
+    let set = RuleSet::parse(
+        "rules.yaml",
+        r#"
+workloads:
+  - name: ai-agents
+    cgroups: ["/ai.slice/*"]
+rules:
+  - {name: db, workload: ai-agents, on: connect, to: ["10.20.0.0/16", "fd00::/8"], ports: [5432, "6000-6010"], protocol: tcp, action: approve}
+  - {name: any-port, workload: ai-agents, on: connect, to: ["192.0.2.1/32"], action: deny}
+  - {name: by-name, workload: ai-agents, on: connect, to: ["api.example.com"], action: approve}
+  - {name: a-program, workload: ai-agents, on: exec, paths: ["/usr/bin/curl"], action: approve}
+"#,
+    )
+    .expect("valid");
+    let rule = |n: &str| set.rules.iter().find(|r| r.name == n).expect("rule");
+    let cases: &[(&str, &str, u16, bool, bool)] = &[
+        ("db", "10.20.1.5", 5432, true, true),
+        ("db", "::ffff:10.20.1.5", 5432, true, true),
+        ("db", "10.20.1.5", 6005, true, true),
+        ("db", "10.20.1.5", 5433, true, false),
+        ("db", "10.20.1.5", 5432, false, false),
+        ("db", "10.21.1.5", 5432, true, false),
+        ("db", "fd00::5", 6000, true, true),
+        ("any-port", "192.0.2.1", 1, false, true),
+        ("any-port", "192.0.2.2", 1, false, false),
+        ("by-name", "192.0.2.1", 443, true, false),
+        ("a-program", "192.0.2.1", 443, true, false),
+    ];
+    for (r, addr, port, tcp, want) in cases {
+        let a: std::net::IpAddr = addr.parse().expect("address");
+        assert_eq!(
+            rule(r).covers_address(a, *port, *tcp),
+            *want,
+            "{r} covers {addr} port {port} tcp {tcp}"
+        );
+    }
+}

@@ -51,6 +51,7 @@ mod tests {
             port: 443,
             protocol: "tcp".into(),
             host_name: host_name.into(),
+            by_name: false,
         };
         let cases = [
             (d("52.216.1.12", ""), "52.216.1.12:443/tcp"),

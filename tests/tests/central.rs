@@ -11,8 +11,8 @@ use std::{
 
 use latch_proto::v1::{
     reviewer_service_client::ReviewerServiceClient, ApplyRulesRequest, ApprovalRecord, AuditEntry,
-    DecideRequest, DecisionKind, GrantScope, ListGrantsRequest, QueryAuditRequest, RequestState,
-    RevokeGrantRequest,
+    DecideRequest, DecisionKind, GrantScope, ListGrantsRequest, ListRequestsRequest,
+    QueryAuditRequest, RequestState, RevokeGrantRequest,
 };
 use latch_tests::{
     binary, destination, finish, outcome, patience, privileged, probe, spawn_in,
@@ -1596,4 +1596,205 @@ async fn a_connection_held_by_a_name_rule_shows_the_reviewer_the_name() {
         payload["destination"]["host_name"], "held.test",
         "{payload}"
     );
+}
+
+/// A grant on a connection held by a rule that names its host covers the name: after the name
+/// moves to another address (as cloud endpoints' do), the workload reaches the new address
+/// without a request, also through an agent restarted in between. It does not reach an address
+/// an address rule asks about; another name of the same rule is still asked about; the revoked
+/// grant covers nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
+async fn a_grant_on_a_name_covers_the_addresses_the_name_moves_to() {
+    if !privileged() {
+        return;
+    }
+    let first = TcpListener::bind(("127.0.0.51", 0)).expect("bind the first address");
+    let port = first.local_addr().expect("addr").port();
+    let moved = TcpListener::bind(("127.0.0.52", port)).expect("bind the address it moves to");
+    let other = TcpListener::bind(("127.0.0.53", port)).expect("bind the other name's address");
+    let db = TcpListener::bind(("127.0.0.54", port)).expect("bind the address a rule guards");
+    for l in [&first, &moved, &other, &db] {
+        l.set_nonblocking(true).expect("nonblocking");
+    }
+    let cg = TestCgroup::new();
+    let mut stack = Stack::start(&cg).await;
+    apply(
+        &stack,
+        &cg,
+        "  - {name: by-name, workload: test, on: connect, to: [moving.test, other.test], action: approve, timeout: 10m}\n\
+         \x20 - {name: db, workload: test, on: connect, to: [127.0.0.54/32], action: approve, timeout: 10m}\n",
+    )
+    .await;
+    stack.start_agent();
+    stack.wait_watching();
+    let mut admin = stack.reviewer(ADMIN).await;
+    let resolve = |conf: &std::path::Path, name: &str| {
+        spawn_in(
+            &cg.path,
+            &probe(),
+            &["resolve", &conf.to_string_lossy(), name, &port.to_string()],
+        )
+    };
+
+    let dns = latch_tests::dns::DnsServer::start(
+        &["moving.test,127.0.0.51,300", "other.test,127.0.0.53,300"],
+        &[],
+    );
+    let child = resolve(&dns.resolv_conf, "moving.test");
+    let rec = wait_request(&mut admin, &stack.host, child.id(), RequestState::Pending).await;
+    let grant = admin
+        .decide(DecideRequest {
+            approval_id: rec.approval_id.clone(),
+            kind: DecisionKind::ApproveFor as i32,
+            duration_seconds: 3600,
+            scope: GrantScope::Workload as i32,
+            reason: "this host for an hour".into(),
+        })
+        .await
+        .expect("decide")
+        .into_inner()
+        .request
+        .and_then(|r| r.decision)
+        .and_then(|d| d.grant)
+        .expect("a grant");
+    assert_eq!(grant.host_name, "moving.test", "{grant:?}");
+    let v = outcome(child);
+    assert_eq!(v["ok"], true, "{v}");
+    assert!(
+        latch_tests::arrives(&first),
+        "the approved connection never arrived"
+    );
+
+    // A restarted agent goes on covering the name.
+    stack.kill_agent();
+    stack.start_agent();
+    stack.wait_watching();
+
+    // The name moves: a new server answers with another address.
+    drop(dns);
+    let dns = latch_tests::dns::DnsServer::start(
+        &["moving.test,127.0.0.52,300", "other.test,127.0.0.53,300"],
+        &[],
+    );
+    let v = outcome(resolve(&dns.resolv_conf, "moving.test"));
+    assert_eq!(
+        (v["ok"].clone(), v["resolved"].clone()),
+        (true.into(), "127.0.0.52".into()),
+        "the grant on the name did not cover its new address: {v}"
+    );
+    assert!(
+        latch_tests::arrives(&moved),
+        "nothing arrived at the new address"
+    );
+
+    // A name its workload's server moves onto an address an address rule asks about does not
+    // take the grant there.
+    drop(dns);
+    let dns = latch_tests::dns::DnsServer::start(&["moving.test,127.0.0.54,300"], &[]);
+    let child = resolve(&dns.resolv_conf, "moving.test");
+    let rec = wait_request(&mut admin, &stack.host, child.id(), RequestState::Pending).await;
+    decide_once(
+        &mut admin,
+        &rec.approval_id,
+        DecisionKind::Deny,
+        "the database",
+    )
+    .await;
+    assert_eq!(outcome(child)["errno"], libc::EPERM, "127.0.0.54");
+    assert!(db.accept().is_err(), "arrived at the guarded address");
+    drop(dns);
+    let dns = latch_tests::dns::DnsServer::start(
+        &["moving.test,127.0.0.52,300", "other.test,127.0.0.53,300"],
+        &[],
+    );
+
+    // Another name of the same rule is asked about.
+    let child = resolve(&dns.resolv_conf, "other.test");
+    let rec = wait_request(&mut admin, &stack.host, child.id(), RequestState::Pending).await;
+    decide_once(
+        &mut admin,
+        &rec.approval_id,
+        DecisionKind::Deny,
+        "not this one",
+    )
+    .await;
+    assert_eq!(outcome(child)["errno"], libc::EPERM, "other.test");
+    assert!(
+        other.accept().is_err(),
+        "arrived at the other name's address"
+    );
+
+    // Revoked, the grant covers neither address: the name is asked about again.
+    admin
+        .revoke_grant(RevokeGrantRequest {
+            grant_id: grant.grant_id.clone(),
+            reason: "done".into(),
+            close_connections: false,
+        })
+        .await
+        .expect("revoke");
+    // The revocation reaches the agent over its stream: until it has, a connection may still go
+    // through. Once it has, the name is asked about again.
+    let deadline = Instant::now() + patience();
+    let mut through = 0;
+    let (child, rec) = loop {
+        let mut child = resolve(&dns.resolv_conf, "moving.test");
+        let found = loop {
+            if child.try_wait().expect("wait").is_some() {
+                break None;
+            }
+            let pending = admin
+                .list_requests(ListRequestsRequest {
+                    state: RequestState::Pending as i32,
+                    host_id: stack.host.clone(),
+                    limit: 100,
+                })
+                .await
+                .expect("list")
+                .into_inner()
+                .requests;
+            if let Some(r) = pending
+                .into_iter()
+                .find(|r| r.request.as_ref().is_some_and(|q| q.tgid == child.id()))
+            {
+                break Some(r);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "after the revocation moving.test was never held ({through} connections went through)"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        match found {
+            Some(rec) => break (child, rec),
+            None => {
+                through += 1;
+                assert!(
+                    Instant::now() < deadline,
+                    "after the revocation moving.test was never held ({through} connections went through)"
+                );
+                let _ = moved.accept();
+            }
+        }
+    };
+    decide_once(&mut admin, &rec.approval_id, DecisionKind::Deny, "revoked").await;
+    assert_eq!(outcome(child)["errno"], libc::EPERM, "after the revocation");
+    assert!(moved.accept().is_err(), "arrived after the revocation");
+
+    // The listing says what the grant covered.
+    let listed = admin
+        .list_grants(ListGrantsRequest {
+            include_inactive: true,
+            host_id: stack.host.clone(),
+        })
+        .await
+        .expect("list grants")
+        .into_inner()
+        .grants;
+    let g = listed
+        .iter()
+        .find(|g| g.grant_id == grant.grant_id)
+        .expect("the grant is listed");
+    assert_eq!(g.host_name, "moving.test");
 }

@@ -63,6 +63,11 @@ impl State {
                 ok = false;
             }
         }
+        // Before the workload has the answer: a grant on the name covers what it connects to.
+        if let Some(name) = answer.names.first() {
+            let addrs: Vec<std::net::IpAddr> = answer.addrs.iter().map(|(a, _)| *a).collect();
+            self.extend_name_grants(workload, name, &addrs);
+        }
         tracing::debug!(workload, names = ?answer.names, addrs = answer.addrs.len(), "learned");
         ok
     }

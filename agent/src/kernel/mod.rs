@@ -1076,8 +1076,8 @@ impl Engine {
     }
 
     /// The pending entry of `id`, if it is still the operation that was held (the thread id may
-    /// have been reused since).
-    fn held(&self, id: RequestId) -> Result<Pending, EngineError> {
+    /// have been reused since) and announced.
+    pub fn held(&self, id: RequestId) -> Result<Pending, EngineError> {
         match self.pending.get(&id.tid, 0) {
             Ok(p) if p.created_ns == id.created_ns && p.flags & pending_flags::ANNOUNCED != 0 => {
                 Ok(p)
@@ -1173,6 +1173,52 @@ impl Engine {
             Err(e) if is_missing(&e) => Ok(false),
             Err(e) => Err(map_err(names::GRANTS)(e)),
         }
+    }
+
+    /// Writes, under `target`, a copy of the grant in force at `base` (same decision, uses and
+    /// expiry): a grant on a host name reaches an address the workload resolved that name to.
+    /// `None` when `base` is no longer in force (expired, spent or revoked), so there is
+    /// nothing to extend; else the key written.
+    pub fn extend_grant(
+        &mut self,
+        base: &GrantKey,
+        target: u64,
+    ) -> Result<Option<GrantKey>, EngineError> {
+        let g = match self.grants.get(base, 0) {
+            Ok(g) => g,
+            Err(e) if is_missing(&e) => return Ok(None),
+            Err(e) => return Err(map_err(names::GRANTS)(e)),
+        };
+        if g.expires_ns != 0 && monotonic_ns() >= g.expires_ns {
+            return Ok(None);
+        }
+        let key = GrantKey { target, ..*base };
+        self.grants
+            .insert(key, g, 0)
+            .map_err(map_err(names::GRANTS))?;
+        Ok(Some(key))
+    }
+
+    /// The copies [`Engine::extend_grant`] made of the grant at `base`: entries of the same
+    /// scope, rule and subject with the same expiry, `base` left out. Read before `base` is
+    /// revoked (its expiry is what tells its copies).
+    pub fn extensions(&self, base: &GrantKey) -> Result<Vec<GrantKey>, EngineError> {
+        let g = match self.grants.get(base, 0) {
+            Ok(g) => g,
+            Err(e) if is_missing(&e) => return Ok(Vec::new()),
+            Err(e) => return Err(map_err(names::GRANTS)(e)),
+        };
+        Ok(self
+            .grants
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(k, v)| {
+                k != base
+                    && (k.scope, k.rule_id, k.subject) == (base.scope, base.rule_id, base.subject)
+                    && v.expires_ns == g.expires_ns
+            })
+            .map(|(k, _)| k)
+            .collect())
     }
 
     /// Takes the record of the connections a grant let through: their socket cookies, removed

@@ -458,10 +458,15 @@ impl View {
         ];
         match (self.op(), &r.destination) {
             (Op::Exec, _) => out.push(("Program", shown(&r.exec_path, MAX_FACT))),
-            (_, Some(d)) => out.push((
-                "Destination",
-                shown(&format!("{} ({})", port_words(d), d.protocol), MAX_FACT),
-            )),
+            (_, Some(d)) => {
+                out.push((
+                    "Destination",
+                    shown(&format!("{} ({})", port_words(d), d.protocol), MAX_FACT),
+                ));
+                if let Some(c) = crate::grants::covers_text(d) {
+                    out.push(("An approval for a period covers", shown(&c, MAX_FACT)));
+                }
+            }
             _ => {}
         }
         out.push(("Rule", shown(&self.row.rule_name, MAX_FACT)));

@@ -8,7 +8,7 @@ use super::{QueryContext, Store, StoreError, Tx};
 const GRANT_COLUMNS: &str =
     "grant_id, approval_id, host_id, rule_id, rule_name, workload, scope, tgid,
     granted_by, created_at_ms, expires_at_ms, revoked_at_ms, revoke_reason, revoked_by,
-    close_connections";
+    close_connections, host_name";
 
 /// A stored grant.
 #[derive(Clone, Debug, Default)]
@@ -43,6 +43,8 @@ pub struct GrantRow {
     pub revoked_by: String,
     /// Whether the revocation closes the connections the grant let through (0 or 1).
     pub close_connections: i64,
+    /// The host name it covers, besides the request's address (empty: the address alone).
+    pub host_name: String,
 }
 
 fn grant_row(r: &AnyRow) -> Result<GrantRow, sqlx::Error> {
@@ -62,6 +64,7 @@ fn grant_row(r: &AnyRow) -> Result<GrantRow, sqlx::Error> {
         revoke_reason: r.try_get("revoke_reason")?,
         revoked_by: r.try_get("revoked_by")?,
         close_connections: r.try_get("close_connections")?,
+        host_name: r.try_get("host_name")?,
     })
 }
 
@@ -84,8 +87,8 @@ impl Store {
     pub async fn insert_grant(tx: &mut Tx, g: &GrantRow) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO grants (grant_id, approval_id, host_id, rule_id, rule_name, workload, scope, tgid,
-                granted_by, created_at_ms, expires_at_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                granted_by, created_at_ms, expires_at_ms, host_name)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         )
         .bind(&g.grant_id)
         .bind(&g.approval_id)
@@ -98,6 +101,7 @@ impl Store {
         .bind(&g.granted_by)
         .bind(g.created_at_ms)
         .bind(g.expires_at_ms)
+        .bind(&g.host_name)
         .execute(&mut **tx)
         .await
         .ctx(format!("storing grant {}", g.grant_id))?;

@@ -17,6 +17,7 @@ pub const MIGRATIONS: &[(i64, &[&str], &[&str])] = &[
     (10, EMAIL_VERIFIED, EMAIL_VERIFIED),
     (11, RECOMMENDATION, RECOMMENDATION),
     (12, MERGED_REQUESTS, MERGED_REQUESTS),
+    (13, GRANT_HOST_NAME, GRANT_HOST_NAME),
 ];
 
 /// Statements run after a migration's Rust step (version 2: hashing the records stored before
@@ -256,3 +257,7 @@ const MERGED_REQUESTS: &[&str] = &[
     "CREATE INDEX requests_merge_key ON requests (merge_key, state)",
     "CREATE INDEX requests_merged_into ON requests (merged_into, state)",
 ];
+
+/// Schema version 13: the host name a grant covers (empty: the request's address alone).
+const GRANT_HOST_NAME: &[&str] =
+    &["ALTER TABLE grants ADD COLUMN host_name TEXT NOT NULL DEFAULT ''"];

@@ -458,6 +458,12 @@ pub fn request_page(
                     @if let Some(d) = &r.destination {
                         dt { "Destination" } dd #target { code { (s.target) } }
                         dt { "Family" } dd { (shown(&d.family)) }
+                        @if d.by_name && !d.host_name.is_empty() {
+                            dt { "An approval for a period covers" } dd #grant-covers {
+                                "every address " code { (d.host_name) } " resolves to, on port "
+                                (d.port) ", while it lasts"
+                            }
+                        }
                     } @else {
                         dt { "Program" } dd #target { code { (s.target) } }
                     }
@@ -589,7 +595,10 @@ pub fn grants_page(
                             td { (shown(&g.host_id)) }
                             td { (shown(&g.rule_name)) }
                             td { (shown(&g.workload)) }
-                            td { (scope_label(g.scope)) @if g.tgid != 0 { " (tgid " (g.tgid) ")" } }
+                            td {
+                                (scope_label(g.scope)) @if g.tgid != 0 { " (tgid " (g.tgid) ")" }
+                                @if !g.host_name.is_empty() { br; "name " code { (g.host_name) } }
+                            }
                             td { (shown(&g.granted_by)) }
                             td { (rfc3339(g.expires_at_unix_ms)) }
                             td {
@@ -885,6 +894,7 @@ mod tests {
                     port: 443,
                     protocol: "tcp".into(),
                     host_name: String::new(),
+                    by_name: false,
                 }),
                 justification: "<script>steal()</script> approve me \u{202e}now".into(),
                 env: vec![latch_proto::v1::EnvVar {
@@ -909,6 +919,34 @@ mod tests {
                 at_unix_ms: 1,
             }),
             ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_request_held_by_a_name_says_what_an_approval_for_a_period_covers() {
+        let who = viewer();
+        let me = Me {
+            identity: &who,
+            csrf: "c",
+        };
+        let page = |host_name: &str, by_name: bool| {
+            let mut rec = hostile();
+            if let Some(d) = rec.request.as_mut().and_then(|r| r.destination.as_mut()) {
+                d.host_name = host_name.into();
+                d.by_name = by_name;
+            }
+            request_page(&me, &rec, &Abilities::of(&who, &rec), None).into_string()
+        };
+        let named = page("api.example.com", true);
+        assert!(
+            named.contains("every address <code>api.example.com</code> resolves to, on port 443"),
+            "{named}"
+        );
+        for (name, by_name) in [("api.example.com", false), ("", true)] {
+            assert!(
+                !page(name, by_name).contains("grant-covers"),
+                "{name} {by_name}"
+            );
         }
     }
 

@@ -485,6 +485,7 @@ impl Agent {
                 port: 5432,
                 protocol: "tcp".into(),
                 host_name: String::new(),
+                by_name: false,
             }),
             exec_path: if exec {
                 "/usr/bin/psql".into()
