@@ -1598,6 +1598,23 @@ async fn a_connection_held_by_a_name_rule_shows_the_reviewer_the_name() {
     );
 }
 
+/// Waits until `child`'s connection is held at central, denies it, and checks that the
+/// connection failed with `EPERM` and that nothing arrived at `at` (`what`).
+async fn deny_held(
+    admin: &mut ReviewerServiceClient<
+        tonic::service::interceptor::InterceptedService<Channel, impl tonic::service::Interceptor>,
+    >,
+    host: &str,
+    child: std::process::Child,
+    at: &TcpListener,
+    what: &str,
+) {
+    let rec = wait_request(admin, host, child.id(), RequestState::Pending).await;
+    decide_once(admin, &rec.approval_id, DecisionKind::Deny, what).await;
+    assert_eq!(outcome(child)["errno"], libc::EPERM, "{what}");
+    assert!(at.accept().is_err(), "arrived at {what}");
+}
+
 /// A grant on a connection held by a rule that names its host covers the name: after the name
 /// moves to another address (as cloud endpoints' do), the workload reaches the new address
 /// without a request, also through an agent restarted in between. It does not reach an address
@@ -1693,16 +1710,7 @@ async fn a_grant_on_a_name_covers_the_addresses_the_name_moves_to() {
     drop(dns);
     let dns = latch_tests::dns::DnsServer::start(&["moving.test,127.0.0.54,300"], &[]);
     let child = resolve(&dns.resolv_conf, "moving.test");
-    let rec = wait_request(&mut admin, &stack.host, child.id(), RequestState::Pending).await;
-    decide_once(
-        &mut admin,
-        &rec.approval_id,
-        DecisionKind::Deny,
-        "the database",
-    )
-    .await;
-    assert_eq!(outcome(child)["errno"], libc::EPERM, "127.0.0.54");
-    assert!(db.accept().is_err(), "arrived at the guarded address");
+    deny_held(&mut admin, &stack.host, child, &db, "the guarded address").await;
     drop(dns);
     let dns = latch_tests::dns::DnsServer::start(
         &["moving.test,127.0.0.52,300", "other.test,127.0.0.53,300"],
@@ -1711,19 +1719,14 @@ async fn a_grant_on_a_name_covers_the_addresses_the_name_moves_to() {
 
     // Another name of the same rule is asked about.
     let child = resolve(&dns.resolv_conf, "other.test");
-    let rec = wait_request(&mut admin, &stack.host, child.id(), RequestState::Pending).await;
-    decide_once(
+    deny_held(
         &mut admin,
-        &rec.approval_id,
-        DecisionKind::Deny,
-        "not this one",
+        &stack.host,
+        child,
+        &other,
+        "the other name's address",
     )
     .await;
-    assert_eq!(outcome(child)["errno"], libc::EPERM, "other.test");
-    assert!(
-        other.accept().is_err(),
-        "arrived at the other name's address"
-    );
 
     // Revoked, the grant covers neither address: the name is asked about again.
     admin
