@@ -458,19 +458,7 @@ async fn revoking_a_grant_with_close_connections_cuts_only_its_connections() {
     let rec = wait_request(&mut alice, &stack.host, again.id(), RequestState::Pending).await;
     decide_once(&mut alice, &rec.approval_id, DecisionKind::Deny, "revoked").await;
     assert_eq!(outcome(again)["errno"], 1);
-    let grants = alice
-        .list_grants(ListGrantsRequest {
-            include_inactive: true,
-            host_id: stack.host.clone(),
-        })
-        .await
-        .expect("list grants")
-        .into_inner()
-        .grants;
-    let g = grants
-        .iter()
-        .find(|g| g.grant_id == grant_a)
-        .expect("the revoked grant is listed");
+    let g = listed_grant(&mut alice, &stack.host, &grant_a).await;
     assert!(g.revoked_at_unix_ms > 0 && g.close_connections, "{g:?}");
 }
 
@@ -1598,6 +1586,28 @@ async fn a_connection_held_by_a_name_rule_shows_the_reviewer_the_name() {
     );
 }
 
+/// Grant `id` of `host` as central lists it, revoked and expired ones included.
+async fn listed_grant(
+    admin: &mut ReviewerServiceClient<
+        tonic::service::interceptor::InterceptedService<Channel, impl tonic::service::Interceptor>,
+    >,
+    host: &str,
+    id: &str,
+) -> latch_proto::v1::Grant {
+    admin
+        .list_grants(ListGrantsRequest {
+            include_inactive: true,
+            host_id: host.to_string(),
+        })
+        .await
+        .expect("list grants")
+        .into_inner()
+        .grants
+        .into_iter()
+        .find(|g| g.grant_id == id)
+        .unwrap_or_else(|| panic!("grant {id} is not listed"))
+}
+
 /// Waits until `child`'s connection is held at central, denies it, and checks that the
 /// connection failed with `EPERM` and that nothing arrived at `at` (`what`).
 async fn deny_held(
@@ -1786,18 +1796,6 @@ async fn a_grant_on_a_name_covers_the_addresses_the_name_moves_to() {
     assert!(moved.accept().is_err(), "arrived after the revocation");
 
     // The listing says what the grant covered.
-    let listed = admin
-        .list_grants(ListGrantsRequest {
-            include_inactive: true,
-            host_id: stack.host.clone(),
-        })
-        .await
-        .expect("list grants")
-        .into_inner()
-        .grants;
-    let g = listed
-        .iter()
-        .find(|g| g.grant_id == grant.grant_id)
-        .expect("the grant is listed");
+    let g = listed_grant(&mut admin, &stack.host, &grant.grant_id).await;
     assert_eq!(g.host_name, "moving.test");
 }
