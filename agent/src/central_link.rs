@@ -10,7 +10,7 @@
 //! It never touches the kernel: decisions go to the engine task through its handle.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     path::PathBuf,
     sync::Arc,
     time::Duration,
@@ -178,6 +178,26 @@ fn load_grants(path: &std::path::Path) -> HashMap<String, Kept> {
     }
 }
 
+/// Where the names central said each workload has reached are kept, next to the rules cache: a
+/// restarted agent holds none of them as new while it has not reached central yet.
+fn known_names_file(rules_cache: &std::path::Path) -> PathBuf {
+    rules_cache.with_file_name("known-names.json")
+}
+
+/// The names known to each workload (by name), as last recorded beside `rules_cache`; none
+/// when there is no record or it cannot be read (then they are held as new until central says
+/// otherwise).
+pub fn known_names(rules_cache: &std::path::Path) -> HashMap<String, BTreeSet<String>> {
+    let path = known_names_file(rules_cache);
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return HashMap::new();
+    };
+    serde_json::from_str(&text).unwrap_or_else(|e| {
+        tracing::error!(file = %path.display(), "ignoring the recorded known names: {e}");
+        HashMap::new()
+    })
+}
+
 /// The grants on host names recorded beside `rules_cache` that are still in force, for the
 /// engine task to go on extending from its start.
 pub fn name_grants(rules_cache: &std::path::Path) -> Vec<(GrantKey, NameGrant)> {
@@ -233,6 +253,8 @@ struct Link {
     grants: HashMap<String, Kept>,
     /// Requests submitted to central and not yet decided by it or cancelled.
     submitted: HashSet<RequestId>,
+    /// Names central says each workload (by name) has reached, as recorded on disk.
+    known_names: HashMap<String, BTreeSet<String>>,
 }
 
 /// Runs the link until the engine task goes away.
@@ -244,6 +266,7 @@ pub async fn run(
     masker: Arc<dyn Masker>,
 ) {
     let grants = load_grants(&grants_file(&settings.rules_cache));
+    let known_names = known_names(&settings.rules_cache);
     let mut justified = settings.board.justifications();
     let mut link = Link {
         settings,
@@ -251,6 +274,7 @@ pub async fn run(
         policy_tx,
         masker,
         rules_version: 0,
+        known_names,
         grants,
         submitted: HashSet::new(),
     };
@@ -579,6 +603,10 @@ impl Link {
                     by_name: host_name
                         .as_deref()
                         .is_some_and(|n| rule.as_ref().is_some_and(|r| r.names_host(n))),
+                    new_name: host_name.is_some()
+                        && policy
+                            .as_ref()
+                            .is_some_and(|p| p.rules.is_new_names(ev.rule_id)),
                     host_name: host_name.unwrap_or_default(),
                 }),
                 String::new(),
@@ -751,8 +779,31 @@ impl Link {
             }
             Some(Body::Decision(d)) => self.apply_decision(d).await,
             Some(Body::Revocation(r)) => self.revoke(r).await,
+            Some(Body::KnownNames(k)) => self.know_names(k).await,
             None => Ok(()),
         }
+    }
+
+    /// Central says names are known to a workload: the engine task stops holding them as new,
+    /// and the record on disk keeps them for the next start.
+    async fn know_names(&mut self, k: latch_proto::v1::KnownNames) -> Result<(), LinkError> {
+        tracing::info!(workload = %k.workload, names = k.names.len(), "names known to the workload");
+        let set = self.known_names.entry(k.workload.clone()).or_default();
+        let before = set.len();
+        set.extend(k.names.iter().cloned());
+        if set.len() != before {
+            let path = known_names_file(&self.settings.rules_cache);
+            let written = serde_json::to_string(&self.known_names)
+                .map_err(std::io::Error::other)
+                .and_then(|text| write_cache(&path, &text));
+            if let Err(e) = written {
+                tracing::error!(file = %path.display(), "cannot record the known names (a restarted agent holds them as new until it reaches central): {e}");
+            }
+        }
+        self.engine
+            .know_names(k.workload, k.names)
+            .await
+            .map_err(|_| LinkError::EngineGone)
     }
 
     fn save_grants(&self) {
@@ -848,6 +899,24 @@ impl Link {
             .as_ref()
             .map(|g| g.host_name.clone())
             .filter(|n| !n.is_empty());
+        // Recorded before it is written: an agent that dies right after writing it must still
+        // find it when it is revoked, and go on extending a grant on a name.
+        if let (Decision::Grant { scope, .. }, Some(g)) = (decision, &d.grant) {
+            let planned = self
+                .engine
+                .plan_grant(id, scope, covers.clone())
+                .await
+                .map_err(|_| LinkError::EngineGone)?;
+            if let Ok(granted) = planned {
+                let kept = Kept {
+                    key: granted.key,
+                    expires_at_unix_ms: g.expires_at_unix_ms,
+                    name: granted.name,
+                };
+                self.grants.insert(g.grant_id.clone(), kept);
+                self.save_grants();
+            }
+        }
         match self
             .engine
             .decide_as(id, decision, &d.decided_by, &d.reason, covers)
@@ -863,8 +932,11 @@ impl Link {
                         expires_at_unix_ms: g.expires_at_unix_ms,
                         name: granted.name,
                     };
-                    self.grants.insert(g.grant_id, kept);
-                    self.save_grants();
+                    // Recorded already unless the operation changed between the two asks.
+                    if self.grants.get(&g.grant_id) != Some(&kept) {
+                        self.grants.insert(g.grant_id, kept);
+                        self.save_grants();
+                    }
                 }
             }
             // Decisions repeat across reconnections; the first one already applied.
@@ -950,6 +1022,22 @@ mod grant_book_tests {
         let loaded = load_grants(&path);
         assert_eq!(loaded["g1"].name, None);
         assert_eq!(loaded["g1"].key.target, 7);
+    }
+
+    #[test]
+    fn known_names_are_read_back_and_a_damaged_record_is_none() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = dir.path().join("rules.cache.yaml");
+        assert!(known_names(&cache).is_empty(), "no record yet");
+        let path = known_names_file(&cache);
+        std::fs::write(&path, r#"{"ai":["a.test","b.test"]}"#).expect("write");
+        let got = known_names(&cache);
+        assert_eq!(
+            got["ai"].iter().map(String::as_str).collect::<Vec<_>>(),
+            ["a.test", "b.test"]
+        );
+        std::fs::write(&path, "{not json").expect("write");
+        assert!(known_names(&cache).is_empty());
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! timeout resolves held operations by the fail mode and stops holding new ones until it is back.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::{
     cgroups::{self, TreeChange, TreeWatch, WorkloadGlobs},
     events::KernelEvent,
-    kernel::{Backend, Decision, Engine, EngineError, PendingOp, RequestId},
+    kernel::{Backend, Decision, Engine, EngineError, PendingOp, RequestId, Scope},
     metrics::{CounterLabel, Metrics},
     programs,
     rules::{self, Compiled},
@@ -227,6 +227,19 @@ pub enum Command {
         /// Outcome, with the grant written if any.
         reply: oneshot::Sender<Result<Option<Granted>, EngineError>>,
     },
+    /// The grant a decision of `scope` on a held operation would write, not written yet.
+    PlanGrant {
+        /// Which.
+        id: RequestId,
+        /// What the grant would cover.
+        scope: Scope,
+        /// The host name it would cover.
+        covers: Option<String>,
+        /// The grant.
+        reply: oneshot::Sender<Result<Granted, EngineError>>,
+    },
+    /// Names known to a workload (by name), from central.
+    KnownNames(String, Vec<String>, oneshot::Sender<()>),
     /// Remove a grant; with `close_connections`, also close the connections it let through
     /// (off this task, on a blocking thread: that is netlink work, not map work).
     Revoke {
@@ -344,6 +357,23 @@ impl EngineHandle {
         .await
     }
 
+    /// The grant a decision of `scope` on held operation `id` would write (that `covers` a host
+    /// name), without deciding: for recording it before it exists.
+    pub async fn plan_grant(
+        &self,
+        id: RequestId,
+        scope: Scope,
+        covers: Option<String>,
+    ) -> Result<Result<Granted, EngineError>, EngineGone> {
+        self.ask(|reply| Command::PlanGrant {
+            id,
+            scope,
+            covers,
+            reply,
+        })
+        .await
+    }
+
     /// Resolves an exec held for resolution; `Some` when it became a request for approval.
     /// `inspection`: for a hold on the file's content, what hashing the file found.
     pub async fn resolve(
@@ -437,6 +467,8 @@ struct State {
     learned: crate::dns::learned::Learned,
     /// Grants that cover a host name, extended to each address it is resolved to.
     name_grants: name_grants::NameGrants,
+    /// Names central says each workload (by name) has reached: not new to it.
+    known_names: HashMap<String, HashSet<String>>,
 }
 
 /// How the engine task runs.
@@ -466,6 +498,9 @@ pub struct TaskOptions {
     /// Grants on host names a previous run wrote and that are still in force (kept beside the
     /// rules cache): covered from the first answer on, before any rule is enforced.
     pub name_grants: Vec<(GrantKey, NameGrant)>,
+    /// Names known to each workload (by name) as a previous run recorded them: not held as new
+    /// before central says so again.
+    pub known_names: HashMap<String, BTreeSet<String>>,
 }
 
 /// Starts the engine task.
@@ -486,6 +521,7 @@ pub fn spawn(
         recorder,
         board,
         name_grants,
+        known_names,
     } = opts;
     let (tx, mut rx) = mpsc::channel::<Command>(256);
     let cgroup_root = engine.cgroup_root().to_path_buf();
@@ -516,6 +552,10 @@ pub fn spawn(
         digests: Default::default(),
         learned: Default::default(),
         name_grants: name_grants::NameGrants::from(name_grants),
+        known_names: known_names
+            .into_iter()
+            .map(|(w, names)| (w, names.into_iter().collect()))
+            .collect(),
     };
     let task = tokio::spawn(async move {
         let mut ticker = tokio::time::interval(tick);
@@ -716,15 +756,7 @@ impl State {
                 let held = self.engine.held(id).ok();
                 let r = self.engine.decide(id, decision).map(|key| {
                     key.map(|key| {
-                        let name = match (covers, held) {
-                            (Some(name), Some(p)) if p.family != 0 => Some(NameGrant {
-                                name,
-                                workload: p.workload,
-                                port: p.port,
-                                proto: p.proto,
-                            }),
-                            _ => None,
-                        };
+                        let name = held.and_then(|p| name_grant_of(&p, covers));
                         if let Some(g) = &name {
                             self.grant_name(key, g.clone());
                         }
@@ -740,8 +772,26 @@ impl State {
                 }
                 let _ = reply.send(r);
             }
+            Command::PlanGrant {
+                id,
+                scope,
+                covers,
+                reply,
+            } => {
+                let r = self.engine.held(id).and_then(|p| {
+                    Ok(Granted {
+                        key: self.engine.grant_key_of(id, scope)?,
+                        name: name_grant_of(&p, covers),
+                    })
+                });
+                let _ = reply.send(r);
+            }
             Command::Resolve(ev, inspection, reply) => {
                 let _ = reply.send(self.resolve(*ev, inspection));
+            }
+            Command::KnownNames(workload, names, reply) => {
+                self.know_names(workload, names);
+                let _ = reply.send(());
             }
             Command::Revoke {
                 key,
@@ -1614,6 +1664,19 @@ fn log_event(ev: &KernelEvent) {
         _ => {
             tracing::info!(pid = ev.tgid, comm = %ev.comm, target = %what, rule = ev.rule_id, outcome, "recorded")
         }
+    }
+}
+
+/// The name a grant on held network operation `p` covers, as the engine task extends it.
+fn name_grant_of(p: &agent_common::Pending, covers: Option<String>) -> Option<NameGrant> {
+    match covers {
+        Some(name) if p.family != 0 => Some(NameGrant {
+            name,
+            workload: p.workload,
+            port: p.port,
+            proto: p.proto,
+        }),
+        _ => None,
     }
 }
 

@@ -699,6 +699,10 @@ async fn run(settings: Settings, rules: Option<PathBuf>) -> anyhow::Result<()> {
                 .as_ref()
                 .map(|c| central_link::name_grants(&c.rules_cache))
                 .unwrap_or_default(),
+            known_names: central
+                .as_ref()
+                .map(|c| central_link::known_names(&c.rules_cache))
+                .unwrap_or_default(),
         },
     );
     let _ = engine_slot.set(handle.clone());

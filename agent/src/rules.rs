@@ -390,6 +390,7 @@ pub fn compile(rules: &RuleSet) -> Result<Compiled, CompileError> {
             Matcher::Connect {
                 to,
                 names: hosts,
+                new_names,
                 ports,
                 protocol,
             } => {
@@ -414,6 +415,11 @@ pub fn compile(rules: &RuleSet) -> Result<Compiled, CompileError> {
                 for host in hosts {
                     for &range in &ranges {
                         out.names.add(r.workload_id, host.clone(), clause(range));
+                    }
+                }
+                if *new_names {
+                    for &range in &ranges {
+                        out.names.add_new(r.workload_id, clause(range));
                     }
                 }
                 for net in to {

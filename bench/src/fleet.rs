@@ -550,6 +550,7 @@ fn request(agent: usize, k: usize, rule_id: u32, version: u64) -> ApprovalReques
             protocol: "tcp".into(),
             host_name: String::new(),
             by_name: false,
+            new_name: false,
         }),
         exec_path: String::new(),
         rule_id,

@@ -187,6 +187,11 @@ impl AgentService for AgentApi {
                 c.record_push(&host_id, &v).await?;
             }
         }
+        // Names known before decisions: a decision that made one known lets through a
+        // connection that the agent must not ask about again.
+        for m in c.known_name_messages().await? {
+            replay.push(EncodedAgentMessage::new(&m));
+        }
         for d in c.replay_decisions(&host_id, &r.pending_request_ids).await? {
             replay.push(EncodedAgentMessage::new(&AgentMessage {
                 body: Some(Body::Decision(d)),

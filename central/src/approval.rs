@@ -1745,6 +1745,9 @@ pub(crate) async fn resolve_in(
     if let Some(g) = grant {
         grants::insert_in(tx, g).await?;
     }
+    if to == State::Approved {
+        crate::known_names::remember_in(tx, row, actor, now).await?;
+    }
     Store::audit_in(
         tx,
         &AuditFact {

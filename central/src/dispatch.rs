@@ -10,6 +10,8 @@ use latch_proto::v1::{
     agent_message::Body, AgentMessage, ApprovalRecord, RequestEvent, RequestState, Revocation,
 };
 
+use latch_proto::encoded::EncodedAgentMessage;
+
 use crate::{
     engine::Central,
     error::Result,
@@ -38,6 +40,7 @@ impl Central {
                 if let Some(rec) =
                     snapshot.filter(|r| snapshot_usable(r, approval_id, delivered_before))
                 {
+                    self.tell_known(&rec);
                     if let Some(d) = rec.decision.clone() {
                         self.hub.send_to_host(
                             host_id,
@@ -55,6 +58,8 @@ impl Central {
                 let Some(row) = self.request_row(approval_id).await? else {
                     return Ok(());
                 };
+                let rec = self.record_of(&row).await?;
+                self.tell_known(&rec);
                 if let Some(d) = self.decision_of(&row).await? {
                     self.hub.send_to_host(
                         host_id,
@@ -63,7 +68,6 @@ impl Central {
                         },
                     );
                 }
-                let rec = self.record_of(&row).await?;
                 self.hub.notify_watchers(RequestEvent {
                     request: Some(rec),
                     snapshot: false,
@@ -112,6 +116,20 @@ impl Central {
 }
 
 impl Central {
+    /// A request approved under a rule of new names made its name known: every agent stream
+    /// on this replica is told, before the decision reaches the host that asked.
+    fn tell_known(&self, rec: &ApprovalRecord) {
+        if let Some((workload, name)) = crate::known_names::known_by(rec) {
+            let m = EncodedAgentMessage::new(&crate::known_names::message(
+                workload,
+                vec![name.to_string()],
+            ));
+            for a in self.hub.agents() {
+                self.hub.send_to(&a.host_id, a.id, m.clone());
+            }
+        }
+    }
+
     /// Records that a rules version was pushed to a host's stream on this replica.
     pub(crate) async fn record_push(&self, host_id: &str, v: &Version) -> Result<()> {
         self.store.audit(&self.push_fact(host_id, v)).await?;

@@ -42,6 +42,7 @@ pub mod events;
 pub mod grants;
 pub mod hosts;
 pub mod identity;
+pub mod known_names;
 pub mod merge;
 pub mod metrics;
 pub mod notify;

@@ -146,6 +146,7 @@ mod tests {
                 protocol: "tcp".into(),
                 host_name: String::new(),
                 by_name: false,
+                new_name: false,
             }),
             rule_id: 3,
             rules_version: 7,

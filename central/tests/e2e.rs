@@ -2290,7 +2290,70 @@ async fn review_chains(env: &Env) {
     server.shutdown().await;
 }
 
+/// A request a rule of new names held, once approved, makes its name known to the workload:
+/// every agent stream is told, the asking host before the decision, and a stream that opens
+/// later is told as it opens. A denial makes nothing known.
+async fn known_names(env: &Env) {
+    let server = env.start().await;
+    apply_rules(&server).await;
+    let mut h1 = Agent::connect(&server, "h1", vec![], vec![]).await;
+    h1.next_rules().await;
+    let mut h2 = Agent::connect(&server, "h2", vec![], vec![]).await;
+    h2.next_rules().await;
+    let held = |agent: &Agent, id: &str, name: &str| {
+        let mut r = agent.request(id, "prod-db");
+        if let Some(d) = r.destination.as_mut() {
+            d.host_name = name.into();
+            d.new_name = true;
+        }
+        r
+    };
+    let mut rv = reviewer(&server).await;
+
+    let denied = h1.submit(held(&h1, "n.1", "refused.test")).await;
+    rv.decide(req(deny(&denied.approval_id), BOB))
+        .await
+        .expect("deny");
+    let d = h1.next().await;
+    assert!(
+        matches!(d, Body::Decision(_)),
+        "a denial makes nothing known: {d:?}"
+    );
+
+    let approved = h1.submit(held(&h1, "n.2", "fresh.test")).await;
+    rv.decide(req(
+        approve_once(&approved.approval_id, "a partner's API"),
+        BOB,
+    ))
+    .await
+    .expect("approve");
+    let workload = h1.request("x", "prod-db").workload;
+    let known = |b: Body| match b {
+        Body::KnownNames(k) => (k.workload, k.names),
+        other => panic!("expected the known names, got {other:?}"),
+    };
+    assert_eq!(
+        known(h1.next().await),
+        (workload.clone(), vec!["fresh.test".to_string()])
+    );
+    assert!(matches!(h1.next().await, Body::Decision(d) if d.approval_id == approved.approval_id));
+    assert_eq!(
+        known(h2.next().await),
+        (workload.clone(), vec!["fresh.test".to_string()])
+    );
+
+    drop(h2);
+    let mut again = Agent::connect(&server, "h2", vec![], vec![]).await;
+    again.next_rules().await;
+    assert_eq!(
+        known(again.next().await),
+        (workload, vec!["fresh.test".to_string()])
+    );
+    server.shutdown().await;
+}
+
 suite!(
+    known_names,
     merged_requests,
     merged_requests_expire_together,
     merged_requests_submitted_at_once,

@@ -223,7 +223,7 @@ fn layer(module: &str) -> Option<u8> {
         | "delivered" | "metrics" | "role" | "chain" | "report" | "store" | "config" => Some(0),
         "error" | "events" | "auth" | "tls" | "oidc" | "validate" | "engine" | "dispatch"
         | "auto" | "approval" | "break_glass" | "grants" | "hosts" | "identity" | "rules"
-        | "audit" => Some(1),
+        | "audit" | "known_names" => Some(1),
         "api" | "web" | "notify" | "autoreview" => Some(2),
         "server" => Some(3),
         _ => None,

@@ -432,7 +432,7 @@ fn record_json(rec: &ApprovalRecord) -> Value {
             "decided": a.decided, "note": a.note, "at": time(a.at_unix_ms)})),
         "env": r.env.iter().map(|v| (v.name.clone(), json!(v.value))).collect::<serde_json::Map<_, _>>(),
         "trace": r.trace.as_ref().map(|t| json!({"trace_id": t.trace_id, "parent_id": t.parent_id, "sampled": t.sampled})),
-        "destination": {"family": d.family, "address": d.address, "port": d.port, "protocol": d.protocol, "host_name": d.host_name, "by_name": d.by_name},
+        "destination": {"family": d.family, "address": d.address, "port": d.port, "protocol": d.protocol, "host_name": d.host_name, "by_name": d.by_name, "new_name": d.new_name},
         "ancestors": r.ancestors.iter().map(|a| json!({"pid": a.pid, "exe": a.exe, "argv": a.argv})).collect::<Vec<_>>(),
         "received_at": time(rec.received_at_unix_ms),
         "expires_at": time(rec.expires_at_unix_ms),
@@ -501,12 +501,13 @@ fn show(rec: &ApprovalRecord) {
         ("unit".into(), r.unit.clone()),
         ("what".into(), what(rec)),
     ];
-    if let Some(c) = r
-        .destination
-        .as_ref()
-        .and_then(latch_central::grants::covers_text)
-    {
-        lines.push(("a grant covers".into(), c));
+    if let Some(d) = &r.destination {
+        if let Some(n) = latch_central::known_names::new_name_text(d) {
+            lines.push(("new name".into(), n));
+        }
+        if let Some(c) = latch_central::grants::covers_text(d) {
+            lines.push(("a grant covers".into(), c));
+        }
     }
     for v in &r.env {
         lines.push((format!("env {}", v.name), v.value.clone()));

@@ -185,6 +185,11 @@ pub enum Matcher {
         /// from its own DNS answers.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         names: Vec<HostPattern>,
+        /// Every host name the workload has not reached before: a name no approval of a rule
+        /// like this one has made known for the workload (central remembers the names, for
+        /// every host of the workload). Such a rule names no `to`.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        new_names: bool,
         /// Destination ports; empty means every port.
         ports: Vec<PortRange>,
         /// Transport protocol.
@@ -473,6 +478,19 @@ impl RuleSet {
             })
     }
 
+    /// Whether `rule_id` is a rule of new names ([`Matcher::Connect`]'s `new_names`).
+    pub fn is_new_names(&self, rule_id: u32) -> bool {
+        self.rule(rule_id).is_some_and(|r| {
+            matches!(
+                r.matcher,
+                Matcher::Connect {
+                    new_names: true,
+                    ..
+                }
+            )
+        })
+    }
+
     /// Whether the workload with this id has connect rules that name hosts, or says what
     /// unresolved destinations get: its DNS traffic then goes through the agent, which learns
     /// the addresses its names resolve to.
@@ -482,7 +500,8 @@ impl RuleSet {
             .any(|w| w.id == workload_id && w.unresolved.is_some())
             || self.rules.iter().any(|r| {
                 r.workload_id == workload_id
-                    && matches!(&r.matcher, Matcher::Connect { names, .. } if !names.is_empty())
+                    && matches!(&r.matcher, Matcher::Connect { names, new_names, .. }
+                        if !names.is_empty() || *new_names)
             })
     }
 

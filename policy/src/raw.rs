@@ -95,6 +95,8 @@ struct RawRule {
     #[serde(default)]
     to: Vec<String>,
     #[serde(default)]
+    new_names: Option<bool>,
+    #[serde(default)]
     ports: Vec<RawPort>,
     #[serde(default)]
     protocol: Option<Protocol>,
@@ -468,11 +470,28 @@ fn connect_matcher(c: &mut Collector<'_>, r: &RawRule) -> Option<Matcher> {
         );
         ok = false;
     }
-    if r.to.is_empty() {
+    let new_names = r.new_names == Some(true);
+    if new_names && !r.to.is_empty() {
         c.push(
             "rule",
             name,
-            "`to` is empty: list at least one address, CIDR block or host name".into(),
+            "`new_names` stands for every name the workload has not reached before; it takes no `to` (write a rule of its own for those destinations)".into(),
+        );
+        ok = false;
+    }
+    if new_names && r.action == Action::Allow {
+        c.push(
+            "rule",
+            name,
+            "`new_names` with `allow` lets through what is let through anyway: use `approve`, `deny` or `audit`".into(),
+        );
+        ok = false;
+    }
+    if r.to.is_empty() && !new_names {
+        c.push(
+            "rule",
+            name,
+            "`to` is empty: list at least one address, CIDR block or host name (or set `new_names: true`)".into(),
         );
         ok = false;
     }
@@ -521,6 +540,7 @@ fn connect_matcher(c: &mut Collector<'_>, r: &RawRule) -> Option<Matcher> {
     ok.then(|| Matcher::Connect {
         to,
         names,
+        new_names,
         ports,
         protocol: r.protocol.unwrap_or_default(),
     })
@@ -529,8 +549,8 @@ fn connect_matcher(c: &mut Collector<'_>, r: &RawRule) -> Option<Matcher> {
 fn exec_matcher(c: &mut Collector<'_>, r: &RawRule) -> Option<Matcher> {
     let name = r.name.as_str();
     let mut ok = true;
-    if !r.to.is_empty() || !r.ports.is_empty() || r.protocol.is_some() {
-        c.push("rule", name, "`to`, `ports` and `protocol` belong to `on: connect` rules; an exec rule names `paths` or `sha256`".into());
+    if !r.to.is_empty() || !r.ports.is_empty() || r.protocol.is_some() || r.new_names.is_some() {
+        c.push("rule", name, "`to`, `new_names`, `ports` and `protocol` belong to `on: connect` rules; an exec rule names `paths` or `sha256`".into());
         ok = false;
     }
     if r.paths.is_empty() && r.sha256.is_empty() {

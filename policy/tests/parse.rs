@@ -53,8 +53,9 @@ fn accepts_the_documented_example() {
             ports,
             protocol,
             names,
+            new_names,
         } => {
-            assert!(names.is_empty());
+            assert!(names.is_empty() && !new_names);
             assert_eq!(to[0].to_string(), "10.20.0.0/16");
             assert_eq!(
                 ports,
@@ -863,5 +864,51 @@ rules:
             *want,
             "{r} covers {addr} port {port} tcp {tcp}"
         );
+    }
+}
+
+/// A rule of new names: every name the workload has not reached before, with the ports,
+/// protocol and action of any connect rule; it names no `to`, and says something `allow` does
+/// not.
+#[test]
+fn a_rule_of_new_names_is_read_and_its_misuses_are_refused() {
+    let head = "workloads:\n  - name: ai-agents\n    cgroups: [\"/ai.slice/*\"]\nrules:\n";
+    let set = RuleSet::parse(
+        "rules.yaml",
+        &format!("{head}  - {{name: first-time, workload: ai-agents, on: connect, new_names: true, ports: [443], action: approve}}\n"),
+    )
+    .expect("valid");
+    let r = &set.rules[0];
+    assert!(matches!(
+        &r.matcher,
+        Matcher::Connect { new_names: true, to, names, ports, .. }
+            if to.is_empty() && names.is_empty() && ports == &[PortRange { lo: 443, hi: 443 }]
+    ));
+    assert!(set.is_new_names(r.id));
+    assert!(
+        set.decides_names(r.workload_id),
+        "its DNS goes through the agent"
+    );
+    let cases: &[(&str, &str)] = &[
+        (
+            "{name: x, workload: ai-agents, on: connect, new_names: true, to: [api.example.com], action: approve}",
+            "it takes no `to`",
+        ),
+        (
+            "{name: x, workload: ai-agents, on: connect, new_names: true, action: allow}",
+            "`new_names` with `allow`",
+        ),
+        (
+            "{name: x, workload: ai-agents, on: connect, new_names: false, action: approve}",
+            "`to` is empty",
+        ),
+        (
+            "{name: x, workload: ai-agents, on: exec, paths: [/usr/bin/curl], new_names: true, action: approve}",
+            "`new_names`, `ports` and `protocol` belong to `on: connect`",
+        ),
+    ];
+    for (rule, want) in cases {
+        let e = refuse(&format!("{head}  - {rule}\n"));
+        assert!(e.to_string().contains(want), "{rule}: {e}");
     }
 }

@@ -52,6 +52,7 @@ mod tests {
             protocol: "tcp".into(),
             host_name: host_name.into(),
             by_name: false,
+            new_name: false,
         };
         let cases = [
             (d("52.216.1.12", ""), "52.216.1.12:443/tcp"),

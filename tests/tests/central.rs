@@ -1799,3 +1799,93 @@ async fn a_grant_on_a_name_covers_the_addresses_the_name_moves_to() {
     let g = listed_grant(&mut admin, &stack.host, &grant.grant_id).await;
     assert_eq!(g.host_name, "moving.test");
 }
+
+/// A rule of new names holds a workload's first connection to each name it has not reached
+/// before. A person's approval makes the name known (central remembers it): later connections
+/// to it go through, also from an agent restarted while central is down, while another new name
+/// is still held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
+async fn a_first_connection_to_a_new_name_waits_for_a_person() {
+    if !privileged() {
+        return;
+    }
+    let fresh = TcpListener::bind(("127.0.0.61", 0)).expect("bind the first name's address");
+    let port = fresh.local_addr().expect("addr").port();
+    let second = TcpListener::bind(("127.0.0.62", port)).expect("bind the second name's address");
+    for l in [&fresh, &second] {
+        l.set_nonblocking(true).expect("nonblocking");
+    }
+    let dns = latch_tests::dns::DnsServer::start(
+        &["fresh.test,127.0.0.61,300", "second.test,127.0.0.62,300"],
+        &[],
+    );
+    let cg = TestCgroup::new();
+    let mut stack = Stack::start(&cg).await;
+    apply(
+        &stack,
+        &cg,
+        "  - {name: first-time, workload: test, on: connect, new_names: true, action: approve, timeout: 10m}\n",
+    )
+    .await;
+    stack.start_agent();
+    stack.wait_watching();
+    let mut admin = stack.reviewer(ADMIN).await;
+    let resolve = |name: &str| {
+        spawn_in(
+            &cg.path,
+            &probe(),
+            &[
+                "resolve",
+                &dns.resolv_conf.to_string_lossy(),
+                name,
+                &port.to_string(),
+            ],
+        )
+    };
+    let goes_through = |child: std::process::Child, at: &TcpListener, what: &str| {
+        let v = outcome(child);
+        assert_eq!(v["ok"], true, "{what}: {v}");
+        assert!(latch_tests::arrives(at), "{what}: nothing arrived");
+    };
+
+    let child = resolve("fresh.test");
+    let rec = wait_request(&mut admin, &stack.host, child.id(), RequestState::Pending).await;
+    let r = rec.request.as_ref().expect("the request");
+    let d = r.destination.as_ref().expect("a destination");
+    assert_eq!(
+        (r.rule_name.as_str(), d.host_name.as_str(), d.new_name),
+        ("first-time", "fresh.test", true),
+        "{r:?}"
+    );
+    assert!(fresh.accept().is_err(), "arrived while held");
+    decide_once(
+        &mut admin,
+        &rec.approval_id,
+        DecisionKind::ApproveOnce,
+        "a partner's API",
+    )
+    .await;
+    goes_through(child, &fresh, "the approved first connection");
+
+    goes_through(resolve("fresh.test"), &fresh, "the name, once known");
+    deny_held(
+        &mut admin,
+        &stack.host,
+        resolve("second.test"),
+        &second,
+        "another new name",
+    )
+    .await;
+
+    // Restarted while central is down, the agent still knows the name.
+    stack.kill_central();
+    stack.kill_agent();
+    stack.start_agent();
+    stack.wait_watching();
+    goes_through(
+        resolve("fresh.test"),
+        &fresh,
+        "the known name after a restart without central",
+    );
+}

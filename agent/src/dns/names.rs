@@ -10,6 +10,8 @@ use policy::HostPattern;
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct NameRules {
     by_workload: BTreeMap<u32, Vec<(HostPattern, PortRule)>>,
+    /// The clauses of rules of new names (`new_names`), per workload.
+    new_names: BTreeMap<u32, Vec<PortRule>>,
 }
 
 /// What the rules say for the names of one answer.
@@ -30,9 +32,19 @@ impl NameRules {
             .push((pattern, rule));
     }
 
+    /// Adds one clause of a rule of new names for `workload`.
+    pub fn add_new(&mut self, workload: u32, rule: PortRule) {
+        self.new_names.entry(workload).or_default().push(rule);
+    }
+
     /// Whether no rule names a host.
     pub fn is_empty(&self) -> bool {
-        self.by_workload.is_empty()
+        self.by_workload.is_empty() && self.new_names.is_empty()
+    }
+
+    /// Whether `workload` has rules of new names (so whether a name is known matters).
+    pub fn has_new_names(&self, workload: u32) -> bool {
+        self.new_names.contains_key(&workload)
     }
 
     /// The clauses of every rule of `workload` that names one of `names` (the name the
@@ -41,7 +53,12 @@ impl NameRules {
     /// narrower port range, a named protocol, and on a tie the stricter action. An alias does
     /// not make a name escape its rules: a name the workload asked for that leads to a name a
     /// rule refuses gets that rule's clauses too.
-    pub fn verdicts(&self, workload: u32, names: &[String]) -> Verdicts {
+    ///
+    /// `new`: the workload has not reached the name it asked for before. The clauses of its
+    /// rules of new names then come after those of the rules naming the host, so that a rule
+    /// written for a name decides first, and a name no such rule covers at that port is asked
+    /// about (or refused, or recorded) by the rule of new names.
+    pub fn verdicts(&self, workload: u32, names: &[String], new: bool) -> Verdicts {
         let mut hits: Vec<(&HostPattern, PortRule)> = Vec::new();
         if let Some(clauses) = self.by_workload.get(&workload) {
             for (pattern, rule) in clauses {
@@ -60,12 +77,26 @@ impl NameRules {
             )
         });
         hits.dedup_by_key(|(_, r)| (r.port_lo, r.port_hi, r.proto, r.rule_id));
+        let mut fresh: Vec<PortRule> = match self.new_names.get(&workload) {
+            Some(clauses) if new => clauses.clone(),
+            _ => Vec::new(),
+        };
+        fresh.sort_by_key(|r| {
+            (
+                r.port_hi - r.port_lo,
+                r.proto == agent_common::proto::ANY,
+                std::cmp::Reverse(r.action),
+                r.rule_id,
+            )
+        });
+        let mut hits: Vec<PortRule> = hits.into_iter().map(|(_, r)| r).collect();
+        hits.extend(fresh);
         let dropped = hits.len().saturating_sub(PORT_RULES_CAP);
         let mut rules = PortRules {
             len: hits.len().min(PORT_RULES_CAP) as u32,
             ..PortRules::EMPTY
         };
-        for (slot, (_, r)) in rules.rules.iter_mut().zip(&hits) {
+        for (slot, r) in rules.rules.iter_mut().zip(&hits) {
             *slot = *r;
         }
         Verdicts { rules, dropped }
@@ -120,7 +151,7 @@ mod tests {
             (9, &["ours.s3.amazonaws.com"], &[]),
         ];
         for (workload, chain, want) in cases {
-            let v = r.verdicts(*workload, &names(chain));
+            let v = r.verdicts(*workload, &names(chain), false);
             let got: Vec<u32> = v.rules.rules[..v.rules.len as usize]
                 .iter()
                 .map(|c| c.rule_id)
@@ -128,6 +159,39 @@ mod tests {
             assert_eq!(&got, want, "workload {workload} {chain:?}");
             assert_eq!(v.dropped, 0);
         }
+    }
+
+    #[test]
+    fn a_new_name_gets_the_rules_of_new_names_after_those_naming_it() {
+        let mut r = NameRules::default();
+        r.add(
+            7,
+            "api.example.com".parse().unwrap(),
+            clause(1, Action::Allow, 443, 443),
+        );
+        r.add_new(7, clause(2, Action::Approve, 0, 65535));
+        r.add_new(7, clause(3, Action::Deny, 22, 22));
+        let ids = |v: Verdicts| -> Vec<u32> {
+            v.rules.rules[..v.rules.len as usize]
+                .iter()
+                .map(|c| c.rule_id)
+                .collect()
+        };
+        let cases: &[(u32, &[&str], bool, &[u32])] = &[
+            (7, &["api.example.com"], true, &[1, 3, 2]),
+            (7, &["api.example.com"], false, &[1]),
+            (7, &["other.example.com"], true, &[3, 2]),
+            (7, &["other.example.com"], false, &[]),
+            (8, &["other.example.com"], true, &[]),
+        ];
+        for (workload, chain, new, want) in cases {
+            assert_eq!(
+                ids(r.verdicts(*workload, &names(chain), *new)),
+                *want,
+                "workload {workload} {chain:?} new {new}"
+            );
+        }
+        assert!(r.has_new_names(7) && !r.has_new_names(8));
     }
 
     #[test]
@@ -141,7 +205,7 @@ mod tests {
                 clause(100 + i, action, 80, 80),
             );
         }
-        let v = r.verdicts(1, &names(&["a.example.com"]));
+        let v = r.verdicts(1, &names(&["a.example.com"]), false);
         assert_eq!(v.rules.len as usize, PORT_RULES_CAP);
         assert_eq!(v.dropped, 20 - PORT_RULES_CAP);
         assert_eq!(v.rules.rules[0].rule_id, 119);

@@ -31,7 +31,8 @@ impl State {
         let Some(policy) = self.policy.clone() else {
             return false;
         };
-        let v = policy.compiled.names.verdicts(workload, &answer.names);
+        let new = self.is_new(&policy, workload, &answer.names);
+        let v = policy.compiled.names.verdicts(workload, &answer.names, new);
         if v.dropped > 0 {
             tracing::warn!(
                 names = ?answer.names,
@@ -92,7 +93,8 @@ impl State {
             .map(|(k, e)| (*k, e.names.clone(), e.expires_ns))
             .collect();
         for ((w, a), names, expires_ns) in entries {
-            let v = policy.compiled.names.verdicts(w, &names);
+            let new = self.is_new(&policy, w, &names);
+            let v = policy.compiled.names.verdicts(w, &names, new);
             let value = Learned {
                 expires_ns,
                 rules: v.rules,
@@ -105,6 +107,35 @@ impl State {
 }
 
 impl State {
+    /// Whether the name a workload asked for (the first of `names`) is new to it: it has rules
+    /// of new names, and no approval of one made the name known.
+    fn is_new(&self, policy: &super::Policy, workload: u32, names: &[String]) -> bool {
+        if !policy.compiled.names.has_new_names(workload) {
+            return false;
+        }
+        let Some(asked) = names.first() else {
+            return false;
+        };
+        let known = policy
+            .rules
+            .workloads
+            .iter()
+            .find(|w| w.id == workload)
+            .and_then(|w| self.known_names.get(&w.name));
+        !known.is_some_and(|k| k.contains(asked))
+    }
+
+    /// Central says these names are known to `workload` (by name): the addresses already
+    /// learned for them lose the clauses of the rules of new names.
+    pub(super) fn know_names(&mut self, workload: String, names: Vec<String>) {
+        let set = self.known_names.entry(workload).or_default();
+        let before = set.len();
+        set.extend(names);
+        if set.len() != before {
+            self.relearn();
+        }
+    }
+
     /// The name a workload last resolved to this address, while it counts.
     pub(super) fn host_name(&self, workload: u32, addr: std::net::IpAddr) -> Option<String> {
         self.learned
@@ -122,6 +153,19 @@ impl EngineHandle {
         addr: std::net::IpAddr,
     ) -> Result<Option<String>, super::EngineGone> {
         self.ask(|reply| Command::HostName(workload, addr, reply))
+            .await
+    }
+}
+
+impl EngineHandle {
+    /// Central says these names are known to the workload named `workload`: connections to
+    /// them are no longer held as new.
+    pub async fn know_names(
+        &self,
+        workload: String,
+        names: Vec<String>,
+    ) -> Result<(), super::EngineGone> {
+        self.ask(|reply| Command::KnownNames(workload, names, reply))
             .await
     }
 }

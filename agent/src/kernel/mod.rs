@@ -1012,6 +1012,14 @@ impl Engine {
         Ok(out)
     }
 
+    /// The key the grant of `scope` of a decision on `id` would be written under, while `id`
+    /// is held: the agent records a grant before it is written, so that a crash right after
+    /// cannot leave a grant in the kernel that a revocation would not find.
+    pub fn grant_key_of(&self, id: RequestId, scope: Scope) -> Result<GrantKey, EngineError> {
+        let p = self.held(id)?;
+        Ok(grant_key(scope, p.tgid, p.workload, p.rule_id, p.target))
+    }
+
     /// Applies a decision to a held operation and resumes (or ends) the process. Returns the
     /// key of the grant it wrote, if any (to revoke it later).
     pub fn decide(

@@ -466,6 +466,9 @@ impl View {
                 if let Some(c) = crate::grants::covers_text(d) {
                     out.push(("An approval for a period covers", shown(&c, MAX_FACT)));
                 }
+                if let Some(n) = crate::known_names::new_name_text(d) {
+                    out.push(("New name", shown(&n, MAX_FACT)));
+                }
             }
             _ => {}
         }

@@ -18,6 +18,7 @@ pub const MIGRATIONS: &[(i64, &[&str], &[&str])] = &[
     (11, RECOMMENDATION, RECOMMENDATION),
     (12, MERGED_REQUESTS, MERGED_REQUESTS),
     (13, GRANT_HOST_NAME, GRANT_HOST_NAME),
+    (14, KNOWN_NAMES, KNOWN_NAMES),
 ];
 
 /// Statements run after a migration's Rust step (version 2: hashing the records stored before
@@ -261,3 +262,11 @@ const MERGED_REQUESTS: &[&str] = &[
 /// Schema version 13: the host name a grant covers (empty: the request's address alone).
 const GRANT_HOST_NAME: &[&str] =
     &["ALTER TABLE grants ADD COLUMN host_name TEXT NOT NULL DEFAULT ''"];
+
+/// Schema version 14: the host names each workload has reached with an approval of a rule of
+/// new names (`crate::known_names`).
+const KNOWN_NAMES: &[&str] = &[
+    "CREATE TABLE known_names (workload TEXT NOT NULL, name TEXT NOT NULL,
+        approval_id TEXT NOT NULL, approved_by TEXT NOT NULL, at_ms BIGINT NOT NULL,
+        PRIMARY KEY (workload, name))",
+];

@@ -458,6 +458,9 @@ pub fn request_page(
                     @if let Some(d) = &r.destination {
                         dt { "Destination" } dd #target { code { (s.target) } }
                         dt { "Family" } dd { (shown(&d.family)) }
+                        @if let Some(n) = crate::known_names::new_name_text(d) {
+                            dt { "New name" } dd #new-name { (n) }
+                        }
                         @if d.by_name && !d.host_name.is_empty() {
                             dt { "An approval for a period covers" } dd #grant-covers {
                                 "every address " code { (d.host_name) } " resolves to, on port "
@@ -895,6 +898,7 @@ mod tests {
                     protocol: "tcp".into(),
                     host_name: String::new(),
                     by_name: false,
+                    new_name: false,
                 }),
                 justification: "<script>steal()</script> approve me \u{202e}now".into(),
                 env: vec![latch_proto::v1::EnvVar {
@@ -948,6 +952,20 @@ mod tests {
                 "{name} {by_name}"
             );
         }
+        let mut rec = hostile();
+        if let Some(d) = rec.request.as_mut().and_then(|r| r.destination.as_mut()) {
+            d.host_name = "fresh.example.com".into();
+            d.new_name = true;
+        }
+        let html = request_page(&me, &rec, &Abilities::of(&who, &rec), None).into_string();
+        assert!(
+            html.contains("the workload has not reached fresh.example.com before"),
+            "{html}"
+        );
+        assert!(
+            !named.contains("new-name"),
+            "only a request held as a new name says so"
+        );
     }
 
     fn viewer() -> Identity {

@@ -398,7 +398,7 @@ impl Agent {
                         return d;
                     }
                 }
-                Body::Rules(_) => continue,
+                Body::Rules(_) | Body::KnownNames(_) => continue,
                 Body::Revocation(r) => panic!("expected a decision, got revocation {r:?}"),
             }
         }
@@ -421,6 +421,7 @@ impl Agent {
                         decision = Some(d);
                     }
                 }
+                Body::KnownNames(_) => continue,
                 Body::Revocation(r) => panic!("expected rules and a decision, got {r:?}"),
             }
         }
@@ -431,7 +432,7 @@ impl Agent {
         loop {
             match self.next().await {
                 Body::Revocation(r) => return r,
-                Body::Rules(_) => continue,
+                Body::Rules(_) | Body::KnownNames(_) => continue,
                 Body::Decision(d) => {
                     let key = (d.approval_id.clone(), d.outcome, d.decided_by.clone());
                     assert!(
@@ -486,6 +487,7 @@ impl Agent {
                 protocol: "tcp".into(),
                 host_name: String::new(),
                 by_name: false,
+                new_name: false,
             }),
             exec_path: if exec {
                 "/usr/bin/psql".into()
