@@ -67,28 +67,13 @@ impl NameRules {
                 }
             }
         }
-        hits.sort_by_key(|(p, r)| {
-            (
-                p.specificity(),
-                r.port_hi - r.port_lo,
-                r.proto == agent_common::proto::ANY,
-                std::cmp::Reverse(r.action),
-                r.rule_id,
-            )
-        });
+        hits.sort_by_key(|(p, r)| (p.specificity(), narrower_first(r)));
         hits.dedup_by_key(|(_, r)| (r.port_lo, r.port_hi, r.proto, r.rule_id));
         let mut fresh: Vec<PortRule> = match self.new_names.get(&workload) {
             Some(clauses) if new => clauses.clone(),
             _ => Vec::new(),
         };
-        fresh.sort_by_key(|r| {
-            (
-                r.port_hi - r.port_lo,
-                r.proto == agent_common::proto::ANY,
-                std::cmp::Reverse(r.action),
-                r.rule_id,
-            )
-        });
+        fresh.sort_by_key(narrower_first);
         let mut hits: Vec<PortRule> = hits.into_iter().map(|(_, r)| r).collect();
         hits.extend(fresh);
         let dropped = hits.len().saturating_sub(PORT_RULES_CAP);
@@ -101,6 +86,17 @@ impl NameRules {
         }
         Verdicts { rules, dropped }
     }
+}
+
+/// Between clauses of equally narrow names: a narrower port range first, then a named protocol,
+/// then the stricter action (the rule id keeps the order stable).
+fn narrower_first(r: &PortRule) -> impl Ord {
+    (
+        r.port_hi - r.port_lo,
+        r.proto == agent_common::proto::ANY,
+        std::cmp::Reverse(r.action),
+        r.rule_id,
+    )
 }
 
 #[cfg(test)]
