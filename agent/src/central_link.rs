@@ -816,10 +816,9 @@ impl Link {
     /// Removes a revoked grant from the kernel at once and, when the revocation asks for it,
     /// closes the connections the grant let through.
     async fn revoke(&mut self, r: latch_proto::v1::Revocation) -> Result<(), LinkError> {
-        let Some(Kept { key, .. }) = self.grants.remove(&r.grant_id) else {
+        let Some(key) = self.grants.get(&r.grant_id).map(|k| k.key) else {
             return Ok(());
         };
-        self.save_grants();
         let revoked = match self
             .engine
             .revoke(key, r.close_connections)
@@ -828,10 +827,15 @@ impl Link {
         {
             Ok(v) => v,
             Err(e) => {
+                // Kept on record: central replays the revocation when the agent reconnects.
                 tracing::error!(grant = %r.grant_id, "cannot revoke: {e}");
                 return Ok(());
             }
         };
+        // Forgotten only once the kernel no longer holds it: an agent that died in between
+        // still lists the grant to central, which sends the revocation again.
+        self.grants.remove(&r.grant_id);
+        self.save_grants();
         tracing::info!(
             grant = %r.grant_id,
             by = %r.revoked_by,

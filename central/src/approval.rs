@@ -1164,6 +1164,8 @@ async fn record_vote(tx: &mut Tx, v: CastVote) -> Result<Voted> {
                 now,
             )
             .await?;
+            // People approved it: its name, if it was held as new, is no longer new.
+            crate::known_names::remember_in(tx, &row, &subject, now).await?;
             (true, after)
         }
         Tally::Denied { by } => {
@@ -1744,9 +1746,6 @@ pub(crate) async fn resolve_in(
     Store::insert_transition(tx, &row.approval_id, "pending", to, actor, reason, now).await?;
     if let Some(g) = grant {
         grants::insert_in(tx, g).await?;
-    }
-    if to == State::Approved {
-        crate::known_names::remember_in(tx, row, actor, now).await?;
     }
     Store::audit_in(
         tx,

@@ -148,6 +148,9 @@ impl Central {
             now,
         )
         .await?;
+        if to == State::Approved {
+            crate::known_names::remember_in(&mut tx, &row, &who.subject, now).await?;
+        }
         let members = resolve_group_in(&mut tx, &after, locked, now).await?;
         tx.commit().await.ctx("committing break-glass decision")?;
         self.publish_members(&members).await;

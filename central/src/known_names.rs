@@ -1,6 +1,8 @@
 //! Names a workload has reached. A rule of new names (`new_names`) holds a workload's first
-//! connection to a host name it has not reached before; a person's approval makes the name known
-//! to that workload on every host, so that its later connections are decided by the other rules.
+//! connection to a host name it has not reached before; a person's approval (reviewers' votes, or
+//! break-glass) makes the name known to that workload on every host, so that its later
+//! connections are decided by the other rules. An automatic approval (a policy check, an
+//! automatic reviewer) lets the one connection through and makes nothing known.
 //! Central remembers the names (the store's `known_names`) and tells every agent: all of them as
 //! its stream opens, and each new one as it becomes known, before the decision that made it
 //! (`crate::dispatch`), so that the connection let through is not followed by a second request.
@@ -40,7 +42,8 @@ pub fn new_name_text(d: &latch_proto::v1::Destination) -> Option<String> {
     })
 }
 
-/// The name an approved record makes known, for delivery.
+/// The name an approved record may have made known (whether a person approved it is the
+/// store's to say: [`Central::made_known_by`]).
 pub fn known_by(rec: &ApprovalRecord) -> Option<(&str, &str)> {
     if rec.state != RequestState::Approved as i32 {
         return None;
@@ -70,8 +73,8 @@ pub fn messages(known: Vec<(String, String)>) -> Vec<AgentMessage> {
         .collect()
 }
 
-/// Records, in the transaction that approves `row`, the name its approval makes known. A
-/// request central cannot read makes nothing known.
+/// Records, in the transaction in which people approve `row`, the name their approval makes
+/// known. A request central cannot read makes nothing known.
 pub(crate) async fn remember_in(
     tx: &mut Tx,
     row: &RequestRow,
@@ -98,6 +101,18 @@ pub(crate) async fn remember_in(
 }
 
 impl Central {
+    /// The (workload, name) an approved record made known: one held as a new name, that people
+    /// approved (the approval recorded it).
+    pub async fn made_known_by<'r>(
+        &self,
+        rec: &'r ApprovalRecord,
+    ) -> Result<Option<(&'r str, &'r str)>> {
+        match known_by(rec) {
+            Some((w, n)) if self.store.is_known(w, n).await? => Ok(Some((w, n))),
+            _ => Ok(None),
+        }
+    }
+
     /// Every known name, as the messages a stream that opens gets.
     pub async fn known_name_messages(&self) -> Result<Vec<AgentMessage>> {
         Ok(messages(self.store.known_names().await?))

@@ -2352,8 +2352,60 @@ async fn known_names(env: &Env) {
     server.shutdown().await;
 }
 
+/// An automatic approval (a policy check) lets the connection through and makes nothing known:
+/// only people's approvals do.
+async fn known_names_need_a_person(env: &Env) {
+    let server = env.start().await;
+    apply_yaml(&server, "chains.yaml", CHAIN_RULES).await;
+    let mut agent = Agent::connect(&server, "h1", vec![], vec![]).await;
+    agent.next_rules().await;
+    let held = |agent: &Agent, id: &str, rule: &str, name: &str| {
+        let mut r = agent.request(id, "prod-db");
+        r.rule_id = rule_id_in(CHAIN_RULES, rule);
+        r.rule_name = rule.into();
+        if let Some(d) = r.destination.as_mut() {
+            d.host_name = name.into();
+            d.new_name = true;
+        }
+        r
+    };
+    let known = |b: Body| match b {
+        Body::KnownNames(k) => k.names,
+        other => panic!("expected the known names, got {other:?}"),
+    };
+
+    // `guarded` approves by a policy check at once (its guard reads `BLOCK`).
+    let mut r = held(&agent, "a.1", "guarded", "auto.test");
+    r.env = vec![latch_proto::v1::EnvVar {
+        name: "BLOCK".into(),
+        value: "no".into(),
+    }];
+    let auto = agent.submit(r).await;
+    assert!(
+        matches!(agent.next().await, Body::Decision(d) if d.approval_id == auto.approval_id && d.outcome == Outcome::Allow as i32),
+        "decided by the policy check"
+    );
+    // `deploy-db` waits for a person here (its check does not hold).
+    let person = agent
+        .submit(held(&agent, "a.2", "deploy-db", "person.test"))
+        .await;
+    let mut rv = reviewer(&server).await;
+    rv.decide(req(approve_once(&person.approval_id, "ours"), BOB))
+        .await
+        .expect("approve");
+    assert_eq!(known(agent.next().await), ["person.test"]);
+    assert!(matches!(agent.next().await, Body::Decision(d) if d.approval_id == person.approval_id));
+
+    drop(agent);
+    let mut again = Agent::connect(&server, "h1", vec![], vec![]).await;
+    again.next_rules().await;
+    assert_eq!(known(again.next().await), ["person.test"]);
+    server.shutdown().await;
+}
+
 suite!(
     known_names,
+    known_names_need_a_person,
     merged_requests,
     merged_requests_expire_together,
     merged_requests_submitted_at_once,

@@ -438,6 +438,65 @@ fn ipv6_connect_and_udp_sendmsg_are_checked() {
     assert_eq!(&buf[..n], b"latch");
 }
 
+/// A copy of a grant (a grant on a host name reaching another address of the name) never
+/// replaces another grant in force at its key, as where two names of one rule share an
+/// address; so each grant's copies are its own, and a revocation finds those only.
+#[test]
+#[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
+fn a_copy_of_a_grant_leaves_another_grant_in_force_alone() {
+    if !privileged() {
+        return;
+    }
+    let (_a, port_a) = listener();
+    let (_b, port_b) = listener();
+    let mut h = Harness::new(&rules(ASK_LOOPBACK));
+    let mut granted = |port: u16, secs: u64| {
+        let child = h.spawn(&probe(), &["connect", &format!("127.0.0.1:{port}")]);
+        let p = h.wait_pending(child.id());
+        let key = h
+            .engine()
+            .decide(
+                p.id,
+                Decision::Grant {
+                    scope: Scope::Host,
+                    ttl: Duration::from_secs(secs),
+                    uses: None,
+                },
+            )
+            .expect("grant")
+            .expect("a grant written");
+        assert!(ok(&outcome(child)));
+        key
+    };
+    let a = granted(port_a, 600);
+    let b = granted(port_b, 1200);
+    let value = |h: &mut Harness, k: &agent_common::GrantKey| {
+        h.engine()
+            .grants()
+            .expect("grants")
+            .into_iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, g)| g)
+    };
+    let b_before = value(&mut h, &b);
+    // A copy of A onto B's address: B's grant stays B's.
+    assert!(h
+        .engine()
+        .extend_grant(&a, b.target)
+        .expect("extend")
+        .is_some());
+    assert_eq!(value(&mut h, &b), b_before, "B's grant was replaced");
+    // A copy of B at a free key is written, and is B's alone.
+    let copy = h
+        .engine()
+        .extend_grant(&b, 0x5eed)
+        .expect("extend")
+        .expect("B in force");
+    assert_eq!(value(&mut h, &copy), b_before, "the copy carries B's grant");
+    assert_eq!(h.engine().extensions(&a).expect("copies of A"), vec![]);
+    assert_eq!(h.engine().extensions(&b).expect("copies of B"), vec![copy]);
+}
+
 #[test]
 #[cfg_attr(latch_skip_privileged, ignore = "LATCH_SKIP_PRIVILEGED=1")]
 fn grants_cover_their_scope_target_and_uses() {

@@ -20,8 +20,9 @@ use crate::kernel::monotonic_ns;
 pub struct NameGrant {
     /// The name, as rules compare names (the one the workload asked for).
     pub name: String,
-    /// The workload whose answers extend it: the held connection's. A host grant is extended by
-    /// every workload's answers.
+    /// The workload whose answers extend it: the held connection's, whatever the grant's
+    /// scope. Its rule is that workload's, so only that workload's connections can use a copy,
+    /// and only its address rules say where a copy may not go.
     pub workload: u32,
     /// The held connection's port and protocol, which the grant keeps.
     pub port: u16,
@@ -65,9 +66,9 @@ impl NameGrants {
         workload: u32,
         name: &'a str,
     ) -> impl Iterator<Item = &'a (GrantKey, NameGrant)> + 'a {
-        self.grants.iter().filter(move |(k, g)| {
-            g.name == name && (k.scope == agent_common::scope::HOST || g.workload == workload)
-        })
+        self.grants
+            .iter()
+            .filter(move |(_, g)| g.name == name && g.workload == workload)
     }
 }
 
@@ -102,16 +103,14 @@ pub fn guarded(rules: &[policy::Rule], workload: u32, g: &NameGrant, addr: IpAdd
 
 impl State {
     /// A decision wrote a grant at `base` that covers `g`'s name: it is extended now to every
-    /// address the workload (every workload, for a host grant) has learned for the name.
+    /// address the workload has learned for the name.
     pub(super) fn grant_name(&mut self, base: GrantKey, g: NameGrant) {
         let now = monotonic_ns();
         let addrs: Vec<(u32, IpAddr)> = self
             .learned
             .iter()
             .filter(|((w, _), e)| {
-                e.expires_ns > now
-                    && e.names.first() == Some(&g.name)
-                    && (base.scope == agent_common::scope::HOST || *w == g.workload)
+                e.expires_ns > now && e.names.first() == Some(&g.name) && *w == g.workload
             })
             .map(|(k, _)| *k)
             .collect();
@@ -205,7 +204,7 @@ mod tests {
     }
 
     #[test]
-    fn an_answer_extends_the_grants_on_its_name_for_its_workload_or_the_host() {
+    fn an_answer_extends_the_grants_on_its_name_of_its_own_workload_whatever_their_scope() {
         let mut book = NameGrants::default();
         book.add(key(scope::WORKLOAD, 1, 10), grant("a.test", 1));
         book.add(key(scope::PROCESS, 42, 11), grant("a.test", 1));
@@ -217,8 +216,8 @@ mod tests {
         };
         let cases: &[(u32, &str, &[u64])] = &[
             (1, "a.test", &[10, 11, 12]),
-            (2, "a.test", &[12, 13]),
-            (3, "a.test", &[12]),
+            (2, "a.test", &[13]),
+            (3, "a.test", &[]),
             (1, "b.test", &[14]),
             (1, "x.a.test", &[]),
             (1, "A.test", &[]),

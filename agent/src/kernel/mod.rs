@@ -1185,25 +1185,35 @@ impl Engine {
 
     /// Writes, under `target`, a copy of the grant in force at `base` (same decision, uses and
     /// expiry): a grant on a host name reaches an address the workload resolved that name to.
-    /// `None` when `base` is no longer in force (expired, spent or revoked), so there is
-    /// nothing to extend; else the key written.
+    /// A grant in force already at that key (another grant's, or a copy of it: two names of one
+    /// rule may share an address) is left as it is, so that each entry stays the one grant's
+    /// its expiry tells ([`Engine::extensions`]). `None` when `base` is no longer in force
+    /// (expired, spent or revoked), so there is nothing to extend; else the key.
     pub fn extend_grant(
         &mut self,
         base: &GrantKey,
         target: u64,
     ) -> Result<Option<GrantKey>, EngineError> {
+        let now = monotonic_ns();
         let g = match self.grants.get(base, 0) {
             Ok(g) => g,
             Err(e) if is_missing(&e) => return Ok(None),
             Err(e) => return Err(map_err(names::GRANTS)(e)),
         };
-        if g.expires_ns != 0 && monotonic_ns() >= g.expires_ns {
+        if !in_force(&g, now) {
             return Ok(None);
         }
         let key = GrantKey { target, ..*base };
-        self.grants
-            .insert(key, g, 0)
-            .map_err(map_err(names::GRANTS))?;
+        let taken = match self.grants.get(&key, 0) {
+            Ok(other) => in_force(&other, now),
+            Err(e) if is_missing(&e) => false,
+            Err(e) => return Err(map_err(names::GRANTS)(e)),
+        };
+        if !taken {
+            self.grants
+                .insert(key, g, 0)
+                .map_err(map_err(names::GRANTS))?;
+        }
         Ok(Some(key))
     }
 
@@ -1435,6 +1445,11 @@ fn is_missing(e: &aya::maps::MapError) -> bool {
         }
         _ => false,
     }
+}
+
+/// Whether a grant still counts at `now_ns` (the kernel ignores it once expired).
+fn in_force(g: &Grant, now_ns: u64) -> bool {
+    g.expires_ns == 0 || now_ns < g.expires_ns
 }
 
 /// The key of a grant of `scope` for an operation of process `tgid` in `workload`: the one

@@ -38,6 +38,18 @@ impl Store {
         Ok(())
     }
 
+    /// Whether `name` is known to `workload`.
+    pub async fn is_known(&self, workload: &str, name: &str) -> Result<bool, StoreError> {
+        let row =
+            sqlx::query("SELECT 1 AS known FROM known_names WHERE workload = $1 AND name = $2")
+                .bind(workload)
+                .bind(name)
+                .fetch_optional(self.pool())
+                .await
+                .ctx(format!("looking up whether {name} is known to {workload}"))?;
+        Ok(row.is_some())
+    }
+
     /// Every known name, as (workload, name), ordered by workload then name.
     pub async fn known_names(&self) -> Result<Vec<(String, String)>, StoreError> {
         let rows = sqlx::query("SELECT workload, name FROM known_names ORDER BY workload, name")
