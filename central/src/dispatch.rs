@@ -40,7 +40,7 @@ impl Central {
                 if let Some(rec) =
                     snapshot.filter(|r| snapshot_usable(r, approval_id, delivered_before))
                 {
-                    self.tell_known(&rec).await?;
+                    self.tell_known(&rec).await;
                     if let Some(d) = rec.decision.clone() {
                         self.hub.send_to_host(
                             host_id,
@@ -59,7 +59,7 @@ impl Central {
                     return Ok(());
                 };
                 let rec = self.record_of(&row).await?;
-                self.tell_known(&rec).await?;
+                self.tell_known(&rec).await;
                 if let Some(d) = self.decision_of(&row).await? {
                     self.hub.send_to_host(
                         host_id,
@@ -118,8 +118,17 @@ impl Central {
 impl Central {
     /// A request approved under a rule of new names made its name known: every agent stream
     /// on this replica is told, before the decision reaches the host that asked.
-    async fn tell_known(&self, rec: &ApprovalRecord) -> Result<()> {
-        if let Some((workload, name)) = self.made_known_by(rec).await? {
+    /// A failure to look it up is logged and does not hold back the decision: the agent is told
+    /// the name when its stream next opens.
+    async fn tell_known(&self, rec: &ApprovalRecord) {
+        let known = match self.made_known_by(rec).await {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::warn!(approval_id = %rec.approval_id, error = %e, "cannot tell agents the name an approval made known");
+                None
+            }
+        };
+        if let Some((workload, name)) = known {
             let m = EncodedAgentMessage::new(&crate::known_names::message(
                 workload,
                 vec![name.to_string()],
@@ -128,7 +137,6 @@ impl Central {
                 self.hub.send_to(&a.host_id, a.id, m.clone());
             }
         }
-        Ok(())
     }
 
     /// Records that a rules version was pushed to a host's stream on this replica.
