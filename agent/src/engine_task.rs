@@ -468,7 +468,7 @@ struct State {
     /// Grants that cover a host name, extended to each address it is resolved to.
     name_grants: name_grants::NameGrants,
     /// Names central says each workload (by name) has reached: not new to it.
-    known_names: HashMap<String, HashSet<String>>,
+    known_names: HashMap<String, BTreeSet<String>>,
 }
 
 /// How the engine task runs.
@@ -552,10 +552,7 @@ pub fn spawn(
         digests: Default::default(),
         learned: Default::default(),
         name_grants: name_grants::NameGrants::from(name_grants),
-        known_names: known_names
-            .into_iter()
-            .map(|(w, names)| (w, names.into_iter().collect()))
-            .collect(),
+        known_names,
     };
     let task = tokio::spawn(async move {
         let mut ticker = tokio::time::interval(tick);
@@ -778,11 +775,9 @@ impl State {
                 covers,
                 reply,
             } => {
-                let r = self.engine.held(id).and_then(|p| {
-                    Ok(Granted {
-                        key: self.engine.grant_key_of(id, scope)?,
-                        name: name_grant_of(&p, covers),
-                    })
+                let r = self.engine.held(id).map(|p| Granted {
+                    key: crate::kernel::held_grant_key(scope, &p),
+                    name: name_grant_of(&p, covers),
                 });
                 let _ = reply.send(r);
             }

@@ -144,24 +144,28 @@ fn canonical(addr: IpAddr) -> IpAddr {
 
 /// The kernel's key for a learned address.
 pub fn kernel_key(workload: u32, addr: IpAddr) -> LearnedKey {
-    let mut key = LearnedKey {
+    let (family, addr) = kernel_addr(addr);
+    LearnedKey {
         workload,
-        family: family::INET,
+        family,
         _pad: [0; 3],
-        addr: [0; 16],
+        addr,
+    }
+}
+
+/// An address as the kernel's hooks see a destination: its [`family`] and bytes in network
+/// order, IPv4 in the first 4 and the rest zero.
+pub fn kernel_addr(addr: IpAddr) -> (u8, [u8; 16]) {
+    let v4 = |a: std::net::Ipv4Addr| {
+        let mut b = [0u8; 16];
+        b[..4].copy_from_slice(&a.octets());
+        (family::INET, b)
     };
     match addr {
-        IpAddr::V4(a) => key.addr[..4].copy_from_slice(&a.octets()),
-        IpAddr::V6(a) => match a.to_ipv4_mapped() {
-            // The kernel decides a v4-mapped destination as the IPv4 address it reaches.
-            Some(v4) => key.addr[..4].copy_from_slice(&v4.octets()),
-            None => {
-                key.family = family::INET6;
-                key.addr = a.octets();
-            }
-        },
+        IpAddr::V4(a) => v4(a),
+        // The kernel decides a v4-mapped destination as the IPv4 address it reaches.
+        IpAddr::V6(a) => a.to_ipv4_mapped().map_or((family::INET6, a.octets()), v4),
     }
-    key
 }
 
 #[cfg(test)]

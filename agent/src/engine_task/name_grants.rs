@@ -10,7 +10,7 @@
 
 use std::net::IpAddr;
 
-use agent_common::{family, fingerprint, FingerprintKey, GrantKey};
+use agent_common::{fingerprint, FingerprintKey, GrantKey};
 
 use super::State;
 use crate::kernel::monotonic_ns;
@@ -75,15 +75,7 @@ impl NameGrants {
 /// The fingerprint of `addr` on the grant's port and protocol, as the kernel's socket hooks
 /// compute it for a connection there (an IPv4 address as IPv4, whatever the socket's family).
 pub fn target(key: &FingerprintKey, g: &NameGrant, addr: IpAddr) -> u64 {
-    let inet = |a: std::net::Ipv4Addr| {
-        let mut b = [0u8; 16];
-        b[..4].copy_from_slice(&a.octets());
-        (family::INET, b)
-    };
-    let (fam, bytes) = match addr {
-        IpAddr::V4(a) => inet(a),
-        IpAddr::V6(a) => a.to_ipv4_mapped().map_or((family::INET6, a.octets()), inet),
-    };
+    let (fam, bytes) = crate::dns::learned::kernel_addr(addr);
     fingerprint::network(key, fam, g.proto, &bytes, g.port)
 }
 

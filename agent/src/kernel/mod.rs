@@ -1012,14 +1012,6 @@ impl Engine {
         Ok(out)
     }
 
-    /// The key the grant of `scope` of a decision on `id` would be written under, while `id`
-    /// is held: the agent records a grant before it is written, so that a crash right after
-    /// cannot leave a grant in the kernel that a revocation would not find.
-    pub fn grant_key_of(&self, id: RequestId, scope: Scope) -> Result<GrantKey, EngineError> {
-        let p = self.held(id)?;
-        Ok(grant_key(scope, p.tgid, p.workload, p.rule_id, p.target))
-    }
-
     /// Applies a decision to a held operation and resumes (or ends) the process. Returns the
     /// key of the grant it wrote, if any (to revoke it later).
     pub fn decide(
@@ -1036,7 +1028,7 @@ impl Engine {
             uses,
         } = decision
         {
-            let key = grant_key(sc, p.tgid, p.workload, p.rule_id, p.target);
+            let key = held_grant_key(sc, &p);
             let grant = Grant {
                 action: Action::Allow as u8,
                 _pad: [0; 3],
@@ -1183,6 +1175,15 @@ impl Engine {
         }
     }
 
+    /// The grant at `key`, if there is one (expired or not).
+    fn grant_at(&self, key: &GrantKey) -> Result<Option<Grant>, EngineError> {
+        match self.grants.get(key, 0) {
+            Ok(g) => Ok(Some(g)),
+            Err(e) if is_missing(&e) => Ok(None),
+            Err(e) => Err(map_err(names::GRANTS)(e)),
+        }
+    }
+
     /// Writes, under `target`, a copy of the grant in force at `base` (same decision, uses and
     /// expiry): a grant on a host name reaches an address the workload resolved that name to.
     /// A grant in force already at that key (another grant's, or a copy of it: two names of one
@@ -1195,20 +1196,13 @@ impl Engine {
         target: u64,
     ) -> Result<Option<GrantKey>, EngineError> {
         let now = monotonic_ns();
-        let g = match self.grants.get(base, 0) {
-            Ok(g) => g,
-            Err(e) if is_missing(&e) => return Ok(None),
-            Err(e) => return Err(map_err(names::GRANTS)(e)),
-        };
-        if !in_force(&g, now) {
+        let Some(g) = self.grant_at(base)?.filter(|g| in_force(g, now)) else {
             return Ok(None);
-        }
-        let key = GrantKey { target, ..*base };
-        let taken = match self.grants.get(&key, 0) {
-            Ok(other) => in_force(&other, now),
-            Err(e) if is_missing(&e) => false,
-            Err(e) => return Err(map_err(names::GRANTS)(e)),
         };
+        let key = GrantKey { target, ..*base };
+        let taken = self
+            .grant_at(&key)?
+            .is_some_and(|other| in_force(&other, now));
         if !taken {
             self.grants
                 .insert(key, g, 0)
@@ -1221,10 +1215,8 @@ impl Engine {
     /// scope, rule and subject with the same expiry, `base` left out. Read before `base` is
     /// revoked (its expiry is what tells its copies).
     pub fn extensions(&self, base: &GrantKey) -> Result<Vec<GrantKey>, EngineError> {
-        let g = match self.grants.get(base, 0) {
-            Ok(g) => g,
-            Err(e) if is_missing(&e) => return Ok(Vec::new()),
-            Err(e) => return Err(map_err(names::GRANTS)(e)),
+        let Some(g) = self.grant_at(base)? else {
+            return Ok(Vec::new());
         };
         Ok(self
             .grants
@@ -1272,12 +1264,10 @@ impl Engine {
         let keys = [Scope::Process, Scope::Workload, Scope::Host]
             .map(|sc| grant_key(sc, tgid, workload, rule_id, target));
         for key in &keys {
-            let mut g = match self.grants.get(key, 0) {
-                Ok(g) => g,
-                Err(e) if is_missing(&e) => continue,
-                Err(e) => return Err(map_err(names::GRANTS)(e)),
+            let Some(mut g) = self.grant_at(key)? else {
+                continue;
             };
-            if g.expires_ns != 0 && now >= g.expires_ns {
+            if !in_force(&g, now) {
                 ignore_missing(self.grants.remove(key)).map_err(map_err(names::GRANTS))?;
                 continue;
             }
@@ -1445,6 +1435,13 @@ fn is_missing(e: &aya::maps::MapError) -> bool {
         }
         _ => false,
     }
+}
+
+/// The key the grant of `scope` of a decision on held operation `p` is written under. The agent
+/// reads it before deciding, to record a grant before it is written: a crash right after must
+/// not leave a grant in the kernel that a revocation would not find.
+pub fn held_grant_key(scope: Scope, p: &Pending) -> GrantKey {
+    grant_key(scope, p.tgid, p.workload, p.rule_id, p.target)
 }
 
 /// Whether a grant still counts at `now_ns` (the kernel ignores it once expired).
